@@ -1,0 +1,312 @@
+# -*- test-case-name: tests.unit.config.test_config -*-
+"""The node's configuration: frozen dataclasses read from TOML.
+
+:func:`load_config` is the only entry point. It reads ``etc/fastedge.toml``
+(or another file), applies command-line overrides, and checks every key:
+an unknown section or key, a wrong type or an impossible value raises
+:class:`ConfigError` whose message names the key (``http.endpoint: ...``),
+so ``twistd`` can refuse to start before anything listens.
+
+Each child service receives only its own section; nothing reads the whole
+config except ``fastedge.tap``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+__all__ = [
+    "ApiConfig",
+    "ConfigError",
+    "CreditsConfig",
+    "EdgeConfig",
+    "HttpConfig",
+    "NodeConfig",
+    "StoreConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the offending key."""
+
+
+Check = Callable[[Any], "str | None"]
+
+
+def _checked(default: Any, check: Check, doc: str = "") -> Any:
+    """A dataclass field with a default and a validity check.
+
+    :param check: returns ``None`` when the value is acceptable, else the reason.
+    """
+    return field(default=default, metadata={"check": check, "doc": doc})
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or greater"
+
+
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _dns_label(value: str) -> str | None:
+    if value == "" or _NAME_RE.match(value):
+        return None
+    return "must be a lower-case DNS label (a-z, 0-9, '-'; at most 63 characters)"
+
+
+def _server_endpoint(value: str) -> str | None:
+    """Parse an endpoint string the way ``serverFromString`` will at start."""
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        # Constructing an endpoint does no I/O; a placeholder reactor is enough.
+        serverFromString(object(), value)
+    except (ValueError, KeyError, TypeError) as e:
+        return "not a server endpoint string ({})".format(e)
+    return None
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: str) -> str | None:
+        if value in choices:
+            return None
+        return "must be one of {}".format(", ".join(repr(c) for c in choices))
+
+    return check
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Who this node is."""
+
+    #: Unique name of the node; empty means "derived from the host name".
+    id: str = _checked("", _dns_label)
+    #: The deployment this node serves (``global``, ``eu``, ...).
+    deployment: str = _checked("global", _dns_label)
+    #: A human name for the node's region, shown in status pages.
+    region: str = "local"
+    #: Where the node keeps its database, secrets and caches.
+    data_dir: str = "./var/fastedge"
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The public HTTP listener."""
+
+    #: A Twisted server endpoint string.
+    endpoint: str = _checked("tcp:8080:interface=127.0.0.1:backlog=1024", _server_endpoint)
+    #: Largest request body accepted; larger ones get 413.
+    max_body_bytes: int = _checked(64 * 1024, _positive)
+    #: Requests slower than this are counted in ``fastedge_http_slow_requests_total``.
+    slow_request_seconds: float = _checked(0.1, _positive)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The comment database."""
+
+    #: ``sqlite``: the embedded, zero set-up backend.
+    backend: str = _checked("sqlite", _one_of("sqlite"))
+    #: SQLite file; empty means ``<node.data_dir>/fastedge.sqlite3``.
+    sqlite_path: str = ""
+    #: Threads that run blocking database calls off the reactor thread.
+    threads: int = _checked(4, _positive)
+    #: Seconds a writer waits for another process's lock (e.g. ``fastedge-admin``).
+    busy_timeout_seconds: float = _checked(5.0, _positive)
+
+
+@dataclass(frozen=True)
+class CreditsConfig:
+    """API credits charged to a tenant per tenant-API call."""
+
+    primary_read: int = _checked(2, _non_negative)
+    nearest_read: int = _checked(1, _non_negative)
+    write: int = _checked(3, _non_negative)
+    #: Charges are summed in memory and written to the ledger this often.
+    flush_seconds: float = _checked(5.0, _positive)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The public comment API and the tenant API."""
+
+    comment_max_chars: int = _checked(5000, _positive)
+    display_name_max_chars: int = _checked(64, _positive)
+    url_id_max_chars: int = _checked(2048, _positive)
+    title_max_chars: int = _checked(300, _positive)
+    page_size: int = _checked(30, _positive)
+    max_page_size: int = _checked(100, _positive)
+    #: Lifetime of an anonymous-session cookie.
+    session_max_age_seconds: int = _checked(365 * 24 * 3600, _positive)
+    #: Mark the session cookie ``Secure`` (turn on once TLS terminates here).
+    cookie_secure: bool = False
+    #: Comment writes (posts, likes, flags, blocks) allowed per minute.
+    writes_per_minute_per_session: int = _checked(30, _positive)
+    writes_per_minute_per_ip: int = _checked(120, _positive)
+    #: Seconds a serialized public thread page may be served from memory.
+    page_cache_seconds: float = _checked(2.0, _non_negative)
+    page_cache_entries: int = _checked(10_000, _non_negative)
+    #: File holding the key that signs session cookies; empty means
+    #: ``<node.data_dir>/session.key`` (created on first start).
+    secret_file: str = ""
+    credits: CreditsConfig = field(default_factory=CreditsConfig)
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """The whole configuration of one node."""
+
+    node: NodeConfig = field(default_factory=NodeConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+
+
+_T = TypeVar("_T")
+
+
+def _type_name(tp: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check one TOML value against the field's annotation."""
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif typing.get_origin(tp) is tuple:
+        (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
+        if isinstance(value, list):
+            return tuple(_coerce("{}[{}]".format(key, i), item, v) for i, v in enumerate(value))
+        raise ConfigError("{}: must be a list".format(key))
+    else:  # pragma: no cover - a programming error in this module
+        raise TypeError("unsupported config type {!r} for {}".format(tp, key))
+    raise ConfigError("{}: must be {}, not {!r}".format(key, _type_name(tp), value))
+
+
+def _build(cls: type[_T], table: Mapping[str, Any], prefix: str) -> _T:
+    """Build dataclass ``cls`` from a TOML table, rejecting unknown keys."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        what = "section" if isinstance(table[unknown[0]], dict) else "key"
+        raise ConfigError("{}{}: unknown {}".format(prefix, unknown[0], what))
+    kwargs: dict[str, Any] = {}
+    for name, value in table.items():
+        key = prefix + name
+        tp = hints[name]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError("{}: must be a table ([{}])".format(key, key))
+            kwargs[name] = _build(tp, value, key + ".")
+            continue
+        if isinstance(tp, types.UnionType):  # pragma: no cover - none today
+            raise TypeError(key)
+        coerced = _coerce(key, tp, value)
+        check = fields[name].metadata.get("check")
+        if check is not None:
+            reason = check(coerced)
+            if reason is not None:
+                raise ConfigError("{}: {}".format(key, reason))
+        kwargs[name] = coerced
+    return cls(**kwargs)
+
+
+def _set_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *sections, key = dotted.split(".")
+    table = raw
+    for section in sections:
+        table = table.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError("{}: must be a table".format(section))
+    table[key] = value
+
+
+def default_node_id() -> str:
+    """A node id derived from the host name (lower-case, DNS-label safe)."""
+    host = socket.gethostname().split(".")[0].lower()
+    label = re.sub(r"[^a-z0-9-]+", "-", host).strip("-")[:63].strip("-")
+    return label or "node"
+
+
+def parse_config(
+    text: str, *, source: str = "<config>", overrides: Mapping[str, Any] | None = None
+) -> EdgeConfig:
+    """Parse and validate TOML text.
+
+    :param source: a name for the text, used in the error for a syntax error.
+    :param overrides: dotted keys (``node.id``) set over the file's values.
+    :raises ConfigError: naming the first offending key.
+    """
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("{}: not valid TOML ({})".format(source, e)) from None
+    for dotted, value in (overrides or {}).items():
+        _set_override(raw, dotted, value)
+    cfg = _build(EdgeConfig, raw, "")
+    return _derive(cfg)
+
+
+def _derive(cfg: EdgeConfig) -> EdgeConfig:
+    """Fill the values that default to something derived from other keys."""
+    node = cfg.node
+    if not node.id:
+        node = dataclasses.replace(node, id=default_node_id())
+    data_dir = os.path.abspath(node.data_dir)
+    node = dataclasses.replace(node, data_dir=data_dir)
+    store = cfg.store
+    if not store.sqlite_path:
+        store = dataclasses.replace(store, sqlite_path=os.path.join(data_dir, "fastedge.sqlite3"))
+    api = cfg.api
+    if not api.secret_file:
+        api = dataclasses.replace(api, secret_file=os.path.join(data_dir, "session.key"))
+    if api.page_size > api.max_page_size:
+        raise ConfigError("api.page_size: must not exceed api.max_page_size")
+    return dataclasses.replace(cfg, node=node, store=store, api=api)
+
+
+def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) -> EdgeConfig:
+    """Read, validate and complete the configuration.
+
+    :param path: a TOML file, or ``None`` for the built-in defaults (the same
+        values ``etc/fastedge.toml`` documents).
+    :raises ConfigError: naming the offending key, or the unreadable file.
+    """
+    if path is None:
+        return parse_config("", overrides=overrides)
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as e:
+        raise ConfigError("{}: cannot read ({})".format(path, e.strerror)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("{}: not UTF-8".format(path)) from None
+    return parse_config(text, source=path, overrides=overrides)

@@ -1,0 +1,39 @@
+"""Expected store failures; the HTTP layer maps each to a status code."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of the store's expected errors."""
+
+
+class NotFound(StoreError):
+    """The named record does not exist (in this tenant)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__("{} not found".format(what))
+        self.what = what
+
+
+class AlreadyExists(StoreError):
+    """The write would repeat something that may happen once (a like, a flag)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__("{} already exists".format(what))
+        self.what = what
+
+
+class InvalidReference(StoreError):
+    """A reference points at a record that may not be used here."""
+
+
+class BadCursor(StoreError):
+    """A listing cursor that this store did not issue."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or used right now."""
+
+
+class WrongReadPreference(StoreError, ValueError):
+    """A write was asked to read anywhere but the primary."""

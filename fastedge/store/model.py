@@ -1,0 +1,181 @@
+# -*- test-case-name: tests.unit.store.test_sqlite -*-
+"""Values that cross the store interface: plain, frozen, backend-neutral."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+_T = TypeVar("_T")
+
+
+class ReadPreference(enum.Enum):
+    """Where a read may be served from.
+
+    ``PRIMARY`` sees every committed write (the primary may be far away);
+    ``NEAREST`` reads the local copy, which may lag the primary.
+    """
+
+    PRIMARY = "primary"
+    NEAREST = "nearest"
+
+
+class CommentStatus(enum.Enum):
+    """Moderation state of a comment. Only ``APPROVED`` comments are public."""
+
+    APPROVED = "approved"
+    PENDING = "pending"
+    SPAM = "spam"
+    REMOVED = "removed"
+
+
+class Sort(enum.Enum):
+    """Order of the top-level comments of a thread (replies are oldest-first)."""
+
+    NEWEST = "newest"
+    OLDEST = "oldest"
+    TOP = "top"
+
+
+class AuthorKind(enum.Enum):
+    """Who wrote a comment: a signed-in (SSO) user or an anonymous session."""
+
+    USER = "user"
+    ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True)
+class Written(Generic[_T]):
+    """The result of a write and its consistency token.
+
+    :ivar token: opaque; a NEAREST read given this token sees the write. ``None``
+        from backends with a single copy, where every read sees every write.
+    """
+
+    value: _T
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    name: str
+    deployment: str
+    created_ms: int
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    tenant_id: str
+    created_ms: int
+    revoked_ms: int | None
+
+
+@dataclass(frozen=True)
+class Thread:
+    id: str
+    tenant_id: str
+    url_id: str
+    title: str
+    closed: bool
+    created_ms: int
+    comment_count: int
+
+
+@dataclass(frozen=True)
+class Author:
+    id: str
+    tenant_id: str
+    kind: AuthorKind
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class AnonymousSession:
+    """An anonymous commenter; ``id`` is secret (it goes in a signed cookie)."""
+
+    id: str
+    tenant_id: str
+    author_id: str
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class User:
+    """A commenter known to the tenant's SSO."""
+
+    id: str
+    tenant_id: str
+    external_id: str
+    author_id: str
+    display_name: str
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class NewComment:
+    tenant_id: str
+    thread_id: str
+    author_id: str
+    display_name: str
+    body_source: str
+    body_html: str
+    status: CommentStatus
+    created_ms: int
+    parent_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Comment:
+    id: str
+    tenant_id: str
+    thread_id: str
+    parent_id: str | None
+    #: The top-level comment this one hangs under (its own id when top-level).
+    root_id: str
+    author_id: str
+    display_name: str
+    body_source: str
+    body_html: str
+    status: CommentStatus
+    created_ms: int
+    edited_ms: int | None
+    like_count: int
+    flag_count: int
+
+
+@dataclass(frozen=True)
+class Page(Generic[_T]):
+    """One page of a listing; ``next_cursor`` is ``None`` on the last page."""
+
+    items: Sequence[_T]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class ThreadPage:
+    """A page of top-level comments with all the replies under them."""
+
+    thread: Thread
+    top_level: Sequence[Comment]
+    replies: Sequence[Comment]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class ViewerState:
+    """What one viewer did to a set of comments and authors."""
+
+    liked: frozenset[str]
+    blocked_authors: frozenset[str]
+
+
+@dataclass(frozen=True)
+class CreditUsage:
+    operation: str
+    calls: int
+    credits: int

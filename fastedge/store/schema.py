@@ -1,0 +1,224 @@
+# -*- test-case-name: tests.unit.store.test_schema -*-
+"""Tables of the SQL backends and their versioned migrations.
+
+The tables are declared once with SQLAlchemy Core, so the embedded SQLite
+backend and the replicated SQL engines share one schema and one set of
+statements. :data:`MIGRATIONS` lists every schema version in order; each
+entry is applied once, in its own transaction, and recorded in
+``schema_version``. A released migration is never edited: a change to the
+schema is a new entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    select,
+)
+
+metadata = MetaData()
+
+#: Identifiers are random, URL-safe strings (never sequential, so they cannot
+#: be guessed or enumerated across tenants).
+_ID = String(32)
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_ms", BigInteger, nullable=False),
+)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("deployment", String(63), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("settings", Text, nullable=False, default="{}"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("revoked_ms", BigInteger, nullable=True),
+    Index("api_keys_tenant", "tenant_id"),
+)
+
+authors = Table(
+    "authors",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Index("authors_tenant", "tenant_id", "id"),
+)
+
+anonymous_sessions = Table(
+    "anonymous_sessions",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
+    Column("author_id", _ID, ForeignKey("authors.id"), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
+    Column("external_id", String(256), nullable=False),
+    Column("author_id", _ID, ForeignKey("authors.id"), nullable=False),
+    Column("display_name", String(200), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    UniqueConstraint("tenant_id", "external_id", name="users_tenant_external"),
+)
+
+threads = Table(
+    "threads",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
+    Column("url_id", Text, nullable=False),
+    Column("title", Text, nullable=False, default=""),
+    Column("closed", Boolean, nullable=False, default=False),
+    Column("created_ms", BigInteger, nullable=False),
+    #: Approved comments in the thread, kept by every write that changes it.
+    Column("comment_count", Integer, nullable=False, default=0),
+    UniqueConstraint("tenant_id", "url_id", name="threads_tenant_url"),
+    Index("threads_tenant_created", "tenant_id", "created_ms", "id"),
+)
+
+comments = Table(
+    "comments",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
+    Column("thread_id", _ID, ForeignKey("threads.id"), nullable=False),
+    Column("parent_id", _ID, nullable=True),
+    Column("root_id", _ID, nullable=False),
+    Column("author_id", _ID, ForeignKey("authors.id"), nullable=False),
+    Column("display_name", String(200), nullable=False),
+    Column("body_source", Text, nullable=False),
+    Column("body_html", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("edited_ms", BigInteger, nullable=True),
+    Column("like_count", Integer, nullable=False, default=0),
+    Column("flag_count", Integer, nullable=False, default=0),
+    Index("comments_thread_new", "tenant_id", "thread_id", "status", "created_ms", "id"),
+    Index("comments_thread_top", "tenant_id", "thread_id", "status", "like_count", "created_ms", "id"),
+    Index("comments_root", "tenant_id", "root_id"),
+    Index("comments_status", "tenant_id", "status", "created_ms", "id"),
+)
+
+votes = Table(
+    "votes",
+    metadata,
+    Column("comment_id", _ID, ForeignKey("comments.id"), primary_key=True),
+    Column("voter_id", _ID, primary_key=True),
+    Column("tenant_id", _ID, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Index("votes_voter", "tenant_id", "voter_id"),
+)
+
+flags = Table(
+    "flags",
+    metadata,
+    Column("comment_id", _ID, ForeignKey("comments.id"), primary_key=True),
+    Column("flagger_id", _ID, primary_key=True),
+    Column("tenant_id", _ID, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+blocks = Table(
+    "blocks",
+    metadata,
+    Column("tenant_id", _ID, primary_key=True),
+    Column("viewer_id", _ID, primary_key=True),
+    Column("author_id", _ID, primary_key=True),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+credit_ledger = Table(
+    "credit_ledger",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
+    Column("operation", String(64), nullable=False),
+    Column("calls", Integer, nullable=False),
+    Column("credits", Integer, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Index("credit_ledger_tenant", "tenant_id", "created_ms"),
+)
+
+_V1_TABLES = (
+    tenants,
+    api_keys,
+    authors,
+    anonymous_sessions,
+    users,
+    threads,
+    comments,
+    votes,
+    flags,
+    blocks,
+    credit_ledger,
+)
+
+
+def _v1(conn: Connection) -> None:
+    """The first schema: every table above as first released."""
+    metadata.create_all(conn, tables=list(_V1_TABLES))
+
+
+Migration = Callable[[Connection], None]
+
+#: Schema versions in order; version N is ``MIGRATIONS[N - 1]``.
+MIGRATIONS: Sequence[Migration] = (_v1,)
+
+
+def current_version(conn: Connection) -> int:
+    """The newest applied schema version (0 for an empty database)."""
+    schema_version.create(conn, checkfirst=True)
+    newest = conn.execute(select(schema_version.c.version).order_by(schema_version.c.version.desc()).limit(1)).scalar()
+    return int(newest or 0)
+
+
+def migrate(conn: Connection, applied_ms: int, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
+    """Apply, in the caller's transaction, the migrations not yet applied.
+
+    :returns: the versions applied now.
+    :raises RuntimeError: when the database is newer than this software.
+    """
+    have = current_version(conn)
+    if have > len(migrations):
+        raise RuntimeError(
+            "database schema version {} is newer than this software knows ({})".format(have, len(migrations))
+        )
+    applied = []
+    for version in range(have + 1, len(migrations) + 1):
+        migrations[version - 1](conn)
+        conn.execute(schema_version.insert().values(version=version, applied_ms=applied_ms))
+        applied.append(version)
+    return applied

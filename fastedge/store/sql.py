@@ -1,0 +1,1057 @@
+# -*- test-case-name: tests.unit.store.test_sqlite -*-
+"""The store over SQLAlchemy Core: one set of statements for every SQL engine.
+
+Why SQLAlchemy Core (and not ``adbapi`` with hand-written SQL): the embedded
+SQLite backend and the replicated engines must pass one contract suite, and
+Core gives us one set of statements across dialects (parameter styles,
+RETURNING, types), with a connection pool per target, while staying plain
+SQL-shaped. Blocking calls run through a *runner* (a thread pool in
+production, a synchronous call in unit tests), so the reactor thread never
+waits on the database.
+
+Subclasses only choose engines: :class:`SqlStore` takes the engine that
+serves writes and PRIMARY reads, and the one that serves NEAREST reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from . import schema as s
+from .errors import (
+    AlreadyExists,
+    BadCursor,
+    InvalidReference,
+    NotFound,
+    StoreUnavailable,
+    WrongReadPreference,
+)
+from .interfaces import IStore
+from .model import (
+    AnonymousSession,
+    ApiKey,
+    Author,
+    AuthorKind,
+    Comment,
+    CommentStatus,
+    CreditUsage,
+    NewComment,
+    Page,
+    ReadPreference,
+    Sort,
+    Tenant,
+    Thread,
+    ThreadPage,
+    User,
+    ViewerState,
+    Written,
+)
+
+_T = TypeVar("_T")
+
+#: Runs a blocking callable somewhere and returns its result as a Deferred.
+Runner = Callable[[Callable[[], Any]], "Deferred[Any]"]
+
+#: Statement-level observer: ``(operation, read_preference, seconds)``.
+Observer = Callable[[str, ReadPreference, float], None]
+
+
+def new_id() -> str:
+    """A random, URL-safe identifier (96 bits)."""
+    return secrets.token_urlsafe(12)
+
+
+def _require_primary(read_preference: ReadPreference) -> None:
+    if read_preference is not ReadPreference.PRIMARY:
+        raise WrongReadPreference("writes go to the primary; read_preference must be PRIMARY")
+
+
+def _encode_cursor(kind: str, *values: Any) -> str:
+    raw = json.dumps([kind, *values], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, kind: str, types: Sequence[type]) -> list[Any]:
+    """Decode a cursor made by :func:`_encode_cursor`; ``BadCursor`` otherwise."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise BadCursor("cursor is not one this server issued") from None
+    if not isinstance(values, list) or len(values) != len(types) + 1 or values[0] != kind:
+        raise BadCursor("cursor is not one this server issued")
+    for value, tp in zip(values[1:], types):
+        if type(value) is not tp:
+            raise BadCursor("cursor is not one this server issued")
+    return values[1:]
+
+
+def _comment(row: Any) -> Comment:
+    return Comment(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        thread_id=row.thread_id,
+        parent_id=row.parent_id,
+        root_id=row.root_id,
+        author_id=row.author_id,
+        display_name=row.display_name,
+        body_source=row.body_source,
+        body_html=row.body_html,
+        status=CommentStatus(row.status),
+        created_ms=row.created_ms,
+        edited_ms=row.edited_ms,
+        like_count=row.like_count,
+        flag_count=row.flag_count,
+    )
+
+
+def _thread(row: Any) -> Thread:
+    return Thread(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        url_id=row.url_id,
+        title=row.title,
+        closed=bool(row.closed),
+        created_ms=row.created_ms,
+        comment_count=row.comment_count,
+    )
+
+
+def _tenant(row: Any) -> Tenant:
+    return Tenant(
+        id=row.id,
+        name=row.name,
+        deployment=row.deployment,
+        created_ms=row.created_ms,
+        settings=json.loads(row.settings),
+    )
+
+
+def _api_key(row: Any) -> ApiKey:
+    return ApiKey(id=row.id, tenant_id=row.tenant_id, created_ms=row.created_ms, revoked_ms=row.revoked_ms)
+
+
+_APPROVED = CommentStatus.APPROVED.value
+
+
+@implementer(IStore)
+class SqlStore:
+    """:class:`IStore` over SQLAlchemy engines.
+
+    :param primary: serves every write and PRIMARY read.
+    :param nearest: serves NEAREST reads; ``None`` means the primary.
+    :param run: where blocking calls run (see :data:`Runner`).
+    :param clock: only stamps applied migrations.
+    :param serialize_writes: take a process-wide lock around write
+        transactions (SQLite allows one writer; queueing here is cheaper
+        than SQLite's sleeping busy handler).
+    """
+
+    backend = "sql"
+    _log = Logger()
+
+    def __init__(
+        self,
+        primary: Engine,
+        nearest: Engine | None,
+        *,
+        run: Runner,
+        clock: IReactorTime,
+        serialize_writes: bool = False,
+        observe: Observer | None = None,
+    ) -> None:
+        self._primary = primary
+        self._nearest = nearest if nearest is not None else primary
+        self._run = run
+        self._clock = clock
+        self._write_lock = threading.Lock() if serialize_writes else None
+        self._observe = observe
+
+    # Plumbing
+
+    def _call(self, operation: str, read_preference: ReadPreference, fn: Callable[[], _T]) -> Deferred[_T]:
+        """Run ``fn`` through the runner, mapping driver failures to ours."""
+        observe = self._observe
+
+        def timed() -> _T:
+            # A duration for metrics, measured where the call runs; never a
+            # wall-clock time that logic depends on.
+            started = time.perf_counter()
+            try:
+                return fn()
+            except OperationalError as e:
+                raise StoreUnavailable(str(e.orig)) from e
+            finally:
+                if observe is not None:
+                    observe(operation, read_preference, time.perf_counter() - started)
+
+        return self._run(timed)
+
+    @contextmanager
+    def _reading(self, read_preference: ReadPreference) -> Iterator[Connection]:
+        engine = self._primary if read_preference is ReadPreference.PRIMARY else self._nearest
+        with engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        lock = self._write_lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            with self._primary.execution_options(fastedge_write=True).begin() as conn:
+                yield conn
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _written(self, conn: Connection, value: _T) -> Written[_T]:
+        """Wrap a write's result with its consistency token (none here)."""
+        return Written(value, self._token(conn))
+
+    def _token(self, conn: Connection) -> str | None:
+        """The consistency token of the transaction on ``conn``.
+
+        A single copy needs none; replicated engines override this.
+        """
+        return None
+
+    # Lifecycle
+
+    def open(self) -> Deferred[None]:
+        applied_ms = int(self._clock.seconds() * 1000)
+
+        def go() -> None:
+            with self._writing() as conn:
+                applied = s.migrate(conn, applied_ms)
+            if applied:
+                self._log.info("store schema migrated to {versions}", versions=applied)
+
+        return self._call("open", ReadPreference.PRIMARY, go)
+
+    def close(self) -> Deferred[None]:
+        def go() -> None:
+            self._primary.dispose()
+            if self._nearest is not self._primary:
+                self._nearest.dispose()
+
+        return self._call("close", ReadPreference.PRIMARY, go)
+
+    def ping(self, *, read_preference: ReadPreference) -> Deferred[None]:
+        def go() -> None:
+            with self._reading(read_preference) as conn:
+                conn.execute(select(1)).scalar()
+
+        return self._call("ping", read_preference, go)
+
+    # Tenants and API keys
+
+    def create_tenant(
+        self, name: str, deployment: str, *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[Tenant]]:
+        _require_primary(read_preference)
+        tenant = Tenant(id=new_id(), name=name, deployment=deployment, created_ms=created_ms, settings={})
+
+        def go() -> Written[Tenant]:
+            with self._writing() as conn:
+                conn.execute(
+                    insert(s.tenants).values(
+                        id=tenant.id, name=name, deployment=deployment, created_ms=created_ms, settings="{}"
+                    )
+                )
+                return self._written(conn, tenant)
+
+        return self._call("create_tenant", read_preference, go)
+
+    def get_tenant(
+        self, tenant_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[Tenant]:
+        def go() -> Tenant:
+            with self._reading(read_preference) as conn:
+                row = conn.execute(select(s.tenants).where(s.tenants.c.id == tenant_id)).first()
+            if row is None:
+                raise NotFound("tenant")
+            return _tenant(row)
+
+        return self._call("get_tenant", read_preference, go)
+
+    def update_tenant_settings(
+        self, tenant_id: str, settings: Mapping[str, Any], *, read_preference: ReadPreference
+    ) -> Deferred[Written[Tenant]]:
+        _require_primary(read_preference)
+        encoded = json.dumps(dict(settings), sort_keys=True)
+
+        def go() -> Written[Tenant]:
+            with self._writing() as conn:
+                done = conn.execute(update(s.tenants).where(s.tenants.c.id == tenant_id).values(settings=encoded))
+                if done.rowcount == 0:
+                    raise NotFound("tenant")
+                row = conn.execute(select(s.tenants).where(s.tenants.c.id == tenant_id)).one()
+                return self._written(conn, _tenant(row))
+
+        return self._call("update_tenant_settings", read_preference, go)
+
+    def add_api_key(
+        self, tenant_id: str, key_hash: str, *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[ApiKey]]:
+        _require_primary(read_preference)
+        key = ApiKey(id=new_id(), tenant_id=tenant_id, created_ms=created_ms, revoked_ms=None)
+
+        def go() -> Written[ApiKey]:
+            with self._writing() as conn:
+                self._require_tenant(conn, tenant_id)
+                conn.execute(
+                    insert(s.api_keys).values(
+                        id=key.id, tenant_id=tenant_id, key_hash=key_hash, created_ms=created_ms
+                    )
+                )
+                return self._written(conn, key)
+
+        return self._call("add_api_key", read_preference, go)
+
+    def revoke_api_key(
+        self, tenant_id: str, key_id: str, *, revoked_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[ApiKey]]:
+        _require_primary(read_preference)
+
+        def go() -> Written[ApiKey]:
+            k = s.api_keys.c
+            with self._writing() as conn:
+                where = and_(k.tenant_id == tenant_id, k.id == key_id)
+                row = conn.execute(select(s.api_keys).where(where)).first()
+                if row is None:
+                    raise NotFound("API key")
+                if row.revoked_ms is None:
+                    conn.execute(update(s.api_keys).where(where).values(revoked_ms=revoked_ms))
+                    row = conn.execute(select(s.api_keys).where(where)).one()
+                return self._written(conn, _api_key(row))
+
+        return self._call("revoke_api_key", read_preference, go)
+
+    def list_api_keys(
+        self, tenant_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[list[ApiKey]]:
+        def go() -> list[ApiKey]:
+            k = s.api_keys.c
+            with self._reading(read_preference) as conn:
+                rows = conn.execute(
+                    select(s.api_keys).where(k.tenant_id == tenant_id).order_by(k.created_ms, k.id)
+                ).all()
+            return [_api_key(r) for r in rows]
+
+        return self._call("list_api_keys", read_preference, go)
+
+    def tenant_for_api_key(
+        self, key_hash: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[Tenant]:
+        def go() -> Tenant:
+            k = s.api_keys.c
+            with self._reading(read_preference) as conn:
+                row = conn.execute(
+                    select(s.tenants)
+                    .join(s.api_keys, k.tenant_id == s.tenants.c.id)
+                    .where(k.key_hash == key_hash, k.revoked_ms.is_(None))
+                ).first()
+            if row is None:
+                raise NotFound("API key")
+            return _tenant(row)
+
+        return self._call("tenant_for_api_key", read_preference, go)
+
+    # Authors
+
+    def _new_author(self, conn: Connection, tenant_id: str, kind: AuthorKind, created_ms: int) -> str:
+        author_id = new_id()
+        conn.execute(insert(s.authors).values(id=author_id, tenant_id=tenant_id, kind=kind.value, created_ms=created_ms))
+        return author_id
+
+    def _require_tenant(self, conn: Connection, tenant_id: str) -> None:
+        if conn.execute(select(s.tenants.c.id).where(s.tenants.c.id == tenant_id)).first() is None:
+            raise NotFound("tenant")
+
+    def create_anonymous_session(
+        self, tenant_id: str, *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[AnonymousSession]]:
+        _require_primary(read_preference)
+
+        def go() -> Written[AnonymousSession]:
+            with self._writing() as conn:
+                self._require_tenant(conn, tenant_id)
+                author_id = self._new_author(conn, tenant_id, AuthorKind.ANONYMOUS, created_ms)
+                session = AnonymousSession(
+                    id=new_id(), tenant_id=tenant_id, author_id=author_id, created_ms=created_ms
+                )
+                conn.execute(
+                    insert(s.anonymous_sessions).values(
+                        id=session.id, tenant_id=tenant_id, author_id=author_id, created_ms=created_ms
+                    )
+                )
+                return self._written(conn, session)
+
+        return self._call("create_anonymous_session", read_preference, go)
+
+    def get_anonymous_session(
+        self, tenant_id: str, session_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[AnonymousSession]:
+        def go() -> AnonymousSession:
+            c = s.anonymous_sessions.c
+            with self._reading(read_preference) as conn:
+                row = conn.execute(
+                    select(s.anonymous_sessions).where(c.tenant_id == tenant_id, c.id == session_id)
+                ).first()
+            if row is None:
+                raise NotFound("session")
+            return AnonymousSession(
+                id=row.id, tenant_id=row.tenant_id, author_id=row.author_id, created_ms=row.created_ms
+            )
+
+        return self._call("get_anonymous_session", read_preference, go)
+
+    def upsert_user(
+        self,
+        tenant_id: str,
+        external_id: str,
+        display_name: str,
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+    ) -> Deferred[Written[User]]:
+        _require_primary(read_preference)
+
+        def go() -> Written[User]:
+            u = s.users.c
+            with self._writing() as conn:
+                self._require_tenant(conn, tenant_id)
+                where = and_(u.tenant_id == tenant_id, u.external_id == external_id)
+                row = conn.execute(select(s.users).where(where)).first()
+                if row is None:
+                    author_id = self._new_author(conn, tenant_id, AuthorKind.USER, created_ms)
+                    conn.execute(
+                        insert(s.users).values(
+                            id=new_id(),
+                            tenant_id=tenant_id,
+                            external_id=external_id,
+                            author_id=author_id,
+                            display_name=display_name,
+                            created_ms=created_ms,
+                        )
+                    )
+                elif row.display_name != display_name:
+                    conn.execute(update(s.users).where(where).values(display_name=display_name))
+                row = conn.execute(select(s.users).where(where)).one()
+                user = User(
+                    id=row.id,
+                    tenant_id=row.tenant_id,
+                    external_id=row.external_id,
+                    author_id=row.author_id,
+                    display_name=row.display_name,
+                    created_ms=row.created_ms,
+                )
+                return self._written(conn, user)
+
+        return self._call("upsert_user", read_preference, go)
+
+    def get_author(
+        self, tenant_id: str, author_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[Author]:
+        def go() -> Author:
+            a = s.authors.c
+            with self._reading(read_preference) as conn:
+                row = conn.execute(select(s.authors).where(a.tenant_id == tenant_id, a.id == author_id)).first()
+            if row is None:
+                raise NotFound("author")
+            return Author(id=row.id, tenant_id=row.tenant_id, kind=AuthorKind(row.kind), created_ms=row.created_ms)
+
+        return self._call("get_author", read_preference, go)
+
+    # Threads
+
+    def upsert_thread(
+        self,
+        tenant_id: str,
+        url_id: str,
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+        title: str | None = None,
+        closed: bool | None = None,
+    ) -> Deferred[Written[Thread]]:
+        _require_primary(read_preference)
+
+        def go() -> Written[Thread]:
+            t = s.threads.c
+            where = and_(t.tenant_id == tenant_id, t.url_id == url_id)
+            with self._writing() as conn:
+                row = conn.execute(select(s.threads).where(where)).first()
+                if row is None:
+                    self._require_tenant(conn, tenant_id)
+                    conn.execute(
+                        insert(s.threads).values(
+                            id=new_id(),
+                            tenant_id=tenant_id,
+                            url_id=url_id,
+                            title=title or "",
+                            closed=bool(closed),
+                            created_ms=created_ms,
+                            comment_count=0,
+                        )
+                    )
+                else:
+                    changes: dict[str, Any] = {}
+                    if title is not None and title != row.title:
+                        changes["title"] = title
+                    if closed is not None and closed != bool(row.closed):
+                        changes["closed"] = closed
+                    if changes:
+                        conn.execute(update(s.threads).where(where).values(**changes))
+                row = conn.execute(select(s.threads).where(where)).one()
+                return self._written(conn, _thread(row))
+
+        return self._call("upsert_thread", read_preference, go)
+
+    def get_thread(
+        self, tenant_id: str, url_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[Thread]:
+        def go() -> Thread:
+            t = s.threads.c
+            with self._reading(read_preference) as conn:
+                row = conn.execute(select(s.threads).where(t.tenant_id == tenant_id, t.url_id == url_id)).first()
+            if row is None:
+                raise NotFound("thread")
+            return _thread(row)
+
+        return self._call("get_thread", read_preference, go)
+
+    def get_thread_by_id(
+        self, tenant_id: str, thread_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[Thread]:
+        def go() -> Thread:
+            with self._reading(read_preference) as conn:
+                return self._thread_by_id(conn, tenant_id, thread_id)
+
+        return self._call("get_thread_by_id", read_preference, go)
+
+    def _thread_by_id(self, conn: Connection, tenant_id: str, thread_id: str) -> Thread:
+        t = s.threads.c
+        row = conn.execute(select(s.threads).where(t.tenant_id == tenant_id, t.id == thread_id)).first()
+        if row is None:
+            raise NotFound("thread")
+        return _thread(row)
+
+    def list_threads(
+        self,
+        tenant_id: str,
+        *,
+        limit: int,
+        cursor: str | None,
+        read_preference: ReadPreference,
+        token: str | None = None,
+    ) -> Deferred[Page[Thread]]:
+        after = _decode_cursor(cursor, "threads", (int, str)) if cursor else None
+
+        def go() -> Page[Thread]:
+            t = s.threads.c
+            query = select(s.threads).where(t.tenant_id == tenant_id)
+            if after is not None:
+                query = query.where(or_(t.created_ms < after[0], and_(t.created_ms == after[0], t.id < after[1])))
+            query = query.order_by(t.created_ms.desc(), t.id.desc()).limit(limit + 1)
+            with self._reading(read_preference) as conn:
+                rows = conn.execute(query).all()
+            items = [_thread(r) for r in rows[:limit]]
+            next_cursor = None
+            if len(rows) > limit:
+                last = items[-1]
+                next_cursor = _encode_cursor("threads", last.created_ms, last.id)
+            return Page(items, next_cursor)
+
+        return self._call("list_threads", read_preference, go)
+
+    def delete_thread(
+        self, tenant_id: str, thread_id: str, *, read_preference: ReadPreference
+    ) -> Deferred[Written[None]]:
+        _require_primary(read_preference)
+
+        def go() -> Written[None]:
+            c = s.comments.c
+            with self._writing() as conn:
+                self._thread_by_id(conn, tenant_id, thread_id)
+                ids = select(c.id).where(c.tenant_id == tenant_id, c.thread_id == thread_id)
+                self._delete_comment_rows(conn, tenant_id, ids)
+                conn.execute(delete(s.threads).where(s.threads.c.tenant_id == tenant_id, s.threads.c.id == thread_id))
+                return self._written(conn, None)
+
+        return self._call("delete_thread", read_preference, go)
+
+    # Comments
+
+    def create_comment(self, new: NewComment, *, read_preference: ReadPreference) -> Deferred[Written[Comment]]:
+        _require_primary(read_preference)
+
+        def go() -> Written[Comment]:
+            c = s.comments.c
+            with self._writing() as conn:
+                self._thread_by_id(conn, new.tenant_id, new.thread_id)
+                a = s.authors.c
+                if (
+                    conn.execute(
+                        select(a.id).where(a.tenant_id == new.tenant_id, a.id == new.author_id)
+                    ).first()
+                    is None
+                ):
+                    raise NotFound("author")
+                comment_id = new_id()
+                root_id = comment_id
+                if new.parent_id is not None:
+                    parent = conn.execute(
+                        select(c.thread_id, c.root_id).where(c.tenant_id == new.tenant_id, c.id == new.parent_id)
+                    ).first()
+                    if parent is None:
+                        raise NotFound("parent comment")
+                    if parent.thread_id != new.thread_id:
+                        raise InvalidReference("the parent comment belongs to another thread")
+                    root_id = parent.root_id
+                conn.execute(
+                    insert(s.comments).values(
+                        id=comment_id,
+                        tenant_id=new.tenant_id,
+                        thread_id=new.thread_id,
+                        parent_id=new.parent_id,
+                        root_id=root_id,
+                        author_id=new.author_id,
+                        display_name=new.display_name,
+                        body_source=new.body_source,
+                        body_html=new.body_html,
+                        status=new.status.value,
+                        created_ms=new.created_ms,
+                        edited_ms=None,
+                        like_count=0,
+                        flag_count=0,
+                    )
+                )
+                if new.status is CommentStatus.APPROVED:
+                    self._count_approved(conn, new.tenant_id, new.thread_id, +1)
+                row = conn.execute(select(s.comments).where(c.id == comment_id)).one()
+                return self._written(conn, _comment(row))
+
+        return self._call("create_comment", read_preference, go)
+
+    def _count_approved(self, conn: Connection, tenant_id: str, thread_id: str, delta: int) -> None:
+        t = s.threads.c
+        conn.execute(
+            update(s.threads)
+            .where(t.tenant_id == tenant_id, t.id == thread_id)
+            .values(comment_count=t.comment_count + delta)
+        )
+
+    def get_comment(
+        self, tenant_id: str, comment_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[Comment]:
+        def go() -> Comment:
+            with self._reading(read_preference) as conn:
+                return self._comment_row(conn, tenant_id, comment_id)
+
+        return self._call("get_comment", read_preference, go)
+
+    def _comment_row(self, conn: Connection, tenant_id: str, comment_id: str) -> Comment:
+        c = s.comments.c
+        row = conn.execute(select(s.comments).where(c.tenant_id == tenant_id, c.id == comment_id)).first()
+        if row is None:
+            raise NotFound("comment")
+        return _comment(row)
+
+    def list_thread(
+        self,
+        tenant_id: str,
+        thread_id: str,
+        *,
+        sort: Sort,
+        limit: int,
+        cursor: str | None,
+        read_preference: ReadPreference,
+        token: str | None = None,
+    ) -> Deferred[ThreadPage]:
+        c = s.comments.c
+        kind = "thread-" + sort.value
+        query = select(s.comments).where(
+            c.tenant_id == tenant_id, c.thread_id == thread_id, c.status == _APPROVED, c.parent_id.is_(None)
+        )
+        if sort is Sort.TOP:
+            if cursor:
+                likes, created, cid = _decode_cursor(cursor, kind, (int, int, str))
+                query = query.where(
+                    or_(
+                        c.like_count < likes,
+                        and_(c.like_count == likes, c.created_ms < created),
+                        and_(c.like_count == likes, c.created_ms == created, c.id < cid),
+                    )
+                )
+            query = query.order_by(c.like_count.desc(), c.created_ms.desc(), c.id.desc())
+        else:
+            newest = sort is Sort.NEWEST
+            if cursor:
+                created, cid = _decode_cursor(cursor, kind, (int, str))
+                if newest:
+                    query = query.where(or_(c.created_ms < created, and_(c.created_ms == created, c.id < cid)))
+                else:
+                    query = query.where(or_(c.created_ms > created, and_(c.created_ms == created, c.id > cid)))
+            if newest:
+                query = query.order_by(c.created_ms.desc(), c.id.desc())
+            else:
+                query = query.order_by(c.created_ms, c.id)
+        query = query.limit(limit + 1)
+
+        def go() -> ThreadPage:
+            with self._reading(read_preference) as conn:
+                thread = self._thread_by_id(conn, tenant_id, thread_id)
+                rows = conn.execute(query).all()
+                top = [_comment(r) for r in rows[:limit]]
+                replies: list[Comment] = []
+                if top:
+                    replies = [
+                        _comment(r)
+                        for r in conn.execute(
+                            select(s.comments)
+                            .where(
+                                c.tenant_id == tenant_id,
+                                c.root_id.in_([t.id for t in top]),
+                                c.parent_id.is_not(None),
+                                c.status == _APPROVED,
+                            )
+                            .order_by(c.created_ms, c.id)
+                        )
+                    ]
+            next_cursor = None
+            if len(rows) > limit:
+                last = top[-1]
+                if sort is Sort.TOP:
+                    next_cursor = _encode_cursor(kind, last.like_count, last.created_ms, last.id)
+                else:
+                    next_cursor = _encode_cursor(kind, last.created_ms, last.id)
+            return ThreadPage(thread=thread, top_level=top, replies=replies, next_cursor=next_cursor)
+
+        return self._call("list_thread", read_preference, go)
+
+    def list_comments(
+        self,
+        tenant_id: str,
+        *,
+        status: CommentStatus,
+        limit: int,
+        cursor: str | None,
+        read_preference: ReadPreference,
+        thread_id: str | None = None,
+        token: str | None = None,
+    ) -> Deferred[Page[Comment]]:
+        c = s.comments.c
+        query = select(s.comments).where(c.tenant_id == tenant_id, c.status == status.value)
+        if thread_id is not None:
+            query = query.where(c.thread_id == thread_id)
+        if cursor:
+            created, cid = _decode_cursor(cursor, "comments", (int, str))
+            query = query.where(or_(c.created_ms < created, and_(c.created_ms == created, c.id < cid)))
+        query = query.order_by(c.created_ms.desc(), c.id.desc()).limit(limit + 1)
+
+        def go() -> Page[Comment]:
+            with self._reading(read_preference) as conn:
+                rows = conn.execute(query).all()
+            items = [_comment(r) for r in rows[:limit]]
+            next_cursor = None
+            if len(rows) > limit:
+                next_cursor = _encode_cursor("comments", items[-1].created_ms, items[-1].id)
+            return Page(items, next_cursor)
+
+        return self._call("list_comments", read_preference, go)
+
+    def update_comment(
+        self,
+        tenant_id: str,
+        comment_id: str,
+        *,
+        edited_ms: int,
+        read_preference: ReadPreference,
+        body: tuple[str, str] | None = None,
+        status: CommentStatus | None = None,
+    ) -> Deferred[Written[Comment]]:
+        _require_primary(read_preference)
+
+        def go() -> Written[Comment]:
+            c = s.comments.c
+            with self._writing() as conn:
+                old = self._comment_row(conn, tenant_id, comment_id)
+                changes: dict[str, Any] = {}
+                if body is not None:
+                    changes.update(body_source=body[0], body_html=body[1], edited_ms=edited_ms)
+                if status is not None and status is not old.status:
+                    changes["status"] = status.value
+                    if old.status is CommentStatus.APPROVED:
+                        self._count_approved(conn, tenant_id, old.thread_id, -1)
+                    elif status is CommentStatus.APPROVED:
+                        self._count_approved(conn, tenant_id, old.thread_id, +1)
+                if changes:
+                    conn.execute(
+                        update(s.comments).where(c.tenant_id == tenant_id, c.id == comment_id).values(**changes)
+                    )
+                return self._written(conn, self._comment_row(conn, tenant_id, comment_id))
+
+        return self._call("update_comment", read_preference, go)
+
+    def delete_comment(
+        self, tenant_id: str, comment_id: str, *, read_preference: ReadPreference
+    ) -> Deferred[Written[int]]:
+        _require_primary(read_preference)
+
+        def go() -> Written[int]:
+            with self._writing() as conn:
+                target = self._comment_row(conn, tenant_id, comment_id)
+                doomed = self._subtree(conn, tenant_id, target)
+                counted = self._delete_comment_rows(conn, tenant_id, doomed)
+                return self._written(conn, counted)
+
+        return self._call("delete_comment", read_preference, go)
+
+    def _subtree(self, conn: Connection, tenant_id: str, target: Comment) -> list[str]:
+        """Ids of ``target`` and every reply beneath it."""
+        c = s.comments.c
+        rows = conn.execute(
+            select(c.id, c.parent_id).where(c.tenant_id == tenant_id, c.root_id == target.root_id)
+        ).all()
+        children: dict[str | None, list[str]] = {}
+        for row in rows:
+            children.setdefault(row.parent_id, []).append(row.id)
+        found, todo = [], [target.id]
+        while todo:
+            current = todo.pop()
+            found.append(current)
+            todo.extend(children.get(current, ()))
+        return found
+
+    def _delete_comment_rows(self, conn: Connection, tenant_id: str, ids: Any) -> int:
+        """Delete comments (a list of ids or a subquery) with their votes and
+        flags, keeping the threads' approved counts right."""
+        c = s.comments.c
+        if isinstance(ids, list):
+            ids_where = c.id.in_(ids)
+        else:
+            ids_where = c.id.in_(ids.scalar_subquery())
+        approved = conn.execute(
+            select(c.thread_id, func.count())
+            .where(c.tenant_id == tenant_id, ids_where, c.status == _APPROVED)
+            .group_by(c.thread_id)
+        ).all()
+        id_list = [r.id for r in conn.execute(select(c.id).where(c.tenant_id == tenant_id, ids_where))]
+        for start in range(0, len(id_list), 500):
+            chunk = id_list[start : start + 500]
+            conn.execute(delete(s.votes).where(s.votes.c.comment_id.in_(chunk)))
+            conn.execute(delete(s.flags).where(s.flags.c.comment_id.in_(chunk)))
+            conn.execute(delete(s.comments).where(c.tenant_id == tenant_id, c.id.in_(chunk)))
+        for thread_id, count in approved:
+            self._count_approved(conn, tenant_id, thread_id, -count)
+        return len(id_list)
+
+    # Votes, flags, blocks
+
+    def add_like(
+        self, tenant_id: str, comment_id: str, voter_id: str, *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[int]]:
+        _require_primary(read_preference)
+
+        def go() -> Written[int]:
+            v = s.votes.c
+            with self._writing() as conn:
+                self._comment_row(conn, tenant_id, comment_id)
+                if conn.execute(select(v.voter_id).where(v.comment_id == comment_id, v.voter_id == voter_id)).first():
+                    raise AlreadyExists("like")
+                try:
+                    conn.execute(
+                        insert(s.votes).values(
+                            comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, created_ms=created_ms
+                        )
+                    )
+                except IntegrityError:
+                    raise AlreadyExists("like") from None
+                return self._written(conn, self._bump(conn, tenant_id, comment_id, "like_count", +1))
+
+        return self._call("add_like", read_preference, go)
+
+    def _bump(self, conn: Connection, tenant_id: str, comment_id: str, column: str, delta: int) -> int:
+        c = s.comments.c
+        col = c[column]
+        conn.execute(
+            update(s.comments).where(c.tenant_id == tenant_id, c.id == comment_id).values({column: col + delta})
+        )
+        return int(conn.execute(select(col).where(c.id == comment_id)).scalar_one())
+
+    def remove_like(
+        self, tenant_id: str, comment_id: str, voter_id: str, *, read_preference: ReadPreference
+    ) -> Deferred[Written[int]]:
+        _require_primary(read_preference)
+
+        def go() -> Written[int]:
+            v = s.votes.c
+            with self._writing() as conn:
+                self._comment_row(conn, tenant_id, comment_id)
+                done = conn.execute(
+                    delete(s.votes).where(v.tenant_id == tenant_id, v.comment_id == comment_id, v.voter_id == voter_id)
+                )
+                if done.rowcount == 0:
+                    raise NotFound("like")
+                return self._written(conn, self._bump(conn, tenant_id, comment_id, "like_count", -1))
+
+        return self._call("remove_like", read_preference, go)
+
+    def add_flag(
+        self, tenant_id: str, comment_id: str, flagger_id: str, *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[int]]:
+        _require_primary(read_preference)
+
+        def go() -> Written[int]:
+            f = s.flags.c
+            with self._writing() as conn:
+                self._comment_row(conn, tenant_id, comment_id)
+                if conn.execute(
+                    select(f.flagger_id).where(f.comment_id == comment_id, f.flagger_id == flagger_id)
+                ).first():
+                    raise AlreadyExists("flag")
+                try:
+                    conn.execute(
+                        insert(s.flags).values(
+                            comment_id=comment_id, flagger_id=flagger_id, tenant_id=tenant_id, created_ms=created_ms
+                        )
+                    )
+                except IntegrityError:
+                    raise AlreadyExists("flag") from None
+                return self._written(conn, self._bump(conn, tenant_id, comment_id, "flag_count", +1))
+
+        return self._call("add_flag", read_preference, go)
+
+    def add_block(
+        self, tenant_id: str, viewer_id: str, author_id: str, *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[None]]:
+        _require_primary(read_preference)
+
+        def go() -> Written[None]:
+            a = s.authors.c
+            b = s.blocks.c
+            if viewer_id == author_id:
+                raise InvalidReference("an author cannot block themselves")
+            with self._writing() as conn:
+                if conn.execute(select(a.id).where(a.tenant_id == tenant_id, a.id == author_id)).first() is None:
+                    raise NotFound("author")
+                where = and_(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
+                if conn.execute(select(b.author_id).where(where)).first() is not None:
+                    raise AlreadyExists("block")
+                try:
+                    conn.execute(
+                        insert(s.blocks).values(
+                            tenant_id=tenant_id, viewer_id=viewer_id, author_id=author_id, created_ms=created_ms
+                        )
+                    )
+                except IntegrityError:
+                    raise AlreadyExists("block") from None
+                return self._written(conn, None)
+
+        return self._call("add_block", read_preference, go)
+
+    def remove_block(
+        self, tenant_id: str, viewer_id: str, author_id: str, *, read_preference: ReadPreference
+    ) -> Deferred[Written[None]]:
+        _require_primary(read_preference)
+
+        def go() -> Written[None]:
+            b = s.blocks.c
+            with self._writing() as conn:
+                done = conn.execute(
+                    delete(s.blocks).where(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
+                )
+                if done.rowcount == 0:
+                    raise NotFound("block")
+                return self._written(conn, None)
+
+        return self._call("remove_block", read_preference, go)
+
+    def viewer_state(
+        self,
+        tenant_id: str,
+        viewer_id: str,
+        comment_ids: Sequence[str],
+        *,
+        read_preference: ReadPreference,
+        token: str | None = None,
+    ) -> Deferred[ViewerState]:
+        ids = list(comment_ids)
+
+        def go() -> ViewerState:
+            v = s.votes.c
+            b = s.blocks.c
+            liked: set[str] = set()
+            with self._reading(read_preference) as conn:
+                for start in range(0, len(ids), 500):
+                    liked.update(
+                        conn.execute(
+                            select(v.comment_id).where(
+                                v.tenant_id == tenant_id, v.voter_id == viewer_id, v.comment_id.in_(ids[start : start + 500])
+                            )
+                        ).scalars()
+                    )
+                blocked = conn.execute(
+                    select(b.author_id).where(b.tenant_id == tenant_id, b.viewer_id == viewer_id)
+                ).scalars()
+                return ViewerState(liked=frozenset(liked), blocked_authors=frozenset(blocked))
+
+        return self._call("viewer_state", read_preference, go)
+
+    # Credits
+
+    def charge_credits(
+        self,
+        tenant_id: str,
+        charges: Mapping[str, tuple[int, int]],
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+    ) -> Deferred[Written[None]]:
+        _require_primary(read_preference)
+        rows = [
+            dict(tenant_id=tenant_id, operation=op, calls=calls, credits=credits, created_ms=created_ms)
+            for op, (calls, credits) in sorted(charges.items())
+        ]
+
+        def go() -> Written[None]:
+            with self._writing() as conn:
+                self._require_tenant(conn, tenant_id)
+                if rows:
+                    conn.execute(insert(s.credit_ledger), rows)
+                return self._written(conn, None)
+
+        return self._call("charge_credits", read_preference, go)
+
+    def credit_usage(
+        self, tenant_id: str, *, since_ms: int, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[list[CreditUsage]]:
+        def go() -> list[CreditUsage]:
+            l_ = s.credit_ledger.c
+            with self._reading(read_preference) as conn:
+                rows = conn.execute(
+                    select(l_.operation, func.sum(l_.calls), func.sum(l_.credits))
+                    .where(l_.tenant_id == tenant_id, l_.created_ms >= since_ms)
+                    .group_by(l_.operation)
+                    .order_by(l_.operation)
+                ).all()
+            return [CreditUsage(operation=op, calls=int(calls), credits=int(credits)) for op, calls, credits in rows]
+
+        return self._call("credit_usage", read_preference, go)

@@ -1,0 +1,124 @@
+# -*- test-case-name: tests.integration.test_admin -*-
+"""``fastedge-admin``: operator commands that work beside a running node.
+
+``fastedge-admin tenant create NAME [--json]`` creates a tenant and its
+first API key, talking to the same store the node uses (with the same
+``--config`` and ``--data-dir``); SQLite's locking lets it write while the
+node runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import react
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from .api.keys import hash_api_key, new_api_key
+from .config import ConfigError, EdgeConfig, load_config
+from .store.model import ReadPreference
+from .store.sqlite import SQLiteStore
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastedge-admin", description="Operate a fastedge node's data.")
+    p.add_argument("--config", "-c", help="TOML config file (default: built-in defaults)")
+    p.add_argument("--data-dir", help="data directory (overrides node.data_dir)")
+    sub = p.add_subparsers(dest="area", required=True)
+    tenant = sub.add_parser("tenant", help="tenants and their API keys")
+    tsub = tenant.add_subparsers(dest="action", required=True)
+    create = tsub.add_parser("create", help="create a tenant and print its id and first API key")
+    create.add_argument("name")
+    create.add_argument("--deployment", help="deployment of the tenant (default: this node's)")
+    create.add_argument("--json", action="store_true", help="print JSON")
+    key = tsub.add_parser("add-key", help="create another API key for a tenant")
+    key.add_argument("tenant_id")
+    key.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def _open_store(reactor: Any, cfg: EdgeConfig) -> tuple[SQLiteStore, ThreadPool]:
+    pool = ThreadPool(minthreads=1, maxthreads=1, name="fastedge-admin")
+    pool.start()
+    os.makedirs(os.path.dirname(cfg.store.sqlite_path), exist_ok=True)
+    store = SQLiteStore(
+        cfg.store.sqlite_path,
+        run=lambda f: deferToThreadPool(reactor, pool, f),
+        clock=reactor,
+        busy_timeout_seconds=cfg.store.busy_timeout_seconds,
+        pool_size=1,
+    )
+    return store, pool
+
+
+@inlineCallbacks
+def _run(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig) -> Any:
+    store, pool = _open_store(reactor, cfg)
+    now = int(reactor.seconds() * 1000)
+    try:
+        yield store.open()
+        if args.action == "create":
+            name = args.name.strip()
+            if not name or len(name) > 200:
+                raise SystemExit("fastedge-admin: the name must be 1 to 200 characters")
+            deployment = args.deployment or cfg.node.deployment
+            tenant = (yield store.create_tenant(
+                name, deployment, created_ms=now, read_preference=ReadPreference.PRIMARY
+            )).value
+            tenant_id = tenant.id
+            out: dict[str, Any] = {"tenantId": tenant.id, "name": tenant.name, "deployment": deployment}
+        else:
+            tenant_id = args.tenant_id
+            yield store.get_tenant(tenant_id, read_preference=ReadPreference.PRIMARY)
+            out = {"tenantId": tenant_id}
+        key = new_api_key()
+        written = yield store.add_api_key(
+            tenant_id, hash_api_key(key), created_ms=now, read_preference=ReadPreference.PRIMARY
+        )
+        out.update(apiKeyId=written.value.id, apiKey=key)
+        if args.json:
+            print(json.dumps(out))
+        else:
+            for k, v in out.items():
+                print("{}: {}".format(k, v))
+    finally:
+        yield store.close()
+        pool.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``fastedge-admin`` console script."""
+    args = _parser().parse_args(argv)
+    overrides = {"node.data_dir": args.data_dir} if args.data_dir else {}
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print("fastedge-admin: config error: {}".format(e), file=sys.stderr)
+        raise SystemExit(2) from None
+
+    def run(reactor: Any) -> Deferred[Any]:
+        d = _run(reactor, args, cfg)
+
+        def failed(f: Any) -> None:
+            from .store.errors import StoreError
+
+            if f.check(StoreError):
+                print("fastedge-admin: {}".format(f.getErrorMessage()), file=sys.stderr)
+                raise SystemExit(1)
+            return f
+
+        d.addErrback(failed)
+        return d
+
+    react(run)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""The comment API: the public widget API and the tenant (manage) API."""

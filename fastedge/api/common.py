@@ -1,0 +1,174 @@
+# -*- test-case-name: tests.unit.api.test_public -*-
+"""Validation and JSON views shared by the public and tenant APIs."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..config import ApiConfig
+from ..store.model import Comment, ReadPreference, Thread, ViewerState
+from .errors import ApiError, bad_request, not_found
+from .router import Call
+
+#: Ids we issue are URL-safe base64; anything else cannot name a record.
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def record_id(value: str, what: str) -> str:
+    """An id from a URL; malformed ids are reported as not found (no oracle)."""
+    if not _ID_RE.match(value):
+        raise not_found(what)
+    return value
+
+
+def now_ms(call_clock_seconds: float) -> int:
+    return int(call_clock_seconds * 1000)
+
+
+def query_int(call: Call, name: str, default: int, low: int, high: int) -> int:
+    raw = call.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not (low <= int(raw) <= high):
+        raise bad_request("{} must be an integer from {} to {}".format(name, low, high), code="bad_query")
+    return int(raw)
+
+
+def url_id(call: Call, cfg: ApiConfig, value: str | None = None) -> str:
+    """The thread's ``urlId`` (from the query string unless given)."""
+    if value is None:
+        value = call.query.get("urlId")
+    if value is None:
+        raise bad_request("urlId is required", code="missing_url_id")
+    if not value or len(value) > cfg.url_id_max_chars:
+        raise bad_request("urlId must be 1 to {} characters".format(cfg.url_id_max_chars), code="bad_url_id")
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise bad_request("urlId must not contain control characters", code="bad_url_id")
+    return value
+
+
+def read_preference(call: Call, default: ReadPreference) -> ReadPreference:
+    """``readPreference=primary|nearest`` from the query string."""
+    raw = call.query.get("readPreference")
+    if raw is None:
+        return default
+    try:
+        return ReadPreference(raw)
+    except ValueError:
+        raise bad_request("readPreference must be 'primary' or 'nearest'", code="bad_read_preference") from None
+
+
+def comment_text(cfg: ApiConfig, text: str) -> str:
+    stripped = text.strip()
+    if not stripped:
+        raise bad_request("text must not be empty", code="empty_text", field="text")
+    if len(stripped) > cfg.comment_max_chars:
+        raise ApiError(
+            400,
+            "text_too_long",
+            "text is longer than {} characters".format(cfg.comment_max_chars),
+            field="text",
+        )
+    if "\x00" in stripped:
+        raise bad_request("text must not contain NUL", code="bad_text", field="text")
+    return stripped
+
+
+def display_name(cfg: ApiConfig, name: str) -> str:
+    stripped = " ".join(name.split())
+    if not stripped or len(stripped) > cfg.display_name_max_chars:
+        raise bad_request(
+            "displayName must be 1 to {} characters".format(cfg.display_name_max_chars),
+            code="bad_display_name",
+            field="displayName",
+        )
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in stripped):
+        raise bad_request("displayName must not contain control characters", code="bad_display_name", field="displayName")
+    return stripped
+
+
+def thread_view(thread: Thread) -> dict[str, Any]:
+    return {
+        "id": thread.id,
+        "urlId": thread.url_id,
+        "title": thread.title,
+        "closed": thread.closed,
+        "commentCount": thread.comment_count,
+        "createdAt": thread.created_ms,
+    }
+
+
+def public_comment(c: Comment) -> dict[str, Any]:
+    """What any reader may see of an approved comment."""
+    return {
+        "id": c.id,
+        "parentId": c.parent_id,
+        "authorId": c.author_id,
+        "displayName": c.display_name,
+        "html": c.body_html,
+        "createdAt": c.created_ms,
+        "editedAt": c.edited_ms,
+        "likes": c.like_count,
+    }
+
+
+def manage_comment(c: Comment) -> dict[str, Any]:
+    """What the tenant sees of any comment of theirs."""
+    view = public_comment(c)
+    view.update(
+        threadId=c.thread_id,
+        text=c.body_source,
+        status=c.status.value,
+        flags=c.flag_count,
+    )
+    return view
+
+
+def viewer_fields(c: Comment, viewer_author: str | None, state: ViewerState | None) -> dict[str, Any]:
+    """The viewer's own state on one comment (all false for no viewer)."""
+    blocked = state is not None and c.author_id in state.blocked_authors
+    return {
+        "likedByMe": state is not None and c.id in state.liked,
+        "isMine": viewer_author is not None and c.author_id == viewer_author,
+        "authorBlockedByMe": blocked,
+    }
+
+
+def comment_tree(
+    top_level: Iterable[Comment],
+    replies: Iterable[Comment],
+    viewer_author: str | None = None,
+    state: ViewerState | None = None,
+) -> list[dict[str, Any]]:
+    """Top-level comments with their replies nested under their parents.
+
+    A reply whose parent is not shown (pending, removed) is not shown either.
+    Comments by an author the viewer blocked keep their place in the tree
+    (so replies to them still read in context) but lose their body.
+    """
+
+    def view(c: Comment) -> dict[str, Any]:
+        v = public_comment(c)
+        v.update(viewer_fields(c, viewer_author, state))
+        if v["authorBlockedByMe"]:
+            v["html"] = ""
+        v["replies"] = []
+        return v
+
+    roots = [view(c) for c in top_level]
+    by_id: dict[str, dict[str, Any]] = {v["id"]: v for v in roots}
+    for c in replies:
+        parent = by_id.get(c.parent_id or "")
+        if parent is None:
+            continue
+        v = view(c)
+        parent["replies"].append(v)
+        by_id[c.id] = v
+    return roots
+
+
+def usage_view(usage: Iterable[Any]) -> list[Mapping[str, Any]]:
+    return [{"operation": u.operation, "calls": u.calls, "credits": u.credits} for u in usage]

@@ -1,0 +1,350 @@
+# -*- test-case-name: tests.unit.api.test_manage -*-
+"""The tenant API, ``/api/v1/manage/...``, authenticated by API key.
+
+The key alone decides the tenant: no tenant id appears in these URLs, so a
+caller cannot even name another tenant's records. Reads are PRIMARY by
+default (a tenant reads its own writes); ``readPreference=nearest`` is
+cheaper in credits. Writes return ``X-Consistency-Token``; a read that
+sends it back sees that write even when reading NEAREST.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+
+from ..config import ApiConfig
+from ..store.errors import NotFound
+from ..store.interfaces import IStore
+from ..store.model import CommentStatus, NewComment, ReadPreference, Tenant, Written
+from . import common
+from .cache import PageCache
+from .credits import CreditMeter, merge_usage
+from .errors import ApiError, bad_request
+from .keys import hash_api_key, looks_like_api_key, new_api_key
+from .markup import render
+from .metrics import ApiMetrics
+from .router import Call, Reply, Route
+
+PRIMARY = ReadPreference.PRIMARY
+NEAREST = ReadPreference.NEAREST
+TOKEN_HEADER = b"x-consistency-token"
+_API_AUTHOR = "tenant-api"
+
+
+class ManageApi:
+    """Handlers of ``/api/v1/manage/...``."""
+
+    def __init__(
+        self,
+        cfg: ApiConfig,
+        *,
+        store: IStore,
+        clock: IReactorTime,
+        credits: CreditMeter,
+        cache: PageCache,
+        metrics: ApiMetrics,
+    ) -> None:
+        self._cfg = cfg
+        self._store = store
+        self._clock = clock
+        self._credits = credits
+        self._cache = cache
+        self._metrics = metrics
+
+    def routes(self) -> list[Route]:
+        base = "/api/v1/manage"
+        return [
+            Route(b"GET", base + "/threads", self._read("list_threads", self.list_threads)),
+            Route(b"POST", base + "/threads", self._write("upsert_thread", self.upsert_thread)),
+            Route(b"GET", base + "/threads/{thread_id}", self._read("get_thread", self.get_thread)),
+            Route(b"PATCH", base + "/threads/{thread_id}", self._write("update_thread", self.update_thread)),
+            Route(b"DELETE", base + "/threads/{thread_id}", self._write("delete_thread", self.delete_thread)),
+            Route(b"GET", base + "/comments", self._read("list_comments", self.list_comments)),
+            Route(b"POST", base + "/comments", self._write("create_comment", self.create_comment)),
+            Route(b"GET", base + "/comments/{comment_id}", self._read("get_comment", self.get_comment)),
+            Route(b"PATCH", base + "/comments/{comment_id}", self._write("update_comment", self.update_comment)),
+            Route(b"DELETE", base + "/comments/{comment_id}", self._write("delete_comment", self.delete_comment)),
+            Route(b"GET", base + "/keys", self._read("list_keys", self.list_keys)),
+            Route(b"POST", base + "/keys", self._write("create_key", self.create_key)),
+            Route(b"DELETE", base + "/keys/{key_id}", self._write("revoke_key", self.revoke_key)),
+            Route(b"GET", base + "/credits", self._read("credits", self.credits)),
+        ]
+
+    # Authentication, credits, tokens
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    @inlineCallbacks
+    def _authenticate(self, call: Call) -> Any:
+        header = call.header(b"authorization")
+        challenge = {b"www-authenticate": b'Bearer realm="fastedge"'}
+        if header is None:
+            self._metrics.auth_failures.labels("missing").inc()
+            raise ApiError(401, "missing_api_key", "send Authorization: Bearer <api key>", headers=challenge)
+        scheme, _, key = header.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not looks_like_api_key(key):
+            self._metrics.auth_failures.labels("malformed").inc()
+            raise ApiError(401, "bad_api_key", "the API key is not valid", headers=challenge)
+        key_hash = hash_api_key(key)
+        try:
+            # The nearest copy answers almost every call; a key created
+            # moments ago may only be on the primary yet.
+            tenant = yield self._store.tenant_for_api_key(key_hash, read_preference=NEAREST)
+        except NotFound:
+            try:
+                tenant = yield self._store.tenant_for_api_key(key_hash, read_preference=PRIMARY)
+            except NotFound:
+                self._metrics.auth_failures.labels("unknown").inc()
+                raise ApiError(401, "bad_api_key", "the API key is not valid or was revoked", headers=challenge) from None
+        return tenant
+
+    def _read(self, operation: str, handler: Any) -> Any:
+        """Wrap a read handler: authenticate, pick the read preference, charge."""
+
+        @inlineCallbacks
+        def run(call: Call) -> Any:
+            tenant = yield self._authenticate(call)
+            read_preference = common.read_preference(call, PRIMARY)
+            token = call.header(TOKEN_HEADER)
+            reply: Reply = yield handler(call, tenant, read_preference, token)
+            charged = self._credits.charge(tenant.id, operation, read_preference)
+            self._metrics.credits.labels(read_preference.value).inc(charged)
+            reply.headers[b"x-credits-charged"] = str(charged).encode()
+            return reply
+
+        return run
+
+    def _write(self, operation: str, handler: Any) -> Any:
+        """Wrap a write handler: authenticate, charge, return the token."""
+
+        @inlineCallbacks
+        def run(call: Call) -> Any:
+            tenant = yield self._authenticate(call)
+            if "readPreference" in call.query:
+                raise bad_request("writes always go to the primary; drop readPreference", code="bad_read_preference")
+            status, body, written = yield handler(call, tenant)
+            charged = self._credits.charge(tenant.id, operation, None)
+            self._metrics.credits.labels("write").inc(charged)
+            reply = Reply(status, body)
+            reply.headers[b"x-credits-charged"] = str(charged).encode()
+            if written is not None and written.token is not None:
+                reply.headers[TOKEN_HEADER] = written.token.encode("ascii")
+            return reply
+
+        return run
+
+    def _limit(self, call: Call) -> int:
+        return common.query_int(call, "limit", self._cfg.page_size, 1, self._cfg.max_page_size)
+
+    def _forget_thread(self, tenant_id: str, thread_id: str) -> None:
+        self._cache.invalidate((tenant_id, "thread", thread_id))
+
+    # Threads
+
+    @inlineCallbacks
+    def list_threads(self, call: Call, tenant: Tenant, rp: ReadPreference, token: str | None) -> Any:
+        page = yield self._store.list_threads(
+            tenant.id, limit=self._limit(call), cursor=call.query.get("cursor") or None, read_preference=rp, token=token
+        )
+        return Reply(200, {"threads": [common.thread_view(t) for t in page.items], "nextCursor": page.next_cursor})
+
+    @inlineCallbacks
+    def get_thread(self, call: Call, tenant: Tenant, rp: ReadPreference, token: str | None) -> Any:
+        thread_id = common.record_id(call.params["thread_id"], "thread")
+        thread = yield self._store.get_thread_by_id(tenant.id, thread_id, read_preference=rp, token=token)
+        return Reply(200, {"thread": common.thread_view(thread)})
+
+    def _thread_fields(self, body: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if body.get("title") is not None:
+            if len(body["title"]) > self._cfg.title_max_chars:
+                raise bad_request("title is longer than {} characters".format(self._cfg.title_max_chars), code="bad_title")
+            out["title"] = body["title"]
+        if body.get("closed") is not None:
+            out["closed"] = body["closed"]
+        return out
+
+    @inlineCallbacks
+    def upsert_thread(self, call: Call, tenant: Tenant) -> Any:
+        body = call.json(required={"urlId": str}, optional={"title": str, "closed": bool})
+        url_id = common.url_id(call, self._cfg, body["urlId"])
+        written: Written[Any] = yield self._store.upsert_thread(
+            tenant.id, url_id, created_ms=self._now_ms(), read_preference=PRIMARY, **self._thread_fields(body)
+        )
+        self._forget_thread(tenant.id, written.value.id)
+        self._cache.invalidate((tenant.id, "url", url_id))
+        return 200, {"thread": common.thread_view(written.value)}, written
+
+    @inlineCallbacks
+    def update_thread(self, call: Call, tenant: Tenant) -> Any:
+        thread_id = common.record_id(call.params["thread_id"], "thread")
+        body = call.json(optional={"title": str, "closed": bool})
+        thread = yield self._store.get_thread_by_id(tenant.id, thread_id, read_preference=PRIMARY)
+        written = yield self._store.upsert_thread(
+            tenant.id, thread.url_id, created_ms=self._now_ms(), read_preference=PRIMARY, **self._thread_fields(body)
+        )
+        self._forget_thread(tenant.id, thread_id)
+        return 200, {"thread": common.thread_view(written.value)}, written
+
+    @inlineCallbacks
+    def delete_thread(self, call: Call, tenant: Tenant) -> Any:
+        thread_id = common.record_id(call.params["thread_id"], "thread")
+        thread = yield self._store.get_thread_by_id(tenant.id, thread_id, read_preference=PRIMARY)
+        written = yield self._store.delete_thread(tenant.id, thread_id, read_preference=PRIMARY)
+        self._forget_thread(tenant.id, thread_id)
+        self._cache.invalidate((tenant.id, "url", thread.url_id))
+        return 200, {"deleted": True}, written
+
+    # Comments
+
+    @inlineCallbacks
+    def list_comments(self, call: Call, tenant: Tenant, rp: ReadPreference, token: str | None) -> Any:
+        try:
+            status = CommentStatus(call.query.get("status", "pending"))
+        except ValueError:
+            raise bad_request("status must be approved, pending, spam or removed", code="bad_status") from None
+        thread_id = call.query.get("threadId")
+        if thread_id is not None:
+            thread_id = common.record_id(thread_id, "thread")
+        page = yield self._store.list_comments(
+            tenant.id,
+            status=status,
+            limit=self._limit(call),
+            cursor=call.query.get("cursor") or None,
+            thread_id=thread_id,
+            read_preference=rp,
+            token=token,
+        )
+        return Reply(200, {"comments": [common.manage_comment(c) for c in page.items], "nextCursor": page.next_cursor})
+
+    @inlineCallbacks
+    def get_comment(self, call: Call, tenant: Tenant, rp: ReadPreference, token: str | None) -> Any:
+        comment_id = common.record_id(call.params["comment_id"], "comment")
+        comment = yield self._store.get_comment(tenant.id, comment_id, read_preference=rp, token=token)
+        return Reply(200, {"comment": common.manage_comment(comment)})
+
+    def _status(self, raw: str | None, default: CommentStatus) -> CommentStatus:
+        if raw is None:
+            return default
+        try:
+            return CommentStatus(raw)
+        except ValueError:
+            raise bad_request("status must be approved, pending, spam or removed", code="bad_status") from None
+
+    @inlineCallbacks
+    def create_comment(self, call: Call, tenant: Tenant) -> Any:
+        """Add a comment as the tenant (imports, or posts on a user's behalf)."""
+        body = call.json(
+            required={"urlId": str, "text": str, "displayName": str},
+            optional={"parentId": str, "status": str, "userId": str, "pageTitle": str},
+        )
+        cfg = self._cfg
+        url_id = common.url_id(call, cfg, body["urlId"])
+        text = common.comment_text(cfg, body["text"])
+        name = common.display_name(cfg, body["displayName"])
+        status = self._status(body.get("status"), CommentStatus.APPROVED)
+        parent_id = body.get("parentId")
+        if parent_id is not None:
+            parent_id = common.record_id(parent_id, "parent comment")
+        external = body.get("userId") or _API_AUTHOR
+        if len(external) > 256:
+            raise bad_request("userId is longer than 256 characters", code="bad_user_id")
+        now = self._now_ms()
+        if parent_id is not None:
+            # Fail before writing anything if the parent is not this tenant's.
+            yield self._store.get_comment(tenant.id, parent_id, read_preference=PRIMARY)
+        user = yield self._store.upsert_user(tenant.id, external, name, created_ms=now, read_preference=PRIMARY)
+        thread = yield self._store.upsert_thread(
+            tenant.id, url_id, created_ms=now, read_preference=PRIMARY, **({"title": body["pageTitle"]} if body.get("pageTitle") else {})
+        )
+        written = yield self._store.create_comment(
+            NewComment(
+                tenant_id=tenant.id,
+                thread_id=thread.value.id,
+                parent_id=parent_id,
+                author_id=user.value.author_id,
+                display_name=name,
+                body_source=text,
+                body_html=render(text),
+                status=status,
+                created_ms=now,
+            ),
+            read_preference=PRIMARY,
+        )
+        self._forget_thread(tenant.id, thread.value.id)
+        self._cache.invalidate((tenant.id, "url", url_id))
+        return 201, {"comment": common.manage_comment(written.value)}, written
+
+    @inlineCallbacks
+    def update_comment(self, call: Call, tenant: Tenant) -> Any:
+        comment_id = common.record_id(call.params["comment_id"], "comment")
+        body = call.json(optional={"text": str, "status": str})
+        text = body.get("text")
+        new_body = None
+        if text is not None:
+            text = common.comment_text(self._cfg, text)
+            new_body = (text, render(text))
+        status = self._status(body.get("status"), CommentStatus.APPROVED) if body.get("status") is not None else None
+        written = yield self._store.update_comment(
+            tenant.id, comment_id, edited_ms=self._now_ms(), body=new_body, status=status, read_preference=PRIMARY
+        )
+        self._forget_thread(tenant.id, written.value.thread_id)
+        return 200, {"comment": common.manage_comment(written.value)}, written
+
+    @inlineCallbacks
+    def delete_comment(self, call: Call, tenant: Tenant) -> Any:
+        comment_id = common.record_id(call.params["comment_id"], "comment")
+        comment = yield self._store.get_comment(tenant.id, comment_id, read_preference=PRIMARY)
+        written = yield self._store.delete_comment(tenant.id, comment_id, read_preference=PRIMARY)
+        self._forget_thread(tenant.id, comment.thread_id)
+        return 200, {"deleted": written.value}, written
+
+    # Keys and credits
+
+    @inlineCallbacks
+    def list_keys(self, call: Call, tenant: Tenant, rp: ReadPreference, token: str | None) -> Any:
+        keys = yield self._store.list_api_keys(tenant.id, read_preference=rp, token=token)
+        return Reply(
+            200,
+            {"keys": [{"id": k.id, "createdAt": k.created_ms, "revokedAt": k.revoked_ms} for k in keys]},
+        )
+
+    @inlineCallbacks
+    def create_key(self, call: Call, tenant: Tenant) -> Any:
+        key = new_api_key()
+        written = yield self._store.add_api_key(
+            tenant.id, hash_api_key(key), created_ms=self._now_ms(), read_preference=PRIMARY
+        )
+        return 201, {"id": written.value.id, "key": key}, written
+
+    @inlineCallbacks
+    def revoke_key(self, call: Call, tenant: Tenant) -> Any:
+        key_id = common.record_id(call.params["key_id"], "API key")
+        written = yield self._store.revoke_api_key(
+            tenant.id, key_id, revoked_ms=self._now_ms(), read_preference=PRIMARY
+        )
+        return 200, {"id": key_id, "revokedAt": written.value.revoked_ms}, written
+
+    @inlineCallbacks
+    def credits(self, call: Call, tenant: Tenant, rp: ReadPreference, token: str | None) -> Any:
+        since = common.query_int(call, "since", 0, 0, 2**53)
+        flushed = yield self._store.credit_usage(tenant.id, since_ms=since, read_preference=rp, token=token)
+        usage = merge_usage(flushed, self._credits.pending(tenant.id))
+        return Reply(
+            200,
+            {
+                "since": since,
+                "operations": common.usage_view(usage),
+                "totalCredits": sum(u.credits for u in usage),
+                "prices": {
+                    "primaryRead": self._credits.price(PRIMARY),
+                    "nearestRead": self._credits.price(NEAREST),
+                    "write": self._credits.price(None),
+                },
+            },
+        )

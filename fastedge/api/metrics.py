@@ -1,0 +1,48 @@
+"""Metrics of the comment API."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+
+class ApiMetrics:
+    """Counters of what the API did (request latency is the transport's)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.comments_posted = Counter(
+            "fastedge_api_comments_posted_total",
+            "Comments posted through this node, by resulting status.",
+            ["status"],
+            registry=registry,
+        )
+        self.sessions_created = Counter(
+            "fastedge_api_sessions_created_total", "Anonymous sessions created.", registry=registry
+        )
+        self.bad_sessions = Counter(
+            "fastedge_api_bad_session_cookies_total",
+            "Session cookies refused, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "fastedge_api_rate_limited_total", "Writes refused by a rate limit.", registry=registry
+        )
+        self.flags = Counter("fastedge_api_flags_total", "Comments flagged by readers.", registry=registry)
+        self.page_cache = Counter(
+            "fastedge_api_page_cache_lookups_total",
+            "Public thread page cache lookups, by result (hit or miss).",
+            ["result"],
+            registry=registry,
+        )
+        self.auth_failures = Counter(
+            "fastedge_api_auth_failures_total",
+            "Tenant API calls refused for a missing or bad API key.",
+            ["reason"],
+            registry=registry,
+        )
+        self.credits = Counter(
+            "fastedge_api_credits_charged_total",
+            "API credits charged, by read preference (or write).",
+            ["kind"],
+            registry=registry,
+        )

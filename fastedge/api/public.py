@@ -1,0 +1,358 @@
+# -*- test-case-name: tests.unit.api.test_public -*-
+"""The public API the embed widget calls: read a thread, post, like, flag,
+block. Reads go to the NEAREST copy; writes to the primary.
+
+A commenter is an anonymous session created on their first write and
+remembered in a signed cookie (:mod:`fastedge.api.sessions`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+
+from ..config import ApiConfig
+from ..jsonhttp import encode
+from ..store.errors import NotFound
+from ..store.interfaces import IStore
+from ..store.model import AnonymousSession, CommentStatus, NewComment, ReadPreference, Sort, Tenant
+from . import common
+from .cache import PageCache
+from .errors import ApiError, bad_request, not_found
+from .markup import render
+from .metrics import ApiMetrics
+from .ratelimit import RateLimiter
+from .router import Call, Reply, Route
+from .sessions import COOKIE_NAME, SessionCookieError, SessionCookies
+
+PRIMARY = ReadPreference.PRIMARY
+NEAREST = ReadPreference.NEAREST
+
+
+@dataclass(frozen=True)
+class Viewer:
+    session: AnonymousSession
+    #: A ``Set-Cookie`` value when the session was created by this call.
+    new_cookie: bytes | None = None
+
+
+class PublicApi:
+    """Handlers of ``/api/v1/{tenant}/...``."""
+
+    def __init__(
+        self,
+        cfg: ApiConfig,
+        *,
+        store: IStore,
+        clock: IReactorTime,
+        cookies: SessionCookies,
+        cache: PageCache,
+        metrics: ApiMetrics,
+    ) -> None:
+        self._cfg = cfg
+        self._store = store
+        self._clock = clock
+        self._cookies = cookies
+        self._cache = cache
+        self._metrics = metrics
+        self._per_session = RateLimiter(cfg.writes_per_minute_per_session, clock=clock)
+        self._per_ip = RateLimiter(cfg.writes_per_minute_per_ip, clock=clock)
+
+    def routes(self) -> list[Route]:
+        base = "/api/v1/{tenant}"
+        return [
+            Route(b"GET", base + "/comments", self.list_comments),
+            Route(b"POST", base + "/comments", self.post_comment),
+            Route(b"POST", base + "/comments/{comment_id}/like", self.like),
+            Route(b"DELETE", base + "/comments/{comment_id}/like", self.unlike),
+            Route(b"POST", base + "/comments/{comment_id}/flag", self.flag),
+            Route(b"POST", base + "/blocks/{author_id}", self.block),
+            Route(b"DELETE", base + "/blocks/{author_id}", self.unblock),
+        ]
+
+    # Helpers
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    @inlineCallbacks
+    def _tenant(self, call: Call, read_preference: ReadPreference = NEAREST) -> Any:
+        tenant_id = common.record_id(call.params["tenant"], "tenant")
+        try:
+            tenant: Tenant = yield self._store.get_tenant(tenant_id, read_preference=read_preference)
+        except NotFound:
+            if read_preference is NEAREST:
+                # Maybe created moments ago and not replicated here yet.
+                tenant = yield self._store.get_tenant(tenant_id, read_preference=PRIMARY)
+            else:
+                raise
+        return tenant
+
+    def _claim(self, call: Call, tenant_id: str) -> Any:
+        """The session claim in the request's cookie, or ``None`` if none.
+
+        :raises SessionCookieError: for a forged or expired cookie.
+        """
+        raw = call.cookie(COOKIE_NAME)
+        if not raw:
+            return None
+        return self._cookies.check(raw, tenant_id, int(self._clock.seconds()))
+
+    def _limit(self, key: str, limiter: RateLimiter) -> None:
+        wait = limiter.take(key)
+        if wait > 0:
+            self._metrics.rate_limited.inc()
+            raise ApiError(
+                429,
+                "rate_limited",
+                "too many writes; try again in {} s".format(int(wait) + 1),
+                headers={b"retry-after": str(int(wait) + 1).encode()},
+            )
+
+    @inlineCallbacks
+    def _writer(self, call: Call, tenant: Tenant) -> Any:
+        """The session making a write: the cookie's, or a new one.
+
+        Refuses forged/expired cookies with 401 (and clears them) rather than
+        silently starting a new identity, so a client notices.
+        """
+        try:
+            claim = self._claim(call, tenant.id)
+        except SessionCookieError as e:
+            self._metrics.bad_sessions.labels(e.code).inc()
+            raise ApiError(401, e.code, str(e), headers={b"set-cookie": self._cookies.clear(tenant.id)}) from None
+        if claim is not None:
+            self._limit(tenant.id + "/" + claim.session_id, self._per_session)
+            try:
+                session = yield self._store.get_anonymous_session(
+                    tenant.id, claim.session_id, read_preference=PRIMARY
+                )
+            except NotFound:
+                raise ApiError(
+                    401,
+                    "session_invalid",
+                    "this session no longer exists",
+                    headers={b"set-cookie": self._cookies.clear(tenant.id)},
+                ) from None
+            return Viewer(session)
+        written = yield self._store.create_anonymous_session(
+            tenant.id, created_ms=self._now_ms(), read_preference=PRIMARY
+        )
+        session = written.value
+        self._metrics.sessions_created.inc()
+        cookie = self._cookies.issue(tenant.id, session.id, int(self._clock.seconds()))
+        return Viewer(session, cookie)
+
+    def _reply(self, viewer: Viewer, status: int, body: Any) -> Reply:
+        reply = Reply(status, body)
+        if viewer.new_cookie is not None:
+            reply.cookies.append(viewer.new_cookie)
+        return reply
+
+    def _invalidate(self, tenant_id: str, thread_id: str) -> None:
+        self._cache.invalidate((tenant_id, "thread", thread_id))
+
+    # Reads
+
+    @inlineCallbacks
+    def list_comments(self, call: Call) -> Any:
+        """A page of a thread, NEAREST, with the viewer's own state."""
+        cfg = self._cfg
+        url_id = common.url_id(call, cfg)
+        try:
+            sort = Sort(call.query.get("sort", "newest"))
+        except ValueError:
+            raise bad_request("sort must be newest, oldest or top", code="bad_sort") from None
+        limit = common.query_int(call, "limit", cfg.page_size, 1, cfg.max_page_size)
+        cursor = call.query.get("cursor") or None
+        tenant_id = common.record_id(call.params["tenant"], "tenant")
+        reply_cookies: list[bytes] = []
+        try:
+            claim = self._claim(call, tenant_id)
+        except SessionCookieError as e:
+            # Reading needs no identity: read as a stranger, drop the cookie.
+            self._metrics.bad_sessions.labels(e.code).inc()
+            claim = None
+            reply_cookies.append(self._cookies.clear(tenant_id))
+        key = (tenant_id, url_id, sort, cursor, limit)
+        cached = self._cache.get(key)
+        if cached is None:
+            self._metrics.page_cache.labels("miss").inc()
+            yield self._tenant(call)
+            try:
+                thread = yield self._store.get_thread(tenant_id, url_id, read_preference=NEAREST)
+            except NotFound:
+                # A page nobody has commented on yet: an empty thread, not an error.
+                cached = (None, encode({"thread": None, "comments": [], "nextCursor": None}))
+                self._cache.put(key, cached, ((tenant_id, "url", url_id),))
+            else:
+                page = yield self._store.list_thread(
+                    tenant_id, thread.id, sort=sort, limit=limit, cursor=cursor, read_preference=NEAREST
+                )
+                body = encode(
+                    {
+                        "thread": common.thread_view(page.thread),
+                        "comments": common.comment_tree(page.top_level, page.replies),
+                        "nextCursor": page.next_cursor,
+                    }
+                )
+                cached = (page, body)
+                self._cache.put(key, cached, ((tenant_id, "url", url_id), (tenant_id, "thread", thread.id)))
+        else:
+            self._metrics.page_cache.labels("hit").inc()
+        page, body = cached
+        if claim is not None and page is not None:
+            body = yield self._personal_body(tenant_id, claim.session_id, page)
+        reply = Reply(200, body, cookies=reply_cookies)
+        return reply
+
+    @inlineCallbacks
+    def _personal_body(self, tenant_id: str, session_id: str, page: Any) -> Any:
+        try:
+            session = yield self._store.get_anonymous_session(tenant_id, session_id, read_preference=NEAREST)
+        except NotFound:
+            # Not replicated here yet (or gone): the shared page is right for a stranger.
+            return encode(
+                {
+                    "thread": common.thread_view(page.thread),
+                    "comments": common.comment_tree(page.top_level, page.replies),
+                    "nextCursor": page.next_cursor,
+                }
+            )
+        ids = [c.id for c in page.top_level] + [c.id for c in page.replies]
+        state = yield self._store.viewer_state(tenant_id, session.author_id, ids, read_preference=NEAREST)
+        return encode(
+            {
+                "thread": common.thread_view(page.thread),
+                "comments": common.comment_tree(page.top_level, page.replies, session.author_id, state),
+                "nextCursor": page.next_cursor,
+            }
+        )
+
+    # Writes
+
+    @inlineCallbacks
+    def post_comment(self, call: Call) -> Any:
+        """Post a comment or a reply as the caller's anonymous session."""
+        cfg = self._cfg
+        url_id = common.url_id(call, cfg)
+        body = call.json(
+            required={"text": str, "displayName": str}, optional={"parentId": str, "pageTitle": str}
+        )
+        text = common.comment_text(cfg, body["text"])
+        name = common.display_name(cfg, body["displayName"])
+        parent_id = body.get("parentId")
+        if parent_id is not None:
+            parent_id = common.record_id(parent_id, "parent comment")
+        title = body.get("pageTitle") or ""
+        if len(title) > cfg.title_max_chars:
+            raise bad_request("pageTitle is longer than {} characters".format(cfg.title_max_chars), code="bad_title")
+        self._limit(call.client_ip, self._per_ip)
+        tenant = yield self._tenant(call)
+        viewer = yield self._writer(call, tenant)
+        now = self._now_ms()
+        try:
+            thread = yield self._store.get_thread(tenant.id, url_id, read_preference=PRIMARY)
+        except NotFound:
+            written = yield self._store.upsert_thread(
+                tenant.id, url_id, title=title, created_ms=now, read_preference=PRIMARY
+            )
+            thread = written.value
+        if thread.closed:
+            raise ApiError(403, "thread_closed", "this thread is closed to new comments")
+        premoderated = tenant.settings.get("moderation") == "pre"
+        written = yield self._store.create_comment(
+            NewComment(
+                tenant_id=tenant.id,
+                thread_id=thread.id,
+                parent_id=parent_id,
+                author_id=viewer.session.author_id,
+                display_name=name,
+                body_source=text,
+                body_html=render(text),
+                status=CommentStatus.PENDING if premoderated else CommentStatus.APPROVED,
+                created_ms=now,
+            ),
+            read_preference=PRIMARY,
+        )
+        comment = written.value
+        self._metrics.comments_posted.labels(comment.status.value).inc()
+        self._cache.invalidate((tenant.id, "url", url_id))
+        self._invalidate(tenant.id, thread.id)
+        view = common.public_comment(comment)
+        view.update(common.viewer_fields(comment, viewer.session.author_id, None))
+        view.update(status=comment.status.value, replies=[])
+        return self._reply(viewer, 201, {"comment": view})
+
+    @inlineCallbacks
+    def _comment_for_write(self, call: Call, tenant: Tenant) -> Any:
+        comment_id = common.record_id(call.params["comment_id"], "comment")
+        comment = yield self._store.get_comment(tenant.id, comment_id, read_preference=PRIMARY)
+        if comment.status is not CommentStatus.APPROVED:
+            # Not public: behave exactly as for a comment that does not exist.
+            raise not_found("comment")
+        return comment
+
+    @inlineCallbacks
+    def like(self, call: Call) -> Any:
+        self._limit(call.client_ip, self._per_ip)
+        tenant = yield self._tenant(call)
+        # Check the comment before a first write creates a session for nothing.
+        comment = yield self._comment_for_write(call, tenant)
+        viewer = yield self._writer(call, tenant)
+        written = yield self._store.add_like(
+            tenant.id, comment.id, viewer.session.author_id, created_ms=self._now_ms(), read_preference=PRIMARY
+        )
+        self._invalidate(tenant.id, comment.thread_id)
+        return self._reply(viewer, 200, {"likes": written.value, "likedByMe": True})
+
+    @inlineCallbacks
+    def unlike(self, call: Call) -> Any:
+        self._limit(call.client_ip, self._per_ip)
+        tenant = yield self._tenant(call)
+        # Check the comment before a first write creates a session for nothing.
+        comment = yield self._comment_for_write(call, tenant)
+        viewer = yield self._writer(call, tenant)
+        written = yield self._store.remove_like(
+            tenant.id, comment.id, viewer.session.author_id, read_preference=PRIMARY
+        )
+        self._invalidate(tenant.id, comment.thread_id)
+        return self._reply(viewer, 200, {"likes": written.value, "likedByMe": False})
+
+    @inlineCallbacks
+    def flag(self, call: Call) -> Any:
+        self._limit(call.client_ip, self._per_ip)
+        tenant = yield self._tenant(call)
+        # Check the comment before a first write creates a session for nothing.
+        comment = yield self._comment_for_write(call, tenant)
+        viewer = yield self._writer(call, tenant)
+        yield self._store.add_flag(
+            tenant.id, comment.id, viewer.session.author_id, created_ms=self._now_ms(), read_preference=PRIMARY
+        )
+        self._metrics.flags.inc()
+        return self._reply(viewer, 200, {"flagged": True})
+
+    @inlineCallbacks
+    def block(self, call: Call) -> Any:
+        self._limit(call.client_ip, self._per_ip)
+        tenant = yield self._tenant(call)
+        author_id = common.record_id(call.params["author_id"], "author")
+        yield self._store.get_author(tenant.id, author_id, read_preference=PRIMARY)
+        viewer = yield self._writer(call, tenant)
+        yield self._store.add_block(
+            tenant.id, viewer.session.author_id, author_id, created_ms=self._now_ms(), read_preference=PRIMARY
+        )
+        return self._reply(viewer, 200, {"authorId": author_id, "blocked": True})
+
+    @inlineCallbacks
+    def unblock(self, call: Call) -> Any:
+        self._limit(call.client_ip, self._per_ip)
+        tenant = yield self._tenant(call)
+        viewer = yield self._writer(call, tenant)
+        author_id = common.record_id(call.params["author_id"], "author")
+        yield self._store.remove_block(tenant.id, viewer.session.author_id, author_id, read_preference=PRIMARY)
+        return self._reply(viewer, 200, {"authorId": author_id, "blocked": False})
+

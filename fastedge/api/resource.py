@@ -1,0 +1,86 @@
+# -*- test-case-name: tests.unit.api.test_public -*-
+"""Assembles the comment API: one router for the public and tenant routes,
+and the service that runs its background work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ..config import ApiConfig
+from ..store.interfaces import IStore
+from .cache import PageCache
+from .credits import CreditMeter
+from .manage import ManageApi
+from .metrics import ApiMetrics
+from .public import PublicApi
+from .router import Router
+from .sessions import SessionCookies, load_or_create_key
+
+
+class _SessionKeyLoader(Service):
+    """Reads (or creates) the session signing key at start, not at import."""
+
+    _log = Logger()
+
+    def __init__(self, cookies: SessionCookies, path: str) -> None:
+        self._cookies = cookies
+        self._path = path
+
+    def startService(self) -> None:
+        self._cookies.set_key(load_or_create_key(self._path))
+        self._log.info("session key loaded from {path}", path=self._path)
+        super().startService()
+
+
+class _CreditFlusher(TimerService):
+    """Flushes credit charges periodically and once more at stop."""
+
+    _log = Logger()
+
+    def __init__(self, meter: CreditMeter, every: float, clock: IReactorTime) -> None:
+        super().__init__(every, self._flush)
+        self.clock = clock
+        self._meter = meter
+
+    def _flush(self) -> Deferred[object]:
+        # CreditMeter.flush never fails (it keeps failed charges), so the
+        # TimerService loop is never stopped by an exception.
+        return self._meter.flush()
+
+    def stopService(self) -> Deferred[object]:
+        d: Deferred[object] = super().stopService()  # type: ignore[assignment]
+        d.addCallback(lambda _: self._meter.flush())
+        return d
+
+
+@dataclass
+class Api:
+    """The API's resource and its service (a child of the transport)."""
+
+    resource: Router
+    service: MultiService
+    cache: PageCache
+
+
+def build_api(cfg: ApiConfig, *, store: IStore, clock: IReactorTime, registry: CollectorRegistry) -> Api:
+    """Build the API for ``cfg``; nothing runs until ``service`` starts."""
+    metrics = ApiMetrics(registry)
+    cookies = SessionCookies(max_age_seconds=cfg.session_max_age_seconds, secure=cfg.cookie_secure)
+    cache = PageCache(ttl_seconds=cfg.page_cache_seconds, max_entries=cfg.page_cache_entries, clock=clock)
+    meter = CreditMeter(cfg.credits, store=store, clock=clock)
+    manage = ManageApi(cfg, store=store, clock=clock, credits=meter, cache=cache, metrics=metrics)
+    public = PublicApi(cfg, store=store, clock=clock, cookies=cookies, cache=cache, metrics=metrics)
+    # Manage routes first: "/api/v1/manage/..." must never be read as a tenant
+    # called "manage" (tenant ids are random and 16 characters long anyway).
+    router = Router(manage.routes() + public.routes())
+    service = MultiService()
+    _SessionKeyLoader(cookies, cfg.secret_file).setServiceParent(service)
+    _CreditFlusher(meter, cfg.credits.flush_seconds, clock).setServiceParent(service)
+    return Api(resource=router, service=service, cache=cache)

@@ -1,0 +1,132 @@
+# -*- test-case-name: tests.unit.api.test_sessions -*-
+"""Anonymous-session cookies: signed, HttpOnly, SameSite, bound to a tenant.
+
+The cookie value is ``v1.<tenant>.<session>.<issued>.<mac>``: the MAC
+(HMAC-SHA256 under the node's session key) covers the tenant, so a cookie
+issued for one tenant is refused by every other; ``issued`` (seconds) bounds
+its age. The session id itself is secret (only its holder can act as that
+commenter); comments show the session's separate, public author id.
+
+Every node of a deployment must share the key file (``api.secret_file``)
+for a session to work at any of them; a lone node creates one on first
+start.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+
+COOKIE_NAME = b"fe_session"
+_VERSION = "v1"
+#: Issued-at times this far in the future are refused (clock skew allowance).
+_SKEW_SECONDS = 300
+
+
+class SessionCookieError(Exception):
+    """The cookie is not one we issued, or no longer valid."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class SessionClaim:
+    tenant_id: str
+    session_id: str
+    issued_s: int
+
+
+def load_or_create_key(path: str) -> bytes:
+    """The session key at ``path``, creating a random one (mode 0600) if absent."""
+    try:
+        with open(path, "rb") as f:
+            key = f.read().strip()
+    except FileNotFoundError:
+        key = base64.urlsafe_b64encode(secrets.token_bytes(32))
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key + b"\n")
+    if len(key) < 32:
+        raise ValueError("{}: the session key must be at least 32 bytes".format(path))
+    return key
+
+
+class SessionCookies:
+    """Issues and checks session cookies.
+
+    :param max_age_seconds: a cookie older than this is expired.
+    :param secure: add the ``Secure`` attribute (when served over TLS).
+    """
+
+    def __init__(self, *, max_age_seconds: int, secure: bool) -> None:
+        self._key: bytes | None = None
+        self._max_age = max_age_seconds
+        self._secure = secure
+
+    def set_key(self, key: bytes) -> None:
+        """Install the signing key (read at start, never in a constructor)."""
+        self._key = key
+
+    def _mac(self, payload: str) -> str:
+        if self._key is None:
+            raise RuntimeError("session key not loaded yet")
+        digest = hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:24]).decode("ascii")
+
+    def issue(self, tenant_id: str, session_id: str, now_s: int) -> bytes:
+        """A ``Set-Cookie`` header value for a new session."""
+        payload = ".".join((_VERSION, tenant_id, session_id, str(now_s)))
+        value = payload + "." + self._mac(payload)
+        return self._header(tenant_id, value, self._max_age)
+
+    def clear(self, tenant_id: str) -> bytes:
+        """A ``Set-Cookie`` header value that removes the cookie."""
+        return self._header(tenant_id, "", 0)
+
+    def _header(self, tenant_id: str, value: str, max_age: int) -> bytes:
+        parts = [
+            "{}={}".format(COOKIE_NAME.decode(), value),
+            # Sent only with this tenant's API calls.
+            "Path=/api/v1/{}/".format(tenant_id),
+            "Max-Age={}".format(max_age),
+            "HttpOnly",
+            # The widget runs in an iframe on the tenant's site, so the cookie
+            # travels in a third-party context: SameSite=None needs Secure;
+            # without TLS (a laptop) Lax is the best a browser will accept.
+            "SameSite=None" if self._secure else "SameSite=Lax",
+        ]
+        if self._secure:
+            parts.append("Secure")
+        return "; ".join(parts).encode("ascii")
+
+    def check(self, raw: bytes, tenant_id: str, now_s: int) -> SessionClaim:
+        """The claim in a cookie value presented for ``tenant_id``.
+
+        :raises SessionCookieError: ``session_invalid`` (forged, malformed,
+            another tenant's) or ``session_expired``.
+        """
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise SessionCookieError("session_invalid", "session cookie is malformed") from None
+        parts = text.split(".")
+        if len(parts) != 5 or parts[0] != _VERSION or not parts[3].isdigit():
+            raise SessionCookieError("session_invalid", "session cookie is malformed")
+        payload = ".".join(parts[:4])
+        if not hmac.compare_digest(self._mac(payload), parts[4]):
+            raise SessionCookieError("session_invalid", "session cookie signature does not match")
+        if parts[1] != tenant_id:
+            raise SessionCookieError("session_invalid", "session cookie belongs to another site")
+        issued = int(parts[3])
+        if issued > now_s + _SKEW_SECONDS:
+            raise SessionCookieError("session_invalid", "session cookie was issued in the future")
+        if now_s - issued > self._max_age:
+            raise SessionCookieError("session_expired", "session cookie has expired")
+        return SessionClaim(tenant_id=parts[1], session_id=parts[2], issued_s=issued)

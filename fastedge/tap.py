@@ -1,0 +1,79 @@
+# -*- test-case-name: tests.unit.test_tap -*-
+"""``twistd fastedge``: command-line options and the node's service tree.
+
+Wiring only: every child is built by its subpackage's ``make_service``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from .api.resource import build_api
+from .config import ConfigError, EdgeConfig, load_config
+from .metrics.registry import new_registry
+from .store import service as store_service
+from .transport import service as transport_service
+from .web import build_site
+
+
+class Options(usage.Options):
+    """Options of ``twistd fastedge``; the config file holds everything else."""
+
+    optParameters = [
+        ["config", "c", None, "TOML config file (default: the built-in defaults, as in etc/fastedge.toml)."],
+        ["http", None, None, "HTTP listen endpoint, e.g. tcp:8080:interface=127.0.0.1 (overrides http.endpoint)."],
+        ["node-id", None, None, "This node's id (overrides node.id)."],
+        ["data-dir", None, None, "Data directory (overrides node.data_dir)."],
+    ]
+
+    longdesc = "Runs one fastedge edge node. Bad configuration is refused before anything listens."
+
+    config: EdgeConfig
+
+    def overrides(self) -> dict[str, Any]:
+        """The dotted config keys set on the command line."""
+        found = {}
+        for option, key in (("http", "http.endpoint"), ("node-id", "node.id"), ("data-dir", "node.data_dir")):
+            if self[option] is not None:
+                found[key] = self[option]
+        return found
+
+    def postOptions(self) -> None:
+        try:
+            self.config = load_config(self["config"], self.overrides())
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """The node: a ``MultiService`` of named children (store, transport)."""
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    cfg = options.config
+    registry = new_registry()
+    top = MultiService()
+
+    store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)
+    store.setName("store")
+    store.setServiceParent(top)
+
+    api = build_api(cfg.api, store=store.store, clock=reactor, registry=registry)
+    site = build_site(
+        cfg.node,
+        cfg.http,
+        reactor=reactor,
+        registry=registry,
+        store=store.store,
+        store_ready=lambda: store.ready,
+        api=api.resource,
+        children=lambda: list(top),
+    )
+    transport = transport_service.make_service(cfg.http, reactor=reactor, site=site, background=api.service)
+    transport.setName("transport")
+    transport.setServiceParent(top)
+    return top

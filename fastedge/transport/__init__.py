@@ -1,0 +1,1 @@
+"""The public HTTP transport: one ``twisted.web`` Site for every route."""

@@ -1,0 +1,63 @@
+# -*- test-case-name: tests.unit.transport.test_health -*-
+"""``GET /healthz``: is this node fit to serve? For load balancers and people."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from twisted.application.service import IService
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from ..jsonhttp import encode, write_json
+from ..store.interfaces import IStore
+from ..store.model import ReadPreference
+
+
+class HealthResource(Resource):
+    """200 when the store answers, else 503; always lists the children.
+
+    :param children: called per request, so it sees the node as it is now.
+    """
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        deployment: str,
+        version: str,
+        store: IStore,
+        store_ready: Callable[[], bool],
+        children: Callable[[], Iterable[IService]],
+    ) -> None:
+        super().__init__()
+        self._node = {"nodeId": node_id, "deployment": deployment, "version": version}
+        self._store = store
+        self._store_ready = store_ready
+        self._children = children
+
+    def render_GET(self, request: Request) -> int:
+        request.route = "/healthz"  # type: ignore[attr-defined]
+        children = {c.name: {"running": bool(c.running)} for c in self._children()}
+
+        def answer(store_ok: bool, reason: str | None) -> None:
+            body = dict(self._node, status="ok" if store_ok else "unavailable", children=children)
+            body["store"] = {"usable": store_ok} if store_ok else {"usable": False, "reason": reason}
+            request.setHeader(b"cache-control", b"no-store")
+            write_json(request, 200 if store_ok else 503, encode(body))
+
+        def failed(f: Failure) -> None:
+            self._log.warn("health check: store unusable: {reason}", reason=f.getErrorMessage())
+            answer(False, "the store does not answer")
+
+        if not self._store_ready():
+            answer(False, "the store is not open (starting, or failed to open: see the log)")
+            return NOT_DONE_YET
+        d = self._store.ping(read_preference=ReadPreference.NEAREST)
+        d.addCallbacks(lambda _: answer(True, None), failed)
+        return NOT_DONE_YET

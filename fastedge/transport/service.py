@@ -1,0 +1,29 @@
+# -*- test-case-name: tests.unit.test_tap -*-
+"""The ``transport`` child: the public HTTP listener and the API's
+background work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+
+from ..config import HttpConfig
+from .site import EdgeSite
+
+
+def make_service(cfg: HttpConfig, *, reactor: Any, site: EdgeSite, background: IService) -> MultiService:
+    """Listen on ``cfg.endpoint`` with ``site``; run ``background`` alongside.
+
+    The listener binds in ``privilegedStartService`` (so a port below 1024
+    works with ``--uid``), and a failure to bind stops the node at start.
+    """
+    top = MultiService()
+    background.setServiceParent(top)
+    listener = StreamServerEndpointService(serverFromString(reactor, cfg.endpoint), site)
+    listener._raiseSynchronously = True  # a port in use fails `twistd` loudly
+    listener.setName("http")
+    listener.setServiceParent(top)
+    return top

@@ -1,0 +1,81 @@
+# -*- test-case-name: tests.unit.test_web -*-
+"""``build_site()``: the one Site every public listener serves.
+
+Mounts ``/api/`` (the comment API), ``/healthz`` and ``/metrics``; any other
+path is a JSON 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from twisted.application.service import IService
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from . import __version__
+from .config import HttpConfig, NodeConfig
+from .jsonhttp import write_error
+from .metrics.resource import MetricsResource
+from .store.interfaces import IStore
+from .transport.health import HealthResource
+from .transport.metrics import HttpMetrics
+from .transport.site import EdgeSite
+
+
+class _JsonNotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> int:
+        request.route = "not_found"  # type: ignore[attr-defined]
+        write_error(request, 404, "not_found", "no such resource")
+        return NOT_DONE_YET
+
+
+class EdgeRoot(Resource):
+    """The root: named children, a JSON 404 for everything else."""
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return _JsonNotFound()
+
+    def render(self, request: Request) -> int:
+        return _JsonNotFound().render(request)
+
+
+def build_site(
+    node: NodeConfig,
+    http: HttpConfig,
+    *,
+    reactor: Any,
+    registry: CollectorRegistry,
+    store: IStore,
+    store_ready: Callable[[], bool],
+    api: IResource,
+    children: Callable[[], Iterable[IService]],
+) -> EdgeSite:
+    """The node's Site.
+
+    :param children: the node's child services, for ``/healthz``.
+    """
+    root = EdgeRoot()
+    root.putChild(b"api", api)
+    root.putChild(
+        b"healthz",
+        HealthResource(
+            node_id=node.id,
+            deployment=node.deployment,
+            version=__version__,
+            store=store,
+            store_ready=store_ready,
+            children=children,
+        ),
+    )
+    root.putChild(b"metrics", MetricsResource(registry))
+    return EdgeSite(
+        root,
+        reactor=reactor,
+        max_body_bytes=http.max_body_bytes,
+        metrics=HttpMetrics(registry, http.slow_request_seconds),
+    )

@@ -8,7 +8,11 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from twisted.internet.defer import inlineCallbacks
+
 from ..config import ApiConfig
+from ..store.errors import NotFound
+from ..store.interfaces import IStore
 from ..store.model import Comment, ReadPreference, Thread, ViewerState
 from .errors import ApiError, bad_request, not_found
 from .router import Call
@@ -88,6 +92,22 @@ def display_name(cfg: ApiConfig, name: str) -> str:
     if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in stripped):
         raise bad_request("displayName must not contain control characters", code="bad_display_name", field="displayName")
     return stripped
+
+
+@inlineCallbacks
+def check_parent_thread(store: IStore, tenant_id: str, url_id: str, parent: Comment) -> Any:
+    """Refuse (422) a reply whose parent is not in the thread of ``url_id``.
+
+    Checked before the write that would create the thread, so a refused
+    reply leaves nothing behind. (A comment never moves between threads, so
+    the check cannot go stale.)
+    """
+    try:
+        thread = yield store.get_thread(tenant_id, url_id, read_preference=ReadPreference.PRIMARY)
+    except NotFound:
+        thread = None
+    if thread is None or thread.id != parent.thread_id:
+        raise ApiError(422, "invalid_reference", "the parent comment belongs to another thread")
 
 
 def thread_view(thread: Thread) -> dict[str, Any]:

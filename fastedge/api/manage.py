@@ -20,6 +20,7 @@ from ..store.errors import NotFound
 from ..store.interfaces import IStore
 from ..store.model import CommentStatus, NewComment, ReadPreference, Tenant, Written
 from . import common
+from .common import check_parent_thread
 from .cache import PageCache
 from .credits import CreditMeter, merge_usage
 from .errors import ApiError, bad_request
@@ -256,8 +257,9 @@ class ManageApi:
             raise bad_request("userId is longer than 256 characters", code="bad_user_id")
         now = self._now_ms()
         if parent_id is not None:
-            # Fail before writing anything if the parent is not this tenant's.
-            yield self._store.get_comment(tenant.id, parent_id, read_preference=PRIMARY)
+            # Fail before writing anything (user, thread) if the reply cannot be made.
+            parent = yield self._store.get_comment(tenant.id, parent_id, read_preference=PRIMARY)
+            yield check_parent_thread(self._store, tenant.id, url_id, parent)
         user = yield self._store.upsert_user(tenant.id, external, name, created_ms=now, read_preference=PRIMARY)
         thread = yield self._store.upsert_thread(
             tenant.id, url_id, created_ms=now, read_preference=PRIMARY, **({"title": body["pageTitle"]} if body.get("pageTitle") else {})

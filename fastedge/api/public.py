@@ -143,6 +143,8 @@ class PublicApi:
         )
         session = written.value
         self._metrics.sessions_created.inc()
+        # The write that creates a session counts against it like any other.
+        self._per_session.take(tenant.id + "/" + session.id)
         cookie = self._cookies.issue(tenant.id, session.id, int(self._clock.seconds()))
         return Viewer(session, cookie)
 
@@ -252,6 +254,13 @@ class PublicApi:
             raise bad_request("pageTitle is longer than {} characters".format(cfg.title_max_chars), code="bad_title")
         self._limit(call.client_ip, self._per_ip)
         tenant = yield self._tenant(call)
+        if parent_id is not None:
+            # Before any write (session, thread): a refused reply leaves nothing.
+            try:
+                parent = yield self._store.get_comment(tenant.id, parent_id, read_preference=PRIMARY)
+            except NotFound:
+                raise not_found("parent comment") from None
+            yield common.check_parent_thread(self._store, tenant.id, url_id, parent)
         viewer = yield self._writer(call, tenant)
         now = self._now_ms()
         try:

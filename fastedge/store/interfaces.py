@@ -3,7 +3,7 @@
 Conventions, for every method:
 
 - ``read_preference`` is required and keyword-only. Reads honour it; writes
-  go to the primary and raise :class:`~fastedge.store.errors.WrongReadPreference`
+  go to the primary and fail with :class:`~fastedge.store.errors.WrongReadPreference`
   for anything but ``PRIMARY``, so a caller can never believe a write was
   served nearby.
 - ``token`` (reads only) is a consistency token from an earlier
@@ -14,7 +14,9 @@ Conventions, for every method:
   a record that does not exist (:class:`~fastedge.store.errors.NotFound`).
 - Times are integer milliseconds given by the caller; the store never reads
   a clock.
-- Results are Deferreds; blocking work happens off the reactor thread.
+- Results are Deferreds, and every error (expected or not) arrives through
+  the Deferred, never as a synchronous raise; blocking work happens off the
+  reactor thread.
 """
 
 from __future__ import annotations
@@ -165,7 +167,8 @@ class IStore(Interface):
 
     def add_like(tenant_id, comment_id, voter_id, *, created_ms, read_preference):  # type: ignore[misc]
         """:returns: ``Deferred[Written[int]]``, the new like count;
-        ``AlreadyExists`` if this voter already likes it."""
+        ``AlreadyExists`` if this voter already likes it, ``NotFound`` for an
+        unknown comment or voter (an author id)."""
 
     def remove_like(tenant_id, comment_id, voter_id, *, read_preference):  # type: ignore[misc]
         """:returns: ``Deferred[Written[int]]``, the new like count;
@@ -173,14 +176,15 @@ class IStore(Interface):
 
     def add_flag(tenant_id, comment_id, flagger_id, *, created_ms, read_preference):  # type: ignore[misc]
         """:returns: ``Deferred[Written[int]]``, the new flag count;
-        ``AlreadyExists`` if already flagged by this author."""
+        ``AlreadyExists`` if already flagged by this author, ``NotFound`` for
+        an unknown comment or flagger."""
 
     def add_block(tenant_id, viewer_id, author_id, *, created_ms, read_preference):  # type: ignore[misc]
         """The viewer no longer sees the author's comments.
 
         :returns: ``Deferred[Written[None]]``; ``NotFound`` for an unknown
-            author, ``AlreadyExists`` if already blocked, ``InvalidReference``
-            for blocking oneself.
+            author or viewer, ``AlreadyExists`` if already blocked,
+            ``InvalidReference`` for blocking oneself.
         """
 
     def remove_block(tenant_id, viewer_id, author_id, *, read_preference):  # type: ignore[misc]

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -76,9 +76,11 @@ def new_id() -> str:
     return secrets.token_urlsafe(12)
 
 
-def _require_primary(read_preference: ReadPreference) -> None:
+def _require_primary(read_preference: ReadPreference) -> Deferred[Any] | None:
+    """A failed Deferred for a write asked to read anywhere but the primary."""
     if read_preference is not ReadPreference.PRIMARY:
-        raise WrongReadPreference("writes go to the primary; read_preference must be PRIMARY")
+        return fail(WrongReadPreference("writes go to the primary; read_preference must be PRIMARY"))
+    return None
 
 
 def _encode_cursor(kind: str, *values: Any) -> str:
@@ -91,14 +93,27 @@ def _decode_cursor(cursor: str, kind: str, types: Sequence[type]) -> list[Any]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         values = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         raise BadCursor("cursor is not one this server issued") from None
     if not isinstance(values, list) or len(values) != len(types) + 1 or values[0] != kind:
         raise BadCursor("cursor is not one this server issued")
     for value, tp in zip(values[1:], types):
-        if type(value) is not tp:
+        if type(value) is not tp or not _bindable(value):
             raise BadCursor("cursor is not one this server issued")
     return values[1:]
+
+
+def _bindable(value: Any) -> bool:
+    """Whether a decoded cursor value can be sent to the database: JSON
+    allows integers of any size and lone surrogates, which the drivers reject."""
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
 
 
 def _comment(row: Any) -> Comment:
@@ -184,8 +199,18 @@ class SqlStore:
 
     # Plumbing
 
-    def _call(self, operation: str, read_preference: ReadPreference, fn: Callable[[], _T]) -> Deferred[_T]:
-        """Run ``fn`` through the runner, mapping driver failures to ours."""
+    def _call(
+        self, operation: str, read_preference: ReadPreference, fn: Callable[[], _T], *, write: bool = False
+    ) -> Deferred[_T]:
+        """Run ``fn`` through the runner, mapping driver failures to ours.
+
+        Every error, including a write's wrong read preference, arrives
+        through the returned Deferred: callers never see a synchronous raise.
+        """
+        if write:
+            wrong = _require_primary(read_preference)
+            if wrong is not None:
+                return wrong
         observe = self._observe
 
         def timed() -> _T:
@@ -264,7 +289,6 @@ class SqlStore:
     def create_tenant(
         self, name: str, deployment: str, *, created_ms: int, read_preference: ReadPreference
     ) -> Deferred[Written[Tenant]]:
-        _require_primary(read_preference)
         tenant = Tenant(id=new_id(), name=name, deployment=deployment, created_ms=created_ms, settings={})
 
         def go() -> Written[Tenant]:
@@ -276,7 +300,7 @@ class SqlStore:
                 )
                 return self._written(conn, tenant)
 
-        return self._call("create_tenant", read_preference, go)
+        return self._call("create_tenant", read_preference, go, write=True)
 
     def get_tenant(
         self, tenant_id: str, *, read_preference: ReadPreference, token: str | None = None
@@ -293,7 +317,6 @@ class SqlStore:
     def update_tenant_settings(
         self, tenant_id: str, settings: Mapping[str, Any], *, read_preference: ReadPreference
     ) -> Deferred[Written[Tenant]]:
-        _require_primary(read_preference)
         encoded = json.dumps(dict(settings), sort_keys=True)
 
         def go() -> Written[Tenant]:
@@ -304,12 +327,11 @@ class SqlStore:
                 row = conn.execute(select(s.tenants).where(s.tenants.c.id == tenant_id)).one()
                 return self._written(conn, _tenant(row))
 
-        return self._call("update_tenant_settings", read_preference, go)
+        return self._call("update_tenant_settings", read_preference, go, write=True)
 
     def add_api_key(
         self, tenant_id: str, key_hash: str, *, created_ms: int, read_preference: ReadPreference
     ) -> Deferred[Written[ApiKey]]:
-        _require_primary(read_preference)
         key = ApiKey(id=new_id(), tenant_id=tenant_id, created_ms=created_ms, revoked_ms=None)
 
         def go() -> Written[ApiKey]:
@@ -322,13 +344,11 @@ class SqlStore:
                 )
                 return self._written(conn, key)
 
-        return self._call("add_api_key", read_preference, go)
+        return self._call("add_api_key", read_preference, go, write=True)
 
     def revoke_api_key(
         self, tenant_id: str, key_id: str, *, revoked_ms: int, read_preference: ReadPreference
     ) -> Deferred[Written[ApiKey]]:
-        _require_primary(read_preference)
-
         def go() -> Written[ApiKey]:
             k = s.api_keys.c
             with self._writing() as conn:
@@ -341,7 +361,7 @@ class SqlStore:
                     row = conn.execute(select(s.api_keys).where(where)).one()
                 return self._written(conn, _api_key(row))
 
-        return self._call("revoke_api_key", read_preference, go)
+        return self._call("revoke_api_key", read_preference, go, write=True)
 
     def list_api_keys(
         self, tenant_id: str, *, read_preference: ReadPreference, token: str | None = None
@@ -380,6 +400,11 @@ class SqlStore:
         conn.execute(insert(s.authors).values(id=author_id, tenant_id=tenant_id, kind=kind.value, created_ms=created_ms))
         return author_id
 
+    def _require_author(self, conn: Connection, tenant_id: str, author_id: str) -> None:
+        a = s.authors.c
+        if conn.execute(select(a.id).where(a.tenant_id == tenant_id, a.id == author_id)).first() is None:
+            raise NotFound("author")
+
     def _require_tenant(self, conn: Connection, tenant_id: str) -> None:
         if conn.execute(select(s.tenants.c.id).where(s.tenants.c.id == tenant_id)).first() is None:
             raise NotFound("tenant")
@@ -387,8 +412,6 @@ class SqlStore:
     def create_anonymous_session(
         self, tenant_id: str, *, created_ms: int, read_preference: ReadPreference
     ) -> Deferred[Written[AnonymousSession]]:
-        _require_primary(read_preference)
-
         def go() -> Written[AnonymousSession]:
             with self._writing() as conn:
                 self._require_tenant(conn, tenant_id)
@@ -403,7 +426,7 @@ class SqlStore:
                 )
                 return self._written(conn, session)
 
-        return self._call("create_anonymous_session", read_preference, go)
+        return self._call("create_anonymous_session", read_preference, go, write=True)
 
     def get_anonymous_session(
         self, tenant_id: str, session_id: str, *, read_preference: ReadPreference, token: str | None = None
@@ -431,8 +454,6 @@ class SqlStore:
         created_ms: int,
         read_preference: ReadPreference,
     ) -> Deferred[Written[User]]:
-        _require_primary(read_preference)
-
         def go() -> Written[User]:
             u = s.users.c
             with self._writing() as conn:
@@ -464,7 +485,7 @@ class SqlStore:
                 )
                 return self._written(conn, user)
 
-        return self._call("upsert_user", read_preference, go)
+        return self._call("upsert_user", read_preference, go, write=True)
 
     def get_author(
         self, tenant_id: str, author_id: str, *, read_preference: ReadPreference, token: str | None = None
@@ -491,8 +512,6 @@ class SqlStore:
         title: str | None = None,
         closed: bool | None = None,
     ) -> Deferred[Written[Thread]]:
-        _require_primary(read_preference)
-
         def go() -> Written[Thread]:
             t = s.threads.c
             where = and_(t.tenant_id == tenant_id, t.url_id == url_id)
@@ -522,7 +541,7 @@ class SqlStore:
                 row = conn.execute(select(s.threads).where(where)).one()
                 return self._written(conn, _thread(row))
 
-        return self._call("upsert_thread", read_preference, go)
+        return self._call("upsert_thread", read_preference, go, write=True)
 
     def get_thread(
         self, tenant_id: str, url_id: str, *, read_preference: ReadPreference, token: str | None = None
@@ -562,9 +581,8 @@ class SqlStore:
         read_preference: ReadPreference,
         token: str | None = None,
     ) -> Deferred[Page[Thread]]:
-        after = _decode_cursor(cursor, "threads", (int, str)) if cursor else None
-
         def go() -> Page[Thread]:
+            after = _decode_cursor(cursor, "threads", (int, str)) if cursor else None
             t = s.threads.c
             query = select(s.threads).where(t.tenant_id == tenant_id)
             if after is not None:
@@ -584,8 +602,6 @@ class SqlStore:
     def delete_thread(
         self, tenant_id: str, thread_id: str, *, read_preference: ReadPreference
     ) -> Deferred[Written[None]]:
-        _require_primary(read_preference)
-
         def go() -> Written[None]:
             c = s.comments.c
             with self._writing() as conn:
@@ -595,13 +611,11 @@ class SqlStore:
                 conn.execute(delete(s.threads).where(s.threads.c.tenant_id == tenant_id, s.threads.c.id == thread_id))
                 return self._written(conn, None)
 
-        return self._call("delete_thread", read_preference, go)
+        return self._call("delete_thread", read_preference, go, write=True)
 
     # Comments
 
     def create_comment(self, new: NewComment, *, read_preference: ReadPreference) -> Deferred[Written[Comment]]:
-        _require_primary(read_preference)
-
         def go() -> Written[Comment]:
             c = s.comments.c
             with self._writing() as conn:
@@ -648,7 +662,7 @@ class SqlStore:
                 row = conn.execute(select(s.comments).where(c.id == comment_id)).one()
                 return self._written(conn, _comment(row))
 
-        return self._call("create_comment", read_preference, go)
+        return self._call("create_comment", read_preference, go, write=True)
 
     def _count_approved(self, conn: Connection, tenant_id: str, thread_id: str, delta: int) -> None:
         t = s.threads.c
@@ -687,12 +701,16 @@ class SqlStore:
     ) -> Deferred[ThreadPage]:
         c = s.comments.c
         kind = "thread-" + sort.value
+        try:
+            after = _decode_cursor(cursor, kind, (int, int, str) if sort is Sort.TOP else (int, str)) if cursor else None
+        except BadCursor:
+            return fail()
         query = select(s.comments).where(
             c.tenant_id == tenant_id, c.thread_id == thread_id, c.status == _APPROVED, c.parent_id.is_(None)
         )
         if sort is Sort.TOP:
-            if cursor:
-                likes, created, cid = _decode_cursor(cursor, kind, (int, int, str))
+            if after is not None:
+                likes, created, cid = after
                 query = query.where(
                     or_(
                         c.like_count < likes,
@@ -703,8 +721,8 @@ class SqlStore:
             query = query.order_by(c.like_count.desc(), c.created_ms.desc(), c.id.desc())
         else:
             newest = sort is Sort.NEWEST
-            if cursor:
-                created, cid = _decode_cursor(cursor, kind, (int, str))
+            if after is not None:
+                created, cid = after
                 if newest:
                     query = query.where(or_(c.created_ms < created, and_(c.created_ms == created, c.id < cid)))
                 else:
@@ -762,7 +780,10 @@ class SqlStore:
         if thread_id is not None:
             query = query.where(c.thread_id == thread_id)
         if cursor:
-            created, cid = _decode_cursor(cursor, "comments", (int, str))
+            try:
+                created, cid = _decode_cursor(cursor, "comments", (int, str))
+            except BadCursor:
+                return fail()
             query = query.where(or_(c.created_ms < created, and_(c.created_ms == created, c.id < cid)))
         query = query.order_by(c.created_ms.desc(), c.id.desc()).limit(limit + 1)
 
@@ -787,8 +808,6 @@ class SqlStore:
         body: tuple[str, str] | None = None,
         status: CommentStatus | None = None,
     ) -> Deferred[Written[Comment]]:
-        _require_primary(read_preference)
-
         def go() -> Written[Comment]:
             c = s.comments.c
             with self._writing() as conn:
@@ -808,13 +827,11 @@ class SqlStore:
                     )
                 return self._written(conn, self._comment_row(conn, tenant_id, comment_id))
 
-        return self._call("update_comment", read_preference, go)
+        return self._call("update_comment", read_preference, go, write=True)
 
     def delete_comment(
         self, tenant_id: str, comment_id: str, *, read_preference: ReadPreference
     ) -> Deferred[Written[int]]:
-        _require_primary(read_preference)
-
         def go() -> Written[int]:
             with self._writing() as conn:
                 target = self._comment_row(conn, tenant_id, comment_id)
@@ -822,7 +839,7 @@ class SqlStore:
                 counted = self._delete_comment_rows(conn, tenant_id, doomed)
                 return self._written(conn, counted)
 
-        return self._call("delete_comment", read_preference, go)
+        return self._call("delete_comment", read_preference, go, write=True)
 
     def _subtree(self, conn: Connection, tenant_id: str, target: Comment) -> list[str]:
         """Ids of ``target`` and every reply beneath it."""
@@ -868,12 +885,11 @@ class SqlStore:
     def add_like(
         self, tenant_id: str, comment_id: str, voter_id: str, *, created_ms: int, read_preference: ReadPreference
     ) -> Deferred[Written[int]]:
-        _require_primary(read_preference)
-
         def go() -> Written[int]:
             v = s.votes.c
             with self._writing() as conn:
                 self._comment_row(conn, tenant_id, comment_id)
+                self._require_author(conn, tenant_id, voter_id)
                 if conn.execute(select(v.voter_id).where(v.comment_id == comment_id, v.voter_id == voter_id)).first():
                     raise AlreadyExists("like")
                 try:
@@ -886,7 +902,7 @@ class SqlStore:
                     raise AlreadyExists("like") from None
                 return self._written(conn, self._bump(conn, tenant_id, comment_id, "like_count", +1))
 
-        return self._call("add_like", read_preference, go)
+        return self._call("add_like", read_preference, go, write=True)
 
     def _bump(self, conn: Connection, tenant_id: str, comment_id: str, column: str, delta: int) -> int:
         c = s.comments.c
@@ -899,8 +915,6 @@ class SqlStore:
     def remove_like(
         self, tenant_id: str, comment_id: str, voter_id: str, *, read_preference: ReadPreference
     ) -> Deferred[Written[int]]:
-        _require_primary(read_preference)
-
         def go() -> Written[int]:
             v = s.votes.c
             with self._writing() as conn:
@@ -912,17 +926,16 @@ class SqlStore:
                     raise NotFound("like")
                 return self._written(conn, self._bump(conn, tenant_id, comment_id, "like_count", -1))
 
-        return self._call("remove_like", read_preference, go)
+        return self._call("remove_like", read_preference, go, write=True)
 
     def add_flag(
         self, tenant_id: str, comment_id: str, flagger_id: str, *, created_ms: int, read_preference: ReadPreference
     ) -> Deferred[Written[int]]:
-        _require_primary(read_preference)
-
         def go() -> Written[int]:
             f = s.flags.c
             with self._writing() as conn:
                 self._comment_row(conn, tenant_id, comment_id)
+                self._require_author(conn, tenant_id, flagger_id)
                 if conn.execute(
                     select(f.flagger_id).where(f.comment_id == comment_id, f.flagger_id == flagger_id)
                 ).first():
@@ -937,21 +950,18 @@ class SqlStore:
                     raise AlreadyExists("flag") from None
                 return self._written(conn, self._bump(conn, tenant_id, comment_id, "flag_count", +1))
 
-        return self._call("add_flag", read_preference, go)
+        return self._call("add_flag", read_preference, go, write=True)
 
     def add_block(
         self, tenant_id: str, viewer_id: str, author_id: str, *, created_ms: int, read_preference: ReadPreference
     ) -> Deferred[Written[None]]:
-        _require_primary(read_preference)
-
         def go() -> Written[None]:
-            a = s.authors.c
             b = s.blocks.c
             if viewer_id == author_id:
                 raise InvalidReference("an author cannot block themselves")
             with self._writing() as conn:
-                if conn.execute(select(a.id).where(a.tenant_id == tenant_id, a.id == author_id)).first() is None:
-                    raise NotFound("author")
+                self._require_author(conn, tenant_id, author_id)
+                self._require_author(conn, tenant_id, viewer_id)
                 where = and_(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
                 if conn.execute(select(b.author_id).where(where)).first() is not None:
                     raise AlreadyExists("block")
@@ -965,13 +975,11 @@ class SqlStore:
                     raise AlreadyExists("block") from None
                 return self._written(conn, None)
 
-        return self._call("add_block", read_preference, go)
+        return self._call("add_block", read_preference, go, write=True)
 
     def remove_block(
         self, tenant_id: str, viewer_id: str, author_id: str, *, read_preference: ReadPreference
     ) -> Deferred[Written[None]]:
-        _require_primary(read_preference)
-
         def go() -> Written[None]:
             b = s.blocks.c
             with self._writing() as conn:
@@ -982,7 +990,7 @@ class SqlStore:
                     raise NotFound("block")
                 return self._written(conn, None)
 
-        return self._call("remove_block", read_preference, go)
+        return self._call("remove_block", read_preference, go, write=True)
 
     def viewer_state(
         self,
@@ -1025,7 +1033,6 @@ class SqlStore:
         created_ms: int,
         read_preference: ReadPreference,
     ) -> Deferred[Written[None]]:
-        _require_primary(read_preference)
         rows = [
             dict(tenant_id=tenant_id, operation=op, calls=calls, credits=credits, created_ms=created_ms)
             for op, (calls, credits) in sorted(charges.items())
@@ -1038,7 +1045,7 @@ class SqlStore:
                     conn.execute(insert(s.credit_ledger), rows)
                 return self._written(conn, None)
 
-        return self._call("charge_credits", read_preference, go)
+        return self._call("charge_credits", read_preference, go, write=True)
 
     def credit_usage(
         self, tenant_id: str, *, since_ms: int, read_preference: ReadPreference, token: str | None = None

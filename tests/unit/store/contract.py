@@ -1,0 +1,1437 @@
+"""The contract every :class:`~fastedge.store.interfaces.IStore` backend passes.
+
+A backend's test module mixes :class:`StoreContractMixin` into
+``SynchronousTestCase`` and implements :meth:`StoreContractMixin.make_store`.
+The suite talks to the store only through the interface, so the same tests
+run unchanged against the embedded SQLite file, PostgreSQL with a real
+standby and MongoDB at the wire.
+
+Reads are checked with every read preference. A backend may serve NEAREST
+from a replica that lags the primary, so every read passes the consistency
+token of the latest write the test made (tokens are positions in one
+history, so the latest implies all the earlier ones).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from fastedge.store.errors import (
+    AlreadyExists,
+    BadCursor,
+    InvalidReference,
+    NotFound,
+    WrongReadPreference,
+)
+from fastedge.store.interfaces import IStore
+from fastedge.store.model import (
+    AnonymousSession,
+    ApiKey,
+    AuthorKind,
+    Comment,
+    CommentStatus,
+    CreditUsage,
+    NewComment,
+    Page,
+    ReadPreference,
+    Sort,
+    Tenant,
+    Thread,
+    ThreadPage,
+    ViewerState,
+    Written,
+)
+
+_T = TypeVar("_T")
+
+PRIMARY = ReadPreference.PRIMARY
+NEAREST = ReadPreference.NEAREST
+APPROVED = CommentStatus.APPROVED
+PENDING = CommentStatus.PENDING
+SPAM = CommentStatus.SPAM
+REMOVED = CommentStatus.REMOVED
+
+#: An identifier no backend issues (ids are random; this one is well-formed).
+UNKNOWN = "AAAAAAAAAAAAAAAA"
+
+if TYPE_CHECKING:
+    # Type checkers see the test case the mixin is always combined with;
+    # at run time the mixin has no base class.
+    _MixinBase = SynchronousTestCase
+else:
+    _MixinBase = object
+
+
+def key_hash(key: str) -> str:
+    """The hash the API layer stores for ``key`` (hex SHA-256)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class StoreContractMixin(_MixinBase):
+    """Behaviour shared by every store backend.
+
+    Subclasses implement :meth:`make_store`; ``setUp`` opens the store and
+    closes it again at cleanup.
+    """
+
+    store: IStore
+
+    def make_store(self) -> IStore:
+        """A fresh, empty store that has not been opened yet."""
+        raise NotImplementedError(f"{type(self).__name__} must implement make_store")
+
+    def setUp(self) -> None:
+        super().setUp()
+        self._token: str | None = None
+        self._now = 1_700_000_000_000
+        store = self.make_store()
+        self.successResultOf(store.open())
+        self.addCleanup(lambda: self.successResultOf(store.close()))
+        self.store = store
+
+    # Helpers
+
+    def read_preferences(self) -> Sequence[ReadPreference]:
+        """Every read preference a read is checked with."""
+        return (PRIMARY, NEAREST)
+
+    def tick(self, ms: int = 1000) -> int:
+        """A time (in ms) later than every earlier one in this test."""
+        self._now += ms
+        return self._now
+
+    def write(self, d: Deferred[Written[_T]]) -> _T:
+        """The value of a successful write; remembers its consistency token."""
+        written = self.successResultOf(d)
+        self.assertIsInstance(written, Written)
+        if written.token is not None:
+            self._token = written.token
+        return written.value
+
+    def read(self, method: Callable[..., Deferred[_T]], *args: Any, **kwargs: Any) -> _T:
+        """Call a read with each read preference and the latest token.
+
+        :returns: the result, which must be the same for every preference.
+        """
+        results = [
+            self.successResultOf(method(*args, read_preference=rp, token=self._token, **kwargs))
+            for rp in self.read_preferences()
+        ]
+        for other in results[1:]:
+            self.assertEqual(other, results[0])
+        return results[0]
+
+    def read_fails(self, error: type[Exception], method: Callable[..., Deferred[Any]], *args: Any, **kwargs: Any) -> None:
+        """Check that a read fails with ``error`` for each read preference."""
+        for rp in self.read_preferences():
+            self.failureResultOf(method(*args, read_preference=rp, token=self._token, **kwargs), error)
+
+    def make_tenant(self, name: str = "Acme News", deployment: str = "global") -> Tenant:
+        return self.write(self.store.create_tenant(name, deployment, created_ms=self.tick(), read_preference=PRIMARY))
+
+    def make_session(self, tenant_id: str) -> AnonymousSession:
+        return self.write(self.store.create_anonymous_session(tenant_id, created_ms=self.tick(), read_preference=PRIMARY))
+
+    def make_author(self, tenant_id: str) -> str:
+        """A new anonymous author of the tenant; returns its author id."""
+        return self.make_session(tenant_id).author_id
+
+    def make_thread(self, tenant_id: str, url_id: str = "https://example.com/a", **kwargs: Any) -> Thread:
+        return self.write(
+            self.store.upsert_thread(tenant_id, url_id, created_ms=self.tick(), read_preference=PRIMARY, **kwargs)
+        )
+
+    def new_comment(
+        self,
+        tenant_id: str,
+        thread_id: str,
+        author_id: str,
+        *,
+        parent_id: str | None = None,
+        status: CommentStatus = APPROVED,
+        created_ms: int | None = None,
+        body: str = "Hello",
+    ) -> NewComment:
+        return NewComment(
+            tenant_id=tenant_id,
+            thread_id=thread_id,
+            author_id=author_id,
+            display_name="Ann",
+            body_source=body,
+            body_html=f"<p>{body}</p>",
+            status=status,
+            created_ms=self.tick() if created_ms is None else created_ms,
+            parent_id=parent_id,
+        )
+
+    def post(self, tenant_id: str, thread_id: str, author_id: str, **kwargs: Any) -> Comment:
+        """Create a comment (see :meth:`new_comment` for the options)."""
+        new = self.new_comment(tenant_id, thread_id, author_id, **kwargs)
+        return self.write(self.store.create_comment(new, read_preference=PRIMARY))
+
+    def like(self, tenant_id: str, comment_id: str, voter_id: str) -> int:
+        return self.write(
+            self.store.add_like(tenant_id, comment_id, voter_id, created_ms=self.tick(), read_preference=PRIMARY)
+        )
+
+    def set_status(self, tenant_id: str, comment_id: str, status: CommentStatus) -> Comment:
+        return self.write(
+            self.store.update_comment(
+                tenant_id, comment_id, edited_ms=self.tick(), read_preference=PRIMARY, status=status
+            )
+        )
+
+    def comment_count(self, tenant_id: str, thread_id: str) -> int:
+        return self.read(self.store.get_thread_by_id, tenant_id, thread_id).comment_count
+
+    def all_pages(self, fetch: Callable[[str | None], Any], limit: int) -> list[Any]:
+        """Follow ``next_cursor`` from the first page to the last.
+
+        :param fetch: given a cursor, returns a ``Page`` or ``ThreadPage``.
+        """
+        pages = []
+        cursor: str | None = None
+        for _ in range(100):
+            page = fetch(cursor)
+            pages.append(page)
+            items = page.top_level if isinstance(page, ThreadPage) else page.items
+            self.assertLessEqual(len(items), limit)
+            cursor = page.next_cursor
+            if cursor is None:
+                return pages
+            # Only the last page may be short.
+            self.assertEqual(len(items), limit)
+        self.fail("listing did not end after 100 pages")
+
+    def listed(
+        self, tenant_id: str, status: CommentStatus, thread_id: str | None = None, limit: int = 50
+    ) -> list[Comment]:
+        """Every comment ``list_comments`` gives for ``status``, in order,
+        following the cursors from page to page."""
+        pages = self.all_pages(
+            lambda cursor: self.read(
+                self.store.list_comments, tenant_id, status=status, limit=limit, cursor=cursor, thread_id=thread_id
+            ),
+            limit,
+        )
+        return [c for page in pages for c in page.items]
+
+    def thread_state(self, tenant_id: str, thread_id: str) -> tuple[Any, ...]:
+        """Everything the store says about a thread and its comments."""
+        return (
+            self.read(self.store.get_thread_by_id, tenant_id, thread_id),
+            self.read(self.store.list_thread, tenant_id, thread_id, sort=Sort.OLDEST, limit=1000, cursor=None),
+            tuple(tuple(self.listed(tenant_id, status, thread_id)) for status in CommentStatus),
+        )
+
+    def settle(self, d: Deferred[_T]) -> _T | Failure:
+        """The result of a Deferred that has fired, success or failure."""
+        results: list[_T | Failure] = []
+        d.addBoth(results.append)
+        self.assertEqual(len(results), 1, "the Deferred has not fired")
+        return results[0]
+
+    # The interface itself
+
+    def test_provides_interface(self) -> None:
+        """The store provides every method and attribute of IStore, and names its backend."""
+        self.assertTrue(verifyObject(IStore, self.store))
+        self.assertIsInstance(self.store.backend, str)
+        self.assertTrue(self.store.backend)
+
+    def test_ping(self) -> None:
+        """An open store answers a ping with either read preference."""
+        for rp in self.read_preferences():
+            self.assertIsNone(self.successResultOf(self.store.ping(read_preference=rp)))
+
+    # Tenants
+
+    def test_create_and_get_tenant(self) -> None:
+        """A created tenant can be read back by id, with empty settings."""
+        created_ms = self.tick()
+        tenant = self.write(self.store.create_tenant("Acme", "eu", created_ms=created_ms, read_preference=PRIMARY))
+        self.assertEqual(
+            (tenant.name, tenant.deployment, tenant.created_ms, dict(tenant.settings)), ("Acme", "eu", created_ms, {})
+        )
+        self.assertEqual(self.read(self.store.get_tenant, tenant.id), tenant)
+
+    def test_tenants_get_distinct_ids(self) -> None:
+        """Two tenants, even with the same name, are two records."""
+        first = self.make_tenant("Same")
+        second = self.make_tenant("Same")
+        self.assertNotEqual(first.id, second.id)
+        self.assertEqual(self.read(self.store.get_tenant, second.id), second)
+
+    def test_get_unknown_tenant(self) -> None:
+        """Reading a tenant that does not exist fails with NotFound."""
+        self.make_tenant()
+        self.read_fails(NotFound, self.store.get_tenant, UNKNOWN)
+
+    def test_update_tenant_settings(self) -> None:
+        """Updating settings replaces the whole mapping, and reads see the new one."""
+        tenant = self.make_tenant()
+        settings = {"moderation": "pre", "sso": {"secret_id": "k1"}, "max_len": 2000}
+        updated = self.write(self.store.update_tenant_settings(tenant.id, settings, read_preference=PRIMARY))
+        self.assertEqual(dict(updated.settings), settings)
+        self.assertEqual(dict(self.read(self.store.get_tenant, tenant.id).settings), settings)
+        updated = self.write(self.store.update_tenant_settings(tenant.id, {"moderation": "post"}, read_preference=PRIMARY))
+        self.assertEqual(dict(updated.settings), {"moderation": "post"})
+        got = self.read(self.store.get_tenant, tenant.id)
+        self.assertEqual(dict(got.settings), {"moderation": "post"})
+        self.assertEqual((got.name, got.created_ms), (tenant.name, tenant.created_ms))
+
+    def test_update_unknown_tenant_settings(self) -> None:
+        """Updating the settings of a tenant that does not exist fails with NotFound."""
+        self.failureResultOf(self.store.update_tenant_settings(UNKNOWN, {"a": 1}, read_preference=PRIMARY), NotFound)
+
+    # API keys
+
+    def add_key(self, tenant_id: str, key: str) -> ApiKey:
+        return self.write(self.store.add_api_key(tenant_id, key_hash(key), created_ms=self.tick(), read_preference=PRIMARY))
+
+    def test_api_key_finds_its_tenant(self) -> None:
+        """The hash of an added key leads to the tenant that owns it."""
+        tenant = self.make_tenant()
+        self.make_tenant("Other")
+        key = self.add_key(tenant.id, "secret-1")
+        self.assertEqual((key.tenant_id, key.revoked_ms), (tenant.id, None))
+        self.assertEqual(self.read(self.store.tenant_for_api_key, key_hash("secret-1")), tenant)
+
+    def test_unknown_api_key(self) -> None:
+        """A hash that no key has fails with NotFound."""
+        tenant = self.make_tenant()
+        self.add_key(tenant.id, "secret-1")
+        self.read_fails(NotFound, self.store.tenant_for_api_key, key_hash("secret-2"))
+
+    def test_add_api_key_unknown_tenant(self) -> None:
+        """A key cannot be added to a tenant that does not exist."""
+        self.failureResultOf(
+            self.store.add_api_key(UNKNOWN, key_hash("k"), created_ms=self.tick(), read_preference=PRIMARY), NotFound
+        )
+        self.read_fails(NotFound, self.store.tenant_for_api_key, key_hash("k"))
+
+    def test_revoked_api_key(self) -> None:
+        """A revoked key no longer finds its tenant and is listed with its revocation
+        time; the tenant's other keys keep working."""
+        tenant = self.make_tenant()
+        key = self.add_key(tenant.id, "old")
+        other = self.add_key(tenant.id, "new")
+        revoked_ms = self.tick()
+        revoked = self.write(self.store.revoke_api_key(tenant.id, key.id, revoked_ms=revoked_ms, read_preference=PRIMARY))
+        self.assertEqual((revoked.id, revoked.revoked_ms), (key.id, revoked_ms))
+        self.read_fails(NotFound, self.store.tenant_for_api_key, key_hash("old"))
+        self.assertEqual(self.read(self.store.tenant_for_api_key, key_hash("new")), tenant)
+        keys = {k.id: k for k in self.read(self.store.list_api_keys, tenant.id)}
+        self.assertEqual(keys, {key.id: revoked, other.id: other})
+
+    def test_list_api_keys(self) -> None:
+        """Listing gives every key of the tenant and no key of another tenant."""
+        tenant = self.make_tenant()
+        other = self.make_tenant("Other")
+        self.assertEqual(self.read(self.store.list_api_keys, tenant.id), [])
+        mine = [self.add_key(tenant.id, f"k{i}") for i in range(3)]
+        self.add_key(other.id, "theirs")
+        listed = self.read(self.store.list_api_keys, tenant.id)
+        self.assertEqual(sorted(listed, key=lambda k: k.id), sorted(mine, key=lambda k: k.id))
+
+    def test_revoke_unknown_api_key(self) -> None:
+        """Revoking a key that does not exist fails with NotFound."""
+        tenant = self.make_tenant()
+        self.failureResultOf(
+            self.store.revoke_api_key(tenant.id, UNKNOWN, revoked_ms=self.tick(), read_preference=PRIMARY), NotFound
+        )
+
+    def test_revoke_other_tenants_api_key(self) -> None:
+        """Revoking another tenant's key fails with NotFound and leaves the key working."""
+        owner = self.make_tenant("Owner")
+        intruder = self.make_tenant("Intruder")
+        key = self.add_key(owner.id, "owner-key")
+        self.failureResultOf(
+            self.store.revoke_api_key(intruder.id, key.id, revoked_ms=self.tick(), read_preference=PRIMARY), NotFound
+        )
+        self.assertEqual(self.read(self.store.tenant_for_api_key, key_hash("owner-key")), owner)
+        self.assertEqual(self.read(self.store.list_api_keys, owner.id), [key])
+
+    # Authors
+
+    def test_anonymous_session(self) -> None:
+        """A new anonymous session can be read back, and speaks for a new
+        anonymous author of the tenant."""
+        tenant = self.make_tenant()
+        created_ms = self.tick()
+        session = self.write(self.store.create_anonymous_session(tenant.id, created_ms=created_ms, read_preference=PRIMARY))
+        self.assertEqual((session.tenant_id, session.created_ms), (tenant.id, created_ms))
+        self.assertEqual(self.read(self.store.get_anonymous_session, tenant.id, session.id), session)
+        author = self.read(self.store.get_author, tenant.id, session.author_id)
+        self.assertEqual(
+            (author.id, author.tenant_id, author.kind, author.created_ms),
+            (session.author_id, tenant.id, AuthorKind.ANONYMOUS, created_ms),
+        )
+
+    def test_sessions_are_distinct(self) -> None:
+        """Each anonymous session is its own session with its own author."""
+        tenant = self.make_tenant()
+        first, second = self.make_session(tenant.id), self.make_session(tenant.id)
+        self.assertNotEqual(first.id, second.id)
+        self.assertNotEqual(first.author_id, second.author_id)
+
+    def test_anonymous_session_wrong_tenant(self) -> None:
+        """A session read with another tenant's id fails with NotFound."""
+        tenant = self.make_tenant()
+        other = self.make_tenant("Other")
+        session = self.make_session(tenant.id)
+        self.read_fails(NotFound, self.store.get_anonymous_session, other.id, session.id)
+
+    def test_unknown_anonymous_session(self) -> None:
+        """A session id that was never issued fails with NotFound."""
+        tenant = self.make_tenant()
+        self.make_session(tenant.id)
+        self.read_fails(NotFound, self.store.get_anonymous_session, tenant.id, UNKNOWN)
+
+    def test_anonymous_session_unknown_tenant(self) -> None:
+        """A session cannot be created for a tenant that does not exist."""
+        self.failureResultOf(
+            self.store.create_anonymous_session(UNKNOWN, created_ms=self.tick(), read_preference=PRIMARY), NotFound
+        )
+
+    def test_upsert_user_creates_then_renames(self) -> None:
+        """The first upsert creates the user and its author; a later one with a new
+        name renames it, keeping its ids and creation time."""
+        tenant = self.make_tenant()
+        created_ms = self.tick()
+        user = self.write(self.store.upsert_user(tenant.id, "sso-42", "Ann", created_ms=created_ms, read_preference=PRIMARY))
+        self.assertEqual(
+            (user.tenant_id, user.external_id, user.display_name, user.created_ms), (tenant.id, "sso-42", "Ann", created_ms)
+        )
+        author = self.read(self.store.get_author, tenant.id, user.author_id)
+        self.assertEqual((author.kind, author.tenant_id), (AuthorKind.USER, tenant.id))
+        renamed = self.write(
+            self.store.upsert_user(tenant.id, "sso-42", "Ann B.", created_ms=self.tick(), read_preference=PRIMARY)
+        )
+        self.assertEqual(renamed.display_name, "Ann B.")
+        self.assertEqual((renamed.id, renamed.author_id, renamed.created_ms), (user.id, user.author_id, created_ms))
+        again = self.write(self.store.upsert_user(tenant.id, "sso-42", "Ann B.", created_ms=self.tick(), read_preference=PRIMARY))
+        self.assertEqual(again, renamed)
+
+    def test_upsert_user_per_tenant(self) -> None:
+        """The same external id in two tenants is two users with two authors."""
+        first, second = self.make_tenant("One"), self.make_tenant("Two")
+        one = self.write(self.store.upsert_user(first.id, "sso-1", "Ann", created_ms=self.tick(), read_preference=PRIMARY))
+        two = self.write(self.store.upsert_user(second.id, "sso-1", "Bob", created_ms=self.tick(), read_preference=PRIMARY))
+        self.assertNotEqual(one.id, two.id)
+        self.assertNotEqual(one.author_id, two.author_id)
+        self.assertEqual(two.tenant_id, second.id)
+        self.read_fails(NotFound, self.store.get_author, first.id, two.author_id)
+
+    def test_upsert_user_unknown_tenant(self) -> None:
+        """A user cannot be created for a tenant that does not exist."""
+        self.failureResultOf(
+            self.store.upsert_user(UNKNOWN, "sso-1", "Ann", created_ms=self.tick(), read_preference=PRIMARY), NotFound
+        )
+
+    def test_get_unknown_author(self) -> None:
+        """An author id that was never issued fails with NotFound."""
+        tenant = self.make_tenant()
+        self.make_author(tenant.id)
+        self.read_fails(NotFound, self.store.get_author, tenant.id, UNKNOWN)
+
+    # Threads
+
+    def test_upsert_thread_creates(self) -> None:
+        """The first upsert of a URL creates an open, empty thread that can be read
+        back by URL and by id."""
+        tenant = self.make_tenant()
+        created_ms = self.tick()
+        thread = self.write(
+            self.store.upsert_thread(tenant.id, "https://example.com/a", created_ms=created_ms, read_preference=PRIMARY, title="A")
+        )
+        self.assertEqual(
+            (thread.tenant_id, thread.url_id, thread.title, thread.closed, thread.created_ms, thread.comment_count),
+            (tenant.id, "https://example.com/a", "A", False, created_ms, 0),
+        )
+        self.assertEqual(self.read(self.store.get_thread, tenant.id, "https://example.com/a"), thread)
+        self.assertEqual(self.read(self.store.get_thread_by_id, tenant.id, thread.id), thread)
+
+    def test_upsert_thread_updates(self) -> None:
+        """A later upsert of the same URL changes the title and closed flag it is
+        given, leaves the others as they were, and keeps the thread's id."""
+        tenant = self.make_tenant()
+        thread = self.make_thread(tenant.id, "u1", title="Old")
+        closed = self.write(
+            self.store.upsert_thread(tenant.id, "u1", created_ms=self.tick(), read_preference=PRIMARY, closed=True)
+        )
+        self.assertEqual((closed.id, closed.title, closed.closed, closed.created_ms), (thread.id, "Old", True, thread.created_ms))
+        renamed = self.write(
+            self.store.upsert_thread(tenant.id, "u1", created_ms=self.tick(), read_preference=PRIMARY, title="New")
+        )
+        self.assertEqual((renamed.id, renamed.title, renamed.closed), (thread.id, "New", True))
+        reopened = self.write(
+            self.store.upsert_thread(tenant.id, "u1", created_ms=self.tick(), read_preference=PRIMARY, closed=False)
+        )
+        self.assertEqual((reopened.title, reopened.closed), ("New", False))
+        self.assertEqual(self.read(self.store.get_thread, tenant.id, "u1"), reopened)
+        self.assertEqual(self.read(self.store.list_threads, tenant.id, limit=10, cursor=None).items, [reopened])
+
+    def test_upsert_thread_unknown_tenant(self) -> None:
+        """A thread cannot be created for a tenant that does not exist."""
+        self.failureResultOf(
+            self.store.upsert_thread(UNKNOWN, "u1", created_ms=self.tick(), read_preference=PRIMARY), NotFound
+        )
+
+    def test_get_unknown_thread(self) -> None:
+        """A URL or thread id with no thread fails with NotFound."""
+        tenant = self.make_tenant()
+        self.make_thread(tenant.id, "u1")
+        self.read_fails(NotFound, self.store.get_thread, tenant.id, "u2")
+        self.read_fails(NotFound, self.store.get_thread_by_id, tenant.id, UNKNOWN)
+
+    def test_list_threads_empty(self) -> None:
+        """A tenant without threads lists one empty, last page."""
+        tenant = self.make_tenant()
+        self.assertEqual(self.read(self.store.list_threads, tenant.id, limit=10, cursor=None), Page([], None))
+
+    def test_list_threads_pages(self) -> None:
+        """Threads are listed newest first, and following the cursors gives every
+        thread of the tenant exactly once, even across equal creation times."""
+        tenant = self.make_tenant()
+        other = self.make_tenant("Other")
+        self.make_thread(other.id, "theirs")
+        base = self.tick()
+        threads = [
+            self.write(self.store.upsert_thread(tenant.id, f"u{i}", created_ms=base + offset, read_preference=PRIMARY))
+            for i, offset in enumerate([0, 5, 5, 5, 9, 2, 5, 7])
+        ]
+        pages = self.all_pages(lambda cursor: self.read(self.store.list_threads, tenant.id, limit=3, cursor=cursor), 3)
+        listed = [t for page in pages for t in page.items]
+        self.assertEqual(sorted(t.id for t in listed), sorted(t.id for t in threads))
+        times = [t.created_ms for t in listed]
+        self.assertEqual(times, sorted(times, reverse=True))
+        self.assertEqual({t.id: t for t in listed}, {t.id: t for t in threads})
+
+    def test_list_threads_garbage_cursor(self) -> None:
+        """A cursor the store did not issue fails with BadCursor."""
+        tenant = self.make_tenant()
+        self.make_thread(tenant.id)
+        for cursor in ["garbage", "!!!", "e30", "W10", "a" * 1000]:
+            self.read_fails(BadCursor, self.store.list_threads, tenant.id, limit=10, cursor=cursor)
+
+    def foreign_cursors(self) -> tuple[str, dict[str, str]]:
+        """A thread and a genuine cursor of each kind of listing.
+
+        :returns: the tenant id and ``{listing: cursor}``.
+        """
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id, "u0")
+        self.make_thread(tenant.id, "u1")
+        for _ in range(2):
+            comment = self.post(tenant.id, thread.id, author)
+            self.like(tenant.id, comment.id, author)
+            self.post(tenant.id, thread.id, author, status=PENDING)
+        cursors = {
+            "threads": self.read(self.store.list_threads, tenant.id, limit=1, cursor=None).next_cursor,
+            "comments": self.read(self.store.list_comments, tenant.id, status=PENDING, limit=1, cursor=None).next_cursor,
+        }
+        for sort in Sort:
+            cursors[sort.value] = self.read(
+                self.store.list_thread, tenant.id, thread.id, sort=sort, limit=1, cursor=None
+            ).next_cursor
+        for name, cursor in cursors.items():
+            self.assertIsNotNone(cursor, name)
+        return tenant.id, {name: cursor for name, cursor in cursors.items() if cursor is not None}
+
+    def test_cursor_of_another_listing(self) -> None:
+        """A genuine cursor given to another kind of listing (or another sort of
+        the same thread) fails with BadCursor."""
+        tenant_id, cursors = self.foreign_cursors()
+        thread = self.read(self.store.get_thread, tenant_id, "u0")
+        for name, cursor in cursors.items():
+            if name != "threads":
+                self.read_fails(BadCursor, self.store.list_threads, tenant_id, limit=1, cursor=cursor)
+            if name != "comments":
+                self.read_fails(BadCursor, self.store.list_comments, tenant_id, status=PENDING, limit=1, cursor=cursor)
+            for sort in Sort:
+                if name != sort.value:
+                    self.read_fails(
+                        BadCursor, self.store.list_thread, tenant_id, thread.id, sort=sort, limit=1, cursor=cursor
+                    )
+
+    def test_garbage_cursor_every_listing(self) -> None:
+        """Every listing fails with BadCursor for a cursor the store did not issue."""
+        tenant = self.make_tenant()
+        thread = self.make_thread(tenant.id)
+        self.read_fails(BadCursor, self.store.list_comments, tenant.id, status=APPROVED, limit=1, cursor="garbage")
+        for sort in Sort:
+            self.read_fails(BadCursor, self.store.list_thread, tenant.id, thread.id, sort=sort, limit=1, cursor="garbage")
+
+    @settings(max_examples=50, deadline=None)
+    @given(data=st.data())
+    def test_random_cursors(self, data: st.DataObject) -> None:
+        """Any string given as a cursor, random or a damaged genuine cursor, either
+        fails with BadCursor or gives a valid page; never another error."""
+        if not hasattr(self, "_cursor_fixture"):
+            # One store per test method: build the listings once, not per example.
+            self._cursor_fixture = self.foreign_cursors()
+        tenant_id, cursors = self._cursor_fixture
+        thread = self.read(self.store.get_thread, tenant_id, "u0")
+        genuine = data.draw(st.sampled_from(sorted(cursors.values())))
+        cut = st.integers(min_value=0, max_value=len(genuine))
+        cursor = data.draw(
+            st.one_of(
+                st.text(),
+                st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_="),
+                st.builds(lambda i, j, s: genuine[:i] + s + genuine[j:], cut, cut, st.text(max_size=8)),
+            ),
+            label="cursor",
+        )
+        calls: list[tuple[Callable[..., Deferred[Any]], tuple[Any, ...], dict[str, Any]]] = [
+            (self.store.list_threads, (tenant_id,), {}),
+            (self.store.list_comments, (tenant_id,), {"status": PENDING}),
+        ]
+        calls += [(self.store.list_thread, (tenant_id, thread.id), {"sort": sort}) for sort in Sort]
+        for method, args, kwargs in calls:
+            for rp in self.read_preferences():
+                result = self.settle(method(*args, limit=2, cursor=cursor, read_preference=rp, token=self._token, **kwargs))
+                if isinstance(result, Failure):
+                    self.assertIsNotNone(result.check(BadCursor), result.getTraceback())
+                else:
+                    self.assertIsInstance(result, (Page, ThreadPage))
+
+    def test_delete_thread(self) -> None:
+        """Deleting a thread removes it with all its comments and their likes, and
+        leaves the tenant's other threads alone."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id, "doomed")
+        kept = self.make_thread(tenant.id, "kept")
+        top = self.post(tenant.id, thread.id, author)
+        reply = self.post(tenant.id, thread.id, author, parent_id=top.id)
+        pending = self.post(tenant.id, thread.id, author, status=PENDING)
+        self.like(tenant.id, top.id, author)
+        survivor = self.post(tenant.id, kept.id, author)
+        self.like(tenant.id, survivor.id, author)
+        self.assertIsNone(self.write(self.store.delete_thread(tenant.id, thread.id, read_preference=PRIMARY)))
+        self.read_fails(NotFound, self.store.get_thread_by_id, tenant.id, thread.id)
+        self.read_fails(NotFound, self.store.get_thread, tenant.id, "doomed")
+        for comment in (top, reply, pending):
+            self.read_fails(NotFound, self.store.get_comment, tenant.id, comment.id)
+        self.assertEqual(self.listed(tenant.id, PENDING), [])
+        self.assertEqual([c.id for c in self.listed(tenant.id, APPROVED)], [survivor.id])
+        self.assertEqual([t.id for t in self.read(self.store.list_threads, tenant.id, limit=10, cursor=None).items], [kept.id])
+        state = self.read(self.store.viewer_state, tenant.id, author, [top.id, survivor.id])
+        self.assertEqual(state.liked, frozenset([survivor.id]))
+        self.assertEqual(self.read(self.store.get_comment, tenant.id, survivor.id).like_count, 1)
+
+    def test_delete_thread_then_recreate(self) -> None:
+        """After a thread is deleted its URL can get a new, empty thread."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id, "u1")
+        self.post(tenant.id, thread.id, author)
+        self.write(self.store.delete_thread(tenant.id, thread.id, read_preference=PRIMARY))
+        again = self.make_thread(tenant.id, "u1")
+        self.assertNotEqual(again.id, thread.id)
+        self.assertEqual(again.comment_count, 0)
+        self.assertEqual(self.read(self.store.list_thread, tenant.id, again.id, sort=Sort.NEWEST, limit=10, cursor=None).top_level, [])
+
+    def test_delete_unknown_thread(self) -> None:
+        """Deleting a thread that does not exist fails with NotFound."""
+        tenant = self.make_tenant()
+        self.failureResultOf(self.store.delete_thread(tenant.id, UNKNOWN, read_preference=PRIMARY), NotFound)
+
+    # Comments
+
+    def test_create_top_level_comment(self) -> None:
+        """A new top-level comment is its own root, has no likes, flags or edits,
+        and can be read back."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        new = self.new_comment(tenant.id, thread.id, author, body="First!")
+        comment = self.write(self.store.create_comment(new, read_preference=PRIMARY))
+        self.assertEqual(
+            (
+                comment.tenant_id,
+                comment.thread_id,
+                comment.parent_id,
+                comment.root_id,
+                comment.author_id,
+                comment.display_name,
+                comment.body_source,
+                comment.body_html,
+                comment.status,
+                comment.created_ms,
+                comment.edited_ms,
+                comment.like_count,
+                comment.flag_count,
+            ),
+            (tenant.id, thread.id, None, comment.id, author, "Ann", "First!", "<p>First!</p>", APPROVED, new.created_ms, None, 0, 0),
+        )
+        self.assertEqual(self.read(self.store.get_comment, tenant.id, comment.id), comment)
+
+    def test_replies_hang_under_their_root(self) -> None:
+        """A reply names its parent, and its root is the top-level comment above
+        it, however deep the reply."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        top = self.post(tenant.id, thread.id, author)
+        parent = top
+        for _ in range(4):
+            reply = self.post(tenant.id, thread.id, author, parent_id=parent.id)
+            self.assertEqual((reply.parent_id, reply.root_id), (parent.id, top.id))
+            self.assertEqual(self.read(self.store.get_comment, tenant.id, reply.id), reply)
+            parent = reply
+        other_top = self.post(tenant.id, thread.id, author)
+        self.assertEqual(self.post(tenant.id, thread.id, author, parent_id=other_top.id).root_id, other_top.id)
+
+    def test_get_unknown_comment(self) -> None:
+        """A comment id that was never issued fails with NotFound."""
+        tenant = self.make_tenant()
+        thread = self.make_thread(tenant.id)
+        self.post(tenant.id, thread.id, self.make_author(tenant.id))
+        self.read_fails(NotFound, self.store.get_comment, tenant.id, UNKNOWN)
+
+    def check_create_fails(self, tenant_id: str, thread_ids: Sequence[str], new: NewComment, error: type[Exception]) -> None:
+        """Creating ``new`` fails with ``error`` and changes none of the threads."""
+        before = [self.thread_state(tenant_id, thread_id) for thread_id in thread_ids]
+        self.failureResultOf(self.store.create_comment(new, read_preference=PRIMARY), error)
+        self.assertEqual([self.thread_state(tenant_id, thread_id) for thread_id in thread_ids], before)
+
+    def test_parent_in_another_thread(self) -> None:
+        """A reply to a comment of another thread fails with InvalidReference and
+        writes nothing."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        here, there = self.make_thread(tenant.id, "here"), self.make_thread(tenant.id, "there")
+        self.post(tenant.id, here.id, author)
+        parent = self.post(tenant.id, there.id, author)
+        new = self.new_comment(tenant.id, here.id, author, parent_id=parent.id)
+        self.check_create_fails(tenant.id, [here.id, there.id], new, InvalidReference)
+
+    def test_unknown_parent(self) -> None:
+        """A reply to a comment that does not exist fails with NotFound and writes nothing."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        self.post(tenant.id, thread.id, author)
+        new = self.new_comment(tenant.id, thread.id, author, parent_id=UNKNOWN)
+        self.check_create_fails(tenant.id, [thread.id], new, NotFound)
+
+    def test_unknown_thread(self) -> None:
+        """A comment on a thread that does not exist fails with NotFound and writes nothing."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        self.check_create_fails(tenant.id, [thread.id], self.new_comment(tenant.id, UNKNOWN, author), NotFound)
+        self.assertEqual(self.listed(tenant.id, APPROVED), [])
+
+    def test_unknown_author(self) -> None:
+        """A comment by an author that does not exist fails with NotFound and writes nothing."""
+        tenant = self.make_tenant()
+        thread = self.make_thread(tenant.id)
+        self.post(tenant.id, thread.id, self.make_author(tenant.id))
+        self.check_create_fails(tenant.id, [thread.id], self.new_comment(tenant.id, thread.id, UNKNOWN), NotFound)
+
+    def populate_thread(self) -> tuple[str, Thread, list[Comment], dict[str, list[Comment]]]:
+        """A thread with approved, hidden and liked comments, replies and ties.
+
+        :returns: the tenant id, the thread, its approved top-level comments,
+            and the approved replies under each of them (by root id).
+        """
+        tenant = self.make_tenant()
+        other = self.make_thread(tenant.id, "other")
+        thread = self.make_thread(tenant.id, "busy")
+        voters = [self.make_author(tenant.id) for _ in range(2)]
+        author = self.make_author(tenant.id)
+        t = self.tick()
+        # Equal times and equal like counts fall on page boundaries (limit 3)
+        # for every sort, so ties must be broken consistently.
+        shape = [(0, 0), (1, 1), (1, 1), (2, 0), (3, 2), (3, 2), (3, 2), (5, 2)]
+        tops = []
+        for offset, likes in shape:
+            comment = self.post(tenant.id, thread.id, author, created_ms=t + offset)
+            for voter in voters[:likes]:
+                self.like(tenant.id, comment.id, voter)
+            tops.append(self.read(self.store.get_comment, tenant.id, comment.id))
+        # Hidden top-level comments, one with an approved reply, and a popular
+        # comment that was approved and then removed.
+        pending = self.post(tenant.id, thread.id, author, status=PENDING, created_ms=t + 1)
+        self.post(tenant.id, thread.id, author, parent_id=pending.id, created_ms=t + 6)
+        self.post(tenant.id, thread.id, author, status=SPAM, created_ms=t + 3)
+        removed = self.post(tenant.id, thread.id, author, created_ms=t + 4)
+        for voter in voters:
+            self.like(tenant.id, removed.id, voter)
+        self.set_status(tenant.id, removed.id, REMOVED)
+        # Replies, created out of their roots' order.
+        c0, c2, c4, c7 = tops[0], tops[2], tops[4], tops[7]
+        r2 = self.post(tenant.id, thread.id, author, parent_id=c0.id, created_ms=t + 9)
+        self.post(tenant.id, thread.id, author, parent_id=c0.id, status=SPAM, created_ms=t + 9)
+        r1 = self.post(tenant.id, thread.id, author, parent_id=c4.id, created_ms=t + 10)
+        r1a = self.post(tenant.id, thread.id, author, parent_id=r1.id, created_ms=t + 11)
+        self.post(tenant.id, thread.id, author, parent_id=r1.id, status=PENDING, created_ms=t + 12)
+        r1b = self.post(tenant.id, thread.id, author, parent_id=c4.id, created_ms=t + 10)
+        r3 = self.post(tenant.id, thread.id, author, parent_id=c7.id, created_ms=t + 13)
+        self.set_status(tenant.id, r3.id, REMOVED)
+        r4 = self.post(tenant.id, thread.id, author, parent_id=c2.id, created_ms=t + 3)
+        # Another thread's comments must not leak in.
+        self.post(tenant.id, other.id, author, created_ms=t + 2)
+        replies = {c0.id: [r2], c2.id: [r4], c4.id: [r1, r1b, r1a]}
+        thread = self.read(self.store.get_thread_by_id, tenant.id, thread.id)
+        return tenant.id, thread, tops, replies
+
+    def check_thread_listing(self, sort: Sort) -> list[Comment]:
+        """Page through the populated thread in ``sort`` order and check the pages.
+
+        :returns: the top-level comments in listed order.
+        """
+        tenant_id, thread, tops, replies = self.populate_thread()
+        pages = self.all_pages(
+            lambda cursor: self.read(self.store.list_thread, tenant_id, thread.id, sort=sort, limit=3, cursor=cursor), 3
+        )
+        listed = []
+        for page in pages:
+            self.assertEqual(page.thread, thread)
+            page_tops = {c.id for c in page.top_level}
+            expected = {r.id for root in page_tops for r in replies.get(root, [])}
+            self.assertEqual(sorted(r.id for r in page.replies), sorted(expected))
+            times = [r.created_ms for r in page.replies]
+            self.assertEqual(times, sorted(times))
+            for reply in page.replies:
+                self.assertIn(reply.root_id, page_tops)
+                self.assertEqual(reply.status, APPROVED)
+            listed.extend(page.top_level)
+        self.assertEqual(sorted(c.id for c in listed), sorted(c.id for c in tops))
+        self.assertEqual({c.id: c for c in listed}, {c.id: c for c in tops})
+        for comment in listed:
+            self.assertEqual((comment.parent_id, comment.status), (None, APPROVED))
+        return listed
+
+    def test_list_thread_newest(self) -> None:
+        """NEWEST lists every approved top-level comment once, newest first, with
+        the approved replies of each page's comments, oldest first."""
+        listed = self.check_thread_listing(Sort.NEWEST)
+        times = [c.created_ms for c in listed]
+        self.assertEqual(times, sorted(times, reverse=True))
+
+    def test_list_thread_oldest(self) -> None:
+        """OLDEST lists every approved top-level comment once, oldest first, with
+        the approved replies of each page's comments, oldest first."""
+        listed = self.check_thread_listing(Sort.OLDEST)
+        times = [c.created_ms for c in listed]
+        self.assertEqual(times, sorted(times))
+
+    def test_list_thread_top(self) -> None:
+        """TOP lists every approved top-level comment once, most liked first, with
+        the approved replies of each page's comments, oldest first."""
+        listed = self.check_thread_listing(Sort.TOP)
+        likes = [c.like_count for c in listed]
+        self.assertEqual(likes, sorted(likes, reverse=True))
+
+    def test_list_thread_counts_approved(self) -> None:
+        """The thread's comment count is its approved comments, replies included,
+        whatever their place in the tree."""
+        tenant_id, thread, tops, replies = self.populate_thread()
+        # The approved reply under the pending top-level comment counts too.
+        self.assertEqual(thread.comment_count, len(tops) + sum(len(r) for r in replies.values()) + 1)
+
+    def test_list_thread_empty(self) -> None:
+        """A thread without approved comments lists one empty, last page."""
+        tenant = self.make_tenant()
+        thread = self.make_thread(tenant.id)
+        self.post(tenant.id, thread.id, self.make_author(tenant.id), status=PENDING)
+        for sort in Sort:
+            page = self.read(self.store.list_thread, tenant.id, thread.id, sort=sort, limit=10, cursor=None)
+            self.assertEqual(page, ThreadPage(thread=thread, top_level=[], replies=[], next_cursor=None))
+
+    def test_list_unknown_thread(self) -> None:
+        """Listing a thread that does not exist fails with NotFound."""
+        tenant = self.make_tenant()
+        self.make_thread(tenant.id)
+        for sort in Sort:
+            self.read_fails(NotFound, self.store.list_thread, tenant.id, UNKNOWN, sort=sort, limit=10, cursor=None)
+
+    def test_comment_count_on_create(self) -> None:
+        """Only approved comments count; pending, spam and removed ones do not."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        top = self.post(tenant.id, thread.id, author)
+        self.post(tenant.id, thread.id, author, parent_id=top.id)
+        for status in (PENDING, SPAM, REMOVED):
+            self.post(tenant.id, thread.id, author, status=status)
+            self.post(tenant.id, thread.id, author, status=status, parent_id=top.id)
+        self.assertEqual(self.comment_count(tenant.id, thread.id), 2)
+        self.assertEqual(self.read(self.store.get_thread, tenant.id, thread.url_id).comment_count, 2)
+
+    def test_comment_count_follows_status(self) -> None:
+        """Approving a comment adds it to the count, hiding it takes it away, and
+        setting the status it already has changes nothing."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        comment = self.post(tenant.id, thread.id, author, status=PENDING)
+        self.post(tenant.id, thread.id, author)
+        steps = [(APPROVED, 2), (APPROVED, 2), (SPAM, 1), (REMOVED, 1), (APPROVED, 2), (PENDING, 1), (PENDING, 1)]
+        for status, count in steps:
+            self.assertEqual(self.set_status(tenant.id, comment.id, status).status, status)
+            self.assertEqual(self.comment_count(tenant.id, thread.id), count, status)
+
+    def test_comment_count_follows_delete(self) -> None:
+        """Deleting comments takes away from the count only the approved ones deleted."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        top = self.post(tenant.id, thread.id, author)
+        self.post(tenant.id, thread.id, author, parent_id=top.id)
+        self.post(tenant.id, thread.id, author, parent_id=top.id, status=PENDING)
+        kept = self.post(tenant.id, thread.id, author)
+        pending = self.post(tenant.id, thread.id, author, status=PENDING)
+        self.assertEqual(self.comment_count(tenant.id, thread.id), 3)
+        self.write(self.store.delete_comment(tenant.id, pending.id, read_preference=PRIMARY))
+        self.assertEqual(self.comment_count(tenant.id, thread.id), 3)
+        self.write(self.store.delete_comment(tenant.id, top.id, read_preference=PRIMARY))
+        self.assertEqual(self.comment_count(tenant.id, thread.id), 1)
+        self.write(self.store.delete_comment(tenant.id, kept.id, read_preference=PRIMARY))
+        self.assertEqual(self.comment_count(tenant.id, thread.id), 0)
+
+    def test_moderation_queue(self) -> None:
+        """Listing by status gives exactly the comments of that status, from every
+        thread, newest first, each once across pages."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        one, two = self.make_thread(tenant.id, "one"), self.make_thread(tenant.id, "two")
+        t = self.tick()
+        expected: dict[CommentStatus, list[Comment]] = {status: [] for status in CommentStatus}
+        top = self.post(tenant.id, one.id, author, created_ms=t)
+        expected[APPROVED].append(top)
+        for i, offset in enumerate([1, 3, 3, 3, 2, 5, 3, 0]):
+            thread = (one, two)[i % 2]
+            status = PENDING if i % 3 else SPAM
+            parent = top.id if (i == 4 and thread is one) else None
+            expected[status].append(
+                self.post(tenant.id, thread.id, author, status=status, created_ms=t + offset, parent_id=parent)
+            )
+        approved_then_hidden = self.post(tenant.id, two.id, author, created_ms=t + 4)
+        expected[REMOVED].append(self.set_status(tenant.id, approved_then_hidden.id, REMOVED))
+        for status in CommentStatus:
+            listed = self.listed(tenant.id, status, limit=2)
+            self.assertEqual(sorted(c.id for c in listed), sorted(c.id for c in expected[status]), status)
+            self.assertEqual({c.id: c for c in listed}, {c.id: c for c in expected[status]})
+            times = [c.created_ms for c in listed]
+            self.assertEqual(times, sorted(times, reverse=True))
+
+    def test_moderation_queue_by_thread(self) -> None:
+        """Listing by status and thread gives only that thread's comments, newest first."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        one, two = self.make_thread(tenant.id, "one"), self.make_thread(tenant.id, "two")
+        mine = [self.post(tenant.id, one.id, author, status=PENDING) for _ in range(5)]
+        self.post(tenant.id, two.id, author, status=PENDING)
+        self.post(tenant.id, one.id, author)
+        listed = self.listed(tenant.id, PENDING, thread_id=one.id, limit=2)
+        self.assertEqual([c.id for c in listed], [c.id for c in reversed(mine)])
+        self.assertEqual(
+            self.read(self.store.list_comments, tenant.id, status=PENDING, limit=10, cursor=None, thread_id=UNKNOWN),
+            Page([], None),
+        )
+
+    def test_update_comment_body(self) -> None:
+        """Editing the body replaces source and HTML and sets the edit time, and
+        leaves everything else as it was."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        comment = self.post(tenant.id, thread.id, author, status=PENDING)
+        self.like(tenant.id, comment.id, author)
+        comment = self.read(self.store.get_comment, tenant.id, comment.id)
+        edited_ms = self.tick()
+        edited = self.write(
+            self.store.update_comment(
+                tenant.id, comment.id, edited_ms=edited_ms, read_preference=PRIMARY, body=("*new*", "<p><em>new</em></p>")
+            )
+        )
+        self.assertEqual(
+            edited, replace(comment, body_source="*new*", body_html="<p><em>new</em></p>", edited_ms=edited_ms)
+        )
+        self.assertEqual(self.read(self.store.get_comment, tenant.id, comment.id), edited)
+
+    def test_update_comment_status(self) -> None:
+        """Changing the status moves the comment between the moderation queues and
+        into or out of the thread listing."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        comment = self.post(tenant.id, thread.id, author, status=PENDING)
+        approved = self.set_status(tenant.id, comment.id, APPROVED)
+        self.assertEqual((approved.status, approved.body_source), (APPROVED, comment.body_source))
+        self.assertEqual(self.read(self.store.get_comment, tenant.id, comment.id), approved)
+        self.assertEqual(self.listed(tenant.id, PENDING), [])
+        self.assertEqual(self.listed(tenant.id, APPROVED), [approved])
+        page = self.read(self.store.list_thread, tenant.id, thread.id, sort=Sort.NEWEST, limit=10, cursor=None)
+        self.assertEqual(page.top_level, [approved])
+        spam = self.set_status(tenant.id, comment.id, SPAM)
+        self.assertEqual(self.listed(tenant.id, SPAM), [spam])
+        page = self.read(self.store.list_thread, tenant.id, thread.id, sort=Sort.NEWEST, limit=10, cursor=None)
+        self.assertEqual(page.top_level, [])
+
+    def test_update_unknown_comment(self) -> None:
+        """Updating a comment that does not exist fails with NotFound."""
+        tenant = self.make_tenant()
+        self.failureResultOf(
+            self.store.update_comment(tenant.id, UNKNOWN, edited_ms=self.tick(), read_preference=PRIMARY, status=SPAM),
+            NotFound,
+        )
+
+    def test_delete_comment_subtree(self) -> None:
+        """Deleting a comment deletes every reply beneath it, whatever its status,
+        returns how many went, and keeps its siblings and their replies."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        top = self.post(tenant.id, thread.id, author)
+        doomed = self.post(tenant.id, thread.id, author, parent_id=top.id)
+        below = [
+            self.post(tenant.id, thread.id, author, parent_id=doomed.id),
+            self.post(tenant.id, thread.id, author, parent_id=doomed.id, status=PENDING),
+        ]
+        below.append(self.post(tenant.id, thread.id, author, parent_id=below[0].id))
+        sibling = self.post(tenant.id, thread.id, author, parent_id=top.id)
+        nephew = self.post(tenant.id, thread.id, author, parent_id=sibling.id)
+        self.like(tenant.id, below[0].id, author)
+        count = self.write(self.store.delete_comment(tenant.id, doomed.id, read_preference=PRIMARY))
+        self.assertEqual(count, 4)
+        for comment in [doomed, *below]:
+            self.read_fails(NotFound, self.store.get_comment, tenant.id, comment.id)
+        page = self.read(self.store.list_thread, tenant.id, thread.id, sort=Sort.NEWEST, limit=10, cursor=None)
+        self.assertEqual([c.id for c in page.top_level], [top.id])
+        self.assertEqual(sorted(c.id for c in page.replies), sorted([sibling.id, nephew.id]))
+        self.assertEqual(self.listed(tenant.id, PENDING), [])
+        self.assertEqual(self.read(self.store.viewer_state, tenant.id, author, [below[0].id]).liked, frozenset())
+        self.assertEqual(self.write(self.store.delete_comment(tenant.id, top.id, read_preference=PRIMARY)), 3)
+        self.assertEqual(self.listed(tenant.id, APPROVED), [])
+
+    def test_delete_unknown_comment(self) -> None:
+        """Deleting a comment that does not exist fails with NotFound."""
+        tenant = self.make_tenant()
+        self.failureResultOf(self.store.delete_comment(tenant.id, UNKNOWN, read_preference=PRIMARY), NotFound)
+
+    # Likes, flags, blocks
+
+    def liked_comment(self) -> tuple[str, str, str]:
+        """A tenant, a comment and an author who may like it."""
+        tenant = self.make_tenant()
+        thread = self.make_thread(tenant.id)
+        comment = self.post(tenant.id, thread.id, self.make_author(tenant.id))
+        return tenant.id, comment.id, self.make_author(tenant.id)
+
+    def test_likes(self) -> None:
+        """Adding and removing likes returns the new count, which the comment shows."""
+        tenant_id, comment_id, voter = self.liked_comment()
+        other = self.make_author(tenant_id)
+        self.assertEqual(self.like(tenant_id, comment_id, voter), 1)
+        self.assertEqual(self.like(tenant_id, comment_id, other), 2)
+        self.assertEqual(self.read(self.store.get_comment, tenant_id, comment_id).like_count, 2)
+        self.assertEqual(self.write(self.store.remove_like(tenant_id, comment_id, voter, read_preference=PRIMARY)), 1)
+        self.assertEqual(self.read(self.store.get_comment, tenant_id, comment_id).like_count, 1)
+        self.assertEqual(self.like(tenant_id, comment_id, voter), 2)
+
+    def test_repeated_like(self) -> None:
+        """Liking a comment twice fails with AlreadyExists and leaves the count alone."""
+        tenant_id, comment_id, voter = self.liked_comment()
+        self.like(tenant_id, comment_id, voter)
+        self.failureResultOf(
+            self.store.add_like(tenant_id, comment_id, voter, created_ms=self.tick(), read_preference=PRIMARY),
+            AlreadyExists,
+        )
+        self.assertEqual(self.read(self.store.get_comment, tenant_id, comment_id).like_count, 1)
+
+    def test_remove_missing_like(self) -> None:
+        """Removing a like the voter never gave fails with NotFound and leaves the count alone."""
+        tenant_id, comment_id, voter = self.liked_comment()
+        other = self.make_author(tenant_id)
+        self.like(tenant_id, comment_id, other)
+        self.failureResultOf(self.store.remove_like(tenant_id, comment_id, voter, read_preference=PRIMARY), NotFound)
+        self.write(self.store.remove_like(tenant_id, comment_id, other, read_preference=PRIMARY))
+        self.failureResultOf(self.store.remove_like(tenant_id, comment_id, other, read_preference=PRIMARY), NotFound)
+        self.assertEqual(self.read(self.store.get_comment, tenant_id, comment_id).like_count, 0)
+
+    def test_like_unknown_comment_or_voter(self) -> None:
+        """Liking a comment that does not exist, or liking as an author that does
+        not exist, fails with NotFound."""
+        tenant_id, comment_id, voter = self.liked_comment()
+        self.failureResultOf(
+            self.store.add_like(tenant_id, UNKNOWN, voter, created_ms=self.tick(), read_preference=PRIMARY), NotFound
+        )
+        self.failureResultOf(
+            self.store.add_like(tenant_id, comment_id, UNKNOWN, created_ms=self.tick(), read_preference=PRIMARY), NotFound
+        )
+        self.failureResultOf(self.store.remove_like(tenant_id, UNKNOWN, voter, read_preference=PRIMARY), NotFound)
+        self.assertEqual(self.read(self.store.get_comment, tenant_id, comment_id).like_count, 0)
+
+    def test_flags(self) -> None:
+        """Each author may flag a comment once; a second flag fails with
+        AlreadyExists and leaves the count alone."""
+        tenant_id, comment_id, flagger = self.liked_comment()
+        other = self.make_author(tenant_id)
+        add = self.store.add_flag
+        self.assertEqual(self.write(add(tenant_id, comment_id, flagger, created_ms=self.tick(), read_preference=PRIMARY)), 1)
+        self.assertEqual(self.write(add(tenant_id, comment_id, other, created_ms=self.tick(), read_preference=PRIMARY)), 2)
+        self.failureResultOf(add(tenant_id, comment_id, flagger, created_ms=self.tick(), read_preference=PRIMARY), AlreadyExists)
+        comment = self.read(self.store.get_comment, tenant_id, comment_id)
+        self.assertEqual((comment.flag_count, comment.like_count), (2, 0))
+
+    def test_flag_unknown_comment_or_flagger(self) -> None:
+        """Flagging a comment that does not exist, or as an author that does not
+        exist, fails with NotFound."""
+        tenant_id, comment_id, flagger = self.liked_comment()
+        add = self.store.add_flag
+        self.failureResultOf(add(tenant_id, UNKNOWN, flagger, created_ms=self.tick(), read_preference=PRIMARY), NotFound)
+        self.failureResultOf(add(tenant_id, comment_id, UNKNOWN, created_ms=self.tick(), read_preference=PRIMARY), NotFound)
+        self.assertEqual(self.read(self.store.get_comment, tenant_id, comment_id).flag_count, 0)
+
+    def test_blocks(self) -> None:
+        """A block shows in the viewer's state until it is removed."""
+        tenant = self.make_tenant()
+        viewer, pest, other = (self.make_author(tenant.id) for _ in range(3))
+        self.assertIsNone(
+            self.write(self.store.add_block(tenant.id, viewer, pest, created_ms=self.tick(), read_preference=PRIMARY))
+        )
+        self.write(self.store.add_block(tenant.id, viewer, other, created_ms=self.tick(), read_preference=PRIMARY))
+        state = self.read(self.store.viewer_state, tenant.id, viewer, [])
+        self.assertEqual(state, ViewerState(liked=frozenset(), blocked_authors=frozenset([pest, other])))
+        self.assertEqual(self.read(self.store.viewer_state, tenant.id, pest, []).blocked_authors, frozenset())
+        self.assertIsNone(self.write(self.store.remove_block(tenant.id, viewer, pest, read_preference=PRIMARY)))
+        self.assertEqual(self.read(self.store.viewer_state, tenant.id, viewer, []).blocked_authors, frozenset([other]))
+
+    def test_repeated_block(self) -> None:
+        """Blocking the same author twice fails with AlreadyExists."""
+        tenant = self.make_tenant()
+        viewer, pest = self.make_author(tenant.id), self.make_author(tenant.id)
+        self.write(self.store.add_block(tenant.id, viewer, pest, created_ms=self.tick(), read_preference=PRIMARY))
+        self.failureResultOf(
+            self.store.add_block(tenant.id, viewer, pest, created_ms=self.tick(), read_preference=PRIMARY), AlreadyExists
+        )
+        self.assertEqual(self.read(self.store.viewer_state, tenant.id, viewer, []).blocked_authors, frozenset([pest]))
+
+    def test_remove_missing_block(self) -> None:
+        """Removing a block that does not exist fails with NotFound."""
+        tenant = self.make_tenant()
+        viewer, pest = self.make_author(tenant.id), self.make_author(tenant.id)
+        self.failureResultOf(self.store.remove_block(tenant.id, viewer, pest, read_preference=PRIMARY), NotFound)
+        self.write(self.store.add_block(tenant.id, viewer, pest, created_ms=self.tick(), read_preference=PRIMARY))
+        self.write(self.store.remove_block(tenant.id, viewer, pest, read_preference=PRIMARY))
+        self.failureResultOf(self.store.remove_block(tenant.id, viewer, pest, read_preference=PRIMARY), NotFound)
+
+    def test_block_unknown_author(self) -> None:
+        """Blocking an author that does not exist, or as a viewer that does not
+        exist, fails with NotFound."""
+        tenant = self.make_tenant()
+        viewer = self.make_author(tenant.id)
+        self.failureResultOf(
+            self.store.add_block(tenant.id, viewer, UNKNOWN, created_ms=self.tick(), read_preference=PRIMARY), NotFound
+        )
+        self.failureResultOf(
+            self.store.add_block(tenant.id, UNKNOWN, viewer, created_ms=self.tick(), read_preference=PRIMARY), NotFound
+        )
+        self.assertEqual(self.read(self.store.viewer_state, tenant.id, viewer, []).blocked_authors, frozenset())
+
+    def test_block_oneself(self) -> None:
+        """An author cannot block themselves: InvalidReference."""
+        tenant = self.make_tenant()
+        viewer = self.make_author(tenant.id)
+        self.failureResultOf(
+            self.store.add_block(tenant.id, viewer, viewer, created_ms=self.tick(), read_preference=PRIMARY),
+            InvalidReference,
+        )
+        self.assertEqual(self.read(self.store.viewer_state, tenant.id, viewer, []).blocked_authors, frozenset())
+
+    def test_viewer_state_likes(self) -> None:
+        """The viewer's state names which of the given comments the viewer likes,
+        and nothing the viewer did not like or was not asked about."""
+        tenant = self.make_tenant()
+        viewer, other = self.make_author(tenant.id), self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        comments = [self.post(tenant.id, thread.id, other).id for _ in range(4)]
+        for comment_id in comments[:3]:
+            self.like(tenant.id, comment_id, viewer)
+        self.like(tenant.id, comments[3], other)
+        state = self.read(self.store.viewer_state, tenant.id, viewer, [comments[1], comments[2], comments[3], UNKNOWN])
+        self.assertEqual(state, ViewerState(liked=frozenset(comments[1:3]), blocked_authors=frozenset()))
+        self.assertEqual(self.read(self.store.viewer_state, tenant.id, viewer, []).liked, frozenset())
+        self.assertEqual(self.read(self.store.viewer_state, tenant.id, other, comments).liked, frozenset([comments[3]]))
+
+    # Credits
+
+    def test_credit_usage(self) -> None:
+        """Usage sums calls and credits per operation over the charges made since
+        the given time (inclusive), sorted by operation."""
+        tenant = self.make_tenant()
+        charge = self.store.charge_credits
+        t = self.tick()
+        self.write(charge(tenant.id, {"get_thread": (2, 2), "post": (1, 5)}, created_ms=t, read_preference=PRIMARY))
+        self.write(charge(tenant.id, {"get_thread": (3, 3)}, created_ms=t + 10, read_preference=PRIMARY))
+        self.write(charge(tenant.id, {"delete": (1, 1), "post": (2, 10)}, created_ms=t + 20, read_preference=PRIMARY))
+        self.assertEqual(
+            self.read(self.store.credit_usage, tenant.id, since_ms=t),
+            [CreditUsage("delete", 1, 1), CreditUsage("get_thread", 5, 5), CreditUsage("post", 3, 15)],
+        )
+        self.assertEqual(
+            self.read(self.store.credit_usage, tenant.id, since_ms=t + 10),
+            [CreditUsage("delete", 1, 1), CreditUsage("get_thread", 3, 3), CreditUsage("post", 2, 10)],
+        )
+        self.assertEqual(self.read(self.store.credit_usage, tenant.id, since_ms=t + 21), [])
+
+    def test_credit_usage_per_tenant(self) -> None:
+        """A tenant's usage counts only its own charges."""
+        mine, theirs = self.make_tenant("Mine"), self.make_tenant("Theirs")
+        t = self.tick()
+        self.write(self.store.charge_credits(mine.id, {"post": (1, 5)}, created_ms=t, read_preference=PRIMARY))
+        self.write(self.store.charge_credits(theirs.id, {"post": (7, 35)}, created_ms=t, read_preference=PRIMARY))
+        self.assertEqual(self.read(self.store.credit_usage, mine.id, since_ms=0), [CreditUsage("post", 1, 5)])
+        self.write(self.store.charge_credits(mine.id, {}, created_ms=t, read_preference=PRIMARY))
+        self.assertEqual(self.read(self.store.credit_usage, mine.id, since_ms=0), [CreditUsage("post", 1, 5)])
+
+    def test_charge_unknown_tenant(self) -> None:
+        """Credits cannot be charged to a tenant that does not exist."""
+        self.failureResultOf(
+            self.store.charge_credits(UNKNOWN, {"post": (1, 5)}, created_ms=self.tick(), read_preference=PRIMARY), NotFound
+        )
+        self.assertEqual(self.read(self.store.credit_usage, UNKNOWN, since_ms=0), [])
+
+    # Read preference of writes
+
+    def test_writes_need_primary(self) -> None:
+        """Every write given NEAREST fails with WrongReadPreference and writes nothing."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        viewer = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id, "u1")
+        comment = self.post(tenant.id, thread.id, author)
+        key = self.add_key(tenant.id, "k")
+        before = (
+            self.thread_state(tenant.id, thread.id),
+            self.read(self.store.get_tenant, tenant.id),
+            self.read(self.store.list_api_keys, tenant.id),
+            self.read(self.store.viewer_state, tenant.id, viewer, [comment.id]),
+            self.read(self.store.credit_usage, tenant.id, since_ms=0),
+            self.read(self.store.list_threads, tenant.id, limit=10, cursor=None),
+        )
+        t = self.tick()
+        s = self.store
+        writes: list[Callable[[], Deferred[Any]]] = [
+            lambda: s.create_tenant("T", "global", created_ms=t, read_preference=NEAREST),
+            lambda: s.update_tenant_settings(tenant.id, {"a": 1}, read_preference=NEAREST),
+            lambda: s.add_api_key(tenant.id, key_hash("k2"), created_ms=t, read_preference=NEAREST),
+            lambda: s.revoke_api_key(tenant.id, key.id, revoked_ms=t, read_preference=NEAREST),
+            lambda: s.create_anonymous_session(tenant.id, created_ms=t, read_preference=NEAREST),
+            lambda: s.upsert_user(tenant.id, "sso-1", "Ann", created_ms=t, read_preference=NEAREST),
+            lambda: s.upsert_thread(tenant.id, "u2", created_ms=t, read_preference=NEAREST),
+            lambda: s.upsert_thread(tenant.id, "u1", created_ms=t, read_preference=NEAREST, title="x", closed=True),
+            lambda: s.delete_thread(tenant.id, thread.id, read_preference=NEAREST),
+            lambda: s.create_comment(self.new_comment(tenant.id, thread.id, author), read_preference=NEAREST),
+            lambda: s.update_comment(tenant.id, comment.id, edited_ms=t, read_preference=NEAREST, status=SPAM),
+            lambda: s.delete_comment(tenant.id, comment.id, read_preference=NEAREST),
+            lambda: s.add_like(tenant.id, comment.id, viewer, created_ms=t, read_preference=NEAREST),
+            lambda: s.add_flag(tenant.id, comment.id, viewer, created_ms=t, read_preference=NEAREST),
+            lambda: s.add_block(tenant.id, viewer, author, created_ms=t, read_preference=NEAREST),
+            lambda: s.charge_credits(tenant.id, {"post": (1, 1)}, created_ms=t, read_preference=NEAREST),
+        ]
+        for write in writes:
+            self.failureResultOf(write(), WrongReadPreference)
+        # remove_like and remove_block need something to remove.
+        self.like(tenant.id, comment.id, viewer)
+        self.write(self.store.add_block(tenant.id, viewer, author, created_ms=t, read_preference=PRIMARY))
+        self.failureResultOf(s.remove_like(tenant.id, comment.id, viewer, read_preference=NEAREST), WrongReadPreference)
+        self.failureResultOf(s.remove_block(tenant.id, viewer, author, read_preference=NEAREST), WrongReadPreference)
+        self.write(self.store.remove_like(tenant.id, comment.id, viewer, read_preference=PRIMARY))
+        self.write(self.store.remove_block(tenant.id, viewer, author, read_preference=PRIMARY))
+        after = (
+            self.thread_state(tenant.id, thread.id),
+            self.read(self.store.get_tenant, tenant.id),
+            self.read(self.store.list_api_keys, tenant.id),
+            self.read(self.store.viewer_state, tenant.id, viewer, [comment.id]),
+            self.read(self.store.credit_usage, tenant.id, since_ms=0),
+            self.read(self.store.list_threads, tenant.id, limit=10, cursor=None),
+        )
+        self.assertEqual(after, before)
+        self.read_fails(NotFound, self.store.tenant_for_api_key, key_hash("k2"))
+
+    # Tenant isolation: another tenant's ids are as unknown as made-up ones
+
+    def two_tenants(self) -> tuple[str, dict[str, Any]]:
+        """Tenant A with a little data, and tenant B with some of everything.
+
+        :returns: A's id and B's records by name.
+        """
+        a = self.make_tenant("A")
+        a_author = self.make_author(a.id)
+        a_thread = self.make_thread(a.id, "https://a.example/1")
+        a_comment = self.post(a.id, a_thread.id, a_author)
+        b = self.make_tenant("B")
+        b_session = self.make_session(b.id)
+        b_user = self.write(self.store.upsert_user(b.id, "sso-b", "Bea", created_ms=self.tick(), read_preference=PRIMARY))
+        b_thread = self.make_thread(b.id, "https://b.example/1", title="B's")
+        b_top = self.post(b.id, b_thread.id, b_session.author_id)
+        b_reply = self.post(b.id, b_thread.id, b_user.author_id, parent_id=b_top.id)
+        b_pending = self.post(b.id, b_thread.id, b_user.author_id, status=PENDING)
+        self.like(b.id, b_top.id, b_user.author_id)
+        self.write(self.store.add_flag(b.id, b_top.id, b_user.author_id, created_ms=self.tick(), read_preference=PRIMARY))
+        self.write(
+            self.store.add_block(b.id, b_user.author_id, b_session.author_id, created_ms=self.tick(), read_preference=PRIMARY)
+        )
+        b_key = self.add_key(b.id, "b-key")
+        self.write(self.store.charge_credits(b.id, {"post": (3, 15)}, created_ms=self.tick(), read_preference=PRIMARY))
+        return a.id, {
+            "tenant": b,
+            "a_author": a_author,
+            "a_thread": a_thread,
+            "a_comment": a_comment,
+            "session": b_session,
+            "user": b_user,
+            "thread": b_thread,
+            "top": b_top,
+            "reply": b_reply,
+            "pending": b_pending,
+            "key": b_key,
+        }
+
+    def tenant_b_state(self, b: dict[str, Any]) -> tuple[Any, ...]:
+        """Everything tenant B can read about its records."""
+        tid = b["tenant"].id
+        user = b["user"]
+        return (
+            self.read(self.store.get_tenant, tid),
+            self.thread_state(tid, b["thread"].id),
+            self.read(self.store.list_threads, tid, limit=10, cursor=None),
+            self.read(self.store.get_anonymous_session, tid, b["session"].id),
+            self.read(self.store.get_author, tid, b["session"].author_id),
+            self.read(self.store.get_author, tid, user.author_id),
+            self.read(self.store.viewer_state, tid, user.author_id, [b["top"].id, b["reply"].id]),
+            self.read(self.store.list_api_keys, tid),
+            self.read(self.store.tenant_for_api_key, key_hash("b-key")),
+            self.read(self.store.credit_usage, tid, since_ms=0),
+            [self.read(self.store.get_comment, tid, b[name].id) for name in ("top", "reply", "pending")],
+        )
+
+    def test_isolation_reads(self) -> None:
+        """Reads in tenant A of tenant B's records find nothing."""
+        a, b = self.two_tenants()
+        self.read_fails(NotFound, self.store.get_anonymous_session, a, b["session"].id)
+        for author_id in (b["session"].author_id, b["user"].author_id):
+            self.read_fails(NotFound, self.store.get_author, a, author_id)
+        self.read_fails(NotFound, self.store.get_thread, a, b["thread"].url_id)
+        self.read_fails(NotFound, self.store.get_thread_by_id, a, b["thread"].id)
+        for name in ("top", "reply", "pending"):
+            self.read_fails(NotFound, self.store.get_comment, a, b[name].id)
+        for sort in Sort:
+            self.read_fails(NotFound, self.store.list_thread, a, b["thread"].id, sort=sort, limit=10, cursor=None)
+        self.assertEqual(
+            [t.id for t in self.read(self.store.list_threads, a, limit=10, cursor=None).items], [b["a_thread"].id]
+        )
+        self.assertEqual([c.id for c in self.listed(a, APPROVED)], [b["a_comment"].id])
+        self.assertEqual(self.listed(a, PENDING), [])
+        self.assertEqual(self.listed(a, APPROVED, thread_id=b["thread"].id), [])
+        self.assertEqual(self.listed(a, PENDING, thread_id=b["thread"].id), [])
+        state = self.read(self.store.viewer_state, a, b["user"].author_id, [b["top"].id])
+        self.assertEqual(state, ViewerState(liked=frozenset(), blocked_authors=frozenset()))
+        self.assertEqual(self.read(self.store.list_api_keys, a), [])
+        self.assertEqual(self.read(self.store.credit_usage, a, since_ms=0), [])
+        self.assertEqual(self.read(self.store.tenant_for_api_key, key_hash("b-key")).id, b["tenant"].id)
+
+    def test_isolation_comment_writes(self) -> None:
+        """Writes in tenant A that name tenant B's thread, comments or authors fail
+        with NotFound and leave B's data as it was."""
+        a, b = self.two_tenants()
+        before = self.tenant_b_state(b)
+        a_thread, a_author, a_comment = b["a_thread"], b["a_author"], b["a_comment"]
+        a_before = self.thread_state(a, a_thread.id)
+        t = self.tick()
+        s = self.store
+        for new in [
+            self.new_comment(a, b["thread"].id, a_author),
+            self.new_comment(a, a_thread.id, b["user"].author_id),
+            self.new_comment(a, a_thread.id, a_author, parent_id=b["top"].id),
+            self.new_comment(a, b["thread"].id, b["user"].author_id, parent_id=b["top"].id),
+        ]:
+            self.failureResultOf(s.create_comment(new, read_preference=PRIMARY), NotFound)
+        for name in ("top", "reply", "pending"):
+            comment_id = b[name].id
+            self.failureResultOf(
+                s.update_comment(a, comment_id, edited_ms=t, read_preference=PRIMARY, body=("x", "<p>x</p>")), NotFound
+            )
+            self.failureResultOf(
+                s.update_comment(a, comment_id, edited_ms=t, read_preference=PRIMARY, status=REMOVED), NotFound
+            )
+            self.failureResultOf(s.delete_comment(a, comment_id, read_preference=PRIMARY), NotFound)
+        self.failureResultOf(s.delete_thread(a, b["thread"].id, read_preference=PRIMARY), NotFound)
+        self.assertEqual(self.tenant_b_state(b), before)
+        self.assertEqual(self.thread_state(a, a_thread.id), a_before)
+        self.assertEqual(self.read(self.store.get_comment, a, a_comment.id), a_comment)
+
+    def test_isolation_votes_and_blocks(self) -> None:
+        """Likes, flags and blocks in tenant A that name tenant B's comments or
+        authors fail with NotFound and leave B's data as it was."""
+        a, b = self.two_tenants()
+        before = self.tenant_b_state(b)
+        a_author, a_comment = b["a_author"], b["a_comment"]
+        b_user, b_anon, top = b["user"].author_id, b["session"].author_id, b["top"].id
+        t = self.tick()
+        s = self.store
+        failing: list[Deferred[Any]] = [
+            s.add_like(a, top, a_author, created_ms=t, read_preference=PRIMARY),
+            s.add_like(a, top, b_anon, created_ms=t, read_preference=PRIMARY),
+            s.add_like(a, a_comment.id, b_user, created_ms=t, read_preference=PRIMARY),
+            s.remove_like(a, top, b_user, read_preference=PRIMARY),
+            s.add_flag(a, top, a_author, created_ms=t, read_preference=PRIMARY),
+            s.add_flag(a, top, b_anon, created_ms=t, read_preference=PRIMARY),
+            s.add_flag(a, a_comment.id, b_user, created_ms=t, read_preference=PRIMARY),
+            s.add_block(a, a_author, b_anon, created_ms=t, read_preference=PRIMARY),
+            s.add_block(a, b_user, a_author, created_ms=t, read_preference=PRIMARY),
+            s.add_block(a, b_anon, b_user, created_ms=t, read_preference=PRIMARY),
+            s.remove_block(a, b_user, b_anon, read_preference=PRIMARY),
+        ]
+        for d in failing:
+            self.failureResultOf(d, NotFound)
+        self.assertEqual(self.tenant_b_state(b), before)
+        self.assertEqual(self.read(self.store.get_comment, a, a_comment.id), a_comment)
+        for author in (a_author, b_user, b_anon):
+            self.assertEqual(
+                self.read(self.store.viewer_state, a, author, [a_comment.id, top]),
+                ViewerState(liked=frozenset(), blocked_authors=frozenset()),
+            )
+
+    def test_isolation_tenant_records(self) -> None:
+        """Writes in tenant A that reuse tenant B's API key, SSO user or thread URL
+        act on A's own records only and leave B's data as it was."""
+        a, b = self.two_tenants()
+        before = self.tenant_b_state(b)
+        t = self.tick()
+        s = self.store
+        self.failureResultOf(s.revoke_api_key(a, b["key"].id, revoked_ms=t, read_preference=PRIMARY), NotFound)
+        user = self.write(s.upsert_user(a, "sso-b", "Mallory", created_ms=t, read_preference=PRIMARY))
+        self.assertEqual(user.tenant_id, a)
+        self.assertNotEqual((user.id, user.author_id), (b["user"].id, b["user"].author_id))
+        thread = self.write(
+            s.upsert_thread(a, b["thread"].url_id, created_ms=t, read_preference=PRIMARY, title="Hijack", closed=True)
+        )
+        self.assertEqual(thread.tenant_id, a)
+        self.assertNotEqual(thread.id, b["thread"].id)
+        self.write(s.update_tenant_settings(a, {"moderation": "pre"}, read_preference=PRIMARY))
+        self.write(s.charge_credits(a, {"post": (1, 5)}, created_ms=t, read_preference=PRIMARY))
+        self.add_key(a, "a-key")
+        self.make_session(a)
+        self.assertEqual(self.tenant_b_state(b), before)
+        self.assertEqual(self.read(self.store.get_author, a, user.author_id).tenant_id, a)
+        self.assertEqual(self.read(self.store.tenant_for_api_key, key_hash("a-key")).id, a)
+        self.assertEqual(self.read(self.store.credit_usage, a, since_ms=0), [CreditUsage("post", 1, 5)])

@@ -179,3 +179,19 @@ class NodeHarness:
     def manager(self, api_key: str) -> ApiClient:
         """A tenant-API client authenticated with ``api_key``."""
         return ApiClient(self, {"authorization": "Bearer " + api_key})
+
+
+def loopback_http_client(testcase: Any, site: Any) -> Any:
+    """A treq client for integration tests against ``site`` on a real socket.
+
+    It does not keep connections alive, and the test's cleanup waits until
+    the server has seen every connection close (no dirty reactor, no sleeps).
+    """
+    from treq.client import HTTPClient
+    from twisted.internet import reactor
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    testcase.addCleanup(site.when_idle)
+    testcase.addCleanup(pool.closeCachedConnections)
+    return HTTPClient(Agent(reactor, pool=pool))

@@ -1,10 +1,11 @@
 # -*- test-case-name: tests.unit.metrics.test_resource -*-
-"""``GET /metrics``: the registry in Prometheus text exposition format."""
+"""``GET /metrics``: the registry in the Prometheus text format (or
+OpenMetrics, when the scraper asks for it)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -20,6 +21,10 @@ class MetricsResource(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         request.route = "/metrics"  # type: ignore[attr-defined]
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        # The scraper's Accept header picks the text format or OpenMetrics.
+        accept = request.getHeader(b"accept")
+        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
+        request.setHeader(b"content-type", content_type.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
-        return generate_latest(self._registry)
+        body: bytes = encoder(self._registry)
+        return body

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -31,6 +31,12 @@ class HttpMetrics:
             "fastedge_http_slow_requests_total",
             "Requests slower than http.slow_request_seconds (100 ms by default).",
             ["route"],
+            registry=registry,
+        )
+
+        self.open_connections = Gauge(
+            "fastedge_http_open_connections",
+            "Client connections open on the public listeners.",
             registry=registry,
         )
 

@@ -8,10 +8,30 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
 
 from ..config import HttpConfig
 from .site import EdgeSite
+
+
+class ListenerService(StreamServerEndpointService):
+    """A listener that tells when (and where) it listens."""
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        """Fires with the port once bound (e.g. to learn the port of ``tcp:0``)."""
+        d: Deferred[IListeningPort] = Deferred()
+
+        def bound(port: IListeningPort) -> IListeningPort:
+            d.callback(port)
+            return port
+
+        waiting = self._waitingForPort
+        if waiting is None:
+            raise RuntimeError("the listener has not been started")
+        waiting.addCallback(bound)
+        return d
 
 
 def make_service(cfg: HttpConfig, *, reactor: Any, site: EdgeSite, background: IService) -> MultiService:
@@ -22,7 +42,7 @@ def make_service(cfg: HttpConfig, *, reactor: Any, site: EdgeSite, background: I
     """
     top = MultiService()
     background.setServiceParent(top)
-    listener = StreamServerEndpointService(serverFromString(reactor, cfg.endpoint), site)
+    listener = ListenerService(serverFromString(reactor, cfg.endpoint), site)
     listener._raiseSynchronously = True  # a port in use fails `twistd` loudly
     listener.setName("http")
     listener.setServiceParent(top)

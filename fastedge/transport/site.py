@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
@@ -109,6 +112,44 @@ class EdgeSite(Site):
         super().__init__(resource, reactor=reactor)
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.open_connections = 0
+        self._idle_waiters: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+        """Count connections (a gauge, and :meth:`when_idle` for clean shutdowns)."""
+        protocol = super().buildProtocol(addr)
+        if protocol is None:
+            return None
+        self.open_connections += 1
+        if self.metrics is not None:
+            self.metrics.open_connections.inc()
+        lost = protocol.connectionLost
+
+        def connection_lost(reason: Failure) -> None:
+            try:
+                lost(reason)
+            finally:
+                self._closed_one()
+
+        protocol.connectionLost = connection_lost  # type: ignore[method-assign]
+        return protocol
+
+    def _closed_one(self) -> None:
+        self.open_connections -= 1
+        if self.metrics is not None:
+            self.metrics.open_connections.dec()
+        if self.open_connections == 0:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def when_idle(self) -> Deferred[None]:
+        """Fires once no client connection is open (at once if none is)."""
+        if self.open_connections == 0:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle_waiters.append(d)
+        return d
 
     def log(self, request: Request) -> None:
         """Per-request log lines are off: metrics count requests."""

@@ -1,0 +1,129 @@
+"""The configuration loader: defaults, validation, overrides."""
+
+from __future__ import annotations
+
+import os
+import string
+import typing
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from fastedge.config import ConfigError, EdgeConfig, load_config, parse_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+DEFAULT_FILE = os.path.join(REPO, "etc", "fastedge.toml")
+
+
+class DefaultsTests(SynchronousTestCase):
+    def test_file_documents_the_defaults(self) -> None:
+        """etc/fastedge.toml parses to exactly the built-in defaults, so the
+        documented file and the code cannot drift apart."""
+        self.assertEqual(load_config(DEFAULT_FILE), load_config(None))
+
+    def test_file_lists_every_key(self) -> None:
+        """Every key of every section appears in etc/fastedge.toml."""
+        import dataclasses
+        import tomllib
+
+        with open(DEFAULT_FILE, "rb") as f:
+            raw = tomllib.load(f)
+
+        def walk(cls: type, table: dict, prefix: str) -> None:  # type: ignore[type-arg]
+            hints = typing.get_type_hints(cls)
+            for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+                self.assertIn(field.name, table, prefix + field.name)
+                if dataclasses.is_dataclass(hints[field.name]):
+                    walk(hints[field.name], table[field.name], prefix + field.name + ".")
+
+        walk(EdgeConfig, raw, "")
+
+    def test_derived_values(self) -> None:
+        """An empty node id comes from the host name; paths default under the
+        data directory, made absolute."""
+        cfg = parse_config('[node]\ndata_dir = "rel/dir"\n')
+        self.assertTrue(cfg.node.id)
+        self.assertEqual(cfg.node.data_dir, os.path.abspath("rel/dir"))
+        self.assertEqual(cfg.store.sqlite_path, os.path.join(os.path.abspath("rel/dir"), "fastedge.sqlite3"))
+        self.assertEqual(cfg.api.secret_file, os.path.join(os.path.abspath("rel/dir"), "session.key"))
+
+
+class ValidationTests(SynchronousTestCase):
+    def assertRefused(self, text: str, message: str) -> None:
+        with self.assertRaises(ConfigError) as cm:
+            parse_config(text)
+        self.assertEqual(str(cm.exception), message)
+
+    def test_unknown_section(self) -> None:
+        """An unknown section is named."""
+        self.assertRefused("[dsn]\nx = 1\n", "dsn: unknown section")
+
+    def test_unknown_key(self) -> None:
+        """An unknown key is named with its section."""
+        self.assertRefused("[http]\nport = 8080\n", "http.port: unknown key")
+        self.assertRefused("[api.credits]\nfree = 1\n", "api.credits.free: unknown key")
+
+    def test_wrong_types(self) -> None:
+        """Wrong types are named, with what was expected."""
+        self.assertRefused('[http]\nmax_body_bytes = "big"\n', "http.max_body_bytes: must be an integer, not 'big'")
+        self.assertRefused("[api]\ncookie_secure = 1\n", "api.cookie_secure: must be true or false, not 1")
+        self.assertRefused("[store]\nthreads = true\n", "store.threads: must be an integer, not True")
+        self.assertRefused("[node]\nregion = 5\n", "node.region: must be a string, not 5")
+        self.assertRefused("http = 5\n", "http: must be a table ([http])")
+
+    def test_impossible_values(self) -> None:
+        """Values out of range are refused with the reason."""
+        self.assertRefused("[store]\nthreads = 0\n", "store.threads: must be greater than 0")
+        self.assertRefused('[store]\nbackend = "oracle"\n', "store.backend: must be one of 'sqlite'")
+        self.assertRefused('[node]\nid = "Bad Id"\n', "node.id: must be a lower-case DNS label (a-z, 0-9, '-'; at most 63 characters)")
+        self.assertRefused("[api]\npage_size = 500\n", "api.page_size: must not exceed api.max_page_size")
+
+    def test_bad_endpoint(self) -> None:
+        """An endpoint string Twisted cannot parse is refused at load time."""
+        with self.assertRaises(ConfigError) as cm:
+            parse_config('[http]\nendpoint = "tcp:notaport"\n')
+        self.assertTrue(str(cm.exception).startswith("http.endpoint: not a server endpoint string"))
+
+    def test_bad_toml(self) -> None:
+        """A syntax error names the file."""
+        with self.assertRaises(ConfigError) as cm:
+            parse_config("[http\n", source="x.toml")
+        self.assertTrue(str(cm.exception).startswith("x.toml: not valid TOML"))
+
+    def test_unreadable_file(self) -> None:
+        """A missing file is a config error naming it."""
+        with self.assertRaises(ConfigError) as cm:
+            load_config("/nonexistent/fastedge.toml")
+        self.assertIn("/nonexistent/fastedge.toml: cannot read", str(cm.exception))
+
+    def test_overrides(self) -> None:
+        """Command-line overrides win over the file and are validated too."""
+        cfg = parse_config('[node]\nid = "file"\n', overrides={"node.id": "cli", "http.endpoint": "tcp:0"})
+        self.assertEqual((cfg.node.id, cfg.http.endpoint), ("cli", "tcp:0"))
+        with self.assertRaises(ConfigError):
+            parse_config("", overrides={"node.id": "NOT OK"})
+
+
+class PropertyTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(
+        section=st.sampled_from(["node", "http", "store", "api", "api.credits", "nosuch"]),
+        key=st.text(alphabet=string.ascii_lowercase + "_", min_size=1, max_size=20),
+        value=st.one_of(
+            st.integers(min_value=-(2**63), max_value=2**63 - 1),
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.booleans(),
+            st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=30),
+        ),
+    )
+    def test_any_value_loads_or_names_the_key(self, section: str, key: str, value: object) -> None:
+        """Whatever single key and value a file sets, loading either succeeds or
+        fails with a ConfigError that names that section (never another error)."""
+        import json
+
+        text = "[{}]\n{} = {}\n".format(section, key, json.dumps(value, ensure_ascii=False) if not isinstance(value, bool) else str(value).lower())
+        try:
+            parse_config(text)
+        except ConfigError as e:
+            self.assertTrue(str(e).startswith(section.split(".")[0]), str(e))

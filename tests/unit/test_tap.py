@@ -1,0 +1,67 @@
+"""``twistd fastedge`` options and the service tree."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from fastedge.tap import Options, makeService
+from fastedge.web import EdgeSite
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """With no arguments the node runs on the embedded defaults."""
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual(options.config.http.endpoint, "tcp:8080:interface=127.0.0.1:backlog=1024")
+        self.assertEqual(options.config.store.backend, "sqlite")
+
+    def test_overrides(self) -> None:
+        """--http, --node-id and --data-dir override the file."""
+        options = Options()
+        options.parseOptions(["--http", "tcp:0", "--node-id", "edge-1", "--data-dir", "/srv/fe"])
+        cfg = options.config
+        self.assertEqual((cfg.http.endpoint, cfg.node.id, cfg.node.data_dir), ("tcp:0", "edge-1", "/srv/fe"))
+
+    def test_bad_config_is_a_usage_error(self) -> None:
+        """A bad config file fails option parsing (before twistd daemonizes or
+        listens), with the key in the message."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[http]\nmax_body_bytes = -1\n")
+        with self.assertRaises(UsageError) as cm:
+            Options().parseOptions(["--config", path])
+        self.assertEqual(str(cm.exception), "http.max_body_bytes: must be greater than 0")
+
+    def test_bad_override(self) -> None:
+        """A bad override is refused the same way."""
+        with self.assertRaises(UsageError) as cm:
+            Options().parseOptions(["--node-id", "Not Valid"])
+        self.assertIn("node.id", str(cm.exception))
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        options = Options()
+        options.parseOptions(["--data-dir", os.path.abspath(self.mktemp())])
+        self.reactor = MemoryReactorClock()
+        self.top = makeService(options, reactor=self.reactor)
+
+    def test_named_children(self) -> None:
+        """The node is a MultiService of named children, store first."""
+        self.assertEqual([c.name for c in self.top], ["store", "transport"])
+
+    def test_transport_listens(self) -> None:
+        """The transport binds the configured endpoint (with an explicit
+        backlog) when started, serving the node's Site, and stops cleanly."""
+        transport = self.top.getServiceNamed("transport")
+        transport.privilegedStartService()
+        transport.startService()
+        ((port, factory, backlog, interface),) = self.reactor.tcpServers
+        self.assertEqual((port, backlog, interface), (8080, 1024, "127.0.0.1"))
+        self.assertIsInstance(factory, EdgeSite)
+        self.successResultOf(transport.stopService())

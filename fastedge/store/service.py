@@ -8,7 +8,7 @@ from functools import partial
 
 from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -43,12 +43,15 @@ class StoreService(Service):
             observe=metrics.observe,
         )
         self.ready = False
+        self._open_failure: Failure | None = None
         self._waiting: list[Deferred[IStore]] = []
 
     def when_ready(self) -> Deferred[IStore]:
         """Fires with the store once it is open and migrated."""
         if self.ready:
             return succeed(self.store)
+        if self._open_failure is not None:
+            return fail(self._open_failure)
         d: Deferred[IStore] = Deferred()
         self._waiting.append(d)
         return d
@@ -70,6 +73,7 @@ class StoreService(Service):
     def _failed(self, failure: Failure) -> None:
         # The node keeps running so /healthz can say why; every store call fails.
         self._log.failure("store could not be opened", failure)
+        self._open_failure = failure
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.errback(failure)

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -221,6 +221,12 @@ class SqlStore:
                 return fn()
             except OperationalError as e:
                 raise StoreUnavailable(str(e.orig)) from e
+            except DatabaseError as e:
+                # The bare class: the database itself is unusable (a corrupt
+                # file); subclasses (IntegrityError, ...) are handled by callers.
+                if type(e) is DatabaseError:
+                    raise StoreUnavailable(str(e.orig)) from e
+                raise
             finally:
                 if observe is not None:
                     observe(operation, read_preference, time.perf_counter() - started)

@@ -1,0 +1,58 @@
+"""The store child with its real thread pool and the real reactor."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from fastedge.config import StoreConfig
+from fastedge.metrics.registry import new_registry
+from fastedge.store.errors import StoreUnavailable
+from fastedge.store.model import ReadPreference
+from fastedge.store.service import make_service
+
+
+class StoreServiceTests(TestCase):
+    @inlineCallbacks
+    def test_open_use_close(self):  # type: ignore[no-untyped-def]
+        """Starting opens and migrates the store off the reactor thread;
+        calls then work and are timed by read preference; stopping closes
+        it and its threads."""
+        path = os.path.join(os.path.abspath(self.mktemp()), "db", "store.sqlite3")
+        registry = new_registry()
+        service = make_service(StoreConfig(sqlite_path=path, threads=2), reactor=reactor, registry=registry)
+        self.assertFalse(os.path.exists(path), "the constructor must do no I/O")
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        store = yield service.when_ready()
+        written = yield store.create_tenant("t", "global", created_ms=1, read_preference=ReadPreference.PRIMARY)
+        tenant = yield store.get_tenant(written.value.id, read_preference=ReadPreference.NEAREST)
+        self.assertEqual(tenant.name, "t")
+        count = registry.get_sample_value(
+            "fastedge_store_call_duration_seconds_count",
+            {"backend": "sqlite", "read_preference": "nearest", "operation": "get_tenant"},
+        )
+        self.assertEqual(count, 1.0)
+        yield service.stopService()
+        self.assertFalse(service.ready)
+
+    @inlineCallbacks
+    def test_unopenable_store(self):  # type: ignore[no-untyped-def]
+        """A store that cannot be opened is logged, not ready, and readiness
+        waiters see the failure; the node keeps running to report it."""
+        path = self.mktemp()
+        os.makedirs(path)
+        with open(os.path.join(path, "store.sqlite3"), "wb") as f:
+            f.write(b"this is not a database" * 100)
+        service = make_service(StoreConfig(sqlite_path=os.path.join(path, "store.sqlite3")), reactor=reactor, registry=new_registry())
+        service.startService()
+        self.addCleanup(service.stopService)
+        error = yield self.assertFailure(service.when_ready(), StoreUnavailable)
+        self.assertFalse(service.ready)
+        self.assertIn("not a database", str(error))
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+        # Asking again after the failure answers at once, with the same failure.
+        yield self.assertFailure(service.when_ready(), StoreUnavailable)

@@ -479,6 +479,16 @@ class PostgresCluster:
             cur = conn.execute(sql.encode())
             return list(cur.fetchall()) if cur.description else []
 
+    def pause_replay(self, testcase: Any, name: str) -> None:
+        """Stop standby ``name`` replaying WAL (it still receives it) until
+        the test ends. Takes effect before the next record: deterministic."""
+        self.execute(name, "SELECT pg_wal_replay_pause()")
+        testcase.addCleanup(self.resume_replay, name)
+
+    def resume_replay(self, name: str) -> None:
+        """Let standby ``name`` replay again."""
+        self.execute(name, "SELECT pg_wal_replay_resume()")
+
     def promote(self, name: str) -> None:
         """Promote standby ``name`` and wait until it accepts writes."""
         self.execute(name, "SELECT pg_promote(true, 60)")
@@ -514,14 +524,12 @@ _shared: dict[str, PostgresCluster] = {}
 def shared_postgres() -> PostgresCluster:
     """The test run's cluster, started on first use and stopped at exit.
 
-    One primary and three standbys, each for a kind of test:
-
-    - ``sync``: a synchronous standby; a session with
-      ``synchronous_commit=remote_apply`` returns from COMMIT only once it
-      is visible there (so a NEAREST read after a write is deterministic);
-    - ``slow``: replays each commit one second late (the token wait);
-    - ``frozen``: receives WAL but does not replay it for an hour (the
-      fallback to the primary, and replica lag).
+    A primary and two standbys, ``sync`` and ``lagging``, both synchronous
+    (``ANY 2``): a session with ``synchronous_commit=remote_apply`` returns
+    from COMMIT only once its write is visible on both, so a test can set up
+    data on the replicas deterministically, then :meth:`~PostgresCluster.pause_replay`
+    ``lagging`` to make it fall behind at will (sessions that commit with
+    ``synchronous_commit=local`` do not wait for it).
 
     Tests isolate themselves in a schema of their own (:func:`postgres_schema`).
     """
@@ -529,10 +537,9 @@ def shared_postgres() -> PostgresCluster:
     if cluster is None:
         cluster = PostgresCluster()
         atexit.register(cluster.destroy)
-        cluster.start_primary(settings={"synchronous_standby_names": "sync"})
+        cluster.start_primary(settings={"synchronous_standby_names": "ANY 2 (sync, lagging)"})
         cluster.add_standby("sync")
-        cluster.add_standby("slow", settings={"recovery_min_apply_delay": "1s"})
-        cluster.add_standby("frozen", settings={"recovery_min_apply_delay": "1h"})
+        cluster.add_standby("lagging")
         _shared["cluster"] = cluster
     return cluster
 

@@ -81,7 +81,9 @@ class ApiClient:
         json_body: Any = None,
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        advance: float = 0.0,
     ) -> Response:
+        """Send a request; see :meth:`NodeHarness.request` for ``advance``."""
         all_headers = dict(self._headers)
         if json_body is not None:
             data = json.dumps(json_body).encode()
@@ -89,7 +91,7 @@ class ApiClient:
         if self.cookie is not None:
             all_headers["cookie"] = self.cookie
         all_headers.update(headers or {})
-        response = self._harness.request(method, path, data=data, headers=all_headers)
+        response = self._harness.request(method, path, data=data, headers=all_headers, advance=advance)
         for cookie in response.set_cookies():
             name_value = cookie.split(";", 1)[0]
             name, _, value = name_value.partition("=")
@@ -116,9 +118,14 @@ class NodeHarness:
     The store runs inline (no threads), time comes from a ``Clock``, and
     requests go through ``treq.testing.StubTreq``, so a test gets each
     response back at once with ``successResultOf``.
+
+    :param store_factory: builds another store (not yet opened) on the
+        harness's clock, e.g. a PostgreSQL store with a lagging replica.
     """
 
-    def __init__(self, testcase: SynchronousTestCase, **api_overrides: Any) -> None:
+    def __init__(
+        self, testcase: SynchronousTestCase, store_factory: Callable[[Clock], Any] | None = None, **api_overrides: Any
+    ) -> None:
         from treq.testing import StubTreq
 
         from .api.resource import build_api
@@ -132,7 +139,10 @@ class NodeHarness:
         self.clock.advance(EPOCH)
         data_dir = os.path.abspath(testcase.mktemp())
         os.makedirs(data_dir)
-        self.store = SQLiteStore(os.path.join(data_dir, "store.sqlite3"), run=run_inline, clock=self.clock)
+        if store_factory is not None:
+            self.store = store_factory(self.clock)
+        else:
+            self.store = SQLiteStore(os.path.join(data_dir, "store.sqlite3"), run=run_inline, clock=self.clock)
         testcase.successResultOf(self.store.open())
         testcase.addCleanup(lambda: testcase.successResultOf(self.store.close()))
         api_overrides.setdefault("secret_file", os.path.join(data_dir, "session.key"))
@@ -152,7 +162,15 @@ class NodeHarness:
             children=lambda: [],
         )
 
-    def request(self, method: str, path: str, *, data: bytes | None, headers: Mapping[str, str]) -> Response:
+    def request(
+        self, method: str, path: str, *, data: bytes | None, headers: Mapping[str, str], advance: float = 0.0
+    ) -> Response:
+        """Send a request and return its response.
+
+        :param advance: when given, the response must still be pending (e.g.
+            a read waiting for a replica); the clock is then advanced this
+            many seconds and the response must have come.
+        """
         from treq.testing import StubTreq
 
         kwargs: dict[str, Any] = {"headers": {k: [v] for k, v in headers.items()}}
@@ -163,6 +181,10 @@ class NodeHarness:
         stub = StubTreq(self.site.resource)
         d = stub.request(method, "http://node.test" + path, **kwargs)
         stub.flush()
+        if advance:
+            self._tc.assertNoResult(d)
+            self.clock.advance(advance)
+            stub.flush()
         response = self._tc.successResultOf(d)
         body = self._tc.successResultOf(response.content())
         return Response(response.code, body, response.headers)

@@ -68,7 +68,8 @@ class ReplicationMetrics:
         self.nearest_fallbacks = Counter(
             "fastedge_store_nearest_fallbacks_total",
             "NEAREST reads served by the primary instead of the local replica, by reason "
-            "(token_timeout: the replica stayed behind the token; replica_error: it failed).",
+            "(token_timeout: the replica stayed behind the token for the whole wait; replica_behind: "
+            "it did so moments ago and still does, so the read did not wait again; replica_error: it failed).",
             ["backend", "reason"],
             registry=registry,
         )

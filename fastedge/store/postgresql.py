@@ -21,7 +21,11 @@ decides *where* each one runs and what a write's consistency token is.
   replayed that position. If not, it checks again every
   ``token_poll_seconds`` on the reactor's clock (``callLater``, never a
   sleep), and once ``token_wait_seconds`` have passed it reads from the
-  primary instead and counts that. Tests drive that clock by hand.
+  primary instead and counts that. Tests drive that clock by hand. After
+  such a timeout the replica is known to be behind: for the next
+  ``token_wait_seconds``, reads needing that position or a later one check
+  the replica once and, if it is still behind, go to the primary without
+  waiting again (a page load makes several reads; only the first waits).
 - **Failover.** The primary is the first writable server of the candidate
   list (``pg_is_in_recovery()`` false; among several, the one on the highest
   timeline, and the split brain is logged). When the primary fails (the
@@ -289,6 +293,9 @@ class PostgresStore(SqlStore):
         self._metrics = metrics
         self._local = _Local()
         self._searching: list[Deferred[int | None]] | None = None
+        #: After a token wait timed out: (the position the replica lacked,
+        #: until when reads needing it or later do not wait again).
+        self._stalled: tuple[int, float] | None = None
         if metrics is not None:
             metrics.primary_candidate.labels(self.backend).set(0)
 
@@ -494,12 +501,16 @@ class PostgresStore(SqlStore):
                 result.errback(f)
                 return
             now = clock.seconds()
-            if now < deadline:
+            stalled = self._stalled
+            known_behind = stalled is not None and now < stalled[1] and want >= stalled[0]
+            if now < deadline and not known_behind:
                 clock.callLater(min(self._token_poll, deadline - now), attempt, False)
                 return
+            if not known_behind:
+                self._stalled = (want, now + self._token_wait)
             if metrics is not None:
                 metrics.token_read("fallback", now - started)
-                metrics.fallback("token_timeout")
+                metrics.fallback("replica_behind" if known_behind else "token_timeout")
             self._on_primary(operation, NEAREST, fn, route_primary=True).chainDeferred(result)
 
         attempt(True)

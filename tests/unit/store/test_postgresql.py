@@ -160,6 +160,29 @@ class TokenTests(_LaggingReplicaMixin, SynchronousTestCase):
         self.assertEqual(_count(self.metrics, "nearest_fallbacks", reason="token_timeout"), 1)
         self.assertEqual(_count(self.metrics, "token_reads", outcome="ready"), 0)
 
+    def test_no_second_wait_while_the_replica_is_behind(self) -> None:
+        """Once a wait timed out, the next reads needing that position check
+        the replica once and go straight to the primary (a page load makes
+        several reads: only the first waits); after the bound has passed
+        again, a read waits again."""
+        self.freeze()
+        written = self.new_tenant()
+        tenant_id = written.value.id
+        d = self.store.get_tenant(tenant_id, read_preference=NEAREST, token=written.token)
+        self.clock.advance(0.5)
+        self.successResultOf(d)
+        self.assertEqual(
+            self.successResultOf(self.store.get_tenant(tenant_id, read_preference=NEAREST, token=written.token)),
+            written.value,
+        )
+        self.assertEqual(_count(self.metrics, "nearest_fallbacks", reason="replica_behind"), 1)
+        self.clock.advance(0.5)
+        d = self.store.get_tenant(tenant_id, read_preference=NEAREST, token=written.token)
+        self.assertNoResult(d)
+        self.clock.advance(0.5)
+        self.successResultOf(d)
+        self.assertEqual(_count(self.metrics, "nearest_fallbacks", reason="token_timeout"), 2)
+
     def test_token_the_replica_has_is_served_at_once(self) -> None:
         """A token the replica has already replayed costs no wait: the read is
         served by the replica on the first check."""

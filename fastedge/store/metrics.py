@@ -65,6 +65,12 @@ class ReplicationMetrics:
             buckets=_BUCKETS,
             registry=registry,
         )
+        self.token_waiting = Gauge(
+            "fastedge_store_token_reads_waiting",
+            "NEAREST reads waiting right now for the local replica to reach their token.",
+            ["backend"],
+            registry=registry,
+        )
         self.nearest_fallbacks = Counter(
             "fastedge_store_nearest_fallbacks_total",
             "NEAREST reads served by the primary instead of the local replica, by reason "

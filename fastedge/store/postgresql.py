@@ -488,24 +488,35 @@ class PostgresStore(SqlStore):
             d = self._attempt(operation, NEAREST, fn, want=want)
             d.addCallbacks(served, not_yet, callbackArgs=(first,))
 
+        waiting = [False]
+
+        def wait(on: bool) -> None:
+            if metrics is not None and waiting[0] != on:
+                metrics.token_waiting.labels(self.backend).inc(1 if on else -1)
+            waiting[0] = on
+
         def served(value: _T, first: bool) -> None:
+            wait(False)
             if metrics is not None:
                 metrics.token_read("ready" if first else "waited", clock.seconds() - started)
             result.callback(value)
 
         def not_yet(f: Failure) -> None:
-            if f.check(_ReplicaLost):
-                self._replica_failed(operation, fn, f).chainDeferred(result)
-                return
             if not f.check(_NotReplayed):
-                result.errback(f)
+                wait(False)
+                if f.check(_ReplicaLost):
+                    self._replica_failed(operation, fn, f).chainDeferred(result)
+                else:
+                    result.errback(f)
                 return
             now = clock.seconds()
             stalled = self._stalled
             known_behind = stalled is not None and now < stalled[1] and want >= stalled[0]
             if now < deadline and not known_behind:
+                wait(True)
                 clock.callLater(min(self._token_poll, deadline - now), attempt, False)
                 return
+            wait(False)
             if not known_behind:
                 self._stalled = (want, now + self._token_wait)
             if metrics is not None:

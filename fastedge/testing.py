@@ -437,7 +437,7 @@ class PostgresCluster:
             "--no-sync",
         )
         conninfo = "host=127.0.0.1 port={} user=postgres application_name={}".format(upstream.port, name)
-        wanted = dict(settings or {}, primary_conninfo=conninfo)
+        wanted = {"primary_conninfo": conninfo, **(settings or {})}
         server = self._start(name, data, wanted, "database system is ready to accept read-only connections")
         if not server.saw("started streaming WAL"):
             raise PostgresUnavailable("standby {} did not start streaming:\n{}".format(name, "".join(server.lines[-20:])))

@@ -16,7 +16,9 @@ import sys
 import time
 
 
-async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+async def pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
+) -> None:
     queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
     async def send() -> None:
@@ -47,14 +49,20 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay
 async def main(listen: int, target: int, one_way_ms: float) -> None:
     delay = one_way_ms / 1000.0
 
-    async def accept(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+    async def accept(
+        client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
         try:
-            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target)
+            server_reader, server_writer = await asyncio.open_connection(
+                "127.0.0.1", target
+            )
         except OSError:
             client_writer.close()
             return
         await asyncio.gather(
-            pipe(client_reader, server_writer, delay), pipe(server_reader, client_writer, delay), return_exceptions=True
+            pipe(client_reader, server_writer, delay),
+            pipe(server_reader, client_writer, delay),
+            return_exceptions=True,
         )
 
     server = await asyncio.start_server(accept, "127.0.0.1", listen)

@@ -44,7 +44,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -96,7 +96,7 @@ def parse_lsn(token: str) -> int:
 
 def format_lsn(value: int) -> str:
     """The token for a WAL position (PostgreSQL's own ``pg_lsn`` notation)."""
-    return "{:X}/{:X}".format(value >> 32, value & 0xFFFFFFFF)
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
 def redact_dsn(dsn: str) -> str:
@@ -108,7 +108,7 @@ def redact_dsn(dsn: str) -> str:
         params = conninfo_to_dict(dsn)
     except psycopg.Error:
         return "<unparsable connection string>"
-    shown = ["{}={}".format(k, params[k]) for k in _SHOWN_PARAMS if params.get(k)]
+    shown = [f"{k}={params[k]}" for k in _SHOWN_PARAMS if params.get(k)]
     return " ".join(shown) or "<libpq defaults>"
 
 
@@ -122,7 +122,9 @@ def check_dsn(dsn: str) -> str | None:
     return None
 
 
-def conninfo(dsn: str, *, connect_timeout: int, application_name: str, statement_timeout_ms: int) -> str:
+def conninfo(
+    dsn: str, *, connect_timeout: int, application_name: str, statement_timeout_ms: int
+) -> str:
     """``dsn`` completed with our defaults; what the DSN sets itself wins.
 
     TCP keepalives make a vanished primary show up as a broken connection
@@ -142,7 +144,9 @@ def conninfo(dsn: str, *, connect_timeout: int, application_name: str, statement
     if statement_timeout_ms > 0:
         options = str(params.get("options", ""))
         if "statement_timeout" not in options:
-            params["options"] = (options + " -c statement_timeout={}".format(statement_timeout_ms)).strip()
+            params["options"] = (
+                options + f" -c statement_timeout={statement_timeout_ms}"
+            ).strip()
     return make_conninfo(**params)
 
 
@@ -189,7 +193,12 @@ class _Target:
     @classmethod
     def make(cls, info: str, pool_size: int) -> _Target:
         engine = postgres_engine(info, pool_size=pool_size)
-        return cls(engine, engine.execution_options(isolation_level="AUTOCOMMIT"), info, redact_dsn(info))
+        return cls(
+            engine,
+            engine.execution_options(isolation_level="AUTOCOMMIT"),
+            info,
+            redact_dsn(info),
+        )
 
 
 @dataclass
@@ -304,7 +313,11 @@ class PostgresStore(SqlStore):
     @contextmanager
     def _reading(self, read_preference: ReadPreference) -> Iterator[Connection]:
         local = self._local
-        replica = self._replica if read_preference is NEAREST and not local.route_primary else None
+        replica = (
+            self._replica
+            if read_preference is NEAREST and not local.route_primary
+            else None
+        )
         target = replica or self._primary_target
         local.target = target
         with target.reads.connect() as conn:
@@ -345,8 +358,7 @@ class PostgresStore(SqlStore):
         """Commit the transaction on ``conn``; returns the commit's token."""
         state = self._local.write
         assert state is not None, "a commit outside _writing"
-        raw = conn.connection.dbapi_connection
-        assert raw is not None
+        raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
         state.commit_sent = True
         with raw.cursor() as cur:
             # Without parameters psycopg sends this as one simple query: the
@@ -373,7 +385,9 @@ class PostgresStore(SqlStore):
 
     # Running calls: token waits, fallbacks, failover
 
-    def _guarded(self, fn: Callable[[], _T], want: int | None, route_primary: bool) -> Callable[[], _T]:
+    def _guarded(
+        self, fn: Callable[[], _T], want: int | None, route_primary: bool
+    ) -> Callable[[], _T]:
         """``fn`` as run on a store thread: with this call's routing, and
         with a broken server reported as which server broke and whether a
         COMMIT was in flight."""
@@ -403,7 +417,9 @@ class PostgresStore(SqlStore):
         """Our exception for a driver failure that means "this server is
         unusable", or ``None`` for any other failure."""
         orig = e.orig if isinstance(e, DBAPIError) else e
-        broken = (isinstance(e, DBAPIError) and e.connection_invalidated) or isinstance(orig, psycopg.OperationalError)
+        broken = (isinstance(e, DBAPIError) and e.connection_invalidated) or isinstance(
+            orig, psycopg.OperationalError
+        )
         sqlstate = getattr(orig, "sqlstate", None)
         if not broken and sqlstate not in _UNUSABLE_STATES:
             return None
@@ -411,9 +427,13 @@ class PostgresStore(SqlStore):
         reason = "{} ({})".format(type(orig).__name__, sqlstate or "no SQLSTATE")
         if local.target is not None and local.target is self._replica:
             return _ReplicaLost("the local replica failed: " + reason)
-        if local.write is not None and local.write.commit_sent and not local.write.committed:
+        if (
+            local.write is not None
+            and local.write.commit_sent
+            and not local.write.committed
+        ):
             return CommitUnknown(
-                "the primary failed during COMMIT ({}): the write may or may not have been applied".format(reason)
+                f"the primary failed during COMMIT ({reason}): the write may or may not have been applied"
             )
         return _PrimaryLost("the primary failed: " + reason)
 
@@ -465,7 +485,9 @@ class PostgresStore(SqlStore):
 
         return d.addErrback(failed)
 
-    def _replica_failed(self, operation: str, fn: Callable[[], _T], f: Failure) -> Deferred[_T]:
+    def _replica_failed(
+        self, operation: str, fn: Callable[[], _T], f: Failure
+    ) -> Deferred[_T]:
         self._log.warn(
             "local replica {replica} failed ({reason}); reading {operation} from the primary",
             replica=self._replica.name if self._replica else None,
@@ -498,7 +520,9 @@ class PostgresStore(SqlStore):
         def served(value: _T, first: bool) -> None:
             wait(False)
             if metrics is not None:
-                metrics.token_read("ready" if first else "waited", clock.seconds() - started)
+                metrics.token_read(
+                    "ready" if first else "waited", clock.seconds() - started
+                )
             result.callback(value)
 
         def not_yet(f: Failure) -> None:
@@ -511,7 +535,9 @@ class PostgresStore(SqlStore):
                 return
             now = clock.seconds()
             stalled = self._stalled
-            known_behind = stalled is not None and now < stalled[1] and want >= stalled[0]
+            known_behind = (
+                stalled is not None and now < stalled[1] and want >= stalled[0]
+            )
             if now < deadline and not known_behind:
                 wait(True)
                 clock.callLater(min(self._token_poll, deadline - now), attempt, False)
@@ -522,7 +548,9 @@ class PostgresStore(SqlStore):
             if metrics is not None:
                 metrics.token_read("fallback", now - started)
                 metrics.fallback("replica_behind" if known_behind else "token_timeout")
-            self._on_primary(operation, NEAREST, fn, route_primary=True).chainDeferred(result)
+            self._on_primary(operation, NEAREST, fn, route_primary=True).chainDeferred(
+                result
+            )
 
         attempt(True)
         return result
@@ -544,7 +572,9 @@ class PostgresStore(SqlStore):
 
         def attempt(_: object = None) -> None:
             tries[0] += 1
-            d = self._attempt(operation, read_preference, fn, route_primary=route_primary)
+            d = self._attempt(
+                operation, read_preference, fn, route_primary=route_primary
+            )
             d.addCallbacks(result.callback, failed)
 
         def failed(f: Failure) -> None:
@@ -564,12 +594,12 @@ class PostgresStore(SqlStore):
             if clock.seconds() >= deadline:
                 if write and self._metrics is not None:
                     self._metrics.write_failed("not_applied")
-                what = "the write was not applied" if write else "the read was not served"
+                what = (
+                    "the write was not applied" if write else "the read was not served"
+                )
                 result.errback(
                     StoreUnavailable(
-                        "no usable primary among the {} candidates after {} s; {}".format(
-                            len(self._candidates), self._failover_seconds, what
-                        )
+                        f"no usable primary among the {len(self._candidates)} candidates after {self._failover_seconds} s; {what}"
                     )
                 )
                 return
@@ -644,7 +674,8 @@ class PostgresStore(SqlStore):
                 "no writable primary among {count} candidates: {states}",
                 count=len(probed),
                 states=[
-                    (self._candidates[i].name, error or "read-only") for i, _, _, error in probed
+                    (self._candidates[i].name, error or "read-only")
+                    for i, _, _, error in probed
                 ],
             )
             return None
@@ -686,12 +717,15 @@ class PostgresStore(SqlStore):
         def migrate(index: int | None) -> Deferred[list[int]]:
             if index is None:
                 raise StoreUnavailable(
-                    "no writable primary among the {} configured candidates".format(len(self._candidates))
+                    f"no writable primary among the {len(self._candidates)} configured candidates"
                 )
 
             def go() -> list[int]:
                 with self._writing() as conn:
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+                    conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"),
+                        {"key": _MIGRATION_LOCK},
+                    )
                     return s.migrate(conn, applied_ms)
 
             return self._on_primary("open", PRIMARY, go, write=True)
@@ -702,10 +736,14 @@ class PostgresStore(SqlStore):
             self._log.info(
                 "postgresql store open: primary {primary}, local replica {replica}",
                 primary=self._primary_target.name,
-                replica=self._replica.name if self._replica else "none (NEAREST reads the primary)",
+                replica=(
+                    self._replica.name
+                    if self._replica
+                    else "none (NEAREST reads the primary)"
+                ),
             )
 
-        d = self._find_primary()
+        d: Deferred[Any] = self._find_primary()
         d.addCallback(migrate)
         d.addCallback(report)
         return d

@@ -58,7 +58,7 @@ class StoreService(Service):
         self._cfg = cfg
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=cfg.threads, name="fastedge-store")
-        run = partial(deferToThreadPool, reactor, self._pool)
+        run = partial(deferToThreadPool, reactor, self._pool)  # type: ignore[arg-type]
         metrics = StoreMetrics(registry, cfg.backend)
         self._lag_probe: TimerService | None = None
         if cfg.backend == "postgresql":
@@ -133,7 +133,7 @@ class StoreService(Service):
         self.ready = False
         d: Deferred[object] = succeed(None)
         if self._lag_probe is not None and self._lag_probe.running:
-            d = self._lag_probe.stopService()  # type: ignore[assignment]
+            d = self._lag_probe.stopService()
         d.addCallback(lambda _: self.store.close())
         d.addErrback(lambda f: self._log.failure("closing the store failed", f))
 
@@ -141,7 +141,7 @@ class StoreService(Service):
             self._pool.stop()
 
         d.addBoth(stop_threads)
-        return d
+        return d  # type: ignore[return-value]
 
 
 def make_service(cfg: StoreConfig, *, reactor: object, registry: CollectorRegistry) -> StoreService:

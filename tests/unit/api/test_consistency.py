@@ -19,7 +19,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.store.metrics import ReplicationMetrics
 from fastedge.store.postgresql import PostgresStore, parse_lsn
-from fastedge.testing import NodeHarness, postgres_dsn, postgres_schema, run_inline, shared_postgres
+from fastedge.testing import (
+    NodeHarness,
+    postgres_dsn,
+    postgres_schema,
+    run_inline,
+    shared_postgres,
+)
 
 URL = quote("https://news.test/a", safe="")
 WAIT = 0.5
@@ -29,7 +35,9 @@ def cookie_token(cookie: str) -> str | None:
     """The consistency token inside a session cookie (``fe_session=v2....``)."""
     parts = cookie.split("=", 1)[1].split(".")
     raw = parts[4]
-    return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode() if raw else None
+    return (
+        base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode() if raw else None
+    )
 
 
 class ConsistencyApiTests(SynchronousTestCase):
@@ -41,7 +49,10 @@ class ConsistencyApiTests(SynchronousTestCase):
         schema = postgres_schema(self, cluster)
         primary = cluster.servers["primary"]
         setup = PostgresStore(
-            [postgres_dsn(primary, schema, synchronous_commit="remote_apply")], None, run=run_inline, clock=Clock()
+            [postgres_dsn(primary, schema, synchronous_commit="remote_apply")],
+            None,
+            run=run_inline,
+            clock=Clock(),
         )
         self.successResultOf(setup.open())
         self.successResultOf(setup.close())
@@ -62,7 +73,7 @@ class ConsistencyApiTests(SynchronousTestCase):
         self.tenant, self.key = self.node.create_tenant()
         # From here on the replica receives WAL but replays none of it.
         cluster.pause_replay(self, "lagging")
-        self.page = "/api/v1/{}/comments?urlId={}".format(self.tenant, URL)
+        self.page = f"/api/v1/{self.tenant}/comments?urlId={URL}"
 
     def comments(self, response: Any) -> list[tuple[str, bool]]:
         self.assertEqual(response.code, 200, response.body)
@@ -77,7 +88,9 @@ class ConsistencyApiTests(SynchronousTestCase):
         stranger = self.node.client()
         poster = self.node.client()
         self.assertEqual(self.comments(stranger.get(self.page)), [])
-        posted = poster.post(self.page, json_body={"text": "Mine!", "displayName": "Ann"})
+        posted = poster.post(
+            self.page, json_body={"text": "Mine!", "displayName": "Ann"}
+        )
         self.assertEqual(posted.code, 201, posted.body)
         assert poster.cookie is not None
         token = cookie_token(poster.cookie)
@@ -85,9 +98,15 @@ class ConsistencyApiTests(SynchronousTestCase):
         parse_lsn(token)
         # Not on the replica: a stranger's page comes from the replica.
         self.assertEqual(self.comments(stranger.get(self.page)), [])
-        self.assertEqual(self.comments(poster.get(self.page, advance=WAIT)), [("<p>Mine!</p>", True)])
-        self.assertEqual(self.comments(stranger.get(self.page)), [("<p>Mine!</p>", False)])
-        fallbacks = self.metrics.nearest_fallbacks.labels("postgresql", "token_timeout")._value.get()
+        self.assertEqual(
+            self.comments(poster.get(self.page, advance=WAIT)), [("<p>Mine!</p>", True)]
+        )
+        self.assertEqual(
+            self.comments(stranger.get(self.page)), [("<p>Mine!</p>", False)]
+        )
+        fallbacks = self.metrics.nearest_fallbacks.labels(
+            "postgresql", "token_timeout"
+        )._value.get()
         self.assertGreaterEqual(fallbacks, 1)
 
     def test_every_write_moves_the_cookie_token(self) -> None:
@@ -98,14 +117,17 @@ class ConsistencyApiTests(SynchronousTestCase):
         cookie1 = poster.cookie
         assert cookie1 is not None
         comment_id = first.json["comment"]["id"]
-        liked = poster.post("/api/v1/{}/comments/{}/like".format(self.tenant, comment_id))
+        liked = poster.post(f"/api/v1/{self.tenant}/comments/{comment_id}/like")
         self.assertEqual(liked.code, 200, liked.body)
         cookie2 = poster.cookie
         assert cookie2 is not None
         self.assertNotEqual(cookie1, cookie2)
         parts1, parts2 = cookie1.split("."), cookie2.split(".")
         self.assertEqual(parts1[1:4], parts2[1:4])
-        self.assertGreater(parse_lsn(cookie_token(cookie2) or ""), parse_lsn(cookie_token(cookie1) or ""))
+        self.assertGreater(
+            parse_lsn(cookie_token(cookie2) or ""),
+            parse_lsn(cookie_token(cookie1) or ""),
+        )
 
     def test_tenant_api_token_header(self) -> None:
         """A write through the tenant API returns X-Consistency-Token; a
@@ -113,12 +135,19 @@ class ConsistencyApiTests(SynchronousTestCase):
         lacks it, while the same read without it does not."""
         manager = self.node.manager(self.key)
         created = manager.post(
-            "/api/v1/manage/comments", json_body={"urlId": "https://news.test/b", "text": "Hi", "displayName": "Ed"}
+            "/api/v1/manage/comments",
+            json_body={
+                "urlId": "https://news.test/b",
+                "text": "Hi",
+                "displayName": "Ed",
+            },
         )
         self.assertEqual(created.code, 201, created.body)
         token = created.header("x-consistency-token")
         assert token is not None
-        path = "/api/v1/manage/comments/{}?readPreference=nearest".format(created.json["comment"]["id"])
+        path = "/api/v1/manage/comments/{}?readPreference=nearest".format(
+            created.json["comment"]["id"]
+        )
         self.assertEqual(manager.get(path).code, 404)
         seen = manager.get(path, headers={"x-consistency-token": token}, advance=WAIT)
         self.assertEqual(seen.code, 200, seen.body)
@@ -129,6 +158,9 @@ class ConsistencyApiTests(SynchronousTestCase):
         400 naming the problem, not a wait or a 500."""
         manager = self.node.manager(self.key)
         for bad in ("garbage", "1/2/3", "x" * 200):
-            response = manager.get("/api/v1/manage/threads?readPreference=nearest", headers={"x-consistency-token": bad})
+            response = manager.get(
+                "/api/v1/manage/threads?readPreference=nearest",
+                headers={"x-consistency-token": bad},
+            )
             self.assertEqual(response.code, 400, bad)
             self.assertEqual(response.json["error"]["code"], "bad_consistency_token")

@@ -33,7 +33,12 @@ class PostgresPrimaryContractTests(StoreContractMixin, SynchronousTestCase):
     def make_store(self) -> IStore:
         cluster = shared_postgres()
         schema = postgres_schema(self, cluster)
-        return PostgresStore([postgres_dsn(cluster.servers["primary"], schema)], None, run=run_inline, clock=Clock())
+        return PostgresStore(
+            [postgres_dsn(cluster.servers["primary"], schema)],
+            None,
+            run=run_inline,
+            clock=Clock(),
+        )
 
 
 class PostgresStandbyContractTests(StoreContractMixin, SynchronousTestCase):
@@ -52,7 +57,13 @@ class PostgresStandbyContractTests(StoreContractMixin, SynchronousTestCase):
         schema = postgres_schema(self, cluster)
         self.metrics = ReplicationMetrics(CollectorRegistry(), "postgresql")
         return PostgresStore(
-            [postgres_dsn(cluster.servers["primary"], schema, synchronous_commit="remote_apply")],
+            [
+                postgres_dsn(
+                    cluster.servers["primary"],
+                    schema,
+                    synchronous_commit="remote_apply",
+                )
+            ],
             postgres_dsn(cluster.servers["sync"], schema),
             run=run_inline,
             clock=Clock(),
@@ -82,7 +93,13 @@ class _LaggingReplicaMixin:
         self.schema = postgres_schema(self, cluster)
         # Tables reach both standbys before the test store exists.
         setup = PostgresStore(
-            [postgres_dsn(cluster.servers["primary"], self.schema, synchronous_commit="remote_apply")],
+            [
+                postgres_dsn(
+                    cluster.servers["primary"],
+                    self.schema,
+                    synchronous_commit="remote_apply",
+                )
+            ],
             None,
             run=run_inline,
             clock=Clock(),
@@ -102,7 +119,13 @@ class _LaggingReplicaMixin:
         kwargs.setdefault("token_poll_seconds", 0.01)
         kwargs.setdefault("metrics", self.metrics)
         return PostgresStore(
-            [postgres_dsn(self.cluster.servers["primary"], self.schema, synchronous_commit="local")],
+            [
+                postgres_dsn(
+                    self.cluster.servers["primary"],
+                    self.schema,
+                    synchronous_commit="local",
+                )
+            ],
             postgres_dsn(self.cluster.servers["lagging"], self.schema),
             run=run_inline,
             clock=clock,
@@ -115,7 +138,9 @@ class _LaggingReplicaMixin:
 
     def new_tenant(self: Any) -> Written[Tenant]:
         return self.successResultOf(  # type: ignore[no-any-return]
-            self.store.create_tenant("Acme", "global", created_ms=1, read_preference=PRIMARY)
+            self.store.create_tenant(
+                "Acme", "global", created_ms=1, read_preference=PRIMARY
+            )
         )
 
 
@@ -141,8 +166,15 @@ class TokenTests(_LaggingReplicaMixin, SynchronousTestCase):
         does not have what was written after it froze; PRIMARY has it."""
         self.freeze()
         tenant = self.new_tenant().value
-        self.failureResultOf(self.store.get_tenant(tenant.id, read_preference=NEAREST), NotFound)
-        self.assertEqual(self.successResultOf(self.store.get_tenant(tenant.id, read_preference=PRIMARY)), tenant)
+        self.failureResultOf(
+            self.store.get_tenant(tenant.id, read_preference=NEAREST), NotFound
+        )
+        self.assertEqual(
+            self.successResultOf(
+                self.store.get_tenant(tenant.id, read_preference=PRIMARY)
+            ),
+            tenant,
+        )
 
     def test_token_read_falls_back_after_the_bound(self) -> None:
         """A NEAREST read with the token of a write the replica lacks waits
@@ -150,14 +182,18 @@ class TokenTests(_LaggingReplicaMixin, SynchronousTestCase):
         never misses the write, and the fallback is counted."""
         self.freeze()
         written = self.new_tenant()
-        d = self.store.get_tenant(written.value.id, read_preference=NEAREST, token=written.token)
+        d = self.store.get_tenant(
+            written.value.id, read_preference=NEAREST, token=written.token
+        )
         self.assertNoResult(d)
         self.clock.advance(0.25)
         self.assertNoResult(d)
         self.clock.advance(0.25)
         self.assertEqual(self.successResultOf(d), written.value)
         self.assertEqual(_count(self.metrics, "token_reads", outcome="fallback"), 1)
-        self.assertEqual(_count(self.metrics, "nearest_fallbacks", reason="token_timeout"), 1)
+        self.assertEqual(
+            _count(self.metrics, "nearest_fallbacks", reason="token_timeout"), 1
+        )
         self.assertEqual(_count(self.metrics, "token_reads", outcome="ready"), 0)
 
     def test_no_second_wait_while_the_replica_is_behind(self) -> None:
@@ -168,20 +204,32 @@ class TokenTests(_LaggingReplicaMixin, SynchronousTestCase):
         self.freeze()
         written = self.new_tenant()
         tenant_id = written.value.id
-        d = self.store.get_tenant(tenant_id, read_preference=NEAREST, token=written.token)
+        d = self.store.get_tenant(
+            tenant_id, read_preference=NEAREST, token=written.token
+        )
         self.clock.advance(0.5)
         self.successResultOf(d)
         self.assertEqual(
-            self.successResultOf(self.store.get_tenant(tenant_id, read_preference=NEAREST, token=written.token)),
+            self.successResultOf(
+                self.store.get_tenant(
+                    tenant_id, read_preference=NEAREST, token=written.token
+                )
+            ),
             written.value,
         )
-        self.assertEqual(_count(self.metrics, "nearest_fallbacks", reason="replica_behind"), 1)
+        self.assertEqual(
+            _count(self.metrics, "nearest_fallbacks", reason="replica_behind"), 1
+        )
         self.clock.advance(0.5)
-        d = self.store.get_tenant(tenant_id, read_preference=NEAREST, token=written.token)
+        d = self.store.get_tenant(
+            tenant_id, read_preference=NEAREST, token=written.token
+        )
         self.assertNoResult(d)
         self.clock.advance(0.5)
         self.successResultOf(d)
-        self.assertEqual(_count(self.metrics, "nearest_fallbacks", reason="token_timeout"), 2)
+        self.assertEqual(
+            _count(self.metrics, "nearest_fallbacks", reason="token_timeout"), 2
+        )
 
     def test_token_the_replica_has_is_served_at_once(self) -> None:
         """A token the replica has already replayed costs no wait: the read is
@@ -189,10 +237,16 @@ class TokenTests(_LaggingReplicaMixin, SynchronousTestCase):
         written = self.new_tenant()
         # Written with synchronous_commit=local; remote_apply on a later
         # write makes sure the replica has replayed past this one.
-        self.cluster.execute("primary", "SET synchronous_commit = remote_apply; CREATE TEMP TABLE x ()")
+        self.cluster.execute(
+            "primary", "SET synchronous_commit = remote_apply; CREATE TEMP TABLE x ()"
+        )
         self.freeze()
         self.assertEqual(
-            self.successResultOf(self.store.get_tenant(written.value.id, read_preference=NEAREST, token=written.token)),
+            self.successResultOf(
+                self.store.get_tenant(
+                    written.value.id, read_preference=NEAREST, token=written.token
+                )
+            ),
             written.value,
         )
         self.assertEqual(_count(self.metrics, "token_reads", outcome="ready"), 1)
@@ -202,7 +256,11 @@ class TokenTests(_LaggingReplicaMixin, SynchronousTestCase):
         self.freeze()
         written = self.new_tenant()
         self.assertEqual(
-            self.successResultOf(self.store.get_tenant(written.value.id, read_preference=PRIMARY, token=written.token)),
+            self.successResultOf(
+                self.store.get_tenant(
+                    written.value.id, read_preference=PRIMARY, token=written.token
+                )
+            ),
             written.value,
         )
 
@@ -212,7 +270,10 @@ class TokenTests(_LaggingReplicaMixin, SynchronousTestCase):
         tenant = self.new_tenant().value
         for rp in (PRIMARY, NEAREST):
             for bad in ("", "garbage", "1/2/3", "G/0", "123456789/0"):
-                self.failureResultOf(self.store.get_tenant(tenant.id, read_preference=rp, token=bad), BadToken)
+                self.failureResultOf(
+                    self.store.get_tenant(tenant.id, read_preference=rp, token=bad),
+                    BadToken,
+                )
         self.assertRaises(BadToken, self.store.token_covers, None, "x")
         self.assertRaises(BadToken, self.store.token_covers, "x", "0/1")
 
@@ -227,9 +288,13 @@ class ZeroWaitTests(_LaggingReplicaMixin, SynchronousTestCase):
         the primary right away (no clock advance needed)."""
         self.freeze()
         written = self.new_tenant()
-        d = self.store.get_tenant(written.value.id, read_preference=NEAREST, token=written.token)
+        d = self.store.get_tenant(
+            written.value.id, read_preference=NEAREST, token=written.token
+        )
         self.assertEqual(self.successResultOf(d), written.value)
-        self.assertEqual(_count(self.metrics, "nearest_fallbacks", reason="token_timeout"), 1)
+        self.assertEqual(
+            _count(self.metrics, "nearest_fallbacks", reason="token_timeout"), 1
+        )
 
 
 class LagTests(_LaggingReplicaMixin, SynchronousTestCase):
@@ -250,7 +315,10 @@ class LagTests(_LaggingReplicaMixin, SynchronousTestCase):
     def test_no_replica_no_lag(self) -> None:
         """A node without a local replica has no lag to measure."""
         store = PostgresStore(
-            [postgres_dsn(self.cluster.servers["primary"], self.schema)], None, run=run_inline, clock=self.clock
+            [postgres_dsn(self.cluster.servers["primary"], self.schema)],
+            None,
+            run=run_inline,
+            clock=self.clock,
         )
         self.assertIsNone(self.successResultOf(store.measure_lag()))
 
@@ -262,8 +330,12 @@ class DsnTests(SynchronousTestCase):
         """Only host, port, database, user and application name are shown;
         passwords never, in key/value or URI form."""
         self.assertEqual(
-            redact_dsn("host=db1 port=5433 dbname=fe user=app password=s3cret sslmode=require"),
+            redact_dsn(
+                "host=db1 port=5433 dbname=fe user=app password=s3cret sslmode=require"
+            ),
             "host=db1 port=5433 dbname=fe user=app",
         )
         self.assertNotIn("s3cret", redact_dsn("postgresql://app:s3cret@db1:5433/fe"))
-        self.assertEqual(redact_dsn("host='unterminated"), "<unparsable connection string>")
+        self.assertEqual(
+            redact_dsn("host='unterminated"), "<unparsable connection string>"
+        )

@@ -449,6 +449,45 @@ def _until(condition: Any, turns: int = 100_000):  # type: ignore[no-untyped-def
     raise AssertionError(f"condition not met after {turns} reactor turns")
 
 
+class AdminTests(TestCase):
+    """``fastedge-admin`` with the PostgreSQL backend."""
+
+    @inlineCallbacks
+    def test_tenant_create(self):  # type: ignore[no-untyped-def]
+        """fastedge-admin creates the tenant and its key on the primary the
+        config names; the key's hash is stored, never the key."""
+        from tests.integration.test_node import admin
+
+        cluster = shared_postgres()
+        schema = _set_up_schema(self, cluster)
+        primary = postgres_dsn(
+            cluster.servers["primary"], schema, synchronous_commit="local"
+        )
+        config = {
+            "node": {"id": "admin-test", "data_dir": os.path.abspath(self.mktemp())},
+            "store": {"backend": "postgresql", "postgresql": {"primaries": [primary]}},
+        }
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(_toml(config))
+        out, err, code = yield admin(
+            "--config", path, "tenant", "create", "Acme", "--json"
+        )
+        self.assertEqual(code, 0, err)
+        created = json.loads(out)
+        rows = cluster.execute(
+            "primary",
+            "SELECT name FROM {}.tenants WHERE id = '{}'".format(
+                schema, created["tenantId"]
+            ),
+        )
+        self.assertEqual(rows, [("Acme",)])
+        hashes = cluster.execute(
+            "primary", "SELECT key_hash FROM {}.api_keys".format(schema)
+        )
+        self.assertEqual(hashes, [(hash_api_key(created["apiKey"]),)])
+
+
 def _toml(table: dict[str, Any], prefix: str = "") -> str:
     """A small TOML writer for the test's config (strings, numbers, lists)."""
     lines, subtables = [], []

@@ -482,9 +482,7 @@ class AdminTests(TestCase):
             ),
         )
         self.assertEqual(rows, [("Acme",)])
-        hashes = cluster.execute(
-            "primary", "SELECT key_hash FROM {}.api_keys".format(schema)
-        )
+        hashes = cluster.execute("primary", f"SELECT key_hash FROM {schema}.api_keys")
         self.assertEqual(hashes, [(hash_api_key(created["apiKey"]),)])
 
 

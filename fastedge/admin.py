@@ -44,9 +44,29 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _open_store(reactor: Any, cfg: EdgeConfig) -> tuple[SQLiteStore, ThreadPool]:
+def _open_store(reactor: Any, cfg: EdgeConfig) -> tuple[Any, ThreadPool]:
+    """The store the node's config names (its primary, for PostgreSQL)."""
     pool = ThreadPool(minthreads=1, maxthreads=1, name="fastedge-admin")
     pool.start()
+    if cfg.store.backend == "postgresql":
+        from .store.postgresql import PostgresStore
+
+        pg = cfg.store.postgresql
+        # Admin commands write, and read their writes: the primary only.
+        return (
+            PostgresStore(
+                pg.primaries,
+                None,
+                run=lambda f: deferToThreadPool(reactor, pool, f),
+                clock=reactor,
+                failover_seconds=pg.failover_seconds,
+                connect_timeout_seconds=pg.connect_timeout_seconds,
+                statement_timeout_seconds=pg.statement_timeout_seconds,
+                application_name="fastedge-admin",
+                pool_size=1,
+            ),
+            pool,
+        )
     os.makedirs(os.path.dirname(cfg.store.sqlite_path), exist_ok=True)
     store = SQLiteStore(
         cfg.store.sqlite_path,

@@ -31,6 +31,7 @@ __all__ = [
     "EdgeConfig",
     "HttpConfig",
     "NodeConfig",
+    "PostgresConfig",
     "StoreConfig",
     "load_config",
     "parse_config",
@@ -116,18 +117,78 @@ class HttpConfig:
     slow_request_seconds: float = _checked(0.1, _positive)
 
 
+def _dsn(value: str) -> str | None:
+    """A libpq connection string or URI; the reason never quotes it (it may
+    hold a password)."""
+    if value == "":
+        return None
+    from .store.postgresql import check_dsn
+
+    return check_dsn(value)
+
+
+def _dsn_list(value: tuple[str, ...]) -> str | None:
+    for i, dsn in enumerate(value):
+        if not dsn:
+            return "[{}] must not be empty".format(i)
+        reason = _dsn(dsn)
+        if reason is not None:
+            return "[{}] {}".format(i, reason)
+    return None
+
+
+def _at_least(low: float) -> Check:
+    def check(value: float) -> str | None:
+        return None if value >= low else "must be at least {}".format(low)
+
+    return check
+
+
+@dataclass(frozen=True)
+class PostgresConfig:
+    """The replicated backend: a PostgreSQL primary and a hot standby beside
+    this node. Connection strings are libpq's (``host=... port=...
+    dbname=... user=...``) or ``postgresql://`` URIs; keep passwords in a
+    ``passfile`` (libpq's pgpass), not here. They are never logged whole.
+    """
+
+    #: The servers that may be the primary, in order of preference; the
+    #: first writable one is used, and the list is searched again when the
+    #: primary fails (a standby promoted by the operator's tooling).
+    primaries: tuple[str, ...] = _checked((), _dsn_list)
+    #: This node's local hot standby, serving NEAREST reads; empty means
+    #: NEAREST reads go to the primary.
+    replica: str = _checked("", _dsn)
+    #: How long a NEAREST read holding a consistency token waits for the
+    #: replica to replay it before reading the primary instead (0: never wait).
+    token_wait_seconds: float = _checked(0.5, _non_negative)
+    #: How often the replica's position is checked during that wait.
+    token_poll_seconds: float = _checked(0.002, _positive)
+    #: How long an operation keeps looking for a writable primary (failover)
+    #: before it fails.
+    failover_seconds: float = _checked(10.0, _non_negative)
+    #: libpq connect timeout (libpq's minimum is 2 seconds).
+    connect_timeout_seconds: int = _checked(3, _at_least(2))
+    #: Server-side statement timeout (0: none).
+    statement_timeout_seconds: float = _checked(30.0, _non_negative)
+    #: How often the replica's lag is measured (and the primary checked).
+    lag_probe_seconds: float = _checked(5.0, _positive)
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     """The comment database."""
 
-    #: ``sqlite``: the embedded, zero set-up backend.
-    backend: str = _checked("sqlite", _one_of("sqlite"))
+    #: ``sqlite``: the embedded, zero set-up backend; ``postgresql``: a
+    #: replicated PostgreSQL (see ``[store.postgresql]``).
+    backend: str = _checked("sqlite", _one_of("sqlite", "postgresql"))
     #: SQLite file; empty means ``<node.data_dir>/fastedge.sqlite3``.
     sqlite_path: str = ""
     #: Threads that run blocking database calls off the reactor thread.
     threads: int = _checked(4, _positive)
     #: Seconds a writer waits for another process's lock (e.g. ``fastedge-admin``).
     busy_timeout_seconds: float = _checked(5.0, _positive)
+    postgresql: PostgresConfig = field(default_factory=PostgresConfig)
 
 
 @dataclass(frozen=True)
@@ -285,6 +346,8 @@ def _derive(cfg: EdgeConfig) -> EdgeConfig:
     store = cfg.store
     if not store.sqlite_path:
         store = dataclasses.replace(store, sqlite_path=os.path.join(data_dir, "fastedge.sqlite3"))
+    if store.backend == "postgresql" and not store.postgresql.primaries:
+        raise ConfigError("store.postgresql.primaries: must list at least one server when store.backend is 'postgresql'")
     api = cfg.api
     if not api.secret_file:
         api = dataclasses.replace(api, secret_file=os.path.join(data_dir, "session.key"))

@@ -41,6 +41,16 @@ def from_store_error(e: store_errors.StoreError) -> ApiError:
         return ApiError(422, "invalid_reference", str(e))
     if isinstance(e, store_errors.BadCursor):
         return bad_request(str(e), code="bad_cursor")
+    if isinstance(e, store_errors.BadToken):
+        return bad_request(str(e), code="bad_consistency_token")
+    if isinstance(e, store_errors.CommitUnknown):
+        # Never reported as a success, never as "not applied": the caller
+        # must look before writing again.
+        return ApiError(
+            503,
+            "commit_unknown",
+            "the database failed while saving this change; it may or may not have been saved: check before retrying",
+        )
     if isinstance(e, store_errors.StoreUnavailable):
         return ApiError(503, "store_unavailable", "the database is not available; try again", headers={b"retry-after": b"1"})
     return ApiError(500, "store_error", "the database failed to answer")

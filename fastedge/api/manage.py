@@ -112,6 +112,10 @@ class ManageApi:
             tenant = yield self._authenticate(call)
             read_preference = common.read_preference(call, PRIMARY)
             token = call.header(TOKEN_HEADER)
+            if token is not None and not (0 < len(token) <= 128 and token.isascii() and token.isprintable()):
+                raise bad_request(
+                    "X-Consistency-Token is not a token this service issued", code="bad_consistency_token"
+                )
             reply: Reply = yield handler(call, tenant, read_preference, token)
             charged = self._credits.charge(tenant.id, operation, read_preference)
             self._metrics.credits.labels(read_preference.value).inc(charged)

@@ -3,7 +3,11 @@
 block. Reads go to the NEAREST copy; writes to the primary.
 
 A commenter is an anonymous session created on their first write and
-remembered in a signed cookie (:mod:`fastedge.api.sessions`).
+remembered in a signed cookie (:mod:`fastedge.api.sessions`). The cookie
+also carries the consistency token of the viewer's latest write, and the
+viewer's reads pass it to the store, so a reader who just posted sees their
+comment on the next page load from the nearest replica, even through
+another node (docs/consistency.md).
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from twisted.internet.interfaces import IReactorTime
 
 from ..config import ApiConfig
 from ..jsonhttp import encode
-from ..store.errors import NotFound
+from ..store.errors import BadToken, NotFound
 from ..store.interfaces import IStore
-from ..store.model import AnonymousSession, CommentStatus, NewComment, ReadPreference, Sort, Tenant
+from ..store.model import AnonymousSession, CommentStatus, NewComment, ReadPreference, Sort, Tenant, Written
 from . import common
 from .cache import PageCache
 from .errors import ApiError, bad_request, not_found
@@ -34,9 +38,15 @@ NEAREST = ReadPreference.NEAREST
 
 @dataclass(frozen=True)
 class Viewer:
+    """The session making a write, and what its cookie held."""
+
     session: AnonymousSession
-    #: A ``Set-Cookie`` value when the session was created by this call.
-    new_cookie: bytes | None = None
+    #: When the session's cookie was first issued (kept on every re-issue).
+    issued_s: int
+    #: The cookie's consistency token (of the viewer's latest write).
+    token: str | None = None
+    #: Whether this call created the session (a cookie must be set).
+    new: bool = False
 
 
 class PublicApi:
@@ -78,11 +88,22 @@ class PublicApi:
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
 
+    def _usable_token(self, token: str | None) -> str | None:
+        """The cookie's token if this store can use it (a cookie from before a
+        change of backend may hold another kind): signed, so never forged."""
+        if token is None:
+            return None
+        try:
+            self._store.token_covers(None, token)
+        except BadToken:
+            return None
+        return token
+
     @inlineCallbacks
-    def _tenant(self, call: Call, read_preference: ReadPreference = NEAREST) -> Any:
+    def _tenant(self, call: Call, read_preference: ReadPreference = NEAREST, token: str | None = None) -> Any:
         tenant_id = common.record_id(call.params["tenant"], "tenant")
         try:
-            tenant: Tenant = yield self._store.get_tenant(tenant_id, read_preference=read_preference)
+            tenant: Tenant = yield self._store.get_tenant(tenant_id, read_preference=read_preference, token=token)
         except NotFound:
             if read_preference is NEAREST:
                 # Maybe created moments ago and not replicated here yet.
@@ -137,7 +158,7 @@ class PublicApi:
                     "this session no longer exists",
                     headers={b"set-cookie": self._cookies.clear(tenant.id)},
                 ) from None
-            return Viewer(session)
+            return Viewer(session, claim.issued_s, self._usable_token(claim.token))
         written = yield self._store.create_anonymous_session(
             tenant.id, created_ms=self._now_ms(), read_preference=PRIMARY
         )
@@ -145,13 +166,21 @@ class PublicApi:
         self._metrics.sessions_created.inc()
         # The write that creates a session counts against it like any other.
         self._per_session.take(tenant.id + "/" + session.id)
-        cookie = self._cookies.issue(tenant.id, session.id, int(self._clock.seconds()))
-        return Viewer(session, cookie)
+        return Viewer(session, int(self._clock.seconds()), written.token, new=True)
 
-    def _reply(self, viewer: Viewer, status: int, body: Any) -> Reply:
+    def _reply(self, viewer: Viewer, status: int, body: Any, written: Written[Any] | None = None) -> Reply:
+        """The reply to a write; (re-)issues the cookie when the session is new
+        or the write moved the viewer's token forward."""
         reply = Reply(status, body)
-        if viewer.new_cookie is not None:
-            reply.cookies.append(viewer.new_cookie)
+        token = viewer.token
+        if written is not None and written.token is not None and self._store.token_covers(written.token, token):
+            token = written.token
+        if viewer.new or token != viewer.token:
+            session = viewer.session
+            now = int(self._clock.seconds())
+            reply.cookies.append(
+                self._cookies.issue(session.tenant_id, session.id, now, token=token, issued_s=viewer.issued_s)
+            )
         return reply
 
     def _invalidate(self, tenant_id: str, thread_id: str) -> None:
@@ -179,20 +208,31 @@ class PublicApi:
             self._metrics.bad_sessions.labels(e.code).inc()
             claim = None
             reply_cookies.append(self._cookies.clear(tenant_id))
+        # The viewer's latest write: every read below sees at least that.
+        token = self._usable_token(claim.token) if claim is not None else None
         key = (tenant_id, url_id, sort, cursor, limit)
-        cached = self._cache.get(key)
-        if cached is None:
+        found = self._cache.lookup(key)
+        cached = None
+        if found is not None:
+            if self._store.token_covers(found[1], token):
+                cached = found[0]
+                self._metrics.page_cache.labels("hit").inc()
+            else:
+                # Read before the viewer's own latest write: not good enough for them.
+                self._metrics.page_cache.labels("too_old").inc()
+        else:
             self._metrics.page_cache.labels("miss").inc()
-            yield self._tenant(call)
+        if cached is None:
+            yield self._tenant(call, token=token)
             try:
-                thread = yield self._store.get_thread(tenant_id, url_id, read_preference=NEAREST)
+                thread = yield self._store.get_thread(tenant_id, url_id, read_preference=NEAREST, token=token)
             except NotFound:
                 # A page nobody has commented on yet: an empty thread, not an error.
                 cached = (None, encode({"thread": None, "comments": [], "nextCursor": None}))
-                self._cache.put(key, cached, ((tenant_id, "url", url_id),))
+                self._cache.put(key, cached, ((tenant_id, "url", url_id),), token=token)
             else:
                 page = yield self._store.list_thread(
-                    tenant_id, thread.id, sort=sort, limit=limit, cursor=cursor, read_preference=NEAREST
+                    tenant_id, thread.id, sort=sort, limit=limit, cursor=cursor, read_preference=NEAREST, token=token
                 )
                 body = encode(
                     {
@@ -202,19 +242,21 @@ class PublicApi:
                     }
                 )
                 cached = (page, body)
-                self._cache.put(key, cached, ((tenant_id, "url", url_id), (tenant_id, "thread", thread.id)))
-        else:
-            self._metrics.page_cache.labels("hit").inc()
+                self._cache.put(
+                    key, cached, ((tenant_id, "url", url_id), (tenant_id, "thread", thread.id)), token=token
+                )
         page, body = cached
         if claim is not None and page is not None:
-            body = yield self._personal_body(tenant_id, claim.session_id, page)
+            body = yield self._personal_body(tenant_id, claim.session_id, page, token)
         reply = Reply(200, body, cookies=reply_cookies)
         return reply
 
     @inlineCallbacks
-    def _personal_body(self, tenant_id: str, session_id: str, page: Any) -> Any:
+    def _personal_body(self, tenant_id: str, session_id: str, page: Any, token: str | None) -> Any:
         try:
-            session = yield self._store.get_anonymous_session(tenant_id, session_id, read_preference=NEAREST)
+            session = yield self._store.get_anonymous_session(
+                tenant_id, session_id, read_preference=NEAREST, token=token
+            )
         except NotFound:
             # Not replicated here yet (or gone): the shared page is right for a stranger.
             return encode(
@@ -225,7 +267,7 @@ class PublicApi:
                 }
             )
         ids = [c.id for c in page.top_level] + [c.id for c in page.replies]
-        state = yield self._store.viewer_state(tenant_id, session.author_id, ids, read_preference=NEAREST)
+        state = yield self._store.viewer_state(tenant_id, session.author_id, ids, read_preference=NEAREST, token=token)
         return encode(
             {
                 "thread": common.thread_view(page.thread),
@@ -294,7 +336,7 @@ class PublicApi:
         view = common.public_comment(comment)
         view.update(common.viewer_fields(comment, viewer.session.author_id, None))
         view.update(status=comment.status.value, replies=[])
-        return self._reply(viewer, 201, {"comment": view})
+        return self._reply(viewer, 201, {"comment": view}, written)
 
     @inlineCallbacks
     def _comment_for_write(self, call: Call, tenant: Tenant) -> Any:
@@ -316,7 +358,7 @@ class PublicApi:
             tenant.id, comment.id, viewer.session.author_id, created_ms=self._now_ms(), read_preference=PRIMARY
         )
         self._invalidate(tenant.id, comment.thread_id)
-        return self._reply(viewer, 200, {"likes": written.value, "likedByMe": True})
+        return self._reply(viewer, 200, {"likes": written.value, "likedByMe": True}, written)
 
     @inlineCallbacks
     def unlike(self, call: Call) -> Any:
@@ -329,7 +371,7 @@ class PublicApi:
             tenant.id, comment.id, viewer.session.author_id, read_preference=PRIMARY
         )
         self._invalidate(tenant.id, comment.thread_id)
-        return self._reply(viewer, 200, {"likes": written.value, "likedByMe": False})
+        return self._reply(viewer, 200, {"likes": written.value, "likedByMe": False}, written)
 
     @inlineCallbacks
     def flag(self, call: Call) -> Any:
@@ -338,11 +380,11 @@ class PublicApi:
         # Check the comment before a first write creates a session for nothing.
         comment = yield self._comment_for_write(call, tenant)
         viewer = yield self._writer(call, tenant)
-        yield self._store.add_flag(
+        written = yield self._store.add_flag(
             tenant.id, comment.id, viewer.session.author_id, created_ms=self._now_ms(), read_preference=PRIMARY
         )
         self._metrics.flags.inc()
-        return self._reply(viewer, 200, {"flagged": True})
+        return self._reply(viewer, 200, {"flagged": True}, written)
 
     @inlineCallbacks
     def block(self, call: Call) -> Any:
@@ -351,10 +393,10 @@ class PublicApi:
         author_id = common.record_id(call.params["author_id"], "author")
         yield self._store.get_author(tenant.id, author_id, read_preference=PRIMARY)
         viewer = yield self._writer(call, tenant)
-        yield self._store.add_block(
+        written = yield self._store.add_block(
             tenant.id, viewer.session.author_id, author_id, created_ms=self._now_ms(), read_preference=PRIMARY
         )
-        return self._reply(viewer, 200, {"authorId": author_id, "blocked": True})
+        return self._reply(viewer, 200, {"authorId": author_id, "blocked": True}, written)
 
     @inlineCallbacks
     def unblock(self, call: Call) -> Any:
@@ -362,6 +404,8 @@ class PublicApi:
         tenant = yield self._tenant(call)
         viewer = yield self._writer(call, tenant)
         author_id = common.record_id(call.params["author_id"], "author")
-        yield self._store.remove_block(tenant.id, viewer.session.author_id, author_id, read_preference=PRIMARY)
-        return self._reply(viewer, 200, {"authorId": author_id, "blocked": False})
+        written = yield self._store.remove_block(
+            tenant.id, viewer.session.author_id, author_id, read_preference=PRIMARY
+        )
+        return self._reply(viewer, 200, {"authorId": author_id, "blocked": False}, written)
 

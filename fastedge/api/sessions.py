@@ -1,11 +1,18 @@
 # -*- test-case-name: tests.unit.api.test_sessions -*-
 """Anonymous-session cookies: signed, HttpOnly, SameSite, bound to a tenant.
 
-The cookie value is ``v1.<tenant>.<session>.<issued>.<mac>``: the MAC
-(HMAC-SHA256 under the node's session key) covers the tenant, so a cookie
-issued for one tenant is refused by every other; ``issued`` (seconds) bounds
-its age. The session id itself is secret (only its holder can act as that
-commenter); comments show the session's separate, public author id.
+The cookie value is ``v2.<tenant>.<session>.<issued>.<token>.<mac>``: the
+MAC (HMAC-SHA256 under the node's session key) covers the tenant, so a
+cookie issued for one tenant is refused by every other; ``issued`` (seconds)
+bounds its age. The session id itself is secret (only its holder can act as
+that commenter); comments show the session's separate, public author id.
+
+``token`` (base64url, may be empty) is the consistency token of the
+viewer's latest write: every write re-issues the cookie with it, keeping the
+original ``issued`` (so writing does not extend a session's life), and a
+page load that carries it reads at least that new from the nearest replica
+(docs/consistency.md). Cookies of the first format, ``v1`` (no token), are
+still accepted.
 
 Every node of a deployment must share the key file (``api.secret_file``)
 for a session to work at any of them; a lone node creates one on first
@@ -22,7 +29,11 @@ import secrets
 from dataclasses import dataclass
 
 COOKIE_NAME = b"fe_session"
-_VERSION = "v1"
+_VERSION = "v2"
+#: The first format, without a token; still accepted.
+_V1 = "v1"
+#: Longest token carried (a store's tokens are far shorter).
+_MAX_TOKEN_CHARS = 128
 #: Issued-at times this far in the future are refused (clock skew allowance).
 _SKEW_SECONDS = 300
 
@@ -37,9 +48,30 @@ class SessionCookieError(Exception):
 
 @dataclass(frozen=True)
 class SessionClaim:
+    """What a valid cookie says."""
+
     tenant_id: str
     session_id: str
     issued_s: int
+    #: The consistency token of the viewer's latest write, if any.
+    token: str | None = None
+
+
+def _encode_token(token: str | None) -> str:
+    if not token:
+        return ""
+    return base64.urlsafe_b64encode(token.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def _decode_token(text: str) -> str | None:
+    if not text:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        token = raw.decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        raise SessionCookieError("session_invalid", "session cookie is malformed") from None
+    return token or None
 
 
 def load_or_create_key(path: str) -> bytes:
@@ -80,11 +112,21 @@ class SessionCookies:
         digest = hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:24]).decode("ascii")
 
-    def issue(self, tenant_id: str, session_id: str, now_s: int) -> bytes:
-        """A ``Set-Cookie`` header value for a new session."""
-        payload = ".".join((_VERSION, tenant_id, session_id, str(now_s)))
+    def issue(
+        self, tenant_id: str, session_id: str, now_s: int, *, token: str | None = None, issued_s: int | None = None
+    ) -> bytes:
+        """A ``Set-Cookie`` header value for a session.
+
+        :param token: the consistency token of the viewer's latest write.
+        :param issued_s: when the session's cookie was first issued (default
+            now); a re-issued cookie keeps it, and expires when the first did.
+        """
+        if token is not None and len(token) > _MAX_TOKEN_CHARS:
+            raise ValueError("consistency token too long for a cookie")
+        issued = now_s if issued_s is None else issued_s
+        payload = ".".join((_VERSION, tenant_id, session_id, str(issued), _encode_token(token)))
         value = payload + "." + self._mac(payload)
-        return self._header(tenant_id, value, self._max_age)
+        return self._header(tenant_id, value, max(0, self._max_age - (now_s - issued)))
 
     def clear(self, tenant_id: str) -> bytes:
         """A ``Set-Cookie`` header value that removes the cookie."""
@@ -117,10 +159,16 @@ class SessionCookies:
         except UnicodeDecodeError:
             raise SessionCookieError("session_invalid", "session cookie is malformed") from None
         parts = text.split(".")
-        if len(parts) != 5 or parts[0] != _VERSION or not parts[3].isdigit():
+        if parts[0] == _V1 and len(parts) == 5:
+            parts.insert(4, "")
+            payload = ".".join(parts[:4])
+        elif parts[0] == _VERSION and len(parts) == 6:
+            payload = ".".join(parts[:5])
+        else:
             raise SessionCookieError("session_invalid", "session cookie is malformed")
-        payload = ".".join(parts[:4])
-        if not hmac.compare_digest(self._mac(payload), parts[4]):
+        if not parts[3].isdigit() or len(parts[4]) > 2 * _MAX_TOKEN_CHARS:
+            raise SessionCookieError("session_invalid", "session cookie is malformed")
+        if not hmac.compare_digest(self._mac(payload), parts[5]):
             raise SessionCookieError("session_invalid", "session cookie signature does not match")
         if parts[1] != tenant_id:
             raise SessionCookieError("session_invalid", "session cookie belongs to another site")
@@ -129,4 +177,4 @@ class SessionCookies:
             raise SessionCookieError("session_invalid", "session cookie was issued in the future")
         if now_s - issued > self._max_age:
             raise SessionCookieError("session_expired", "session cookie has expired")
-        return SessionClaim(tenant_id=parts[1], session_id=parts[2], issued_s=issued)
+        return SessionClaim(tenant_id=parts[1], session_id=parts[2], issued_s=issued, token=_decode_token(parts[4]))

@@ -37,3 +37,12 @@ class StoreUnavailable(StoreError):
 
 class WrongReadPreference(StoreError, ValueError):
     """A write was asked to read anywhere but the primary."""
+
+
+class BadToken(StoreError, ValueError):
+    """A consistency token that this store did not issue (malformed)."""
+
+
+class CommitUnknown(StoreUnavailable):
+    """The primary went away while committing a write: the write may or may
+    not have been applied. Never reported as a success; read before retrying."""

@@ -41,6 +41,19 @@ class IStore(Interface):
         :returns: ``Deferred[None]``
         """
 
+    def token_covers(have, want):  # type: ignore[misc]
+        """Whether a read as new as token ``have`` is as new as token ``want``.
+
+        Tokens are positions in one history, so callers keep the newest of
+        several (a session cookie) and tell whether something read at one
+        position may be served to a caller holding another (a page cache).
+        ``None`` is the oldest position: it covers only ``None``, unless the
+        backend has a single copy, where every read covers every write.
+        Synchronous: no I/O.
+
+        :returns: ``bool``; raises ``BadToken`` for a malformed token.
+        """
+
     def ping(*, read_preference):  # type: ignore[misc]
         """Check that the database answers.
 

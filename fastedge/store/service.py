@@ -7,8 +7,10 @@ import os
 from functools import partial
 
 from prometheus_client import CollectorRegistry
+from twisted.application.internet import TimerService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -16,8 +18,31 @@ from twisted.python.threadpool import ThreadPool
 
 from ..config import StoreConfig
 from .interfaces import IStore
-from .metrics import StoreMetrics
+from .metrics import ReplicationMetrics, StoreMetrics
+from .postgresql import PostgresStore, redact_dsn
 from .sqlite import SQLiteStore
+
+
+class _LagProbe(TimerService):
+    """Measures the local replica's lag every ``every`` seconds (which also
+    notices a failed primary while no request comes)."""
+
+    _log = Logger()
+
+    def __init__(self, store: PostgresStore, every: float, clock: IReactorTime) -> None:
+        super().__init__(every, self._probe)
+        self.clock = clock
+        self._store = store
+
+    def _probe(self) -> Deferred[object]:
+        d: Deferred[object] = self._store.measure_lag()  # type: ignore[assignment]
+
+        def failed(f: Failure) -> None:
+            # Logged, never raised: an exception would stop the TimerService for good.
+            self._log.warn("measuring the replica's lag failed: {reason}", reason=f.getErrorMessage())
+
+        d.addErrback(failed)
+        return d
 
 
 class StoreService(Service):
@@ -33,15 +58,41 @@ class StoreService(Service):
         self._cfg = cfg
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=cfg.threads, name="fastedge-store")
-        metrics = StoreMetrics(registry, "sqlite")
-        self.store: IStore = SQLiteStore(
-            cfg.sqlite_path,
-            run=partial(deferToThreadPool, reactor, self._pool),
-            clock=reactor,  # type: ignore[arg-type]
-            busy_timeout_seconds=cfg.busy_timeout_seconds,
-            pool_size=cfg.threads,
-            observe=metrics.observe,
-        )
+        run = partial(deferToThreadPool, reactor, self._pool)  # type: ignore[arg-type]
+        metrics = StoreMetrics(registry, cfg.backend)
+        self._lag_probe: TimerService | None = None
+        if cfg.backend == "postgresql":
+            pg = cfg.postgresql
+            replication = ReplicationMetrics(registry, cfg.backend)
+            store = PostgresStore(
+                pg.primaries,
+                pg.replica or None,
+                run=run,
+                clock=reactor,  # type: ignore[arg-type]
+                token_wait_seconds=pg.token_wait_seconds,
+                token_poll_seconds=pg.token_poll_seconds,
+                failover_seconds=pg.failover_seconds,
+                connect_timeout_seconds=pg.connect_timeout_seconds,
+                statement_timeout_seconds=pg.statement_timeout_seconds,
+                pool_size=cfg.threads,
+                observe=metrics.observe,
+                metrics=replication,
+            )
+            self._lag_probe = _LagProbe(store, pg.lag_probe_seconds, reactor)  # type: ignore[arg-type]
+            self.store: IStore = store
+            self._where = "primary candidates {} and replica {}".format(
+                [redact_dsn(d) for d in pg.primaries], redact_dsn(pg.replica) if pg.replica else "none"
+            )
+        else:
+            self.store = SQLiteStore(
+                cfg.sqlite_path,
+                run=run,
+                clock=reactor,  # type: ignore[arg-type]
+                busy_timeout_seconds=cfg.busy_timeout_seconds,
+                pool_size=cfg.threads,
+                observe=metrics.observe,
+            )
+            self._where = cfg.sqlite_path
         self.ready = False
         self._open_failure: Failure | None = None
         self._waiting: list[Deferred[IStore]] = []
@@ -58,13 +109,16 @@ class StoreService(Service):
 
     def startService(self) -> None:
         super().startService()
-        os.makedirs(os.path.dirname(self._cfg.sqlite_path), exist_ok=True)
+        if self._cfg.backend == "sqlite":
+            os.makedirs(os.path.dirname(self._cfg.sqlite_path), exist_ok=True)
         self._pool.start()
-        self._log.info("opening {backend} store at {path}", backend="sqlite", path=self._cfg.sqlite_path)
+        self._log.info("opening {backend} store at {path}", backend=self._cfg.backend, path=self._where)
         self.store.open().addCallbacks(self._opened, self._failed)
 
     def _opened(self, _: None) -> None:
         self.ready = True
+        if self._lag_probe is not None and self.running:
+            self._lag_probe.startService()
         self._log.info("store ready")
         waiting, self._waiting = self._waiting, []
         for d in waiting:
@@ -81,14 +135,17 @@ class StoreService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self.ready = False
-        d = self.store.close()
+        d: Deferred[object] = succeed(None)
+        if self._lag_probe is not None and self._lag_probe.running:
+            d = self._lag_probe.stopService()
+        d.addCallback(lambda _: self.store.close())
         d.addErrback(lambda f: self._log.failure("closing the store failed", f))
 
         def stop_threads(_: object) -> None:
             self._pool.stop()
 
         d.addBoth(stop_threads)
-        return d
+        return d  # type: ignore[return-value]
 
 
 def make_service(cfg: StoreConfig, *, reactor: object, registry: CollectorRegistry) -> StoreService:

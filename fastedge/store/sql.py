@@ -200,12 +200,21 @@ class SqlStore:
     # Plumbing
 
     def _call(
-        self, operation: str, read_preference: ReadPreference, fn: Callable[[], _T], *, write: bool = False
+        self,
+        operation: str,
+        read_preference: ReadPreference,
+        fn: Callable[[], _T],
+        *,
+        write: bool = False,
+        token: str | None = None,
     ) -> Deferred[_T]:
         """Run ``fn`` through the runner, mapping driver failures to ours.
 
         Every error, including a write's wrong read preference, arrives
         through the returned Deferred: callers never see a synchronous raise.
+
+        :param token: a read's consistency token. A single copy ignores it;
+            replicated backends override this method to honour it.
         """
         if write:
             wrong = _require_primary(read_preference)
@@ -256,9 +265,12 @@ class SqlStore:
         return Written(value, self._token(conn))
 
     def _token(self, conn: Connection) -> str | None:
-        """The consistency token of the transaction on ``conn``.
+        """The consistency token of the write transaction on ``conn``.
 
-        A single copy needs none; replicated engines override this.
+        Called through :meth:`_written`, which every write calls as the last
+        step of its transaction, so a backend may end (commit) the
+        transaction here to learn the commit's position in the same round
+        trip (the PostgreSQL backend does). A single copy needs no token.
         """
         return None
 
@@ -282,6 +294,10 @@ class SqlStore:
                 self._nearest.dispose()
 
         return self._call("close", ReadPreference.PRIMARY, go)
+
+    def token_covers(self, have: str | None, want: str | None) -> bool:
+        """Always true: with a single copy every read sees every write."""
+        return True
 
     def ping(self, *, read_preference: ReadPreference) -> Deferred[None]:
         def go() -> None:
@@ -318,7 +334,7 @@ class SqlStore:
                 raise NotFound("tenant")
             return _tenant(row)
 
-        return self._call("get_tenant", read_preference, go)
+        return self._call("get_tenant", read_preference, go, token=token)
 
     def update_tenant_settings(
         self, tenant_id: str, settings: Mapping[str, Any], *, read_preference: ReadPreference
@@ -380,7 +396,7 @@ class SqlStore:
                 ).all()
             return [_api_key(r) for r in rows]
 
-        return self._call("list_api_keys", read_preference, go)
+        return self._call("list_api_keys", read_preference, go, token=token)
 
     def tenant_for_api_key(
         self, key_hash: str, *, read_preference: ReadPreference, token: str | None = None
@@ -397,7 +413,7 @@ class SqlStore:
                 raise NotFound("API key")
             return _tenant(row)
 
-        return self._call("tenant_for_api_key", read_preference, go)
+        return self._call("tenant_for_api_key", read_preference, go, token=token)
 
     # Authors
 
@@ -449,7 +465,7 @@ class SqlStore:
                 id=row.id, tenant_id=row.tenant_id, author_id=row.author_id, created_ms=row.created_ms
             )
 
-        return self._call("get_anonymous_session", read_preference, go)
+        return self._call("get_anonymous_session", read_preference, go, token=token)
 
     def upsert_user(
         self,
@@ -504,7 +520,7 @@ class SqlStore:
                 raise NotFound("author")
             return Author(id=row.id, tenant_id=row.tenant_id, kind=AuthorKind(row.kind), created_ms=row.created_ms)
 
-        return self._call("get_author", read_preference, go)
+        return self._call("get_author", read_preference, go, token=token)
 
     # Threads
 
@@ -560,7 +576,7 @@ class SqlStore:
                 raise NotFound("thread")
             return _thread(row)
 
-        return self._call("get_thread", read_preference, go)
+        return self._call("get_thread", read_preference, go, token=token)
 
     def get_thread_by_id(
         self, tenant_id: str, thread_id: str, *, read_preference: ReadPreference, token: str | None = None
@@ -569,7 +585,7 @@ class SqlStore:
             with self._reading(read_preference) as conn:
                 return self._thread_by_id(conn, tenant_id, thread_id)
 
-        return self._call("get_thread_by_id", read_preference, go)
+        return self._call("get_thread_by_id", read_preference, go, token=token)
 
     def _thread_by_id(self, conn: Connection, tenant_id: str, thread_id: str) -> Thread:
         t = s.threads.c
@@ -603,7 +619,7 @@ class SqlStore:
                 next_cursor = _encode_cursor("threads", last.created_ms, last.id)
             return Page(items, next_cursor)
 
-        return self._call("list_threads", read_preference, go)
+        return self._call("list_threads", read_preference, go, token=token)
 
     def delete_thread(
         self, tenant_id: str, thread_id: str, *, read_preference: ReadPreference
@@ -685,7 +701,7 @@ class SqlStore:
             with self._reading(read_preference) as conn:
                 return self._comment_row(conn, tenant_id, comment_id)
 
-        return self._call("get_comment", read_preference, go)
+        return self._call("get_comment", read_preference, go, token=token)
 
     def _comment_row(self, conn: Connection, tenant_id: str, comment_id: str) -> Comment:
         c = s.comments.c
@@ -768,7 +784,7 @@ class SqlStore:
                     next_cursor = _encode_cursor(kind, last.created_ms, last.id)
             return ThreadPage(thread=thread, top_level=top, replies=replies, next_cursor=next_cursor)
 
-        return self._call("list_thread", read_preference, go)
+        return self._call("list_thread", read_preference, go, token=token)
 
     def list_comments(
         self,
@@ -802,7 +818,7 @@ class SqlStore:
                 next_cursor = _encode_cursor("comments", items[-1].created_ms, items[-1].id)
             return Page(items, next_cursor)
 
-        return self._call("list_comments", read_preference, go)
+        return self._call("list_comments", read_preference, go, token=token)
 
     def update_comment(
         self,
@@ -1027,7 +1043,7 @@ class SqlStore:
                 ).scalars()
                 return ViewerState(liked=frozenset(liked), blocked_authors=frozenset(blocked))
 
-        return self._call("viewer_state", read_preference, go)
+        return self._call("viewer_state", read_preference, go, token=token)
 
     # Credits
 
@@ -1067,4 +1083,4 @@ class SqlStore:
                 ).all()
             return [CreditUsage(operation=op, calls=int(calls), credits=int(credits)) for op, calls, credits in rows]
 
-        return self._call("credit_usage", read_preference, go)
+        return self._call("credit_usage", read_preference, go, token=token)

@@ -75,9 +75,36 @@ class ValidationTests(SynchronousTestCase):
     def test_impossible_values(self) -> None:
         """Values out of range are refused with the reason."""
         self.assertRefused("[store]\nthreads = 0\n", "store.threads: must be greater than 0")
-        self.assertRefused('[store]\nbackend = "oracle"\n', "store.backend: must be one of 'sqlite'")
+        self.assertRefused('[store]\nbackend = "oracle"\n', "store.backend: must be one of 'sqlite', 'postgresql'")
         self.assertRefused('[node]\nid = "Bad Id"\n', "node.id: must be a lower-case DNS label (a-z, 0-9, '-'; at most 63 characters)")
         self.assertRefused("[api]\npage_size = 500\n", "api.page_size: must not exceed api.max_page_size")
+
+    def test_postgresql_settings(self) -> None:
+        """The PostgreSQL backend needs at least one primary candidate; each
+        connection string must parse, and a bad one is refused without
+        quoting it (it may hold a password)."""
+        self.assertRefused(
+            '[store]\nbackend = "postgresql"\n',
+            "store.postgresql.primaries: must list at least one server when store.backend is 'postgresql'",
+        )
+        with self.assertRaises(ConfigError) as cm:
+            parse_config('[store.postgresql]\nprimaries = ["host=db1 password=se cret"]\n')
+        self.assertEqual(
+            str(cm.exception), "store.postgresql.primaries: [0] not a libpq connection string or postgresql:// URI"
+        )
+        self.assertNotIn("cret", str(cm.exception))
+        self.assertRefused('[store.postgresql]\nprimaries = "host=db1"\n', "store.postgresql.primaries: must be a list")
+        self.assertRefused('[store.postgresql]\nprimaries = [""]\n', "store.postgresql.primaries: [0] must not be empty")
+        self.assertRefused("[store.postgresql]\nconnect_timeout_seconds = 1\n", "store.postgresql.connect_timeout_seconds: must be at least 2")
+        self.assertRefused("[store.postgresql]\ntoken_wait_seconds = -1\n", "store.postgresql.token_wait_seconds: must be 0 or greater")
+        self.assertRefused("[store.postgresql]\ntoken_poll_seconds = 0\n", "store.postgresql.token_poll_seconds: must be greater than 0")
+        self.assertRefused("[store.postgresql]\nreplicas = []\n", "store.postgresql.replicas: unknown key")
+        cfg = parse_config(
+            '[store]\nbackend = "postgresql"\n[store.postgresql]\n'
+            'primaries = ["host=db1 dbname=fe", "postgresql://fe@db2/fe"]\nreplica = "host=127.0.0.1 port=5433"\n'
+        )
+        self.assertEqual(cfg.store.postgresql.primaries, ("host=db1 dbname=fe", "postgresql://fe@db2/fe"))
+        self.assertEqual(cfg.store.postgresql.replica, "host=127.0.0.1 port=5433")
 
     def test_bad_endpoint(self) -> None:
         """An endpoint string Twisted cannot parse is refused at load time."""

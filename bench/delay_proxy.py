@@ -1,0 +1,75 @@
+"""A TCP relay that delays every byte by a fixed time in each direction.
+
+``bench/pg-read-preference`` uses it to put the PostgreSQL primary "far
+away" when the kernel has no ``sch_netem`` (``tc qdisc ... netem`` fails
+with "Specified qdisc kind is unknown", as in some sandboxes): latency is
+added in user space instead, on loopback only. Bytes keep their order;
+bandwidth is not limited.
+
+    python bench/delay_proxy.py LISTEN_PORT TARGET_PORT ONE_WAY_MS
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+
+async def pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
+) -> None:
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def send() -> None:
+        while True:
+            due, chunk = await queue.get()
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if not chunk:
+                writer.close()
+                return
+            writer.write(chunk)
+            await writer.drain()
+
+    sender = asyncio.ensure_future(send())
+    try:
+        while True:
+            chunk = await reader.read(65536)
+            queue.put_nowait((time.monotonic() + delay, chunk))
+            if not chunk:
+                break
+        await sender
+    except (ConnectionError, asyncio.CancelledError):
+        sender.cancel()
+        writer.close()
+
+
+async def main(listen: int, target: int, one_way_ms: float) -> None:
+    delay = one_way_ms / 1000.0
+
+    async def accept(
+        client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            server_reader, server_writer = await asyncio.open_connection(
+                "127.0.0.1", target
+            )
+        except OSError:
+            client_writer.close()
+            return
+        await asyncio.gather(
+            pipe(client_reader, server_writer, delay),
+            pipe(server_reader, client_writer, delay),
+            return_exceptions=True,
+        )
+
+    server = await asyncio.start_server(accept, "127.0.0.1", listen)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])))

@@ -14,6 +14,7 @@ config except ``fastedge.tap``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -61,6 +62,26 @@ def _non_negative(value: float) -> str | None:
     return None if value >= 0 else "must be 0 or greater"
 
 
+def _between(low: float, high: float) -> Check:
+    def check(value: float) -> str | None:
+        if low <= value <= high:
+            return None
+        return "must be from {} to {}".format(low, high)
+
+    return check
+
+
+def _ip_addresses(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            return "{!r} is not an IPv4 or IPv6 address".format(value)
+    if not values:
+        return "must list at least one address"
+    return None
+
+
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -103,6 +124,11 @@ class NodeConfig:
     region: str = "local"
     #: Where the node keeps its database, secrets and caches.
     data_dir: str = "./var/fastedge"
+    #: Where the node is, for nearest-node answers (degrees, WGS 84).
+    latitude: float = _checked(0.0, _between(-90.0, 90.0))
+    longitude: float = _checked(0.0, _between(-180.0, 180.0))
+    #: Public addresses announced to the mesh and answered by GeoDNS.
+    addresses: tuple[str, ...] = _checked(("127.0.0.1", "::1"), _ip_addresses)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The mesh: every node connected to every other, and the live node map."""

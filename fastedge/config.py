@@ -31,6 +31,7 @@ __all__ = [
     "CreditsConfig",
     "EdgeConfig",
     "HttpConfig",
+    "MeshConfig",
     "NodeConfig",
     "PostgresConfig",
     "StoreConfig",
@@ -103,6 +104,56 @@ def _server_endpoint(value: str) -> str | None:
     return None
 
 
+def _at_least(low: float) -> Check:
+    def check(value: float) -> str | None:
+        return None if value >= low else "must be at least {}".format(low)
+
+    return check
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (an IPv6 host in brackets: ``"[::1]:7946"``).
+
+    :raises ValueError: with the reason.
+    """
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be host:port")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError("an IPv6 host must be in brackets: [::1]:7946")
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("{!r} is not an IPv6 address".format(host)) from None
+    elif ":" in host:
+        raise ValueError("an IPv6 host must be in brackets: [::1]:7946")
+    elif not re.match(r"^[A-Za-z0-9.-]{1,253}$", host):
+        raise ValueError("{!r} is not a host name or address".format(host))
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError("the port must be from 1 to 65535")
+    return host, int(port_text)
+
+
+def _host_port(value: str) -> str | None:
+    if value == "":
+        return None
+    try:
+        parse_host_port(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _host_ports(values: tuple[str, ...]) -> str | None:
+    for i, value in enumerate(values):
+        reason = _host_port(value) if value else "must not be empty"
+        if reason is not None:
+            return "[{}] {}".format(i, reason)
+    return None
+
+
 def _one_of(*choices: str) -> Check:
     def check(value: str) -> str | None:
         if value in choices:
@@ -143,6 +194,57 @@ class HttpConfig:
     slow_request_seconds: float = _checked(0.1, _positive)
 
 
+@dataclass(frozen=True)
+class MeshConfig:
+    """The mesh: Perspective Broker between nodes over mutual TLS, and the
+    membership protocol that keeps the live node map (docs/mesh.md)."""
+
+    #: Server endpoint of the mesh listener (plain TCP: TLS is added by the
+    #: mesh, with this node's certificate, and peers must present theirs).
+    endpoint: str = _checked("tcp:7946:interface=127.0.0.1", _server_endpoint)
+    #: ``host:port`` other nodes connect to; empty = the listening interface
+    #: and port (right for loopback and for a node that listens on its
+    #: private address; set it when the node listens on 0.0.0.0 or ::).
+    advertise: str = _checked("", _host_port)
+    #: Nodes to join through (``host:port``); any one that answers tells of
+    #: every other node. Empty: this node starts a mesh of its own.
+    seeds: tuple[str, ...] = _checked((), _host_ports)
+    #: The cluster CA certificate (PEM); empty = ``<node.data_dir>/mesh/ca.pem``.
+    ca_file: str = ""
+    #: This node's certificate (PEM, named after the node id, signed by the
+    #: cluster CA); empty = ``<node.data_dir>/mesh/node.pem``.
+    cert_file: str = ""
+    #: Its private key (PEM); empty = ``<node.data_dir>/mesh/node.key``.
+    key_file: str = ""
+    #: Seconds between heartbeats to every peer.
+    heartbeat_seconds: float = _checked(0.5, _positive)
+    #: A peer not heard from for this long is SUSPECT (not answered by DNS).
+    suspect_seconds: float = _checked(1.5, _positive)
+    #: A peer that neither this node nor any other has heard from for this
+    #: long is DEAD.
+    dead_seconds: float = _checked(2.5, _positive)
+    #: Seconds to connect (TCP and TLS) and log in to a peer.
+    connect_timeout_seconds: float = _checked(2.0, _positive)
+    #: Delay before the first reconnect to a peer, growing to the maximum.
+    reconnect_initial_seconds: float = _checked(0.1, _positive)
+    reconnect_max_seconds: float = _checked(5.0, _positive)
+    #: How long a clean stop waits for peers to acknowledge that it leaves.
+    leave_timeout_seconds: float = _checked(1.0, _positive)
+    #: Stop reconnecting to a node that has been DEAD this long (it rejoins
+    #: by itself when it comes back).
+    forget_dead_seconds: float = _checked(3600.0, _positive)
+    #: The load a node announces (its live connections) is sampled this often.
+    load_report_seconds: float = _checked(5.0, _positive)
+    #: A message from a peer larger than this closes its connection.
+    max_message_bytes: int = _checked(1024 * 1024, _at_least(4096))
+    #: Calls a peer may make per second (bursts of twice as many); a peer
+    #: over the limit is disconnected.
+    max_calls_per_second: int = _checked(5000, _positive)
+    #: Calls to one peer awaiting an answer; a peer that lets more pile up
+    #: is disconnected (it is not answering).
+    max_pending_calls: int = _checked(10_000, _positive)
+
+
 def _dsn(value: str) -> str | None:
     """A libpq connection string or URI; the reason never quotes it (it may
     hold a password)."""
@@ -161,13 +263,6 @@ def _dsn_list(value: tuple[str, ...]) -> str | None:
         if reason is not None:
             return "[{}] {}".format(i, reason)
     return None
-
-
-def _at_least(low: float) -> Check:
-    def check(value: float) -> str | None:
-        return None if value >= low else "must be at least {}".format(low)
-
-    return check
 
 
 @dataclass(frozen=True)
@@ -262,6 +357,7 @@ class EdgeConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
 
 _T = TypeVar("_T")
@@ -379,7 +475,21 @@ def _derive(cfg: EdgeConfig) -> EdgeConfig:
         api = dataclasses.replace(api, secret_file=os.path.join(data_dir, "session.key"))
     if api.page_size > api.max_page_size:
         raise ConfigError("api.page_size: must not exceed api.max_page_size")
-    return dataclasses.replace(cfg, node=node, store=store, api=api)
+    mesh = cfg.mesh
+    mesh_dir = os.path.join(data_dir, "mesh")
+    mesh = dataclasses.replace(
+        mesh,
+        ca_file=os.path.abspath(mesh.ca_file) if mesh.ca_file else os.path.join(mesh_dir, "ca.pem"),
+        cert_file=os.path.abspath(mesh.cert_file) if mesh.cert_file else os.path.join(mesh_dir, "node.pem"),
+        key_file=os.path.abspath(mesh.key_file) if mesh.key_file else os.path.join(mesh_dir, "node.key"),
+    )
+    if not mesh.heartbeat_seconds < mesh.suspect_seconds:
+        raise ConfigError("mesh.suspect_seconds: must be longer than mesh.heartbeat_seconds")
+    if not mesh.suspect_seconds < mesh.dead_seconds:
+        raise ConfigError("mesh.dead_seconds: must be longer than mesh.suspect_seconds")
+    if mesh.reconnect_max_seconds < mesh.reconnect_initial_seconds:
+        raise ConfigError("mesh.reconnect_max_seconds: must not be shorter than mesh.reconnect_initial_seconds")
+    return dataclasses.replace(cfg, node=node, store=store, api=api, mesh=mesh)
 
 
 def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) -> EdgeConfig:

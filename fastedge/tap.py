@@ -13,9 +13,12 @@ from twisted.python import usage
 
 from .api.resource import build_api
 from .config import ConfigError, EdgeConfig, load_config
+from .mesh import service as mesh_service
+from .mesh.resource import mesh_routes
 from .metrics.registry import new_registry
 from .store import service as store_service
 from .transport import service as transport_service
+from .transport.site import EdgeSite
 from .web import build_site
 
 
@@ -25,6 +28,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "TOML config file (default: the built-in defaults, as in etc/fastedge.toml)."],
         ["http", None, None, "HTTP listen endpoint, e.g. tcp:8080:interface=127.0.0.1 (overrides http.endpoint)."],
+        ["mesh", None, None, "Mesh listen endpoint, e.g. tcp:7946:interface=127.0.0.1 (overrides mesh.endpoint)."],
         ["node-id", None, None, "This node's id (overrides node.id)."],
         ["data-dir", None, None, "Data directory (overrides node.data_dir)."],
     ]
@@ -36,7 +40,12 @@ class Options(usage.Options):
     def overrides(self) -> dict[str, Any]:
         """The dotted config keys set on the command line."""
         found = {}
-        for option, key in (("http", "http.endpoint"), ("node-id", "node.id"), ("data-dir", "node.data_dir")):
+        for option, key in (
+            ("http", "http.endpoint"),
+            ("mesh", "mesh.endpoint"),
+            ("node-id", "node.id"),
+            ("data-dir", "node.data_dir"),
+        ):
             if self[option] is not None:
                 found[key] = self[option]
         return found
@@ -49,7 +58,7 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
-    """The node: a ``MultiService`` of named children (store, transport)."""
+    """The node: a ``MultiService`` of named children (store, mesh, transport)."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -62,7 +71,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     store.setName("store")
     store.setServiceParent(top)
 
-    api = build_api(cfg.api, store=store.store, clock=reactor, registry=registry)
+    site: EdgeSite | None = None
+
+    def load() -> int:
+        return site.open_connections if site is not None else 0
+
+    mesh = mesh_service.make_service(cfg.mesh, node=cfg.node, reactor=reactor, registry=registry, load=load)
+    mesh.setName("mesh")
+    mesh.setServiceParent(top)
+
+    api = build_api(
+        cfg.api, store=store.store, clock=reactor, registry=registry, extra_routes=mesh_routes(mesh.status)
+    )
     site = build_site(
         cfg.node,
         cfg.http,
@@ -72,6 +92,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         store_ready=lambda: store.ready,
         api=api.resource,
         children=lambda: list(top),
+        mesh_health=mesh.health,
     )
     transport = transport_service.make_service(cfg.http, reactor=reactor, site=site, background=api.service)
     transport.setName("transport")

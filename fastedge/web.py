@@ -54,10 +54,12 @@ def build_site(
     store_ready: Callable[[], bool],
     api: IResource,
     children: Callable[[], Iterable[IService]],
+    mesh_health: Callable[[], dict[str, Any]] | None = None,
 ) -> EdgeSite:
     """The node's Site.
 
     :param children: the node's child services, for ``/healthz``.
+    :param mesh_health: the mesh's summary, for ``/healthz``.
     """
     root = EdgeRoot()
     root.putChild(b"api", api)
@@ -70,6 +72,7 @@ def build_site(
             store=store,
             store_ready=store_ready,
             children=children,
+            mesh=mesh_health,
         ),
     )
     root.putChild(b"metrics", MetricsResource(registry))

@@ -34,3 +34,31 @@ class INodeMap(Interface):
             exception is logged and does not stop other observers).
         :returns: a no-argument callable that unsubscribes.
         """
+
+
+class ILink(Interface):
+    """This node's outgoing connection to one peer (``fastedge.mesh.peer.Link``).
+
+    It reconnects by itself (with backoff) until stopped, logs in on every
+    connection, and tells the membership when it is up or down.
+    """
+
+    peer_id = Attribute("The node id it connects to; ``None`` for a seed not yet reached.")
+    address = Attribute("``(host, port)`` it connects to.")
+    up = Attribute("Whether it is connected and logged in.")
+
+    def call(method, *args):  # type: ignore[misc,no-untyped-def]
+        """Call ``method`` on the peer's session.
+
+        :returns: a ``Deferred`` of the answer; it fails with
+            ``fastedge.mesh.peer.LinkDown`` when the link is not up.
+        """
+
+    def adopt(peer_id):  # type: ignore[misc,no-untyped-def]
+        """A seed link now knows its peer: later logins must prove this id."""
+
+    def abort(reason, detail):  # type: ignore[misc,no-untyped-def]
+        """Drop the current connection (it reconnects later)."""
+
+    def stop():  # type: ignore[misc]
+        """Stop for good; the ``Deferred`` fires once the connection is closed."""

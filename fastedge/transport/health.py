@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.logger import Logger
@@ -17,7 +18,8 @@ from ..store.model import ReadPreference
 
 
 class HealthResource(Resource):
-    """200 when the store answers, else 503; always lists the children.
+    """200 when the store answers, else 503; always lists the children
+    (and the mesh's peers by state).
 
     :param children: called per request, so it sees the node as it is now.
     """
@@ -34,12 +36,14 @@ class HealthResource(Resource):
         store: IStore,
         store_ready: Callable[[], bool],
         children: Callable[[], Iterable[IService]],
+        mesh: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self._node = {"nodeId": node_id, "deployment": deployment, "version": version}
         self._store = store
         self._store_ready = store_ready
         self._children = children
+        self._mesh = mesh
 
     def render_GET(self, request: Request) -> int:
         request.route = "/healthz"  # type: ignore[attr-defined]
@@ -48,6 +52,10 @@ class HealthResource(Resource):
         def answer(store_ok: bool, reason: str | None) -> None:
             body = dict(self._node, status="ok" if store_ok else "unavailable", children=children)
             body["store"] = {"usable": store_ok} if store_ok else {"usable": False, "reason": reason}
+            if self._mesh is not None:
+                # The mesh does not decide the status: a node cut off from
+                # its peers still serves its clients.
+                body["mesh"] = self._mesh()
             request.setHeader(b"cache-control", b"no-store")
             write_json(request, 200 if store_ok else 503, encode(body))
 

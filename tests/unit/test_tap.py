@@ -21,11 +21,14 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options.config.store.backend, "sqlite")
 
     def test_overrides(self) -> None:
-        """--http, --node-id and --data-dir override the file."""
+        """--http, --mesh, --node-id and --data-dir override the file."""
         options = Options()
-        options.parseOptions(["--http", "tcp:0", "--node-id", "edge-1", "--data-dir", "/srv/fe"])
+        options.parseOptions(["--http", "tcp:0", "--mesh", "tcp:7000", "--node-id", "edge-1", "--data-dir", "/srv/fe"])
         cfg = options.config
-        self.assertEqual((cfg.http.endpoint, cfg.node.id, cfg.node.data_dir), ("tcp:0", "edge-1", "/srv/fe"))
+        self.assertEqual(
+            (cfg.http.endpoint, cfg.mesh.endpoint, cfg.node.id, cfg.node.data_dir),
+            ("tcp:0", "tcp:7000", "edge-1", "/srv/fe"),
+        )
 
     def test_bad_config_is_a_usage_error(self) -> None:
         """A bad config file fails option parsing (before twistd daemonizes or
@@ -53,7 +56,7 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_named_children(self) -> None:
         """The node is a MultiService of named children, store first."""
-        self.assertEqual([c.name for c in self.top], ["store", "transport"])
+        self.assertEqual([c.name for c in self.top], ["store", "mesh", "transport"])
 
     def test_transport_listens(self) -> None:
         """The transport binds the configured endpoint (with an explicit
@@ -65,3 +68,19 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual((port, backlog, interface), (8080, 1024, "127.0.0.1"))
         self.assertIsInstance(factory, EdgeSite)
         self.successResultOf(transport.stopService())
+
+    def test_mesh_listens_apart_from_http(self) -> None:
+        """The mesh binds its own endpoint (7946 on loopback by default), with
+        TLS in front of Perspective Broker; the public HTTP port never
+        serves PB."""
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from fastedge.mesh.broker import MeshServerFactory
+
+        mesh = self.top.getServiceNamed("mesh")
+        mesh.privilegedStartService()
+        ((port, factory, backlog, interface),) = self.reactor.tcpServers
+        self.assertEqual((port, interface), (7946, "127.0.0.1"))
+        self.assertIsInstance(factory, TLSMemoryBIOFactory)
+        self.assertIsInstance(factory.wrappedFactory, MeshServerFactory)
+        self.successResultOf(mesh.stopService())

@@ -1,0 +1,287 @@
+# -*- test-case-name: tests.unit.mesh.test_broker -*-
+"""The PB broker of mesh connections, with the limits a faulty peer meets.
+
+A peer that sends a type outside :data:`~fastedge.mesh.messages.MESH_SECURITY`
+or a message that does not validate, a message larger than
+``mesh.max_message_bytes``, more than ``mesh.max_calls_per_second`` calls
+(bursts of twice as many), anything PB cannot parse, or that does not log in
+within ``mesh.connect_timeout_seconds``, is disconnected at once
+(``abortConnection``: nothing more is read from it or written to it). Each
+case is logged with the peer and the reason and counted in
+``fastedge_mesh_peer_disconnects_total``; other peers are not affected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.spread import jelly, pb
+
+from .messages import MESH_SECURITY, BadMessage, Refused
+from .metrics import MeshMetrics
+
+__all__ = ["Limits", "MeshBroker", "MeshClientFactory", "MeshServerFactory", "tls_error_text"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a peer may do on one connection."""
+
+    max_message_bytes: int = 1024 * 1024
+    max_calls_per_second: int = 5000
+    max_pending_calls: int = 10_000
+    #: TCP, TLS, PB negotiation and login must be done within this.
+    login_timeout_seconds: float = 2.0
+
+
+def tls_error_text(reason: Failure) -> str | None:
+    """OpenSSL's reasons from a TLS failure (``"tlsv1 alert unknown ca"``),
+    or ``None`` when the failure is not a TLS error."""
+    if not reason.check(SSL.Error):
+        return None
+    args = reason.value.args
+    parts = []
+    if args and isinstance(args[0], list):
+        for item in args[0]:
+            if isinstance(item, tuple) and item:
+                parts.append(str(item[-1]))
+    return "; ".join(parts) or str(reason.value)
+
+
+class MeshBroker(pb.Broker):  # type: ignore[misc]
+    """A PB broker that enforces :class:`Limits` and reports misbehaviour.
+
+    :ivar peer_id: the peer's node id once it logged in (or, on the
+        client side, once the server proved who it is).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        isClient: bool,
+        *,
+        limits: Limits,
+        clock: IReactorTime,
+        metrics: MeshMetrics,
+        address: IAddress | None = None,
+    ) -> None:
+        super().__init__(isClient, MESH_SECURITY)
+        self.limits = limits
+        self._clock = clock
+        self._metrics = metrics
+        self.address = address
+        self.peer_id: str | None = None
+        self.logged_in_at: float | None = None
+        self._partial_bytes = 0
+        self._tokens = float(2 * limits.max_calls_per_second)
+        self._tokens_at = 0.0
+        self._login_timer: IDelayedCall | None = None
+        self._tls_refusal: str | None = None
+        self.violated: str | None = None
+        self._closed_waiters: list[Callable[[], None]] = []
+
+    # Identity and logging
+
+    def describe(self) -> str:
+        """The peer, for log lines: its id once known, else its address."""
+        if self.peer_id is not None:
+            return self.peer_id
+        host = getattr(self.address, "host", None)
+        port = getattr(self.address, "port", None)
+        return "{}:{}".format(host, port) if host is not None else "an unidentified peer"
+
+    def tls_refused(self, reason: str) -> None:
+        """Called by the TLS verify callback when the peer's certificate is
+        refused (the reason is logged when the connection closes)."""
+        self._tls_refusal = reason
+
+    def logged_in(self, peer_id: str) -> None:
+        """The peer proved who it is: no more login deadline."""
+        self.peer_id = peer_id
+        self.logged_in_at = self._clock.seconds()
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
+
+    # Connection life
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._tokens_at = self._clock.seconds()
+        self._login_timer = self._clock.callLater(self.limits.login_timeout_seconds, self._login_timed_out)
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        self.violation("login_timeout", "not logged in within {} s".format(self.limits.login_timeout_seconds))
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
+        if self.logged_in_at is None and self.violated is None:
+            tls = tls_error_text(reason)
+            if self._tls_refusal is not None or tls is not None:
+                detail = self._tls_refusal or tls
+                self._metrics.refused.labels("tls").inc()
+                self._log.warn(
+                    "mesh connection {direction} {peer} refused in the TLS handshake: {detail}",
+                    direction="to" if self.isClient else "from",
+                    peer=self.describe(),
+                    detail=detail,
+                )
+        super().connectionLost(reason)
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for waiter in waiters:
+            waiter()
+
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the connection is closed (at once if it is)."""
+        if self.disconnected:
+            callback()
+        else:
+            self._closed_waiters.append(callback)
+
+    def violation(self, reason: str, detail: str) -> None:
+        """The peer broke the rules: log, count and drop the connection."""
+        if self.violated is not None:
+            return
+        self.violated = reason
+        self._metrics.disconnects.labels(reason).inc()
+        self._log.warn(
+            "mesh peer {peer} disconnected ({reason}): {detail}",
+            peer=self.describe(),
+            reason=reason,
+            detail=detail,
+        )
+        transport = self.transport
+        if transport is not None:
+            abort = getattr(transport, "abortConnection", None)
+            if abort is not None:
+                abort()
+            else:
+                transport.loseConnection()
+
+    # Incoming data
+
+    def dataReceived(self, chunk: bytes) -> None:
+        if self.violated is not None:
+            return
+        try:
+            super().dataReceived(chunk)
+        except Exception as e:
+            # Banana and PB raise out of dataReceived for input they cannot
+            # parse (a bad prefix, an unknown answer id, a type jelly refuses
+            # in an answer): the stream cannot be trusted any more.
+            self.violation("protocol", "{}: {}".format(type(e).__name__, e))
+            return
+        if self.violated is not None:
+            return
+        if self.listStack:
+            # Part of a message is buffered: bound what one message may take.
+            self._partial_bytes += len(chunk)
+            if self._partial_bytes > self.limits.max_message_bytes:
+                self.violation(
+                    "oversized", "a message larger than {} bytes".format(self.limits.max_message_bytes)
+                )
+        else:
+            self._partial_bytes = 0
+
+    def unserialize(self, sexp: Any, perspective: Any = None) -> Any:
+        try:
+            return super().unserialize(sexp, perspective)
+        except jelly.InsecureJelly as e:
+            self.violation("insecure_type", "refused type: {}".format(e))
+            raise Refused("type not accepted") from None
+        except BadMessage as e:
+            self.violation("bad_message", str(e))
+            raise Refused("bad message") from None
+        except Exception as e:
+            self.violation("bad_message", "{}: {}".format(type(e).__name__, e))
+            raise Refused("bad message") from None
+
+    def _take_call_token(self) -> bool:
+        now = self._clock.seconds()
+        rate = self.limits.max_calls_per_second
+        self._tokens = min(2.0 * rate, self._tokens + max(0.0, now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            self.violation("call_rate", "more than {} calls per second".format(rate))
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def proto_message(self, *args: Any) -> None:
+        if self.violated is None and self._take_call_token():
+            super().proto_message(*args)
+
+    def proto_cachemessage(self, *args: Any) -> None:
+        # The mesh has no cacheables: a cached-object message is a protocol error.
+        self.violation("protocol", "cachemessage is not used by the mesh")
+
+    def proto_didNotUnderstand(self, command: Any) -> None:
+        self.violation("protocol", "the peer did not understand {!r}".format(command))
+
+    # Outgoing calls
+
+    def pending_calls(self) -> int:
+        """Calls sent on this connection still awaiting an answer."""
+        return len(self.waitingForAnswers or ())
+
+
+class MeshServerFactory(pb.PBServerFactory):  # type: ignore[misc]
+    """Builds a :class:`MeshBroker` per incoming connection, and keeps them
+    so a stopping node can close them all and wait."""
+
+    def __init__(self, root: Any, *, limits: Limits, clock: IReactorTime, metrics: MeshMetrics) -> None:
+        super().__init__(root, unsafeTracebacks=False, security=MESH_SECURITY)
+        self.limits = limits
+        self.clock = clock
+        self.metrics = metrics
+        self.brokers: set[MeshBroker] = set()
+
+    def buildProtocol(self, addr: IAddress) -> MeshBroker:
+        proto = MeshBroker(False, limits=self.limits, clock=self.clock, metrics=self.metrics, address=addr)
+        proto.factory = self
+        proto.setNameForLocal("root", self.root.rootObject(proto))
+        self.brokers.add(proto)
+        proto.when_closed(lambda: self.brokers.discard(proto))
+        return proto
+
+
+class MeshClientFactory(pb.PBClientFactory):  # type: ignore[misc]
+    """Builds the :class:`MeshBroker` of an outgoing link; ``on_ready`` is
+    called with it once PB is negotiated (TLS is up by then), ``on_closed``
+    once its connection is closed."""
+
+    def __init__(
+        self,
+        *,
+        limits: Limits,
+        clock: IReactorTime,
+        metrics: MeshMetrics,
+        on_ready: Callable[[MeshBroker], None],
+        on_closed: Callable[[MeshBroker], None] = lambda broker: None,
+    ) -> None:
+        super().__init__(unsafeTracebacks=False, security=MESH_SECURITY)
+        self.limits = limits
+        self.clock = clock
+        self.metrics = metrics
+        self._on_ready = on_ready
+        self._on_closed = on_closed
+
+    def buildProtocol(self, addr: IAddress) -> MeshBroker:
+        proto = MeshBroker(True, limits=self.limits, clock=self.clock, metrics=self.metrics, address=addr)
+        proto.factory = self
+        proto.when_closed(lambda: self._on_closed(proto))
+        return proto
+
+    def clientConnectionMade(self, broker: MeshBroker) -> None:
+        super().clientConnectionMade(broker)
+        self._on_ready(broker)

@@ -1,0 +1,377 @@
+# -*- test-case-name: tests.unit.mesh.test_peer -*-
+"""The two ends of a mesh link in PB terms.
+
+Every node has one outgoing :class:`Link` to every other node, and
+receives one from each. A link logs in to the peer's gate and gets a
+session, the peer's :class:`PeerAvatar`; the calling node makes every
+call (heartbeats, probes, member lists, goodbyes, relay subscriptions)
+over its own link, and the peer calls back over the same connection
+through the :class:`LinkMind` the link handed over at login (the live
+events it relays).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.spread import pb
+from zope.interface import implementer
+
+from .broker import Limits, MeshBroker, MeshClientFactory
+from .interfaces import ILink
+from .messages import Announcement, BadMessage, Refused, check_node_id
+from .metrics import MeshMetrics
+from .tls import name_mismatch, peer_certificate
+
+__all__ = ["Link", "LinkDown", "LinkMind", "PeerAvatar"]
+
+
+class LinkDown(Exception):
+    """A call on a link that is not connected and logged in."""
+
+
+def _is_int(value: Any, low: int = 0, high: int = 2**63 - 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+class PeerAvatar(pb.Avatar):  # type: ignore[misc]
+    """A logged-in peer, as this node serves it.
+
+    Every call counts as hearing from the peer; calls from an incarnation
+    that has since been superseded are refused and close the connection.
+
+    :param node: the mesh node (``fastedge.mesh.service.MeshNode``) whose
+        membership and relay answer the calls.
+    """
+
+    _log = Logger()
+
+    def __init__(self, node_id: str, mind: Any, node: Any) -> None:
+        self.node_id = node_id
+        self.mind = mind
+        self.incarnation = -1
+        self.broker: MeshBroker | None = None
+        self._node = node
+
+    def attach(self, broker: MeshBroker, incarnation: int) -> None:
+        """Bind the session to its connection and the incarnation that logged in."""
+        self.broker = broker
+        self.incarnation = incarnation
+
+    def logout(self) -> None:
+        """The connection closed."""
+        self._node.session_closed(self)
+
+    def _bad(self, detail: str) -> Refused:
+        if self.broker is not None:
+            self.broker.violation("bad_message", detail)
+        return Refused("bad message")
+
+    def perspectiveMessageReceived(self, broker: Any, message: str, args: Any, kw: Any) -> Any:
+        metrics: MeshMetrics = self._node.metrics
+        method = getattr(self, "perspective_" + message, None)
+        metrics.calls.labels(message if method is not None else "unknown").inc()
+        membership = self._node.membership
+        peer = membership.heard_from(self.node_id, self.incarnation)
+        if peer is None:
+            # A superseded (or departed) incarnation: this connection is stale.
+            if self.broker is not None and self.broker.transport is not None:
+                self.broker.transport.loseConnection()
+            raise Refused("stale session: incarnation {} of {} is not current".format(self.incarnation, self.node_id))
+        return super().perspectiveMessageReceived(broker, message, args, kw)
+
+    # Membership
+
+    def perspective_ping(self, nonce: Any, load: Any, digest: Any) -> tuple[int, int, str]:
+        """A heartbeat: answers ``(nonce, this node's load, digest)``."""
+        if not _is_int(nonce) or not _is_int(load) or not isinstance(digest, str) or len(digest) > 64:
+            raise self._bad("a heartbeat must be (nonce, load, digest)")
+        membership = self._node.membership
+        peer = membership.current(self.node_id, self.incarnation)
+        my_load, my_digest = membership.pinged(peer, load, digest)
+        return nonce, my_load, my_digest
+
+    def perspective_members(self) -> list[tuple[Announcement, str]]:
+        """Every node this node knows, with its state here."""
+        return self._node.membership.members()  # type: ignore[no-any-return]
+
+    def perspective_probe(self, node_id: Any, incarnation: Any) -> float | None:
+        """Seconds since this node last heard from that node itself."""
+        try:
+            check_node_id(node_id)
+        except BadMessage as e:
+            raise self._bad(str(e)) from None
+        if not _is_int(incarnation):
+            raise self._bad("an incarnation must be an integer")
+        return self._node.membership.probe_answer(node_id, incarnation)  # type: ignore[no-any-return]
+
+    def perspective_announce(self, announcement: Any) -> None:
+        """The peer's new announcement of itself."""
+        if not isinstance(announcement, Announcement):
+            raise self._bad("an announcement is expected")
+        self._node.membership.announced(self.node_id, announcement)
+        if announcement.incarnation > self.incarnation:
+            self.incarnation = announcement.incarnation
+
+    def perspective_leave(self) -> None:
+        """The peer stops cleanly."""
+        self._log.info("mesh: {node} is leaving", node=self.node_id)
+        self._node.membership.left(self.node_id, self.incarnation)
+
+    # Relay (fastedge.mesh.relay)
+
+    def perspective_follow(self, channels: Any) -> Any:
+        """Follow channels this node sequences (with the positions the peer has)."""
+        return self._node.relay_call(self, "follow", channels)
+
+    def perspective_unfollow(self, channels: Any) -> Any:
+        """Stop following channels."""
+        return self._node.relay_call(self, "unfollow", channels)
+
+    def perspective_publish(self, event: Any, hops: Any) -> Any:
+        """A local write of the peer, for this node to sequence."""
+        return self._node.relay_call(self, "publish", event, hops)
+
+
+class LinkMind(pb.Referenceable):  # type: ignore[misc]
+    """What a peer may call back on this node over this node's link to it."""
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+
+    def remoteMessageReceived(self, broker: Any, message: str, args: Any, kw: Any) -> Any:
+        link = self._link
+        if broker is not link.broker or link.peer_id is None:
+            raise Refused("not logged in")
+        membership = link.node.membership
+        if membership.heard_from(link.peer_id, link.peer_incarnation) is None:
+            raise Refused("stale link")
+        link.node.metrics.calls.labels("cb_" + message).inc()
+        return super().remoteMessageReceived(broker, message, args, kw)
+
+    def remote_events(self, events: Any) -> Any:
+        """Stamped live events of channels this node follows at the peer."""
+        return self._link.node.relay_call_back(self._link, "events", events)
+
+
+@implementer(ILink)
+class Link:
+    """This node's connection to one peer, reconnecting with backoff.
+
+    One ``ClientService`` per peer (Twisted's reconnecting client); after
+    every connection the link logs in, checks that the peer's certificate
+    names the node it says it is (and the node this link is for), and
+    reports to the membership. A refused login backs off like a failed
+    connection.
+
+    :param peer_id: the node this link is for; ``None`` for a seed.
+    :param node: the mesh node (membership, metrics, relay).
+    :param endpoint: the TLS client endpoint to the peer.
+    :param policy: the backoff policy (seconds to wait before attempt N).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        *,
+        peer_id: str | None,
+        address: tuple[str, int],
+        node: Any,
+        endpoint: IStreamClientEndpoint,
+        clock: IReactorTime,
+        limits: Limits,
+        policy: Callable[[int], float],
+    ) -> None:
+        self.peer_id = peer_id
+        self.address = address
+        self.node = node
+        self.peer_incarnation = -1
+        self.broker: MeshBroker | None = None
+        self.session: pb.RemoteReference | None = None
+        self.up = False
+        self._clock = clock
+        self._limits = limits
+        self._refusals = 0
+        self._stopped = False
+        self._mind = LinkMind(self)
+        self._attempting = False
+        self._factory = MeshClientFactory(
+            limits=limits, clock=clock, metrics=node.metrics, on_ready=self._negotiated, on_closed=self._closed
+        )
+        self.service = ClientService(
+            _CountingEndpoint(endpoint, self),
+            self._factory,
+            retryPolicy=lambda attempt: policy(attempt + self._refusals),
+            clock=clock,
+        )
+
+    def __repr__(self) -> str:
+        return "<Link to {} at {}:{}{}>".format(self.peer_id or "seed", self.address[0], self.address[1], " up" if self.up else "")
+
+    def start(self) -> None:
+        """Start connecting."""
+        self.node.metrics.links.labels("connecting").inc()
+        self.service.startService()
+
+    def adopt(self, peer_id: str) -> None:
+        self.peer_id = peer_id
+
+    # A connection attempt counts as work in flight (Membership.busy) from
+    # the connect until the login is decided or the connection is lost.
+
+    def attempt_started(self) -> None:
+        """A connection attempt begins."""
+        if not self._attempting:
+            self._attempting = True
+            self.node.membership.busy(1)
+
+    def attempt_done(self) -> None:
+        """The attempt ended (logged in, refused, or failed)."""
+        if self._attempting:
+            self._attempting = False
+            self.node.membership.busy(-1)
+
+    def _closed(self, broker: MeshBroker) -> None:
+        if broker.logged_in_at is None:
+            self.attempt_done()
+
+    def _negotiated(self, broker: MeshBroker) -> None:
+        """PB is negotiated on a new connection: log in."""
+        if self._stopped:
+            broker.transport.loseConnection()
+            return
+        root = broker.remoteForName("root")
+        d = root.callRemote("join", self.node.membership.me, self._mind)
+        d.addCallbacks(self._joined, self._refused, callbackArgs=(broker,), errbackArgs=(broker,))
+        d.addBoth(lambda _: self.attempt_done())
+
+    def _joined(self, answer: Any, broker: MeshBroker) -> None:
+        if (
+            not isinstance(answer, (list, tuple))
+            or len(answer) != 3
+            or not isinstance(answer[0], pb.RemoteReference)
+            or not isinstance(answer[1], Announcement)
+        ):
+            broker.violation("bad_message", "a malformed login answer")
+            return
+        session, announcement, members = answer
+        node_id = announcement.node_id
+        reason = name_mismatch(peer_certificate(broker.transport), node_id)
+        if reason is None and self.peer_id is not None and node_id != self.peer_id:
+            reason = "expected {}, reached {}".format(self.peer_id, node_id)
+        if reason is not None:
+            self.node.metrics.refused.labels("name_mismatch").inc()
+            self._log.warn(
+                "mesh link to {host}:{port} refused the peer: {reason}",
+                host=self.address[0],
+                port=self.address[1],
+                reason=reason,
+            )
+            self._refusals += 1
+            broker.transport.loseConnection()
+            return
+        if self._stopped or broker.disconnected:
+            return
+        self._refusals = 0
+        broker.logged_in(node_id)
+        self.broker = broker
+        self.session = session
+        self.peer_incarnation = announcement.incarnation
+        self.up = True
+        self.node.metrics.links.labels("connecting").dec()
+        self.node.metrics.links.labels("up").inc()
+        broker.notifyOnDisconnect(lambda: self._disconnected(broker))
+        self._log.info("mesh link to {peer} is up", peer=node_id)
+        try:
+            self.node.membership.link_up(self, announcement, members)
+        except BadMessage as e:
+            broker.violation("bad_message", str(e))
+
+    def _refused(self, failure: Failure, broker: MeshBroker) -> None:
+        message = failure.getErrorMessage()
+        if isinstance(failure.value, pb.PBConnectionLost) or broker.disconnected:
+            # The connection failed during login (a TLS refusal is logged by
+            # the broker); the ClientService reconnects.
+            self._refusals += 1
+            return
+        self._refusals += 1
+        self._log.warn(
+            "mesh link to {peer} at {host}:{port}: login refused: {reason}",
+            peer=self.peer_id or "a seed",
+            host=self.address[0],
+            port=self.address[1],
+            reason=message,
+        )
+        if message.startswith("self:"):
+            # A seed that is this node itself: nothing to join.
+            self.stop()
+            return
+        broker.transport.loseConnection()
+
+    def _disconnected(self, broker: MeshBroker) -> None:
+        if broker is not self.broker:
+            return
+        self.broker = None
+        self.session = None
+        if self.up:
+            self.up = False
+            self.node.metrics.links.labels("up").dec()
+            if not self._stopped:
+                self.node.metrics.links.labels("connecting").inc()
+            self._log.info("mesh link to {peer} is down", peer=self.peer_id)
+            self.node.membership.link_down(self)
+
+    def call(self, method: str, *args: Any) -> Deferred[Any]:
+        """Call ``method`` on the peer's session; see :class:`ILink`."""
+        broker, session = self.broker, self.session
+        if not self.up or broker is None or session is None:
+            return fail(LinkDown(self.peer_id))
+        if broker.pending_calls() >= self._limits.max_pending_calls:
+            self.abort("unanswered", "{} calls awaiting an answer".format(broker.pending_calls()))
+            return fail(LinkDown(self.peer_id))
+        return session.callRemote(method, *args)  # type: ignore[no-any-return]
+
+    def abort(self, reason: str, detail: str) -> None:
+        if self.broker is not None:
+            self.broker.violation(reason, detail)
+
+    def stop(self) -> Deferred[None]:
+        if self._stopped:
+            return succeed(None)
+        self._stopped = True
+        was_up = self.up
+        if not was_up:
+            self.node.metrics.links.labels("connecting").dec()
+        d: Deferred[None] = self.service.stopService()
+        return d
+
+
+@implementer(IStreamClientEndpoint)
+class _CountingEndpoint:
+    """Tells the link when a connection attempt starts, and when it fails
+    before a connection exists."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, link: Link) -> None:
+        self._endpoint = endpoint
+        self._link = link
+
+    def __repr__(self) -> str:
+        return repr(self._link)
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self._link.attempt_started()
+        d = self._endpoint.connect(factory)
+
+        def failed(f: Failure) -> Failure:
+            self._link.attempt_done()
+            return f
+
+        d.addErrback(failed)
+        return d

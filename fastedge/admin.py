@@ -5,6 +5,10 @@
 first API key, talking to the same store the node uses (with the same
 ``--config`` and ``--data-dir``); SQLite's locking lets it write while the
 node runs.
+
+``fastedge-admin certs ca`` creates the mesh's cluster CA, and
+``fastedge-admin certs node NODE_ID`` a node certificate signed by it
+(``docs/mesh.md``, "Certificates").
 """
 
 from __future__ import annotations
@@ -41,7 +45,77 @@ def _parser() -> argparse.ArgumentParser:
     key = tsub.add_parser("add-key", help="create another API key for a tenant")
     key.add_argument("tenant_id")
     key.add_argument("--json", action="store_true", help="print JSON")
+    certs = sub.add_parser("certs", help="the mesh's cluster CA and node certificates")
+    csub = certs.add_subparsers(dest="action", required=True)
+    ca = csub.add_parser("ca", help="create the cluster CA (mesh.ca_file, and ca.key beside it)")
+    ca.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")
+    ca.add_argument("--force", action="store_true", help="replace an existing CA (every node needs new certificates)")
+    node = csub.add_parser(
+        "node",
+        help="create a node certificate signed by the cluster CA",
+        description="For this node's id the certificate goes to mesh.cert_file and mesh.key_file; "
+        "for another node to NODE_ID.pem and NODE_ID.key in --out (copy them and the CA "
+        "certificate, never ca.key, to that node).",
+    )
+    node.add_argument("node_id")
+    node.add_argument("--out", help="directory for NODE_ID.pem and NODE_ID.key")
+    node.add_argument("--ca-key", help="the CA's private key (default: ca.key beside mesh.ca_file)")
+    node.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    node.add_argument("--force", action="store_true", help="replace existing files")
     return p
+
+
+def _certs(args: argparse.Namespace, cfg: EdgeConfig) -> None:
+    """``certs ca`` and ``certs node``: files only, no store, no reactor."""
+    from .config import _dns_label
+    from .mesh.tls import create_ca, create_node_certificate, write_file
+
+    def refuse(message: str) -> None:
+        print("fastedge-admin: {}".format(message), file=sys.stderr)
+        raise SystemExit(1)
+
+    if not 0 < args.days <= 36500:
+        refuse("--days must be from 1 to 36500")
+    ca_file = cfg.mesh.ca_file
+    ca_key = os.path.join(os.path.dirname(ca_file), "ca.key")
+    if args.action == "ca":
+        for path in (ca_file, ca_key):
+            if os.path.exists(path) and not args.force:
+                refuse("{} exists (--force replaces it, and every node then needs a new certificate)".format(path))
+        cert, key = create_ca(days=args.days)
+        write_file(ca_key, key, private=True)
+        write_file(ca_file, cert, private=False)
+        print("cluster CA certificate: {}".format(ca_file))
+        print("cluster CA key: {} (keep it off the nodes once they have certificates)".format(ca_key))
+        return
+    node_id = args.node_id
+    reason = _dns_label(node_id) if node_id else "must not be empty"
+    if reason is not None:
+        refuse("node id {!r}: {}".format(node_id, reason))
+    key_path = args.ca_key or ca_key
+    try:
+        with open(ca_file, "rb") as f:
+            ca_cert_pem = f.read()
+        with open(key_path, "rb") as f:
+            ca_key_pem = f.read()
+    except OSError as e:
+        refuse("cannot read the cluster CA ({}: {}); create it with `fastedge-admin certs ca`".format(e.filename, e.strerror))
+    if args.out is None and node_id == cfg.node.id:
+        cert_path, key_out = cfg.mesh.cert_file, cfg.mesh.key_file
+    else:
+        out = args.out or "."
+        cert_path, key_out = os.path.join(out, node_id + ".pem"), os.path.join(out, node_id + ".key")
+    for path in (cert_path, key_out):
+        if os.path.exists(path) and not args.force:
+            refuse("{} exists (--force replaces it)".format(path))
+    try:
+        cert, key = create_node_certificate(node_id, ca_cert_pem, ca_key_pem, days=args.days)
+    except (ValueError, TypeError) as e:
+        refuse("the cluster CA in {} and {} is not usable: {}".format(ca_file, key_path, e))
+    write_file(key_out, key, private=True)
+    write_file(cert_path, cert, private=False)
+    print("node certificate for {}: {}".format(node_id, cert_path))
+    print("node key: {}".format(key_out))
 
 
 def _open_store(reactor: Any, cfg: EdgeConfig) -> tuple[Any, ThreadPool]:
@@ -122,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as e:
         print("fastedge-admin: config error: {}".format(e), file=sys.stderr)
         raise SystemExit(2) from None
+    if args.area == "certs":
+        _certs(args, cfg)
+        return
 
     def run(reactor: Any) -> Deferred[Any]:
         d = _run(reactor, args, cfg)

@@ -235,8 +235,9 @@ class MeshConfig:
     forget_dead_seconds: float = _checked(3600.0, _positive)
     #: The load a node announces (its live connections) is sampled this often.
     load_report_seconds: float = _checked(5.0, _positive)
-    #: A message from a peer larger than this closes its connection.
-    max_message_bytes: int = _checked(1024 * 1024, _at_least(4096))
+    #: A message from a peer larger than this (counted to within one network
+    #: read, at most 32 KiB) closes its connection.
+    max_message_bytes: int = _checked(1024 * 1024, _at_least(65536))
     #: Calls a peer may make per second (bursts of twice as many); a peer
     #: over the limit is disconnected.
     max_calls_per_second: int = _checked(5000, _positive)

@@ -836,6 +836,8 @@ class MemoryMesh:
         certs: dict[str, str] | None = None,
         monotonic_offset: float = 0.0,
         load: Callable[[], int] = lambda: 0,
+        avatar_class: Any = None,
+        identity: Any = None,
         **mesh_overrides: Any,
     ) -> Any:
         """Make (and start) node ``node_id``.
@@ -845,6 +847,10 @@ class MemoryMesh:
             from the test CA, written once per node).
         :param monotonic_offset: added to the node's monotonic clock (a
             node whose clock reads very differently).
+        :param avatar_class: the sessions it serves peers with (a scripted
+            misbehaving one, for fault tests).
+        :param identity: a ready ``MeshIdentity`` (an impostor's, say)
+            instead of the certificate files.
         """
         from .config import MeshConfig, NodeConfig
         from .mesh.service import make_service
@@ -882,7 +888,10 @@ class MemoryMesh:
             listen_endpoint=self.network.server_endpoint(self.host(node_id)),
             client_endpoint=self.network.client_endpoints(self.host(node_id)),
             jitter=lambda: 0.0,
+            identity=identity,
         )
+        if avatar_class is not None:
+            service.avatar_class = avatar_class
         self.nodes[node_id] = service
         self.registries[node_id] = registry
         if start:

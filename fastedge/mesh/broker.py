@@ -80,6 +80,7 @@ class MeshBroker(pb.Broker):  # type: ignore[misc]
         self.peer_id: str | None = None
         self.logged_in_at: float | None = None
         self._partial_bytes = 0
+        self._completed = False
         self._tokens = float(2 * limits.max_calls_per_second)
         self._tokens_at = 0.0
         self._login_timer: IDelayedCall | None = None
@@ -173,6 +174,7 @@ class MeshBroker(pb.Broker):  # type: ignore[misc]
     def dataReceived(self, chunk: bytes) -> None:
         if self.violated is not None:
             return
+        self._completed = False
         try:
             super().dataReceived(chunk)
         except Exception as e:
@@ -183,15 +185,22 @@ class MeshBroker(pb.Broker):  # type: ignore[misc]
             return
         if self.violated is not None:
             return
-        if self.listStack:
-            # Part of a message is buffered: bound what one message may take.
-            self._partial_bytes += len(chunk)
-            if self._partial_bytes > self.limits.max_message_bytes:
-                self.violation(
-                    "oversized", "a message larger than {} bytes".format(self.limits.max_message_bytes)
-                )
-        else:
+        if not self.listStack and not self.buffer:
             self._partial_bytes = 0
+            return
+        # Part of a message is buffered. Bound what one message may take:
+        # its bytes are counted to within one read (a message that ended in
+        # this read counts the whole read against the next one).
+        if self._completed:
+            self._partial_bytes = len(chunk)
+        else:
+            self._partial_bytes += len(chunk)
+        if self._partial_bytes > self.limits.max_message_bytes:
+            self.violation("oversized", "a message larger than {} bytes".format(self.limits.max_message_bytes))
+
+    def callExpressionReceived(self, obj: Any) -> None:
+        self._completed = True
+        super().callExpressionReceived(obj)
 
     def unserialize(self, sexp: Any, perspective: Any = None) -> Any:
         try:

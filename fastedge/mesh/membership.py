@@ -400,13 +400,17 @@ class Membership:
             if announcement.incarnation < peer.announcement.incarnation:
                 self.metrics.refused.labels("stale").inc()
                 raise Refused(
-                    "stale: incarnation {} of {} is superseded by {}".format(
+                    "stale: incarnation {} of {} is superseded [incarnation={}]".format(
                         announcement.incarnation, node_id, peer.announcement.incarnation
                     )
                 )
             if announcement.incarnation == peer.announcement.incarnation and peer.state is NodeState.LEAVING:
                 self.metrics.refused.labels("leaving").inc()
-                raise Refused("left: incarnation {} of {} has left".format(announcement.incarnation, node_id))
+                raise Refused(
+                    "left: incarnation {} of {} has left [incarnation={}]".format(
+                        announcement.incarnation, node_id, announcement.incarnation
+                    )
+                )
         peer = self._observe(announcement, direct=True)
         assert peer is not None
         peer.sessions.add(session)
@@ -505,6 +509,21 @@ class Membership:
                 self._refute(announcement)
                 continue
             self._observe(announcement, direct=False, reported=_STATES[state])
+
+    def superseded(self, incarnation: int) -> None:
+        """A peer refused this node's login: it knows a life of this node at
+        ``incarnation`` that is newer or has left. Move above it."""
+        if incarnation >= self.me.incarnation:
+            self._refute(self.me.replace(incarnation=incarnation, mesh_port=0))
+
+    def retry_cap(self, peer_id: str | None) -> float | None:
+        """The longest wait between reconnects to ``peer_id``: a heartbeat
+        while it may be alive (a link that flaps comes back before the peer
+        looks suspect), the configured backoff once it is DEAD."""
+        peer = self.peers.get(peer_id) if peer_id is not None else None
+        if peer is not None and peer.state in (NodeState.DEAD, NodeState.LEAVING):
+            return None
+        return self.timing.heartbeat
 
     def _refute(self, news: Announcement) -> None:
         """News of this node itself: a previous life at least as recent as

@@ -12,6 +12,7 @@ events it relays).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,9 @@ from .metrics import MeshMetrics
 from .tls import name_mismatch, peer_certificate
 
 __all__ = ["Link", "LinkDown", "LinkMind", "PeerAvatar"]
+
+
+_KNOWN_INCARNATION = re.compile(r"\[incarnation=(\d+)\]")
 
 
 class LinkDown(Exception):
@@ -208,9 +212,16 @@ class Link:
         self.service = ClientService(
             _CountingEndpoint(endpoint, self),
             self._factory,
-            retryPolicy=lambda attempt: policy(attempt + self._refusals),
+            retryPolicy=lambda attempt: self._retry_delay(policy, attempt),
             clock=clock,
         )
+
+    def _retry_delay(self, policy: Callable[[int], float], attempt: int) -> float:
+        delay = policy(attempt + self._refusals)
+        cap = self.node.membership.retry_cap(self.peer_id)
+        if cap is not None and not self._refusals:
+            delay = min(delay, cap)
+        return delay
 
     def __repr__(self) -> str:
         return "<Link to {} at {}:{}{}>".format(self.peer_id or "seed", self.address[0], self.address[1], " up" if self.up else "")
@@ -313,6 +324,11 @@ class Link:
             # A seed that is this node itself: nothing to join.
             self.stop()
             return
+        known = _KNOWN_INCARNATION.search(message)
+        if known is not None and message.startswith(("stale:", "left:")):
+            # The peer knows a newer (or departed) life of this node.
+            self.node.membership.superseded(int(known.group(1)))
+            self._refusals = 0
         broker.transport.loseConnection()
 
     def _disconnected(self, broker: MeshBroker) -> None:

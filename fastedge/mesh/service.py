@@ -93,6 +93,9 @@ class MeshService(Service):
 
     _log = Logger()
 
+    #: Makes the session of a logged-in peer (tests put scripted ones here).
+    avatar_class: type[PeerAvatar] = PeerAvatar
+
     def __init__(
         self,
         cfg: MeshConfig,
@@ -107,8 +110,10 @@ class MeshService(Service):
         client_endpoint: Callable[[str, int], IStreamClientEndpoint],
         version: str = __version__,
         jitter: Callable[[], float] | None = None,
+        identity: MeshIdentity | None = None,
     ) -> None:
         self.cfg = cfg
+        self._given_identity = identity
         self.node = node
         self.reactor = reactor
         self.clock = clock
@@ -144,6 +149,8 @@ class MeshService(Service):
         return os.path.join(self.node.data_dir, "mesh", "incarnation")
 
     def _ensure_identity(self) -> MeshIdentity:
+        if self._given_identity is not None:
+            return self._given_identity
         cfg = self.cfg
         files = (cfg.ca_file, cfg.cert_file, cfg.key_file)
         if not cfg.seeds and not any(os.path.exists(f) for f in files):
@@ -180,7 +187,7 @@ class MeshService(Service):
         path = self._incarnation_path()
         self.incarnation = _read_incarnation(path) + 1
         write_file(path, b"%d\n" % self.incarnation, private=False)
-        portal = make_portal(lambda node_id, mind: PeerAvatar(node_id, mind, self))
+        portal = make_portal(lambda node_id, mind: self.avatar_class(node_id, mind, self))
         self.server_factory = MeshServerFactory(
             MeshGate(portal, self._joined), limits=self.limits, clock=self.clock, metrics=self.metrics
         )
@@ -432,6 +439,7 @@ def make_service(
     listen_endpoint: IStreamServerEndpoint | None = None,
     client_endpoint: Callable[[str, int], IStreamClientEndpoint] | None = None,
     jitter: Callable[[], float] | None = None,
+    identity: MeshIdentity | None = None,
 ) -> MeshService:
     """The mesh child of node ``node``.
 
@@ -443,6 +451,8 @@ def make_service(
         ``time.monotonic`` with the real reactor, else ``clock.seconds``).
     :param listen_endpoint, client_endpoint: the plain (TCP) endpoints TLS
         runs over; default ``mesh.endpoint`` and ``HostnameEndpoint``.
+    :param identity: the node's CA, certificate and key, already loaded
+        (default: read from the ``[mesh]`` files at start).
     """
     timers: IReactorTime = clock if clock is not None else reactor
     if monotonic is None:
@@ -465,4 +475,5 @@ def make_service(
         listen_endpoint=listen_endpoint,
         client_endpoint=client_endpoint,
         jitter=jitter,
+        identity=identity,
     )

@@ -106,6 +106,30 @@ class ValidationTests(SynchronousTestCase):
         self.assertEqual(cfg.store.postgresql.primaries, ("host=db1 dbname=fe", "postgresql://fe@db2/fe"))
         self.assertEqual(cfg.store.postgresql.replica, "host=127.0.0.1 port=5433")
 
+    def test_mesh_settings(self) -> None:
+        """Seeds and the advertised address are host:port (IPv6 in brackets);
+        the detector's timeouts must grow heartbeat < suspect < dead; the
+        certificate files default under the data directory."""
+        cfg = parse_config('[node]\ndata_dir = "/srv/fe"\n[mesh]\nseeds = ["10.0.0.2:7946", "[fd00::2]:7946", "edge-1.example:7946"]\n')
+        self.assertEqual(cfg.mesh.seeds, ("10.0.0.2:7946", "[fd00::2]:7946", "edge-1.example:7946"))
+        self.assertEqual(
+            (cfg.mesh.ca_file, cfg.mesh.cert_file, cfg.mesh.key_file),
+            ("/srv/fe/mesh/ca.pem", "/srv/fe/mesh/node.pem", "/srv/fe/mesh/node.key"),
+        )
+        self.assertRefused('[mesh]\nseeds = ["10.0.0.2"]\n', "mesh.seeds: [0] must be host:port")
+        self.assertRefused('[mesh]\nseeds = ["fd00::2:7946"]\n', "mesh.seeds: [0] an IPv6 host must be in brackets: [::1]:7946")
+        self.assertRefused('[mesh]\nseeds = ["[nope]:7946"]\n', "mesh.seeds: [0] 'nope' is not an IPv6 address")
+        self.assertRefused('[mesh]\nseeds = ["h:0"]\n', "mesh.seeds: [0] the port must be from 1 to 65535")
+        self.assertRefused('[mesh]\nseeds = [""]\n', "mesh.seeds: [0] must not be empty")
+        self.assertRefused('[mesh]\nadvertise = "a b:1"\n', "mesh.advertise: 'a b' is not a host name or address")
+        self.assertRefused("[mesh]\nsuspect_seconds = 0.4\n", "mesh.suspect_seconds: must be longer than mesh.heartbeat_seconds")
+        self.assertRefused("[mesh]\ndead_seconds = 1.0\n", "mesh.dead_seconds: must be longer than mesh.suspect_seconds")
+        self.assertRefused("[mesh]\nreconnect_max_seconds = 0.05\n", "mesh.reconnect_max_seconds: must not be shorter than mesh.reconnect_initial_seconds")
+        self.assertRefused("[mesh]\nmax_message_bytes = 1000\n", "mesh.max_message_bytes: must be at least 65536")
+        with self.assertRaises(ConfigError) as cm:
+            parse_config('[mesh]\nendpoint = "tcp:nope"\n')
+        self.assertTrue(str(cm.exception).startswith("mesh.endpoint: not a server endpoint string"))
+
     def test_bad_endpoint(self) -> None:
         """An endpoint string Twisted cannot parse is refused at load time."""
         with self.assertRaises(ConfigError) as cm:
@@ -135,7 +159,7 @@ class ValidationTests(SynchronousTestCase):
 class PropertyTests(SynchronousTestCase):
     @settings(max_examples=200, deadline=None)
     @given(
-        section=st.sampled_from(["node", "http", "store", "api", "api.credits", "nosuch"]),
+        section=st.sampled_from(["node", "http", "store", "api", "api.credits", "mesh", "nosuch"]),
         key=st.text(alphabet=string.ascii_lowercase + "_", min_size=1, max_size=20),
         value=st.one_of(
             st.integers(min_value=-(2**63), max_value=2**63 - 1),

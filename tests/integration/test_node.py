@@ -28,7 +28,14 @@ class NodeTests(TestCase):
     def setUp(self):  # type: ignore[no-untyped-def]
         self.data_dir = os.path.abspath(self.mktemp())
         options = Options()
-        options.parseOptions(["--data-dir", self.data_dir, "--http", "tcp:0:interface=127.0.0.1", "--node-id", "it-1"])
+        options.parseOptions(
+            [
+                "--data-dir", self.data_dir,
+                "--http", "tcp:0:interface=127.0.0.1",
+                "--mesh", "tcp:0:interface=127.0.0.1",
+                "--node-id", "it-1",
+            ]
+        )
         self.node = makeService(options)
         self.node.privilegedStartService()
         self.node.startService()
@@ -67,7 +74,10 @@ class NodeTests(TestCase):
         self.assertEqual(health.code, 200)
         doc = yield health.json()
         self.assertEqual(doc["nodeId"], "it-1")
-        self.assertEqual(doc["children"], {"store": {"running": True}, "transport": {"running": True}})
+        self.assertEqual(
+            doc["children"], {"store": {"running": True}, "mesh": {"running": True}, "transport": {"running": True}}
+        )
+        self.assertEqual(doc["mesh"], {"incarnation": 1, "peers": {"alive": 0, "suspect": 0, "dead": 0, "leaving": 0}})
         metrics = yield self.http.get(self.base + "/metrics")
         text = yield metrics.text()
         self.assertIn('fastedge_http_requests_total{code="200",method="GET",route="/healthz"} 1.0', text)

@@ -316,6 +316,7 @@ class TwoNodesTests(TestCase):
         config = {
             "node": {"id": name, "data_dir": os.path.abspath(self.mktemp())},
             "http": {"endpoint": "tcp:0:interface=127.0.0.1"},
+            "mesh": {"endpoint": "tcp:0:interface=127.0.0.1"},
             "store": {
                 "backend": "postgresql",
                 "postgresql": {

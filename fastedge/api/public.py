@@ -27,6 +27,7 @@ from . import common
 from .cache import PageCache
 from .errors import ApiError, bad_request, not_found
 from .markup import render
+from .pageview import PageView
 from .metrics import ApiMetrics
 from .ratelimit import RateLimiter
 from .router import Call, Reply, Route
@@ -34,6 +35,8 @@ from .sessions import COOKIE_NAME, SessionCookieError, SessionCookies
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
+#: Sessions whose author id is remembered (a few MB at most).
+_SESSION_AUTHORS_KEPT = 50_000
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class PublicApi:
         self._cookies = cookies
         self._cache = cache
         self._metrics = metrics
+        self._session_authors: dict[tuple[str, str], str] = {}
         self._per_session = RateLimiter(cfg.writes_per_minute_per_session, clock=clock)
         self._per_ip = RateLimiter(cfg.writes_per_minute_per_ip, clock=clock)
 
@@ -228,53 +232,50 @@ class PublicApi:
                 thread = yield self._store.get_thread(tenant_id, url_id, read_preference=NEAREST, token=token)
             except NotFound:
                 # A page nobody has commented on yet: an empty thread, not an error.
-                cached = (None, encode({"thread": None, "comments": [], "nextCursor": None}))
+                cached = PageView(None)
                 self._cache.put(key, cached, ((tenant_id, "url", url_id),), token=token)
             else:
                 page = yield self._store.list_thread(
                     tenant_id, thread.id, sort=sort, limit=limit, cursor=cursor, read_preference=NEAREST, token=token
                 )
-                body = encode(
-                    {
-                        "thread": common.thread_view(page.thread),
-                        "comments": common.comment_tree(page.top_level, page.replies),
-                        "nextCursor": page.next_cursor,
-                    }
-                )
-                cached = (page, body)
+                cached = PageView(page)
                 self._cache.put(
                     key, cached, ((tenant_id, "url", url_id), (tenant_id, "thread", thread.id)), token=token
                 )
-        page, body = cached
-        if claim is not None and page is not None:
-            body = yield self._personal_body(tenant_id, claim.session_id, page, token)
+        body = cached.anonymous
+        if claim is not None and cached.page is not None:
+            body = yield self._personal_body(tenant_id, claim.session_id, cached, token)
         reply = Reply(200, body, cookies=reply_cookies)
         return reply
 
     @inlineCallbacks
-    def _personal_body(self, tenant_id: str, session_id: str, page: Any, token: str | None) -> Any:
-        try:
-            session = yield self._store.get_anonymous_session(
-                tenant_id, session_id, read_preference=NEAREST, token=token
-            )
-        except NotFound:
+    def _personal_body(self, tenant_id: str, session_id: str, view: PageView, token: str | None) -> Any:
+        author_id = yield self._session_author(tenant_id, session_id, token)
+        if author_id is None:
             # Not replicated here yet (or gone): the shared page is right for a stranger.
-            return encode(
-                {
-                    "thread": common.thread_view(page.thread),
-                    "comments": common.comment_tree(page.top_level, page.replies),
-                    "nextCursor": page.next_cursor,
-                }
-            )
-        ids = [c.id for c in page.top_level] + [c.id for c in page.replies]
-        state = yield self._store.viewer_state(tenant_id, session.author_id, ids, read_preference=NEAREST, token=token)
-        return encode(
-            {
-                "thread": common.thread_view(page.thread),
-                "comments": common.comment_tree(page.top_level, page.replies, session.author_id, state),
-                "nextCursor": page.next_cursor,
-            }
+            return view.anonymous
+        state = yield self._store.viewer_state(
+            tenant_id, author_id, view.comment_ids, read_preference=NEAREST, token=token
         )
+        return view.render(author_id, state)
+
+    @inlineCallbacks
+    def _session_author(self, tenant_id: str, session_id: str, token: str | None) -> Any:
+        """The public author id of a session (cached: it never changes)."""
+        key = (tenant_id, session_id)
+        author_id = self._session_authors.get(key)
+        if author_id is None:
+            try:
+                session = yield self._store.get_anonymous_session(
+                    tenant_id, session_id, read_preference=NEAREST, token=token
+                )
+            except NotFound:
+                return None
+            author_id = session.author_id
+            self._session_authors[key] = author_id
+            while len(self._session_authors) > _SESSION_AUTHORS_KEPT:
+                self._session_authors.pop(next(iter(self._session_authors)))
+        return author_id
 
     # Writes
 

@@ -19,7 +19,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 
 from ..config import ApiConfig
-from ..jsonhttp import encode
+from ..singleflight import SingleFlight
 from ..store.errors import BadToken, NotFound
 from ..store.interfaces import IStore
 from ..store.model import AnonymousSession, CommentStatus, NewComment, ReadPreference, Sort, Tenant, Written
@@ -72,6 +72,7 @@ class PublicApi:
         self._cache = cache
         self._metrics = metrics
         self._session_authors: dict[tuple[str, str], str] = {}
+        self._loading = SingleFlight()
         self._per_session = RateLimiter(cfg.writes_per_minute_per_session, clock=clock)
         self._per_ip = RateLimiter(cfg.writes_per_minute_per_ip, clock=clock)
 
@@ -227,26 +228,36 @@ class PublicApi:
         else:
             self._metrics.page_cache.labels("miss").inc()
         if cached is None:
-            yield self._tenant(call, token=token)
-            try:
-                thread = yield self._store.get_thread(tenant_id, url_id, read_preference=NEAREST, token=token)
-            except NotFound:
-                # A page nobody has commented on yet: an empty thread, not an error.
-                cached = PageView(None)
-                self._cache.put(key, cached, ((tenant_id, "url", url_id),), token=token)
-            else:
-                page = yield self._store.list_thread(
-                    tenant_id, thread.id, sort=sort, limit=limit, cursor=cursor, read_preference=NEAREST, token=token
-                )
-                cached = PageView(page)
-                self._cache.put(
-                    key, cached, ((tenant_id, "url", url_id), (tenant_id, "thread", thread.id)), token=token
-                )
+            if self._loading.in_flight((key, token)):
+                self._metrics.page_cache.labels("coalesced").inc()
+            cached = yield self._loading.run((key, token), lambda: self._load_page(call, key, token))
         body = cached.anonymous
         if claim is not None and cached.page is not None:
             body = yield self._personal_body(tenant_id, claim.session_id, cached, token)
         reply = Reply(200, body, cookies=reply_cookies)
         return reply
+
+    @inlineCallbacks
+    def _load_page(self, call: Call, key: tuple[Any, ...], token: str | None) -> Any:
+        """Read a page (NEAREST), build its view and cache it.
+
+        Runs once per key however many readers miss at the same moment.
+        """
+        tenant_id, url_id, sort, cursor, limit = key
+        yield self._tenant(call, token=token)
+        try:
+            thread = yield self._store.get_thread(tenant_id, url_id, read_preference=NEAREST, token=token)
+        except NotFound:
+            # A page nobody has commented on yet: an empty thread, not an error.
+            view = PageView(None)
+            self._cache.put(key, view, ((tenant_id, "url", url_id),), token=token)
+            return view
+        page = yield self._store.list_thread(
+            tenant_id, thread.id, sort=sort, limit=limit, cursor=cursor, read_preference=NEAREST, token=token
+        )
+        view = PageView(page)
+        self._cache.put(key, view, ((tenant_id, "url", url_id), (tenant_id, "thread", thread.id)), token=token)
+        return view
 
     @inlineCallbacks
     def _personal_body(self, tenant_id: str, session_id: str, view: PageView, token: str | None) -> Any:

@@ -34,7 +34,7 @@ class SingleFlight:
             self._waiting[key].append(d)
             return d
         self._waiting[key] = []
-        result: Deferred[_T] = maybeDeferred(work)
+        result: Deferred[_T] = maybeDeferred(work)  # type: ignore[call-overload]
 
         def share(outcome: Any) -> Any:
             for waiter in self._waiting.pop(key):

@@ -179,7 +179,7 @@ class NodeHarness:
         # A fresh StubTreq per request: treq keeps a cookie jar, and each
         # ApiClient must carry only its own cookie.
         stub = StubTreq(self.site.resource)
-        d = stub.request(method, "http://node.test" + path, **kwargs)
+        d = stub.request(method, "http://node.test" + path, **kwargs)  # type: ignore[attr-defined]
         stub.flush()
         if advance:
             self._tc.assertNoResult(d)

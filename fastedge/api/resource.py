@@ -55,7 +55,7 @@ class _CreditFlusher(TimerService):
         return self._meter.flush()
 
     def stopService(self) -> Deferred[object]:
-        d: Deferred[object] = super().stopService()  # type: ignore[assignment]
+        d: Deferred[object] = super().stopService()
         d.addCallback(lambda _: self._meter.flush())
         return d
 

@@ -111,7 +111,10 @@ class Outlet(Protocol):
         """Send one prepared event; returns the bytes queued (0 if dropped)."""
 
 
-@dataclass(eq=False)
+_NO_BLOCKS: frozenset[str] = frozenset()
+
+
+@dataclass(eq=False, slots=True)
 class Subscription:
     """One connection's interest in one channel.
 
@@ -122,7 +125,7 @@ class Subscription:
     outlet: Outlet
     channel: ChannelKey
     viewer: tuple[str, str] | None = None
-    blocked: frozenset[str] = frozenset()
+    blocked: frozenset[str] = _NO_BLOCKS
 
 
 Deliver = Callable[[Prepared, Collection[Subscription], "Collection[Subscription] | None"], tuple[int, int]]
@@ -360,7 +363,7 @@ class Hub:
         since: int | None = None,
         epoch: str | None = None,
         viewer: tuple[str, str] | None = None,
-        blocked: Iterable[str] = (),
+        blocked: Iterable[str] = _NO_BLOCKS,
     ) -> Joined:
         """Add a subscription and compute what it missed.
 
@@ -390,7 +393,8 @@ class Hub:
                     reload = True
                 else:
                     replay = tuple(p for p in history if p.stamp.seq > since)
-        sub = Subscription(outlet, channel, viewer, frozenset(blocked))
+        blocked = frozenset(blocked) if blocked else _NO_BLOCKS
+        sub = Subscription(outlet, channel, viewer, blocked)
         if sub.blocked:
             replay = tuple(p for p in replay if p.event.author_id not in sub.blocked)
         self._channels[channel] = state

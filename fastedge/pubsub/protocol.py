@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,6 +40,23 @@ from .wire import Writer
 
 #: An empty ping frame (FIN, opcode 9): the same two bytes for everyone.
 PING_FRAME = b"\x89\x00"
+
+#: What autobahn keeps from the opening handshake and never reads again.
+_HANDSHAKE_LEFTOVERS = (
+    "http_request_data",
+    "http_response_data",
+    "http_headers",
+    "http_request_params",
+    "http_status_line",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_host",
+    "websocket_origin",
+    "websocket_protocols",
+    "websocket_extensions",
+    "_wskey",
+    "_transport_details",
+)
 
 
 class LiveServerProtocol(WebSocketServerProtocol):
@@ -73,10 +91,18 @@ class LiveServerProtocol(WebSocketServerProtocol):
             transport.unregisterProducer()
         self._writer = Writer(transport, live.cfg.max_buffered_bytes, self._overflowed)
         transport.registerProducer(self._writer, True)
-        # The handshake's leftovers are not needed again; idle connections
-        # should cost as little memory as possible.
-        self.http_request_data = None
-        self.http_response_data = None
+        # An idle connection should cost as little memory as possible: drop
+        # the handshake's leftovers, share one traffic counter per factory,
+        # and replace autobahn's send queue (a 760-byte deque, used only by
+        # sync/chopped sends, which we never make) with an empty tuple, so
+        # an unexpected use fails loudly instead of sharing state.
+        state = self.__dict__
+        for name in _HANDSHAKE_LEFTOVERS:
+            if name in state:
+                state[name] = None
+        self.trafficStats = self.factory.traffic
+        if not self.send_queue:
+            self.send_queue = ()
         self._conn = LiveConnection(live, self)
         self._tokens = float(live.cfg.client_messages_per_minute)
         self._tokens_at = live.clock.seconds()
@@ -238,6 +264,9 @@ class LiveWebSocketFactory(WebSocketServerFactory):
         )
         options = {name: getattr(self, name) for name in LiveServerProtocol.CONFIG_ATTRS}
         self.protocol = type("ConfiguredLiveServerProtocol", (LiveServerProtocol,), options)
+        #: Traffic of all open connections together (autobahn counts per
+        #: connection; one shared counter saves memory and is what we export).
+        self.traffic = TrafficStats()
 
     def frame(self, payload: bytes) -> bytes:
         """One unmasked text frame carrying ``payload``."""

@@ -195,6 +195,10 @@ class _Channel:
     members: dict[Subscription, None] = field(default_factory=dict)
     #: author id -> the members that blocked that author.
     blockers: dict[str, set[Subscription]] = field(default_factory=dict)
+    #: When the channel was last used (an event, a member leaving): an idle
+    #: channel keeps its epoch for ``history_seconds``, so a reader who
+    #: comes back meanwhile resumes instead of reloading.
+    touched: float = 0.0
 
 
 @dataclass
@@ -304,6 +308,7 @@ class Hub:
             state.seq = stamp.seq
             self.stats.relayed += 1
         prepared = Prepared(event, stamp, now)
+        state.touched = now
         history = state.history
         history.append(prepared)
         self._trim(history, now)
@@ -428,8 +433,7 @@ class Hub:
                 if not subs:
                     del self._viewers[sub.viewer]
         if not state.members:
-            if not state.history:
-                del self._channels[sub.channel]
+            state.touched = self._clock.seconds()
             for listener in self._listeners:
                 listener.interest_changed(sub.channel, False)
 
@@ -460,7 +464,8 @@ class Hub:
     # Housekeeping
 
     def expire(self) -> int:
-        """Age out history and forget channels with neither members nor history.
+        """Age out history and forget channels that have had neither members
+        nor events for ``history_seconds``.
 
         :returns: how many channels were forgotten.
         """
@@ -468,7 +473,7 @@ class Hub:
         gone = []
         for key, state in self._channels.items():
             self._trim(state.history, now)
-            if not state.history and not state.members:
+            if not state.history and not state.members and state.touched < now - self._max_age:
                 gone.append(key)
         for key in gone:
             del self._channels[key]

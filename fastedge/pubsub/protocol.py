@@ -16,6 +16,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -238,6 +239,16 @@ class LiveServerProtocol(WebSocketServerProtocol):
         self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
 
 
+class _ClockTimer:
+    """What autobahn wants of a timer (``call_later``), on a given clock."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+
+    def call_later(self, delay: float, fn: Any, *args: Any, **kwargs: Any) -> IDelayedCall:
+        return self._clock.callLater(delay, fn, *args, **kwargs)
+
+
 class LiveWebSocketFactory(WebSocketServerFactory):
     """Builds :class:`LiveServerProtocol` instances sharing one :class:`Live`.
 
@@ -262,6 +273,9 @@ class LiveWebSocketFactory(WebSocketServerFactory):
             autoPingInterval=0,
             tcpNoDelay=True,
         )
+        # autobahn's handshake timeouts go to the node's clock (the reactor,
+        # or a test's Clock), not to txaio's global-reactor timer buckets.
+        self._batched_timer = _ClockTimer(live.clock)
         options = {name: getattr(self, name) for name in LiveServerProtocol.CONFIG_ATTRS}
         self.protocol = type("ConfiguredLiveServerProtocol", (LiveServerProtocol,), options)
         #: Traffic of all open connections together (autobahn counts per

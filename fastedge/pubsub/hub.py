@@ -243,6 +243,10 @@ class Hub:
         self._viewers: dict[tuple[str, str], set[Subscription]] = {}
         self._listeners: list[HubListener] = []
         self.stats = HubStats()
+        # Unsubscribes that happen while a fan-out walks the members (an
+        # outlet closing itself on overflow) wait until it is done.
+        self._fanning = False
+        self._leaving: list[Subscription] = []
         #: Called with the seconds each fan-out took (for a histogram).
         self.on_fanout: Callable[[float, int], None] | None = None
 
@@ -340,7 +344,15 @@ class Hub:
 
     def _fan_out(self, prepared: Prepared, members: Collection[Subscription], skip: Collection[Subscription] | None) -> None:
         started = self._clock.seconds() if self.on_fanout is not None else 0.0
-        sent, total = self._deliver(prepared, members, skip)
+        self._fanning = True
+        try:
+            sent, total = self._deliver(prepared, members, skip)
+        finally:
+            self._fanning = False
+            if self._leaving:
+                leaving, self._leaving = self._leaving, []
+                for sub in leaving:
+                    self.unsubscribe(sub)
         self.stats.delivered += sent
         self.stats.bytes += total
         if self.on_fanout is not None:
@@ -416,6 +428,9 @@ class Hub:
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Remove a subscription (a no-op if it is gone already)."""
+        if self._fanning:
+            self._leaving.append(sub)
+            return
         state = self._channels.get(sub.channel)
         if state is None or sub not in state.members:
             return

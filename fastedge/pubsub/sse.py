@@ -164,8 +164,7 @@ class SseStream:
         closing = record(messages.closing(code, reason))
         assert self._writer is not None
         # Past the buffer bound only this short record is added.
-        self._writer.overflowed = False
-        self._raw(closing)
+        self._writer.write_last(chunk(closing) if self._chunked else closing)
         self._writer.overflowed = True
         self._open = False
         self.conn.close()

@@ -96,6 +96,11 @@ class Writer:
                 self._overflow()
         return len(data)
 
+    def write_last(self, data: bytes) -> None:
+        """Queue a final message (a close notice) whatever the bound: it is
+        small, and nothing follows it."""
+        (self._tcp if self._tcp is not None else self._transport).write(data)
+
     def _overflow(self) -> None:
         self.overflowed = True
         self._on_overflow()

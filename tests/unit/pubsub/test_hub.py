@@ -389,3 +389,26 @@ class MiscTests(SynchronousTestCase):
         self.assertEqual((sent, total), (1, len(prepared.payload)))
         self.assertEqual(len(two.got), 1)
         self.assertEqual(one.got, [])
+
+
+class ReentrancyTests(SynchronousTestCase):
+    def test_outlet_leaving_during_fanout(self) -> None:
+        """An outlet that unsubscribes itself while being pushed to (a slow
+        consumer closing) does not disturb the fan-out: everyone else still
+        gets the event, and the subscription is gone afterwards."""
+        hub = make_hub()
+        inboxes = [Inbox() for _ in range(3)]
+
+        class Leaver(Inbox):
+            def push(self, prepared: Prepared) -> int:
+                hub.unsubscribe(self.sub)
+                return 0
+
+        leaver = Leaver()
+        hub.subscribe(A, inboxes[0])
+        leaver.sub = hub.subscribe(A, leaver).subscription  # type: ignore[attr-defined]
+        for inbox in inboxes[1:]:
+            hub.subscribe(A, inbox)
+        hub.publish(ev())
+        self.assertEqual([len(i.got) for i in inboxes], [1, 1, 1])
+        self.assertEqual(hub.subscribers(A), 3)

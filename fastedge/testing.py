@@ -101,7 +101,9 @@ class LiveNode:
             viewer_token_max_age_seconds=self.cfg.live.viewer_token_max_age_seconds,
         )
         self.service.use_viewer_tokens(self.api.viewer_tokens)
-        self.api.viewer_tokens._cookies.set_key(b"k" * 32)
+        # Loads the session key (from the data directory) and starts the
+        # credit flusher on ``clock``.
+        self.api.service.startService()
         self.site = build_site(
             self.cfg.node,
             self.cfg.http,

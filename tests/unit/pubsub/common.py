@@ -101,3 +101,14 @@ class Client(WebSocketClientProtocol):
 
     def send_json(self, **body: Any) -> None:
         self.sendMessage(json.dumps(body).encode())
+
+
+def masked_text(payload: bytes) -> bytes:
+    """A client's (masked) WebSocket text frame, as a raw socket sends it."""
+    import os
+    import struct
+
+    mask = os.urandom(4)
+    n = len(payload)
+    head = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

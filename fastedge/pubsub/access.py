@@ -59,7 +59,7 @@ class _SingleFlight:
     """Coalesce concurrent lookups of one key and keep answers ``ttl`` seconds.
 
     Failures that are answers (``RequestError``: not found) are cached like
-    successes; anything else (the store is down) is not cached.
+    successes; ``unavailable`` (the store is down) is not cached.
     """
 
     def __init__(self, clock: IReactorTime, ttl: float, max_entries: int, count: Callable[[str], None]) -> None:
@@ -96,7 +96,8 @@ class _SingleFlight:
     def _done(self, result: Any, key: Hashable) -> None:
         waiting = self._pending.pop(key, [])
         if isinstance(result, Failure):
-            if result.check(RequestError) and self._ttl > 0 and self._max > 0:
+            answer = result.check(RequestError) and result.value.code != "unavailable"
+            if answer and self._ttl > 0 and self._max > 0:
                 self._put(key, False, result)
             for d in waiting:
                 d.errback(result)

@@ -51,6 +51,7 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(len(calls), 5)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 5)
         self.successResultOf(service.stopService())
+        self.successResultOf(world.node.api.service.stopService())
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_no_keepalive_when_off(self) -> None:

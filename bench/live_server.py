@@ -22,17 +22,17 @@ import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
 from twisted.web.resource import Resource
 
+from fastedge.api.resource import build_api
 from fastedge.config import load_config
 from fastedge.metrics.registry import new_registry
 from fastedge.pubsub import service as live_service
 from fastedge.pubsub.hub import Event
 from fastedge.store import service as store_service
 from fastedge.store.model import ReadPreference
-from fastedge.api.resource import build_api
 from fastedge.web import build_site
-from twisted.internet.endpoints import serverFromString
 
 PRIMARY = ReadPreference.PRIMARY
 
@@ -71,34 +71,80 @@ def main():
 
     cfg = dataclasses.replace(
         cfg,
-        live=dataclasses.replace(cfg.live, ping_seconds=0.0, max_subscriptions=4, max_connections=1_000_000),
+        live=dataclasses.replace(
+            cfg.live, ping_seconds=0.0, max_subscriptions=4, max_connections=1_000_000
+        ),
     )
     registry = new_registry()
     store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)
-    live = live_service.make_service(cfg.live, reactor=reactor, registry=registry, store=store.store, node_id="bench")
-    api = build_api(cfg.api, store=store.store, clock=reactor, registry=registry, live=live.publisher)
+    live = live_service.make_service(
+        cfg.live, reactor=reactor, registry=registry, store=store.store, node_id="bench"
+    )
+    api = build_api(
+        cfg.api,
+        store=store.store,
+        clock=reactor,
+        registry=registry,
+        live=live.publisher,
+    )
     live.use_viewer_tokens(api.viewer_tokens)
     site = build_site(
-        cfg.node, cfg.http, reactor=reactor, registry=registry, store=store.store,
-        store_ready=lambda: store.ready, api=api.resource, children=lambda: [], live=live.resource,
+        cfg.node,
+        cfg.http,
+        reactor=reactor,
+        registry=registry,
+        store=store.store,
+        store_ready=lambda: store.ready,
+        api=api.resource,
+        children=lambda: [],
+        live=live.resource,
     )
 
     async def setup():
         await store.when_ready()
-        tenant = (await store.store.create_tenant("bench", "global", created_ms=0, read_preference=PRIMARY)).value
-        thread = (await store.store.upsert_thread(tenant.id, "bench-thread", created_ms=0, read_preference=PRIMARY)).value
+        tenant = (
+            await store.store.create_tenant(
+                "bench", "global", created_ms=0, read_preference=PRIMARY
+            )
+        ).value
+        thread = (
+            await store.store.upsert_thread(
+                tenant.id, "bench-thread", created_ms=0, read_preference=PRIMARY
+            )
+        ).value
         publish = Publish(live.hub, (tenant.id, thread.id), args.size)
         bench = Resource()
         bench.putChild(b"publish", publish)
         site.resource.putChild(b"bench", bench)
-        port = await serverFromString(reactor, "tcp:%d:interface=127.0.0.1:backlog=4096" % args.port).listen(site)
-        print(json.dumps({"port": port.getHost().port, "tenant": tenant.id, "urlId": "bench-thread", "pid": os.getpid()}), flush=True)
+        port = await serverFromString(
+            reactor, "tcp:%d:interface=127.0.0.1:backlog=4096" % args.port
+        ).listen(site)
+        print(
+            json.dumps(
+                {
+                    "port": port.getHost().port,
+                    "tenant": tenant.id,
+                    "urlId": "bench-thread",
+                    "pid": os.getpid(),
+                }
+            ),
+            flush=True,
+        )
 
     def report():
         # Server-side view of the fan-outs (bench/out/fastedge-server.log).
         count = registry.get_sample_value("fastedge_live_fanout_seconds_count") or 0
         total = registry.get_sample_value("fastedge_live_fanout_seconds_sum") or 0
-        print(json.dumps({"fanouts": count, "fanout_ms_mean": round(1000 * total / count, 2) if count else None}), file=sys.stderr, flush=True)
+        print(
+            json.dumps(
+                {
+                    "fanouts": count,
+                    "fanout_ms_mean": round(1000 * total / count, 2) if count else None,
+                }
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
 
     services = (store, live, api.service)
 
@@ -108,10 +154,14 @@ def main():
         for service in reversed(services):
             await service.stopService()
 
-    reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(stop()))
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: Deferred.fromCoroutine(stop())
+    )
     for service in services:
         service.startService()
-    Deferred.fromCoroutine(setup()).addErrback(lambda f: (f.printTraceback(), reactor.stop()))
+    Deferred.fromCoroutine(setup()).addErrback(
+        lambda f: (f.printTraceback(), reactor.stop())
+    )
     reactor.run()
 
 

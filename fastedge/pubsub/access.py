@@ -43,7 +43,9 @@ class Refused(RequestError):
 class PublicThreads:
     """Every thread of a tenant is public (as in the public read API)."""
 
-    def check(self, tenant: Tenant, thread: Thread, viewer_author_id: str | None) -> None:
+    def check(
+        self, tenant: Tenant, thread: Thread, viewer_author_id: str | None
+    ) -> None:
         return None
 
 
@@ -62,7 +64,13 @@ class _SingleFlight:
     successes; ``unavailable`` (the store is down) is not cached.
     """
 
-    def __init__(self, clock: IReactorTime, ttl: float, max_entries: int, count: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        ttl: float,
+        max_entries: int,
+        count: Callable[[str], None],
+    ) -> None:
         self._clock = clock
         self._ttl = ttl
         self._max = max_entries
@@ -146,17 +154,23 @@ class ChannelResolver:
         (``tenant_not_found``, ``thread_not_found``, ``unavailable``)."""
         if not is_record_id(tenant_id):
             return _fail(RequestError("tenant_not_found", "tenant not found"))
-        return self._threads.get((tenant_id, url_id), lambda: self._lookup(tenant_id, url_id))
+        return self._threads.get(
+            (tenant_id, url_id), lambda: self._lookup(tenant_id, url_id)
+        )
 
     def forget(self, tenant_id: str, url_id: str) -> None:
         """Drop a cached answer (a thread was created or deleted here)."""
         self._threads.forget((tenant_id, url_id))
 
-    def blocked_authors(self, tenant_id: str, author_id: str) -> Deferred[frozenset[str]]:
+    def blocked_authors(
+        self, tenant_id: str, author_id: str
+    ) -> Deferred[frozenset[str]]:
         """The authors ``author_id`` blocks, read NEAREST."""
 
         def fetch() -> Deferred[frozenset[str]]:
-            d = self._store.viewer_state(tenant_id, author_id, [], read_preference=NEAREST)
+            d = self._store.viewer_state(
+                tenant_id, author_id, [], read_preference=NEAREST
+            )
             d.addCallback(lambda state: frozenset(state.blocked_authors))
             d.addErrback(self._unavailable)
             return d
@@ -179,7 +193,9 @@ class ChannelResolver:
             try:
                 thread = await self._get(self._store.get_thread, tenant_id, url_id)
             except NotFound:
-                raise RequestError("thread_not_found", "thread not found (no comments yet?)") from None
+                raise RequestError(
+                    "thread_not_found", "thread not found (no comments yet?)"
+                ) from None
             return Resolved(tenant, thread)
 
         d = Deferred.fromCoroutine(go())
@@ -192,8 +208,13 @@ class ChannelResolver:
         if not failure.check(StoreError):
             self._log.failure("resolving a live subscription failed", failure)
         else:
-            self._log.warn("live subscription: store unavailable: {reason}", reason=failure.getErrorMessage())
-        return Failure(RequestError("unavailable", "the database is not available; try again"))
+            self._log.warn(
+                "live subscription: store unavailable: {reason}",
+                reason=failure.getErrorMessage(),
+            )
+        return Failure(
+            RequestError("unavailable", "the database is not available; try again")
+        )
 
 
 def _fail(error: Exception) -> Deferred[Any]:

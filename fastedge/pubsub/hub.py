@@ -73,7 +73,9 @@ class Prepared:
 
     __slots__ = ("event", "stamp", "at", "reset", "_payload", "ws", "sse", "sse_chunk")
 
-    def __init__(self, event: Event, stamp: Stamp, at: float, *, reset: bool = False) -> None:
+    def __init__(
+        self, event: Event, stamp: Stamp, at: float, *, reset: bool = False
+    ) -> None:
         self.event = event
         self.stamp = stamp
         self.at = at
@@ -97,10 +99,14 @@ class Prepared:
         if self._payload is None:
             channel = self.channel_name
             if self.reset:
-                self._payload = messages.reset(channel, self.stamp.epoch, self.stamp.seq)
+                self._payload = messages.reset(
+                    channel, self.stamp.epoch, self.stamp.seq
+                )
             else:
                 e = self.event
-                self._payload = messages.event(channel, self.stamp.epoch, self.stamp.seq, e.kind, e.data)
+                self._payload = messages.event(
+                    channel, self.stamp.epoch, self.stamp.seq, e.kind, e.data
+                )
         return self._payload
 
 
@@ -128,11 +134,16 @@ class Subscription:
     blocked: frozenset[str] = _NO_BLOCKS
 
 
-Deliver = Callable[[Prepared, Collection[Subscription], "Collection[Subscription] | None"], tuple[int, int]]
+Deliver = Callable[
+    [Prepared, Collection[Subscription], "Collection[Subscription] | None"],
+    tuple[int, int],
+]
 
 
 def deliver_each(
-    prepared: Prepared, members: Collection[Subscription], skip: Collection[Subscription] | None
+    prepared: Prepared,
+    members: Collection[Subscription],
+    skip: Collection[Subscription] | None,
 ) -> tuple[int, int]:
     """Push ``prepared`` to every member not in ``skip``.
 
@@ -317,13 +328,19 @@ class Hub:
         history.append(prepared)
         self._trim(history, now)
         if state.members:
-            skip = state.blockers.get(event.author_id) if event.author_id is not None else None
+            skip = (
+                state.blockers.get(event.author_id)
+                if event.author_id is not None
+                else None
+            )
             self._fan_out(prepared, state.members, skip)
         for listener in self._listeners:
             listener.accepted(prepared, local)
         return prepared
 
-    def _reset(self, channel: ChannelKey, state: _Channel, stamp: Stamp, now: float) -> None:
+    def _reset(
+        self, channel: ChannelKey, state: _Channel, stamp: Stamp, now: float
+    ) -> None:
         """History cannot be continuous: drop it, move to ``stamp``, tell members."""
         self.stats.resets += 1
         self._log.info(
@@ -339,10 +356,20 @@ class Hub:
         state.epoch = stamp.epoch
         if state.members:
             # Members go on from just before the stamped event, which follows.
-            notice = Prepared(Event(channel, "reset", {}), Stamp(stamp.epoch, stamp.seq - 1), now, reset=True)
+            notice = Prepared(
+                Event(channel, "reset", {}),
+                Stamp(stamp.epoch, stamp.seq - 1),
+                now,
+                reset=True,
+            )
             self._fan_out(notice, state.members, None)
 
-    def _fan_out(self, prepared: Prepared, members: Collection[Subscription], skip: Collection[Subscription] | None) -> None:
+    def _fan_out(
+        self,
+        prepared: Prepared,
+        members: Collection[Subscription],
+        skip: Collection[Subscription] | None,
+    ) -> None:
         started = self._clock.seconds() if self.on_fanout is not None else 0.0
         self._fanning = True
         try:
@@ -402,7 +429,11 @@ class Hub:
             if epoch is not None and epoch != state.epoch:
                 reload = True
             elif since > state.seq:
-                raise SinceInFuture("since {} is beyond the channel's sequence number {}".format(since, state.seq))
+                raise SinceInFuture(
+                    "since {} is beyond the channel's sequence number {}".format(
+                        since, state.seq
+                    )
+                )
             elif since < state.seq:
                 history = state.history
                 first = history[0].stamp.seq if history else state.seq + 1
@@ -452,7 +483,9 @@ class Hub:
             for listener in self._listeners:
                 listener.interest_changed(sub.channel, False)
 
-    def set_blocked(self, viewer: tuple[str, str], author_id: str, blocked: bool) -> int:
+    def set_blocked(
+        self, viewer: tuple[str, str], author_id: str, blocked: bool
+    ) -> int:
         """A viewer blocked (or unblocked) an author: apply it to the viewer's
         live subscriptions from the next event on.
 
@@ -488,7 +521,11 @@ class Hub:
         gone = []
         for key, state in self._channels.items():
             self._trim(state.history, now)
-            if not state.history and not state.members and state.touched < now - self._max_age:
+            if (
+                not state.history
+                and not state.members
+                and state.touched < now - self._max_age
+            ):
                 gone.append(key)
         for key in gone:
             del self._channels[key]

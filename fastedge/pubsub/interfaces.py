@@ -15,7 +15,7 @@ class IAccessPolicy(Interface):
     thread and the viewer's author id, if the client sent a viewer token.
     """
 
-    def check(tenant, thread, viewer_author_id):  # type: ignore[misc]
+    def check(tenant, thread, viewer_author_id):  # type: ignore[no-untyped-def]
         """Allow or refuse.
 
         :returns: ``None`` or a ``Deferred`` firing with ``None`` to allow;

@@ -92,7 +92,9 @@ class Ping:
 ClientMessage = Subscribe | Unsubscribe | Ping
 
 _FIELDS: dict[str, frozenset[str]] = {
-    "subscribe": frozenset({"type", "tenant", "urlId", "since", "epoch", "viewer", "ref"}),
+    "subscribe": frozenset(
+        {"type", "tenant", "urlId", "since", "epoch", "viewer", "ref"}
+    ),
     "unsubscribe": frozenset({"type", "channel", "ref"}),
     "ping": frozenset({"type", "ref"}),
 }
@@ -116,21 +118,35 @@ def parse_client_message(payload: bytes) -> ClientMessage:
         raise Violation(CLOSE_BAD_MESSAGE, "message has no string 'type'")
     ref = body.get("ref")
     if ref is not None and not (
-        (isinstance(ref, str) and len(ref) <= _MAX_REF) or (isinstance(ref, int) and not isinstance(ref, bool))
+        (isinstance(ref, str) and len(ref) <= _MAX_REF)
+        or (isinstance(ref, int) and not isinstance(ref, bool))
     ):
-        raise RequestError("bad_ref", "ref must be a string of at most {} characters or an integer".format(_MAX_REF))
+        raise RequestError(
+            "bad_ref",
+            "ref must be a string of at most {} characters or an integer".format(
+                _MAX_REF
+            ),
+        )
     allowed = _FIELDS.get(kind)
     if allowed is None:
-        raise RequestError("unknown_type", "unknown message type {!r}".format(kind[:40]), ref)
+        raise RequestError(
+            "unknown_type", "unknown message type {!r}".format(kind[:40]), ref
+        )
     for name in body:
         if name not in allowed:
-            raise RequestError("unknown_field", "unknown field {!r} in {}".format(name[:40], kind), ref)
+            raise RequestError(
+                "unknown_field", "unknown field {!r} in {}".format(name[:40], kind), ref
+            )
     if kind == "ping":
         return Ping(ref)
     if kind == "unsubscribe":
         channel = body.get("channel")
         if not isinstance(channel, str) or parse_channel(channel) is None:
-            raise RequestError("bad_channel", "channel must be a channel name from a subscribed answer", ref)
+            raise RequestError(
+                "bad_channel",
+                "channel must be a channel name from a subscribed answer",
+                ref,
+            )
         return Unsubscribe(channel, ref)
     tenant = body.get("tenant")
     if not isinstance(tenant, str) or not tenant:
@@ -139,7 +155,9 @@ def parse_client_message(payload: bytes) -> ClientMessage:
     if not isinstance(url_id, str) or not url_id:
         raise RequestError("missing_url_id", "urlId is required", ref)
     if len(url_id) > _MAX_URL_ID:
-        raise RequestError("bad_url_id", "urlId is longer than {} characters".format(_MAX_URL_ID), ref)
+        raise RequestError(
+            "bad_url_id", "urlId is longer than {} characters".format(_MAX_URL_ID), ref
+        )
     since = body.get("since")
     if since is not None:
         if not isinstance(since, int) or isinstance(since, bool):
@@ -148,11 +166,19 @@ def parse_client_message(payload: bytes) -> ClientMessage:
             raise RequestError("bad_since", "since must not be negative", ref)
     epoch = body.get("epoch")
     if epoch is not None and (not isinstance(epoch, str) or not _EPOCH_RE.match(epoch)):
-        raise RequestError("bad_epoch", "epoch must be an epoch from a subscribed answer or event id", ref)
+        raise RequestError(
+            "bad_epoch",
+            "epoch must be an epoch from a subscribed answer or event id",
+            ref,
+        )
     viewer = body.get("viewer")
     if viewer is not None and (not isinstance(viewer, str) or len(viewer) > _MAX_TOKEN):
-        raise RequestError("bad_viewer_token", "viewer must be a viewer token string", ref)
-    return Subscribe(tenant=tenant, url_id=url_id, since=since, epoch=epoch, viewer=viewer, ref=ref)
+        raise RequestError(
+            "bad_viewer_token", "viewer must be a viewer token string", ref
+        )
+    return Subscribe(
+        tenant=tenant, url_id=url_id, since=since, epoch=epoch, viewer=viewer, ref=ref
+    )
 
 
 def channel_name(tenant_id: str, thread_id: str) -> str:
@@ -199,10 +225,19 @@ def _with_ref(body: dict[str, Any], ref: Any) -> bytes:
 
 def hello(node_id: str, max_subscriptions: int) -> bytes:
     """The first message on every connection."""
-    return encode({"type": "hello", "protocol": PROTOCOL, "node": node_id, "maxSubscriptions": max_subscriptions})
+    return encode(
+        {
+            "type": "hello",
+            "protocol": PROTOCOL,
+            "node": node_id,
+            "maxSubscriptions": max_subscriptions,
+        }
+    )
 
 
-def subscribed(channel: str, epoch: str, seq: int, reload: bool, replayed: int, ref: Any = None) -> bytes:
+def subscribed(
+    channel: str, epoch: str, seq: int, reload: bool, replayed: int, ref: Any = None
+) -> bytes:
     """The answer to ``subscribe``; replayed events follow it."""
     return _with_ref(
         {
@@ -248,7 +283,15 @@ def event(channel: str, epoch: str, seq: int, kind: str, data: Any) -> bytes:
 
 def reset(channel: str, epoch: str, seq: int) -> bytes:
     """The channel's history broke (see docs): reload the thread, go on from ``seq``."""
-    return encode({"type": "reset", "channel": channel, "epoch": epoch, "seq": seq, "reload": True})
+    return encode(
+        {
+            "type": "reset",
+            "channel": channel,
+            "epoch": epoch,
+            "seq": seq,
+            "reload": True,
+        }
+    )
 
 
 def closing(code: int, reason: str) -> bytes:

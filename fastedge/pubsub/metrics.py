@@ -8,6 +8,7 @@ ten thousand subscribers costs no per-message metric work.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
@@ -15,7 +16,21 @@ from prometheus_client.registry import Collector
 
 from .hub import Hub
 
-_FANOUT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_FANOUT_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
 TRANSPORTS = ("websocket", "sse")
 
 
@@ -34,10 +49,14 @@ class _HubCollector(Collector):
         published.add_metric(["relayed"], stats.relayed)
         yield published
         yield CounterMetricFamily(
-            "fastedge_live_events_duplicate", "Relayed events dropped as repeats.", value=stats.duplicates
+            "fastedge_live_events_duplicate",
+            "Relayed events dropped as repeats.",
+            value=stats.duplicates,
         )
         yield CounterMetricFamily(
-            "fastedge_live_channel_resets", "Channel histories broken by a relayed jump or new epoch.", value=stats.resets
+            "fastedge_live_channel_resets",
+            "Channel histories broken by a relayed jump or new epoch.",
+            value=stats.resets,
         )
         yield CounterMetricFamily(
             "fastedge_live_messages_delivered",
@@ -45,29 +64,44 @@ class _HubCollector(Collector):
             value=stats.delivered,
         )
         yield CounterMetricFamily(
-            "fastedge_live_sent_bytes", "Bytes of event messages queued to subscribers.", value=stats.bytes
+            "fastedge_live_sent_bytes",
+            "Bytes of event messages queued to subscribers.",
+            value=stats.bytes,
         )
 
 
 class LiveMetrics:
     """The live subsystem's metric families on one node registry."""
 
-    def __init__(self, registry: CollectorRegistry, hub: Hub, connections: Callable[[str], int]) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, hub: Hub, connections: Callable[[str], int]
+    ) -> None:
         self.connections = Gauge(
-            "fastedge_live_connections", "Open live connections, by transport.", ["transport"], registry=registry
+            "fastedge_live_connections",
+            "Open live connections, by transport.",
+            ["transport"],
+            registry=registry,
         )
         for transport in TRANSPORTS:
-            self.connections.labels(transport).set_function(lambda t=transport: connections(t))
+            self.connections.labels(transport).set_function(
+                partial(connections, transport)
+            )
         self.opened = Counter(
             "fastedge_live_connections_opened",
             "Live connections accepted, by transport.",
             ["transport"],
             registry=registry,
         )
-        subscriptions = Gauge("fastedge_live_subscriptions", "Current live subscriptions.", registry=registry)
+        subscriptions = Gauge(
+            "fastedge_live_subscriptions",
+            "Current live subscriptions.",
+            registry=registry,
+        )
         subscriptions.set_function(hub.subscription_count)
         channels = Gauge(
-            "fastedge_live_channels", "Channels held in memory (subscribed or with history).", registry=registry
+            "fastedge_live_channels",
+            "Channels held in memory (subscribed or with history).",
+            registry=registry,
         )
         channels.set_function(hub.channel_count)
         self.subscribes = Counter(

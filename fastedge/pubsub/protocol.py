@@ -24,7 +24,6 @@ from . import messages
 from .hub import Joined, Prepared
 from .live import Live, LiveConnection
 from .messages import (
-    CLOSE_BAD_MESSAGE,
     CLOSE_GOING_AWAY,
     CLOSE_IDLE,
     CLOSE_RATE_LIMITED,
@@ -77,14 +76,17 @@ class LiveServerProtocol(WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> Any:
         if not self.factory.live.admit(self.transport_name):
             self.factory.live.closing(messages.CLOSE_TRY_AGAIN_LATER)
-            raise ConnectionDeny(503, "this node is at its live connection limit; try another or retry later")
+            raise ConnectionDeny(
+                503,
+                "this node is at its live connection limit; try another or retry later",
+            )
         if messages.PROTOCOL in request.protocols:
             return messages.PROTOCOL
         return None
 
     def onOpen(self) -> None:
         live = self.factory.live
-        transport = self.transport
+        transport: Any = self.transport
         # twisted.web's HTTPChannel registered itself as the producer of the
         # transport it no longer owns; our writer takes its place (and the
         # orphaned channel and request can be collected).
@@ -103,7 +105,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
                 state[name] = None
         self.trafficStats = self.factory.traffic
         if not self.send_queue:
-            self.send_queue = ()
+            self.send_queue = ()  # type: ignore[assignment]
         self._conn = LiveConnection(live, self)
         self._tokens = float(live.cfg.client_messages_per_minute)
         self._tokens_at = live.clock.seconds()
@@ -128,7 +130,9 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if not self._open or self._conn is None:
             return
         if isBinary:
-            self._close(CLOSE_UNSUPPORTED_DATA, "binary frames are not accepted; send JSON text")
+            self._close(
+                CLOSE_UNSUPPORTED_DATA, "binary frames are not accepted; send JSON text"
+            )
             return
         if not self._take_token():
             self._close(CLOSE_RATE_LIMITED, "too many messages; slow down")
@@ -158,7 +162,10 @@ class LiveServerProtocol(WebSocketServerProtocol):
         cfg = self.factory.live.cfg
         now = self.factory.live.clock.seconds()
         rate = cfg.client_messages_per_minute / 60.0
-        self._tokens = min(float(cfg.client_messages_per_minute), self._tokens + (now - self._tokens_at) * rate)
+        self._tokens = min(
+            float(cfg.client_messages_per_minute),
+            self._tokens + (now - self._tokens_at) * rate,
+        )
         self._tokens_at = now
         if self._tokens < 1.0:
             return False
@@ -166,7 +173,11 @@ class LiveServerProtocol(WebSocketServerProtocol):
         return True
 
     def _answer(self, joined: Joined, name: str, ref: Any) -> None:
-        self.send(messages.subscribed(name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref))
+        self.send(
+            messages.subscribed(
+                name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref
+            )
+        )
         sent = total = 0
         for prepared in joined.replay:
             n = self.push(prepared)
@@ -224,7 +235,9 @@ class LiveServerProtocol(WebSocketServerProtocol):
             peer=self.peer,
             limit=live.cfg.max_buffered_bytes,
         )
-        self._close(CLOSE_SLOW_CONSUMER, "slow consumer: too far behind; reconnect with since")
+        self._close(
+            CLOSE_SLOW_CONSUMER, "slow consumer: too far behind; reconnect with since"
+        )
 
     def _close(self, code: int, reason: str) -> None:
         """Stop sending events and start the closing handshake with ``code``."""
@@ -233,10 +246,17 @@ class LiveServerProtocol(WebSocketServerProtocol):
         self._open = False
         self.factory.live.closing(code)
         if code not in (CLOSE_SLOW_CONSUMER, CLOSE_GOING_AWAY):
-            self._log.info("live: closing {peer} with {code}: {reason}", peer=self.peer, code=code, reason=reason)
+            self._log.info(
+                "live: closing {peer} with {code}: {reason}",
+                peer=self.peer,
+                code=code,
+                reason=reason,
+            )
         # sendClose() only takes 1000 and 3000-4999; the standard codes we
         # use (1001, 1003) are sent with the frame-level call.
-        self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
+        self.sendCloseFrame(
+            code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False
+        )
 
 
 class _ClockTimer:
@@ -245,7 +265,9 @@ class _ClockTimer:
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
 
-    def call_later(self, delay: float, fn: Any, *args: Any, **kwargs: Any) -> IDelayedCall:
+    def call_later(
+        self, delay: float, fn: Any, *args: Any, **kwargs: Any
+    ) -> IDelayedCall:
         return self._clock.callLater(delay, fn, *args, **kwargs)
 
 
@@ -276,12 +298,18 @@ class LiveWebSocketFactory(WebSocketServerFactory):
         # autobahn's handshake timeouts go to the node's clock (the reactor,
         # or a test's Clock), not to txaio's global-reactor timer buckets.
         self._batched_timer = _ClockTimer(live.clock)
-        options = {name: getattr(self, name) for name in LiveServerProtocol.CONFIG_ATTRS}
-        self.protocol = type("ConfiguredLiveServerProtocol", (LiveServerProtocol,), options)
+        options = {
+            name: getattr(self, name) for name in LiveServerProtocol.CONFIG_ATTRS
+        }
+        self.protocol = type(  # type: ignore[assignment]
+            "ConfiguredLiveServerProtocol", (LiveServerProtocol,), options
+        )
         #: Traffic of all open connections together (autobahn counts per
         #: connection; one shared counter saves memory and is what we export).
         self.traffic = TrafficStats()
 
     def frame(self, payload: bytes) -> bytes:
         """One unmasked text frame carrying ``payload``."""
-        return self.prepareMessage(payload, isBinary=False, doNotCompress=True).payloadHybi
+        return self.prepareMessage(
+            payload, isBinary=False, doNotCompress=True
+        ).payloadHybi

@@ -51,29 +51,66 @@ class LivePublisher:
     :param node_id: recorded as each event's origin.
     """
 
-    def __init__(self, hub: Hub, *, resolver: ChannelResolver | None, node_id: str) -> None:
+    def __init__(
+        self, hub: Hub, *, resolver: ChannelResolver | None, node_id: str
+    ) -> None:
         self._hub = hub
         self._resolver = resolver
         self._node = node_id
 
-    def _publish(self, tenant_id: str, thread_id: str, kind: str, data: dict[str, object], author: str | None) -> None:
-        self._hub.publish(Event((tenant_id, thread_id), kind, data, author_id=author, origin=self._node))
+    def _publish(
+        self,
+        tenant_id: str,
+        thread_id: str,
+        kind: str,
+        data: dict[str, object],
+        author: str | None,
+    ) -> None:
+        self._hub.publish(
+            Event(
+                (tenant_id, thread_id), kind, data, author_id=author, origin=self._node
+            )
+        )
 
     @_guarded
     def created(self, comment: Comment) -> None:
         """A comment was posted (published only if it is approved)."""
         if comment.status is CommentStatus.APPROVED:
-            self._publish(comment.tenant_id, comment.thread_id, CREATED, {"comment": public_comment(comment)}, comment.author_id)
+            self._publish(
+                comment.tenant_id,
+                comment.thread_id,
+                CREATED,
+                {"comment": public_comment(comment)},
+                comment.author_id,
+            )
 
     @_guarded
     def changed(self, before: Comment, after: Comment) -> None:
         """A comment's body or status changed (by its tenant or a moderator)."""
-        was, now = before.status is CommentStatus.APPROVED, after.status is CommentStatus.APPROVED
+        was, now = (
+            before.status is CommentStatus.APPROVED,
+            after.status is CommentStatus.APPROVED,
+        )
         if was and now:
-            if before.body_html != after.body_html or before.edited_ms != after.edited_ms:
-                self._publish(after.tenant_id, after.thread_id, EDITED, {"comment": public_comment(after)}, after.author_id)
+            if (
+                before.body_html != after.body_html
+                or before.edited_ms != after.edited_ms
+            ):
+                self._publish(
+                    after.tenant_id,
+                    after.thread_id,
+                    EDITED,
+                    {"comment": public_comment(after)},
+                    after.author_id,
+                )
         elif now:
-            self._publish(after.tenant_id, after.thread_id, APPROVED, {"comment": public_comment(after)}, after.author_id)
+            self._publish(
+                after.tenant_id,
+                after.thread_id,
+                APPROVED,
+                {"comment": public_comment(after)},
+                after.author_id,
+            )
         elif was:
             self.removed(after, reason=after.status.value)
 
@@ -92,7 +129,13 @@ class LivePublisher:
     @_guarded
     def likes(self, comment: Comment, likes: int) -> None:
         """A public comment's like count changed."""
-        self._publish(comment.tenant_id, comment.thread_id, LIKES, {"commentId": comment.id, "likes": likes}, None)
+        self._publish(
+            comment.tenant_id,
+            comment.thread_id,
+            LIKES,
+            {"commentId": comment.id, "likes": likes},
+            None,
+        )
 
     @_guarded
     def thread_changed(self, tenant_id: str, url_id: str) -> None:
@@ -101,6 +144,8 @@ class LivePublisher:
             self._resolver.forget(tenant_id, url_id)
 
     @_guarded
-    def block_changed(self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool) -> None:
+    def block_changed(
+        self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool
+    ) -> None:
         """A viewer blocked or unblocked an author: their open subscriptions follow."""
         self._hub.set_blocked((tenant_id, viewer_author_id), author_id, blocked)

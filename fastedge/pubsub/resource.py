@@ -43,6 +43,11 @@ class LiveResource(Resource):
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if request.method != b"GET" or upgrade != b"websocket":
             request.setHeader(b"upgrade", b"websocket")
-            write_error(request, 426, "upgrade_required", "connect with WebSocket (or use /live/events for SSE)")
+            write_error(
+                request,
+                426,
+                "upgrade_required",
+                "connect with WebSocket (or use /live/events for SSE)",
+            )
             return NOT_DONE_YET
-        return self._websocket.render(request)  # type: ignore[no-any-return]
+        return self._websocket.render(request)

@@ -73,8 +73,14 @@ class LiveService(MultiService):
         super().__init__()
         self._cfg = cfg
         self._clock: IReactorTime = reactor
-        self.hub = Hub(clock=reactor, history_events=cfg.history_events, history_seconds=cfg.history_seconds)
-        metrics = LiveMetrics(registry, self.hub, lambda transport: self.live.count(transport))
+        self.hub = Hub(
+            clock=reactor,
+            history_events=cfg.history_events,
+            history_seconds=cfg.history_seconds,
+        )
+        metrics = LiveMetrics(
+            registry, self.hub, lambda transport: self.live.count(transport)
+        )
         self.resolver = ChannelResolver(
             store,
             clock=reactor,
@@ -91,11 +97,20 @@ class LiveService(MultiService):
             node_id=node_id,
             policy=policy,
         )
-        self.publisher = LivePublisher(self.hub, resolver=self.resolver, node_id=node_id)
+        self.publisher = LivePublisher(
+            self.hub, resolver=self.resolver, node_id=node_id
+        )
         self.resource = LiveResource(self.live)
-        _Sweep(max(1.0, min(cfg.history_seconds, 60.0)), reactor, "history expiry", self.hub.expire).setServiceParent(self)
+        _Sweep(
+            max(1.0, min(cfg.history_seconds, 60.0)),
+            reactor,
+            "history expiry",
+            self.hub.expire,
+        ).setServiceParent(self)
         if cfg.ping_seconds > 0:
-            _Sweep(cfg.ping_seconds, reactor, "keep-alive", self.live.keepalive).setServiceParent(self)
+            _Sweep(
+                cfg.ping_seconds, reactor, "keep-alive", self.live.keepalive
+            ).setServiceParent(self)
 
     def use_viewer_tokens(self, tokens: ViewerTokens) -> None:
         """Accept viewer tokens the public API issues (wiring, in ``tap``)."""
@@ -107,7 +122,7 @@ class LiveService(MultiService):
         Fires once all live connections are gone, or after
         ``live.close_timeout_seconds`` (the closing handshake's bound).
         """
-        stopped: Deferred[Any] = super().stopService()  # type: ignore[assignment]
+        stopped: Deferred[Any] = super().stopService()
         live = self.live
         total = sum(len(c) for c in live.connections.values())
         if total:
@@ -117,7 +132,9 @@ class LiveService(MultiService):
             return stopped.addCallback(lambda _: None)
         drained: Deferred[None] = Deferred()
         live.on_drained(drained)
-        timeout = self._clock.callLater(self._cfg.close_timeout_seconds + 1.0, _fire, drained)  # type: ignore[attr-defined]
+        timeout = self._clock.callLater(
+            self._cfg.close_timeout_seconds + 1.0, _fire, drained
+        )
 
         def done(_: object) -> Deferred[Any]:
             if timeout.active():
@@ -143,5 +160,11 @@ def make_service(
     policy: IAccessPolicy | None = None,
 ) -> LiveService:
     """The ``live`` child for ``cfg``."""
-    return LiveService(cfg, reactor=reactor, registry=registry, store=store, node_id=node_id, policy=policy)
-
+    return LiveService(
+        cfg,
+        reactor=reactor,
+        registry=registry,
+        store=store,
+        node_id=node_id,
+        policy=policy,
+    )

@@ -86,7 +86,9 @@ class SseStream:
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-accel-buffering", b"no")
         request.setHeader(b"access-control-allow-origin", b"*")
-        answer = messages.subscribed(name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref)
+        answer = messages.subscribed(
+            name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref
+        )
         # The first write goes through the request: it sends the headers.
         request.write(b"retry: %d\n\n" % RETRY_MS + record(answer))
         channel = request.channel
@@ -94,9 +96,16 @@ class SseStream:
             # HTTP/1.x: from now on write pre-built records (chunks) to the
             # connection ourselves, exactly as request.write would.
             self._chunked = bool(request.chunked)
-            self._writer = Writer(channel.transport, self._live.cfg.max_buffered_bytes, self._overflowed)
+            self._writer = Writer(
+                channel.transport, self._live.cfg.max_buffered_bytes, self._overflowed
+            )
         else:
-            self._writer = Writer(_RequestSink(request), self._live.cfg.max_buffered_bytes, self._overflowed, direct=False)
+            self._writer = Writer(
+                _RequestSink(request),
+                self._live.cfg.max_buffered_bytes,
+                self._overflowed,
+                direct=False,
+            )
         request.registerProducer(self._writer, True)
         self._open = True
         self._live.opened(self)
@@ -154,7 +163,10 @@ class SseStream:
 
     def _overflowed(self) -> None:
         self._live.slow_consumer(self.transport_name)
-        self._log.info("live: slow SSE consumer disconnected ({limit} bytes queued)", limit=self._live.cfg.max_buffered_bytes)
+        self._log.info(
+            "live: slow SSE consumer disconnected ({limit} bytes queued)",
+            limit=self._live.cfg.max_buffered_bytes,
+        )
         self._end(CLOSE_SLOW_CONSUMER, "slow consumer: too far behind; reconnect")
 
     def _end(self, code: int, reason: str) -> None:
@@ -176,7 +188,9 @@ class SseStream:
         if transport is not None:
             # The client has until close_timeout to read what is queued.
             transport.loseConnection()
-            self._abort = self._live.clock.callLater(self._live.cfg.close_timeout_seconds, _abort, transport)
+            self._abort = self._live.clock.callLater(
+                self._live.cfg.close_timeout_seconds, _abort, transport
+            )
 
 
 def _abort(transport: Any) -> None:
@@ -205,7 +219,12 @@ class LiveEventsResource(Resource):
         if not live.admit("sse"):
             live.closing(messages.CLOSE_TRY_AGAIN_LATER)
             request.setHeader(b"retry-after", b"5")
-            write_error(request, 503, "too_many_connections", "this node is at its live connection limit")
+            write_error(
+                request,
+                503,
+                "too_many_connections",
+                "this node is at its live connection limit",
+            )
             return NOT_DONE_YET
         stream = SseStream(live, request)
         d = stream.conn.subscribe(msg, stream.start)
@@ -221,20 +240,37 @@ class LiveEventsResource(Resource):
             write_error(request, _STATUS.get(e.code, 400), e.code, e.message)
             return
         self._log.failure("live SSE subscribe failed", failure)
-        write_error(request, 500, "internal_error", "the server failed to subscribe you")
+        write_error(
+            request, 500, "internal_error", "the server failed to subscribe you"
+        )
 
     def _subscription(self, request: Request) -> Subscribe:
         query: dict[str, str] = {}
-        for raw_key, values in (request.args or {}).items():
+        args: dict[bytes, list[bytes]] = request.args or {}
+        for raw_key, values in args.items():
             try:
                 key = raw_key.decode("utf-8")
                 value = values[-1].decode("utf-8")
             except UnicodeDecodeError:
-                raise RequestError("bad_query", "query parameters must be UTF-8") from None
+                raise RequestError(
+                    "bad_query", "query parameters must be UTF-8"
+                ) from None
             if len(values) != 1:
-                raise RequestError("bad_query", "query parameter {!r} given more than once".format(key[:40]))
-            if key not in ("tenant", "urlId", "since", "epoch", "viewer", "lastEventId"):
-                raise RequestError("bad_query", "unknown query parameter {!r}".format(key[:40]))
+                raise RequestError(
+                    "bad_query",
+                    "query parameter {!r} given more than once".format(key[:40]),
+                )
+            if key not in (
+                "tenant",
+                "urlId",
+                "since",
+                "epoch",
+                "viewer",
+                "lastEventId",
+            ):
+                raise RequestError(
+                    "bad_query", "unknown query parameter {!r}".format(key[:40])
+                )
             query[key] = value
         tenant = query.get("tenant")
         if not tenant:
@@ -251,7 +287,10 @@ class LiveEventsResource(Resource):
         if last:
             parsed = messages.parse_event_id(last)
             if parsed is None:
-                raise RequestError("bad_last_event_id", "Last-Event-ID must be an event id (<epoch>-<seq>)")
+                raise RequestError(
+                    "bad_last_event_id",
+                    "Last-Event-ID must be an event id (<epoch>-<seq>)",
+                )
             epoch, since = parsed
         elif "since" in query:
             raw = query["since"]
@@ -262,10 +301,15 @@ class LiveEventsResource(Resource):
             since = int(raw)
             epoch = query.get("epoch")
             if epoch is not None and not messages.is_epoch(epoch):
-                raise RequestError("bad_epoch", "epoch must be an epoch from a subscribed answer or event id")
+                raise RequestError(
+                    "bad_epoch",
+                    "epoch must be an epoch from a subscribed answer or event id",
+                )
         viewer = query.get("viewer")
         if viewer is not None and len(viewer) > 512:
             raise RequestError("bad_viewer_token", "viewer must be a viewer token")
         if len(url_id) > 4096:
             raise RequestError("bad_url_id", "urlId is longer than 4096 characters")
-        return Subscribe(tenant=tenant, url_id=url_id, since=since, epoch=epoch, viewer=viewer)
+        return Subscribe(
+            tenant=tenant, url_id=url_id, since=since, epoch=epoch, viewer=viewer
+        )

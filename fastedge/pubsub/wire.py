@@ -32,7 +32,11 @@ def _plain_tcp(transport: Any) -> Any:
     if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
         # The fast path reads FileDescriptor's buffer fields; refuse the
         # shortcut rather than guess if a Twisted release renames them.
-        if hasattr(transport, "dataBuffer") and hasattr(transport, "_tempDataLen") and hasattr(transport, "offset"):
+        if (
+            hasattr(transport, "dataBuffer")
+            and hasattr(transport, "_tempDataLen")
+            and hasattr(transport, "offset")
+        ):
             return transport
     return None
 
@@ -47,9 +51,24 @@ class Writer:
     :param on_overflow: called once, when that limit is passed.
     """
 
-    __slots__ = ("_transport", "_tcp", "_paused", "_behind", "_limit", "overflowed", "_on_overflow")
+    __slots__ = (
+        "_transport",
+        "_tcp",
+        "_paused",
+        "_behind",
+        "_limit",
+        "overflowed",
+        "_on_overflow",
+    )
 
-    def __init__(self, transport: Any, limit: int, on_overflow: Callable[[], None], *, direct: bool = True) -> None:
+    def __init__(
+        self,
+        transport: Any,
+        limit: int,
+        on_overflow: Callable[[], None],
+        *,
+        direct: bool = True,
+    ) -> None:
         self._transport = transport
         self._tcp = _plain_tcp(transport) if direct else None
         self._paused = False
@@ -73,7 +92,12 @@ class Writer:
             return 0
         t = self._tcp
         if t is not None:
-            if not t.dataBuffer and not t._tempDataLen and t.connected and not t.disconnecting:
+            if (
+                not t.dataBuffer
+                and not t._tempDataLen
+                and t.connected
+                and not t.disconnecting
+            ):
                 try:
                     n = t.socket.send(data)
                 except (BlockingIOError, InterruptedError):

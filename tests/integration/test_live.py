@@ -87,19 +87,28 @@ class EndToEndTests(TestCase):
         through the direct-to-socket fast path."""
         node = LiveNode(tempfile.mkdtemp(prefix="fe-e2e-"), clock=reactor)
         self.addCleanup(node.api.service.stopService)
-        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(node.site)
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+            node.site
+        )
         self.addCleanup(port.stopListening)
         host = port.getHost()
         base = "http://127.0.0.1:{}".format(host.port)
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)
-        tenant = (await node.store.create_tenant("E2E", "global", created_ms=0, read_preference=PRIMARY)).value
+        tenant = (
+            await node.store.create_tenant(
+                "E2E", "global", created_ms=0, read_preference=PRIMARY
+            )
+        ).value
         url_id = "https://e2e.example/article"
         comments = "{}/api/v1/{}/comments".format(base, tenant.id)
 
         async def post(text: str) -> dict[str, Any]:
             response = await treq.post(
-                comments, params={"urlId": url_id}, json={"text": text, "displayName": "Eve"}, pool=pool
+                comments,
+                params={"urlId": url_id},
+                json={"text": text, "displayName": "Eve"},
+                pool=pool,
             )
             self.assertEqual(response.code, 201)
             return await response.json()  # type: ignore[no-any-return]
@@ -109,7 +118,9 @@ class EndToEndTests(TestCase):
         # WebSocket subscriber.
         factory = WebSocketClientFactory("ws://127.0.0.1:{}/live".format(host.port))
         factory.protocol = WaitingClient
-        ws: WaitingClient = await TCP4ClientEndpoint(reactor, "127.0.0.1", host.port).connect(factory)
+        ws: WaitingClient = await TCP4ClientEndpoint(
+            reactor, "127.0.0.1", host.port
+        ).connect(factory)
         await ws.opened
         subscribed = ws.wait_for("subscribed")
         ws.send_json(type="subscribe", tenant=tenant.id, urlId=url_id)
@@ -120,9 +131,13 @@ class EndToEndTests(TestCase):
         from urllib.parse import urlencode
 
         path = "/live/events?" + urlencode({"tenant": tenant.id, "urlId": url_id})
-        request = "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".format(path).encode()
+        request = "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".format(
+            path
+        ).encode()
         sse = SseReader(request)
-        await TCP4ClientEndpoint(reactor, "127.0.0.1", host.port).connect(Factory.forProtocol(lambda: sse))
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", host.port).connect(
+            Factory.forProtocol(lambda: sse)
+        )
         await sse.wait_for(b'"subscribed"')
 
         ws_event = ws.wait_for("event")
@@ -134,13 +149,19 @@ class EndToEndTests(TestCase):
         self.assertEqual(event["data"]["comment"]["id"], body["comment"]["id"])
         self.assertEqual(event["data"]["comment"]["html"], "<p>hello, live world</p>")
         raw = await sse_event
-        records = [r for r in raw.split(b"\n") if r.startswith(b"data: ") and b"comment.created" in r]
+        records = [
+            r
+            for r in raw.split(b"\n")
+            if r.startswith(b"data: ") and b"comment.created" in r
+        ]
         sse_message = json.loads(records[0][len(b"data: ") :])
         self.assertEqual(sse_message, event)
         self.assertIn(b"id: " + event["id"].encode() + b"\n", raw)
 
         # Both went through the fast path (plain TCP, straight to the socket).
-        writers = [conn._writer for group in node.live.connections.values() for conn in group]
+        writers = [
+            conn._writer for group in node.live.connections.values() for conn in group
+        ]
         self.assertEqual([w.direct for w in writers], [True, True])
 
         # Close both and wait until the server has seen them go.
@@ -170,16 +191,28 @@ class SlowConsumerTests(TestCase):
             live_overrides={"max_buffered_bytes": 65536, "close_timeout_seconds": 0.2},
         )
         self.addCleanup(node.api.service.stopService)
-        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(node.site)
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+            node.site
+        )
         self.addCleanup(port.stopListening)
         host = port.getHost()
-        tenant = (await node.store.create_tenant("S", "global", created_ms=0, read_preference=PRIMARY)).value
-        thread = (await node.store.upsert_thread(tenant.id, "u", created_ms=0, read_preference=PRIMARY)).value
+        tenant = (
+            await node.store.create_tenant(
+                "S", "global", created_ms=0, read_preference=PRIMARY
+            )
+        ).value
+        thread = (
+            await node.store.upsert_thread(
+                tenant.id, "u", created_ms=0, read_preference=PRIMARY
+            )
+        ).value
         subscribe = json.dumps({"type": "subscribe", "tenant": tenant.id, "urlId": "u"})
 
         factory = WebSocketClientFactory("ws://127.0.0.1:{}/live".format(host.port))
         factory.protocol = WaitingClient
-        reader: WaitingClient = await TCP4ClientEndpoint(reactor, "127.0.0.1", host.port).connect(factory)
+        reader: WaitingClient = await TCP4ClientEndpoint(
+            reactor, "127.0.0.1", host.port
+        ).connect(factory)
         await reader.opened
         ok = reader.wait_for("subscribed")
         reader.sendMessage(subscribe.encode())
@@ -220,11 +253,21 @@ class SlowConsumerTests(TestCase):
         events = 400  # ~6.5 MB: more than the kernel buffers hold
         last = reader.wait_for("event")
         for i in range(events):
-            node.hub.publish(Event((tenant.id, thread.id), "bench", {"i": i, "pad": pad}))
+            node.hub.publish(
+                Event((tenant.id, thread.id), "bench", {"i": i, "pad": pad})
+            )
             if i % 2:
                 await turn()  # the reader (in this process) reads; the sleeper never does
-        self.assertEqual(node.metric("fastedge_live_slow_consumer_disconnects_total", {"transport": "websocket"}), 1)
-        sleepers = [c for c in node.live.connections["websocket"] if c._writer.overflowed]
+        self.assertEqual(
+            node.metric(
+                "fastedge_live_slow_consumer_disconnects_total",
+                {"transport": "websocket"},
+            ),
+            1,
+        )
+        sleepers = [
+            c for c in node.live.connections["websocket"] if c._writer.overflowed
+        ]
         self.assertEqual(len(sleepers), 1)
         self.assertTrue(sleepers[0]._writer.direct)
         gone = sleepers[0].is_closed

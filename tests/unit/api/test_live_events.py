@@ -39,7 +39,11 @@ class LiveEventsTests(SynchronousTestCase):
         self.stub = StubTreq(self.node.site.resource)
         self.tenant = self.world.tenant_a
         key = new_api_key()
-        done(self.node.store.add_api_key(self.tenant.id, hash_api_key(key), created_ms=0, read_preference=PRIMARY))
+        done(
+            self.node.store.add_api_key(
+                self.tenant.id, hash_api_key(key), created_ms=0, read_preference=PRIMARY
+            )
+        )
         self.auth = {b"authorization": [b"Bearer " + key.encode()]}
         self.inbox = Inbox()
         self.node.hub.subscribe((self.tenant.id, self.world.thread_a.id), self.inbox)
@@ -47,7 +51,13 @@ class LiveEventsTests(SynchronousTestCase):
         self.troll_stub = StubTreq(self.node.site.resource)
 
     def call(
-        self, method: str, path: str, body: Any = None, manage: bool = False, stub: Any = None, **query: str
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        manage: bool = False,
+        stub: Any = None,
+        **query: str,
     ) -> tuple[int, Any]:
         url = "http://node.test" + path
         if query:
@@ -59,11 +69,15 @@ class LiveEventsTests(SynchronousTestCase):
         if body is not None:
             headers[b"content-type"] = [b"application/json"]
             data = json.dumps(body).encode()
-        response = self.successResultOf((stub or self.stub).request(method, url, data=data, headers=headers))
+        response = self.successResultOf(
+            (stub or self.stub).request(method, url, data=data, headers=headers)
+        )
         raw = self.successResultOf(response.content())
         return response.code, json.loads(raw) if raw else None
 
-    def post(self, text: str = "hi", url: str | None = None, stub: Any = None) -> dict[str, Any]:
+    def post(
+        self, text: str = "hi", url: str | None = None, stub: Any = None
+    ) -> dict[str, Any]:
         code, body = self.call(
             "POST",
             "/api/v1/{}/comments".format(self.tenant.id),
@@ -88,28 +102,43 @@ class LiveEventsTests(SynchronousTestCase):
         self.assertEqual(event["data"]["comment"]["html"], body["comment"]["html"])
         self.assertNotIn("isMine", event["data"]["comment"])
         viewer = body["viewer"]
-        author = self.node.api.viewer_tokens.check(viewer["liveToken"], self.tenant.id, int(self.clock.seconds()))
+        author = self.node.api.viewer_tokens.check(
+            viewer["liveToken"], self.tenant.id, int(self.clock.seconds())
+        )
         self.assertEqual(author, viewer["authorId"])
         self.assertEqual(author, body["comment"]["authorId"])
 
     def test_read_with_session_gives_viewer_token(self) -> None:
         """Reading a thread with a session cookie returns the viewer token."""
         self.post()
-        code, body = self.call("GET", "/api/v1/{}/comments".format(self.tenant.id), urlId=self.world.url)
+        code, body = self.call(
+            "GET", "/api/v1/{}/comments".format(self.tenant.id), urlId=self.world.url
+        )
         self.assertEqual(code, 200)
         self.assertIn("liveToken", body["viewer"])
 
     def test_pending_then_approved(self) -> None:
         """A pre-moderated comment is not published while pending, and is
         published as approved when a moderator approves it."""
-        done(self.node.store.update_tenant_settings(self.tenant.id, {"moderation": "pre"}, read_preference=PRIMARY))
+        done(
+            self.node.store.update_tenant_settings(
+                self.tenant.id, {"moderation": "pre"}, read_preference=PRIMARY
+            )
+        )
         body = self.post("wait for it")
         self.assertEqual(body["comment"]["status"], "pending")
         self.assertEqual(self.inbox.events, [])
-        code, _ = self.call("PATCH", "/api/v1/manage/comments/" + body["comment"]["id"], {"status": "approved"}, manage=True)
+        code, _ = self.call(
+            "PATCH",
+            "/api/v1/manage/comments/" + body["comment"]["id"],
+            {"status": "approved"},
+            manage=True,
+        )
         self.assertEqual(code, 200)
         self.assertEqual(self.kinds(), ["comment.approved"])
-        self.assertEqual(self.inbox.events[0]["data"]["comment"]["html"], "<p>wait for it</p>")
+        self.assertEqual(
+            self.inbox.events[0]["data"]["comment"]["html"], "<p>wait for it</p>"
+        )
 
     def test_edit_and_moderation(self) -> None:
         """Editing publishes edited; moderating away (removed, spam) publishes
@@ -119,9 +148,16 @@ class LiveEventsTests(SynchronousTestCase):
         self.call("PATCH", path, {"text": "first, edited"}, manage=True)
         self.call("PATCH", path, {"status": "spam"}, manage=True)
         self.call("PATCH", path, {"text": "still hidden"}, manage=True)
-        self.assertEqual(self.kinds(), ["comment.created", "comment.edited", "comment.removed"])
-        self.assertEqual(self.inbox.events[1]["data"]["comment"]["html"], "<p>first, edited</p>")
-        self.assertEqual(self.inbox.events[2]["data"], {"commentId": cid, "parentId": None, "reason": "spam"})
+        self.assertEqual(
+            self.kinds(), ["comment.created", "comment.edited", "comment.removed"]
+        )
+        self.assertEqual(
+            self.inbox.events[1]["data"]["comment"]["html"], "<p>first, edited</p>"
+        )
+        self.assertEqual(
+            self.inbox.events[2]["data"],
+            {"commentId": cid, "parentId": None, "reason": "spam"},
+        )
         self.assertEqual([e["seq"] for e in self.inbox.events], [1, 2, 3])
 
     def test_delete(self) -> None:
@@ -129,12 +165,18 @@ class LiveEventsTests(SynchronousTestCase):
         cid = self.post()["comment"]["id"]
         code, _ = self.call("DELETE", "/api/v1/manage/comments/" + cid, manage=True)
         self.assertEqual(code, 200)
-        self.assertEqual(self.inbox.events[-1]["data"], {"commentId": cid, "parentId": None, "reason": "deleted"})
+        self.assertEqual(
+            self.inbox.events[-1]["data"],
+            {"commentId": cid, "parentId": None, "reason": "deleted"},
+        )
 
     def test_manage_create(self) -> None:
         """A comment created through the tenant API is published."""
         code, body = self.call(
-            "POST", "/api/v1/manage/comments", {"urlId": self.world.url, "text": "from the CMS", "displayName": "Ed"}, manage=True
+            "POST",
+            "/api/v1/manage/comments",
+            {"urlId": self.world.url, "text": "from the CMS", "displayName": "Ed"},
+            manage=True,
         )
         self.assertEqual(code, 201)
         self.assertEqual(self.kinds(), ["comment.created"])
@@ -145,7 +187,10 @@ class LiveEventsTests(SynchronousTestCase):
         path = "/api/v1/{}/comments/{}/like".format(self.tenant.id, cid)
         self.assertEqual(self.call("POST", path)[0], 200)
         self.assertEqual(self.call("DELETE", path)[0], 200)
-        self.assertEqual([e["data"] for e in self.inbox.events[1:]], [{"commentId": cid, "likes": 1}, {"commentId": cid, "likes": 0}])
+        self.assertEqual(
+            [e["data"] for e in self.inbox.events[1:]],
+            [{"commentId": cid, "likes": 1}, {"commentId": cid, "likes": 0}],
+        )
 
     def test_failed_write_publishes_nothing(self) -> None:
         """A write the store refuses (a repeated like) publishes nothing."""
@@ -161,18 +206,37 @@ class LiveEventsTests(SynchronousTestCase):
         troll = self.post("troll post", stub=self.troll_stub)["comment"]["authorId"]
         me = self.post("my post")["viewer"]["authorId"]
         viewer_inbox = Inbox()
-        self.node.hub.subscribe((self.tenant.id, self.world.thread_a.id), viewer_inbox, viewer=(self.tenant.id, me))
-        self.assertEqual(self.call("POST", "/api/v1/{}/blocks/{}".format(self.tenant.id, troll))[0], 200)
+        self.node.hub.subscribe(
+            (self.tenant.id, self.world.thread_a.id),
+            viewer_inbox,
+            viewer=(self.tenant.id, me),
+        )
+        self.assertEqual(
+            self.call("POST", "/api/v1/{}/blocks/{}".format(self.tenant.id, troll))[0],
+            200,
+        )
         self.post("blocked", stub=self.troll_stub)
-        self.assertEqual(self.call("DELETE", "/api/v1/{}/blocks/{}".format(self.tenant.id, troll))[0], 200)
+        self.assertEqual(
+            self.call("DELETE", "/api/v1/{}/blocks/{}".format(self.tenant.id, troll))[
+                0
+            ],
+            200,
+        )
         self.post("visible again", stub=self.troll_stub)
-        self.assertEqual([e["data"]["comment"]["html"] for e in viewer_inbox.events], ["<p>visible again</p>"])
+        self.assertEqual(
+            [e["data"]["comment"]["html"] for e in viewer_inbox.events],
+            ["<p>visible again</p>"],
+        )
 
     def test_new_thread_subscribable_at_once(self) -> None:
         """A thread created by a first comment can be subscribed to at once,
         even right after a subscribe attempt was refused (no stale cache)."""
-        failure = self.node.service.resolver.resolve(self.tenant.id, "https://new.example/")
+        failure = self.node.service.resolver.resolve(
+            self.tenant.id, "https://new.example/"
+        )
         self.failureResultOf(failure).trap(Exception)
         self.post(url="https://new.example/")
-        resolved = self.successResultOf(self.node.service.resolver.resolve(self.tenant.id, "https://new.example/"))
+        resolved = self.successResultOf(
+            self.node.service.resolver.resolve(self.tenant.id, "https://new.example/")
+        )
         self.assertEqual(resolved.thread.url_id, "https://new.example/")

@@ -9,7 +9,14 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketClientProtocol
 from twisted.internet.defer import Deferred
 
-from fastedge.store.model import Comment, CommentStatus, NewComment, ReadPreference, Tenant, Thread
+from fastedge.store.model import (
+    Comment,
+    CommentStatus,
+    NewComment,
+    ReadPreference,
+    Tenant,
+    Thread,
+)
 from fastedge.testing import LiveNode
 
 PRIMARY = ReadPreference.PRIMARY
@@ -30,24 +37,49 @@ class World:
 
     def __init__(self, clock: Any, run: Any = None, **live: Any) -> None:
         kwargs = {} if run is None else {"run": run}
-        self.node = LiveNode(tempfile.mkdtemp(prefix="fe-live-"), clock=clock, live_overrides=live, **kwargs)
+        self.node = LiveNode(
+            tempfile.mkdtemp(prefix="fe-live-"),
+            clock=clock,
+            live_overrides=live,
+            **kwargs,
+        )
         store = self.node.store
-        self.tenant_a: Tenant = done(store.create_tenant("A", "global", created_ms=0, read_preference=PRIMARY)).value
-        self.tenant_b: Tenant = done(store.create_tenant("B", "global", created_ms=0, read_preference=PRIMARY)).value
+        self.tenant_a: Tenant = done(
+            store.create_tenant("A", "global", created_ms=0, read_preference=PRIMARY)
+        ).value
+        self.tenant_b: Tenant = done(
+            store.create_tenant("B", "global", created_ms=0, read_preference=PRIMARY)
+        ).value
         self.thread_a: Thread = done(
-            store.upsert_thread(self.tenant_a.id, "https://a.example/post", created_ms=0, read_preference=PRIMARY)
+            store.upsert_thread(
+                self.tenant_a.id,
+                "https://a.example/post",
+                created_ms=0,
+                read_preference=PRIMARY,
+            )
         ).value
         self.thread_b: Thread = done(
-            store.upsert_thread(self.tenant_b.id, "https://a.example/post", created_ms=0, read_preference=PRIMARY)
+            store.upsert_thread(
+                self.tenant_b.id,
+                "https://a.example/post",
+                created_ms=0,
+                read_preference=PRIMARY,
+            )
         ).value
         self.url = "https://a.example/post"
 
     def author(self, tenant: Tenant) -> str:
         """A new anonymous author of ``tenant``; returns its author id."""
-        session = done(self.node.store.create_anonymous_session(tenant.id, created_ms=0, read_preference=PRIMARY))
+        session = done(
+            self.node.store.create_anonymous_session(
+                tenant.id, created_ms=0, read_preference=PRIMARY
+            )
+        )
         return str(session.value.author_id)
 
-    def comment(self, tenant: Tenant, thread: Thread, author: str, text: str = "hello") -> Comment:
+    def comment(
+        self, tenant: Tenant, thread: Thread, author: str, text: str = "hello"
+    ) -> Comment:
         """Store an approved comment and publish it, as the API does."""
         written = done(
             self.node.store.create_comment(
@@ -69,12 +101,20 @@ class World:
         return comment
 
     def subscribe_msg(self, tenant: Tenant | None = None, **extra: Any) -> bytes:
-        body = {"type": "subscribe", "tenant": (tenant or self.tenant_a).id, "urlId": self.url}
+        body = {
+            "type": "subscribe",
+            "tenant": (tenant or self.tenant_a).id,
+            "urlId": self.url,
+        }
         body.update(extra)
         return json.dumps(body).encode()
 
     def viewer_token(self, tenant: Tenant, author: str) -> str:
-        return str(self.node.api.viewer_tokens.issue(tenant.id, author, int(self.node.clock.seconds())))
+        return str(
+            self.node.api.viewer_tokens.issue(
+                tenant.id, author, int(self.node.clock.seconds())
+            )
+        )
 
 
 class Client(WebSocketClientProtocol):
@@ -110,5 +150,9 @@ def masked_text(payload: bytes) -> bytes:
 
     mask = os.urandom(4)
     n = len(payload)
-    head = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    head = (
+        struct.pack("!BB", 0x81, 0x80 | n)
+        if n < 126
+        else struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    )
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

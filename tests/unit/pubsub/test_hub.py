@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.pubsub.hub import Event, Hub, Prepared, SinceInFuture, Stamp, deliver_each, new_epoch
+from fastedge.pubsub.hub import (
+    Event,
+    Hub,
+    Prepared,
+    SinceInFuture,
+    Stamp,
+    deliver_each,
+    new_epoch,
+)
 from fastedge.pubsub.messages import is_epoch
 
 A = ("tenantA", "thread1")
@@ -42,10 +50,20 @@ def epochs() -> Any:
 
 
 def make_hub(clock: Clock | None = None, events: int = 5, seconds: float = 60.0) -> Hub:
-    return Hub(clock=clock or Clock(), history_events=events, history_seconds=seconds, new_epoch=epochs())
+    return Hub(
+        clock=clock or Clock(),
+        history_events=events,
+        history_seconds=seconds,
+        new_epoch=epochs(),
+    )
 
 
-def ev(kind: str = "comment.created", channel: tuple[str, str] = A, author: str | None = None, **kw: Any) -> Event:
+def ev(
+    kind: str = "comment.created",
+    channel: tuple[str, str] = A,
+    author: str | None = None,
+    **kw: Any,
+) -> Event:
     return Event(channel, kind, {"n": kind}, author_id=author, **kw)
 
 
@@ -195,14 +213,23 @@ class RecoveryTests(SynchronousTestCase):
 
     def test_since_in_future(self) -> None:
         """A since beyond the channel's position in its own epoch is an error."""
-        self.assertRaises(SinceInFuture, self.hub.subscribe, A, Inbox(), since=5, epoch=self.epoch)
+        self.assertRaises(
+            SinceInFuture, self.hub.subscribe, A, Inbox(), since=5, epoch=self.epoch
+        )
         self.assertRaises(SinceInFuture, self.hub.subscribe, A, Inbox(), since=99)
 
     def test_replay_respects_blocks(self) -> None:
         """Replayed events from a blocked author are left out."""
         self.hub.publish(ev(author="troll"))
         self.hub.publish(ev(author="friend"))
-        joined = self.hub.subscribe(A, Inbox(), since=4, epoch=self.epoch, viewer=("tenantA", "me"), blocked={"troll"})
+        joined = self.hub.subscribe(
+            A,
+            Inbox(),
+            since=4,
+            epoch=self.epoch,
+            viewer=("tenantA", "me"),
+            blocked={"troll"},
+        )
         self.assertEqual([p.event.author_id for p in joined.replay], ["friend"])
 
     def test_expire_forgets_idle_channels(self) -> None:
@@ -218,7 +245,9 @@ class RecoveryTests(SynchronousTestCase):
         self.assertIsNone(hub.position(A))
         self.assertIsNotNone(hub.position(B))
 
-    @given(st.integers(min_value=0, max_value=12), st.integers(min_value=0, max_value=12))
+    @given(
+        st.integers(min_value=0, max_value=12), st.integers(min_value=0, max_value=12)
+    )
     def test_recovery_property(self, published: int, since: int) -> None:
         """For any history and any since: either the replay is exactly the
         events after since, in order, or the client is told to reload (or,
@@ -236,7 +265,10 @@ class RecoveryTests(SynchronousTestCase):
             self.assertLess(since, published - 5)
             self.assertEqual(joined.replay, ())
         else:
-            self.assertEqual([p.stamp.seq for p in joined.replay], list(range(since + 1, published + 1)))
+            self.assertEqual(
+                [p.stamp.seq for p in joined.replay],
+                list(range(since + 1, published + 1)),
+            )
 
 
 class InterestTests(SynchronousTestCase):
@@ -247,7 +279,9 @@ class InterestTests(SynchronousTestCase):
         heard: list[tuple[tuple[str, str], bool]] = []
 
         class Listener:
-            def interest_changed(self, channel: tuple[str, str], interested: bool) -> None:
+            def interest_changed(
+                self, channel: tuple[str, str], interested: bool
+            ) -> None:
                 heard.append((channel, interested))
 
             def accepted(self, prepared: Prepared, local: bool) -> None:
@@ -271,7 +305,9 @@ class InterestTests(SynchronousTestCase):
         accepted: list[tuple[int, bool]] = []
 
         class Listener:
-            def interest_changed(self, channel: tuple[str, str], interested: bool) -> None:
+            def interest_changed(
+                self, channel: tuple[str, str], interested: bool
+            ) -> None:
                 pass
 
             def accepted(self, prepared: Prepared, local: bool) -> None:
@@ -355,9 +391,21 @@ class RelayTests(SynchronousTestCase):
         epoch = hub.subscribe(A, inbox).epoch
         hub.publish(ev())
         hub.publish(ev(stamp=Stamp(epoch, 5)))
-        self.assertEqual([(p.reset, p.stamp.seq) for p in inbox.got], [(False, 1), (True, 4), (False, 5)])
+        self.assertEqual(
+            [(p.reset, p.stamp.seq) for p in inbox.got],
+            [(False, 1), (True, 4), (False, 5)],
+        )
         body = json.loads(inbox.got[1].payload)
-        self.assertEqual(body, {"type": "reset", "channel": "tenantA/thread1", "epoch": epoch, "seq": 4, "reload": True})
+        self.assertEqual(
+            body,
+            {
+                "type": "reset",
+                "channel": "tenantA/thread1",
+                "epoch": epoch,
+                "seq": 4,
+                "reload": True,
+            },
+        )
         self.assertTrue(hub.subscribe(A, Inbox(), since=1, epoch=epoch).reload)
         self.assertEqual(hub.stats.resets, 1)
 

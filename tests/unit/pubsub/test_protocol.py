@@ -7,7 +7,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from autobahn.twisted.testing import MemoryReactorClockResolver, create_memory_agent, create_pumper
+from autobahn.twisted.testing import (
+    MemoryReactorClockResolver,
+    create_memory_agent,
+    create_pumper,
+)
 from twisted.trial.unittest import TestCase
 
 from fastedge.pubsub.protocol import LiveServerProtocol
@@ -27,7 +31,9 @@ class LiveProtocolTestCase(TestCase):
         self.world = World(self.reactor, **self.live)
         self.node = self.world.node
         factory = self.node.service.resource.factory
-        self.agent = create_memory_agent(self.reactor, self.pumper, lambda: factory.buildProtocol(None))
+        self.agent = create_memory_agent(
+            self.reactor, self.pumper, lambda: factory.buildProtocol(None)
+        )
         return self.pumper.start()
 
     def tearDown(self) -> Any:
@@ -62,20 +68,37 @@ class SubscribeTests(LiveProtocolTestCase):
         client = await self.connect()
         self.assertEqual(
             client.messages,
-            [{"type": "hello", "protocol": "fastedge.live.1", "node": "test-node", "maxSubscriptions": 20}],
+            [
+                {
+                    "type": "hello",
+                    "protocol": "fastedge.live.1",
+                    "node": "test-node",
+                    "maxSubscriptions": 20,
+                }
+            ],
         )
-        self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 1)
+        self.assertEqual(
+            self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 1
+        )
 
     async def test_subscribe_then_events(self) -> None:
         """Subscribing answers with the channel and its position; new comments
         then arrive as events with increasing sequence numbers."""
         client = await self.connect()
-        client.send_json(type="subscribe", tenant=self.world.tenant_a.id, urlId=self.world.url, ref="r1")
+        client.send_json(
+            type="subscribe",
+            tenant=self.world.tenant_a.id,
+            urlId=self.world.url,
+            ref="r1",
+        )
         self.flush()
         (answer,) = client.of_type("subscribed")
         channel = "{}/{}".format(self.world.tenant_a.id, self.world.thread_a.id)
         self.assertEqual(answer["channel"], channel)
-        self.assertEqual((answer["seq"], answer["reload"], answer["replayed"], answer["ref"]), (0, False, 0, "r1"))
+        self.assertEqual(
+            (answer["seq"], answer["reload"], answer["replayed"], answer["ref"]),
+            (0, False, 0, "r1"),
+        )
         author = self.world.author(self.world.tenant_a)
         c1 = self.world.comment(self.world.tenant_a, self.world.thread_a, author, "one")
         self.world.comment(self.world.tenant_a, self.world.thread_a, author, "two")
@@ -97,8 +120,15 @@ class SubscribeTests(LiveProtocolTestCase):
         channel = client.of_type("subscribed")[0]["channel"]
         client.send_json(type="unsubscribe", channel=channel, ref=7)
         self.flush()
-        self.assertEqual(client.of_type("unsubscribed"), [{"type": "unsubscribed", "channel": channel, "ref": 7}])
-        self.world.comment(self.world.tenant_a, self.world.thread_a, self.world.author(self.world.tenant_a))
+        self.assertEqual(
+            client.of_type("unsubscribed"),
+            [{"type": "unsubscribed", "channel": channel, "ref": 7}],
+        )
+        self.world.comment(
+            self.world.tenant_a,
+            self.world.thread_a,
+            self.world.author(self.world.tenant_a),
+        )
         client.send_json(type="unsubscribe", channel=channel)
         self.flush()
         self.assertEqual(client.of_type("event"), [])
@@ -114,10 +144,17 @@ class SubscribeTests(LiveProtocolTestCase):
         client.sendMessage(self.world.subscribe_msg(self.world.tenant_b))
         self.flush()
         self.assertEqual(len(client.of_type("subscribed")), 2)
-        self.world.comment(self.world.tenant_b, self.world.thread_b, self.world.author(self.world.tenant_b))
+        self.world.comment(
+            self.world.tenant_b,
+            self.world.thread_b,
+            self.world.author(self.world.tenant_b),
+        )
         self.flush()
         (event,) = client.of_type("event")
-        self.assertEqual(event["channel"], "{}/{}".format(self.world.tenant_b.id, self.world.thread_b.id))
+        self.assertEqual(
+            event["channel"],
+            "{}/{}".format(self.world.tenant_b.id, self.world.thread_b.id),
+        )
 
     async def test_ping(self) -> None:
         """An application ping is answered with a pong carrying its ref."""
@@ -141,14 +178,22 @@ class RecoveryTests(LiveProtocolTestCase):
         self.flush()
         second = await self.subscribed(since=1, epoch=epoch)
         answer = second.of_type("subscribed")[0]
-        self.assertEqual((answer["seq"], answer["reload"], answer["replayed"]), (3, False, 2))
+        self.assertEqual(
+            (answer["seq"], answer["reload"], answer["replayed"]), (3, False, 2)
+        )
         self.world.comment(self.world.tenant_a, self.world.thread_a, author, "d")
         self.flush()
         types = [m["type"] for m in second.messages]
         self.assertEqual(types, ["hello", "subscribed", "event", "event", "event"])
         self.assertEqual([m["seq"] for m in second.of_type("event")], [2, 3, 4])
-        self.assertEqual([m["data"]["comment"]["html"] for m in second.of_type("event")], ["<p>b</p>", "<p>c</p>", "<p>d</p>"])
-        self.assertEqual(self.node.metric("fastedge_live_recoveries_total", {"result": "replayed"}), 1)
+        self.assertEqual(
+            [m["data"]["comment"]["html"] for m in second.of_type("event")],
+            ["<p>b</p>", "<p>c</p>", "<p>d</p>"],
+        )
+        self.assertEqual(
+            self.node.metric("fastedge_live_recoveries_total", {"result": "replayed"}),
+            1,
+        )
 
     async def test_recovery_with_gap(self) -> None:
         """When the missed events have left the bounded history, the answer
@@ -160,9 +205,13 @@ class RecoveryTests(LiveProtocolTestCase):
             self.world.comment(self.world.tenant_a, self.world.thread_a, author, text)
         second = await self.subscribed(since=1, epoch=epoch)
         answer = second.of_type("subscribed")[0]
-        self.assertEqual((answer["seq"], answer["reload"], answer["replayed"]), (5, True, 0))
+        self.assertEqual(
+            (answer["seq"], answer["reload"], answer["replayed"]), (5, True, 0)
+        )
         self.assertEqual(second.of_type("event"), [])
-        self.assertEqual(self.node.metric("fastedge_live_recoveries_total", {"result": "reload"}), 1)
+        self.assertEqual(
+            self.node.metric("fastedge_live_recoveries_total", {"result": "reload"}), 1
+        )
 
     async def test_recovery_from_another_epoch(self) -> None:
         """A since from another epoch (e.g. before a restart) means reload."""
@@ -171,7 +220,11 @@ class RecoveryTests(LiveProtocolTestCase):
 
 
 class BadInputTests(LiveProtocolTestCase):
-    live = {"max_subscriptions": 2, "max_message_bytes": 512, "client_messages_per_minute": 8}
+    live = {
+        "max_subscriptions": 2,
+        "max_message_bytes": 512,
+        "client_messages_per_minute": 8,
+    }
 
     async def assertClosed(self, client: Client, code: int) -> None:
         self.flush()
@@ -192,7 +245,9 @@ class BadInputTests(LiveProtocolTestCase):
         client = await self.connect()
         client.sendMessage(b"hello?")
         await self.assertClosed(client, 4400)
-        self.assertEqual(self.node.metric("fastedge_live_closes_total", {"code": "4400"}), 1)
+        self.assertEqual(
+            self.node.metric("fastedge_live_closes_total", {"code": "4400"}), 1
+        )
 
     async def test_not_an_object(self) -> None:
         """JSON that is not an object with a string type closes with 4400."""
@@ -221,7 +276,9 @@ class BadInputTests(LiveProtocolTestCase):
 
     async def test_unknown_type(self) -> None:
         """An unknown message type is an error; the connection stays usable."""
-        client = await self.assertError(b'{"type": "publish", "ref": 1}', "unknown_type")
+        client = await self.assertError(
+            b'{"type": "publish", "ref": 1}', "unknown_type"
+        )
         self.assertEqual(client.of_type("error")[0]["ref"], 1)
         client.send_json(type="ping")
         self.flush()
@@ -233,14 +290,31 @@ class BadInputTests(LiveProtocolTestCase):
 
     async def test_unknown_tenant(self) -> None:
         """Subscribing to a tenant that does not exist is an error."""
-        await self.assertError(b'{"type":"subscribe","tenant":"nosuchtenant","urlId":"x"}', "tenant_not_found")
-        await self.assertError(b'{"type":"subscribe","tenant":"../../etc","urlId":"x"}', "tenant_not_found")
+        await self.assertError(
+            b'{"type":"subscribe","tenant":"nosuchtenant","urlId":"x"}',
+            "tenant_not_found",
+        )
+        await self.assertError(
+            b'{"type":"subscribe","tenant":"../../etc","urlId":"x"}', "tenant_not_found"
+        )
 
     async def test_unknown_thread(self) -> None:
         """Subscribing to a thread the public API would not show is an error."""
-        payload = json.dumps({"type": "subscribe", "tenant": self.world.tenant_a.id, "urlId": "https://nope"}).encode()
+        payload = json.dumps(
+            {
+                "type": "subscribe",
+                "tenant": self.world.tenant_a.id,
+                "urlId": "https://nope",
+            }
+        ).encode()
         await self.assertError(payload, "thread_not_found")
-        self.assertEqual(self.node.metric("fastedge_live_subscribe_requests_total", {"outcome": "thread_not_found"}), 1)
+        self.assertEqual(
+            self.node.metric(
+                "fastedge_live_subscribe_requests_total",
+                {"outcome": "thread_not_found"},
+            ),
+            1,
+        )
 
     async def test_missing_fields(self) -> None:
         """A subscribe without tenant or urlId is an error."""
@@ -260,7 +334,9 @@ class BadInputTests(LiveProtocolTestCase):
 
     async def test_bad_epoch(self) -> None:
         """An epoch that cannot be one is refused."""
-        await self.assertError(self.world.subscribe_msg(since=1, epoch="NOT AN EPOCH"), "bad_epoch")
+        await self.assertError(
+            self.world.subscribe_msg(since=1, epoch="NOT AN EPOCH"), "bad_epoch"
+        )
 
     async def test_bad_ref(self) -> None:
         """A ref must be a short string or an integer."""
@@ -268,14 +344,18 @@ class BadInputTests(LiveProtocolTestCase):
 
     async def test_bad_channel(self) -> None:
         """Unsubscribing from something that is not a channel name is an error."""
-        await self.assertError(b'{"type":"unsubscribe","channel":"no slash"}', "bad_channel")
+        await self.assertError(
+            b'{"type":"unsubscribe","channel":"no slash"}', "bad_channel"
+        )
 
     async def test_twice_the_same_channel(self) -> None:
         """Subscribing twice to one channel on one connection is an error."""
         client = await self.subscribed()
         client.sendMessage(self.world.subscribe_msg())
         self.flush()
-        self.assertEqual([e["code"] for e in client.of_type("error")], ["already_subscribed"])
+        self.assertEqual(
+            [e["code"] for e in client.of_type("error")], ["already_subscribed"]
+        )
 
     async def test_too_many_subscriptions(self) -> None:
         """At most live.max_subscriptions channels per connection."""
@@ -285,11 +365,15 @@ class BadInputTests(LiveProtocolTestCase):
         client.sendMessage(self.world.subscribe_msg(self.world.tenant_a))
         self.flush()
         self.assertEqual(len(client.of_type("subscribed")), 2)
-        self.assertEqual([e["code"] for e in client.of_type("error")], ["too_many_subscriptions"])
+        self.assertEqual(
+            [e["code"] for e in client.of_type("error")], ["too_many_subscriptions"]
+        )
 
     async def test_bad_viewer_token(self) -> None:
         """A forged viewer token is refused."""
-        await self.assertError(self.world.subscribe_msg(viewer="lv1.x.y.1.zzz"), "bad_viewer_token")
+        await self.assertError(
+            self.world.subscribe_msg(viewer="lv1.x.y.1.zzz"), "bad_viewer_token"
+        )
 
     async def test_rate_limit(self) -> None:
         """A client sending more than live.client_messages_per_minute is
@@ -307,7 +391,11 @@ class BadInputTests(LiveProtocolTestCase):
         bad = await self.subscribed()
         bad.sendMessage(b"\xff\xfe", isBinary=True)
         await self.assertClosed(bad, 1003)
-        self.world.comment(self.world.tenant_a, self.world.thread_a, self.world.author(self.world.tenant_a))
+        self.world.comment(
+            self.world.tenant_a,
+            self.world.thread_a,
+            self.world.author(self.world.tenant_a),
+        )
         self.flush()
         self.assertEqual(len(good.of_type("event")), 1)
         self.assertEqual(self.node.metric("fastedge_live_subscriptions"), 1)
@@ -327,12 +415,20 @@ class SlowConsumerTests(LiveProtocolTestCase):
         # What a TCP transport does when its send buffer is full.
         slow_proto.transport.producer.pauseProducing()
         author = self.world.author(self.world.tenant_a)
-        for i in range(20):
-            self.world.comment(self.world.tenant_a, self.world.thread_a, author, "x" * 200)
+        for _ in range(20):
+            self.world.comment(
+                self.world.tenant_a, self.world.thread_a, author, "x" * 200
+            )
         await self.assertClosed(slow, 4008)
         self.assertLess(len(slow.of_type("event")), 20)
         self.assertEqual(len(fast.of_type("event")), 20)
-        self.assertEqual(self.node.metric("fastedge_live_slow_consumer_disconnects_total", {"transport": "websocket"}), 1)
+        self.assertEqual(
+            self.node.metric(
+                "fastedge_live_slow_consumer_disconnects_total",
+                {"transport": "websocket"},
+            ),
+            1,
+        )
         self.assertEqual(self.node.metric("fastedge_live_subscriptions"), 1)
 
     async def assertClosed(self, client: Client, code: int) -> None:
@@ -349,7 +445,11 @@ class IsolationTests(LiveProtocolTestCase):
         b_only = await self.connect()
         b_only.sendMessage(self.world.subscribe_msg(self.world.tenant_b))
         self.flush()
-        self.world.comment(self.world.tenant_a, self.world.thread_a, self.world.author(self.world.tenant_a))
+        self.world.comment(
+            self.world.tenant_a,
+            self.world.thread_a,
+            self.world.author(self.world.tenant_a),
+        )
         self.flush()
         self.assertEqual(len(a_reader.of_type("event")), 1)
         self.assertEqual(b_only.of_type("event"), [])
@@ -365,7 +465,9 @@ class IsolationTests(LiveProtocolTestCase):
 
     async def test_viewer_token_of_other_tenant(self) -> None:
         """A viewer token issued for tenant A is refused on tenant B."""
-        token = self.world.viewer_token(self.world.tenant_a, self.world.author(self.world.tenant_a))
+        token = self.world.viewer_token(
+            self.world.tenant_a, self.world.author(self.world.tenant_a)
+        )
         client = await self.connect()
         client.sendMessage(self.world.subscribe_msg(self.world.tenant_b, viewer=token))
         self.flush()
@@ -380,13 +482,20 @@ class BlockTests(LiveProtocolTestCase):
         viewer = self.world.author(tenant)
         troll = self.world.author(tenant)
         friend = self.world.author(tenant)
-        done(self.node.store.add_block(tenant.id, viewer, troll, created_ms=0, read_preference=PRIMARY))
+        done(
+            self.node.store.add_block(
+                tenant.id, viewer, troll, created_ms=0, read_preference=PRIMARY
+            )
+        )
         blocker = await self.subscribed(viewer=self.world.viewer_token(tenant, viewer))
         other = await self.subscribed()
         self.world.comment(tenant, thread, troll, "spam")
         self.world.comment(tenant, thread, friend, "nice")
         self.flush()
-        self.assertEqual([e["data"]["comment"]["authorId"] for e in blocker.of_type("event")], [friend])
+        self.assertEqual(
+            [e["data"]["comment"]["authorId"] for e in blocker.of_type("event")],
+            [friend],
+        )
         self.assertEqual(len(other.of_type("event")), 2)
 
 
@@ -400,8 +509,12 @@ class LifecycleTests(LiveProtocolTestCase):
         d = self.agent.open("ws://localhost:8080/live", {}, protocol_class=Client)
         d.addErrback(lambda f: None)
         self.flush()
-        self.assertEqual(self.node.metric("fastedge_live_closes_total", {"code": "1013"}), 1)
-        self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 1)
+        self.assertEqual(
+            self.node.metric("fastedge_live_closes_total", {"code": "1013"}), 1
+        )
+        self.assertEqual(
+            self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 1
+        )
         first.send_json(type="ping")
         self.flush()
         self.assertEqual(len(first.of_type("pong")), 1)
@@ -430,4 +543,6 @@ class LifecycleTests(LiveProtocolTestCase):
         self.assertEqual(client.close_code, 1001)
         self.flush()
         await d
-        self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 0)
+        self.assertEqual(
+            self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 0
+        )

@@ -139,6 +139,39 @@ def main() -> None:
     time.sleep(0.5)
     rss_before = rss_kib(args.pid)
 
+    # While the herd connects, another client asks for a cheap page (a 404)
+    # every 10 ms on a fresh connection: how long do other requests wait?
+    probe_request = b"GET /probe-during-connects HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    probe: list = []  # [socket, started_ns, state]
+    probe_ms: list[float] = []
+    next_probe = time.monotonic()
+
+    def probe_step(fd: int | None) -> None:
+        nonlocal next_probe
+        if not probe:
+            if time.monotonic() >= next_probe:
+                ps = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                ps.setblocking(False)
+                ps.connect_ex(addr)
+                ep.register(ps.fileno(), select.EPOLLOUT)
+                probe[:] = [ps, time.monotonic_ns(), 0]
+            return
+        ps, started, state = probe
+        if fd != ps.fileno():
+            return
+        if state == 0:
+            ps.send(probe_request)
+            ep.modify(ps.fileno(), select.EPOLLIN)
+            probe[2] = 1
+            return
+        if ps.recv(65536):
+            return  # read on until the server closes
+        probe_ms.append((time.monotonic_ns() - started) / 1e6)
+        ep.unregister(ps.fileno())
+        ps.close()
+        probe.clear()
+        next_probe = time.monotonic() + 0.01
+
     # Connect N clients, `batch` handshakes in flight at a time.
     opened = 0
     ready = 0
@@ -159,8 +192,12 @@ def main() -> None:
             ep.register(c.fd, select.EPOLLOUT)
             opened += 1
             in_flight += 1
-        for fd, ev in ep.poll(1.0):
-            c = conns[fd]
+        probe_step(None)
+        for fd, _ in ep.poll(0.01):
+            c = conns.get(fd)
+            if c is None:
+                probe_step(fd)
+                continue
             if c.state == 0:
                 c.sock.send(upgrade)
                 c.state = 1
@@ -195,10 +232,13 @@ def main() -> None:
                     in_flight -= 1
                     c.buf = b""
     connect_seconds = time.monotonic() - t_connect
+    if probe:
+        ep.unregister(probe[0].fileno())
+        probe[0].close()
     time.sleep(2.0)
     rss_after = rss_kib(args.pid)
     # Drain anything left over from setup.
-    for fd, ev in ep.poll(0.2):
+    for fd, _ in ep.poll(0.2):
         conns[fd].sock.recv(65536)
     for c in conns.values():
         c.buf = b""
@@ -218,7 +258,7 @@ def main() -> None:
         while done < n:
             if time.monotonic() > deadline:
                 raise SystemExit("timed out waiting for messages: %d of %d" % (done, n))
-            for fd, ev in poll(1.0):
+            for fd, _ in poll(1.0):
                 c = conns[fd]
                 data = c.sock.recv(262144)
                 if not data:
@@ -279,6 +319,9 @@ def main() -> None:
                 "rss_before_kib": rss_before,
                 "rss_after_kib": rss_after,
                 "kib_per_connection": round((rss_after - rss_before) / n, 2),
+                "probes_during_connects": len(probe_ms),
+                "probe_p50_ms": round(pct(probe_ms, 50), 2) if probe_ms else None,
+                "probe_max_ms": round(max(probe_ms), 2) if probe_ms else None,
                 "first_p50_ms": round(pct(firsts, 50), 2),
                 "first_p99_ms": round(pct(firsts, 99), 2),
                 "last_p50_ms": round(pct(lasts, 50), 2),

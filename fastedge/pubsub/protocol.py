@@ -90,7 +90,9 @@ class LiveServerProtocol(WebSocketServerProtocol):
         # twisted.web's HTTPChannel registered itself as the producer of the
         # transport it no longer owns; our writer takes its place (and the
         # orphaned channel and request can be collected).
-        if getattr(transport, "producer", None) is not None:
+        # (A TLS transport has no ``producer`` attribute; unregistering is
+        # harmless there when nothing is registered.)
+        if getattr(transport, "producer", True) is not None:
             transport.unregisterProducer()
         self._writer = Writer(transport, live.cfg.max_buffered_bytes, self._overflowed)
         transport.registerProducer(self._writer, True)

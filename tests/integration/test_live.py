@@ -281,3 +281,63 @@ class SlowConsumerTests(TestCase):
         reader.sendClose(1000)
         await reader.closed
         await drained
+
+
+class TlsTests(TestCase):
+    async def test_websocket_over_tls(self) -> None:
+        """Behind TLS the same events arrive intact: frames are written
+        through the TLS transport (encrypted per connection), not straight
+        to the socket."""
+        from twisted.internet import ssl
+        from twisted.internet.endpoints import SSL4ClientEndpoint, SSL4ServerEndpoint
+
+        from fastedge.pubsub.hub import Event
+
+        node = LiveNode(tempfile.mkdtemp(prefix="fe-tls-"), clock=reactor)
+        self.addCleanup(node.api.service.stopService)
+        key = ssl.KeyPair.generate(size=2048)
+        cert = key.selfSignedCert(1, CN="localhost")
+        server_options = ssl.PrivateCertificate.fromCertificateAndKeyPair(
+            cert, key
+        ).options()
+        port = await SSL4ServerEndpoint(
+            reactor, 0, server_options, interface="127.0.0.1"
+        ).listen(node.site)
+        self.addCleanup(port.stopListening)
+        host = port.getHost()
+        tenant = (
+            await node.store.create_tenant(
+                "T", "global", created_ms=0, read_preference=PRIMARY
+            )
+        ).value
+        thread = (
+            await node.store.upsert_thread(
+                tenant.id, "u", created_ms=0, read_preference=PRIMARY
+            )
+        ).value
+
+        factory = WebSocketClientFactory("wss://localhost:{}/live".format(host.port))
+        factory.protocol = WaitingClient
+        client_options = ssl.CertificateOptions(verify=False)
+        ws: WaitingClient = await SSL4ClientEndpoint(
+            reactor, "127.0.0.1", host.port, client_options
+        ).connect(factory)
+        await ws.opened
+        ok = ws.wait_for("subscribed")
+        ws.send_json(type="subscribe", tenant=tenant.id, urlId="u")
+        await ok
+        (server,) = node.live.connections["websocket"]
+        self.assertFalse(server._writer.direct)
+        got = ws.wait_for("event")
+        node.hub.publish(
+            Event(
+                (tenant.id, thread.id), "comment.likes", {"commentId": "c", "likes": 3}
+            )
+        )
+        event = await got
+        self.assertEqual(event["data"], {"commentId": "c", "likes": 3})
+        drained: Deferred[None] = Deferred()
+        node.live.on_drained(drained)
+        ws.sendClose(1000)
+        await ws.closed
+        await drained

@@ -113,7 +113,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
         self._tokens_at = live.clock.seconds()
         self._open = True
         live.opened(self)
-        self.send(messages.hello(live.node_id, live.cfg.max_subscriptions))
+        self._writer.write(self.factory.hello)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._open = False
@@ -312,6 +312,8 @@ class LiveWebSocketFactory(WebSocketServerFactory):
         self.protocol = type(  # type: ignore[assignment]
             "ConfiguredLiveServerProtocol", (LiveServerProtocol,), options
         )
+        #: The greeting, the same frame for every connection.
+        self.hello = self.frame(messages.hello(live.node_id, cfg.max_subscriptions))
         #: Traffic of all open connections together (autobahn counts per
         #: connection; one shared counter saves memory and is what we export).
         self.traffic = TrafficStats()

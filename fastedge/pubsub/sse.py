@@ -77,6 +77,9 @@ class SseStream:
         self._chunked = False
         self._writer: Writer | None = None
         self._abort: IDelayedCall | None = None
+        # From the start: a client that leaves while its subscribe is being
+        # resolved must not be subscribed afterwards (conn.close() marks it).
+        request.notifyFinish().addBoth(self._gone)
 
     def start(self, joined: Joined, name: str, ref: Any) -> None:
         """The subscription is in: send headers, the answer, the replay."""
@@ -109,7 +112,6 @@ class SseStream:
         request.registerProducer(self._writer, True)
         self._open = True
         self._live.opened(self)
-        request.notifyFinish().addBoth(self._gone)
         sent = total = 0
         for prepared in joined.replay:
             n = self.push(prepared)
@@ -122,7 +124,7 @@ class SseStream:
     def _gone(self, result: Any) -> None:
         self._open = False
         self.conn.close()
-        self._live.closed(self)
+        self._live.closed(self)  # a no-op for a stream that never started
         if self._abort is not None and self._abort.active():
             self._abort.cancel()
 
@@ -237,7 +239,10 @@ class LiveEventsResource(Resource):
             return
         if failure.check(RequestError):
             e = failure.value
-            write_error(request, _STATUS.get(e.code, 400), e.code, e.message)
+            status = _STATUS.get(e.code, 400)
+            if status == 503:
+                request.setHeader(b"retry-after", b"1")
+            write_error(request, status, e.code, e.message)
             return
         self._log.failure("live SSE subscribe failed", failure)
         write_error(

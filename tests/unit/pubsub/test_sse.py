@@ -300,3 +300,33 @@ class FramingTests(SynchronousTestCase):
         self.assertEqual(record(b'{"a":1}'), b'data: {"a":1}\n\n')
         self.assertEqual(record(b"{}", "e-1"), b"id: e-1\ndata: {}\n\n")
         self.assertEqual(chunk(b"x" * 17), b"11\r\n" + b"x" * 17 + b"\r\n")
+
+
+class SseRaceTests(SynchronousTestCase):
+    def test_client_leaves_while_resolving(self) -> None:
+        """A client that goes away while its subscribe is still being looked
+        up is never subscribed (no leaked subscription or connection)."""
+        from fastedge.testing import HeldRunner
+
+        runner = HeldRunner()
+        world = World(Clock(), run=runner)
+        node = world.node
+        stub = StubTreq(node.site.resource)
+        runner.holding = True
+        query = urlencode({"tenant": world.tenant_a.id, "urlId": world.url})
+        d = stub.get("http://node.test/live/events?" + query)
+        stub.flush()
+        self.assertNoResult(d)
+        self.assertTrue(runner.calls)
+        # The client hangs up: drop every connection the stub has open.
+        for pump in list(stub._agent._pumps):
+            pump.clientIO.loseConnection()
+        stub.flush()
+        d.addErrback(lambda f: None)
+        while runner.calls:
+            runner.release()
+        stub.flush()
+        self.assertEqual(node.metric("fastedge_live_subscriptions"), 0)
+        self.assertEqual(
+            node.metric("fastedge_live_connections", {"transport": "sse"}), 0
+        )

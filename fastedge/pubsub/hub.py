@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from . import messages
 
 ChannelKey = tuple[str, str]
+_log = Logger()
 
 
 def new_epoch() -> str:
@@ -147,24 +148,24 @@ def deliver_each(
 ) -> tuple[int, int]:
     """Push ``prepared`` to every member not in ``skip``.
 
+    One outlet failing (a bug) is logged and does not keep the event from
+    the others. (``try`` costs nothing in the loop until something raises.)
+
     :returns: ``(messages, bytes)`` queued.
     """
     sent = 0
     total = 0
-    if skip:
-        for sub in members:
-            if sub in skip:
-                continue
+    for sub in members:
+        if skip and sub in skip:
+            continue
+        try:
             n = sub.outlet.push(prepared)
-            if n:
-                sent += 1
-                total += n
-    else:
-        for sub in members:
-            n = sub.outlet.push(prepared)
-            if n:
-                sent += 1
-                total += n
+        except Exception:
+            _log.failure("live: pushing an event to one subscriber failed")
+            continue
+        if n:
+            sent += 1
+            total += n
     return sent, total
 
 

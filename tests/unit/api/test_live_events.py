@@ -240,3 +240,19 @@ class LiveEventsTests(SynchronousTestCase):
             self.node.service.resolver.resolve(self.tenant.id, "https://new.example/")
         )
         self.assertEqual(resolved.thread.url_id, "https://new.example/")
+
+    def test_publish_failure_does_not_fail_the_write(self) -> None:
+        """If announcing a change fails (here, the hub itself breaks), the
+        write still answers 201 (it is done; a retry would duplicate it) and
+        the failure is logged once."""
+
+        def broken(prepared: Any, members: Any, skip: Any) -> tuple[int, int]:
+            raise RuntimeError("broken fan-out")
+
+        self.node.hub._deliver = broken
+        self.post("still saved")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        code, body = self.call(
+            "GET", "/api/v1/{}/comments".format(self.tenant.id), urlId=self.world.url
+        )
+        self.assertEqual([c["html"] for c in body["comments"]], ["<p>still saved</p>"])

@@ -460,3 +460,23 @@ class ReentrancyTests(SynchronousTestCase):
         hub.publish(ev())
         self.assertEqual([len(i.got) for i in inboxes], [1, 1, 1])
         self.assertEqual(hub.subscribers(A), 3)
+
+
+class BrokenOutletTests(SynchronousTestCase):
+    def test_one_broken_outlet(self) -> None:
+        """An outlet that raises is logged and skipped; the others still get
+        the event."""
+        hub = make_hub()
+
+        class Broken(Inbox):
+            def push(self, prepared: Prepared) -> int:
+                raise RuntimeError("bug")
+
+        before, after = Inbox(), Inbox()
+        hub.subscribe(A, before)
+        hub.subscribe(A, Broken())
+        hub.subscribe(A, after)
+        hub.publish(ev())
+        self.assertEqual((len(before.got), len(after.got)), (1, 1))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(hub.stats.delivered, 2)

@@ -54,7 +54,12 @@ class HeldRunner:
         return ran
 
 
-def sqlite_store(path: str, *, clock: object, run: Callable[[Callable[[], _T]], Deferred[_T]] = run_inline) -> Any:
+def sqlite_store(
+    path: str,
+    *,
+    clock: object,
+    run: Callable[[Callable[[], _T]], Deferred[_T]] = run_inline,
+) -> Any:
     """A migrated :class:`~fastedge.store.sqlite.SQLiteStore` at ``path``.
 
     :param run: :func:`run_inline` (the default: calls finish at once) or a
@@ -75,7 +80,14 @@ class LiveNode:
     :ivar site: the node's Site (``/api``, ``/live``, ...).
     """
 
-    def __init__(self, path: str, *, clock: Any, run: Any = run_inline, live_overrides: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        clock: Any,
+        run: Any = run_inline,
+        live_overrides: dict[str, Any] | None = None,
+    ) -> None:
         import dataclasses
 
         from .api.resource import build_api
@@ -85,12 +97,20 @@ class LiveNode:
         from .web import build_site
 
         cfg = load_config(None, {"node.data_dir": path, "node.id": "test-node"})
-        self.cfg = dataclasses.replace(cfg, live=dataclasses.replace(cfg.live, **(live_overrides or {})))
+        self.cfg = dataclasses.replace(
+            cfg, live=dataclasses.replace(cfg.live, **(live_overrides or {}))
+        )
         self.clock = clock
         self.registry = new_registry()
-        self.store = sqlite_store(os.path.join(path, "test.sqlite3"), clock=clock, run=run)
+        self.store = sqlite_store(
+            os.path.join(path, "test.sqlite3"), clock=clock, run=run
+        )
         self.service = make_service(
-            self.cfg.live, reactor=clock, registry=self.registry, store=self.store, node_id="test-node"
+            self.cfg.live,
+            reactor=clock,
+            registry=self.registry,
+            store=self.store,
+            node_id="test-node",
         )
         self.api = build_api(
             self.cfg.api,
@@ -118,10 +138,12 @@ class LiveNode:
 
     @property
     def live(self) -> Any:
+        """The :class:`~fastedge.pubsub.live.Live` the transports use."""
         return self.service.live
 
     @property
     def hub(self) -> Any:
+        """The node's :class:`~fastedge.pubsub.hub.Hub`."""
         return self.service.hub
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:

@@ -46,6 +46,7 @@ class PublicThreads:
     def check(
         self, tenant: Tenant, thread: Thread, viewer_author_id: str | None
     ) -> None:
+        """Allow: the public API shows every thread of a tenant."""
         return None
 
 
@@ -79,6 +80,7 @@ class _SingleFlight:
         self._pending: dict[Hashable, list[Deferred[Any]]] = {}
 
     def get(self, key: Hashable, fetch: Callable[[], Deferred[Any]]) -> Deferred[Any]:
+        """The answer for ``key``: cached, joined to a lookup in flight, or fetched."""
         entry = self._cache.get(key)
         if entry is not None:
             if entry[0] > self._clock.seconds():
@@ -122,6 +124,7 @@ class _SingleFlight:
             self._cache.popitem(last=False)
 
     def forget(self, key: Hashable) -> None:
+        """Drop the cached answer for ``key``."""
         self._cache.pop(key, None)
 
 

@@ -88,10 +88,12 @@ class Prepared:
 
     @property
     def channel_name(self) -> str:
+        """The channel's public name, ``tenant/thread``."""
         return messages.channel_name(*self.event.channel)
 
     @property
     def event_id(self) -> str:
+        """``<epoch>-<seq>``."""
         return messages.event_id(self.stamp.epoch, self.stamp.seq)
 
     @property

@@ -139,6 +139,7 @@ class Live:
                 conn.shutdown()
 
     def now_s(self) -> int:
+        """The clock's time in whole seconds (for token ages)."""
         return int(self.clock.seconds())
 
 

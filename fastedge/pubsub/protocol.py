@@ -74,6 +74,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
     # Handshake and lifecycle
 
     def onConnect(self, request: ConnectionRequest) -> Any:
+        """Refuse the handshake (503) past ``live.max_connections``."""
         if not self.factory.live.admit(self.transport_name):
             self.factory.live.closing(messages.CLOSE_TRY_AGAIN_LATER)
             raise ConnectionDeny(
@@ -85,6 +86,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self) -> None:
+        """Set up the bounded writer, shed handshake state, greet."""
         live = self.factory.live
         transport: Any = self.transport
         # twisted.web's HTTPChannel registered itself as the producer of the
@@ -116,6 +118,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
         self._writer.write(self.factory.hello)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """Leave every channel."""
         self._open = False
         if self._conn is not None:
             self._conn.close()
@@ -123,12 +126,14 @@ class LiveServerProtocol(WebSocketServerProtocol):
             self._conn = None
 
     def dataReceived(self, data: bytes) -> None:
+        """Anything from the client (a pong too) proves it alive."""
         self._heard = True
         super().dataReceived(data)
 
     # Incoming messages
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """One client message: check, rate-limit, dispatch."""
         if not self._open or self._conn is None:
             return
         if isBinary:
@@ -270,6 +275,7 @@ class _ClockTimer:
     def call_later(
         self, delay: float, fn: Any, *args: Any, **kwargs: Any
     ) -> IDelayedCall:
+        """Call ``fn`` after ``delay`` seconds on the clock."""
         return self._clock.callLater(delay, fn, *args, **kwargs)
 
 

@@ -17,6 +17,7 @@ class _NotFound(Resource):
     isLeaf = True
 
     def render(self, request: Request) -> int:
+        """A JSON 404."""
         request.route = "not_found"  # type: ignore[attr-defined]
         write_error(request, 404, "not_found", "no such resource")
         return NOT_DONE_YET
@@ -34,11 +35,13 @@ class LiveResource(Resource):
         self.putChild(b"events", LiveEventsResource(live))
 
     def getChild(self, path: bytes, request: Request) -> IResource:
+        """``/live/`` is ``/live``; anything else but ``events`` is a JSON 404."""
         if path == b"":
             return self
         return _NotFound()
 
     def render(self, request: Request) -> int | bytes:
+        """Hand a WebSocket upgrade to autobahn; anything else gets 426."""
         request.route = "/live"  # type: ignore[attr-defined]
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if request.method != b"GET" or upgrade != b"websocket":

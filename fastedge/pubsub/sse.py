@@ -211,6 +211,7 @@ class LiveEventsResource(Resource):
         self._live = live
 
     def render_GET(self, request: Request) -> int:
+        """Check the query, admit, then subscribe (the stream starts on success)."""
         request.route = "/live/events"  # type: ignore[attr-defined]
         try:
             msg = self._subscription(request)

@@ -132,12 +132,15 @@ class Writer:
     # IPushProducer: the transport tells us when its buffer is full.
 
     def pauseProducing(self) -> None:
+        """The transport's buffer is full: count what is queued from now."""
         self._paused = True
         self._behind = 0
 
     def resumeProducing(self) -> None:
+        """The transport drained its buffer."""
         self._paused = False
         self._behind = 0
 
     def stopProducing(self) -> None:
+        """The connection is going away."""
         self._paused = True

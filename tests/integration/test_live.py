@@ -217,6 +217,7 @@ class SlowConsumerTests(TestCase):
         ok = reader.wait_for("subscribed")
         reader.sendMessage(subscribe.encode())
         await ok
+        (reader_server,) = node.live.connections["websocket"]
 
         # The sleeper: a raw socket with a tiny receive buffer that is never read.
         from ..unit.pubsub.common import masked_text
@@ -247,6 +248,8 @@ class SlowConsumerTests(TestCase):
         sleeper.sendall(masked_text(subscribe.encode()))
         while node.hub.subscribers((tenant.id, thread.id)) < 2:
             await turn()
+        (sleeper_server,) = node.live.connections["websocket"] - {reader_server}
+        self.assertTrue(sleeper_server._writer.direct)
 
         drained: Deferred[None] = Deferred()
         pad = "z" * 16384
@@ -265,12 +268,9 @@ class SlowConsumerTests(TestCase):
             ),
             1,
         )
-        sleepers = [
-            c for c in node.live.connections["websocket"] if c._writer.overflowed
-        ]
-        self.assertEqual(len(sleepers), 1)
-        self.assertTrue(sleepers[0]._writer.direct)
-        gone = sleepers[0].is_closed
+        self.assertTrue(sleeper_server._writer.overflowed)
+        self.assertFalse(reader_server._writer.overflowed)
+        gone = sleeper_server.is_closed
         await last
         while len([m for m in reader.messages if m.get("type") == "event"]) < events:
             await turn()

@@ -7,7 +7,7 @@ import itertools
 import json
 from typing import Any
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -245,6 +245,7 @@ class RecoveryTests(SynchronousTestCase):
         self.assertIsNone(hub.position(A))
         self.assertIsNotNone(hub.position(B))
 
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(
         st.integers(min_value=0, max_value=12), st.integers(min_value=0, max_value=12)
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -91,6 +91,7 @@ class ParseTests(SynchronousTestCase):
         ).encode()
         self.assertRaises(RequestError, parse_client_message, long_url)
 
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.binary(max_size=200))
     def test_any_bytes(self, raw: bytes) -> None:
         """Any bytes parse or fail with one of the two documented errors."""
@@ -99,6 +100,7 @@ class ParseTests(SynchronousTestCase):
         except (Violation, RequestError):
             pass
 
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(
         st.dictionaries(
             st.sampled_from(

@@ -14,6 +14,7 @@ from twisted.python import usage
 from .api.resource import build_api
 from .config import ConfigError, EdgeConfig, load_config
 from .metrics.registry import new_registry
+from .pubsub import service as live_service
 from .store import service as store_service
 from .transport import service as transport_service
 from .web import build_site
@@ -49,7 +50,7 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
-    """The node: a ``MultiService`` of named children (store, transport)."""
+    """The node: a ``MultiService`` of named children (store, live, transport)."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -62,7 +63,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     store.setName("store")
     store.setServiceParent(top)
 
-    api = build_api(cfg.api, store=store.store, clock=reactor, registry=registry)
+    live = live_service.make_service(cfg.live, reactor=reactor, registry=registry, store=store.store, node_id=cfg.node.id)
+    live.setName("live")
+    live.setServiceParent(top)
+
+    api = build_api(
+        cfg.api,
+        store=store.store,
+        clock=reactor,
+        registry=registry,
+        live=live.publisher,
+        viewer_token_max_age_seconds=cfg.live.viewer_token_max_age_seconds,
+    )
+    live.use_viewer_tokens(api.viewer_tokens)
     site = build_site(
         cfg.node,
         cfg.http,
@@ -71,6 +84,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         store=store.store,
         store_ready=lambda: store.ready,
         api=api.resource,
+        live=live.resource,
         children=lambda: list(top),
     )
     transport = transport_service.make_service(cfg.http, reactor=reactor, site=site, background=api.service)

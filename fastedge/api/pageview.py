@@ -11,8 +11,9 @@ strings, not a JSON encoding of 200 dictionaries.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..jsonhttp import encode
 from ..store.model import Comment, ThreadPage, ViewerState
@@ -59,19 +60,25 @@ class PageView:
         self.page = page
         if page is None:
             self._prefix = b'{"thread":null,"comments":['
-            self._suffix = b'],"nextCursor":null}'
+            self._suffix = b'],"nextCursor":null'
             self._roots: list[_Node] = []
             self.comment_ids: list[str] = []
         else:
             self._prefix = b'{"thread":' + encode(common.thread_view(page.thread)) + b',"comments":['
-            self._suffix = b'],"nextCursor":' + encode(page.next_cursor) + b"}"
+            self._suffix = b'],"nextCursor":' + encode(page.next_cursor)
             self._roots = _tree(page.top_level, page.replies)
             self.comment_ids = [c.id for c in page.top_level] + [c.id for c in page.replies]
         #: The body for a reader with no session (or none we can see yet).
         self.anonymous = self.render(None, None)
 
-    def render(self, viewer_author: str | None, state: ViewerState | None) -> bytes:
-        """The page as ``viewer_author`` (with ``state``) sees it."""
+    def render(
+        self, viewer_author: str | None, state: ViewerState | None, viewer: Mapping[str, Any] | None = None
+    ) -> bytes:
+        """The page as ``viewer_author`` (with ``state``) sees it.
+
+        :param viewer: sent as the page's ``viewer`` member (who the reader
+            is, and their live-thread token).
+        """
         liked = state.liked if state is not None else frozenset()
         blocked = state.blocked_authors if state is not None else frozenset()
         out: list[bytes] = [self._prefix]
@@ -98,4 +105,8 @@ class PageView:
                 out.append(b",")
             emit(node)
         out.append(self._suffix)
+        if viewer is not None:
+            out.append(b',"viewer":')
+            out.append(encode(viewer))
+        out.append(b"}")
         return b"".join(out)

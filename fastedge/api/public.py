@@ -13,7 +13,7 @@ another node (docs/consistency.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
@@ -32,6 +32,10 @@ from .metrics import ApiMetrics
 from .ratelimit import RateLimiter
 from .router import Call, Reply, Route
 from .sessions import COOKIE_NAME, SessionCookieError, SessionCookies
+
+if TYPE_CHECKING:
+    from ..pubsub.publish import LivePublisher
+    from ..pubsub.tokens import ViewerTokens
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
@@ -64,8 +68,12 @@ class PublicApi:
         cookies: SessionCookies,
         cache: PageCache,
         metrics: ApiMetrics,
+        live: LivePublisher | None = None,
+        viewer_tokens: ViewerTokens | None = None,
     ) -> None:
         self._cfg = cfg
+        self._live = live
+        self._viewer_tokens = viewer_tokens
         self._store = store
         self._clock = clock
         self._cookies = cookies
@@ -188,6 +196,14 @@ class PublicApi:
             )
         return reply
 
+    def _viewer_view(self, tenant_id: str, author_id: str) -> dict[str, Any]:
+        """The caller as a viewer: their author id and a live-thread token
+        (``/live`` cannot see the session cookie, which is scoped to the API)."""
+        view: dict[str, Any] = {"authorId": author_id}
+        if self._viewer_tokens is not None:
+            view["liveToken"] = self._viewer_tokens.issue(tenant_id, author_id, int(self._clock.seconds()))
+        return view
+
     def _invalidate(self, tenant_id: str, thread_id: str) -> None:
         self._cache.invalidate((tenant_id, "thread", thread_id))
 
@@ -268,7 +284,7 @@ class PublicApi:
         state = yield self._store.viewer_state(
             tenant_id, author_id, view.comment_ids, read_preference=NEAREST, token=token
         )
-        return view.render(author_id, state)
+        return view.render(author_id, state, viewer=self._viewer_view(tenant_id, author_id))
 
     @inlineCallbacks
     def _session_author(self, tenant_id: str, session_id: str, token: str | None) -> Any:
@@ -324,6 +340,8 @@ class PublicApi:
                 tenant.id, url_id, title=title, created_ms=now, read_preference=PRIMARY
             )
             thread = written.value
+            if self._live is not None:
+                self._live.thread_changed(tenant.id, url_id)
         if thread.closed:
             raise ApiError(403, "thread_closed", "this thread is closed to new comments")
         premoderated = tenant.settings.get("moderation") == "pre"
@@ -348,7 +366,11 @@ class PublicApi:
         view = common.public_comment(comment)
         view.update(common.viewer_fields(comment, viewer.session.author_id, None))
         view.update(status=comment.status.value, replies=[])
-        return self._reply(viewer, 201, {"comment": view}, written)
+        if self._live is not None:
+            self._live.created(comment)
+        return self._reply(
+            viewer, 201, {"comment": view, "viewer": self._viewer_view(tenant.id, viewer.session.author_id)}, written
+        )
 
     @inlineCallbacks
     def _comment_for_write(self, call: Call, tenant: Tenant) -> Any:
@@ -370,6 +392,8 @@ class PublicApi:
             tenant.id, comment.id, viewer.session.author_id, created_ms=self._now_ms(), read_preference=PRIMARY
         )
         self._invalidate(tenant.id, comment.thread_id)
+        if self._live is not None:
+            self._live.likes(comment, written.value)
         return self._reply(viewer, 200, {"likes": written.value, "likedByMe": True}, written)
 
     @inlineCallbacks
@@ -383,6 +407,8 @@ class PublicApi:
             tenant.id, comment.id, viewer.session.author_id, read_preference=PRIMARY
         )
         self._invalidate(tenant.id, comment.thread_id)
+        if self._live is not None:
+            self._live.likes(comment, written.value)
         return self._reply(viewer, 200, {"likes": written.value, "likedByMe": False}, written)
 
     @inlineCallbacks
@@ -408,6 +434,8 @@ class PublicApi:
         written = yield self._store.add_block(
             tenant.id, viewer.session.author_id, author_id, created_ms=self._now_ms(), read_preference=PRIMARY
         )
+        if self._live is not None:
+            self._live.block_changed(tenant.id, viewer.session.author_id, author_id, True)
         return self._reply(viewer, 200, {"authorId": author_id, "blocked": True}, written)
 
     @inlineCallbacks
@@ -419,5 +447,7 @@ class PublicApi:
         written = yield self._store.remove_block(
             tenant.id, viewer.session.author_id, author_id, read_preference=PRIMARY
         )
+        if self._live is not None:
+            self._live.block_changed(tenant.id, viewer.session.author_id, author_id, False)
         return self._reply(viewer, 200, {"authorId": author_id, "blocked": False}, written)
 

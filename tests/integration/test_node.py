@@ -67,7 +67,9 @@ class NodeTests(TestCase):
         self.assertEqual(health.code, 200)
         doc = yield health.json()
         self.assertEqual(doc["nodeId"], "it-1")
-        self.assertEqual(doc["children"], {"store": {"running": True}, "transport": {"running": True}})
+        self.assertEqual(
+            doc["children"], {"store": {"running": True}, "live": {"running": True}, "transport": {"running": True}}
+        )
         metrics = yield self.http.get(self.base + "/metrics")
         text = yield metrics.text()
         self.assertIn('fastedge_http_requests_total{code="200",method="GET",route="/healthz"} 1.0', text)

@@ -31,6 +31,7 @@ __all__ = [
     "CreditsConfig",
     "EdgeConfig",
     "HttpConfig",
+    "LiveConfig",
     "MeshConfig",
     "NodeConfig",
     "PostgresConfig",
@@ -351,6 +352,38 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class LiveConfig:
+    """Live threads: the WebSocket (``/live``) and SSE (``/live/events``) streams."""
+
+    #: Events kept per channel for recovery (``since`` / ``Last-Event-ID``).
+    history_events: int = _checked(200, _positive)
+    #: Events older than this are dropped from a channel's history.
+    history_seconds: float = _checked(300.0, _positive)
+    #: Channels one connection may subscribe to at once.
+    max_subscriptions: int = _checked(20, _positive)
+    #: Open live connections (WebSocket and SSE) this node accepts.
+    max_connections: int = _checked(100_000, _positive)
+    #: Largest message a client may send (bigger ones close with 1009).
+    max_message_bytes: int = _checked(4096, _positive)
+    #: Client messages allowed per minute on one connection (then 4429).
+    client_messages_per_minute: int = _checked(120, _positive)
+    #: Bytes queued for a connection beyond what its socket accepts; a
+    #: consumer that falls further behind is disconnected (close code 4008).
+    max_buffered_bytes: int = _checked(256 * 1024, _positive)
+    #: Seconds a closing connection may take to read its last bytes.
+    close_timeout_seconds: float = _checked(5.0, _positive)
+    #: Keep-alive: a ping (SSE: a comment line) this often; a WebSocket
+    #: client silent for two intervals is dropped. 0 turns it off.
+    ping_seconds: float = _checked(30.0, _non_negative)
+    #: Seconds a resolved (tenant, urlId) -> thread answer is reused, so a
+    #: burst of subscribers to one thread costs one database read.
+    resolve_cache_seconds: float = _checked(10.0, _non_negative)
+    resolve_cache_entries: int = _checked(100_000, _non_negative)
+    #: Lifetime of a viewer token (it names the viewer whose blocks apply).
+    viewer_token_max_age_seconds: int = _checked(24 * 3600, _positive)
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """The whole configuration of one node."""
 
@@ -358,6 +391,7 @@ class EdgeConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
 

@@ -16,6 +16,7 @@ from .config import ConfigError, EdgeConfig, load_config
 from .mesh import service as mesh_service
 from .mesh.resource import mesh_routes
 from .metrics.registry import new_registry
+from .pubsub import service as live_service
 from .store import service as store_service
 from .transport import service as transport_service
 from .transport.site import EdgeSite
@@ -58,7 +59,7 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
-    """The node: a ``MultiService`` of named children (store, mesh, transport)."""
+    """The node: a ``MultiService`` of named children (store, live, mesh, transport)."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -71,6 +72,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     store.setName("store")
     store.setServiceParent(top)
 
+    live = live_service.make_service(cfg.live, reactor=reactor, registry=registry, store=store.store, node_id=cfg.node.id)
+    live.setName("live")
+    live.setServiceParent(top)
+
     site: EdgeSite | None = None
 
     def load() -> int:
@@ -81,8 +86,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     mesh.setServiceParent(top)
 
     api = build_api(
-        cfg.api, store=store.store, clock=reactor, registry=registry, extra_routes=mesh_routes(mesh.status)
+        cfg.api,
+        store=store.store,
+        clock=reactor,
+        registry=registry,
+        live=live.publisher,
+        viewer_token_max_age_seconds=cfg.live.viewer_token_max_age_seconds,
+        extra_routes=mesh_routes(mesh.status),
     )
+    live.use_viewer_tokens(api.viewer_tokens)
     site = build_site(
         cfg.node,
         cfg.http,
@@ -91,6 +103,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         store=store.store,
         store_ready=lambda: store.ready,
         api=api.resource,
+        live=live.resource,
         children=lambda: list(top),
         mesh_health=mesh.health,
     )

@@ -38,6 +38,161 @@ def run_inline(fn: Callable[[], _T]) -> Deferred[_T]:
     return maybeDeferred(fn)
 
 
+class HeldRunner:
+    """A store runner that, while :attr:`holding`, holds every call until
+    :meth:`release` (otherwise it runs them at once, like :func:`run_inline`).
+
+    With a real (SQLite) store it lets a test see what happens while
+    database calls are in flight (coalescing, a connection closing meanwhile)
+    without threads, sleeps or a running reactor.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[[], object], Deferred[object]]] = []
+        self.holding = False
+
+    def __call__(self, fn: Callable[[], _T]) -> Deferred[_T]:
+        if not self.holding:
+            return maybeDeferred(fn)
+        d: Deferred[_T] = Deferred()
+        self.calls.append((fn, d))  # type: ignore[arg-type]
+        return d
+
+    def release(self) -> int:
+        """Run every held call (and any made meanwhile); returns how many ran."""
+        ran = 0
+        while self.calls:
+            fn, d = self.calls.pop(0)
+            maybeDeferred(fn).chainDeferred(d)
+            ran += 1
+        return ran
+
+
+def sqlite_store(
+    path: str,
+    *,
+    clock: object,
+    run: Callable[[Callable[[], _T]], Deferred[_T]] = run_inline,
+) -> Any:
+    """A migrated :class:`~fastedge.store.sqlite.SQLiteStore` at ``path``.
+
+    :param run: :func:`run_inline` (the default: calls finish at once) or a
+        :class:`HeldRunner` (not holding while the store opens).
+    """
+    from .store.sqlite import SQLiteStore
+
+    store = SQLiteStore(path, run=run, clock=clock)  # type: ignore[arg-type]
+    store.open()
+    return store
+
+
+def idle_mesh(clock: Any, data_dir: str, registry: Any, node_id: str = "test-node") -> Any:
+    """A mesh service that is never started (its views show an empty map),
+    for harnesses of a node's HTTP side."""
+    from .config import MeshConfig, NodeConfig
+    from .mesh.service import make_service as make_mesh
+
+    network = MemoryNetwork(clock)
+    return make_mesh(
+        MeshConfig(),
+        node=NodeConfig(id=node_id, data_dir=data_dir),
+        reactor=clock,
+        registry=registry,
+        listen_endpoint=network.server_endpoint("127.0.0.1"),
+        client_endpoint=network.client_endpoints("127.0.0.1"),
+    )
+
+
+class LiveNode:
+    """The live subsystem of one node on a real SQLite store, for tests.
+
+    :ivar service: a :class:`~fastedge.pubsub.service.LiveService` (not started).
+    :ivar api: the comment API wired to it (``build_api``).
+    :ivar site: the node's Site (``/api``, ``/live``, ...).
+    :ivar mesh: the node's mesh service (default: one that is not started).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        clock: Any,
+        run: Any = run_inline,
+        live_overrides: dict[str, Any] | None = None,
+        mesh: Any = None,
+        registry: Any = None,
+        node_id: str = "test-node",
+        store: Any = None,
+    ) -> None:
+        import dataclasses
+
+        from .api.resource import build_api
+        from .config import load_config
+        from .mesh.resource import mesh_routes
+        from .metrics.registry import new_registry
+        from .pubsub.service import make_service
+        from .web import build_site
+
+        cfg = load_config(None, {"node.data_dir": path, "node.id": node_id})
+        self.cfg = dataclasses.replace(
+            cfg, live=dataclasses.replace(cfg.live, **(live_overrides or {}))
+        )
+        self.clock = clock
+        self.registry = registry if registry is not None else new_registry()
+        self.store = store if store is not None else sqlite_store(
+            os.path.join(path, "test.sqlite3"), clock=clock, run=run
+        )
+        self.service = make_service(
+            self.cfg.live,
+            reactor=clock,
+            registry=self.registry,
+            store=self.store,
+            node_id=node_id,
+        )
+        if mesh is None:
+            mesh = idle_mesh(clock, path, self.registry, node_id)
+        self.mesh = mesh
+        self.api = build_api(
+            self.cfg.api,
+            store=self.store,
+            clock=clock,
+            registry=self.registry,
+            live=self.service.publisher,
+            viewer_token_max_age_seconds=self.cfg.live.viewer_token_max_age_seconds,
+            extra_routes=mesh_routes(mesh.status),
+        )
+        self.service.use_viewer_tokens(self.api.viewer_tokens)
+        # Loads the session key (from the data directory) and starts the
+        # credit flusher on ``clock``.
+        self.api.service.startService()
+        self.site = build_site(
+            self.cfg.node,
+            self.cfg.http,
+            reactor=clock,
+            registry=self.registry,
+            store=self.store,
+            store_ready=lambda: True,
+            api=self.api.resource,
+            children=lambda: [],
+            live=self.service.resource,
+            mesh_health=mesh.health,
+        )
+
+    @property
+    def live(self) -> Any:
+        """The :class:`~fastedge.pubsub.live.Live` the transports use."""
+        return self.service.live
+
+    @property
+    def hub(self) -> Any:
+        """The node's :class:`~fastedge.pubsub.hub.Hub`."""
+        return self.service.hub
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """A sample from this node's registry (0 when absent)."""
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+
 # HTTP API harness -----------------------------------------------------------
 
 #: A fixed, realistic start time for test clocks (2026-01-01T00:00:00Z).
@@ -135,9 +290,8 @@ class NodeHarness:
         from treq.testing import StubTreq
 
         from .api.resource import build_api
-        from .config import ApiConfig, HttpConfig, MeshConfig, NodeConfig
+        from .config import ApiConfig, HttpConfig, NodeConfig
         from .mesh.resource import mesh_routes
-        from .mesh.service import make_service as make_mesh
         from .metrics.registry import new_registry
         from .store.sqlite import SQLiteStore
         from .web import build_site
@@ -157,15 +311,7 @@ class NodeHarness:
         self.api_config = dataclasses.replace(ApiConfig(), **api_overrides)
         self.registry = new_registry()
         if mesh is None:
-            network = MemoryNetwork(self.clock)
-            mesh = make_mesh(
-                MeshConfig(),
-                node=NodeConfig(id="test-node", data_dir=data_dir),
-                reactor=self.clock,
-                registry=self.registry,
-                listen_endpoint=network.server_endpoint("127.0.0.1"),
-                client_endpoint=network.client_endpoints("127.0.0.1"),
-            )
+            mesh = idle_mesh(self.clock, data_dir, self.registry)
         self.mesh = mesh
         self.api = build_api(
             self.api_config,
@@ -205,7 +351,7 @@ class NodeHarness:
         # A fresh StubTreq per request: treq keeps a cookie jar, and each
         # ApiClient must carry only its own cookie.
         stub = StubTreq(self.site.resource)
-        d = stub.request(method, "http://node.test" + path, **kwargs)
+        d = stub.request(method, "http://node.test" + path, **kwargs)  # type: ignore[attr-defined]
         stub.flush()
         if advance:
             self._tc.assertNoResult(d)

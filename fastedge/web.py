@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.unit.test_web -*-
 """``build_site()``: the one Site every public listener serves.
 
-Mounts ``/api/`` (the comment API), ``/healthz`` and ``/metrics``; any other
-path is a JSON 404.
+Mounts ``/api/`` (the comment API), ``/live`` (live threads: WebSocket, and
+SSE at ``/live/events``), ``/healthz`` and ``/metrics``; any other path is a
+JSON 404.
 """
 
 from __future__ import annotations
@@ -54,15 +55,19 @@ def build_site(
     store_ready: Callable[[], bool],
     api: IResource,
     children: Callable[[], Iterable[IService]],
+    live: IResource | None = None,
     mesh_health: Callable[[], dict[str, Any]] | None = None,
 ) -> EdgeSite:
     """The node's Site.
 
     :param children: the node's child services, for ``/healthz``.
+    :param live: the live-threads resource (``fastedge.pubsub``), at ``/live``.
     :param mesh_health: the mesh's summary, for ``/healthz``.
     """
     root = EdgeRoot()
     root.putChild(b"api", api)
+    if live is not None:
+        root.putChild(b"live", live)
     root.putChild(
         b"healthz",
         HealthResource(

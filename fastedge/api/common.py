@@ -157,38 +157,5 @@ def viewer_fields(c: Comment, viewer_author: str | None, state: ViewerState | No
     }
 
 
-def comment_tree(
-    top_level: Iterable[Comment],
-    replies: Iterable[Comment],
-    viewer_author: str | None = None,
-    state: ViewerState | None = None,
-) -> list[dict[str, Any]]:
-    """Top-level comments with their replies nested under their parents.
-
-    A reply whose parent is not shown (pending, removed) is not shown either.
-    Comments by an author the viewer blocked keep their place in the tree
-    (so replies to them still read in context) but lose their body.
-    """
-
-    def view(c: Comment) -> dict[str, Any]:
-        v = public_comment(c)
-        v.update(viewer_fields(c, viewer_author, state))
-        if v["authorBlockedByMe"]:
-            v["html"] = ""
-        v["replies"] = []
-        return v
-
-    roots = [view(c) for c in top_level]
-    by_id: dict[str, dict[str, Any]] = {v["id"]: v for v in roots}
-    for c in replies:
-        parent = by_id.get(c.parent_id or "")
-        if parent is None:
-            continue
-        v = view(c)
-        parent["replies"].append(v)
-        by_id[c.id] = v
-    return roots
-
-
 def usage_view(usage: Iterable[Any]) -> list[Mapping[str, Any]]:
     return [{"operation": u.operation, "calls": u.calls, "credits": u.credits} for u in usage]

@@ -10,6 +10,8 @@ double-charges).
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -52,7 +54,7 @@ class CreditMeter:
         ops = self._pending.get(tenant_id, {})
         return [CreditUsage(op, calls, credits) for op, (calls, credits) in sorted(ops.items())]
 
-    def flush(self) -> Deferred[object]:
+    def flush(self) -> Deferred[Any]:
         """Write every pending charge to the ledger; failed ones are kept for
         the next flush."""
         pending, self._pending = self._pending, {}

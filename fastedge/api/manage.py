@@ -10,7 +10,7 @@ sends it back sees that write even when reading NEAREST.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
@@ -28,6 +28,9 @@ from .keys import hash_api_key, looks_like_api_key, new_api_key
 from .markup import render
 from .metrics import ApiMetrics
 from .router import Call, Reply, Route
+
+if TYPE_CHECKING:
+    from ..pubsub.publish import LivePublisher
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
@@ -47,8 +50,10 @@ class ManageApi:
         credits: CreditMeter,
         cache: PageCache,
         metrics: ApiMetrics,
+        live: LivePublisher | None = None,
     ) -> None:
         self._cfg = cfg
+        self._live = live
         self._store = store
         self._clock = clock
         self._credits = credits
@@ -203,6 +208,8 @@ class ManageApi:
         written = yield self._store.delete_thread(tenant.id, thread_id, read_preference=PRIMARY)
         self._forget_thread(tenant.id, thread_id)
         self._cache.invalidate((tenant.id, "url", thread.url_id))
+        if self._live is not None:
+            self._live.thread_changed(tenant.id, thread.url_id)
         return 200, {"deleted": True}, written
 
     # Comments
@@ -284,6 +291,9 @@ class ManageApi:
         )
         self._forget_thread(tenant.id, thread.value.id)
         self._cache.invalidate((tenant.id, "url", url_id))
+        if self._live is not None:
+            self._live.thread_changed(tenant.id, url_id)
+            self._live.created(written.value)
         return 201, {"comment": common.manage_comment(written.value)}, written
 
     @inlineCallbacks
@@ -296,10 +306,15 @@ class ManageApi:
             text = common.comment_text(self._cfg, text)
             new_body = (text, render(text))
         status = self._status(body.get("status"), CommentStatus.APPROVED) if body.get("status") is not None else None
+        # The state before, to tell live threads what changed (edited,
+        # approved, or moderated away).
+        before = yield self._store.get_comment(tenant.id, comment_id, read_preference=PRIMARY)
         written = yield self._store.update_comment(
             tenant.id, comment_id, edited_ms=self._now_ms(), body=new_body, status=status, read_preference=PRIMARY
         )
         self._forget_thread(tenant.id, written.value.thread_id)
+        if self._live is not None:
+            self._live.changed(before, written.value)
         return 200, {"comment": common.manage_comment(written.value)}, written
 
     @inlineCallbacks
@@ -308,6 +323,8 @@ class ManageApi:
         comment = yield self._store.get_comment(tenant.id, comment_id, read_preference=PRIMARY)
         written = yield self._store.delete_comment(tenant.id, comment_id, read_preference=PRIMARY)
         self._forget_thread(tenant.id, comment.thread_id)
+        if self._live is not None and comment.status is CommentStatus.APPROVED:
+            self._live.removed(comment)
         return 200, {"deleted": written.value}, written
 
     # Keys and credits

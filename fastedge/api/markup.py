@@ -37,4 +37,7 @@ def render(source: str) -> str:
         link_rel="nofollow ugc noopener",
         set_tag_attribute_values={"a": {"target": "_blank"}},
         strip_comments=True,
+        # Relative links would point into the embedding site; only absolute
+        # http(s)/mailto links survive.
+        url_relative="deny",
     ).strip()

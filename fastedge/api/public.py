@@ -13,13 +13,13 @@ another node (docs/consistency.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 
 from ..config import ApiConfig
-from ..jsonhttp import encode
+from ..singleflight import SingleFlight
 from ..store.errors import BadToken, NotFound
 from ..store.interfaces import IStore
 from ..store.model import AnonymousSession, CommentStatus, NewComment, ReadPreference, Sort, Tenant, Written
@@ -27,13 +27,20 @@ from . import common
 from .cache import PageCache
 from .errors import ApiError, bad_request, not_found
 from .markup import render
+from .pageview import PageView
 from .metrics import ApiMetrics
 from .ratelimit import RateLimiter
 from .router import Call, Reply, Route
 from .sessions import COOKIE_NAME, SessionCookieError, SessionCookies
 
+if TYPE_CHECKING:
+    from ..pubsub.publish import LivePublisher
+    from ..pubsub.tokens import ViewerTokens
+
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
+#: Sessions whose author id is remembered (a few MB at most).
+_SESSION_AUTHORS_KEPT = 50_000
 
 
 @dataclass(frozen=True)
@@ -61,13 +68,19 @@ class PublicApi:
         cookies: SessionCookies,
         cache: PageCache,
         metrics: ApiMetrics,
+        live: LivePublisher | None = None,
+        viewer_tokens: ViewerTokens | None = None,
     ) -> None:
         self._cfg = cfg
+        self._live = live
+        self._viewer_tokens = viewer_tokens
         self._store = store
         self._clock = clock
         self._cookies = cookies
         self._cache = cache
         self._metrics = metrics
+        self._session_authors: dict[tuple[str, str], str] = {}
+        self._loading = SingleFlight()
         self._per_session = RateLimiter(cfg.writes_per_minute_per_session, clock=clock)
         self._per_ip = RateLimiter(cfg.writes_per_minute_per_ip, clock=clock)
 
@@ -183,6 +196,14 @@ class PublicApi:
             )
         return reply
 
+    def _viewer_view(self, tenant_id: str, author_id: str) -> dict[str, Any]:
+        """The caller as a viewer: their author id and a live-thread token
+        (``/live`` cannot see the session cookie, which is scoped to the API)."""
+        view: dict[str, Any] = {"authorId": author_id}
+        if self._viewer_tokens is not None:
+            view["liveToken"] = self._viewer_tokens.issue(tenant_id, author_id, int(self._clock.seconds()))
+        return view
+
     def _invalidate(self, tenant_id: str, thread_id: str) -> None:
         self._cache.invalidate((tenant_id, "thread", thread_id))
 
@@ -223,58 +244,65 @@ class PublicApi:
         else:
             self._metrics.page_cache.labels("miss").inc()
         if cached is None:
-            yield self._tenant(call, token=token)
-            try:
-                thread = yield self._store.get_thread(tenant_id, url_id, read_preference=NEAREST, token=token)
-            except NotFound:
-                # A page nobody has commented on yet: an empty thread, not an error.
-                cached = (None, encode({"thread": None, "comments": [], "nextCursor": None}))
-                self._cache.put(key, cached, ((tenant_id, "url", url_id),), token=token)
-            else:
-                page = yield self._store.list_thread(
-                    tenant_id, thread.id, sort=sort, limit=limit, cursor=cursor, read_preference=NEAREST, token=token
-                )
-                body = encode(
-                    {
-                        "thread": common.thread_view(page.thread),
-                        "comments": common.comment_tree(page.top_level, page.replies),
-                        "nextCursor": page.next_cursor,
-                    }
-                )
-                cached = (page, body)
-                self._cache.put(
-                    key, cached, ((tenant_id, "url", url_id), (tenant_id, "thread", thread.id)), token=token
-                )
-        page, body = cached
-        if claim is not None and page is not None:
-            body = yield self._personal_body(tenant_id, claim.session_id, page, token)
+            if self._loading.in_flight((key, token)):
+                self._metrics.page_cache.labels("coalesced").inc()
+            cached = yield self._loading.run((key, token), lambda: self._load_page(call, key, token))
+        body = cached.anonymous
+        if claim is not None and cached.page is not None:
+            body = yield self._personal_body(tenant_id, claim.session_id, cached, token)
         reply = Reply(200, body, cookies=reply_cookies)
         return reply
 
     @inlineCallbacks
-    def _personal_body(self, tenant_id: str, session_id: str, page: Any, token: str | None) -> Any:
+    def _load_page(self, call: Call, key: tuple[Any, ...], token: str | None) -> Any:
+        """Read a page (NEAREST), build its view and cache it.
+
+        Runs once per key however many readers miss at the same moment.
+        """
+        tenant_id, url_id, sort, cursor, limit = key
+        yield self._tenant(call, token=token)
         try:
-            session = yield self._store.get_anonymous_session(
-                tenant_id, session_id, read_preference=NEAREST, token=token
-            )
+            thread = yield self._store.get_thread(tenant_id, url_id, read_preference=NEAREST, token=token)
         except NotFound:
-            # Not replicated here yet (or gone): the shared page is right for a stranger.
-            return encode(
-                {
-                    "thread": common.thread_view(page.thread),
-                    "comments": common.comment_tree(page.top_level, page.replies),
-                    "nextCursor": page.next_cursor,
-                }
-            )
-        ids = [c.id for c in page.top_level] + [c.id for c in page.replies]
-        state = yield self._store.viewer_state(tenant_id, session.author_id, ids, read_preference=NEAREST, token=token)
-        return encode(
-            {
-                "thread": common.thread_view(page.thread),
-                "comments": common.comment_tree(page.top_level, page.replies, session.author_id, state),
-                "nextCursor": page.next_cursor,
-            }
+            # A page nobody has commented on yet: an empty thread, not an error.
+            view = PageView(None)
+            self._cache.put(key, view, ((tenant_id, "url", url_id),), token=token)
+            return view
+        page = yield self._store.list_thread(
+            tenant_id, thread.id, sort=sort, limit=limit, cursor=cursor, read_preference=NEAREST, token=token
         )
+        view = PageView(page)
+        self._cache.put(key, view, ((tenant_id, "url", url_id), (tenant_id, "thread", thread.id)), token=token)
+        return view
+
+    @inlineCallbacks
+    def _personal_body(self, tenant_id: str, session_id: str, view: PageView, token: str | None) -> Any:
+        author_id = yield self._session_author(tenant_id, session_id, token)
+        if author_id is None:
+            # Not replicated here yet (or gone): the shared page is right for a stranger.
+            return view.anonymous
+        state = yield self._store.viewer_state(
+            tenant_id, author_id, view.comment_ids, read_preference=NEAREST, token=token
+        )
+        return view.render(author_id, state, viewer=self._viewer_view(tenant_id, author_id))
+
+    @inlineCallbacks
+    def _session_author(self, tenant_id: str, session_id: str, token: str | None) -> Any:
+        """The public author id of a session (cached: it never changes)."""
+        key = (tenant_id, session_id)
+        author_id = self._session_authors.get(key)
+        if author_id is None:
+            try:
+                session = yield self._store.get_anonymous_session(
+                    tenant_id, session_id, read_preference=NEAREST, token=token
+                )
+            except NotFound:
+                return None
+            author_id = session.author_id
+            self._session_authors[key] = author_id
+            while len(self._session_authors) > _SESSION_AUTHORS_KEPT:
+                self._session_authors.pop(next(iter(self._session_authors)))
+        return author_id
 
     # Writes
 
@@ -312,6 +340,8 @@ class PublicApi:
                 tenant.id, url_id, title=title, created_ms=now, read_preference=PRIMARY
             )
             thread = written.value
+            if self._live is not None:
+                self._live.thread_changed(tenant.id, url_id)
         if thread.closed:
             raise ApiError(403, "thread_closed", "this thread is closed to new comments")
         premoderated = tenant.settings.get("moderation") == "pre"
@@ -336,7 +366,11 @@ class PublicApi:
         view = common.public_comment(comment)
         view.update(common.viewer_fields(comment, viewer.session.author_id, None))
         view.update(status=comment.status.value, replies=[])
-        return self._reply(viewer, 201, {"comment": view}, written)
+        if self._live is not None:
+            self._live.created(comment)
+        return self._reply(
+            viewer, 201, {"comment": view, "viewer": self._viewer_view(tenant.id, viewer.session.author_id)}, written
+        )
 
     @inlineCallbacks
     def _comment_for_write(self, call: Call, tenant: Tenant) -> Any:
@@ -358,6 +392,8 @@ class PublicApi:
             tenant.id, comment.id, viewer.session.author_id, created_ms=self._now_ms(), read_preference=PRIMARY
         )
         self._invalidate(tenant.id, comment.thread_id)
+        if self._live is not None:
+            self._live.likes(comment, written.value)
         return self._reply(viewer, 200, {"likes": written.value, "likedByMe": True}, written)
 
     @inlineCallbacks
@@ -371,6 +407,8 @@ class PublicApi:
             tenant.id, comment.id, viewer.session.author_id, read_preference=PRIMARY
         )
         self._invalidate(tenant.id, comment.thread_id)
+        if self._live is not None:
+            self._live.likes(comment, written.value)
         return self._reply(viewer, 200, {"likes": written.value, "likedByMe": False}, written)
 
     @inlineCallbacks
@@ -396,6 +434,8 @@ class PublicApi:
         written = yield self._store.add_block(
             tenant.id, viewer.session.author_id, author_id, created_ms=self._now_ms(), read_preference=PRIMARY
         )
+        if self._live is not None:
+            self._live.block_changed(tenant.id, viewer.session.author_id, author_id, True)
         return self._reply(viewer, 200, {"authorId": author_id, "blocked": True}, written)
 
     @inlineCallbacks
@@ -407,5 +447,7 @@ class PublicApi:
         written = yield self._store.remove_block(
             tenant.id, viewer.session.author_id, author_id, read_preference=PRIMARY
         )
+        if self._live is not None:
+            self._live.block_changed(tenant.id, viewer.session.author_id, author_id, False)
         return self._reply(viewer, 200, {"authorId": author_id, "blocked": False}, written)
 

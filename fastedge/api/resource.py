@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from twisted.application.internet import TimerService
@@ -23,6 +24,10 @@ from .metrics import ApiMetrics
 from .public import PublicApi
 from .router import Route, Router
 from .sessions import SessionCookies, load_or_create_key
+
+if TYPE_CHECKING:
+    from ..pubsub.publish import LivePublisher
+    from ..pubsub.tokens import ViewerTokens
 
 
 class _SessionKeyLoader(Service):
@@ -56,7 +61,7 @@ class _CreditFlusher(TimerService):
         return self._meter.flush()
 
     def stopService(self) -> Deferred[object]:
-        d: Deferred[object] = super().stopService()  # type: ignore[assignment]
+        d: Deferred[object] = super().stopService()
         d.addCallback(lambda _: self._meter.flush())
         return d
 
@@ -68,6 +73,8 @@ class Api:
     resource: Router
     service: MultiService
     cache: PageCache
+    #: Signs the viewer tokens the public API hands to live-thread clients.
+    viewer_tokens: ViewerTokens
 
 
 def build_api(
@@ -76,23 +83,32 @@ def build_api(
     store: IStore,
     clock: IReactorTime,
     registry: CollectorRegistry,
+    live: LivePublisher | None = None,
+    viewer_token_max_age_seconds: int = 24 * 3600,
     extra_routes: Sequence[Route] = (),
 ) -> Api:
     """Build the API for ``cfg``; nothing runs until ``service`` starts.
 
+    :param live: told about every comment change after the store has it
+        (``None``: a node without live threads).
     :param extra_routes: routes of other children (``GET /api/v1/mesh``),
         matched before the comment API's.
     """
+    from ..pubsub.tokens import ViewerTokens
+
     metrics = ApiMetrics(registry)
     cookies = SessionCookies(max_age_seconds=cfg.session_max_age_seconds, secure=cfg.cookie_secure)
+    tokens = ViewerTokens(cookies, max_age_seconds=viewer_token_max_age_seconds)
     cache = PageCache(ttl_seconds=cfg.page_cache_seconds, max_entries=cfg.page_cache_entries, clock=clock)
     meter = CreditMeter(cfg.credits, store=store, clock=clock)
-    manage = ManageApi(cfg, store=store, clock=clock, credits=meter, cache=cache, metrics=metrics)
-    public = PublicApi(cfg, store=store, clock=clock, cookies=cookies, cache=cache, metrics=metrics)
+    manage = ManageApi(cfg, store=store, clock=clock, credits=meter, cache=cache, metrics=metrics, live=live)
+    public = PublicApi(
+        cfg, store=store, clock=clock, cookies=cookies, cache=cache, metrics=metrics, live=live, viewer_tokens=tokens
+    )
     # Manage routes first: "/api/v1/manage/..." must never be read as a tenant
     # called "manage" (tenant ids are random and 16 characters long anyway).
     router = Router(list(extra_routes) + manage.routes() + public.routes())
     service = MultiService()
     _SessionKeyLoader(cookies, cfg.secret_file).setServiceParent(service)
     _CreditFlusher(meter, cfg.credits.flush_seconds, clock).setServiceParent(service)
-    return Api(resource=router, service=service, cache=cache)
+    return Api(resource=router, service=service, cache=cache, viewer_tokens=tokens)

@@ -55,7 +55,8 @@ class Call:
         """Query parameters, decoded; a repeated parameter is a 400."""
         if self._query is None:
             out: dict[str, str] = {}
-            for raw_key, values in (self.request.args or {}).items():
+            args: dict[bytes, list[bytes]] = self.request.args or {}
+            for raw_key, values in args.items():
                 try:
                     key = raw_key.decode("utf-8")
                     decoded = [v.decode("utf-8") for v in values]
@@ -179,7 +180,7 @@ class Router(Resource):
         call = Call(request, params, route.template)
         d = maybeDeferred(route.handler, call)
         d.addCallbacks(self._write_reply, self._write_failure, callbackArgs=(request,), errbackArgs=(request,))
-        d.addErrback(self._log.failure, "failed writing a response")
+        d.addErrback(lambda f: self._log.failure("failed writing a response", f))
 
     def _write_reply(self, reply: Reply, request: Request) -> None:
         if _gone(request):
@@ -202,9 +203,9 @@ class Router(Resource):
         elif failure.check(StoreError):
             error = from_store_error(failure.value)
             if error.status >= 500:
-                self._log.failure("store failed answering {route}", failure, route=request.route)
+                self._log.failure("store failed answering {route}", failure, route=_route(request))
         else:
-            self._log.failure("unhandled error answering {route}", failure, route=request.route)
+            self._log.failure("unhandled error answering {route}", failure, route=_route(request))
             error = ApiError(500, "internal_error", "the server failed to answer this request")
         if _gone(request):
             return
@@ -218,7 +219,11 @@ class Router(Resource):
 
 
 def _gone(request: Request) -> bool:
-    return bool(getattr(request, "_disconnected", False)) or request.finished
+    return bool(getattr(request, "_disconnected", False)) or bool(request.finished)
+
+
+def _route(request: Request) -> str:
+    return str(getattr(request, "route", "unmatched"))
 
 
 def _segments(path: bytes) -> list[str]:

@@ -106,6 +106,15 @@ class SessionCookies:
         """Install the signing key (read at start, never in a constructor)."""
         self._key = key
 
+    def sign(self, payload: str) -> str:
+        """A MAC of ``payload`` under the session key.
+
+        For other short-lived credentials bound to a session's author (the
+        live viewer token); their payloads start with their own version tag,
+        so no credential can pass for another.
+        """
+        return self._mac(payload)
+
     def _mac(self, payload: str) -> str:
         if self._key is None:
             raise RuntimeError("session key not loaded yet")

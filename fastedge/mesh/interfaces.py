@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:  # nodemap imports this module
+    from .nodemap import NodeInfo, NodeMapChange
 
 
 class INodeMap(Interface):
@@ -15,19 +21,19 @@ class INodeMap(Interface):
 
     version = Attribute("An integer that grows by one with every change.")
 
-    def nodes():  # type: ignore[misc]
+    def nodes() -> Mapping[str, NodeInfo]:
         """Every known node by id, in any state.
 
         :returns: ``Mapping[str, NodeInfo]``
         """
 
-    def live(deployment):  # type: ignore[misc]
+    def live(deployment: str) -> list[NodeInfo]:
         """The ALIVE nodes of ``deployment``, sorted by node id.
 
         :returns: ``list[NodeInfo]``
         """
 
-    def subscribe(observer):  # type: ignore[misc]
+    def subscribe(observer: Callable[[NodeMapChange], None]) -> Callable[[], None]:
         """Call ``observer(change)`` for every change from now on.
 
         :param observer: takes a ``NodeMapChange``; it must not raise (an

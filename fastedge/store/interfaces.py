@@ -21,7 +21,30 @@ Conventions, for every method:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
+
+from .model import (
+    AnonymousSession,
+    ApiKey,
+    Author,
+    Comment,
+    CommentStatus,
+    CreditUsage,
+    NewComment,
+    Page,
+    ReadPreference,
+    Sort,
+    Tenant,
+    Thread,
+    ThreadPage,
+    User,
+    ViewerState,
+    Written,
+)
 
 
 class IStore(Interface):
@@ -29,19 +52,19 @@ class IStore(Interface):
 
     backend = Attribute("Short name of the backend, used as a metric label.")
 
-    def open():  # type: ignore[misc]
+    def open() -> Deferred[None]:
         """Connect and apply pending schema migrations (to the primary).
 
         :returns: ``Deferred[None]``
         """
 
-    def close():  # type: ignore[misc]
+    def close() -> Deferred[None]:
         """Release connections and threads.
 
         :returns: ``Deferred[None]``
         """
 
-    def token_covers(have, want):  # type: ignore[misc]
+    def token_covers(have: str | None, want: str | None) -> bool:
         """Whether a read as new as token ``have`` is as new as token ``want``.
 
         Tokens are positions in one history, so callers keep the newest of
@@ -54,7 +77,7 @@ class IStore(Interface):
         :returns: ``bool``; raises ``BadToken`` for a malformed token.
         """
 
-    def ping(*, read_preference):  # type: ignore[misc]
+    def ping(*, read_preference: ReadPreference) -> Deferred[None]:
         """Check that the database answers.
 
         :returns: ``Deferred[None]``; fails with ``StoreUnavailable``.
@@ -62,31 +85,31 @@ class IStore(Interface):
 
     # Tenants and API keys
 
-    def create_tenant(name, deployment, *, created_ms, read_preference):  # type: ignore[misc]
+    def create_tenant(name: str, deployment: str, *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[Tenant]]:
         """:returns: ``Deferred[Written[Tenant]]``"""
 
-    def get_tenant(tenant_id, *, read_preference, token=None):  # type: ignore[misc]
+    def get_tenant(tenant_id: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[Tenant]:
         """:returns: ``Deferred[Tenant]``; ``NotFound`` if absent."""
 
-    def update_tenant_settings(tenant_id, settings, *, read_preference):  # type: ignore[misc]
+    def update_tenant_settings(tenant_id: str, settings: Mapping[str, Any], *, read_preference: ReadPreference) -> Deferred[Written[Tenant]]:
         """Replace the tenant's settings mapping.
 
         :returns: ``Deferred[Written[Tenant]]``
         """
 
-    def add_api_key(tenant_id, key_hash, *, created_ms, read_preference):  # type: ignore[misc]
+    def add_api_key(tenant_id: str, key_hash: str, *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[ApiKey]]:
         """Store the hash of a new API key (the key itself is never stored).
 
         :returns: ``Deferred[Written[ApiKey]]``
         """
 
-    def revoke_api_key(tenant_id, key_id, *, revoked_ms, read_preference):  # type: ignore[misc]
+    def revoke_api_key(tenant_id: str, key_id: str, *, revoked_ms: int, read_preference: ReadPreference) -> Deferred[Written[ApiKey]]:
         """:returns: ``Deferred[Written[ApiKey]]``; ``NotFound`` if absent."""
 
-    def list_api_keys(tenant_id, *, read_preference, token=None):  # type: ignore[misc]
+    def list_api_keys(tenant_id: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[list[ApiKey]]:
         """:returns: ``Deferred[list[ApiKey]]``"""
 
-    def tenant_for_api_key(key_hash, *, read_preference, token=None):  # type: ignore[misc]
+    def tenant_for_api_key(key_hash: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[Tenant]:
         """The tenant owning an unrevoked key with this hash.
 
         :returns: ``Deferred[Tenant]``; ``NotFound`` if unknown or revoked.
@@ -94,45 +117,45 @@ class IStore(Interface):
 
     # Authors: anonymous sessions and SSO users
 
-    def create_anonymous_session(tenant_id, *, created_ms, read_preference):  # type: ignore[misc]
+    def create_anonymous_session(tenant_id: str, *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[AnonymousSession]]:
         """Create an anonymous author and the session that speaks for it.
 
         :returns: ``Deferred[Written[AnonymousSession]]``
         """
 
-    def get_anonymous_session(tenant_id, session_id, *, read_preference, token=None):  # type: ignore[misc]
+    def get_anonymous_session(tenant_id: str, session_id: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[AnonymousSession]:
         """:returns: ``Deferred[AnonymousSession]``; ``NotFound`` if absent."""
 
-    def upsert_user(tenant_id, external_id, display_name, *, created_ms, read_preference):  # type: ignore[misc]
+    def upsert_user(tenant_id: str, external_id: str, display_name: str, *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[User]]:
         """Create or rename the user the tenant's SSO knows as ``external_id``.
 
         :returns: ``Deferred[Written[User]]``
         """
 
-    def get_author(tenant_id, author_id, *, read_preference, token=None):  # type: ignore[misc]
+    def get_author(tenant_id: str, author_id: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[Author]:
         """:returns: ``Deferred[Author]``; ``NotFound`` if absent."""
 
     # Threads
 
-    def upsert_thread(tenant_id, url_id, *, created_ms, read_preference, title=None, closed=None):  # type: ignore[misc]
+    def upsert_thread(tenant_id: str, url_id: str, *, created_ms: int, read_preference: ReadPreference, title: str | None = None, closed: bool | None = None) -> Deferred[Written[Thread]]:
         """Create the thread for ``url_id`` if absent; set title/closed when given.
 
         :returns: ``Deferred[Written[Thread]]``
         """
 
-    def get_thread(tenant_id, url_id, *, read_preference, token=None):  # type: ignore[misc]
+    def get_thread(tenant_id: str, url_id: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[Thread]:
         """:returns: ``Deferred[Thread]``; ``NotFound`` if absent."""
 
-    def get_thread_by_id(tenant_id, thread_id, *, read_preference, token=None):  # type: ignore[misc]
+    def get_thread_by_id(tenant_id: str, thread_id: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[Thread]:
         """:returns: ``Deferred[Thread]``; ``NotFound`` if absent."""
 
-    def list_threads(tenant_id, *, limit, cursor, read_preference, token=None):  # type: ignore[misc]
+    def list_threads(tenant_id: str, *, limit: int, cursor: str | None, read_preference: ReadPreference, token: str | None = None) -> Deferred[Page[Thread]]:
         """Threads, newest first.
 
         :returns: ``Deferred[Page[Thread]]``; ``BadCursor`` for a foreign cursor.
         """
 
-    def delete_thread(tenant_id, thread_id, *, read_preference):  # type: ignore[misc]
+    def delete_thread(tenant_id: str, thread_id: str, *, read_preference: ReadPreference) -> Deferred[Written[None]]:
         """Delete a thread with all its comments, votes and flags.
 
         :returns: ``Deferred[Written[None]]``; ``NotFound`` if absent.
@@ -140,37 +163,37 @@ class IStore(Interface):
 
     # Comments
 
-    def create_comment(new, *, read_preference):  # type: ignore[misc]
+    def create_comment(new: NewComment, *, read_preference: ReadPreference) -> Deferred[Written[Comment]]:
         """Add a comment (``new`` is a ``NewComment``).
 
         :returns: ``Deferred[Written[Comment]]``; ``NotFound`` for an unknown
             thread or parent, ``InvalidReference`` for a parent in another thread.
         """
 
-    def get_comment(tenant_id, comment_id, *, read_preference, token=None):  # type: ignore[misc]
+    def get_comment(tenant_id: str, comment_id: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[Comment]:
         """:returns: ``Deferred[Comment]``; ``NotFound`` if absent."""
 
-    def list_thread(tenant_id, thread_id, *, sort, limit, cursor, read_preference, token=None):  # type: ignore[misc]
+    def list_thread(tenant_id: str, thread_id: str, *, sort: Sort, limit: int, cursor: str | None, read_preference: ReadPreference, token: str | None = None) -> Deferred[ThreadPage]:
         """A page of the thread's approved top-level comments and, for each,
         every approved reply beneath it (oldest first).
 
         :returns: ``Deferred[ThreadPage]``
         """
 
-    def list_comments(tenant_id, *, status, limit, cursor, read_preference, thread_id=None, token=None):  # type: ignore[misc]
+    def list_comments(tenant_id: str, *, status: CommentStatus, limit: int, cursor: str | None, read_preference: ReadPreference, thread_id: str | None = None, token: str | None = None) -> Deferred[Page[Comment]]:
         """Comments of one status (all threads, or one), newest first: the
         moderation queue.
 
         :returns: ``Deferred[Page[Comment]]``
         """
 
-    def update_comment(tenant_id, comment_id, *, edited_ms, read_preference, body=None, status=None):  # type: ignore[misc]
+    def update_comment(tenant_id: str, comment_id: str, *, edited_ms: int, read_preference: ReadPreference, body: tuple[str, str] | None = None, status: CommentStatus | None = None) -> Deferred[Written[Comment]]:
         """Change a comment's body (``(source, html)``) and/or its status.
 
         :returns: ``Deferred[Written[Comment]]``; ``NotFound`` if absent.
         """
 
-    def delete_comment(tenant_id, comment_id, *, read_preference):  # type: ignore[misc]
+    def delete_comment(tenant_id: str, comment_id: str, *, read_preference: ReadPreference) -> Deferred[Written[int]]:
         """Delete a comment and every reply beneath it.
 
         :returns: ``Deferred[Written[int]]``: how many comments went.
@@ -178,21 +201,21 @@ class IStore(Interface):
 
     # Votes, flags, blocks
 
-    def add_like(tenant_id, comment_id, voter_id, *, created_ms, read_preference):  # type: ignore[misc]
+    def add_like(tenant_id: str, comment_id: str, voter_id: str, *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[int]]:
         """:returns: ``Deferred[Written[int]]``, the new like count;
         ``AlreadyExists`` if this voter already likes it, ``NotFound`` for an
         unknown comment or voter (an author id)."""
 
-    def remove_like(tenant_id, comment_id, voter_id, *, read_preference):  # type: ignore[misc]
+    def remove_like(tenant_id: str, comment_id: str, voter_id: str, *, read_preference: ReadPreference) -> Deferred[Written[int]]:
         """:returns: ``Deferred[Written[int]]``, the new like count;
         ``NotFound`` if this voter did not like it."""
 
-    def add_flag(tenant_id, comment_id, flagger_id, *, created_ms, read_preference):  # type: ignore[misc]
+    def add_flag(tenant_id: str, comment_id: str, flagger_id: str, *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[int]]:
         """:returns: ``Deferred[Written[int]]``, the new flag count;
         ``AlreadyExists`` if already flagged by this author, ``NotFound`` for
         an unknown comment or flagger."""
 
-    def add_block(tenant_id, viewer_id, author_id, *, created_ms, read_preference):  # type: ignore[misc]
+    def add_block(tenant_id: str, viewer_id: str, author_id: str, *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[None]]:
         """The viewer no longer sees the author's comments.
 
         :returns: ``Deferred[Written[None]]``; ``NotFound`` for an unknown
@@ -200,10 +223,10 @@ class IStore(Interface):
             ``InvalidReference`` for blocking oneself.
         """
 
-    def remove_block(tenant_id, viewer_id, author_id, *, read_preference):  # type: ignore[misc]
+    def remove_block(tenant_id: str, viewer_id: str, author_id: str, *, read_preference: ReadPreference) -> Deferred[Written[None]]:
         """:returns: ``Deferred[Written[None]]``; ``NotFound`` if not blocked."""
 
-    def viewer_state(tenant_id, viewer_id, comment_ids, *, read_preference, token=None):  # type: ignore[misc]
+    def viewer_state(tenant_id: str, viewer_id: str, comment_ids: Sequence[str], *, read_preference: ReadPreference, token: str | None = None) -> Deferred[ViewerState]:
         """Which of ``comment_ids`` the viewer likes, and every author the
         viewer blocks.
 
@@ -212,14 +235,14 @@ class IStore(Interface):
 
     # Credits
 
-    def charge_credits(tenant_id, charges, *, created_ms, read_preference):  # type: ignore[misc]
+    def charge_credits(tenant_id: str, charges: Mapping[str, tuple[int, int]], *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[None]]:
         """Append to the tenant's credit ledger.
 
         :param charges: ``{operation: (calls, credits)}``
         :returns: ``Deferred[Written[None]]``
         """
 
-    def credit_usage(tenant_id, *, since_ms, read_preference, token=None):  # type: ignore[misc]
+    def credit_usage(tenant_id: str, *, since_ms: int, read_preference: ReadPreference, token: str | None = None) -> Deferred[list[CreditUsage]]:
         """Calls and credits per operation since ``since_ms``.
 
         :returns: ``Deferred[list[CreditUsage]]``, sorted by operation.

@@ -50,8 +50,11 @@ class HealthResource(Resource):
         children = {c.name: {"running": bool(c.running)} for c in self._children()}
 
         def answer(store_ok: bool, reason: str | None) -> None:
-            body = dict(self._node, status="ok" if store_ok else "unavailable", children=children)
-            body["store"] = {"usable": store_ok} if store_ok else {"usable": False, "reason": reason}
+            store: dict[str, object] = {"usable": store_ok}
+            if not store_ok:
+                store["reason"] = reason
+            body: dict[str, object] = dict(self._node, status="ok" if store_ok else "unavailable")
+            body.update(children=children, store=store)
             if self._mesh is not None:
                 # The mesh does not decide the status: a node cut off from
                 # its peers still serves its clients.

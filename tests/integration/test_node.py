@@ -75,7 +75,8 @@ class NodeTests(TestCase):
         doc = yield health.json()
         self.assertEqual(doc["nodeId"], "it-1")
         self.assertEqual(
-            doc["children"], {"store": {"running": True}, "mesh": {"running": True}, "transport": {"running": True}}
+            doc["children"],
+            {"store": {"running": True}, "live": {"running": True}, "mesh": {"running": True}, "transport": {"running": True}},
         )
         self.assertEqual(doc["mesh"], {"incarnation": 1, "peers": {"alive": 0, "suspect": 0, "dead": 0, "leaving": 0}})
         metrics = yield self.http.get(self.base + "/metrics")

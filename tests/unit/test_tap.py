@@ -56,7 +56,7 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_named_children(self) -> None:
         """The node is a MultiService of named children, store first."""
-        self.assertEqual([c.name for c in self.top], ["store", "mesh", "transport"])
+        self.assertEqual([c.name for c in self.top], ["store", "live", "mesh", "transport"])
 
     def test_transport_listens(self) -> None:
         """The transport binds the configured endpoint (with an explicit

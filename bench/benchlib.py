@@ -1,0 +1,90 @@
+"""Shared pieces of the bench scripts: start a node pinned to a core, drive
+wrk pinned to another, parse its figures. Loopback only."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+#: The node runs on this CPU, the load tool on the other.
+NODE_CPU = "0"
+LOAD_CPU = "1"
+
+
+def start_node(workdir: str, config_text: str, port: int, *, cpu: str = NODE_CPU) -> subprocess.Popen[bytes]:
+    """Start ``twistd fastedge`` with ``config_text`` pinned to ``cpu`` and
+    wait until its /healthz answers 200 on ``port``."""
+    config = os.path.join(workdir, "node-{}.toml".format(port))
+    with open(config, "w") as f:
+        f.write(config_text)
+    log = open(os.path.join(workdir, "node-{}.log".format(port)), "wb")
+    node = subprocess.Popen(
+        ["taskset", "-c", cpu, os.path.join(REPO, ".venv/bin/twistd"), "--nodaemon", "--pidfile=", "fastedge", "--config", config],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return node
+        except OSError:
+            pass
+        if node.poll() is not None:
+            break
+        time.sleep(0.2)
+    node.kill()
+    raise SystemExit("the node did not become healthy; see {}".format(log.name))
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def wrk(
+    url: str,
+    *,
+    connections: int,
+    seconds: int,
+    headers: Mapping[str, str] | None = None,
+    threads: int = 2,
+    cpu: str = LOAD_CPU,
+) -> dict[str, float]:
+    """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors."""
+    argv = ["taskset", "-c", cpu, "wrk", "-t{}".format(threads), "-c{}".format(connections), "-d{}s".format(seconds), "--latency"]
+    for name, value in (headers or {}).items():
+        argv += ["-H", "{}: {}".format(name, value)]
+    out = subprocess.run(argv + [url], check=True, capture_output=True, text=True).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(r"^\s*{}%\s+([\d.]+)(us|ms|s)\s*$".format(label), out, re.M)
+        assert m, out
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert rps, out
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": float(rps.group(1)),
+        "p50": ms("50"),
+        "p99": ms("99"),
+        "errors": float(errors.group(1)) if errors else 0.0,
+        "socket_errors": float(sum(int(g) for g in socket_errors.groups())) if socket_errors else 0.0,
+    }

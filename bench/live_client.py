@@ -1,0 +1,342 @@
+"""Raw-socket WebSocket load client for the live fan-out benchmark.
+
+One process, one epoll loop, non-blocking sockets, no WebSocket library:
+it opens N connections (handshake, and for fastedge a subscribe message),
+then asks the server to publish and times, for every publish, the first and
+the last of the N subscribers to hold the whole message. Each message
+carries the server's CLOCK_MONOTONIC time of its publish (``data.t``), the
+same clock this process reads, so latency is publish -> fully received.
+
+It also reads the server's RSS (``/proc/PID/status``) before and after the
+connections (memory per idle subscribed connection) and its CPU time
+(``/proc/PID/stat``) over the publishes. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import errno
+import json
+import os
+import re
+import select
+import socket
+import struct
+import time
+
+_T_RE = re.compile(rb'"t":(\d+)')
+
+
+def rss_kib(pid: int) -> int:
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def masked_text(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x81, 0x80 | n)
+    else:
+        head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + body
+
+
+class Conn:
+    __slots__ = ("sock", "fd", "state", "buf", "count", "ready")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.state = 0  # 0 connecting, 1 handshake sent, 2 open
+        self.buf = b""
+        self.count = 0
+        self.ready = False
+
+
+def frames(conn: Conn, data: bytes, want_payload: bool) -> tuple[int, bytes | None]:
+    """Count complete text frames in ``conn``'s buffer; returns (new, a payload)."""
+    buf = conn.buf + data if conn.buf else data
+    new = 0
+    payload = None
+    pos = 0
+    end = len(buf)
+    while end - pos >= 2:
+        b1 = buf[pos + 1] & 0x7F
+        if b1 < 126:
+            hl = 2
+            ln = b1
+        elif b1 == 126:
+            if end - pos < 4:
+                break
+            hl = 4
+            ln = (buf[pos + 2] << 8) | buf[pos + 3]
+        else:
+            if end - pos < 10:
+                break
+            hl = 10
+            ln = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+        if end - pos < hl + ln:
+            break
+        if buf[pos] & 0x0F == 1:
+            new += 1
+            if want_payload and payload is None:
+                payload = buf[pos + hl : pos + hl + ln]
+        pos += hl + ln
+    conn.buf = buf[pos:] if pos < end else b""
+    return new, payload
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--pid", type=int, required=True)
+    ap.add_argument("--connections", type=int, default=10000)
+    ap.add_argument("--publishes", type=int, default=40)
+    ap.add_argument("--burst", type=int, default=20)
+    ap.add_argument("--publish-path", default="/publish")
+    ap.add_argument(
+        "--subscribe",
+        default="",
+        help="JSON subscribe message to send after the handshake",
+    )
+    ap.add_argument(
+        "--batch", type=int, default=500, help="handshakes in flight at once"
+    )
+    ap.add_argument("--timeout", type=float, default=120.0)
+    args = ap.parse_args()
+    deadline = time.monotonic() + args.timeout
+    addr = ("127.0.0.1", args.port)
+    ep = select.epoll()
+    conns: dict[int, Conn] = {}
+    sub_frame = masked_text(args.subscribe.encode()) if args.subscribe else b""
+    key = base64.b64encode(os.urandom(16)).decode()
+    upgrade = (
+        "GET /live HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (args.port, key)
+    ).encode()
+
+    # A warm-up publish with no subscribers, so one-time costs are not counted.
+    trigger = socket.create_connection(addr)
+    trigger.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    post = (
+        "POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % args.publish_path
+    ).encode()
+    trigger.sendall(post)
+    trigger.recv(4096)
+    time.sleep(0.5)
+    rss_before = rss_kib(args.pid)
+
+    # While the herd connects, another client asks for a cheap page (a 404)
+    # every 10 ms on a fresh connection: how long do other requests wait?
+    probe_request = b"GET /probe-during-connects HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    probe: list = []  # [socket, started_ns, state]
+    probe_ms: list[float] = []
+    next_probe = time.monotonic()
+
+    def probe_step(fd: int | None) -> None:
+        nonlocal next_probe
+        if not probe:
+            if time.monotonic() >= next_probe:
+                ps = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                ps.setblocking(False)
+                ps.connect_ex(addr)
+                ep.register(ps.fileno(), select.EPOLLOUT)
+                probe[:] = [ps, time.monotonic_ns(), 0]
+            return
+        ps, started, state = probe
+        if fd != ps.fileno():
+            return
+        if state == 0:
+            ps.send(probe_request)
+            ep.modify(ps.fileno(), select.EPOLLIN)
+            probe[2] = 1
+            return
+        if ps.recv(65536):
+            return  # read on until the server closes
+        probe_ms.append((time.monotonic_ns() - started) / 1e6)
+        ep.unregister(ps.fileno())
+        ps.close()
+        probe.clear()
+        next_probe = time.monotonic() + 0.01
+
+    # Connect N clients, `batch` handshakes in flight at a time.
+    opened = 0
+    ready = 0
+    in_flight = 0
+    t_connect = time.monotonic()
+    while ready < args.connections:
+        if time.monotonic() > deadline:
+            raise SystemExit("timed out connecting: %d ready" % ready)
+        while opened < args.connections and in_flight < args.batch:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            rc = s.connect_ex(addr)
+            if rc not in (0, errno.EINPROGRESS):
+                raise SystemExit("connect failed: %s" % os.strerror(rc))
+            c = Conn(s)
+            conns[c.fd] = c
+            ep.register(c.fd, select.EPOLLOUT)
+            opened += 1
+            in_flight += 1
+        probe_step(None)
+        for fd, _ in ep.poll(0.01):
+            c = conns.get(fd)
+            if c is None:
+                probe_step(fd)
+                continue
+            if c.state == 0:
+                c.sock.send(upgrade)
+                c.state = 1
+                ep.modify(fd, select.EPOLLIN)
+                continue
+            data = c.sock.recv(65536)
+            if not data:
+                raise SystemExit("server closed a connection during setup")
+            if c.state == 1:
+                c.buf += data
+                head, sep, rest = c.buf.partition(b"\r\n\r\n")
+                if not sep:
+                    continue
+                if not head.startswith(b"HTTP/1.1 101"):
+                    raise SystemExit("handshake refused: %r" % head[:80])
+                c.state = 2
+                c.buf = b""
+                if sub_frame:
+                    c.sock.send(sub_frame)
+                else:
+                    c.ready = True
+                    ready += 1
+                    in_flight -= 1
+                data = rest
+                if not data:
+                    continue
+            if not c.ready:
+                c.buf += data
+                if b'"subscribed"' in c.buf:
+                    c.ready = True
+                    ready += 1
+                    in_flight -= 1
+                    c.buf = b""
+    connect_seconds = time.monotonic() - t_connect
+    if probe:
+        ep.unregister(probe[0].fileno())
+        probe[0].close()
+    time.sleep(2.0)
+    rss_after = rss_kib(args.pid)
+    # Drain anything left over from setup.
+    for fd, _ in ep.poll(0.2):
+        conns[fd].sock.recv(65536)
+    for c in conns.values():
+        c.buf = b""
+        c.count = 0
+
+    n = args.connections
+
+    def wait_for(target: int, first_of: int | None) -> tuple[int, int, int | None]:
+        """Read until every connection holds `target` messages.
+
+        :returns: (first arrival ns of message `first_of`, last arrival ns, its server t)
+        """
+        done = 0
+        first = 0
+        t_pub = None
+        poll = ep.poll
+        while done < n:
+            if time.monotonic() > deadline:
+                raise SystemExit("timed out waiting for messages: %d of %d" % (done, n))
+            for fd, _ in poll(1.0):
+                c = conns[fd]
+                data = c.sock.recv(262144)
+                if not data:
+                    raise SystemExit("server closed a connection")
+                want = t_pub is None
+                got, payload = frames(c, data, want)
+                if not got:
+                    continue
+                if want and payload is not None:
+                    now = time.monotonic_ns()
+                    first = now
+                    m = _T_RE.search(payload)
+                    t_pub = int(m.group(1)) if m else None
+                before = c.count
+                c.count = before + got
+                if before < target <= c.count:
+                    done += 1
+        return first, time.monotonic_ns(), t_pub
+
+    # Latency: one publish at a time.
+    firsts: list[float] = []
+    lasts: list[float] = []
+    cpu0 = cpu_seconds(args.pid)
+    wall0 = time.monotonic()
+    for i in range(args.publishes):
+        trigger.sendall(post)
+        first, last, t_pub = wait_for(i + 1, i + 1)
+        trigger.recv(4096)
+        if t_pub is None:
+            raise SystemExit("message without a publish time")
+        firsts.append((first - t_pub) / 1e6)
+        lasts.append((last - t_pub) / 1e6)
+        time.sleep(0.05)
+    cpu1 = cpu_seconds(args.pid)
+    wall1 = time.monotonic()
+
+    # Throughput: a burst of publishes, pipelined.
+    base = args.publishes
+    t0 = time.monotonic_ns()
+    cpu2 = cpu_seconds(args.pid)
+    trigger.sendall(post * args.burst)
+    _, last, _ = wait_for(base + args.burst, None)
+    burst_seconds = (last - t0) / 1e9
+    cpu3 = cpu_seconds(args.pid)
+    for c in conns.values():
+        c.sock.close()
+    trigger.close()
+
+    def pct(values: list[float], p: float) -> float:
+        s = sorted(values)
+        return s[min(len(s) - 1, int(round(p / 100.0 * (len(s) - 1))))]
+
+    print(
+        json.dumps(
+            {
+                "connections": n,
+                "connect_seconds": round(connect_seconds, 2),
+                "rss_before_kib": rss_before,
+                "rss_after_kib": rss_after,
+                "kib_per_connection": round((rss_after - rss_before) / n, 2),
+                "probes_during_connects": len(probe_ms),
+                "probe_p50_ms": round(pct(probe_ms, 50), 2) if probe_ms else None,
+                "probe_max_ms": round(max(probe_ms), 2) if probe_ms else None,
+                "first_p50_ms": round(pct(firsts, 50), 2),
+                "first_p99_ms": round(pct(firsts, 99), 2),
+                "last_p50_ms": round(pct(lasts, 50), 2),
+                "last_p99_ms": round(pct(lasts, 99), 2),
+                "cpu_percent_during_publishes": round(
+                    100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1
+                ),
+                "cpu_ms_per_publish": round(1000.0 * (cpu1 - cpu0) / args.publishes, 1),
+                "burst_broadcasts_per_second": round(args.burst / burst_seconds, 1),
+                "burst_messages_per_second": round(args.burst * n / burst_seconds),
+                "burst_cpu_percent": round(100.0 * (cpu3 - cpu2) / burst_seconds, 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The body of ``bench/thread-read``: see that script.
+
+Three runs against one node on the embedded SQLite store:
+
+- anonymous readers (no cookie): the common case, served from the page cache;
+- readers with a session cookie: the shared page plus that viewer's likes
+  and blocks, read from the store per request;
+- anonymous readers with the page cache off: the raw cost of a read
+  (two store queries, tree building and JSON encoding per request).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+
+from benchlib import REPO, start_node, stop, wrk
+
+SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+CONNECTIONS = int(sys.argv[2]) if len(sys.argv) > 2 else 64
+COMMENTS = 200
+URL_ID = "https://bench.test/article"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def call(port: int, method: str, path: str, body: object = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    data = json.dumps(body).encode() if body is not None else None
+    all_headers = dict(headers or {})
+    if data is not None:
+        all_headers["content-type"] = "application/json"
+    conn.request(method, path, body=data, headers=all_headers)
+    response = conn.getresponse()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+
+
+def seed(workdir: str, data_dir: str, port: int) -> tuple[str, str]:
+    out = subprocess.run(
+        [os.path.join(REPO, ".venv/bin/fastedge-admin"), "--data-dir", data_dir, "tenant", "create", "Bench", "--json"],
+        check=True, capture_output=True, text=True, cwd=REPO,
+    ).stdout
+    created = json.loads(out)
+    tenant, key = created["tenantId"], created["apiKey"]
+    auth = {"authorization": "Bearer " + key}
+    parents: list[str] = []
+    for i in range(COMMENTS):
+        body: dict[str, object] = {
+            "urlId": URL_ID,
+            "text": "Comment {} with **some** text, a [link](https://example.test/{}) and enough words to look real.".format(i, i),
+            "displayName": "Reader {}".format(i % 37),
+        }
+        # Half top-level, half replies: all 200 fit one page (limit=100).
+        if i % 2 == 1 and parents:
+            body["parentId"] = parents[-1]
+        status, _, raw = call(port, "POST", "/api/v1/manage/comments", body, auth)
+        assert status == 201, raw
+        if "parentId" not in body:
+            parents.append(json.loads(raw)["comment"]["id"])
+    # One reader with a session, who liked a few comments.
+    status, headers, raw = call(port, "POST", "/api/v1/{}/comments/{}/like".format(tenant, parents[0]))
+    assert status == 200, raw
+    cookie = headers["set-cookie"].split(";")[0]
+    return tenant, cookie
+
+
+def main() -> None:
+    workdir = tempfile.mkdtemp(prefix="fastedge-bench-")
+    data_dir = os.path.join(workdir, "data")
+    rows = []
+    for label, cache_seconds, with_cookie in (
+        ("anonymous, page cache on (default)", 2.0, False),
+        ("with a session cookie", 2.0, True),
+        ("anonymous, page cache off", 0.0, False),
+    ):
+        port = free_port()
+        config = (
+            '[node]\nid = "bench"\ndata_dir = {}\n'
+            '[http]\nendpoint = "tcp:{}:interface=127.0.0.1:backlog=4096"\n'
+            "[api]\npage_cache_seconds = {}\nwrites_per_minute_per_ip = 100000\n"
+            "writes_per_minute_per_session = 100000\n"
+        ).format(json.dumps(data_dir), port, cache_seconds)
+        node = start_node(workdir, config, port)
+        try:
+            if not rows:
+                tenant, cookie = seed(workdir, data_dir, port)
+            path = "/api/v1/{}/comments?urlId={}&limit=100".format(tenant, URL_ID)
+            status, _, raw = call(port, "GET", path)
+            page = json.loads(raw)
+            shown = sum(1 + len(c["replies"]) for c in page["comments"])
+            headers = {"cookie": cookie} if with_cookie else {}
+            url = "http://127.0.0.1:{}{}".format(port, path)
+            wrk(url, connections=CONNECTIONS, seconds=2, headers=headers)  # warm up
+            result = wrk(url, connections=CONNECTIONS, seconds=SECONDS, headers=headers)
+            rows.append((label, result, len(raw), shown))
+        finally:
+            stop(node)
+    print()
+    print("thread read, NEAREST, SQLite; {} comments in the thread; wrk -c{} -d{}s; node on CPU 0, wrk on CPU 1".format(COMMENTS, CONNECTIONS, SECONDS))
+    print("{:<38} {:>10} {:>9} {:>9} {:>8} {:>9}".format("case", "req/s", "p50 ms", "p99 ms", "errors", "body KB"))
+    for label, r, size, shown in rows:
+        print("{:<38} {:>10.0f} {:>9.2f} {:>9.2f} {:>8.0f} {:>9.1f}".format(label, r["rps"], r["p50"], r["p99"], r["errors"] + r["socket_errors"], size / 1024))
+    print("(each page: {} comments of the thread's {} with limit=100 top-level)".format(rows[0][3], COMMENTS))
+
+
+if __name__ == "__main__":
+    main()

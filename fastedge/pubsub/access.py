@@ -1,0 +1,226 @@
+# -*- test-case-name: tests.unit.pubsub.test_access -*-
+"""Who may subscribe to what: resolving a thread, the viewer, the policy.
+
+A subscription names a tenant and a thread's ``urlId``, exactly as the public
+API does, and succeeds only for a thread that API would show: an unknown
+tenant or thread is refused, so clients cannot create channels at will.
+Lookups are coalesced and cached briefly (``live.resolve_cache_seconds``):
+a thundering herd of ten thousand readers of one thread costs one database
+read, not ten thousand.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..store.errors import NotFound, StoreError
+from ..store.interfaces import IStore
+from ..store.model import ReadPreference, Tenant, Thread
+from .interfaces import IAccessPolicy
+from .messages import RequestError, is_record_id
+
+NEAREST = ReadPreference.NEAREST
+PRIMARY = ReadPreference.PRIMARY
+
+
+class Refused(RequestError):
+    """The policy does not let this viewer subscribe to this thread."""
+
+    def __init__(self, message: str = "you may not read this thread") -> None:
+        super().__init__("forbidden", message)
+
+
+@implementer(IAccessPolicy)
+class PublicThreads:
+    """Every thread of a tenant is public (as in the public read API)."""
+
+    def check(
+        self, tenant: Tenant, thread: Thread, viewer_author_id: str | None
+    ) -> None:
+        """Allow: the public API shows every thread of a tenant."""
+        return None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A subscribable thread."""
+
+    tenant: Tenant
+    thread: Thread
+
+
+class _SingleFlight:
+    """Coalesce concurrent lookups of one key and keep answers ``ttl`` seconds.
+
+    Failures that are answers (``RequestError``: not found) are cached like
+    successes; ``unavailable`` (the store is down) is not cached.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        ttl: float,
+        max_entries: int,
+        count: Callable[[str], None],
+    ) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._max = max_entries
+        self._count = count
+        self._cache: OrderedDict[Hashable, tuple[float, bool, Any]] = OrderedDict()
+        self._pending: dict[Hashable, list[Deferred[Any]]] = {}
+
+    def get(self, key: Hashable, fetch: Callable[[], Deferred[Any]]) -> Deferred[Any]:
+        """The answer for ``key``: cached, joined to a lookup in flight, or fetched."""
+        entry = self._cache.get(key)
+        if entry is not None:
+            if entry[0] > self._clock.seconds():
+                self._count("hit")
+                ok, value = entry[1], entry[2]
+                if ok:
+                    return succeed(value)
+                d: Deferred[Any] = Deferred()
+                d.errback(value)
+                return d
+            del self._cache[key]
+        waiting = self._pending.get(key)
+        d = Deferred()
+        if waiting is not None:
+            self._count("coalesced")
+            waiting.append(d)
+            return d
+        self._count("miss")
+        self._pending[key] = [d]
+        maybeDeferred(fetch).addBoth(self._done, key)
+        return d
+
+    def _done(self, result: Any, key: Hashable) -> None:
+        waiting = self._pending.pop(key, [])
+        if isinstance(result, Failure):
+            answer = result.check(RequestError) and result.value.code != "unavailable"
+            if answer and self._ttl > 0 and self._max > 0:
+                self._put(key, False, result)
+            for d in waiting:
+                d.errback(result)
+            return
+        if self._ttl > 0 and self._max > 0:
+            self._put(key, True, result)
+        for d in waiting:
+            d.callback(result)
+
+    def _put(self, key: Hashable, ok: bool, value: Any) -> None:
+        self._cache[key] = (self._clock.seconds() + self._ttl, ok, value)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+
+    def forget(self, key: Hashable) -> None:
+        """Drop the cached answer for ``key``."""
+        self._cache.pop(key, None)
+
+
+class ChannelResolver:
+    """Finds the thread a subscription names, and the viewer's blocks.
+
+    :param count: called with ``hit``, ``miss`` or ``coalesced`` per lookup
+        (for metrics).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        store: IStore,
+        *,
+        clock: IReactorTime,
+        ttl_seconds: float,
+        max_entries: int,
+        count: Callable[[str], None] = lambda result: None,
+    ) -> None:
+        self._store = store
+        self._threads = _SingleFlight(clock, ttl_seconds, max_entries, count)
+        # Blocks change under a live subscription (set_blocked keeps those
+        # right); only concurrent lookups are shared, never cached.
+        self._blocks = _SingleFlight(clock, 0.0, 0, lambda result: None)
+
+    def resolve(self, tenant_id: str, url_id: str) -> Deferred[Resolved]:
+        """The tenant and thread, or a ``RequestError``
+        (``tenant_not_found``, ``thread_not_found``, ``unavailable``)."""
+        if not is_record_id(tenant_id):
+            return _fail(RequestError("tenant_not_found", "tenant not found"))
+        return self._threads.get(
+            (tenant_id, url_id), lambda: self._lookup(tenant_id, url_id)
+        )
+
+    def forget(self, tenant_id: str, url_id: str) -> None:
+        """Drop a cached answer (a thread was created or deleted here)."""
+        self._threads.forget((tenant_id, url_id))
+
+    def blocked_authors(
+        self, tenant_id: str, author_id: str
+    ) -> Deferred[frozenset[str]]:
+        """The authors ``author_id`` blocks, read NEAREST."""
+
+        def fetch() -> Deferred[frozenset[str]]:
+            d = self._store.viewer_state(
+                tenant_id, author_id, [], read_preference=NEAREST
+            )
+            d.addCallback(lambda state: frozenset(state.blocked_authors))
+            d.addErrback(self._unavailable)
+            return d
+
+        return self._blocks.get((tenant_id, author_id), fetch)
+
+    async def _get(self, method: Callable[..., Deferred[Any]], *args: Any) -> Any:
+        # Nearest first; something created moments ago may only be on the primary.
+        try:
+            return await method(*args, read_preference=NEAREST)
+        except NotFound:
+            return await method(*args, read_preference=PRIMARY)
+
+    def _lookup(self, tenant_id: str, url_id: str) -> Deferred[Resolved]:
+        async def go() -> Resolved:
+            try:
+                tenant = await self._get(self._store.get_tenant, tenant_id)
+            except NotFound:
+                raise RequestError("tenant_not_found", "tenant not found") from None
+            try:
+                thread = await self._get(self._store.get_thread, tenant_id, url_id)
+            except NotFound:
+                raise RequestError(
+                    "thread_not_found", "thread not found (no comments yet?)"
+                ) from None
+            return Resolved(tenant, thread)
+
+        d = Deferred.fromCoroutine(go())
+        d.addErrback(self._unavailable)
+        return d
+
+    def _unavailable(self, failure: Failure) -> Failure:
+        if failure.check(RequestError):
+            return failure
+        if not failure.check(StoreError):
+            self._log.failure("resolving a live subscription failed", failure)
+        else:
+            self._log.warn(
+                "live subscription: store unavailable: {reason}",
+                reason=failure.getErrorMessage(),
+            )
+        return Failure(
+            RequestError("unavailable", "the database is not available; try again")
+        )
+
+
+def _fail(error: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(error)
+    return d

@@ -1,0 +1,331 @@
+# -*- test-case-name: tests.unit.pubsub.test_protocol -*-
+"""The WebSocket front end of live threads (autobahn), mounted at ``/live``.
+
+autobahn does the handshake, parses and checks incoming frames (UTF-8,
+size limits, control frames, the closing handshake). Outgoing events do
+not go through autobahn's per-connection send path: each event is framed
+once (autobahn's ``prepareMessage``) and the same bytes are handed to every
+subscriber's :class:`~fastedge.pubsub.wire.Writer`, which sends them
+straight to the socket.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import TrafficStats
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from . import messages
+from .hub import Joined, Prepared
+from .live import Live, LiveConnection
+from .messages import (
+    CLOSE_GOING_AWAY,
+    CLOSE_IDLE,
+    CLOSE_RATE_LIMITED,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_UNSUPPORTED_DATA,
+    Ping,
+    RequestError,
+    Subscribe,
+    Unsubscribe,
+    Violation,
+    parse_client_message,
+)
+from .wire import Writer
+
+#: An empty ping frame (FIN, opcode 9): the same two bytes for everyone.
+PING_FRAME = b"\x89\x00"
+
+#: What autobahn keeps from the opening handshake and never reads again.
+_HANDSHAKE_LEFTOVERS = (
+    "http_request_data",
+    "http_response_data",
+    "http_headers",
+    "http_request_params",
+    "http_status_line",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_host",
+    "websocket_origin",
+    "websocket_protocols",
+    "websocket_extensions",
+    "_wskey",
+    "_transport_details",
+)
+
+
+class LiveServerProtocol(WebSocketServerProtocol):
+    """One WebSocket client of ``/live``."""
+
+    _log = Logger()
+    transport_name = "websocket"
+    factory: LiveWebSocketFactory
+
+    _open = False
+    _heard = True
+    _writer: Writer | None = None
+    _conn: LiveConnection | None = None
+
+    # Handshake and lifecycle
+
+    def onConnect(self, request: ConnectionRequest) -> Any:
+        """Refuse the handshake (503) past ``live.max_connections``."""
+        if not self.factory.live.admit(self.transport_name):
+            self.factory.live.closing(messages.CLOSE_TRY_AGAIN_LATER)
+            raise ConnectionDeny(
+                503,
+                "this node is at its live connection limit; try another or retry later",
+            )
+        if messages.PROTOCOL in request.protocols:
+            return messages.PROTOCOL
+        return None
+
+    def onOpen(self) -> None:
+        """Set up the bounded writer, shed handshake state, greet."""
+        live = self.factory.live
+        transport: Any = self.transport
+        # twisted.web's HTTPChannel registered itself as the producer of the
+        # transport it no longer owns; our writer takes its place (and the
+        # orphaned channel and request can be collected).
+        # (A TLS transport has no ``producer`` attribute; unregistering is
+        # harmless there when nothing is registered.)
+        if getattr(transport, "producer", True) is not None:
+            transport.unregisterProducer()
+        self._writer = Writer(transport, live.cfg.max_buffered_bytes, self._overflowed)
+        transport.registerProducer(self._writer, True)
+        # An idle connection should cost as little memory as possible: drop
+        # the handshake's leftovers, share one traffic counter per factory,
+        # and replace autobahn's send queue (a 760-byte deque, used only by
+        # sync/chopped sends, which we never make) with an empty tuple, so
+        # an unexpected use fails loudly instead of sharing state.
+        state = self.__dict__
+        for name in _HANDSHAKE_LEFTOVERS:
+            if name in state:
+                state[name] = None
+        self.trafficStats = self.factory.traffic
+        if not self.send_queue:
+            self.send_queue = ()  # type: ignore[assignment]
+        self._conn = LiveConnection(live, self)
+        self._tokens = float(live.cfg.client_messages_per_minute)
+        self._tokens_at = live.clock.seconds()
+        self._open = True
+        live.opened(self)
+        self._writer.write(self.factory.hello)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """Leave every channel."""
+        self._open = False
+        if self._conn is not None:
+            self._conn.close()
+            self.factory.live.closed(self)
+            self._conn = None
+
+    def dataReceived(self, data: bytes) -> None:
+        """Anything from the client (a pong too) proves it alive."""
+        self._heard = True
+        super().dataReceived(data)
+
+    # Incoming messages
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """One client message: check, rate-limit, dispatch."""
+        if not self._open or self._conn is None:
+            return
+        if isBinary:
+            self._close(
+                CLOSE_UNSUPPORTED_DATA, "binary frames are not accepted; send JSON text"
+            )
+            return
+        if not self._take_token():
+            self._close(CLOSE_RATE_LIMITED, "too many messages; slow down")
+            return
+        try:
+            msg = parse_client_message(payload)
+        except Violation as v:
+            self._close(v.code, v.reason)
+            return
+        except RequestError as e:
+            self.send(messages.error(e.code, e.message, e.ref))
+            return
+        if isinstance(msg, Subscribe):
+            d = self._conn.subscribe(msg, self._answer)
+            d.addErrback(self._failed)
+        elif isinstance(msg, Unsubscribe):
+            try:
+                name = self._conn.unsubscribe(msg.channel, msg.ref)
+            except RequestError as e:
+                self.send(messages.error(e.code, e.message, e.ref))
+            else:
+                self.send(messages.unsubscribed(name, msg.ref))
+        elif isinstance(msg, Ping):
+            self.send(messages.pong(msg.ref))
+
+    def _take_token(self) -> bool:
+        cfg = self.factory.live.cfg
+        now = self.factory.live.clock.seconds()
+        rate = cfg.client_messages_per_minute / 60.0
+        self._tokens = min(
+            float(cfg.client_messages_per_minute),
+            self._tokens + (now - self._tokens_at) * rate,
+        )
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def _answer(self, joined: Joined, name: str, ref: Any) -> None:
+        self.send(
+            messages.subscribed(
+                name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref
+            )
+        )
+        sent = total = 0
+        for prepared in joined.replay:
+            n = self.push(prepared)
+            if n:
+                sent += 1
+                total += n
+        if sent:
+            self.factory.live.hub.count_delivered(sent, total)
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(RequestError) and self._open:
+            e = failure.value
+            self.send(messages.error(e.code, e.message, e.ref))
+        elif not failure.check(RequestError):
+            self._log.failure("live subscribe answer failed", failure)
+
+    # Outgoing
+
+    def push(self, prepared: Prepared) -> int:
+        """Send one shared event frame (see :class:`~fastedge.pubsub.hub.Outlet`)."""
+        if not self._open:
+            return 0
+        frame = prepared.ws
+        if frame is None:
+            frame = prepared.ws = self.factory.frame(prepared.payload)
+        return self._writer.write(frame)  # type: ignore[union-attr]
+
+    def send(self, payload: bytes) -> None:
+        """Send a message of this connection only."""
+        if self._open:
+            self._writer.write(self.factory.frame(payload))  # type: ignore[union-attr]
+
+    def keepalive(self) -> None:
+        """Ping; drop a client that did not answer the previous ping."""
+        if not self._open:
+            return
+        if not self._heard:
+            self._close(CLOSE_IDLE, "no answer to keep-alive pings")
+            return
+        self._heard = False
+        self._writer.write(PING_FRAME)  # type: ignore[union-attr]
+
+    def shutdown(self) -> None:
+        """The node is stopping."""
+        if self._open:
+            self._close(CLOSE_GOING_AWAY, "server shutting down; reconnect with since")
+
+    def _overflowed(self) -> None:
+        # Nothing more is queued; the close frame goes after what is queued,
+        # and the closing handshake timeout drops a client that never reads.
+        live = self.factory.live
+        live.slow_consumer(self.transport_name)
+        self._log.info(
+            "live: slow consumer {peer} disconnected ({limit} bytes queued)",
+            peer=self.peer,
+            limit=live.cfg.max_buffered_bytes,
+        )
+        self._close(
+            CLOSE_SLOW_CONSUMER, "slow consumer: too far behind; reconnect with since"
+        )
+
+    def _close(self, code: int, reason: str) -> None:
+        """Stop sending events and start the closing handshake with ``code``."""
+        if not self._open:
+            return
+        self._open = False
+        self.factory.live.closing(code)
+        if code not in (CLOSE_SLOW_CONSUMER, CLOSE_GOING_AWAY):
+            self._log.info(
+                "live: closing {peer} with {code}: {reason}",
+                peer=self.peer,
+                code=code,
+                reason=reason,
+            )
+        # sendClose() only takes 1000 and 3000-4999; the standard codes we
+        # use (1001, 1003) are sent with the frame-level call.
+        self.sendCloseFrame(
+            code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False
+        )
+
+
+class _ClockTimer:
+    """What autobahn wants of a timer (``call_later``), on a given clock."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+
+    def call_later(
+        self, delay: float, fn: Any, *args: Any, **kwargs: Any
+    ) -> IDelayedCall:
+        """Call ``fn`` after ``delay`` seconds on the clock."""
+        return self._clock.callLater(delay, fn, *args, **kwargs)
+
+
+class LiveWebSocketFactory(WebSocketServerFactory):
+    """Builds :class:`LiveServerProtocol` instances sharing one :class:`Live`.
+
+    autobahn copies ~20 options onto every protocol instance unless the
+    class already has them; we give them to a per-factory subclass instead,
+    so an idle connection does not carry its own copy and a connect does
+    not spend time copying and logging them.
+    """
+
+    def __init__(self, live: Live) -> None:
+        super().__init__()
+        self.live = live
+        cfg = live.cfg
+        self.setProtocolOptions(
+            maxFramePayloadSize=cfg.max_message_bytes,
+            maxMessagePayloadSize=cfg.max_message_bytes,
+            # Protocol errors get a close frame with a code, not a silent drop.
+            failByDrop=False,
+            openHandshakeTimeout=cfg.close_timeout_seconds,
+            closeHandshakeTimeout=cfg.close_timeout_seconds,
+            # Keep-alive is one sweep over all connections (Live.keepalive),
+            # not a timer per connection.
+            autoPingInterval=0,
+            tcpNoDelay=True,
+        )
+        # autobahn's handshake timeouts go to the node's clock (the reactor,
+        # or a test's Clock), not to txaio's global-reactor timer buckets.
+        self._batched_timer = _ClockTimer(live.clock)
+        options: dict[str, Any] = {
+            name: getattr(self, name) for name in LiveServerProtocol.CONFIG_ATTRS
+        }
+        # With every option on the class, autobahn has nothing to copy per
+        # connection; an empty list also spares it pretty-printing all the
+        # options into a debug log line on every connect (~0.5 ms each, the
+        # largest cost of a handshake in a burst of connects).
+        options["CONFIG_ATTRS"] = []
+        self.protocol = type(  # type: ignore[assignment]
+            "ConfiguredLiveServerProtocol", (LiveServerProtocol,), options
+        )
+        #: The greeting, the same frame for every connection.
+        self.hello = self.frame(messages.hello(live.node_id, cfg.max_subscriptions))
+        #: Traffic of all open connections together (autobahn counts per
+        #: connection; one shared counter saves memory and is what we export).
+        self.traffic = TrafficStats()
+
+    def frame(self, payload: bytes) -> bytes:
+        """One unmasked text frame carrying ``payload``."""
+        return self.prepareMessage(
+            payload, isBinary=False, doNotCompress=True
+        ).payloadHybi

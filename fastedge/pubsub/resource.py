@@ -1,0 +1,56 @@
+# -*- test-case-name: tests.unit.pubsub.test_resource -*-
+"""``/live``: the WebSocket endpoint, with the SSE stream at ``/live/events``."""
+
+from __future__ import annotations
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from ..jsonhttp import write_error
+from .live import Live
+from .protocol import LiveWebSocketFactory
+from .sse import LiveEventsResource
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> int:
+        """A JSON 404."""
+        request.route = "not_found"  # type: ignore[attr-defined]
+        write_error(request, 404, "not_found", "no such resource")
+        return NOT_DONE_YET
+
+
+class LiveResource(Resource):
+    """``/live`` upgrades to WebSocket (autobahn's ``WebSocketResource``);
+    ``/live/events`` is the SSE stream. A plain GET of ``/live`` gets a JSON
+    426 instead of autobahn's HTML page."""
+
+    def __init__(self, live: Live) -> None:
+        super().__init__()
+        self.factory = LiveWebSocketFactory(live)
+        self._websocket = WebSocketResource(self.factory)
+        self.putChild(b"events", LiveEventsResource(live))
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        """``/live/`` is ``/live``; anything else but ``events`` is a JSON 404."""
+        if path == b"":
+            return self
+        return _NotFound()
+
+    def render(self, request: Request) -> int | bytes:
+        """Hand a WebSocket upgrade to autobahn; anything else gets 426."""
+        request.route = "/live"  # type: ignore[attr-defined]
+        upgrade = (request.getHeader(b"upgrade") or b"").lower()
+        if request.method != b"GET" or upgrade != b"websocket":
+            request.setHeader(b"upgrade", b"websocket")
+            write_error(
+                request,
+                426,
+                "upgrade_required",
+                "connect with WebSocket (or use /live/events for SSE)",
+            )
+            return NOT_DONE_YET
+        return self._websocket.render(request)

@@ -245,6 +245,14 @@ class MeshConfig:
     #: Calls to one peer awaiting an answer; a peer that lets more pile up
     #: is disconnected (it is not answering).
     max_pending_calls: int = _checked(10_000, _positive)
+    #: How long the first subscriber of a channel on this node waits for the
+    #: channel's sequencer (its position and history), at most.
+    relay_prime_timeout_seconds: float = _checked(1.0, _positive)
+    #: How long a write waits for its channel's sequencer to be reachable
+    #: before this node sequences it itself (its local subscribers reload).
+    relay_forward_timeout_seconds: float = _checked(5.0, _positive)
+    #: Writes waiting for unreachable sequencers, at most.
+    relay_queue_events: int = _checked(10_000, _positive)
 
 
 def _dsn(value: str) -> str | None:

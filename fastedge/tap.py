@@ -14,6 +14,7 @@ from twisted.python import usage
 from .api.resource import build_api
 from .config import ConfigError, EdgeConfig, load_config
 from .mesh import service as mesh_service
+from .mesh.relay import connect_relay
 from .mesh.resource import mesh_routes
 from .metrics.registry import new_registry
 from .pubsub import service as live_service
@@ -84,6 +85,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     mesh = mesh_service.make_service(cfg.mesh, node=cfg.node, reactor=reactor, registry=registry, load=load)
     mesh.setName("mesh")
     mesh.setServiceParent(top)
+    connect_relay(mesh, live)
 
     api = build_api(
         cfg.api,

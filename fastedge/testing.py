@@ -1102,3 +1102,108 @@ def mesh_pair(testcase: SynchronousTestCase, **mesh_overrides: Any) -> tuple[Mem
     b = mesh.add("b")
     mesh.advance(0.0)
     return mesh, a, b
+
+
+class RecordingConnection:
+    """A live connection (WebSocket or SSE, as ``fastedge.pubsub.live``
+    sees them) that keeps every message it is sent, decoded."""
+
+    transport_name = "websocket"
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    def push(self, prepared: Any) -> int:
+        payload = prepared.payload
+        self.messages.append(json.loads(payload))
+        return len(payload)
+
+    def send(self, payload: bytes) -> None:
+        self.messages.append(json.loads(payload))
+
+    def keepalive(self) -> None:
+        """Nothing to keep alive in memory."""
+
+    def shutdown(self) -> None:
+        """Nothing to close in memory."""
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("type") == kind]
+
+
+class LiveSubscriber:
+    """A live client of one node, subscribing through the same code path as
+    the WebSocket and SSE transports (authorization, priming, the hub)."""
+
+    def __init__(self, node: LiveNode) -> None:
+        from .pubsub.live import LiveConnection
+
+        self.conn = RecordingConnection()
+        self.live = LiveConnection(node.live, self.conn)
+
+    def subscribe(self, tenant_id: str, url_id: str, **extra: Any) -> Deferred[Any]:
+        """Subscribe; the ``subscribed`` answer and any replay are recorded
+        in order, as a transport sends them."""
+        from .pubsub import messages
+        from .pubsub.messages import Subscribe
+
+        def answered(joined: Any, name: str, ref: Any) -> None:
+            self.conn.send(
+                messages.subscribed(name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref)
+            )
+            for prepared in joined.replay:
+                self.conn.push(prepared)
+
+        return self.live.subscribe(Subscribe(tenant_id, url_id, **extra), answered)
+
+    def events(self) -> list[dict[str, Any]]:
+        return self.conn.of_type("event")
+
+    def close(self) -> None:
+        self.live.close()
+
+
+class LiveMesh(MemoryMesh):
+    """:class:`MemoryMesh` nodes that also run live threads, relayed over
+    the mesh. The nodes of a deployment share one database (one SQLite
+    store), as a deployment's nodes share their replicated store.
+
+    :ivar live: each node's :class:`LiveNode`.
+    """
+
+    def __init__(self, testcase: SynchronousTestCase, live_overrides: dict[str, Any] | None = None, **mesh_overrides: Any) -> None:
+        super().__init__(testcase, **mesh_overrides)
+        self.live: dict[str, LiveNode] = {}
+        self.stores: dict[str, Any] = {}
+        self._live_overrides = live_overrides or {}
+
+    def add(self, node_id: str, *, deployment: str = "global", start: bool = True, **kw: Any) -> Any:
+        from .mesh.relay import connect_relay
+
+        service = super().add(node_id, deployment=deployment, start=False, **kw)
+        store = self.stores.get(deployment)
+        if store is None:
+            path = os.path.abspath(self._tc.mktemp())
+            os.makedirs(path)
+            store = self.stores[deployment] = sqlite_store(os.path.join(path, deployment + ".sqlite3"), clock=self.clock)
+        node = LiveNode(
+            self.data_dirs[node_id],
+            clock=self.clock,
+            mesh=service,
+            registry=self.registries[node_id],
+            node_id=node_id,
+            store=store,
+            live_overrides=self._live_overrides,
+        )
+        self._tc.addCleanup(node.api.service.stopService)
+        connect_relay(service, node.service)
+        self.live[node_id] = node
+        if start:
+            service.privilegedStartService()
+            service.startService()
+            self.network.flush()
+        return service
+
+    def subscriber(self, node_id: str) -> LiveSubscriber:
+        """A new live client of node ``node_id``."""
+        return LiveSubscriber(self.live[node_id])

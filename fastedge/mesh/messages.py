@@ -16,6 +16,7 @@ Every registered class validates the state it is rebuilt from
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import re
 from typing import Any
@@ -212,6 +213,9 @@ class MeshSecurity(jelly.SecurityOptions):  # type: ignore[misc]
         # ("builtins.tuple"); no incoming message is tagged with these.
         for plain in (str, bytes, int, float, bool, type(None), list, tuple, dict):
             self.allowTypes(qual(plain))
+        # Types the mesh never sends: not admitted either.
+        for unused in (b"datetime", b"time", b"date", b"timedelta", b"decimal", b"persistent", b"unpersistable"):
+            self.allowedTypes.pop(unused, None)
 
     def allow_class(self, cls: type) -> None:
         """Admit instances of a registered copyable class."""
@@ -242,3 +246,104 @@ def register(cls: type) -> type:
 
 
 register(Announcement)
+
+
+_CHANNEL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_EPOCH = re.compile(r"^[a-z2-7]{1,32}$")
+_KIND = re.compile(r"^[a-z][a-z.]{0,39}$")
+#: Largest event body (JSON) relayed: far above a comment's size.
+MAX_EVENT_DATA = 256 * 1024
+
+
+def check_channel_id(value: Any, what: str) -> str:
+    """A tenant or thread id as channels name them.
+
+    :raises BadMessage: otherwise.
+    """
+    if not isinstance(value, str) or not _CHANNEL_ID.match(value):
+        raise BadMessage("{} must be an id of letters, digits, '_' and '-'".format(what))
+    return value
+
+
+def check_position(epoch: Any, seq: Any) -> tuple[str | None, int | None]:
+    """A channel position: both ``None``, or an epoch and a sequence number.
+
+    :raises BadMessage: otherwise.
+    """
+    if epoch is None and seq is None:
+        return None, None
+    if not isinstance(epoch, str) or not _EPOCH.match(epoch):
+        raise BadMessage("an epoch must be base32 text")
+    return epoch, _int(seq, "seq")
+
+
+@register
+class RelayedEvent(pb.Copyable, pb.RemoteCopy):  # type: ignore[misc]
+    """One live event between nodes: a write on its way to its channel's
+    sequencer (unstamped), or a stamped event on its way to a follower.
+
+    It carries what subscribers receive and no more: the channel, the kind,
+    the public data (as JSON text, serialized once), the author (for
+    viewers' blocks), the stamp and the node it was written on.
+    """
+
+    _FIELDS = ("tenant", "thread", "kind", "data", "author", "epoch", "seq", "origin")
+
+    tenant: str
+    thread: str
+    kind: str
+    data: str
+    author: str | None
+    epoch: str | None
+    seq: int | None
+    origin: str
+
+    def __init__(
+        self,
+        tenant: str = "",
+        thread: str = "",
+        kind: str = "",
+        data: str = "{}",
+        author: str | None = None,
+        epoch: str | None = None,
+        seq: int | None = None,
+        origin: str = "",
+    ) -> None:
+        self.tenant = tenant
+        self.thread = thread
+        self.kind = kind
+        self.data = data
+        self.author = author
+        self.epoch = epoch
+        self.seq = seq
+        self.origin = origin
+
+    def getStateToCopy(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._FIELDS}
+
+    def setCopyableState(self, state: Any) -> None:
+        if not isinstance(state, dict) or set(state) != set(self._FIELDS):
+            raise BadMessage("a relayed event must have exactly the fields {}".format(", ".join(self._FIELDS)))
+        self.tenant = check_channel_id(state["tenant"], "tenant")
+        self.thread = check_channel_id(state["thread"], "thread")
+        kind = state["kind"]
+        if not isinstance(kind, str) or not _KIND.match(kind):
+            raise BadMessage("an event kind must be lower-case words and dots")
+        self.kind = kind
+        data = _string(state["data"], "data", MAX_EVENT_DATA)
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            raise BadMessage("event data must be JSON") from None
+        if not isinstance(parsed, dict):
+            raise BadMessage("event data must be a JSON object")
+        self.data = data
+        author = state["author"]
+        self.author = None if author is None else check_channel_id(author, "author")
+        self.epoch, self.seq = check_position(state["epoch"], state["seq"])
+        if self.seq is not None and self.seq < 1:
+            raise BadMessage("a stamped event's seq starts at 1")
+        self.origin = check_node_id(state["origin"], "origin")
+
+    def __repr__(self) -> str:
+        return "<RelayedEvent {}/{} {} {}:{}>".format(self.tenant, self.thread, self.kind, self.epoch, self.seq)

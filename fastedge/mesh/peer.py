@@ -142,6 +142,10 @@ class PeerAvatar(pb.Avatar):  # type: ignore[misc]
         """A local write of the peer, for this node to sequence."""
         return self._node.relay_call(self, "publish", event, hops)
 
+    def perspective_block(self, tenant: Any, viewer: Any, author: Any, blocked: Any) -> Any:
+        """A viewer of the peer's blocked (or unblocked) an author."""
+        return self._node.relay_call(self, "block", tenant, viewer, author, blocked)
+
 
 class LinkMind(pb.Referenceable):  # type: ignore[misc]
     """What a peer may call back on this node over this node's link to it."""

@@ -283,6 +283,8 @@ class MeshService(Service):
                 self._last_load = now
                 self.membership.set_load(int(self._load()))
             self.membership.tick()
+            if self.relay is not None:
+                self.relay.tick()
         except Exception:
             # A raised exception would stop the loop for good.
             self._log.failure("mesh: heartbeat tick failed")

@@ -341,6 +341,81 @@ class Hub:
             listener.accepted(prepared, local)
         return prepared
 
+    # Sequencing across nodes (fastedge.mesh.relay, docs/mesh.md)
+
+    def ensure(self, channel: ChannelKey) -> Stamp:
+        """The channel's position, making its state (a new epoch at 0) when
+        this hub has none: a sequencer tells followers where numbering
+        starts before the first event, so they never see an epoch change
+        for it.
+        """
+        state = self._channels.get(channel)
+        if state is None:
+            state = self._channels[channel] = _Channel(self._new_epoch())
+            state.touched = self._clock.seconds()
+        return Stamp(state.epoch, state.seq)
+
+    def since(self, channel: ChannelKey, epoch: str, seq: int) -> tuple[Prepared, ...] | None:
+        """The events after ``seq`` of ``epoch``, from history, in order
+        (empty when ``seq`` is the current position).
+
+        :returns: ``None`` when they cannot all be given: another epoch, a
+            position beyond this hub's, or events aged out of history.
+        """
+        state = self._channels.get(channel)
+        if state is None or state.epoch != epoch or seq > state.seq:
+            return None
+        if seq == state.seq:
+            return ()
+        self._trim(state.history, self._clock.seconds())
+        history = state.history
+        if not history or history[0].stamp.seq > seq + 1:
+            return None
+        return tuple(p for p in history if p.stamp.seq > seq)
+
+    def history(self, channel: ChannelKey) -> tuple[Prepared, ...]:
+        """The events of the channel's current epoch still in history."""
+        state = self._channels.get(channel)
+        if state is None:
+            return ()
+        self._trim(state.history, self._clock.seconds())
+        return tuple(p for p in state.history if p.stamp.epoch == state.epoch and not p.reset)
+
+    def resync(self, channel: ChannelKey, position: Stamp, events: Iterable[Event]) -> str:
+        """Bring a followed channel to its sequencer's ``position``.
+
+        ``events`` are the sequencer's stamped events this hub may have
+        missed, in order (each goes through :meth:`publish`: repeats are
+        dropped). If they do not close the gap, the history breaks and local
+        subscribers are told to reload (a ``reset`` at ``position``); a
+        channel with no state here simply takes the position.
+
+        :returns: ``"replayed"`` (events filled the gap), ``"current"``
+            (nothing was missing) or ``"reset"`` (subscribers must reload).
+        """
+        events = list(events)
+        resets = self.stats.resets
+        state = self._channels.get(channel)
+        if state is None:
+            ours = [e.stamp for e in events if e.stamp is not None and e.stamp.epoch == position.epoch]
+            state = _Channel(position.epoch, ours[0].seq - 1 if ours else position.seq)
+            state.touched = self._clock.seconds()
+            self._channels[channel] = state
+        replayed = 0
+        for event in events:
+            if self.publish(event) is not None:
+                replayed += 1
+        state = self._channels[channel]
+        if state.epoch == position.epoch and state.seq >= position.seq:
+            if self.stats.resets != resets:
+                return "reset"
+            return "replayed" if replayed else "current"
+        # A gap the events did not fill (or another epoch): start over at
+        # the sequencer's position; local subscribers reload.
+        self._reset(channel, state, Stamp(position.epoch, position.seq + 1), self._clock.seconds())
+        state.seq = position.seq
+        return "reset"
+
     def _reset(
         self, channel: ChannelKey, state: _Channel, stamp: Stamp, now: float
     ) -> None:

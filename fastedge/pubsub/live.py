@@ -79,6 +79,10 @@ class Live:
             "sse": set(),
         }
         self._drained: list[Deferred[None]] = []
+        #: Called before a channel's subscriber is answered (the mesh relay
+        #: brings the channel up to date with its sequencer there, so
+        #: recovery with ``since`` works on any node); never fails.
+        self.prime: Callable[[ChannelKey], Deferred[None]] | None = None
         if metrics is not None:
             hub.on_fanout = self._observe_fanout
 
@@ -216,6 +220,8 @@ class LiveConnection:
         await maybeDeferred(
             live.policy.check, tenant, thread, viewer[1] if viewer else None
         )
+        if live.prime is not None:
+            await live.prime((tenant.id, thread.id))
         return resolved, viewer, blocked
 
     def _join(

@@ -49,6 +49,10 @@ class LivePublisher:
     """Turns comment changes into channel events on the node's hub.
 
     :param node_id: recorded as each event's origin.
+    :ivar sink: where events go: the hub's entry point, or the mesh relay,
+        which sends a write to its channel's sequencer (``fastedge.mesh.relay``).
+    :ivar block_sink: where block changes go (likewise: the hub, or the
+        relay, which tells the deployment's other nodes too).
     """
 
     def __init__(
@@ -57,6 +61,11 @@ class LivePublisher:
         self._hub = hub
         self._resolver = resolver
         self._node = node_id
+        self.sink: Callable[[Event], object] = hub.publish
+        self.block_sink: Callable[[str, str, str, bool], object] = self._block_here
+
+    def _block_here(self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool) -> None:
+        self._hub.set_blocked((tenant_id, viewer_author_id), author_id, blocked)
 
     def _publish(
         self,
@@ -66,7 +75,7 @@ class LivePublisher:
         data: dict[str, object],
         author: str | None,
     ) -> None:
-        self._hub.publish(
+        self.sink(
             Event(
                 (tenant_id, thread_id), kind, data, author_id=author, origin=self._node
             )
@@ -148,4 +157,4 @@ class LivePublisher:
         self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool
     ) -> None:
         """A viewer blocked or unblocked an author: their open subscriptions follow."""
-        self._hub.set_blocked((tenant_id, viewer_author_id), author_id, blocked)
+        self.block_sink(tenant_id, viewer_author_id, author_id, blocked)

@@ -137,3 +137,86 @@ class Rogue:
 
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+class LiveWorld:
+    """Nodes with live threads over the mesh (in memory), one tenant, and
+    helpers to post and subscribe as the API and the transports do."""
+
+    def __init__(
+        self,
+        testcase: Any,
+        nodes: str = "abc",
+        live_overrides: dict[str, Any] | None = None,
+        **mesh_overrides: Any,
+    ) -> None:
+        from fastedge.store.model import ReadPreference
+        from fastedge.testing import LiveMesh
+
+        from ..pubsub.common import done
+
+        self.P = ReadPreference.PRIMARY
+        self.done = done
+        self.mesh = LiveMesh(testcase, live_overrides=live_overrides, **mesh_overrides)
+        for node_id in nodes:
+            self.mesh.add(node_id)
+        self.mesh.advance(1.0)
+        self.store = self.mesh.stores["global"]
+        self.tenant = done(self.store.create_tenant("T", "global", created_ms=0, read_preference=self.P)).value
+        self.author = done(
+            self.store.create_anonymous_session(self.tenant.id, created_ms=0, read_preference=self.P)
+        ).value.author_id
+        self._urls = 0
+
+    def thread_owned_by(self, owner: str, observer: str = "a") -> tuple[Any, str]:
+        """A new thread whose channel ``owner`` sequences: ``(thread, url)``."""
+        relay = self.mesh.nodes[observer].relay
+        for _ in range(1000):
+            self._urls += 1
+            url = "https://site.example/p{}".format(self._urls)
+            thread = self.done(self.store.upsert_thread(self.tenant.id, url, created_ms=0, read_preference=self.P)).value
+            if relay.owner_of((self.tenant.id, thread.id)) == owner:
+                return thread, url
+        raise AssertionError("no thread owned by " + owner)
+
+    def channel(self, thread: Any) -> tuple[str, str]:
+        return (self.tenant.id, thread.id)
+
+    def post(self, node: str, thread: Any, text: str = "hi", author: str | None = None) -> Any:
+        """Store an approved comment and publish it on ``node``, as the API does."""
+        from fastedge.store.model import CommentStatus, NewComment
+
+        comment = self.done(
+            self.store.create_comment(
+                NewComment(
+                    tenant_id=self.tenant.id,
+                    thread_id=thread.id,
+                    author_id=author or self.author,
+                    display_name="Ann",
+                    body_source=text,
+                    body_html="<p>{}</p>".format(text),
+                    status=CommentStatus.APPROVED,
+                    created_ms=0,
+                ),
+                read_preference=self.P,
+            )
+        ).value
+        self.mesh.live[node].service.publisher.created(comment)
+        self.mesh.network.flush()
+        return comment
+
+    def subscribe(self, node: str, url: str, **extra: Any) -> Any:
+        """A subscriber on ``node``, subscribed (its answer is in its messages)."""
+        subscriber = self.mesh.subscriber(node)
+        d = subscriber.subscribe(self.tenant.id, url, **extra)
+        self.mesh.network.flush()
+        subscriber.result = []
+        d.addBoth(subscriber.result.append)
+        return subscriber
+
+    def seqs(self, subscriber: Any) -> list[tuple[str, int]]:
+        """``(type, seq)`` of every event and reset a subscriber got, in order."""
+        return [(m["type"], m["seq"]) for m in subscriber.conn.messages if m["type"] in ("event", "reset")]
+
+    def received(self, node: str) -> float:
+        return metric(self.mesh, node, "fastedge_mesh_relay_events_total", direction="received")

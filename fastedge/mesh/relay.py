@@ -1,0 +1,705 @@
+# -*- test-case-name: tests.unit.mesh.test_relay -*-
+"""Live events across nodes: one sequencer per channel, followers that
+follow it, and re-synchronisation by sequence numbers.
+
+``docs/mesh.md`` ("Live events across nodes") has the design; in short:
+
+- **One sequencer per channel.** The channel's *owner* is chosen by
+  rendezvous hashing of the channel over the live (ALIVE or SUSPECT) nodes
+  of this node's deployment. Only the owner stamps the channel's events, so
+  a channel has one numbering on every node. A write on another node is
+  forwarded, unstamped, to the owner over that node's link.
+- **Followers.** A node with local subscribers for a channel *follows* it
+  at the owner, over its own link, telling the position it has. The owner
+  answers with its position and the events the follower missed (from its
+  history), registers the follower, and from then on pushes every event it
+  stamps back over that same connection, in order. Events go only to nodes
+  that follow the channel, once each.
+- **Priming.** Before the first local subscriber of a channel is answered,
+  the node follows it and waits (up to ``mesh.relay_prime_timeout_seconds``)
+  so the subscriber gets the channel's real position and history: a client
+  whose node died recovers with ``since`` on any other node.
+- **Re-sync.** When a link comes back, the follower follows its channels
+  again with the positions it has; missed events are replayed in order
+  (duplicates are dropped by the hub), and if the owner's history no longer
+  covers the gap the channel is reset and its subscribers reload.
+- **Ownership changes** (a node joins, dies or leaves) move some channels
+  to a new owner, which starts a new epoch on its first event: subscribers
+  reload once rather than trust numbers from two sequencers.
+- **Isolation.** Only nodes of the same deployment follow, forward or
+  receive anything; a relay call from a node of another deployment is
+  refused and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..pubsub.hub import ChannelKey, Event, Hub, Prepared, Stamp, new_epoch
+from .messages import BadMessage, Refused, RelayedEvent, check_channel_id, check_position
+from .nodemap import NodeMapChange, NodeState
+
+__all__ = ["Relay", "connect_relay"]
+
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+#: Channels per follow call, and event bytes per follow answer (a larger
+#: answer gives positions only; the follower resets where it must).
+FOLLOW_BATCH = 50
+ANSWER_BUDGET = 256 * 1024
+
+
+def to_wire(event: Event, stamp: Stamp | None) -> RelayedEvent:
+    """The relayed form of a hub event."""
+    tenant, thread = event.channel
+    return RelayedEvent(
+        tenant=tenant,
+        thread=thread,
+        kind=event.kind,
+        data=_JSON.encode(event.data),
+        author=event.author_id,
+        epoch=stamp.epoch if stamp is not None else None,
+        seq=stamp.seq if stamp is not None else None,
+        origin=event.origin,
+    )
+
+
+def from_wire(wire: RelayedEvent) -> Event:
+    """The hub event of a relayed one."""
+    stamp = Stamp(wire.epoch, wire.seq) if wire.epoch is not None and wire.seq is not None else None
+    return Event(
+        (wire.tenant, wire.thread),
+        wire.kind,
+        json.loads(wire.data),
+        author_id=wire.author,
+        stamp=stamp,
+        origin=wire.origin,
+    )
+
+
+def rendezvous(channel: ChannelKey, nodes: Iterable[str]) -> str | None:
+    """The node with the highest hash of (channel, node): every node that
+    sees the same node set picks the same owner, and a node joining or
+    leaving moves only the channels it wins or held."""
+    best: tuple[bytes, str] | None = None
+    prefix = "{}\0{}\0".format(*channel).encode()
+    for node in nodes:
+        score = hashlib.sha256(prefix + node.encode()).digest()[:8]
+        if best is None or score > best[0]:
+            best = (score, node)
+    return None if best is None else best[1]
+
+
+@dataclass
+class _Follow:
+    """A channel this node follows at ``owner``."""
+
+    owner: str
+    since: float
+    synced: bool = False
+    pending: Deferred[None] | None = None
+
+
+@dataclass
+class _Forward:
+    """A local write waiting for its channel's owner to be reachable."""
+
+    event: Event
+    hops: int
+    queued: float
+
+
+class Relay:
+    """This node's side of cross-node live events (see the module docstring).
+
+    :param hub: the node's broker; the relay feeds it through
+        :meth:`~fastedge.pubsub.hub.Hub.publish` and
+        :meth:`~fastedge.pubsub.hub.Hub.resync` only.
+    :param prime_timeout: how long a first subscriber waits for the owner.
+    :param forward_timeout: how long a write waits for an unreachable owner
+        before it is sequenced here (local subscribers then reload; see
+        ``docs/mesh.md``).
+    :param max_queue: writes waiting for owners, at most.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        prime_timeout: float = 1.0,
+        forward_timeout: float = 5.0,
+        max_queue: int = 10_000,
+        new_epoch: Callable[[], str] = new_epoch,
+    ) -> None:
+        self.hub = hub
+        self._prime_timeout = prime_timeout
+        self._forward_timeout = forward_timeout
+        self._max_queue = max_queue
+        self._new_epoch = new_epoch
+        self.mesh: Any = None
+        #: Epochs this hub took from another sequencer (not to be continued here).
+        self.followed_epoch: dict[ChannelKey, str] = {}
+        self.following: dict[ChannelKey, _Follow] = {}
+        self.followers: dict[ChannelKey, set[Any]] = {}
+        self._sessions: dict[Any, set[ChannelKey]] = {}
+        self._outbox: dict[str, list[_Forward]] = {}
+        self._candidates: tuple[str, ...] | None = None
+        self._owners: dict[ChannelKey, str | None] = {}
+        self._rebalance_call: IDelayedCall | None = None
+        hub.add_listener(self)
+
+    # Wiring
+
+    def attach(self, mesh: Any) -> None:
+        """Start relaying for a started mesh service (its membership exists)."""
+        self.mesh = mesh
+        membership = mesh.membership
+        membership.on_link_up.append(self._link_up)
+        membership.on_peer_gone.append(self._peer_gone)
+        mesh.node_map.subscribe(self._map_changed)
+
+    @property
+    def _me(self) -> str | None:
+        return self.mesh.node.id if self.mesh is not None else None
+
+    @property
+    def _deployment(self) -> str | None:
+        return self.mesh.node.deployment if self.mesh is not None else None
+
+    @property
+    def _metrics(self) -> Any:
+        return self.mesh.metrics
+
+    def _now(self) -> float:
+        return self.mesh.monotonic()  # type: ignore[no-any-return]
+
+    # Ownership
+
+    def _owner_set(self) -> tuple[str, ...]:
+        if self._candidates is None:
+            mesh = self.mesh
+            live = (NodeState.ALIVE, NodeState.SUSPECT)
+            nodes = {
+                info.node_id
+                for info in mesh.node_map.nodes().values()
+                if info.deployment == mesh.node.deployment and info.state in live
+            }
+            if not mesh.membership.leaving:
+                nodes.add(mesh.node.id)
+            else:
+                nodes.discard(mesh.node.id)
+            self._candidates = tuple(sorted(nodes))
+        return self._candidates
+
+    def owner_of(self, channel: ChannelKey) -> str | None:
+        """The node that sequences ``channel`` as this node sees the mesh
+        (``None`` before the mesh runs: this node sequences everything)."""
+        if self.mesh is None or self.mesh.membership is None:
+            return None
+        if channel in self._owners:
+            return self._owners[channel]
+        owner = rendezvous(channel, self._owner_set())
+        self._owners[channel] = owner
+        return owner
+
+    def _sequences_here(self, channel: ChannelKey) -> bool:
+        owner = self.owner_of(channel)
+        return owner is None or owner == self._me
+
+    def _map_changed(self, change: NodeMapChange) -> None:
+        before, after = change.before, change.after
+        if before is not None and (before.state is after.state and before.deployment == after.deployment):
+            return  # a load or attribute change: owners do not move
+        self._candidates = None
+        self._owners.clear()
+        if self._rebalance_call is None and self.mesh is not None:
+            self._rebalance_call = self.mesh.clock.callLater(0, self._rebalance)
+
+    def _rebalance(self) -> None:
+        """Owners may have moved: follow channels at their new owners."""
+        self._rebalance_call = None
+        if self.mesh is None or self.mesh.membership is None:
+            return
+        moved: dict[str, list[ChannelKey]] = {}
+        for channel, follow in list(self.following.items()):
+            owner = self.owner_of(channel)
+            if owner == follow.owner:
+                continue
+            self._unfollow_at(follow.owner, [channel])
+            del self.following[channel]
+            if owner is not None and owner != self._me:
+                moved.setdefault(owner, []).append(channel)
+        for channel in self.hub.interest():
+            if channel not in self.following:
+                owner = self.owner_of(channel)
+                if owner is not None and owner != self._me and channel not in moved.get(owner, ()):
+                    moved.setdefault(owner, []).append(channel)
+        for owner, channels in moved.items():
+            self._follow(owner, channels)
+        for owner in list(self._outbox):
+            self._flush(owner)
+
+    # Local writes (LivePublisher.sink)
+
+    def publish(self, event: Event) -> None:
+        """A local write: sequence it here, or send it to its owner."""
+        owner = self.owner_of(event.channel)
+        if owner is None or owner == self._me:
+            self._sequence(event)
+        else:
+            self._forward(owner, event, 0)
+
+    def _sequence(self, event: Event) -> Prepared | None:
+        """Stamp ``event`` as the channel's sequencer and push it to followers."""
+        channel = event.channel
+        position = self.hub.position(channel)
+        if position is not None and self.followed_epoch.get(channel) == position.epoch:
+            # The numbering came from another sequencer (ownership moved
+            # here): never continue it, start this node's own.
+            del self.followed_epoch[channel]
+            event = replace(event, stamp=Stamp(self._new_epoch(), 1))
+        prepared = self.hub.publish(event)
+        if prepared is not None:
+            if self.mesh is not None and event.origin != self._me:
+                self._metrics.relay_events.labels("sequenced").inc()
+            self._push(prepared)
+        return prepared
+
+    def _push(self, prepared: Prepared) -> None:
+        followers = self.followers.get(prepared.event.channel)
+        if not followers:
+            return
+        wire = to_wire(prepared.event, prepared.stamp)
+        limit = self.mesh.cfg.max_pending_calls
+        for session in list(followers):
+            broker = session.broker
+            if broker is None or broker.disconnected or session.mind is None:
+                continue
+            if broker.pending_calls() >= limit:
+                broker.violation("unanswered", "{} relayed events awaiting acknowledgement".format(limit))
+                continue
+            session.mind.callRemote("events", [wire]).addErrback(lambda f: None)
+            self._metrics.relay_events.labels("sent").inc()
+
+    def _forward(self, owner: str, event: Event, hops: int) -> None:
+        queue = self._outbox.setdefault(owner, [])
+        queue.append(_Forward(event, hops, self._now()))
+        total = sum(len(q) for q in self._outbox.values())
+        if total > self._max_queue:
+            oldest_owner = max(self._outbox, key=lambda o: len(self._outbox[o]))
+            dropped = self._outbox[oldest_owner].pop(0)
+            self._log.warn(
+                "mesh relay: {count} writes wait for their owners; sequencing one here",
+                count=total,
+            )
+            self._sequence(dropped.event)
+        self._metrics.relay_queue.set(sum(len(q) for q in self._outbox.values()))
+        self._flush(owner)
+
+    def _link_to(self, node_id: str) -> Any:
+        peer = self.mesh.membership.peers.get(node_id)
+        if peer is None or peer.link is None or not peer.link.up:
+            return None
+        return peer.link
+
+    def _flush(self, owner: str) -> None:
+        """Send the writes waiting for ``owner`` (or re-route them if the
+        channel's owner is now another node)."""
+        queue = self._outbox.pop(owner, [])
+        if not queue:
+            return
+        link = self._link_to(owner)
+        kept: list[_Forward] = []
+        for item in queue:
+            now_owner = self.owner_of(item.event.channel)
+            if now_owner is None or now_owner == self._me:
+                self._sequence(item.event)
+            elif now_owner != owner:
+                self._outbox.setdefault(now_owner, []).append(item)
+            elif link is None:
+                kept.append(item)
+            else:
+                self._send_forward(link, item)
+        if kept:
+            self._outbox.setdefault(owner, []).extend(kept)
+        self._metrics.relay_queue.set(sum(len(q) for q in self._outbox.values()))
+
+    def _send_forward(self, link: Any, item: _Forward) -> None:
+        d = self.mesh.membership._call(link, "publish", to_wire(item.event, None), item.hops)
+        self._metrics.relay_events.labels("forwarded").inc()
+
+        def failed(f: Failure) -> None:
+            # Not delivered (the link dropped): wait for the owner again.
+            self._outbox.setdefault(link.peer_id, []).append(item)
+            self._metrics.relay_queue.set(sum(len(q) for q in self._outbox.values()))
+
+        d.addErrback(failed)
+
+    # Block changes (LivePublisher.block_sink)
+
+    def block(self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool) -> None:
+        """A viewer blocked or unblocked an author: apply it here and on the
+        deployment's other nodes (the viewer may follow live elsewhere)."""
+        self.hub.set_blocked((tenant_id, viewer_author_id), author_id, blocked)
+        if self.mesh is None or self.mesh.membership is None:
+            return
+        for peer in self.mesh.membership.peers.values():
+            if peer.announcement.deployment != self._deployment or peer.link is None or not peer.link.up:
+                continue
+            self.mesh.membership._call(peer.link, "block", tenant_id, viewer_author_id, author_id, bool(blocked)).addErrback(
+                lambda f: None
+            )
+
+    # Following (this node has subscribers of a channel another node owns)
+
+    def interest_changed(self, channel: ChannelKey, interested: bool) -> None:
+        """HubListener: the first local subscriber came, or the last left."""
+        if self.mesh is None or self.mesh.membership is None:
+            return
+        if interested:
+            if channel not in self.following:
+                owner = self.owner_of(channel)
+                if owner is not None and owner != self._me:
+                    self._follow(owner, [channel])
+        else:
+            follow = self.following.pop(channel, None)
+            if follow is not None:
+                self._unfollow_at(follow.owner, [channel])
+
+    def accepted(self, prepared: Prepared, local: bool) -> None:
+        """HubListener: events reach followers from :meth:`_sequence`."""
+
+    def prime(self, channel: ChannelKey) -> Deferred[None]:
+        """Make sure a channel about to get its first local subscriber is up
+        to date with its owner (never fails; gives up after the prime
+        timeout and the subscriber gets what this node has)."""
+        if self.mesh is None or self.mesh.membership is None or self.hub.subscribers(channel):
+            return succeed(None)
+        owner = self.owner_of(channel)
+        if owner is None or owner == self._me:
+            return succeed(None)
+        follow = self.following.get(channel)
+        if follow is not None and follow.owner == owner and follow.synced:
+            return succeed(None)
+        started = self._now()
+        if follow is None or follow.owner != owner or follow.pending is None:
+            self._follow(owner, [channel])
+            follow = self.following[channel]
+        waited: Deferred[None] = Deferred()
+        pending = follow.pending
+        if pending is None:
+            # The link to the owner is down: the follow waits for it.
+            return succeed(None)
+
+        def done(_: object) -> None:
+            if not waited.called:
+                self._metrics.relay_seconds.observe(max(0.0, self._now() - started))
+                waited.callback(None)
+
+        pending.addBoth(lambda result: (done(None), result)[1])
+        timer = self.mesh.clock.callLater(self._prime_timeout, done, None)
+        waited.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+        return waited
+
+    def _follow(self, owner: str, channels: Sequence[ChannelKey]) -> None:
+        """Follow ``channels`` at ``owner`` (now, or when the link is up)."""
+        now = self._now()
+        link = self._link_to(owner)
+        for channel in channels:
+            follow = self.following.get(channel)
+            if follow is None or follow.owner != owner:
+                follow = self.following[channel] = _Follow(owner, now)
+            follow.synced = False
+        if link is None:
+            return
+        for start in range(0, len(channels), FOLLOW_BATCH):
+            self._follow_batch(link, owner, list(channels[start : start + FOLLOW_BATCH]))
+
+    def _follow_batch(self, link: Any, owner: str, channels: list[ChannelKey]) -> None:
+        entries = []
+        for channel in channels:
+            position = self.hub.position(channel)
+            entries.append(
+                [channel[0], channel[1], position.epoch if position else None, position.seq if position else None]
+            )
+        d = self.mesh.membership._call(link, "follow", entries)
+        done: Deferred[None] = Deferred()
+        for channel in channels:
+            self.following[channel].pending = done
+
+        def answered(answer: Any) -> None:
+            try:
+                self._followed(owner, channels, answer)
+            except BadMessage as e:
+                link.abort("bad_message", str(e))
+
+        def finish(result: object) -> None:
+            for channel in channels:
+                follow = self.following.get(channel)
+                if follow is not None and follow.pending is done:
+                    follow.pending = None
+            done.callback(None)
+
+        d.addCallbacks(answered, lambda f: None)
+        d.addBoth(finish)
+
+    def _followed(self, owner: str, channels: list[ChannelKey], answer: Any) -> None:
+        if not isinstance(answer, (list, tuple)) or len(answer) != len(channels):
+            raise BadMessage("a follow answer must have one entry per channel")
+        for channel, entry in zip(channels, answer):
+            if not isinstance(entry, (list, tuple)) or len(entry) != 3:
+                raise BadMessage("a follow answer entry must be (epoch, seq, events)")
+            epoch, seq = check_position(entry[0], entry[1])
+            wires = entry[2]
+            if not isinstance(wires, (list, tuple)) or not all(isinstance(w, RelayedEvent) for w in wires):
+                raise BadMessage("a follow answer's events must be relayed events")
+            follow = self.following.get(channel)
+            if follow is None or follow.owner != owner:
+                continue  # unfollowed (or moved) meanwhile
+            follow.synced = True
+            if epoch is None or seq is None:
+                continue  # the owner has nothing yet and is not sequencing it
+            events = []
+            for wire in wires:
+                if (wire.tenant, wire.thread) != channel or wire.epoch is None:
+                    raise BadMessage("a follow answer carried an event of another channel")
+                events.append(from_wire(wire))
+            result = self.hub.resync(channel, Stamp(epoch, seq), events)
+            self.followed_epoch[channel] = epoch
+            self._metrics.relay_resyncs.labels(result).inc()
+        self._count_channels()
+
+    def _unfollow_at(self, owner: str, channels: list[ChannelKey]) -> None:
+        link = self._link_to(owner)
+        if link is None:
+            return
+        names = [[c[0], c[1]] for c in channels]
+        self.mesh.membership._call(link, "unfollow", names).addErrback(lambda f: None)
+
+    def _link_up(self, peer: Any, link: Any) -> None:
+        """A link came (back) up: re-follow what this node follows there
+        (with the positions it has, so missed events are replayed) and send
+        the writes waiting for it."""
+        channels = [c for c, f in self.following.items() if f.owner == peer.node_id]
+        if channels:
+            self._follow(peer.node_id, channels)
+        self._flush(peer.node_id)
+
+    def _peer_gone(self, peer: Any) -> None:
+        for session in list(self._sessions):
+            if session.node_id == peer.node_id:
+                self.session_closed(session)
+
+    # Calls from peers
+
+    def _peer_deployment_ok(self, node_id: str, incarnation: int) -> bool:
+        peer = self.mesh.membership.current(node_id, incarnation)
+        if peer is not None and peer.announcement.deployment == self._deployment:
+            return True
+        self._metrics.relay_refused.labels("deployment").inc()
+        self._log.warn(
+            "mesh relay: refused a relay call from {peer} (another deployment than {deployment})",
+            peer=node_id,
+            deployment=self._deployment,
+        )
+        return False
+
+    def from_session(self, session: Any, method: str, *args: Any) -> Any:
+        """A relay call a peer made on its session here."""
+        if not self._peer_deployment_ok(session.node_id, session.incarnation):
+            raise Refused("deployment: relay is only between nodes of one deployment")
+        try:
+            if method == "follow":
+                return self._serve_follow(session, *args)
+            if method == "unfollow":
+                return self._serve_unfollow(session, *args)
+            if method == "publish":
+                return self._serve_publish(session, *args)
+            if method == "block":
+                return self._serve_block(*args)
+        except BadMessage as e:
+            if session.broker is not None:
+                session.broker.violation("bad_message", str(e))
+            raise Refused("bad message") from None
+        raise Refused("no such relay call")
+
+    def from_link(self, link: Any, method: str, *args: Any) -> Any:
+        """A relay call a peer made back over this node's link to it."""
+        if not self._peer_deployment_ok(link.peer_id, link.peer_incarnation):
+            raise Refused("deployment: relay is only between nodes of one deployment")
+        if method != "events" or len(args) != 1:
+            raise Refused("no such relay call")
+        try:
+            self._receive_events(link, args[0])
+        except BadMessage as e:
+            link.abort("bad_message", str(e))
+            raise Refused("bad message") from None
+        return None
+
+    def _serve_follow(self, session: Any, entries: Any) -> list[Any]:
+        if not isinstance(entries, (list, tuple)) or len(entries) > FOLLOW_BATCH:
+            raise BadMessage("follow takes a list of at most {} channels".format(FOLLOW_BATCH))
+        budget = ANSWER_BUDGET
+        answer = []
+        for entry in entries:
+            if not isinstance(entry, (list, tuple)) or len(entry) != 4:
+                raise BadMessage("a followed channel is (tenant, thread, epoch, seq)")
+            channel = (check_channel_id(entry[0], "tenant"), check_channel_id(entry[1], "thread"))
+            epoch, seq = check_position(entry[2], entry[3])
+            self.followers.setdefault(channel, set()).add(session)
+            self._sessions.setdefault(session, set()).add(channel)
+            position = self.hub.position(channel)
+            if position is None:
+                if not self._sequences_here(channel):
+                    answer.append([None, None, []])
+                    continue
+                position = self.hub.ensure(channel)
+            missed = self.hub.since(channel, epoch, seq) if epoch == position.epoch and seq is not None else None
+            if missed is None:
+                # The follower has another epoch, nothing, or a gap: it gets
+                # the whole history (its own recoveries need it) and resets.
+                missed = self.hub.history(channel)
+            wires = []
+            for prepared in missed:
+                wire = to_wire(prepared.event, prepared.stamp)
+                budget -= len(wire.data) + 200
+                if budget < 0:
+                    wires = []
+                    break
+                wires.append(wire)
+            answer.append([position.epoch, position.seq, wires])
+        self._count_channels()
+        return answer
+
+    def _serve_unfollow(self, session: Any, names: Any) -> None:
+        if not isinstance(names, (list, tuple)) or len(names) > 10_000:
+            raise BadMessage("unfollow takes a list of channels")
+        for name in names:
+            if not isinstance(name, (list, tuple)) or len(name) != 2:
+                raise BadMessage("a channel is (tenant, thread)")
+            channel = (check_channel_id(name[0], "tenant"), check_channel_id(name[1], "thread"))
+            members = self.followers.get(channel)
+            if members is not None:
+                members.discard(session)
+                if not members:
+                    del self.followers[channel]
+            self._sessions.get(session, set()).discard(channel)
+        self._count_channels()
+
+    def _serve_publish(self, session: Any, wire: Any, hops: Any) -> None:
+        if not isinstance(wire, RelayedEvent) or wire.epoch is not None:
+            raise BadMessage("publish takes one unstamped relayed event")
+        if not isinstance(hops, int) or isinstance(hops, bool) or not 0 <= hops <= 2:
+            raise BadMessage("hops must be 0, 1 or 2")
+        event = from_wire(wire)
+        owner = self.owner_of(event.channel)
+        if owner is None or owner == self._me or hops >= 1:
+            # Views of the mesh may differ for a moment: a write is passed on
+            # at most once, then sequenced wherever it is.
+            self._sequence(event)
+        else:
+            self._forward(owner, event, hops + 1)
+
+    def _serve_block(self, tenant_id: Any, viewer: Any, author: Any, blocked: Any) -> None:
+        check_channel_id(tenant_id, "tenant")
+        check_channel_id(viewer, "viewer")
+        check_channel_id(author, "author")
+        if not isinstance(blocked, bool):
+            raise BadMessage("blocked must be true or false")
+        self.hub.set_blocked((tenant_id, viewer), author, blocked)
+
+    def _receive_events(self, link: Any, wires: Any) -> None:
+        if not isinstance(wires, (list, tuple)) or not wires or len(wires) > 1000:
+            raise BadMessage("events must be a list of 1 to 1000 relayed events")
+        for wire in wires:
+            if not isinstance(wire, RelayedEvent) or wire.epoch is None:
+                raise BadMessage("events must be stamped relayed events")
+            channel = (wire.tenant, wire.thread)
+            follow = self.following.get(channel)
+            if follow is None or follow.owner != link.peer_id:
+                # Not (or no longer) following it there: a late event of a
+                # former owner would only break the numbering.
+                self._metrics.relay_refused.labels("not_upstream").inc()
+                continue
+            self.followed_epoch[channel] = wire.epoch
+            self.hub.publish(from_wire(wire))
+            self._metrics.relay_events.labels("received").inc()
+
+    def session_closed(self, session: Any) -> None:
+        """A peer's session closed: it follows nothing here any more."""
+        for channel in self._sessions.pop(session, set()):
+            members = self.followers.get(channel)
+            if members is not None:
+                members.discard(session)
+                if not members:
+                    del self.followers[channel]
+        self._count_channels()
+
+    # Housekeeping
+
+    def tick(self) -> None:
+        """Periodic work (every detector tick): writes that waited too long
+        for an unreachable owner are sequenced here; channels primed for a
+        subscriber that never came are unfollowed."""
+        if self.mesh is None or self.mesh.membership is None:
+            return
+        now = self._now()
+        for owner in list(self._outbox):
+            queue = self._outbox[owner]
+            while queue and now - queue[0].queued >= self._forward_timeout:
+                item = queue.pop(0)
+                self._log.warn(
+                    "mesh relay: {owner} unreachable for {seconds} s; sequencing a write to {tenant}/{thread} here",
+                    owner=owner,
+                    seconds=self._forward_timeout,
+                    tenant=item.event.channel[0],
+                    thread=item.event.channel[1],
+                )
+                self._sequence(item.event)
+            if not queue:
+                del self._outbox[owner]
+        self._metrics.relay_queue.set(sum(len(q) for q in self._outbox.values()))
+        grace = max(5.0, 5 * self._prime_timeout)
+        for channel, follow in list(self.following.items()):
+            if not self.hub.subscribers(channel) and follow.pending is None and now - follow.since >= grace:
+                del self.following[channel]
+                self._unfollow_at(follow.owner, [channel])
+            elif not follow.synced and follow.pending is None and self._link_to(follow.owner) is not None:
+                self._follow(follow.owner, [channel])
+        self._count_channels()
+
+    def _count_channels(self) -> None:
+        if self.mesh is None:
+            return
+        self._metrics.relay_channels.labels("followed").set(len(self.following))
+        self._metrics.relay_channels.labels("owned_followers").set(len(self.followers))
+
+
+def connect_relay(mesh: Any, live: Any) -> Relay:
+    """Relay the live events of ``live`` (a ``LiveService``) over ``mesh``
+    (a ``MeshService``, not yet started): local writes go to their
+    channels' sequencers, first subscribers are primed, block changes reach
+    the deployment's other nodes."""
+    cfg = mesh.cfg
+    relay = Relay(
+        live.hub,
+        prime_timeout=cfg.relay_prime_timeout_seconds,
+        forward_timeout=cfg.relay_forward_timeout_seconds,
+        max_queue=cfg.relay_queue_events,
+    )
+    mesh.relay = relay
+    live.publisher.sink = relay.publish
+    live.publisher.block_sink = relay.block
+    live.live.prime = relay.prime
+    return relay

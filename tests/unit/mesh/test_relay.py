@@ -1,0 +1,323 @@
+"""Live events across nodes: sequencing, following, re-sync, isolation
+(nodes in memory with real TLS and PB, time on one Clock)."""
+
+from __future__ import annotations
+
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from fastedge.mesh.relay import rendezvous
+
+from .common import LiveWorld, Rogue, metric
+
+
+class OwnershipTests(SynchronousTestCase):
+    def test_rendezvous(self) -> None:
+        """Every node computes the same owner from the same node set; a node
+        joining takes only channels it wins, the others stay put."""
+        channels = [("t", "thread{}".format(i)) for i in range(300)]
+        before = {c: rendezvous(c, ["a", "b", "c"]) for c in channels}
+        self.assertEqual(before, {c: rendezvous(c, ["c", "a", "b"]) for c in channels})
+        self.assertEqual(set(before.values()), {"a", "b", "c"})
+        after = {c: rendezvous(c, ["a", "b", "c", "d"]) for c in channels}
+        moved = [c for c in channels if before[c] != after[c]]
+        self.assertTrue(moved)
+        self.assertEqual({after[c] for c in moved}, {"d"})
+        self.assertIsNone(rendezvous(("t", "x"), []))
+
+
+class RelayTests(SynchronousTestCase):
+    def test_subscriber_elsewhere_gets_events_in_order(self) -> None:
+        """A write on a, sequenced by c, reaches a subscriber on c in order,
+        each once; b (neither sequencer nor interested) gets nothing."""
+        world = LiveWorld(self)
+        thread, url = world.thread_owned_by("c")
+        subscriber = world.subscribe("c", url)
+        for i in range(20):
+            world.post("a", thread, "n{}".format(i))
+        self.assertEqual(world.seqs(subscriber), [("event", n) for n in range(1, 21)])
+        self.assertEqual([m["data"]["comment"]["html"] for m in subscriber.events()], ["<p>n{}</p>".format(i) for i in range(20)])
+        self.assertIsNone(world.mesh.live["b"].hub.position(world.channel(thread)))
+        self.assertEqual(world.received("b"), 0.0)
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_events_total", direction="forwarded"), 20.0)
+
+    def test_two_hops_through_the_sequencer(self) -> None:
+        """When a third node sequences the channel, the write goes to it and
+        from it to the interested node only: the subscriber on c gets each
+        event once, in order; the sequencer b keeps the history."""
+        world = LiveWorld(self)
+        thread, url = world.thread_owned_by("b")
+        subscriber = world.subscribe("c", url)
+        for i in range(5):
+            world.post("a", thread, str(i))
+        self.assertEqual(world.seqs(subscriber), [("event", n) for n in range(1, 6)])
+        self.assertEqual(world.mesh.live["b"].hub.position(world.channel(thread)).seq, 5)
+        self.assertEqual(metric(world.mesh, "b", "fastedge_mesh_relay_events_total", direction="sent"), 5.0)
+        self.assertEqual(world.received("a"), 0.0)
+
+    def test_writer_node_subscribers_get_it_from_the_sequencer(self) -> None:
+        """Subscribers on the node that took the write see the sequencer's
+        numbering (the same as everyone's), not a local one."""
+        world = LiveWorld(self)
+        thread, url = world.thread_owned_by("b")
+        on_a, on_c = world.subscribe("a", url), world.subscribe("c", url)
+        world.post("a", thread)
+        world.post("c", thread)
+        self.assertEqual(world.seqs(on_a), [("event", 1), ("event", 2)])
+        self.assertEqual([m["id"] for m in on_a.events()], [m["id"] for m in on_c.events()])
+
+    def test_coherent_numbering_recovers_on_another_node(self) -> None:
+        """A client that followed the channel on c recovers with since on b
+        (which had no subscriber): b learns the channel's position and
+        history from its sequencer before answering, and replays exactly what
+        the client missed."""
+        world = LiveWorld(self)
+        thread, url = world.thread_owned_by("a")
+        on_c = world.subscribe("c", url)
+        for i in range(6):
+            world.post("a", thread, str(i))
+        seen = on_c.events()[3]
+        on_b = world.subscribe("b", url, since=seen["seq"], epoch=seen["id"].split("-")[0])
+        answer = on_b.conn.messages[0]
+        self.assertEqual((answer["type"], answer["reload"], answer["replayed"], answer["seq"]), ("subscribed", False, 2, 6))
+        self.assertEqual([m["id"] for m in on_b.events()], [m["id"] for m in on_c.events()[4:]])
+        world.post("a", thread, "later")
+        self.assertEqual(on_b.events()[-1]["id"], on_c.events()[-1]["id"])
+
+    def test_recovery_after_the_clients_node_died(self) -> None:
+        """The node a client was on dies; the client reconnects to another
+        node with its last seq and gets what it missed meanwhile."""
+        world = LiveWorld(self)
+        thread, url = world.thread_owned_by("a")
+        on_c = world.subscribe("c", url)
+        world.post("a", thread, "one")
+        last = on_c.events()[-1]
+        world.mesh.crash("c")
+        world.post("b", thread, "two")
+        world.post("a", thread, "three")
+        again = world.subscribe("b", url, since=last["seq"], epoch=last["id"].split("-")[0])
+        self.assertEqual(again.conn.messages[0]["replayed"], 2)
+        self.assertEqual([m["data"]["comment"]["html"] for m in again.events()], ["<p>two</p>", "<p>three</p>"])
+
+    def test_resync_after_a_link_drop(self) -> None:
+        """Events stamped while the follower's connections were down are
+        replayed when they come back, in order, with no duplicate and no
+        reset."""
+        world = LiveWorld(self)
+        thread, url = world.thread_owned_by("a")
+        on_c = world.subscribe("c", url)
+        world.post("a", thread, "before")
+        net = world.mesh.network
+        hosts = world.mesh.host("a"), world.mesh.host("c")
+        net.block(*hosts)
+        net.cut(*hosts)
+        for i in range(3):
+            world.post("b", thread, "during{}".format(i))
+        self.assertEqual(len(on_c.events()), 1)
+        net.unblock(*hosts)
+        world.mesh.advance(1.0)
+        self.assertEqual(world.seqs(on_c), [("event", n) for n in range(1, 5)])
+        world.post("a", thread, "after")
+        self.assertEqual(world.seqs(on_c), [("event", n) for n in range(1, 6)])
+        self.assertGreaterEqual(metric(world.mesh, "c", "fastedge_mesh_relay_resyncs_total", result="replayed"), 1.0)
+
+    def test_gap_beyond_history_resets(self) -> None:
+        """If the sequencer's history no longer covers what a follower missed,
+        the follower's subscribers are told to reload (a reset), never given
+        a silent gap."""
+        world = LiveWorld(self, live_overrides={"history_events": 3})
+        thread, url = world.thread_owned_by("a")
+        on_c = world.subscribe("c", url)
+        world.post("a", thread)
+        net = world.mesh.network
+        hosts = world.mesh.host("a"), world.mesh.host("c")
+        net.block(*hosts)
+        net.cut(*hosts)
+        for _ in range(6):
+            world.post("a", thread)
+        net.unblock(*hosts)
+        world.mesh.advance(1.0)
+        kinds = world.seqs(on_c)
+        self.assertEqual(kinds[0], ("event", 1))
+        self.assertEqual(kinds[1][0], "reset")
+        self.assertEqual(kinds[-1], ("event", 7))
+        self.assertEqual(metric(world.mesh, "c", "fastedge_mesh_relay_resyncs_total", result="reset"), 1.0)
+
+    def test_new_owner_starts_a_new_epoch(self) -> None:
+        """When the sequencer dies, the channel moves to another node, which
+        starts its own epoch with the next event: subscribers get one reset
+        (reload) and then the new numbering, never two sequencers' numbers
+        mixed."""
+        world = LiveWorld(self)
+        thread, url = world.thread_owned_by("b")
+        on_c = world.subscribe("c", url)
+        world.post("a", thread, "one")
+        old_epoch = on_c.events()[0]["id"].split("-")[0]
+        world.mesh.crash("b")
+        world.mesh.advance(3.0)
+        world.post("a", thread, "two")
+        world.post("c", thread, "three")
+        kinds = world.seqs(on_c)
+        self.assertEqual(kinds[0], ("event", 1))
+        self.assertEqual(kinds[1][0], "reset")
+        self.assertEqual(kinds[2:], [("event", 1), ("event", 2)])
+        new_epoch = on_c.events()[-1]["id"].split("-")[0]
+        self.assertNotEqual(new_epoch, old_epoch)
+
+    def test_writes_wait_for_an_unreachable_owner(self) -> None:
+        """A write whose sequencer is momentarily unreachable waits and goes
+        out when the link is back."""
+        world = LiveWorld(self)
+        thread, url = world.thread_owned_by("c")
+        on_c = world.subscribe("c", url)
+        net = world.mesh.network
+        hosts = world.mesh.host("a"), world.mesh.host("c")
+        net.block(*hosts)
+        net.cut(*hosts)
+        world.post("a", thread, "queued")
+        self.assertEqual(on_c.events(), [])
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_forward_queue"), 1.0)
+        net.unblock(*hosts)
+        world.mesh.advance(1.0)
+        self.assertEqual([m["data"]["comment"]["html"] for m in on_c.events()], ["<p>queued</p>"])
+
+    def test_block_reaches_other_nodes(self) -> None:
+        """A viewer who blocks an author through one node stops receiving
+        that author's events on the node their live connection is on."""
+        world = LiveWorld(self)
+        thread, url = world.thread_owned_by("a")
+        viewer = world.done(
+            world.store.create_anonymous_session(world.tenant.id, created_ms=0, read_preference=world.P)
+        ).value.author_id
+        token = world.mesh.live["c"].api.viewer_tokens.issue(world.tenant.id, viewer, int(world.mesh.clock.seconds()))
+        on_c = world.subscribe("c", url, viewer=token)
+        world.post("a", thread, "seen")
+        world.mesh.live["b"].service.publisher.block_changed(world.tenant.id, viewer, world.author, True)
+        world.mesh.network.flush()
+        world.post("a", thread, "hidden")
+        self.assertEqual([m["data"]["comment"]["html"] for m in on_c.events()], ["<p>seen</p>"])
+
+    def test_prime_with_no_link_to_the_owner(self) -> None:
+        """A first subscriber whose channel's sequencer cannot be reached is
+        answered at once with what this node has; the channel is followed
+        when the link comes back."""
+        world = LiveWorld(self)
+        thread, url = world.thread_owned_by("a")
+        net = world.mesh.network
+        hosts = world.mesh.host("a"), world.mesh.host("c")
+        net.block(*hosts)
+        net.cut(*hosts)
+        on_c = world.subscribe("c", url)
+        self.assertEqual(on_c.conn.messages[0]["type"], "subscribed")
+        net.unblock(*hosts)
+        world.mesh.advance(1.0)
+        world.post("b", thread)
+        self.assertEqual(len(on_c.events()), 1)
+
+    def test_prime_gives_up_after_the_timeout(self) -> None:
+        """A sequencer that takes the follow and never answers holds a first
+        subscriber for the prime timeout at most."""
+        from twisted.internet.defer import Deferred
+
+        from fastedge.mesh.peer import PeerAvatar
+
+        class Stuck(PeerAvatar):
+            def perspective_follow(self, channels: object) -> Deferred[None]:
+                return Deferred()
+
+        world = LiveWorld(self, nodes="ab")
+        world.mesh.add("c", avatar_class=Stuck)
+        world.mesh.advance(1.0)
+        thread, url = world.thread_owned_by("c")
+        on_a = world.subscribe("a", url)
+        self.assertEqual(on_a.conn.messages, [])
+        world.mesh.clock.advance(0.9)
+        self.assertEqual(on_a.conn.messages, [])
+        world.mesh.clock.advance(0.2)
+        self.assertEqual(on_a.conn.messages[0]["type"], "subscribed")
+
+
+class HousekeepingTests(SynchronousTestCase):
+    def test_write_sequenced_here_after_the_forward_timeout(self) -> None:
+        """A write whose sequencer stays unreachable is sequenced by the node
+        that took it after relay_forward_timeout_seconds, so its own
+        subscribers still see it."""
+        world = LiveWorld(self)
+        thread, url = world.thread_owned_by("c")
+        net = world.mesh.network
+        hosts = world.mesh.host("a"), world.mesh.host("c")
+        net.block(*hosts)
+        net.cut(*hosts)
+        on_a = world.subscribe("a", url)
+        world.post("a", thread, "late")
+        world.mesh.advance(4.9)
+        self.assertEqual(on_a.events(), [])
+        world.mesh.advance(0.2)
+        self.assertEqual([m["data"]["comment"]["html"] for m in on_a.events()], ["<p>late</p>"])
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_forward_queue"), 0.0)
+
+    def test_unused_prime_is_unfollowed(self) -> None:
+        """A channel primed for a subscriber that never came is unfollowed
+        after a grace period, here and at its sequencer."""
+        world = LiveWorld(self)
+        thread, url = world.thread_owned_by("a")
+        relay = world.mesh.nodes["c"].relay
+        relay.prime(world.channel(thread))
+        world.mesh.network.flush()
+        self.assertIn(world.channel(thread), relay.following)
+        self.assertIn(world.channel(thread), world.mesh.nodes["a"].relay.followers)
+        world.mesh.advance(6.0)
+        self.assertEqual(relay.following, {})
+        self.assertEqual(world.mesh.nodes["a"].relay.followers, {})
+
+    def test_last_subscriber_leaving_unfollows(self) -> None:
+        """When the last local subscriber leaves, the node stops following
+        and the sequencer stops sending."""
+        world = LiveWorld(self)
+        thread, url = world.thread_owned_by("a")
+        on_c = world.subscribe("c", url)
+        world.post("a", thread)
+        on_c.close()
+        world.mesh.network.flush()
+        world.post("a", thread)
+        self.assertEqual(world.received("c"), 1.0)
+        self.assertEqual(world.mesh.nodes["a"].relay.followers, {})
+
+
+class IsolationTests(SynchronousTestCase):
+    def test_other_deployment_gets_nothing(self) -> None:
+        """A node of another deployment never sequences, follows or receives
+        a channel of this deployment: its follow is refused, and writes are
+        not sent to it."""
+        world = LiveWorld(self)
+        world.mesh.add("eu1", deployment="eu")
+        world.mesh.advance(1.0)
+        self.assertEqual(world.mesh.states("a")["eu1"], "alive")
+        relay = world.mesh.nodes["a"].relay
+        for i in range(50):
+            self.assertNotEqual(relay.owner_of((world.tenant.id, "t{}".format(i))), "eu1")
+        thread, url = world.thread_owned_by("a")
+        eu = world.mesh.nodes["eu1"]
+        link = eu.membership.peers["a"].link
+        results: list[object] = []
+        link.call("follow", [[world.tenant.id, thread.id, None, None]]).addBoth(results.append)
+        world.mesh.network.flush()
+        self.assertIsInstance(results[0], Failure)
+        self.assertIn("deployment", results[0].getErrorMessage())
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_refused_total", reason="deployment"), 1.0)
+        on_c = world.subscribe("c", url)
+        world.post("a", thread)
+        self.assertEqual(len(on_c.events()), 1)
+        self.assertEqual(metric(world.mesh, "eu1", "fastedge_mesh_relay_events_total", direction="received"), 0.0)
+        self.assertIsNone(world.mesh.live["eu1"].hub.position(world.channel(thread)))
+
+    def test_bad_relay_messages_disconnect(self) -> None:
+        """A peer sending malformed relay calls is disconnected; a stamped
+        event offered as a write is refused the same way."""
+        world = LiveWorld(self)
+        rogue = Rogue(world.mesh, cert_name="r", claim="r")
+        rogue.login("a")
+        (result,) = rogue.call("follow", [["bad tenant id", "x", None, None]])
+        self.assertIsInstance(result, Failure)
+        self.assertTrue(rogue.broker.disconnected)
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_peer_disconnects_total", reason="bad_message"), 1.0)

@@ -23,8 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 _T = TypeVar("_T")
 
@@ -287,7 +293,6 @@ class NodeHarness:
         mesh: Any = None,
         **api_overrides: Any,
     ) -> None:
-        from treq.testing import StubTreq
 
         from .api.resource import build_api
         from .config import ApiConfig, HttpConfig, NodeConfig
@@ -808,6 +813,7 @@ def write_node_certs(
     return paths
 
 
+@implementer(IListeningPort)
 class _MemoryPort:
     """A listening port of a :class:`MemoryNetwork`."""
 
@@ -827,7 +833,11 @@ class _MemoryPort:
         self._network.listeners.pop(self._address, None)
         return succeed(None)
 
+    def startListening(self) -> None:
+        """Listening starts when the endpoint is asked to listen."""
 
+
+@implementer(IStreamServerEndpoint)
 class _MemoryServerEndpoint:
     def __init__(self, network: MemoryNetwork, host: str) -> None:
         self._network = network
@@ -843,6 +853,7 @@ class _MemoryServerEndpoint:
         return succeed(port)
 
 
+@implementer(IStreamClientEndpoint)
 class _MemoryClientEndpoint:
     def __init__(self, network: MemoryNetwork, source: str, host: str, port: int) -> None:
         self._network = network
@@ -1019,7 +1030,8 @@ class MemoryMesh:
         if seeds is None:
             seeds = [self.address(n) for n, s in self.nodes.items() if s.running]
         settings = dict(self.overrides, **mesh_overrides)
-        cfg = dataclasses.replace(MeshConfig(), seeds=tuple(seeds), **certs, **settings)
+        settings.update(certs)
+        cfg = dataclasses.replace(MeshConfig(), seeds=tuple(seeds), **settings)
         node = NodeConfig(id=node_id, deployment=deployment, data_dir=data_dir, addresses=(self.host(node_id),))
         registry = new_registry()
         clock = self.clock

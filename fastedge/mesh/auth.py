@@ -31,14 +31,23 @@ from .broker import MeshBroker
 from .messages import Announcement, Refused
 from .tls import name_mismatch, peer_certificate
 
-__all__ = ["CertificateChecker", "IPeerCertificate", "MeshGate", "MeshRealm", "PeerCertificate", "make_portal"]
+__all__ = [
+    "CertificateChecker",
+    "IPeerCertificate",
+    "MeshGate",
+    "MeshRealm",
+    "PeerCertificate",
+    "make_portal",
+]
 
 
 class IPeerCertificate(ICredentials):
     """A claim to be a node, backed by the TLS certificate it presented."""
 
     node_id = Attribute("The node id the peer claims.")
-    certificate = Attribute("The verified certificate it presented (cryptography), or None.")
+    certificate = Attribute(
+        "The verified certificate it presented (cryptography), or None."
+    )
 
 
 @implementer(IPeerCertificate)
@@ -56,7 +65,7 @@ class CertificateChecker:
 
     credentialInterfaces = (IPeerCertificate,)
 
-    def requestAvatarId(self, credentials: IPeerCertificate) -> Deferred[str]:
+    def requestAvatarId(self, credentials: IPeerCertificate) -> Deferred[Any]:
         reason = name_mismatch(credentials.certificate, credentials.node_id)
         if reason is not None:
             return fail(UnauthorizedLogin(reason))
@@ -73,7 +82,9 @@ class MeshRealm:
     def __init__(self, avatar_factory: Any) -> None:
         self._avatar_factory = avatar_factory
 
-    def requestAvatar(self, avatarId: str, mind: Any, *interfaces: Any) -> tuple[Any, Any, Any]:
+    def requestAvatar(
+        self, avatarId: Any, mind: Any, *interfaces: Any
+    ) -> tuple[Any, Any, Any]:
         if pb.IPerspective not in interfaces:
             raise NotImplementedError("the mesh realm only makes PB perspectives")
         avatar = self._avatar_factory(avatarId, mind)
@@ -85,7 +96,7 @@ def make_portal(avatar_factory: Any) -> Portal:
     return Portal(MeshRealm(avatar_factory), [CertificateChecker()])
 
 
-class _Gate(pb.Referenceable):  # type: ignore[misc]
+class _Gate(pb.Referenceable):
     """The root object of one incoming connection: one ``join`` and done."""
 
     _log = Logger()
@@ -106,15 +117,28 @@ class _Gate(pb.Referenceable):  # type: ignore[misc]
             broker.violation("protocol", "a second login on one connection")
             raise Refused("already logged in")
         self._used = True
-        if not isinstance(announcement, Announcement) or not (mind is None or isinstance(mind, pb.RemoteReference)):
-            broker.violation("bad_message", "a login must be (announcement, callback reference)")
+        if not isinstance(announcement, Announcement) or not (
+            mind is None or isinstance(mind, pb.RemoteReference)
+        ):
+            broker.violation(
+                "bad_message", "a login must be (announcement, callback reference)"
+            )
             raise Refused("bad login")
-        credentials = PeerCertificate(announcement.node_id, peer_certificate(broker.transport))
+        credentials = PeerCertificate(
+            announcement.node_id, peer_certificate(broker.transport)
+        )
         d = self._portal.login(credentials, mind, pb.IPerspective)
-        d.addCallbacks(self._logged_in, self._refused, callbackArgs=(announcement,), errbackArgs=(announcement,))
+        d.addCallbacks(
+            self._logged_in,
+            self._refused,
+            callbackArgs=(announcement,),
+            errbackArgs=(announcement,),
+        )
         return d
 
-    def _logged_in(self, result: tuple[Any, Any, Any], announcement: Announcement) -> Any:
+    def _logged_in(
+        self, result: tuple[Any, Any, Any], announcement: Announcement
+    ) -> Any:
         _, avatar, logout = result
         broker = self._broker
         try:
@@ -122,7 +146,9 @@ class _Gate(pb.Referenceable):  # type: ignore[misc]
         except Refused as e:
             logout()
             self._log.info(
-                "mesh login of {peer} refused: {reason}", peer=announcement.node_id, reason=str(e)
+                "mesh login of {peer} refused: {reason}",
+                peer=announcement.node_id,
+                reason=str(e),
             )
             self._close_after_answer()
             raise
@@ -133,7 +159,7 @@ class _Gate(pb.Referenceable):  # type: ignore[misc]
     def _refused(self, failure: Failure, announcement: Announcement) -> None:
         failure.trap(UnauthorizedLogin)
         broker = self._broker
-        broker.factory.metrics.refused.labels("name_mismatch").inc()
+        broker._metrics.refused.labels("name_mismatch").inc()
         self._log.warn(
             "mesh login from {address} as {peer} refused: {reason}",
             address=broker.describe(),
@@ -141,13 +167,16 @@ class _Gate(pb.Referenceable):  # type: ignore[misc]
             reason=failure.getErrorMessage(),
         )
         self._close_after_answer()
-        raise Refused("certificate does not match: {}".format(failure.getErrorMessage()))
+        raise Refused(
+            "certificate does not match: {}".format(failure.getErrorMessage())
+        )
 
     def _close_after_answer(self) -> None:
         # loseConnection writes the refusal (queued right after) first.
-        transport = self._broker.transport
-        reactor_clock = self._broker.factory.clock
-        reactor_clock.callLater(0, transport.loseConnection)
+        broker = self._broker
+        transport = broker.transport
+        if transport is not None:
+            broker.clock.callLater(0, transport.loseConnection)
 
 
 @implementer(pb.IPBRoot)

@@ -19,6 +19,7 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import jelly, pb
@@ -26,7 +27,13 @@ from twisted.spread import jelly, pb
 from .messages import MESH_SECURITY, BadMessage, Refused
 from .metrics import MeshMetrics
 
-__all__ = ["Limits", "MeshBroker", "MeshClientFactory", "MeshServerFactory", "tls_error_text"]
+__all__ = [
+    "Limits",
+    "MeshBroker",
+    "MeshClientFactory",
+    "MeshServerFactory",
+    "tls_error_text",
+]
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ def tls_error_text(reason: Failure) -> str | None:
     return "; ".join(parts) or str(reason.value)
 
 
-class MeshBroker(pb.Broker):  # type: ignore[misc]
+class MeshBroker(pb.Broker):
     """A PB broker that enforces :class:`Limits` and reports misbehaviour.
 
     :ivar peer_id: the peer's node id once it logged in (or, on the
@@ -74,7 +81,7 @@ class MeshBroker(pb.Broker):  # type: ignore[misc]
     ) -> None:
         super().__init__(isClient, MESH_SECURITY)
         self.limits = limits
-        self._clock = clock
+        self.clock = clock
         self._metrics = metrics
         self.address = address
         self.peer_id: str | None = None
@@ -96,7 +103,9 @@ class MeshBroker(pb.Broker):  # type: ignore[misc]
             return self.peer_id
         host = getattr(self.address, "host", None)
         port = getattr(self.address, "port", None)
-        return "{}:{}".format(host, port) if host is not None else "an unidentified peer"
+        return (
+            "{}:{}".format(host, port) if host is not None else "an unidentified peer"
+        )
 
     def tls_refused(self, reason: str) -> None:
         """Called by the TLS verify callback when the peer's certificate is
@@ -106,7 +115,7 @@ class MeshBroker(pb.Broker):  # type: ignore[misc]
     def logged_in(self, peer_id: str) -> None:
         """The peer proved who it is: no more login deadline."""
         self.peer_id = peer_id
-        self.logged_in_at = self._clock.seconds()
+        self.logged_in_at = self.clock.seconds()
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._login_timer = None
@@ -115,14 +124,19 @@ class MeshBroker(pb.Broker):  # type: ignore[misc]
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._tokens_at = self._clock.seconds()
-        self._login_timer = self._clock.callLater(self.limits.login_timeout_seconds, self._login_timed_out)
+        self._tokens_at = self.clock.seconds()
+        self._login_timer = self.clock.callLater(
+            self.limits.login_timeout_seconds, self._login_timed_out
+        )
 
     def _login_timed_out(self) -> None:
         self._login_timer = None
-        self.violation("login_timeout", "not logged in within {} s".format(self.limits.login_timeout_seconds))
+        self.violation(
+            "login_timeout",
+            "not logged in within {} s".format(self.limits.login_timeout_seconds),
+        )
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._login_timer = None
@@ -196,7 +210,10 @@ class MeshBroker(pb.Broker):  # type: ignore[misc]
         else:
             self._partial_bytes += len(chunk)
         if self._partial_bytes > self.limits.max_message_bytes:
-            self.violation("oversized", "a message larger than {} bytes".format(self.limits.max_message_bytes))
+            self.violation(
+                "oversized",
+                "a message larger than {} bytes".format(self.limits.max_message_bytes),
+            )
 
     def callExpressionReceived(self, obj: Any) -> None:
         self._completed = True
@@ -216,9 +233,11 @@ class MeshBroker(pb.Broker):  # type: ignore[misc]
             raise Refused("bad message") from None
 
     def _take_call_token(self) -> bool:
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         rate = self.limits.max_calls_per_second
-        self._tokens = min(2.0 * rate, self._tokens + max(0.0, now - self._tokens_at) * rate)
+        self._tokens = min(
+            2.0 * rate, self._tokens + max(0.0, now - self._tokens_at) * rate
+        )
         self._tokens_at = now
         if self._tokens < 1.0:
             self.violation("call_rate", "more than {} calls per second".format(rate))
@@ -244,27 +263,35 @@ class MeshBroker(pb.Broker):  # type: ignore[misc]
         return len(self.waitingForAnswers or ())
 
 
-class MeshServerFactory(pb.PBServerFactory):  # type: ignore[misc]
+class MeshServerFactory(pb.PBServerFactory):
     """Builds a :class:`MeshBroker` per incoming connection, and keeps them
     so a stopping node can close them all and wait."""
 
-    def __init__(self, root: Any, *, limits: Limits, clock: IReactorTime, metrics: MeshMetrics) -> None:
+    def __init__(
+        self, root: Any, *, limits: Limits, clock: IReactorTime, metrics: MeshMetrics
+    ) -> None:
         super().__init__(root, unsafeTracebacks=False, security=MESH_SECURITY)
         self.limits = limits
         self.clock = clock
         self.metrics = metrics
         self.brokers: set[MeshBroker] = set()
 
-    def buildProtocol(self, addr: IAddress) -> MeshBroker:
-        proto = MeshBroker(False, limits=self.limits, clock=self.clock, metrics=self.metrics, address=addr)
-        proto.factory = self
+    def buildProtocol(self, addr: IAddress | None) -> MeshBroker:
+        proto = MeshBroker(
+            False,
+            limits=self.limits,
+            clock=self.clock,
+            metrics=self.metrics,
+            address=addr,
+        )
+        proto.factory = self  # type: ignore[assignment]
         proto.setNameForLocal("root", self.root.rootObject(proto))
         self.brokers.add(proto)
         proto.when_closed(lambda: self.brokers.discard(proto))
         return proto
 
 
-class MeshClientFactory(pb.PBClientFactory):  # type: ignore[misc]
+class MeshClientFactory(pb.PBClientFactory):
     """Builds the :class:`MeshBroker` of an outgoing link; ``on_ready`` is
     called with it once PB is negotiated (TLS is up by then), ``on_closed``
     once its connection is closed."""
@@ -285,9 +312,15 @@ class MeshClientFactory(pb.PBClientFactory):  # type: ignore[misc]
         self._on_ready = on_ready
         self._on_closed = on_closed
 
-    def buildProtocol(self, addr: IAddress) -> MeshBroker:
-        proto = MeshBroker(True, limits=self.limits, clock=self.clock, metrics=self.metrics, address=addr)
-        proto.factory = self
+    def buildProtocol(self, addr: IAddress | None) -> MeshBroker:
+        proto = MeshBroker(
+            True,
+            limits=self.limits,
+            clock=self.clock,
+            metrics=self.metrics,
+            address=addr,
+        )
+        proto.factory = self  # type: ignore[assignment]
         proto.when_closed(lambda: self._on_closed(proto))
         return proto
 

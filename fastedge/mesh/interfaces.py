@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:  # nodemap imports this module
+    from twisted.internet.defer import Deferred
+
     from .nodemap import NodeInfo, NodeMapChange
 
 
@@ -49,22 +51,24 @@ class ILink(Interface):
     connection, and tells the membership when it is up or down.
     """
 
-    peer_id = Attribute("The node id it connects to; ``None`` for a seed not yet reached.")
+    peer_id = Attribute(
+        "The node id it connects to; ``None`` for a seed not yet reached."
+    )
     address = Attribute("``(host, port)`` it connects to.")
     up = Attribute("Whether it is connected and logged in.")
 
-    def call(method, *args):  # type: ignore[misc,no-untyped-def]
+    def call(method: str, *args: Any) -> Deferred[Any]:
         """Call ``method`` on the peer's session.
 
         :returns: a ``Deferred`` of the answer; it fails with
             ``fastedge.mesh.peer.LinkDown`` when the link is not up.
         """
 
-    def adopt(peer_id):  # type: ignore[misc,no-untyped-def]
+    def adopt(peer_id: str) -> None:
         """A seed link now knows its peer: later logins must prove this id."""
 
-    def abort(reason, detail):  # type: ignore[misc,no-untyped-def]
+    def abort(reason: str, detail: str) -> None:
         """Drop the current connection (it reconnects later)."""
 
-    def stop():  # type: ignore[misc]
+    def stop() -> Deferred[None]:
         """Stop for good; the ``Deferred`` fires once the connection is closed."""

@@ -59,12 +59,18 @@ def check_node_id(value: Any, what: str = "node id") -> str:
 
 def _string(value: Any, what: str, max_chars: int) -> str:
     if not isinstance(value, str) or len(value) > max_chars:
-        raise BadMessage("{} must be a string of at most {} characters".format(what, max_chars))
+        raise BadMessage(
+            "{} must be a string of at most {} characters".format(what, max_chars)
+        )
     return value
 
 
 def _int(value: Any, what: str, low: int = 0, high: int = _MAX_INT) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or not low <= value <= high
+    ):
         raise BadMessage("{} must be an integer from {} to {}".format(what, low, high))
     return value
 
@@ -90,7 +96,7 @@ def _addresses(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-class Announcement(pb.Copyable, pb.RemoteCopy):  # type: ignore[misc]
+class Announcement(pb.Copyable, pb.RemoteCopy):
     """What a node tells the mesh about itself.
 
     :ivar mesh_host, mesh_port: where other nodes connect to it.
@@ -165,7 +171,11 @@ class Announcement(pb.Copyable, pb.RemoteCopy):  # type: ignore[misc]
 
     def setCopyableState(self, state: Any) -> None:
         if not isinstance(state, dict) or set(state) != set(self._FIELDS):
-            raise BadMessage("an announcement must have exactly the fields {}".format(", ".join(self._FIELDS)))
+            raise BadMessage(
+                "an announcement must have exactly the fields {}".format(
+                    ", ".join(self._FIELDS)
+                )
+            )
         self.node_id = check_node_id(state["node_id"])
         self.deployment = check_node_id(state["deployment"], "deployment")
         self.region = _string(state["region"], "region", 100)
@@ -190,11 +200,15 @@ class Announcement(pb.Copyable, pb.RemoteCopy):  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return "<Announcement {}#{} {} at {}:{}>".format(
-            self.node_id, self.incarnation, self.deployment, self.mesh_host, self.mesh_port
+            self.node_id,
+            self.incarnation,
+            self.deployment,
+            self.mesh_host,
+            self.mesh_port,
         )
 
 
-class MeshSecurity(jelly.SecurityOptions):  # type: ignore[misc]
+class MeshSecurity(jelly.SecurityOptions):
     """A jelly taster that admits only the types named in it.
 
     Twisted's :class:`~twisted.spread.jelly.SecurityOptions` admits any
@@ -214,7 +228,15 @@ class MeshSecurity(jelly.SecurityOptions):  # type: ignore[misc]
         for plain in (str, bytes, int, float, bool, type(None), list, tuple, dict):
             self.allowTypes(qual(plain))
         # Types the mesh never sends: not admitted either.
-        for unused in (b"datetime", b"time", b"date", b"timedelta", b"decimal", b"persistent", b"unpersistable"):
+        for unused in (
+            b"datetime",
+            b"time",
+            b"date",
+            b"timedelta",
+            b"decimal",
+            b"persistent",
+            b"unpersistable",
+        ):
             self.allowedTypes.pop(unused, None)
 
     def allow_class(self, cls: type) -> None:
@@ -261,7 +283,9 @@ def check_channel_id(value: Any, what: str) -> str:
     :raises BadMessage: otherwise.
     """
     if not isinstance(value, str) or not _CHANNEL_ID.match(value):
-        raise BadMessage("{} must be an id of letters, digits, '_' and '-'".format(what))
+        raise BadMessage(
+            "{} must be an id of letters, digits, '_' and '-'".format(what)
+        )
     return value
 
 
@@ -278,7 +302,7 @@ def check_position(epoch: Any, seq: Any) -> tuple[str | None, int | None]:
 
 
 @register
-class RelayedEvent(pb.Copyable, pb.RemoteCopy):  # type: ignore[misc]
+class RelayedEvent(pb.Copyable, pb.RemoteCopy):
     """One live event between nodes: a write on its way to its channel's
     sequencer (unstamped), or a stamped event on its way to a follower.
 
@@ -323,7 +347,11 @@ class RelayedEvent(pb.Copyable, pb.RemoteCopy):  # type: ignore[misc]
 
     def setCopyableState(self, state: Any) -> None:
         if not isinstance(state, dict) or set(state) != set(self._FIELDS):
-            raise BadMessage("a relayed event must have exactly the fields {}".format(", ".join(self._FIELDS)))
+            raise BadMessage(
+                "a relayed event must have exactly the fields {}".format(
+                    ", ".join(self._FIELDS)
+                )
+            )
         self.tenant = check_channel_id(state["tenant"], "tenant")
         self.thread = check_channel_id(state["thread"], "thread")
         kind = state["kind"]
@@ -346,4 +374,6 @@ class RelayedEvent(pb.Copyable, pb.RemoteCopy):  # type: ignore[misc]
         self.origin = check_node_id(state["origin"], "origin")
 
     def __repr__(self) -> str:
-        return "<RelayedEvent {}/{} {} {}:{}>".format(self.tenant, self.thread, self.kind, self.epoch, self.seq)
+        return "<RelayedEvent {}/{} {} {}:{}>".format(
+            self.tenant, self.thread, self.kind, self.epoch, self.seq
+        )

@@ -40,11 +40,19 @@ class LinkDown(Exception):
     """A call on a link that is not connected and logged in."""
 
 
+def _close(broker: MeshBroker) -> None:
+    """Close a connection gracefully (what was written goes out first)."""
+    if broker.transport is not None:
+        broker.transport.loseConnection()
+
+
 def _is_int(value: Any, low: int = 0, high: int = 2**63 - 1) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    )
 
 
-class PeerAvatar(pb.Avatar):  # type: ignore[misc]
+class PeerAvatar(pb.Avatar):
     """A logged-in peer, as this node serves it.
 
     Every call counts as hearing from the peer; calls from an incarnation
@@ -77,7 +85,9 @@ class PeerAvatar(pb.Avatar):  # type: ignore[misc]
             self.broker.violation("bad_message", detail)
         return Refused("bad message")
 
-    def perspectiveMessageReceived(self, broker: Any, message: str, args: Any, kw: Any) -> Any:
+    def perspectiveMessageReceived(
+        self, broker: Any, message: str, args: Any, kw: Any
+    ) -> Any:
         metrics: MeshMetrics = self._node.metrics
         method = getattr(self, "perspective_" + message, None)
         metrics.calls.labels(message if method is not None else "unknown").inc()
@@ -85,16 +95,28 @@ class PeerAvatar(pb.Avatar):  # type: ignore[misc]
         peer = membership.heard_from(self.node_id, self.incarnation)
         if peer is None:
             # A superseded (or departed) incarnation: this connection is stale.
-            if self.broker is not None and self.broker.transport is not None:
-                self.broker.transport.loseConnection()
-            raise Refused("stale session: incarnation {} of {} is not current".format(self.incarnation, self.node_id))
+            transport = self.broker.transport if self.broker is not None else None
+            if transport is not None:
+                transport.loseConnection()
+            raise Refused(
+                "stale session: incarnation {} of {} is not current".format(
+                    self.incarnation, self.node_id
+                )
+            )
         return super().perspectiveMessageReceived(broker, message, args, kw)
 
     # Membership
 
-    def perspective_ping(self, nonce: Any, load: Any, digest: Any) -> tuple[int, int, str]:
+    def perspective_ping(
+        self, nonce: Any, load: Any, digest: Any
+    ) -> tuple[int, int, str]:
         """A heartbeat: answers ``(nonce, this node's load, digest)``."""
-        if not _is_int(nonce) or not _is_int(load) or not isinstance(digest, str) or len(digest) > 64:
+        if (
+            not _is_int(nonce)
+            or not _is_int(load)
+            or not isinstance(digest, str)
+            or len(digest) > 64
+        ):
             raise self._bad("a heartbeat must be (nonce, load, digest)")
         membership = self._node.membership
         peer = membership.current(self.node_id, self.incarnation)
@@ -103,7 +125,7 @@ class PeerAvatar(pb.Avatar):  # type: ignore[misc]
 
     def perspective_members(self) -> list[tuple[Announcement, str]]:
         """Every node this node knows, with its state here."""
-        return self._node.membership.members()  # type: ignore[no-any-return]
+        return self._node.membership.members()
 
     def perspective_probe(self, node_id: Any, incarnation: Any) -> float | None:
         """Seconds since this node last heard from that node itself."""
@@ -113,7 +135,7 @@ class PeerAvatar(pb.Avatar):  # type: ignore[misc]
             raise self._bad(str(e)) from None
         if not _is_int(incarnation):
             raise self._bad("an incarnation must be an integer")
-        return self._node.membership.probe_answer(node_id, incarnation)  # type: ignore[no-any-return]
+        return self._node.membership.probe_answer(node_id, incarnation)
 
     def perspective_announce(self, announcement: Any) -> None:
         """The peer's new announcement of itself."""
@@ -142,18 +164,22 @@ class PeerAvatar(pb.Avatar):  # type: ignore[misc]
         """A local write of the peer, for this node to sequence."""
         return self._node.relay_call(self, "publish", event, hops)
 
-    def perspective_block(self, tenant: Any, viewer: Any, author: Any, blocked: Any) -> Any:
+    def perspective_block(
+        self, tenant: Any, viewer: Any, author: Any, blocked: Any
+    ) -> Any:
         """A viewer of the peer's blocked (or unblocked) an author."""
         return self._node.relay_call(self, "block", tenant, viewer, author, blocked)
 
 
-class LinkMind(pb.Referenceable):  # type: ignore[misc]
+class LinkMind(pb.Referenceable):
     """What a peer may call back on this node over this node's link to it."""
 
     def __init__(self, link: Link) -> None:
         self._link = link
 
-    def remoteMessageReceived(self, broker: Any, message: str, args: Any, kw: Any) -> Any:
+    def remoteMessageReceived(
+        self, broker: Any, message: str, args: Any, kw: Any
+    ) -> Any:
         link = self._link
         if broker is not link.broker or link.peer_id is None:
             raise Refused("not logged in")
@@ -211,7 +237,11 @@ class Link:
         self._mind = LinkMind(self)
         self._attempting = False
         self._factory = MeshClientFactory(
-            limits=limits, clock=clock, metrics=node.metrics, on_ready=self._negotiated, on_closed=self._closed
+            limits=limits,
+            clock=clock,
+            metrics=node.metrics,
+            on_ready=self._negotiated,
+            on_closed=self._closed,
         )
         self.service = ClientService(
             _CountingEndpoint(endpoint, self),
@@ -228,7 +258,12 @@ class Link:
         return delay
 
     def __repr__(self) -> str:
-        return "<Link to {} at {}:{}{}>".format(self.peer_id or "seed", self.address[0], self.address[1], " up" if self.up else "")
+        return "<Link to {} at {}:{}{}>".format(
+            self.peer_id or "seed",
+            self.address[0],
+            self.address[1],
+            " up" if self.up else "",
+        )
 
     def start(self) -> None:
         """Start connecting."""
@@ -260,11 +295,13 @@ class Link:
     def _negotiated(self, broker: MeshBroker) -> None:
         """PB is negotiated on a new connection: log in."""
         if self._stopped:
-            broker.transport.loseConnection()
+            _close(broker)
             return
         root = broker.remoteForName("root")
         d = root.callRemote("join", self.node.membership.me, self._mind)
-        d.addCallbacks(self._joined, self._refused, callbackArgs=(broker,), errbackArgs=(broker,))
+        d.addCallbacks(
+            self._joined, self._refused, callbackArgs=(broker,), errbackArgs=(broker,)
+        )
         d.addBoth(lambda _: self.attempt_done())
 
     def _joined(self, answer: Any, broker: MeshBroker) -> None:
@@ -290,7 +327,7 @@ class Link:
                 reason=reason,
             )
             self._refusals += 1
-            broker.transport.loseConnection()
+            _close(broker)
             return
         if self._stopped or broker.disconnected:
             return
@@ -333,7 +370,7 @@ class Link:
             # The peer knows a newer (or departed) life of this node.
             self.node.membership.superseded(int(known.group(1)))
             self._refusals = 0
-        broker.transport.loseConnection()
+        _close(broker)
 
     def _disconnected(self, broker: MeshBroker) -> None:
         if broker is not self.broker:
@@ -354,9 +391,12 @@ class Link:
         if not self.up or broker is None or session is None:
             return fail(LinkDown(self.peer_id))
         if broker.pending_calls() >= self._limits.max_pending_calls:
-            self.abort("unanswered", "{} calls awaiting an answer".format(broker.pending_calls()))
+            self.abort(
+                "unanswered",
+                "{} calls awaiting an answer".format(broker.pending_calls()),
+            )
             return fail(LinkDown(self.peer_id))
-        return session.callRemote(method, *args)  # type: ignore[no-any-return]
+        return session.callRemote(method, *args)
 
     def abort(self, reason: str, detail: str) -> None:
         if self.broker is not None:

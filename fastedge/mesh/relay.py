@@ -45,7 +45,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..pubsub.hub import ChannelKey, Event, Hub, Prepared, Stamp, new_epoch
-from .messages import BadMessage, Refused, RelayedEvent, check_channel_id, check_position
+from .messages import (
+    BadMessage,
+    Refused,
+    RelayedEvent,
+    check_channel_id,
+    check_position,
+)
 from .nodemap import NodeMapChange, NodeState
 
 __all__ = ["Relay", "connect_relay"]
@@ -75,7 +81,11 @@ def to_wire(event: Event, stamp: Stamp | None) -> RelayedEvent:
 
 def from_wire(wire: RelayedEvent) -> Event:
     """The hub event of a relayed one."""
-    stamp = Stamp(wire.epoch, wire.seq) if wire.epoch is not None and wire.seq is not None else None
+    stamp = (
+        Stamp(wire.epoch, wire.seq)
+        if wire.epoch is not None and wire.seq is not None
+        else None
+    )
     return Event(
         (wire.tenant, wire.thread),
         wire.kind,
@@ -182,7 +192,7 @@ class Relay:
         return self.mesh.metrics
 
     def _now(self) -> float:
-        return self.mesh.monotonic()  # type: ignore[no-any-return]
+        return self.mesh.monotonic()
 
     # Ownership
 
@@ -219,7 +229,9 @@ class Relay:
 
     def _map_changed(self, change: NodeMapChange) -> None:
         before, after = change.before, change.after
-        if before is not None and (before.state is after.state and before.deployment == after.deployment):
+        if before is not None and (
+            before.state is after.state and before.deployment == after.deployment
+        ):
             return  # a load or attribute change: owners do not move
         self._candidates = None
         self._owners.clear()
@@ -243,7 +255,11 @@ class Relay:
         for channel in self.hub.interest():
             if channel not in self.following:
                 owner = self.owner_of(channel)
-                if owner is not None and owner != self._me and channel not in moved.get(owner, ()):
+                if (
+                    owner is not None
+                    and owner != self._me
+                    and channel not in moved.get(owner, ())
+                ):
                     moved.setdefault(owner, []).append(channel)
         for owner, channels in moved.items():
             self._follow(owner, channels)
@@ -287,7 +303,10 @@ class Relay:
             if broker is None or broker.disconnected or session.mind is None:
                 continue
             if broker.pending_calls() >= limit:
-                broker.violation("unanswered", "{} relayed events awaiting acknowledgement".format(limit))
+                broker.violation(
+                    "unanswered",
+                    "{} relayed events awaiting acknowledgement".format(limit),
+                )
                 continue
             session.mind.callRemote("events", [wire]).addErrback(lambda f: None)
             self._metrics.relay_events.labels("sent").inc()
@@ -336,7 +355,9 @@ class Relay:
         self._metrics.relay_queue.set(sum(len(q) for q in self._outbox.values()))
 
     def _send_forward(self, link: Any, item: _Forward) -> None:
-        d = self.mesh.membership._call(link, "publish", to_wire(item.event, None), item.hops)
+        d = self.mesh.membership._call(
+            link, "publish", to_wire(item.event, None), item.hops
+        )
         self._metrics.relay_events.labels("forwarded").inc()
 
         def failed(f: Failure) -> None:
@@ -348,18 +369,29 @@ class Relay:
 
     # Block changes (LivePublisher.block_sink)
 
-    def block(self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool) -> None:
+    def block(
+        self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool
+    ) -> None:
         """A viewer blocked or unblocked an author: apply it here and on the
         deployment's other nodes (the viewer may follow live elsewhere)."""
         self.hub.set_blocked((tenant_id, viewer_author_id), author_id, blocked)
         if self.mesh is None or self.mesh.membership is None:
             return
         for peer in self.mesh.membership.peers.values():
-            if peer.announcement.deployment != self._deployment or peer.link is None or not peer.link.up:
+            if (
+                peer.announcement.deployment != self._deployment
+                or peer.link is None
+                or not peer.link.up
+            ):
                 continue
-            self.mesh.membership._call(peer.link, "block", tenant_id, viewer_author_id, author_id, bool(blocked)).addErrback(
-                lambda f: None
-            )
+            self.mesh.membership._call(
+                peer.link,
+                "block",
+                tenant_id,
+                viewer_author_id,
+                author_id,
+                bool(blocked),
+            ).addErrback(lambda f: None)
 
     # Following (this node has subscribers of a channel another node owns)
 
@@ -384,7 +416,11 @@ class Relay:
         """Make sure a channel about to get its first local subscriber is up
         to date with its owner (never fails; gives up after the prime
         timeout and the subscriber gets what this node has)."""
-        if self.mesh is None or self.mesh.membership is None or self.hub.subscribers(channel):
+        if (
+            self.mesh is None
+            or self.mesh.membership is None
+            or self.hub.subscribers(channel)
+        ):
             return succeed(None)
         owner = self.owner_of(channel)
         if owner is None or owner == self._me:
@@ -407,9 +443,18 @@ class Relay:
                 self._metrics.relay_seconds.observe(max(0.0, self._now() - started))
                 waited.callback(None)
 
-        pending.addBoth(lambda result: (done(None), result)[1])
+        def answered(result: object) -> object:
+            done(None)
+            return result
+
+        def settled(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        pending.addBoth(answered)
         timer = self.mesh.clock.callLater(self._prime_timeout, done, None)
-        waited.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+        waited.addBoth(settled)
         return waited
 
     def _follow(self, owner: str, channels: Sequence[ChannelKey]) -> None:
@@ -424,14 +469,21 @@ class Relay:
         if link is None:
             return
         for start in range(0, len(channels), FOLLOW_BATCH):
-            self._follow_batch(link, owner, list(channels[start : start + FOLLOW_BATCH]))
+            self._follow_batch(
+                link, owner, list(channels[start : start + FOLLOW_BATCH])
+            )
 
     def _follow_batch(self, link: Any, owner: str, channels: list[ChannelKey]) -> None:
         entries = []
         for channel in channels:
             position = self.hub.position(channel)
             entries.append(
-                [channel[0], channel[1], position.epoch if position else None, position.seq if position else None]
+                [
+                    channel[0],
+                    channel[1],
+                    position.epoch if position else None,
+                    position.seq if position else None,
+                ]
             )
         d = self.mesh.membership._call(link, "follow", entries)
         done: Deferred[None] = Deferred()
@@ -457,12 +509,14 @@ class Relay:
     def _followed(self, owner: str, channels: list[ChannelKey], answer: Any) -> None:
         if not isinstance(answer, (list, tuple)) or len(answer) != len(channels):
             raise BadMessage("a follow answer must have one entry per channel")
-        for channel, entry in zip(channels, answer):
+        for channel, entry in zip(channels, answer, strict=True):
             if not isinstance(entry, (list, tuple)) or len(entry) != 3:
                 raise BadMessage("a follow answer entry must be (epoch, seq, events)")
             epoch, seq = check_position(entry[0], entry[1])
             wires = entry[2]
-            if not isinstance(wires, (list, tuple)) or not all(isinstance(w, RelayedEvent) for w in wires):
+            if not isinstance(wires, (list, tuple)) or not all(
+                isinstance(w, RelayedEvent) for w in wires
+            ):
                 raise BadMessage("a follow answer's events must be relayed events")
             follow = self.following.get(channel)
             if follow is None or follow.owner != owner:
@@ -473,7 +527,9 @@ class Relay:
             events = []
             for wire in wires:
                 if (wire.tenant, wire.thread) != channel or wire.epoch is None:
-                    raise BadMessage("a follow answer carried an event of another channel")
+                    raise BadMessage(
+                        "a follow answer carried an event of another channel"
+                    )
                 events.append(from_wire(wire))
             result = self.hub.resync(channel, Stamp(epoch, seq), events)
             self.followed_epoch[channel] = epoch
@@ -549,13 +605,18 @@ class Relay:
 
     def _serve_follow(self, session: Any, entries: Any) -> list[Any]:
         if not isinstance(entries, (list, tuple)) or len(entries) > FOLLOW_BATCH:
-            raise BadMessage("follow takes a list of at most {} channels".format(FOLLOW_BATCH))
+            raise BadMessage(
+                "follow takes a list of at most {} channels".format(FOLLOW_BATCH)
+            )
         budget = ANSWER_BUDGET
-        answer = []
+        answer: list[Any] = []
         for entry in entries:
             if not isinstance(entry, (list, tuple)) or len(entry) != 4:
                 raise BadMessage("a followed channel is (tenant, thread, epoch, seq)")
-            channel = (check_channel_id(entry[0], "tenant"), check_channel_id(entry[1], "thread"))
+            channel = (
+                check_channel_id(entry[0], "tenant"),
+                check_channel_id(entry[1], "thread"),
+            )
             epoch, seq = check_position(entry[2], entry[3])
             self.followers.setdefault(channel, set()).add(session)
             self._sessions.setdefault(session, set()).add(channel)
@@ -565,12 +626,16 @@ class Relay:
                     answer.append([None, None, []])
                     continue
                 position = self.hub.ensure(channel)
-            missed = self.hub.since(channel, epoch, seq) if epoch == position.epoch and seq is not None else None
+            missed = (
+                self.hub.since(channel, epoch, seq)
+                if epoch == position.epoch and seq is not None
+                else None
+            )
             if missed is None:
                 # The follower has another epoch, nothing, or a gap: it gets
                 # the whole history (its own recoveries need it) and resets.
                 missed = self.hub.history(channel)
-            wires = []
+            wires: list[RelayedEvent] = []
             for prepared in missed:
                 wire = to_wire(prepared.event, prepared.stamp)
                 budget -= len(wire.data) + 200
@@ -588,7 +653,10 @@ class Relay:
         for name in names:
             if not isinstance(name, (list, tuple)) or len(name) != 2:
                 raise BadMessage("a channel is (tenant, thread)")
-            channel = (check_channel_id(name[0], "tenant"), check_channel_id(name[1], "thread"))
+            channel = (
+                check_channel_id(name[0], "tenant"),
+                check_channel_id(name[1], "thread"),
+            )
             members = self.followers.get(channel)
             if members is not None:
                 members.discard(session)
@@ -611,7 +679,9 @@ class Relay:
         else:
             self._forward(owner, event, hops + 1)
 
-    def _serve_block(self, tenant_id: Any, viewer: Any, author: Any, blocked: Any) -> None:
+    def _serve_block(
+        self, tenant_id: Any, viewer: Any, author: Any, blocked: Any
+    ) -> None:
         check_channel_id(tenant_id, "tenant")
         check_channel_id(viewer, "viewer")
         check_channel_id(author, "author")
@@ -672,10 +742,18 @@ class Relay:
         self._metrics.relay_queue.set(sum(len(q) for q in self._outbox.values()))
         grace = max(5.0, 5 * self._prime_timeout)
         for channel, follow in list(self.following.items()):
-            if not self.hub.subscribers(channel) and follow.pending is None and now - follow.since >= grace:
+            if (
+                not self.hub.subscribers(channel)
+                and follow.pending is None
+                and now - follow.since >= grace
+            ):
                 del self.following[channel]
                 self._unfollow_at(follow.owner, [channel])
-            elif not follow.synced and follow.pending is None and self._link_to(follow.owner) is not None:
+            elif (
+                not follow.synced
+                and follow.pending is None
+                and self._link_to(follow.owner) is not None
+            ):
                 self._follow(follow.owner, [channel])
         self._count_channels()
 

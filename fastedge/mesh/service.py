@@ -21,7 +21,12 @@ from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorTime,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -59,16 +64,21 @@ class TLSClientEndpoint:
     this one does, so in-memory tests can drive it.)
     """
 
-    def __init__(self, endpoint: IStreamClientEndpoint, tls: MeshTLS, clock: IReactorTime) -> None:
+    def __init__(
+        self, endpoint: IStreamClientEndpoint, tls: MeshTLS, clock: IReactorTime
+    ) -> None:
         self._endpoint = endpoint
         self._tls = tls
         self._clock = clock
 
     def connect(self, factory: Any) -> Deferred[Any]:
         wrapper = TLSMemoryBIOFactory(self._tls, True, factory, clock=self._clock)
-        d = self._endpoint.connect(wrapper)
-        d.addCallback(lambda protocol: protocol.wrappedProtocol)
-        return d
+        d: Deferred[Any] = self._endpoint.connect(wrapper)
+        return d.addCallback(_wrapped)
+
+
+def _wrapped(protocol: Any) -> Any:
+    return protocol.wrappedProtocol
 
 
 def _read_incarnation(path: str) -> int:
@@ -78,9 +88,13 @@ def _read_incarnation(path: str) -> int:
     except FileNotFoundError:
         return 0
     except OSError as e:
-        raise MeshCertificateError("mesh incarnation file {}: cannot read ({})".format(path, e.strerror)) from None
+        raise MeshCertificateError(
+            "mesh incarnation file {}: cannot read ({})".format(path, e.strerror)
+        ) from None
     if not text.isdigit():
-        raise MeshCertificateError("mesh incarnation file {}: not a number".format(path))
+        raise MeshCertificateError(
+            "mesh incarnation file {}: not a number".format(path)
+        )
     return int(text)
 
 
@@ -125,7 +139,11 @@ class MeshService(Service):
         self._load = load
         self._listen_endpoint = listen_endpoint
         self._client_endpoint = client_endpoint
-        self._jitter = jitter if jitter is not None else (lambda: random.uniform(0, cfg.reconnect_initial_seconds))
+        self._jitter = (
+            jitter
+            if jitter is not None
+            else (lambda: random.uniform(0, cfg.reconnect_initial_seconds))
+        )
         self.limits = Limits(
             max_message_bytes=cfg.max_message_bytes,
             max_calls_per_second=cfg.max_calls_per_second,
@@ -158,7 +176,11 @@ class MeshService(Service):
             ca_pem, ca_key = create_ca()
             cert, key = create_node_certificate(self.node.id, ca_pem, ca_key)
             write_file(cfg.ca_file, ca_pem, private=False)
-            write_file(os.path.join(os.path.dirname(cfg.ca_file), "ca.key"), ca_key, private=True)
+            write_file(
+                os.path.join(os.path.dirname(cfg.ca_file), "ca.key"),
+                ca_key,
+                private=True,
+            )
             write_file(cfg.cert_file, cert, private=False)
             write_file(cfg.key_file, key, private=True)
             self._log.warn(
@@ -166,7 +188,12 @@ class MeshService(Service):
                 "need certificates from this CA (fastedge-admin certs node NODE_ID) to join",
                 ca=cfg.ca_file,
             )
-        return load_identity(self.node.id, ca_file=cfg.ca_file, cert_file=cfg.cert_file, key_file=cfg.key_file)
+        return load_identity(
+            self.node.id,
+            ca_file=cfg.ca_file,
+            cert_file=cfg.cert_file,
+            key_file=cfg.key_file,
+        )
 
     def privilegedStartService(self) -> None:
         """Read the certificates and bind the mesh port (before privileges
@@ -181,17 +208,26 @@ class MeshService(Service):
         self.identity = identity
         self.tls = MeshTLS(identity)
         self.metrics.certificate_expiry.set(identity.not_after.timestamp())
-        days_left = (identity.not_after - datetime.datetime.now(datetime.timezone.utc)).days
+        days_left = (identity.not_after - datetime.datetime.now(datetime.UTC)).days
         if days_left < 30:
-            self._log.warn("mesh: this node's certificate expires in {days} days", days=days_left)
+            self._log.warn(
+                "mesh: this node's certificate expires in {days} days", days=days_left
+            )
         path = self._incarnation_path()
         self.incarnation = _read_incarnation(path) + 1
         write_file(path, b"%d\n" % self.incarnation, private=False)
-        portal = make_portal(lambda node_id, mind: self.avatar_class(node_id, mind, self))
-        self.server_factory = MeshServerFactory(
-            MeshGate(portal, self._joined), limits=self.limits, clock=self.clock, metrics=self.metrics
+        portal = make_portal(
+            lambda node_id, mind: self.avatar_class(node_id, mind, self)
         )
-        wrapper = TLSMemoryBIOFactory(self.tls, False, self.server_factory, clock=self.reactor)
+        self.server_factory = MeshServerFactory(
+            MeshGate(portal, self._joined),
+            limits=self.limits,
+            clock=self.clock,
+            metrics=self.metrics,
+        )
+        wrapper = TLSMemoryBIOFactory(
+            self.tls, False, self.server_factory, clock=self.reactor
+        )
         results: list[Any] = []
         self._listen_endpoint.listen(wrapper).addBoth(results.append)
         if not results:
@@ -205,9 +241,11 @@ class MeshService(Service):
         if self.cfg.advertise:
             return parse_host_port(self.cfg.advertise)
         assert self.port is not None
-        host = self.port.getHost()
+        host: Any = self.port.getHost()
         if host.host in ("0.0.0.0", "::", ""):
-            raise MeshCertificateError("mesh.advertise: must be set when mesh.endpoint listens on all interfaces")
+            raise MeshCertificateError(
+                "mesh.advertise: must be set when mesh.endpoint listens on all interfaces"
+            )
         return host.host, host.port
 
     def startService(self) -> None:
@@ -291,7 +329,9 @@ class MeshService(Service):
 
     def _connect(self, peer_id: str | None, host: str, port: int) -> ILink:
         assert self.tls is not None
-        endpoint = TLSClientEndpoint(self._client_endpoint(host, port), self.tls, self.reactor)
+        endpoint = TLSClientEndpoint(
+            self._client_endpoint(host, port), self.tls, self.reactor
+        )
         link = Link(
             peer_id=peer_id,
             address=(host, port),
@@ -308,7 +348,9 @@ class MeshService(Service):
         link.start()
         return link
 
-    def _joined(self, announcement: Announcement, avatar: PeerAvatar, broker: Any) -> Any:
+    def _joined(
+        self, announcement: Announcement, avatar: PeerAvatar, broker: Any
+    ) -> Any:
         assert self.membership is not None
         avatar.attach(broker, announcement.incarnation)
         return self.membership.joined(announcement, avatar)
@@ -368,7 +410,7 @@ class MeshService(Service):
         if factory is not None:
             for broker in list(factory.brokers):
                 closed: Deferred[None] = Deferred()
-                broker.when_closed(lambda closed=closed: closed.callback(None))
+                broker.when_closed(_firer(closed))
                 if broker.transport is not None:
                     broker.transport.loseConnection()
                 waits.append(closed)
@@ -397,7 +439,11 @@ class MeshService(Service):
     def status(self) -> dict[str, Any]:
         """The node map as this node sees it, for ``GET /api/v1/mesh``."""
         membership = self.membership
-        peers = {p.node_id: p for p in membership.peer_views()} if membership is not None else {}
+        peers = (
+            {p.node_id: p for p in membership.peer_views()}
+            if membership is not None
+            else {}
+        )
         now = self.monotonic()
         nodes = []
         for node_id, info in sorted(self.node_map.nodes().items()):
@@ -417,8 +463,14 @@ class MeshService(Service):
             peer = peers.get(node_id)
             if peer is not None:
                 link = peer.link
-                entry["link"] = "up" if link is not None and link.up else ("connecting" if link is not None else "none")
-                entry["rttMs"] = None if peer.rtt is None else round(peer.rtt * 1000.0, 3)
+                entry["link"] = (
+                    "up"
+                    if link is not None and link.up
+                    else ("connecting" if link is not None else "none")
+                )
+                entry["rttMs"] = (
+                    None if peer.rtt is None else round(peer.rtt * 1000.0, 3)
+                )
                 entry["lastHeardSecondsAgo"] = round(max(0.0, now - peer.last_heard), 3)
             nodes.append(entry)
         return {
@@ -427,6 +479,10 @@ class MeshService(Service):
             "mapVersion": self.node_map.version,
             "nodes": nodes,
         }
+
+
+def _firer(d: Deferred[None]) -> Callable[[], None]:
+    return lambda: d.callback(None)
 
 
 def make_service(
@@ -458,13 +514,17 @@ def make_service(
     """
     timers: IReactorTime = clock if clock is not None else reactor
     if monotonic is None:
-        monotonic = time.monotonic if timers is reactor and clock is None else timers.seconds
+        monotonic = (
+            time.monotonic if timers is reactor and clock is None else timers.seconds
+        )
     if listen_endpoint is None:
         listen_endpoint = serverFromString(reactor, cfg.endpoint)
     if client_endpoint is None:
 
         def client_endpoint(host: str, port: int) -> IStreamClientEndpoint:
-            return HostnameEndpoint(reactor, host, port, timeout=cfg.connect_timeout_seconds)
+            return HostnameEndpoint(
+                reactor, host, port, timeout=cfg.connect_timeout_seconds
+            )
 
     return MeshService(
         cfg,

@@ -32,7 +32,10 @@ from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from service_identity import VerificationError
 from service_identity.cryptography import verify_certificate_hostname
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
 from zope.interface import implementer
 
 __all__ = [
@@ -54,17 +57,22 @@ class MeshCertificateError(Exception):
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
 
 
 def create_ca(
-    *, name: str = "fastedge mesh CA", days: int = 3650, now: datetime.datetime | None = None
+    *,
+    name: str = "fastedge mesh CA",
+    days: int = 3650,
+    now: datetime.datetime | None = None,
 ) -> tuple[bytes, bytes]:
     """A new cluster CA.
 
@@ -132,7 +140,9 @@ def create_node_certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or now - datetime.timedelta(minutes=5))
         .not_valid_after(not_after or now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(node_id)]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(node_id)]), critical=False
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -149,9 +159,14 @@ def create_node_certificate(
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
             critical=False,
@@ -199,7 +214,9 @@ def name_mismatch(cert: x509.Certificate | None, node_id: str) -> str | None:
     try:
         verify_certificate_hostname(cert, node_id)
     except VerificationError:
-        return "the certificate is for {}, not {}".format(",".join(certificate_names(cert)) or "no node", node_id)
+        return "the certificate is for {}, not {}".format(
+            ",".join(certificate_names(cert)) or "no node", node_id
+        )
     return None
 
 
@@ -232,11 +249,18 @@ def _read(path: str, what: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise MeshCertificateError("{} {}: cannot read ({})".format(what, path, e.strerror)) from None
+        raise MeshCertificateError(
+            "{} {}: cannot read ({})".format(what, path, e.strerror)
+        ) from None
 
 
 def load_identity(
-    node_id: str, *, ca_file: str, cert_file: str, key_file: str, now: datetime.datetime | None = None
+    node_id: str,
+    *,
+    ca_file: str,
+    cert_file: str,
+    key_file: str,
+    now: datetime.datetime | None = None,
 ) -> MeshIdentity:
     """Read and check this node's CA, certificate and key.
 
@@ -248,31 +272,54 @@ def load_identity(
     try:
         ca = x509.load_pem_x509_certificate(_read(ca_file, "mesh CA certificate"))
     except ValueError:
-        raise MeshCertificateError("mesh CA certificate {}: not a PEM certificate".format(ca_file)) from None
+        raise MeshCertificateError(
+            "mesh CA certificate {}: not a PEM certificate".format(ca_file)
+        ) from None
     try:
         cert = x509.load_pem_x509_certificate(_read(cert_file, "mesh node certificate"))
     except ValueError:
-        raise MeshCertificateError("mesh node certificate {}: not a PEM certificate".format(cert_file)) from None
+        raise MeshCertificateError(
+            "mesh node certificate {}: not a PEM certificate".format(cert_file)
+        ) from None
     try:
         key = serialization.load_pem_private_key(_read(key_file, "mesh node key"), None)
     except (ValueError, TypeError):
-        raise MeshCertificateError("mesh node key {}: not an unencrypted PEM private key".format(key_file)) from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
-        raise MeshCertificateError("mesh node key {}: does not match the certificate {}".format(key_file, cert_file))
+        raise MeshCertificateError(
+            "mesh node key {}: not an unencrypted PEM private key".format(key_file)
+        ) from None
+    if (
+        not isinstance(key, ec.EllipticCurvePrivateKey)
+        or key.public_key() != cert.public_key()
+    ):
+        raise MeshCertificateError(
+            "mesh node key {}: does not match the certificate {}".format(
+                key_file, cert_file
+            )
+        )
     mismatch = name_mismatch(cert, node_id)
     if mismatch is not None:
-        raise MeshCertificateError("mesh node certificate {}: {} (node.id)".format(cert_file, mismatch))
+        raise MeshCertificateError(
+            "mesh node certificate {}: {} (node.id)".format(cert_file, mismatch)
+        )
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):
         raise MeshCertificateError(
-            "mesh node certificate {}: not signed by the CA in {}".format(cert_file, ca_file)
+            "mesh node certificate {}: not signed by the CA in {}".format(
+                cert_file, ca_file
+            )
         ) from None
-    for what, path, c in (("CA certificate", ca_file, ca), ("node certificate", cert_file, cert)):
+    for what, path, c in (
+        ("CA certificate", ca_file, ca),
+        ("node certificate", cert_file, cert),
+    ):
         if not c.not_valid_before_utc <= now <= c.not_valid_after_utc:
             raise MeshCertificateError(
                 "mesh {} {}: not valid now (valid from {} to {})".format(
-                    what, path, c.not_valid_before_utc.isoformat(), c.not_valid_after_utc.isoformat()
+                    what,
+                    path,
+                    c.not_valid_before_utc.isoformat(),
+                    c.not_valid_after_utc.isoformat(),
                 )
             )
     return MeshIdentity(node_id, ca, cert, key)
@@ -295,7 +342,9 @@ _VERIFY_ERRORS = {
 
 
 def _describe_verify_error(errno: int) -> str:
-    return _VERIFY_ERRORS.get(errno, "the certificate failed verification (OpenSSL error {})".format(errno))
+    return _VERIFY_ERRORS.get(
+        errno, "the certificate failed verification (OpenSSL error {})".format(errno)
+    )
 
 
 def _verify(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:

@@ -355,7 +355,9 @@ class Hub:
             state.touched = self._clock.seconds()
         return Stamp(state.epoch, state.seq)
 
-    def since(self, channel: ChannelKey, epoch: str, seq: int) -> tuple[Prepared, ...] | None:
+    def since(
+        self, channel: ChannelKey, epoch: str, seq: int
+    ) -> tuple[Prepared, ...] | None:
         """The events after ``seq`` of ``epoch``, from history, in order
         (empty when ``seq`` is the current position).
 
@@ -379,9 +381,13 @@ class Hub:
         if state is None:
             return ()
         self._trim(state.history, self._clock.seconds())
-        return tuple(p for p in state.history if p.stamp.epoch == state.epoch and not p.reset)
+        return tuple(
+            p for p in state.history if p.stamp.epoch == state.epoch and not p.reset
+        )
 
-    def resync(self, channel: ChannelKey, position: Stamp, events: Iterable[Event]) -> str:
+    def resync(
+        self, channel: ChannelKey, position: Stamp, events: Iterable[Event]
+    ) -> str:
         """Bring a followed channel to its sequencer's ``position``.
 
         ``events`` are the sequencer's stamped events this hub may have
@@ -397,7 +403,11 @@ class Hub:
         resets = self.stats.resets
         state = self._channels.get(channel)
         if state is None:
-            ours = [e.stamp for e in events if e.stamp is not None and e.stamp.epoch == position.epoch]
+            ours = [
+                e.stamp
+                for e in events
+                if e.stamp is not None and e.stamp.epoch == position.epoch
+            ]
             state = _Channel(position.epoch, ours[0].seq - 1 if ours else position.seq)
             state.touched = self._clock.seconds()
             self._channels[channel] = state
@@ -412,7 +422,12 @@ class Hub:
             return "replayed" if replayed else "current"
         # A gap the events did not fill (or another epoch): start over at
         # the sequencer's position; local subscribers reload.
-        self._reset(channel, state, Stamp(position.epoch, position.seq + 1), self._clock.seconds())
+        self._reset(
+            channel,
+            state,
+            Stamp(position.epoch, position.seq + 1),
+            self._clock.seconds(),
+        )
         state.seq = position.seq
         return "reset"
 

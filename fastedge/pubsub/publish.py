@@ -64,7 +64,9 @@ class LivePublisher:
         self.sink: Callable[[Event], object] = hub.publish
         self.block_sink: Callable[[str, str, str, bool], object] = self._block_here
 
-    def _block_here(self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool) -> None:
+    def _block_here(
+        self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool
+    ) -> None:
         self._hub.set_blocked((tenant_id, viewer_author_id), author_id, blocked)
 
     def _publish(

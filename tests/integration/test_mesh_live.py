@@ -39,7 +39,9 @@ def converged(nodes: dict[str, IService]) -> Deferred[None]:
             return
         for top in nodes.values():
             infos = top.getServiceNamed("mesh").node_map.nodes()
-            if set(infos) != ids or any(i.state is not NodeState.ALIVE for i in infos.values()):
+            if set(infos) != ids or any(
+                i.state is not NodeState.ALIVE for i in infos.values()
+            ):
                 return
         d.callback(None)
 
@@ -80,7 +82,11 @@ class MeshLiveTests(TestCase):
         return top
 
     def http_base(self, top: IService) -> str:
-        port = top.getServiceNamed("transport").getServiceNamed("http")._waitingForPort.result
+        port = (
+            top.getServiceNamed("transport")
+            .getServiceNamed("http")
+            ._waitingForPort.result
+        )
         return "http://127.0.0.1:{}".format(port.getHost().port)
 
     def mesh_address(self, top: IService) -> str:
@@ -103,7 +109,11 @@ class MeshLiveTests(TestCase):
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)
         store = a.getServiceNamed("store").store
-        tenant = (await store.create_tenant("Mesh", "global", created_ms=0, read_preference=ReadPreference.PRIMARY)).value
+        tenant = (
+            await store.create_tenant(
+                "Mesh", "global", created_ms=0, read_preference=ReadPreference.PRIMARY
+            )
+        ).value
         base_a = self.http_base(a)
         relay_a = a.getServiceNamed("mesh").relay
 
@@ -121,17 +131,23 @@ class MeshLiveTests(TestCase):
         for i in range(50):
             url_id = "https://mesh.example/article-{}".format(i)
             await post(url_id, "first")
-            thread = await store.get_thread(tenant.id, url_id, read_preference=ReadPreference.PRIMARY)
+            thread = await store.get_thread(
+                tenant.id, url_id, read_preference=ReadPreference.PRIMARY
+            )
             channel = (tenant.id, thread.id)
             if relay_a.owner_of(channel) != "b":
                 break
         self.assertNotEqual(relay_a.owner_of(channel), "b")
-        self.assertEqual(c.getServiceNamed("mesh").relay.owner_of(channel), relay_a.owner_of(channel))
+        self.assertEqual(
+            c.getServiceNamed("mesh").relay.owner_of(channel), relay_a.owner_of(channel)
+        )
 
         port_c = int(self.http_base(c).rsplit(":", 1)[1])
         factory = WebSocketClientFactory("ws://127.0.0.1:{}/live".format(port_c))
         factory.protocol = WaitingClient
-        ws: WaitingClient = await TCP4ClientEndpoint(reactor, "127.0.0.1", port_c).connect(factory)
+        ws: WaitingClient = await TCP4ClientEndpoint(
+            reactor, "127.0.0.1", port_c
+        ).connect(factory)
         self.addCleanup(lambda: ws.closed if ws.transport.connected else None)
         self.addCleanup(ws.sendClose)
         await ws.opened
@@ -147,9 +163,20 @@ class MeshLiveTests(TestCase):
         self.assertEqual(got["data"]["comment"]["id"], posted["comment"]["id"])
 
         self.assertIsNone(b.getServiceNamed("live").hub.position(channel))
-        metrics_b = await (await treq.get(self.http_base(b) + "/metrics", pool=pool)).text()
-        relayed_b = [line for line in metrics_b.splitlines() if line.startswith("fastedge_mesh_relay_events_total{")]
+        metrics_b = await (
+            await treq.get(self.http_base(b) + "/metrics", pool=pool)
+        ).text()
+        relayed_b = [
+            line
+            for line in metrics_b.splitlines()
+            if line.startswith("fastedge_mesh_relay_events_total{")
+        ]
         self.assertEqual(relayed_b, [])
-        metrics_c = await (await treq.get(self.http_base(c) + "/metrics", pool=pool)).text()
+        metrics_c = await (
+            await treq.get(self.http_base(c) + "/metrics", pool=pool)
+        ).text()
         # C sequenced the write (if it owns the thread) or received it from A.
-        self.assertRegex(metrics_c, r'fastedge_mesh_relay_events_total\{direction="(received|sequenced)"\} [1-9]')
+        self.assertRegex(
+            metrics_c,
+            r'fastedge_mesh_relay_events_total\{direction="(received|sequenced)"\} [1-9]',
+        )

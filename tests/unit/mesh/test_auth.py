@@ -18,7 +18,7 @@ from fastedge.testing import MemoryMesh, test_ca
 from .common import Rogue, metric
 from .test_messages import ForeignCopy
 
-NOW = datetime.datetime.now(datetime.timezone.utc)
+NOW = datetime.datetime.now(datetime.UTC)
 
 
 class CheckerTests(SynchronousTestCase):
@@ -29,11 +29,22 @@ class CheckerTests(SynchronousTestCase):
         from fastedge.mesh.tls import create_node_certificate
 
         ca, key = test_ca()
-        cert = x509.load_pem_x509_certificate(create_node_certificate("edge-1", ca, key)[0])
+        cert = x509.load_pem_x509_certificate(
+            create_node_certificate("edge-1", ca, key)[0]
+        )
         checker = CertificateChecker()
-        self.assertEqual(self.successResultOf(checker.requestAvatarId(PeerCertificate("edge-1", cert))), "edge-1")
-        self.failureResultOf(checker.requestAvatarId(PeerCertificate("edge-2", cert)), UnauthorizedLogin)
-        self.failureResultOf(checker.requestAvatarId(PeerCertificate("edge-1", None)), UnauthorizedLogin)
+        self.assertEqual(
+            self.successResultOf(
+                checker.requestAvatarId(PeerCertificate("edge-1", cert))
+            ),
+            "edge-1",
+        )
+        self.failureResultOf(
+            checker.requestAvatarId(PeerCertificate("edge-2", cert)), UnauthorizedLogin
+        )
+        self.failureResultOf(
+            checker.requestAvatarId(PeerCertificate("edge-1", None)), UnauthorizedLogin
+        )
 
 
 class LoginTests(SynchronousTestCase):
@@ -70,9 +81,16 @@ class LoginTests(SynchronousTestCase):
         (answer,) = rogue.answer
         self.assertIsInstance(answer, Failure)
         self.assertIn("the certificate is for x, not b", answer.getErrorMessage())
-        self.assertEqual(metric(self.mesh, "a", "fastedge_mesh_refused_total", reason="name_mismatch"), 1.0)
+        self.assertEqual(
+            metric(
+                self.mesh, "a", "fastedge_mesh_refused_total", reason="name_mismatch"
+            ),
+            1.0,
+        )
         (event,) = self.logged("refused")
-        self.assertEqual((event["peer"], event["reason"]), ("b", "the certificate is for x, not b"))
+        self.assertEqual(
+            (event["peer"], event["reason"]), ("b", "the certificate is for x, not b")
+        )
         self.assertTrue(rogue.broker.disconnected)
         self.assertNothingChanged()
 
@@ -83,8 +101,12 @@ class LoginTests(SynchronousTestCase):
         rogue.login("a")
         self.assertEqual(rogue.answer, [])
         self.assertIsNone(rogue.broker)
-        self.assertEqual(metric(self.mesh, "a", "fastedge_mesh_refused_total", reason="tls"), 1.0)
-        (event,) = [e for e in self.logged("TLS handshake") if e.get("direction") == "from"]
+        self.assertEqual(
+            metric(self.mesh, "a", "fastedge_mesh_refused_total", reason="tls"), 1.0
+        )
+        (event,) = [
+            e for e in self.logged("TLS handshake") if e.get("direction") == "from"
+        ]
         self.assertIn("cluster CA", str(event["detail"]))
         self.assertNothingChanged()
 
@@ -100,7 +122,9 @@ class LoginTests(SynchronousTestCase):
         )
         rogue.login("a")
         self.assertEqual(rogue.answer, [])
-        (event,) = [e for e in self.logged("TLS handshake") if e.get("direction") == "from"]
+        (event,) = [
+            e for e in self.logged("TLS handshake") if e.get("direction") == "from"
+        ]
         self.assertEqual(event["detail"], "the certificate has expired")
         self.assertNothingChanged()
 
@@ -124,7 +148,12 @@ class LoginTests(SynchronousTestCase):
         self.mesh.add("c", seeds=[self.mesh.address("impostor-host")])
         self.mesh.advance(1.0)
         self.assertEqual(self.mesh.states("c"), {"c": "alive"})
-        self.assertGreaterEqual(metric(self.mesh, "c", "fastedge_mesh_refused_total", reason="name_mismatch"), 1.0)
+        self.assertGreaterEqual(
+            metric(
+                self.mesh, "c", "fastedge_mesh_refused_total", reason="name_mismatch"
+            ),
+            1.0,
+        )
         self.assertTrue(self.logged("refused the peer"))
 
     def test_unregistered_type_after_login(self) -> None:
@@ -134,7 +163,15 @@ class LoginTests(SynchronousTestCase):
         rogue.login("a")
         rogue.call("announce", ForeignCopy())
         self.assertTrue(rogue.broker.disconnected)
-        self.assertEqual(metric(self.mesh, "a", "fastedge_mesh_peer_disconnects_total", reason="insecure_type"), 1.0)
+        self.assertEqual(
+            metric(
+                self.mesh,
+                "a",
+                "fastedge_mesh_peer_disconnects_total",
+                reason="insecure_type",
+            ),
+            1.0,
+        )
         self.mesh.advance(3.0)
         self.assertEqual(self.mesh.states("a")["b"], "alive")
         self.assertEqual(self.mesh.states("b")["a"], "alive")
@@ -143,6 +180,8 @@ class LoginTests(SynchronousTestCase):
         """A peer may announce only itself."""
         rogue = Rogue(self.mesh, cert_name="newcomer", claim="newcomer")
         rogue.login("a")
-        (result,) = rogue.call("announce", self.mesh.nodes["b"].membership.me.replace(incarnation=9))
+        (result,) = rogue.call(
+            "announce", self.mesh.nodes["b"].membership.me.replace(incarnation=9)
+        )
         self.assertIsInstance(result, Failure)
         self.assertEqual(self.mesh.nodes["a"].node_map.nodes()["b"].incarnation, 1)

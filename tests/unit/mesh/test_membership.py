@@ -34,7 +34,10 @@ class JoinTests(SynchronousTestCase):
         link up to the other."""
         mesh, a, b = mesh_pair(self)
         for node in (a, b):
-            self.assertEqual({n: i.state for n, i in node.node_map.nodes().items()}, {"a": NodeState.ALIVE, "b": NodeState.ALIVE})
+            self.assertEqual(
+                {n: i.state for n, i in node.node_map.nodes().items()},
+                {"a": NodeState.ALIVE, "b": NodeState.ALIVE},
+            )
         self.assertTrue(a.membership.peers["b"].link.up)
         self.assertTrue(b.membership.peers["a"].link.up)
 
@@ -50,9 +53,14 @@ class JoinTests(SynchronousTestCase):
         mesh.advance(2.0)
         everyone = {"a", "b", "c", "d", "e"}
         for node_id in everyone:
-            self.assertEqual(mesh.states(node_id), {n: "alive" for n in everyone}, node_id)
+            self.assertEqual(
+                mesh.states(node_id), {n: "alive" for n in everyone}, node_id
+            )
             peers = mesh.nodes[node_id].membership.peers
-            self.assertEqual({n for n, p in peers.items() if p.link is not None and p.link.up}, everyone - {node_id})
+            self.assertEqual(
+                {n for n, p in peers.items() if p.link is not None and p.link.up},
+                everyone - {node_id},
+            )
 
     def test_announcement_reaches_the_map(self) -> None:
         """What a node announces (deployment, region, addresses, version,
@@ -64,10 +72,18 @@ class JoinTests(SynchronousTestCase):
         mesh.advance(1.5)
         info = mesh.nodes["a"].node_map.nodes()["b"]
         self.assertEqual(
-            (info.deployment, info.addresses, info.incarnation, info.load, info.version),
+            (
+                info.deployment,
+                info.addresses,
+                info.incarnation,
+                info.load,
+                info.version,
+            ),
             ("eu", (mesh.host("b"),), 1, 7, mesh.nodes["b"].version),
         )
-        self.assertEqual([n.node_id for n in mesh.nodes["a"].node_map.live("eu")], ["b"])
+        self.assertEqual(
+            [n.node_id for n in mesh.nodes["a"].node_map.live("eu")], ["b"]
+        )
         load[0] = 12
         mesh.advance(1.5)
         self.assertEqual(mesh.nodes["a"].node_map.nodes()["b"].load, 12)
@@ -160,7 +176,9 @@ class FailureDetectionTests(SynchronousTestCase):
             info = mesh.nodes[observer].node_map.nodes()["c"]
             self.assertEqual((info.state, info.incarnation), (NodeState.ALIVE, 2))
             peer = mesh.nodes[observer].membership.peers["c"]
-            self.assertEqual(peer.link.address, (mesh.host("c"), mesh.nodes["c"].port.getHost().port))
+            self.assertEqual(
+                peer.link.address, (mesh.host("c"), mesh.nodes["c"].port.getHost().port)
+            )
             self.assertTrue(peer.link.up)
         self.assertEqual(mesh.states("c"), {"a": "alive", "b": "alive", "c": "alive"})
 
@@ -200,7 +218,10 @@ class FailureDetectionTests(SynchronousTestCase):
         c = mesh.add("c")
         mesh.advance(1.0)
         peer = mesh.nodes["a"].membership.peers["c"]
-        self.assertEqual((peer.state, peer.announcement.mesh_port), (NodeState.ALIVE, c.port.getHost().port))
+        self.assertEqual(
+            (peer.state, peer.announcement.mesh_port),
+            (NodeState.ALIVE, c.port.getHost().port),
+        )
 
     def test_flapping_link_is_not_dead(self) -> None:
         """Connections between two nodes that drop and come back within a
@@ -240,7 +261,10 @@ class FailureDetectionTests(SynchronousTestCase):
         mesh.advance(20.0)
         self.assertEqual(watch.states(), ["suspect"])
         self.assertEqual(mesh.states("b")["c"], "alive")
-        self.assertGreater(metric(mesh, "a", "fastedge_mesh_indirect_probes_total", outcome="vouched"), 10)
+        self.assertGreater(
+            metric(mesh, "a", "fastedge_mesh_indirect_probes_total", outcome="vouched"),
+            10,
+        )
         crashed = mesh.clock.seconds()
         mesh.crash("c")
         mesh.advance(4.0)
@@ -287,11 +311,28 @@ class FaultTests(SynchronousTestCase):
         mesh.add("b")
         mesh.add("mute", avatar_class=SilentAvatar)
         mesh.advance(10.0)
-        self.assertGreaterEqual(metric(mesh, "a", "fastedge_mesh_peer_disconnects_total", reason="unanswered"), 2)
-        self.assertEqual(metric(mesh, "a", "fastedge_mesh_peer_disconnects_total", reason="unanswered"), metric(mesh, "b", "fastedge_mesh_peer_disconnects_total", reason="unanswered"))
+        self.assertGreaterEqual(
+            metric(
+                mesh, "a", "fastedge_mesh_peer_disconnects_total", reason="unanswered"
+            ),
+            2,
+        )
+        self.assertEqual(
+            metric(
+                mesh, "a", "fastedge_mesh_peer_disconnects_total", reason="unanswered"
+            ),
+            metric(
+                mesh, "b", "fastedge_mesh_peer_disconnects_total", reason="unanswered"
+            ),
+        )
         self.assertEqual(mesh.states("a")["b"], "alive")
         self.assertEqual(mesh.states("b")["a"], "alive")
-        self.assertTrue(any(e.get("reason") == "unanswered" and e.get("peer") == "mute" for e in events))
+        self.assertTrue(
+            any(
+                e.get("reason") == "unanswered" and e.get("peer") == "mute"
+                for e in events
+            )
+        )
 
     def test_stale_and_departed_incarnations_refused(self) -> None:
         """A login of an incarnation older than the known one, or of one that
@@ -308,4 +349,6 @@ class FaultTests(SynchronousTestCase):
         with self.assertRaises(Refused) as cm:
             a.joined(me, object())
         self.assertIn("left", str(cm.exception))
-        self.assertEqual(metric(mesh, "a", "fastedge_mesh_refused_total", reason="leaving"), 1.0)
+        self.assertEqual(
+            metric(mesh, "a", "fastedge_mesh_refused_total", reason="leaving"), 1.0
+        )

@@ -49,7 +49,10 @@ class AnnouncementTests(SynchronousTestCase):
     def test_roundtrip(self) -> None:
         """An announcement crosses the wire unchanged."""
         a = announcement()
-        self.assertEqual(roundtrip([a, ("x", 1, None, True, 2.5, {"k": "v"})]), [a, ("x", 1, None, True, 2.5, {"k": "v"})])
+        self.assertEqual(
+            roundtrip([a, ("x", 1, None, True, 2.5, {"k": "v"})]),
+            [a, ("x", 1, None, True, 2.5, {"k": "v"})],
+        )
 
     def test_invalid_states_refused(self) -> None:
         """A peer cannot make us hold a malformed announcement: bad ids,
@@ -77,7 +80,9 @@ class AnnouncementTests(SynchronousTestCase):
         with self.assertRaises(BadMessage):
             Announcement().setCopyableState(state)
         with self.assertRaises(BadMessage):
-            Announcement().setCopyableState(dict(announcement().getStateToCopy(), extra=1))
+            Announcement().setCopyableState(
+                dict(announcement().getStateToCopy(), extra=1)
+            )
 
     @settings(max_examples=200, deadline=None)
     @given(
@@ -114,14 +119,27 @@ class WhitelistTests(SynchronousTestCase):
 
     def test_no_module_imports(self) -> None:
         """A dotted type naming any module is refused without importing it."""
-        for name in (b"os.system", b"twisted.spread.pb.Broker", b"fastedge.mesh.messages.Announcement.__init__"):
+        for name in (
+            b"os.system",
+            b"twisted.spread.pb.Broker",
+            b"fastedge.mesh.messages.Announcement.__init__",
+        ):
             with self.subTest(name=name):
                 with self.assertRaises(jelly.InsecureJelly):
                     jelly.unjelly([name, []], MESH_SECURITY)
 
     def test_pb_internals_refused(self) -> None:
         """PB's cacheable and local-reference tags are not admitted."""
-        for tag in (b"cached", b"lcache", b"local", b"instance", b"class", b"module", b"function", b"method"):
+        for tag in (
+            b"cached",
+            b"lcache",
+            b"local",
+            b"instance",
+            b"class",
+            b"module",
+            b"function",
+            b"method",
+        ):
             with self.subTest(tag=tag):
                 with self.assertRaises(jelly.InsecureJelly):
                     jelly.unjelly([tag, 1], MESH_SECURITY)

@@ -11,7 +11,9 @@ from fastedge.mesh.interfaces import INodeMap
 from fastedge.mesh.nodemap import NodeInfo, NodeMap, NodeMapChange, NodeState
 
 
-def info(node_id: str = "a", deployment: str = "global", incarnation: int = 1, **kw: object) -> NodeInfo:
+def info(
+    node_id: str = "a", deployment: str = "global", incarnation: int = 1, **kw: object
+) -> NodeInfo:
     return NodeInfo(
         node_id=node_id,
         deployment=deployment,
@@ -40,8 +42,10 @@ class NodeMapTests(SynchronousTestCase):
         with a growing version."""
         self.map.upsert(info("a"))
         self.map.set_state("a", NodeState.SUSPECT)
-        self.assertEqual([(c.version, c.before is None, c.after.state) for c in self.changes],
-                         [(1, True, NodeState.ALIVE), (2, False, NodeState.SUSPECT)])
+        self.assertEqual(
+            [(c.version, c.before is None, c.after.state) for c in self.changes],
+            [(1, True, NodeState.ALIVE), (2, False, NodeState.SUSPECT)],
+        )
 
     def test_live_by_deployment(self) -> None:
         """live() lists only ALIVE nodes of the deployment asked for."""
@@ -72,6 +76,7 @@ class NodeMapTests(SynchronousTestCase):
 
     def test_failing_observer(self) -> None:
         """An observer that raises is logged; the others still hear."""
+
         def bad(change: NodeMapChange) -> None:
             raise RuntimeError("observer bug")
 

@@ -36,10 +36,21 @@ class RelayTests(SynchronousTestCase):
         for i in range(20):
             world.post("a", thread, "n{}".format(i))
         self.assertEqual(world.seqs(subscriber), [("event", n) for n in range(1, 21)])
-        self.assertEqual([m["data"]["comment"]["html"] for m in subscriber.events()], ["<p>n{}</p>".format(i) for i in range(20)])
+        self.assertEqual(
+            [m["data"]["comment"]["html"] for m in subscriber.events()],
+            ["<p>n{}</p>".format(i) for i in range(20)],
+        )
         self.assertIsNone(world.mesh.live["b"].hub.position(world.channel(thread)))
         self.assertEqual(world.received("b"), 0.0)
-        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_events_total", direction="forwarded"), 20.0)
+        self.assertEqual(
+            metric(
+                world.mesh,
+                "a",
+                "fastedge_mesh_relay_events_total",
+                direction="forwarded",
+            ),
+            20.0,
+        )
 
     def test_two_hops_through_the_sequencer(self) -> None:
         """When a third node sequences the channel, the write goes to it and
@@ -51,8 +62,15 @@ class RelayTests(SynchronousTestCase):
         for i in range(5):
             world.post("a", thread, str(i))
         self.assertEqual(world.seqs(subscriber), [("event", n) for n in range(1, 6)])
-        self.assertEqual(world.mesh.live["b"].hub.position(world.channel(thread)).seq, 5)
-        self.assertEqual(metric(world.mesh, "b", "fastedge_mesh_relay_events_total", direction="sent"), 5.0)
+        self.assertEqual(
+            world.mesh.live["b"].hub.position(world.channel(thread)).seq, 5
+        )
+        self.assertEqual(
+            metric(
+                world.mesh, "b", "fastedge_mesh_relay_events_total", direction="sent"
+            ),
+            5.0,
+        )
         self.assertEqual(world.received("a"), 0.0)
 
     def test_writer_node_subscribers_get_it_from_the_sequencer(self) -> None:
@@ -64,7 +82,9 @@ class RelayTests(SynchronousTestCase):
         world.post("a", thread)
         world.post("c", thread)
         self.assertEqual(world.seqs(on_a), [("event", 1), ("event", 2)])
-        self.assertEqual([m["id"] for m in on_a.events()], [m["id"] for m in on_c.events()])
+        self.assertEqual(
+            [m["id"] for m in on_a.events()], [m["id"] for m in on_c.events()]
+        )
 
     def test_coherent_numbering_recovers_on_another_node(self) -> None:
         """A client that followed the channel on c recovers with since on b
@@ -77,10 +97,17 @@ class RelayTests(SynchronousTestCase):
         for i in range(6):
             world.post("a", thread, str(i))
         seen = on_c.events()[3]
-        on_b = world.subscribe("b", url, since=seen["seq"], epoch=seen["id"].split("-")[0])
+        on_b = world.subscribe(
+            "b", url, since=seen["seq"], epoch=seen["id"].split("-")[0]
+        )
         answer = on_b.conn.messages[0]
-        self.assertEqual((answer["type"], answer["reload"], answer["replayed"], answer["seq"]), ("subscribed", False, 2, 6))
-        self.assertEqual([m["id"] for m in on_b.events()], [m["id"] for m in on_c.events()[4:]])
+        self.assertEqual(
+            (answer["type"], answer["reload"], answer["replayed"], answer["seq"]),
+            ("subscribed", False, 2, 6),
+        )
+        self.assertEqual(
+            [m["id"] for m in on_b.events()], [m["id"] for m in on_c.events()[4:]]
+        )
         world.post("a", thread, "later")
         self.assertEqual(on_b.events()[-1]["id"], on_c.events()[-1]["id"])
 
@@ -95,9 +122,14 @@ class RelayTests(SynchronousTestCase):
         world.mesh.crash("c")
         world.post("b", thread, "two")
         world.post("a", thread, "three")
-        again = world.subscribe("b", url, since=last["seq"], epoch=last["id"].split("-")[0])
+        again = world.subscribe(
+            "b", url, since=last["seq"], epoch=last["id"].split("-")[0]
+        )
         self.assertEqual(again.conn.messages[0]["replayed"], 2)
-        self.assertEqual([m["data"]["comment"]["html"] for m in again.events()], ["<p>two</p>", "<p>three</p>"])
+        self.assertEqual(
+            [m["data"]["comment"]["html"] for m in again.events()],
+            ["<p>two</p>", "<p>three</p>"],
+        )
 
     def test_resync_after_a_link_drop(self) -> None:
         """Events stamped while the follower's connections were down are
@@ -119,7 +151,12 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(world.seqs(on_c), [("event", n) for n in range(1, 5)])
         world.post("a", thread, "after")
         self.assertEqual(world.seqs(on_c), [("event", n) for n in range(1, 6)])
-        self.assertGreaterEqual(metric(world.mesh, "c", "fastedge_mesh_relay_resyncs_total", result="replayed"), 1.0)
+        self.assertGreaterEqual(
+            metric(
+                world.mesh, "c", "fastedge_mesh_relay_resyncs_total", result="replayed"
+            ),
+            1.0,
+        )
 
     def test_gap_beyond_history_resets(self) -> None:
         """If the sequencer's history no longer covers what a follower missed,
@@ -141,7 +178,12 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(kinds[0], ("event", 1))
         self.assertEqual(kinds[1][0], "reset")
         self.assertEqual(kinds[-1], ("event", 7))
-        self.assertEqual(metric(world.mesh, "c", "fastedge_mesh_relay_resyncs_total", result="reset"), 1.0)
+        self.assertEqual(
+            metric(
+                world.mesh, "c", "fastedge_mesh_relay_resyncs_total", result="reset"
+            ),
+            1.0,
+        )
 
     def test_new_owner_starts_a_new_epoch(self) -> None:
         """When the sequencer dies, the channel moves to another node, which
@@ -176,10 +218,14 @@ class RelayTests(SynchronousTestCase):
         net.cut(*hosts)
         world.post("a", thread, "queued")
         self.assertEqual(on_c.events(), [])
-        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_forward_queue"), 1.0)
+        self.assertEqual(
+            metric(world.mesh, "a", "fastedge_mesh_relay_forward_queue"), 1.0
+        )
         net.unblock(*hosts)
         world.mesh.advance(1.0)
-        self.assertEqual([m["data"]["comment"]["html"] for m in on_c.events()], ["<p>queued</p>"])
+        self.assertEqual(
+            [m["data"]["comment"]["html"] for m in on_c.events()], ["<p>queued</p>"]
+        )
 
     def test_block_reaches_other_nodes(self) -> None:
         """A viewer who blocks an author through one node stops receiving
@@ -187,15 +233,23 @@ class RelayTests(SynchronousTestCase):
         world = LiveWorld(self)
         thread, url = world.thread_owned_by("a")
         viewer = world.done(
-            world.store.create_anonymous_session(world.tenant.id, created_ms=0, read_preference=world.P)
+            world.store.create_anonymous_session(
+                world.tenant.id, created_ms=0, read_preference=world.P
+            )
         ).value.author_id
-        token = world.mesh.live["c"].api.viewer_tokens.issue(world.tenant.id, viewer, int(world.mesh.clock.seconds()))
+        token = world.mesh.live["c"].api.viewer_tokens.issue(
+            world.tenant.id, viewer, int(world.mesh.clock.seconds())
+        )
         on_c = world.subscribe("c", url, viewer=token)
         world.post("a", thread, "seen")
-        world.mesh.live["b"].service.publisher.block_changed(world.tenant.id, viewer, world.author, True)
+        world.mesh.live["b"].service.publisher.block_changed(
+            world.tenant.id, viewer, world.author, True
+        )
         world.mesh.network.flush()
         world.post("a", thread, "hidden")
-        self.assertEqual([m["data"]["comment"]["html"] for m in on_c.events()], ["<p>seen</p>"])
+        self.assertEqual(
+            [m["data"]["comment"]["html"] for m in on_c.events()], ["<p>seen</p>"]
+        )
 
     def test_prime_with_no_link_to_the_owner(self) -> None:
         """A first subscriber whose channel's sequencer cannot be reached is
@@ -253,8 +307,12 @@ class HousekeepingTests(SynchronousTestCase):
         world.mesh.advance(4.9)
         self.assertEqual(on_a.events(), [])
         world.mesh.advance(0.2)
-        self.assertEqual([m["data"]["comment"]["html"] for m in on_a.events()], ["<p>late</p>"])
-        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_forward_queue"), 0.0)
+        self.assertEqual(
+            [m["data"]["comment"]["html"] for m in on_a.events()], ["<p>late</p>"]
+        )
+        self.assertEqual(
+            metric(world.mesh, "a", "fastedge_mesh_relay_forward_queue"), 0.0
+        )
 
     def test_unused_prime_is_unfollowed(self) -> None:
         """A channel primed for a subscriber that never came is unfollowed
@@ -295,20 +353,40 @@ class IsolationTests(SynchronousTestCase):
         self.assertEqual(world.mesh.states("a")["eu1"], "alive")
         relay = world.mesh.nodes["a"].relay
         for i in range(50):
-            self.assertNotEqual(relay.owner_of((world.tenant.id, "t{}".format(i))), "eu1")
+            self.assertNotEqual(
+                relay.owner_of((world.tenant.id, "t{}".format(i))), "eu1"
+            )
         thread, url = world.thread_owned_by("a")
         eu = world.mesh.nodes["eu1"]
         link = eu.membership.peers["a"].link
         results: list[object] = []
-        link.call("follow", [[world.tenant.id, thread.id, None, None]]).addBoth(results.append)
+        link.call("follow", [[world.tenant.id, thread.id, None, None]]).addBoth(
+            results.append
+        )
         world.mesh.network.flush()
         self.assertIsInstance(results[0], Failure)
         self.assertIn("deployment", results[0].getErrorMessage())
-        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_refused_total", reason="deployment"), 1.0)
+        self.assertEqual(
+            metric(
+                world.mesh,
+                "a",
+                "fastedge_mesh_relay_refused_total",
+                reason="deployment",
+            ),
+            1.0,
+        )
         on_c = world.subscribe("c", url)
         world.post("a", thread)
         self.assertEqual(len(on_c.events()), 1)
-        self.assertEqual(metric(world.mesh, "eu1", "fastedge_mesh_relay_events_total", direction="received"), 0.0)
+        self.assertEqual(
+            metric(
+                world.mesh,
+                "eu1",
+                "fastedge_mesh_relay_events_total",
+                direction="received",
+            ),
+            0.0,
+        )
         self.assertIsNone(world.mesh.live["eu1"].hub.position(world.channel(thread)))
 
     def test_bad_relay_messages_disconnect(self) -> None:
@@ -320,4 +398,12 @@ class IsolationTests(SynchronousTestCase):
         (result,) = rogue.call("follow", [["bad tenant id", "x", None, None]])
         self.assertIsInstance(result, Failure)
         self.assertTrue(rogue.broker.disconnected)
-        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_peer_disconnects_total", reason="bad_message"), 1.0)
+        self.assertEqual(
+            metric(
+                world.mesh,
+                "a",
+                "fastedge_mesh_peer_disconnects_total",
+                reason="bad_message",
+            ),
+            1.0,
+        )

@@ -20,22 +20,32 @@ class MeshRouteTests(SynchronousTestCase):
         self.assertEqual(response.header("cache-control"), "no-store")
         body = response.json
         self.assertEqual(body, self.a.status())
-        self.assertEqual([(n["nodeId"], n["state"]) for n in body["nodes"]], [("a", "alive"), ("b", "alive")])
+        self.assertEqual(
+            [(n["nodeId"], n["state"]) for n in body["nodes"]],
+            [("a", "alive"), ("b", "alive")],
+        )
 
     def test_follows_changes(self) -> None:
         """The answer is the map now: a node that left shows as leaving."""
         self.mesh.stop("b")
         body = self.node.client().get("/api/v1/mesh").json
-        self.assertEqual([(n["nodeId"], n["state"]) for n in body["nodes"]], [("a", "alive"), ("b", "leaving")])
+        self.assertEqual(
+            [(n["nodeId"], n["state"]) for n in body["nodes"]],
+            [("a", "alive"), ("b", "leaving")],
+        )
 
     def test_read_only(self) -> None:
         """Only GET (and HEAD) are served; query parameters are refused."""
         client = self.node.client()
         response = client.post("/api/v1/mesh", json_body={})
-        self.assertEqual((response.code, response.json["error"]["code"]), (405, "method_not_allowed"))
+        self.assertEqual(
+            (response.code, response.json["error"]["code"]), (405, "method_not_allowed")
+        )
         self.assertEqual(response.header("allow"), "GET")
         response = client.get("/api/v1/mesh?x=1")
-        self.assertEqual((response.code, response.json["error"]["code"]), (400, "bad_query"))
+        self.assertEqual(
+            (response.code, response.json["error"]["code"]), (400, "bad_query")
+        )
         self.assertEqual(client.request("HEAD", "/api/v1/mesh").code, 200)
 
     def test_health_shows_the_mesh(self) -> None:
@@ -45,4 +55,10 @@ class MeshRouteTests(SynchronousTestCase):
         self.mesh.advance(3.0)
         response = self.node.client().get("/healthz")
         self.assertEqual(response.code, 200)
-        self.assertEqual(response.json["mesh"], {"incarnation": 1, "peers": {"alive": 0, "suspect": 0, "dead": 1, "leaving": 0}})
+        self.assertEqual(
+            response.json["mesh"],
+            {
+                "incarnation": 1,
+                "peers": {"alive": 0, "suspect": 0, "dead": 1, "leaving": 0},
+            },
+        )

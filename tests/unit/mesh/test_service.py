@@ -36,7 +36,11 @@ class StartTests(SynchronousTestCase):
             listen_endpoint=network.server_endpoint(host),
             client_endpoint=network.client_endpoints(host),
         )
-        self.addCleanup(lambda: self.successResultOf(service.stopService()) if service.running else None)
+        self.addCleanup(
+            lambda: (
+                self.successResultOf(service.stopService()) if service.running else None
+            )
+        )
         return service, cfg
 
     def test_lone_node_makes_its_own_ca(self) -> None:
@@ -48,10 +52,19 @@ class StartTests(SynchronousTestCase):
         service.privilegedStartService()
         service.startService()
         mesh_dir = os.path.dirname(cfg.mesh.ca_file)
-        self.assertEqual(sorted(os.listdir(mesh_dir)), ["ca.key", "ca.pem", "incarnation", "node.key", "node.pem"])
-        self.assertEqual(os.stat(os.path.join(mesh_dir, "node.key")).st_mode & 0o777, 0o600)
-        self.assertEqual(os.stat(os.path.join(mesh_dir, "ca.key")).st_mode & 0o777, 0o600)
-        self.assertEqual(len([e for e in events if "created a new cluster CA" in e["log_format"]]), 1)
+        self.assertEqual(
+            sorted(os.listdir(mesh_dir)),
+            ["ca.key", "ca.pem", "incarnation", "node.key", "node.pem"],
+        )
+        self.assertEqual(
+            os.stat(os.path.join(mesh_dir, "node.key")).st_mode & 0o777, 0o600
+        )
+        self.assertEqual(
+            os.stat(os.path.join(mesh_dir, "ca.key")).st_mode & 0o777, 0o600
+        )
+        self.assertEqual(
+            len([e for e in events if "created a new cluster CA" in e["log_format"]]), 1
+        )
         with open(cfg.mesh.ca_file, "rb") as f:
             ca = f.read()
         self.successResultOf(service.stopService())
@@ -81,13 +94,18 @@ class StartTests(SynchronousTestCase):
         service, _ = self.service(host="0.0.0.0", advertise="[2001:db8::7]:7000")
         service.privilegedStartService()
         service.startService()
-        self.assertEqual((service.membership.me.mesh_host, service.membership.me.mesh_port), ("2001:db8::7", 7000))
+        self.assertEqual(
+            (service.membership.me.mesh_host, service.membership.me.mesh_port),
+            ("2001:db8::7", 7000),
+        )
 
     def test_certificate_expiry_exported(self) -> None:
         """The node's certificate expiry is a metric (for rotation alerts)."""
         service, cfg = self.service()
         service.privilegedStartService()
-        expiry = self.registry.get_sample_value("fastedge_mesh_certificate_expiry_timestamp_seconds")
+        expiry = self.registry.get_sample_value(
+            "fastedge_mesh_certificate_expiry_timestamp_seconds"
+        )
         self.assertGreater(expiry, EPOCH)
 
 
@@ -106,7 +124,13 @@ class ViewTests(SynchronousTestCase):
         self.assertEqual((by_id["b"]["state"], by_id["b"]["link"]), ("alive", "up"))
         self.assertIsInstance(by_id["b"]["rttMs"], float)
         self.assertEqual(by_id["b"]["addresses"], [mesh.host("b")])
-        self.assertEqual(a.health(), {"incarnation": 1, "peers": {"alive": 1, "suspect": 0, "dead": 0, "leaving": 0}})
+        self.assertEqual(
+            a.health(),
+            {
+                "incarnation": 1,
+                "peers": {"alive": 1, "suspect": 0, "dead": 0, "leaving": 0},
+            },
+        )
         self.assertEqual(metric(mesh, "a", "fastedge_mesh_links", state="up"), 1.0)
 
     def test_stop_closes_everything(self) -> None:
@@ -119,7 +143,9 @@ class ViewTests(SynchronousTestCase):
         self.assertEqual(factory.brokers, set())
         self.assertNotIn(("127.0.0.1", 7001), mesh.network.listeners)
         self.assertEqual(metric(mesh, "a", "fastedge_mesh_links", state="up"), 0.0)
-        self.assertEqual(metric(mesh, "a", "fastedge_mesh_links", state="connecting"), 0.0)
+        self.assertEqual(
+            metric(mesh, "a", "fastedge_mesh_links", state="connecting"), 0.0
+        )
 
     def test_not_started(self) -> None:
         """Before it starts, the service answers views with an empty map."""

@@ -62,6 +62,10 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=Fa
 #: answer gives positions only; the follower resets where it must).
 FOLLOW_BATCH = 50
 ANSWER_BUDGET = 256 * 1024
+#: Owners remembered (recomputed after a map change, or when full).
+OWNER_CACHE = 100_000
+#: Seconds between sweeps of what is remembered of forgotten channels.
+PRUNE_SECONDS = 60.0
 
 
 def to_wire(event: Event, stamp: Stamp | None) -> RelayedEvent:
@@ -167,6 +171,7 @@ class Relay:
         self._candidates: tuple[str, ...] | None = None
         self._owners: dict[ChannelKey, str | None] = {}
         self._rebalance_call: IDelayedCall | None = None
+        self._pruned = float("-inf")
         hub.add_listener(self)
 
     # Wiring
@@ -220,6 +225,8 @@ class Relay:
         if channel in self._owners:
             return self._owners[channel]
         owner = rendezvous(channel, self._owner_set())
+        if len(self._owners) >= OWNER_CACHE:
+            self._owners.clear()
         self._owners[channel] = owner
         return owner
 
@@ -755,6 +762,13 @@ class Relay:
                 and self._link_to(follow.owner) is not None
             ):
                 self._follow(follow.owner, [channel])
+        if now - self._pruned >= PRUNE_SECONDS:
+            self._pruned = now
+            # The hub forgets idle channels; so does the relay.
+            for channel, epoch in list(self.followed_epoch.items()):
+                position = self.hub.position(channel)
+                if position is None or position.epoch != epoch:
+                    del self.followed_epoch[channel]
         self._count_channels()
 
     def _count_channels(self) -> None:

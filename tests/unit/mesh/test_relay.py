@@ -342,6 +342,22 @@ class HousekeepingTests(SynchronousTestCase):
         self.assertEqual(world.mesh.nodes["a"].relay.followers, {})
 
 
+    def test_forgotten_channels_are_forgotten_here_too(self) -> None:
+        """Once the hub forgets an idle followed channel, the relay drops
+        what it remembered of its numbering (memory stays bounded)."""
+        world = LiveWorld(self, live_overrides={"history_seconds": 10.0})
+        thread, url = world.thread_owned_by("a")
+        on_c = world.subscribe("c", url)
+        world.post("a", thread)
+        relay = world.mesh.nodes["c"].relay
+        self.assertIn(world.channel(thread), relay.followed_epoch)
+        on_c.close()
+        world.mesh.advance(12.0)
+        world.mesh.live["c"].hub.expire()
+        world.mesh.advance(61.0, step=0.5)
+        self.assertEqual(relay.followed_epoch, {})
+
+
 class IsolationTests(SynchronousTestCase):
     def test_other_deployment_gets_nothing(self) -> None:
         """A node of another deployment never sequences, follows or receives

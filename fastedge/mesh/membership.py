@@ -644,8 +644,15 @@ class Membership:
                     peer.link.stop()
                 peer.link = via
             if announcement != peer.announcement:
+                before = peer.announcement
                 peer.announcement = announcement
                 self.node_map.upsert(node_info(announcement, peer.state))
+                moved = (before.mesh_host, before.mesh_port) != (announcement.mesh_host, announcement.mesh_port)
+                if moved and via is None and peer.link is not None and not self.leaving:
+                    # The same life at another address (its incarnation
+                    # file was lost): link to where it is now.
+                    peer.link.stop()
+                    peer.link = self._connect(node_id, announcement.mesh_host, announcement.mesh_port)
             peer.last_heard = now
             peer.dead_since = None
             peer.detector.heard()

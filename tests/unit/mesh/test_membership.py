@@ -217,11 +217,11 @@ class FailureDetectionTests(SynchronousTestCase):
         os.unlink(os.path.join(mesh.data_dirs["c"], "mesh", "incarnation"))
         c = mesh.add("c")
         mesh.advance(1.0)
-        peer = mesh.nodes["a"].membership.peers["c"]
-        self.assertEqual(
-            (peer.state, peer.announcement.mesh_port),
-            (NodeState.ALIVE, c.port.getHost().port),
-        )
+        port = c.port.getHost().port
+        for observer in ("a", "b"):
+            peer = mesh.nodes[observer].membership.peers["c"]
+            self.assertEqual((peer.state, peer.announcement.mesh_port), (NodeState.ALIVE, port))
+            self.assertEqual((peer.link.address[1], peer.link.up), (port, True))
 
     def test_flapping_link_is_not_dead(self) -> None:
         """Connections between two nodes that drop and come back within a

@@ -271,6 +271,32 @@ class FailureDetectionTests(SynchronousTestCase):
         self.assertEqual(watch.states(), ["suspect", "dead"])
         self.assertLessEqual(watch.when("dead") - crashed, 2.5 + TICK + 1e-6)
 
+    def test_partition_heals(self) -> None:
+        """Two nodes cut off from each other long enough to be DEAD to each
+        other find each other again when the network heals."""
+        mesh, a, b = mesh_pair(self)
+        mesh.network.block(mesh.host("a"), mesh.host("b"))
+        mesh.network.cut(mesh.host("a"), mesh.host("b"))
+        mesh.advance(4.0)
+        self.assertEqual((mesh.states("a")["b"], mesh.states("b")["a"]), ("dead", "dead"))
+        mesh.network.unblock(mesh.host("a"), mesh.host("b"))
+        mesh.advance(7.0)
+        self.assertEqual((mesh.states("a")["b"], mesh.states("b")["a"]), ("alive", "alive"))
+
+    def test_long_dead_nodes_are_not_retried(self) -> None:
+        """After forget_dead_seconds a DEAD node's link is stopped (it stays
+        in the map, DEAD; it rejoins by itself if it comes back)."""
+        mesh = three(self, forget_dead_seconds=10.0)
+        mesh.crash("c")
+        mesh.advance(5.0)
+        self.assertIsNotNone(mesh.nodes["a"].membership.peers["c"].link)
+        mesh.advance(9.0)
+        self.assertIsNone(mesh.nodes["a"].membership.peers["c"].link)
+        self.assertEqual(mesh.states("a")["c"], "dead")
+        mesh.add("c")
+        mesh.advance(1.0)
+        self.assertEqual(mesh.states("a")["c"], "alive")
+
     def test_clock_skew_is_harmless(self) -> None:
         """Nodes whose clocks read wildly differently (only durations and
         round trips are compared, never timestamps) agree and detect a crash

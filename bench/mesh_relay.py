@@ -17,7 +17,9 @@ CPU (``--node-cpu``); this process, the load client, on the other.
    - the subscribers' node sequences: a forwards the write to c;
    - via a third node: a forwards to b, b pushes to c.
 
-   "relay adds" is each line's p50/p99 minus the local line's.
+   "relay adds" is each line's p50/p99 minus the local line's. All four
+   groups of subscribers are connected at once and the posts go
+   round-robin over them, so drifting load on the machine hits all alike.
 
 2. Failure detection. Ten times: SIGKILL node c and time until both a and
    b show it DEAD in ``GET /api/v1/mesh`` (polled every 10 ms), then start
@@ -291,53 +293,41 @@ def subscribers(port: int, tenant: str, url_id: str, n: int) -> tuple[Any, dict[
     return ep, conns
 
 
-def measure(poster: Poster, url_id: str, ep: Any, conns: dict[int, Conn], posts: int, warmup: int) -> dict[str, float]:
-    """POST one comment at a time; time to the first and last subscriber."""
+def one_post(poster: Poster, url_id: str, ep: Any, conns: dict[int, Conn], target: int, text: str) -> tuple[float, float]:
+    """POST one comment; wait until every subscriber of the group holds
+    ``target`` events. Returns (ms to the first, ms to the last)."""
     n = len(conns)
-    firsts: list[float] = []
-    lasts: list[float] = []
-    for i in range(warmup + posts):
-        target = i + 1
-        done = 0
-        first = 0.0
-        t0 = time.monotonic()
-        poster.sock.sendall(poster.request(url_id, "comment {}".format(i)))
-        deadline = t0 + 30
-        while done < n:
-            if time.monotonic() > deadline:
-                raise SystemExit("timed out: {} of {} subscribers got comment {}".format(done, n, i))
-            for fd, _ in ep.poll(1.0):
-                c = conns[fd]
-                data = c.sock.recv(262144)
-                if not data:
-                    raise SystemExit("a subscriber was closed")
-                got, _ = frames(c, data, False)
-                if not got:
-                    continue
-                if not first:
-                    first = time.monotonic()
-                before = c.count
-                c.count += got
-                if before < target <= c.count:
-                    done += 1
-        last = time.monotonic()
-        poster.read_response()
-        if i >= warmup:
-            firsts.append((first - t0) * 1000.0)
-            lasts.append((last - t0) * 1000.0)
-        time.sleep(0.02)
-    for c in conns.values():
-        c.sock.close()
-    ep.close()
-    return {
-        "first_p50_ms": pct(firsts, 50),
-        "first_p99_ms": pct(firsts, 99),
-        "last_p50_ms": pct(lasts, 50),
-        "last_p99_ms": pct(lasts, 99),
-    }
+    done = 0
+    first = 0.0
+    t0 = time.monotonic()
+    poster.sock.sendall(poster.request(url_id, text))
+    deadline = t0 + 30
+    while done < n:
+        if time.monotonic() > deadline:
+            raise SystemExit("timed out: {} of {} subscribers got {!r}".format(done, n, text))
+        for fd, _ in ep.poll(1.0):
+            c = conns[fd]
+            data = c.sock.recv(262144)
+            if not data:
+                raise SystemExit("a subscriber was closed")
+            got, _ = frames(c, data, False)
+            if not got:
+                continue
+            if not first:
+                first = time.monotonic()
+            before = c.count
+            c.count += got
+            if before < target <= c.count:
+                done += 1
+    last = time.monotonic()
+    poster.read_response()
+    return (first - t0) * 1000.0, (last - t0) * 1000.0
 
 
 def relay_part(cluster: Cluster, tenant: str, n: int, posts: int) -> list[tuple[str, dict[str, float]]]:
+    """Every scenario's subscribers are connected at once and the posts go
+    round-robin over the scenarios, so they all see the same conditions
+    (other load on the machine drifts; this cancels it out)."""
     poster = Poster(cluster.http["a"], tenant)
     taken: set[str] = set()
     scenarios = [
@@ -346,12 +336,32 @@ def relay_part(cluster: Cluster, tenant: str, n: int, posts: int) -> list[tuple[
         ("relay: a forwards, c sequences", "c", "c"),
         ("relay: a -> b sequences -> c", "c", "b"),
     ]
-    results = []
+    groups = []
     for label, sub_node, owner in scenarios:
         url_id, _ = thread_owned_by(cluster, poster, owner, taken)
         ep, conns = subscribers(cluster.http[sub_node], tenant, url_id, n)
-        results.append((label, measure(poster, url_id, ep, conns, posts, warmup=3)))
-        print("  {}: {}".format(label, results[-1][1]), file=sys.stderr)
+        groups.append((label, url_id, ep, conns, [], []))
+    warmup = 3
+    for i in range(warmup + posts):
+        for label, url_id, ep, conns, firsts, lasts in groups:
+            first, last = one_post(poster, url_id, ep, conns, i + 1, "comment {}".format(i))
+            if i >= warmup:
+                firsts.append(first)
+                lasts.append(last)
+            time.sleep(0.01)
+    results = []
+    for label, url_id, ep, conns, firsts, lasts in groups:
+        for c in conns.values():
+            c.sock.close()
+        ep.close()
+        figures = {
+            "first_p50_ms": pct(firsts, 50),
+            "first_p99_ms": pct(firsts, 99),
+            "last_p50_ms": pct(lasts, 50),
+            "last_p99_ms": pct(lasts, 99),
+        }
+        print("  {}: {}".format(label, figures), file=sys.stderr)
+        results.append((label, figures))
     return results
 
 
@@ -375,7 +385,7 @@ def detection_part(cluster: Cluster, kills: int) -> dict[str, list[float]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subscribers", type=int, default=1000)
-    ap.add_argument("--posts", type=int, default=50)
+    ap.add_argument("--posts", type=int, default=200)
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--node-cpu", default="0")
     args = ap.parse_args()

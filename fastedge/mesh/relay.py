@@ -62,6 +62,8 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=Fa
 #: answer gives positions only; the follower resets where it must).
 FOLLOW_BATCH = 50
 ANSWER_BUDGET = 256 * 1024
+#: Events per ``events`` or ``publish`` call, at most (the receiver's limit).
+EVENTS_BATCH = 1000
 #: Owners remembered (recomputed after a map change, or when full).
 OWNER_CACHE = 100_000
 #: Seconds between sweeps of what is remembered of forgotten channels.
@@ -172,6 +174,11 @@ class Relay:
         self._owners: dict[ChannelKey, str | None] = {}
         self._rebalance_call: IDelayedCall | None = None
         self._pruned = float("-inf")
+        # Pushes and forwards made in one reactor turn go out as one call
+        # per peer (a busy channel costs calls per turn, not per event).
+        self._pushes: dict[Any, list[RelayedEvent]] = {}
+        self._push_call: IDelayedCall | None = None
+        self._forward_call: IDelayedCall | None = None
         hub.add_listener(self)
 
     # Wiring
@@ -304,19 +311,30 @@ class Relay:
         if not followers:
             return
         wire = to_wire(prepared.event, prepared.stamp)
+        for session in followers:
+            self._pushes.setdefault(session, []).append(wire)
+        if self._push_call is None:
+            self._push_call = self.mesh.reactor.callLater(0, self._send_pushes)
+
+    def _send_pushes(self) -> None:
+        """Send what this turn stamped to each follower, in stamp order."""
+        self._push_call = None
+        pushes, self._pushes = self._pushes, {}
         limit = self.mesh.cfg.max_pending_calls
-        for session in list(followers):
+        for session, wires in pushes.items():
             broker = session.broker
             if broker is None or broker.disconnected or session.mind is None:
                 continue
             if broker.pending_calls() >= limit:
                 broker.violation(
                     "unanswered",
-                    "{} relayed events awaiting acknowledgement".format(limit),
+                    "{} relayed event batches awaiting acknowledgement".format(limit),
                 )
                 continue
-            session.mind.callRemote("events", [wire]).addErrback(lambda f: None)
-            self._metrics.relay_events.labels("sent").inc()
+            for start in range(0, len(wires), EVENTS_BATCH):
+                batch = wires[start : start + EVENTS_BATCH]
+                session.mind.callRemote("events", batch).addErrback(lambda f: None)
+            self._metrics.relay_events.labels("sent").inc(len(wires))
 
     def _forward(self, owner: str, event: Event, hops: int) -> None:
         queue = self._outbox.setdefault(owner, [])
@@ -331,7 +349,13 @@ class Relay:
             )
             self._sequence(dropped.event)
         self._metrics.relay_queue.set(sum(len(q) for q in self._outbox.values()))
-        self._flush(owner)
+        if self._forward_call is None:
+            self._forward_call = self.mesh.reactor.callLater(0, self._flush_all)
+
+    def _flush_all(self) -> None:
+        self._forward_call = None
+        for owner in list(self._outbox):
+            self._flush(owner)
 
     def _link_to(self, node_id: str) -> Any:
         peer = self.mesh.membership.peers.get(node_id)
@@ -347,6 +371,7 @@ class Relay:
             return
         link = self._link_to(owner)
         kept: list[_Forward] = []
+        sending: dict[int, list[_Forward]] = {}
         for item in queue:
             now_owner = self.owner_of(item.event.channel)
             if now_owner is None or now_owner == self._me:
@@ -356,20 +381,22 @@ class Relay:
             elif link is None:
                 kept.append(item)
             else:
-                self._send_forward(link, item)
+                sending.setdefault(item.hops, []).append(item)
         if kept:
             self._outbox.setdefault(owner, []).extend(kept)
+        for hops, items in sending.items():
+            for start in range(0, len(items), EVENTS_BATCH):
+                self._send_forwards(link, items[start : start + EVENTS_BATCH], hops)
         self._metrics.relay_queue.set(sum(len(q) for q in self._outbox.values()))
 
-    def _send_forward(self, link: Any, item: _Forward) -> None:
-        d = self.mesh.membership._call(
-            link, "publish", to_wire(item.event, None), item.hops
-        )
-        self._metrics.relay_events.labels("forwarded").inc()
+    def _send_forwards(self, link: Any, items: list[_Forward], hops: int) -> None:
+        wires = [to_wire(item.event, None) for item in items]
+        d = self.mesh.membership._call(link, "publish", wires, hops)
+        self._metrics.relay_events.labels("forwarded").inc(len(items))
 
         def failed(f: Failure) -> None:
             # Not delivered (the link dropped): wait for the owner again.
-            self._outbox.setdefault(link.peer_id, []).append(item)
+            self._outbox.setdefault(link.peer_id, []).extend(items)
             self._metrics.relay_queue.set(sum(len(q) for q in self._outbox.values()))
 
         d.addErrback(failed)
@@ -672,19 +699,24 @@ class Relay:
             self._sessions.get(session, set()).discard(channel)
         self._count_channels()
 
-    def _serve_publish(self, session: Any, wire: Any, hops: Any) -> None:
-        if not isinstance(wire, RelayedEvent) or wire.epoch is not None:
-            raise BadMessage("publish takes one unstamped relayed event")
+    def _serve_publish(self, session: Any, wires: Any, hops: Any) -> None:
+        if (
+            not isinstance(wires, (list, tuple))
+            or not 0 < len(wires) <= EVENTS_BATCH
+            or not all(isinstance(w, RelayedEvent) and w.epoch is None for w in wires)
+        ):
+            raise BadMessage("publish takes a list of unstamped relayed events")
         if not isinstance(hops, int) or isinstance(hops, bool) or not 0 <= hops <= 2:
             raise BadMessage("hops must be 0, 1 or 2")
-        event = from_wire(wire)
-        owner = self.owner_of(event.channel)
-        if owner is None or owner == self._me or hops >= 1:
-            # Views of the mesh may differ for a moment: a write is passed on
-            # at most once, then sequenced wherever it is.
-            self._sequence(event)
-        else:
-            self._forward(owner, event, hops + 1)
+        for wire in wires:
+            event = from_wire(wire)
+            owner = self.owner_of(event.channel)
+            if owner is None or owner == self._me or hops >= 1:
+                # Views of the mesh may differ for a moment: a write is passed
+                # on at most once, then sequenced wherever it is.
+                self._sequence(event)
+            else:
+                self._forward(owner, event, hops + 1)
 
     def _serve_block(
         self, tenant_id: Any, viewer: Any, author: Any, blocked: Any
@@ -697,8 +729,10 @@ class Relay:
         self.hub.set_blocked((tenant_id, viewer), author, blocked)
 
     def _receive_events(self, link: Any, wires: Any) -> None:
-        if not isinstance(wires, (list, tuple)) or not wires or len(wires) > 1000:
-            raise BadMessage("events must be a list of 1 to 1000 relayed events")
+        if not isinstance(wires, (list, tuple)) or not 0 < len(wires) <= EVENTS_BATCH:
+            raise BadMessage(
+                "events must be a list of 1 to {} relayed events".format(EVENTS_BATCH)
+            )
         for wire in wires:
             if not isinstance(wire, RelayedEvent) or wire.epoch is None:
                 raise BadMessage("events must be stamped relayed events")

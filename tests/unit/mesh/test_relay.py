@@ -52,6 +52,30 @@ class RelayTests(SynchronousTestCase):
             20.0,
         )
 
+    def test_a_burst_goes_in_few_calls(self) -> None:
+        """Events stamped in one reactor turn reach a follower in batches (a
+        busy channel costs calls per turn, not per event: far under the
+        peers' call-rate limit), complete and in order."""
+        world = LiveWorld(self)
+        thread, url = world.thread_owned_by("a")
+        on_c = world.subscribe("c", url)
+        publisher = world.mesh.live["a"].service.publisher
+        comment = world.post("a", thread)
+        before = metric(
+            world.mesh, "c", "fastedge_mesh_calls_received_total", method="cb_events"
+        )
+        for likes in range(2500):
+            publisher.likes(comment, likes)
+        world.mesh.network.flush()
+        after = metric(
+            world.mesh, "c", "fastedge_mesh_calls_received_total", method="cb_events"
+        )
+        self.assertEqual(after - before, 3)
+        self.assertEqual(
+            [m["data"]["likes"] for m in on_c.events()[1:]], list(range(2500))
+        )
+        self.assertEqual(world.seqs(on_c), [("event", n) for n in range(1, 2502)])
+
     def test_two_hops_through_the_sequencer(self) -> None:
         """When a third node sequences the channel, the write goes to it and
         from it to the interested node only: the subscriber on c gets each
@@ -340,7 +364,6 @@ class HousekeepingTests(SynchronousTestCase):
         world.post("a", thread)
         self.assertEqual(world.received("c"), 1.0)
         self.assertEqual(world.mesh.nodes["a"].relay.followers, {})
-
 
     def test_forgotten_channels_are_forgotten_here_too(self) -> None:
         """Once the hub forgets an idle followed channel, the relay drops

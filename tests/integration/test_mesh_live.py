@@ -142,6 +142,19 @@ class MeshLiveTests(TestCase):
             c.getServiceNamed("mesh").relay.owner_of(channel), relay_a.owner_of(channel)
         )
 
+        async def relay_counts(node: IService) -> list[str]:
+            text = await (
+                await treq.get(self.http_base(node) + "/metrics", pool=pool)
+            ).text()
+            return [
+                line
+                for line in text.splitlines()
+                if line.startswith("fastedge_mesh_relay_events_total{")
+            ]
+
+        # (Threads B sequences were made on the way: their first comments
+        # went to B. What counts is that nothing more reaches it.)
+        b_before = await relay_counts(b)
         port_c = int(self.http_base(c).rsplit(":", 1)[1])
         factory = WebSocketClientFactory("ws://127.0.0.1:{}/live".format(port_c))
         factory.protocol = WaitingClient

@@ -164,7 +164,8 @@ class ThreeNodeTests(TestCase):
 
     def test_converge(self) -> None:
         """Three nodes (b and c seeded with the running ones) converge to one
-        map, everyone ALIVE, with a link up from each to each."""
+        map, everyone ALIVE, with a link up from each to each; every mesh
+        connection has Nagle's algorithm off under its TLS."""
         self.assertConverged("a", "b", "c")
         for node_id, service in self.cluster.nodes.items():
             assert service.membership is not None
@@ -176,6 +177,11 @@ class ThreeNodeTests(TestCase):
                 },
                 {"a", "b", "c"} - {node_id},
             )
+            assert service.server_factory is not None
+            for broker in service.server_factory.brokers:
+                self.assertTrue(broker.transport.transport.getTcpNoDelay())
+            for peer in service.membership.peers.values():
+                self.assertTrue(peer.link.broker.transport.transport.getTcpNoDelay())
 
     @inlineCallbacks
     def test_clean_stop_withdrawn_at_once(self) -> Any:

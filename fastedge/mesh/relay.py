@@ -250,7 +250,7 @@ class Relay:
         self._candidates = None
         self._owners.clear()
         if self._rebalance_call is None and self.mesh is not None:
-            self._rebalance_call = self.mesh.clock.callLater(0, self._rebalance)
+            self._rebalance_call = self.mesh.reactor.callLater(0, self._rebalance)
 
     def _rebalance(self) -> None:
         """Owners may have moved: follow channels at their new owners."""

@@ -950,6 +950,7 @@ class MemoryNetwork:
         self.blocked.add(frozenset((a, b)))
 
     def unblock(self, a: str, b: str) -> None:
+        """Accept new connections between ``a`` and ``b`` again."""
         self.blocked.discard(frozenset((a, b)))
 
 
@@ -1140,6 +1141,7 @@ class RecordingConnection:
         """Nothing to close in memory."""
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
+        """The messages of one ``type``."""
         return [m for m in self.messages if m.get("type") == kind]
 
 
@@ -1169,9 +1171,11 @@ class LiveSubscriber:
         return self.live.subscribe(Subscribe(tenant_id, url_id, **extra), answered)
 
     def events(self) -> list[dict[str, Any]]:
+        """The ``event`` messages received, in order."""
         return self.conn.of_type("event")
 
     def close(self) -> None:
+        """The client goes away: it leaves every channel."""
         self.live.close()
 
 
@@ -1190,6 +1194,8 @@ class LiveMesh(MemoryMesh):
         self._live_overrides = live_overrides or {}
 
     def add(self, node_id: str, *, deployment: str = "global", start: bool = True, **kw: Any) -> Any:
+        """Make (and start) a node with live threads relayed over the mesh
+        (see :meth:`MemoryMesh.add` for the arguments)."""
         from .mesh.relay import connect_relay
 
         service = super().add(node_id, deployment=deployment, start=False, **kw)

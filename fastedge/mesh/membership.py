@@ -211,10 +211,12 @@ class Peer:
 
     @property
     def node_id(self) -> str:
+        """The peer's node id."""
         return self.announcement.node_id
 
     @property
     def state(self) -> NodeState:
+        """What this node believes of it (SUSPECT before any verdict)."""
         return self.detector.state or NodeState.SUSPECT
 
 

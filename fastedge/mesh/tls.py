@@ -241,6 +241,7 @@ class MeshIdentity:
 
     @property
     def not_after(self) -> datetime.datetime:
+        """When the node's certificate expires."""
         return self.certificate.not_valid_after_utc
 
 

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -583,3 +584,196 @@ def postgres_dsn(server: PostgresServer, schema: str, **settings: str) -> str:
     with any other session ``settings`` (``synchronous_commit=...``)."""
     options = " ".join("-c {}={}".format(k, v) for k, v in dict(search_path=schema, **settings).items())
     return server.dsn(options=options)
+
+
+# GeoDNS ---------------------------------------------------------------------
+
+#: Points used across the GeoDNS tests: (latitude, longitude, country, continent).
+PLACES: dict[str, tuple[float, float, str, str]] = {
+    "london": (51.5072, -0.1276, "GB", "EU"),
+    "frankfurt": (50.1109, 8.6821, "DE", "EU"),
+    "new-york": (40.7128, -74.0060, "US", "NA"),
+    "tokyo": (35.6762, 139.6503, "JP", "AS"),
+    "sydney": (-33.8688, 151.2093, "AU", "OC"),
+}
+
+
+def write_geo_db(
+    path: str, networks: Mapping[str, tuple[float, float, str, str]], *, ip_version: int = 6
+) -> str:
+    """Write a small MaxMind DB of the GeoIP2-City shape with ``mmdb-writer``.
+
+    :param networks: CIDR -> (latitude, longitude, country, continent).
+    :returns: ``path``.
+    """
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=ip_version, database_type="GeoIP2-City", ipv4_compatible=ip_version == 6)
+    for cidr, (lat, lon, country, continent) in networks.items():
+        writer.insert_network(
+            IPSet([cidr]),
+            {
+                "location": {"latitude": lat, "longitude": lon, "accuracy_radius": 50},
+                "country": {"iso_code": country},
+                "continent": {"code": continent},
+            },
+        )
+    writer.to_db_file(path)
+    return path
+
+
+def node_info(
+    node_id: str,
+    place: str,
+    *,
+    deployment: str = "global",
+    addresses: tuple[str, ...] | None = None,
+    region: str | None = None,
+    load: int = 0,
+) -> Any:
+    """A ``NodeInfo`` of a node at one of :data:`PLACES`."""
+    from .mesh.nodemap import NodeInfo
+
+    lat, lon, _country, _continent = PLACES[place]
+    return NodeInfo(
+        node_id=node_id,
+        deployment=deployment,
+        region=region or place,
+        latitude=lat,
+        longitude=lon,
+        addresses=addresses or ("192.0.2.{}".format(zlib.crc32(node_id.encode()) % 250 + 1),),
+        version="test",
+        incarnation=1,
+        load=load,
+    )
+
+
+class CapturingDatagramTransport:
+    """A UDP transport that keeps what is written (``(bytes, address)``)."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, Any]] = []
+
+    def write(self, data: bytes, address: Any = None) -> None:
+        self.written.append((data, address))
+
+
+def dns_query(
+    name: str,
+    rdtype: str = "A",
+    *,
+    ecs: str | None = None,
+    edns: bool | int = False,
+    qid: int = 4242,
+    tcp: bool = False,
+) -> bytes:
+    """A query in wire format (built with dnspython).
+
+    :param ecs: ``"81.2.69.0/24"``: an EDNS Client Subnet option (implies EDNS).
+    :param edns: ``True`` or a UDP payload size: add an OPT record.
+    """
+    import dns.edns
+    import dns.message
+
+    options = []
+    if ecs is not None:
+        address, prefix = ecs.split("/")
+        options.append(dns.edns.ECSOption(address, int(prefix)))
+    use_edns = edns is not False or ecs is not None
+    payload = edns if isinstance(edns, int) and not isinstance(edns, bool) else 1232
+    if use_edns:
+        q = dns.message.make_query(name, rdtype, use_edns=0, payload=payload, options=options)
+    else:
+        q = dns.message.make_query(name, rdtype, use_edns=False)
+    q.id = qid
+    q.flags &= ~0x0100  # no RD: we are asked as an authority
+    return bytes(q.to_wire())
+
+
+def dns_response(data: bytes) -> Any:
+    """Parse a response with dnspython (``dns.message.Message``)."""
+    import dns.message
+
+    return dns.message.from_wire(data)
+
+
+class DnsHarness:
+    """A GeoDNS server over a real NodeMap and (optionally) a real GeoIP
+    index, queried in memory, synchronously.
+
+    :ivar node_map: change it by hand (upsert, set_state) as the mesh will.
+    """
+
+    def __init__(
+        self,
+        testcase: SynchronousTestCase,
+        *,
+        nodes: Any = (),
+        geo_db: str | None = None,
+        policy: Any = None,
+        **dns_overrides: Any,
+    ) -> None:
+        from .config import DnsConfig, GeoConfig, _derive_zone
+        from .dns.metrics import DnsStats
+        from .dns.policy import NearestLive
+        from .dns.server import EdgeDatagramProtocol
+        from .dns.service import build_server
+        from .geo.service import GeoService
+        from .mesh.nodemap import NodeMap
+        from .metrics.registry import new_registry
+
+        self.clock = Clock()
+        self.clock.advance(EPOCH)
+        self.node_map = NodeMap()
+        for node in nodes:
+            self.node_map.upsert(node)
+        self.geo = None
+        registry = new_registry()
+        if geo_db is not None:
+            self.geo = GeoService(
+                GeoConfig(database=geo_db, request_file=geo_db + ".request"),
+                reactor=self.clock,
+                registry=registry,
+                run=run_inline,
+            )
+            self.geo.privilegedStartService()
+        if "zones" in dns_overrides:
+            dns_overrides["zones"] = tuple(_derive_zone(z) for z in dns_overrides["zones"])
+        else:
+            dns_overrides["zones"] = tuple(_derive_zone(z) for z in DnsConfig().zones)
+        self.config = dataclasses.replace(DnsConfig(), **dns_overrides)
+        self.stats = DnsStats()
+        self.factory, self.table = build_server(
+            self.config,
+            clock=self.clock,
+            node_map=self.node_map,
+            geo=self.geo,
+            policy=policy or NearestLive(),
+            stats=self.stats,
+        )
+        self.transport = CapturingDatagramTransport()
+        self.udp = EdgeDatagramProtocol(self.factory, reactor=self.clock)
+        self.udp.transport = self.transport  # type: ignore[assignment]
+
+    def send(self, data: bytes, source: str = "198.51.100.7") -> bytes | None:
+        """Send one datagram; the answer (``None`` when none was sent)."""
+        before = len(self.transport.written)
+        self.udp.datagramReceived(data, (source, 53000))
+        written = self.transport.written[before:]
+        if not written:
+            return None
+        ((answer, address),) = written
+        assert address == (source, 53000)
+        return answer
+
+    def ask(self, name: str, rdtype: str = "A", *, source: str = "198.51.100.7", **kw: Any) -> Any:
+        """Query and parse the answer (dnspython ``Message``)."""
+        answer = self.send(dns_query(name, rdtype, **kw), source)
+        assert answer is not None, "no answer"
+        return dns_response(answer)
+
+    def addresses(self, name: str, rdtype: str = "A", **kw: Any) -> list[str]:
+        """The addresses answered, in order."""
+        response = self.ask(name, rdtype, **kw)
+        return [rr.address for rrset in response.answer for rr in rrset]

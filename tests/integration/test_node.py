@@ -28,7 +28,9 @@ class NodeTests(TestCase):
     def setUp(self):  # type: ignore[no-untyped-def]
         self.data_dir = os.path.abspath(self.mktemp())
         options = Options()
-        options.parseOptions(["--data-dir", self.data_dir, "--http", "tcp:0:interface=127.0.0.1", "--node-id", "it-1"])
+        options.parseOptions(
+            ["--data-dir", self.data_dir, "--http", "tcp:0:interface=127.0.0.1", "--node-id", "it-1", "--dns-port", "0"]
+        )
         self.node = makeService(options)
         self.node.privilegedStartService()
         self.node.startService()

@@ -185,7 +185,11 @@ def _parse_opt(data: bytes, at: int, rdlen: int, udp_size: int, ttl: int, header
         if code == OPTION_ECS:
             if ecs is not None:
                 raise Malformed(FORMERR, "two ECS options", header, partial)
-            ecs = _parse_ecs(data[pos : pos + length], header)
+            try:
+                ecs = _parse_ecs(data[pos : pos + length], header)
+            except Malformed as e:
+                e.edns = partial
+                raise
         pos += length
     return Edns(max(udp_size, 512), version, dnssec_ok, ecs)
 

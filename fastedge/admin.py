@@ -5,6 +5,10 @@
 first API key, talking to the same store the node uses (with the same
 ``--config`` and ``--data-dir``); SQLite's locking lets it write while the
 node runs.
+
+``fastedge-admin geo rebuild`` asks the running node to rebuild its GeoIP
+index now: it creates ``geo.request_file``, which the node's ``geo`` child
+picks up within ``geo.watch_seconds`` (``SIGHUP`` to the node does the same).
 """
 
 from __future__ import annotations
@@ -41,7 +45,21 @@ def _parser() -> argparse.ArgumentParser:
     key = tsub.add_parser("add-key", help="create another API key for a tenant")
     key.add_argument("tenant_id")
     key.add_argument("--json", action="store_true", help="print JSON")
+    geo = sub.add_parser("geo", help="the GeoIP index")
+    gsub = geo.add_subparsers(dest="action", required=True)
+    gsub.add_parser("rebuild", help="ask the running node to rebuild its GeoIP index from geo.database")
     return p
+
+
+def _request_geo_rebuild(cfg: EdgeConfig) -> None:
+    """Leave the request the node's geo child watches for."""
+    if not cfg.geo.database:
+        print("fastedge-admin: geo.database is not set: there is no GeoIP index to rebuild", file=sys.stderr)
+        raise SystemExit(1)
+    os.makedirs(os.path.dirname(cfg.geo.request_file) or ".", exist_ok=True)
+    with open(cfg.geo.request_file, "w") as f:
+        f.write("rebuild\n")
+    print("rebuild requested: the node picks it up within {:g} s".format(cfg.geo.watch_seconds))
 
 
 def _open_store(reactor: Any, cfg: EdgeConfig) -> tuple[Any, ThreadPool]:
@@ -122,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as e:
         print("fastedge-admin: config error: {}".format(e), file=sys.stderr)
         raise SystemExit(2) from None
+    if args.area == "geo":
+        _request_geo_rebuild(cfg)
+        return
 
     def run(reactor: Any) -> Deferred[Any]:
         d = _run(reactor, args, cfg)

@@ -53,7 +53,25 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_named_children(self) -> None:
         """The node is a MultiService of named children, store first."""
-        self.assertEqual([c.name for c in self.top], ["store", "transport"])
+        self.assertEqual([c.name for c in self.top], ["store", "geo", "dns", "transport"])
+
+    def test_dns_on_a_map_of_this_node(self) -> None:
+        """Until the mesh lands, DNS answers from a node map holding this node
+        alone (its configured addresses), and listens on UDP and TCP 5353."""
+        dns = self.top.getServiceNamed("dns")
+        self.assertEqual(dns.getServiceNamed("udp").args[0], 5353)
+        table = dns.factory.authority.table
+        choice = table.choose("global", 4, None)
+        self.assertEqual([a for a, _ in choice.addresses], ["127.0.0.1"])
+
+    def test_unknown_policy_is_a_usage_error(self) -> None:
+        """dns.policy naming no plugin is refused before anything starts."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[dns]\npolicy = "no-such-policy"\n')
+        with self.assertRaises(UsageError) as cm:
+            Options().parseOptions(["--config", path])
+        self.assertIn("dns.policy: no answer policy 'no-such-policy'", str(cm.exception))
 
     def test_transport_listens(self) -> None:
         """The transport binds the configured endpoint (with an explicit

@@ -367,7 +367,8 @@ class DnsConfig:
     #: past it responses are dropped, every second one replaced by an empty
     #: truncated answer so real clients retry over TCP. 0 turns it off.
     source_rate_limit: int = _checked(2000, _non_negative)
-    #: Client locations (per address or ECS subnet) remembered.
+    #: Client locations (per address or ECS subnet) remembered, and as many
+    #: fast-path answers (per query and source).
     location_cache_entries: int = _checked(100_000, _positive)
     zones: tuple[ZoneConfig, ...] = _checked((ZoneConfig(),), _zones)
 

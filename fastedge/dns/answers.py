@@ -140,12 +140,16 @@ class ClientLocator:
         self._entries = entries
         self._cache: dict[Any, tuple[Cell, int]] = {}
         self.lookups = 0
+        #: Told each time the remembered locations are dropped.
+        self.listeners: list[Callable[[], None]] = []
         if geo is not None:
             geo.subscribe(self.forget)
 
     def forget(self) -> None:
         """Drop every remembered location (a new GeoIP index is in use)."""
         self._cache = {}
+        for listener in self.listeners:
+            listener()
 
     def _locate(self, address: str) -> tuple[Cell, int]:
         self.lookups += 1

@@ -41,12 +41,14 @@ class FastPath:
         *,
         ttl: int,
         max_udp_payload: int,
+        response_entries: int = 100_000,
     ) -> None:
         self._locator = locator
         self._table = table
         self._stats = stats
         self._ttl = ttl
         self._our_size = max_udp_payload
+        self._last: tuple[bytes, int, tuple[str, ...], bool] = (b"", 0, (), False)
         #: wire-format lower-case name -> deployment.
         self._names: dict[bytes, str] = {}
         for zone in authority.zones.values():
@@ -54,11 +56,40 @@ class FastPath:
                 if authority.zone_for(name) is zone:
                     self._names[_wire_name(name)] = zone.deployment
         self._answers: dict[tuple[str, int, Cell], tuple[bytes, int, tuple[str, ...]]] = {}
+        #: (query after its id, source, udp) -> (answer after its id, qtype,
+        #: nodes, ECS seen): a repeated query costs one lookup.
+        self._responses: dict[tuple[bytes, str, bool], tuple[bytes, int, tuple[str, ...], bool]] = {}
+        self._response_entries = response_entries
         table.listeners.append(self.forget)
+        locator.listeners.append(self.forget)
 
     def forget(self) -> None:
-        """Drop every precomputed answer (the node map changed)."""
+        """Drop every precomputed answer (the node map or the GeoIP index
+        changed)."""
         self._answers = {}
+        self._responses = {}
+
+    def answer(self, data: bytes, source: str, udp: bool) -> bytes | None:
+        """The answer to ``data`` from ``source``, or ``None`` to decline."""
+        key = (data[2:], source, udp)
+        found = self._responses.get(key)
+        if found is None:
+            response = self._answer(data, source, udp)
+            if response is None:
+                return None
+            found = self._last
+            if len(self._responses) >= self._response_entries:
+                self._responses = {}
+            self._responses[key] = found
+        body, qtype, nodes, ecs = found
+        stats = self._stats
+        by_node = stats.answers_by_node
+        for node in nodes:
+            by_node[node] += 1
+        if ecs:
+            stats.ecs += 1
+        stats.queries[(qtype, 0, "fast", "udp" if udp else "tcp")] += 1
+        return data[:2] + body
 
     def _records(self, deployment: str, qtype: int, cell: Cell) -> tuple[bytes, int, tuple[str, ...]]:
         key = (deployment, qtype, cell)
@@ -74,8 +105,7 @@ class FastPath:
             self._answers[key] = found
         return found
 
-    def answer(self, data: bytes, source: str, udp: bool) -> bytes | None:
-        """The answer to ``data`` from ``source``, or ``None`` to decline."""
+    def _answer(self, data: bytes, source: str, udp: bool) -> bytes | None:
         n = len(data)
         if n < 17:
             return None
@@ -130,7 +160,6 @@ class FastPath:
             return None
         if ecs is not None:
             cell, scope = self._locator.by_subnet(ecs, source)
-            self._stats.ecs += 1
         else:
             cell = self._locator.by_address(source)
         rrs, count, nodes = self._records(deployment, qtype, cell)
@@ -145,10 +174,7 @@ class FastPath:
             # Rare (many addresses, a small buffer): the general path
             # truncates.
             return None
-        by_node = self._stats.answers_by_node
-        for node in nodes:
-            by_node[node] += 1
-        self._stats.queries[(qtype, 0, "fast", "udp" if udp else "tcp")] += 1
+        self._last = (response[2:], qtype, nodes, ecs is not None)
         return response
 
 

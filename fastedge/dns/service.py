@@ -59,7 +59,15 @@ def build_server(
     )
     locator = ClientLocator(geo, cell_degrees=cfg.cell_degrees, entries=cfg.location_cache_entries)
     authority = EdgeAuthority(cfg.zones, ttl=cfg.ttl, table=table, locator=locator)
-    fast = FastPath(authority, table, locator, stats, ttl=cfg.ttl, max_udp_payload=cfg.max_udp_payload)
+    fast = FastPath(
+        authority,
+        table,
+        locator,
+        stats,
+        ttl=cfg.ttl,
+        max_udp_payload=cfg.max_udp_payload,
+        response_entries=cfg.location_cache_entries,
+    )
     factory = EdgeServerFactory(
         authority,
         fast,

@@ -64,14 +64,19 @@ def make_db(path: str) -> None:
         a, b = rng.randrange(1, 224), rng.randrange(0, 256)
         if a in (10, 127, 192, 198, 203, 81):
             continue
-        networks["{}.{}.{}.0/20".format(a, b, rng.randrange(0, 16) * 16)] = rng.choice(places)
+        networks[f"{a}.{b}.{rng.randrange(0, 16) * 16}.0/20"] = rng.choice(
+            places
+        )
     networks["81.2.69.0/24"] = PLACES["london"]
     write_geo_db(path, networks)
 
 
 def wait_udp(port: int, seconds: float = 20.0) -> None:
     """Until the server answers a query on ``port``."""
-    query = bytes.fromhex("abcd00000001000000000000") + b"\x04edge\x08fastedge\x04test\x00\x00\x01\x00\x01"
+    query = (
+        bytes.fromhex("abcd00000001000000000000")
+        + b"\x04edge\x08fastedge\x04test\x00\x00\x01\x00\x01"
+    )
     deadline = time.monotonic() + seconds
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.2)
@@ -82,32 +87,61 @@ def wait_udp(port: int, seconds: float = 20.0) -> None:
                     return
             except OSError:
                 pass
-    raise RuntimeError("server on port {} never answered".format(port))
+    raise RuntimeError(f"server on port {port} never answered")
 
 
 def cpu_seconds(pid: int) -> float:
-    with open("/proc/{}/stat".format(pid)) as f:
+    with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_fastedge(work: str, db: str, port: int) -> subprocess.Popen[bytes]:
-    args = ["taskset", "-c", SERVER_CPU, sys.executable, os.path.join(REPO, "bench", "geodns_server.py"), str(port), db, json.dumps(POPS)]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "fastedge.log"), "wb"), cwd=REPO)
+    args = [
+        "taskset",
+        "-c",
+        SERVER_CPU,
+        sys.executable,
+        os.path.join(REPO, "bench", "geodns_server.py"),
+        str(port),
+        db,
+        json.dumps(POPS),
+    ]
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(work, "fastedge.log"), "wb"),
+        cwd=REPO,
+    )
 
 
 def start_pdns(work: str, db: str, port: int) -> subprocess.Popen[bytes]:
     d = os.path.join(work, "pdns")
     os.makedirs(d, exist_ok=True)
     records = {
-        "fastedge.test": [{"soa": "ns1.fastedge.test hostmaster.fastedge.test 1 3600 600 604800 30"}, {"ns": "ns1.fastedge.test"}],
+        "fastedge.test": [
+            {"soa": "ns1.fastedge.test hostmaster.fastedge.test 1 3600 600 604800 30"},
+            {"ns": "ns1.fastedge.test"},
+        ],
         "ns1.fastedge.test": [{"a": "192.0.2.1"}],
         # Unknown clients: PowerDNS's %cc is "unknown".
-        "unknown.edge.fastedge.test": [{"a": POPS[0]["address"]}, {"a": POPS[1]["address"]}],
+        "unknown.edge.fastedge.test": [
+            {"a": POPS[0]["address"]},
+            {"a": POPS[1]["address"]},
+        ],
     }
     for pop in POPS:
         records["{}.edge.fastedge.test".format(pop["cc"])] = [{"a": pop["address"]}]
-    zones = {"domains": [{"domain": "fastedge.test", "ttl": 30, "records": records, "services": {"edge.fastedge.test": "%cc.edge.fastedge.test"}}]}
+    zones = {
+        "domains": [
+            {
+                "domain": "fastedge.test",
+                "ttl": 30,
+                "records": records,
+                "services": {"edge.fastedge.test": "%cc.edge.fastedge.test"},
+            }
+        ]
+    }
     with open(os.path.join(d, "zones.yaml"), "w") as f:
         json.dump(zones, f)  # JSON is YAML
     with open(os.path.join(d, "pdns.conf"), "w") as f:
@@ -118,7 +152,7 @@ def start_pdns(work: str, db: str, port: int) -> subprocess.Popen[bytes]:
                     "geoip-database-files=mmdb:" + db,
                     "geoip-zones-file=" + os.path.join(d, "zones.yaml"),
                     "local-address=127.0.0.1",
-                    "local-port={}".format(port),
+                    f"local-port={port}",
                     "socket-dir=" + d,
                     # Sends no query off the machine.
                     "security-poll-suffix=",
@@ -132,14 +166,18 @@ def start_pdns(work: str, db: str, port: int) -> subprocess.Popen[bytes]:
             )
         )
     args = ["taskset", "-c", SERVER_CPU, "pdns_server", "--config-dir=" + d]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "wb"))
+    return subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "wb")
+    )
 
 
 def start_gdnsd(work: str, db: str, port: int) -> subprocess.Popen[bytes]:
     d = os.path.join(work, "gdnsd")
     for sub in ("zones", "run", "state"):
         os.makedirs(os.path.join(d, sub), exist_ok=True)
-    coords = " ".join("{} => [ {}, {} ]".format(p["id"], p["lat"], p["lon"]) for p in POPS)
+    coords = " ".join(
+        "{} => [ {}, {} ]".format(p["id"], p["lat"], p["lon"]) for p in POPS
+    )
     dcmap = " ".join("{} => {}".format(p["id"], p["address"]) for p in POPS)
     with open(os.path.join(d, "config"), "w") as f:
         f.write(
@@ -149,37 +187,75 @@ def start_gdnsd(work: str, db: str, port: int) -> subprocess.Popen[bytes]:
             " auto_dc_coords => {{ {coords} }}\n }} }}\n"
             # gdnsd rejects service_types => none; "up" needs no monitor.
             " resources => {{ edge => {{ map => world, service_types => up, dcmap => {{ {dcmap} }} }} }}\n}} }}\n".format(
-                port=port, d=d, db=db, dcs=" ".join(p["id"] for p in POPS), coords=coords, dcmap=dcmap
+                port=port,
+                d=d,
+                db=db,
+                dcs=" ".join(p["id"] for p in POPS),
+                coords=coords,
+                dcmap=dcmap,
             )
         )
     with open(os.path.join(d, "zones", "fastedge.test"), "w") as f:
-        f.write("$TTL 30\n@ SOA ns1 hostmaster 1 3600 600 604800 30\n@ NS ns1\nns1 A 192.0.2.1\nedge 30 DYNA geoip!edge\n")
+        f.write(
+            "$TTL 30\n@ SOA ns1 hostmaster 1 3600 600 604800 30\n@ NS ns1\nns1 A 192.0.2.1\nedge 30 DYNA geoip!edge\n"
+        )
     args = ["taskset", "-c", SERVER_CPU, "gdnsd", "-c", d, "start"]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "wb"))
+    return subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "wb")
+    )
 
 
-def dnsperf(port: int, queries: str, seconds: float, ecs: bool, rate: float | None) -> dict[str, Any]:
-    args = ["taskset", "-c", LOAD_CPU, "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", queries, "-l", str(seconds), "-T", "1", "-c", "8"]
+def dnsperf(
+    port: int, queries: str, seconds: float, ecs: bool, rate: float | None
+) -> dict[str, Any]:
+    args = [
+        "taskset",
+        "-c",
+        LOAD_CPU,
+        "dnsperf",
+        "-s",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-d",
+        queries,
+        "-l",
+        str(seconds),
+        "-T",
+        "1",
+        "-c",
+        "8",
+    ]
     if ecs:
         args += ["-E", "8:" + ECS_HEX]
     if rate is None:
         args += ["-q", "500"]
     else:
         args += ["-q", "2000", "-Q", str(int(rate)), "-v"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
+    out = subprocess.run(
+        args, capture_output=True, text=True, timeout=seconds + 60
+    ).stdout
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lost = re.search(r"Queries lost:\s+(\d+)", out)
     result: dict[str, Any] = {"qps": qps, "lost": int(lost.group(1)) if lost else 0}
     if rate is not None:
-        latencies = sorted(float(line.rsplit(None, 1)[1]) for line in out.splitlines() if line.startswith("> NOERROR"))
+        latencies = sorted(
+            float(line.rsplit(None, 1)[1])
+            for line in out.splitlines()
+            if line.startswith("> NOERROR")
+        )
         if latencies:
             result["p50"] = latencies[len(latencies) // 2] * 1000
-            result["p99"] = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+            result["p99"] = (
+                latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+            )
             result["answered"] = len(latencies)
     return result
 
 
-def run_server(name: str, start: Any, work: str, db: str, queries: str, seconds: float) -> dict[str, Any]:
+def run_server(
+    name: str, start: Any, work: str, db: str, queries: str, seconds: float
+) -> dict[str, Any]:
     port = free_port()
     process = start(work, db, port)
     try:
@@ -188,7 +264,9 @@ def run_server(name: str, start: Any, work: str, db: str, queries: str, seconds:
         for ecs in (False, True):
             before, t0 = cpu_seconds(process.pid), time.monotonic()
             flat = dnsperf(port, queries, seconds, ecs, None)
-            flat["cpu"] = 100 * (cpu_seconds(process.pid) - before) / (time.monotonic() - t0)
+            flat["cpu"] = (
+                100 * (cpu_seconds(process.pid) - before) / (time.monotonic() - t0)
+            )
             paced = dnsperf(port, queries, seconds, ecs, 0.8 * flat["qps"])
             results["ecs" if ecs else "plain"] = {"flat": flat, "paced": paced}
         return results
@@ -201,17 +279,31 @@ def run_server(name: str, start: Any, work: str, db: str, queries: str, seconds:
             process.wait()
 
 
-SERVERS = [("fastedge", start_fastedge), ("pdns-geoip", start_pdns), ("gdnsd", start_gdnsd)]
+SERVERS = [
+    ("fastedge", start_fastedge),
+    ("pdns-geoip", start_pdns),
+    ("gdnsd", start_gdnsd),
+]
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    lines = ["{:<11} {:<5} {:>9} {:>6} {:>9} {:>8} {:>8}".format("server", "ECS", "qps", "CPU%", "@80% qps", "p50 ms", "p99 ms")]
+    lines = [
+        "{:<11} {:<5} {:>9} {:>6} {:>9} {:>8} {:>8}".format(
+            "server", "ECS", "qps", "CPU%", "@80% qps", "p50 ms", "p99 ms"
+        )
+    ]
     for name, r in results.items():
         for mode in ("plain", "ecs"):
             flat, paced = r[mode]["flat"], r[mode]["paced"]
             lines.append(
                 "{:<11} {:<5} {:>9.0f} {:>6.0f} {:>9.0f} {:>8.3f} {:>8.3f}".format(
-                    name, "yes" if mode == "ecs" else "no", flat["qps"], flat["cpu"], paced["qps"], paced.get("p50", float("nan")), paced.get("p99", float("nan"))
+                    name,
+                    "yes" if mode == "ecs" else "no",
+                    flat["qps"],
+                    flat["cpu"],
+                    paced["qps"],
+                    paced.get("p50", float("nan")),
+                    paced.get("p99", float("nan")),
                 )
             )
     return "\n".join(lines)
@@ -229,9 +321,14 @@ def main() -> None:
             f.write("edge.fastedge.test A\n")
         all_rounds = []
         for i in range(rounds):
-            results = {name: run_server(name, start, work, db, queries, seconds) for name, start in SERVERS}
+            results = {
+                name: run_server(name, start, work, db, queries, seconds)
+                for name, start in SERVERS
+            }
             all_rounds.append(results)
-            print("round {} ({} s per run; server on CPU {}, dnsperf on CPU {}):".format(i + 1, seconds, SERVER_CPU, LOAD_CPU))
+            print(
+                f"round {i + 1} ({seconds} s per run; server on CPU {SERVER_CPU}, dnsperf on CPU {LOAD_CPU}):"
+            )
             print(table(results), flush=True)
         medians: dict[str, dict[str, Any]] = {}
         for name, _ in SERVERS:
@@ -239,18 +336,24 @@ def main() -> None:
             for mode in ("plain", "ecs"):
                 medians[name][mode] = {
                     part: {
-                        key: statistics.median(r[name][mode][part].get(key, float("nan")) for r in all_rounds)
+                        key: statistics.median(
+                            r[name][mode][part].get(key, float("nan"))
+                            for r in all_rounds
+                        )
                         for key in all_rounds[0][name][mode][part]
                     }
                     for part in ("flat", "paced")
                 }
-        print("\nmedians over {} rounds:".format(rounds))
+        print(f"\nmedians over {rounds} rounds:")
         print(table(medians))
         ours = medians["fastedge"]
         for peer in ("pdns-geoip", "gdnsd"):
             print(
                 "fastedge / {}: {:.2f}x without ECS, {:.2f}x with ECS".format(
-                    peer, ours["plain"]["flat"]["qps"] / medians[peer]["plain"]["flat"]["qps"], ours["ecs"]["flat"]["qps"] / medians[peer]["ecs"]["flat"]["qps"]
+                    peer,
+                    ours["plain"]["flat"]["qps"]
+                    / medians[peer]["plain"]["flat"]["qps"],
+                    ours["ecs"]["flat"]["qps"] / medians[peer]["ecs"]["flat"]["qps"],
                 )
             )
     finally:

@@ -39,15 +39,27 @@ def main() -> None:
             )
         )
     registry = new_registry()
-    geo = GeoService(GeoConfig(database=db, request_file=db + ".request"), reactor=reactor, registry=registry)
+    geo = GeoService(
+        GeoConfig(database=db, request_file=db + ".request"),
+        reactor=reactor,
+        registry=registry,
+    )
     # One client (dnsperf) sends everything: no per-source limit, as the
     # peers have none.
     cfg = DnsConfig(
         port=port,
         source_rate_limit=0,
-        zones=(_derive_zone(ZoneConfig(name="fastedge.test", deployment="global", geo_names=("edge",))),),
+        zones=(
+            _derive_zone(
+                ZoneConfig(
+                    name="fastedge.test", deployment="global", geo_names=("edge",)
+                )
+            ),
+        ),
     )
-    service = dns_service.make_service(cfg, reactor=reactor, registry=registry, node_map=node_map, geo=geo)
+    service = dns_service.make_service(
+        cfg, reactor=reactor, registry=registry, node_map=node_map, geo=geo
+    )
     geo.privilegedStartService()
     geo.startService()
     service.privilegedStartService()

@@ -139,7 +139,9 @@ class HttpConfig:
     """The public HTTP listener."""
 
     #: A Twisted server endpoint string.
-    endpoint: str = _checked("tcp:8080:interface=127.0.0.1:backlog=1024", _server_endpoint)
+    endpoint: str = _checked(
+        "tcp:8080:interface=127.0.0.1:backlog=1024", _server_endpoint
+    )
     #: Largest request body accepted; larger ones get 413.
     max_body_bytes: int = _checked(64 * 1024, _positive)
     #: Requests slower than this are counted in ``fastedge_http_slow_requests_total``.
@@ -285,7 +287,11 @@ def _domain(value: str) -> str | None:
         return "must be at most 253 characters"
     for label in value.split("."):
         if not _NAME_RE.match(label):
-            return "{!r} is not a valid name (lower-case labels of a-z, 0-9, '-')".format(value)
+            return (
+                "{!r} is not a valid name (lower-case labels of a-z, 0-9, '-')".format(
+                    value
+                )
+            )
     return None
 
 
@@ -389,9 +395,12 @@ _T = TypeVar("_T")
 
 
 def _type_name(tp: Any) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+    }.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _coerce(key: str, tp: Any, value: Any) -> Any:
@@ -411,7 +420,9 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     elif typing.get_origin(tp) is tuple:
         (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
         if isinstance(value, list):
-            return tuple(_coerce("{}[{}]".format(key, i), item, v) for i, v in enumerate(value))
+            return tuple(
+                _coerce("{}[{}]".format(key, i), item, v) for i, v in enumerate(value)
+            )
         raise ConfigError("{}: must be a list".format(key))
     elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
         # An item of an array of tables ([[dns.zones]]).
@@ -497,18 +508,28 @@ def _derive(cfg: EdgeConfig) -> EdgeConfig:
     node = dataclasses.replace(node, data_dir=data_dir)
     store = cfg.store
     if not store.sqlite_path:
-        store = dataclasses.replace(store, sqlite_path=os.path.join(data_dir, "fastedge.sqlite3"))
+        store = dataclasses.replace(
+            store, sqlite_path=os.path.join(data_dir, "fastedge.sqlite3")
+        )
     if store.backend == "postgresql" and not store.postgresql.primaries:
-        raise ConfigError("store.postgresql.primaries: must list at least one server when store.backend is 'postgresql'")
+        raise ConfigError(
+            "store.postgresql.primaries: must list at least one server when store.backend is 'postgresql'"
+        )
     api = cfg.api
     if not api.secret_file:
-        api = dataclasses.replace(api, secret_file=os.path.join(data_dir, "session.key"))
+        api = dataclasses.replace(
+            api, secret_file=os.path.join(data_dir, "session.key")
+        )
     if api.page_size > api.max_page_size:
         raise ConfigError("api.page_size: must not exceed api.max_page_size")
     geo = cfg.geo
     if not geo.request_file:
-        geo = dataclasses.replace(geo, request_file=os.path.join(data_dir, "geo-rebuild.request"))
-    dns = dataclasses.replace(cfg.dns, zones=tuple(_derive_zone(z) for z in cfg.dns.zones))
+        geo = dataclasses.replace(
+            geo, request_file=os.path.join(data_dir, "geo-rebuild.request")
+        )
+    dns = dataclasses.replace(
+        cfg.dns, zones=tuple(_derive_zone(z) for z in cfg.dns.zones)
+    )
     return dataclasses.replace(cfg, node=node, store=store, api=api, geo=geo, dns=dns)
 
 
@@ -521,7 +542,9 @@ def _derive_zone(zone: ZoneConfig) -> ZoneConfig:
     return zone
 
 
-def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) -> EdgeConfig:
+def load_config(
+    path: str | None, overrides: Mapping[str, Any] | None = None
+) -> EdgeConfig:
     """Read, validate and complete the configuration.
 
     :param path: a TOML file, or ``None`` for the built-in defaults (the same

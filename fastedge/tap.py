@@ -27,8 +27,18 @@ class Options(usage.Options):
     """Options of ``twistd fastedge``; the config file holds everything else."""
 
     optParameters = [
-        ["config", "c", None, "TOML config file (default: the built-in defaults, as in etc/fastedge.toml)."],
-        ["http", None, None, "HTTP listen endpoint, e.g. tcp:8080:interface=127.0.0.1 (overrides http.endpoint)."],
+        [
+            "config",
+            "c",
+            None,
+            "TOML config file (default: the built-in defaults, as in etc/fastedge.toml).",
+        ],
+        [
+            "http",
+            None,
+            None,
+            "HTTP listen endpoint, e.g. tcp:8080:interface=127.0.0.1 (overrides http.endpoint).",
+        ],
         ["node-id", None, None, "This node's id (overrides node.id)."],
         ["data-dir", None, None, "Data directory (overrides node.data_dir)."],
         ["dns-port", None, None, "DNS port, UDP and TCP (overrides dns.port)."],
@@ -41,7 +51,11 @@ class Options(usage.Options):
     def overrides(self) -> dict[str, Any]:
         """The dotted config keys set on the command line."""
         found = {}
-        for option, key in (("http", "http.endpoint"), ("node-id", "node.id"), ("data-dir", "node.data_dir")):
+        for option, key in (
+            ("http", "http.endpoint"),
+            ("node-id", "node.id"),
+            ("data-dir", "node.data_dir"),
+        ):
             if self[option] is not None:
                 found[key] = self[option]
         if self["dns-port"] is not None:
@@ -111,7 +125,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # Until the mesh child exists: a map of this node alone (see local_node_map).
     node_map = local_node_map(cfg.node)
 
-    dns = dns_service.make_service(cfg.dns, reactor=reactor, registry=registry, node_map=node_map, geo=geo)
+    dns = dns_service.make_service(
+        cfg.dns, reactor=reactor, registry=registry, node_map=node_map, geo=geo
+    )
     dns.setName("dns")
     dns.setServiceParent(top)
 
@@ -126,7 +142,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         api=api.resource,
         children=lambda: list(top),
     )
-    transport = transport_service.make_service(cfg.http, reactor=reactor, site=site, background=api.service)
+    transport = transport_service.make_service(
+        cfg.http, reactor=reactor, site=site, background=api.service
+    )
     transport.setName("transport")
     transport.setServiceParent(top)
     return top

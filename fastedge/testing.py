@@ -69,7 +69,9 @@ class ApiClient:
     """One HTTP client of a :class:`NodeHarness`, with its own cookie jar
     (a browser, as far as the session cookie goes)."""
 
-    def __init__(self, harness: NodeHarness, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, harness: NodeHarness, headers: Mapping[str, str] | None = None
+    ) -> None:
         self._harness = harness
         self._headers = dict(headers or {})
         self.cookie: str | None = None
@@ -92,7 +94,9 @@ class ApiClient:
         if self.cookie is not None:
             all_headers["cookie"] = self.cookie
         all_headers.update(headers or {})
-        response = self._harness.request(method, path, data=data, headers=all_headers, advance=advance)
+        response = self._harness.request(
+            method, path, data=data, headers=all_headers, advance=advance
+        )
         for cookie in response.set_cookies():
             name_value = cookie.split(";", 1)[0]
             name, _, value = name_value.partition("=")
@@ -125,7 +129,10 @@ class NodeHarness:
     """
 
     def __init__(
-        self, testcase: SynchronousTestCase, store_factory: Callable[[Clock], Any] | None = None, **api_overrides: Any
+        self,
+        testcase: SynchronousTestCase,
+        store_factory: Callable[[Clock], Any] | None = None,
+        **api_overrides: Any,
     ) -> None:
         from treq.testing import StubTreq
 
@@ -143,15 +150,23 @@ class NodeHarness:
         if store_factory is not None:
             self.store = store_factory(self.clock)
         else:
-            self.store = SQLiteStore(os.path.join(data_dir, "store.sqlite3"), run=run_inline, clock=self.clock)
+            self.store = SQLiteStore(
+                os.path.join(data_dir, "store.sqlite3"),
+                run=run_inline,
+                clock=self.clock,
+            )
         testcase.successResultOf(self.store.open())
         testcase.addCleanup(lambda: testcase.successResultOf(self.store.close()))
         api_overrides.setdefault("secret_file", os.path.join(data_dir, "session.key"))
         self.api_config = dataclasses.replace(ApiConfig(), **api_overrides)
         self.registry = new_registry()
-        self.api = build_api(self.api_config, store=self.store, clock=self.clock, registry=self.registry)
+        self.api = build_api(
+            self.api_config, store=self.store, clock=self.clock, registry=self.registry
+        )
         self.api.service.startService()
-        testcase.addCleanup(lambda: testcase.successResultOf(self.api.service.stopService()))
+        testcase.addCleanup(
+            lambda: testcase.successResultOf(self.api.service.stopService())
+        )
         self.site = build_site(
             NodeConfig(id="test-node", data_dir=data_dir),
             HttpConfig(),
@@ -164,7 +179,13 @@ class NodeHarness:
         )
 
     def request(
-        self, method: str, path: str, *, data: bytes | None, headers: Mapping[str, str], advance: float = 0.0
+        self,
+        method: str,
+        path: str,
+        *,
+        data: bytes | None,
+        headers: Mapping[str, str],
+        advance: float = 0.0,
     ) -> Response:
         """Send a request and return its response.
 
@@ -201,11 +222,18 @@ class NodeHarness:
 
         now = int(self.clock.seconds() * 1000)
         tenant = self._tc.successResultOf(
-            self.store.create_tenant(name, "global", created_ms=now, read_preference=ReadPreference.PRIMARY)
+            self.store.create_tenant(
+                name, "global", created_ms=now, read_preference=ReadPreference.PRIMARY
+            )
         ).value
         key = new_api_key()
         self._tc.successResultOf(
-            self.store.add_api_key(tenant.id, hash_api_key(key), created_ms=now, read_preference=ReadPreference.PRIMARY)
+            self.store.add_api_key(
+                tenant.id,
+                hash_api_key(key),
+                created_ms=now,
+                read_preference=ReadPreference.PRIMARY,
+            )
         )
         return tenant.id, key
 
@@ -278,7 +306,14 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
         except KeyError:
             pass
     subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "fastedge-pg"],
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "fastedge-pg",
+        ],
         check=True,
         capture_output=True,
     )
@@ -325,7 +360,12 @@ class PostgresServer:
 
     def dsn(self, dbname: str = "postgres", **params: str) -> str:
         """A libpq connection string for this server."""
-        parts = {"host": "127.0.0.1", "port": str(self.port), "user": "postgres", "dbname": dbname}
+        parts = {
+            "host": "127.0.0.1",
+            "port": str(self.port),
+            "user": "postgres",
+            "dbname": dbname,
+        }
         parts.update(params)
         return " ".join("{}={}".format(k, _conninfo_quote(v)) for k, v in parts.items())
 
@@ -374,7 +414,14 @@ class PostgresCluster:
     def _as_user(self) -> list[str]:
         if self._user is None:
             return []
-        return ["setpriv", "--reuid", str(self._user.pw_uid), "--regid", str(self._user.pw_gid), "--clear-groups"]
+        return [
+            "setpriv",
+            "--reuid",
+            str(self._user.pw_uid),
+            "--regid",
+            str(self._user.pw_gid),
+            "--clear-groups",
+        ]
 
     def _env(self) -> dict[str, str]:
         return {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "LANG": "C", "TZ": "UTC"}
@@ -389,25 +436,36 @@ class PostgresCluster:
         )
         if done.returncode != 0:
             raise PostgresUnavailable(
-                "{} failed ({}): {}".format(os.path.basename(argv[0]), done.returncode, done.stderr.decode(errors="replace")[-2000:])
+                "{} failed ({}): {}".format(
+                    os.path.basename(argv[0]),
+                    done.returncode,
+                    done.stderr.decode(errors="replace")[-2000:],
+                )
             )
 
     # Servers
 
-    def start_primary(self, name: str = "primary", settings: dict[str, str] | None = None) -> PostgresServer:
+    def start_primary(
+        self, name: str = "primary", settings: dict[str, str] | None = None
+    ) -> PostgresServer:
         """Create (``initdb``) and start the primary."""
         data = os.path.join(self.base, name)
         self._run(
             os.path.join(self.bindir, "initdb"),
-            "-D", data,
-            "-U", "postgres",
+            "-D",
+            data,
+            "-U",
+            "postgres",
             "--auth=trust",
             "--no-sync",
             "--no-instructions",
-            "-E", "UTF8",
+            "-E",
+            "UTF8",
             "--locale=C",
         )
-        server = self._start(name, data, settings or {}, "database system is ready to accept connections")
+        server = self._start(
+            name, data, settings or {}, "database system is ready to accept connections"
+        )
         self.primary_name = name
         return server
 
@@ -428,30 +486,53 @@ class PostgresCluster:
         data = os.path.join(self.base, name)
         self._run(
             os.path.join(self.bindir, "pg_basebackup"),
-            "-h", "127.0.0.1",
-            "-p", str(upstream.port),
-            "-U", "postgres",
-            "-D", data,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(upstream.port),
+            "-U",
+            "postgres",
+            "-D",
+            data,
             "-R",
-            "-X", "stream",
-            "-c", "fast",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
             "--no-sync",
         )
-        conninfo = "host=127.0.0.1 port={} user=postgres application_name={}".format(upstream.port, name)
+        conninfo = "host=127.0.0.1 port={} user=postgres application_name={}".format(
+            upstream.port, name
+        )
         wanted = {"primary_conninfo": conninfo, **(settings or {})}
-        server = self._start(name, data, wanted, "database system is ready to accept read-only connections")
+        server = self._start(
+            name,
+            data,
+            wanted,
+            "database system is ready to accept read-only connections",
+        )
         if not server.saw("started streaming WAL"):
-            raise PostgresUnavailable("standby {} did not start streaming:\n{}".format(name, "".join(server.lines[-20:])))
+            raise PostgresUnavailable(
+                "standby {} did not start streaming:\n{}".format(
+                    name, "".join(server.lines[-20:])
+                )
+            )
         return server
 
-    def _start(self, name: str, data: str, settings: dict[str, str], ready: str) -> PostgresServer:
+    def _start(
+        self, name: str, data: str, settings: dict[str, str], ready: str
+    ) -> PostgresServer:
         # Settings go on the command line, not into the data directory, so a
         # standby cloned from this server does not inherit them.
         settings = dict(self._settings, **settings)
         last_error = ""
         for _ in range(5):
             port = free_port()
-            argv = self._as_user() + ["--pdeathsig", "INT"] if self._user else ["setpriv", "--pdeathsig", "INT"]
+            argv = (
+                self._as_user() + ["--pdeathsig", "INT"]
+                if self._user
+                else ["setpriv", "--pdeathsig", "INT"]
+            )
             argv += [os.path.join(self.bindir, "postgres"), "-D", data, "-p", str(port)]
             for key, value in settings.items():
                 argv += ["-c", "{}={}".format(key, value)]
@@ -465,7 +546,9 @@ class PostgresCluster:
                 stderr=subprocess.PIPE,
             )
             server = PostgresServer(name, data, port, process, log_path)
-            threading.Thread(target=self._drain, args=(server,), name="pg-log-" + name, daemon=True).start()
+            threading.Thread(
+                target=self._drain, args=(server,), name="pg-log-" + name, daemon=True
+            ).start()
             if server.saw(ready) and server.running:
                 self.servers[name] = server
                 return server
@@ -494,7 +577,9 @@ class PostgresCluster:
 
     # Operations tests perform
 
-    def execute(self, name: str, sql: str, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+    def execute(
+        self, name: str, sql: str, dbname: str = "postgres"
+    ) -> list[tuple[Any, ...]]:
         """Run one statement in autocommit mode on server ``name``."""
         import psycopg
 
@@ -560,7 +645,9 @@ def shared_postgres() -> PostgresCluster:
     if cluster is None:
         cluster = PostgresCluster()
         atexit.register(cluster.destroy)
-        cluster.start_primary(settings={"synchronous_standby_names": "ANY 2 (sync, lagging)"})
+        cluster.start_primary(
+            settings={"synchronous_standby_names": "ANY 2 (sync, lagging)"}
+        )
         cluster.add_standby("sync")
         cluster.add_standby("lagging")
         _shared["cluster"] = cluster
@@ -575,14 +662,20 @@ def postgres_schema(testcase: Any, cluster: PostgresCluster) -> str:
     """
     name = "t_" + os.urandom(6).hex()
     cluster.execute(cluster.primary_name or "primary", "CREATE SCHEMA " + name)
-    testcase.addCleanup(cluster.execute, cluster.primary_name or "primary", "DROP SCHEMA {} CASCADE".format(name))
+    testcase.addCleanup(
+        cluster.execute,
+        cluster.primary_name or "primary",
+        "DROP SCHEMA {} CASCADE".format(name),
+    )
     return name
 
 
 def postgres_dsn(server: PostgresServer, schema: str, **settings: str) -> str:
     """A connection string for ``server`` whose sessions work in ``schema``,
     with any other session ``settings`` (``synchronous_commit=...``)."""
-    options = " ".join("-c {}={}".format(k, v) for k, v in dict(search_path=schema, **settings).items())
+    options = " ".join(
+        "-c {}={}".format(k, v) for k, v in dict(search_path=schema, **settings).items()
+    )
     return server.dsn(options=options)
 
 
@@ -599,7 +692,10 @@ PLACES: dict[str, tuple[float, float, str, str]] = {
 
 
 def write_geo_db(
-    path: str, networks: Mapping[str, tuple[float, float, str, str]], *, ip_version: int = 6
+    path: str,
+    networks: Mapping[str, tuple[float, float, str, str]],
+    *,
+    ip_version: int = 6,
 ) -> str:
     """Write a small MaxMind DB of the GeoIP2-City shape with ``mmdb-writer``.
 
@@ -609,7 +705,11 @@ def write_geo_db(
     from mmdb_writer import MMDBWriter
     from netaddr import IPSet
 
-    writer = MMDBWriter(ip_version=ip_version, database_type="GeoIP2-City", ipv4_compatible=ip_version == 6)
+    writer = MMDBWriter(
+        ip_version=ip_version,
+        database_type="GeoIP2-City",
+        ipv4_compatible=ip_version == 6,
+    )
     for cidr, (lat, lon, country, continent) in networks.items():
         writer.insert_network(
             IPSet([cidr]),
@@ -642,7 +742,8 @@ def node_info(
         region=region or place,
         latitude=lat,
         longitude=lon,
-        addresses=addresses or ("192.0.2.{}".format(zlib.crc32(node_id.encode()) % 250 + 1),),
+        addresses=addresses
+        or ("192.0.2.{}".format(zlib.crc32(node_id.encode()) % 250 + 1),),
         version="test",
         incarnation=1,
         load=load,
@@ -676,14 +777,16 @@ def dns_query(
     import dns.edns
     import dns.message
 
-    options = []
+    options: list[dns.edns.Option] = []
     if ecs is not None:
         address, prefix = ecs.split("/")
         options.append(dns.edns.ECSOption(address, int(prefix)))
     use_edns = edns is not False or ecs is not None
     payload = edns if isinstance(edns, int) and not isinstance(edns, bool) else 1232
     if use_edns:
-        q = dns.message.make_query(name, rdtype, use_edns=0, payload=payload, options=options)
+        q = dns.message.make_query(
+            name, rdtype, use_edns=0, payload=payload, options=options
+        )
     else:
         q = dns.message.make_query(name, rdtype, use_edns=False)
     q.id = qid
@@ -739,7 +842,9 @@ class DnsHarness:
             )
             self.geo.privilegedStartService()
         if "zones" in dns_overrides:
-            dns_overrides["zones"] = tuple(_derive_zone(z) for z in dns_overrides["zones"])
+            dns_overrides["zones"] = tuple(
+                _derive_zone(z) for z in dns_overrides["zones"]
+            )
         else:
             dns_overrides["zones"] = tuple(_derive_zone(z) for z in DnsConfig().zones)
         self.config = dataclasses.replace(DnsConfig(), **dns_overrides)
@@ -767,7 +872,9 @@ class DnsHarness:
         assert address == (source, 53000)
         return answer
 
-    def ask(self, name: str, rdtype: str = "A", *, source: str = "198.51.100.7", **kw: Any) -> Any:
+    def ask(
+        self, name: str, rdtype: str = "A", *, source: str = "198.51.100.7", **kw: Any
+    ) -> Any:
         """Query and parse the answer (dnspython ``Message``)."""
         answer = self.send(dns_query(name, rdtype, **kw), source)
         assert answer is not None, "no answer"

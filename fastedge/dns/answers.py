@@ -44,7 +44,10 @@ def cell_of(location: Location | None, degrees: float) -> Cell:
     """The grid cell holding ``location``."""
     if location is None:
         return None
-    return (math.floor(location.latitude / degrees), math.floor(location.longitude / degrees))
+    return (
+        math.floor(location.latitude / degrees),
+        math.floor(location.longitude / degrees),
+    )
 
 
 def cell_centre(cell: Cell, degrees: float) -> Location | None:
@@ -67,7 +70,13 @@ class AnswerTable:
     _log = Logger()
 
     def __init__(
-        self, node_map: INodeMap, policy: IAnswerPolicy, *, count: int, default_region: str, cell_degrees: float
+        self,
+        node_map: INodeMap,
+        policy: IAnswerPolicy,
+        *,
+        count: int,
+        default_region: str,
+        cell_degrees: float,
     ) -> None:
         self._map = node_map
         self._policy = policy
@@ -101,16 +110,28 @@ class AnswerTable:
 
     def _compute(self, deployment: str, family: int, cell: Cell) -> Choice:
         candidates = [
-            n for n in self._map.live(deployment) if any(_family_of(a) == family for a in n.addresses)
+            n
+            for n in self._map.live(deployment)
+            if any(_family_of(a) == family for a in n.addresses)
         ]
         if not candidates:
             return Choice((), ())
         try:
-            ranked = list(self._policy.choose(candidates, cell_centre(cell, self._degrees), self._count, self._default_region))
+            ranked = list(
+                self._policy.choose(
+                    candidates,
+                    cell_centre(cell, self._degrees),
+                    self._count,
+                    self._default_region,
+                )
+            )
         except Exception:
             # A broken plugin must not take DNS down: answer as the default
             # policy would without a location (any live nodes).
-            self._log.failure("answer policy {policy} failed", policy=getattr(self._policy, "name", self._policy))
+            self._log.failure(
+                "answer policy {policy} failed",
+                policy=getattr(self._policy, "name", self._policy),
+            )
             ranked = candidates
         allowed = {n.node_id for n in candidates}
         chosen: list[NodeInfo] = []
@@ -121,7 +142,10 @@ class AnswerTable:
             if len(chosen) == self._count:
                 break
         addresses = tuple(
-            (a, n.node_id) for n in chosen for a in n.addresses if _family_of(a) == family
+            (a, n.node_id)
+            for n in chosen
+            for a in n.addresses
+            if _family_of(a) == family
         )
         return Choice(tuple(chosen), addresses)
 
@@ -134,7 +158,9 @@ class ClientLocator:
         emptied and refilled (cheap, and bounded under any traffic).
     """
 
-    def __init__(self, geo: IGeoLocator | None, *, cell_degrees: float, entries: int) -> None:
+    def __init__(
+        self, geo: IGeoLocator | None, *, cell_degrees: float, entries: int
+    ) -> None:
         self._geo = geo
         self._degrees = cell_degrees
         self._entries = entries

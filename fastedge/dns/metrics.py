@@ -12,22 +12,54 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from twisted.names import dns
 
-_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS"}
+_RCODES = {
+    0: "NOERROR",
+    1: "FORMERR",
+    2: "SERVFAIL",
+    3: "NXDOMAIN",
+    4: "NOTIMP",
+    5: "REFUSED",
+    16: "BADVERS",
+}
 #: Query types named in labels; any other is "other" (bounded cardinality).
 _TYPES = {
     t: dns.QUERY_TYPES.get(t) or dns.EXT_QUERIES.get(t, "")
-    for t in (dns.A, dns.AAAA, dns.NS, dns.SOA, dns.MX, dns.TXT, dns.CNAME, dns.PTR, dns.SRV, dns.ALL_RECORDS, dns.AXFR, dns.IXFR, 64, 65, 43, 48)
+    for t in (
+        dns.A,
+        dns.AAAA,
+        dns.NS,
+        dns.SOA,
+        dns.MX,
+        dns.TXT,
+        dns.CNAME,
+        dns.PTR,
+        dns.SRV,
+        dns.ALL_RECORDS,
+        dns.AXFR,
+        dns.IXFR,
+        64,
+        65,
+        43,
+        48,
+    )
 }
 _BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 
 
 def type_label(qtype: int) -> str:
     """A query type as a label value."""
-    return _TYPES.get(qtype) or ("TYPE{}".format(qtype) if qtype in (64, 65, 43, 48) else "other")
+    return _TYPES.get(qtype) or (
+        f"TYPE{qtype}" if qtype in (64, 65, 43, 48) else "other"
+    )
 
 
 def rcode_label(rcode: int) -> str:
@@ -57,7 +89,9 @@ class DnsStats:
     def latency(self) -> tuple[list[tuple[str, int]], float]:
         """Cumulative buckets and the sum, as Prometheus wants them."""
         out, total = [], 0
-        for bound, count in zip([*map(str, _BUCKETS), "+Inf"], self._bucket_counts):
+        for bound, count in zip(
+            [*map(str, _BUCKETS), "+Inf"], self._bucket_counts, strict=True
+        ):
             total += count
             out.append((bound, total))
         return out, self._latency_sum
@@ -66,14 +100,17 @@ class DnsStats:
 class DnsCollector(Collector):
     """Exposes one :class:`DnsStats` (and the answer caches' sizes)."""
 
-    def __init__(self, stats: DnsStats, gauges: Callable[[], dict[str, tuple[str, float]]]) -> None:
+    def __init__(
+        self, stats: DnsStats, gauges: Callable[[], dict[str, tuple[str, float]]]
+    ) -> None:
         self._stats = stats
         self._gauges = gauges
 
-    def collect(self) -> Iterator[object]:
+    def collect(self) -> Iterator[Metric]:
         s = self._stats
         queries = CounterMetricFamily(
-            "fastedge_dns_queries", "Queries answered, by type, rcode, path (fast or general) and transport.",
+            "fastedge_dns_queries",
+            "Queries answered, by type, rcode, path (fast or general) and transport.",
             labels=["type", "rcode", "path", "transport"],
         )
         merged: defaultdict[tuple[str, str, str, str], int] = defaultdict(int)
@@ -82,30 +119,46 @@ class DnsCollector(Collector):
         for labels, n in merged.items():
             queries.add_metric(list(labels), n)
         yield queries
-        answers = CounterMetricFamily("fastedge_dns_answers", "Times each node was in an answer.", labels=["node"])
+        answers = CounterMetricFamily(
+            "fastedge_dns_answers", "Times each node was in an answer.", labels=["node"]
+        )
         for node, n in list(s.answers_by_node.items()):
             answers.add_metric([node], n)
         yield answers
-        yield CounterMetricFamily("fastedge_dns_ecs_queries", "Queries carrying an EDNS Client Subnet.", value=s.ecs)
         yield CounterMetricFamily(
-            "fastedge_dns_truncated", "UDP answers truncated (TC) for being over the size limit.", value=s.truncated
+            "fastedge_dns_ecs_queries",
+            "Queries carrying an EDNS Client Subnet.",
+            value=s.ecs,
+        )
+        yield CounterMetricFamily(
+            "fastedge_dns_truncated",
+            "UDP answers truncated (TC) for being over the size limit.",
+            value=s.truncated,
         )
         dropped = CounterMetricFamily(
-            "fastedge_dns_dropped", "Datagrams answered with nothing, by reason.", labels=["reason"]
+            "fastedge_dns_dropped",
+            "Datagrams answered with nothing, by reason.",
+            labels=["reason"],
         )
         for reason, n in list(s.dropped.items()):
             dropped.add_metric([reason], n)
         yield dropped
         buckets, total = s.latency()
         yield HistogramMetricFamily(
-            "fastedge_dns_query_duration_seconds", "Time from a query's arrival to its answer being sent.",
-            buckets=buckets, sum_value=total,
+            "fastedge_dns_query_duration_seconds",
+            "Time from a query's arrival to its answer being sent.",
+            buckets=buckets,
+            sum_value=total,
         )
         for name, (kind, value) in self._gauges().items():
             family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             yield family(name, name.replace("_", " "), value=value)
 
 
-def register(registry: CollectorRegistry, stats: DnsStats, gauges: Callable[[], dict[str, tuple[str, float]]]) -> None:
+def register(
+    registry: CollectorRegistry,
+    stats: DnsStats,
+    gauges: Callable[[], dict[str, tuple[str, float]]],
+) -> None:
     """Put the DNS metrics on ``registry``."""
     registry.register(DnsCollector(stats, gauges))

@@ -35,14 +35,25 @@ class NearestLive:
     name = "nearest-live"
 
     def choose(
-        self, nodes: Sequence[NodeInfo], client: Location | None, count: int, default_region: str
+        self,
+        nodes: Sequence[NodeInfo],
+        client: Location | None,
+        count: int,
+        default_region: str,
     ) -> Sequence[NodeInfo]:
         if client is None:
-            regional = [n for n in nodes if default_region and n.region == default_region]
+            regional = [
+                n for n in nodes if default_region and n.region == default_region
+            ]
             return regional or list(nodes)
         return sorted(
             nodes,
-            key=lambda n: (great_circle_km(client.latitude, client.longitude, n.latitude, n.longitude), n.node_id),
+            key=lambda n: (
+                great_circle_km(
+                    client.latitude, client.longitude, n.latitude, n.longitude
+                ),
+                n.node_id,
+            ),
         )
 
 
@@ -66,5 +77,7 @@ def load_policy(name: str, package: ModuleType | None = None) -> IAnswerPolicy:
     if name in found:
         return found[name]
     raise UnknownPolicy(
-        "dns.policy: no answer policy {!r} (known: {})".format(name, ", ".join(sorted([builtin.name, *found])))
+        "dns.policy: no answer policy {!r} (known: {})".format(
+            name, ", ".join(sorted([builtin.name, *found]))
+        )
     )

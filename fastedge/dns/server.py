@@ -52,7 +52,9 @@ class _Context:
 
     __slots__ = ("parsed", "client", "udp", "started")
 
-    def __init__(self, parsed: ParsedQuery, client: Client, udp: bool, started: float) -> None:
+    def __init__(
+        self, parsed: ParsedQuery, client: Client, udp: bool, started: float
+    ) -> None:
         self.parsed = parsed
         self.client = client
         self.udp = udp
@@ -79,7 +81,9 @@ class SourceRateLimit:
 
     def _network(self, source: str) -> str:
         if ":" in source:
-            return str(ipaddress.IPv6Network((source, 56), strict=False).network_address)
+            return str(
+                ipaddress.IPv6Network((source, 56), strict=False).network_address
+            )
         return source.rsplit(".", 1)[0]
 
     def check(self, source: str) -> str:
@@ -132,9 +136,10 @@ class EdgeStreamProtocol(dns.DNSProtocol, TimeoutMixin):
         self.sendString(data)
 
     def timeoutConnection(self) -> None:
+        assert self.transport is not None
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
         super().connectionLost(reason)
 
@@ -147,7 +152,7 @@ class EdgeServerFactory(server.DNSServerFactory):
     """
 
     _log = Logger()
-    protocol = EdgeStreamProtocol  # type: ignore[assignment]
+    protocol = EdgeStreamProtocol
 
     def __init__(
         self,
@@ -178,7 +183,9 @@ class EdgeServerFactory(server.DNSServerFactory):
 
     # Entry points of the protocols
 
-    def handle_datagram(self, data: bytes, addr: tuple[str, int], protocol: EdgeDatagramProtocol) -> None:
+    def handle_datagram(
+        self, data: bytes, addr: tuple[str, int], protocol: EdgeDatagramProtocol
+    ) -> None:
         """One UDP datagram from ``addr``."""
         started = self._timer()
         verdict = self.rate_limit.check(addr[0])
@@ -187,7 +194,12 @@ class EdgeServerFactory(server.DNSServerFactory):
             if verdict == "slip" and len(data) >= 12:
                 qid, flags = struct.unpack_from(">HH", data)
                 if not flags & 0x8000:
-                    protocol.write_answer(HEADER.pack(qid, response_flags(flags, OK, False) | TC, 0, 0, 0, 0), addr)
+                    protocol.write_answer(
+                        HEADER.pack(
+                            qid, response_flags(flags, OK, False) | TC, 0, 0, 0, 0
+                        ),
+                        addr,
+                    )
             return
         answer = self.fast.answer(data, addr[0], True)
         if answer is not None:
@@ -199,7 +211,8 @@ class EdgeServerFactory(server.DNSServerFactory):
     def handle_stream(self, data: bytes, protocol: EdgeStreamProtocol) -> None:
         """One message received over TCP."""
         started = self._timer()
-        source = protocol.transport.getPeer().host
+        assert protocol.transport is not None
+        source = protocol.transport.getPeer().host  # type: ignore[attr-defined]
         answer = self.fast.answer(data, source, False)
         if answer is not None:
             protocol.write_answer(answer)
@@ -209,7 +222,15 @@ class EdgeServerFactory(server.DNSServerFactory):
 
     # The general path
 
-    def _general(self, data: bytes, source: str, udp: bool, protocol: Any, addr: Any, started: float) -> None:
+    def _general(
+        self,
+        data: bytes,
+        source: str,
+        udp: bool,
+        protocol: Any,
+        addr: Any,
+        started: float,
+    ) -> None:
         transport = "udp" if udp else "tcp"
         try:
             parsed = parse_query(data)
@@ -217,7 +238,11 @@ class EdgeServerFactory(server.DNSServerFactory):
             self.stats.dropped["not-a-query"] += 1
             return
         except Malformed as e:
-            self._log.debug("malformed query from {source}: {reason}", source=source, reason=e.reason)
+            self._log.debug(
+                "malformed query from {source}: {reason}",
+                source=source,
+                reason=e.reason,
+            )
             self.stats.queries[(0, e.rcode, "general", transport)] += 1
             protocol.write_answer(error_response(e, self.max_udp_payload), addr)
             self.stats.observe(self._timer() - started)
@@ -227,7 +252,11 @@ class EdgeServerFactory(server.DNSServerFactory):
             message.fromStr(data)
         except (EOFError, ValueError, IndexError, struct.error) as e:
             # Our checks passed but Twisted's parser refused it.
-            self._log.debug("query from {source} Twisted cannot parse: {error}", source=source, error=e)
+            self._log.debug(
+                "query from {source} Twisted cannot parse: {error}",
+                source=source,
+                error=e,
+            )
             error = Malformed(FORMERR, str(e), (parsed.id, parsed.flags), parsed.edns)
             self.stats.queries[(0, FORMERR, "general", transport)] += 1
             protocol.write_answer(error_response(error, self.max_udp_payload), addr)
@@ -237,7 +266,9 @@ class EdgeServerFactory(server.DNSServerFactory):
         message._edge = _Context(parsed, Client(source, parsed.edns.ecs if parsed.edns else None), udp, started)  # type: ignore[attr-defined]
         self.messageReceived(message, protocol, addr)
 
-    def messageReceived(self, message: dns.Message, proto: Any, address: Any = None) -> None:
+    def messageReceived(
+        self, message: dns.Message, proto: Any, address: Any = None
+    ) -> None:
         # As Twisted's, without its per-message wall-clock stamp and logging.
         if not self.allowQuery(message, proto, address):
             message.rCode = dns.EREFUSED
@@ -256,8 +287,16 @@ class EdgeServerFactory(server.DNSServerFactory):
     def handleQuery(self, message: dns.Message, protocol: Any, address: Any) -> None:
         ctx: _Context = message._edge  # type: ignore[attr-defined]
         query = message.queries[0]
-        result: Resolution = self.authority.resolve(query.name.name, query.type, query.cls, ctx.client)
-        response = dns.Message(id=message.id, answer=1, opCode=message.opCode, auth=1, rCode=result.rcode)
+        result: Resolution = self.authority.resolve(
+            query.name.name, query.type, query.cls, ctx.client
+        )
+        response = dns.Message(
+            id=message.id,
+            answer=True,
+            opCode=message.opCode,
+            auth=True,
+            rCode=result.rcode,
+        )
         response.queries = message.queries
         response.answers = result.answers
         response.authority = result.authority
@@ -275,7 +314,9 @@ class EdgeServerFactory(server.DNSServerFactory):
         if not message.answer:
             # Twisted answers NOTIMP/REFUSED by sending the query back with
             # an rcode: answer with the question only.
-            response = dns.Message(id=message.id, answer=1, opCode=message.opCode, rCode=message.rCode)
+            response = dns.Message(
+                id=message.id, answer=True, opCode=message.opCode, rCode=message.rCode
+            )
             response.queries = message.queries
             message = response
         rcode = message.rCode
@@ -290,11 +331,22 @@ class EdgeServerFactory(server.DNSServerFactory):
                 echo = edns.ecs.option(getattr(message, "_edge_scope", 0))
             opt = opt_record(self.max_udp_payload, rcode, edns.dnssec_ok, echo)
         authoritative = rcode in (OK, NXDOMAIN) and message.opCode == dns.OP_QUERY
-        HEADER.pack_into(body, 0, qid, response_flags(parsed.flags, rcode, authoritative), qd, an, ns, ar + (1 if opt else 0))
+        HEADER.pack_into(
+            body,
+            0,
+            qid,
+            response_flags(parsed.flags, rcode, authoritative),
+            qd,
+            an,
+            ns,
+            ar + (1 if opt else 0),
+        )
         wire = bytes(body) + opt
         transport = "udp" if ctx.udp else "tcp"
         if ctx.udp:
-            limit = min(edns.udp_size, self.max_udp_payload) if edns is not None else 512
+            limit = (
+                min(edns.udp_size, self.max_udp_payload) if edns is not None else 512
+            )
             if len(wire) > limit:
                 wire = truncated_response(wire, opt)
                 self.stats.truncated += 1
@@ -304,4 +356,10 @@ class EdgeServerFactory(server.DNSServerFactory):
         self.stats.observe(self._timer() - ctx.started)
 
 
-__all__ = ["EdgeDatagramProtocol", "EdgeServerFactory", "EdgeStreamProtocol", "NOTIMP", "SourceRateLimit"]
+__all__ = [
+    "EdgeDatagramProtocol",
+    "EdgeServerFactory",
+    "EdgeStreamProtocol",
+    "NOTIMP",
+    "SourceRateLimit",
+]

@@ -35,7 +35,7 @@ class DnsService(MultiService):
         self._table = table
 
     def stopService(self) -> Deferred[None]:
-        d: Deferred[None] = super().stopService()  # type: ignore[assignment]
+        d: Deferred[None] = super().stopService()
         self._table.close()
         return d
 
@@ -55,9 +55,15 @@ def build_server(
 ) -> tuple[EdgeServerFactory, AnswerTable]:
     """The server for ``cfg`` over ``node_map`` and ``geo`` (no listeners)."""
     table = AnswerTable(
-        node_map, policy, count=cfg.answers, default_region=cfg.default_region, cell_degrees=cfg.cell_degrees
+        node_map,
+        policy,
+        count=cfg.answers,
+        default_region=cfg.default_region,
+        cell_degrees=cfg.cell_degrees,
     )
-    locator = ClientLocator(geo, cell_degrees=cfg.cell_degrees, entries=cfg.location_cache_entries)
+    locator = ClientLocator(
+        geo, cell_degrees=cfg.cell_degrees, entries=cfg.location_cache_entries
+    )
     authority = EdgeAuthority(cfg.zones, ttl=cfg.ttl, table=table, locator=locator)
     fast = FastPath(
         authority,
@@ -97,23 +103,36 @@ def make_service(
     """
     stats = DnsStats()
     factory, table = build_server(
-        cfg, clock=reactor, node_map=node_map, geo=geo, policy=policy or load_policy(cfg.policy), stats=stats
+        cfg,
+        clock=reactor,
+        node_map=node_map,
+        geo=geo,
+        policy=policy or load_policy(cfg.policy),
+        stats=stats,
     )
     register(
         registry,
         stats,
         lambda: {
             "fastedge_dns_node_map_version": ("gauge", float(table.version)),
-            "fastedge_dns_location_lookups": ("counter", float(factory.authority.locator.lookups)),
+            "fastedge_dns_location_lookups": (
+                "counter",
+                float(factory.authority.locator.lookups),
+            ),
         },
     )
     top = DnsService(factory, table)
     udp = internet.UDPServer(
-        cfg.port, EdgeDatagramProtocol(factory, reactor=reactor), interface=cfg.interface, reactor=reactor
+        cfg.port,
+        EdgeDatagramProtocol(factory, reactor=reactor),
+        interface=cfg.interface,
+        reactor=reactor,
     )
     udp.setName("udp")
     udp.setServiceParent(top)
-    tcp = internet.StreamServerEndpointService(serverFromString(reactor, _tcp_endpoint(cfg.interface, cfg.port)), factory)
+    tcp = internet.StreamServerEndpointService(
+        serverFromString(reactor, _tcp_endpoint(cfg.interface, cfg.port)), factory
+    )
     tcp._raiseSynchronously = True  # a port in use fails `twistd` loudly
     tcp.setName("tcp")
     tcp.setServiceParent(top)

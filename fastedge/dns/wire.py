@@ -55,7 +55,9 @@ class Malformed(Exception):
     :ivar edns: the query's EDNS when it was read (the answer carries OPT).
     """
 
-    def __init__(self, rcode: int, reason: str, header: tuple[int, int], edns: Edns | None = None) -> None:
+    def __init__(
+        self, rcode: int, reason: str, header: tuple[int, int], edns: Edns | None = None
+    ) -> None:
         super().__init__(reason)
         self.rcode = rcode
         self.reason = reason
@@ -78,11 +80,16 @@ class ClientSubnet:
         if self.family == 1:
             return ".".join(str(b) for b in self.address.ljust(4, b"\0"))
         padded = self.address.ljust(16, b"\0")
-        return ":".join("{:x}".format(int.from_bytes(padded[i : i + 2], "big")) for i in range(0, 16, 2))
+        return ":".join(
+            "{:x}".format(int.from_bytes(padded[i : i + 2], "big"))
+            for i in range(0, 16, 2)
+        )
 
     def option(self, scope: int) -> bytes:
         """The option echoed in a response, with SCOPE PREFIX-LENGTH ``scope``."""
-        body = struct.pack(">HBB", self.family, self.source_prefix, scope) + self.address
+        body = (
+            struct.pack(">HBB", self.family, self.source_prefix, scope) + self.address
+        )
         return struct.pack(">HH", OPTION_ECS, len(body)) + body
 
 
@@ -159,7 +166,7 @@ def _parse_ecs(body: bytes, header: tuple[int, int]) -> ClientSubnet:
     elif family == 2:
         width = 128
     else:
-        raise Malformed(FORMERR, "ECS family {} unknown".format(family), header)
+        raise Malformed(FORMERR, f"ECS family {family} unknown", header)
     if source > width:
         raise Malformed(FORMERR, "ECS source prefix longer than the address", header)
     if len(address) != (source + 7) // 8:
@@ -169,7 +176,9 @@ def _parse_ecs(body: bytes, header: tuple[int, int]) -> ClientSubnet:
     return ClientSubnet(family, source, scope, bytes(address))
 
 
-def _parse_opt(data: bytes, at: int, rdlen: int, udp_size: int, ttl: int, header: tuple[int, int]) -> Edns:
+def _parse_opt(
+    data: bytes, at: int, rdlen: int, udp_size: int, ttl: int, header: tuple[int, int]
+) -> Edns:
     version = (ttl >> 16) & 0xFF
     dnssec_ok = bool(ttl & 0x8000)
     ecs: ClientSubnet | None = None
@@ -181,7 +190,9 @@ def _parse_opt(data: bytes, at: int, rdlen: int, udp_size: int, ttl: int, header
         code, length = _HH.unpack_from(data, pos)
         pos += 4
         if pos + length > end:
-            raise Malformed(FORMERR, "EDNS option runs past its record", header, partial)
+            raise Malformed(
+                FORMERR, "EDNS option runs past its record", header, partial
+            )
         if code == OPTION_ECS:
             if ecs is not None:
                 raise Malformed(FORMERR, "two ECS options", header, partial)
@@ -227,17 +238,19 @@ def parse_query(data: bytes) -> ParsedQuery:
                 raise Malformed(FORMERR, "record data runs past the end", header, edns)
             if rtype == TYPE_OPT:
                 if section != 3 or owner != "" or edns is not None:
-                    raise Malformed(FORMERR, "misplaced or repeated OPT record", header, edns)
+                    raise Malformed(
+                        FORMERR, "misplaced or repeated OPT record", header, edns
+                    )
                 edns = _parse_opt(data, pos, rdlen, rclass, ttl, header)
             pos += rdlen
     if pos != len(data):
         raise Malformed(FORMERR, "bytes after the last record", header, edns)
     opcode = (flags >> 11) & 0xF
     if edns is not None and edns.version != 0:
-        raise Malformed(BADVERS, "EDNS version {} unknown".format(edns.version), header, edns)
+        raise Malformed(BADVERS, f"EDNS version {edns.version} unknown", header, edns)
     if opcode == 0 and qd != 1:
         # RFC 9619: a QUERY holds exactly one question.
-        raise Malformed(FORMERR, "{} questions".format(qd), header, edns)
+        raise Malformed(FORMERR, f"{qd} questions", header, edns)
     return ParsedQuery(qid, flags, opcode, tuple(questions), (qd, an, ns, ar), edns)
 
 
@@ -250,10 +263,14 @@ def response_flags(query_flags: int, rcode: int, authoritative: bool = True) -> 
     return flags
 
 
-def opt_record(udp_size: int, rcode: int = 0, dnssec_ok: bool = False, options: bytes = b"") -> bytes:
+def opt_record(
+    udp_size: int, rcode: int = 0, dnssec_ok: bool = False, options: bytes = b""
+) -> bytes:
     """Our OPT record: version 0, our UDP size, the upper rcode bits."""
     ttl = ((rcode >> 4) & 0xFF) << 24 | (0x8000 if dnssec_ok else 0)
-    return b"\x00" + struct.pack(">HHIH", TYPE_OPT, udp_size, ttl, len(options)) + options
+    return (
+        b"\x00" + struct.pack(">HHIH", TYPE_OPT, udp_size, ttl, len(options)) + options
+    )
 
 
 def error_response(error: Malformed, our_udp_size: int) -> bytes:
@@ -283,4 +300,6 @@ def truncated_response(response: bytes, opt: bytes) -> bytes:
     retries over TCP (RFC 7766)."""
     qid, flags, qd, _an, _ns, _ar = HEADER.unpack_from(response)
     end = question_end(response)
-    return HEADER.pack(qid, flags | TC, qd, 0, 0, 1 if opt else 0) + response[12:end] + opt
+    return (
+        HEADER.pack(qid, flags | TC, qd, 0, 0, 1 if opt else 0) + response[12:end] + opt
+    )

@@ -81,7 +81,14 @@ class GeoIndex:
     """
 
     def __init__(
-        self, reader: Any, *, path: str, networks: int, database_type: str, build_epoch: int, build_seconds: float
+        self,
+        reader: Any,
+        *,
+        path: str,
+        networks: int,
+        database_type: str,
+        build_epoch: int,
+        build_seconds: float,
     ) -> None:
         self._reader = reader
         self._ipv4_only = reader.metadata().ip_version == 4
@@ -116,7 +123,9 @@ class GeoIndex:
         self._reader.close()
 
 
-def _count_networks(data: bytes, node_count: int, record_size: int, data_size: int) -> int:
+def _count_networks(
+    data: bytes, node_count: int, record_size: int, data_size: int
+) -> int:
     """Networks with data, read straight from the search tree: each record
     above ``node_count`` points into the data section. The tree is an array
     in which every node appears once (IPv4-in-IPv6 aliases point at shared
@@ -140,7 +149,7 @@ def _count_networks(data: bytes, node_count: int, record_size: int, data_size: i
         for pair in struct.iter_unpack(">II", tree):
             values.extend(pair)
     else:
-        raise GeoIndexError("unsupported record size {}".format(record_size))
+        raise GeoIndexError(f"unsupported record size {record_size}")
     networks = 0
     for value in values:
         if value > node_count:
@@ -155,7 +164,11 @@ def _open_reader(data: bytes) -> Any:
     extension over a memfd when both exist, else the pure-Python reader."""
     memfd_create = getattr(os, "memfd_create", None)
     extension = getattr(maxminddb, "extension", None)
-    if memfd_create is not None and extension is not None and os.path.isdir("/proc/self/fd"):
+    if (
+        memfd_create is not None
+        and extension is not None
+        and os.path.isdir("/proc/self/fd")
+    ):
         fd = memfd_create("fastedge-geoip", getattr(os, "MFD_CLOEXEC", 0))
         try:
             view = memoryview(data)
@@ -163,7 +176,9 @@ def _open_reader(data: bytes) -> Any:
                 view = view[os.write(fd, view) :]
             # The C reader maps the memfd; the mapping keeps it alive once
             # our descriptor is closed.
-            return maxminddb.open_database("/proc/self/fd/{}".format(fd), maxminddb.MODE_MMAP_EXT)
+            return maxminddb.open_database(
+                f"/proc/self/fd/{fd}", maxminddb.MODE_MMAP_EXT
+            )
         finally:
             os.close(fd)
     return maxminddb.open_database(io.BytesIO(data), maxminddb.MODE_FD)
@@ -180,34 +195,43 @@ def build_index(path: str) -> GeoIndex:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise GeoIndexError("cannot read {} ({})".format(path, e.strerror)) from None
+        raise GeoIndexError(f"cannot read {path} ({e.strerror})") from None
     meta_at = data.rfind(_METADATA_MARKER)
     if meta_at < 0:
-        raise GeoIndexError("{} is not a MaxMind DB (no metadata section)".format(path))
+        raise GeoIndexError(f"{path} is not a MaxMind DB (no metadata section)")
     try:
         reader = _open_reader(data)
     except (InvalidDatabaseError, ValueError, OSError, struct.error) as e:
-        raise GeoIndexError("{} is not a usable MaxMind DB ({})".format(path, e)) from None
+        raise GeoIndexError(f"{path} is not a usable MaxMind DB ({e})") from None
     try:
         meta = reader.metadata()
         if meta.ip_version not in (4, 6):
-            raise GeoIndexError("{}: unsupported ip_version {}".format(path, meta.ip_version))
+            raise GeoIndexError(f"{path}: unsupported ip_version {meta.ip_version}")
         tree_size = meta.node_count * meta.record_size * 2 // 8
         data_size = meta_at - tree_size - 16
         if data_size < 0:
-            raise GeoIndexError("{}: the search tree is truncated".format(path))
+            raise GeoIndexError(f"{path}: the search tree is truncated")
         try:
-            networks = _count_networks(data, meta.node_count, meta.record_size, data_size)
+            networks = _count_networks(
+                data, meta.node_count, meta.record_size, data_size
+            )
         except GeoIndexError as e:
-            raise GeoIndexError("{}: {}".format(path, e)) from None
+            raise GeoIndexError(f"{path}: {e}") from None
         # A few real lookups decode data records: a corrupt data section
         # shows here rather than at query time.
-        probes = ["1.1.1.1", "8.8.8.8", "81.2.69.142"] + (["2001:db8::1", "2a02::1"] if meta.ip_version == 6 else [])
+        probes = ["1.1.1.1", "8.8.8.8", "81.2.69.142"] + (
+            ["2001:db8::1", "2a02::1"] if meta.ip_version == 6 else []
+        )
         for probe in probes:
             try:
                 reader.get_with_prefix_len(probe)
-            except (InvalidDatabaseError, ValueError, struct.error, UnicodeDecodeError) as e:
-                raise GeoIndexError("{}: corrupt data section ({})".format(path, e)) from None
+            except (
+                InvalidDatabaseError,
+                ValueError,
+                struct.error,
+                UnicodeDecodeError,
+            ) as e:
+                raise GeoIndexError(f"{path}: corrupt data section ({e})") from None
         return GeoIndex(
             reader,
             path=path,

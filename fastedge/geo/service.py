@@ -119,7 +119,7 @@ class GeoService(Service):
             index = self._build(self._cfg.database)
         except GeoIndexError as e:
             self.metrics.rebuilds.labels("start", "failed").inc()
-            raise GeoIndexError("geo.database: {}".format(e)) from None
+            raise GeoIndexError(f"geo.database: {e}") from None
         self._signature = _signature(self._cfg.database)
         self._swap(index, "start")
 
@@ -130,11 +130,16 @@ class GeoService(Service):
             self.privilegedStartService()
         super().startService()
         if not self._cfg.database:
-            self._log.info("no GeoIP database configured (geo.database): client locations are unknown")
+            self._log.info(
+                "no GeoIP database configured (geo.database): client locations are unknown"
+            )
             return
         if self._pool is not None:
             self._pool.start()
-        for every, work in ((self._cfg.rebuild_seconds, self._scheduled), (self._cfg.watch_seconds, self._watch)):
+        for every, work in (
+            (self._cfg.rebuild_seconds, self._scheduled),
+            (self._cfg.watch_seconds, self._watch),
+        ):
             loop = LoopingCall(work)
             loop.clock = self._reactor
             loop.start(every, now=False).addErrback(
@@ -183,9 +188,17 @@ class GeoService(Service):
                 self.rebuild("admin")
                 return
         except OSError as e:
-            self._log.warn("cannot take the rebuild request {path}: {error}", path=self._cfg.request_file, error=e)
+            self._log.warn(
+                "cannot take the rebuild request {path}: {error}",
+                path=self._cfg.request_file,
+                error=e,
+            )
         current = _signature(self._cfg.database)
-        if current is not None and current != self._signature and current != self._failed_signature:
+        if (
+            current is not None
+            and current != self._signature
+            and current != self._failed_signature
+        ):
             self.rebuild("file-changed")
 
     def rebuild(self, trigger: str = "admin") -> Deferred[bool]:
@@ -212,12 +225,19 @@ class GeoService(Service):
         self._building = True
         signature = _signature(self._cfg.database)
         path = self._cfg.database
-        self._log.info("rebuilding the GeoIP index from {path} ({trigger})", path=path, trigger=trigger)
+        self._log.info(
+            "rebuilding the GeoIP index from {path} ({trigger})",
+            path=path,
+            trigger=trigger,
+        )
         d = self._run(lambda: self._build(path))
         d.addCallbacks(
-            self._built, self._build_failed, callbackArgs=(trigger, signature), errbackArgs=(trigger, signature)
+            self._built,
+            self._build_failed,
+            callbackArgs=(trigger, signature),
+            errbackArgs=(trigger, signature),
         )
-        d.addCallback(self._build_done)
+        d.addCallback(self._build_done)  # type: ignore[call-overload]
 
     def _build_done(self, ok: bool) -> None:
         self._building = False
@@ -229,13 +249,17 @@ class GeoService(Service):
         for waiter in waiters:
             waiter.callback(ok)
 
-    def _built(self, index: GeoIndex, trigger: str, signature: _Signature | None) -> bool:
+    def _built(
+        self, index: GeoIndex, trigger: str, signature: _Signature | None
+    ) -> bool:
         self._signature = signature
         self._failed_signature = None
         self._swap(index, trigger)
         return True
 
-    def _build_failed(self, f: Failure, trigger: str, signature: _Signature | None) -> bool:
+    def _build_failed(
+        self, f: Failure, trigger: str, signature: _Signature | None
+    ) -> bool:
         self.metrics.rebuilds.labels(trigger, "failed").inc()
         # The same broken file is not retried until it changes again.
         self._failed_signature = signature
@@ -246,7 +270,11 @@ class GeoService(Service):
                 reason=f.getErrorMessage(),
             )
         else:
-            self._log.failure("GeoIP rebuild ({trigger}) failed, keeping the index in use", f, trigger=trigger)
+            self._log.failure(
+                "GeoIP rebuild ({trigger}) failed, keeping the index in use",
+                f,
+                trigger=trigger,
+            )
         return False
 
     def _swap(self, index: GeoIndex, trigger: str) -> None:
@@ -266,7 +294,9 @@ class GeoService(Service):
             try:
                 observer()
             except Exception:
-                self._log.failure("GeoIP index observer {observer!r} failed", observer=observer)
+                self._log.failure(
+                    "GeoIP index observer {observer!r} failed", observer=observer
+                )
         if old is not None:
             # Lookups run on the reactor thread, as this does: none is using
             # the old index now.
@@ -278,6 +308,14 @@ class GeoService(Service):
         return float(self._reactor.seconds() - self._built_at)
 
 
-def make_service(cfg: GeoConfig, *, reactor: Any, registry: CollectorRegistry, handle_sighup: bool = True) -> GeoService:
+def make_service(
+    cfg: GeoConfig,
+    *,
+    reactor: Any,
+    registry: CollectorRegistry,
+    handle_sighup: bool = True,
+) -> GeoService:
     """The ``geo`` child for ``cfg``."""
-    return GeoService(cfg, reactor=reactor, registry=registry, handle_sighup=handle_sighup)
+    return GeoService(
+        cfg, reactor=reactor, registry=registry, handle_sighup=handle_sighup
+    )

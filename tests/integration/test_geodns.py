@@ -19,7 +19,14 @@ from fastedge.dns import service as dns_service
 from fastedge.geo.service import GeoService
 from fastedge.mesh.nodemap import NodeMap, NodeState
 from fastedge.metrics.registry import new_registry
-from fastedge.testing import PLACES, dns_query, dns_response, node_info, run_inline, write_geo_db
+from fastedge.testing import (
+    PLACES,
+    dns_query,
+    dns_response,
+    node_info,
+    run_inline,
+    write_geo_db,
+)
 
 from .test_twistd import REPO, TWISTD, _env, _Watch
 
@@ -87,7 +94,11 @@ class ThreeNodesTests(TestCase):
     def setUp(self) -> None:
         db = write_geo_db(
             os.path.abspath(self.mktemp()),
-            {"81.2.69.0/24": PLACES["london"], "203.0.113.0/24": PLACES["tokyo"], "192.0.2.0/24": PLACES["frankfurt"]},
+            {
+                "81.2.69.0/24": PLACES["london"],
+                "203.0.113.0/24": PLACES["tokyo"],
+                "192.0.2.0/24": PLACES["frankfurt"],
+            },
         )
         self.maps: list[NodeMap] = []
         self.ports: list[int] = []
@@ -96,9 +107,18 @@ class ThreeNodesTests(TestCase):
             for info in (A, B, C):
                 node_map.upsert(info)
             registry = new_registry()
-            geo = GeoService(GeoConfig(database=db, request_file=db + ".req"), reactor=reactor, registry=registry, run=run_inline)
+            geo = GeoService(
+                GeoConfig(database=db, request_file=db + ".req"),
+                reactor=reactor,
+                registry=registry,
+                run=run_inline,
+            )
             service = dns_service.make_service(
-                DnsConfig(port=0, zones=ZONES), reactor=reactor, registry=registry, node_map=node_map, geo=geo
+                DnsConfig(port=0, zones=ZONES),
+                reactor=reactor,
+                registry=registry,
+                node_map=node_map,
+                geo=geo,
             )
             geo.privilegedStartService()
             service.privilegedStartService()
@@ -106,7 +126,9 @@ class ThreeNodesTests(TestCase):
             self.addCleanup(service.stopService)
             self.maps.append(node_map)
             self.ports.append(service.getServiceNamed("udp")._port.getHost().port)
-            self.tcp_port = service.getServiceNamed("tcp")._waitingForPort.result.getHost().port
+            self.tcp_port = (
+                service.getServiceNamed("tcp")._waitingForPort.result.getHost().port
+            )
         self.client = UdpClient()
         port = reactor.listenUDP(0, self.client, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -122,7 +144,9 @@ class ThreeNodesTests(TestCase):
         once B is DEAD in the map the next query no longer answers B."""
         for node in range(3):
             response = yield self.ask(node, "edge.example.test", "203.0.113.0/24")
-            self.assertEqual([rr.address for rr in response.answer[0]], ["127.0.0.12", "127.0.0.11"])
+            self.assertEqual(
+                [rr.address for rr in response.answer[0]], ["127.0.0.12", "127.0.0.11"]
+            )
         for node_map in self.maps:
             node_map.set_state("b-tyo", NodeState.DEAD)
         for node in range(3):
@@ -140,10 +164,14 @@ class ThreeNodesTests(TestCase):
     def test_tcp(self) -> None:
         """The same answers come over TCP."""
         client = TcpClient(dns_query("edge.example.test", ecs="81.2.69.0/24"))
-        yield protocol.ClientCreator(reactor, lambda: client).connectTCP("127.0.0.1", self.tcp_port)
+        yield protocol.ClientCreator(reactor, lambda: client).connectTCP(
+            "127.0.0.1", self.tcp_port
+        )
         response = dns_response((yield client.answer))
         yield client.closed
-        self.assertEqual([rr.address for rr in response.answer[0]], ["127.0.0.11", "127.0.0.12"])
+        self.assertEqual(
+            [rr.address for rr in response.answer[0]], ["127.0.0.11", "127.0.0.12"]
+        )
 
 
 class DefaultsTests(TestCase):
@@ -155,21 +183,41 @@ class DefaultsTests(TestCase):
         127.0.0.1 and serves the SOA of fastedge.test (here on a free port)."""
         watch = _Watch()
         data_dir = os.path.abspath(self.mktemp())
-        args = (sys.executable, *TWISTD, "-n", "--pidfile=", "fastedge", "--data-dir", data_dir,
-                "--http", "tcp:0:interface=127.0.0.1", "--dns-port", "0")
-        process = reactor.spawnProcess(watch, sys.executable, args, env=_env(), path=REPO)
+        args = (
+            sys.executable,
+            *TWISTD,
+            "-n",
+            "--pidfile=",
+            "fastedge",
+            "--data-dir",
+            data_dir,
+            "--http",
+            "tcp:0:interface=127.0.0.1",
+            "--dns-port",
+            "0",
+        )
+        process = reactor.spawnProcess(
+            watch, sys.executable, args, env=_env(), path=REPO
+        )
         try:
             yield watch.started
             port = int(re.search(rb"EdgeDatagramProtocol starting on (\d+)", watch.output).group(1))  # type: ignore[union-attr]
             client = UdpClient()
             listening = reactor.listenUDP(0, client, interface="127.0.0.1")
             try:
-                a = dns_response((yield client.ask(dns_query("edge.fastedge.test"), port)))
-                soa = dns_response((yield client.ask(dns_query("fastedge.test", "SOA"), port)))
+                a = dns_response(
+                    (yield client.ask(dns_query("edge.fastedge.test"), port))
+                )
+                soa = dns_response(
+                    (yield client.ask(dns_query("fastedge.test", "SOA"), port))
+                )
             finally:
                 yield listening.stopListening()
         finally:
             process.signalProcess("TERM")
             yield watch.ended
         self.assertEqual([rr.address for rr in a.answer[0]], ["127.0.0.1"])
-        self.assertEqual((soa.rcode(), str(soa.answer[0][0].mname)), (dns.rcode.NOERROR, "ns1.fastedge.test."))
+        self.assertEqual(
+            (soa.rcode(), str(soa.answer[0][0].mname)),
+            (dns.rcode.NOERROR, "ns1.fastedge.test."),
+        )

@@ -17,15 +17,22 @@ class OptionsTests(SynchronousTestCase):
         """With no arguments the node runs on the embedded defaults."""
         options = Options()
         options.parseOptions([])
-        self.assertEqual(options.config.http.endpoint, "tcp:8080:interface=127.0.0.1:backlog=1024")
+        self.assertEqual(
+            options.config.http.endpoint, "tcp:8080:interface=127.0.0.1:backlog=1024"
+        )
         self.assertEqual(options.config.store.backend, "sqlite")
 
     def test_overrides(self) -> None:
         """--http, --node-id and --data-dir override the file."""
         options = Options()
-        options.parseOptions(["--http", "tcp:0", "--node-id", "edge-1", "--data-dir", "/srv/fe"])
+        options.parseOptions(
+            ["--http", "tcp:0", "--node-id", "edge-1", "--data-dir", "/srv/fe"]
+        )
         cfg = options.config
-        self.assertEqual((cfg.http.endpoint, cfg.node.id, cfg.node.data_dir), ("tcp:0", "edge-1", "/srv/fe"))
+        self.assertEqual(
+            (cfg.http.endpoint, cfg.node.id, cfg.node.data_dir),
+            ("tcp:0", "edge-1", "/srv/fe"),
+        )
 
     def test_bad_config_is_a_usage_error(self) -> None:
         """A bad config file fails option parsing (before twistd daemonizes or
@@ -35,7 +42,9 @@ class OptionsTests(SynchronousTestCase):
             f.write("[http]\nmax_body_bytes = -1\n")
         with self.assertRaises(UsageError) as cm:
             Options().parseOptions(["--config", path])
-        self.assertEqual(str(cm.exception), "http.max_body_bytes: must be greater than 0")
+        self.assertEqual(
+            str(cm.exception), "http.max_body_bytes: must be greater than 0"
+        )
 
     def test_bad_override(self) -> None:
         """A bad override is refused the same way."""
@@ -53,7 +62,9 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_named_children(self) -> None:
         """The node is a MultiService of named children, store first."""
-        self.assertEqual([c.name for c in self.top], ["store", "geo", "dns", "transport"])
+        self.assertEqual(
+            [c.name for c in self.top], ["store", "geo", "dns", "transport"]
+        )
 
     def test_dns_on_a_map_of_this_node(self) -> None:
         """Until the mesh lands, DNS answers from a node map holding this node
@@ -71,7 +82,9 @@ class MakeServiceTests(SynchronousTestCase):
             f.write('[dns]\npolicy = "no-such-policy"\n')
         with self.assertRaises(UsageError) as cm:
             Options().parseOptions(["--config", path])
-        self.assertIn("dns.policy: no answer policy 'no-such-policy'", str(cm.exception))
+        self.assertIn(
+            "dns.policy: no answer policy 'no-such-policy'", str(cm.exception)
+        )
 
     def test_transport_listens(self) -> None:
         """The transport binds the configured endpoint (with an explicit

@@ -36,10 +36,18 @@ class NearestLiveTests(SynchronousTestCase):
     def test_unknown_client(self) -> None:
         """An unknown client gets the default region's nodes, else all, in
         node-id order."""
-        nodes = [node_info("b", "tokyo"), node_info("a", "london"), node_info("c", "tokyo")]
+        nodes = [
+            node_info("b", "tokyo"),
+            node_info("a", "london"),
+            node_info("c", "tokyo"),
+        ]
         policy = NearestLive()
-        self.assertEqual([n.node_id for n in policy.choose(nodes, None, 2, "tokyo")], ["b", "c"])
-        self.assertEqual([n.node_id for n in policy.choose(nodes, None, 2, "")], ["b", "a", "c"])
+        self.assertEqual(
+            [n.node_id for n in policy.choose(nodes, None, 2, "tokyo")], ["b", "c"]
+        )
+        self.assertEqual(
+            [n.node_id for n in policy.choose(nodes, None, 2, "")], ["b", "a", "c"]
+        )
         here = Location(*PLACES["london"][:2])
         self.assertEqual([n.node_id for n in policy.choose(nodes, here, 2, "")][0], "a")
 
@@ -62,15 +70,31 @@ class PluginTests(SynchronousTestCase):
     def test_plugin_decides_answers(self) -> None:
         """With the plugin, answers follow load, not distance, and still
         only ever name live nodes; a change of load changes the answer."""
-        db = write_geo_db(os.path.abspath(self.mktemp()), {"81.2.69.0/24": PLACES["london"]})
+        db = write_geo_db(
+            os.path.abspath(self.mktemp()), {"81.2.69.0/24": PLACES["london"]}
+        )
         nodes = [
             node_info("lon", "london", addresses=("192.0.2.1",), load=90),
             node_info("tyo", "tokyo", addresses=("192.0.2.2",), load=10),
             node_info("nyc", "new-york", addresses=("192.0.2.3",), load=50),
         ]
-        h = DnsHarness(self, nodes=nodes, geo_db=db, policy=load_policy("least-loaded", tests.plugins))
-        self.assertEqual(h.addresses("edge.fastedge.test", ecs="81.2.69.0/24"), ["192.0.2.2", "192.0.2.3"])
+        h = DnsHarness(
+            self,
+            nodes=nodes,
+            geo_db=db,
+            policy=load_policy("least-loaded", tests.plugins),
+        )
+        self.assertEqual(
+            h.addresses("edge.fastedge.test", ecs="81.2.69.0/24"),
+            ["192.0.2.2", "192.0.2.3"],
+        )
         h.node_map.set_state("tyo", NodeState.DEAD)
-        self.assertEqual(h.addresses("edge.fastedge.test", ecs="81.2.69.0/24"), ["192.0.2.3", "192.0.2.1"])
+        self.assertEqual(
+            h.addresses("edge.fastedge.test", ecs="81.2.69.0/24"),
+            ["192.0.2.3", "192.0.2.1"],
+        )
         h.node_map.upsert(dataclasses.replace(nodes[0], load=1, incarnation=2))
-        self.assertEqual(h.addresses("edge.fastedge.test", ecs="81.2.69.0/24"), ["192.0.2.1", "192.0.2.3"])
+        self.assertEqual(
+            h.addresses("edge.fastedge.test", ecs="81.2.69.0/24"),
+            ["192.0.2.1", "192.0.2.3"],
+        )

@@ -16,7 +16,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.config import ZoneConfig
 from fastedge.mesh.nodemap import NodeState
-from fastedge.testing import PLACES, DnsHarness, dns_query, dns_response, node_info, write_geo_db
+from fastedge.testing import (
+    PLACES,
+    DnsHarness,
+    dns_query,
+    dns_response,
+    node_info,
+    write_geo_db,
+)
 
 GEO = {
     "81.2.69.0/24": PLACES["london"],
@@ -30,8 +37,20 @@ LON = node_info("lon", "london", addresses=("192.0.2.10", "2001:db8::10"))
 FRA = node_info("fra", "frankfurt", addresses=("192.0.2.20", "2001:db8::20"))
 NYC = node_info("nyc", "new-york", addresses=("192.0.2.30",))
 TYO = node_info("tyo", "tokyo", addresses=("192.0.2.40", "2001:db8::40"))
-EU_PAR = node_info("eu-fra", "frankfurt", deployment="eu", addresses=("192.0.2.50", "2001:db8::50"), region="eu-central")
-EU_LON = node_info("eu-lon", "london", deployment="eu", addresses=("192.0.2.60", "2001:db8::60"), region="eu-west")
+EU_PAR = node_info(
+    "eu-fra",
+    "frankfurt",
+    deployment="eu",
+    addresses=("192.0.2.50", "2001:db8::50"),
+    region="eu-central",
+)
+EU_LON = node_info(
+    "eu-lon",
+    "london",
+    deployment="eu",
+    addresses=("192.0.2.60", "2001:db8::60"),
+    region="eu-west",
+)
 
 ZONES = (
     ZoneConfig(name="edge.example.test", deployment="global", geo_names=("@", "www")),
@@ -54,32 +73,53 @@ class GeoAnswerTests(ServerTestCase):
         nearest first, and the option is echoed with the scope of the GeoIP
         network that decided."""
         h = self.harness()
-        self.assertEqual(h.addresses("edge.example.test", ecs="81.2.69.0/24"), ["192.0.2.10", "192.0.2.20"])
-        self.assertEqual(h.addresses("edge.example.test", ecs="203.0.113.0/24"), ["192.0.2.40", "192.0.2.20"])
+        self.assertEqual(
+            h.addresses("edge.example.test", ecs="81.2.69.0/24"),
+            ["192.0.2.10", "192.0.2.20"],
+        )
+        self.assertEqual(
+            h.addresses("edge.example.test", ecs="203.0.113.0/24"),
+            ["192.0.2.40", "192.0.2.20"],
+        )
         response = h.ask("edge.example.test", ecs="192.0.2.128/25")
         (option,) = response.options
-        self.assertEqual((option.address, option.srclen, option.scopelen), ("192.0.2.128", 25, 26))
-        self.assertEqual([rr.address for rr in response.answer[0]], ["192.0.2.20", "192.0.2.10"])
+        self.assertEqual(
+            (option.address, option.srclen, option.scopelen), ("192.0.2.128", 25, 26)
+        )
+        self.assertEqual(
+            [rr.address for rr in response.answer[0]], ["192.0.2.20", "192.0.2.10"]
+        )
 
     def test_nearest_by_source_address(self) -> None:
         """Without ECS the source address locates the client, and no ECS
         option is sent back."""
         h = self.harness()
         response = h.ask("edge.example.test", source="198.51.100.9", edns=True)
-        self.assertEqual([rr.address for rr in response.answer[0]], ["192.0.2.30", "192.0.2.10"])
+        self.assertEqual(
+            [rr.address for rr in response.answer[0]], ["192.0.2.30", "192.0.2.10"]
+        )
         self.assertEqual(list(response.options), [])
 
     def test_aaaa(self) -> None:
         """AAAA answers the nearest nodes that have an IPv6 address."""
         h = self.harness()
-        self.assertEqual(h.addresses("edge.example.test", "AAAA", ecs="198.51.100.0/24"), ["2001:db8::10", "2001:db8::20"])
-        self.assertEqual(h.addresses("www.edge.example.test", "AAAA", ecs="2001:db8:1::/48"), ["2001:db8::40", "2001:db8::20"])
+        self.assertEqual(
+            h.addresses("edge.example.test", "AAAA", ecs="198.51.100.0/24"),
+            ["2001:db8::10", "2001:db8::20"],
+        )
+        self.assertEqual(
+            h.addresses("www.edge.example.test", "AAAA", ecs="2001:db8:1::/48"),
+            ["2001:db8::40", "2001:db8::20"],
+        )
 
     def test_k_and_ttl(self) -> None:
         """dns.answers sets how many nodes are answered; dns.ttl their TTL."""
         h = self.harness(answers=3, ttl=7)
         response = h.ask("edge.example.test", ecs="81.2.69.0/24")
-        self.assertEqual([rr.address for rr in response.answer[0]], ["192.0.2.10", "192.0.2.20", "192.0.2.30"])
+        self.assertEqual(
+            [rr.address for rr in response.answer[0]],
+            ["192.0.2.10", "192.0.2.20", "192.0.2.30"],
+        )
         self.assertEqual(response.answer[0].ttl, 7)
 
     def test_unhealthy_nodes_never_answered(self) -> None:
@@ -88,24 +128,41 @@ class GeoAnswerTests(ServerTestCase):
         h = self.harness()
         for state in (NodeState.SUSPECT, NodeState.DEAD, NodeState.LEAVING):
             h.node_map.set_state("lon", state)
-            self.assertEqual(h.addresses("edge.example.test", ecs="81.2.69.0/24"), ["192.0.2.20", "192.0.2.30"])
+            self.assertEqual(
+                h.addresses("edge.example.test", ecs="81.2.69.0/24"),
+                ["192.0.2.20", "192.0.2.30"],
+            )
         h.node_map.set_state("lon", NodeState.ALIVE)
-        self.assertEqual(h.addresses("edge.example.test", ecs="81.2.69.0/24"), ["192.0.2.10", "192.0.2.20"])
+        self.assertEqual(
+            h.addresses("edge.example.test", ecs="81.2.69.0/24"),
+            ["192.0.2.10", "192.0.2.20"],
+        )
 
     def test_new_node_answered_at_once(self) -> None:
         """A node that joins is answered by the next query."""
         h = self.harness(nodes=(NYC,))
-        self.assertEqual(h.addresses("edge.example.test", ecs="81.2.69.0/24"), ["192.0.2.30"])
+        self.assertEqual(
+            h.addresses("edge.example.test", ecs="81.2.69.0/24"), ["192.0.2.30"]
+        )
         h.node_map.upsert(LON)
-        self.assertEqual(h.addresses("edge.example.test", ecs="81.2.69.0/24"), ["192.0.2.10", "192.0.2.30"])
+        self.assertEqual(
+            h.addresses("edge.example.test", ecs="81.2.69.0/24"),
+            ["192.0.2.10", "192.0.2.30"],
+        )
 
     def test_deployments_are_separate(self) -> None:
         """The eu zone answers only eu nodes, and the global zone none of them,
         whatever the client."""
         h = self.harness()
         for ecs in ("81.2.69.0/24", "203.0.113.0/24", "2001:db8:1::/48"):
-            self.assertEqual(sorted(h.addresses("eu.edge.example.test", ecs=ecs)), ["192.0.2.50", "192.0.2.60"])
-            self.assertFalse({"192.0.2.50", "192.0.2.60"} & set(h.addresses("edge.example.test", ecs=ecs)))
+            self.assertEqual(
+                sorted(h.addresses("eu.edge.example.test", ecs=ecs)),
+                ["192.0.2.50", "192.0.2.60"],
+            )
+            self.assertFalse(
+                {"192.0.2.50", "192.0.2.60"}
+                & set(h.addresses("edge.example.test", ecs=ecs))
+            )
         h.node_map.set_state("eu-fra", NodeState.DEAD)
         h.node_map.set_state("eu-lon", NodeState.DEAD)
         response = h.ask("eu.edge.example.test", ecs="81.2.69.0/24")
@@ -116,9 +173,14 @@ class GeoAnswerTests(ServerTestCase):
         """A client the GeoIP index does not know gets the default region's
         nodes, else any live nodes; its ECS scope is the empty network's."""
         h = self.harness(default_region="tokyo")
-        self.assertEqual(h.addresses("edge.example.test", source="127.0.0.1"), ["192.0.2.40"])
+        self.assertEqual(
+            h.addresses("edge.example.test", source="127.0.0.1"), ["192.0.2.40"]
+        )
         h.node_map.set_state("tyo", NodeState.DEAD)
-        self.assertEqual(h.addresses("edge.example.test", source="127.0.0.1"), ["192.0.2.20", "192.0.2.10"])
+        self.assertEqual(
+            h.addresses("edge.example.test", source="127.0.0.1"),
+            ["192.0.2.20", "192.0.2.10"],
+        )
 
     def test_ecs_source_zero(self) -> None:
         """ECS with source prefix 0 (client opted out) is answered for the
@@ -133,18 +195,24 @@ class GeoAnswerTests(ServerTestCase):
         ECS scope 0."""
         h = DnsHarness(self, nodes=(LON, NYC), zones=ZONES)
         response = h.ask("edge.example.test", ecs="81.2.69.0/24")
-        self.assertEqual([rr.address for rr in response.answer[0]], ["192.0.2.10", "192.0.2.30"])
+        self.assertEqual(
+            [rr.address for rr in response.answer[0]], ["192.0.2.10", "192.0.2.30"]
+        )
         self.assertEqual(response.options[0].scopelen, 0)
 
     def test_new_geoip_index(self) -> None:
         """Locations remembered from the old GeoIP index are forgotten when a
         new index is swapped in."""
         h = self.harness()
-        self.assertEqual(h.addresses("edge.example.test", ecs="81.2.69.0/24")[0], "192.0.2.10")
+        self.assertEqual(
+            h.addresses("edge.example.test", ecs="81.2.69.0/24")[0], "192.0.2.10"
+        )
         write_geo_db(self.db, {"81.2.69.0/24": PLACES["tokyo"]})
         assert h.geo is not None
         self.assertTrue(self.successResultOf(h.geo.rebuild("admin")))
-        self.assertEqual(h.addresses("edge.example.test", ecs="81.2.69.0/24")[0], "192.0.2.40")
+        self.assertEqual(
+            h.addresses("edge.example.test", ecs="81.2.69.0/24")[0], "192.0.2.40"
+        )
 
     def test_metrics(self) -> None:
         """Queries are counted by type, rcode and path; answers by node; ECS
@@ -154,7 +222,14 @@ class GeoAnswerTests(ServerTestCase):
         h.ask("nope.edge.example.test")
         self.assertEqual(h.stats.queries[(1, 0, "fast", "udp")], 1)
         self.assertEqual(h.stats.queries[(1, 3, "general", "udp")], 1)
-        self.assertEqual((h.stats.answers_by_node["lon"], h.stats.answers_by_node["fra"], h.stats.ecs), (1, 1, 1))
+        self.assertEqual(
+            (
+                h.stats.answers_by_node["lon"],
+                h.stats.answers_by_node["fra"],
+                h.stats.ecs,
+            ),
+            (1, 1, 1),
+        )
         buckets, _ = h.stats.latency()
         self.assertEqual(buckets[-1], ("+Inf", 2))
 
@@ -165,11 +240,18 @@ class ZoneTests(ServerTestCase):
         for the client); SOA's minimum is the TTL."""
         h = self.harness()
         soa = h.ask("edge.example.test", "SOA").answer[0][0]
-        self.assertEqual((str(soa.mname), str(soa.rname), soa.minimum), ("ns1.edge.example.test.", "hostmaster.edge.example.test.", 30))
+        self.assertEqual(
+            (str(soa.mname), str(soa.rname), soa.minimum),
+            ("ns1.edge.example.test.", "hostmaster.edge.example.test.", 30),
+        )
         response = h.ask("edge.example.test", "NS", ecs="203.0.113.0/24")
-        self.assertEqual([str(r.target) for r in response.answer[0]], ["ns1.edge.example.test."])
+        self.assertEqual(
+            [str(r.target) for r in response.answer[0]], ["ns1.edge.example.test."]
+        )
         glue = {rr.address for rrset in response.additional for rr in rrset}
-        self.assertEqual(glue, {"192.0.2.40", "192.0.2.20", "2001:db8::40", "2001:db8::20"})
+        self.assertEqual(
+            glue, {"192.0.2.40", "192.0.2.20", "2001:db8::40", "2001:db8::20"}
+        )
         self.assertTrue(response.flags & dns.flags.AA)
 
     def test_nxdomain_and_nodata(self) -> None:
@@ -191,7 +273,10 @@ class ZoneTests(ServerTestCase):
         """A name above a geo name (an empty non-terminal) exists: NODATA."""
         h = self.harness(zones=(ZoneConfig(name="example.test", geo_names=("a.b",)),))
         self.assertEqual(h.ask("b.example.test").rcode(), dns.rcode.NOERROR)
-        self.assertEqual(h.addresses("a.b.example.test", ecs="81.2.69.0/24"), ["192.0.2.10", "192.0.2.20"])
+        self.assertEqual(
+            h.addresses("a.b.example.test", ecs="81.2.69.0/24"),
+            ["192.0.2.10", "192.0.2.20"],
+        )
 
     def test_refused(self) -> None:
         """Names outside our zones, classes other than IN and zone transfers
@@ -211,7 +296,9 @@ class ZoneTests(ServerTestCase):
         response = h.ask("edge.example.test", "ANY", ecs="81.2.69.0/24")
         self.assertEqual([rrset.rdtype for rrset in response.answer], [dns.rdatatype.A])
         response = h.ask("example.test", "ANY")
-        self.assertEqual([rrset.rdtype for rrset in response.answer], [dns.rdatatype.SOA])
+        self.assertEqual(
+            [rrset.rdtype for rrset in response.answer], [dns.rdatatype.SOA]
+        )
 
     def test_case_is_kept(self) -> None:
         """Names match whatever their case, and answers keep the question's
@@ -245,9 +332,18 @@ class BadInputTests(ServerTestCase):
         self.assertEqual(struct.unpack_from(">HH", answer), (777, 0x8001))
         body = struct.pack(">HBB", 1, 33, 0) + b"\x51\x02\x45\x00\x00"
         option = struct.pack(">HH", 8, len(body)) + body
-        bad = data[:10] + b"\x00\x01" + data[12:] + b"\x00" + struct.pack(">HHIH", 41, 1232, 0, len(option)) + option
+        bad = (
+            data[:10]
+            + b"\x00\x01"
+            + data[12:]
+            + b"\x00"
+            + struct.pack(">HHIH", 41, 1232, 0, len(option))
+            + option
+        )
         response = dns_response(h.send(bad))
-        self.assertEqual((response.rcode(), list(response.options)), (dns.rcode.FORMERR, []))
+        self.assertEqual(
+            (response.rcode(), list(response.options)), (dns.rcode.FORMERR, [])
+        )
         self.assertEqual(response.edns, 0)
 
     def test_silence(self) -> None:
@@ -279,7 +375,9 @@ class BadInputTests(ServerTestCase):
         h = self.harness_for_properties()
         query = bytearray(dns_query("edge.example.test", ecs="81.2.69.0/24"))
         for _ in range(data.draw(st.integers(1, 3))):
-            query[data.draw(st.integers(0, len(query) - 1))] = data.draw(st.integers(0, 255))
+            query[data.draw(st.integers(0, len(query) - 1))] = data.draw(
+                st.integers(0, 255)
+            )
         query = query[: data.draw(st.integers(0, len(query)))]
         answer = h.send(bytes(query))
         if answer is not None:
@@ -303,13 +401,24 @@ class BadInputTests(ServerTestCase):
         self.assertTrue(all(a[2] & 0x02 for a in late if a is not None))
         self.assertIsNotNone(h.send(query, source="198.51.100.9"))
         h.clock.advance(1)
-        self.assertEqual(sum(1 for _ in range(10) if (a := h.send(query, source="203.0.113.7")) and not a[2] & 0x02), 10)
+        self.assertEqual(
+            sum(
+                1
+                for _ in range(10)
+                if (a := h.send(query, source="203.0.113.7")) and not a[2] & 0x02
+            ),
+            10,
+        )
 
 
 class SizeTests(ServerTestCase):
     def many(self) -> list:  # type: ignore[type-arg]
         return [
-            node_info("n{:02}".format(i), "london", addresses=tuple("2001:db8:{}::{}".format(i, j) for j in range(1, 9)))
+            node_info(
+                f"n{i:02}",
+                "london",
+                addresses=tuple(f"2001:db8:{i}::{j}" for j in range(1, 9)),
+            )
             for i in range(16)
         ]
 
@@ -345,7 +454,10 @@ class SizeTests(ServerTestCase):
         through, which 512 truncates."""
         nodes = self.many()[:4]
         h = self.harness(nodes=nodes, answers=4)
-        self.assertTrue(dns_response(h.send(dns_query("edge.example.test", "AAAA", edns=512))).flags & dns.flags.TC)
+        self.assertTrue(
+            dns_response(h.send(dns_query("edge.example.test", "AAAA", edns=512))).flags
+            & dns.flags.TC
+        )
         fits = dns_response(h.send(dns_query("edge.example.test", "AAAA", edns=1200)))
         self.assertEqual((fits.flags & dns.flags.TC, len(fits.answer[0])), (0, 32))
 
@@ -365,14 +477,38 @@ class SizeTests(ServerTestCase):
 class FastPathTests(ServerTestCase):
     @settings(max_examples=200, deadline=None)
     @given(
-        name=st.sampled_from(["edge.example.test", "EDGE.example.TEST", "www.edge.example.test", "eu.edge.example.test"]),
+        name=st.sampled_from(
+            [
+                "edge.example.test",
+                "EDGE.example.TEST",
+                "www.edge.example.test",
+                "eu.edge.example.test",
+            ]
+        ),
         rdtype=st.sampled_from(["A", "AAAA"]),
-        ecs=st.sampled_from([None, "81.2.69.0/24", "203.0.113.0/24", "2001:db8:1::/48", "0.0.0.0/0", "192.0.2.128/25"]),
+        ecs=st.sampled_from(
+            [
+                None,
+                "81.2.69.0/24",
+                "203.0.113.0/24",
+                "2001:db8:1::/48",
+                "0.0.0.0/0",
+                "192.0.2.128/25",
+            ]
+        ),
         edns=st.sampled_from([False, True, 512, 4096]),
         qid=st.integers(0, 65535),
         source=st.sampled_from(["81.2.69.7", "203.0.113.7", "127.0.0.1"]),
     )
-    def test_fast_equals_general(self, name: str, rdtype: str, ecs: str | None, edns: bool | int, qid: int, source: str) -> None:
+    def test_fast_equals_general(
+        self,
+        name: str,
+        rdtype: str,
+        ecs: str | None,
+        edns: bool | int,
+        qid: int,
+        source: str,
+    ) -> None:
         """The fast path's answer is byte for byte what the general path
         (twisted.names) gives for the same query."""
         h = self.fast_harness()
@@ -399,3 +535,39 @@ class FastPathTests(ServerTestCase):
             dns_query("eu.edge.example.test"),
         ):
             self.assertIsNone(h.factory.fast.answer(query, "81.2.69.1", True))
+
+
+class ServiceTests(SynchronousTestCase):
+    def test_metrics_on_the_registry(self) -> None:
+        """The dns child puts its counters on the node's registry, named
+        fastedge_dns_*, read when scraped."""
+        from prometheus_client import generate_latest
+        from twisted.internet.testing import MemoryReactorClock
+
+        from fastedge.config import DnsConfig
+        from fastedge.dns import service as dns_service
+        from fastedge.mesh.nodemap import NodeMap
+        from fastedge.metrics.registry import new_registry
+        from fastedge.testing import CapturingDatagramTransport
+
+        node_map = NodeMap()
+        node_map.upsert(LON)
+        registry = new_registry()
+        service = dns_service.make_service(
+            DnsConfig(), reactor=MemoryReactorClock(), registry=registry, node_map=node_map, geo=None
+        )
+        udp = service.getServiceNamed("udp").args[1]
+        udp.transport = CapturingDatagramTransport()
+        udp.datagramReceived(dns_query("edge.fastedge.test", ecs="81.2.69.0/24"), ("127.0.0.1", 9))
+        udp.datagramReceived(dns_query("nope.fastedge.test"), ("127.0.0.1", 9))
+        sample = registry.get_sample_value
+        labels = {"type": "A", "rcode": "NOERROR", "path": "fast", "transport": "udp"}
+        self.assertEqual(sample("fastedge_dns_queries_total", labels), 1.0)
+        self.assertEqual(sample("fastedge_dns_queries_total", dict(labels, rcode="NXDOMAIN", path="general")), 1.0)
+        self.assertEqual(sample("fastedge_dns_answers_total", {"node": "lon"}), 1.0)
+        self.assertEqual(sample("fastedge_dns_ecs_queries_total"), 1.0)
+        self.assertEqual(sample("fastedge_dns_query_duration_seconds_count"), 2.0)
+        self.assertEqual(sample("fastedge_dns_node_map_version"), 1.0)
+        self.assertIn(b"fastedge_dns_location_lookups_total", generate_latest(registry))
+        node_map.set_state("lon", NodeState.DEAD)
+        self.assertEqual(sample("fastedge_dns_node_map_version"), 2.0)

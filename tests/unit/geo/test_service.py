@@ -35,14 +35,21 @@ class GeoServiceTests(SynchronousTestCase):
         self.clock = ThreadHandOffClock()
         self.registry = new_registry()
         self.cfg = GeoConfig(
-            database=self.path, rebuild_seconds=3600.0, watch_seconds=5.0, request_file=os.path.join(self.dir, "rebuild")
+            database=self.path,
+            rebuild_seconds=3600.0,
+            watch_seconds=5.0,
+            request_file=os.path.join(self.dir, "rebuild"),
         )
 
     def service(self, run: Any = run_inline, **kw: Any) -> GeoService:
-        geo = GeoService(self.cfg, reactor=self.clock, registry=self.registry, run=run, **kw)
+        geo = GeoService(
+            self.cfg, reactor=self.clock, registry=self.registry, run=run, **kw
+        )
         geo.privilegedStartService()
         geo.startService()
-        self.addCleanup(lambda: self.successResultOf(geo.stopService()) if geo.running else None)
+        self.addCleanup(
+            lambda: self.successResultOf(geo.stopService()) if geo.running else None
+        )
         return geo
 
     def metric(self, name: str, **labels: str) -> float | None:
@@ -72,7 +79,9 @@ class GeoServiceTests(SynchronousTestCase):
         """A configured file that is missing stops the start with an error
         naming the key and the path."""
         geo = GeoService(
-            GeoConfig(database=os.path.join(self.dir, "nope.mmdb")), reactor=self.clock, registry=self.registry
+            GeoConfig(database=os.path.join(self.dir, "nope.mmdb")),
+            reactor=self.clock,
+            registry=self.registry,
         )
         with self.assertRaises(GeoIndexError) as cm:
             geo.privilegedStartService()
@@ -83,7 +92,9 @@ class GeoServiceTests(SynchronousTestCase):
         """A corrupt file stops the start the same way."""
         with open(self.path, "wb") as f:
             f.write(b"garbage" * 100)
-        geo = GeoService(self.cfg, reactor=self.clock, registry=self.registry, run=run_inline)
+        geo = GeoService(
+            self.cfg, reactor=self.clock, registry=self.registry, run=run_inline
+        )
         with self.assertRaises(GeoIndexError) as cm:
             geo.privilegedStartService()
         self.assertTrue(str(cm.exception).startswith("geo.database: "))
@@ -103,7 +114,10 @@ class GeoServiceTests(SynchronousTestCase):
         """The index is rebuilt every rebuild_seconds (not at start), and
         observers are told of each new index."""
         self.cfg = GeoConfig(
-            database=self.path, rebuild_seconds=3600.0, watch_seconds=7200.0, request_file=self.cfg.request_file
+            database=self.path,
+            rebuild_seconds=3600.0,
+            watch_seconds=7200.0,
+            request_file=self.cfg.request_file,
         )
         geo = self.service()
         swaps: list[None] = []
@@ -112,7 +126,12 @@ class GeoServiceTests(SynchronousTestCase):
         self.assertEqual(swaps, [])
         self.clock.advance(1)
         self.assertEqual(len(swaps), 1)
-        self.assertEqual(self.metric("fastedge_geo_index_rebuilds_total", trigger="schedule", outcome="ok"), 1.0)
+        self.assertEqual(
+            self.metric(
+                "fastedge_geo_index_rebuilds_total", trigger="schedule", outcome="ok"
+            ),
+            1.0,
+        )
         self.assertEqual(self.metric("fastedge_geo_index_age_seconds"), 0.0)
 
     def test_file_change_rebuilds(self) -> None:
@@ -122,7 +141,14 @@ class GeoServiceTests(SynchronousTestCase):
         self.assertEqual(self.country(geo), "GB")
         self.clock.advance(5)
         self.assertEqual(self.country(geo), "JP")
-        self.assertEqual(self.metric("fastedge_geo_index_rebuilds_total", trigger="file-changed", outcome="ok"), 1.0)
+        self.assertEqual(
+            self.metric(
+                "fastedge_geo_index_rebuilds_total",
+                trigger="file-changed",
+                outcome="ok",
+            ),
+            1.0,
+        )
 
     def test_admin_request_rebuilds(self) -> None:
         """The file fastedge-admin creates triggers a rebuild and is consumed."""
@@ -130,7 +156,12 @@ class GeoServiceTests(SynchronousTestCase):
         open(self.cfg.request_file, "w").close()
         self.clock.advance(5)
         self.assertFalse(os.path.exists(self.cfg.request_file))
-        self.assertEqual(self.metric("fastedge_geo_index_rebuilds_total", trigger="admin", outcome="ok"), 1.0)
+        self.assertEqual(
+            self.metric(
+                "fastedge_geo_index_rebuilds_total", trigger="admin", outcome="ok"
+            ),
+            1.0,
+        )
         self.assertEqual(self.country(geo), "GB")
 
     def test_sighup_rebuilds(self) -> None:
@@ -139,7 +170,12 @@ class GeoServiceTests(SynchronousTestCase):
         before = signal.getsignal(signal.SIGHUP)
         geo = self.service(handle_sighup=True)
         os.kill(os.getpid(), signal.SIGHUP)
-        self.assertEqual(self.metric("fastedge_geo_index_rebuilds_total", trigger="sighup", outcome="ok"), 1.0)
+        self.assertEqual(
+            self.metric(
+                "fastedge_geo_index_rebuilds_total", trigger="sighup", outcome="ok"
+            ),
+            1.0,
+        )
         self.successResultOf(geo.stopService())
         self.assertEqual(signal.getsignal(signal.SIGHUP), before)
 
@@ -152,9 +188,23 @@ class GeoServiceTests(SynchronousTestCase):
         os.replace(self.path + ".tmp", self.path)
         self.clock.advance(5)
         self.assertEqual(self.country(geo), "GB")
-        self.assertEqual(self.metric("fastedge_geo_index_rebuilds_total", trigger="file-changed", outcome="failed"), 1.0)
+        self.assertEqual(
+            self.metric(
+                "fastedge_geo_index_rebuilds_total",
+                trigger="file-changed",
+                outcome="failed",
+            ),
+            1.0,
+        )
         self.clock.advance(5)
-        self.assertEqual(self.metric("fastedge_geo_index_rebuilds_total", trigger="file-changed", outcome="failed"), 1.0)
+        self.assertEqual(
+            self.metric(
+                "fastedge_geo_index_rebuilds_total",
+                trigger="file-changed",
+                outcome="failed",
+            ),
+            1.0,
+        )
         self.rewrite("tokyo")
         self.clock.advance(5)
         self.assertEqual(self.country(geo), "JP")

@@ -69,11 +69,16 @@ class NodeTests(TestCase):
         self.assertEqual(health.code, 200)
         doc = yield health.json()
         self.assertEqual(doc["nodeId"], "it-1")
-        self.assertEqual(doc["children"], {"store": {"running": True}, "transport": {"running": True}})
+        self.assertEqual(
+            doc["children"],
+            {"store": {"running": True}, "geo": {"running": True}, "dns": {"running": True}, "transport": {"running": True}},
+        )
         metrics = yield self.http.get(self.base + "/metrics")
         text = yield metrics.text()
         self.assertIn('fastedge_http_requests_total{code="200",method="GET",route="/healthz"} 1.0', text)
         self.assertIn("fastedge_store_call_duration_seconds_bucket", text)
+        self.assertIn("fastedge_dns_ecs_queries_total 0.0", text)
+        self.assertIn("fastedge_geo_index_age_seconds -1.0", text)
         self.assertTrue(metrics.headers.getRawHeaders("content-type")[0].startswith("text/plain; version="))
         openmetrics = yield self.http.get(self.base + "/metrics", headers={"accept": "application/openmetrics-text"})
         self.assertTrue(openmetrics.headers.getRawHeaders("content-type")[0].startswith("application/openmetrics-text"))

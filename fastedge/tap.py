@@ -72,11 +72,19 @@ class Options(usage.Options):
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         from .dns.policy import UnknownPolicy, load_policy
+        from .geo.lookup import GeoIndexError, check_database
 
         try:
             load_policy(self.config.dns.policy)
         except UnknownPolicy as e:
             raise usage.UsageError(str(e)) from None
+        if self.config.geo.database:
+            # A missing or foreign file fails here, in one line; a corrupt
+            # one when the index is built, before anything listens.
+            try:
+                check_database(self.config.geo.database)
+            except GeoIndexError as e:
+                raise usage.UsageError("geo.database: {}".format(e)) from None
 
 
 def local_node_map(node: NodeConfig) -> NodeMap:

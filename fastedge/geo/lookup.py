@@ -29,7 +29,7 @@ from typing import Any
 import maxminddb
 from maxminddb.errors import InvalidDatabaseError
 
-__all__ = ["GeoIndex", "GeoIndexError", "Location", "build_index"]
+__all__ = ["GeoIndex", "GeoIndexError", "Location", "build_index", "check_database"]
 
 #: Where MaxMind's metadata section starts (the last occurrence of it).
 _METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
@@ -182,6 +182,25 @@ def _open_reader(data: bytes) -> Any:
         finally:
             os.close(fd)
     return maxminddb.open_database(io.BytesIO(data), maxminddb.MODE_FD)
+
+
+def check_database(path: str) -> None:
+    """A cheap look at ``path`` before anything starts: readable, and ending
+    in a MaxMind metadata section. (The full check is :func:`build_index`.)
+
+    :raises GeoIndexError: saying what is wrong.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            # The metadata section is at most 128 KiB from the end.
+            f.seek(max(0, size - 128 * 1024))
+            tail = f.read()
+    except OSError as e:
+        raise GeoIndexError("cannot read {} ({})".format(path, e.strerror)) from None
+    if _METADATA_MARKER not in tail:
+        raise GeoIndexError("{} is not a MaxMind DB (no metadata section)".format(path))
 
 
 def build_index(path: str) -> GeoIndex:

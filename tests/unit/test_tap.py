@@ -96,3 +96,26 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual((port, backlog, interface), (8080, 1024, "127.0.0.1"))
         self.assertIsInstance(factory, EdgeSite)
         self.successResultOf(transport.stopService())
+
+
+class GeoDatabaseOptionTests(SynchronousTestCase):
+    def test_missing_geo_database(self) -> None:
+        """A configured GeoIP database that is missing, or not a MaxMind DB,
+        is refused in one line naming geo.database, before anything starts."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[geo]\ndatabase = "/nonexistent/City.mmdb"\n')
+        with self.assertRaises(UsageError) as cm:
+            Options().parseOptions(["--config", path])
+        self.assertEqual(
+            str(cm.exception),
+            "geo.database: cannot read /nonexistent/City.mmdb (No such file or directory)",
+        )
+        foreign = os.path.abspath(self.mktemp())
+        with open(foreign, "wb") as f:
+            f.write(b"PK\x03\x04" + b"\0" * 1000)
+        with open(path, "w") as f:
+            f.write('[geo]\ndatabase = "{}"\n'.format(foreign))
+        with self.assertRaises(UsageError) as cm:
+            Options().parseOptions(["--config", path])
+        self.assertIn("is not a MaxMind DB", str(cm.exception))

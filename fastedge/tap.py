@@ -84,7 +84,7 @@ class Options(usage.Options):
             try:
                 check_database(self.config.geo.database)
             except GeoIndexError as e:
-                raise usage.UsageError("geo.database: {}".format(e)) from None
+                raise usage.UsageError(f"geo.database: {e}") from None
 
 
 def local_node_map(node: NodeConfig) -> NodeMap:

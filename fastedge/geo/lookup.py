@@ -198,9 +198,9 @@ def check_database(path: str) -> None:
             f.seek(max(0, size - 128 * 1024))
             tail = f.read()
     except OSError as e:
-        raise GeoIndexError("cannot read {} ({})".format(path, e.strerror)) from None
+        raise GeoIndexError(f"cannot read {path} ({e.strerror})") from None
     if _METADATA_MARKER not in tail:
-        raise GeoIndexError("{} is not a MaxMind DB (no metadata section)".format(path))
+        raise GeoIndexError(f"{path} is not a MaxMind DB (no metadata section)")
 
 
 def build_index(path: str) -> GeoIndex:

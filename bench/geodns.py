@@ -51,11 +51,20 @@ TARGET_QPS = 32_000
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
-        u.bind(("127.0.0.1", 0))
-        port = u.getsockname()[1]
-        t.bind(("127.0.0.1", port))
-        return int(port)
+    """A port free for both UDP and TCP on 127.0.0.1 (the servers bind both)."""
+    for _ in range(100):
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u,
+            socket.socket() as t,
+        ):
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(port)
+    raise RuntimeError("no port free for both UDP and TCP")
 
 
 def make_db(path: str) -> None:

@@ -303,8 +303,16 @@ SERVERS = [
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     lines = [
-        "{:<11} {:<5} {:>9} {:>6} {:>9} {:>8} {:>8}".format(
-            "server", "ECS", "qps", "CPU%", "@80% qps", "p50 ms", "p99 ms"
+        "{:<11} {:<5} {:>9} {:>6} {:>9} {:>8} {:>8} {:>9} {:>8}".format(
+            "server",
+            "ECS",
+            "max qps",
+            "CPU%",
+            "@80% qps",
+            "p50 ms",
+            "p99 ms",
+            "@32k p50",
+            "p99 ms",
         )
     ]
     for name, r in results.items():

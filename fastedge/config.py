@@ -29,12 +29,15 @@ __all__ = [
     "ApiConfig",
     "ConfigError",
     "CreditsConfig",
+    "DnsConfig",
     "EdgeConfig",
+    "GeoConfig",
     "HttpConfig",
     "LiveConfig",
     "NodeConfig",
     "PostgresConfig",
     "StoreConfig",
+    "ZoneConfig",
     "load_config",
     "parse_config",
 ]
@@ -137,7 +140,9 @@ class HttpConfig:
     """The public HTTP listener."""
 
     #: A Twisted server endpoint string.
-    endpoint: str = _checked("tcp:8080:interface=127.0.0.1:backlog=1024", _server_endpoint)
+    endpoint: str = _checked(
+        "tcp:8080:interface=127.0.0.1:backlog=1024", _server_endpoint
+    )
     #: Largest request body accepted; larger ones get 413.
     max_body_bytes: int = _checked(64 * 1024, _positive)
     #: Requests slower than this are counted in ``fastedge_http_slow_requests_total``.
@@ -288,6 +293,126 @@ class LiveConfig:
 
 
 @dataclass(frozen=True)
+class GeoConfig:
+    """The GeoIP index: client address -> location, from a MaxMind DB."""
+
+    #: A MaxMind DB of the GeoIP2/GeoLite2 City shape. Empty: no GeoIP, every
+    #: client's location is unknown (DNS answers the default region). When
+    #: set, a missing or corrupt file stops the node at start.
+    database: str = ""
+    #: The index is rebuilt from the file this often (default weekly), and
+    #: also on SIGHUP, on ``fastedge-admin geo rebuild`` and when the file
+    #: changes.
+    rebuild_seconds: float = _checked(7 * 24 * 3600.0, _positive)
+    #: How often the file (and the admin command's request file) is checked
+    #: for a change.
+    watch_seconds: float = _checked(5.0, _positive)
+    #: The file ``fastedge-admin geo rebuild`` creates to ask for a rebuild;
+    #: empty means ``<node.data_dir>/geo-rebuild.request``.
+    request_file: str = ""
+
+
+def _domain(value: str) -> str | None:
+    """A DNS name in presentation form, without the final dot."""
+    if not value:
+        return "must not be empty"
+    if len(value) > 253:
+        return "must be at most 253 characters"
+    for label in value.split("."):
+        if not _NAME_RE.match(label):
+            return (
+                "{!r} is not a valid name (lower-case labels of a-z, 0-9, '-')".format(
+                    value
+                )
+            )
+    return None
+
+
+def _relative_names(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        if value == "@":
+            continue
+        reason = _domain(value)
+        if reason is not None:
+            return "{!r}: {}".format(value, reason)
+    return None
+
+
+def _domains(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        reason = _domain(value)
+        if reason is not None:
+            return "{!r}: {}".format(value, reason)
+    return None
+
+
+def _optional_domain(value: str) -> str | None:
+    return None if value == "" else _domain(value)
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    """One zone this node is authoritative for (``[[dns.zones]]``)."""
+
+    #: The zone's apex, e.g. ``eu.edge.example.test``.
+    name: str = _checked("fastedge.test", _domain)
+    #: The deployment whose live nodes the zone's geo-routed names answer.
+    deployment: str = _checked("global", _dns_label)
+    #: Names (relative to the apex; ``@`` is the apex itself) answered with
+    #: the nearest live nodes of the deployment.
+    geo_names: tuple[str, ...] = _checked(("edge",), _relative_names)
+    #: The zone's NS names; empty means ``ns1.<name>``. NS names inside the
+    #: zone answer A/AAAA like geo-routed names: every node serves DNS.
+    nameservers: tuple[str, ...] = _checked((), _domains)
+    #: The SOA's mailbox; empty means ``hostmaster.<name>``.
+    hostmaster: str = _checked("", _optional_domain)
+    #: The SOA serial (answers are dynamic; bump it when this table changes).
+    serial: int = _checked(1, _between(0, 2**32 - 1))
+
+
+def _zones(values: tuple[ZoneConfig, ...]) -> str | None:
+    seen = set()
+    for i, zone in enumerate(values):
+        if zone.name in seen:
+            return "[{}] zone {!r} is listed twice".format(i, zone.name)
+        seen.add(zone.name)
+    return None
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """The authoritative GeoDNS server (UDP and TCP)."""
+
+    interface: str = _checked("127.0.0.1", lambda v: _ip_addresses((v,)))
+    port: int = _checked(5353, _between(0, 65535))
+    #: TTL of every answer, and the SOA's negative-caching TTL.
+    ttl: int = _checked(30, _between(0, 2**31 - 1))
+    #: How many nodes a geo-routed answer holds (the k nearest live ones).
+    answers: int = _checked(2, _between(1, 16))
+    #: Region (``node.region`` of the nodes) answered when a client's
+    #: location is unknown; empty or none live there: any live nodes.
+    default_region: str = ""
+    #: The answer policy: ``nearest-live`` (built in) or the name of an
+    #: ``IAnswerPolicy`` Twisted plugin.
+    policy: str = "nearest-live"
+    #: Size of the location cells answers are precomputed for (degrees).
+    cell_degrees: float = _checked(1.0, _between(0.01, 10.0))
+    #: Largest UDP response sent (the client's EDNS size is honoured below
+    #: it; 1232 avoids IP fragmentation, DNS flag day 2020).
+    max_udp_payload: int = _checked(1232, _between(512, 65535))
+    #: An idle TCP client is disconnected after this long.
+    tcp_idle_seconds: float = _checked(10.0, _positive)
+    #: UDP responses per second allowed to one source network (/24, /56);
+    #: past it responses are dropped, every second one replaced by an empty
+    #: truncated answer so real clients retry over TCP. 0 turns it off.
+    source_rate_limit: int = _checked(2000, _non_negative)
+    #: Client locations (per address or ECS subnet) remembered, and as many
+    #: fast-path answers (per query and source).
+    location_cache_entries: int = _checked(100_000, _positive)
+    zones: tuple[ZoneConfig, ...] = _checked((ZoneConfig(),), _zones)
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """The whole configuration of one node."""
 
@@ -296,15 +421,20 @@ class EdgeConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
+    geo: GeoConfig = field(default_factory=GeoConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
 
 
 _T = TypeVar("_T")
 
 
 def _type_name(tp: Any) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+    }.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _coerce(key: str, tp: Any, value: Any) -> Any:
@@ -324,8 +454,15 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     elif typing.get_origin(tp) is tuple:
         (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
         if isinstance(value, list):
-            return tuple(_coerce("{}[{}]".format(key, i), item, v) for i, v in enumerate(value))
+            return tuple(
+                _coerce("{}[{}]".format(key, i), item, v) for i, v in enumerate(value)
+            )
         raise ConfigError("{}: must be a list".format(key))
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        # An item of an array of tables ([[dns.zones]]).
+        if isinstance(value, dict):
+            return _build(tp, value, key + ".")
+        raise ConfigError("{}: must be a table".format(key))
     else:  # pragma: no cover - a programming error in this module
         raise TypeError("unsupported config type {!r} for {}".format(tp, key))
     raise ConfigError("{}: must be {}, not {!r}".format(key, _type_name(tp), value))
@@ -405,18 +542,43 @@ def _derive(cfg: EdgeConfig) -> EdgeConfig:
     node = dataclasses.replace(node, data_dir=data_dir)
     store = cfg.store
     if not store.sqlite_path:
-        store = dataclasses.replace(store, sqlite_path=os.path.join(data_dir, "fastedge.sqlite3"))
+        store = dataclasses.replace(
+            store, sqlite_path=os.path.join(data_dir, "fastedge.sqlite3")
+        )
     if store.backend == "postgresql" and not store.postgresql.primaries:
-        raise ConfigError("store.postgresql.primaries: must list at least one server when store.backend is 'postgresql'")
+        raise ConfigError(
+            "store.postgresql.primaries: must list at least one server when store.backend is 'postgresql'"
+        )
     api = cfg.api
     if not api.secret_file:
-        api = dataclasses.replace(api, secret_file=os.path.join(data_dir, "session.key"))
+        api = dataclasses.replace(
+            api, secret_file=os.path.join(data_dir, "session.key")
+        )
     if api.page_size > api.max_page_size:
         raise ConfigError("api.page_size: must not exceed api.max_page_size")
-    return dataclasses.replace(cfg, node=node, store=store, api=api)
+    geo = cfg.geo
+    if not geo.request_file:
+        geo = dataclasses.replace(
+            geo, request_file=os.path.join(data_dir, "geo-rebuild.request")
+        )
+    dns = dataclasses.replace(
+        cfg.dns, zones=tuple(_derive_zone(z) for z in cfg.dns.zones)
+    )
+    return dataclasses.replace(cfg, node=node, store=store, api=api, geo=geo, dns=dns)
 
 
-def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) -> EdgeConfig:
+def _derive_zone(zone: ZoneConfig) -> ZoneConfig:
+    """A zone's NS names and SOA mailbox default to names under its apex."""
+    if not zone.nameservers:
+        zone = dataclasses.replace(zone, nameservers=("ns1." + zone.name,))
+    if not zone.hostmaster:
+        zone = dataclasses.replace(zone, hostmaster="hostmaster." + zone.name)
+    return zone
+
+
+def load_config(
+    path: str | None, overrides: Mapping[str, Any] | None = None
+) -> EdgeConfig:
     """Read, validate and complete the configuration.
 
     :param path: a TOML file, or ``None`` for the built-in defaults (the same

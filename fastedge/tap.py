@@ -11,8 +11,12 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from . import __version__
 from .api.resource import build_api
-from .config import ConfigError, EdgeConfig, load_config
+from .config import ConfigError, EdgeConfig, NodeConfig, load_config
+from .dns import service as dns_service
+from .geo import service as geo_service
+from .mesh.nodemap import NodeInfo, NodeMap
 from .metrics.registry import new_registry
 from .pubsub import service as live_service
 from .store import service as store_service
@@ -24,10 +28,21 @@ class Options(usage.Options):
     """Options of ``twistd fastedge``; the config file holds everything else."""
 
     optParameters = [
-        ["config", "c", None, "TOML config file (default: the built-in defaults, as in etc/fastedge.toml)."],
-        ["http", None, None, "HTTP listen endpoint, e.g. tcp:8080:interface=127.0.0.1 (overrides http.endpoint)."],
+        [
+            "config",
+            "c",
+            None,
+            "TOML config file (default: the built-in defaults, as in etc/fastedge.toml).",
+        ],
+        [
+            "http",
+            None,
+            None,
+            "HTTP listen endpoint, e.g. tcp:8080:interface=127.0.0.1 (overrides http.endpoint).",
+        ],
         ["node-id", None, None, "This node's id (overrides node.id)."],
         ["data-dir", None, None, "Data directory (overrides node.data_dir)."],
+        ["dns-port", None, None, "DNS port, UDP and TCP (overrides dns.port)."],
     ]
 
     longdesc = "Runs one fastedge edge node. Bad configuration is refused before anything listens."
@@ -37,20 +52,69 @@ class Options(usage.Options):
     def overrides(self) -> dict[str, Any]:
         """The dotted config keys set on the command line."""
         found = {}
-        for option, key in (("http", "http.endpoint"), ("node-id", "node.id"), ("data-dir", "node.data_dir")):
+        for option, key in (
+            ("http", "http.endpoint"),
+            ("node-id", "node.id"),
+            ("data-dir", "node.data_dir"),
+        ):
             if self[option] is not None:
                 found[key] = self[option]
+        if self["dns-port"] is not None:
+            try:
+                found["dns.port"] = int(self["dns-port"])
+            except ValueError:
+                raise usage.UsageError("--dns-port: must be an integer") from None
         return found
 
     def postOptions(self) -> None:
+        overrides = self.overrides()
         try:
-            self.config = load_config(self["config"], self.overrides())
+            self.config = load_config(self["config"], overrides)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        from .dns.policy import UnknownPolicy, load_policy
+        from .geo.lookup import GeoIndexError, check_database
+
+        try:
+            load_policy(self.config.dns.policy)
+        except UnknownPolicy as e:
+            raise usage.UsageError(str(e)) from None
+        if self.config.geo.database:
+            # A missing or foreign file fails here, in one line; a corrupt
+            # one when the index is built, before anything listens.
+            try:
+                check_database(self.config.geo.database)
+            except GeoIndexError as e:
+                raise usage.UsageError(f"geo.database: {e}") from None
+
+
+def local_node_map(node: NodeConfig) -> NodeMap:
+    """The live node map as it is until the mesh lands: this node alone.
+
+    The seam for the mesh: its child will own the map (created in its
+    ``make_service``, this node upserted first, peers added as they
+    announce) and ``makeService`` will pass ``mesh.node_map`` where this
+    map is passed now. DNS only needs an ``INodeMap`` it can subscribe to.
+    """
+    node_map = NodeMap()
+    node_map.upsert(
+        NodeInfo(
+            node_id=node.id,
+            deployment=node.deployment,
+            region=node.region,
+            latitude=node.latitude,
+            longitude=node.longitude,
+            addresses=node.addresses,
+            version=__version__,
+            incarnation=0,
+        )
+    )
+    return node_map
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
-    """The node: a ``MultiService`` of named children (store, live, transport)."""
+    """The node: a ``MultiService`` of named children (store, geo, dns, live,
+    transport)."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -62,6 +126,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)
     store.setName("store")
     store.setServiceParent(top)
+
+    geo = geo_service.make_service(cfg.geo, reactor=reactor, registry=registry)
+    geo.setName("geo")
+    geo.setServiceParent(top)
+
+    # Until the mesh child exists: a map of this node alone (see local_node_map).
+    node_map = local_node_map(cfg.node)
+
+    dns = dns_service.make_service(
+        cfg.dns, reactor=reactor, registry=registry, node_map=node_map, geo=geo
+    )
+    dns.setName("dns")
+    dns.setServiceParent(top)
 
     live = live_service.make_service(cfg.live, reactor=reactor, registry=registry, store=store.store, node_id=cfg.node.id)
     live.setName("live")
@@ -87,7 +164,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         live=live.resource,
         children=lambda: list(top),
     )
-    transport = transport_service.make_service(cfg.http, reactor=reactor, site=site, background=api.service)
+    transport = transport_service.make_service(
+        cfg.http, reactor=reactor, site=site, background=api.service
+    )
     transport.setName("transport")
     transport.setServiceParent(top)
     return top

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -195,7 +196,9 @@ class ApiClient:
     """One HTTP client of a :class:`NodeHarness`, with its own cookie jar
     (a browser, as far as the session cookie goes)."""
 
-    def __init__(self, harness: NodeHarness, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, harness: NodeHarness, headers: Mapping[str, str] | None = None
+    ) -> None:
         self._harness = harness
         self._headers = dict(headers or {})
         self.cookie: str | None = None
@@ -218,7 +221,9 @@ class ApiClient:
         if self.cookie is not None:
             all_headers["cookie"] = self.cookie
         all_headers.update(headers or {})
-        response = self._harness.request(method, path, data=data, headers=all_headers, advance=advance)
+        response = self._harness.request(
+            method, path, data=data, headers=all_headers, advance=advance
+        )
         for cookie in response.set_cookies():
             name_value = cookie.split(";", 1)[0]
             name, _, value = name_value.partition("=")
@@ -251,7 +256,10 @@ class NodeHarness:
     """
 
     def __init__(
-        self, testcase: SynchronousTestCase, store_factory: Callable[[Clock], Any] | None = None, **api_overrides: Any
+        self,
+        testcase: SynchronousTestCase,
+        store_factory: Callable[[Clock], Any] | None = None,
+        **api_overrides: Any,
     ) -> None:
         from treq.testing import StubTreq
 
@@ -269,15 +277,23 @@ class NodeHarness:
         if store_factory is not None:
             self.store = store_factory(self.clock)
         else:
-            self.store = SQLiteStore(os.path.join(data_dir, "store.sqlite3"), run=run_inline, clock=self.clock)
+            self.store = SQLiteStore(
+                os.path.join(data_dir, "store.sqlite3"),
+                run=run_inline,
+                clock=self.clock,
+            )
         testcase.successResultOf(self.store.open())
         testcase.addCleanup(lambda: testcase.successResultOf(self.store.close()))
         api_overrides.setdefault("secret_file", os.path.join(data_dir, "session.key"))
         self.api_config = dataclasses.replace(ApiConfig(), **api_overrides)
         self.registry = new_registry()
-        self.api = build_api(self.api_config, store=self.store, clock=self.clock, registry=self.registry)
+        self.api = build_api(
+            self.api_config, store=self.store, clock=self.clock, registry=self.registry
+        )
         self.api.service.startService()
-        testcase.addCleanup(lambda: testcase.successResultOf(self.api.service.stopService()))
+        testcase.addCleanup(
+            lambda: testcase.successResultOf(self.api.service.stopService())
+        )
         self.site = build_site(
             NodeConfig(id="test-node", data_dir=data_dir),
             HttpConfig(),
@@ -290,7 +306,13 @@ class NodeHarness:
         )
 
     def request(
-        self, method: str, path: str, *, data: bytes | None, headers: Mapping[str, str], advance: float = 0.0
+        self,
+        method: str,
+        path: str,
+        *,
+        data: bytes | None,
+        headers: Mapping[str, str],
+        advance: float = 0.0,
     ) -> Response:
         """Send a request and return its response.
 
@@ -327,11 +349,18 @@ class NodeHarness:
 
         now = int(self.clock.seconds() * 1000)
         tenant = self._tc.successResultOf(
-            self.store.create_tenant(name, "global", created_ms=now, read_preference=ReadPreference.PRIMARY)
+            self.store.create_tenant(
+                name, "global", created_ms=now, read_preference=ReadPreference.PRIMARY
+            )
         ).value
         key = new_api_key()
         self._tc.successResultOf(
-            self.store.add_api_key(tenant.id, hash_api_key(key), created_ms=now, read_preference=ReadPreference.PRIMARY)
+            self.store.add_api_key(
+                tenant.id,
+                hash_api_key(key),
+                created_ms=now,
+                read_preference=ReadPreference.PRIMARY,
+            )
         )
         return tenant.id, key
 
@@ -404,7 +433,14 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
         except KeyError:
             pass
     subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "fastedge-pg"],
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "fastedge-pg",
+        ],
         check=True,
         capture_output=True,
     )
@@ -451,7 +487,12 @@ class PostgresServer:
 
     def dsn(self, dbname: str = "postgres", **params: str) -> str:
         """A libpq connection string for this server."""
-        parts = {"host": "127.0.0.1", "port": str(self.port), "user": "postgres", "dbname": dbname}
+        parts = {
+            "host": "127.0.0.1",
+            "port": str(self.port),
+            "user": "postgres",
+            "dbname": dbname,
+        }
         parts.update(params)
         return " ".join("{}={}".format(k, _conninfo_quote(v)) for k, v in parts.items())
 
@@ -500,7 +541,14 @@ class PostgresCluster:
     def _as_user(self) -> list[str]:
         if self._user is None:
             return []
-        return ["setpriv", "--reuid", str(self._user.pw_uid), "--regid", str(self._user.pw_gid), "--clear-groups"]
+        return [
+            "setpriv",
+            "--reuid",
+            str(self._user.pw_uid),
+            "--regid",
+            str(self._user.pw_gid),
+            "--clear-groups",
+        ]
 
     def _env(self) -> dict[str, str]:
         return {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "LANG": "C", "TZ": "UTC"}
@@ -515,25 +563,36 @@ class PostgresCluster:
         )
         if done.returncode != 0:
             raise PostgresUnavailable(
-                "{} failed ({}): {}".format(os.path.basename(argv[0]), done.returncode, done.stderr.decode(errors="replace")[-2000:])
+                "{} failed ({}): {}".format(
+                    os.path.basename(argv[0]),
+                    done.returncode,
+                    done.stderr.decode(errors="replace")[-2000:],
+                )
             )
 
     # Servers
 
-    def start_primary(self, name: str = "primary", settings: dict[str, str] | None = None) -> PostgresServer:
+    def start_primary(
+        self, name: str = "primary", settings: dict[str, str] | None = None
+    ) -> PostgresServer:
         """Create (``initdb``) and start the primary."""
         data = os.path.join(self.base, name)
         self._run(
             os.path.join(self.bindir, "initdb"),
-            "-D", data,
-            "-U", "postgres",
+            "-D",
+            data,
+            "-U",
+            "postgres",
             "--auth=trust",
             "--no-sync",
             "--no-instructions",
-            "-E", "UTF8",
+            "-E",
+            "UTF8",
             "--locale=C",
         )
-        server = self._start(name, data, settings or {}, "database system is ready to accept connections")
+        server = self._start(
+            name, data, settings or {}, "database system is ready to accept connections"
+        )
         self.primary_name = name
         return server
 
@@ -554,30 +613,53 @@ class PostgresCluster:
         data = os.path.join(self.base, name)
         self._run(
             os.path.join(self.bindir, "pg_basebackup"),
-            "-h", "127.0.0.1",
-            "-p", str(upstream.port),
-            "-U", "postgres",
-            "-D", data,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(upstream.port),
+            "-U",
+            "postgres",
+            "-D",
+            data,
             "-R",
-            "-X", "stream",
-            "-c", "fast",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
             "--no-sync",
         )
-        conninfo = "host=127.0.0.1 port={} user=postgres application_name={}".format(upstream.port, name)
+        conninfo = "host=127.0.0.1 port={} user=postgres application_name={}".format(
+            upstream.port, name
+        )
         wanted = {"primary_conninfo": conninfo, **(settings or {})}
-        server = self._start(name, data, wanted, "database system is ready to accept read-only connections")
+        server = self._start(
+            name,
+            data,
+            wanted,
+            "database system is ready to accept read-only connections",
+        )
         if not server.saw("started streaming WAL"):
-            raise PostgresUnavailable("standby {} did not start streaming:\n{}".format(name, "".join(server.lines[-20:])))
+            raise PostgresUnavailable(
+                "standby {} did not start streaming:\n{}".format(
+                    name, "".join(server.lines[-20:])
+                )
+            )
         return server
 
-    def _start(self, name: str, data: str, settings: dict[str, str], ready: str) -> PostgresServer:
+    def _start(
+        self, name: str, data: str, settings: dict[str, str], ready: str
+    ) -> PostgresServer:
         # Settings go on the command line, not into the data directory, so a
         # standby cloned from this server does not inherit them.
         settings = dict(self._settings, **settings)
         last_error = ""
         for _ in range(5):
             port = free_port()
-            argv = self._as_user() + ["--pdeathsig", "INT"] if self._user else ["setpriv", "--pdeathsig", "INT"]
+            argv = (
+                self._as_user() + ["--pdeathsig", "INT"]
+                if self._user
+                else ["setpriv", "--pdeathsig", "INT"]
+            )
             argv += [os.path.join(self.bindir, "postgres"), "-D", data, "-p", str(port)]
             for key, value in settings.items():
                 argv += ["-c", "{}={}".format(key, value)]
@@ -591,7 +673,9 @@ class PostgresCluster:
                 stderr=subprocess.PIPE,
             )
             server = PostgresServer(name, data, port, process, log_path)
-            threading.Thread(target=self._drain, args=(server,), name="pg-log-" + name, daemon=True).start()
+            threading.Thread(
+                target=self._drain, args=(server,), name="pg-log-" + name, daemon=True
+            ).start()
             if server.saw(ready) and server.running:
                 self.servers[name] = server
                 return server
@@ -620,7 +704,9 @@ class PostgresCluster:
 
     # Operations tests perform
 
-    def execute(self, name: str, sql: str, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+    def execute(
+        self, name: str, sql: str, dbname: str = "postgres"
+    ) -> list[tuple[Any, ...]]:
         """Run one statement in autocommit mode on server ``name``."""
         import psycopg
 
@@ -686,7 +772,9 @@ def shared_postgres() -> PostgresCluster:
     if cluster is None:
         cluster = PostgresCluster()
         atexit.register(cluster.destroy)
-        cluster.start_primary(settings={"synchronous_standby_names": "ANY 2 (sync, lagging)"})
+        cluster.start_primary(
+            settings={"synchronous_standby_names": "ANY 2 (sync, lagging)"}
+        )
         cluster.add_standby("sync")
         cluster.add_standby("lagging")
         _shared["cluster"] = cluster
@@ -701,12 +789,225 @@ def postgres_schema(testcase: Any, cluster: PostgresCluster) -> str:
     """
     name = "t_" + os.urandom(6).hex()
     cluster.execute(cluster.primary_name or "primary", "CREATE SCHEMA " + name)
-    testcase.addCleanup(cluster.execute, cluster.primary_name or "primary", "DROP SCHEMA {} CASCADE".format(name))
+    testcase.addCleanup(
+        cluster.execute,
+        cluster.primary_name or "primary",
+        "DROP SCHEMA {} CASCADE".format(name),
+    )
     return name
 
 
 def postgres_dsn(server: PostgresServer, schema: str, **settings: str) -> str:
     """A connection string for ``server`` whose sessions work in ``schema``,
     with any other session ``settings`` (``synchronous_commit=...``)."""
-    options = " ".join("-c {}={}".format(k, v) for k, v in dict(search_path=schema, **settings).items())
+    options = " ".join(
+        "-c {}={}".format(k, v) for k, v in dict(search_path=schema, **settings).items()
+    )
     return server.dsn(options=options)
+
+
+# GeoDNS ---------------------------------------------------------------------
+
+#: Points used across the GeoDNS tests: (latitude, longitude, country, continent).
+PLACES: dict[str, tuple[float, float, str, str]] = {
+    "london": (51.5072, -0.1276, "GB", "EU"),
+    "frankfurt": (50.1109, 8.6821, "DE", "EU"),
+    "new-york": (40.7128, -74.0060, "US", "NA"),
+    "tokyo": (35.6762, 139.6503, "JP", "AS"),
+    "sydney": (-33.8688, 151.2093, "AU", "OC"),
+}
+
+
+def write_geo_db(
+    path: str,
+    networks: Mapping[str, tuple[float, float, str, str]],
+    *,
+    ip_version: int = 6,
+) -> str:
+    """Write a small MaxMind DB of the GeoIP2-City shape with ``mmdb-writer``.
+
+    :param networks: CIDR -> (latitude, longitude, country, continent).
+    :returns: ``path``.
+    """
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(
+        ip_version=ip_version,
+        database_type="GeoIP2-City",
+        ipv4_compatible=ip_version == 6,
+    )
+    for cidr, (lat, lon, country, continent) in networks.items():
+        writer.insert_network(
+            IPSet([cidr]),
+            {
+                "location": {"latitude": lat, "longitude": lon, "accuracy_radius": 50},
+                "country": {"iso_code": country},
+                "continent": {"code": continent},
+            },
+        )
+    writer.to_db_file(path)
+    return path
+
+
+def node_info(
+    node_id: str,
+    place: str,
+    *,
+    deployment: str = "global",
+    addresses: tuple[str, ...] | None = None,
+    region: str | None = None,
+    load: int = 0,
+) -> Any:
+    """A ``NodeInfo`` of a node at one of :data:`PLACES`."""
+    from .mesh.nodemap import NodeInfo
+
+    lat, lon, _country, _continent = PLACES[place]
+    return NodeInfo(
+        node_id=node_id,
+        deployment=deployment,
+        region=region or place,
+        latitude=lat,
+        longitude=lon,
+        addresses=addresses
+        or ("192.0.2.{}".format(zlib.crc32(node_id.encode()) % 250 + 1),),
+        version="test",
+        incarnation=1,
+        load=load,
+    )
+
+
+class CapturingDatagramTransport:
+    """A UDP transport that keeps what is written (``(bytes, address)``)."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, Any]] = []
+
+    def write(self, data: bytes, address: Any = None) -> None:
+        self.written.append((data, address))
+
+
+def dns_query(
+    name: str,
+    rdtype: str = "A",
+    *,
+    ecs: str | None = None,
+    edns: bool | int = False,
+    qid: int = 4242,
+    tcp: bool = False,
+) -> bytes:
+    """A query in wire format (built with dnspython).
+
+    :param ecs: ``"81.2.69.0/24"``: an EDNS Client Subnet option (implies EDNS).
+    :param edns: ``True`` or a UDP payload size: add an OPT record.
+    """
+    import dns.edns
+    import dns.message
+
+    options: list[dns.edns.Option] = []
+    if ecs is not None:
+        address, prefix = ecs.split("/")
+        options.append(dns.edns.ECSOption(address, int(prefix)))
+    use_edns = edns is not False or ecs is not None
+    payload = edns if isinstance(edns, int) and not isinstance(edns, bool) else 1232
+    if use_edns:
+        q = dns.message.make_query(
+            name, rdtype, use_edns=0, payload=payload, options=options
+        )
+    else:
+        q = dns.message.make_query(name, rdtype, use_edns=False)
+    q.id = qid
+    q.flags &= ~0x0100  # no RD: we are asked as an authority
+    return bytes(q.to_wire())
+
+
+def dns_response(data: bytes) -> Any:
+    """Parse a response with dnspython (``dns.message.Message``)."""
+    import dns.message
+
+    return dns.message.from_wire(data)
+
+
+class DnsHarness:
+    """A GeoDNS server over a real NodeMap and (optionally) a real GeoIP
+    index, queried in memory, synchronously.
+
+    :ivar node_map: change it by hand (upsert, set_state) as the mesh will.
+    """
+
+    def __init__(
+        self,
+        testcase: SynchronousTestCase,
+        *,
+        nodes: Any = (),
+        geo_db: str | None = None,
+        policy: Any = None,
+        **dns_overrides: Any,
+    ) -> None:
+        from .config import DnsConfig, GeoConfig, _derive_zone
+        from .dns.metrics import DnsStats
+        from .dns.policy import NearestLive
+        from .dns.server import EdgeDatagramProtocol
+        from .dns.service import build_server
+        from .geo.service import GeoService
+        from .mesh.nodemap import NodeMap
+        from .metrics.registry import new_registry
+
+        self.clock = Clock()
+        self.clock.advance(EPOCH)
+        self.node_map = NodeMap()
+        for node in nodes:
+            self.node_map.upsert(node)
+        self.geo = None
+        registry = new_registry()
+        if geo_db is not None:
+            self.geo = GeoService(
+                GeoConfig(database=geo_db, request_file=geo_db + ".request"),
+                reactor=self.clock,
+                registry=registry,
+                run=run_inline,
+            )
+            self.geo.privilegedStartService()
+        if "zones" in dns_overrides:
+            dns_overrides["zones"] = tuple(
+                _derive_zone(z) for z in dns_overrides["zones"]
+            )
+        else:
+            dns_overrides["zones"] = tuple(_derive_zone(z) for z in DnsConfig().zones)
+        self.config = dataclasses.replace(DnsConfig(), **dns_overrides)
+        self.stats = DnsStats()
+        self.factory, self.table = build_server(
+            self.config,
+            clock=self.clock,
+            node_map=self.node_map,
+            geo=self.geo,
+            policy=policy or NearestLive(),
+            stats=self.stats,
+        )
+        self.transport = CapturingDatagramTransport()
+        self.udp = EdgeDatagramProtocol(self.factory, reactor=self.clock)
+        self.udp.transport = self.transport  # type: ignore[assignment]
+
+    def send(self, data: bytes, source: str = "198.51.100.7") -> bytes | None:
+        """Send one datagram; the answer (``None`` when none was sent)."""
+        before = len(self.transport.written)
+        self.udp.datagramReceived(data, (source, 53000))
+        written = self.transport.written[before:]
+        if not written:
+            return None
+        ((answer, address),) = written
+        assert address == (source, 53000)
+        return answer
+
+    def ask(
+        self, name: str, rdtype: str = "A", *, source: str = "198.51.100.7", **kw: Any
+    ) -> Any:
+        """Query and parse the answer (dnspython ``Message``)."""
+        answer = self.send(dns_query(name, rdtype, **kw), source)
+        assert answer is not None, "no answer"
+        return dns_response(answer)
+
+    def addresses(self, name: str, rdtype: str = "A", **kw: Any) -> list[str]:
+        """The addresses answered, in order."""
+        response = self.ask(name, rdtype, **kw)
+        return [rr.address for rrset in response.answer for rr in rrset]

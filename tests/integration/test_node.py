@@ -28,7 +28,9 @@ class NodeTests(TestCase):
     def setUp(self):  # type: ignore[no-untyped-def]
         self.data_dir = os.path.abspath(self.mktemp())
         options = Options()
-        options.parseOptions(["--data-dir", self.data_dir, "--http", "tcp:0:interface=127.0.0.1", "--node-id", "it-1"])
+        options.parseOptions(
+            ["--data-dir", self.data_dir, "--http", "tcp:0:interface=127.0.0.1", "--node-id", "it-1", "--dns-port", "0"]
+        )
         self.node = makeService(options)
         self.node.privilegedStartService()
         self.node.startService()
@@ -68,12 +70,21 @@ class NodeTests(TestCase):
         doc = yield health.json()
         self.assertEqual(doc["nodeId"], "it-1")
         self.assertEqual(
-            doc["children"], {"store": {"running": True}, "live": {"running": True}, "transport": {"running": True}}
+            doc["children"],
+            {
+                "store": {"running": True},
+                "geo": {"running": True},
+                "dns": {"running": True},
+                "live": {"running": True},
+                "transport": {"running": True},
+            },
         )
         metrics = yield self.http.get(self.base + "/metrics")
         text = yield metrics.text()
         self.assertIn('fastedge_http_requests_total{code="200",method="GET",route="/healthz"} 1.0', text)
         self.assertIn("fastedge_store_call_duration_seconds_bucket", text)
+        self.assertIn("fastedge_dns_ecs_queries_total 0.0", text)
+        self.assertIn("fastedge_geo_index_age_seconds -1.0", text)
         self.assertTrue(metrics.headers.getRawHeaders("content-type")[0].startswith("text/plain; version="))
         openmetrics = yield self.http.get(self.base + "/metrics", headers={"accept": "application/openmetrics-text"})
         self.assertTrue(openmetrics.headers.getRawHeaders("content-type")[0].startswith("application/openmetrics-text"))

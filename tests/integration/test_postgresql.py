@@ -327,6 +327,7 @@ class TwoNodesTests(TestCase):
                 },
             },
             "api": {"secret_file": secret, "page_cache_seconds": 60.0},
+            "dns": {"port": 0},
         }
         path = os.path.abspath(self.mktemp())
         with open(path, "w") as f:

@@ -17,15 +17,22 @@ class OptionsTests(SynchronousTestCase):
         """With no arguments the node runs on the embedded defaults."""
         options = Options()
         options.parseOptions([])
-        self.assertEqual(options.config.http.endpoint, "tcp:8080:interface=127.0.0.1:backlog=1024")
+        self.assertEqual(
+            options.config.http.endpoint, "tcp:8080:interface=127.0.0.1:backlog=1024"
+        )
         self.assertEqual(options.config.store.backend, "sqlite")
 
     def test_overrides(self) -> None:
         """--http, --node-id and --data-dir override the file."""
         options = Options()
-        options.parseOptions(["--http", "tcp:0", "--node-id", "edge-1", "--data-dir", "/srv/fe"])
+        options.parseOptions(
+            ["--http", "tcp:0", "--node-id", "edge-1", "--data-dir", "/srv/fe"]
+        )
         cfg = options.config
-        self.assertEqual((cfg.http.endpoint, cfg.node.id, cfg.node.data_dir), ("tcp:0", "edge-1", "/srv/fe"))
+        self.assertEqual(
+            (cfg.http.endpoint, cfg.node.id, cfg.node.data_dir),
+            ("tcp:0", "edge-1", "/srv/fe"),
+        )
 
     def test_bad_config_is_a_usage_error(self) -> None:
         """A bad config file fails option parsing (before twistd daemonizes or
@@ -35,7 +42,9 @@ class OptionsTests(SynchronousTestCase):
             f.write("[http]\nmax_body_bytes = -1\n")
         with self.assertRaises(UsageError) as cm:
             Options().parseOptions(["--config", path])
-        self.assertEqual(str(cm.exception), "http.max_body_bytes: must be greater than 0")
+        self.assertEqual(
+            str(cm.exception), "http.max_body_bytes: must be greater than 0"
+        )
 
     def test_bad_override(self) -> None:
         """A bad override is refused the same way."""
@@ -53,7 +62,29 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_named_children(self) -> None:
         """The node is a MultiService of named children, store first."""
-        self.assertEqual([c.name for c in self.top], ["store", "live", "transport"])
+        self.assertEqual(
+            [c.name for c in self.top], ["store", "geo", "dns", "live", "transport"]
+        )
+
+    def test_dns_on_a_map_of_this_node(self) -> None:
+        """Until the mesh lands, DNS answers from a node map holding this node
+        alone (its configured addresses), and listens on UDP and TCP 5353."""
+        dns = self.top.getServiceNamed("dns")
+        self.assertEqual(dns.getServiceNamed("udp").args[0], 5353)
+        table = dns.factory.authority.table
+        choice = table.choose("global", 4, None)
+        self.assertEqual([a for a, _ in choice.addresses], ["127.0.0.1"])
+
+    def test_unknown_policy_is_a_usage_error(self) -> None:
+        """dns.policy naming no plugin is refused before anything starts."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[dns]\npolicy = "no-such-policy"\n')
+        with self.assertRaises(UsageError) as cm:
+            Options().parseOptions(["--config", path])
+        self.assertIn(
+            "dns.policy: no answer policy 'no-such-policy'", str(cm.exception)
+        )
 
     def test_transport_listens(self) -> None:
         """The transport binds the configured endpoint (with an explicit
@@ -65,3 +96,26 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual((port, backlog, interface), (8080, 1024, "127.0.0.1"))
         self.assertIsInstance(factory, EdgeSite)
         self.successResultOf(transport.stopService())
+
+
+class GeoDatabaseOptionTests(SynchronousTestCase):
+    def test_missing_geo_database(self) -> None:
+        """A configured GeoIP database that is missing, or not a MaxMind DB,
+        is refused in one line naming geo.database, before anything starts."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[geo]\ndatabase = "/nonexistent/City.mmdb"\n')
+        with self.assertRaises(UsageError) as cm:
+            Options().parseOptions(["--config", path])
+        self.assertEqual(
+            str(cm.exception),
+            "geo.database: cannot read /nonexistent/City.mmdb (No such file or directory)",
+        )
+        foreign = os.path.abspath(self.mktemp())
+        with open(foreign, "wb") as f:
+            f.write(b"PK\x03\x04" + b"\0" * 1000)
+        with open(path, "w") as f:
+            f.write('[geo]\ndatabase = "{}"\n'.format(foreign))
+        with self.assertRaises(UsageError) as cm:
+            Options().parseOptions(["--config", path])
+        self.assertIn("is not a MaxMind DB", str(cm.exception))

@@ -25,6 +25,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "TOML config file (default: the built-in defaults, as in etc/fastedge.toml)."],
         ["http", None, None, "HTTP listen endpoint, e.g. tcp:8080:interface=127.0.0.1 (overrides http.endpoint)."],
+        ["https", None, None, "HTTPS listen endpoint (plain TCP; TLS is added), e.g. tcp:8443 (overrides tls.endpoint)."],
         ["node-id", None, None, "This node's id (overrides node.id)."],
         ["data-dir", None, None, "Data directory (overrides node.data_dir)."],
     ]
@@ -36,7 +37,12 @@ class Options(usage.Options):
     def overrides(self) -> dict[str, Any]:
         """The dotted config keys set on the command line."""
         found = {}
-        for option, key in (("http", "http.endpoint"), ("node-id", "node.id"), ("data-dir", "node.data_dir")):
+        for option, key in (
+            ("http", "http.endpoint"),
+            ("https", "tls.endpoint"),
+            ("node-id", "node.id"),
+            ("data-dir", "node.data_dir"),
+        ):
             if self[option] is not None:
                 found[key] = self[option]
         return found
@@ -73,7 +79,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         api=api.resource,
         children=lambda: list(top),
     )
-    transport = transport_service.make_service(cfg.http, reactor=reactor, site=site, background=api.service)
+    transport = transport_service.make_service(
+        cfg.http,
+        reactor=reactor,
+        site=site,
+        background=api.service,
+        registry=registry,
+        tls=cfg.tls,
+        data_dir=cfg.node.data_dir,
+        node_id=cfg.node.id,
+    )
     transport.setName("transport")
     transport.setServiceParent(top)
     return top

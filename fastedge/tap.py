@@ -12,6 +12,8 @@ from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from .api.resource import build_api
+from .cdn import service as cdn_service
+from .cdn.manage import UPLOAD_PATH, MediaApi
 from .config import ConfigError, EdgeConfig, load_config
 from .metrics.registry import new_registry
 from .store import service as store_service
@@ -55,7 +57,7 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
-    """The node: a ``MultiService`` of named children (store, transport)."""
+    """The node: a ``MultiService`` of named children (store, cdn, transport)."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -68,7 +70,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     store.setName("store")
     store.setServiceParent(top)
 
-    api = build_api(cfg.api, store=store.store, clock=reactor, registry=registry)
+    cdn = cdn_service.make_service(cfg.cdn, reactor=reactor, registry=registry)
+    cdn.setName("cdn")
+    cdn.setServiceParent(top)
+    media_api = MediaApi(cfg.cdn, cdn)
+
+    api = build_api(
+        cfg.api, store=store.store, clock=reactor, registry=registry, extra_manage_routes=media_api.routes
+    )
     site = build_site(
         cfg.node,
         cfg.http,
@@ -77,6 +86,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         store=store.store,
         store_ready=lambda: store.ready,
         api=api.resource,
+        media=cdn.resource,
+        body_limits=[(UPLOAD_PATH.encode("ascii"), cfg.cdn.upload_max_bytes)],
         children=lambda: list(top),
     )
     transport = transport_service.make_service(

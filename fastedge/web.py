@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.unit.test_web -*-
 """``build_site()``: the one Site every public listener serves.
 
-Mounts ``/api/`` (the comment API), ``/healthz`` and ``/metrics``; any other
+Mounts ``/api/`` (the comment API), ``/media/`` (the CDN), ``/healthz`` and
+``/metrics``; any other
 path is a JSON 404.
 """
 
@@ -54,13 +55,19 @@ def build_site(
     store_ready: Callable[[], bool],
     api: IResource,
     children: Callable[[], Iterable[IService]],
+    media: IResource | None = None,
+    body_limits: Iterable[tuple[bytes, int]] = (),
 ) -> EdgeSite:
     """The node's Site.
 
     :param children: the node's child services, for ``/healthz``.
+    :param media: the CDN's ``/media`` resource.
+    :param body_limits: request body limits of particular paths (uploads).
     """
     root = EdgeRoot()
     root.putChild(b"api", api)
+    if media is not None:
+        root.putChild(b"media", media)
     root.putChild(
         b"healthz",
         HealthResource(
@@ -78,4 +85,5 @@ def build_site(
         reactor=reactor,
         max_body_bytes=http.max_body_bytes,
         metrics=HttpMetrics(registry, http.slow_request_seconds),
+        body_limits=body_limits,
     )

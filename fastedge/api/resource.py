@@ -4,6 +4,7 @@ and the service that runs its background work."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -20,7 +21,7 @@ from .credits import CreditMeter
 from .manage import ManageApi
 from .metrics import ApiMetrics
 from .public import PublicApi
-from .router import Router
+from .router import Route, Router
 from .sessions import SessionCookies, load_or_create_key
 
 
@@ -69,8 +70,20 @@ class Api:
     cache: PageCache
 
 
-def build_api(cfg: ApiConfig, *, store: IStore, clock: IReactorTime, registry: CollectorRegistry) -> Api:
-    """Build the API for ``cfg``; nothing runs until ``service`` starts."""
+def build_api(
+    cfg: ApiConfig,
+    *,
+    store: IStore,
+    clock: IReactorTime,
+    registry: CollectorRegistry,
+    extra_manage_routes: Callable[[ManageApi], list[Route]] | None = None,
+) -> Api:
+    """Build the API for ``cfg``; nothing runs until ``service`` starts.
+
+    :param extra_manage_routes: routes other subpackages add to the tenant
+        API (the CDN's uploads and purges), built with the ``ManageApi`` so
+        they authenticate and charge the same way.
+    """
     metrics = ApiMetrics(registry)
     cookies = SessionCookies(max_age_seconds=cfg.session_max_age_seconds, secure=cfg.cookie_secure)
     cache = PageCache(ttl_seconds=cfg.page_cache_seconds, max_entries=cfg.page_cache_entries, clock=clock)
@@ -79,7 +92,8 @@ def build_api(cfg: ApiConfig, *, store: IStore, clock: IReactorTime, registry: C
     public = PublicApi(cfg, store=store, clock=clock, cookies=cookies, cache=cache, metrics=metrics)
     # Manage routes first: "/api/v1/manage/..." must never be read as a tenant
     # called "manage" (tenant ids are random and 16 characters long anyway).
-    router = Router(manage.routes() + public.routes())
+    extra = extra_manage_routes(manage) if extra_manage_routes is not None else []
+    router = Router(manage.routes() + extra + public.routes())
     service = MultiService()
     _SessionKeyLoader(cookies, cfg.secret_file).setServiceParent(service)
     _CreditFlusher(meter, cfg.credits.flush_seconds, clock).setServiceParent(service)

@@ -10,7 +10,7 @@ error page (no traceback ever reaches a client).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.logger import Logger
@@ -159,11 +159,11 @@ class EdgeSite(Site):
         reactor: Any,
         max_body_bytes: int,
         metrics: HttpMetrics | None,
-        body_limits: Sequence[tuple[bytes, int]] = (),
+        body_limits: Iterable[tuple[bytes, int]] = (),
         redirect_port: Callable[[], int | None] | None = None,
     ) -> None:
         """
-        :param body_limits: ``(path prefix, bytes)`` for routes that take
+        :param body_limits: ``(path, bytes)`` for routes that take
             larger (or smaller) bodies than ``max_body_bytes``, e.g. uploads.
         :param redirect_port: when given, plain-HTTP requests are redirected
             to HTTPS on the port it returns (``None``: not listening yet).
@@ -171,16 +171,15 @@ class EdgeSite(Site):
         super().__init__(resource, reactor=reactor)
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
-        self._body_limits = sorted(body_limits, key=lambda item: -len(item[0]))
+        self._body_limits = {path.rstrip(b"/"): limit for path, limit in body_limits}
         self.redirect_port = redirect_port
 
     def body_limit(self, target: bytes) -> int:
         """Largest body accepted for request target ``target``."""
         if self._body_limits:
-            path = target.split(b"?", 1)[0]
-            for prefix, limit in self._body_limits:
-                if path == prefix or path.startswith(prefix.rstrip(b"/") + b"/") or path.startswith(prefix + b"?"):
-                    return limit
+            limit = self._body_limits.get(target.split(b"?", 1)[0].rstrip(b"/"))
+            if limit is not None:
+                return limit
         return self.max_body_bytes
 
     def log(self, request: Request) -> None:

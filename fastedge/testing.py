@@ -250,3 +250,91 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def create_tenants(sqlite_path: str, names: list[str]) -> list[tuple[str, str]]:
+    """Create tenants and one API key each in an SQLite store file, before a
+    node opens it (the CDN config names tenants by id).
+
+    :returns: ``(tenant id, API key)`` per name.
+    """
+    from twisted.internet.task import Clock
+
+    from .api.keys import hash_api_key, new_api_key
+    from .store.model import ReadPreference
+    from .store.sqlite import SQLiteStore
+
+    os.makedirs(os.path.dirname(sqlite_path), exist_ok=True)
+    store = SQLiteStore(sqlite_path, run=run_inline, clock=Clock(), busy_timeout_seconds=5.0, pool_size=1)
+    out = []
+    store.open()
+    try:
+        for name in names:
+            d = store.create_tenant(name, "global", created_ms=1, read_preference=ReadPreference.PRIMARY)
+            tenant = _result(d).value
+            key = new_api_key()
+            _result(store.add_api_key(tenant.id, hash_api_key(key), created_ms=1, read_preference=ReadPreference.PRIMARY))
+            out.append((tenant.id, key))
+    finally:
+        store.close()
+    return out
+
+
+def _result(d: Deferred[Any]) -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    if not results:
+        raise RuntimeError("a store call did not complete synchronously")
+    if hasattr(results[0], "raiseException"):
+        results[0].raiseException()
+    return results[0]
+
+
+class RunningNode:
+    """A whole node (``fastedge.tap.makeService``) on free loopback ports,
+    for integration tests; see :func:`start_node`."""
+
+    def __init__(self, top: Any, data_dir: str) -> None:
+        self.top = top
+        self.data_dir = data_dir
+
+    def _port(self, name: str) -> int:
+        listener = self.top.getServiceNamed("transport").getServiceNamed(name)
+        return int(listener.port.getHost().port)
+
+    @property
+    def http(self) -> str:
+        return "http://127.0.0.1:{}".format(self._port("http"))
+
+    @property
+    def https_port(self) -> int:
+        return self._port("https")
+
+    @property
+    def cdn(self) -> Any:
+        return self.top.getServiceNamed("cdn")
+
+    def stop(self) -> Deferred[Any]:
+        return self.top.stopService()  # type: ignore[no-any-return]
+
+
+def start_node(config_text: str, data_dir: str) -> Deferred[RunningNode]:
+    """Start a node from TOML text (its listeners should use port 0) on the
+    global reactor; fires once the store is open and the ports are bound."""
+    from twisted.internet import reactor
+
+    from . import tap
+
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, "node.toml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(config_text)
+    options = tap.Options()
+    options.parseOptions(["--config", path, "--data-dir", data_dir, "--node-id", "test-node"])
+    top = tap.makeService(options, reactor=reactor)
+    top.privilegedStartService()
+    top.startService()
+    node = RunningNode(top, data_dir)
+    d = top.getServiceNamed("store").when_ready()
+    d.addCallback(lambda _: node)
+    return d

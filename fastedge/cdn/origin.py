@@ -69,8 +69,8 @@ def meta_from_headers(response: IResponse, size: int | None = None) -> ObjectMet
     """The representation metadata of an S3 response."""
     length = size
     if length is None:
-        raw = _header(response, b"content-length")
-        length = int(raw) if raw is not None and raw.isdigit() else -1
+        # Twisted's client takes Content-Length out of the headers into ``length``.
+        length = response.length if isinstance(response.length, int) else -1
     return ObjectMeta(
         size=length,
         content_type=_header(response, b"content-type") or "application/octet-stream",
@@ -245,8 +245,12 @@ class S3Origin:
             raise OriginError("timeout", "the origin timed out (HTTP {})".format(code))
         raise OriginError("error", "the origin answered HTTP {}".format(code))
 
-    def head(self, media: Any, key: str) -> Deferred[ObjectMeta | None]:
-        """The object's metadata, or ``None`` if it does not exist."""
+    def head(self, media: Any, key: str, *, size: int) -> Deferred[ObjectMeta | None]:
+        """The object's metadata, or ``None`` if it does not exist.
+
+        :param size: the size we know it has (a HEAD response's own length
+            says nothing about the object to Twisted's client).
+        """
         url = self.url_for(media.bucket, media.prefix + key)
         d = self._send("HEAD", "head", url, self._sign("HEAD", url, {}, _EMPTY_SHA256))
 
@@ -256,7 +260,7 @@ class S3Origin:
                 return None
             if response.code != 200:
                 raise OriginError("error", "the origin answered HTTP {} to HEAD".format(response.code))
-            return meta_from_headers(response)
+            return meta_from_headers(response, size=size)
 
         d.addCallback(got)
         return d

@@ -10,7 +10,7 @@ subpackage that touches the reactor.
 from __future__ import annotations
 
 import hashlib
-import shutil
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +30,7 @@ from .fill import Filler, NegativeCache, NoPeers
 from .interfaces import IPeerLocator, IPurgeBroadcast
 from .keys import cache_id
 from .metrics import CdnMetrics
-from .origin import S3Origin
+from .origin import OriginError, S3Origin
 from .resource import MediaResource
 
 __all__ = ["CdnService", "LocalOnly", "TenantMedia", "make_service"]
@@ -218,23 +218,33 @@ class CdnService(MultiService):
     def upload(self, media: TenantMedia, key: str, content_type: str, body: Any, length: int) -> Any:
         """Store ``body`` at the origin, then in the local cache.
 
+        The body is first copied into the cache's temporary directory (and
+        hashed on the way, off the reactor thread); that copy is sent to the
+        origin and, once the origin has it, renamed into the cache.
+
         :returns: the new cache entry.
         """
-        md5, sha256_hex = yield self._run_blocking(_hash_file, body)
-        body.seek(0)
-        # Whatever is being downloaded for this key now is older than this.
-        self.filler.supersede(media.tenant_id, key, exact=True)
-        yield media.origin.put(
-            media, key, body, length=length, content_type=content_type, md5=md5, sha256_hex=sha256_hex
-        )
-        meta = yield media.origin.head(media, key)
-        if meta is None or meta.size != length:
-            raise RuntimeError("the origin does not show the object just stored")
         temp = self.cache.temp_path()
-        body.seek(0)
-        with open(temp, "wb") as out:
-            shutil.copyfileobj(body, out)
-        entry = self.commit(temp, media.tenant_id, key, meta)
+        try:
+            md5, sha256_hex = yield self._run_blocking(_copy_and_hash, body, temp)
+            # Whatever is being downloaded for this key now is older than this.
+            self.filler.supersede(media.tenant_id, key, exact=True)
+            # treq closes the file it sends; the copy stays for the cache.
+            yield media.origin.put(
+                media, key, open(temp, "rb"), length=length, content_type=content_type, md5=md5, sha256_hex=sha256_hex
+            )
+            meta = yield media.origin.head(media, key, size=length)
+            if meta is None:
+                raise OriginError("error", "the origin does not show the object just stored")
+            etag = (meta.etag or "").strip('"').lower()
+            if len(etag) == 32 and etag != md5.hex():
+                # A single-part object's ETag is its MD5: someone else wrote
+                # it in between. Do not cache bytes the origin does not have.
+                raise OriginError("error", "the origin holds other bytes than those just stored")
+            entry = self.commit(temp, media.tenant_id, key, meta)
+        finally:
+            if os.path.exists(temp):
+                os.unlink(temp)
         self.negative.discard(entry.id)
         self._log.info(
             "stored {size} bytes of {content_type} as {tenant} {key}",
@@ -250,14 +260,17 @@ class CdnService(MultiService):
         return "/media/{}/{}".format(quote(media.tenant_id, safe=""), quote(key, safe="/~"))
 
 
-def _hash_file(body: Any) -> tuple[bytes, str]:
-    """MD5 (for Content-MD5) and SHA-256 (for SigV4) of a file, in one pass."""
+def _copy_and_hash(body: Any, path: str) -> tuple[bytes, str]:
+    """Copy a file to ``path``, computing MD5 (for Content-MD5) and SHA-256
+    (for SigV4) on the way."""
     body.seek(0)
     md5 = hashlib.md5(usedforsecurity=False)
     sha = hashlib.sha256()
-    for chunk in iter(lambda: body.read(1024 * 1024), b""):
-        md5.update(chunk)
-        sha.update(chunk)
+    with open(path, "wb") as out:
+        for chunk in iter(lambda: body.read(1024 * 1024), b""):
+            md5.update(chunk)
+            sha.update(chunk)
+            out.write(chunk)
     return md5.digest(), sha.hexdigest()
 
 

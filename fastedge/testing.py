@@ -315,6 +315,11 @@ class RunningNode:
         return self.top.getServiceNamed("cdn")
 
     def stop(self) -> Deferred[Any]:
+        """Stop the node (once; later calls fire at once)."""
+        from twisted.internet.defer import succeed
+
+        if not self.top.running:
+            return succeed(None)
         return self.top.stopService()  # type: ignore[no-any-return]
 
 
@@ -338,3 +343,15 @@ def start_node(config_text: str, data_dir: str) -> Deferred[RunningNode]:
     d = top.getServiceNamed("store").when_ready()
     d.addCallback(lambda _: node)
     return d
+
+
+def http_client(test: Any) -> Any:
+    """A treq client whose connections close after each response, so a
+    test leaves no connection behind (treq's default pool keeps them)."""
+    from treq.client import HTTPClient
+    from twisted.internet import reactor
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    test.addCleanup(pool.closeCachedConnections)
+    return HTTPClient(Agent(reactor, pool=pool))

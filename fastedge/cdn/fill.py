@@ -147,6 +147,7 @@ class Fill:
         self.source_name = "origin"
         self.superseded = False
         self._waiting: list[Deferred[Fill]] = []
+        self._finishing: list[Deferred[Fill]] = []
         self._senders: set[BodySender] = set()
         self._response: ISourceResponse | None = None
         self._temp: str | None = None
@@ -165,6 +166,14 @@ class Fill:
             return succeed(self)
         d: Deferred[Fill] = Deferred()
         self._waiting.append(d)
+        return d
+
+    def when_finished(self) -> Deferred[Fill]:
+        """Fires (never fails) once the fill is over, stored or not."""
+        if self.finished:
+            return succeed(self)
+        d: Deferred[Fill] = Deferred()
+        self._finishing.append(d)
         return d
 
     @property
@@ -258,6 +267,8 @@ class Fill:
         if self.finished:
             self._owner.finished(self)
         waiting, self._waiting = self._waiting, []
+        if self.finished:
+            waiting, self._finishing = waiting + self._finishing, []
         for d in waiting:
             d.callback(self)
 

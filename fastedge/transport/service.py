@@ -19,13 +19,12 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from ..config import HttpConfig, TlsConfig
 from .certs import CertificateStore, ensure_self_signed
 from .metrics import ConnectionMetrics, TlsMetrics
 from .site import EdgeSite
-from .tls import CountingFactory, SniServerCreator, context_builder
+from .tls import CountingFactory, CountingTLSFactory, SniServerCreator, context_builder
 
 
 class Listener(StreamServerEndpointService):
@@ -100,7 +99,7 @@ def make_service(
     connections = ConnectionMetrics(registry)
     http = Listener(
         serverFromString(reactor, cfg.endpoint),
-        CountingFactory(site, listener="http", tls=False, metrics=connections),
+        CountingFactory(site, listener="http", metrics=connections),
     )
     http._raiseSynchronously = True  # a port in use fails `twistd` loudly
     http.setName("http")
@@ -123,9 +122,11 @@ def make_service(
     )
     loader.setName("certificates")
     loader.setServiceParent(top)
-    counted = CountingFactory(site, listener="https", tls=True, metrics=connections, tls_metrics=tls_metrics)
     creator.store = store
-    https = Listener(serverFromString(reactor, tls.endpoint), TLSMemoryBIOFactory(creator, False, counted))
+    https = Listener(
+        serverFromString(reactor, tls.endpoint),
+        CountingTLSFactory(creator, site, metrics=connections, tls_metrics=tls_metrics),
+    )
     https._raiseSynchronously = True
     https.setName("https")
     https.setServiceParent(top)

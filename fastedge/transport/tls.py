@@ -7,11 +7,10 @@ name during the handshake. Every context is made the same way
 (:func:`context_builder`): TLS 1.2 or later, ECDHE + AEAD ciphers for
 TLS 1.2, ALPN ``h2`` then ``http/1.1``.
 
-:class:`CountingFactory` wraps the Site on both listeners. Its protocol sits
-between the transport (TCP or TLS) and the HTTP channel, which is where the
-negotiated protocol, the handshake outcome and a WebSocket upgrade (autobahn
-replaces the wrapped protocol) can all be seen, so connections are counted by
-protocol (h1, h2, ws) and handshake failures by reason.
+:class:`CountingTLSFactory` (HTTPS) and :class:`CountingFactory` (plain
+HTTP) count connections by protocol (h1, h2, ws) and TLS handshake failures
+by reason. Both see a WebSocket upgrade because autobahn replaces the
+protocol they feed (their ``wrappedProtocol``).
 """
 
 from __future__ import annotations
@@ -21,11 +20,12 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import error as net_error
-from twisted.internet.interfaces import IHandshakeListener, IOpenSSLServerConnectionCreator, IProtocol
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocol
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -107,6 +107,8 @@ def classify_handshake_failure(reason: Failure) -> str:
             ("wrong version number", "protocol_version"),
             ("unsupported protocol", "protocol_version"),
             ("version too low", "protocol_version"),
+            ("no protocols available", "protocol_version"),
+            ("tlsv1 alert protocol version", "protocol_version"),
             ("no shared cipher", "no_shared_cipher"),
             ("no suitable signature algorithm", "no_shared_cipher"),
             ("no application protocol", "no_alpn"),
@@ -122,14 +124,37 @@ def classify_handshake_failure(reason: Failure) -> str:
     return "other"
 
 
-@implementer(IHandshakeListener)
-class CountedConnection(ProtocolWrapper):
-    """Counts one connection under the protocol it turns out to speak."""
+class _Label:
+    """The protocol one connection is counted under, kept consistent in the
+    counter and the gauge."""
 
-    _log = Logger()
+    __slots__ = ("listener", "metrics", "label")
+
+    def __init__(self, listener: str, metrics: ConnectionMetrics) -> None:
+        self.listener = listener
+        self.metrics = metrics
+        self.label: str | None = None
+
+    def settle(self, label: str) -> None:
+        if self.label is not None:
+            self.metrics.open.labels(self.listener, self.label).dec()
+        self.label = label
+        self.metrics.open.labels(self.listener, label).inc()
+        if label != "tls":
+            self.metrics.opened.labels(self.listener, label).inc()
+
+    def close(self) -> None:
+        if self.label is not None:
+            self.metrics.open.labels(self.listener, self.label).dec()
+            self.label = None
+
+
+class CountedConnection(ProtocolWrapper):
+    """A plain-HTTP connection, counted as h1 until it becomes a WebSocket."""
+
     factory: CountingFactory
-    _label: str | None = None
     _original: IProtocol | None = None
+    _label: _Label | None = None
 
     def __init__(self, factory: CountingFactory, wrappedProtocol: IProtocol) -> None:
         super().__init__(factory, wrappedProtocol)
@@ -144,80 +169,112 @@ class CountedConnection(ProtocolWrapper):
     @wrappedProtocol.setter
     def wrappedProtocol(self, protocol: IProtocol) -> None:
         self._wrapped = protocol
-        if self._original is not None and protocol is not self._original and self._label == "h1":
-            self._settle("ws")
+        if self._label is not None and protocol is not self._original and self._label.label == "h1":
+            self._label.settle("ws")
 
     def makeConnection(self, transport: Any) -> None:
-        self._settle("tls" if self.factory.tls else "h1")
+        self._label = _Label(self.factory.listener, self.factory.metrics)
+        self._label.settle("h1")
         super().makeConnection(transport)
 
-    def _settle(self, label: str) -> None:
-        metrics = self.factory.metrics
-        listener = self.factory.listener
+    def connectionLost(self, reason: Failure) -> None:
         if self._label is not None:
-            metrics.open.labels(listener, self._label).dec()
-        self._label = label
-        metrics.open.labels(listener, label).inc()
-        if label != "tls":
-            metrics.opened.labels(listener, label).inc()
+            self._label.close()
+        super().connectionLost(reason)
 
-    def handshakeCompleted(self) -> None:
-        transport = self.transport
-        negotiated = getattr(transport, "negotiatedProtocol", None)
-        self._settle("h2" if negotiated == b"h2" else "h1")
-        tls = self.factory.tls_metrics
-        if tls is not None:
-            version = "unknown"
-            try:
-                version = transport.getHandle().get_protocol_version_name()  # type: ignore[union-attr]
-            except Exception:  # pragma: no cover - a transport without a handle
-                pass
+
+class CountingTLSProtocol(TLSMemoryBIOProtocol):
+    """TLS that counts its handshake (or why it failed) and the protocol
+    the connection then speaks: h2 or h1 by ALPN, ws after an upgrade.
+
+    It must be the TLS protocol itself (not a wrapper around the HTTP
+    channel): autobahn needs the transport it takes over to be a
+    ``TLSMemoryBIOProtocol`` to read the TLS channel binding.
+    """
+
+    _log = Logger()
+    factory: CountingTLSFactory
+    _original: IProtocol | None = None
+    _label: _Label | None = None
+
+    def __init__(self, factory: CountingTLSFactory, wrappedProtocol: IProtocol, _connectWrapped: bool = True) -> None:
+        super().__init__(factory, wrappedProtocol, _connectWrapped)
+        self._original = wrappedProtocol
+
+    @property  # type: ignore[override]
+    def wrappedProtocol(self) -> IProtocol:
+        return self._wrapped
+
+    @wrappedProtocol.setter
+    def wrappedProtocol(self, protocol: IProtocol) -> None:
+        self._wrapped = protocol
+        if self._label is not None and protocol is not self._original and self._label.label == "h1":
+            self._label.settle("ws")
+
+    def makeConnection(self, transport: Any) -> None:
+        self._label = _Label(self.factory.listener, self.factory.metrics)
+        self._label.settle("tls")
+        super().makeConnection(transport)
+
+    def _checkHandshakeStatus(self) -> None:
+        # The one place Twisted learns the handshake is done; it offers no
+        # public hook that leaves the wrapped protocol alone.
+        was_done = self._handshakeDone
+        super()._checkHandshakeStatus()
+        if not was_done and self._handshakeDone and self._label is not None:
+            negotiated = self.negotiatedProtocol
+            self._label.settle("h2" if negotiated == b"h2" else "h1")
+            version = self._tlsConnection.get_protocol_version_name()
             alpn = negotiated.decode("ascii", "replace") if negotiated else "none"
-            tls.handshakes.labels(version, alpn).inc()
-        if IHandshakeListener.providedBy(self._wrapped):
-            self._wrapped.handshakeCompleted()
+            self.factory.tls_metrics.handshakes.labels(version, alpn).inc()
 
     def connectionLost(self, reason: Failure) -> None:
-        if self._label == "tls" and self.factory.tls_metrics is not None:
-            label = classify_handshake_failure(reason)
-            self.factory.tls_metrics.failures.labels(label).inc()
-            self._log.debug("TLS handshake with {peer} failed: {reason}", peer=self._peer(), reason=label)
-        if self._label is not None:
-            self.factory.metrics.open.labels(self.factory.listener, self._label).dec()
+        label = self._label
+        if label is not None:
+            if label.label == "tls":
+                # A TLS error is kept until the TCP connection closes; the
+                # reason passed in is then only the close.
+                why = classify_handshake_failure(self._reason or reason)
+                self.factory.tls_metrics.failures.labels(why).inc()
+                self._log.debug("TLS handshake failed: {reason}", reason=why)
+            label.close()
             self._label = None
         super().connectionLost(reason)
 
-    def _peer(self) -> str:
-        try:
-            return str(self.getPeer())
-        except Exception:  # pragma: no cover
-            return "unknown"
+
+class CountingTLSFactory(TLSMemoryBIOFactory):
+    """Server-side TLS for the Site, counted (see :class:`CountingTLSProtocol`)."""
+
+    protocol = CountingTLSProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        creator: Any,
+        wrapped: Factory[Any],
+        *,
+        metrics: ConnectionMetrics,
+        tls_metrics: TlsMetrics,
+        listener: str = "https",
+    ) -> None:
+        super().__init__(creator, False, wrapped)
+        self.listener = listener
+        self.metrics = metrics
+        self.tls_metrics = tls_metrics
 
 
 class CountingFactory(WrappingFactory):
-    """Wraps the Site so each connection is counted (see the module docstring).
+    """Wraps the Site on the plain-HTTP listener so each connection is
+    counted (h1, then ws after an upgrade).
 
-    :param listener: ``http`` or ``https``, the metrics label.
-    :param tls: whether the transport below is TLS (the protocol is then
-        known only after the handshake).
+    :param listener: the metrics label (``http``).
     """
 
     protocol = CountedConnection  # type: ignore[assignment]
 
-    def __init__(
-        self,
-        wrapped: Factory[Any],
-        *,
-        listener: str,
-        tls: bool,
-        metrics: ConnectionMetrics,
-        tls_metrics: TlsMetrics | None = None,
-    ) -> None:
+    def __init__(self, wrapped: Factory[Any], *, listener: str, metrics: ConnectionMetrics) -> None:
         super().__init__(wrapped)
         self.listener = listener
-        self.tls = tls
         self.metrics = metrics
-        self.tls_metrics = tls_metrics
 
     def logPrefix(self) -> str:
         return self.listener

@@ -511,3 +511,49 @@ _InsecureSni = _implementer(_ICreator)(_InsecureSni)
 def insecure_tls(server_name: str = "localhost", alpn: list[bytes] | None = None, max_version: Any = None) -> Any:
     """Client TLS options for tests (see :class:`_InsecureSni`)."""
     return _InsecureSni(server_name, alpn if alpn is not None else [b"http/1.1"], max_version)
+
+
+class FakeSourceResponse:
+    """A scripted :class:`~fastedge.cdn.interfaces.ISourceResponse`: the test
+    pushes body bytes and ends (or cuts) the body when it wants."""
+
+    def __init__(self, status: int, meta: Any = None, checksums: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.meta = meta
+        self.checksums = checksums or {}
+        self.receiver: Any = None
+        self.aborted = False
+
+    def deliver(self, receiver: Any) -> None:
+        self.receiver = receiver
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class FakeSource:
+    """A scripted :class:`~fastedge.cdn.interfaces.IObjectSource` for unit
+    tests of the fill and the resource: each fetch is recorded and answered
+    when the test fires its Deferred."""
+
+    name = "origin"
+
+    def __init__(self) -> None:
+        self.fetches: list[tuple[str, str | None, Deferred[Any]]] = []
+
+    def fetch(self, media: Any, key: str, *, etag: str | None, last_modified: str | None) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.fetches.append((key, etag, d))
+        return d
+
+
+def _declare_fakes() -> None:
+    from zope.interface import classImplements
+
+    from .cdn.interfaces import IObjectSource, ISourceResponse
+
+    classImplements(FakeSource, IObjectSource)
+    classImplements(FakeSourceResponse, ISourceResponse)
+
+
+_declare_fakes()

@@ -82,4 +82,6 @@ def split_media_path(path: bytes, *, max_bytes: int = 1024) -> tuple[str, str]:
 def cache_id(tenant: str, key: str) -> str:
     """The cache's name for an object: a hash, so no key ever becomes a path,
     and the tenant is part of it, so two tenants' keys never meet."""
-    return hashlib.sha256(tenant.encode("utf-8") + b"\x00" + key.encode("utf-8")).hexdigest()
+    raw_tenant = tenant.encode("utf-8")
+    # Length-prefixed, so no (tenant, key) pair can spell another.
+    return hashlib.sha256(b"%d:" % len(raw_tenant) + raw_tenant + key.encode("utf-8")).hexdigest()

@@ -85,7 +85,8 @@ def _server_endpoint(value: str) -> str | None:
     try:
         # Constructing an endpoint does no I/O; a placeholder reactor is enough.
         serverFromString(object(), value)
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        # OSError: an ssl: endpoint whose certificate file does not exist.
         return "not a server endpoint string ({})".format(e)
     return None
 

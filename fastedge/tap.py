@@ -6,6 +6,7 @@ Wiring only: every child is built by its subpackage's ``make_service``.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -56,6 +57,22 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
+class Node(MultiService):
+    """The node's top service.
+
+    Once every child has started, the objects made so far (modules, config,
+    the service tree: some 90,000) are moved out of the garbage collector's
+    reach with :func:`gc.freeze`. They live as long as the process, and a
+    full collection walking them takes tens of milliseconds, which showed
+    up directly as p99 latency under load.
+    """
+
+    def startService(self) -> None:
+        super().startService()
+        gc.collect()
+        gc.freeze()
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """The node: a ``MultiService`` of named children (store, cdn, transport)."""
     if reactor is None:
@@ -64,7 +81,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = _reactor
     cfg = options.config
     registry = new_registry()
-    top = MultiService()
+    top = Node()
 
     store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)
     store.setName("store")

@@ -448,15 +448,19 @@ def h2_request(
                 elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
                     response.reset = isinstance(event, h2.events.StreamReset)
                     self.transport.write(self.conn.data_to_send())
-                    alpn = self.transport.negotiatedProtocol
+                    self.alpn = self.transport.negotiatedProtocol
+                    self.ended = True
+                    # Fire once the connection is gone: tests leave nothing open.
                     self.transport.loseConnection()
-                    if not done.called:
-                        done.callback((response, alpn))
                     return
             self.transport.write(self.conn.data_to_send())
 
         def connectionLost(self, reason: Any = None) -> None:
-            if not done.called:
+            if done.called:
+                return
+            if getattr(self, "ended", False):
+                done.callback((response, self.alpn))
+            else:
                 done.errback(reason)
 
     from twisted.internet.endpoints import SSL4ClientEndpoint

@@ -331,8 +331,13 @@ class Fill:
     def failed(self, reason: object) -> None:
         if self.state != "streaming":
             return
-        timed_out = self.error_kind == "timeout"
-        self._fail("timeout" if timed_out else "error", "the {} body was cut off".format(self.source_name))
+        if self.error_kind == "timeout":
+            kind = "timeout"
+        elif self.meta is not None and 0 <= self.received < self.meta.size:
+            kind = "short_body"  # the connection closed before the announced length
+        else:
+            kind = "error"
+        self._fail(kind, "the {} body was cut off after {} bytes".format(self.source_name, self.received))
 
     def _fail(self, kind: str, detail: str) -> None:
         """Give up: delete the partial file and abort readers mid-body."""

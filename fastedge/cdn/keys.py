@@ -60,11 +60,15 @@ def check_key(key: str, *, prefix: str = "", max_bytes: int = 1024) -> str:
     return key
 
 
-def split_media_path(path: bytes, *, max_bytes: int = 1024) -> tuple[str, str]:
+def split_media_path(path: bytes, *, max_bytes: int = 1024, validate: bool = True) -> tuple[str, str]:
     """``/media/<tenant>/<key>`` (query already removed) -> (tenant, key).
 
     The length is checked on the raw path first, so an enormous URL is
     refused before it is decoded.
+
+    :param validate: check the key with :func:`check_key`. The resource
+        skips it on the hit path (only valid keys are ever cached, so an
+        invalid one cannot hit) and checks before anything else.
     """
     if len(path) > 3 * max_bytes + 256:
         raise BadKey("key_too_long", "the key is longer than {} bytes".format(max_bytes), status=414)
@@ -76,7 +80,7 @@ def split_media_path(path: bytes, *, max_bytes: int = 1024) -> tuple[str, str]:
     if not tenant:
         raise BadKey("bad_media_path", "media URLs look like /media/<tenant>/<key>", status=404)
     key = "/".join(_decode_segment(p) for p in parts[3:])
-    return tenant, check_key(key, max_bytes=max_bytes)
+    return tenant, (check_key(key, max_bytes=max_bytes) if validate else key)
 
 
 def cache_id(tenant: str, key: str) -> str:

@@ -122,11 +122,12 @@ class MediaResource(Resource):
     def _render(self, request: Request, head: bool) -> int:
         request.route = ROUTE  # type: ignore[attr-defined]
         try:
-            tenant_id, key = split_media_path(request.path.split(b"?", 1)[0], max_bytes=self._max_key_bytes)
+            tenant_id, key = split_media_path(
+                request.path.split(b"?", 1)[0], max_bytes=self._max_key_bytes, validate=False
+            )
             media = self._tenants.get(tenant_id)
             if media is None:
                 raise BadKey("no_such_tenant", "no media for this tenant", status=404)
-            check_key(key, prefix=media.prefix, max_bytes=self._max_key_bytes)
         except BadKey as e:
             write_error(request, e.status, e.code, e.message)
             return NOT_DONE_YET
@@ -138,7 +139,13 @@ class MediaResource(Resource):
         entry = self._cache.get(entry_id)
         now = self._clock.seconds()
         if entry is not None and now - entry.validated_at < media.fresh_seconds:
+            # Only valid keys are ever cached: a hit needs no key check.
             self._serve_entry(request, entry, media, head, b"HIT")
+            return NOT_DONE_YET
+        try:
+            check_key(key, prefix=media.prefix, max_bytes=self._max_key_bytes)
+        except BadKey as e:
+            write_error(request, e.status, e.code, e.message)
             return NOT_DONE_YET
         if entry is None and self._negative.has(entry_id, now):
             self._metrics.negative_hits.inc()

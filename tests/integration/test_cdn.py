@@ -331,3 +331,96 @@ class CdnTests(TestCase):
         response, body = yield self.get(self.url(self.a, "large.bin"))
         self.assertEqual((response.code, body == payload, self.header(response, "x-cache")), (200, True, "HIT"))
         self.assertEqual(os.listdir(os.path.join(self.data_dir, "media-cache", "tmp")), [])
+
+
+class MediaOverHttp2Tests(TestCase):
+    """Media through the HTTPS listener with HTTP/2."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_media_over_http2(self):
+        """A miss and a hit of a large object, a range and a HEAD all work on
+        HTTP/2 streams, and errors are JSON there too."""
+        from fastedge.testing import h2_request
+
+        s3 = shared_s3()
+        s3.create_bucket("media")
+        prefix = os.urandom(4).hex() + "/"
+        data_dir = os.path.abspath(self.mktemp())
+        ((tenant, _),) = create_tenants(os.path.join(data_dir, "fastedge.sqlite3"), ["H2"])
+        config = _config(s3, [(tenant, "media", prefix)]).replace(
+            "[tls]\nenabled = false", '[tls]\nendpoint = "tcp:0:interface=127.0.0.1"'
+        )
+        node = yield start_node(config, data_dir)
+        self.addCleanup(node.stop)
+        payload = os.urandom(1_500_000)
+        s3.put("media", prefix + "v.png", payload, "image/png")
+        path = "/media/{}/v.png".format(tenant).encode()
+        for expected in (b"MISS", b"HIT"):
+            response, alpn = yield h2_request(node.https_port, b"GET", path)
+            self.assertEqual((alpn, response.status, response.headers.get(b"x-cache")), (b"h2", 200, expected))
+            self.assertEqual(response.body, payload)
+        response, _ = yield h2_request(node.https_port, b"GET", path, headers=[(b"range", b"bytes=100-199")])
+        self.assertEqual((response.status, response.body), (206, payload[100:200]))
+        response, _ = yield h2_request(node.https_port, b"HEAD", path)
+        self.assertEqual((response.status, response.body), (200, b""))
+        self.assertEqual(response.headers.get(b"content-length"), str(len(payload)).encode())
+        response, _ = yield h2_request(node.https_port, b"GET", "/media/{}/..%2Fx".format(tenant).encode())
+        self.assertEqual(response.status, 400)
+        self.assertIn(b'"bad_key"', response.body)
+
+
+class _ShortOrigin(Protocol):
+    """A scripted S3 at the wire: announces more bytes than it sends, then closes."""
+
+    def dataReceived(self, data):
+        if b"\r\n\r\n" in data:
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n"
+                b'ETag: "0123456789abcdef0123456789abcdef"\r\n\r\n' + b"x" * 40000
+            )
+            self.transport.loseConnection()
+
+
+class ShortOriginTests(TestCase):
+    """An origin whose body ends early."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_fewer_bytes_than_announced(self):
+        """The client sees an incomplete response (not a whole one), nothing
+        is cached, no temporary file is left, and the failure is counted."""
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+        from twisted.internet.protocol import Factory
+
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(_ShortOrigin))
+        self.addCleanup(port.stopListening)
+        data_dir = os.path.abspath(self.mktemp())
+        ((tenant, _),) = create_tenants(os.path.join(data_dir, "fastedge.sqlite3"), ["S"])
+
+        class _Fake:
+            endpoint = "http://127.0.0.1:{}".format(port.getHost().port)
+            access_key = "AK"
+            secret_key = "SK"
+
+        node = yield start_node(_config(_Fake, [(tenant, "media", "")]), data_dir)
+        self.addCleanup(node.stop)
+        http = http_client(self)
+        try:
+            response = yield http.get("{}/media/{}/short.png".format(node.http, tenant))
+            body = yield response.content()
+        except Exception:
+            body = None  # the connection was aborted, before or after the headers
+        self.assertIsNone(body)
+        self.assertEqual(len(node.cdn.cache), 0)
+        self.assertEqual(os.listdir(os.path.join(data_dir, "media-cache", "tmp")), [])
+        failures = {
+            s.labels["reason"]: s.value
+            for family in node.cdn.metrics.fill_failures.collect()
+            for s in family.samples
+            if s.name.endswith("_total")
+        }
+        self.assertEqual(failures, {"short_body": 1.0})
+        self.flushLoggedErrors()

@@ -48,13 +48,23 @@ CONNECTIONS = (64, 256)
 
 
 def ensure_packages() -> None:
-    missing = [p for p, exe in (("nginx-light", "nginx"), ("wrk", "wrk")) if shutil.which(exe) is None and not os.path.exists("/usr/sbin/" + exe)]
+    missing = [
+        p
+        for p, exe in (("nginx-light", "nginx"), ("wrk", "wrk"))
+        if shutil.which(exe) is None and not os.path.exists("/usr/sbin/" + exe)
+    ]
     if missing:
         print("installing {}".format(" ".join(missing)), flush=True)
         sudo = [] if os.geteuid() == 0 else ["sudo"]
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", "--no-install-recommends"] + missing, check=True, env=env)
+        subprocess.run(
+            sudo
+            + ["apt-get", "install", "-y", "-qq", "--no-install-recommends"]
+            + missing,
+            check=True,
+            env=env,
+        )
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:
@@ -80,7 +90,19 @@ _LAT = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 
 def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
     out = subprocess.run(
-        ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c{}".format(connections), "-d{}s".format(seconds), "--latency", "--timeout", "5s", url],
+        [
+            "taskset",
+            "-c",
+            LOAD_CPU,
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "--timeout",
+            "5s",
+            url,
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -100,15 +122,16 @@ def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
     }
 
 
-def start_nginx(workdir: str, docroot: str, port: int, tls_port: int, pem: str) -> subprocess.Popen[bytes]:
+def start_nginx(
+    workdir: str, docroot: str, port: int, tls_port: int, pem: str
+) -> subprocess.Popen[bytes]:
     conf = os.path.join(workdir, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(
-            """
+        f.write(f"""
 worker_processes 1;
 daemon off;
-pid {w}/nginx.pid;
-error_log {w}/nginx-error.log warn;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
@@ -116,34 +139,46 @@ http {{
     tcp_nopush on;
     keepalive_requests 1000000;
     keepalive_timeout 60s;
-    client_body_temp_path {w}/tmp;
-    proxy_temp_path {w}/tmp;
-    fastcgi_temp_path {w}/tmp;
-    uwsgi_temp_path {w}/tmp;
-    scgi_temp_path {w}/tmp;
+    client_body_temp_path {workdir}/tmp;
+    proxy_temp_path {workdir}/tmp;
+    fastcgi_temp_path {workdir}/tmp;
+    uwsgi_temp_path {workdir}/tmp;
+    scgi_temp_path {workdir}/tmp;
     types {{ image/png png; }}
-    server {{ listen 127.0.0.1:{port} backlog=1024; root {root}; }}
+    server {{ listen 127.0.0.1:{port} backlog=1024; root {docroot}; }}
     server {{
         listen 127.0.0.1:{tls_port} ssl backlog=1024;
         ssl_certificate {pem};
         ssl_certificate_key {pem};
         ssl_protocols TLSv1.2 TLSv1.3;
-        root {root};
+        root {docroot};
     }}
 }}
-""".format(w=workdir, port=port, tls_port=tls_port, root=docroot, pem=pem)
-        )
+""")
     os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    return subprocess.Popen(["taskset", "-c", SERVER_CPU, nginx, "-c", conf, "-e", os.path.join(workdir, "nginx-error.log")])
+    return subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            SERVER_CPU,
+            nginx,
+            "-c",
+            conf,
+            "-e",
+            os.path.join(workdir, "nginx-error.log"),
+        ]
+    )
 
 
-def cold_miss_check(node_http: str, tenant: str, s3: SeaweedS3, bucket: str) -> tuple[int, float, int]:
+def cold_miss_check(
+    node_http: str, tenant: str, s3: SeaweedS3, bucket: str
+) -> tuple[int, float, int]:
     """100 concurrent clients, one cold object: (200 answers, origin GETs, identical bodies)."""
     import http.client
 
     body = os.urandom(256 * 1024)
-    key = "cold/{}.png".format(os.urandom(6).hex())
+    key = f"cold/{os.urandom(6).hex()}.png"
     s3.put(bucket, "bench/" + key, body, "image/png")
     before = s3.get_requests(bucket)
     port = int(node_http.rsplit(":", 1)[1])
@@ -155,7 +190,7 @@ def cold_miss_check(node_http: str, tenant: str, s3: SeaweedS3, bucket: str) -> 
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.connect()
         barrier.wait()
-        conn.request("GET", "/media/{}/{}".format(tenant, key))
+        conn.request("GET", f"/media/{tenant}/{key}")
         r = conn.getresponse()
         data = r.read()
         with lock:
@@ -168,7 +203,11 @@ def cold_miss_check(node_http: str, tenant: str, s3: SeaweedS3, bucket: str) -> 
     for t in threads:
         t.join()
     after = s3.get_requests(bucket)
-    return sum(1 for s, _ in results if s == 200), after - before, sum(1 for _, same in results if same)
+    return (
+        sum(1 for s, _ in results if s == 200),
+        after - before,
+        sum(1 for _, same in results if same),
+    )
 
 
 def main() -> None:
@@ -187,12 +226,14 @@ def main() -> None:
         bucket = "bench-media"
         s3.create_bucket(bucket)
         data_dir = os.path.join(work, "node")
-        ((tenant, _),) = create_tenants(os.path.join(data_dir, "fastedge.sqlite3"), ["bench"])
+        ((tenant, _),) = create_tenants(
+            os.path.join(data_dir, "fastedge.sqlite3"), ["bench"]
+        )
         docroot = os.path.join(work, "www")
         objects = {}
         for label, size in SIZES.items():
             payload = os.urandom(size)
-            key = "obj-{}.png".format(label)
+            key = f"obj-{label}.png"
             s3.put(bucket, "bench/" + key, payload, "image/png")
             os.makedirs(docroot, exist_ok=True)
             with open(os.path.join(docroot, key), "wb") as f:
@@ -202,44 +243,43 @@ def main() -> None:
         http_port, https_port, ng_port, ng_tls_port = free_ports(4)
         config = os.path.join(work, "node.toml")
         with open(config, "w") as f:
-            f.write(
-                """
+            f.write(f"""
 [node]
-data_dir = "{data}"
+data_dir = "{data_dir}"
 [http]
-endpoint = "tcp:{http}:interface=127.0.0.1:backlog=1024"
+endpoint = "tcp:{http_port}:interface=127.0.0.1:backlog=1024"
 [tls]
-endpoint = "tcp:{https}:interface=127.0.0.1:backlog=1024"
+endpoint = "tcp:{https_port}:interface=127.0.0.1:backlog=1024"
 [cdn.origins.default]
-endpoint = "{s3}"
-access_key_id = "{ak}"
-secret_access_key = "{sk}"
+endpoint = "{s3.endpoint}"
+access_key_id = "{s3.access_key}"
+secret_access_key = "{s3.secret_key}"
 [cdn.tenants.{tenant}]
 bucket = "{bucket}"
 prefix = "bench/"
-""".format(
-                    data=data_dir,
-                    http=http_port,
-                    https=https_port,
-                    s3=s3.endpoint,
-                    ak=s3.access_key,
-                    sk=s3.secret_key,
-                    tenant=tenant,
-                    bucket=bucket,
-                )
-            )
+""")
         log = open(os.path.join(work, "node.log"), "wb")
         node = subprocess.Popen(
-            ["taskset", "-c", SERVER_CPU, os.path.join(ROOT, ".venv/bin/twistd"), "-n", "--pidfile=", "fastedge", "--config", config],
+            [
+                "taskset",
+                "-c",
+                SERVER_CPU,
+                os.path.join(ROOT, ".venv/bin/twistd"),
+                "-n",
+                "--pidfile=",
+                "fastedge",
+                "--config",
+                config,
+            ],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        node_http = "http://127.0.0.1:{}".format(http_port)
-        node_https = "https://127.0.0.1:{}".format(https_port)
+        node_http = f"http://127.0.0.1:{http_port}"
+        node_https = f"https://127.0.0.1:{https_port}"
         wait_http(node_http + "/healthz")
         for key in objects.values():
-            wait_http("{}/media/{}/{}".format(node_http, tenant, key))
+            wait_http(f"{node_http}/media/{tenant}/{key}")
         wait_http(node_https + "/healthz")
         pem = os.path.join(work, "nginx.pem")
         shutil.copy(os.path.join(data_dir, "selfsigned.pem"), pem)
@@ -247,48 +287,79 @@ prefix = "bench/"
 
         rows: dict[tuple[str, str, str, int], list[dict[str, float]]] = {}
 
-        def measure(server: str, scheme: str, base: str, path_for: dict[str, str]) -> None:
+        def measure(
+            server: str, scheme: str, base: str, path_for: dict[str, str]
+        ) -> None:
             for label, path in path_for.items():
                 for conns in CONNECTIONS:
                     result = wrk(base + path, conns, args.seconds)
                     rows.setdefault((server, scheme, label, conns), []).append(result)
 
-        node_paths = {label: "/media/{}/{}".format(tenant, key) for label, key in objects.items()}
+        node_paths = {label: f"/media/{tenant}/{key}" for label, key in objects.items()}
         nginx_paths = {label: "/" + key for label, key in objects.items()}
         for run in range(args.runs):
-            print("run {} of {}...".format(run + 1, args.runs), flush=True)
+            print(f"run {run + 1} of {args.runs}...", flush=True)
             measure("fastedge", "http", node_http, node_paths)
             measure("fastedge", "https", node_https, node_paths)
             nginx = start_nginx(work, docroot, ng_port, ng_tls_port, pem)
             wait_http("http://127.0.0.1:{}/{}".format(ng_port, objects["2KB"]))
-            measure("nginx", "http", "http://127.0.0.1:{}".format(ng_port), nginx_paths)
-            measure("nginx", "https", "https://127.0.0.1:{}".format(ng_tls_port), nginx_paths)
+            measure("nginx", "http", f"http://127.0.0.1:{ng_port}", nginx_paths)
+            measure(
+                "nginx",
+                "https",
+                f"https://127.0.0.1:{ng_tls_port}",
+                nginx_paths,
+            )
             nginx.send_signal(signal.SIGQUIT)
             nginx.wait(timeout=30)
             nginx = None
 
         def med(server: str, scheme: str, label: str, conns: int, field: str) -> float:
-            return statistics.median(r[field] for r in rows[(server, scheme, label, conns)])
+            return statistics.median(
+                r[field] for r in rows[(server, scheme, label, conns)]
+            )
 
         print()
-        print("Cached objects, server on CPU {}, wrk on CPU {}; medians of {} runs of {} s".format(SERVER_CPU, LOAD_CPU, args.runs, args.seconds))
+        print(
+            f"Cached objects, server on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; medians of {args.runs} runs of {args.seconds} s"
+        )
         header = "{:<6} {:<5} {:>5} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>7}".format(
-            "proto", "size", "conns", "node req/s", "p50 ms", "p99 ms", "nginx r/s", "p50 ms", "p99 ms", "node/ng"
+            "proto",
+            "size",
+            "conns",
+            "node req/s",
+            "p50 ms",
+            "p99 ms",
+            "nginx r/s",
+            "p50 ms",
+            "p99 ms",
+            "node/ng",
         )
         print(header)
         print("-" * len(header))
         for scheme in ("http", "https"):
             for label in SIZES:
                 for conns in CONNECTIONS:
-                    n = [med("fastedge", scheme, label, conns, f) for f in ("rps", "p50", "p99")]
-                    g = [med("nginx", scheme, label, conns, f) for f in ("rps", "p50", "p99")]
+                    n = [
+                        med("fastedge", scheme, label, conns, f)
+                        for f in ("rps", "p50", "p99")
+                    ]
+                    g = [
+                        med("nginx", scheme, label, conns, f)
+                        for f in ("rps", "p50", "p99")
+                    ]
                     print(
-                        "{:<6} {:<5} {:>5} | {:>10.0f} {:>8.2f} {:>8.2f} | {:>10.0f} {:>8.2f} {:>8.2f} | {:>6.0f}%".format(
-                            scheme, label, conns, n[0], n[1], n[2], g[0], g[1], g[2], 100 * n[0] / g[0]
-                        )
+                        f"{scheme:<6} {label:<5} {conns:>5} | {n[0]:>10.0f} {n[1]:>8.2f} {n[2]:>8.2f} | {g[0]:>10.0f} {g[1]:>8.2f} {g[2]:>8.2f} | {100 * n[0] / g[0]:>6.0f}%"
                     )
-        bad = {k: sum(r["bad"] for r in v) for k, v in rows.items() if any(r["bad"] for r in v)}
-        errs = {k: [r["socket_errors"] for r in v if r["socket_errors"]] for k, v in rows.items()}
+        bad = {
+            k: sum(r["bad"] for r in v)
+            for k, v in rows.items()
+            if any(r["bad"] for r in v)
+        }
+        errs = {
+            k: [r["socket_errors"] for r in v if r["socket_errors"]]
+            for k, v in rows.items()
+        }
         errs = {k: v for k, v in errs.items() if v}
         if bad:
             print("non-2xx answers:", bad)
@@ -297,8 +368,8 @@ prefix = "bench/"
         print()
         ok, origin_gets, same = cold_miss_check(node_http, tenant, s3, bucket)
         print(
-            "Cold miss, 100 concurrent clients: {} answered 200 with the right body ({} identical), "
-            "origin GET requests counted at the origin: {:.0f} (want 1)".format(ok, same, origin_gets)
+            f"Cold miss, 100 concurrent clients: {ok} answered 200 with the right body ({same} identical), "
+            f"origin GET requests counted at the origin: {origin_gets:.0f} (want 1)"
         )
     finally:
         if nginx is not None:

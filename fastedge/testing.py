@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from zope.interface import implementer
 
 _T = TypeVar("_T")
 
@@ -295,7 +297,7 @@ class RunningNode:
     for integration tests; see :func:`start_node`."""
 
     def __init__(self, top: Any, data_dir: str) -> None:
-        self.top = top
+        self.top: Any = top
         self.data_dir = data_dir
 
     def _port(self, name: str) -> int:
@@ -320,7 +322,7 @@ class RunningNode:
 
         if not self.top.running:
             return succeed(None)
-        return self.top.stopService()  # type: ignore[no-any-return]
+        return self.top.stopService()
 
 
 def start_node(config_text: str, data_dir: str) -> Deferred[RunningNode]:
@@ -336,7 +338,7 @@ def start_node(config_text: str, data_dir: str) -> Deferred[RunningNode]:
         f.write(config_text)
     options = tap.Options()
     options.parseOptions(["--config", path, "--data-dir", data_dir, "--node-id", "test-node"])
-    top = tap.makeService(options, reactor=reactor)
+    top: Any = tap.makeService(options, reactor=reactor)
     top.privilegedStartService()
     top.startService()
     node = RunningNode(top, data_dir)
@@ -410,6 +412,12 @@ def h2_request(
     response = H2Response()
 
     class Client(Protocol):
+        transport: Any
+        pending = b""
+        sid = 0
+        alpn: bytes | None = None
+        ended = False
+
         def connectionMade(self) -> None:
             self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
             self.conn.initiate_connection()
@@ -443,7 +451,7 @@ def h2_request(
                 elif isinstance(event, h2.events.DataReceived):
                     response.body += event.data
                     self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                elif isinstance(event, h2.events.WindowUpdated) and getattr(self, "pending", b""):
+                elif isinstance(event, h2.events.WindowUpdated) and self.pending:
                     self._send_body()
                 elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
                     response.reset = isinstance(event, h2.events.StreamReset)
@@ -458,7 +466,7 @@ def h2_request(
         def connectionLost(self, reason: Any = None) -> None:
             if done.called:
                 return
-            if getattr(self, "ended", False):
+            if self.ended:
                 done.callback((response, self.alpn))
             else:
                 done.errback(reason)
@@ -473,6 +481,7 @@ def h2_request(
     return done
 
 
+@implementer(IOpenSSLClientConnectionCreator)
 class _InsecureSni:
     """Client TLS options for tests: send SNI and ALPN, accept any
     certificate, and remember the one the server presented."""
@@ -506,10 +515,6 @@ class _InsecureSni:
         return conn
 
 
-from zope.interface import implementer as _implementer  # noqa: E402
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator as _ICreator  # noqa: E402
-
-_InsecureSni = _implementer(_ICreator)(_InsecureSni)
 
 
 def insecure_tls(server_name: str = "localhost", alpn: list[bytes] | None = None, max_version: Any = None) -> Any:

@@ -84,7 +84,13 @@ class Entry:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Entry:
         meta = ObjectMeta(**record["meta"])
-        entry = cls(record["id"], record["tenant"], record["key"], meta, float(record["validated_at"]))
+        entry = cls(
+            record["id"],
+            record["tenant"],
+            record["key"],
+            meta,
+            float(record["validated_at"]),
+        )
         if entry.id != cache_id(entry.tenant, entry.key):
             raise ValueError("cache id does not match tenant and key")
         return entry
@@ -211,11 +217,21 @@ class DiskCache:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps({"op": "version", "version": _INDEX_VERSION}) + "\n")
             for entry in self._entries.values():
-                f.write(json.dumps({"op": "put", "entry": entry.record()}, separators=(",", ":")) + "\n")
+                f.write(
+                    json.dumps(
+                        {"op": "put", "entry": entry.record()}, separators=(",", ":")
+                    )
+                    + "\n"
+                )
         os.replace(tmp, path)
         if self._journal is not None:
             self._journal.close()
-        self._journal = open(os.path.join(self.directory, "index.journal"), "w", encoding="utf-8", buffering=1)
+        self._journal = open(
+            os.path.join(self.directory, "index.journal"),
+            "w",
+            encoding="utf-8",
+            buffering=1,
+        )
 
     def _log_op(self, record: dict[str, Any]) -> None:
         if self._journal is not None:
@@ -259,7 +275,9 @@ class DiskCache:
         self.size -= entry.meta.size
         return entry
 
-    def commit(self, temp_path: str, tenant: str, key: str, meta: ObjectMeta, now: float) -> tuple[Entry, list[Entry]]:
+    def commit(
+        self, temp_path: str, tenant: str, key: str, meta: ObjectMeta, now: float
+    ) -> tuple[Entry, list[Entry]]:
         """Move a complete, verified download into the cache.
 
         :returns: the new entry, and the entries evicted to make room (the

@@ -23,7 +23,7 @@ import hashlib
 import os
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -113,11 +113,20 @@ class _Checker:
         e = self._expected
         if self._md5 is not None and self._md5.hexdigest() != e["md5"]:
             return "md5"
-        if self._sha256 is not None and base64.b64encode(self._sha256.digest()).decode() != e["sha256"]:
+        if (
+            self._sha256 is not None
+            and base64.b64encode(self._sha256.digest()).decode() != e["sha256"]
+        ):
             return "sha256"
-        if self._sha1 is not None and base64.b64encode(self._sha1.digest()).decode() != e["sha1"]:
+        if (
+            self._sha1 is not None
+            and base64.b64encode(self._sha1.digest()).decode() != e["sha1"]
+        ):
             return "sha1"
-        if self._crc32 is not None and base64.b64encode(self._crc32.to_bytes(4, "big")).decode() != e["crc32"]:
+        if (
+            self._crc32 is not None
+            and base64.b64encode(self._crc32.to_bytes(4, "big")).decode() != e["crc32"]
+        ):
             return "crc32"
         return None
 
@@ -133,7 +142,9 @@ class Fill:
 
     _log = Logger()
 
-    def __init__(self, owner: Filler, media: Any, key: str, stale: Entry | None) -> None:
+    def __init__(
+        self, owner: Filler, media: Any, key: str, stale: Entry | None
+    ) -> None:
         self._owner = owner
         self.media = media
         self.key = key
@@ -193,7 +204,9 @@ class Fill:
     # Running
 
     def start(self) -> None:
-        d = self._owner.peers.locate(self.media.tenant_id, self.key)
+        d = cast(
+            Deferred[Any], self._owner.peers.locate(self.media.tenant_id, self.key)
+        )
         d.addCallback(self._fetch_from)
         d.addCallbacks(self._answered, self._fetch_failed)
         d.addErrback(self._crashed)
@@ -202,12 +215,13 @@ class Fill:
         source = peer if peer is not None else self.media.origin
         self.source_name = source.name
         stale = self.stale
-        return source.fetch(
+        fetched = source.fetch(
             self.media,
             self.key,
             etag=stale.meta.etag if stale is not None else None,
             last_modified=stale.meta.last_modified if stale is not None else None,
         )
+        return cast(Deferred[ISourceResponse], fetched)
 
     def _answered(self, response: ISourceResponse) -> None:
         owner = self._owner
@@ -222,11 +236,16 @@ class Fill:
             if self.stale is not None:
                 owner.metrics.revalidations.labels("gone").inc()
                 owner.remove(self.stale.id, "gone")
-            owner.negative.add(self.id, self.media.tenant_id, self.key, now + owner.negative_seconds)
+            owner.negative.add(
+                self.id, self.media.tenant_id, self.key, now + owner.negative_seconds
+            )
             self._settle("not_found")
             return
         if response.status != 200 or response.meta is None:
-            self._fail("error", "unexpected answer {} from the {}".format(response.status, self.source_name))
+            self._fail(
+                "error",
+                f"unexpected answer {response.status} from the {self.source_name}",
+            )
             return
         if self.stale is not None:
             owner.metrics.revalidations.labels("changed").inc()
@@ -236,7 +255,9 @@ class Fill:
         if 0 <= self.meta.size <= owner.memory.max_object_bytes:
             self._memory = []
         self._temp = owner.cache.temp_path()
-        self._write_fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._write_fd = os.open(
+            self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+        )
         self.read_fd = os.open(self._temp, os.O_RDONLY)
         self._settle("streaming")
         self._arm_idle()
@@ -258,7 +279,12 @@ class Fill:
         self._settle("failed")
 
     def _crashed(self, f: Failure) -> None:
-        self._log.failure("fill of {tenant} {key} crashed", f, tenant=self.media.tenant_id, key=self.key)
+        self._log.failure(
+            "fill of {tenant} {key} crashed",
+            f,
+            tenant=self.media.tenant_id,
+            key=self.key,
+        )
         if not self.finished:
             self._fail("error", "internal error")
 
@@ -279,7 +305,10 @@ class Fill:
             return
         assert self.meta is not None and self._checker is not None
         if self.meta.size >= 0 and self.received + len(chunk) > self.meta.size:
-            self._fail("long_body", "the {} sent more bytes than announced".format(self.source_name))
+            self._fail(
+                "long_body",
+                f"the {self.source_name} sent more bytes than announced",
+            )
             return
         os.write(self._write_fd, chunk)
         self._checker.update(chunk)
@@ -294,7 +323,11 @@ class Fill:
     def done(self) -> None:
         if self.state != "streaming":
             return
-        assert self.meta is not None and self._checker is not None and self._temp is not None
+        assert (
+            self.meta is not None
+            and self._checker is not None
+            and self._temp is not None
+        )
         self._disarm_idle()
         os.close(self._write_fd)
         self._write_fd = -1
@@ -302,14 +335,26 @@ class Fill:
         if self.meta.size >= 0 and self.received != self.meta.size:
             self._fail(
                 "short_body",
-                "the {} sent {} of {} bytes".format(self.source_name, self.received, self.meta.size),
+                f"the {self.source_name} sent {self.received} of {self.meta.size} bytes",
             )
             return
         mismatch = self._checker.mismatch()
         if mismatch is not None:
-            self._fail("checksum", "the {} body does not match its {}".format(self.source_name, mismatch))
+            self._fail(
+                "checksum",
+                f"the {self.source_name} body does not match its {mismatch}",
+            )
             return
-        meta = self.meta if self.meta.size >= 0 else ObjectMeta(self.received, self.meta.content_type, self.meta.etag, self.meta.last_modified)
+        meta = (
+            self.meta
+            if self.meta.size >= 0
+            else ObjectMeta(
+                self.received,
+                self.meta.content_type,
+                self.meta.etag,
+                self.meta.last_modified,
+            )
+        )
         self.meta = meta
         if self.superseded:
             owner.metrics.fill_failures.labels("superseded").inc()
@@ -337,7 +382,10 @@ class Fill:
             kind = "short_body"  # the connection closed before the announced length
         else:
             kind = "error"
-        self._fail(kind, "the {} body was cut off after {} bytes".format(self.source_name, self.received))
+        self._fail(
+            kind,
+            f"the {self.source_name} body was cut off after {self.received} bytes",
+        )
 
     def _fail(self, kind: str, detail: str) -> None:
         """Give up: delete the partial file and abort readers mid-body."""
@@ -385,7 +433,10 @@ class Fill:
     def _stalled(self) -> None:
         self._idle = None
         self.error_kind = "timeout"
-        self._fail("timeout", "no data from the {} for {} s".format(self.source_name, self._owner.timeout))
+        self._fail(
+            "timeout",
+            f"no data from the {self.source_name} for {self._owner.timeout} s",
+        )
 
     def _maybe_close_reader(self) -> None:
         if self.read_fd >= 0 and self._readers <= 0 and self.finished:
@@ -450,7 +501,9 @@ class Filler:
         for entry_id, fill in list(self.in_flight.items()):
             if fill.media.tenant_id != tenant:
                 continue
-            if (exact and fill.key == prefix) or (not exact and fill.key.startswith(prefix)):
+            if (exact and fill.key == prefix) or (
+                not exact and fill.key.startswith(prefix)
+            ):
                 fill.superseded = True
                 if fill.finished:
                     del self.in_flight[entry_id]

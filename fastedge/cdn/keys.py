@@ -54,13 +54,21 @@ def check_key(key: str, *, prefix: str = "", max_bytes: int = 1024) -> str:
             raise BadKey("bad_key", "control characters are not allowed in a key")
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
-            raise BadKey("bad_key", "empty, '.' and '..' path segments are not allowed in a key")
+            raise BadKey(
+                "bad_key", "empty, '.' and '..' path segments are not allowed in a key"
+            )
     if len((prefix + key).encode("utf-8")) > max_bytes:
-        raise BadKey("key_too_long", "the key is longer than {} bytes".format(max_bytes), status=414)
+        raise BadKey(
+            "key_too_long",
+            f"the key is longer than {max_bytes} bytes",
+            status=414,
+        )
     return key
 
 
-def split_media_path(path: bytes, *, max_bytes: int = 1024, validate: bool = True) -> tuple[str, str]:
+def split_media_path(
+    path: bytes, *, max_bytes: int = 1024, validate: bool = True
+) -> tuple[str, str]:
     """``/media/<tenant>/<key>`` (query already removed) -> (tenant, key).
 
     The length is checked on the raw path first, so an enormous URL is
@@ -71,14 +79,22 @@ def split_media_path(path: bytes, *, max_bytes: int = 1024, validate: bool = Tru
         invalid one cannot hit) and checks before anything else.
     """
     if len(path) > 3 * max_bytes + 256:
-        raise BadKey("key_too_long", "the key is longer than {} bytes".format(max_bytes), status=414)
+        raise BadKey(
+            "key_too_long",
+            f"the key is longer than {max_bytes} bytes",
+            status=414,
+        )
     parts = path.split(b"/")
     # ["", "media", tenant, key...]
     if len(parts) < 4 or parts[0] != b"" or parts[1] != b"media":
-        raise BadKey("bad_media_path", "media URLs look like /media/<tenant>/<key>", status=404)
+        raise BadKey(
+            "bad_media_path", "media URLs look like /media/<tenant>/<key>", status=404
+        )
     tenant = _decode_segment(parts[2])
     if not tenant:
-        raise BadKey("bad_media_path", "media URLs look like /media/<tenant>/<key>", status=404)
+        raise BadKey(
+            "bad_media_path", "media URLs look like /media/<tenant>/<key>", status=404
+        )
     key = "/".join(_decode_segment(p) for p in parts[3:])
     return tenant, (check_key(key, max_bytes=max_bytes) if validate else key)
 
@@ -88,4 +104,6 @@ def cache_id(tenant: str, key: str) -> str:
     and the tenant is part of it, so two tenants' keys never meet."""
     raw_tenant = tenant.encode("utf-8")
     # Length-prefixed, so no (tenant, key) pair can spell another.
-    return hashlib.sha256(b"%d:" % len(raw_tenant) + raw_tenant + key.encode("utf-8")).hexdigest()
+    return hashlib.sha256(
+        b"%d:" % len(raw_tenant) + raw_tenant + key.encode("utf-8")
+    ).hexdigest()

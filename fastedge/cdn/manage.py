@@ -69,14 +69,20 @@ class MediaApi:
     def _media(self, tenant_id: str) -> Any:
         media = self._cdn.tenants.get(tenant_id)
         if media is None:
-            raise ApiError(404, "media_not_configured", "this tenant has no media origin configured")
+            raise ApiError(
+                404,
+                "media_not_configured",
+                "this tenant has no media origin configured",
+            )
         return media
 
     def _key(self, raw: str | None, media: Any) -> str:
         if raw is None:
             raise bad_request("give the object's key as ?key=...", code="missing_key")
         try:
-            return check_key(raw, prefix=media.prefix, max_bytes=self._cfg.max_key_bytes)
+            return check_key(
+                raw, prefix=media.prefix, max_bytes=self._cfg.max_key_bytes
+            )
         except BadKey as e:
             raise ApiError(e.status, e.code, e.message) from None
 
@@ -90,9 +96,11 @@ class MediaApi:
             raise ApiError(
                 415,
                 "unsupported_media_type",
-                "uploads must be one of: {}".format(", ".join(self._cfg.upload_content_types)),
+                "uploads must be one of: {}".format(
+                    ", ".join(self._cfg.upload_content_types)
+                ),
             )
-        body = call.request.content
+        body: Any = call.request.content
         body.seek(0, 2)
         length = body.tell()
         body.seek(0)
@@ -103,13 +111,15 @@ class MediaApi:
         body.seek(0)
         if not content_matches(head, declared):
             self._cdn.metrics.uploads.labels("refused").inc()
-            raise ApiError(415, "content_mismatch", "the content is not {}".format(declared))
+            raise ApiError(415, "content_mismatch", f"the content is not {declared}")
         try:
             entry = yield self._cdn.upload(media, key, declared, body, length)
         except OriginError as e:
             self._cdn.metrics.uploads.labels("origin_error").inc()
             status = 504 if e.kind == "timeout" else 502
-            raise ApiError(status, "origin_" + e.kind, "the origin did not store the object") from None
+            raise ApiError(
+                status, "origin_" + e.kind, "the origin did not store the object"
+            ) from None
         self._cdn.metrics.uploads.labels("stored").inc()
         body_out = {
             "key": key,
@@ -126,7 +136,9 @@ class MediaApi:
         body = call.json(optional={"key": str, "prefix": str})
         key, prefix = body.get("key"), body.get("prefix")
         if (key is None) == (prefix is None):
-            raise bad_request("give exactly one of 'key' and 'prefix'", code="bad_purge")
+            raise bad_request(
+                "give exactly one of 'key' and 'prefix'", code="bad_purge"
+            )
         if key is not None:
             value = self._key(key, media)
             kind = "key"

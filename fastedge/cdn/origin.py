@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 from botocore.auth import S3SigV4Auth
@@ -35,6 +35,8 @@ from .metrics import CdnMetrics
 
 __all__ = ["OriginError", "S3Origin", "SourceResponse"]
 
+_DONE = Failure(net_error.ConnectionDone())
+
 
 class OriginError(Exception):
     """The origin failed: ``kind`` is ``timeout`` (answer 504) or ``error`` (502)."""
@@ -49,7 +51,9 @@ class _PrecomputedPayloadAuth(S3SigV4Auth):
     """botocore's S3 signer, told the payload hash instead of reading the
     body itself (the body is a file we hashed off the reactor thread)."""
 
-    def __init__(self, credentials: Credentials, region: str, payload_hash: str) -> None:
+    def __init__(
+        self, credentials: Credentials, region: str, payload_hash: str
+    ) -> None:
         super().__init__(credentials, "s3", region)
         self._payload_hash = payload_hash
 
@@ -104,7 +108,13 @@ def checksums_from_headers(response: IResponse) -> dict[str, str]:
 class SourceResponse:
     """An origin response adapted for the fill (see :class:`ISourceResponse`)."""
 
-    def __init__(self, response: IResponse, status: int, meta: ObjectMeta | None, checksums: dict[str, str]) -> None:
+    def __init__(
+        self,
+        response: IResponse,
+        status: int,
+        meta: ObjectMeta | None,
+        checksums: dict[str, str],
+    ) -> None:
         self._response = response
         self.status = status
         self.meta = meta
@@ -117,7 +127,7 @@ class SourceResponse:
 
     def abort(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.stopProducing()
+            cast(Any, self._protocol.transport).stopProducing()
 
 
 class _BodyProtocol(Protocol):
@@ -127,7 +137,7 @@ class _BodyProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._receiver.data(data)
 
-    def connectionLost(self, reason: Failure = net_error.ConnectionDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = _DONE) -> None:
         if reason.check(ResponseDone, PotentialDataLoss):
             # PotentialDataLoss: no Content-Length; the receiver checks the size it expected.
             self._receiver.done()
@@ -177,47 +187,85 @@ class S3Origin:
     def set_secret(self, secret_access_key: str) -> None:
         """Use these credentials from now on (read from a file at start)."""
         cfg = self._cfg
-        self._credentials = Credentials(cfg.access_key_id, secret_access_key) if cfg.access_key_id else None
+        self._credentials = (
+            Credentials(cfg.access_key_id, secret_access_key)
+            if cfg.access_key_id
+            else None
+        )
 
     def url_for(self, bucket: str, object_key: str) -> str:
         """The object's URL, encoded exactly as SigV4 canonicalises S3 paths."""
         encoded = quote(object_key, safe="/~")
         if self._cfg.addressing == "virtual":
-            return "{}://{}.{}/{}".format(self._scheme, bucket, self._netloc, encoded)
-        return "{}://{}/{}/{}".format(self._scheme, self._netloc, bucket, encoded)
+            return f"{self._scheme}://{bucket}.{self._netloc}/{encoded}"
+        return f"{self._scheme}://{self._netloc}/{bucket}/{encoded}"
 
-    def _sign(self, method: str, url: str, headers: dict[str, str], payload_hash: str) -> dict[bytes, list[bytes]]:
+    def _sign(
+        self, method: str, url: str, headers: dict[str, str], payload_hash: str
+    ) -> dict[bytes, list[bytes]]:
         if self._credentials is not None:
             request = AWSRequest(method=method, url=url, headers=headers)
-            _PrecomputedPayloadAuth(self._credentials, self._cfg.region, payload_hash).add_auth(request)
+            _PrecomputedPayloadAuth(
+                self._credentials, self._cfg.region, payload_hash
+            ).add_auth(request)
             headers = dict(request.headers.items())
         return {k.encode("latin-1"): [v.encode("latin-1")] for k, v in headers.items()}
 
-    def _send(self, method: str, operation: str, url: str, headers: dict[bytes, list[bytes]], data: Any = None) -> Deferred[IResponse]:
+    def _send(
+        self,
+        method: str,
+        operation: str,
+        url: str,
+        headers: dict[bytes, list[bytes]],
+        data: Any = None,
+    ) -> Deferred[IResponse]:
         started = self._clock.seconds()
-        d = self._client.request(method, url, headers=headers, data=data, unbuffered=True, allow_redirects=False)
+        d = self._client.request(
+            method,
+            url,
+            headers=headers,
+            data=data,
+            unbuffered=True,
+            allow_redirects=False,
+        )
         timer = self._clock.callLater(self._timeout, d.cancel)
 
         def answered(response: IResponse) -> IResponse:
             if timer.active():
                 timer.cancel()
-            self._metrics.origin_latency.labels(operation, str(response.code)).observe(self._clock.seconds() - started)
+            self._metrics.origin_latency.labels(operation, str(response.code)).observe(
+                self._clock.seconds() - started
+            )
             return response
 
         def failed(f: Failure) -> Failure:
             timed_out = not timer.active()
             if not timed_out:
                 timer.cancel()
-            outcome = "timeout" if timed_out or f.check(net_error.TimeoutError) else "error"
-            self._metrics.origin_latency.labels(operation, outcome).observe(self._clock.seconds() - started)
+            outcome = (
+                "timeout" if timed_out or f.check(net_error.TimeoutError) else "error"
+            )
+            self._metrics.origin_latency.labels(operation, outcome).observe(
+                self._clock.seconds() - started
+            )
             if timed_out or f.check(CancelledError, net_error.TimeoutError):
-                raise OriginError("timeout", "no answer from the origin within {} s".format(self._timeout))
-            raise OriginError("error", "origin unreachable ({})".format(f.type.__name__ if f.type else "error"))
+                raise OriginError(
+                    "timeout",
+                    f"no answer from the origin within {self._timeout} s",
+                )
+            raise OriginError(
+                "error",
+                "origin unreachable ({})".format(
+                    f.type.__name__ if f.type else "error"
+                ),
+            )
 
         d.addCallbacks(answered, failed)
         return d
 
-    def fetch(self, media: Any, key: str, *, etag: str | None, last_modified: str | None) -> Deferred[SourceResponse]:
+    def fetch(
+        self, media: Any, key: str, *, etag: str | None, last_modified: str | None
+    ) -> Deferred[SourceResponse]:
         """GET ``key`` of a tenant's media (conditionally if validators are given)."""
         url = self.url_for(media.bucket, media.prefix + key)
         headers: dict[str, str] = {}
@@ -225,14 +273,20 @@ class S3Origin:
             headers["If-None-Match"] = etag
         elif last_modified is not None:
             headers["If-Modified-Since"] = last_modified
-        d = self._send("GET", "get", url, self._sign("GET", url, headers, _EMPTY_SHA256))
-        d.addCallback(self._adapt)
-        return d
+        d = self._send(
+            "GET", "get", url, self._sign("GET", url, headers, _EMPTY_SHA256)
+        )
+        return d.addCallback(self._adapt)
 
     def _adapt(self, response: IResponse) -> SourceResponse:
         code = response.code
         if code in (200, 206):
-            return SourceResponse(response, 200, meta_from_headers(response), checksums_from_headers(response))
+            return SourceResponse(
+                response,
+                200,
+                meta_from_headers(response),
+                checksums_from_headers(response),
+            )
         # No body wanted for anything else: release the connection.
         response.deliverBody(_Discard())
         if code == 304:
@@ -240,10 +294,12 @@ class S3Origin:
         if code == 404:
             return SourceResponse(response, 404, None, {})
         if code in (401, 403):
-            raise OriginError("error", "the origin refused our credentials (HTTP {})".format(code))
+            raise OriginError(
+                "error", f"the origin refused our credentials (HTTP {code})"
+            )
         if code in (408, 504):
-            raise OriginError("timeout", "the origin timed out (HTTP {})".format(code))
-        raise OriginError("error", "the origin answered HTTP {}".format(code))
+            raise OriginError("timeout", f"the origin timed out (HTTP {code})")
+        raise OriginError("error", f"the origin answered HTTP {code}")
 
     def head(self, media: Any, key: str, *, size: int) -> Deferred[ObjectMeta | None]:
         """The object's metadata, or ``None`` if it does not exist.
@@ -259,11 +315,12 @@ class S3Origin:
             if response.code == 404:
                 return None
             if response.code != 200:
-                raise OriginError("error", "the origin answered HTTP {} to HEAD".format(response.code))
+                raise OriginError(
+                    "error", f"the origin answered HTTP {response.code} to HEAD"
+                )
             return meta_from_headers(response, size=size)
 
-        d.addCallback(got)
-        return d
+        return d.addCallback(got)
 
     def put(
         self,
@@ -295,13 +352,14 @@ class S3Origin:
         def got(response: IResponse) -> PutResult:
             response.deliverBody(_Discard())
             if response.code not in (200, 201):
-                raise OriginError("error", "the origin answered HTTP {} to PUT".format(response.code))
+                raise OriginError(
+                    "error", f"the origin answered HTTP {response.code} to PUT"
+                )
             return PutResult(etag=_header(response, b"etag"))
 
-        d.addCallback(got)
-        return d
+        return d.addCallback(got)
 
 
 class _Discard(Protocol):
-    def connectionLost(self, reason: Failure = net_error.ConnectionDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = _DONE) -> None:
         pass

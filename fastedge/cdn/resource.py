@@ -29,13 +29,21 @@ from .cache import DiskCache, Entry, MemoryTier, ObjectMeta
 from .fill import BodySender, Fill, Filler, NegativeCache, abort_response
 from .keys import BadKey, cache_id, check_key, split_media_path
 from .metrics import CdnMetrics
-from .semantics import RangeNotSatisfiable, not_modified, parse_http_date, parse_range, range_applies
+from .semantics import (
+    RangeNotSatisfiable,
+    not_modified,
+    parse_http_date,
+    parse_range,
+    range_applies,
+)
 
 ROUTE = "/media/{tenant}/{key}"
 _CSP = b"default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"
 
 
-def representation_headers(meta: ObjectMeta, cache_control: str) -> list[tuple[bytes, list[bytes]]]:
+def representation_headers(
+    meta: ObjectMeta, cache_control: str
+) -> list[tuple[bytes, list[bytes]]]:
     """Headers every 200/206/304 of this object carries."""
     headers = [
         (b"content-type", [meta.content_type.encode("latin-1", "replace")]),
@@ -47,7 +55,9 @@ def representation_headers(meta: ObjectMeta, cache_control: str) -> list[tuple[b
     if meta.etag is not None:
         headers.append((b"etag", [meta.etag.encode("latin-1", "replace")]))
     if meta.last_modified is not None:
-        headers.append((b"last-modified", [meta.last_modified.encode("latin-1", "replace")]))
+        headers.append(
+            (b"last-modified", [meta.last_modified.encode("latin-1", "replace")])
+        )
     return headers
 
 
@@ -58,7 +68,9 @@ class _Representation:
 
     def __init__(self, meta: ObjectMeta, cache_control: str) -> None:
         self.headers = representation_headers(meta, cache_control)
-        self.etag = meta.etag.encode("latin-1", "replace") if meta.etag is not None else None
+        self.etag = (
+            meta.etag.encode("latin-1", "replace") if meta.etag is not None else None
+        )
         self.last_modified = parse_http_date(meta.last_modified)
         self.size = meta.size
 
@@ -67,7 +79,7 @@ def _representation(entry: Entry, cache_control: str) -> _Representation:
     rep = entry.header_cache
     if rep is None:
         rep = entry.header_cache = _Representation(entry.meta, cache_control)
-    return rep  # type: ignore[no-any-return]
+    return rep
 
 
 class MediaResource(Resource):
@@ -113,17 +125,24 @@ class MediaResource(Resource):
 
     def render(self, request: Request) -> int:
         if request.method in (b"GET", b"HEAD"):
-            return super().render(request)  # type: ignore[no-any-return]
+            return super().render(request)
         request.route = ROUTE  # type: ignore[attr-defined]
         request.setHeader(b"allow", b"GET, HEAD")
-        write_error(request, 405, "method_not_allowed", "media is read with GET or HEAD; upload through the tenant API")
+        write_error(
+            request,
+            405,
+            "method_not_allowed",
+            "media is read with GET or HEAD; upload through the tenant API",
+        )
         return NOT_DONE_YET
 
     def _render(self, request: Request, head: bool) -> int:
         request.route = ROUTE  # type: ignore[attr-defined]
         try:
             tenant_id, key = split_media_path(
-                request.path.split(b"?", 1)[0], max_bytes=self._max_key_bytes, validate=False
+                request.path.split(b"?", 1)[0],
+                max_bytes=self._max_key_bytes,
+                validate=False,
             )
             media = self._tenants.get(tenant_id)
             if media is None:
@@ -133,7 +152,9 @@ class MediaResource(Resource):
             return NOT_DONE_YET
         if not self._ready():
             request.setHeader(b"retry-after", b"1")
-            write_error(request, 503, "cache_starting", "the media cache is starting; try again")
+            write_error(
+                request, 503, "cache_starting", "the media cache is starting; try again"
+            )
             return NOT_DONE_YET
         entry_id = cache_id(tenant_id, key)
         entry = self._cache.get(entry_id)
@@ -155,13 +176,17 @@ class MediaResource(Resource):
         if joined:
             self._metrics.coalesced.inc()
         else:
-            self._metrics.misses.labels("stale" if entry is not None else "not_cached").inc()
+            self._metrics.misses.labels(
+                "stale" if entry is not None else "not_cached"
+            ).inc()
         fill.when_started().addCallback(self._from_fill, request, media, head)
         return NOT_DONE_YET
 
     # Answers
 
-    def _serve_entry(self, request: Request, entry: Entry, media: Any, head: bool, x_cache: bytes) -> None:
+    def _serve_entry(
+        self, request: Request, entry: Entry, media: Any, head: bool, x_cache: bytes
+    ) -> None:
         rep = _representation(entry, media.cache_control)
         data = self._memory.get(entry)
         if data is not None:
@@ -175,7 +200,11 @@ class MediaResource(Resource):
         if head or status == 304:
             request.finish()
             return
-        start, end = (byte_range.start, byte_range.end + 1) if byte_range is not None else (0, rep.size)
+        start, end = (
+            (byte_range.start, byte_range.end + 1)
+            if byte_range is not None
+            else (0, rep.size)
+        )
         if data is None and self._memory.admits(rep.size):
             try:
                 with open(self._cache.path_for(entry.id), "rb") as f:
@@ -196,10 +225,22 @@ class MediaResource(Resource):
             fd = os.open(self._cache.path_for(entry.id), os.O_RDONLY)
         except OSError:
             # Evicted or purged a moment ago: the headers are out, so abort.
-            self._log.warn("cached file of {tenant} {key} vanished", tenant=entry.tenant, key=entry.key)
+            self._log.warn(
+                "cached file of {tenant} {key} vanished",
+                tenant=entry.tenant,
+                key=entry.key,
+            )
             abort_response(request)
             return
-        BodySender(request, fd, start, end, fill=None, owns_fd=True, on_bytes=self._metrics.served_disk.inc).start()
+        BodySender(
+            request,
+            fd,
+            start,
+            end,
+            fill=None,
+            owns_fd=True,
+            on_bytes=self._metrics.served_disk.inc,
+        ).start()
 
     def _decide(self, request: Request, rep: _Representation) -> tuple[int | None, Any]:
         """The status to answer (200, 206 or 304) and the byte range, or
@@ -214,7 +255,11 @@ class MediaResource(Resource):
         range_header = request.getHeader(b"range")
         if range_header is None or rep.size < 0:
             return 200, None
-        if not range_applies(request.getHeader(b"if-range"), etag=rep.etag, last_modified=rep.last_modified):
+        if not range_applies(
+            request.getHeader(b"if-range"),
+            etag=rep.etag,
+            last_modified=rep.last_modified,
+        ):
             return 200, None
         try:
             byte_range = parse_range(range_header, rep.size)
@@ -224,7 +269,14 @@ class MediaResource(Resource):
             return None, None
         return (200, None) if byte_range is None else (206, byte_range)
 
-    def _start(self, request: Request, status: int, rep: _Representation, byte_range: Any, x_cache: bytes) -> None:
+    def _start(
+        self,
+        request: Request,
+        status: int,
+        rep: _Representation,
+        byte_range: Any,
+        x_cache: bytes,
+    ) -> None:
         request.setResponseCode(status)
         set_raw = request.responseHeaders.setRawHeaders
         for name, values in rep.headers:
@@ -250,14 +302,27 @@ class MediaResource(Resource):
         elif state == "failed":
             stale = fill.stale
             now = self._clock.seconds()
-            if stale is not None and now - stale.validated_at - media.fresh_seconds <= self._stale_if_error:
+            if (
+                stale is not None
+                and now - stale.validated_at - media.fresh_seconds
+                <= self._stale_if_error
+            ):
                 self._metrics.stale.labels(fill.error_kind or "error").inc()
                 self._serve_entry(request, stale, media, head, b"STALE")
             elif fill.error_kind == "timeout":
-                write_error(request, 504, "origin_timeout", "the origin did not answer in time")
+                write_error(
+                    request, 504, "origin_timeout", "the origin did not answer in time"
+                )
             else:
-                write_error(request, 502, "origin_error", "the origin failed to provide this object")
-        elif state == "done" and fill.entry is not None and fill.entry.id in self._cache:
+                write_error(
+                    request,
+                    502,
+                    "origin_error",
+                    "the origin failed to provide this object",
+                )
+        elif (
+            state == "done" and fill.entry is not None and fill.entry.id in self._cache
+        ):
             self._serve_entry(request, fill.entry, media, head, b"MISS")
         else:
             self._stream(request, fill, media, head)
@@ -273,7 +338,19 @@ class MediaResource(Resource):
         if head or status == 304:
             request.finish()
             return
-        start, end = (byte_range.start, byte_range.end + 1) if byte_range is not None else (0, rep.size if rep.size >= 0 else None)
+        start, end = (
+            (byte_range.start, byte_range.end + 1)
+            if byte_range is not None
+            else (0, rep.size if rep.size >= 0 else None)
+        )
         counter = self._metrics.served_bytes.labels(fill.source_name)
         # The fill's read descriptor is shared; it stays open while we read.
-        BodySender(request, fill.read_fd, start, end, fill=fill, owns_fd=False, on_bytes=counter.inc).start()
+        BodySender(
+            request,
+            fill.read_fd,
+            start,
+            end,
+            fill=fill,
+            owns_fd=False,
+            on_bytes=counter.inc,
+        ).start()

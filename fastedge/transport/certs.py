@@ -33,7 +33,9 @@ from twisted.logger import Logger
 from .metrics import TlsMetrics
 
 #: Host names as they may appear in SNI and in file names (lower case).
-_HOST_RE = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_HOST_RE = re.compile(
+    r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+)
 DEFAULT_NAME = "default"
 _EXPIRY_WARNING = datetime.timedelta(days=14)
 
@@ -102,18 +104,24 @@ def read_key_and_chain(paths: tuple[str, ...]) -> tuple[object, list[x509.Certif
             with open(path, "rb") as f:
                 data += f.read() + b"\n"
         except OSError as e:
-            raise CertificateLoadError("{}: cannot read ({})".format(path, e.strerror)) from None
+            raise CertificateLoadError(f"{path}: cannot read ({e.strerror})") from None
     try:
         chain = x509.load_pem_x509_certificates(data)
     except ValueError:
-        raise CertificateLoadError("{}: no PEM certificate found".format(paths[0])) from None
+        raise CertificateLoadError(f"{paths[0]}: no PEM certificate found") from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
-        raise CertificateLoadError("{}: no usable unencrypted PEM private key found".format(paths[-1])) from None
+        raise CertificateLoadError(
+            f"{paths[-1]}: no usable unencrypted PEM private key found"
+        ) from None
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if chain[0].public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):  # type: ignore[union-attr]
-        raise CertificateLoadError("{}: the private key does not match the certificate".format(paths[-1]))
+    if chain[0].public_key().public_bytes(*spki) != key.public_key().public_bytes(
+        *spki
+    ):
+        raise CertificateLoadError(
+            f"{paths[-1]}: the private key does not match the certificate"
+        )
     return key, chain
 
 
@@ -167,7 +175,7 @@ class CertificateStore:
             cert = self._certs.get(name)
             if cert is not None:
                 return cert.context
-        raise CertificateLoadError("no usable default certificate in {}".format(self._dir))
+        raise CertificateLoadError(f"no usable default certificate in {self._dir}")
 
     def default_context(self) -> SSL.Context:
         """The context a connection starts with, before its SNI is known."""
@@ -176,13 +184,21 @@ class CertificateStore:
     def refresh(self, force: bool = False) -> None:
         """Rescan the directory if ``reload_check_seconds`` have passed."""
         now = self._clock.seconds()
-        if not force and self._scanned_at is not None and now - self._scanned_at < self._check_seconds:
+        if (
+            not force
+            and self._scanned_at is not None
+            and now - self._scanned_at < self._check_seconds
+        ):
             return
         self._scanned_at = now
         found = self._scan()
         for name in list(self._certs):
             if name not in found:
-                self._log.info("certificate {name} removed from {directory}", name=name, directory=self._dir)
+                self._log.info(
+                    "certificate {name} removed from {directory}",
+                    name=name,
+                    directory=self._dir,
+                )
                 del self._certs[name]
         for name, paths in found.items():
             self._consider(name, paths)
@@ -195,7 +211,11 @@ class CertificateStore:
         except FileNotFoundError:
             files = set()
         except OSError as e:
-            self._log.error("cannot list certificate directory {directory}: {reason}", directory=self._dir, reason=e.strerror)
+            self._log.error(
+                "cannot list certificate directory {directory}: {reason}",
+                directory=self._dir,
+                reason=e.strerror,
+            )
             files = set()
         for filename in files:
             stem, ext = os.path.splitext(filename)
@@ -203,8 +223,13 @@ class CertificateStore:
                 continue
             if ext == ".pem":
                 found[stem] = (os.path.join(self._dir, filename),)
-            elif ext == ".crt" and stem + ".key" in files and stem + ".pem" not in files:
-                found[stem] = (os.path.join(self._dir, filename), os.path.join(self._dir, stem + ".key"))
+            elif (
+                ext == ".crt" and stem + ".key" in files and stem + ".pem" not in files
+            ):
+                found[stem] = (
+                    os.path.join(self._dir, filename),
+                    os.path.join(self._dir, stem + ".key"),
+                )
         if DEFAULT_NAME not in found and self._fallback is not None:
             found[DEFAULT_NAME] = self._fallback
         return found
@@ -227,7 +252,11 @@ class CertificateStore:
             self._log.error(
                 "certificate {name} not loaded, {keeping}: {reason}",
                 name=name,
-                keeping="keeping the previous one" if current is not None else "no certificate for this name",
+                keeping=(
+                    "keeping the previous one"
+                    if current is not None
+                    else "no certificate for this name"
+                ),
                 reason=str(e),
             )
             return
@@ -241,9 +270,15 @@ class CertificateStore:
             path=paths[0],
             not_after=not_after.isoformat(),
         )
-        remaining = not_after - datetime.datetime.fromtimestamp(self._clock.seconds(), datetime.timezone.utc)
+        remaining = not_after - datetime.datetime.fromtimestamp(
+            self._clock.seconds(), datetime.UTC
+        )
         if remaining < _EXPIRY_WARNING:
-            self._log.warn("certificate {name} expires on {not_after}", name=name, not_after=not_after.isoformat())
+            self._log.warn(
+                "certificate {name} expires on {not_after}",
+                name=name,
+                not_after=not_after.isoformat(),
+            )
 
 
 def self_signed_pem(common_name: str, now: datetime.datetime, days: int = 365) -> bytes:
@@ -257,7 +292,10 @@ def self_signed_pem(common_name: str, now: datetime.datetime, days: int = 365) -
     dns = sorted({"localhost", common_name})
     san = x509.SubjectAlternativeName(
         [x509.DNSName(d) for d in dns]
-        + [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
+        + [
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1")),
+        ]
     )
     cert = (
         x509.CertificateBuilder()
@@ -272,7 +310,9 @@ def self_signed_pem(common_name: str, now: datetime.datetime, days: int = 365) -
         .sign(key, hashes.SHA256())
     )
     return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     ) + cert.public_bytes(serialization.Encoding.PEM)
 
 

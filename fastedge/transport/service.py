@@ -34,7 +34,7 @@ class Listener(StreamServerEndpointService):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self._waitingForPort.addCallback(self._bound)  # type: ignore[union-attr]
+        self._waitingForPort.addCallback(self._bound)
 
     def _bound(self, port: IListeningPort) -> IListeningPort:
         self.port = port

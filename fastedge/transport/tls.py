@@ -21,7 +21,7 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocol
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -157,19 +157,23 @@ class CountedConnection(ProtocolWrapper):
     _label: _Label | None = None
 
     def __init__(self, factory: CountingFactory, wrappedProtocol: IProtocol) -> None:
-        super().__init__(factory, wrappedProtocol)
+        super().__init__(factory, wrappedProtocol)  # type: ignore[arg-type]
         self._original = wrappedProtocol
 
     # ProtocolWrapper keeps the protocol it feeds in ``wrappedProtocol``;
     # autobahn's WebSocketResource replaces it to take the connection over.
-    @property  # type: ignore[override]
+    @property
     def wrappedProtocol(self) -> IProtocol:
         return self._wrapped
 
     @wrappedProtocol.setter
     def wrappedProtocol(self, protocol: IProtocol) -> None:
         self._wrapped = protocol
-        if self._label is not None and protocol is not self._original and self._label.label == "h1":
+        if (
+            self._label is not None
+            and protocol is not self._original
+            and self._label.label == "h1"
+        ):
             self._label.settle("ws")
 
     def makeConnection(self, transport: Any) -> None:
@@ -177,7 +181,7 @@ class CountedConnection(ProtocolWrapper):
         self._label.settle("h1")
         super().makeConnection(transport)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._label is not None:
             self._label.close()
         super().connectionLost(reason)
@@ -197,18 +201,27 @@ class CountingTLSProtocol(TLSMemoryBIOProtocol):
     _original: IProtocol | None = None
     _label: _Label | None = None
 
-    def __init__(self, factory: CountingTLSFactory, wrappedProtocol: IProtocol, _connectWrapped: bool = True) -> None:
+    def __init__(
+        self,
+        factory: CountingTLSFactory,
+        wrappedProtocol: IProtocol,
+        _connectWrapped: bool = True,
+    ) -> None:
         super().__init__(factory, wrappedProtocol, _connectWrapped)
         self._original = wrappedProtocol
 
-    @property  # type: ignore[override]
+    @property
     def wrappedProtocol(self) -> IProtocol:
         return self._wrapped
 
     @wrappedProtocol.setter
     def wrappedProtocol(self, protocol: IProtocol) -> None:
         self._wrapped = protocol
-        if self._label is not None and protocol is not self._original and self._label.label == "h1":
+        if (
+            self._label is not None
+            and protocol is not self._original
+            and self._label.label == "h1"
+        ):
             self._label.settle("ws")
 
     def makeConnection(self, transport: Any) -> None:
@@ -228,7 +241,7 @@ class CountingTLSProtocol(TLSMemoryBIOProtocol):
             alpn = negotiated.decode("ascii", "replace") if negotiated else "none"
             self.factory.tls_metrics.handshakes.labels(version, alpn).inc()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         label = self._label
         if label is not None:
             if label.label == "tls":
@@ -245,7 +258,7 @@ class CountingTLSProtocol(TLSMemoryBIOProtocol):
 class CountingTLSFactory(TLSMemoryBIOFactory):
     """Server-side TLS for the Site, counted (see :class:`CountingTLSProtocol`)."""
 
-    protocol = CountingTLSProtocol  # type: ignore[assignment]
+    protocol = CountingTLSProtocol
 
     def __init__(
         self,
@@ -269,9 +282,11 @@ class CountingFactory(WrappingFactory):
     :param listener: the metrics label (``http``).
     """
 
-    protocol = CountedConnection  # type: ignore[assignment]
+    protocol = CountedConnection
 
-    def __init__(self, wrapped: Factory[Any], *, listener: str, metrics: ConnectionMetrics) -> None:
+    def __init__(
+        self, wrapped: Factory[Any], *, listener: str, metrics: ConnectionMetrics
+    ) -> None:
         super().__init__(wrapped)
         self.listener = listener
         self.metrics = metrics

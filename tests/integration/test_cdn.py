@@ -24,12 +24,16 @@ def _config(s3, tenants, *, secret=None, extra=""):
         "negative_seconds = 300.0",
         extra,
         "[cdn.origins.default]",
-        'endpoint = "{}"'.format(s3.endpoint),
-        'access_key_id = "{}"'.format(s3.access_key),
-        'secret_access_key = "{}"'.format(secret or s3.secret_key),
+        f'endpoint = "{s3.endpoint}"',
+        f'access_key_id = "{s3.access_key}"',
+        f'secret_access_key = "{secret or s3.secret_key}"',
     ]
     for tenant_id, bucket, prefix in tenants:
-        lines += ["[cdn.tenants.{}]".format(tenant_id), 'bucket = "{}"'.format(bucket), 'prefix = "{}"'.format(prefix)]
+        lines += [
+            f"[cdn.tenants.{tenant_id}]",
+            f'bucket = "{bucket}"',
+            f'prefix = "{prefix}"',
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -53,12 +57,14 @@ class CdnTests(TestCase):
         (self.a, self.a_key), (self.b, self.b_key) = create_tenants(
             os.path.join(self.data_dir, "fastedge.sqlite3"), ["A", "B"]
         )
-        self.config = _config(self.s3, [(self.a, self.bucket, self.pa), (self.b, self.bucket, self.pb)])
+        self.config = _config(
+            self.s3, [(self.a, self.bucket, self.pa), (self.b, self.bucket, self.pb)]
+        )
         self.node = yield start_node(self.config, self.data_dir)
         self.addCleanup(lambda: self.node.stop())
 
     def url(self, tenant, key):
-        return "{}/media/{}/{}".format(self.node.http, tenant, key)
+        return f"{self.node.http}/media/{tenant}/{key}"
 
     @defer.inlineCallbacks
     def get(self, url, **headers):
@@ -84,10 +90,14 @@ class CdnTests(TestCase):
         self.assertEqual(self.header(response, "content-type"), "image/png")
         self.assertEqual(self.header(response, "etag"), etag)
         self.assertEqual(self.header(response, "accept-ranges"), "bytes")
-        self.assertEqual(self.header(response, "cache-control"), "public, max-age=86400")
+        self.assertEqual(
+            self.header(response, "cache-control"), "public, max-age=86400"
+        )
         before = self.origin_gets()
         response, body = yield self.get(self.url(self.a, "img/cat.png"))
-        self.assertEqual((response.code, body, self.header(response, "x-cache")), (200, PNG, "HIT"))
+        self.assertEqual(
+            (response.code, body, self.header(response, "x-cache")), (200, PNG, "HIT")
+        )
         self.assertEqual(self.origin_gets(), before)
 
     @defer.inlineCallbacks
@@ -96,11 +106,18 @@ class CdnTests(TestCase):
         client gets a 502 JSON error (nothing cached)."""
         yield self.node.stop()
         data_dir = os.path.abspath(self.mktemp())
-        ((tenant, _),) = create_tenants(os.path.join(data_dir, "fastedge.sqlite3"), ["C"])
+        ((tenant, _),) = create_tenants(
+            os.path.join(data_dir, "fastedge.sqlite3"), ["C"]
+        )
         self.s3.put(self.bucket, self.pa + "c/x.png", PNG, "image/png")
-        node = yield start_node(_config(self.s3, [(tenant, self.bucket, self.pa + "c/")], secret="wrong-secret"), data_dir)
+        node = yield start_node(
+            _config(
+                self.s3, [(tenant, self.bucket, self.pa + "c/")], secret="wrong-secret"
+            ),
+            data_dir,
+        )
         self.addCleanup(node.stop)
-        response = yield self.http.get("{}/media/{}/x.png".format(node.http, tenant))
+        response = yield self.http.get(f"{node.http}/media/{tenant}/x.png")
         body = yield response.json()
         self.assertEqual((response.code, body["error"]["code"]), (502, "origin_error"))
         self.assertEqual(len(node.cdn.cache), 0)
@@ -112,8 +129,12 @@ class CdnTests(TestCase):
         payload = os.urandom(300_000)
         self.s3.put(self.bucket, self.pa + "big.png", payload, "image/png")
         before = self.origin_gets()
-        results = yield defer.gatherResults([self.get(self.url(self.a, "big.png")) for _ in range(20)])
-        self.assertEqual([(r.code, b == payload) for r, b in results], [(200, True)] * 20)
+        results = yield defer.gatherResults(
+            [self.get(self.url(self.a, "big.png")) for _ in range(20)]
+        )
+        self.assertEqual(
+            [(r.code, b == payload) for r, b in results], [(200, True)] * 20
+        )
         self.assertEqual(self.origin_gets() - before, 1)
 
     @defer.inlineCallbacks
@@ -125,7 +146,9 @@ class CdnTests(TestCase):
         self.node = yield start_node(self.config, self.data_dir)
         before = self.origin_gets()
         response, body = yield self.get(self.url(self.a, "keep.png"))
-        self.assertEqual((response.code, body, self.header(response, "x-cache")), (200, PNG, "HIT"))
+        self.assertEqual(
+            (response.code, body, self.header(response, "x-cache")), (200, PNG, "HIT")
+        )
         self.assertEqual(self.origin_gets(), before)
 
     @defer.inlineCallbacks
@@ -135,16 +158,27 @@ class CdnTests(TestCase):
         self.s3.put(self.bucket, self.pa + "r.png", PNG, "image/png")
         url = self.url(self.a, "r.png")
         response, body = yield self.get(url)
-        etag, modified = self.header(response, "etag"), self.header(response, "last-modified")
+        etag, modified = self.header(response, "etag"), self.header(
+            response, "last-modified"
+        )
         response, body = yield self.get(url, range="bytes=10-19")
         self.assertEqual((response.code, body), (206, PNG[10:20]))
-        self.assertEqual(self.header(response, "content-range"), "bytes 10-19/{}".format(len(PNG)))
+        self.assertEqual(
+            self.header(response, "content-range"), f"bytes 10-19/{len(PNG)}"
+        )
         response, body = yield self.get(url, range="bytes=-5")
         self.assertEqual((response.code, body), (206, PNG[-5:]))
-        for bad in ("bytes=abc", "bytes={}-".format(len(PNG)), "bytes=5-1", "bytes=--1"):
+        for bad in (
+            "bytes=abc",
+            f"bytes={len(PNG)}-",
+            "bytes=5-1",
+            "bytes=--1",
+        ):
             response, body = yield self.get(url, range=bad)
             self.assertEqual(response.code, 416, bad)
-            self.assertEqual(self.header(response, "content-range"), "bytes */{}".format(len(PNG)))
+            self.assertEqual(
+                self.header(response, "content-range"), f"bytes */{len(PNG)}"
+            )
         response, body = yield self.get(url, range="items=0-1")
         self.assertEqual((response.code, body), (200, PNG))
         response, body = yield self.get(url, **{"if-none-match": etag})
@@ -186,7 +220,12 @@ class CdnTests(TestCase):
         _, body_a = yield self.get(self.url(self.a, "same.png"))
         _, body_b = yield self.get(self.url(self.b, "same.png"))
         self.assertEqual((body_a, body_b), (PNG, PNG[::-1]))
-        for path in ("../b/secret.png", "..%2Fb%2Fsecret.png", "%2E%2E/b/secret.png", "x/../../b/secret.png"):
+        for path in (
+            "../b/secret.png",
+            "..%2Fb%2Fsecret.png",
+            "%2E%2E/b/secret.png",
+            "x/../../b/secret.png",
+        ):
             response, _ = yield self.get(self.url(self.a, path))
             self.assertEqual(response.code, 400, path)
         response, _ = yield self.get(self.url(self.a, "b/secret.png"))
@@ -218,7 +257,10 @@ class CdnTests(TestCase):
             self.node.http + "/api/v1/manage/media",
             params={"key": key},
             data=data,
-            headers={"authorization": "Bearer " + (api_key or self.a_key), "content-type": content_type},
+            headers={
+                "authorization": "Bearer " + (api_key or self.a_key),
+                "content-type": content_type,
+            },
         )
         body = yield response.json()
         return response.code, body
@@ -229,11 +271,13 @@ class CdnTests(TestCase):
         origin and is then served from the cache."""
         code, body = yield self.upload("up/p.png", PNG)
         self.assertEqual(code, 201, body)
-        self.assertEqual(body["url"], "/media/{}/up/p.png".format(self.a))
+        self.assertEqual(body["url"], f"/media/{self.a}/up/p.png")
         self.assertEqual(self.s3.get(self.bucket, self.pa + "up/p.png"), PNG)
         before = self.origin_gets()
         response, data = yield self.get(self.url(self.a, "up/p.png"))
-        self.assertEqual((response.code, data, self.header(response, "x-cache")), (200, PNG, "HIT"))
+        self.assertEqual(
+            (response.code, data, self.header(response, "x-cache")), (200, PNG, "HIT")
+        )
         self.assertEqual(self.origin_gets(), before)
         # Tenant B's key writes under B's prefix, never A's.
         code, _ = yield self.upload("up/p.png", PNG[:-1], api_key=self.b_key)
@@ -248,24 +292,36 @@ class CdnTests(TestCase):
         nothing reaches the origin."""
         cases = [
             (("x.png", PNG, "text/html"), 415, "unsupported_media_type"),
-            (("x.png", b"<html><script>alert(1)</script></html>", "image/png"), 415, "content_mismatch"),
+            (
+                ("x.png", b"<html><script>alert(1)</script></html>", "image/png"),
+                415,
+                "content_mismatch",
+            ),
             (("x.png", b"", "image/png"), 400, "empty_body"),
             (("../x.png", PNG, "image/png"), 400, "bad_key"),
             (("x" * 1100, PNG, "image/png"), 414, "key_too_long"),
         ]
         for args, status, code in cases:
             got_status, body = yield self.upload(*args)
-            self.assertEqual((got_status, body["error"]["code"]), (status, code), args[0][:20])
+            self.assertEqual(
+                (got_status, body["error"]["code"]), (status, code), args[0][:20]
+            )
         response = yield self.http.put(
             self.node.http + "/api/v1/manage/media",
             params={"key": "big.png"},
             data=PNG + b"\x00" * (10 * 1024 * 1024),
-            headers={"authorization": "Bearer " + self.a_key, "content-type": "image/png"},
+            headers={
+                "authorization": "Bearer " + self.a_key,
+                "content-type": "image/png",
+            },
         )
         self.assertEqual(response.code, 413)
         yield response.content()
         response = yield self.http.put(
-            self.node.http + "/api/v1/manage/media", params={"key": "x.png"}, data=PNG, headers={"content-type": "image/png"}
+            self.node.http + "/api/v1/manage/media",
+            params={"key": "x.png"},
+            data=PNG,
+            headers={"content-type": "image/png"},
         )
         self.assertEqual(response.code, 401)
         yield response.content()
@@ -282,7 +338,9 @@ class CdnTests(TestCase):
         @defer.inlineCallbacks
         def purge(body, api_key):
             response = yield self.http.post(
-                self.node.http + "/api/v1/manage/media/purge", json=body, headers={"authorization": "Bearer " + api_key}
+                self.node.http + "/api/v1/manage/media/purge",
+                json=body,
+                headers={"authorization": "Bearer " + api_key},
             )
             return response.code, (yield response.json())
 
@@ -312,7 +370,7 @@ class CdnTests(TestCase):
         class Impatient(Protocol):
             def connectionMade(self):
                 self.transport.write(
-                    "GET /media/{}/large.bin HTTP/1.1\r\nHost: x\r\n\r\n".format(tenant).encode()
+                    f"GET /media/{tenant}/large.bin HTTP/1.1\r\nHost: x\r\n\r\n".encode()
                 )
 
             def dataReceived(self, data):
@@ -329,8 +387,13 @@ class CdnTests(TestCase):
         if fills:
             yield fills[0].when_finished()
         response, body = yield self.get(self.url(self.a, "large.bin"))
-        self.assertEqual((response.code, body == payload, self.header(response, "x-cache")), (200, True, "HIT"))
-        self.assertEqual(os.listdir(os.path.join(self.data_dir, "media-cache", "tmp")), [])
+        self.assertEqual(
+            (response.code, body == payload, self.header(response, "x-cache")),
+            (200, True, "HIT"),
+        )
+        self.assertEqual(
+            os.listdir(os.path.join(self.data_dir, "media-cache", "tmp")), []
+        )
 
 
 class MediaOverHttp2Tests(TestCase):
@@ -348,7 +411,9 @@ class MediaOverHttp2Tests(TestCase):
         s3.create_bucket("media")
         prefix = os.urandom(4).hex() + "/"
         data_dir = os.path.abspath(self.mktemp())
-        ((tenant, _),) = create_tenants(os.path.join(data_dir, "fastedge.sqlite3"), ["H2"])
+        ((tenant, _),) = create_tenants(
+            os.path.join(data_dir, "fastedge.sqlite3"), ["H2"]
+        )
         config = _config(s3, [(tenant, "media", prefix)]).replace(
             "[tls]\nenabled = false", '[tls]\nendpoint = "tcp:0:interface=127.0.0.1"'
         )
@@ -356,17 +421,26 @@ class MediaOverHttp2Tests(TestCase):
         self.addCleanup(node.stop)
         payload = os.urandom(1_500_000)
         s3.put("media", prefix + "v.png", payload, "image/png")
-        path = "/media/{}/v.png".format(tenant).encode()
+        path = f"/media/{tenant}/v.png".encode()
         for expected in (b"MISS", b"HIT"):
             response, alpn = yield h2_request(node.https_port, b"GET", path)
-            self.assertEqual((alpn, response.status, response.headers.get(b"x-cache")), (b"h2", 200, expected))
+            self.assertEqual(
+                (alpn, response.status, response.headers.get(b"x-cache")),
+                (b"h2", 200, expected),
+            )
             self.assertEqual(response.body, payload)
-        response, _ = yield h2_request(node.https_port, b"GET", path, headers=[(b"range", b"bytes=100-199")])
+        response, _ = yield h2_request(
+            node.https_port, b"GET", path, headers=[(b"range", b"bytes=100-199")]
+        )
         self.assertEqual((response.status, response.body), (206, payload[100:200]))
         response, _ = yield h2_request(node.https_port, b"HEAD", path)
         self.assertEqual((response.status, response.body), (200, b""))
-        self.assertEqual(response.headers.get(b"content-length"), str(len(payload)).encode())
-        response, _ = yield h2_request(node.https_port, b"GET", "/media/{}/..%2Fx".format(tenant).encode())
+        self.assertEqual(
+            response.headers.get(b"content-length"), str(len(payload)).encode()
+        )
+        response, _ = yield h2_request(
+            node.https_port, b"GET", f"/media/{tenant}/..%2Fx".encode()
+        )
         self.assertEqual(response.status, 400)
         self.assertIn(b'"bad_key"', response.body)
 
@@ -395,13 +469,17 @@ class ShortOriginTests(TestCase):
         from twisted.internet.endpoints import TCP4ServerEndpoint
         from twisted.internet.protocol import Factory
 
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(_ShortOrigin))
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(_ShortOrigin)
+        )
         self.addCleanup(port.stopListening)
         data_dir = os.path.abspath(self.mktemp())
-        ((tenant, _),) = create_tenants(os.path.join(data_dir, "fastedge.sqlite3"), ["S"])
+        ((tenant, _),) = create_tenants(
+            os.path.join(data_dir, "fastedge.sqlite3"), ["S"]
+        )
 
         class _Fake:
-            endpoint = "http://127.0.0.1:{}".format(port.getHost().port)
+            endpoint = f"http://127.0.0.1:{port.getHost().port}"
             access_key = "AK"
             secret_key = "SK"
 
@@ -409,7 +487,7 @@ class ShortOriginTests(TestCase):
         self.addCleanup(node.stop)
         http = http_client(self)
         try:
-            response = yield http.get("{}/media/{}/short.png".format(node.http, tenant))
+            response = yield http.get(f"{node.http}/media/{tenant}/short.png")
             body = yield response.content()
         except Exception:
             body = None  # the connection was aborted, before or after the headers

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-from OpenSSL import SSL
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
@@ -13,6 +12,8 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from OpenSSL import SSL
+from twisted.application.service import MultiService
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint
 from twisted.internet.interfaces import IHandshakeListener
@@ -23,10 +24,15 @@ from zope.interface import implementer
 
 from fastedge.config import parse_config
 from fastedge.metrics.registry import new_registry
-from fastedge.testing import h2_request, http_client, insecure_tls, start_node, write_certificate
+from fastedge.testing import (
+    h2_request,
+    http_client,
+    insecure_tls,
+    start_node,
+    write_certificate,
+)
 from fastedge.transport import service as transport_service
 from fastedge.transport.site import EdgeSite
-from twisted.application.service import MultiService
 
 
 @implementer(IHandshakeListener)
@@ -49,7 +55,7 @@ class _Peek(Protocol):
 def _sample(text, name, **labels):
     for line in text.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):
-            if all('{}="{}"'.format(k, v) in line for k, v in labels.items()):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -74,7 +80,7 @@ class TlsNodeTests(TestCase):
                 'endpoint = "tcp:0:interface=127.0.0.1"',
                 "[tls]",
                 'endpoint = "tcp:0:interface=127.0.0.1"',
-                'cert_dir = "{}"'.format(self.certs),
+                f'cert_dir = "{self.certs}"',
                 "reload_check_seconds = 0.0",
             ]
         )
@@ -84,9 +90,14 @@ class TlsNodeTests(TestCase):
     def peek(self, server_name, max_version=None):
         done = defer.Deferred()
         endpoint = SSL4ClientEndpoint(
-            reactor, "127.0.0.1", self.node.https_port, insecure_tls(server_name, max_version=max_version)
+            reactor,
+            "127.0.0.1",
+            self.node.https_port,
+            insecure_tls(server_name, max_version=max_version),
         )
-        endpoint.connect(Factory.forProtocol(lambda: _Peek(done))).addErrback(done.errback)
+        endpoint.connect(Factory.forProtocol(lambda: _Peek(done))).addErrback(
+            done.errback
+        )
         return done
 
     @defer.inlineCallbacks
@@ -119,15 +130,26 @@ class TlsNodeTests(TestCase):
         cn, third = yield self.peek("a.test")
         self.assertEqual((cn, third), ("a.test", second))
         text = yield self.metrics()
-        self.assertEqual(_sample(text, "fastedge_transport_tls_certificate_load_errors_total"), 1.0)
+        self.assertEqual(
+            _sample(text, "fastedge_transport_tls_certificate_load_errors_total"), 1.0
+        )
         self.flushLoggedErrors()
 
     @defer.inlineCallbacks
     def test_old_protocol_versions_are_refused(self):
         """A TLS 1.1 client is refused, and the failure is counted by reason."""
-        yield self.assertFailure(self.peek("a.test", max_version=SSL.TLS1_1_VERSION), Exception)
+        yield self.assertFailure(
+            self.peek("a.test", max_version=SSL.TLS1_1_VERSION), Exception
+        )
         text = yield self.metrics()
-        self.assertEqual(_sample(text, "fastedge_transport_tls_handshake_failures_total", reason="protocol_version"), 1.0)
+        self.assertEqual(
+            _sample(
+                text,
+                "fastedge_transport_tls_handshake_failures_total",
+                reason="protocol_version",
+            ),
+            1.0,
+        )
 
     @defer.inlineCallbacks
     def test_plain_http_on_the_tls_port_is_counted(self):
@@ -141,10 +163,19 @@ class TlsNodeTests(TestCase):
             def connectionLost(self, reason=None):
                 done.callback(None)
 
-        yield TCP4ClientEndpoint(reactor, "127.0.0.1", self.node.https_port).connect(Factory.forProtocol(Plain))
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", self.node.https_port).connect(
+            Factory.forProtocol(Plain)
+        )
         yield done
         text = yield self.metrics()
-        self.assertEqual(_sample(text, "fastedge_transport_tls_handshake_failures_total", reason="http_on_https"), 1.0)
+        self.assertEqual(
+            _sample(
+                text,
+                "fastedge_transport_tls_handshake_failures_total",
+                reason="http_on_https",
+            ),
+            1.0,
+        )
 
     @defer.inlineCallbacks
     def test_http2_api_and_metrics(self):
@@ -157,9 +188,22 @@ class TlsNodeTests(TestCase):
         self.assertEqual(response.status, 404)
         self.assertIn(b'"error"', response.body)
         text = yield self.metrics()
-        self.assertEqual(_sample(text, "fastedge_http_requests_total", route="/healthz", code="200"), 1.0)
-        self.assertEqual(_sample(text, "fastedge_transport_connections_total", listener="https", protocol="h2"), 2.0)
-        self.assertEqual(_sample(text, "fastedge_transport_tls_handshakes_total", alpn="h2"), 2.0)
+        self.assertEqual(
+            _sample(text, "fastedge_http_requests_total", route="/healthz", code="200"),
+            1.0,
+        )
+        self.assertEqual(
+            _sample(
+                text,
+                "fastedge_transport_connections_total",
+                listener="https",
+                protocol="h2",
+            ),
+            2.0,
+        )
+        self.assertEqual(
+            _sample(text, "fastedge_transport_tls_handshakes_total", alpn="h2"), 2.0
+        )
 
     @defer.inlineCallbacks
     def test_http2_body_limit(self):
@@ -196,7 +240,8 @@ class SelfSignedTests(TestCase):
         directory and HTTPS answers with it."""
         data_dir = os.path.abspath(self.mktemp())
         node = yield start_node(
-            '[http]\nendpoint = "tcp:0:interface=127.0.0.1"\n[tls]\nendpoint = "tcp:0:interface=127.0.0.1"\n', data_dir
+            '[http]\nendpoint = "tcp:0:interface=127.0.0.1"\n[tls]\nendpoint = "tcp:0:interface=127.0.0.1"\n',
+            data_dir,
         )
         self.addCleanup(node.stop)
         self.assertTrue(os.path.exists(os.path.join(data_dir, "selfsigned.pem")))
@@ -223,15 +268,19 @@ class RedirectTests(TestCase):
         self.assertEqual(response.code, 301)
         self.assertEqual(
             response.headers.getRawHeaders("location"),
-            ["https://127.0.0.1:{}/api/v1/x?y=1".format(node.https_port)],
+            [f"https://127.0.0.1:{node.https_port}/api/v1/x?y=1"],
         )
-        response = yield http.post(node.http + "/api/v1/x", data=b"{}", allow_redirects=False)
+        response = yield http.post(
+            node.http + "/api/v1/x", data=b"{}", allow_redirects=False
+        )
         self.assertEqual(response.code, 308)
         for path in ("/healthz", "/metrics"):
             response = yield http.get(node.http + path)
             self.assertEqual(response.code, 200)
             yield response.content()
-        response = yield http.get(node.http + "/x", headers={"host": "bad host/evil"}, allow_redirects=False)
+        response = yield http.get(
+            node.http + "/x", headers={"host": "bad host/evil"}, allow_redirects=False
+        )
         self.assertEqual(response.code, 400)
         yield response.content()
 
@@ -260,7 +309,13 @@ class WebSocketOverTlsTests(TestCase):
         root.putChild(b"ws", WebSocketResource(factory))
         site = EdgeSite(root, reactor=reactor, max_body_bytes=1024, metrics=None)
         top = transport_service.make_service(
-            cfg.http, reactor=reactor, site=site, background=MultiService(), registry=registry, tls=cfg.tls, data_dir=data_dir
+            cfg.http,
+            reactor=reactor,
+            site=site,
+            background=MultiService(),
+            registry=registry,
+            tls=cfg.tls,
+            data_dir=data_dir,
         )
         top.privilegedStartService()
         top.startService()
@@ -281,9 +336,11 @@ class WebSocketOverTlsTests(TestCase):
             def onClose(self, wasClean, code, reason):
                 closed.callback(None)
 
-        client_factory = WebSocketClientFactory("wss://localhost:{}/ws".format(port))
+        client_factory = WebSocketClientFactory(f"wss://localhost:{port}/ws")
         client_factory.protocol = Client
-        yield SSL4ClientEndpoint(reactor, "127.0.0.1", port, insecure_tls("localhost")).connect(client_factory)
+        yield SSL4ClientEndpoint(
+            reactor, "127.0.0.1", port, insecure_tls("localhost")
+        ).connect(client_factory)
         payload = yield got
         self.assertEqual(payload, b"hello")
         samples = {

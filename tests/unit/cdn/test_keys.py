@@ -14,7 +14,10 @@ from fastedge.cdn.keys import BadKey, cache_id, check_key, split_media_path
 class SplitTests(SynchronousTestCase):
     def test_tenant_and_key(self):
         """A media path splits into its tenant and its percent-decoded key."""
-        self.assertEqual(split_media_path(b"/media/t1/a/b%20c/%C3%A9.png"), ("t1", "a/b c/\u00e9.png"))
+        self.assertEqual(
+            split_media_path(b"/media/t1/a/b%20c/%C3%A9.png"),
+            ("t1", "a/b c/\u00e9.png"),
+        )
 
     def test_refused(self):
         """Traversal, encoded slashes, NUL, backslashes, bad UTF-8, empty

@@ -25,14 +25,24 @@ from fastedge.metrics.registry import new_registry
 from fastedge.testing import FakeSource, FakeSourceResponse, run_inline
 
 BODY = os.urandom(5000)
-META = ObjectMeta(size=len(BODY), content_type="image/png", etag='"%s"' % hashlib.md5(BODY).hexdigest(), last_modified=None)
+META = ObjectMeta(
+    size=len(BODY),
+    content_type="image/png",
+    etag=f'"{hashlib.md5(BODY).hexdigest()}"',
+    last_modified=None,
+)
 
 
 class _Harness:
     def __init__(self, test, source, fresh_seconds=100.0):
         self.reactor = MemoryReactorClock()
-        cfg = parse_config("[cdn]\nnegative_seconds = 30.0\norigin_timeout_seconds = 5.0\n", overrides={"node.data_dir": test.mktemp()}).cdn
-        self.media = TenantMedia("t1", source, "bucket", "p/", "public, max-age=60", fresh_seconds)
+        cfg = parse_config(
+            "[cdn]\nnegative_seconds = 30.0\norigin_timeout_seconds = 5.0\n",
+            overrides={"node.data_dir": test.mktemp()},
+        ).cdn
+        self.media = TenantMedia(
+            "t1", source, "bucket", "p/", "public, max-age=60", fresh_seconds
+        )
         self.metrics = CdnMetrics(new_registry())
         self.service = CdnService(
             cfg,
@@ -61,7 +71,11 @@ class FillTests(SynchronousTestCase):
         self.h = _Harness(self, self.source)
 
     def answer(self, index=0, status=200, meta=META, checksums=None):
-        response = FakeSourceResponse(status, meta, checksums if checksums is not None else {"md5": META.etag.strip('"')})
+        response = FakeSourceResponse(
+            status,
+            meta,
+            checksums if checksums is not None else {"md5": META.etag.strip('"')},
+        )
         self.source.fetches[index][2].callback(response)
         return response
 
@@ -99,7 +113,9 @@ class FillTests(SynchronousTestCase):
         response.receiver.done()
         self.h.http.flush()
         self.assertEqual(len(self.h.service.cache), 0)
-        self.assertEqual(os.listdir(os.path.join(self.h.service.cache.directory, "tmp")), [])
+        self.assertEqual(
+            os.listdir(os.path.join(self.h.service.cache.directory, "tmp")), []
+        )
         self.h.get()
         self.h.http.flush()
         self.assertEqual(len(self.source.fetches), 2)
@@ -219,7 +235,9 @@ class OriginFailureTests(SynchronousTestCase):
         self.h.http.flush()
         r = self.successResultOf(d)
         self.assertEqual(r.code, 504)
-        self.assertEqual(self.successResultOf(r.json())["error"]["code"], "origin_timeout")
+        self.assertEqual(
+            self.successResultOf(r.json())["error"]["code"], "origin_timeout"
+        )
 
     def test_error_is_502_or_stale(self):
         """An origin 500 gives 502 when nothing is cached, and the stale copy

@@ -31,7 +31,16 @@ class RangeTests(SynchronousTestCase):
 
     def test_unsatisfiable(self):
         """Malformed or out-of-range byte ranges are 416."""
-        for header in (b"bytes=abc", b"bytes=5-1", b"bytes=100-", b"bytes=-0", b"bytes=-", b"bytes=1-2,x", b"bytes=\xff", b"bytes=" + b"9" * 30 + b"-"):
+        for header in (
+            b"bytes=abc",
+            b"bytes=5-1",
+            b"bytes=100-",
+            b"bytes=-0",
+            b"bytes=-",
+            b"bytes=1-2,x",
+            b"bytes=\xff",
+            b"bytes=" + b"9" * 30 + b"-",
+        ):
             with self.assertRaises(RangeNotSatisfiable, msg=header):
                 parse_range(header, 100)
 
@@ -40,18 +49,55 @@ class ConditionalTests(SynchronousTestCase):
     def test_if_none_match(self):
         """Weak comparison, lists and '*'; If-None-Match wins over If-Modified-Since."""
         etag = b'"abc"'
-        self.assertTrue(not_modified(etag=etag, last_modified=0, if_none_match=b'"x", W/"abc"', if_modified_since=None))
-        self.assertTrue(not_modified(etag=etag, last_modified=0, if_none_match=b"*", if_modified_since=None))
+        self.assertTrue(
+            not_modified(
+                etag=etag,
+                last_modified=0,
+                if_none_match=b'"x", W/"abc"',
+                if_modified_since=None,
+            )
+        )
+        self.assertTrue(
+            not_modified(
+                etag=etag, last_modified=0, if_none_match=b"*", if_modified_since=None
+            )
+        )
         self.assertFalse(
-            not_modified(etag=etag, last_modified=0, if_none_match=b'"x"', if_modified_since=http_date(10**9).encode())
+            not_modified(
+                etag=etag,
+                last_modified=0,
+                if_none_match=b'"x"',
+                if_modified_since=http_date(10**9).encode(),
+            )
         )
 
     def test_if_modified_since(self):
         """Not modified when Last-Modified is not after the date; bad dates are ignored."""
         lm = 1_000_000_000.0
-        self.assertTrue(not_modified(etag=None, last_modified=lm, if_none_match=None, if_modified_since=http_date(lm).encode()))
-        self.assertFalse(not_modified(etag=None, last_modified=lm, if_none_match=None, if_modified_since=http_date(lm - 1).encode()))
-        self.assertFalse(not_modified(etag=None, last_modified=lm, if_none_match=None, if_modified_since=b"yesterday"))
+        self.assertTrue(
+            not_modified(
+                etag=None,
+                last_modified=lm,
+                if_none_match=None,
+                if_modified_since=http_date(lm).encode(),
+            )
+        )
+        self.assertFalse(
+            not_modified(
+                etag=None,
+                last_modified=lm,
+                if_none_match=None,
+                if_modified_since=http_date(lm - 1).encode(),
+            )
+        )
+        self.assertFalse(
+            not_modified(
+                etag=None,
+                last_modified=lm,
+                if_none_match=None,
+                if_modified_since=b"yesterday",
+            )
+        )
 
     def test_if_range(self):
         """If-Range honours the range only for a strongly matching validator."""
@@ -59,4 +105,6 @@ class ConditionalTests(SynchronousTestCase):
         self.assertTrue(range_applies(b'"a"', etag=b'"a"', last_modified=None))
         self.assertFalse(range_applies(b'"b"', etag=b'"a"', last_modified=None))
         self.assertFalse(range_applies(b'W/"a"', etag=b'"a"', last_modified=None))
-        self.assertTrue(range_applies(http_date(5.0).encode(), etag=None, last_modified=5.0))
+        self.assertTrue(
+            range_applies(http_date(5.0).encode(), etag=None, last_modified=5.0)
+        )

@@ -9,7 +9,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.metrics.registry import new_registry
 from fastedge.testing import write_certificate
-from fastedge.transport.certs import CertificateLoadError, CertificateStore, candidates, normalize_server_name
+from fastedge.transport.certs import (
+    CertificateLoadError,
+    CertificateStore,
+    candidates,
+    normalize_server_name,
+)
 from fastedge.transport.metrics import TlsMetrics
 
 
@@ -18,7 +23,15 @@ class NameTests(SynchronousTestCase):
         """SNI names are lower-cased; anything that is not a host name is
         ignored (and never becomes a file name)."""
         self.assertEqual(normalize_server_name(b"WWW.Example.COM."), "www.example.com")
-        for bad in (b"../../etc/passwd", b"a/b", b"*.x.com", b"", None, b"\xff", b"a" * 300):
+        for bad in (
+            b"../../etc/passwd",
+            b"a/b",
+            b"*.x.com",
+            b"",
+            None,
+            b"\xff",
+            b"a" * 300,
+        ):
             self.assertIsNone(normalize_server_name(bad))
 
     def test_candidates(self):
@@ -39,7 +52,13 @@ class StoreTests(SynchronousTestCase):
             return ("context", chain[0].serial_number)
 
         self.metrics = TlsMetrics(new_registry())
-        self.store = CertificateStore(self.dir, clock=self.clock, build_context=build, check_seconds=2.0, metrics=self.metrics)
+        self.store = CertificateStore(
+            self.dir,
+            clock=self.clock,
+            build_context=build,
+            check_seconds=2.0,
+            metrics=self.metrics,
+        )
 
     def test_no_default_is_an_error(self):
         """Without a default certificate no context can be chosen."""
@@ -65,7 +84,9 @@ class StoreTests(SynchronousTestCase):
         """NAME.crt with NAME.key is a certificate too; a lone .crt is not."""
         pem = write_certificate(self.dir, "tmp")
         os.unlink(os.path.join(self.dir, "tmp.pem"))
-        key_end = pem.index(b"-----END PRIVATE KEY-----") + len(b"-----END PRIVATE KEY-----\n")
+        key_end = pem.index(b"-----END PRIVATE KEY-----") + len(
+            b"-----END PRIVATE KEY-----\n"
+        )
         with open(os.path.join(self.dir, "default.key"), "wb") as f:
             f.write(pem[:key_end])
         with open(os.path.join(self.dir, "default.crt"), "wb") as f:

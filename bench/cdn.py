@@ -9,16 +9,19 @@ It installs its peers when missing (Debian's ``nginx-light`` and ``wrk``),
 starts a real S3 origin (SeaweedFS, from the test extras) and one node with
 the CDN configured, warms the node's cache with a 64 KB and a 2 KB object,
 and writes the same two files for nginx (one worker, ``sendfile on``). The
-server under test is pinned to CPU 0 and wrk to CPU 1 (``taskset``); each
-server runs alone while it is measured. For both servers, both objects, 64
-and 256 connections, over plain HTTP and over TLS (HTTP/1.1; wrk does not
-speak HTTP/2), it prints requests/s and p50/p99 latency: the median of
-``--runs`` runs, and this node's share of nginx's requests/s.
+servers are pinned to CPU 0 and wrk to CPU 1 (``taskset``); only the server
+being measured has load, and each cell measures the node then nginx back to
+back, so on a shared machine both see the same background. For both
+servers, both objects, 64 and 256 connections, over plain HTTP and over TLS
+(HTTP/1.1; wrk does not speak HTTP/2), it prints requests/s and p50/p99
+latency (medians of ``--runs`` runs) and the node's share of nginx's
+requests/s (median of the paired per-run ratios).
 
 Then the cold-miss check: 100 clients ask at once for an object the node
 has never seen; the origin's own request counter must grow by exactly one.
 
 Loopback only, bounded in time (about runs x 16 x seconds, plus setup).
+
 """
 
 from __future__ import annotations
@@ -286,33 +289,40 @@ prefix = "bench/"
         os.chmod(pem, 0o644)
 
         rows: dict[tuple[str, str, str, int], list[dict[str, float]]] = {}
-
-        def measure(
-            server: str, scheme: str, base: str, path_for: dict[str, str]
-        ) -> None:
-            for label, path in path_for.items():
-                for conns in CONNECTIONS:
-                    result = wrk(base + path, conns, args.seconds)
-                    rows.setdefault((server, scheme, label, conns), []).append(result)
-
-        node_paths = {label: f"/media/{tenant}/{key}" for label, key in objects.items()}
-        nginx_paths = {label: "/" + key for label, key in objects.items()}
+        ratios: dict[tuple[str, str, int], list[float]] = {}
+        # Both servers run (idle unless measured) on the same core; each cell
+        # measures the node and nginx back to back, so both see the same
+        # background load (the machine is shared) and their ratio is paired.
+        nginx = start_nginx(work, docroot, ng_port, ng_tls_port, pem)
+        wait_http("http://127.0.0.1:{}/{}".format(ng_port, objects["2KB"]))
+        bases = {
+            ("fastedge", "http"): node_http,
+            ("fastedge", "https"): node_https,
+            ("nginx", "http"): "http://127.0.0.1:{}".format(ng_port),
+            ("nginx", "https"): "https://127.0.0.1:{}".format(ng_tls_port),
+        }
+        paths = {
+            "fastedge": {
+                label: "/media/{}/{}".format(tenant, key)
+                for label, key in objects.items()
+            },
+            "nginx": {label: "/" + key for label, key in objects.items()},
+        }
         for run in range(args.runs):
-            print(f"run {run + 1} of {args.runs}...", flush=True)
-            measure("fastedge", "http", node_http, node_paths)
-            measure("fastedge", "https", node_https, node_paths)
-            nginx = start_nginx(work, docroot, ng_port, ng_tls_port, pem)
-            wait_http("http://127.0.0.1:{}/{}".format(ng_port, objects["2KB"]))
-            measure("nginx", "http", f"http://127.0.0.1:{ng_port}", nginx_paths)
-            measure(
-                "nginx",
-                "https",
-                f"https://127.0.0.1:{ng_tls_port}",
-                nginx_paths,
-            )
-            nginx.send_signal(signal.SIGQUIT)
-            nginx.wait(timeout=30)
-            nginx = None
+            print("run {} of {}...".format(run + 1, args.runs), flush=True)
+            for scheme in ("http", "https"):
+                for label in SIZES:
+                    for conns in CONNECTIONS:
+                        got = {}
+                        for server in ("fastedge", "nginx"):
+                            url = bases[(server, scheme)] + paths[server][label]
+                            got[server] = wrk(url, conns, args.seconds)
+                            rows.setdefault((server, scheme, label, conns), []).append(
+                                got[server]
+                            )
+                        ratios.setdefault((scheme, label, conns), []).append(
+                            got["fastedge"]["rps"] / got["nginx"]["rps"]
+                        )
 
         def med(server: str, scheme: str, label: str, conns: int, field: str) -> float:
             return statistics.median(

@@ -117,6 +117,10 @@ class CdnService(MultiService):
             stale_if_error_seconds=cfg.stale_if_error_seconds,
             ready=lambda: self.ready,
         )
+        # Read at scrape time, so they are never stale.
+        for tier, holder in (("disk", self.cache), ("memory", self.memory)):
+            metrics.cache_bytes.labels(tier).set_function(lambda h=holder: h.size)
+            metrics.cache_objects.labels(tier).set_function(lambda h=holder: len(h))
         snapshot = TimerService(cfg.index_snapshot_seconds, self._snapshot)
         snapshot.clock = reactor
         snapshot.setServiceParent(self)
@@ -131,7 +135,6 @@ class CdnService(MultiService):
                     origin.set_secret(f.read().strip())
         self.cache.open()
         self.ready = True
-        self._gauges()
         super().startService()
 
     def stopService(self) -> Deferred[Any]:
@@ -158,13 +161,6 @@ class CdnService(MultiService):
         except Exception:
             self._log.failure("writing the media cache index failed")
 
-    def _gauges(self) -> None:
-        m = self.metrics
-        m.cache_bytes.labels("disk").set(self.cache.size)
-        m.cache_objects.labels("disk").set(len(self.cache))
-        m.cache_bytes.labels("memory").set(self.memory.size)
-        m.cache_objects.labels("memory").set(len(self.memory))
-
     # Cache changes (all go through here, for metrics)
 
     def commit(self, temp_path: str, tenant: str, key: str, meta: ObjectMeta) -> Entry:
@@ -177,7 +173,6 @@ class CdnService(MultiService):
             self.memory.discard(old.id)
             self.metrics.evictions.labels("size").inc()
             self.metrics.evicted_bytes.labels("size").inc(old.meta.size)
-        self._gauges()
         return entry
 
     def remove(self, entry_id: str, reason: str) -> None:
@@ -186,7 +181,6 @@ class CdnService(MultiService):
         if entry is not None:
             self.metrics.evictions.labels(reason).inc()
             self.metrics.evicted_bytes.labels(reason).inc(entry.meta.size)
-        self._gauges()
 
     def apply_purge(
         self, tenant: str, kind: str, value: str, *, remote: bool = False

@@ -101,6 +101,28 @@ class CdnTests(TestCase):
         self.assertEqual(self.origin_gets(), before)
 
     @defer.inlineCallbacks
+    def test_metrics(self):
+        """Hits by tier, misses, bytes by source, cache size and origin
+        latency appear on /metrics."""
+        self.s3.put(self.bucket, self.pa + "m.png", PNG, "image/png")
+        for _ in range(2):
+            yield self.get(self.url(self.a, "m.png"))
+        response, text = yield self.get(self.node.http + "/metrics")
+        lines = text.decode().splitlines()
+
+        def value(prefix):
+            return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+
+        self.assertEqual(value('fastedge_cdn_hits_total{tier="memory"}'), 1)
+        self.assertEqual(value('fastedge_cdn_misses_total{reason="not_cached"}'), 1)
+        self.assertEqual(value('fastedge_cdn_served_bytes_total{source="origin"}'), len(PNG))
+        self.assertEqual(value('fastedge_cdn_served_bytes_total{source="memory"}'), len(PNG))
+        self.assertEqual(value('fastedge_cdn_cache_bytes{tier="disk"}'), len(PNG))
+        self.assertEqual(value('fastedge_cdn_cache_objects{tier="memory"}'), 1)
+        self.assertEqual(value("fastedge_cdn_origin_request_duration_seconds_count"), 1)
+        self.assertEqual(value('fastedge_http_requests_total{code="200",method="GET",route="/media/{tenant}/{key}"}'), 2)
+
+    @defer.inlineCallbacks
     def test_wrong_signature_is_an_origin_error(self):
         """With a wrong secret the origin refuses the signature, and the
         client gets a 502 JSON error (nothing cached)."""

@@ -30,7 +30,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -298,18 +297,18 @@ prefix = "bench/"
         bases = {
             ("fastedge", "http"): node_http,
             ("fastedge", "https"): node_https,
-            ("nginx", "http"): "http://127.0.0.1:{}".format(ng_port),
-            ("nginx", "https"): "https://127.0.0.1:{}".format(ng_tls_port),
+            ("nginx", "http"): f"http://127.0.0.1:{ng_port}",
+            ("nginx", "https"): f"https://127.0.0.1:{ng_tls_port}",
         }
         paths = {
             "fastedge": {
-                label: "/media/{}/{}".format(tenant, key)
+                label: f"/media/{tenant}/{key}"
                 for label, key in objects.items()
             },
             "nginx": {label: "/" + key for label, key in objects.items()},
         }
         for run in range(args.runs):
-            print("run {} of {}...".format(run + 1, args.runs), flush=True)
+            print(f"run {run + 1} of {args.runs}...", flush=True)
             for scheme in ("http", "https"):
                 for label in SIZES:
                     for conns in CONNECTIONS:

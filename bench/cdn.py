@@ -302,8 +302,7 @@ prefix = "bench/"
         }
         paths = {
             "fastedge": {
-                label: f"/media/{tenant}/{key}"
-                for label, key in objects.items()
+                label: f"/media/{tenant}/{key}" for label, key in objects.items()
             },
             "nginx": {label: "/" + key for label, key in objects.items()},
         }
@@ -319,9 +318,22 @@ prefix = "bench/"
                             rows.setdefault((server, scheme, label, conns), []).append(
                                 got[server]
                             )
-                        ratios.setdefault((scheme, label, conns), []).append(
-                            got["fastedge"]["rps"] / got["nginx"]["rps"]
+                        print(
+                            "  {} {} {} conns: node {:.0f} req/s, nginx {:.0f} req/s {}".format(
+                                scheme,
+                                label,
+                                conns,
+                                got["fastedge"]["rps"],
+                                got["nginx"]["rps"],
+                                got["nginx"]["socket_errors"]
+                                or got["fastedge"]["socket_errors"],
+                            ),
+                            flush=True,
                         )
+                        if got["nginx"]["rps"] > 0:
+                            ratios.setdefault((scheme, label, conns), []).append(
+                                got["fastedge"]["rps"] / got["nginx"]["rps"]
+                            )
 
         def med(server: str, scheme: str, label: str, conns: int, field: str) -> float:
             return statistics.median(

@@ -103,6 +103,28 @@ class FillTests(SynchronousTestCase):
         self.assertEqual(len(self.source.fetches), 1)
         self.assertEqual(self.h.metrics.coalesced._value.get(), 2)
 
+    def test_first_bytes_before_the_download_ends(self):
+        """The client has the headers and the first bytes while the rest of
+        the object is still on its way from the source."""
+        import treq
+
+        d = self.h.get()
+        self.h.http.flush()
+        response = self.answer()
+        response.receiver.data(BODY[:1000])
+        self.h.http.flush()
+        r = self.successResultOf(d)
+        got = []
+        done = treq.collect(r, got.append)
+        self.h.http.flush()
+        self.assertEqual(b"".join(got), BODY[:1000])
+        self.assertNoResult(done)
+        response.receiver.data(BODY[1000:])
+        response.receiver.done()
+        self.h.http.flush()
+        self.successResultOf(done)
+        self.assertEqual(b"".join(got), BODY)
+
     def test_short_body_is_not_cached(self):
         """A body shorter than announced is deleted and the next request
         fetches again."""

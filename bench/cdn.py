@@ -342,7 +342,8 @@ prefix = "bench/"
 
         print()
         print(
-            f"Cached objects, server on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; medians of {args.runs} runs of {args.seconds} s"
+            f"Cached objects, servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; medians of {args.runs} runs "
+            f"of {args.seconds} s; node/ng is the median of the paired per-run ratios"
         )
         header = "{:<6} {:<5} {:>5} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>7}".format(
             "proto",

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from ..config import HttpConfig, TlsConfig
+from ..metrics.registry import new_registry
 from .certs import CertificateStore, ensure_self_signed
 from .metrics import ConnectionMetrics, TlsMetrics
 from .site import EdgeSite
@@ -83,7 +84,7 @@ def make_service(
     reactor: Any,
     site: EdgeSite,
     background: IService,
-    registry: CollectorRegistry,
+    registry: CollectorRegistry | None = None,
     tls: TlsConfig | None = None,
     data_dir: str = ".",
     node_id: str = "localhost",
@@ -94,6 +95,8 @@ def make_service(
     Listeners bind in ``privilegedStartService`` (so a port below 1024 works
     with ``--uid``), and a failure to bind stops the node at start.
     """
+    if registry is None:
+        registry = new_registry()
     top = MultiService()
     background.setServiceParent(top)
     connections = ConnectionMetrics(registry)

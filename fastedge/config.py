@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 __all__ = [
     "ApiConfig",
+    "CdnConfig",
+    "CdnTenantConfig",
     "ConfigError",
     "CreditsConfig",
     "DnsConfig",
@@ -36,7 +38,9 @@ __all__ = [
     "LiveConfig",
     "NodeConfig",
     "PostgresConfig",
+    "S3OriginConfig",
     "StoreConfig",
+    "TlsConfig",
     "ZoneConfig",
     "load_config",
     "parse_config",
@@ -50,12 +54,17 @@ class ConfigError(ValueError):
 Check = Callable[[Any], "str | None"]
 
 
-def _checked(default: Any, check: Check, doc: str = "") -> Any:
+def _checked(default: Any, check: Check, doc: str = "", *, secret: bool = False) -> Any:
     """A dataclass field with a default and a validity check.
 
     :param check: returns ``None`` when the value is acceptable, else the reason.
+    :param secret: keep the value out of ``repr()`` (and so out of logs).
     """
-    return field(default=default, metadata={"check": check, "doc": doc})
+    return field(default=default, repr=not secret, metadata={"check": check, "doc": doc})
+
+
+def _anything(value: Any) -> str | None:
+    return None
 
 
 def _positive(value: float) -> str | None:
@@ -102,8 +111,68 @@ def _server_endpoint(value: str) -> str | None:
     try:
         # Constructing an endpoint does no I/O; a placeholder reactor is enough.
         serverFromString(object(), value)
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        # OSError: an ssl: endpoint whose certificate file does not exist.
         return "not a server endpoint string ({})".format(e)
+    return None
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number (0-65535)"
+
+
+def _cipher_string(value: str) -> str | None:
+    """An OpenSSL cipher string that selects at least one cipher."""
+    from OpenSSL import SSL
+
+    try:
+        SSL.Context(SSL.TLS_METHOD).set_cipher_list(value.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        return "not an OpenSSL cipher list that selects any cipher"
+    return None
+
+
+def _http_url(value: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        return "must be an http(s) URL with a host and no path, e.g. https://s3.eu-west-1.amazonaws.com"
+    if parts.query or parts.fragment or parts.username:
+        return "must not carry a query, a fragment or credentials"
+    return None
+
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _bucket(value: str) -> str | None:
+    if _BUCKET_RE.match(value) and ".." not in value:
+        return None
+    return "must be an S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')"
+
+
+def _key_prefix(value: str) -> str | None:
+    if value.startswith("/") or "//" in value or "\\" in value:
+        return "must not start with '/' or contain '//' or a backslash"
+    if any(part in (".", "..") for part in value.split("/")):
+        return "must not contain '.' or '..' segments"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return "must not contain control characters"
+    return None
+
+
+def _media_type(value: str) -> str | None:
+    if re.match(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$", value):
+        return None
+    return "must be a lower-case media type such as image/png"
+
+
+def _media_types(value: tuple[str, ...]) -> str | None:
+    for item in value:
+        reason = _media_type(item)
+        if reason is not None:
+            return "{!r} {}".format(item, reason)
     return None
 
 
@@ -258,6 +327,127 @@ class ApiConfig:
     #: ``<node.data_dir>/session.key`` (created on first start).
     secret_file: str = ""
     credits: CreditsConfig = field(default_factory=CreditsConfig)
+
+
+#: TLS 1.2 cipher suites: ECDHE key exchange with AEAD ciphers only (the
+#: "intermediate" profile). TLS 1.3 suites are OpenSSL's defaults, all AEAD.
+MODERN_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """The public HTTPS listener: same Site as HTTP, certificates chosen by SNI."""
+
+    #: Listen for HTTPS at all.
+    enabled: bool = True
+    #: A Twisted *TCP* server endpoint string; TLS is layered on by the node.
+    endpoint: str = _checked("tcp:8443:interface=127.0.0.1:backlog=1024", _server_endpoint)
+    #: Certificates, one per host name (``NAME.pem``, or ``NAME.crt`` and
+    #: ``NAME.key``), plus ``default``; empty means ``<node.data_dir>/certs``.
+    cert_dir: str = ""
+    #: With no ``default`` certificate, generate a self-signed one into
+    #: ``<node.data_dir>/selfsigned.pem`` (so the defaults run on a laptop).
+    self_signed: bool = True
+    #: Oldest protocol version accepted.
+    min_version: str = _checked("1.2", _one_of("1.2", "1.3"))
+    #: OpenSSL cipher list for TLS 1.2.
+    ciphers: str = _checked(MODERN_CIPHERS, _cipher_string)
+    #: Certificate files are checked for changes at most this often (seconds).
+    reload_check_seconds: float = _checked(2.0, _non_negative)
+    #: Answer plain HTTP with a redirect to HTTPS (except /healthz, /metrics
+    #: and ACME challenges).
+    redirect_http: bool = False
+    #: Port in redirects; 0 means the port the HTTPS listener is bound to.
+    redirect_port: int = _checked(0, _port)
+
+
+@dataclass(frozen=True)
+class S3OriginConfig:
+    """An S3-compatible object store (endpoint and credentials)."""
+
+    #: Endpoint URL, e.g. ``https://s3.eu-west-1.amazonaws.com``.
+    endpoint: str = _checked("https://s3.amazonaws.com", _http_url)
+    #: Region used in the SigV4 signature.
+    region: str = "us-east-1"
+    #: ``path`` (``endpoint/bucket/key``) or ``virtual`` (``bucket.endpoint/key``).
+    addressing: str = _checked("path", _one_of("path", "virtual"))
+    access_key_id: str = ""
+    #: The secret itself; prefer ``secret_access_key_file``.
+    secret_access_key: str = _checked("", _anything, secret=True)
+    #: A file holding the secret access key (read at start).
+    secret_access_key_file: str = ""
+
+
+@dataclass(frozen=True)
+class CdnTenantConfig:
+    """Where one tenant's media lives and how it is cached."""
+
+    #: Name of an entry of ``[cdn.origins]``.
+    origin: str = "default"
+    #: Bucket holding the tenant's media (required).
+    bucket: str = _checked("", _bucket)
+    #: Prepended to every key, e.g. ``"site-a/"``.
+    prefix: str = _checked("", _key_prefix)
+    #: Cache-Control sent to browsers and downstream caches.
+    cache_control: str = "public, max-age=86400"
+    #: A cached object is served without asking the origin for this long,
+    #: then revalidated (conditional GET) before it is served again.
+    fresh_seconds: float = _checked(3600.0, _non_negative)
+
+
+_DEFAULT_UPLOAD_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/avif",
+    "video/mp4",
+    "video/webm",
+    "audio/mpeg",
+    "audio/ogg",
+)
+
+
+@dataclass(frozen=True)
+class CdnConfig:
+    """The media CDN: ``/media/<tenant>/<key>`` from a local cache of S3 origins."""
+
+    #: On-disk cache; empty means ``<node.data_dir>/media-cache``.
+    cache_dir: str = ""
+    #: Bytes of object data the disk cache holds before evicting (LRU).
+    max_bytes: int = _checked(1024**3, _positive)
+    #: Larger objects are streamed from the origin without being cached.
+    max_object_bytes: int = _checked(256 * 1024**2, _positive)
+    #: The in-memory tier in front of the disk (hot objects).
+    memory_max_bytes: int = _checked(64 * 1024**2, _non_negative)
+    #: Objects larger than this are never held in memory.
+    memory_max_object_bytes: int = _checked(1024**2, _non_negative)
+    #: Longest key (tenant prefix included), in UTF-8 bytes.
+    max_key_bytes: int = _checked(1024, _positive)
+    #: An origin 404 is remembered (and answered locally) for this long.
+    negative_seconds: float = _checked(30.0, _non_negative)
+    negative_max_entries: int = _checked(100_000, _non_negative)
+    #: On an origin error, a stale copy at most this old past its freshness
+    #: is served instead of 502/504.
+    stale_if_error_seconds: float = _checked(86400.0, _non_negative)
+    #: Seconds to wait for the origin's response headers, and between body chunks.
+    origin_timeout_seconds: float = _checked(10.0, _positive)
+    #: Persistent connections kept per origin host.
+    origin_connections_per_host: int = _checked(16, _positive)
+    #: Largest upload accepted by the tenant API.
+    upload_max_bytes: int = _checked(10 * 1024**2, _positive)
+    #: Media types an upload may declare (and whose content must match).
+    upload_content_types: tuple[str, ...] = _checked(_DEFAULT_UPLOAD_TYPES, _media_types)
+    #: The cache index (LRU order) is written to disk this often.
+    index_snapshot_seconds: float = _checked(60.0, _positive)
+    #: Named S3-compatible origins (``[cdn.origins.NAME]``).
+    origins: dict[str, S3OriginConfig] = field(default_factory=dict)
+    #: Tenants with media, by tenant id (``[cdn.tenants.TENANT_ID]``).
+    tenants: dict[str, CdnTenantConfig] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -418,11 +608,13 @@ class EdgeConfig:
 
     node: NodeConfig = field(default_factory=NodeConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
     geo: GeoConfig = field(default_factory=GeoConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    cdn: CdnConfig = field(default_factory=CdnConfig)
 
 
 _T = TypeVar("_T")
@@ -484,6 +676,17 @@ def _build(cls: type[_T], table: Mapping[str, Any], prefix: str) -> _T:
             if not isinstance(value, dict):
                 raise ConfigError("{}: must be a table ([{}])".format(key, key))
             kwargs[name] = _build(tp, value, key + ".")
+            continue
+        if typing.get_origin(tp) is dict:
+            _, item = typing.get_args(tp)
+            if not isinstance(value, dict):
+                raise ConfigError("{}: must be a table ([{}.NAME])".format(key, key))
+            entries = {}
+            for sub, sub_value in value.items():
+                if not isinstance(sub_value, dict):
+                    raise ConfigError("{}.{}: must be a table ([{}.{}])".format(key, sub, key, sub))
+                entries[sub] = _build(item, sub_value, "{}.{}.".format(key, sub))
+            kwargs[name] = entries
             continue
         if isinstance(tp, types.UnionType):  # pragma: no cover - none today
             raise TypeError(key)
@@ -564,7 +767,41 @@ def _derive(cfg: EdgeConfig) -> EdgeConfig:
     dns = dataclasses.replace(
         cfg.dns, zones=tuple(_derive_zone(z) for z in cfg.dns.zones)
     )
-    return dataclasses.replace(cfg, node=node, store=store, api=api, geo=geo, dns=dns)
+    tls = cfg.tls
+    if tls.endpoint.split(":", 1)[0].lower() in ("ssl", "tls", "txtls"):
+        raise ConfigError("tls.endpoint: give a plain TCP endpoint (tcp:PORT:...); the node adds TLS itself")
+    if not tls.cert_dir:
+        tls = dataclasses.replace(tls, cert_dir=os.path.join(data_dir, "certs"))
+    cdn = _derive_cdn(cfg.cdn, data_dir)
+    return dataclasses.replace(cfg, node=node, store=store, api=api, geo=geo, dns=dns, tls=tls, cdn=cdn)
+
+
+_TENANT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _derive_cdn(cdn: CdnConfig, data_dir: str) -> CdnConfig:
+    """Check what crosses keys of ``[cdn]``, and fill the cache directory."""
+    if not cdn.cache_dir:
+        cdn = dataclasses.replace(cdn, cache_dir=os.path.join(data_dir, "media-cache"))
+    if cdn.memory_max_object_bytes > cdn.memory_max_bytes:
+        raise ConfigError("cdn.memory_max_object_bytes: must not exceed cdn.memory_max_bytes")
+    if cdn.max_object_bytes > cdn.max_bytes:
+        raise ConfigError("cdn.max_object_bytes: must not exceed cdn.max_bytes")
+    for name, origin in cdn.origins.items():
+        if not _NAME_RE.match(name):
+            raise ConfigError("cdn.origins.{}: the name must be a DNS label (a-z, 0-9, '-')".format(name))
+        if origin.secret_access_key and origin.secret_access_key_file:
+            raise ConfigError("cdn.origins.{}.secret_access_key_file: give the secret or a file, not both".format(name))
+        if (origin.secret_access_key or origin.secret_access_key_file) and not origin.access_key_id:
+            raise ConfigError("cdn.origins.{}.access_key_id: required with a secret access key".format(name))
+    for tenant_id, tenant in cdn.tenants.items():
+        if not _TENANT_ID_RE.match(tenant_id):
+            raise ConfigError("cdn.tenants.{}: not a tenant id (letters, digits, '_', '-')".format(tenant_id))
+        if not tenant.bucket:
+            raise ConfigError("cdn.tenants.{}.bucket: required".format(tenant_id))
+        if tenant.origin not in cdn.origins:
+            raise ConfigError("cdn.tenants.{}.origin: no origin {!r} in [cdn.origins]".format(tenant_id, tenant.origin))
+    return cdn
 
 
 def _derive_zone(zone: ZoneConfig) -> ZoneConfig:

@@ -6,6 +6,7 @@ Wiring only: every child is built by its subpackage's ``make_service``.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -13,6 +14,8 @@ from twisted.python import usage
 
 from . import __version__
 from .api.resource import build_api
+from .cdn import service as cdn_service
+from .cdn.manage import UPLOAD_PATH, MediaApi
 from .config import ConfigError, EdgeConfig, NodeConfig, load_config
 from .dns import service as dns_service
 from .geo import service as geo_service
@@ -28,18 +31,9 @@ class Options(usage.Options):
     """Options of ``twistd fastedge``; the config file holds everything else."""
 
     optParameters = [
-        [
-            "config",
-            "c",
-            None,
-            "TOML config file (default: the built-in defaults, as in etc/fastedge.toml).",
-        ],
-        [
-            "http",
-            None,
-            None,
-            "HTTP listen endpoint, e.g. tcp:8080:interface=127.0.0.1 (overrides http.endpoint).",
-        ],
+        ["config", "c", None, "TOML config file (default: the built-in defaults, as in etc/fastedge.toml)."],
+        ["http", None, None, "HTTP listen endpoint, e.g. tcp:8080:interface=127.0.0.1 (overrides http.endpoint)."],
+        ["https", None, None, "HTTPS listen endpoint (plain TCP; TLS is added), e.g. tcp:8443 (overrides tls.endpoint)."],
         ["node-id", None, None, "This node's id (overrides node.id)."],
         ["data-dir", None, None, "Data directory (overrides node.data_dir)."],
         ["dns-port", None, None, "DNS port, UDP and TCP (overrides dns.port)."],
@@ -54,6 +48,7 @@ class Options(usage.Options):
         found = {}
         for option, key in (
             ("http", "http.endpoint"),
+            ("https", "tls.endpoint"),
             ("node-id", "node.id"),
             ("data-dir", "node.data_dir"),
         ):
@@ -112,16 +107,32 @@ def local_node_map(node: NodeConfig) -> NodeMap:
     return node_map
 
 
+class Node(MultiService):
+    """The node's top service.
+
+    Once every child has started, the objects made so far (modules, config,
+    the service tree: some 90,000) are moved out of the garbage collector's
+    reach with :func:`gc.freeze`. They live as long as the process, and a
+    full collection walking them takes tens of milliseconds, which showed
+    up directly as p99 latency under load.
+    """
+
+    def startService(self) -> None:
+        super().startService()
+        gc.collect()
+        gc.freeze()
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """The node: a ``MultiService`` of named children (store, geo, dns, live,
-    transport)."""
+    cdn, transport)."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
     cfg = options.config
     registry = new_registry()
-    top = MultiService()
+    top = Node()
 
     store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)
     store.setName("store")
@@ -144,6 +155,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     live.setName("live")
     live.setServiceParent(top)
 
+    cdn = cdn_service.make_service(cfg.cdn, reactor=reactor, registry=registry)
+    cdn.setName("cdn")
+    cdn.setServiceParent(top)
+    media_api = MediaApi(cfg.cdn, cdn)
+
     api = build_api(
         cfg.api,
         store=store.store,
@@ -151,6 +167,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         registry=registry,
         live=live.publisher,
         viewer_token_max_age_seconds=cfg.live.viewer_token_max_age_seconds,
+        extra_manage_routes=media_api.routes,
     )
     live.use_viewer_tokens(api.viewer_tokens)
     site = build_site(
@@ -162,10 +179,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         store_ready=lambda: store.ready,
         api=api.resource,
         live=live.resource,
+        media=cdn.resource,
+        body_limits=[(UPLOAD_PATH.encode("ascii"), cfg.cdn.upload_max_bytes)],
         children=lambda: list(top),
     )
     transport = transport_service.make_service(
-        cfg.http, reactor=reactor, site=site, background=api.service
+        cfg.http,
+        reactor=reactor,
+        site=site,
+        background=api.service,
+        registry=registry,
+        tls=cfg.tls,
+        data_dir=cfg.node.data_dir,
+        node_id=cfg.node.id,
     )
     transport.setName("transport")
     transport.setServiceParent(top)

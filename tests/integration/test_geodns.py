@@ -195,6 +195,8 @@ class DefaultsTests(TestCase):
             "tcp:0:interface=127.0.0.1",
             "--dns-port",
             "0",
+            "--https",
+            "tcp:0:interface=127.0.0.1",
         )
         process = reactor.spawnProcess(
             watch, sys.executable, args, env=_env(), path=REPO

@@ -29,7 +29,7 @@ class NodeTests(TestCase):
         self.data_dir = os.path.abspath(self.mktemp())
         options = Options()
         options.parseOptions(
-            ["--data-dir", self.data_dir, "--http", "tcp:0:interface=127.0.0.1", "--node-id", "it-1", "--dns-port", "0"]
+            ["--data-dir", self.data_dir, "--http", "tcp:0:interface=127.0.0.1", "--node-id", "it-1", "--dns-port", "0", "--https", "tcp:0:interface=127.0.0.1"]
         )
         self.node = makeService(options)
         self.node.privilegedStartService()
@@ -76,6 +76,7 @@ class NodeTests(TestCase):
                 "geo": {"running": True},
                 "dns": {"running": True},
                 "live": {"running": True},
+                "cdn": {"running": True},
                 "transport": {"running": True},
             },
         )

@@ -64,7 +64,7 @@ class TwistdTests(TestCase):
         free port) and stops cleanly on SIGTERM."""
         watch = _Watch()
         data_dir = os.path.abspath(self.mktemp())
-        args = (sys.executable, *TWISTD, "-n", "--pidfile=", "fastedge", "--data-dir", data_dir, "--http", "tcp:0:interface=127.0.0.1", "--dns-port", "0")
+        args = (sys.executable, *TWISTD, "-n", "--pidfile=", "fastedge", "--data-dir", data_dir, "--http", "tcp:0:interface=127.0.0.1", "--dns-port", "0", "--https", "tcp:0:interface=127.0.0.1")
         process = reactor.spawnProcess(watch, sys.executable, args, env=_env(), path=REPO)
         yield watch.started
         process.signalProcess(signal.SIGTERM)

@@ -63,7 +63,7 @@ class MakeServiceTests(SynchronousTestCase):
     def test_named_children(self) -> None:
         """The node is a MultiService of named children, store first."""
         self.assertEqual(
-            [c.name for c in self.top], ["store", "geo", "dns", "live", "transport"]
+            [c.name for c in self.top], ["store", "geo", "dns", "live", "cdn", "transport"]
         )
 
     def test_dns_on_a_map_of_this_node(self) -> None:
@@ -92,9 +92,12 @@ class MakeServiceTests(SynchronousTestCase):
         transport = self.top.getServiceNamed("transport")
         transport.privilegedStartService()
         transport.startService()
-        ((port, factory, backlog, interface),) = self.reactor.tcpServers
-        self.assertEqual((port, backlog, interface), (8080, 1024, "127.0.0.1"))
-        self.assertIsInstance(factory, EdgeSite)
+        servers = {port: (factory, backlog, interface) for port, factory, backlog, interface in self.reactor.tcpServers}
+        self.assertEqual(sorted(servers), [8080, 8443])
+        factory, backlog, interface = servers[8080]
+        self.assertEqual((backlog, interface), (1024, "127.0.0.1"))
+        # The listener counts connections around the node's one Site.
+        self.assertIsInstance(factory.wrappedFactory, EdgeSite)
         self.successResultOf(transport.stopService())
 
 

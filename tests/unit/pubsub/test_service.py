@@ -19,7 +19,7 @@ class ServiceTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--data-dir", self.mktemp()])
         top = makeService(options, reactor=MemoryReactorClock())
-        self.assertEqual([c.name for c in top], ["store", "geo", "dns", "live", "transport"])
+        self.assertEqual([c.name for c in top], ["store", "geo", "dns", "live", "cdn", "transport"])
 
     def test_timers(self) -> None:
         """Starting runs history expiry and keep-alive on the clock; the

@@ -372,10 +372,11 @@ class NodeHarness:
         return ApiClient(self, {"authorization": "Bearer " + api_key})
 
 
-def loopback_http_client(testcase: Any, site: Any) -> Any:
-    """A treq client for integration tests against ``site`` on a real socket.
+def loopback_http_client(testcase: Any, site: Any = None) -> Any:
+    """A treq client for integration tests on real loopback sockets.
 
-    It does not keep connections alive, and the test's cleanup waits until
+    Its connections close after each response (treq's default pool keeps
+    them), and when ``site`` is given the test's cleanup also waits until
     the server has seen every connection close (no dirty reactor, no sleeps).
     """
     from treq.client import HTTPClient
@@ -383,9 +384,10 @@ def loopback_http_client(testcase: Any, site: Any) -> Any:
     from twisted.web.client import Agent, HTTPConnectionPool
 
     pool = HTTPConnectionPool(reactor, persistent=False)
-    # The listener may wrap the Site (to count connections): wait on the Site.
-    site = getattr(site, "wrappedFactory", site)
-    testcase.addCleanup(site.when_idle)
+    if site is not None:
+        # The listener may wrap the Site (to count connections): wait on the Site.
+        site = getattr(site, "wrappedFactory", site)
+        testcase.addCleanup(site.when_idle)
     testcase.addCleanup(pool.closeCachedConnections)
     return HTTPClient(Agent(reactor, pool=pool))
 
@@ -455,9 +457,7 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now (a server started on it may
     still lose a race for it: callers retry on "address in use")."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
 
 
 #: Settings of every test server: fast and quiet, loopback TCP only.
@@ -1231,17 +1231,15 @@ def shared_s3() -> SeaweedS3:
     return _shared_s3
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (bound, then released)."""
-    import socket
-
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free TCP ports on ``host`` (bound together, then released)."""
     socks = []
     try:
         for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+        return [int(s.getsockname()[1]) for s in socks]
     finally:
         for s in socks:
             s.close()
@@ -1342,18 +1340,6 @@ def start_node(config_text: str, data_dir: str) -> Deferred[RunningNode]:
     d = top.getServiceNamed("store").when_ready()
     d.addCallback(lambda _: node)
     return d
-
-
-def http_client(test: Any) -> Any:
-    """A treq client whose connections close after each response, so a
-    test leaves no connection behind (treq's default pool keeps them)."""
-    from treq.client import HTTPClient
-    from twisted.internet import reactor
-    from twisted.web.client import Agent, HTTPConnectionPool
-
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    test.addCleanup(pool.closeCachedConnections)
-    return HTTPClient(Agent(reactor, pool=pool))
 
 
 def write_certificate(directory: str, name: str, common_name: str | None = None) -> bytes:

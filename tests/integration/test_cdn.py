@@ -9,7 +9,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.trial.unittest import TestCase
 
-from fastedge.testing import create_tenants, http_client, shared_s3, start_node
+from fastedge.testing import create_tenants, loopback_http_client, shared_s3, start_node
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 40
 
@@ -45,7 +45,7 @@ class CdnTests(TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.http = http_client(self)
+        self.http = loopback_http_client(self)
         self.s3 = shared_s3()
         # One bucket for every test: each SeaweedFS bucket takes volumes of
         # their own, and a few dozen would exhaust -volume.max.
@@ -507,7 +507,7 @@ class ShortOriginTests(TestCase):
 
         node = yield start_node(_config(_Fake, [(tenant, "media", "")]), data_dir)
         self.addCleanup(node.stop)
-        http = http_client(self)
+        http = loopback_http_client(self)
         try:
             response = yield http.get(f"{node.http}/media/{tenant}/short.png")
             body = yield response.content()

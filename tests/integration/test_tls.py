@@ -26,8 +26,8 @@ from fastedge.config import parse_config
 from fastedge.metrics.registry import new_registry
 from fastedge.testing import (
     h2_request,
-    http_client,
     insecure_tls,
+    loopback_http_client,
     start_node,
     write_certificate,
 )
@@ -68,7 +68,7 @@ class TlsNodeTests(TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.http = http_client(self)
+        self.http = loopback_http_client(self)
         self.data_dir = os.path.abspath(self.mktemp())
         self.certs = os.path.join(self.data_dir, "certs")
         write_certificate(self.certs, "default", "default.test")
@@ -263,7 +263,7 @@ class RedirectTests(TestCase):
             data_dir,
         )
         self.addCleanup(node.stop)
-        http = http_client(self)
+        http = loopback_http_client(self)
         response = yield http.get(node.http + "/api/v1/x?y=1", allow_redirects=False)
         self.assertEqual(response.code, 301)
         self.assertEqual(

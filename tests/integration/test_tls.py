@@ -41,14 +41,18 @@ class _Peek(Protocol):
 
     def __init__(self, done):
         self.done = done
+        self.seen = None
 
     def handshakeCompleted(self):
         cert = self.transport.getPeerCertificate()
-        self.done.callback((cert.get_subject().CN, cert.get_serial_number()))
+        self.seen = (cert.get_subject().CN, cert.get_serial_number())
         self.transport.loseConnection()
 
     def connectionLost(self, reason=None):
-        if not self.done.called:
+        # Report only once the connection is closed: nothing left behind.
+        if self.seen is not None:
+            self.done.callback(self.seen)
+        else:
             self.done.errback(reason)
 
 

@@ -37,12 +37,6 @@ class HttpMetrics:
             registry=registry,
         )
 
-        self.open_connections = Gauge(
-            "fastedge_http_open_connections",
-            "Client connections open on the public listeners.",
-            registry=registry,
-        )
-
     def observe(self, route: str, method: bytes, code: int, seconds: float) -> None:
         """Record one finished request."""
         # The labelled children are looked up once per (route, method, code):

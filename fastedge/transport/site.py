@@ -180,13 +180,13 @@ class EdgeSite(Site):
         self._idle_waiters: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: IAddress) -> Protocol | None:
-        """Count connections (a gauge, and :meth:`when_idle` for clean shutdowns)."""
+        """Count open connections, for :meth:`when_idle` (clean shutdowns and
+        tests). The gauges by listener and protocol are the listeners' own
+        (``fastedge_transport_open_connections``)."""
         protocol = super().buildProtocol(addr)
         if protocol is None:
             return None
         self.open_connections += 1
-        if self.metrics is not None:
-            self.metrics.open_connections.inc()
         lost = protocol.connectionLost
 
         def connection_lost(reason: Failure) -> None:
@@ -200,8 +200,6 @@ class EdgeSite(Site):
 
     def _closed_one(self) -> None:
         self.open_connections -= 1
-        if self.metrics is not None:
-            self.metrics.open_connections.dec()
         if self.open_connections == 0:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:

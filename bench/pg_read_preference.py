@@ -14,7 +14,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -25,6 +24,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+import benchlib  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 
 from fastedge.api.keys import hash_api_key, new_api_key  # noqa: E402
@@ -165,87 +165,26 @@ def seed(primary_dsn: str) -> tuple[str, str, str]:
     return tenant.id, key, thread.id
 
 
-def start_node(
-    workdir: str, primary_dsn: str, replica_dsn: str
-) -> tuple[subprocess.Popen[bytes], int]:
+def start_node(workdir: str, primary_dsn: str, replica_dsn: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    config = os.path.join(workdir, "node.toml")
-    with open(config, "w") as f:
-        f.write(
-            '[node]\nid = "bench"\ndata_dir = {}\n'
-            '[http]\nendpoint = "tcp:{}:interface=127.0.0.1:backlog=1024"\n'
-            '[store]\nbackend = "postgresql"\nthreads = 16\n'
-            "[store.postgresql]\nprimaries = [{}]\nreplica = {}\n".format(
-                json.dumps(os.path.join(workdir, "data")),
-                port,
-                json.dumps(primary_dsn),
-                json.dumps(replica_dsn),
-            )
+    config = (
+        '[node]\nid = "bench"\ndata_dir = {}\n'
+        '[http]\nendpoint = "tcp:{}:interface=127.0.0.1:backlog=1024"\n'
+        '[store]\nbackend = "postgresql"\nthreads = 16\n'
+        "[store.postgresql]\nprimaries = [{}]\nreplica = {}\n".format(
+            json.dumps(os.path.join(workdir, "data")),
+            port,
+            json.dumps(primary_dsn),
+            json.dumps(replica_dsn),
         )
-    log = open(os.path.join(workdir, "node.log"), "wb")
-    node = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            "0",
-            os.path.join(REPO, ".venv/bin/twistd"),
-            "--nodaemon",
-            "--pidfile=",
-            "fastedge",
-            "--config",
-            config,
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return node, port
-        except OSError:
-            pass
-        time.sleep(0.2)
-    node.kill()
-    raise SystemExit(f"the node did not become healthy; see {log.name}")
+    return benchlib.start_node(workdir, config, port), port
 
 
 def wrk(url: str, key: str) -> dict[str, float]:
-    out = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            "1",
-            "wrk",
-            "-t2",
-            f"-c{CONNECTIONS}",
-            f"-d{SECONDS}s",
-            "--latency",
-            "-H",
-            "authorization: Bearer " + key,
-            url,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-
-    def ms(label: str) -> float:
-        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        assert m, out
-        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "rps": rps,
-        "p50": ms("50"),
-        "p99": ms("99"),
-        "errors": float(errors.group(1)) if errors else 0.0,
-    }
+    return benchlib.wrk(
+        url, connections=CONNECTIONS, seconds=SECONDS, headers={"authorization": "Bearer " + key}
+    )
 
 
 def request(

@@ -6,6 +6,10 @@ first API key, talking to the same store the node uses (with the same
 ``--config`` and ``--data-dir``); SQLite's locking lets it write while the
 node runs.
 
+``fastedge-admin geo rebuild`` asks the running node to rebuild its GeoIP
+index now: it creates ``geo.request_file``, which the node's ``geo`` child
+picks up within ``geo.watch_seconds`` (``SIGHUP`` to the node does the same).
+
 ``fastedge-admin certs ca`` creates the mesh's cluster CA, and
 ``fastedge-admin certs node NODE_ID`` a node certificate signed by it
 (``docs/mesh.md``, "Certificates").
@@ -32,15 +36,23 @@ from .store.sqlite import SQLiteStore
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastedge-admin", description="Operate a fastedge node's data.")
-    p.add_argument("--config", "-c", help="TOML config file (default: built-in defaults)")
+    p = argparse.ArgumentParser(
+        prog="fastedge-admin", description="Operate a fastedge node's data."
+    )
+    p.add_argument(
+        "--config", "-c", help="TOML config file (default: built-in defaults)"
+    )
     p.add_argument("--data-dir", help="data directory (overrides node.data_dir)")
     sub = p.add_subparsers(dest="area", required=True)
     tenant = sub.add_parser("tenant", help="tenants and their API keys")
     tsub = tenant.add_subparsers(dest="action", required=True)
-    create = tsub.add_parser("create", help="create a tenant and print its id and first API key")
+    create = tsub.add_parser(
+        "create", help="create a tenant and print its id and first API key"
+    )
     create.add_argument("name")
-    create.add_argument("--deployment", help="deployment of the tenant (default: this node's)")
+    create.add_argument(
+        "--deployment", help="deployment of the tenant (default: this node's)"
+    )
     create.add_argument("--json", action="store_true", help="print JSON")
     key = tsub.add_parser("add-key", help="create another API key for a tenant")
     key.add_argument("tenant_id")
@@ -62,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--ca-key", help="the CA's private key (default: ca.key beside mesh.ca_file)")
     node.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
     node.add_argument("--force", action="store_true", help="replace existing files")
+    geo = sub.add_parser("geo", help="the GeoIP index")
+    gsub = geo.add_subparsers(dest="action", required=True)
+    gsub.add_parser(
+        "rebuild",
+        help="ask the running node to rebuild its GeoIP index from geo.database",
+    )
     return p
 
 
@@ -118,6 +136,24 @@ def _certs(args: argparse.Namespace, cfg: EdgeConfig) -> None:
     print("node key: {}".format(key_out))
 
 
+def _request_geo_rebuild(cfg: EdgeConfig) -> None:
+    """Leave the request the node's geo child watches for."""
+    if not cfg.geo.database:
+        print(
+            "fastedge-admin: geo.database is not set: there is no GeoIP index to rebuild",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+    os.makedirs(os.path.dirname(cfg.geo.request_file) or ".", exist_ok=True)
+    with open(cfg.geo.request_file, "w") as f:
+        f.write("rebuild\n")
+    print(
+        "rebuild requested: the node picks it up within {:g} s".format(
+            cfg.geo.watch_seconds
+        )
+    )
+
+
 def _open_store(reactor: Any, cfg: EdgeConfig) -> tuple[Any, ThreadPool]:
     """The store the node's config names (its primary, for PostgreSQL)."""
     pool = ThreadPool(minthreads=1, maxthreads=1, name="fastedge-admin")
@@ -163,18 +199,30 @@ def _run(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig) -> Any:
             if not name or len(name) > 200:
                 raise SystemExit("fastedge-admin: the name must be 1 to 200 characters")
             deployment = args.deployment or cfg.node.deployment
-            tenant = (yield store.create_tenant(
-                name, deployment, created_ms=now, read_preference=ReadPreference.PRIMARY
-            )).value
+            tenant = (
+                yield store.create_tenant(
+                    name,
+                    deployment,
+                    created_ms=now,
+                    read_preference=ReadPreference.PRIMARY,
+                )
+            ).value
             tenant_id = tenant.id
-            out: dict[str, Any] = {"tenantId": tenant.id, "name": tenant.name, "deployment": deployment}
+            out: dict[str, Any] = {
+                "tenantId": tenant.id,
+                "name": tenant.name,
+                "deployment": deployment,
+            }
         else:
             tenant_id = args.tenant_id
             yield store.get_tenant(tenant_id, read_preference=ReadPreference.PRIMARY)
             out = {"tenantId": tenant_id}
         key = new_api_key()
         written = yield store.add_api_key(
-            tenant_id, hash_api_key(key), created_ms=now, read_preference=ReadPreference.PRIMARY
+            tenant_id,
+            hash_api_key(key),
+            created_ms=now,
+            read_preference=ReadPreference.PRIMARY,
         )
         out.update(apiKeyId=written.value.id, apiKey=key)
         if args.json:
@@ -198,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(2) from None
     if args.area == "certs":
         _certs(args, cfg)
+        return
+    if args.area == "geo":
+        _request_geo_rebuild(cfg)
         return
 
     def run(reactor: Any) -> Deferred[Any]:

@@ -27,15 +27,22 @@ from typing import Any, TypeVar
 
 __all__ = [
     "ApiConfig",
+    "CdnConfig",
+    "CdnTenantConfig",
     "ConfigError",
     "CreditsConfig",
+    "DnsConfig",
     "EdgeConfig",
+    "GeoConfig",
     "HttpConfig",
     "LiveConfig",
     "MeshConfig",
     "NodeConfig",
     "PostgresConfig",
+    "S3OriginConfig",
     "StoreConfig",
+    "TlsConfig",
+    "ZoneConfig",
     "load_config",
     "parse_config",
 ]
@@ -48,12 +55,17 @@ class ConfigError(ValueError):
 Check = Callable[[Any], "str | None"]
 
 
-def _checked(default: Any, check: Check, doc: str = "") -> Any:
+def _checked(default: Any, check: Check, doc: str = "", *, secret: bool = False) -> Any:
     """A dataclass field with a default and a validity check.
 
     :param check: returns ``None`` when the value is acceptable, else the reason.
+    :param secret: keep the value out of ``repr()`` (and so out of logs).
     """
-    return field(default=default, metadata={"check": check, "doc": doc})
+    return field(default=default, repr=not secret, metadata={"check": check, "doc": doc})
+
+
+def _anything(value: Any) -> str | None:
+    return None
 
 
 def _positive(value: float) -> str | None:
@@ -100,7 +112,8 @@ def _server_endpoint(value: str) -> str | None:
     try:
         # Constructing an endpoint does no I/O; a placeholder reactor is enough.
         serverFromString(object(), value)
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        # OSError: an ssl: endpoint whose certificate file does not exist.
         return "not a server endpoint string ({})".format(e)
     return None
 
@@ -155,6 +168,65 @@ def _host_ports(values: tuple[str, ...]) -> str | None:
     return None
 
 
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number (0-65535)"
+
+
+def _cipher_string(value: str) -> str | None:
+    """An OpenSSL cipher string that selects at least one cipher."""
+    from OpenSSL import SSL
+
+    try:
+        SSL.Context(SSL.TLS_METHOD).set_cipher_list(value.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        return "not an OpenSSL cipher list that selects any cipher"
+    return None
+
+
+def _http_url(value: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        return "must be an http(s) URL with a host and no path, e.g. https://s3.eu-west-1.amazonaws.com"
+    if parts.query or parts.fragment or parts.username:
+        return "must not carry a query, a fragment or credentials"
+    return None
+
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _bucket(value: str) -> str | None:
+    if _BUCKET_RE.match(value) and ".." not in value:
+        return None
+    return "must be an S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')"
+
+
+def _key_prefix(value: str) -> str | None:
+    if value.startswith("/") or "//" in value or "\\" in value:
+        return "must not start with '/' or contain '//' or a backslash"
+    if any(part in (".", "..") for part in value.split("/")):
+        return "must not contain '.' or '..' segments"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return "must not contain control characters"
+    return None
+
+
+def _media_type(value: str) -> str | None:
+    if re.match(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$", value):
+        return None
+    return "must be a lower-case media type such as image/png"
+
+
+def _media_types(value: tuple[str, ...]) -> str | None:
+    for item in value:
+        reason = _media_type(item)
+        if reason is not None:
+            return "{!r} {}".format(item, reason)
+    return None
+
+
 def _one_of(*choices: str) -> Check:
     def check(value: str) -> str | None:
         if value in choices:
@@ -188,7 +260,9 @@ class HttpConfig:
     """The public HTTP listener."""
 
     #: A Twisted server endpoint string.
-    endpoint: str = _checked("tcp:8080:interface=127.0.0.1:backlog=1024", _server_endpoint)
+    endpoint: str = _checked(
+        "tcp:8080:interface=127.0.0.1:backlog=1024", _server_endpoint
+    )
     #: Largest request body accepted; larger ones get 413.
     max_body_bytes: int = _checked(64 * 1024, _positive)
     #: Requests slower than this are counted in ``fastedge_http_slow_requests_total``.
@@ -359,6 +433,127 @@ class ApiConfig:
     credits: CreditsConfig = field(default_factory=CreditsConfig)
 
 
+#: TLS 1.2 cipher suites: ECDHE key exchange with AEAD ciphers only (the
+#: "intermediate" profile). TLS 1.3 suites are OpenSSL's defaults, all AEAD.
+MODERN_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """The public HTTPS listener: same Site as HTTP, certificates chosen by SNI."""
+
+    #: Listen for HTTPS at all.
+    enabled: bool = True
+    #: A Twisted *TCP* server endpoint string; TLS is layered on by the node.
+    endpoint: str = _checked("tcp:8443:interface=127.0.0.1:backlog=1024", _server_endpoint)
+    #: Certificates, one per host name (``NAME.pem``, or ``NAME.crt`` and
+    #: ``NAME.key``), plus ``default``; empty means ``<node.data_dir>/certs``.
+    cert_dir: str = ""
+    #: With no ``default`` certificate, generate a self-signed one into
+    #: ``<node.data_dir>/selfsigned.pem`` (so the defaults run on a laptop).
+    self_signed: bool = True
+    #: Oldest protocol version accepted.
+    min_version: str = _checked("1.2", _one_of("1.2", "1.3"))
+    #: OpenSSL cipher list for TLS 1.2.
+    ciphers: str = _checked(MODERN_CIPHERS, _cipher_string)
+    #: Certificate files are checked for changes at most this often (seconds).
+    reload_check_seconds: float = _checked(2.0, _non_negative)
+    #: Answer plain HTTP with a redirect to HTTPS (except /healthz, /metrics
+    #: and ACME challenges).
+    redirect_http: bool = False
+    #: Port in redirects; 0 means the port the HTTPS listener is bound to.
+    redirect_port: int = _checked(0, _port)
+
+
+@dataclass(frozen=True)
+class S3OriginConfig:
+    """An S3-compatible object store (endpoint and credentials)."""
+
+    #: Endpoint URL, e.g. ``https://s3.eu-west-1.amazonaws.com``.
+    endpoint: str = _checked("https://s3.amazonaws.com", _http_url)
+    #: Region used in the SigV4 signature.
+    region: str = "us-east-1"
+    #: ``path`` (``endpoint/bucket/key``) or ``virtual`` (``bucket.endpoint/key``).
+    addressing: str = _checked("path", _one_of("path", "virtual"))
+    access_key_id: str = ""
+    #: The secret itself; prefer ``secret_access_key_file``.
+    secret_access_key: str = _checked("", _anything, secret=True)
+    #: A file holding the secret access key (read at start).
+    secret_access_key_file: str = ""
+
+
+@dataclass(frozen=True)
+class CdnTenantConfig:
+    """Where one tenant's media lives and how it is cached."""
+
+    #: Name of an entry of ``[cdn.origins]``.
+    origin: str = "default"
+    #: Bucket holding the tenant's media (required).
+    bucket: str = _checked("", _bucket)
+    #: Prepended to every key, e.g. ``"site-a/"``.
+    prefix: str = _checked("", _key_prefix)
+    #: Cache-Control sent to browsers and downstream caches.
+    cache_control: str = "public, max-age=86400"
+    #: A cached object is served without asking the origin for this long,
+    #: then revalidated (conditional GET) before it is served again.
+    fresh_seconds: float = _checked(3600.0, _non_negative)
+
+
+_DEFAULT_UPLOAD_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/avif",
+    "video/mp4",
+    "video/webm",
+    "audio/mpeg",
+    "audio/ogg",
+)
+
+
+@dataclass(frozen=True)
+class CdnConfig:
+    """The media CDN: ``/media/<tenant>/<key>`` from a local cache of S3 origins."""
+
+    #: On-disk cache; empty means ``<node.data_dir>/media-cache``.
+    cache_dir: str = ""
+    #: Bytes of object data the disk cache holds before evicting (LRU).
+    max_bytes: int = _checked(1024**3, _positive)
+    #: Larger objects are streamed from the origin without being cached.
+    max_object_bytes: int = _checked(256 * 1024**2, _positive)
+    #: The in-memory tier in front of the disk (hot objects).
+    memory_max_bytes: int = _checked(64 * 1024**2, _non_negative)
+    #: Objects larger than this are never held in memory.
+    memory_max_object_bytes: int = _checked(1024**2, _non_negative)
+    #: Longest key (tenant prefix included), in UTF-8 bytes.
+    max_key_bytes: int = _checked(1024, _positive)
+    #: An origin 404 is remembered (and answered locally) for this long.
+    negative_seconds: float = _checked(30.0, _non_negative)
+    negative_max_entries: int = _checked(100_000, _non_negative)
+    #: On an origin error, a stale copy at most this old past its freshness
+    #: is served instead of 502/504.
+    stale_if_error_seconds: float = _checked(86400.0, _non_negative)
+    #: Seconds to wait for the origin's response headers, and between body chunks.
+    origin_timeout_seconds: float = _checked(10.0, _positive)
+    #: Persistent connections kept per origin host.
+    origin_connections_per_host: int = _checked(16, _positive)
+    #: Largest upload accepted by the tenant API.
+    upload_max_bytes: int = _checked(10 * 1024**2, _positive)
+    #: Media types an upload may declare (and whose content must match).
+    upload_content_types: tuple[str, ...] = _checked(_DEFAULT_UPLOAD_TYPES, _media_types)
+    #: The cache index (LRU order) is written to disk this often.
+    index_snapshot_seconds: float = _checked(60.0, _positive)
+    #: Named S3-compatible origins (``[cdn.origins.NAME]``).
+    origins: dict[str, S3OriginConfig] = field(default_factory=dict)
+    #: Tenants with media, by tenant id (``[cdn.tenants.TENANT_ID]``).
+    tenants: dict[str, CdnTenantConfig] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class LiveConfig:
     """Live threads: the WebSocket (``/live``) and SSE (``/live/events``) streams."""
@@ -392,14 +587,138 @@ class LiveConfig:
 
 
 @dataclass(frozen=True)
+class GeoConfig:
+    """The GeoIP index: client address -> location, from a MaxMind DB."""
+
+    #: A MaxMind DB of the GeoIP2/GeoLite2 City shape. Empty: no GeoIP, every
+    #: client's location is unknown (DNS answers the default region). When
+    #: set, a missing or corrupt file stops the node at start.
+    database: str = ""
+    #: The index is rebuilt from the file this often (default weekly), and
+    #: also on SIGHUP, on ``fastedge-admin geo rebuild`` and when the file
+    #: changes.
+    rebuild_seconds: float = _checked(7 * 24 * 3600.0, _positive)
+    #: How often the file (and the admin command's request file) is checked
+    #: for a change.
+    watch_seconds: float = _checked(5.0, _positive)
+    #: The file ``fastedge-admin geo rebuild`` creates to ask for a rebuild;
+    #: empty means ``<node.data_dir>/geo-rebuild.request``.
+    request_file: str = ""
+
+
+def _domain(value: str) -> str | None:
+    """A DNS name in presentation form, without the final dot."""
+    if not value:
+        return "must not be empty"
+    if len(value) > 253:
+        return "must be at most 253 characters"
+    for label in value.split("."):
+        if not _NAME_RE.match(label):
+            return (
+                "{!r} is not a valid name (lower-case labels of a-z, 0-9, '-')".format(
+                    value
+                )
+            )
+    return None
+
+
+def _relative_names(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        if value == "@":
+            continue
+        reason = _domain(value)
+        if reason is not None:
+            return "{!r}: {}".format(value, reason)
+    return None
+
+
+def _domains(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        reason = _domain(value)
+        if reason is not None:
+            return "{!r}: {}".format(value, reason)
+    return None
+
+
+def _optional_domain(value: str) -> str | None:
+    return None if value == "" else _domain(value)
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    """One zone this node is authoritative for (``[[dns.zones]]``)."""
+
+    #: The zone's apex, e.g. ``eu.edge.example.test``.
+    name: str = _checked("fastedge.test", _domain)
+    #: The deployment whose live nodes the zone's geo-routed names answer.
+    deployment: str = _checked("global", _dns_label)
+    #: Names (relative to the apex; ``@`` is the apex itself) answered with
+    #: the nearest live nodes of the deployment.
+    geo_names: tuple[str, ...] = _checked(("edge",), _relative_names)
+    #: The zone's NS names; empty means ``ns1.<name>``. NS names inside the
+    #: zone answer A/AAAA like geo-routed names: every node serves DNS.
+    nameservers: tuple[str, ...] = _checked((), _domains)
+    #: The SOA's mailbox; empty means ``hostmaster.<name>``.
+    hostmaster: str = _checked("", _optional_domain)
+    #: The SOA serial (answers are dynamic; bump it when this table changes).
+    serial: int = _checked(1, _between(0, 2**32 - 1))
+
+
+def _zones(values: tuple[ZoneConfig, ...]) -> str | None:
+    seen = set()
+    for i, zone in enumerate(values):
+        if zone.name in seen:
+            return "[{}] zone {!r} is listed twice".format(i, zone.name)
+        seen.add(zone.name)
+    return None
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """The authoritative GeoDNS server (UDP and TCP)."""
+
+    interface: str = _checked("127.0.0.1", lambda v: _ip_addresses((v,)))
+    port: int = _checked(5353, _between(0, 65535))
+    #: TTL of every answer, and the SOA's negative-caching TTL.
+    ttl: int = _checked(30, _between(0, 2**31 - 1))
+    #: How many nodes a geo-routed answer holds (the k nearest live ones).
+    answers: int = _checked(2, _between(1, 16))
+    #: Region (``node.region`` of the nodes) answered when a client's
+    #: location is unknown; empty or none live there: any live nodes.
+    default_region: str = ""
+    #: The answer policy: ``nearest-live`` (built in) or the name of an
+    #: ``IAnswerPolicy`` Twisted plugin.
+    policy: str = "nearest-live"
+    #: Size of the location cells answers are precomputed for (degrees).
+    cell_degrees: float = _checked(1.0, _between(0.01, 10.0))
+    #: Largest UDP response sent (the client's EDNS size is honoured below
+    #: it; 1232 avoids IP fragmentation, DNS flag day 2020).
+    max_udp_payload: int = _checked(1232, _between(512, 65535))
+    #: An idle TCP client is disconnected after this long.
+    tcp_idle_seconds: float = _checked(10.0, _positive)
+    #: UDP responses per second allowed to one source network (/24, /56);
+    #: past it responses are dropped, every second one replaced by an empty
+    #: truncated answer so real clients retry over TCP. 0 turns it off.
+    source_rate_limit: int = _checked(2000, _non_negative)
+    #: Client locations (per address or ECS subnet) remembered, and as many
+    #: fast-path answers (per query and source).
+    location_cache_entries: int = _checked(100_000, _positive)
+    zones: tuple[ZoneConfig, ...] = _checked((ZoneConfig(),), _zones)
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """The whole configuration of one node."""
 
     node: NodeConfig = field(default_factory=NodeConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
+    geo: GeoConfig = field(default_factory=GeoConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    cdn: CdnConfig = field(default_factory=CdnConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
 
@@ -407,9 +726,12 @@ _T = TypeVar("_T")
 
 
 def _type_name(tp: Any) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+    }.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _coerce(key: str, tp: Any, value: Any) -> Any:
@@ -429,8 +751,15 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     elif typing.get_origin(tp) is tuple:
         (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
         if isinstance(value, list):
-            return tuple(_coerce("{}[{}]".format(key, i), item, v) for i, v in enumerate(value))
+            return tuple(
+                _coerce("{}[{}]".format(key, i), item, v) for i, v in enumerate(value)
+            )
         raise ConfigError("{}: must be a list".format(key))
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        # An item of an array of tables ([[dns.zones]]).
+        if isinstance(value, dict):
+            return _build(tp, value, key + ".")
+        raise ConfigError("{}: must be a table".format(key))
     else:  # pragma: no cover - a programming error in this module
         raise TypeError("unsupported config type {!r} for {}".format(tp, key))
     raise ConfigError("{}: must be {}, not {!r}".format(key, _type_name(tp), value))
@@ -452,6 +781,17 @@ def _build(cls: type[_T], table: Mapping[str, Any], prefix: str) -> _T:
             if not isinstance(value, dict):
                 raise ConfigError("{}: must be a table ([{}])".format(key, key))
             kwargs[name] = _build(tp, value, key + ".")
+            continue
+        if typing.get_origin(tp) is dict:
+            _, item = typing.get_args(tp)
+            if not isinstance(value, dict):
+                raise ConfigError("{}: must be a table ([{}.NAME])".format(key, key))
+            entries = {}
+            for sub, sub_value in value.items():
+                if not isinstance(sub_value, dict):
+                    raise ConfigError("{}.{}: must be a table ([{}.{}])".format(key, sub, key, sub))
+                entries[sub] = _build(item, sub_value, "{}.{}.".format(key, sub))
+            kwargs[name] = entries
             continue
         if isinstance(tp, types.UnionType):  # pragma: no cover - none today
             raise TypeError(key)
@@ -510,14 +850,34 @@ def _derive(cfg: EdgeConfig) -> EdgeConfig:
     node = dataclasses.replace(node, data_dir=data_dir)
     store = cfg.store
     if not store.sqlite_path:
-        store = dataclasses.replace(store, sqlite_path=os.path.join(data_dir, "fastedge.sqlite3"))
+        store = dataclasses.replace(
+            store, sqlite_path=os.path.join(data_dir, "fastedge.sqlite3")
+        )
     if store.backend == "postgresql" and not store.postgresql.primaries:
-        raise ConfigError("store.postgresql.primaries: must list at least one server when store.backend is 'postgresql'")
+        raise ConfigError(
+            "store.postgresql.primaries: must list at least one server when store.backend is 'postgresql'"
+        )
     api = cfg.api
     if not api.secret_file:
-        api = dataclasses.replace(api, secret_file=os.path.join(data_dir, "session.key"))
+        api = dataclasses.replace(
+            api, secret_file=os.path.join(data_dir, "session.key")
+        )
     if api.page_size > api.max_page_size:
         raise ConfigError("api.page_size: must not exceed api.max_page_size")
+    geo = cfg.geo
+    if not geo.request_file:
+        geo = dataclasses.replace(
+            geo, request_file=os.path.join(data_dir, "geo-rebuild.request")
+        )
+    dns = dataclasses.replace(
+        cfg.dns, zones=tuple(_derive_zone(z) for z in cfg.dns.zones)
+    )
+    tls = cfg.tls
+    if tls.endpoint.split(":", 1)[0].lower() in ("ssl", "tls", "txtls"):
+        raise ConfigError("tls.endpoint: give a plain TCP endpoint (tcp:PORT:...); the node adds TLS itself")
+    if not tls.cert_dir:
+        tls = dataclasses.replace(tls, cert_dir=os.path.join(data_dir, "certs"))
+    cdn = _derive_cdn(cfg.cdn, data_dir)
     mesh = cfg.mesh
     mesh_dir = os.path.join(data_dir, "mesh")
     mesh = dataclasses.replace(
@@ -532,10 +892,51 @@ def _derive(cfg: EdgeConfig) -> EdgeConfig:
         raise ConfigError("mesh.dead_seconds: must be longer than mesh.suspect_seconds")
     if mesh.reconnect_max_seconds < mesh.reconnect_initial_seconds:
         raise ConfigError("mesh.reconnect_max_seconds: must not be shorter than mesh.reconnect_initial_seconds")
-    return dataclasses.replace(cfg, node=node, store=store, api=api, mesh=mesh)
+    return dataclasses.replace(
+        cfg, node=node, store=store, api=api, geo=geo, dns=dns, tls=tls, cdn=cdn, mesh=mesh
+    )
 
 
-def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) -> EdgeConfig:
+_TENANT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _derive_cdn(cdn: CdnConfig, data_dir: str) -> CdnConfig:
+    """Check what crosses keys of ``[cdn]``, and fill the cache directory."""
+    if not cdn.cache_dir:
+        cdn = dataclasses.replace(cdn, cache_dir=os.path.join(data_dir, "media-cache"))
+    if cdn.memory_max_object_bytes > cdn.memory_max_bytes:
+        raise ConfigError("cdn.memory_max_object_bytes: must not exceed cdn.memory_max_bytes")
+    if cdn.max_object_bytes > cdn.max_bytes:
+        raise ConfigError("cdn.max_object_bytes: must not exceed cdn.max_bytes")
+    for name, origin in cdn.origins.items():
+        if not _NAME_RE.match(name):
+            raise ConfigError("cdn.origins.{}: the name must be a DNS label (a-z, 0-9, '-')".format(name))
+        if origin.secret_access_key and origin.secret_access_key_file:
+            raise ConfigError("cdn.origins.{}.secret_access_key_file: give the secret or a file, not both".format(name))
+        if (origin.secret_access_key or origin.secret_access_key_file) and not origin.access_key_id:
+            raise ConfigError("cdn.origins.{}.access_key_id: required with a secret access key".format(name))
+    for tenant_id, tenant in cdn.tenants.items():
+        if not _TENANT_ID_RE.match(tenant_id):
+            raise ConfigError("cdn.tenants.{}: not a tenant id (letters, digits, '_', '-')".format(tenant_id))
+        if not tenant.bucket:
+            raise ConfigError("cdn.tenants.{}.bucket: required".format(tenant_id))
+        if tenant.origin not in cdn.origins:
+            raise ConfigError("cdn.tenants.{}.origin: no origin {!r} in [cdn.origins]".format(tenant_id, tenant.origin))
+    return cdn
+
+
+def _derive_zone(zone: ZoneConfig) -> ZoneConfig:
+    """A zone's NS names and SOA mailbox default to names under its apex."""
+    if not zone.nameservers:
+        zone = dataclasses.replace(zone, nameservers=("ns1." + zone.name,))
+    if not zone.hostmaster:
+        zone = dataclasses.replace(zone, hostmaster="hostmaster." + zone.name)
+    return zone
+
+
+def load_config(
+    path: str | None, overrides: Mapping[str, Any] | None = None
+) -> EdgeConfig:
     """Read, validate and complete the configuration.
 
     :param path: a TOML file, or ``None`` for the built-in defaults (the same

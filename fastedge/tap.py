@@ -6,13 +6,19 @@ Wiring only: every child is built by its subpackage's ``make_service``.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from . import __version__
 from .api.resource import build_api
+from .cdn import service as cdn_service
+from .cdn.manage import UPLOAD_PATH, MediaApi
 from .config import ConfigError, EdgeConfig, load_config
+from .dns import service as dns_service
+from .geo import service as geo_service
 from .mesh import service as mesh_service
 from .mesh.relay import connect_relay
 from .mesh.resource import mesh_routes
@@ -30,9 +36,11 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "TOML config file (default: the built-in defaults, as in etc/fastedge.toml)."],
         ["http", None, None, "HTTP listen endpoint, e.g. tcp:8080:interface=127.0.0.1 (overrides http.endpoint)."],
+        ["https", None, None, "HTTPS listen endpoint (plain TCP; TLS is added), e.g. tcp:8443 (overrides tls.endpoint)."],
         ["mesh", None, None, "Mesh listen endpoint, e.g. tcp:7946:interface=127.0.0.1 (overrides mesh.endpoint)."],
         ["node-id", None, None, "This node's id (overrides node.id)."],
         ["data-dir", None, None, "Data directory (overrides node.data_dir)."],
+        ["dns-port", None, None, "DNS port, UDP and TCP (overrides dns.port)."],
     ]
 
     longdesc = "Runs one fastedge edge node. Bad configuration is refused before anything listens."
@@ -44,48 +52,103 @@ class Options(usage.Options):
         found = {}
         for option, key in (
             ("http", "http.endpoint"),
+            ("https", "tls.endpoint"),
             ("mesh", "mesh.endpoint"),
             ("node-id", "node.id"),
             ("data-dir", "node.data_dir"),
         ):
             if self[option] is not None:
                 found[key] = self[option]
+        if self["dns-port"] is not None:
+            try:
+                found["dns.port"] = int(self["dns-port"])
+            except ValueError:
+                raise usage.UsageError("--dns-port: must be an integer") from None
         return found
 
     def postOptions(self) -> None:
+        overrides = self.overrides()
         try:
-            self.config = load_config(self["config"], self.overrides())
+            self.config = load_config(self["config"], overrides)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        from .dns.policy import UnknownPolicy, load_policy
+        from .geo.lookup import GeoIndexError, check_database
+
+        try:
+            load_policy(self.config.dns.policy)
+        except UnknownPolicy as e:
+            raise usage.UsageError(str(e)) from None
+        if self.config.geo.database:
+            # A missing or foreign file fails here, in one line; a corrupt
+            # one when the index is built, before anything listens.
+            try:
+                check_database(self.config.geo.database)
+            except GeoIndexError as e:
+                raise usage.UsageError(f"geo.database: {e}") from None
+
+
+class Node(MultiService):
+    """The node's top service.
+
+    Once every child has started, the objects made so far (modules, config,
+    the service tree: some 90,000) are moved out of the garbage collector's
+    reach with :func:`gc.freeze`. They live as long as the process, and a
+    full collection walking them takes tens of milliseconds, which showed
+    up directly as p99 latency under load.
+    """
+
+    def startService(self) -> None:
+        super().startService()
+        gc.collect()
+        gc.freeze()
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
-    """The node: a ``MultiService`` of named children (store, live, mesh, transport)."""
+    """The node: a ``MultiService`` of named children (store, geo, mesh,
+    dns, live, cdn, transport)."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
     cfg = options.config
     registry = new_registry()
-    top = MultiService()
+    top = Node()
 
     store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)
     store.setName("store")
     store.setServiceParent(top)
 
-    live = live_service.make_service(cfg.live, reactor=reactor, registry=registry, store=store.store, node_id=cfg.node.id)
-    live.setName("live")
-    live.setServiceParent(top)
+    geo = geo_service.make_service(cfg.geo, reactor=reactor, registry=registry)
+    geo.setName("geo")
+    geo.setServiceParent(top)
 
     site: EdgeSite | None = None
 
     def load() -> int:
+        # The node's load, announced to the mesh: its open client connections.
         return site.open_connections if site is not None else 0
 
     mesh = mesh_service.make_service(cfg.mesh, node=cfg.node, reactor=reactor, registry=registry, load=load)
     mesh.setName("mesh")
     mesh.setServiceParent(top)
+
+    # DNS answers from the mesh's live node map (told of every change).
+    dns = dns_service.make_service(
+        cfg.dns, reactor=reactor, registry=registry, node_map=mesh.node_map, geo=geo
+    )
+    dns.setName("dns")
+    dns.setServiceParent(top)
+
+    live = live_service.make_service(cfg.live, reactor=reactor, registry=registry, store=store.store, node_id=cfg.node.id)
+    live.setName("live")
+    live.setServiceParent(top)
     connect_relay(mesh, live)
+
+    cdn = cdn_service.make_service(cfg.cdn, reactor=reactor, registry=registry)
+    cdn.setName("cdn")
+    cdn.setServiceParent(top)
+    media_api = MediaApi(cfg.cdn, cdn)
 
     api = build_api(
         cfg.api,
@@ -94,6 +157,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         registry=registry,
         live=live.publisher,
         viewer_token_max_age_seconds=cfg.live.viewer_token_max_age_seconds,
+        extra_manage_routes=media_api.routes,
         extra_routes=mesh_routes(mesh.status),
     )
     live.use_viewer_tokens(api.viewer_tokens)
@@ -106,10 +170,21 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         store_ready=lambda: store.ready,
         api=api.resource,
         live=live.resource,
+        media=cdn.resource,
+        body_limits=[(UPLOAD_PATH.encode("ascii"), cfg.cdn.upload_max_bytes)],
         children=lambda: list(top),
         mesh_health=mesh.health,
     )
-    transport = transport_service.make_service(cfg.http, reactor=reactor, site=site, background=api.service)
+    transport = transport_service.make_service(
+        cfg.http,
+        reactor=reactor,
+        site=site,
+        background=api.service,
+        registry=registry,
+        tls=cfg.tls,
+        data_dir=cfg.node.data_dir,
+        node_id=cfg.node.id,
+    )
     transport.setName("transport")
     transport.setServiceParent(top)
     return top

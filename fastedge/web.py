@@ -2,8 +2,8 @@
 """``build_site()``: the one Site every public listener serves.
 
 Mounts ``/api/`` (the comment API), ``/live`` (live threads: WebSocket, and
-SSE at ``/live/events``), ``/healthz`` and ``/metrics``; any other path is a
-JSON 404.
+SSE at ``/live/events``), ``/media/`` (the CDN), ``/healthz`` and
+``/metrics``; any other path is a JSON 404.
 """
 
 from __future__ import annotations
@@ -56,18 +56,24 @@ def build_site(
     api: IResource,
     children: Callable[[], Iterable[IService]],
     live: IResource | None = None,
+    media: IResource | None = None,
+    body_limits: Iterable[tuple[bytes, int]] = (),
     mesh_health: Callable[[], dict[str, Any]] | None = None,
 ) -> EdgeSite:
     """The node's Site.
 
     :param children: the node's child services, for ``/healthz``.
     :param live: the live-threads resource (``fastedge.pubsub``), at ``/live``.
+    :param media: the CDN's ``/media`` resource.
+    :param body_limits: request body limits of particular paths (uploads).
     :param mesh_health: the mesh's summary, for ``/healthz``.
     """
     root = EdgeRoot()
     root.putChild(b"api", api)
     if live is not None:
         root.putChild(b"live", live)
+    if media is not None:
+        root.putChild(b"media", media)
     root.putChild(
         b"healthz",
         HealthResource(
@@ -86,4 +92,5 @@ def build_site(
         reactor=reactor,
         max_body_bytes=http.max_body_bytes,
         metrics=HttpMetrics(registry, http.slow_request_seconds),
+        body_limits=body_limits,
     )

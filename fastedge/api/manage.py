@@ -79,6 +79,15 @@ class ManageApi:
             Route(b"GET", base + "/credits", self._read("credits", self.credits)),
         ]
 
+    def tenant_route(self, method: bytes, template: str, operation: str, handler: Any) -> Route:
+        """A route of another subpackage (the CDN's uploads and purges) under
+        the tenant API: authenticated by API key and charged like a write.
+
+        :param handler: ``handler(call, tenant)`` returning (a Deferred of)
+            ``(status, body, written_or_None)``.
+        """
+        return Route(method, template, self._write(operation, handler))
+
     # Authentication, credits, tokens
 
     def _now_ms(self) -> int:

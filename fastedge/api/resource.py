@@ -4,7 +4,7 @@ and the service that runs its background work."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -85,12 +85,16 @@ def build_api(
     registry: CollectorRegistry,
     live: LivePublisher | None = None,
     viewer_token_max_age_seconds: int = 24 * 3600,
+    extra_manage_routes: Callable[[ManageApi], list[Route]] | None = None,
     extra_routes: Sequence[Route] = (),
 ) -> Api:
     """Build the API for ``cfg``; nothing runs until ``service`` starts.
 
     :param live: told about every comment change after the store has it
         (``None``: a node without live threads).
+    :param extra_manage_routes: routes other subpackages add to the tenant
+        API (the CDN's uploads and purges), built with the ``ManageApi`` so
+        they authenticate and charge the same way.
     :param extra_routes: routes of other children (``GET /api/v1/mesh``),
         matched before the comment API's.
     """
@@ -107,7 +111,8 @@ def build_api(
     )
     # Manage routes first: "/api/v1/manage/..." must never be read as a tenant
     # called "manage" (tenant ids are random and 16 characters long anyway).
-    router = Router(list(extra_routes) + manage.routes() + public.routes())
+    extra = extra_manage_routes(manage) if extra_manage_routes is not None else []
+    router = Router(list(extra_routes) + manage.routes() + extra + public.routes())
     service = MultiService()
     _SessionKeyLoader(cookies, cfg.secret_file).setServiceParent(service)
     _CreditFlusher(meter, cfg.credits.flush_seconds, clock).setServiceParent(service)

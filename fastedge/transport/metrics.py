@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -14,6 +16,7 @@ class HttpMetrics:
 
     def __init__(self, registry: CollectorRegistry, slow_seconds: float) -> None:
         self._slow = slow_seconds
+        self._children: dict[tuple[str, bytes, int], tuple[Any, Any]] = {}
         self.requests = Counter(
             "fastedge_http_requests_total",
             "HTTP requests answered, by route, method and status code.",
@@ -34,18 +37,74 @@ class HttpMetrics:
             registry=registry,
         )
 
-        self.open_connections = Gauge(
-            "fastedge_http_open_connections",
-            "Client connections open on the public listeners.",
+    def observe(self, route: str, method: bytes, code: int, seconds: float) -> None:
+        """Record one finished request."""
+        # The labelled children are looked up once per (route, method, code):
+        # labels() costs more than the increment, on every request.
+        key = (route, method, code)
+        children = self._children.get(key)
+        if children is None:
+            name = method.decode("ascii", "replace").upper()
+            if name not in _METHODS:
+                name = "other"
+            children = (self.requests.labels(route, name, str(code)), self.duration.labels(route, name))
+            if len(self._children) < 10_000:  # routes are templates: bounded
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        if seconds > self._slow:
+            self.slow.labels(route).inc()
+
+
+class TlsMetrics:
+    """TLS handshakes, their failures by reason, and the certificates in use."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.handshakes = Counter(
+            "fastedge_transport_tls_handshakes_total",
+            "TLS handshakes completed, by protocol version and ALPN protocol.",
+            ["version", "alpn"],
+            registry=registry,
+        )
+        self.failures = Counter(
+            "fastedge_transport_tls_handshake_failures_total",
+            "TLS handshakes that failed, by reason (protocol_version, no_shared_cipher, "
+            "http_on_https, peer_alert, closed, aborted, other).",
+            ["reason"],
+            registry=registry,
+        )
+        self.certificates = Gauge(
+            "fastedge_transport_tls_certificates",
+            "Certificates loaded from the certificate directory (the default included).",
+            registry=registry,
+        )
+        self.cert_load_errors = Counter(
+            "fastedge_transport_tls_certificate_load_errors_total",
+            "Certificate files that could not be loaded (the previous certificate stays in use).",
+            registry=registry,
+        )
+        self.cert_expiry = Gauge(
+            "fastedge_transport_tls_certificate_expiry_timestamp_seconds",
+            "When each loaded certificate expires (Unix time), by certificate name.",
+            ["name"],
             registry=registry,
         )
 
-    def observe(self, route: str, method: bytes, code: int, seconds: float) -> None:
-        """Record one finished request."""
-        name = method.decode("ascii", "replace").upper()
-        if name not in _METHODS:
-            name = "other"
-        self.requests.labels(route, name, str(code)).inc()
-        self.duration.labels(route, name).observe(seconds)
-        if seconds > self._slow:
-            self.slow.labels(route).inc()
+
+class ConnectionMetrics:
+    """Client connections by listener and protocol (h1, h2, ws)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.opened = Counter(
+            "fastedge_transport_connections_total",
+            "Connections by listener and protocol: h1 and h2 once known (after the TLS "
+            "handshake on https), ws when an HTTP/1.1 connection upgrades to WebSocket.",
+            ["listener", "protocol"],
+            registry=registry,
+        )
+        self.open = Gauge(
+            "fastedge_transport_open_connections",
+            "Connections open now, by listener and protocol (tls = handshake not done yet).",
+            ["listener", "protocol"],
+            registry=registry,
+        )

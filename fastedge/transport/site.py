@@ -9,6 +9,8 @@ error page (no traceback ever reaches a client).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -44,17 +46,35 @@ class EdgeRequest(Request):
         assert self._fastedge_site is not None
         return self._fastedge_site
 
+    _limit: int | None = None
+
+    @property
+    def body_limit(self) -> int:
+        """The body limit of this request's route (known from the request
+        target, before the body arrives)."""
+        if self._limit is None:
+            channel = self.channel
+            # HTTP/2 streams expose the target as ``path``; the HTTP/1.1
+            # channel keeps it in ``_path`` until the request is complete.
+            target = getattr(channel, "path", None) or getattr(channel, "_path", None) or b""
+            self._limit = self.edge_site.body_limit(target)
+        return self._limit
+
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self.edge_site.max_body_bytes:
+        if length is not None and length > self.body_limit:
             self._too_large = True
             length = 0
+        if self.content is not None and not self._too_large:
+            # HTTP/2 announces each content-length header separately; a
+            # second one must not reset the body buffer already made.
+            return
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._too_large:
             return
         self._received += len(data)
-        if self._received > self.edge_site.max_body_bytes:
+        if self._received > self.body_limit:
             # A chunked body that outgrew the limit: drop what we have.
             self._too_large = True
             self.content.seek(0)
@@ -73,9 +93,15 @@ class EdgeRequest(Request):
                 self,
                 413,
                 "body_too_large",
-                "request body is larger than {} bytes".format(site.max_body_bytes),
+                "request body is larger than {} bytes".format(self.body_limit),
             )
             return
+        if site.redirect_port is not None and not self.isSecure():
+            port = site.redirect_port()
+            if port is not None and not _stays_on_http(self.path):
+                self.route = "https_redirect"
+                _redirect_to_https(self, port)
+                return
         super().process()
 
     def _finished(self, result: Any) -> None:
@@ -94,6 +120,34 @@ class EdgeRequest(Request):
         write_error(self, 500, "internal_error", "the server failed to answer this request")
 
 
+#: Paths that stay reachable over plain HTTP when redirecting to HTTPS:
+#: load balancers, Prometheus and ACME HTTP-01 challenges use plain HTTP.
+_HTTP_ONLY_PREFIXES = (b"/healthz", b"/metrics", b"/.well-known/acme-challenge/")
+_HOST_RE = re.compile(rb"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
+
+
+def _stays_on_http(path: bytes) -> bool:
+    return any(path == p.rstrip(b"/") or path.startswith(p) for p in _HTTP_ONLY_PREFIXES)
+
+
+def _redirect_to_https(request: EdgeRequest, port: int) -> None:
+    """301 (GET, HEAD) or 308 (other methods keep their body) to the same
+    host and target over HTTPS; a Host header that is not a host is a 400."""
+    raw_host = request.getHeader(b"host") or b""
+    match = _HOST_RE.match(raw_host.encode("latin-1") if isinstance(raw_host, str) else raw_host)
+    if match is None:
+        write_error(request, 400, "bad_host", "the Host header is missing or not a host name")
+        return
+    host = match.group(1)
+    authority = host if port == 443 else host + b":%d" % (port,)
+    location = b"https://" + authority + request.uri
+    request.setResponseCode(301 if request.method in (b"GET", b"HEAD") else 308)
+    request.setHeader(b"location", location)
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"content-length", b"0")
+    request.finish()
+
+
 class EdgeSite(Site):
     """The public Site: :class:`EdgeRequest`, no tracebacks, no access log
     lines per request (metrics count them instead)."""
@@ -108,21 +162,31 @@ class EdgeSite(Site):
         reactor: Any,
         max_body_bytes: int,
         metrics: HttpMetrics | None,
+        body_limits: Iterable[tuple[bytes, int]] = (),
+        redirect_port: Callable[[], int | None] | None = None,
     ) -> None:
+        """
+        :param body_limits: ``(path, bytes)`` for routes that take
+            larger (or smaller) bodies than ``max_body_bytes``, e.g. uploads.
+        :param redirect_port: when given, plain-HTTP requests are redirected
+            to HTTPS on the port it returns (``None``: not listening yet).
+        """
         super().__init__(resource, reactor=reactor)
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self._body_limits = {path.rstrip(b"/"): limit for path, limit in body_limits}
+        self.redirect_port = redirect_port
         self.open_connections = 0
         self._idle_waiters: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: IAddress) -> Protocol | None:
-        """Count connections (a gauge, and :meth:`when_idle` for clean shutdowns)."""
+        """Count open connections, for :meth:`when_idle` (clean shutdowns and
+        tests). The gauges by listener and protocol are the listeners' own
+        (``fastedge_transport_open_connections``)."""
         protocol = super().buildProtocol(addr)
         if protocol is None:
             return None
         self.open_connections += 1
-        if self.metrics is not None:
-            self.metrics.open_connections.inc()
         lost = protocol.connectionLost
 
         def connection_lost(reason: Failure) -> None:
@@ -136,8 +200,6 @@ class EdgeSite(Site):
 
     def _closed_one(self) -> None:
         self.open_connections -= 1
-        if self.metrics is not None:
-            self.metrics.open_connections.dec()
         if self.open_connections == 0:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:
@@ -150,6 +212,14 @@ class EdgeSite(Site):
         d: Deferred[None] = Deferred()
         self._idle_waiters.append(d)
         return d
+
+    def body_limit(self, target: bytes) -> int:
+        """Largest body accepted for request target ``target``."""
+        if self._body_limits:
+            limit = self._body_limits.get(target.split(b"?", 1)[0].rstrip(b"/"))
+            if limit is not None:
+                return limit
+        return self.max_body_bytes
 
     def log(self, request: Request) -> None:
         """Per-request log lines are off: metrics count requests."""

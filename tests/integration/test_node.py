@@ -34,6 +34,8 @@ class NodeTests(TestCase):
                 "--http", "tcp:0:interface=127.0.0.1",
                 "--mesh", "tcp:0:interface=127.0.0.1",
                 "--node-id", "it-1",
+                "--dns-port", "0",
+                "--https", "tcp:0:interface=127.0.0.1",
             ]
         )
         self.node = makeService(options)
@@ -76,13 +78,23 @@ class NodeTests(TestCase):
         self.assertEqual(doc["nodeId"], "it-1")
         self.assertEqual(
             doc["children"],
-            {"store": {"running": True}, "live": {"running": True}, "mesh": {"running": True}, "transport": {"running": True}},
+            {
+                "store": {"running": True},
+                "geo": {"running": True},
+                "mesh": {"running": True},
+                "dns": {"running": True},
+                "live": {"running": True},
+                "cdn": {"running": True},
+                "transport": {"running": True},
+            },
         )
         self.assertEqual(doc["mesh"], {"incarnation": 1, "peers": {"alive": 0, "suspect": 0, "dead": 0, "leaving": 0}})
         metrics = yield self.http.get(self.base + "/metrics")
         text = yield metrics.text()
         self.assertIn('fastedge_http_requests_total{code="200",method="GET",route="/healthz"} 1.0', text)
         self.assertIn("fastedge_store_call_duration_seconds_bucket", text)
+        self.assertIn("fastedge_dns_ecs_queries_total 0.0", text)
+        self.assertIn("fastedge_geo_index_age_seconds -1.0", text)
         self.assertTrue(metrics.headers.getRawHeaders("content-type")[0].startswith("text/plain; version="))
         openmetrics = yield self.http.get(self.base + "/metrics", headers={"accept": "application/openmetrics-text"})
         self.assertTrue(openmetrics.headers.getRawHeaders("content-type")[0].startswith("application/openmetrics-text"))

@@ -328,6 +328,8 @@ class TwoNodesTests(TestCase):
                 },
             },
             "api": {"secret_file": secret, "page_cache_seconds": 60.0},
+            "dns": {"port": 0},
+            "tls": {"endpoint": "tcp:0:interface=127.0.0.1"},
         }
         path = os.path.abspath(self.mktemp())
         with open(path, "w") as f:

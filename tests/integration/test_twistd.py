@@ -76,6 +76,10 @@ class TwistdTests(TestCase):
             "tcp:0:interface=127.0.0.1",
             "--mesh",
             "tcp:0:interface=127.0.0.1",
+            "--dns-port",
+            "0",
+            "--https",
+            "tcp:0:interface=127.0.0.1",
         )
         process = reactor.spawnProcess(watch, sys.executable, args, env=_env(), path=REPO)
         yield watch.started

@@ -17,7 +17,9 @@ class OptionsTests(SynchronousTestCase):
         """With no arguments the node runs on the embedded defaults."""
         options = Options()
         options.parseOptions([])
-        self.assertEqual(options.config.http.endpoint, "tcp:8080:interface=127.0.0.1:backlog=1024")
+        self.assertEqual(
+            options.config.http.endpoint, "tcp:8080:interface=127.0.0.1:backlog=1024"
+        )
         self.assertEqual(options.config.store.backend, "sqlite")
 
     def test_overrides(self) -> None:
@@ -38,7 +40,9 @@ class OptionsTests(SynchronousTestCase):
             f.write("[http]\nmax_body_bytes = -1\n")
         with self.assertRaises(UsageError) as cm:
             Options().parseOptions(["--config", path])
-        self.assertEqual(str(cm.exception), "http.max_body_bytes: must be greater than 0")
+        self.assertEqual(
+            str(cm.exception), "http.max_body_bytes: must be greater than 0"
+        )
 
     def test_bad_override(self) -> None:
         """A bad override is refused the same way."""
@@ -56,7 +60,40 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_named_children(self) -> None:
         """The node is a MultiService of named children, store first."""
-        self.assertEqual([c.name for c in self.top], ["store", "live", "mesh", "transport"])
+        self.assertEqual(
+            [c.name for c in self.top], ["store", "geo", "mesh", "dns", "live", "cdn", "transport"]
+        )
+
+    def test_dns_answers_from_the_mesh_map(self) -> None:
+        """DNS answers from the mesh's live node map (this node, once the
+        mesh has started, with its configured addresses) and listens on UDP
+        and TCP 5353."""
+        options = Options()
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[mesh]\nadvertise = "127.0.0.1:7946"\n')
+        options.parseOptions(["--config", path, "--data-dir", os.path.abspath(self.mktemp())])
+        top = makeService(options, reactor=MemoryReactorClock())
+        dns = top.getServiceNamed("dns")
+        self.assertEqual(dns.getServiceNamed("udp").args[0], 5353)
+        mesh = top.getServiceNamed("mesh")
+        self.assertIs(dns.factory.authority.table._map, mesh.node_map)
+        mesh.privilegedStartService()
+        mesh.startService()
+        self.addCleanup(mesh.stopService)
+        choice = dns.factory.authority.table.choose("global", 4, None)
+        self.assertEqual([a for a, _ in choice.addresses], ["127.0.0.1"])
+
+    def test_unknown_policy_is_a_usage_error(self) -> None:
+        """dns.policy naming no plugin is refused before anything starts."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[dns]\npolicy = "no-such-policy"\n')
+        with self.assertRaises(UsageError) as cm:
+            Options().parseOptions(["--config", path])
+        self.assertIn(
+            "dns.policy: no answer policy 'no-such-policy'", str(cm.exception)
+        )
 
     def test_transport_listens(self) -> None:
         """The transport binds the configured endpoint (with an explicit
@@ -64,9 +101,12 @@ class MakeServiceTests(SynchronousTestCase):
         transport = self.top.getServiceNamed("transport")
         transport.privilegedStartService()
         transport.startService()
-        ((port, factory, backlog, interface),) = self.reactor.tcpServers
-        self.assertEqual((port, backlog, interface), (8080, 1024, "127.0.0.1"))
-        self.assertIsInstance(factory, EdgeSite)
+        servers = {port: (factory, backlog, interface) for port, factory, backlog, interface in self.reactor.tcpServers}
+        self.assertEqual(sorted(servers), [8080, 8443])
+        factory, backlog, interface = servers[8080]
+        self.assertEqual((backlog, interface), (1024, "127.0.0.1"))
+        # The listener counts connections around the node's one Site.
+        self.assertIsInstance(factory.wrappedFactory, EdgeSite)
         self.successResultOf(transport.stopService())
 
     def test_mesh_listens_apart_from_http(self) -> None:
@@ -84,3 +124,26 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIsInstance(factory, TLSMemoryBIOFactory)
         self.assertIsInstance(factory.wrappedFactory, MeshServerFactory)
         self.successResultOf(mesh.stopService())
+
+
+class GeoDatabaseOptionTests(SynchronousTestCase):
+    def test_missing_geo_database(self) -> None:
+        """A configured GeoIP database that is missing, or not a MaxMind DB,
+        is refused in one line naming geo.database, before anything starts."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[geo]\ndatabase = "/nonexistent/City.mmdb"\n')
+        with self.assertRaises(UsageError) as cm:
+            Options().parseOptions(["--config", path])
+        self.assertEqual(
+            str(cm.exception),
+            "geo.database: cannot read /nonexistent/City.mmdb (No such file or directory)",
+        )
+        foreign = os.path.abspath(self.mktemp())
+        with open(foreign, "wb") as f:
+            f.write(b"PK\x03\x04" + b"\0" * 1000)
+        with open(path, "w") as f:
+            f.write('[geo]\ndatabase = "{}"\n'.format(foreign))
+        with self.assertRaises(UsageError) as cm:
+            Options().parseOptions(["--config", path])
+        self.assertIn("is not a MaxMind DB", str(cm.exception))

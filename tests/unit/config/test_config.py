@@ -33,6 +33,10 @@ class DefaultsTests(SynchronousTestCase):
         def walk(cls: type, table: dict, prefix: str) -> None:  # type: ignore[type-arg]
             hints = typing.get_type_hints(cls)
             for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+                if typing.get_origin(hints[field.name]) is dict:
+                    # Tables keyed by name ([cdn.origins.NAME]) are shown as
+                    # commented examples: there is no default entry.
+                    continue
                 self.assertIn(field.name, table, prefix + field.name)
                 if dataclasses.is_dataclass(hints[field.name]):
                     walk(hints[field.name], table[field.name], prefix + field.name + ".")

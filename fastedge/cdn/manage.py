@@ -1,0 +1,154 @@
+# -*- test-case-name: tests.integration.test_cdn -*-
+"""Media in the tenant API: upload (``PUT /api/v1/manage/media?key=...``)
+and purge (``POST /api/v1/manage/media/purge``).
+
+Both authenticate with the tenant's API key (the key decides the tenant, as
+everywhere in the tenant API) and are charged like writes. An upload's body
+is the object itself; its ``Content-Type`` must be one of
+``cdn.upload_content_types`` and its first bytes must be what that type says
+(checked with puremagic), so a script cannot be uploaded as an image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import puremagic
+from twisted.internet.defer import inlineCallbacks
+
+from ..api.errors import ApiError, bad_request
+from ..api.router import Call, Route
+from ..config import CdnConfig
+from .keys import BadKey, check_key
+from .origin import OriginError
+from .service import CdnService
+
+UPLOAD_PATH = "/api/v1/manage/media"
+PURGE_PATH = "/api/v1/manage/media/purge"
+
+#: Other names puremagic gives for the types we accept.
+_ALIASES = {
+    "image/jpg": "image/jpeg",
+    "image/pjpeg": "image/jpeg",
+    "audio/mp3": "audio/mpeg",
+    "audio/x-mpeg": "audio/mpeg",
+    "video/x-matroska": "video/webm",
+    "application/ogg": "audio/ogg",
+    "audio/x-ogg": "audio/ogg",
+    "audio/vorbis": "audio/ogg",
+}
+
+
+def content_matches(head: bytes, declared: str) -> bool:
+    """Whether the first bytes of a body look like ``declared``."""
+    try:
+        found = puremagic.magic_string(head)
+    except (puremagic.PureError, ValueError):
+        return False
+    for match in found:
+        mime = (match.mime_type or "").lower()
+        if _ALIASES.get(mime, mime) == declared:
+            return True
+    return False
+
+
+class MediaApi:
+    """Handlers of the media routes of the tenant API."""
+
+    def __init__(self, cfg: CdnConfig, cdn: CdnService) -> None:
+        self._cfg = cfg
+        self._cdn = cdn
+
+    def routes(self, manage: Any) -> list[Route]:
+        """The routes, wrapped by the tenant API (a ``ManageApi``)."""
+        return [
+            manage.tenant_route(b"PUT", UPLOAD_PATH, "media_upload", self.upload),
+            manage.tenant_route(b"POST", PURGE_PATH, "media_purge", self.purge),
+        ]
+
+    def _media(self, tenant_id: str) -> Any:
+        media = self._cdn.tenants.get(tenant_id)
+        if media is None:
+            raise ApiError(
+                404,
+                "media_not_configured",
+                "this tenant has no media origin configured",
+            )
+        return media
+
+    def _key(self, raw: str | None, media: Any) -> str:
+        if raw is None:
+            raise bad_request("give the object's key as ?key=...", code="missing_key")
+        try:
+            return check_key(
+                raw, prefix=media.prefix, max_bytes=self._cfg.max_key_bytes
+            )
+        except BadKey as e:
+            raise ApiError(e.status, e.code, e.message) from None
+
+    @inlineCallbacks
+    def upload(self, call: Call, tenant: Any) -> Any:
+        media = self._media(tenant.id)
+        key = self._key(call.query.get("key"), media)
+        declared = (call.header(b"content-type") or "").split(";")[0].strip().lower()
+        if declared not in self._cfg.upload_content_types:
+            self._cdn.metrics.uploads.labels("refused").inc()
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "uploads must be one of: {}".format(
+                    ", ".join(self._cfg.upload_content_types)
+                ),
+            )
+        body: Any = call.request.content
+        body.seek(0, 2)
+        length = body.tell()
+        body.seek(0)
+        if length == 0:
+            self._cdn.metrics.uploads.labels("refused").inc()
+            raise bad_request("the upload is empty", code="empty_body")
+        head = body.read(8192)
+        body.seek(0)
+        if not content_matches(head, declared):
+            self._cdn.metrics.uploads.labels("refused").inc()
+            raise ApiError(415, "content_mismatch", f"the content is not {declared}")
+        try:
+            entry = yield self._cdn.upload(media, key, declared, body, length)
+        except OriginError as e:
+            self._cdn.metrics.uploads.labels("origin_error").inc()
+            status = 504 if e.kind == "timeout" else 502
+            raise ApiError(
+                status, "origin_" + e.kind, "the origin did not store the object"
+            ) from None
+        self._cdn.metrics.uploads.labels("stored").inc()
+        body_out = {
+            "key": key,
+            "url": self._cdn.media_url(media, key),
+            "size": entry.meta.size,
+            "contentType": entry.meta.content_type,
+            "etag": entry.meta.etag,
+            "lastModified": entry.meta.last_modified,
+        }
+        return 201, body_out, None
+
+    def purge(self, call: Call, tenant: Any) -> Any:
+        media = self._media(tenant.id)
+        body = call.json(optional={"key": str, "prefix": str})
+        key, prefix = body.get("key"), body.get("prefix")
+        if (key is None) == (prefix is None):
+            raise bad_request(
+                "give exactly one of 'key' and 'prefix'", code="bad_purge"
+            )
+        if key is not None:
+            value = self._key(key, media)
+            kind = "key"
+        else:
+            assert prefix is not None
+            if prefix:
+                # A prefix is a key cut anywhere: check it as a key, allowing
+                # a trailing '/'.
+                self._key(prefix.rstrip("/") or "x", media)
+            value = prefix
+            kind = "prefix"
+        purged = self._cdn.apply_purge(tenant.id, kind, value)
+        return 200, {"purged": purged, kind: value}, None

@@ -1,0 +1,2 @@
+"""The ``dns`` child: an authoritative GeoDNS server answering each
+deployment's names with its nearest live nodes."""

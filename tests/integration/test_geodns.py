@@ -1,0 +1,225 @@
+"""GeoDNS over real loopback sockets: three in-process nodes, each with its
+DNS server and its node map, and the defaults under ``twistd``."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import sys
+from typing import Any
+
+import dns.rcode
+from twisted.internet import protocol, reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from fastedge.config import DnsConfig, GeoConfig, ZoneConfig, _derive_zone
+from fastedge.dns import service as dns_service
+from fastedge.geo.service import GeoService
+from fastedge.mesh.nodemap import NodeMap, NodeState
+from fastedge.metrics.registry import new_registry
+from fastedge.testing import (
+    PLACES,
+    dns_query,
+    dns_response,
+    node_info,
+    run_inline,
+    write_geo_db,
+)
+
+from .test_twistd import REPO, TWISTD, _env, _Watch
+
+
+class UdpClient(protocol.DatagramProtocol):
+    """Sends one query at a time and fires with the answer."""
+
+    def __init__(self) -> None:
+        self.waiting: Deferred[bytes] | None = None
+
+    def ask(self, data: bytes, port: int) -> Deferred[bytes]:
+        self.waiting = Deferred()
+        self.transport.write(data, ("127.0.0.1", port))
+        return self.waiting
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.callback(data)
+
+
+class TcpClient(protocol.Protocol):
+    """Sends one length-prefixed query and fires with the answer."""
+
+    def __init__(self, query: bytes) -> None:
+        self.query = query
+        self.buffer = b""
+        self.answer: Deferred[bytes] = Deferred()
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(struct.pack(">H", len(self.query)) + self.query)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= 2:
+            (n,) = struct.unpack_from(">H", self.buffer)
+            if len(self.buffer) >= 2 + n and not self.answer.called:
+                self.answer.callback(self.buffer[2 : 2 + n])
+                self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.closed.callback(None)
+
+
+ZONES = tuple(
+    _derive_zone(z)
+    for z in (
+        ZoneConfig(name="edge.example.test", deployment="global", geo_names=("@",)),
+        ZoneConfig(name="eu.edge.example.test", deployment="eu", geo_names=("@",)),
+    )
+)
+
+A = node_info("a-lon", "london", addresses=("127.0.0.11",))
+B = node_info("b-tyo", "tokyo", addresses=("127.0.0.12",))
+C = node_info("c-fra", "frankfurt", deployment="eu", addresses=("127.0.0.13",))
+
+
+class ThreeNodesTests(TestCase):
+    """Three nodes as the mesh will run them: each holds the same node map
+    (here changed by hand, as the mesh's membership protocol will)."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        db = write_geo_db(
+            os.path.abspath(self.mktemp()),
+            {
+                "81.2.69.0/24": PLACES["london"],
+                "203.0.113.0/24": PLACES["tokyo"],
+                "192.0.2.0/24": PLACES["frankfurt"],
+            },
+        )
+        self.maps: list[NodeMap] = []
+        self.ports: list[int] = []
+        for _node in (A, B, C):
+            node_map = NodeMap()
+            for info in (A, B, C):
+                node_map.upsert(info)
+            registry = new_registry()
+            geo = GeoService(
+                GeoConfig(database=db, request_file=db + ".req"),
+                reactor=reactor,
+                registry=registry,
+                run=run_inline,
+            )
+            service = dns_service.make_service(
+                DnsConfig(port=0, zones=ZONES),
+                reactor=reactor,
+                registry=registry,
+                node_map=node_map,
+                geo=geo,
+            )
+            geo.privilegedStartService()
+            service.privilegedStartService()
+            service.startService()
+            self.addCleanup(service.stopService)
+            self.maps.append(node_map)
+            self.ports.append(service.getServiceNamed("udp")._port.getHost().port)
+            self.tcp_port = (
+                service.getServiceNamed("tcp")._waitingForPort.result.getHost().port
+            )
+        self.client = UdpClient()
+        port = reactor.listenUDP(0, self.client, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+    @inlineCallbacks
+    def ask(self, node: int, name: str, ecs: str) -> Any:
+        answer = yield self.client.ask(dns_query(name, ecs=ecs), self.ports[node])
+        return dns_response(answer)
+
+    @inlineCallbacks
+    def test_nearest_then_killed(self) -> None:
+        """A query with an ECS subnet near B answers B first, at every node;
+        once B is DEAD in the map the next query no longer answers B."""
+        for node in range(3):
+            response = yield self.ask(node, "edge.example.test", "203.0.113.0/24")
+            self.assertEqual(
+                [rr.address for rr in response.answer[0]], ["127.0.0.12", "127.0.0.11"]
+            )
+        for node_map in self.maps:
+            node_map.set_state("b-tyo", NodeState.DEAD)
+        for node in range(3):
+            response = yield self.ask(node, "edge.example.test", "203.0.113.0/24")
+            self.assertEqual([rr.address for rr in response.answer[0]], ["127.0.0.11"])
+
+    @inlineCallbacks
+    def test_eu_zone_never_answers_global(self) -> None:
+        """The eu zone answers only the eu node, wherever the client is."""
+        for ecs in ("81.2.69.0/24", "203.0.113.0/24", "192.0.2.0/24"):
+            response = yield self.ask(0, "eu.edge.example.test", ecs)
+            self.assertEqual([rr.address for rr in response.answer[0]], ["127.0.0.13"])
+
+    @inlineCallbacks
+    def test_tcp(self) -> None:
+        """The same answers come over TCP."""
+        client = TcpClient(dns_query("edge.example.test", ecs="81.2.69.0/24"))
+        yield protocol.ClientCreator(reactor, lambda: client).connectTCP(
+            "127.0.0.1", self.tcp_port
+        )
+        response = dns_response((yield client.answer))
+        yield client.closed
+        self.assertEqual(
+            [rr.address for rr in response.answer[0]], ["127.0.0.11", "127.0.0.12"]
+        )
+
+
+class DefaultsTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_twistd_defaults_answer(self) -> None:
+        """On the default config a node answers edge.fastedge.test A with
+        127.0.0.1 and serves the SOA of fastedge.test (here on a free port)."""
+        watch = _Watch()
+        data_dir = os.path.abspath(self.mktemp())
+        args = (
+            sys.executable,
+            *TWISTD,
+            "-n",
+            "--pidfile=",
+            "fastedge",
+            "--data-dir",
+            data_dir,
+            "--http",
+            "tcp:0:interface=127.0.0.1",
+            "--dns-port",
+            "0",
+            "--https",
+            "tcp:0:interface=127.0.0.1",
+        )
+        process = reactor.spawnProcess(
+            watch, sys.executable, args, env=_env(), path=REPO
+        )
+        try:
+            yield watch.started
+            port = int(re.search(rb"EdgeDatagramProtocol starting on (\d+)", watch.output).group(1))  # type: ignore[union-attr]
+            client = UdpClient()
+            listening = reactor.listenUDP(0, client, interface="127.0.0.1")
+            try:
+                a = dns_response(
+                    (yield client.ask(dns_query("edge.fastedge.test"), port))
+                )
+                soa = dns_response(
+                    (yield client.ask(dns_query("fastedge.test", "SOA"), port))
+                )
+            finally:
+                yield listening.stopListening()
+        finally:
+            process.signalProcess("TERM")
+            yield watch.ended
+        self.assertEqual([rr.address for rr in a.answer[0]], ["127.0.0.1"])
+        self.assertEqual(
+            (soa.rcode(), str(soa.answer[0][0].mname)),
+            (dns.rcode.NOERROR, "ns1.fastedge.test."),
+        )

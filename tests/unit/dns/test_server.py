@@ -1,0 +1,573 @@
+"""The GeoDNS server answering in memory: geo answers from a real NodeMap
+and a real GeoIP index, the zone's records, errors, EDNS, ECS, truncation."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import dns.flags
+import dns.rcode
+import dns.rdatatype
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from fastedge.config import ZoneConfig
+from fastedge.mesh.nodemap import NodeState
+from fastedge.testing import (
+    PLACES,
+    DnsHarness,
+    dns_query,
+    dns_response,
+    node_info,
+    write_geo_db,
+)
+
+GEO = {
+    "81.2.69.0/24": PLACES["london"],
+    "203.0.113.0/24": PLACES["tokyo"],
+    "198.51.100.0/24": PLACES["new-york"],
+    "2001:db8:1::/48": PLACES["sydney"],
+    "192.0.2.128/26": PLACES["frankfurt"],
+}
+
+LON = node_info("lon", "london", addresses=("192.0.2.10", "2001:db8::10"))
+FRA = node_info("fra", "frankfurt", addresses=("192.0.2.20", "2001:db8::20"))
+NYC = node_info("nyc", "new-york", addresses=("192.0.2.30",))
+TYO = node_info("tyo", "tokyo", addresses=("192.0.2.40", "2001:db8::40"))
+EU_PAR = node_info(
+    "eu-fra",
+    "frankfurt",
+    deployment="eu",
+    addresses=("192.0.2.50", "2001:db8::50"),
+    region="eu-central",
+)
+EU_LON = node_info(
+    "eu-lon",
+    "london",
+    deployment="eu",
+    addresses=("192.0.2.60", "2001:db8::60"),
+    region="eu-west",
+)
+
+ZONES = (
+    ZoneConfig(name="edge.example.test", deployment="global", geo_names=("@", "www")),
+    ZoneConfig(name="eu.edge.example.test", deployment="eu", geo_names=("@",)),
+)
+
+
+class ServerTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.db = write_geo_db(os.path.abspath(self.mktemp()), GEO)
+
+    def harness(self, nodes=(LON, FRA, NYC, TYO, EU_PAR, EU_LON), **kw) -> DnsHarness:  # type: ignore[no-untyped-def]
+        kw.setdefault("zones", ZONES)
+        return DnsHarness(self, nodes=nodes, geo_db=self.db, **kw)
+
+
+class GeoAnswerTests(ServerTestCase):
+    def test_nearest_by_ecs(self) -> None:
+        """With ECS the k nearest live nodes of the deployment are answered,
+        nearest first, and the option is echoed with the scope of the GeoIP
+        network that decided."""
+        h = self.harness()
+        self.assertEqual(
+            h.addresses("edge.example.test", ecs="81.2.69.0/24"),
+            ["192.0.2.10", "192.0.2.20"],
+        )
+        self.assertEqual(
+            h.addresses("edge.example.test", ecs="203.0.113.0/24"),
+            ["192.0.2.40", "192.0.2.20"],
+        )
+        response = h.ask("edge.example.test", ecs="192.0.2.128/25")
+        (option,) = response.options
+        self.assertEqual(
+            (option.address, option.srclen, option.scopelen), ("192.0.2.128", 25, 26)
+        )
+        self.assertEqual(
+            [rr.address for rr in response.answer[0]], ["192.0.2.20", "192.0.2.10"]
+        )
+
+    def test_nearest_by_source_address(self) -> None:
+        """Without ECS the source address locates the client, and no ECS
+        option is sent back."""
+        h = self.harness()
+        response = h.ask("edge.example.test", source="198.51.100.9", edns=True)
+        self.assertEqual(
+            [rr.address for rr in response.answer[0]], ["192.0.2.30", "192.0.2.10"]
+        )
+        self.assertEqual(list(response.options), [])
+
+    def test_aaaa(self) -> None:
+        """AAAA answers the nearest nodes that have an IPv6 address."""
+        h = self.harness()
+        self.assertEqual(
+            h.addresses("edge.example.test", "AAAA", ecs="198.51.100.0/24"),
+            ["2001:db8::10", "2001:db8::20"],
+        )
+        self.assertEqual(
+            h.addresses("www.edge.example.test", "AAAA", ecs="2001:db8:1::/48"),
+            ["2001:db8::40", "2001:db8::20"],
+        )
+
+    def test_k_and_ttl(self) -> None:
+        """dns.answers sets how many nodes are answered; dns.ttl their TTL."""
+        h = self.harness(answers=3, ttl=7)
+        response = h.ask("edge.example.test", ecs="81.2.69.0/24")
+        self.assertEqual(
+            [rr.address for rr in response.answer[0]],
+            ["192.0.2.10", "192.0.2.20", "192.0.2.30"],
+        )
+        self.assertEqual(response.answer[0].ttl, 7)
+
+    def test_unhealthy_nodes_never_answered(self) -> None:
+        """SUSPECT, DEAD and LEAVING nodes are dropped from the very next
+        answer, and come back when ALIVE again (the map is observed)."""
+        h = self.harness()
+        for state in (NodeState.SUSPECT, NodeState.DEAD, NodeState.LEAVING):
+            h.node_map.set_state("lon", state)
+            self.assertEqual(
+                h.addresses("edge.example.test", ecs="81.2.69.0/24"),
+                ["192.0.2.20", "192.0.2.30"],
+            )
+        h.node_map.set_state("lon", NodeState.ALIVE)
+        self.assertEqual(
+            h.addresses("edge.example.test", ecs="81.2.69.0/24"),
+            ["192.0.2.10", "192.0.2.20"],
+        )
+
+    def test_new_node_answered_at_once(self) -> None:
+        """A node that joins is answered by the next query."""
+        h = self.harness(nodes=(NYC,))
+        self.assertEqual(
+            h.addresses("edge.example.test", ecs="81.2.69.0/24"), ["192.0.2.30"]
+        )
+        h.node_map.upsert(LON)
+        self.assertEqual(
+            h.addresses("edge.example.test", ecs="81.2.69.0/24"),
+            ["192.0.2.10", "192.0.2.30"],
+        )
+
+    def test_deployments_are_separate(self) -> None:
+        """The eu zone answers only eu nodes, and the global zone none of them,
+        whatever the client."""
+        h = self.harness()
+        for ecs in ("81.2.69.0/24", "203.0.113.0/24", "2001:db8:1::/48"):
+            self.assertEqual(
+                sorted(h.addresses("eu.edge.example.test", ecs=ecs)),
+                ["192.0.2.50", "192.0.2.60"],
+            )
+            self.assertFalse(
+                {"192.0.2.50", "192.0.2.60"}
+                & set(h.addresses("edge.example.test", ecs=ecs))
+            )
+        h.node_map.set_state("eu-fra", NodeState.DEAD)
+        h.node_map.set_state("eu-lon", NodeState.DEAD)
+        response = h.ask("eu.edge.example.test", ecs="81.2.69.0/24")
+        self.assertEqual((response.rcode(), response.answer), (dns.rcode.NOERROR, []))
+        self.assertEqual(response.authority[0].rdtype, dns.rdatatype.SOA)
+
+    def test_unknown_location(self) -> None:
+        """A client the GeoIP index does not know gets the default region's
+        nodes, else any live nodes; its ECS scope is the empty network's."""
+        h = self.harness(default_region="tokyo")
+        self.assertEqual(
+            h.addresses("edge.example.test", source="127.0.0.1"), ["192.0.2.40"]
+        )
+        h.node_map.set_state("tyo", NodeState.DEAD)
+        self.assertEqual(
+            h.addresses("edge.example.test", source="127.0.0.1"),
+            ["192.0.2.20", "192.0.2.10"],
+        )
+
+    def test_ecs_source_zero(self) -> None:
+        """ECS with source prefix 0 (client opted out) is answered for the
+        source address with scope 0."""
+        h = self.harness()
+        response = h.ask("edge.example.test", ecs="0.0.0.0/0", source="203.0.113.9")
+        self.assertEqual(response.answer[0][0].address, "192.0.2.40")
+        self.assertEqual(response.options[0].scopelen, 0)
+
+    def test_without_geoip(self) -> None:
+        """With no GeoIP database every client is unknown: any live nodes,
+        ECS scope 0."""
+        h = DnsHarness(self, nodes=(LON, NYC), zones=ZONES)
+        response = h.ask("edge.example.test", ecs="81.2.69.0/24")
+        self.assertEqual(
+            [rr.address for rr in response.answer[0]], ["192.0.2.10", "192.0.2.30"]
+        )
+        self.assertEqual(response.options[0].scopelen, 0)
+
+    def test_new_geoip_index(self) -> None:
+        """Locations remembered from the old GeoIP index are forgotten when a
+        new index is swapped in."""
+        h = self.harness()
+        self.assertEqual(
+            h.addresses("edge.example.test", ecs="81.2.69.0/24")[0], "192.0.2.10"
+        )
+        write_geo_db(self.db, {"81.2.69.0/24": PLACES["tokyo"]})
+        assert h.geo is not None
+        self.assertTrue(self.successResultOf(h.geo.rebuild("admin")))
+        self.assertEqual(
+            h.addresses("edge.example.test", ecs="81.2.69.0/24")[0], "192.0.2.40"
+        )
+
+    def test_metrics(self) -> None:
+        """Queries are counted by type, rcode and path; answers by node; ECS
+        queries; and a latency histogram is kept."""
+        h = self.harness()
+        h.ask("edge.example.test", ecs="81.2.69.0/24")
+        h.ask("nope.edge.example.test")
+        self.assertEqual(h.stats.queries[(1, 0, "fast", "udp")], 1)
+        self.assertEqual(h.stats.queries[(1, 3, "general", "udp")], 1)
+        self.assertEqual(
+            (
+                h.stats.answers_by_node["lon"],
+                h.stats.answers_by_node["fra"],
+                h.stats.ecs,
+            ),
+            (1, 1, 1),
+        )
+        buckets, _ = h.stats.latency()
+        self.assertEqual(buckets[-1], ("+Inf", 2))
+
+
+class ZoneTests(ServerTestCase):
+    def test_soa_and_ns_at_apex(self) -> None:
+        """The apex has SOA and NS (with glue for in-zone NS names, located
+        for the client); SOA's minimum is the TTL."""
+        h = self.harness()
+        soa = h.ask("edge.example.test", "SOA").answer[0][0]
+        self.assertEqual(
+            (str(soa.mname), str(soa.rname), soa.minimum),
+            ("ns1.edge.example.test.", "hostmaster.edge.example.test.", 30),
+        )
+        response = h.ask("edge.example.test", "NS", ecs="203.0.113.0/24")
+        self.assertEqual(
+            [str(r.target) for r in response.answer[0]], ["ns1.edge.example.test."]
+        )
+        glue = {rr.address for rrset in response.additional for rr in rrset}
+        self.assertEqual(
+            glue, {"192.0.2.40", "192.0.2.20", "2001:db8::40", "2001:db8::20"}
+        )
+        self.assertTrue(response.flags & dns.flags.AA)
+
+    def test_nxdomain_and_nodata(self) -> None:
+        """A name not in the zone is NXDOMAIN, an existing name without the
+        type is NODATA; both carry the SOA for negative caching."""
+        h = self.harness()
+        for name, rdtype, rcode in (
+            ("nope.edge.example.test", "A", dns.rcode.NXDOMAIN),
+            ("x.www.edge.example.test", "A", dns.rcode.NXDOMAIN),
+            ("www.edge.example.test", "MX", dns.rcode.NOERROR),
+            ("www.edge.example.test", "TXT", dns.rcode.NOERROR),
+        ):
+            response = h.ask(name, rdtype)
+            self.assertEqual((response.rcode(), response.answer), (rcode, []), name)
+            self.assertEqual(str(response.authority[0].name), "edge.example.test.")
+            self.assertTrue(response.flags & dns.flags.AA)
+
+    def test_empty_non_terminal(self) -> None:
+        """A name above a geo name (an empty non-terminal) exists: NODATA."""
+        h = self.harness(zones=(ZoneConfig(name="example.test", geo_names=("a.b",)),))
+        self.assertEqual(h.ask("b.example.test").rcode(), dns.rcode.NOERROR)
+        self.assertEqual(
+            h.addresses("a.b.example.test", ecs="81.2.69.0/24"),
+            ["192.0.2.10", "192.0.2.20"],
+        )
+
+    def test_refused(self) -> None:
+        """Names outside our zones, classes other than IN and zone transfers
+        are REFUSED."""
+        h = self.harness()
+        self.assertEqual(h.ask("example.com").rcode(), dns.rcode.REFUSED)
+        self.assertEqual(h.ask("test").rcode(), dns.rcode.REFUSED)
+        chaos = bytearray(dns_query("edge.example.test"))
+        struct.pack_into(">H", chaos, len(chaos) - 2, 3)
+        self.assertEqual(dns_response(h.send(bytes(chaos))).rcode(), dns.rcode.REFUSED)
+        self.assertEqual(h.ask("edge.example.test", "AXFR").rcode(), dns.rcode.REFUSED)
+
+    def test_any_is_minimal(self) -> None:
+        """ANY gets one RRset (RFC 8482): the A set at a geo name, the SOA at
+        a plain apex."""
+        h = self.harness(zones=(ZoneConfig(name="example.test", geo_names=("edge",)),))
+        response = h.ask("edge.example.test", "ANY", ecs="81.2.69.0/24")
+        self.assertEqual([rrset.rdtype for rrset in response.answer], [dns.rdatatype.A])
+        response = h.ask("example.test", "ANY")
+        self.assertEqual(
+            [rrset.rdtype for rrset in response.answer], [dns.rdatatype.SOA]
+        )
+
+    def test_case_is_kept(self) -> None:
+        """Names match whatever their case, and answers keep the question's
+        case (0x20 randomisation)."""
+        h = self.harness()
+        response = h.ask("EdGe.ExAmPlE.TeSt", ecs="81.2.69.0/24")
+        self.assertEqual(str(response.answer[0].name), "EdGe.ExAmPlE.TeSt.")
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+
+    def test_opcodes(self) -> None:
+        """Opcodes other than QUERY get NOTIMP, with the question."""
+        h = self.harness()
+        for opcode in (1, 2, 4, 5):
+            data = bytearray(dns_query("edge.example.test"))
+            data[2] |= opcode << 3
+            answer = h.send(bytes(data))
+            assert answer is not None
+            self.assertEqual(answer[3] & 0xF, 4, opcode)
+            self.assertEqual((answer[2] >> 3) & 0xF, opcode)
+            self.assertTrue(answer[2] & 0x80)
+
+
+class BadInputTests(ServerTestCase):
+    def test_formerr(self) -> None:
+        """A malformed query gets FORMERR with its id; a bad ECS too, with an
+        OPT record but no ECS echo."""
+        h = self.harness()
+        data = dns_query("edge.example.test", qid=777)
+        answer = h.send(data[:-1])
+        assert answer is not None
+        self.assertEqual(struct.unpack_from(">HH", answer), (777, 0x8001))
+        body = struct.pack(">HBB", 1, 33, 0) + b"\x51\x02\x45\x00\x00"
+        option = struct.pack(">HH", 8, len(body)) + body
+        bad = (
+            data[:10]
+            + b"\x00\x01"
+            + data[12:]
+            + b"\x00"
+            + struct.pack(">HHIH", 41, 1232, 0, len(option))
+            + option
+        )
+        response = dns_response(h.send(bad))
+        self.assertEqual(
+            (response.rcode(), list(response.options)), (dns.rcode.FORMERR, [])
+        )
+        self.assertEqual(response.edns, 0)
+
+    def test_silence(self) -> None:
+        """Datagrams too short for a header, and responses, get nothing."""
+        h = self.harness()
+        self.assertIsNone(h.send(b"\x01\x02\x03"))
+        data = bytearray(dns_query("edge.example.test"))
+        data[2] |= 0x80
+        self.assertIsNone(h.send(bytes(data)))
+        self.assertEqual(h.stats.dropped["not-a-query"], 2)
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.binary(max_size=300))
+    def test_any_bytes(self, data: bytes) -> None:
+        """Whatever arrives, the server sends nothing or one well-formed
+        response with the query's id and QR set; it never raises."""
+        h = self.harness_for_properties()
+        answer = h.send(data)
+        if answer is not None:
+            self.assertEqual(answer[:2], data[:2])
+            self.assertTrue(answer[2] & 0x80)
+            dns_response(answer)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.data())
+    def test_mutated_queries(self, data: st.DataObject) -> None:
+        """Real queries with bytes changed or cut are answered with a
+        well-formed response or not at all."""
+        h = self.harness_for_properties()
+        query = bytearray(dns_query("edge.example.test", ecs="81.2.69.0/24"))
+        for _ in range(data.draw(st.integers(1, 3))):
+            query[data.draw(st.integers(0, len(query) - 1))] = data.draw(
+                st.integers(0, 255)
+            )
+        query = query[: data.draw(st.integers(0, len(query)))]
+        answer = h.send(bytes(query))
+        if answer is not None:
+            self.assertEqual(answer[:2], bytes(query[:2]))
+            dns_response(answer)
+
+    def harness_for_properties(self) -> DnsHarness:
+        if not hasattr(self, "_shared"):
+            self._shared = self.harness(source_rate_limit=0)
+        return self._shared
+
+    def test_flood_from_one_source(self) -> None:
+        """A source network over its rate gets drops and, every other time,
+        an empty truncated answer; another client is answered all along."""
+        h = self.harness(source_rate_limit=10)
+        query = dns_query("edge.example.test", ecs="81.2.69.0/24")
+        answers = [h.send(query, source="203.0.113.7") for _ in range(40)]
+        self.assertEqual(sum(1 for a in answers[:20] if a and not a[2] & 0x02), 20)
+        late = answers[20:]
+        self.assertEqual(sum(1 for a in late if a is None), 10)
+        self.assertTrue(all(a[2] & 0x02 for a in late if a is not None))
+        self.assertIsNotNone(h.send(query, source="198.51.100.9"))
+        h.clock.advance(1)
+        self.assertEqual(
+            sum(
+                1
+                for _ in range(10)
+                if (a := h.send(query, source="203.0.113.7")) and not a[2] & 0x02
+            ),
+            10,
+        )
+
+
+class SizeTests(ServerTestCase):
+    def many(self) -> list:  # type: ignore[type-arg]
+        return [
+            node_info(
+                f"n{i:02}",
+                "london",
+                addresses=tuple(f"2001:db8:{i}::{j}" for j in range(1, 9)),
+            )
+            for i in range(16)
+        ]
+
+    def test_udp_truncation_and_tcp(self) -> None:
+        """An answer over the client's EDNS size (or 512 without EDNS) is sent
+        truncated (TC, question only); over TCP it is whole."""
+        h = self.harness(nodes=self.many(), answers=16)
+        plain = dns_response(h.send(dns_query("edge.example.test", "AAAA")))
+        self.assertTrue(plain.flags & dns.flags.TC)
+        self.assertEqual(plain.answer, [])
+        big = h.send(dns_query("edge.example.test", "AAAA", edns=4096))
+        assert big is not None
+        self.assertLessEqual(len(big), 1232)
+        self.assertTrue(dns_response(big).flags & dns.flags.TC)
+        self.assertEqual(h.stats.truncated, 2)
+        tcp = h.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=None)
+        from twisted.internet.address import IPv4Address
+
+        transport.peerAddr = IPv4Address("TCP", "81.2.69.5", 40000)
+        tcp.makeConnection(transport)
+        query = dns_query("edge.example.test", "AAAA")
+        tcp.dataReceived(struct.pack(">H", len(query)) + query)
+        wire = transport.value()
+        (length,) = struct.unpack_from(">H", wire)
+        response = dns_response(wire[2 : 2 + length])
+        self.assertEqual(len(response.answer[0]), 128)
+        self.assertFalse(response.flags & dns.flags.TC)
+        tcp.connectionLost(None)
+
+    def test_edns_size_honoured(self) -> None:
+        """A client EDNS size between 512 and ours lets a mid-sized answer
+        through, which 512 truncates."""
+        nodes = self.many()[:4]
+        h = self.harness(nodes=nodes, answers=4)
+        self.assertTrue(
+            dns_response(h.send(dns_query("edge.example.test", "AAAA", edns=512))).flags
+            & dns.flags.TC
+        )
+        fits = dns_response(h.send(dns_query("edge.example.test", "AAAA", edns=1200)))
+        self.assertEqual((fits.flags & dns.flags.TC, len(fits.answer[0])), (0, 32))
+
+    def test_tcp_idle_timeout(self) -> None:
+        """An idle TCP client is disconnected after dns.tcp_idle_seconds."""
+        h = self.harness(tcp_idle_seconds=3.0)
+        tcp = h.factory.buildProtocol(None)
+        transport = StringTransport()
+        tcp.makeConnection(transport)
+        h.clock.advance(2.9)
+        self.assertFalse(transport.disconnecting)
+        h.clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        tcp.connectionLost(None)
+
+
+class FastPathTests(ServerTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(
+        name=st.sampled_from(
+            [
+                "edge.example.test",
+                "EDGE.example.TEST",
+                "www.edge.example.test",
+                "eu.edge.example.test",
+            ]
+        ),
+        rdtype=st.sampled_from(["A", "AAAA"]),
+        ecs=st.sampled_from(
+            [
+                None,
+                "81.2.69.0/24",
+                "203.0.113.0/24",
+                "2001:db8:1::/48",
+                "0.0.0.0/0",
+                "192.0.2.128/25",
+            ]
+        ),
+        edns=st.sampled_from([False, True, 512, 4096]),
+        qid=st.integers(0, 65535),
+        source=st.sampled_from(["81.2.69.7", "203.0.113.7", "127.0.0.1"]),
+    )
+    def test_fast_equals_general(
+        self,
+        name: str,
+        rdtype: str,
+        ecs: str | None,
+        edns: bool | int,
+        qid: int,
+        source: str,
+    ) -> None:
+        """The fast path's answer is byte for byte what the general path
+        (twisted.names) gives for the same query."""
+        h = self.fast_harness()
+        query = dns_query(name, rdtype, ecs=ecs, edns=edns, qid=qid)
+        fast = h.factory.fast.answer(query, source, True)
+        self.assertIsNotNone(fast)
+        before = len(h.transport.written)
+        h.factory._general(query, source, True, h.udp, (source, 53000), 0.0)
+        ((general, _),) = h.transport.written[before:]
+        self.assertEqual(fast, general)
+
+    def fast_harness(self) -> DnsHarness:
+        if not hasattr(self, "_shared"):
+            self._shared = self.harness()
+        return self._shared
+
+    def test_declines_other_shapes(self) -> None:
+        """The fast path declines what it does not cover: other types, names
+        outside the geo names, and a deployment with no live node."""
+        h = self.harness(nodes=(LON,))
+        for query in (
+            dns_query("edge.example.test", "MX"),
+            dns_query("nope.edge.example.test"),
+            dns_query("eu.edge.example.test"),
+        ):
+            self.assertIsNone(h.factory.fast.answer(query, "81.2.69.1", True))
+
+
+class ServiceTests(SynchronousTestCase):
+    def test_metrics_on_the_registry(self) -> None:
+        """The dns child puts its counters on the node's registry, named
+        fastedge_dns_*, read when scraped."""
+        from prometheus_client import generate_latest
+        from twisted.internet.testing import MemoryReactorClock
+
+        from fastedge.config import DnsConfig
+        from fastedge.dns import service as dns_service
+        from fastedge.mesh.nodemap import NodeMap
+        from fastedge.metrics.registry import new_registry
+        from fastedge.testing import CapturingDatagramTransport
+
+        node_map = NodeMap()
+        node_map.upsert(LON)
+        registry = new_registry()
+        service = dns_service.make_service(
+            DnsConfig(), reactor=MemoryReactorClock(), registry=registry, node_map=node_map, geo=None
+        )
+        udp = service.getServiceNamed("udp").args[1]
+        udp.transport = CapturingDatagramTransport()
+        udp.datagramReceived(dns_query("edge.fastedge.test", ecs="81.2.69.0/24"), ("127.0.0.1", 9))
+        udp.datagramReceived(dns_query("nope.fastedge.test"), ("127.0.0.1", 9))
+        sample = registry.get_sample_value
+        labels = {"type": "A", "rcode": "NOERROR", "path": "fast", "transport": "udp"}
+        self.assertEqual(sample("fastedge_dns_queries_total", labels), 1.0)
+        self.assertEqual(sample("fastedge_dns_queries_total", dict(labels, rcode="NXDOMAIN", path="general")), 1.0)
+        self.assertEqual(sample("fastedge_dns_answers_total", {"node": "lon"}), 1.0)
+        self.assertEqual(sample("fastedge_dns_ecs_queries_total"), 1.0)
+        self.assertEqual(sample("fastedge_dns_query_duration_seconds_count"), 2.0)
+        self.assertEqual(sample("fastedge_dns_node_map_version"), 1.0)
+        self.assertIn(b"fastedge_dns_location_lookups_total", generate_latest(registry))
+        node_map.set_state("lon", NodeState.DEAD)
+        self.assertEqual(sample("fastedge_dns_node_map_version"), 2.0)

@@ -99,6 +99,7 @@ class Cluster:
             '[store]\nsqlite_path = "{db}"\n'
             '[api]\nsecret_file = "{secret}"\nwrites_per_minute_per_session = 1000000\n'
             "writes_per_minute_per_ip = 1000000\n"
+            '[dns]\nport = 0\n[tls]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
             '[mesh]\nendpoint = "tcp:{mesh}:interface=127.0.0.1"\nseeds = [{seeds}]\n'
             'ca_file = "{ca}"\ncert_file = "{d}/{node}.pem"\nkey_file = "{d}/{node}.key"\n'
         ).format(

@@ -1841,6 +1841,8 @@ def start_node(config_text: str, data_dir: str) -> Deferred[RunningNode]:
     if "[dns]" not in config_text:
         # Never the default port: tests run in parallel processes.
         argv += ["--dns-port", "0"]
+    if "[mesh]" not in config_text:
+        argv += ["--mesh", "tcp:0:interface=127.0.0.1"]
     options.parseOptions(argv)
     top: Any = tap.makeService(options, reactor=reactor)
     top.privilegedStartService()

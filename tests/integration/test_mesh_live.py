@@ -64,7 +64,8 @@ class MeshLiveTests(TestCase):
                 '[http]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
                 '[store]\nsqlite_path = "{}"\n'
                 '[api]\nsecret_file = "{}"\n'
-                '[mesh]\nendpoint = "tcp:0:interface=127.0.0.1"\nseeds = [{}]\n'.format(
+                '[mesh]\nendpoint = "tcp:0:interface=127.0.0.1"\nseeds = [{}]\n'
+                '[dns]\nport = 0\n[tls]\nendpoint = "tcp:0:interface=127.0.0.1"\n'.format(
                     node_id,
                     data_dir,
                     self.database,

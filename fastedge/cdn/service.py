@@ -119,8 +119,8 @@ class CdnService(MultiService):
         )
         # Read at scrape time, so they are never stale.
         for tier, holder in (("disk", self.cache), ("memory", self.memory)):
-            metrics.cache_bytes.labels(tier).set_function(lambda h=holder: h.size)
-            metrics.cache_objects.labels(tier).set_function(lambda h=holder: len(h))
+            metrics.cache_bytes.labels(tier).set_function(_reader(lambda h: h.size, holder))
+            metrics.cache_objects.labels(tier).set_function(_reader(len, holder))
         snapshot = TimerService(cfg.index_snapshot_seconds, self._snapshot)
         snapshot.clock = reactor
         snapshot.setServiceParent(self)
@@ -355,3 +355,8 @@ def make_service(
             reactor, reactor.getThreadPool(), f, *a
         ),
     )
+
+
+def _reader(read: Callable[[Any], float], holder: Any) -> Callable[[], float]:
+    """A no-argument gauge reader of ``read(holder)``, evaluated at scrape time."""
+    return lambda: read(holder)

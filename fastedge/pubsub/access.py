@@ -174,9 +174,9 @@ class ChannelResolver:
             d = self._store.viewer_state(
                 tenant_id, author_id, [], read_preference=NEAREST
             )
-            d.addCallback(lambda state: frozenset(state.blocked_authors))
-            d.addErrback(self._unavailable)
-            return d
+            blocks: Deferred[frozenset[str]] = d.addCallback(lambda state: frozenset(state.blocked_authors))
+            blocks.addErrback(self._unavailable)
+            return blocks
 
         return self._blocks.get((tenant_id, author_id), fetch)
 

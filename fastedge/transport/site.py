@@ -77,8 +77,9 @@ class EdgeRequest(Request):
         if self._received > self.body_limit:
             # A chunked body that outgrew the limit: drop what we have.
             self._too_large = True
-            self.content.seek(0)
-            self.content.truncate()
+            if self.content is not None:
+                self.content.seek(0)
+                self.content.truncate()
             return
         super().handleContentChunk(data)
 
@@ -179,7 +180,7 @@ class EdgeSite(Site):
         self.open_connections = 0
         self._idle_waiters: list[Deferred[None]] = []
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         """Count open connections, for :meth:`when_idle` (clean shutdowns and
         tests). The gauges by listener and protocol are the listeners' own
         (``fastedge_transport_open_connections``)."""
@@ -195,7 +196,7 @@ class EdgeSite(Site):
             finally:
                 self._closed_one()
 
-        protocol.connectionLost = connection_lost  # type: ignore[method-assign]
+        protocol.connectionLost = connection_lost
         return protocol
 
     def _closed_one(self) -> None:
@@ -221,5 +222,5 @@ class EdgeSite(Site):
                 return limit
         return self.max_body_bytes
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Request) -> None:  # type: ignore[override]
         """Per-request log lines are off: metrics count requests."""

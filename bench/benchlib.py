@@ -28,7 +28,17 @@ def start_node(workdir: str, config_text: str, port: int, *, cpu: str = NODE_CPU
         f.write(config_text)
     log = open(os.path.join(workdir, "node-{}.log".format(port)), "wb")
     node = subprocess.Popen(
-        ["taskset", "-c", cpu, os.path.join(REPO, ".venv/bin/twistd"), "--nodaemon", "--pidfile=", "fastedge", "--config", config],
+        [
+            "taskset",
+            "-c",
+            cpu,
+            os.path.join(REPO, ".venv/bin/twistd"),
+            "--nodaemon",
+            "--pidfile=",
+            "fastedge",
+            "--config",
+            config,
+        ],
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -67,7 +77,16 @@ def wrk(
     cpu: str = LOAD_CPU,
 ) -> dict[str, float]:
     """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors."""
-    argv = ["taskset", "-c", cpu, "wrk", "-t{}".format(threads), "-c{}".format(connections), "-d{}s".format(seconds), "--latency"]
+    argv = [
+        "taskset",
+        "-c",
+        cpu,
+        "wrk",
+        "-t{}".format(threads),
+        "-c{}".format(connections),
+        "-d{}s".format(seconds),
+        "--latency",
+    ]
     for name, value in (headers or {}).items():
         argv += ["-H", "{}: {}".format(name, value)]
     out = subprocess.run(argv + [url], check=True, capture_output=True, text=True).stdout

@@ -61,9 +61,7 @@ def ensure_packages() -> None:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True, env=env)
         subprocess.run(
-            sudo
-            + ["apt-get", "install", "-y", "-qq", "--no-install-recommends"]
-            + missing,
+            sudo + ["apt-get", "install", "-y", "-qq", "--no-install-recommends"] + missing,
             check=True,
             env=env,
         )
@@ -124,9 +122,7 @@ def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
     }
 
 
-def start_nginx(
-    workdir: str, docroot: str, port: int, tls_port: int, pem: str
-) -> subprocess.Popen[bytes]:
+def start_nginx(workdir: str, docroot: str, port: int, tls_port: int, pem: str) -> subprocess.Popen[bytes]:
     conf = os.path.join(workdir, "nginx.conf")
     with open(conf, "w") as f:
         f.write(f"""
@@ -173,9 +169,7 @@ http {{
     )
 
 
-def cold_miss_check(
-    node_http: str, tenant: str, s3: SeaweedS3, bucket: str
-) -> tuple[int, float, int]:
+def cold_miss_check(node_http: str, tenant: str, s3: SeaweedS3, bucket: str) -> tuple[int, float, int]:
     """100 concurrent clients, one cold object: (200 answers, origin GETs, identical bodies)."""
     import http.client
 
@@ -228,9 +222,7 @@ def main() -> None:
         bucket = "bench-media"
         s3.create_bucket(bucket)
         data_dir = os.path.join(work, "node")
-        ((tenant, _),) = create_tenants(
-            os.path.join(data_dir, "fastedge.sqlite3"), ["bench"]
-        )
+        ((tenant, _),) = create_tenants(os.path.join(data_dir, "fastedge.sqlite3"), ["bench"])
         docroot = os.path.join(work, "www")
         objects = {}
         for label, size in SIZES.items():
@@ -301,9 +293,7 @@ prefix = "bench/"
             ("nginx", "https"): f"https://127.0.0.1:{ng_tls_port}",
         }
         paths = {
-            "fastedge": {
-                label: f"/media/{tenant}/{key}" for label, key in objects.items()
-            },
+            "fastedge": {label: f"/media/{tenant}/{key}" for label, key in objects.items()},
             "nginx": {label: "/" + key for label, key in objects.items()},
         }
         for run in range(args.runs):
@@ -315,9 +305,7 @@ prefix = "bench/"
                         for server in ("fastedge", "nginx"):
                             url = bases[(server, scheme)] + paths[server][label]
                             got[server] = wrk(url, conns, args.seconds)
-                            rows.setdefault((server, scheme, label, conns), []).append(
-                                got[server]
-                            )
+                            rows.setdefault((server, scheme, label, conns), []).append(got[server])
                         print(
                             "  {} {} {} conns: node {:.0f} req/s, nginx {:.0f} req/s {}".format(
                                 scheme,
@@ -325,8 +313,7 @@ prefix = "bench/"
                                 conns,
                                 got["fastedge"]["rps"],
                                 got["nginx"]["rps"],
-                                got["nginx"]["socket_errors"]
-                                or got["fastedge"]["socket_errors"],
+                                got["nginx"]["socket_errors"] or got["fastedge"]["socket_errors"],
                             ),
                             flush=True,
                         )
@@ -336,9 +323,7 @@ prefix = "bench/"
                             )
 
         def med(server: str, scheme: str, label: str, conns: int, field: str) -> float:
-            return statistics.median(
-                r[field] for r in rows[(server, scheme, label, conns)]
-            )
+            return statistics.median(r[field] for r in rows[(server, scheme, label, conns)])
 
         print()
         print(
@@ -362,26 +347,13 @@ prefix = "bench/"
         for scheme in ("http", "https"):
             for label in SIZES:
                 for conns in CONNECTIONS:
-                    n = [
-                        med("fastedge", scheme, label, conns, f)
-                        for f in ("rps", "p50", "p99")
-                    ]
-                    g = [
-                        med("nginx", scheme, label, conns, f)
-                        for f in ("rps", "p50", "p99")
-                    ]
+                    n = [med("fastedge", scheme, label, conns, f) for f in ("rps", "p50", "p99")]
+                    g = [med("nginx", scheme, label, conns, f) for f in ("rps", "p50", "p99")]
                     print(
                         f"{scheme:<6} {label:<5} {conns:>5} | {n[0]:>10.0f} {n[1]:>8.2f} {n[2]:>8.2f} | {g[0]:>10.0f} {g[1]:>8.2f} {g[2]:>8.2f} | {100 * n[0] / g[0]:>6.0f}%"
                     )
-        bad = {
-            k: sum(r["bad"] for r in v)
-            for k, v in rows.items()
-            if any(r["bad"] for r in v)
-        }
-        errs = {
-            k: [r["socket_errors"] for r in v if r["socket_errors"]]
-            for k, v in rows.items()
-        }
+        bad = {k: sum(r["bad"] for r in v) for k, v in rows.items() if any(r["bad"] for r in v)}
+        errs = {k: [r["socket_errors"] for r in v if r["socket_errors"]] for k, v in rows.items()}
         errs = {k: v for k, v in errs.items() if v}
         if bad:
             print("non-2xx answers:", bad)

@@ -16,9 +16,7 @@ import sys
 import time
 
 
-async def pipe(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
-) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
     queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
     async def send() -> None:
@@ -49,13 +47,9 @@ async def pipe(
 async def main(listen: int, target: int, one_way_ms: float) -> None:
     delay = one_way_ms / 1000.0
 
-    async def accept(
-        client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
-    ) -> None:
+    async def accept(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         try:
-            server_reader, server_writer = await asyncio.open_connection(
-                "127.0.0.1", target
-            )
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target)
         except OSError:
             client_writer.close()
             return

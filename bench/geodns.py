@@ -82,10 +82,7 @@ def make_db(path: str) -> None:
 
 def wait_udp(port: int, seconds: float = 20.0) -> None:
     """Until the server answers a query on ``port``."""
-    query = (
-        bytes.fromhex("abcd00000001000000000000")
-        + b"\x04edge\x08fastedge\x04test\x00\x00\x01\x00\x01"
-    )
+    query = bytes.fromhex("abcd00000001000000000000") + b"\x04edge\x08fastedge\x04test\x00\x00\x01\x00\x01"
     deadline = time.monotonic() + seconds
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.2)
@@ -175,18 +172,14 @@ def start_pdns(work: str, db: str, port: int) -> subprocess.Popen[bytes]:
             )
         )
     args = ["taskset", "-c", SERVER_CPU, "pdns_server", "--config-dir=" + d]
-    return subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "wb")
-    )
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "wb"))
 
 
 def start_gdnsd(work: str, db: str, port: int) -> subprocess.Popen[bytes]:
     d = os.path.join(work, "gdnsd")
     for sub in ("zones", "run", "state"):
         os.makedirs(os.path.join(d, sub), exist_ok=True)
-    coords = " ".join(
-        "{} => [ {}, {} ]".format(p["id"], p["lat"], p["lon"]) for p in POPS
-    )
+    coords = " ".join("{} => [ {}, {} ]".format(p["id"], p["lat"], p["lon"]) for p in POPS)
     dcmap = " ".join("{} => {}".format(p["id"], p["address"]) for p in POPS)
     with open(os.path.join(d, "config"), "w") as f:
         f.write(
@@ -209,14 +202,10 @@ def start_gdnsd(work: str, db: str, port: int) -> subprocess.Popen[bytes]:
             "$TTL 30\n@ SOA ns1 hostmaster 1 3600 600 604800 30\n@ NS ns1\nns1 A 192.0.2.1\nedge 30 DYNA geoip!edge\n"
         )
     args = ["taskset", "-c", SERVER_CPU, "gdnsd", "-c", d, "start"]
-    return subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "wb")
-    )
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "wb"))
 
 
-def dnsperf(
-    port: int, queries: str, seconds: float, ecs: bool, rate: float | None
-) -> dict[str, Any]:
+def dnsperf(port: int, queries: str, seconds: float, ecs: bool, rate: float | None) -> dict[str, Any]:
     args = [
         "taskset",
         "-c",
@@ -241,30 +230,20 @@ def dnsperf(
         args += ["-q", "500"]
     else:
         args += ["-q", "2000", "-Q", str(int(rate)), "-v"]
-    out = subprocess.run(
-        args, capture_output=True, text=True, timeout=seconds + 60
-    ).stdout
+    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lost = re.search(r"Queries lost:\s+(\d+)", out)
     result: dict[str, Any] = {"qps": qps, "lost": int(lost.group(1)) if lost else 0}
     if rate is not None:
-        latencies = sorted(
-            float(line.rsplit(None, 1)[1])
-            for line in out.splitlines()
-            if line.startswith("> NOERROR")
-        )
+        latencies = sorted(float(line.rsplit(None, 1)[1]) for line in out.splitlines() if line.startswith("> NOERROR"))
         if latencies:
             result["p50"] = latencies[len(latencies) // 2] * 1000
-            result["p99"] = (
-                latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
-            )
+            result["p99"] = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
             result["answered"] = len(latencies)
     return result
 
 
-def run_server(
-    name: str, start: Any, work: str, db: str, queries: str, seconds: float
-) -> dict[str, Any]:
+def run_server(name: str, start: Any, work: str, db: str, queries: str, seconds: float) -> dict[str, Any]:
     port = free_port()
     process = start(work, db, port)
     try:
@@ -273,9 +252,7 @@ def run_server(
         for ecs in (False, True):
             before, t0 = cpu_seconds(process.pid), time.monotonic()
             flat = dnsperf(port, queries, seconds, ecs, None)
-            flat["cpu"] = (
-                100 * (cpu_seconds(process.pid) - before) / (time.monotonic() - t0)
-            )
+            flat["cpu"] = 100 * (cpu_seconds(process.pid) - before) / (time.monotonic() - t0)
             paced = dnsperf(port, queries, seconds, ecs, 0.8 * flat["qps"])
             # The issue's target point: p99 at 80 % of 40,000 queries/s.
             target = dnsperf(port, queries, seconds, ecs, TARGET_QPS)
@@ -346,14 +323,9 @@ def main() -> None:
             f.write("edge.fastedge.test A\n")
         all_rounds = []
         for i in range(rounds):
-            results = {
-                name: run_server(name, start, work, db, queries, seconds)
-                for name, start in SERVERS
-            }
+            results = {name: run_server(name, start, work, db, queries, seconds) for name, start in SERVERS}
             all_rounds.append(results)
-            print(
-                f"round {i + 1} ({seconds} s per run; server on CPU {SERVER_CPU}, dnsperf on CPU {LOAD_CPU}):"
-            )
+            print(f"round {i + 1} ({seconds} s per run; server on CPU {SERVER_CPU}, dnsperf on CPU {LOAD_CPU}):")
             print(table(results), flush=True)
         medians: dict[str, dict[str, Any]] = {}
         for name, _ in SERVERS:
@@ -361,10 +333,7 @@ def main() -> None:
             for mode in ("plain", "ecs"):
                 medians[name][mode] = {
                     part: {
-                        key: statistics.median(
-                            r[name][mode][part].get(key, float("nan"))
-                            for r in all_rounds
-                        )
+                        key: statistics.median(r[name][mode][part].get(key, float("nan")) for r in all_rounds)
                         for key in all_rounds[0][name][mode][part]
                     }
                     for part in ("flat", "paced", "target")
@@ -376,8 +345,7 @@ def main() -> None:
             print(
                 "fastedge / {}: {:.2f}x without ECS, {:.2f}x with ECS".format(
                     peer,
-                    ours["plain"]["flat"]["qps"]
-                    / medians[peer]["plain"]["flat"]["qps"],
+                    ours["plain"]["flat"]["qps"] / medians[peer]["plain"]["flat"]["qps"],
                     ours["ecs"]["flat"]["qps"] / medians[peer]["ecs"]["flat"]["qps"],
                 )
             )

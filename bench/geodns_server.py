@@ -49,17 +49,9 @@ def main() -> None:
     cfg = DnsConfig(
         port=port,
         source_rate_limit=0,
-        zones=(
-            _derive_zone(
-                ZoneConfig(
-                    name="fastedge.test", deployment="global", geo_names=("edge",)
-                )
-            ),
-        ),
+        zones=(_derive_zone(ZoneConfig(name="fastedge.test", deployment="global", geo_names=("edge",))),),
     )
-    service = dns_service.make_service(
-        cfg, reactor=reactor, registry=registry, node_map=node_map, geo=geo
-    )
+    service = dns_service.make_service(cfg, reactor=reactor, registry=registry, node_map=node_map, geo=geo)
     geo.privilegedStartService()
     geo.startService()
     service.privilegedStartService()

@@ -112,9 +112,7 @@ def main() -> None:
         default="",
         help="JSON subscribe message to send after the handshake",
     )
-    ap.add_argument(
-        "--batch", type=int, default=500, help="handshakes in flight at once"
-    )
+    ap.add_argument("--batch", type=int, default=500, help="handshakes in flight at once")
     ap.add_argument("--timeout", type=float, default=120.0)
     args = ap.parse_args()
     deadline = time.monotonic() + args.timeout
@@ -131,9 +129,7 @@ def main() -> None:
     # A warm-up publish with no subscribers, so one-time costs are not counted.
     trigger = socket.create_connection(addr)
     trigger.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    post = (
-        "POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % args.publish_path
-    ).encode()
+    post = ("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % args.publish_path).encode()
     trigger.sendall(post)
     trigger.recv(4096)
     time.sleep(0.5)
@@ -326,9 +322,7 @@ def main() -> None:
                 "first_p99_ms": round(pct(firsts, 99), 2),
                 "last_p50_ms": round(pct(lasts, 50), 2),
                 "last_p99_ms": round(pct(lasts, 99), 2),
-                "cpu_percent_during_publishes": round(
-                    100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1
-                ),
+                "cpu_percent_during_publishes": round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1),
                 "cpu_ms_per_publish": round(1000.0 * (cpu1 - cpu0) / args.publishes, 1),
                 "burst_broadcasts_per_second": round(args.burst / burst_seconds, 1),
                 "burst_messages_per_second": round(args.burst * n / burst_seconds),

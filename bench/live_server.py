@@ -77,15 +77,11 @@ def main():
 
     cfg = dataclasses.replace(
         cfg,
-        live=dataclasses.replace(
-            cfg.live, ping_seconds=0.0, max_subscriptions=4, max_connections=1_000_000
-        ),
+        live=dataclasses.replace(cfg.live, ping_seconds=0.0, max_subscriptions=4, max_connections=1_000_000),
     )
     registry = new_registry()
     store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)
-    live = live_service.make_service(
-        cfg.live, reactor=reactor, registry=registry, store=store.store, node_id="bench"
-    )
+    live = live_service.make_service(cfg.live, reactor=reactor, registry=registry, store=store.store, node_id="bench")
     api = build_api(
         cfg.api,
         store=store.store,
@@ -108,23 +104,15 @@ def main():
 
     async def setup():
         await store.when_ready()
-        tenant = (
-            await store.store.create_tenant(
-                "bench", "global", created_ms=0, read_preference=PRIMARY
-            )
-        ).value
+        tenant = (await store.store.create_tenant("bench", "global", created_ms=0, read_preference=PRIMARY)).value
         thread = (
-            await store.store.upsert_thread(
-                tenant.id, "bench-thread", created_ms=0, read_preference=PRIMARY
-            )
+            await store.store.upsert_thread(tenant.id, "bench-thread", created_ms=0, read_preference=PRIMARY)
         ).value
         publish = Publish(live.hub, (tenant.id, thread.id), args.size)
         bench = Resource()
         bench.putChild(b"publish", publish)
         site.resource.putChild(b"bench", bench)
-        port = await serverFromString(
-            reactor, "tcp:%d:interface=127.0.0.1:backlog=4096" % args.port
-        ).listen(site)
+        port = await serverFromString(reactor, "tcp:%d:interface=127.0.0.1:backlog=4096" % args.port).listen(site)
         print(
             json.dumps(
                 {
@@ -160,14 +148,10 @@ def main():
         for service in reversed(services):
             await service.stopService()
 
-    reactor.addSystemEventTrigger(
-        "before", "shutdown", lambda: Deferred.fromCoroutine(stop())
-    )
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(stop()))
     for service in services:
         service.startService()
-    Deferred.fromCoroutine(setup()).addErrback(
-        lambda f: (f.printTraceback(), reactor.stop())
-    )
+    Deferred.fromCoroutine(setup()).addErrback(lambda f: (f.printTraceback(), reactor.stop()))
     reactor.run()
 
 

@@ -38,7 +38,6 @@ import os
 import select
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -190,7 +189,10 @@ class Poster:
         head = (
             "POST /api/v1/{}/comments?urlId={} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             "Content-Length: {}\r\n{}\r\n".format(
-                self.tenant, quote(url_id, safe=""), len(body), "Cookie: {}\r\n".format(self.cookie) if self.cookie else ""
+                self.tenant,
+                quote(url_id, safe=""),
+                len(body),
+                "Cookie: {}\r\n".format(self.cookie) if self.cookie else "",
             )
         ).encode()
         return head + body
@@ -226,7 +228,10 @@ def thread_owned_by(cluster: Cluster, poster: Poster, owner: str, taken: set[str
         if url_id in taken:
             continue
         poster.post(url_id, "first")
-        _, body = get(cluster.http["a"], "/api/v1/{}/comments?urlId={}".format(poster.tenant, url_id.replace(":", "%3A").replace("/", "%2F")))
+        _, body = get(
+            cluster.http["a"],
+            "/api/v1/{}/comments?urlId={}".format(poster.tenant, url_id.replace(":", "%3A").replace("/", "%2F")),
+        )
         thread = json.loads(body)["thread"]["id"]
         if rendezvous((poster.tenant, thread), NODES) == owner:
             taken.add(url_id)
@@ -294,7 +299,9 @@ def subscribers(port: int, tenant: str, url_id: str, n: int) -> tuple[Any, dict[
     return ep, conns
 
 
-def one_post(poster: Poster, url_id: str, ep: Any, conns: dict[int, Conn], target: int, text: str) -> tuple[float, float]:
+def one_post(
+    poster: Poster, url_id: str, ep: Any, conns: dict[int, Conn], target: int, text: str
+) -> tuple[float, float]:
     """POST one comment; wait until every subscriber of the group holds
     ``target`` events. Returns (ms to the first, ms to the last)."""
     n = len(conns)
@@ -344,14 +351,14 @@ def relay_part(cluster: Cluster, tenant: str, n: int, posts: int) -> list[tuple[
         groups.append((label, url_id, ep, conns, [], []))
     warmup = 3
     for i in range(warmup + posts):
-        for label, url_id, ep, conns, firsts, lasts in groups:
+        for _label, url_id, ep, conns, firsts, lasts in groups:
             first, last = one_post(poster, url_id, ep, conns, i + 1, "comment {}".format(i))
             if i >= warmup:
                 firsts.append(first)
                 lasts.append(last)
             time.sleep(0.01)
     results = []
-    for label, url_id, ep, conns, firsts, lasts in groups:
+    for label, _url_id, ep, conns, firsts, lasts in groups:
         for c in conns.values():
             c.sock.close()
         ep.close()
@@ -374,7 +381,9 @@ def detection_part(cluster: Cluster, kills: int) -> dict[str, list[float]]:
             time.sleep(1.0)  # a few heartbeats of steady state
             cluster.procs["c"].send_signal(sig)
             took = cluster.wait(
-                lambda: all(cluster.states(o).get("c") == state for o in ("a", "b")), "c " + state, timeout=20
+                lambda state=state: all(cluster.states(o).get("c") == state for o in ("a", "b")),
+                "c " + state,
+                timeout=20,
             )
             cluster.procs.pop("c").wait(30)
             out[kind].append(took)

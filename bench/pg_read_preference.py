@@ -124,24 +124,12 @@ def seed(primary_dsn: str) -> tuple[str, str, str]:
             out[0].raiseException()
         return out[0]
 
-    tenant = value(
-        store.create_tenant("Bench", "global", created_ms=now, read_preference=PRIMARY)
-    ).value
+    tenant = value(store.create_tenant("Bench", "global", created_ms=now, read_preference=PRIMARY)).value
     key = new_api_key()
-    value(
-        store.add_api_key(
-            tenant.id, hash_api_key(key), created_ms=now, read_preference=PRIMARY
-        )
-    )
-    author = value(
-        store.upsert_user(
-            tenant.id, "bench", "Bench", created_ms=now, read_preference=PRIMARY
-        )
-    ).value
+    value(store.add_api_key(tenant.id, hash_api_key(key), created_ms=now, read_preference=PRIMARY))
+    author = value(store.upsert_user(tenant.id, "bench", "Bench", created_ms=now, read_preference=PRIMARY)).value
     thread = value(
-        store.upsert_thread(
-            tenant.id, "https://bench.test/t", created_ms=now, read_preference=PRIMARY
-        )
+        store.upsert_thread(tenant.id, "https://bench.test/t", created_ms=now, read_preference=PRIMARY)
     ).value
     for i in range(200):
         text = f"Comment number {i} with a little *markdown* in it."
@@ -182,9 +170,7 @@ def start_node(workdir: str, primary_dsn: str, replica_dsn: str) -> tuple[subpro
 
 
 def wrk(url: str, key: str) -> dict[str, float]:
-    return benchlib.wrk(
-        url, connections=CONNECTIONS, seconds=SECONDS, headers={"authorization": "Bearer " + key}
-    )
+    return benchlib.wrk(url, connections=CONNECTIONS, seconds=SECONDS, headers={"authorization": "Bearer " + key})
 
 
 def request(
@@ -248,9 +234,7 @@ def post_then_read(port: int, key: str) -> dict[str, object]:
         )
         assert status == 200, payload
         times["token"].append(ms)
-        status, _, payload, ms = request(
-            port, "GET", path.format(comment_id, "primary"), key
-        )
+        status, _, payload, ms = request(port, "GET", path.format(comment_id, "primary"), key)
         assert status == 200, payload
         times["primary"].append(ms)
     return {"times": times, "nearest_missed": nearest_missed}
@@ -303,25 +287,16 @@ def main() -> None:
                 stdout=subprocess.PIPE,
             )
             children.append(relay)
-            assert (
-                relay.stdout is not None and relay.stdout.readline().strip() == b"ready"
-            )
+            assert relay.stdout is not None and relay.stdout.readline().strip() == b"ready"
             tenant, key, thread = seed(primary.dsn())
             standby = cluster.add_standby(
                 "near",
-                settings={
-                    "primary_conninfo": f"host=127.0.0.1 port={relay_port} user=postgres application_name=near"
-                },
+                settings={"primary_conninfo": f"host=127.0.0.1 port={relay_port} user=postgres application_name=near"},
             )
-            far_dsn = primary.dsn().replace(
-                f"port={primary.port}", f"port={relay_port}"
-            )
+            far_dsn = primary.dsn().replace(f"port={primary.port}", f"port={relay_port}")
         node, port = start_node(workdir, far_dsn, standby.dsn())
         base = f"http://127.0.0.1:{port}"
-        url = (
-            base
-            + f"/api/v1/manage/comments?status=approved&limit=100&threadId={thread}&readPreference="
-        )
+        url = base + f"/api/v1/manage/comments?status=approved&limit=100&threadId={thread}&readPreference="
         print(
             f"fastedge bench: thread reads, NEAREST vs PRIMARY, primary {2 * ONE_WAY_MS} ms away (round trip) by {how}, "
             f"wrk -c{CONNECTIONS} -d{SECONDS}s; node on CPU 0, wrk on CPU 1"
@@ -347,23 +322,15 @@ def main() -> None:
         lag = metric(port, "fastedge_store_replica_lag_seconds")
         times = pairs["times"]  # type: ignore[index]
         print()
-        print(
-            "| reads of a 100-comment page | requests/s | p50 ms | p99 ms | non-2xx |"
-        )
+        print("| reads of a 100-comment page | requests/s | p50 ms | p99 ms | non-2xx |")
         print("|---|---:|---:|---:|---:|")
         for name, r in (
             ("NEAREST (local standby)", nearest),
             ("PRIMARY (80 ms away)", primary_reads),
         ):
-            print(
-                "| {} | {:.0f} | {:.1f} | {:.1f} | {:.0f} |".format(
-                    name, r["rps"], r["p50"], r["p99"], r["errors"]
-                )
-            )
+            print("| {} | {:.0f} | {:.1f} | {:.1f} | {:.0f} |".format(name, r["rps"], r["p50"], r["p99"], r["errors"]))
         print()
-        print(
-            f"post-then-read, {PAIRS} pairs through the tenant API (sequential, one client):"
-        )
+        print(f"post-then-read, {PAIRS} pairs through the tenant API (sequential, one client):")
         print("| step | p50 ms | p99 ms |")
         print("|---|---:|---:|")
         for label, key_ in (
@@ -372,21 +339,14 @@ def main() -> None:
             ("GET primary", "primary"),
         ):
             values = times[key_]
-            print(
-                f"| {label} | {statistics.median(values):.1f} | {pct(values, 0.99):.1f} |"
-            )
+            print(f"| {label} | {statistics.median(values):.1f} | {pct(values, 0.99):.1f} |")
         print()
         print(
-            "NEAREST reads without the token that missed the new comment: {}/{}".format(
-                pairs["nearest_missed"], PAIRS
-            )
+            "NEAREST reads without the token that missed the new comment: {}/{}".format(pairs["nearest_missed"], PAIRS)
         )
         print(
             "token reads by outcome: {}".format(
-                ", ".join(
-                    "{}={:.0f}".format(k.split('"')[3], v)
-                    for k, v in sorted(outcomes.items())
-                )
+                ", ".join("{}={:.0f}".format(k.split('"')[3], v) for k, v in sorted(outcomes.items()))
             )
         )
         print(f"replica lag (seconds) last measured: {list(lag.values())}")

@@ -33,7 +33,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def call(port: int, method: str, path: str, body: object = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def call(
+    port: int, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     data = json.dumps(body).encode() if body is not None else None
     all_headers = dict(headers or {})
@@ -47,7 +49,10 @@ def call(port: int, method: str, path: str, body: object = None, headers: dict[s
 def seed(workdir: str, data_dir: str, port: int) -> tuple[str, str]:
     out = subprocess.run(
         [os.path.join(REPO, ".venv/bin/fastedge-admin"), "--data-dir", data_dir, "tenant", "create", "Bench", "--json"],
-        check=True, capture_output=True, text=True, cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     ).stdout
     created = json.loads(out)
     tenant, key = created["tenantId"], created["apiKey"]
@@ -56,7 +61,9 @@ def seed(workdir: str, data_dir: str, port: int) -> tuple[str, str]:
     for i in range(COMMENTS):
         body: dict[str, object] = {
             "urlId": URL_ID,
-            "text": "Comment {} with **some** text, a [link](https://example.test/{}) and enough words to look real.".format(i, i),
+            "text": "Comment {} with **some** text, a [link](https://example.test/{}) and enough words to look real.".format(
+                i, i
+            ),
             "displayName": "Reader {}".format(i % 37),
         }
         # Half top-level, half replies: all 200 fit one page (limit=100).
@@ -105,10 +112,18 @@ def main() -> None:
         finally:
             stop(node)
     print()
-    print("thread read, NEAREST, SQLite; {} comments in the thread; wrk -c{} -d{}s; node on CPU 0, wrk on CPU 1".format(COMMENTS, CONNECTIONS, SECONDS))
+    print(
+        "thread read, NEAREST, SQLite; {} comments in the thread; wrk -c{} -d{}s; node on CPU 0, wrk on CPU 1".format(
+            COMMENTS, CONNECTIONS, SECONDS
+        )
+    )
     print("{:<38} {:>10} {:>9} {:>9} {:>8} {:>9}".format("case", "req/s", "p50 ms", "p99 ms", "errors", "body KB"))
-    for label, r, size, shown in rows:
-        print("{:<38} {:>10.0f} {:>9.2f} {:>9.2f} {:>8.0f} {:>9.1f}".format(label, r["rps"], r["p50"], r["p99"], r["errors"] + r["socket_errors"], size / 1024))
+    for label, r, size, _shown in rows:
+        print(
+            "{:<38} {:>10.0f} {:>9.2f} {:>9.2f} {:>8.0f} {:>9.1f}".format(
+                label, r["rps"], r["p50"], r["p99"], r["errors"] + r["socket_errors"], size / 1024
+            )
+        )
     print("(each page: {} comments of the thread's {} with limit=100 top-level)".format(rows[0][3], COMMENTS))
 
 

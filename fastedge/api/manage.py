@@ -20,8 +20,8 @@ from ..store.errors import NotFound
 from ..store.interfaces import IStore
 from ..store.model import CommentStatus, NewComment, ReadPreference, Tenant, Written
 from . import common
-from .common import check_parent_thread
 from .cache import PageCache
+from .common import check_parent_thread
 from .credits import CreditMeter, merge_usage
 from .errors import ApiError, bad_request
 from .keys import hash_api_key, looks_like_api_key, new_api_key
@@ -115,7 +115,9 @@ class ManageApi:
                 tenant = yield self._store.tenant_for_api_key(key_hash, read_preference=PRIMARY)
             except NotFound:
                 self._metrics.auth_failures.labels("unknown").inc()
-                raise ApiError(401, "bad_api_key", "the API key is not valid or was revoked", headers=challenge) from None
+                raise ApiError(
+                    401, "bad_api_key", "the API key is not valid or was revoked", headers=challenge
+                ) from None
         return tenant
 
     def _read(self, operation: str, handler: Any) -> Any:
@@ -182,7 +184,9 @@ class ManageApi:
         out: dict[str, Any] = {}
         if body.get("title") is not None:
             if len(body["title"]) > self._cfg.title_max_chars:
-                raise bad_request("title is longer than {} characters".format(self._cfg.title_max_chars), code="bad_title")
+                raise bad_request(
+                    "title is longer than {} characters".format(self._cfg.title_max_chars), code="bad_title"
+                )
             out["title"] = body["title"]
         if body.get("closed") is not None:
             out["closed"] = body["closed"]
@@ -282,7 +286,11 @@ class ManageApi:
             yield check_parent_thread(self._store, tenant.id, url_id, parent)
         user = yield self._store.upsert_user(tenant.id, external, name, created_ms=now, read_preference=PRIMARY)
         thread = yield self._store.upsert_thread(
-            tenant.id, url_id, created_ms=now, read_preference=PRIMARY, **({"title": body["pageTitle"]} if body.get("pageTitle") else {})
+            tenant.id,
+            url_id,
+            created_ms=now,
+            read_preference=PRIMARY,
+            **({"title": body["pageTitle"]} if body.get("pageTitle") else {}),
         )
         written = yield self._store.create_comment(
             NewComment(

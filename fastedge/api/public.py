@@ -27,8 +27,8 @@ from . import common
 from .cache import PageCache
 from .errors import ApiError, bad_request, not_found
 from .markup import render
-from .pageview import PageView
 from .metrics import ApiMetrics
+from .pageview import PageView
 from .ratelimit import RateLimiter
 from .router import Call, Reply, Route
 from .sessions import COOKIE_NAME, SessionCookieError, SessionCookies
@@ -161,9 +161,7 @@ class PublicApi:
         if claim is not None:
             self._limit(tenant.id + "/" + claim.session_id, self._per_session)
             try:
-                session = yield self._store.get_anonymous_session(
-                    tenant.id, claim.session_id, read_preference=PRIMARY
-                )
+                session = yield self._store.get_anonymous_session(tenant.id, claim.session_id, read_preference=PRIMARY)
             except NotFound:
                 raise ApiError(
                     401,
@@ -311,9 +309,7 @@ class PublicApi:
         """Post a comment or a reply as the caller's anonymous session."""
         cfg = self._cfg
         url_id = common.url_id(call, cfg)
-        body = call.json(
-            required={"text": str, "displayName": str}, optional={"parentId": str, "pageTitle": str}
-        )
+        body = call.json(required={"text": str, "displayName": str}, optional={"parentId": str, "pageTitle": str})
         text = common.comment_text(cfg, body["text"])
         name = common.display_name(cfg, body["displayName"])
         parent_id = body.get("parentId")
@@ -450,4 +446,3 @@ class PublicApi:
         if self._live is not None:
             self._live.block_changed(tenant.id, viewer.session.author_id, author_id, False)
         return self._reply(viewer, 200, {"authorId": author_id, "blocked": False}, written)
-

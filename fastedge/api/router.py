@@ -115,7 +115,9 @@ class Call:
 def _check_type(name: str, value: Any, tp: Any) -> None:
     ok = isinstance(value, tp) and not (isinstance(value, bool) and tp in (int, (int, float)))
     if not ok:
-        expected = {str: "a string", bool: "true or false", int: "an integer", dict: "an object"}.get(tp, "another type")
+        expected = {str: "a string", bool: "true or false", int: "an integer", dict: "an object"}.get(
+            tp, "another type"
+        )
         raise bad_request("field {!r} must be {}".format(name, expected), code="wrong_type", field=name)
 
 
@@ -244,7 +246,7 @@ def _match(parts: tuple[str, ...], segments: list[str]) -> dict[str, str] | None
     if len(parts) != len(segments):
         return None
     params: dict[str, str] = {}
-    for part, segment in zip(parts, segments):
+    for part, segment in zip(parts, segments, strict=True):
         m = _PARAM.match(part)
         if m is not None:
             if not segment:

@@ -217,12 +217,7 @@ class DiskCache:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps({"op": "version", "version": _INDEX_VERSION}) + "\n")
             for entry in self._entries.values():
-                f.write(
-                    json.dumps(
-                        {"op": "put", "entry": entry.record()}, separators=(",", ":")
-                    )
-                    + "\n"
-                )
+                f.write(json.dumps({"op": "put", "entry": entry.record()}, separators=(",", ":")) + "\n")
         os.replace(tmp, path)
         if self._journal is not None:
             self._journal.close()
@@ -275,9 +270,7 @@ class DiskCache:
         self.size -= entry.meta.size
         return entry
 
-    def commit(
-        self, temp_path: str, tenant: str, key: str, meta: ObjectMeta, now: float
-    ) -> tuple[Entry, list[Entry]]:
+    def commit(self, temp_path: str, tenant: str, key: str, meta: ObjectMeta, now: float) -> tuple[Entry, list[Entry]]:
         """Move a complete, verified download into the cache.
 
         :returns: the new entry, and the entries evicted to make room (the

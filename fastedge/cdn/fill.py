@@ -113,20 +113,11 @@ class _Checker:
         e = self._expected
         if self._md5 is not None and self._md5.hexdigest() != e["md5"]:
             return "md5"
-        if (
-            self._sha256 is not None
-            and base64.b64encode(self._sha256.digest()).decode() != e["sha256"]
-        ):
+        if self._sha256 is not None and base64.b64encode(self._sha256.digest()).decode() != e["sha256"]:
             return "sha256"
-        if (
-            self._sha1 is not None
-            and base64.b64encode(self._sha1.digest()).decode() != e["sha1"]
-        ):
+        if self._sha1 is not None and base64.b64encode(self._sha1.digest()).decode() != e["sha1"]:
             return "sha1"
-        if (
-            self._crc32 is not None
-            and base64.b64encode(self._crc32.to_bytes(4, "big")).decode() != e["crc32"]
-        ):
+        if self._crc32 is not None and base64.b64encode(self._crc32.to_bytes(4, "big")).decode() != e["crc32"]:
             return "crc32"
         return None
 
@@ -142,9 +133,7 @@ class Fill:
 
     _log = Logger()
 
-    def __init__(
-        self, owner: Filler, media: Any, key: str, stale: Entry | None
-    ) -> None:
+    def __init__(self, owner: Filler, media: Any, key: str, stale: Entry | None) -> None:
         self._owner = owner
         self.media = media
         self.key = key
@@ -204,9 +193,7 @@ class Fill:
     # Running
 
     def start(self) -> None:
-        d = cast(
-            Deferred[Any], self._owner.peers.locate(self.media.tenant_id, self.key)
-        )
+        d = cast(Deferred[Any], self._owner.peers.locate(self.media.tenant_id, self.key))
         d.addCallback(self._fetch_from)
         d.addCallbacks(self._answered, self._fetch_failed)
         d.addErrback(self._crashed)
@@ -236,9 +223,7 @@ class Fill:
             if self.stale is not None:
                 owner.metrics.revalidations.labels("gone").inc()
                 owner.remove(self.stale.id, "gone")
-            owner.negative.add(
-                self.id, self.media.tenant_id, self.key, now + owner.negative_seconds
-            )
+            owner.negative.add(self.id, self.media.tenant_id, self.key, now + owner.negative_seconds)
             self._settle("not_found")
             return
         if response.status != 200 or response.meta is None:
@@ -255,9 +240,7 @@ class Fill:
         if 0 <= self.meta.size <= owner.memory.max_object_bytes:
             self._memory = []
         self._temp = owner.cache.temp_path()
-        self._write_fd = os.open(
-            self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
-        )
+        self._write_fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.read_fd = os.open(self._temp, os.O_RDONLY)
         self._settle("streaming")
         self._arm_idle()
@@ -323,11 +306,7 @@ class Fill:
     def done(self) -> None:
         if self.state != "streaming":
             return
-        assert (
-            self.meta is not None
-            and self._checker is not None
-            and self._temp is not None
-        )
+        assert self.meta is not None and self._checker is not None and self._temp is not None
         self._disarm_idle()
         os.close(self._write_fd)
         self._write_fd = -1
@@ -501,9 +480,7 @@ class Filler:
         for entry_id, fill in list(self.in_flight.items()):
             if fill.media.tenant_id != tenant:
                 continue
-            if (exact and fill.key == prefix) or (
-                not exact and fill.key.startswith(prefix)
-            ):
+            if (exact and fill.key == prefix) or (not exact and fill.key.startswith(prefix)):
                 fill.superseded = True
                 if fill.finished:
                     del self.in_flight[entry_id]

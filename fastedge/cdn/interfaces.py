@@ -31,13 +31,9 @@ class IBodyReceiver(Interface):
 class ISourceResponse(Interface):
     """A source's answer to a fetch."""
 
-    status = Attribute(
-        "200 (a body follows), 304 (the copy we hold is current) or 404."
-    )
+    status = Attribute("200 (a body follows), 304 (the copy we hold is current) or 404.")
     meta = Attribute("ObjectMeta for a 200 (and, when given, a 304), else None.")
-    checksums = Attribute(
-        "Checksums the source vouches for: {'md5': hex, 'crc32': base64, 'sha256': base64}."
-    )
+    checksums = Attribute("Checksums the source vouches for: {'md5': hex, 'crc32': base64, 'sha256': base64}.")
 
     def deliver(receiver: IBodyReceiver) -> None:
         """Stream the body of a 200 to ``receiver``."""
@@ -51,9 +47,7 @@ class IObjectSource(Interface):
 
     name = Attribute("'origin' or 'peer' (a metrics label).")
 
-    def fetch(
-        media: object, key: str, *, etag: str | None, last_modified: str | None
-    ) -> object:
+    def fetch(media: object, key: str, *, etag: str | None, last_modified: str | None) -> object:
         """GET an object, conditionally when ``etag``/``last_modified`` are given.
 
         :param media: the tenant's :class:`~fastedge.cdn.service.TenantMedia`.

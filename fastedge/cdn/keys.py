@@ -54,9 +54,7 @@ def check_key(key: str, *, prefix: str = "", max_bytes: int = 1024) -> str:
             raise BadKey("bad_key", "control characters are not allowed in a key")
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
-            raise BadKey(
-                "bad_key", "empty, '.' and '..' path segments are not allowed in a key"
-            )
+            raise BadKey("bad_key", "empty, '.' and '..' path segments are not allowed in a key")
     if len((prefix + key).encode("utf-8")) > max_bytes:
         raise BadKey(
             "key_too_long",
@@ -66,9 +64,7 @@ def check_key(key: str, *, prefix: str = "", max_bytes: int = 1024) -> str:
     return key
 
 
-def split_media_path(
-    path: bytes, *, max_bytes: int = 1024, validate: bool = True
-) -> tuple[str, str]:
+def split_media_path(path: bytes, *, max_bytes: int = 1024, validate: bool = True) -> tuple[str, str]:
     """``/media/<tenant>/<key>`` (query already removed) -> (tenant, key).
 
     The length is checked on the raw path first, so an enormous URL is
@@ -87,14 +83,10 @@ def split_media_path(
     parts = path.split(b"/")
     # ["", "media", tenant, key...]
     if len(parts) < 4 or parts[0] != b"" or parts[1] != b"media":
-        raise BadKey(
-            "bad_media_path", "media URLs look like /media/<tenant>/<key>", status=404
-        )
+        raise BadKey("bad_media_path", "media URLs look like /media/<tenant>/<key>", status=404)
     tenant = _decode_segment(parts[2])
     if not tenant:
-        raise BadKey(
-            "bad_media_path", "media URLs look like /media/<tenant>/<key>", status=404
-        )
+        raise BadKey("bad_media_path", "media URLs look like /media/<tenant>/<key>", status=404)
     key = "/".join(_decode_segment(p) for p in parts[3:])
     return tenant, (check_key(key, max_bytes=max_bytes) if validate else key)
 
@@ -104,6 +96,4 @@ def cache_id(tenant: str, key: str) -> str:
     and the tenant is part of it, so two tenants' keys never meet."""
     raw_tenant = tenant.encode("utf-8")
     # Length-prefixed, so no (tenant, key) pair can spell another.
-    return hashlib.sha256(
-        b"%d:" % len(raw_tenant) + raw_tenant + key.encode("utf-8")
-    ).hexdigest()
+    return hashlib.sha256(b"%d:" % len(raw_tenant) + raw_tenant + key.encode("utf-8")).hexdigest()

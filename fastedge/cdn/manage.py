@@ -80,9 +80,7 @@ class MediaApi:
         if raw is None:
             raise bad_request("give the object's key as ?key=...", code="missing_key")
         try:
-            return check_key(
-                raw, prefix=media.prefix, max_bytes=self._cfg.max_key_bytes
-            )
+            return check_key(raw, prefix=media.prefix, max_bytes=self._cfg.max_key_bytes)
         except BadKey as e:
             raise ApiError(e.status, e.code, e.message) from None
 
@@ -96,9 +94,7 @@ class MediaApi:
             raise ApiError(
                 415,
                 "unsupported_media_type",
-                "uploads must be one of: {}".format(
-                    ", ".join(self._cfg.upload_content_types)
-                ),
+                "uploads must be one of: {}".format(", ".join(self._cfg.upload_content_types)),
             )
         body: Any = call.request.content
         body.seek(0, 2)
@@ -117,9 +113,7 @@ class MediaApi:
         except OriginError as e:
             self._cdn.metrics.uploads.labels("origin_error").inc()
             status = 504 if e.kind == "timeout" else 502
-            raise ApiError(
-                status, "origin_" + e.kind, "the origin did not store the object"
-            ) from None
+            raise ApiError(status, "origin_" + e.kind, "the origin did not store the object") from None
         self._cdn.metrics.uploads.labels("stored").inc()
         body_out = {
             "key": key,
@@ -136,9 +130,7 @@ class MediaApi:
         body = call.json(optional={"key": str, "prefix": str})
         key, prefix = body.get("key"), body.get("prefix")
         if (key is None) == (prefix is None):
-            raise bad_request(
-                "give exactly one of 'key' and 'prefix'", code="bad_purge"
-            )
+            raise bad_request("give exactly one of 'key' and 'prefix'", code="bad_purge")
         if key is not None:
             value = self._key(key, media)
             kind = "key"

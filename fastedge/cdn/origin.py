@@ -51,9 +51,7 @@ class _PrecomputedPayloadAuth(S3SigV4Auth):
     """botocore's S3 signer, told the payload hash instead of reading the
     body itself (the body is a file we hashed off the reactor thread)."""
 
-    def __init__(
-        self, credentials: Credentials, region: str, payload_hash: str
-    ) -> None:
+    def __init__(self, credentials: Credentials, region: str, payload_hash: str) -> None:
         super().__init__(credentials, "s3", region)
         self._payload_hash = payload_hash
 
@@ -187,11 +185,7 @@ class S3Origin:
     def set_secret(self, secret_access_key: str) -> None:
         """Use these credentials from now on (read from a file at start)."""
         cfg = self._cfg
-        self._credentials = (
-            Credentials(cfg.access_key_id, secret_access_key)
-            if cfg.access_key_id
-            else None
-        )
+        self._credentials = Credentials(cfg.access_key_id, secret_access_key) if cfg.access_key_id else None
 
     def url_for(self, bucket: str, object_key: str) -> str:
         """The object's URL, encoded exactly as SigV4 canonicalises S3 paths."""
@@ -200,14 +194,10 @@ class S3Origin:
             return f"{self._scheme}://{bucket}.{self._netloc}/{encoded}"
         return f"{self._scheme}://{self._netloc}/{bucket}/{encoded}"
 
-    def _sign(
-        self, method: str, url: str, headers: dict[str, str], payload_hash: str
-    ) -> dict[bytes, list[bytes]]:
+    def _sign(self, method: str, url: str, headers: dict[str, str], payload_hash: str) -> dict[bytes, list[bytes]]:
         if self._credentials is not None:
             request = AWSRequest(method=method, url=url, headers=headers)
-            _PrecomputedPayloadAuth(
-                self._credentials, self._cfg.region, payload_hash
-            ).add_auth(request)
+            _PrecomputedPayloadAuth(self._credentials, self._cfg.region, payload_hash).add_auth(request)
             headers = dict(request.headers.items())
         return {k.encode("latin-1"): [v.encode("latin-1")] for k, v in headers.items()}
 
@@ -233,21 +223,15 @@ class S3Origin:
         def answered(response: IResponse) -> IResponse:
             if timer.active():
                 timer.cancel()
-            self._metrics.origin_latency.labels(operation, str(response.code)).observe(
-                self._clock.seconds() - started
-            )
+            self._metrics.origin_latency.labels(operation, str(response.code)).observe(self._clock.seconds() - started)
             return response
 
         def failed(f: Failure) -> Failure:
             timed_out = not timer.active()
             if not timed_out:
                 timer.cancel()
-            outcome = (
-                "timeout" if timed_out or f.check(net_error.TimeoutError) else "error"
-            )
-            self._metrics.origin_latency.labels(operation, outcome).observe(
-                self._clock.seconds() - started
-            )
+            outcome = "timeout" if timed_out or f.check(net_error.TimeoutError) else "error"
+            self._metrics.origin_latency.labels(operation, outcome).observe(self._clock.seconds() - started)
             if timed_out or f.check(CancelledError, net_error.TimeoutError):
                 raise OriginError(
                     "timeout",
@@ -255,17 +239,13 @@ class S3Origin:
                 )
             raise OriginError(
                 "error",
-                "origin unreachable ({})".format(
-                    f.type.__name__ if f.type else "error"
-                ),
+                "origin unreachable ({})".format(f.type.__name__ if f.type else "error"),
             )
 
         d.addCallbacks(answered, failed)
         return d
 
-    def fetch(
-        self, media: Any, key: str, *, etag: str | None, last_modified: str | None
-    ) -> Deferred[SourceResponse]:
+    def fetch(self, media: Any, key: str, *, etag: str | None, last_modified: str | None) -> Deferred[SourceResponse]:
         """GET ``key`` of a tenant's media (conditionally if validators are given)."""
         url = self.url_for(media.bucket, media.prefix + key)
         headers: dict[str, str] = {}
@@ -273,9 +253,7 @@ class S3Origin:
             headers["If-None-Match"] = etag
         elif last_modified is not None:
             headers["If-Modified-Since"] = last_modified
-        d = self._send(
-            "GET", "get", url, self._sign("GET", url, headers, _EMPTY_SHA256)
-        )
+        d = self._send("GET", "get", url, self._sign("GET", url, headers, _EMPTY_SHA256))
         return d.addCallback(self._adapt)
 
     def _adapt(self, response: IResponse) -> SourceResponse:
@@ -294,9 +272,7 @@ class S3Origin:
         if code == 404:
             return SourceResponse(response, 404, None, {})
         if code in (401, 403):
-            raise OriginError(
-                "error", f"the origin refused our credentials (HTTP {code})"
-            )
+            raise OriginError("error", f"the origin refused our credentials (HTTP {code})")
         if code in (408, 504):
             raise OriginError("timeout", f"the origin timed out (HTTP {code})")
         raise OriginError("error", f"the origin answered HTTP {code}")
@@ -315,9 +291,7 @@ class S3Origin:
             if response.code == 404:
                 return None
             if response.code != 200:
-                raise OriginError(
-                    "error", f"the origin answered HTTP {response.code} to HEAD"
-                )
+                raise OriginError("error", f"the origin answered HTTP {response.code} to HEAD")
             return meta_from_headers(response, size=size)
 
         return d.addCallback(got)
@@ -352,9 +326,7 @@ class S3Origin:
         def got(response: IResponse) -> PutResult:
             response.deliverBody(_Discard())
             if response.code not in (200, 201):
-                raise OriginError(
-                    "error", f"the origin answered HTTP {response.code} to PUT"
-                )
+                raise OriginError("error", f"the origin answered HTTP {response.code} to PUT")
             return PutResult(etag=_header(response, b"etag"))
 
         return d.addCallback(got)

@@ -41,9 +41,7 @@ ROUTE = "/media/{tenant}/{key}"
 _CSP = b"default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"
 
 
-def representation_headers(
-    meta: ObjectMeta, cache_control: str
-) -> list[tuple[bytes, list[bytes]]]:
+def representation_headers(meta: ObjectMeta, cache_control: str) -> list[tuple[bytes, list[bytes]]]:
     """Headers every 200/206/304 of this object carries."""
     headers = [
         (b"content-type", [meta.content_type.encode("latin-1", "replace")]),
@@ -55,9 +53,7 @@ def representation_headers(
     if meta.etag is not None:
         headers.append((b"etag", [meta.etag.encode("latin-1", "replace")]))
     if meta.last_modified is not None:
-        headers.append(
-            (b"last-modified", [meta.last_modified.encode("latin-1", "replace")])
-        )
+        headers.append((b"last-modified", [meta.last_modified.encode("latin-1", "replace")]))
     return headers
 
 
@@ -68,9 +64,7 @@ class _Representation:
 
     def __init__(self, meta: ObjectMeta, cache_control: str) -> None:
         self.headers = representation_headers(meta, cache_control)
-        self.etag = (
-            meta.etag.encode("latin-1", "replace") if meta.etag is not None else None
-        )
+        self.etag = meta.etag.encode("latin-1", "replace") if meta.etag is not None else None
         self.last_modified = parse_http_date(meta.last_modified)
         self.size = meta.size
 
@@ -152,9 +146,7 @@ class MediaResource(Resource):
             return NOT_DONE_YET
         if not self._ready():
             request.setHeader(b"retry-after", b"1")
-            write_error(
-                request, 503, "cache_starting", "the media cache is starting; try again"
-            )
+            write_error(request, 503, "cache_starting", "the media cache is starting; try again")
             return NOT_DONE_YET
         entry_id = cache_id(tenant_id, key)
         entry = self._cache.get(entry_id)
@@ -176,17 +168,13 @@ class MediaResource(Resource):
         if joined:
             self._metrics.coalesced.inc()
         else:
-            self._metrics.misses.labels(
-                "stale" if entry is not None else "not_cached"
-            ).inc()
+            self._metrics.misses.labels("stale" if entry is not None else "not_cached").inc()
         fill.when_started().addCallback(self._from_fill, request, media, head)
         return NOT_DONE_YET
 
     # Answers
 
-    def _serve_entry(
-        self, request: Request, entry: Entry, media: Any, head: bool, x_cache: bytes
-    ) -> None:
+    def _serve_entry(self, request: Request, entry: Entry, media: Any, head: bool, x_cache: bytes) -> None:
         rep = _representation(entry, media.cache_control)
         data = self._memory.get(entry)
         if data is not None:
@@ -200,11 +188,7 @@ class MediaResource(Resource):
         if head or status == 304:
             request.finish()
             return
-        start, end = (
-            (byte_range.start, byte_range.end + 1)
-            if byte_range is not None
-            else (0, rep.size)
-        )
+        start, end = (byte_range.start, byte_range.end + 1) if byte_range is not None else (0, rep.size)
         if data is None and self._memory.admits(rep.size):
             try:
                 with open(self._cache.path_for(entry.id), "rb") as f:
@@ -302,17 +286,11 @@ class MediaResource(Resource):
         elif state == "failed":
             stale = fill.stale
             now = self._clock.seconds()
-            if (
-                stale is not None
-                and now - stale.validated_at - media.fresh_seconds
-                <= self._stale_if_error
-            ):
+            if stale is not None and now - stale.validated_at - media.fresh_seconds <= self._stale_if_error:
                 self._metrics.stale.labels(fill.error_kind or "error").inc()
                 self._serve_entry(request, stale, media, head, b"STALE")
             elif fill.error_kind == "timeout":
-                write_error(
-                    request, 504, "origin_timeout", "the origin did not answer in time"
-                )
+                write_error(request, 504, "origin_timeout", "the origin did not answer in time")
             else:
                 write_error(
                     request,
@@ -320,9 +298,7 @@ class MediaResource(Resource):
                     "origin_error",
                     "the origin failed to provide this object",
                 )
-        elif (
-            state == "done" and fill.entry is not None and fill.entry.id in self._cache
-        ):
+        elif state == "done" and fill.entry is not None and fill.entry.id in self._cache:
             self._serve_entry(request, fill.entry, media, head, b"MISS")
         else:
             self._stream(request, fill, media, head)

@@ -144,24 +144,13 @@ def not_modified(
     return False
 
 
-def range_applies(
-    if_range: bytes | None, *, etag: bytes | None, last_modified: float | None
-) -> bool:
+def range_applies(if_range: bytes | None, *, etag: bytes | None, last_modified: float | None) -> bool:
     """Whether a Range header should be honoured given ``If-Range``."""
     if if_range is None:
         return True
     value = if_range.strip()
     if value.startswith(b'"') or value.startswith(b"W/"):
         # Strong comparison: a weak tag never matches.
-        return (
-            etag is not None
-            and not value.startswith(b"W/")
-            and not etag.startswith(b"W/")
-            and value == etag
-        )
+        return etag is not None and not value.startswith(b"W/") and not etag.startswith(b"W/") and value == etag
     when = parse_http_date(value)
-    return (
-        when is not None
-        and last_modified is not None
-        and int(when) == int(last_modified)
-    )
+    return when is not None and last_modified is not None and int(when) == int(last_modified)

@@ -88,9 +88,7 @@ class CdnService(MultiService):
         self._run_blocking = run_blocking
         self.ready = False
         self.cache = DiskCache(cfg.cache_dir, max_bytes=cfg.max_bytes)
-        self.memory = MemoryTier(
-            max_bytes=cfg.memory_max_bytes, max_object_bytes=cfg.memory_max_object_bytes
-        )
+        self.memory = MemoryTier(max_bytes=cfg.memory_max_bytes, max_object_bytes=cfg.memory_max_object_bytes)
         self.negative = NegativeCache(max_entries=cfg.negative_max_entries)
         self.filler = Filler(
             cache=self.cache,
@@ -144,11 +142,7 @@ class CdnService(MultiService):
 
         def close(_: Any) -> Deferred[Any]:
             self.cache.close()
-            return (
-                self._pool.closeCachedConnections()
-                if self._pool is not None
-                else succeed(None)
-            )
+            return self._pool.closeCachedConnections() if self._pool is not None else succeed(None)
 
         d.addCallback(close)
         return d
@@ -165,9 +159,7 @@ class CdnService(MultiService):
 
     def commit(self, temp_path: str, tenant: str, key: str, meta: ObjectMeta) -> Entry:
         """Store a verified download; evict to fit."""
-        entry, evicted = self.cache.commit(
-            temp_path, tenant, key, meta, self._reactor.seconds()
-        )
+        entry, evicted = self.cache.commit(temp_path, tenant, key, meta, self._reactor.seconds())
         self.memory.discard(entry.id)
         for old in evicted:
             self.memory.discard(old.id)
@@ -182,9 +174,7 @@ class CdnService(MultiService):
             self.metrics.evictions.labels(reason).inc()
             self.metrics.evicted_bytes.labels(reason).inc(entry.meta.size)
 
-    def apply_purge(
-        self, tenant: str, kind: str, value: str, *, remote: bool = False
-    ) -> int:
+    def apply_purge(self, tenant: str, kind: str, value: str, *, remote: bool = False) -> int:
         """Remove a key (``kind="key"``) or every key under a prefix from this
         node: cache, memory, negative cache, and downloads in flight.
 
@@ -219,9 +209,7 @@ class CdnService(MultiService):
         return purged
 
     @inlineCallbacks
-    def upload(
-        self, media: TenantMedia, key: str, content_type: str, body: Any, length: int
-    ) -> Any:
+    def upload(self, media: TenantMedia, key: str, content_type: str, body: Any, length: int) -> Any:
         """Store ``body`` at the origin, then in the local cache.
 
         The body is first copied into the cache's temporary directory (and
@@ -247,16 +235,12 @@ class CdnService(MultiService):
             )
             meta = yield media.origin.head(media, key, size=length)
             if meta is None:
-                raise OriginError(
-                    "error", "the origin does not show the object just stored"
-                )
+                raise OriginError("error", "the origin does not show the object just stored")
             etag = (meta.etag or "").strip('"').lower()
             if len(etag) == 32 and etag != md5.hex():
                 # A single-part object's ETag is its MD5: someone else wrote
                 # it in between. Do not cache bytes the origin does not have.
-                raise OriginError(
-                    "error", "the origin holds other bytes than those just stored"
-                )
+                raise OriginError("error", "the origin holds other bytes than those just stored")
             entry = self.commit(temp, media.tenant_id, key, meta)
         finally:
             if os.path.exists(temp):
@@ -273,9 +257,7 @@ class CdnService(MultiService):
 
     def media_url(self, media: TenantMedia, key: str) -> str:
         """The public path of an object."""
-        return "/media/{}/{}".format(
-            quote(media.tenant_id, safe=""), quote(key, safe="/~")
-        )
+        return "/media/{}/{}".format(quote(media.tenant_id, safe=""), quote(key, safe="/~"))
 
 
 def _copy_and_hash(body: Any, path: str) -> tuple[bytes, str]:
@@ -316,9 +298,7 @@ def make_service(
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = cfg.origin_connections_per_host
         pool.cachedConnectionTimeout = 60
-        client = HTTPClient(
-            Agent(reactor, pool=pool, connectTimeout=cfg.origin_timeout_seconds)
-        )
+        client = HTTPClient(Agent(reactor, pool=pool, connectTimeout=cfg.origin_timeout_seconds))
     metrics = CdnMetrics(registry)
     origins: dict[str, S3Origin] = {}
     for name, origin_cfg in cfg.origins.items():
@@ -351,9 +331,7 @@ def make_service(
         pool=pool,
         peers=peers if peers is not None else NoPeers(),
         broadcast=broadcast if broadcast is not None else LocalOnly(),
-        run_blocking=lambda f, *a: deferToThreadPool(
-            reactor, reactor.getThreadPool(), f, *a
-        ),
+        run_blocking=lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a),
     )
 
 

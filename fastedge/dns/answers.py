@@ -109,11 +109,7 @@ class AnswerTable:
         return choice
 
     def _compute(self, deployment: str, family: int, cell: Cell) -> Choice:
-        candidates = [
-            n
-            for n in self._map.live(deployment)
-            if any(_family_of(a) == family for a in n.addresses)
-        ]
+        candidates = [n for n in self._map.live(deployment) if any(_family_of(a) == family for a in n.addresses)]
         if not candidates:
             return Choice((), ())
         try:
@@ -141,12 +137,7 @@ class AnswerTable:
                 chosen.append(node)
             if len(chosen) == self._count:
                 break
-        addresses = tuple(
-            (a, n.node_id)
-            for n in chosen
-            for a in n.addresses
-            if _family_of(a) == family
-        )
+        addresses = tuple((a, n.node_id) for n in chosen for a in n.addresses if _family_of(a) == family)
         return Choice(tuple(chosen), addresses)
 
 
@@ -158,9 +149,7 @@ class ClientLocator:
         emptied and refilled (cheap, and bounded under any traffic).
     """
 
-    def __init__(
-        self, geo: IGeoLocator | None, *, cell_degrees: float, entries: int
-    ) -> None:
+    def __init__(self, geo: IGeoLocator | None, *, cell_degrees: float, entries: int) -> None:
         self._geo = geo
         self._degrees = cell_degrees
         self._entries = entries

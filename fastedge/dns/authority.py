@@ -62,9 +62,7 @@ class Zone:
         suffix = "." + self.name
         self.nameservers = cfg.nameservers
         # Every node serves DNS: NS names inside the zone answer like geo names.
-        self.geo.update(
-            ns for ns in cfg.nameservers if ns == self.name or ns.endswith(suffix)
-        )
+        self.geo.update(ns for ns in cfg.nameservers if ns == self.name or ns.endswith(suffix))
         # Names that exist: owners, and the empty non-terminals above them.
         self.names: set[str] = {self.name}
         for owner in self.geo:
@@ -156,25 +154,17 @@ class EdgeAuthority(common.ResolverBase):
         choice = self.table.choose(zone.deployment, 4 if qtype == dns.A else 6, cell)
         record = dns.Record_A if qtype == dns.A else dns.Record_AAAA
         rrs = [
-            dns.RRHeader(
-                owner, qtype, dns.IN, self.ttl, record(address, ttl=self.ttl), auth=True
-            )
+            dns.RRHeader(owner, qtype, dns.IN, self.ttl, record(address, ttl=self.ttl), auth=True)
             for address, _node in choice.addresses
         ]
         return rrs, scope, tuple(n.node_id for n in choice.nodes)
 
-    def resolve(
-        self, owner: bytes | str, qtype: int, qclass: int, client: Client
-    ) -> Resolution:
+    def resolve(self, owner: bytes | str, qtype: int, qclass: int, client: Client) -> Resolution:
         """Answer one question.
 
         :param owner: the name as asked (its case is kept in the answer).
         """
-        name = (
-            (owner.decode("latin-1") if isinstance(owner, bytes) else owner)
-            .lower()
-            .rstrip(".")
-        )
+        name = (owner.decode("latin-1") if isinstance(owner, bytes) else owner).lower().rstrip(".")
         zone = self.zone_for(name)
         if zone is None or qclass != dns.IN or qtype in (dns.AXFR, dns.IXFR):
             # Not ours (or a zone transfer, which we do not offer).
@@ -192,23 +182,17 @@ class EdgeAuthority(common.ResolverBase):
                 # RFC 8482: one RRset answers ANY.
                 answers, scope, nodes = self.geo_records(zone, owner, dns.A, client)
                 if not answers:
-                    answers, scope, nodes = self.geo_records(
-                        zone, owner, dns.AAAA, client
-                    )
+                    answers, scope, nodes = self.geo_records(zone, owner, dns.AAAA, client)
             else:
                 answers, scope, nodes = self.geo_records(zone, owner, qtype, client)
         elif name == zone.name and qtype in (dns.SOA, dns.ALL_RECORDS):
-            answers = [
-                dns.RRHeader(owner, dns.SOA, dns.IN, self.ttl, zone.soa, auth=True)
-            ]
+            answers = [dns.RRHeader(owner, dns.SOA, dns.IN, self.ttl, zone.soa, auth=True)]
         elif name == zone.name and qtype == dns.NS:
             answers = zone.ns_rrs(owner)
             for ns in zone.nameservers:
                 if ns in zone.geo:
                     for glue_type in (dns.A, dns.AAAA):
-                        glue, glue_scope, _ = self.geo_records(
-                            zone, ns, glue_type, client
-                        )
+                        glue, glue_scope, _ = self.geo_records(zone, ns, glue_type, client)
                         additional.extend(glue)
                         scope = max(scope, glue_scope)
         if not answers:

@@ -66,14 +66,10 @@ class FastPath:
             for name in zone.geo:
                 if authority.zone_for(name) is zone:
                     self._names[_wire_name(name)] = zone.deployment
-        self._answers: dict[
-            tuple[str, int, Cell], tuple[bytes, int, tuple[str, ...]]
-        ] = {}
+        self._answers: dict[tuple[str, int, Cell], tuple[bytes, int, tuple[str, ...]]] = {}
         #: (query after its id, source, udp) -> (answer after its id, qtype,
         #: nodes, ECS seen): a repeated query costs one lookup.
-        self._responses: dict[
-            tuple[bytes, str, bool], tuple[bytes, int, tuple[str, ...], bool]
-        ] = {}
+        self._responses: dict[tuple[bytes, str, bool], tuple[bytes, int, tuple[str, ...], bool]] = {}
         self._response_entries = response_entries
         table.listeners.append(self.forget)
         locator.listeners.append(self.forget)
@@ -106,17 +102,14 @@ class FastPath:
         stats.queries[(qtype, 0, "fast", "udp" if udp else "tcp")] += 1
         return data[:2] + body
 
-    def _records(
-        self, deployment: str, qtype: int, cell: Cell
-    ) -> tuple[bytes, int, tuple[str, ...]]:
+    def _records(self, deployment: str, qtype: int, cell: Cell) -> tuple[bytes, int, tuple[str, ...]]:
         key = (deployment, qtype, cell)
         found = self._answers.get(key)
         if found is None:
             choice = self._table.choose(deployment, 4 if qtype == _A else 6, cell)
             family = socket.AF_INET if qtype == _A else socket.AF_INET6
             rrs = b"".join(
-                _ANSWER.pack(0xC00C, qtype, 1, self._ttl, 4 if qtype == _A else 16)
-                + socket.inet_pton(family, address)
+                _ANSWER.pack(0xC00C, qtype, 1, self._ttl, 4 if qtype == _A else 16) + socket.inet_pton(family, address)
                 for address, _node in choice.addresses
             )
             found = (rrs, len(choice.addresses), tuple(n.node_id for n in choice.nodes))
@@ -191,10 +184,7 @@ class FastPath:
                 ecs.option(scope) if ecs is not None else b"",
             )
         response = (
-            HEADER.pack(qid, QR | AA | (flags & (RD | CD)), 1, count, 0, 1 if ar else 0)
-            + data[12:end]
-            + rrs
-            + opt
+            HEADER.pack(qid, QR | AA | (flags & (RD | CD)), 1, count, 0, 1 if ar else 0) + data[12:end] + rrs + opt
         )
         if udp and len(response) > limit:
             # Rare (many addresses, a small buffer): the general path

@@ -57,9 +57,7 @@ _BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 
 def type_label(qtype: int) -> str:
     """A query type as a label value."""
-    return _TYPES.get(qtype) or (
-        f"TYPE{qtype}" if qtype in (64, 65, 43, 48) else "other"
-    )
+    return _TYPES.get(qtype) or (f"TYPE{qtype}" if qtype in (64, 65, 43, 48) else "other")
 
 
 def rcode_label(rcode: int) -> str:
@@ -89,9 +87,7 @@ class DnsStats:
     def latency(self) -> tuple[list[tuple[str, int]], float]:
         """Cumulative buckets and the sum, as Prometheus wants them."""
         out, total = [], 0
-        for bound, count in zip(
-            [*map(str, _BUCKETS), "+Inf"], self._bucket_counts, strict=True
-        ):
+        for bound, count in zip([*map(str, _BUCKETS), "+Inf"], self._bucket_counts, strict=True):
             total += count
             out.append((bound, total))
         return out, self._latency_sum
@@ -100,9 +96,7 @@ class DnsStats:
 class DnsCollector(Collector):
     """Exposes one :class:`DnsStats` (and the answer caches' sizes)."""
 
-    def __init__(
-        self, stats: DnsStats, gauges: Callable[[], dict[str, tuple[str, float]]]
-    ) -> None:
+    def __init__(self, stats: DnsStats, gauges: Callable[[], dict[str, tuple[str, float]]]) -> None:
         self._stats = stats
         self._gauges = gauges
 
@@ -119,9 +113,7 @@ class DnsCollector(Collector):
         for labels, n in merged.items():
             queries.add_metric(list(labels), n)
         yield queries
-        answers = CounterMetricFamily(
-            "fastedge_dns_answers", "Times each node was in an answer.", labels=["node"]
-        )
+        answers = CounterMetricFamily("fastedge_dns_answers", "Times each node was in an answer.", labels=["node"])
         for node, n in list(s.answers_by_node.items()):
             answers.add_metric([node], n)
         yield answers

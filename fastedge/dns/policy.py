@@ -42,16 +42,12 @@ class NearestLive:
         default_region: str,
     ) -> Sequence[NodeInfo]:
         if client is None:
-            regional = [
-                n for n in nodes if default_region and n.region == default_region
-            ]
+            regional = [n for n in nodes if default_region and n.region == default_region]
             return regional or list(nodes)
         return sorted(
             nodes,
             key=lambda n: (
-                great_circle_km(
-                    client.latitude, client.longitude, n.latitude, n.longitude
-                ),
+                great_circle_km(client.latitude, client.longitude, n.latitude, n.longitude),
                 n.node_id,
             ),
         )
@@ -77,7 +73,5 @@ def load_policy(name: str, package: ModuleType | None = None) -> IAnswerPolicy:
     if name in found:
         return found[name]
     raise UnknownPolicy(
-        "dns.policy: no answer policy {!r} (known: {})".format(
-            name, ", ".join(sorted([builtin.name, *found]))
-        )
+        "dns.policy: no answer policy {!r} (known: {})".format(name, ", ".join(sorted([builtin.name, *found])))
     )

@@ -52,9 +52,7 @@ class _Context:
 
     __slots__ = ("parsed", "client", "udp", "started")
 
-    def __init__(
-        self, parsed: ParsedQuery, client: Client, udp: bool, started: float
-    ) -> None:
+    def __init__(self, parsed: ParsedQuery, client: Client, udp: bool, started: float) -> None:
         self.parsed = parsed
         self.client = client
         self.udp = udp
@@ -81,9 +79,7 @@ class SourceRateLimit:
 
     def _network(self, source: str) -> str:
         if ":" in source:
-            return str(
-                ipaddress.IPv6Network((source, 56), strict=False).network_address
-            )
+            return str(ipaddress.IPv6Network((source, 56), strict=False).network_address)
         return source.rsplit(".", 1)[0]
 
     def check(self, source: str) -> str:
@@ -183,9 +179,7 @@ class EdgeServerFactory(server.DNSServerFactory):
 
     # Entry points of the protocols
 
-    def handle_datagram(
-        self, data: bytes, addr: tuple[str, int], protocol: EdgeDatagramProtocol
-    ) -> None:
+    def handle_datagram(self, data: bytes, addr: tuple[str, int], protocol: EdgeDatagramProtocol) -> None:
         """One UDP datagram from ``addr``."""
         started = self._timer()
         verdict = self.rate_limit.check(addr[0])
@@ -195,9 +189,7 @@ class EdgeServerFactory(server.DNSServerFactory):
                 qid, flags = struct.unpack_from(">HH", data)
                 if not flags & 0x8000:
                     protocol.write_answer(
-                        HEADER.pack(
-                            qid, response_flags(flags, OK, False) | TC, 0, 0, 0, 0
-                        ),
+                        HEADER.pack(qid, response_flags(flags, OK, False) | TC, 0, 0, 0, 0),
                         addr,
                     )
             return
@@ -266,9 +258,7 @@ class EdgeServerFactory(server.DNSServerFactory):
         message._edge = _Context(parsed, Client(source, parsed.edns.ecs if parsed.edns else None), udp, started)  # type: ignore[attr-defined]
         self.messageReceived(message, protocol, addr)
 
-    def messageReceived(
-        self, message: dns.Message, proto: Any, address: Any = None
-    ) -> None:
+    def messageReceived(self, message: dns.Message, proto: Any, address: Any = None) -> None:
         # As Twisted's, without its per-message wall-clock stamp and logging.
         if not self.allowQuery(message, proto, address):
             message.rCode = dns.EREFUSED
@@ -287,9 +277,7 @@ class EdgeServerFactory(server.DNSServerFactory):
     def handleQuery(self, message: dns.Message, protocol: Any, address: Any) -> None:
         ctx: _Context = message._edge  # type: ignore[attr-defined]
         query = message.queries[0]
-        result: Resolution = self.authority.resolve(
-            query.name.name, query.type, query.cls, ctx.client
-        )
+        result: Resolution = self.authority.resolve(query.name.name, query.type, query.cls, ctx.client)
         response = dns.Message(
             id=message.id,
             answer=True,
@@ -314,9 +302,7 @@ class EdgeServerFactory(server.DNSServerFactory):
         if not message.answer:
             # Twisted answers NOTIMP/REFUSED by sending the query back with
             # an rcode: answer with the question only.
-            response = dns.Message(
-                id=message.id, answer=True, opCode=message.opCode, rCode=message.rCode
-            )
+            response = dns.Message(id=message.id, answer=True, opCode=message.opCode, rCode=message.rCode)
             response.queries = message.queries
             message = response
         rcode = message.rCode
@@ -344,9 +330,7 @@ class EdgeServerFactory(server.DNSServerFactory):
         wire = bytes(body) + opt
         transport = "udp" if ctx.udp else "tcp"
         if ctx.udp:
-            limit = (
-                min(edns.udp_size, self.max_udp_payload) if edns is not None else 512
-            )
+            limit = min(edns.udp_size, self.max_udp_payload) if edns is not None else 512
             if len(wire) > limit:
                 wire = truncated_response(wire, opt)
                 self.stats.truncated += 1

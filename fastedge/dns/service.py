@@ -61,9 +61,7 @@ def build_server(
         default_region=cfg.default_region,
         cell_degrees=cfg.cell_degrees,
     )
-    locator = ClientLocator(
-        geo, cell_degrees=cfg.cell_degrees, entries=cfg.location_cache_entries
-    )
+    locator = ClientLocator(geo, cell_degrees=cfg.cell_degrees, entries=cfg.location_cache_entries)
     authority = EdgeAuthority(cfg.zones, ttl=cfg.ttl, table=table, locator=locator)
     fast = FastPath(
         authority,

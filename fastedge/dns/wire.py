@@ -55,9 +55,7 @@ class Malformed(Exception):
     :ivar edns: the query's EDNS when it was read (the answer carries OPT).
     """
 
-    def __init__(
-        self, rcode: int, reason: str, header: tuple[int, int], edns: Edns | None = None
-    ) -> None:
+    def __init__(self, rcode: int, reason: str, header: tuple[int, int], edns: Edns | None = None) -> None:
         super().__init__(reason)
         self.rcode = rcode
         self.reason = reason
@@ -80,16 +78,11 @@ class ClientSubnet:
         if self.family == 1:
             return ".".join(str(b) for b in self.address.ljust(4, b"\0"))
         padded = self.address.ljust(16, b"\0")
-        return ":".join(
-            "{:x}".format(int.from_bytes(padded[i : i + 2], "big"))
-            for i in range(0, 16, 2)
-        )
+        return ":".join("{:x}".format(int.from_bytes(padded[i : i + 2], "big")) for i in range(0, 16, 2))
 
     def option(self, scope: int) -> bytes:
         """The option echoed in a response, with SCOPE PREFIX-LENGTH ``scope``."""
-        body = (
-            struct.pack(">HBB", self.family, self.source_prefix, scope) + self.address
-        )
+        body = struct.pack(">HBB", self.family, self.source_prefix, scope) + self.address
         return struct.pack(">HH", OPTION_ECS, len(body)) + body
 
 
@@ -176,9 +169,7 @@ def _parse_ecs(body: bytes, header: tuple[int, int]) -> ClientSubnet:
     return ClientSubnet(family, source, scope, bytes(address))
 
 
-def _parse_opt(
-    data: bytes, at: int, rdlen: int, udp_size: int, ttl: int, header: tuple[int, int]
-) -> Edns:
+def _parse_opt(data: bytes, at: int, rdlen: int, udp_size: int, ttl: int, header: tuple[int, int]) -> Edns:
     version = (ttl >> 16) & 0xFF
     dnssec_ok = bool(ttl & 0x8000)
     ecs: ClientSubnet | None = None
@@ -190,9 +181,7 @@ def _parse_opt(
         code, length = _HH.unpack_from(data, pos)
         pos += 4
         if pos + length > end:
-            raise Malformed(
-                FORMERR, "EDNS option runs past its record", header, partial
-            )
+            raise Malformed(FORMERR, "EDNS option runs past its record", header, partial)
         if code == OPTION_ECS:
             if ecs is not None:
                 raise Malformed(FORMERR, "two ECS options", header, partial)
@@ -238,9 +227,7 @@ def parse_query(data: bytes) -> ParsedQuery:
                 raise Malformed(FORMERR, "record data runs past the end", header, edns)
             if rtype == TYPE_OPT:
                 if section != 3 or owner != "" or edns is not None:
-                    raise Malformed(
-                        FORMERR, "misplaced or repeated OPT record", header, edns
-                    )
+                    raise Malformed(FORMERR, "misplaced or repeated OPT record", header, edns)
                 edns = _parse_opt(data, pos, rdlen, rclass, ttl, header)
             pos += rdlen
     if pos != len(data):
@@ -263,14 +250,10 @@ def response_flags(query_flags: int, rcode: int, authoritative: bool = True) -> 
     return flags
 
 
-def opt_record(
-    udp_size: int, rcode: int = 0, dnssec_ok: bool = False, options: bytes = b""
-) -> bytes:
+def opt_record(udp_size: int, rcode: int = 0, dnssec_ok: bool = False, options: bytes = b"") -> bytes:
     """Our OPT record: version 0, our UDP size, the upper rcode bits."""
     ttl = ((rcode >> 4) & 0xFF) << 24 | (0x8000 if dnssec_ok else 0)
-    return (
-        b"\x00" + struct.pack(">HHIH", TYPE_OPT, udp_size, ttl, len(options)) + options
-    )
+    return b"\x00" + struct.pack(">HHIH", TYPE_OPT, udp_size, ttl, len(options)) + options
 
 
 def error_response(error: Malformed, our_udp_size: int) -> bytes:
@@ -300,6 +283,4 @@ def truncated_response(response: bytes, opt: bytes) -> bytes:
     retries over TCP (RFC 7766)."""
     qid, flags, qd, _an, _ns, _ar = HEADER.unpack_from(response)
     end = question_end(response)
-    return (
-        HEADER.pack(qid, flags | TC, qd, 0, 0, 1 if opt else 0) + response[12:end] + opt
-    )
+    return HEADER.pack(qid, flags | TC, qd, 0, 0, 1 if opt else 0) + response[12:end] + opt

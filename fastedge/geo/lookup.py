@@ -123,9 +123,7 @@ class GeoIndex:
         self._reader.close()
 
 
-def _count_networks(
-    data: bytes, node_count: int, record_size: int, data_size: int
-) -> int:
+def _count_networks(data: bytes, node_count: int, record_size: int, data_size: int) -> int:
     """Networks with data, read straight from the search tree: each record
     above ``node_count`` points into the data section. The tree is an array
     in which every node appears once (IPv4-in-IPv6 aliases point at shared
@@ -164,11 +162,7 @@ def _open_reader(data: bytes) -> Any:
     extension over a memfd when both exist, else the pure-Python reader."""
     memfd_create = getattr(os, "memfd_create", None)
     extension = getattr(maxminddb, "extension", None)
-    if (
-        memfd_create is not None
-        and extension is not None
-        and os.path.isdir("/proc/self/fd")
-    ):
+    if memfd_create is not None and extension is not None and os.path.isdir("/proc/self/fd"):
         fd = memfd_create("fastedge-geoip", getattr(os, "MFD_CLOEXEC", 0))
         try:
             view = memoryview(data)
@@ -176,9 +170,7 @@ def _open_reader(data: bytes) -> Any:
                 view = view[os.write(fd, view) :]
             # The C reader maps the memfd; the mapping keeps it alive once
             # our descriptor is closed.
-            return maxminddb.open_database(
-                f"/proc/self/fd/{fd}", maxminddb.MODE_MMAP_EXT
-            )
+            return maxminddb.open_database(f"/proc/self/fd/{fd}", maxminddb.MODE_MMAP_EXT)
         finally:
             os.close(fd)
     return maxminddb.open_database(io.BytesIO(data), maxminddb.MODE_FD)
@@ -231,16 +223,12 @@ def build_index(path: str) -> GeoIndex:
         if data_size < 0:
             raise GeoIndexError(f"{path}: the search tree is truncated")
         try:
-            networks = _count_networks(
-                data, meta.node_count, meta.record_size, data_size
-            )
+            networks = _count_networks(data, meta.node_count, meta.record_size, data_size)
         except GeoIndexError as e:
             raise GeoIndexError(f"{path}: {e}") from None
         # A few real lookups decode data records: a corrupt data section
         # shows here rather than at query time.
-        probes = ["1.1.1.1", "8.8.8.8", "81.2.69.142"] + (
-            ["2001:db8::1", "2a02::1"] if meta.ip_version == 6 else []
-        )
+        probes = ["1.1.1.1", "8.8.8.8", "81.2.69.142"] + (["2001:db8::1", "2a02::1"] if meta.ip_version == 6 else [])
         for probe in probes:
             try:
                 reader.get_with_prefix_len(probe)

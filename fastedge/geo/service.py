@@ -130,9 +130,7 @@ class GeoService(Service):
             self.privilegedStartService()
         super().startService()
         if not self._cfg.database:
-            self._log.info(
-                "no GeoIP database configured (geo.database): client locations are unknown"
-            )
+            self._log.info("no GeoIP database configured (geo.database): client locations are unknown")
             return
         if self._pool is not None:
             self._pool.start()
@@ -142,9 +140,7 @@ class GeoService(Service):
         ):
             loop = LoopingCall(work)
             loop.clock = self._reactor
-            loop.start(every, now=False).addErrback(
-                lambda f: self._log.failure("geo timer stopped", f)
-            )
+            loop.start(every, now=False).addErrback(lambda f: self._log.failure("geo timer stopped", f))
             self._loops.append(loop)
         if self._handle_sighup:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
@@ -194,11 +190,7 @@ class GeoService(Service):
                 error=e,
             )
         current = _signature(self._cfg.database)
-        if (
-            current is not None
-            and current != self._signature
-            and current != self._failed_signature
-        ):
+        if current is not None and current != self._signature and current != self._failed_signature:
             self.rebuild("file-changed")
 
     def rebuild(self, trigger: str = "admin") -> Deferred[bool]:
@@ -249,17 +241,13 @@ class GeoService(Service):
         for waiter in waiters:
             waiter.callback(ok)
 
-    def _built(
-        self, index: GeoIndex, trigger: str, signature: _Signature | None
-    ) -> bool:
+    def _built(self, index: GeoIndex, trigger: str, signature: _Signature | None) -> bool:
         self._signature = signature
         self._failed_signature = None
         self._swap(index, trigger)
         return True
 
-    def _build_failed(
-        self, f: Failure, trigger: str, signature: _Signature | None
-    ) -> bool:
+    def _build_failed(self, f: Failure, trigger: str, signature: _Signature | None) -> bool:
         self.metrics.rebuilds.labels(trigger, "failed").inc()
         # The same broken file is not retried until it changes again.
         self._failed_signature = signature
@@ -294,9 +282,7 @@ class GeoService(Service):
             try:
                 observer()
             except Exception:
-                self._log.failure(
-                    "GeoIP index observer {observer!r} failed", observer=observer
-                )
+                self._log.failure("GeoIP index observer {observer!r} failed", observer=observer)
         if old is not None:
             # Lookups run on the reactor thread, as this does: none is using
             # the old index now.
@@ -316,6 +302,4 @@ def make_service(
     handle_sighup: bool = True,
 ) -> GeoService:
     """The ``geo`` child for ``cfg``."""
-    return GeoService(
-        cfg, reactor=reactor, registry=registry, handle_sighup=handle_sighup
-    )
+    return GeoService(cfg, reactor=reactor, registry=registry, handle_sighup=handle_sighup)

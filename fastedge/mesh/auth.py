@@ -45,9 +45,7 @@ class IPeerCertificate(ICredentials):
     """A claim to be a node, backed by the TLS certificate it presented."""
 
     node_id = Attribute("The node id the peer claims.")
-    certificate = Attribute(
-        "The verified certificate it presented (cryptography), or None."
-    )
+    certificate = Attribute("The verified certificate it presented (cryptography), or None.")
 
 
 @implementer(IPeerCertificate)
@@ -82,9 +80,7 @@ class MeshRealm:
     def __init__(self, avatar_factory: Any) -> None:
         self._avatar_factory = avatar_factory
 
-    def requestAvatar(
-        self, avatarId: Any, mind: Any, *interfaces: Any
-    ) -> tuple[Any, Any, Any]:
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple[Any, Any, Any]:
         if pb.IPerspective not in interfaces:
             raise NotImplementedError("the mesh realm only makes PB perspectives")
         avatar = self._avatar_factory(avatarId, mind)
@@ -117,16 +113,10 @@ class _Gate(pb.Referenceable):
             broker.violation("protocol", "a second login on one connection")
             raise Refused("already logged in")
         self._used = True
-        if not isinstance(announcement, Announcement) or not (
-            mind is None or isinstance(mind, pb.RemoteReference)
-        ):
-            broker.violation(
-                "bad_message", "a login must be (announcement, callback reference)"
-            )
+        if not isinstance(announcement, Announcement) or not (mind is None or isinstance(mind, pb.RemoteReference)):
+            broker.violation("bad_message", "a login must be (announcement, callback reference)")
             raise Refused("bad login")
-        credentials = PeerCertificate(
-            announcement.node_id, peer_certificate(broker.transport)
-        )
+        credentials = PeerCertificate(announcement.node_id, peer_certificate(broker.transport))
         d = self._portal.login(credentials, mind, pb.IPerspective)
         d.addCallbacks(
             self._logged_in,
@@ -136,9 +126,7 @@ class _Gate(pb.Referenceable):
         )
         return d
 
-    def _logged_in(
-        self, result: tuple[Any, Any, Any], announcement: Announcement
-    ) -> Any:
+    def _logged_in(self, result: tuple[Any, Any, Any], announcement: Announcement) -> Any:
         _, avatar, logout = result
         broker = self._broker
         try:
@@ -167,9 +155,7 @@ class _Gate(pb.Referenceable):
             reason=failure.getErrorMessage(),
         )
         self._close_after_answer()
-        raise Refused(
-            "certificate does not match: {}".format(failure.getErrorMessage())
-        )
+        raise Refused("certificate does not match: {}".format(failure.getErrorMessage()))
 
     def _close_after_answer(self) -> None:
         # loseConnection writes the refusal (queued right after) first.

@@ -117,9 +117,7 @@ class MeshBroker(pb.Broker):
             return self.peer_id
         host = getattr(self.address, "host", None)
         port = getattr(self.address, "port", None)
-        return (
-            "{}:{}".format(host, port) if host is not None else "an unidentified peer"
-        )
+        return "{}:{}".format(host, port) if host is not None else "an unidentified peer"
 
     def tls_refused(self, reason: str) -> None:
         """Called by the TLS verify callback when the peer's certificate is
@@ -140,9 +138,7 @@ class MeshBroker(pb.Broker):
         super().connectionMade()
         _no_delay(self.transport)
         self._tokens_at = self.clock.seconds()
-        self._login_timer = self.clock.callLater(
-            self.limits.login_timeout_seconds, self._login_timed_out
-        )
+        self._login_timer = self.clock.callLater(self.limits.login_timeout_seconds, self._login_timed_out)
 
     def _login_timed_out(self) -> None:
         self._login_timer = None
@@ -250,9 +246,7 @@ class MeshBroker(pb.Broker):
     def _take_call_token(self) -> bool:
         now = self.clock.seconds()
         rate = self.limits.max_calls_per_second
-        self._tokens = min(
-            2.0 * rate, self._tokens + max(0.0, now - self._tokens_at) * rate
-        )
+        self._tokens = min(2.0 * rate, self._tokens + max(0.0, now - self._tokens_at) * rate)
         self._tokens_at = now
         if self._tokens < 1.0:
             self.violation("call_rate", "more than {} calls per second".format(rate))
@@ -282,9 +276,7 @@ class MeshServerFactory(pb.PBServerFactory):
     """Builds a :class:`MeshBroker` per incoming connection, and keeps them
     so a stopping node can close them all and wait."""
 
-    def __init__(
-        self, root: Any, *, limits: Limits, clock: IReactorTime, metrics: MeshMetrics
-    ) -> None:
+    def __init__(self, root: Any, *, limits: Limits, clock: IReactorTime, metrics: MeshMetrics) -> None:
         super().__init__(root, unsafeTracebacks=False, security=MESH_SECURITY)
         self.limits = limits
         self.clock = clock

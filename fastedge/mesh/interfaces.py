@@ -51,9 +51,7 @@ class ILink(Interface):
     connection, and tells the membership when it is up or down.
     """
 
-    peer_id = Attribute(
-        "The node id it connects to; ``None`` for a seed not yet reached."
-    )
+    peer_id = Attribute("The node id it connects to; ``None`` for a seed not yet reached.")
     address = Attribute("``(host, port)`` it connects to.")
     up = Attribute("Whether it is connected and logged in.")
 

@@ -295,9 +295,7 @@ class Membership:
         for host, port in self._seeds:
             self.seed_links.append(self._connect(None, host, port))
 
-    def leave(
-        self, timeout_call: Callable[[Deferred[Any]], Deferred[Any]]
-    ) -> Deferred[Any]:
+    def leave(self, timeout_call: Callable[[Deferred[Any]], Deferred[Any]]) -> Deferred[Any]:
         """Tell every peer this node leaves, then stop every link.
 
         :param timeout_call: bounds each goodbye (the service adds a timeout).
@@ -307,22 +305,12 @@ class Membership:
         self.node_map.upsert(node_info(self.me, NodeState.LEAVING))
         goodbyes = []
         for peer in self.peers.values():
-            if (
-                peer.link is not None
-                and peer.link.up
-                and peer.state is not NodeState.LEAVING
-            ):
-                goodbyes.append(
-                    timeout_call(self._call(peer.link, "leave")).addErrback(
-                        lambda f: None
-                    )
-                )
+            if peer.link is not None and peer.link.up and peer.state is not NodeState.LEAVING:
+                goodbyes.append(timeout_call(self._call(peer.link, "leave")).addErrback(lambda f: None))
         d = DeferredList(goodbyes)
 
         def stop_links(_: object) -> Deferred[Any]:
-            links = [
-                p.link for p in self.peers.values() if p.link is not None
-            ] + self.seed_links
+            links = [p.link for p in self.peers.values() if p.link is not None] + self.seed_links
             self.seed_links = []
             for peer in self.peers.values():
                 peer.link = None
@@ -365,9 +353,7 @@ class Membership:
 
     def digest(self) -> str:
         """A short hash of every (node, incarnation) this node knows."""
-        known = sorted(
-            (p.node_id, p.announcement.incarnation) for p in self.peers.values()
-        )
+        known = sorted((p.node_id, p.announcement.incarnation) for p in self.peers.values())
         known.append((self.me.node_id, self.me.incarnation))
         known.sort()
         text = ";".join("{}:{}".format(n, i) for n, i in known)
@@ -375,9 +361,7 @@ class Membership:
 
     def members(self) -> list[tuple[Announcement, str]]:
         """Every node this node knows, itself included, with its state here."""
-        out = [
-            (self.me, (NodeState.LEAVING if self.leaving else NodeState.ALIVE).value)
-        ]
+        out = [(self.me, (NodeState.LEAVING if self.leaving else NodeState.ALIVE).value)]
         out.extend((p.announcement, p.state.value) for p in self.peers.values())
         return out
 
@@ -403,9 +387,7 @@ class Membership:
 
     # Evidence and news
 
-    def joined(
-        self, announcement: Announcement, session: Any
-    ) -> tuple[Announcement, list[tuple[Announcement, str]]]:
+    def joined(self, announcement: Announcement, session: Any) -> tuple[Announcement, list[tuple[Announcement, str]]]:
         """A peer logged in to this node (its link to us).
 
         :returns: this node's announcement and member list.
@@ -427,10 +409,7 @@ class Membership:
                         announcement.incarnation, node_id, peer.announcement.incarnation
                     )
                 )
-            if (
-                announcement.incarnation == peer.announcement.incarnation
-                and peer.state is NodeState.LEAVING
-            ):
+            if announcement.incarnation == peer.announcement.incarnation and peer.state is NodeState.LEAVING:
                 self.metrics.refused.labels("leaving").inc()
                 raise Refused(
                     "left: incarnation {} of {} has left [incarnation={}]".format(
@@ -477,9 +456,7 @@ class Membership:
             raise Refused("a node may only announce itself")
         self._observe(announcement, direct=True)
 
-    def link_up(
-        self, link: ILink, announcement: Announcement, members: Sequence[Any]
-    ) -> None:
+    def link_up(self, link: ILink, announcement: Announcement, members: Sequence[Any]) -> None:
         """One of this node's links logged in to the peer ``announcement``
         describes (its certificate was checked already)."""
         node_id = announcement.node_id
@@ -487,9 +464,7 @@ class Membership:
             self.seed_links.remove(link)
             peer = self.peers.get(node_id)
             if node_id == self.me.node_id or (
-                peer is not None
-                and peer.link is not None
-                and peer.announcement.incarnation >= announcement.incarnation
+                peer is not None and peer.link is not None and peer.announcement.incarnation >= announcement.incarnation
             ):
                 # A seed that is this node, or a node we already have a link to.
                 link.stop()
@@ -559,9 +534,7 @@ class Membership:
         """News of this node itself: a previous life at least as recent as
         this one must be superseded."""
         mine = self.me
-        same_life = news.incarnation == mine.incarnation and news.replace(
-            load=0
-        ) == mine.replace(load=0)
+        same_life = news.incarnation == mine.incarnation and news.replace(load=0) == mine.replace(load=0)
         if news.incarnation < mine.incarnation or same_life:
             return
         incarnation = news.incarnation + 1
@@ -632,9 +605,7 @@ class Membership:
                 if old_link is not None:
                     old_link.stop()
                 if not self.leaving:
-                    fresh.link = self._connect(
-                        node_id, announcement.mesh_host, announcement.mesh_port
-                    )
+                    fresh.link = self._connect(node_id, announcement.mesh_host, announcement.mesh_port)
             return fresh
         if announcement.incarnation < peer.announcement.incarnation:
             return peer
@@ -659,14 +630,10 @@ class Membership:
             peer.dead_since = None
             peer.detector.heard()
             if peer.link is None and not self.leaving:
-                peer.link = self._connect(
-                    node_id, announcement.mesh_host, announcement.mesh_port
-                )
+                peer.link = self._connect(node_id, announcement.mesh_host, announcement.mesh_port)
         return peer
 
-    def _state_changed(
-        self, peer: Peer, before: NodeState | None, after: NodeState
-    ) -> None:
+    def _state_changed(self, peer: Peer, before: NodeState | None, after: NodeState) -> None:
         if self.peers.get(peer.node_id) is not peer:
             return
         self.node_map.upsert(node_info(peer.announcement, after))
@@ -675,11 +642,7 @@ class Membership:
         self.metrics.state_changes.labels(after.value).inc()
         if after is NodeState.DEAD:
             peer.dead_since = self._now()
-        log = (
-            self._log.warn
-            if after in (NodeState.SUSPECT, NodeState.DEAD)
-            else self._log.info
-        )
+        log = self._log.warn if after in (NodeState.SUSPECT, NodeState.DEAD) else self._log.info
         log(
             "mesh: {node} is {state} (was {before}; last heard {silence:.3f} s ago)",
             node=peer.node_id,
@@ -713,23 +676,15 @@ class Membership:
             if link is not None and link.up:
                 if peer.ping_sent is not None and now - peer.ping_sent >= t.dead:
                     peer.ping_sent = None
-                    link.abort(
-                        "unanswered", "no answer to a heartbeat for {} s".format(t.dead)
-                    )
+                    link.abort("unanswered", "no answer to a heartbeat for {} s".format(t.dead))
                 elif peer.ping_sent is None and now - peer.last_ping >= t.heartbeat:
                     self._ping(peer, link, now)
             if now - peer.last_heard >= t.suspect:
-                if state is NodeState.ALIVE or (
-                    state is NodeState.SUSPECT and now - peer.last_probe >= t.heartbeat
-                ):
+                if state is NodeState.ALIVE or (state is NodeState.SUSPECT and now - peer.last_probe >= t.heartbeat):
                     peer.detector.silent()
                 if now - max(peer.last_heard, peer.vouched) >= t.dead:
                     peer.detector.unconfirmed()
-            if (
-                peer.state is NodeState.DEAD
-                and peer.dead_since is not None
-                and now - peer.dead_since >= t.forget_dead
-            ):
+            if peer.state is NodeState.DEAD and peer.dead_since is not None and now - peer.dead_since >= t.forget_dead:
                 if peer.link is not None:
                     self._log.info(
                         "mesh: {node} dead for {seconds} s: no more reconnects",
@@ -740,10 +695,7 @@ class Membership:
         if (
             self._seeds
             and not self.seed_links
-            and not any(
-                p.state in (NodeState.ALIVE, NodeState.SUSPECT)
-                for p in self.peers.values()
-            )
+            and not any(p.state in (NodeState.ALIVE, NodeState.SUSPECT) for p in self.peers.values())
         ):
             # Alone: look for the mesh through the seeds again.
             self._start_seed_links()
@@ -757,10 +709,7 @@ class Membership:
         d = self._call(link, "ping", nonce, self.me.load, self.digest())
 
         def answered(answer: Any) -> None:
-            if (
-                self.peers.get(peer.node_id) is not peer
-                or peer.announcement.incarnation != incarnation
-            ):
+            if self.peers.get(peer.node_id) is not peer or peer.announcement.incarnation != incarnation:
                 return
             if (
                 not isinstance(answer, (list, tuple))
@@ -799,12 +748,7 @@ class Membership:
             peer.announcement = peer.announcement.replace(load=load)
             self.node_map.upsert(node_info(peer.announcement, peer.state))
         now = self._now()
-        if (
-            digest != self.digest()
-            and link is not None
-            and link.up
-            and now - peer.last_pull >= self.timing.heartbeat
-        ):
+        if digest != self.digest() and link is not None and link.up and now - peer.last_pull >= self.timing.heartbeat:
             peer.last_pull = now
             self._pull(peer, link)
         if self.peers.get(peer.node_id) is peer:
@@ -837,16 +781,10 @@ class Membership:
                 if age is None:
                     self.metrics.probes.labels("silent").inc()
                     return
-                if (
-                    isinstance(age, bool)
-                    or not isinstance(age, (int, float))
-                    or age < 0
-                ):
+                if isinstance(age, bool) or not isinstance(age, (int, float)) or age < 0:
                     self.metrics.probes.labels("failed").inc()
                     return
-                self.metrics.probes.labels(
-                    "vouched" if age < self.timing.dead else "silent"
-                ).inc()
+                self.metrics.probes.labels("vouched" if age < self.timing.dead else "silent").inc()
                 if self.peers.get(suspect.node_id) is suspect:
                     suspect.vouched = max(suspect.vouched, self._now() - float(age))
                     self._log.debug(
@@ -856,9 +794,7 @@ class Membership:
                         age=age,
                     )
 
-            d.addCallbacks(
-                answered, lambda f: self.metrics.probes.labels("failed").inc()
-            )
+            d.addCallbacks(answered, lambda f: self.metrics.probes.labels("failed").inc())
 
     # Views
 

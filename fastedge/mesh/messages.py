@@ -59,18 +59,12 @@ def check_node_id(value: Any, what: str = "node id") -> str:
 
 def _string(value: Any, what: str, max_chars: int) -> str:
     if not isinstance(value, str) or len(value) > max_chars:
-        raise BadMessage(
-            "{} must be a string of at most {} characters".format(what, max_chars)
-        )
+        raise BadMessage("{} must be a string of at most {} characters".format(what, max_chars))
     return value
 
 
 def _int(value: Any, what: str, low: int = 0, high: int = _MAX_INT) -> int:
-    if (
-        not isinstance(value, int)
-        or isinstance(value, bool)
-        or not low <= value <= high
-    ):
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise BadMessage("{} must be an integer from {} to {}".format(what, low, high))
     return value
 
@@ -171,11 +165,7 @@ class Announcement(pb.Copyable, pb.RemoteCopy):
 
     def setCopyableState(self, state: Any) -> None:
         if not isinstance(state, dict) or set(state) != set(self._FIELDS):
-            raise BadMessage(
-                "an announcement must have exactly the fields {}".format(
-                    ", ".join(self._FIELDS)
-                )
-            )
+            raise BadMessage("an announcement must have exactly the fields {}".format(", ".join(self._FIELDS)))
         self.node_id = check_node_id(state["node_id"])
         self.deployment = check_node_id(state["deployment"], "deployment")
         self.region = _string(state["region"], "region", 100)
@@ -283,9 +273,7 @@ def check_channel_id(value: Any, what: str) -> str:
     :raises BadMessage: otherwise.
     """
     if not isinstance(value, str) or not _CHANNEL_ID.match(value):
-        raise BadMessage(
-            "{} must be an id of letters, digits, '_' and '-'".format(what)
-        )
+        raise BadMessage("{} must be an id of letters, digits, '_' and '-'".format(what))
     return value
 
 
@@ -347,11 +335,7 @@ class RelayedEvent(pb.Copyable, pb.RemoteCopy):
 
     def setCopyableState(self, state: Any) -> None:
         if not isinstance(state, dict) or set(state) != set(self._FIELDS):
-            raise BadMessage(
-                "a relayed event must have exactly the fields {}".format(
-                    ", ".join(self._FIELDS)
-                )
-            )
+            raise BadMessage("a relayed event must have exactly the fields {}".format(", ".join(self._FIELDS)))
         self.tenant = check_channel_id(state["tenant"], "tenant")
         self.thread = check_channel_id(state["thread"], "thread")
         kind = state["kind"]
@@ -374,6 +358,4 @@ class RelayedEvent(pb.Copyable, pb.RemoteCopy):
         self.origin = check_node_id(state["origin"], "origin")
 
     def __repr__(self) -> str:
-        return "<RelayedEvent {}/{} {} {}:{}>".format(
-            self.tenant, self.thread, self.kind, self.epoch, self.seq
-        )
+        return "<RelayedEvent {}/{} {} {}:{}>".format(self.tenant, self.thread, self.kind, self.epoch, self.seq)

@@ -96,8 +96,7 @@ class MeshMetrics:
         )
         self.relay_resyncs = Counter(
             "fastedge_mesh_relay_resyncs_total",
-            "Channels re-synchronised with their owner after a (re)connect, by "
-            "result (replayed, current, reset).",
+            "Channels re-synchronised with their owner after a (re)connect, by " "result (replayed, current, reset).",
             ["result"],
             registry=registry,
         )
@@ -121,8 +120,7 @@ class MeshMetrics:
         )
         self.relay_seconds = Histogram(
             "fastedge_mesh_relay_prime_seconds",
-            "Time to learn a channel's position from its owner before the first "
-            "local subscriber is answered.",
+            "Time to learn a channel's position from its owner before the first " "local subscriber is answered.",
             buckets=_RELAY_BUCKETS,
             registry=registry,
         )

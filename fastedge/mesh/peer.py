@@ -47,9 +47,7 @@ def _close(broker: MeshBroker) -> None:
 
 
 def _is_int(value: Any, low: int = 0, high: int = 2**63 - 1) -> bool:
-    return (
-        isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-    )
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 class PeerAvatar(pb.Avatar):
@@ -85,9 +83,7 @@ class PeerAvatar(pb.Avatar):
             self.broker.violation("bad_message", detail)
         return Refused("bad message")
 
-    def perspectiveMessageReceived(
-        self, broker: Any, message: str, args: Any, kw: Any
-    ) -> Any:
+    def perspectiveMessageReceived(self, broker: Any, message: str, args: Any, kw: Any) -> Any:
         metrics: MeshMetrics = self._node.metrics
         method = getattr(self, "perspective_" + message, None)
         metrics.calls.labels(message if method is not None else "unknown").inc()
@@ -98,25 +94,14 @@ class PeerAvatar(pb.Avatar):
             transport = self.broker.transport if self.broker is not None else None
             if transport is not None:
                 transport.loseConnection()
-            raise Refused(
-                "stale session: incarnation {} of {} is not current".format(
-                    self.incarnation, self.node_id
-                )
-            )
+            raise Refused("stale session: incarnation {} of {} is not current".format(self.incarnation, self.node_id))
         return super().perspectiveMessageReceived(broker, message, args, kw)
 
     # Membership
 
-    def perspective_ping(
-        self, nonce: Any, load: Any, digest: Any
-    ) -> tuple[int, int, str]:
+    def perspective_ping(self, nonce: Any, load: Any, digest: Any) -> tuple[int, int, str]:
         """A heartbeat: answers ``(nonce, this node's load, digest)``."""
-        if (
-            not _is_int(nonce)
-            or not _is_int(load)
-            or not isinstance(digest, str)
-            or len(digest) > 64
-        ):
+        if not _is_int(nonce) or not _is_int(load) or not isinstance(digest, str) or len(digest) > 64:
             raise self._bad("a heartbeat must be (nonce, load, digest)")
         membership = self._node.membership
         peer = membership.current(self.node_id, self.incarnation)
@@ -164,9 +149,7 @@ class PeerAvatar(pb.Avatar):
         """A local write of the peer, for this node to sequence."""
         return self._node.relay_call(self, "publish", event, hops)
 
-    def perspective_block(
-        self, tenant: Any, viewer: Any, author: Any, blocked: Any
-    ) -> Any:
+    def perspective_block(self, tenant: Any, viewer: Any, author: Any, blocked: Any) -> Any:
         """A viewer of the peer's blocked (or unblocked) an author."""
         return self._node.relay_call(self, "block", tenant, viewer, author, blocked)
 
@@ -177,9 +160,7 @@ class LinkMind(pb.Referenceable):
     def __init__(self, link: Link) -> None:
         self._link = link
 
-    def remoteMessageReceived(
-        self, broker: Any, message: str, args: Any, kw: Any
-    ) -> Any:
+    def remoteMessageReceived(self, broker: Any, message: str, args: Any, kw: Any) -> Any:
         link = self._link
         if broker is not link.broker or link.peer_id is None:
             raise Refused("not logged in")
@@ -299,9 +280,7 @@ class Link:
             return
         root = broker.remoteForName("root")
         d = root.callRemote("join", self.node.membership.me, self._mind)
-        d.addCallbacks(
-            self._joined, self._refused, callbackArgs=(broker,), errbackArgs=(broker,)
-        )
+        d.addCallbacks(self._joined, self._refused, callbackArgs=(broker,), errbackArgs=(broker,))
         d.addBoth(lambda _: self.attempt_done())
 
     def _joined(self, answer: Any, broker: MeshBroker) -> None:

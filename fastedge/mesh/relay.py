@@ -87,11 +87,7 @@ def to_wire(event: Event, stamp: Stamp | None) -> RelayedEvent:
 
 def from_wire(wire: RelayedEvent) -> Event:
     """The hub event of a relayed one."""
-    stamp = (
-        Stamp(wire.epoch, wire.seq)
-        if wire.epoch is not None and wire.seq is not None
-        else None
-    )
+    stamp = Stamp(wire.epoch, wire.seq) if wire.epoch is not None and wire.seq is not None else None
     return Event(
         (wire.tenant, wire.thread),
         wire.kind,
@@ -243,9 +239,7 @@ class Relay:
 
     def _map_changed(self, change: NodeMapChange) -> None:
         before, after = change.before, change.after
-        if before is not None and (
-            before.state is after.state and before.deployment == after.deployment
-        ):
+        if before is not None and (before.state is after.state and before.deployment == after.deployment):
             return  # a load or attribute change: owners do not move
         self._candidates = None
         self._owners.clear()
@@ -269,11 +263,7 @@ class Relay:
         for channel in self.hub.interest():
             if channel not in self.following:
                 owner = self.owner_of(channel)
-                if (
-                    owner is not None
-                    and owner != self._me
-                    and channel not in moved.get(owner, ())
-                ):
+                if owner is not None and owner != self._me and channel not in moved.get(owner, ()):
                     moved.setdefault(owner, []).append(channel)
         for owner, channels in moved.items():
             self._follow(owner, channels)
@@ -403,20 +393,14 @@ class Relay:
 
     # Block changes (LivePublisher.block_sink)
 
-    def block(
-        self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool
-    ) -> None:
+    def block(self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool) -> None:
         """A viewer blocked or unblocked an author: apply it here and on the
         deployment's other nodes (the viewer may follow live elsewhere)."""
         self.hub.set_blocked((tenant_id, viewer_author_id), author_id, blocked)
         if self.mesh is None or self.mesh.membership is None:
             return
         for peer in self.mesh.membership.peers.values():
-            if (
-                peer.announcement.deployment != self._deployment
-                or peer.link is None
-                or not peer.link.up
-            ):
+            if peer.announcement.deployment != self._deployment or peer.link is None or not peer.link.up:
                 continue
             self.mesh.membership._call(
                 peer.link,
@@ -450,11 +434,7 @@ class Relay:
         """Make sure a channel about to get its first local subscriber is up
         to date with its owner (never fails; gives up after the prime
         timeout and the subscriber gets what this node has)."""
-        if (
-            self.mesh is None
-            or self.mesh.membership is None
-            or self.hub.subscribers(channel)
-        ):
+        if self.mesh is None or self.mesh.membership is None or self.hub.subscribers(channel):
             return succeed(None)
         owner = self.owner_of(channel)
         if owner is None or owner == self._me:
@@ -503,9 +483,7 @@ class Relay:
         if link is None:
             return
         for start in range(0, len(channels), FOLLOW_BATCH):
-            self._follow_batch(
-                link, owner, list(channels[start : start + FOLLOW_BATCH])
-            )
+            self._follow_batch(link, owner, list(channels[start : start + FOLLOW_BATCH]))
 
     def _follow_batch(self, link: Any, owner: str, channels: list[ChannelKey]) -> None:
         entries = []
@@ -548,9 +526,7 @@ class Relay:
                 raise BadMessage("a follow answer entry must be (epoch, seq, events)")
             epoch, seq = check_position(entry[0], entry[1])
             wires = entry[2]
-            if not isinstance(wires, (list, tuple)) or not all(
-                isinstance(w, RelayedEvent) for w in wires
-            ):
+            if not isinstance(wires, (list, tuple)) or not all(isinstance(w, RelayedEvent) for w in wires):
                 raise BadMessage("a follow answer's events must be relayed events")
             follow = self.following.get(channel)
             if follow is None or follow.owner != owner:
@@ -561,9 +537,7 @@ class Relay:
             events = []
             for wire in wires:
                 if (wire.tenant, wire.thread) != channel or wire.epoch is None:
-                    raise BadMessage(
-                        "a follow answer carried an event of another channel"
-                    )
+                    raise BadMessage("a follow answer carried an event of another channel")
                 events.append(from_wire(wire))
             result = self.hub.resync(channel, Stamp(epoch, seq), events)
             self.followed_epoch[channel] = epoch
@@ -639,9 +613,7 @@ class Relay:
 
     def _serve_follow(self, session: Any, entries: Any) -> list[Any]:
         if not isinstance(entries, (list, tuple)) or len(entries) > FOLLOW_BATCH:
-            raise BadMessage(
-                "follow takes a list of at most {} channels".format(FOLLOW_BATCH)
-            )
+            raise BadMessage("follow takes a list of at most {} channels".format(FOLLOW_BATCH))
         budget = ANSWER_BUDGET
         answer: list[Any] = []
         for entry in entries:
@@ -660,11 +632,7 @@ class Relay:
                     answer.append([None, None, []])
                     continue
                 position = self.hub.ensure(channel)
-            missed = (
-                self.hub.since(channel, epoch, seq)
-                if epoch == position.epoch and seq is not None
-                else None
-            )
+            missed = self.hub.since(channel, epoch, seq) if epoch == position.epoch and seq is not None else None
             if missed is None:
                 # The follower has another epoch, nothing, or a gap: it gets
                 # the whole history (its own recoveries need it) and resets.
@@ -718,9 +686,7 @@ class Relay:
             else:
                 self._forward(owner, event, hops + 1)
 
-    def _serve_block(
-        self, tenant_id: Any, viewer: Any, author: Any, blocked: Any
-    ) -> None:
+    def _serve_block(self, tenant_id: Any, viewer: Any, author: Any, blocked: Any) -> None:
         check_channel_id(tenant_id, "tenant")
         check_channel_id(viewer, "viewer")
         check_channel_id(author, "author")
@@ -730,9 +696,7 @@ class Relay:
 
     def _receive_events(self, link: Any, wires: Any) -> None:
         if not isinstance(wires, (list, tuple)) or not 0 < len(wires) <= EVENTS_BATCH:
-            raise BadMessage(
-                "events must be a list of 1 to {} relayed events".format(EVENTS_BATCH)
-            )
+            raise BadMessage("events must be a list of 1 to {} relayed events".format(EVENTS_BATCH))
         for wire in wires:
             if not isinstance(wire, RelayedEvent) or wire.epoch is None:
                 raise BadMessage("events must be stamped relayed events")
@@ -783,18 +747,10 @@ class Relay:
         self._metrics.relay_queue.set(sum(len(q) for q in self._outbox.values()))
         grace = max(5.0, 5 * self._prime_timeout)
         for channel, follow in list(self.following.items()):
-            if (
-                not self.hub.subscribers(channel)
-                and follow.pending is None
-                and now - follow.since >= grace
-            ):
+            if not self.hub.subscribers(channel) and follow.pending is None and now - follow.since >= grace:
                 del self.following[channel]
                 self._unfollow_at(follow.owner, [channel])
-            elif (
-                not follow.synced
-                and follow.pending is None
-                and self._link_to(follow.owner) is not None
-            ):
+            elif not follow.synced and follow.pending is None and self._link_to(follow.owner) is not None:
                 self._follow(follow.owner, [channel])
         if now - self._pruned >= PRUNE_SECONDS:
             self._pruned = now

@@ -64,9 +64,7 @@ class TLSClientEndpoint:
     this one does, so in-memory tests can drive it.)
     """
 
-    def __init__(
-        self, endpoint: IStreamClientEndpoint, tls: MeshTLS, clock: IReactorTime
-    ) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, tls: MeshTLS, clock: IReactorTime) -> None:
         self._endpoint = endpoint
         self._tls = tls
         self._clock = clock
@@ -88,13 +86,9 @@ def _read_incarnation(path: str) -> int:
     except FileNotFoundError:
         return 0
     except OSError as e:
-        raise MeshCertificateError(
-            "mesh incarnation file {}: cannot read ({})".format(path, e.strerror)
-        ) from None
+        raise MeshCertificateError("mesh incarnation file {}: cannot read ({})".format(path, e.strerror)) from None
     if not text.isdigit():
-        raise MeshCertificateError(
-            "mesh incarnation file {}: not a number".format(path)
-        )
+        raise MeshCertificateError("mesh incarnation file {}: not a number".format(path))
     return int(text)
 
 
@@ -139,11 +133,7 @@ class MeshService(Service):
         self._load = load
         self._listen_endpoint = listen_endpoint
         self._client_endpoint = client_endpoint
-        self._jitter = (
-            jitter
-            if jitter is not None
-            else (lambda: random.uniform(0, cfg.reconnect_initial_seconds))
-        )
+        self._jitter = jitter if jitter is not None else (lambda: random.uniform(0, cfg.reconnect_initial_seconds))
         self.limits = Limits(
             max_message_bytes=cfg.max_message_bytes,
             max_calls_per_second=cfg.max_calls_per_second,
@@ -210,24 +200,18 @@ class MeshService(Service):
         self.metrics.certificate_expiry.set(identity.not_after.timestamp())
         days_left = (identity.not_after - datetime.datetime.now(datetime.UTC)).days
         if days_left < 30:
-            self._log.warn(
-                "mesh: this node's certificate expires in {days} days", days=days_left
-            )
+            self._log.warn("mesh: this node's certificate expires in {days} days", days=days_left)
         path = self._incarnation_path()
         self.incarnation = _read_incarnation(path) + 1
         write_file(path, b"%d\n" % self.incarnation, private=False)
-        portal = make_portal(
-            lambda node_id, mind: self.avatar_class(node_id, mind, self)
-        )
+        portal = make_portal(lambda node_id, mind: self.avatar_class(node_id, mind, self))
         self.server_factory = MeshServerFactory(
             MeshGate(portal, self._joined),
             limits=self.limits,
             clock=self.clock,
             metrics=self.metrics,
         )
-        wrapper = TLSMemoryBIOFactory(
-            self.tls, False, self.server_factory, clock=self.reactor
-        )
+        wrapper = TLSMemoryBIOFactory(self.tls, False, self.server_factory, clock=self.reactor)
         results: list[Any] = []
         self._listen_endpoint.listen(wrapper).addBoth(results.append)
         if not results:
@@ -243,9 +227,7 @@ class MeshService(Service):
         assert self.port is not None
         host: Any = self.port.getHost()
         if host.host in ("0.0.0.0", "::", ""):
-            raise MeshCertificateError(
-                "mesh.advertise: must be set when mesh.endpoint listens on all interfaces"
-            )
+            raise MeshCertificateError("mesh.advertise: must be set when mesh.endpoint listens on all interfaces")
         return host.host, host.port
 
     def startService(self) -> None:
@@ -329,9 +311,7 @@ class MeshService(Service):
 
     def _connect(self, peer_id: str | None, host: str, port: int) -> ILink:
         assert self.tls is not None
-        endpoint = TLSClientEndpoint(
-            self._client_endpoint(host, port), self.tls, self.reactor
-        )
+        endpoint = TLSClientEndpoint(self._client_endpoint(host, port), self.tls, self.reactor)
         link = Link(
             peer_id=peer_id,
             address=(host, port),
@@ -348,9 +328,7 @@ class MeshService(Service):
         link.start()
         return link
 
-    def _joined(
-        self, announcement: Announcement, avatar: PeerAvatar, broker: Any
-    ) -> Any:
+    def _joined(self, announcement: Announcement, avatar: PeerAvatar, broker: Any) -> Any:
         assert self.membership is not None
         avatar.attach(broker, announcement.incarnation)
         return self.membership.joined(announcement, avatar)
@@ -439,11 +417,7 @@ class MeshService(Service):
     def status(self) -> dict[str, Any]:
         """The node map as this node sees it, for ``GET /api/v1/mesh``."""
         membership = self.membership
-        peers = (
-            {p.node_id: p for p in membership.peer_views()}
-            if membership is not None
-            else {}
-        )
+        peers = {p.node_id: p for p in membership.peer_views()} if membership is not None else {}
         now = self.monotonic()
         nodes = []
         for node_id, info in sorted(self.node_map.nodes().items()):
@@ -463,14 +437,8 @@ class MeshService(Service):
             peer = peers.get(node_id)
             if peer is not None:
                 link = peer.link
-                entry["link"] = (
-                    "up"
-                    if link is not None and link.up
-                    else ("connecting" if link is not None else "none")
-                )
-                entry["rttMs"] = (
-                    None if peer.rtt is None else round(peer.rtt * 1000.0, 3)
-                )
+                entry["link"] = "up" if link is not None and link.up else ("connecting" if link is not None else "none")
+                entry["rttMs"] = None if peer.rtt is None else round(peer.rtt * 1000.0, 3)
                 entry["lastHeardSecondsAgo"] = round(max(0.0, now - peer.last_heard), 3)
             nodes.append(entry)
         return {
@@ -514,17 +482,13 @@ def make_service(
     """
     timers: IReactorTime = clock if clock is not None else reactor
     if monotonic is None:
-        monotonic = (
-            time.monotonic if timers is reactor and clock is None else timers.seconds
-        )
+        monotonic = time.monotonic if timers is reactor and clock is None else timers.seconds
     if listen_endpoint is None:
         listen_endpoint = serverFromString(reactor, cfg.endpoint)
     if client_endpoint is None:
 
         def client_endpoint(host: str, port: int) -> IStreamClientEndpoint:
-            return HostnameEndpoint(
-                reactor, host, port, timeout=cfg.connect_timeout_seconds
-            )
+            return HostnameEndpoint(reactor, host, port, timeout=cfg.connect_timeout_seconds)
 
     return MeshService(
         cfg,

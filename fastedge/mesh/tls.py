@@ -140,9 +140,7 @@ def create_node_certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or now - datetime.timedelta(minutes=5))
         .not_valid_after(not_after or now + datetime.timedelta(days=days))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(node_id)]), critical=False
-        )
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(node_id)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -159,14 +157,10 @@ def create_node_certificate(
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
             critical=False,
@@ -214,9 +208,7 @@ def name_mismatch(cert: x509.Certificate | None, node_id: str) -> str | None:
     try:
         verify_certificate_hostname(cert, node_id)
     except VerificationError:
-        return "the certificate is for {}, not {}".format(
-            ",".join(certificate_names(cert)) or "no node", node_id
-        )
+        return "the certificate is for {}, not {}".format(",".join(certificate_names(cert)) or "no node", node_id)
     return None
 
 
@@ -250,9 +242,7 @@ def _read(path: str, what: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise MeshCertificateError(
-            "{} {}: cannot read ({})".format(what, path, e.strerror)
-        ) from None
+        raise MeshCertificateError("{} {}: cannot read ({})".format(what, path, e.strerror)) from None
 
 
 def load_identity(
@@ -273,42 +263,25 @@ def load_identity(
     try:
         ca = x509.load_pem_x509_certificate(_read(ca_file, "mesh CA certificate"))
     except ValueError:
-        raise MeshCertificateError(
-            "mesh CA certificate {}: not a PEM certificate".format(ca_file)
-        ) from None
+        raise MeshCertificateError("mesh CA certificate {}: not a PEM certificate".format(ca_file)) from None
     try:
         cert = x509.load_pem_x509_certificate(_read(cert_file, "mesh node certificate"))
     except ValueError:
-        raise MeshCertificateError(
-            "mesh node certificate {}: not a PEM certificate".format(cert_file)
-        ) from None
+        raise MeshCertificateError("mesh node certificate {}: not a PEM certificate".format(cert_file)) from None
     try:
         key = serialization.load_pem_private_key(_read(key_file, "mesh node key"), None)
     except (ValueError, TypeError):
-        raise MeshCertificateError(
-            "mesh node key {}: not an unencrypted PEM private key".format(key_file)
-        ) from None
-    if (
-        not isinstance(key, ec.EllipticCurvePrivateKey)
-        or key.public_key() != cert.public_key()
-    ):
-        raise MeshCertificateError(
-            "mesh node key {}: does not match the certificate {}".format(
-                key_file, cert_file
-            )
-        )
+        raise MeshCertificateError("mesh node key {}: not an unencrypted PEM private key".format(key_file)) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        raise MeshCertificateError("mesh node key {}: does not match the certificate {}".format(key_file, cert_file))
     mismatch = name_mismatch(cert, node_id)
     if mismatch is not None:
-        raise MeshCertificateError(
-            "mesh node certificate {}: {} (node.id)".format(cert_file, mismatch)
-        )
+        raise MeshCertificateError("mesh node certificate {}: {} (node.id)".format(cert_file, mismatch))
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):
         raise MeshCertificateError(
-            "mesh node certificate {}: not signed by the CA in {}".format(
-                cert_file, ca_file
-            )
+            "mesh node certificate {}: not signed by the CA in {}".format(cert_file, ca_file)
         ) from None
     for what, path, c in (
         ("CA certificate", ca_file, ca),
@@ -343,9 +316,7 @@ _VERIFY_ERRORS = {
 
 
 def _describe_verify_error(errno: int) -> str:
-    return _VERIFY_ERRORS.get(
-        errno, "the certificate failed verification (OpenSSL error {})".format(errno)
-    )
+    return _VERIFY_ERRORS.get(errno, "the certificate failed verification (OpenSSL error {})".format(errno))
 
 
 def _verify(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:

@@ -43,9 +43,7 @@ class Refused(RequestError):
 class PublicThreads:
     """Every thread of a tenant is public (as in the public read API)."""
 
-    def check(
-        self, tenant: Tenant, thread: Thread, viewer_author_id: str | None
-    ) -> None:
+    def check(self, tenant: Tenant, thread: Thread, viewer_author_id: str | None) -> None:
         """Allow: the public API shows every thread of a tenant."""
         return None
 
@@ -157,23 +155,17 @@ class ChannelResolver:
         (``tenant_not_found``, ``thread_not_found``, ``unavailable``)."""
         if not is_record_id(tenant_id):
             return _fail(RequestError("tenant_not_found", "tenant not found"))
-        return self._threads.get(
-            (tenant_id, url_id), lambda: self._lookup(tenant_id, url_id)
-        )
+        return self._threads.get((tenant_id, url_id), lambda: self._lookup(tenant_id, url_id))
 
     def forget(self, tenant_id: str, url_id: str) -> None:
         """Drop a cached answer (a thread was created or deleted here)."""
         self._threads.forget((tenant_id, url_id))
 
-    def blocked_authors(
-        self, tenant_id: str, author_id: str
-    ) -> Deferred[frozenset[str]]:
+    def blocked_authors(self, tenant_id: str, author_id: str) -> Deferred[frozenset[str]]:
         """The authors ``author_id`` blocks, read NEAREST."""
 
         def fetch() -> Deferred[frozenset[str]]:
-            d = self._store.viewer_state(
-                tenant_id, author_id, [], read_preference=NEAREST
-            )
+            d = self._store.viewer_state(tenant_id, author_id, [], read_preference=NEAREST)
             blocks: Deferred[frozenset[str]] = d.addCallback(lambda state: frozenset(state.blocked_authors))
             blocks.addErrback(self._unavailable)
             return blocks
@@ -196,9 +188,7 @@ class ChannelResolver:
             try:
                 thread = await self._get(self._store.get_thread, tenant_id, url_id)
             except NotFound:
-                raise RequestError(
-                    "thread_not_found", "thread not found (no comments yet?)"
-                ) from None
+                raise RequestError("thread_not_found", "thread not found (no comments yet?)") from None
             return Resolved(tenant, thread)
 
         d = Deferred.fromCoroutine(go())
@@ -215,9 +205,7 @@ class ChannelResolver:
                 "live subscription: store unavailable: {reason}",
                 reason=failure.getErrorMessage(),
             )
-        return Failure(
-            RequestError("unavailable", "the database is not available; try again")
-        )
+        return Failure(RequestError("unavailable", "the database is not available; try again"))
 
 
 def _fail(error: Exception) -> Deferred[Any]:

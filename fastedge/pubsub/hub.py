@@ -74,9 +74,7 @@ class Prepared:
 
     __slots__ = ("event", "stamp", "at", "reset", "_payload", "ws", "sse", "sse_chunk")
 
-    def __init__(
-        self, event: Event, stamp: Stamp, at: float, *, reset: bool = False
-    ) -> None:
+    def __init__(self, event: Event, stamp: Stamp, at: float, *, reset: bool = False) -> None:
         self.event = event
         self.stamp = stamp
         self.at = at
@@ -102,14 +100,10 @@ class Prepared:
         if self._payload is None:
             channel = self.channel_name
             if self.reset:
-                self._payload = messages.reset(
-                    channel, self.stamp.epoch, self.stamp.seq
-                )
+                self._payload = messages.reset(channel, self.stamp.epoch, self.stamp.seq)
             else:
                 e = self.event
-                self._payload = messages.event(
-                    channel, self.stamp.epoch, self.stamp.seq, e.kind, e.data
-                )
+                self._payload = messages.event(channel, self.stamp.epoch, self.stamp.seq, e.kind, e.data)
         return self._payload
 
 
@@ -331,11 +325,7 @@ class Hub:
         history.append(prepared)
         self._trim(history, now)
         if state.members:
-            skip = (
-                state.blockers.get(event.author_id)
-                if event.author_id is not None
-                else None
-            )
+            skip = state.blockers.get(event.author_id) if event.author_id is not None else None
             self._fan_out(prepared, state.members, skip)
         for listener in self._listeners:
             listener.accepted(prepared, local)
@@ -355,9 +345,7 @@ class Hub:
             state.touched = self._clock.seconds()
         return Stamp(state.epoch, state.seq)
 
-    def since(
-        self, channel: ChannelKey, epoch: str, seq: int
-    ) -> tuple[Prepared, ...] | None:
+    def since(self, channel: ChannelKey, epoch: str, seq: int) -> tuple[Prepared, ...] | None:
         """The events after ``seq`` of ``epoch``, from history, in order
         (empty when ``seq`` is the current position).
 
@@ -381,13 +369,9 @@ class Hub:
         if state is None:
             return ()
         self._trim(state.history, self._clock.seconds())
-        return tuple(
-            p for p in state.history if p.stamp.epoch == state.epoch and not p.reset
-        )
+        return tuple(p for p in state.history if p.stamp.epoch == state.epoch and not p.reset)
 
-    def resync(
-        self, channel: ChannelKey, position: Stamp, events: Iterable[Event]
-    ) -> str:
+    def resync(self, channel: ChannelKey, position: Stamp, events: Iterable[Event]) -> str:
         """Bring a followed channel to its sequencer's ``position``.
 
         ``events`` are the sequencer's stamped events this hub may have
@@ -403,11 +387,7 @@ class Hub:
         resets = self.stats.resets
         state = self._channels.get(channel)
         if state is None:
-            ours = [
-                e.stamp
-                for e in events
-                if e.stamp is not None and e.stamp.epoch == position.epoch
-            ]
+            ours = [e.stamp for e in events if e.stamp is not None and e.stamp.epoch == position.epoch]
             state = _Channel(position.epoch, ours[0].seq - 1 if ours else position.seq)
             state.touched = self._clock.seconds()
             self._channels[channel] = state
@@ -431,9 +411,7 @@ class Hub:
         state.seq = position.seq
         return "reset"
 
-    def _reset(
-        self, channel: ChannelKey, state: _Channel, stamp: Stamp, now: float
-    ) -> None:
+    def _reset(self, channel: ChannelKey, state: _Channel, stamp: Stamp, now: float) -> None:
         """History cannot be continuous: drop it, move to ``stamp``, tell members."""
         self.stats.resets += 1
         self._log.info(
@@ -522,11 +500,7 @@ class Hub:
             if epoch is not None and epoch != state.epoch:
                 reload = True
             elif since > state.seq:
-                raise SinceInFuture(
-                    "since {} is beyond the channel's sequence number {}".format(
-                        since, state.seq
-                    )
-                )
+                raise SinceInFuture("since {} is beyond the channel's sequence number {}".format(since, state.seq))
             elif since < state.seq:
                 history = state.history
                 first = history[0].stamp.seq if history else state.seq + 1
@@ -576,9 +550,7 @@ class Hub:
             for listener in self._listeners:
                 listener.interest_changed(sub.channel, False)
 
-    def set_blocked(
-        self, viewer: tuple[str, str], author_id: str, blocked: bool
-    ) -> int:
+    def set_blocked(self, viewer: tuple[str, str], author_id: str, blocked: bool) -> int:
         """A viewer blocked (or unblocked) an author: apply it to the viewer's
         live subscriptions from the next event on.
 
@@ -614,11 +586,7 @@ class Hub:
         gone = []
         for key, state in self._channels.items():
             self._trim(state.history, now)
-            if (
-                not state.history
-                and not state.members
-                and state.touched < now - self._max_age
-            ):
+            if not state.history and not state.members and state.touched < now - self._max_age:
                 gone.append(key)
         for key in gone:
             del self._channels[key]

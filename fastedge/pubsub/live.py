@@ -162,9 +162,7 @@ class LiveConnection:
         self._pending = 0
         self.closed = False
 
-    def subscribe(
-        self, msg: Subscribe, answered: Callable[[Joined, str, Any], None]
-    ) -> Deferred[Joined | None]:
+    def subscribe(self, msg: Subscribe, answered: Callable[[Joined, str, Any], None]) -> Deferred[Joined | None]:
         """Authorize and join a channel.
 
         ``answered(joined, channel_name, ref)`` runs right after the hub took the
@@ -180,9 +178,7 @@ class LiveConnection:
             return self._refuse(
                 RequestError(
                     "too_many_subscriptions",
-                    "at most {} subscriptions per connection".format(
-                        live.cfg.max_subscriptions
-                    ),
+                    "at most {} subscriptions per connection".format(live.cfg.max_subscriptions),
                     msg.ref,
                 )
             )
@@ -198,9 +194,7 @@ class LiveConnection:
         d.addErrback(self._count_failure, msg)
         return d
 
-    async def _authorize(
-        self, msg: Subscribe
-    ) -> tuple[Resolved, tuple[str, str] | None, frozenset[str]]:
+    async def _authorize(self, msg: Subscribe) -> tuple[Resolved, tuple[str, str] | None, frozenset[str]]:
         live = self._live
         resolved: Resolved = await live.resolver.resolve(msg.tenant, msg.url_id)
         tenant, thread = resolved.tenant, resolved.thread
@@ -208,18 +202,14 @@ class LiveConnection:
         blocked: frozenset[str] = frozenset()
         if msg.viewer is not None:
             if live.tokens is None:
-                raise RequestError(
-                    "bad_viewer_token", "this node does not accept viewer tokens"
-                )
+                raise RequestError("bad_viewer_token", "this node does not accept viewer tokens")
             try:
                 author = live.tokens.check(msg.viewer, tenant.id, live.now_s())
             except ViewerTokenError as e:
                 raise RequestError(e.code, str(e)) from None
             viewer = (tenant.id, author)
             blocked = await live.resolver.blocked_authors(tenant.id, author)
-        await maybeDeferred(
-            live.policy.check, tenant, thread, viewer[1] if viewer else None
-        )
+        await maybeDeferred(live.policy.check, tenant, thread, viewer[1] if viewer else None)
         if live.prime is not None:
             await live.prime((tenant.id, thread.id))
         return resolved, viewer, blocked
@@ -236,9 +226,7 @@ class LiveConnection:
         key = (resolved.tenant.id, resolved.thread.id)
         name = channel_name(*key)
         if key in self.subs:
-            raise RequestError(
-                "already_subscribed", "already subscribed to {}".format(name)
-            )
+            raise RequestError("already_subscribed", "already subscribed to {}".format(name))
         try:
             joined = self._live.hub.subscribe(
                 key,
@@ -255,9 +243,7 @@ class LiveConnection:
         if metrics is not None:
             metrics.subscribes.labels("ok").inc()
             if msg.since is not None:
-                metrics.recoveries.labels(
-                    "reload" if joined.reload else "replayed"
-                ).inc()
+                metrics.recoveries.labels("reload" if joined.reload else "replayed").inc()
         answered(joined, name, msg.ref)
         return joined
 
@@ -272,11 +258,7 @@ class LiveConnection:
         self._log.failure("live subscribe failed", failure)
         if self._live.metrics is not None:
             self._live.metrics.subscribes.labels("internal_error").inc()
-        return Failure(
-            RequestError(
-                "internal_error", "the server failed to subscribe you", msg.ref
-            )
-        )
+        return Failure(RequestError("internal_error", "the server failed to subscribe you", msg.ref))
 
     def _refuse(self, error: RequestError) -> Deferred[Joined | None]:
         if self._live.metrics is not None:
@@ -293,9 +275,7 @@ class LiveConnection:
         key = parse_channel(name)
         sub = self.subs.pop(key, None) if key is not None else None
         if sub is None:
-            raise RequestError(
-                "not_subscribed", "not subscribed to {}".format(name[:80]), ref
-            )
+            raise RequestError("not_subscribed", "not subscribed to {}".format(name[:80]), ref)
         self._live.hub.unsubscribe(sub)
         return name
 

@@ -92,9 +92,7 @@ class Ping:
 ClientMessage = Subscribe | Unsubscribe | Ping
 
 _FIELDS: dict[str, frozenset[str]] = {
-    "subscribe": frozenset(
-        {"type", "tenant", "urlId", "since", "epoch", "viewer", "ref"}
-    ),
+    "subscribe": frozenset({"type", "tenant", "urlId", "since", "epoch", "viewer", "ref"}),
     "unsubscribe": frozenset({"type", "channel", "ref"}),
     "ping": frozenset({"type", "ref"}),
 }
@@ -118,25 +116,18 @@ def parse_client_message(payload: bytes) -> ClientMessage:
         raise Violation(CLOSE_BAD_MESSAGE, "message has no string 'type'")
     ref = body.get("ref")
     if ref is not None and not (
-        (isinstance(ref, str) and len(ref) <= _MAX_REF)
-        or (isinstance(ref, int) and not isinstance(ref, bool))
+        (isinstance(ref, str) and len(ref) <= _MAX_REF) or (isinstance(ref, int) and not isinstance(ref, bool))
     ):
         raise RequestError(
             "bad_ref",
-            "ref must be a string of at most {} characters or an integer".format(
-                _MAX_REF
-            ),
+            "ref must be a string of at most {} characters or an integer".format(_MAX_REF),
         )
     allowed = _FIELDS.get(kind)
     if allowed is None:
-        raise RequestError(
-            "unknown_type", "unknown message type {!r}".format(kind[:40]), ref
-        )
+        raise RequestError("unknown_type", "unknown message type {!r}".format(kind[:40]), ref)
     for name in body:
         if name not in allowed:
-            raise RequestError(
-                "unknown_field", "unknown field {!r} in {}".format(name[:40], kind), ref
-            )
+            raise RequestError("unknown_field", "unknown field {!r} in {}".format(name[:40], kind), ref)
     if kind == "ping":
         return Ping(ref)
     if kind == "unsubscribe":
@@ -155,9 +146,7 @@ def parse_client_message(payload: bytes) -> ClientMessage:
     if not isinstance(url_id, str) or not url_id:
         raise RequestError("missing_url_id", "urlId is required", ref)
     if len(url_id) > _MAX_URL_ID:
-        raise RequestError(
-            "bad_url_id", "urlId is longer than {} characters".format(_MAX_URL_ID), ref
-        )
+        raise RequestError("bad_url_id", "urlId is longer than {} characters".format(_MAX_URL_ID), ref)
     since = body.get("since")
     if since is not None:
         if not isinstance(since, int) or isinstance(since, bool):
@@ -173,12 +162,8 @@ def parse_client_message(payload: bytes) -> ClientMessage:
         )
     viewer = body.get("viewer")
     if viewer is not None and (not isinstance(viewer, str) or len(viewer) > _MAX_TOKEN):
-        raise RequestError(
-            "bad_viewer_token", "viewer must be a viewer token string", ref
-        )
-    return Subscribe(
-        tenant=tenant, url_id=url_id, since=since, epoch=epoch, viewer=viewer, ref=ref
-    )
+        raise RequestError("bad_viewer_token", "viewer must be a viewer token string", ref)
+    return Subscribe(tenant=tenant, url_id=url_id, since=since, epoch=epoch, viewer=viewer, ref=ref)
 
 
 def channel_name(tenant_id: str, thread_id: str) -> str:
@@ -235,9 +220,7 @@ def hello(node_id: str, max_subscriptions: int) -> bytes:
     )
 
 
-def subscribed(
-    channel: str, epoch: str, seq: int, reload: bool, replayed: int, ref: Any = None
-) -> bytes:
+def subscribed(channel: str, epoch: str, seq: int, reload: bool, replayed: int, ref: Any = None) -> bytes:
     """The answer to ``subscribe``; replayed events follow it."""
     return _with_ref(
         {

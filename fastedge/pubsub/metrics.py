@@ -73,9 +73,7 @@ class _HubCollector(Collector):
 class LiveMetrics:
     """The live subsystem's metric families on one node registry."""
 
-    def __init__(
-        self, registry: CollectorRegistry, hub: Hub, connections: Callable[[str], int]
-    ) -> None:
+    def __init__(self, registry: CollectorRegistry, hub: Hub, connections: Callable[[str], int]) -> None:
         self.connections = Gauge(
             "fastedge_live_connections",
             "Open live connections, by transport.",
@@ -83,9 +81,7 @@ class LiveMetrics:
             registry=registry,
         )
         for transport in TRANSPORTS:
-            self.connections.labels(transport).set_function(
-                partial(connections, transport)
-            )
+            self.connections.labels(transport).set_function(partial(connections, transport))
         self.opened = Counter(
             "fastedge_live_connections_opened",
             "Live connections accepted, by transport.",

@@ -137,9 +137,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if not self._open or self._conn is None:
             return
         if isBinary:
-            self._close(
-                CLOSE_UNSUPPORTED_DATA, "binary frames are not accepted; send JSON text"
-            )
+            self._close(CLOSE_UNSUPPORTED_DATA, "binary frames are not accepted; send JSON text")
             return
         if not self._take_token():
             self._close(CLOSE_RATE_LIMITED, "too many messages; slow down")
@@ -180,11 +178,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
         return True
 
     def _answer(self, joined: Joined, name: str, ref: Any) -> None:
-        self.send(
-            messages.subscribed(
-                name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref
-            )
-        )
+        self.send(messages.subscribed(name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref))
         sent = total = 0
         for prepared in joined.replay:
             n = self.push(prepared)
@@ -242,9 +236,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
             peer=self.peer,
             limit=live.cfg.max_buffered_bytes,
         )
-        self._close(
-            CLOSE_SLOW_CONSUMER, "slow consumer: too far behind; reconnect with since"
-        )
+        self._close(CLOSE_SLOW_CONSUMER, "slow consumer: too far behind; reconnect with since")
 
     def _close(self, code: int, reason: str) -> None:
         """Stop sending events and start the closing handshake with ``code``."""
@@ -261,9 +253,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
             )
         # sendClose() only takes 1000 and 3000-4999; the standard codes we
         # use (1001, 1003) are sent with the frame-level call.
-        self.sendCloseFrame(
-            code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False
-        )
+        self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
 
 
 class _ClockTimer:
@@ -272,9 +262,7 @@ class _ClockTimer:
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
 
-    def call_later(
-        self, delay: float, fn: Any, *args: Any, **kwargs: Any
-    ) -> IDelayedCall:
+    def call_later(self, delay: float, fn: Any, *args: Any, **kwargs: Any) -> IDelayedCall:
         """Call ``fn`` after ``delay`` seconds on the clock."""
         return self._clock.callLater(delay, fn, *args, **kwargs)
 
@@ -307,17 +295,13 @@ class LiveWebSocketFactory(WebSocketServerFactory):
         # autobahn's handshake timeouts go to the node's clock (the reactor,
         # or a test's Clock), not to txaio's global-reactor timer buckets.
         self._batched_timer = _ClockTimer(live.clock)
-        options: dict[str, Any] = {
-            name: getattr(self, name) for name in LiveServerProtocol.CONFIG_ATTRS
-        }
+        options: dict[str, Any] = {name: getattr(self, name) for name in LiveServerProtocol.CONFIG_ATTRS}
         # With every option on the class, autobahn has nothing to copy per
         # connection; an empty list also spares it pretty-printing all the
         # options into a debug log line on every connect (~0.5 ms each, the
         # largest cost of a handshake in a burst of connects).
         options["CONFIG_ATTRS"] = []
-        self.protocol = type(  # type: ignore[assignment]
-            "ConfiguredLiveServerProtocol", (LiveServerProtocol,), options
-        )
+        self.protocol = type("ConfiguredLiveServerProtocol", (LiveServerProtocol,), options)  # type: ignore[assignment]
         #: The greeting, the same frame for every connection.
         self.hello = self.frame(messages.hello(live.node_id, cfg.max_subscriptions))
         #: Traffic of all open connections together (autobahn counts per
@@ -326,6 +310,4 @@ class LiveWebSocketFactory(WebSocketServerFactory):
 
     def frame(self, payload: bytes) -> bytes:
         """One unmasked text frame carrying ``payload``."""
-        return self.prepareMessage(
-            payload, isBinary=False, doNotCompress=True
-        ).payloadHybi
+        return self.prepareMessage(payload, isBinary=False, doNotCompress=True).payloadHybi

@@ -55,18 +55,14 @@ class LivePublisher:
         relay, which tells the deployment's other nodes too).
     """
 
-    def __init__(
-        self, hub: Hub, *, resolver: ChannelResolver | None, node_id: str
-    ) -> None:
+    def __init__(self, hub: Hub, *, resolver: ChannelResolver | None, node_id: str) -> None:
         self._hub = hub
         self._resolver = resolver
         self._node = node_id
         self.sink: Callable[[Event], object] = hub.publish
         self.block_sink: Callable[[str, str, str, bool], object] = self._block_here
 
-    def _block_here(
-        self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool
-    ) -> None:
+    def _block_here(self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool) -> None:
         self._hub.set_blocked((tenant_id, viewer_author_id), author_id, blocked)
 
     def _publish(
@@ -77,11 +73,7 @@ class LivePublisher:
         data: dict[str, object],
         author: str | None,
     ) -> None:
-        self.sink(
-            Event(
-                (tenant_id, thread_id), kind, data, author_id=author, origin=self._node
-            )
-        )
+        self.sink(Event((tenant_id, thread_id), kind, data, author_id=author, origin=self._node))
 
     @_guarded
     def created(self, comment: Comment) -> None:
@@ -103,10 +95,7 @@ class LivePublisher:
             after.status is CommentStatus.APPROVED,
         )
         if was and now:
-            if (
-                before.body_html != after.body_html
-                or before.edited_ms != after.edited_ms
-            ):
+            if before.body_html != after.body_html or before.edited_ms != after.edited_ms:
                 self._publish(
                     after.tenant_id,
                     after.thread_id,
@@ -155,8 +144,6 @@ class LivePublisher:
             self._resolver.forget(tenant_id, url_id)
 
     @_guarded
-    def block_changed(
-        self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool
-    ) -> None:
+    def block_changed(self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool) -> None:
         """A viewer blocked or unblocked an author: their open subscriptions follow."""
         self.block_sink(tenant_id, viewer_author_id, author_id, blocked)

@@ -78,9 +78,7 @@ class LiveService(MultiService):
             history_events=cfg.history_events,
             history_seconds=cfg.history_seconds,
         )
-        metrics = LiveMetrics(
-            registry, self.hub, lambda transport: self.live.count(transport)
-        )
+        metrics = LiveMetrics(registry, self.hub, lambda transport: self.live.count(transport))
         self.resolver = ChannelResolver(
             store,
             clock=reactor,
@@ -97,9 +95,7 @@ class LiveService(MultiService):
             node_id=node_id,
             policy=policy,
         )
-        self.publisher = LivePublisher(
-            self.hub, resolver=self.resolver, node_id=node_id
-        )
+        self.publisher = LivePublisher(self.hub, resolver=self.resolver, node_id=node_id)
         self.resource = LiveResource(self.live)
         _Sweep(
             max(1.0, min(cfg.history_seconds, 60.0)),
@@ -108,9 +104,7 @@ class LiveService(MultiService):
             self.hub.expire,
         ).setServiceParent(self)
         if cfg.ping_seconds > 0:
-            _Sweep(
-                cfg.ping_seconds, reactor, "keep-alive", self.live.keepalive
-            ).setServiceParent(self)
+            _Sweep(cfg.ping_seconds, reactor, "keep-alive", self.live.keepalive).setServiceParent(self)
 
     def use_viewer_tokens(self, tokens: ViewerTokens) -> None:
         """Accept viewer tokens the public API issues (wiring, in ``tap``)."""
@@ -132,9 +126,7 @@ class LiveService(MultiService):
             return stopped.addCallback(lambda _: None)
         drained: Deferred[None] = Deferred()
         live.on_drained(drained)
-        timeout = self._clock.callLater(
-            self._cfg.close_timeout_seconds + 1.0, _fire, drained
-        )
+        timeout = self._clock.callLater(self._cfg.close_timeout_seconds + 1.0, _fire, drained)
 
         def done(_: object) -> Deferred[Any]:
             if timeout.active():

@@ -89,9 +89,7 @@ class SseStream:
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-accel-buffering", b"no")
         request.setHeader(b"access-control-allow-origin", b"*")
-        answer = messages.subscribed(
-            name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref
-        )
+        answer = messages.subscribed(name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref)
         # The first write goes through the request: it sends the headers.
         request.write(b"retry: %d\n\n" % RETRY_MS + record(answer))
         channel = request.channel
@@ -99,9 +97,7 @@ class SseStream:
             # HTTP/1.x: from now on write pre-built records (chunks) to the
             # connection ourselves, exactly as request.write would.
             self._chunked = bool(request.chunked)
-            self._writer = Writer(
-                channel.transport, self._live.cfg.max_buffered_bytes, self._overflowed
-            )
+            self._writer = Writer(channel.transport, self._live.cfg.max_buffered_bytes, self._overflowed)
         else:
             self._writer = Writer(
                 _RequestSink(request),
@@ -190,9 +186,7 @@ class SseStream:
         if transport is not None:
             # The client has until close_timeout to read what is queued.
             transport.loseConnection()
-            self._abort = self._live.clock.callLater(
-                self._live.cfg.close_timeout_seconds, _abort, transport
-            )
+            self._abort = self._live.clock.callLater(self._live.cfg.close_timeout_seconds, _abort, transport)
 
 
 def _abort(transport: Any) -> None:
@@ -246,9 +240,7 @@ class LiveEventsResource(Resource):
             write_error(request, status, e.code, e.message)
             return
         self._log.failure("live SSE subscribe failed", failure)
-        write_error(
-            request, 500, "internal_error", "the server failed to subscribe you"
-        )
+        write_error(request, 500, "internal_error", "the server failed to subscribe you")
 
     def _subscription(self, request: Request) -> Subscribe:
         query: dict[str, str] = {}
@@ -258,9 +250,7 @@ class LiveEventsResource(Resource):
                 key = raw_key.decode("utf-8")
                 value = values[-1].decode("utf-8")
             except UnicodeDecodeError:
-                raise RequestError(
-                    "bad_query", "query parameters must be UTF-8"
-                ) from None
+                raise RequestError("bad_query", "query parameters must be UTF-8") from None
             if len(values) != 1:
                 raise RequestError(
                     "bad_query",
@@ -274,9 +264,7 @@ class LiveEventsResource(Resource):
                 "viewer",
                 "lastEventId",
             ):
-                raise RequestError(
-                    "bad_query", "unknown query parameter {!r}".format(key[:40])
-                )
+                raise RequestError("bad_query", "unknown query parameter {!r}".format(key[:40]))
             query[key] = value
         tenant = query.get("tenant")
         if not tenant:
@@ -316,6 +304,4 @@ class LiveEventsResource(Resource):
             raise RequestError("bad_viewer_token", "viewer must be a viewer token")
         if len(url_id) > 4096:
             raise RequestError("bad_url_id", "urlId is longer than 4096 characters")
-        return Subscribe(
-            tenant=tenant, url_id=url_id, since=since, epoch=epoch, viewer=viewer
-        )
+        return Subscribe(tenant=tenant, url_id=url_id, since=since, epoch=epoch, viewer=viewer)

@@ -52,16 +52,10 @@ class ViewerTokens:
         if len(parts) != 5 or parts[0] != _VERSION or not parts[3].isdigit():
             raise ViewerTokenError("bad_viewer_token", "the viewer token is malformed")
         payload = ".".join(parts[:4])
-        if not hmac.compare_digest(
-            self._cookies.sign(payload).encode(), parts[4].encode()
-        ):
-            raise ViewerTokenError(
-                "bad_viewer_token", "the viewer token's signature does not match"
-            )
+        if not hmac.compare_digest(self._cookies.sign(payload).encode(), parts[4].encode()):
+            raise ViewerTokenError("bad_viewer_token", "the viewer token's signature does not match")
         if parts[1] != tenant_id:
-            raise ViewerTokenError(
-                "bad_viewer_token", "the viewer token belongs to another site"
-            )
+            raise ViewerTokenError("bad_viewer_token", "the viewer token belongs to another site")
         issued = int(parts[3])
         if issued > now_s + _SKEW_SECONDS or now_s - issued > self._max_age:
             raise ViewerTokenError(

@@ -32,11 +32,7 @@ def _plain_tcp(transport: Any) -> Any:
     if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
         # The fast path reads FileDescriptor's buffer fields; refuse the
         # shortcut rather than guess if a Twisted release renames them.
-        if (
-            hasattr(transport, "dataBuffer")
-            and hasattr(transport, "_tempDataLen")
-            and hasattr(transport, "offset")
-        ):
+        if hasattr(transport, "dataBuffer") and hasattr(transport, "_tempDataLen") and hasattr(transport, "offset"):
             return transport
     return None
 
@@ -92,12 +88,7 @@ class Writer:
             return 0
         t = self._tcp
         if t is not None:
-            if (
-                not t.dataBuffer
-                and not t._tempDataLen
-                and t.connected
-                and not t.disconnecting
-            ):
+            if not t.dataBuffer and not t._tempDataLen and t.connected and not t.disconnecting:
                 try:
                     n = t.socket.send(data)
                 except (BlockingIOError, InterruptedError):

@@ -85,31 +85,43 @@ class IStore(Interface):
 
     # Tenants and API keys
 
-    def create_tenant(name: str, deployment: str, *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[Tenant]]:
+    def create_tenant(
+        name: str, deployment: str, *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[Tenant]]:
         """:returns: ``Deferred[Written[Tenant]]``"""
 
     def get_tenant(tenant_id: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[Tenant]:
         """:returns: ``Deferred[Tenant]``; ``NotFound`` if absent."""
 
-    def update_tenant_settings(tenant_id: str, settings: Mapping[str, Any], *, read_preference: ReadPreference) -> Deferred[Written[Tenant]]:
+    def update_tenant_settings(
+        tenant_id: str, settings: Mapping[str, Any], *, read_preference: ReadPreference
+    ) -> Deferred[Written[Tenant]]:
         """Replace the tenant's settings mapping.
 
         :returns: ``Deferred[Written[Tenant]]``
         """
 
-    def add_api_key(tenant_id: str, key_hash: str, *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[ApiKey]]:
+    def add_api_key(
+        tenant_id: str, key_hash: str, *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[ApiKey]]:
         """Store the hash of a new API key (the key itself is never stored).
 
         :returns: ``Deferred[Written[ApiKey]]``
         """
 
-    def revoke_api_key(tenant_id: str, key_id: str, *, revoked_ms: int, read_preference: ReadPreference) -> Deferred[Written[ApiKey]]:
+    def revoke_api_key(
+        tenant_id: str, key_id: str, *, revoked_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[ApiKey]]:
         """:returns: ``Deferred[Written[ApiKey]]``; ``NotFound`` if absent."""
 
-    def list_api_keys(tenant_id: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[list[ApiKey]]:
+    def list_api_keys(
+        tenant_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[list[ApiKey]]:
         """:returns: ``Deferred[list[ApiKey]]``"""
 
-    def tenant_for_api_key(key_hash: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[Tenant]:
+    def tenant_for_api_key(
+        key_hash: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[Tenant]:
         """The tenant owning an unrevoked key with this hash.
 
         :returns: ``Deferred[Tenant]``; ``NotFound`` if unknown or revoked.
@@ -117,39 +129,61 @@ class IStore(Interface):
 
     # Authors: anonymous sessions and SSO users
 
-    def create_anonymous_session(tenant_id: str, *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[AnonymousSession]]:
+    def create_anonymous_session(
+        tenant_id: str, *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[AnonymousSession]]:
         """Create an anonymous author and the session that speaks for it.
 
         :returns: ``Deferred[Written[AnonymousSession]]``
         """
 
-    def get_anonymous_session(tenant_id: str, session_id: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[AnonymousSession]:
+    def get_anonymous_session(
+        tenant_id: str, session_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[AnonymousSession]:
         """:returns: ``Deferred[AnonymousSession]``; ``NotFound`` if absent."""
 
-    def upsert_user(tenant_id: str, external_id: str, display_name: str, *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[User]]:
+    def upsert_user(
+        tenant_id: str, external_id: str, display_name: str, *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[User]]:
         """Create or rename the user the tenant's SSO knows as ``external_id``.
 
         :returns: ``Deferred[Written[User]]``
         """
 
-    def get_author(tenant_id: str, author_id: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[Author]:
+    def get_author(
+        tenant_id: str, author_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[Author]:
         """:returns: ``Deferred[Author]``; ``NotFound`` if absent."""
 
     # Threads
 
-    def upsert_thread(tenant_id: str, url_id: str, *, created_ms: int, read_preference: ReadPreference, title: str | None = None, closed: bool | None = None) -> Deferred[Written[Thread]]:
+    def upsert_thread(
+        tenant_id: str,
+        url_id: str,
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+        title: str | None = None,
+        closed: bool | None = None,
+    ) -> Deferred[Written[Thread]]:
         """Create the thread for ``url_id`` if absent; set title/closed when given.
 
         :returns: ``Deferred[Written[Thread]]``
         """
 
-    def get_thread(tenant_id: str, url_id: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[Thread]:
+    def get_thread(
+        tenant_id: str, url_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[Thread]:
         """:returns: ``Deferred[Thread]``; ``NotFound`` if absent."""
 
-    def get_thread_by_id(tenant_id: str, thread_id: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[Thread]:
+    def get_thread_by_id(
+        tenant_id: str, thread_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[Thread]:
         """:returns: ``Deferred[Thread]``; ``NotFound`` if absent."""
 
-    def list_threads(tenant_id: str, *, limit: int, cursor: str | None, read_preference: ReadPreference, token: str | None = None) -> Deferred[Page[Thread]]:
+    def list_threads(
+        tenant_id: str, *, limit: int, cursor: str | None, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[Page[Thread]]:
         """Threads, newest first.
 
         :returns: ``Deferred[Page[Thread]]``; ``BadCursor`` for a foreign cursor.
@@ -170,24 +204,52 @@ class IStore(Interface):
             thread or parent, ``InvalidReference`` for a parent in another thread.
         """
 
-    def get_comment(tenant_id: str, comment_id: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[Comment]:
+    def get_comment(
+        tenant_id: str, comment_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[Comment]:
         """:returns: ``Deferred[Comment]``; ``NotFound`` if absent."""
 
-    def list_thread(tenant_id: str, thread_id: str, *, sort: Sort, limit: int, cursor: str | None, read_preference: ReadPreference, token: str | None = None) -> Deferred[ThreadPage]:
+    def list_thread(
+        tenant_id: str,
+        thread_id: str,
+        *,
+        sort: Sort,
+        limit: int,
+        cursor: str | None,
+        read_preference: ReadPreference,
+        token: str | None = None,
+    ) -> Deferred[ThreadPage]:
         """A page of the thread's approved top-level comments and, for each,
         every approved reply beneath it (oldest first).
 
         :returns: ``Deferred[ThreadPage]``
         """
 
-    def list_comments(tenant_id: str, *, status: CommentStatus, limit: int, cursor: str | None, read_preference: ReadPreference, thread_id: str | None = None, token: str | None = None) -> Deferred[Page[Comment]]:
+    def list_comments(
+        tenant_id: str,
+        *,
+        status: CommentStatus,
+        limit: int,
+        cursor: str | None,
+        read_preference: ReadPreference,
+        thread_id: str | None = None,
+        token: str | None = None,
+    ) -> Deferred[Page[Comment]]:
         """Comments of one status (all threads, or one), newest first: the
         moderation queue.
 
         :returns: ``Deferred[Page[Comment]]``
         """
 
-    def update_comment(tenant_id: str, comment_id: str, *, edited_ms: int, read_preference: ReadPreference, body: tuple[str, str] | None = None, status: CommentStatus | None = None) -> Deferred[Written[Comment]]:
+    def update_comment(
+        tenant_id: str,
+        comment_id: str,
+        *,
+        edited_ms: int,
+        read_preference: ReadPreference,
+        body: tuple[str, str] | None = None,
+        status: CommentStatus | None = None,
+    ) -> Deferred[Written[Comment]]:
         """Change a comment's body (``(source, html)``) and/or its status.
 
         :returns: ``Deferred[Written[Comment]]``; ``NotFound`` if absent.
@@ -201,21 +263,29 @@ class IStore(Interface):
 
     # Votes, flags, blocks
 
-    def add_like(tenant_id: str, comment_id: str, voter_id: str, *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[int]]:
+    def add_like(
+        tenant_id: str, comment_id: str, voter_id: str, *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[int]]:
         """:returns: ``Deferred[Written[int]]``, the new like count;
         ``AlreadyExists`` if this voter already likes it, ``NotFound`` for an
         unknown comment or voter (an author id)."""
 
-    def remove_like(tenant_id: str, comment_id: str, voter_id: str, *, read_preference: ReadPreference) -> Deferred[Written[int]]:
+    def remove_like(
+        tenant_id: str, comment_id: str, voter_id: str, *, read_preference: ReadPreference
+    ) -> Deferred[Written[int]]:
         """:returns: ``Deferred[Written[int]]``, the new like count;
         ``NotFound`` if this voter did not like it."""
 
-    def add_flag(tenant_id: str, comment_id: str, flagger_id: str, *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[int]]:
+    def add_flag(
+        tenant_id: str, comment_id: str, flagger_id: str, *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[int]]:
         """:returns: ``Deferred[Written[int]]``, the new flag count;
         ``AlreadyExists`` if already flagged by this author, ``NotFound`` for
         an unknown comment or flagger."""
 
-    def add_block(tenant_id: str, viewer_id: str, author_id: str, *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[None]]:
+    def add_block(
+        tenant_id: str, viewer_id: str, author_id: str, *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[None]]:
         """The viewer no longer sees the author's comments.
 
         :returns: ``Deferred[Written[None]]``; ``NotFound`` for an unknown
@@ -223,10 +293,19 @@ class IStore(Interface):
             ``InvalidReference`` for blocking oneself.
         """
 
-    def remove_block(tenant_id: str, viewer_id: str, author_id: str, *, read_preference: ReadPreference) -> Deferred[Written[None]]:
+    def remove_block(
+        tenant_id: str, viewer_id: str, author_id: str, *, read_preference: ReadPreference
+    ) -> Deferred[Written[None]]:
         """:returns: ``Deferred[Written[None]]``; ``NotFound`` if not blocked."""
 
-    def viewer_state(tenant_id: str, viewer_id: str, comment_ids: Sequence[str], *, read_preference: ReadPreference, token: str | None = None) -> Deferred[ViewerState]:
+    def viewer_state(
+        tenant_id: str,
+        viewer_id: str,
+        comment_ids: Sequence[str],
+        *,
+        read_preference: ReadPreference,
+        token: str | None = None,
+    ) -> Deferred[ViewerState]:
         """Which of ``comment_ids`` the viewer likes, and every author the
         viewer blocks.
 
@@ -235,14 +314,18 @@ class IStore(Interface):
 
     # Credits
 
-    def charge_credits(tenant_id: str, charges: Mapping[str, tuple[int, int]], *, created_ms: int, read_preference: ReadPreference) -> Deferred[Written[None]]:
+    def charge_credits(
+        tenant_id: str, charges: Mapping[str, tuple[int, int]], *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[None]]:
         """Append to the tenant's credit ledger.
 
         :param charges: ``{operation: (calls, credits)}``
         :returns: ``Deferred[Written[None]]``
         """
 
-    def credit_usage(tenant_id: str, *, since_ms: int, read_preference: ReadPreference, token: str | None = None) -> Deferred[list[CreditUsage]]:
+    def credit_usage(
+        tenant_id: str, *, since_ms: int, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[list[CreditUsage]]:
         """Calls and credits per operation since ``since_ms``.
 
         :returns: ``Deferred[list[CreditUsage]]``, sorted by operation.

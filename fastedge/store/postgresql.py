@@ -122,9 +122,7 @@ def check_dsn(dsn: str) -> str | None:
     return None
 
 
-def conninfo(
-    dsn: str, *, connect_timeout: int, application_name: str, statement_timeout_ms: int
-) -> str:
+def conninfo(dsn: str, *, connect_timeout: int, application_name: str, statement_timeout_ms: int) -> str:
     """``dsn`` completed with our defaults; what the DSN sets itself wins.
 
     TCP keepalives make a vanished primary show up as a broken connection
@@ -144,9 +142,7 @@ def conninfo(
     if statement_timeout_ms > 0:
         options = str(params.get("options", ""))
         if "statement_timeout" not in options:
-            params["options"] = (
-                options + f" -c statement_timeout={statement_timeout_ms}"
-            ).strip()
+            params["options"] = (options + f" -c statement_timeout={statement_timeout_ms}").strip()
     return make_conninfo(**params)
 
 
@@ -313,11 +309,7 @@ class PostgresStore(SqlStore):
     @contextmanager
     def _reading(self, read_preference: ReadPreference) -> Iterator[Connection]:
         local = self._local
-        replica = (
-            self._replica
-            if read_preference is NEAREST and not local.route_primary
-            else None
-        )
+        replica = self._replica if read_preference is NEAREST and not local.route_primary else None
         target = replica or self._primary_target
         local.target = target
         with target.reads.connect() as conn:
@@ -385,9 +377,7 @@ class PostgresStore(SqlStore):
 
     # Running calls: token waits, fallbacks, failover
 
-    def _guarded(
-        self, fn: Callable[[], _T], want: int | None, route_primary: bool
-    ) -> Callable[[], _T]:
+    def _guarded(self, fn: Callable[[], _T], want: int | None, route_primary: bool) -> Callable[[], _T]:
         """``fn`` as run on a store thread: with this call's routing, and
         with a broken server reported as which server broke and whether a
         COMMIT was in flight."""
@@ -417,9 +407,7 @@ class PostgresStore(SqlStore):
         """Our exception for a driver failure that means "this server is
         unusable", or ``None`` for any other failure."""
         orig = e.orig if isinstance(e, DBAPIError) else e
-        broken = (isinstance(e, DBAPIError) and e.connection_invalidated) or isinstance(
-            orig, psycopg.OperationalError
-        )
+        broken = (isinstance(e, DBAPIError) and e.connection_invalidated) or isinstance(orig, psycopg.OperationalError)
         sqlstate = getattr(orig, "sqlstate", None)
         if not broken and sqlstate not in _UNUSABLE_STATES:
             return None
@@ -427,11 +415,7 @@ class PostgresStore(SqlStore):
         reason = "{} ({})".format(type(orig).__name__, sqlstate or "no SQLSTATE")
         if local.target is not None and local.target is self._replica:
             return _ReplicaLost("the local replica failed: " + reason)
-        if (
-            local.write is not None
-            and local.write.commit_sent
-            and not local.write.committed
-        ):
+        if local.write is not None and local.write.commit_sent and not local.write.committed:
             return CommitUnknown(
                 f"the primary failed during COMMIT ({reason}): the write may or may not have been applied"
             )
@@ -485,9 +469,7 @@ class PostgresStore(SqlStore):
 
         return d.addErrback(failed)
 
-    def _replica_failed(
-        self, operation: str, fn: Callable[[], _T], f: Failure
-    ) -> Deferred[_T]:
+    def _replica_failed(self, operation: str, fn: Callable[[], _T], f: Failure) -> Deferred[_T]:
         self._log.warn(
             "local replica {replica} failed ({reason}); reading {operation} from the primary",
             replica=self._replica.name if self._replica else None,
@@ -520,9 +502,7 @@ class PostgresStore(SqlStore):
         def served(value: _T, first: bool) -> None:
             wait(False)
             if metrics is not None:
-                metrics.token_read(
-                    "ready" if first else "waited", clock.seconds() - started
-                )
+                metrics.token_read("ready" if first else "waited", clock.seconds() - started)
             result.callback(value)
 
         def not_yet(f: Failure) -> None:
@@ -535,9 +515,7 @@ class PostgresStore(SqlStore):
                 return
             now = clock.seconds()
             stalled = self._stalled
-            known_behind = (
-                stalled is not None and now < stalled[1] and want >= stalled[0]
-            )
+            known_behind = stalled is not None and now < stalled[1] and want >= stalled[0]
             if now < deadline and not known_behind:
                 wait(True)
                 clock.callLater(min(self._token_poll, deadline - now), attempt, False)
@@ -548,9 +526,7 @@ class PostgresStore(SqlStore):
             if metrics is not None:
                 metrics.token_read("fallback", now - started)
                 metrics.fallback("replica_behind" if known_behind else "token_timeout")
-            self._on_primary(operation, NEAREST, fn, route_primary=True).chainDeferred(
-                result
-            )
+            self._on_primary(operation, NEAREST, fn, route_primary=True).chainDeferred(result)
 
         attempt(True)
         return result
@@ -572,9 +548,7 @@ class PostgresStore(SqlStore):
 
         def attempt(_: object = None) -> None:
             tries[0] += 1
-            d = self._attempt(
-                operation, read_preference, fn, route_primary=route_primary
-            )
+            d = self._attempt(operation, read_preference, fn, route_primary=route_primary)
             d.addCallbacks(result.callback, failed)
 
         def failed(f: Failure) -> None:
@@ -594,9 +568,7 @@ class PostgresStore(SqlStore):
             if clock.seconds() >= deadline:
                 if write and self._metrics is not None:
                     self._metrics.write_failed("not_applied")
-                what = (
-                    "the write was not applied" if write else "the read was not served"
-                )
+                what = "the write was not applied" if write else "the read was not served"
                 result.errback(
                     StoreUnavailable(
                         f"no usable primary among the {len(self._candidates)} candidates after {self._failover_seconds} s; {what}"
@@ -673,10 +645,7 @@ class PostgresStore(SqlStore):
             self._log.warn(
                 "no writable primary among {count} candidates: {states}",
                 count=len(probed),
-                states=[
-                    (self._candidates[i].name, error or "read-only")
-                    for i, _, _, error in probed
-                ],
+                states=[(self._candidates[i].name, error or "read-only") for i, _, _, error in probed],
             )
             return None
         timeline, negative = max(writable)
@@ -716,9 +685,7 @@ class PostgresStore(SqlStore):
 
         def migrate(index: int | None) -> Deferred[list[int]]:
             if index is None:
-                raise StoreUnavailable(
-                    f"no writable primary among the {len(self._candidates)} configured candidates"
-                )
+                raise StoreUnavailable(f"no writable primary among the {len(self._candidates)} configured candidates")
 
             def go() -> list[int]:
                 with self._writing() as conn:
@@ -736,11 +703,7 @@ class PostgresStore(SqlStore):
             self._log.info(
                 "postgresql store open: primary {primary}, local replica {replica}",
                 primary=self._primary_target.name,
-                replica=(
-                    self._replica.name
-                    if self._replica
-                    else "none (NEAREST reads the primary)"
-                ),
+                replica=(self._replica.name if self._replica else "none (NEAREST reads the primary)"),
             )
 
         d: Deferred[Any] = self._find_primary()

@@ -97,7 +97,7 @@ def _decode_cursor(cursor: str, kind: str, types: Sequence[type]) -> list[Any]:
         raise BadCursor("cursor is not one this server issued") from None
     if not isinstance(values, list) or len(values) != len(types) + 1 or values[0] != kind:
         raise BadCursor("cursor is not one this server issued")
-    for value, tp in zip(values[1:], types):
+    for value, tp in zip(values[1:], types, strict=True):
         if type(value) is not tp or not _bindable(value):
             raise BadCursor("cursor is not one this server issued")
     return values[1:]
@@ -360,9 +360,7 @@ class SqlStore:
             with self._writing() as conn:
                 self._require_tenant(conn, tenant_id)
                 conn.execute(
-                    insert(s.api_keys).values(
-                        id=key.id, tenant_id=tenant_id, key_hash=key_hash, created_ms=created_ms
-                    )
+                    insert(s.api_keys).values(id=key.id, tenant_id=tenant_id, key_hash=key_hash, created_ms=created_ms)
                 )
                 return self._written(conn, key)
 
@@ -419,7 +417,9 @@ class SqlStore:
 
     def _new_author(self, conn: Connection, tenant_id: str, kind: AuthorKind, created_ms: int) -> str:
         author_id = new_id()
-        conn.execute(insert(s.authors).values(id=author_id, tenant_id=tenant_id, kind=kind.value, created_ms=created_ms))
+        conn.execute(
+            insert(s.authors).values(id=author_id, tenant_id=tenant_id, kind=kind.value, created_ms=created_ms)
+        )
         return author_id
 
     def _require_author(self, conn: Connection, tenant_id: str, author_id: str) -> None:
@@ -438,9 +438,7 @@ class SqlStore:
             with self._writing() as conn:
                 self._require_tenant(conn, tenant_id)
                 author_id = self._new_author(conn, tenant_id, AuthorKind.ANONYMOUS, created_ms)
-                session = AnonymousSession(
-                    id=new_id(), tenant_id=tenant_id, author_id=author_id, created_ms=created_ms
-                )
+                session = AnonymousSession(id=new_id(), tenant_id=tenant_id, author_id=author_id, created_ms=created_ms)
                 conn.execute(
                     insert(s.anonymous_sessions).values(
                         id=session.id, tenant_id=tenant_id, author_id=author_id, created_ms=created_ms
@@ -644,9 +642,7 @@ class SqlStore:
                 self._thread_by_id(conn, new.tenant_id, new.thread_id)
                 a = s.authors.c
                 if (
-                    conn.execute(
-                        select(a.id).where(a.tenant_id == new.tenant_id, a.id == new.author_id)
-                    ).first()
+                    conn.execute(select(a.id).where(a.tenant_id == new.tenant_id, a.id == new.author_id)).first()
                     is None
                 ):
                     raise NotFound("author")
@@ -724,7 +720,9 @@ class SqlStore:
         c = s.comments.c
         kind = "thread-" + sort.value
         try:
-            after = _decode_cursor(cursor, kind, (int, int, str) if sort is Sort.TOP else (int, str)) if cursor else None
+            after = (
+                _decode_cursor(cursor, kind, (int, int, str) if sort is Sort.TOP else (int, str)) if cursor else None
+            )
         except BadCursor:
             return fail()
         query = select(s.comments).where(
@@ -1034,7 +1032,9 @@ class SqlStore:
                     liked.update(
                         conn.execute(
                             select(v.comment_id).where(
-                                v.tenant_id == tenant_id, v.voter_id == viewer_id, v.comment_id.in_(ids[start : start + 500])
+                                v.tenant_id == tenant_id,
+                                v.voter_id == viewer_id,
+                                v.comment_id.in_(ids[start : start + 500]),
                             )
                         ).scalars()
                     )

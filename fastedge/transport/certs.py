@@ -33,9 +33,7 @@ from twisted.logger import Logger
 from .metrics import TlsMetrics
 
 #: Host names as they may appear in SNI and in file names (lower case).
-_HOST_RE = re.compile(
-    r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-)
+_HOST_RE = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 DEFAULT_NAME = "default"
 _EXPIRY_WARNING = datetime.timedelta(days=14)
 
@@ -112,16 +110,10 @@ def read_key_and_chain(paths: tuple[str, ...]) -> tuple[object, list[x509.Certif
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
-        raise CertificateLoadError(
-            f"{paths[-1]}: no usable unencrypted PEM private key found"
-        ) from None
+        raise CertificateLoadError(f"{paths[-1]}: no usable unencrypted PEM private key found") from None
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if chain[0].public_key().public_bytes(*spki) != key.public_key().public_bytes(
-        *spki
-    ):
-        raise CertificateLoadError(
-            f"{paths[-1]}: the private key does not match the certificate"
-        )
+    if chain[0].public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        raise CertificateLoadError(f"{paths[-1]}: the private key does not match the certificate")
     return key, chain
 
 
@@ -184,11 +176,7 @@ class CertificateStore:
     def refresh(self, force: bool = False) -> None:
         """Rescan the directory if ``reload_check_seconds`` have passed."""
         now = self._clock.seconds()
-        if (
-            not force
-            and self._scanned_at is not None
-            and now - self._scanned_at < self._check_seconds
-        ):
+        if not force and self._scanned_at is not None and now - self._scanned_at < self._check_seconds:
             return
         self._scanned_at = now
         found = self._scan()
@@ -223,9 +211,7 @@ class CertificateStore:
                 continue
             if ext == ".pem":
                 found[stem] = (os.path.join(self._dir, filename),)
-            elif (
-                ext == ".crt" and stem + ".key" in files and stem + ".pem" not in files
-            ):
+            elif ext == ".crt" and stem + ".key" in files and stem + ".pem" not in files:
                 found[stem] = (
                     os.path.join(self._dir, filename),
                     os.path.join(self._dir, stem + ".key"),
@@ -252,11 +238,7 @@ class CertificateStore:
             self._log.error(
                 "certificate {name} not loaded, {keeping}: {reason}",
                 name=name,
-                keeping=(
-                    "keeping the previous one"
-                    if current is not None
-                    else "no certificate for this name"
-                ),
+                keeping=("keeping the previous one" if current is not None else "no certificate for this name"),
                 reason=str(e),
             )
             return
@@ -270,9 +252,7 @@ class CertificateStore:
             path=paths[0],
             not_after=not_after.isoformat(),
         )
-        remaining = not_after - datetime.datetime.fromtimestamp(
-            self._clock.seconds(), datetime.UTC
-        )
+        remaining = not_after - datetime.datetime.fromtimestamp(self._clock.seconds(), datetime.UTC)
         if remaining < _EXPIRY_WARNING:
             self._log.warn(
                 "certificate {name} expires on {not_after}",

@@ -67,7 +67,9 @@ class CertificateLoader(Service):
 
     _log = Logger()
 
-    def __init__(self, store: CertificateStore, cfg: TlsConfig, *, self_signed_path: str, common_name: str, reactor: Any) -> None:
+    def __init__(
+        self, store: CertificateStore, cfg: TlsConfig, *, self_signed_path: str, common_name: str, reactor: Any
+    ) -> None:
         self._store = store
         self._cfg = cfg
         self._self_signed_path = self_signed_path
@@ -76,11 +78,9 @@ class CertificateLoader(Service):
 
     def privilegedStartService(self) -> None:
         os.makedirs(self._cfg.cert_dir, mode=0o700, exist_ok=True)
-        has_default = any(
-            os.path.exists(os.path.join(self._cfg.cert_dir, "default" + ext)) for ext in (".pem", ".crt")
-        )
+        has_default = any(os.path.exists(os.path.join(self._cfg.cert_dir, "default" + ext)) for ext in (".pem", ".crt"))
         if not has_default and self._cfg.self_signed:
-            now = datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.timezone.utc)
+            now = datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.UTC)
             if ensure_self_signed(self._self_signed_path, self._common_name, now):
                 self._log.warn(
                     "no default certificate in {directory}: generated a self-signed one at {path}",

@@ -169,11 +169,7 @@ class CountedConnection(ProtocolWrapper):
     @wrappedProtocol.setter
     def wrappedProtocol(self, protocol: IProtocol) -> None:
         self._wrapped = protocol
-        if (
-            self._label is not None
-            and protocol is not self._original
-            and self._label.label == "h1"
-        ):
+        if self._label is not None and protocol is not self._original and self._label.label == "h1":
             self._label.settle("ws")
 
     def makeConnection(self, transport: Any) -> None:
@@ -217,11 +213,7 @@ class CountingTLSProtocol(TLSMemoryBIOProtocol):
     @wrappedProtocol.setter
     def wrappedProtocol(self, protocol: IProtocol) -> None:
         self._wrapped = protocol
-        if (
-            self._label is not None
-            and protocol is not self._original
-            and self._label.label == "h1"
-        ):
+        if self._label is not None and protocol is not self._original and self._label.label == "h1":
             self._label.settle("ws")
 
     def makeConnection(self, transport: Any) -> None:
@@ -284,9 +276,7 @@ class CountingFactory(WrappingFactory):
 
     protocol = CountedConnection
 
-    def __init__(
-        self, wrapped: Factory[Any], *, listener: str, metrics: ConnectionMetrics
-    ) -> None:
+    def __init__(self, wrapped: Factory[Any], *, listener: str, metrics: ConnectionMetrics) -> None:
         super().__init__(wrapped)
         self.listener = listener
         self.metrics = metrics

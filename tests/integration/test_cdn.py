@@ -57,9 +57,7 @@ class CdnTests(TestCase):
         (self.a, self.a_key), (self.b, self.b_key) = create_tenants(
             os.path.join(self.data_dir, "fastedge.sqlite3"), ["A", "B"]
         )
-        self.config = _config(
-            self.s3, [(self.a, self.bucket, self.pa), (self.b, self.bucket, self.pb)]
-        )
+        self.config = _config(self.s3, [(self.a, self.bucket, self.pa), (self.b, self.bucket, self.pb)])
         self.node = yield start_node(self.config, self.data_dir)
         self.addCleanup(lambda: self.node.stop())
 
@@ -90,14 +88,10 @@ class CdnTests(TestCase):
         self.assertEqual(self.header(response, "content-type"), "image/png")
         self.assertEqual(self.header(response, "etag"), etag)
         self.assertEqual(self.header(response, "accept-ranges"), "bytes")
-        self.assertEqual(
-            self.header(response, "cache-control"), "public, max-age=86400"
-        )
+        self.assertEqual(self.header(response, "cache-control"), "public, max-age=86400")
         before = self.origin_gets()
         response, body = yield self.get(self.url(self.a, "img/cat.png"))
-        self.assertEqual(
-            (response.code, body, self.header(response, "x-cache")), (200, PNG, "HIT")
-        )
+        self.assertEqual((response.code, body, self.header(response, "x-cache")), (200, PNG, "HIT"))
         self.assertEqual(self.origin_gets(), before)
 
     @defer.inlineCallbacks
@@ -120,7 +114,9 @@ class CdnTests(TestCase):
         self.assertEqual(value('fastedge_cdn_cache_bytes{tier="disk"}'), len(PNG))
         self.assertEqual(value('fastedge_cdn_cache_objects{tier="memory"}'), 1)
         self.assertEqual(value("fastedge_cdn_origin_request_duration_seconds_count"), 1)
-        self.assertEqual(value('fastedge_http_requests_total{code="200",method="GET",route="/media/{tenant}/{key}"}'), 2)
+        self.assertEqual(
+            value('fastedge_http_requests_total{code="200",method="GET",route="/media/{tenant}/{key}"}'), 2
+        )
 
     @defer.inlineCallbacks
     def test_wrong_signature_is_an_origin_error(self):
@@ -128,14 +124,10 @@ class CdnTests(TestCase):
         client gets a 502 JSON error (nothing cached)."""
         yield self.node.stop()
         data_dir = os.path.abspath(self.mktemp())
-        ((tenant, _),) = create_tenants(
-            os.path.join(data_dir, "fastedge.sqlite3"), ["C"]
-        )
+        ((tenant, _),) = create_tenants(os.path.join(data_dir, "fastedge.sqlite3"), ["C"])
         self.s3.put(self.bucket, self.pa + "c/x.png", PNG, "image/png")
         node = yield start_node(
-            _config(
-                self.s3, [(tenant, self.bucket, self.pa + "c/")], secret="wrong-secret"
-            ),
+            _config(self.s3, [(tenant, self.bucket, self.pa + "c/")], secret="wrong-secret"),
             data_dir,
         )
         self.addCleanup(node.stop)
@@ -151,12 +143,8 @@ class CdnTests(TestCase):
         payload = os.urandom(300_000)
         self.s3.put(self.bucket, self.pa + "big.png", payload, "image/png")
         before = self.origin_gets()
-        results = yield defer.gatherResults(
-            [self.get(self.url(self.a, "big.png")) for _ in range(20)]
-        )
-        self.assertEqual(
-            [(r.code, b == payload) for r, b in results], [(200, True)] * 20
-        )
+        results = yield defer.gatherResults([self.get(self.url(self.a, "big.png")) for _ in range(20)])
+        self.assertEqual([(r.code, b == payload) for r, b in results], [(200, True)] * 20)
         self.assertEqual(self.origin_gets() - before, 1)
 
     @defer.inlineCallbacks
@@ -168,9 +156,7 @@ class CdnTests(TestCase):
         self.node = yield start_node(self.config, self.data_dir)
         before = self.origin_gets()
         response, body = yield self.get(self.url(self.a, "keep.png"))
-        self.assertEqual(
-            (response.code, body, self.header(response, "x-cache")), (200, PNG, "HIT")
-        )
+        self.assertEqual((response.code, body, self.header(response, "x-cache")), (200, PNG, "HIT"))
         self.assertEqual(self.origin_gets(), before)
 
     @defer.inlineCallbacks
@@ -180,14 +166,10 @@ class CdnTests(TestCase):
         self.s3.put(self.bucket, self.pa + "r.png", PNG, "image/png")
         url = self.url(self.a, "r.png")
         response, body = yield self.get(url)
-        etag, modified = self.header(response, "etag"), self.header(
-            response, "last-modified"
-        )
+        etag, modified = self.header(response, "etag"), self.header(response, "last-modified")
         response, body = yield self.get(url, range="bytes=10-19")
         self.assertEqual((response.code, body), (206, PNG[10:20]))
-        self.assertEqual(
-            self.header(response, "content-range"), f"bytes 10-19/{len(PNG)}"
-        )
+        self.assertEqual(self.header(response, "content-range"), f"bytes 10-19/{len(PNG)}")
         response, body = yield self.get(url, range="bytes=-5")
         self.assertEqual((response.code, body), (206, PNG[-5:]))
         for bad in (
@@ -198,9 +180,7 @@ class CdnTests(TestCase):
         ):
             response, body = yield self.get(url, range=bad)
             self.assertEqual(response.code, 416, bad)
-            self.assertEqual(
-                self.header(response, "content-range"), f"bytes */{len(PNG)}"
-            )
+            self.assertEqual(self.header(response, "content-range"), f"bytes */{len(PNG)}")
         response, body = yield self.get(url, range="items=0-1")
         self.assertEqual((response.code, body), (200, PNG))
         response, body = yield self.get(url, **{"if-none-match": etag})
@@ -297,9 +277,7 @@ class CdnTests(TestCase):
         self.assertEqual(self.s3.get(self.bucket, self.pa + "up/p.png"), PNG)
         before = self.origin_gets()
         response, data = yield self.get(self.url(self.a, "up/p.png"))
-        self.assertEqual(
-            (response.code, data, self.header(response, "x-cache")), (200, PNG, "HIT")
-        )
+        self.assertEqual((response.code, data, self.header(response, "x-cache")), (200, PNG, "HIT"))
         self.assertEqual(self.origin_gets(), before)
         # Tenant B's key writes under B's prefix, never A's.
         code, _ = yield self.upload("up/p.png", PNG[:-1], api_key=self.b_key)
@@ -325,9 +303,7 @@ class CdnTests(TestCase):
         ]
         for args, status, code in cases:
             got_status, body = yield self.upload(*args)
-            self.assertEqual(
-                (got_status, body["error"]["code"]), (status, code), args[0][:20]
-            )
+            self.assertEqual((got_status, body["error"]["code"]), (status, code), args[0][:20])
         response = yield self.http.put(
             self.node.http + "/api/v1/manage/media",
             params={"key": "big.png"},
@@ -391,9 +367,7 @@ class CdnTests(TestCase):
 
         class Impatient(Protocol):
             def connectionMade(self):
-                self.transport.write(
-                    f"GET /media/{tenant}/large.bin HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-                )
+                self.transport.write(f"GET /media/{tenant}/large.bin HTTP/1.1\r\nHost: x\r\n\r\n".encode())
 
             def dataReceived(self, data):
                 self.transport.abortConnection()
@@ -413,9 +387,7 @@ class CdnTests(TestCase):
             (response.code, body == payload, self.header(response, "x-cache")),
             (200, True, "HIT"),
         )
-        self.assertEqual(
-            os.listdir(os.path.join(self.data_dir, "media-cache", "tmp")), []
-        )
+        self.assertEqual(os.listdir(os.path.join(self.data_dir, "media-cache", "tmp")), [])
 
 
 class MediaOverHttp2Tests(TestCase):
@@ -433,9 +405,7 @@ class MediaOverHttp2Tests(TestCase):
         s3.create_bucket("media")
         prefix = os.urandom(4).hex() + "/"
         data_dir = os.path.abspath(self.mktemp())
-        ((tenant, _),) = create_tenants(
-            os.path.join(data_dir, "fastedge.sqlite3"), ["H2"]
-        )
+        ((tenant, _),) = create_tenants(os.path.join(data_dir, "fastedge.sqlite3"), ["H2"])
         config = _config(s3, [(tenant, "media", prefix)]).replace(
             "[tls]\nenabled = false", '[tls]\nendpoint = "tcp:0:interface=127.0.0.1"'
         )
@@ -451,18 +421,12 @@ class MediaOverHttp2Tests(TestCase):
                 (b"h2", 200, expected),
             )
             self.assertEqual(response.body, payload)
-        response, _ = yield h2_request(
-            node.https_port, b"GET", path, headers=[(b"range", b"bytes=100-199")]
-        )
+        response, _ = yield h2_request(node.https_port, b"GET", path, headers=[(b"range", b"bytes=100-199")])
         self.assertEqual((response.status, response.body), (206, payload[100:200]))
         response, _ = yield h2_request(node.https_port, b"HEAD", path)
         self.assertEqual((response.status, response.body), (200, b""))
-        self.assertEqual(
-            response.headers.get(b"content-length"), str(len(payload)).encode()
-        )
-        response, _ = yield h2_request(
-            node.https_port, b"GET", f"/media/{tenant}/..%2Fx".encode()
-        )
+        self.assertEqual(response.headers.get(b"content-length"), str(len(payload)).encode())
+        response, _ = yield h2_request(node.https_port, b"GET", f"/media/{tenant}/..%2Fx".encode())
         self.assertEqual(response.status, 400)
         self.assertIn(b'"bad_key"', response.body)
 
@@ -491,14 +455,10 @@ class ShortOriginTests(TestCase):
         from twisted.internet.endpoints import TCP4ServerEndpoint
         from twisted.internet.protocol import Factory
 
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(_ShortOrigin)
-        )
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(_ShortOrigin))
         self.addCleanup(port.stopListening)
         data_dir = os.path.abspath(self.mktemp())
-        ((tenant, _),) = create_tenants(
-            os.path.join(data_dir, "fastedge.sqlite3"), ["S"]
-        )
+        ((tenant, _),) = create_tenants(os.path.join(data_dir, "fastedge.sqlite3"), ["S"])
 
         class _Fake:
             endpoint = f"http://127.0.0.1:{port.getHost().port}"

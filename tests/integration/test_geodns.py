@@ -126,9 +126,7 @@ class ThreeNodesTests(TestCase):
             self.addCleanup(service.stopService)
             self.maps.append(node_map)
             self.ports.append(service.getServiceNamed("udp")._port.getHost().port)
-            self.tcp_port = (
-                service.getServiceNamed("tcp")._waitingForPort.result.getHost().port
-            )
+            self.tcp_port = service.getServiceNamed("tcp")._waitingForPort.result.getHost().port
         self.client = UdpClient()
         port = reactor.listenUDP(0, self.client, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -144,9 +142,7 @@ class ThreeNodesTests(TestCase):
         once B is DEAD in the map the next query no longer answers B."""
         for node in range(3):
             response = yield self.ask(node, "edge.example.test", "203.0.113.0/24")
-            self.assertEqual(
-                [rr.address for rr in response.answer[0]], ["127.0.0.12", "127.0.0.11"]
-            )
+            self.assertEqual([rr.address for rr in response.answer[0]], ["127.0.0.12", "127.0.0.11"])
         for node_map in self.maps:
             node_map.set_state("b-tyo", NodeState.DEAD)
         for node in range(3):
@@ -164,14 +160,10 @@ class ThreeNodesTests(TestCase):
     def test_tcp(self) -> None:
         """The same answers come over TCP."""
         client = TcpClient(dns_query("edge.example.test", ecs="81.2.69.0/24"))
-        yield protocol.ClientCreator(reactor, lambda: client).connectTCP(
-            "127.0.0.1", self.tcp_port
-        )
+        yield protocol.ClientCreator(reactor, lambda: client).connectTCP("127.0.0.1", self.tcp_port)
         response = dns_response((yield client.answer))
         yield client.closed
-        self.assertEqual(
-            [rr.address for rr in response.answer[0]], ["127.0.0.11", "127.0.0.12"]
-        )
+        self.assertEqual([rr.address for rr in response.answer[0]], ["127.0.0.11", "127.0.0.12"])
 
 
 class DefaultsTests(TestCase):
@@ -198,21 +190,15 @@ class DefaultsTests(TestCase):
             "--https",
             "tcp:0:interface=127.0.0.1",
         )
-        process = reactor.spawnProcess(
-            watch, sys.executable, args, env=_env(), path=REPO
-        )
+        process = reactor.spawnProcess(watch, sys.executable, args, env=_env(), path=REPO)
         try:
             yield watch.started
             port = int(re.search(rb"EdgeDatagramProtocol starting on (\d+)", watch.output).group(1))  # type: ignore[union-attr]
             client = UdpClient()
             listening = reactor.listenUDP(0, client, interface="127.0.0.1")
             try:
-                a = dns_response(
-                    (yield client.ask(dns_query("edge.fastedge.test"), port))
-                )
-                soa = dns_response(
-                    (yield client.ask(dns_query("fastedge.test", "SOA"), port))
-                )
+                a = dns_response((yield client.ask(dns_query("edge.fastedge.test"), port)))
+                soa = dns_response((yield client.ask(dns_query("fastedge.test", "SOA"), port)))
             finally:
                 yield listening.stopListening()
         finally:

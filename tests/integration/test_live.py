@@ -87,19 +87,13 @@ class EndToEndTests(TestCase):
         through the direct-to-socket fast path."""
         node = LiveNode(tempfile.mkdtemp(prefix="fe-e2e-"), clock=reactor)
         self.addCleanup(node.api.service.stopService)
-        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
-            node.site
-        )
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(node.site)
         self.addCleanup(port.stopListening)
         host = port.getHost()
         base = "http://127.0.0.1:{}".format(host.port)
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)
-        tenant = (
-            await node.store.create_tenant(
-                "E2E", "global", created_ms=0, read_preference=PRIMARY
-            )
-        ).value
+        tenant = (await node.store.create_tenant("E2E", "global", created_ms=0, read_preference=PRIMARY)).value
         url_id = "https://e2e.example/article"
         comments = "{}/api/v1/{}/comments".format(base, tenant.id)
 
@@ -118,9 +112,7 @@ class EndToEndTests(TestCase):
         # WebSocket subscriber.
         factory = WebSocketClientFactory("ws://127.0.0.1:{}/live".format(host.port))
         factory.protocol = WaitingClient
-        ws: WaitingClient = await TCP4ClientEndpoint(
-            reactor, "127.0.0.1", host.port
-        ).connect(factory)
+        ws: WaitingClient = await TCP4ClientEndpoint(reactor, "127.0.0.1", host.port).connect(factory)
         await ws.opened
         subscribed = ws.wait_for("subscribed")
         ws.send_json(type="subscribe", tenant=tenant.id, urlId=url_id)
@@ -131,13 +123,9 @@ class EndToEndTests(TestCase):
         from urllib.parse import urlencode
 
         path = "/live/events?" + urlencode({"tenant": tenant.id, "urlId": url_id})
-        request = "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".format(
-            path
-        ).encode()
+        request = "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".format(path).encode()
         sse = SseReader(request)
-        await TCP4ClientEndpoint(reactor, "127.0.0.1", host.port).connect(
-            Factory.forProtocol(lambda: sse)
-        )
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", host.port).connect(Factory.forProtocol(lambda: sse))
         await sse.wait_for(b'"subscribed"')
 
         ws_event = ws.wait_for("event")
@@ -149,19 +137,13 @@ class EndToEndTests(TestCase):
         self.assertEqual(event["data"]["comment"]["id"], body["comment"]["id"])
         self.assertEqual(event["data"]["comment"]["html"], "<p>hello, live world</p>")
         raw = await sse_event
-        records = [
-            r
-            for r in raw.split(b"\n")
-            if r.startswith(b"data: ") and b"comment.created" in r
-        ]
+        records = [r for r in raw.split(b"\n") if r.startswith(b"data: ") and b"comment.created" in r]
         sse_message = json.loads(records[0][len(b"data: ") :])
         self.assertEqual(sse_message, event)
         self.assertIn(b"id: " + event["id"].encode() + b"\n", raw)
 
         # Both went through the fast path (plain TCP, straight to the socket).
-        writers = [
-            conn._writer for group in node.live.connections.values() for conn in group
-        ]
+        writers = [conn._writer for group in node.live.connections.values() for conn in group]
         self.assertEqual([w.direct for w in writers], [True, True])
 
         # Close both and wait until the server has seen them go.
@@ -191,28 +173,16 @@ class SlowConsumerTests(TestCase):
             live_overrides={"max_buffered_bytes": 65536, "close_timeout_seconds": 0.2},
         )
         self.addCleanup(node.api.service.stopService)
-        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
-            node.site
-        )
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(node.site)
         self.addCleanup(port.stopListening)
         host = port.getHost()
-        tenant = (
-            await node.store.create_tenant(
-                "S", "global", created_ms=0, read_preference=PRIMARY
-            )
-        ).value
-        thread = (
-            await node.store.upsert_thread(
-                tenant.id, "u", created_ms=0, read_preference=PRIMARY
-            )
-        ).value
+        tenant = (await node.store.create_tenant("S", "global", created_ms=0, read_preference=PRIMARY)).value
+        thread = (await node.store.upsert_thread(tenant.id, "u", created_ms=0, read_preference=PRIMARY)).value
         subscribe = json.dumps({"type": "subscribe", "tenant": tenant.id, "urlId": "u"})
 
         factory = WebSocketClientFactory("ws://127.0.0.1:{}/live".format(host.port))
         factory.protocol = WaitingClient
-        reader: WaitingClient = await TCP4ClientEndpoint(
-            reactor, "127.0.0.1", host.port
-        ).connect(factory)
+        reader: WaitingClient = await TCP4ClientEndpoint(reactor, "127.0.0.1", host.port).connect(factory)
         await reader.opened
         ok = reader.wait_for("subscribed")
         reader.sendMessage(subscribe.encode())
@@ -256,9 +226,7 @@ class SlowConsumerTests(TestCase):
         events = 400  # ~6.5 MB: more than the kernel buffers hold
         last = reader.wait_for("event")
         for i in range(events):
-            node.hub.publish(
-                Event((tenant.id, thread.id), "bench", {"i": i, "pad": pad})
-            )
+            node.hub.publish(Event((tenant.id, thread.id), "bench", {"i": i, "pad": pad}))
             if i % 2:
                 await turn()  # the reader (in this process) reads; the sleeper never does
         self.assertEqual(
@@ -297,31 +265,17 @@ class TlsTests(TestCase):
         self.addCleanup(node.api.service.stopService)
         key = ssl.KeyPair.generate(size=2048)
         cert = key.selfSignedCert(1, CN="localhost")
-        server_options = ssl.PrivateCertificate.fromCertificateAndKeyPair(
-            cert, key
-        ).options()
-        port = await SSL4ServerEndpoint(
-            reactor, 0, server_options, interface="127.0.0.1"
-        ).listen(node.site)
+        server_options = ssl.PrivateCertificate.fromCertificateAndKeyPair(cert, key).options()
+        port = await SSL4ServerEndpoint(reactor, 0, server_options, interface="127.0.0.1").listen(node.site)
         self.addCleanup(port.stopListening)
         host = port.getHost()
-        tenant = (
-            await node.store.create_tenant(
-                "T", "global", created_ms=0, read_preference=PRIMARY
-            )
-        ).value
-        thread = (
-            await node.store.upsert_thread(
-                tenant.id, "u", created_ms=0, read_preference=PRIMARY
-            )
-        ).value
+        tenant = (await node.store.create_tenant("T", "global", created_ms=0, read_preference=PRIMARY)).value
+        thread = (await node.store.upsert_thread(tenant.id, "u", created_ms=0, read_preference=PRIMARY)).value
 
         factory = WebSocketClientFactory("wss://localhost:{}/live".format(host.port))
         factory.protocol = WaitingClient
         client_options = ssl.CertificateOptions(verify=False)
-        ws: WaitingClient = await SSL4ClientEndpoint(
-            reactor, "127.0.0.1", host.port, client_options
-        ).connect(factory)
+        ws: WaitingClient = await SSL4ClientEndpoint(reactor, "127.0.0.1", host.port, client_options).connect(factory)
         await ws.opened
         ok = ws.wait_for("subscribed")
         ws.send_json(type="subscribe", tenant=tenant.id, urlId="u")
@@ -329,11 +283,7 @@ class TlsTests(TestCase):
         (server,) = node.live.connections["websocket"]
         self.assertFalse(server._writer.direct)
         got = ws.wait_for("event")
-        node.hub.publish(
-            Event(
-                (tenant.id, thread.id), "comment.likes", {"commentId": "c", "likes": 3}
-            )
-        )
+        node.hub.publish(Event((tenant.id, thread.id), "comment.likes", {"commentId": "c", "likes": 3}))
         event = await got
         self.assertEqual(event["data"], {"commentId": "c", "likes": 3})
         drained: Deferred[None] = Deferred()

@@ -45,9 +45,7 @@ class Cluster:
     ) -> MeshService:
         if node_id not in self.data_dirs:
             self.data_dirs[node_id] = os.path.abspath(self.tc.mktemp())
-            write_node_certs(
-                os.path.join(self.data_dirs[node_id], "mesh"), node_id, ca=ca
-            )
+            write_node_certs(os.path.join(self.data_dirs[node_id], "mesh"), node_id, ca=ca)
         if seeds is None:
             seeds = [self.address(n) for n, s in self.nodes.items() if s.running]
         cfg = parse_config(
@@ -80,22 +78,16 @@ class Cluster:
         return "127.0.0.1:{}".format(port.getHost().port)
 
     def states(self, observer: str) -> dict[str, str]:
-        return {
-            n: i.state.value for n, i in self.nodes[observer].node_map.nodes().items()
-        }
+        return {n: i.state.value for n, i in self.nodes[observer].node_map.nodes().items()}
 
     @inlineCallbacks
     def settle(self) -> Any:
         """Wait until no node has a call awaiting an answer or a connection
         being made (real I/O on loopback), and the reactor has turned."""
         for _ in range(1000):
-            yield gatherResults(
-                [n.membership.when_idle() for n in self.nodes.values() if n.running]
-            )
+            yield gatherResults([n.membership.when_idle() for n in self.nodes.values() if n.running])
             yield deferLater(reactor, 0, lambda: None)
-            if all(
-                n.membership._pending == 0 for n in self.nodes.values() if n.running
-            ):
+            if all(n.membership._pending == 0 for n in self.nodes.values() if n.running):
                 return
         raise AssertionError("the mesh never settled")
 
@@ -118,9 +110,7 @@ class Cluster:
         assert service.membership is not None and service.server_factory is not None
         service._ticker.stop()  # type: ignore[union-attr]
         service.membership.started = False
-        links = [
-            p.link for p in service.membership.peers.values() if p.link is not None
-        ]
+        links = [p.link for p in service.membership.peers.values() if p.link is not None]
         for link in links + list(service.membership.seed_links):
             if link.broker is not None:
                 link.broker.transport.abortConnection()
@@ -158,9 +148,7 @@ class ThreeNodeTests(TestCase):
 
     def assertConverged(self, *node_ids: str) -> None:
         for node_id in node_ids:
-            self.assertEqual(
-                self.cluster.states(node_id), {n: "alive" for n in node_ids}, node_id
-            )
+            self.assertEqual(self.cluster.states(node_id), {n: "alive" for n in node_ids}, node_id)
 
     def test_converge(self) -> None:
         """Three nodes (b and c seeded with the running ones) converge to one
@@ -170,11 +158,7 @@ class ThreeNodeTests(TestCase):
         for node_id, service in self.cluster.nodes.items():
             assert service.membership is not None
             self.assertEqual(
-                {
-                    n
-                    for n, p in service.membership.peers.items()
-                    if p.link is not None and p.link.up
-                },
+                {n for n, p in service.membership.peers.items() if p.link is not None and p.link.up},
                 {"a", "b", "c"} - {node_id},
             )
             assert service.server_factory is not None
@@ -189,17 +173,13 @@ class ThreeNodeTests(TestCase):
         stop completes, with no time passing on the Clock."""
         changed: list[tuple[str, NodeMapChange]] = []
         for observer in ("a", "c"):
-            self.cluster.nodes[observer].node_map.subscribe(
-                lambda ch, o=observer: changed.append((o, ch))
-            )
+            self.cluster.nodes[observer].node_map.subscribe(lambda ch, o=observer: changed.append((o, ch)))
         before = self.cluster.clock.seconds()
         yield self.cluster.stop("b")
         self.assertEqual(self.cluster.clock.seconds(), before)
         self.assertEqual(self.cluster.states("a")["b"], "leaving")
         self.assertEqual(self.cluster.states("c")["b"], "leaving")
-        self.assertEqual(
-            sorted(o for o, ch in changed if ch.after.node_id == "b"), ["a", "c"]
-        )
+        self.assertEqual(sorted(o for o, ch in changed if ch.after.node_id == "b"), ["a", "c"])
 
     @inlineCallbacks
     def test_kill_is_dead_in_time_then_restart(self) -> Any:
@@ -229,9 +209,7 @@ class ThreeNodeTests(TestCase):
         yield self.cluster.advance(1.0)
         self.assertConverged("a", "b", "c")
         for observer in ("a", "b"):
-            self.assertEqual(
-                self.cluster.nodes[observer].node_map.nodes()["c"].incarnation, 2
-            )
+            self.assertEqual(self.cluster.nodes[observer].node_map.nodes()["c"].incarnation, 2)
 
     @inlineCallbacks
     def test_wrong_ca_and_wrong_name_refused(self) -> Any:
@@ -244,9 +222,7 @@ class ThreeNodeTests(TestCase):
         from fastedge.mesh.tls import MeshIdentity, create_node_certificate
 
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        self.cluster.start(
-            "evil", seeds=[self.cluster.address("a")], ca=test_ca("other")
-        )
+        self.cluster.start("evil", seeds=[self.cluster.address("a")], ca=test_ca("other"))
         ca, key = test_ca()
         cert, cert_key = create_node_certificate("b", ca, key)
         liar = MeshIdentity(
@@ -261,16 +237,7 @@ class ThreeNodeTests(TestCase):
             self.assertEqual(set(self.cluster.states(node_id)), {"a", "b", "c"})
         self.assertEqual(self.cluster.states("evil"), {"evil": "alive"})
         self.assertEqual(self.cluster.states("liar"), {"liar": "alive"})
-        tls = [
-            e
-            for e in events
-            if "TLS handshake" in e.get("log_format", "")
-            and e.get("direction") == "from"
-        ]
+        tls = [e for e in events if "TLS handshake" in e.get("log_format", "") and e.get("direction") == "from"]
         self.assertTrue(tls)
-        names = [
-            e
-            for e in events
-            if "refused" in e.get("log_format", "") and e.get("peer") == "liar"
-        ]
+        names = [e for e in events if "refused" in e.get("log_format", "") and e.get("peer") == "liar"]
         self.assertEqual(names[0]["reason"], "the certificate is for b, not liar")

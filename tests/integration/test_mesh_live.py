@@ -39,9 +39,7 @@ def converged(nodes: dict[str, IService]) -> Deferred[None]:
             return
         for top in nodes.values():
             infos = top.getServiceNamed("mesh").node_map.nodes()
-            if set(infos) != ids or any(
-                i.state is not NodeState.ALIVE for i in infos.values()
-            ):
+            if set(infos) != ids or any(i.state is not NodeState.ALIVE for i in infos.values()):
                 return
         d.callback(None)
 
@@ -83,11 +81,7 @@ class MeshLiveTests(TestCase):
         return top
 
     def http_base(self, top: IService) -> str:
-        port = (
-            top.getServiceNamed("transport")
-            .getServiceNamed("http")
-            ._waitingForPort.result
-        )
+        port = top.getServiceNamed("transport").getServiceNamed("http")._waitingForPort.result
         return "http://127.0.0.1:{}".format(port.getHost().port)
 
     def mesh_address(self, top: IService) -> str:
@@ -111,9 +105,7 @@ class MeshLiveTests(TestCase):
         self.addCleanup(pool.closeCachedConnections)
         store = a.getServiceNamed("store").store
         tenant = (
-            await store.create_tenant(
-                "Mesh", "global", created_ms=0, read_preference=ReadPreference.PRIMARY
-            )
+            await store.create_tenant("Mesh", "global", created_ms=0, read_preference=ReadPreference.PRIMARY)
         ).value
         base_a = self.http_base(a)
         relay_a = a.getServiceNamed("mesh").relay
@@ -132,26 +124,16 @@ class MeshLiveTests(TestCase):
         for i in range(50):
             url_id = "https://mesh.example/article-{}".format(i)
             await post(url_id, "first")
-            thread = await store.get_thread(
-                tenant.id, url_id, read_preference=ReadPreference.PRIMARY
-            )
+            thread = await store.get_thread(tenant.id, url_id, read_preference=ReadPreference.PRIMARY)
             channel = (tenant.id, thread.id)
             if relay_a.owner_of(channel) != "b":
                 break
         self.assertNotEqual(relay_a.owner_of(channel), "b")
-        self.assertEqual(
-            c.getServiceNamed("mesh").relay.owner_of(channel), relay_a.owner_of(channel)
-        )
+        self.assertEqual(c.getServiceNamed("mesh").relay.owner_of(channel), relay_a.owner_of(channel))
 
         async def relay_counts(node: IService) -> list[str]:
-            text = await (
-                await treq.get(self.http_base(node) + "/metrics", pool=pool)
-            ).text()
-            return [
-                line
-                for line in text.splitlines()
-                if line.startswith("fastedge_mesh_relay_events_total{")
-            ]
+            text = await (await treq.get(self.http_base(node) + "/metrics", pool=pool)).text()
+            return [line for line in text.splitlines() if line.startswith("fastedge_mesh_relay_events_total{")]
 
         # (Threads B sequences were made on the way: their first comments
         # went to B. What counts is that nothing more reaches it.)
@@ -159,9 +141,7 @@ class MeshLiveTests(TestCase):
         port_c = int(self.http_base(c).rsplit(":", 1)[1])
         factory = WebSocketClientFactory("ws://127.0.0.1:{}/live".format(port_c))
         factory.protocol = WaitingClient
-        ws: WaitingClient = await TCP4ClientEndpoint(
-            reactor, "127.0.0.1", port_c
-        ).connect(factory)
+        ws: WaitingClient = await TCP4ClientEndpoint(reactor, "127.0.0.1", port_c).connect(factory)
         self.addCleanup(lambda: ws.closed if ws.transport.connected else None)
         self.addCleanup(ws.sendClose)
         await ws.opened
@@ -178,9 +158,7 @@ class MeshLiveTests(TestCase):
 
         self.assertIsNone(b.getServiceNamed("live").hub.position(channel))
         self.assertEqual(await relay_counts(b), b_before)
-        metrics_c = await (
-            await treq.get(self.http_base(c) + "/metrics", pool=pool)
-        ).text()
+        metrics_c = await (await treq.get(self.http_base(c) + "/metrics", pool=pool)).text()
         # C sequenced the write (if it owns the thread) or received it from A.
         self.assertRegex(
             metrics_c,

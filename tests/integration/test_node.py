@@ -30,12 +30,18 @@ class NodeTests(TestCase):
         options = Options()
         options.parseOptions(
             [
-                "--data-dir", self.data_dir,
-                "--http", "tcp:0:interface=127.0.0.1",
-                "--mesh", "tcp:0:interface=127.0.0.1",
-                "--node-id", "it-1",
-                "--dns-port", "0",
-                "--https", "tcp:0:interface=127.0.0.1",
+                "--data-dir",
+                self.data_dir,
+                "--http",
+                "tcp:0:interface=127.0.0.1",
+                "--mesh",
+                "tcp:0:interface=127.0.0.1",
+                "--node-id",
+                "it-1",
+                "--dns-port",
+                "0",
+                "--https",
+                "tcp:0:interface=127.0.0.1",
             ]
         )
         self.node = makeService(options)
@@ -65,7 +71,9 @@ class NodeTests(TestCase):
         read = yield self.http.get(url, headers={"cookie": cookie})
         page = yield read.json()
         self.assertEqual([(c["id"], c["isMine"]) for c in page["comments"]], [(body["comment"]["id"], True)])
-        listed = yield self.http.get(self.base + "/api/v1/manage/comments?status=approved", headers={"authorization": "Bearer " + key})
+        listed = yield self.http.get(
+            self.base + "/api/v1/manage/comments?status=approved", headers={"authorization": "Bearer " + key}
+        )
         self.assertEqual([c["text"] for c in (yield listed.json())["comments"]], ["First!"])
 
     @inlineCallbacks

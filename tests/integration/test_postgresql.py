@@ -50,11 +50,7 @@ def _set_up_schema(testcase: Any, cluster: PostgresCluster) -> str:
     """A schema with the store's tables, already replayed on both standbys."""
     schema = postgres_schema(testcase, cluster)
     setup = PostgresStore(
-        [
-            postgres_dsn(
-                cluster.servers["primary"], schema, synchronous_commit="remote_apply"
-            )
-        ],
+        [postgres_dsn(cluster.servers["primary"], schema, synchronous_commit="remote_apply")],
         None,
         run=run_inline,
         clock=Clock(),
@@ -76,11 +72,7 @@ class TokenWaitTests(TestCase):
         schema = _set_up_schema(self, cluster)
         metrics = ReplicationMetrics(CollectorRegistry(), "postgresql")
         store = PostgresStore(
-            [
-                postgres_dsn(
-                    cluster.servers["primary"], schema, synchronous_commit="local"
-                )
-            ],
+            [postgres_dsn(cluster.servers["primary"], schema, synchronous_commit="local")],
             postgres_dsn(cluster.servers["lagging"], schema),
             run=run_inline,
             clock=reactor,
@@ -90,12 +82,8 @@ class TokenWaitTests(TestCase):
         yield store.open()
         self.addCleanup(store.close)
         cluster.pause_replay(self, "lagging")
-        written = yield store.create_tenant(
-            "Acme", "global", created_ms=1, read_preference=PRIMARY
-        )
-        d = store.get_tenant(
-            written.value.id, read_preference=NEAREST, token=written.token
-        )
+        written = yield store.create_tenant("Acme", "global", created_ms=1, read_preference=PRIMARY)
+        d = store.get_tenant(written.value.id, read_preference=NEAREST, token=written.token)
         self.assertNoResult(d)
         cluster.resume_replay("lagging")
         tenant = yield d
@@ -135,21 +123,9 @@ class FailoverTests(TestCase):
         )
         yield store.open()
         self.addCleanup(store.close)
-        tenant = (
-            yield store.create_tenant(
-                "Acme", "global", created_ms=1, read_preference=PRIMARY
-            )
-        ).value
-        author = (
-            yield store.create_anonymous_session(
-                tenant.id, created_ms=1, read_preference=PRIMARY
-            )
-        ).value
-        thread = (
-            yield store.upsert_thread(
-                tenant.id, "u", created_ms=1, read_preference=PRIMARY
-            )
-        ).value
+        tenant = (yield store.create_tenant("Acme", "global", created_ms=1, read_preference=PRIMARY)).value
+        author = (yield store.create_anonymous_session(tenant.id, created_ms=1, read_preference=PRIMARY)).value
+        thread = (yield store.upsert_thread(tenant.id, "u", created_ms=1, read_preference=PRIMARY)).value
 
         outcomes: dict[str, str] = {}
         state = {"crashed": False, "acked_after": 0}
@@ -191,9 +167,7 @@ class FailoverTests(TestCase):
                     switch.append(deferToThread(fail_over))
                     state["crashed"] = True
 
-        yield DeferredList(
-            [writer(n) for n in range(4)], fireOnOneErrback=True, consumeErrors=True
-        )
+        yield DeferredList([writer(n) for n in range(4)], fireOnOneErrback=True, consumeErrors=True)
         yield switch[0]
         rows = cluster.execute("b", "SELECT body_source FROM comments")
         present = {r[0] for r in rows}
@@ -201,9 +175,7 @@ class FailoverTests(TestCase):
         not_applied = {body for body, v in outcomes.items() if v == "failed"}
         self.assertEqual(len(outcomes), 160)
         self.assertEqual(acked - present, set(), "acknowledged writes lost")
-        self.assertEqual(
-            not_applied & present, set(), "writes reported failed were applied"
-        )
+        self.assertEqual(not_applied & present, set(), "writes reported failed were applied")
         self.assertGreater(state["acked_after"], 0)
         self.assertEqual(_value(metrics.primary_switches, "postgresql"), 1)
         self.assertEqual(_value(metrics.primary_candidate, "postgresql"), 1)
@@ -219,9 +191,7 @@ class WriteErrorTests(TestCase):
         self.addCleanup(self.cluster.destroy)
         # COMMIT waits for a synchronous standby that never comes: the
         # transaction is committed locally and its COMMIT never returns.
-        self.server = self.cluster.start_primary(
-            "p", settings={"synchronous_standby_names": "ghost"}
-        )
+        self.server = self.cluster.start_primary("p", settings={"synchronous_standby_names": "ghost"})
         self.metrics = ReplicationMetrics(CollectorRegistry(), "postgresql")
 
     @inlineCallbacks
@@ -250,21 +220,13 @@ class WriteErrorTests(TestCase):
             metrics=self.metrics,
         )
         self.addCleanup(store2.close)
-        d = store2.create_tenant(
-            "Acme", "global", created_ms=1, read_preference=PRIMARY
-        )
+        d = store2.create_tenant("Acme", "global", created_ms=1, read_preference=PRIMARY)
         waiting = "SELECT pid FROM pg_stat_activity WHERE application_name = 'doomed' AND wait_event = 'SyncRep'"
         yield _until(lambda: bool(self.cluster.execute("p", waiting)))
-        self.cluster.execute(
-            "p", f"SELECT pg_terminate_backend(pid) FROM ({waiting}) w"
-        )
+        self.cluster.execute("p", f"SELECT pg_terminate_backend(pid) FROM ({waiting}) w")
         yield self.assertFailure(d, CommitUnknown)
-        self.assertEqual(
-            self.cluster.execute("p", "SELECT name FROM tenants"), [("Acme",)]
-        )
-        self.assertEqual(
-            _value(self.metrics.write_failures, "postgresql", "commit_unknown"), 1
-        )
+        self.assertEqual(self.cluster.execute("p", "SELECT name FROM tenants"), [("Acme",)])
+        self.assertEqual(_value(self.metrics.write_failures, "postgresql", "commit_unknown"), 1)
         self.flushLoggedErrors()
 
     def test_no_primary_write_not_applied(self) -> None:
@@ -293,12 +255,8 @@ class WriteErrorTests(TestCase):
         failure = self.failureResultOf(d, StoreUnavailable)
         self.assertFalse(failure.check(CommitUnknown))
         self.assertIn("the write was not applied", failure.getErrorMessage())
-        self.assertEqual(
-            _value(self.metrics.write_failures, "postgresql", "not_applied"), 1
-        )
-        self.assertGreater(
-            _value(self.metrics.primary_searches, "postgresql", "none"), 1
-        )
+        self.assertEqual(_value(self.metrics.write_failures, "postgresql", "not_applied"), 1)
+        self.assertGreater(_value(self.metrics.primary_searches, "postgresql", "none"), 1)
 
 
 class TwoNodesTests(TestCase):
@@ -307,9 +265,7 @@ class TwoNodesTests(TestCase):
 
     def make_node(self, name: str, replica: str, schema: str, secret: str) -> Any:
         cluster = shared_postgres()
-        primary = postgres_dsn(
-            cluster.servers["primary"], schema, synchronous_commit="local"
-        )
+        primary = postgres_dsn(cluster.servers["primary"], schema, synchronous_commit="local")
         # A password in the connection strings: the server (trust auth)
         # ignores it; the logs must never show it.
         primary += " password=s3cret-pw"
@@ -321,8 +277,7 @@ class TwoNodesTests(TestCase):
                 "backend": "postgresql",
                 "postgresql": {
                     "primaries": [primary],
-                    "replica": postgres_dsn(cluster.servers[replica], schema)
-                    + " password=s3cret-pw",
+                    "replica": postgres_dsn(cluster.servers[replica], schema) + " password=s3cret-pw",
                     "token_wait_seconds": 60.0,
                     "lag_probe_seconds": 0.2,
                 },
@@ -347,9 +302,7 @@ class TwoNodesTests(TestCase):
         yield node.getServiceNamed("store").when_ready()
         listener = node.getServiceNamed("transport").getServiceNamed("http")
         port = yield listener.when_listening()
-        return f"http://127.0.0.1:{port.getHost().port}", loopback_http_client(
-            self, listener.factory
-        )
+        return f"http://127.0.0.1:{port.getHost().port}", loopback_http_client(self, listener.factory)
 
     @inlineCallbacks
     def test_comment_through_a_read_through_b(self):  # type: ignore[no-untyped-def]
@@ -374,40 +327,26 @@ class TwoNodesTests(TestCase):
         node_b = self.make_node("node-b", "lagging", schema, secret)
         base_b, http_b = yield self.serve(node_b)
         store = node_a.getServiceNamed("store").store
-        tenant = (
-            yield store.create_tenant(
-                "Acme", "global", created_ms=1, read_preference=PRIMARY
-            )
-        ).value
+        tenant = (yield store.create_tenant("Acme", "global", created_ms=1, read_preference=PRIMARY)).value
         key = new_api_key()
-        yield store.add_api_key(
-            tenant.id, hash_api_key(key), created_ms=1, read_preference=PRIMARY
-        )
-        page = "/api/v1/{}/comments?urlId={}".format(
-            tenant.id, quote("https://news.test/a", safe="")
-        )
+        yield store.add_api_key(tenant.id, hash_api_key(key), created_ms=1, read_preference=PRIMARY)
+        page = "/api/v1/{}/comments?urlId={}".format(tenant.id, quote("https://news.test/a", safe=""))
 
         @inlineCallbacks
         def comments(http: Any, base: str, cookie: str | None = None):  # type: ignore[no-untyped-def]
-            response = yield http.get(
-                base + page, headers={"cookie": cookie} if cookie else {}
-            )
+            response = yield http.get(base + page, headers={"cookie": cookie} if cookie else {})
             self.assertEqual(response.code, 200)
             return [c["html"] for c in (yield response.json())["comments"]]
 
         cluster.pause_replay(self, "lagging")
         self.assertEqual((yield comments(http_b, base_b)), [])
-        posted = yield http_a.post(
-            base_a + page, json={"text": "From A", "displayName": "Ann"}
-        )
+        posted = yield http_a.post(base_a + page, json={"text": "From A", "displayName": "Ann"})
         self.assertEqual(posted.code, 201)
         cookie = posted.headers.getRawHeaders("set-cookie")[0].split(";")[0]
         self.assertEqual((yield comments(http_b, base_b)), [])
         pending = comments(http_b, base_b, cookie)
         # Once B's read waits for its standby, the standby replays again.
-        waiting = node_b.getServiceNamed("store").store._metrics.token_waiting.labels(
-            "postgresql"
-        )
+        waiting = node_b.getServiceNamed("store").store._metrics.token_waiting.labels("postgresql")
         yield _until(lambda: waiting._value.get() == 1)
         cluster.resume_replay("lagging")
         self.assertEqual((yield pending), ["<p>From A</p>"])
@@ -463,9 +402,7 @@ class AdminTests(TestCase):
 
         cluster = shared_postgres()
         schema = _set_up_schema(self, cluster)
-        primary = postgres_dsn(
-            cluster.servers["primary"], schema, synchronous_commit="local"
-        )
+        primary = postgres_dsn(cluster.servers["primary"], schema, synchronous_commit="local")
         config = {
             "node": {"id": "admin-test", "data_dir": os.path.abspath(self.mktemp())},
             "store": {"backend": "postgresql", "postgresql": {"primaries": [primary]}},
@@ -473,16 +410,12 @@ class AdminTests(TestCase):
         path = os.path.abspath(self.mktemp())
         with open(path, "w") as f:
             f.write(_toml(config))
-        out, err, code = yield admin(
-            "--config", path, "tenant", "create", "Acme", "--json"
-        )
+        out, err, code = yield admin("--config", path, "tenant", "create", "Acme", "--json")
         self.assertEqual(code, 0, err)
         created = json.loads(out)
         rows = cluster.execute(
             "primary",
-            "SELECT name FROM {}.tenants WHERE id = '{}'".format(
-                schema, created["tenantId"]
-            ),
+            "SELECT name FROM {}.tenants WHERE id = '{}'".format(schema, created["tenantId"]),
         )
         self.assertEqual(rows, [("Acme",)])
         hashes = cluster.execute("primary", f"SELECT key_hash FROM {schema}.api_keys")

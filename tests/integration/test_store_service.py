@@ -47,7 +47,9 @@ class StoreServiceTests(TestCase):
         os.makedirs(path)
         with open(os.path.join(path, "store.sqlite3"), "wb") as f:
             f.write(b"this is not a database" * 100)
-        service = make_service(StoreConfig(sqlite_path=os.path.join(path, "store.sqlite3")), reactor=reactor, registry=new_registry())
+        service = make_service(
+            StoreConfig(sqlite_path=os.path.join(path, "store.sqlite3")), reactor=reactor, registry=new_registry()
+        )
         service.startService()
         self.addCleanup(service.stopService)
         error = yield self.assertFailure(service.when_ready(), StoreUnavailable)

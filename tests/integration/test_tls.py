@@ -99,9 +99,7 @@ class TlsNodeTests(TestCase):
             self.node.https_port,
             insecure_tls(server_name, max_version=max_version),
         )
-        endpoint.connect(Factory.forProtocol(lambda: _Peek(done))).addErrback(
-            done.errback
-        )
+        endpoint.connect(Factory.forProtocol(lambda: _Peek(done))).addErrback(done.errback)
         return done
 
     @defer.inlineCallbacks
@@ -134,17 +132,13 @@ class TlsNodeTests(TestCase):
         cn, third = yield self.peek("a.test")
         self.assertEqual((cn, third), ("a.test", second))
         text = yield self.metrics()
-        self.assertEqual(
-            _sample(text, "fastedge_transport_tls_certificate_load_errors_total"), 1.0
-        )
+        self.assertEqual(_sample(text, "fastedge_transport_tls_certificate_load_errors_total"), 1.0)
         self.flushLoggedErrors()
 
     @defer.inlineCallbacks
     def test_old_protocol_versions_are_refused(self):
         """A TLS 1.1 client is refused, and the failure is counted by reason."""
-        yield self.assertFailure(
-            self.peek("a.test", max_version=SSL.TLS1_1_VERSION), Exception
-        )
+        yield self.assertFailure(self.peek("a.test", max_version=SSL.TLS1_1_VERSION), Exception)
         text = yield self.metrics()
         self.assertEqual(
             _sample(
@@ -167,9 +161,7 @@ class TlsNodeTests(TestCase):
             def connectionLost(self, reason=None):
                 done.callback(None)
 
-        yield TCP4ClientEndpoint(reactor, "127.0.0.1", self.node.https_port).connect(
-            Factory.forProtocol(Plain)
-        )
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", self.node.https_port).connect(Factory.forProtocol(Plain))
         yield done
         text = yield self.metrics()
         self.assertEqual(
@@ -205,9 +197,7 @@ class TlsNodeTests(TestCase):
             ),
             2.0,
         )
-        self.assertEqual(
-            _sample(text, "fastedge_transport_tls_handshakes_total", alpn="h2"), 2.0
-        )
+        self.assertEqual(_sample(text, "fastedge_transport_tls_handshakes_total", alpn="h2"), 2.0)
 
     @defer.inlineCallbacks
     def test_http2_body_limit(self):
@@ -274,17 +264,13 @@ class RedirectTests(TestCase):
             response.headers.getRawHeaders("location"),
             [f"https://127.0.0.1:{node.https_port}/api/v1/x?y=1"],
         )
-        response = yield http.post(
-            node.http + "/api/v1/x", data=b"{}", allow_redirects=False
-        )
+        response = yield http.post(node.http + "/api/v1/x", data=b"{}", allow_redirects=False)
         self.assertEqual(response.code, 308)
         for path in ("/healthz", "/metrics"):
             response = yield http.get(node.http + path)
             self.assertEqual(response.code, 200)
             yield response.content()
-        response = yield http.get(
-            node.http + "/x", headers={"host": "bad host/evil"}, allow_redirects=False
-        )
+        response = yield http.get(node.http + "/x", headers={"host": "bad host/evil"}, allow_redirects=False)
         self.assertEqual(response.code, 400)
         yield response.content()
 
@@ -342,9 +328,7 @@ class WebSocketOverTlsTests(TestCase):
 
         client_factory = WebSocketClientFactory(f"wss://localhost:{port}/ws")
         client_factory.protocol = Client
-        yield SSL4ClientEndpoint(
-            reactor, "127.0.0.1", port, insecure_tls("localhost")
-        ).connect(client_factory)
+        yield SSL4ClientEndpoint(reactor, "127.0.0.1", port, insecure_tls("localhost")).connect(client_factory)
         payload = yield got
         self.assertEqual(payload, b"hello")
         samples = {

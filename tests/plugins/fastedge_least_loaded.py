@@ -23,9 +23,7 @@ class LeastLoaded:
     name = "least-loaded"
 
     @staticmethod
-    def choose(
-        nodes: Sequence[Any], client: Any, count: int, default_region: str
-    ) -> Sequence[Any]:
+    def choose(nodes: Sequence[Any], client: Any, count: int, default_region: str) -> Sequence[Any]:
         return sorted(nodes, key=lambda n: (n.load, n.node_id))
 
 

@@ -33,9 +33,7 @@ class CertsCommandTests(SynchronousTestCase):
         then loads."""
         self.assertEqual(self.run_admin("certs", "ca")[0], 0)
         self.assertTrue(os.path.exists(os.path.join(self.mesh_dir, "ca.key")))
-        code, out, err = self._node(
-            "edge-1", "--ca-key", os.path.join(self.mesh_dir, "ca.key")
-        )
+        code, out, err = self._node("edge-1", "--ca-key", os.path.join(self.mesh_dir, "ca.key"))
         self.assertEqual(code, 0, err)
         identity = load_identity(
             "edge-1",
@@ -78,9 +76,7 @@ class CertsCommandTests(SynchronousTestCase):
         code, out, err = self._node("edge-2", "--out", out_dir)
         self.assertEqual(code, 0, err)
         self.assertEqual(sorted(os.listdir(out_dir)), ["edge-2.key", "edge-2.pem"])
-        self.assertEqual(
-            os.stat(os.path.join(out_dir, "edge-2.key")).st_mode & 0o777, 0o600
-        )
+        self.assertEqual(os.stat(os.path.join(out_dir, "edge-2.key")).st_mode & 0o777, 0o600)
         load_identity(
             "edge-2",
             ca_file=os.path.join(self.mesh_dir, "ca.pem"),

@@ -14,9 +14,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 class MediaConfigTests(SynchronousTestCase):
     def test_documented_file_is_the_defaults(self):
         """etc/fastedge.toml, with its new sections, equals the built-in defaults."""
-        self.assertEqual(
-            load_config(os.path.join(_ROOT, "etc", "fastedge.toml")), load_config(None)
-        )
+        self.assertEqual(load_config(os.path.join(_ROOT, "etc", "fastedge.toml")), load_config(None))
 
     def test_tenants_and_origins(self):
         """Origins and tenants are tables keyed by name and tenant id."""

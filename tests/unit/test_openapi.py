@@ -7,9 +7,8 @@ import re
 
 import yaml
 from openapi_spec_validator import validate
-from twisted.trial.unittest import SynchronousTestCase
-
 from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.tap import Options, makeService
 

@@ -17,9 +17,7 @@ class OptionsTests(SynchronousTestCase):
         """With no arguments the node runs on the embedded defaults."""
         options = Options()
         options.parseOptions([])
-        self.assertEqual(
-            options.config.http.endpoint, "tcp:8080:interface=127.0.0.1:backlog=1024"
-        )
+        self.assertEqual(options.config.http.endpoint, "tcp:8080:interface=127.0.0.1:backlog=1024")
         self.assertEqual(options.config.store.backend, "sqlite")
 
     def test_overrides(self) -> None:
@@ -40,9 +38,7 @@ class OptionsTests(SynchronousTestCase):
             f.write("[http]\nmax_body_bytes = -1\n")
         with self.assertRaises(UsageError) as cm:
             Options().parseOptions(["--config", path])
-        self.assertEqual(
-            str(cm.exception), "http.max_body_bytes: must be greater than 0"
-        )
+        self.assertEqual(str(cm.exception), "http.max_body_bytes: must be greater than 0")
 
     def test_bad_override(self) -> None:
         """A bad override is refused the same way."""
@@ -60,9 +56,7 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_named_children(self) -> None:
         """The node is a MultiService of named children, store first."""
-        self.assertEqual(
-            [c.name for c in self.top], ["store", "geo", "mesh", "dns", "live", "cdn", "transport"]
-        )
+        self.assertEqual([c.name for c in self.top], ["store", "geo", "mesh", "dns", "live", "cdn", "transport"])
 
     def test_dns_answers_from_the_mesh_map(self) -> None:
         """DNS answers from the mesh's live node map (this node, once the
@@ -91,9 +85,7 @@ class MakeServiceTests(SynchronousTestCase):
             f.write('[dns]\npolicy = "no-such-policy"\n')
         with self.assertRaises(UsageError) as cm:
             Options().parseOptions(["--config", path])
-        self.assertIn(
-            "dns.policy: no answer policy 'no-such-policy'", str(cm.exception)
-        )
+        self.assertIn("dns.policy: no answer policy 'no-such-policy'", str(cm.exception))
 
     def test_transport_listens(self) -> None:
         """The transport binds the configured endpoint (with an explicit

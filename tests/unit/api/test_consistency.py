@@ -35,9 +35,7 @@ def cookie_token(cookie: str) -> str | None:
     """The consistency token inside a session cookie (``fe_session=v2....``)."""
     parts = cookie.split("=", 1)[1].split(".")
     raw = parts[4]
-    return (
-        base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode() if raw else None
-    )
+    return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode() if raw else None
 
 
 class ConsistencyApiTests(SynchronousTestCase):
@@ -88,9 +86,7 @@ class ConsistencyApiTests(SynchronousTestCase):
         stranger = self.node.client()
         poster = self.node.client()
         self.assertEqual(self.comments(stranger.get(self.page)), [])
-        posted = poster.post(
-            self.page, json_body={"text": "Mine!", "displayName": "Ann"}
-        )
+        posted = poster.post(self.page, json_body={"text": "Mine!", "displayName": "Ann"})
         self.assertEqual(posted.code, 201, posted.body)
         assert poster.cookie is not None
         token = cookie_token(poster.cookie)
@@ -98,15 +94,9 @@ class ConsistencyApiTests(SynchronousTestCase):
         parse_lsn(token)
         # Not on the replica: a stranger's page comes from the replica.
         self.assertEqual(self.comments(stranger.get(self.page)), [])
-        self.assertEqual(
-            self.comments(poster.get(self.page, advance=WAIT)), [("<p>Mine!</p>", True)]
-        )
-        self.assertEqual(
-            self.comments(stranger.get(self.page)), [("<p>Mine!</p>", False)]
-        )
-        fallbacks = self.metrics.nearest_fallbacks.labels(
-            "postgresql", "token_timeout"
-        )._value.get()
+        self.assertEqual(self.comments(poster.get(self.page, advance=WAIT)), [("<p>Mine!</p>", True)])
+        self.assertEqual(self.comments(stranger.get(self.page)), [("<p>Mine!</p>", False)])
+        fallbacks = self.metrics.nearest_fallbacks.labels("postgresql", "token_timeout")._value.get()
         self.assertGreaterEqual(fallbacks, 1)
 
     def test_every_write_moves_the_cookie_token(self) -> None:
@@ -145,9 +135,7 @@ class ConsistencyApiTests(SynchronousTestCase):
         self.assertEqual(created.code, 201, created.body)
         token = created.header("x-consistency-token")
         assert token is not None
-        path = "/api/v1/manage/comments/{}?readPreference=nearest".format(
-            created.json["comment"]["id"]
-        )
+        path = "/api/v1/manage/comments/{}?readPreference=nearest".format(created.json["comment"]["id"])
         self.assertEqual(manager.get(path).code, 404)
         seen = manager.get(path, headers={"x-consistency-token": token}, advance=WAIT)
         self.assertEqual(seen.code, 200, seen.body)

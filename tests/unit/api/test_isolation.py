@@ -18,7 +18,8 @@ class IsolationTests(SynchronousTestCase):
         self.alice = self.node.client()  # a reader of site A
         self.bob = self.node.client()  # a reader of site B
         r = self.bob.post(
-            "/api/v1/{}/comments?urlId=shared-url".format(self.b), json_body={"text": "B's secret", "displayName": "Bob"}
+            "/api/v1/{}/comments?urlId=shared-url".format(self.b),
+            json_body={"text": "B's secret", "displayName": "Bob"},
         )
         self.b_comment = r.json["comment"]
         self.b_thread = self.node.manager(self.key_b).get(M + "/threads").json["threads"][0]
@@ -32,7 +33,9 @@ class IsolationTests(SynchronousTestCase):
         """B's comment, thread and key are exactly as before."""
         manager_b = self.node.manager(self.key_b)
         comment = manager_b.get(M + "/comments/" + self.b_comment["id"]).json["comment"]
-        self.assertEqual((comment["text"], comment["status"], comment["likes"], comment["flags"]), ("B's secret", "approved", 0, 0))
+        self.assertEqual(
+            (comment["text"], comment["status"], comment["likes"], comment["flags"]), ("B's secret", "approved", 0, 0)
+        )
         thread = manager_b.get(M + "/threads/" + self.b_thread["id"]).json["thread"]
         self.assertEqual(thread, self.b_thread)
         self.assertEqual(manager_b.get(M + "/keys").json["keys"][0]["revokedAt"], None)
@@ -67,7 +70,10 @@ class IsolationTests(SynchronousTestCase):
         self.assertEqual(m.patch(M + "/threads/" + self.b_thread["id"], json_body={"closed": True}).code, 404)
         self.assertEqual(m.delete(M + "/threads/" + self.b_thread["id"]).code, 404)
         self.assertEqual(m.delete(M + "/keys/" + self.b_key_id).code, 404)
-        reply = m.post(M + "/comments", json_body={"urlId": "shared-url", "text": "x", "displayName": "E", "parentId": self.b_comment["id"]})
+        reply = m.post(
+            M + "/comments",
+            json_body={"urlId": "shared-url", "text": "x", "displayName": "E", "parentId": self.b_comment["id"]},
+        )
         self.assertEqual(reply.code, 404)
         self.b_untouched()
 
@@ -79,7 +85,10 @@ class IsolationTests(SynchronousTestCase):
         self.assertEqual(c.post(base + "/comments/{}/like".format(self.b_comment["id"])).code, 404)
         self.assertEqual(c.post(base + "/comments/{}/flag".format(self.b_comment["id"])).code, 404)
         self.assertEqual(c.post(base + "/blocks/{}".format(self.b_comment["authorId"])).code, 404)
-        r = c.post(base + "/comments?urlId=shared-url", json_body={"text": "x", "displayName": "A", "parentId": self.b_comment["id"]})
+        r = c.post(
+            base + "/comments?urlId=shared-url",
+            json_body={"text": "x", "displayName": "A", "parentId": self.b_comment["id"]},
+        )
         self.assertEqual(r.code, 404)
         self.b_untouched()
 

@@ -39,11 +39,7 @@ class LiveEventsTests(SynchronousTestCase):
         self.stub = StubTreq(self.node.site.resource)
         self.tenant = self.world.tenant_a
         key = new_api_key()
-        done(
-            self.node.store.add_api_key(
-                self.tenant.id, hash_api_key(key), created_ms=0, read_preference=PRIMARY
-            )
-        )
+        done(self.node.store.add_api_key(self.tenant.id, hash_api_key(key), created_ms=0, read_preference=PRIMARY))
         self.auth = {b"authorization": [b"Bearer " + key.encode()]}
         self.inbox = Inbox()
         self.node.hub.subscribe((self.tenant.id, self.world.thread_a.id), self.inbox)
@@ -69,15 +65,11 @@ class LiveEventsTests(SynchronousTestCase):
         if body is not None:
             headers[b"content-type"] = [b"application/json"]
             data = json.dumps(body).encode()
-        response = self.successResultOf(
-            (stub or self.stub).request(method, url, data=data, headers=headers)
-        )
+        response = self.successResultOf((stub or self.stub).request(method, url, data=data, headers=headers))
         raw = self.successResultOf(response.content())
         return response.code, json.loads(raw) if raw else None
 
-    def post(
-        self, text: str = "hi", url: str | None = None, stub: Any = None
-    ) -> dict[str, Any]:
+    def post(self, text: str = "hi", url: str | None = None, stub: Any = None) -> dict[str, Any]:
         code, body = self.call(
             "POST",
             "/api/v1/{}/comments".format(self.tenant.id),
@@ -102,29 +94,21 @@ class LiveEventsTests(SynchronousTestCase):
         self.assertEqual(event["data"]["comment"]["html"], body["comment"]["html"])
         self.assertNotIn("isMine", event["data"]["comment"])
         viewer = body["viewer"]
-        author = self.node.api.viewer_tokens.check(
-            viewer["liveToken"], self.tenant.id, int(self.clock.seconds())
-        )
+        author = self.node.api.viewer_tokens.check(viewer["liveToken"], self.tenant.id, int(self.clock.seconds()))
         self.assertEqual(author, viewer["authorId"])
         self.assertEqual(author, body["comment"]["authorId"])
 
     def test_read_with_session_gives_viewer_token(self) -> None:
         """Reading a thread with a session cookie returns the viewer token."""
         self.post()
-        code, body = self.call(
-            "GET", "/api/v1/{}/comments".format(self.tenant.id), urlId=self.world.url
-        )
+        code, body = self.call("GET", "/api/v1/{}/comments".format(self.tenant.id), urlId=self.world.url)
         self.assertEqual(code, 200)
         self.assertIn("liveToken", body["viewer"])
 
     def test_pending_then_approved(self) -> None:
         """A pre-moderated comment is not published while pending, and is
         published as approved when a moderator approves it."""
-        done(
-            self.node.store.update_tenant_settings(
-                self.tenant.id, {"moderation": "pre"}, read_preference=PRIMARY
-            )
-        )
+        done(self.node.store.update_tenant_settings(self.tenant.id, {"moderation": "pre"}, read_preference=PRIMARY))
         body = self.post("wait for it")
         self.assertEqual(body["comment"]["status"], "pending")
         self.assertEqual(self.inbox.events, [])
@@ -136,9 +120,7 @@ class LiveEventsTests(SynchronousTestCase):
         )
         self.assertEqual(code, 200)
         self.assertEqual(self.kinds(), ["comment.approved"])
-        self.assertEqual(
-            self.inbox.events[0]["data"]["comment"]["html"], "<p>wait for it</p>"
-        )
+        self.assertEqual(self.inbox.events[0]["data"]["comment"]["html"], "<p>wait for it</p>")
 
     def test_edit_and_moderation(self) -> None:
         """Editing publishes edited; moderating away (removed, spam) publishes
@@ -148,12 +130,8 @@ class LiveEventsTests(SynchronousTestCase):
         self.call("PATCH", path, {"text": "first, edited"}, manage=True)
         self.call("PATCH", path, {"status": "spam"}, manage=True)
         self.call("PATCH", path, {"text": "still hidden"}, manage=True)
-        self.assertEqual(
-            self.kinds(), ["comment.created", "comment.edited", "comment.removed"]
-        )
-        self.assertEqual(
-            self.inbox.events[1]["data"]["comment"]["html"], "<p>first, edited</p>"
-        )
+        self.assertEqual(self.kinds(), ["comment.created", "comment.edited", "comment.removed"])
+        self.assertEqual(self.inbox.events[1]["data"]["comment"]["html"], "<p>first, edited</p>")
         self.assertEqual(
             self.inbox.events[2]["data"],
             {"commentId": cid, "parentId": None, "reason": "spam"},
@@ -217,9 +195,7 @@ class LiveEventsTests(SynchronousTestCase):
         )
         self.post("blocked", stub=self.troll_stub)
         self.assertEqual(
-            self.call("DELETE", "/api/v1/{}/blocks/{}".format(self.tenant.id, troll))[
-                0
-            ],
+            self.call("DELETE", "/api/v1/{}/blocks/{}".format(self.tenant.id, troll))[0],
             200,
         )
         self.post("visible again", stub=self.troll_stub)
@@ -231,14 +207,10 @@ class LiveEventsTests(SynchronousTestCase):
     def test_new_thread_subscribable_at_once(self) -> None:
         """A thread created by a first comment can be subscribed to at once,
         even right after a subscribe attempt was refused (no stale cache)."""
-        failure = self.node.service.resolver.resolve(
-            self.tenant.id, "https://new.example/"
-        )
+        failure = self.node.service.resolver.resolve(self.tenant.id, "https://new.example/")
         self.failureResultOf(failure).trap(Exception)
         self.post(url="https://new.example/")
-        resolved = self.successResultOf(
-            self.node.service.resolver.resolve(self.tenant.id, "https://new.example/")
-        )
+        resolved = self.successResultOf(self.node.service.resolver.resolve(self.tenant.id, "https://new.example/"))
         self.assertEqual(resolved.thread.url_id, "https://new.example/")
 
     def test_publish_failure_does_not_fail_the_write(self) -> None:
@@ -252,7 +224,5 @@ class LiveEventsTests(SynchronousTestCase):
         self.node.hub._deliver = broken
         self.post("still saved")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        code, body = self.call(
-            "GET", "/api/v1/{}/comments".format(self.tenant.id), urlId=self.world.url
-        )
+        code, body = self.call("GET", "/api/v1/{}/comments".format(self.tenant.id), urlId=self.world.url)
         self.assertEqual([c["html"] for c in body["comments"]], ["<p>still saved</p>"])

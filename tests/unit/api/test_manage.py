@@ -54,7 +54,9 @@ class CommentCrudTests(ManageTestCase):
         self.new_comment()
         seen, cursor = [], None
         while True:
-            page = self.manager.get(M + "/comments?status=pending&limit=2" + ("&cursor=" + cursor if cursor else "")).json
+            page = self.manager.get(
+                M + "/comments?status=pending&limit=2" + ("&cursor=" + cursor if cursor else "")
+            ).json
             seen += [c["id"] for c in page["comments"]]
             cursor = page["nextCursor"]
             if not cursor:

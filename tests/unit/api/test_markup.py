@@ -11,9 +11,29 @@ from twisted.trial.unittest import SynchronousTestCase
 from fastedge.api.markup import render
 
 _NASTY = [
-    "<script>", "</script>", "<img src=x onerror=alert(1)>", "javascript:alert(1)", "[x](javascript:alert(1))",
-    "<a href='javascript:x'>", "onclick=", '"', "'", "<", ">", "**", "_", "`", "[", "](", ")", "\n", "<svg/onload=1>",
-    "&#106;avascript:", "<iframe>", "data:text/html,<script>", "[a](data:text/html;base64,PHNjcmlwdD4=)",
+    "<script>",
+    "</script>",
+    "<img src=x onerror=alert(1)>",
+    "javascript:alert(1)",
+    "[x](javascript:alert(1))",
+    "<a href='javascript:x'>",
+    "onclick=",
+    '"',
+    "'",
+    "<",
+    ">",
+    "**",
+    "_",
+    "`",
+    "[",
+    "](",
+    ")",
+    "\n",
+    "<svg/onload=1>",
+    "&#106;avascript:",
+    "<iframe>",
+    "data:text/html,<script>",
+    "[a](data:text/html;base64,PHNjcmlwdD4=)",
 ]
 
 

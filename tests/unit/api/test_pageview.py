@@ -12,9 +12,20 @@ from fastedge.store.model import Comment, CommentStatus, Thread, ThreadPage, Vie
 
 def comment(cid: str, author: str, parent: str | None = None, root: str | None = None) -> Comment:
     return Comment(
-        id=cid, tenant_id="t", thread_id="th", parent_id=parent, root_id=root or cid, author_id=author,
-        display_name=author.upper(), body_source=cid, body_html="<p>{}</p>".format(cid),
-        status=CommentStatus.APPROVED, created_ms=1, edited_ms=None, like_count=2, flag_count=9,
+        id=cid,
+        tenant_id="t",
+        thread_id="th",
+        parent_id=parent,
+        root_id=root or cid,
+        author_id=author,
+        display_name=author.upper(),
+        body_source=cid,
+        body_html="<p>{}</p>".format(cid),
+        status=CommentStatus.APPROVED,
+        created_ms=1,
+        edited_ms=None,
+        like_count=2,
+        flag_count=9,
     )
 
 
@@ -22,7 +33,11 @@ class PageViewTests(SynchronousTestCase):
     def setUp(self) -> None:
         thread = Thread(id="th", tenant_id="t", url_id="u", title="T", closed=False, created_ms=0, comment_count=4)
         top = [comment("a", "ann"), comment("b", "bob")]
-        replies = [comment("a1", "bob", "a", "a"), comment("a1x", "cid", "a1", "a"), comment("orphan", "ann", "gone", "b")]
+        replies = [
+            comment("a1", "bob", "a", "a"),
+            comment("a1x", "cid", "a1", "a"),
+            comment("orphan", "ann", "gone", "b"),
+        ]
         self.view = PageView(ThreadPage(thread=thread, top_level=top, replies=replies, next_cursor="next"))
 
     def test_anonymous(self) -> None:
@@ -41,7 +56,9 @@ class PageViewTests(SynchronousTestCase):
     def test_personal(self) -> None:
         """A reader sees their likes, their own comments, and blocked authors'
         comments in place but without a body."""
-        doc = json.loads(self.view.render("ann", ViewerState(liked=frozenset({"b"}), blocked_authors=frozenset({"bob"}))))
+        doc = json.loads(
+            self.view.render("ann", ViewerState(liked=frozenset({"b"}), blocked_authors=frozenset({"bob"})))
+        )
         a, b = doc["comments"]
         self.assertEqual((a["isMine"], a["likedByMe"], a["html"]), (True, False, "<p>a</p>"))
         self.assertEqual((b["isMine"], b["likedByMe"], b["authorBlockedByMe"], b["html"]), (False, True, True, ""))

@@ -77,7 +77,9 @@ class CreditMeterTests(SynchronousTestCase):
         os.makedirs(path)
         store = SQLiteStore(os.path.join(path, "s.db"), run=run_inline, clock=clock)
         self.successResultOf(store.open())
-        tenant = self.successResultOf(store.create_tenant("t", "global", created_ms=0, read_preference=ReadPreference.PRIMARY)).value
+        tenant = self.successResultOf(
+            store.create_tenant("t", "global", created_ms=0, read_preference=ReadPreference.PRIMARY)
+        ).value
         meter = CreditMeter(CreditsConfig(), store=store, clock=clock)
         meter.charge(tenant.id, "list", ReadPreference.PRIMARY)
         meter.charge(tenant.id, "list", ReadPreference.NEAREST)

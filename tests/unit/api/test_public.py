@@ -90,7 +90,11 @@ class ReadWriteTests(PublicApiTestCase):
             ids.append(self.post(c, text="c{}".format(i)).json["comment"]["id"])
         liked = ids[2]
         self.assertEqual(c.post("/api/v1/{}/comments/{}/like".format(self.tenant, liked)).code, 200)
-        for sort, expected in (("newest", ids[::-1]), ("oldest", ids), ("top", [liked] + [i for i in ids[::-1] if i != liked])):
+        for sort, expected in (
+            ("newest", ids[::-1]),
+            ("oldest", ids),
+            ("top", [liked] + [i for i in ids[::-1] if i != liked]),
+        ):
             seen, cursor = [], None
             while True:
                 query = {"sort": sort, "limit": "3"}
@@ -220,7 +224,9 @@ class BadInputTests(PublicApiTestCase):
 
     def test_malformed_json(self) -> None:
         """A body that is not JSON is a 400 naming the problem; nothing is written."""
-        r = self.node.client().post(comments_path(self.tenant), data=b"{nope", headers={"content-type": "application/json"})
+        r = self.node.client().post(
+            comments_path(self.tenant), data=b"{nope", headers={"content-type": "application/json"}
+        )
         self.assertError(r, 400, "malformed_json")
         self.assertNothingWritten()
 
@@ -231,7 +237,9 @@ class BadInputTests(PublicApiTestCase):
 
     def test_wrong_content_type(self) -> None:
         """A body not sent as application/json is a 415."""
-        r = self.node.client().post(comments_path(self.tenant), data=b"text=hi", headers={"content-type": "application/x-www-form-urlencoded"})
+        r = self.node.client().post(
+            comments_path(self.tenant), data=b"text=hi", headers={"content-type": "application/x-www-form-urlencoded"}
+        )
         self.assertError(r, 415, "unsupported_media_type")
 
     def test_wrong_types(self) -> None:

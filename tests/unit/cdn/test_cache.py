@@ -12,9 +12,7 @@ from fastedge.cdn.keys import cache_id
 
 
 def _meta(size):
-    return ObjectMeta(
-        size=size, content_type="image/png", etag='"e"', last_modified=None
-    )
+    return ObjectMeta(size=size, content_type="image/png", etag='"e"', last_modified=None)
 
 
 class DiskCacheTests(SynchronousTestCase):

@@ -40,9 +40,7 @@ class _Harness:
             "[cdn]\nnegative_seconds = 30.0\norigin_timeout_seconds = 5.0\n",
             overrides={"node.data_dir": test.mktemp()},
         ).cdn
-        self.media = TenantMedia(
-            "t1", source, "bucket", "p/", "public, max-age=60", fresh_seconds
-        )
+        self.media = TenantMedia("t1", source, "bucket", "p/", "public, max-age=60", fresh_seconds)
         self.metrics = CdnMetrics(new_registry())
         self.service = CdnService(
             cfg,
@@ -135,9 +133,7 @@ class FillTests(SynchronousTestCase):
         response.receiver.done()
         self.h.http.flush()
         self.assertEqual(len(self.h.service.cache), 0)
-        self.assertEqual(
-            os.listdir(os.path.join(self.h.service.cache.directory, "tmp")), []
-        )
+        self.assertEqual(os.listdir(os.path.join(self.h.service.cache.directory, "tmp")), [])
         self.h.get()
         self.h.http.flush()
         self.assertEqual(len(self.source.fetches), 2)
@@ -257,9 +253,7 @@ class OriginFailureTests(SynchronousTestCase):
         self.h.http.flush()
         r = self.successResultOf(d)
         self.assertEqual(r.code, 504)
-        self.assertEqual(
-            self.successResultOf(r.json())["error"]["code"], "origin_timeout"
-        )
+        self.assertEqual(self.successResultOf(r.json())["error"]["code"], "origin_timeout")
 
     def test_error_is_502_or_stale(self):
         """An origin 500 gives 502 when nothing is cached, and the stale copy

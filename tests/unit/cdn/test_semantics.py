@@ -57,11 +57,7 @@ class ConditionalTests(SynchronousTestCase):
                 if_modified_since=None,
             )
         )
-        self.assertTrue(
-            not_modified(
-                etag=etag, last_modified=0, if_none_match=b"*", if_modified_since=None
-            )
-        )
+        self.assertTrue(not_modified(etag=etag, last_modified=0, if_none_match=b"*", if_modified_since=None))
         self.assertFalse(
             not_modified(
                 etag=etag,
@@ -105,6 +101,4 @@ class ConditionalTests(SynchronousTestCase):
         self.assertTrue(range_applies(b'"a"', etag=b'"a"', last_modified=None))
         self.assertFalse(range_applies(b'"b"', etag=b'"a"', last_modified=None))
         self.assertFalse(range_applies(b'W/"a"', etag=b'"a"', last_modified=None))
-        self.assertTrue(
-            range_applies(http_date(5.0).encode(), etag=None, last_modified=5.0)
-        )
+        self.assertTrue(range_applies(http_date(5.0).encode(), etag=None, last_modified=5.0))

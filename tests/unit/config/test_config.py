@@ -80,7 +80,9 @@ class ValidationTests(SynchronousTestCase):
         """Values out of range are refused with the reason."""
         self.assertRefused("[store]\nthreads = 0\n", "store.threads: must be greater than 0")
         self.assertRefused('[store]\nbackend = "oracle"\n', "store.backend: must be one of 'sqlite', 'postgresql'")
-        self.assertRefused('[node]\nid = "Bad Id"\n', "node.id: must be a lower-case DNS label (a-z, 0-9, '-'; at most 63 characters)")
+        self.assertRefused(
+            '[node]\nid = "Bad Id"\n', "node.id: must be a lower-case DNS label (a-z, 0-9, '-'; at most 63 characters)"
+        )
         self.assertRefused("[api]\npage_size = 500\n", "api.page_size: must not exceed api.max_page_size")
 
     def test_postgresql_settings(self) -> None:
@@ -98,10 +100,20 @@ class ValidationTests(SynchronousTestCase):
         )
         self.assertNotIn("cret", str(cm.exception))
         self.assertRefused('[store.postgresql]\nprimaries = "host=db1"\n', "store.postgresql.primaries: must be a list")
-        self.assertRefused('[store.postgresql]\nprimaries = [""]\n', "store.postgresql.primaries: [0] must not be empty")
-        self.assertRefused("[store.postgresql]\nconnect_timeout_seconds = 1\n", "store.postgresql.connect_timeout_seconds: must be at least 2")
-        self.assertRefused("[store.postgresql]\ntoken_wait_seconds = -1\n", "store.postgresql.token_wait_seconds: must be 0 or greater")
-        self.assertRefused("[store.postgresql]\ntoken_poll_seconds = 0\n", "store.postgresql.token_poll_seconds: must be greater than 0")
+        self.assertRefused(
+            '[store.postgresql]\nprimaries = [""]\n', "store.postgresql.primaries: [0] must not be empty"
+        )
+        self.assertRefused(
+            "[store.postgresql]\nconnect_timeout_seconds = 1\n",
+            "store.postgresql.connect_timeout_seconds: must be at least 2",
+        )
+        self.assertRefused(
+            "[store.postgresql]\ntoken_wait_seconds = -1\n", "store.postgresql.token_wait_seconds: must be 0 or greater"
+        )
+        self.assertRefused(
+            "[store.postgresql]\ntoken_poll_seconds = 0\n",
+            "store.postgresql.token_poll_seconds: must be greater than 0",
+        )
         self.assertRefused("[store.postgresql]\nreplicas = []\n", "store.postgresql.replicas: unknown key")
         cfg = parse_config(
             '[store]\nbackend = "postgresql"\n[store.postgresql]\n'
@@ -114,21 +126,32 @@ class ValidationTests(SynchronousTestCase):
         """Seeds and the advertised address are host:port (IPv6 in brackets);
         the detector's timeouts must grow heartbeat < suspect < dead; the
         certificate files default under the data directory."""
-        cfg = parse_config('[node]\ndata_dir = "/srv/fe"\n[mesh]\nseeds = ["10.0.0.2:7946", "[fd00::2]:7946", "edge-1.example:7946"]\n')
+        cfg = parse_config(
+            '[node]\ndata_dir = "/srv/fe"\n[mesh]\nseeds = ["10.0.0.2:7946", "[fd00::2]:7946", "edge-1.example:7946"]\n'
+        )
         self.assertEqual(cfg.mesh.seeds, ("10.0.0.2:7946", "[fd00::2]:7946", "edge-1.example:7946"))
         self.assertEqual(
             (cfg.mesh.ca_file, cfg.mesh.cert_file, cfg.mesh.key_file),
             ("/srv/fe/mesh/ca.pem", "/srv/fe/mesh/node.pem", "/srv/fe/mesh/node.key"),
         )
         self.assertRefused('[mesh]\nseeds = ["10.0.0.2"]\n', "mesh.seeds: [0] must be host:port")
-        self.assertRefused('[mesh]\nseeds = ["fd00::2:7946"]\n', "mesh.seeds: [0] an IPv6 host must be in brackets: [::1]:7946")
+        self.assertRefused(
+            '[mesh]\nseeds = ["fd00::2:7946"]\n', "mesh.seeds: [0] an IPv6 host must be in brackets: [::1]:7946"
+        )
         self.assertRefused('[mesh]\nseeds = ["[nope]:7946"]\n', "mesh.seeds: [0] 'nope' is not an IPv6 address")
         self.assertRefused('[mesh]\nseeds = ["h:0"]\n', "mesh.seeds: [0] the port must be from 1 to 65535")
         self.assertRefused('[mesh]\nseeds = [""]\n', "mesh.seeds: [0] must not be empty")
         self.assertRefused('[mesh]\nadvertise = "a b:1"\n', "mesh.advertise: 'a b' is not a host name or address")
-        self.assertRefused("[mesh]\nsuspect_seconds = 0.4\n", "mesh.suspect_seconds: must be longer than mesh.heartbeat_seconds")
-        self.assertRefused("[mesh]\ndead_seconds = 1.0\n", "mesh.dead_seconds: must be longer than mesh.suspect_seconds")
-        self.assertRefused("[mesh]\nreconnect_max_seconds = 0.05\n", "mesh.reconnect_max_seconds: must not be shorter than mesh.reconnect_initial_seconds")
+        self.assertRefused(
+            "[mesh]\nsuspect_seconds = 0.4\n", "mesh.suspect_seconds: must be longer than mesh.heartbeat_seconds"
+        )
+        self.assertRefused(
+            "[mesh]\ndead_seconds = 1.0\n", "mesh.dead_seconds: must be longer than mesh.suspect_seconds"
+        )
+        self.assertRefused(
+            "[mesh]\nreconnect_max_seconds = 0.05\n",
+            "mesh.reconnect_max_seconds: must not be shorter than mesh.reconnect_initial_seconds",
+        )
         self.assertRefused("[mesh]\nmax_message_bytes = 1000\n", "mesh.max_message_bytes: must be at least 65536")
         with self.assertRaises(ConfigError) as cm:
             parse_config('[mesh]\nendpoint = "tcp:nope"\n')
@@ -177,7 +200,9 @@ class PropertyTests(SynchronousTestCase):
         fails with a ConfigError that names that section (never another error)."""
         import json
 
-        text = "[{}]\n{} = {}\n".format(section, key, json.dumps(value, ensure_ascii=False) if not isinstance(value, bool) else str(value).lower())
+        text = "[{}]\n{} = {}\n".format(
+            section, key, json.dumps(value, ensure_ascii=False) if not isinstance(value, bool) else str(value).lower()
+        )
         try:
             parse_config(text)
         except ConfigError as e:

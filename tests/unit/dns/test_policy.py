@@ -42,12 +42,8 @@ class NearestLiveTests(SynchronousTestCase):
             node_info("c", "tokyo"),
         ]
         policy = NearestLive()
-        self.assertEqual(
-            [n.node_id for n in policy.choose(nodes, None, 2, "tokyo")], ["b", "c"]
-        )
-        self.assertEqual(
-            [n.node_id for n in policy.choose(nodes, None, 2, "")], ["b", "a", "c"]
-        )
+        self.assertEqual([n.node_id for n in policy.choose(nodes, None, 2, "tokyo")], ["b", "c"])
+        self.assertEqual([n.node_id for n in policy.choose(nodes, None, 2, "")], ["b", "a", "c"])
         here = Location(*PLACES["london"][:2])
         self.assertEqual([n.node_id for n in policy.choose(nodes, here, 2, "")][0], "a")
 
@@ -70,9 +66,7 @@ class PluginTests(SynchronousTestCase):
     def test_plugin_decides_answers(self) -> None:
         """With the plugin, answers follow load, not distance, and still
         only ever name live nodes; a change of load changes the answer."""
-        db = write_geo_db(
-            os.path.abspath(self.mktemp()), {"81.2.69.0/24": PLACES["london"]}
-        )
+        db = write_geo_db(os.path.abspath(self.mktemp()), {"81.2.69.0/24": PLACES["london"]})
         nodes = [
             node_info("lon", "london", addresses=("192.0.2.1",), load=90),
             node_info("tyo", "tokyo", addresses=("192.0.2.2",), load=10),

@@ -83,21 +83,15 @@ class GeoAnswerTests(ServerTestCase):
         )
         response = h.ask("edge.example.test", ecs="192.0.2.128/25")
         (option,) = response.options
-        self.assertEqual(
-            (option.address, option.srclen, option.scopelen), ("192.0.2.128", 25, 26)
-        )
-        self.assertEqual(
-            [rr.address for rr in response.answer[0]], ["192.0.2.20", "192.0.2.10"]
-        )
+        self.assertEqual((option.address, option.srclen, option.scopelen), ("192.0.2.128", 25, 26))
+        self.assertEqual([rr.address for rr in response.answer[0]], ["192.0.2.20", "192.0.2.10"])
 
     def test_nearest_by_source_address(self) -> None:
         """Without ECS the source address locates the client, and no ECS
         option is sent back."""
         h = self.harness()
         response = h.ask("edge.example.test", source="198.51.100.9", edns=True)
-        self.assertEqual(
-            [rr.address for rr in response.answer[0]], ["192.0.2.30", "192.0.2.10"]
-        )
+        self.assertEqual([rr.address for rr in response.answer[0]], ["192.0.2.30", "192.0.2.10"])
         self.assertEqual(list(response.options), [])
 
     def test_aaaa(self) -> None:
@@ -141,9 +135,7 @@ class GeoAnswerTests(ServerTestCase):
     def test_new_node_answered_at_once(self) -> None:
         """A node that joins is answered by the next query."""
         h = self.harness(nodes=(NYC,))
-        self.assertEqual(
-            h.addresses("edge.example.test", ecs="81.2.69.0/24"), ["192.0.2.30"]
-        )
+        self.assertEqual(h.addresses("edge.example.test", ecs="81.2.69.0/24"), ["192.0.2.30"])
         h.node_map.upsert(LON)
         self.assertEqual(
             h.addresses("edge.example.test", ecs="81.2.69.0/24"),
@@ -159,10 +151,7 @@ class GeoAnswerTests(ServerTestCase):
                 sorted(h.addresses("eu.edge.example.test", ecs=ecs)),
                 ["192.0.2.50", "192.0.2.60"],
             )
-            self.assertFalse(
-                {"192.0.2.50", "192.0.2.60"}
-                & set(h.addresses("edge.example.test", ecs=ecs))
-            )
+            self.assertFalse({"192.0.2.50", "192.0.2.60"} & set(h.addresses("edge.example.test", ecs=ecs)))
         h.node_map.set_state("eu-fra", NodeState.DEAD)
         h.node_map.set_state("eu-lon", NodeState.DEAD)
         response = h.ask("eu.edge.example.test", ecs="81.2.69.0/24")
@@ -173,9 +162,7 @@ class GeoAnswerTests(ServerTestCase):
         """A client the GeoIP index does not know gets the default region's
         nodes, else any live nodes; its ECS scope is the empty network's."""
         h = self.harness(default_region="tokyo")
-        self.assertEqual(
-            h.addresses("edge.example.test", source="127.0.0.1"), ["192.0.2.40"]
-        )
+        self.assertEqual(h.addresses("edge.example.test", source="127.0.0.1"), ["192.0.2.40"])
         h.node_map.set_state("tyo", NodeState.DEAD)
         self.assertEqual(
             h.addresses("edge.example.test", source="127.0.0.1"),
@@ -195,24 +182,18 @@ class GeoAnswerTests(ServerTestCase):
         ECS scope 0."""
         h = DnsHarness(self, nodes=(LON, NYC), zones=ZONES)
         response = h.ask("edge.example.test", ecs="81.2.69.0/24")
-        self.assertEqual(
-            [rr.address for rr in response.answer[0]], ["192.0.2.10", "192.0.2.30"]
-        )
+        self.assertEqual([rr.address for rr in response.answer[0]], ["192.0.2.10", "192.0.2.30"])
         self.assertEqual(response.options[0].scopelen, 0)
 
     def test_new_geoip_index(self) -> None:
         """Locations remembered from the old GeoIP index are forgotten when a
         new index is swapped in."""
         h = self.harness()
-        self.assertEqual(
-            h.addresses("edge.example.test", ecs="81.2.69.0/24")[0], "192.0.2.10"
-        )
+        self.assertEqual(h.addresses("edge.example.test", ecs="81.2.69.0/24")[0], "192.0.2.10")
         write_geo_db(self.db, {"81.2.69.0/24": PLACES["tokyo"]})
         assert h.geo is not None
         self.assertTrue(self.successResultOf(h.geo.rebuild("admin")))
-        self.assertEqual(
-            h.addresses("edge.example.test", ecs="81.2.69.0/24")[0], "192.0.2.40"
-        )
+        self.assertEqual(h.addresses("edge.example.test", ecs="81.2.69.0/24")[0], "192.0.2.40")
 
     def test_metrics(self) -> None:
         """Queries are counted by type, rcode and path; answers by node; ECS
@@ -245,13 +226,9 @@ class ZoneTests(ServerTestCase):
             ("ns1.edge.example.test.", "hostmaster.edge.example.test.", 30),
         )
         response = h.ask("edge.example.test", "NS", ecs="203.0.113.0/24")
-        self.assertEqual(
-            [str(r.target) for r in response.answer[0]], ["ns1.edge.example.test."]
-        )
+        self.assertEqual([str(r.target) for r in response.answer[0]], ["ns1.edge.example.test."])
         glue = {rr.address for rrset in response.additional for rr in rrset}
-        self.assertEqual(
-            glue, {"192.0.2.40", "192.0.2.20", "2001:db8::40", "2001:db8::20"}
-        )
+        self.assertEqual(glue, {"192.0.2.40", "192.0.2.20", "2001:db8::40", "2001:db8::20"})
         self.assertTrue(response.flags & dns.flags.AA)
 
     def test_nxdomain_and_nodata(self) -> None:
@@ -296,9 +273,7 @@ class ZoneTests(ServerTestCase):
         response = h.ask("edge.example.test", "ANY", ecs="81.2.69.0/24")
         self.assertEqual([rrset.rdtype for rrset in response.answer], [dns.rdatatype.A])
         response = h.ask("example.test", "ANY")
-        self.assertEqual(
-            [rrset.rdtype for rrset in response.answer], [dns.rdatatype.SOA]
-        )
+        self.assertEqual([rrset.rdtype for rrset in response.answer], [dns.rdatatype.SOA])
 
     def test_case_is_kept(self) -> None:
         """Names match whatever their case, and answers keep the question's
@@ -332,18 +307,9 @@ class BadInputTests(ServerTestCase):
         self.assertEqual(struct.unpack_from(">HH", answer), (777, 0x8001))
         body = struct.pack(">HBB", 1, 33, 0) + b"\x51\x02\x45\x00\x00"
         option = struct.pack(">HH", 8, len(body)) + body
-        bad = (
-            data[:10]
-            + b"\x00\x01"
-            + data[12:]
-            + b"\x00"
-            + struct.pack(">HHIH", 41, 1232, 0, len(option))
-            + option
-        )
+        bad = data[:10] + b"\x00\x01" + data[12:] + b"\x00" + struct.pack(">HHIH", 41, 1232, 0, len(option)) + option
         response = dns_response(h.send(bad))
-        self.assertEqual(
-            (response.rcode(), list(response.options)), (dns.rcode.FORMERR, [])
-        )
+        self.assertEqual((response.rcode(), list(response.options)), (dns.rcode.FORMERR, []))
         self.assertEqual(response.edns, 0)
 
     def test_silence(self) -> None:
@@ -375,9 +341,7 @@ class BadInputTests(ServerTestCase):
         h = self.harness_for_properties()
         query = bytearray(dns_query("edge.example.test", ecs="81.2.69.0/24"))
         for _ in range(data.draw(st.integers(1, 3))):
-            query[data.draw(st.integers(0, len(query) - 1))] = data.draw(
-                st.integers(0, 255)
-            )
+            query[data.draw(st.integers(0, len(query) - 1))] = data.draw(st.integers(0, 255))
         query = query[: data.draw(st.integers(0, len(query)))]
         answer = h.send(bytes(query))
         if answer is not None:
@@ -402,11 +366,7 @@ class BadInputTests(ServerTestCase):
         self.assertIsNotNone(h.send(query, source="198.51.100.9"))
         h.clock.advance(1)
         self.assertEqual(
-            sum(
-                1
-                for _ in range(10)
-                if (a := h.send(query, source="203.0.113.7")) and not a[2] & 0x02
-            ),
+            sum(1 for _ in range(10) if (a := h.send(query, source="203.0.113.7")) and not a[2] & 0x02),
             10,
         )
 
@@ -454,10 +414,7 @@ class SizeTests(ServerTestCase):
         through, which 512 truncates."""
         nodes = self.many()[:4]
         h = self.harness(nodes=nodes, answers=4)
-        self.assertTrue(
-            dns_response(h.send(dns_query("edge.example.test", "AAAA", edns=512))).flags
-            & dns.flags.TC
-        )
+        self.assertTrue(dns_response(h.send(dns_query("edge.example.test", "AAAA", edns=512))).flags & dns.flags.TC)
         fits = dns_response(h.send(dns_query("edge.example.test", "AAAA", edns=1200)))
         self.assertEqual((fits.flags & dns.flags.TC, len(fits.answer[0])), (0, 32))
 

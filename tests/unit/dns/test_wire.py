@@ -70,12 +70,8 @@ class ParseTests(SynchronousTestCase):
         wrong number of address octets or bits past the prefix is FORMERR
         (RFC 7871 §6)."""
         self.assertFormErr(ecs_query(3, 8, b"\x0a"), "family")
-        self.assertFormErr(
-            ecs_query(1, 33, b"\x0a\x00\x00\x00\x00"), "longer than the address"
-        )
-        self.assertFormErr(
-            ecs_query(2, 129, b"\x20" + b"\0" * 16), "longer than the address"
-        )
+        self.assertFormErr(ecs_query(1, 33, b"\x0a\x00\x00\x00\x00"), "longer than the address")
+        self.assertFormErr(ecs_query(2, 129, b"\x20" + b"\0" * 16), "longer than the address")
         self.assertFormErr(ecs_query(1, 24, b"\x0a\x00"), "length")
         self.assertFormErr(ecs_query(1, 8, b"\x0a\x00"), "length")
         self.assertFormErr(ecs_query(1, 20, b"\x0a\x00\x0f"), "bits set")
@@ -120,9 +116,7 @@ class ParseTests(SynchronousTestCase):
             parse_query(bytes(v1))
         self.assertEqual(cm.exception.rcode, BADVERS)
         answer = error_response(cm.exception, 1232)
-        self.assertEqual(
-            struct.unpack_from(">HHHHHH", answer), (4242, 0x8000, 0, 0, 0, 1)
-        )
+        self.assertEqual(struct.unpack_from(">HHHHHH", answer), (4242, 0x8000, 0, 0, 0, 1))
         self.assertEqual(answer[12 + 5], 1)  # extended rcode 1 << 4 = 16
 
     @settings(max_examples=500, deadline=None)

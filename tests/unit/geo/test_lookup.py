@@ -25,12 +25,8 @@ class BuildTests(SynchronousTestCase):
         country and continent, with the network's prefix length."""
         index = build_index(self.path)
         self.addCleanup(index.close)
-        self.assertEqual(
-            index.locate("81.2.69.142"), (Location(51.5072, -0.1276, "GB", "EU"), 24)
-        )
-        self.assertEqual(
-            index.locate("203.0.113.5"), (Location(35.6762, 139.6503, "JP", "AS"), 25)
-        )
+        self.assertEqual(index.locate("81.2.69.142"), (Location(51.5072, -0.1276, "GB", "EU"), 24))
+        self.assertEqual(index.locate("203.0.113.5"), (Location(35.6762, 139.6503, "JP", "AS"), 25))
         location, prefix = index.locate("2001:db8:1:2::9")
         self.assertEqual((location.country if location else None, prefix), ("US", 48))
 
@@ -61,9 +57,7 @@ class BuildTests(SynchronousTestCase):
         index = build_index(path)
         self.addCleanup(index.close)
         self.assertEqual(index.locate("2001:db8::1"), (None, 0))
-        self.assertEqual(
-            index.locate("81.2.69.1")[0], Location(51.5072, -0.1276, "GB", "EU")
-        )
+        self.assertEqual(index.locate("81.2.69.1")[0], Location(51.5072, -0.1276, "GB", "EU"))
 
     def test_not_an_address(self) -> None:
         """A string that is not an address is a ValueError (callers decide)."""

@@ -42,14 +42,10 @@ class GeoServiceTests(SynchronousTestCase):
         )
 
     def service(self, run: Any = run_inline, **kw: Any) -> GeoService:
-        geo = GeoService(
-            self.cfg, reactor=self.clock, registry=self.registry, run=run, **kw
-        )
+        geo = GeoService(self.cfg, reactor=self.clock, registry=self.registry, run=run, **kw)
         geo.privilegedStartService()
         geo.startService()
-        self.addCleanup(
-            lambda: self.successResultOf(geo.stopService()) if geo.running else None
-        )
+        self.addCleanup(lambda: self.successResultOf(geo.stopService()) if geo.running else None)
         return geo
 
     def metric(self, name: str, **labels: str) -> float | None:
@@ -92,9 +88,7 @@ class GeoServiceTests(SynchronousTestCase):
         """A corrupt file stops the start the same way."""
         with open(self.path, "wb") as f:
             f.write(b"garbage" * 100)
-        geo = GeoService(
-            self.cfg, reactor=self.clock, registry=self.registry, run=run_inline
-        )
+        geo = GeoService(self.cfg, reactor=self.clock, registry=self.registry, run=run_inline)
         with self.assertRaises(GeoIndexError) as cm:
             geo.privilegedStartService()
         self.assertTrue(str(cm.exception).startswith("geo.database: "))
@@ -127,9 +121,7 @@ class GeoServiceTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(len(swaps), 1)
         self.assertEqual(
-            self.metric(
-                "fastedge_geo_index_rebuilds_total", trigger="schedule", outcome="ok"
-            ),
+            self.metric("fastedge_geo_index_rebuilds_total", trigger="schedule", outcome="ok"),
             1.0,
         )
         self.assertEqual(self.metric("fastedge_geo_index_age_seconds"), 0.0)
@@ -157,9 +149,7 @@ class GeoServiceTests(SynchronousTestCase):
         self.clock.advance(5)
         self.assertFalse(os.path.exists(self.cfg.request_file))
         self.assertEqual(
-            self.metric(
-                "fastedge_geo_index_rebuilds_total", trigger="admin", outcome="ok"
-            ),
+            self.metric("fastedge_geo_index_rebuilds_total", trigger="admin", outcome="ok"),
             1.0,
         )
         self.assertEqual(self.country(geo), "GB")
@@ -171,9 +161,7 @@ class GeoServiceTests(SynchronousTestCase):
         geo = self.service(handle_sighup=True)
         os.kill(os.getpid(), signal.SIGHUP)
         self.assertEqual(
-            self.metric(
-                "fastedge_geo_index_rebuilds_total", trigger="sighup", outcome="ok"
-            ),
+            self.metric("fastedge_geo_index_rebuilds_total", trigger="sighup", outcome="ok"),
             1.0,
         )
         self.successResultOf(geo.stopService())

@@ -39,9 +39,7 @@ class Watch:
             or change.before.state is not after.state
             or change.before.incarnation != after.incarnation
         ):
-            self.changes.append(
-                (self.mesh.clock.seconds(), after.state.value, after.incarnation)
-            )
+            self.changes.append((self.mesh.clock.seconds(), after.state.value, after.incarnation))
 
     def states(self) -> list[str]:
         return [s for _, s, _ in self.changes]
@@ -51,9 +49,7 @@ class Watch:
         for at, s, _ in self.changes:
             if s == state:
                 return at
-        raise AssertionError(
-            "{} never became {}: {}".format(self.node_id, state, self.changes)
-        )
+        raise AssertionError("{} never became {}: {}".format(self.node_id, state, self.changes))
 
 
 def metric(mesh: MemoryMesh, node_id: str, name: str, **labels: str) -> float:
@@ -87,9 +83,7 @@ class Rogue:
         **cert_kw: Any,
     ) -> None:
         ca_cert, ca_key = ca or test_ca()
-        cert_pem, key_pem = create_node_certificate(
-            cert_name, ca_cert, ca_key, **cert_kw
-        )
+        cert_pem, key_pem = create_node_certificate(cert_name, ca_cert, ca_key, **cert_kw)
         trust_pem = test_ca()[0]
         self.identity = MeshIdentity(
             node_id=claim,
@@ -177,15 +171,9 @@ class LiveWorld:
             self.mesh.add(node_id)
         self.mesh.advance(1.0)
         self.store = self.mesh.stores["global"]
-        self.tenant = done(
-            self.store.create_tenant(
-                "T", "global", created_ms=0, read_preference=self.P
-            )
-        ).value
+        self.tenant = done(self.store.create_tenant("T", "global", created_ms=0, read_preference=self.P)).value
         self.author = done(
-            self.store.create_anonymous_session(
-                self.tenant.id, created_ms=0, read_preference=self.P
-            )
+            self.store.create_anonymous_session(self.tenant.id, created_ms=0, read_preference=self.P)
         ).value.author_id
         self._urls = 0
 
@@ -196,9 +184,7 @@ class LiveWorld:
             self._urls += 1
             url = "https://site.example/p{}".format(self._urls)
             thread = self.done(
-                self.store.upsert_thread(
-                    self.tenant.id, url, created_ms=0, read_preference=self.P
-                )
+                self.store.upsert_thread(self.tenant.id, url, created_ms=0, read_preference=self.P)
             ).value
             if relay.owner_of((self.tenant.id, thread.id)) == owner:
                 return thread, url
@@ -207,9 +193,7 @@ class LiveWorld:
     def channel(self, thread: Any) -> tuple[str, str]:
         return (self.tenant.id, thread.id)
 
-    def post(
-        self, node: str, thread: Any, text: str = "hi", author: str | None = None
-    ) -> Any:
+    def post(self, node: str, thread: Any, text: str = "hi", author: str | None = None) -> Any:
         """Store an approved comment and publish it on ``node``, as the API does."""
         from fastedge.store.model import CommentStatus, NewComment
 
@@ -243,13 +227,7 @@ class LiveWorld:
 
     def seqs(self, subscriber: Any) -> list[tuple[str, int]]:
         """``(type, seq)`` of every event and reset a subscriber got, in order."""
-        return [
-            (m["type"], m["seq"])
-            for m in subscriber.conn.messages
-            if m["type"] in ("event", "reset")
-        ]
+        return [(m["type"], m["seq"]) for m in subscriber.conn.messages if m["type"] in ("event", "reset")]
 
     def received(self, node: str) -> float:
-        return metric(
-            self.mesh, node, "fastedge_mesh_relay_events_total", direction="received"
-        )
+        return metric(self.mesh, node, "fastedge_mesh_relay_events_total", direction="received")

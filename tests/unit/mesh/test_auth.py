@@ -29,22 +29,14 @@ class CheckerTests(SynchronousTestCase):
         from fastedge.mesh.tls import create_node_certificate
 
         ca, key = test_ca()
-        cert = x509.load_pem_x509_certificate(
-            create_node_certificate("edge-1", ca, key)[0]
-        )
+        cert = x509.load_pem_x509_certificate(create_node_certificate("edge-1", ca, key)[0])
         checker = CertificateChecker()
         self.assertEqual(
-            self.successResultOf(
-                checker.requestAvatarId(PeerCertificate("edge-1", cert))
-            ),
+            self.successResultOf(checker.requestAvatarId(PeerCertificate("edge-1", cert))),
             "edge-1",
         )
-        self.failureResultOf(
-            checker.requestAvatarId(PeerCertificate("edge-2", cert)), UnauthorizedLogin
-        )
-        self.failureResultOf(
-            checker.requestAvatarId(PeerCertificate("edge-1", None)), UnauthorizedLogin
-        )
+        self.failureResultOf(checker.requestAvatarId(PeerCertificate("edge-2", cert)), UnauthorizedLogin)
+        self.failureResultOf(checker.requestAvatarId(PeerCertificate("edge-1", None)), UnauthorizedLogin)
 
 
 class LoginTests(SynchronousTestCase):
@@ -82,15 +74,11 @@ class LoginTests(SynchronousTestCase):
         self.assertIsInstance(answer, Failure)
         self.assertIn("the certificate is for x, not b", answer.getErrorMessage())
         self.assertEqual(
-            metric(
-                self.mesh, "a", "fastedge_mesh_refused_total", reason="name_mismatch"
-            ),
+            metric(self.mesh, "a", "fastedge_mesh_refused_total", reason="name_mismatch"),
             1.0,
         )
         (event,) = self.logged("refused")
-        self.assertEqual(
-            (event["peer"], event["reason"]), ("b", "the certificate is for x, not b")
-        )
+        self.assertEqual((event["peer"], event["reason"]), ("b", "the certificate is for x, not b"))
         self.assertTrue(rogue.broker.disconnected)
         self.assertNothingChanged()
 
@@ -101,12 +89,8 @@ class LoginTests(SynchronousTestCase):
         rogue.login("a")
         self.assertEqual(rogue.answer, [])
         self.assertIsNone(rogue.broker)
-        self.assertEqual(
-            metric(self.mesh, "a", "fastedge_mesh_refused_total", reason="tls"), 1.0
-        )
-        (event,) = [
-            e for e in self.logged("TLS handshake") if e.get("direction") == "from"
-        ]
+        self.assertEqual(metric(self.mesh, "a", "fastedge_mesh_refused_total", reason="tls"), 1.0)
+        (event,) = [e for e in self.logged("TLS handshake") if e.get("direction") == "from"]
         self.assertIn("cluster CA", str(event["detail"]))
         self.assertNothingChanged()
 
@@ -122,9 +106,7 @@ class LoginTests(SynchronousTestCase):
         )
         rogue.login("a")
         self.assertEqual(rogue.answer, [])
-        (event,) = [
-            e for e in self.logged("TLS handshake") if e.get("direction") == "from"
-        ]
+        (event,) = [e for e in self.logged("TLS handshake") if e.get("direction") == "from"]
         self.assertEqual(event["detail"], "the certificate has expired")
         self.assertNothingChanged()
 
@@ -149,9 +131,7 @@ class LoginTests(SynchronousTestCase):
         self.mesh.advance(1.0)
         self.assertEqual(self.mesh.states("c"), {"c": "alive"})
         self.assertGreaterEqual(
-            metric(
-                self.mesh, "c", "fastedge_mesh_refused_total", reason="name_mismatch"
-            ),
+            metric(self.mesh, "c", "fastedge_mesh_refused_total", reason="name_mismatch"),
             1.0,
         )
         self.assertTrue(self.logged("refused the peer"))
@@ -180,8 +160,6 @@ class LoginTests(SynchronousTestCase):
         """A peer may announce only itself."""
         rogue = Rogue(self.mesh, cert_name="newcomer", claim="newcomer")
         rogue.login("a")
-        (result,) = rogue.call(
-            "announce", self.mesh.nodes["b"].membership.me.replace(incarnation=9)
-        )
+        (result,) = rogue.call("announce", self.mesh.nodes["b"].membership.me.replace(incarnation=9))
         self.assertIsInstance(result, Failure)
         self.assertEqual(self.mesh.nodes["a"].node_map.nodes()["b"].incarnation, 1)

@@ -32,13 +32,9 @@ class ScriptedPeer:
         self.clock = Clock()
         self.registry = new_registry()
         self.metrics = MeshMetrics(self.registry)
-        factory = MeshServerFactory(
-            EchoRoot(), limits=limits, clock=self.clock, metrics=self.metrics
-        )
+        factory = MeshServerFactory(EchoRoot(), limits=limits, clock=self.clock, metrics=self.metrics)
         self.transport = StringTransport()
-        self.broker: MeshBroker = factory.buildProtocol(
-            IPv4Address("TCP", "127.0.0.9", 5555)
-        )
+        self.broker: MeshBroker = factory.buildProtocol(IPv4Address("TCP", "127.0.0.9", 5555))
         self.broker.makeConnection(self.transport)
         # The server offers its dialects; we pick the plain one.
         self.send_raw(banana.encode(b"none"))
@@ -52,23 +48,14 @@ class ScriptedPeer:
         self._request += 1
         net_args = jelly.jelly(args, jelly.DummySecurityOptions())
         net_kw = jelly.jelly({}, jelly.DummySecurityOptions())
-        self.send_raw(
-            banana.encode(
-                [b"message", self._request, b"root", method, 1, net_args, net_kw]
-            )
-        )
+        self.send_raw(banana.encode([b"message", self._request, b"root", method, 1, net_args, net_kw]))
 
     @property
     def dropped(self) -> bool:
         return bool(self.transport.disconnected)
 
     def disconnects(self, reason: str) -> float:
-        return (
-            self.registry.get_sample_value(
-                "fastedge_mesh_peer_disconnects_total", {"reason": reason}
-            )
-            or 0.0
-        )
+        return self.registry.get_sample_value("fastedge_mesh_peer_disconnects_total", {"reason": reason}) or 0.0
 
     def answers(self) -> list[Any]:
         """Every expression the broker sent, decoded."""
@@ -99,11 +86,7 @@ class BrokerLimitTests(SynchronousTestCase):
     def assertDisconnected(self, peer: ScriptedPeer, reason: str) -> None:
         self.assertTrue(peer.dropped)
         self.assertEqual(peer.disconnects(reason), 1.0)
-        logged = [
-            e
-            for e in self.events
-            if e.get("reason") == reason and "disconnected" in e.get("log_format", "")
-        ]
+        logged = [e for e in self.events if e.get("reason") == reason and "disconnected" in e.get("log_format", "")]
         self.assertEqual(len(logged), 1)
         self.assertEqual(logged[0]["peer"], "127.0.0.9:5555")
 
@@ -113,9 +96,7 @@ class BrokerLimitTests(SynchronousTestCase):
         peer = self.peer()
         peer.call(b"echo", [announcement(), ["x", 1, {"k": (None, True)}]])
         self.assertFalse(peer.dropped)
-        self.assertIn(
-            b"answer", [a[0] for a in peer.answers() if isinstance(a, list) and a]
-        )
+        self.assertIn(b"answer", [a[0] for a in peer.answers() if isinstance(a, list) and a])
 
     def test_unregistered_type_disconnects(self) -> None:
         """A call carrying a type that is not a mesh message (though jelly
@@ -134,11 +115,7 @@ class BrokerLimitTests(SynchronousTestCase):
             jelly.jelly(state, jelly.DummySecurityOptions()),
         ]
         peer._request += 1
-        peer.send_raw(
-            banana.encode(
-                [b"message", 1, b"root", b"echo", 1, [b"tuple", bad], [b"dictionary"]]
-            )
-        )
+        peer.send_raw(banana.encode([b"message", 1, b"root", b"echo", 1, [b"tuple", bad], [b"dictionary"]]))
         self.assertDisconnected(peer, "bad_message")
 
     def test_oversized_message_disconnects(self) -> None:
@@ -213,9 +190,7 @@ class BrokerLimitTests(SynchronousTestCase):
     def test_cachemessage_disconnects(self) -> None:
         """The mesh uses no cacheables: a cached-object message is refused."""
         peer = self.peer()
-        peer.send_raw(
-            banana.encode([b"cachemessage", 1, 1, b"x", 1, [b"tuple"], [b"dictionary"]])
-        )
+        peer.send_raw(banana.encode([b"cachemessage", 1, 1, b"x", 1, [b"tuple"], [b"dictionary"]]))
         self.assertDisconnected(peer, "protocol")
 
     def test_login_timeout(self) -> None:

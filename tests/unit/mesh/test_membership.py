@@ -53,9 +53,7 @@ class JoinTests(SynchronousTestCase):
         mesh.advance(2.0)
         everyone = {"a", "b", "c", "d", "e"}
         for node_id in everyone:
-            self.assertEqual(
-                mesh.states(node_id), {n: "alive" for n in everyone}, node_id
-            )
+            self.assertEqual(mesh.states(node_id), {n: "alive" for n in everyone}, node_id)
             peers = mesh.nodes[node_id].membership.peers
             self.assertEqual(
                 {n for n, p in peers.items() if p.link is not None and p.link.up},
@@ -81,9 +79,7 @@ class JoinTests(SynchronousTestCase):
             ),
             ("eu", (mesh.host("b"),), 1, 7, mesh.nodes["b"].version),
         )
-        self.assertEqual(
-            [n.node_id for n in mesh.nodes["a"].node_map.live("eu")], ["b"]
-        )
+        self.assertEqual([n.node_id for n in mesh.nodes["a"].node_map.live("eu")], ["b"])
         load[0] = 12
         mesh.advance(1.5)
         self.assertEqual(mesh.nodes["a"].node_map.nodes()["b"].load, 12)
@@ -176,9 +172,7 @@ class FailureDetectionTests(SynchronousTestCase):
             info = mesh.nodes[observer].node_map.nodes()["c"]
             self.assertEqual((info.state, info.incarnation), (NodeState.ALIVE, 2))
             peer = mesh.nodes[observer].membership.peers["c"]
-            self.assertEqual(
-                peer.link.address, (mesh.host("c"), mesh.nodes["c"].port.getHost().port)
-            )
+            self.assertEqual(peer.link.address, (mesh.host("c"), mesh.nodes["c"].port.getHost().port))
             self.assertTrue(peer.link.up)
         self.assertEqual(mesh.states("c"), {"a": "alive", "b": "alive", "c": "alive"})
 
@@ -338,27 +332,16 @@ class FaultTests(SynchronousTestCase):
         mesh.add("mute", avatar_class=SilentAvatar)
         mesh.advance(10.0)
         self.assertGreaterEqual(
-            metric(
-                mesh, "a", "fastedge_mesh_peer_disconnects_total", reason="unanswered"
-            ),
+            metric(mesh, "a", "fastedge_mesh_peer_disconnects_total", reason="unanswered"),
             2,
         )
         self.assertEqual(
-            metric(
-                mesh, "a", "fastedge_mesh_peer_disconnects_total", reason="unanswered"
-            ),
-            metric(
-                mesh, "b", "fastedge_mesh_peer_disconnects_total", reason="unanswered"
-            ),
+            metric(mesh, "a", "fastedge_mesh_peer_disconnects_total", reason="unanswered"),
+            metric(mesh, "b", "fastedge_mesh_peer_disconnects_total", reason="unanswered"),
         )
         self.assertEqual(mesh.states("a")["b"], "alive")
         self.assertEqual(mesh.states("b")["a"], "alive")
-        self.assertTrue(
-            any(
-                e.get("reason") == "unanswered" and e.get("peer") == "mute"
-                for e in events
-            )
-        )
+        self.assertTrue(any(e.get("reason") == "unanswered" and e.get("peer") == "mute" for e in events))
 
     def test_stale_and_departed_incarnations_refused(self) -> None:
         """A login of an incarnation older than the known one, or of one that
@@ -375,6 +358,4 @@ class FaultTests(SynchronousTestCase):
         with self.assertRaises(Refused) as cm:
             a.joined(me, object())
         self.assertIn("left", str(cm.exception))
-        self.assertEqual(
-            metric(mesh, "a", "fastedge_mesh_refused_total", reason="leaving"), 1.0
-        )
+        self.assertEqual(metric(mesh, "a", "fastedge_mesh_refused_total", reason="leaving"), 1.0)

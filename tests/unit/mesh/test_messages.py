@@ -80,9 +80,7 @@ class AnnouncementTests(SynchronousTestCase):
         with self.assertRaises(BadMessage):
             Announcement().setCopyableState(state)
         with self.assertRaises(BadMessage):
-            Announcement().setCopyableState(
-                dict(announcement().getStateToCopy(), extra=1)
-            )
+            Announcement().setCopyableState(dict(announcement().getStateToCopy(), extra=1))
 
     @settings(max_examples=200, deadline=None)
     @given(

@@ -11,9 +11,7 @@ from fastedge.mesh.interfaces import INodeMap
 from fastedge.mesh.nodemap import NodeInfo, NodeMap, NodeMapChange, NodeState
 
 
-def info(
-    node_id: str = "a", deployment: str = "global", incarnation: int = 1, **kw: object
-) -> NodeInfo:
+def info(node_id: str = "a", deployment: str = "global", incarnation: int = 1, **kw: object) -> NodeInfo:
     return NodeInfo(
         node_id=node_id,
         deployment=deployment,

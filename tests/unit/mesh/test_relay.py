@@ -61,19 +61,13 @@ class RelayTests(SynchronousTestCase):
         on_c = world.subscribe("c", url)
         publisher = world.mesh.live["a"].service.publisher
         comment = world.post("a", thread)
-        before = metric(
-            world.mesh, "c", "fastedge_mesh_calls_received_total", method="cb_events"
-        )
+        before = metric(world.mesh, "c", "fastedge_mesh_calls_received_total", method="cb_events")
         for likes in range(2500):
             publisher.likes(comment, likes)
         world.mesh.network.flush()
-        after = metric(
-            world.mesh, "c", "fastedge_mesh_calls_received_total", method="cb_events"
-        )
+        after = metric(world.mesh, "c", "fastedge_mesh_calls_received_total", method="cb_events")
         self.assertEqual(after - before, 3)
-        self.assertEqual(
-            [m["data"]["likes"] for m in on_c.events()[1:]], list(range(2500))
-        )
+        self.assertEqual([m["data"]["likes"] for m in on_c.events()[1:]], list(range(2500)))
         self.assertEqual(world.seqs(on_c), [("event", n) for n in range(1, 2502)])
 
     def test_two_hops_through_the_sequencer(self) -> None:
@@ -86,13 +80,9 @@ class RelayTests(SynchronousTestCase):
         for i in range(5):
             world.post("a", thread, str(i))
         self.assertEqual(world.seqs(subscriber), [("event", n) for n in range(1, 6)])
+        self.assertEqual(world.mesh.live["b"].hub.position(world.channel(thread)).seq, 5)
         self.assertEqual(
-            world.mesh.live["b"].hub.position(world.channel(thread)).seq, 5
-        )
-        self.assertEqual(
-            metric(
-                world.mesh, "b", "fastedge_mesh_relay_events_total", direction="sent"
-            ),
+            metric(world.mesh, "b", "fastedge_mesh_relay_events_total", direction="sent"),
             5.0,
         )
         self.assertEqual(world.received("a"), 0.0)
@@ -106,9 +96,7 @@ class RelayTests(SynchronousTestCase):
         world.post("a", thread)
         world.post("c", thread)
         self.assertEqual(world.seqs(on_a), [("event", 1), ("event", 2)])
-        self.assertEqual(
-            [m["id"] for m in on_a.events()], [m["id"] for m in on_c.events()]
-        )
+        self.assertEqual([m["id"] for m in on_a.events()], [m["id"] for m in on_c.events()])
 
     def test_coherent_numbering_recovers_on_another_node(self) -> None:
         """A client that followed the channel on c recovers with since on b
@@ -121,17 +109,13 @@ class RelayTests(SynchronousTestCase):
         for i in range(6):
             world.post("a", thread, str(i))
         seen = on_c.events()[3]
-        on_b = world.subscribe(
-            "b", url, since=seen["seq"], epoch=seen["id"].split("-")[0]
-        )
+        on_b = world.subscribe("b", url, since=seen["seq"], epoch=seen["id"].split("-")[0])
         answer = on_b.conn.messages[0]
         self.assertEqual(
             (answer["type"], answer["reload"], answer["replayed"], answer["seq"]),
             ("subscribed", False, 2, 6),
         )
-        self.assertEqual(
-            [m["id"] for m in on_b.events()], [m["id"] for m in on_c.events()[4:]]
-        )
+        self.assertEqual([m["id"] for m in on_b.events()], [m["id"] for m in on_c.events()[4:]])
         world.post("a", thread, "later")
         self.assertEqual(on_b.events()[-1]["id"], on_c.events()[-1]["id"])
 
@@ -146,9 +130,7 @@ class RelayTests(SynchronousTestCase):
         world.mesh.crash("c")
         world.post("b", thread, "two")
         world.post("a", thread, "three")
-        again = world.subscribe(
-            "b", url, since=last["seq"], epoch=last["id"].split("-")[0]
-        )
+        again = world.subscribe("b", url, since=last["seq"], epoch=last["id"].split("-")[0])
         self.assertEqual(again.conn.messages[0]["replayed"], 2)
         self.assertEqual(
             [m["data"]["comment"]["html"] for m in again.events()],
@@ -176,9 +158,7 @@ class RelayTests(SynchronousTestCase):
         world.post("a", thread, "after")
         self.assertEqual(world.seqs(on_c), [("event", n) for n in range(1, 6)])
         self.assertGreaterEqual(
-            metric(
-                world.mesh, "c", "fastedge_mesh_relay_resyncs_total", result="replayed"
-            ),
+            metric(world.mesh, "c", "fastedge_mesh_relay_resyncs_total", result="replayed"),
             1.0,
         )
 
@@ -203,9 +183,7 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(kinds[1][0], "reset")
         self.assertEqual(kinds[-1], ("event", 7))
         self.assertEqual(
-            metric(
-                world.mesh, "c", "fastedge_mesh_relay_resyncs_total", result="reset"
-            ),
+            metric(world.mesh, "c", "fastedge_mesh_relay_resyncs_total", result="reset"),
             1.0,
         )
 
@@ -242,14 +220,10 @@ class RelayTests(SynchronousTestCase):
         net.cut(*hosts)
         world.post("a", thread, "queued")
         self.assertEqual(on_c.events(), [])
-        self.assertEqual(
-            metric(world.mesh, "a", "fastedge_mesh_relay_forward_queue"), 1.0
-        )
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_forward_queue"), 1.0)
         net.unblock(*hosts)
         world.mesh.advance(1.0)
-        self.assertEqual(
-            [m["data"]["comment"]["html"] for m in on_c.events()], ["<p>queued</p>"]
-        )
+        self.assertEqual([m["data"]["comment"]["html"] for m in on_c.events()], ["<p>queued</p>"])
 
     def test_block_reaches_other_nodes(self) -> None:
         """A viewer who blocks an author through one node stops receiving
@@ -257,23 +231,15 @@ class RelayTests(SynchronousTestCase):
         world = LiveWorld(self)
         thread, url = world.thread_owned_by("a")
         viewer = world.done(
-            world.store.create_anonymous_session(
-                world.tenant.id, created_ms=0, read_preference=world.P
-            )
+            world.store.create_anonymous_session(world.tenant.id, created_ms=0, read_preference=world.P)
         ).value.author_id
-        token = world.mesh.live["c"].api.viewer_tokens.issue(
-            world.tenant.id, viewer, int(world.mesh.clock.seconds())
-        )
+        token = world.mesh.live["c"].api.viewer_tokens.issue(world.tenant.id, viewer, int(world.mesh.clock.seconds()))
         on_c = world.subscribe("c", url, viewer=token)
         world.post("a", thread, "seen")
-        world.mesh.live["b"].service.publisher.block_changed(
-            world.tenant.id, viewer, world.author, True
-        )
+        world.mesh.live["b"].service.publisher.block_changed(world.tenant.id, viewer, world.author, True)
         world.mesh.network.flush()
         world.post("a", thread, "hidden")
-        self.assertEqual(
-            [m["data"]["comment"]["html"] for m in on_c.events()], ["<p>seen</p>"]
-        )
+        self.assertEqual([m["data"]["comment"]["html"] for m in on_c.events()], ["<p>seen</p>"])
 
     def test_prime_with_no_link_to_the_owner(self) -> None:
         """A first subscriber whose channel's sequencer cannot be reached is
@@ -331,12 +297,8 @@ class HousekeepingTests(SynchronousTestCase):
         world.mesh.advance(4.9)
         self.assertEqual(on_a.events(), [])
         world.mesh.advance(0.2)
-        self.assertEqual(
-            [m["data"]["comment"]["html"] for m in on_a.events()], ["<p>late</p>"]
-        )
-        self.assertEqual(
-            metric(world.mesh, "a", "fastedge_mesh_relay_forward_queue"), 0.0
-        )
+        self.assertEqual([m["data"]["comment"]["html"] for m in on_a.events()], ["<p>late</p>"])
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_forward_queue"), 0.0)
 
     def test_unused_prime_is_unfollowed(self) -> None:
         """A channel primed for a subscriber that never came is unfollowed
@@ -392,16 +354,12 @@ class IsolationTests(SynchronousTestCase):
         self.assertEqual(world.mesh.states("a")["eu1"], "alive")
         relay = world.mesh.nodes["a"].relay
         for i in range(50):
-            self.assertNotEqual(
-                relay.owner_of((world.tenant.id, "t{}".format(i))), "eu1"
-            )
+            self.assertNotEqual(relay.owner_of((world.tenant.id, "t{}".format(i))), "eu1")
         thread, url = world.thread_owned_by("a")
         eu = world.mesh.nodes["eu1"]
         link = eu.membership.peers["a"].link
         results: list[object] = []
-        link.call("follow", [[world.tenant.id, thread.id, None, None]]).addBoth(
-            results.append
-        )
+        link.call("follow", [[world.tenant.id, thread.id, None, None]]).addBoth(results.append)
         world.mesh.network.flush()
         self.assertIsInstance(results[0], Failure)
         self.assertIn("deployment", results[0].getErrorMessage())

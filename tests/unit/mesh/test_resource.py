@@ -38,14 +38,10 @@ class MeshRouteTests(SynchronousTestCase):
         """Only GET (and HEAD) are served; query parameters are refused."""
         client = self.node.client()
         response = client.post("/api/v1/mesh", json_body={})
-        self.assertEqual(
-            (response.code, response.json["error"]["code"]), (405, "method_not_allowed")
-        )
+        self.assertEqual((response.code, response.json["error"]["code"]), (405, "method_not_allowed"))
         self.assertEqual(response.header("allow"), "GET")
         response = client.get("/api/v1/mesh?x=1")
-        self.assertEqual(
-            (response.code, response.json["error"]["code"]), (400, "bad_query")
-        )
+        self.assertEqual((response.code, response.json["error"]["code"]), (400, "bad_query"))
         self.assertEqual(client.request("HEAD", "/api/v1/mesh").code, 200)
 
     def test_health_shows_the_mesh(self) -> None:

@@ -36,11 +36,7 @@ class StartTests(SynchronousTestCase):
             listen_endpoint=network.server_endpoint(host),
             client_endpoint=network.client_endpoints(host),
         )
-        self.addCleanup(
-            lambda: (
-                self.successResultOf(service.stopService()) if service.running else None
-            )
-        )
+        self.addCleanup(lambda: (self.successResultOf(service.stopService()) if service.running else None))
         return service, cfg
 
     def test_lone_node_makes_its_own_ca(self) -> None:
@@ -56,15 +52,9 @@ class StartTests(SynchronousTestCase):
             sorted(os.listdir(mesh_dir)),
             ["ca.key", "ca.pem", "incarnation", "node.key", "node.pem"],
         )
-        self.assertEqual(
-            os.stat(os.path.join(mesh_dir, "node.key")).st_mode & 0o777, 0o600
-        )
-        self.assertEqual(
-            os.stat(os.path.join(mesh_dir, "ca.key")).st_mode & 0o777, 0o600
-        )
-        self.assertEqual(
-            len([e for e in events if "created a new cluster CA" in e["log_format"]]), 1
-        )
+        self.assertEqual(os.stat(os.path.join(mesh_dir, "node.key")).st_mode & 0o777, 0o600)
+        self.assertEqual(os.stat(os.path.join(mesh_dir, "ca.key")).st_mode & 0o777, 0o600)
+        self.assertEqual(len([e for e in events if "created a new cluster CA" in e["log_format"]]), 1)
         with open(cfg.mesh.ca_file, "rb") as f:
             ca = f.read()
         self.successResultOf(service.stopService())
@@ -103,9 +93,7 @@ class StartTests(SynchronousTestCase):
         """The node's certificate expiry is a metric (for rotation alerts)."""
         service, cfg = self.service()
         service.privilegedStartService()
-        expiry = self.registry.get_sample_value(
-            "fastedge_mesh_certificate_expiry_timestamp_seconds"
-        )
+        expiry = self.registry.get_sample_value("fastedge_mesh_certificate_expiry_timestamp_seconds")
         self.assertGreater(expiry, EPOCH)
 
 
@@ -143,9 +131,7 @@ class ViewTests(SynchronousTestCase):
         self.assertEqual(factory.brokers, set())
         self.assertNotIn(("127.0.0.1", 7001), mesh.network.listeners)
         self.assertEqual(metric(mesh, "a", "fastedge_mesh_links", state="up"), 0.0)
-        self.assertEqual(
-            metric(mesh, "a", "fastedge_mesh_links", state="connecting"), 0.0
-        )
+        self.assertEqual(metric(mesh, "a", "fastedge_mesh_links", state="connecting"), 0.0)
 
     def test_not_started(self) -> None:
         """Before it starts, the service answers views with an empty map."""

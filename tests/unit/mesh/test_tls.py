@@ -41,9 +41,7 @@ class CreateTests(SynchronousTestCase):
             set(usages),
             {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH},
         )
-        self.assertTrue(
-            ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        )
+        self.assertTrue(ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
 
     def test_name_mismatch(self) -> None:
         """service_identity decides whether a certificate is a node's: the
@@ -51,13 +49,9 @@ class CreateTests(SynchronousTestCase):
         from cryptography import x509
 
         ca_pem, ca_key = test_ca()
-        cert = x509.load_pem_x509_certificate(
-            create_node_certificate("edge-1", ca_pem, ca_key)[0]
-        )
+        cert = x509.load_pem_x509_certificate(create_node_certificate("edge-1", ca_pem, ca_key)[0])
         self.assertIsNone(name_mismatch(cert, "edge-1"))
-        self.assertEqual(
-            name_mismatch(cert, "edge-2"), "the certificate is for edge-1, not edge-2"
-        )
+        self.assertEqual(name_mismatch(cert, "edge-2"), "the certificate is for edge-1, not edge-2")
         self.assertEqual(name_mismatch(None, "edge-1"), "no certificate")
 
     def test_private_files(self) -> None:
@@ -65,12 +59,8 @@ class CreateTests(SynchronousTestCase):
         directory = self.mktemp()
         write_file(os.path.join(directory, "k"), b"secret", private=True)
         write_file(os.path.join(directory, "c"), b"public", private=False)
-        self.assertEqual(
-            stat.S_IMODE(os.stat(os.path.join(directory, "k")).st_mode), 0o600
-        )
-        self.assertEqual(
-            stat.S_IMODE(os.stat(os.path.join(directory, "c")).st_mode), 0o644
-        )
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(directory, "k")).st_mode), 0o600)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(directory, "c")).st_mode), 0o644)
         self.assertEqual(sorted(os.listdir(directory)), ["c", "k"])
 
 
@@ -104,20 +94,14 @@ class LoadTests(SynchronousTestCase):
         """A missing file is named."""
         write_node_certs(self.dir, "edge-1")
         os.unlink(os.path.join(self.dir, "node.key"))
-        self.assertRefused(
-            "mesh node key {}: cannot read".format(os.path.join(self.dir, "node.key"))
-        )
+        self.assertRefused("mesh node key {}: cannot read".format(os.path.join(self.dir, "node.key")))
 
     def test_not_pem(self) -> None:
         """A file that is not a PEM certificate is named."""
         write_node_certs(self.dir, "edge-1")
         with open(os.path.join(self.dir, "ca.pem"), "w") as f:
             f.write("nonsense")
-        self.assertRefused(
-            "mesh CA certificate {}: not a PEM certificate".format(
-                os.path.join(self.dir, "ca.pem")
-            )
-        )
+        self.assertRefused("mesh CA certificate {}: not a PEM certificate".format(os.path.join(self.dir, "ca.pem")))
 
     def test_other_nodes_certificate(self) -> None:
         """A node refuses to start with a certificate for another node id."""
@@ -129,9 +113,7 @@ class LoadTests(SynchronousTestCase):
         write_node_certs(self.dir, "edge-1")
         other = os.path.abspath(self.mktemp())
         write_node_certs(other, "edge-1")
-        self.assertRefused(
-            "does not match the certificate", key_file=os.path.join(other, "node.key")
-        )
+        self.assertRefused("does not match the certificate", key_file=os.path.join(other, "node.key"))
 
     def test_certificate_of_another_ca(self) -> None:
         """A certificate not signed by the configured CA is refused."""
@@ -150,7 +132,5 @@ class LoadTests(SynchronousTestCase):
             not_after=NOW - datetime.timedelta(days=1),
         )
         self.assertRefused("not valid now")
-        write_node_certs(
-            self.dir, "edge-1", not_before=NOW + datetime.timedelta(days=1)
-        )
+        write_node_certs(self.dir, "edge-1", not_before=NOW + datetime.timedelta(days=1))
         self.assertRefused("not valid now")

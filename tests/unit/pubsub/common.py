@@ -44,12 +44,8 @@ class World:
             **kwargs,
         )
         store = self.node.store
-        self.tenant_a: Tenant = done(
-            store.create_tenant("A", "global", created_ms=0, read_preference=PRIMARY)
-        ).value
-        self.tenant_b: Tenant = done(
-            store.create_tenant("B", "global", created_ms=0, read_preference=PRIMARY)
-        ).value
+        self.tenant_a: Tenant = done(store.create_tenant("A", "global", created_ms=0, read_preference=PRIMARY)).value
+        self.tenant_b: Tenant = done(store.create_tenant("B", "global", created_ms=0, read_preference=PRIMARY)).value
         self.thread_a: Thread = done(
             store.upsert_thread(
                 self.tenant_a.id,
@@ -70,16 +66,10 @@ class World:
 
     def author(self, tenant: Tenant) -> str:
         """A new anonymous author of ``tenant``; returns its author id."""
-        session = done(
-            self.node.store.create_anonymous_session(
-                tenant.id, created_ms=0, read_preference=PRIMARY
-            )
-        )
+        session = done(self.node.store.create_anonymous_session(tenant.id, created_ms=0, read_preference=PRIMARY))
         return str(session.value.author_id)
 
-    def comment(
-        self, tenant: Tenant, thread: Thread, author: str, text: str = "hello"
-    ) -> Comment:
+    def comment(self, tenant: Tenant, thread: Thread, author: str, text: str = "hello") -> Comment:
         """Store an approved comment and publish it, as the API does."""
         written = done(
             self.node.store.create_comment(
@@ -110,11 +100,7 @@ class World:
         return json.dumps(body).encode()
 
     def viewer_token(self, tenant: Tenant, author: str) -> str:
-        return str(
-            self.node.api.viewer_tokens.issue(
-                tenant.id, author, int(self.node.clock.seconds())
-            )
-        )
+        return str(self.node.api.viewer_tokens.issue(tenant.id, author, int(self.node.clock.seconds())))
 
 
 class Client(WebSocketClientProtocol):
@@ -150,9 +136,5 @@ def masked_text(payload: bytes) -> bytes:
 
     mask = os.urandom(4)
     n = len(payload)
-    head = (
-        struct.pack("!BB", 0x81, 0x80 | n)
-        if n < 126
-        else struct.pack("!BBH", 0x81, 0x80 | 126, n)
-    )
+    head = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

@@ -45,19 +45,14 @@ class ResolverTests(SynchronousTestCase):
         self.resolver = self.node.service.resolver
 
     def lookups(self, result: str) -> float:
-        return self.node.metric(
-            "fastedge_live_resolve_lookups_total", {"result": result}
-        )
+        return self.node.metric("fastedge_live_resolve_lookups_total", {"result": result})
 
     def test_thundering_herd_costs_one_read(self) -> None:
         """A thousand subscribers of one thread arriving while the first
         lookup is in flight share it: one tenant and one thread read in all;
         later ones are answered from the cache."""
         self.runner.holding = True
-        waiting = [
-            self.resolver.resolve(self.world.tenant_a.id, self.world.url)
-            for _ in range(1000)
-        ]
+        waiting = [self.resolver.resolve(self.world.tenant_a.id, self.world.url) for _ in range(1000)]
         for d in waiting:
             self.assertNoResult(d)
         ran = 0
@@ -66,9 +61,7 @@ class ResolverTests(SynchronousTestCase):
         self.assertEqual(ran, 2)  # get_tenant, get_thread
         threads = {self.successResultOf(d).thread.id for d in waiting}
         self.assertEqual(threads, {self.world.thread_a.id})
-        self.successResultOf(
-            self.resolver.resolve(self.world.tenant_a.id, self.world.url)
-        )
+        self.successResultOf(self.resolver.resolve(self.world.tenant_a.id, self.world.url))
         self.assertEqual(
             (self.lookups("miss"), self.lookups("coalesced"), self.lookups("hit")),
             (1, 999, 1),
@@ -78,15 +71,11 @@ class ResolverTests(SynchronousTestCase):
         """An unknown thread is refused without a database read while cached,
         and looked up again once the entry expires."""
         for _ in range(2):
-            f = self.failureResultOf(
-                self.resolver.resolve(self.world.tenant_a.id, "https://nope")
-            )
+            f = self.failureResultOf(self.resolver.resolve(self.world.tenant_a.id, "https://nope"))
             self.assertEqual(f.value.code, "thread_not_found")
         self.assertEqual(self.lookups("miss"), 1)
         self.clock.advance(11)
-        self.failureResultOf(
-            self.resolver.resolve(self.world.tenant_a.id, "https://nope")
-        )
+        self.failureResultOf(self.resolver.resolve(self.world.tenant_a.id, "https://nope"))
         self.assertEqual(self.lookups("miss"), 2)
 
     def test_malformed_tenant_costs_nothing(self) -> None:
@@ -105,18 +94,14 @@ class ResolverTests(SynchronousTestCase):
         fail(StoreUnavailable("disk on fire")).chainDeferred(held)
         self.assertEqual(self.failureResultOf(d).value.code, "unavailable")
         self.runner.holding = False
-        self.successResultOf(
-            self.resolver.resolve(self.world.tenant_a.id, self.world.url)
-        )
+        self.successResultOf(self.resolver.resolve(self.world.tenant_a.id, self.world.url))
 
     def test_closed_while_resolving(self) -> None:
         """A connection that closes while its subscribe is being resolved is
         never subscribed."""
         self.runner.holding = True
         conn = LiveConnection(self.node.live, Outlet())
-        d = conn.subscribe(
-            Subscribe(self.world.tenant_a.id, self.world.url), lambda *a: None
-        )
+        d = conn.subscribe(Subscribe(self.world.tenant_a.id, self.world.url), lambda *a: None)
         conn.close()
         while self.runner.calls:
             self.runner.release()
@@ -131,9 +116,7 @@ class MembersOnly:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, str | None]] = []
 
-    def check(
-        self, tenant: Any, thread: Any, viewer_author_id: str | None
-    ) -> Deferred[None] | None:
+    def check(self, tenant: Any, thread: Any, viewer_author_id: str | None) -> Deferred[None] | None:
         self.seen.append((tenant.id, thread.id, viewer_author_id))
         if viewer_author_id is None:
             raise Refused("sign in to follow this thread")
@@ -163,12 +146,6 @@ class PolicyTests(SynchronousTestCase):
         )
         author = world.author(world.tenant_a)
         token = world.viewer_token(world.tenant_a, author)
-        joined = done(
-            conn.subscribe(
-                Subscribe(world.tenant_a.id, world.url, viewer=token), lambda *a: None
-            )
-        )
+        joined = done(conn.subscribe(Subscribe(world.tenant_a.id, world.url, viewer=token), lambda *a: None))
         self.assertIsNotNone(joined)
-        self.assertEqual(
-            policy.seen[-1], (world.tenant_a.id, world.thread_a.id, author)
-        )
+        self.assertEqual(policy.seen[-1], (world.tenant_a.id, world.thread_a.id, author))

@@ -213,9 +213,7 @@ class RecoveryTests(SynchronousTestCase):
 
     def test_since_in_future(self) -> None:
         """A since beyond the channel's position in its own epoch is an error."""
-        self.assertRaises(
-            SinceInFuture, self.hub.subscribe, A, Inbox(), since=5, epoch=self.epoch
-        )
+        self.assertRaises(SinceInFuture, self.hub.subscribe, A, Inbox(), since=5, epoch=self.epoch)
         self.assertRaises(SinceInFuture, self.hub.subscribe, A, Inbox(), since=99)
 
     def test_replay_respects_blocks(self) -> None:
@@ -246,9 +244,7 @@ class RecoveryTests(SynchronousTestCase):
         self.assertIsNotNone(hub.position(B))
 
     @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(
-        st.integers(min_value=0, max_value=12), st.integers(min_value=0, max_value=12)
-    )
+    @given(st.integers(min_value=0, max_value=12), st.integers(min_value=0, max_value=12))
     def test_recovery_property(self, published: int, since: int) -> None:
         """For any history and any since: either the replay is exactly the
         events after since, in order, or the client is told to reload (or,
@@ -280,9 +276,7 @@ class InterestTests(SynchronousTestCase):
         heard: list[tuple[tuple[str, str], bool]] = []
 
         class Listener:
-            def interest_changed(
-                self, channel: tuple[str, str], interested: bool
-            ) -> None:
+            def interest_changed(self, channel: tuple[str, str], interested: bool) -> None:
                 heard.append((channel, interested))
 
             def accepted(self, prepared: Prepared, local: bool) -> None:
@@ -306,9 +300,7 @@ class InterestTests(SynchronousTestCase):
         accepted: list[tuple[int, bool]] = []
 
         class Listener:
-            def interest_changed(
-                self, channel: tuple[str, str], interested: bool
-            ) -> None:
+            def interest_changed(self, channel: tuple[str, str], interested: bool) -> None:
                 pass
 
             def accepted(self, prepared: Prepared, local: bool) -> None:

@@ -46,9 +46,7 @@ class ResyncTests(SynchronousTestCase):
         """A channel unknown here takes the sequencer's position and
         history, silently."""
         h = hub()
-        self.assertEqual(
-            h.resync(CH, Stamp("x", 7), [stamped("x", 6), stamped("x", 7)]), "replayed"
-        )
+        self.assertEqual(h.resync(CH, Stamp("x", 7), [stamped("x", 6), stamped("x", 7)]), "replayed")
         self.assertEqual(h.position(CH), Stamp("x", 7))
         self.assertEqual([p.stamp.seq for p in h.history(CH)], [6, 7])
         self.assertEqual(h.resync(("t", "u"), Stamp("y", 3), []), "current")
@@ -60,13 +58,9 @@ class ResyncTests(SynchronousTestCase):
         conn = RecordingConnection()
         h.resync(CH, Stamp("x", 2), [stamped("x", 1), stamped("x", 2)])
         h.subscribe(CH, conn)
-        result = h.resync(
-            CH, Stamp("x", 4), [stamped("x", 2), stamped("x", 3), stamped("x", 4)]
-        )
+        result = h.resync(CH, Stamp("x", 4), [stamped("x", 2), stamped("x", 3), stamped("x", 4)])
         self.assertEqual(result, "replayed")
-        self.assertEqual(
-            [(m["type"], m["seq"]) for m in conn.messages], [("event", 3), ("event", 4)]
-        )
+        self.assertEqual([(m["type"], m["seq"]) for m in conn.messages], [("event", 3), ("event", 4)])
         self.assertEqual(h.resync(CH, Stamp("x", 4), []), "current")
 
     def test_resync_gap_resets(self) -> None:
@@ -87,9 +81,7 @@ class ResyncTests(SynchronousTestCase):
         h = hub()
         conn = RecordingConnection()
         h.subscribe(CH, conn)
-        self.assertEqual(
-            h.resync(CH, Stamp("x", 2), [stamped("x", 1), stamped("x", 2)]), "reset"
-        )
+        self.assertEqual(h.resync(CH, Stamp("x", 2), [stamped("x", 1), stamped("x", 2)]), "reset")
         self.assertEqual(
             [(m["type"], m["seq"]) for m in conn.messages],
             [("reset", 0), ("event", 1), ("event", 2)],

@@ -83,12 +83,8 @@ class ParseTests(SynchronousTestCase):
         for raw, (code, ref) in cases.items():
             with self.assertRaises(RequestError, msg=raw) as caught:
                 parse_client_message(raw)
-            self.assertEqual(
-                (caught.exception.code, caught.exception.ref), (code, ref), raw
-            )
-        long_url = json.dumps(
-            {"type": "subscribe", "tenant": "t", "urlId": "u" * 5000}
-        ).encode()
+            self.assertEqual((caught.exception.code, caught.exception.ref), (code, ref), raw)
+        long_url = json.dumps({"type": "subscribe", "tenant": "t", "urlId": "u" * 5000}).encode()
         self.assertRaises(RequestError, parse_client_message, long_url)
 
     @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -144,9 +140,7 @@ class NamesTests(SynchronousTestCase):
 
     def test_event_ids(self) -> None:
         """Event ids are epoch-seq and parse back; others are refused."""
-        self.assertEqual(
-            messages.parse_event_id(messages.event_id("abc", 42)), ("abc", 42)
-        )
+        self.assertEqual(messages.parse_event_id(messages.event_id("abc", 42)), ("abc", 42))
         for bad in ("", "abc", "abc-", "-3", "ABC-3", "abc-x", "abc-" + "9" * 30):
             self.assertIsNone(messages.parse_event_id(bad), bad)
 
@@ -172,6 +166,4 @@ class NamesTests(SynchronousTestCase):
             json.loads(messages.closing(4008, "slow")),
             {"type": "close", "code": 4008, "reason": "slow"},
         )
-        self.assertNotIn(
-            b"\n", messages.event("a/b", "ep", 1, "k", {"text": "line\nbreak"})
-        )
+        self.assertNotIn(b"\n", messages.event("a/b", "ep", 1, "k", {"text": "line\nbreak"}))

@@ -31,9 +31,7 @@ class LiveProtocolTestCase(TestCase):
         self.world = World(self.reactor, **self.live)
         self.node = self.world.node
         factory = self.node.service.resource.factory
-        self.agent = create_memory_agent(
-            self.reactor, self.pumper, lambda: factory.buildProtocol(None)
-        )
+        self.agent = create_memory_agent(self.reactor, self.pumper, lambda: factory.buildProtocol(None))
         return self.pumper.start()
 
     def tearDown(self) -> Any:
@@ -77,9 +75,7 @@ class SubscribeTests(LiveProtocolTestCase):
                 }
             ],
         )
-        self.assertEqual(
-            self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 1
-        )
+        self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 1)
 
     async def test_subscribe_then_events(self) -> None:
         """Subscribing answers with the channel and its position; new comments
@@ -178,9 +174,7 @@ class RecoveryTests(LiveProtocolTestCase):
         self.flush()
         second = await self.subscribed(since=1, epoch=epoch)
         answer = second.of_type("subscribed")[0]
-        self.assertEqual(
-            (answer["seq"], answer["reload"], answer["replayed"]), (3, False, 2)
-        )
+        self.assertEqual((answer["seq"], answer["reload"], answer["replayed"]), (3, False, 2))
         self.world.comment(self.world.tenant_a, self.world.thread_a, author, "d")
         self.flush()
         types = [m["type"] for m in second.messages]
@@ -205,13 +199,9 @@ class RecoveryTests(LiveProtocolTestCase):
             self.world.comment(self.world.tenant_a, self.world.thread_a, author, text)
         second = await self.subscribed(since=1, epoch=epoch)
         answer = second.of_type("subscribed")[0]
-        self.assertEqual(
-            (answer["seq"], answer["reload"], answer["replayed"]), (5, True, 0)
-        )
+        self.assertEqual((answer["seq"], answer["reload"], answer["replayed"]), (5, True, 0))
         self.assertEqual(second.of_type("event"), [])
-        self.assertEqual(
-            self.node.metric("fastedge_live_recoveries_total", {"result": "reload"}), 1
-        )
+        self.assertEqual(self.node.metric("fastedge_live_recoveries_total", {"result": "reload"}), 1)
 
     async def test_recovery_from_another_epoch(self) -> None:
         """A since from another epoch (e.g. before a restart) means reload."""
@@ -245,9 +235,7 @@ class BadInputTests(LiveProtocolTestCase):
         client = await self.connect()
         client.sendMessage(b"hello?")
         await self.assertClosed(client, 4400)
-        self.assertEqual(
-            self.node.metric("fastedge_live_closes_total", {"code": "4400"}), 1
-        )
+        self.assertEqual(self.node.metric("fastedge_live_closes_total", {"code": "4400"}), 1)
 
     async def test_not_an_object(self) -> None:
         """JSON that is not an object with a string type closes with 4400."""
@@ -276,9 +264,7 @@ class BadInputTests(LiveProtocolTestCase):
 
     async def test_unknown_type(self) -> None:
         """An unknown message type is an error; the connection stays usable."""
-        client = await self.assertError(
-            b'{"type": "publish", "ref": 1}', "unknown_type"
-        )
+        client = await self.assertError(b'{"type": "publish", "ref": 1}', "unknown_type")
         self.assertEqual(client.of_type("error")[0]["ref"], 1)
         client.send_json(type="ping")
         self.flush()
@@ -294,9 +280,7 @@ class BadInputTests(LiveProtocolTestCase):
             b'{"type":"subscribe","tenant":"nosuchtenant","urlId":"x"}',
             "tenant_not_found",
         )
-        await self.assertError(
-            b'{"type":"subscribe","tenant":"../../etc","urlId":"x"}', "tenant_not_found"
-        )
+        await self.assertError(b'{"type":"subscribe","tenant":"../../etc","urlId":"x"}', "tenant_not_found")
 
     async def test_unknown_thread(self) -> None:
         """Subscribing to a thread the public API would not show is an error."""
@@ -334,9 +318,7 @@ class BadInputTests(LiveProtocolTestCase):
 
     async def test_bad_epoch(self) -> None:
         """An epoch that cannot be one is refused."""
-        await self.assertError(
-            self.world.subscribe_msg(since=1, epoch="NOT AN EPOCH"), "bad_epoch"
-        )
+        await self.assertError(self.world.subscribe_msg(since=1, epoch="NOT AN EPOCH"), "bad_epoch")
 
     async def test_bad_ref(self) -> None:
         """A ref must be a short string or an integer."""
@@ -344,18 +326,14 @@ class BadInputTests(LiveProtocolTestCase):
 
     async def test_bad_channel(self) -> None:
         """Unsubscribing from something that is not a channel name is an error."""
-        await self.assertError(
-            b'{"type":"unsubscribe","channel":"no slash"}', "bad_channel"
-        )
+        await self.assertError(b'{"type":"unsubscribe","channel":"no slash"}', "bad_channel")
 
     async def test_twice_the_same_channel(self) -> None:
         """Subscribing twice to one channel on one connection is an error."""
         client = await self.subscribed()
         client.sendMessage(self.world.subscribe_msg())
         self.flush()
-        self.assertEqual(
-            [e["code"] for e in client.of_type("error")], ["already_subscribed"]
-        )
+        self.assertEqual([e["code"] for e in client.of_type("error")], ["already_subscribed"])
 
     async def test_too_many_subscriptions(self) -> None:
         """At most live.max_subscriptions channels per connection."""
@@ -365,15 +343,11 @@ class BadInputTests(LiveProtocolTestCase):
         client.sendMessage(self.world.subscribe_msg(self.world.tenant_a))
         self.flush()
         self.assertEqual(len(client.of_type("subscribed")), 2)
-        self.assertEqual(
-            [e["code"] for e in client.of_type("error")], ["too_many_subscriptions"]
-        )
+        self.assertEqual([e["code"] for e in client.of_type("error")], ["too_many_subscriptions"])
 
     async def test_bad_viewer_token(self) -> None:
         """A forged viewer token is refused."""
-        await self.assertError(
-            self.world.subscribe_msg(viewer="lv1.x.y.1.zzz"), "bad_viewer_token"
-        )
+        await self.assertError(self.world.subscribe_msg(viewer="lv1.x.y.1.zzz"), "bad_viewer_token")
 
     async def test_rate_limit(self) -> None:
         """A client sending more than live.client_messages_per_minute is
@@ -416,9 +390,7 @@ class SlowConsumerTests(LiveProtocolTestCase):
         slow_proto.transport.producer.pauseProducing()
         author = self.world.author(self.world.tenant_a)
         for _ in range(20):
-            self.world.comment(
-                self.world.tenant_a, self.world.thread_a, author, "x" * 200
-            )
+            self.world.comment(self.world.tenant_a, self.world.thread_a, author, "x" * 200)
         await self.assertClosed(slow, 4008)
         self.assertLess(len(slow.of_type("event")), 20)
         self.assertEqual(len(fast.of_type("event")), 20)
@@ -465,9 +437,7 @@ class IsolationTests(LiveProtocolTestCase):
 
     async def test_viewer_token_of_other_tenant(self) -> None:
         """A viewer token issued for tenant A is refused on tenant B."""
-        token = self.world.viewer_token(
-            self.world.tenant_a, self.world.author(self.world.tenant_a)
-        )
+        token = self.world.viewer_token(self.world.tenant_a, self.world.author(self.world.tenant_a))
         client = await self.connect()
         client.sendMessage(self.world.subscribe_msg(self.world.tenant_b, viewer=token))
         self.flush()
@@ -482,11 +452,7 @@ class BlockTests(LiveProtocolTestCase):
         viewer = self.world.author(tenant)
         troll = self.world.author(tenant)
         friend = self.world.author(tenant)
-        done(
-            self.node.store.add_block(
-                tenant.id, viewer, troll, created_ms=0, read_preference=PRIMARY
-            )
-        )
+        done(self.node.store.add_block(tenant.id, viewer, troll, created_ms=0, read_preference=PRIMARY))
         blocker = await self.subscribed(viewer=self.world.viewer_token(tenant, viewer))
         other = await self.subscribed()
         self.world.comment(tenant, thread, troll, "spam")
@@ -509,12 +475,8 @@ class LifecycleTests(LiveProtocolTestCase):
         d = self.agent.open("ws://localhost:8080/live", {}, protocol_class=Client)
         d.addErrback(lambda f: None)
         self.flush()
-        self.assertEqual(
-            self.node.metric("fastedge_live_closes_total", {"code": "1013"}), 1
-        )
-        self.assertEqual(
-            self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 1
-        )
+        self.assertEqual(self.node.metric("fastedge_live_closes_total", {"code": "1013"}), 1)
+        self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 1)
         first.send_json(type="ping")
         self.flush()
         self.assertEqual(len(first.of_type("pong")), 1)
@@ -543,6 +505,4 @@ class LifecycleTests(LiveProtocolTestCase):
         self.assertEqual(client.close_code, 1001)
         self.flush()
         await d
-        self.assertEqual(
-            self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 0
-        )
+        self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 0)

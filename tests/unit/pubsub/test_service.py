@@ -30,9 +30,7 @@ class ServiceTests(SynchronousTestCase):
         clock = MemoryReactorClock()
         world = World(clock, ping_seconds=30.0, history_seconds=60.0)
         service = world.node.service
-        world.node.hub.publish(
-            Event((world.tenant_a.id, world.thread_a.id), "comment.created", {})
-        )
+        world.node.hub.publish(Event((world.tenant_a.id, world.thread_a.id), "comment.created", {}))
         calls: list[int] = []
 
         class Grumpy:
@@ -70,9 +68,7 @@ class ConfigTests(SynchronousTestCase):
 
         import fastedge
 
-        path = os.path.join(
-            os.path.dirname(fastedge.__file__), os.pardir, "etc", "fastedge.toml"
-        )
+        path = os.path.join(os.path.dirname(fastedge.__file__), os.pardir, "etc", "fastedge.toml")
         self.assertEqual(load_config(path).live, LiveConfig())
 
     def test_bad_values_name_the_key(self) -> None:
@@ -85,6 +81,4 @@ class ConfigTests(SynchronousTestCase):
         ):
             with self.assertRaises(ConfigError) as caught:
                 parse_config(text)
-            self.assertTrue(
-                str(caught.exception).startswith(key + ":"), str(caught.exception)
-            )
+            self.assertTrue(str(caught.exception).startswith(key + ":"), str(caught.exception))

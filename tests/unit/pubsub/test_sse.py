@@ -47,25 +47,17 @@ class SseTests(SynchronousTestCase):
     def url(self, **query: Any) -> str:
         params = {"tenant": self.world.tenant_a.id, "urlId": self.world.url}
         params.update(query)
-        return "http://node.test/live/events?" + urlencode(
-            {k: v for k, v in params.items() if v is not None}
-        )
+        return "http://node.test/live/events?" + urlencode({k: v for k, v in params.items() if v is not None})
 
-    def open(
-        self, headers: dict[bytes, list[bytes]] | None = None, **query: Any
-    ) -> tuple[Any, list[bytes]]:
-        response = self.successResultOf(
-            self.stub.get(self.url(**query), headers=headers)
-        )
+    def open(self, headers: dict[bytes, list[bytes]] | None = None, **query: Any) -> tuple[Any, list[bytes]]:
+        response = self.successResultOf(self.stub.get(self.url(**query), headers=headers))
         chunks: list[bytes] = []
         # A stream cut by the server or the test ends the body early: fine here.
         treq.collect(response, chunks.append).addErrback(lambda f: None)
         self.stub.flush()
         return response, chunks
 
-    def error(
-        self, url: str, headers: dict[bytes, list[bytes]] | None = None
-    ) -> tuple[int, dict[str, Any]]:
+    def error(self, url: str, headers: dict[bytes, list[bytes]] | None = None) -> tuple[int, dict[str, Any]]:
         response = self.successResultOf(self.stub.get(url, headers=headers))
         body = self.successResultOf(response.json())
         return response.code, body["error"]
@@ -79,13 +71,9 @@ class SseTests(SynchronousTestCase):
             response.headers.getRawHeaders(b"content-type"),
             [b"text/event-stream; charset=utf-8"],
         )
-        self.assertEqual(
-            response.headers.getRawHeaders(b"cache-control"), [b"no-store"]
-        )
+        self.assertEqual(response.headers.getRawHeaders(b"cache-control"), [b"no-store"])
         author = self.world.author(self.world.tenant_a)
-        comment = self.world.comment(
-            self.world.tenant_a, self.world.thread_a, author, "live"
-        )
+        comment = self.world.comment(self.world.tenant_a, self.world.thread_a, author, "live")
         self.stub.flush()
         raw = b"".join(chunks)
         self.assertTrue(raw.startswith(b"retry: 2000\n\n"))
@@ -95,9 +83,7 @@ class SseTests(SynchronousTestCase):
         self.assertEqual(event["id"], "{}-1".format(answer["data"]["epoch"]))
         self.assertEqual(event["data"]["event"], "comment.created")
         self.assertEqual(event["data"]["data"]["comment"]["id"], comment.id)
-        self.assertEqual(
-            self.node.metric("fastedge_live_connections", {"transport": "sse"}), 1
-        )
+        self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "sse"}), 1)
 
     def test_last_event_id_recovery(self) -> None:
         """A reconnect with Last-Event-ID gets exactly the events after it."""
@@ -126,20 +112,12 @@ class SseTests(SynchronousTestCase):
         """With a viewer token, the blocked author's events are left out."""
         tenant, thread = self.world.tenant_a, self.world.thread_a
         viewer, troll = self.world.author(tenant), self.world.author(tenant)
-        self.successResultOf(
-            self.node.store.add_block(
-                tenant.id, viewer, troll, created_ms=0, read_preference=PRIMARY
-            )
-        )
+        self.successResultOf(self.node.store.add_block(tenant.id, viewer, troll, created_ms=0, read_preference=PRIMARY))
         _, chunks = self.open(viewer=self.world.viewer_token(tenant, viewer))
         self.world.comment(tenant, thread, troll, "spam")
         self.world.comment(tenant, thread, viewer, "mine")
         self.stub.flush()
-        events = [
-            r["data"]
-            for r in parse_records(b"".join(chunks))
-            if r["data"]["type"] == "event"
-        ]
+        events = [r["data"] for r in parse_records(b"".join(chunks)) if r["data"]["type"] == "event"]
         self.assertEqual([e["data"]["comment"]["authorId"] for e in events], [viewer])
 
     def test_keepalive_and_shutdown(self) -> None:
@@ -156,9 +134,7 @@ class SseTests(SynchronousTestCase):
         self.assertEqual((last["type"], last["code"]), ("close", 1001))
         self.clock.advance(10)
         self.successResultOf(stopped)
-        self.assertEqual(
-            self.node.metric("fastedge_live_connections", {"transport": "sse"}), 0
-        )
+        self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "sse"}), 0)
 
     def test_client_going_away_unsubscribes(self) -> None:
         """When the client disconnects, its subscription goes."""
@@ -168,9 +144,7 @@ class SseTests(SynchronousTestCase):
         stream._request.channel.transport.loseConnection()
         self.stub.flush()
         self.assertEqual(self.node.metric("fastedge_live_subscriptions"), 0)
-        self.assertEqual(
-            self.node.metric("fastedge_live_connections", {"transport": "sse"}), 0
-        )
+        self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "sse"}), 0)
 
     # Bad input
 
@@ -206,9 +180,7 @@ class SseTests(SynchronousTestCase):
             )
         )
         self.assertEqual(self.open(urlId="https://only-a")[0].code, 200)
-        code, err = self.error(
-            self.url(tenant=self.world.tenant_b.id, urlId="https://only-a")
-        )
+        code, err = self.error(self.url(tenant=self.world.tenant_b.id, urlId="https://only-a"))
         self.assertEqual((code, err["code"]), (404, "thread_not_found"))
 
     def test_bad_since(self) -> None:
@@ -227,9 +199,7 @@ class SseTests(SynchronousTestCase):
         """A forged or foreign viewer token is 401."""
         code, err = self.error(self.url(viewer="lv1.a.b.1.c"))
         self.assertEqual((code, err["code"]), (401, "bad_viewer_token"))
-        token = self.world.viewer_token(
-            self.world.tenant_b, self.world.author(self.world.tenant_b)
-        )
+        token = self.world.viewer_token(self.world.tenant_b, self.world.author(self.world.tenant_b))
         self.assertEqual(self.error(self.url(viewer=token))[0], 401)
 
     def test_unknown_and_repeated_parameters(self) -> None:
@@ -248,25 +218,17 @@ class SseLimitTests(SynchronousTestCase):
     def test_connection_limit(self) -> None:
         """Past live.max_connections a stream is refused with 503."""
         query = urlencode({"tenant": self.world.tenant_a.id, "urlId": self.world.url})
-        first = self.successResultOf(
-            self.stub.get("http://node.test/live/events?" + query)
-        )
+        first = self.successResultOf(self.stub.get("http://node.test/live/events?" + query))
         self.assertEqual(first.code, 200)
-        second = self.successResultOf(
-            self.stub.get("http://node.test/live/events?" + query)
-        )
+        second = self.successResultOf(self.stub.get("http://node.test/live/events?" + query))
         self.assertEqual(second.code, 503)
-        self.assertEqual(
-            self.successResultOf(second.json())["error"]["code"], "too_many_connections"
-        )
+        self.assertEqual(self.successResultOf(second.json())["error"]["code"], "too_many_connections")
 
     def test_slow_consumer(self) -> None:
         """A stream whose transport stopped taking data is ended (with a
         close message, 4008) once live.max_buffered_bytes are waiting."""
         query = urlencode({"tenant": self.world.tenant_a.id, "urlId": self.world.url})
-        response = self.successResultOf(
-            self.stub.get("http://node.test/live/events?" + query)
-        )
+        response = self.successResultOf(self.stub.get("http://node.test/live/events?" + query))
         chunks: list[bytes] = []
         treq.collect(response, chunks.append).addErrback(lambda f: None)
         self.stub.flush()
@@ -274,21 +236,15 @@ class SseLimitTests(SynchronousTestCase):
         stream._writer.pauseProducing()  # what the transport does when its buffer is full
         author = self.world.author(self.world.tenant_a)
         for _ in range(20):
-            self.world.comment(
-                self.world.tenant_a, self.world.thread_a, author, "y" * 200
-            )
+            self.world.comment(self.world.tenant_a, self.world.thread_a, author, "y" * 200)
         self.stub.flush()
         self.clock.advance(10)
         self.stub.flush()
         records = parse_records(b"".join(chunks))
-        self.assertEqual(
-            (records[-1]["data"]["type"], records[-1]["data"]["code"]), ("close", 4008)
-        )
+        self.assertEqual((records[-1]["data"]["type"], records[-1]["data"]["code"]), ("close", 4008))
         self.assertLess(len(records), 20)
         self.assertEqual(
-            self.node.metric(
-                "fastedge_live_slow_consumer_disconnects_total", {"transport": "sse"}
-            ),
+            self.node.metric("fastedge_live_slow_consumer_disconnects_total", {"transport": "sse"}),
             1,
         )
         self.assertEqual(self.node.metric("fastedge_live_subscriptions"), 0)
@@ -327,6 +283,4 @@ class SseRaceTests(SynchronousTestCase):
             runner.release()
         stub.flush()
         self.assertEqual(node.metric("fastedge_live_subscriptions"), 0)
-        self.assertEqual(
-            node.metric("fastedge_live_connections", {"transport": "sse"}), 0
-        )
+        self.assertEqual(node.metric("fastedge_live_connections", {"transport": "sse"}), 0)

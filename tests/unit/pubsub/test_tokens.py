@@ -21,9 +21,7 @@ class TokenTests(SynchronousTestCase):
         token = t.issue("tenantA", "author1", 1000)
         self.assertEqual(t.check(token, "tenantA", 1050), "author1")
 
-    def assertRefused(
-        self, t: ViewerTokens, token: str, tenant: str, now: int, code: str
-    ) -> None:
+    def assertRefused(self, t: ViewerTokens, token: str, tenant: str, now: int, code: str) -> None:
         with self.assertRaises(ViewerTokenError) as caught:
             t.check(token, tenant, now)
         self.assertEqual(caught.exception.code, code)
@@ -34,16 +32,10 @@ class TokenTests(SynchronousTestCase):
         t = tokens()
         token = t.issue("tenantA", "author1", 1000)
         self.assertRefused(t, token, "tenantB", 1000, "bad_viewer_token")
-        self.assertRefused(
-            t, token.replace("author1", "author2"), "tenantA", 1000, "bad_viewer_token"
-        )
-        self.assertRefused(
-            tokens(b"o" * 32), token, "tenantA", 1000, "bad_viewer_token"
-        )
+        self.assertRefused(t, token.replace("author1", "author2"), "tenantA", 1000, "bad_viewer_token")
+        self.assertRefused(tokens(b"o" * 32), token, "tenantA", 1000, "bad_viewer_token")
         self.assertRefused(t, "lv1.a.b", "a", 1000, "bad_viewer_token")
-        self.assertRefused(
-            t, "lv1.tenantA.author1.x.y", "tenantA", 1000, "bad_viewer_token"
-        )
+        self.assertRefused(t, "lv1.tenantA.author1.x.y", "tenantA", 1000, "bad_viewer_token")
         self.assertRefused(t, token + "\u00e9", "tenantA", 1000, "bad_viewer_token")
         self.assertRefused(t, token, "tenantA", 1101, "viewer_token_expired")
         self.assertRefused(

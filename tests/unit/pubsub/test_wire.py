@@ -45,9 +45,7 @@ class DirectTests(SynchronousTestCase):
         sent = b"".join(b"%06d" % i for i in range(200_000))
         for i in range(0, len(sent), 1000):
             writer.write(sent[i : i + 1000])
-        self.assertGreater(
-            len(transport.dataBuffer) - transport.offset + transport._tempDataLen, 0
-        )
+        self.assertGreater(len(transport.dataBuffer) - transport.offset + transport._tempDataLen, 0)
         received = b""
         peer.setblocking(False)
         while len(received) < len(sent):

@@ -9,7 +9,5 @@ its own examples, so that one check is turned off for these tests.
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "fastedge-store", suppress_health_check=[HealthCheck.differing_executors]
-)
+settings.register_profile("fastedge-store", suppress_health_check=[HealthCheck.differing_executors])
 settings.load_profile("fastedge-store")

@@ -131,7 +131,9 @@ class StoreContractMixin(_MixinBase):
             self.assertEqual(other, results[0])
         return results[0]
 
-    def read_fails(self, error: type[Exception], method: Callable[..., Deferred[Any]], *args: Any, **kwargs: Any) -> None:
+    def read_fails(
+        self, error: type[Exception], method: Callable[..., Deferred[Any]], *args: Any, **kwargs: Any
+    ) -> None:
         """Check that a read fails with ``error`` for each read preference."""
         for rp in self.read_preferences():
             self.failureResultOf(method(*args, read_preference=rp, token=self._token, **kwargs), error)
@@ -140,7 +142,9 @@ class StoreContractMixin(_MixinBase):
         return self.write(self.store.create_tenant(name, deployment, created_ms=self.tick(), read_preference=PRIMARY))
 
     def make_session(self, tenant_id: str) -> AnonymousSession:
-        return self.write(self.store.create_anonymous_session(tenant_id, created_ms=self.tick(), read_preference=PRIMARY))
+        return self.write(
+            self.store.create_anonymous_session(tenant_id, created_ms=self.tick(), read_preference=PRIMARY)
+        )
 
     def make_author(self, tenant_id: str) -> str:
         """A new anonymous author of the tenant; returns its author id."""
@@ -284,7 +288,9 @@ class StoreContractMixin(_MixinBase):
         updated = self.write(self.store.update_tenant_settings(tenant.id, settings, read_preference=PRIMARY))
         self.assertEqual(dict(updated.settings), settings)
         self.assertEqual(dict(self.read(self.store.get_tenant, tenant.id).settings), settings)
-        updated = self.write(self.store.update_tenant_settings(tenant.id, {"moderation": "post"}, read_preference=PRIMARY))
+        updated = self.write(
+            self.store.update_tenant_settings(tenant.id, {"moderation": "post"}, read_preference=PRIMARY)
+        )
         self.assertEqual(dict(updated.settings), {"moderation": "post"})
         got = self.read(self.store.get_tenant, tenant.id)
         self.assertEqual(dict(got.settings), {"moderation": "post"})
@@ -297,7 +303,9 @@ class StoreContractMixin(_MixinBase):
     # API keys
 
     def add_key(self, tenant_id: str, key: str) -> ApiKey:
-        return self.write(self.store.add_api_key(tenant_id, key_hash(key), created_ms=self.tick(), read_preference=PRIMARY))
+        return self.write(
+            self.store.add_api_key(tenant_id, key_hash(key), created_ms=self.tick(), read_preference=PRIMARY)
+        )
 
     def test_api_key_finds_its_tenant(self) -> None:
         """The hash of an added key leads to the tenant that owns it."""
@@ -327,7 +335,9 @@ class StoreContractMixin(_MixinBase):
         key = self.add_key(tenant.id, "old")
         other = self.add_key(tenant.id, "new")
         revoked_ms = self.tick()
-        revoked = self.write(self.store.revoke_api_key(tenant.id, key.id, revoked_ms=revoked_ms, read_preference=PRIMARY))
+        revoked = self.write(
+            self.store.revoke_api_key(tenant.id, key.id, revoked_ms=revoked_ms, read_preference=PRIMARY)
+        )
         self.assertEqual((revoked.id, revoked.revoked_ms), (key.id, revoked_ms))
         self.read_fails(NotFound, self.store.tenant_for_api_key, key_hash("old"))
         self.assertEqual(self.read(self.store.tenant_for_api_key, key_hash("new")), tenant)
@@ -369,7 +379,9 @@ class StoreContractMixin(_MixinBase):
         anonymous author of the tenant."""
         tenant = self.make_tenant()
         created_ms = self.tick()
-        session = self.write(self.store.create_anonymous_session(tenant.id, created_ms=created_ms, read_preference=PRIMARY))
+        session = self.write(
+            self.store.create_anonymous_session(tenant.id, created_ms=created_ms, read_preference=PRIMARY)
+        )
         self.assertEqual((session.tenant_id, session.created_ms), (tenant.id, created_ms))
         self.assertEqual(self.read(self.store.get_anonymous_session, tenant.id, session.id), session)
         author = self.read(self.store.get_author, tenant.id, session.author_id)
@@ -409,9 +421,12 @@ class StoreContractMixin(_MixinBase):
         name renames it, keeping its ids and creation time."""
         tenant = self.make_tenant()
         created_ms = self.tick()
-        user = self.write(self.store.upsert_user(tenant.id, "sso-42", "Ann", created_ms=created_ms, read_preference=PRIMARY))
+        user = self.write(
+            self.store.upsert_user(tenant.id, "sso-42", "Ann", created_ms=created_ms, read_preference=PRIMARY)
+        )
         self.assertEqual(
-            (user.tenant_id, user.external_id, user.display_name, user.created_ms), (tenant.id, "sso-42", "Ann", created_ms)
+            (user.tenant_id, user.external_id, user.display_name, user.created_ms),
+            (tenant.id, "sso-42", "Ann", created_ms),
         )
         author = self.read(self.store.get_author, tenant.id, user.author_id)
         self.assertEqual((author.kind, author.tenant_id), (AuthorKind.USER, tenant.id))
@@ -420,14 +435,20 @@ class StoreContractMixin(_MixinBase):
         )
         self.assertEqual(renamed.display_name, "Ann B.")
         self.assertEqual((renamed.id, renamed.author_id, renamed.created_ms), (user.id, user.author_id, created_ms))
-        again = self.write(self.store.upsert_user(tenant.id, "sso-42", "Ann B.", created_ms=self.tick(), read_preference=PRIMARY))
+        again = self.write(
+            self.store.upsert_user(tenant.id, "sso-42", "Ann B.", created_ms=self.tick(), read_preference=PRIMARY)
+        )
         self.assertEqual(again, renamed)
 
     def test_upsert_user_per_tenant(self) -> None:
         """The same external id in two tenants is two users with two authors."""
         first, second = self.make_tenant("One"), self.make_tenant("Two")
-        one = self.write(self.store.upsert_user(first.id, "sso-1", "Ann", created_ms=self.tick(), read_preference=PRIMARY))
-        two = self.write(self.store.upsert_user(second.id, "sso-1", "Bob", created_ms=self.tick(), read_preference=PRIMARY))
+        one = self.write(
+            self.store.upsert_user(first.id, "sso-1", "Ann", created_ms=self.tick(), read_preference=PRIMARY)
+        )
+        two = self.write(
+            self.store.upsert_user(second.id, "sso-1", "Bob", created_ms=self.tick(), read_preference=PRIMARY)
+        )
         self.assertNotEqual(one.id, two.id)
         self.assertNotEqual(one.author_id, two.author_id)
         self.assertEqual(two.tenant_id, second.id)
@@ -453,7 +474,9 @@ class StoreContractMixin(_MixinBase):
         tenant = self.make_tenant()
         created_ms = self.tick()
         thread = self.write(
-            self.store.upsert_thread(tenant.id, "https://example.com/a", created_ms=created_ms, read_preference=PRIMARY, title="A")
+            self.store.upsert_thread(
+                tenant.id, "https://example.com/a", created_ms=created_ms, read_preference=PRIMARY, title="A"
+            )
         )
         self.assertEqual(
             (thread.tenant_id, thread.url_id, thread.title, thread.closed, thread.created_ms, thread.comment_count),
@@ -470,7 +493,9 @@ class StoreContractMixin(_MixinBase):
         closed = self.write(
             self.store.upsert_thread(tenant.id, "u1", created_ms=self.tick(), read_preference=PRIMARY, closed=True)
         )
-        self.assertEqual((closed.id, closed.title, closed.closed, closed.created_ms), (thread.id, "Old", True, thread.created_ms))
+        self.assertEqual(
+            (closed.id, closed.title, closed.closed, closed.created_ms), (thread.id, "Old", True, thread.created_ms)
+        )
         renamed = self.write(
             self.store.upsert_thread(tenant.id, "u1", created_ms=self.tick(), read_preference=PRIMARY, title="New")
         )
@@ -540,7 +565,9 @@ class StoreContractMixin(_MixinBase):
             self.post(tenant.id, thread.id, author, status=PENDING)
         cursors = {
             "threads": self.read(self.store.list_threads, tenant.id, limit=1, cursor=None).next_cursor,
-            "comments": self.read(self.store.list_comments, tenant.id, status=PENDING, limit=1, cursor=None).next_cursor,
+            "comments": self.read(
+                self.store.list_comments, tenant.id, status=PENDING, limit=1, cursor=None
+            ).next_cursor,
         }
         for sort in Sort:
             cursors[sort.value] = self.read(
@@ -572,7 +599,9 @@ class StoreContractMixin(_MixinBase):
         thread = self.make_thread(tenant.id)
         self.read_fails(BadCursor, self.store.list_comments, tenant.id, status=APPROVED, limit=1, cursor="garbage")
         for sort in Sort:
-            self.read_fails(BadCursor, self.store.list_thread, tenant.id, thread.id, sort=sort, limit=1, cursor="garbage")
+            self.read_fails(
+                BadCursor, self.store.list_thread, tenant.id, thread.id, sort=sort, limit=1, cursor="garbage"
+            )
 
     @settings(max_examples=50, deadline=None)
     @given(data=st.data())
@@ -601,7 +630,9 @@ class StoreContractMixin(_MixinBase):
         calls += [(self.store.list_thread, (tenant_id, thread.id), {"sort": sort}) for sort in Sort]
         for method, args, kwargs in calls:
             for rp in self.read_preferences():
-                result = self.settle(method(*args, limit=2, cursor=cursor, read_preference=rp, token=self._token, **kwargs))
+                result = self.settle(
+                    method(*args, limit=2, cursor=cursor, read_preference=rp, token=self._token, **kwargs)
+                )
                 if isinstance(result, Failure):
                     self.assertIsNotNone(result.check(BadCursor), result.getTraceback())
                 else:
@@ -627,7 +658,9 @@ class StoreContractMixin(_MixinBase):
             self.read_fails(NotFound, self.store.get_comment, tenant.id, comment.id)
         self.assertEqual(self.listed(tenant.id, PENDING), [])
         self.assertEqual([c.id for c in self.listed(tenant.id, APPROVED)], [survivor.id])
-        self.assertEqual([t.id for t in self.read(self.store.list_threads, tenant.id, limit=10, cursor=None).items], [kept.id])
+        self.assertEqual(
+            [t.id for t in self.read(self.store.list_threads, tenant.id, limit=10, cursor=None).items], [kept.id]
+        )
         state = self.read(self.store.viewer_state, tenant.id, author, [top.id, survivor.id])
         self.assertEqual(state.liked, frozenset([survivor.id]))
         self.assertEqual(self.read(self.store.get_comment, tenant.id, survivor.id).like_count, 1)
@@ -642,7 +675,10 @@ class StoreContractMixin(_MixinBase):
         again = self.make_thread(tenant.id, "u1")
         self.assertNotEqual(again.id, thread.id)
         self.assertEqual(again.comment_count, 0)
-        self.assertEqual(self.read(self.store.list_thread, tenant.id, again.id, sort=Sort.NEWEST, limit=10, cursor=None).top_level, [])
+        self.assertEqual(
+            self.read(self.store.list_thread, tenant.id, again.id, sort=Sort.NEWEST, limit=10, cursor=None).top_level,
+            [],
+        )
 
     def test_delete_unknown_thread(self) -> None:
         """Deleting a thread that does not exist fails with NotFound."""
@@ -675,7 +711,21 @@ class StoreContractMixin(_MixinBase):
                 comment.like_count,
                 comment.flag_count,
             ),
-            (tenant.id, thread.id, None, comment.id, author, "Ann", "First!", "<p>First!</p>", APPROVED, new.created_ms, None, 0, 0),
+            (
+                tenant.id,
+                thread.id,
+                None,
+                comment.id,
+                author,
+                "Ann",
+                "First!",
+                "<p>First!</p>",
+                APPROVED,
+                new.created_ms,
+                None,
+                0,
+                0,
+            ),
         )
         self.assertEqual(self.read(self.store.get_comment, tenant.id, comment.id), comment)
 
@@ -702,7 +752,9 @@ class StoreContractMixin(_MixinBase):
         self.post(tenant.id, thread.id, self.make_author(tenant.id))
         self.read_fails(NotFound, self.store.get_comment, tenant.id, UNKNOWN)
 
-    def check_create_fails(self, tenant_id: str, thread_ids: Sequence[str], new: NewComment, error: type[Exception]) -> None:
+    def check_create_fails(
+        self, tenant_id: str, thread_ids: Sequence[str], new: NewComment, error: type[Exception]
+    ) -> None:
         """Creating ``new`` fails with ``error`` and changes none of the threads."""
         before = [self.thread_state(tenant_id, thread_id) for thread_id in thread_ids]
         self.failureResultOf(self.store.create_comment(new, read_preference=PRIMARY), error)
@@ -958,7 +1010,11 @@ class StoreContractMixin(_MixinBase):
         edited_ms = self.tick()
         edited = self.write(
             self.store.update_comment(
-                tenant.id, comment.id, edited_ms=edited_ms, read_preference=PRIMARY, body=("*new*", "<p><em>new</em></p>")
+                tenant.id,
+                comment.id,
+                edited_ms=edited_ms,
+                read_preference=PRIMARY,
+                body=("*new*", "<p><em>new</em></p>"),
             )
         )
         self.assertEqual(
@@ -1074,7 +1130,8 @@ class StoreContractMixin(_MixinBase):
             self.store.add_like(tenant_id, UNKNOWN, voter, created_ms=self.tick(), read_preference=PRIMARY), NotFound
         )
         self.failureResultOf(
-            self.store.add_like(tenant_id, comment_id, UNKNOWN, created_ms=self.tick(), read_preference=PRIMARY), NotFound
+            self.store.add_like(tenant_id, comment_id, UNKNOWN, created_ms=self.tick(), read_preference=PRIMARY),
+            NotFound,
         )
         self.failureResultOf(self.store.remove_like(tenant_id, UNKNOWN, voter, read_preference=PRIMARY), NotFound)
         self.assertEqual(self.read(self.store.get_comment, tenant_id, comment_id).like_count, 0)
@@ -1085,9 +1142,15 @@ class StoreContractMixin(_MixinBase):
         tenant_id, comment_id, flagger = self.liked_comment()
         other = self.make_author(tenant_id)
         add = self.store.add_flag
-        self.assertEqual(self.write(add(tenant_id, comment_id, flagger, created_ms=self.tick(), read_preference=PRIMARY)), 1)
-        self.assertEqual(self.write(add(tenant_id, comment_id, other, created_ms=self.tick(), read_preference=PRIMARY)), 2)
-        self.failureResultOf(add(tenant_id, comment_id, flagger, created_ms=self.tick(), read_preference=PRIMARY), AlreadyExists)
+        self.assertEqual(
+            self.write(add(tenant_id, comment_id, flagger, created_ms=self.tick(), read_preference=PRIMARY)), 1
+        )
+        self.assertEqual(
+            self.write(add(tenant_id, comment_id, other, created_ms=self.tick(), read_preference=PRIMARY)), 2
+        )
+        self.failureResultOf(
+            add(tenant_id, comment_id, flagger, created_ms=self.tick(), read_preference=PRIMARY), AlreadyExists
+        )
         comment = self.read(self.store.get_comment, tenant_id, comment_id)
         self.assertEqual((comment.flag_count, comment.like_count), (2, 0))
 
@@ -1096,8 +1159,12 @@ class StoreContractMixin(_MixinBase):
         exist, fails with NotFound."""
         tenant_id, comment_id, flagger = self.liked_comment()
         add = self.store.add_flag
-        self.failureResultOf(add(tenant_id, UNKNOWN, flagger, created_ms=self.tick(), read_preference=PRIMARY), NotFound)
-        self.failureResultOf(add(tenant_id, comment_id, UNKNOWN, created_ms=self.tick(), read_preference=PRIMARY), NotFound)
+        self.failureResultOf(
+            add(tenant_id, UNKNOWN, flagger, created_ms=self.tick(), read_preference=PRIMARY), NotFound
+        )
+        self.failureResultOf(
+            add(tenant_id, comment_id, UNKNOWN, created_ms=self.tick(), read_preference=PRIMARY), NotFound
+        )
         self.assertEqual(self.read(self.store.get_comment, tenant_id, comment_id).flag_count, 0)
 
     def test_blocks(self) -> None:
@@ -1120,7 +1187,8 @@ class StoreContractMixin(_MixinBase):
         viewer, pest = self.make_author(tenant.id), self.make_author(tenant.id)
         self.write(self.store.add_block(tenant.id, viewer, pest, created_ms=self.tick(), read_preference=PRIMARY))
         self.failureResultOf(
-            self.store.add_block(tenant.id, viewer, pest, created_ms=self.tick(), read_preference=PRIMARY), AlreadyExists
+            self.store.add_block(tenant.id, viewer, pest, created_ms=self.tick(), read_preference=PRIMARY),
+            AlreadyExists,
         )
         self.assertEqual(self.read(self.store.viewer_state, tenant.id, viewer, []).blocked_authors, frozenset([pest]))
 
@@ -1205,7 +1273,8 @@ class StoreContractMixin(_MixinBase):
     def test_charge_unknown_tenant(self) -> None:
         """Credits cannot be charged to a tenant that does not exist."""
         self.failureResultOf(
-            self.store.charge_credits(UNKNOWN, {"post": (1, 5)}, created_ms=self.tick(), read_preference=PRIMARY), NotFound
+            self.store.charge_credits(UNKNOWN, {"post": (1, 5)}, created_ms=self.tick(), read_preference=PRIMARY),
+            NotFound,
         )
         self.assertEqual(self.read(self.store.credit_usage, UNKNOWN, since_ms=0), [])
 
@@ -1280,15 +1349,21 @@ class StoreContractMixin(_MixinBase):
         a_comment = self.post(a.id, a_thread.id, a_author)
         b = self.make_tenant("B")
         b_session = self.make_session(b.id)
-        b_user = self.write(self.store.upsert_user(b.id, "sso-b", "Bea", created_ms=self.tick(), read_preference=PRIMARY))
+        b_user = self.write(
+            self.store.upsert_user(b.id, "sso-b", "Bea", created_ms=self.tick(), read_preference=PRIMARY)
+        )
         b_thread = self.make_thread(b.id, "https://b.example/1", title="B's")
         b_top = self.post(b.id, b_thread.id, b_session.author_id)
         b_reply = self.post(b.id, b_thread.id, b_user.author_id, parent_id=b_top.id)
         b_pending = self.post(b.id, b_thread.id, b_user.author_id, status=PENDING)
         self.like(b.id, b_top.id, b_user.author_id)
-        self.write(self.store.add_flag(b.id, b_top.id, b_user.author_id, created_ms=self.tick(), read_preference=PRIMARY))
         self.write(
-            self.store.add_block(b.id, b_user.author_id, b_session.author_id, created_ms=self.tick(), read_preference=PRIMARY)
+            self.store.add_flag(b.id, b_top.id, b_user.author_id, created_ms=self.tick(), read_preference=PRIMARY)
+        )
+        self.write(
+            self.store.add_block(
+                b.id, b_user.author_id, b_session.author_id, created_ms=self.tick(), read_preference=PRIMARY
+            )
         )
         b_key = self.add_key(b.id, "b-key")
         self.write(self.store.charge_credits(b.id, {"post": (3, 15)}, created_ms=self.tick(), read_preference=PRIMARY))

@@ -138,9 +138,7 @@ class _LaggingReplicaMixin:
 
     def new_tenant(self: Any) -> Written[Tenant]:
         return self.successResultOf(  # type: ignore[no-any-return]
-            self.store.create_tenant(
-                "Acme", "global", created_ms=1, read_preference=PRIMARY
-            )
+            self.store.create_tenant("Acme", "global", created_ms=1, read_preference=PRIMARY)
         )
 
 
@@ -166,13 +164,9 @@ class TokenTests(_LaggingReplicaMixin, SynchronousTestCase):
         does not have what was written after it froze; PRIMARY has it."""
         self.freeze()
         tenant = self.new_tenant().value
-        self.failureResultOf(
-            self.store.get_tenant(tenant.id, read_preference=NEAREST), NotFound
-        )
+        self.failureResultOf(self.store.get_tenant(tenant.id, read_preference=NEAREST), NotFound)
         self.assertEqual(
-            self.successResultOf(
-                self.store.get_tenant(tenant.id, read_preference=PRIMARY)
-            ),
+            self.successResultOf(self.store.get_tenant(tenant.id, read_preference=PRIMARY)),
             tenant,
         )
 
@@ -182,18 +176,14 @@ class TokenTests(_LaggingReplicaMixin, SynchronousTestCase):
         never misses the write, and the fallback is counted."""
         self.freeze()
         written = self.new_tenant()
-        d = self.store.get_tenant(
-            written.value.id, read_preference=NEAREST, token=written.token
-        )
+        d = self.store.get_tenant(written.value.id, read_preference=NEAREST, token=written.token)
         self.assertNoResult(d)
         self.clock.advance(0.25)
         self.assertNoResult(d)
         self.clock.advance(0.25)
         self.assertEqual(self.successResultOf(d), written.value)
         self.assertEqual(_count(self.metrics, "token_reads", outcome="fallback"), 1)
-        self.assertEqual(
-            _count(self.metrics, "nearest_fallbacks", reason="token_timeout"), 1
-        )
+        self.assertEqual(_count(self.metrics, "nearest_fallbacks", reason="token_timeout"), 1)
         self.assertEqual(_count(self.metrics, "token_reads", outcome="ready"), 0)
 
     def test_no_second_wait_while_the_replica_is_behind(self) -> None:
@@ -204,32 +194,20 @@ class TokenTests(_LaggingReplicaMixin, SynchronousTestCase):
         self.freeze()
         written = self.new_tenant()
         tenant_id = written.value.id
-        d = self.store.get_tenant(
-            tenant_id, read_preference=NEAREST, token=written.token
-        )
+        d = self.store.get_tenant(tenant_id, read_preference=NEAREST, token=written.token)
         self.clock.advance(0.5)
         self.successResultOf(d)
         self.assertEqual(
-            self.successResultOf(
-                self.store.get_tenant(
-                    tenant_id, read_preference=NEAREST, token=written.token
-                )
-            ),
+            self.successResultOf(self.store.get_tenant(tenant_id, read_preference=NEAREST, token=written.token)),
             written.value,
         )
-        self.assertEqual(
-            _count(self.metrics, "nearest_fallbacks", reason="replica_behind"), 1
-        )
+        self.assertEqual(_count(self.metrics, "nearest_fallbacks", reason="replica_behind"), 1)
         self.clock.advance(0.5)
-        d = self.store.get_tenant(
-            tenant_id, read_preference=NEAREST, token=written.token
-        )
+        d = self.store.get_tenant(tenant_id, read_preference=NEAREST, token=written.token)
         self.assertNoResult(d)
         self.clock.advance(0.5)
         self.successResultOf(d)
-        self.assertEqual(
-            _count(self.metrics, "nearest_fallbacks", reason="token_timeout"), 2
-        )
+        self.assertEqual(_count(self.metrics, "nearest_fallbacks", reason="token_timeout"), 2)
 
     def test_token_the_replica_has_is_served_at_once(self) -> None:
         """A token the replica has already replayed costs no wait: the read is
@@ -237,16 +215,10 @@ class TokenTests(_LaggingReplicaMixin, SynchronousTestCase):
         written = self.new_tenant()
         # Written with synchronous_commit=local; remote_apply on a later
         # write makes sure the replica has replayed past this one.
-        self.cluster.execute(
-            "primary", "SET synchronous_commit = remote_apply; CREATE TEMP TABLE x ()"
-        )
+        self.cluster.execute("primary", "SET synchronous_commit = remote_apply; CREATE TEMP TABLE x ()")
         self.freeze()
         self.assertEqual(
-            self.successResultOf(
-                self.store.get_tenant(
-                    written.value.id, read_preference=NEAREST, token=written.token
-                )
-            ),
+            self.successResultOf(self.store.get_tenant(written.value.id, read_preference=NEAREST, token=written.token)),
             written.value,
         )
         self.assertEqual(_count(self.metrics, "token_reads", outcome="ready"), 1)
@@ -256,11 +228,7 @@ class TokenTests(_LaggingReplicaMixin, SynchronousTestCase):
         self.freeze()
         written = self.new_tenant()
         self.assertEqual(
-            self.successResultOf(
-                self.store.get_tenant(
-                    written.value.id, read_preference=PRIMARY, token=written.token
-                )
-            ),
+            self.successResultOf(self.store.get_tenant(written.value.id, read_preference=PRIMARY, token=written.token)),
             written.value,
         )
 
@@ -288,13 +256,9 @@ class ZeroWaitTests(_LaggingReplicaMixin, SynchronousTestCase):
         the primary right away (no clock advance needed)."""
         self.freeze()
         written = self.new_tenant()
-        d = self.store.get_tenant(
-            written.value.id, read_preference=NEAREST, token=written.token
-        )
+        d = self.store.get_tenant(written.value.id, read_preference=NEAREST, token=written.token)
         self.assertEqual(self.successResultOf(d), written.value)
-        self.assertEqual(
-            _count(self.metrics, "nearest_fallbacks", reason="token_timeout"), 1
-        )
+        self.assertEqual(_count(self.metrics, "nearest_fallbacks", reason="token_timeout"), 1)
 
 
 class LagTests(_LaggingReplicaMixin, SynchronousTestCase):
@@ -330,12 +294,8 @@ class DsnTests(SynchronousTestCase):
         """Only host, port, database, user and application name are shown;
         passwords never, in key/value or URI form."""
         self.assertEqual(
-            redact_dsn(
-                "host=db1 port=5433 dbname=fe user=app password=s3cret sslmode=require"
-            ),
+            redact_dsn("host=db1 port=5433 dbname=fe user=app password=s3cret sslmode=require"),
             "host=db1 port=5433 dbname=fe user=app",
         )
         self.assertNotIn("s3cret", redact_dsn("postgresql://app:s3cret@db1:5433/fe"))
-        self.assertEqual(
-            redact_dsn("host='unterminated"), "<unparsable connection string>"
-        )
+        self.assertEqual(redact_dsn("host='unterminated"), "<unparsable connection string>")

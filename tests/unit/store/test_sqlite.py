@@ -81,7 +81,9 @@ class SQLiteFileTests(SynchronousTestCase):
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
         self.clock.advance(1234.5)
         first = self.open_store()
-        tenant = self.successResultOf(first.create_tenant("Acme", "global", created_ms=1, read_preference=PRIMARY)).value
+        tenant = self.successResultOf(
+            first.create_tenant("Acme", "global", created_ms=1, read_preference=PRIMARY)
+        ).value
         self.successResultOf(first.close())
         migrated = [e for e in events if e.get("log_format") == "store schema migrated to {versions}"]
         self.assertEqual([e["versions"] for e in migrated], [list(range(1, len(MIGRATIONS) + 1))])
@@ -108,9 +110,7 @@ class SQLiteFileTests(SynchronousTestCase):
             conn.execute("INSERT INTO schema_version (version, applied_ms) VALUES (?, 0)", (newer,))
         conn.close()
 
-        failure = self.failureResultOf(
-            SQLiteStore(self.path, run=run_inline, clock=self.clock).open(), RuntimeError
-        )
+        failure = self.failureResultOf(SQLiteStore(self.path, run=run_inline, clock=self.clock).open(), RuntimeError)
         self.assertIn("newer", str(failure.value))
         self.assertIn(str(newer), str(failure.value))
         self.assertIn(str(len(MIGRATIONS)), str(failure.value))
@@ -122,7 +122,9 @@ class SQLiteFileTests(SynchronousTestCase):
         (numbers too large for the database, unencodable text, deep nesting)
         fail with BadCursor, not with a database error."""
         store = self.open_store()
-        tenant = self.successResultOf(store.create_tenant("Acme", "global", created_ms=1, read_preference=PRIMARY)).value
+        tenant = self.successResultOf(
+            store.create_tenant("Acme", "global", created_ms=1, read_preference=PRIMARY)
+        ).value
         thread = self.successResultOf(store.upsert_thread(tenant.id, "u", created_ms=1, read_preference=PRIMARY)).value
         deep = base64.urlsafe_b64encode(b"[" * 100_000).decode()
         for kind, values in [
@@ -135,7 +137,9 @@ class SQLiteFileTests(SynchronousTestCase):
             ("thread-newest", (1, "\ud800x")),
         ]:
             cursor = _cursor(kind, *values)
-            self.failureResultOf(store.list_threads(tenant.id, limit=1, cursor=cursor, read_preference=PRIMARY), BadCursor)
+            self.failureResultOf(
+                store.list_threads(tenant.id, limit=1, cursor=cursor, read_preference=PRIMARY), BadCursor
+            )
             self.failureResultOf(
                 store.list_comments(
                     tenant.id, status=CommentStatus.APPROVED, limit=1, cursor=cursor, read_preference=PRIMARY

@@ -84,9 +84,7 @@ class StoreTests(SynchronousTestCase):
         """NAME.crt with NAME.key is a certificate too; a lone .crt is not."""
         pem = write_certificate(self.dir, "tmp")
         os.unlink(os.path.join(self.dir, "tmp.pem"))
-        key_end = pem.index(b"-----END PRIVATE KEY-----") + len(
-            b"-----END PRIVATE KEY-----\n"
-        )
+        key_end = pem.index(b"-----END PRIVATE KEY-----") + len(b"-----END PRIVATE KEY-----\n")
         with open(os.path.join(self.dir, "default.key"), "wb") as f:
             f.write(pem[:key_end])
         with open(os.path.join(self.dir, "default.crt"), "wb") as f:

@@ -30,8 +30,12 @@ class HealthTests(SynchronousTestCase):
         root.putChild(
             b"healthz",
             HealthResource(
-                node_id="n1", deployment="eu", version="9", store=store,
-                store_ready=lambda: self.ready, children=lambda: list(self.top),
+                node_id="n1",
+                deployment="eu",
+                version="9",
+                store=store,
+                store_ready=lambda: self.ready,
+                children=lambda: list(self.top),
             ),
         )
         stub = StubTreq(root)

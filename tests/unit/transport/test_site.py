@@ -8,9 +8,9 @@ import json
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
-from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.metrics.registry import new_registry
 from fastedge.transport.metrics import HttpMetrics
@@ -68,11 +68,15 @@ class SiteTests(SynchronousTestCase):
 
     def test_content_length_over_limit(self) -> None:
         """A declared length over the limit is a JSON 413; the resource never runs."""
-        code, headers, body = self.exchange(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n" + b"a" * 101)
+        code, headers, body = self.exchange(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n" + b"a" * 101
+        )
         self.assertEqual(code, 413)
         self.assertEqual(headers["content-type"], "application/json; charset=utf-8")
         self.assertEqual(json.loads(body)["error"]["code"], "body_too_large")
-        self.assertEqual(self.metric("fastedge_http_requests_total", route="body_too_large", method="POST", code="413"), 1.0)
+        self.assertEqual(
+            self.metric("fastedge_http_requests_total", route="body_too_large", method="POST", code="413"), 1.0
+        )
 
     def test_chunked_over_limit(self) -> None:
         """A chunked body that grows past the limit is refused the same way."""
@@ -101,7 +105,9 @@ class SiteTests(SynchronousTestCase):
         """Methods outside the known set share one label value, so clients
         cannot grow the metric's label set."""
         self.exchange(b"BREW /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
-        self.assertEqual(self.metric("fastedge_http_requests_total", route="unmatched", method="other", code="404"), 1.0)
+        self.assertEqual(
+            self.metric("fastedge_http_requests_total", route="unmatched", method="other", code="404"), 1.0
+        )
 
 
 def _dechunk(data: bytes) -> bytes:

@@ -149,19 +149,19 @@ class _Label:
             self.label = None
 
 
-class CountedConnection(ProtocolWrapper):
-    """A plain-HTTP connection, counted as h1 until it becomes a WebSocket."""
+class _Labelled:
+    """What both counting protocols share: a connection label that starts
+    as :attr:`_first_label` and becomes ``ws`` when autobahn takes the
+    connection over (it replaces ``wrappedProtocol``). Mixed in before the
+    Twisted protocol class, so these definitions win."""
 
-    factory: CountingFactory
+    factory: Any
+    _first_label = "h1"
     _original: IProtocol | None = None
     _label: _Label | None = None
 
-    def __init__(self, factory: CountingFactory, wrappedProtocol: IProtocol) -> None:
-        super().__init__(factory, wrappedProtocol)  # type: ignore[arg-type]
-        self._original = wrappedProtocol
-
-    # ProtocolWrapper keeps the protocol it feeds in ``wrappedProtocol``;
-    # autobahn's WebSocketResource replaces it to take the connection over.
+    # ProtocolWrapper and TLSMemoryBIOProtocol keep the protocol they feed in
+    # ``wrappedProtocol``; autobahn's WebSocketResource replaces it.
     @property
     def wrappedProtocol(self) -> IProtocol:
         return self._wrapped
@@ -174,8 +174,18 @@ class CountedConnection(ProtocolWrapper):
 
     def makeConnection(self, transport: Any) -> None:
         self._label = _Label(self.factory.listener, self.factory.metrics)
-        self._label.settle("h1")
-        super().makeConnection(transport)
+        self._label.settle(self._first_label)
+        super().makeConnection(transport)  # type: ignore[misc]
+
+
+class CountedConnection(_Labelled, ProtocolWrapper):
+    """A plain-HTTP connection, counted as h1 until it becomes a WebSocket."""
+
+    factory: CountingFactory
+
+    def __init__(self, factory: CountingFactory, wrappedProtocol: IProtocol) -> None:
+        super().__init__(factory, wrappedProtocol)  # type: ignore[arg-type]
+        self._original = wrappedProtocol
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._label is not None:
@@ -183,7 +193,7 @@ class CountedConnection(ProtocolWrapper):
         super().connectionLost(reason)
 
 
-class CountingTLSProtocol(TLSMemoryBIOProtocol):
+class CountingTLSProtocol(_Labelled, TLSMemoryBIOProtocol):
     """TLS that counts its handshake (or why it failed) and the protocol
     the connection then speaks: h2 or h1 by ALPN, ws after an upgrade.
 
@@ -194,8 +204,7 @@ class CountingTLSProtocol(TLSMemoryBIOProtocol):
 
     _log = Logger()
     factory: CountingTLSFactory
-    _original: IProtocol | None = None
-    _label: _Label | None = None
+    _first_label = "tls"
 
     def __init__(
         self,
@@ -205,21 +214,6 @@ class CountingTLSProtocol(TLSMemoryBIOProtocol):
     ) -> None:
         super().__init__(factory, wrappedProtocol, _connectWrapped)
         self._original = wrappedProtocol
-
-    @property
-    def wrappedProtocol(self) -> IProtocol:
-        return self._wrapped
-
-    @wrappedProtocol.setter
-    def wrappedProtocol(self, protocol: IProtocol) -> None:
-        self._wrapped = protocol
-        if self._label is not None and protocol is not self._original and self._label.label == "h1":
-            self._label.settle("ws")
-
-    def makeConnection(self, transport: Any) -> None:
-        self._label = _Label(self.factory.listener, self.factory.metrics)
-        self._label.settle("tls")
-        super().makeConnection(transport)
 
     def _checkHandshakeStatus(self) -> None:
         # The one place Twisted learns the handshake is done; it offers no

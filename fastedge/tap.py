@@ -19,6 +19,7 @@ from .config import ConfigError, EdgeConfig, load_config
 from .dns import service as dns_service
 from .geo import service as geo_service
 from .mesh import service as mesh_service
+from .mesh.media import connect_media
 from .mesh.relay import connect_relay
 from .mesh.resource import mesh_routes
 from .metrics.registry import new_registry
@@ -118,6 +119,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     cfg = options.config
     registry = new_registry()
     top = Node()
+    #: The node's metrics (for tests and tools that read them in process).
+    top.registry = registry
 
     store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)
     store.setName("store")
@@ -149,7 +152,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     live.setServiceParent(top)
     connect_relay(mesh, live)
 
-    cdn = cdn_service.make_service(cfg.cdn, reactor=reactor, registry=registry)
+    # Purges reach the deployment's other nodes, and misses are filled from
+    # the nearest peer that has the object, over the mesh.
+    mesh_media = connect_media(mesh)
+    cdn = cdn_service.make_service(cfg.cdn, reactor=reactor, registry=registry, peers=mesh_media, broadcast=mesh_media)
+    mesh_media.cdn = cdn
     cdn.setName("cdn")
     cdn.setServiceParent(top)
     media_api = MediaApi(cfg.cdn, cdn)

@@ -202,13 +202,30 @@ class Fill:
         source = peer if peer is not None else self.media.origin
         self.source_name = source.name
         stale = self.stale
-        fetched = source.fetch(
-            self.media,
-            self.key,
-            etag=stale.meta.etag if stale is not None else None,
-            last_modified=stale.meta.last_modified if stale is not None else None,
+        fetched = cast(
+            Deferred[ISourceResponse],
+            source.fetch(
+                self.media,
+                self.key,
+                etag=stale.meta.etag if stale is not None else None,
+                last_modified=stale.meta.last_modified if stale is not None else None,
+            ),
         )
-        return cast(Deferred[ISourceResponse], fetched)
+        if peer is not None:
+            # A peer is only a shortcut: any failure before its first bytes
+            # (it lost the copy, timed out, went away) means the origin.
+            fetched.addErrback(self._peer_failed)
+        return fetched
+
+    def _peer_failed(self, f: Failure) -> Deferred[ISourceResponse]:
+        self._owner.metrics.peer_fallbacks.inc()
+        self._log.warn(
+            "fetching {tenant} {key} from a peer failed ({detail}); asking the origin",
+            tenant=self.media.tenant_id,
+            key=self.key,
+            detail=f.getErrorMessage(),
+        )
+        return self._fetch_from(None)
 
     def _answered(self, response: ISourceResponse) -> None:
         owner = self._owner

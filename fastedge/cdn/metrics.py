@@ -62,6 +62,11 @@ class CdnMetrics:
             ["source"],
             registry=registry,
         )
+        self.peer_fallbacks = Counter(
+            "fastedge_cdn_peer_fallbacks_total",
+            "Fills that went to the origin because the peer that had the object failed.",
+            registry=registry,
+        )
         self.evictions = Counter(
             "fastedge_cdn_evictions_total",
             "Objects removed from the disk cache, by reason (size, purge, gone).",

@@ -124,3 +124,31 @@ class MeshMetrics:
             buckets=_RELAY_BUCKETS,
             registry=registry,
         )
+        self.media_purges = Counter(
+            "fastedge_mesh_media_purges_total",
+            "CDN purges between nodes, by outcome (sent, received, queued, dropped, failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.media_purge_queue = Gauge(
+            "fastedge_mesh_media_purge_queue",
+            "Purges waiting for a peer's link to come up.",
+            registry=registry,
+        )
+        self.media_locates = Counter(
+            "fastedge_mesh_media_locates_total",
+            "Peer lookups of a CDN miss, by result (found, none, no_peers).",
+            ["result"],
+            registry=registry,
+        )
+        self.media_served = Counter(
+            "fastedge_mesh_media_served_bytes_total",
+            "Object bytes this node sent to peers (media_read answers).",
+            registry=registry,
+        )
+        self.media_refused = Counter(
+            "fastedge_mesh_media_refused_total",
+            "Media calls from peers refused, by reason (deployment, bad_message, no_cdn).",
+            ["reason"],
+            registry=registry,
+        )

@@ -153,6 +153,20 @@ class PeerAvatar(pb.Avatar):
         """A viewer of the peer's blocked (or unblocked) an author."""
         return self._node.relay_call(self, "block", tenant, viewer, author, blocked)
 
+    # CDN (fastedge.mesh.media)
+
+    def perspective_media_purge(self, tenant: Any, kind: Any, value: Any) -> Any:
+        """A purge made through the peer's tenant API."""
+        return self._node.media_call(self, "purge", tenant, kind, value)
+
+    def perspective_media_has(self, tenant: Any, key: Any) -> Any:
+        """Whether this node holds a fresh copy: its metadata, or None."""
+        return self._node.media_call(self, "has", tenant, key)
+
+    def perspective_media_read(self, tenant: Any, key: Any, etag: Any, offset: Any) -> Any:
+        """A chunk of this node's copy, from ``offset``, if its ETag is still ``etag``."""
+        return self._node.media_call(self, "read", tenant, key, etag, offset)
+
 
 class LinkMind(pb.Referenceable):
     """What a peer may call back on this node over this node's link to it."""

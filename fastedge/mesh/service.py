@@ -147,6 +147,8 @@ class MeshService(Service):
         self.membership: Membership | None = None
         self.incarnation = 0
         self.relay: Any = None
+        #: The CDN side of the mesh (``fastedge.mesh.media``), if wired.
+        self.media: Any = None
         self._ticker: LoopingCall | None = None
         self._last_load = float("-inf")
         self._ready: list[Deferred[None]] = []
@@ -267,6 +269,8 @@ class MeshService(Service):
         )
         if self.relay is not None:
             self.relay.attach(self)
+        if self.media is not None:
+            self.media.attach(self)
         self._log.info(
             "mesh: node {node} incarnation {incarnation} listening at {host}:{port}, seeds {seeds}",
             node=node.id,
@@ -347,6 +351,14 @@ class MeshService(Service):
         if self.relay is None:
             raise Refused("this node relays no live events")
         return self.relay.from_session(avatar, method, *args)
+
+    def media_call(self, avatar: PeerAvatar, method: str, *args: Any) -> Any:
+        """A CDN call from a peer's session (``fastedge.mesh.media``)."""
+        from .messages import Refused
+
+        if self.media is None:
+            raise Refused("this node serves no media to peers")
+        return self.media.from_session(avatar, method, *args)
 
     def relay_call_back(self, link: Link, method: str, *args: Any) -> Any:
         """A relay call a peer made back over this node's link to it."""

@@ -103,6 +103,9 @@ class Node(MultiService):
     up directly as p99 latency under load.
     """
 
+    #: The node's metrics registry (for tests and tools that read it in process).
+    registry: Any = None
+
     def startService(self) -> None:
         super().startService()
         gc.collect()
@@ -119,7 +122,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     cfg = options.config
     registry = new_registry()
     top = Node()
-    #: The node's metrics (for tests and tools that read them in process).
     top.registry = registry
 
     store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)

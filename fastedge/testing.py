@@ -1775,6 +1775,11 @@ class RunningNode:
         return self._port("https")
 
     @property
+    def mesh_address(self) -> str:
+        """``host:port`` of the node's mesh listener (a seed for other nodes)."""
+        return "127.0.0.1:{}".format(self.top.getServiceNamed("mesh").port.getHost().port)
+
+    @property
     def cdn(self) -> Any:
         return self.top.getServiceNamed("cdn")
 
@@ -1787,9 +1792,12 @@ class RunningNode:
         return self.top.stopService()
 
 
-def start_node(config_text: str, data_dir: str) -> Deferred[RunningNode]:
+def start_node(config_text: str, data_dir: str, node_id: str | None = "test-node") -> Deferred[RunningNode]:
     """Start a node from TOML text (its listeners should use port 0) on the
-    global reactor; fires once the store is open and the ports are bound."""
+    global reactor; fires once the store is open and the ports are bound.
+
+    :param node_id: overrides ``node.id``; ``None`` keeps the config's.
+    """
     from twisted.internet import reactor
 
     from . import tap
@@ -1799,7 +1807,9 @@ def start_node(config_text: str, data_dir: str) -> Deferred[RunningNode]:
     with open(path, "w", encoding="utf-8") as f:
         f.write(config_text)
     options = tap.Options()
-    argv = ["--config", path, "--data-dir", data_dir, "--node-id", "test-node"]
+    argv = ["--config", path, "--data-dir", data_dir]
+    if node_id is not None:
+        argv += ["--node-id", node_id]
     if "[dns]" not in config_text:
         # Never the default port: tests run in parallel processes.
         argv += ["--dns-port", "0"]

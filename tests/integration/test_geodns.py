@@ -28,7 +28,7 @@ from fastedge.testing import (
     write_geo_db,
 )
 
-from .test_twistd import REPO, TWISTD, _env, _Watch
+from .test_twistd import REPO, _env, _Watch, twistd_on_free_ports
 
 
 class UdpClient(protocol.DatagramProtocol):
@@ -175,21 +175,7 @@ class DefaultsTests(TestCase):
         127.0.0.1 and serves the SOA of fastedge.test (here on a free port)."""
         watch = _Watch()
         data_dir = os.path.abspath(self.mktemp())
-        args = (
-            sys.executable,
-            *TWISTD,
-            "-n",
-            "--pidfile=",
-            "fastedge",
-            "--data-dir",
-            data_dir,
-            "--http",
-            "tcp:0:interface=127.0.0.1",
-            "--dns-port",
-            "0",
-            "--https",
-            "tcp:0:interface=127.0.0.1",
-        )
+        args = twistd_on_free_ports(data_dir)
         process = reactor.spawnProcess(watch, sys.executable, args, env=_env(), path=REPO)
         try:
             yield watch.started

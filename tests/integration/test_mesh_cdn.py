@@ -16,8 +16,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from fastedge.cdn.keys import cache_id
-from fastedge.tap import Options, makeService
-from fastedge.testing import create_tenants, shared_s3, write_node_certs
+from fastedge.testing import RunningNode, create_tenants, shared_s3, start_node, write_node_certs
 
 from .test_mesh_live import converged
 
@@ -33,48 +32,41 @@ class MeshCdnTests(TestCase):
     async def start_node(self, node_id: str, deployment: str, latitude: float, seeds: list[str]) -> IService:
         data_dir = os.path.abspath(self.mktemp())
         write_node_certs(os.path.join(data_dir, "mesh"), node_id)
-        config = os.path.join(data_dir, "node.toml")
         s3 = self.s3
-        with open(config, "w") as f:
-            f.write(
-                '[node]\nid = "{id}"\ndeployment = "{dep}"\ndata_dir = "{dir}"\nlatitude = {lat}\n'
-                '[http]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
-                '[store]\nsqlite_path = "{db}"\n'
-                '[api]\nsecret_file = "{secret}"\n'
-                '[mesh]\nendpoint = "tcp:0:interface=127.0.0.1"\nseeds = [{seeds}]\n'
-                "[dns]\nport = 0\n[tls]\nenabled = false\n"
-                '[cdn.origins.default]\nendpoint = "{s3}"\naccess_key_id = "{ak}"\nsecret_access_key = "{sk}"\n'
-                '[cdn.tenants.{tenant}]\nbucket = "{bucket}"\nprefix = "{prefix}"\n'.format(
-                    id=node_id,
-                    dep=deployment,
-                    dir=data_dir,
-                    lat=latitude,
-                    db=self.database,
-                    secret=self.secret,
-                    seeds=", ".join('"{}"'.format(s) for s in seeds),
-                    s3=s3.endpoint,
-                    ak=s3.access_key,
-                    sk=s3.secret_key,
-                    tenant=self.tenant,
-                    bucket=self.bucket,
-                    prefix=self.prefix,
-                )
-            )
-        options = Options()
-        options.parseOptions(["--config", config])
-        top = makeService(options)
-        top.privilegedStartService()
-        top.startService()
-        self.addCleanup(top.stopService)
-        await top.getServiceNamed("store").when_ready()
-        return top
+        node = await start_node(
+            '[node]\nid = "{id}"\ndeployment = "{dep}"\ndata_dir = "{dir}"\nlatitude = {lat}\n'
+            '[http]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
+            '[store]\nsqlite_path = "{db}"\n'
+            '[api]\nsecret_file = "{secret}"\n'
+            '[mesh]\nendpoint = "tcp:0:interface=127.0.0.1"\nseeds = [{seeds}]\n'
+            "[dns]\nport = 0\n[tls]\nenabled = false\n"
+            '[cdn.origins.default]\nendpoint = "{s3}"\naccess_key_id = "{ak}"\nsecret_access_key = "{sk}"\n'
+            '[cdn.tenants.{tenant}]\nbucket = "{bucket}"\nprefix = "{prefix}"\n'.format(
+                id=node_id,
+                dep=deployment,
+                dir=data_dir,
+                lat=latitude,
+                db=self.database,
+                secret=self.secret,
+                seeds=", ".join('"{}"'.format(s) for s in seeds),
+                s3=s3.endpoint,
+                ak=s3.access_key,
+                sk=s3.secret_key,
+                tenant=self.tenant,
+                bucket=self.bucket,
+                prefix=self.prefix,
+            ),
+            data_dir,
+            node_id=None,
+        )
+        self.addCleanup(node.stop)
+        return node.top
 
     def http_base(self, top: IService) -> str:
-        port = top.getServiceNamed("transport").getServiceNamed("http")._waitingForPort.result
-        return "http://127.0.0.1:{}".format(port.getHost().port)
+        return RunningNode(top, "").http
 
     def mesh_address(self, top: IService) -> str:
-        return "127.0.0.1:{}".format(top.getServiceNamed("mesh").port.getHost().port)
+        return RunningNode(top, "").mesh_address
 
     async def setUp(self) -> None:
         self.s3 = shared_s3()

@@ -22,8 +22,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from fastedge.mesh.nodemap import NodeState
 from fastedge.store.model import ReadPreference
-from fastedge.tap import Options, makeService
-from fastedge.testing import write_node_certs
+from fastedge.testing import RunningNode, start_node, write_node_certs
 
 from .test_live import WaitingClient
 
@@ -55,37 +54,30 @@ class MeshLiveTests(TestCase):
     async def start_node(self, node_id: str, seeds: list[str]) -> IService:
         data_dir = os.path.abspath(self.mktemp())
         write_node_certs(os.path.join(data_dir, "mesh"), node_id)
-        config = os.path.join(data_dir, "node.toml")
-        with open(config, "w") as f:
-            f.write(
-                '[node]\nid = "{}"\ndata_dir = "{}"\n'
-                '[http]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
-                '[store]\nsqlite_path = "{}"\n'
-                '[api]\nsecret_file = "{}"\n'
-                '[mesh]\nendpoint = "tcp:0:interface=127.0.0.1"\nseeds = [{}]\n'
-                '[dns]\nport = 0\n[tls]\nendpoint = "tcp:0:interface=127.0.0.1"\n'.format(
-                    node_id,
-                    data_dir,
-                    self.database,
-                    self.secret,
-                    ", ".join('"{}"'.format(s) for s in seeds),
-                )
-            )
-        options = Options()
-        options.parseOptions(["--config", config])
-        top = makeService(options)
-        top.privilegedStartService()
-        top.startService()
-        self.addCleanup(top.stopService)
-        await top.getServiceNamed("store").when_ready()
-        return top
+        node = await start_node(
+            '[node]\nid = "{}"\ndata_dir = "{}"\n'
+            '[http]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
+            '[store]\nsqlite_path = "{}"\n'
+            '[api]\nsecret_file = "{}"\n'
+            '[mesh]\nendpoint = "tcp:0:interface=127.0.0.1"\nseeds = [{}]\n'
+            '[dns]\nport = 0\n[tls]\nendpoint = "tcp:0:interface=127.0.0.1"\n'.format(
+                node_id,
+                data_dir,
+                self.database,
+                self.secret,
+                ", ".join('"{}"'.format(s) for s in seeds),
+            ),
+            data_dir,
+            node_id=None,
+        )
+        self.addCleanup(node.stop)
+        return node.top
 
     def http_base(self, top: IService) -> str:
-        port = top.getServiceNamed("transport").getServiceNamed("http")._waitingForPort.result
-        return "http://127.0.0.1:{}".format(port.getHost().port)
+        return RunningNode(top, "").http
 
     def mesh_address(self, top: IService) -> str:
-        return "127.0.0.1:{}".format(top.getServiceNamed("mesh").port.getHost().port)
+        return RunningNode(top, "").mesh_address
 
     async def test_comment_on_a_reaches_websocket_on_c_not_b(self) -> None:
         """Post through A's API; the WebSocket subscriber on C gets the

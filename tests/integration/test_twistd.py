@@ -19,6 +19,29 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=REPO)
 
 
+def twistd_on_free_ports(data_dir: str) -> tuple[str, ...]:
+    """argv of ``twistd -n fastedge`` on its defaults, but every listener
+    (HTTP, HTTPS, mesh, DNS) on a free loopback port: tests run in parallel."""
+    free = "tcp:0:interface=127.0.0.1"
+    return (
+        sys.executable,
+        *TWISTD,
+        "-n",
+        "--pidfile=",
+        "fastedge",
+        "--data-dir",
+        data_dir,
+        "--http",
+        free,
+        "--https",
+        free,
+        "--mesh",
+        free,
+        "--dns-port",
+        "0",
+    )
+
+
 class _Watch(protocol.ProcessProtocol):
     """Collects output; fires ``started`` on the first line that says the
     HTTP listener is up, ``ended`` with the exit code."""
@@ -64,23 +87,7 @@ class TwistdTests(TestCase):
         free port) and stops cleanly on SIGTERM."""
         watch = _Watch()
         data_dir = os.path.abspath(self.mktemp())
-        args = (
-            sys.executable,
-            *TWISTD,
-            "-n",
-            "--pidfile=",
-            "fastedge",
-            "--data-dir",
-            data_dir,
-            "--http",
-            "tcp:0:interface=127.0.0.1",
-            "--mesh",
-            "tcp:0:interface=127.0.0.1",
-            "--dns-port",
-            "0",
-            "--https",
-            "tcp:0:interface=127.0.0.1",
-        )
+        args = twistd_on_free_ports(data_dir)
         process = reactor.spawnProcess(watch, sys.executable, args, env=_env(), path=REPO)
         yield watch.started
         process.signalProcess(signal.SIGTERM)

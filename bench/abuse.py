@@ -148,7 +148,7 @@ class Monitor:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=monitor_main, args=(child, pid, port, 0.1), daemon=True)
         self.process.start()
-        if cpu is not None:
+        if cpu is not None and self.process.pid is not None:
             os.sched_setaffinity(self.process.pid, {int(c) for c in cpu.split(",")})
 
     def start(self) -> None:
@@ -318,6 +318,7 @@ def node_config(workdir: str, http: int, tls: int, mesh: int) -> str:
 
 class Node:
     def __init__(self, workdir: str, cpu: str) -> None:
+        os.makedirs(workdir, exist_ok=True)
         self.dir = workdir
         self.http, self.tls, mesh = free_ports(3)
         self.config = os.path.join(workdir, "node-{}.toml".format(self.http))
@@ -415,7 +416,8 @@ class Limits:
         self.quick = quick
         self.h2_seconds = 10.0 if quick else 20.0
         self.h2_bytes = 300 * MB
-        self.slow_seconds = 15.0 if quick else 60.0
+        self.slow_connect_seconds = 30.0 if quick else 60.0
+        self.slow_seconds = 10.0 if quick else 60.0
         self.slow_connections = 20_000
         self.slow_interval = 5.0
         self.ws_seconds = 10.0 if quick else 30.0
@@ -500,7 +502,7 @@ def attack_h2(node: Node, limits: Limits, variant: str) -> dict[str, Any]:
                 writer.write(chunk)
                 try:
                     await asyncio.wait_for(writer.drain(), max(0.01, deadline - time.monotonic()))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 sent += len(chunk)
         except (ConnectionResetError, BrokenPipeError, ssl.SSLError, OSError) as e:
@@ -512,7 +514,7 @@ def attack_h2(node: Node, limits: Limits, variant: str) -> dict[str, Any]:
             # is up, to see whether the node closes it.
             try:
                 await asyncio.wait_for(asyncio.shield(reading), max(1.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         elapsed = time.monotonic() - t0
         reading.cancel()
@@ -536,9 +538,13 @@ def attack_h2(node: Node, limits: Limits, variant: str) -> dict[str, Any]:
     return asyncio.run(run())
 
 
-def slow_worker(port: int, source: str, n: int, seconds: float, interval: float, out: Any) -> None:
-    """One attacking process: ``n`` connections from ``source``, each sending
-    a request line then one header line every ``interval`` seconds."""
+def slow_worker(
+    port: int, source: str, n: int, connect_seconds: float, hold_seconds: float, interval: float, out: Any
+) -> None:
+    """One attacking process: ``n`` connections from ``source`` (opened
+    within ``connect_seconds``), each sending a request line then one header
+    line every ``interval`` seconds, held ``hold_seconds`` once every
+    connection was tried."""
     resource.setrlimit(resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE)[1:] * 2)
 
     async def run() -> dict[str, Any]:
@@ -547,26 +553,39 @@ def slow_worker(port: int, source: str, n: int, seconds: float, interval: float,
         connect_errors: dict[str, int] = {}
         closed_at: list[float] = []
         t0 = time.monotonic()
-        deadline = t0 + seconds
+        connect_deadline = t0 + connect_seconds
+        # Set once every connection was tried: the hold phase ends then.
+        hold: dict[str, float] = {"until": float("inf"), "connected_after": 0.0}
+        tried = 0
         gate = asyncio.Semaphore(256)
+
+        def attempted() -> None:
+            nonlocal tried
+            tried += 1
+            if tried == n:
+                hold["connected_after"] = time.monotonic() - t0
+                hold["until"] = time.monotonic() + hold_seconds
+
+        def failed(reason: str) -> None:
+            counts["connect_failed"] += 1
+            connect_errors[reason] = connect_errors.get(reason, 0) + 1
+            attempted()
 
         async def one(i: int) -> None:
             try:
                 async with gate:
-                    if time.monotonic() >= deadline:
-                        counts["connect_failed"] += 1
-                        connect_errors["not started (time up)"] = connect_errors.get("not started (time up)", 0) + 1
+                    left = connect_deadline - time.monotonic()
+                    if left <= 0:
+                        failed("not tried (connect phase over)")
                         return
                     reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection(HOST, port, local_addr=(source, 0)),
-                        max(0.1, min(5.0, deadline - time.monotonic())),
+                        asyncio.open_connection(HOST, port, local_addr=(source, 0)), min(10.0, left)
                     )
-            except (OSError, asyncio.TimeoutError) as e:
-                counts["connect_failed"] += 1
-                name = type(e).__name__
-                connect_errors[name] = connect_errors.get(name, 0) + 1
+            except (TimeoutError, OSError) as e:
+                failed(type(e).__name__)
                 return
             counts["connected"] += 1
+            attempted()
             got = b""
             try:
                 writer.write(b"GET /healthz HTTP/1.1\r\n")
@@ -574,16 +593,17 @@ def slow_worker(port: int, source: str, n: int, seconds: float, interval: float,
                 wait = random.uniform(0, interval)
                 n_header = 0
                 while True:
-                    left = deadline - time.monotonic()
+                    left = hold["until"] - time.monotonic()
                     if left <= 0:
                         counts["open"] += 1
                         break
                     try:
                         data = await asyncio.wait_for(reader.read(4096), min(wait, left))
-                    except asyncio.TimeoutError:
-                        n_header += 1
-                        writer.write(b"X-Slow-%d: %d\r\n" % (n_header, i))
-                        wait = interval
+                    except TimeoutError:
+                        if time.monotonic() < hold["until"]:
+                            n_header += 1
+                            writer.write(b"X-Slow-%d: %d\r\n" % (n_header, i))
+                            wait = interval
                         continue
                     if data:
                         got += data
@@ -606,6 +626,7 @@ def slow_worker(port: int, source: str, n: int, seconds: float, interval: float,
             "counts": counts,
             "statuses": statuses,
             "connect_errors": connect_errors,
+            "connect_phase_seconds": hold["connected_after"],
             "closed_at_p50": pct(closed_at, 50) if closed_at else None,
         }
 
@@ -624,7 +645,16 @@ def attack_slow_headers(node: Node, limits: Limits) -> dict[str, Any]:
     for source in sources:
         mine, theirs = ctx.Pipe()
         p = ctx.Process(
-            target=slow_worker, args=(node.http, source, per, limits.slow_seconds, limits.slow_interval, theirs)
+            target=slow_worker,
+            args=(
+                node.http,
+                source,
+                per,
+                limits.slow_connect_seconds,
+                limits.slow_seconds,
+                limits.slow_interval,
+                theirs,
+            ),
         )
         p.start()
         pipes.append(mine)
@@ -649,7 +679,12 @@ def attack_slow_headers(node: Node, limits: Limits) -> dict[str, Any]:
         parts.append("{} RST".format(total["rst"]))
     if statuses:
         parts.append("answers: " + ", ".join("{} x{}".format(k, v) for k, v in sorted(statuses.items())))
-    parts.append("{} still open after {:.0f} s".format(total.get("open", 0), limits.slow_seconds))
+    connect_phase = max(r["connect_phase_seconds"] for r in results)
+    parts.append(
+        "{} still open {:.0f} s after the last connect ({:.0f} s to connect)".format(
+            total.get("open", 0), limits.slow_seconds, connect_phase
+        )
+    )
     if total.get("connect_failed"):
         parts.append(
             "{} never connected ({})".format(
@@ -662,6 +697,7 @@ def attack_slow_headers(node: Node, limits: Limits) -> dict[str, Any]:
         "counts": total,
         "statuses": statuses,
         "connect_errors": errors,
+        "connect_phase_seconds": connect_phase,
         "closed": "; ".join(parts),
         "sent_bytes": None,
     }
@@ -683,7 +719,7 @@ def ws_flood(node: Node, limits: Limits, source: str, first: bytes, unit: bytes,
         while sent < limits.ws_bytes and time.monotonic() < deadline:
             try:
                 sent += s.send(batch)
-            except socket.timeout:
+            except TimeoutError:
                 continue
     except ConnectionResetError:
         during = "RST at {:.1f} s".format(time.monotonic() - t0)
@@ -813,15 +849,35 @@ ATTACKS: list[tuple[str, str]] = [
 ]
 
 
+def quiesce(node: Node, most: float = 20.0) -> float:
+    """Wait (at most ``most`` seconds) until the node's RSS is steady and
+    /healthz answers, so one attack's aftermath (e.g. buffers freed only
+    once the node has worked through them) does not count as the next
+    attack's "before". Returns the seconds waited."""
+    t0 = time.monotonic()
+    previous = rss_kib(node.pid)
+    steady = 0
+    while time.monotonic() - t0 < most:
+        time.sleep(0.5)
+        now = rss_kib(node.pid)
+        _, error = healthz_once(node.http, timeout=1.0)
+        steady = steady + 1 if abs(now - previous) < 2048 and not error else 0
+        previous = now
+        if steady >= 2:
+            break
+    return time.monotonic() - t0
+
+
 def run_attack(
-    node: Node, monitor: Monitor, label: str, attack: Callable[[], dict[str, Any]], settle: float
+    node: Node, monitor: Monitor, label: str, attack: Callable[[Node], dict[str, Any]], settle: float
 ) -> dict[str, Any]:
     print("== {} ...".format(label), file=sys.stderr, flush=True)
+    waited = quiesce(node)
     traces = node.tracebacks()
     rss_before = rss_kib(node.pid)
     monitor.start()
     t0 = time.monotonic()
-    result = attack()
+    result = attack(node)
     attack_seconds = time.monotonic() - t0
     # The attacker is gone: let the node settle, then read "after".
     time.sleep(settle)
@@ -847,6 +903,7 @@ def run_attack(
             "healthz_failures": len(failures),
             "healthz_failure_kinds": sorted(set(failures)),
             "new_tracebacks": node.tracebacks() - traces,
+            "quiesce_seconds": round(waited, 1),
         }
     )
     result["rss_ok"] = result["rss_growth_mb"] < TARGET_RSS_MB
@@ -926,8 +983,16 @@ def main() -> None:
     ap.add_argument("--client-cpu", default="1", help="CPU of the monitor (the wrapper pins this process)")
     ap.add_argument("--h2-variant", choices=("settings", "continuation"), default="settings")
     ap.add_argument("--slow-connections", type=int, default=20_000)
-    ap.add_argument("--slow-seconds", type=float, default=0.0, help="override the slow-headers duration")
+    ap.add_argument(
+        "--slow-seconds", type=float, default=0.0, help="override how long the slow connections are held once open"
+    )
     ap.add_argument("--comments", type=int, default=2000, help="comments posted in the slow-consumer attack")
+    ap.add_argument(
+        "--one-node",
+        dest="fresh_node",
+        action="store_false",
+        help="run every attack against the same node (default: a fresh node per attack)",
+    )
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "out"))
     args = ap.parse_args()
 
@@ -948,43 +1013,56 @@ def main() -> None:
         file=sys.stderr,
         flush=True,
     )
-    node = Node(workdir, args.node_cpu)
-    monitor = Monitor(node.pid, node.http, args.client_cpu)
-    funcs: dict[str, Callable[[], dict[str, Any]]] = {
-        "h2-after-error": lambda: attack_h2(node, limits, args.h2_variant),
-        "slow-headers": lambda: attack_slow_headers(node, limits),
-        "ws-pings": lambda: attack_ws_pings(node, limits),
-        "ws-empty-continuations": lambda: attack_ws_continuations(node, limits),
-        "live-slow-consumer": lambda: attack_slow_consumer(node, limits),
-        "nested-json": lambda: attack_nested_json(node, limits),
+    funcs: dict[str, Callable[[Node], dict[str, Any]]] = {
+        "h2-after-error": lambda node: attack_h2(node, limits, args.h2_variant),
+        "slow-headers": lambda node: attack_slow_headers(node, limits),
+        "ws-pings": lambda node: attack_ws_pings(node, limits),
+        "ws-empty-continuations": lambda node: attack_ws_continuations(node, limits),
+        "live-slow-consumer": lambda node: attack_slow_consumer(node, limits),
+        "nested-json": lambda node: attack_nested_json(node, limits),
     }
-    results = []
+    results: list[dict[str, Any]] = []
+    logs: list[str] = []
+    node: Node | None = None
+    monitor: Monitor | None = None
+
+    def retire() -> None:
+        nonlocal node, monitor
+        if monitor is not None:
+            monitor.close()
+        if node is not None:
+            node.close()
+        node = monitor = None
+
     try:
         for n, name in chosen:
-            if node.process.poll() is not None:
-                print("the node exited ({}); see {}".format(node.process.returncode, node.log), file=sys.stderr)
-                break
+            if node is not None and (args.fresh_node or node.process.poll() is not None):
+                retire()
+            if node is None:
+                # A fresh node per attack by default: CPython rarely gives
+                # memory back, so one attack's high-water mark would hide the
+                # next one's growth.
+                node = Node(os.path.join(workdir, "node-for-{}".format(n)), args.node_cpu)
+                monitor = Monitor(node.pid, node.http, args.client_cpu)
+                logs.append(node.log)
+            assert monitor is not None
             label = "{}. {}".format(n, name)
             try:
                 results.append(run_attack(node, monitor, label, funcs[name], limits.settle))
             except (OSError, ConnectionError, SystemExit) as e:
                 print("   {} failed to run: {!r}".format(label, e), file=sys.stderr, flush=True)
-                results.append(
-                    {
-                        "attack": label,
-                        "error": repr(e),
-                    }
-                )
+                results.append({"attack": label, "error": repr(e)})
+            if node.process.poll() is not None:
+                print("   the node exited ({}); see {}".format(node.process.returncode, node.log), file=sys.stderr)
     finally:
-        monitor.close()
-        node.close()
+        retire()
     done = [r for r in results if "error" not in r]
     print()
     print(table(done, args.quick))
     for r in results:
         if "error" in r:
             print("\n{} did not run: {}".format(r["attack"], r["error"]))
-    print("\nnode log: {}".format(node.log))
+    print("\nnode logs: {}".format(" ".join(logs)))
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, "abuse-{}.json".format(time.strftime("%Y%m%d-%H%M%S")))
     with open(out, "w") as f:

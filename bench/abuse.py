@@ -300,9 +300,10 @@ def describe_end(during: str, drained: dict[str, Any]) -> str:
     else:
         parts.append("not closed (open at the end)")
     if drained.get("read_bytes"):
+        size = drained["read_bytes"]
         parts.append(
-            "{:.1f} MB ({} frames) still to read after the attack".format(
-                drained["read_bytes"] / MB, drained["frames_read"]
+            "{} ({} frames) still to read after the attack".format(
+                "{:.1f} MB".format(size / MB) if size >= MB else "{} bytes".format(size), drained["frames_read"]
             )
         )
     return ", ".join(parts)
@@ -450,6 +451,15 @@ H2_ERRORS = {
 }
 
 
+def write_error(e: BaseException) -> str:
+    """How a write or read error says the node ended the connection."""
+    if isinstance(e, ConnectionResetError):
+        return "RST"
+    if isinstance(e, BrokenPipeError):
+        return "closed (EPIPE on write)"
+    return type(e).__name__
+
+
 def attack_h2(node: Node, limits: Limits, variant: str) -> dict[str, Any]:
     """TLS + h2, a connection error, then bytes at full speed."""
 
@@ -497,7 +507,7 @@ def attack_h2(node: Node, limits: Limits, variant: str) -> dict[str, Any]:
                             state["goaway_codes"].add(H2_ERRORS.get(code, str(code)))
                         buf = buf[9 + n :]
             except (ConnectionResetError, ssl.SSLError, OSError) as e:
-                state["end"] = state["end"] or ("RST" if isinstance(e, ConnectionResetError) else type(e).__name__)
+                state["end"] = state["end"] or write_error(e)
             if state["end_at"] is None:
                 state["end_at"] = time.monotonic() - t0
 
@@ -514,7 +524,7 @@ def attack_h2(node: Node, limits: Limits, variant: str) -> dict[str, Any]:
                     break
                 sent += len(chunk)
         except (ConnectionResetError, BrokenPipeError, ssl.SSLError, OSError) as e:
-            state["end"] = state["end"] or ("RST" if isinstance(e, ConnectionResetError) else type(e).__name__)
+            state["end"] = state["end"] or write_error(e)
             state["end_at"] = state["end_at"] or time.monotonic() - t0
         sent_for = time.monotonic() - t0
         if not reading.done():

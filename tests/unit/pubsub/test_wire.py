@@ -7,8 +7,8 @@ import socket
 
 from twisted.internet import tcp
 from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.pubsub.wire import Writer, backlog_meter

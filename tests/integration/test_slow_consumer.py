@@ -264,6 +264,10 @@ class SlowConsumerTests(TestCase):
         subscribe = json.dumps({"type": "subscribe", "tenant": self.tenant, "urlId": "u"}).encode()
         await client.send(masked_text(subscribe))
         await self.subscribed()
+        # Under the listener's connection counter, plain TCP still gets the
+        # direct-to-socket path; TLS encrypts per connection.
+        (server,) = self.live_service.live.connections["websocket"]
+        self.assertEqual(server._writer.direct, not tls)
 
         most = self.flood("websocket", lambda: node_side_buffered(client.port))
         self.assertEqual(self.slow_disconnects("websocket"), 1)

@@ -51,6 +51,16 @@ class Options(usage.Options):
     longdesc = "Runs one fastedge edge node. Bad configuration is refused before anything listens."
 
     config: EdgeConfig
+    #: Set when the config was refused: see :meth:`getUsage`.
+    _refused = False
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The usage text; empty once the config was refused, because
+        twistd prints the usage before the error and the error's one line
+        (naming the key) is all an operator needs."""
+        if self._refused:
+            return ""
+        return str(super().getUsage(width))
 
     def overrides(self) -> dict[str, Any]:
         """The dotted config keys set on the command line."""
@@ -72,6 +82,13 @@ class Options(usage.Options):
         return found
 
     def postOptions(self) -> None:
+        try:
+            self._check()
+        except usage.UsageError:
+            self._refused = True
+            raise
+
+    def _check(self) -> None:
         overrides = self.overrides()
         try:
             self.config = load_config(self["config"], overrides)
@@ -91,6 +108,18 @@ class Options(usage.Options):
                 check_database(self.config.geo.database)
             except GeoIndexError as e:
                 raise usage.UsageError(f"geo.database: {e}") from None
+        from .mesh.tls import identity_files_problem
+
+        mesh = self.config.mesh
+        problem = identity_files_problem(
+            self.config.node.id,
+            seeds=bool(mesh.seeds),
+            ca_file=mesh.ca_file,
+            cert_file=mesh.cert_file,
+            key_file=mesh.key_file,
+        )
+        if problem is not None:
+            raise usage.UsageError(problem)
 
 
 class Node(MultiService):

@@ -32,6 +32,7 @@ __all__ = [
     "MeshBroker",
     "MeshClientFactory",
     "MeshServerFactory",
+    "RefusalLog",
     "tls_error_text",
 ]
 
@@ -45,6 +46,74 @@ class Limits:
     max_pending_calls: int = 10_000
     #: TCP, TLS, PB negotiation and login must be done within this.
     login_timeout_seconds: float = 2.0
+
+
+class _Refusals:
+    __slots__ = ("last", "since", "count")
+
+    def __init__(self, now: float) -> None:
+        self.last = now
+        self.since = now
+        self.count = 0
+
+
+class RefusalLog:
+    """Refusals of one peer are logged once, then summarised.
+
+    A misconfigured peer (a certificate of another CA, a name that does not
+    match) is refused on every attempt, for as long as it is misconfigured.
+    Its first refusal is logged in full by the caller; later ones are only
+    counted, and a summary with the count is logged at most once every
+    :attr:`summary_seconds` (on the next refusal after that). A peer not
+    refused for :attr:`forget_seconds` starts over: its next refusal is a
+    new problem and is logged in full. The counters by reason stay exact.
+
+    :param clock: the node's clock.
+    """
+
+    _log = Logger()
+    #: The summary's format (constant, for log observers).
+    SUMMARY = "mesh: {count} more refusals {direction} {peer} in the last {seconds:.0f} s; the last: {detail}"
+    summary_seconds = 60.0
+    forget_seconds = 600.0
+    #: Peers remembered at most (the oldest is forgotten first).
+    max_peers = 1024
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._peers: dict[tuple[str, str], _Refusals] = {}
+
+    def refused(self, key: tuple[str, str], *, direction: str, peer: str, detail: str) -> bool:
+        """Note one refusal of the peer known by ``key``.
+
+        :param key: what identifies the peer across attempts (its host for
+            an incoming connection, whose port changes every time).
+        :returns: whether the caller should log this refusal in full (the
+            first one); otherwise it is counted for the next summary.
+        """
+        now = self._clock.seconds()
+        state = self._peers.get(key)
+        if state is None or now - state.last > self.forget_seconds:
+            self._peers.pop(key, None)
+            if len(self._peers) >= self.max_peers:
+                # Insertion order is first-refusal order: forget the oldest.
+                del self._peers[next(iter(self._peers))]
+            self._peers[key] = _Refusals(now)
+            return True
+        state.last = now
+        state.count += 1
+        if now - state.since >= self.summary_seconds:
+            self._log.warn(
+                self.SUMMARY,
+                count=state.count,
+                direction=direction,
+                peer=peer,
+                seconds=now - state.since,
+                detail=detail,
+            )
+            state.count = 0
+            state.since = now
+        return False
 
 
 def tls_error_text(reason: Failure) -> str | None:
@@ -92,11 +161,13 @@ class MeshBroker(pb.Broker):
         clock: IReactorTime,
         metrics: MeshMetrics,
         address: IAddress | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         super().__init__(isClient, MESH_SECURITY)
         self.limits = limits
         self.clock = clock
         self._metrics = metrics
+        self._refusals = refusals
         self.address = address
         self.peer_id: str | None = None
         self.logged_in_at: float | None = None
@@ -118,6 +189,17 @@ class MeshBroker(pb.Broker):
         host = getattr(self.address, "host", None)
         port = getattr(self.address, "port", None)
         return "{}:{}".format(host, port) if host is not None else "an unidentified peer"
+
+    def note_refusal(self, direction: str, detail: str) -> bool:
+        """Count a refusal of this connection's peer in the node's
+        :class:`RefusalLog`; whether to log it in full."""
+        if self._refusals is None:
+            return True
+        peer = self.describe()
+        # An incoming peer's port changes on every attempt: know it by host.
+        host = getattr(self.address, "host", None)
+        key = (direction, host if direction == "from" and host is not None else peer)
+        return self._refusals.refused(key, direction=direction, peer=peer, detail=detail)
 
     def tls_refused(self, reason: str) -> None:
         """Called by the TLS verify callback when the peer's certificate is
@@ -154,14 +236,16 @@ class MeshBroker(pb.Broker):
         if self.logged_in_at is None and self.violated is None:
             tls = tls_error_text(reason)
             if self._tls_refusal is not None or tls is not None:
-                detail = self._tls_refusal or tls
+                detail = self._tls_refusal or tls or ""
                 self._metrics.refused.labels("tls").inc()
-                self._log.warn(
-                    "mesh connection {direction} {peer} refused in the TLS handshake: {detail}",
-                    direction="to" if self.isClient else "from",
-                    peer=self.describe(),
-                    detail=detail,
-                )
+                direction = "to" if self.isClient else "from"
+                if self.note_refusal(direction, detail):
+                    self._log.warn(
+                        "mesh connection {direction} {peer} refused in the TLS handshake: {detail}",
+                        direction=direction,
+                        peer=self.describe(),
+                        detail=detail,
+                    )
         super().connectionLost(reason)
         waiters, self._closed_waiters = self._closed_waiters, []
         for waiter in waiters:
@@ -276,11 +360,20 @@ class MeshServerFactory(pb.PBServerFactory):
     """Builds a :class:`MeshBroker` per incoming connection, and keeps them
     so a stopping node can close them all and wait."""
 
-    def __init__(self, root: Any, *, limits: Limits, clock: IReactorTime, metrics: MeshMetrics) -> None:
+    def __init__(
+        self,
+        root: Any,
+        *,
+        limits: Limits,
+        clock: IReactorTime,
+        metrics: MeshMetrics,
+        refusals: RefusalLog | None = None,
+    ) -> None:
         super().__init__(root, unsafeTracebacks=False, security=MESH_SECURITY)
         self.limits = limits
         self.clock = clock
         self.metrics = metrics
+        self.refusals = refusals
         self.brokers: set[MeshBroker] = set()
 
     def buildProtocol(self, addr: IAddress | None) -> MeshBroker:
@@ -290,6 +383,7 @@ class MeshServerFactory(pb.PBServerFactory):
             clock=self.clock,
             metrics=self.metrics,
             address=addr,
+            refusals=self.refusals,
         )
         proto.factory = self  # type: ignore[assignment]
         proto.setNameForLocal("root", self.root.rootObject(proto))
@@ -311,11 +405,13 @@ class MeshClientFactory(pb.PBClientFactory):
         metrics: MeshMetrics,
         on_ready: Callable[[MeshBroker], None],
         on_closed: Callable[[MeshBroker], None] = lambda broker: None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         super().__init__(unsafeTracebacks=False, security=MESH_SECURITY)
         self.limits = limits
         self.clock = clock
         self.metrics = metrics
+        self.refusals = refusals
         self._on_ready = on_ready
         self._on_closed = on_closed
 
@@ -326,6 +422,7 @@ class MeshClientFactory(pb.PBClientFactory):
             clock=self.clock,
             metrics=self.metrics,
             address=addr,
+            refusals=self.refusals,
         )
         proto.factory = self  # type: ignore[assignment]
         proto.when_closed(lambda: self._on_closed(proto))

@@ -237,6 +237,7 @@ class Link:
             metrics=node.metrics,
             on_ready=self._negotiated,
             on_closed=self._closed,
+            refusals=getattr(node, "refusals", None),
         )
         self.service = ClientService(
             _CountingEndpoint(endpoint, self),
@@ -286,6 +287,12 @@ class Link:
     def _closed(self, broker: MeshBroker) -> None:
         if broker.logged_in_at is None:
             self.attempt_done()
+            if getattr(broker, "currentDialect", None) is None and not self._stopped:
+                # PB never came up: the TLS handshake was refused (either
+                # way) or the connection died first. Back off as for a
+                # refused login; the connection itself "succeeded", so the
+                # reconnecting service alone would retry at its first delay.
+                self._refusals += 1
 
     def _negotiated(self, broker: MeshBroker) -> None:
         """PB is negotiated on a new connection: log in."""
@@ -313,12 +320,13 @@ class Link:
             reason = "expected {}, reached {}".format(self.peer_id, node_id)
         if reason is not None:
             self.node.metrics.refused.labels("name_mismatch").inc()
-            self._log.warn(
-                "mesh link to {host}:{port} refused the peer: {reason}",
-                host=self.address[0],
-                port=self.address[1],
-                reason=reason,
-            )
+            if broker.note_refusal("to", reason):
+                self._log.warn(
+                    "mesh link to {host}:{port} refused the peer: {reason}",
+                    host=self.address[0],
+                    port=self.address[1],
+                    reason=reason,
+                )
             self._refusals += 1
             _close(broker)
             return
@@ -347,13 +355,14 @@ class Link:
             self._refusals += 1
             return
         self._refusals += 1
-        self._log.warn(
-            "mesh link to {peer} at {host}:{port}: login refused: {reason}",
-            peer=self.peer_id or "a seed",
-            host=self.address[0],
-            port=self.address[1],
-            reason=message,
-        )
+        if broker.note_refusal("to", message):
+            self._log.warn(
+                "mesh link to {peer} at {host}:{port}: login refused: {reason}",
+                peer=self.peer_id or "a seed",
+                host=self.address[0],
+                port=self.address[1],
+                reason=message,
+            )
         if message.startswith("self:"):
             # A seed that is this node itself: nothing to join.
             self.stop()

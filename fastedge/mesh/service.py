@@ -36,7 +36,7 @@ from zope.interface import implementer
 from .. import __version__
 from ..config import MeshConfig, NodeConfig, parse_host_port
 from .auth import MeshGate, make_portal
-from .broker import Limits, MeshServerFactory
+from .broker import Limits, MeshServerFactory, RefusalLog
 from .interfaces import ILink
 from .membership import Membership, Timing
 from .messages import Announcement
@@ -127,6 +127,8 @@ class MeshService(Service):
         self.clock = clock
         self.monotonic = monotonic
         self.metrics = MeshMetrics(registry)
+        #: Refused peers are logged once, then summarised (both directions).
+        self.refusals = RefusalLog(clock)
         self.node_map = NodeMap()
         self.node_map.subscribe(self._count_peers)
         self.version = version
@@ -212,6 +214,7 @@ class MeshService(Service):
             limits=self.limits,
             clock=self.clock,
             metrics=self.metrics,
+            refusals=self.refusals,
         )
         wrapper = TLSMemoryBIOFactory(self.tls, False, self.server_factory, clock=self.reactor)
         results: list[Any] = []

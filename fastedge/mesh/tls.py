@@ -245,6 +245,36 @@ def _read(path: str, what: str) -> bytes:
         raise MeshCertificateError("{} {}: cannot read ({})".format(what, path, e.strerror)) from None
 
 
+def identity_files_problem(node_id: str, *, seeds: bool, ca_file: str, cert_file: str, key_file: str) -> str | None:
+    """Why this node's mesh files cannot make its identity, in one line
+    naming the config key and how to make the file; ``None`` when they can
+    (or when a lone node will make them: no seeds, none of the files).
+
+    For option parsing, so the node is refused before anything starts.
+    """
+    files = (("mesh.ca_file", ca_file), ("mesh.cert_file", cert_file), ("mesh.key_file", key_file))
+    if not seeds and not any(os.path.exists(path) for _, path in files):
+        return None
+    for key, path in files:
+        if os.path.exists(path):
+            continue
+        if key == "mesh.ca_file":
+            return (
+                "mesh.ca_file: {} does not exist; a node that joins a cluster needs the cluster's CA "
+                "certificate: copy it from the cluster, or create a new cluster CA with "
+                "`fastedge-admin certs ca`".format(path)
+            )
+        return (
+            "{}: {} does not exist; make this node's certificate and key with "
+            "`fastedge-admin certs node {}` (where the cluster CA key is)".format(key, path, node_id)
+        )
+    try:
+        load_identity(node_id, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+    except MeshCertificateError as e:
+        return str(e)
+    return None
+
+
 def load_identity(
     node_id: str,
     *,

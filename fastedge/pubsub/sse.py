@@ -28,7 +28,7 @@ from . import messages
 from .hub import Joined, Prepared
 from .live import Live, LiveConnection
 from .messages import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, RequestError, Subscribe
-from .wire import Writer
+from .wire import Writer, backlog_meter
 
 _STATUS = {
     "tenant_not_found": 404,
@@ -99,11 +99,14 @@ class SseStream:
             self._chunked = bool(request.chunked)
             self._writer = Writer(channel.transport, self._live.cfg.max_buffered_bytes, self._overflowed)
         else:
+            # HTTP/2: through the request (the connection frames it); what
+            # waits is the stream's send queue (see wire.backlog_meter).
             self._writer = Writer(
                 _RequestSink(request),
                 self._live.cfg.max_buffered_bytes,
                 self._overflowed,
                 direct=False,
+                backlog=backlog_meter(channel),
             )
         request.registerProducer(self._writer, True)
         self._open = True
@@ -173,20 +176,31 @@ class SseStream:
         self._live.closing(code)
         closing = record(messages.closing(code, reason))
         assert self._writer is not None
-        # Past the buffer bound only this short record is added.
-        self._writer.write_last(chunk(closing) if self._chunked else closing)
-        self._writer.overflowed = True
         self._open = False
         self.conn.close()
         request = self._request
         transport = getattr(request.channel, "transport", None)
-        if not request.finished:
-            request.unregisterProducer()
-            request.finish()
-        if transport is not None:
-            # The client has until close_timeout to read what is queued.
-            transport.loseConnection()
-            self._abort = self._live.clock.callLater(self._live.cfg.close_timeout_seconds, _abort, transport)
+        if transport is None or request.finished:
+            # HTTP/2: the stream ends; the connection and its other streams stay.
+            self._writer.write_last(closing)
+            self._writer.overflowed = True
+            if not request.finished:
+                request.unregisterProducer()
+                request.finish()
+            return
+        # HTTP/1.x: past the buffer bound only the close record and the
+        # body's last chunk are added, then the connection closes. The
+        # request is left unfinished on purpose: the client leaving (or
+        # the abort below) then fires its notifyFinish, which cancels the
+        # abort, so nothing outlives the connection.
+        self._writer.write_last(chunk(closing) + b"0\r\n\r\n" if self._chunked else closing)
+        self._writer.overflowed = True
+        request.unregisterProducer()
+        # Through the channel: it also stops being the socket's producer,
+        # without which a socket that was ever full would never close.
+        request.loseConnection()
+        # The client has until close_timeout to read what is queued.
+        self._abort = self._live.clock.callLater(self._live.cfg.close_timeout_seconds, _abort, transport)
 
 
 def _abort(transport: Any) -> None:

@@ -11,6 +11,16 @@ case), and queues only what the socket did not take.
 The queue is bounded: once more than ``limit`` bytes wait for a slow
 reader, the writer stops accepting data and calls ``on_overflow`` (the
 connection is then closed with code 4008, see ``docs/live-protocol.md``).
+
+What waits is measured where it waits, whatever the connection is made
+of (:func:`backlog_meter`): Twisted's socket buffer, under any number of
+pass-through wrappers (the listeners' connection counters), under TLS (its
+plaintext buffer, then the ciphertext in the socket buffer), and, for an
+HTTP/2 stream, the stream's own send queue plus its connection's socket
+buffer. A transport of another make falls back to counting what was
+written since it last asked us to pause (:class:`Writer` is its push
+producer), which bounds the queue at the transport's own high-water mark
+plus ``limit``.
 """
 
 from __future__ import annotations
@@ -18,23 +28,108 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import abstract, tcp
 from twisted.internet.interfaces import IPushProducer
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
+
+#: How many bytes one connection holds in this process, right now.
+Meter = Callable[[], int]
+
+
+def _unwrapped(transport: Any) -> Any:
+    """Below any :class:`ProtocolWrapper` whose ``write`` passes data on
+    unchanged (our connection counters): writing to what is returned is
+    writing to ``transport``. A wrapper that changes ``write`` stops here."""
+    while isinstance(transport, ProtocolWrapper) and type(transport).write is ProtocolWrapper.write:
+        below = transport.transport
+        if below is None:
+            break
+        transport = below
+    return transport
 
 
 def _plain_tcp(transport: Any) -> Any:
-    """The transport if it is a plain (not TLS) TCP connection, else ``None``.
+    """The socket transport under ``transport`` if the connection is plain
+    (not TLS) TCP, else ``None``.
 
     Only then is a frame the bytes on the wire; TLS must encrypt per
     connection, so it goes through ``transport.write``.
     """
+    transport = _unwrapped(transport)
     if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
         # The fast path reads FileDescriptor's buffer fields; refuse the
         # shortcut rather than guess if a Twisted release renames them.
-        if hasattr(transport, "dataBuffer") and hasattr(transport, "_tempDataLen") and hasattr(transport, "offset"):
+        if _has_buffer_fields(transport):
             return transport
     return None
+
+
+def _has_buffer_fields(fd: Any) -> bool:
+    return hasattr(fd, "dataBuffer") and hasattr(fd, "_tempDataLen") and hasattr(fd, "offset")
+
+
+def backlog_meter(transport: Any) -> Meter | None:
+    """A function telling how many bytes written to ``transport`` wait in
+    this process (not yet taken by the kernel), or ``None`` when the
+    transport is of a make this does not know.
+
+    Known: Twisted's socket transports (``FileDescriptor``), pass-through
+    :class:`ProtocolWrapper`\\s, :class:`TLSMemoryBIOProtocol`, and
+    ``twisted.web``'s HTTP/2 streams (pass ``request.channel``).
+    """
+    transport = _unwrapped(transport)
+    if isinstance(transport, abstract.FileDescriptor):
+        if not _has_buffer_fields(transport):
+            return None
+        fd = transport
+
+        def socket_backlog() -> int:
+            return len(fd.dataBuffer) - fd.offset + fd._tempDataLen
+
+        return socket_backlog
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        tls = transport
+        below = backlog_meter(tls.transport)
+        if below is None or not isinstance(getattr(tls, "_appSendBuffer", None), list):
+            return None
+        below_backlog = below
+
+        def tls_backlog() -> int:
+            # Plaintext waits here only before the handshake completes;
+            # after it, each write is encrypted and handed down at once.
+            pending = tls._appSendBuffer
+            return (sum(map(len, pending)) if pending else 0) + below_backlog()
+
+        return tls_backlog
+    return _h2_stream_meter(transport)
+
+
+def _h2_stream_meter(stream: Any) -> Meter | None:
+    """The backlog of a ``twisted.web`` HTTP/2 stream: its send queue (data
+    the peer's flow-control window or the paused connection holds back)
+    plus its connection's socket buffer, which the stream cannot get past."""
+    try:
+        from twisted.web._http2 import H2Stream
+    except ImportError:  # pragma: no cover - h2 is a dependency
+        return None
+    if not isinstance(stream, H2Stream):
+        return None
+    connection = getattr(stream, "_conn", None)
+    queues = getattr(connection, "_outboundStreamQueues", None)
+    if not isinstance(queues, dict):
+        return None
+    below = backlog_meter(getattr(connection, "transport", None))
+    stream_id = stream.streamID
+
+    def stream_backlog() -> int:
+        queue = queues.get(stream_id)
+        # The queue also holds an end-of-stream marker (not bytes).
+        queued = sum(len(c) for c in queue if isinstance(c, bytes)) if queue else 0
+        return queued + (below() if below is not None else 0)
+
+    return stream_backlog
 
 
 @implementer(IPushProducer)
@@ -43,13 +138,19 @@ class Writer:
 
     :param transport: where bytes go (``write`` is used when the fast path
         does not apply).
-    :param limit: bytes that may wait in user space for a slow reader.
+    :param limit: bytes that may wait in this process for a slow reader.
     :param on_overflow: called once, when that limit is passed.
+    :param direct: whether frames may go straight to the socket (when the
+        transport is plain TCP).
+    :param backlog: how to measure what waits; by default
+        :func:`backlog_meter` of ``transport`` (pass one when ``transport``
+        is not the connection, e.g. a sink writing through a request).
     """
 
     __slots__ = (
         "_transport",
         "_tcp",
+        "_meter",
         "_paused",
         "_behind",
         "_limit",
@@ -64,9 +165,11 @@ class Writer:
         on_overflow: Callable[[], None],
         *,
         direct: bool = True,
+        backlog: Meter | None = None,
     ) -> None:
         self._transport = transport
         self._tcp = _plain_tcp(transport) if direct else None
+        self._meter = backlog if backlog is not None else backlog_meter(transport)
         self._paused = False
         self._behind = 0
         self._limit = limit
@@ -77,6 +180,21 @@ class Writer:
     def direct(self) -> bool:
         """Whether frames may go straight to the socket."""
         return self._tcp is not None
+
+    @property
+    def measured(self) -> bool:
+        """Whether the backlog is measured where it waits (else estimated
+        from the transport's pause and resume calls)."""
+        return self._meter is not None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written that wait in this process for this connection (an
+        estimate past the transport's high-water mark when not
+        :attr:`measured`)."""
+        if self._meter is not None:
+            return self._meter()
+        return self._behind
 
     def write(self, data: bytes) -> int:
         """Send or queue ``data``.
@@ -105,7 +223,11 @@ class Writer:
                 self._overflow()
             return len(data)
         self._transport.write(data)
-        if self._paused:
+        meter = self._meter
+        if meter is not None:
+            if meter() > self._limit:
+                self._overflow()
+        elif self._paused:
             self._behind += len(data)
             if self._behind > self._limit:
                 self._overflow()
@@ -123,9 +245,14 @@ class Writer:
     # IPushProducer: the transport tells us when its buffer is full.
 
     def pauseProducing(self) -> None:
-        """The transport's buffer is full: count what is queued from now."""
-        self._paused = True
-        self._behind = 0
+        """The transport's buffer is full: count what is queued from now.
+
+        A socket transport says so again on every write past its
+        high-water mark; only the first call starts the count.
+        """
+        if not self._paused:
+            self._paused = True
+            self._behind = 0
 
     def resumeProducing(self) -> None:
         """The transport drained its buffer."""

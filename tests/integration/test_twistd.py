@@ -82,6 +82,32 @@ class TwistdTests(TestCase):
         self.assertNotIn(b"starting on", out + err)
 
     @inlineCallbacks
+    def test_seeds_without_certificates(self):  # type: ignore[no-untyped-def]
+        """A node with seeds and no mesh certificate files exits non-zero
+        with one line naming mesh.ca_file and the command that makes it,
+        after twistd's synopsis (it was a 30-line traceback from inside the
+        mesh's start), and creates nothing."""
+        data_dir = os.path.abspath(self.mktemp())
+        path = os.path.abspath(self.mktemp())
+        free = "tcp:0:interface=127.0.0.1"
+        with open(path, "w") as f:
+            f.write(
+                f'[node]\ndata_dir = "{data_dir}"\n[http]\nendpoint = "{free}"\n[tls]\nendpoint = "{free}"\n'
+                f'[mesh]\nendpoint = "{free}"\nseeds = ["127.0.0.1:7999"]\n[dns]\nport = 0\n'
+            )
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, TWISTD + ("-n", "--pidfile=", "fastedge", "--config", path), env=_env(), path=REPO
+        )
+        lines = [line for line in (out + err).splitlines() if line.strip()]
+        self.assertNotEqual(code, 0)
+        # twistd's own synopsis line, then ours (the options' usage, 20
+        # lines, is left out after a config error).
+        self.assertEqual(lines[:-1], [b"Usage: twistd [options]"], (out + err).decode(errors="replace"))
+        self.assertIn(b"mesh.ca_file: " + os.path.join(data_dir, "mesh", "ca.pem").encode(), lines[-1])
+        self.assertIn(b"`fastedge-admin certs ca`", lines[-1])
+        self.assertFalse(os.path.exists(os.path.join(data_dir, "mesh")))
+
+    @inlineCallbacks
     def test_runs_and_stops(self):  # type: ignore[no-untyped-def]
         """The plugin is found, the node starts on its defaults (here on a
         free port) and stops cleanly on SIGTERM."""

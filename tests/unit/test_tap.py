@@ -47,6 +47,81 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("node.id", str(cm.exception))
 
 
+class MeshFilesTests(SynchronousTestCase):
+    """A node with seeds joins an existing cluster and never makes its own
+    CA: without its certificate files it is refused at option parsing, in
+    one line naming the key and the command that makes the file."""
+
+    def parse(self, *files: str) -> UsageError:
+        data_dir = os.path.abspath(self.mktemp())
+        mesh_dir = os.path.join(data_dir, "mesh")
+        if files:
+            from fastedge.testing import write_node_certs
+
+            written = write_node_certs(mesh_dir, "edge-1")
+            for name in ("ca_file", "cert_file", "key_file"):
+                if name not in files:
+                    os.remove(written[name])
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[mesh]\nseeds = ["127.0.0.1:7999"]\n')
+        with self.assertRaises(UsageError) as cm:
+            Options().parseOptions(["--config", path, "--data-dir", data_dir, "--node-id", "edge-1"])
+        message = str(cm.exception)
+        self.assertNotIn("\n", message)
+        return cm.exception
+
+    def test_no_files(self) -> None:
+        """No CA certificate: the line names mesh.ca_file, its path and
+        ``fastedge-admin certs ca``."""
+        message = str(self.parse())
+        self.assertTrue(message.startswith("mesh.ca_file: "), message)
+        self.assertIn(os.path.join("mesh", "ca.pem"), message)
+        self.assertIn("fastedge-admin certs ca", message)
+
+    def test_no_certificate(self) -> None:
+        """The CA but no node certificate: mesh.cert_file and
+        ``fastedge-admin certs node NODE_ID``."""
+        message = str(self.parse("ca_file", "key_file"))
+        self.assertTrue(message.startswith("mesh.cert_file: "), message)
+        self.assertIn("fastedge-admin certs node edge-1", message)
+
+    def test_no_key(self) -> None:
+        """No key: mesh.key_file and the same command."""
+        message = str(self.parse("ca_file", "cert_file"))
+        self.assertTrue(message.startswith("mesh.key_file: "), message)
+        self.assertIn("fastedge-admin certs node edge-1", message)
+
+    def test_unusable_files(self) -> None:
+        """Files that exist but do not make an identity (here: a certificate
+        of another CA) are refused at parsing too, naming the file."""
+        from fastedge.testing import test_ca, write_node_certs
+
+        data_dir = os.path.abspath(self.mktemp())
+        written = write_node_certs(os.path.join(data_dir, "mesh"), "edge-1", ca=test_ca("other"))
+        with open(written["ca_file"], "wb") as f:
+            f.write(test_ca()[0])
+        with self.assertRaises(UsageError) as cm:
+            Options().parseOptions(["--data-dir", data_dir, "--node-id", "edge-1"])
+        self.assertIn("not signed by the CA", str(cm.exception))
+        self.assertIn(written["cert_file"], str(cm.exception))
+
+    def test_lone_node_may_start_without_files(self) -> None:
+        """No seeds and no files: a lone node (it makes its own CA at start)."""
+        options = Options()
+        options.parseOptions(["--data-dir", os.path.abspath(self.mktemp())])
+        self.assertEqual(options.config.mesh.seeds, ())
+
+    def test_usage_not_repeated_on_config_errors(self) -> None:
+        """twistd prints the options' usage before a usage error; after a
+        config error that usage is left out (the line says it all)."""
+        options = Options()
+        with self.assertRaises(UsageError):
+            options.parseOptions(["--node-id", "Not Valid"])
+        self.assertEqual(options.getUsage(), "")
+        self.assertIn("--config", Options().getUsage())
+
+
 class MakeServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         options = Options()

@@ -6,11 +6,12 @@ from __future__ import annotations
 import socket
 
 from twisted.internet import tcp
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.pubsub.wire import Writer
+from fastedge.pubsub.wire import Writer, backlog_meter
 
 
 def tcp_transport(test: SynchronousTestCase) -> tuple[tcp.Server, socket.socket]:
@@ -104,3 +105,79 @@ class FallbackTests(SynchronousTestCase):
         self.assertTrue(writer.overflowed)
         writer.write_last(b"bye")
         self.assertTrue(transport.value().endswith(b"bye"))
+
+
+def wrapped(transport: tcp.Server, wrapper: type[ProtocolWrapper] = ProtocolWrapper) -> ProtocolWrapper:
+    """``transport`` seen through a connection wrapper, as the listeners'
+    connection counters present it to the Site and to autobahn."""
+    factory = WrappingFactory(Factory.forProtocol(Protocol))
+    factory.protocol = wrapper
+    protocol = factory.buildProtocol(None)
+    assert isinstance(protocol, ProtocolWrapper)
+    protocol.makeConnection(transport)
+    return protocol
+
+
+class WrappedTests(SynchronousTestCase):
+    def test_wrapped_tcp_is_direct_and_bounded(self) -> None:
+        """Under a pass-through wrapper (the listeners' counted connection)
+        the writer still reaches the socket directly and overflows once what
+        waits in the socket transport passes the limit; before, the wrapper
+        hid the socket and nothing was ever bounded."""
+        transport, peer = tcp_transport(self)
+        calls: list[None] = []
+        writer = Writer(wrapped(transport), 50_000, lambda: calls.append(None))
+        self.assertTrue(writer.direct)
+        self.assertTrue(writer.measured)
+        chunk = b"x" * 10_000
+        for _ in range(100):
+            writer.write(chunk)
+        self.assertEqual(len(calls), 1)
+        queued = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        self.assertLessEqual(queued, 50_000 + len(chunk))
+        self.assertEqual(writer.buffered, queued)
+
+    def test_wrapper_that_changes_writes(self) -> None:
+        """A wrapper with its own ``write`` is written through (never
+        bypassed); what waits is still measured below it when it can be, else
+        counted from the transport's pause calls."""
+
+        class Counting(ProtocolWrapper):
+            written = 0
+
+            def write(self, data: bytes) -> None:
+                self.written += len(data)
+                super().write(data)
+
+        transport, peer = tcp_transport(self)
+        wrapper = wrapped(transport, Counting)
+        writer = Writer(wrapper, 50_000, lambda: None)
+        self.assertFalse(writer.direct)
+        self.assertIsNone(backlog_meter(wrapper))
+        writer.write(b"abc")
+        self.assertEqual(wrapper.written, 3)  # type: ignore[attr-defined]
+
+    def test_meter_of_a_socket_transport(self) -> None:
+        """The meter of a socket transport is what Twisted holds for it."""
+        transport, peer = tcp_transport(self)
+        meter = backlog_meter(wrapped(wrapped(transport)))
+        assert meter is not None
+        self.assertEqual(meter(), 0)
+        transport.write(b"q" * 1000)
+        self.assertEqual(meter(), 1000)
+        self.assertIsNone(backlog_meter(StringTransport()))
+
+
+class PauseCountTests(SynchronousTestCase):
+    def test_repeated_pause_keeps_counting(self) -> None:
+        """A socket transport calls pauseProducing again on every write past
+        its high-water mark; that must not restart the count (it did, so an
+        unmeasured consumer was never bounded)."""
+        transport = StringTransport()
+        calls: list[None] = []
+        writer = Writer(transport, 100, lambda: calls.append(None))
+        self.assertFalse(writer.measured)
+        for _ in range(3):
+            writer.pauseProducing()
+            writer.write(b"e" * 40)
+        self.assertEqual(len(calls), 1)

@@ -53,4 +53,30 @@ class LiveResource(Resource):
                 "connect with WebSocket (or use /live/events for SSE)",
             )
             return NOT_DONE_YET
+        if _refuse_upgrade(request):
+            return NOT_DONE_YET
         return self._websocket.render(request)
+
+
+def _refuse_upgrade(request: Request) -> bool:
+    """Refuse, in JSON, a WebSocket upgrade that autobahn would refuse with
+    an empty response or accept against RFC 6455: one over anything but
+    HTTP/1.1 (400), or of a version other than 13 (426, naming 13).
+
+    :returns: whether ``request`` was answered.
+    """
+    if request.clientproto != b"HTTP/1.1":
+        request.setHeader(b"connection", b"close")
+        write_error(request, 400, "websocket_needs_http11", "a WebSocket upgrade needs HTTP/1.1")
+        return True
+    versions = request.requestHeaders.getRawHeaders(b"sec-websocket-version") or []
+    if versions != [b"13"]:
+        request.setHeader(b"sec-websocket-version", b"13")
+        write_error(
+            request,
+            426,
+            "unsupported_websocket_version",
+            "only WebSocket version 13 (RFC 6455) is spoken here",
+        )
+        return True
+    return False

@@ -17,10 +17,12 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import IResource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from ..jsonhttp import write_error
+from .channel import edge_channel
 from .metrics import HttpMetrics
 
 
@@ -112,12 +114,43 @@ class EdgeRequest(Request):
         # A client that went away is not an error worth a traceback.
         return None
 
+    def render(self, resrc: IResource) -> None:
+        """Render ``resrc``; a method it does not offer is a JSON 405 (not
+        Twisted's HTML 405 or 501 page)."""
+        super().render(_JsonMethodErrors(resrc))
+
     def processingFailed(self, reason: Failure) -> None:
         self._log.failure("unhandled error answering {method} {route}", reason, method=self.method, route=self.route)
         if self.finished or self.startedWriting:
             self.loseConnection()
             return
         write_error(self, 500, "internal_error", "the server failed to answer this request")
+
+
+class _JsonMethodErrors:
+    """Renders a resource, answering a method it does not offer with a JSON
+    405 and an ``Allow`` header. HEAD on a resource without ``render_HEAD``
+    is left to Twisted, which renders GET without the body."""
+
+    def __init__(self, resource: IResource) -> None:
+        self._resource = resource
+
+    def render(self, request: Request) -> Any:
+        try:
+            return self._resource.render(request)
+        except UnsupportedMethod as e:
+            allowed = list(e.allowedMethods)
+            if request.method == b"HEAD" and b"GET" in allowed:
+                raise
+            if b"GET" in allowed and b"HEAD" not in allowed:
+                allowed.append(b"HEAD")
+            request.route = "method_not_allowed"  # type: ignore[attr-defined]
+            request.setHeader(b"allow", b", ".join(sorted(set(allowed))))
+            write_error(request, 405, "method_not_allowed", "method not allowed here")
+            return NOT_DONE_YET
+
+    def __repr__(self) -> str:
+        return repr(self._resource)
 
 
 #: Paths that stay reachable over plain HTTP when redirecting to HTTPS:
@@ -153,6 +186,7 @@ class EdgeSite(Site):
     lines per request (metrics count them instead)."""
 
     requestFactory = EdgeRequest
+    protocol = edge_channel
     displayTracebacks = False
 
     def __init__(
@@ -171,7 +205,10 @@ class EdgeSite(Site):
         :param redirect_port: when given, plain-HTTP requests are redirected
             to HTTPS on the port it returns (``None``: not listening yet).
         """
-        super().__init__(resource, reactor=reactor)
+        # No form parsing: every route reads JSON or raw bytes, and Twisted
+        # would mix urlencoded body fields into the query arguments and answer
+        # a malformed multipart body with a bare 400.
+        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self._body_limits = {path.rstrip(b"/"): limit for path, limit in body_limits}

@@ -15,7 +15,8 @@ with a GOAWAY that kills every stream of the connection. Here:
 * a request line over the limit is a 414, headers over it a 431, an HTTP
   version other than 1.0 and 1.1 a 505;
 * a declared ``Content-Length`` over the route's body limit is answered 413
-  at once, before any of the body is read, and the connection closes;
+  at once, before any of the body is read, and the connection closes (on
+  HTTP/2 the stream is reset with ``NO_ERROR`` after the 413);
 * obs-fold (a header continued on an indented line), a second ``Host`` and
   conflicting framing headers are refused (RFC 9112 sections 5.2, 3.2, 6.3);
 * a stream opened over the HTTP/2 concurrency limit is reset with
@@ -269,7 +270,8 @@ class _RefusingH2State(h2.connection.H2Connection):
 
 
 class EdgeH2Connection(H2Connection):
-    """Twisted's HTTP/2 connection over :class:`_RefusingH2State`.
+    """Twisted's HTTP/2 connection over :class:`_RefusingH2State`, answering
+    a declared ``content-length`` over the route's body limit at once.
 
     The concurrency limit is h2's default ``SETTINGS_MAX_CONCURRENT_STREAMS``
     of 100, announced in the server's first SETTINGS frame.
@@ -290,6 +292,62 @@ class EdgeH2Connection(H2Connection):
             stream=stream_id,
             peer=self.transport.getPeer() if self.transport is not None else None,
         )
+
+    def _requestReceived(self, event: Any) -> None:
+        limit = self._declared_too_large(event.headers)
+        if limit is None:
+            super()._requestReceived(event)
+            return
+        # Answered here, without a Twisted stream: the 413, then RST_STREAM
+        # NO_ERROR, which tells the client to stop sending the body (RFC 9113
+        # section 8.1). h2 answers any DATA still in flight on it.
+        stream_id = event.stream_id
+        body = error_body("body_too_large", "request body is larger than {} bytes".format(limit))
+        self.conn.send_headers(
+            stream_id,
+            [
+                (b":status", b"413"),
+                (b"content-type", b"application/json; charset=utf-8"),
+                (b"x-content-type-options", b"nosniff"),
+                (b"content-length", b"%d" % (len(body),)),
+            ],
+        )
+        self.conn.send_data(stream_id, body, end_stream=True)
+        self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+        _count(getattr(self, "site", None), "body_too_large")
+
+    def _declared_too_large(self, headers: list[tuple[bytes, bytes]]) -> int | None:
+        """The body limit of the request's route when its declared
+        ``content-length`` exceeds it, else ``None``."""
+        path = b""
+        length = b""
+        for name, value in headers:
+            if name == b":path":
+                path = value
+            elif name == b"content-length":
+                length = value
+        body_limit = getattr(getattr(self, "site", None), "body_limit", None)
+        if body_limit is None or not length.isdigit():
+            return None
+        limit: int = body_limit(path)
+        return limit if int(length) > limit else None
+
+    # Events that arrive in the same read as a request answered at once
+    # concern a stream Twisted never made: drop them (crediting the window).
+
+    def _requestDataReceived(self, event: Any) -> None:
+        if event.stream_id in self.streams:
+            super()._requestDataReceived(event)
+        else:
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+
+    def _requestEnded(self, event: Any) -> None:
+        if event.stream_id in self.streams:
+            super()._requestEnded(event)
+
+    def _requestAborted(self, event: Any) -> None:
+        if event.stream_id in self.streams:
+            super()._requestAborted(event)
 
 
 class EdgeChannelProtocol(_GenericHTTPChannelProtocol):

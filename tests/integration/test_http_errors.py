@@ -352,6 +352,68 @@ class HttpErrorTests(TestCase):
         self.assertEqual(client.settings_limit, 100)
         self.assertEqual(client.answer.get(b":status"), b"200")
 
+    @defer.inlineCallbacks
+    def test_h2_declared_body_over_limit(self) -> Any:
+        """An HTTP/2 stream declaring a 1 GB body is answered 413 in JSON at
+        once, before any DATA, then reset with NO_ERROR so the client stops
+        sending; the connection is not torn down."""
+        client = _H2Upload()
+        endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", self.node.https_port, insecure_tls("localhost", [b"h2"]))
+        yield endpoint.connect(Factory.forProtocol(lambda: client))
+        yield client.closed
+        self.assertEqual(client.headers.get(b":status"), b"413")
+        self.assertEqual(client.headers.get(b"content-type"), _JSON.encode())
+        self.assertEqual(json.loads(client.body)["error"]["code"], "body_too_large")
+        self.assertEqual(client.reset, h2.errors.ErrorCodes.NO_ERROR)
+        self.assertIsNone(client.goaway)
+
+
+class _H2Upload(Protocol):
+    """Declares a 1 GB body on one stream and sends none of it; closes once
+    the stream is reset (or the connection is told to go away)."""
+
+    def __init__(self) -> None:
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.closed: defer.Deferred[None] = defer.Deferred()
+        self.headers: dict[bytes, bytes] = {}
+        self.body = b""
+        self.reset: int | None = None
+        self.goaway: Any = None
+
+    def connectionMade(self) -> None:
+        self.conn.initiate_connection()
+        self.conn.send_headers(
+            1,
+            [
+                (b":method", b"POST"),
+                (b":path", b"/api/v1/manage/threads"),
+                (b":scheme", b"https"),
+                (b":authority", b"localhost"),
+                (b"content-type", b"application/json"),
+                (b"content-length", b"1000000000"),
+            ],
+        )
+        self.transport.write(self.conn.data_to_send())
+
+    def dataReceived(self, data: bytes) -> None:
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                self.headers = dict(event.headers)
+            elif isinstance(event, h2.events.DataReceived):
+                self.body += event.data
+            elif isinstance(event, h2.events.StreamReset):
+                self.reset = event.error_code
+                self.transport.loseConnection()
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.goaway = event.error_code
+                self.transport.loseConnection()
+        data_out = self.conn.data_to_send()
+        if data_out:
+            self.transport.write(data_out)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
+
 
 class _H2Client(Protocol):
     """Opens 101 request streams at once (bodies never sent), then, once

@@ -119,6 +119,16 @@ class EdgeRequest(Request):
         Twisted's HTML 405 or 501 page)."""
         super().render(_JsonMethodErrors(resrc))
 
+    def _handleStar(self) -> None:
+        # The request target ``*``: OPTIONS gets Twisted's empty 200; any
+        # other method a JSON 405 instead of Twisted's empty one.
+        if self.method == b"OPTIONS":
+            super()._handleStar()
+            return
+        self.route = "method_not_allowed"
+        self.setHeader(b"allow", b"OPTIONS")
+        write_error(self, 405, "method_not_allowed", "only OPTIONS applies to the target *")
+
     def processingFailed(self, reason: Failure) -> None:
         self._log.failure("unhandled error answering {method} {route}", reason, method=self.method, route=self.route)
         if self.finished or self.startedWriting:

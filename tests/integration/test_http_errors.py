@@ -306,6 +306,12 @@ class HttpErrorTests(TestCase):
             b"PUT /live/events HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 405, "method_not_allowed"
         )
 
+    @defer.inlineCallbacks
+    def test_star_target_with_get(self) -> Any:
+        """GET * (the target only OPTIONS may use) is a JSON 405, not Twisted's empty one."""
+        reply = yield self.answered_and_kept(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 405, "method_not_allowed")
+        self.assertEqual(reply.headers["allow"], "OPTIONS")
+
     # WebSocket upgrades autobahn accepted or answered without a body.
 
     @defer.inlineCallbacks

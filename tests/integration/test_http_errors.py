@@ -334,6 +334,24 @@ class HttpErrorTests(TestCase):
             "websocket_needs_http11",
         )
 
+    def test_websocket_without_key(self) -> Any:
+        """An upgrade without Sec-WebSocket-Key is a JSON 400 (autobahn's was empty)."""
+        return self.answered_and_kept(
+            b"GET /live HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n",
+            400,
+            "bad_websocket_handshake",
+        )
+
+    def test_websocket_without_connection_upgrade(self) -> Any:
+        """An upgrade whose Connection header lacks the upgrade token is a JSON 400."""
+        return self.answered_and_kept(
+            b"GET /live HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            400,
+            "bad_websocket_handshake",
+        )
+
     # Over TLS, the same channel.
 
     def test_tls_bad_content_length(self) -> Any:

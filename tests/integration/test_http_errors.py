@@ -82,6 +82,15 @@ class _Raw(Protocol):
         self.closed.callback(self.data)
 
 
+def _refusals(site: Any, code: str) -> float:
+    """``fastedge_http_protocol_errors_total{code=code}`` of ``site``."""
+    for metric in site.metrics.protocol_errors.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels == {"code": code}:
+                return float(sample.value)
+    return 0.0
+
+
 def _complete(data: bytes) -> _Reply | None:
     if b"\r\n\r\n" not in data:
         return None
@@ -226,9 +235,11 @@ class HttpErrorTests(TestCase):
         """An indented line right after the request line."""
         return self.refused(b"GET /healthz HTTP/1.1\r\n Host: a\r\n\r\n", 400, "obs_fold")
 
+    @defer.inlineCallbacks
     def test_two_host_headers(self) -> Any:
-        """Two Host headers."""
-        return self.refused(b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "duplicate_host")
+        """Two Host headers; the refusal is counted by its code."""
+        yield self.refused(b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "duplicate_host")
+        self.assertEqual(_refusals(self.site, "duplicate_host"), 1.0)
 
     # Request lines.
 
@@ -375,6 +386,7 @@ class HttpErrorTests(TestCase):
         self.assertEqual(client.resets, {201: h2.errors.ErrorCodes.REFUSED_STREAM})
         self.assertEqual(client.settings_limit, 100)
         self.assertEqual(client.answer.get(b":status"), b"200")
+        self.assertEqual(_refusals(self.site, "refused_stream"), 1.0)
 
     @defer.inlineCallbacks
     def test_h2_declared_body_over_limit(self) -> Any:

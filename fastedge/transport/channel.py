@@ -89,6 +89,13 @@ class EdgeHTTPChannel(HTTPChannel):
             return
         super().rawDataReceived(data)
 
+    def allContentReceived(self) -> None:
+        # A refusal may come from inside the chunked decoder (a body over the
+        # limit), which still reports the end of what it was given.
+        if self._refused:
+            return
+        super().allContentReceived()
+
     def lineReceived(self, line: bytes) -> None:
         if self._refused:
             return

@@ -81,6 +81,11 @@ class EdgeRequest(Request):
             if self.content is not None:
                 self.content.seek(0)
                 self.content.truncate()
+            # HTTP/1.1 answers now and closes rather than read the rest;
+            # HTTP/2 answers once the stream ends (flow control bounds it).
+            refuse = getattr(self.channel, "refuse", None)
+            if refuse is not None:
+                refuse(413, "body_too_large", "request body is larger than {} bytes".format(self.body_limit))
             return
         super().handleContentChunk(data)
 

@@ -293,6 +293,20 @@ class HttpErrorTests(TestCase):
         )
         self.assertEqual(reply.status_line, "HTTP/1.1 413 Request Entity Too Large")
 
+    @defer.inlineCallbacks
+    def test_chunked_body_over_limit(self) -> Any:
+        """A chunked body is answered 413 as soon as it outgrows the limit
+        (64 KiB for the API), without reading on to its end, and the
+        connection closes."""
+        chunk = b"%x\r\n%s\r\n" % (40000, b"x" * 40000)
+        yield self.refused(
+            b"POST /api/v1/manage/threads HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 2,
+            413,
+            "body_too_large",
+        )
+        self.assertEqual(_refusals(self.site, "body_too_large"), 1.0)
+
     # Twisted's HTML 405 and 501 pages.
 
     def test_healthz_unlisted_method(self) -> Any:

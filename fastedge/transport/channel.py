@@ -16,7 +16,8 @@ with a GOAWAY that kills every stream of the connection. Here:
   version other than 1.0 and 1.1 a 505;
 * a declared ``Content-Length`` over the route's body limit is answered 413
   at once, before any of the body is read, and the connection closes (on
-  HTTP/2 the stream is reset with ``NO_ERROR`` after the 413);
+  HTTP/2 the stream is reset with ``NO_ERROR`` after the 413); a body
+  without a declared length is refused the same way once it outgrows it;
 * obs-fold (a header continued on an indented line), a second ``Host`` and
   conflicting framing headers are refused (RFC 9112 sections 5.2, 3.2, 6.3);
 * a stream opened over the HTTP/2 concurrency limit is reset with
@@ -38,7 +39,9 @@ from typing import Any
 import h2.connection
 import h2.errors
 import h2.events
+from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 from twisted.web.http import RESPONSES, HTTPChannel, _GenericHTTPChannelProtocol
 
@@ -305,10 +308,13 @@ class EdgeH2Connection(H2Connection):
         if limit is None:
             super()._requestReceived(event)
             return
-        # Answered here, without a Twisted stream: the 413, then RST_STREAM
-        # NO_ERROR, which tells the client to stop sending the body (RFC 9113
-        # section 8.1). h2 answers any DATA still in flight on it.
-        stream_id = event.stream_id
+        # Answered here, without a Twisted stream.
+        self._answer_too_large(event.stream_id, limit)
+
+    def _answer_too_large(self, stream_id: int, limit: int) -> None:
+        """The JSON 413 on ``stream_id``, then RST_STREAM NO_ERROR, which
+        tells the client to stop sending the body (RFC 9113 section 8.1);
+        h2 answers any DATA still in flight on the stream."""
         body = error_body("body_too_large", "request body is larger than {} bytes".format(limit))
         self.conn.send_headers(
             stream_id,
@@ -343,10 +349,19 @@ class EdgeH2Connection(H2Connection):
     # concern a stream Twisted never made: drop them (crediting the window).
 
     def _requestDataReceived(self, event: Any) -> None:
-        if event.stream_id in self.streams:
-            super()._requestDataReceived(event)
-        else:
-            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        stream_id = event.stream_id
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            return
+        super()._requestDataReceived(event)
+        request = stream._request
+        if getattr(request, "body_refused", False) and stream_id in self.streams:
+            # A body without content-length that outgrew the limit: answer
+            # now instead of crediting the window for the rest of it.
+            stream.connectionLost(Failure(ConnectionLost("request body too large")))
+            self._requestDone(stream_id)
+            self._answer_too_large(stream_id, request.body_limit)
 
     def _requestEnded(self, event: Any) -> None:
         if event.stream_id in self.streams:

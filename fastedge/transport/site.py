@@ -71,6 +71,11 @@ class EdgeRequest(Request):
             return
         super().gotLength(length)
 
+    @property
+    def body_refused(self) -> bool:
+        """Whether the body was refused for its size (the answer is a 413)."""
+        return self._too_large
+
     def handleContentChunk(self, data: bytes) -> None:
         if self._too_large:
             return
@@ -81,8 +86,8 @@ class EdgeRequest(Request):
             if self.content is not None:
                 self.content.seek(0)
                 self.content.truncate()
-            # HTTP/1.1 answers now and closes rather than read the rest;
-            # HTTP/2 answers once the stream ends (flow control bounds it).
+            # HTTP/1.1 answers now and closes rather than read the rest
+            # (HTTP/2: EdgeH2Connection answers and resets the stream).
             refuse = getattr(self.channel, "refuse", None)
             if refuse is not None:
                 refuse(413, "body_too_large", "request body is larger than {} bytes".format(self.body_limit))

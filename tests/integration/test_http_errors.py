@@ -407,7 +407,22 @@ class HttpErrorTests(TestCase):
         """An HTTP/2 stream declaring a 1 GB body is answered 413 in JSON at
         once, before any DATA, then reset with NO_ERROR so the client stops
         sending; the connection is not torn down."""
-        client = _H2Upload()
+        client = _H2Upload(b"1000000000")
+        endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", self.node.https_port, insecure_tls("localhost", [b"h2"]))
+        yield endpoint.connect(Factory.forProtocol(lambda: client))
+        yield client.closed
+        self.assertEqual(client.headers.get(b":status"), b"413")
+        self.assertEqual(client.headers.get(b"content-type"), _JSON.encode())
+        self.assertEqual(json.loads(client.body)["error"]["code"], "body_too_large")
+        self.assertEqual(client.reset, h2.errors.ErrorCodes.NO_ERROR)
+        self.assertIsNone(client.goaway)
+
+    @defer.inlineCallbacks
+    def test_h2_undeclared_body_over_limit(self) -> Any:
+        """An HTTP/2 body without content-length is answered 413 as soon as
+        it outgrows the limit (64 KiB), though the stream never ends, then
+        reset with NO_ERROR; the connection is not torn down."""
+        client = _H2Upload(None, b"x" * 200_000)
         endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", self.node.https_port, insecure_tls("localhost", [b"h2"]))
         yield endpoint.connect(Factory.forProtocol(lambda: client))
         yield client.closed
@@ -419,11 +434,15 @@ class HttpErrorTests(TestCase):
 
 
 class _H2Upload(Protocol):
-    """Declares a 1 GB body on one stream and sends none of it; closes once
-    the stream is reset (or the connection is told to go away)."""
+    """POSTs on one stream, declaring ``declared`` as content-length (if
+    given) and sending ``body`` as the server's window allows, never ending
+    the stream; closes once the stream is reset (or the connection is told
+    to go away)."""
 
-    def __init__(self) -> None:
+    def __init__(self, declared: bytes | None, body: bytes = b"") -> None:
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.declared = declared
+        self.pending = body
         self.closed: defer.Deferred[None] = defer.Deferred()
         self.headers: dict[bytes, bytes] = {}
         self.body = b""
@@ -432,18 +451,26 @@ class _H2Upload(Protocol):
 
     def connectionMade(self) -> None:
         self.conn.initiate_connection()
-        self.conn.send_headers(
-            1,
-            [
-                (b":method", b"POST"),
-                (b":path", b"/api/v1/manage/threads"),
-                (b":scheme", b"https"),
-                (b":authority", b"localhost"),
-                (b"content-type", b"application/json"),
-                (b"content-length", b"1000000000"),
-            ],
-        )
+        headers = [
+            (b":method", b"POST"),
+            (b":path", b"/api/v1/manage/threads"),
+            (b":scheme", b"https"),
+            (b":authority", b"localhost"),
+            (b"content-type", b"application/json"),
+        ]
+        if self.declared is not None:
+            headers.append((b"content-length", self.declared))
+        self.conn.send_headers(1, headers)
+        self._send_body()
         self.transport.write(self.conn.data_to_send())
+
+    def _send_body(self) -> None:
+        while self.pending and self.reset is None:
+            window = min(self.conn.local_flow_control_window(1), self.conn.max_outbound_frame_size)
+            if window <= 0:
+                return
+            chunk, self.pending = self.pending[:window], self.pending[window:]
+            self.conn.send_data(1, chunk)
 
     def dataReceived(self, data: bytes) -> None:
         for event in self.conn.receive_data(data):
@@ -451,6 +478,8 @@ class _H2Upload(Protocol):
                 self.headers = dict(event.headers)
             elif isinstance(event, h2.events.DataReceived):
                 self.body += event.data
+            elif isinstance(event, h2.events.WindowUpdated):
+                self._send_body()
             elif isinstance(event, h2.events.StreamReset):
                 self.reset = event.error_code
                 self.transport.loseConnection()

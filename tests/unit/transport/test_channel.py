@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import json
 
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+from hyperframe.frame import DataFrame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -17,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from fastedge.jsonhttp import encode, write_json
 from fastedge.metrics.registry import new_registry
+from fastedge.transport.channel import _RefusingH2State
 from fastedge.transport.metrics import HttpMetrics
 from fastedge.transport.site import EdgeSite
 from fastedge.web import EdgeRoot
@@ -100,6 +106,8 @@ def _responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
 
 
 class ChannelPropertyTests(SynchronousTestCase):
+    """Odd HTTP/1.1 requests through EdgeSite's channel, at the wire."""
+
     def setUp(self) -> None:
         root = EdgeRoot()
         root.putChild(b"echo", _Echo())
@@ -122,3 +130,62 @@ class ChannelPropertyTests(SynchronousTestCase):
                 self.assertIsInstance(json.loads(body)["error"]["code"], str)
         protocol.connectionLost(None)  # type: ignore[arg-type]
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+def _request_headers(path: bytes, tag: bytes) -> list[tuple[bytes, bytes]]:
+    return [
+        (b":method", b"POST"),
+        (b":path", path),
+        (b":scheme", b"https"),
+        (b":authority", b"localhost"),
+        (b"x-tag", tag),
+    ]
+
+
+class RefusingH2StateTests(SynchronousTestCase):
+    """The h2 state behind EdgeH2Connection, driven by a real h2 client."""
+
+    def setUp(self) -> None:
+        self.server = _RefusingH2State(config=h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.refused: list[int] = []
+        self.server.on_refused = self.refused.append
+        self.server.initiate_connection()
+        self.client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.client.initiate_connection()
+
+    def to_server(self) -> list[object]:
+        events: list[object] = self.server.receive_data(self.client.data_to_send())
+        return events
+
+    def to_client(self) -> list[object]:
+        events: list[object] = self.client.receive_data(self.server.data_to_send())
+        return events
+
+    def test_stream_over_limit_is_refused_alone(self) -> None:
+        """The 101st stream is reset REFUSED_STREAM and yields no event; its
+        header block still updates HPACK (a later stream's distinct headers
+        decode right), DATA on it is answered without a connection error,
+        and a stream opened once another closed is served."""
+        for i in range(101):
+            self.client.send_headers(1 + 2 * i, _request_headers(b"/s", b"tag-%d" % i))
+        events = self.to_server()
+        received = [e for e in events if isinstance(e, h2.events.RequestReceived)]
+        self.assertEqual([e.stream_id for e in received], list(range(1, 201, 2)))
+        self.assertEqual(self.refused, [201])
+        resets = [e for e in self.to_client() if isinstance(e, h2.events.StreamReset)]
+        self.assertEqual([(e.stream_id, e.error_code) for e in resets], [(201, h2.errors.ErrorCodes.REFUSED_STREAM)])
+
+        # DATA the client had in flight on the refused stream (built by
+        # hand: the client's own state no longer lets it send on 201).
+        late = self.server.receive_data(DataFrame(201, data=b"x" * 100).serialize())
+        self.assertEqual(late, [])
+        self.server.data_to_send()  # RST_STREAM again and the window credited back
+
+        self.client.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
+        self.client.send_headers(203, _request_headers(b"/after", b"tag-after"))
+        events = self.to_server()
+        received = [e for e in events if isinstance(e, h2.events.RequestReceived)]
+        self.assertEqual(len(received), 1)
+        self.assertIn((b"x-tag", b"tag-after"), received[0].headers)
+        self.assertIn((b":path", b"/after"), received[0].headers)
+        self.assertFalse([e for e in events if isinstance(e, h2.events.ConnectionTerminated)])

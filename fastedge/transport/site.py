@@ -3,8 +3,8 @@
 
 :class:`EdgeRequest` adds what every route needs: a bound on request
 bodies (checked while the body arrives, so an oversized upload is never
-buffered), per-route metrics, and a JSON 500 instead of Twisted's HTML
-error page (no traceback ever reaches a client), and JSON 405s. The
+buffered), per-route metrics, and JSON errors instead of Twisted's HTML
+pages: the 500 (no traceback ever reaches a client) and the 405. The
 connections it speaks over are in :mod:`fastedge.transport.channel`.
 """
 

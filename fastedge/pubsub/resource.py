@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -53,4 +55,52 @@ class LiveResource(Resource):
                 "connect with WebSocket (or use /live/events for SSE)",
             )
             return NOT_DONE_YET
+        if _refuse_upgrade(request):
+            return NOT_DONE_YET
         return self._websocket.render(request)
+
+
+def _refuse_upgrade(request: Request) -> bool:
+    """Refuse, in JSON, a WebSocket upgrade that autobahn would refuse with
+    an empty response or accept against RFC 6455: one over anything but
+    HTTP/1.1 (400), of a version other than 13 (426, naming 13), or without
+    the Host, ``Connection: upgrade`` and key RFC 6455 section 4.1 requires
+    (400).
+
+    :returns: whether ``request`` was answered.
+    """
+    if request.clientproto != b"HTTP/1.1":
+        request.setHeader(b"connection", b"close")
+        write_error(request, 400, "websocket_needs_http11", "a WebSocket upgrade needs HTTP/1.1")
+        return True
+    versions = request.requestHeaders.getRawHeaders(b"sec-websocket-version") or []
+    if versions != [b"13"]:
+        request.setHeader(b"sec-websocket-version", b"13")
+        write_error(
+            request,
+            426,
+            "unsupported_websocket_version",
+            "only WebSocket version 13 (RFC 6455) is spoken here",
+        )
+        return True
+    headers = request.requestHeaders
+    connection = b",".join(headers.getRawHeaders(b"connection") or [])
+    keys = headers.getRawHeaders(b"sec-websocket-key") or []
+    if (
+        len(headers.getRawHeaders(b"host") or []) != 1
+        or b"upgrade" not in {token.strip().lower() for token in connection.split(b",")}
+        or len(keys) != 1
+        or _KEY.fullmatch(keys[0]) is None
+    ):
+        write_error(
+            request,
+            400,
+            "bad_websocket_handshake",
+            "a WebSocket upgrade needs Host, Connection: upgrade and one Sec-WebSocket-Key (16 bytes, base64)",
+        )
+        return True
+    return False
+
+
+#: A Sec-WebSocket-Key: 16 bytes in base64 (RFC 6455 section 4.1).
+_KEY = re.compile(rb"[A-Za-z0-9+/]{22}==")

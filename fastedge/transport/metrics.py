@@ -36,6 +36,14 @@ class HttpMetrics:
             ["route"],
             registry=registry,
         )
+        self.protocol_errors = Counter(
+            "fastedge_http_protocol_errors_total",
+            "Requests refused by the HTTP transport before reaching a route (malformed or "
+            "oversized request line or headers, a second Host, ...) and "
+            "HTTP/2 streams refused over the concurrency limit (refused_stream), by error code.",
+            ["code"],
+            registry=registry,
+        )
 
     def observe(self, route: str, method: bytes, code: int, seconds: float) -> None:
         """Record one finished request."""

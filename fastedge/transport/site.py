@@ -3,8 +3,9 @@
 
 :class:`EdgeRequest` adds what every route needs: a bound on request
 bodies (checked while the body arrives, so an oversized upload is never
-buffered), per-route metrics, and a JSON 500 instead of Twisted's HTML
-error page (no traceback ever reaches a client).
+buffered), per-route metrics, and JSON errors instead of Twisted's HTML
+pages: the 500 (no traceback ever reaches a client) and the 405. The
+connections it speaks over are in :mod:`fastedge.transport.channel`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import IResource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from ..jsonhttp import write_error
+from .channel import edge_channel
 from .metrics import HttpMetrics
 
 
@@ -69,6 +72,11 @@ class EdgeRequest(Request):
             return
         super().gotLength(length)
 
+    @property
+    def body_refused(self) -> bool:
+        """Whether the body was refused for its size (the answer is a 413)."""
+        return self._too_large
+
     def handleContentChunk(self, data: bytes) -> None:
         if self._too_large:
             return
@@ -79,6 +87,11 @@ class EdgeRequest(Request):
             if self.content is not None:
                 self.content.seek(0)
                 self.content.truncate()
+            # HTTP/1.1 answers now and closes rather than read the rest
+            # (HTTP/2: EdgeH2Connection answers and resets the stream).
+            refuse = getattr(self.channel, "refuse", None)
+            if refuse is not None:
+                refuse(413, "body_too_large", "request body is larger than {} bytes".format(self.body_limit))
             return
         super().handleContentChunk(data)
 
@@ -112,12 +125,53 @@ class EdgeRequest(Request):
         # A client that went away is not an error worth a traceback.
         return None
 
+    def render(self, resrc: IResource) -> None:
+        """Render ``resrc``; a method it does not offer is a JSON 405 (not
+        Twisted's HTML 405 or 501 page)."""
+        super().render(_JsonMethodErrors(resrc))
+
+    def _handleStar(self) -> None:
+        # The request target ``*``: OPTIONS gets Twisted's empty 200; any
+        # other method a JSON 405 instead of Twisted's empty one.
+        if self.method == b"OPTIONS":
+            super()._handleStar()
+            return
+        self.route = "method_not_allowed"
+        self.setHeader(b"allow", b"OPTIONS")
+        write_error(self, 405, "method_not_allowed", "only OPTIONS applies to the target *")
+
     def processingFailed(self, reason: Failure) -> None:
         self._log.failure("unhandled error answering {method} {route}", reason, method=self.method, route=self.route)
         if self.finished or self.startedWriting:
             self.loseConnection()
             return
         write_error(self, 500, "internal_error", "the server failed to answer this request")
+
+
+class _JsonMethodErrors:
+    """Renders a resource, answering a method it does not offer with a JSON
+    405 and an ``Allow`` header. HEAD on a resource without ``render_HEAD``
+    is left to Twisted, which renders GET without the body."""
+
+    def __init__(self, resource: IResource) -> None:
+        self._resource = resource
+
+    def render(self, request: Request) -> Any:
+        try:
+            return self._resource.render(request)
+        except UnsupportedMethod as e:
+            allowed = list(e.allowedMethods)
+            if request.method == b"HEAD" and b"GET" in allowed:
+                raise
+            if b"GET" in allowed and b"HEAD" not in allowed:
+                allowed.append(b"HEAD")
+            request.route = "method_not_allowed"  # type: ignore[attr-defined]
+            request.setHeader(b"allow", b", ".join(sorted(set(allowed))))
+            write_error(request, 405, "method_not_allowed", "method not allowed here")
+            return NOT_DONE_YET
+
+    def __repr__(self) -> str:
+        return repr(self._resource)
 
 
 #: Paths that stay reachable over plain HTTP when redirecting to HTTPS:
@@ -153,6 +207,7 @@ class EdgeSite(Site):
     lines per request (metrics count them instead)."""
 
     requestFactory = EdgeRequest
+    protocol = edge_channel
     displayTracebacks = False
 
     def __init__(
@@ -171,7 +226,10 @@ class EdgeSite(Site):
         :param redirect_port: when given, plain-HTTP requests are redirected
             to HTTPS on the port it returns (``None``: not listening yet).
         """
-        super().__init__(resource, reactor=reactor)
+        # No form parsing: every route reads JSON or raw bytes, and Twisted
+        # would mix urlencoded body fields into the query arguments and answer
+        # a malformed multipart body with a bare 400.
+        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self._body_limits = {path.rstrip(b"/"): limit for path, limit in body_limits}

@@ -13,14 +13,16 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from ..jsonhttp import write_error
+from .connections import ConnectionGate
+from .deadlines import RequestDeadlines
 from .metrics import HttpMetrics
 
 
@@ -148,12 +150,24 @@ def _redirect_to_https(request: EdgeRequest, port: int) -> None:
     request.finish()
 
 
+class EdgeChannel(RequestDeadlines, HTTPChannel):
+    """The HTTP/1.1 channel: Twisted's, with request deadlines."""
+
+
+def _edge_channel(site: Site) -> _GenericHTTPChannelProtocol:
+    # What Site.protocol builds: Twisted's switch between HTTP/1.1 and
+    # HTTP/2 (by ALPN), over our HTTP/1.1 channel.
+    return _GenericHTTPChannelProtocol(EdgeChannel())
+
+
 class EdgeSite(Site):
     """The public Site: :class:`EdgeRequest`, no tracebacks, no access log
     lines per request (metrics count them instead)."""
 
     requestFactory = EdgeRequest
     displayTracebacks = False
+
+    protocol = _edge_channel
 
     def __init__(
         self,
@@ -164,54 +178,40 @@ class EdgeSite(Site):
         metrics: HttpMetrics | None,
         body_limits: Iterable[tuple[bytes, int]] = (),
         redirect_port: Callable[[], int | None] | None = None,
+        connections: ConnectionGate | None = None,
+        header_timeout: float | None = None,
+        body_timeout: float | None = None,
     ) -> None:
         """
         :param body_limits: ``(path, bytes)`` for routes that take
             larger (or smaller) bodies than ``max_body_bytes``, e.g. uploads.
         :param redirect_port: when given, plain-HTTP requests are redirected
             to HTTPS on the port it returns (``None``: not listening yet).
+        :param connections: the count of open client connections and their
+            limits, kept by the listeners that serve this Site (a fresh
+            one, without limits, when not given).
+        :param header_timeout: seconds for an HTTP/1.1 request's line and
+            headers, from its first byte (``None``: no deadline).
+        :param body_timeout: seconds an HTTP/1.1 request body may go without
+            progress (``None``: no deadline).
         """
         super().__init__(resource, reactor=reactor)
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self._body_limits = {path.rstrip(b"/"): limit for path, limit in body_limits}
         self.redirect_port = redirect_port
-        self.open_connections = 0
-        self._idle_waiters: list[Deferred[None]] = []
+        self.connections = connections if connections is not None else ConnectionGate()
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
 
-    def buildProtocol(self, addr: IAddress | None) -> Any:
-        """Count open connections, for :meth:`when_idle` (clean shutdowns and
-        tests). The gauges by listener and protocol are the listeners' own
-        (``fastedge_transport_open_connections``)."""
-        protocol = super().buildProtocol(addr)
-        if protocol is None:
-            return None
-        self.open_connections += 1
-        lost = protocol.connectionLost
-
-        def connection_lost(reason: Failure) -> None:
-            try:
-                lost(reason)
-            finally:
-                self._closed_one()
-
-        protocol.connectionLost = connection_lost
-        return protocol
-
-    def _closed_one(self) -> None:
-        self.open_connections -= 1
-        if self.open_connections == 0:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for d in waiters:
-                d.callback(None)
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now (the node's load, for the mesh)."""
+        return self.connections.open
 
     def when_idle(self) -> Deferred[None]:
         """Fires once no client connection is open (at once if none is)."""
-        if self.open_connections == 0:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle_waiters.append(d)
-        return d
+        return self.connections.when_idle()
 
     def body_limit(self, target: bytes) -> int:
         """Largest body accepted for request target ``target``."""

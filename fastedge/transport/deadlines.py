@@ -55,12 +55,21 @@ class RequestDeadlines:
     _deadline: IDelayedCall | None = None
 
     def dataReceived(self, data: bytes) -> None:
-        # Pipelined requests are replayed through here too (requestDone ->
-        # setLineMode), so this sees the first byte of every request.
+        # The first byte of a request (pipelined ones are replayed through
+        # here by requestDone -> setLineMode)...
+        self._request_started()
+        super().dataReceived(data)  # type: ignore[misc]
+
+    def lineReceived(self, line: bytes) -> None:
+        # ... or the first line of one that arrived with the previous
+        # request, answered while the same read was being parsed.
+        self._request_started()
+        super().lineReceived(line)  # type: ignore[misc]
+
+    def _request_started(self) -> None:
         if self._phase == _IDLE:
             self._phase = _HEADERS
             self._arm(getattr(self.site, "header_timeout", None), self._headers_timed_out)
-        super().dataReceived(data)  # type: ignore[misc]
 
     def allHeadersReceived(self) -> None:
         self._disarm()
@@ -113,6 +122,9 @@ class RequestDeadlines:
         self._timed_out(_BODY, _BODY_TIMEOUT)
 
     def _timed_out(self, phase: str, response: bytes) -> None:
+        if getattr(self.transport, "disconnecting", False):
+            # Already closing (e.g. after a 400): nothing more to say.
+            return
         connections = getattr(self.site, "connections", None)
         if connections is not None and connections.metrics is not None:
             connections.metrics.timeouts.labels(phase).inc()

@@ -21,8 +21,8 @@ from .config import HttpConfig, NodeConfig
 from .jsonhttp import write_error
 from .metrics.resource import MetricsResource
 from .store.interfaces import IStore
-from .transport.health import HealthResource
 from .transport.connections import ConnectionGate, connection_ceiling, descriptor_limit
+from .transport.health import HealthResource
 from .transport.metrics import HttpMetrics, LimitMetrics
 from .transport.site import EdgeSite
 

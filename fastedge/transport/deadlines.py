@@ -22,7 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..jsonhttp import raw_error_response
 
@@ -99,7 +101,7 @@ class RequestDeadlines:
         self._disarm()
         super().loseConnection()  # type: ignore[misc]
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()
         super().connectionLost(reason)  # type: ignore[misc]
 

@@ -295,6 +295,7 @@ class CountingTLSProtocol(_Labelled, TLSMemoryBIOProtocol):
             self._aborted = True
             # TCP's loseConnection stops reading, sends what TLS wrote (the
             # GOAWAY, the close_notify), and closes.
+            assert self.transport is not None
             self.transport.loseConnection()
         self._bound_close()
 

@@ -264,9 +264,7 @@ class Http2AfterErrorTests(_NodeCase):
         length gets exactly one GOAWAY (FRAME_SIZE_ERROR) and the server
         closes the connection instead of reading (and buffering) on."""
         client = _H2Abuser()
-        endpoint = SSL4ClientEndpoint(
-            reactor, "127.0.0.1", self.node.https_port, insecure_tls("localhost", [b"h2"])
-        )
+        endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", self.node.https_port, insecure_tls("localhost", [b"h2"]))
         yield endpoint.connect(Factory.forProtocol(lambda: client))
         yield client.closed
         self.assertLess(client.sent, client.cap, "the server kept the connection open")

@@ -228,4 +228,3 @@ class FactoryTests(SynchronousTestCase):
         self.assertEqual(self.registry.get_sample_value("fastedge_http_close_aborts_total"), 1.0)
         protocol.connectionLost(None)  # type: ignore[attr-defined]
         self.assertEqual((self.gate.open, self.clock.getDelayedCalls()), (0, []))
-

@@ -22,7 +22,8 @@ more than ``accept`` and ``close``:
   the node failing ``accept`` with ``EMFILE``; they resume below it. The
   few connections a listener accepts in the same batch after pausing are
   answered 503 with ``Retry-After`` on plain HTTP, and closed on HTTPS
-  (an answer would first cost a TLS handshake).
+  (an answer would first cost a TLS handshake). Accepting resumes once 1%
+  of the ceiling is free again.
 """
 
 from __future__ import annotations
@@ -173,7 +174,9 @@ class ConnectionGate:
         if ticket.ip is not None:
             _decrement(self._by_ip, ticket.ip)
             _decrement(self._by_prefix, ticket.prefix)
-        if self.paused and self.open < self.max_connections:
+        # Resume with 1% headroom: at the ceiling, every close would
+        # otherwise flip accepting off and on again.
+        if self.paused and self.open <= self.max_connections - max(1, self.max_connections // 100):
             self._resume()
         if self.open == 0:
             waiters, self._idle_waiters = self._idle_waiters, []

@@ -23,7 +23,6 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..jsonhttp import raw_error_response
@@ -45,8 +44,6 @@ class RequestDeadlines:
     that enforces the header and body deadlines of its Site
     (``site.header_timeout``, ``site.body_timeout``, seconds; ``None``:
     none) and counts what it closes in ``site.connections.metrics``."""
-
-    _log = Logger()
 
     site: Any
     transport: Any
@@ -130,7 +127,7 @@ class RequestDeadlines:
         connections = getattr(self.site, "connections", None)
         if connections is not None and connections.metrics is not None:
             connections.metrics.timeouts.labels(phase).inc()
-        self._log.info("closing {peer}: request {phase} too slow", peer=str(self.transport.getPeer()), phase=phase)
+        # Counted, not logged: a slowloris would turn each into a log line.
         self._phase = _HANDLING  # nothing more is parsed
         self.transport.write(response)
         self.loseConnection()

@@ -117,9 +117,14 @@ def attack(args: argparse.Namespace) -> None:
     print(json.dumps(stats), flush=True)
 
 
-def probe(port: int, seconds: float) -> dict[str, float]:
-    """``/healthz`` from 127.0.0.4 on a fresh connection every 100 ms."""
+def probe(port: int, seconds: float, started: float) -> dict[str, object]:
+    """``/healthz`` from 127.0.0.4 on a fresh connection every 100 ms.
+
+    :param started: when the attack started (``time.monotonic()``), to date
+        the slowest probes.
+    """
     latencies: list[float] = []
+    dated: list[tuple[float, float]] = []
     failures = 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -139,6 +144,7 @@ def probe(port: int, seconds: float) -> dict[str, float]:
             s.close()
             if data.startswith(b"HTTP/1.1 200"):
                 latencies.append((time.monotonic() - t0) * 1000)
+                dated.append((round(latencies[-1], 1), round(t0 - started, 2)))
             else:
                 failures += 1
         except OSError:
@@ -151,6 +157,7 @@ def probe(port: int, seconds: float) -> dict[str, float]:
         "p50_ms": statistics.median(latencies) if latencies else float("nan"),
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan"),
         "max_ms": latencies[-1] if latencies else float("nan"),
+        "slowest_ms_at_s": sorted(dated, reverse=True)[:5],
     }
 
 
@@ -197,6 +204,7 @@ def scenario(name: str, extra_config: str, args: argparse.Namespace) -> dict[str
         node = start_node(work, config, port)
         try:
             rss_before = rss_mb(node.pid)
+            started = time.monotonic()
             attackers = [
                 subprocess.Popen(
                     ["taskset", "-c", LOAD_CPU, PY, HERE, "attack", "--source", source, "--port", str(port)]
@@ -208,7 +216,7 @@ def scenario(name: str, extra_config: str, args: argparse.Namespace) -> dict[str
             ]
             time.sleep(args.warmup)
             peak = rss_before
-            result = probe(port, args.seconds - args.warmup - 1)
+            result = probe(port, args.seconds - args.warmup - 1, started)
             peak = max(peak, rss_mb(node.pid))
             held = [json.loads(a.communicate()[0]) for a in attackers]
             counters = metrics(port)

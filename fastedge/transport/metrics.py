@@ -121,6 +121,8 @@ class LimitMetrics:
             ["reason"],
             registry=registry,
         )
+        # Looked up once: a flood of refusals would pay labels() each time.
+        self.refused_by = {reason: self.refused.labels(reason) for reason in ("per_ip", "per_prefix", "ceiling")}
         self.ceiling = Gauge(
             "fastedge_http_connection_ceiling",
             "Client connections the listeners accept at once (0: no ceiling).",

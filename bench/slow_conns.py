@@ -229,6 +229,8 @@ def scenario(name: str, extra_config: str, args: argparse.Namespace) -> dict[str
             peak = max(peak, rss_mb(node.pid))
             held = [json.loads(a.communicate()[0]) for a in attackers]
             counters = metrics(port)
+            with open(os.path.join(work, "node-{}.log".format(port)), errors="replace") as f:
+                emfile = sum(1 for line in f if "Too many open files" in line or "EMFILE" in line)
             return {
                 "scenario": name,
                 "per_attacker": {"connections": args.connections, "connects_per_s": args.rate},
@@ -237,6 +239,7 @@ def scenario(name: str, extra_config: str, args: argparse.Namespace) -> dict[str
                 "rss_mb_before": round(rss_before, 1),
                 "rss_mb_end_of_attack": round(peak, 1),
                 "node": counters,
+                "node_log_emfile_lines": emfile,
             }
         finally:
             stop(node)

@@ -8,7 +8,7 @@ import datetime
 
 import h2.config
 import h2.connection
-from hyperframe.frame import Frame, GoAwayFrame, PingFrame
+from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.ssl import CertificateOptions, PrivateCertificate
@@ -109,14 +109,14 @@ class Http2AfterErrorTests(SynchronousTestCase):
         self.client.pump()
         self.assertEqual(self.client.tls.get_alpn_proto_negotiated(), b"h2")
 
-    def test_nothing_read_after_the_goaway(self) -> None:
-        """After a SETTINGS frame of the wrong length: one GOAWAY, the TCP
-        connection is asked to close (which stops its reading), and what
-        the client still sends never reaches HTTP/2: no second GOAWAY, no
-        bytes kept; the close is aborted if not flushed in time."""
+    def after_error(self, bad: bytes) -> None:
+        """Send the preface then ``bad``: one GOAWAY, the TCP connection is
+        asked to close (which stops its reading), and what the client still
+        sends never reaches HTTP/2: no second GOAWAY, no bytes kept; the
+        close is aborted if not flushed in time."""
         preface = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         preface.initiate_connection()
-        self.client.send(preface.data_to_send() + b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\x00" * 5)
+        self.client.send(preface.data_to_send() + bad)
         self.assertEqual(self.client.goaways(), 1)
         self.assertTrue(self.transport.disconnecting)
         # What still reaches hyper-h2 (which buffers what it cannot parse).
@@ -139,3 +139,15 @@ class Http2AfterErrorTests(SynchronousTestCase):
         self.assertTrue(self.transport.disconnected)
         self.server.connectionLost(None)
         self.assertEqual(self.gate.open, 0)
+
+    def test_settings_of_the_wrong_length(self) -> None:
+        """A SETTINGS frame whose length is not a multiple of 6 (see
+        :meth:`after_error`)."""
+        self.after_error(b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\x00" * 5)
+
+    def test_continuation_flood(self) -> None:
+        """A HEADERS frame followed by more CONTINUATION frames than hyper-h2
+        accepts (see :meth:`after_error`)."""
+        frames = [HeadersFrame(1, data=b"", flags=[])]
+        frames += [ContinuationFrame(1, data=b"\x00" * 16) for _ in range(100)]
+        self.after_error(b"".join(f.serialize() for f in frames))

@@ -95,6 +95,8 @@ class Cluster:
         return (
             '[node]\nid = "{node}"\ndata_dir = "{d}"\naddresses = ["127.0.0.1"]\n'
             '[http]\nendpoint = "tcp:{http}:interface=127.0.0.1:backlog=4096"\n'
+            # Every subscriber connects from 127.0.0.1: no per-address limits.
+            "max_connections_per_ip = 0\nmax_connections_per_prefix = 0\n"
             '[store]\nsqlite_path = "{db}"\n'
             '[api]\nsecret_file = "{secret}"\nwrites_per_minute_per_session = 1000000\n'
             "writes_per_minute_per_ip = 1000000\n"

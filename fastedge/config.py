@@ -265,6 +265,29 @@ class HttpConfig:
     max_body_bytes: int = _checked(64 * 1024, _positive)
     #: Requests slower than this are counted in ``fastedge_http_slow_requests_total``.
     slow_request_seconds: float = _checked(0.1, _positive)
+    #: A request's line and headers must arrive within this many seconds of
+    #: its first byte (of the connection, for its first request), or it is
+    #: answered 408 and the connection closed (nginx ``client_header_timeout``).
+    header_timeout_seconds: float = _checked(10.0, _positive)
+    #: A request body that makes no progress for this long is answered 408.
+    body_timeout_seconds: float = _checked(30.0, _positive)
+    #: Once the node closes a connection, what it wrote must be read within
+    #: this many seconds, or the connection is aborted.
+    close_timeout_seconds: float = _checked(5.0, _positive)
+    #: Client connections open at once, HTTP and HTTPS together; over it the
+    #: listeners stop accepting. 0: the descriptor limit (``ulimit -n``)
+    #: minus ``reserved_descriptors``.
+    max_connections: int = _checked(0, _non_negative)
+    #: Descriptors kept for DNS over TCP, the mesh, the store and files when
+    #: ``max_connections`` is 0.
+    reserved_descriptors: int = _checked(512, _at_least(64))
+    #: Connections open at once from one client address (0: no limit);
+    #: more are closed as soon as they are accepted.
+    max_connections_per_ip: int = _checked(1000, _non_negative)
+    #: The same for one network (0: no limit), of these prefix lengths.
+    max_connections_per_prefix: int = _checked(4000, _non_negative)
+    ipv4_prefix_length: int = _checked(24, _between(8, 32))
+    ipv6_prefix_length: int = _checked(64, _between(16, 128))
 
 
 @dataclass(frozen=True)

@@ -44,3 +44,24 @@ def error_body(code: str, message: str, **extra: Any) -> bytes:
 def write_error(request: IRequest, status: int, code: str, message: str, **extra: Any) -> None:
     """Finish ``request`` with a JSON error."""
     write_json(request, status, error_body(code, message, **extra))
+
+
+def raw_error_response(
+    status: int, reason: bytes, code: str, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> bytes:
+    """A whole HTTP/1.1 error response that closes the connection, as bytes,
+    for the places that answer below any request object (a connection
+    refused at accept, a request whose headers never completed).
+
+    :param reason: the status line's reason phrase.
+    """
+    body = error_body(code, message)
+    lines = [
+        b"HTTP/1.1 %d %s" % (status, reason),
+        b"content-type: application/json; charset=utf-8",
+        b"x-content-type-options: nosniff",
+        b"content-length: %d" % (len(body),),
+        b"connection: close",
+    ]
+    lines.extend(name + b": " + value for name, value in headers)
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body

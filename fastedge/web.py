@@ -21,8 +21,9 @@ from .config import HttpConfig, NodeConfig
 from .jsonhttp import write_error
 from .metrics.resource import MetricsResource
 from .store.interfaces import IStore
+from .transport.connections import ConnectionGate, connection_ceiling, descriptor_limit
 from .transport.health import HealthResource
-from .transport.metrics import HttpMetrics
+from .transport.metrics import HttpMetrics, LimitMetrics
 from .transport.site import EdgeSite
 
 
@@ -59,6 +60,7 @@ def build_site(
     media: IResource | None = None,
     body_limits: Iterable[tuple[bytes, int]] = (),
     mesh_health: Callable[[], dict[str, Any]] | None = None,
+    descriptors: int | None = None,
 ) -> EdgeSite:
     """The node's Site.
 
@@ -67,6 +69,8 @@ def build_site(
     :param media: the CDN's ``/media`` resource.
     :param body_limits: request body limits of particular paths (uploads).
     :param mesh_health: the mesh's summary, for ``/healthz``.
+    :param descriptors: the descriptor limit the connection ceiling is
+        derived from (default: the process's, ``ulimit -n``).
     """
     root = EdgeRoot()
     root.putChild(b"api", api)
@@ -87,10 +91,23 @@ def build_site(
         ),
     )
     root.putChild(b"metrics", MetricsResource(registry))
+    if descriptors is None:
+        descriptors = descriptor_limit()
+    connections = ConnectionGate(
+        max_connections=connection_ceiling(http.max_connections, http.reserved_descriptors, descriptors),
+        per_ip=http.max_connections_per_ip,
+        per_prefix=http.max_connections_per_prefix,
+        ipv4_prefix=http.ipv4_prefix_length,
+        ipv6_prefix=http.ipv6_prefix_length,
+        metrics=LimitMetrics(registry),
+    )
     return EdgeSite(
         root,
         reactor=reactor,
         max_body_bytes=http.max_body_bytes,
         metrics=HttpMetrics(registry, http.slow_request_seconds),
         body_limits=body_limits,
+        connections=connections,
+        header_timeout=http.header_timeout_seconds,
+        body_timeout=http.body_timeout_seconds,
     )

@@ -45,7 +45,8 @@ from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 from twisted.web.http import RESPONSES, HTTPChannel, _GenericHTTPChannelProtocol
 
-from ..jsonhttp import error_body
+from ..jsonhttp import error_body, raw_error_response
+from .deadlines import RequestDeadlines
 
 #: Versions of the form ``HTTP/d.d`` that are not 1.0 or 1.1 are a 505;
 #: anything else in the version field is a malformed request line.
@@ -59,9 +60,10 @@ def _count(site: Any, code: str) -> None:
         metrics.protocol_errors.labels(code).inc()
 
 
-class EdgeHTTPChannel(HTTPChannel):
+class EdgeHTTPChannel(RequestDeadlines, HTTPChannel):
     """Twisted's HTTP/1.1 channel, with JSON refusals that close the
-    connection (see the module docstring).
+    connection (see the module docstring) and the request deadlines of
+    :class:`~fastedge.transport.deadlines.RequestDeadlines`.
 
     Its checks run before Twisted's own on each line, with the same limits
     (``MAX_LENGTH`` per line, ``totalHeadersSize``, ``maxHeaders``), so
@@ -221,21 +223,13 @@ class EdgeHTTPChannel(HTTPChannel):
         if self._refused:
             return
         self._refused = True
-        body = error_body(code, message)
-        head = [
-            b"HTTP/1.1 %d %s" % (status, RESPONSES.get(status, b"Error")),
-            b"Content-Type: application/json; charset=utf-8",
-            b"X-Content-Type-Options: nosniff",
-            b"Content-Length: %d" % (len(body),),
-            b"Connection: close",
-        ]
         _count(getattr(self, "site", None), code)
         transport = self.transport
         assert transport is not None
         self._log.debug(
             "refused a request from {peer}: {status} {code}", peer=transport.getPeer(), status=status, code=code
         )
-        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        transport.write(raw_error_response(status, RESPONSES.get(status, b"Error"), code, message))
         self.loseConnection()
 
 

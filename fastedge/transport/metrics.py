@@ -116,3 +116,48 @@ class ConnectionMetrics:
             ["listener", "protocol"],
             registry=registry,
         )
+
+
+class LimitMetrics:
+    """What the connection limits and request deadlines did."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.refused = Counter(
+            "fastedge_http_connections_refused_total",
+            "Client connections closed as soon as accepted, by reason: per_ip, per_prefix "
+            "(too many from one address or network) or ceiling (http.max_connections).",
+            ["reason"],
+            registry=registry,
+        )
+        # Looked up once: a flood of refusals would pay labels() each time.
+        self.refused_by = {reason: self.refused.labels(reason) for reason in ("per_ip", "per_prefix", "ceiling")}
+        self.ceiling = Gauge(
+            "fastedge_http_connection_ceiling",
+            "Client connections the listeners accept at once (0: no ceiling).",
+            registry=registry,
+        )
+        self.accepting = Gauge(
+            "fastedge_http_accepting",
+            "1 while the listeners accept connections, 0 while paused at the ceiling.",
+            registry=registry,
+        )
+        self.accept_pauses = Counter(
+            "fastedge_http_accept_pauses_total",
+            "Times the listeners stopped accepting because the ceiling was reached.",
+            registry=registry,
+        )
+        self.timeouts = Counter(
+            "fastedge_http_request_timeouts_total",
+            "HTTP/1.1 requests answered 408 and closed, by phase: headers (not all "
+            "received within http.header_timeout_seconds), body (no progress within "
+            "http.body_timeout_seconds).",
+            ["phase"],
+            registry=registry,
+        )
+        self.close_aborts = Counter(
+            "fastedge_http_close_aborts_total",
+            "Connections aborted because the client did not read what was left to send "
+            "within http.close_timeout_seconds of the node closing it.",
+            registry=registry,
+        )
+        self.accepting.set(1)

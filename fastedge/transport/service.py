@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from ..config import HttpConfig, TlsConfig
 from ..metrics.registry import new_registry
 from .certs import CertificateStore, ensure_self_signed
+from .connections import ConnectionGate
 from .metrics import ConnectionMetrics, TlsMetrics
 from .site import EdgeSite
 from .tls import CountingFactory, CountingTLSFactory, SniServerCreator, context_builder
@@ -34,15 +35,26 @@ class Listener(StreamServerEndpointService):
 
     port: IListeningPort | None = None
 
+    def __init__(self, endpoint: Any, factory: Any, gate: ConnectionGate | None = None) -> None:
+        """
+        :param gate: pauses accepting on this listener at its ceiling.
+        """
+        super().__init__(endpoint, factory)
+        self._gate = gate
+
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         self._waitingForPort.addCallback(self._bound)
 
     def _bound(self, port: IListeningPort) -> IListeningPort:
         self.port = port
+        if self._gate is not None:
+            self._gate.watch(port)
         return port
 
     def stopService(self) -> Any:
+        if self._gate is not None and self.port is not None:
+            self._gate.unwatch(self.port)
         self.port = None
         return super().stopService()
 
@@ -115,9 +127,18 @@ def make_service(
     top = MultiService()
     background.setServiceParent(top)
     connections = ConnectionMetrics(registry)
+    gate = site.connections
     http = Listener(
         serverFromString(reactor, cfg.endpoint),
-        CountingFactory(site, listener="http", metrics=connections),
+        CountingFactory(
+            site,
+            listener="http",
+            metrics=connections,
+            gate=gate,
+            reactor=reactor,
+            close_timeout=cfg.close_timeout_seconds,
+        ),
+        gate,
     )
     http._raiseSynchronously = True  # a port in use fails `twistd` loudly
     http.setName("http")
@@ -143,7 +164,16 @@ def make_service(
     creator.store = store
     https = Listener(
         serverFromString(reactor, tls.endpoint),
-        CountingTLSFactory(creator, site, metrics=connections, tls_metrics=tls_metrics),
+        CountingTLSFactory(
+            creator,
+            site,
+            metrics=connections,
+            tls_metrics=tls_metrics,
+            gate=gate,
+            reactor=reactor,
+            close_timeout=cfg.close_timeout_seconds,
+        ),
+        gate,
     )
     https._raiseSynchronously = True
     https.setName("https")

@@ -14,8 +14,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.error import UnsupportedMethod
@@ -24,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from ..jsonhttp import write_error
 from .channel import edge_channel
+from .connections import ConnectionGate
 from .metrics import HttpMetrics
 
 
@@ -219,12 +219,22 @@ class EdgeSite(Site):
         metrics: HttpMetrics | None,
         body_limits: Iterable[tuple[bytes, int]] = (),
         redirect_port: Callable[[], int | None] | None = None,
+        connections: ConnectionGate | None = None,
+        header_timeout: float | None = None,
+        body_timeout: float | None = None,
     ) -> None:
         """
         :param body_limits: ``(path, bytes)`` for routes that take
             larger (or smaller) bodies than ``max_body_bytes``, e.g. uploads.
         :param redirect_port: when given, plain-HTTP requests are redirected
             to HTTPS on the port it returns (``None``: not listening yet).
+        :param connections: the count of open client connections and their
+            limits, kept by the listeners that serve this Site (a fresh
+            one, without limits, when not given).
+        :param header_timeout: seconds for an HTTP/1.1 request's line and
+            headers, from its first byte (``None``: no deadline).
+        :param body_timeout: seconds an HTTP/1.1 request body may go without
+            progress (``None``: no deadline).
         """
         # No form parsing: every route reads JSON or raw bytes, and Twisted
         # would mix urlencoded body fields into the query arguments and answer
@@ -234,42 +244,18 @@ class EdgeSite(Site):
         self.metrics = metrics
         self._body_limits = {path.rstrip(b"/"): limit for path, limit in body_limits}
         self.redirect_port = redirect_port
-        self.open_connections = 0
-        self._idle_waiters: list[Deferred[None]] = []
+        self.connections = connections if connections is not None else ConnectionGate()
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
 
-    def buildProtocol(self, addr: IAddress | None) -> Any:
-        """Count open connections, for :meth:`when_idle` (clean shutdowns and
-        tests). The gauges by listener and protocol are the listeners' own
-        (``fastedge_transport_open_connections``)."""
-        protocol = super().buildProtocol(addr)
-        if protocol is None:
-            return None
-        self.open_connections += 1
-        lost = protocol.connectionLost
-
-        def connection_lost(reason: Failure) -> None:
-            try:
-                lost(reason)
-            finally:
-                self._closed_one()
-
-        protocol.connectionLost = connection_lost
-        return protocol
-
-    def _closed_one(self) -> None:
-        self.open_connections -= 1
-        if self.open_connections == 0:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for d in waiters:
-                d.callback(None)
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now (the node's load, for the mesh)."""
+        return self.connections.open
 
     def when_idle(self) -> Deferred[None]:
         """Fires once no client connection is open (at once if none is)."""
-        if self.open_connections == 0:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle_waiters.append(d)
-        return d
+        return self.connections.when_idle()
 
     def body_limit(self, target: bytes) -> int:
         """Largest body accepted for request target ``target``."""

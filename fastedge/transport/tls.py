@@ -11,6 +11,16 @@ TLS 1.2, ALPN ``h2`` then ``http/1.1``.
 HTTP) count connections by protocol (h1, h2, ws) and TLS handshake failures
 by reason. Both see a WebSocket upgrade because autobahn replaces the
 protocol they feed (their ``wrappedProtocol``).
+
+Their protocols are the outermost of every client connection: whatever it
+becomes (HTTP/1.1, HTTP/2, WebSocket, SSE), the reactor's transport calls
+*their* ``connectionLost``. So they are where a connection is admitted to
+and released from the node's one count
+(:class:`~fastedge.transport.connections.ConnectionGate`), and where a
+connection the node closes is bounded: nothing the client sends after the
+node closed it reaches the application (HTTP/2 after a GOAWAY for a
+protocol error, in particular), and a client that does not read what was
+left to send is aborted after ``close_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocol
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -29,7 +39,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..jsonhttp import raw_error_response
 from .certs import CertificateLoadError, CertificateStore
+from .connections import CEILING, ConnectionGate, Ticket
 from .metrics import ConnectionMetrics, TlsMetrics
 
 ALPN_PROTOCOLS = (b"h2", b"http/1.1")
@@ -177,6 +189,35 @@ class _Labelled:
         self._label.settle(self._first_label)
         super().makeConnection(transport)  # type: ignore[misc]
 
+    # The one count of open connections, and the bound on closing.
+
+    #: Set by the factory when the gate admitted the connection.
+    ticket: Ticket | None = None
+    _close_call: Any = None
+    _gone = False
+
+    def _bound_close(self) -> None:
+        """The node closed the connection: abort it if what was left to
+        send is not read within the factory's ``close_timeout``."""
+        if self._close_call is None and not self._gone and self.factory.close_timeout is not None:
+            self._close_call = self.factory.reactor.callLater(self.factory.close_timeout, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self._close_call = None
+        gate = self.factory.gate
+        if gate.metrics is not None:
+            gate.metrics.close_aborts.inc()
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _connection_gone(self) -> None:
+        self._gone = True
+        if self._close_call is not None:
+            if self._close_call.active():
+                self._close_call.cancel()
+            self._close_call = None
+        if self.ticket is not None:
+            self.ticket.release()
+
 
 class CountedConnection(_Labelled, ProtocolWrapper):
     """A plain-HTTP connection, counted as h1 until it becomes a WebSocket."""
@@ -187,7 +228,12 @@ class CountedConnection(_Labelled, ProtocolWrapper):
         super().__init__(factory, wrappedProtocol)  # type: ignore[arg-type]
         self._original = wrappedProtocol
 
+    def loseConnection(self) -> None:
+        super().loseConnection()
+        self._bound_close()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._connection_gone()
         if self._label is not None:
             self._label.close()
         super().connectionLost(reason)
@@ -227,7 +273,34 @@ class CountingTLSProtocol(_Labelled, TLSMemoryBIOProtocol):
             alpn = negotiated.decode("ascii", "replace") if negotiated else "none"
             self.factory.tls_metrics.handshakes.labels(version, alpn).inc()
 
+    def loseConnection(self) -> None:
+        """Close like TCP does: stop reading, close once what was written is
+        sent.
+
+        TLS on its own would keep reading after sending its close_notify
+        (waiting for the client's) and keep handing the application
+        whatever the client sends: an HTTP/2 client that ignores the GOAWAY
+        for a protocol error would be read, parsed and buffered for as long
+        as it keeps sending. TLS allows the side that closes not to wait
+        for the other's close_notify (RFC 8446, section 6.1).
+        """
+        if self.disconnecting or not self.connected:
+            return
+        handshake_done = self._handshakeDone
+        super().loseConnection()
+        if not self.connected:
+            return
+        if handshake_done:
+            # Nothing more for the application, even from bytes already read.
+            self._aborted = True
+            # TCP's loseConnection stops reading, sends what TLS wrote (the
+            # GOAWAY, the close_notify), and closes.
+            assert self.transport is not None
+            self.transport.loseConnection()
+        self._bound_close()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._connection_gone()
         label = self._label
         if label is not None:
             if label.label == "tls":
@@ -241,8 +314,64 @@ class CountingTLSProtocol(_Labelled, TLSMemoryBIOProtocol):
         super().connectionLost(reason)
 
 
-class CountingTLSFactory(TLSMemoryBIOFactory):
-    """Server-side TLS for the Site, counted (see :class:`CountingTLSProtocol`)."""
+class _Gated:
+    """What both counting factories share: admission through the gate."""
+
+    gate: ConnectionGate
+    #: Plain HTTP answers a connection over the ceiling with a 503; HTTPS
+    #: closes it (an answer would first cost a TLS handshake).
+    _answer_overload = False
+
+    def _gate_setup(self, gate: ConnectionGate | None, reactor: Any, close_timeout: float | None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.gate = gate if gate is not None else ConnectionGate()
+        self.reactor = reactor
+        self.close_timeout = close_timeout
+
+    def buildProtocol(self, addr: Any) -> Any:
+        admitted = self.gate.admit(addr)
+        if isinstance(admitted, str):
+            if admitted == CEILING and self._answer_overload:
+                return _Overloaded()
+            # The port closes the socket at once.
+            return None
+        protocol = super().buildProtocol(addr)  # type: ignore[misc]
+        if protocol is None:
+            admitted.release()
+            return None
+        protocol.ticket = admitted
+        return protocol
+
+
+_OVERLOADED = raw_error_response(
+    503,
+    b"Service Unavailable",
+    "overloaded",
+    "the node has as many connections as it accepts; retry shortly",
+    ((b"retry-after", b"1"),),
+)
+
+
+class _Overloaded(Protocol):
+    """Answers a connection over the ceiling with a 503 and closes it."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(_OVERLOADED)
+        self.transport.loseConnection()
+
+
+class CountingTLSFactory(_Gated, TLSMemoryBIOFactory):
+    """Server-side TLS for the Site, counted (see :class:`CountingTLSProtocol`).
+
+    :param gate: the node's connection count and limits (a fresh one when
+        not given).
+    :param close_timeout: seconds a closed connection may take to flush
+        (``None``: no bound).
+    """
 
     protocol = CountingTLSProtocol
 
@@ -254,26 +383,43 @@ class CountingTLSFactory(TLSMemoryBIOFactory):
         metrics: ConnectionMetrics,
         tls_metrics: TlsMetrics,
         listener: str = "https",
+        gate: ConnectionGate | None = None,
+        reactor: Any = None,
+        close_timeout: float | None = 5.0,
     ) -> None:
         super().__init__(creator, False, wrapped)
         self.listener = listener
         self.metrics = metrics
         self.tls_metrics = tls_metrics
+        self._gate_setup(gate, reactor, close_timeout)
 
 
-class CountingFactory(WrappingFactory):
+class CountingFactory(_Gated, WrappingFactory):
     """Wraps the Site on the plain-HTTP listener so each connection is
     counted (h1, then ws after an upgrade).
 
     :param listener: the metrics label (``http``).
+    :param gate: see :class:`CountingTLSFactory`.
+    :param close_timeout: see :class:`CountingTLSFactory`.
     """
 
     protocol = CountedConnection
+    _answer_overload = True
 
-    def __init__(self, wrapped: Factory[Any], *, listener: str, metrics: ConnectionMetrics) -> None:
+    def __init__(
+        self,
+        wrapped: Factory[Any],
+        *,
+        listener: str,
+        metrics: ConnectionMetrics,
+        gate: ConnectionGate | None = None,
+        reactor: Any = None,
+        close_timeout: float | None = 5.0,
+    ) -> None:
         super().__init__(wrapped)
         self.listener = listener
         self.metrics = metrics
+        self._gate_setup(gate, reactor, close_timeout)
 
     def logPrefix(self) -> str:
         return self.listener

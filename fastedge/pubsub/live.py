@@ -125,6 +125,11 @@ class Live:
         if self.metrics is not None:
             self.metrics.closed.labels(str(code)).inc()
 
+    def compression_declined(self) -> None:
+        """Count a WebSocket handshake whose compression offer was declined."""
+        if self.metrics is not None:
+            self.metrics.compression_declined.inc()
+
     def slow_consumer(self, transport: str) -> None:
         """Count a slow-consumer disconnect."""
         if self.metrics is not None:

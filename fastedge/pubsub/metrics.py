@@ -124,6 +124,11 @@ class LiveMetrics:
             ["transport"],
             registry=registry,
         )
+        self.compression_declined = Counter(
+            "fastedge_live_compression_offers_declined",
+            "WebSocket handshakes that offered compression (permessage-deflate), declined: one frame serves all.",
+            registry=registry,
+        )
         self.fanout_seconds = Histogram(
             "fastedge_live_fanout_seconds",
             "Time to hand one event to every local subscriber of its channel.",

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageCompressOffer
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -83,6 +84,19 @@ class LiveServerProtocol(WebSocketServerProtocol):
             )
         if messages.PROTOCOL in request.protocols:
             return messages.PROTOCOL
+        return None
+
+    def perMessageCompressionAccept(self, offers: list[PerMessageCompressOffer]) -> None:
+        """Decline every compression offer (browsers offer ``permessage-deflate``
+        on every handshake): the answer names no extension.
+
+        Each event is framed once and the same bytes go to every subscriber;
+        compression would mean a deflate per event per connection and a zlib
+        context (~tens of KB) per connection. Live messages are small JSON.
+
+        :returns: ``None``, autobahn's "no offer accepted".
+        """
+        self.factory.live.compression_declined()
         return None
 
     def onOpen(self) -> None:
@@ -271,9 +285,9 @@ class LiveWebSocketFactory(WebSocketServerFactory):
     """Builds :class:`LiveServerProtocol` instances sharing one :class:`Live`.
 
     autobahn copies ~20 options onto every protocol instance unless the
-    class already has them; we give them to a per-factory subclass instead,
-    so an idle connection does not carry its own copy and a connect does
-    not spend time copying and logging them.
+    class already has them; we give them to a per-factory subclass instead
+    (:func:`configured_protocol`), so an idle connection does not carry its
+    own copy and a connect does not spend time copying and logging them.
     """
 
     def __init__(self, live: Live) -> None:
@@ -295,13 +309,7 @@ class LiveWebSocketFactory(WebSocketServerFactory):
         # autobahn's handshake timeouts go to the node's clock (the reactor,
         # or a test's Clock), not to txaio's global-reactor timer buckets.
         self._batched_timer = _ClockTimer(live.clock)
-        options: dict[str, Any] = {name: getattr(self, name) for name in LiveServerProtocol.CONFIG_ATTRS}
-        # With every option on the class, autobahn has nothing to copy per
-        # connection; an empty list also spares it pretty-printing all the
-        # options into a debug log line on every connect (~0.5 ms each, the
-        # largest cost of a handshake in a burst of connects).
-        options["CONFIG_ATTRS"] = []
-        self.protocol = type("ConfiguredLiveServerProtocol", (LiveServerProtocol,), options)  # type: ignore[assignment]
+        self.protocol = configured_protocol(self, LiveServerProtocol)
         #: The greeting, the same frame for every connection.
         self.hello = self.frame(messages.hello(live.node_id, cfg.max_subscriptions))
         #: Traffic of all open connections together (autobahn counts per
@@ -311,3 +319,32 @@ class LiveWebSocketFactory(WebSocketServerFactory):
     def frame(self, payload: bytes) -> bytes:
         """One unmasked text frame carrying ``payload``."""
         return self.prepareMessage(payload, isBinary=False, doNotCompress=True).payloadHybi
+
+
+def configured_protocol(factory: WebSocketServerFactory, base: type[WebSocketServerProtocol]) -> type[Any]:
+    """A subclass of ``base`` carrying ``factory``'s protocol options as
+    class attributes.
+
+    autobahn copies each option (``CONFIG_ATTRS``) from the factory onto
+    every protocol instance at connect, unless the protocol already has it,
+    and pretty-prints them all into a debug log line (~0.5 ms per connect,
+    the largest cost of a handshake in a burst). Options that are data
+    (numbers, flags, lists) are shared on the class instead. Options that
+    are functions are not: a function stored on a class is a method, called
+    with the protocol as an extra first argument (the cause of every
+    compression-offering handshake failing). Such an option is either a
+    method ``base`` implements itself (its own hook, which wins over the
+    factory's value), or is left to autobahn's per-connection copy.
+    """
+    options: dict[str, Any] = {}
+    per_connection: list[str] = []
+    for name in base.CONFIG_ATTRS:
+        if callable(getattr(base, name, None)):
+            continue  # a hook ``base`` implements
+        value = getattr(factory, name)
+        if callable(value):
+            per_connection.append(name)
+        else:
+            options[name] = value
+    options["CONFIG_ATTRS"] = per_connection
+    return type("Configured" + base.__name__, (base,), options)

@@ -12,6 +12,7 @@ from autobahn.twisted.testing import (
     create_memory_agent,
     create_pumper,
 )
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateResponseAccept
 from twisted.trial.unittest import TestCase
 
 from fastedge.pubsub.protocol import LiveServerProtocol
@@ -76,6 +77,39 @@ class SubscribeTests(LiveProtocolTestCase):
             ],
         )
         self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 1)
+
+    async def test_compression_offer_declined(self) -> None:
+        """A client offering permessage-deflate (as every browser does) is
+        answered without the extension, greeted, and counted."""
+
+        class CompressingClient(Client):
+            perMessageCompressionOffers = [PerMessageDeflateOffer(accept_max_window_bits=True)]
+
+            def perMessageCompressionAccept(self, response: Any) -> Any:
+                return PerMessageDeflateResponseAccept(response)
+
+        d = self.agent.open("ws://localhost:8080/live", {}, protocol_class=CompressingClient)
+        self.flush()
+        client = await d
+        self.flush()
+        self.assertEqual(client.websocket_extensions_in_use, [])
+        self.assertEqual([m["type"] for m in client.messages], ["hello"])
+        self.assertEqual(self.node.metric("fastedge_live_compression_offers_declined_total"), 1)
+
+    def test_factory_options_are_class_data(self) -> None:
+        """The factory's data options live on the protocol class (nothing is
+        copied per connection); a function option is never put on the class
+        (it would become a method): the protocol's own hook declines
+        compression."""
+        factory = self.node.service.resource.factory
+        protocol = factory.protocol
+        self.assertEqual(protocol.CONFIG_ATTRS, [])
+        self.assertEqual(protocol.maxMessagePayloadSize, factory.maxMessagePayloadSize)
+        self.assertIs(
+            protocol.__dict__.get("perMessageCompressionAccept"),
+            None,
+        )
+        self.assertIsNone(factory.buildProtocol(None).perMessageCompressionAccept([PerMessageDeflateOffer()]))
 
     async def test_subscribe_then_events(self) -> None:
         """Subscribing answers with the channel and its position; new comments

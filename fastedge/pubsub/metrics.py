@@ -129,6 +129,12 @@ class LiveMetrics:
             "WebSocket handshakes that offered compression (permessage-deflate), declined: one frame serves all.",
             registry=registry,
         )
+        self.frame_floods = Counter(
+            "fastedge_live_frame_floods",
+            "WebSockets closed for sending too many frames (code 4429) or fragments of one message (1009).",
+            ["code"],
+            registry=registry,
+        )
         self.fanout_seconds = Histogram(
             "fastedge_live_fanout_seconds",
             "Time to hand one event to every local subscriber of its channel.",

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..tokenbucket import TokenBucket
 from . import messages
 from .hub import Joined, Prepared
 from .live import Live, LiveConnection
@@ -29,6 +30,7 @@ from .messages import (
     CLOSE_IDLE,
     CLOSE_RATE_LIMITED,
     CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_BIG,
     CLOSE_UNSUPPORTED_DATA,
     Ping,
     RequestError,
@@ -69,8 +71,14 @@ class LiveServerProtocol(WebSocketServerProtocol):
 
     _open = False
     _heard = True
+    #: Closed for flooding frames: what the client sends is no longer read.
+    _deaf = False
     _writer: Writer | None = None
     _conn: LiveConnection | None = None
+    _messages: TokenBucket
+    _frames: TokenBucket
+    #: Frames of the client message being received.
+    _fragments = 0
 
     # Handshake and lifecycle
 
@@ -125,15 +133,17 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if not self.send_queue:
             self.send_queue = ()  # type: ignore[assignment]
         self._conn = LiveConnection(live, self)
-        self._tokens = float(live.cfg.client_messages_per_minute)
-        self._tokens_at = live.clock.seconds()
+        cfg = live.cfg
+        self._messages = TokenBucket(cfg.client_messages_per_minute / 60.0, cfg.client_messages_per_minute, live.clock)
+        self._frames = TokenBucket(cfg.client_frames_per_second, cfg.client_frames_per_second, live.clock)
         self._open = True
         live.opened(self)
         self._writer.write(self.factory.hello)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        """Leave every channel."""
+        """Leave every channel; drop any partial message."""
         self._open = False
+        self._drop_partial_message()
         if self._conn is not None:
             self._conn.close()
             self.factory.live.closed(self)
@@ -141,8 +151,73 @@ class LiveServerProtocol(WebSocketServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         """Anything from the client (a pong too) proves it alive."""
+        if self._deaf:
+            return
         self._heard = True
         super().dataReceived(data)
+
+    # Frames, through autobahn's frame-level hooks: every frame a client
+    # sends is counted (client_frames_per_second), fragments per message
+    # are bounded (max_fragments_per_message), and nothing of a message is
+    # kept once the connection is closing. Empty frames cost no bytes, so
+    # the message size limit alone never stops them.
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        """A client message starts: count its fragments from zero."""
+        self._fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        """One data frame (the first of a message, or a continuation)."""
+        super().onMessageFrameBegin(length)
+        if not self._open:
+            return
+        self._fragments += 1
+        limit = self.factory.live.cfg.max_fragments_per_message
+        if self._fragments > limit:
+            self._flooded(CLOSE_TOO_BIG, "a message in more than {} frames".format(limit))
+        else:
+            self._take_frame()
+
+    def onMessageFrame(self, payload: list[bytes]) -> None:  # type: ignore[override]
+        """Keep a frame's payload for its message, unless we are closing."""
+        if self._open:
+            super().onMessageFrame(payload)  # type: ignore[arg-type]
+
+    def onPing(self, payload: bytes) -> None:
+        """Answer a ping through the bounded writer, like everything we send:
+        a client that pings and never reads its pongs fills its own queue
+        and is closed with 4008 (slow consumer)."""
+        if self._open and self._take_frame():
+            self._writer.write(b"\x8a" + bytes((len(payload),)) + payload)  # type: ignore[union-attr]
+
+    def onPong(self, payload: bytes) -> None:
+        """A pong (asked for or not) is a frame like any other."""
+        if self._open:
+            self._take_frame()
+
+    def _take_frame(self) -> bool:
+        if self._frames.take():
+            return True
+        self._flooded(
+            CLOSE_RATE_LIMITED,
+            "more than {} frames per second; slow down".format(self.factory.live.cfg.client_frames_per_second),
+        )
+        return False
+
+    def _flooded(self, code: int, reason: str) -> None:
+        """Close a client that floods frames, and stop reading from it: the
+        close frame goes out, and the closing handshake timeout drops it."""
+        self.factory.live.frames_refused(code)
+        self._close(code, reason)
+        self._deaf = True
+        self._drop_partial_message()
+
+    def _drop_partial_message(self) -> None:
+        # What autobahn holds of a message still being received; reset to an
+        # empty list (not None) in case its frame processing is mid-message.
+        if self.__dict__.get("message_data"):
+            self.message_data = []
 
     # Incoming messages
 
@@ -153,7 +228,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if isBinary:
             self._close(CLOSE_UNSUPPORTED_DATA, "binary frames are not accepted; send JSON text")
             return
-        if not self._take_token():
+        if not self._messages.take():
             self._close(CLOSE_RATE_LIMITED, "too many messages; slow down")
             return
         try:
@@ -176,20 +251,6 @@ class LiveServerProtocol(WebSocketServerProtocol):
                 self.send(messages.unsubscribed(name, msg.ref))
         elif isinstance(msg, Ping):
             self.send(messages.pong(msg.ref))
-
-    def _take_token(self) -> bool:
-        cfg = self.factory.live.cfg
-        now = self.factory.live.clock.seconds()
-        rate = cfg.client_messages_per_minute / 60.0
-        self._tokens = min(
-            float(cfg.client_messages_per_minute),
-            self._tokens + (now - self._tokens_at) * rate,
-        )
-        self._tokens_at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
 
     def _answer(self, joined: Joined, name: str, ref: Any) -> None:
         self.send(messages.subscribed(name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref))

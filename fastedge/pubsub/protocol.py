@@ -212,6 +212,13 @@ class LiveServerProtocol(WebSocketServerProtocol):
         self._close(code, reason)
         self._deaf = True
         self._drop_partial_message()
+        # Not reading pushes back on the sender (its socket fills) instead
+        # of reading and discarding what it sends until the timeout; what
+        # was already read is discarded by dataReceived. (A TLS or counting
+        # wrapper passes this on to the socket.)
+        pause = getattr(self.transport, "pauseProducing", None)
+        if pause is not None:
+            pause()
 
     def _drop_partial_message(self) -> None:
         # What autobahn holds of a message still being received; reset to an

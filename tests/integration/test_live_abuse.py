@@ -121,8 +121,8 @@ class ContinuationFloodTests(AbuseTestCase):
 
     async def test_endless_empty_continuations(self) -> None:
         """A text frame without FIN followed by 50,000 empty continuation
-        frames: closed with 1009 at live.max_fragments_per_message, nothing
-        more is read from it, it is dropped after the close timeout, and the
+        frames: closed with 1009 at live.max_fragments_per_message, the node
+        stops reading it, it is dropped after the close timeout, and the
         server's protocol (with its partial message) is freed."""
         client = RawWebSocket(HANDSHAKE)
         await TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(Factory.forProtocol(lambda: client))
@@ -138,6 +138,8 @@ class ContinuationFloodTests(AbuseTestCase):
         for _ in range(10):
             client.send(empty * 5000)
         self.assertEqual(await closed, 1009)
+        # The node stopped reading the flood (the sender's socket fills).
+        self.assertFalse([r for r in reactor.getReaders() if getattr(r, "protocol", None) is ref()])
         await client.lost
         await self.drained()
         self.assertEqual(self.node.metric("fastedge_live_frame_floods_total", {"code": "1009"}), 1)

@@ -7,10 +7,13 @@ declines compression (one pre-built frame serves every subscriber). Each
 client must get ``101`` with no ``Sec-WebSocket-Extensions`` in the answer,
 and then receive a live event posted through the public API.
 
-The browser handshakes are the header sets, in order, that current
-Chromium, Firefox and Safari send for ``new WebSocket(url)`` from a page of
-another origin; only ``Host`` and the random ``Sec-WebSocket-Key`` differ
-from run to run.
+The browser handshakes reproduce the header sets, in their order, that
+Chromium 131, Firefox 133 and Safari 18 send for ``new WebSocket(url)``
+from a page of another origin (no browser runs on the test machines, so
+they are written out here rather than captured per run); only ``Host``
+and the random ``Sec-WebSocket-Key`` differ from run to run. What matters
+most is kept exact: each browser's ``Sec-WebSocket-Extensions`` offer and
+Firefox's ``Connection: keep-alive, Upgrade``.
 """
 
 from __future__ import annotations

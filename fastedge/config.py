@@ -591,6 +591,12 @@ class LiveConfig:
     max_message_bytes: int = _checked(4096, _positive)
     #: Client messages allowed per minute on one connection (then 4429).
     client_messages_per_minute: int = _checked(120, _positive)
+    #: WebSocket frames (data, ping, pong) a client may send per second, in
+    #: bursts of at most this many (then 4429): fragments and pings are
+    #: counted here, not as messages.
+    client_frames_per_second: int = _checked(200, _positive)
+    #: Frames one client message may be split into (then 1009).
+    max_fragments_per_message: int = _checked(64, _positive)
     #: Bytes queued for a connection beyond what its socket accepts; a
     #: consumer that falls further behind is disconnected (close code 4008).
     max_buffered_bytes: int = _checked(256 * 1024, _positive)

@@ -125,6 +125,17 @@ class Live:
         if self.metrics is not None:
             self.metrics.closed.labels(str(code)).inc()
 
+    def compression_declined(self) -> None:
+        """Count a WebSocket handshake whose compression offer was declined."""
+        if self.metrics is not None:
+            self.metrics.compression_declined.inc()
+
+    def frames_refused(self, code: int) -> None:
+        """Count a WebSocket closed for flooding frames (``code``: 4429 for the
+        frame rate, 1009 for fragments)."""
+        if self.metrics is not None:
+            self.metrics.frame_floods.labels(str(code)).inc()
+
     def slow_consumer(self, transport: str) -> None:
         """Count a slow-consumer disconnect."""
         if self.metrics is not None:

@@ -28,7 +28,7 @@ CLOSE_TOO_BIG = 1009  # a message over live.max_message_bytes (autobahn checks)
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013  # the node is at live.max_connections
 CLOSE_SLOW_CONSUMER = 4008
-CLOSE_BAD_MESSAGE = 4400  # not a JSON object with a string "type"
+CLOSE_BAD_MESSAGE = 4400  # not a JSON object with a string "type" (or nested too deep)
 CLOSE_IDLE = 4408  # no answer to two keep-alive pings
 CLOSE_RATE_LIMITED = 4429
 
@@ -37,6 +37,14 @@ _EPOCH_RE = re.compile(r"^[a-z2-7]{1,32}$")
 _MAX_URL_ID = 4096
 _MAX_REF = 64
 _MAX_TOKEN = 512
+#: Arrays and objects nested at most this deep in a client message (ours
+#: nest one deep); deeper ones are refused before the parser, which
+#: recurses once per level and raises RecursionError near 1000.
+MAX_JSON_DEPTH = 32
+#: A JSON string (skipped whole: brackets inside it do not count; the
+#: closing quote is optional, so an unterminated string ends the scan) or a
+#: bracket.
+_JSON_STRUCTURE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[{\]}]', re.DOTALL)
 
 
 class Violation(Exception):
@@ -106,8 +114,14 @@ def parse_client_message(payload: bytes) -> ClientMessage:
         malformed field (the answer echoes ``ref`` when it was readable).
     """
     try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Violation(CLOSE_BAD_MESSAGE, "message is not JSON") from None
+    if not json_depth_ok(text):
+        raise Violation(CLOSE_BAD_MESSAGE, "message nests deeper than {} levels".format(MAX_JSON_DEPTH))
+    try:
+        body = json.loads(text)
+    except ValueError:
         raise Violation(CLOSE_BAD_MESSAGE, "message is not JSON") from None
     if not isinstance(body, dict):
         raise Violation(CLOSE_BAD_MESSAGE, "message is not a JSON object")
@@ -164,6 +178,24 @@ def parse_client_message(payload: bytes) -> ClientMessage:
     if viewer is not None and (not isinstance(viewer, str) or len(viewer) > _MAX_TOKEN):
         raise RequestError("bad_viewer_token", "viewer must be a viewer token string", ref)
     return Subscribe(tenant=tenant, url_id=url_id, since=since, epoch=epoch, viewer=viewer, ref=ref)
+
+
+def json_depth_ok(text: str, max_depth: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the arrays and objects in JSON ``text`` nest at most
+    ``max_depth`` deep (exact for valid JSON; invalid JSON is refused by the
+    parser whatever this answers)."""
+    if text.count("[") + text.count("{") <= max_depth:
+        return True  # cannot nest deeper than there are brackets
+    depth = 0
+    for m in _JSON_STRUCTURE.finditer(text):
+        token = m.group()
+        if token in ("[", "{"):
+            depth += 1
+            if depth > max_depth:
+                return False
+        elif token in ("]", "}"):
+            depth -= 1
+    return True
 
 
 def channel_name(tenant_id: str, thread_id: str) -> str:

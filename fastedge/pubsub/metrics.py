@@ -124,6 +124,17 @@ class LiveMetrics:
             ["transport"],
             registry=registry,
         )
+        self.compression_declined = Counter(
+            "fastedge_live_compression_offers_declined",
+            "WebSocket handshakes that offered compression (permessage-deflate), declined: one frame serves all.",
+            registry=registry,
+        )
+        self.frame_floods = Counter(
+            "fastedge_live_frame_floods",
+            "WebSockets closed for sending too many frames (code 4429) or fragments of one message (1009).",
+            ["code"],
+            registry=registry,
+        )
         self.fanout_seconds = Histogram(
             "fastedge_live_fanout_seconds",
             "Time to hand one event to every local subscriber of its channel.",

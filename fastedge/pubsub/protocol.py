@@ -14,12 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageCompressOffer
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..tokenbucket import TokenBucket
 from . import messages
 from .hub import Joined, Prepared
 from .live import Live, LiveConnection
@@ -28,6 +30,7 @@ from .messages import (
     CLOSE_IDLE,
     CLOSE_RATE_LIMITED,
     CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_BIG,
     CLOSE_UNSUPPORTED_DATA,
     Ping,
     RequestError,
@@ -68,8 +71,14 @@ class LiveServerProtocol(WebSocketServerProtocol):
 
     _open = False
     _heard = True
+    #: Closed for flooding frames: what the client sends is no longer read.
+    _deaf = False
     _writer: Writer | None = None
     _conn: LiveConnection | None = None
+    _messages: TokenBucket
+    _frames: TokenBucket
+    #: Frames of the client message being received.
+    _fragments = 0
 
     # Handshake and lifecycle
 
@@ -83,6 +92,19 @@ class LiveServerProtocol(WebSocketServerProtocol):
             )
         if messages.PROTOCOL in request.protocols:
             return messages.PROTOCOL
+        return None
+
+    def perMessageCompressionAccept(self, offers: list[PerMessageCompressOffer]) -> None:
+        """Decline every compression offer (browsers offer ``permessage-deflate``
+        on every handshake): the answer names no extension.
+
+        Each event is framed once and the same bytes go to every subscriber;
+        compression would mean a deflate per event per connection and a zlib
+        context (~tens of KB) per connection. Live messages are small JSON.
+
+        :returns: ``None``, autobahn's "no offer accepted".
+        """
+        self.factory.live.compression_declined()
         return None
 
     def onOpen(self) -> None:
@@ -111,15 +133,17 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if not self.send_queue:
             self.send_queue = ()  # type: ignore[assignment]
         self._conn = LiveConnection(live, self)
-        self._tokens = float(live.cfg.client_messages_per_minute)
-        self._tokens_at = live.clock.seconds()
+        cfg = live.cfg
+        self._messages = TokenBucket(cfg.client_messages_per_minute / 60.0, cfg.client_messages_per_minute, live.clock)
+        self._frames = TokenBucket(cfg.client_frames_per_second, cfg.client_frames_per_second, live.clock)
         self._open = True
         live.opened(self)
         self._writer.write(self.factory.hello)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        """Leave every channel."""
+        """Leave every channel; drop any partial message."""
         self._open = False
+        self._drop_partial_message()
         if self._conn is not None:
             self._conn.close()
             self.factory.live.closed(self)
@@ -127,8 +151,80 @@ class LiveServerProtocol(WebSocketServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         """Anything from the client (a pong too) proves it alive."""
+        if self._deaf:
+            return
         self._heard = True
         super().dataReceived(data)
+
+    # Frames, through autobahn's frame-level hooks: every frame a client
+    # sends is counted (client_frames_per_second), fragments per message
+    # are bounded (max_fragments_per_message), and nothing of a message is
+    # kept once the connection is closing. Empty frames cost no bytes, so
+    # the message size limit alone never stops them.
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        """A client message starts: count its fragments from zero."""
+        self._fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        """One data frame (the first of a message, or a continuation)."""
+        super().onMessageFrameBegin(length)
+        if not self._open:
+            return
+        self._fragments += 1
+        limit = self.factory.live.cfg.max_fragments_per_message
+        if self._fragments > limit:
+            self._flooded(CLOSE_TOO_BIG, "a message in more than {} frames".format(limit))
+        else:
+            self._take_frame()
+
+    def onMessageFrame(self, payload: list[bytes]) -> None:  # type: ignore[override]
+        """Keep a frame's payload for its message, unless we are closing."""
+        if self._open:
+            super().onMessageFrame(payload)  # type: ignore[arg-type]
+
+    def onPing(self, payload: bytes) -> None:
+        """Answer a ping through the bounded writer, like everything we send:
+        a client that pings and never reads its pongs fills its own queue
+        and is closed with 4008 (slow consumer)."""
+        if self._open and self._take_frame():
+            self._writer.write(b"\x8a" + bytes((len(payload),)) + payload)  # type: ignore[union-attr]
+
+    def onPong(self, payload: bytes) -> None:
+        """A pong (asked for or not) is a frame like any other."""
+        if self._open:
+            self._take_frame()
+
+    def _take_frame(self) -> bool:
+        if self._frames.take():
+            return True
+        self._flooded(
+            CLOSE_RATE_LIMITED,
+            "more than {} frames per second; slow down".format(self.factory.live.cfg.client_frames_per_second),
+        )
+        return False
+
+    def _flooded(self, code: int, reason: str) -> None:
+        """Close a client that floods frames, and stop reading from it: the
+        close frame goes out, and the closing handshake timeout drops it."""
+        self.factory.live.frames_refused(code)
+        self._close(code, reason)
+        self._deaf = True
+        self._drop_partial_message()
+        # Not reading pushes back on the sender (its socket fills) instead
+        # of reading and discarding what it sends until the timeout; what
+        # was already read is discarded by dataReceived. (A TLS or counting
+        # wrapper passes this on to the socket.)
+        pause = getattr(self.transport, "pauseProducing", None)
+        if pause is not None:
+            pause()
+
+    def _drop_partial_message(self) -> None:
+        # What autobahn holds of a message still being received; reset to an
+        # empty list (not None) in case its frame processing is mid-message.
+        if self.__dict__.get("message_data"):
+            self.message_data = []
 
     # Incoming messages
 
@@ -139,7 +235,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if isBinary:
             self._close(CLOSE_UNSUPPORTED_DATA, "binary frames are not accepted; send JSON text")
             return
-        if not self._take_token():
+        if not self._messages.take():
             self._close(CLOSE_RATE_LIMITED, "too many messages; slow down")
             return
         try:
@@ -162,20 +258,6 @@ class LiveServerProtocol(WebSocketServerProtocol):
                 self.send(messages.unsubscribed(name, msg.ref))
         elif isinstance(msg, Ping):
             self.send(messages.pong(msg.ref))
-
-    def _take_token(self) -> bool:
-        cfg = self.factory.live.cfg
-        now = self.factory.live.clock.seconds()
-        rate = cfg.client_messages_per_minute / 60.0
-        self._tokens = min(
-            float(cfg.client_messages_per_minute),
-            self._tokens + (now - self._tokens_at) * rate,
-        )
-        self._tokens_at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
 
     def _answer(self, joined: Joined, name: str, ref: Any) -> None:
         self.send(messages.subscribed(name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref))
@@ -271,9 +353,9 @@ class LiveWebSocketFactory(WebSocketServerFactory):
     """Builds :class:`LiveServerProtocol` instances sharing one :class:`Live`.
 
     autobahn copies ~20 options onto every protocol instance unless the
-    class already has them; we give them to a per-factory subclass instead,
-    so an idle connection does not carry its own copy and a connect does
-    not spend time copying and logging them.
+    class already has them; we give them to a per-factory subclass instead
+    (:func:`configured_protocol`), so an idle connection does not carry its
+    own copy and a connect does not spend time copying and logging them.
     """
 
     def __init__(self, live: Live) -> None:
@@ -295,13 +377,7 @@ class LiveWebSocketFactory(WebSocketServerFactory):
         # autobahn's handshake timeouts go to the node's clock (the reactor,
         # or a test's Clock), not to txaio's global-reactor timer buckets.
         self._batched_timer = _ClockTimer(live.clock)
-        options: dict[str, Any] = {name: getattr(self, name) for name in LiveServerProtocol.CONFIG_ATTRS}
-        # With every option on the class, autobahn has nothing to copy per
-        # connection; an empty list also spares it pretty-printing all the
-        # options into a debug log line on every connect (~0.5 ms each, the
-        # largest cost of a handshake in a burst of connects).
-        options["CONFIG_ATTRS"] = []
-        self.protocol = type("ConfiguredLiveServerProtocol", (LiveServerProtocol,), options)  # type: ignore[assignment]
+        self.protocol = configured_protocol(self, LiveServerProtocol)
         #: The greeting, the same frame for every connection.
         self.hello = self.frame(messages.hello(live.node_id, cfg.max_subscriptions))
         #: Traffic of all open connections together (autobahn counts per
@@ -311,3 +387,32 @@ class LiveWebSocketFactory(WebSocketServerFactory):
     def frame(self, payload: bytes) -> bytes:
         """One unmasked text frame carrying ``payload``."""
         return self.prepareMessage(payload, isBinary=False, doNotCompress=True).payloadHybi
+
+
+def configured_protocol(factory: WebSocketServerFactory, base: type[WebSocketServerProtocol]) -> type[Any]:
+    """A subclass of ``base`` carrying ``factory``'s protocol options as
+    class attributes.
+
+    autobahn copies each option (``CONFIG_ATTRS``) from the factory onto
+    every protocol instance at connect, unless the protocol already has it,
+    and pretty-prints them all into a debug log line (~0.5 ms per connect,
+    the largest cost of a handshake in a burst). Options that are data
+    (numbers, flags, lists) are shared on the class instead. Options that
+    are functions are not: a function stored on a class is a method, called
+    with the protocol as an extra first argument (the cause of every
+    compression-offering handshake failing). Such an option is either a
+    method ``base`` implements itself (its own hook, which wins over the
+    factory's value), or is left to autobahn's per-connection copy.
+    """
+    options: dict[str, Any] = {}
+    per_connection: list[str] = []
+    for name in base.CONFIG_ATTRS:
+        if callable(getattr(base, name, None)):
+            continue  # a hook ``base`` implements
+        value = getattr(factory, name)
+        if callable(value):
+            per_connection.append(name)
+        else:
+            options[name] = value
+    options["CONFIG_ATTRS"] = per_connection
+    return type("Configured" + base.__name__, (base,), options)

@@ -48,6 +48,10 @@ class ViewerTokens:
         :raises ViewerTokenError: ``bad_viewer_token`` (forged, malformed,
             another tenant's) or ``viewer_token_expired``.
         """
+        if not token.isascii():
+            # We issue ASCII only, and the MAC is over ASCII bytes.
+            raise ViewerTokenError("bad_viewer_token", "the viewer token is malformed")
+
         parts = token.split(".")
         if len(parts) != 5 or parts[0] != _VERSION or not parts[3].isdigit():
             raise ViewerTokenError("bad_viewer_token", "the viewer token is malformed")

@@ -128,6 +128,53 @@ class ParseTests(SynchronousTestCase):
             pass
 
 
+def _depth(value: object) -> int:
+    """How deep arrays and objects nest in ``value``."""
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab,:', max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3),
+    max_leaves=60,
+)
+
+
+class DepthTests(SynchronousTestCase):
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(_JSON, st.integers(0, 40))
+    def test_depth_check_is_exact(self, value: object, limit: int) -> None:
+        """For valid JSON (brackets and quotes inside strings included),
+        json_depth_ok answers exactly whether it nests at most ``limit`` deep."""
+        text = json.dumps(value)
+        self.assertEqual(messages.json_depth_ok(text, limit), _depth(value) <= limit)
+
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.text(alphabet='[]{}"\\,:1a', max_size=3000), st.integers(1, 3000))
+    def test_any_bracket_soup(self, prefix: str, nesting: int) -> None:
+        """Deep or broken bracket soup parses or fails with a documented
+        error, never RecursionError."""
+        for text in (prefix, "[" * nesting + prefix, '{"type":"ping","ref":' + "[" * nesting + prefix):
+            try:
+                parse_client_message(text.encode())
+            except (Violation, RequestError):
+                pass
+
+    def test_limit(self) -> None:
+        """32 levels are read; 33 are a protocol violation (4400)."""
+        ok = b'{"type":"ping","ref":' + b"[" * 31 + b"]" * 31 + b"}"
+        with self.assertRaises(RequestError) as caught:
+            parse_client_message(ok)
+        self.assertEqual(caught.exception.code, "bad_ref")
+        with self.assertRaises(Violation) as violated:
+            parse_client_message(b'{"type":"ping","ref":' + b"[" * 32 + b"]" * 32 + b"}")
+        self.assertEqual(violated.exception.code, messages.CLOSE_BAD_MESSAGE)
+
+
 class NamesTests(SynchronousTestCase):
     def test_channel_names(self) -> None:
         """Channel names round-trip and refuse what ids cannot contain."""

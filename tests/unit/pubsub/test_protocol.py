@@ -12,6 +12,7 @@ from autobahn.twisted.testing import (
     create_memory_agent,
     create_pumper,
 )
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateResponseAccept
 from twisted.trial.unittest import TestCase
 
 from fastedge.pubsub.protocol import LiveServerProtocol
@@ -76,6 +77,62 @@ class SubscribeTests(LiveProtocolTestCase):
             ],
         )
         self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 1)
+
+    async def test_compression_offer_declined(self) -> None:
+        """A client offering permessage-deflate (as every browser does) is
+        answered without the extension, greeted, and counted."""
+
+        class CompressingClient(Client):
+            perMessageCompressionOffers = [PerMessageDeflateOffer(accept_max_window_bits=True)]
+
+            def perMessageCompressionAccept(self, response: Any) -> Any:
+                return PerMessageDeflateResponseAccept(response)
+
+        d = self.agent.open("ws://localhost:8080/live", {}, protocol_class=CompressingClient)
+        self.flush()
+        client = await d
+        self.flush()
+        self.assertEqual(client.websocket_extensions_in_use, [])
+        self.assertEqual([m["type"] for m in client.messages], ["hello"])
+        self.assertEqual(self.node.metric("fastedge_live_compression_offers_declined_total"), 1)
+
+    def test_factory_options_are_class_data(self) -> None:
+        """The factory's data options live on the protocol class (nothing is
+        copied per connection); a function option is never put on the class
+        (it would become a method): the protocol's own hook declines
+        compression."""
+        factory = self.node.service.resource.factory
+        protocol = factory.protocol
+        self.assertEqual(protocol.CONFIG_ATTRS, [])
+        self.assertEqual(protocol.maxMessagePayloadSize, factory.maxMessagePayloadSize)
+        self.assertIs(
+            protocol.__dict__.get("perMessageCompressionAccept"),
+            None,
+        )
+        self.assertIsNone(factory.buildProtocol(None).perMessageCompressionAccept([PerMessageDeflateOffer()]))
+
+    async def test_deeply_nested_json(self) -> None:
+        """A text frame of 2,040 nested arrays (or objects, or nesting inside
+        a field) closes with 4400, not a dropped connection and a
+        RecursionError; 32 levels are parsed (and refused as an unknown or
+        malformed field, the connection staying open)."""
+        for payload in (
+            b"[" * 2040,
+            b"[" * 2040 + b"]" * 2040,
+            b'{"a":' * 600 + b"1" + b"}" * 600,
+            b'{"type":"ping","ref":' + b"[" * 33 + b"]" * 33 + b"}",
+        ):
+            client = await self.connect()
+            client.sendMessage(payload)
+            self.flush()
+            await client.closed
+            self.assertEqual(client.close_code, 4400)
+        client = await self.connect()
+        client.sendMessage(b'{"type":"ping","ref":' + b"[" * 31 + b"]" * 31 + b"}")
+        self.flush()
+        self.assertEqual([e["code"] for e in client.of_type("error")], ["bad_ref"])
+        self.assertIsNone(client.close_code)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     async def test_subscribe_then_events(self) -> None:
         """Subscribing answers with the channel and its position; new comments
@@ -349,6 +406,15 @@ class BadInputTests(LiveProtocolTestCase):
         """A forged viewer token is refused."""
         await self.assertError(self.world.subscribe_msg(viewer="lv1.x.y.1.zzz"), "bad_viewer_token")
 
+    async def test_non_ascii_viewer_token(self) -> None:
+        """A viewer token with non-ASCII characters is ``bad_viewer_token``
+        (not ``internal_error``), and the connection stays open."""
+        tenant = self.world.tenant_a.id
+        for token in ("lv1.{}.\u00e9.123.abc", "lv1.{}.author.\u00b2.abc"):
+            await self.assertError(self.world.subscribe_msg(viewer=token.format(tenant)), "bad_viewer_token")
+        self.assertEqual(self.node.metric("fastedge_live_subscribe_requests_total", {"outcome": "internal_error"}), 0)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     async def test_rate_limit(self) -> None:
         """A client sending more than live.client_messages_per_minute is
         closed with 4429."""
@@ -407,6 +473,96 @@ class SlowConsumerTests(LiveProtocolTestCase):
         self.flush()
         await client.closed
         self.assertEqual(client.close_code, code)
+
+
+class FrameLimitTests(LiveProtocolTestCase):
+    """Frames are counted before any message is built: a client may send at
+    most live.client_frames_per_second frames (pings and pongs included)
+    and split a message into at most live.max_fragments_per_message."""
+
+    live = {"client_frames_per_second": 10, "max_fragments_per_message": 4, "close_timeout_seconds": 1.0}
+
+    async def closed_and_dropped(self, client: Client, code: int) -> None:
+        """``client`` was sent close ``code``; the server stopped reading it,
+        and drops it when the closing handshake times out."""
+        self.flush()
+        self.assertEqual(self.node.metric("fastedge_live_closes_total", {"code": str(code)}), 1)
+        self.assertEqual(self.node.metric("fastedge_live_frame_floods_total", {"code": str(code)}), 1)
+        self.reactor.advance(1.0)
+        self.flush()
+        await client.closed
+        self.assertEqual(client.close_code, code)
+        self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 0)
+
+    async def test_pings_answered_within_the_rate(self) -> None:
+        """Pings within the frame rate are answered with pongs carrying their
+        payload, through the connection's writer."""
+        client = await self.connect()
+        pongs: list[bytes] = []
+        client.onPong = pongs.append  # type: ignore[method-assign]
+        for i in range(30):
+            client.sendPing(b"%d" % i)
+            self.flush()
+            self.reactor.advance(0.1)
+        self.assertEqual(pongs, [b"%d" % i for i in range(30)])
+        self.assertIsNone(client.close_code)
+
+    async def test_ping_flood_closed_with_4429(self) -> None:
+        """More pings at once than the frame rate allows close with 4429; the
+        pings past the limit get no pong."""
+        client = await self.connect()
+        pongs: list[bytes] = []
+        client.onPong = pongs.append  # type: ignore[method-assign]
+        for _ in range(50):
+            client.sendPing(b"x" * 125)
+        await self.closed_and_dropped(client, 4429)
+        self.assertEqual(len(pongs), 10)
+
+    async def test_unsolicited_pong_flood_closed_with_4429(self) -> None:
+        """Pongs nobody asked for count as frames too."""
+        client = await self.connect()
+        for _ in range(11):
+            client.sendPong(b"")
+        await self.closed_and_dropped(client, 4429)
+
+    async def test_fragmented_message_within_the_limit(self) -> None:
+        """A message in max_fragments_per_message frames is read whole."""
+        client = await self.connect()
+        payload = self.world.subscribe_msg()
+        quarter = len(payload) // 4 + 1
+        parts = [payload[i : i + quarter] for i in range(0, len(payload), quarter)]
+        self.assertEqual(len(parts), 4)
+        for i, part in enumerate(parts):
+            client.sendFrame(opcode=1 if i == 0 else 0, payload=part, fin=i == len(parts) - 1)
+        self.flush()
+        self.assertEqual(len(client.of_type("subscribed")), 1)
+
+    async def test_empty_continuations_closed_with_1009(self) -> None:
+        """A text frame without FIN followed by empty continuations is closed
+        with 1009 at the fragment limit, and the partial message is freed."""
+        client = await self.connect()
+        (server,) = self.node.live.connections["websocket"]
+        client.sendFrame(opcode=1, payload=b"{", fin=False)
+        for _ in range(3):
+            client.sendFrame(opcode=0, payload=b"", fin=False)
+        self.flush()
+        self.assertIsNone(client.close_code)
+        self.assertEqual(server.message_data, [b"{", b"", b"", b""])
+        for _ in range(1000):
+            client.sendFrame(opcode=0, payload=b"", fin=False)
+        self.flush()
+        self.assertEqual(server.message_data, [])
+        await self.closed_and_dropped(client, 1009)
+
+    async def test_frame_rate_spreads_over_time(self) -> None:
+        """The rate refills: a message every 0.1 s is never refused."""
+        client = await self.connect()
+        for _ in range(40):
+            client.send_json(type="ping")
+            self.flush()
+            self.reactor.advance(0.1)
+        self.assertEqual(len(client.of_type("pong")), 40)
+        self.assertIsNone(client.close_code)
 
 
 class IsolationTests(LiveProtocolTestCase):

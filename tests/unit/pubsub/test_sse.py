@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from unittest import mock
 from urllib.parse import urlencode
 
 import treq
@@ -201,6 +202,15 @@ class SseTests(SynchronousTestCase):
         self.assertEqual((code, err["code"]), (401, "bad_viewer_token"))
         token = self.world.viewer_token(self.world.tenant_b, self.world.author(self.world.tenant_b))
         self.assertEqual(self.error(self.url(viewer=token))[0], 401)
+
+    def test_non_ascii_viewer_token(self) -> None:
+        """A viewer token with non-ASCII characters (``%C3%A9`` as the author,
+        ``%C2%B2`` as the time) is 401 ``bad_viewer_token``, not a 500."""
+        tenant = self.world.tenant_a.id
+        for token in ("lv1.{}.%C3%A9.123.abc", "lv1.{}.author.%C2%B2.abc", "lv1.{}.a.1.%C3%A9"):
+            url = self.url() + "&viewer=" + token.format(tenant)
+            self.assertEqual(self.error(url), (401, {"code": "bad_viewer_token", "message": mock.ANY}), token)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_unknown_and_repeated_parameters(self) -> None:
         """Unknown or repeated query parameters are refused."""

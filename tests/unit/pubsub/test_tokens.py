@@ -37,6 +37,10 @@ class TokenTests(SynchronousTestCase):
         self.assertRefused(t, "lv1.a.b", "a", 1000, "bad_viewer_token")
         self.assertRefused(t, "lv1.tenantA.author1.x.y", "tenantA", 1000, "bad_viewer_token")
         self.assertRefused(t, token + "\u00e9", "tenantA", 1000, "bad_viewer_token")
+        # Non-ASCII where the MAC is computed: refused, not UnicodeEncodeError.
+        self.assertRefused(t, "lv1.tenantA.\u00e9.123.abc", "tenantA", 1000, "bad_viewer_token")
+        self.assertRefused(t, "lv1.tenant\u00c5.a.123.abc", "tenantA", 1000, "bad_viewer_token")
+        self.assertRefused(t, "lv1.tenantA.author1.\u00b2.abc", "tenantA", 1000, "bad_viewer_token")
         self.assertRefused(t, token, "tenantA", 1101, "viewer_token_expired")
         self.assertRefused(
             t,

@@ -1,0 +1,343 @@
+"""WebSocket handshakes of real clients against a whole node (``tap.makeService``:
+the node's own HTTP and HTTPS listeners) on real loopback sockets.
+
+Every browser offers ``permessage-deflate`` when it opens a WebSocket, and so
+do the ``websockets`` library and autobahn's client when asked; the node
+declines compression (one pre-built frame serves every subscriber). Each
+client must get ``101`` with no ``Sec-WebSocket-Extensions`` in the answer,
+and then receive a live event posted through the public API.
+
+The browser handshakes reproduce the header sets, in their order, that
+Chromium 131, Firefox 133 and Safari 18 send for ``new WebSocket(url)``
+from a page of another origin (no browser runs on the test machines, so
+they are written out here rather than captured per run); only ``Host``
+and the random ``Sec-WebSocket-Key`` differ from run to run. What matters
+most is kept exact: each browser's ``Sec-WebSocket-Extensions`` offer and
+Firefox's ``Connection: keep-alive, Upgrade``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import ssl
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateResponse,
+    PerMessageDeflateResponseAccept,
+)
+from twisted.internet import reactor, threads
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.trial.unittest import TestCase
+
+from fastedge.store.model import ReadPreference
+from fastedge.testing import insecure_tls, loopback_http_client, start_node, write_certificate
+
+from ..unit.pubsub.common import RawWebSocket, header_lines, masked_text
+from .test_live import WaitingClient
+
+PRIMARY = ReadPreference.PRIMARY
+URL_ID = "https://blog.example/2026/live-comments"
+
+#: Chromium 131 (Chrome, Edge) on Linux.
+CHROMIUM = (
+    b"GET /live HTTP/1.1\r\n"
+    b"Host: {host}\r\n"
+    b"Connection: Upgrade\r\n"
+    b"Pragma: no-cache\r\n"
+    b"Cache-Control: no-cache\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    b"Chrome/131.0.0.0 Safari/537.36\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Origin: https://blog.example\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
+    b"Accept-Language: en-US,en;q=0.9\r\n"
+    b"Sec-WebSocket-Key: {key}\r\n"
+    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    b"\r\n"
+)
+
+#: Firefox 133 on Linux (note ``Connection: keep-alive, Upgrade``).
+FIREFOX = (
+    b"GET /live HTTP/1.1\r\n"
+    b"Host: {host}\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0\r\n"
+    b"Accept: */*\r\n"
+    b"Accept-Language: en-US,en;q=0.5\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+    b"Origin: https://blog.example\r\n"
+    b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+    b"Sec-WebSocket-Key: {key}\r\n"
+    b"Connection: keep-alive, Upgrade\r\n"
+    b"Sec-Fetch-Dest: empty\r\n"
+    b"Sec-Fetch-Mode: websocket\r\n"
+    b"Sec-Fetch-Site: cross-site\r\n"
+    b"Pragma: no-cache\r\n"
+    b"Cache-Control: no-cache\r\n"
+    b"Upgrade: websocket\r\n"
+    b"\r\n"
+)
+
+#: Safari 18 on macOS.
+SAFARI = (
+    b"GET /live HTTP/1.1\r\n"
+    b"Host: {host}\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Sec-WebSocket-Key: {key}\r\n"
+    b"User-Agent: Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    b"Version/18.1 Safari/605.1.15\r\n"
+    b"Pragma: no-cache\r\n"
+    b"Cache-Control: no-cache\r\n"
+    b"Accept-Language: en-GB,en;q=0.9\r\n"
+    b"Origin: https://blog.example\r\n"
+    b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+    b"Accept-Encoding: gzip, deflate\r\n"
+    b"Connection: Upgrade\r\n"
+    b"\r\n"
+)
+
+#: ``curl --http1.1 -H 'Connection: Upgrade' -H 'Upgrade: websocket' ...``
+#: as in the bug report (curl 8 puts its own headers first).
+CURL = (
+    b"GET /live HTTP/1.1\r\n"
+    b"Host: {host}\r\n"
+    b"User-Agent: curl/8.5.0\r\n"
+    b"Accept: */*\r\n"
+    b"Connection: Upgrade\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    b"\r\n"
+)
+
+
+def _accept(key: bytes) -> bytes:
+    """The ``Sec-WebSocket-Accept`` a server must answer to ``key`` (RFC 6455)."""
+    digest = hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+    return base64.b64encode(digest)
+
+
+class HandshakeTests(TestCase):
+    """One whole node, listening on HTTP and HTTPS; one thread with a comment."""
+
+    timeout = 60
+
+    async def asyncSetUp(self) -> None:
+        data_dir = os.path.abspath(self.mktemp())
+        certs = os.path.join(data_dir, "certs")
+        write_certificate(certs, "default", "localhost")
+        self.node = await start_node(
+            "[http]\n"
+            'endpoint = "tcp:0:interface=127.0.0.1"\n'
+            "[tls]\n"
+            'endpoint = "tcp:0:interface=127.0.0.1"\n'
+            'cert_dir = "{}"\n'.format(certs),
+            data_dir,
+        )
+        self.addCleanup(self.node.stop)
+        self.http = loopback_http_client(self)
+        store = self.node.top.getServiceNamed("store").store
+        self.tenant = (await store.create_tenant("Blog", "global", created_ms=0, read_preference=PRIMARY)).value
+        await self.post("the first comment creates the thread")
+        self.live = self.node.top.getServiceNamed("live").live
+        # Every test ends with every live connection closed on the server.
+        self.addCleanup(self.drained)
+
+    def setUp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.asyncSetUp())
+
+    def drained(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.live.on_drained(d)
+        return d
+
+    @property
+    def http_port(self) -> int:
+        return int(self.node.http.rsplit(":", 1)[1])
+
+    async def post(self, text: str) -> dict[str, Any]:
+        response = await self.http.post(
+            "{}/api/v1/{}/comments".format(self.node.http, self.tenant.id),
+            params={"urlId": URL_ID},
+            json={"text": text, "displayName": "Eve"},
+        )
+        self.assertEqual(response.code, 201)
+        return await response.json()  # type: ignore[no-any-return]
+
+    def subscribe_message(self) -> bytes:
+        return json.dumps({"type": "subscribe", "tenant": self.tenant.id, "urlId": URL_ID}).encode()
+
+    def assert_declined(self) -> None:
+        self.assertEqual(self.node_metric("fastedge_live_compression_offers_declined_total"), 1.0)
+
+    def node_metric(self, name: str) -> float:
+        value = self.node.top.registry.get_sample_value(name)
+        return 0.0 if value is None else float(value)
+
+    # Raw handshakes: exactly what the browser sends.
+
+    async def raw_client(self, template: bytes, *, tls: bool) -> None:
+        """Open ``/live`` with ``template``'s bytes, check the answer, subscribe,
+        receive an event posted through the API, close."""
+        key = base64.b64encode(os.urandom(16))
+        if template is CURL:
+            key = b"dGhlIHNhbXBsZSBub25jZQ=="
+        if tls:
+            port = self.node.https_port
+            endpoint: Any = SSL4ClientEndpoint(reactor, "127.0.0.1", port, insecure_tls("localhost"))
+            host = b"localhost:%d" % port
+        else:
+            port = self.http_port
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+            host = b"127.0.0.1:%d" % port
+        handshake = template.replace(b"{host}", host).replace(b"{key}", key)
+        client = RawWebSocket(handshake)
+        await endpoint.connect(Factory.forProtocol(lambda: client))
+        head = await client.head
+        self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+        headers = header_lines(head)
+        self.assertNotIn(b"sec-websocket-extensions", headers)
+        self.assertEqual(headers[b"sec-websocket-accept"], _accept(key))
+        hello = await client.wait_message("hello")
+        self.assertEqual(hello["protocol"], "fastedge.live.1")
+        subscribed = client.wait_message("subscribed")
+        client.send(masked_text(self.subscribe_message()))
+        await subscribed
+        event = client.wait_message("event")
+        posted = await self.post("hello from a browser")
+        got = await event
+        self.assertEqual(got["event"], "comment.created")
+        self.assertEqual(got["data"]["comment"]["id"], posted["comment"]["id"])
+        # An uncompressed text frame: RSV1 was not set (read_frame would
+        # not have parsed a compressed payload as JSON).
+        self.assert_declined()
+        client.send(b"\x88\x82" + b"\x00\x00\x00\x00" + b"\x03\xe8")  # close 1000, zero mask
+        await client.lost
+
+    async def test_chromium_plain(self) -> None:
+        """Chromium's handshake over ws:// gets 101, no extension, events."""
+        await self.raw_client(CHROMIUM, tls=False)
+
+    async def test_chromium_tls(self) -> None:
+        """Chromium's handshake over wss:// (the HTTPS listener) likewise."""
+        await self.raw_client(CHROMIUM, tls=True)
+
+    async def test_firefox_plain(self) -> None:
+        """Firefox's handshake (``Connection: keep-alive, Upgrade``) over ws://."""
+        await self.raw_client(FIREFOX, tls=False)
+
+    async def test_firefox_tls(self) -> None:
+        """Firefox's handshake over wss://."""
+        await self.raw_client(FIREFOX, tls=True)
+
+    async def test_safari_plain(self) -> None:
+        """Safari's handshake over ws://."""
+        await self.raw_client(SAFARI, tls=False)
+
+    async def test_safari_tls(self) -> None:
+        """Safari's handshake over wss://."""
+        await self.raw_client(SAFARI, tls=True)
+
+    async def test_curl_from_the_report(self) -> None:
+        """The curl command of the bug report (compression offered, no
+        Origin) gets 101 at once instead of nothing for 5 s."""
+        await self.raw_client(CURL, tls=False)
+
+    # Real client libraries at their defaults.
+
+    async def library_client(self, *, tls: bool) -> None:
+        """The ``websockets`` library's client, as a user's script would use
+        it (it offers ``permessage-deflate; client_max_window_bits``), run
+        in a thread with its own blocking socket."""
+        from websockets.sync.client import connect
+
+        if tls:
+            url = "wss://localhost:{}/live".format(self.node.https_port)
+            context: ssl.SSLContext | None = ssl.create_default_context()
+            assert context is not None
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            url = "ws://127.0.0.1:{}/live".format(self.http_port)
+            context = None
+
+        def open_and_subscribe() -> tuple[Any, dict[str, str], list[dict[str, Any]]]:
+            ws = connect(url, ssl=context, open_timeout=20) if tls else connect(url, open_timeout=20)
+            offered = ws.request.headers.get("Sec-WebSocket-Extensions")
+            answered = dict(ws.response.headers.raw_items())
+            got = [json.loads(ws.recv(timeout=20))]
+            ws.send(self.subscribe_message().decode())
+            got.append(json.loads(ws.recv(timeout=20)))
+            answered["offered"] = offered or ""
+            return ws, answered, got
+
+        ws, answered, got = await threads.deferToThread(open_and_subscribe)
+        self.addCleanup(ws.close)
+        self.assertIn("permessage-deflate", answered.pop("offered"))
+        self.assertNotIn("sec-websocket-extensions", {k.lower() for k in answered})
+        self.assertEqual([m["type"] for m in got], ["hello", "subscribed"])
+        self.assertEqual(ws.protocol.extensions, [])
+        posted = await self.post("hello from websockets")
+        event = json.loads(await threads.deferToThread(ws.recv, 20))
+        self.assertEqual(event["data"]["comment"]["id"], posted["comment"]["id"])
+        self.assert_declined()
+        await threads.deferToThread(ws.close)
+
+    async def test_websockets_library_plain(self) -> None:
+        """``websockets`` at its defaults over ws://: 101, no extension, events."""
+        await self.library_client(tls=False)
+
+    async def test_websockets_library_tls(self) -> None:
+        """``websockets`` at its defaults over wss://."""
+        await self.library_client(tls=True)
+
+    async def autobahn_client(self, *, tls: bool) -> None:
+        """autobahn's client offering ``permessage-deflate`` (and ready to
+        accept the server's answer) opens a session without compression."""
+        scheme, port = ("wss", self.node.https_port) if tls else ("ws", self.http_port)
+        factory = WebSocketClientFactory("{}://localhost:{}/live".format(scheme, port))
+        factory.protocol = WaitingClient
+
+        def accept(response: PerMessageDeflateResponse) -> PerMessageDeflateResponseAccept:
+            return PerMessageDeflateResponseAccept(response)
+
+        factory.setProtocolOptions(
+            perMessageCompressionOffers=[PerMessageDeflateOffer()],
+            perMessageCompressionAccept=accept,
+        )
+        endpoint: Any = (
+            SSL4ClientEndpoint(reactor, "127.0.0.1", port, insecure_tls("localhost"))
+            if tls
+            else TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        )
+        ws: WaitingClient = await endpoint.connect(factory)
+        await ws.opened
+        self.assertEqual(ws.websocket_extensions_in_use, [])
+        subscribed = ws.wait_for("subscribed")
+        ws.sendMessage(self.subscribe_message())
+        await subscribed
+        event = ws.wait_for("event")
+        posted = await self.post("hello from autobahn")
+        self.assertEqual((await event)["data"]["comment"]["id"], posted["comment"]["id"])
+        self.assert_declined()
+        ws.sendClose(1000)
+        await ws.closed
+
+    async def test_autobahn_client_plain(self) -> None:
+        """autobahn's client offering compression, over ws://."""
+        await self.autobahn_client(tls=False)
+
+    async def test_autobahn_client_tls(self) -> None:
+        """autobahn's client offering compression, over wss://."""
+        await self.autobahn_client(tls=True)

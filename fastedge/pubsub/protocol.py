@@ -18,6 +18,7 @@ from autobahn.websocket.compress import PerMessageCompressOffer
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -148,6 +149,17 @@ class LiveServerProtocol(WebSocketServerProtocol):
             self._conn.close()
             self.factory.live.closed(self)
             self._conn = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Cancel the closing-handshake timer: autobahn cancels its other
+        timers when the connection is lost, not that one, which would keep
+        a client that vanished mid-close in memory until it fires."""
+        timer = self.closeHandshakeTimeoutCall
+        if timer is not None:
+            if timer.active():
+                timer.cancel()
+            self.closeHandshakeTimeoutCall = None
+        super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
         """Anything from the client (a pong too) proves it alive."""

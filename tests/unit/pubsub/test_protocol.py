@@ -662,3 +662,27 @@ class LifecycleTests(LiveProtocolTestCase):
         self.flush()
         await d
         self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 0)
+
+
+class ClosingHandshakeTimerTests(LiveProtocolTestCase):
+    """autobahn arms a timer when the node starts a closing handshake and
+    does not cancel it when the connection is lost first; the node cancels
+    it, so a client that vanishes mid-close frees its connection at once
+    instead of after live.close_timeout_seconds."""
+
+    live = {"close_timeout_seconds": 5.0}
+
+    async def test_connection_lost_during_close_cancels_the_timer(self) -> None:
+        """The node closes (1001), the client drops the TCP connection
+        without answering: no closing-handshake timer is left on the clock."""
+        client = await self.connect()
+        server = self.server()
+        server.shutdown()
+        timer = server.closeHandshakeTimeoutCall
+        self.assertIsNotNone(timer)
+        self.assertIn(timer, self.reactor.getDelayedCalls())
+        client.transport.abortConnection()
+        self.flush()
+        self.assertNotIn(timer, self.reactor.getDelayedCalls())
+        self.assertIsNone(server.closeHandshakeTimeoutCall)
+        self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 0)

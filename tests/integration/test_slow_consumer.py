@@ -29,7 +29,7 @@ from fastedge.pubsub.hub import Event
 from fastedge.store.model import ReadPreference
 from fastedge.testing import RunningNode, start_node, write_certificate
 
-from ..unit.pubsub.common import masked_text
+from ..unit.pubsub.common import masked_frame, masked_text
 
 PRIMARY = ReadPreference.PRIMARY
 #: The shipped bound (etc/fastedge.toml).
@@ -192,7 +192,7 @@ class SlowConsumerTests(TestCase):
 
     timeout = 120
 
-    async def start(self) -> None:
+    async def start(self, *live: str) -> None:
         data_dir = os.path.abspath(self.mktemp())
         certs = os.path.join(data_dir, "certs")
         write_certificate(certs, "default", "localhost")
@@ -207,6 +207,7 @@ class SlowConsumerTests(TestCase):
                 # The client starts reading as soon as it is cut; it must
                 # not be dropped before it has read the close.
                 "close_timeout_seconds = 60.0",
+                *live,
             ]
         )
         self.node: RunningNode = await start_node(config, data_dir)
@@ -399,3 +400,48 @@ class SlowConsumerTests(TestCase):
         records = [r for r in body.split(b"\n\n") if r.strip()]
         last = json.loads(records[-1].split(b"data: ", 1)[1])
         self.assertEqual((last["type"], last["code"]), ("close", 4008))
+
+    # Pongs are output like events: a client that pings and never reads its
+    # pongs is held to the same bound, on the whole node's plain and TLS
+    # listeners (the frame rate limit is raised so the bound is what acts).
+
+    async def pings(self, tls: bool) -> None:
+        await self.start("client_frames_per_second = 10000000")
+        port = self.node.https_port if tls else int(self.node.http.rsplit(":", 1)[1])
+        client = RawClient(port, tls=tls)
+        self.addCleanup(lambda: Deferred.fromCoroutine(client.close()))
+        await client.handshake()
+        await client.send(
+            b"GET /live HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+        )
+        head = await client.read_until(lambda d: b"\r\n\r\n" in d)
+        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head[:200])
+        fd = server_end(client.port)
+        assert fd is not None
+        # A small kernel buffer on the node's side too, so the node's own
+        # queue is what fills (as with a slow client far away).
+        fd.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ping = masked_frame(0x9, b"p" * 125)
+        most = 0
+        sent = 0
+        while not self.slow_disconnects("websocket") and sent < 100_000:
+            await client.send(ping * 50)
+            sent += 50
+            await turn()
+            most = max(most, node_side_buffered(client.port))
+        self.assertEqual(self.slow_disconnects("websocket"), 1)
+        # The bound, one pong past it, and the close frame.
+        self.assertLessEqual(most, LIMIT + 2 + 125 + 128)
+        # The node's own queue did fill (the check above is not vacuous).
+        self.assertGreater(most, LIMIT // 2)
+
+    async def test_pings_plain(self) -> None:
+        """A never-reading client flooding pings on the plain listener is
+        closed as a slow consumer once its pongs pass the bound."""
+        await self.pings(tls=False)
+
+    async def test_pings_tls(self) -> None:
+        """The same over TLS, where pongs are encrypted per connection."""
+        await self.pings(tls=True)

@@ -21,7 +21,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
 
+from ..jsonhttp import raw_error_response
 from ..tokenbucket import TokenBucket
 from . import messages
 from .hub import Joined, Prepared
@@ -63,6 +65,10 @@ _HANDSHAKE_LEFTOVERS = (
 )
 
 
+#: The JSON error code of an autobahn handshake refusal, by status.
+_HANDSHAKE_REFUSALS = {503: "too_many_connections"}
+
+
 class LiveServerProtocol(WebSocketServerProtocol):
     """One WebSocket client of ``/live``."""
 
@@ -94,6 +100,16 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if messages.PROTOCOL in request.protocols:
             return messages.PROTOCOL
         return None
+
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
+        """autobahn's handshake refusals (its own and :meth:`onConnect`'s 503)
+        as the node's JSON errors, instead of a bare status line whose
+        reason phrase carries the message."""
+        headers = tuple((str(k).encode("latin-1"), str(v).encode("latin-1")) for k, v in responseHeaders or ())
+        if code == 503:
+            headers += ((b"retry-after", b"1"),)
+        api_code = _HANDSHAKE_REFUSALS.get(code, "bad_websocket_handshake")
+        self.sendData(raw_error_response(code, RESPONSES.get(code, b"Error"), api_code, reason, headers))
 
     def perMessageCompressionAccept(self, offers: list[PerMessageCompressOffer]) -> None:
         """Decline every compression offer (browsers offer ``permessage-deflate``

@@ -16,6 +16,7 @@ import h2.events
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from fastedge.testing import insecure_tls, start_node, write_certificate
@@ -100,10 +101,11 @@ def _complete(data: bytes) -> _Reply | None:
     return reply
 
 
-class HttpErrorTests(TestCase):
-    """A node with plain HTTP and HTTPS listeners."""
+class _NodeCase(TestCase):
+    """A node with plain HTTP and HTTPS listeners (and ``extra_config``)."""
 
     timeout = 20
+    extra_config: tuple[str, ...] = ()
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
@@ -117,6 +119,7 @@ class HttpErrorTests(TestCase):
                 "[tls]",
                 'endpoint = "tcp:0:interface=127.0.0.1"',
                 f'cert_dir = "{certs}"',
+                *self.extra_config,
             ]
         )
         self.node = yield start_node(config, self.data_dir)
@@ -169,6 +172,10 @@ class HttpErrorTests(TestCase):
         self.assertEqual(reply.code, code)
         self.assertEqual(_Reply(reply.rest).status, 200)
         return reply
+
+
+class HttpErrorTests(_NodeCase):
+    """Refusals of the transport and the WebSocket handshake."""
 
     # Framing and header errors Twisted answered with an empty 400.
 
@@ -559,3 +566,30 @@ class _H2Client(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.closed.callback(None)
+
+
+class LiveConnectionLimitTests(_NodeCase):
+    """A node that admits one live connection."""
+
+    extra_config = ("[live]", "max_connections = 1")
+
+    @defer.inlineCallbacks
+    def test_websocket_over_the_limit(self) -> Any:
+        """The second WebSocket is refused with a JSON 503 (code
+        ``too_many_connections``, ``Retry-After``), not autobahn's bare
+        status line; the first stays open."""
+        upgrade = (
+            b"GET /live HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+        )
+        first = _Raw(upgrade, None)
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", self.http_port).connect(Factory.forProtocol(lambda: first))
+        while b"\r\n\r\n" not in first.data:
+            yield deferLater(reactor, 0, lambda: None)
+        self.assertTrue(first.data.startswith(b"HTTP/1.1 101 "), first.data[:200])
+        reply = yield self.refused(upgrade, 503, "too_many_connections")
+        self.assertEqual(reply.headers["retry-after"], "1")
+        self.assertFalse(first.closed.called)
+        first.transport.loseConnection()
+        yield first.closed

@@ -116,8 +116,15 @@ class MeshMetrics:
         )
         self.relay_takeovers = Counter(
             "fastedge_mesh_relay_takeovers_total",
-            "Channels this node took over from another sequencer (a new epoch at "
-            "once: their subscribers and followers reload).",
+            "Channels this node moved to a new epoch of its own at once (taken over "
+            "from another sequencer, or told their numberings diverged): their "
+            "subscribers and followers reload.",
+            registry=registry,
+        )
+        self.relay_handovers = Counter(
+            "fastedge_mesh_relay_handovers_total",
+            "Channels sequenced here that moved to an owner which had not followed "
+            "them here (told to start a new epoch: its subscribers reload).",
             registry=registry,
         )
         self.relay_queue = Gauge(

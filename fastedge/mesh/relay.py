@@ -177,6 +177,8 @@ class Relay:
         self.followers: dict[ChannelKey, set[Any]] = {}
         self._sessions: dict[Any, set[ChannelKey]] = {}
         self._outbox: dict[str, list[_Forward]] = {}
+        #: Channels stamped here as their owner (handed over when they move).
+        self.sequenced: set[ChannelKey] = set()
         self._candidates: tuple[str, ...] | None = None
         self._owners: dict[ChannelKey, str | None] = {}
         self._rebalance_call: IDelayedCall | None = None
@@ -279,9 +281,41 @@ class Relay:
         for channel, epoch in list(self.followed_epoch.items()):
             if self._sequences_here(channel):
                 self._take_over(channel, epoch)
+        for channel in list(self.sequenced):
+            self._hand_over(channel)
         for owner, channels in moved.items():
             self._follow(owner, channels)
         self._flush_all()
+
+    def _hand_over(self, channel: ChannelKey) -> None:
+        """A channel this node sequenced may have moved to another owner.
+
+        If that owner was not following it here, the two numberings
+        diverged (a partition: each side believed it owned the channel, or
+        the new owner has subscribers that never saw these events): the new
+        owner is told to start a new epoch, so its subscribers and
+        followers reload (this node's own meet the new owner's epoch with a
+        reset when they follow it). Owed like a write: it waits for the
+        owner to be reachable.
+        """
+        owner = self.owner_of(channel)
+        if owner is None or owner == self._me:
+            return
+        self.sequenced.discard(channel)
+        position = self.hub.position(channel)
+        if position is None or position.seq == 0 or self.followed_epoch.get(channel) == position.epoch:
+            return
+        if any(session.node_id == owner for session in self.followers.get(channel, ())):
+            return  # it followed every event stamped here
+        self._metrics.relay_handovers.inc()
+        self._log.info(
+            "mesh relay: {tenant}/{thread} moved to {owner}, which did not follow it here; it starts a new epoch",
+            tenant=channel[0],
+            thread=channel[1],
+            owner=owner,
+        )
+        marker = Event(channel, RESET_KIND, {}, origin=self._me or "")
+        self._forward(owner, marker, 2, owed=True)
 
     def _take_over(self, channel: ChannelKey, followed: str) -> None:
         """This node now owns a channel whose numbering it followed: start
@@ -297,15 +331,23 @@ class Relay:
         del self.followed_epoch[channel]
         if position is None or position.epoch != followed:
             return
+        self._new_numbering(channel)
+
+    def _new_numbering(self, channel: ChannelKey) -> None:
+        """Move a channel sequenced here to a new epoch at 0 now: local
+        subscribers and followers get a ``reset`` and reload."""
+        position = self.hub.position(channel)
         stamp = Stamp(self._new_epoch(), 0)
         self.hub.resync(channel, stamp, ())
+        self.followed_epoch.pop(channel, None)
+        self.sequenced.add(channel)
         self._metrics.relay_takeovers.inc()
         self._log.info(
-            "mesh relay: took over {tenant}/{thread} from {epoch}:{seq}; new epoch {new_epoch}",
+            "mesh relay: {tenant}/{thread} starts epoch {new_epoch} here (was {epoch}:{seq})",
             tenant=channel[0],
             thread=channel[1],
-            epoch=position.epoch,
-            seq=position.seq,
+            epoch=position.epoch if position else None,
+            seq=position.seq if position else None,
             new_epoch=stamp.epoch,
         )
         followers = self.followers.get(channel)
@@ -344,6 +386,8 @@ class Relay:
             event = replace(event, stamp=Stamp(self._new_epoch(), 1))
         prepared = self.hub.publish(event)
         if prepared is not None:
+            if self._sequences_here(channel):
+                self.sequenced.add(channel)
             if self.mesh is not None and event.origin != self._me:
                 self._metrics.relay_events.labels("sequenced").inc()
             self._push(prepared)
@@ -745,6 +789,13 @@ class Relay:
         for wire in wires:
             event = from_wire(wire)
             owner = self.owner_of(event.channel)
+            if wire.kind == RESET_KIND:
+                # A former owner's numbering diverged from this one's.
+                if owner is None or owner == self._me or hops >= 2:
+                    self._new_numbering(event.channel)
+                else:
+                    self._forward(owner, event, 2, owed=True)
+                continue
             if owner is None or owner == self._me:
                 self._sequence(event)
             elif hops >= 1:
@@ -838,6 +889,9 @@ class Relay:
                 position = self.hub.position(channel)
                 if position is None or position.epoch != epoch:
                     del self.followed_epoch[channel]
+            for channel in list(self.sequenced):
+                if self.hub.position(channel) is None:
+                    self.sequenced.discard(channel)
         self._count_channels()
 
     def _count_channels(self) -> None:

@@ -427,13 +427,15 @@ class OwnerDiesTests(SynchronousTestCase):
     defect 2): the writes reach the new owner's subscribers, or those
     subscribers are told to reload; never a silent gap."""
 
-    def _thread(self, world: LiveWorld) -> tuple[Any, str]:
-        """A thread that c sequences and b takes over when c is gone."""
+    def _thread(self, world: LiveWorld, owner: str = "c") -> tuple[Any, str]:
+        """A thread that ``owner`` sequences and b (else a) takes over when
+        it is gone."""
         for _ in range(100):
-            thread, url = world.thread_owned_by("c")
-            if rendezvous(world.channel(thread), ["a", "b"]) == "b":
+            thread, url = world.thread_owned_by(owner)
+            rest = sorted(set("abc") - {owner})
+            if rendezvous(world.channel(thread), rest) == ("b" if owner != "b" else "a"):
                 return thread, url
-        raise AssertionError("no thread moves from c to b")
+        raise AssertionError("no thread moves from {}".format(owner))
 
     def test_queued_writes_reach_the_third_node(self) -> None:
         """c (the owner) is killed, three comments are posted through a
@@ -485,3 +487,32 @@ class OwnerDiesTests(SynchronousTestCase):
         world.mesh.advance(10.0)
         self.assertEqual([k for k, _ in world.seqs(on_b)], ["event", "reset"])
         self.assertEqual([k for k, _ in world.seqs(on_a)], ["event", "event", "reset"])
+
+    def test_partitioned_owner_hands_over(self) -> None:
+        """a is cut off from b and c long enough that each side thinks the
+        other dead: a sequences a write itself (it owns everything it can
+        see). When the partition heals and b owns the channel again, b's
+        subscriber, which never saw that write, is told to reload (b starts
+        a new epoch): never a silent gap."""
+        world = LiveWorld(self)
+        thread, url = self._thread(world, owner="b")
+        on_b = world.subscribe("b", url)
+        world.post("b", thread, "before")
+        net = world.mesh.network
+        a, b, c = (world.mesh.host(n) for n in "abc")
+        for other in (b, c):
+            net.block(a, other)
+            net.cut(a, other)
+        world.mesh.advance(4.0)
+        self.assertEqual(world.mesh.states("a")["b"], "dead")
+        on_a = world.subscribe("a", url)
+        world.post("a", thread, "alone")
+        self.assertEqual([m["data"]["comment"]["html"] for m in on_a.events()], ["<p>alone</p>"])
+        for other in (b, c):
+            net.unblock(a, other)
+        world.mesh.advance(10.0)
+        self.assertEqual(world.mesh.states("a")["b"], "alive")
+        self.assertEqual([k for k, _ in world.seqs(on_b)], ["event", "reset"])
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_handovers_total"), 1.0)
+        world.post("c", thread, "after")
+        self.assertEqual(on_a.events()[-1]["id"], on_b.events()[-1]["id"])

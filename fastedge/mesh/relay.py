@@ -24,8 +24,12 @@ follow it, and re-synchronisation by sequence numbers.
   (duplicates are dropped by the hub), and if the owner's history no longer
   covers the gap the channel is reset and its subscribers reload.
 - **Ownership changes** (a node joins, dies or leaves) move some channels
-  to a new owner, which starts a new epoch on its first event: subscribers
-  reload once rather than trust numbers from two sequencers.
+  to a new owner, which starts a new epoch at once and pushes a reset:
+  subscribers reload once rather than trust numbers from two sequencers
+  (or miss the old owner's last events). Writes queued for the old owner
+  are re-routed in the same pass; a write sequenced here because its owner
+  was unreachable stays owed to the owner; an owner that sequenced a
+  channel while partitioned tells the next owner to start a new epoch.
 - **Isolation.** Only nodes of the same deployment follow, forward or
   receive anything; a relay call from a node of another deployment is
   refused and counted.

@@ -12,8 +12,9 @@ database), all on one CPU; this process on the other. It keeps
   with ``since`` and ``epoch``; on ``reload: true`` or a ``reset`` it
   reloads the thread (here: reads the thread's comment ids from the shared
   database, which is what the API would give it);
-- every ``--kill-every`` seconds, kill -9 of a random node, restarted at
-  once,
+- every ``--kill-every`` seconds, kill -9 of a random node, restarted
+  ``--down`` seconds later (4 s: long enough to be declared dead, so its
+  channels move to another node, and back after the restart),
 
 for ``--duration`` seconds, then lets the cluster settle and reads every
 thread from the store. A post is owed to a subscriber of its thread unless
@@ -45,6 +46,34 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from live_client import masked_text  # noqa: E402
 from mesh_relay import NODES, PY, REPO, Cluster, Poster, pct  # noqa: E402
+
+
+class SafePoster(Poster):
+    """A :class:`Poster` that notices its node dying (a closed connection
+    or no answer within 10 s) instead of waiting for ever."""
+
+    def __init__(self, port: int, tenant: str) -> None:
+        super().__init__(port, tenant)
+        self.sock.settimeout(10.0)
+
+    def _more(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise OSError("the node closed the connection")
+        self.buf += data
+
+    def read_response(self) -> dict[str, Any]:
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, _, rest = self.buf.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        while len(self.buf) < len(head) + 4 + length:
+            self._more()
+        return super().read_response()
 
 
 @dataclass
@@ -238,7 +267,7 @@ class Chaos:
     # Posts and kills (threads of their own)
 
     def poster(self, threads: list[tuple[str, str]]) -> None:
-        posters: dict[str, Poster] = {}
+        posters: dict[str, SafePoster] = {}
         interval = 1.0 / self.args.rate
         next_at = time.monotonic()
         n = 0
@@ -252,7 +281,7 @@ class Chaos:
             n += 1
             try:
                 if node not in posters:
-                    posters[node] = Poster(self.cluster.http[node], self.tenant)
+                    posters[node] = SafePoster(self.cluster.http[node], self.tenant)
                 sent = time.monotonic()
                 answer = posters[node].post(url_id, "chaos {}".format(n))
                 acked = time.monotonic()
@@ -264,8 +293,12 @@ class Chaos:
             self.posted[comment["id"]] = (thread, sent, acked)
 
     def killer(self, until: float) -> None:
+        next_kill = self.t0
         while True:
-            time.sleep(self.args.kill_every)
+            # Every --kill-every seconds from the start (a slow restart does
+            # not stretch the cadence).
+            next_kill += self.args.kill_every
+            time.sleep(max(0.0, next_kill - time.monotonic()))
             if time.monotonic() > until:
                 return
             victim = random.choice(NODES)
@@ -273,6 +306,9 @@ class Chaos:
                 self.alive.discard(victim)
             killed = time.monotonic()
             self.cluster.signal(victim, signal.SIGKILL)
+            # Down long enough to be declared dead: its channels move to
+            # another node, then (after the restart) back.
+            time.sleep(self.args.down)
             self.cluster.start(victim)
             with self.lock:
                 self.alive.add(victim)
@@ -367,8 +403,9 @@ def main() -> None:
     ap.add_argument("--subscribers", type=int, default=300)
     ap.add_argument("--rate", type=float, default=20.0, help="posts per second")
     ap.add_argument("--kill-every", type=float, default=10.0)
+    ap.add_argument("--down", type=float, default=4.0, help="seconds a killed node stays down (DEAD after 2.5 s)")
     ap.add_argument(
-        "--window", type=float, default=5.0, help="seconds after a restart still counted as the kill window"
+        "--window", type=float, default=2.0, help="seconds after a restart still counted as the kill window"
     )
     ap.add_argument("--settle", type=float, default=12.0)
     ap.add_argument("--node-cpu", default="0")

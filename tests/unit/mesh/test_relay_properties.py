@@ -76,8 +76,9 @@ class Client:
     read: int = 0
     epoch: str | None = None
     seq: int | None = None
-    seen: set[int] = field(default_factory=set)
-    delivered: set[int] = field(default_factory=set)
+    #: Comments received since the last reload (a repeat is a duplicate).
+    seen: set[str] = field(default_factory=set)
+    delivered: set[str] = field(default_factory=set)
     marks: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -96,10 +97,12 @@ class RelayMachine(RuleBasedStateMachine):
         self.cuts: set[tuple[str, str]] = set()
         self.threads: list[tuple[Any, str]] = []
         #: thread index -> [(comment id, step acknowledged)]
-        self.acked: dict[int, list[tuple[int, int]]] = {}
+        self.acked: dict[int, list[tuple[str, int]]] = {}
         self.clients: dict[int, Client] = {}
         self.gone: list[Client] = []
-        self.log: list[Any] = []
+        #: (step, comment id, node, thread) of every write, for failures.
+        self.log: list[tuple[int, str, str, int]] = []
+        #: Writes that died queued in a killed node's memory.
         self.lost: set[str] = set()
 
     # Setup

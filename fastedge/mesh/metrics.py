@@ -90,7 +90,8 @@ class MeshMetrics:
             "fastedge_mesh_relay_events_total",
             "Live events over the mesh, by direction (sent: pushed to a follower; "
             "received: from an owner; forwarded: a local write sent to its owner; "
-            "sequenced: a write from another node stamped here).",
+            "sequenced: a write from another node stamped here; dropped: a write the full "
+            "forward queue gave up on).",
             ["direction"],
             registry=registry,
         )
@@ -111,6 +112,19 @@ class MeshMetrics:
             "Channels by role: followed (this node follows another's numbering), "
             "owned_followers (channels owned here with followers elsewhere).",
             ["role"],
+            registry=registry,
+        )
+        self.relay_takeovers = Counter(
+            "fastedge_mesh_relay_takeovers_total",
+            "Channels this node moved to a new epoch of its own at once (taken over "
+            "from another sequencer, or told their numberings diverged): their "
+            "subscribers and followers reload.",
+            registry=registry,
+        )
+        self.relay_handovers = Counter(
+            "fastedge_mesh_relay_handovers_total",
+            "Channels sequenced here that moved to an owner which had not followed "
+            "them here (told to start a new epoch: its subscribers reload).",
             registry=registry,
         )
         self.relay_queue = Gauge(

@@ -24,8 +24,12 @@ follow it, and re-synchronisation by sequence numbers.
   (duplicates are dropped by the hub), and if the owner's history no longer
   covers the gap the channel is reset and its subscribers reload.
 - **Ownership changes** (a node joins, dies or leaves) move some channels
-  to a new owner, which starts a new epoch on its first event: subscribers
-  reload once rather than trust numbers from two sequencers.
+  to a new owner, which starts a new epoch at once and pushes a reset:
+  subscribers reload once rather than trust numbers from two sequencers
+  (or miss the old owner's last events). Writes queued for the old owner
+  are re-routed in the same pass; a write sequenced here because its owner
+  was unreachable stays owed to the owner; an owner that sequenced a
+  channel while partitioned tells the next owner to start a new epoch.
 - **Isolation.** Only nodes of the same deployment follow, forward or
   receive anything; a relay call from a node of another deployment is
   refused and counted.
@@ -68,6 +72,9 @@ EVENTS_BATCH = 1000
 OWNER_CACHE = 100_000
 #: Seconds between sweeps of what is remembered of forgotten channels.
 PRUNE_SECONDS = 60.0
+#: The kind of a pushed event that is no event: the owner moved the channel
+#: to this position (a new epoch) and the follower's subscribers reload.
+RESET_KIND = "relay.reset"
 
 
 def to_wire(event: Event, stamp: Stamp | None) -> RelayedEvent:
@@ -123,11 +130,19 @@ class _Follow:
 
 @dataclass
 class _Forward:
-    """A local write waiting for its channel's owner to be reachable."""
+    """A write waiting for its channel's owner to be reachable.
+
+    :ivar owed: the write was already sequenced here (the owner stayed
+        unreachable, or a view of the mesh lagged): it is still owed to the
+        owner, whose followers would otherwise never see it. It goes out as
+        a last hop (the owner sequences it wherever it lands) and is never
+        sequenced here again.
+    """
 
     event: Event
     hops: int
     queued: float
+    owed: bool = False
 
 
 class Relay:
@@ -166,6 +181,8 @@ class Relay:
         self.followers: dict[ChannelKey, set[Any]] = {}
         self._sessions: dict[Any, set[ChannelKey]] = {}
         self._outbox: dict[str, list[_Forward]] = {}
+        #: Channels stamped here as their owner (handed over when they move).
+        self.sequenced: set[ChannelKey] = set()
         self._candidates: tuple[str, ...] | None = None
         self._owners: dict[ChannelKey, str | None] = {}
         self._rebalance_call: IDelayedCall | None = None
@@ -265,10 +282,92 @@ class Relay:
                 owner = self.owner_of(channel)
                 if owner is not None and owner != self._me and channel not in moved.get(owner, ()):
                     moved.setdefault(owner, []).append(channel)
+        for channel, epoch in list(self.followed_epoch.items()):
+            if self._sequences_here(channel):
+                self._take_over(channel, epoch)
+        for channel in list(self.sequenced):
+            self._hand_over(channel)
         for owner, channels in moved.items():
             self._follow(owner, channels)
-        for owner in list(self._outbox):
-            self._flush(owner)
+        self._flush_all()
+
+    def _hand_over(self, channel: ChannelKey) -> None:
+        """A channel this node sequenced may have moved to another owner.
+
+        If that owner was not following it here, the two numberings
+        diverged (a partition: each side believed it owned the channel, or
+        the new owner has subscribers that never saw these events): the new
+        owner is told to start a new epoch, so its subscribers and
+        followers reload (this node's own meet the new owner's epoch with a
+        reset when they follow it). Owed like a write: it waits for the
+        owner to be reachable.
+        """
+        owner = self.owner_of(channel)
+        if owner is None or owner == self._me:
+            return
+        self.sequenced.discard(channel)
+        position = self.hub.position(channel)
+        if position is None or position.seq == 0 or self.followed_epoch.get(channel) == position.epoch:
+            return
+        if any(session.node_id == owner for session in self.followers.get(channel, ())):
+            return  # it followed every event stamped here
+        self._metrics.relay_handovers.inc()
+        self._log.info(
+            "mesh relay: {tenant}/{thread} moved to {owner}, which did not follow it here; it starts a new epoch",
+            tenant=channel[0],
+            thread=channel[1],
+            owner=owner,
+        )
+        marker = Event(channel, RESET_KIND, {}, origin=self._me or "")
+        self._forward(owner, marker, 2, owed=True)
+
+    def _take_over(self, channel: ChannelKey, followed: str) -> None:
+        """This node now owns a channel whose numbering it followed: start
+        its own epoch at once, and say so to local subscribers and to
+        followers (a ``reset``).
+
+        Waiting for the next write would leave every subscriber that missed
+        the old owner's last events (stamped, but not pushed before it
+        died) silently behind for as long as the channel stays quiet; the
+        new owner cannot know what it missed, so everyone reloads once.
+        """
+        position = self.hub.position(channel)
+        del self.followed_epoch[channel]
+        if position is None or position.epoch != followed:
+            return
+        self._new_numbering(channel)
+
+    def _new_numbering(self, channel: ChannelKey) -> None:
+        """Move a channel sequenced here to a new epoch at 0 now: local
+        subscribers and followers get a ``reset`` and reload."""
+        position = self.hub.position(channel)
+        stamp = Stamp(self._new_epoch(), 0)
+        self.hub.resync(channel, stamp, ())
+        self.followed_epoch.pop(channel, None)
+        self.sequenced.add(channel)
+        self._metrics.relay_takeovers.inc()
+        self._log.info(
+            "mesh relay: {tenant}/{thread} starts epoch {new_epoch} here (was {epoch}:{seq})",
+            tenant=channel[0],
+            thread=channel[1],
+            epoch=position.epoch if position else None,
+            seq=position.seq if position else None,
+            new_epoch=stamp.epoch,
+        )
+        followers = self.followers.get(channel)
+        if followers:
+            wire = RelayedEvent(
+                tenant=channel[0],
+                thread=channel[1],
+                kind=RESET_KIND,
+                epoch=stamp.epoch,
+                seq=stamp.seq,
+                origin=self._me or "",
+            )
+            for session in followers:
+                self._pushes.setdefault(session, []).append(wire)
+            if self._push_call is None:
+                self._push_call = self.mesh.reactor.callLater(0, self._send_pushes)
 
     # Local writes (LivePublisher.sink)
 
@@ -291,6 +390,8 @@ class Relay:
             event = replace(event, stamp=Stamp(self._new_epoch(), 1))
         prepared = self.hub.publish(event)
         if prepared is not None:
+            if self._sequences_here(channel):
+                self.sequenced.add(channel)
             if self.mesh is not None and event.origin != self._me:
                 self._metrics.relay_events.labels("sequenced").inc()
             self._push(prepared)
@@ -326,58 +427,71 @@ class Relay:
                 session.mind.callRemote("events", batch).addErrback(lambda f: None)
             self._metrics.relay_events.labels("sent").inc(len(wires))
 
-    def _forward(self, owner: str, event: Event, hops: int) -> None:
+    def _forward(self, owner: str, event: Event, hops: int, *, owed: bool = False) -> None:
         queue = self._outbox.setdefault(owner, [])
-        queue.append(_Forward(event, hops, self._now()))
-        total = sum(len(q) for q in self._outbox.values())
+        queue.append(_Forward(event, hops, self._now(), owed))
+        total = self._queued()
         if total > self._max_queue:
-            oldest_owner = max(self._outbox, key=lambda o: len(self._outbox[o]))
-            dropped = self._outbox[oldest_owner].pop(0)
+            longest = max(self._outbox, key=lambda o: len(self._outbox[o]))
+            dropped = self._outbox[longest].pop(0)
+            if not self._outbox[longest]:
+                del self._outbox[longest]
+            # The one loss the relay accepts: the owner's followers never
+            # see this write live (they see it at their next reload).
+            self._metrics.relay_events.labels("dropped").inc()
             self._log.warn(
-                "mesh relay: {count} writes wait for their owners; sequencing one here",
+                "mesh relay: {count} writes wait for their owners; one for {owner} is dropped",
                 count=total,
+                owner=longest,
             )
-            self._sequence(dropped.event)
-        self._metrics.relay_queue.set(sum(len(q) for q in self._outbox.values()))
+            if not dropped.owed:
+                self._sequence(dropped.event)
+        self._metrics.relay_queue.set(self._queued())
         if self._forward_call is None:
             self._forward_call = self.mesh.reactor.callLater(0, self._flush_all)
 
     def _flush_all(self) -> None:
+        """Send every waiting write whose owner is reachable, re-routing
+        those whose channel changed hands.
+
+        All queues are routed in one pass: a write moved from a dead
+        owner's queue to its new owner's is sent in the same pass (routing
+        queue by queue once left it waiting for the forward timeout, then
+        sequenced on a node nobody follows: a silent gap).
+        """
         self._forward_call = None
-        for owner in list(self._outbox):
-            self._flush(owner)
+        queues, self._outbox = self._outbox, {}
+        sending: dict[tuple[str, int], list[_Forward]] = {}
+        links: dict[str, Any] = {}
+        for queue in queues.values():
+            for item in queue:
+                owner = self.owner_of(item.event.channel)
+                if owner is None or owner == self._me:
+                    if not item.owed:
+                        self._sequence(item.event)
+                    # An owed write is in this node's numbering already;
+                    # every follower meets this node's epoch with a reset,
+                    # and the reload covers it.
+                    continue
+                if owner not in links:
+                    links[owner] = self._link_to(owner)
+                if links[owner] is None:
+                    self._outbox.setdefault(owner, []).append(item)
+                else:
+                    sending.setdefault((owner, 2 if item.owed else item.hops), []).append(item)
+        for (owner, hops), items in sending.items():
+            for start in range(0, len(items), EVENTS_BATCH):
+                self._send_forwards(links[owner], items[start : start + EVENTS_BATCH], hops)
+        self._metrics.relay_queue.set(self._queued())
+
+    def _queued(self) -> int:
+        return sum(len(q) for q in self._outbox.values())
 
     def _link_to(self, node_id: str) -> Any:
         peer = self.mesh.membership.peers.get(node_id)
         if peer is None or peer.link is None or not peer.link.up:
             return None
         return peer.link
-
-    def _flush(self, owner: str) -> None:
-        """Send the writes waiting for ``owner`` (or re-route them if the
-        channel's owner is now another node)."""
-        queue = self._outbox.pop(owner, [])
-        if not queue:
-            return
-        link = self._link_to(owner)
-        kept: list[_Forward] = []
-        sending: dict[int, list[_Forward]] = {}
-        for item in queue:
-            now_owner = self.owner_of(item.event.channel)
-            if now_owner is None or now_owner == self._me:
-                self._sequence(item.event)
-            elif now_owner != owner:
-                self._outbox.setdefault(now_owner, []).append(item)
-            elif link is None:
-                kept.append(item)
-            else:
-                sending.setdefault(item.hops, []).append(item)
-        if kept:
-            self._outbox.setdefault(owner, []).extend(kept)
-        for hops, items in sending.items():
-            for start in range(0, len(items), EVENTS_BATCH):
-                self._send_forwards(link, items[start : start + EVENTS_BATCH], hops)
-        self._metrics.relay_queue.set(sum(len(q) for q in self._outbox.values()))
 
     def _send_forwards(self, link: Any, items: list[_Forward], hops: int) -> None:
         wires = [to_wire(item.event, None) for item in items]
@@ -558,7 +672,7 @@ class Relay:
         channels = [c for c, f in self.following.items() if f.owner == peer.node_id]
         if channels:
             self._follow(peer.node_id, channels)
-        self._flush(peer.node_id)
+        self._flush_all()
 
     def _peer_gone(self, peer: Any) -> None:
         for session in list(self._sessions):
@@ -679,10 +793,23 @@ class Relay:
         for wire in wires:
             event = from_wire(wire)
             owner = self.owner_of(event.channel)
-            if owner is None or owner == self._me or hops >= 1:
-                # Views of the mesh may differ for a moment: a write is passed
-                # on at most once, then sequenced wherever it is.
+            if wire.kind == RESET_KIND:
+                # A former owner's numbering diverged from this one's.
+                if owner is None or owner == self._me or hops >= 2:
+                    self._new_numbering(event.channel)
+                else:
+                    self._forward(owner, event, 2, owed=True)
+                continue
+            if owner is None or owner == self._me:
                 self._sequence(event)
+            elif hops >= 1:
+                # Views of the mesh may differ for a moment: a write is passed
+                # on at most once, then sequenced wherever it is, and (after
+                # one pass) still owed to the owner this node sees, whose
+                # followers would otherwise never see it.
+                self._sequence(event)
+                if hops == 1:
+                    self._forward(owner, event, 2, owed=True)
             else:
                 self._forward(owner, event, hops + 1)
 
@@ -708,6 +835,11 @@ class Relay:
                 self._metrics.relay_refused.labels("not_upstream").inc()
                 continue
             self.followed_epoch[channel] = wire.epoch
+            if wire.kind == RESET_KIND:
+                # The owner took the channel over (a new epoch): reload.
+                self.hub.resync(channel, Stamp(wire.epoch, wire.seq or 0), ())
+                self._metrics.relay_resyncs.labels("reset").inc()
+                continue
             self.hub.publish(from_wire(wire))
             self._metrics.relay_events.labels("received").inc()
 
@@ -730,10 +862,10 @@ class Relay:
         if self.mesh is None or self.mesh.membership is None:
             return
         now = self._now()
-        for owner in list(self._outbox):
-            queue = self._outbox[owner]
-            while queue and now - queue[0].queued >= self._forward_timeout:
-                item = queue.pop(0)
+        for owner, queue in self._outbox.items():
+            for item in queue:
+                if item.owed or now - item.queued < self._forward_timeout:
+                    continue
                 self._log.warn(
                     "mesh relay: {owner} unreachable for {seconds} s; sequencing a write to {tenant}/{thread} here",
                     owner=owner,
@@ -741,10 +873,12 @@ class Relay:
                     tenant=item.event.channel[0],
                     thread=item.event.channel[1],
                 )
+                # Its subscribers here see it now; it stays owed to the
+                # owner, whose followers get it when it is reachable (this
+                # node's own numbering meets the owner's with a reset).
                 self._sequence(item.event)
-            if not queue:
-                del self._outbox[owner]
-        self._metrics.relay_queue.set(sum(len(q) for q in self._outbox.values()))
+                item.owed = True
+        self._metrics.relay_queue.set(self._queued())
         grace = max(5.0, 5 * self._prime_timeout)
         for channel, follow in list(self.following.items()):
             if not self.hub.subscribers(channel) and follow.pending is None and now - follow.since >= grace:
@@ -759,6 +893,9 @@ class Relay:
                 position = self.hub.position(channel)
                 if position is None or position.epoch != epoch:
                     del self.followed_epoch[channel]
+            for channel in list(self.sequenced):
+                if self.hub.position(channel) is None:
+                    self.sequenced.discard(channel)
         self._count_channels()
 
     def _count_channels(self) -> None:

@@ -207,6 +207,10 @@ class _Channel:
     #: channel keeps its epoch for ``history_seconds``, so a reader who
     #: comes back meanwhile resumes instead of reloading.
     touched: float = 0.0
+    #: This hub made the epoch (it sequences the channel). ``False`` when
+    #: the numbering came from elsewhere (a relay): this hub may be behind
+    #: it, so a ``since`` beyond its position means "reload", not an error.
+    own: bool = True
 
 
 @dataclass
@@ -311,7 +315,7 @@ class Hub:
         else:
             stamp = event.stamp  # type: ignore[assignment]
             if state is None:
-                state = self._channels[channel] = _Channel(stamp.epoch, stamp.seq - 1)
+                state = self._channels[channel] = _Channel(stamp.epoch, stamp.seq - 1, own=False)
             if stamp.epoch == state.epoch and stamp.seq <= state.seq:
                 self.stats.duplicates += 1
                 return None
@@ -388,7 +392,7 @@ class Hub:
         state = self._channels.get(channel)
         if state is None:
             ours = [e.stamp for e in events if e.stamp is not None and e.stamp.epoch == position.epoch]
-            state = _Channel(position.epoch, ours[0].seq - 1 if ours else position.seq)
+            state = _Channel(position.epoch, ours[0].seq - 1 if ours else position.seq, own=False)
             state.touched = self._clock.seconds()
             self._channels[channel] = state
         replayed = 0
@@ -425,6 +429,7 @@ class Hub:
         )
         state.history.clear()
         state.epoch = stamp.epoch
+        state.own = False
         if state.members:
             # Members go on from just before the stamped event, which follows.
             notice = Prepared(
@@ -487,7 +492,9 @@ class Hub:
         :param epoch: the epoch ``since`` belongs to; a different one means
             the client must reload.
         :raises SinceInFuture: ``since`` is beyond the channel's position in
-            the client's epoch (or the client named no epoch).
+            the client's epoch (or the client named no epoch), and this hub
+            made that epoch (in a numbering it follows, the answer is
+            ``reload``: this node is behind the one the client was on).
         """
         now = self._clock.seconds()
         state = self._channels.get(channel)
@@ -498,6 +505,11 @@ class Hub:
         replay: tuple[Prepared, ...] = ()
         if since is not None:
             if epoch is not None and epoch != state.epoch:
+                reload = True
+            elif since > state.seq and not state.own:
+                # A numbering this hub follows, and it is behind the node
+                # the client was on: the client reloads (never an error,
+                # never a silent gap).
                 reload = True
             elif since > state.seq:
                 raise SinceInFuture("since {} is beyond the channel's sequence number {}".format(since, state.seq))

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -285,9 +289,13 @@ class HousekeepingTests(SynchronousTestCase):
     def test_write_sequenced_here_after_the_forward_timeout(self) -> None:
         """A write whose sequencer stays unreachable is sequenced by the node
         that took it after relay_forward_timeout_seconds, so its own
-        subscribers still see it."""
+        subscribers still see it; it stays owed to the owner, whose
+        subscribers get it when the link is back, and this node's
+        subscribers are reset onto the owner's numbering (never a write
+        silently lost when the two numberings meet)."""
         world = LiveWorld(self)
         thread, url = world.thread_owned_by("c")
+        on_c = world.subscribe("c", url)
         net = world.mesh.network
         hosts = world.mesh.host("a"), world.mesh.host("c")
         net.block(*hosts)
@@ -298,7 +306,15 @@ class HousekeepingTests(SynchronousTestCase):
         self.assertEqual(on_a.events(), [])
         world.mesh.advance(0.2)
         self.assertEqual([m["data"]["comment"]["html"] for m in on_a.events()], ["<p>late</p>"])
+        self.assertEqual(on_c.events(), [])
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_forward_queue"), 1.0)
+        net.unblock(*hosts)
+        world.mesh.advance(1.0)
+        self.assertEqual([m["data"]["comment"]["html"] for m in on_c.events()], ["<p>late</p>"])
         self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_forward_queue"), 0.0)
+        self.assertEqual([k for k, _ in world.seqs(on_a)], ["event", "reset", "event"])
+        world.post("a", thread, "after")
+        self.assertEqual(on_a.events()[-1]["id"], on_c.events()[-1]["id"])
 
     def test_unused_prime_is_unfollowed(self) -> None:
         """A channel primed for a subscriber that never came is unfollowed
@@ -404,3 +420,99 @@ class IsolationTests(SynchronousTestCase):
             ),
             1.0,
         )
+
+
+class OwnerDiesTests(SynchronousTestCase):
+    """The sequencer of a channel dies while writes wait for it (issue 10,
+    defect 2): the writes reach the new owner's subscribers, or those
+    subscribers are told to reload; never a silent gap."""
+
+    def _thread(self, world: LiveWorld, owner: str = "c") -> tuple[Any, str]:
+        """A thread that ``owner`` sequences and b (else a) takes over when
+        it is gone."""
+        for _ in range(100):
+            thread, url = world.thread_owned_by(owner)
+            rest = sorted(set("abc") - {owner})
+            if rendezvous(world.channel(thread), rest) == ("b" if owner != "b" else "a"):
+                return thread, url
+        raise AssertionError("no thread moves from {}".format(owner))
+
+    def test_queued_writes_reach_the_third_node(self) -> None:
+        """c (the owner) is killed, three comments are posted through a
+        within 25 ms (they wait at a for c), then b becomes the owner: b's
+        subscriber gets all three (after one reset: the numbering changed
+        hands), a never sequences them itself, and a client re-subscribing
+        on b with its old position is told to reload or given the events."""
+        world = LiveWorld(self)
+        thread, url = self._thread(world)
+        on_b = world.subscribe("b", url)
+        world.post("a", thread, "before")
+        self.assertEqual(world.seqs(on_b), [("event", 1)])
+        first = on_b.events()[0]
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        world.mesh.crash("c")
+        for i in range(3):
+            world.post("a", thread, "during{}".format(i))
+            world.mesh.advance(0.01)
+        world.mesh.advance(10.0)
+        self.assertEqual(world.mesh.states("a")["c"], "dead")
+        texts = [m["data"]["comment"]["html"] for m in on_b.events()]
+        self.assertEqual(texts, ["<p>before</p>", "<p>during0</p>", "<p>during1</p>", "<p>during2</p>"])
+        kinds = world.seqs(on_b)
+        self.assertEqual(kinds[1][0], "reset")
+        self.assertEqual(kinds[2:], [("event", 1), ("event", 2), ("event", 3)])
+        fallbacks = [e for e in events if "sequencing a write" in e.get("log_format", "")]
+        self.assertEqual(fallbacks, [])
+        again = world.subscribe("b", url, since=first["seq"], epoch=first["id"].split("-")[0])
+        answer = again.conn.messages[0]
+        self.assertTrue(answer["reload"] or answer["replayed"] == 3, answer)
+
+    def test_takeover_resets_a_quiet_channel(self) -> None:
+        """Events the old owner stamped reached one follower (a) and not the
+        other (b); no write follows. The new owner b cannot know what it
+        missed, so it starts its own numbering at once: b's subscribers
+        reload and a's are reset too, none is left silently behind."""
+        world = LiveWorld(self)
+        thread, url = self._thread(world)
+        on_a, on_b = world.subscribe("a", url), world.subscribe("b", url)
+        world.post("c", thread, "one")
+        net = world.mesh.network
+        hosts = world.mesh.host("b"), world.mesh.host("c")
+        net.block(*hosts)
+        net.cut(*hosts)
+        world.post("c", thread, "two")
+        self.assertEqual(len(on_a.events()), 2)
+        self.assertEqual(len(on_b.events()), 1)
+        world.mesh.crash("c")
+        world.mesh.advance(10.0)
+        self.assertEqual([k for k, _ in world.seqs(on_b)], ["event", "reset"])
+        self.assertEqual([k for k, _ in world.seqs(on_a)], ["event", "event", "reset"])
+
+    def test_partitioned_owner_hands_over(self) -> None:
+        """a is cut off from b and c long enough that each side thinks the
+        other dead: a sequences a write itself (it owns everything it can
+        see). When the partition heals and b owns the channel again, b's
+        subscriber, which never saw that write, is told to reload (b starts
+        a new epoch): never a silent gap."""
+        world = LiveWorld(self)
+        thread, url = self._thread(world, owner="b")
+        on_b = world.subscribe("b", url)
+        world.post("b", thread, "before")
+        net = world.mesh.network
+        a, b, c = (world.mesh.host(n) for n in "abc")
+        for other in (b, c):
+            net.block(a, other)
+            net.cut(a, other)
+        world.mesh.advance(4.0)
+        self.assertEqual(world.mesh.states("a")["b"], "dead")
+        on_a = world.subscribe("a", url)
+        world.post("a", thread, "alone")
+        self.assertEqual([m["data"]["comment"]["html"] for m in on_a.events()], ["<p>alone</p>"])
+        for other in (b, c):
+            net.unblock(a, other)
+        world.mesh.advance(10.0)
+        self.assertEqual(world.mesh.states("a")["b"], "alive")
+        self.assertEqual([k for k, _ in world.seqs(on_b)], ["event", "reset"])
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_handovers_total"), 1.0)
+        world.post("c", thread, "after")
+        self.assertEqual(on_a.events()[-1]["id"], on_b.events()[-1]["id"])

@@ -364,6 +364,19 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(inbox.seqs(), [8])
         self.assertEqual(hub.stats.relayed, 2)
 
+    def test_since_beyond_a_followed_numbering_reloads(self) -> None:
+        """In a numbering this hub follows, a ``since`` beyond its position
+        means the client was on a node further ahead: it is told to reload
+        (never an error, never a silent gap). In its own numbering the same
+        request stays an error."""
+        hub = make_hub()
+        hub.resync(A, Stamp("remote", 2), ())
+        joined = hub.subscribe(A, Inbox(), since=8, epoch="remote")
+        self.assertEqual((joined.reload, joined.seq, joined.replay), (True, 2, ()))
+        hub.publish(ev(channel=B))
+        own = hub.position(B).epoch  # type: ignore[union-attr]
+        self.assertRaises(SinceInFuture, hub.subscribe, B, Inbox(), since=8, epoch=own)
+
     def test_duplicates_dropped(self) -> None:
         """A relayed event already seen (redelivery) is dropped."""
         hub = make_hub()

@@ -7,6 +7,9 @@ say, so that a request the fuzzer calls valid is one the node must accept:
 * a listing ``cursor`` is valid only when the node issued it (a made-up one
   is a 400 ``bad_cursor``): valid requests carry none, invalid ones keep
   whatever was generated;
+* ``since`` on ``/live/events`` without an epoch counts in the channel's
+  current epoch, and one beyond the channel's sequence number is a 400
+  ``since_in_future``: valid requests without an epoch resume from 0;
 * an upload's bytes must be what its Content-Type says (else 415
   ``content_mismatch``): upload bodies are small objects of their type
   (a file's first bytes, then random ones), registered as the strategy of
@@ -41,6 +44,7 @@ SAMPLES = {
     "audio/mpeg": b"ID3\x03\x00\x00\x00\x00\x00\x00\xff\xfb\x90\x00" + b"\x00" * 20,
     "audio/ogg": b"OggS\x00\x02" + b"\x00" * 8 + b"\x01" + b"\x00" * 10 + b"\x01\x1e\x01vorbis",
 }
+SSE = ("GET", "/live/events")
 REVOKE = ("DELETE", "/api/v1/manage/keys/{keyId}")
 KEEP = set(filter(None, os.environ.get("FASTEDGE_FUZZ_KEEP_KEYS", "").split(",")))
 
@@ -54,8 +58,16 @@ def _valid(case: Any, location: ParameterLocation) -> bool:
 
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
-    """Drop made-up cursors from valid requests; never revoke the run's keys."""
+    """Valid requests carry no made-up cursor or future ``since``; the run's keys are never revoked."""
     if isinstance(case.query, dict) and "cursor" in case.query and _valid(case, ParameterLocation.QUERY):
         del case.query["cursor"]
+    if (
+        (case.method.upper(), case.path) == SSE
+        and isinstance(case.query, dict)
+        and "since" in case.query
+        and not {"epoch", "lastEventId"} & set(case.query)
+        and _valid(case, ParameterLocation.QUERY)
+    ):
+        case.query["since"] = 0
     if (case.method.upper(), case.path) == REVOKE and case.path_parameters.get("keyId") in KEEP:
         case.path_parameters["keyId"] = "not-a-key-of-this-run"

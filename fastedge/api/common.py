@@ -89,11 +89,21 @@ def display_name(cfg: ApiConfig, name: str) -> str:
             code="bad_display_name",
             field="displayName",
         )
-    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in stripped):
+    if any(_hidden(ch) for ch in stripped):
         raise bad_request(
             "displayName must not contain control characters", code="bad_display_name", field="displayName"
         )
     return stripped
+
+
+def _hidden(ch: str) -> bool:
+    """A control character, or a format character of the BMP (bidirectional
+    overrides, zero-width characters) that could make one name look like
+    another. Format characters beyond the BMP are allowed: they are mostly
+    the tag characters of emoji flags (England, Scotland, Wales); and so
+    docs/openapi.yaml can state the rule as a pattern."""
+    category = unicodedata.category(ch)
+    return category == "Cc" or (category == "Cf" and ord(ch) < 0x10000)
 
 
 @inlineCallbacks

@@ -87,7 +87,9 @@ class Call:
         """The body as a JSON object with exactly these fields.
 
         :param required: field name -> expected type (or tuple of types).
-        :param optional: likewise; ``None`` is accepted for optional fields.
+        :param optional: likewise, for fields that may be left out. ``null``
+            is a wrong type for either (docs/openapi.yaml declares no
+            nullable field in a request): leave an optional field out instead.
         """
         ctype = (self.header(b"content-type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":
@@ -107,7 +109,7 @@ class Call:
                 raise bad_request("missing field {!r}".format(name), code="missing_field", field=name)
             _check_type(name, body[name], tp)
         for name, tp in optional.items():
-            if name in body and body[name] is not None:
+            if name in body:
                 _check_type(name, body[name], tp)
         return body
 

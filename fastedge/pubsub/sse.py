@@ -286,6 +286,12 @@ class LiveEventsResource(Resource):
         url_id = query.get("urlId")
         if not url_id:
             raise RequestError("missing_url_id", "urlId is required")
+        # Checked even where unused (an event id wins, and an epoch means
+        # nothing without since): a malformed parameter is never ignored.
+        if "epoch" in query and not messages.is_epoch(query["epoch"]):
+            raise RequestError("bad_epoch", "epoch must be an epoch from a subscribed answer or event id")
+        if "lastEventId" in query and messages.parse_event_id(query["lastEventId"]) is None:
+            raise RequestError("bad_last_event_id", "lastEventId must be an event id (<epoch>-<seq>)")
         since: int | None = None
         epoch: str | None = None
         header = request.getHeader(b"last-event-id")

@@ -356,6 +356,13 @@ class CdnTests(TestCase):
         self.assertEqual(self.header(response, "x-cache"), "HIT")
         code, body = yield purge({"key": "x", "prefix": "y"}, self.a_key)
         self.assertEqual((code, body["error"]["code"]), (400, "bad_purge"))
+        code, body = yield purge({}, self.a_key)
+        self.assertEqual((code, body["error"]["code"]), (400, "bad_purge"))
+        # null is not "left out": this must not purge everything under "".
+        code, body = yield purge({"key": None, "prefix": ""}, self.a_key)
+        self.assertEqual((code, body["error"]["code"], body["error"]["field"]), (400, "wrong_type", "key"))
+        response, _ = yield self.get(self.url(self.a, "q/3.png"))
+        self.assertEqual(self.header(response, "x-cache"), "HIT")
 
     @defer.inlineCallbacks
     def test_client_disconnect_mid_download_still_fills(self):

@@ -271,6 +271,16 @@ class BadInputTests(PublicApiTestCase):
         self.assertError(self.post(self.node.client(), name=""), 400, "bad_display_name")
         self.assertError(self.post(self.node.client(), name="a" * 65), 400, "bad_display_name")
         self.assertError(self.post(self.node.client(), name="a\u202eb"), 400, "bad_display_name")
+        self.assertError(self.post(self.node.client(), name="a\u200bb"), 400, "bad_display_name")
+        self.assertError(self.post(self.node.client(), name="a\x07b"), 400, "bad_display_name")
+
+    def test_display_name_with_a_flag(self) -> None:
+        """A flag emoji spelled with tag characters (format characters beyond
+        the BMP) is a fine display name, as docs/openapi.yaml's pattern says."""
+        scotland = "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"
+        r = self.post(self.node.client(), name="Ann " + scotland)
+        self.assertEqual(r.code, 201, r.body)
+        self.assertEqual(r.json["comment"]["displayName"], "Ann " + scotland)
 
     def test_missing_or_bad_url_id(self) -> None:
         """urlId is required, bounded and free of control characters."""

@@ -196,6 +196,17 @@ class SseTests(SynchronousTestCase):
         code, err = self.error(self.url(), headers={b"last-event-id": [b"garbage"]})
         self.assertEqual((code, err["code"]), (400, "bad_last_event_id"))
 
+    def test_malformed_but_unused_parameters(self) -> None:
+        """A malformed epoch or lastEventId is refused even where it would be
+        unused (an epoch without since, an empty lastEventId), as
+        docs/openapi.yaml's patterns say: never silently ignored."""
+        code, err = self.error(self.url(epoch="NOT-AN-EPOCH"))
+        self.assertEqual((code, err["code"]), (400, "bad_epoch"))
+        code, err = self.error(self.url(lastEventId=""))
+        self.assertEqual((code, err["code"]), (400, "bad_last_event_id"))
+        code, err = self.error(self.url(lastEventId="x"), headers={b"last-event-id": [b"abc-1"]})
+        self.assertEqual((code, err["code"]), (400, "bad_last_event_id"))
+
     def test_bad_viewer_token(self) -> None:
         """A forged or foreign viewer token is 401."""
         code, err = self.error(self.url(viewer="lv1.a.b.1.c"))

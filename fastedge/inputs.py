@@ -24,7 +24,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["MAX_JSON_DEPTH", "InputError", "loads_json", "parse_ascii_int"]
+__all__ = ["MAX_JSON_DEPTH", "InputError", "json_depth_ok", "loads_json", "parse_ascii_int"]
 
 #: Containers (arrays and objects) nested at most this deep in a JSON
 #: document from a client; none of ours nests deeper than 3.

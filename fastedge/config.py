@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .inputs import InputError, parse_ascii_int
+
 __all__ = [
     "ApiConfig",
     "CdnConfig",
@@ -145,9 +147,10 @@ def parse_host_port(value: str) -> tuple[str, int]:
         raise ValueError("an IPv6 host must be in brackets: [::1]:7946")
     elif not re.match(r"^[A-Za-z0-9.-]{1,253}$", host):
         raise ValueError("{!r} is not a host name or address".format(host))
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError("the port must be from 1 to 65535")
-    return host, int(port_text)
+    try:
+        return host, parse_ascii_int(port_text, 1, 65535)
+    except InputError:
+        raise ValueError("the port must be from 1 to 65535") from None
 
 
 def _host_port(value: str) -> str | None:

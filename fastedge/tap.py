@@ -18,6 +18,7 @@ from .cdn.manage import UPLOAD_PATH, MediaApi
 from .config import ConfigError, EdgeConfig, load_config
 from .dns import service as dns_service
 from .geo import service as geo_service
+from .inputs import InputError, parse_ascii_int
 from .mesh import service as mesh_service
 from .mesh.media import connect_media
 from .mesh.relay import connect_relay
@@ -76,9 +77,9 @@ class Options(usage.Options):
                 found[key] = self[option]
         if self["dns-port"] is not None:
             try:
-                found["dns.port"] = int(self["dns-port"])
-            except ValueError:
-                raise usage.UsageError("--dns-port: must be an integer") from None
+                found["dns.port"] = parse_ascii_int(self["dns-port"], 0, 65535)
+            except InputError:
+                raise usage.UsageError("--dns-port: must be a port number from 0 to 65535") from None
         return found
 
     def postOptions(self) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 
 from ..config import ApiConfig
+from ..inputs import InputError, parse_ascii_int
 from ..store.errors import NotFound
 from ..store.interfaces import IStore
 from ..store.model import Comment, ReadPreference, Thread, ViewerState
@@ -36,9 +37,10 @@ def query_int(call: Call, name: str, default: int, low: int, high: int) -> int:
     raw = call.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not (low <= int(raw) <= high):
-        raise bad_request("{} must be an integer from {} to {}".format(name, low, high), code="bad_query")
-    return int(raw)
+    try:
+        return parse_ascii_int(raw, low, high)
+    except InputError:
+        raise bad_request("{} must be an integer from {} to {}".format(name, low, high), code="bad_query") from None
 
 
 def url_id(call: Call, cfg: ApiConfig, value: str | None = None) -> str:

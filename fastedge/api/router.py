@@ -10,7 +10,6 @@ is logged once and answered with a JSON 500.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from ..inputs import InputError, loads_json
 from ..jsonhttp import encode, error_body, write_json
 from ..store.errors import StoreError
 from .errors import ApiError, bad_request, from_store_error
@@ -96,9 +96,9 @@ class Call:
             raise ApiError(415, "unsupported_media_type", "send the body as application/json")
         raw = self.request.content.read() if self.request.content is not None else b""
         try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise bad_request("the body is not valid JSON", code="malformed_json") from None
+            body = loads_json(raw)
+        except InputError as e:
+            raise bad_request("the body is not valid JSON: {}".format(e), code="malformed_json") from None
         if not isinstance(body, dict):
             raise bad_request("the body must be a JSON object", code="malformed_json")
         for name in body:

@@ -28,6 +28,8 @@ import os
 import secrets
 from dataclasses import dataclass
 
+from ..inputs import InputError, parse_ascii_int
+
 COOKIE_NAME = b"fe_session"
 _VERSION = "v2"
 #: The first format, without a token; still accepted.
@@ -36,6 +38,8 @@ _V1 = "v1"
 _MAX_TOKEN_CHARS = 128
 #: Issued-at times this far in the future are refused (clock skew allowance).
 _SKEW_SECONDS = 300
+#: Issue times are Unix seconds; no cookie names a time past this.
+_MAX_SECONDS = 2**40
 
 
 class SessionCookieError(Exception):
@@ -175,13 +179,16 @@ class SessionCookies:
             payload = ".".join(parts[:5])
         else:
             raise SessionCookieError("session_invalid", "session cookie is malformed")
-        if not parts[3].isdigit() or len(parts[4]) > 2 * _MAX_TOKEN_CHARS:
+        if len(parts[4]) > 2 * _MAX_TOKEN_CHARS:
             raise SessionCookieError("session_invalid", "session cookie is malformed")
+        try:
+            issued = parse_ascii_int(parts[3], 0, _MAX_SECONDS)
+        except InputError:
+            raise SessionCookieError("session_invalid", "session cookie is malformed") from None
         if not hmac.compare_digest(self._mac(payload), parts[5]):
             raise SessionCookieError("session_invalid", "session cookie signature does not match")
         if parts[1] != tenant_id:
             raise SessionCookieError("session_invalid", "session cookie belongs to another site")
-        issued = int(parts[3])
         if issued > now_s + _SKEW_SECONDS:
             raise SessionCookieError("session_invalid", "session cookie was issued in the future")
         if now_s - issued > self._max_age:

@@ -11,6 +11,10 @@ question as asked, those bytes and the OPT record.
 Anything else (other types, names, flags, errors, a deployment with no live
 node) returns ``None`` and goes to the general path (``twisted.names``),
 which gives the same answers; tests check both agree byte for byte.
+A name is matched on its exact wire labels, so a label holding a ``.``
+octet (the label ``.zzz`` before ``edge...``) never matches a geo name: it
+goes to the general path, whose checker answers it FORMERR (twisted.names
+cannot echo it).
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 
 Every message goes first to the fast path (:mod:`fastedge.dns.fastpath`).
 What it declines is checked by :func:`fastedge.dns.wire.parse_query`
-(malformed queries get FORMERR/BADVERS, non-queries nothing) and then
-handled by ``twisted.names``: its ``Message`` parses the query, its
-``DNSServerFactory`` dispatches by opcode (NOTIMP for the ones we do not
-serve), :class:`~fastedge.dns.authority.EdgeAuthority` answers and its
+(malformed queries get FORMERR/BADVERS, opcodes other than QUERY NOTIMP,
+all header only; non-queries nothing), so what reaches ``twisted.names`` is
+one QUERY with one question whose name Twisted can carry: its ``Message``
+parses it, :class:`~fastedge.dns.authority.EdgeAuthority` answers and its
 records encode. The factory adds what Twisted leaves out: the EDNS OPT
 record with the ECS echo, correct response flags, and truncation to the
 client's UDP size (Twisted either never truncates or cuts mid-record).
@@ -231,8 +231,9 @@ class EdgeServerFactory(server.DNSServerFactory):
             return
         except Malformed as e:
             self._log.debug(
-                "malformed query from {source}: {reason}",
+                "query from {source} answered {rcode} at once: {reason}",
                 source=source,
+                rcode=e.rcode,
                 reason=e.reason,
             )
             self.stats.queries[(0, e.rcode, "general", transport)] += 1
@@ -259,20 +260,10 @@ class EdgeServerFactory(server.DNSServerFactory):
         self.messageReceived(message, protocol, addr)
 
     def messageReceived(self, message: dns.Message, proto: Any, address: Any = None) -> None:
-        # As Twisted's, without its per-message wall-clock stamp and logging.
-        if not self.allowQuery(message, proto, address):
-            message.rCode = dns.EREFUSED
-            self.sendReply(proto, message, address)
-        elif message.opCode == dns.OP_QUERY:
-            self.handleQuery(message, proto, address)
-        elif message.opCode == dns.OP_INVERSE:
-            self.handleInverseQuery(message, proto, address)
-        elif message.opCode == dns.OP_STATUS:
-            self.handleStatus(message, proto, address)
-        elif message.opCode == dns.OP_NOTIFY:
-            self.handleNotify(message, proto, address)
-        else:
-            self.handleOther(message, proto, address)
+        # Twisted's dispatches by opcode (and stamps and logs each message):
+        # parse_query has let through only QUERY with one question, the
+        # other opcodes were answered NOTIMP there.
+        self.handleQuery(message, proto, address)
 
     def handleQuery(self, message: dns.Message, protocol: Any, address: Any) -> None:
         ctx: _Context = message._edge  # type: ignore[attr-defined]
@@ -299,12 +290,6 @@ class EdgeServerFactory(server.DNSServerFactory):
         """Encode with Twisted, then set the flags, add OPT, truncate."""
         ctx: _Context = message._edge  # type: ignore[attr-defined]
         parsed = ctx.parsed
-        if not message.answer:
-            # Twisted answers NOTIMP/REFUSED by sending the query back with
-            # an rcode: answer with the question only.
-            response = dns.Message(id=message.id, answer=True, opCode=message.opCode, rCode=message.rCode)
-            response.queries = message.queries
-            message = response
         rcode = message.rCode
         message.maxSize = 0
         body = bytearray(message.toStr())

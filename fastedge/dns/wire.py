@@ -109,10 +109,13 @@ class ParsedQuery:
     edns: Edns | None
 
 
-def _read_name(data: bytes, at: int, header: tuple[int, int]) -> tuple[str, int]:
+def _read_name(data: bytes, at: int, header: tuple[int, int]) -> tuple[str, int, bool]:
     """Read a possibly compressed name; returns it (lower case, no final
-    dot, ``""`` for the root) and the offset after it."""
+    dot, ``""`` for the root), the offset after it, and whether a label
+    holds a ``.`` octet (legal on the wire, but such a name has no faithful
+    text form: see :func:`parse_query`)."""
     labels: list[str] = []
+    dotted = False
     length = 0
     end = -1
     hops = 0
@@ -139,13 +142,15 @@ def _read_name(data: bytes, at: int, header: tuple[int, int]) -> tuple[str, int]
         if n == 0:
             if end < 0:
                 end = pos + 1
-            return ".".join(labels), end
+            return ".".join(labels), end, dotted
         if pos + 1 + n > len(data):
             raise Malformed(FORMERR, "label runs past the end", header)
         length += n + 1
         if length + 1 > MAX_NAME:
             raise Malformed(FORMERR, "name longer than 255 octets", header)
-        labels.append(data[pos + 1 : pos + 1 + n].decode("latin-1").lower())
+        label = data[pos + 1 : pos + 1 + n]
+        dotted = dotted or b"." in label
+        labels.append(label.decode("latin-1").lower())
         pos += 1 + n
 
 
@@ -208,8 +213,10 @@ def parse_query(data: bytes) -> ParsedQuery:
         raise Drop("a response, not a query")
     pos = 12
     questions = []
+    dotted = False
     for _ in range(qd):
-        name, pos = _read_name(data, pos, header)
+        name, pos, odd = _read_name(data, pos, header)
+        dotted = dotted or odd
         if pos + 4 > len(data):
             raise Malformed(FORMERR, "truncated question", header)
         qtype, qclass = _HH.unpack_from(data, pos)
@@ -218,7 +225,7 @@ def parse_query(data: bytes) -> ParsedQuery:
     edns: Edns | None = None
     for section, count in ((1, an), (2, ns), (3, ar)):
         for _ in range(count):
-            owner, pos = _read_name(data, pos, header)
+            owner, pos, _ = _read_name(data, pos, header)
             if pos + 10 > len(data):
                 raise Malformed(FORMERR, "truncated record", header, edns)
             rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
@@ -235,9 +242,21 @@ def parse_query(data: bytes) -> ParsedQuery:
     opcode = (flags >> 11) & 0xF
     if edns is not None and edns.version != 0:
         raise Malformed(BADVERS, f"EDNS version {edns.version} unknown", header, edns)
-    if opcode == 0 and qd != 1:
+    if opcode != 0:
+        # We serve QUERY only. Answered here, header only (and OPT), however
+        # many questions the message claims: the answer's counts must match
+        # its body, and echoing an arbitrary question section could not.
+        raise Malformed(NOTIMP, f"opcode {opcode}", header, edns)
+    if qd != 1:
         # RFC 9619: a QUERY holds exactly one question.
         raise Malformed(FORMERR, f"{qd} questions", header, edns)
+    if dotted:
+        # twisted.names keeps a name as its labels joined with "." and
+        # splits it again to encode it: a "." inside a label would be echoed
+        # as other labels, or as a bogus length octet (a compression pointer
+        # from 0xC0). No name of ours has such a label; the fast path never
+        # matches one either. Refused, consistently on both paths.
+        raise Malformed(FORMERR, "a label of the question holds a '.'", header, edns)
     return ParsedQuery(qid, flags, opcode, tuple(questions), (qd, an, ns, ar), edns)
 
 
@@ -268,8 +287,9 @@ def error_response(error: Malformed, our_udp_size: int) -> bytes:
 
 
 def question_end(response: bytes) -> int:
-    """Offset after the (only) question of one of our responses, whose name
-    is written uncompressed."""
+    """Offset after the first question of one of our responses (written
+    uncompressed: it is the message's first name), or after the header
+    when there is none."""
     pos = 12
     if HEADER.unpack_from(response)[2] == 0:
         return pos
@@ -283,4 +303,5 @@ def truncated_response(response: bytes, opt: bytes) -> bytes:
     retries over TCP (RFC 7766)."""
     qid, flags, qd, _an, _ns, _ar = HEADER.unpack_from(response)
     end = question_end(response)
-    return HEADER.pack(qid, flags | TC, qd, 0, 0, 1 if opt else 0) + response[12:end] + opt
+    # At most the first question is kept, and the header says so.
+    return HEADER.pack(qid, flags | TC, min(qd, 1), 0, 0, 1 if opt else 0) + response[12:end] + opt

@@ -33,7 +33,7 @@ from .tls import name_mismatch, peer_certificate
 __all__ = ["Link", "LinkDown", "LinkMind", "PeerAvatar"]
 
 
-_KNOWN_INCARNATION = re.compile(r"\[incarnation=(\d+)\]")
+_KNOWN_INCARNATION = re.compile(r"\[incarnation=([0-9]{1,19})\]")
 
 
 class LinkDown(Exception):

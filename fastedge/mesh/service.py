@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from .. import __version__
 from ..config import MeshConfig, NodeConfig, parse_host_port
+from ..inputs import InputError, parse_ascii_int
 from .auth import MeshGate, make_portal
 from .broker import Limits, MeshServerFactory, RefusalLog
 from .interfaces import ILink
@@ -87,9 +88,10 @@ def _read_incarnation(path: str) -> int:
         return 0
     except OSError as e:
         raise MeshCertificateError("mesh incarnation file {}: cannot read ({})".format(path, e.strerror)) from None
-    if not text.isdigit():
-        raise MeshCertificateError("mesh incarnation file {}: not a number".format(path))
-    return int(text)
+    try:
+        return parse_ascii_int(text, 0, 2**63 - 1)
+    except InputError:
+        raise MeshCertificateError("mesh incarnation file {}: not a number".format(path)) from None
 
 
 class MeshService(Service):

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..inputs import InputError, parse_ascii_int
 from ..jsonhttp import encode
 
 #: Named in the ``hello`` message; bumped on an incompatible change.
@@ -34,6 +35,8 @@ CLOSE_RATE_LIMITED = 4429
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _EPOCH_RE = re.compile(r"^[a-z2-7]{1,32}$")
+#: The largest sequence number (or ``since``) a client may send: 18 digits.
+MAX_SEQ = 10**18 - 1
 _MAX_URL_ID = 4096
 _MAX_REF = 64
 _MAX_TOKEN = 512
@@ -224,9 +227,12 @@ def event_id(epoch: str, seq: int) -> str:
 def parse_event_id(value: str) -> tuple[str, int] | None:
     """``(epoch, seq)`` from an event id (``Last-Event-ID``), or ``None``."""
     epoch, sep, seq = value.strip().rpartition("-")
-    if not sep or not _EPOCH_RE.match(epoch) or not seq.isdigit() or len(seq) > 18:
+    if not sep or not _EPOCH_RE.match(epoch):
         return None
-    return epoch, int(seq)
+    try:
+        return epoch, parse_ascii_int(seq, 0, MAX_SEQ)
+    except InputError:
+        return None
 
 
 def is_epoch(value: str) -> bool:

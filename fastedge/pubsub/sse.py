@@ -23,6 +23,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from ..inputs import InputError, parse_ascii_int
 from ..jsonhttp import write_error
 from . import messages
 from .hub import Joined, Prepared
@@ -310,9 +311,10 @@ class LiveEventsResource(Resource):
             raw = query["since"]
             if raw.startswith("-"):
                 raise RequestError("bad_since", "since must not be negative")
-            if not raw.isdigit() or len(raw) > 18:
-                raise RequestError("bad_since", "since must be an integer")
-            since = int(raw)
+            try:
+                since = parse_ascii_int(raw, 0, messages.MAX_SEQ)
+            except InputError:
+                raise RequestError("bad_since", "since must be an integer") from None
             epoch = query.get("epoch")
             if epoch is not None and not messages.is_epoch(epoch):
                 raise RequestError(

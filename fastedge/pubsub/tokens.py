@@ -14,9 +14,12 @@ from __future__ import annotations
 import hmac
 
 from ..api.sessions import SessionCookies
+from ..inputs import InputError, parse_ascii_int
 
 _VERSION = "lv1"
 _SKEW_SECONDS = 300
+#: Issue times are Unix seconds; no token names a time past this.
+_MAX_SECONDS = 2**40
 
 
 class ViewerTokenError(Exception):
@@ -53,14 +56,17 @@ class ViewerTokens:
             raise ViewerTokenError("bad_viewer_token", "the viewer token is malformed")
 
         parts = token.split(".")
-        if len(parts) != 5 or parts[0] != _VERSION or not parts[3].isdigit():
+        if len(parts) != 5 or parts[0] != _VERSION:
             raise ViewerTokenError("bad_viewer_token", "the viewer token is malformed")
+        try:
+            issued = parse_ascii_int(parts[3], 0, _MAX_SECONDS)
+        except InputError:
+            raise ViewerTokenError("bad_viewer_token", "the viewer token is malformed") from None
         payload = ".".join(parts[:4])
         if not hmac.compare_digest(self._cookies.sign(payload).encode(), parts[4].encode()):
             raise ViewerTokenError("bad_viewer_token", "the viewer token's signature does not match")
         if parts[1] != tenant_id:
             raise ViewerTokenError("bad_viewer_token", "the viewer token belongs to another site")
-        issued = int(parts[3])
         if issued > now_s + _SKEW_SECONDS or now_s - issued > self._max_age:
             raise ViewerTokenError(
                 "viewer_token_expired",

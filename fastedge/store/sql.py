@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..inputs import loads_json
 from . import schema as s
 from .errors import (
     AlreadyExists,
@@ -92,8 +93,10 @@ def _decode_cursor(cursor: str, kind: str, types: Sequence[type]) -> list[Any]:
     """Decode a cursor made by :func:`_encode_cursor`; ``BadCursor`` otherwise."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        values = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        values = loads_json(raw)
+    except (binascii.Error, ValueError):
+        # InputError (not JSON, or nested deeper than any cursor we issue)
+        # is a ValueError, as is a cursor that is not ASCII.
         raise BadCursor("cursor is not one this server issued") from None
     if not isinstance(values, list) or len(values) != len(types) + 1 or values[0] != kind:
         raise BadCursor("cursor is not one this server issued")

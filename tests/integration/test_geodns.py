@@ -9,7 +9,15 @@ import struct
 import sys
 from typing import Any
 
+import dns.edns
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
 import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
@@ -164,6 +172,70 @@ class ThreeNodesTests(TestCase):
         response = dns_response((yield client.answer))
         yield client.closed
         self.assertEqual([rr.address for rr in response.answer[0]], ["127.0.0.11", "127.0.0.12"])
+
+
+def dig_query(name: dns.name.Name | str, rdtype: str = "A") -> dns.message.Message:
+    """A query shaped like dig's: RD and AD set, EDNS 0 with a 1232-byte
+    buffer and a client COOKIE option."""
+    query = dns.message.make_query(
+        name, rdtype, use_edns=0, payload=1232, options=[dns.edns.GenericOption(10, b"\x01" * 8)]
+    )
+    query.flags |= dns.flags.AD
+    return query
+
+
+class OddQueryTests(TestCase):
+    """Queries fuzzers sent, answered over real UDP and TCP sockets with
+    messages dnspython reads as responses to them."""
+
+    timeout = 30
+    # The same three nodes (not a subclass: their tests would run again).
+    setUp = ThreeNodesTests.setUp
+
+    @inlineCallbacks
+    def exchange(self, query: dns.message.Message) -> Any:
+        """The answers over UDP and over TCP (dnspython messages), each
+        checked to parse and to be a response to ``query``."""
+        wire = query.to_wire(max_size=65535)
+        udp = dns_response((yield self.client.ask(wire, self.ports[0])))
+        client = TcpClient(wire)
+        yield protocol.ClientCreator(reactor, lambda: client).connectTCP("127.0.0.1", self.tcp_port)
+        tcp = dns_response((yield client.answer))
+        yield client.closed
+        for response in (udp, tcp):
+            self.assertTrue(query.is_response(response))
+        return udp, tcp
+
+    @inlineCallbacks
+    def test_dotted_labels(self) -> None:
+        """A question whose first label holds a "." (short, or long enough
+        that its length would read as a compression pointer) is answered
+        FORMERR, a message dnspython parses."""
+        for first in ([b".zzz"], [b"." + b"z" * 62, b"a" * 63, b"b" * 63]):
+            name = dns.name.Name(first + [b"edge", b"example", b"test", b""])
+            for response in (yield self.exchange(dig_query(name))):
+                self.assertEqual(response.rcode(), dns.rcode.FORMERR)
+
+    @inlineCallbacks
+    def test_status_with_200_questions(self) -> None:
+        """A STATUS message holding 200 questions gets NOTIMP whose header
+        matches its body."""
+        query = dig_query("edge.example.test")
+        query.set_opcode(dns.opcode.STATUS)
+        for i in range(199):
+            name = dns.name.from_text("q{}.edge.example.test".format(i))
+            query.question.append(dns.rrset.RRset(name, dns.rdataclass.IN, dns.rdatatype.A))
+        self.assertEqual(len(query.question), 200)
+        for response in (yield self.exchange(query)):
+            self.assertEqual((response.rcode(), response.question), (dns.rcode.NOTIMP, []))
+
+    @inlineCallbacks
+    def test_common_query(self) -> None:
+        """dig's ordinary query is answered over both transports with the
+        question echoed."""
+        for response in (yield self.exchange(dig_query("EdGe.example.test"))):
+            self.assertEqual(str(response.question[0].name), "EdGe.example.test.")
+            self.assertEqual([rr.address for rr in response.answer[0]], ["127.0.0.11", "127.0.0.12"])
 
 
 class DefaultsTests(TestCase):

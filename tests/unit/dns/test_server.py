@@ -7,10 +7,14 @@ import os
 import struct
 
 import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
 import dns.rcode
 import dns.rdatatype
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -284,16 +288,94 @@ class ZoneTests(ServerTestCase):
         self.assertEqual(response.rcode(), dns.rcode.NOERROR)
 
     def test_opcodes(self) -> None:
-        """Opcodes other than QUERY get NOTIMP, with the question."""
+        """Opcodes other than QUERY get NOTIMP with the query's opcode,
+        header only (an OPT record when the query had one)."""
         h = self.harness()
         for opcode in (1, 2, 4, 5):
-            data = bytearray(dns_query("edge.example.test"))
-            data[2] |= opcode << 3
-            answer = h.send(bytes(data))
-            assert answer is not None
-            self.assertEqual(answer[3] & 0xF, 4, opcode)
-            self.assertEqual((answer[2] >> 3) & 0xF, opcode)
-            self.assertTrue(answer[2] & 0x80)
+            for edns in (False, True):
+                data = bytearray(dns_query("edge.example.test", edns=edns))
+                data[2] |= opcode << 3
+                answer = h.send(bytes(data))
+                assert answer is not None
+                check_answer(self, bytes(data), answer)
+                self.assertEqual(answer[3] & 0xF, 4, opcode)
+                self.assertEqual((answer[2] >> 3) & 0xF, opcode)
+                self.assertTrue(answer[2] & 0x80)
+                self.assertEqual(struct.unpack_from(">HHHH", answer, 4), (0, 0, 0, 1 if edns else 0))
+
+    def test_notimp_with_many_questions(self) -> None:
+        """A non-QUERY message claiming 200 questions (and holding them) gets
+        NOTIMP whose header counts match its body, over UDP and TCP."""
+        h = self.harness()
+        one = dns_query("edge.example.test")
+        data = bytearray(one[:12] + one[12:] * 200)
+        struct.pack_into(">H", data, 4, 200)
+        data[2] |= 2 << 3  # STATUS
+        answer = h.send(bytes(data))
+        assert answer is not None
+        check_answer(self, bytes(data), answer)
+        self.assertEqual(dns_response(answer).rcode(), dns.rcode.NOTIMP)
+        self.assertEqual(struct.unpack_from(">HHHH", answer, 4), (0, 0, 0, 0))
+
+
+def _asked(query: bytes) -> list[tuple[tuple[bytes, ...], int, int]]:
+    """The question section of ``query`` as dnspython reads it (exact
+    labels, case kept)."""
+    asked = dns.message.from_wire(query, question_only=True)
+    return [(rrset.name.labels, rrset.rdtype, rrset.rdclass) for rrset in asked.question]
+
+
+def check_answer(testcase: SynchronousTestCase, query: bytes, answer: bytes) -> None:
+    """What every answer the server sends must be: a message dnspython
+    parses whole (so its header counts match its body), with the query's
+    id, QR set and the query's opcode, whose question section, when it has
+    one, is exactly the question asked (labels byte for byte)."""
+    response = dns_response(answer)
+    testcase.assertEqual(response.id, struct.unpack_from(">H", query)[0])
+    testcase.assertTrue(response.flags & dns.flags.QR)
+    testcase.assertEqual(dns.opcode.from_flags(response.flags), (query[2] >> 3) & 0xF)
+    if response.question:
+        echoed = [(rrset.name.labels, rrset.rdtype, rrset.rdclass) for rrset in response.question]
+        testcase.assertEqual(echoed, _asked(query))
+
+
+#: Labels as resolvers and fuzzers send them: dots inside a label (which
+#: twisted.names cannot carry), long labels (whose length octets look like
+#: compression pointers from 0xC0 on), case, NUL, high octets.
+_LABELS = st.one_of(
+    st.binary(min_size=1, max_size=63),
+    st.text(alphabet="aZ.-_*\\ \x00\xc0\xff", min_size=1, max_size=63).map(lambda s: s.encode("latin-1")),
+    st.sampled_from([b".zzz", b"." + b"z" * 62, b"zzz.", b"edge.example.test", b"EDGE", b"www"]),
+)
+_SUFFIXES = st.sampled_from(
+    [(), (b"edge", b"example", b"test"), (b"eu", b"edge", b"example", b"test"), (b"www", b"edge", b"example", b"test")]
+)
+
+
+@st.composite
+def odd_queries(draw: st.DrawFn) -> bytes:
+    """A query built field by field: odd names under our zones, any opcode,
+    type and class, a question count that may disagree with the body, EDNS
+    with or without ECS."""
+    labels = tuple(draw(st.lists(_LABELS, max_size=4))) + draw(_SUFFIXES)
+    name = b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
+    qtype = draw(st.sampled_from([1, 28, 2, 6, 255, 41, 251, 252, 0, 65535]))
+    qclass = draw(st.sampled_from([1, 1, 1, 3, 254, 255, 0]))
+    question = name + struct.pack(">HH", qtype, qclass)
+    held = draw(st.sampled_from([1, 1, 1, 0, 2, 200]))
+    claimed = draw(st.sampled_from([held, held, held, 1, 200]))
+    opcode = draw(st.sampled_from([0, 0, 0, 1, 2, 4, 5, 15]))
+    flags = opcode << 11 | draw(st.sampled_from([0, 0x0100, 0x0010, 0x0200]))
+    additional = b""
+    if draw(st.booleans()):
+        option = b""
+        if draw(st.booleans()):
+            body = struct.pack(">HBB", 1, 24, 0) + bytes([81, 2, 69])
+            option = struct.pack(">HH", 8, len(body)) + body
+        size = draw(st.sampled_from([512, 1232, 4096, 0]))
+        additional = b"\x00" + struct.pack(">HHIH", 41, size, 0, len(option)) + option
+    header = struct.pack(">HHHHHH", draw(st.integers(0, 65535)), flags, claimed, 0, 0, 1 if additional else 0)
+    return header + question * held + additional
 
 
 class BadInputTests(ServerTestCase):
@@ -329,9 +411,7 @@ class BadInputTests(ServerTestCase):
         h = self.harness_for_properties()
         answer = h.send(data)
         if answer is not None:
-            self.assertEqual(answer[:2], data[:2])
-            self.assertTrue(answer[2] & 0x80)
-            dns_response(answer)
+            check_answer(self, data, answer)
 
     @settings(max_examples=300, deadline=None)
     @given(st.data())
@@ -345,8 +425,57 @@ class BadInputTests(ServerTestCase):
         query = query[: data.draw(st.integers(0, len(query)))]
         answer = h.send(bytes(query))
         if answer is not None:
-            self.assertEqual(answer[:2], bytes(query[:2]))
-            dns_response(answer)
+            check_answer(self, bytes(query), answer)
+
+    @settings(max_examples=500, deadline=None)
+    @given(odd_queries())
+    def test_odd_queries(self, query: bytes) -> None:
+        """Queries built from odd labels, opcodes, types, classes and
+        question counts, over UDP and TCP: every answer passes
+        :func:`check_answer` (dnspython parses it and it echoes the
+        question asked)."""
+        h = self.harness_for_properties()
+        answer = h.send(query)
+        assert answer is not None
+        check_answer(self, query, answer)
+        check_answer(self, query, self.over_tcp(h, query))
+
+    def over_tcp(self, h: DnsHarness, query: bytes) -> bytes:
+        """The answer to ``query`` sent over a (memory) TCP connection."""
+        tcp = h.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "81.2.69.5", 40000))
+        tcp.makeConnection(transport)
+        tcp.dataReceived(struct.pack(">H", len(query)) + query)
+        tcp.connectionLost(None)
+        wire = transport.value()
+        (length,) = struct.unpack_from(">H", wire)
+        self.assertEqual(len(wire), 2 + length)
+        return wire[2:]
+
+    def test_dotted_labels(self) -> None:
+        """A question whose label holds a "." (before a geo name, at its
+        end, long enough that Twisted would write a length octet read as a
+        compression pointer, or a whole geo name as one label) is FORMERR,
+        header only, over UDP and TCP; the fast path declines it, so both
+        paths answer it alike."""
+        h = self.harness()
+        geo = [b"edge", b"example", b"test"]
+        for labels in (
+            [b".zzz"] + geo,
+            [b"zzz."] + geo,
+            [b"." + b"z" * 62, b"a" * 63, b"b" * 63] + geo,
+            [b"edge.example.test"],
+            [b"www.edge"] + geo[1:],
+        ):
+            query = dns.message.make_query(dns.name.Name(labels + [b""]), "A", use_edns=0)
+            wire = bytes(query.to_wire())
+            self.assertIsNone(h.factory.fast.answer(wire, "81.2.69.7", True))
+            for answer in (h.send(wire), self.over_tcp(h, wire)):
+                assert answer is not None
+                check_answer(self, wire, answer)
+                response = dns_response(answer)
+                self.assertEqual((response.rcode(), response.question), (dns.rcode.FORMERR, []))
+                self.assertTrue(query.is_response(response))
 
     def harness_for_properties(self) -> DnsHarness:
         if not hasattr(self, "_shared"):

@@ -11,11 +11,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from fastedge.dns.wire import (
     BADVERS,
     FORMERR,
+    NOTIMP,
+    TC,
     ClientSubnet,
     Drop,
     Malformed,
     error_response,
     parse_query,
+    truncated_response,
 )
 from fastedge.testing import dns_query
 
@@ -93,6 +96,45 @@ class ParseTests(SynchronousTestCase):
         self.assertFormErr(header + b"\x40abc\x00\x00\x01\x00\x01", "label type")
         self.assertFormErr(header + b"\xc0\x0c\x00\x01\x00\x01", "pointer")
         self.assertFormErr(header + b"\x05ab", "past the end")
+
+    def test_dotted_label(self) -> None:
+        """A question label holding a "." is FORMERR, read to the end first
+        so that the answer carries OPT; the same name as separate labels is
+        fine."""
+        plain = dns_query("zzz.edge.fastedge.test", edns=True)
+        self.assertEqual(parse_query(plain).questions[0][0], "zzz.edge.fastedge.test")
+        for label in (b".zzz", b"zzz.", b"." + b"z" * 62, b"zzz.edge"):
+            data = plain[:12] + bytes([len(label)]) + label + plain[12 + 4 :]
+            with self.assertRaises(Malformed) as cm:
+                parse_query(data)
+            self.assertEqual((cm.exception.rcode, cm.exception.edns is not None), (FORMERR, True))
+            self.assertIn("'.'", cm.exception.reason)
+
+    def test_other_opcodes_not_implemented(self) -> None:
+        """A message with an opcode other than QUERY is NOTIMP whatever its
+        question count; the answer is header (and OPT) only."""
+        one = dns_query("edge.fastedge.test", edns=True)
+        for opcode in (1, 2, 4, 5, 15):
+            for qd in (0, 1, 200):
+                data = bytearray(one[:12] + one[12:-11] * qd + one[-11:])
+                struct.pack_into(">H", data, 4, qd)
+                data[2] |= opcode << 3
+                with self.assertRaises(Malformed) as cm:
+                    parse_query(bytes(data))
+                self.assertEqual(cm.exception.rcode, NOTIMP)
+                answer = error_response(cm.exception, 1232)
+                self.assertEqual(struct.unpack_from(">HHHH", answer, 4), (0, 0, 0, 1))
+                self.assertEqual((answer[2] >> 3) & 0xF, opcode)
+
+    def test_truncation_keeps_one_question(self) -> None:
+        """A truncated answer keeps the header's first question and says it
+        holds one, whatever the count it was given."""
+        query = dns_query("edge.fastedge.test")
+        response = bytearray(query + b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes(4))
+        struct.pack_into(">HHHHHH", response, 0, 1, 0x8400, 3, 1, 0, 0)
+        cut = truncated_response(bytes(response), b"")
+        self.assertEqual(struct.unpack_from(">HHHHHH", cut), (1, 0x8400 | TC, 1, 0, 0, 0))
+        self.assertEqual(cut[12:], query[12:])
 
     def test_truncated_and_trailing(self) -> None:
         """A question cut short, or bytes after the last record, is FORMERR."""

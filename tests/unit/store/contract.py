@@ -14,6 +14,7 @@ history, so the latest implies all the earlier ones).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -547,7 +548,8 @@ class StoreContractMixin(_MixinBase):
         """A cursor the store did not issue fails with BadCursor."""
         tenant = self.make_tenant()
         self.make_thread(tenant.id)
-        for cursor in ["garbage", "!!!", "e30", "W10", "a" * 1000]:
+        deep = base64.urlsafe_b64encode(b"[" * 20000 + b"]" * 20000).decode()
+        for cursor in ["garbage", "!!!", "e30", "W10", "a" * 1000, deep, "\u00e9"]:
             self.read_fails(BadCursor, self.store.list_threads, tenant.id, limit=10, cursor=cursor)
 
     def foreign_cursors(self) -> tuple[str, dict[str, str]]:

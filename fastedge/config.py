@@ -843,11 +843,19 @@ def default_node_id() -> str:
     return label or "node"
 
 
-def parse_config(text: str, *, source: str = "<config>", overrides: Mapping[str, Any] | None = None) -> EdgeConfig:
+def parse_config(
+    text: str,
+    *,
+    source: str = "<config>",
+    overrides: Mapping[str, Any] | None = None,
+    base_dir: str | None = None,
+) -> EdgeConfig:
     """Parse and validate TOML text.
 
     :param source: a name for the text, used in the error for a syntax error.
     :param overrides: dotted keys (``node.id``) set over the file's values.
+    :param base_dir: where relative paths (``node.data_dir``, the mesh's
+        files) start from; ``None``: the working directory, as for the node.
     :raises ConfigError: naming the first offending key.
     """
     try:
@@ -857,15 +865,19 @@ def parse_config(text: str, *, source: str = "<config>", overrides: Mapping[str,
     for dotted, value in (overrides or {}).items():
         _set_override(raw, dotted, value)
     cfg = _build(EdgeConfig, raw, "")
-    return _derive(cfg)
+    return _derive(cfg, base_dir)
 
 
-def _derive(cfg: EdgeConfig) -> EdgeConfig:
+def _derive(cfg: EdgeConfig, base_dir: str | None = None) -> EdgeConfig:
     """Fill the values that default to something derived from other keys."""
+
+    def absolute(path: str) -> str:
+        return os.path.abspath(os.path.join(base_dir, path) if base_dir else path)
+
     node = cfg.node
     if not node.id:
         node = dataclasses.replace(node, id=default_node_id())
-    data_dir = os.path.abspath(node.data_dir)
+    data_dir = absolute(node.data_dir)
     node = dataclasses.replace(node, data_dir=data_dir)
     store = cfg.store
     if not store.sqlite_path:
@@ -893,9 +905,9 @@ def _derive(cfg: EdgeConfig) -> EdgeConfig:
     mesh_dir = os.path.join(data_dir, "mesh")
     mesh = dataclasses.replace(
         mesh,
-        ca_file=os.path.abspath(mesh.ca_file) if mesh.ca_file else os.path.join(mesh_dir, "ca.pem"),
-        cert_file=os.path.abspath(mesh.cert_file) if mesh.cert_file else os.path.join(mesh_dir, "node.pem"),
-        key_file=os.path.abspath(mesh.key_file) if mesh.key_file else os.path.join(mesh_dir, "node.key"),
+        ca_file=absolute(mesh.ca_file) if mesh.ca_file else os.path.join(mesh_dir, "ca.pem"),
+        cert_file=absolute(mesh.cert_file) if mesh.cert_file else os.path.join(mesh_dir, "node.pem"),
+        key_file=absolute(mesh.key_file) if mesh.key_file else os.path.join(mesh_dir, "node.key"),
     )
     if not mesh.heartbeat_seconds < mesh.suspect_seconds:
         raise ConfigError("mesh.suspect_seconds: must be longer than mesh.heartbeat_seconds")
@@ -943,15 +955,18 @@ def _derive_zone(zone: ZoneConfig) -> ZoneConfig:
     return zone
 
 
-def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) -> EdgeConfig:
+def load_config(
+    path: str | None, overrides: Mapping[str, Any] | None = None, *, base_dir: str | None = None
+) -> EdgeConfig:
     """Read, validate and complete the configuration.
 
     :param path: a TOML file, or ``None`` for the built-in defaults (the same
         values ``etc/fastedge.toml`` documents).
+    :param base_dir: see :func:`parse_config`.
     :raises ConfigError: naming the offending key, or the unreadable file.
     """
     if path is None:
-        return parse_config("", overrides=overrides)
+        return parse_config("", overrides=overrides, base_dir=base_dir)
     try:
         with open(path, "rb") as f:
             text = f.read().decode("utf-8")
@@ -959,4 +974,4 @@ def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) ->
         raise ConfigError("{}: cannot read ({})".format(path, e.strerror)) from None
     except UnicodeDecodeError:
         raise ConfigError("{}: not UTF-8".format(path)) from None
-    return parse_config(text, source=path, overrides=overrides)
+    return parse_config(text, source=path, overrides=overrides, base_dir=base_dir)

@@ -36,6 +36,7 @@ __all__ = [
     "GeoConfig",
     "HttpConfig",
     "LiveConfig",
+    "LogConfig",
     "MeshConfig",
     "NodeConfig",
     "PostgresConfig",
@@ -730,6 +731,25 @@ class DnsConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """Logs the node writes besides twistd's own (``docs/access-log.md``)."""
+
+    #: The access log: one line per HTTP request and per WebSocket/SSE
+    #: session: ``combined`` (Apache/nginx combined format plus key=value
+    #: fields), ``json`` (JSON lines) or ``off``.
+    access: str = _checked("combined", _one_of("combined", "json", "off"))
+    #: Its file; empty = ``<node.data_dir>/access.log``.
+    access_file: str = ""
+    #: Lines are written by a thread at least this often (seconds), and at
+    #: once when ``access_flush_lines`` wait.
+    access_flush_seconds: float = _checked(1.0, _between(0.01, 60.0))
+    access_flush_lines: int = _checked(1024, _between(1, 1_000_000))
+    #: Lines waiting to be written, at most; past it lines are dropped and
+    #: counted (``fastedge_http_access_log_dropped_total``).
+    access_max_pending_lines: int = _checked(100_000, _between(1, 10_000_000))
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """The whole configuration of one node."""
 
@@ -743,6 +763,7 @@ class EdgeConfig:
     dns: DnsConfig = field(default_factory=DnsConfig)
     cdn: CdnConfig = field(default_factory=CdnConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 _T = TypeVar("_T")
@@ -915,7 +936,13 @@ def _derive(cfg: EdgeConfig, base_dir: str | None = None) -> EdgeConfig:
         raise ConfigError("mesh.dead_seconds: must be longer than mesh.suspect_seconds")
     if mesh.reconnect_max_seconds < mesh.reconnect_initial_seconds:
         raise ConfigError("mesh.reconnect_max_seconds: must not be shorter than mesh.reconnect_initial_seconds")
-    return dataclasses.replace(cfg, node=node, store=store, api=api, geo=geo, dns=dns, tls=tls, cdn=cdn, mesh=mesh)
+    log = cfg.log
+    log = dataclasses.replace(
+        log, access_file=absolute(log.access_file) if log.access_file else os.path.join(data_dir, "access.log")
+    )
+    return dataclasses.replace(
+        cfg, node=node, store=store, api=api, geo=geo, dns=dns, tls=tls, cdn=cdn, mesh=mesh, log=log
+    )
 
 
 _TENANT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -21,8 +21,16 @@ import tempfile
 
 from benchlib import REPO, start_node, stop, wrk
 
-SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-CONNECTIONS = int(sys.argv[2]) if len(sys.argv) > 2 else 64
+#: ``--access-log``: instead of the three cases, the cost of the access log
+#: on the cheapest request (anonymous, page cache on): off, combined and
+#: JSON, each on a fresh node, interleaved over ROUNDS rounds in one run.
+ACCESS_LOG = "--access-log" in sys.argv
+_ARGS = [a for a in sys.argv[1:] if a != "--access-log"]
+SECONDS = int(_ARGS[0]) if len(_ARGS) > 0 else 10
+#: --access-log: rounds of (off, combined, json), interleaved so that the
+#: load of a shared machine falls on every case alike; medians are compared.
+ROUNDS = 3
+CONNECTIONS = int(_ARGS[1]) if len(_ARGS) > 1 else 64
 COMMENTS = 200
 URL_ID = "https://bench.test/article"
 
@@ -84,18 +92,28 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="fastedge-bench-")
     data_dir = os.path.join(workdir, "data")
     rows = []
-    for label, cache_seconds, with_cookie in (
-        ("anonymous, page cache on (default)", 2.0, False),
-        ("with a session cookie", 2.0, True),
-        ("anonymous, page cache off", 0.0, False),
-    ):
+    cases = (
+        tuple(
+            ("access log {}, round {}".format(fmt, n + 1), 2.0, False, fmt)
+            for n in range(ROUNDS)
+            for fmt in ("off", "combined", "json")
+        )
+        if ACCESS_LOG
+        else (
+            ("anonymous, page cache on (default)", 2.0, False, "combined"),
+            ("with a session cookie", 2.0, True, "combined"),
+            ("anonymous, page cache off", 0.0, False, "combined"),
+        )
+    )
+    for label, cache_seconds, with_cookie, access_log in cases:
         port = free_port()
         config = (
             '[node]\nid = "bench"\ndata_dir = {}\n'
             '[http]\nendpoint = "tcp:{}:interface=127.0.0.1:backlog=4096"\n'
             "[api]\npage_cache_seconds = {}\nwrites_per_minute_per_ip = 100000\n"
             "writes_per_minute_per_session = 100000\n"
-        ).format(json.dumps(data_dir), port, cache_seconds)
+            '[log]\naccess = "{}"\n'
+        ).format(json.dumps(data_dir), port, cache_seconds, access_log)
         node = start_node(workdir, config, port)
         try:
             if not rows:
@@ -125,6 +143,18 @@ def main() -> None:
             )
         )
     print("(each page: {} comments of the thread's {} with limit=100 top-level)".format(rows[0][3], COMMENTS))
+    if ACCESS_LOG:
+        import statistics
+
+        medians = {
+            fmt: statistics.median(r["rps"] for label, r, _, _ in rows if label.startswith("access log " + fmt + ","))
+            for fmt in ("off", "combined", "json")
+        }
+        print()
+        print("median req/s over {} interleaved rounds:".format(ROUNDS))
+        for fmt, rps in medians.items():
+            cost = "" if fmt == "off" else " ({:+.1f} % vs off)".format((rps / medians["off"] - 1) * 100)
+            print("  access log {:<9} {:>8.0f}{}".format(fmt, rps, cost))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -83,39 +84,66 @@ def redact_target(target: bytes) -> bytes:
     >>> redact_target(b"/live/events?tenant=t&viewer=abc.def")
     b'/live/events?tenant=t&viewer=REDACTED'
     """
-    target = _API_KEY.sub(b"fe_REDACTED", target)
+    if b"fe_" in target:
+        target = _API_KEY.sub(b"fe_REDACTED", target)
     path, sep, query = target.partition(b"?")
     if not sep:
         return target
     params = query.split(b"&")
+    changed = False
     for i, param in enumerate(params):
         name, eq, _ = param.partition(b"=")
-        if eq and _param_name(name) in SECRET_PARAMS:
+        if eq and (name.lower() if b"%" not in name and b"+" not in name else _param_name(name)) in SECRET_PARAMS:
             params[i] = name + b"=REDACTED"
-    return path + b"?" + b"&".join(params)
+            changed = True
+    return path + b"?" + b"&".join(params) if changed else target
 
 
 def _param_name(raw: bytes) -> bytes:
     """A query parameter's name, percent-decoded and lower-cased (so
     ``%76iewer`` is still ``viewer``)."""
-    if b"%" in raw or b"+" in raw:
-        from urllib.parse import unquote_to_bytes
+    from urllib.parse import unquote_to_bytes
 
-        raw = unquote_to_bytes(raw.replace(b"+", b" "))
-    return raw.lower()
+    return unquote_to_bytes(raw.replace(b"+", b" ")).lower()
 
 
 def _escape(value: bytes) -> str:
     """Bytes for a quoted field of the combined format: quotes, backslashes,
     control and non-ASCII bytes as ``\\xHH`` (as nginx does)."""
+    if _UNSAFE.search(value) is None:
+        return value.decode("ascii")
     return _UNSAFE.sub(lambda m: b"\\x%02X" % m.group()[0], value).decode("ascii")
 
 
+_last_second = -1
+_last_clf = ""
+
+
 def _clf_time(started: float) -> str:
-    t = time.gmtime(started)
-    return "{:02d}/{}/{:04d}:{:02d}:{:02d}:{:02d} +0000".format(
-        t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec
-    )
+    # One formatting per second: a busy node logs thousands of lines in it.
+    # (Called in the writer thread only.)
+    global _last_second, _last_clf
+    second = int(started)
+    if second != _last_second:
+        t = time.gmtime(second)
+        _last_clf = "{:02d}/{}/{:04d}:{:02d}:{:02d}:{:02d} +0000".format(
+            t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec
+        )
+        _last_second = second
+    return _last_clf
+
+
+_last_iso_second = -1
+_last_iso = ""
+
+
+def _iso_time(started: float) -> str:
+    global _last_iso_second, _last_iso
+    second = int(started)
+    if second != _last_iso_second:
+        _last_iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_iso_second = second
+    return "%s.%03dZ" % (_last_iso, int((started - second) * 1000))
 
 
 def format_combined(record: Record) -> str:
@@ -123,7 +151,7 @@ def format_combined(record: Record) -> str:
     ``rt`` (seconds), ``proto`` (h1, h2, ws, sse), ``route``, ``tenant``
     and, for live sessions, ``msgs`` (messages sent)."""
     started, client, method, target, version, proto, status, size, referer, agent, seconds, route, tenant, msgs = record
-    line = '{} - - [{}] "{} {} {}" {} {} "{}" "{}" rt={:.6f} proto={} route="{}" tenant={}'.format(
+    line = '%s - - [%s] "%s %s %s" %d %s "%s" "%s" rt=%.6f proto=%s route="%s" tenant=%s' % (
         client or "-",
         _clf_time(started),
         _escape(method),
@@ -135,11 +163,11 @@ def format_combined(record: Record) -> str:
         _escape(agent) if agent else "-",
         seconds,
         proto,
-        _escape(route.encode("utf-8", "replace")),
+        route if route.isascii() and '"' not in route else _escape(route.encode("utf-8", "replace")),
         tenant or "-",
     )
     if msgs is not None:
-        line += " msgs={}".format(msgs)
+        return line + " msgs=%d\n" % msgs
     return line + "\n"
 
 
@@ -147,7 +175,7 @@ def format_json(record: Record) -> str:
     """One JSON object per line (``docs/access-log.md`` lists the fields)."""
     started, client, method, target, version, proto, status, size, referer, agent, seconds, route, tenant, msgs = record
     doc: dict[str, Any] = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)) + ".{:03d}Z".format(int(started % 1 * 1000)),
+        "time": _iso_time(started),
         "client": client,
         "method": method.decode("latin-1"),
         "target": redact_target(target).decode("latin-1"),
@@ -249,6 +277,8 @@ class AccessLog(Service):
         are dropped (and counted).
     :param drained: fires once the listeners' connections are closed, which
         the stop waits for (at most ``drain_seconds``) before the last write.
+    :param run: runs the blocking writes (tests: ``fastedge.testing.run_inline``);
+        default: a thread of the log's own, started with the first line.
     """
 
     _log = Logger()
@@ -265,6 +295,7 @@ class AccessLog(Service):
         max_pending_lines: int = 100_000,
         drained: Callable[[], Deferred[Any]] | None = None,
         drain_seconds: float = 10.0,
+        run: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
     ) -> None:
         self._format = FORMATS[fmt]
         self.path = path
@@ -274,6 +305,7 @@ class AccessLog(Service):
         self._max_pending = max_pending_lines
         self._pending: list[Record] = []
         self._drained = drained
+        self._run = run
         self._drain_seconds = drain_seconds
         #: Set once the last lines are written at stop: later ones are dropped.
         self._stopped = False
@@ -367,16 +399,22 @@ class AccessLog(Service):
         """
         batch, self._pending = self._pending, []
         if batch and not self._stopped:
-            if self._pool is None:
-                # Started with the first line: a node that serves nothing
-                # (or a test on a memory reactor) needs no thread.
-                self._pool = ThreadPool(minthreads=1, maxthreads=1, name="fastedge-access-log")
-                self._pool.start()
             self._in_flight += len(batch)
-            d = deferToThreadPool(self._reactor, self._pool, self._write, batch)
+            d = self._run_blocking(partial(self._write, batch))
             d.addCallbacks(self._written, self._write_failed, callbackArgs=(len(batch),), errbackArgs=(len(batch),))
             self._writes = d
         return self._writes
+
+    def _run_blocking(self, fn: Callable[[], Any]) -> Deferred[Any]:
+        """Run ``fn`` in the writer thread (or the runner given)."""
+        if self._run is not None:
+            return self._run(fn)
+        if self._pool is None:
+            # Started with the first line: a node that serves nothing (or a
+            # test on a memory reactor) needs no thread.
+            self._pool = ThreadPool(minthreads=1, maxthreads=1, name="fastedge-access-log")
+            self._pool.start()
+        return deferToThreadPool(self._reactor, self._pool, fn)
 
     def _written(self, count: int, _: int) -> None:
         self._in_flight -= count
@@ -452,17 +490,17 @@ class AccessLog(Service):
         if self._flush_soon is not None and self._flush_soon.active():
             self._flush_soon.cancel()
         self._flush_soon = None
-        if self._pool is not None or self._pending:
+        if self._pool is not None or self._pending or self._file is not None:
             # The last connection's close is reported from inside its
             # connectionLost, before its request's own notifications ran
             # (an SSE session's end): one more turn lets them add their lines.
             yield deferLater(self._reactor, 0, lambda: None)
             yield self.flush()
+            yield self._run_blocking(self._close_file)
         # Lines of anything ending after this are dropped (and counted).
         self._stopped = True
         pool, self._pool = self._pool, None
         if pool is not None:
-            yield deferToThreadPool(self._reactor, pool, self._close_file)
             pool.stop()
 
     def _drain_timed_out(self, failure: Any) -> None:

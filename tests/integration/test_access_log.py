@@ -153,7 +153,9 @@ class AccessLogNodeTests(TestCase):
         self.assertIn('"GET /live HTTP/1.1" 101', ws)
         self.assertIn("tenant=" + a, ws)
         self.assertRegex(ws, r" msgs=[2-9]$")  # hello and subscribed, at least
-        sse = find("proto=sse")
+        # The SSE request's own HTTP line is replaced by the session's.
+        sse = find("/live/events?")
+        self.assertIn("proto=sse", sse)
         self.assertIn("&viewer=REDACTED", sse)
         self.assertIn("tenant=" + a, sse)
         self.assertIn(" 200 ", sse)

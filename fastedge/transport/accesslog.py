@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -416,7 +416,7 @@ class AccessLog(Service):
             self._pool.start()
         return deferToThreadPool(self._reactor, self._pool, fn)
 
-    def _written(self, count: int, _: int) -> None:
+    def _written(self, _: object, count: int) -> None:
         self._in_flight -= count
         self.metrics.lines.inc(count)
 
@@ -479,9 +479,22 @@ class AccessLog(Service):
         super().stopService()
         if self._timer is not None and self._timer.running:
             self._timer.stop()
-        drained: Deferred[Any] = self._drained() if self._drained is not None else succeed(None)
-        drained.addTimeout(self._drain_seconds, self._reactor)
-        drained.addErrback(self._drain_timed_out)
+        drained: Deferred[None] = Deferred()
+        if self._drained is None:
+            drained.callback(None)
+        else:
+            # Our own Deferred, not the gate's: a timeout must not cancel a
+            # Deferred that the connection gate fires later.
+            timer = self._reactor.callLater(self._drain_seconds, self._drain_timed_out, drained)
+
+            def idle(result: Any) -> Any:
+                if timer.active():
+                    timer.cancel()
+                if not drained.called:
+                    drained.callback(None)
+                return result
+
+            self._drained().addBoth(idle)
         drained.addCallback(lambda _: self._finish())
         return drained
 
@@ -503,11 +516,12 @@ class AccessLog(Service):
         if pool is not None:
             pool.stop()
 
-    def _drain_timed_out(self, failure: Any) -> None:
-        failure.trap(CancelledError, TimeoutError)
+    def _drain_timed_out(self, drained: Deferred[None]) -> None:
         self._log.info(
             "access log: connections still open after {seconds} s; writing what is in", seconds=self._drain_seconds
         )
+        if not drained.called:
+            drained.callback(None)
 
 
 def _client(request: Any) -> str:

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
@@ -258,3 +259,20 @@ class BufferTests(SynchronousTestCase):
         )
         self.assertTrue(line.endswith('route="/live" tenant=ta,tb msgs=4'), line)
         self.stop(log, clock)
+
+    def test_stop_waits_for_the_drain(self) -> None:
+        """The stop writes the last lines once the connections have drained,
+        or after ``drain_seconds`` if some stay open; the drain firing later
+        changes nothing."""
+        idle: Deferred[None] = Deferred()
+        log, clock, path = self.make(flush_seconds=60.0, drained=lambda: idle, drain_seconds=10.0)
+        log.add(record())
+        d = log.stopService()
+        clock.advance(5)
+        log.add(record(status=204))  # a request that finished while draining
+        self.assertNoResult(d)
+        clock.advance(5)
+        clock.advance(0)
+        self.successResultOf(d)
+        self.assertEqual(len(self.lines(path)), 2)
+        idle.callback(None)

@@ -43,10 +43,11 @@ __all__ = ["AccessLog", "Record", "Session", "format_combined", "format_json", "
 
 #: What one line is made of, captured on the reactor thread:
 #: ``(started, client, method, target, http_version, protocol, status,
-#: bytes, referer, user_agent, seconds, route, tenant, messages)``.
+#: bytes, referer, user_agent, seconds, route, tenant, messages)``; the
+#: client is an address object (``IPv4Address``, ...).
 #: ``messages`` is ``None`` for plain requests.
 Record = tuple[
-    float, str, bytes, bytes, bytes, str, int, int, bytes | None, bytes | None, float, str, str | None, int | None
+    float, Any, bytes, bytes, bytes, str, int, int, bytes | None, bytes | None, float, str, str | None, int | None
 ]
 
 #: Query parameters whose values are credentials (compared lower-case).
@@ -76,6 +77,7 @@ SECRET_PARAMS = frozenset(
 _API_KEY = re.compile(rb"fe_[A-Za-z0-9_-]{8,}")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _UNSAFE = re.compile(rb'[\x00-\x1f\x7f-\xff"\\]')
+_SAFE = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')
 
 
 def redact_target(target: bytes) -> bytes:
@@ -90,13 +92,26 @@ def redact_target(target: bytes) -> bytes:
     if not sep:
         return target
     params = query.split(b"&")
-    changed = False
-    for i, param in enumerate(params):
-        name, eq, _ = param.partition(b"=")
-        if eq and (name.lower() if b"%" not in name and b"+" not in name else _param_name(name)) in SECRET_PARAMS:
-            params[i] = name + b"=REDACTED"
-            changed = True
-    return path + b"?" + b"&".join(params) if changed else target
+    for param in params:
+        # Most targets hold no credential: look before building anything.
+        if _is_secret(param):
+            break
+    else:
+        return target
+    return (
+        path
+        + b"?"
+        + b"&".join(param.partition(b"=")[0] + b"=REDACTED" if _is_secret(param) else param for param in params)
+    )
+
+
+def _is_secret(param: bytes) -> bool:
+    name, eq, _ = param.partition(b"=")
+    if not eq:
+        return False
+    if name.lower() in SECRET_PARAMS:
+        return True
+    return (b"%" in name or b"+" in name) and _param_name(name) in SECRET_PARAMS
 
 
 def _param_name(raw: bytes) -> bytes:
@@ -110,7 +125,8 @@ def _param_name(raw: bytes) -> bytes:
 def _escape(value: bytes) -> str:
     """Bytes for a quoted field of the combined format: quotes, backslashes,
     control and non-ASCII bytes as ``\\xHH`` (as nginx does)."""
-    if _UNSAFE.search(value) is None:
+    if not value.translate(None, _SAFE):
+        # Nothing but safe bytes (the common case; bytes.translate is C).
         return value.decode("ascii")
     return _UNSAFE.sub(lambda m: b"\\x%02X" % m.group()[0], value).decode("ascii")
 
@@ -152,7 +168,7 @@ def format_combined(record: Record) -> str:
     and, for live sessions, ``msgs`` (messages sent)."""
     started, client, method, target, version, proto, status, size, referer, agent, seconds, route, tenant, msgs = record
     line = '%s - - [%s] "%s %s %s" %d %s "%s" "%s" rt=%.6f proto=%s route="%s" tenant=%s' % (
-        client or "-",
+        _host(client),
         _clf_time(started),
         _escape(method),
         _escape(redact_target(target)),
@@ -176,7 +192,7 @@ def format_json(record: Record) -> str:
     started, client, method, target, version, proto, status, size, referer, agent, seconds, route, tenant, msgs = record
     doc: dict[str, Any] = {
         "time": _iso_time(started),
-        "client": client,
+        "client": _host(client) if client is not None else None,
         "method": method.decode("latin-1"),
         "target": redact_target(target).decode("latin-1"),
         "httpVersion": version.decode("latin-1"),
@@ -348,7 +364,7 @@ class AccessLog(Service):
         self.add(
             (
                 started,
-                _client(request),
+                request.getClientAddress(),
                 request.method,
                 request.uri,
                 version,
@@ -374,7 +390,7 @@ class AccessLog(Service):
         agent = headers.getRawHeaders(b"user-agent")
         head = (
             started,
-            _client(request),
+            request.getClientAddress(),
             request.method,
             request.uri,
             request.clientproto,
@@ -524,9 +540,8 @@ class AccessLog(Service):
             drained.callback(None)
 
 
-def _client(request: Any) -> str:
-    """The client's address (no port)."""
-    try:
-        return str(request.getClientAddress().host)
-    except AttributeError:
-        return "-"
+def _host(address: Any) -> str:
+    """The client's address without its port (formatted in the writer
+    thread: the request path only keeps the address object)."""
+    host = getattr(address, "host", None)
+    return str(host) if host else "-"

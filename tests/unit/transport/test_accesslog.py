@@ -34,7 +34,7 @@ STARTED = 1796536576.25
 def record(**changes: Any) -> Record:
     fields: dict[str, Any] = dict(
         started=STARTED,
-        client="192.0.2.7",
+        client=IPv4Address("TCP", "192.0.2.7", 40000),
         method=b"GET",
         target=b"/api/v1/t1/comments?urlId=https%3A%2F%2Fa.test%2F",
         version=b"HTTP/1.1",

@@ -145,8 +145,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
         live.opened(self)
         n = self._writer.write(self.factory.hello)
         if self.access is not None:
-            self.access.messages += 1
-            self.access.bytes += n
+            self.access.sent(n)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """Leave every channel; drop any partial message."""
@@ -304,20 +303,16 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if frame is None:
             frame = prepared.ws = self.factory.frame(prepared.payload)
         n = self._writer.write(frame)  # type: ignore[union-attr]
-        access = self.access
-        if access is not None and n:
-            access.messages += 1
-            access.bytes += n
+        if self.access is not None:
+            self.access.sent(n)
         return n
 
     def send(self, payload: bytes) -> None:
         """Send a message of this connection only."""
         if self._open:
             n = self._writer.write(self.factory.frame(payload))  # type: ignore[union-attr]
-            access = self.access
-            if access is not None and n:
-                access.messages += 1
-                access.bytes += n
+            if self.access is not None:
+                self.access.sent(n)
 
     def keepalive(self) -> None:
         """Ping; drop a client that did not answer the previous ping."""

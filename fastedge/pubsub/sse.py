@@ -120,8 +120,7 @@ class SseStream:
             self.access = live_session("sse")
             if self.access is not None:
                 self.access.tenants.update(tenants)
-                self.access.messages = 1
-                self.access.bytes = len(first)
+                self.access.sent(len(first))
         self._open = True
         self._live.opened(self)
         sent = total = 0
@@ -154,10 +153,8 @@ class SseStream:
         else:
             data = self._record(prepared)
         n = self._writer.write(data)  # type: ignore[union-attr]
-        access = self.access
-        if access is not None and n:
-            access.messages += 1
-            access.bytes += n
+        if self.access is not None:
+            self.access.sent(n)
         return n
 
     @staticmethod
@@ -172,8 +169,7 @@ class SseStream:
         data = record(payload)
         self._raw(data)
         if self.access is not None and self._open:
-            self.access.messages += 1
-            self.access.bytes += len(data)
+            self.access.sent(len(data))
 
     def _raw(self, data: bytes) -> None:
         if self._open and self._writer is not None:

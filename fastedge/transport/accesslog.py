@@ -238,9 +238,8 @@ class Session:
     """A WebSocket or SSE session's line, written when it ends.
 
     Made from the HTTP request that opened it (:meth:`AccessLog.session`);
-    the transport counts what it sends in :attr:`messages` and
-    :attr:`bytes` (plain attributes: no call per message), names the
-    tenants it served, and calls :meth:`end` once.
+    the transport counts what it sends (:meth:`sent`), names the tenants it
+    served (:attr:`tenants`), and calls :meth:`end` once.
     """
 
     __slots__ = ("_log", "_head", "messages", "bytes", "tenants", "_ended")
@@ -252,6 +251,12 @@ class Session:
         self.bytes = 0
         self.tenants: set[str] = set()
         self._ended = False
+
+    def sent(self, n: int) -> None:
+        """One message of ``n`` bytes went to the client (0: none did)."""
+        if n:
+            self.messages += 1
+            self.bytes += n
 
     def end(self, status: int) -> None:
         """The session is over: write its line (once)."""

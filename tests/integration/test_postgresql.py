@@ -432,6 +432,34 @@ class AdminTests(TestCase):
         self.assertEqual(hashes, [(hash_api_key(created["apiKey"]),)])
 
     @inlineCallbacks
+    def test_no_tables_no_store(self):  # type: ignore[no-untyped-def]
+        """A primary without the store's tables is not a store: refused
+        (exit 1, naming the server without its password), nothing created;
+        --init creates the tables."""
+        from tests.integration.test_node import admin
+
+        cluster = shared_postgres()
+        schema = postgres_schema(self, cluster)
+        primary = postgres_dsn(cluster.servers["primary"], schema) + " password=s3cret-pw"
+        config = {
+            "node": {"id": "admin-test", "data_dir": os.path.abspath(self.mktemp())},
+            "store": {"backend": "postgresql", "postgresql": {"primaries": [primary]}},
+        }
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(_toml(config))
+        out, err, code = yield admin("--config", path, "--wait", "0", "tenant", "list")
+        self.assertEqual(code, 1, err)
+        self.assertIn(b"no store at postgresql primary (", err)
+        self.assertNotIn(b"s3cret-pw", err)
+        self.assertEqual(
+            cluster.execute("primary", f"SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}'"), [(0,)]
+        )
+        out, err, code = yield admin("--config", path, "--init", "tenant", "list", "--json")
+        self.assertEqual((code, json.loads(out)), (0, {"tenants": []}), err)
+        self.assertIn(b"created store postgresql primary", err)
+
+    @inlineCallbacks
     def test_new_key_works_at_once_while_the_standby_lags(self):  # type: ignore[no-untyped-def]
         """A tenant and key made by fastedge-admin on the primary work on a
         node whose standby has not replayed them (replay paused): the key

@@ -21,10 +21,25 @@ import tempfile
 
 from benchlib import REPO, start_node, stop, wrk
 
-SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-CONNECTIONS = int(sys.argv[2]) if len(sys.argv) > 2 else 64
+#: ``--access-log``: instead of the three cases, the cost of the access log
+#: on the cheapest request (anonymous, page cache on): off, combined and
+#: JSON, each on a fresh node, interleaved over ROUNDS rounds in one run.
+ACCESS_LOG = "--access-log" in sys.argv
+_ARGS = [a for a in sys.argv[1:] if a != "--access-log"]
+SECONDS = int(_ARGS[0]) if len(_ARGS) > 0 else 10
+#: --access-log: rounds of (off, combined, json), interleaved so that the
+#: load of a shared machine falls on every case alike; medians are compared.
+ROUNDS = 5
+CONNECTIONS = int(_ARGS[1]) if len(_ARGS) > 1 else 64
 COMMENTS = 200
 URL_ID = "https://bench.test/article"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` (all its threads) so far."""
+    with open("/proc/{}/stat".format(pid)) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -84,18 +99,28 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="fastedge-bench-")
     data_dir = os.path.join(workdir, "data")
     rows = []
-    for label, cache_seconds, with_cookie in (
-        ("anonymous, page cache on (default)", 2.0, False),
-        ("with a session cookie", 2.0, True),
-        ("anonymous, page cache off", 0.0, False),
-    ):
+    cases = (
+        tuple(
+            ("access log {}, round {}".format(fmt, n + 1), 2.0, False, fmt)
+            for n in range(ROUNDS)
+            for fmt in ("off", "combined", "json")
+        )
+        if ACCESS_LOG
+        else (
+            ("anonymous, page cache on (default)", 2.0, False, "combined"),
+            ("with a session cookie", 2.0, True, "combined"),
+            ("anonymous, page cache off", 0.0, False, "combined"),
+        )
+    )
+    for label, cache_seconds, with_cookie, access_log in cases:
         port = free_port()
         config = (
             '[node]\nid = "bench"\ndata_dir = {}\n'
             '[http]\nendpoint = "tcp:{}:interface=127.0.0.1:backlog=4096"\n'
             "[api]\npage_cache_seconds = {}\nwrites_per_minute_per_ip = 100000\n"
             "writes_per_minute_per_session = 100000\n"
-        ).format(json.dumps(data_dir), port, cache_seconds)
+            '[log]\naccess = "{}"\n'
+        ).format(json.dumps(data_dir), port, cache_seconds, access_log)
         node = start_node(workdir, config, port)
         try:
             if not rows:
@@ -107,7 +132,12 @@ def main() -> None:
             headers = {"cookie": cookie} if with_cookie else {}
             url = "http://127.0.0.1:{}{}".format(port, path)
             wrk(url, connections=CONNECTIONS, seconds=2, headers=headers)  # warm up
+            cpu_before = cpu_seconds(node.pid)
             result = wrk(url, connections=CONNECTIONS, seconds=SECONDS, headers=headers)
+            # CPU time the node (every thread of it) spent per request: on a
+            # shared machine far steadier than requests/s, which move with
+            # whatever else runs.
+            result["cpu_us"] = (cpu_seconds(node.pid) - cpu_before) / max(1.0, result["rps"] * SECONDS) * 1e6
             rows.append((label, result, len(raw), shown))
         finally:
             stop(node)
@@ -117,14 +147,37 @@ def main() -> None:
             COMMENTS, CONNECTIONS, SECONDS
         )
     )
-    print("{:<38} {:>10} {:>9} {:>9} {:>8} {:>9}".format("case", "req/s", "p50 ms", "p99 ms", "errors", "body KB"))
+    print(
+        "{:<38} {:>10} {:>9} {:>9} {:>8} {:>9} {:>10}".format(
+            "case", "req/s", "p50 ms", "p99 ms", "errors", "body KB", "CPU us/req"
+        )
+    )
     for label, r, size, _shown in rows:
         print(
-            "{:<38} {:>10.0f} {:>9.2f} {:>9.2f} {:>8.0f} {:>9.1f}".format(
-                label, r["rps"], r["p50"], r["p99"], r["errors"] + r["socket_errors"], size / 1024
+            "{:<38} {:>10.0f} {:>9.2f} {:>9.2f} {:>8.0f} {:>9.1f} {:>10.1f}".format(
+                label, r["rps"], r["p50"], r["p99"], r["errors"] + r["socket_errors"], size / 1024, r["cpu_us"]
             )
         )
     print("(each page: {} comments of the thread's {} with limit=100 top-level)".format(rows[0][3], COMMENTS))
+    if ACCESS_LOG:
+        import statistics
+
+        def median(fmt: str, key: str) -> float:
+            return statistics.median(r[key] for label, r, _, _ in rows if label.startswith("access log " + fmt + ","))
+
+        print()
+        print("medians over {} interleaved rounds:".format(ROUNDS))
+        off_rps, off_cpu = median("off", "rps"), median("off", "cpu_us")
+        for fmt in ("off", "combined", "json"):
+            rps, cpu = median(fmt, "rps"), median(fmt, "cpu_us")
+            cost = (
+                ""
+                if fmt == "off"
+                else "  (req/s {:+.1f} %, CPU per request {:+.1f} % vs off)".format(
+                    (rps / off_rps - 1) * 100, (cpu / off_cpu - 1) * 100
+                )
+            )
+            print("  access log {:<9} {:>8.0f} req/s {:>8.1f} CPU us/req{}".format(fmt, rps, cpu, cost))
 
 
 if __name__ == "__main__":

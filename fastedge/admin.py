@@ -1,10 +1,25 @@
 # -*- test-case-name: tests.integration.test_admin -*-
 """``fastedge-admin``: operator commands that work beside a running node.
 
-``fastedge-admin tenant create NAME [--json]`` creates a tenant and its
-first API key, talking to the same store the node uses (with the same
-``--config`` and ``--data-dir``); SQLite's locking lets it write while the
-node runs.
+Finding the node's data. The tool reads the node's configuration, so it
+opens the store the node uses: ``--config FILE``, else ``$FASTEDGE_CONFIG``,
+else ``etc/fastedge.toml`` found from the working directory upward (then
+relative paths in it, such as ``node.data_dir = "./var/fastedge"``, start
+from the directory holding ``etc/``, where ``scripts/run-node`` starts the
+node). Without any of these it refuses (exit status 2). It says on stderr
+which configuration and store it opened, and never creates a store: a store
+that does not exist yet is waited for (``--wait``, the node creates it when
+it starts), then refused, unless ``--init`` is given.
+
+``fastedge-admin tenant create NAME`` creates a tenant and its first API
+key; ``tenant list``, ``tenant show TENANT``, ``tenant add-key TENANT``,
+``tenant revoke-key TENANT KEY_ID`` and ``tenant delete TENANT --yes`` (every
+row of the tenant, and its cached media on every node of the deployment)
+complete it. Every command takes ``--json``. Writes go to the primary.
+SQLite's locking lets the tool write while the node runs.
+
+``fastedge-admin status`` prints what the node's ``/healthz`` and mesh map
+(``/api/v1/mesh``) say, from ``http.endpoint`` (or ``--url``).
 
 ``fastedge-admin geo rebuild`` asks the running node to rebuild its GeoIP
 index now: it creates ``geo.request_file``, which the node's ``geo`` child
@@ -21,34 +36,83 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import react
+from twisted.internet.task import deferLater, react
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from .api.keys import hash_api_key, new_api_key
 from .config import ConfigError, EdgeConfig, load_config
-from .store.model import ReadPreference
+from .store.model import ReadPreference, Tenant
 from .store.sqlite import SQLiteStore
+
+PRIMARY = ReadPreference.PRIMARY
+
+#: The environment variable naming the config file when --config is not given.
+CONFIG_ENV = "FASTEDGE_CONFIG"
+#: Found from the working directory upward when neither is given.
+CONFIG_RELATIVE = os.path.join("etc", "fastedge.toml")
+
+
+class Refused(Exception):
+    """A command that cannot go on; the message is its one line on stderr."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastedge-admin", description="Operate a fastedge node's data.")
-    p.add_argument("--config", "-c", help="TOML config file (default: built-in defaults)")
+    p = argparse.ArgumentParser(
+        prog="fastedge-admin",
+        description="Operate a fastedge node's data. The config comes from --config, $FASTEDGE_CONFIG, "
+        "or etc/fastedge.toml found from the working directory upward.",
+    )
+    p.add_argument("--config", "-c", help="the node's TOML config file")
     p.add_argument("--data-dir", help="data directory (overrides node.data_dir)")
+    p.add_argument("--init", action="store_true", help="create the store if it does not exist yet")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for a node that is starting to create its store (default 10)",
+    )
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print JSON (one document)")
     sub = p.add_subparsers(dest="area", required=True)
     tenant = sub.add_parser("tenant", help="tenants and their API keys")
     tsub = tenant.add_subparsers(dest="action", required=True)
-    create = tsub.add_parser("create", help="create a tenant and print its id and first API key")
+    create = tsub.add_parser("create", parents=[json_flag], help="create a tenant and print its id and first API key")
     create.add_argument("name")
     create.add_argument("--deployment", help="deployment of the tenant (default: this node's)")
-    create.add_argument("--json", action="store_true", help="print JSON")
-    key = tsub.add_parser("add-key", help="create another API key for a tenant")
+    tsub.add_parser("list", parents=[json_flag], help="list every tenant")
+    show = tsub.add_parser("show", parents=[json_flag], help="a tenant, its settings and its API keys")
+    show.add_argument("tenant_id")
+    key = tsub.add_parser("add-key", parents=[json_flag], help="create another API key for a tenant")
     key.add_argument("tenant_id")
-    key.add_argument("--json", action="store_true", help="print JSON")
+    revoke = tsub.add_parser("revoke-key", parents=[json_flag], help="revoke one API key of a tenant")
+    revoke.add_argument("tenant_id")
+    revoke.add_argument("key_id")
+    delete = tsub.add_parser(
+        "delete",
+        parents=[json_flag],
+        help="delete a tenant with all its data and cached media",
+        description="Deletes every row of the tenant (keys, threads, comments, votes, authors, credits) "
+        "and purges its objects from the media caches of the deployment's nodes (through the running "
+        "node; from the local cache directory when the node is not running). Objects in the tenant's "
+        "S3 origin are not deleted.",
+    )
+    delete.add_argument("tenant_id")
+    delete.add_argument("--yes", action="store_true", help="really delete (required)")
+    delete.add_argument("--url", help="the node's HTTP address (default: from http.endpoint)")
+    status = sub.add_parser(
+        "status", parents=[json_flag], help="the node's health and its mesh map (from the running node)"
+    )
+    status.add_argument("--url", help="the node's HTTP address (default: from http.endpoint)")
     certs = sub.add_parser("certs", help="the mesh's cluster CA and node certificates")
     csub = certs.add_subparsers(dest="action", required=True)
     ca = csub.add_parser("ca", help="create the cluster CA (mesh.ca_file, and ca.key beside it)")
@@ -73,6 +137,39 @@ def _parser() -> argparse.ArgumentParser:
         help="ask the running node to rebuild its GeoIP index from geo.database",
     )
     return p
+
+
+def find_config(given: str | None, cwd: str, environ: Mapping[str, str]) -> tuple[str, str | None, str]:
+    """Which config file the tool uses, and where its relative paths start.
+
+    :returns: ``(path, base_dir, how)``: ``base_dir`` is ``None`` (the
+        working directory, as for ``twistd``) for a file named by
+        ``--config`` or ``$FASTEDGE_CONFIG``, and the directory holding
+        ``etc/`` for one found upward; ``how`` says which it was.
+    :raises Refused: (exit status 2) when there is none.
+    """
+    if given:
+        return os.path.abspath(given), None, "--config"
+    if environ.get(CONFIG_ENV):
+        return os.path.abspath(environ[CONFIG_ENV]), None, "$" + CONFIG_ENV
+    directory = os.path.abspath(cwd)
+    while True:
+        candidate = os.path.join(directory, CONFIG_RELATIVE)
+        if os.path.isfile(candidate):
+            return candidate, directory, "found from the working directory"
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    raise Refused(
+        "no configuration: give --config FILE (the node's), set {}, or run from the node's "
+        "directory (where etc/fastedge.toml is)".format(CONFIG_ENV),
+        code=2,
+    )
+
+
+def _say(message: str) -> None:
+    print("fastedge-admin: {}".format(message), file=sys.stderr)
 
 
 def _certs(args: argparse.Namespace, cfg: EdgeConfig) -> None:
@@ -146,30 +243,29 @@ def _request_geo_rebuild(cfg: EdgeConfig) -> None:
     print("rebuild requested: the node picks it up within {:g} s".format(cfg.geo.watch_seconds))
 
 
-def _open_store(reactor: Any, cfg: EdgeConfig) -> tuple[Any, ThreadPool]:
-    """The store the node's config names (its primary, for PostgreSQL)."""
+def _open_store(reactor: Any, cfg: EdgeConfig) -> tuple[Any, ThreadPool, str]:
+    """The store the node's config names (its primary, for PostgreSQL), not
+    opened yet, and a description of it without credentials."""
     pool = ThreadPool(minthreads=1, maxthreads=1, name="fastedge-admin")
     pool.start()
     if cfg.store.backend == "postgresql":
-        from .store.postgresql import PostgresStore
+        from .store.postgresql import PostgresStore, redact_dsn
 
         pg = cfg.store.postgresql
         # Admin commands write, and read their writes: the primary only.
-        return (
-            PostgresStore(
-                pg.primaries,
-                None,
-                run=lambda f: deferToThreadPool(reactor, pool, f),
-                clock=reactor,
-                failover_seconds=pg.failover_seconds,
-                connect_timeout_seconds=pg.connect_timeout_seconds,
-                statement_timeout_seconds=pg.statement_timeout_seconds,
-                application_name="fastedge-admin",
-                pool_size=1,
-            ),
-            pool,
+        store: Any = PostgresStore(
+            pg.primaries,
+            None,
+            run=lambda f: deferToThreadPool(reactor, pool, f),
+            clock=reactor,
+            failover_seconds=pg.failover_seconds,
+            connect_timeout_seconds=pg.connect_timeout_seconds,
+            statement_timeout_seconds=pg.statement_timeout_seconds,
+            application_name="fastedge-admin",
+            pool_size=1,
         )
-    os.makedirs(os.path.dirname(cfg.store.sqlite_path), exist_ok=True)
+        where = "postgresql primary ({})".format(", ".join(redact_dsn(d) for d in pg.primaries))
+        return store, pool, where
     store = SQLiteStore(
         cfg.store.sqlite_path,
         run=lambda f: deferToThreadPool(reactor, pool, f),
@@ -177,64 +273,333 @@ def _open_store(reactor: Any, cfg: EdgeConfig) -> tuple[Any, ThreadPool]:
         busy_timeout_seconds=cfg.store.busy_timeout_seconds,
         pool_size=1,
     )
-    return store, pool
+    return store, pool, "sqlite {}".format(cfg.store.sqlite_path)
 
 
 @inlineCallbacks
-def _run(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig) -> Any:
-    store, pool = _open_store(reactor, cfg)
+def _store_exists(store: Any, cfg: EdgeConfig) -> Any:
+    """Whether the store holds the node's tables (without creating it)."""
+    if cfg.store.backend != "postgresql" and not os.path.exists(cfg.store.sqlite_path):
+        # Connecting would create the file: look first.
+        return False
+    return (yield store.has_schema())
+
+
+@inlineCallbacks
+def _ready_store(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig) -> Any:
+    """Open the node's store: wait (``--wait``) for a node that is starting
+    to create it, and refuse to create it ourselves unless ``--init``."""
+    store, pool, where = _open_store(reactor, cfg)
+    try:
+        exists = yield _store_exists(store, cfg)
+        if not exists and not args.init:
+            waited, step = 0.0, 0.25
+            if args.wait > 0:
+                _say("no store yet at {}: waiting up to {:g} s for the node to create it".format(where, args.wait))
+            while not exists and waited < args.wait:
+                yield deferLater(reactor, step, lambda: None)
+                waited += step
+                exists = yield _store_exists(store, cfg)
+            if not exists:
+                raise Refused(
+                    "no store at {}: start the node there first (it creates its store), check --config "
+                    "or --data-dir, or give --init to create an empty one".format(where)
+                )
+        if not exists:
+            os.makedirs(os.path.dirname(cfg.store.sqlite_path), exist_ok=True)
+        yield store.open()
+        _say("{} store {}".format("created" if not exists else "opened", where))
+    except BaseException:
+        yield store.close()
+        pool.stop()
+        raise
+    return store, pool
+
+
+def _tenant_json(tenant: Tenant) -> dict[str, Any]:
+    return {
+        "tenantId": tenant.id,
+        "name": tenant.name,
+        "deployment": tenant.deployment,
+        "createdMs": tenant.created_ms,
+    }
+
+
+def _print(args: argparse.Namespace, doc: Any, lines: Sequence[str]) -> None:
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        for line in lines:
+            print(line)
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> list[str]:
+    """Plain aligned columns (for people; scripts use --json)."""
+    cells = [[str(h) for h in header]] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+
+
+@inlineCallbacks
+def _tenant(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig) -> Any:
+    store, pool = yield _ready_store(reactor, args, cfg)
     now = int(reactor.seconds() * 1000)
     try:
-        yield store.open()
-        if args.action == "create":
+        action = args.action
+        if action == "create":
             name = args.name.strip()
             if not name or len(name) > 200:
-                raise SystemExit("fastedge-admin: the name must be 1 to 200 characters")
+                raise Refused("the name must be 1 to 200 characters")
             deployment = args.deployment or cfg.node.deployment
-            tenant = (
-                yield store.create_tenant(
-                    name,
-                    deployment,
-                    created_ms=now,
-                    read_preference=ReadPreference.PRIMARY,
-                )
+            tenant = (yield store.create_tenant(name, deployment, created_ms=now, read_preference=PRIMARY)).value
+            yield _add_key(args, store, tenant, now, _tenant_json(tenant))
+        elif action == "add-key":
+            tenant = yield store.get_tenant(args.tenant_id, read_preference=PRIMARY)
+            yield _add_key(args, store, tenant, now, {"tenantId": tenant.id})
+        elif action == "list":
+            tenants = yield store.list_tenants(read_preference=PRIMARY)
+            rows = [(t.id, t.deployment, t.created_ms, t.name) for t in tenants]
+            _print(
+                args,
+                {"tenants": [_tenant_json(t) for t in tenants]},
+                _table(rows, ("TENANT", "DEPLOYMENT", "CREATED_MS", "NAME")) if rows else ["no tenants"],
+            )
+        elif action == "show":
+            tenant = yield store.get_tenant(args.tenant_id, read_preference=PRIMARY)
+            keys = yield store.list_api_keys(tenant.id, read_preference=PRIMARY)
+            doc = dict(_tenant_json(tenant), settings=dict(tenant.settings))
+            doc["apiKeys"] = [{"apiKeyId": k.id, "createdMs": k.created_ms, "revokedMs": k.revoked_ms} for k in keys]
+            lines = ["{}: {}".format(k, v) for k, v in _tenant_json(tenant).items()]
+            lines.append("settings: {}".format(json.dumps(dict(tenant.settings), sort_keys=True)))
+            lines.append("api keys:")
+            key_rows = [(k.id, k.created_ms, k.revoked_ms) for k in keys]
+            lines += ["  " + line for line in _table(key_rows, ("API_KEY_ID", "CREATED_MS", "REVOKED_MS"))]
+            _print(args, doc, lines)
+        elif action == "revoke-key":
+            key = (
+                yield store.revoke_api_key(args.tenant_id, args.key_id, revoked_ms=now, read_preference=PRIMARY)
             ).value
-            tenant_id = tenant.id
-            out: dict[str, Any] = {
-                "tenantId": tenant.id,
-                "name": tenant.name,
-                "deployment": deployment,
-            }
-        else:
-            tenant_id = args.tenant_id
-            yield store.get_tenant(tenant_id, read_preference=ReadPreference.PRIMARY)
-            out = {"tenantId": tenant_id}
-        key = new_api_key()
-        written = yield store.add_api_key(
-            tenant_id,
-            hash_api_key(key),
-            created_ms=now,
-            read_preference=ReadPreference.PRIMARY,
-        )
-        out.update(apiKeyId=written.value.id, apiKey=key)
-        if args.json:
-            print(json.dumps(out))
-        else:
-            for k, v in out.items():
-                print("{}: {}".format(k, v))
+            doc = {"tenantId": key.tenant_id, "apiKeyId": key.id, "revokedMs": key.revoked_ms}
+            _print(args, doc, ["{}: {}".format(k, v) for k, v in doc.items()])
+        elif action == "delete":
+            yield _delete_tenant(reactor, args, cfg, store, now)
     finally:
         yield store.close()
         pool.stop()
 
 
+@inlineCallbacks
+def _add_key(args: argparse.Namespace, store: Any, tenant: Tenant, now: int, out: dict[str, Any]) -> Any:
+    key = new_api_key()
+    written = yield store.add_api_key(tenant.id, hash_api_key(key), created_ms=now, read_preference=PRIMARY)
+    out.update(apiKeyId=written.value.id, apiKey=key)
+    _print(args, out, ["{}: {}".format(k, v) for k, v in out.items()])
+
+
+@inlineCallbacks
+def _delete_tenant(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig, store: Any, now: int) -> Any:
+    tenant = yield store.get_tenant(args.tenant_id, read_preference=PRIMARY)
+    if not args.yes:
+        raise Refused(
+            "this deletes tenant {} ({!r}) with all its comments, keys and media; add --yes to do it".format(
+                tenant.id, tenant.name
+            )
+        )
+    media = yield _purge_media(reactor, args, cfg, store, tenant, now)
+    deleted = (yield store.delete_tenant(tenant.id, read_preference=PRIMARY)).value
+    doc = {"tenantId": tenant.id, "deleted": dict(deleted), "media": media}
+    lines = ["deleted tenant {} ({!r})".format(tenant.id, tenant.name)]
+    lines += ["  {}: {}".format(table, count) for table, count in sorted(deleted.items())]
+    lines.append("media: {}".format(media["summary"]))
+    _print(args, doc, lines)
+
+
+@inlineCallbacks
+def _purge_media(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig, store: Any, tenant: Tenant, now: int) -> Any:
+    """Remove the tenant's cached media: through the running node (which
+    tells the deployment's other nodes), else from the cache directory."""
+    media = cfg.cdn.tenants.get(tenant.id)
+    if media is None:
+        return {"purged": 0, "how": "none", "summary": "no media configured for this tenant ([cdn.tenants])"}
+    origin = "objects in its origin (bucket {!r}, prefix {!r}) are not deleted".format(media.bucket, media.prefix)
+    url = _node_url(args, cfg)
+    # The purge is a tenant API call: a key of the tenant's own, deleted
+    # with the tenant's other rows a moment later.
+    key = new_api_key()
+    yield store.add_api_key(tenant.id, hash_api_key(key), created_ms=now, read_preference=PRIMARY)
+    try:
+        answer = yield _http_json(
+            reactor,
+            "POST",
+            url + "/api/v1/manage/media/purge",
+            {"prefix": ""},
+            {"authorization": "Bearer " + key},
+        )
+    except _Unreachable:
+        answer = None
+    if answer is not None:
+        code, body = answer
+        if code != 200:
+            raise Refused("the node at {} refused the media purge ({}): {}".format(url, code, body))
+        purged = int(body["purged"])
+        summary = "{} objects purged through the node at {} (and on the deployment's other nodes); {}".format(
+            purged, url, origin
+        )
+        return {"purged": purged, "how": "node", "summary": summary}
+    # The node is not running: the cache directory is ours to change.
+    from .cdn.cache import DiskCache
+
+    cache = DiskCache(cfg.cdn.cache_dir, max_bytes=cfg.cdn.max_bytes)
+    cache.open()
+    try:
+        purged = sum(1 for entry in cache.entries(tenant.id) if cache.remove(entry.id) is not None)
+    finally:
+        cache.close()
+    summary = "{} objects removed from {} (the node at {} is not running); {}".format(
+        purged, cfg.cdn.cache_dir, url, origin
+    )
+    return {"purged": purged, "how": "cache_dir", "summary": summary}
+
+
+class _Unreachable(Exception):
+    """Nothing answers at the node's HTTP address."""
+
+
+def _node_url(args: argparse.Namespace, cfg: EdgeConfig) -> str:
+    """``--url``, else the address of ``http.endpoint`` (a wildcard
+    interface is reached on loopback)."""
+    if getattr(args, "url", None):
+        return str(args.url).rstrip("/")
+    url = endpoint_url(cfg.http.endpoint)
+    if url is None:
+        raise Refused("cannot reach http.endpoint {!r} over TCP; give --url".format(cfg.http.endpoint), code=2)
+    return url
+
+
+def endpoint_url(endpoint: str) -> str | None:
+    """The ``http://`` URL a client uses for a ``tcp:`` server endpoint
+    string, or ``None`` for other kinds (UNIX sockets, ...)."""
+    parts: list[str] = []
+    current = ""
+    escaped = False
+    for ch in endpoint:
+        if escaped:
+            current += ch
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    kind, rest = parts[0].lower(), parts[1:]
+    if kind not in ("tcp", "tcp6"):
+        return None
+    port = None
+    interface = ""
+    for part in rest:
+        name, sep, value = part.partition("=")
+        if not sep:
+            port = port or name
+        elif name == "port":
+            port = value
+        elif name == "interface":
+            interface = value
+    if port is None or not port.isdigit():
+        return None
+    if interface in ("", "0.0.0.0"):
+        interface = "::1" if kind == "tcp6" and interface == "" else "127.0.0.1"
+    elif interface == "::":
+        interface = "::1"
+    host = "[{}]".format(interface) if ":" in interface else interface
+    return "http://{}:{}".format(host, port)
+
+
+@inlineCallbacks
+def _http_json(reactor: Any, method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None) -> Any:
+    """One request with treq; fires with ``(code, parsed JSON body)``.
+
+    :raises _Unreachable: when nothing answers (connection refused, timeout).
+    """
+    import treq
+    from twisted.internet.error import ConnectError, TimeoutError
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    client = treq.client.HTTPClient(Agent(reactor, pool=pool, connectTimeout=5))
+    try:
+        sent: dict[bytes | str, bytes | str] = {}
+        for name, value in (headers or {}).items():
+            sent[name] = value
+        response = yield client.request(method, url, json=body, headers=sent, timeout=10)
+        text = yield response.text()
+    except (ConnectError, TimeoutError) as e:
+        raise _Unreachable(str(e)) from None
+    finally:
+        yield pool.closeCachedConnections()
+    try:
+        return response.code, json.loads(text)
+    except ValueError:
+        return response.code, {"raw": text[:200]}
+
+
+@inlineCallbacks
+def _status(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig) -> Any:
+    url = _node_url(args, cfg)
+    try:
+        health_code, health = yield _http_json(reactor, "GET", url + "/healthz")
+        mesh_code, mesh = yield _http_json(reactor, "GET", url + "/api/v1/mesh")
+    except _Unreachable as e:
+        raise Refused("no node answers at {} ({})".format(url, e)) from None
+    doc = {"url": url, "healthz": health, "mesh": mesh if mesh_code == 200 else None}
+    lines = [
+        "node {} at {}: {} (HTTP {}), deployment {}, version {}".format(
+            health.get("nodeId", "?"),
+            url,
+            health.get("status", "?"),
+            health_code,
+            health.get("deployment", "?"),
+            health.get("version", "?"),
+        )
+    ]
+    down = [name for name, child in sorted((health.get("children") or {}).items()) if not child.get("running")]
+    if down:
+        lines.append("children not running: {}".format(", ".join(down)))
+    if mesh_code == 200:
+        rows = [
+            (
+                n.get("nodeId", "") + (" *" if n.get("self") else ""),
+                n.get("state"),
+                n.get("deployment"),
+                n.get("region"),
+                n.get("load"),
+                "-" if n.get("self") else ("-" if n.get("rttMs") is None else "{:.1f} ms".format(n["rttMs"])),
+            )
+            for n in mesh.get("nodes", [])
+        ]
+        lines.append("")
+        lines += _table(rows, ("NODE", "STATE", "DEPLOYMENT", "REGION", "LOAD", "RTT"))
+    else:
+        lines.append("mesh map: HTTP {}".format(mesh_code))
+    _print(args, doc, lines)
+    if health_code != 200:
+        raise SystemExit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``fastedge-admin`` console script."""
     args = _parser().parse_args(argv)
-    overrides = {"node.data_dir": args.data_dir} if args.data_dir else {}
+    overrides = {"node.data_dir": os.path.abspath(args.data_dir)} if args.data_dir else {}
     try:
-        cfg = load_config(args.config, overrides)
+        path, base_dir, how = find_config(args.config, os.getcwd(), os.environ)
+        cfg = load_config(path, overrides, base_dir=base_dir)
+    except Refused as e:
+        _say(str(e))
+        raise SystemExit(e.code) from None
     except ConfigError as e:
-        print("fastedge-admin: config error: {}".format(e), file=sys.stderr)
+        _say("config error: {}".format(e))
         raise SystemExit(2) from None
     if args.area == "certs":
         _certs(args, cfg)
@@ -242,15 +607,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.area == "geo":
         _request_geo_rebuild(cfg)
         return
+    if args.area == "tenant":
+        _say("config {} ({})".format(path, how))
+    command = _status if args.area == "status" else _tenant
 
     def run(reactor: Any) -> Deferred[Any]:
-        d = _run(reactor, args, cfg)
+        d = command(reactor, args, cfg)
 
         def failed(f: Any) -> None:
             from .store.errors import StoreError
 
+            if f.check(Refused):
+                _say(f.getErrorMessage())
+                raise SystemExit(f.value.code)
             if f.check(StoreError):
-                print("fastedge-admin: {}".format(f.getErrorMessage()), file=sys.stderr)
+                _say(f.getErrorMessage())
                 raise SystemExit(1)
             return f
 

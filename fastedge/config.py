@@ -38,6 +38,7 @@ __all__ = [
     "GeoConfig",
     "HttpConfig",
     "LiveConfig",
+    "LogConfig",
     "MeshConfig",
     "NodeConfig",
     "PostgresConfig",
@@ -733,6 +734,25 @@ class DnsConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """Logs the node writes besides twistd's own (``docs/access-log.md``)."""
+
+    #: The access log: one line per HTTP request and per WebSocket/SSE
+    #: session: ``combined`` (Apache/nginx combined format plus key=value
+    #: fields), ``json`` (JSON lines) or ``off``.
+    access: str = _checked("combined", _one_of("combined", "json", "off"))
+    #: Its file; empty = ``<node.data_dir>/access.log``.
+    access_file: str = ""
+    #: Lines are written by a thread at least this often (seconds), and at
+    #: once when ``access_flush_lines`` wait.
+    access_flush_seconds: float = _checked(1.0, _between(0.01, 60.0))
+    access_flush_lines: int = _checked(1024, _between(1, 1_000_000))
+    #: Lines waiting to be written, at most; past it lines are dropped and
+    #: counted (``fastedge_http_access_log_dropped_total``).
+    access_max_pending_lines: int = _checked(100_000, _between(1, 10_000_000))
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """The whole configuration of one node."""
 
@@ -746,6 +766,7 @@ class EdgeConfig:
     dns: DnsConfig = field(default_factory=DnsConfig)
     cdn: CdnConfig = field(default_factory=CdnConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 _T = TypeVar("_T")
@@ -846,11 +867,19 @@ def default_node_id() -> str:
     return label or "node"
 
 
-def parse_config(text: str, *, source: str = "<config>", overrides: Mapping[str, Any] | None = None) -> EdgeConfig:
+def parse_config(
+    text: str,
+    *,
+    source: str = "<config>",
+    overrides: Mapping[str, Any] | None = None,
+    base_dir: str | None = None,
+) -> EdgeConfig:
     """Parse and validate TOML text.
 
     :param source: a name for the text, used in the error for a syntax error.
     :param overrides: dotted keys (``node.id``) set over the file's values.
+    :param base_dir: where relative paths (``node.data_dir``, the mesh's
+        files) start from; ``None``: the working directory, as for the node.
     :raises ConfigError: naming the first offending key.
     """
     try:
@@ -860,15 +889,19 @@ def parse_config(text: str, *, source: str = "<config>", overrides: Mapping[str,
     for dotted, value in (overrides or {}).items():
         _set_override(raw, dotted, value)
     cfg = _build(EdgeConfig, raw, "")
-    return _derive(cfg)
+    return _derive(cfg, base_dir)
 
 
-def _derive(cfg: EdgeConfig) -> EdgeConfig:
+def _derive(cfg: EdgeConfig, base_dir: str | None = None) -> EdgeConfig:
     """Fill the values that default to something derived from other keys."""
+
+    def absolute(path: str) -> str:
+        return os.path.abspath(os.path.join(base_dir, path) if base_dir else path)
+
     node = cfg.node
     if not node.id:
         node = dataclasses.replace(node, id=default_node_id())
-    data_dir = os.path.abspath(node.data_dir)
+    data_dir = absolute(node.data_dir)
     node = dataclasses.replace(node, data_dir=data_dir)
     store = cfg.store
     if not store.sqlite_path:
@@ -896,9 +929,9 @@ def _derive(cfg: EdgeConfig) -> EdgeConfig:
     mesh_dir = os.path.join(data_dir, "mesh")
     mesh = dataclasses.replace(
         mesh,
-        ca_file=os.path.abspath(mesh.ca_file) if mesh.ca_file else os.path.join(mesh_dir, "ca.pem"),
-        cert_file=os.path.abspath(mesh.cert_file) if mesh.cert_file else os.path.join(mesh_dir, "node.pem"),
-        key_file=os.path.abspath(mesh.key_file) if mesh.key_file else os.path.join(mesh_dir, "node.key"),
+        ca_file=absolute(mesh.ca_file) if mesh.ca_file else os.path.join(mesh_dir, "ca.pem"),
+        cert_file=absolute(mesh.cert_file) if mesh.cert_file else os.path.join(mesh_dir, "node.pem"),
+        key_file=absolute(mesh.key_file) if mesh.key_file else os.path.join(mesh_dir, "node.key"),
     )
     if not mesh.heartbeat_seconds < mesh.suspect_seconds:
         raise ConfigError("mesh.suspect_seconds: must be longer than mesh.heartbeat_seconds")
@@ -906,7 +939,13 @@ def _derive(cfg: EdgeConfig) -> EdgeConfig:
         raise ConfigError("mesh.dead_seconds: must be longer than mesh.suspect_seconds")
     if mesh.reconnect_max_seconds < mesh.reconnect_initial_seconds:
         raise ConfigError("mesh.reconnect_max_seconds: must not be shorter than mesh.reconnect_initial_seconds")
-    return dataclasses.replace(cfg, node=node, store=store, api=api, geo=geo, dns=dns, tls=tls, cdn=cdn, mesh=mesh)
+    log = cfg.log
+    log = dataclasses.replace(
+        log, access_file=absolute(log.access_file) if log.access_file else os.path.join(data_dir, "access.log")
+    )
+    return dataclasses.replace(
+        cfg, node=node, store=store, api=api, geo=geo, dns=dns, tls=tls, cdn=cdn, mesh=mesh, log=log
+    )
 
 
 _TENANT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -946,15 +985,18 @@ def _derive_zone(zone: ZoneConfig) -> ZoneConfig:
     return zone
 
 
-def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) -> EdgeConfig:
+def load_config(
+    path: str | None, overrides: Mapping[str, Any] | None = None, *, base_dir: str | None = None
+) -> EdgeConfig:
     """Read, validate and complete the configuration.
 
     :param path: a TOML file, or ``None`` for the built-in defaults (the same
         values ``etc/fastedge.toml`` documents).
+    :param base_dir: see :func:`parse_config`.
     :raises ConfigError: naming the offending key, or the unreadable file.
     """
     if path is None:
-        return parse_config("", overrides=overrides)
+        return parse_config("", overrides=overrides, base_dir=base_dir)
     try:
         with open(path, "rb") as f:
             text = f.read().decode("utf-8")
@@ -962,4 +1004,4 @@ def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) ->
         raise ConfigError("{}: cannot read ({})".format(path, e.strerror)) from None
     except UnicodeDecodeError:
         raise ConfigError("{}: not UTF-8".format(path)) from None
-    return parse_config(text, source=path, overrides=overrides)
+    return parse_config(text, source=path, overrides=overrides, base_dir=base_dir)

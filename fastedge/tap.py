@@ -10,6 +10,7 @@ import gc
 from typing import Any
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import succeed
 from twisted.python import usage
 
 from .api.resource import build_api
@@ -27,6 +28,7 @@ from .metrics.registry import new_registry
 from .pubsub import service as live_service
 from .store import service as store_service
 from .transport import service as transport_service
+from .transport.accesslog import AccessLog
 from .transport.site import EdgeSite
 from .web import build_site
 
@@ -204,6 +206,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         extra_routes=mesh_routes(mesh.status),
     )
     live.use_viewer_tokens(api.viewer_tokens)
+    access_log = None
+    if cfg.log.access != "off":
+        access_log = AccessLog(
+            cfg.log.access,
+            cfg.log.access_file,
+            reactor=reactor,
+            registry=registry,
+            flush_seconds=cfg.log.access_flush_seconds,
+            flush_lines=cfg.log.access_flush_lines,
+            max_pending_lines=cfg.log.access_max_pending_lines,
+            # Its last lines are written once the listeners' connections closed.
+            drained=lambda: site.when_idle() if site is not None else succeed(None),
+        )
     site = build_site(
         cfg.node,
         cfg.http,
@@ -217,6 +232,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         body_limits=[(UPLOAD_PATH.encode("ascii"), cfg.cdn.upload_max_bytes)],
         children=lambda: list(top),
         mesh_health=mesh.health,
+        access_log=access_log,
     )
     transport = transport_service.make_service(
         cfg.http,
@@ -227,6 +243,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         tls=cfg.tls,
         data_dir=cfg.node.data_dir,
         node_id=cfg.node.id,
+        access_log=access_log,
     )
     transport.setName("transport")
     transport.setServiceParent(top)

@@ -21,6 +21,7 @@ from .config import HttpConfig, NodeConfig
 from .jsonhttp import write_error
 from .metrics.resource import MetricsResource
 from .store.interfaces import IStore
+from .transport.accesslog import AccessLog
 from .transport.connections import ConnectionGate, connection_ceiling, descriptor_limit
 from .transport.health import HealthResource
 from .transport.metrics import HttpMetrics, LimitMetrics
@@ -61,6 +62,7 @@ def build_site(
     body_limits: Iterable[tuple[bytes, int]] = (),
     mesh_health: Callable[[], dict[str, Any]] | None = None,
     descriptors: int | None = None,
+    access_log: AccessLog | None = None,
 ) -> EdgeSite:
     """The node's Site.
 
@@ -71,6 +73,7 @@ def build_site(
     :param mesh_health: the mesh's summary, for ``/healthz``.
     :param descriptors: the descriptor limit the connection ceiling is
         derived from (default: the process's, ``ulimit -n``).
+    :param access_log: the access log (``None``: off).
     """
     root = EdgeRoot()
     root.putChild(b"api", api)
@@ -110,4 +113,5 @@ def build_site(
         connections=connections,
         header_timeout=http.header_timeout_seconds,
         body_timeout=http.body_timeout_seconds,
+        access_log=access_log,
     )

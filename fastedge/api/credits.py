@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..config import CreditsConfig
+from ..store.errors import NotFound
 from ..store.interfaces import IStore
 from ..store.model import CreditUsage, ReadPreference
 
@@ -70,6 +71,13 @@ class CreditMeter:
         return DeferredList(ds)
 
     def _keep(self, failure: Failure, tenant_id: str, charges: dict[str, tuple[int, int]]) -> None:
+        if failure.check(NotFound):
+            # The tenant was deleted (fastedge-admin tenant delete) after
+            # these calls: there is no ledger to charge, now or later.
+            self._log.info(
+                "dropped credit charges of deleted tenant {tenant}: {charges}", tenant=tenant_id, charges=charges
+            )
+            return
         self._log.failure("could not write credit charges; keeping them for the next flush", failure)
         ops = self._pending.setdefault(tenant_id, {})
         for op, (calls, credits) in charges.items():

@@ -118,6 +118,8 @@ class ManageApi:
                 raise ApiError(
                     401, "bad_api_key", "the API key is not valid or was revoked", headers=challenge
                 ) from None
+        # For the access log: the tenant the key belongs to.
+        call.request.tenant_id = tenant.id  # type: ignore[attr-defined]
         return tenant
 
     def _read(self, operation: str, handler: Any) -> Any:

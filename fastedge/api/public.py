@@ -123,6 +123,8 @@ class PublicApi:
                 tenant = yield self._store.get_tenant(tenant_id, read_preference=PRIMARY)
             else:
                 raise
+        # For the access log: a tenant known to exist.
+        call.request.tenant_id = tenant.id  # type: ignore[attr-defined]
         return tenant
 
     def _claim(self, call: Call, tenant_id: str) -> Any:

@@ -141,6 +141,8 @@ class MediaResource(Resource):
             media = self._tenants.get(tenant_id)
             if media is None:
                 raise BadKey("no_such_tenant", "no media for this tenant", status=404)
+            # For the access log: a tenant this node serves media for.
+            request.tenant_id = tenant_id  # type: ignore[attr-defined]
         except BadKey as e:
             write_error(request, e.status, e.code, e.message)
             return NOT_DONE_YET

@@ -86,6 +86,10 @@ class LiveServerProtocol(WebSocketServerProtocol):
     _frames: TokenBucket
     #: Frames of the client message being received.
     _fragments = 0
+    #: This session's access log line (``None``: the log is off), counting
+    #: the messages and bytes sent; written when the connection ends.
+    access: Any = None
+    _opened_once = False
 
     # Handshake and lifecycle
 
@@ -154,8 +158,11 @@ class LiveServerProtocol(WebSocketServerProtocol):
         self._messages = TokenBucket(cfg.client_messages_per_minute / 60.0, cfg.client_messages_per_minute, live.clock)
         self._frames = TokenBucket(cfg.client_frames_per_second, cfg.client_frames_per_second, live.clock)
         self._open = True
+        self._opened_once = True
         live.opened(self)
-        self._writer.write(self.factory.hello)
+        n = self._writer.write(self.factory.hello)
+        if self.access is not None:
+            self.access.sent(n)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """Leave every channel; drop any partial message."""
@@ -165,6 +172,11 @@ class LiveServerProtocol(WebSocketServerProtocol):
             self._conn.close()
             self.factory.live.closed(self)
             self._conn = None
+        access = self.access
+        if access is not None:
+            # 101 for a session that was opened; a refused handshake (503,
+            # past live.max_connections) or one that never completed: 400.
+            access.end(101 if self._opened_once else 400)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Cancel the closing-handshake timer: autobahn cancels its other
@@ -288,6 +300,10 @@ class LiveServerProtocol(WebSocketServerProtocol):
             self.send(messages.pong(msg.ref))
 
     def _answer(self, joined: Joined, name: str, ref: Any) -> None:
+        access = self.access
+        if access is not None and self._conn is not None:
+            # The tenants this session served, for its access log line.
+            access.tenants.update(key[0] for key in self._conn.subs)
         self.send(messages.subscribed(name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref))
         sent = total = 0
         for prepared in joined.replay:
@@ -314,12 +330,17 @@ class LiveServerProtocol(WebSocketServerProtocol):
         frame = prepared.ws
         if frame is None:
             frame = prepared.ws = self.factory.frame(prepared.payload)
-        return self._writer.write(frame)  # type: ignore[union-attr]
+        n = self._writer.write(frame)  # type: ignore[union-attr]
+        if self.access is not None:
+            self.access.sent(n)
+        return n
 
     def send(self, payload: bytes) -> None:
         """Send a message of this connection only."""
         if self._open:
-            self._writer.write(self.factory.frame(payload))  # type: ignore[union-attr]
+            n = self._writer.write(self.factory.frame(payload))  # type: ignore[union-attr]
+            if self.access is not None:
+                self.access.sent(n)
 
     def keepalive(self) -> None:
         """Ping; drop a client that did not answer the previous ping."""
@@ -411,6 +432,17 @@ class LiveWebSocketFactory(WebSocketServerFactory):
         #: Traffic of all open connections together (autobahn counts per
         #: connection; one shared counter saves memory and is what we export).
         self.traffic = TrafficStats()
+
+    #: The access log session of the upgrade being handed to autobahn now
+    #: (set by ``LiveResource`` around the synchronous handover).
+    pending_access: Any = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A protocol that carries the access log session of its upgrade."""
+        protocol = super().buildProtocol(addr)
+        if protocol is not None:
+            protocol.access, self.pending_access = self.pending_access, None  # type: ignore[attr-defined]
+        return protocol
 
     def frame(self, payload: bytes) -> bytes:
         """One unmasked text frame carrying ``payload``."""

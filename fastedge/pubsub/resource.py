@@ -57,7 +57,15 @@ class LiveResource(Resource):
             return NOT_DONE_YET
         if _refuse_upgrade(request):
             return NOT_DONE_YET
-        return self._websocket.render(request)
+        # The session writes the access log line when it ends (with its
+        # duration and messages); autobahn builds the protocol synchronously
+        # inside render(), which is how the session reaches it.
+        live_session = getattr(request, "live_session", None)
+        self.factory.pending_access = live_session("ws") if live_session is not None else None
+        try:
+            return self._websocket.render(request)
+        finally:
+            self.factory.pending_access = None
 
 
 def _refuse_upgrade(request: Request) -> bool:

@@ -78,6 +78,8 @@ class SseStream:
         self._chunked = False
         self._writer: Writer | None = None
         self._abort: IDelayedCall | None = None
+        #: The access log session (``None``: off, or not started).
+        self.access: Any = None
         # From the start: a client that leaves while its subscribe is being
         # resolved must not be subscribed afterwards (conn.close() marks it).
         request.notifyFinish().addBoth(self._gone)
@@ -92,7 +94,8 @@ class SseStream:
         request.setHeader(b"access-control-allow-origin", b"*")
         answer = messages.subscribed(name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref)
         # The first write goes through the request: it sends the headers.
-        request.write(b"retry: %d\n\n" % RETRY_MS + record(answer))
+        first = b"retry: %d\n\n" % RETRY_MS + record(answer)
+        request.write(first)
         channel = request.channel
         if isinstance(channel, http.HTTPChannel) and channel.transport is not None:
             # HTTP/1.x: from now on write pre-built records (chunks) to the
@@ -110,6 +113,15 @@ class SseStream:
                 backlog=backlog_meter(channel),
             )
         request.registerProducer(self._writer, True)
+        live_session = getattr(request, "live_session", None)
+        if live_session is not None:
+            tenants = {key[0] for key in self.conn.subs}
+            # A subscribed stream's tenant exists (the subscribe resolved it).
+            request.tenant_id = ",".join(sorted(tenants)) or None  # type: ignore[attr-defined]
+            self.access = live_session("sse")
+            if self.access is not None:
+                self.access.tenants.update(tenants)
+                self.access.sent(len(first))
         self._open = True
         self._live.opened(self)
         sent = total = 0
@@ -123,6 +135,9 @@ class SseStream:
 
     def _gone(self, result: Any) -> None:
         self._open = False
+        if self.access is not None:
+            self.access.end(200)
+            self.access = None
         self.conn.close()
         self._live.closed(self)  # a no-op for a stream that never started
         if self._abort is not None and self._abort.active():
@@ -138,7 +153,10 @@ class SseStream:
                 data = prepared.sse_chunk = chunk(self._record(prepared))
         else:
             data = self._record(prepared)
-        return self._writer.write(data)  # type: ignore[union-attr]
+        n = self._writer.write(data)  # type: ignore[union-attr]
+        if self.access is not None:
+            self.access.sent(n)
+        return n
 
     @staticmethod
     def _record(prepared: Prepared) -> bytes:
@@ -149,7 +167,10 @@ class SseStream:
 
     def send(self, payload: bytes) -> None:
         """Send a message of this stream only."""
-        self._raw(record(payload))
+        data = record(payload)
+        self._raw(data)
+        if self.access is not None and self._open:
+            self.access.sent(len(data))
 
     def _raw(self, data: bytes) -> None:
         if self._open and self._writer is not None:

@@ -93,6 +93,21 @@ class IStore(Interface):
     def get_tenant(tenant_id: str, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[Tenant]:
         """:returns: ``Deferred[Tenant]``; ``NotFound`` if absent."""
 
+    def list_tenants(*, read_preference: ReadPreference, token: str | None = None) -> Deferred[list[Tenant]]:
+        """Every tenant, oldest first (an operator's view: ``fastedge-admin tenant list``).
+
+        :returns: ``Deferred[list[Tenant]]``
+        """
+
+    def delete_tenant(tenant_id: str, *, read_preference: ReadPreference) -> Deferred[Written[Mapping[str, int]]]:
+        """Delete the tenant and every row that belongs to it (API keys,
+        authors, sessions, users, threads, comments, votes, flags, blocks,
+        credits), in one transaction.
+
+        :returns: ``Deferred[Written[Mapping[str, int]]]``: rows deleted per
+            table; ``NotFound`` if there is no such tenant.
+        """
+
     def update_tenant_settings(
         tenant_id: str, settings: Mapping[str, Any], *, read_preference: ReadPreference
     ) -> Deferred[Written[Tenant]]:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, inspect, or_, select, update
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
@@ -166,6 +166,21 @@ def _api_key(row: Any) -> ApiKey:
 
 _APPROVED = CommentStatus.APPROVED.value
 
+#: The tables holding a tenant's rows, children before parents: the order
+#: :meth:`SqlStore.delete_tenant` deletes in.
+_TENANT_TABLES = (
+    s.votes,
+    s.flags,
+    s.blocks,
+    s.comments,
+    s.threads,
+    s.users,
+    s.anonymous_sessions,
+    s.authors,
+    s.api_keys,
+    s.credit_ledger,
+)
+
 
 @implementer(IStore)
 class SqlStore:
@@ -290,6 +305,19 @@ class SqlStore:
 
         return self._call("open", ReadPreference.PRIMARY, go)
 
+    def has_schema(self) -> Deferred[bool]:
+        """Whether the primary already holds the store's tables (:meth:`open`
+        creates them): tools that must not create a store ask first.
+
+        :returns: ``Deferred[bool]``
+        """
+
+        def go() -> bool:
+            with self._reading(ReadPreference.PRIMARY) as conn:
+                return bool(inspect(conn).has_table(s.schema_version.name))
+
+        return self._call("has_schema", ReadPreference.PRIMARY, go)
+
     def close(self) -> Deferred[None]:
         def go() -> None:
             self._primary.dispose()
@@ -338,6 +366,31 @@ class SqlStore:
             return _tenant(row)
 
         return self._call("get_tenant", read_preference, go, token=token)
+
+    def list_tenants(self, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[list[Tenant]]:
+        def go() -> list[Tenant]:
+            t = s.tenants.c
+            with self._reading(read_preference) as conn:
+                rows = conn.execute(select(s.tenants).order_by(t.created_ms, t.id)).all()
+            return [_tenant(r) for r in rows]
+
+        return self._call("list_tenants", read_preference, go, token=token)
+
+    def delete_tenant(self, tenant_id: str, *, read_preference: ReadPreference) -> Deferred[Written[Mapping[str, int]]]:
+        def go() -> Written[Mapping[str, int]]:
+            deleted: dict[str, int] = {}
+            with self._writing() as conn:
+                self._require_tenant(conn, tenant_id)
+                # Children before parents (the foreign keys); every table
+                # that holds tenant rows has a tenant_id column.
+                for table in _TENANT_TABLES:
+                    done = conn.execute(delete(table).where(table.c.tenant_id == tenant_id))
+                    deleted[table.name] = done.rowcount
+                conn.execute(delete(s.tenants).where(s.tenants.c.id == tenant_id))
+                deleted["tenants"] = 1
+                return self._written(conn, deleted)
+
+        return self._call("delete_tenant", read_preference, go, write=True)
 
     def update_tenant_settings(
         self, tenant_id: str, settings: Mapping[str, Any], *, read_preference: ReadPreference

@@ -115,17 +115,24 @@ def make_service(
     tls: TlsConfig | None = None,
     data_dir: str = ".",
     node_id: str = "localhost",
+    access_log: IService | None = None,
 ) -> MultiService:
     """Listen on ``cfg.endpoint`` (and ``tls.endpoint``) with ``site``; run
     ``background`` alongside.
 
     Listeners bind in ``privilegedStartService`` (so a port below 1024 works
     with ``--uid``), and a failure to bind stops the node at start.
+
+    :param access_log: the Site's access log service; it starts before the
+        listeners, and its stop writes the last lines once they drained.
     """
     if registry is None:
         registry = new_registry()
     top = MultiService()
     background.setServiceParent(top)
+    if access_log is not None:
+        access_log.setName("access-log")
+        access_log.setServiceParent(top)
     connections = ConnectionMetrics(registry)
     gate = site.connections
     http = Listener(

@@ -22,6 +22,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from ..jsonhttp import write_error
+from .accesslog import AccessLog, Session
 from .channel import edge_channel
 from .connections import ConnectionGate
 from .metrics import HttpMetrics
@@ -34,6 +35,11 @@ class EdgeRequest(Request):
 
     #: Route template for metrics; resources set it once they match.
     route = "unmatched"
+    #: The tenant this request was for, for the access log; resources set it
+    #: once the tenant is known to exist (never from unchecked input).
+    tenant_id: str | None = None
+    #: Handed over to a live session, which writes its own access log line.
+    _handed_over = False
     _too_large = False
     _received = 0
     _started = 0.0
@@ -119,11 +125,33 @@ class EdgeRequest(Request):
 
     def _finished(self, result: Any) -> None:
         site = self._fastedge_site
-        if site is not None and site.metrics is not None:
+        if site is not None:
             elapsed = site.reactor.seconds() - self._started
-            site.metrics.observe(self.route, self.method, self.code, elapsed)
+            if site.metrics is not None:
+                site.metrics.observe(self.route, self.method, self.code, elapsed)
+            access_log = site.access_log
+            if access_log is not None and not self._handed_over:
+                if isinstance(result, Failure):
+                    # The client went away before the answer was complete
+                    # (nginx's 499, "client closed request").
+                    self.code = 499
+                access_log.request(self, elapsed, self._started)
         # A client that went away is not an error worth a traceback.
         return None
+
+    def live_session(self, proto: str) -> Session | None:
+        """Hand this request's access log line over to the live session it
+        opens (``ws`` or ``sse``), written when the session ends with its
+        duration and messages sent.
+
+        :returns: the :class:`~fastedge.transport.accesslog.Session` to
+            count into, or ``None`` when the access log is off.
+        """
+        access_log = self.edge_site.access_log
+        if access_log is None:
+            return None
+        self._handed_over = True
+        return access_log.session(self, proto, self._started)
 
     def render(self, resrc: IResource) -> None:
         """Render ``resrc``; a method it does not offer is a JSON 405 (not
@@ -203,8 +231,8 @@ def _redirect_to_https(request: EdgeRequest, port: int) -> None:
 
 
 class EdgeSite(Site):
-    """The public Site: :class:`EdgeRequest`, no tracebacks, no access log
-    lines per request (metrics count them instead)."""
+    """The public Site: :class:`EdgeRequest`, no tracebacks, and our own
+    access log (:mod:`fastedge.transport.accesslog`) instead of Twisted's."""
 
     requestFactory = EdgeRequest
     protocol = edge_channel
@@ -222,6 +250,7 @@ class EdgeSite(Site):
         connections: ConnectionGate | None = None,
         header_timeout: float | None = None,
         body_timeout: float | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         """
         :param body_limits: ``(path, bytes)`` for routes that take
@@ -235,6 +264,7 @@ class EdgeSite(Site):
             headers, from its first byte (``None``: no deadline).
         :param body_timeout: seconds an HTTP/1.1 request body may go without
             progress (``None``: no deadline).
+        :param access_log: where each finished request is logged (``None``: off).
         """
         # No form parsing: every route reads JSON or raw bytes, and Twisted
         # would mix urlencoded body fields into the query arguments and answer
@@ -247,6 +277,7 @@ class EdgeSite(Site):
         self.connections = connections if connections is not None else ConnectionGate()
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
+        self.access_log = access_log
 
     @property
     def open_connections(self) -> int:
@@ -266,4 +297,5 @@ class EdgeSite(Site):
         return self.max_body_bytes
 
     def log(self, request: Request) -> None:  # type: ignore[override]
-        """Per-request log lines are off: metrics count requests."""
+        """Twisted's per-request log line is off: :class:`EdgeRequest`
+        writes ours (for aborted requests too) when the request finishes."""

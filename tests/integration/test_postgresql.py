@@ -259,50 +259,60 @@ class WriteErrorTests(TestCase):
         self.assertGreater(_value(self.metrics.primary_searches, "postgresql", "none"), 1)
 
 
+def make_node(testcase: Any, name: str, replica: str, schema: str, secret: str) -> Any:
+    """A whole node reading NEAREST from standby ``replica``, started; stopped at cleanup."""
+    cluster = shared_postgres()
+    primary = postgres_dsn(cluster.servers["primary"], schema, synchronous_commit="local")
+    # A password in the connection strings: the server (trust auth)
+    # ignores it; the logs must never show it.
+    primary += " password=s3cret-pw"
+    config = {
+        "node": {"id": name, "data_dir": os.path.abspath(testcase.mktemp())},
+        "http": {"endpoint": "tcp:0:interface=127.0.0.1"},
+        "mesh": {"endpoint": "tcp:0:interface=127.0.0.1"},
+        "store": {
+            "backend": "postgresql",
+            "postgresql": {
+                "primaries": [primary],
+                "replica": postgres_dsn(cluster.servers[replica], schema) + " password=s3cret-pw",
+                "token_wait_seconds": 60.0,
+                "lag_probe_seconds": 0.2,
+            },
+        },
+        "api": {"secret_file": secret, "page_cache_seconds": 60.0},
+        "dns": {"port": 0},
+        "tls": {"endpoint": "tcp:0:interface=127.0.0.1"},
+    }
+    path = os.path.abspath(testcase.mktemp())
+    with open(path, "w") as f:
+        f.write(_toml(config))
+    options = Options()
+    options.parseOptions(["--config", path])
+    node = makeService(options)
+    node.privilegedStartService()
+    node.startService()
+    testcase.addCleanup(node.stopService)
+    return node
+
+
+@inlineCallbacks
+def serve(testcase: Any, node: Any):  # type: ignore[no-untyped-def]
+    """The node's HTTP base URL and a client, once its store is ready."""
+    yield node.getServiceNamed("store").when_ready()
+    listener = node.getServiceNamed("transport").getServiceNamed("http")
+    port = yield listener.when_listening()
+    return f"http://127.0.0.1:{port.getHost().port}", loopback_http_client(testcase, listener.factory)
+
+
 class TwoNodesTests(TestCase):
     """Two whole nodes (``twistd fastedge``'s service tree), each reading
     NEAREST from its own standby of one primary."""
 
     def make_node(self, name: str, replica: str, schema: str, secret: str) -> Any:
-        cluster = shared_postgres()
-        primary = postgres_dsn(cluster.servers["primary"], schema, synchronous_commit="local")
-        # A password in the connection strings: the server (trust auth)
-        # ignores it; the logs must never show it.
-        primary += " password=s3cret-pw"
-        config = {
-            "node": {"id": name, "data_dir": os.path.abspath(self.mktemp())},
-            "http": {"endpoint": "tcp:0:interface=127.0.0.1"},
-            "mesh": {"endpoint": "tcp:0:interface=127.0.0.1"},
-            "store": {
-                "backend": "postgresql",
-                "postgresql": {
-                    "primaries": [primary],
-                    "replica": postgres_dsn(cluster.servers[replica], schema) + " password=s3cret-pw",
-                    "token_wait_seconds": 60.0,
-                    "lag_probe_seconds": 0.2,
-                },
-            },
-            "api": {"secret_file": secret, "page_cache_seconds": 60.0},
-            "dns": {"port": 0},
-            "tls": {"endpoint": "tcp:0:interface=127.0.0.1"},
-        }
-        path = os.path.abspath(self.mktemp())
-        with open(path, "w") as f:
-            f.write(_toml(config))
-        options = Options()
-        options.parseOptions(["--config", path])
-        node = makeService(options)
-        node.privilegedStartService()
-        node.startService()
-        self.addCleanup(node.stopService)
-        return node
+        return make_node(self, name, replica, schema, secret)
 
-    @inlineCallbacks
     def serve(self, node: Any):  # type: ignore[no-untyped-def]
-        yield node.getServiceNamed("store").when_ready()
-        listener = node.getServiceNamed("transport").getServiceNamed("http")
-        port = yield listener.when_listening()
-        return f"http://127.0.0.1:{port.getHost().port}", loopback_http_client(self, listener.factory)
+        return serve(self, node)
 
     @inlineCallbacks
     def test_comment_through_a_read_through_b(self):  # type: ignore[no-untyped-def]
@@ -420,6 +430,69 @@ class AdminTests(TestCase):
         self.assertEqual(rows, [("Acme",)])
         hashes = cluster.execute("primary", f"SELECT key_hash FROM {schema}.api_keys")
         self.assertEqual(hashes, [(hash_api_key(created["apiKey"]),)])
+
+    @inlineCallbacks
+    def test_no_tables_no_store(self):  # type: ignore[no-untyped-def]
+        """A primary without the store's tables is not a store: refused
+        (exit 1, naming the server without its password), nothing created;
+        --init creates the tables."""
+        from tests.integration.test_node import admin
+
+        cluster = shared_postgres()
+        schema = postgres_schema(self, cluster)
+        primary = postgres_dsn(cluster.servers["primary"], schema) + " password=s3cret-pw"
+        config = {
+            "node": {"id": "admin-test", "data_dir": os.path.abspath(self.mktemp())},
+            "store": {"backend": "postgresql", "postgresql": {"primaries": [primary]}},
+        }
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(_toml(config))
+        out, err, code = yield admin("--config", path, "--wait", "0", "tenant", "list")
+        self.assertEqual(code, 1, err)
+        self.assertIn(b"no store at postgresql primary (", err)
+        self.assertNotIn(b"s3cret-pw", err)
+        self.assertEqual(
+            cluster.execute("primary", f"SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}'"), [(0,)]
+        )
+        out, err, code = yield admin("--config", path, "--init", "tenant", "list", "--json")
+        self.assertEqual((code, json.loads(out)), (0, {"tenants": []}), err)
+        self.assertIn(b"created store postgresql primary", err)
+
+    @inlineCallbacks
+    def test_new_key_works_at_once_while_the_standby_lags(self):  # type: ignore[no-untyped-def]
+        """A tenant and key made by fastedge-admin on the primary work on a
+        node whose standby has not replayed them (replay paused): the key
+        lookup misses NEAREST and finds the key on the PRIMARY, so the
+        tenant API answers 200, not 401 bad_api_key."""
+        from tests.integration.test_node import admin
+
+        cluster = shared_postgres()
+        schema = _set_up_schema(self, cluster)
+        node = make_node(self, "lagging-node", "lagging", schema, os.path.abspath(self.mktemp()))
+        base, http = yield serve(self, node)
+        config = {
+            "node": {"id": "admin-test", "data_dir": os.path.abspath(self.mktemp())},
+            "store": {
+                "backend": "postgresql",
+                "postgresql": {"primaries": [postgres_dsn(cluster.servers["primary"], schema)]},
+            },
+        }
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(_toml(config))
+        cluster.pause_replay(self, "lagging")
+        out, err, code = yield admin("--config", path, "tenant", "create", "Lagging", "--json")
+        self.assertEqual(code, 0, err)
+        key = json.loads(out)["apiKey"]
+        # The standby has not replayed the tenant: the lookup must go on to the primary.
+        replica = node.getServiceNamed("store").store
+        missed = yield replica.tenant_for_api_key(hash_api_key(key), read_preference=NEAREST).addErrback(
+            lambda f: f.type.__name__
+        )
+        self.assertEqual(missed, "NotFound")
+        response = yield http.get(base + "/api/v1/manage/threads", headers={"authorization": "Bearer " + key})
+        self.assertEqual(response.code, 200, (yield response.text()))
 
 
 def _toml(table: dict[str, Any], prefix: str = "") -> str:

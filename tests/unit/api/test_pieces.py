@@ -101,3 +101,23 @@ class CreditMeterTests(SynchronousTestCase):
         meter.charge("t", "list", ReadPreference.PRIMARY)
         self.assertEqual([(u.calls, u.credits) for u in meter.pending("t")], [(2, 4)])
         self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+
+    def test_deleted_tenant_charges_dropped(self) -> None:
+        """Charges of a tenant deleted before the flush (fastedge-admin
+        tenant delete) are dropped, not kept and retried forever, and no
+        error is logged."""
+        clock = Clock()
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        store = SQLiteStore(os.path.join(path, "s.db"), run=run_inline, clock=clock)
+        self.successResultOf(store.open())
+        self.addCleanup(lambda: self.successResultOf(store.close()))
+        tenant = self.successResultOf(
+            store.create_tenant("t", "global", created_ms=0, read_preference=ReadPreference.PRIMARY)
+        ).value
+        meter = CreditMeter(CreditsConfig(), store=store, clock=clock)
+        meter.charge(tenant.id, "media_purge", None)
+        self.successResultOf(store.delete_tenant(tenant.id, read_preference=ReadPreference.PRIMARY))
+        self.successResultOf(meter.flush())
+        self.assertEqual(meter.pending(tenant.id), [])
+        self.assertEqual(self.flushLoggedErrors(), [])

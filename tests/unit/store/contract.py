@@ -1488,6 +1488,68 @@ class StoreContractMixin(_MixinBase):
                 ViewerState(liked=frozenset(), blocked_authors=frozenset()),
             )
 
+    def test_list_tenants(self) -> None:
+        """Every tenant is listed, oldest first, whatever its deployment."""
+        self.assertEqual(self.read(self.store.list_tenants), [])
+        first = self.make_tenant("First")
+        second = self.make_tenant("Second", "eu")
+        self.assertEqual(self.read(self.store.list_tenants), [first, second])
+
+    def test_delete_tenant(self) -> None:
+        """Deleting tenant B removes B and every row of it (keys, authors,
+        sessions, users, threads, comments, votes, flags, blocks, credits),
+        counted per table; tenant A reads exactly as before."""
+        a, b = self.two_tenants()
+        a_before = (
+            self.read(self.store.get_tenant, a),
+            self.thread_state(a, b["a_thread"].id),
+            self.read(self.store.get_author, a, b["a_author"]),
+        )
+        tid = b["tenant"].id
+        deleted = self.write(self.store.delete_tenant(tid, read_preference=PRIMARY))
+        self.assertEqual(
+            dict(deleted),
+            {
+                "votes": 1,
+                "flags": 1,
+                "blocks": 1,
+                "comments": 3,
+                "threads": 1,
+                "users": 1,
+                "anonymous_sessions": 1,
+                "authors": 2,
+                "api_keys": 1,
+                "credit_ledger": 1,
+                "tenants": 1,
+            },
+        )
+        self.read_fails(NotFound, self.store.get_tenant, tid)
+        self.read_fails(NotFound, self.store.tenant_for_api_key, key_hash("b-key"))
+        self.read_fails(NotFound, self.store.get_thread_by_id, tid, b["thread"].id)
+        self.read_fails(NotFound, self.store.get_anonymous_session, tid, b["session"].id)
+        self.read_fails(NotFound, self.store.get_author, tid, b["user"].author_id)
+        for name in ("top", "reply", "pending"):
+            self.read_fails(NotFound, self.store.get_comment, tid, b[name].id)
+        self.assertEqual(self.read(self.store.list_api_keys, tid), [])
+        self.assertEqual(self.read(self.store.credit_usage, tid, since_ms=0), [])
+        self.assertEqual([t.id for t in self.read(self.store.list_tenants)], [a])
+        self.assertEqual(
+            (
+                self.read(self.store.get_tenant, a),
+                self.thread_state(a, b["a_thread"].id),
+                self.read(self.store.get_author, a, b["a_author"]),
+            ),
+            a_before,
+        )
+        # The tenant's id is free of leftovers: nothing is found under it.
+        self.failureResultOf(self.store.delete_tenant(tid, read_preference=PRIMARY), NotFound)
+
+    def test_delete_tenant_is_a_write(self) -> None:
+        """Deleting a tenant goes to the primary: NEAREST is refused."""
+        tenant = self.make_tenant()
+        self.failureResultOf(self.store.delete_tenant(tenant.id, read_preference=NEAREST), WrongReadPreference)
+        self.assertEqual(self.read(self.store.get_tenant, tenant.id), tenant)
+
     def test_isolation_tenant_records(self) -> None:
         """Writes in tenant A that reuse tenant B's API key, SSO user or thread URL
         act on A's own records only and leave B's data as it was."""

@@ -105,3 +105,15 @@ class MigrateTests(SynchronousTestCase):
                 schema.migrate(conn, 2, [lambda conn: None])
         self.assertIn("newer", str(caught.exception))
         self.assertEqual(self.recorded(), [(1, 1), (2, 1)])
+
+
+class TenantTablesTests(SynchronousTestCase):
+    """The tables :meth:`~fastedge.store.sql.SqlStore.delete_tenant` empties."""
+
+    def test_every_tenant_table_is_deleted(self) -> None:
+        """Every table with a ``tenant_id`` column is in the deletion list,
+        so a table added later cannot keep a deleted tenant's rows."""
+        from fastedge.store.sql import _TENANT_TABLES
+
+        with_tenant = {t.name for t in schema.metadata.sorted_tables if "tenant_id" in t.c}
+        self.assertEqual({t.name for t in _TENANT_TABLES}, with_tenant)

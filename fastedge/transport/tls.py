@@ -161,6 +161,12 @@ class _Label:
             self.label = None
 
 
+#: A connection the node closed is read (and what it sends discarded) this
+#: long at most, and this many bytes at most, before the socket is closed.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
+
+
 class _Labelled:
     """What both counting protocols share: a connection label that starts
     as :attr:`_first_label` and becomes ``ws`` when autobahn takes the
@@ -209,12 +215,49 @@ class _Labelled:
             gate.metrics.close_aborts.inc()
         self.transport.abortConnection()  # type: ignore[attr-defined]
 
+    # Lingering close (nginx's ``lingering_close``): when the node closes a
+    # connection whose client may still be sending (a request body refused
+    # with 413, a request cut by a timeout, an HTTP/2 GOAWAY), closing the
+    # socket with unread bytes in it makes the kernel send RST, which can
+    # destroy the answer before the client reads it. So the node sends what
+    # it wrote and its FIN (a half-close), then reads and discards what the
+    # client still sends, for LINGER_SECONDS and LINGER_BYTES at most.
+    # Nothing read while lingering reaches the application.
+
+    _lingering = False
+    _linger_call: Any = None
+    _discarded = 0
+
+    def _linger(self, transport: Any) -> bool:
+        """Half-close ``transport`` (the socket) and start discarding what the
+        client sends; ``False`` when it cannot half-close (then close it)."""
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is None or self._gone or self._lingering:
+            return False
+        self._lingering = True
+        half_close()
+        self._linger_call = self.factory.reactor.callLater(LINGER_SECONDS, self._linger_over)
+        return True
+
+    def _discard(self, data: bytes) -> None:
+        self._discarded += len(data)
+        if self._discarded > LINGER_BYTES:
+            self._linger_over()
+
+    def _linger_over(self) -> None:
+        if self._linger_call is not None:
+            if self._linger_call.active():
+                self._linger_call.cancel()
+            self._linger_call = None
+        if not self._gone:
+            self.transport.loseConnection()  # type: ignore[attr-defined]
+
     def _connection_gone(self) -> None:
         self._gone = True
-        if self._close_call is not None:
-            if self._close_call.active():
-                self._close_call.cancel()
-            self._close_call = None
+        for call in (self._close_call, self._linger_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._close_call = self._linger_call = None
         if self.ticket is not None:
             self.ticket.release()
 
@@ -229,8 +272,20 @@ class CountedConnection(_Labelled, ProtocolWrapper):
         self._original = wrappedProtocol
 
     def loseConnection(self) -> None:
-        super().loseConnection()
+        if self.disconnecting:
+            return
+        self.disconnecting = 1
+        transport = self.transport
+        assert transport is not None
+        if not self._linger(transport):
+            transport.loseConnection()
         self._bound_close()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._lingering:
+            self._discard(data)
+            return
+        super().dataReceived(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connection_gone()
@@ -293,11 +348,19 @@ class CountingTLSProtocol(_Labelled, TLSMemoryBIOProtocol):
         if handshake_done:
             # Nothing more for the application, even from bytes already read.
             self._aborted = True
-            # TCP's loseConnection stops reading, sends what TLS wrote (the
-            # GOAWAY, the close_notify), and closes.
+            # TCP sends what TLS wrote (the GOAWAY, the close_notify) and
+            # half-closes; what the client still sends is discarded, not
+            # decrypted, until the lingering close ends.
             assert self.transport is not None
-            self.transport.loseConnection()
+            if not self._linger(self.transport):
+                self.transport.loseConnection()
         self._bound_close()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._lingering:
+            self._discard(data)
+            return
+        super().dataReceived(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connection_gone()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import ssl
 from typing import Any
 
 import h2.config
@@ -393,6 +395,69 @@ class HttpErrorTests(_NodeCase):
         )
 
     # HTTP/2.
+
+    async def upload_while_reading(self, *, tls: bool) -> bytes:
+        """Declare a 50 MB body and keep sending it (as a client that does
+        not wait for 100 Continue does) while reading; return everything
+        read once the node ends the connection. A reset before the end of
+        the answer fails the test."""
+        raw = socket.create_connection(("127.0.0.1", self.node.https_port if tls else self.http_port))
+        raw.setblocking(False)
+        sock: Any = raw
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            context.set_alpn_protocols(["http/1.1"])
+            sock = context.wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False)
+            while True:
+                try:
+                    sock.do_handshake()
+                    break
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    await deferLater(reactor, 0, lambda: None)
+        self.addCleanup(sock.close)
+        pending = memoryview(
+            b"POST /api/v1/manage/threads HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 50000000\r\n\r\n"
+        )
+        chunk = b"x" * 65536
+        data = b""
+        sent = 0
+        while True:
+            await deferLater(reactor, 0, lambda: None)
+            if sent < 50_000_000:
+                if not pending:
+                    pending = memoryview(chunk)
+                try:
+                    n = sock.send(pending)
+                    pending = pending[n:]
+                    sent += n
+                except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+                except (BrokenPipeError, ConnectionResetError):
+                    sent = 50_000_000  # the node stopped reading: just read now
+            try:
+                got = sock.recv(65536)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                continue
+            except ConnectionResetError:
+                self.fail("reset after {} bytes of answer: {!r}".format(len(data), data[:200]))
+            if not got:
+                return data
+            data += got
+
+    async def test_upload_refused_while_sending(self) -> None:
+        """A client still sending a refused body reads the whole 413 and a
+        clean end of the connection, not a reset (the node half-closes and
+        discards the rest for a while: a lingering close)."""
+        reply = _Reply(await self.upload_while_reading(tls=False))
+        self.assertEqual((reply.status, reply.code), (413, "body_too_large"))
+
+    async def test_upload_refused_while_sending_tls(self) -> None:
+        """The same over TLS (the close_notify and FIN come before the reset)."""
+        reply = _Reply(await self.upload_while_reading(tls=True))
+        self.assertEqual((reply.status, reply.code), (413, "body_too_large"))
 
     @defer.inlineCallbacks
     def test_h2_stream_over_concurrency_limit(self) -> Any:

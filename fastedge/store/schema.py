@@ -218,7 +218,9 @@ bans = Table(
 moderation_log = Table(
     "moderation_log",
     metadata,
-    Column("id", _ID, primary_key=True),
+    #: Orders entries made in the same millisecond; never shown (``id`` is).
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", _ID, nullable=False, unique=True),
     Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("actor", String(256), nullable=False),
@@ -226,7 +228,7 @@ moderation_log = Table(
     #: JSON: ``{"commentIds": [...], "banIds": [...]}``.
     Column("targets", Text, nullable=False),
     Column("reason", Text, nullable=False),
-    Index("moderation_log_tenant", "tenant_id", "created_ms", "id"),
+    Index("moderation_log_tenant", "tenant_id", "created_ms", "seq"),
 )
 
 #: Which client address (hashed) each like came from: likes per address

@@ -1534,13 +1534,13 @@ class SqlStore:
     ) -> Deferred[Page[AuditEntry]]:
         m = s.moderation_log.c
         try:
-            after = _decode_cursor(cursor, "audit", (int, str)) if cursor else None
+            after = _decode_cursor(cursor, "audit", (int, int)) if cursor else None
         except BadCursor:
             return fail()
         query = select(s.moderation_log).where(m.tenant_id == tenant_id)
         if after is not None:
-            query = query.where(or_(m.created_ms < after[0], and_(m.created_ms == after[0], m.id < after[1])))
-        query = query.order_by(m.created_ms.desc(), m.id.desc()).limit(limit + 1)
+            query = query.where(or_(m.created_ms < after[0], and_(m.created_ms == after[0], m.seq < after[1])))
+        query = query.order_by(m.created_ms.desc(), m.seq.desc()).limit(limit + 1)
 
         def go() -> Page[AuditEntry]:
             with self._reading(read_preference) as conn:
@@ -1548,7 +1548,7 @@ class SqlStore:
             items = [_audit_entry(r) for r in rows[:limit]]
             next_cursor = None
             if len(rows) > limit:
-                next_cursor = _encode_cursor("audit", items[-1].created_ms, items[-1].id)
+                next_cursor = _encode_cursor("audit", rows[limit - 1].created_ms, rows[limit - 1].seq)
             return Page(items, next_cursor)
 
         return self._call("audit_log", read_preference, go, token=token)

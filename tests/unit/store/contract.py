@@ -2037,3 +2037,27 @@ class StoreContractMixin(_MixinBase):
         ]:
             self.failureResultOf(d, WrongReadPreference)
         self.assertEqual((self.thread_state(tenant.id, thread.id), self.audit(tenant.id)), before)
+
+    def test_audit_log_same_millisecond(self) -> None:
+        """Entries made in the same millisecond still list newest first, each
+        once across pages."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        comments = [self.post(tenant.id, thread.id, author, status=PENDING) for _ in range(5)]
+        t = self.tick()
+        made = [
+            self.write(
+                self.store.moderate(
+                    tenant.id,
+                    ModerationAction.APPROVE,
+                    [c.id],
+                    actor="m",
+                    reason="",
+                    created_ms=t,
+                    read_preference=PRIMARY,
+                )
+            ).entry
+            for c in comments
+        ]
+        self.assertEqual(self.audit(tenant.id), made[::-1])

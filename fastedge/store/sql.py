@@ -1215,12 +1215,15 @@ class SqlStore:
         ]
         if not changed:
             return []
+        # ``comments`` were read in this transaction and are all the tenant's
+        # (a comment never changes tenant): by primary key alone, for the
+        # reason given in :meth:`moderate`.
         ids = [old.id for old, _ in changed]
         values: dict[str, Any] = {"status": status.value}
         if clear_flags:
             values["flag_count"] = 0
-            conn.execute(delete(s.flags).where(s.flags.c.tenant_id == tenant_id, s.flags.c.comment_id.in_(ids)))
-        conn.execute(update(s.comments).where(c.tenant_id == tenant_id, c.id.in_(ids)).values(**values))
+            conn.execute(delete(s.flags).where(s.flags.c.comment_id.in_(ids)))
+        conn.execute(update(s.comments).where(c.id.in_(ids)).values(**values))
         deltas: dict[str, int] = {}
         for old, new in changed:
             delta = (new.status is CommentStatus.APPROVED) - (old.status is CommentStatus.APPROVED)
@@ -1231,7 +1234,7 @@ class SqlStore:
             t = s.threads.c
             conn.execute(
                 update(s.threads)
-                .where(t.tenant_id == tenant_id, t.id.in_(list(deltas)))
+                .where(t.id.in_(list(deltas)))
                 .values(comment_count=t.comment_count + case(deltas, value=t.id, else_=0))
             )
         return changed
@@ -1349,11 +1352,11 @@ class SqlStore:
         def go() -> Written[Moderated]:
             c = s.comments.c
             with self._writing() as conn:
-                found = [
-                    _comment(r)
-                    for r in conn.execute(select(s.comments).where(c.tenant_id == tenant_id, c.id.in_(ids))).all()
-                ]
-                if len(found) != len(ids):
+                # By primary key alone (with the tenant in the query, SQLite
+                # picks a tenant index and scans all the tenant's comments);
+                # the tenant is checked on the rows.
+                found = [_comment(r) for r in conn.execute(select(s.comments).where(c.id.in_(ids))).all()]
+                if len(found) != len(ids) or any(x.tenant_id != tenant_id for x in found):
                     # Another tenant's ids are as unknown as made-up ones,
                     # and the whole call is refused before anything is written.
                     raise NotFound("comment")

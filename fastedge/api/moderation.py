@@ -55,13 +55,16 @@ _MAX_SEARCH_CHARS = 200
 _LATEST_MS = 2**53
 
 
-def auto_hide_threshold(cfg: ApiConfig, tenant: Tenant) -> int:
-    """Flags that hide a comment of ``tenant`` for review.
+def auto_hide_threshold(cfg: ApiConfig, tenant: Tenant) -> int | None:
+    """Flags that hide a comment of ``tenant`` for review (``None``: never).
 
-    The one place that decides it: today ``api.auto_hide_flags``; once
-    tenants have a settings object with "flags needed to auto-hide", read
-    it here (falling back to the config value).
+    The one place that decides it: the tenant's ``flagsToHide`` setting
+    when it has one (the settings object of docs/settings.md, where ``0``
+    means never), else ``api.auto_hide_flags``.
     """
+    stored = tenant.settings.get("flagsToHide")
+    if isinstance(stored, int) and not isinstance(stored, bool) and stored >= 0:
+        return stored or None
     return cfg.auto_hide_flags
 
 

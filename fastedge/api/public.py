@@ -462,7 +462,7 @@ class PublicApi:
             hide_at=threshold,
         )
         self._metrics.flags.inc()
-        if written.value >= threshold:
+        if threshold is not None and written.value >= threshold:
             # The store hid it in the same write (it was approved when read
             # above): off public pages, and live readers drop it.
             self._metrics.auto_hidden.inc()

@@ -294,6 +294,19 @@ class FlagAndLikeTests(ModerationTestCase):
         self.assertEqual(self.act("approve", [comment["id"]]).code, 200)
         self.assertEqual(self.page(), [comment["id"]])
 
+    def test_tenant_threshold(self) -> None:
+        """A tenant's ``flagsToHide`` setting overrides the configured
+        threshold; ``0`` never hides."""
+        for setting, hidden_after in ((2, 2), (0, None)):
+            self.successResultOf(
+                self.node.store.update_tenant_settings(self.tenant, {"flagsToHide": setting}, read_preference=PRIMARY)
+            )
+            comment = self.post()
+            for n in range(1, 5):
+                r = self.node.client().post(self.public("/comments/{}/flag".format(comment["id"])))
+                self.assertEqual(r.code, 200 if hidden_after is None or n <= hidden_after else 404, r.body)
+            self.assertEqual(comment["id"] in self.page(), hidden_after is None, setting)
+
     def test_likes_without_cookie_do_not_inflate(self) -> None:
         """A client that drops its cookie before every like gets a new
         session each time, yet the comment counts at most

@@ -582,6 +582,14 @@ class StoreContractMixin(_MixinBase):
             cursors[sort.value] = self.read(
                 self.store.list_thread, tenant.id, thread.id, sort=sort, limit=1, cursor=None
             ).next_cursor
+        cursors["queue"] = self.read(
+            self.store.moderation_queue,
+            tenant.id,
+            queue=ModerationQueue.PENDING,
+            sort=QueueSort.OLDEST,
+            limit=1,
+            cursor=None,
+        ).next_cursor
         for name, cursor in cursors.items():
             self.assertIsNotNone(cursor, name)
         return tenant.id, {name: cursor for name, cursor in cursors.items() if cursor is not None}
@@ -607,6 +615,19 @@ class StoreContractMixin(_MixinBase):
         tenant = self.make_tenant()
         thread = self.make_thread(tenant.id)
         self.read_fails(BadCursor, self.store.list_comments, tenant.id, status=APPROVED, limit=1, cursor="garbage")
+        for queue in ModerationQueue:
+            for queue_sort in QueueSort:
+                self.read_fails(
+                    BadCursor,
+                    self.store.moderation_queue,
+                    tenant.id,
+                    queue=queue,
+                    sort=queue_sort,
+                    limit=1,
+                    cursor="garbage",
+                )
+        self.read_fails(BadCursor, self.store.list_bans, tenant.id, active_at_ms=None, limit=1, cursor="garbage")
+        self.read_fails(BadCursor, self.store.audit_log, tenant.id, limit=1, cursor="garbage")
         for sort in Sort:
             self.read_fails(
                 BadCursor, self.store.list_thread, tenant.id, thread.id, sort=sort, limit=1, cursor="garbage"
@@ -637,6 +658,16 @@ class StoreContractMixin(_MixinBase):
             (self.store.list_comments, (tenant_id,), {"status": PENDING}),
         ]
         calls += [(self.store.list_thread, (tenant_id, thread.id), {"sort": sort}) for sort in Sort]
+        calls += [
+            (self.store.moderation_queue, (tenant_id,), {"queue": ModerationQueue.PENDING, "sort": QueueSort.OLDEST}),
+            (
+                self.store.moderation_queue,
+                (tenant_id,),
+                {"queue": ModerationQueue.FLAGGED, "sort": QueueSort.MOST_FLAGGED},
+            ),
+            (self.store.list_bans, (tenant_id,), {"active_at_ms": None}),
+            (self.store.audit_log, (tenant_id,), {}),
+        ]
         for method, args, kwargs in calls:
             for rp in self.read_preferences():
                 result = self.settle(

@@ -195,7 +195,8 @@ class ModerationApi:
         if text is not None:
             text = _text(text, "q", _MAX_SEARCH_CHARS)
         filters = QueueFilter(
-            # A malformed id names nothing: an empty page, as for an unknown one.
+            # As everywhere on the tenant API: a malformed id is a 404, an
+            # unknown (or another tenant's) one an empty page.
             thread_id=common.record_id(thread_id, "thread") if thread_id is not None else None,
             author_id=common.record_id(author_id, "author") if author_id is not None else None,
             since_ms=_optional_ms(call, "since"),

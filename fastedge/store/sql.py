@@ -26,7 +26,23 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, case, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Engine,
+    Executable,
+    Integer,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
@@ -302,6 +318,25 @@ class SqlStore:
     def _written(self, conn: Connection, value: _T) -> Written[_T]:
         """Wrap a write's result with its consistency token (none here)."""
         return Written(value, self._token(conn))
+
+    def _batch(self, conn: Connection, statements: Sequence[Executable], *, commit: bool) -> list[list[Any] | None]:
+        """Run ``statements`` in order in the write transaction on ``conn``.
+
+        No statement may depend on another's result (each is written to
+        stand alone, e.g. guarded by a condition in SQL), so a backend whose
+        primary is far away may send them all, and with ``commit`` the
+        commit too, in one round trip: the PostgreSQL backend does (psycopg's
+        pipeline mode). Here they run one by one and the transaction commits
+        when it ends, as usual.
+
+        :returns: per statement, its rows (attribute access by column name)
+            or ``None`` for a statement that returns none.
+        """
+        out: list[list[Any] | None] = []
+        for statement in statements:
+            result = conn.execute(statement)
+            out.append(list(result.all()) if result.returns_rows else None)
+        return out
 
     def _token(self, conn: Connection) -> str | None:
         """The consistency token of the write transaction on ``conn``.
@@ -1349,51 +1384,163 @@ class SqlStore:
         if ban_expires_ms is not None and ban_expires_ms <= created_ms:
             return fail(InvalidReference("a ban must expire after it is made"))
 
+        if action is ModerationAction.BAN:
+            go = self._ban_from_comments(tenant_id, ids, actor, reason, created_ms, ban_expires_ms, remove_all)
+        else:
+            go = self._set_statuses(tenant_id, action, ids, actor, reason, created_ms)
+        return self._call("moderate", read_preference, go, write=True)
+
+    def _set_statuses(
+        self, tenant_id: str, action: ModerationAction, ids: list[str], actor: str, reason: str, created_ms: int
+    ) -> Callable[[], Written[Moderated]]:
+        """Approve, remove, mark spam or restore ``ids``: one batch of
+        statements that stand alone (see :meth:`_batch`), so a far primary
+        costs one round trip.
+
+        Every write is guarded in SQL by "all the ids are this tenant's":
+        with a foreign or unknown id nothing is written, and the rows read
+        first tell why. Thread counts are recounted for the touched threads,
+        which needs nothing read before.
+        """
+        c = s.comments.c
+        t = s.threads.c
+        status = {
+            ModerationAction.APPROVE: CommentStatus.APPROVED,
+            ModerationAction.RESTORE: CommentStatus.APPROVED,
+            ModerationAction.REMOVE: CommentStatus.REMOVED,
+            ModerationAction.SPAM: CommentStatus.SPAM,
+        }[action]
+        clear_flags = action is ModerationAction.APPROVE
+        gone = (CommentStatus.REMOVED, CommentStatus.SPAM)
+
+        def changes(old: Comment) -> bool:
+            if action is ModerationAction.RESTORE:
+                return old.status in gone
+            return old.status is not status or (clear_flags and old.flag_count > 0)
+
+        which: ColumnElement[bool]
+        if action is ModerationAction.RESTORE:
+            which = c.status.in_([x.value for x in gone])
+        elif clear_flags:
+            which = or_(c.status != status.value, c.flag_count > 0)
+        else:
+            which = c.status != status.value
+        # By primary key alone: with the tenant in the condition SQLite picks
+        # a tenant index and scans all of the tenant's comments.
+        owned = (
+            select(func.coalesce(func.sum(case((c.tenant_id == tenant_id, 1), else_=0)), 0))
+            .where(c.id.in_(ids))
+            .scalar_subquery()
+        )
+        guard = owned == literal(len(ids), Integer)
+        values: dict[str, Any] = {"status": status.value}
+        if clear_flags:
+            values["flag_count"] = 0
+        c2 = s.comments.alias("recount")
+        approved_in_thread = (
+            select(func.count())
+            .select_from(c2)
+            .where(c2.c.tenant_id == t.tenant_id, c2.c.thread_id == t.id, c2.c.status == _APPROVED)
+            .scalar_subquery()
+        )
+        entry = AuditEntry(
+            id=new_id(),
+            tenant_id=tenant_id,
+            actor=actor,
+            action=action.value,
+            comment_ids=tuple(ids),
+            ban_ids=(),
+            reason=reason,
+            created_ms=created_ms,
+        )
+        m = s.moderation_log.c
+        statements: list[Executable] = [
+            select(s.comments).where(c.id.in_(ids)).with_for_update(),
+            update(s.comments).where(c.id.in_(ids), which, guard).values(**values),
+            update(s.threads)
+            .where(t.id.in_(select(c.thread_id).where(c.id.in_(ids))), guard)
+            .values(comment_count=approved_in_thread),
+        ]
+        if clear_flags:
+            statements.append(delete(s.flags).where(s.flags.c.comment_id.in_(ids), guard))
+        statements.append(
+            insert(s.moderation_log).from_select(
+                [m.id, m.tenant_id, m.created_ms, m.actor, m.action, m.targets, m.reason],
+                select(
+                    literal(entry.id),
+                    literal(tenant_id),
+                    literal(created_ms, BigInteger),
+                    literal(actor),
+                    literal(action.value),
+                    literal(json.dumps({"commentIds": ids, "banIds": []})),
+                    literal(reason),
+                ).where(guard),
+            )
+        )
+
         def go() -> Written[Moderated]:
-            c = s.comments.c
             with self._writing() as conn:
-                # By primary key alone (with the tenant in the query, SQLite
-                # picks a tenant index and scans all the tenant's comments);
-                # the tenant is checked on the rows.
-                found = [_comment(r) for r in conn.execute(select(s.comments).where(c.id.in_(ids))).all()]
+                rows = self._batch(conn, statements, commit=True)[0]
+                assert rows is not None
+                found = [_comment(r) for r in rows]
                 if len(found) != len(ids) or any(x.tenant_id != tenant_id for x in found):
-                    # Another tenant's ids are as unknown as made-up ones,
-                    # and the whole call is refused before anything is written.
+                    # Another tenant's ids are as unknown as made-up ones;
+                    # the guard kept every write from applying.
                     raise NotFound("comment")
                 order = {cid: i for i, cid in enumerate(ids)}
                 found.sort(key=lambda x: order[x.id])
-                bans: list[Ban] = []
-                if action is ModerationAction.APPROVE:
-                    changed = self._set_status(conn, tenant_id, found, CommentStatus.APPROVED, clear_flags=True)
-                elif action is ModerationAction.RESTORE:
-                    gone = [x for x in found if x.status in (CommentStatus.REMOVED, CommentStatus.SPAM)]
-                    changed = self._set_status(conn, tenant_id, gone, CommentStatus.APPROVED)
-                elif action is ModerationAction.REMOVE:
-                    changed = self._set_status(conn, tenant_id, found, CommentStatus.REMOVED)
-                elif action is ModerationAction.SPAM:
-                    changed = self._set_status(conn, tenant_id, found, CommentStatus.SPAM)
-                else:
-                    authors = sorted({x.author_id for x in found})
-                    bans = self._insert_bans(
-                        conn,
-                        tenant_id,
-                        BanKind.AUTHOR,
-                        authors,
-                        actor=actor,
-                        reason=reason,
-                        created_ms=created_ms,
-                        expires_ms=ban_expires_ms,
-                    )
-                    doomed = self._comments_of(conn, tenant_id, authors) if remove_all else found
-                    changed = self._set_status(conn, tenant_id, doomed, CommentStatus.REMOVED)
+                changed = [
+                    (old, replace(old, status=status, flag_count=0 if clear_flags else old.flag_count))
+                    for old in found
+                    if changes(old)
+                ]
+                return self._written(conn, Moderated(changed=changed, bans=[], entry=entry))
+
+        return go
+
+    def _ban_from_comments(
+        self,
+        tenant_id: str,
+        ids: list[str],
+        actor: str,
+        reason: str,
+        created_ms: int,
+        ban_expires_ms: int | None,
+        remove_all: bool,
+    ) -> Callable[[], Written[Moderated]]:
+        """Ban the authors of ``ids`` (the bans need the authors read first)."""
+
+        def go() -> Written[Moderated]:
+            c = s.comments.c
+            with self._writing() as conn:
+                # By primary key alone (see _set_statuses); the tenant is
+                # checked on the rows.
+                found = [_comment(r) for r in conn.execute(select(s.comments).where(c.id.in_(ids))).all()]
+                if len(found) != len(ids) or any(x.tenant_id != tenant_id for x in found):
+                    raise NotFound("comment")
+                order = {cid: i for i, cid in enumerate(ids)}
+                found.sort(key=lambda x: order[x.id])
+                authors = sorted({x.author_id for x in found})
+                bans = self._insert_bans(
+                    conn,
+                    tenant_id,
+                    BanKind.AUTHOR,
+                    authors,
+                    actor=actor,
+                    reason=reason,
+                    created_ms=created_ms,
+                    expires_ms=ban_expires_ms,
+                )
+                doomed = self._comments_of(conn, tenant_id, authors) if remove_all else found
+                changed = self._set_status(conn, tenant_id, doomed, CommentStatus.REMOVED)
                 touched = [old.id for old, _ in changed]
                 named = ids + [cid for cid in touched if cid not in order]
                 entry = self._audit(
-                    conn, tenant_id, actor, action.value, named, [b.id for b in bans], reason, created_ms
+                    conn, tenant_id, actor, ModerationAction.BAN.value, named, [b.id for b in bans], reason, created_ms
                 )
                 return self._written(conn, Moderated(changed=changed, bans=bans, entry=entry))
 
-        return self._call("moderate", read_preference, go, write=True)
+        return go
 
     def add_ban(
         self,

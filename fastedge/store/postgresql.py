@@ -380,14 +380,16 @@ class PostgresStore(SqlStore):
         return self._commit(conn)
 
     def _batch(self, conn: Connection, statements: Sequence[Any], *, commit: bool) -> list[list[Any] | None]:
-        """Send the statements, and with ``commit`` the COMMIT and the
-        position query, in one round trip (psycopg's pipeline mode; the
+        """With ``commit``: send BEGIN, the statements, COMMIT and the
+        position query in one round trip (psycopg's pipeline mode; the
         statements are :mod:`fastedge.store.sql`'s, compiled here as
-        SQLAlchemy would).
+        SQLAlchemy would). Without: one by one, as the base class does.
 
         With the COMMIT in flight a broken connection is ``CommitUnknown``,
         as for any write (``commit_sent``).
         """
+        if not commit:
+            return super()._batch(conn, statements, commit=commit)
         state = self._local.write
         assert state is not None, "a batch outside _writing"
         raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
@@ -397,16 +399,28 @@ class PostgresStore(SqlStore):
         ]
         cursors = []
         position = None
-        with raw.pipeline():
-            for query in compiled:
-                cur = raw.cursor()
-                cur.execute(str(query), query.params)
-                cursors.append(cur)
-            if commit:
+        # psycopg would send its BEGIN and wait for it before the rest (a
+        # round trip of its own): in autocommit mode our BEGIN goes in the
+        # same flight. Nothing was sent in this transaction yet (idle).
+        raw.autocommit = True
+        try:
+            with raw.pipeline():
+                raw.cursor().execute("BEGIN")
+                for query in compiled:
+                    cur = raw.cursor()
+                    cur.execute(str(query), query.params)
+                    cursors.append(cur)
                 state.commit_sent = True
                 raw.cursor().execute("COMMIT")
                 position = raw.cursor()
                 position.execute("SELECT pg_current_wal_lsn()::text")
+        except BaseException:
+            if raw.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE and not raw.broken:
+                raw.rollback()
+            raise
+        finally:
+            if not raw.broken and raw.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                raw.autocommit = False
         out: list[list[Any] | None] = []
         for cur in cursors:
             if cur.description is None:

@@ -455,6 +455,12 @@ class ApiConfig:
     #: File holding the key that signs session cookies; empty means
     #: ``<node.data_dir>/session.key`` (created on first start).
     secret_file: str = ""
+    #: Flags that hide a comment for review, for tenants whose settings do
+    #: not say (``fastedge.api.moderation.auto_hide_threshold``).
+    auto_hide_flags: int = _checked(3, _positive)
+    #: Likes of one comment that count from one client address, whatever
+    #: sessions it makes up (docs/moderation.md).
+    likes_per_address: int = _checked(3, _positive)
     credits: CreditsConfig = field(default_factory=CreditsConfig)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -31,6 +32,12 @@ def record_id(value: str, what: str) -> str:
 
 def now_ms(call_clock_seconds: float) -> int:
     return int(call_clock_seconds * 1000)
+
+
+def address_hash(tenant_id: str, address: str) -> str:
+    """The hash a client address is kept as (likes, bans): per tenant, so
+    one tenant's hashes say nothing about another's visitors."""
+    return hashlib.sha256("fastedge-address\0{}\0{}".format(tenant_id, address).encode()).hexdigest()
 
 
 def query_int(call: Call, name: str, default: int, low: int, high: int) -> int:

@@ -39,6 +39,8 @@ def from_store_error(e: store_errors.StoreError) -> ApiError:
         return not_found(e.what)
     if isinstance(e, store_errors.AlreadyExists):
         return ApiError(409, e.what.replace(" ", "_") + "_exists", "{} already exists".format(e.what))
+    if isinstance(e, store_errors.LimitReached):
+        return ApiError(409, "limit_reached", str(e))
     if isinstance(e, store_errors.InvalidReference):
         return ApiError(422, "invalid_reference", str(e))
     if isinstance(e, store_errors.BadCursor):

@@ -88,6 +88,19 @@ class ManageApi:
         """
         return Route(method, template, self._write(operation, handler))
 
+    def tenant_read_route(
+        self, method: bytes, template: str, operation: str, handler: Any, *, default: ReadPreference
+    ) -> Route:
+        """A read route of another module (moderation) under the tenant API:
+        authenticated, charged by read preference, honouring
+        ``X-Consistency-Token``.
+
+        :param default: the read preference when the caller names none.
+        :param handler: ``handler(call, tenant, read_preference, token)``
+            returning (a Deferred of) a ``Reply``.
+        """
+        return Route(method, template, self._read(operation, handler, default))
+
     # Authentication, credits, tokens
 
     def _now_ms(self) -> int:
@@ -122,13 +135,13 @@ class ManageApi:
         call.request.tenant_id = tenant.id  # type: ignore[attr-defined]
         return tenant
 
-    def _read(self, operation: str, handler: Any) -> Any:
+    def _read(self, operation: str, handler: Any, default: ReadPreference = PRIMARY) -> Any:
         """Wrap a read handler: authenticate, pick the read preference, charge."""
 
         @inlineCallbacks
         def run(call: Call) -> Any:
             tenant = yield self._authenticate(call)
-            read_preference = common.read_preference(call, PRIMARY)
+            read_preference = common.read_preference(call, default)
             token = call.header(TOKEN_HEADER)
             if token is not None and not (0 < len(token) <= 128 and token.isascii() and token.isprintable()):
                 raise bad_request(

@@ -28,6 +28,21 @@ class ApiMetrics:
             "fastedge_api_rate_limited_total", "Writes refused by a rate limit.", registry=registry
         )
         self.flags = Counter("fastedge_api_flags_total", "Comments flagged by readers.", registry=registry)
+        self.auto_hidden = Counter(
+            "fastedge_api_auto_hidden_total", "Comments hidden for review by readers' flags.", registry=registry
+        )
+        self.moderation_actions = Counter(
+            "fastedge_api_moderation_actions_total",
+            "Moderator actions through the tenant API, by action.",
+            ["action"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            "fastedge_api_writes_refused_total",
+            "Public writes refused by moderation, by reason (banned, like_limit).",
+            ["reason"],
+            registry=registry,
+        )
         self.page_cache = Counter(
             "fastedge_api_page_cache_lookups_total",
             "Public thread page cache lookups, by result (hit or miss).",

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from ..config import ApiConfig
 from ..singleflight import SingleFlight
-from ..store.errors import BadToken, NotFound
+from ..store.errors import BadToken, LimitReached, NotFound
 from ..store.interfaces import IStore
 from ..store.model import AnonymousSession, CommentStatus, NewComment, ReadPreference, Sort, Tenant, Written
 from . import common
@@ -28,6 +28,7 @@ from .cache import PageCache
 from .errors import ApiError, bad_request, not_found
 from .markup import render
 from .metrics import ApiMetrics
+from .moderation import auto_hide_threshold
 from .pageview import PageView
 from .ratelimit import RateLimiter
 from .router import Call, Reply, Route
@@ -330,6 +331,7 @@ class PublicApi:
                 raise not_found("parent comment") from None
             yield common.check_parent_thread(self._store, tenant.id, url_id, parent)
         viewer = yield self._writer(call, tenant)
+        yield self._refuse_banned(call, tenant, viewer)
         now = self._now_ms()
         try:
             thread = yield self._store.get_thread(tenant.id, url_id, read_preference=PRIMARY)
@@ -371,6 +373,28 @@ class PublicApi:
         )
 
     @inlineCallbacks
+    def _refuse_banned(self, call: Call, tenant: Tenant, viewer: Viewer) -> Any:
+        """403 for a poster whose author or address a moderator banned.
+
+        Read NEAREST without the viewer's token: the check needs no write
+        of the viewer's, only the ban, which reaches every node within the
+        replica lag; waiting for a poster's own latest write would make
+        every first post wait for the replica.
+        """
+        ban = yield self._store.find_ban(
+            tenant.id,
+            author_id=viewer.session.author_id,
+            address_hash=common.address_hash(tenant.id, call.client_ip),
+            now_ms=self._now_ms(),
+            read_preference=NEAREST,
+        )
+        if ban is not None:
+            self._metrics.refused.labels("banned").inc()
+            raise ApiError(
+                403, "banned", "a moderator of this site has banned you from posting", expiresAt=ban.expires_ms
+            )
+
+    @inlineCallbacks
     def _comment_for_write(self, call: Call, tenant: Tenant) -> Any:
         comment_id = common.record_id(call.params["comment_id"], "comment")
         comment = yield self._store.get_comment(tenant.id, comment_id, read_preference=PRIMARY)
@@ -386,9 +410,23 @@ class PublicApi:
         # Check the comment before a first write creates a session for nothing.
         comment = yield self._comment_for_write(call, tenant)
         viewer = yield self._writer(call, tenant)
-        written = yield self._store.add_like(
-            tenant.id, comment.id, viewer.session.author_id, created_ms=self._now_ms(), read_preference=PRIMARY
-        )
+        try:
+            # One address counts a bounded number of times, whatever sessions
+            # it makes up by dropping its cookie (docs/moderation.md).
+            written = yield self._store.add_like(
+                tenant.id,
+                comment.id,
+                viewer.session.author_id,
+                created_ms=self._now_ms(),
+                read_preference=PRIMARY,
+                address_hash=common.address_hash(tenant.id, call.client_ip),
+                max_per_address=self._cfg.likes_per_address,
+            )
+        except LimitReached:
+            self._metrics.refused.labels("like_limit").inc()
+            raise ApiError(
+                409, "like_limit", "this comment already has all the likes your network address may give it"
+            ) from None
         self._invalidate(tenant.id, comment.thread_id)
         if self._live is not None:
             self._live.likes(comment, written.value)
@@ -416,10 +454,23 @@ class PublicApi:
         # Check the comment before a first write creates a session for nothing.
         comment = yield self._comment_for_write(call, tenant)
         viewer = yield self._writer(call, tenant)
+        threshold = auto_hide_threshold(self._cfg, tenant)
         written = yield self._store.add_flag(
-            tenant.id, comment.id, viewer.session.author_id, created_ms=self._now_ms(), read_preference=PRIMARY
+            tenant.id,
+            comment.id,
+            viewer.session.author_id,
+            created_ms=self._now_ms(),
+            read_preference=PRIMARY,
+            hide_at=threshold,
         )
         self._metrics.flags.inc()
+        if threshold is not None and written.value >= threshold:
+            # The store hid it in the same write (it was approved when read
+            # above): off public pages, and live readers drop it.
+            self._metrics.auto_hidden.inc()
+            self._invalidate(tenant.id, comment.thread_id)
+            if self._live is not None:
+                self._live.removed(comment, reason="flagged")
         return self._reply(viewer, 200, {"flagged": True}, written)
 
     @inlineCallbacks

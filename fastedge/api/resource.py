@@ -21,6 +21,7 @@ from .cache import PageCache
 from .credits import CreditMeter
 from .manage import ManageApi
 from .metrics import ApiMetrics
+from .moderation import ModerationApi
 from .public import PublicApi
 from .router import Route, Router
 from .sessions import SessionCookies, load_or_create_key
@@ -106,13 +107,14 @@ def build_api(
     cache = PageCache(ttl_seconds=cfg.page_cache_seconds, max_entries=cfg.page_cache_entries, clock=clock)
     meter = CreditMeter(cfg.credits, store=store, clock=clock)
     manage = ManageApi(cfg, store=store, clock=clock, credits=meter, cache=cache, metrics=metrics, live=live)
+    moderation = ModerationApi(cfg, store=store, clock=clock, manage=manage, cache=cache, metrics=metrics, live=live)
     public = PublicApi(
         cfg, store=store, clock=clock, cookies=cookies, cache=cache, metrics=metrics, live=live, viewer_tokens=tokens
     )
     # Manage routes first: "/api/v1/manage/..." must never be read as a tenant
     # called "manage" (tenant ids are random and 16 characters long anyway).
     extra = extra_manage_routes(manage) if extra_manage_routes is not None else []
-    router = Router(list(extra_routes) + manage.routes() + extra + public.routes())
+    router = Router(list(extra_routes) + manage.routes() + moderation.routes() + extra + public.routes())
     service = MultiService()
     _SessionKeyLoader(cookies, cfg.secret_file).setServiceParent(service)
     _CreditFlusher(meter, cfg.credits.flush_seconds, clock).setServiceParent(service)

@@ -46,3 +46,11 @@ class BadToken(StoreError, ValueError):
 class CommitUnknown(StoreUnavailable):
     """The primary went away while committing a write: the write may or may
     not have been applied. Never reported as a success; read before retrying."""
+
+
+class LimitReached(StoreError):
+    """The write would pass a bound (likes of one comment from one address)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__("{} limit reached".format(what))
+        self.what = what

@@ -30,12 +30,20 @@ from zope.interface import Attribute, Interface
 from .model import (
     AnonymousSession,
     ApiKey,
+    AuditEntry,
     Author,
+    Ban,
+    BanKind,
     Comment,
     CommentStatus,
     CreditUsage,
+    Moderated,
+    ModerationAction,
+    ModerationQueue,
     NewComment,
     Page,
+    QueueFilter,
+    QueueSort,
     ReadPreference,
     Sort,
     Tenant,
@@ -279,9 +287,20 @@ class IStore(Interface):
     # Votes, flags, blocks
 
     def add_like(
-        tenant_id: str, comment_id: str, voter_id: str, *, created_ms: int, read_preference: ReadPreference
+        tenant_id: str,
+        comment_id: str,
+        voter_id: str,
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+        address_hash: str | None = None,
+        max_per_address: int | None = None,
     ) -> Deferred[Written[int]]:
-        """:returns: ``Deferred[Written[int]]``, the new like count;
+        """:param address_hash: the hashed client address the like came
+            from, remembered with it.
+        :param max_per_address: refuse the like (``LimitReached``) when
+            this many likes of the comment already came from ``address_hash``.
+        :returns: ``Deferred[Written[int]]``, the new like count;
         ``AlreadyExists`` if this voter already likes it, ``NotFound`` for an
         unknown comment or voter (an author id)."""
 
@@ -292,9 +311,18 @@ class IStore(Interface):
         ``NotFound`` if this voter did not like it."""
 
     def add_flag(
-        tenant_id: str, comment_id: str, flagger_id: str, *, created_ms: int, read_preference: ReadPreference
+        tenant_id: str,
+        comment_id: str,
+        flagger_id: str,
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+        hide_at: int | None = None,
     ) -> Deferred[Written[int]]:
-        """:returns: ``Deferred[Written[int]]``, the new flag count;
+        """:param hide_at: when the flag count reaches this and the comment
+            is approved, hide it (status ``PENDING``, back to review) in the
+            same transaction and write an ``auto_hide`` audit entry.
+        :returns: ``Deferred[Written[int]]``, the new flag count;
         ``AlreadyExists`` if already flagged by this author, ``NotFound`` for
         an unknown comment or flagger."""
 
@@ -325,6 +353,112 @@ class IStore(Interface):
         viewer blocks.
 
         :returns: ``Deferred[ViewerState]``
+        """
+
+    # Moderation
+
+    def moderation_queue(
+        tenant_id: str,
+        *,
+        queue: ModerationQueue,
+        sort: QueueSort,
+        limit: int,
+        cursor: str | None,
+        read_preference: ReadPreference,
+        filters: QueueFilter | None = None,
+        token: str | None = None,
+    ) -> Deferred[Page[Comment]]:
+        """A page of the moderation queue.
+
+        :returns: ``Deferred[Page[Comment]]``; ``BadCursor`` for a cursor of
+            another listing, queue or sort.
+        """
+
+    def moderate(
+        tenant_id: str,
+        action: ModerationAction,
+        comment_ids: Sequence[str],
+        *,
+        actor: str,
+        reason: str,
+        created_ms: int,
+        read_preference: ReadPreference,
+        ban_expires_ms: int | None = None,
+        remove_all: bool = False,
+    ) -> Deferred[Written[Moderated]]:
+        """Apply ``action`` to up to ``MAX_BULK_IDS`` distinct comments, with
+        its audit entry, in one transaction and one statement per table.
+
+        :param ban_expires_ms: ``BAN`` only: when the bans end (``None``: never).
+        :param remove_all: ``BAN`` only: remove every comment of the banned authors.
+        :returns: ``Deferred[Written[Moderated]]``; ``NotFound`` if any id is
+            not a comment of this tenant, ``InvalidReference`` for too many
+            or repeated ids or an expiry not after ``created_ms``; nothing
+            is applied then.
+        """
+
+    def add_ban(
+        tenant_id: str,
+        kind: BanKind,
+        value: str,
+        *,
+        actor: str,
+        reason: str,
+        created_ms: int,
+        read_preference: ReadPreference,
+        expires_ms: int | None = None,
+        remove_all: bool = False,
+    ) -> Deferred[Written[Moderated]]:
+        """Ban an author (by author id) or a hashed address, with its audit entry.
+
+        :param remove_all: remove every comment of the author (``AUTHOR`` only).
+        :returns: ``Deferred[Written[Moderated]]``; ``NotFound`` for an
+            unknown author, ``InvalidReference`` for an expiry not after
+            ``created_ms``.
+        """
+
+    def lift_ban(
+        tenant_id: str, ban_id: str, *, actor: str, reason: str, lifted_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[Ban]]:
+        """End a ban now, with its audit entry.
+
+        :returns: ``Deferred[Written[Ban]]``; ``NotFound`` if absent or already lifted.
+        """
+
+    def list_bans(
+        tenant_id: str,
+        *,
+        active_at_ms: int | None,
+        limit: int,
+        cursor: str | None,
+        read_preference: ReadPreference,
+        token: str | None = None,
+    ) -> Deferred[Page[Ban]]:
+        """Bans, newest first; only those in force at ``active_at_ms`` when given.
+
+        :returns: ``Deferred[Page[Ban]]``
+        """
+
+    def find_ban(
+        tenant_id: str,
+        *,
+        author_id: str | None,
+        address_hash: str | None,
+        now_ms: int,
+        read_preference: ReadPreference,
+        token: str | None = None,
+    ) -> Deferred[Ban | None]:
+        """A ban in force at ``now_ms`` on the author or the address, if any.
+
+        :returns: ``Deferred[Ban | None]``
+        """
+
+    def audit_log(
+        tenant_id: str, *, limit: int, cursor: str | None, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[Page[AuditEntry]]:
+        """The moderation audit log, newest first.
+
+        :returns: ``Deferred[Page[AuditEntry]]``
         """
 
     # Credits

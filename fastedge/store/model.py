@@ -179,3 +179,107 @@ class CreditUsage:
     operation: str
     calls: int
     credits: int
+
+
+class ModerationQueue(enum.Enum):
+    """What a moderator works through.
+
+    ``FLAGGED`` holds every comment readers flagged that is still public or
+    hidden for review (approved or pending); the others are by status.
+    """
+
+    PENDING = "pending"
+    FLAGGED = "flagged"
+    SPAM = "spam"
+    REMOVED = "removed"
+
+
+class QueueSort(enum.Enum):
+    """Order of the moderation queue."""
+
+    OLDEST = "oldest"
+    MOST_FLAGGED = "flags"
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """Narrows the moderation queue; every field is optional.
+
+    :ivar since_ms: comments created at or after this time.
+    :ivar until_ms: comments created before this time.
+    :ivar text: a case-insensitive substring of the comment's source text.
+    """
+
+    thread_id: str | None = None
+    author_id: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    text: str | None = None
+
+
+class ModerationAction(enum.Enum):
+    """What a moderator does to a set of comments in one call.
+
+    ``APPROVE`` makes them public and clears their flags; ``RESTORE``
+    brings removed or spam comments back (others are left alone); ``BAN``
+    bans the comments' authors and removes the comments.
+    """
+
+    APPROVE = "approve"
+    REMOVE = "remove"
+    RESTORE = "restore"
+    SPAM = "spam"
+    BAN = "ban"
+
+
+class BanKind(enum.Enum):
+    """What a ban names: an author (a signed-in user's or an anonymous
+    session's) or a client address (by its hash, never the address)."""
+
+    AUTHOR = "author"
+    ADDRESS = "address"
+
+
+#: Most comment ids one moderation call may name.
+MAX_BULK_IDS = 500
+
+
+@dataclass(frozen=True)
+class Ban:
+    id: str
+    tenant_id: str
+    kind: BanKind
+    value: str
+    reason: str
+    actor: str
+    created_ms: int
+    #: ``None``: until lifted.
+    expires_ms: int | None
+    lifted_ms: int | None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One moderator action, written in the transaction that made it."""
+
+    id: str
+    tenant_id: str
+    actor: str
+    action: str
+    comment_ids: Sequence[str]
+    ban_ids: Sequence[str]
+    reason: str
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class Moderated:
+    """What one moderation call changed.
+
+    :ivar changed: ``(before, after)`` of every comment whose status or
+        flags changed, for the live events and page caches.
+    """
+
+    changed: Sequence[tuple[Comment, Comment]]
+    bans: Sequence[Ban]
+    entry: AuditEntry

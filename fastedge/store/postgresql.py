@@ -201,6 +201,15 @@ class _Target:
 class _WriteState:
     commit_sent: bool = False
     committed: bool = False
+    #: The commit's WAL position, when a batch committed (``_batch``).
+    token: str | None = None
+
+
+class _Row:
+    """A row of a pipelined statement, with attribute access like SQLAlchemy's."""
+
+    def __init__(self, names: Sequence[str], values: Sequence[Any]) -> None:
+        self.__dict__.update(zip(names, values, strict=True))
 
 
 class _Local(threading.local):
@@ -363,8 +372,68 @@ class PostgresStore(SqlStore):
         return str(row[0])
 
     def _token(self, conn: Connection) -> str | None:
-        """Commit now and return the commit's WAL position (see ``_commit``)."""
+        """Commit now and return the commit's WAL position (see ``_commit``),
+        or the position a batch already committed at (``_batch``)."""
+        state = self._local.write
+        if state is not None and state.committed and state.token is not None:
+            return state.token
         return self._commit(conn)
+
+    def _batch(self, conn: Connection, statements: Sequence[Any], *, commit: bool) -> list[list[Any] | None]:
+        """With ``commit``: send BEGIN, the statements, COMMIT and the
+        position query in one round trip (psycopg's pipeline mode; the
+        statements are :mod:`fastedge.store.sql`'s, compiled here as
+        SQLAlchemy would). Without: one by one, as the base class does.
+
+        With the COMMIT in flight a broken connection is ``CommitUnknown``,
+        as for any write (``commit_sent``).
+        """
+        if not commit:
+            return super()._batch(conn, statements, commit=commit)
+        state = self._local.write
+        assert state is not None, "a batch outside _writing"
+        raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
+        compiled = [
+            statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+            for statement in statements
+        ]
+        cursors = []
+        position = None
+        # psycopg would send its BEGIN and wait for it before the rest (a
+        # round trip of its own): in autocommit mode our BEGIN goes in the
+        # same flight. Nothing was sent in this transaction yet (idle).
+        raw.autocommit = True
+        try:
+            with raw.pipeline():
+                raw.cursor().execute("BEGIN")
+                for query in compiled:
+                    cur = raw.cursor()
+                    cur.execute(str(query), query.params)
+                    cursors.append(cur)
+                state.commit_sent = True
+                raw.cursor().execute("COMMIT")
+                position = raw.cursor()
+                position.execute("SELECT pg_current_wal_lsn()::text")
+        except BaseException:
+            if raw.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE and not raw.broken:
+                raw.rollback()
+            raise
+        finally:
+            if not raw.broken and raw.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                raw.autocommit = False
+        out: list[list[Any] | None] = []
+        for cur in cursors:
+            if cur.description is None:
+                out.append(None)
+            else:
+                names = [column.name for column in cur.description]
+                out.append([_Row(names, row) for row in cur.fetchall()])
+        if position is not None:
+            row = position.fetchone()
+            assert row is not None
+            state.committed = True
+            state.token = str(row[0])
+        return out
 
     def token_covers(self, have: str | None, want: str | None) -> bool:
         """WAL positions: ``have`` covers ``want`` when it is at or after it."""

@@ -187,15 +187,83 @@ _V1_TABLES = (
 )
 
 
+#: Moderation (version 2): queue indexes on comments, bans, the audit log,
+#: and the client address behind each like.
+
+#: The moderation queue by author, and a ban's "remove all their comments".
+comments_author = Index("comments_author", comments.c.tenant_id, comments.c.author_id, comments.c.created_ms)
+#: The flagged queue, most-flagged first (then oldest first).
+comments_flagged = Index(
+    "comments_flagged", comments.c.tenant_id, comments.c.flag_count.desc(), comments.c.created_ms, comments.c.id
+)
+
+bans = Table(
+    "bans",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
+    #: ``author`` (a user's or an anonymous session's author id) or
+    #: ``address`` (the hash of a client address).
+    Column("kind", String(16), nullable=False),
+    Column("value", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=True),
+    Column("lifted_ms", BigInteger, nullable=True),
+    Index("bans_lookup", "tenant_id", "kind", "value"),
+    Index("bans_tenant_created", "tenant_id", "created_ms", "id"),
+)
+
+moderation_log = Table(
+    "moderation_log",
+    metadata,
+    #: Orders entries made in the same millisecond; never shown (``id`` is).
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", _ID, nullable=False, unique=True),
+    Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("action", String(32), nullable=False),
+    #: JSON: ``{"commentIds": [...], "banIds": [...]}``.
+    Column("targets", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Index("moderation_log_tenant", "tenant_id", "created_ms", "seq"),
+)
+
+#: Which client address (hashed) each like came from: likes per address
+#: and comment are bounded, whatever sessions the client makes up.
+vote_addresses = Table(
+    "vote_addresses",
+    metadata,
+    Column("comment_id", _ID, primary_key=True),
+    Column("voter_id", _ID, primary_key=True),
+    Column("tenant_id", _ID, nullable=False),
+    Column("address_hash", String(64), nullable=False),
+    Index("vote_addresses_comment", "comment_id", "address_hash"),
+)
+
+
 def _v1(conn: Connection) -> None:
     """The first schema: every table above as first released."""
     metadata.create_all(conn, tables=list(_V1_TABLES))
 
 
+def _v2(conn: Connection) -> None:
+    """Moderation: bans, the audit log, like addresses, queue indexes.
+
+    The new comment indexes are declared on ``comments``, so ``_v1`` on an
+    empty database already makes them: created here only if absent.
+    """
+    metadata.create_all(conn, tables=[bans, moderation_log, vote_addresses])
+    comments_author.create(conn, checkfirst=True)
+    comments_flagged.create(conn, checkfirst=True)
+
+
 Migration = Callable[[Connection], None]
 
 #: Schema versions in order; version N is ``MIGRATIONS[N - 1]``.
-MIGRATIONS: Sequence[Migration] = (_v1,)
+MIGRATIONS: Sequence[Migration] = (_v1, _v2)
 
 
 def current_version(conn: Connection) -> int:

@@ -23,9 +23,27 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, inspect, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Engine,
+    Executable,
+    Integer,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    inspect,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
@@ -38,21 +56,31 @@ from .errors import (
     AlreadyExists,
     BadCursor,
     InvalidReference,
+    LimitReached,
     NotFound,
     StoreUnavailable,
     WrongReadPreference,
 )
 from .interfaces import IStore
 from .model import (
+    MAX_BULK_IDS,
     AnonymousSession,
     ApiKey,
+    AuditEntry,
     Author,
     AuthorKind,
+    Ban,
+    BanKind,
     Comment,
     CommentStatus,
     CreditUsage,
+    Moderated,
+    ModerationAction,
+    ModerationQueue,
     NewComment,
     Page,
+    QueueFilter,
+    QueueSort,
     ReadPreference,
     Sort,
     Tenant,
@@ -164,11 +192,42 @@ def _api_key(row: Any) -> ApiKey:
     return ApiKey(id=row.id, tenant_id=row.tenant_id, created_ms=row.created_ms, revoked_ms=row.revoked_ms)
 
 
+def _ban(row: Any) -> Ban:
+    return Ban(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        kind=BanKind(row.kind),
+        value=row.value,
+        reason=row.reason,
+        actor=row.actor,
+        created_ms=row.created_ms,
+        expires_ms=row.expires_ms,
+        lifted_ms=row.lifted_ms,
+    )
+
+
+def _audit_entry(row: Any) -> AuditEntry:
+    targets = json.loads(row.targets)
+    return AuditEntry(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        actor=row.actor,
+        action=row.action,
+        comment_ids=tuple(targets["commentIds"]),
+        ban_ids=tuple(targets["banIds"]),
+        reason=row.reason,
+        created_ms=row.created_ms,
+    )
+
+
 _APPROVED = CommentStatus.APPROVED.value
 
 #: The tables holding a tenant's rows, children before parents: the order
 #: :meth:`SqlStore.delete_tenant` deletes in.
 _TENANT_TABLES = (
+    s.vote_addresses,
+    s.moderation_log,
+    s.bans,
     s.votes,
     s.flags,
     s.blocks,
@@ -281,6 +340,25 @@ class SqlStore:
     def _written(self, conn: Connection, value: _T) -> Written[_T]:
         """Wrap a write's result with its consistency token (none here)."""
         return Written(value, self._token(conn))
+
+    def _batch(self, conn: Connection, statements: Sequence[Executable], *, commit: bool) -> list[list[Any] | None]:
+        """Run ``statements`` in order in the write transaction on ``conn``.
+
+        No statement may depend on another's result (each is written to
+        stand alone, e.g. guarded by a condition in SQL), so a backend whose
+        primary is far away may send them all, and with ``commit`` the
+        commit too, in one round trip: the PostgreSQL backend does (psycopg's
+        pipeline mode). Here they run one by one and the transaction commits
+        when it ends, as usual.
+
+        :returns: per statement, its rows (attribute access by column name)
+            or ``None`` for a statement that returns none.
+        """
+        out: list[list[Any] | None] = []
+        for statement in statements:
+            result = conn.execute(statement)
+            out.append(list(result.all()) if result.returns_rows else None)
+        return out
 
     def _token(self, conn: Connection) -> str | None:
         """The consistency token of the write transaction on ``conn``.
@@ -950,6 +1028,7 @@ class SqlStore:
         for start in range(0, len(id_list), 500):
             chunk = id_list[start : start + 500]
             conn.execute(delete(s.votes).where(s.votes.c.comment_id.in_(chunk)))
+            conn.execute(delete(s.vote_addresses).where(s.vote_addresses.c.comment_id.in_(chunk)))
             conn.execute(delete(s.flags).where(s.flags.c.comment_id.in_(chunk)))
             conn.execute(delete(s.comments).where(c.tenant_id == tenant_id, c.id.in_(chunk)))
         for thread_id, count in approved:
@@ -959,15 +1038,30 @@ class SqlStore:
     # Votes, flags, blocks
 
     def add_like(
-        self, tenant_id: str, comment_id: str, voter_id: str, *, created_ms: int, read_preference: ReadPreference
+        self,
+        tenant_id: str,
+        comment_id: str,
+        voter_id: str,
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+        address_hash: str | None = None,
+        max_per_address: int | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             v = s.votes.c
+            va = s.vote_addresses.c
             with self._writing() as conn:
                 self._comment_row(conn, tenant_id, comment_id)
                 self._require_author(conn, tenant_id, voter_id)
                 if conn.execute(select(v.voter_id).where(v.comment_id == comment_id, v.voter_id == voter_id)).first():
                     raise AlreadyExists("like")
+                if address_hash is not None and max_per_address is not None:
+                    from_there = conn.execute(
+                        select(func.count()).where(va.comment_id == comment_id, va.address_hash == address_hash)
+                    ).scalar_one()
+                    if from_there >= max_per_address:
+                        raise LimitReached("likes from one address")
                 try:
                     conn.execute(
                         insert(s.votes).values(
@@ -976,6 +1070,12 @@ class SqlStore:
                     )
                 except IntegrityError:
                     raise AlreadyExists("like") from None
+                if address_hash is not None:
+                    conn.execute(
+                        insert(s.vote_addresses).values(
+                            comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, address_hash=address_hash
+                        )
+                    )
                 return self._written(conn, self._bump(conn, tenant_id, comment_id, "like_count", +1))
 
         return self._call("add_like", read_preference, go, write=True)
@@ -1000,17 +1100,26 @@ class SqlStore:
                 )
                 if done.rowcount == 0:
                     raise NotFound("like")
+                va = s.vote_addresses.c
+                conn.execute(delete(s.vote_addresses).where(va.comment_id == comment_id, va.voter_id == voter_id))
                 return self._written(conn, self._bump(conn, tenant_id, comment_id, "like_count", -1))
 
         return self._call("remove_like", read_preference, go, write=True)
 
     def add_flag(
-        self, tenant_id: str, comment_id: str, flagger_id: str, *, created_ms: int, read_preference: ReadPreference
+        self,
+        tenant_id: str,
+        comment_id: str,
+        flagger_id: str,
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+        hide_at: int | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             f = s.flags.c
             with self._writing() as conn:
-                self._comment_row(conn, tenant_id, comment_id)
+                comment = self._comment_row(conn, tenant_id, comment_id)
                 self._require_author(conn, tenant_id, flagger_id)
                 if conn.execute(
                     select(f.flagger_id).where(f.comment_id == comment_id, f.flagger_id == flagger_id)
@@ -1024,7 +1133,14 @@ class SqlStore:
                     )
                 except IntegrityError:
                     raise AlreadyExists("flag") from None
-                return self._written(conn, self._bump(conn, tenant_id, comment_id, "flag_count", +1))
+                count = self._bump(conn, tenant_id, comment_id, "flag_count", +1)
+                if hide_at is not None and count >= hide_at and comment.status is CommentStatus.APPROVED:
+                    # Hidden for review: off public pages, still in the
+                    # moderators' pending and flagged queues.
+                    hidden = replace(comment, flag_count=count)
+                    self._set_status(conn, tenant_id, [hidden], CommentStatus.PENDING)
+                    self._audit(conn, tenant_id, "auto", "auto_hide", [comment_id], [], "flags", created_ms)
+                return self._written(conn, count)
 
         return self._call("add_flag", read_preference, go, write=True)
 
@@ -1100,6 +1216,552 @@ class SqlStore:
                 return ViewerState(liked=frozenset(liked), blocked_authors=frozenset(blocked))
 
         return self._call("viewer_state", read_preference, go, token=token)
+
+    # Moderation
+
+    def moderation_queue(
+        self,
+        tenant_id: str,
+        *,
+        queue: ModerationQueue,
+        sort: QueueSort,
+        limit: int,
+        cursor: str | None,
+        read_preference: ReadPreference,
+        filters: QueueFilter | None = None,
+        token: str | None = None,
+    ) -> Deferred[Page[Comment]]:
+        c = s.comments.c
+        kind = "queue-{}-{}".format(queue.value, sort.value)
+        by_flags = sort is QueueSort.MOST_FLAGGED
+        try:
+            after = _decode_cursor(cursor, kind, (int, int, str) if by_flags else (int, str)) if cursor else None
+        except BadCursor:
+            return fail()
+        if filters is None:
+            filters = QueueFilter()
+        query = select(s.comments).where(c.tenant_id == tenant_id)
+        if queue is ModerationQueue.FLAGGED:
+            query = query.where(c.flag_count > 0, c.status.in_([_APPROVED, CommentStatus.PENDING.value]))
+        else:
+            query = query.where(c.status == queue.value)
+        if filters.thread_id is not None:
+            query = query.where(c.thread_id == filters.thread_id)
+        if filters.author_id is not None:
+            query = query.where(c.author_id == filters.author_id)
+        if filters.since_ms is not None:
+            query = query.where(c.created_ms >= filters.since_ms)
+        if filters.until_ms is not None:
+            query = query.where(c.created_ms < filters.until_ms)
+        if filters.text:
+            query = query.where(c.body_source.icontains(filters.text, autoescape=True))
+        if by_flags:
+            if after is not None:
+                flags, created, cid = after
+                query = query.where(
+                    or_(
+                        c.flag_count < flags,
+                        and_(c.flag_count == flags, c.created_ms > created),
+                        and_(c.flag_count == flags, c.created_ms == created, c.id > cid),
+                    )
+                )
+            query = query.order_by(c.flag_count.desc(), c.created_ms, c.id)
+        else:
+            if after is not None:
+                created, cid = after
+                query = query.where(or_(c.created_ms > created, and_(c.created_ms == created, c.id > cid)))
+            query = query.order_by(c.created_ms, c.id)
+        query = query.limit(limit + 1)
+
+        def go() -> Page[Comment]:
+            with self._reading(read_preference) as conn:
+                rows = conn.execute(query).all()
+            items = [_comment(r) for r in rows[:limit]]
+            next_cursor = None
+            if len(rows) > limit:
+                last = items[-1]
+                if by_flags:
+                    next_cursor = _encode_cursor(kind, last.flag_count, last.created_ms, last.id)
+                else:
+                    next_cursor = _encode_cursor(kind, last.created_ms, last.id)
+            return Page(items, next_cursor)
+
+        return self._call("moderation_queue", read_preference, go, token=token)
+
+    def _set_status(
+        self,
+        conn: Connection,
+        tenant_id: str,
+        comments: Sequence[Comment],
+        status: CommentStatus,
+        *,
+        clear_flags: bool = False,
+    ) -> list[tuple[Comment, Comment]]:
+        """Give ``comments`` (as read in this transaction) ``status``: one
+        statement per table however many there are.
+
+        :returns: ``(before, after)`` of the comments that changed.
+        """
+        c = s.comments.c
+        changed = [
+            (old, replace(old, status=status, flag_count=0 if clear_flags else old.flag_count))
+            for old in comments
+            if old.status is not status or (clear_flags and old.flag_count)
+        ]
+        if not changed:
+            return []
+        # ``comments`` were read in this transaction and are all the tenant's
+        # (a comment never changes tenant): by primary key alone, for the
+        # reason given in :meth:`moderate`.
+        ids = [old.id for old, _ in changed]
+        values: dict[str, Any] = {"status": status.value}
+        if clear_flags:
+            values["flag_count"] = 0
+            conn.execute(delete(s.flags).where(s.flags.c.comment_id.in_(ids)))
+        conn.execute(update(s.comments).where(c.id.in_(ids)).values(**values))
+        deltas: dict[str, int] = {}
+        for old, new in changed:
+            delta = (new.status is CommentStatus.APPROVED) - (old.status is CommentStatus.APPROVED)
+            if delta:
+                deltas[old.thread_id] = deltas.get(old.thread_id, 0) + delta
+        deltas = {thread: delta for thread, delta in deltas.items() if delta}
+        if deltas:
+            t = s.threads.c
+            conn.execute(
+                update(s.threads)
+                .where(t.id.in_(list(deltas)))
+                .values(comment_count=t.comment_count + case(deltas, value=t.id, else_=0))
+            )
+        return changed
+
+    def _audit(
+        self,
+        conn: Connection,
+        tenant_id: str,
+        actor: str,
+        action: str,
+        comment_ids: Sequence[str],
+        ban_ids: Sequence[str],
+        reason: str,
+        created_ms: int,
+    ) -> AuditEntry:
+        """Write one audit entry in the caller's transaction."""
+        entry = AuditEntry(
+            id=new_id(),
+            tenant_id=tenant_id,
+            actor=actor,
+            action=action,
+            comment_ids=tuple(comment_ids),
+            ban_ids=tuple(ban_ids),
+            reason=reason,
+            created_ms=created_ms,
+        )
+        conn.execute(
+            insert(s.moderation_log).values(
+                id=entry.id,
+                tenant_id=tenant_id,
+                created_ms=created_ms,
+                actor=actor,
+                action=action,
+                targets=json.dumps({"commentIds": list(comment_ids), "banIds": list(ban_ids)}),
+                reason=reason,
+            )
+        )
+        return entry
+
+    def _insert_bans(
+        self,
+        conn: Connection,
+        tenant_id: str,
+        kind: BanKind,
+        values: Sequence[str],
+        *,
+        actor: str,
+        reason: str,
+        created_ms: int,
+        expires_ms: int | None,
+    ) -> list[Ban]:
+        bans = [
+            Ban(
+                id=new_id(),
+                tenant_id=tenant_id,
+                kind=kind,
+                value=value,
+                reason=reason,
+                actor=actor,
+                created_ms=created_ms,
+                expires_ms=expires_ms,
+                lifted_ms=None,
+            )
+            for value in values
+        ]
+        if bans:
+            conn.execute(
+                insert(s.bans),
+                [
+                    dict(
+                        id=b.id,
+                        tenant_id=tenant_id,
+                        kind=kind.value,
+                        value=b.value,
+                        reason=reason,
+                        actor=actor,
+                        created_ms=created_ms,
+                        expires_ms=expires_ms,
+                        lifted_ms=None,
+                    )
+                    for b in bans
+                ],
+            )
+        return bans
+
+    def _comments_of(self, conn: Connection, tenant_id: str, author_ids: Sequence[str]) -> list[Comment]:
+        """Every comment of these authors not yet removed."""
+        c = s.comments.c
+        rows = conn.execute(
+            select(s.comments).where(
+                c.tenant_id == tenant_id, c.author_id.in_(list(author_ids)), c.status != CommentStatus.REMOVED.value
+            )
+        ).all()
+        return [_comment(r) for r in rows]
+
+    def moderate(
+        self,
+        tenant_id: str,
+        action: ModerationAction,
+        comment_ids: Sequence[str],
+        *,
+        actor: str,
+        reason: str,
+        created_ms: int,
+        read_preference: ReadPreference,
+        ban_expires_ms: int | None = None,
+        remove_all: bool = False,
+    ) -> Deferred[Written[Moderated]]:
+        ids = list(comment_ids)
+        if not ids or len(ids) > MAX_BULK_IDS or len(set(ids)) != len(ids):
+            return fail(InvalidReference("name 1 to {} distinct comment ids".format(MAX_BULK_IDS)))
+        if ban_expires_ms is not None and ban_expires_ms <= created_ms:
+            return fail(InvalidReference("a ban must expire after it is made"))
+
+        if action is ModerationAction.BAN:
+            go = self._ban_from_comments(tenant_id, ids, actor, reason, created_ms, ban_expires_ms, remove_all)
+        else:
+            go = self._set_statuses(tenant_id, action, ids, actor, reason, created_ms)
+        return self._call("moderate", read_preference, go, write=True)
+
+    def _set_statuses(
+        self, tenant_id: str, action: ModerationAction, ids: list[str], actor: str, reason: str, created_ms: int
+    ) -> Callable[[], Written[Moderated]]:
+        """Approve, remove, mark spam or restore ``ids``: one batch of
+        statements that stand alone (see :meth:`_batch`), so a far primary
+        costs one round trip.
+
+        Every write is guarded in SQL by "all the ids are this tenant's":
+        with a foreign or unknown id nothing is written, and the rows read
+        first tell why. Thread counts are recounted for the touched threads,
+        which needs nothing read before.
+        """
+        c = s.comments.c
+        t = s.threads.c
+        status = {
+            ModerationAction.APPROVE: CommentStatus.APPROVED,
+            ModerationAction.RESTORE: CommentStatus.APPROVED,
+            ModerationAction.REMOVE: CommentStatus.REMOVED,
+            ModerationAction.SPAM: CommentStatus.SPAM,
+        }[action]
+        clear_flags = action is ModerationAction.APPROVE
+        gone = (CommentStatus.REMOVED, CommentStatus.SPAM)
+
+        def changes(old: Comment) -> bool:
+            if action is ModerationAction.RESTORE:
+                return old.status in gone
+            return old.status is not status or (clear_flags and old.flag_count > 0)
+
+        which: ColumnElement[bool]
+        if action is ModerationAction.RESTORE:
+            which = c.status.in_([x.value for x in gone])
+        elif clear_flags:
+            which = or_(c.status != status.value, c.flag_count > 0)
+        else:
+            which = c.status != status.value
+        # By primary key alone: with the tenant in the condition SQLite picks
+        # a tenant index and scans all of the tenant's comments.
+        owned = (
+            select(func.coalesce(func.sum(case((c.tenant_id == tenant_id, 1), else_=0)), 0))
+            .where(c.id.in_(ids))
+            .scalar_subquery()
+        )
+        guard = owned == literal(len(ids), Integer)
+        values: dict[str, Any] = {"status": status.value}
+        if clear_flags:
+            values["flag_count"] = 0
+        c2 = s.comments.alias("recount")
+        approved_in_thread = (
+            select(func.count())
+            .select_from(c2)
+            .where(c2.c.tenant_id == t.tenant_id, c2.c.thread_id == t.id, c2.c.status == _APPROVED)
+            .scalar_subquery()
+        )
+        entry = AuditEntry(
+            id=new_id(),
+            tenant_id=tenant_id,
+            actor=actor,
+            action=action.value,
+            comment_ids=tuple(ids),
+            ban_ids=(),
+            reason=reason,
+            created_ms=created_ms,
+        )
+        m = s.moderation_log.c
+        statements: list[Executable] = [
+            select(s.comments).where(c.id.in_(ids)).with_for_update(),
+            update(s.comments).where(c.id.in_(ids), which, guard).values(**values),
+            update(s.threads)
+            .where(t.id.in_(select(c.thread_id).where(c.id.in_(ids))), guard)
+            .values(comment_count=approved_in_thread),
+        ]
+        if clear_flags:
+            statements.append(delete(s.flags).where(s.flags.c.comment_id.in_(ids), guard))
+        statements.append(
+            insert(s.moderation_log).from_select(
+                [m.id, m.tenant_id, m.created_ms, m.actor, m.action, m.targets, m.reason],
+                select(
+                    literal(entry.id),
+                    literal(tenant_id),
+                    literal(created_ms, BigInteger),
+                    literal(actor),
+                    literal(action.value),
+                    literal(json.dumps({"commentIds": ids, "banIds": []})),
+                    literal(reason),
+                ).where(guard),
+            )
+        )
+
+        def go() -> Written[Moderated]:
+            with self._writing() as conn:
+                rows = self._batch(conn, statements, commit=True)[0]
+                assert rows is not None
+                found = [_comment(r) for r in rows]
+                if len(found) != len(ids) or any(x.tenant_id != tenant_id for x in found):
+                    # Another tenant's ids are as unknown as made-up ones;
+                    # the guard kept every write from applying.
+                    raise NotFound("comment")
+                order = {cid: i for i, cid in enumerate(ids)}
+                found.sort(key=lambda x: order[x.id])
+                changed = [
+                    (old, replace(old, status=status, flag_count=0 if clear_flags else old.flag_count))
+                    for old in found
+                    if changes(old)
+                ]
+                return self._written(conn, Moderated(changed=changed, bans=[], entry=entry))
+
+        return go
+
+    def _ban_from_comments(
+        self,
+        tenant_id: str,
+        ids: list[str],
+        actor: str,
+        reason: str,
+        created_ms: int,
+        ban_expires_ms: int | None,
+        remove_all: bool,
+    ) -> Callable[[], Written[Moderated]]:
+        """Ban the authors of ``ids`` (the bans need the authors read first)."""
+
+        def go() -> Written[Moderated]:
+            c = s.comments.c
+            with self._writing() as conn:
+                # By primary key alone (see _set_statuses); the tenant is
+                # checked on the rows.
+                found = [_comment(r) for r in conn.execute(select(s.comments).where(c.id.in_(ids))).all()]
+                if len(found) != len(ids) or any(x.tenant_id != tenant_id for x in found):
+                    raise NotFound("comment")
+                order = {cid: i for i, cid in enumerate(ids)}
+                found.sort(key=lambda x: order[x.id])
+                authors = sorted({x.author_id for x in found})
+                bans = self._insert_bans(
+                    conn,
+                    tenant_id,
+                    BanKind.AUTHOR,
+                    authors,
+                    actor=actor,
+                    reason=reason,
+                    created_ms=created_ms,
+                    expires_ms=ban_expires_ms,
+                )
+                doomed = self._comments_of(conn, tenant_id, authors) if remove_all else found
+                changed = self._set_status(conn, tenant_id, doomed, CommentStatus.REMOVED)
+                touched = [old.id for old, _ in changed]
+                named = ids + [cid for cid in touched if cid not in order]
+                entry = self._audit(
+                    conn, tenant_id, actor, ModerationAction.BAN.value, named, [b.id for b in bans], reason, created_ms
+                )
+                return self._written(conn, Moderated(changed=changed, bans=bans, entry=entry))
+
+        return go
+
+    def add_ban(
+        self,
+        tenant_id: str,
+        kind: BanKind,
+        value: str,
+        *,
+        actor: str,
+        reason: str,
+        created_ms: int,
+        read_preference: ReadPreference,
+        expires_ms: int | None = None,
+        remove_all: bool = False,
+    ) -> Deferred[Written[Moderated]]:
+        if expires_ms is not None and expires_ms <= created_ms:
+            return fail(InvalidReference("a ban must expire after it is made"))
+        if remove_all and kind is not BanKind.AUTHOR:
+            return fail(InvalidReference("only an author's comments can be removed with a ban"))
+
+        def go() -> Written[Moderated]:
+            with self._writing() as conn:
+                if kind is BanKind.AUTHOR:
+                    self._require_author(conn, tenant_id, value)
+                else:
+                    self._require_tenant(conn, tenant_id)
+                bans = self._insert_bans(
+                    conn,
+                    tenant_id,
+                    kind,
+                    [value],
+                    actor=actor,
+                    reason=reason,
+                    created_ms=created_ms,
+                    expires_ms=expires_ms,
+                )
+                changed = []
+                if remove_all:
+                    changed = self._set_status(
+                        conn, tenant_id, self._comments_of(conn, tenant_id, [value]), CommentStatus.REMOVED
+                    )
+                entry = self._audit(
+                    conn, tenant_id, actor, "ban", [old.id for old, _ in changed], [bans[0].id], reason, created_ms
+                )
+                return self._written(conn, Moderated(changed=changed, bans=bans, entry=entry))
+
+        return self._call("add_ban", read_preference, go, write=True)
+
+    def lift_ban(
+        self, tenant_id: str, ban_id: str, *, actor: str, reason: str, lifted_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[Ban]]:
+        def go() -> Written[Ban]:
+            b = s.bans.c
+            where = and_(b.tenant_id == tenant_id, b.id == ban_id, b.lifted_ms.is_(None))
+            with self._writing() as conn:
+                row = conn.execute(select(s.bans).where(where)).first()
+                if row is None:
+                    raise NotFound("ban")
+                conn.execute(update(s.bans).where(where).values(lifted_ms=lifted_ms))
+                self._audit(conn, tenant_id, actor, "lift_ban", [], [ban_id], reason, lifted_ms)
+                return self._written(conn, replace(_ban(row), lifted_ms=lifted_ms))
+
+        return self._call("lift_ban", read_preference, go, write=True)
+
+    @staticmethod
+    def _in_force(now_ms: int) -> Any:
+        b = s.bans.c
+        return and_(b.lifted_ms.is_(None), or_(b.expires_ms.is_(None), b.expires_ms > now_ms))
+
+    def list_bans(
+        self,
+        tenant_id: str,
+        *,
+        active_at_ms: int | None,
+        limit: int,
+        cursor: str | None,
+        read_preference: ReadPreference,
+        token: str | None = None,
+    ) -> Deferred[Page[Ban]]:
+        b = s.bans.c
+        try:
+            after = _decode_cursor(cursor, "bans", (int, str)) if cursor else None
+        except BadCursor:
+            return fail()
+        query = select(s.bans).where(b.tenant_id == tenant_id)
+        if active_at_ms is not None:
+            query = query.where(self._in_force(active_at_ms))
+        if after is not None:
+            query = query.where(or_(b.created_ms < after[0], and_(b.created_ms == after[0], b.id < after[1])))
+        query = query.order_by(b.created_ms.desc(), b.id.desc()).limit(limit + 1)
+
+        def go() -> Page[Ban]:
+            with self._reading(read_preference) as conn:
+                rows = conn.execute(query).all()
+            items = [_ban(r) for r in rows[:limit]]
+            next_cursor = None
+            if len(rows) > limit:
+                next_cursor = _encode_cursor("bans", items[-1].created_ms, items[-1].id)
+            return Page(items, next_cursor)
+
+        return self._call("list_bans", read_preference, go, token=token)
+
+    def find_ban(
+        self,
+        tenant_id: str,
+        *,
+        author_id: str | None,
+        address_hash: str | None,
+        now_ms: int,
+        read_preference: ReadPreference,
+        token: str | None = None,
+    ) -> Deferred[Ban | None]:
+        b = s.bans.c
+        named = []
+        if author_id is not None:
+            named.append(and_(b.kind == BanKind.AUTHOR.value, b.value == author_id))
+        if address_hash is not None:
+            named.append(and_(b.kind == BanKind.ADDRESS.value, b.value == address_hash))
+
+        def go() -> Ban | None:
+            if not named:
+                return None
+            with self._reading(read_preference) as conn:
+                row = conn.execute(
+                    select(s.bans)
+                    .where(b.tenant_id == tenant_id, or_(*named), self._in_force(now_ms))
+                    .order_by(b.created_ms, b.id)
+                    .limit(1)
+                ).first()
+            return None if row is None else _ban(row)
+
+        return self._call("find_ban", read_preference, go, token=token)
+
+    def audit_log(
+        self,
+        tenant_id: str,
+        *,
+        limit: int,
+        cursor: str | None,
+        read_preference: ReadPreference,
+        token: str | None = None,
+    ) -> Deferred[Page[AuditEntry]]:
+        m = s.moderation_log.c
+        try:
+            after = _decode_cursor(cursor, "audit", (int, int)) if cursor else None
+        except BadCursor:
+            return fail()
+        query = select(s.moderation_log).where(m.tenant_id == tenant_id)
+        if after is not None:
+            query = query.where(or_(m.created_ms < after[0], and_(m.created_ms == after[0], m.seq < after[1])))
+        query = query.order_by(m.created_ms.desc(), m.seq.desc()).limit(limit + 1)
+
+        def go() -> Page[AuditEntry]:
+            with self._reading(read_preference) as conn:
+                rows = conn.execute(query).all()
+            items = [_audit_entry(r) for r in rows[:limit]]
+            next_cursor = None
+            if len(rows) > limit:
+                next_cursor = _encode_cursor("audit", rows[limit - 1].created_ms, rows[limit - 1].seq)
+            return Page(items, next_cursor)
+
+        return self._call("audit_log", read_preference, go, token=token)
 
     # Credits
 

@@ -141,6 +141,31 @@ class ConsistencyApiTests(SynchronousTestCase):
         self.assertEqual(seen.code, 200, seen.body)
         self.assertEqual(seen.json["comment"]["text"], "Hi")
 
+    def test_moderator_page_after_bulk_action(self) -> None:
+        """The moderation queue reads NEAREST by default: after a bulk action
+        the moderator sends back its X-Consistency-Token and the next queue
+        page and audit log show the action although the replica lacks it;
+        without the token the replica's older state is served."""
+        manager = self.node.manager(self.key)
+        ids = []
+        for text in ("one", "two"):
+            created = manager.post(
+                "/api/v1/manage/comments",
+                json_body={"urlId": "https://news.test/c", "text": text, "displayName": "Ed"},
+            )
+            self.assertEqual(created.code, 201, created.body)
+            ids.append(created.json["comment"]["id"])
+        acted = manager.post("/api/v1/manage/moderation/actions", json_body={"action": "remove", "commentIds": ids})
+        self.assertEqual(acted.code, 200, acted.body)
+        token = acted.header("x-consistency-token")
+        assert token is not None
+        queue = "/api/v1/manage/moderation/queue?queue=removed"
+        self.assertEqual(manager.get(queue).json["comments"], [])
+        seen = manager.get(queue, headers={"x-consistency-token": token}, advance=WAIT)
+        self.assertEqual(sorted(c["id"] for c in seen.json["comments"]), sorted(ids))
+        log = manager.get("/api/v1/manage/moderation/log", headers={"x-consistency-token": token})
+        self.assertEqual(log.json["entries"][0]["commentIds"], ids)
+
     def test_bad_token_header(self) -> None:
         """A token the store never issued, or one no store could have, is a
         400 naming the problem, not a wait or a 500."""

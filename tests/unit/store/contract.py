@@ -31,6 +31,7 @@ from fastedge.store.errors import (
     AlreadyExists,
     BadCursor,
     InvalidReference,
+    LimitReached,
     NotFound,
     WrongReadPreference,
 )
@@ -38,12 +39,20 @@ from fastedge.store.interfaces import IStore
 from fastedge.store.model import (
     AnonymousSession,
     ApiKey,
+    AuditEntry,
     AuthorKind,
+    Ban,
+    BanKind,
     Comment,
     CommentStatus,
     CreditUsage,
+    Moderated,
+    ModerationAction,
+    ModerationQueue,
     NewComment,
     Page,
+    QueueFilter,
+    QueueSort,
     ReadPreference,
     Sort,
     Tenant,
@@ -575,6 +584,14 @@ class StoreContractMixin(_MixinBase):
             cursors[sort.value] = self.read(
                 self.store.list_thread, tenant.id, thread.id, sort=sort, limit=1, cursor=None
             ).next_cursor
+        cursors["queue"] = self.read(
+            self.store.moderation_queue,
+            tenant.id,
+            queue=ModerationQueue.PENDING,
+            sort=QueueSort.OLDEST,
+            limit=1,
+            cursor=None,
+        ).next_cursor
         for name, cursor in cursors.items():
             self.assertIsNotNone(cursor, name)
         return tenant.id, {name: cursor for name, cursor in cursors.items() if cursor is not None}
@@ -600,6 +617,19 @@ class StoreContractMixin(_MixinBase):
         tenant = self.make_tenant()
         thread = self.make_thread(tenant.id)
         self.read_fails(BadCursor, self.store.list_comments, tenant.id, status=APPROVED, limit=1, cursor="garbage")
+        for queue in ModerationQueue:
+            for queue_sort in QueueSort:
+                self.read_fails(
+                    BadCursor,
+                    self.store.moderation_queue,
+                    tenant.id,
+                    queue=queue,
+                    sort=queue_sort,
+                    limit=1,
+                    cursor="garbage",
+                )
+        self.read_fails(BadCursor, self.store.list_bans, tenant.id, active_at_ms=None, limit=1, cursor="garbage")
+        self.read_fails(BadCursor, self.store.audit_log, tenant.id, limit=1, cursor="garbage")
         for sort in Sort:
             self.read_fails(
                 BadCursor, self.store.list_thread, tenant.id, thread.id, sort=sort, limit=1, cursor="garbage"
@@ -630,6 +660,16 @@ class StoreContractMixin(_MixinBase):
             (self.store.list_comments, (tenant_id,), {"status": PENDING}),
         ]
         calls += [(self.store.list_thread, (tenant_id, thread.id), {"sort": sort}) for sort in Sort]
+        calls += [
+            (self.store.moderation_queue, (tenant_id,), {"queue": ModerationQueue.PENDING, "sort": QueueSort.OLDEST}),
+            (
+                self.store.moderation_queue,
+                (tenant_id,),
+                {"queue": ModerationQueue.FLAGGED, "sort": QueueSort.MOST_FLAGGED},
+            ),
+            (self.store.list_bans, (tenant_id,), {"active_at_ms": None}),
+            (self.store.audit_log, (tenant_id,), {}),
+        ]
         for method, args, kwargs in calls:
             for rp in self.read_preferences():
                 result = self.settle(
@@ -1497,7 +1537,8 @@ class StoreContractMixin(_MixinBase):
 
     def test_delete_tenant(self) -> None:
         """Deleting tenant B removes B and every row of it (keys, authors,
-        sessions, users, threads, comments, votes, flags, blocks, credits),
+        sessions, users, threads, comments, votes, flags, blocks, credits,
+        bans and the moderation log),
         counted per table; tenant A reads exactly as before."""
         a, b = self.two_tenants()
         a_before = (
@@ -1506,10 +1547,25 @@ class StoreContractMixin(_MixinBase):
             self.read(self.store.get_author, a, b["a_author"]),
         )
         tid = b["tenant"].id
+        # A ban writes a ban row and its audit entry.
+        self.write(
+            self.store.add_ban(
+                tid,
+                BanKind.ADDRESS,
+                "0" * 64,
+                actor="test",
+                reason="spam",
+                created_ms=self.tick(),
+                read_preference=PRIMARY,
+            )
+        )
         deleted = self.write(self.store.delete_tenant(tid, read_preference=PRIMARY))
         self.assertEqual(
             dict(deleted),
             {
+                "vote_addresses": 0,
+                "moderation_log": 1,
+                "bans": 1,
                 "votes": 1,
                 "flags": 1,
                 "blocks": 1,
@@ -1574,3 +1630,545 @@ class StoreContractMixin(_MixinBase):
         self.assertEqual(self.read(self.store.get_author, a, user.author_id).tenant_id, a)
         self.assertEqual(self.read(self.store.tenant_for_api_key, key_hash("a-key")).id, a)
         self.assertEqual(self.read(self.store.credit_usage, a, since_ms=0), [CreditUsage("post", 1, 5)])
+
+    # Moderation: the queue, bulk actions, bans, the audit log
+
+    def flag_times(self, tenant_id: str, comment_id: str, n: int, hide_at: int | None = None) -> int:
+        """Flag a comment ``n`` times, by ``n`` new authors; returns the count."""
+        count = 0
+        for _ in range(n):
+            flagger = self.make_author(tenant_id)
+            count = self.write(
+                self.store.add_flag(
+                    tenant_id, comment_id, flagger, created_ms=self.tick(), read_preference=PRIMARY, hide_at=hide_at
+                )
+            )
+        return count
+
+    def queue(
+        self,
+        tenant_id: str,
+        queue: ModerationQueue,
+        sort: QueueSort = QueueSort.OLDEST,
+        limit: int = 2,
+        **filters: Any,
+    ) -> list[Comment]:
+        """Every comment of a moderation queue, following cursors."""
+        pages = self.all_pages(
+            lambda cursor: self.read(
+                self.store.moderation_queue,
+                tenant_id,
+                queue=queue,
+                sort=sort,
+                limit=limit,
+                cursor=cursor,
+                filters=QueueFilter(**filters),
+            ),
+            limit,
+        )
+        return [c for page in pages for c in page.items]
+
+    def moderate(self, tenant_id: str, action: ModerationAction, ids: Sequence[str], **kwargs: Any) -> Moderated:
+        kwargs.setdefault("reason", "")
+        return self.write(
+            self.store.moderate(
+                tenant_id, action, ids, actor="mod-1", created_ms=self.tick(), read_preference=PRIMARY, **kwargs
+            )
+        )
+
+    def audit(self, tenant_id: str, limit: int = 2) -> list[AuditEntry]:
+        pages = self.all_pages(
+            lambda cursor: self.read(self.store.audit_log, tenant_id, limit=limit, cursor=cursor), limit
+        )
+        return [e for page in pages for e in page.items]
+
+    def test_queue_oldest_first(self) -> None:
+        """The pending, spam and removed queues hold exactly the comments of that
+        status from every thread, oldest first, each once across pages."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        one, two = self.make_thread(tenant.id, "one"), self.make_thread(tenant.id, "two")
+        t = self.tick()
+        expected: dict[ModerationQueue, list[Comment]] = {q: [] for q in ModerationQueue}
+        for i, offset in enumerate([5, 3, 3, 1, 4, 0, 3]):
+            status = (PENDING, SPAM, PENDING)[i % 3]
+            made = self.post(tenant.id, (one, two)[i % 2].id, author, status=status, created_ms=t + offset)
+            expected[ModerationQueue(status.value)].append(made)
+        self.post(tenant.id, one.id, author)
+        gone = self.set_status(tenant.id, self.post(tenant.id, two.id, author).id, REMOVED)
+        expected[ModerationQueue.REMOVED].append(gone)
+        for q in (ModerationQueue.PENDING, ModerationQueue.SPAM, ModerationQueue.REMOVED):
+            listed = self.queue(tenant.id, q)
+            want = sorted(expected[q], key=lambda c: (c.created_ms, c.id))
+            self.assertEqual(listed, want, q)
+        self.assertEqual(self.queue(tenant.id, ModerationQueue.FLAGGED), [])
+
+    def test_queue_most_flagged(self) -> None:
+        """The flagged queue holds approved and pending comments with flags,
+        most flagged first and then oldest first; spam and removed ones are
+        in their own queues."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        made = [self.post(tenant.id, thread.id, author, status=(APPROVED, PENDING)[i % 2]) for i in range(6)]
+        for comment, n in zip(made, [1, 3, 0, 3, 2, 1], strict=True):
+            self.flag_times(tenant.id, comment.id, n)
+        spam = self.post(tenant.id, thread.id, author, status=SPAM)
+        self.flag_times(tenant.id, spam.id, 5)
+        listed = self.queue(tenant.id, ModerationQueue.FLAGGED, QueueSort.MOST_FLAGGED)
+        self.assertEqual([c.id for c in listed], [made[i].id for i in (1, 3, 4, 0, 5)])
+        self.assertEqual([c.flag_count for c in listed], [3, 3, 2, 1, 1])
+        oldest = self.queue(tenant.id, ModerationQueue.FLAGGED, QueueSort.OLDEST)
+        self.assertEqual([c.id for c in oldest], [made[i].id for i in (0, 1, 3, 4, 5)])
+
+    def test_queue_filters(self) -> None:
+        """The queue narrows by thread, author, creation time and a
+        case-insensitive text search in which % and _ are plain characters."""
+        tenant = self.make_tenant()
+        ann, bob = self.make_author(tenant.id), self.make_author(tenant.id)
+        one, two = self.make_thread(tenant.id, "one"), self.make_thread(tenant.id, "two")
+        a = self.post(tenant.id, one.id, ann, status=PENDING, body="Buy CHEAP pills")
+        b = self.post(tenant.id, two.id, ann, status=PENDING, body="100% cheap_stuff")
+        c = self.post(tenant.id, one.id, bob, status=PENDING, body="A fine remark")
+        q = ModerationQueue.PENDING
+        self.assertEqual(self.queue(tenant.id, q, thread_id=one.id), [a, c])
+        self.assertEqual(self.queue(tenant.id, q, author_id=ann), [a, b])
+        self.assertEqual(self.queue(tenant.id, q, author_id=ann, thread_id=two.id), [b])
+        self.assertEqual(self.queue(tenant.id, q, since_ms=b.created_ms), [b, c])
+        self.assertEqual(self.queue(tenant.id, q, until_ms=b.created_ms), [a])
+        self.assertEqual(self.queue(tenant.id, q, since_ms=b.created_ms, until_ms=c.created_ms), [b])
+        self.assertEqual(self.queue(tenant.id, q, text="cheap"), [a, b])
+        self.assertEqual(self.queue(tenant.id, q, text="0% c"), [b])
+        self.assertEqual(self.queue(tenant.id, q, text="p_s"), [b])
+        self.assertEqual(self.queue(tenant.id, q, text="%"), [b])
+        self.assertEqual(self.queue(tenant.id, q, text="nothing like it"), [])
+        self.assertEqual(self.queue(tenant.id, q, thread_id=UNKNOWN), [])
+
+    def test_queue_cursor_of_another_queue(self) -> None:
+        """A queue cursor is refused by another queue, another sort and the
+        other listings, and theirs by the queue."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        for _ in range(3):
+            self.flag_times(tenant.id, self.post(tenant.id, thread.id, author, status=PENDING).id, 1)
+        page = self.read(
+            self.store.moderation_queue,
+            tenant.id,
+            queue=ModerationQueue.PENDING,
+            sort=QueueSort.OLDEST,
+            limit=1,
+            cursor=None,
+        )
+        assert page.next_cursor is not None
+        for queue, sort in [
+            (ModerationQueue.FLAGGED, QueueSort.OLDEST),
+            (ModerationQueue.PENDING, QueueSort.MOST_FLAGGED),
+        ]:
+            self.read_fails(
+                BadCursor,
+                self.store.moderation_queue,
+                tenant.id,
+                queue=queue,
+                sort=sort,
+                limit=1,
+                cursor=page.next_cursor,
+            )
+        self.read_fails(
+            BadCursor, self.store.list_comments, tenant.id, status=PENDING, limit=1, cursor=page.next_cursor
+        )
+        other = self.read(self.store.list_comments, tenant.id, status=PENDING, limit=1, cursor=None).next_cursor
+        self.read_fails(
+            BadCursor,
+            self.store.moderation_queue,
+            tenant.id,
+            queue=ModerationQueue.PENDING,
+            sort=QueueSort.OLDEST,
+            limit=1,
+            cursor=other,
+        )
+        self.read_fails(BadCursor, self.store.audit_log, tenant.id, limit=1, cursor=other)
+        self.read_fails(BadCursor, self.store.list_bans, tenant.id, active_at_ms=None, limit=1, cursor=other)
+
+    def test_moderate_approve_remove_spam_restore(self) -> None:
+        """Bulk actions change every named comment, keep the threads' counts
+        right, say what changed (before and after), and leave the rest alone;
+        approving clears flags; restoring touches only removed and spam ones."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        one, two = self.make_thread(tenant.id, "one"), self.make_thread(tenant.id, "two")
+        pending = [self.post(tenant.id, (one, two)[i % 2].id, author, status=PENDING) for i in range(4)]
+        flagged = self.post(tenant.id, one.id, author)
+        self.flag_times(tenant.id, flagged.id, 2)
+        flagged = self.read(self.store.get_comment, tenant.id, flagged.id)
+        other = self.post(tenant.id, two.id, author, status=PENDING)
+        done = self.moderate(tenant.id, ModerationAction.APPROVE, [p.id for p in pending] + [flagged.id])
+        self.assertEqual([before.id for before, _ in done.changed], [p.id for p in pending] + [flagged.id])
+        self.assertEqual([before for before, _ in done.changed], pending + [flagged])
+        self.assertEqual({(after.status, after.flag_count) for _, after in done.changed}, {(APPROVED, 0)})
+        for _, after in done.changed:
+            self.assertEqual(self.read(self.store.get_comment, tenant.id, after.id), after)
+        self.assertEqual((self.comment_count(tenant.id, one.id), self.comment_count(tenant.id, two.id)), (3, 2))
+        self.assertEqual(self.queue(tenant.id, ModerationQueue.FLAGGED), [])
+        self.assertEqual(self.queue(tenant.id, ModerationQueue.PENDING), [other])
+        # Flags cleared: the same readers may flag it again.
+        self.assertEqual(self.flag_times(tenant.id, flagged.id, 1), 1)
+        self.moderate(tenant.id, ModerationAction.REMOVE, [pending[0].id, pending[1].id])
+        self.moderate(tenant.id, ModerationAction.SPAM, [pending[2].id])
+        self.assertEqual((self.comment_count(tenant.id, one.id), self.comment_count(tenant.id, two.id)), (1, 1))
+        restored = self.moderate(tenant.id, ModerationAction.RESTORE, [pending[0].id, pending[2].id, other.id])
+        self.assertEqual([before.id for before, _ in restored.changed], [pending[0].id, pending[2].id])
+        self.assertEqual(self.read(self.store.get_comment, tenant.id, other.id), other)
+        self.assertEqual((self.comment_count(tenant.id, one.id), self.comment_count(tenant.id, two.id)), (3, 1))
+        self.assertEqual(self.queue(tenant.id, ModerationQueue.REMOVED), [replace(pending[1], status=REMOVED)])
+
+    def test_moderate_refuses_another_tenants_ids(self) -> None:
+        """A bulk call naming one comment of another tenant among its own is
+        refused whole: nothing changes in either tenant, nothing is logged."""
+        a, b = self.two_tenants()
+        own = self.post(a, b["a_thread"].id, b["a_author"], status=PENDING)
+        before = (self.tenant_b_state(b), self.thread_state(a, b["a_thread"].id))
+        for action in ModerationAction:
+            self.failureResultOf(
+                self.store.moderate(
+                    a,
+                    action,
+                    [own.id, b["pending"].id],
+                    actor="mod",
+                    reason="",
+                    created_ms=self.tick(),
+                    read_preference=PRIMARY,
+                ),
+                NotFound,
+            )
+        self.failureResultOf(
+            self.store.add_ban(
+                a,
+                BanKind.AUTHOR,
+                b["user"].author_id,
+                actor="mod",
+                reason="",
+                created_ms=self.tick(),
+                read_preference=PRIMARY,
+            ),
+            NotFound,
+        )
+        self.assertEqual((self.tenant_b_state(b), self.thread_state(a, b["a_thread"].id)), before)
+        self.assertEqual(self.audit(a), [])
+        self.assertEqual(self.audit(b["tenant"].id), [])
+        self.assertEqual(self.read(self.store.list_bans, a, active_at_ms=None, limit=10, cursor=None).items, [])
+
+    def test_moderate_refuses_bad_id_lists(self) -> None:
+        """No ids, 501 ids and repeated ids are refused and change nothing."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        comment = self.post(tenant.id, thread.id, author, status=PENDING)
+        before = self.thread_state(tenant.id, thread.id)
+        for ids in ([], [comment.id] * 2, [comment.id] + [UNKNOWN[:-3] + "%03d" % i for i in range(500)]):
+            self.failureResultOf(
+                self.store.moderate(
+                    tenant.id,
+                    ModerationAction.APPROVE,
+                    ids,
+                    actor="mod",
+                    reason="",
+                    created_ms=self.tick(),
+                    read_preference=PRIMARY,
+                ),
+                InvalidReference,
+            )
+        self.assertEqual(self.thread_state(tenant.id, thread.id), before)
+        self.assertEqual(self.audit(tenant.id), [])
+
+    def test_moderate_five_hundred(self) -> None:
+        """500 ids in one call are fine."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        t = self.tick()
+        rows = [self.new_comment(tenant.id, thread.id, author, status=PENDING, created_ms=t + i) for i in range(500)]
+        made = [self.write(self.store.create_comment(new, read_preference=PRIMARY)) for new in rows]
+        done = self.moderate(tenant.id, ModerationAction.APPROVE, [c.id for c in made])
+        self.assertEqual(len(done.changed), 500)
+        self.assertEqual(self.comment_count(tenant.id, thread.id), 500)
+
+    def test_ban_authors_from_comments(self) -> None:
+        """Banning from comments bans each author once and removes the named
+        comments, or all of the authors' comments when asked; a ban in force
+        is found by author, listed, and ends when lifted or expired."""
+        tenant = self.make_tenant()
+        ann, bob, cid = self.make_author(tenant.id), self.make_author(tenant.id), self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        a1, a2 = self.post(tenant.id, thread.id, ann), self.post(tenant.id, thread.id, ann)
+        b1, b2 = self.post(tenant.id, thread.id, bob), self.post(tenant.id, thread.id, bob, status=PENDING)
+        keep = self.post(tenant.id, thread.id, cid)
+        done = self.moderate(tenant.id, ModerationAction.BAN, [a1.id], reason="abuse")
+        self.assertEqual([b.value for b in done.bans], [ann])
+        self.assertEqual([after.status for _, after in done.changed], [REMOVED])
+        self.assertEqual(self.read(self.store.get_comment, tenant.id, a2.id), a2)
+        later = self.tick()
+        expiring = self.moderate(
+            tenant.id, ModerationAction.BAN, [b1.id], remove_all=True, ban_expires_ms=later + 60_000
+        )
+        self.assertEqual({before.id for before, _ in expiring.changed}, {b1.id, b2.id})
+        self.assertEqual(self.comment_count(tenant.id, thread.id), 2)
+        self.assertEqual(self.read(self.store.get_comment, tenant.id, keep.id), keep)
+
+        def found(author: str, at: int) -> Ban | None:
+            return self.read(self.store.find_ban, tenant.id, author_id=author, address_hash=None, now_ms=at)
+
+        self.assertEqual(found(ann, later), done.bans[0])
+        self.assertEqual(found(bob, later + 59_999), expiring.bans[0])
+        self.assertIsNone(found(bob, later + 60_000))
+        self.assertIsNone(found(cid, later))
+        listed = self.read(self.store.list_bans, tenant.id, active_at_ms=later + 60_000, limit=10, cursor=None)
+        self.assertEqual(listed.items, [done.bans[0]])
+        lifted = self.write(
+            self.store.lift_ban(
+                tenant.id,
+                done.bans[0].id,
+                actor="mod-2",
+                reason="appeal",
+                lifted_ms=self.tick(),
+                read_preference=PRIMARY,
+            )
+        )
+        self.assertIsNotNone(lifted.lifted_ms)
+        self.assertIsNone(found(ann, self.tick()))
+        everything = self.read(self.store.list_bans, tenant.id, active_at_ms=None, limit=10, cursor=None)
+        self.assertEqual(everything.items, [expiring.bans[0], lifted])
+        self.failureResultOf(
+            self.store.lift_ban(
+                tenant.id, lifted.id, actor="mod", reason="", lifted_ms=self.tick(), read_preference=PRIMARY
+            ),
+            NotFound,
+        )
+
+    def test_ban_expiry_in_the_past(self) -> None:
+        """A ban that would end before (or as) it begins is refused and
+        leaves nothing behind."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        comment = self.post(tenant.id, thread.id, author)
+        t = self.tick()
+        for expires in (t, t - 1):
+            self.failureResultOf(
+                self.store.add_ban(
+                    tenant.id,
+                    BanKind.AUTHOR,
+                    author,
+                    actor="mod",
+                    reason="",
+                    created_ms=t,
+                    expires_ms=expires,
+                    read_preference=PRIMARY,
+                ),
+                InvalidReference,
+            )
+            self.failureResultOf(
+                self.store.moderate(
+                    tenant.id,
+                    ModerationAction.BAN,
+                    [comment.id],
+                    actor="mod",
+                    reason="",
+                    created_ms=t,
+                    ban_expires_ms=expires,
+                    read_preference=PRIMARY,
+                ),
+                InvalidReference,
+            )
+        self.assertEqual(self.read(self.store.list_bans, tenant.id, active_at_ms=None, limit=10, cursor=None).items, [])
+        self.assertEqual(self.read(self.store.get_comment, tenant.id, comment.id), comment)
+        self.assertEqual(self.audit(tenant.id), [])
+
+    def test_address_ban(self) -> None:
+        """An address ban is found by its hash, pages newest first with the
+        others, and cannot remove comments (addresses are not kept on them)."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        bans = []
+        for i in range(3):
+            done = self.write(
+                self.store.add_ban(
+                    tenant.id,
+                    BanKind.ADDRESS if i != 1 else BanKind.AUTHOR,
+                    "h" * 64 if i != 1 else author,
+                    actor="mod",
+                    reason="r",
+                    created_ms=self.tick(),
+                    read_preference=PRIMARY,
+                )
+            )
+            self.assertEqual(done.changed, [])
+            bans.append(done.bans[0])
+        got = self.read(self.store.find_ban, tenant.id, author_id=UNKNOWN, address_hash="h" * 64, now_ms=self.tick())
+        self.assertEqual(got, bans[0])
+        pages = self.all_pages(
+            lambda cursor: self.read(self.store.list_bans, tenant.id, active_at_ms=None, limit=2, cursor=cursor), 2
+        )
+        self.assertEqual([b for p in pages for b in p.items], bans[::-1])
+        self.failureResultOf(
+            self.store.add_ban(
+                tenant.id,
+                BanKind.ADDRESS,
+                "h" * 64,
+                actor="mod",
+                reason="",
+                created_ms=self.tick(),
+                remove_all=True,
+                read_preference=PRIMARY,
+            ),
+            InvalidReference,
+        )
+
+    def test_audit_log(self) -> None:
+        """Every moderator action is in the audit log with who, what, which
+        ids, when and why, newest first across pages."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        one, two = self.post(tenant.id, thread.id, author, status=PENDING), self.post(tenant.id, thread.id, author)
+        approved = self.moderate(tenant.id, ModerationAction.APPROVE, [one.id], reason="fine")
+        removed = self.moderate(tenant.id, ModerationAction.REMOVE, [two.id, one.id], reason="off topic")
+        banned = self.moderate(tenant.id, ModerationAction.BAN, [two.id], reason="troll", remove_all=True)
+        lifted_ms = self.tick()
+        self.write(
+            self.store.lift_ban(
+                tenant.id,
+                banned.bans[0].id,
+                actor="mod-2",
+                reason="appeal",
+                lifted_ms=lifted_ms,
+                read_preference=PRIMARY,
+            )
+        )
+        entries = self.audit(tenant.id)
+        self.assertEqual(entries[1:], [banned.entry, removed.entry, approved.entry])
+        self.assertEqual(
+            [(e.actor, e.action, tuple(e.comment_ids), tuple(e.ban_ids), e.reason) for e in entries],
+            [
+                ("mod-2", "lift_ban", (), (banned.bans[0].id,), "appeal"),
+                ("mod-1", "ban", (two.id,), (banned.bans[0].id,), "troll"),
+                ("mod-1", "remove", (two.id, one.id), (), "off topic"),
+                ("mod-1", "approve", (one.id,), (), "fine"),
+            ],
+        )
+        self.assertEqual(entries[0].created_ms, lifted_ms)
+        self.assertEqual(self.audit(self.make_tenant().id), [])
+
+    def test_flags_auto_hide(self) -> None:
+        """At the threshold a flagged approved comment is hidden for review in
+        the same write: off the thread and its count, in the pending and
+        flagged queues, with an audit entry; below it nothing happens."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        comment = self.post(tenant.id, thread.id, author)
+        self.assertEqual(self.flag_times(tenant.id, comment.id, 2, hide_at=3), 2)
+        self.assertEqual(self.read(self.store.get_comment, tenant.id, comment.id).status, APPROVED)
+        self.assertEqual(self.flag_times(tenant.id, comment.id, 1, hide_at=3), 3)
+        hidden = self.read(self.store.get_comment, tenant.id, comment.id)
+        self.assertEqual((hidden.status, hidden.flag_count), (PENDING, 3))
+        self.assertEqual(self.comment_count(tenant.id, thread.id), 0)
+        self.assertEqual(self.queue(tenant.id, ModerationQueue.PENDING), [hidden])
+        self.assertEqual(self.queue(tenant.id, ModerationQueue.FLAGGED), [hidden])
+        self.assertEqual(
+            [(e.actor, e.action, tuple(e.comment_ids)) for e in self.audit(tenant.id)],
+            [("auto", "auto_hide", (comment.id,))],
+        )
+        # Flagged further while hidden: no second entry.
+        self.flag_times(tenant.id, comment.id, 1, hide_at=3)
+        self.assertEqual(len(self.audit(tenant.id)), 1)
+        # A moderator's approval clears the flags; it stays up until flagged again.
+        self.moderate(tenant.id, ModerationAction.APPROVE, [comment.id])
+        self.assertEqual(self.flag_times(tenant.id, comment.id, 2, hide_at=3), 2)
+        self.assertEqual(self.comment_count(tenant.id, thread.id), 1)
+
+    def test_likes_per_address(self) -> None:
+        """Likes of one comment from one address stop at the bound, whatever
+        the sessions; other addresses and other comments are unaffected; an
+        unlike frees its place."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        comment, other = self.post(tenant.id, thread.id, author), self.post(tenant.id, thread.id, author)
+        s = self.store
+
+        def like(comment_id: str, voter: str, address: str) -> Deferred[Written[int]]:
+            return s.add_like(
+                tenant.id,
+                comment_id,
+                voter,
+                created_ms=self.tick(),
+                read_preference=PRIMARY,
+                address_hash=address,
+                max_per_address=2,
+            )
+
+        voters = [self.make_author(tenant.id) for _ in range(4)]
+        self.assertEqual(self.write(like(comment.id, voters[0], "a" * 64)), 1)
+        self.assertEqual(self.write(like(comment.id, voters[1], "a" * 64)), 2)
+        self.failureResultOf(like(comment.id, voters[2], "a" * 64), LimitReached)
+        self.assertEqual(self.read(self.store.get_comment, tenant.id, comment.id).like_count, 2)
+        self.assertEqual(self.write(like(comment.id, voters[2], "b" * 64)), 3)
+        self.assertEqual(self.write(like(other.id, voters[3], "a" * 64)), 1)
+        self.write(s.remove_like(tenant.id, comment.id, voters[0], read_preference=PRIMARY))
+        self.assertEqual(self.write(like(comment.id, voters[3], "a" * 64)), 3)
+
+    def test_moderation_writes_need_primary(self) -> None:
+        """Moderation writes given NEAREST fail with WrongReadPreference and
+        write nothing."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        comment = self.post(tenant.id, thread.id, author, status=PENDING)
+        ban = self.write(
+            self.store.add_ban(
+                tenant.id, BanKind.AUTHOR, author, actor="m", reason="", created_ms=self.tick(), read_preference=PRIMARY
+            )
+        ).bans[0]
+        before = (self.thread_state(tenant.id, thread.id), self.audit(tenant.id))
+        t = self.tick()
+        s = self.store
+        for d in [
+            s.moderate(
+                tenant.id,
+                ModerationAction.APPROVE,
+                [comment.id],
+                actor="m",
+                reason="",
+                created_ms=t,
+                read_preference=NEAREST,
+            ),
+            s.add_ban(tenant.id, BanKind.ADDRESS, "x", actor="m", reason="", created_ms=t, read_preference=NEAREST),
+            s.lift_ban(tenant.id, ban.id, actor="m", reason="", lifted_ms=t, read_preference=NEAREST),
+        ]:
+            self.failureResultOf(d, WrongReadPreference)
+        self.assertEqual((self.thread_state(tenant.id, thread.id), self.audit(tenant.id)), before)
+
+    def test_audit_log_same_millisecond(self) -> None:
+        """Entries made in the same millisecond still list newest first, each
+        once across pages."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        comments = [self.post(tenant.id, thread.id, author, status=PENDING) for _ in range(5)]
+        t = self.tick()
+        made = [
+            self.write(
+                self.store.moderate(
+                    tenant.id,
+                    ModerationAction.APPROVE,
+                    [c.id],
+                    actor="m",
+                    reason="",
+                    created_ms=t,
+                    read_preference=PRIMARY,
+                )
+            ).entry
+            for c in comments
+        ]
+        self.assertEqual(self.audit(tenant.id), made[::-1])

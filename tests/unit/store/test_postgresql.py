@@ -7,16 +7,19 @@ comes from a ``Clock``, so waits and fallbacks are driven by hand.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from psycopg import pq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.store.errors import BadToken, NotFound
 from fastedge.store.interfaces import IStore
 from fastedge.store.metrics import ReplicationMetrics
-from fastedge.store.model import ReadPreference, Tenant, Written
+from fastedge.store.model import CommentStatus, ModerationAction, NewComment, ReadPreference, Tenant, Written
 from fastedge.store.postgresql import PostgresStore, format_lsn, parse_lsn, redact_dsn
 from fastedge.testing import postgres_dsn, postgres_schema, run_inline, shared_postgres
 
@@ -299,3 +302,81 @@ class DsnTests(SynchronousTestCase):
         )
         self.assertNotIn("s3cret", redact_dsn("postgresql://app:s3cret@db1:5433/fe"))
         self.assertEqual(redact_dsn("host='unterminated"), "<unparsable connection string>")
+
+
+class _TracedStore(PostgresStore):
+    """Records the protocol messages of every write transaction (libpq's
+    trace of the primary connection, from checkout to after the commit)."""
+
+    trace_path: str
+
+    @contextmanager
+    def _writing(self) -> Iterator[Any]:
+        with open(self.trace_path, "a") as trace:
+            raw = None
+            with super()._writing() as conn:
+                raw = conn.connection.dbapi_connection
+                raw.pgconn.trace(trace.fileno())
+                raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+                yield conn
+            raw.pgconn.untrace()
+
+
+class BulkRoundTripTests(SynchronousTestCase):
+    """A bulk moderation call costs one round trip to the primary."""
+
+    def test_bulk_approve_is_one_round_trip(self) -> None:
+        """Approving 100 comments sends BEGIN, every statement, COMMIT and
+        the token query with one Sync: one round trip however far the
+        primary is, for any number of comments; a foreign id changes nothing
+        in that same one round trip."""
+        cluster = shared_postgres()
+        schema = postgres_schema(self, cluster)
+        store = _TracedStore([postgres_dsn(cluster.servers["primary"], schema)], None, run=run_inline, clock=Clock())
+        store.trace_path = self.mktemp()
+        self.successResultOf(store.open())
+        self.addCleanup(lambda: self.successResultOf(store.close()))
+
+        def done(d: Any) -> Any:
+            return self.successResultOf(d).value
+
+        tenant = done(store.create_tenant("T", "global", created_ms=1, read_preference=PRIMARY))
+        author = done(store.create_anonymous_session(tenant.id, created_ms=1, read_preference=PRIMARY)).author_id
+        thread = done(store.upsert_thread(tenant.id, "u", created_ms=1, read_preference=PRIMARY))
+        ids = [
+            done(
+                store.create_comment(
+                    NewComment(tenant.id, thread.id, author, "A", "x", "<p>x</p>", CommentStatus.PENDING, i),
+                    read_preference=PRIMARY,
+                )
+            ).id
+            for i in range(100)
+        ]
+        other = done(store.create_tenant("O", "global", created_ms=1, read_preference=PRIMARY))
+        with open(store.trace_path, "w"):
+            pass
+        moderated = self.successResultOf(
+            store.moderate(
+                tenant.id, ModerationAction.APPROVE, ids, actor="m", reason="", created_ms=2, read_preference=PRIMARY
+            )
+        )
+        self.assertEqual(len(moderated.value.changed), 100)
+        self.assertIsNotNone(moderated.token)
+        self.assertEqual(self._syncs(store.trace_path), 1)
+        self.failureResultOf(
+            store.moderate(
+                other.id, ModerationAction.REMOVE, ids, actor="m", reason="", created_ms=3, read_preference=PRIMARY
+            ),
+            NotFound,
+        )
+        self.assertEqual(self._syncs(store.trace_path), 1)
+        thread_now = self.successResultOf(store.get_thread_by_id(tenant.id, thread.id, read_preference=PRIMARY))
+        self.assertEqual(thread_now.comment_count, 100)
+
+    def _syncs(self, path: str) -> int:
+        """Sync messages the client sent since the trace was last read."""
+        with open(path) as f:
+            lines = f.read().splitlines()
+        with open(path, "w"):
+            pass
+        return sum(1 for line in lines if line.split("\t")[:1] == ["F"] and line.split("\t")[2:3] == ["Sync"])

@@ -106,6 +106,22 @@ class MigrateTests(SynchronousTestCase):
         self.assertIn("newer", str(caught.exception))
         self.assertEqual(self.recorded(), [(1, 1), (2, 1)])
 
+    def test_moderation_upgrade(self) -> None:
+        """A database made by version 1 as released (without the moderation
+        indexes) gains the moderation tables and indexes from version 2 and
+        ends up like a fresh one."""
+        with self.engine.begin() as conn:
+            schema.migrate(conn, 1, schema.MIGRATIONS[:1])
+            conn.execute(text("DROP INDEX comments_author"))
+            conn.execute(text("DROP INDEX comments_flagged"))
+        with self.engine.begin() as conn:
+            self.assertEqual(schema.migrate(conn, 2), [2])
+        found = inspect(self.engine)
+        self.assertEqual(set(found.get_table_names()), set(schema.metadata.tables))
+        self.assertEqual(
+            {i["name"] for i in found.get_indexes("comments")},
+            {i.name for i in schema.comments.indexes},
+        )
 
 class TenantTablesTests(SynchronousTestCase):
     """The tables :meth:`~fastedge.store.sql.SqlStore.delete_tenant` empties."""

@@ -75,6 +75,18 @@ class LivePublisher:
     ) -> None:
         self.sink(Event((tenant_id, thread_id), kind, data, author_id=author, origin=self._node))
 
+    def position(self, tenant_id: str, thread_id: str) -> tuple[str, int]:
+        """The thread's channel position ``(epoch, seq)`` here, for a page
+        that is about to be read (the embed page follows the channel from
+        it). A channel this hub has no state for starts a new epoch at 0.
+
+        On a node that is not the channel's sequencer (``fastedge.mesh.relay``)
+        the local position may later be reset by the relay; clients then get
+        ``reload`` and read again, never a silent gap.
+        """
+        stamp = self._hub.ensure((tenant_id, thread_id))
+        return stamp.epoch, stamp.seq
+
     @_guarded
     def created(self, comment: Comment) -> None:
         """A comment was posted (published only if it is approved)."""

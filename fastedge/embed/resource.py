@@ -184,7 +184,7 @@ class EmbedResource(Resource):
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"cache-control", b"public, max-age=300")
         request.setHeader(b"etag", etag)
-        if request.getHeader(b"if-none-match") == etag.decode():
+        if request.getHeader(b"if-none-match") == etag:
             request.setResponseCode(304)
             return b""
         request.setHeader(b"content-length", b"%d" % len(body))

@@ -447,3 +447,32 @@ class EmbedBrowserTests(TestCase):
 
         counts = yield self.thread.call(check)
         self.assertEqual(counts, {cid: 1 for cid in ids})
+
+    @defer.inlineCallbacks
+    def test_falls_back_to_sse(self) -> None:
+        """Where WebSocket is unavailable the widget follows the thread over
+        SSE (``/live/events``), from the position it was rendered at."""
+
+        def open_reader() -> Any:
+            from playwright.sync_api import expect
+
+            ctx = self.new_context()
+            # Every frame of this context, the widget's included, lacks WebSocket.
+            ctx.add_init_script("delete window.WebSocket")
+            f = _frame(ctx.new_page().goto(self.host).frame.page)
+            expect(f.locator("#fe-live")).to_have_text("Live")
+            return f
+
+        f = yield self.thread.call(open_reader)
+        live = self.node.top.getServiceNamed("live").live
+        self.assertEqual((len(live.connections["sse"]), len(live.connections["websocket"])), (1, 0))
+        comment, _ = yield self.api_post("over server-sent events", "Other")
+
+        def check() -> int:
+            from playwright.sync_api import expect
+
+            expect(f.locator("#fe-new")).to_have_text("1 new comment")
+            f.click("#fe-new")
+            return f.locator("#c-" + comment["id"]).count()
+
+        self.assertEqual((yield self.thread.call(check)), 1)

@@ -147,6 +147,9 @@ class RenderedPage:
     comments: dict[str, Comment]
     bodies: dict[str, bytes] = field(default_factory=dict)
     closed: bool = False
+    #: Whole pages for strangers, by ``(theme, form)``: most readers have
+    #: no session, and their page is the same bytes.
+    anonymous: dict[tuple[Theme, FormState], bytes] = field(default_factory=dict)
 
 
 def _when(ms: int) -> tuple[str, str]:
@@ -248,6 +251,27 @@ class EmbedRenderer:
     ) -> bytes:
         """The page as one reader sees it: the shared pieces joined with the
         reader's own slot values."""
+        stranger = author_id is None and viewer is None and form.error is None and not (form.name or form.text)
+        if stranger:
+            found = shared.anonymous.get((theme, form))
+            if found is not None:
+                return found
+        body = self._join(shared, ctx, author_id=author_id, state=state, viewer=viewer, form=form, theme=theme)
+        if stranger and len(shared.anonymous) < _ANONYMOUS_KEPT:
+            shared.anonymous[(theme, form)] = body
+        return body
+
+    def _join(
+        self,
+        shared: RenderedPage,
+        ctx: PageContext,
+        *,
+        author_id: str | None,
+        state: ViewerState | None,
+        viewer: Mapping[str, Any] | None,
+        form: FormState,
+        theme: Theme,
+    ) -> bytes:
         liked = state.liked if state is not None else frozenset()
         blocked = state.blocked_authors if state is not None else frozenset()
         doc = {
@@ -283,6 +307,9 @@ class EmbedRenderer:
         ).encode("utf-8")
 
 
+#: Stranger pages kept per shared rendering (a thread has one title and
+#: one theme, usually; a page is its size again, so keep few).
+_ANONYMOUS_KEPT = 2
 _BLOCKED_BODY = b'<p class="fe-blocked-note">You blocked this author. Their comments are hidden.</p>'
 _MINE_BADGE = b' <span class="fe-badge">you</span>'
 

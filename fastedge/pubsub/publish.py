@@ -75,17 +75,20 @@ class LivePublisher:
     ) -> None:
         self.sink(Event((tenant_id, thread_id), kind, data, author_id=author, origin=self._node))
 
-    def position(self, tenant_id: str, thread_id: str) -> tuple[str, int]:
-        """The thread's channel position ``(epoch, seq)`` here, for a page
-        that is about to be read (the embed page follows the channel from
-        it). A channel this hub has no state for starts a new epoch at 0.
+    def position(self, tenant_id: str, thread_id: str) -> tuple[str, int] | None:
+        """The thread's channel position ``(epoch, seq)`` on this node, for a
+        page about to be read (the embed page follows the channel from it),
+        or ``None`` when this hub holds no state for the channel.
 
-        On a node that is not the channel's sequencer (``fastedge.mesh.relay``)
-        the local position may later be reset by the relay; clients then get
-        ``reload`` and read again, never a silent gap.
+        Never creates state: on a node that is not the channel's sequencer
+        (``fastedge.mesh.relay``) a made-up local epoch would be replaced by
+        the sequencer's at the first subscribe, and the page told to reload.
+        A page without a position subscribes with ``since = 0`` and no epoch:
+        the channel's events since it came to be here, which all follow the
+        read (docs/embedding.md).
         """
-        stamp = self._hub.ensure((tenant_id, thread_id))
-        return stamp.epoch, stamp.seq
+        stamp = self._hub.position((tenant_id, thread_id))
+        return None if stamp is None else (stamp.epoch, stamp.seq)
 
     @_guarded
     def created(self, comment: Comment) -> None:

@@ -395,3 +395,32 @@ class StaticTests(EmbedTestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(response.header("access-control-allow-origin"), "*")
         self.assertTrue(re.search(rb"ev\.origin !== origin \|\| ev\.source !== frame\.contentWindow", response.body))
+
+
+class LivePositionTests(SynchronousTestCase):
+    def test_page_carries_the_position_it_was_read_at(self) -> None:
+        """The page names the live channel position taken before its read
+        (so following from it misses nothing), and none when the node holds
+        no state for the channel (it never makes one up)."""
+        from treq.testing import StubTreq
+        from twisted.internet.task import Clock
+
+        from tests.unit.pubsub.common import World
+
+        world = World(Clock())
+        url = "/embed/{}/?urlId={}".format(world.tenant_a.id, quote(world.url, safe=""))
+
+        def page() -> bytes:
+            stub = StubTreq(world.node.site.resource)
+            d = stub.get("http://node.test" + url)
+            stub.flush()
+            return self.successResultOf(self.successResultOf(d).content())  # type: ignore[no-any-return]
+
+        self.assertIn(b'data-epoch="" data-seq="0"', page())
+        self.assertIsNone(world.node.hub.position((world.tenant_a.id, world.thread_a.id)))
+        author = world.author(world.tenant_a)
+        for _ in range(3):
+            world.comment(world.tenant_a, world.thread_a, author)
+        world.node.api.cache.invalidate((world.tenant_a.id, "thread", world.thread_a.id))
+        stamp = world.node.hub.position((world.tenant_a.id, world.thread_a.id))
+        self.assertIn('data-epoch="{}" data-seq="3"'.format(stamp.epoch).encode(), page())

@@ -167,6 +167,14 @@ class EmbedResource(Resource):
                 return self._finish_empty(request, 405, "This page cannot be used that way.")
             d.addErrback(self._unexpected, request)
             return NOT_DONE_YET
+        if len(segments) == 1 and segments[0] and segments[0] != b"static":
+            # The page's address ends with "/" (its cookie's path does).
+            request.route = "/embed/{tenant}"  # type: ignore[attr-defined]
+            query = urlsplit(request.uri).query
+            request.setResponseCode(301)
+            request.setHeader(b"location", request.path + b"/" + (b"?" + query if query else b""))
+            request.setHeader(b"content-length", b"0")
+            return b""
         request.route = "/embed/not_found"  # type: ignore[attr-defined]
         return self._finish_empty(request, 404, "There is nothing here.")
 

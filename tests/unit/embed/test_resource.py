@@ -232,6 +232,13 @@ class EmptyStateTests(EmbedTestCase):
             self.assertEqual(response.code, 404, path)
             self.assertIn(b"There are no comments here.", response.body)
 
+    def test_missing_slash(self) -> None:
+        """The page's address without its final slash redirects to it (the
+        session cookie's path has the slash)."""
+        response = self.node.client().get("/embed/{}?urlId=a%20b".format(self.tenant))
+        self.assertEqual(response.code, 301)
+        self.assertEqual(response.header("location"), "/embed/{}/?urlId=a%20b".format(self.tenant))
+
     def test_thread_without_comments(self) -> None:
         """A page nobody has commented on yet is a 200 inviting the first
         comment (with the form)."""

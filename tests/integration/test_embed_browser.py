@@ -248,7 +248,7 @@ class EmbedBrowserTests(TestCase):
             page = self.new_context(java_script_enabled=False).new_page()
             page.goto(self.embed)
             return {
-                "ids": page.eval_on_selector_all(".fe-comment", "els => els.map(e => e.dataset.id)"),
+                "ids": page.eval_on_selector_all(".fe-comment", "els => els.map(e => e.id.slice(2))"),
                 "count": page.text_content("#fe-count"),
                 "pest": page.inner_html("#c-{} .fe-body".format(self.pest["id"])),
                 "nojs": page.eval_on_selector("html", "e => e.className"),
@@ -281,7 +281,7 @@ class EmbedBrowserTests(TestCase):
             f.click(".fe-submit")
             mine = f.locator("#fe-comments > .fe-comment.is-mine")
             expect(mine).to_have_count(1)
-            mine.locator("[data-action=reply]").first.click()
+            mine.locator(".fe-reply").first.click()
             f.fill("#fe-text", "A reply to myself")
             f.click(".fe-submit")
             expect(mine.locator(".fe-replies > .fe-comment.is-mine")).to_have_count(1)
@@ -356,7 +356,7 @@ class EmbedBrowserTests(TestCase):
             button = reader.locator("#fe-new")
             expect(button).to_have_text("1 new comment", timeout=10_000)
             latency = time.monotonic() - started
-            first = reader.eval_on_selector("#fe-comments > .fe-comment", "e => e.dataset.id")
+            first = reader.eval_on_selector("#fe-comments > .fe-comment", "e => e.id.slice(2)")
             button.click()
             expect(reader.locator("#fe-comments > .fe-comment").first).to_contain_text("Fresh from the other tab")
             return {"latency": latency, "first_before_click": first}

@@ -64,6 +64,10 @@ function start() {
     if (live) live.setViewer(v.liveToken);
   }
 
+  function idOf(li) {
+    return li.id.slice(2);
+  }
+
   function node(id) {
     return document.getElementById("c-" + id);
   }
@@ -76,7 +80,6 @@ function start() {
   function build(c) {
     const li = tpl.content.firstElementChild.cloneNode(true);
     li.id = "c-" + c.id;
-    li.dataset.id = c.id;
     li.dataset.author = c.authorId;
     li.querySelector("article").setAttribute("aria-labelledby", "a-" + c.id);
     const a = li.querySelector(".fe-author");
@@ -193,11 +196,11 @@ function start() {
 
   // Actions
   root.addEventListener("click", async (ev) => {
-    const btn = ev.target.closest("[data-action]");
+    const btn = ev.target.closest(".fe-like, .fe-flag, .fe-block, .fe-reply");
     if (!btn) return;
     const li = btn.closest(".fe-comment");
-    const id = li && li.dataset.id;
-    const action = btn.dataset.action;
+    const id = li && idOf(li);
+    const action = btn.classList[0].slice(3);
     try {
       if (action === "like") {
         const on = btn.getAttribute("aria-pressed") !== "true";
@@ -230,15 +233,15 @@ function start() {
       li.classList.toggle("is-blocked", on);
       li.querySelector(":scope > article > .fe-actions > .fe-block").textContent = on ? "Unblock author" : "Block author";
       if (on) {
-        hiddenBodies.set(li.dataset.id, body.innerHTML);
+        hiddenBodies.set(idOf(li), body.innerHTML);
         body.textContent = "";
         const p = document.createElement("p");
         p.className = "fe-blocked-note";
         p.textContent = "You blocked this author. Their comments are hidden.";
         body.append(p);
-      } else if (hiddenBodies.has(li.dataset.id)) {
-        body.innerHTML = hiddenBodies.get(li.dataset.id);
-        hiddenBodies.delete(li.dataset.id);
+      } else if (hiddenBodies.has(idOf(li))) {
+        body.innerHTML = hiddenBodies.get(idOf(li));
+        hiddenBodies.delete(idOf(li));
       }
     }
   }
@@ -303,7 +306,7 @@ function start() {
       ev.preventDefault();
       const r = await fetch(more.href, { credentials: "same-origin" });
       const doc = new DOMParser().parseFromString(await r.text(), "text/html");
-      for (const li of doc.querySelectorAll("#fe-comments > .fe-comment")) if (!node(li.dataset.id)) list.append(li);
+      for (const li of doc.querySelectorAll("#fe-comments > .fe-comment")) if (!node(idOf(li))) list.append(li);
       const next = doc.getElementById("fe-more");
       if (next) more.href = next.getAttribute("href");
       else more.parentElement.remove();

@@ -55,7 +55,7 @@ class _Page(HTMLParser):
             self._stack.append(cid)
         elif tag == "li":
             self._stack.append(None)
-        if tag == "button" and a.get("data-action") == "like" and self._stack:
+        if tag == "button" and "fe-like" in (a.get("class") or "") and self._stack:
             self.comments[str(self._stack[-1])]["liked"] = a.get("aria-pressed")
         if tag == "div" and a.get("class") == "fe-body":
             self._body_of = self._stack[-1]

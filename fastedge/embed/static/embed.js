@@ -189,7 +189,6 @@ function start() {
         status.textContent = text;
       },
     });
-    window.feLive = live; // for the browser tests and for debugging
     live.start();
   }
   follow();

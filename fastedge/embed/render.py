@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import gzip
 import hashlib
 import re
 import secrets
@@ -150,6 +151,8 @@ class RenderedPage:
     #: Whole pages for strangers, by ``(theme, form)``: most readers have
     #: no session, and their page is the same bytes.
     anonymous: dict[tuple[Theme, FormState], bytes] = field(default_factory=dict)
+    #: The same, gzipped (for browsers, which all accept it).
+    anonymous_gzip: dict[tuple[Theme, FormState], bytes] = field(default_factory=dict)
 
 
 def _when(ms: int) -> tuple[str, str]:
@@ -260,6 +263,19 @@ class EmbedRenderer:
         if stranger and len(shared.anonymous) < _ANONYMOUS_KEPT:
             shared.anonymous[(theme, form)] = body
         return body
+
+    @staticmethod
+    def stranger_gzip(shared: RenderedPage, theme: Theme, form: FormState) -> bytes | None:
+        """The kept stranger's page (see :meth:`personal`) gzipped, made
+        once; ``None`` when no such page is kept."""
+        key = (theme, form)
+        found = shared.anonymous_gzip.get(key)
+        if found is None:
+            body = shared.anonymous.get(key)
+            if body is None:
+                return None
+            found = shared.anonymous_gzip[key] = gzip.compress(body, 6, mtime=0)
+        return found
 
     def _join(
         self,

@@ -253,6 +253,13 @@ class EmbedResource(Resource):
         self._metrics.pages.labels("personal" if read.author_id is not None else "anonymous").inc()
         for cookie in read.cookies:
             request.responseHeaders.addRawHeader(b"set-cookie", cookie)
+        request.setHeader(b"vary", b"Accept-Encoding, Cookie")
+        if read.author_id is None and _accepts_gzip(request):
+            # A stranger's page is the same bytes for all: compressed once.
+            compressed = self._renderer.stranger_gzip(shared, policy.theme, form)
+            if compressed is not None:
+                request.setHeader(b"content-encoding", b"gzip")
+                body = compressed
         self._write_html(request, status, body, policy)
         return None
 
@@ -399,6 +406,15 @@ class EmbedResource(Resource):
         self._metrics.pages.labels("error").inc()
         if not request.finished and not getattr(request, "_disconnected", False):
             self._finish_empty(request, 500, "Comments are unavailable right now. Try again in a moment.")
+
+
+def _accepts_gzip(request: Request) -> bool:
+    """Whether ``Accept-Encoding`` takes gzip (and does not refuse it with q=0)."""
+    for item in (request.getHeader(b"accept-encoding") or b"").split(b","):
+        name, _, params = item.strip().partition(b";")
+        if name.strip().lower() == b"gzip":
+            return params.strip().lower().replace(b" ", b"") not in (b"q=0", b"q=0.0", b"q=0.00", b"q=0.000")
+    return False
 
 
 def _valid_id(value: str | None) -> str | None:

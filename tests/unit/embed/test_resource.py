@@ -357,6 +357,40 @@ class CacheTests(EmbedTestCase):
         self.assertEqual(len(seen.order), 2)
         self.assertEqual(self.metric("fastedge_embed_renders_total"), 2)
 
+    def raw_get(self, headers: dict[bytes, list[bytes]]) -> tuple[int, Any, bytes]:
+        """A GET with exactly these headers (treq's client would add its own
+        Accept-Encoding and decode the answer)."""
+        from treq.testing import RequestTraversalAgent
+        from twisted.web.client import readBody
+        from twisted.web.http_headers import Headers
+
+        agent = RequestTraversalAgent(self.node.site.resource)
+        d = agent.request(b"GET", ("http://node.test" + self.embed_path()).encode(), Headers(headers))
+        agent.flush()
+        response = self.successResultOf(d)
+        body = readBody(response)
+        agent.flush()
+        return response.code, response.headers, self.successResultOf(body)
+
+    def test_strangers_get_gzip(self) -> None:
+        """A stranger whose browser accepts gzip gets the shared page
+        compressed (made once); a reader with a session, or a client that
+        refuses gzip, gets it plain."""
+        ann = self.node.client()
+        self.api_post(ann, "first")
+        _, headers, plain = self.raw_get({})
+        self.assertIsNone(headers.getRawHeaders(b"content-encoding"))
+        self.assertEqual(headers.getRawHeaders(b"vary"), [b"Accept-Encoding, Cookie"])
+        _, headers, zipped = self.raw_get({b"accept-encoding": [b"br, gzip;q=0.8"]})
+        self.assertEqual(headers.getRawHeaders(b"content-encoding"), [b"gzip"])
+        self.assertEqual(gzip.decompress(zipped), plain)
+        _, headers, _ = self.raw_get({b"accept-encoding": [b"gzip; q=0"]})
+        self.assertIsNone(headers.getRawHeaders(b"content-encoding"))
+        assert ann.cookie is not None
+        _, headers, mine = self.raw_get({b"accept-encoding": [b"gzip"], b"cookie": [ann.cookie.encode()]})
+        self.assertIsNone(headers.getRawHeaders(b"content-encoding"))
+        self.assertIn(b"is-mine", mine)
+
     def test_personal_page_matches_a_fresh_render(self) -> None:
         """Splicing a reader's state into the shared render gives the same
         document as rendering that reader's page from scratch."""

@@ -18,6 +18,7 @@ from .cdn import service as cdn_service
 from .cdn.manage import UPLOAD_PATH, MediaApi
 from .config import ConfigError, EdgeConfig, load_config
 from .dns import service as dns_service
+from .embed.resource import EmbedResource, WidgetScript
 from .geo import service as geo_service
 from .inputs import InputError, parse_ascii_int
 from .mesh import service as mesh_service
@@ -229,6 +230,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         api=api.resource,
         live=live.resource,
         media=cdn.resource,
+        embed=EmbedResource(cfg.api, public=api.public, registry=registry),
+        widget=WidgetScript(),
         body_limits=[(UPLOAD_PATH.encode("ascii"), cfg.cdn.upload_max_bytes)],
         children=lambda: list(top),
         mesh_health=mesh.health,

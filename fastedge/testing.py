@@ -137,6 +137,7 @@ class LiveNode:
 
         from .api.resource import build_api
         from .config import load_config
+        from .embed.resource import EmbedResource, WidgetScript
         from .mesh.resource import mesh_routes
         from .metrics.registry import new_registry
         from .pubsub.service import make_service
@@ -182,6 +183,8 @@ class LiveNode:
             api=self.api.resource,
             children=lambda: [],
             live=self.service.resource,
+            embed=EmbedResource(self.cfg.api, public=self.api.public, registry=self.registry),
+            widget=WidgetScript(),
             mesh_health=mesh.health,
         )
 
@@ -297,6 +300,7 @@ class NodeHarness:
 
         from .api.resource import build_api
         from .config import ApiConfig, HttpConfig, NodeConfig
+        from .embed.resource import EmbedResource, WidgetScript
         from .mesh.resource import mesh_routes
         from .metrics.registry import new_registry
         from .store.sqlite import SQLiteStore
@@ -341,6 +345,8 @@ class NodeHarness:
             store_ready=lambda: True,
             api=self.api.resource,
             children=lambda: [],
+            embed=EmbedResource(self.api_config, public=self.api.public, registry=self.registry),
+            widget=WidgetScript(),
             mesh_health=mesh.health,
         )
 
@@ -361,7 +367,8 @@ class NodeHarness:
         """
         from treq.testing import StubTreq
 
-        kwargs: dict[str, Any] = {"headers": {k: [v] for k, v in headers.items()}}
+        # Redirects are the test's to see (the embed page's form answers 303).
+        kwargs: dict[str, Any] = {"headers": {k: [v] for k, v in headers.items()}, "allow_redirects": False}
         if data is not None:
             kwargs["data"] = data
         # A fresh StubTreq per request: treq keeps a cookie jar, and each

@@ -2,7 +2,8 @@
 """``build_site()``: the one Site every public listener serves.
 
 Mounts ``/api/`` (the comment API), ``/live`` (live threads: WebSocket, and
-SSE at ``/live/events``), ``/media/`` (the CDN), ``/healthz`` and
+SSE at ``/live/events``), ``/media/`` (the CDN), ``/embed/`` and
+``/widget.js`` (the comment widget), ``/healthz`` and
 ``/metrics``; any other path is a JSON 404.
 """
 
@@ -59,6 +60,8 @@ def build_site(
     children: Callable[[], Iterable[IService]],
     live: IResource | None = None,
     media: IResource | None = None,
+    embed: IResource | None = None,
+    widget: IResource | None = None,
     body_limits: Iterable[tuple[bytes, int]] = (),
     mesh_health: Callable[[], dict[str, Any]] | None = None,
     descriptors: int | None = None,
@@ -69,6 +72,8 @@ def build_site(
     :param children: the node's child services, for ``/healthz``.
     :param live: the live-threads resource (``fastedge.pubsub``), at ``/live``.
     :param media: the CDN's ``/media`` resource.
+    :param embed: the comment widget's pages (``fastedge.embed``), at ``/embed``.
+    :param widget: the widget snippet, at ``/widget.js``.
     :param body_limits: request body limits of particular paths (uploads).
     :param mesh_health: the mesh's summary, for ``/healthz``.
     :param descriptors: the descriptor limit the connection ceiling is
@@ -81,6 +86,10 @@ def build_site(
         root.putChild(b"live", live)
     if media is not None:
         root.putChild(b"media", media)
+    if embed is not None:
+        root.putChild(b"embed", embed)
+    if widget is not None:
+        root.putChild(b"widget.js", widget)
     root.putChild(
         b"healthz",
         HealthResource(

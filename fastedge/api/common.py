@@ -15,7 +15,7 @@ from ..config import ApiConfig
 from ..inputs import InputError, parse_ascii_int
 from ..store.errors import NotFound
 from ..store.interfaces import IStore
-from ..store.model import Comment, ReadPreference, Thread, ViewerState
+from ..store.model import Comment, ReadPreference, Sort, Thread, ViewerState
 from .errors import ApiError, bad_request, not_found
 from .router import Call
 
@@ -61,6 +61,14 @@ def url_id(call: Call, cfg: ApiConfig, value: str | None = None) -> str:
     if any(unicodedata.category(ch) == "Cc" for ch in value):
         raise bad_request("urlId must not contain control characters", code="bad_url_id")
     return value
+
+
+def sort(call: Call) -> Sort:
+    """``sort=newest|oldest|top`` from the query string (default newest)."""
+    try:
+        return Sort(call.query.get("sort", "newest"))
+    except ValueError:
+        raise bad_request("sort must be newest, oldest or top", code="bad_sort") from None
 
 
 def read_preference(call: Call, default: ReadPreference) -> ReadPreference:

@@ -11,17 +11,27 @@ class ApiError(Exception):
     """An expected failure, answered as JSON with ``status``.
 
     :param code: stable, machine-readable (``thread_closed``).
+    :param cookies: ``Set-Cookie`` values to send with the error.
     :param message: for people; never contains secrets or other tenants' data.
     """
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[bytes, bytes] | None = None, **extra: Any
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[bytes, bytes] | None = None,
+        *,
+        cookies: list[bytes] | None = None,
+        **extra: Any,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        #: ``Set-Cookie`` values sent with the error (clearing a bad session).
+        self.cookies = cookies or []
         self.extra = extra
 
 

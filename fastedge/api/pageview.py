@@ -56,8 +56,15 @@ def _tree(top_level: Sequence[Comment], replies: Sequence[Comment]) -> list[_Nod
 class PageView:
     """One page of a thread, ready to be sent to any reader."""
 
-    def __init__(self, page: ThreadPage | None) -> None:
+    def __init__(self, page: ThreadPage | None, *, position: tuple[str, int] | None = None) -> None:
         self.page = page
+        #: The thread's live channel ``(epoch, seq)`` taken before the page
+        #: was read: a client following the channel from there misses nothing.
+        self.position = position
+        #: Other renderings of this page, made once per cached page by the
+        #: front ends that need them (the embed page's HTML), keyed by their
+        #: owner; they live and die with this entry of the page cache.
+        self.derived: dict[str, Any] = {}
         if page is None:
             self._prefix = b'{"thread":null,"comments":['
             self._suffix = b'],"nextCursor":null'

@@ -22,7 +22,16 @@ from ..config import ApiConfig
 from ..singleflight import SingleFlight
 from ..store.errors import BadToken, LimitReached, NotFound
 from ..store.interfaces import IStore
-from ..store.model import AnonymousSession, CommentStatus, NewComment, ReadPreference, Sort, Tenant, Written
+from ..store.model import (
+    AnonymousSession,
+    CommentStatus,
+    NewComment,
+    ReadPreference,
+    Sort,
+    Tenant,
+    ViewerState,
+    Written,
+)
 from . import common
 from .cache import PageCache
 from .errors import ApiError, bad_request, not_found
@@ -42,6 +51,23 @@ PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
 #: Sessions whose author id is remembered (a few MB at most).
 _SESSION_AUTHORS_KEPT = 50_000
+
+
+@dataclass
+class PageRead:
+    """A page of a thread as one reader sees it (see :meth:`PublicApi.read_page`)."""
+
+    tenant_id: str
+    #: The shared page (cached, the same object for every reader).
+    view: PageView
+    #: ``Set-Cookie`` values for the answer (a refused cookie is cleared).
+    cookies: list[bytes]
+    #: The reader's public author id, when they have a session we can see.
+    author_id: str | None = None
+    #: Their likes and blocks on the page's comments.
+    state: ViewerState | None = None
+    #: Who the reader is for a client (author id, live-thread token).
+    viewer: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -160,7 +186,7 @@ class PublicApi:
             claim = self._claim(call, tenant.id)
         except SessionCookieError as e:
             self._metrics.bad_sessions.labels(e.code).inc()
-            raise ApiError(401, e.code, str(e), headers={b"set-cookie": self._cookies.clear(tenant.id)}) from None
+            raise ApiError(401, e.code, str(e), cookies=self._cookies.clear_all(tenant.id)) from None
         if claim is not None:
             self._limit(tenant.id + "/" + claim.session_id, self._per_session)
             try:
@@ -170,7 +196,7 @@ class PublicApi:
                     401,
                     "session_invalid",
                     "this session no longer exists",
-                    headers={b"set-cookie": self._cookies.clear(tenant.id)},
+                    cookies=self._cookies.clear_all(tenant.id),
                 ) from None
             return Viewer(session, claim.issued_s, self._usable_token(claim.token))
         written = yield self._store.create_anonymous_session(
@@ -192,8 +218,8 @@ class PublicApi:
         if viewer.new or token != viewer.token:
             session = viewer.session
             now = int(self._clock.seconds())
-            reply.cookies.append(
-                self._cookies.issue(session.tenant_id, session.id, now, token=token, issued_s=viewer.issued_s)
+            reply.cookies.extend(
+                self._cookies.issue_all(session.tenant_id, session.id, now, token=token, issued_s=viewer.issued_s)
             )
         return reply
 
@@ -215,12 +241,23 @@ class PublicApi:
         """A page of a thread, NEAREST, with the viewer's own state."""
         cfg = self._cfg
         url_id = common.url_id(call, cfg)
-        try:
-            sort = Sort(call.query.get("sort", "newest"))
-        except ValueError:
-            raise bad_request("sort must be newest, oldest or top", code="bad_sort") from None
+        sort = common.sort(call)
         limit = common.query_int(call, "limit", cfg.page_size, 1, cfg.max_page_size)
         cursor = call.query.get("cursor") or None
+        read: PageRead = yield self.read_page(call, url_id=url_id, sort=sort, limit=limit, cursor=cursor)
+        body = read.view.anonymous
+        if read.author_id is not None:
+            body = read.view.render(read.author_id, read.state, viewer=read.viewer)
+        return Reply(200, body, cookies=read.cookies)
+
+    @inlineCallbacks
+    def read_page(self, call: Call, *, url_id: str, sort: Sort, limit: int, cursor: str | None) -> Any:
+        """The read path every public reader shares (this JSON API and the
+        embed page): the cached page (single flight on a miss) and, for a
+        reader with a session, their own state on it.
+
+        :returns: a :class:`PageRead`.
+        """
         tenant_id = common.record_id(call.params["tenant"], "tenant")
         reply_cookies: list[bytes] = []
         try:
@@ -229,7 +266,7 @@ class PublicApi:
             # Reading needs no identity: read as a stranger, drop the cookie.
             self._metrics.bad_sessions.labels(e.code).inc()
             claim = None
-            reply_cookies.append(self._cookies.clear(tenant_id))
+            reply_cookies.extend(self._cookies.clear_all(tenant_id))
         # The viewer's latest write: every read below sees at least that.
         token = self._usable_token(claim.token) if claim is not None else None
         key = (tenant_id, url_id, sort, cursor, limit)
@@ -248,11 +285,18 @@ class PublicApi:
             if self._loading.in_flight((key, token)):
                 self._metrics.page_cache.labels("coalesced").inc()
             cached = yield self._loading.run((key, token), lambda: self._load_page(call, key, token))
-        body = cached.anonymous
+        read = PageRead(tenant_id=tenant_id, view=cached, cookies=reply_cookies)
         if claim is not None and cached.page is not None:
-            body = yield self._personal_body(tenant_id, claim.session_id, cached, token)
-        reply = Reply(200, body, cookies=reply_cookies)
-        return reply
+            author_id = yield self._session_author(tenant_id, claim.session_id, token)
+            # None: not replicated here yet (or gone): the shared page is
+            # right for a stranger.
+            if author_id is not None:
+                read.author_id = author_id
+                read.state = yield self._store.viewer_state(
+                    tenant_id, author_id, cached.comment_ids, read_preference=NEAREST, token=token
+                )
+                read.viewer = self._viewer_view(tenant_id, author_id)
+        return read
 
     @inlineCallbacks
     def _load_page(self, call: Call, key: tuple[Any, ...], token: str | None) -> Any:
@@ -269,23 +313,16 @@ class PublicApi:
             view = PageView(None)
             self._cache.put(key, view, ((tenant_id, "url", url_id),), token=token)
             return view
+        # The live channel's position before the read: a client following the
+        # channel from here misses nothing (an event racing the read may show
+        # twice; clients apply events by comment id, so that is harmless).
+        position = self._live.position(tenant_id, thread.id) if self._live is not None else None
         page = yield self._store.list_thread(
             tenant_id, thread.id, sort=sort, limit=limit, cursor=cursor, read_preference=NEAREST, token=token
         )
-        view = PageView(page)
+        view = PageView(page, position=position)
         self._cache.put(key, view, ((tenant_id, "url", url_id), (tenant_id, "thread", thread.id)), token=token)
         return view
-
-    @inlineCallbacks
-    def _personal_body(self, tenant_id: str, session_id: str, view: PageView, token: str | None) -> Any:
-        author_id = yield self._session_author(tenant_id, session_id, token)
-        if author_id is None:
-            # Not replicated here yet (or gone): the shared page is right for a stranger.
-            return view.anonymous
-        state = yield self._store.viewer_state(
-            tenant_id, author_id, view.comment_ids, read_preference=NEAREST, token=token
-        )
-        return view.render(author_id, state, viewer=self._viewer_view(tenant_id, author_id))
 
     @inlineCallbacks
     def _session_author(self, tenant_id: str, session_id: str, token: str | None) -> Any:
@@ -307,18 +344,32 @@ class PublicApi:
 
     # Writes
 
-    @inlineCallbacks
     def post_comment(self, call: Call) -> Any:
         """Post a comment or a reply as the caller's anonymous session."""
-        cfg = self._cfg
-        url_id = common.url_id(call, cfg)
+        url_id = common.url_id(call, self._cfg)
         body = call.json(required={"text": str, "displayName": str}, optional={"parentId": str, "pageTitle": str})
-        text = common.comment_text(cfg, body["text"])
-        name = common.display_name(cfg, body["displayName"])
-        parent_id = body.get("parentId")
+        return self.post(
+            call,
+            url_id=url_id,
+            text=body["text"],
+            name=body["displayName"],
+            parent_id=body.get("parentId"),
+            title=body.get("pageTitle"),
+        )
+
+    @inlineCallbacks
+    def post(self, call: Call, *, url_id: str, text: str, name: str, parent_id: str | None, title: str | None) -> Any:
+        """The write path every public poster shares (this JSON API and the
+        embed page's plain form): the same checks, limits and errors.
+
+        :returns: a :class:`Reply` (201, the comment and the viewer).
+        """
+        cfg = self._cfg
+        text = common.comment_text(cfg, text)
+        name = common.display_name(cfg, name)
         if parent_id is not None:
             parent_id = common.record_id(parent_id, "parent comment")
-        title = body.get("pageTitle") or ""
+        title = title or ""
         if len(title) > cfg.title_max_chars:
             raise bad_request("pageTitle is longer than {} characters".format(cfg.title_max_chars), code="bad_title")
         self._limit(call.client_ip, self._per_ip)

@@ -76,6 +76,8 @@ class Api:
     cache: PageCache
     #: Signs the viewer tokens the public API hands to live-thread clients.
     viewer_tokens: ViewerTokens
+    #: The public API's read and write paths (the embed page uses them).
+    public: PublicApi
 
 
 def build_api(
@@ -118,4 +120,4 @@ def build_api(
     service = MultiService()
     _SessionKeyLoader(cookies, cfg.secret_file).setServiceParent(service)
     _CreditFlusher(meter, cfg.credits.flush_seconds, clock).setServiceParent(service)
-    return Api(resource=router, service=service, cache=cache, viewer_tokens=tokens)
+    return Api(resource=router, service=service, cache=cache, viewer_tokens=tokens, public=public)

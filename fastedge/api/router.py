@@ -218,6 +218,8 @@ class Router(Resource):
     def _write_error(self, request: Request, e: ApiError) -> None:
         for name, value in e.headers.items():
             request.setHeader(name, value)
+        for cookie in e.cookies:
+            request.responseHeaders.addRawHeader(b"set-cookie", cookie)
         request.setHeader(b"cache-control", b"no-store")
         write_json(request, e.status, error_body(e.code, e.message, **e.extra))
 

@@ -31,6 +31,13 @@ from dataclasses import dataclass
 from ..inputs import InputError, parse_ascii_int
 
 COOKIE_NAME = b"fe_session"
+#: The paths the cookie is set for: the tenant's public API, and its embed
+#: page (``fastedge.embed``, whose first paint shows the viewer's state and
+#: whose plain form posts as the viewer). One value, two cookies: a browser
+#: sends the one whose path matches.
+API_PATH = "/api/v1/{}/"
+EMBED_PATH = "/embed/{}/"
+PATHS = (API_PATH, EMBED_PATH)
 _VERSION = "v2"
 #: The first format, without a token; still accepted.
 _V1 = "v1"
@@ -128,28 +135,40 @@ class SessionCookies:
     def issue(
         self, tenant_id: str, session_id: str, now_s: int, *, token: str | None = None, issued_s: int | None = None
     ) -> bytes:
-        """A ``Set-Cookie`` header value for a session.
+        """A ``Set-Cookie`` header value for a session (the API's path).
 
         :param token: the consistency token of the viewer's latest write.
         :param issued_s: when the session's cookie was first issued (default
             now); a re-issued cookie keeps it, and expires when the first did.
         """
+        return self.issue_all(tenant_id, session_id, now_s, token=token, issued_s=issued_s)[0]
+
+    def issue_all(
+        self, tenant_id: str, session_id: str, now_s: int, *, token: str | None = None, issued_s: int | None = None
+    ) -> list[bytes]:
+        """The ``Set-Cookie`` values for a session: the same cookie for the
+        tenant's API and for its embed page (see :data:`PATHS`)."""
         if token is not None and len(token) > _MAX_TOKEN_CHARS:
             raise ValueError("consistency token too long for a cookie")
         issued = now_s if issued_s is None else issued_s
         payload = ".".join((_VERSION, tenant_id, session_id, str(issued), _encode_token(token)))
         value = payload + "." + self._mac(payload)
-        return self._header(tenant_id, value, max(0, self._max_age - (now_s - issued)))
+        max_age = max(0, self._max_age - (now_s - issued))
+        return [self._header(tenant_id, value, max_age, path) for path in PATHS]
 
     def clear(self, tenant_id: str) -> bytes:
         """A ``Set-Cookie`` header value that removes the cookie."""
         return self._header(tenant_id, "", 0)
 
-    def _header(self, tenant_id: str, value: str, max_age: int) -> bytes:
+    def clear_all(self, tenant_id: str) -> list[bytes]:
+        """``Set-Cookie`` values removing the cookie from every path."""
+        return [self._header(tenant_id, "", 0, p) for p in PATHS]
+
+    def _header(self, tenant_id: str, value: str, max_age: int, path: str = API_PATH) -> bytes:
         parts = [
             "{}={}".format(COOKIE_NAME.decode(), value),
-            # Sent only with this tenant's API calls.
-            "Path=/api/v1/{}/".format(tenant_id),
+            # Sent only with this tenant's API calls (or embed page).
+            "Path=" + path.format(tenant_id),
             "Max-Age={}".format(max_age),
             "HttpOnly",
             # The widget runs in an iframe on the tenant's site, so the cookie
@@ -158,7 +177,9 @@ class SessionCookies:
             "SameSite=None" if self._secure else "SameSite=Lax",
         ]
         if self._secure:
-            parts.append("Secure")
+            # CHIPS: the cookie is kept per top-level site, so browsers that
+            # block third-party cookies still keep it (docs/embedding.md).
+            parts.extend(("Secure", "Partitioned"))
         return "; ".join(parts).encode("ascii")
 
     def check(self, raw: bytes, tenant_id: str, now_s: int) -> SessionClaim:

@@ -75,6 +75,21 @@ class LivePublisher:
     ) -> None:
         self.sink(Event((tenant_id, thread_id), kind, data, author_id=author, origin=self._node))
 
+    def position(self, tenant_id: str, thread_id: str) -> tuple[str, int] | None:
+        """The thread's channel position ``(epoch, seq)`` on this node, for a
+        page about to be read (the embed page follows the channel from it),
+        or ``None`` when this hub holds no state for the channel.
+
+        Never creates state: on a node that is not the channel's sequencer
+        (``fastedge.mesh.relay``) a made-up local epoch would be replaced by
+        the sequencer's at the first subscribe, and the page told to reload.
+        A page without a position subscribes with ``since = 0`` and no epoch:
+        the channel's events since it came to be here, which all follow the
+        read (docs/embedding.md).
+        """
+        stamp = self._hub.position((tenant_id, thread_id))
+        return None if stamp is None else (stamp.epoch, stamp.seq)
+
     @_guarded
     def created(self, comment: Comment) -> None:
         """A comment was posted (published only if it is approved)."""

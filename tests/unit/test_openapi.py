@@ -16,6 +16,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 _PARAM = re.compile(r"\{[^}]+\}")
 #: Leaf resources that parse the rest of the path themselves.
 _LEAF_TEMPLATES = {b"media": "/media/{tenant}/{key}"}
+#: Leaf resources with several routes of their own: (method, template).
+_LEAF_ROUTES = {
+    b"embed": [
+        ("get", "/embed/{tenant}/"),
+        ("head", "/embed/{tenant}/"),
+        ("post", "/embed/{tenant}/"),
+        ("get", "/embed/static/{file}"),
+        ("head", "/embed/static/{file}"),
+    ]
+}
 
 
 def _normal(path: str) -> str:
@@ -46,6 +56,9 @@ class OpenApiTests(SynchronousTestCase):
             if name in _LEAF_TEMPLATES:
                 # A leaf resource that takes the rest of the path itself.
                 served.update((m, _normal(_LEAF_TEMPLATES[name])) for m in ("get", "head"))
+                continue
+            if name in _LEAF_ROUTES:
+                served.update((m, _normal(t)) for m, t in _LEAF_ROUTES[name])
                 continue
             served.add(("get", "/" + name.decode()))
             for sub in getattr(child, "children", {}):

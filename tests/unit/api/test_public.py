@@ -46,12 +46,15 @@ class ReadWriteTests(PublicApiTestCase):
 
     def test_cookie_attributes(self) -> None:
         """The session cookie is HttpOnly, SameSite, scoped to the tenant's
-        API path, and never readable by script."""
+        API path and to its embed page (same value), and never readable by script."""
         response = self.post(self.node.client())
-        (cookie,) = response.set_cookies()
-        self.assertIn("HttpOnly", cookie)
-        self.assertIn("SameSite=", cookie)
-        self.assertIn("Path=/api/v1/{}/".format(self.tenant), cookie)
+        api, embed = response.set_cookies()
+        for cookie in (api, embed):
+            self.assertIn("HttpOnly", cookie)
+            self.assertIn("SameSite=", cookie)
+        self.assertIn("Path=/api/v1/{}/".format(self.tenant), api)
+        self.assertIn("Path=/embed/{}/".format(self.tenant), embed)
+        self.assertEqual(api.split(";")[0], embed.split(";")[0])
 
     def test_session_reused(self) -> None:
         """A second post with the cookie is by the same author; no new cookie."""

@@ -30,6 +30,17 @@ class CookieTests(SynchronousTestCase):
         self.assertIn("; Secure", header)
         self.assertIn("SameSite=None", header)
 
+    def test_partitioned_for_both_paths(self) -> None:
+        """Behind TLS both cookies (API and embed page) are ``Partitioned``
+        (CHIPS), so browsers that block third-party cookies keep them per
+        embedding site; they carry the same value."""
+        api, embed = (h.decode() for h in self.cookies.issue_all("t", "s", 1))
+        for header in (api, embed):
+            self.assertIn("; Secure; Partitioned", header)
+        self.assertIn("Path=/api/v1/t/", api)
+        self.assertIn("Path=/embed/t/", embed)
+        self.assertEqual(api.split(";")[0], embed.split(";")[0])
+
     def assertRefused(self, raw: bytes, code: str, tenant: str = "tenantA", now: int = 1050) -> None:
         with self.assertRaises(SessionCookieError) as cm:
             self.cookies.check(raw, tenant, now)

@@ -23,6 +23,7 @@ from ..singleflight import SingleFlight
 from ..store.errors import BadToken, NotFound
 from ..store.interfaces import IStore
 from ..store.model import AnonymousSession, CommentStatus, NewComment, ReadPreference, Sort, Tenant, Written
+from ..store.settings import from_stored
 from . import common
 from .cache import PageCache
 from .errors import ApiError, bad_request, not_found
@@ -340,7 +341,7 @@ class PublicApi:
                 self._live.thread_changed(tenant.id, url_id)
         if thread.closed:
             raise ApiError(403, "thread_closed", "this thread is closed to new comments")
-        premoderated = tenant.settings.get("moderation") == "pre"
+        premoderated = from_stored(tenant.settings).premoderated
         written = yield self._store.create_comment(
             NewComment(
                 tenant_id=tenant.id,

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from ..config import ApiConfig
 from ..store.errors import NotFound
 from ..store.interfaces import IStore
-from ..store.model import CommentStatus, NewComment, ReadPreference, Tenant, Written
+from ..store.model import CommentStatus, NewComment, ReadPreference, SsoSecretChange, Tenant, Written
+from ..store.settings import SettingsError, apply_patch, from_stored, to_json
 from . import common
 from .cache import PageCache
 from .common import check_parent_thread
@@ -28,18 +30,44 @@ from .keys import hash_api_key, looks_like_api_key, new_api_key
 from .markup import render
 from .metrics import ApiMetrics
 from .router import Call, Reply, Route
+from .sso import check_secret, sso_status
+from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
     from ..pubsub.publish import LivePublisher
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
+#: How long a replaced SSO secret stays accepted unless the PATCH says.
+DEFAULT_SSO_OVERLAP_SECONDS = 24 * 3600
+#: Longest overlap a PATCH may ask for.
+MAX_SSO_OVERLAP_SECONDS = 30 * 24 * 3600
 TOKEN_HEADER = b"x-consistency-token"
 _API_AUTHOR = "tenant-api"
 
 
+def _invalid(key: str, message: str) -> ApiError:
+    return ApiError(422, "invalid_setting", "{}: {}".format(key, message), field=key)
+
+
+def check_overlap(value: Any) -> int:
+    """``ssoSecretOverlapSeconds``: absent means the default.
+
+    :raises SettingsError: naming the key.
+    """
+    if value is None:
+        return DEFAULT_SSO_OVERLAP_SECONDS
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SSO_OVERLAP_SECONDS:
+        raise SettingsError(
+            "ssoSecretOverlapSeconds", "must be an integer from 0 to {}".format(MAX_SSO_OVERLAP_SECONDS)
+        )
+    return value
+
+
 class ManageApi:
     """Handlers of ``/api/v1/manage/...``."""
+
+    _log = Logger()
 
     def __init__(
         self,
@@ -51,8 +79,10 @@ class ManageApi:
         cache: PageCache,
         metrics: ApiMetrics,
         live: LivePublisher | None = None,
+        tenants: TenantSettingsCache | None = None,
     ) -> None:
         self._cfg = cfg
+        self._tenants = tenants
         self._live = live
         self._store = store
         self._clock = clock
@@ -77,6 +107,8 @@ class ManageApi:
             Route(b"POST", base + "/keys", self._write("create_key", self.create_key)),
             Route(b"DELETE", base + "/keys/{key_id}", self._write("revoke_key", self.revoke_key)),
             Route(b"GET", base + "/credits", self._read("credits", self.credits)),
+            Route(b"GET", base + "/settings", self._read("get_settings", self.get_settings)),
+            Route(b"PATCH", base + "/settings", self._write("update_settings", self.update_settings)),
         ]
 
     def tenant_route(self, method: bytes, template: str, operation: str, handler: Any) -> Route:
@@ -343,6 +375,56 @@ class ManageApi:
         if self._live is not None and comment.status is CommentStatus.APPROVED:
             self._live.removed(comment)
         return 200, {"deleted": written.value}, written
+
+    # Settings
+
+    @inlineCallbacks
+    def get_settings(self, call: Call, tenant: Tenant, rp: ReadPreference, token: str | None) -> Any:
+        """The tenant's settings; of the SSO secret only whether one is set."""
+        if rp is not PRIMARY or token is not None:
+            # The tenant from authentication was read NEAREST: read it as asked.
+            tenant = yield self._store.get_tenant(tenant.id, read_preference=rp, token=token)
+        secrets = yield self._store.get_sso_secrets(tenant.id, now_ms=self._now_ms(), read_preference=rp, token=token)
+        return Reply(200, {"settings": to_json(from_stored(tenant.settings)), "sso": sso_status(secrets)})
+
+    @inlineCallbacks
+    def update_settings(self, call: Call, tenant: Tenant) -> Any:
+        """Change some settings and/or rotate the SSO secret, all or nothing.
+
+        Unknown keys and bad values are 422 ``invalid_setting`` naming the
+        key; nothing is written then.
+        """
+        body = dict(call.json_object())
+        change = None
+        if "ssoSecret" in body or "ssoSecretOverlapSeconds" in body:
+            secret = body.pop("ssoSecret", ...)
+            overlap = body.pop("ssoSecretOverlapSeconds", None)
+            if secret is ...:
+                raise _invalid("ssoSecretOverlapSeconds", "only applies together with ssoSecret")
+            try:
+                change = SsoSecretChange(
+                    check_secret("ssoSecret", secret), self._now_ms(), check_overlap(overlap) * 1000
+                )
+            except SettingsError as e:
+                raise _invalid(e.key, e.message) from None
+        # The current settings from the primary: a change applies to the newest.
+        current = yield self._store.get_tenant(tenant.id, read_preference=PRIMARY)
+        try:
+            updated = apply_patch(from_stored(current.settings), body)
+        except SettingsError as e:
+            raise _invalid(e.key, e.message) from None
+        written = yield self._store.update_tenant_settings(
+            tenant.id, to_json(updated), sso_secret=change, read_preference=PRIMARY
+        )
+        if self._tenants is not None:
+            self._tenants.forget(tenant.id)
+        secrets = yield self._store.get_sso_secrets(tenant.id, now_ms=self._now_ms(), read_preference=PRIMARY)
+        self._log.info(
+            "tenant {tenant} settings changed: {keys}",
+            tenant=tenant.id,
+            keys=sorted(body) + (["ssoSecret"] if change is not None else []),
+        )
+        return 200, {"settings": to_json(updated), "sso": sso_status(secrets)}, written
 
     # Keys and credits
 

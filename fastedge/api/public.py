@@ -26,6 +26,7 @@ from ..store.model import AnonymousSession, CommentStatus, NewComment, ReadPrefe
 from ..store.settings import from_stored
 from . import common
 from .cache import PageCache
+from .cors import Cors
 from .errors import ApiError, bad_request, not_found
 from .markup import render
 from .metrics import ApiMetrics
@@ -33,6 +34,7 @@ from .pageview import PageView
 from .ratelimit import RateLimiter
 from .router import Call, Reply, Route
 from .sessions import COOKIE_NAME, SessionCookieError, SessionCookies
+from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
     from ..pubsub.publish import LivePublisher
@@ -71,8 +73,12 @@ class PublicApi:
         metrics: ApiMetrics,
         live: LivePublisher | None = None,
         viewer_tokens: ViewerTokens | None = None,
+        tenants: TenantSettingsCache | None = None,
+        cors: Cors | None = None,
     ) -> None:
         self._cfg = cfg
+        self._tenants = tenants if tenants is not None else TenantSettingsCache(store, cache)
+        self._cors = cors
         self._live = live
         self._viewer_tokens = viewer_tokens
         self._store = store
@@ -87,14 +93,15 @@ class PublicApi:
 
     def routes(self) -> list[Route]:
         base = "/api/v1/{tenant}"
+        cors = self._cors
         return [
-            Route(b"GET", base + "/comments", self.list_comments),
-            Route(b"POST", base + "/comments", self.post_comment),
-            Route(b"POST", base + "/comments/{comment_id}/like", self.like),
-            Route(b"DELETE", base + "/comments/{comment_id}/like", self.unlike),
-            Route(b"POST", base + "/comments/{comment_id}/flag", self.flag),
-            Route(b"POST", base + "/blocks/{author_id}", self.block),
-            Route(b"DELETE", base + "/blocks/{author_id}", self.unblock),
+            Route(b"GET", base + "/comments", self.list_comments, cors),
+            Route(b"POST", base + "/comments", self.post_comment, cors),
+            Route(b"POST", base + "/comments/{comment_id}/like", self.like, cors),
+            Route(b"DELETE", base + "/comments/{comment_id}/like", self.unlike, cors),
+            Route(b"POST", base + "/comments/{comment_id}/flag", self.flag, cors),
+            Route(b"POST", base + "/blocks/{author_id}", self.block, cors),
+            Route(b"DELETE", base + "/blocks/{author_id}", self.unblock, cors),
         ]
 
     # Helpers

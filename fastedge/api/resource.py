@@ -18,12 +18,14 @@ from twisted.logger import Logger
 from ..config import ApiConfig
 from ..store.interfaces import IStore
 from .cache import PageCache
+from .cors import Cors
 from .credits import CreditMeter
 from .manage import ManageApi
 from .metrics import ApiMetrics
 from .public import PublicApi
 from .router import Route, Router
 from .sessions import SessionCookies, load_or_create_key
+from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
     from ..pubsub.publish import LivePublisher
@@ -105,9 +107,21 @@ def build_api(
     tokens = ViewerTokens(cookies, max_age_seconds=viewer_token_max_age_seconds)
     cache = PageCache(ttl_seconds=cfg.page_cache_seconds, max_entries=cfg.page_cache_entries, clock=clock)
     meter = CreditMeter(cfg.credits, store=store, clock=clock)
-    manage = ManageApi(cfg, store=store, clock=clock, credits=meter, cache=cache, metrics=metrics, live=live)
+    tenants = TenantSettingsCache(store, cache)
+    manage = ManageApi(
+        cfg, store=store, clock=clock, credits=meter, cache=cache, metrics=metrics, live=live, tenants=tenants
+    )
     public = PublicApi(
-        cfg, store=store, clock=clock, cookies=cookies, cache=cache, metrics=metrics, live=live, viewer_tokens=tokens
+        cfg,
+        store=store,
+        clock=clock,
+        cookies=cookies,
+        cache=cache,
+        metrics=metrics,
+        live=live,
+        viewer_tokens=tokens,
+        tenants=tenants,
+        cors=Cors(tenants, metrics),
     )
     # Manage routes first: "/api/v1/manage/..." must never be read as a tenant
     # called "manage" (tenant ids are random and 16 characters long anyway).

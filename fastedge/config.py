@@ -451,6 +451,10 @@ class ApiConfig:
     #: File holding the key that signs session cookies; empty means
     #: ``<node.data_dir>/session.key`` (created on first start).
     secret_file: str = ""
+    #: Oldest SSO payload accepted (by its signing timestamp), seconds.
+    sso_max_age_seconds: int = _checked(2 * 24 * 3600, _positive)
+    #: How far in the future an SSO timestamp may be (clock skew), seconds.
+    sso_skew_seconds: int = _checked(300, _non_negative)
     credits: CreditsConfig = field(default_factory=CreditsConfig)
 
 

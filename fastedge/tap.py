@@ -201,6 +201,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         viewer_token_max_age_seconds=cfg.live.viewer_token_max_age_seconds,
         extra_manage_routes=media_api.routes,
         extra_routes=mesh_routes(mesh.status),
+        access=live.access,
     )
     live.use_viewer_tokens(api.viewer_tokens)
     site = build_site(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 
 from ..config import ApiConfig
@@ -23,7 +23,10 @@ from ..singleflight import SingleFlight
 from ..store.errors import BadToken, NotFound
 from ..store.interfaces import IStore
 from ..store.model import AnonymousSession, CommentStatus, NewComment, ReadPreference, Sort, Tenant, Written
-from ..store.settings import from_stored
+from ..pubsub.access import GroupLocks, Refused
+from ..store.errors import AlreadyExists, InvalidReference
+from ..store.model import AuthorKind, Thread
+from ..store.settings import TenantSettings, from_stored
 from . import common
 from .cache import PageCache
 from .cors import Cors
@@ -34,6 +37,7 @@ from .pageview import PageView
 from .ratelimit import RateLimiter
 from .router import Call, Reply, Route
 from .sessions import COOKIE_NAME, SessionCookieError, SessionCookies
+from .sso import SsoError, SsoUser, verify_sso
 from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
@@ -42,6 +46,8 @@ if TYPE_CHECKING:
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
+#: The header that signs a call in with SSO (docs/sso.md).
+SSO_HEADER = b"x-fastedge-sso"
 #: Sessions whose author id is remembered (a few MB at most).
 _SESSION_AUTHORS_KEPT = 50_000
 
@@ -75,8 +81,14 @@ class PublicApi:
         viewer_tokens: ViewerTokens | None = None,
         tenants: TenantSettingsCache | None = None,
         cors: Cors | None = None,
+        access: GroupLocks | None = None,
     ) -> None:
         self._cfg = cfg
+        self._access = (
+            access if access is not None else GroupLocks(store, clock=clock, ttl_seconds=cfg.page_cache_seconds)
+        )
+        #: SSO header sign-ins already made: signature -> (tenant, session, issued).
+        self._sso_sessions: dict[str, tuple[str, AnonymousSession, int]] = {}
         self._tenants = tenants if tenants is not None else TenantSettingsCache(store, cache)
         self._cors = cors
         self._live = live
@@ -102,6 +114,7 @@ class PublicApi:
             Route(b"POST", base + "/comments/{comment_id}/flag", self.flag, cors),
             Route(b"POST", base + "/blocks/{author_id}", self.block, cors),
             Route(b"DELETE", base + "/blocks/{author_id}", self.unblock, cors),
+            Route(b"POST", base + "/sso", self.sign_in, cors),
         ]
 
     # Helpers
@@ -161,6 +174,10 @@ class PublicApi:
         Refuses forged/expired cookies with 401 (and clears them) rather than
         silently starting a new identity, so a client notices.
         """
+        if call.header(SSO_HEADER) is not None:
+            viewer = yield self._sso_viewer(call, tenant.id)
+            self._limit(tenant.id + "/" + viewer.session.id, self._per_session)
+            return viewer
         try:
             claim = self._claim(call, tenant.id)
         except SessionCookieError as e:
@@ -210,6 +227,178 @@ class PublicApi:
             view["liveToken"] = self._viewer_tokens.issue(tenant_id, author_id, int(self._clock.seconds()))
         return view
 
+    # Access: group locks, closed threads, sign-in
+
+    @inlineCallbacks
+    def _author_of(self, call: Call, tenant_id: str, *, write: bool) -> Any:
+        """The caller's author id, without writing anything: from the SSO
+        header or the session cookie (``None`` for a stranger, a bad cookie)."""
+        if call.header(SSO_HEADER) is not None:
+            viewer = yield self._sso_viewer(call, tenant_id)
+            return viewer.session.author_id
+        try:
+            claim = self._claim(call, tenant_id)
+        except SessionCookieError:
+            return None
+        if claim is None:
+            return None
+        if write:
+            # As the write itself will: from the primary.
+            try:
+                session = yield self._store.get_anonymous_session(tenant_id, claim.session_id, read_preference=PRIMARY)
+            except NotFound:
+                return None
+            return session.author_id
+        author = yield self._session_author(tenant_id, claim.session_id, self._usable_token(claim.token))
+        return author
+
+    @inlineCallbacks
+    def _guard(
+        self, call: Call, tenant_id: str, settings: TenantSettings, thread: Thread | None, *, write: bool
+    ) -> Any:
+        """Refuse (403, JSON reason) what the thread's access rules forbid."""
+        required = settings.require_sign_in
+        if thread is not None and thread.require_sign_in is not None:
+            required = thread.require_sign_in
+        author = None
+        if GroupLocks.locked_to(settings, thread) or (write and required):
+            author = yield self._author_of(call, tenant_id, write=write)
+        elif not write:
+            return None
+        try:
+            if write:
+                yield Deferred.fromCoroutine(self._access.check_write(settings, tenant_id, thread, author))
+            else:
+                yield Deferred.fromCoroutine(self._access.check_read(settings, tenant_id, thread, author))
+        except Refused as e:
+            self._metrics.access_refused.labels(e.reason).inc()
+            raise ApiError(403, e.reason, e.message) from None
+        return None
+
+    @inlineCallbacks
+    def _thread_of(self, tenant: Tenant, comment: Any) -> Any:
+        thread = yield self._store.get_thread_by_id(tenant.id, comment.thread_id, read_preference=PRIMARY)
+        return thread
+
+    # SSO
+
+    def _sso_error(self, e: SsoError) -> ApiError:
+        self._metrics.sso.labels(e.code).inc()
+        if e.field is not None:
+            return ApiError(e.status, e.code, e.message, field=e.field)
+        return ApiError(e.status, e.code, e.message)
+
+    @inlineCallbacks
+    def _verify(self, tenant_id: str, payload: Any, timestamp: Any, signature: Any) -> Any:
+        now = self._now_ms()
+        secrets = yield self._tenants.sso_secrets(tenant_id, now)
+        try:
+            user = verify_sso(
+                [s.secret for s in secrets],
+                payload,
+                timestamp,
+                signature,
+                now_ms=now,
+                max_age_ms=self._cfg.sso_max_age_seconds * 1000,
+                skew_ms=self._cfg.sso_skew_seconds * 1000,
+            )
+        except SsoError as e:
+            raise self._sso_error(e) from None
+        self._metrics.sso.labels("ok").inc()
+        return user
+
+    @inlineCallbacks
+    def _sign_in(self, tenant_id: str, user: SsoUser) -> Any:
+        """Upsert the user and open a session for them: ``(session, written)``."""
+        now = self._now_ms()
+        upserted = yield self._store.upsert_user(
+            tenant_id,
+            user.external_id,
+            user.display_name,
+            profile=user.profile,
+            created_ms=now,
+            read_preference=PRIMARY,
+        )
+        self._access.forget_viewer(tenant_id, upserted.value.author_id)
+        written = yield self._store.create_user_session(
+            tenant_id, upserted.value.author_id, created_ms=now, read_preference=PRIMARY
+        )
+        self._metrics.sessions_created.inc()
+        return upserted.value, written
+
+    @inlineCallbacks
+    def _sso_viewer(self, call: Call, tenant_id: str) -> Any:
+        """The viewer an ``X-FastEdge-SSO: payload.timestamp.signature``
+        header names; the first use signs in (and sets the cookie), later
+        uses of the same signed value reuse that session."""
+        raw = call.header(SSO_HEADER) or ""
+        parts = raw.strip().split(".")
+        if len(parts) != 3:
+            raise self._sso_error(SsoError("sso_malformed", "X-FastEdge-SSO is payload.timestamp.signature"))
+        payload, timestamp, signature = parts
+        user = yield self._verify(tenant_id, payload, timestamp, signature)
+        known = self._sso_sessions.get(signature.lower())
+        if known is not None and known[0] == tenant_id:
+            return Viewer(known[1], known[2])
+        _, written = yield self._sign_in(tenant_id, user)
+        issued = int(self._clock.seconds())
+        self._sso_sessions[signature.lower()] = (tenant_id, written.value, issued)
+        while len(self._sso_sessions) > _SESSION_AUTHORS_KEPT:
+            self._sso_sessions.pop(next(iter(self._sso_sessions)))
+        return Viewer(written.value, issued, written.token, new=True)
+
+    @inlineCallbacks
+    def sign_in(self, call: Call) -> Any:
+        """``POST /sso``: check a signed SSO payload, upsert the user, and
+        answer with a session cookie bound to them; with ``claim: true``,
+        the caller's anonymous session's comments, likes and blocks become
+        the user's (one way: the anonymous session ends)."""
+        body = call.json(required={"payload": str, "timestamp": (int, str), "signature": str}, optional={"claim": bool})
+        tenant = yield self._tenant(call)
+        user = yield self._verify(tenant.id, body["payload"], body["timestamp"], body["signature"])
+        try:
+            claim = self._claim(call, tenant.id) if body.get("claim") else None
+        except SessionCookieError as e:
+            self._metrics.bad_sessions.labels(e.code).inc()
+            raise ApiError(401, e.code, str(e), headers={b"set-cookie": self._cookies.clear(tenant.id)}) from None
+        previous = None
+        if claim is not None:
+            try:
+                session = yield self._store.get_anonymous_session(tenant.id, claim.session_id, read_preference=PRIMARY)
+                author = yield self._store.get_author(tenant.id, session.author_id, read_preference=PRIMARY)
+            except NotFound:
+                raise ApiError(401, "session_invalid", "this session no longer exists") from None
+            if author.kind is AuthorKind.ANONYMOUS:
+                previous = session
+        signed, written = yield self._sign_in(tenant.id, user)
+        claimed = 0
+        if previous is not None:
+            try:
+                moved = yield self._store.claim_author(
+                    tenant.id, previous.author_id, signed.author_id, claimed_ms=self._now_ms(), read_preference=PRIMARY
+                )
+            except (AlreadyExists, InvalidReference):
+                moved = None
+            if moved is not None:
+                claimed = moved.value
+                written = Written(written.value, moved.token or written.token)
+                self._session_authors.pop((tenant.id, previous.id), None)
+        viewer = Viewer(written.value, int(self._clock.seconds()), written.token, new=True)
+        profile = user.profile
+        body_out = {
+            "user": {
+                "id": user.external_id,
+                "displayName": signed.display_name,
+                "authorId": signed.author_id,
+                "groupIds": list(profile.group_ids),
+                "isModerator": profile.is_moderator,
+                "isAdmin": profile.is_admin,
+            },
+            "claimed": claimed,
+            "viewer": self._viewer_view(tenant.id, signed.author_id),
+        }
+        return self._reply(viewer, 200, body_out, written)
+
     def _invalidate(self, tenant_id: str, thread_id: str) -> None:
         self._cache.invalidate((tenant_id, "thread", thread_id))
 
@@ -253,8 +442,21 @@ class PublicApi:
             if self._loading.in_flight((key, token)):
                 self._metrics.page_cache.labels("coalesced").inc()
             cached = yield self._loading.run((key, token), lambda: self._load_page(call, key, token))
+        settings = yield self._tenants.settings(tenant_id)
+        if settings is not None:
+            yield self._guard(
+                call, tenant_id, settings, cached.page.thread if cached.page is not None else None, write=False
+            )
         body = cached.anonymous
-        if claim is not None and cached.page is not None:
+        if call.header(SSO_HEADER) is not None and cached.page is not None:
+            viewer = yield self._sso_viewer(call, tenant_id)
+            state = yield self._store.viewer_state(
+                tenant_id, viewer.session.author_id, cached.comment_ids, read_preference=NEAREST, token=viewer.token
+            )
+            body = cached.render(
+                viewer.session.author_id, state, viewer=self._viewer_view(tenant_id, viewer.session.author_id)
+            )
+        elif claim is not None and cached.page is not None:
             body = yield self._personal_body(tenant_id, claim.session_id, cached, token)
         reply = Reply(200, body, cookies=reply_cookies)
         return reply
@@ -335,6 +537,13 @@ class PublicApi:
             except NotFound:
                 raise not_found("parent comment") from None
             yield common.check_parent_thread(self._store, tenant.id, url_id, parent)
+        settings = from_stored(tenant.settings)
+        try:
+            existing = yield self._store.get_thread(tenant.id, url_id, read_preference=PRIMARY)
+        except NotFound:
+            existing = None
+        # Before any write (session, thread): a refused post leaves nothing.
+        yield self._guard(call, tenant.id, settings, existing, write=True)
         viewer = yield self._writer(call, tenant)
         now = self._now_ms()
         try:
@@ -348,7 +557,7 @@ class PublicApi:
                 self._live.thread_changed(tenant.id, url_id)
         if thread.closed:
             raise ApiError(403, "thread_closed", "this thread is closed to new comments")
-        premoderated = from_stored(tenant.settings).premoderated
+        premoderated = settings.premoderated
         written = yield self._store.create_comment(
             NewComment(
                 tenant_id=tenant.id,
@@ -378,11 +587,15 @@ class PublicApi:
 
     @inlineCallbacks
     def _comment_for_write(self, call: Call, tenant: Tenant) -> Any:
+        """The comment a like or flag names, once the thread's access rules
+        allow the caller to act on it (before any write)."""
         comment_id = common.record_id(call.params["comment_id"], "comment")
         comment = yield self._store.get_comment(tenant.id, comment_id, read_preference=PRIMARY)
         if comment.status is not CommentStatus.APPROVED:
             # Not public: behave exactly as for a comment that does not exist.
             raise not_found("comment")
+        thread = yield self._thread_of(tenant, comment)
+        yield self._guard(call, tenant.id, from_stored(tenant.settings), thread, write=True)
         return comment
 
     @inlineCallbacks

@@ -28,6 +28,7 @@ from .sessions import SessionCookies, load_or_create_key
 from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
+    from ..pubsub.access import GroupLocks
     from ..pubsub.publish import LivePublisher
     from ..pubsub.tokens import ViewerTokens
 
@@ -89,6 +90,7 @@ def build_api(
     viewer_token_max_age_seconds: int = 24 * 3600,
     extra_manage_routes: Callable[[ManageApi], list[Route]] | None = None,
     extra_routes: Sequence[Route] = (),
+    access: GroupLocks | None = None,
 ) -> Api:
     """Build the API for ``cfg``; nothing runs until ``service`` starts.
 
@@ -99,6 +101,8 @@ def build_api(
         they authenticate and charge the same way.
     :param extra_routes: routes of other children (``GET /api/v1/mesh``),
         matched before the comment API's.
+    :param access: the thread access rules (group locks, closed threads,
+        sign-in), the same object the live threads use; default: its own.
     """
     from ..pubsub.tokens import ViewerTokens
 
@@ -122,6 +126,7 @@ def build_api(
         viewer_tokens=tokens,
         tenants=tenants,
         cors=Cors(tenants, metrics),
+        access=access,
     )
     # Manage routes first: "/api/v1/manage/..." must never be read as a tenant
     # called "manage" (tenant ids are random and 16 characters long anyway).

@@ -19,13 +19,21 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 
 from ..config import ApiConfig
-from ..singleflight import SingleFlight
-from ..store.errors import BadToken, NotFound
-from ..store.interfaces import IStore
-from ..store.model import AnonymousSession, CommentStatus, NewComment, ReadPreference, Sort, Tenant, Written
 from ..pubsub.access import GroupLocks, Refused
-from ..store.errors import AlreadyExists, InvalidReference
-from ..store.model import AuthorKind, Thread
+from ..singleflight import SingleFlight
+from ..store.errors import AlreadyExists, BadToken, InvalidReference, NotFound
+from ..store.interfaces import IStore
+from ..store.model import (
+    AnonymousSession,
+    AuthorKind,
+    CommentStatus,
+    NewComment,
+    ReadPreference,
+    Sort,
+    Tenant,
+    Thread,
+    Written,
+)
 from ..store.settings import TenantSettings, from_stored
 from . import common
 from .cache import PageCache

@@ -19,8 +19,8 @@ from twisted.logger import Logger
 from ..config import ApiConfig
 from ..store.errors import NotFound
 from ..store.interfaces import IStore
-from ..store.model import CommentStatus, NewComment, ReadPreference, SsoSecretChange, Tenant, Written
-from ..store.settings import SettingsError, apply_patch, from_stored, to_json
+from ..store.model import CommentStatus, NewComment, ReadPreference, SsoSecretChange, Tenant, Thread, Written
+from ..store.settings import SettingsError, apply_patch, check_group_ids, from_stored, to_json
 from . import common
 from .cache import PageCache
 from .common import check_parent_thread
@@ -44,6 +44,21 @@ DEFAULT_SSO_OVERLAP_SECONDS = 24 * 3600
 MAX_SSO_OVERLAP_SECONDS = 30 * 24 * 3600
 TOKEN_HEADER = b"x-consistency-token"
 _API_AUTHOR = "tenant-api"
+
+
+#: Fields of a thread the tenant may set.
+_THREAD_FIELDS = {"title": str, "closed": bool, "lockedGroups": list, "requireSignIn": bool}
+
+
+def thread_view(thread: Thread) -> dict[str, Any]:
+    """A thread as its tenant sees it: with its access rules (``null``: the
+    tenant's ``defaultGroups`` / ``requireSignIn`` apply)."""
+    view = common.thread_view(thread)
+    view.update(
+        lockedGroups=None if thread.locked_groups is None else list(thread.locked_groups),
+        requireSignIn=thread.require_sign_in,
+    )
+    return view
 
 
 def _invalid(key: str, message: str) -> ApiError:
@@ -204,13 +219,13 @@ class ManageApi:
         page = yield self._store.list_threads(
             tenant.id, limit=self._limit(call), cursor=call.query.get("cursor") or None, read_preference=rp, token=token
         )
-        return Reply(200, {"threads": [common.thread_view(t) for t in page.items], "nextCursor": page.next_cursor})
+        return Reply(200, {"threads": [thread_view(t) for t in page.items], "nextCursor": page.next_cursor})
 
     @inlineCallbacks
     def get_thread(self, call: Call, tenant: Tenant, rp: ReadPreference, token: str | None) -> Any:
         thread_id = common.record_id(call.params["thread_id"], "thread")
         thread = yield self._store.get_thread_by_id(tenant.id, thread_id, read_preference=rp, token=token)
-        return Reply(200, {"thread": common.thread_view(thread)})
+        return Reply(200, {"thread": thread_view(thread)})
 
     def _thread_fields(self, body: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -222,29 +237,39 @@ class ManageApi:
             out["title"] = body["title"]
         if body.get("closed") is not None:
             out["closed"] = body["closed"]
+        if body.get("lockedGroups") is not None:
+            try:
+                out["locked_groups"] = check_group_ids("lockedGroups", body["lockedGroups"])
+            except SettingsError as e:
+                raise ApiError(422, "invalid_groups", str(e), field="lockedGroups") from None
+        if body.get("requireSignIn") is not None:
+            out["require_sign_in"] = body["requireSignIn"]
         return out
 
     @inlineCallbacks
     def upsert_thread(self, call: Call, tenant: Tenant) -> Any:
-        body = call.json(required={"urlId": str}, optional={"title": str, "closed": bool})
+        body = call.json(required={"urlId": str}, optional=_THREAD_FIELDS)
         url_id = common.url_id(call, self._cfg, body["urlId"])
         written: Written[Any] = yield self._store.upsert_thread(
             tenant.id, url_id, created_ms=self._now_ms(), read_preference=PRIMARY, **self._thread_fields(body)
         )
         self._forget_thread(tenant.id, written.value.id)
         self._cache.invalidate((tenant.id, "url", url_id))
-        return 200, {"thread": common.thread_view(written.value)}, written
+        return 200, {"thread": thread_view(written.value)}, written
 
     @inlineCallbacks
     def update_thread(self, call: Call, tenant: Tenant) -> Any:
         thread_id = common.record_id(call.params["thread_id"], "thread")
-        body = call.json(optional={"title": str, "closed": bool})
+        body = call.json(optional=_THREAD_FIELDS)
         thread = yield self._store.get_thread_by_id(tenant.id, thread_id, read_preference=PRIMARY)
         written = yield self._store.upsert_thread(
             tenant.id, thread.url_id, created_ms=self._now_ms(), read_preference=PRIMARY, **self._thread_fields(body)
         )
         self._forget_thread(tenant.id, thread_id)
-        return 200, {"thread": common.thread_view(written.value)}, written
+        if self._live is not None:
+            # Live subscribers are checked against the new rules from now on.
+            self._live.thread_changed(tenant.id, thread.url_id)
+        return 200, {"thread": thread_view(written.value)}, written
 
     @inlineCallbacks
     def delete_thread(self, call: Call, tenant: Tenant) -> Any:

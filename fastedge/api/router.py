@@ -120,7 +120,7 @@ class Call:
 def _check_type(name: str, value: Any, tp: Any) -> None:
     ok = isinstance(value, tp) and not (isinstance(value, bool) and tp in (int, (int, float)))
     if not ok:
-        expected = {str: "a string", bool: "true or false", int: "an integer", dict: "an object"}.get(
+        expected = {str: "a string", bool: "true or false", int: "an integer", dict: "an object", list: "a list"}.get(
             tp, "another type"
         )
         raise bad_request("field {!r} must be {}".format(name, expected), code="wrong_type", field=name)

@@ -138,3 +138,41 @@ class SettingsApiTests(SynchronousTestCase):
         self.assertEqual(self.node.client().get(S).code, 401)
         self.assertEqual(self.node.client().patch(S, json_body={"moderation": "pre"}).code, 401)
         self.assertEqual(self.stored(), {})
+
+
+class ThreadAccessApiTests(SynchronousTestCase):
+    """A thread's lock and sign-in rule through the tenant API."""
+
+    def setUp(self) -> None:
+        self.node = NodeHarness(self)
+        self.tenant, self.key = self.node.create_tenant("Site A")
+        self.manager = self.node.manager(self.key)
+
+    def test_lock_and_default(self) -> None:
+        """A thread shows null (tenant default) until locked; a lock and the
+        sign-in rule are set by PATCH; the tenant default locks unlocked
+        threads for readers; bad groups are 422 and change nothing."""
+        t = self.manager.post("/api/v1/manage/threads", json_body={"urlId": "u"}).json["thread"]
+        self.assertEqual((t["lockedGroups"], t["requireSignIn"]), (None, None))
+        page = "/api/v1/{}/comments?urlId=u".format(self.tenant)
+        self.assertEqual(self.node.client().get(page).code, 200)
+        locked = self.manager.patch(
+            "/api/v1/manage/threads/" + t["id"], json_body={"lockedGroups": ["staff"], "requireSignIn": True}
+        ).json["thread"]
+        self.assertEqual((locked["lockedGroups"], locked["requireSignIn"]), (["staff"], True))
+        r = self.node.client().get(page)
+        self.assertEqual((r.code, r.json["error"]["code"]), (403, "thread_locked"))
+        for bad in (["x" * 65], ["g{}".format(i) for i in range(101)], [3]):
+            r = self.manager.patch("/api/v1/manage/threads/" + t["id"], json_body={"lockedGroups": bad})
+            self.assertEqual((r.code, r.json["error"]["field"]), (422, "lockedGroups"))
+        r = self.manager.patch("/api/v1/manage/threads/" + t["id"], json_body={"lockedGroups": "staff"})
+        self.assertEqual((r.code, r.json["error"]["code"]), (400, "wrong_type"))
+        self.assertEqual(self.manager.get("/api/v1/manage/threads/" + t["id"]).json["thread"], locked)
+        opened = self.manager.patch("/api/v1/manage/threads/" + t["id"], json_body={"lockedGroups": []})
+        self.assertEqual(opened.json["thread"]["lockedGroups"], [])
+        self.assertEqual(self.node.client().get(page).code, 200)
+        # The tenant default applies to threads without a lock of their own.
+        self.manager.patch(S, json_body={"defaultGroups": ["vip"]})
+        r = self.node.client().get("/api/v1/{}/comments?urlId=other".format(self.tenant))
+        self.assertEqual((r.code, r.json["error"]["code"]), (403, "thread_locked"))
+        self.assertEqual(self.node.client().get(page).code, 200)

@@ -45,7 +45,8 @@ from .pageview import PageView
 from .ratelimit import RateLimiter
 from .router import Call, Reply, Route
 from .sessions import COOKIE_NAME, SessionCookieError, SessionCookies
-from .sso import SsoError, SsoUser, verify_sso
+from .signin import SsoSignIn
+from .sso import SsoError, SsoUser
 from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
@@ -90,14 +91,20 @@ class PublicApi:
         tenants: TenantSettingsCache | None = None,
         cors: Cors | None = None,
         access: GroupLocks | None = None,
+        sso: SsoSignIn | None = None,
     ) -> None:
         self._cfg = cfg
+        self._tenants = tenants if tenants is not None else TenantSettingsCache(store, cache)
         self._access = (
             access if access is not None else GroupLocks(store, clock=clock, ttl_seconds=cfg.page_cache_seconds)
         )
+        self._sso = (
+            sso
+            if sso is not None
+            else SsoSignIn(cfg, store=store, clock=clock, tenants=self._tenants, metrics=metrics, access=self._access)
+        )
         #: SSO header sign-ins already made: signature -> (tenant, session, issued).
         self._sso_sessions: dict[str, tuple[str, AnonymousSession, int]] = {}
-        self._tenants = tenants if tenants is not None else TenantSettingsCache(store, cache)
         self._cors = cors
         self._live = live
         self._viewer_tokens = viewer_tokens
@@ -291,48 +298,21 @@ class PublicApi:
     # SSO
 
     def _sso_error(self, e: SsoError) -> ApiError:
-        self._metrics.sso.labels(e.code).inc()
         if e.field is not None:
             return ApiError(e.status, e.code, e.message, field=e.field)
         return ApiError(e.status, e.code, e.message)
 
     @inlineCallbacks
     def _verify(self, tenant_id: str, payload: Any, timestamp: Any, signature: Any) -> Any:
-        now = self._now_ms()
-        secrets = yield self._tenants.sso_secrets(tenant_id, now)
         try:
-            user = verify_sso(
-                [s.secret for s in secrets],
-                payload,
-                timestamp,
-                signature,
-                now_ms=now,
-                max_age_ms=self._cfg.sso_max_age_seconds * 1000,
-                skew_ms=self._cfg.sso_skew_seconds * 1000,
-            )
+            user = yield self._sso.verify(tenant_id, payload, timestamp, signature)
         except SsoError as e:
             raise self._sso_error(e) from None
-        self._metrics.sso.labels("ok").inc()
         return user
 
-    @inlineCallbacks
     def _sign_in(self, tenant_id: str, user: SsoUser) -> Any:
-        """Upsert the user and open a session for them: ``(session, written)``."""
-        now = self._now_ms()
-        upserted = yield self._store.upsert_user(
-            tenant_id,
-            user.external_id,
-            user.display_name,
-            profile=user.profile,
-            created_ms=now,
-            read_preference=PRIMARY,
-        )
-        self._access.forget_viewer(tenant_id, upserted.value.author_id)
-        written = yield self._store.create_user_session(
-            tenant_id, upserted.value.author_id, created_ms=now, read_preference=PRIMARY
-        )
-        self._metrics.sessions_created.inc()
-        return upserted.value, written
+        """Upsert the user and open a session for them: ``(user, written)``."""
+        return self._sso.sign_in(tenant_id, user)
 
     @inlineCallbacks
     def _sso_viewer(self, call: Call, tenant_id: str) -> Any:

@@ -25,6 +25,7 @@ from .metrics import ApiMetrics
 from .public import PublicApi
 from .router import Route, Router
 from .sessions import SessionCookies, load_or_create_key
+from .signin import SsoSignIn
 from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
@@ -78,6 +79,12 @@ class Api:
     cache: PageCache
     #: Signs the viewer tokens the public API hands to live-thread clients.
     viewer_tokens: ViewerTokens
+    #: Signs SSO users in (the live connection and the embed page use it too).
+    sso: SsoSignIn
+    #: Issues and checks session cookies (for the embed page's sign-in).
+    cookies: SessionCookies
+    #: Tenants' settings as requests see them (cached like pages).
+    tenants: TenantSettingsCache
 
 
 def build_api(
@@ -112,6 +119,7 @@ def build_api(
     cache = PageCache(ttl_seconds=cfg.page_cache_seconds, max_entries=cfg.page_cache_entries, clock=clock)
     meter = CreditMeter(cfg.credits, store=store, clock=clock)
     tenants = TenantSettingsCache(store, cache)
+    sso = SsoSignIn(cfg, store=store, clock=clock, tenants=tenants, metrics=metrics, access=access)
     manage = ManageApi(
         cfg, store=store, clock=clock, credits=meter, cache=cache, metrics=metrics, live=live, tenants=tenants
     )
@@ -127,6 +135,7 @@ def build_api(
         tenants=tenants,
         cors=Cors(tenants, metrics),
         access=access,
+        sso=sso,
     )
     # Manage routes first: "/api/v1/manage/..." must never be read as a tenant
     # called "manage" (tenant ids are random and 16 characters long anyway).
@@ -135,4 +144,12 @@ def build_api(
     service = MultiService()
     _SessionKeyLoader(cookies, cfg.secret_file).setServiceParent(service)
     _CreditFlusher(meter, cfg.credits.flush_seconds, clock).setServiceParent(service)
-    return Api(resource=router, service=service, cache=cache, viewer_tokens=tokens)
+    return Api(
+        resource=router,
+        service=service,
+        cache=cache,
+        viewer_tokens=tokens,
+        sso=sso,
+        cookies=cookies,
+        tenants=tenants,
+    )

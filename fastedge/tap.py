@@ -204,6 +204,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         access=live.access,
     )
     live.use_viewer_tokens(api.viewer_tokens)
+    live.use_sso(api.sso)
     site = build_site(
         cfg.node,
         cfg.http,

@@ -170,6 +170,7 @@ class LiveNode:
             access=self.service.access,
         )
         self.service.use_viewer_tokens(self.api.viewer_tokens)
+        self.service.use_sso(self.api.sso)
         # Loads the session key (from the data directory) and starts the
         # credit flusher on ``clock``.
         self.api.service.startService()

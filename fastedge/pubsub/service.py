@@ -111,6 +111,11 @@ class LiveService(MultiService):
         if cfg.ping_seconds > 0:
             _Sweep(cfg.ping_seconds, reactor, "keep-alive", self.live.keepalive).setServiceParent(self)
 
+    def use_sso(self, signin: Any) -> None:
+        """Sign viewers in from a subscription's ``sso`` field with the
+        public API's :class:`fastedge.api.signin.SsoSignIn` (wiring, in ``tap``)."""
+        self.live.sso = signin
+
     def use_viewer_tokens(self, tokens: ViewerTokens) -> None:
         """Accept viewer tokens the public API issues (wiring, in ``tap``)."""
         self.live.tokens = tokens

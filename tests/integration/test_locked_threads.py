@@ -162,6 +162,48 @@ class LockedThreadTests(TestCase):
         await ws.closed
         await sse.lost
 
+    async def test_live_sso(self) -> None:
+        """A live subscription may sign in with an ``sso`` field (WebSocket)
+        or query parameter (SSE): a member's payload subscribes, an
+        outsider's is refused ``forbidden``, a forged one ``sso_bad_signature``."""
+        await self.asyncSetUp()
+
+        def sso(user: dict[str, Any]) -> str:
+            body = sso_body(user)
+            return "{}.{}.{}".format(body["payload"], body["timestamp"], body["signature"])
+
+        member = sso({"id": "m2", "displayName": "Max", "groupIds": ["staff"]})
+        outsider = sso({"id": "o2", "displayName": "Oz", "groupIds": ["guests"]})
+        factory = WebSocketClientFactory("ws://127.0.0.1:{}/live".format(self.port))
+        factory.protocol = WaitingClient
+        ws: WaitingClient = await TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(factory)
+        await ws.opened
+        for value, code in (
+            (outsider, "forbidden"),
+            (member[:-1] + "0", "sso_bad_signature"),
+            ("x.y", "sso_malformed"),
+        ):
+            error = ws.wait_for("error")
+            ws.send_json(type="subscribe", tenant=self.tenant, urlId=URL, sso=value)
+            self.assertEqual((await error)["code"], code)
+        response = await treq.get(
+            self.base + "/live/events?" + urlencode({"tenant": self.tenant, "urlId": URL, "sso": outsider}),
+            pool=self.pool,
+        )
+        self.assertEqual((response.code, (await response.json())["error"]["code"]), (403, "forbidden"))
+        subscribed = ws.wait_for("subscribed")
+        ws.send_json(type="subscribe", tenant=self.tenant, urlId=URL, sso=member)
+        await subscribed
+        path = "/live/events?" + urlencode({"tenant": self.tenant, "urlId": URL, "sso": member})
+        request = "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".format(path).encode()
+        sse = SseReader(request)
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(Factory.forProtocol(lambda: sse))
+        await sse.wait_for(b'"subscribed"')
+        ws.sendClose(1000)
+        sse.transport.loseConnection()
+        await ws.closed
+        await sse.lost
+
     async def test_closed_and_sign_in_required(self) -> None:
         """A closed thread refuses posts, likes and flags (``thread_closed``)
         but is still read; a thread requiring sign-in refuses strangers

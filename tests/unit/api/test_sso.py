@@ -240,3 +240,44 @@ class SignInTests(SynchronousTestCase):
         r = self.node.client().post(self.base + "/sso", json_body=signed(SECRET, ANN, self.now()))
         self.assertEqual((r.code, r.json["error"]["code"]), (403, "sso_disabled"))
         self.assertEqual(self.sessions(), before)
+
+
+class DocumentedSignerTests(SynchronousTestCase):
+    """The signers printed in docs/sso.md make payloads the node accepts."""
+
+    def block(self, language: str) -> str:
+        import os
+
+        path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "docs", "sso.md")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        start = text.index("```" + language + "\n") + len(language) + 4
+        return text[start : text.index("```", start)]
+
+    def test_python_signer(self) -> None:
+        """The Python signer's output verifies as the user it signed."""
+        scope: dict[str, Any] = {}
+        exec(self.block("python"), scope)  # noqa: S102 - our own documentation
+        values = scope["fastedge_sso"](SECRET, ANN)
+        user = verify_sso(
+            (SECRET,), values["payload"], values["timestamp"], values["signature"], now_ms=values["timestamp"]
+        )
+        self.assertEqual((user.external_id, user.profile.group_ids), ("u-1", ("staff",)))
+
+    def test_node_signer(self) -> None:
+        """The JavaScript signer, run by Node, makes a payload that verifies."""
+        import shutil
+        import subprocess
+
+        node = shutil.which("node")
+        if node is None:
+            raise self.skipTest("node is not installed")
+        script = self.block("javascript") + "\nprocess.stdout.write(JSON.stringify(fastedgeSso({}, {})));\n".format(
+            json.dumps(SECRET), json.dumps(ANN)
+        )
+        out = subprocess.run([node, "-e", script], check=True, capture_output=True, timeout=60).stdout
+        values = json.loads(out)
+        user = verify_sso(
+            (SECRET,), values["payload"], values["timestamp"], values["signature"], now_ms=values["timestamp"]
+        )
+        self.assertEqual((user.external_id, user.display_name), ("u-1", "Ann"))

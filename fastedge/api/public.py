@@ -246,8 +246,9 @@ class PublicApi:
 
     @inlineCallbacks
     def _author_of(self, call: Call, tenant_id: str, *, write: bool) -> Any:
-        """The caller's author id, without writing anything: from the SSO
-        header or the session cookie (``None`` for a stranger, a bad cookie)."""
+        """The caller's author id: from the SSO header (which signs in on its
+        first use) or the session cookie (``None`` for a stranger or a bad
+        cookie; never creates an anonymous session)."""
         if call.header(SSO_HEADER) is not None:
             viewer = yield self._sso_viewer(call, tenant_id)
             return viewer.session.author_id
@@ -342,6 +343,8 @@ class PublicApi:
         the caller's anonymous session's comments, likes and blocks become
         the user's (one way: the anonymous session ends)."""
         body = call.json(required={"payload": str, "timestamp": (int, str), "signature": str}, optional={"claim": bool})
+        # A sign-in writes (user, session): limited like every other write.
+        self._limit(call.client_ip, self._per_ip)
         tenant = yield self._tenant(call)
         user = yield self._verify(tenant.id, body["payload"], body["timestamp"], body["signature"])
         try:

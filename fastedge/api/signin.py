@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from ..config import ApiConfig
 from ..store.interfaces import IStore
@@ -32,6 +33,8 @@ PRIMARY = ReadPreference.PRIMARY
 
 class SsoSignIn:
     """Verifies SSO payloads and signs their users in."""
+
+    _log = Logger()
 
     def __init__(
         self,
@@ -109,4 +112,6 @@ class SsoSignIn:
             tenant_id, signed.author_id, created_ms=self._now_ms(), read_preference=PRIMARY
         )
         self._metrics.sessions_created.inc()
+        # The author id only: the user's id, name and email are the site's data.
+        self._log.info("sso sign-in: tenant {tenant} author {author}", tenant=tenant_id, author=signed.author_id)
         return signed, written

@@ -250,11 +250,14 @@ class ManageApi:
     def upsert_thread(self, call: Call, tenant: Tenant) -> Any:
         body = call.json(required={"urlId": str}, optional=_THREAD_FIELDS)
         url_id = common.url_id(call, self._cfg, body["urlId"])
+        fields = self._thread_fields(body)
         written: Written[Any] = yield self._store.upsert_thread(
-            tenant.id, url_id, created_ms=self._now_ms(), read_preference=PRIMARY, **self._thread_fields(body)
+            tenant.id, url_id, created_ms=self._now_ms(), read_preference=PRIMARY, **fields
         )
         self._forget_thread(tenant.id, written.value.id)
         self._cache.invalidate((tenant.id, "url", url_id))
+        if self._live is not None and ("locked_groups" in fields or "require_sign_in" in fields):
+            self._live.thread_changed(tenant.id, url_id)
         return 200, {"thread": thread_view(written.value)}, written
 
     @inlineCallbacks

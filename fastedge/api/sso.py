@@ -204,9 +204,12 @@ def _user(data: dict[str, Any]) -> SsoUser:
     except SettingsError as e:
         raise SsoError("sso_malformed", str(e), field="groupIds") from None
     assert external_id is not None and name is not None
+    name = " ".join(name.split())
+    if not name:
+        raise SsoError("sso_malformed", "'displayName' must not be blank", field="displayName")
     return SsoUser(
         external_id=external_id,
-        display_name=" ".join(name.split()),
+        display_name=name,
         profile=UserProfile(
             email=email,
             avatar=avatar,

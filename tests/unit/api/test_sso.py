@@ -10,6 +10,8 @@ import hmac
 import json
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.api.sso import SsoError, verify_sso
@@ -83,6 +85,9 @@ class VerifyTests(SynchronousTestCase):
         self.refused(signed(SECRET, None, NOW, raw=b"{not json"), "sso_malformed")
         self.refused(signed(SECRET, [1, 2], NOW), "sso_malformed")
         self.refused(signed(SECRET, {"displayName": "x"}, NOW), "sso_malformed")
+        self.assertEqual(
+            self.refused(signed(SECRET, dict(ANN, displayName="   "), NOW), "sso_malformed").field, "displayName"
+        )
         e = self.refused(signed(SECRET, dict(ANN, groupIds=["g%d" % i for i in range(101)]), NOW), "sso_malformed")
         self.assertEqual(e.field, "groupIds")
         e = self.refused(signed(SECRET, dict(ANN, groupIds=["x" * 65]), NOW), "sso_malformed")
@@ -90,6 +95,48 @@ class VerifyTests(SynchronousTestCase):
         self.refused(signed(SECRET, dict(ANN, avatar="javascript:alert(1)"), NOW), "sso_malformed")
         self.refused(signed(SECRET, dict(ANN, isModerator="yes"), NOW), "sso_malformed")
         self.refused(good, "sso_disabled", secrets=())
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
+    max_leaves=20,
+)
+
+
+class VerifyPropertyTests(SynchronousTestCase):
+    """Whatever arrives, :func:`verify_sso` answers a user or an SsoError."""
+
+    @given(st.one_of(st.text(max_size=80), st.integers(), st.none()), st.one_of(st.text(max_size=20), st.integers()))
+    def test_garbage(self, payload: Any, timestamp: Any) -> None:
+        """Unsigned garbage is always an SsoError, never another exception."""
+        with self.assertRaises(SsoError):
+            verify_sso((SECRET,), payload, timestamp, "ab" * 32, now_ms=NOW)
+
+    @given(
+        st.fixed_dictionaries(
+            {"id": st.one_of(st.text(max_size=5), _json), "displayName": st.one_of(st.text(max_size=5), _json)},
+            optional={
+                "email": _json,
+                "avatar": _json,
+                "groupIds": _json,
+                "isModerator": _json,
+                "isAdmin": _json,
+            },
+        )
+    )
+    def test_signed_odd_users(self, user: dict[str, Any]) -> None:
+        """A correctly signed payload of any shape is a user or an SsoError
+        (``sso_malformed``), never another exception."""
+        values = signed(SECRET, user, NOW)
+        try:
+            got = verify_sso((SECRET,), values["payload"], values["timestamp"], values["signature"], now_ms=NOW)
+        except SsoError as e:
+            self.assertEqual(e.code, "sso_malformed")
+            return
+        self.assertTrue(got.external_id)
+        self.assertTrue(got.display_name.strip())
+        self.assertLessEqual(len(got.profile.group_ids), 100)
 
 
 class SignInTests(SynchronousTestCase):

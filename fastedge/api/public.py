@@ -433,11 +433,12 @@ class PublicApi:
             if self._loading.in_flight((key, token)):
                 self._metrics.page_cache.labels("coalesced").inc()
             cached = yield self._loading.run((key, token), lambda: self._load_page(call, key, token))
-        settings = yield self._tenants.settings(tenant_id)
-        if settings is not None:
-            yield self._guard(
-                call, tenant_id, settings, cached.page.thread if cached.page is not None else None, write=False
-            )
+        known, settings = self._tenants.cached_settings(tenant_id)
+        if not known:
+            settings = yield self._tenants.settings(tenant_id)
+        thread = cached.page.thread if cached.page is not None else None
+        if settings is not None and GroupLocks.locked_to(settings, thread):
+            yield self._guard(call, tenant_id, settings, thread, write=False)
         body = cached.anonymous
         if call.header(SSO_HEADER) is not None and cached.page is not None:
             viewer = yield self._sso_viewer(call, tenant_id)

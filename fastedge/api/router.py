@@ -132,8 +132,8 @@ _PARAM = re.compile(r"^\{([a-z_]+)\}$")
 class ICors(Protocol):
     """Cross-origin rules for a route (see :mod:`fastedge.api.cors`)."""
 
-    def headers(self, call: Call) -> Deferred[dict[bytes, bytes]]:
-        """Headers every answer to an actual request carries."""
+    def headers(self, call: Call) -> dict[bytes, bytes] | Deferred[dict[bytes, bytes]]:
+        """Headers every answer to an actual request carries (at once, or later)."""
 
     def preflight(self, call: Call, methods: Sequence[bytes]) -> Deferred[Reply]:
         """The answer to ``OPTIONS`` on a path whose routes have ``methods``."""
@@ -214,9 +214,14 @@ class Router(Resource):
         if policy is not None:
             # The CORS headers first, so errors carry them too (a browser
             # shows a cross-origin caller the error only then).
-            d: Deferred[Any] = maybeDeferred(policy.headers, call)
-            d.addCallback(self._set_headers, request)
-            d.addCallback(lambda _: route.handler(call))
+            headers = policy.headers(call)
+            if isinstance(headers, dict):
+                self._set_headers(headers, request)
+                d: Deferred[Any] = maybeDeferred(route.handler, call)
+            else:
+                d = headers
+                d.addCallback(self._set_headers, request)
+                d.addCallback(lambda _: route.handler(call))
         else:
             d = maybeDeferred(route.handler, call)
         d.addCallbacks(self._write_reply, self._write_failure, callbackArgs=(request,), errbackArgs=(request,))

@@ -40,6 +40,14 @@ class TenantSettingsCache:
         """The tenant's settings, ``None`` for an unknown tenant (also cached)."""
         return self._get((tenant_id, "settings"), lambda: self._load_settings(tenant_id))
 
+    def cached_settings(self, tenant_id: str) -> tuple[bool, TenantSettings | None]:
+        """``(True, settings)`` when cached (no Deferred: the hot path),
+        else ``(False, None)``: call :meth:`settings`."""
+        found = self._cache.lookup((tenant_id, "settings"))
+        if found is None:
+            return False, None
+        return True, found[0]
+
     def sso_secrets(self, tenant_id: str, now_ms: int) -> Deferred[list[SsoSecret]]:
         """The SSO secrets the tenant accepts now (cached entries are
         filtered by ``now_ms`` again, so an overlap ends on time)."""

@@ -176,3 +176,33 @@ class ThreadAccessApiTests(SynchronousTestCase):
         r = self.node.client().get("/api/v1/{}/comments?urlId=other".format(self.tenant))
         self.assertEqual((r.code, r.json["error"]["code"]), (403, "thread_locked"))
         self.assertEqual(self.node.client().get(page).code, 200)
+
+
+class PropagationTests(SynchronousTestCase):
+    """Settings changed through another node reach this one within the
+    page-cache TTL; through this node, at once."""
+
+    def test_other_node_within_ttl(self) -> None:
+        """A change written to the store by another node (simulated: straight
+        to the store) shows here once ``api.page_cache_seconds`` has passed,
+        not before; a change through this node's API shows at once."""
+        node = NodeHarness(self)
+        tenant, key = node.create_tenant("Site A")
+        origin = "https://blog.example"
+        preflight_headers = {"origin": origin, "access-control-request-method": "GET"}
+        path = "/api/v1/{}/comments?urlId=u".format(tenant)
+
+        def preflight() -> int:
+            return node.request("OPTIONS", path, data=None, headers=preflight_headers).code
+
+        self.assertEqual(preflight(), 403)
+        self.successResultOf(
+            node.store.update_tenant_settings(
+                tenant, {"allowedOrigins": [origin]}, read_preference=ReadPreference.PRIMARY
+            )
+        )
+        self.assertEqual(preflight(), 403)
+        node.clock.advance(node.api_config.page_cache_seconds)
+        self.assertEqual(preflight(), 204)
+        node.manager(key).patch(S, json_body={"allowedOrigins": []})
+        self.assertEqual(preflight(), 403)

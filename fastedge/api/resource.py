@@ -85,6 +85,8 @@ class Api:
     cookies: SessionCookies
     #: Tenants' settings as requests see them (cached like pages).
     tenants: TenantSettingsCache
+    #: The thread access rules every path to a thread asks (the embed page too).
+    access: GroupLocks
 
 
 def build_api(
@@ -119,6 +121,10 @@ def build_api(
     cache = PageCache(ttl_seconds=cfg.page_cache_seconds, max_entries=cfg.page_cache_entries, clock=clock)
     meter = CreditMeter(cfg.credits, store=store, clock=clock)
     tenants = TenantSettingsCache(store, cache)
+    if access is None:
+        from ..pubsub.access import GroupLocks
+
+        access = GroupLocks(store, clock=clock, ttl_seconds=cfg.page_cache_seconds)
     sso = SsoSignIn(cfg, store=store, clock=clock, tenants=tenants, metrics=metrics, access=access)
     manage = ManageApi(
         cfg, store=store, clock=clock, credits=meter, cache=cache, metrics=metrics, live=live, tenants=tenants
@@ -152,4 +158,5 @@ def build_api(
         sso=sso,
         cookies=cookies,
         tenants=tenants,
+        access=access,
     )

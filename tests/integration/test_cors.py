@@ -113,6 +113,10 @@ class CorsTests(TestCase):
         self.assertEqual(self.header(read, "access-control-allow-origin"), SITE_A)
         self.assertEqual(self.header(read, "vary"), "Origin")
         self.assertTrue((yield read.json())["comments"][0]["isMine"])
+        # Errors carry the headers too, so the caller's script can read them.
+        bad = yield self.http.post(self.comments(self.a), json={"text": ""}, headers={"origin": SITE_A})
+        self.assertEqual(bad.code, 400)
+        self.assertEqual(self.header(bad, "access-control-allow-origin"), SITE_A)
         # The like route's preflight lists its own methods.
         comment_id = (yield posted.json())["comment"]["id"]
         like = "{}/api/v1/{}/comments/{}/like".format(self.base, self.a, comment_id)

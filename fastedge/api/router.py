@@ -175,19 +175,24 @@ class Router(Resource):
         allowed: list[bytes] = []
         method = request.method
         cors: tuple[Route, dict[str, str]] | None = None
+        # A path the tenant API serves never answers CORS, even where a
+        # public template also matches it (a "tenant" called "manage").
+        no_cors = False
         for route, parts in self._compiled:
             params = _match(parts, segments)
             if params is None:
                 continue
             if route.method != method and not (method == b"HEAD" and route.method == b"GET"):
                 allowed.append(route.method)
-                if cors is None and route.cors is not None:
+                if route.cors is None:
+                    no_cors = True
+                elif cors is None:
                     cors = (route, params)
                 continue
             request.route = route.template  # type: ignore[attr-defined]
             self._dispatch(request, route, params)
             return NOT_DONE_YET
-        if method == b"OPTIONS" and cors is not None:
+        if method == b"OPTIONS" and cors is not None and not no_cors:
             route, params = cors
             request.route = route.template  # type: ignore[attr-defined]
             methods = sorted(set(allowed))

@@ -176,6 +176,10 @@ class CorsTests(TestCase):
         r = yield self.preflight(url, SITE_A, "PATCH")
         self.assertEqual(r.code, 405)
         self.assertIsNone(self.header(r, "access-control-allow-origin"))
+        # Also where a public template matches the path too ("manage" as a tenant).
+        r = yield self.preflight(self.base + "/api/v1/manage/comments", SITE_A, "GET")
+        self.assertEqual(r.code, 405)
+        self.assertIsNone(self.header(r, "access-control-allow-origin"))
         got = yield self.http.get(url, headers={"origin": SITE_A, "authorization": "Bearer " + self.a_key})
         self.assertEqual(got.code, 200)
         self.assertIsNone(self.header(got, "access-control-allow-origin"))

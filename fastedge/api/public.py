@@ -19,7 +19,6 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 
 from ..config import ApiConfig
-from ..pubsub.access import GroupLocks, Refused
 from ..singleflight import SingleFlight
 from ..store.errors import AlreadyExists, BadToken, InvalidReference, NotFound
 from ..store.interfaces import IStore
@@ -34,11 +33,11 @@ from ..store.model import (
     Thread,
     Written,
 )
-from ..store.settings import TenantSettings, from_stored
+from ..store.settings import TenantSettings, from_stored, groups_for
 from . import common
 from .cache import PageCache
 from .cors import Cors
-from .errors import ApiError, bad_request, not_found
+from .errors import AccessRefused, ApiError, bad_request, not_found
 from .markup import render
 from .metrics import ApiMetrics
 from .pageview import PageView
@@ -50,6 +49,7 @@ from .sso import SsoError, SsoUser
 from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
+    from ..pubsub.access import GroupLocks
     from ..pubsub.publish import LivePublisher
     from ..pubsub.tokens import ViewerTokens
 
@@ -59,6 +59,11 @@ NEAREST = ReadPreference.NEAREST
 SSO_HEADER = b"x-fastedge-sso"
 #: Sessions whose author id is remembered (a few MB at most).
 _SESSION_AUTHORS_KEPT = 50_000
+
+
+def _locked(settings: TenantSettings, thread: Thread | None) -> bool:
+    """Whether a thread (``None``: not created yet) is locked to groups."""
+    return bool(groups_for(thread.locked_groups if thread is not None else None, settings))
 
 
 @dataclass(frozen=True)
@@ -90,14 +95,12 @@ class PublicApi:
         viewer_tokens: ViewerTokens | None = None,
         tenants: TenantSettingsCache | None = None,
         cors: Cors | None = None,
-        access: GroupLocks | None = None,
+        access: GroupLocks,
         sso: SsoSignIn | None = None,
     ) -> None:
         self._cfg = cfg
         self._tenants = tenants if tenants is not None else TenantSettingsCache(store, cache)
-        self._access = (
-            access if access is not None else GroupLocks(store, clock=clock, ttl_seconds=cfg.page_cache_seconds)
-        )
+        self._access = access
         self._sso = (
             sso
             if sso is not None
@@ -277,7 +280,7 @@ class PublicApi:
         if thread is not None and thread.require_sign_in is not None:
             required = thread.require_sign_in
         author = None
-        if GroupLocks.locked_to(settings, thread) or (write and required):
+        if _locked(settings, thread) or (write and required):
             author = yield self._author_of(call, tenant_id, write=write)
         elif not write:
             return None
@@ -286,7 +289,7 @@ class PublicApi:
                 yield Deferred.fromCoroutine(self._access.check_write(settings, tenant_id, thread, author))
             else:
                 yield Deferred.fromCoroutine(self._access.check_read(settings, tenant_id, thread, author))
-        except Refused as e:
+        except AccessRefused as e:
             self._metrics.access_refused.labels(e.reason).inc()
             raise ApiError(403, e.reason, e.message) from None
         return None
@@ -437,7 +440,7 @@ class PublicApi:
         if not known:
             settings = yield self._tenants.settings(tenant_id)
         thread = cached.page.thread if cached.page is not None else None
-        if settings is not None and GroupLocks.locked_to(settings, thread):
+        if settings is not None and _locked(settings, thread):
             yield self._guard(call, tenant_id, settings, thread, write=False)
         body = cached.anonymous
         if call.header(SSO_HEADER) is not None and cached.page is not None:

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..api.errors import AccessRefused
 from ..store.errors import NotFound, StoreError
 from ..store.interfaces import IStore
 from ..store.model import ReadPreference, Tenant, Thread
@@ -76,7 +77,10 @@ class GroupLocks:
 
     One object guards every path: live subscriptions (WebSocket and SSE,
     through :class:`IAccessPolicy`) and the public API's reads, posts,
-    likes and flags (through :meth:`check_read` and :meth:`check_write`).
+    likes and flags (through :meth:`check_read` and :meth:`check_write`,
+    which raise :class:`fastedge.api.errors.AccessRefused`: the API refers
+    to this class only for types, so imports keep pointing from pubsub down
+    to api).
     A thread's lock is its own ``locked_groups`` or, when it has none, the
     tenant's ``defaultGroups``; a viewer in none of the groups (or not
     signed in) is refused, unless an SSO moderator or admin. Writes also
@@ -128,14 +132,14 @@ class GroupLocks:
     async def check_read(
         self, settings: TenantSettings, tenant_id: str, thread: Thread | None, author: str | None
     ) -> None:
-        """Refuse (:class:`Refused`, ``thread_locked``) a viewer outside the lock."""
+        """Refuse (:class:`AccessRefused`, ``thread_locked``) a viewer outside the lock."""
         groups = self.locked_to(settings, thread)
         if not groups:
             return
         viewer = await self.viewer(tenant_id, author)
         if viewer.privileged or viewer.groups.intersection(groups):
             return
-        raise Refused("this thread is for members of certain groups only", reason="thread_locked")
+        raise AccessRefused("thread_locked", "this thread is for members of certain groups only")
 
     async def check_write(
         self, settings: TenantSettings, tenant_id: str, thread: Thread | None, author: str | None
@@ -144,18 +148,24 @@ class GroupLocks:
         signed in where sign-in is required."""
         await self.check_read(settings, tenant_id, thread, author)
         if thread is not None and thread.closed:
-            raise Refused("this thread is closed", reason="thread_closed")
+            raise AccessRefused("thread_closed", "this thread is closed")
         required = settings.require_sign_in
         if thread is not None and thread.require_sign_in is not None:
             required = thread.require_sign_in
         if required and not (await self.viewer(tenant_id, author)).signed_in:
-            raise Refused("sign in to take part in this thread", reason="sign_in_required")
+            raise AccessRefused("sign_in_required", "sign in to take part in this thread")
 
     def check(self, tenant: Tenant, thread: Thread, viewer_author_id: str | None) -> Deferred[None]:
-        """:class:`IAccessPolicy`: may this viewer follow the thread live?"""
-        return Deferred.fromCoroutine(
-            self.check_read(from_stored(tenant.settings), tenant.id, thread, viewer_author_id)
-        )
+        """:class:`IAccessPolicy`: may this viewer follow the thread live?
+        Refusals are :class:`Refused` (``forbidden``, the documented code)."""
+
+        async def go() -> None:
+            try:
+                await self.check_read(from_stored(tenant.settings), tenant.id, thread, viewer_author_id)
+            except AccessRefused as e:
+                raise Refused(e.message, reason=e.reason) from None
+
+        return Deferred.fromCoroutine(go())
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("tenant_id")
     delete.add_argument("--yes", action="store_true", help="really delete (required)")
     delete.add_argument("--url", help="the node's HTTP address (default: from http.endpoint)")
+    _settings_parser(tsub)
     status = sub.add_parser(
         "status", parents=[json_flag], help="the node's health and its mesh map (from the running node)"
     )
@@ -170,6 +171,77 @@ def find_config(given: str | None, cwd: str, environ: Mapping[str, str]) -> tupl
 
 def _say(message: str) -> None:
     print("fastedge-admin: {}".format(message), file=sys.stderr)
+
+
+def _settings_parser(tsub: Any) -> None:
+    """``tenant settings TENANT [--set key=value ...] [--json]``."""
+    settings = tsub.add_parser(
+        "settings",
+        help="show or change a tenant's settings (docs/openapi.yaml, TenantSettings)",
+        description='VALUE is JSON when it parses as JSON (3, true, null, ["https://a.example"]), else a '
+        "string; theme.accent=#1a73e8 sets one theme key. ssoSecret is write-only (never printed); "
+        "ssoSecretOverlapSeconds says how long the replaced secret stays accepted (default 86400).",
+    )
+    settings.add_argument("tenant_id")
+    settings.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change one setting")
+    settings.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--set`` arguments as a settings patch (the tenant API's JSON)."""
+    patch: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit("fastedge-admin: --set wants KEY=VALUE, not {!r}".format(pair))
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        if key.startswith("theme."):
+            theme = patch.setdefault("theme", {})
+            if not isinstance(theme, dict):
+                raise SystemExit("fastedge-admin: theme is set twice")
+            theme[key[len("theme.") :]] = value
+        else:
+            patch[key] = value
+    return patch
+
+
+@inlineCallbacks
+def _tenant_settings(store: Any, args: argparse.Namespace, now: int) -> Any:
+    """Show, and with ``--set`` change, a tenant's settings: the same checks
+    as ``PATCH /api/v1/manage/settings``. Nodes see a change within
+    ``api.page_cache_seconds``."""
+    from .api.manage import check_overlap
+    from .api.sso import check_secret, sso_status
+    from .store.model import SsoSecretChange
+    from .store.settings import SettingsError, apply_patch, from_stored, to_json
+
+    primary = ReadPreference.PRIMARY
+    tenant = yield store.get_tenant(args.tenant_id, read_preference=primary)
+    patch = _parse_sets(args.set)
+    settings = from_stored(tenant.settings)
+    if patch:
+        change = None
+        try:
+            if "ssoSecret" in patch or "ssoSecretOverlapSeconds" in patch:
+                if "ssoSecret" not in patch:
+                    raise SettingsError("ssoSecretOverlapSeconds", "only applies together with ssoSecret")
+                secret = check_secret("ssoSecret", patch.pop("ssoSecret"))
+                change = SsoSecretChange(secret, now, check_overlap(patch.pop("ssoSecretOverlapSeconds", None)) * 1000)
+            settings = apply_patch(settings, patch)
+        except SettingsError as e:
+            print("fastedge-admin: invalid setting {}: {}".format(e.key, e.message), file=sys.stderr)
+            raise SystemExit(2) from None
+        yield store.update_tenant_settings(tenant.id, to_json(settings), sso_secret=change, read_preference=primary)
+    secrets = yield store.get_sso_secrets(tenant.id, now_ms=now, read_preference=primary)
+    out = {"tenantId": tenant.id, "settings": to_json(settings), "sso": sso_status(secrets)}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in list(out["settings"].items()) + [("sso", out["sso"])]:
+            print("{}: {}".format(k, json.dumps(v)))
 
 
 def _certs(args: argparse.Namespace, cfg: EdgeConfig) -> None:
@@ -346,7 +418,9 @@ def _tenant(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig) -> Any:
     now = int(reactor.seconds() * 1000)
     try:
         action = args.action
-        if action == "create":
+        if action == "settings":
+            yield _tenant_settings(store, args, now)
+        elif action == "create":
             name = args.name.strip()
             if not name or len(name) > 200:
                 raise Refused("the name must be 1 to 200 characters")

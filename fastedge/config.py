@@ -461,6 +461,10 @@ class ApiConfig:
     #: Likes of one comment that count from one client address, whatever
     #: sessions it makes up (docs/moderation.md).
     likes_per_address: int = _checked(3, _positive)
+    #: Oldest SSO payload accepted (by its signing timestamp), seconds.
+    sso_max_age_seconds: int = _checked(2 * 24 * 3600, _positive)
+    #: How far in the future an SSO timestamp may be (clock skew), seconds.
+    sso_skew_seconds: int = _checked(300, _non_negative)
     credits: CreditsConfig = field(default_factory=CreditsConfig)
 
 

@@ -205,8 +205,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         viewer_token_max_age_seconds=cfg.live.viewer_token_max_age_seconds,
         extra_manage_routes=media_api.routes,
         extra_routes=mesh_routes(mesh.status),
+        access=live.access,
     )
     live.use_viewer_tokens(api.viewer_tokens)
+    live.use_sso(api.sso)
     access_log = None
     if cfg.log.access != "off":
         access_log = AccessLog(

@@ -168,8 +168,10 @@ class LiveNode:
             live=self.service.publisher,
             viewer_token_max_age_seconds=self.cfg.live.viewer_token_max_age_seconds,
             extra_routes=mesh_routes(mesh.status),
+            access=self.service.access,
         )
         self.service.use_viewer_tokens(self.api.viewer_tokens)
+        self.service.use_sso(self.api.sso)
         # Loads the session key (from the data directory) and starts the
         # credit flusher on ``clock``.
         self.api.service.startService()

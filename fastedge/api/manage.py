@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from ..config import ApiConfig
 from ..store.errors import NotFound
 from ..store.interfaces import IStore
-from ..store.model import CommentStatus, NewComment, ReadPreference, Tenant, Written
+from ..store.model import CommentStatus, NewComment, ReadPreference, SsoSecretChange, Tenant, Thread, Written
+from ..store.settings import SettingsError, apply_patch, check_group_ids, from_stored, to_json
 from . import common
 from .cache import PageCache
 from .common import check_parent_thread
@@ -28,18 +30,59 @@ from .keys import hash_api_key, looks_like_api_key, new_api_key
 from .markup import render
 from .metrics import ApiMetrics
 from .router import Call, Reply, Route
+from .sso import check_secret, sso_status
+from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
     from ..pubsub.publish import LivePublisher
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
+#: How long a replaced SSO secret stays accepted unless the PATCH says.
+DEFAULT_SSO_OVERLAP_SECONDS = 24 * 3600
+#: Longest overlap a PATCH may ask for.
+MAX_SSO_OVERLAP_SECONDS = 30 * 24 * 3600
 TOKEN_HEADER = b"x-consistency-token"
 _API_AUTHOR = "tenant-api"
 
 
+#: Fields of a thread the tenant may set.
+_THREAD_FIELDS = {"title": str, "closed": bool, "lockedGroups": list, "requireSignIn": bool}
+
+
+def thread_view(thread: Thread) -> dict[str, Any]:
+    """A thread as its tenant sees it: with its access rules (``null``: the
+    tenant's ``defaultGroups`` / ``requireSignIn`` apply)."""
+    view = common.thread_view(thread)
+    view.update(
+        lockedGroups=None if thread.locked_groups is None else list(thread.locked_groups),
+        requireSignIn=thread.require_sign_in,
+    )
+    return view
+
+
+def _invalid(key: str, message: str) -> ApiError:
+    return ApiError(422, "invalid_setting", "{}: {}".format(key, message), field=key)
+
+
+def check_overlap(value: Any) -> int:
+    """``ssoSecretOverlapSeconds``: absent means the default.
+
+    :raises SettingsError: naming the key.
+    """
+    if value is None:
+        return DEFAULT_SSO_OVERLAP_SECONDS
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SSO_OVERLAP_SECONDS:
+        raise SettingsError(
+            "ssoSecretOverlapSeconds", "must be an integer from 0 to {}".format(MAX_SSO_OVERLAP_SECONDS)
+        )
+    return value
+
+
 class ManageApi:
     """Handlers of ``/api/v1/manage/...``."""
+
+    _log = Logger()
 
     def __init__(
         self,
@@ -51,8 +94,10 @@ class ManageApi:
         cache: PageCache,
         metrics: ApiMetrics,
         live: LivePublisher | None = None,
+        tenants: TenantSettingsCache | None = None,
     ) -> None:
         self._cfg = cfg
+        self._tenants = tenants
         self._live = live
         self._store = store
         self._clock = clock
@@ -77,6 +122,8 @@ class ManageApi:
             Route(b"POST", base + "/keys", self._write("create_key", self.create_key)),
             Route(b"DELETE", base + "/keys/{key_id}", self._write("revoke_key", self.revoke_key)),
             Route(b"GET", base + "/credits", self._read("credits", self.credits)),
+            Route(b"GET", base + "/settings", self._read("get_settings", self.get_settings)),
+            Route(b"PATCH", base + "/settings", self._write("update_settings", self.update_settings)),
         ]
 
     def tenant_route(self, method: bytes, template: str, operation: str, handler: Any) -> Route:
@@ -187,13 +234,13 @@ class ManageApi:
         page = yield self._store.list_threads(
             tenant.id, limit=self._limit(call), cursor=call.query.get("cursor") or None, read_preference=rp, token=token
         )
-        return Reply(200, {"threads": [common.thread_view(t) for t in page.items], "nextCursor": page.next_cursor})
+        return Reply(200, {"threads": [thread_view(t) for t in page.items], "nextCursor": page.next_cursor})
 
     @inlineCallbacks
     def get_thread(self, call: Call, tenant: Tenant, rp: ReadPreference, token: str | None) -> Any:
         thread_id = common.record_id(call.params["thread_id"], "thread")
         thread = yield self._store.get_thread_by_id(tenant.id, thread_id, read_preference=rp, token=token)
-        return Reply(200, {"thread": common.thread_view(thread)})
+        return Reply(200, {"thread": thread_view(thread)})
 
     def _thread_fields(self, body: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -205,29 +252,42 @@ class ManageApi:
             out["title"] = body["title"]
         if body.get("closed") is not None:
             out["closed"] = body["closed"]
+        if body.get("lockedGroups") is not None:
+            try:
+                out["locked_groups"] = check_group_ids("lockedGroups", body["lockedGroups"])
+            except SettingsError as e:
+                raise ApiError(422, "invalid_groups", str(e), field="lockedGroups") from None
+        if body.get("requireSignIn") is not None:
+            out["require_sign_in"] = body["requireSignIn"]
         return out
 
     @inlineCallbacks
     def upsert_thread(self, call: Call, tenant: Tenant) -> Any:
-        body = call.json(required={"urlId": str}, optional={"title": str, "closed": bool})
+        body = call.json(required={"urlId": str}, optional=_THREAD_FIELDS)
         url_id = common.url_id(call, self._cfg, body["urlId"])
+        fields = self._thread_fields(body)
         written: Written[Any] = yield self._store.upsert_thread(
-            tenant.id, url_id, created_ms=self._now_ms(), read_preference=PRIMARY, **self._thread_fields(body)
+            tenant.id, url_id, created_ms=self._now_ms(), read_preference=PRIMARY, **fields
         )
         self._forget_thread(tenant.id, written.value.id)
         self._cache.invalidate((tenant.id, "url", url_id))
-        return 200, {"thread": common.thread_view(written.value)}, written
+        if self._live is not None and ("locked_groups" in fields or "require_sign_in" in fields):
+            self._live.thread_changed(tenant.id, url_id)
+        return 200, {"thread": thread_view(written.value)}, written
 
     @inlineCallbacks
     def update_thread(self, call: Call, tenant: Tenant) -> Any:
         thread_id = common.record_id(call.params["thread_id"], "thread")
-        body = call.json(optional={"title": str, "closed": bool})
+        body = call.json(optional=_THREAD_FIELDS)
         thread = yield self._store.get_thread_by_id(tenant.id, thread_id, read_preference=PRIMARY)
         written = yield self._store.upsert_thread(
             tenant.id, thread.url_id, created_ms=self._now_ms(), read_preference=PRIMARY, **self._thread_fields(body)
         )
         self._forget_thread(tenant.id, thread_id)
-        return 200, {"thread": common.thread_view(written.value)}, written
+        if self._live is not None:
+            # Live subscribers are checked against the new rules from now on.
+            self._live.thread_changed(tenant.id, thread.url_id)
+        return 200, {"thread": thread_view(written.value)}, written
 
     @inlineCallbacks
     def delete_thread(self, call: Call, tenant: Tenant) -> Any:
@@ -358,6 +418,56 @@ class ManageApi:
         if self._live is not None and comment.status is CommentStatus.APPROVED:
             self._live.removed(comment)
         return 200, {"deleted": written.value}, written
+
+    # Settings
+
+    @inlineCallbacks
+    def get_settings(self, call: Call, tenant: Tenant, rp: ReadPreference, token: str | None) -> Any:
+        """The tenant's settings; of the SSO secret only whether one is set."""
+        if rp is not PRIMARY or token is not None:
+            # The tenant from authentication was read NEAREST: read it as asked.
+            tenant = yield self._store.get_tenant(tenant.id, read_preference=rp, token=token)
+        secrets = yield self._store.get_sso_secrets(tenant.id, now_ms=self._now_ms(), read_preference=rp, token=token)
+        return Reply(200, {"settings": to_json(from_stored(tenant.settings)), "sso": sso_status(secrets)})
+
+    @inlineCallbacks
+    def update_settings(self, call: Call, tenant: Tenant) -> Any:
+        """Change some settings and/or rotate the SSO secret, all or nothing.
+
+        Unknown keys and bad values are 422 ``invalid_setting`` naming the
+        key; nothing is written then.
+        """
+        body = dict(call.json_object())
+        change = None
+        if "ssoSecret" in body or "ssoSecretOverlapSeconds" in body:
+            secret = body.pop("ssoSecret", ...)
+            overlap = body.pop("ssoSecretOverlapSeconds", None)
+            if secret is ...:
+                raise _invalid("ssoSecretOverlapSeconds", "only applies together with ssoSecret")
+            try:
+                change = SsoSecretChange(
+                    check_secret("ssoSecret", secret), self._now_ms(), check_overlap(overlap) * 1000
+                )
+            except SettingsError as e:
+                raise _invalid(e.key, e.message) from None
+        # The current settings from the primary: a change applies to the newest.
+        current = yield self._store.get_tenant(tenant.id, read_preference=PRIMARY)
+        try:
+            updated = apply_patch(from_stored(current.settings), body)
+        except SettingsError as e:
+            raise _invalid(e.key, e.message) from None
+        written = yield self._store.update_tenant_settings(
+            tenant.id, to_json(updated), sso_secret=change, read_preference=PRIMARY
+        )
+        if self._tenants is not None:
+            self._tenants.forget(tenant.id)
+        secrets = yield self._store.get_sso_secrets(tenant.id, now_ms=self._now_ms(), read_preference=PRIMARY)
+        self._log.info(
+            "tenant {tenant} settings changed: {keys}",
+            tenant=tenant.id,
+            keys=sorted(body) + (["ssoSecret"] if change is not None else []),
+        )
+        return 200, {"settings": to_json(updated), "sso": sso_status(secrets)}, written
 
     # Keys and credits
 

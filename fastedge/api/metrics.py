@@ -55,6 +55,24 @@ class ApiMetrics:
             ["reason"],
             registry=registry,
         )
+        self.cors = Counter(
+            "fastedge_api_cors_origins_total",
+            "Cross-origin public API requests, by whether the tenant allows the origin.",
+            ["result"],
+            registry=registry,
+        )
+        self.sso = Counter(
+            "fastedge_api_sso_checks_total",
+            "SSO payloads checked, by result (ok or the error code).",
+            ["result"],
+            registry=registry,
+        )
+        self.access_refused = Counter(
+            "fastedge_api_access_refused_total",
+            "Public API calls refused by a thread's access rules, by reason.",
+            ["reason"],
+            registry=registry,
+        )
         self.credits = Counter(
             "fastedge_api_credits_charged_total",
             "API credits charged, by read preference (or write).",

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from ..config import ApiConfig
 from ..store.interfaces import IStore
+from ..store.settings import from_stored
 from ..store.model import (
     MAX_BULK_IDS,
     AuditEntry,
@@ -59,13 +60,13 @@ def auto_hide_threshold(cfg: ApiConfig, tenant: Tenant) -> int | None:
     """Flags that hide a comment of ``tenant`` for review (``None``: never).
 
     The one place that decides it: the tenant's ``flagsToHide`` setting
-    when it has one (the settings object of docs/settings.md, where ``0``
-    means never), else ``api.auto_hide_flags``.
+    (docs/settings.md: ``0`` means never), or ``api.auto_hide_flags`` when
+    the tenant leaves it ``null`` (the default).
     """
-    stored = tenant.settings.get("flagsToHide")
-    if isinstance(stored, int) and not isinstance(stored, bool) and stored >= 0:
-        return stored or None
-    return cfg.auto_hide_flags
+    flags = from_stored(tenant.settings).flags_to_hide
+    if flags is None:
+        return cfg.auto_hide_flags
+    return flags or None
 
 
 def _text(value: str, name: str, limit: int) -> str:

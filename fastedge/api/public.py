@@ -15,26 +15,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 
 from ..config import ApiConfig
 from ..singleflight import SingleFlight
-from ..store.errors import BadToken, LimitReached, NotFound
+from ..store.errors import AlreadyExists, BadToken, InvalidReference, LimitReached, NotFound
 from ..store.interfaces import IStore
 from ..store.model import (
     AnonymousSession,
+    AuthorKind,
     CommentStatus,
     NewComment,
     ReadPreference,
     Sort,
     Tenant,
+    Thread,
     ViewerState,
     Written,
 )
+from ..store.settings import TenantSettings, from_stored, groups_for
 from . import common
 from .cache import PageCache
-from .errors import ApiError, bad_request, not_found
+from .cors import Cors
+from .errors import AccessRefused, ApiError, bad_request, not_found
 from .markup import render
 from .metrics import ApiMetrics
 from .moderation import auto_hide_threshold
@@ -42,13 +46,19 @@ from .pageview import PageView
 from .ratelimit import RateLimiter
 from .router import Call, Reply, Route
 from .sessions import COOKIE_NAME, SessionCookieError, SessionCookies
+from .signin import SsoSignIn
+from .sso import SsoError, SsoUser
+from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
+    from ..pubsub.access import GroupLocks
     from ..pubsub.publish import LivePublisher
     from ..pubsub.tokens import ViewerTokens
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
+#: The header that signs a call in with SSO (docs/sso.md).
+SSO_HEADER = b"x-fastedge-sso"
 #: Sessions whose author id is remembered (a few MB at most).
 _SESSION_AUTHORS_KEPT = 50_000
 
@@ -68,6 +78,11 @@ class PageRead:
     state: ViewerState | None = None
     #: Who the reader is for a client (author id, live-thread token).
     viewer: dict[str, Any] | None = None
+
+
+def _locked(settings: TenantSettings, thread: Thread | None) -> bool:
+    """Whether a thread (``None``: not created yet) is locked to groups."""
+    return bool(groups_for(thread.locked_groups if thread is not None else None, settings))
 
 
 @dataclass(frozen=True)
@@ -97,8 +112,22 @@ class PublicApi:
         metrics: ApiMetrics,
         live: LivePublisher | None = None,
         viewer_tokens: ViewerTokens | None = None,
+        tenants: TenantSettingsCache | None = None,
+        cors: Cors | None = None,
+        access: GroupLocks,
+        sso: SsoSignIn | None = None,
     ) -> None:
         self._cfg = cfg
+        self._tenants = tenants if tenants is not None else TenantSettingsCache(store, cache)
+        self._access = access
+        self._sso = (
+            sso
+            if sso is not None
+            else SsoSignIn(cfg, store=store, clock=clock, tenants=self._tenants, metrics=metrics, access=self._access)
+        )
+        #: SSO header sign-ins already made: signature -> (tenant, session, issued).
+        self._sso_sessions: dict[str, tuple[str, AnonymousSession, int]] = {}
+        self._cors = cors
         self._live = live
         self._viewer_tokens = viewer_tokens
         self._store = store
@@ -113,14 +142,16 @@ class PublicApi:
 
     def routes(self) -> list[Route]:
         base = "/api/v1/{tenant}"
+        cors = self._cors
         return [
-            Route(b"GET", base + "/comments", self.list_comments),
-            Route(b"POST", base + "/comments", self.post_comment),
-            Route(b"POST", base + "/comments/{comment_id}/like", self.like),
-            Route(b"DELETE", base + "/comments/{comment_id}/like", self.unlike),
-            Route(b"POST", base + "/comments/{comment_id}/flag", self.flag),
-            Route(b"POST", base + "/blocks/{author_id}", self.block),
-            Route(b"DELETE", base + "/blocks/{author_id}", self.unblock),
+            Route(b"GET", base + "/comments", self.list_comments, cors),
+            Route(b"POST", base + "/comments", self.post_comment, cors),
+            Route(b"POST", base + "/comments/{comment_id}/like", self.like, cors),
+            Route(b"DELETE", base + "/comments/{comment_id}/like", self.unlike, cors),
+            Route(b"POST", base + "/comments/{comment_id}/flag", self.flag, cors),
+            Route(b"POST", base + "/blocks/{author_id}", self.block, cors),
+            Route(b"DELETE", base + "/blocks/{author_id}", self.unblock, cors),
+            Route(b"POST", base + "/sso", self.sign_in, cors),
         ]
 
     # Helpers
@@ -182,6 +213,10 @@ class PublicApi:
         Refuses forged/expired cookies with 401 (and clears them) rather than
         silently starting a new identity, so a client notices.
         """
+        if call.header(SSO_HEADER) is not None:
+            viewer = yield self._sso_viewer(call, tenant.id)
+            self._limit(tenant.id + "/" + viewer.session.id, self._per_session)
+            return viewer
         try:
             claim = self._claim(call, tenant.id)
         except SessionCookieError as e:
@@ -230,6 +265,154 @@ class PublicApi:
         if self._viewer_tokens is not None:
             view["liveToken"] = self._viewer_tokens.issue(tenant_id, author_id, int(self._clock.seconds()))
         return view
+
+    # Access: group locks, closed threads, sign-in
+
+    @inlineCallbacks
+    def _author_of(self, call: Call, tenant_id: str, *, write: bool) -> Any:
+        """The caller's author id: from the SSO header (which signs in on its
+        first use) or the session cookie (``None`` for a stranger or a bad
+        cookie; never creates an anonymous session)."""
+        if call.header(SSO_HEADER) is not None:
+            viewer = yield self._sso_viewer(call, tenant_id)
+            return viewer.session.author_id
+        try:
+            claim = self._claim(call, tenant_id)
+        except SessionCookieError:
+            return None
+        if claim is None:
+            return None
+        if write:
+            # As the write itself will: from the primary.
+            try:
+                session = yield self._store.get_anonymous_session(tenant_id, claim.session_id, read_preference=PRIMARY)
+            except NotFound:
+                return None
+            return session.author_id
+        author = yield self._session_author(tenant_id, claim.session_id, self._usable_token(claim.token))
+        return author
+
+    @inlineCallbacks
+    def _guard(
+        self, call: Call, tenant_id: str, settings: TenantSettings, thread: Thread | None, *, write: bool
+    ) -> Any:
+        """Refuse (403, JSON reason) what the thread's access rules forbid."""
+        required = settings.require_sign_in
+        if thread is not None and thread.require_sign_in is not None:
+            required = thread.require_sign_in
+        author = None
+        if _locked(settings, thread) or (write and required):
+            author = yield self._author_of(call, tenant_id, write=write)
+        elif not write:
+            return None
+        try:
+            if write:
+                yield Deferred.fromCoroutine(self._access.check_write(settings, tenant_id, thread, author))
+            else:
+                yield Deferred.fromCoroutine(self._access.check_read(settings, tenant_id, thread, author))
+        except AccessRefused as e:
+            self._metrics.access_refused.labels(e.reason).inc()
+            raise ApiError(403, e.reason, e.message) from None
+        return None
+
+    @inlineCallbacks
+    def _thread_of(self, tenant: Tenant, comment: Any) -> Any:
+        thread = yield self._store.get_thread_by_id(tenant.id, comment.thread_id, read_preference=PRIMARY)
+        return thread
+
+    # SSO
+
+    def _sso_error(self, e: SsoError) -> ApiError:
+        if e.field is not None:
+            return ApiError(e.status, e.code, e.message, field=e.field)
+        return ApiError(e.status, e.code, e.message)
+
+    @inlineCallbacks
+    def _verify(self, tenant_id: str, payload: Any, timestamp: Any, signature: Any) -> Any:
+        try:
+            user = yield self._sso.verify(tenant_id, payload, timestamp, signature)
+        except SsoError as e:
+            raise self._sso_error(e) from None
+        return user
+
+    def _sign_in(self, tenant_id: str, user: SsoUser) -> Any:
+        """Upsert the user and open a session for them: ``(user, written)``."""
+        return self._sso.sign_in(tenant_id, user)
+
+    @inlineCallbacks
+    def _sso_viewer(self, call: Call, tenant_id: str) -> Any:
+        """The viewer an ``X-FastEdge-SSO: payload.timestamp.signature``
+        header names; the first use signs in (and sets the cookie), later
+        uses of the same signed value reuse that session."""
+        raw = call.header(SSO_HEADER) or ""
+        parts = raw.strip().split(".")
+        if len(parts) != 3:
+            raise self._sso_error(SsoError("sso_malformed", "X-FastEdge-SSO is payload.timestamp.signature"))
+        payload, timestamp, signature = parts
+        user = yield self._verify(tenant_id, payload, timestamp, signature)
+        known = self._sso_sessions.get(signature.lower())
+        if known is not None and known[0] == tenant_id:
+            return Viewer(known[1], known[2])
+        _, written = yield self._sign_in(tenant_id, user)
+        issued = int(self._clock.seconds())
+        self._sso_sessions[signature.lower()] = (tenant_id, written.value, issued)
+        while len(self._sso_sessions) > _SESSION_AUTHORS_KEPT:
+            self._sso_sessions.pop(next(iter(self._sso_sessions)))
+        return Viewer(written.value, issued, written.token, new=True)
+
+    @inlineCallbacks
+    def sign_in(self, call: Call) -> Any:
+        """``POST /sso``: check a signed SSO payload, upsert the user, and
+        answer with a session cookie bound to them; with ``claim: true``,
+        the caller's anonymous session's comments, likes and blocks become
+        the user's (one way: the anonymous session ends)."""
+        body = call.json(required={"payload": str, "timestamp": (int, str), "signature": str}, optional={"claim": bool})
+        # A sign-in writes (user, session): limited like every other write.
+        self._limit(call.client_ip, self._per_ip)
+        tenant = yield self._tenant(call)
+        user = yield self._verify(tenant.id, body["payload"], body["timestamp"], body["signature"])
+        try:
+            claim = self._claim(call, tenant.id) if body.get("claim") else None
+        except SessionCookieError as e:
+            self._metrics.bad_sessions.labels(e.code).inc()
+            raise ApiError(401, e.code, str(e), headers={b"set-cookie": self._cookies.clear(tenant.id)}) from None
+        previous = None
+        if claim is not None:
+            try:
+                session = yield self._store.get_anonymous_session(tenant.id, claim.session_id, read_preference=PRIMARY)
+                author = yield self._store.get_author(tenant.id, session.author_id, read_preference=PRIMARY)
+            except NotFound:
+                raise ApiError(401, "session_invalid", "this session no longer exists") from None
+            if author.kind is AuthorKind.ANONYMOUS:
+                previous = session
+        signed, written = yield self._sign_in(tenant.id, user)
+        claimed = 0
+        if previous is not None:
+            try:
+                moved = yield self._store.claim_author(
+                    tenant.id, previous.author_id, signed.author_id, claimed_ms=self._now_ms(), read_preference=PRIMARY
+                )
+            except (AlreadyExists, InvalidReference):
+                moved = None
+            if moved is not None:
+                claimed = moved.value
+                written = Written(written.value, moved.token or written.token)
+                self._session_authors.pop((tenant.id, previous.id), None)
+        viewer = Viewer(written.value, int(self._clock.seconds()), written.token, new=True)
+        profile = user.profile
+        body_out = {
+            "user": {
+                "id": user.external_id,
+                "displayName": signed.display_name,
+                "authorId": signed.author_id,
+                "groupIds": list(profile.group_ids),
+                "isModerator": profile.is_moderator,
+                "isAdmin": profile.is_admin,
+            },
+            "claimed": claimed,
+            "viewer": self._viewer_view(tenant.id, signed.author_id),
+        }
+        return self._reply(viewer, 200, body_out, written)
 
     def _invalidate(self, tenant_id: str, thread_id: str) -> None:
         self._cache.invalidate((tenant_id, "thread", thread_id))
@@ -286,16 +469,27 @@ class PublicApi:
                 self._metrics.page_cache.labels("coalesced").inc()
             cached = yield self._loading.run((key, token), lambda: self._load_page(call, key, token))
         read = PageRead(tenant_id=tenant_id, view=cached, cookies=reply_cookies)
-        if claim is not None and cached.page is not None:
-            author_id = yield self._session_author(tenant_id, claim.session_id, token)
+        # The thread's access rules (group locks), before anything personal.
+        known, settings = self._tenants.cached_settings(tenant_id)
+        if not known:
+            settings = yield self._tenants.settings(tenant_id)
+        thread = cached.page.thread if cached.page is not None else None
+        if settings is not None and _locked(settings, thread):
+            yield self._guard(call, tenant_id, settings, thread, write=False)
+        author_id = None
+        if call.header(SSO_HEADER) is not None and cached.page is not None:
+            viewer = yield self._sso_viewer(call, tenant_id)
+            author_id, token = viewer.session.author_id, viewer.token
+        elif claim is not None and cached.page is not None:
             # None: not replicated here yet (or gone): the shared page is
             # right for a stranger.
-            if author_id is not None:
-                read.author_id = author_id
-                read.state = yield self._store.viewer_state(
-                    tenant_id, author_id, cached.comment_ids, read_preference=NEAREST, token=token
-                )
-                read.viewer = self._viewer_view(tenant_id, author_id)
+            author_id = yield self._session_author(tenant_id, claim.session_id, token)
+        if author_id is not None:
+            read.author_id = author_id
+            read.state = yield self._store.viewer_state(
+                tenant_id, author_id, cached.comment_ids, read_preference=NEAREST, token=token
+            )
+            read.viewer = self._viewer_view(tenant_id, author_id)
         return read
 
     @inlineCallbacks
@@ -381,6 +575,13 @@ class PublicApi:
             except NotFound:
                 raise not_found("parent comment") from None
             yield common.check_parent_thread(self._store, tenant.id, url_id, parent)
+        settings = from_stored(tenant.settings)
+        try:
+            existing = yield self._store.get_thread(tenant.id, url_id, read_preference=PRIMARY)
+        except NotFound:
+            existing = None
+        # Before any write (session, thread): a refused post leaves nothing.
+        yield self._guard(call, tenant.id, settings, existing, write=True)
         viewer = yield self._writer(call, tenant)
         yield self._refuse_banned(call, tenant, viewer)
         now = self._now_ms()
@@ -395,7 +596,7 @@ class PublicApi:
                 self._live.thread_changed(tenant.id, url_id)
         if thread.closed:
             raise ApiError(403, "thread_closed", "this thread is closed to new comments")
-        premoderated = tenant.settings.get("moderation") == "pre"
+        premoderated = settings.premoderated
         written = yield self._store.create_comment(
             NewComment(
                 tenant_id=tenant.id,
@@ -447,11 +648,15 @@ class PublicApi:
 
     @inlineCallbacks
     def _comment_for_write(self, call: Call, tenant: Tenant) -> Any:
+        """The comment a like or flag names, once the thread's access rules
+        allow the caller to act on it (before any write)."""
         comment_id = common.record_id(call.params["comment_id"], "comment")
         comment = yield self._store.get_comment(tenant.id, comment_id, read_preference=PRIMARY)
         if comment.status is not CommentStatus.APPROVED:
             # Not public: behave exactly as for a comment that does not exist.
             raise not_found("comment")
+        thread = yield self._thread_of(tenant, comment)
+        yield self._guard(call, tenant.id, from_stored(tenant.settings), thread, write=True)
         return comment
 
     @inlineCallbacks

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from ..config import ApiConfig
 from ..store.interfaces import IStore
 from .cache import PageCache
+from .cors import Cors
 from .credits import CreditMeter
 from .manage import ManageApi
 from .metrics import ApiMetrics
@@ -25,8 +26,11 @@ from .moderation import ModerationApi
 from .public import PublicApi
 from .router import Route, Router
 from .sessions import SessionCookies, load_or_create_key
+from .signin import SsoSignIn
+from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
+    from ..pubsub.access import GroupLocks
     from ..pubsub.publish import LivePublisher
     from ..pubsub.tokens import ViewerTokens
 
@@ -78,6 +82,14 @@ class Api:
     viewer_tokens: ViewerTokens
     #: The public API's read and write paths (the embed page uses them).
     public: PublicApi
+    #: Signs SSO users in (the live connection and the embed page use it too).
+    sso: SsoSignIn
+    #: Issues and checks session cookies (for the embed page's sign-in).
+    cookies: SessionCookies
+    #: Tenants' settings as requests see them (cached like pages).
+    tenants: TenantSettingsCache
+    #: The thread access rules every path to a thread asks (the embed page too).
+    access: GroupLocks
 
 
 def build_api(
@@ -90,6 +102,7 @@ def build_api(
     viewer_token_max_age_seconds: int = 24 * 3600,
     extra_manage_routes: Callable[[ManageApi], list[Route]] | None = None,
     extra_routes: Sequence[Route] = (),
+    access: GroupLocks | None = None,
 ) -> Api:
     """Build the API for ``cfg``; nothing runs until ``service`` starts.
 
@@ -100,6 +113,8 @@ def build_api(
         they authenticate and charge the same way.
     :param extra_routes: routes of other children (``GET /api/v1/mesh``),
         matched before the comment API's.
+    :param access: the thread access rules (group locks, closed threads,
+        sign-in), the same object the live threads use; default: its own.
     """
     from ..pubsub.tokens import ViewerTokens
 
@@ -108,10 +123,29 @@ def build_api(
     tokens = ViewerTokens(cookies, max_age_seconds=viewer_token_max_age_seconds)
     cache = PageCache(ttl_seconds=cfg.page_cache_seconds, max_entries=cfg.page_cache_entries, clock=clock)
     meter = CreditMeter(cfg.credits, store=store, clock=clock)
-    manage = ManageApi(cfg, store=store, clock=clock, credits=meter, cache=cache, metrics=metrics, live=live)
+    tenants = TenantSettingsCache(store, cache)
+    if access is None:
+        from ..pubsub.access import GroupLocks
+
+        access = GroupLocks(store, clock=clock, ttl_seconds=cfg.page_cache_seconds)
+    sso = SsoSignIn(cfg, store=store, clock=clock, tenants=tenants, metrics=metrics, access=access)
+    manage = ManageApi(
+        cfg, store=store, clock=clock, credits=meter, cache=cache, metrics=metrics, live=live, tenants=tenants
+    )
     moderation = ModerationApi(cfg, store=store, clock=clock, manage=manage, cache=cache, metrics=metrics, live=live)
     public = PublicApi(
-        cfg, store=store, clock=clock, cookies=cookies, cache=cache, metrics=metrics, live=live, viewer_tokens=tokens
+        cfg,
+        store=store,
+        clock=clock,
+        cookies=cookies,
+        cache=cache,
+        metrics=metrics,
+        live=live,
+        viewer_tokens=tokens,
+        tenants=tenants,
+        cors=Cors(tenants, metrics),
+        access=access,
+        sso=sso,
     )
     # Manage routes first: "/api/v1/manage/..." must never be read as a tenant
     # called "manage" (tenant ids are random and 16 characters long anyway).
@@ -120,4 +154,14 @@ def build_api(
     service = MultiService()
     _SessionKeyLoader(cookies, cfg.secret_file).setServiceParent(service)
     _CreditFlusher(meter, cfg.credits.flush_seconds, clock).setServiceParent(service)
-    return Api(resource=router, service=service, cache=cache, viewer_tokens=tokens, public=public)
+    return Api(
+        resource=router,
+        service=service,
+        cache=cache,
+        viewer_tokens=tokens,
+        sso=sso,
+        cookies=cookies,
+        tenants=tenants,
+        access=access,
+        public=public,
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -91,16 +91,7 @@ class Call:
             is a wrong type for either (docs/openapi.yaml declares no
             nullable field in a request): leave an optional field out instead.
         """
-        ctype = (self.header(b"content-type") or "").split(";")[0].strip().lower()
-        if ctype != "application/json":
-            raise ApiError(415, "unsupported_media_type", "send the body as application/json")
-        raw = self.request.content.read() if self.request.content is not None else b""
-        try:
-            body = loads_json(raw)
-        except InputError as e:
-            raise bad_request("the body is not valid JSON: {}".format(e), code="malformed_json") from None
-        if not isinstance(body, dict):
-            raise bad_request("the body must be a JSON object", code="malformed_json")
+        body = self.json_object()
         for name in body:
             if name not in required and name not in optional:
                 raise bad_request("unknown field {!r}".format(name), code="unknown_field", field=name)
@@ -113,11 +104,25 @@ class Call:
                 _check_type(name, body[name], tp)
         return body
 
+    def json_object(self) -> dict[str, Any]:
+        """The body as any JSON object (the handler checks its fields)."""
+        ctype = (self.header(b"content-type") or "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+        raw = self.request.content.read() if self.request.content is not None else b""
+        try:
+            body = loads_json(raw)
+        except InputError as e:
+            raise bad_request("the body is not valid JSON: {}".format(e), code="malformed_json") from None
+        if not isinstance(body, dict):
+            raise bad_request("the body must be a JSON object", code="malformed_json")
+        return body
+
 
 def _check_type(name: str, value: Any, tp: Any) -> None:
     ok = isinstance(value, tp) and not (isinstance(value, bool) and tp in (int, (int, float)))
     if not ok:
-        expected = {str: "a string", bool: "true or false", int: "an integer", dict: "an object"}.get(
+        expected = {str: "a string", bool: "true or false", int: "an integer", dict: "an object", list: "a list"}.get(
             tp, "another type"
         )
         raise bad_request("field {!r} must be {}".format(name, expected), code="wrong_type", field=name)
@@ -126,11 +131,23 @@ def _check_type(name: str, value: Any, tp: Any) -> None:
 _PARAM = re.compile(r"^\{([a-z_]+)\}$")
 
 
+class ICors(Protocol):
+    """Cross-origin rules for a route (see :mod:`fastedge.api.cors`)."""
+
+    def headers(self, call: Call) -> dict[bytes, bytes] | Deferred[dict[bytes, bytes]]:
+        """Headers every answer to an actual request carries (at once, or later)."""
+
+    def preflight(self, call: Call, methods: Sequence[bytes]) -> Deferred[Reply]:
+        """The answer to ``OPTIONS`` on a path whose routes have ``methods``."""
+
+
 @dataclass(frozen=True)
 class Route:
     method: bytes
     template: str
     handler: Handler
+    #: Cross-origin rules; ``None``: no CORS (``OPTIONS`` is 405).
+    cors: ICors | None = None
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -159,15 +176,33 @@ class Router(Resource):
             return self._error_now(request, e)
         allowed: list[bytes] = []
         method = request.method
+        cors: tuple[Route, dict[str, str]] | None = None
+        # A path the tenant API serves never answers CORS, even where a
+        # public template also matches it (a "tenant" called "manage").
+        no_cors = False
         for route, parts in self._compiled:
             params = _match(parts, segments)
             if params is None:
                 continue
             if route.method != method and not (method == b"HEAD" and route.method == b"GET"):
                 allowed.append(route.method)
+                if route.cors is None:
+                    no_cors = True
+                elif cors is None:
+                    cors = (route, params)
                 continue
             request.route = route.template  # type: ignore[attr-defined]
             self._dispatch(request, route, params)
+            return NOT_DONE_YET
+        if method == b"OPTIONS" and cors is not None and not no_cors:
+            route, params = cors
+            request.route = route.template  # type: ignore[attr-defined]
+            methods = sorted(set(allowed))
+            policy = route.cors
+            assert policy is not None
+            self._dispatch(
+                request, Route(b"OPTIONS", route.template, lambda call: policy.preflight(call, methods)), params
+            )
             return NOT_DONE_YET
         if allowed:
             request.route = "method_not_allowed"  # type: ignore[attr-defined]
@@ -182,9 +217,27 @@ class Router(Resource):
 
     def _dispatch(self, request: Request, route: Route, params: dict[str, str]) -> None:
         call = Call(request, params, route.template)
-        d = maybeDeferred(route.handler, call)
+        policy = route.cors
+        if policy is not None:
+            # The CORS headers first, so errors carry them too (a browser
+            # shows a cross-origin caller the error only then).
+            headers = policy.headers(call)
+            if isinstance(headers, dict):
+                self._set_headers(headers, request)
+                d: Deferred[Any] = maybeDeferred(route.handler, call)
+            else:
+                d = headers
+                d.addCallback(self._set_headers, request)
+                d.addCallback(lambda _: route.handler(call))
+        else:
+            d = maybeDeferred(route.handler, call)
         d.addCallbacks(self._write_reply, self._write_failure, callbackArgs=(request,), errbackArgs=(request,))
         d.addErrback(lambda f: self._log.failure("failed writing a response", f))
+
+    @staticmethod
+    def _set_headers(headers: dict[bytes, bytes], request: Request) -> None:
+        for name, value in headers.items():
+            request.setHeader(name, value)
 
     def _write_reply(self, reply: Reply, request: Request) -> None:
         if _gone(request):

@@ -22,9 +22,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..api.errors import AccessRefused
 from ..store.errors import NotFound, StoreError
 from ..store.interfaces import IStore
 from ..store.model import ReadPreference, Tenant, Thread
+from ..store.settings import TenantSettings, from_stored, groups_for
 from .interfaces import IAccessPolicy
 from .messages import RequestError, is_record_id
 
@@ -33,10 +35,18 @@ PRIMARY = ReadPreference.PRIMARY
 
 
 class Refused(RequestError):
-    """The policy does not let this viewer subscribe to this thread."""
+    """The policy does not let this viewer subscribe to this thread.
 
-    def __init__(self, message: str = "you may not read this thread") -> None:
+    Live connections answer every refusal as ``forbidden`` (the documented
+    code); the HTTP API answers 403 with the finer ``reason``.
+
+    :ivar reason: ``thread_locked``, ``sign_in_required``, ``thread_closed``
+        or ``forbidden``.
+    """
+
+    def __init__(self, message: str = "you may not read this thread", reason: str = "forbidden") -> None:
         super().__init__("forbidden", message)
+        self.reason = reason
 
 
 @implementer(IAccessPolicy)
@@ -46,6 +56,116 @@ class PublicThreads:
     def check(self, tenant: Tenant, thread: Thread, viewer_author_id: str | None) -> None:
         """Allow: the public API shows every thread of a tenant."""
         return None
+
+
+@dataclass(frozen=True)
+class ViewerAccess:
+    """What the access rules need to know about a viewer."""
+
+    signed_in: bool = False
+    groups: frozenset[str] = frozenset()
+    #: SSO moderators and admins read and post on every thread.
+    privileged: bool = False
+
+
+_STRANGER = ViewerAccess()
+
+
+@implementer(IAccessPolicy)
+class GroupLocks:
+    """Threads locked to SSO user groups, closed threads, sign-in to post.
+
+    One object guards every path: live subscriptions (WebSocket and SSE,
+    through :class:`IAccessPolicy`) and the public API's reads, posts,
+    likes and flags (through :meth:`check_read` and :meth:`check_write`,
+    which raise :class:`fastedge.api.errors.AccessRefused`: the API refers
+    to this class only for types, so imports keep pointing from pubsub down
+    to api).
+    A thread's lock is its own ``locked_groups`` or, when it has none, the
+    tenant's ``defaultGroups``; a viewer in none of the groups (or not
+    signed in) is refused, unless an SSO moderator or admin. Writes also
+    need an open thread, and a signed-in viewer where the thread (or the
+    tenant) requires sign-in.
+
+    Viewers' groups come from their SSO profile, read NEAREST and kept
+    ``ttl_seconds`` (a user's new groups apply within that time, or at
+    once on the node where they signed in again).
+    """
+
+    def __init__(self, store: IStore, *, clock: IReactorTime, ttl_seconds: float, max_entries: int = 100_000) -> None:
+        self._store = store
+        self._viewers = _SingleFlight(clock, ttl_seconds, max_entries, lambda result: None)
+
+    def forget_viewer(self, tenant_id: str, author_id: str) -> None:
+        """Drop a cached viewer (they signed in again with a new profile)."""
+        self._viewers.forget((tenant_id, author_id))
+
+    def viewer(self, tenant_id: str, author_id: str | None) -> Deferred[ViewerAccess]:
+        """The viewer's sign-in state and groups (a stranger for ``None``)."""
+        if author_id is None:
+            return succeed(_STRANGER)
+
+        async def fetch() -> ViewerAccess:
+            try:
+                user = await self._store.get_user_by_author(tenant_id, author_id, read_preference=NEAREST)
+            except NotFound:
+                try:
+                    user = await self._store.get_user_by_author(tenant_id, author_id, read_preference=PRIMARY)
+                except NotFound:
+                    return _STRANGER
+            profile = user.profile
+            if profile is None:
+                return ViewerAccess(signed_in=True)
+            return ViewerAccess(
+                signed_in=True,
+                groups=frozenset(profile.group_ids),
+                privileged=profile.is_moderator or profile.is_admin,
+            )
+
+        return self._viewers.get((tenant_id, author_id), lambda: Deferred.fromCoroutine(fetch()))
+
+    @staticmethod
+    def locked_to(settings: TenantSettings, thread: Thread | None) -> tuple[str, ...]:
+        """The groups a thread (``None``: one not created yet) is locked to."""
+        return groups_for(thread.locked_groups if thread is not None else None, settings)
+
+    async def check_read(
+        self, settings: TenantSettings, tenant_id: str, thread: Thread | None, author: str | None
+    ) -> None:
+        """Refuse (:class:`AccessRefused`, ``thread_locked``) a viewer outside the lock."""
+        groups = self.locked_to(settings, thread)
+        if not groups:
+            return
+        viewer = await self.viewer(tenant_id, author)
+        if viewer.privileged or viewer.groups.intersection(groups):
+            return
+        raise AccessRefused("thread_locked", "this thread is for members of certain groups only")
+
+    async def check_write(
+        self, settings: TenantSettings, tenant_id: str, thread: Thread | None, author: str | None
+    ) -> None:
+        """Refuse a post, like or flag: locked out, thread closed, or not
+        signed in where sign-in is required."""
+        await self.check_read(settings, tenant_id, thread, author)
+        if thread is not None and thread.closed:
+            raise AccessRefused("thread_closed", "this thread is closed")
+        required = settings.require_sign_in
+        if thread is not None and thread.require_sign_in is not None:
+            required = thread.require_sign_in
+        if required and not (await self.viewer(tenant_id, author)).signed_in:
+            raise AccessRefused("sign_in_required", "sign in to take part in this thread")
+
+    def check(self, tenant: Tenant, thread: Thread, viewer_author_id: str | None) -> Deferred[None]:
+        """:class:`IAccessPolicy`: may this viewer follow the thread live?
+        Refusals are :class:`Refused` (``forbidden``, the documented code)."""
+
+        async def go() -> None:
+            try:
+                await self.check_read(from_stored(tenant.settings), tenant.id, thread, viewer_author_id)
+            except AccessRefused as e:
+                raise Refused(e.message, reason=e.reason) from None
+
+        return Deferred.fromCoroutine(go())
 
 
 @dataclass(frozen=True)

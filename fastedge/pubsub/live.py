@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..api.sso import SsoError
 from ..config import LiveConfig
 from .access import ChannelResolver, PublicThreads, Resolved
 from .hub import ChannelKey, Hub, Joined, Prepared, SinceInFuture, Subscription
@@ -73,6 +74,8 @@ class Live:
         self.metrics = metrics
         self.node_id = node_id
         self.tokens = tokens
+        #: Signs viewers in from an ``sso`` field (:class:`fastedge.api.signin.SsoSignIn`).
+        self.sso: Any = None
         self.policy: IAccessPolicy = policy if policy is not None else PublicThreads()
         self.connections: dict[str, set[Connection]] = {
             "websocket": set(),
@@ -220,10 +223,29 @@ class LiveConnection:
                 raise RequestError(e.code, str(e)) from None
             viewer = (tenant.id, author)
             blocked = await live.resolver.blocked_authors(tenant.id, author)
+        elif msg.sso is not None:
+            author = await self._sso_author(tenant.id, msg.sso)
+            viewer = (tenant.id, author)
+            blocked = await live.resolver.blocked_authors(tenant.id, author)
         await maybeDeferred(live.policy.check, tenant, thread, viewer[1] if viewer else None)
         if live.prime is not None:
             await live.prime((tenant.id, thread.id))
         return resolved, viewer, blocked
+
+    async def _sso_author(self, tenant_id: str, value: str) -> str:
+        """The author of the user an ``sso`` field signs in (upserted)."""
+        signin = self._live.sso
+        if signin is None:
+            raise RequestError("sso_disabled", "this node does not accept SSO on live connections")
+        parts = value.split(".")
+        if len(parts) != 3:
+            raise RequestError("sso_malformed", "sso must be payload.timestamp.signature")
+        try:
+            user = await signin.verify(tenant_id, *parts)
+        except SsoError as e:
+            raise RequestError(e.code, e.message) from None
+        signed = await signin.upsert(tenant_id, user)
+        return str(signed.author_id)
 
     def _join(
         self,

@@ -64,9 +64,17 @@ class RequestError(Exception):
         self.ref = ref
 
 
+#: Longest ``sso`` value (payload, timestamp and signature).
+MAX_SSO_CHARS = 16_500
+
+
 @dataclass(frozen=True)
 class Subscribe:
-    """``{"type": "subscribe", "tenant", "urlId", "since"?, "epoch"?, "viewer"?, "ref"?}``"""
+    """``{"type": "subscribe", "tenant", "urlId", "since"?, "epoch"?, "viewer"?, "sso"?, "ref"?}``
+
+    ``sso`` is ``payload.timestamp.signature`` (docs/sso.md): the viewer
+    signs in with the tenant's SSO instead of presenting a viewer token.
+    """
 
     tenant: str
     url_id: str
@@ -74,6 +82,7 @@ class Subscribe:
     epoch: str | None = None
     viewer: str | None = None
     ref: Any = None
+    sso: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,7 @@ class Ping:
 ClientMessage = Subscribe | Unsubscribe | Ping
 
 _FIELDS: dict[str, frozenset[str]] = {
-    "subscribe": frozenset({"type", "tenant", "urlId", "since", "epoch", "viewer", "ref"}),
+    "subscribe": frozenset({"type", "tenant", "urlId", "since", "epoch", "viewer", "sso", "ref"}),
     "unsubscribe": frozenset({"type", "channel", "ref"}),
     "ping": frozenset({"type", "ref"}),
 }
@@ -167,7 +176,10 @@ def parse_client_message(payload: bytes) -> ClientMessage:
     viewer = body.get("viewer")
     if viewer is not None and (not isinstance(viewer, str) or len(viewer) > _MAX_TOKEN):
         raise RequestError("bad_viewer_token", "viewer must be a viewer token string", ref)
-    return Subscribe(tenant=tenant, url_id=url_id, since=since, epoch=epoch, viewer=viewer, ref=ref)
+    sso = body.get("sso")
+    if sso is not None and (not isinstance(sso, str) or len(sso) > MAX_SSO_CHARS):
+        raise RequestError("sso_malformed", "sso must be payload.timestamp.signature", ref)
+    return Subscribe(tenant=tenant, url_id=url_id, since=since, epoch=epoch, viewer=viewer, ref=ref, sso=sso)
 
 
 def channel_name(tenant_id: str, thread_id: str) -> str:

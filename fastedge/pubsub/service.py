@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from ..config import LiveConfig
 from ..store.interfaces import IStore
-from .access import ChannelResolver
+from .access import ChannelResolver, GroupLocks
 from .hub import Hub
 from .interfaces import IAccessPolicy
 from .live import Live
@@ -86,6 +86,11 @@ class LiveService(MultiService):
             max_entries=cfg.resolve_cache_entries,
             count=lambda result: metrics.resolve_lookups.labels(result).inc(),
         )
+        #: The thread access rules (group locks, closed threads, sign-in).
+        #: The public API is given this same object (``tap``), and live
+        #: subscriptions are guarded by it unless a plugin policy is given.
+        self.access = GroupLocks(store, clock=reactor, ttl_seconds=cfg.resolve_cache_seconds)
+        self.policy: IAccessPolicy = policy if policy is not None else self.access
         self.live = Live(
             cfg,
             hub=self.hub,
@@ -93,7 +98,7 @@ class LiveService(MultiService):
             clock=reactor,
             metrics=metrics,
             node_id=node_id,
-            policy=policy,
+            policy=self.policy,
         )
         self.publisher = LivePublisher(self.hub, resolver=self.resolver, node_id=node_id)
         self.resource = LiveResource(self.live)
@@ -105,6 +110,11 @@ class LiveService(MultiService):
         ).setServiceParent(self)
         if cfg.ping_seconds > 0:
             _Sweep(cfg.ping_seconds, reactor, "keep-alive", self.live.keepalive).setServiceParent(self)
+
+    def use_sso(self, signin: Any) -> None:
+        """Sign viewers in from a subscription's ``sso`` field with the
+        public API's :class:`fastedge.api.signin.SsoSignIn` (wiring, in ``tap``)."""
+        self.live.sso = signin
 
     def use_viewer_tokens(self, tokens: ViewerTokens) -> None:
         """Accept viewer tokens the public API issues (wiring, in ``tap``)."""

@@ -37,6 +37,11 @@ _STATUS = {
     "forbidden": 403,
     "bad_viewer_token": 401,
     "viewer_token_expired": 401,
+    "sso_malformed": 400,
+    "sso_bad_signature": 401,
+    "sso_expired": 401,
+    "sso_from_future": 401,
+    "sso_disabled": 403,
     "unavailable": 503,
     "internal_error": 500,
 }
@@ -298,6 +303,7 @@ class LiveEventsResource(Resource):
                 "since",
                 "epoch",
                 "viewer",
+                "sso",
                 "lastEventId",
             ):
                 raise RequestError("bad_query", "unknown query parameter {!r}".format(key[:40]))
@@ -347,4 +353,7 @@ class LiveEventsResource(Resource):
             raise RequestError("bad_viewer_token", "viewer must be a viewer token")
         if len(url_id) > 4096:
             raise RequestError("bad_url_id", "urlId is longer than 4096 characters")
-        return Subscribe(tenant=tenant, url_id=url_id, since=since, epoch=epoch, viewer=viewer)
+        sso = query.get("sso")
+        if sso is not None and len(sso) > messages.MAX_SSO_CHARS:
+            raise RequestError("sso_malformed", "sso must be payload.timestamp.signature")
+        return Subscribe(tenant=tenant, url_id=url_id, since=since, epoch=epoch, viewer=viewer, sso=sso)

@@ -46,10 +46,13 @@ from .model import (
     QueueSort,
     ReadPreference,
     Sort,
+    SsoSecret,
+    SsoSecretChange,
     Tenant,
     Thread,
     ThreadPage,
     User,
+    UserProfile,
     ViewerState,
     Written,
 )
@@ -117,11 +120,28 @@ class IStore(Interface):
         """
 
     def update_tenant_settings(
-        tenant_id: str, settings: Mapping[str, Any], *, read_preference: ReadPreference
+        tenant_id: str,
+        settings: Mapping[str, Any],
+        *,
+        read_preference: ReadPreference,
+        sso_secret: SsoSecretChange | None = None,
     ) -> Deferred[Written[Tenant]]:
-        """Replace the tenant's settings mapping.
+        """Replace the tenant's settings mapping and, in the same
+        transaction, rotate its SSO secret when ``sso_secret`` is given.
+
+        Rotating makes the new secret current and keeps the replaced one
+        accepted until ``now_ms + overlap_ms`` (secrets already past their
+        overlap are dropped); ``secret=None`` ends every secret at ``now_ms``.
 
         :returns: ``Deferred[Written[Tenant]]``
+        """
+
+    def get_sso_secrets(
+        tenant_id: str, *, now_ms: int, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[list[SsoSecret]]:
+        """The SSO secrets accepted at ``now_ms``, the current one first.
+
+        :returns: ``Deferred[list[SsoSecret]]`` (empty: SSO is off).
         """
 
     def add_api_key(
@@ -166,11 +186,54 @@ class IStore(Interface):
         """:returns: ``Deferred[AnonymousSession]``; ``NotFound`` if absent."""
 
     def upsert_user(
-        tenant_id: str, external_id: str, display_name: str, *, created_ms: int, read_preference: ReadPreference
+        tenant_id: str,
+        external_id: str,
+        display_name: str,
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+        profile: UserProfile | None = None,
     ) -> Deferred[Written[User]]:
-        """Create or rename the user the tenant's SSO knows as ``external_id``.
+        """Create or rename the user the tenant's SSO knows as ``external_id``;
+        when ``profile`` is given, replace the user's profile with it.
 
         :returns: ``Deferred[Written[User]]``
+        """
+
+    def get_user_by_author(
+        tenant_id: str, author_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[User]:
+        """The user an author id speaks for, with its profile.
+
+        :returns: ``Deferred[User]``; ``NotFound`` for an unknown author or
+            an anonymous one.
+        """
+
+    def create_user_session(
+        tenant_id: str, author_id: str, *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[AnonymousSession]]:
+        """A new session speaking for an existing (signed-in user's) author:
+        the session cookie then works for users exactly as for anonymous
+        commenters.
+
+        :returns: ``Deferred[Written[AnonymousSession]]``; ``NotFound`` for
+            an unknown author.
+        """
+
+    def claim_author(
+        tenant_id: str, from_author_id: str, to_author_id: str, *, claimed_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[int]]:
+        """Give an anonymous author's comments, likes, flags and blocks to a
+        user's author, and end the anonymous author's sessions.
+
+        One way only: ``from`` must be anonymous and never claimed before,
+        ``to`` a user. A like or flag both already made goes once (counts
+        drop accordingly); a block that would become a self-block goes.
+
+        :returns: ``Deferred[Written[int]]``: how many comments moved;
+            ``NotFound`` for unknown authors, ``InvalidReference`` when
+            ``from`` is not anonymous or ``to`` is not a user,
+            ``AlreadyExists`` when ``from`` was claimed before.
         """
 
     def get_author(
@@ -188,8 +251,11 @@ class IStore(Interface):
         read_preference: ReadPreference,
         title: str | None = None,
         closed: bool | None = None,
+        locked_groups: Sequence[str] | None = None,
+        require_sign_in: bool | None = None,
     ) -> Deferred[Written[Thread]]:
-        """Create the thread for ``url_id`` if absent; set title/closed when given.
+        """Create the thread for ``url_id`` if absent; set title, closed, the
+        group lock and sign-in-to-post when given (``None``: unchanged).
 
         :returns: ``Deferred[Written[Thread]]``
         """

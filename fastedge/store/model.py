@@ -84,6 +84,11 @@ class Thread:
     closed: bool
     created_ms: int
     comment_count: int
+    #: SSO groups the thread is locked to; ``None``: the tenant's default
+    #: (``defaultGroups``), empty: public whatever the default.
+    locked_groups: tuple[str, ...] | None = None
+    #: Only SSO users may post; ``None``: the tenant's ``requireSignIn``.
+    require_sign_in: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,44 @@ class User:
     author_id: str
     display_name: str
     created_ms: int
+    #: The profile the tenant's SSO last sent (empty for users the tenant
+    #: API created).
+    profile: UserProfile | None = None
+
+
+@dataclass(frozen=True)
+class UserProfile:
+    """What a signed-in user's SSO payload says beyond id and name."""
+
+    email: str | None = None
+    avatar: str | None = None
+    group_ids: tuple[str, ...] = ()
+    is_moderator: bool = False
+    is_admin: bool = False
+
+
+@dataclass(frozen=True)
+class SsoSecretChange:
+    """Rotate (or remove) a tenant's SSO secret.
+
+    :ivar secret: the new secret; ``None`` removes SSO (every secret stops
+        being accepted at ``now_ms``).
+    :ivar overlap_ms: how long the replaced secret is still accepted.
+    """
+
+    secret: str | None
+    now_ms: int
+    overlap_ms: int = 0
+
+
+@dataclass(frozen=True)
+class SsoSecret:
+    """A secret a tenant's SSO payloads may be signed with."""
+
+    secret: str
+    created_ms: int
+    #: ``None`` for the current secret; else accepted until then.
+    accepted_until_ms: int | None
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,62 @@ credit_ledger = Table(
     Index("credit_ledger_tenant", "tenant_id", "created_ms"),
 )
 
+# Version 2: tenant settings' write-only SSO secrets, SSO users' profiles,
+# per-thread access (group locks, sign-in to post), claims of anonymous
+# authors by signed-in users. New tables only, so version 1 (which creates
+# its tables from these same declarations) is unchanged.
+
+tenant_sso_secrets = Table(
+    "tenant_sso_secrets",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
+    #: The secret itself: HMAC needs it, so it cannot be stored hashed.
+    Column("secret", String(256), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    #: ``NULL`` for the current secret; a replaced one is accepted until then.
+    Column("accepted_until_ms", BigInteger, nullable=True),
+    Index("tenant_sso_secrets_tenant", "tenant_id"),
+)
+
+user_profiles = Table(
+    "user_profiles",
+    metadata,
+    Column("user_id", _ID, ForeignKey("users.id"), primary_key=True),
+    Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
+    Column("author_id", _ID, ForeignKey("authors.id"), nullable=False, unique=True),
+    Column("email", String(320), nullable=True),
+    Column("avatar", Text, nullable=True),
+    #: JSON list of SSO group ids.
+    Column("group_ids", Text, nullable=False, default="[]"),
+    Column("is_moderator", Boolean, nullable=False, default=False),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+thread_access = Table(
+    "thread_access",
+    metadata,
+    Column("thread_id", _ID, ForeignKey("threads.id"), primary_key=True),
+    Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
+    #: JSON list of SSO group ids; ``NULL``: the tenant's default lock.
+    Column("group_ids", Text, nullable=True),
+    #: ``NULL``: the tenant's ``requireSignIn``.
+    Column("require_sign_in", Boolean, nullable=True),
+)
+
+author_claims = Table(
+    "author_claims",
+    metadata,
+    #: An anonymous author is claimed at most once (claims are one way).
+    Column("from_author_id", _ID, ForeignKey("authors.id"), primary_key=True),
+    Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
+    Column("to_author_id", _ID, ForeignKey("authors.id"), nullable=False),
+    Column("claimed_ms", BigInteger, nullable=False),
+)
+
+_V3_TABLES = (tenant_sso_secrets, user_profiles, thread_access, author_claims)
+
 _V1_TABLES = (
     tenants,
     api_keys,
@@ -260,10 +316,15 @@ def _v2(conn: Connection) -> None:
     comments_flagged.create(conn, checkfirst=True)
 
 
+def _v3(conn: Connection) -> None:
+    """Tenant SSO secrets, SSO user profiles, thread access, author claims."""
+    metadata.create_all(conn, tables=list(_V3_TABLES))
+
+
 Migration = Callable[[Connection], None]
 
 #: Schema versions in order; version N is ``MIGRATIONS[N - 1]``.
-MIGRATIONS: Sequence[Migration] = (_v1, _v2)
+MIGRATIONS: Sequence[Migration] = (_v1, _v2, _v3)
 
 
 def current_version(conn: Connection) -> int:

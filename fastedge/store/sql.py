@@ -83,10 +83,13 @@ from .model import (
     QueueSort,
     ReadPreference,
     Sort,
+    SsoSecret,
+    SsoSecretChange,
     Tenant,
     Thread,
     ThreadPage,
     User,
+    UserProfile,
     ViewerState,
     Written,
 )
@@ -167,6 +170,8 @@ def _comment(row: Any) -> Comment:
 
 
 def _thread(row: Any) -> Thread:
+    groups = row.access_groups
+    require = row.access_require_sign_in
     return Thread(
         id=row.id,
         tenant_id=row.tenant_id,
@@ -175,7 +180,53 @@ def _thread(row: Any) -> Thread:
         closed=bool(row.closed),
         created_ms=row.created_ms,
         comment_count=row.comment_count,
+        locked_groups=None if groups is None else tuple(json.loads(groups)),
+        require_sign_in=None if require is None else bool(require),
     )
+
+
+def _threads() -> Any:
+    """``SELECT`` of threads with their access settings (``_thread`` reads it)."""
+    a = s.thread_access.c
+    return select(
+        s.threads, a.group_ids.label("access_groups"), a.require_sign_in.label("access_require_sign_in")
+    ).select_from(s.threads.outerjoin(s.thread_access, a.thread_id == s.threads.c.id))
+
+
+def _user(row: Any) -> User:
+    """A user from a ``users`` row outer-joined with its profile."""
+    profile = None
+    if row.profile_author is not None:
+        profile = UserProfile(
+            email=row.email,
+            avatar=row.avatar,
+            group_ids=tuple(json.loads(row.group_ids)),
+            is_moderator=bool(row.is_moderator),
+            is_admin=bool(row.is_admin),
+        )
+    return User(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        external_id=row.external_id,
+        author_id=row.author_id,
+        display_name=row.display_name,
+        created_ms=row.created_ms,
+        profile=profile,
+    )
+
+
+def _users() -> Any:
+    """``SELECT`` of users with their profiles (``_user`` reads it)."""
+    p = s.user_profiles.c
+    return select(
+        s.users,
+        p.author_id.label("profile_author"),
+        p.email,
+        p.avatar,
+        p.group_ids,
+        p.is_moderator,
+        p.is_admin,
+    ).select_from(s.users.outerjoin(s.user_profiles, p.user_id == s.users.c.id))
 
 
 def _tenant(row: Any) -> Tenant:
@@ -225,6 +276,10 @@ _APPROVED = CommentStatus.APPROVED.value
 #: The tables holding a tenant's rows, children before parents: the order
 #: :meth:`SqlStore.delete_tenant` deletes in.
 _TENANT_TABLES = (
+    s.author_claims,
+    s.thread_access,
+    s.user_profiles,
+    s.tenant_sso_secrets,
     s.vote_addresses,
     s.moderation_log,
     s.bans,
@@ -471,7 +526,12 @@ class SqlStore:
         return self._call("delete_tenant", read_preference, go, write=True)
 
     def update_tenant_settings(
-        self, tenant_id: str, settings: Mapping[str, Any], *, read_preference: ReadPreference
+        self,
+        tenant_id: str,
+        settings: Mapping[str, Any],
+        *,
+        read_preference: ReadPreference,
+        sso_secret: SsoSecretChange | None = None,
     ) -> Deferred[Written[Tenant]]:
         encoded = json.dumps(dict(settings), sort_keys=True)
 
@@ -480,10 +540,52 @@ class SqlStore:
                 done = conn.execute(update(s.tenants).where(s.tenants.c.id == tenant_id).values(settings=encoded))
                 if done.rowcount == 0:
                     raise NotFound("tenant")
+                if sso_secret is not None:
+                    self._rotate_sso_secret(conn, tenant_id, sso_secret)
                 row = conn.execute(select(s.tenants).where(s.tenants.c.id == tenant_id)).one()
                 return self._written(conn, _tenant(row))
 
         return self._call("update_tenant_settings", read_preference, go, write=True)
+
+    def _rotate_sso_secret(self, conn: Connection, tenant_id: str, change: SsoSecretChange) -> None:
+        k = s.tenant_sso_secrets.c
+        now = change.now_ms
+        # Secrets past their overlap are of no use any more.
+        conn.execute(delete(s.tenant_sso_secrets).where(k.tenant_id == tenant_id, k.accepted_until_ms <= now))
+        until = now if change.secret is None else now + max(0, change.overlap_ms)
+        conn.execute(
+            update(s.tenant_sso_secrets)
+            .where(k.tenant_id == tenant_id, or_(k.accepted_until_ms.is_(None), k.accepted_until_ms > until))
+            .values(accepted_until_ms=until)
+        )
+        if change.secret is None:
+            conn.execute(delete(s.tenant_sso_secrets).where(k.tenant_id == tenant_id, k.accepted_until_ms <= now))
+            return
+        conn.execute(
+            insert(s.tenant_sso_secrets).values(
+                id=new_id(), tenant_id=tenant_id, secret=change.secret, created_ms=now, accepted_until_ms=None
+            )
+        )
+
+    def get_sso_secrets(
+        self, tenant_id: str, *, now_ms: int, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[list[SsoSecret]]:
+        def go() -> list[SsoSecret]:
+            k = s.tenant_sso_secrets.c
+            with self._reading(read_preference) as conn:
+                rows = conn.execute(
+                    select(s.tenant_sso_secrets)
+                    .where(k.tenant_id == tenant_id, or_(k.accepted_until_ms.is_(None), k.accepted_until_ms > now_ms))
+                    .order_by(k.created_ms.desc(), k.id)
+                ).all()
+            current = [r for r in rows if r.accepted_until_ms is None]
+            older = [r for r in rows if r.accepted_until_ms is not None]
+            return [
+                SsoSecret(secret=r.secret, created_ms=r.created_ms, accepted_until_ms=r.accepted_until_ms)
+                for r in current + older
+            ]
+
+        return self._call("get_sso_secrets", read_preference, go, token=token)
 
     def add_api_key(
         self, tenant_id: str, key_hash: str, *, created_ms: int, read_preference: ReadPreference
@@ -607,6 +709,7 @@ class SqlStore:
         *,
         created_ms: int,
         read_preference: ReadPreference,
+        profile: UserProfile | None = None,
     ) -> Deferred[Written[User]]:
         def go() -> Written[User]:
             u = s.users.c
@@ -629,17 +732,127 @@ class SqlStore:
                 elif row.display_name != display_name:
                     conn.execute(update(s.users).where(where).values(display_name=display_name))
                 row = conn.execute(select(s.users).where(where)).one()
-                user = User(
-                    id=row.id,
-                    tenant_id=row.tenant_id,
-                    external_id=row.external_id,
-                    author_id=row.author_id,
-                    display_name=row.display_name,
-                    created_ms=row.created_ms,
-                )
-                return self._written(conn, user)
+                if profile is not None:
+                    self._put_profile(conn, row, profile, created_ms)
+                return self._written(conn, _user(conn.execute(_users().where(where)).one()))
 
         return self._call("upsert_user", read_preference, go, write=True)
+
+    def _put_profile(self, conn: Connection, user: Any, profile: UserProfile, now_ms: int) -> None:
+        p = s.user_profiles.c
+        values = dict(
+            email=profile.email,
+            avatar=profile.avatar,
+            group_ids=json.dumps(list(profile.group_ids)),
+            is_moderator=profile.is_moderator,
+            is_admin=profile.is_admin,
+            updated_ms=now_ms,
+        )
+        done = conn.execute(update(s.user_profiles).where(p.user_id == user.id).values(**values))
+        if done.rowcount == 0:
+            conn.execute(
+                insert(s.user_profiles).values(
+                    user_id=user.id, tenant_id=user.tenant_id, author_id=user.author_id, **values
+                )
+            )
+
+    def get_user_by_author(
+        self, tenant_id: str, author_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[User]:
+        def go() -> User:
+            u = s.users.c
+            with self._reading(read_preference) as conn:
+                row = conn.execute(_users().where(u.tenant_id == tenant_id, u.author_id == author_id)).first()
+            if row is None:
+                raise NotFound("user")
+            return _user(row)
+
+        return self._call("get_user_by_author", read_preference, go, token=token)
+
+    def create_user_session(
+        self, tenant_id: str, author_id: str, *, created_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[AnonymousSession]]:
+        def go() -> Written[AnonymousSession]:
+            with self._writing() as conn:
+                self._require_author(conn, tenant_id, author_id)
+                session = AnonymousSession(id=new_id(), tenant_id=tenant_id, author_id=author_id, created_ms=created_ms)
+                conn.execute(
+                    insert(s.anonymous_sessions).values(
+                        id=session.id, tenant_id=tenant_id, author_id=author_id, created_ms=created_ms
+                    )
+                )
+                return self._written(conn, session)
+
+        return self._call("create_user_session", read_preference, go, write=True)
+
+    def claim_author(
+        self,
+        tenant_id: str,
+        from_author_id: str,
+        to_author_id: str,
+        *,
+        claimed_ms: int,
+        read_preference: ReadPreference,
+    ) -> Deferred[Written[int]]:
+        def go() -> Written[int]:
+            a = s.authors.c
+            with self._writing() as conn:
+                kinds = dict(
+                    conn.execute(
+                        select(a.id, a.kind).where(a.tenant_id == tenant_id, a.id.in_([from_author_id, to_author_id]))
+                    ).all()
+                )
+                if from_author_id not in kinds or to_author_id not in kinds:
+                    raise NotFound("author")
+                if kinds[from_author_id] != AuthorKind.ANONYMOUS.value:
+                    raise InvalidReference("only an anonymous author can be claimed")
+                if kinds[to_author_id] != AuthorKind.USER.value:
+                    raise InvalidReference("an anonymous author can only be claimed by a user")
+                claims = s.author_claims.c
+                if conn.execute(select(claims.from_author_id).where(claims.from_author_id == from_author_id)).first():
+                    raise AlreadyExists("claim")
+                moved = self._move_author(conn, tenant_id, from_author_id, to_author_id)
+                conn.execute(
+                    insert(s.author_claims).values(
+                        from_author_id=from_author_id,
+                        tenant_id=tenant_id,
+                        to_author_id=to_author_id,
+                        claimed_ms=claimed_ms,
+                    )
+                )
+                return self._written(conn, moved)
+
+        return self._call("claim_author", read_preference, go, write=True)
+
+    def _move_author(self, conn: Connection, tenant_id: str, old: str, new: str) -> int:
+        """Re-point everything of author ``old`` to ``new``: a fixed number of
+        statements per table, however much there is."""
+        c = s.comments.c
+        moved = conn.execute(
+            update(s.comments).where(c.tenant_id == tenant_id, c.author_id == old).values(author_id=new)
+        ).rowcount
+        for table, who, count in ((s.votes, "voter_id", "like_count"), (s.flags, "flagger_id", "flag_count")):
+            t = table.c
+            both = select(t.comment_id).where(t.tenant_id == tenant_id, t[who] == new).scalar_subquery()
+            twice = and_(t.tenant_id == tenant_id, t[who] == old, t.comment_id.in_(both))
+            # A like (flag) both authors made counts once from now on.
+            conn.execute(
+                update(s.comments)
+                .where(c.tenant_id == tenant_id, c.id.in_(select(t.comment_id).where(twice).scalar_subquery()))
+                .values({count: c[count] - 1})
+            )
+            conn.execute(delete(table).where(twice))
+            conn.execute(update(table).where(t.tenant_id == tenant_id, t[who] == old).values({who: new}))
+        b = s.blocks.c
+        for mine, other in ((b.viewer_id, b.author_id), (b.author_id, b.viewer_id)):
+            have = select(other).where(b.tenant_id == tenant_id, mine == new).scalar_subquery()
+            conn.execute(
+                delete(s.blocks).where(b.tenant_id == tenant_id, mine == old, or_(other == new, other.in_(have)))
+            )
+            conn.execute(update(s.blocks).where(b.tenant_id == tenant_id, mine == old).values({mine.key: new}))
+        sess = s.anonymous_sessions.c
+        conn.execute(delete(s.anonymous_sessions).where(sess.tenant_id == tenant_id, sess.author_id == old))
+        return int(moved)
 
     def get_author(
         self, tenant_id: str, author_id: str, *, read_preference: ReadPreference, token: str | None = None
@@ -665,7 +878,15 @@ class SqlStore:
         read_preference: ReadPreference,
         title: str | None = None,
         closed: bool | None = None,
+        locked_groups: Sequence[str] | None = None,
+        require_sign_in: bool | None = None,
     ) -> Deferred[Written[Thread]]:
+        access: dict[str, Any] = {}
+        if locked_groups is not None:
+            access["group_ids"] = json.dumps(list(locked_groups))
+        if require_sign_in is not None:
+            access["require_sign_in"] = require_sign_in
+
         def go() -> Written[Thread]:
             t = s.threads.c
             where = and_(t.tenant_id == tenant_id, t.url_id == url_id)
@@ -692,10 +913,18 @@ class SqlStore:
                         changes["closed"] = closed
                     if changes:
                         conn.execute(update(s.threads).where(where).values(**changes))
-                row = conn.execute(select(s.threads).where(where)).one()
+                if access:
+                    self._put_access(conn, tenant_id, conn.execute(select(t.id).where(where)).scalar_one(), access)
+                row = conn.execute(_threads().where(where)).one()
                 return self._written(conn, _thread(row))
 
         return self._call("upsert_thread", read_preference, go, write=True)
+
+    def _put_access(self, conn: Connection, tenant_id: str, thread_id: str, access: dict[str, Any]) -> None:
+        a = s.thread_access.c
+        done = conn.execute(update(s.thread_access).where(a.thread_id == thread_id).values(**access))
+        if done.rowcount == 0:
+            conn.execute(insert(s.thread_access).values(thread_id=thread_id, tenant_id=tenant_id, **access))
 
     def get_thread(
         self, tenant_id: str, url_id: str, *, read_preference: ReadPreference, token: str | None = None
@@ -703,7 +932,7 @@ class SqlStore:
         def go() -> Thread:
             t = s.threads.c
             with self._reading(read_preference) as conn:
-                row = conn.execute(select(s.threads).where(t.tenant_id == tenant_id, t.url_id == url_id)).first()
+                row = conn.execute(_threads().where(t.tenant_id == tenant_id, t.url_id == url_id)).first()
             if row is None:
                 raise NotFound("thread")
             return _thread(row)
@@ -721,7 +950,7 @@ class SqlStore:
 
     def _thread_by_id(self, conn: Connection, tenant_id: str, thread_id: str) -> Thread:
         t = s.threads.c
-        row = conn.execute(select(s.threads).where(t.tenant_id == tenant_id, t.id == thread_id)).first()
+        row = conn.execute(_threads().where(t.tenant_id == tenant_id, t.id == thread_id)).first()
         if row is None:
             raise NotFound("thread")
         return _thread(row)
@@ -738,7 +967,7 @@ class SqlStore:
         def go() -> Page[Thread]:
             after = _decode_cursor(cursor, "threads", (int, str)) if cursor else None
             t = s.threads.c
-            query = select(s.threads).where(t.tenant_id == tenant_id)
+            query = _threads().where(t.tenant_id == tenant_id)
             if after is not None:
                 query = query.where(or_(t.created_ms < after[0], and_(t.created_ms == after[0], t.id < after[1])))
             query = query.order_by(t.created_ms.desc(), t.id.desc()).limit(limit + 1)
@@ -762,6 +991,7 @@ class SqlStore:
                 self._thread_by_id(conn, tenant_id, thread_id)
                 ids = select(c.id).where(c.tenant_id == tenant_id, c.thread_id == thread_id)
                 self._delete_comment_rows(conn, tenant_id, ids)
+                conn.execute(delete(s.thread_access).where(s.thread_access.c.thread_id == thread_id))
                 conn.execute(delete(s.threads).where(s.threads.c.tenant_id == tenant_id, s.threads.c.id == thread_id))
                 return self._written(conn, None)
 

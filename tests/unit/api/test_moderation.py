@@ -296,8 +296,9 @@ class FlagAndLikeTests(ModerationTestCase):
 
     def test_tenant_threshold(self) -> None:
         """A tenant's ``flagsToHide`` setting overrides the configured
-        threshold; ``0`` never hides."""
-        for setting, hidden_after in ((2, 2), (0, None)):
+        threshold; ``0`` never hides; ``null`` (what a tenant that changed
+        other settings stores) follows ``api.auto_hide_flags`` (3)."""
+        for setting, hidden_after in ((2, 2), (0, None), (None, 3)):
             self.successResultOf(
                 self.node.store.update_tenant_settings(self.tenant, {"flagsToHide": setting}, read_preference=PRIMARY)
             )

@@ -128,6 +128,13 @@ class PolicyTests(SynchronousTestCase):
         """The default policy provides IAccessPolicy and allows everything."""
         self.assertTrue(verifyObject(IAccessPolicy, PublicThreads()))
 
+    def test_group_locks_policy(self) -> None:
+        """The node's policy, GroupLocks, provides IAccessPolicy."""
+        from fastedge.pubsub.access import GroupLocks
+
+        world = World(Clock())
+        self.assertTrue(verifyObject(IAccessPolicy, GroupLocks(world.node.store, clock=Clock(), ttl_seconds=1.0)))
+
     def test_policy_hook(self) -> None:
         """A policy sees tenant, thread and viewer, and can refuse."""
         world = World(Clock())

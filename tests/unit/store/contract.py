@@ -55,9 +55,12 @@ from fastedge.store.model import (
     QueueSort,
     ReadPreference,
     Sort,
+    SsoSecret,
+    SsoSecretChange,
     Tenant,
     Thread,
     ThreadPage,
+    UserProfile,
     ViewerState,
     Written,
 )
@@ -310,6 +313,66 @@ class StoreContractMixin(_MixinBase):
         """Updating the settings of a tenant that does not exist fails with NotFound."""
         self.failureResultOf(self.store.update_tenant_settings(UNKNOWN, {"a": 1}, read_preference=PRIMARY), NotFound)
 
+    def test_sso_secret_rotation(self) -> None:
+        """A rotated SSO secret stays accepted until the overlap ends, the new
+        one first; removing SSO ends every secret at once; secrets never
+        appear in the tenant's settings."""
+        tenant = self.make_tenant()
+        self.assertEqual(self.read(self.store.get_sso_secrets, tenant.id, now_ms=self.tick()), [])
+        t1 = self.tick()
+        self.write(
+            self.store.update_tenant_settings(
+                tenant.id, {"moderation": "pre"}, sso_secret=SsoSecretChange("old" * 11, t1), read_preference=PRIMARY
+            )
+        )
+        self.assertEqual(
+            self.read(self.store.get_sso_secrets, tenant.id, now_ms=self.tick()), [SsoSecret("old" * 11, t1, None)]
+        )
+        t2 = self.tick()
+        got = self.write(
+            self.store.update_tenant_settings(
+                tenant.id,
+                {"moderation": "pre"},
+                sso_secret=SsoSecretChange("new" * 11, t2, overlap_ms=60_000),
+                read_preference=PRIMARY,
+            )
+        )
+        self.assertNotIn("old" * 11, repr(got))
+        self.assertEqual(
+            self.read(self.store.get_sso_secrets, tenant.id, now_ms=t2 + 59_999),
+            [SsoSecret("new" * 11, t2, None), SsoSecret("old" * 11, t1, t2 + 60_000)],
+        )
+        self.assertEqual(
+            self.read(self.store.get_sso_secrets, tenant.id, now_ms=t2 + 60_000), [SsoSecret("new" * 11, t2, None)]
+        )
+        # Rotating again with no overlap drops both older secrets.
+        t3 = t2 + 70_000
+        self.write(
+            self.store.update_tenant_settings(
+                tenant.id, {}, sso_secret=SsoSecretChange("third" * 7, t3), read_preference=PRIMARY
+            )
+        )
+        self.assertEqual([x.secret for x in self.read(self.store.get_sso_secrets, tenant.id, now_ms=t3)], ["third" * 7])
+        self.write(
+            self.store.update_tenant_settings(
+                tenant.id, {}, sso_secret=SsoSecretChange(None, t3 + 1, overlap_ms=60_000), read_preference=PRIMARY
+            )
+        )
+        self.assertEqual(self.read(self.store.get_sso_secrets, tenant.id, now_ms=t3 + 1), [])
+        other = self.make_tenant("Other")
+        self.assertEqual(self.read(self.store.get_sso_secrets, other.id, now_ms=t3), [])
+
+    def test_sso_secret_unknown_tenant(self) -> None:
+        """Setting the SSO secret of a tenant that does not exist fails with
+        NotFound and stores no secret."""
+        self.failureResultOf(
+            self.store.update_tenant_settings(
+                UNKNOWN, {}, sso_secret=SsoSecretChange("x" * 32, self.tick()), read_preference=PRIMARY
+            ),
+            NotFound,
+        )
+        self.assertEqual(self.read(self.store.get_sso_secrets, UNKNOWN, now_ms=self.tick()), [])
+
     # API keys
 
     def add_key(self, tenant_id: str, key: str) -> ApiKey:
@@ -464,6 +527,141 @@ class StoreContractMixin(_MixinBase):
         self.assertEqual(two.tenant_id, second.id)
         self.read_fails(NotFound, self.store.get_author, first.id, two.author_id)
 
+    def test_user_profile(self) -> None:
+        """An upsert with a profile stores it; a later one replaces it; one
+        without a profile leaves it; the user is found by its author id,
+        and an anonymous author is not a user."""
+        tenant = self.make_tenant()
+        plain = self.write(
+            self.store.upsert_user(tenant.id, "sso-1", "Ann", created_ms=self.tick(), read_preference=PRIMARY)
+        )
+        self.assertIsNone(plain.profile)
+        profile = UserProfile(
+            email="ann@example.com", avatar="https://x/a.png", group_ids=("staff", "vip"), is_moderator=True
+        )
+        user = self.write(
+            self.store.upsert_user(
+                tenant.id, "sso-1", "Ann", created_ms=self.tick(), read_preference=PRIMARY, profile=profile
+            )
+        )
+        self.assertEqual((user.id, user.profile), (plain.id, profile))
+        self.assertEqual(self.read(self.store.get_user_by_author, tenant.id, user.author_id), user)
+        kept = self.write(
+            self.store.upsert_user(tenant.id, "sso-1", "Ann B", created_ms=self.tick(), read_preference=PRIMARY)
+        )
+        self.assertEqual(kept.profile, profile)
+        replaced = self.write(
+            self.store.upsert_user(
+                tenant.id, "sso-1", "Ann B", created_ms=self.tick(), read_preference=PRIMARY, profile=UserProfile()
+            )
+        )
+        self.assertEqual(replaced.profile, UserProfile())
+        self.read_fails(NotFound, self.store.get_user_by_author, tenant.id, self.make_author(tenant.id))
+        self.read_fails(NotFound, self.store.get_user_by_author, self.make_tenant("B").id, user.author_id)
+
+    def test_user_session(self) -> None:
+        """A session made for a user's author speaks for that author; an
+        unknown (or another tenant's) author gets none."""
+        tenant = self.make_tenant()
+        user = self.write(
+            self.store.upsert_user(tenant.id, "sso-1", "Ann", created_ms=self.tick(), read_preference=PRIMARY)
+        )
+        session = self.write(
+            self.store.create_user_session(tenant.id, user.author_id, created_ms=self.tick(), read_preference=PRIMARY)
+        )
+        self.assertEqual(session.author_id, user.author_id)
+        self.assertEqual(self.read(self.store.get_anonymous_session, tenant.id, session.id), session)
+        other = self.make_tenant("B")
+        self.failureResultOf(
+            self.store.create_user_session(other.id, user.author_id, created_ms=self.tick(), read_preference=PRIMARY),
+            NotFound,
+        )
+
+    def test_claim_author(self) -> None:
+        """Claiming moves an anonymous author's comments, likes, flags and
+        blocks to the user's author (a like both made counts once, a block
+        of oneself goes) and ends the anonymous sessions."""
+        tenant = self.make_tenant()
+        tid = tenant.id
+        anon = self.make_session(tid)
+        user = self.write(self.store.upsert_user(tid, "sso-1", "Ann", created_ms=self.tick(), read_preference=PRIMARY))
+        other = self.make_author(tid)
+        third = self.make_author(tid)
+        thread = self.make_thread(tid, "u1")
+        mine = self.post(tid, thread.id, anon.author_id)
+        theirs = self.post(tid, thread.id, other)
+        both = self.post(tid, thread.id, third)
+        self.like(tid, theirs.id, anon.author_id)
+        self.like(tid, both.id, anon.author_id)
+        self.like(tid, both.id, user.author_id)
+        self.write(self.store.add_flag(tid, both.id, anon.author_id, created_ms=self.tick(), read_preference=PRIMARY))
+        self.write(self.store.add_flag(tid, both.id, user.author_id, created_ms=self.tick(), read_preference=PRIMARY))
+        self.write(self.store.add_block(tid, anon.author_id, other, created_ms=self.tick(), read_preference=PRIMARY))
+        self.write(
+            self.store.add_block(tid, anon.author_id, user.author_id, created_ms=self.tick(), read_preference=PRIMARY)
+        )
+        self.write(self.store.add_block(tid, third, anon.author_id, created_ms=self.tick(), read_preference=PRIMARY))
+        moved = self.write(
+            self.store.claim_author(
+                tid, anon.author_id, user.author_id, claimed_ms=self.tick(), read_preference=PRIMARY
+            )
+        )
+        self.assertEqual(moved, 1)
+        self.assertEqual(self.read(self.store.get_comment, tid, mine.id).author_id, user.author_id)
+        got = self.read(self.store.get_comment, tid, both.id)
+        self.assertEqual((got.like_count, got.flag_count), (1, 1))
+        self.assertEqual(self.read(self.store.get_comment, tid, theirs.id).like_count, 1)
+        self.assertEqual(
+            self.read(self.store.viewer_state, tid, user.author_id, [mine.id, theirs.id, both.id]),
+            ViewerState(liked=frozenset({theirs.id, both.id}), blocked_authors=frozenset({other})),
+        )
+        self.assertEqual(
+            self.read(self.store.viewer_state, tid, third, []),
+            ViewerState(liked=frozenset(), blocked_authors=frozenset({user.author_id})),
+        )
+        self.assertEqual(
+            self.read(self.store.viewer_state, tid, anon.author_id, [mine.id, theirs.id, both.id]),
+            ViewerState(liked=frozenset(), blocked_authors=frozenset()),
+        )
+        self.read_fails(NotFound, self.store.get_anonymous_session, tid, anon.id)
+
+    def test_claim_author_refusals(self) -> None:
+        """A claim is one way and once: a second claim, a claim of a user,
+        a claim by an anonymous author, unknown or foreign authors are
+        refused and move nothing."""
+        tenant = self.make_tenant()
+        tid = tenant.id
+        anon = self.make_session(tid).author_id
+        anon2 = self.make_author(tid)
+        user = self.write(self.store.upsert_user(tid, "sso-1", "Ann", created_ms=self.tick(), read_preference=PRIMARY))
+        thread = self.make_thread(tid, "u1")
+        self.post(tid, thread.id, anon2)
+        before = self.thread_state(tid, thread.id)
+        other = self.make_tenant("B")
+        other_user = self.write(
+            self.store.upsert_user(other.id, "sso-1", "Ann", created_ms=self.tick(), read_preference=PRIMARY)
+        )
+        t = self.tick()
+        s = self.store
+        self.failureResultOf(
+            s.claim_author(tid, user.author_id, anon, claimed_ms=t, read_preference=PRIMARY), InvalidReference
+        )
+        self.failureResultOf(s.claim_author(tid, anon2, anon, claimed_ms=t, read_preference=PRIMARY), InvalidReference)
+        self.failureResultOf(
+            s.claim_author(tid, UNKNOWN, user.author_id, claimed_ms=t, read_preference=PRIMARY), NotFound
+        )
+        self.failureResultOf(
+            s.claim_author(tid, anon2, other_user.author_id, claimed_ms=t, read_preference=PRIMARY), NotFound
+        )
+        self.failureResultOf(
+            s.claim_author(other.id, anon2, other_user.author_id, claimed_ms=t, read_preference=PRIMARY), NotFound
+        )
+        self.assertEqual(self.thread_state(tid, thread.id), before)
+        self.write(s.claim_author(tid, anon, user.author_id, claimed_ms=t, read_preference=PRIMARY))
+        self.failureResultOf(
+            s.claim_author(tid, anon, user.author_id, claimed_ms=self.tick(), read_preference=PRIMARY), AlreadyExists
+        )
+
     def test_upsert_user_unknown_tenant(self) -> None:
         """A user cannot be created for a tenant that does not exist."""
         self.failureResultOf(
@@ -516,6 +714,44 @@ class StoreContractMixin(_MixinBase):
         self.assertEqual((reopened.title, reopened.closed), ("New", False))
         self.assertEqual(self.read(self.store.get_thread, tenant.id, "u1"), reopened)
         self.assertEqual(self.read(self.store.list_threads, tenant.id, limit=10, cursor=None).items, [reopened])
+
+    def test_thread_access(self) -> None:
+        """A thread's group lock and sign-in rule default to the tenant's
+        (``None``), are set by upsert and read back by every thread read;
+        an empty lock is kept apart from no lock; a locked thread deletes."""
+        tenant = self.make_tenant()
+        thread = self.make_thread(tenant.id, "u1")
+        self.assertEqual((thread.locked_groups, thread.require_sign_in), (None, None))
+        locked = self.write(
+            self.store.upsert_thread(
+                tenant.id,
+                "u1",
+                created_ms=self.tick(),
+                read_preference=PRIMARY,
+                locked_groups=["staff", "vip"],
+                require_sign_in=True,
+            )
+        )
+        self.assertEqual((locked.locked_groups, locked.require_sign_in), (("staff", "vip"), True))
+        self.assertEqual(self.read(self.store.get_thread, tenant.id, "u1"), locked)
+        self.assertEqual(self.read(self.store.get_thread_by_id, tenant.id, thread.id), locked)
+        self.assertEqual(list(self.read(self.store.list_threads, tenant.id, limit=5, cursor=None).items), [locked])
+        titled = self.write(
+            self.store.upsert_thread(tenant.id, "u1", created_ms=self.tick(), read_preference=PRIMARY, title="T")
+        )
+        self.assertEqual((titled.locked_groups, titled.require_sign_in), (("staff", "vip"), True))
+        opened = self.write(
+            self.store.upsert_thread(tenant.id, "u1", created_ms=self.tick(), read_preference=PRIMARY, locked_groups=[])
+        )
+        self.assertEqual((opened.locked_groups, opened.require_sign_in), ((), True))
+        fresh = self.write(
+            self.store.upsert_thread(
+                tenant.id, "u2", created_ms=self.tick(), read_preference=PRIMARY, locked_groups=["g"]
+            )
+        )
+        self.assertEqual(fresh.locked_groups, ("g",))
+        self.write(self.store.delete_thread(tenant.id, fresh.id, read_preference=PRIMARY))
+        self.read_fails(NotFound, self.store.get_thread, tenant.id, "u2")
 
     def test_upsert_thread_unknown_tenant(self) -> None:
         """A thread cannot be created for a tenant that does not exist."""
@@ -1357,6 +1593,12 @@ class StoreContractMixin(_MixinBase):
             lambda: s.add_flag(tenant.id, comment.id, viewer, created_ms=t, read_preference=NEAREST),
             lambda: s.add_block(tenant.id, viewer, author, created_ms=t, read_preference=NEAREST),
             lambda: s.charge_credits(tenant.id, {"post": (1, 1)}, created_ms=t, read_preference=NEAREST),
+            lambda: s.update_tenant_settings(
+                tenant.id, {}, sso_secret=SsoSecretChange("s" * 32, t), read_preference=NEAREST
+            ),
+            lambda: s.upsert_thread(tenant.id, "u1", created_ms=t, read_preference=NEAREST, locked_groups=["g"]),
+            lambda: s.create_user_session(tenant.id, author, created_ms=t, read_preference=NEAREST),
+            lambda: s.claim_author(tenant.id, viewer, author, claimed_ms=t, read_preference=NEAREST),
         ]
         for write in writes:
             self.failureResultOf(write(), WrongReadPreference)
@@ -1563,6 +1805,12 @@ class StoreContractMixin(_MixinBase):
         self.assertEqual(
             dict(deleted),
             {
+                # Tenant B has no SSO data (their deletion is checked by
+                # tests.unit.store.test_schema.TenantTablesTests).
+                "author_claims": 0,
+                "thread_access": 0,
+                "user_profiles": 0,
+                "tenant_sso_secrets": 0,
                 "vote_addresses": 0,
                 "moderation_log": 1,
                 "bans": 1,

@@ -108,20 +108,22 @@ class MigrateTests(SynchronousTestCase):
 
     def test_moderation_upgrade(self) -> None:
         """A database made by version 1 as released (without the moderation
-        indexes) gains the moderation tables and indexes from version 2 and
-        ends up like a fresh one."""
+        indexes) gains the moderation tables and indexes from version 2, the
+        SSO and thread-access tables from version 3, and ends up like a fresh
+        one."""
         with self.engine.begin() as conn:
             schema.migrate(conn, 1, schema.MIGRATIONS[:1])
             conn.execute(text("DROP INDEX comments_author"))
             conn.execute(text("DROP INDEX comments_flagged"))
         with self.engine.begin() as conn:
-            self.assertEqual(schema.migrate(conn, 2), [2])
+            self.assertEqual(schema.migrate(conn, 2), [2, 3])
         found = inspect(self.engine)
         self.assertEqual(set(found.get_table_names()), set(schema.metadata.tables))
         self.assertEqual(
             {i["name"] for i in found.get_indexes("comments")},
             {i.name for i in schema.comments.indexes},
         )
+
 
 class TenantTablesTests(SynchronousTestCase):
     """The tables :meth:`~fastedge.store.sql.SqlStore.delete_tenant` empties."""

@@ -21,7 +21,6 @@ from twisted.logger import Logger
 
 from ..config import ApiConfig
 from ..store.interfaces import IStore
-from ..store.settings import from_stored
 from ..store.model import (
     MAX_BULK_IDS,
     AuditEntry,
@@ -36,6 +35,7 @@ from ..store.model import (
     Tenant,
     Written,
 )
+from ..store.settings import from_stored
 from . import common
 from .cache import PageCache
 from .errors import ApiError, bad_request, not_found

@@ -18,6 +18,7 @@ from .cdn import service as cdn_service
 from .cdn.manage import UPLOAD_PATH, MediaApi
 from .config import ConfigError, EdgeConfig, load_config
 from .dns import service as dns_service
+from .embed.policy import tenant_policy
 from .embed.resource import EmbedResource, WidgetScript
 from .geo import service as geo_service
 from .inputs import InputError, parse_ascii_int
@@ -232,7 +233,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         api=api.resource,
         live=live.resource,
         media=cdn.resource,
-        embed=EmbedResource(cfg.api, public=api.public, registry=registry),
+        embed=EmbedResource(cfg.api, public=api.public, registry=registry, policy=tenant_policy(api.tenants)),
         widget=WidgetScript(),
         body_limits=[(UPLOAD_PATH.encode("ascii"), cfg.cdn.upload_max_bytes)],
         children=lambda: list(top),

@@ -137,6 +137,7 @@ class LiveNode:
 
         from .api.resource import build_api
         from .config import load_config
+        from .embed.policy import tenant_policy
         from .embed.resource import EmbedResource, WidgetScript
         from .mesh.resource import mesh_routes
         from .metrics.registry import new_registry
@@ -185,7 +186,9 @@ class LiveNode:
             api=self.api.resource,
             children=lambda: [],
             live=self.service.resource,
-            embed=EmbedResource(self.cfg.api, public=self.api.public, registry=self.registry),
+            embed=EmbedResource(
+                self.cfg.api, public=self.api.public, registry=self.registry, policy=tenant_policy(self.api.tenants)
+            ),
             widget=WidgetScript(),
             mesh_health=mesh.health,
         )
@@ -302,6 +305,7 @@ class NodeHarness:
 
         from .api.resource import build_api
         from .config import ApiConfig, HttpConfig, NodeConfig
+        from .embed.policy import tenant_policy
         from .embed.resource import EmbedResource, WidgetScript
         from .mesh.resource import mesh_routes
         from .metrics.registry import new_registry
@@ -347,7 +351,9 @@ class NodeHarness:
             store_ready=lambda: True,
             api=self.api.resource,
             children=lambda: [],
-            embed=EmbedResource(self.api_config, public=self.api.public, registry=self.registry),
+            embed=EmbedResource(
+                self.api_config, public=self.api.public, registry=self.registry, policy=tenant_policy(self.api.tenants)
+            ),
             widget=WidgetScript(),
             mesh_health=mesh.health,
         )

@@ -360,6 +360,9 @@ class MeshServerFactory(pb.PBServerFactory):
     """Builds a :class:`MeshBroker` per incoming connection, and keeps them
     so a stopping node can close them all and wait."""
 
+    #: No "Starting factory <... at 0x...>" line (the start-up summary lists listeners).
+    noisy = False
+
     def __init__(
         self,
         root: Any,
@@ -396,6 +399,9 @@ class MeshClientFactory(pb.PBClientFactory):
     """Builds the :class:`MeshBroker` of an outgoing link; ``on_ready`` is
     called with it once PB is negotiated (TLS is up by then), ``on_closed``
     once its connection is closed."""
+
+    #: No "Starting factory" / "Stopping factory" pair on every reconnect.
+    noisy = False
 
     def __init__(
         self,

@@ -207,6 +207,8 @@ class EdgeSite(Site):
     lines per request (metrics count them instead)."""
 
     requestFactory = EdgeRequest
+    #: No "Starting factory <... at 0x...>" line (the start-up summary lists listeners).
+    noisy = False
     protocol = edge_channel
     displayTracebacks = False
 

@@ -374,6 +374,7 @@ class CountingTLSFactory(_Gated, TLSMemoryBIOFactory):
     """
 
     protocol = CountingTLSProtocol
+    noisy = False
 
     def __init__(
         self,
@@ -405,6 +406,7 @@ class CountingFactory(_Gated, WrappingFactory):
 
     protocol = CountedConnection
     _answer_overload = True
+    noisy = False
 
     def __init__(
         self,

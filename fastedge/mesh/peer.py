@@ -195,9 +195,10 @@ class LinkMind(pb.Referenceable):
 _RETRY_LINE = "Scheduling retry "
 
 
-def _without_retry_lines(event: LogEvent) -> None:
-    if not str(event.get("log_format", "")).startswith(_RETRY_LINE):
-        globalLogPublisher(event)
+def _not_a_retry_line(event: LogEvent) -> PredicateResult:
+    if str(event.get("log_format", "")).startswith(_RETRY_LINE):
+        return PredicateResult.no
+    return PredicateResult.maybe
 
 
 class _LinkService(ClientService):
@@ -212,7 +213,11 @@ class _LinkService(ClientService):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._log = Logger(namespace="fastedge.mesh.peer.Link", source=self, observer=_without_retry_lines)
+        self._log = Logger(
+            namespace="fastedge.mesh.peer.Link",
+            source=self,
+            observer=FilteringLogObserver(globalLogPublisher, [_not_a_retry_line]),
+        )
         super().__init__(*args, **kwargs)
 
 

@@ -20,7 +20,7 @@ from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.logger import LogEvent, Logger, globalLogPublisher
+from twisted.logger import FilteringLogObserver, LogEvent, Logger, PredicateResult, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import implementer

@@ -20,7 +20,14 @@ from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.logger import FilteringLogObserver, LogEvent, Logger, PredicateResult, globalLogPublisher
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    LogEvent,
+    Logger,
+    PredicateResult,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import implementer
@@ -195,10 +202,14 @@ class LinkMind(pb.Referenceable):
 _RETRY_LINE = "Scheduling retry "
 
 
-def _not_a_retry_line(event: LogEvent) -> PredicateResult:
-    if str(event.get("log_format", "")).startswith(_RETRY_LINE):
-        return PredicateResult.no
-    return PredicateResult.maybe
+@implementer(ILogFilterPredicate)
+class _NotARetryLine:
+    """Drops ``ClientService``'s per-retry line, passes the rest."""
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        if str(event.get("log_format", "")).startswith(_RETRY_LINE):
+            return PredicateResult.no
+        return PredicateResult.maybe
 
 
 class _LinkService(ClientService):
@@ -216,7 +227,7 @@ class _LinkService(ClientService):
         self._log = Logger(
             namespace="fastedge.mesh.peer.Link",
             source=self,
-            observer=FilteringLogObserver(globalLogPublisher, [_not_a_retry_line]),
+            observer=FilteringLogObserver(globalLogPublisher, [_NotARetryLine()]),
         )
         super().__init__(*args, **kwargs)
 

@@ -25,7 +25,7 @@ from .mesh import service as mesh_service
 from .mesh.media import connect_media
 from .mesh.relay import connect_relay
 from .mesh.resource import mesh_routes
-from .metrics.registry import new_registry
+from .metrics.registry import new_registry, register_process_metrics
 from .pubsub import service as live_service
 from .startup import EXIT_UNAVAILABLE, ListenerUnavailable, StartupReport, check_listeners, refuse, version_line
 from .store import service as store_service
@@ -196,6 +196,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = _reactor
     cfg = options.config
     registry = new_registry()
+    register_process_metrics(registry)
     secrets = {
         "mesh.ca_file": cfg.mesh.ca_file,
         "api.secret_file": cfg.api.secret_file,

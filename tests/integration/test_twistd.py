@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
@@ -77,15 +78,29 @@ def _summary(output: bytes) -> list[str]:
 
 
 @inlineCallbacks
-def _run_until_ready(data_dir: str):  # type: ignore[no-untyped-def]
+def _run_until_ready(  # type: ignore[no-untyped-def]
+    data_dir: str,
+    twistd_options: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    watch: _Watch | None = None,
+):
     """Run a node on free ports until it logs ``node ready``, stop it, and
-    return its output."""
-    watch = _Watch(b"node ready")
-    process = reactor.spawnProcess(watch, sys.executable, twistd_on_free_ports(data_dir), env=_env(), path=REPO)
+    return its output.
+
+    :param twistd_options: twistd's own options (before ``fastedge``).
+    :param watch: watch the process with this (then it is returned, not the output).
+    """
+    returned = watch is not None
+    if watch is None:
+        watch = _Watch(b"node ready")
+    args = list(twistd_on_free_ports(data_dir))
+    at = args.index("fastedge")
+    args[at:at] = twistd_options
+    process = reactor.spawnProcess(watch, sys.executable, args, env=env or _env(), path=REPO)
     yield watch.started
     process.signalProcess(signal.SIGTERM)
     yield watch.ended
-    return watch.output
+    return watch if returned else watch.output
 
 
 class _Watch(protocol.ProcessProtocol):
@@ -95,15 +110,18 @@ class _Watch(protocol.ProcessProtocol):
     def __init__(self, marker: bytes = b"store ready") -> None:
         self.marker = marker
         self.output = b""
+        self.stdout = b""
         self.started: Deferred[None] = Deferred()
         self.ended: Deferred[object] = Deferred()
 
     def outReceived(self, data: bytes) -> None:
+        self.stdout += data
+        self.errReceived(data)
+
+    def errReceived(self, data: bytes) -> None:
         self.output += data
         if self.marker in self.output and not self.started.called:
             self.started.callback(None)
-
-    errReceived = outReceived
 
     def processEnded(self, reason) -> None:  # type: ignore[no-untyped-def]
         if not self.started.called:
@@ -309,3 +327,34 @@ class TwistdTests(TestCase):
         self.assertIn(b"Server Shut Down.", watch.output)
         self.assertNotIn(b"Traceback", watch.output)
         self.assertTrue(os.path.exists(os.path.join(data_dir, "fastedge.sqlite3")))
+
+    @inlineCallbacks
+    def test_json_logs(self):  # type: ignore[no-untyped-def]
+        """``--logger fastedge.logs.json_observer`` makes every line a JSON
+        object with Twisted's fields, the event's named fields and ``text``;
+        ``FASTEDGE_LOG_FILE`` sends them to a file instead of stdout."""
+        data_dir = os.path.abspath(self.mktemp())
+        output = yield _run_until_ready(data_dir, ("--logger", "fastedge.logs.json_observer"))
+        events = [json.loads(line) for line in output.decode().splitlines() if line.strip()]
+        for event in events:
+            self.assertIn("log_level", event)
+            self.assertIn("log_namespace", event)
+            self.assertIn("log_time", event)
+            self.assertIn("text", event)
+        listeners = [e for e in events if e.get("listener")]
+        self.assertEqual([e["listener"] for e in listeners], ["http", "https", "dns udp", "dns tcp", "mesh"])
+        self.assertEqual(listeners[0]["log_namespace"], "fastedge.startup.StartupReport")
+        self.assertEqual(listeners[0]["log_level"]["name"], "info")
+        self.assertTrue(listeners[0]["text"].startswith("listening http on 127.0.0.1:"), listeners[0])
+        self.assertTrue(any(e["text"].startswith("node ready in ") for e in events))
+
+        # A file the test can watch without polling: the process's stderr.
+        watch = yield _run_until_ready(
+            data_dir,
+            ("--logger", "fastedge.logs.json_observer"),
+            env=dict(_env(), FASTEDGE_LOG_FILE="/dev/stderr"),
+            watch=_Watch(b"node ready"),
+        )
+        self.assertEqual(watch.stdout, b"")
+        written = [json.loads(line) for line in watch.output.decode().splitlines()]
+        self.assertTrue(any(e["text"].startswith("node ready in ") for e in written))

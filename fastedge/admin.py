@@ -35,8 +35,15 @@ from .store.model import ReadPreference
 from .store.sqlite import SQLiteStore
 
 
+def _version_line() -> str:
+    from .startup import version_line
+
+    return version_line()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastedge-admin", description="Operate a fastedge node's data.")
+    p.add_argument("--version", action="version", version=_version_line())
     p.add_argument("--config", "-c", help="TOML config file (default: built-in defaults)")
     p.add_argument("--data-dir", help="data directory (overrides node.data_dir)")
     sub = p.add_subparsers(dest="area", required=True)

@@ -268,11 +268,12 @@ class StartupReport:
         d: Deferred[Any] = DeferredList(waits, consumeErrors=True)
 
         def ready(results: list[tuple[bool, Any]]) -> None:
-            failed = [r for ok, r in results if not ok]
-            for failure in failed:
-                self._log.failure("a child failed to become ready", failure)
+            failed = [r.getErrorMessage() for ok, r in results if not ok]
             if failed:
-                self._log.error("node started with {count} child(ren) not ready", count=len(failed))
+                # Each child logged its own failure in full; this is the summary.
+                self._log.error(
+                    "node started, but {count} part(s) are not ready: {reasons}", count=len(failed), reasons=failed
+                )
                 return
             self._log.info(
                 "node ready in {seconds:.2f} s", seconds=max(0.0, clock.seconds() - started), node_id=self._cfg.node.id

@@ -6,9 +6,9 @@ import contextlib
 import io
 import platform
 
-import twisted
 from twisted.trial.unittest import SynchronousTestCase
 
+import twisted
 from fastedge import __version__
 from fastedge.admin import main
 

@@ -71,3 +71,31 @@ class ReadyTests(SynchronousTestCase):
         self.assertEqual([e for e in events if "node ready" in e["log_format"]], [])
         (error,) = [e for e in events if "not ready" in e["log_format"]]
         self.assertEqual((error["count"], error["reasons"]), (1, ["database unreachable"]))
+
+
+class SummaryTests(SynchronousTestCase):
+    def test_postgresql_without_credentials(self) -> None:
+        """With PostgreSQL, the store line names the primaries and the
+        replica by host, port, database and user; never a password."""
+        from twisted.application.service import MultiService
+
+        cfg = load_config(
+            None,
+            {
+                "store.backend": "postgresql",
+                "store.postgresql.primaries": [
+                    "host=db1.example port=5432 dbname=fe user=fe password=hunter2",
+                    "postgresql://fe:hunter2@db2.example:5433/fe",
+                ],
+                "store.postgresql.replica": "host=127.0.0.1 port=5432 dbname=fe user=fe password=hunter2",
+            },
+        )
+        lines = list(StartupReport(cfg, {}).lines(MultiService()))
+        (store,) = [(fmt, fields) for fmt, fields in lines if fmt.startswith("store ")]
+        text = store[0].format(**store[1])
+        self.assertEqual(
+            text,
+            "store postgresql: primaries host=db1.example port=5432 dbname=fe user=fe,"
+            " host=db2.example port=5433 dbname=fe user=fe, replica host=127.0.0.1 port=5432 dbname=fe user=fe",
+        )
+        self.assertNotIn("hunter2", repr(lines))

@@ -65,12 +65,19 @@ class Refused(Exception):
         self.code = code
 
 
+def _version_line() -> str:
+    from .startup import version_line
+
+    return version_line()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastedge-admin",
         description="Operate a fastedge node's data. The config comes from --config, $FASTEDGE_CONFIG, "
         "or etc/fastedge.toml found from the working directory upward.",
     )
+    p.add_argument("--version", action="version", version=_version_line())
     p.add_argument("--config", "-c", help="the node's TOML config file")
     p.add_argument("--data-dir", help="data directory (overrides node.data_dir)")
     p.add_argument("--init", action="store_true", help="create the store if it does not exist yet")

@@ -7,6 +7,9 @@ Wiring only: every child is built by its subpackage's ``make_service``.
 from __future__ import annotations
 
 import gc
+import os
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -26,8 +29,9 @@ from .mesh import service as mesh_service
 from .mesh.media import connect_media
 from .mesh.relay import connect_relay
 from .mesh.resource import mesh_routes
-from .metrics.registry import new_registry
+from .metrics.registry import new_registry, register_process_metrics
 from .pubsub import service as live_service
+from .startup import EXIT_UNAVAILABLE, ListenerUnavailable, StartupReport, check_listeners, refuse, version_line
 from .store import service as store_service
 from .transport import service as transport_service
 from .transport.accesslog import AccessLog
@@ -36,7 +40,17 @@ from .web import build_site
 
 
 class Options(usage.Options):
-    """Options of ``twistd fastedge``; the config file holds everything else."""
+    """Options of ``twistd fastedge``; the config file holds everything else.
+
+    Errors under twistd: twistd's own handling of a ``UsageError`` prints
+    its whole usage text (headed ``Usage: twistd [options]``) and the
+    reason on stdout, and exits 1. An operator needs the reason alone, on
+    stderr, so when these options run as twistd's subcommand
+    (``self.parent`` is set) :meth:`parseOptions` reports the error itself
+    as one line, ``fastedge: <key>: <reason>``, and exits 2, before twistd
+    sees it. Parsed on their own (tests, tools), they raise ``UsageError``
+    as usual. ``--help`` and ``--version`` print and exit 0.
+    """
 
     optParameters = [
         ["config", "c", None, "TOML config file (default: the built-in defaults, as in etc/fastedge.toml)."],
@@ -56,16 +70,28 @@ class Options(usage.Options):
     longdesc = "Runs one fastedge edge node. Bad configuration is refused before anything listens."
 
     config: EdgeConfig
-    #: Set when the config was refused: see :meth:`getUsage`.
-    _refused = False
 
-    def getUsage(self, width: int | None = None) -> str:
-        """The usage text; empty once the config was refused, because
-        twistd prints the usage before the error and the error's one line
-        (naming the key) is all an operator needs."""
-        if self._refused:
-            return ""
-        return str(super().getUsage(width))
+    def opt_version(self) -> None:
+        """Print fastedge's version (and Twisted's and Python's), then exit."""
+        print(version_line())
+        sys.exit(0)
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Parse, load and check the config; see the class docstring for errors."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            refuse(str(e))
+        if self.parent is not None:
+            # Only when twistd is about to run the node: a bind now, before
+            # anything is created on disk (tests parse options on their own
+            # and must not bind the default ports).
+            try:
+                check_listeners(self.config)
+            except ListenerUnavailable as e:
+                refuse(str(e), EXIT_UNAVAILABLE)
 
     def overrides(self) -> dict[str, Any]:
         """The dotted config keys set on the command line."""
@@ -87,13 +113,6 @@ class Options(usage.Options):
         return found
 
     def postOptions(self) -> None:
-        try:
-            self._check()
-        except usage.UsageError:
-            self._refused = True
-            raise
-
-    def _check(self) -> None:
         overrides = self.overrides()
         try:
             self.config = load_config(self["config"], overrides)
@@ -135,15 +154,42 @@ class Node(MultiService):
     reach with :func:`gc.freeze`. They live as long as the process, and a
     full collection walking them takes tens of milliseconds, which showed
     up directly as p99 latency under load.
+
+    The start-up block (:class:`fastedge.startup.StartupReport`) is logged
+    once every child has started, and ``node ready`` once every child with
+    a ``when_ready()`` is ready.
+
+    :param registry: the node's metrics registry (for tests and tools that
+        read it in process).
+    :param clock: times ``node ready``.
     """
 
-    #: The node's metrics registry (for tests and tools that read it in process).
-    registry: Any = None
+    def __init__(self, *, registry: Any = None, clock: Any = None, report: StartupReport | None = None) -> None:
+        super().__init__()
+        self.registry = registry
+        self.clock = clock
+        self.report = report
+        self._started_at: float | None = None
+
+    def _note_start(self) -> None:
+        if self._started_at is None and self.clock is not None:
+            self._started_at = self.clock.seconds()
+            if self.report is not None:
+                self.report.before_start()
+
+    def privilegedStartService(self) -> None:
+        self._note_start()
+        super().privilegedStartService()
 
     def startService(self) -> None:
+        self._note_start()
         super().startService()
         gc.collect()
         gc.freeze()
+        if self.report is not None:
+            self.report.log_started(self)
+            waits = [child.when_ready() for child in self if callable(getattr(child, "when_ready", None))]
+            self.report.when_ready(waits, self._started_at or 0.0, self.clock)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -155,8 +201,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = _reactor
     cfg = options.config
     registry = new_registry()
-    top = Node()
-    top.registry = registry
+    register_process_metrics(registry)
+    secrets = {
+        "mesh.ca_file": cfg.mesh.ca_file,
+        "api.secret_file": cfg.api.secret_file,
+        "tls.self_signed": os.path.join(cfg.node.data_dir, "selfsigned.pem"),
+    }
+    top = Node(registry=registry, clock=reactor, report=StartupReport(cfg, secrets))
 
     store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)
     store.setName("store")

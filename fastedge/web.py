@@ -3,12 +3,13 @@
 
 Mounts ``/api/`` (the comment API), ``/live`` (live threads: WebSocket, and
 SSE at ``/live/events``), ``/media/`` (the CDN), ``/embed/`` and
-``/widget.js`` (the comment widget), ``/healthz`` and
-``/metrics``; any other path is a JSON 404.
+``/widget.js`` (the comment widget), ``/healthz`` and ``/metrics``, and a
+small HTML landing page at ``/``; any other path is a JSON 404.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -36,6 +37,65 @@ class _JsonNotFound(Resource):
         request.route = "not_found"  # type: ignore[attr-defined]
         write_error(request, 404, "not_found", "no such resource")
         return NOT_DONE_YET
+
+
+_LANDING = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>fastedge {node_id}</title>
+</head>
+<body>
+<h1>fastedge {version}</h1>
+<p>Node <b>{node_id}</b> of deployment <b>{deployment}</b>, region {region}.</p>
+<ul>
+<li><a href="/healthz">/healthz</a>: the node's health (JSON)</li>
+<li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
+<li><a href="/api/v1/mesh">/api/v1/mesh</a>: the mesh as this node sees it (JSON)</li>
+<li><code>/api/v1/</code>: the comment API; <code>/live</code> (WebSocket) and
+<code>/live/events</code> (SSE): live threads; <code>/media/</code>: the CDN</li>
+</ul>
+<p>Documentation ships with the source, not with the node: <code>README.md</code>,
+<code>docs/openapi.yaml</code> (every HTTP route), <code>docs/live-protocol.md</code>,
+<code>docs/mesh.md</code>, <code>docs/consistency.md</code>.</p>
+</body>
+</html>
+"""
+
+
+class LandingPage(Resource):
+    """``GET /``: a small HTML page (no script) naming the node and linking
+    to what an operator opens first. Only ``/`` itself: other unknown
+    paths stay JSON 404s.
+
+    :param node: the node's identity, shown on the page.
+    """
+
+    isLeaf = True
+
+    def __init__(self, node: NodeConfig) -> None:
+        super().__init__()
+        self._body = _LANDING.format(
+            version=html.escape(__version__),
+            node_id=html.escape(node.id),
+            deployment=html.escape(node.deployment),
+            region=html.escape(node.region),
+        ).encode("utf-8")
+
+    def render_GET(self, request: Request) -> bytes:
+        request.route = "/"  # type: ignore[attr-defined]
+        if request.postpath not in ([], [b""]):
+            write_error(request, 404, "not_found", "no such resource")
+            return NOT_DONE_YET  # type: ignore[return-value]
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"content-security-policy", b"default-src 'none'")
+        return self._body
+
+    def render_HEAD(self, request: Request) -> bytes:
+        return self.render_GET(request)
 
 
 class EdgeRoot(Resource):
@@ -81,6 +141,7 @@ def build_site(
     :param access_log: the access log (``None``: off).
     """
     root = EdgeRoot()
+    root.putChild(b"", LandingPage(node))
     root.putChild(b"api", api)
     if live is not None:
         root.putChild(b"live", live)

@@ -4,6 +4,7 @@ and the service that runs its background work."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -45,8 +46,15 @@ class _SessionKeyLoader(Service):
         self._path = path
 
     def startService(self) -> None:
+        existed = os.path.exists(self._path)
         self._cookies.set_key(load_or_create_key(self._path))
-        self._log.info("session key loaded from {path}", path=self._path)
+        if existed:
+            self._log.info("session key loaded from {path}", path=self._path)
+        else:
+            self._log.warn(
+                "session key created at {path}; every node of the deployment must share it (api.secret_file)",
+                path=self._path,
+            )
         super().startService()
 
 

@@ -107,6 +107,9 @@ class SourceRateLimit:
 class EdgeDatagramProtocol(dns.DNSDatagramProtocol):
     """DNS over UDP, handing each datagram to the server factory."""
 
+    #: No "Starting protocol <... at 0x...>" line: the start-up summary says where DNS listens.
+    noisy = False
+
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         self.controller.handle_datagram(data, addr, self)
 
@@ -148,6 +151,8 @@ class EdgeServerFactory(server.DNSServerFactory):
     """
 
     _log = Logger()
+    #: No "Starting factory <... at 0x...>" line (the start-up summary lists listeners).
+    noisy = False
     protocol = EdgeStreamProtocol
 
     def __init__(

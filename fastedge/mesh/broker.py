@@ -49,46 +49,71 @@ class Limits:
 
 
 class _Refusals:
-    __slots__ = ("last", "since", "count")
+    __slots__ = ("last", "since", "first", "count", "total", "interval")
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, interval: float) -> None:
         self.last = now
         self.since = now
+        self.first = now
         self.count = 0
+        self.total = 1
+        self.interval = interval
 
 
 class RefusalLog:
-    """Refusals of one peer are logged once, then summarised.
+    """A peer's repeated failures are logged once, then summarised.
 
     A misconfigured peer (a certificate of another CA, a name that does not
-    match) is refused on every attempt, for as long as it is misconfigured.
-    Its first refusal is logged in full by the caller; later ones are only
-    counted, and a summary with the count is logged at most once every
-    :attr:`summary_seconds` (on the next refusal after that). A peer not
-    refused for :attr:`forget_seconds` starts over: its next refusal is a
-    new problem and is logged in full. The counters by reason stay exact.
+    match) is refused on every attempt, for as long as it is misconfigured;
+    a dead peer fails to connect on every retry for up to
+    ``mesh.forget_dead_seconds``. The first failure is logged in full by the
+    caller; later ones are only counted, and a summary with the count is
+    logged at most once every :attr:`summary_seconds` (on the next failure
+    after that). With ``growth`` above 1 the period grows by that factor
+    after each summary, up to ``max_summary_seconds``, so an outage of an
+    hour costs a handful of lines. A peer without a failure for
+    :attr:`forget_seconds` starts over: its next failure is a new problem
+    and is logged in full. :meth:`recovered` ends a run early (the link came
+    up) and says how long it lasted. The metrics stay exact.
+
+    One instance per kind of failure (the mesh has one for refusals and one
+    for unreachable peers): a key is only ever counted in one of them.
 
     :param clock: the node's clock.
+    :param what: the failures, as the summary line names them.
+    :param growth: factor by which the summary period grows (1: fixed).
     """
 
     _log = Logger()
     #: The summary's format (constant, for log observers).
-    SUMMARY = "mesh: {count} more refusals {direction} {peer} in the last {seconds:.0f} s; the last: {detail}"
+    SUMMARY = "mesh: {count} more {what} {direction} {peer} in the last {seconds:.0f} s; the last: {detail}"
     summary_seconds = 60.0
+    max_summary_seconds = 3600.0
     forget_seconds = 600.0
     #: Peers remembered at most (the oldest is forgotten first).
     max_peers = 1024
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        what: str = "refusals",
+        summary_seconds: float | None = None,
+        growth: float = 1.0,
+    ) -> None:
         self._clock = clock
+        self._what = what
+        self._growth = growth
+        if summary_seconds is not None:
+            self.summary_seconds = summary_seconds
         self._peers: dict[tuple[str, str], _Refusals] = {}
 
     def refused(self, key: tuple[str, str], *, direction: str, peer: str, detail: str) -> bool:
-        """Note one refusal of the peer known by ``key``.
+        """Note one failure of the peer known by ``key``.
 
         :param key: what identifies the peer across attempts (its host for
             an incoming connection, whose port changes every time).
-        :returns: whether the caller should log this refusal in full (the
+        :returns: whether the caller should log this failure in full (the
             first one); otherwise it is counted for the next summary.
         """
         now = self._clock.seconds()
@@ -96,16 +121,18 @@ class RefusalLog:
         if state is None or now - state.last > self.forget_seconds:
             self._peers.pop(key, None)
             if len(self._peers) >= self.max_peers:
-                # Insertion order is first-refusal order: forget the oldest.
+                # Insertion order is first-failure order: forget the oldest.
                 del self._peers[next(iter(self._peers))]
-            self._peers[key] = _Refusals(now)
+            self._peers[key] = _Refusals(now, self.summary_seconds)
             return True
         state.last = now
         state.count += 1
-        if now - state.since >= self.summary_seconds:
+        state.total += 1
+        if now - state.since >= state.interval:
             self._log.warn(
                 self.SUMMARY,
                 count=state.count,
+                what=self._what,
                 direction=direction,
                 peer=peer,
                 seconds=now - state.since,
@@ -113,7 +140,19 @@ class RefusalLog:
             )
             state.count = 0
             state.since = now
+            state.interval = min(state.interval * self._growth, max(self.max_summary_seconds, self.summary_seconds))
         return False
+
+    def recovered(self, key: tuple[str, str]) -> tuple[int, float] | None:
+        """The peer known by ``key`` is reachable again.
+
+        :returns: ``(failures, seconds)`` of the run of failures it ends
+            (for the caller's "back" line), or ``None`` when there was none.
+        """
+        state = self._peers.pop(key, None)
+        if state is None:
+            return None
+        return state.total, self._clock.seconds() - state.first
 
 
 def tls_error_text(reason: Failure) -> str | None:
@@ -360,6 +399,9 @@ class MeshServerFactory(pb.PBServerFactory):
     """Builds a :class:`MeshBroker` per incoming connection, and keeps them
     so a stopping node can close them all and wait."""
 
+    #: No "Starting factory <... at 0x...>" line (the start-up summary lists listeners).
+    noisy = False
+
     def __init__(
         self,
         root: Any,
@@ -396,6 +438,9 @@ class MeshClientFactory(pb.PBClientFactory):
     """Builds the :class:`MeshBroker` of an outgoing link; ``on_ready`` is
     called with it once PB is negotiated (TLS is up by then), ``on_closed``
     once its connection is closed."""
+
+    #: No "Starting factory" / "Stopping factory" pair on every reconnect.
+    noisy = False
 
     def __init__(
         self,

@@ -61,6 +61,13 @@ class MeshMetrics:
             ["reason"],
             registry=registry,
         )
+        self.connect_failures = Counter(
+            "fastedge_mesh_connect_failures_total",
+            "Connection attempts to peers that failed before connecting, by reason (refused, timeout, dns, other);"
+            " the log has the first of a run and summaries.",
+            ["reason"],
+            registry=registry,
+        )
         self.disconnects = Counter(
             "fastedge_mesh_peer_disconnects_total",
             "Peers disconnected for misbehaving, by reason (insecure_type, bad_message, "

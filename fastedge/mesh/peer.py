@@ -18,8 +18,16 @@ from typing import Any
 
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.logger import Logger
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    LogEvent,
+    Logger,
+    PredicateResult,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import implementer
@@ -189,6 +197,52 @@ class LinkMind(pb.Referenceable):
         return self._link.node.relay_call_back(self._link, "events", events)
 
 
+#: ``ClientService`` logs this before every retry (two lines a peer every
+#: few seconds while a peer is down); see :class:`_LinkService`.
+_RETRY_LINE = "Scheduling retry "
+
+
+@implementer(ILogFilterPredicate)
+class _NotARetryLine:
+    """Drops ``ClientService``'s per-retry line, passes the rest."""
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        if str(event.get("log_format", "")).startswith(_RETRY_LINE):
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
+class _LinkService(ClientService):
+    """Twisted's reconnecting client without its per-retry log line.
+
+    A dead peer is retried every ``mesh.reconnect_max_seconds`` for up to
+    ``mesh.forget_dead_seconds``; :meth:`Link.connect_failed` logs the first
+    failure and then summaries at growing intervals (``RefusalLog``), and
+    ``fastedge_mesh_connect_failures_total`` counts every one. The machine
+    takes its logger from ``self._log`` at construction, so this instance's
+    logger drops that one line and passes everything else on.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._log = Logger(
+            namespace="fastedge.mesh.peer.Link",
+            source=self,
+            observer=FilteringLogObserver(globalLogPublisher, [_NotARetryLine()]),
+        )
+        super().__init__(*args, **kwargs)
+
+
+def _connect_reason(failure: Failure) -> str:
+    """The label of a failed connect: refused, timeout, dns or other."""
+    if failure.check(ConnectionRefusedError):
+        return "refused"
+    if failure.check(TimeoutError):
+        return "timeout"
+    if failure.check(DNSLookupError):
+        return "dns"
+    return "other"
+
+
 @implementer(ILink)
 class Link:
     """This node's connection to one peer, reconnecting with backoff.
@@ -239,7 +293,7 @@ class Link:
             on_closed=self._closed,
             refusals=getattr(node, "refusals", None),
         )
-        self.service = ClientService(
+        self.service = _LinkService(
             _CountingEndpoint(endpoint, self),
             self._factory,
             retryPolicy=lambda attempt: self._retry_delay(policy, attempt),
@@ -283,6 +337,33 @@ class Link:
         if self._attempting:
             self._attempting = False
             self.node.membership.busy(-1)
+
+    def _unreachable_key(self) -> tuple[str, str]:
+        # By node id when known: a restarted node may come back elsewhere.
+        return ("to", self.peer_id or "{}:{}".format(*self.address))
+
+    def connect_failed(self, failure: Failure) -> None:
+        """A connection attempt failed before a connection existed: counted
+        always, logged the first time and then in summaries."""
+        if self._stopped:
+            return
+        reason = _connect_reason(failure)
+        self.node.metrics.connect_failures.labels(reason).inc()
+        unreachable = getattr(self.node, "unreachable", None)
+        peer = self.peer_id or "a seed"
+        detail = failure.getErrorMessage()
+        if unreachable is None or unreachable.refused(
+            self._unreachable_key(), direction="to", peer=peer, detail=detail
+        ):
+            self._log.warn(
+                "mesh link to {peer} at {host}:{port} cannot connect ({reason}): {detail}; retrying with backoff,"
+                " further failures are summarised",
+                peer=peer,
+                host=self.address[0],
+                port=self.address[1],
+                reason=reason,
+                detail=detail,
+            )
 
     def _closed(self, broker: MeshBroker) -> None:
         if broker.logged_in_at is None:
@@ -342,6 +423,17 @@ class Link:
         self.node.metrics.links.labels("up").inc()
         broker.notifyOnDisconnect(lambda: self._disconnected(broker))
         self._log.info("mesh link to {peer} is up", peer=node_id)
+        unreachable = getattr(self.node, "unreachable", None)
+        back = unreachable.recovered(self._unreachable_key()) if unreachable is not None else None
+        if back is not None:
+            self._log.info(
+                "mesh link to {peer} at {host}:{port} is back after {failures} failed connections in {seconds:.0f} s",
+                peer=node_id,
+                host=self.address[0],
+                port=self.address[1],
+                failures=back[0],
+                seconds=back[1],
+            )
         try:
             self.node.membership.link_up(self, announcement, members)
         except BadMessage as e:
@@ -433,6 +525,7 @@ class _CountingEndpoint:
 
         def failed(f: Failure) -> Failure:
             self._link.attempt_done()
+            self._link.connect_failed(f)
             return f
 
         d.addErrback(failed)

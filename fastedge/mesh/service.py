@@ -131,6 +131,9 @@ class MeshService(Service):
         self.metrics = MeshMetrics(registry)
         #: Refused peers are logged once, then summarised (both directions).
         self.refusals = RefusalLog(clock)
+        #: Peers that cannot be reached: the first failed connect is logged,
+        #: then summaries every 60 s, 120 s, 240 s ... (at most hourly).
+        self.unreachable = RefusalLog(clock, what="failed connections", summary_seconds=60.0, growth=2.0)
         self.node_map = NodeMap()
         self.node_map.subscribe(self._count_peers)
         self.version = version

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
+import platform
+
+from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector
+
+import twisted
+
+from .. import __version__
 
 
 def new_registry() -> CollectorRegistry:
@@ -12,3 +18,24 @@ def new_registry() -> CollectorRegistry:
     process in tests, and each must report only its own figures.
     """
     return CollectorRegistry(auto_describe=True)
+
+
+def register_process_metrics(registry: CollectorRegistry) -> None:
+    """Add what every exporter shows to a node's registry:
+    ``fastedge_build_info{version,python,twisted}`` (always 1), the
+    process's CPU time, memory, open and maximum descriptors and start time
+    (``process_*``, from /proc; absent on systems without it), and
+    ``python_info``.
+
+    Only the node's own registry gets them (``fastedge.tap``): one process,
+    one set, whatever number of registries tests make.
+    """
+    build = Gauge(
+        "fastedge_build_info",
+        "The running fastedge version, with Python's and Twisted's (always 1).",
+        ["version", "python", "twisted"],
+        registry=registry,
+    )
+    build.labels(__version__, platform.python_version(), twisted.__version__).set(1)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)

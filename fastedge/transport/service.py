@@ -82,7 +82,8 @@ class CertificateLoader(Service):
     def __init__(
         self, store: CertificateStore, cfg: TlsConfig, *, self_signed_path: str, common_name: str, reactor: Any
     ) -> None:
-        self._store = store
+        #: The certificates (their names are listed in the start-up summary).
+        self.store = store
         self._cfg = cfg
         self._self_signed_path = self_signed_path
         self._common_name = common_name
@@ -99,9 +100,9 @@ class CertificateLoader(Service):
                     directory=self._cfg.cert_dir,
                     path=self._self_signed_path,
                 )
-        self._store.refresh(force=True)
+        self.store.refresh(force=True)
         # Fails start (before anything listens) when no default is usable.
-        self._store.default_context()
+        self.store.default_context()
         super().privilegedStartService()
 
 

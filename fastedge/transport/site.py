@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.error import UnsupportedMethod
+from twisted.web.http import RESPONSES
 from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -55,6 +57,16 @@ class EdgeRequest(Request):
         return self._fastedge_site
 
     _limit: int | None = None
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        """Set the status; a status Twisted has no reason phrase for (426,
+        429, 431 ...) gets the standard one instead of ``Unknown Status``."""
+        if message is None and code not in RESPONSES:
+            try:
+                message = HTTPStatus(code).phrase.encode("ascii")
+            except ValueError:
+                pass
+        super().setResponseCode(code, message)
 
     @property
     def body_limit(self) -> int:
@@ -235,6 +247,8 @@ class EdgeSite(Site):
     access log (:mod:`fastedge.transport.accesslog`) instead of Twisted's."""
 
     requestFactory = EdgeRequest
+    #: No "Starting factory <... at 0x...>" line (the start-up summary lists listeners).
+    noisy = False
     protocol = edge_channel
     displayTracebacks = False
 

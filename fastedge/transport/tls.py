@@ -437,6 +437,7 @@ class CountingTLSFactory(_Gated, TLSMemoryBIOFactory):
     """
 
     protocol = CountingTLSProtocol
+    noisy = False
 
     def __init__(
         self,
@@ -468,6 +469,7 @@ class CountingFactory(_Gated, WrappingFactory):
 
     protocol = CountedConnection
     _answer_overload = True
+    noisy = False
 
     def __init__(
         self,

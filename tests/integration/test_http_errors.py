@@ -346,6 +346,30 @@ class HttpErrorTests(_NodeCase):
         reply = yield self.answered_and_kept(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 405, "method_not_allowed")
         self.assertEqual(reply.headers["allow"], "OPTIONS")
 
+    @defer.inlineCallbacks
+    def test_live_without_upgrade_has_its_reason_phrase(self) -> Any:
+        """A plain GET of /live is ``426 Upgrade Required`` on the status
+        line (Twisted knows no phrase for 426 and wrote ``Unknown Status``)."""
+        reply = yield self.answered_and_kept(b"GET /live HTTP/1.1\r\nHost: a\r\n\r\n", 426, "upgrade_required")
+        self.assertEqual(reply.status_line, "HTTP/1.1 426 Upgrade Required")
+        self.assertEqual(reply.headers["upgrade"], "websocket")
+
+    @defer.inlineCallbacks
+    def test_landing_page(self) -> Any:
+        """``GET /`` is a small HTML page (no script) linking to /healthz and
+        /metrics and naming the docs; other unknown paths stay JSON 404s."""
+        client = yield self.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", then=b"GET /nothing HTTP/1.1\r\nHost: a\r\n\r\n")
+        reply = _Reply(client.data)
+        self.assertEqual(reply.status_line, "HTTP/1.1 200 OK")
+        self.assertEqual(reply.headers["content-type"], "text/html; charset=utf-8")
+        self.assertEqual(reply.headers["content-security-policy"], "default-src 'none'")
+        page = reply.body.decode("utf-8")
+        for text in ('href="/healthz"', 'href="/metrics"', "docs/openapi.yaml", "README.md"):
+            self.assertIn(text, page)
+        self.assertNotIn("<script", page)
+        second = _Reply(reply.rest)
+        self.assertEqual((second.status, second.code), (404, "not_found"))
+
     # WebSocket upgrades autobahn accepted or answered without a body.
 
     @defer.inlineCallbacks

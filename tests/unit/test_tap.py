@@ -112,15 +112,6 @@ class MeshFilesTests(SynchronousTestCase):
         options.parseOptions(["--data-dir", os.path.abspath(self.mktemp())])
         self.assertEqual(options.config.mesh.seeds, ())
 
-    def test_usage_not_repeated_on_config_errors(self) -> None:
-        """twistd prints the options' usage before a usage error; after a
-        config error that usage is left out (the line says it all)."""
-        options = Options()
-        with self.assertRaises(UsageError):
-            options.parseOptions(["--node-id", "Not Valid"])
-        self.assertEqual(options.getUsage(), "")
-        self.assertIn("--config", Options().getUsage())
-
 
 class MakeServiceTests(SynchronousTestCase):
     def setUp(self) -> None:

@@ -36,6 +36,7 @@ from ..api.errors import ApiError, bad_request, from_store_error
 from ..api.public import PageRead, PublicApi
 from ..api.router import Call, Reply
 from ..config import ApiConfig
+from ..jsonhttp import write_error
 from ..store.errors import StoreError
 from ..store.model import Sort
 from .render import (
@@ -154,6 +155,8 @@ class EmbedResource(Resource):
         segments = request.path.split(b"?", 1)[0].split(b"/")[2:]
         if len(segments) == 2 and segments[0] == b"static":
             request.route = "/embed/static/{file}"  # type: ignore[attr-defined]
+            if request.method not in (b"GET", b"HEAD"):
+                return self._method_not_allowed(request, b"GET, HEAD")
             return self._serve_static(request, segments[1].decode("latin-1"))
         if len(segments) == 2 and segments[1] == b"" and segments[0]:
             request.route = "/embed/{tenant}/"  # type: ignore[attr-defined]
@@ -163,8 +166,7 @@ class EmbedResource(Resource):
             elif request.method == b"POST":
                 d = self._form_post(request, tenant)
             else:
-                request.setHeader(b"allow", b"GET, HEAD, POST")
-                return self._finish_empty(request, 405, "This page cannot be used that way.")
+                return self._method_not_allowed(request, b"GET, HEAD, POST")
             d.addErrback(self._unexpected, request)
             return NOT_DONE_YET
         if len(segments) == 1 and segments[0] and segments[0] != b"static":
@@ -177,6 +179,15 @@ class EmbedResource(Resource):
             return b""
         request.route = "/embed/not_found"  # type: ignore[attr-defined]
         return self._finish_empty(request, 404, "There is nothing here.")
+
+    def _method_not_allowed(self, request: Request, allow: bytes) -> int:
+        """The transport's answer to a method a resource does not take
+        (docs/http-errors.md): a JSON 405 with ``Allow``, for the page and
+        its static files as for every other resource."""
+        request.route = "method_not_allowed"  # type: ignore[attr-defined]
+        request.setHeader(b"allow", allow)
+        write_error(request, 405, "method_not_allowed", "method not allowed here")
+        return NOT_DONE_YET
 
     # Static files
 
@@ -201,9 +212,10 @@ class EmbedResource(Resource):
     # Pages
 
     def _context(self, tenant_id: str, query: _Query, url_id: str) -> PageContext:
-        call_sort = query.get("sort") or "newest"
+        # As the JSON API: absent is newest, anything else (even empty) must
+        # be one of the three (the page's own links leave out sort=newest).
         try:
-            sort = Sort(call_sort)
+            sort = Sort(query.values.get("sort", "newest"))
         except ValueError:
             raise bad_request("sort must be newest, oldest or top", code="bad_sort") from None
         return PageContext(

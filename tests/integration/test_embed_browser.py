@@ -158,6 +158,10 @@ class EmbedBrowserTests(TestCase):
                 "[api]",
                 "writes_per_minute_per_ip = 100000",
                 "writes_per_minute_per_session = 100000",
+                # Every reader here is 127.0.0.1, standing for a crowd at
+                # many addresses; the per-address like rule has its own
+                # tests (docs/moderation.md).
+                "likes_per_address = 100000",
             ]
         )
         self.node = yield start_node(config, data_dir)

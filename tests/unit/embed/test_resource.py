@@ -248,10 +248,32 @@ class EmptyStateTests(EmbedTestCase):
         self.assertIn(b'<form id="fe-form"', response.body)
 
     def test_bad_sort(self) -> None:
-        """A bad sort is the JSON API's 400, as a page."""
-        response = self.page(self.node.client(), sort="sideways")
-        self.assertEqual(response.code, 400)
-        self.assertIn(b"sort must be newest, oldest or top", response.body)
+        """A bad sort, empty included (as in the JSON API and the spec's
+        enum), is the JSON API's 400, as a page."""
+        for sort in ("sideways", ""):
+            response = self.page(self.node.client(), sort=sort)
+            self.assertEqual(response.code, 400, sort)
+            self.assertIn(b"sort must be newest, oldest or top", response.body)
+
+    def test_repeated_query_parameter(self) -> None:
+        """A query parameter given twice is the API's 400 ``bad_query`` as a
+        page, for GET, HEAD and POST alike."""
+        path = self.embed_path() + "&sort=top&sort=top"
+        client = self.node.client()
+        for method in ("GET", "HEAD", "POST"):
+            response = client.request(method, path, data=b"text=hi&displayName=Ann", headers=FORM)
+            self.assertEqual(response.code, 400, method)
+            self.assertIn("text/html", response.header("content-type") or "")
+            if method != "HEAD":
+                self.assertIn(b"given more than once", response.body)
+
+    def test_unlisted_method(self) -> None:
+        """A method the page does not take is the transport's JSON 405 with
+        ``Allow`` (docs/http-errors.md), not a page."""
+        for method in ("PUT", "DELETE", "TRACE", "BREW"):
+            response = self.node.client().request(method, self.embed_path())
+            self.assertEqual((response.code, response.json["error"]["code"]), (405, "method_not_allowed"), method)
+            self.assertEqual(response.header("allow"), "GET, HEAD, POST")
 
 
 class FormPostTests(EmbedTestCase):
@@ -428,6 +450,16 @@ class StaticTests(EmbedTestCase):
         self.assertEqual(again.code, 304)
         self.assertEqual(self.node.client().get("/embed/static/../api").code, 404)
         self.assertEqual(self.node.client().get("/embed/static/nope.js").code, 404)
+
+    def test_static_unlisted_method(self) -> None:
+        """Static files are GET and HEAD only: any other method (TRACE
+        included) is the transport's JSON 405 with ``Allow``, never the file."""
+        client = self.node.client()
+        self.assertEqual(client.request("HEAD", "/embed/static/embed.js").code, 200)
+        for method in ("POST", "PUT", "DELETE", "TRACE", "OPTIONS"):
+            response = client.request(method, "/embed/static/embed.js")
+            self.assertEqual((response.code, response.json["error"]["code"]), (405, "method_not_allowed"), method)
+            self.assertEqual(response.header("allow"), "GET, HEAD")
 
     def test_widget_snippet(self) -> None:
         """``/widget.js`` is served for any site to include, and checks the

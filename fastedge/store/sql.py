@@ -273,8 +273,17 @@ def _audit_entry(row: Any) -> AuditEntry:
 
 _APPROVED = CommentStatus.APPROVED.value
 
+
 #: The tables holding a tenant's rows, children before parents: the order
 #: :meth:`SqlStore.delete_tenant` deletes in.
+def _page(rows: Sequence[Any], limit: int, make: Callable[[Any], _T], cursor_of: Callable[[Any], str]) -> Page[_T]:
+    """A page from the ``limit + 1`` rows a listing reads: the extra row only
+    says a next page exists; its cursor is made from the last row kept
+    (``cursor_of`` reads the row's sort columns)."""
+    next_cursor = cursor_of(rows[limit - 1]) if len(rows) > limit else None
+    return Page([make(r) for r in rows[:limit]], next_cursor)
+
+
 _TENANT_TABLES = (
     s.author_claims,
     s.thread_access,
@@ -973,12 +982,7 @@ class SqlStore:
             query = query.order_by(t.created_ms.desc(), t.id.desc()).limit(limit + 1)
             with self._reading(read_preference) as conn:
                 rows = conn.execute(query).all()
-            items = [_thread(r) for r in rows[:limit]]
-            next_cursor = None
-            if len(rows) > limit:
-                last = items[-1]
-                next_cursor = _encode_cursor("threads", last.created_ms, last.id)
-            return Page(items, next_cursor)
+            return _page(rows, limit, _thread, lambda last: _encode_cursor("threads", last.created_ms, last.id))
 
         return self._call("list_threads", read_preference, go, token=token)
 
@@ -1174,11 +1178,7 @@ class SqlStore:
         def go() -> Page[Comment]:
             with self._reading(read_preference) as conn:
                 rows = conn.execute(query).all()
-            items = [_comment(r) for r in rows[:limit]]
-            next_cursor = None
-            if len(rows) > limit:
-                next_cursor = _encode_cursor("comments", items[-1].created_ms, items[-1].id)
-            return Page(items, next_cursor)
+            return _page(rows, limit, _comment, lambda last: _encode_cursor("comments", last.created_ms, last.id))
 
         return self._call("list_comments", read_preference, go, token=token)
 
@@ -1506,15 +1506,11 @@ class SqlStore:
         def go() -> Page[Comment]:
             with self._reading(read_preference) as conn:
                 rows = conn.execute(query).all()
-            items = [_comment(r) for r in rows[:limit]]
-            next_cursor = None
-            if len(rows) > limit:
-                last = items[-1]
-                if by_flags:
-                    next_cursor = _encode_cursor(kind, last.flag_count, last.created_ms, last.id)
-                else:
-                    next_cursor = _encode_cursor(kind, last.created_ms, last.id)
-            return Page(items, next_cursor)
+            if by_flags:
+                return _page(
+                    rows, limit, _comment, lambda last: _encode_cursor(kind, last.flag_count, last.created_ms, last.id)
+                )
+            return _page(rows, limit, _comment, lambda last: _encode_cursor(kind, last.created_ms, last.id))
 
         return self._call("moderation_queue", read_preference, go, token=token)
 
@@ -1924,11 +1920,7 @@ class SqlStore:
         def go() -> Page[Ban]:
             with self._reading(read_preference) as conn:
                 rows = conn.execute(query).all()
-            items = [_ban(r) for r in rows[:limit]]
-            next_cursor = None
-            if len(rows) > limit:
-                next_cursor = _encode_cursor("bans", items[-1].created_ms, items[-1].id)
-            return Page(items, next_cursor)
+            return _page(rows, limit, _ban, lambda last: _encode_cursor("bans", last.created_ms, last.id))
 
         return self._call("list_bans", read_preference, go, token=token)
 
@@ -1985,11 +1977,7 @@ class SqlStore:
         def go() -> Page[AuditEntry]:
             with self._reading(read_preference) as conn:
                 rows = conn.execute(query).all()
-            items = [_audit_entry(r) for r in rows[:limit]]
-            next_cursor = None
-            if len(rows) > limit:
-                next_cursor = _encode_cursor("audit", rows[limit - 1].created_ms, rows[limit - 1].seq)
-            return Page(items, next_cursor)
+            return _page(rows, limit, _audit_entry, lambda last: _encode_cursor("audit", last.created_ms, last.seq))
 
         return self._call("audit_log", read_preference, go, token=token)
 

@@ -49,6 +49,7 @@ from .interfaces import ILink
 from .messages import Announcement, BadMessage, Refused
 from .metrics import MeshMetrics
 from .nodemap import NodeInfo, NodeMap, NodeState
+from .unanswered import CallFailures
 
 __all__ = ["Membership", "Peer", "PeerDetector", "Timing"]
 
@@ -282,6 +283,8 @@ class Membership:
         self.on_peer_gone: list[Callable[[Peer], None]] = []
         self._pending = 0
         self._idle_waiters: list[Deferred[None]] = []
+        #: Where the failures of calls nobody waits for go (logged, counted).
+        self.failures = CallFailures(metrics, monotonic)
 
     # Life
 
@@ -306,7 +309,9 @@ class Membership:
         goodbyes = []
         for peer in self.peers.values():
             if peer.link is not None and peer.link.up and peer.state is not NodeState.LEAVING:
-                goodbyes.append(timeout_call(self._call(peer.link, "leave")).addErrback(lambda f: None))
+                goodbyes.append(
+                    self.failures.watch(timeout_call(self._call(peer.link, "leave")), "leave", peer.node_id)
+                )
         d = DeferredList(goodbyes)
 
         def stop_links(_: object) -> Deferred[Any]:
@@ -549,7 +554,7 @@ class Membership:
             self.node_map.upsert(node_info(self.me, NodeState.ALIVE))
         for peer in self.peers.values():
             if peer.link is not None and peer.link.up:
-                self._call(peer.link, "announce", self.me).addErrback(lambda f: None)
+                self.failures.watch(self._call(peer.link, "announce", self.me), "announce", peer.node_id)
 
     def _observe(
         self,
@@ -762,7 +767,7 @@ class Membership:
             except BadMessage as e:
                 link.abort("bad_message", str(e))
 
-        self._call(link, "members").addCallbacks(got, lambda f: None)
+        self.failures.watch(self._call(link, "members").addCallback(got), "members", peer.node_id)
 
     def _probe(self, suspect: Peer) -> None:
         """Ask every other live peer when it last heard from ``suspect``."""

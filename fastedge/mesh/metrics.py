@@ -81,6 +81,12 @@ class MeshMetrics:
             ["method"],
             registry=registry,
         )
+        self.call_failures = Counter(
+            "fastedge_mesh_call_failures_total",
+            "Calls to peers whose answer nobody waits for that failed, by call.",
+            ["call"],
+            registry=registry,
+        )
         self.probes = Counter(
             "fastedge_mesh_indirect_probes_total",
             "Indirect probes of a suspect node through other peers, by outcome "

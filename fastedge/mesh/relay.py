@@ -424,7 +424,7 @@ class Relay:
                 continue
             for start in range(0, len(wires), EVENTS_BATCH):
                 batch = wires[start : start + EVENTS_BATCH]
-                session.mind.callRemote("events", batch).addErrback(lambda f: None)
+                self.mesh.membership.failures.watch(session.mind.callRemote("events", batch), "events", session.node_id)
             self._metrics.relay_events.labels("sent").inc(len(wires))
 
     def _forward(self, owner: str, event: Event, hops: int, *, owed: bool = False) -> None:
@@ -516,14 +516,15 @@ class Relay:
         for peer in self.mesh.membership.peers.values():
             if peer.announcement.deployment != self._deployment or peer.link is None or not peer.link.up:
                 continue
-            self.mesh.membership._call(
+            d = self.mesh.membership._call(
                 peer.link,
                 "block",
                 tenant_id,
                 viewer_author_id,
                 author_id,
                 bool(blocked),
-            ).addErrback(lambda f: None)
+            )
+            self.mesh.membership.failures.watch(d, "block", peer.node_id)
 
     # Following (this node has subscribers of a channel another node owns)
 
@@ -629,7 +630,8 @@ class Relay:
                     follow.pending = None
             done.callback(None)
 
-        d.addCallbacks(answered, lambda f: None)
+        d.addCallback(answered)
+        self.mesh.membership.failures.watch(d, "follow", owner)
         d.addBoth(finish)
 
     def _followed(self, owner: str, channels: list[ChannelKey], answer: Any) -> None:
@@ -663,7 +665,7 @@ class Relay:
         if link is None:
             return
         names = [[c[0], c[1]] for c in channels]
-        self.mesh.membership._call(link, "unfollow", names).addErrback(lambda f: None)
+        self.mesh.membership.failures.watch(self.mesh.membership._call(link, "unfollow", names), "unfollow", owner)
 
     def _link_up(self, peer: Any, link: Any) -> None:
         """A link came (back) up: re-follow what this node follows there

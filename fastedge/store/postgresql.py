@@ -742,7 +742,9 @@ class PostgresStore(SqlStore):
                 timeline=timeline,
             )
             # Connections to the old primary are useless now.
-            self._run(old.engine.dispose).addErrback(lambda f: None)
+            self._run(old.engine.dispose).addErrback(
+                lambda f: self._log.failure("closing the old primary's connections failed", f)
+            )
         return index
 
     # Lifecycle

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.api.test_router -*-
+# -*- test-case-name: tests.unit.transport.test_channel,tests.unit.api.test_manage -*-
 """JSON bodies for HTTP responses, errors included.
 
 Every error a client sees has the same shape::

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_web -*-
+# -*- test-case-name: tests.unit.test_tap,tests.unit.test_openapi -*-
 """``build_site()``: the one Site every public listener serves.
 
 Mounts ``/api/`` (the comment API), ``/live`` (live threads: WebSocket, and

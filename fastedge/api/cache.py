@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.api.test_cache -*-
+# -*- test-case-name: tests.unit.api.test_pieces -*-
 """A short-lived, bounded cache of public thread pages.
 
 Most readers of a thread carry no session, so they all get the same bytes:

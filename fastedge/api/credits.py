@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.api.test_credits -*-
+# -*- test-case-name: tests.unit.api.test_pieces -*-
 """API credits: charged per tenant-API call, summed in memory, flushed to
 the store's ledger every ``api.credits.flush_seconds`` and at stop.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.api.test_ratelimit -*-
+# -*- test-case-name: tests.unit.api.test_pieces -*-
 """Token-bucket rate limits on comment writes, per session and per IP."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.api.test_router -*-
+# -*- test-case-name: tests.unit.api.test_manage,tests.unit.api.test_public,tests.integration.test_odd_input -*-
 """A small JSON router: route templates to handlers, errors to JSON.
 
 Handlers take a :class:`Call` and return a :class:`Reply` (or a Deferred of

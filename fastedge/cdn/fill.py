@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.cdn.test_fill -*-
+# -*- test-case-name: tests.unit.cdn.test_resource,tests.integration.test_cdn -*-
 """Coalesced downloads: one fetch per object however many requests want it,
 streamed to all of them while it is written to the cache.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.cdn.test_service -*-
+# -*- test-case-name: tests.unit.cdn.test_resource,tests.integration.test_cdn -*-
 """The ``cdn`` child: opens the media cache at start, snapshots its index
 periodically, and closes it (and its origin connections) at stop.
 

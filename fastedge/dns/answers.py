@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.dns.test_answers -*-
+# -*- test-case-name: tests.unit.dns.test_server,tests.unit.mesh.test_dns_map -*-
 """Who a geo-routed name answers: precomputed per (deployment, address
 family, location cell) for the node map's current version.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.dns.test_authority -*-
+# -*- test-case-name: tests.unit.dns.test_server -*-
 """The zones and what each name in them answers (the general path).
 
 :class:`EdgeAuthority` is a ``twisted.names`` resolver (``ResolverBase``,

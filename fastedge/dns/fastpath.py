@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.dns.test_fastpath -*-
+# -*- test-case-name: tests.unit.dns.test_server -*-
 """The fast path: the common query answered from precomputed wire bytes.
 
 The common query is one question, A or AAAA, class IN, for a geo-routed

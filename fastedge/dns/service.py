@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.dns.test_service -*-
+# -*- test-case-name: tests.unit.dns.test_server,tests.integration.test_geodns -*-
 """The ``dns`` child: the authoritative server on UDP and TCP."""
 
 from __future__ import annotations

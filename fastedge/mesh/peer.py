@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.mesh.test_peer -*-
+# -*- test-case-name: tests.unit.mesh.test_membership,tests.unit.mesh.test_refusals,tests.unit.mesh.test_unreachable -*-
 """The two ends of a mesh link in PB terms.
 
 Every node has one outgoing :class:`Link` to every other node, and

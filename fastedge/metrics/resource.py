@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.metrics.test_resource -*-
+# -*- test-case-name: tests.unit.metrics.test_registry -*-
 """``GET /metrics``: the registry in the Prometheus text format (or
 OpenMetrics, when the scraper asks for it)."""
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.pubsub.test_resource -*-
+# -*- test-case-name: tests.unit.pubsub.test_protocol,tests.integration.test_http_errors -*-
 """``/live``: the WebSocket endpoint, with the SSE stream at ``/live/events``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.store.test_service -*-
+# -*- test-case-name: tests.integration.test_store_service -*-
 """The ``store`` child: owns the database connections and their threads."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.transport.test_service -*-
+# -*- test-case-name: tests.integration.test_tls,tests.integration.test_connections -*-
 """The ``transport`` child: the public HTTP and HTTPS listeners and the
 API's background work.
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import puremagic
 from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
 
 from ..api.errors import ApiError, bad_request
 from ..api.router import Call, Route
@@ -23,6 +24,8 @@ from ..config import CdnConfig
 from .keys import BadKey, check_key
 from .origin import OriginError
 from .service import CdnService
+
+log = Logger()
 
 UPLOAD_PATH = "/api/v1/manage/media"
 PURGE_PATH = "/api/v1/manage/media/purge"
@@ -165,5 +168,12 @@ class MediaApi:
         except OriginError as e:
             status = 504 if e.kind == "timeout" else 502
             raise ApiError(status, "origin_" + e.kind, "the origin did not delete every object: " + e.detail) from None
+        log.info(
+            "deleted {count} media objects of {tenant} at the origin ({kind} {value!r})",
+            count=deleted,
+            tenant=tenant.id,
+            kind=kind,
+            value=value,
+        )
         purged = self._cdn.apply_purge(tenant.id, kind, value)
         return 200, {"deleted": deleted, "purged": purged, kind: value}, None

@@ -107,11 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     delete = tsub.add_parser(
         "delete",
         parents=[json_flag],
-        help="delete a tenant with all its data and cached media",
-        description="Deletes every row of the tenant (keys, threads, comments, votes, authors, credits) "
-        "and purges its objects from the media caches of the deployment's nodes (through the running "
-        "node; from the local cache directory when the node is not running). Objects in the tenant's "
-        "S3 origin are not deleted.",
+        help="delete a tenant with all its data and media",
+        description="Deletes the tenant's media objects from its S3 origin and from the media caches "
+        "of the deployment's nodes (through the running node; when no node answers, from the origin "
+        "directly with the config's credentials and from the local cache directory), then every row "
+        "of the tenant (keys, threads, comments, votes, authors, credits). If the origin fails, "
+        "nothing is deleted from the store: run the command again.",
     )
     delete.add_argument("tenant_id")
     delete.add_argument("--yes", action="store_true", help="really delete (required)")
@@ -497,22 +498,34 @@ def _delete_tenant(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig, stor
 
 @inlineCallbacks
 def _purge_media(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig, store: Any, tenant: Tenant, now: int) -> Any:
-    """Remove the tenant's cached media: through the running node (which
-    tells the deployment's other nodes), else from the cache directory."""
+    """Delete the tenant's media objects from its origin and its caches:
+    through the running node (which tells the deployment's other nodes),
+    else from the origin directly and from the cache directory.
+
+    Runs before the tenant's rows are deleted; any origin failure refuses
+    (the rows stay, so running the command again finishes the job).
+    """
+    from .cdn.origin import OriginError
+
     media = cfg.cdn.tenants.get(tenant.id)
     if media is None:
-        return {"purged": 0, "how": "none", "summary": "no media configured for this tenant ([cdn.tenants])"}
-    origin = "objects in its origin (bucket {!r}, prefix {!r}) are not deleted".format(media.bucket, media.prefix)
+        return {
+            "deleted": 0,
+            "purged": 0,
+            "how": "none",
+            "summary": "no media configured for this tenant ([cdn.tenants])",
+        }
+    where = "bucket {!r}, prefix {!r}".format(media.bucket, media.prefix)
     url = _node_url(args, cfg)
-    # The purge is a tenant API call: a key of the tenant's own, deleted
-    # with the tenant's other rows a moment later.
+    # The delete is a tenant API call: a key of the tenant's own, deleted
+    # with the tenant's other rows a moment later (so it must come first).
     key = new_api_key()
-    yield store.add_api_key(tenant.id, hash_api_key(key), created_ms=now, read_preference=PRIMARY)
+    written = yield store.add_api_key(tenant.id, hash_api_key(key), created_ms=now, read_preference=PRIMARY)
     try:
         answer = yield _http_json(
             reactor,
             "POST",
-            url + "/api/v1/manage/media/purge",
+            url + "/api/v1/manage/media/delete",
             {"prefix": ""},
             {"authorization": "Bearer " + key},
         )
@@ -521,13 +534,26 @@ def _purge_media(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig, store:
     if answer is not None:
         code, body = answer
         if code != 200:
-            raise Refused("the node at {} refused the media purge ({}): {}".format(url, code, body))
-        purged = int(body["purged"])
-        summary = "{} objects purged through the node at {} (and on the deployment's other nodes); {}".format(
-            purged, url, origin
+            yield store.revoke_api_key(tenant.id, written.value.id, revoked_ms=now, read_preference=PRIMARY)
+            raise Refused(
+                "the node at {} did not delete the tenant's media ({}): {}; nothing was deleted from the "
+                "store, run the command again".format(url, code, body)
+            )
+        deleted, purged = int(body["deleted"]), int(body["purged"])
+        summary = "{} objects deleted from the origin ({}) and {} purged from the caches through the node at {}".format(
+            deleted, where, purged, url
         )
-        return {"purged": purged, "how": "node", "summary": summary}
-    # The node is not running: the cache directory is ours to change.
+        return {"deleted": deleted, "purged": purged, "how": "node", "summary": summary}
+    yield store.revoke_api_key(tenant.id, written.value.id, revoked_ms=now, read_preference=PRIMARY)
+    # The node is not running: the origin is reached with the config's
+    # credentials, and the cache directory is ours to change.
+    try:
+        deleted = yield _delete_at_origin(reactor, cfg, media)
+    except OriginError as e:
+        raise Refused(
+            "no node answers at {} and the origin did not delete the tenant's media ({}): {}; nothing was "
+            "deleted from the store, run the command again".format(url, where, e.detail)
+        ) from None
     from .cdn.cache import DiskCache
 
     cache = DiskCache(cfg.cdn.cache_dir, max_bytes=cfg.cdn.max_bytes)
@@ -536,10 +562,45 @@ def _purge_media(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig, store:
         purged = sum(1 for entry in cache.entries(tenant.id) if cache.remove(entry.id) is not None)
     finally:
         cache.close()
-    summary = "{} objects removed from {} (the node at {} is not running); {}".format(
-        purged, cfg.cdn.cache_dir, url, origin
+    summary = "{} objects deleted from the origin ({}) and {} removed from {} (the node at {} is not running)".format(
+        deleted, where, purged, cfg.cdn.cache_dir, url
     )
-    return {"purged": purged, "how": "cache_dir", "summary": summary}
+    return {"deleted": deleted, "purged": purged, "how": "origin", "summary": summary}
+
+
+@inlineCallbacks
+def _delete_at_origin(reactor: Any, cfg: EdgeConfig, media: Any) -> Any:
+    """Delete every object under the tenant's prefix with the node's own
+    origin client; fires with how many.
+
+    :raises OriginError: naming what failed.
+    """
+    import treq
+    from prometheus_client import CollectorRegistry
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from .cdn.metrics import CdnMetrics
+    from .cdn.origin import S3Origin
+
+    origin_cfg = cfg.cdn.origins[media.origin]
+    secret = origin_cfg.secret_access_key
+    if origin_cfg.secret_access_key_file:
+        with open(origin_cfg.secret_access_key_file, encoding="utf-8") as f:
+            secret = f.read().strip()
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    timeout = cfg.cdn.origin_timeout_seconds
+    origin = S3Origin(
+        origin_cfg,
+        secret_access_key=secret,
+        client=treq.client.HTTPClient(Agent(reactor, pool=pool, connectTimeout=timeout)),
+        clock=reactor,
+        timeout=timeout,
+        metrics=CdnMetrics(CollectorRegistry()),
+    )
+    try:
+        return (yield origin.delete_prefix(media, ""))
+    finally:
+        yield pool.closeCachedConnections()
 
 
 class _Unreachable(Exception):

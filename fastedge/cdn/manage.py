@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.integration.test_cdn -*-
-"""Media in the tenant API: upload (``PUT /api/v1/manage/media?key=...``)
-and purge (``POST /api/v1/manage/media/purge``).
+"""Media in the tenant API: upload (``PUT /api/v1/manage/media?key=...``),
+purge (``POST /api/v1/manage/media/purge``) and delete
+(``POST /api/v1/manage/media/delete``: from the origin, then purged).
 
 Both authenticate with the tenant's API key (the key decides the tenant, as
 everywhere in the tenant API) and are charged like writes. An upload's body
@@ -15,6 +16,7 @@ from typing import Any
 
 import puremagic
 from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
 
 from ..api.errors import ApiError, bad_request
 from ..api.router import Call, Route
@@ -23,8 +25,11 @@ from .keys import BadKey, check_key
 from .origin import OriginError
 from .service import CdnService
 
+log = Logger()
+
 UPLOAD_PATH = "/api/v1/manage/media"
 PURGE_PATH = "/api/v1/manage/media/purge"
+DELETE_PATH = "/api/v1/manage/media/delete"
 
 #: Other names puremagic gives for the types we accept.
 _ALIASES = {
@@ -64,6 +69,7 @@ class MediaApi:
         return [
             manage.tenant_route(b"PUT", UPLOAD_PATH, "media_upload", self.upload),
             manage.tenant_route(b"POST", PURGE_PATH, "media_purge", self.purge),
+            manage.tenant_route(b"POST", DELETE_PATH, "media_delete", self.delete),
         ]
 
     def _media(self, tenant_id: str) -> Any:
@@ -125,22 +131,49 @@ class MediaApi:
         }
         return 201, body_out, None
 
-    def purge(self, call: Call, tenant: Any) -> Any:
-        media = self._media(tenant.id)
+    def _target(self, call: Call, media: Any) -> tuple[str, str]:
+        """The body of a purge or delete: ``("key", key)`` or ``("prefix", prefix)``,
+        both relative to the tenant's prefix and checked like keys."""
         body = call.json(optional={"key": str, "prefix": str})
         key, prefix = body.get("key"), body.get("prefix")
         if (key is None) == (prefix is None):
             raise bad_request("give exactly one of 'key' and 'prefix'", code="bad_purge")
         if key is not None:
-            value = self._key(key, media)
-            kind = "key"
-        else:
-            assert prefix is not None
-            if prefix:
-                # A prefix is a key cut anywhere: check it as a key, allowing
-                # a trailing '/'.
-                self._key(prefix.rstrip("/") or "x", media)
-            value = prefix
-            kind = "prefix"
+            return "key", self._key(key, media)
+        assert prefix is not None
+        if prefix:
+            # A prefix is a key cut anywhere: check it as a key, allowing
+            # one trailing '/' (so "/" and "p//" are refused).
+            self._key(prefix[:-1] if prefix.endswith("/") else prefix, media)
+        return "prefix", prefix
+
+    def purge(self, call: Call, tenant: Any) -> Any:
+        media = self._media(tenant.id)
+        kind, value = self._target(call, media)
         purged = self._cdn.apply_purge(tenant.id, kind, value)
         return 200, {"purged": purged, kind: value}, None
+
+    @inlineCallbacks
+    def delete(self, call: Call, tenant: Any) -> Any:
+        """Delete a key, or every key under a prefix, from the tenant's
+        origin, then purge the same from every node's cache."""
+        media = self._media(tenant.id)
+        kind, value = self._target(call, media)
+        try:
+            if kind == "key":
+                yield media.origin.delete(media.bucket, media.prefix + value)
+                deleted = 1
+            else:
+                deleted = yield media.origin.delete_prefix(media, value)
+        except OriginError as e:
+            status = 504 if e.kind == "timeout" else 502
+            raise ApiError(status, "origin_" + e.kind, "the origin did not delete every object: " + e.detail) from None
+        log.info(
+            "deleted {count} media objects of {tenant} at the origin ({kind} {value!r})",
+            count=deleted,
+            tenant=tenant.id,
+            kind=kind,
+            value=value,
+        )
+        purged = self._cdn.apply_purge(tenant.id, kind, value)
+        return 200, {"deleted": deleted, "purged": purged, kind: value}, None

@@ -94,7 +94,7 @@ class CdnMetrics:
         self.origin_latency = Histogram(
             "fastedge_cdn_origin_request_duration_seconds",
             "Time from sending a request to the origin to its response headers, by "
-            "operation (get, put, head) and outcome (status code, timeout, error).",
+            "operation (get, put, head, list, delete) and outcome (status code, timeout, error).",
             ["operation", "outcome"],
             buckets=_LATENCY,
             registry=registry,
@@ -120,5 +120,11 @@ class CdnMetrics:
         self.purged_objects = Counter(
             "fastedge_cdn_purged_objects_total",
             "Cached objects removed by purges.",
+            registry=registry,
+        )
+        self.origin_deletes = Counter(
+            "fastedge_cdn_origin_deletes_total",
+            "Objects deleted at the origin (media delete, tenant delete), by outcome (deleted, error).",
+            ["outcome"],
             registry=registry,
         )

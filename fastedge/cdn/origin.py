@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.integration.test_cdn -*-
-"""S3-compatible origins: GET, HEAD and PUT signed with AWS SigV4 by
-botocore's signer, sent with treq.
+"""S3-compatible origins: GET, HEAD, PUT, ListObjectsV2 and DELETE signed
+with AWS SigV4 by botocore's signer, sent with treq.
 
 Keys are percent-encoded once, the way S3 canonicalises them (every byte but
 ``A-Z a-z 0-9 - _ . ~`` and ``/``), and the URL is sent exactly as signed.
@@ -11,15 +11,17 @@ harmless, and it is not logged either).
 from __future__ import annotations
 
 import base64
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
+import treq
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -34,6 +36,9 @@ from .interfaces import IBodyReceiver, IObjectSource, ISourceResponse
 from .metrics import CdnMetrics
 
 __all__ = ["OriginError", "S3Origin", "SourceResponse"]
+
+#: The namespace of S3's XML answers.
+_S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 _DONE = Failure(net_error.ConnectionDone())
 
@@ -330,6 +335,83 @@ class S3Origin:
             return PutResult(etag=_header(response, b"etag"))
 
         return d.addCallback(got)
+
+    def _bucket_url(self, bucket: str) -> str:
+        if self._cfg.addressing == "virtual":
+            return f"{self._scheme}://{bucket}.{self._netloc}/"
+        return f"{self._scheme}://{self._netloc}/{bucket}"
+
+    @inlineCallbacks
+    def list_keys(self, bucket: str, prefix: str, *, max_keys: int = 1000) -> Any:
+        """Every key of ``bucket`` that starts with ``prefix`` (ListObjectsV2,
+        following continuation tokens); fires with a list of full keys.
+
+        :param max_keys: keys asked for per page (S3 answers at most 1000).
+        :raises OriginError: the origin refused, or answered something that
+            is not a listing of ``prefix``.
+        """
+        keys: list[str] = []
+        token: str | None = None
+        while True:
+            params = {"list-type": "2", "max-keys": str(max_keys), "prefix": prefix}
+            if token is not None:
+                params["continuation-token"] = token
+            # Sorted and encoded exactly as SigV4 canonicalises a query, so
+            # the URL sent is the URL signed.
+            query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()))
+            url = self._bucket_url(bucket) + "?" + query
+            response = yield self._send("GET", "list", url, self._sign("GET", url, {}, _EMPTY_SHA256))
+            body = yield treq.content(response)
+            if response.code != 200:
+                raise OriginError("error", f"the origin answered HTTP {response.code} to a listing")
+            try:
+                root = ElementTree.fromstring(body)
+            except ElementTree.ParseError:
+                raise OriginError("error", "the origin answered a listing that is not XML") from None
+            for found in root.iter(_S3_NS + "Key"):
+                key = found.text or ""
+                # Never trust the listing with another tenant's keys.
+                if not key.startswith(prefix):
+                    raise OriginError("error", "the origin listed a key outside the prefix asked for")
+                keys.append(key)
+            truncated = (root.findtext(_S3_NS + "IsTruncated") or "").strip().lower() == "true"
+            token = root.findtext(_S3_NS + "NextContinuationToken")
+            if not truncated:
+                return keys
+            if not token:
+                raise OriginError("error", "the origin cut a listing without a continuation token")
+
+    def delete(self, bucket: str, object_key: str) -> Deferred[None]:
+        """DELETE one object (S3 answers 204 whether or not it existed)."""
+        url = self.url_for(bucket, object_key)
+        d = self._send("DELETE", "delete", url, self._sign("DELETE", url, {}, _EMPTY_SHA256))
+
+        def got(response: IResponse) -> None:
+            response.deliverBody(_Discard())
+            if response.code not in (200, 204, 404):
+                raise OriginError("error", f"the origin answered HTTP {response.code} to DELETE")
+            self._metrics.origin_deletes.labels("deleted").inc()
+
+        def failed(f: Failure) -> Failure:
+            self._metrics.origin_deletes.labels("error").inc()
+            return f
+
+        return d.addCallback(got).addErrback(failed)
+
+    @inlineCallbacks
+    def delete_prefix(self, media: Any, prefix: str, *, max_keys: int = 1000) -> Any:
+        """Delete every object of a tenant's media under ``prefix`` (relative
+        to the tenant's own prefix, so nothing outside it can be named);
+        fires with how many were deleted.
+
+        Every key is listed first, then deleted one DELETE at a time: a
+        continuation token need not survive deletions. On an error, the
+        objects deleted so far stay deleted; a second call finishes the job.
+        """
+        keys = yield self.list_keys(media.bucket, media.prefix + prefix, max_keys=max_keys)
+        for key in keys:
+            yield self.delete(media.bucket, key)
+        return len(keys)
 
 
 class _Discard(Protocol):

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from fastedge.admin import Refused, endpoint_url, find_config
 from fastedge.cdn.cache import DiskCache, ObjectMeta
 from fastedge.tap import Options, makeService
-from fastedge.testing import loopback_http_client
+from fastedge.testing import loopback_http_client, shared_s3
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -73,12 +73,26 @@ def cache_object(cache_dir: str, tenant: str, key: str) -> str:
     return cache.path_for(entry.id)
 
 
-def media_config(*tenants: str) -> str:
-    """``[cdn]`` tables serving ``tenants`` from an origin nobody listens on."""
-    text = '\n[cdn.origins.default]\nendpoint = "http://127.0.0.1:9"\n'
+def media_config(*tenants: str, s3: Any = None) -> str:
+    """``[cdn]`` tables serving each tenant under the prefix ``<tenant>/``
+    of the bucket ``media`` at ``s3`` (a :class:`SeaweedS3`), or at an
+    origin nobody listens on."""
+    if s3 is None:
+        text = '\n[cdn.origins.default]\nendpoint = "http://127.0.0.1:9"\n'
+    else:
+        s3.create_bucket("media")
+        text = '\n[cdn.origins.default]\nendpoint = "{}"\naccess_key_id = "{}"\nsecret_access_key = "{}"\n'.format(
+            s3.endpoint, s3.access_key, s3.secret_key
+        )
     for tenant in tenants:
-        text += '\n[cdn.tenants.{}]\nbucket = "media-bucket"\nprefix = "{}/"\n'.format(tenant, tenant.lower())
+        text += '\n[cdn.tenants.{}]\nbucket = "media"\nprefix = "{}/"\n'.format(tenant, tenant.lower())
     return text
+
+
+def origin_keys(s3: Any, prefix: str) -> list[str]:
+    """The keys under ``prefix`` in the bucket ``media``, straight from the origin."""
+    listed = s3.client().list_objects_v2(Bucket="media", Prefix=prefix)
+    return sorted(o["Key"] for o in listed.get("Contents", []))
 
 
 class FindConfigTests(SynchronousTestCase):
@@ -251,8 +265,10 @@ class NodeAdminTests(TestCase):
     @inlineCallbacks
     def test_delete_through_the_node(self):  # type: ignore[no-untyped-def]
         """tenant delete needs --yes; then every row of the tenant goes (its
-        pages answer tenant_not_found, its key 401), its cached media is
-        purged through the running node, and the other tenant keeps all."""
+        pages answer tenant_not_found, its key 401), its media objects are
+        deleted from the origin and purged from the cache through the
+        running node, and the other tenant keeps all."""
+        s3 = shared_s3()
         root = make_project(self)
         cache_dir = os.path.join(root, "var", "fastedge", "media-cache")
         out, err, code = yield run_admin("--init", "tenant", "create", "Doomed", "--json", cwd=root)
@@ -260,7 +276,11 @@ class NodeAdminTests(TestCase):
         out, err, code = yield run_admin("tenant", "create", "Kept", "--json", cwd=root)
         kept = json.loads(out)
         with open(os.path.join(root, "etc", "fastedge.toml"), "a") as f:
-            f.write(media_config(doomed["tenantId"], kept["tenantId"]))
+            f.write(media_config(doomed["tenantId"], kept["tenantId"], s3=s3))
+        doomed_prefix, kept_prefix = doomed["tenantId"].lower() + "/", kept["tenantId"].lower() + "/"
+        for name in ("a.png", "b/c.png", "d.png"):
+            s3.put("media", doomed_prefix + name, b"\x89PNG\r\n\x1a\n", "image/png")
+            s3.put("media", kept_prefix + name, b"\x89PNG\r\n\x1a\n", "image/png")
         doomed_file = cache_object(cache_dir, doomed["tenantId"], doomed["tenantId"].lower() + "/a.png")
         kept_file = cache_object(cache_dir, kept["tenantId"], kept["tenantId"].lower() + "/b.png")
         node = self.start_node(root)
@@ -281,8 +301,9 @@ class NodeAdminTests(TestCase):
         done = json.loads(out)
         self.assertEqual(done["deleted"]["comments"], 1)
         self.assertEqual(done["deleted"]["tenants"], 1)
-        self.assertEqual((done["media"]["how"], done["media"]["purged"]), ("node", 1))
-        self.assertIn("are not deleted", done["media"]["summary"])
+        self.assertEqual((done["media"]["how"], done["media"]["deleted"], done["media"]["purged"]), ("node", 3, 1))
+        self.assertEqual(origin_keys(s3, doomed_prefix), [])
+        self.assertEqual(origin_keys(s3, kept_prefix), [kept_prefix + n for n in ("a.png", "b/c.png", "d.png")])
         cdn = node.getServiceNamed("cdn")
         self.assertEqual(cdn.cache.entries(doomed["tenantId"]), [])
         self.assertFalse(os.path.exists(doomed_file))
@@ -301,23 +322,52 @@ class NodeAdminTests(TestCase):
     @inlineCallbacks
     def test_delete_without_a_node(self):  # type: ignore[no-untyped-def]
         """With no node answering, tenant delete removes the tenant's
-        objects from the media cache directory itself, and no other's."""
+        objects from the origin (with the config's credentials) and from the
+        media cache directory itself, and no other tenant's."""
+        s3 = shared_s3()
         root = make_project(self)
         cache_dir = os.path.join(root, "var", "fastedge", "media-cache")
         out, err, code = yield run_admin("--init", "tenant", "create", "Doomed", "--json", cwd=root)
         doomed = json.loads(out)["tenantId"]
+        other = "Other" + os.urandom(4).hex()
         with open(os.path.join(root, "etc", "fastedge.toml"), "a") as f:
-            f.write(media_config(doomed, "OtherTenant"))
+            f.write(media_config(doomed, other, s3=s3))
+        s3.put("media", doomed.lower() + "/x/a.png", b"\x89PNG\r\n\x1a\n", "image/png")
+        s3.put("media", other.lower() + "/x/a.png", b"\x89PNG\r\n\x1a\n", "image/png")
         doomed_file = cache_object(cache_dir, doomed, "x/a.png")
-        kept_file = cache_object(cache_dir, "OtherTenant", "x/a.png")
+        kept_file = cache_object(cache_dir, other, "x/a.png")
         out, err, code = yield run_admin(
             "tenant", "delete", doomed, "--yes", "--json", "--url", "http://127.0.0.1:1", cwd=root
         )
         self.assertEqual(code, 0, err)
         media = json.loads(out)["media"]
-        self.assertEqual((media["how"], media["purged"]), ("cache_dir", 1))
+        self.assertEqual((media["how"], media["deleted"], media["purged"]), ("origin", 1, 1))
         self.assertFalse(os.path.exists(doomed_file))
         self.assertTrue(os.path.exists(kept_file))
+        self.assertEqual(origin_keys(s3, doomed.lower() + "/"), [])
+        self.assertEqual(origin_keys(s3, other.lower() + "/"), [other.lower() + "/x/a.png"])
+
+    @inlineCallbacks
+    def test_delete_refused_when_the_origin_fails(self):  # type: ignore[no-untyped-def]
+        """No node and no origin answering: tenant delete exits 1 saying
+        so, and deletes nothing (the tenant and its cached media stay, the
+        command can be run again; the key it made to ask the node is revoked)."""
+        root = make_project(self)
+        cache_dir = os.path.join(root, "var", "fastedge", "media-cache")
+        out, err, code = yield run_admin("--init", "tenant", "create", "Doomed", "--json", cwd=root)
+        doomed = json.loads(out)["tenantId"]
+        with open(os.path.join(root, "etc", "fastedge.toml"), "a") as f:
+            f.write(media_config(doomed))
+        doomed_file = cache_object(cache_dir, doomed, "x/a.png")
+        out, err, code = yield run_admin("tenant", "delete", doomed, "--yes", "--url", "http://127.0.0.1:1", cwd=root)
+        self.assertEqual(code, 1)
+        self.assertIn(b"the origin did not delete the tenant's media", err)
+        self.assertIn(b"run the command again", err)
+        self.assertTrue(os.path.exists(doomed_file))
+        out, err, code = yield run_admin("tenant", "show", doomed, "--json", cwd=root)
+        self.assertEqual(code, 0, err)
+        keys = json.loads(out)["apiKeys"]
+        self.assertEqual([k["revokedMs"] is None for k in keys], [True, False])
 
     @inlineCallbacks
     def test_status(self):  # type: ignore[no-untyped-def]

@@ -9,5 +9,9 @@ its own examples, so that one check is turned off for these tests.
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile("fastedge-store", suppress_health_check=[HealthCheck.differing_executors])
+settings.register_profile(
+    "fastedge-store",
+    parent=settings.get_profile("fastedge"),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors],
+)
 settings.load_profile("fastedge-store")

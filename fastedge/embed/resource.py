@@ -265,7 +265,7 @@ class EmbedResource(Resource):
         self._metrics.pages.labels("personal" if read.author_id is not None else "anonymous").inc()
         for cookie in read.cookies:
             request.responseHeaders.addRawHeader(b"set-cookie", cookie)
-        request.setHeader(b"vary", b"Accept-Encoding, Cookie")
+        request.setHeader(b"vary", b"Accept-Encoding, Cookie, X-FastEdge-Session")
         if read.author_id is None and _accepts_gzip(request):
             # A stranger's page is the same bytes for all: compressed once.
             compressed = self._renderer.stranger_gzip(shared, policy.theme, form)

@@ -22,7 +22,7 @@ from .cdn.manage import UPLOAD_PATH, MediaApi
 from .config import ConfigError, EdgeConfig, load_config
 from .dns import service as dns_service
 from .embed.policy import tenant_policy
-from .embed.resource import EmbedResource, WidgetScript
+from .embed.resource import EmbedResource, WidgetScript, form_body_limit
 from .geo import service as geo_service
 from .inputs import InputError, parse_ascii_int
 from .mesh import service as mesh_service
@@ -274,6 +274,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             # Its last lines are written once the listeners' connections closed.
             drained=lambda: site.when_idle() if site is not None else succeed(None),
         )
+    embed = EmbedResource(cfg.api, public=api.public, registry=registry, policy=tenant_policy(api.tenants))
     site = build_site(
         cfg.node,
         cfg.http,
@@ -284,9 +285,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         api=api.resource,
         live=live.resource,
         media=cdn.resource,
-        embed=EmbedResource(cfg.api, public=api.public, registry=registry, policy=tenant_policy(api.tenants)),
+        embed=embed,
         widget=WidgetScript(),
-        body_limits=[(UPLOAD_PATH.encode("ascii"), cfg.cdn.upload_max_bytes)],
+        body_limits=[
+            (UPLOAD_PATH.encode("ascii"), cfg.cdn.upload_max_bytes),
+            # Above the largest valid form, so a too-long comment is read
+            # and refused in the page like any other bad field.
+            (b"/embed/*", form_body_limit(cfg.api)),
+        ],
+        refusal_pages=[(b"/embed/", embed.too_large_page)],
         children=lambda: list(top),
         mesh_health=mesh.health,
         access_log=access_log,

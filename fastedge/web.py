@@ -27,7 +27,7 @@ from .transport.accesslog import AccessLog
 from .transport.connections import ConnectionGate, connection_ceiling, descriptor_limit
 from .transport.health import HealthResource
 from .transport.metrics import HttpMetrics, LimitMetrics
-from .transport.site import EdgeSite
+from .transport.site import EdgeSite, RefusalPage
 
 
 class _JsonNotFound(Resource):
@@ -123,6 +123,7 @@ def build_site(
     embed: IResource | None = None,
     widget: IResource | None = None,
     body_limits: Iterable[tuple[bytes, int]] = (),
+    refusal_pages: Iterable[tuple[bytes, RefusalPage]] = (),
     mesh_health: Callable[[], dict[str, Any]] | None = None,
     descriptors: int | None = None,
     access_log: AccessLog | None = None,
@@ -134,7 +135,10 @@ def build_site(
     :param media: the CDN's ``/media`` resource.
     :param embed: the comment widget's pages (``fastedge.embed``), at ``/embed``.
     :param widget: the widget snippet, at ``/widget.js``.
-    :param body_limits: request body limits of particular paths (uploads).
+    :param body_limits: request body limits of particular paths (uploads,
+        the embed page's form).
+    :param refusal_pages: pages answering an oversized body under a path
+        prefix instead of the JSON 413 (the embed page's, in HTML).
     :param mesh_health: the mesh's summary, for ``/healthz``.
     :param descriptors: the descriptor limit the connection ceiling is
         derived from (default: the process's, ``ulimit -n``).
@@ -180,6 +184,7 @@ def build_site(
         max_body_bytes=http.max_body_bytes,
         metrics=HttpMetrics(registry, http.slow_request_seconds),
         body_limits=body_limits,
+        refusal_pages=refusal_pages,
         connections=connections,
         header_timeout=http.header_timeout_seconds,
         body_timeout=http.body_timeout_seconds,

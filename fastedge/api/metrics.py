@@ -18,6 +18,11 @@ class ApiMetrics:
         self.sessions_created = Counter(
             "fastedge_api_sessions_created_total", "Anonymous sessions created.", registry=registry
         )
+        self.session_headers = Counter(
+            "fastedge_api_session_headers_total",
+            "Sessions presented in the X-FastEdge-Session header (a browser that keeps no third-party cookie).",
+            registry=registry,
+        )
         self.bad_sessions = Counter(
             "fastedge_api_bad_session_cookies_total",
             "Session cookies refused, by reason.",

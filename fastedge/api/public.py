@@ -46,6 +46,7 @@ from .pageview import PageView
 from .ratelimit import RateLimiter
 from .router import Call, Reply, Route
 from .sessions import COOKIE_NAME, SessionCookieError, SessionCookies
+from .sessions import HEADER_NAME as SESSION_HEADER
 from .signin import SsoSignIn
 from .sso import SsoError, SsoUser
 from .tenants import TenantSettingsCache
@@ -96,6 +97,10 @@ class Viewer:
     token: str | None = None
     #: Whether this call created the session (a cookie must be set).
     new: bool = False
+    #: Whether the call came without the cookie (a new session, or one the
+    #: page carried in ``X-FastEdge-Session``): the answer hands the session
+    #: back in that header too, for a browser that keeps no cookie.
+    carried: bool = False
 
 
 class PublicApi:
@@ -192,7 +197,13 @@ class PublicApi:
         """
         raw = call.cookie(COOKIE_NAME)
         if not raw:
-            return None
+            # A page whose browser keeps no third-party cookie carries the
+            # same signed value itself; checked exactly as the cookie is.
+            header = call.header(SESSION_HEADER)
+            if not header:
+                return None
+            self._metrics.session_headers.inc()
+            raw = header.encode("latin-1")
         return self._cookies.check(raw, tenant_id, int(self._clock.seconds()))
 
     def _limit(self, key: str, limiter: RateLimiter) -> None:
@@ -233,7 +244,9 @@ class PublicApi:
                     "this session no longer exists",
                     cookies=self._cookies.clear_all(tenant.id),
                 ) from None
-            return Viewer(session, claim.issued_s, self._usable_token(claim.token))
+            return Viewer(
+                session, claim.issued_s, self._usable_token(claim.token), carried=not call.cookie(COOKIE_NAME)
+            )
         written = yield self._store.create_anonymous_session(
             tenant.id, created_ms=self._now_ms(), read_preference=PRIMARY
         )
@@ -241,7 +254,7 @@ class PublicApi:
         self._metrics.sessions_created.inc()
         # The write that creates a session counts against it like any other.
         self._per_session.take(tenant.id + "/" + session.id)
-        return Viewer(session, int(self._clock.seconds()), written.token, new=True)
+        return Viewer(session, int(self._clock.seconds()), written.token, new=True, carried=True)
 
     def _reply(self, viewer: Viewer, status: int, body: Any, written: Written[Any] | None = None) -> Reply:
         """The reply to a write; (re-)issues the cookie when the session is new
@@ -256,6 +269,9 @@ class PublicApi:
             reply.cookies.extend(
                 self._cookies.issue_all(session.tenant_id, session.id, now, token=token, issued_s=viewer.issued_s)
             )
+            if viewer.carried:
+                value = self._cookies.value(session.tenant_id, session.id, viewer.issued_s, token=token)
+                reply.headers[SESSION_HEADER] = value.encode("ascii")
         return reply
 
     def _viewer_view(self, tenant_id: str, author_id: str) -> dict[str, Any]:

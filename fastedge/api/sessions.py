@@ -31,6 +31,12 @@ from dataclasses import dataclass
 from ..inputs import InputError, parse_ascii_int
 
 COOKIE_NAME = b"fe_session"
+#: The same value, carried by the page itself when the browser keeps no
+#: third-party cookie (docs/embedding.md, "When a browser blocks
+#: third-party storage"): a request header, never a URL parameter, so it
+#: is not written to access logs. Answers to a write made without the
+#: cookie hand the (re-)issued value back in the same header.
+HEADER_NAME = b"x-fastedge-session"
 #: The paths the cookie is set for: the tenant's public API, and its embed
 #: page (``fastedge.embed``, whose first paint shows the viewer's state and
 #: whose plain form posts as the viewer). One value, two cookies: a browser
@@ -148,13 +154,18 @@ class SessionCookies:
     ) -> list[bytes]:
         """The ``Set-Cookie`` values for a session: the same cookie for the
         tenant's API and for its embed page (see :data:`PATHS`)."""
-        if token is not None and len(token) > _MAX_TOKEN_CHARS:
-            raise ValueError("consistency token too long for a cookie")
         issued = now_s if issued_s is None else issued_s
-        payload = ".".join((_VERSION, tenant_id, session_id, str(issued), _encode_token(token)))
-        value = payload + "." + self._mac(payload)
+        value = self.value(tenant_id, session_id, issued, token=token)
         max_age = max(0, self._max_age - (now_s - issued))
         return [self._header(tenant_id, value, max_age, path) for path in PATHS]
+
+    def value(self, tenant_id: str, session_id: str, issued_s: int, *, token: str | None = None) -> str:
+        """The signed value a cookie (or the :data:`HEADER_NAME` header)
+        carries; :meth:`check` accepts it from either."""
+        if token is not None and len(token) > _MAX_TOKEN_CHARS:
+            raise ValueError("consistency token too long for a cookie")
+        payload = ".".join((_VERSION, tenant_id, session_id, str(issued_s), _encode_token(token)))
+        return payload + "." + self._mac(payload)
 
     def clear(self, tenant_id: str) -> bytes:
         """A ``Set-Cookie`` header value that removes the cookie."""

@@ -99,6 +99,23 @@ class EmbedMetrics:
         )
 
 
+#: Room past the largest valid form, so that a comment somewhat too long
+#: (a paste that overshot) is read and refused in the page with the API's
+#: ``text_too_long`` rather than unread with a 413.
+_FORM_SLACK_BYTES = 64 * 1024
+
+
+def form_body_limit(cfg: ApiConfig) -> int:
+    """The body limit of the page's plain-form post: the largest valid form
+    (every field at its longest, each character four UTF-8 bytes sent
+    percent-encoded, three characters a byte), room for the field names
+    and a reply's comment id, and :data:`_FORM_SLACK_BYTES`. Longer
+    comments up to it are refused in the page like any other bad field; a
+    body over it is not read (:meth:`EmbedResource.too_large_page`)."""
+    chars = cfg.comment_max_chars + cfg.display_name_max_chars + cfg.title_max_chars
+    return 12 * chars + 1024 + _FORM_SLACK_BYTES
+
+
 def _static(name: str) -> bytes:
     return resources.files("fastedge.embed").joinpath("static", name).read_bytes()
 
@@ -265,7 +282,7 @@ class EmbedResource(Resource):
         self._metrics.pages.labels("personal" if read.author_id is not None else "anonymous").inc()
         for cookie in read.cookies:
             request.responseHeaders.addRawHeader(b"set-cookie", cookie)
-        request.setHeader(b"vary", b"Accept-Encoding, Cookie")
+        request.setHeader(b"vary", b"Accept-Encoding, Cookie, X-FastEdge-Session")
         if read.author_id is None and _accepts_gzip(request):
             # A stranger's page is the same bytes for all: compressed once.
             compressed = self._renderer.stranger_gzip(shared, policy.theme, form)
@@ -313,6 +330,28 @@ class EmbedResource(Resource):
         if request.method != b"HEAD":
             request.write(body)
         request.finish()
+
+    def too_large_page(self, limit: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The transport's answer to a form whose declared body is over
+        :func:`form_body_limit` (refused before it is read, docs/embedding.md):
+        the page's own HTML, saying what the JSON API's 413 says, instead of
+        a JSON error shown raw in the reader's frame."""
+        self._metrics.form_posts.labels("body_too_large").inc()
+        body = self._renderer.empty(
+            status=413,
+            message="This comment is far too long to send (the form takes at most {} bytes). "
+            "Go back, shorten it and post again. (body_too_large)".format(limit),
+        )
+        return (
+            [
+                (b"content-type", b"text/html; charset=utf-8"),
+                (b"content-security-policy", content_security_policy()),
+                (b"x-content-type-options", b"nosniff"),
+                (b"referrer-policy", b"strict-origin-when-cross-origin"),
+                (b"cache-control", b"no-store"),
+            ],
+            body,
+        )
 
     # Posting without JavaScript
 
@@ -463,4 +502,4 @@ class WidgetScript(Resource):
     render_HEAD = render_GET
 
 
-__all__ = ["EmbedPolicy", "EmbedResource", "WidgetScript", "default_policy", "STATIC_PREFIX"]
+__all__ = ["EmbedPolicy", "EmbedResource", "WidgetScript", "default_policy", "form_body_limit", "STATIC_PREFIX"]

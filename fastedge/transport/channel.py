@@ -303,21 +303,26 @@ class EdgeH2Connection(H2Connection):
             super()._requestReceived(event)
             return
         # Answered here, without a Twisted stream.
-        self._answer_too_large(event.stream_id, limit)
+        self._answer_too_large(event.stream_id, limit, dict(event.headers).get(b":path", b""))
 
-    def _answer_too_large(self, stream_id: int, limit: int) -> None:
-        """The JSON 413 on ``stream_id``, then RST_STREAM NO_ERROR, which
-        tells the client to stop sending the body (RFC 9113 section 8.1);
-        h2 answers any DATA still in flight on the stream."""
-        body = error_body("body_too_large", "request body is larger than {} bytes".format(limit))
-        self.conn.send_headers(
-            stream_id,
-            [
-                (b":status", b"413"),
+    def _answer_too_large(self, stream_id: int, limit: int, path: bytes) -> None:
+        """The JSON 413 (or the site's refusal page for ``path``) on
+        ``stream_id``, then RST_STREAM NO_ERROR, which tells the client to
+        stop sending the body (RFC 9113 section 8.1); h2 answers any DATA
+        still in flight on the stream."""
+        site = getattr(self, "site", None)
+        page = site.refusal_page(path, limit) if site is not None else None
+        if page is not None:
+            headers, body = page
+        else:
+            body = error_body("body_too_large", "request body is larger than {} bytes".format(limit))
+            headers = [
                 (b"content-type", b"application/json; charset=utf-8"),
                 (b"x-content-type-options", b"nosniff"),
-                (b"content-length", b"%d" % (len(body),)),
-            ],
+            ]
+        self.conn.send_headers(
+            stream_id,
+            [(b":status", b"413"), *headers, (b"content-length", b"%d" % (len(body),))],
         )
         self.conn.send_data(stream_id, body, end_stream=True)
         self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
@@ -355,7 +360,7 @@ class EdgeH2Connection(H2Connection):
             # now instead of crediting the window for the rest of it.
             stream.connectionLost(Failure(ConnectionLost("request body too large")))
             self._requestDone(stream_id)
-            self._answer_too_large(stream_id, request.body_limit)
+            self._answer_too_large(stream_id, request.body_limit, getattr(stream, "path", b"") or b"")
 
     def _requestEnded(self, event: Any) -> None:
         if event.stream_id in self.streams:

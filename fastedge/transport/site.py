@@ -29,6 +29,22 @@ from .channel import edge_channel
 from .connections import ConnectionGate
 from .metrics import HttpMetrics
 
+#: A whole response body with its headers (``content-type`` among them).
+Page = tuple[list[tuple[bytes, bytes]], bytes]
+#: Makes the page refusing a body over the limit it is given (bytes).
+RefusalPage = Callable[[int], Page]
+
+
+def _write_page(request: Request, status: int, page: Page) -> None:
+    headers, body = page
+    request.setResponseCode(status)
+    for name, value in headers:
+        request.setHeader(name, value)
+    request.setHeader(b"content-length", b"%d" % len(body))
+    if request.method != b"HEAD":
+        request.write(body)
+    request.finish()
+
 
 class EdgeRequest(Request):
     """A request with a body limit, a route label and timing."""
@@ -120,6 +136,10 @@ class EdgeRequest(Request):
         if self._too_large:
             self.site = site
             self.route = "body_too_large"
+            page = site.refusal_page(self.path, self.body_limit)
+            if page is not None:
+                _write_page(self, 413, page)
+                return
             write_error(
                 self,
                 413,
@@ -260,6 +280,7 @@ class EdgeSite(Site):
         max_body_bytes: int,
         metrics: HttpMetrics | None,
         body_limits: Iterable[tuple[bytes, int]] = (),
+        refusal_pages: Iterable[tuple[bytes, RefusalPage]] = (),
         redirect_port: Callable[[], int | None] | None = None,
         connections: ConnectionGate | None = None,
         header_timeout: float | None = None,
@@ -268,7 +289,13 @@ class EdgeSite(Site):
     ) -> None:
         """
         :param body_limits: ``(path, bytes)`` for routes that take
-            larger (or smaller) bodies than ``max_body_bytes``, e.g. uploads.
+            larger (or smaller) bodies than ``max_body_bytes``, e.g. uploads;
+            a path ending in ``*`` is a prefix (``/embed/*``: every page
+            under ``/embed/``).
+        :param refusal_pages: ``(path prefix, page)``: a body refused for
+            its size on a path under the prefix is answered with
+            ``page(limit)`` (an HTML page for browsers' plain forms) rather
+            than the JSON 413.
         :param redirect_port: when given, plain-HTTP requests are redirected
             to HTTPS on the port it returns (``None``: not listening yet).
         :param connections: the count of open client connections and their
@@ -286,7 +313,14 @@ class EdgeSite(Site):
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
-        self._body_limits = {path.rstrip(b"/"): limit for path, limit in body_limits}
+        self._body_limits: dict[bytes, int] = {}
+        self._body_prefixes: list[tuple[bytes, int]] = []
+        for path, limit in body_limits:
+            if path.endswith(b"*"):
+                self._body_prefixes.append((path[:-1], limit))
+            else:
+                self._body_limits[path.rstrip(b"/")] = limit
+        self._refusal_pages = tuple(refusal_pages)
         self.redirect_port = redirect_port
         self.connections = connections if connections is not None else ConnectionGate()
         self.header_timeout = header_timeout
@@ -304,11 +338,24 @@ class EdgeSite(Site):
 
     def body_limit(self, target: bytes) -> int:
         """Largest body accepted for request target ``target``."""
+        path = target.split(b"?", 1)[0]
         if self._body_limits:
-            limit = self._body_limits.get(target.split(b"?", 1)[0].rstrip(b"/"))
+            limit = self._body_limits.get(path.rstrip(b"/"))
             if limit is not None:
                 return limit
+        for prefix, limit in self._body_prefixes:
+            if path.startswith(prefix):
+                return limit
         return self.max_body_bytes
+
+    def refusal_page(self, target: bytes, limit: int) -> Page | None:
+        """The page answering a body over ``limit`` for ``target``, or
+        ``None`` for the JSON 413 (see ``refusal_pages``)."""
+        path = target.split(b"?", 1)[0]
+        for prefix, page in self._refusal_pages:
+            if path.startswith(prefix):
+                return page(limit)
+        return None
 
     def log(self, request: Request) -> None:  # type: ignore[override]
         """Twisted's per-request log line is off: :class:`EdgeRequest`

@@ -47,6 +47,7 @@ class _BrowserThread:
         self._jobs: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]] | None] = queue.Queue()
         threading.Thread(target=self._work, name="playwright", daemon=True).start()
         self.browser: Any = self.run(self._launch)
+        self._blocking: Any = None
         atexit.register(self._close)
 
     def _work(self) -> None:
@@ -66,8 +67,20 @@ class _BrowserThread:
         self._pw = sync_playwright().start()
         return self._pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
 
+    def blocking(self) -> Any:
+        """A second browser that refuses third-party cookies (Chromium's
+        switch for the third-party cookie phase-out, as a reader who turned
+        them off); launched on first use, in the browser thread."""
+        if self._blocking is None:
+            self._blocking = self._pw.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--test-third-party-cookie-phaseout"]
+            )
+        return self._blocking
+
     def _close(self) -> None:
         def close() -> None:
+            if self._blocking is not None:
+                self._blocking.close()
             self.browser.close()
             self._pw.stop()
 
@@ -208,8 +221,8 @@ class EmbedBrowserTests(TestCase):
 
         return self.thread.call(close)
 
-    def new_context(self, **kw: Any) -> Any:
-        ctx = self.browser.new_context(**kw)
+    def new_context(self, browser: Any = None, **kw: Any) -> Any:
+        ctx = (browser or self.browser).new_context(**kw)
         self.contexts.append(ctx)
         return ctx
 
@@ -482,3 +495,49 @@ class EmbedBrowserTests(TestCase):
             return f.locator("#c-" + comment["id"]).count()
 
         self.assertEqual((yield self.thread.call(check)), 1)
+
+    @defer.inlineCallbacks
+    def test_blocked_third_party_cookies_fall_back_to_tab_session(self) -> None:
+        """In a browser that blocks third-party cookies, on a host page of
+        another site (``localhost`` embedding ``127.0.0.1``), the session
+        cookie is never stored and the frame gets no storage either; the
+        host page's tab keeps the session for it (through widget.js) and the
+        frame sends it in ``X-FastEdge-Session``: a second post is by the
+        same author, and after a reload the reader's comments and likes
+        still show."""
+        bob = self.bob["id"]
+        host = self.host.replace("127.0.0.1", "localhost")
+
+        def flow() -> dict[str, Any]:
+            from playwright.sync_api import expect
+
+            ctx = self.new_context(self.thread.blocking())
+            page = ctx.new_page()
+            page.goto(host)
+            f = _frame(page)
+            for text in ("First, without cookies", "Second, same reader"):
+                f.fill("#fe-name", "Tab")
+                f.fill("#fe-text", text)
+                f.click(".fe-submit")
+                expect(f.locator("#fe-comments > .fe-comment", has_text=text)).to_have_count(1)
+            like = f.locator("#c-{} > article > .fe-actions > .fe-like".format(bob))
+            like.click()
+            expect(like).to_have_attribute("aria-pressed", "true")
+            page.reload()
+            f = _frame(page)
+            expect(f.locator(".fe-comment.is-mine")).to_have_count(2)
+            return {
+                "authors": f.eval_on_selector_all(".fe-comment.is-mine", "els => els.map(e => e.dataset.author)"),
+                "liked": f.get_attribute("#c-{} > article > .fe-actions > .fe-like".format(bob), "aria-pressed"),
+                "cookies": [c["name"] for c in ctx.cookies()],
+                "frame_storage": f.evaluate("() => { try { return !!sessionStorage; } catch (e) { return false; } }"),
+                "kept": page.evaluate("() => Object.keys(sessionStorage)"),
+            }
+
+        seen = yield self.thread.call(flow)
+        self.assertEqual(seen["cookies"], [])
+        # This browser blocks the frame's storage too: the host page's tab keeps it.
+        self.assertFalse(seen["frame_storage"])
+        self.assertEqual(len(set(seen["authors"])), 1)
+        self.assertEqual(seen["liked"], "true")
+        self.assertEqual(seen["kept"], ["fastedge:session:" + self.tenant])

@@ -535,9 +535,10 @@ class _H2Upload(Protocol):
     the stream; closes once the stream is reset (or the connection is told
     to go away)."""
 
-    def __init__(self, declared: bytes | None, body: bytes = b"") -> None:
+    def __init__(self, declared: bytes | None, body: bytes = b"", path: bytes = b"/api/v1/manage/threads") -> None:
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.declared = declared
+        self.path = path
         self.pending = body
         self.closed: defer.Deferred[None] = defer.Deferred()
         self.headers: dict[bytes, bytes] = {}
@@ -549,7 +550,7 @@ class _H2Upload(Protocol):
         self.conn.initiate_connection()
         headers = [
             (b":method", b"POST"),
-            (b":path", b"/api/v1/manage/threads"),
+            (b":path", self.path),
             (b":scheme", b"https"),
             (b":authority", b"localhost"),
             (b"content-type", b"application/json"),

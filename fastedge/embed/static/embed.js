@@ -23,6 +23,7 @@ function start() {
   const status = document.getElementById("fe-live");
   const held = [];
   const hiddenBodies = new Map();
+  const session = tabSession("fastedge:session:" + ds.tenant);
 
   // Sizing the iframe: tell the parent (only at the origin it said it has).
   const sendHeight = () => {
@@ -35,8 +36,66 @@ function start() {
   window.addEventListener("message", (ev) => {
     if (!host || ev.origin !== host || ev.source !== window.parent) return;
     const d = ev.data;
-    if (d && d.type === "fastedge:host" && typeof d.title === "string") pageTitle = d.title.slice(0, 200);
+    if (!d || d.type !== "fastedge:host") return;
+    if (typeof d.title === "string") pageTitle = d.title.slice(0, 200);
+    if (typeof d.session === "string" && !viewer.authorId && !session.get()) {
+      // The host page kept this tab's session (this frame may keep nothing).
+      session.set(d.session.slice(0, 1000), true);
+      personalise()
+        .then(() => live && live.setViewer(viewer.liveToken))
+        .catch((e) => console.warn("fastedge: could not read the page as this reader", e));
+    }
   });
+
+  // A browser that keeps no third-party cookie (docs/embedding.md): the
+  // node hands a write made without the cookie its session in a header;
+  // this tab keeps it (sessionStorage; if that is blocked too, the host
+  // page's, through widget.js) and sends it back in the same header. A
+  // page whose first paint already knew the reader had the cookie: nothing
+  // to keep.
+  function tabSession(key) {
+    let memory = null;
+    let store = null;
+    try {
+      store = window.sessionStorage;
+      memory = store.getItem(key);
+    } catch (e) {
+      store = null; // storage blocked as well: keep it for this page's life
+    }
+    const toHost = (value) => {
+      if (!store && host && window.parent !== window) {
+        window.parent.postMessage({ type: "fastedge:session", value }, host);
+      }
+    };
+    return {
+      get: () => memory,
+      set(value, fromHost) {
+        if (value === memory) return;
+        memory = value;
+        try {
+          if (store) store.setItem(key, value);
+        } catch (e) {
+          /* full: the page's own copy still works */
+        }
+        if (!fromHost) toHost(value);
+      },
+      clear() {
+        if (memory === null && store) return;
+        memory = null;
+        try {
+          if (store) store.removeItem(key);
+        } catch (e) {
+          /* nothing kept */
+        }
+        toHost(null);
+      },
+    };
+  }
+  function sessionHeaders() {
+    const value = session.get();
+    return value ? { "x-fastedge-session": value } : {};
+  }
+  if (viewer.authorId) session.clear();
 
   function parseJson(text) {
     try {
@@ -47,13 +106,17 @@ function start() {
   }
 
   async function call(method, path, body) {
-    const init = { method, credentials: "same-origin", headers: {} };
+    const init = { method, credentials: "same-origin", headers: sessionHeaders() };
     if (body !== undefined) {
       init.headers["content-type"] = "application/json";
       init.body = JSON.stringify(body);
     }
     const r = await fetch(api + path, init);
     const data = r.status === 204 ? {} : await r.json().catch(() => ({}));
+    const carried = r.headers.get("x-fastedge-session");
+    if (carried) session.set(carried);
+    const code = data.error && data.error.code;
+    if (code === "session_invalid" || code === "session_expired") session.clear();
     if (!r.ok) throw Object.assign(new Error((data.error && data.error.message) || "failed"), { code: data.error && data.error.code });
     if (data.viewer) setViewer(data.viewer);
     return data;
@@ -191,7 +254,13 @@ function start() {
     });
     live.start();
   }
-  follow();
+  if (!viewer.authorId && session.get()) {
+    personalise()
+      .catch((e) => console.warn("fastedge: could not read the page as this reader", e))
+      .finally(follow);
+  } else {
+    follow();
+  }
 
   // Actions
   root.addEventListener("click", async (ev) => {
@@ -244,8 +313,28 @@ function start() {
       }
     }
   }
-  for (const li of list.querySelectorAll('.fe-comment[data-blocked="true"]')) {
-    li.querySelector(":scope > article > .fe-actions > .fe-block").textContent = "Unblock author";
+  function labelBlocked() {
+    for (const li of list.querySelectorAll('.fe-comment[data-blocked="true"]')) {
+      li.querySelector(":scope > article > .fe-actions > .fe-block").textContent = "Unblock author";
+    }
+  }
+  labelBlocked();
+
+  // The first paint came without the reader's state (no cookie came back)
+  // but this tab holds their session: read the page again as them.
+  async function personalise() {
+    const r = await fetch(location.href, { credentials: "same-origin", headers: sessionHeaders() });
+    const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+    const fresh = doc.getElementById("fe-root");
+    const v = fresh ? parseJson(fresh.dataset.viewer) : {};
+    if (!r.ok || !v.authorId) return session.clear();
+    list.replaceChildren(...doc.getElementById("fe-comments").children);
+    count.textContent = doc.getElementById("fe-count").textContent;
+    for (const k of ["epoch", "seq", "thread", "viewer"]) ds[k] = fresh.dataset[k];
+    const empty = document.getElementById("fe-empty");
+    if (empty && list.children.length) empty.remove();
+    viewer = v;
+    labelBlocked();
   }
 
   // Posting
@@ -303,7 +392,7 @@ function start() {
   if (more) {
     more.addEventListener("click", async (ev) => {
       ev.preventDefault();
-      const r = await fetch(more.href, { credentials: "same-origin" });
+      const r = await fetch(more.href, { credentials: "same-origin", headers: sessionHeaders() });
       const doc = new DOMParser().parseFromString(await r.text(), "text/html");
       for (const li of doc.querySelectorAll("#fe-comments > .fe-comment")) if (!node(idOf(li))) list.append(li);
       const next = doc.getElementById("fe-more");

@@ -32,14 +32,33 @@
     frame.style.border = "0";
     frame.style.height = (parseInt(el.getAttribute("data-height"), 10) || 400) + "px";
     frame.setAttribute("scrolling", "no");
+    // Where the browser gives the iframe no cookie and no storage at all,
+    // this tab keeps its session for it (docs/embedding.md).
+    var key = "fastedge:session:" + tenant;
     window.addEventListener("message", function (ev) {
       if (ev.origin !== origin || ev.source !== frame.contentWindow) return;
       var d = ev.data;
+      if (d && d.type === "fastedge:session" && (typeof d.value === "string" || d.value === null)) {
+        try {
+          if (d.value) sessionStorage.setItem(key, d.value.slice(0, 1000));
+          else sessionStorage.removeItem(key);
+        } catch (e) {
+          /* this page's storage is blocked too: the session lasts as long as the iframe */
+        }
+        return;
+      }
       if (!d || d.type !== "fastedge:height" || typeof d.height !== "number" || !isFinite(d.height)) return;
       frame.style.height = Math.max(50, Math.min(Math.ceil(d.height), 100000)) + "px";
     });
     frame.addEventListener("load", function () {
-      frame.contentWindow.postMessage({ type: "fastedge:host", url: location.href, title: document.title }, origin);
+      var msg = { type: "fastedge:host", url: location.href, title: document.title };
+      try {
+        var session = sessionStorage.getItem(key);
+        if (session) msg.session = session;
+      } catch (e) {
+        /* nothing kept */
+      }
+      frame.contentWindow.postMessage(msg, origin);
     });
     el.appendChild(frame);
   }

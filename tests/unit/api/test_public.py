@@ -7,7 +7,7 @@ from urllib.parse import quote
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.store.model import ReadPreference
-from fastedge.testing import NodeHarness
+from fastedge.testing import ApiClient, NodeHarness
 
 
 def comments_path(tenant: str, url_id: str = "https://site.test/a", **query: str) -> str:
@@ -400,3 +400,73 @@ class BadInputTests(PublicApiTestCase):
         c = self.node.client()
         self.assertError(c.post("/api/v1/{}/comments/a%2Fb/like".format(self.tenant)), 400, "bad_path")
         self.assertError(c.post("/api/v1/{}/comments/a%00b/like".format(self.tenant)), 400, "bad_path")
+
+
+class SessionHeaderTests(PublicApiTestCase):
+    """A browser that keeps no third-party cookie: the page carries the
+    session in ``X-FastEdge-Session`` (docs/embedding.md)."""
+
+    def test_write_without_cookie_hands_session_back(self) -> None:
+        """A write made without the cookie answers the session's signed
+        value in ``X-FastEdge-Session`` (the cookie's value); a write made
+        with the cookie does not expose it to the page."""
+        c = self.node.client()
+        first = self.post(c)
+        value = first.header("x-fastedge-session")
+        self.assertIsNotNone(value)
+        self.assertEqual("fe_session=" + value, c.cookie)  # type: ignore[operator]
+        again = self.post(c, text="with the cookie")
+        self.assertEqual(again.code, 201)
+        self.assertIsNone(again.header("x-fastedge-session"))
+
+    def test_header_acts_as_the_cookie(self) -> None:
+        """Without a cookie, the header's session writes and reads as its
+        owner: the same author, and the reader's own state on the page."""
+        c = self.node.client()
+        first = self.post(c)
+        author = first.json["comment"]["authorId"]
+        value = first.header("x-fastedge-session")
+        tab = ApiClient(self.node, headers={"x-fastedge-session": value or ""})
+        second = self.post(tab, text="second, by the same tab")
+        self.assertEqual(second.code, 201)
+        self.assertEqual(second.json["comment"]["authorId"], author)
+        page = self.read(tab).json
+        self.assertTrue(all(comment["isMine"] for comment in page["comments"]))
+        self.assertEqual(page["viewer"]["authorId"], author)
+
+    def test_forged_header_refused(self) -> None:
+        """A tampered header value is refused on writes exactly like a
+        tampered cookie (401 ``session_invalid``), never a new identity."""
+        c = self.node.client()
+        value = self.post(c).header("x-fastedge-session") or ""
+        forged = value[:-2] + ("AA" if not value.endswith("AA") else "BB")
+        tab = ApiClient(self.node, headers={"x-fastedge-session": forged})
+        r = self.post(tab)
+        self.assertEqual((r.code, r.json["error"]["code"]), (401, "session_invalid"))
+
+    def test_header_of_another_tenant(self) -> None:
+        """A valid session of tenant A carried in the header is refused at
+        tenant B (401 on writes), and reads there as a stranger."""
+        other, _ = self.node.create_tenant("Site B")
+        c = self.node.client()
+        value = self.post(c).header("x-fastedge-session") or ""
+        tab = ApiClient(self.node, headers={"x-fastedge-session": value})
+        r = tab.post(comments_path(other), json_body={"text": "x", "displayName": "A"})
+        self.assertEqual((r.code, r.json["error"]["code"]), (401, "session_invalid"))
+        read = tab.get(comments_path(other))
+        self.assertEqual(read.code, 200)
+        self.assertNotIn("authorId", read.json.get("viewer") or {})
+
+    def test_cookie_wins_over_header(self) -> None:
+        """With both, the cookie is the session (the header is only the
+        fallback), so a stale header of another session changes nothing."""
+        ann = self.node.client()
+        ann_author = self.post(ann).json["comment"]["authorId"]
+        bob = self.node.client()
+        bob_value = self.post(bob, name="Bob").header("x-fastedge-session") or ""
+        r = ann.post(
+            comments_path(self.tenant),
+            json_body={"text": "x", "displayName": "Ann"},
+            headers={"x-fastedge-session": bob_value},
+        )
+        self.assertEqual(r.json["comment"]["authorId"], ann_author)

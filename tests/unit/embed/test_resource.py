@@ -402,7 +402,7 @@ class CacheTests(EmbedTestCase):
         self.api_post(ann, "first")
         _, headers, plain = self.raw_get({})
         self.assertIsNone(headers.getRawHeaders(b"content-encoding"))
-        self.assertEqual(headers.getRawHeaders(b"vary"), [b"Accept-Encoding, Cookie"])
+        self.assertEqual(headers.getRawHeaders(b"vary"), [b"Accept-Encoding, Cookie, X-FastEdge-Session"])
         _, headers, zipped = self.raw_get({b"accept-encoding": [b"br, gzip;q=0.8"]})
         self.assertEqual(headers.getRawHeaders(b"content-encoding"), [b"gzip"])
         self.assertEqual(gzip.decompress(zipped), plain)

@@ -122,6 +122,11 @@ class QueueTests(ModerationTestCase):
             ("sort=newest", "bad_sort"),
             ("since=yesterday", "bad_query"),
             ("until=-1", "bad_query"),
+            # Not ASCII digits: int() refuses the first (a 500 once), reads
+            # the second as 1.
+            ("since=%C2%B2", "bad_query"),
+            ("until=%D9%A1", "bad_query"),
+            ("since=9007199254740993", "bad_query"),
             ("cursor=garbage", "bad_cursor"),
             ("q=" + "x" * 201, "bad_q"),
         ]:

@@ -304,6 +304,10 @@ class ModerationApi:
             raise bad_request("name exactly one of authorId or ip", code="bad_ban_target")
         if ip is not None:
             try:
+                # No scope id ("fe80::1%eth0"): no client address has one,
+                # and the spec's ipv6 format refuses it.
+                if "%" in ip:
+                    raise ValueError(ip)
                 address = str(ipaddress.ip_address(ip))
             except ValueError:
                 raise bad_request("ip is not an IP address", code="bad_ip", field="ip") from None

@@ -274,6 +274,9 @@ class BanTests(ModerationTestCase):
             ({}, (400, "bad_ban_target")),
             ({"authorId": author, "ip": "10.0.0.1"}, (400, "bad_ban_target")),
             ({"ip": "10.0.0.300"}, (400, "bad_ip")),
+            # A scope id: ipaddress takes it, the spec's ipv6 format does
+            # not, and no client address carries one.
+            ({"ip": "fe80::1%eth0"}, (400, "bad_ip")),
             ({"ip": "10.0.0.1", "removeAll": True}, (400, "bad_field")),
             ({"authorId": "AAAAAAAAAAAAAAAA"}, (404, "author_not_found")),
             ({"authorId": author, "expiresAt": "tomorrow"}, (400, "wrong_type")),

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..config import ApiConfig
+from ..inputs import InputError, parse_ascii_int
 from ..store.interfaces import IStore
 from ..store.model import (
     MAX_BULK_IDS,
@@ -81,9 +82,10 @@ def _optional_ms(call: Call, name: str) -> int | None:
     raw = call.query.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or int(raw) > _LATEST_MS:
-        raise bad_request("{} must be a time in milliseconds since the epoch".format(name), code="bad_query")
-    return int(raw)
+    try:
+        return parse_ascii_int(raw, 0, _LATEST_MS)
+    except InputError:
+        raise bad_request("{} must be a time in milliseconds since the epoch".format(name), code="bad_query") from None
 
 
 def ban_view(ban: Ban, now_ms: int) -> dict[str, Any]:
@@ -302,6 +304,10 @@ class ModerationApi:
             raise bad_request("name exactly one of authorId or ip", code="bad_ban_target")
         if ip is not None:
             try:
+                # No scope id ("fe80::1%eth0"): no client address has one,
+                # and the spec's ipv6 format refuses it.
+                if "%" in ip:
+                    raise ValueError(ip)
                 address = str(ipaddress.ip_address(ip))
             except ValueError:
                 raise bad_request("ip is not an IP address", code="bad_ip", field="ip") from None

@@ -51,8 +51,23 @@ from urllib.parse import urlsplit
 MAX_GROUPS = 100
 #: Longest SSO group id.
 MAX_GROUP_CHARS = 64
+#: An SSO group id: 1 to :data:`MAX_GROUP_CHARS` characters, none of them a
+#: control character (C0, DEL, C1), a space other than U+0020, an invisible
+#: format character of the BMP (soft hyphen, zero-width and bidirectional
+#: controls, BOM). A regular expression rather than ``str.isprintable()``
+#: (whose unassigned code points change with each Unicode version) so that
+#: docs/openapi.yaml states exactly the same rule: tests/unit/test_openapi.py
+#: checks that the spec uses this very pattern. Lone surrogates (which JSON
+#: escapes can carry but UTF-8 cannot) are refused apart, because regex
+#: engines of other languages (Rust's, ECMAScript's with ``u``) refuse a
+#: surrogate range in a pattern.
+GROUP_ID_PATTERN = r"^[^\x00-\x1F\x7F-\xA0\xAD\u1680\u2000-\u200F\u2028-\u202F\u205F-\u206F\u3000\uFEFF]{1,64}$"
+_GROUP_ID = re.compile(GROUP_ID_PATTERN)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 #: Most origins in ``allowedOrigins``.
 MAX_ORIGINS = 50
+#: Longest origin in ``allowedOrigins``.
+MAX_ORIGIN_CHARS = 300
 #: Highest ``flagsToHide``.
 MAX_FLAGS_TO_HIDE = 10_000
 
@@ -60,6 +75,30 @@ _HEX_COLOUR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
 #: A CSS font-family list: names (quoted or not), commas, spaces. Nothing
 #: that could end the declaration or the style sheet.
 _FONT = re.compile(r"^[A-Za-z0-9 ,'\"_-]{1,120}$")
+_H16 = "[0-9A-Fa-f]{1,4}"
+_IPV6 = "|".join(
+    [
+        "(?:{h}:){{7}}{h}",
+        "(?:{h}:){{1,7}}:",
+        "(?:{h}:){{1,6}}:{h}",
+        "(?:{h}:){{1,5}}(?::{h}){{1,2}}",
+        "(?:{h}:){{1,4}}(?::{h}){{1,3}}",
+        "(?:{h}:){{1,3}}(?::{h}){{1,4}}",
+        "(?:{h}:){{1,2}}(?::{h}){{1,5}}",
+        "{h}:(?::{h}){{1,6}}",
+        ":(?:(?::{h}){{1,7}}|:)",
+    ]
+).format(h=_H16)
+_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = "0*(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+#: What ``allowedOrigins`` accepts before normalising: http(s), a host name
+#: or a bracketed IPv6 address, an optional port, an optional ``/``. One
+#: regular expression so that docs/openapi.yaml states the very same rule
+#: (tests/unit/test_openapi.py checks it); ``urlsplit`` then normalises.
+ORIGIN_PATTERN = "^[Hh][Tt][Tt][Pp][Ss]?://(?:{label}(?:\\.{label})*|\\[(?:{ipv6})\\])(?::(?:{port})?)?/?$".format(
+    label=_LABEL, ipv6=_IPV6, port=_PORT
+)
+_ORIGIN = re.compile(ORIGIN_PATTERN)
 _HOST = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
 
 
@@ -129,7 +168,7 @@ def _wrong(key: str, expected: str, value: Any) -> SettingsError:
 
 def check_group_ids(key: str, value: Any) -> tuple[str, ...]:
     """A list of SSO group ids: at most :data:`MAX_GROUPS`, each 1 to
-    :data:`MAX_GROUP_CHARS` printable characters; duplicates collapse.
+    :data:`MAX_GROUP_CHARS` characters of :data:`GROUP_ID_PATTERN`; duplicates collapse.
 
     :raises SettingsError: naming ``key``.
     """
@@ -141,8 +180,10 @@ def check_group_ids(key: str, value: Any) -> tuple[str, ...]:
     for item in value:
         if not isinstance(item, str):
             raise _wrong(key, "a list of strings", item)
-        if not 0 < len(item) <= MAX_GROUP_CHARS or not item.isprintable():
-            raise SettingsError(key, "group ids are 1 to {} printable characters".format(MAX_GROUP_CHARS))
+        if not _GROUP_ID.fullmatch(item) or _SURROGATE.search(item):
+            raise SettingsError(
+                key, "group ids are 1 to {} characters, without control or invisible characters".format(MAX_GROUP_CHARS)
+            )
         if item not in out:
             out.append(item)
     return tuple(out)
@@ -159,7 +200,7 @@ def normalize_origin(key: str, value: Any) -> str:
     if not isinstance(value, str):
         raise _wrong(key, "a list of origins (strings)", value)
     bad = SettingsError(key, "{!r} is not an origin like https://example.com".format(value[:100]))
-    if not value.isascii() or not value.isprintable() or len(value) > 300 or " " in value:
+    if len(value) > MAX_ORIGIN_CHARS or not _ORIGIN.fullmatch(value):
         raise bad
     try:
         parts = urlsplit(value)

@@ -10,6 +10,9 @@ say, so that a request the fuzzer calls valid is one the node must accept:
 * ``since`` on ``/live/events`` without an epoch counts in the channel's
   current epoch, and one beyond the channel's sequence number is a 400
   ``since_in_future``: valid requests without an epoch resume from 0;
+* a ban's ``expiresAt`` must be in the future (else 422 ``bad_expiry``),
+  which depends on the clock, not on the request's form: valid requests
+  with an expiry that has passed (or is about to) get one a day ahead;
 * an upload's bytes must be what its Content-Type says (else 415
   ``content_mismatch``): upload bodies are small objects of their type
   (a file's first bytes, then random ones), registered as the strategy of
@@ -25,6 +28,7 @@ one that names no key.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import schemathesis
@@ -46,6 +50,11 @@ SAMPLES = {
 }
 SSE = ("GET", "/live/events")
 REVOKE = ("DELETE", "/api/v1/manage/keys/{keyId}")
+BANNING = {("POST", "/api/v1/manage/moderation/bans"), ("POST", "/api/v1/manage/moderation/actions")}
+#: A valid expiry is at least this far ahead when sent (ms), so the node's
+#: clock cannot pass it on the way.
+MIN_AHEAD_MS = 3_600_000
+DAY_MS = 86_400_000
 KEEP = set(filter(None, os.environ.get("FASTEDGE_FUZZ_KEEP_KEYS", "").split(",")))
 
 for _media_type, _head in SAMPLES.items():
@@ -58,7 +67,8 @@ def _valid(case: Any, location: ParameterLocation) -> bool:
 
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
-    """Valid requests carry no made-up cursor or future ``since``; the run's keys are never revoked."""
+    """Valid requests carry no made-up cursor, future ``since`` or past
+    ``expiresAt``; the run's keys are never revoked."""
     if isinstance(case.query, dict) and "cursor" in case.query and _valid(case, ParameterLocation.QUERY):
         del case.query["cursor"]
     if (
@@ -69,5 +79,14 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         and _valid(case, ParameterLocation.QUERY)
     ):
         case.query["since"] = 0
+    if (
+        (case.method.upper(), case.path) in BANNING
+        and isinstance(case.body, dict)
+        and isinstance(case.body.get("expiresAt"), int)
+        and _valid(case, ParameterLocation.BODY)
+    ):
+        now_ms = int(time.time() * 1000)
+        if case.body["expiresAt"] < now_ms + MIN_AHEAD_MS:
+            case.body["expiresAt"] = now_ms + DAY_MS
     if (case.method.upper(), case.path) == REVOKE and case.path_parameters.get("keyId") in KEEP:
         case.path_parameters["keyId"] = "not-a-key-of-this-run"

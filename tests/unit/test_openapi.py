@@ -10,6 +10,7 @@ from openapi_spec_validator import validate
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from fastedge.store.settings import GROUP_ID_PATTERN, ORIGIN_PATTERN
 from fastedge.tap import Options, makeService
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,6 +41,16 @@ class OpenApiTests(SynchronousTestCase):
     def test_valid_document(self) -> None:
         """The document is valid OpenAPI 3."""
         validate(self.spec)
+
+    def test_group_id_rule(self) -> None:
+        """The spec's GroupId is the very pattern the node checks group ids
+        with (a rule like ``str.isprintable()`` cannot be written down)."""
+        self.assertEqual(self.spec["components"]["schemas"]["GroupId"]["pattern"], GROUP_ID_PATTERN)
+
+    def test_origin_rule(self) -> None:
+        """The spec's Origin is the very pattern allowedOrigins are checked
+        with (``urlsplit``'s leniency cannot be written down)."""
+        self.assertEqual(self.spec["components"]["schemas"]["Origin"]["pattern"], ORIGIN_PATTERN)
 
     def test_routes_match(self) -> None:
         """Every route the node serves is documented, and every documented

@@ -122,6 +122,11 @@ class QueueTests(ModerationTestCase):
             ("sort=newest", "bad_sort"),
             ("since=yesterday", "bad_query"),
             ("until=-1", "bad_query"),
+            # Not ASCII digits: int() refuses the first (a 500 once), reads
+            # the second as 1.
+            ("since=%C2%B2", "bad_query"),
+            ("until=%D9%A1", "bad_query"),
+            ("since=9007199254740993", "bad_query"),
             ("cursor=garbage", "bad_cursor"),
             ("q=" + "x" * 201, "bad_q"),
         ]:
@@ -269,6 +274,9 @@ class BanTests(ModerationTestCase):
             ({}, (400, "bad_ban_target")),
             ({"authorId": author, "ip": "10.0.0.1"}, (400, "bad_ban_target")),
             ({"ip": "10.0.0.300"}, (400, "bad_ip")),
+            # A scope id: ipaddress takes it, the spec's ipv6 format does
+            # not, and no client address carries one.
+            ({"ip": "fe80::1%eth0"}, (400, "bad_ip")),
             ({"ip": "10.0.0.1", "removeAll": True}, (400, "bad_field")),
             ({"authorId": "AAAAAAAAAAAAAAAA"}, (404, "author_not_found")),
             ({"authorId": author, "expiresAt": "tomorrow"}, (400, "wrong_type")),

@@ -162,7 +162,9 @@ class ThreadAccessApiTests(SynchronousTestCase):
         self.assertEqual((locked["lockedGroups"], locked["requireSignIn"]), (["staff"], True))
         r = self.node.client().get(page)
         self.assertEqual((r.code, r.json["error"]["code"]), (403, "thread_locked"))
-        for bad in (["x" * 65], ["g{}".format(i) for i in range(101)], [3]):
+        # Group ids follow docs/openapi.yaml's GroupId: no control, invisible
+        # or lone surrogate characters.
+        for bad in (["x" * 65], ["g{}".format(i) for i in range(101)], [3], [""], ["a\u200bb"], ["a\x85"], ["\ud800"]):
             r = self.manager.patch("/api/v1/manage/threads/" + t["id"], json_body={"lockedGroups": bad})
             self.assertEqual((r.code, r.json["error"]["field"]), (422, "lockedGroups"))
         r = self.manager.patch("/api/v1/manage/threads/" + t["id"], json_body={"lockedGroups": "staff"})

@@ -104,8 +104,13 @@ Observer = Callable[[str, ReadPreference, float], None]
 
 
 def new_id() -> str:
-    """A random, URL-safe identifier (96 bits)."""
-    return secrets.token_urlsafe(12)
+    """A random, URL-safe identifier (96 bits), never starting with ``-``:
+    operators pass ids as command-line arguments (``fastedge-admin tenant
+    revoke-key TENANT KEY_ID``), where a leading ``-`` reads as an option."""
+    while True:
+        value = secrets.token_urlsafe(12)
+        if value[0] != "-":
+            return value
 
 
 def _require_primary(read_preference: ReadPreference) -> Deferred[Any] | None:

@@ -129,8 +129,10 @@ class ModerationApi:
         cache: PageCache,
         metrics: ApiMetrics,
         live: LivePublisher | None = None,
+        address_hash: common.AddressHasher,
     ) -> None:
         self._cfg = cfg
+        self._address_hash = address_hash
         self._store = store
         self._clock = clock
         self._manage = manage
@@ -307,7 +309,7 @@ class ModerationApi:
                 raise bad_request("ip is not an IP address", code="bad_ip", field="ip") from None
             if body.get("removeAll"):
                 raise bad_request("removeAll goes with authorId", code="bad_field", field="removeAll")
-            kind, value = BanKind.ADDRESS, common.address_hash(tenant.id, address)
+            kind, value = BanKind.ADDRESS, self._address_hash(tenant.id, address)
         else:
             assert author_id is not None
             kind, value = BanKind.AUTHOR, common.record_id(author_id, "author")

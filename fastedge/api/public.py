@@ -133,6 +133,7 @@ class PublicApi:
         self._store = store
         self._clock = clock
         self._cookies = cookies
+        self._address_hash = common.AddressHasher(cookies)
         self._cache = cache
         self._metrics = metrics
         self._session_authors: dict[tuple[str, str], str] = {}
@@ -636,7 +637,7 @@ class PublicApi:
         ban = yield self._store.find_ban(
             tenant.id,
             author_id=viewer.session.author_id,
-            address_hash=common.address_hash(tenant.id, call.client_ip),
+            address_hash=self._address_hash(tenant.id, call.client_ip),
             now_ms=self._now_ms(),
             read_preference=NEAREST,
         )
@@ -675,7 +676,7 @@ class PublicApi:
                 viewer.session.author_id,
                 created_ms=self._now_ms(),
                 read_preference=PRIMARY,
-                address_hash=common.address_hash(tenant.id, call.client_ip),
+                address_hash=self._address_hash(tenant.id, call.client_ip),
                 max_per_address=self._cfg.likes_per_address,
             )
         except LimitReached:

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from ..config import ApiConfig
 from ..store.interfaces import IStore
 from .cache import PageCache
+from .common import AddressHasher
 from .cors import Cors
 from .credits import CreditMeter
 from .manage import ManageApi
@@ -140,7 +141,16 @@ def build_api(
     manage = ManageApi(
         cfg, store=store, clock=clock, credits=meter, cache=cache, metrics=metrics, live=live, tenants=tenants
     )
-    moderation = ModerationApi(cfg, store=store, clock=clock, manage=manage, cache=cache, metrics=metrics, live=live)
+    moderation = ModerationApi(
+        cfg,
+        store=store,
+        clock=clock,
+        manage=manage,
+        cache=cache,
+        metrics=metrics,
+        live=live,
+        address_hash=AddressHasher(cookies),
+    )
     public = PublicApi(
         cfg,
         store=store,

@@ -4,6 +4,8 @@ log, flags that hide a comment, and likes that cannot be inflated."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -12,6 +14,7 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from fastedge.api.common import AddressHasher
 from fastedge.api.keys import hash_api_key, new_api_key
 from fastedge.store.model import ReadPreference
 from fastedge.testing import ApiClient, NodeHarness
@@ -257,6 +260,33 @@ class BanTests(ModerationTestCase):
         self.assertNotIn("127.0.0.1", json.dumps(r.json))
         refused = self.node.client().post(self.public("/comments?urlId=x"), json_body={"text": "x", "displayName": "T"})
         self.assertEqual(self.error(refused), (403, "banned"))
+
+    def test_address_hash_is_keyed(self) -> None:
+        """An address is kept as HMAC-SHA256 under a sub-key of the
+        deployment's session key (``HMAC(key, "address-hash")``), per tenant:
+        not the bare SHA-256 anyone can reverse by hashing all of IPv4."""
+        r = self.manager.post(BANS, json_body={"ip": "127.0.0.1"})
+        self.assertEqual(r.code, 201, r.body)
+        with open(self.node.api_config.secret_file, "rb") as f:
+            key = f.read().strip()
+        sub_key = hmac.new(key, b"address-hash", hashlib.sha256).digest()
+        message = "{}\x00127.0.0.1".format(self.tenant).encode()
+        self.assertEqual(r.json["ban"]["addressHash"], hmac.new(sub_key, message, hashlib.sha256).hexdigest())
+        unkeyed = hashlib.sha256("fastedge-address\x00{}\x00127.0.0.1".format(self.tenant).encode()).hexdigest()
+        self.assertNotEqual(r.json["ban"]["addressHash"], unkeyed)
+
+    def test_address_hash_follows_the_deployment_key(self) -> None:
+        """Nodes sharing the key file hash an address alike (a ban made at
+        one holds at all); another deployment's key hashes it differently."""
+        shared = NodeHarness(self, secret_file=self.node.api_config.secret_file)
+        other = NodeHarness(self)
+        hashes = []
+        for node in (self.node, shared, other):
+            hasher = AddressHasher(node.api.cookies)
+            hashes.append(hasher(self.tenant, "192.0.2.1"))
+        self.assertEqual(hashes[0], hashes[1])
+        self.assertNotEqual(hashes[0], hashes[2])
+        self.assertNotEqual(hashes[0], AddressHasher(self.node.api.cookies)("other-tenant", "192.0.2.1"))
 
     def test_bad_bans(self) -> None:
         """Bans with an expiry in the past, no or two targets, a bad address,

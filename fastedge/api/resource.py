@@ -151,6 +151,7 @@ def build_api(
         live=live,
         address_hash=AddressHasher(cookies),
     )
+    cors = Cors(tenants, metrics)
     public = PublicApi(
         cfg,
         store=store,
@@ -161,14 +162,16 @@ def build_api(
         live=live,
         viewer_tokens=tokens,
         tenants=tenants,
-        cors=Cors(tenants, metrics),
+        cors=cors,
         access=access,
         sso=sso,
     )
     # Manage routes first: "/api/v1/manage/..." must never be read as a tenant
     # called "manage" (tenant ids are random and 16 characters long anyway).
     extra = extra_manage_routes(manage) if extra_manage_routes is not None else []
-    router = Router(list(extra_routes) + manage.routes() + moderation.routes() + extra + public.routes())
+    routes = list(extra_routes) + manage.routes() + moderation.routes() + extra + public.routes()
+    routes += moderation.public_routes(public.moderator, cors)
+    router = Router(routes)
     service = MultiService()
     _SessionKeyLoader(cookies, cfg.secret_file).setServiceParent(service)
     _CreditFlusher(meter, cfg.credits.flush_seconds, clock).setServiceParent(service)

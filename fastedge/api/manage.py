@@ -301,6 +301,8 @@ class ManageApi:
         self._cache.invalidate((tenant.id, "url", url_id))
         if self._live is not None and ("locked_groups" in fields or "require_sign_in" in fields):
             self._live.thread_changed(tenant.id, url_id)
+            # Open subscriptions the new lock refuses end (docs/live-protocol.md).
+            self._live.access_changed(tenant.id, url_id)
         return 200, {"thread": thread_view(written.value)}, written
 
     @inlineCallbacks
@@ -313,8 +315,10 @@ class ManageApi:
         )
         self._forget_thread(tenant.id, thread_id)
         if self._live is not None:
-            # Live subscribers are checked against the new rules from now on.
+            # Live subscribers are checked against the new rules from now
+            # on, and those already subscribed are re-checked at once.
             self._live.thread_changed(tenant.id, thread.url_id)
+            self._live.access_changed(tenant.id, thread.url_id)
         return 200, {"thread": thread_view(written.value)}, written
 
     @inlineCallbacks
@@ -489,6 +493,10 @@ class ManageApi:
         )
         if self._tenants is not None:
             self._tenants.forget(tenant.id)
+        if self._live is not None and "defaultGroups" in body:
+            # Threads without a lock of their own follow defaultGroups:
+            # their open subscriptions are re-checked at once.
+            self._live.access_changed(tenant.id)
         secrets = yield self._store.get_sso_secrets(tenant.id, now_ms=self._now_ms(), read_preference=PRIMARY)
         self._log.info(
             "tenant {tenant} settings changed: {keys}",

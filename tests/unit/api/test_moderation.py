@@ -548,3 +548,33 @@ class SsoModeratorTests(ModerationTestCase):
         self.assertEqual(self.queue_ids(), [ours["id"]])
         other_queue = self.node.manager(self.other_key).get(Q).json["comments"]
         self.assertEqual([c["id"] for c in other_queue], [theirs_id])
+
+    def test_cross_origin_moderation_tool(self) -> None:
+        """A moderation tool on one of the site's allowedOrigins may call the
+        routes cross-origin, sending and reading X-Consistency-Token."""
+        origin = "https://mods.site.test"
+        self.successResultOf(
+            self.node.store.update_tenant_settings(self.tenant, {"allowedOrigins": [origin]}, read_preference=PRIMARY)
+        )
+        self.node.clock.advance(self.node.api_config.page_cache_seconds)
+        preflight = self.node.request(
+            "OPTIONS",
+            self.path("queue"),
+            data=None,
+            headers={
+                "origin": origin,
+                "access-control-request-method": "GET",
+                "access-control-request-headers": "x-consistency-token",
+            },
+        )
+        self.assertEqual(preflight.code, 204, preflight.body)
+        self.assertIn("x-consistency-token", preflight.header("access-control-allow-headers") or "")
+        pending = self.imported()
+        r = self.signed_in(MOD).post(
+            self.path("actions"),
+            json_body={"action": "approve", "commentIds": [pending["id"]]},
+            headers={"origin": origin},
+        )
+        self.assertEqual(r.code, 200, r.body)
+        self.assertEqual(r.header("access-control-allow-origin"), origin)
+        self.assertIn("x-consistency-token", r.header("access-control-expose-headers") or "")

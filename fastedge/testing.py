@@ -1197,6 +1197,8 @@ class RecordingConnection:
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
+        #: The client's LiveConnection (set by :class:`LiveSubscriber`).
+        self.owner: Any = None
 
     def push(self, prepared: Any) -> int:
         payload = prepared.payload
@@ -1212,6 +1214,15 @@ class RecordingConnection:
     def shutdown(self) -> None:
         """Nothing to close in memory."""
 
+    def revoke(self, sub: Any, error: Any) -> bool:
+        """As the WebSocket transport: an ``error`` naming the channel."""
+        from .pubsub import messages
+
+        if self.owner is None or not self.owner.drop(sub):
+            return False
+        self.send(messages.revoked(messages.channel_name(*sub.channel), error.code, error.message))
+        return True
+
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         """The messages of one ``type``."""
         return [m for m in self.messages if m.get("type") == kind]
@@ -1226,6 +1237,7 @@ class LiveSubscriber:
 
         self.conn = RecordingConnection()
         self.live = LiveConnection(node.live, self.conn)
+        self.conn.owner = self.live
 
     def subscribe(self, tenant_id: str, url_id: str, **extra: Any) -> Deferred[Any]:
         """Subscribe; the ``subscribed`` answer and any replay are recorded

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -18,6 +19,7 @@ from ..store.interfaces import IStore
 from ..store.model import Comment, ReadPreference, Sort, Thread, ViewerState
 from .errors import ApiError, bad_request, not_found
 from .router import Call
+from .sessions import SessionCookies
 
 #: Ids we issue are URL-safe base64; anything else cannot name a record.
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -34,10 +36,31 @@ def now_ms(call_clock_seconds: float) -> int:
     return int(call_clock_seconds * 1000)
 
 
-def address_hash(tenant_id: str, address: str) -> str:
-    """The hash a client address is kept as (likes, bans): per tenant, so
-    one tenant's hashes say nothing about another's visitors."""
-    return hashlib.sha256("fastedge-address\0{}\0{}".format(tenant_id, address).encode()).hexdigest()
+class AddressHasher:
+    """The one hash a client address is kept as (likes per address, bans by
+    address): HMAC-SHA256 under a sub-key of the deployment's session key
+    (``HMAC(key, "address-hash")``), per tenant.
+
+    Keyed, so a stored hash cannot be reversed by hashing every IPv4
+    address (2**32 tries); the same on every node (they share
+    ``api.secret_file``); per tenant, so one tenant's hashes say nothing
+    about another's visitors. Changing the key file (or moving from the
+    unkeyed hash of earlier releases) makes old hashes match nothing
+    (docs/moderation.md).
+    """
+
+    LABEL = "address-hash"
+
+    def __init__(self, cookies: SessionCookies) -> None:
+        self._cookies = cookies
+        self._key: bytes | None = None
+
+    def __call__(self, tenant_id: str, address: str) -> str:
+        if self._key is None:
+            # The session key is loaded at start, after construction.
+            self._key = self._cookies.derive_key(self.LABEL)
+        message = "{}\0{}".format(tenant_id, address).encode("utf-8")
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
 
 def query_int(call: Call, name: str, default: int, low: int, high: int) -> int:

@@ -31,9 +31,9 @@ from .router import Call, Reply
 from .tenants import TenantSettingsCache
 
 #: Request headers a cross-origin client may send.
-ALLOWED_HEADERS = b"content-type, x-fastedge-sso"
+ALLOWED_HEADERS = b"content-type, x-fastedge-sso, x-consistency-token"
 #: Response headers a cross-origin client may read.
-EXPOSED_HEADERS = b"retry-after"
+EXPOSED_HEADERS = b"retry-after, x-consistency-token"
 #: How long a browser may remember a preflight answer (seconds).
 MAX_AGE = b"600"
 

@@ -10,6 +10,7 @@ sends it back sees that write even when reading NEAREST.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -29,7 +30,7 @@ from .errors import ApiError, bad_request
 from .keys import hash_api_key, looks_like_api_key, new_api_key
 from .markup import render
 from .metrics import ApiMetrics
-from .router import Call, Reply, Route
+from .router import Call, ICors, Reply, Route
 from .sso import check_secret, sso_status
 from .tenants import TenantSettingsCache
 
@@ -44,6 +45,8 @@ DEFAULT_SSO_OVERLAP_SECONDS = 24 * 3600
 MAX_SSO_OVERLAP_SECONDS = 30 * 24 * 3600
 TOKEN_HEADER = b"x-consistency-token"
 _API_AUTHOR = "tenant-api"
+#: Finds the tenant a call acts for (default: by its API key).
+Authenticate = Callable[[Call], Any]
 
 
 #: Fields of a thread the tenant may set.
@@ -126,17 +129,37 @@ class ManageApi:
             Route(b"PATCH", base + "/settings", self._write("update_settings", self.update_settings)),
         ]
 
-    def tenant_route(self, method: bytes, template: str, operation: str, handler: Any) -> Route:
+    def tenant_route(
+        self,
+        method: bytes,
+        template: str,
+        operation: str,
+        handler: Any,
+        *,
+        authenticate: Authenticate | None = None,
+        cors: ICors | None = None,
+    ) -> Route:
         """A route of another subpackage (the CDN's uploads and purges) under
         the tenant API: authenticated by API key and charged like a write.
 
         :param handler: ``handler(call, tenant)`` returning (a Deferred of)
             ``(status, body, written_or_None)``.
+        :param authenticate: ``authenticate(call)`` answering (a Deferred
+            of) the tenant, instead of the API key (the public side's SSO
+            moderators); ``cors``: that route's cross-origin rules.
         """
-        return Route(method, template, self._write(operation, handler))
+        return Route(method, template, self._write(operation, handler, authenticate), cors)
 
     def tenant_read_route(
-        self, method: bytes, template: str, operation: str, handler: Any, *, default: ReadPreference
+        self,
+        method: bytes,
+        template: str,
+        operation: str,
+        handler: Any,
+        *,
+        default: ReadPreference,
+        authenticate: Authenticate | None = None,
+        cors: ICors | None = None,
     ) -> Route:
         """A read route of another module (moderation) under the tenant API:
         authenticated, charged by read preference, honouring
@@ -145,8 +168,9 @@ class ManageApi:
         :param default: the read preference when the caller names none.
         :param handler: ``handler(call, tenant, read_preference, token)``
             returning (a Deferred of) a ``Reply``.
+        :param authenticate: as for :meth:`tenant_route`.
         """
-        return Route(method, template, self._read(operation, handler, default))
+        return Route(method, template, self._read(operation, handler, default, authenticate), cors)
 
     # Authentication, credits, tokens
 
@@ -182,12 +206,15 @@ class ManageApi:
         call.request.tenant_id = tenant.id  # type: ignore[attr-defined]
         return tenant
 
-    def _read(self, operation: str, handler: Any, default: ReadPreference = PRIMARY) -> Any:
+    def _read(
+        self, operation: str, handler: Any, default: ReadPreference = PRIMARY, authenticate: Authenticate | None = None
+    ) -> Any:
         """Wrap a read handler: authenticate, pick the read preference, charge."""
+        auth = authenticate or self._authenticate
 
         @inlineCallbacks
         def run(call: Call) -> Any:
-            tenant = yield self._authenticate(call)
+            tenant = yield auth(call)
             read_preference = common.read_preference(call, default)
             token = call.header(TOKEN_HEADER)
             if token is not None and not (0 < len(token) <= 128 and token.isascii() and token.isprintable()):
@@ -202,12 +229,13 @@ class ManageApi:
 
         return run
 
-    def _write(self, operation: str, handler: Any) -> Any:
+    def _write(self, operation: str, handler: Any, authenticate: Authenticate | None = None) -> Any:
         """Wrap a write handler: authenticate, charge, return the token."""
+        auth = authenticate or self._authenticate
 
         @inlineCallbacks
         def run(call: Call) -> Any:
-            tenant = yield self._authenticate(call)
+            tenant = yield auth(call)
             if "readPreference" in call.query:
                 raise bad_request("writes always go to the primary; drop readPreference", code="bad_read_preference")
             status, body, written = yield handler(call, tenant)
@@ -273,6 +301,8 @@ class ManageApi:
         self._cache.invalidate((tenant.id, "url", url_id))
         if self._live is not None and ("locked_groups" in fields or "require_sign_in" in fields):
             self._live.thread_changed(tenant.id, url_id)
+            # Open subscriptions the new lock refuses end (docs/live-protocol.md).
+            self._live.access_changed(tenant.id, url_id)
         return 200, {"thread": thread_view(written.value)}, written
 
     @inlineCallbacks
@@ -285,8 +315,10 @@ class ManageApi:
         )
         self._forget_thread(tenant.id, thread_id)
         if self._live is not None:
-            # Live subscribers are checked against the new rules from now on.
+            # Live subscribers are checked against the new rules from now
+            # on, and those already subscribed are re-checked at once.
             self._live.thread_changed(tenant.id, thread.url_id)
+            self._live.access_changed(tenant.id, thread.url_id)
         return 200, {"thread": thread_view(written.value)}, written
 
     @inlineCallbacks
@@ -461,6 +493,10 @@ class ManageApi:
         )
         if self._tenants is not None:
             self._tenants.forget(tenant.id)
+        if self._live is not None and "defaultGroups" in body:
+            # Threads without a lock of their own follow defaultGroups:
+            # their open subscriptions are re-checked at once.
+            self._live.access_changed(tenant.id)
         secrets = yield self._store.get_sso_secrets(tenant.id, now_ms=self._now_ms(), read_preference=PRIMARY)
         self._log.info(
             "tenant {tenant} settings changed: {keys}",

@@ -41,7 +41,7 @@ from . import common
 from .cache import PageCache
 from .errors import ApiError, bad_request, not_found
 from .metrics import ApiMetrics
-from .router import Call, Reply, Route
+from .router import Call, ICors, Reply, Route
 
 if TYPE_CHECKING:
     from ..pubsub.publish import LivePublisher
@@ -131,8 +131,10 @@ class ModerationApi:
         cache: PageCache,
         metrics: ApiMetrics,
         live: LivePublisher | None = None,
+        address_hash: common.AddressHasher,
     ) -> None:
         self._cfg = cfg
+        self._address_hash = address_hash
         self._store = store
         self._clock = clock
         self._manage = manage
@@ -152,15 +154,46 @@ class ModerationApi:
             m.tenant_read_route(b"GET", base + "/log", "moderation_log", self.log, default=NEAREST),
         ]
 
+    def public_routes(self, authenticate: Any, cors: ICors | None) -> list[Route]:
+        """The queue and the bulk actions for SSO moderators, on the public
+        side, ``/api/v1/{tenant}/moderation/...``: the same handlers, checks,
+        credits and consistency tokens as the tenant API's routes.
+
+        :param authenticate: ``authenticate(call)`` answering the tenant of
+            an SSO moderator and setting ``call.actor``
+            (:meth:`fastedge.api.public.PublicApi.moderator`).
+        """
+        base = "/api/v1/{tenant}/moderation"
+        m = self._manage
+        return [
+            m.tenant_read_route(
+                b"GET",
+                base + "/queue",
+                "moderation_queue",
+                self.queue,
+                default=NEAREST,
+                authenticate=authenticate,
+                cors=cors,
+            ),
+            m.tenant_route(b"POST", base + "/actions", "moderate", self.act, authenticate=authenticate, cors=cors),
+        ]
+
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
 
     def _limit(self, call: Call) -> int:
         return common.query_int(call, "limit", self._cfg.page_size, 1, self._cfg.max_page_size)
 
-    def _who(self, body: dict[str, Any]) -> tuple[str, str]:
-        """The acting moderator and the reason, from a request body."""
-        actor = _text(body.get("moderator") or DEFAULT_ACTOR, "moderator", _MAX_ACTOR_CHARS)
+    def _who(self, call: Call, body: dict[str, Any]) -> tuple[str, str]:
+        """The acting moderator and the reason: a signed-in moderator is
+        who they signed in as (never what the body says); a tenant API
+        caller names one, or is ``tenant-api``."""
+        if call.actor is not None:
+            if "moderator" in body:
+                raise bad_request("moderator is the signed-in user; drop it", code="bad_field", field="moderator")
+            actor = call.actor
+        else:
+            actor = _text(body.get("moderator") or DEFAULT_ACTOR, "moderator", _MAX_ACTOR_CHARS)
         reason = _text(body.get("reason") or "", "reason", _MAX_REASON_CHARS)
         return actor, reason
 
@@ -247,7 +280,7 @@ class ModerationApi:
         for comment_id in ids:
             # Malformed, unknown or another tenant's: the whole call is refused.
             common.record_id(comment_id, "comment")
-        actor, reason = self._who(body)
+        actor, reason = self._who(call, body)
         now = self._now_ms()
         if action is not ModerationAction.BAN and (body.get("expiresAt") is not None or body.get("removeAll")):
             raise bad_request("expiresAt and removeAll go with action ban", code="bad_field", field="action")
@@ -313,11 +346,11 @@ class ModerationApi:
                 raise bad_request("ip is not an IP address", code="bad_ip", field="ip") from None
             if body.get("removeAll"):
                 raise bad_request("removeAll goes with authorId", code="bad_field", field="removeAll")
-            kind, value = BanKind.ADDRESS, common.address_hash(tenant.id, address)
+            kind, value = BanKind.ADDRESS, self._address_hash(tenant.id, address)
         else:
             assert author_id is not None
             kind, value = BanKind.AUTHOR, common.record_id(author_id, "author")
-        actor, reason = self._who(body)
+        actor, reason = self._who(call, body)
         now = self._now_ms()
         expires = self._expiry(body, now)
         written: Written[Moderated] = yield self._store.add_ban(

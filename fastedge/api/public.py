@@ -138,6 +138,7 @@ class PublicApi:
         self._store = store
         self._clock = clock
         self._cookies = cookies
+        self._address_hash = common.AddressHasher(cookies)
         self._cache = cache
         self._metrics = metrics
         self._session_authors: dict[tuple[str, str], str] = {}
@@ -330,6 +331,37 @@ class PublicApi:
             self._metrics.access_refused.labels(e.reason).inc()
             raise ApiError(403, e.reason, e.message) from None
         return None
+
+    @inlineCallbacks
+    def moderator(self, call: Call) -> Any:
+        """The tenant of ``/api/v1/{tenant}/moderation/...``, for an SSO
+        moderator of that tenant only (their profile's ``isModerator`` or
+        ``isAdmin``, signed in by cookie or ``X-FastEdge-SSO``); sets
+        ``call.actor`` to their SSO user id, which the audit log records.
+
+        :raises ApiError: 401 ``sign_in_required`` for anyone not signed in
+            to this tenant (another tenant's cookie or signature included);
+            403 ``not_moderator`` for a signed-in user who is not one.
+        """
+        tenant = yield self._tenant(call)
+        author = yield self._author_of(call, tenant.id, write=call.request.method != b"GET")
+        user = None
+        if author is not None:
+            for preference in (NEAREST, PRIMARY):
+                try:
+                    user = yield self._store.get_user_by_author(tenant.id, author, read_preference=preference)
+                    break
+                except NotFound:
+                    continue
+        if user is None:
+            self._metrics.access_refused.labels("moderator_sign_in").inc()
+            raise ApiError(401, "sign_in_required", "sign in (SSO) as one of this site's moderators")
+        profile = user.profile
+        if profile is None or not (profile.is_moderator or profile.is_admin):
+            self._metrics.access_refused.labels("not_moderator").inc()
+            raise ApiError(403, "not_moderator", "only this site's moderators may do this")
+        call.actor = user.external_id
+        return tenant
 
     @inlineCallbacks
     def _thread_of(self, tenant: Tenant, comment: Any) -> Any:
@@ -652,7 +684,7 @@ class PublicApi:
         ban = yield self._store.find_ban(
             tenant.id,
             author_id=viewer.session.author_id,
-            address_hash=common.address_hash(tenant.id, call.client_ip),
+            address_hash=self._address_hash(tenant.id, call.client_ip),
             now_ms=self._now_ms(),
             read_preference=NEAREST,
         )
@@ -691,7 +723,7 @@ class PublicApi:
                 viewer.session.author_id,
                 created_ms=self._now_ms(),
                 read_preference=PRIMARY,
-                address_hash=common.address_hash(tenant.id, call.client_ip),
+                address_hash=self._address_hash(tenant.id, call.client_ip),
                 max_per_address=self._cfg.likes_per_address,
             )
         except LimitReached:

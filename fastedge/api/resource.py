@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from ..config import ApiConfig
 from ..store.interfaces import IStore
 from .cache import PageCache
+from .common import AddressHasher
 from .cors import Cors
 from .credits import CreditMeter
 from .manage import ManageApi
@@ -140,7 +141,17 @@ def build_api(
     manage = ManageApi(
         cfg, store=store, clock=clock, credits=meter, cache=cache, metrics=metrics, live=live, tenants=tenants
     )
-    moderation = ModerationApi(cfg, store=store, clock=clock, manage=manage, cache=cache, metrics=metrics, live=live)
+    moderation = ModerationApi(
+        cfg,
+        store=store,
+        clock=clock,
+        manage=manage,
+        cache=cache,
+        metrics=metrics,
+        live=live,
+        address_hash=AddressHasher(cookies),
+    )
+    cors = Cors(tenants, metrics)
     public = PublicApi(
         cfg,
         store=store,
@@ -151,14 +162,16 @@ def build_api(
         live=live,
         viewer_tokens=tokens,
         tenants=tenants,
-        cors=Cors(tenants, metrics),
+        cors=cors,
         access=access,
         sso=sso,
     )
     # Manage routes first: "/api/v1/manage/..." must never be read as a tenant
     # called "manage" (tenant ids are random and 16 characters long anyway).
     extra = extra_manage_routes(manage) if extra_manage_routes is not None else []
-    router = Router(list(extra_routes) + manage.routes() + moderation.routes() + extra + public.routes())
+    routes = list(extra_routes) + manage.routes() + moderation.routes() + extra + public.routes()
+    routes += moderation.public_routes(public.moderator, cors)
+    router = Router(routes)
     service = MultiService()
     _SessionKeyLoader(cookies, cfg.secret_file).setServiceParent(service)
     _CreditFlusher(meter, cfg.credits.flush_seconds, clock).setServiceParent(service)

@@ -49,6 +49,9 @@ class Call:
         self.params = params
         self.route = route
         self._query: dict[str, str] | None = None
+        #: Who the caller signed in as, where a route's authentication
+        #: names a person (an SSO moderator's user id); ``None`` otherwise.
+        self.actor: str | None = None
 
     @property
     def query(self) -> Mapping[str, str]:

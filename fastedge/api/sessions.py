@@ -132,6 +132,17 @@ class SessionCookies:
         """
         return self._mac(payload)
 
+    def derive_key(self, label: str) -> bytes:
+        """A sub-key of the session key for another purpose, ``HMAC(key, label)``.
+
+        The same on every node of a deployment (they share the key file),
+        and unrelated to the cookie MACs: nothing signed with a sub-key can
+        pass for a cookie, nor the other way round.
+        """
+        if self._key is None:
+            raise RuntimeError("session key not loaded yet")
+        return hmac.new(self._key, label.encode("ascii"), hashlib.sha256).digest()
+
     def _mac(self, payload: str) -> str:
         if self._key is None:
             raise RuntimeError("session key not loaded yet")

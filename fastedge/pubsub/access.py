@@ -245,6 +245,11 @@ class _SingleFlight:
         """Drop the cached answer for ``key``."""
         self._cache.pop(key, None)
 
+    def forget_where(self, match: Callable[[Hashable], bool]) -> None:
+        """Drop every cached answer whose key matches."""
+        for key in [k for k in self._cache if match(k)]:
+            del self._cache[key]
+
 
 class ChannelResolver:
     """Finds the thread a subscription names, and the viewer's blocks.
@@ -280,6 +285,10 @@ class ChannelResolver:
     def forget(self, tenant_id: str, url_id: str) -> None:
         """Drop a cached answer (a thread was created or deleted here)."""
         self._threads.forget((tenant_id, url_id))
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        """Drop every cached answer of a tenant (its settings changed here)."""
+        self._threads.forget_where(lambda key: isinstance(key, tuple) and key[0] == tenant_id)
 
     def blocked_authors(self, tenant_id: str, author_id: str) -> Deferred[frozenset[str]]:
         """The authors ``author_id`` blocks, read NEAREST."""

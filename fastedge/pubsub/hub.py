@@ -278,6 +278,11 @@ class Hub:
         state = self._channels.get(channel)
         return 0 if state is None else len(state.members)
 
+    def members(self, channel: ChannelKey) -> tuple[Subscription, ...]:
+        """The local subscriptions of ``channel`` (a copy)."""
+        state = self._channels.get(channel)
+        return () if state is None else tuple(state.members)
+
     def subscription_count(self) -> int:
         """Local subscriptions over all channels."""
         return sum(len(c.members) for c in self._channels.values())

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -44,6 +44,10 @@ class Connection(Protocol):
 
     def shutdown(self) -> None:
         """The node is stopping: close with 1001 (going away)."""
+
+    def revoke(self, sub: Subscription, error: RequestError) -> bool:
+        """End one subscription of this connection with ``error`` (the
+        documented refusal); ``False`` if it had ended already."""
 
 
 class Live:
@@ -82,6 +86,10 @@ class Live:
             "sse": set(),
         }
         self._drained: list[Deferred[None]] = []
+        #: The ``urlId`` of each channel subscribed here, for re-checks
+        #: (resolved as a subscribe is, through the resolver's cache).
+        self.url_ids: dict[ChannelKey, str] = {}
+        self._sweeping = False
         #: Called before a channel's subscriber is answered (the mesh relay
         #: brings the channel up to date with its sequencer there, so
         #: recovery with ``since`` works on any node); never fails.
@@ -159,6 +167,93 @@ class Live:
     def now_s(self) -> int:
         """The clock's time in whole seconds (for token ages)."""
         return int(self.clock.seconds())
+
+    # Access rules that change under open subscriptions
+
+    def recheck(self, tenant_id: str | None = None, url_id: str | None = None, *, trigger: str = "sweep") -> Any:
+        """Check the open subscriptions of a tenant's channels (of one
+        thread with ``url_id``; of every tenant with neither) against the
+        threads' access rules now, and end those the rules refuse: WebSocket
+        gets an ``error`` ``forbidden`` naming the channel (the connection
+        stays), SSE a ``close`` 4403 (docs/live-protocol.md).
+
+        Threads and tenants are resolved as subscribes are (the resolver's
+        cache: a change made elsewhere shows within
+        ``live.resolve_cache_seconds``); a channel a stranger may read is
+        open to everyone and costs no per-viewer check.
+
+        :returns: a Deferred of how many subscriptions ended; never fails.
+        """
+        if trigger == "sweep":
+            if self._sweeping:
+                # The previous sweep is still waiting on the store.
+                return succeed(0)
+            self._sweeping = True
+        if self.metrics is not None:
+            self.metrics.rechecks.labels(trigger).inc()
+
+        async def go() -> int:
+            revoked = 0
+            for key, url in list(self.url_ids.items()):
+                if (tenant_id is not None and key[0] != tenant_id) or (url_id is not None and url != url_id):
+                    continue
+                members = self.hub.members(key)
+                if not members:
+                    if self.url_ids.get(key) == url:
+                        del self.url_ids[key]
+                    continue
+                revoked += await self._recheck_channel(key, url, members)
+            return revoked
+
+        def failed(failure: Failure) -> int:
+            self._log.failure("live: re-checking open subscriptions failed", failure)
+            return 0
+
+        def done(revoked: int) -> int:
+            if trigger == "sweep":
+                self._sweeping = False
+            return revoked
+
+        return Deferred.fromCoroutine(go()).addErrback(failed).addCallback(done)
+
+    async def _recheck_channel(self, key: ChannelKey, url: str, members: tuple[Subscription, ...]) -> int:
+        try:
+            resolved: Resolved = await self.resolver.resolve(key[0], url)
+        except RequestError:
+            # Gone (a deleted thread has its own path) or the store is down:
+            # the next sweep tries again.
+            return 0
+        tenant, thread = resolved.tenant, resolved.thread
+        if thread.id != key[1]:
+            return 0
+        try:
+            await maybeDeferred(self.policy.check, tenant, thread, None)
+            return 0
+        except RequestError:
+            pass
+        revoked = 0
+        for sub in members:
+            author = sub.viewer[1] if sub.viewer is not None else None
+            try:
+                await maybeDeferred(self.policy.check, tenant, thread, author)
+            except RequestError as e:
+                if e.code == "unavailable":
+                    continue
+                conn: Connection = sub.outlet  # type: ignore[assignment]
+                if conn.revoke(sub, e):
+                    revoked += 1
+                    if self.metrics is not None:
+                        self.metrics.revoked.labels(conn.transport_name).inc()
+                    self._log.info(
+                        "live: subscription to {tenant}/{thread} ended: {reason}",
+                        tenant=key[0],
+                        thread=key[1],
+                        reason=getattr(e, "reason", e.code),
+                    )
+            except Exception:
+                # A store error reading the viewer: keep them, try next sweep.
+                self._log.failure("live: re-checking a subscriber failed")
+        return revoked
 
 
 class LiveConnection:
@@ -272,6 +367,7 @@ class LiveConnection:
         except SinceInFuture as e:
             raise RequestError("since_in_future", str(e)) from None
         self.subs[key] = joined.subscription
+        self._live.url_ids[key] = resolved.thread.url_id
         metrics = self._live.metrics
         if metrics is not None:
             metrics.subscribes.labels("ok").inc()
@@ -311,6 +407,14 @@ class LiveConnection:
             raise RequestError("not_subscribed", "not subscribed to {}".format(name[:80]), ref)
         self._live.hub.unsubscribe(sub)
         return name
+
+    def drop(self, sub: Subscription) -> bool:
+        """Leave one channel the server ended (``False``: already left)."""
+        if self.subs.get(sub.channel) is not sub:
+            return False
+        del self.subs[sub.channel]
+        self._live.hub.unsubscribe(sub)
+        return True
 
     def close(self) -> None:
         """The connection is gone: leave every channel."""

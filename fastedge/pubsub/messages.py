@@ -31,6 +31,8 @@ CLOSE_SLOW_CONSUMER = 4008
 CLOSE_BAD_MESSAGE = 4400  # not a JSON object with a string "type" (or nested too deep)
 CLOSE_IDLE = 4408  # no answer to two keep-alive pings
 CLOSE_RATE_LIMITED = 4429
+#: SSE only: the thread's access rules no longer let this viewer read it.
+CLOSE_FORBIDDEN = 4403
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _EPOCH_RE = re.compile(r"^[a-z2-7]{1,32}$")
@@ -267,6 +269,13 @@ def pong(ref: Any = None) -> bytes:
 def error(code: str, message: str, ref: Any = None) -> bytes:
     """A request failed; the connection stays open."""
     return _with_ref({"type": "error", "code": code, "message": message}, ref)
+
+
+def revoked(channel: str, code: str, message: str) -> bytes:
+    """An open subscription ended (the thread's access rules changed and
+    refuse the viewer): an ``error`` naming the ``channel``; the connection
+    and its other subscriptions stay."""
+    return encode({"type": "error", "code": code, "message": message, "channel": channel})
 
 
 def event(channel: str, epoch: str, seq: int, kind: str, data: Any) -> bytes:

@@ -141,6 +141,18 @@ class LiveMetrics:
             buckets=_FANOUT_BUCKETS,
             registry=registry,
         )
+        self.revoked = Counter(
+            "fastedge_live_subscriptions_revoked",
+            "Open subscriptions ended because the thread's access rules changed and no longer let the viewer read.",
+            ["transport"],
+            registry=registry,
+        )
+        self.rechecks = Counter(
+            "fastedge_live_access_rechecks",
+            "Re-checks of open subscriptions against their threads' access rules, by trigger (change or sweep).",
+            ["trigger"],
+            registry=registry,
+        )
         self.resolve_lookups = Counter(
             "fastedge_live_resolve_lookups",
             "Thread lookups for subscribes: cache hit, database miss, or coalesced with one in flight.",
@@ -151,3 +163,4 @@ class LiveMetrics:
         for transport in TRANSPORTS:
             self.opened.labels(transport)
             self.slow_consumers.labels(transport)
+            self.revoked.labels(transport)

@@ -26,7 +26,7 @@ from twisted.web.http import RESPONSES
 from ..jsonhttp import raw_error_response
 from ..tokenbucket import TokenBucket
 from . import messages
-from .hub import Joined, Prepared
+from .hub import Joined, Prepared, Subscription
 from .live import Live, LiveConnection
 from .messages import (
     CLOSE_GOING_AWAY,
@@ -40,6 +40,7 @@ from .messages import (
     Subscribe,
     Unsubscribe,
     Violation,
+    channel_name,
     parse_client_message,
 )
 from .wire import Writer
@@ -356,6 +357,14 @@ class LiveServerProtocol(WebSocketServerProtocol):
         """The node is stopping."""
         if self._open:
             self._close(CLOSE_GOING_AWAY, "server shutting down; reconnect with since")
+
+    def revoke(self, sub: Subscription, error: RequestError) -> bool:
+        """End one subscription: an ``error`` naming its channel; the
+        connection and its other subscriptions stay."""
+        if self._conn is None or not self._conn.drop(sub):
+            return False
+        self.send(messages.revoked(channel_name(*sub.channel), error.code, error.message))
+        return True
 
     def _overflowed(self) -> None:
         # Nothing more is queued; the close frame goes after what is queued,

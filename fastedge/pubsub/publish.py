@@ -61,6 +61,10 @@ class LivePublisher:
         self._node = node_id
         self.sink: Callable[[Event], object] = hub.publish
         self.block_sink: Callable[[str, str, str, bool], object] = self._block_here
+        #: Told when a tenant's (``url_id`` ``None``) or a thread's access
+        #: rules changed here: re-checks the open subscriptions
+        #: (:meth:`fastedge.pubsub.live.Live.recheck`; wired by the service).
+        self.access_sink: Callable[[str, str | None], object] = lambda tenant_id, url_id: None
 
     def _block_here(self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool) -> None:
         self._hub.set_blocked((tenant_id, viewer_author_id), author_id, blocked)
@@ -157,6 +161,19 @@ class LivePublisher:
         """A thread was created or deleted: forget cached subscribe lookups."""
         if self._resolver is not None:
             self._resolver.forget(tenant_id, url_id)
+
+    @_guarded
+    def access_changed(self, tenant_id: str, url_id: str | None = None) -> None:
+        """A thread's lock (``url_id``) or the tenant's ``defaultGroups``
+        (``None``) changed through the tenant API: forget cached lookups and
+        close the open subscriptions the new rules refuse (on this node;
+        other nodes find out in their periodic re-check, docs/live-protocol.md)."""
+        if self._resolver is not None:
+            if url_id is None:
+                self._resolver.forget_tenant(tenant_id)
+            else:
+                self._resolver.forget(tenant_id, url_id)
+        self.access_sink(tenant_id, url_id)
 
     @_guarded
     def block_changed(self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool) -> None:

@@ -101,6 +101,8 @@ class LiveService(MultiService):
             policy=self.policy,
         )
         self.publisher = LivePublisher(self.hub, resolver=self.resolver, node_id=node_id)
+        # A lock changed through the tenant API here: re-check at once.
+        self.publisher.access_sink = lambda tenant_id, url_id: self.live.recheck(tenant_id, url_id, trigger="change")
         self.resource = LiveResource(self.live)
         _Sweep(
             max(1.0, min(cfg.history_seconds, 60.0)),
@@ -110,6 +112,12 @@ class LiveService(MultiService):
         ).setServiceParent(self)
         if cfg.ping_seconds > 0:
             _Sweep(cfg.ping_seconds, reactor, "keep-alive", self.live.keepalive).setServiceParent(self)
+        # A lock changed at another node reaches this one's resolver cache
+        # within live.resolve_cache_seconds; this sweep applies it to the
+        # open subscriptions (docs/live-protocol.md).
+        _Sweep(max(1.0, cfg.resolve_cache_seconds), reactor, "access re-check", self.live.recheck).setServiceParent(
+            self
+        )
 
     def use_sso(self, signin: Any) -> None:
         """Sign viewers in from a subscription's ``sso`` field with the

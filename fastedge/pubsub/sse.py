@@ -26,9 +26,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 from ..inputs import InputError, parse_ascii_int
 from ..jsonhttp import write_error
 from . import messages
-from .hub import Joined, Prepared
+from .hub import Joined, Prepared, Subscription
 from .live import Live, LiveConnection
-from .messages import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, RequestError, Subscribe
+from .messages import CLOSE_FORBIDDEN, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, RequestError, Subscribe
 from .wire import Writer, backlog_meter
 
 _STATUS = {
@@ -188,6 +188,13 @@ class SseStream:
     def shutdown(self) -> None:
         """The node is stopping: say so, end the stream."""
         self._end(CLOSE_GOING_AWAY, "server shutting down; reconnect")
+
+    def revoke(self, sub: Subscription, error: RequestError) -> bool:
+        """End the stream (it follows one channel): a ``close`` 4403."""
+        if not self.conn.drop(sub):
+            return False
+        self._end(CLOSE_FORBIDDEN, "{}: {}".format(error.code, error.message))
+        return True
 
     def _overflowed(self) -> None:
         self._live.slow_consumer(self.transport_name)

@@ -21,6 +21,7 @@ from twisted.internet.protocol import Factory
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
+from fastedge.api.keys import hash_api_key, new_api_key
 from fastedge.store.model import ReadPreference, SsoSecretChange
 from fastedge.testing import LiveNode
 
@@ -29,6 +30,7 @@ from .test_live import SseReader, WaitingClient
 PRIMARY = ReadPreference.PRIMARY
 SECRET = "9e" * 32
 URL = "https://members.example/only"
+OPEN = "https://members.example/open"
 
 
 def sso_body(user: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +55,10 @@ def answer(ws: WaitingClient) -> Deferred[dict[str, Any]]:
     return d
 
 
-class LockedThreadTests(TestCase):
+class LockedNode(TestCase):
+    """A node on a loopback port with a tenant whose thread ``URL`` is
+    locked to the group ``staff``; helpers to call its public API."""
+
     async def asyncSetUp(self) -> None:
         node = LiveNode(tempfile.mkdtemp(prefix="fe-lock-"), clock=reactor)
         self.node = node
@@ -87,6 +92,8 @@ class LockedThreadTests(TestCase):
     def comments(self) -> str:
         return "/comments?urlId=" + quote(URL, safe="")
 
+
+class LockedThreadTests(LockedNode):
     async def test_every_route_and_live_endpoint(self) -> None:
         """Reading, posting, replying, liking, unliking and flagging a locked
         thread are 403 ``thread_locked`` for strangers and for signed-in
@@ -126,6 +133,9 @@ class LockedThreadTests(TestCase):
             ("POST", "/api/v1/{tenant}/blocks/{author_id}"),
             ("DELETE", "/api/v1/{tenant}/blocks/{author_id}"),
             ("POST", "/api/v1/{tenant}/sso"),
+            # SSO moderators only (tests/unit/api/test_moderation.py).
+            ("GET", "/api/v1/{tenant}/moderation/queue"),
+            ("POST", "/api/v1/{tenant}/moderation/actions"),
         }
         public = {(m, t) for m, t in self.node.api.resource.templates() if t.startswith("/api/v1/{tenant}")}
         self.assertEqual(public, set(routes) | not_thread_routes)
@@ -246,3 +256,98 @@ class LockedThreadTests(TestCase):
             self.assertEqual((response.code, body["error"]["code"]), (403, "thread_closed"), p)
         response, body = await self.call("GET", path)
         self.assertEqual((response.code, len(body["comments"])), (200, 1))
+
+
+class LockChangeTests(LockedNode):
+    """A lock set (or widened by ``defaultGroups``) through the tenant API
+    ends the open subscriptions it refuses, on both transports, with the
+    documented refusal; members stay subscribed and keep receiving events."""
+
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        key = new_api_key()
+        await self.node.store.add_api_key(self.tenant, hash_api_key(key), created_ms=0, read_preference=PRIMARY)
+        self.key = key
+        # An open thread to lock later.
+        thread = await self.node.store.upsert_thread(self.tenant, OPEN, created_ms=0, read_preference=PRIMARY)
+        self.thread = thread.value.id
+
+    async def manage(self, method: str, path: str, body: Any) -> Any:
+        response = await treq.request(
+            method,
+            self.base + "/api/v1/manage" + path,
+            json=body,
+            headers={"authorization": "Bearer " + self.key},
+            pool=self.pool,
+        )
+        got = await response.json()
+        self.assertEqual(response.code, 200, got)
+        return got
+
+    async def subscribers(self) -> tuple[WaitingClient, SseReader, WaitingClient]:
+        """Three open subscriptions to the open thread: an outsider over
+        WebSocket and a stranger over SSE, and a member over WebSocket."""
+        _, outsider = await self.sign_in({"id": "o3", "displayName": "Oda", "groupIds": ["guests"]})
+        _, member = await self.sign_in({"id": "m3", "displayName": "Mia", "groupIds": ["staff"]})
+        factory = WebSocketClientFactory("ws://127.0.0.1:{}/live".format(self.port))
+        factory.protocol = WaitingClient
+        clients = []
+        for token in (outsider["viewer"]["liveToken"], member["viewer"]["liveToken"]):
+            ws: WaitingClient = await TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(factory)
+            await ws.opened
+            subscribed = ws.wait_for("subscribed")
+            ws.send_json(type="subscribe", tenant=self.tenant, urlId=OPEN, viewer=token)
+            await subscribed
+            clients.append(ws)
+        path = "/live/events?" + urlencode({"tenant": self.tenant, "urlId": OPEN})
+        request = "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".format(path).encode()
+        sse = SseReader(request)
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(Factory.forProtocol(lambda: sse))
+        await sse.wait_for(b'"subscribed"')
+        return clients[0], sse, clients[1]
+
+    async def refused_then_member_still_served(
+        self, outsider: WaitingClient, sse: SseReader, member: WaitingClient, refused: Deferred[dict[str, Any]]
+    ) -> None:
+        error = await refused
+        self.assertEqual(
+            (error["code"], error["channel"]), ("forbidden", "{}/{}".format(self.tenant, self.thread)), error
+        )
+        await sse.wait_for(b'"code":4403')
+        await sse.lost
+        self.assertEqual(self.node.live.hub.subscribers((self.tenant, self.thread)), 1)
+        self.assertEqual(self.node.metric("fastedge_live_subscriptions_revoked_total", {"transport": "websocket"}), 1)
+        self.assertEqual(self.node.metric("fastedge_live_subscriptions_revoked_total", {"transport": "sse"}), 1)
+        # The member still follows the thread; the outsider's connection is open.
+        created = member.wait_for("event")
+        cookie, _ = await self.sign_in({"id": "m4", "displayName": "Moe", "groupIds": ["staff"]})
+        response, body = await self.call(
+            "POST", "/comments?urlId=" + quote(OPEN, safe=""), cookie, json={"text": "still here", "displayName": "x"}
+        )
+        self.assertEqual(response.code, 201, body)
+        self.assertEqual((await created)["event"], "comment.created")
+        pong = outsider.wait_for("pong")
+        outsider.send_json(type="ping")
+        await pong
+        for ws in (outsider, member):
+            ws.sendClose(1000)
+            await ws.closed
+
+    async def test_thread_lock_ends_refused_subscriptions(self) -> None:
+        """PATCH a thread's lockedGroups: the outsider's WebSocket gets an
+        ``error`` ``forbidden`` naming the channel (its connection stays
+        open), the stranger's SSE stream a ``close`` 4403 and its end."""
+        await self.asyncSetUp()
+        outsider, sse, member = await self.subscribers()
+        refused = outsider.wait_for("error")
+        await self.manage("PATCH", "/threads/" + self.thread, {"lockedGroups": ["staff"]})
+        await self.refused_then_member_still_served(outsider, sse, member, refused)
+
+    async def test_default_groups_end_refused_subscriptions(self) -> None:
+        """PATCH the tenant's defaultGroups: threads without a lock of their
+        own follow it, and their refused subscribers are ended likewise."""
+        await self.asyncSetUp()
+        outsider, sse, member = await self.subscribers()
+        refused = outsider.wait_for("error")
+        await self.manage("PATCH", "/settings", {"defaultGroups": ["staff"]})
+        await self.refused_then_member_still_served(outsider, sse, member, refused)

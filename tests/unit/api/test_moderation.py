@@ -4,6 +4,9 @@ log, flags that hide a comment, and likes that cannot be inflated."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -12,8 +15,9 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from fastedge.api.common import AddressHasher
 from fastedge.api.keys import hash_api_key, new_api_key
-from fastedge.store.model import ReadPreference
+from fastedge.store.model import ReadPreference, SsoSecretChange
 from fastedge.testing import ApiClient, NodeHarness
 
 from ..pubsub.common import World, done
@@ -263,6 +267,33 @@ class BanTests(ModerationTestCase):
         refused = self.node.client().post(self.public("/comments?urlId=x"), json_body={"text": "x", "displayName": "T"})
         self.assertEqual(self.error(refused), (403, "banned"))
 
+    def test_address_hash_is_keyed(self) -> None:
+        """An address is kept as HMAC-SHA256 under a sub-key of the
+        deployment's session key (``HMAC(key, "address-hash")``), per tenant:
+        not the bare SHA-256 anyone can reverse by hashing all of IPv4."""
+        r = self.manager.post(BANS, json_body={"ip": "127.0.0.1"})
+        self.assertEqual(r.code, 201, r.body)
+        with open(self.node.api_config.secret_file, "rb") as f:
+            key = f.read().strip()
+        sub_key = hmac.new(key, b"address-hash", hashlib.sha256).digest()
+        message = "{}\x00127.0.0.1".format(self.tenant).encode()
+        self.assertEqual(r.json["ban"]["addressHash"], hmac.new(sub_key, message, hashlib.sha256).hexdigest())
+        unkeyed = hashlib.sha256("fastedge-address\x00{}\x00127.0.0.1".format(self.tenant).encode()).hexdigest()
+        self.assertNotEqual(r.json["ban"]["addressHash"], unkeyed)
+
+    def test_address_hash_follows_the_deployment_key(self) -> None:
+        """Nodes sharing the key file hash an address alike (a ban made at
+        one holds at all); another deployment's key hashes it differently."""
+        shared = NodeHarness(self, secret_file=self.node.api_config.secret_file)
+        other = NodeHarness(self)
+        hashes = []
+        for node in (self.node, shared, other):
+            hasher = AddressHasher(node.api.cookies)
+            hashes.append(hasher(self.tenant, "192.0.2.1"))
+        self.assertEqual(hashes[0], hashes[1])
+        self.assertNotEqual(hashes[0], hashes[2])
+        self.assertNotEqual(hashes[0], AddressHasher(self.node.api.cookies)("other-tenant", "192.0.2.1"))
+
     def test_bad_bans(self) -> None:
         """Bans with an expiry in the past, no or two targets, a bad address,
         an unknown author, or removeAll for an address are refused; none is made."""
@@ -395,3 +426,163 @@ class ModerationLiveTests(SynchronousTestCase):
             self.assertEqual(code, 200, body)
         events = self.inbox.events
         self.assertEqual([(e["event"], e["data"]["reason"]) for e in events], [("comment.removed", "flagged")])
+
+
+SECRET_A = "5f" * 32
+SECRET_B = "a7" * 32
+
+
+def sso(secret: str, user: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """A signed SSO payload, made as docs/sso.md says (not the project's helper)."""
+    payload = base64.b64encode(json.dumps(user).encode()).decode()
+    mac = hmac.new(secret.encode(), (str(now_ms) + payload).encode(), hashlib.sha256).hexdigest()
+    return {"payload": payload, "timestamp": now_ms, "signature": mac}
+
+
+MOD = {"id": "mod-1", "displayName": "Mo", "isModerator": True}
+ADMIN = {"id": "adm-1", "displayName": "Ad", "isAdmin": True}
+READER = {"id": "reader-1", "displayName": "Re", "isModerator": False}
+
+
+class SsoModeratorTests(ModerationTestCase):
+    """SSO moderators use the queue and the bulk actions of their own tenant
+    on the public side, ``/api/v1/{tenant}/moderation/...``."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.other, self.other_key = self.node.create_tenant("Site B")
+        for tenant, secret in ((self.tenant, SECRET_A), (self.other, SECRET_B)):
+            self.successResultOf(
+                self.node.store.update_tenant_settings(
+                    tenant, {}, sso_secret=SsoSecretChange(secret, self.now(), 0), read_preference=PRIMARY
+                )
+            )
+
+    def now(self) -> int:
+        return int(self.node.clock.seconds() * 1000)
+
+    def signed_in(self, user: dict[str, Any], tenant: str | None = None, secret: str = SECRET_A) -> ApiClient:
+        client = self.node.client()
+        r = client.post("/api/v1/{}/sso".format(tenant or self.tenant), json_body=sso(secret, user, self.now()))
+        self.assertEqual(r.code, 200, r.body)
+        return client
+
+    def header(self, user: dict[str, Any], secret: str = SECRET_A) -> dict[str, str]:
+        v = sso(secret, user, self.now())
+        return {"x-fastedge-sso": "{}.{}.{}".format(v["payload"], v["timestamp"], v["signature"])}
+
+    def path(self, what: str, tenant: str | None = None) -> str:
+        return "/api/v1/{}/moderation/{}".format(tenant or self.tenant, what)
+
+    def test_moderator_by_cookie_works_the_queue(self) -> None:
+        """A signed-in moderator reads the pending queue and approves; the
+        audit log names their SSO user id."""
+        pending = self.imported()
+        mod = self.signed_in(MOD)
+        r = mod.get(self.path("queue"))
+        self.assertEqual(r.code, 200, r.body)
+        self.assertEqual([c["id"] for c in r.json["comments"]], [pending["id"]])
+        r = mod.post(self.path("actions"), json_body={"action": "approve", "commentIds": [pending["id"]]})
+        self.assertEqual(r.code, 200, r.body)
+        self.assertEqual(self.page(), [pending["id"]])
+        entry = self.manager.get(LOG).json["entries"][0]
+        self.assertEqual((entry["moderator"], entry["action"]), ("mod-1", "approve"))
+        self.assertEqual(mod.get(self.path("queue")).json["comments"], [])
+
+    def test_moderator_cannot_name_another_actor(self) -> None:
+        """An SSO moderator is who they signed in as: a ``moderator`` field
+        is refused, and nothing is applied."""
+        pending = self.imported()
+        mod = self.signed_in(MOD)
+        body = {"action": "remove", "commentIds": [pending["id"]], "moderator": "someone else"}
+        self.assertEqual(self.error(mod.post(self.path("actions"), json_body=body)), (400, "bad_field"))
+        self.assertEqual(self.manager.get(LOG).json["entries"], [])
+
+    def test_header_and_admin(self) -> None:
+        """X-FastEdge-SSO works as the cookie does; an admin is a moderator."""
+        pending = self.imported()
+        client = self.node.client()
+        r = client.get(self.path("queue"), headers=self.header(ADMIN))
+        self.assertEqual(r.code, 200, r.body)
+        self.assertEqual([c["id"] for c in r.json["comments"]], [pending["id"]])
+        body = {"action": "spam", "commentIds": [pending["id"]]}
+        r = self.node.client().post(self.path("actions"), json_body=body, headers=self.header(ADMIN))
+        self.assertEqual(r.code, 200, r.body)
+        self.assertEqual(self.manager.get(LOG).json["entries"][0]["moderator"], "adm-1")
+
+    def test_others_are_refused_with_json(self) -> None:
+        """A signed-in reader gets 403 ``not_moderator``; a stranger, an
+        anonymous session and a forged cookie 401 ``sign_in_required``;
+        none changes anything."""
+        pending = self.imported()
+        anonymous = self.node.client()
+        self.post(anonymous)
+        forged = self.node.client()
+        forged.cookie = "fe_session=v2.x.y.1.z.forged"
+        body = {"action": "approve", "commentIds": [pending["id"]]}
+        for client, expected in (
+            (self.signed_in(READER), (403, "not_moderator")),
+            (self.node.client(), (401, "sign_in_required")),
+            (anonymous, (401, "sign_in_required")),
+            (forged, (401, "sign_in_required")),
+        ):
+            self.assertEqual(self.error(client.get(self.path("queue"))), expected)
+            self.assertEqual(self.error(client.post(self.path("actions"), json_body=body)), expected)
+        r = self.node.client().get(self.path("queue"), headers=self.header(READER))
+        self.assertEqual(self.error(r), (403, "not_moderator"))
+        self.assertEqual(self.queue_ids(), [pending["id"]])
+        self.assertEqual(self.manager.get(LOG).json["entries"], [])
+
+    def test_tenant_isolation(self) -> None:
+        """A moderator of A cannot use B's queue (A's cookie and A's
+        signature mean nothing at B), nor act on B's comments through A's
+        routes: the whole call is refused and nothing applied."""
+        theirs = self.node.manager(self.other_key).post(
+            M + "/comments", json_body={"urlId": URL, "text": "b", "displayName": "B", "status": "pending"}
+        )
+        self.assertEqual(theirs.code, 201, theirs.body)
+        theirs_id = theirs.json["comment"]["id"]
+        ours = self.imported()
+        mod = self.signed_in(MOD)
+        body = {"action": "approve", "commentIds": [theirs_id]}
+        self.assertEqual(self.error(mod.get(self.path("queue", self.other))), (401, "sign_in_required"))
+        self.assertEqual(
+            self.error(mod.post(self.path("actions", self.other), json_body=body)), (401, "sign_in_required")
+        )
+        r = self.node.client().get(self.path("queue", self.other), headers=self.header(MOD))
+        self.assertEqual(self.error(r), (401, "sso_bad_signature"))
+        r = mod.post(self.path("actions"), json_body={"action": "approve", "commentIds": [ours["id"], theirs_id]})
+        self.assertEqual(self.error(r), (404, "comment_not_found"))
+        self.assertEqual(self.queue_ids(), [ours["id"]])
+        other_queue = self.node.manager(self.other_key).get(Q).json["comments"]
+        self.assertEqual([c["id"] for c in other_queue], [theirs_id])
+
+    def test_cross_origin_moderation_tool(self) -> None:
+        """A moderation tool on one of the site's allowedOrigins may call the
+        routes cross-origin, sending and reading X-Consistency-Token."""
+        origin = "https://mods.site.test"
+        self.successResultOf(
+            self.node.store.update_tenant_settings(self.tenant, {"allowedOrigins": [origin]}, read_preference=PRIMARY)
+        )
+        self.node.clock.advance(self.node.api_config.page_cache_seconds)
+        preflight = self.node.request(
+            "OPTIONS",
+            self.path("queue"),
+            data=None,
+            headers={
+                "origin": origin,
+                "access-control-request-method": "GET",
+                "access-control-request-headers": "x-consistency-token",
+            },
+        )
+        self.assertEqual(preflight.code, 204, preflight.body)
+        self.assertIn("x-consistency-token", preflight.header("access-control-allow-headers") or "")
+        pending = self.imported()
+        r = self.signed_in(MOD).post(
+            self.path("actions"),
+            json_body={"action": "approve", "commentIds": [pending["id"]]},
+            headers={"origin": origin},
+        )
+        self.assertEqual(r.code, 200, r.body)
+        self.assertEqual(r.header("access-control-allow-origin"), origin)
+        self.assertIn("x-consistency-token", r.header("access-control-expose-headers") or "")

@@ -58,7 +58,8 @@ class ServiceTests(SynchronousTestCase):
     def test_no_keepalive_when_off(self) -> None:
         """ping_seconds = 0 turns keep-alive off."""
         world = World(MemoryReactorClock(), ping_seconds=0.0)
-        self.assertEqual(len(list(world.node.service)), 1)
+        # History expiry and the access re-check (docs/live-protocol.md).
+        self.assertEqual(len(list(world.node.service)), 2)
 
 
 class ConfigTests(SynchronousTestCase):

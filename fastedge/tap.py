@@ -260,6 +260,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         access=live.access,
     )
     live.use_viewer_tokens(api.viewer_tokens)
+    # Media of a thread (threads/<id>/...) follow its group lock (docs/media.md).
+    cdn.resource.use_guard(api.public.media_access)
     live.use_sso(api.sso)
     access_log = None
     if cfg.log.access != "off":

@@ -333,6 +333,34 @@ class PublicApi:
         return None
 
     @inlineCallbacks
+    def media_access(self, request: Any, tenant_id: str, thread_id: str) -> Any:
+        """May the caller read media of a thread (keys ``threads/<id>/...``,
+        docs/media.md)? The same rules, viewer and answers as a page of it.
+
+        The thread is read by id (NEAREST, cached by :class:`GroupLocks`);
+        the caller is who the public API sees: the session cookie (issued
+        for ``/media/<tenant>/`` too), ``X-FastEdge-Session`` or
+        ``X-FastEdge-SSO``.
+
+        :raises ApiError: 404 ``thread_not_found`` (a malformed id, another
+            tenant's, or none), 403 ``thread_locked`` for an outsider.
+        """
+        common.record_id(tenant_id, "thread")
+        common.record_id(thread_id, "thread")
+        thread = yield self._access.thread_by_id(tenant_id, thread_id)
+        if thread is None:
+            raise not_found("thread")
+        known, settings = self._tenants.cached_settings(tenant_id)
+        if not known:
+            settings = yield self._tenants.settings(tenant_id)
+        if settings is None:
+            raise not_found("thread")
+        if _locked(settings, thread):
+            call = Call(request, {"tenant": tenant_id}, "/media/{tenant}/{key}")
+            yield self._guard(call, tenant_id, settings, thread, write=False)
+        return None
+
+    @inlineCallbacks
     def moderator(self, call: Call) -> Any:
         """The tenant of ``/api/v1/{tenant}/moderation/...``, for an SSO
         moderator of that tenant only (their profile's ``isModerator`` or

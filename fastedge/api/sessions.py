@@ -37,13 +37,15 @@ COOKIE_NAME = b"fe_session"
 #: is not written to access logs. Answers to a write made without the
 #: cookie hand the (re-)issued value back in the same header.
 HEADER_NAME = b"x-fastedge-session"
-#: The paths the cookie is set for: the tenant's public API, and its embed
+#: The paths the cookie is set for: the tenant's public API, its embed
 #: page (``fastedge.embed``, whose first paint shows the viewer's state and
-#: whose plain form posts as the viewer). One value, two cookies: a browser
-#: sends the one whose path matches.
+#: whose plain form posts as the viewer), and its media (the media of a
+#: thread locked to groups are for its members only: docs/media.md). One
+#: value, three cookies: a browser sends the one whose path matches.
 API_PATH = "/api/v1/{}/"
 EMBED_PATH = "/embed/{}/"
-PATHS = (API_PATH, EMBED_PATH)
+MEDIA_PATH = "/media/{}/"
+PATHS = (API_PATH, EMBED_PATH, MEDIA_PATH)
 _VERSION = "v2"
 #: The first format, without a token; still accepted.
 _V1 = "v1"
@@ -164,7 +166,7 @@ class SessionCookies:
         self, tenant_id: str, session_id: str, now_s: int, *, token: str | None = None, issued_s: int | None = None
     ) -> list[bytes]:
         """The ``Set-Cookie`` values for a session: the same cookie for the
-        tenant's API and for its embed page (see :data:`PATHS`)."""
+        tenant's API, its embed page and its media (see :data:`PATHS`)."""
         issued = now_s if issued_s is None else issued_s
         value = self.value(tenant_id, session_id, issued, token=token)
         max_age = max(0, self._max_age - (now_s - issued))

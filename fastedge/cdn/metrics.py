@@ -122,6 +122,12 @@ class CdnMetrics:
             "Cached objects removed by purges.",
             registry=registry,
         )
+        self.thread_media = Counter(
+            "fastedge_cdn_thread_media_checks_total",
+            "Access checks of media under threads/<id>/, by result (allowed, refused, not_found, error).",
+            ["result"],
+            registry=registry,
+        )
         self.origin_deletes = Counter(
             "fastedge_cdn_origin_deletes_total",
             "Objects deleted at the origin (media delete, tenant delete), by outcome (deleted, error).",

@@ -11,6 +11,11 @@ Responses carry the origin's ``Content-Type``, ``ETag`` and
 that keep tenant-uploaded content from acting as a page of this site:
 ``X-Content-Type-Options: nosniff`` and a sandboxing
 ``Content-Security-Policy``.
+
+Media of a thread live under ``threads/<threadId>/`` (docs/media.md): for
+those keys a guard (the public API's :meth:`~fastedge.api.public.PublicApi.media_access`,
+wired in ``tap``) judges the caller before the cache is even looked at, and
+the answers are ``Cache-Control: private``.
 """
 
 from __future__ import annotations
@@ -19,12 +24,16 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from ..api.errors import ApiError, from_store_error
 from ..jsonhttp import write_error
+from ..store.errors import StoreError
 from .cache import DiskCache, Entry, MemoryTier, ObjectMeta
 from .fill import BodySender, Fill, Filler, NegativeCache, abort_response
 from .keys import BadKey, cache_id, check_key, split_media_path
@@ -38,6 +47,24 @@ from .semantics import (
 )
 
 ROUTE = "/media/{tenant}/{key}"
+#: Keys of a thread's media: ``threads/<threadId>/...`` (docs/media.md).
+THREAD_PREFIX = "threads/"
+#: Judges a caller of a thread's media: ``(request, tenant, thread id)``;
+#: fails with :class:`~fastedge.api.errors.ApiError` to refuse.
+MediaGuard = Callable[[Request, str, str], "Deferred[None]"]
+
+
+def private_cache_control(cache_control: str) -> str:
+    """``cache_control`` for one viewer only: ``private`` instead of
+    ``public`` (and without ``s-maxage``), so no shared cache keeps it."""
+    kept = [
+        d.strip()
+        for d in cache_control.split(",")
+        if d.strip() and d.strip().lower() not in ("public", "private") and not d.strip().lower().startswith("s-maxage")
+    ]
+    return ", ".join(["private"] + kept)
+
+
 _CSP = b"default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"
 
 
@@ -110,6 +137,12 @@ class MediaResource(Resource):
         self._max_key_bytes = max_key_bytes
         self._stale_if_error = stale_if_error_seconds
         self._ready = ready
+        self._guard: MediaGuard | None = None
+
+    def use_guard(self, guard: MediaGuard) -> None:
+        """Judge callers of keys under :data:`THREAD_PREFIX` with ``guard``
+        (wiring, in ``tap``: the CDN is built before the API)."""
+        self._guard = guard
 
     def render_GET(self, request: Request) -> int:
         return self._render(request, head=False)
@@ -150,12 +183,58 @@ class MediaResource(Resource):
             request.setHeader(b"retry-after", b"1")
             write_error(request, 503, "cache_starting", "the media cache is starting; try again")
             return NOT_DONE_YET
+        if key.startswith(THREAD_PREFIX) and self._guard is not None:
+            # Before the cache: a refused caller gets no byte, cached or not.
+            thread_id = key[len(THREAD_PREFIX) :].split("/", 1)[0]
+            d = maybeDeferred(self._guard, request, tenant_id, thread_id)
+            d.addCallbacks(
+                self._admitted,
+                self._refused,
+                callbackArgs=(request, tenant_id, key, media, head),
+                errbackArgs=(request, tenant_id),
+            )
+            d.addErrback(self._log_failure, request)
+            return NOT_DONE_YET
+        return self._lookup(request, tenant_id, key, media, head, media.cache_control)
+
+    def _admitted(self, _: object, request: Request, tenant_id: str, key: str, media: Any, head: bool) -> None:
+        self._metrics.thread_media.labels("allowed").inc()
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        self._lookup(request, tenant_id, key, media, head, private_cache_control(media.cache_control))
+
+    def _refused(self, failure: Failure, request: Request, tenant_id: str) -> None:
+        error = failure.value
+        if isinstance(error, StoreError):
+            error = from_store_error(error)
+        if not isinstance(error, ApiError):
+            self._metrics.thread_media.labels("error").inc()
+            self._log.failure("judging a thread's media for {tenant} failed", failure, tenant=tenant_id)
+            error = ApiError(500, "internal_error", "the thread's access rules could not be checked")
+        elif error.status == 404:
+            self._metrics.thread_media.labels("not_found").inc()
+        elif error.status == 403:
+            self._metrics.thread_media.labels("refused").inc()
+        else:
+            self._metrics.thread_media.labels("error").inc()
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        request.setHeader(b"cache-control", b"private, no-store")
+        write_error(request, error.status, error.code, error.message)
+
+    def _log_failure(self, failure: Failure, request: Request) -> None:
+        self._log.failure("answering {path} failed", failure, path=request.path)
+        if not request.finished and not getattr(request, "_disconnected", False):
+            abort_response(request)
+
+    def _lookup(self, request: Request, tenant_id: str, key: str, media: Any, head: bool, cache_control: str) -> int:
+        """Answer from the cache, or fill from a peer or the origin."""
         entry_id = cache_id(tenant_id, key)
         entry = self._cache.get(entry_id)
         now = self._clock.seconds()
         if entry is not None and now - entry.validated_at < media.fresh_seconds:
             # Only valid keys are ever cached: a hit needs no key check.
-            self._serve_entry(request, entry, media, head, b"HIT")
+            self._serve_entry(request, entry, media, head, b"HIT", cache_control)
             return NOT_DONE_YET
         try:
             check_key(key, prefix=media.prefix, max_bytes=self._max_key_bytes)
@@ -171,13 +250,15 @@ class MediaResource(Resource):
             self._metrics.coalesced.inc()
         else:
             self._metrics.misses.labels("stale" if entry is not None else "not_cached").inc()
-        fill.when_started().addCallback(self._from_fill, request, media, head)
+        fill.when_started().addCallback(self._from_fill, request, media, head, cache_control)
         return NOT_DONE_YET
 
     # Answers
 
-    def _serve_entry(self, request: Request, entry: Entry, media: Any, head: bool, x_cache: bytes) -> None:
-        rep = _representation(entry, media.cache_control)
+    def _serve_entry(
+        self, request: Request, entry: Entry, media: Any, head: bool, x_cache: bytes, cache_control: str
+    ) -> None:
+        rep = _representation(entry, cache_control)
         data = self._memory.get(entry)
         if data is not None:
             self._metrics.hit_memory.inc()
@@ -276,13 +357,13 @@ class MediaResource(Resource):
         elif rep.size >= 0:
             set_raw(b"content-length", [b"%d" % (rep.size,)])
 
-    def _from_fill(self, fill: Fill, request: Request, media: Any, head: bool) -> None:
+    def _from_fill(self, fill: Fill, request: Request, media: Any, head: bool, cache_control: str) -> None:
         if request.finished or getattr(request, "_disconnected", False):
             return
         state = fill.state
         if state == "not_modified":
             assert fill.entry is not None
-            self._serve_entry(request, fill.entry, media, head, b"REVALIDATED")
+            self._serve_entry(request, fill.entry, media, head, b"REVALIDATED", cache_control)
         elif state == "not_found":
             write_error(request, 404, "media_not_found", "no such media object")
         elif state == "failed":
@@ -290,7 +371,7 @@ class MediaResource(Resource):
             now = self._clock.seconds()
             if stale is not None and now - stale.validated_at - media.fresh_seconds <= self._stale_if_error:
                 self._metrics.stale.labels(fill.error_kind or "error").inc()
-                self._serve_entry(request, stale, media, head, b"STALE")
+                self._serve_entry(request, stale, media, head, b"STALE", cache_control)
             elif fill.error_kind == "timeout":
                 write_error(request, 504, "origin_timeout", "the origin did not answer in time")
             else:
@@ -301,14 +382,14 @@ class MediaResource(Resource):
                     "the origin failed to provide this object",
                 )
         elif state == "done" and fill.entry is not None and fill.entry.id in self._cache:
-            self._serve_entry(request, fill.entry, media, head, b"MISS")
+            self._serve_entry(request, fill.entry, media, head, b"MISS", cache_control)
         else:
-            self._stream(request, fill, media, head)
+            self._stream(request, fill, media, head, cache_control)
 
-    def _stream(self, request: Request, fill: Fill, media: Any, head: bool) -> None:
+    def _stream(self, request: Request, fill: Fill, media: Any, head: bool, cache_control: str) -> None:
         """Answer from a download still in progress (or one not kept)."""
         assert fill.meta is not None
-        rep = _Representation(fill.meta, media.cache_control)
+        rep = _Representation(fill.meta, cache_control)
         status, byte_range = self._decide(request, rep)
         if status is None:
             return

@@ -95,6 +95,34 @@ class GroupLocks:
     def __init__(self, store: IStore, *, clock: IReactorTime, ttl_seconds: float, max_entries: int = 100_000) -> None:
         self._store = store
         self._viewers = _SingleFlight(clock, ttl_seconds, max_entries, lambda result: None)
+        # Threads by id, for media under ``threads/<id>/`` (docs/media.md).
+        self._threads = _SingleFlight(clock, ttl_seconds, max_entries, lambda result: None)
+
+    def thread_by_id(self, tenant_id: str, thread_id: str) -> Deferred[Thread | None]:
+        """A tenant's thread by id (``None``: no such thread), read NEAREST
+        (then PRIMARY: it may be moments old), and kept ``ttl_seconds`` like
+        the viewers, so a thread's media costs one read per node and TTL.
+
+        Another tenant's thread id is ``None``: the store reads ids within
+        the tenant.
+        """
+
+        async def fetch() -> Thread | None:
+            for preference in (NEAREST, PRIMARY):
+                try:
+                    thread: Thread = await self._store.get_thread_by_id(
+                        tenant_id, thread_id, read_preference=preference
+                    )
+                    return thread
+                except NotFound:
+                    continue
+            return None
+
+        return self._threads.get((tenant_id, thread_id), lambda: Deferred.fromCoroutine(fetch()))
+
+    def forget_threads(self, tenant_id: str) -> None:
+        """Drop a tenant's cached threads (a lock changed through this node)."""
+        self._threads.forget_where(lambda key: isinstance(key, tuple) and key[0] == tenant_id)
 
     def forget_viewer(self, tenant_id: str, author_id: str) -> None:
         """Drop a cached viewer (they signed in again with a new profile)."""

@@ -102,7 +102,7 @@ class LiveService(MultiService):
         )
         self.publisher = LivePublisher(self.hub, resolver=self.resolver, node_id=node_id)
         # A lock changed through the tenant API here: re-check at once.
-        self.publisher.access_sink = lambda tenant_id, url_id: self.live.recheck(tenant_id, url_id, trigger="change")
+        self.publisher.access_sink = self._access_changed
         self.resource = LiveResource(self.live)
         _Sweep(
             max(1.0, min(cfg.history_seconds, 60.0)),
@@ -118,6 +118,11 @@ class LiveService(MultiService):
         _Sweep(max(1.0, cfg.resolve_cache_seconds), reactor, "access re-check", self.live.recheck).setServiceParent(
             self
         )
+
+    def _access_changed(self, tenant_id: str, url_id: str | None) -> object:
+        # Media of the tenant's threads (docs/media.md) are judged afresh too.
+        self.access.forget_threads(tenant_id)
+        return self.live.recheck(tenant_id, url_id, trigger="change")
 
     def use_sso(self, signin: Any) -> None:
         """Sign viewers in from a subscription's ``sso`` field with the

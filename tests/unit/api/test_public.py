@@ -46,15 +46,18 @@ class ReadWriteTests(PublicApiTestCase):
 
     def test_cookie_attributes(self) -> None:
         """The session cookie is HttpOnly, SameSite, scoped to the tenant's
-        API path and to its embed page (same value), and never readable by script."""
+        API path, its embed page and its media (same value), and never
+        readable by script."""
         response = self.post(self.node.client())
-        api, embed = response.set_cookies()
-        for cookie in (api, embed):
+        api, embed, media = response.set_cookies()
+        for cookie in (api, embed, media):
             self.assertIn("HttpOnly", cookie)
             self.assertIn("SameSite=", cookie)
         self.assertIn("Path=/api/v1/{}/".format(self.tenant), api)
         self.assertIn("Path=/embed/{}/".format(self.tenant), embed)
+        self.assertIn("Path=/media/{}/".format(self.tenant), media)
         self.assertEqual(api.split(";")[0], embed.split(";")[0])
+        self.assertEqual(api.split(";")[0], media.split(";")[0])
 
     def test_session_reused(self) -> None:
         """A second post with the cookie is by the same author; no new cookie."""

@@ -30,16 +30,25 @@ class CookieTests(SynchronousTestCase):
         self.assertIn("; Secure", header)
         self.assertIn("SameSite=None", header)
 
-    def test_partitioned_for_both_paths(self) -> None:
-        """Behind TLS both cookies (API and embed page) are ``Partitioned``
-        (CHIPS), so browsers that block third-party cookies keep them per
-        embedding site; they carry the same value."""
-        api, embed = (h.decode() for h in self.cookies.issue_all("t", "s", 1))
-        for header in (api, embed):
+    def test_partitioned_for_every_path(self) -> None:
+        """Behind TLS the three cookies (API, embed page, media) are
+        ``Partitioned`` (CHIPS), so browsers that block third-party cookies
+        keep them per embedding site; they carry the same value."""
+        api, embed, media = (h.decode() for h in self.cookies.issue_all("t", "s", 1))
+        for header in (api, embed, media):
             self.assertIn("; Secure; Partitioned", header)
         self.assertIn("Path=/api/v1/t/", api)
         self.assertIn("Path=/embed/t/", embed)
-        self.assertEqual(api.split(";")[0], embed.split(";")[0])
+        self.assertIn("Path=/media/t/", media)
+        self.assertEqual({api.split(";")[0], embed.split(";")[0]}, {media.split(";")[0]})
+
+    def test_cleared_from_every_path(self) -> None:
+        """Clearing a session removes its cookie from the API, the embed
+        page and the media paths."""
+        paths = [h.decode().split("Path=")[1].split(";")[0] for h in self.cookies.clear_all("t")]
+        self.assertEqual(paths, ["/api/v1/t/", "/embed/t/", "/media/t/"])
+        for header in self.cookies.clear_all("t"):
+            self.assertIn("Max-Age=0", header.decode())
 
     def assertRefused(self, raw: bytes, code: str, tenant: str = "tenantA", now: int = 1050) -> None:
         with self.assertRaises(SessionCookieError) as cm:

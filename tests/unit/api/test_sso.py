@@ -175,8 +175,8 @@ class SignInTests(SynchronousTestCase):
         self.assertEqual(r.json["user"]["id"], "u-1")
         self.assertEqual((r.json["user"]["groupIds"], r.json["user"]["isModerator"]), (["staff"], True))
         self.assertIn("liveToken", r.json["viewer"])
-        # One session cookie, for the API's path and the embed page's.
-        self.assertEqual(len(r.set_cookies()), 2)
+        # One session cookie, for the API's path, the embed page's and the media's.
+        self.assertEqual(len(r.set_cookies()), 3)
         author = r.json["user"]["authorId"]
         posted = self.post(ann)
         self.assertEqual(posted.json["comment"]["authorId"], author)
@@ -193,7 +193,7 @@ class SignInTests(SynchronousTestCase):
         header = "{}.{}.{}".format(v["payload"], v["timestamp"], v["signature"])
         first = self.post(self.node.client(), **{"x-fastedge-sso": header})
         self.assertEqual(first.code, 201, first.body)
-        self.assertEqual(len(first.set_cookies()), 2)
+        self.assertEqual(len(first.set_cookies()), 3)
         second = self.post(self.node.client(), "again", **{"x-fastedge-sso": header})
         self.assertEqual(second.json["comment"]["authorId"], first.json["comment"]["authorId"])
         page = self.node.client().get(self.base + "/comments?urlId=u", headers={"x-fastedge-sso": header}).json

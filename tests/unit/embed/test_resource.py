@@ -295,7 +295,10 @@ class FormPostTests(EmbedTestCase):
         self.assertTrue(location.startswith("/embed/{}/?urlId=".format(self.tenant)), location)
         self.assertIn("#c-", location)
         paths = sorted(c.split("Path=")[1].split(";")[0] for c in response.set_cookies())
-        self.assertEqual(paths, ["/api/v1/{}/".format(self.tenant), "/embed/{}/".format(self.tenant)])
+        self.assertEqual(
+            paths,
+            ["/api/v1/{}/".format(self.tenant), "/embed/{}/".format(self.tenant), "/media/{}/".format(self.tenant)],
+        )
         seen = parse(ann.get(location.split("#")[0]))
         (cid,) = seen.order
         self.assertEqual(cid, location.split("#c-")[1])

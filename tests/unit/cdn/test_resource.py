@@ -19,6 +19,7 @@ from fastedge.cdn.fill import NoPeers
 from fastedge.cdn.interfaces import IObjectSource, ISourceResponse
 from fastedge.cdn.metrics import CdnMetrics
 from fastedge.cdn.origin import S3Origin
+from fastedge.cdn.resource import private_cache_control
 from fastedge.cdn.service import CdnService, LocalOnly, TenantMedia
 from fastedge.config import S3OriginConfig, parse_config
 from fastedge.metrics.registry import new_registry
@@ -270,3 +271,15 @@ class OriginFailureTests(SynchronousTestCase):
         self.assertEqual((r.code, r.headers.getRawHeaders("x-cache")), (200, ["STALE"]))
         self.assertEqual(self.successResultOf(r.content()), BODY)
         self.flushLoggedErrors()
+
+
+class PrivateCacheControlTests(SynchronousTestCase):
+    def test_public_becomes_private(self) -> None:
+        """A thread's media keep the tenant's directives but for one viewer
+        only: ``public`` and ``s-maxage`` give way to ``private``."""
+        self.assertEqual(private_cache_control("public, max-age=86400"), "private, max-age=86400")
+        self.assertEqual(
+            private_cache_control("max-age=60, s-maxage=600, public, immutable"), "private, max-age=60, immutable"
+        )
+        self.assertEqual(private_cache_control("private, no-cache"), "private, no-cache")
+        self.assertEqual(private_cache_control(""), "private")

@@ -20,12 +20,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from prometheus_client import CollectorRegistry, Counter
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -70,10 +71,20 @@ class EmbedPolicy:
     frame_ancestors: tuple[str, ...] = ()
     theme: Theme = Theme()
 
+    @cached_property
+    def csp(self) -> bytes:
+        """The page's ``Content-Security-Policy`` under this policy: made
+        once per policy (a policy lives as long as the tenant's cached
+        settings), not per page."""
+        return content_security_policy(self.frame_ancestors, theme_hashes(self.theme))
+
+
+_DEFAULT_POLICY = EmbedPolicy()
+
 
 def default_policy(tenant_id: str) -> EmbedPolicy:
     """Until tenant settings say otherwise: any site may embed, default theme."""
-    return EmbedPolicy()
+    return _DEFAULT_POLICY
 
 
 class EmbedMetrics:
@@ -262,7 +273,10 @@ class EmbedResource(Resource):
             read: PageRead = yield self._public.read_page(
                 call, url_id=url_id, sort=ctx.sort, limit=ctx.limit, cursor=ctx.cursor
             )
-            policy: EmbedPolicy = yield maybeDeferred(self._policy, tenant_id)
+            # Usually known at once (the tenant's cached settings): no Deferred.
+            policy = self._policy(tenant_id)
+            if isinstance(policy, Deferred):
+                policy = yield policy
         except ApiError as e:
             return self._refused(request, e)
         except StoreError as e:
@@ -311,7 +325,7 @@ class EmbedResource(Resource):
 
     def _finish_empty(self, request: Request, status: int, message: str) -> bytes:
         body = self._renderer.empty(status=status, message=message)
-        self._write_html(request, status, body, EmbedPolicy())
+        self._write_html(request, status, body, _DEFAULT_POLICY)
         return NOT_DONE_YET  # type: ignore[return-value]
 
     def _write_html(self, request: Request, status: int, body: bytes, policy: EmbedPolicy) -> None:
@@ -319,9 +333,7 @@ class EmbedResource(Resource):
             return
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(
-            b"content-security-policy", content_security_policy(policy.frame_ancestors, theme_hashes(policy.theme))
-        )
+        request.setHeader(b"content-security-policy", policy.csp)
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"referrer-policy", b"strict-origin-when-cross-origin")
         # The page holds the reader's own state: never shared by a cache.

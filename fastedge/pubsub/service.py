@@ -146,7 +146,7 @@ class LiveService(MultiService):
             self._log.info("live: closing {count} connections", count=total)
         live.shutdown()
         if not sum(len(c) for c in live.connections.values()):
-            return stopped.addCallback(lambda _: None)
+            return stopped.addCallback(_stopped)
         drained: Deferred[None] = Deferred()
         live.on_drained(drained)
         timeout = self._clock.callLater(self._cfg.close_timeout_seconds + 1.0, _fire, drained)
@@ -157,7 +157,13 @@ class LiveService(MultiService):
             return stopped
 
         drained.addCallback(done)
-        return drained.addCallback(lambda _: None)
+        return drained.addCallback(_stopped)
+
+
+def _stopped(_: object) -> None:
+    """What ``stopService`` fires with once the connections are gone (the
+    results of what it waited for say nothing more)."""
+    return None
 
 
 def _fire(d: Deferred[None]) -> None:

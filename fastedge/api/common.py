@@ -73,6 +73,12 @@ def query_int(call: Call, name: str, default: int, low: int, high: int) -> int:
         raise bad_request("{} must be an integer from {} to {}".format(name, low, high), code="bad_query") from None
 
 
+def page_limit(call: Call, cfg: ApiConfig) -> int:
+    """The ``limit`` query parameter of a listing: ``api.page_size`` when
+    absent, 1 to ``api.max_page_size`` (else 400 ``bad_query``)."""
+    return query_int(call, "limit", cfg.page_size, 1, cfg.max_page_size)
+
+
 def url_id(call: Call, cfg: ApiConfig, value: str | None = None) -> str:
     """The thread's ``urlId`` (from the query string unless given)."""
     if value is None:

@@ -249,9 +249,6 @@ class ManageApi:
 
         return run
 
-    def _limit(self, call: Call) -> int:
-        return common.query_int(call, "limit", self._cfg.page_size, 1, self._cfg.max_page_size)
-
     def _forget_thread(self, tenant_id: str, thread_id: str) -> None:
         self._cache.invalidate((tenant_id, "thread", thread_id))
 
@@ -260,7 +257,11 @@ class ManageApi:
     @inlineCallbacks
     def list_threads(self, call: Call, tenant: Tenant, rp: ReadPreference, token: str | None) -> Any:
         page = yield self._store.list_threads(
-            tenant.id, limit=self._limit(call), cursor=call.query.get("cursor") or None, read_preference=rp, token=token
+            tenant.id,
+            limit=common.page_limit(call, self._cfg),
+            cursor=call.query.get("cursor") or None,
+            read_preference=rp,
+            token=token,
         )
         return Reply(200, {"threads": [thread_view(t) for t in page.items], "nextCursor": page.next_cursor})
 
@@ -346,7 +347,7 @@ class ManageApi:
         page = yield self._store.list_comments(
             tenant.id,
             status=status,
-            limit=self._limit(call),
+            limit=common.page_limit(call, self._cfg),
             cursor=call.query.get("cursor") or None,
             thread_id=thread_id,
             read_preference=rp,

@@ -181,9 +181,6 @@ class ModerationApi:
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
 
-    def _limit(self, call: Call) -> int:
-        return common.query_int(call, "limit", self._cfg.page_size, 1, self._cfg.max_page_size)
-
     def _who(self, call: Call, body: dict[str, Any]) -> tuple[str, str]:
         """The acting moderator and the reason: a signed-in moderator is
         who they signed in as (never what the body says); a tenant API
@@ -243,7 +240,7 @@ class ModerationApi:
             tenant.id,
             queue=queue,
             sort=sort,
-            limit=self._limit(call),
+            limit=common.page_limit(call, self._cfg),
             cursor=call.query.get("cursor") or None,
             filters=filters,
             read_preference=rp,
@@ -401,7 +398,7 @@ class ModerationApi:
         page = yield self._store.list_bans(
             tenant.id,
             active_at_ms=now if active == "true" else None,
-            limit=self._limit(call),
+            limit=common.page_limit(call, self._cfg),
             cursor=call.query.get("cursor") or None,
             read_preference=rp,
             token=token,
@@ -413,6 +410,10 @@ class ModerationApi:
     @inlineCallbacks
     def log(self, call: Call, tenant: Tenant, rp: ReadPreference, token: str | None) -> Any:
         page = yield self._store.audit_log(
-            tenant.id, limit=self._limit(call), cursor=call.query.get("cursor") or None, read_preference=rp, token=token
+            tenant.id,
+            limit=common.page_limit(call, self._cfg),
+            cursor=call.query.get("cursor") or None,
+            read_preference=rp,
+            token=token,
         )
         return Reply(200, {"entries": [audit_view(e) for e in page.items], "nextCursor": page.next_cursor})

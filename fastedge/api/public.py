@@ -501,7 +501,7 @@ class PublicApi:
         cfg = self._cfg
         url_id = common.url_id(call, cfg)
         sort = common.sort(call)
-        limit = common.query_int(call, "limit", cfg.page_size, 1, cfg.max_page_size)
+        limit = common.page_limit(call, cfg)
         cursor = call.query.get("cursor") or None
         read: PageRead = yield self.read_page(call, url_id=url_id, sort=sort, limit=limit, cursor=cursor)
         body = read.view.anonymous

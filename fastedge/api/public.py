@@ -3,7 +3,7 @@
 block. Reads go to the NEAREST copy; writes to the primary.
 
 A commenter is an anonymous session created on their first write and
-remembered in a signed cookie (:mod:`fastedge.api.sessions`). The cookie
+remembered in a signed cookie (:mod:`fastedge.identity.sessions`). The cookie
 also carries the consistency token of the viewer's latest write, and the
 viewer's reads pass it to the store, so a reader who just posted sees their
 comment on the next page load from the nearest replica, even through
@@ -19,8 +19,13 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 
 from ..config import ApiConfig
+from ..http.errors import ApiError, bad_request, not_found
+from ..http.router import Call, Reply, Route
+from ..identity.sessions import COOKIE_NAME, SessionCookieError, SessionCookies
+from ..identity.sessions import HEADER_NAME as SESSION_HEADER
+from ..identity.sso import SsoError, SsoUser
 from ..singleflight import SingleFlight
-from ..store.errors import AlreadyExists, BadToken, InvalidReference, LimitReached, NotFound
+from ..store.errors import AccessRefused, AlreadyExists, BadToken, InvalidReference, LimitReached, NotFound
 from ..store.interfaces import IStore
 from ..store.model import (
     AnonymousSession,
@@ -35,26 +40,22 @@ from ..store.model import (
     Written,
 )
 from ..store.settings import TenantSettings, from_stored, groups_for
+from ..store.views import public_comment
 from . import common
 from .cache import PageCache
 from .cors import Cors
-from .errors import AccessRefused, ApiError, bad_request, not_found
 from .markup import render
 from .metrics import ApiMetrics
 from .moderation import auto_hide_threshold
 from .pageview import PageView
 from .ratelimit import RateLimiter
-from .router import Call, Reply, Route
-from .sessions import COOKIE_NAME, SessionCookieError, SessionCookies
-from .sessions import HEADER_NAME as SESSION_HEADER
 from .signin import SsoSignIn
-from .sso import SsoError, SsoUser
 from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
-    from ..pubsub.access import GroupLocks
-    from ..pubsub.publish import LivePublisher
-    from ..pubsub.tokens import ViewerTokens
+    from ..live.access import GroupLocks
+    from ..live.publish import LivePublisher
+    from ..live.tokens import ViewerTokens
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
@@ -691,7 +692,7 @@ class PublicApi:
         self._metrics.comments_posted.labels(comment.status.value).inc()
         self._cache.invalidate((tenant.id, "url", url_id))
         self._invalidate(tenant.id, thread.id)
-        view = common.public_comment(comment)
+        view = public_comment(comment)
         view.update(common.viewer_fields(comment, viewer.session.author_id, None))
         view.update(status=comment.status.value, replies=[])
         if self._live is not None:

@@ -31,8 +31,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ..api.errors import ApiError, from_store_error
-from ..jsonhttp import write_error
+from ..http.errors import ApiError, from_store_error
+from ..http.jsonbody import write_error
 from ..store.errors import StoreError
 from .cache import DiskCache, Entry, MemoryTier, ObjectMeta
 from .fill import BodySender, Fill, Filler, NegativeCache, abort_response
@@ -50,7 +50,7 @@ ROUTE = "/media/{tenant}/{key}"
 #: Keys of a thread's media: ``threads/<threadId>/...`` (docs/media.md).
 THREAD_PREFIX = "threads/"
 #: Judges a caller of a thread's media: ``(request, tenant, thread id)``;
-#: fails with :class:`~fastedge.api.errors.ApiError` to refuse.
+#: fails with :class:`~fastedge.http.errors.ApiError` to refuse.
 MediaGuard = Callable[[Request, str, str], "Deferred[None]"]
 
 

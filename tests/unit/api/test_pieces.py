@@ -13,7 +13,7 @@ from fastedge.config import CreditsConfig
 from fastedge.store.errors import StoreUnavailable
 from fastedge.store.model import ReadPreference
 from fastedge.store.sqlite import SQLiteStore
-from fastedge.testing import run_inline
+from fastedge.testing.fakes import run_inline
 
 
 class RateLimiterTests(SynchronousTestCase):

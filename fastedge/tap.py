@@ -16,7 +16,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import succeed
 from twisted.python import usage
 
-from .api.resource import build_api
+from .api.resource import build_api, build_sessions
 from .cdn import service as cdn_service
 from .cdn.manage import UPLOAD_PATH, MediaApi
 from .config import ConfigError, EdgeConfig, load_config
@@ -29,9 +29,8 @@ from .http.accesslog import AccessLog
 from .http.site import EdgeSite
 from .inputs import InputError, parse_ascii_int
 from .live import service as live_service
+from .live.access import GroupLocks
 from .mesh import service as mesh_service
-from .mesh.media import connect_media
-from .mesh.relay import connect_relay
 from .mesh.resource import mesh_routes
 from .metrics.registry import new_registry, register_process_metrics
 from .startup import EXIT_UNAVAILABLE, ListenerUnavailable, StartupReport, check_listeners, refuse, version_line
@@ -223,7 +222,53 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         # The node's load, announced to the mesh: its open client connections.
         return site.open_connections if site is not None else 0
 
-    mesh = mesh_service.make_service(cfg.mesh, node=cfg.node, reactor=reactor, registry=registry, load=load)
+    # Made in the order they need each other, parented in the order they
+    # start: who a reader is (shared by the API and the live threads), the
+    # live threads, the API, the CDN (its thread media ask the public API),
+    # then the mesh that carries both features' calls to the other nodes.
+    access = GroupLocks(store.store, clock=reactor, ttl_seconds=cfg.live.resolve_cache_seconds)
+    sessions = build_sessions(
+        cfg.api,
+        store=store.store,
+        clock=reactor,
+        registry=registry,
+        access=access,
+        viewer_token_max_age_seconds=cfg.live.viewer_token_max_age_seconds,
+    )
+    live = live_service.make_service(
+        cfg.live,
+        reactor=reactor,
+        registry=registry,
+        store=store.store,
+        node_id=cfg.node.id,
+        mesh=cfg.mesh,
+        access=access,
+        viewer_tokens=sessions.viewer_tokens,
+        sso=sessions.sso,
+    )
+    api = build_api(cfg.api, store=store.store, clock=reactor, registry=registry, live=live.publisher, sessions=sessions)
+    # Media of a thread (threads/<id>/...) follow its group lock (docs/media.md).
+    cdn = cdn_service.make_service(
+        cfg.cdn,
+        reactor=reactor,
+        registry=registry,
+        peer_timeout=cfg.mesh.relay_prime_timeout_seconds,
+        guard=api.public.media_access,
+    )
+    # Features that talk to the deployment's other nodes register with the
+    # mesh here (docs/mesh-handlers.md): live events relayed to their
+    # channels' sequencers; CDN purges and peer fill.
+    mesh = mesh_service.make_service(
+        cfg.mesh,
+        node=cfg.node,
+        reactor=reactor,
+        registry=registry,
+        load=load,
+        handlers=[
+            live.relay,
+            cdn.peers,
+        ],
+    )
     mesh.setName("mesh")
     mesh.setServiceParent(top)
 
@@ -232,37 +277,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     dns.setName("dns")
     dns.setServiceParent(top)
 
-    live = live_service.make_service(
-        cfg.live, reactor=reactor, registry=registry, store=store.store, node_id=cfg.node.id
-    )
     live.setName("live")
     live.setServiceParent(top)
-    connect_relay(mesh, live)
 
-    # Purges reach the deployment's other nodes, and misses are filled from
-    # the nearest peer that has the object, over the mesh.
-    mesh_media = connect_media(mesh)
-    cdn = cdn_service.make_service(cfg.cdn, reactor=reactor, registry=registry, peers=mesh_media, broadcast=mesh_media)
-    mesh_media.cdn = cdn
     cdn.setName("cdn")
     cdn.setServiceParent(top)
-    media_api = MediaApi(cfg.cdn, cdn)
 
-    api = build_api(
-        cfg.api,
-        store=store.store,
-        clock=reactor,
-        registry=registry,
-        live=live.publisher,
-        viewer_token_max_age_seconds=cfg.live.viewer_token_max_age_seconds,
-        extra_manage_routes=media_api.routes,
+    api_routes = api.router(
+        extra_manage_routes=MediaApi(cfg.cdn, cdn).routes,
         extra_routes=mesh_routes(mesh.status),
-        access=live.access,
     )
-    live.use_viewer_tokens(api.viewer_tokens)
-    # Media of a thread (threads/<id>/...) follow its group lock (docs/media.md).
-    cdn.resource.use_guard(api.public.media_access)
-    live.use_sso(api.sso)
     access_log = None
     if cfg.log.access != "off":
         access_log = AccessLog(
@@ -284,7 +308,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         registry=registry,
         store=store.store,
         store_ready=lambda: store.ready,
-        api=api.resource,
+        api=api_routes,
         live=live.resource,
         media=cdn.resource,
         embed=embed,

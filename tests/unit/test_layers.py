@@ -31,10 +31,11 @@ LAYERS: list[set[str]] = [
     # Who a reader is; the HTTP listeners and what every route shares
     # (router, JSON bodies and errors).
     {"identity", "http"},
-    # Features that the mesh carries today (the relay and peer fill live in
-    # mesh/ until they register with it; then mesh moves below them).
-    {"live", "cdn"},
+    # The mesh: a transport between the nodes of a deployment, knowing no
+    # feature (features register handlers with it: docs/mesh-handlers.md).
     {"mesh"},
+    # Features carried by the mesh (the live relay, the CDN's peer fill).
+    {"live", "cdn"},
     # Features built on the mesh and on live threads.
     {"dns", "api"},
     {"embed"},

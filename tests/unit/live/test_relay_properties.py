@@ -32,7 +32,7 @@ from hypothesis.stateful import (
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from .common import LiveWorld
+from tests.unit.mesh.common import LiveWorld
 
 PROFILES = {
     "default": settings(
@@ -252,7 +252,7 @@ class RelayMachine(RuleBasedStateMachine):
         # could not reach die with it: the one loss the relay does not
         # cover (docs/mesh.md); they are in the database, and subscribers
         # see them at their next reload.
-        for queue in self.mesh.nodes[node].relay._outbox.values():
+        for queue in self.mesh.live[node].service.relay._outbox.values():
             for item in queue:
                 comment = item.event.data.get("comment")
                 if comment is not None:
@@ -328,7 +328,7 @@ class RelayMachine(RuleBasedStateMachine):
         channel = self.world.channel(self.threads[client.thread][0])
         lines = ["writes (step, comment, node, thread): {}".format(self.log)]
         for n in self.alive:
-            relay = self.mesh.nodes[n].relay
+            relay = self.mesh.live[n].service.relay
             lines.append(
                 "{}: owner {} position {} followed {} following {} followers {} queued {}".format(
                     n,

@@ -10,9 +10,9 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.mesh.relay import rendezvous
+from fastedge.live.relay import rendezvous
 
-from .common import LiveWorld, Rogue, metric
+from tests.unit.mesh.common import LiveWorld, Rogue, metric
 
 
 class OwnershipTests(SynchronousTestCase):
@@ -321,14 +321,14 @@ class HousekeepingTests(SynchronousTestCase):
         after a grace period, here and at its sequencer."""
         world = LiveWorld(self)
         thread, url = world.thread_owned_by("a")
-        relay = world.mesh.nodes["c"].relay
+        relay = world.mesh.live["c"].service.relay
         relay.prime(world.channel(thread))
         world.mesh.network.flush()
         self.assertIn(world.channel(thread), relay.following)
-        self.assertIn(world.channel(thread), world.mesh.nodes["a"].relay.followers)
+        self.assertIn(world.channel(thread), world.mesh.live["a"].service.relay.followers)
         world.mesh.advance(6.0)
         self.assertEqual(relay.following, {})
-        self.assertEqual(world.mesh.nodes["a"].relay.followers, {})
+        self.assertEqual(world.mesh.live["a"].service.relay.followers, {})
 
     def test_last_subscriber_leaving_unfollows(self) -> None:
         """When the last local subscriber leaves, the node stops following
@@ -341,7 +341,7 @@ class HousekeepingTests(SynchronousTestCase):
         world.mesh.network.flush()
         world.post("a", thread)
         self.assertEqual(world.received("c"), 1.0)
-        self.assertEqual(world.mesh.nodes["a"].relay.followers, {})
+        self.assertEqual(world.mesh.live["a"].service.relay.followers, {})
 
     def test_forgotten_channels_are_forgotten_here_too(self) -> None:
         """Once the hub forgets an idle followed channel, the relay drops
@@ -350,7 +350,7 @@ class HousekeepingTests(SynchronousTestCase):
         thread, url = world.thread_owned_by("a")
         on_c = world.subscribe("c", url)
         world.post("a", thread)
-        relay = world.mesh.nodes["c"].relay
+        relay = world.mesh.live["c"].service.relay
         self.assertIn(world.channel(thread), relay.followed_epoch)
         on_c.close()
         world.mesh.advance(12.0)
@@ -368,7 +368,7 @@ class IsolationTests(SynchronousTestCase):
         world.mesh.add("eu1", deployment="eu")
         world.mesh.advance(1.0)
         self.assertEqual(world.mesh.states("a")["eu1"], "alive")
-        relay = world.mesh.nodes["a"].relay
+        relay = world.mesh.live["a"].service.relay
         for i in range(50):
             self.assertNotEqual(relay.owner_of((world.tenant.id, "t{}".format(i))), "eu1")
         thread, url = world.thread_owned_by("a")

@@ -246,7 +246,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         viewer_tokens=sessions.viewer_tokens,
         sso=sessions.sso,
     )
-    api = build_api(cfg.api, store=store.store, clock=reactor, registry=registry, live=live.publisher, sessions=sessions)
+    api = build_api(
+        cfg.api, store=store.store, clock=reactor, registry=registry, live=live.publisher, sessions=sessions
+    )
     # Media of a thread (threads/<id>/...) follow its group lock (docs/media.md).
     cdn = cdn_service.make_service(
         cfg.cdn,

@@ -35,16 +35,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
 from ..geo.distance import great_circle_km
 from ..mesh.handler import MeshHandler
-from ..mesh.interfaces import IMesh, ILink, IPeerSession
+from ..mesh.interfaces import ILink, IMesh, IPeerSession
 from ..mesh.messages import BadMessage, Refused, check_channel_id
 from ..mesh.nodemap import NodeState
 from .cache import ObjectMeta

@@ -54,7 +54,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..mesh.handler import MeshHandler
-from ..mesh.interfaces import IMesh, ILink, IPeerSession
+from ..mesh.interfaces import ILink, IMesh, IPeerSession
 from ..mesh.messages import BadMessage, check_channel_id
 from ..mesh.nodemap import NodeMapChange, NodeState
 from .hub import ChannelKey, Event, Hub, Prepared, Stamp, new_epoch
@@ -138,7 +138,6 @@ class RelayMetrics:
             buckets=_RELAY_BUCKETS,
             registry=registry,
         )
-
 
 
 def to_wire(event: Event, stamp: Stamp | None) -> RelayedEvent:

@@ -17,7 +17,6 @@ Every registered class validates the state it is rebuilt from
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 import re
 from typing import Any

@@ -198,12 +198,13 @@ class LinkMind(pb.Referenceable):
             link.node.metrics.calls.labels("unknown").inc()
             raise Refused("no such call")
         link.node.metrics.calls.labels("cb_" + message).inc()
-        args = broker.unserialize(args)
-        if broker.unserialize(kw):
+        connection: MeshBroker = link.broker
+        args = connection.unserialize(args)
+        if connection.unserialize(kw):
             link.abort("bad_message", "mesh calls take no keyword arguments")
             raise Refused("bad message")
         # A registered handler's callback (fastedge.mesh.handler).
-        return broker.serialize(handlers.link_callback(link, message, args))
+        return connection.serialize(handlers.link_callback(link, message, args))
 
 
 #: ``ClientService`` logs this before every retry (two lines a peer every

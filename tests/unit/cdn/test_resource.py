@@ -19,8 +19,8 @@ from fastedge.cdn.fill import NoPeers
 from fastedge.cdn.interfaces import IObjectSource, ISourceResponse
 from fastedge.cdn.metrics import CdnMetrics
 from fastedge.cdn.origin import S3Origin
-from fastedge.cdn.resource import private_cache_control
 from fastedge.cdn.peers import PeerMetrics
+from fastedge.cdn.resource import private_cache_control
 from fastedge.cdn.service import CdnService, LocalOnly, TenantMedia
 from fastedge.config import S3OriginConfig, parse_config
 from fastedge.metrics.registry import new_registry

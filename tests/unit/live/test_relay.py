@@ -11,7 +11,6 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.live.relay import rendezvous
-
 from tests.unit.mesh.common import LiveWorld, Rogue, metric
 
 

@@ -110,8 +110,10 @@ class PeerAvatar(pb.Avatar):
             if transport is not None:
                 transport.loseConnection()
             raise Refused("stale session: incarnation {} of {} is not current".format(self.incarnation, self.node_id))
-        if not handled:
+        if method is not None:
             return super().perspectiveMessageReceived(broker, message, args, kw)
+        if not handled:
+            raise Refused("no such call: {}".format(message))
         # A registered handler's call (fastedge.mesh.handler): the mesh
         # checks the caller's deployment, the handler's rate and the
         # arguments' shape; keywords are not part of the mesh's calls.

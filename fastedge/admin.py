@@ -222,7 +222,7 @@ def _tenant_settings(store: Any, args: argparse.Namespace, now: int) -> Any:
     as ``PATCH /api/v1/manage/settings``. Nodes see a change within
     ``api.page_cache_seconds``."""
     from .api.manage import check_overlap
-    from .api.sso import check_secret, sso_status
+    from .identity.sso import check_secret, sso_status
     from .store.model import SsoSecretChange
     from .store.settings import SettingsError, apply_patch, from_stored, to_json
 

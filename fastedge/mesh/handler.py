@@ -35,11 +35,15 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..tokenbucket import TokenBucket
+from ..tokenbucket import KeyedBuckets
 from .interfaces import IMesh, IMeshHandler, IPeerSession
 from .messages import BadMessage, MeshSecurity, Refused
 
 __all__ = ["HandlerRegistry", "MeshHandler", "MeshView"]
+
+#: Peer connections a handler's rate is kept for (the least recently used
+#: is forgotten past it: a deployment has tens of nodes, two links each).
+MAX_CONNECTIONS = 1024
 
 #: Wire names the mesh's own sessions answer (``PeerAvatar.perspective_*``):
 #: no handler may take them.
@@ -182,8 +186,8 @@ class HandlerRegistry:
         self.handlers: list[IMeshHandler] = []
         self._calls: dict[str, _Route] = {}
         self._callbacks: dict[str, _Route] = {}
-        #: One bucket per (connection, handler) with a rate of its own.
-        self._buckets: dict[tuple[int, str], TokenBucket] = {}
+        #: Per handler with a rate of its own: a bucket per peer connection.
+        self._buckets: dict[str, KeyedBuckets] = {}
 
     def register(self, handler: IMeshHandler) -> None:
         """Carry ``handler``'s calls from now on.
@@ -208,6 +212,9 @@ class HandlerRegistry:
             self._callbacks[name] = _Route(handler, fn)
         for cls in handler.message_types:
             self._security.allow_class(cls)
+        rate = handler.max_calls_per_second
+        if rate is not None:
+            self._buckets[handler.name] = KeyedBuckets(rate, 2.0 * rate, self._clock, max_keys=MAX_CONNECTIONS)
 
     def has_call(self, name: str) -> bool:
         return name in self._calls
@@ -243,20 +250,12 @@ class HandlerRegistry:
                 deployment=self._deployment,
             )
             raise Refused("deployment: {} calls are only between nodes of one deployment".format(route.handler.name))
-        rate = route.handler.max_calls_per_second
-        if rate is not None:
-            key = (id(connection), route.handler.name)
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = self._buckets[key] = TokenBucket(rate, 2.0 * rate, self._clock)
-            if not bucket.take():
-                self._refuse(route, call, peer, "rate")
-                raise Refused("rate: more than {} {} calls per second".format(rate, route.handler.name))
-
-    def forget(self, connection: object) -> None:
-        """A connection closed: drop its rate buckets."""
-        for key in [k for k in self._buckets if k[0] == id(connection)]:
-            del self._buckets[key]
+        buckets = self._buckets.get(route.handler.name)
+        if buckets is not None and not buckets.take((peer, id(connection))):
+            self._refuse(route, call, peer, "rate")
+            raise Refused(
+                "rate: more than {} {} calls per second".format(route.handler.max_calls_per_second, route.handler.name)
+            )
 
     def _run(self, route: _Route, call: str, peer: str | None, caller: Any, args: Sequence[Any]) -> Any:
         try:

@@ -388,7 +388,6 @@ class MeshService(Service):
         if self.membership is not None:
             self.membership.session_closed(avatar)
         self.handlers.each("session_closed", avatar)
-        self.handlers.forget(avatar)
 
     # Stop
 

@@ -544,9 +544,17 @@ class Relay(MeshHandler):
                 if owner is None or owner == self._me:
                     if not item.owed:
                         self._sequence(item.event)
-                    # An owed write is in this node's numbering already;
-                    # every follower meets this node's epoch with a reset,
-                    # and the reload covers it.
+                    elif owner is not None:
+                        # An owed write is in this node's numbering already
+                        # (stamped here while its owner was unreachable), and
+                        # the channel is this node's now: it is not sent. The
+                        # channel counts as sequenced here, so that when it
+                        # moves on (the old owner back) the next owner, which
+                        # never saw the write, is told to start a new epoch
+                        # and its subscribers reload (_hand_over). Before,
+                        # only writes stamped as the owner counted, and the
+                        # old owner's subscribers missed this one silently.
+                        self.sequenced.add(item.event.channel)
                     continue
                 if owner not in links:
                     links[owner] = self._link_to(owner)

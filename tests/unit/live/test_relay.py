@@ -515,3 +515,40 @@ class OwnerDiesTests(SynchronousTestCase):
         self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_handovers_total"), 1.0)
         world.post("c", thread, "after")
         self.assertEqual(on_a.events()[-1]["id"], on_b.events()[-1]["id"])
+
+    def test_owed_write_dropped_when_the_channel_came_here(self) -> None:
+        """The gap the property test found (main, "client 1 on b never got
+        comment ... reloads [2]"): c cannot reach the owner b (a still hears
+        it, so b stays SUSPECT and keeps the channel) and sequences a write
+        itself after the forward timeout, owing it to b. Then b goes silent
+        for a too: b is DEAD, the channel is c's, and c drops the owed write
+        (it is in c's numbering). When b is back and owns the channel again,
+        c must hand it over (b starts a new epoch, its subscriber reloads):
+        before, c had never counted the channel as sequenced here, so b's
+        subscriber neither got the write nor a reset."""
+        world = LiveWorld(self)
+        for _ in range(1000):
+            thread, url = world.thread_owned_by("b")
+            if rendezvous(world.channel(thread), ["a", "c"]) == "c":
+                break
+        on_b = world.subscribe("b", url)
+        net = world.mesh.network
+        a, b, c = (world.mesh.host(n) for n in "abc")
+        net.block(b, c)
+        net.cut(b, c)
+        world.mesh.advance(2.0)
+        self.assertEqual(world.mesh.states("c")["b"], "suspect")
+        comment = world.post("c", thread, "owed")
+        world.mesh.advance(6.0)
+        self.assertEqual(world.mesh.states("c")["b"], "suspect")
+        net.block(a, b)
+        net.cut(a, b)
+        world.mesh.advance(4.0)
+        self.assertEqual(world.mesh.states("c")["b"], "dead")
+        net.unblock(a, b)
+        net.unblock(b, c)
+        world.mesh.advance(12.0)
+        self.assertEqual(world.mesh.states("c")["b"], "alive")
+        got = [m["data"]["comment"]["id"] for m in on_b.events()]
+        resets = [k for k, _ in world.seqs(on_b) if k == "reset"]
+        self.assertTrue(comment.id in got or resets, (got, world.seqs(on_b)))

@@ -152,3 +152,32 @@ class TapWiringTests(SynchronousTestCase):
         """A class's methods may set its own attributes (``self.x``)."""
         source = "class Node:\n    def __init__(self, clock):\n        self.clock = clock\n"
         self.assertEqual(attribute_assignments(source), [])
+
+
+class MeshFeaturesTests(SynchronousTestCase):
+    def test_features_are_registered_with_the_mesh(self) -> None:
+        """The node's mesh carries the live relay and the CDN's peer calls
+        as registered handlers (made by their own children), and the
+        features use them: the comment API's writes go to the relay, the
+        CDN fills from and purges through its handler."""
+        from twisted.internet.testing import MemoryReactorClock
+        from zope.interface.verify import verifyObject
+
+        from fastedge.mesh.interfaces import IMeshHandler
+        from fastedge.tap import Options, makeService
+
+        options = Options()
+        options.parseOptions(["--data-dir", os.path.abspath(self.mktemp())])
+        top = makeService(options, reactor=MemoryReactorClock())
+        mesh, live, cdn = (top.getServiceNamed(name) for name in ("mesh", "live", "cdn"))
+        self.assertEqual(mesh.handlers.handlers, [live.relay, cdn.peers])
+        for handler in mesh.handlers.handlers:
+            verifyObject(IMeshHandler, handler)
+        self.assertEqual(live.publisher.sink, live.relay.publish)
+        self.assertEqual(live.publisher.block_sink, live.relay.block)
+        self.assertEqual(live.live.prime, live.relay.prime)
+        self.assertIsNotNone(live.live.tokens)
+        self.assertIsNotNone(live.live.sso)
+        self.assertIs(cdn.filler.peers, cdn.peers)
+        self.assertIs(cdn._broadcast, cdn.peers)
+        self.assertIsNotNone(cdn.resource._guard)

@@ -193,10 +193,10 @@ class HandlerRegistry:
         """Carry ``handler``'s calls from now on.
 
         :raises ValueError: a wire name is taken (by the membership or by
-            another handler), or the handler is registered already.
+            another handler), or its name is (names label its metrics).
         """
-        if any(h is handler for h in self.handlers):
-            raise ValueError("mesh handler {!r} is registered already".format(handler.name))
+        if any(h.name == handler.name for h in self.handlers):
+            raise ValueError("a mesh handler named {!r} is registered already".format(handler.name))
         for table, names in ((self._calls, handler.remote_calls), (self._callbacks, handler.callbacks)):
             for name in names:
                 taken = table.get(name)

@@ -25,6 +25,7 @@ from .http.connections import ConnectionGate, connection_ceiling, descriptor_lim
 from .http.health import HealthResource
 from .http.jsonbody import write_error
 from .http.metrics import HttpMetrics, LimitMetrics
+from .http.ops import OpsNetworks
 from .http.site import EdgeSite, RefusalPage
 from .metrics.resource import MetricsResource
 from .store.interfaces import IStore
@@ -165,6 +166,7 @@ def build_site(
             store_ready=store_ready,
             children=children,
             mesh=mesh_health,
+            detail=lambda request: site.sees_ops(request),
         ),
     )
     root.putChild(b"metrics", MetricsResource(registry))
@@ -178,7 +180,7 @@ def build_site(
         ipv6_prefix=http.ipv6_prefix_length,
         metrics=LimitMetrics(registry),
     )
-    return EdgeSite(
+    site = EdgeSite(
         root,
         reactor=reactor,
         max_body_bytes=http.max_body_bytes,
@@ -189,4 +191,6 @@ def build_site(
         header_timeout=http.header_timeout_seconds,
         body_timeout=http.body_timeout_seconds,
         access_log=access_log,
+        ops_networks=OpsNetworks(http.ops_networks),
     )
+    return site

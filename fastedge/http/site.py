@@ -28,6 +28,7 @@ from .channel import edge_channel
 from .connections import ConnectionGate
 from .jsonbody import write_error
 from .metrics import HttpMetrics
+from .ops import OpsNetworks, is_ops_path
 
 #: A whole response body with its headers (``content-type`` among them).
 Page = tuple[list[tuple[bytes, bytes]], bytes]
@@ -146,6 +147,12 @@ class EdgeRequest(Request):
                 "body_too_large",
                 "request body is larger than {} bytes".format(self.body_limit),
             )
+            return
+        if is_ops_path(self.path) and not site.sees_ops(self):
+            # Not for this client: as if the path did not exist.
+            self.site = site
+            self.route = "not_found"
+            write_error(self, 404, "not_found", "no such resource")
             return
         if site.redirect_port is not None and not self.isSecure():
             port = site.redirect_port()
@@ -286,6 +293,7 @@ class EdgeSite(Site):
         header_timeout: float | None = None,
         body_timeout: float | None = None,
         access_log: AccessLog | None = None,
+        ops_networks: OpsNetworks | None = None,
     ) -> None:
         """
         :param body_limits: ``(path, bytes)`` for routes that take
@@ -306,6 +314,9 @@ class EdgeSite(Site):
         :param body_timeout: seconds an HTTP/1.1 request body may go without
             progress (``None``: no deadline).
         :param access_log: where each finished request is logged (``None``: off).
+        :param ops_networks: who may see the operational endpoints
+            (:mod:`fastedge.http.ops`; ``None``: everyone, for tests of a
+            bare Site).
         """
         # No form parsing: every route reads JSON or raw bytes, and Twisted
         # would mix urlencoded body fields into the query arguments and answer
@@ -326,6 +337,14 @@ class EdgeSite(Site):
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.access_log = access_log
+        self.ops_networks = ops_networks
+
+    def sees_ops(self, request: Request) -> bool:
+        """Whether ``request``'s client may see operational detail."""
+        if self.ops_networks is None:
+            return True
+        address = request.getClientAddress()
+        return self.ops_networks.allows(getattr(address, "host", None))
 
     @property
     def open_connections(self) -> int:

@@ -34,6 +34,7 @@ from .mesh.media import connect_media
 from .mesh.relay import connect_relay
 from .mesh.resource import mesh_routes
 from .metrics.registry import new_registry, register_process_metrics
+from .residency.gate import residency_gate
 from .startup import EXIT_UNAVAILABLE, ListenerUnavailable, StartupReport, check_listeners, refuse, version_line
 from .store import service as store_service
 from .web import build_site
@@ -232,8 +233,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     dns.setName("dns")
     dns.setServiceParent(top)
 
+    # Another deployment's tenants are refused (421) on every path, before
+    # anything of theirs is read.
+    residency = residency_gate(cfg.node.deployment, cfg.dns.zones, store=store.store, clock=reactor, registry=registry)
+
     live = live_service.make_service(
-        cfg.live, reactor=reactor, registry=registry, store=store.store, node_id=cfg.node.id
+        cfg.live, reactor=reactor, registry=registry, store=store.store, node_id=cfg.node.id, residency=residency
     )
     live.setName("live")
     live.setServiceParent(top)
@@ -258,6 +263,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         extra_manage_routes=media_api.routes,
         extra_routes=mesh_routes(mesh.status),
         access=live.access,
+        residency=residency,
     )
     live.use_viewer_tokens(api.viewer_tokens)
     # Media of a thread (threads/<id>/...) follow its group lock (docs/media.md).
@@ -298,6 +304,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         refusal_pages=[(b"/embed/", embed.too_large_page)],
         children=lambda: list(top),
         mesh_health=mesh.health,
+        residency=residency,
         access_log=access_log,
     )
     http = http_service.make_service(

@@ -28,6 +28,7 @@ from .http.metrics import HttpMetrics, LimitMetrics
 from .http.ops import OpsNetworks
 from .http.site import EdgeSite, RefusalPage
 from .metrics.resource import MetricsResource
+from .residency.gate import ResidencyGate
 from .store.interfaces import IStore
 
 
@@ -128,6 +129,7 @@ def build_site(
     mesh_health: Callable[[], dict[str, Any]] | None = None,
     descriptors: int | None = None,
     access_log: AccessLog | None = None,
+    residency: ResidencyGate | None = None,
 ) -> EdgeSite:
     """The node's Site.
 
@@ -144,6 +146,8 @@ def build_site(
     :param descriptors: the descriptor limit the connection ceiling is
         derived from (default: the process's, ``ulimit -n``).
     :param access_log: the access log (``None``: off).
+    :param residency: refuses requests for another deployment's tenants
+        (:class:`fastedge.residency.gate.ResidencyGate`; ``None``: no check).
     """
     root = EdgeRoot()
     root.putChild(b"", LandingPage(node))
@@ -192,5 +196,6 @@ def build_site(
         body_timeout=http.body_timeout_seconds,
         access_log=access_log,
         ops_networks=OpsNetworks(http.ops_networks),
+        residency=residency,
     )
     return site

@@ -26,7 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from .accesslog import AccessLog, Session
 from .channel import edge_channel
 from .connections import ConnectionGate
-from .jsonbody import write_error
+from .jsonbody import encode, write_error, write_json
 from .metrics import HttpMetrics
 from .ops import OpsNetworks, is_ops_path
 
@@ -160,7 +160,31 @@ class EdgeRequest(Request):
                 self.route = "https_redirect"
                 _redirect_to_https(self, port)
                 return
+        if site.residency is not None:
+            verdict = site.residency.check(self.path, self.args)
+            if isinstance(verdict, Deferred):
+                verdict.addCallback(self._resided)
+                return
+            if verdict is not None:
+                self._misdirected(verdict)
+                return
         super().process()
+
+    def _resided(self, verdict: Any) -> None:
+        """The residency check answered after a lookup."""
+        if self._disconnected or self.finished:
+            return
+        if verdict is not None:
+            self._misdirected(verdict)
+            return
+        super().process()
+
+    def _misdirected(self, verdict: Any) -> None:
+        """421: the tenant is another deployment's (:mod:`fastedge.residency`)."""
+        self.site = self.edge_site
+        self.route = "wrong_deployment"
+        self.setHeader(b"cache-control", b"no-store")
+        write_json(self, 421, encode({"error": verdict.error()}))
 
     def _finished(self, result: Any) -> None:
         site = self._fastedge_site
@@ -294,6 +318,7 @@ class EdgeSite(Site):
         body_timeout: float | None = None,
         access_log: AccessLog | None = None,
         ops_networks: OpsNetworks | None = None,
+        residency: Any = None,
     ) -> None:
         """
         :param body_limits: ``(path, bytes)`` for routes that take
@@ -317,6 +342,10 @@ class EdgeSite(Site):
         :param ops_networks: who may see the operational endpoints
             (:mod:`fastedge.http.ops`; ``None``: everyone, for tests of a
             bare Site).
+        :param residency: checks each request's tenant before its handler
+            (:class:`fastedge.residency.gate.ResidencyGate`: ``check(path,
+            args)`` gives ``None``, a refusal with ``error()``, or a Deferred
+            of either); ``None``: no check.
         """
         # No form parsing: every route reads JSON or raw bytes, and Twisted
         # would mix urlencoded body fields into the query arguments and answer
@@ -338,6 +367,7 @@ class EdgeSite(Site):
         self.body_timeout = body_timeout
         self.access_log = access_log
         self.ops_networks = ops_networks
+        self.residency = residency
 
     def sees_ops(self, request: Request) -> bool:
         """Whether ``request``'s client may see operational detail."""

@@ -32,6 +32,8 @@ LAYERS: list[set[str]] = [
     # Who a reader is; the HTTP listeners and what every route shares
     # (router, JSON bodies and errors).
     {"identity", "http"},
+    # Which deployment serves a tenant (checked before any feature reads).
+    {"residency"},
     # Features that the mesh carries today (the relay and peer fill live in
     # mesh/ until they register with it; then mesh moves below them).
     {"live", "cdn"},

@@ -16,6 +16,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import succeed
 from twisted.python import usage
 
+from . import __version__
 from .api.resource import build_api
 from .cdn import service as cdn_service
 from .cdn.manage import UPLOAD_PATH, MediaApi
@@ -36,6 +37,8 @@ from .mesh.resource import mesh_routes
 from .metrics.registry import new_registry, register_process_metrics
 from .residency.gate import residency_gate
 from .startup import EXIT_UNAVAILABLE, ListenerUnavailable, StartupReport, check_listeners, refuse, version_line
+from .status.figures import read_figures
+from .status.resource import StatusResource
 from .store import service as store_service
 from .web import build_site
 
@@ -306,6 +309,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         mesh_health=mesh.health,
         residency=residency,
         access_log=access_log,
+        status=StatusResource(
+            lambda: (mesh.status(), read_figures(registry.collect())), clock=reactor, version=__version__
+        ),
     )
     http = http_service.make_service(
         cfg.http,

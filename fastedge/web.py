@@ -55,6 +55,7 @@ _LANDING = """<!doctype html>
 <li><a href="/healthz">/healthz</a>: the node's health (JSON)</li>
 <li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
 <li><a href="/api/v1/mesh">/api/v1/mesh</a>: the mesh as this node sees it (JSON)</li>
+<li><a href="/status">/status</a>: the status page (the mesh on a map, this node's figures)</li>
 <li><code>/api/v1/</code>: the comment API; <code>/live</code> (WebSocket) and
 <code>/live/events</code> (SSE): live threads; <code>/media/</code>: the CDN</li>
 </ul>
@@ -130,6 +131,7 @@ def build_site(
     descriptors: int | None = None,
     access_log: AccessLog | None = None,
     residency: ResidencyGate | None = None,
+    status: IResource | None = None,
 ) -> EdgeSite:
     """The node's Site.
 
@@ -148,6 +150,8 @@ def build_site(
     :param access_log: the access log (``None``: off).
     :param residency: refuses requests for another deployment's tenants
         (:class:`fastedge.residency.gate.ResidencyGate`; ``None``: no check).
+    :param status: the operators' status page (``fastedge.status``), at
+        ``/status`` (answered only to ``http.ops_networks``).
     """
     root = EdgeRoot()
     root.putChild(b"", LandingPage(node))
@@ -160,6 +164,8 @@ def build_site(
         root.putChild(b"embed", embed)
     if widget is not None:
         root.putChild(b"widget.js", widget)
+    if status is not None:
+        root.putChild(b"status", status)
     root.putChild(
         b"healthz",
         HealthResource(

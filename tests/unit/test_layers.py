@@ -40,7 +40,7 @@ LAYERS: list[set[str]] = [
     {"mesh"},
     # Features built on the mesh and on live threads.
     {"dns", "api"},
-    {"embed"},
+    {"embed", "status"},
     # Wiring: the one Site, the startup report.
     {"web", "startup"},
     # The operator's tool and the shipped test support.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.status.test_resource,tests.integration.test_status -*-
+# -*- test-case-name: tests.unit.status.test_resource,tests.integration.test_status_browser -*-
 """``GET /status`` (the page), ``GET /status/events`` (its refreshes, SSE)
 and ``GET /status/refresh.js`` (the few lines that apply them)."""
 

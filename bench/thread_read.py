@@ -259,8 +259,14 @@ def main() -> None:
     )
     for label, r, size, _shown in rows:
         print(
-            "{:<38} {:>10.0f} {:>9.2f} {:>9.2f} {:>8.0f} {:>9.1f} {:>10.1f}".format(
-                label, r["rps"], r["p50"], r["p99"], r["errors"] + r["socket_errors"], size / 1024, r["cpu_us"]
+            "{:<38} {:>10} {:>9.2f} {:>9.2f} {:>8.0f} {:>9.1f} {:>10.1f}".format(
+                label,
+                "{:.1f}".format(r["rps"]) if r["rps"] < 100 else "{:.0f}".format(r["rps"]),
+                r["p50"],
+                r["p99"],
+                r["errors"] + r["socket_errors"],
+                size / 1024,
+                r["cpu_us"],
             )
         )
     print("(each page: {} comments of the thread's {} with limit=100 top-level)".format(rows[0][3], COMMENTS))

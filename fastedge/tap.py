@@ -16,6 +16,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import succeed
 from twisted.python import usage
 
+from . import __version__
 from .api.resource import build_api, build_sessions
 from .cdn import service as cdn_service
 from .cdn.manage import UPLOAD_PATH, MediaApi
@@ -33,7 +34,10 @@ from .live.access import GroupLocks
 from .mesh import service as mesh_service
 from .mesh.resource import mesh_routes
 from .metrics.registry import new_registry, register_process_metrics
+from .residency.gate import residency_gate
 from .startup import EXIT_UNAVAILABLE, ListenerUnavailable, StartupReport, check_listeners, refuse, version_line
+from .status.figures import read_figures
+from .status.resource import StatusResource
 from .store import service as store_service
 from .web import build_site
 
@@ -226,6 +230,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # start: who a reader is (shared by the API and the live threads), the
     # live threads, the API, the CDN (its thread media ask the public API),
     # then the mesh that carries both features' calls to the other nodes.
+
+    # Another deployment's tenants are refused (421) on every path, before
+    # anything of theirs is read.
+    residency = residency_gate(cfg.node.deployment, cfg.dns.zones, store=store.store, clock=reactor, registry=registry)
     access = GroupLocks(store.store, clock=reactor, ttl_seconds=cfg.live.resolve_cache_seconds)
     sessions = build_sessions(
         cfg.api,
@@ -241,13 +249,20 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         registry=registry,
         store=store.store,
         node_id=cfg.node.id,
+        residency=residency,
         mesh=cfg.mesh,
         access=access,
         viewer_tokens=sessions.viewer_tokens,
         sso=sessions.sso,
     )
     api = build_api(
-        cfg.api, store=store.store, clock=reactor, registry=registry, live=live.publisher, sessions=sessions
+        cfg.api,
+        store=store.store,
+        clock=reactor,
+        registry=registry,
+        live=live.publisher,
+        residency=residency,
+        sessions=sessions,
     )
     # Media of a thread (threads/<id>/...) follow its group lock (docs/media.md).
     cdn = cdn_service.make_service(
@@ -324,7 +339,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         refusal_pages=[(b"/embed/", embed.too_large_page)],
         children=lambda: list(top),
         mesh_health=mesh.health,
+        residency=residency,
         access_log=access_log,
+        status=StatusResource(
+            lambda: (mesh.status(), read_figures(registry.collect())), clock=reactor, version=__version__
+        ),
     )
     http = http_service.make_service(
         cfg.http,

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..config import LiveConfig, MeshConfig
+from ..residency.gate import ResidencyGate
 from ..store.interfaces import IStore
 from .access import ChannelResolver, GroupLocks
 from .frontend import Live
@@ -83,6 +84,7 @@ class LiveService(MultiService):
         store: IStore,
         node_id: str,
         policy: IAccessPolicy | None = None,
+        residency: ResidencyGate | None = None,
         mesh: MeshConfig | None = None,
         access: GroupLocks | None = None,
         viewer_tokens: ViewerTokens | None = None,
@@ -103,6 +105,7 @@ class LiveService(MultiService):
             ttl_seconds=cfg.resolve_cache_seconds,
             max_entries=cfg.resolve_cache_entries,
             count=lambda result: metrics.resolve_lookups.labels(result).inc(),
+            residency=residency,
         )
         #: The thread access rules (group locks, closed threads, sign-in).
         #: The public API is given this same object (``tap``), and live
@@ -208,12 +211,17 @@ def make_service(
     store: IStore,
     node_id: str,
     policy: IAccessPolicy | None = None,
+    residency: ResidencyGate | None = None,
     mesh: MeshConfig | None = None,
     access: GroupLocks | None = None,
     viewer_tokens: ViewerTokens | None = None,
     sso: Any = None,
 ) -> LiveService:
-    """The ``live`` child for ``cfg`` (see :class:`LiveService` for the arguments)."""
+    """The ``live`` child for ``cfg`` (see :class:`LiveService` for the
+    other arguments).
+
+    :param residency: refuses subscriptions to another deployment's tenants
+        (:class:`fastedge.residency.gate.ResidencyGate`)."""
     return LiveService(
         cfg,
         reactor=reactor,
@@ -221,6 +229,7 @@ def make_service(
         store=store,
         node_id=node_id,
         policy=policy,
+        residency=residency,
         mesh=mesh,
         access=access,
         viewer_tokens=viewer_tokens,

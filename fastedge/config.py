@@ -41,6 +41,7 @@ __all__ = [
     "LogConfig",
     "MeshConfig",
     "NodeConfig",
+    "MongoConfig",
     "PostgresConfig",
     "S3OriginConfig",
     "StoreConfig",
@@ -405,13 +406,67 @@ class PostgresConfig:
     lag_probe_seconds: float = _checked(5.0, _positive)
 
 
+def _mongo_uri(value: str) -> str | None:
+    """A ``mongodb://`` URI; the reason never quotes it (it may hold a password)."""
+    if value == "":
+        return None
+    from .store.mongodb.uri import check_uri
+
+    return check_uri(value)
+
+
+def _write_concern(value: str) -> str | None:
+    if value == "majority" or (value.isdigit() and int(value) >= 1):
+        return None
+    return "must be 'majority' or a number of members (1 or more)"
+
+
+def _database_name(value: str) -> str | None:
+    if value and not any(c in value for c in "./\\ \"$\0"):
+        return None
+    return "must be a MongoDB database name (not empty; no '.', '/', '\\', space, '\"' or '$')"
+
+
+@dataclass(frozen=True)
+class MongoConfig:
+    """The MongoDB backend: a replica set, and the member beside this node
+    for NEAREST reads (docs/consistency.md). URIs are ``mongodb://``; they
+    are never logged with their credentials.
+    """
+
+    #: The replica set (every member, ``replicaSet=...``): writes and
+    #: PRIMARY reads go to its primary.
+    uri: str = _checked("", _mongo_uri, secret=True)
+    #: This node's local member, serving NEAREST reads; empty means NEAREST
+    #: reads go to the primary.
+    nearest_uri: str = _checked("", _mongo_uri, secret=True)
+    #: Database holding fastedge's collections (the URI's own path is ignored).
+    database: str = _checked("fastedge", _database_name)
+    #: Write concern of every write: ``majority`` or a number of members.
+    write_concern: str = _checked("majority", _write_concern)
+    #: How long a write waits for its write concern (``wtimeout``).
+    write_concern_timeout_seconds: float = _checked(5.0, _positive)
+    #: How long a NEAREST read holding a consistency token lets the local
+    #: member wait for it (``maxTimeMS``) before reading the primary (0: never wait).
+    token_wait_seconds: float = _checked(0.5, _non_negative)
+    #: How long an operation keeps retrying through an election before it fails.
+    failover_seconds: float = _checked(10.0, _non_negative)
+    #: How long a read waits for the local member before the primary serves it.
+    nearest_timeout_seconds: float = _checked(3.0, _positive)
+    #: Server-side limit of every read (``maxTimeMS``; 0: none).
+    operation_timeout_seconds: float = _checked(30.0, _non_negative)
+    #: Connections in each of the two pools (primary, local member).
+    pool_size: int = _checked(4, _positive)
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     """The comment database."""
 
     #: ``sqlite``: the embedded, zero set-up backend; ``postgresql``: a
-    #: replicated PostgreSQL (see ``[store.postgresql]``).
-    backend: str = _checked("sqlite", _one_of("sqlite", "postgresql"))
+    #: replicated PostgreSQL (see ``[store.postgresql]``); ``mongodb``: a
+    #: MongoDB replica set (see ``[store.mongodb]``).
+    backend: str = _checked("sqlite", _one_of("sqlite", "postgresql", "mongodb"))
     #: SQLite file; empty means ``<node.data_dir>/fastedge.sqlite3``.
     sqlite_path: str = ""
     #: Threads that run blocking database calls off the reactor thread.
@@ -419,6 +474,7 @@ class StoreConfig:
     #: Seconds a writer waits for another process's lock (e.g. ``fastedge-admin``).
     busy_timeout_seconds: float = _checked(5.0, _positive)
     postgresql: PostgresConfig = field(default_factory=PostgresConfig)
+    mongodb: MongoConfig = field(default_factory=MongoConfig)
 
 
 @dataclass(frozen=True)
@@ -920,6 +976,8 @@ def _derive(cfg: EdgeConfig, base_dir: str | None = None) -> EdgeConfig:
         raise ConfigError(
             "store.postgresql.primaries: must list at least one server when store.backend is 'postgresql'"
         )
+    if store.backend == "mongodb" and not store.mongodb.uri:
+        raise ConfigError("store.mongodb.uri: must name the replica set when store.backend is 'mongodb'")
     api = cfg.api
     if not api.secret_file:
         api = dataclasses.replace(api, secret_file=os.path.join(data_dir, "session.key"))

@@ -79,7 +79,7 @@ class ValidationTests(SynchronousTestCase):
     def test_impossible_values(self) -> None:
         """Values out of range are refused with the reason."""
         self.assertRefused("[store]\nthreads = 0\n", "store.threads: must be greater than 0")
-        self.assertRefused('[store]\nbackend = "oracle"\n', "store.backend: must be one of 'sqlite', 'postgresql'")
+        self.assertRefused('[store]\nbackend = "oracle"\n', "store.backend: must be one of 'sqlite', 'postgresql', 'mongodb'")
         self.assertRefused(
             '[node]\nid = "Bad Id"\n', "node.id: must be a lower-case DNS label (a-z, 0-9, '-'; at most 63 characters)"
         )

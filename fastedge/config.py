@@ -422,7 +422,7 @@ def _write_concern(value: str) -> str | None:
 
 
 def _database_name(value: str) -> str | None:
-    if value and not any(c in value for c in "./\\ \"$\0"):
+    if value and not any(c in value for c in './\\ "$\0'):
         return None
     return "must be a MongoDB database name (not empty; no '.', '/', '\\', space, '\"' or '$')"
 

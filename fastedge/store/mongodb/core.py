@@ -474,9 +474,7 @@ class MongoCore:
             return await gaps.commit(pool, session, self._write_concern)
         except CancelledError as e:
             # The call's time ran out with the commit in flight.
-            raise CommitUnknown(
-                "no answer to the commit in time: the write may or may not have been applied"
-            ) from e
+            raise CommitUnknown("no answer to the commit in time: the write may or may not have been applied") from e
         except OperationFailure as e:
             if "TransientTransactionError" in gaps.labels(e) and not isinstance(e, WriteConcernError):
                 # The server says the transaction was aborted: not applied.
@@ -505,11 +503,11 @@ class MongoCore:
         (the primary may be gone; the server ends it in any case)."""
         if state.committed is None and session.in_transaction():
             d = gaps.bounded(self._clock, self._wc_seconds, session.end_session())
-            d.addErrback(lambda f: self._log.info("aborting a transaction failed: {reason}", reason=f.getErrorMessage()))
+            d.addErrback(
+                lambda f: self._log.info("aborting a transaction failed: {reason}", reason=f.getErrorMessage())
+            )
             return
-        ensureDeferred(session.end_session()).addErrback(
-            lambda f: self._log.failure("ending a session failed", f)
-        )
+        ensureDeferred(session.end_session()).addErrback(lambda f: self._log.failure("ending a session failed", f))
 
     # Failover
 

@@ -344,7 +344,15 @@ class MongoStore(MongoCore):
         async def go(tx: Tx) -> Tenant:
             await tx.insert(
                 s.TENANTS,
-                [{"_id": tenant.id, "name": name, "deployment": deployment, "created_ms": created_ms, "settings": "{}"}],
+                [
+                    {
+                        "_id": tenant.id,
+                        "name": name,
+                        "deployment": deployment,
+                        "created_ms": created_ms,
+                        "settings": "{}",
+                    }
+                ],
             )
             return tenant
 
@@ -677,7 +685,9 @@ class MongoStore(MongoCore):
         mine = {"tenant_id": tenant_id}
         moved = await tx.update(s.COMMENTS, {**mine, "author_id": old}, {"$set": {"author_id": new}}, multi=True)
         for collection, who, count in ((s.VOTES, "voter_id", "like_count"), (s.FLAGS, "flagger_id", "flag_count")):
-            both = [d["comment_id"] for d in await tx.find(collection, {**mine, who: new}, projection={"comment_id": 1})]
+            both = [
+                d["comment_id"] for d in await tx.find(collection, {**mine, who: new}, projection={"comment_id": 1})
+            ]
             twice = {**mine, who: old, "comment_id": {"$in": both}}
             doubled = [d["comment_id"] for d in await tx.find(collection, twice, projection={"comment_id": 1})]
             if doubled:
@@ -858,9 +868,7 @@ class MongoStore(MongoCore):
         return self._write("create_comment", read_preference, go)
 
     async def _count_approved(self, tx: Tx, tenant_id: str, thread_id: str, delta: int) -> None:
-        await tx.update(
-            s.THREADS, {"_id": thread_id, "tenant_id": tenant_id}, {"$inc": {"comment_count": delta}}
-        )
+        await tx.update(s.THREADS, {"_id": thread_id, "tenant_id": tenant_id}, {"$inc": {"comment_count": delta}})
 
     async def _comment_row(self, r: Reader, tenant_id: str, comment_id: str) -> Comment:
         found = await r.find_one(s.COMMENTS, {"_id": comment_id, "tenant_id": tenant_id})

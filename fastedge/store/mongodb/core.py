@@ -89,6 +89,10 @@ class _Transient(StoreUnavailable):
     an election); nothing was committed and it may run again."""
 
 
+class MigrationBusy(StoreUnavailable):
+    """Another node holds the migration lock: waited for like a failover."""
+
+
 def _default_pool(uri: str, size: int) -> ConnectionPool:
     return gaps.make_pool(uri, pool_size=size)
 
@@ -545,7 +549,7 @@ class MongoCore:
                 )
                 result.errback(f)
                 return
-            retry = f.check(_PrimaryLost, _Transient) or (
+            retry = f.check(_PrimaryLost, _Transient, MigrationBusy) or (
                 not f.check(StoreUnavailable) and gaps.is_unreachable(f.value) and not write
             )
             if write and f.check(gaps.CallTimedOut):

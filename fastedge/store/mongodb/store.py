@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..errors import AlreadyExists, BadCursor, InvalidReference, LimitReached, NotFound, StoreUnavailable
+from ..errors import AlreadyExists, BadCursor, InvalidReference, LimitReached, NotFound
 from ..interfaces import IStore
 from ..model import (
     MAX_BULK_IDS,
@@ -58,7 +58,7 @@ from ..model import (
 from ..sql import _decode_cursor, _encode_cursor, _page, new_id
 from . import schema as s
 from . import txmongo_gaps as gaps
-from .core import MongoCore, Reader, Tx
+from .core import MigrationBusy, MongoCore, Reader, Tx
 
 Document = dict[str, Any]
 
@@ -285,7 +285,7 @@ class MongoStore(MongoCore):
                 }
             )
             if not taken.get("n"):
-                raise StoreUnavailable("another node is migrating the store; try again shortly") from None
+                raise MigrationBusy("another node is migrating the store") from None
         applied: list[int] = []
         try:
             for name in s.ALL_COLLECTIONS:

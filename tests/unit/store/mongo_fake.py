@@ -22,14 +22,24 @@ is never behind. What this proves and what it does not:
 
 from __future__ import annotations
 
+import copy
+import itertools
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import mongomock
 from bson import Binary, Timestamp
 from mockupdb import MockupDB
 from pymongo import ReturnDocument
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from fastedge.store.mongodb import txmongo_gaps
+
+_T = TypeVar("_T")
 
 #: Seconds part of every cluster time the fake issues.
 EPOCH = 1_700_000_000
@@ -50,8 +60,29 @@ class FakeReplicaSet:
         self.log: list[tuple[str, dict[str, Any]]] = []
         self.primary = MockupDB(auto_ismaster=False)
         self.member = MockupDB(auto_ismaster=False)
-        self.primary.autoresponds(self._handler("primary"))
-        self.member.autoresponds(self._handler("member"))
+        self.primary.autoresponds(self._handler(self.primary))
+        self.member.autoresponds(self._handler(self.member))
+        #: The server that answers as primary now (``None``: neither).
+        self.writable: MockupDB | None = self.primary
+        #: Scripted answers: each is called with ``(role, command name,
+        #: document, request)`` before the fake runs a command, and returns
+        #: True when it answered (or hung up) itself.
+        self.intercepts: list[Callable[[str, str, dict[str, Any], Any], bool]] = []
+
+    def reset(self) -> None:
+        """Back to the first server as primary, no scripts, an empty log."""
+        self.writable = self.primary
+        self.intercepts.clear()
+        self.log.clear()
+
+    def elect(self, server: MockupDB | None) -> None:
+        """Make ``server`` the primary (``None``: no primary at all); the
+        other answers ``hello`` as a secondary and refuses writes."""
+        self.writable = server
+
+    def role(self, server: MockupDB) -> str:
+        """``"primary"`` or ``"member"`` (a secondary), as ``server`` answers now."""
+        return "primary" if server is self.writable else "member"
 
     def start(self) -> None:
         self.primary.run()
@@ -88,28 +119,35 @@ class FakeReplicaSet:
                 self._inc += 1
             return Timestamp(EPOCH, self._inc)
 
-    def _hello(self, role: str) -> dict[str, Any]:
+    def _hello(self, role: str, server: MockupDB) -> dict[str, Any]:
         return {
             "ismaster": role == "primary",
             "isWritablePrimary": role == "primary",
             "secondary": role == "member",
             "setName": self.set_name,
             "hosts": [self.address(self.primary), self.address(self.member)],
-            "me": self.address(self.primary if role == "primary" else self.member),
+            "me": self.address(server),
             "minWireVersion": 0,
             "maxWireVersion": 17,
             "logicalSessionTimeoutMinutes": 30,
             "maxBsonObjectSize": 16 * 1024 * 1024,
         }
 
-    def _handler(self, role: str) -> Callable[[Any], bool]:
+    def _handler(self, server: MockupDB) -> Callable[[Any], bool]:
+        name_of = "primary" if server is self.primary else "member"
+
         def handle(request: Any) -> bool:
+            role = self.role(server)
             name = request.command_name
             doc = {k: v for k, v in request.doc.items()}
-            self.log.append((role, doc))
+            # A copy: mongomock changes what it is given (projections).
+            self.log.append((name_of, copy.deepcopy(doc)))
             if name in ("ismaster", "isMaster", "hello"):
-                request.replies(self._hello(role))
+                request.replies(self._hello(role, server))
                 return True
+            for script in list(self.intercepts):
+                if script(name_of, name, doc, request):
+                    return True
             try:
                 reply, wrote = self._execute(role, name, doc)
             except _Refused as e:
@@ -216,3 +254,71 @@ class _Refused(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+#: Reactor turns a Deferred may take to fire before the test gives up.
+_MAX_TURNS = 200_000
+
+_databases = itertools.count(1)
+_shared_fake: FakeReplicaSet | None = None
+
+
+def fresh_database(prefix: str) -> str:
+    """A database name no other test of this run uses."""
+    return "{}{}".format(prefix, next(_databases))
+
+
+def shared_fake() -> FakeReplicaSet:
+    """One fake replica set for the whole run (each test uses its own
+    database in it): MockupDB takes up to a second to stop."""
+    global _shared_fake
+    if _shared_fake is None:
+        _shared_fake = FakeReplicaSet()
+        _shared_fake.start()
+    return _shared_fake
+
+
+def test_pool(uri: str, size: int) -> Any:
+    """A txmongo pool that reconnects at once (loopback servers)."""
+    return txmongo_gaps.make_pool(uri, pool_size=size, retry_delay=0.01, max_delay=0.05)
+
+
+class ReactorTurningMixin:
+    """``successResultOf`` and friends that first let the reactor run until
+    the Deferred has a result.
+
+    :ivar turning_clock: the store's ``Clock``, if it has one: moved on by
+        ``clock_step`` every 50 turns, so retry pauses and time limits
+        on it pass while the loopback I/O runs on the reactor.
+    """
+
+    turning_clock: Clock | None = None
+    clock_step = 0.25
+
+    def turn_until_fired(self, d: Deferred[Any]) -> None:
+        fired: list[object] = []
+
+        def seen(result: object) -> object:
+            fired.append(True)
+            return result
+
+        d.addBoth(seen)
+        for turn in range(_MAX_TURNS):
+            if fired:
+                return
+            reactor.iterate(0.001)  # type: ignore[attr-defined]
+            if self.turning_clock is not None and turn % 50 == 49:
+                self.turning_clock.advance(self.clock_step)
+        raise AssertionError("the Deferred did not fire after {} reactor turns".format(_MAX_TURNS))
+
+    def successResultOf(self, d: Deferred[_T]) -> _T:  # noqa: N802 (trial's name)
+        self.turn_until_fired(d)
+        return super().successResultOf(d)  # type: ignore[misc,no-any-return]
+
+    def failureResultOf(self, d: Deferred[Any], *errors: type[BaseException]) -> Failure:  # noqa: N802
+        self.turn_until_fired(d)
+        return super().failureResultOf(d, *errors)  # type: ignore[misc,no-any-return]
+
+    def settle(self, d: Deferred[_T]) -> _T | Failure:
+        self.turn_until_fired(d)
+        return super().settle(d)  # type: ignore[misc,no-any-return]

@@ -18,75 +18,16 @@ Deferred fires (bounded; never a sleep, and nothing is timed).
 
 from __future__ import annotations
 
-import itertools
 import os
-from typing import Any, TypeVar
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.store.interfaces import IStore
-from fastedge.store.mongodb import txmongo_gaps
 from fastedge.store.mongodb.store import MongoStore
 
 from .contract import StoreContractMixin
-from .mongo_fake import FakeReplicaSet
-
-_T = TypeVar("_T")
-
-#: Reactor turns a Deferred may take to fire before the test gives up.
-_MAX_TURNS = 200_000
-
-_databases = itertools.count(1)
-_shared_fake: FakeReplicaSet | None = None
-
-
-def shared_fake() -> FakeReplicaSet:
-    """One fake replica set for the whole run (each test uses its own
-    database in it): MockupDB takes up to a second to stop."""
-    global _shared_fake
-    if _shared_fake is None:
-        _shared_fake = FakeReplicaSet()
-        _shared_fake.start()
-    return _shared_fake
-
-
-def test_pool(uri: str, size: int) -> Any:
-    """A txmongo pool that reconnects at once (loopback servers)."""
-    return txmongo_gaps.make_pool(uri, pool_size=size, retry_delay=0.01, max_delay=0.05)
-
-
-class ReactorTurningMixin:
-    """``successResultOf`` and friends that first let the reactor run until
-    the Deferred has a result."""
-
-    def turn_until_fired(self, d: Deferred[Any]) -> None:
-        fired: list[object] = []
-
-        def seen(result: object) -> object:
-            fired.append(True)
-            return result
-
-        d.addBoth(seen)
-        for _ in range(_MAX_TURNS):
-            if fired:
-                return
-            reactor.iterate(0.001)  # type: ignore[attr-defined]
-        raise AssertionError("the Deferred did not fire after {} reactor turns".format(_MAX_TURNS))
-
-    def successResultOf(self, d: Deferred[_T]) -> _T:  # noqa: N802 (trial's name)
-        self.turn_until_fired(d)
-        return super().successResultOf(d)  # type: ignore[misc,no-any-return]
-
-    def failureResultOf(self, d: Deferred[Any], *errors: type[BaseException]) -> Failure:  # noqa: N802
-        self.turn_until_fired(d)
-        return super().failureResultOf(d, *errors)  # type: ignore[misc,no-any-return]
-
-    def settle(self, d: Deferred[_T]) -> _T | Failure:
-        self.turn_until_fired(d)
-        return super().settle(d)  # type: ignore[misc,no-any-return]
+from .mongo_fake import ReactorTurningMixin, fresh_database, shared_fake, test_pool
 
 
 class MongoFakeContractTests(ReactorTurningMixin, StoreContractMixin, SynchronousTestCase):
@@ -95,13 +36,14 @@ class MongoFakeContractTests(ReactorTurningMixin, StoreContractMixin, Synchronou
 
     def make_store(self) -> IStore:
         fake = shared_fake()
+        fake.reset()
         self.fake = fake
         self.rolled_back_before = len(fake.rolled_back_writes)
         self.addCleanup(self.check_no_rollback)
         return MongoStore(
             fake.uri,
             fake.nearest_uri,
-            database="contract{}".format(next(_databases)),
+            database=fresh_database("contract"),
             clock=reactor,  # type: ignore[arg-type]
             pool_size=1,
             pool_factory=test_pool,
@@ -127,7 +69,7 @@ class MongoReplicaSetContractTests(ReactorTurningMixin, StoreContractMixin, Sync
         return MongoStore(
             self.uri,
             self.nearest_uri or None,
-            database="fastedge_test_{}_{}".format(os.getpid(), next(_databases)),
+            database=fresh_database("fastedge_test_{}_".format(os.getpid())),
             clock=reactor,  # type: ignore[arg-type]
             # The contract passes its latest token on every NEAREST read:
             # the secondary waits for it, up to this long.

@@ -1,0 +1,522 @@
+"""What the MongoDB backend sends, to which member, and how it rides out
+elections and dropped connections: the real txmongo client against
+MockupDB servers on loopback (:mod:`.mongo_fake`), every command captured.
+
+The store's clock is a ``Clock`` moved on while the reactor turns, so retry
+pauses, token waits and time limits are the store's own, not wall time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bson import Int64, Timestamp
+from prometheus_client import CollectorRegistry
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.internet.testing import EventLoggingObserver
+from twisted.trial.unittest import SynchronousTestCase
+
+from fastedge.api.errors import from_store_error
+from fastedge.store.errors import BadToken, CommitUnknown, StoreUnavailable, WrongReadPreference
+from fastedge.store.metrics import ReplicationMetrics
+from fastedge.store.model import (
+    BanKind,
+    CommentStatus,
+    ModerationAction,
+    ModerationQueue,
+    NewComment,
+    QueueFilter,
+    QueueSort,
+    ReadPreference,
+    Sort,
+    SsoSecretChange,
+    UserProfile,
+    Written,
+)
+from fastedge.store.mongodb import schema
+from fastedge.store.mongodb.store import MongoStore
+from fastedge.store.mongodb.tokens import format_token, parse_token
+from fastedge.store.postgresql import parse_lsn
+
+from .mongo_fake import EPOCH, ReactorTurningMixin, fresh_database, shared_fake, test_pool
+
+PRIMARY = ReadPreference.PRIMARY
+NEAREST = ReadPreference.NEAREST
+
+#: Fields every command carries that the per-operation tables leave out.
+_COMMON = {"$db", "lsid", "$clusterTime", "$readPreference", "readConcern", "maxTimeMS"}
+_TXN = {"txnNumber", "autocommit", "startTransaction"}
+
+
+def _shape(doc: dict[str, Any]) -> dict[str, Any]:
+    """A command without the fields every command carries."""
+    return {k: v for k, v in doc.items() if k not in _COMMON | _TXN}
+
+
+def _sorted(doc: dict[str, Any]) -> list[tuple[str, int]]:
+    return list(doc.get("sort", {}).items())
+
+
+class MongoWireCase(ReactorTurningMixin, SynchronousTestCase):
+    """A store on the shared fake replica set, with its own database."""
+
+    store_kwargs: dict[str, Any] = {}
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fake = shared_fake()
+        self.fake.reset()
+        self.addCleanup(self.fake.reset)
+        self.clock = Clock()
+        self.turning_clock = self.clock
+        self.metrics = ReplicationMetrics(CollectorRegistry(), "mongodb")
+        self.store = self.make_store()
+        self.successResultOf(self.store.open())
+        self.addCleanup(lambda: self.successResultOf(self.store.close()))
+        self.now = 1_700_000_000_000
+
+    def make_store(self, **kwargs: Any) -> MongoStore:
+        options: dict[str, Any] = dict(
+            database=fresh_database("wire"),
+            clock=self.clock,
+            pool_size=1,
+            pool_factory=test_pool,
+            metrics=self.metrics,
+        )
+        options.update(self.store_kwargs)
+        options.update(kwargs)
+        return MongoStore(self.fake.uri, self.fake.nearest_uri, **options)
+
+    def tick(self) -> int:
+        self.now += 1000
+        return self.now
+
+    def count(self, name: str, **labels: str) -> float:
+        metric = getattr(self.metrics, name)
+        return metric.labels(backend="mongodb", **labels)._value.get()  # type: ignore[no-any-return]
+
+    def sent(self, since: int) -> list[tuple[str, dict[str, Any]]]:
+        """Commands sent since log position ``since`` (no handshakes)."""
+        return [(who, doc) for who, doc in self.fake.log[since:] if "ismaster" not in doc and "hello" not in doc]
+
+    def seed(self) -> dict[str, Any]:
+        """A tenant with a key, a user, a thread with a comment and a reply,
+        a like, a block, a ban and a credit charge; the last token."""
+        st = self.store
+        w: dict[str, Any] = {}
+
+        def write(d: Any) -> Any:
+            written = self.successResultOf(d)
+            self.assertIsInstance(written, Written)
+            w["token"] = written.token
+            return written.value
+
+        w["tenant"] = write(st.create_tenant("Acme", "global", created_ms=self.tick(), read_preference=PRIMARY))
+        t = w["tenant"].id
+        w["key"] = write(st.add_api_key(t, "h" * 64, created_ms=self.tick(), read_preference=PRIMARY))
+        w["session"] = write(st.create_anonymous_session(t, created_ms=self.tick(), read_preference=PRIMARY))
+        w["user"] = write(st.upsert_user(t, "ext-1", "Ann", created_ms=self.tick(), read_preference=PRIMARY))
+        w["thread"] = write(
+            st.upsert_thread(t, "https://example.com/a", created_ms=self.tick(), read_preference=PRIMARY)
+        )
+        new = NewComment(
+            tenant_id=t,
+            thread_id=w["thread"].id,
+            author_id=w["session"].author_id,
+            display_name="Ann",
+            body_source="Hello",
+            body_html="<p>Hello</p>",
+            status=CommentStatus.APPROVED,
+            created_ms=self.tick(),
+        )
+        w["comment"] = write(st.create_comment(new, read_preference=PRIMARY))
+        reply = NewComment(**{**new.__dict__, "parent_id": w["comment"].id, "created_ms": self.tick()})
+        w["reply"] = write(st.create_comment(reply, read_preference=PRIMARY))
+        write(st.add_like(t, w["comment"].id, w["user"].author_id, created_ms=self.tick(), read_preference=PRIMARY))
+        write(
+            st.add_block(
+                t, w["user"].author_id, w["session"].author_id, created_ms=self.tick(), read_preference=PRIMARY
+            )
+        )
+        w["ban"] = write(
+            st.add_ban(
+                t,
+                BanKind.ADDRESS,
+                "a" * 64,
+                actor="mod",
+                reason="spam",
+                created_ms=self.tick(),
+                read_preference=PRIMARY,
+            )
+        ).bans[0]
+        write(st.charge_credits(t, {"read": (2, 4)}, created_ms=self.tick(), read_preference=PRIMARY))
+        return w
+
+
+class ReadShapeTests(MongoWireCase):
+    maxDiff = None
+    """Every read: its commands, filters, sorts and projections, and where
+    they go with each read preference."""
+
+    def reads(self, w: dict[str, Any]) -> list[tuple[str, Callable[..., Any], list[tuple[str, dict[str, Any]]]]]:
+        """``(name, call, [(command, shape), ...])`` for every read."""
+        t = w["tenant"].id
+        th = w["thread"].id
+        c = w["comment"].id
+        viewer = w["user"].author_id
+        approved = CommentStatus.APPROVED.value
+        st = self.store
+        now = self.now
+        return [
+            (
+                "ping",
+                lambda **kw: st.ping(read_preference=kw["read_preference"]),
+                [
+                    ("find", {"find": schema.MIGRATIONS, "filter": {}, "limit": 1}),
+                ],
+            ),
+            (
+                "get_tenant",
+                lambda **kw: st.get_tenant(t, **kw),
+                [
+                    ("find", {"find": "tenants", "filter": {"_id": t}, "limit": 1}),
+                ],
+            ),
+            (
+                "list_tenants",
+                lambda **kw: st.list_tenants(**kw),
+                [
+                    ("find", {"find": "tenants", "filter": {}, "sort": {"created_ms": 1, "_id": 1}}),
+                ],
+            ),
+            (
+                "get_sso_secrets",
+                lambda **kw: st.get_sso_secrets(t, now_ms=now, **kw),
+                [
+                    (
+                        "find",
+                        {
+                            "find": "tenant_sso_secrets",
+                            "filter": {
+                                "tenant_id": t,
+                                "$or": [{"accepted_until_ms": None}, {"accepted_until_ms": {"$gt": now}}],
+                            },
+                            "sort": {"created_ms": -1, "_id": 1},
+                        },
+                    ),
+                ],
+            ),
+            (
+                "list_api_keys",
+                lambda **kw: st.list_api_keys(t, **kw),
+                [
+                    ("find", {"find": "api_keys", "filter": {"tenant_id": t}, "sort": {"created_ms": 1, "_id": 1}}),
+                ],
+            ),
+            (
+                "tenant_for_api_key",
+                lambda **kw: st.tenant_for_api_key("h" * 64, **kw),
+                [
+                    ("find", {"find": "api_keys", "filter": {"key_hash": "h" * 64, "revoked_ms": None}, "limit": 1}),
+                    ("find", {"find": "tenants", "filter": {"_id": t}, "limit": 1}),
+                ],
+            ),
+            (
+                "get_anonymous_session",
+                lambda **kw: st.get_anonymous_session(t, w["session"].id, **kw),
+                [
+                    (
+                        "find",
+                        {"find": "anonymous_sessions", "filter": {"_id": w["session"].id, "tenant_id": t}, "limit": 1},
+                    ),
+                ],
+            ),
+            (
+                "get_user_by_author",
+                lambda **kw: st.get_user_by_author(t, viewer, **kw),
+                [
+                    ("find", {"find": "users", "filter": {"tenant_id": t, "author_id": viewer}, "limit": 1}),
+                ],
+            ),
+            (
+                "get_author",
+                lambda **kw: st.get_author(t, viewer, **kw),
+                [
+                    ("find", {"find": "authors", "filter": {"_id": viewer, "tenant_id": t}, "limit": 1}),
+                ],
+            ),
+            (
+                "get_thread",
+                lambda **kw: st.get_thread(t, "https://example.com/a", **kw),
+                [
+                    (
+                        "find",
+                        {"find": "threads", "filter": {"tenant_id": t, "url_id": "https://example.com/a"}, "limit": 1},
+                    ),
+                ],
+            ),
+            (
+                "get_thread_by_id",
+                lambda **kw: st.get_thread_by_id(t, th, **kw),
+                [
+                    ("find", {"find": "threads", "filter": {"_id": th, "tenant_id": t}, "limit": 1}),
+                ],
+            ),
+            (
+                "list_threads",
+                lambda **kw: st.list_threads(t, limit=2, cursor=None, **kw),
+                [
+                    (
+                        "find",
+                        {
+                            "find": "threads",
+                            "filter": {"tenant_id": t},
+                            "sort": {"created_ms": -1, "_id": -1},
+                            "limit": 3,
+                        },
+                    ),
+                ],
+            ),
+            (
+                "get_comment",
+                lambda **kw: st.get_comment(t, c, **kw),
+                [
+                    ("find", {"find": "comments", "filter": {"_id": c, "tenant_id": t}, "limit": 1}),
+                ],
+            ),
+            (
+                "list_thread",
+                lambda **kw: st.list_thread(t, th, sort=Sort.TOP, limit=2, cursor=None, **kw),
+                [
+                    ("find", {"find": "threads", "filter": {"_id": th, "tenant_id": t}, "limit": 1}),
+                    (
+                        "find",
+                        {
+                            "find": "comments",
+                            "filter": {"tenant_id": t, "thread_id": th, "status": approved, "parent_id": None},
+                            "sort": {"like_count": -1, "created_ms": -1, "_id": -1},
+                            "limit": 3,
+                        },
+                    ),
+                    (
+                        "find",
+                        {
+                            "find": "comments",
+                            "filter": {
+                                "tenant_id": t,
+                                "root_id": {"$in": [c]},
+                                "parent_id": {"$ne": None},
+                                "status": approved,
+                            },
+                            "sort": {"created_ms": 1, "_id": 1},
+                        },
+                    ),
+                ],
+            ),
+            (
+                "list_comments",
+                lambda **kw: st.list_comments(
+                    t, status=CommentStatus.PENDING, limit=5, cursor=None, thread_id=th, **kw
+                ),
+                [
+                    (
+                        "find",
+                        {
+                            "find": "comments",
+                            "filter": {"tenant_id": t, "status": "pending", "thread_id": th},
+                            "sort": {"created_ms": -1, "_id": -1},
+                            "limit": 6,
+                        },
+                    ),
+                ],
+            ),
+            (
+                "viewer_state",
+                lambda **kw: st.viewer_state(t, viewer, [c], **kw),
+                [
+                    (
+                        "find",
+                        {
+                            "find": "votes",
+                            "filter": {"tenant_id": t, "voter_id": viewer, "comment_id": {"$in": [c]}},
+                            "projection": {"comment_id": 1},
+                        },
+                    ),
+                    (
+                        "find",
+                        {
+                            "find": "blocks",
+                            "filter": {"tenant_id": t, "viewer_id": viewer},
+                            "projection": {"author_id": 1},
+                        },
+                    ),
+                ],
+            ),
+            (
+                "moderation_queue",
+                lambda **kw: st.moderation_queue(
+                    t,
+                    queue=ModerationQueue.FLAGGED,
+                    sort=QueueSort.MOST_FLAGGED,
+                    limit=5,
+                    cursor=None,
+                    filters=QueueFilter(text="a.b"),
+                    **kw,
+                ),
+                [
+                    (
+                        "find",
+                        {
+                            "find": "comments",
+                            "filter": {
+                                "$and": [
+                                    {"tenant_id": t},
+                                    {"flag_count": {"$gt": 0}, "status": {"$in": ["approved", "pending"]}},
+                                    {"body_source": {"$regex": "a\\.b", "$options": "i"}},
+                                ]
+                            },
+                            "sort": {"flag_count": -1, "created_ms": 1, "_id": 1},
+                            "limit": 6,
+                        },
+                    ),
+                ],
+            ),
+            (
+                "list_bans",
+                lambda **kw: st.list_bans(t, active_at_ms=now, limit=5, cursor=None, **kw),
+                [
+                    (
+                        "find",
+                        {
+                            "find": "bans",
+                            "filter": {
+                                "$and": [
+                                    {"tenant_id": t},
+                                    {"lifted_ms": None, "$or": [{"expires_ms": None}, {"expires_ms": {"$gt": now}}]},
+                                ]
+                            },
+                            "sort": {"created_ms": -1, "_id": -1},
+                            "limit": 6,
+                        },
+                    ),
+                ],
+            ),
+            (
+                "find_ban",
+                lambda **kw: st.find_ban(t, author_id=None, address_hash="a" * 64, now_ms=now, **kw),
+                [
+                    (
+                        "find",
+                        {
+                            "find": "bans",
+                            "filter": {
+                                "$and": [
+                                    {"tenant_id": t},
+                                    {"$or": [{"kind": "address", "value": "a" * 64}]},
+                                    {"lifted_ms": None, "$or": [{"expires_ms": None}, {"expires_ms": {"$gt": now}}]},
+                                ]
+                            },
+                            "sort": {"created_ms": 1, "_id": 1},
+                            "limit": 1,
+                        },
+                    ),
+                ],
+            ),
+            (
+                "audit_log",
+                lambda **kw: st.audit_log(t, limit=5, cursor=None, **kw),
+                [
+                    (
+                        "find",
+                        {
+                            "find": "moderation_log",
+                            "filter": {"tenant_id": t},
+                            "sort": {"created_ms": -1, "seq": -1},
+                            "limit": 6,
+                        },
+                    ),
+                ],
+            ),
+            (
+                "credit_usage",
+                lambda **kw: st.credit_usage(t, since_ms=0, **kw),
+                [
+                    (
+                        "aggregate",
+                        {
+                            "aggregate": "credit_ledger",
+                            "pipeline": [
+                                {"$match": {"tenant_id": t, "created_ms": {"$gte": 0}}},
+                                {
+                                    "$group": {
+                                        "_id": "$operation",
+                                        "calls": {"$sum": "$calls"},
+                                        "credits": {"$sum": "$credits"},
+                                    }
+                                },
+                                {"$sort": {"_id": 1}},
+                            ],
+                            "cursor": {},
+                        },
+                    ),
+                ],
+            ),
+        ]
+
+    def check_reads(self, read_preference: ReadPreference, with_token: bool) -> None:
+        w = self.seed()
+        token = w["token"] if with_token else None
+        for name, call, expected in self.reads(w):
+            since = len(self.fake.log)
+            kwargs: dict[str, Any] = {"read_preference": read_preference}
+            if name != "ping":
+                kwargs["token"] = token
+            self.successResultOf(call(**kwargs))
+            sent = self.sent(since)
+            self.assertEqual([(cmd, _shape(doc)) for (_, doc), (cmd, _) in zip(sent, expected)], expected, name)
+            self.assertEqual(len(sent), len(expected), name)
+            for (_, doc), (_, shape) in zip(sent, expected):
+                # Key order is the sort order: compared as lists.
+                self.assertEqual(_sorted(doc), list(shape.get("sort", {}).items()), name)
+            self.check_routing(name, read_preference, token if name != "ping" else None, sent)
+
+    def check_routing(
+        self, name: str, read_preference: ReadPreference, token: str | None, sent: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        for who, doc in sent:
+            self.assertIn("lsid", doc, name)
+            self.assertNotIn("txnNumber", doc, name)
+            self.assertNotIn("writeConcern", doc, name)
+            if read_preference is NEAREST:
+                self.assertEqual(who, "member", name)
+                self.assertEqual(doc["$readPreference"], {"mode": "nearest"}, name)
+            else:
+                self.assertEqual(who, "primary", name)
+                self.assertEqual(doc["$readPreference"], {"mode": "primary"}, name)
+            if token is not None and read_preference is NEAREST:
+                self.assertEqual(doc["readConcern"], {"level": "local", "afterClusterTime": parse_token(token)}, name)
+                self.assertEqual(doc["maxTimeMS"], 500, name)
+                # The member is told the cluster time the primary gossiped.
+                self.assertGreaterEqual(doc["$clusterTime"]["clusterTime"], parse_token(token), name)
+            else:
+                self.assertNotIn("readConcern", doc, name)
+                self.assertEqual(doc["maxTimeMS"], 30_000, name)
+
+    def test_nearest_with_token(self) -> None:
+        """A NEAREST read holding a token goes to the local member with
+        ``$readPreference: nearest`` (OP_MSG's slave-ok), ``readConcern``
+        ``afterClusterTime`` = the token, ``maxTimeMS`` = the token wait
+        and the primary's ``$clusterTime``."""
+        self.check_reads(NEAREST, True)
+
+    def test_nearest_without_token(self) -> None:
+        """A NEAREST read without a token goes to the local member with no
+        read concern and the operation time limit."""
+        self.check_reads(NEAREST, False)
+
+    def test_primary(self) -> None:
+        """A PRIMARY read goes to the primary, ``$readPreference: primary``,
+        with no read concern even when it holds a token."""
+        self.check_reads(PRIMARY, True)

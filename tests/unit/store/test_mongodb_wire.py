@@ -11,36 +11,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bson import Int64, Timestamp
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
-from twisted.internet.testing import EventLoggingObserver
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.api.errors import from_store_error
-from fastedge.store.errors import BadToken, CommitUnknown, StoreUnavailable, WrongReadPreference
 from fastedge.store.metrics import ReplicationMetrics
 from fastedge.store.model import (
     BanKind,
     CommentStatus,
-    ModerationAction,
     ModerationQueue,
     NewComment,
     QueueFilter,
     QueueSort,
     ReadPreference,
     Sort,
-    SsoSecretChange,
-    UserProfile,
     Written,
 )
 from fastedge.store.mongodb import schema
 from fastedge.store.mongodb.store import MongoStore
-from fastedge.store.mongodb.tokens import format_token, parse_token
-from fastedge.store.postgresql import parse_lsn
+from fastedge.store.mongodb.tokens import parse_token
 
-from .mongo_fake import EPOCH, ReactorTurningMixin, fresh_database, shared_fake, test_pool
+from .mongo_fake import ReactorTurningMixin, fresh_database, shared_fake, test_pool
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
@@ -475,9 +466,9 @@ class ReadShapeTests(MongoWireCase):
                 kwargs["token"] = token
             self.successResultOf(call(**kwargs))
             sent = self.sent(since)
-            self.assertEqual([(cmd, _shape(doc)) for (_, doc), (cmd, _) in zip(sent, expected)], expected, name)
+            self.assertEqual([(cmd, _shape(doc)) for (_, doc), (cmd, _) in zip(sent, expected, strict=False)], expected, name)
             self.assertEqual(len(sent), len(expected), name)
-            for (_, doc), (_, shape) in zip(sent, expected):
+            for (_, doc), (_, shape) in zip(sent, expected, strict=True):
                 # Key order is the sort order: compared as lists.
                 self.assertEqual(_sorted(doc), list(shape.get("sort", {}).items()), name)
             self.check_routing(name, read_preference, token if name != "ping" else None, sent)

@@ -11,27 +11,32 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bson import Timestamp
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from fastedge.store.errors import StoreUnavailable, WrongReadPreference
 from fastedge.store.metrics import ReplicationMetrics
 from fastedge.store.model import (
     BanKind,
     CommentStatus,
+    ModerationAction,
     ModerationQueue,
     NewComment,
     QueueFilter,
     QueueSort,
     ReadPreference,
     Sort,
+    SsoSecretChange,
+    UserProfile,
     Written,
 )
 from fastedge.store.mongodb import schema
 from fastedge.store.mongodb.store import MongoStore
-from fastedge.store.mongodb.tokens import parse_token
+from fastedge.store.mongodb.tokens import format_token, parse_token
 
-from .mongo_fake import ReactorTurningMixin, fresh_database, shared_fake, test_pool
+from .mongo_fake import EPOCH, ReactorTurningMixin, fresh_database, shared_fake, test_pool
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
@@ -466,7 +471,9 @@ class ReadShapeTests(MongoWireCase):
                 kwargs["token"] = token
             self.successResultOf(call(**kwargs))
             sent = self.sent(since)
-            self.assertEqual([(cmd, _shape(doc)) for (_, doc), (cmd, _) in zip(sent, expected, strict=False)], expected, name)
+            self.assertEqual(
+                [(cmd, _shape(doc)) for (_, doc), (cmd, _) in zip(sent, expected, strict=False)], expected, name
+            )
             self.assertEqual(len(sent), len(expected), name)
             for (_, doc), (_, shape) in zip(sent, expected, strict=True):
                 # Key order is the sort order: compared as lists.
@@ -511,3 +518,380 @@ class ReadShapeTests(MongoWireCase):
         """A PRIMARY read goes to the primary, ``$readPreference: primary``,
         with no read concern even when it holds a token."""
         self.check_reads(PRIMARY, True)
+
+
+class WriteShapeTests(MongoWireCase):
+    """Every write: one transaction on the primary, committed with the
+    configured write concern, its token the commit's ``operationTime``."""
+
+    maxDiff = None
+
+    def writes(self, w: dict[str, Any]) -> list[tuple[str, Callable[[], Any], list[tuple[str, str]] | None]]:
+        """``(name, call, [(command, collection), ...] or None)`` for every
+        write (``None``: only the transaction's shape is checked)."""
+        st = self.store
+        t = w["tenant"].id
+        th = w["thread"].id
+        c = w["comment"].id
+        user = w["user"].author_id
+        anon = w["session"].author_id
+        kw: dict[str, Any] = {"read_preference": PRIMARY}
+        commit = ("commitTransaction", "admin")
+        new = NewComment(
+            tenant_id=t,
+            thread_id=th,
+            author_id=anon,
+            display_name="Bo",
+            body_source="x",
+            body_html="<p>x</p>",
+            status=CommentStatus.APPROVED,
+            created_ms=self.tick(),
+        )
+        other = self.successResultOf(st.create_anonymous_session(t, created_ms=self.tick(), **kw)).value.author_id
+        return [
+            (
+                "create_tenant",
+                lambda: st.create_tenant("B", "eu", created_ms=self.tick(), **kw),
+                [
+                    ("insert", "tenants"),
+                    commit,
+                ],
+            ),
+            (
+                "update_tenant_settings",
+                lambda: st.update_tenant_settings(
+                    t, {"a.b": {"$c": "é"}}, sso_secret=SsoSecretChange("s" * 32, self.now, 1000), **kw
+                ),
+                [
+                    ("findAndModify", "tenants"),
+                    ("delete", "tenant_sso_secrets"),
+                    ("update", "tenant_sso_secrets"),
+                    ("insert", "tenant_sso_secrets"),
+                    commit,
+                ],
+            ),
+            (
+                "add_api_key",
+                lambda: st.add_api_key(t, "k" * 64, created_ms=self.tick(), **kw),
+                [
+                    ("find", "tenants"),
+                    ("insert", "api_keys"),
+                    commit,
+                ],
+            ),
+            (
+                "revoke_api_key",
+                lambda: st.revoke_api_key(t, w["key"].id, revoked_ms=self.tick(), **kw),
+                [
+                    ("find", "api_keys"),
+                    ("update", "api_keys"),
+                    commit,
+                ],
+            ),
+            (
+                "create_anonymous_session",
+                lambda: st.create_anonymous_session(t, created_ms=self.tick(), **kw),
+                [
+                    ("find", "tenants"),
+                    ("insert", "authors"),
+                    ("insert", "anonymous_sessions"),
+                    commit,
+                ],
+            ),
+            (
+                "upsert_user",
+                lambda: st.upsert_user(
+                    t, "ext-1", "Ann B", created_ms=self.tick(), profile=UserProfile(email="a@example.com"), **kw
+                ),
+                [
+                    ("find", "tenants"),
+                    ("find", "users"),
+                    ("update", "users"),
+                    commit,
+                ],
+            ),
+            (
+                "create_user_session",
+                lambda: st.create_user_session(t, user, created_ms=self.tick(), **kw),
+                [
+                    ("find", "authors"),
+                    ("insert", "anonymous_sessions"),
+                    commit,
+                ],
+            ),
+            (
+                "upsert_thread",
+                lambda: st.upsert_thread(t, "https://example.com/b", created_ms=self.tick(), **kw),
+                [
+                    ("find", "threads"),
+                    ("find", "tenants"),
+                    ("insert", "threads"),
+                    commit,
+                ],
+            ),
+            (
+                "create_comment",
+                lambda: st.create_comment(new, **kw),
+                [
+                    ("find", "threads"),
+                    ("find", "authors"),
+                    ("insert", "comments"),
+                    ("update", "threads"),
+                    commit,
+                ],
+            ),
+            (
+                "add_like",
+                lambda: st.add_like(t, c, anon, created_ms=self.tick(), address_hash="f" * 64, max_per_address=3, **kw),
+                [
+                    ("find", "comments"),
+                    ("find", "authors"),
+                    ("find", "votes"),
+                    ("aggregate", "votes"),
+                    ("insert", "votes"),
+                    ("findAndModify", "comments"),
+                    commit,
+                ],
+            ),
+            (
+                "remove_like",
+                lambda: st.remove_like(t, c, anon, **kw),
+                [
+                    ("find", "comments"),
+                    ("delete", "votes"),
+                    ("findAndModify", "comments"),
+                    commit,
+                ],
+            ),
+            (
+                "add_flag",
+                lambda: st.add_flag(t, c, other, created_ms=self.tick(), hide_at=5, **kw),
+                [
+                    ("find", "comments"),
+                    ("find", "authors"),
+                    ("find", "flags"),
+                    ("insert", "flags"),
+                    ("findAndModify", "comments"),
+                    commit,
+                ],
+            ),
+            ("remove_block", lambda: st.remove_block(t, user, anon, **kw), [("delete", "blocks"), commit]),
+            (
+                "add_block",
+                lambda: st.add_block(t, user, anon, created_ms=self.tick(), **kw),
+                [
+                    ("find", "authors"),
+                    ("find", "authors"),
+                    ("find", "blocks"),
+                    ("insert", "blocks"),
+                    commit,
+                ],
+            ),
+            (
+                "update_comment",
+                lambda: st.update_comment(
+                    t, c, edited_ms=self.tick(), body=("y", "<p>y</p>"), status=CommentStatus.PENDING, **kw
+                ),
+                [
+                    ("find", "comments"),
+                    ("update", "threads"),
+                    ("update", "comments"),
+                    commit,
+                ],
+            ),
+            (
+                "moderate",
+                lambda: st.moderate(
+                    t, ModerationAction.APPROVE, [c], actor="mod", reason="ok", created_ms=self.tick(), **kw
+                ),
+                [
+                    ("find", "comments"),
+                    ("delete", "flags"),
+                    ("update", "comments"),
+                    ("update", "threads"),
+                    ("findAndModify", "counters"),
+                    ("insert", "moderation_log"),
+                    commit,
+                ],
+            ),
+            (
+                "add_ban",
+                lambda: st.add_ban(t, BanKind.AUTHOR, other, actor="mod", reason="r", created_ms=self.tick(), **kw),
+                [
+                    ("find", "authors"),
+                    ("insert", "bans"),
+                    ("findAndModify", "counters"),
+                    ("insert", "moderation_log"),
+                    commit,
+                ],
+            ),
+            (
+                "lift_ban",
+                lambda: st.lift_ban(t, w["ban"].id, actor="mod", reason="r", lifted_ms=self.tick(), **kw),
+                [
+                    ("find", "bans"),
+                    ("update", "bans"),
+                    ("findAndModify", "counters"),
+                    ("insert", "moderation_log"),
+                    commit,
+                ],
+            ),
+            (
+                "charge_credits",
+                lambda: st.charge_credits(t, {"w": (1, 3)}, created_ms=self.tick(), **kw),
+                [
+                    ("find", "tenants"),
+                    ("insert", "credit_ledger"),
+                    commit,
+                ],
+            ),
+            ("claim_author", lambda: st.claim_author(t, anon, user, claimed_ms=self.tick(), **kw), None),
+            ("delete_comment", lambda: st.delete_comment(t, w["reply"].id, **kw), None),
+            ("delete_thread", lambda: st.delete_thread(t, th, **kw), None),
+            ("delete_tenant", lambda: st.delete_tenant(t, **kw), None),
+        ]
+
+    def test_every_write(self) -> None:
+        """Each write sends its commands to the primary in one transaction
+        (one session id and ``txnNumber``, ``startTransaction`` on the
+        first, ``autocommit: false`` on all, no read preference or read
+        concern), then ``commitTransaction`` with ``w: majority`` and the
+        write-concern timeout; the token is the commit's cluster time."""
+        w = self.seed()
+        for name, call, expected in self.writes(w):
+            since = len(self.fake.log)
+            written = self.successResultOf(call())
+            sent = self.sent(since)
+            self.assertEqual({who for who, _ in sent}, {"primary"}, name)
+            names = [(next(iter(doc)), doc[next(iter(doc))]) for _, doc in sent]
+            names = [(cmd, "admin" if cmd == "commitTransaction" else coll) for cmd, coll in names]
+            if expected is not None:
+                self.assertEqual(names, expected, name)
+            self.assertEqual(names[-1], ("commitTransaction", "admin"), name)
+            self.assertEqual({doc["lsid"]["id"] for _, doc in sent}.__len__(), 1, name)
+            self.assertEqual({doc["txnNumber"] for _, doc in sent}.__len__(), 1, name)
+            self.assertIs(sent[0][1].get("startTransaction"), True, name)
+            for _, doc in sent[1:]:
+                self.assertNotIn("startTransaction", doc, name)
+            for _, doc in sent:
+                self.assertIs(doc["autocommit"], False, name)
+                self.assertNotIn("$readPreference", doc, name)
+                self.assertNotIn("readConcern", doc, name)
+            for _, doc in sent[:-1]:
+                self.assertNotIn("writeConcern", doc, name)
+            self.assertEqual(sent[-1][1]["writeConcern"], {"w": "majority", "wtimeout": 5000}, name)
+            # The fake's commit answered with the newest cluster time.
+            self.assertEqual(written.token, format_token(Timestamp(EPOCH, self.fake._inc)), name)
+
+    def test_counters_are_atomic_increments(self) -> None:
+        """Likes and flags change their counters with ``$inc`` on the
+        comment, read back in the same command (``findAndModify``, new)."""
+        w = self.seed()
+        st = self.store
+        since = len(self.fake.log)
+        other = self.successResultOf(
+            st.create_anonymous_session(w["tenant"].id, created_ms=self.tick(), read_preference=PRIMARY)
+        ).value.author_id
+        count = self.successResultOf(
+            st.add_like(w["tenant"].id, w["comment"].id, other, created_ms=self.tick(), read_preference=PRIMARY)
+        )
+        self.assertEqual(count.value, 2)
+        self.successResultOf(
+            st.add_flag(w["tenant"].id, w["comment"].id, other, created_ms=self.tick(), read_preference=PRIMARY)
+        )
+        changes = [_shape(doc) for _, doc in self.sent(since) if "findAndModify" in doc]
+        self.assertEqual(
+            changes,
+            [
+                {
+                    "findAndModify": "comments",
+                    "query": {"_id": w["comment"].id, "tenant_id": w["tenant"].id},
+                    "update": {"$inc": {"like_count": 1}},
+                    "new": True,
+                    "upsert": False,
+                },
+                {
+                    "findAndModify": "comments",
+                    "query": {"_id": w["comment"].id, "tenant_id": w["tenant"].id},
+                    "update": {"$inc": {"flag_count": 1}},
+                    "new": True,
+                    "upsert": False,
+                },
+            ],
+        )
+
+    def test_write_concern_is_configured(self) -> None:
+        """``write_concern`` and its timeout reach every commit."""
+        store = self.make_store(write_concern="2", write_concern_timeout_seconds=1.5)
+        self.successResultOf(store.open())
+        self.addCleanup(lambda: self.successResultOf(store.close()))
+        since = len(self.fake.log)
+        self.successResultOf(store.create_tenant("C", "eu", created_ms=1, read_preference=PRIMARY))
+        commits = [doc for _, doc in self.sent(since) if "commitTransaction" in doc]
+        self.assertEqual([doc["writeConcern"] for doc in commits], [{"w": 2, "wtimeout": 1500}])
+
+    def test_writes_refuse_nearest(self) -> None:
+        """A write asked to read NEAREST fails at once and sends nothing."""
+        since = len(self.fake.log)
+        self.failureResultOf(
+            self.store.create_tenant("A", "g", created_ms=1, read_preference=NEAREST), WrongReadPreference
+        )
+        self.assertEqual(self.sent(since), [])
+
+
+class MigrationTests(MongoWireCase):
+    """Migrations: versioned index steps, recorded, under a lock."""
+
+    def test_first_open_creates_indexes(self) -> None:
+        """A fresh database gets every collection, every index of every
+        step (unique where the SQL schema is), the applied versions
+        recorded, and the lock released."""
+        store = self.make_store()
+        since = len(self.fake.log)
+        self.successResultOf(store.open())
+        self.addCleanup(lambda: self.successResultOf(store.close()))
+        sent = [doc for _, doc in self.sent(since)]
+        self.assertEqual(sent[0]["insert"], "locks")
+        self.assertEqual(sent[0]["documents"][0]["_id"], "migrations")
+        created = {doc["create"] for doc in sent if "create" in doc}
+        self.assertEqual(created, set(schema.ALL_COLLECTIONS))
+        indexes = [(doc["createIndexes"], spec) for doc in sent if "createIndexes" in doc for spec in doc["indexes"]]
+        expected = [(i.collection, i.spec()) for _, step in schema.MIGRATION_STEPS for i in step]
+        def flat(items: list[tuple[str, dict[str, Any]]]) -> list[tuple[Any, ...]]:
+            return sorted((c, tuple(sp["key"].items()), sp.get("unique", False), sp["name"]) for c, sp in items)
+
+        self.assertEqual(flat(indexes), flat(expected))
+        unique = {(coll, tuple(spec["key"])) for coll, spec in indexes if spec.get("unique")}
+        self.assertIn(("votes", ("comment_id", "voter_id")), unique)
+        self.assertIn(("flags", ("comment_id", "flagger_id")), unique)
+        self.assertIn(("blocks", ("tenant_id", "viewer_id", "author_id")), unique)
+        self.assertIn(("threads", ("tenant_id", "url_id")), unique)
+        recorded = [doc["documents"][0]["_id"] for doc in sent if doc.get("insert") == "migrations"]
+        self.assertEqual(recorded, [v for v, _ in schema.MIGRATION_STEPS])
+        self.assertEqual(sent[-1]["delete"], "locks")
+        for doc in sent:
+            if "writeConcern" in doc:
+                self.assertEqual(doc["writeConcern"], {"w": "majority", "wtimeout": 5000})
+
+    def test_second_open_applies_nothing(self) -> None:
+        """A store already migrated creates no index again."""
+        store = self.make_store(database=self.store.database)
+        since = len(self.fake.log)
+        self.successResultOf(store.open())
+        self.addCleanup(lambda: self.successResultOf(store.close()))
+        self.assertEqual([doc for _, doc in self.sent(since) if "createIndexes" in doc], [])
+
+    def test_lock_held_by_another_node(self) -> None:
+        """While another node holds an unexpired lock, open waits, then
+        fails after ``failover_seconds``; an expired lock is taken over."""
+        db = self.store.database
+        held = self.make_store(database=db, failover_seconds=1.0)
+        self.fake._client[db]["locks"].insert_one({"_id": "migrations", "owner": "x", "expires_ms": 10**15})
+        failure = self.failureResultOf(held.open(), StoreUnavailable)
+        self.assertIn("another node is migrating", failure.getErrorMessage())
+        self.successResultOf(held.close())
+        self.fake._client[db]["locks"].update_one({"_id": "migrations"}, {"$set": {"expires_ms": 0}})
+        taker = self.make_store(database=db)
+        self.successResultOf(taker.open())
+        self.successResultOf(taker.close())
+        self.assertIsNone(self.fake._client[db]["locks"].find_one({"_id": "migrations"}))

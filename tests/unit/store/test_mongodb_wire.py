@@ -14,9 +14,12 @@ from typing import Any
 from bson import Timestamp
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.store.errors import StoreUnavailable, WrongReadPreference
+from fastedge.api.errors import from_store_error
+from fastedge.store.errors import BadToken, CommitUnknown, StoreUnavailable, WrongReadPreference
 from fastedge.store.metrics import ReplicationMetrics
 from fastedge.store.model import (
     BanKind,
@@ -35,6 +38,7 @@ from fastedge.store.model import (
 from fastedge.store.mongodb import schema
 from fastedge.store.mongodb.store import MongoStore
 from fastedge.store.mongodb.tokens import format_token, parse_token
+from fastedge.store.postgresql import parse_lsn
 
 from .mongo_fake import EPOCH, ReactorTurningMixin, fresh_database, shared_fake, test_pool
 
@@ -857,6 +861,7 @@ class MigrationTests(MongoWireCase):
         self.assertEqual(created, set(schema.ALL_COLLECTIONS))
         indexes = [(doc["createIndexes"], spec) for doc in sent if "createIndexes" in doc for spec in doc["indexes"]]
         expected = [(i.collection, i.spec()) for _, step in schema.MIGRATION_STEPS for i in step]
+
         def flat(items: list[tuple[str, dict[str, Any]]]) -> list[tuple[Any, ...]]:
             return sorted((c, tuple(sp["key"].items()), sp.get("unique", False), sp["name"]) for c, sp in items)
 
@@ -895,3 +900,261 @@ class MigrationTests(MongoWireCase):
         self.successResultOf(taker.open())
         self.successResultOf(taker.close())
         self.assertIsNone(self.fake._client[db]["locks"].find_one({"_id": "migrations"}))
+
+
+def _once(match: Callable[[str, str, dict[str, Any]], bool], act: Callable[[Any], None]) -> Any:
+    """A fake script that acts on the first command ``match`` accepts."""
+    done: list[bool] = []
+
+    def script(who: str, name: str, doc: dict[str, Any], request: Any) -> bool:
+        if done or not match(who, name, doc):
+            return False
+        done.append(True)
+        act(request)
+        return True
+
+    return script
+
+
+_NOT_PRIMARY = {"ok": 0, "code": 10107, "codeName": "NotWritablePrimary", "errmsg": "not primary"}
+_MAX_TIME = {"ok": 0, "code": 50, "codeName": "MaxTimeMSExpired", "errmsg": "operation exceeded time limit"}
+
+
+class TokenWaitTests(MongoWireCase):
+    """Read-your-writes at the local member: the member waits (bounded by
+    ``maxTimeMS``), else the primary serves the read, counted like the
+    PostgreSQL backend counts it."""
+
+    def behind(self) -> None:
+        """From now on the member answers every token read as a member that
+        had not reached the token within ``maxTimeMS``."""
+
+        def script(who: str, name: str, doc: dict[str, Any], request: Any) -> bool:
+            if who == "member" and "readConcern" in doc:
+                request.replies(_MAX_TIME)
+                return True
+            return False
+
+        self.fake.intercepts.append(script)
+
+    def token_read(self, tenant_id: str, token: str) -> list[tuple[str, dict[str, Any]]]:
+        since = len(self.fake.log)
+        self.successResultOf(self.store.get_tenant(tenant_id, read_preference=NEAREST, token=token))
+        return self.sent(since)
+
+    def test_member_has_it(self) -> None:
+        """A member that reached the token serves the read: ``ready``, no fallback."""
+        written = self.successResultOf(self.store.create_tenant("A", "g", created_ms=1, read_preference=PRIMARY))
+        sent = self.token_read(written.value.id, written.token)
+        self.assertEqual([who for who, _ in sent], ["member"])
+        self.assertEqual(self.count("token_reads", outcome="ready"), 1)
+        self.assertEqual(self.count("nearest_fallbacks", reason="token_timeout"), 0)
+
+    def test_member_behind_then_primary(self) -> None:
+        """``MaxTimeMSExpired`` from the member sends the read to the
+        primary (``token_timeout``); for the next ``token_wait_seconds`` reads
+        needing that time ask the member once with ``maxTimeMS: 1``
+        (``replica_behind``); after that they wait the full bound again."""
+        written = self.successResultOf(self.store.create_tenant("A", "g", created_ms=1, read_preference=PRIMARY))
+        self.behind()
+        sent = self.token_read(written.value.id, written.token)
+        self.assertEqual([(who, doc["maxTimeMS"]) for who, doc in sent], [("member", 500), ("primary", 30_000)])
+        self.assertEqual(sent[1][1]["$readPreference"], {"mode": "primary"})
+        self.assertEqual(self.count("token_reads", outcome="fallback"), 1)
+        self.assertEqual(self.count("nearest_fallbacks", reason="token_timeout"), 1)
+        sent = self.token_read(written.value.id, written.token)
+        self.assertEqual([(who, doc["maxTimeMS"]) for who, doc in sent], [("member", 1), ("primary", 30_000)])
+        self.assertEqual(self.count("nearest_fallbacks", reason="replica_behind"), 1)
+        self.clock.advance(0.5)
+        sent = self.token_read(written.value.id, written.token)
+        self.assertEqual([(who, doc["maxTimeMS"]) for who, doc in sent], [("member", 500), ("primary", 30_000)])
+        self.assertEqual(self.count("nearest_fallbacks", reason="token_timeout"), 2)
+        self.assertEqual(self.count("token_reads", outcome="fallback"), 3)
+
+    def test_no_wait(self) -> None:
+        """``token_wait_seconds = 0`` asks the member with ``maxTimeMS: 1``
+        (0 would mean no limit at all)."""
+        store = self.make_store(token_wait_seconds=0)
+        self.successResultOf(store.open())
+        self.addCleanup(lambda: self.successResultOf(store.close()))
+        written = self.successResultOf(store.create_tenant("A", "g", created_ms=1, read_preference=PRIMARY))
+        since = len(self.fake.log)
+        self.successResultOf(store.get_tenant(written.value.id, read_preference=NEAREST, token=written.token))
+        self.assertEqual([doc["maxTimeMS"] for _, doc in self.sent(since)], [1])
+
+    def test_member_fails(self) -> None:
+        """A member that drops the connection sends the read to the primary
+        (``replica_error``), logged with the member's address only."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        written = self.successResultOf(self.store.create_tenant("A", "g", created_ms=1, read_preference=PRIMARY))
+        self.fake.intercepts.append(_once(lambda who, name, doc: who == "member", lambda r: r.hangup()))
+        sent = self.token_read(written.value.id, written.token)
+        self.assertEqual([who for who, _ in sent], ["member", "primary"])
+        self.assertEqual(self.count("nearest_fallbacks", reason="replica_error"), 1)
+        [event] = [e for e in events if e.get("operation") == "get_tenant" and "member" in e]
+        self.assertEqual(event["member"], "mongodb://{}/".format(self.fake.address(self.fake.member)))
+
+    def test_member_refuses(self) -> None:
+        """A member that answers with an error other than "not yet" (here
+        "not primary and secondaryOk=false") is a failed member too."""
+        self.fake.intercepts.append(
+            _once(lambda who, name, doc: who == "member", lambda r: r.replies({"ok": 0, "code": 13435, "errmsg": "x"}))
+        )
+        written = self.successResultOf(self.store.create_tenant("A", "g", created_ms=1, read_preference=PRIMARY))
+        sent = self.token_read(written.value.id, written.token)
+        self.assertEqual([who for who, _ in sent], ["member", "primary"])
+        self.assertEqual(self.count("nearest_fallbacks", reason="replica_error"), 1)
+
+
+class TokenTests(MongoWireCase):
+    """Tokens are cluster times; each backend refuses the other's."""
+
+    def test_order(self) -> None:
+        """Later cluster times cover earlier ones; ``None`` covers only ``None``."""
+        a = format_token(Timestamp(EPOCH, 1))
+        b = format_token(Timestamp(EPOCH, 2))
+        c = format_token(Timestamp(EPOCH + 1, 0))
+        self.assertTrue(self.store.token_covers(b, a))
+        self.assertTrue(self.store.token_covers(c, b))
+        self.assertFalse(self.store.token_covers(a, b))
+        self.assertFalse(self.store.token_covers(None, a))
+        self.assertTrue(self.store.token_covers(None, None))
+        self.assertEqual(parse_token(c), Timestamp(EPOCH + 1, 0))
+
+    def test_postgresql_token_refused(self) -> None:
+        """A PostgreSQL token (a WAL position) is ``BadToken`` here, without
+        a command sent, and a MongoDB token is ``BadToken`` to the PostgreSQL
+        backend: a node that changed backend ignores old cookies."""
+        pg = "16/B374D848"
+        self.assertRaises(BadToken, self.store.token_covers, None, pg)
+        since = len(self.fake.log)
+        self.failureResultOf(self.store.get_tenant("x", read_preference=NEAREST, token=pg), BadToken)
+        self.assertEqual(self.sent(since), [])
+        written = self.successResultOf(self.store.create_tenant("A", "g", created_ms=1, read_preference=PRIMARY))
+        self.assertRaises(BadToken, parse_lsn, written.token)
+        for bad in ("", "ct", "ct1.", "ct1.2.3", "ct99999999999.1", "ct1.99999999999", "CT1.2", " ct1.2"):
+            self.assertRaises(BadToken, parse_token, bad)
+
+
+class FailoverTests(MongoWireCase):
+    """Elections and dropped connections, mid-read and mid-write."""
+
+    store_kwargs = {"failover_seconds": 10.0}
+
+    def without_aborts(self, sent: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+        """``sent`` less the ``abortTransaction`` the store sends (without
+        waiting for it) for a transaction it gave up: each must name that
+        first transaction, never the one that was retried."""
+        first = (sent[0][1]["lsid"]["id"], sent[0][1]["txnNumber"])
+        for _, doc in sent:
+            if "abortTransaction" in doc:
+                self.assertEqual((doc["lsid"]["id"], doc["txnNumber"]), first)
+        return [(who, doc) for who, doc in sent if "abortTransaction" not in doc]
+
+    def tenants_named(self, name: str) -> int:
+        return self.fake._client[self.store.database]["tenants"].count_documents({"name": name})
+
+    def test_election_mid_write(self) -> None:
+        """The primary steps down as a write arrives ("not primary"); the
+        write is retried as a new transaction on the new primary and applied
+        once."""
+
+        def step_down(request: Any) -> None:
+            self.fake.elect(self.fake.member)
+            request.replies(_NOT_PRIMARY)
+
+        self.fake.intercepts.append(_once(lambda who, name, doc: name == "insert", step_down))
+        since = len(self.fake.log)
+        written = self.successResultOf(self.store.create_tenant("E", "g", created_ms=1, read_preference=PRIMARY))
+        sent = self.without_aborts(self.sent(since))
+        self.assertEqual(
+            [(who, next(iter(doc))) for who, doc in sent],
+            [("primary", "insert"), ("member", "insert"), ("member", "commitTransaction")],
+        )
+        self.assertNotEqual(
+            (sent[0][1]["lsid"]["id"], sent[0][1]["txnNumber"]), (sent[1][1]["lsid"]["id"], sent[1][1]["txnNumber"])
+        )
+        self.assertIsNotNone(written.token)
+        self.assertEqual(self.tenants_named("E"), 1)
+        self.assertEqual(self.count("write_failures", kind="commit_unknown"), 0)
+
+    def test_election_mid_read(self) -> None:
+        """A PRIMARY read refused as "not primary" is read again from the new primary."""
+        tenant = self.successResultOf(self.store.create_tenant("R", "g", created_ms=1, read_preference=PRIMARY)).value
+
+        def step_down(request: Any) -> None:
+            self.fake.elect(self.fake.member)
+            request.replies(_NOT_PRIMARY)
+
+        self.fake.intercepts.append(_once(lambda who, name, doc: name == "find", step_down))
+        since = len(self.fake.log)
+        self.assertEqual(self.successResultOf(self.store.get_tenant(tenant.id, read_preference=PRIMARY)), tenant)
+        self.assertEqual([who for who, _ in self.sent(since)], ["primary", "member"])
+
+    def test_dropped_before_commit(self) -> None:
+        """A connection dropped mid-transaction (the commit never sent) is
+        retried as a new transaction: the write is applied once."""
+        self.fake.intercepts.append(_once(lambda who, name, doc: name == "insert", lambda r: r.hangup()))
+        since = len(self.fake.log)
+        self.successResultOf(self.store.create_tenant("D", "g", created_ms=1, read_preference=PRIMARY))
+        names = [next(iter(doc)) for _, doc in self.without_aborts(self.sent(since))]
+        self.assertEqual(names, ["insert", "insert", "commitTransaction"])
+        self.assertEqual(self.tenants_named("D"), 1)
+
+    def test_transient_transaction_error(self) -> None:
+        """A transaction the server aborts as transient (a write conflict)
+        is run again."""
+        conflict = {"ok": 0, "code": 112, "codeName": "WriteConflict", "errmsg": "write conflict"}
+        conflict["errorLabels"] = ["TransientTransactionError"]
+        self.fake.intercepts.append(_once(lambda who, name, doc: name == "insert", lambda r: r.replies(conflict)))
+        self.successResultOf(self.store.create_tenant("T", "g", created_ms=1, read_preference=PRIMARY))
+        self.assertEqual(self.tenants_named("T"), 1)
+
+    def test_dropped_during_commit_then_resent(self) -> None:
+        """A connection dropped during the commit: the same commit (same
+        session and ``txnNumber``) is sent again, and its answer counts."""
+        self.fake.intercepts.append(_once(lambda who, name, doc: name == "commitTransaction", lambda r: r.hangup()))
+        since = len(self.fake.log)
+        written = self.successResultOf(self.store.create_tenant("C", "g", created_ms=1, read_preference=PRIMARY))
+        commits = [doc for _, doc in self.sent(since) if "commitTransaction" in doc]
+        self.assertEqual(len(commits), 2)
+        self.assertEqual(commits[0]["lsid"], commits[1]["lsid"])
+        self.assertEqual(commits[0]["txnNumber"], commits[1]["txnNumber"])
+        self.assertIsNotNone(written.token)
+
+    def test_commit_unknown(self) -> None:
+        """A commit whose outcome stays unknown (the connection drops on
+        both tries) fails as ``CommitUnknown`` (HTTP 503 commit_unknown),
+        never as a success, counted and logged."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+        def hang_up(who: str, name: str, doc: dict[str, Any], request: Any) -> bool:
+            if name == "commitTransaction":
+                request.hangup()
+                return True
+            return False
+
+        self.fake.intercepts.append(hang_up)
+        failure = self.failureResultOf(
+            self.store.create_tenant("U", "g", created_ms=1, read_preference=PRIMARY), CommitUnknown
+        )
+        self.assertEqual(from_store_error(failure.value).status, 503)
+        self.assertEqual(from_store_error(failure.value).code, "commit_unknown")
+        self.assertEqual(self.count("write_failures", kind="commit_unknown"), 1)
+        self.assertTrue([e for e in events if e.get("operation") == "create_tenant" and e["log_level"].name == "error"])
+
+    def test_no_primary_not_applied(self) -> None:
+        """With no primary for ``failover_seconds`` a write fails as
+        ``StoreUnavailable`` saying it was not applied, and no commit was sent."""
+        store = self.make_store(failover_seconds=1.0, write_concern_timeout_seconds=0.25, nearest_timeout_seconds=0.25)
+        self.successResultOf(store.open())
+        self.addCleanup(lambda: self.successResultOf(store.close()))
+        self.fake.elect(None)
+        since = len(self.fake.log)
+        failure = self.failureResultOf(
+            store.create_tenant("N", "g", created_ms=1, read_preference=PRIMARY), StoreUnavailable
+        )
+        self.assertNotIsInstance(failure.value, CommitUnknown)
+        self.assertIn("the write was not applied", failure.getErrorMessage())
+        self.assertEqual(self.count("write_failures", kind="not_applied"), 1)
+        self.assertEqual([doc for _, doc in self.sent(since) if "commitTransaction" in doc], [])

@@ -222,7 +222,7 @@ def _tenant_settings(store: Any, args: argparse.Namespace, now: int) -> Any:
     as ``PATCH /api/v1/manage/settings``. Nodes see a change within
     ``api.page_cache_seconds``."""
     from .api.manage import check_overlap
-    from .api.sso import check_secret, sso_status
+    from .identity.sso import check_secret, sso_status
     from .store.model import SsoSecretChange
     from .store.settings import SettingsError, apply_patch, from_stored, to_json
 
@@ -254,7 +254,7 @@ def _tenant_settings(store: Any, args: argparse.Namespace, now: int) -> Any:
 
 def _certs(args: argparse.Namespace, cfg: EdgeConfig) -> None:
     """``certs ca`` and ``certs node``: files only, no store, no reactor."""
-    from .config import _dns_label
+    from .config.checks import dns_label
     from .mesh.tls import create_ca, create_node_certificate, write_file
 
     def refuse(message: str) -> None:
@@ -276,7 +276,7 @@ def _certs(args: argparse.Namespace, cfg: EdgeConfig) -> None:
         print("cluster CA key: {} (keep it off the nodes once they have certificates)".format(ca_key))
         return
     node_id = args.node_id
-    reason = _dns_label(node_id) if node_id else "must not be empty"
+    reason = dns_label(node_id) if node_id else "must not be empty"
     if reason is not None:
         refuse("node id {!r}: {}".format(node_id, reason))
     key_path = args.ca_key or ca_key

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.unit.store.test_mongodb_uri -*-
-"""MongoDB connection strings: checked without quoting them, shown without
-credentials, and completed for the two pools the store keeps."""
+"""MongoDB connection strings: shown without credentials, and completed for
+the two pools the store keeps (``fastedge.config`` checks them)."""
 
 from __future__ import annotations
 
@@ -21,18 +21,6 @@ def _parse(uri: str) -> dict[str, Any]:
         raise InvalidURI("not a mongodb:// URI")
     parsed: dict[str, Any] = parse_uri(uri, validate=True, warn=False)
     return parsed
-
-
-def check_uri(uri: str) -> str | None:
-    """``None`` if ``uri`` is a usable ``mongodb://`` URI, else a reason that
-    quotes none of it (a fragment could be a password)."""
-    if uri.startswith("mongodb+srv://"):
-        return "mongodb+srv:// is not supported (txmongo resolves no SRV records): list the members"
-    try:
-        _parse(uri)
-    except (ConfigurationError, InvalidURI, ValueError):
-        return "not a valid mongodb:// URI"
-    return None
 
 
 def redact_uri(uri: str) -> str:

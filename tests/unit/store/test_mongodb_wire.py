@@ -12,13 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 from bson import Timestamp
+from fastedge.http.errors import from_store_error
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.api.errors import from_store_error
 from fastedge.store.errors import BadToken, CommitUnknown, StoreUnavailable, WrongReadPreference
 from fastedge.store.metrics import ReplicationMetrics
 from fastedge.store.model import (

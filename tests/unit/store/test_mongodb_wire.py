@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bson import Timestamp
-from fastedge.http.errors import from_store_error
+from bson import Int64, Timestamp
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from fastedge.config import ApiConfig
+from fastedge.http.errors import from_store_error
 from fastedge.store.errors import BadToken, CommitUnknown, StoreUnavailable, WrongReadPreference
 from fastedge.store.metrics import ReplicationMetrics
 from fastedge.store.model import (
@@ -1158,3 +1159,183 @@ class FailoverTests(MongoWireCase):
         self.assertIn("the write was not applied", failure.getErrorMessage())
         self.assertEqual(self.count("write_failures", kind="not_applied"), 1)
         self.assertEqual([doc for _, doc in self.sent(since) if "commitTransaction" in doc], [])
+
+
+#: Text with every kind of character the API lets through: multi-byte,
+#: astral (surrogate pairs in UTF-16), combining marks, RTL, NUL-free controls.
+_UNICODE = "Zoë ☃ 𝄞 😀 e\u0301 שלום \t\n\\\"'<>&$."
+
+
+def _long(text: str, size: int) -> str:
+    """``text`` repeated to exactly ``size`` characters."""
+    return (text * (size // len(text) + 1))[:size]
+
+
+class DocumentShapeTests(MongoWireCase):
+    """What the backend writes reads back identically, for every entity:
+    every field type, unicode, and the largest values the API accepts
+    (``[api]`` limits), through BSON both ways (txmongo, the wire, MockupDB)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.limits = ApiConfig()
+
+    def inserted(self, since: int, collection: str) -> list[dict[str, Any]]:
+        """The documents the store inserted into ``collection`` since ``since``."""
+        return [d for _, doc in self.sent(since) if doc.get("insert") == collection for d in doc["documents"]]
+
+    def both(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """The read's result, the same from the member and the primary."""
+        results = [self.successResultOf(call(*args, read_preference=rp, **kwargs)) for rp in (NEAREST, PRIMARY)]
+        self.assertEqual(results[0], results[1])
+        return results[0]
+
+    def test_round_trip(self) -> None:
+        """Tenants (settings of any JSON), SSO secrets, API keys, sessions,
+        users with profiles, threads with access settings, comments at the
+        size limits, likes, flags, blocks, bans, audit entries and credits."""
+        st = self.store
+        big = 2**53
+        since = len(self.fake.log)
+        tenant = self.successResultOf(
+            st.create_tenant(_UNICODE, _long(_UNICODE, 64), created_ms=big, read_preference=PRIMARY)
+        ).value
+        [doc] = self.inserted(since, "tenants")
+        self.assertEqual(set(doc), {"_id", "name", "deployment", "created_ms", "settings"})
+        self.assertEqual(self.both(st.get_tenant, tenant.id), tenant)
+        settings = {
+            "a.b": {"$c": [1, 2.5, None, True, False, _UNICODE]},
+            "$set": "not an operator",
+            _UNICODE: {"nested": {"deep": [{"x": -(2**63)}, {"y": 2**63 - 1}]}},
+            "empty": {},
+        }
+        tenant = self.successResultOf(
+            st.update_tenant_settings(
+                tenant.id, settings, sso_secret=SsoSecretChange(_long(_UNICODE, 512), big, 0), read_preference=PRIMARY
+            )
+        ).value
+        self.assertEqual(tenant.settings, settings)
+        self.assertEqual(self.both(st.get_tenant, tenant.id), tenant)
+        [secret] = self.both(st.get_sso_secrets, tenant.id, now_ms=big)
+        self.assertEqual(
+            (secret.secret, secret.created_ms, secret.accepted_until_ms), (_long(_UNICODE, 512), big, None)
+        )
+
+        since = len(self.fake.log)
+        key = self.successResultOf(st.add_api_key(tenant.id, "f" * 64, created_ms=big, read_preference=PRIMARY)).value
+        [doc] = self.inserted(since, "api_keys")
+        self.assertIsNone(doc["revoked_ms"])
+        self.assertEqual(self.both(st.list_api_keys, tenant.id), [key])
+
+        session = self.successResultOf(
+            st.create_anonymous_session(tenant.id, created_ms=big, read_preference=PRIMARY)
+        ).value
+        self.assertEqual(self.both(st.get_anonymous_session, tenant.id, session.id), session)
+        profile = UserProfile(
+            email=_long(_UNICODE, 254), avatar=_long(_UNICODE, 2048), group_ids=(_UNICODE, "b"), is_moderator=True
+        )
+        user = self.successResultOf(
+            st.upsert_user(
+                tenant.id,
+                _long(_UNICODE, 256),
+                _long(_UNICODE, self.limits.display_name_max_chars),
+                created_ms=big,
+                profile=profile,
+                read_preference=PRIMARY,
+            )
+        ).value
+        self.assertEqual(user.profile, profile)
+        self.assertEqual(self.both(st.get_user_by_author, tenant.id, user.author_id), user)
+
+        since = len(self.fake.log)
+        thread = self.successResultOf(
+            st.upsert_thread(
+                tenant.id,
+                _long(_UNICODE, self.limits.url_id_max_chars),
+                created_ms=big,
+                title=_long(_UNICODE, self.limits.title_max_chars),
+                closed=True,
+                locked_groups=[_UNICODE, ""],
+                require_sign_in=False,
+                read_preference=PRIMARY,
+            )
+        ).value
+        [doc] = self.inserted(since, "threads")
+        self.assertEqual(doc["locked_groups"], [_UNICODE, ""])
+        self.assertIs(doc["require_sign_in"], False)
+        self.assertEqual(self.both(st.get_thread_by_id, tenant.id, thread.id), thread)
+        self.assertEqual(self.both(st.get_thread, tenant.id, thread.url_id), thread)
+
+        body = _long(_UNICODE, self.limits.comment_max_chars)
+        new = NewComment(
+            tenant_id=tenant.id,
+            thread_id=thread.id,
+            author_id=user.author_id,
+            display_name=_long(_UNICODE, self.limits.display_name_max_chars),
+            body_source=body,
+            body_html="<p>" + body + "</p>",
+            status=CommentStatus.APPROVED,
+            created_ms=big,
+        )
+        since = len(self.fake.log)
+        comment = self.successResultOf(st.create_comment(new, read_preference=PRIMARY)).value
+        [doc] = self.inserted(since, "comments")
+        self.assertEqual(
+            {k: type(v) for k, v in doc.items()},
+            {
+                "_id": str,
+                "tenant_id": str,
+                "thread_id": str,
+                "parent_id": type(None),
+                "root_id": str,
+                "author_id": str,
+                "display_name": str,
+                "body_source": str,
+                "body_html": str,
+                "status": str,
+                # Milliseconds since 1970 need 64 bits on the wire.
+                "created_ms": Int64,
+                "edited_ms": type(None),
+                "like_count": int,
+                "flag_count": int,
+            },
+        )
+        self.assertEqual(self.both(st.get_comment, tenant.id, comment.id), comment)
+        self.successResultOf(
+            st.add_like(tenant.id, comment.id, session.author_id, created_ms=big, read_preference=PRIMARY)
+        )
+        self.successResultOf(
+            st.add_flag(tenant.id, comment.id, session.author_id, created_ms=big, read_preference=PRIMARY)
+        )
+        self.successResultOf(
+            st.add_block(tenant.id, user.author_id, session.author_id, created_ms=big, read_preference=PRIMARY)
+        )
+        comment = self.both(st.get_comment, tenant.id, comment.id)
+        self.assertEqual((comment.like_count, comment.flag_count, comment.body_source), (1, 1, body))
+        state = self.both(st.viewer_state, tenant.id, session.author_id, [comment.id])
+        self.assertEqual(state.liked, frozenset([comment.id]))
+        self.assertEqual(
+            self.both(st.viewer_state, tenant.id, user.author_id, []).blocked_authors, frozenset([session.author_id])
+        )
+
+        ban = self.successResultOf(
+            st.add_ban(
+                tenant.id,
+                BanKind.ADDRESS,
+                "0" * 64,
+                actor=_UNICODE,
+                reason=_long(_UNICODE, 500),
+                created_ms=big,
+                expires_ms=2**62,
+                read_preference=PRIMARY,
+            )
+        ).value
+        [found] = self.both(st.list_bans, tenant.id, active_at_ms=None, limit=5, cursor=None).items
+        self.assertEqual(found, ban.bans[0])
+        [entry] = self.both(st.audit_log, tenant.id, limit=5, cursor=None).items
+        self.assertEqual(entry, ban.entry)
+        self.successResultOf(
+            st.charge_credits(tenant.id, {_UNICODE: (2**40, 2**50)}, created_ms=big, read_preference=PRIMARY)
+        )
+        [usage] = self.both(st.credit_usage, tenant.id, since_ms=0)
+        self.assertEqual((usage.operation, usage.calls, usage.credits), (_UNICODE, 2**40, 2**50))

@@ -64,9 +64,8 @@ Document = dict[str, Any]
 
 _APPROVED = CommentStatus.APPROVED.value
 
-#: How long a node waits for another node's migration lock, at most, and
-#: how long a lock left by a crashed node blocks the others.
-MIGRATION_LOCK_SECONDS = 120.0
+#: How long a lock left by a node that died while migrating blocks the others.
+MIGRATION_LOCK_MS = 120_000
 
 
 def _comment(d: Mapping[str, Any]) -> Comment:
@@ -265,7 +264,7 @@ class MongoStore(MongoCore):
             await self._command(
                 {
                     "insert": s.LOCKS,
-                    "documents": [{"_id": "migrations", "owner": owner, "expires_ms": now_ms + 120_000}],
+                    "documents": [{"_id": "migrations", "owner": owner, "expires_ms": now_ms + MIGRATION_LOCK_MS}],
                     "writeConcern": wc,
                 }
             )
@@ -278,7 +277,7 @@ class MongoStore(MongoCore):
                     "updates": [
                         {
                             "q": {"_id": "migrations", "expires_ms": {"$lt": now_ms}},
-                            "u": {"$set": {"owner": owner, "expires_ms": now_ms + 120_000}},
+                            "u": {"$set": {"owner": owner, "expires_ms": now_ms + MIGRATION_LOCK_MS}},
                         }
                     ],
                     "writeConcern": wc,

@@ -141,11 +141,9 @@ async def read_all(
     collection = cursor["ns"].split(".", 1)[1] if "ns" in cursor else str(next(iter(body.values())))
     cursor_id = cursor.get("id", 0)
     while cursor_id:
+        # Nothing else: a getMore goes to the member that holds the cursor,
+        # takes no read concern, and maxTimeMS only for awaitData cursors.
         more: Document = {"getMore": cursor_id, "collection": collection}
-        if "$readPreference" in extra:
-            more["$readPreference"] = extra["$readPreference"]
-        if "maxTimeMS" in extra:
-            more["maxTimeMS"] = extra["maxTimeMS"]
         reply = await command(pool, database, more, session=session)
         cursor = reply["cursor"]
         docs.extend(cursor.get("nextBatch", ()))

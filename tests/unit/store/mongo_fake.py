@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import mongomock
-from bson import Binary, Timestamp
+from bson import Binary, Int64, Timestamp
 from mockupdb import MockupDB
 from pymongo import ReturnDocument
 from twisted.internet import reactor
@@ -56,6 +56,10 @@ class FakeReplicaSet:
         #: lsid ids of transactions that wrote something, by txnNumber.
         self._wrote: set[tuple[Any, Any]] = set()
         self.rolled_back_writes: list[Any] = []
+        #: Documents in a cursor's first batch and in each ``getMore``.
+        self.batch_size = 101
+        self._cursors: dict[int, list[Any]] = {}
+        self._cursor_ids = itertools.count(1000)
         #: Every command each server received (``(server, document)``).
         self.log: list[tuple[str, dict[str, Any]]] = []
         self.primary = MockupDB(auto_ismaster=False)
@@ -71,6 +75,7 @@ class FakeReplicaSet:
 
     def reset(self) -> None:
         """Back to the first server as primary, no scripts, an empty log."""
+        self.batch_size = 101
         self.writable = self.primary
         self.intercepts.clear()
         self.log.clear()
@@ -172,7 +177,10 @@ class FakeReplicaSet:
             )
         if name in ("ping", "endSessions"):
             return {}, False
-        if name in ("find", "aggregate", "getMore") and role == "member":
+        if name == "getMore":
+            # On the member holding the cursor, whatever its role.
+            return self._get_more(doc), False
+        if name in ("find", "aggregate") and role == "member":
             mode = (doc.get("$readPreference") or {}).get("mode", "primary")
             if mode == "primary":
                 raise _Refused(13435, "not primary and secondaryOk=false")
@@ -195,10 +203,9 @@ class FakeReplicaSet:
                 cursor = cursor.sort(list(doc["sort"].items()))
             if doc.get("limit"):
                 cursor = cursor.limit(doc["limit"])
-            return {"cursor": {"id": 0, "ns": "{}.{}".format(db.name, coll.name), "firstBatch": list(cursor)}}, False
+            return self._first_batch(db, coll, list(cursor)), False
         if name == "aggregate":
-            docs = list(coll.aggregate([dict(stage) for stage in doc["pipeline"]]))
-            return {"cursor": {"id": 0, "ns": "{}.{}".format(db.name, coll.name), "firstBatch": docs}}, False
+            return self._first_batch(db, coll, list(coll.aggregate([dict(stage) for stage in doc["pipeline"]]))), False
         if name == "create":
             if doc["create"] in db.list_collection_names():
                 raise _Refused(48, "collection already exists")
@@ -212,6 +219,29 @@ class FakeReplicaSet:
         if txn is not None and (reply.get("n") or reply.get("value") is not None):
             self._wrote.add(txn)
         return reply, True
+
+    def _first_batch(self, db: Any, coll: Any, docs: list[Any]) -> dict[str, Any]:
+        """A cursor reply: at most :attr:`batch_size` documents, the rest
+        kept for ``getMore`` (as a server does past its first batch)."""
+        ns = "{}.{}".format(db.name, coll.name)
+        cursor_id = 0
+        if len(docs) > self.batch_size:
+            cursor_id = next(self._cursor_ids)
+            self._cursors[cursor_id] = docs[self.batch_size :]
+            docs = docs[: self.batch_size]
+        return {"cursor": {"id": Int64(cursor_id), "ns": ns, "firstBatch": docs}}
+
+    def _get_more(self, doc: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            rest = self._cursors.pop(int(doc["getMore"]), None)
+            if rest is None:
+                raise _Refused(43, "cursor not found")
+            batch, rest = rest[: self.batch_size], rest[self.batch_size :]
+            cursor_id = 0
+            if rest:
+                cursor_id = int(doc["getMore"])
+                self._cursors[cursor_id] = rest
+        return {"cursor": {"id": Int64(cursor_id), "ns": doc["$db"] + "." + doc["collection"], "nextBatch": batch}}
 
     def _write(self, coll: Any, name: str, doc: dict[str, Any]) -> dict[str, Any]:
         if name == "insert":

@@ -1339,3 +1339,29 @@ class DocumentShapeTests(MongoWireCase):
         )
         [usage] = self.both(st.credit_usage, tenant.id, since_ms=0)
         self.assertEqual((usage.operation, usage.calls, usage.credits), (_UNICODE, 2**40, 2**50))
+
+
+class CursorTests(MongoWireCase):
+    """Results past the first batch come by ``getMore`` in the same session."""
+
+    def test_get_more(self) -> None:
+        """A listing longer than a batch is drained with ``getMore`` on the
+        member that opened the cursor, in its session, without read
+        preference, read concern or time limit (a server refuses
+        ``maxTimeMS`` on ``getMore`` of an ordinary cursor)."""
+        tokens = [
+            self.successResultOf(self.store.create_tenant(str(i), "g", created_ms=i, read_preference=PRIMARY)).token
+            for i in range(5)
+        ]
+        self.fake.batch_size = 2
+        since = len(self.fake.log)
+        found = self.successResultOf(self.store.list_tenants(read_preference=NEAREST, token=tokens[-1]))
+        self.assertEqual([t.name for t in found], ["0", "1", "2", "3", "4"])
+        sent = self.sent(since)
+        self.assertEqual(
+            [(who, next(iter(doc))) for who, doc in sent], [("member", "find")] + [("member", "getMore")] * 2
+        )
+        self.assertEqual({doc["lsid"]["id"] for _, doc in sent}.__len__(), 1)
+        for _, doc in sent[1:]:
+            self.assertEqual(_shape(doc), {"getMore": doc["getMore"], "collection": "tenants"})
+            self.assertEqual(set(doc) & {"$readPreference", "readConcern", "maxTimeMS"}, set())

@@ -951,6 +951,16 @@ class TokenWaitTests(MongoWireCase):
         self.assertEqual(self.count("token_reads", outcome="ready"), 1)
         self.assertEqual(self.count("nearest_fallbacks", reason="token_timeout"), 0)
 
+    def test_member_told_the_cluster_time(self) -> None:
+        """The first token read a member sees carries the primary's signed
+        ``$clusterTime`` (the NEAREST pool has heard nothing yet), so the
+        member does not refuse an ``afterClusterTime`` ahead of its clock."""
+        written = self.successResultOf(self.store.create_tenant("A", "g", created_ms=1, read_preference=PRIMARY))
+        [(who, doc)] = self.token_read(written.value.id, written.token)
+        self.assertEqual(who, "member")
+        self.assertGreaterEqual(doc["$clusterTime"]["clusterTime"], parse_token(written.token))
+        self.assertIn("signature", doc["$clusterTime"])
+
     def test_member_behind_then_primary(self) -> None:
         """``MaxTimeMSExpired`` from the member sends the read to the
         primary (``token_timeout``); for the next ``token_wait_seconds`` reads

@@ -367,7 +367,7 @@ class MongoCore:
             if gaps.is_not_yet(f.value):
                 return Failure(_NotYet())
             if gaps.is_unreachable(f.value) or isinstance(f.value, (StoreUnavailable, PyMongoError)):
-                return Failure(_MemberLost("the local member failed: {}".format(f.getErrorMessage())))
+                return Failure(_MemberLost("the local member failed: {}".format(gaps.describe(f.value))))
             return f
 
         return self._timed(operation, NEAREST, d.addErrback(classify))
@@ -387,7 +387,7 @@ class MongoCore:
         self._log.warn(
             "local member {member} failed ({reason}); reading {operation} from the primary",
             member=self.nearest_name,
-            reason=f.getErrorMessage(),
+            reason=gaps.describe(f.value),
             operation=operation,
         )
         if self._metrics is not None:
@@ -452,13 +452,13 @@ class MongoCore:
                 value = await fn(Tx(self, pool, session))
             except OperationFailure as e:
                 if "TransientTransactionError" in gaps.labels(e):
-                    raise _Transient("the server aborted the transaction: {}".format(e)) from e
+                    raise _Transient("the server aborted the transaction: {}".format(gaps.describe(e))) from e
                 if gaps.is_unreachable(e):
-                    raise _PrimaryLost("the primary failed: {}".format(e)) from e
+                    raise _PrimaryLost("the primary failed: {}".format(gaps.describe(e))) from e
                 raise
             except PyMongoError as e:
                 if gaps.is_unreachable(e):
-                    raise _PrimaryLost("the primary failed: {}".format(e)) from e
+                    raise _PrimaryLost("the primary failed: {}".format(gaps.describe(e))) from e
                 raise
             state.commit_sent = True
             reply = await self._commit(operation, pool, session)
@@ -482,7 +482,7 @@ class MongoCore:
         except OperationFailure as e:
             if "TransientTransactionError" in gaps.labels(e) and not isinstance(e, WriteConcernError):
                 # The server says the transaction was aborted: not applied.
-                raise _Transient("the commit was refused as transient: {}".format(e)) from e
+                raise _Transient("the commit was refused as transient: {}".format(gaps.describe(e))) from e
             if not (gaps.is_unreachable(e) or isinstance(e, WriteConcernError) or gaps.labels(e)):
                 raise
             first = e
@@ -491,7 +491,7 @@ class MongoCore:
         self._log.warn(
             "{operation}: the commit's outcome is unknown ({reason}); sending it again",
             operation=operation,
-            reason=str(first),
+            reason=gaps.describe(first),
         )
         try:
             return await gaps.commit(pool, session, self._write_concern)
@@ -505,13 +505,20 @@ class MongoCore:
     def _end(self, session: Any, state: _WriteState) -> None:
         """End ``session``; an open transaction is aborted without waiting
         (the primary may be gone; the server ends it in any case)."""
+        log = self._log
+
+        def abort_failed(f: Failure) -> None:
+            # Expected when the primary is gone: the server ends the
+            # transaction itself (transactionLifetimeLimitSeconds).
+            log.info("aborting a transaction failed: {reason}", reason=gaps.describe(f.value))
+
+        def end_failed(f: Failure) -> None:
+            log.failure("ending a session failed", f)
+
         if state.committed is None and session.in_transaction():
-            d = gaps.bounded(self._clock, self._wc_seconds, session.end_session())
-            d.addErrback(
-                lambda f: self._log.info("aborting a transaction failed: {reason}", reason=f.getErrorMessage())
-            )
+            gaps.bounded(self._clock, self._wc_seconds, session.end_session()).addErrback(abort_failed)
             return
-        ensureDeferred(session.end_session()).addErrback(lambda f: self._log.failure("ending a session failed", f))
+        ensureDeferred(session.end_session()).addErrback(end_failed)
 
     # Failover
 
@@ -569,7 +576,7 @@ class MongoCore:
                 result.errback(
                     StoreUnavailable(
                         "no usable primary of {} after {} s ({}); {}".format(
-                            self.primary_name, self._failover_seconds, f.getErrorMessage(), what
+                            self.primary_name, self._failover_seconds, gaps.describe(f.value), what
                         )
                     )
                 )
@@ -577,7 +584,7 @@ class MongoCore:
             self._log.info(
                 "{operation}: the primary is not usable ({reason}); retrying",
                 operation=operation,
-                reason=f.getErrorMessage(),
+                reason=gaps.describe(f.value),
             )
             clock.callLater(self._retry_pause, attempt)
 

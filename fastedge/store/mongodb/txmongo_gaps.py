@@ -60,6 +60,7 @@ from txmongo.connection import ConnectionPool
 from txmongo.errors import TimeExceeded
 from txmongo.sessions import ClientSession, TxnState
 
+from ..errors import StoreError
 from .uri import with_options
 
 _T = TypeVar("_T")
@@ -218,6 +219,22 @@ def labels(error: BaseException) -> frozenset[str]:
             if has(label):
                 found.add(label)
     return frozenset(found)
+
+
+def describe(error: BaseException) -> str:
+    """``error`` fit for a log line or a message that may reach a client:
+    its type and the server's code and code name, never its text (txmongo
+    quotes the whole command, documents and all, in its messages: a comment,
+    an SSO secret, a key hash)."""
+    code = getattr(error, "code", None)
+    details = getattr(error, "details", None)
+    name = details.get("codeName") if isinstance(details, Mapping) else None
+    if isinstance(error, StoreError):
+        # Ours: written without any command in them.
+        return "{}: {}".format(type(error).__name__, error)
+    if code is None:
+        return type(error).__name__
+    return "{} (code {}{})".format(type(error).__name__, code, ", " + name if name else "")
 
 
 def is_unreachable(error: BaseException) -> bool:

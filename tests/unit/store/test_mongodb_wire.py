@@ -15,7 +15,7 @@ from bson import Int64, Timestamp
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.config import ApiConfig
@@ -1120,6 +1120,27 @@ class FailoverTests(MongoWireCase):
         self.fake.intercepts.append(_once(lambda who, name, doc: name == "insert", lambda r: r.replies(conflict)))
         self.successResultOf(self.store.create_tenant("T", "g", created_ms=1, read_preference=PRIMARY))
         self.assertEqual(self.tenants_named("T"), 1)
+
+    def test_no_command_text_in_logs(self) -> None:
+        """txmongo quotes whole commands in its error messages; what the
+        store logs about a failed attempt names the error's type and code
+        only, so an SSO secret being written never reaches the logs."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        tenant = self.successResultOf(self.store.create_tenant("S", "g", created_ms=1, read_preference=PRIMARY)).value
+        conflict = {"ok": 0, "code": 112, "codeName": "WriteConflict", "errmsg": "write conflict"}
+        conflict["errorLabels"] = ["TransientTransactionError"]
+        self.fake.intercepts.append(
+            _once(lambda who, name, doc: doc.get("insert") == "tenant_sso_secrets", lambda r: r.replies(conflict))
+        )
+        secret = "sso-secret-that-must-not-be-logged"
+        self.successResultOf(
+            self.store.update_tenant_settings(
+                tenant.id, {}, sso_secret=SsoSecretChange(secret, 5, 0), read_preference=PRIMARY
+            )
+        )
+        [retry] = [e for e in events if e.get("operation") == "update_tenant_settings"]
+        self.assertIn("WriteConflict", formatEvent(retry))
+        self.assertEqual([e for e in events if secret in formatEvent(e)], [])
 
     def test_dropped_during_commit_then_resent(self) -> None:
         """A connection dropped during the commit: the same commit (same

@@ -1175,6 +1175,19 @@ class FailoverTests(MongoWireCase):
         self.assertEqual(self.count("write_failures", kind="commit_unknown"), 1)
         self.assertTrue([e for e in events if e.get("operation") == "create_tenant" and e["log_level"].name == "error"])
 
+    def test_commit_never_answered(self) -> None:
+        """A commit sent and never answered is cut off at the attempt's time
+        limit (on the store's clock) and reported as ``CommitUnknown``,
+        never retried as if it had not been applied."""
+        store = self.make_store(failover_seconds=1.0, write_concern_timeout_seconds=0.25, nearest_timeout_seconds=0.25)
+        self.successResultOf(store.open())
+        self.addCleanup(lambda: self.successResultOf(store.close()))
+        self.fake.intercepts.append(lambda who, name, doc, request: name == "commitTransaction")
+        since = len(self.fake.log)
+        self.failureResultOf(store.create_tenant("Q", "g", created_ms=1, read_preference=PRIMARY), CommitUnknown)
+        self.assertEqual([next(iter(doc)) for _, doc in self.sent(since)], ["insert", "commitTransaction"])
+        self.assertEqual(self.count("write_failures", kind="commit_unknown"), 1)
+
     def test_no_primary_not_applied(self) -> None:
         """With no primary for ``failover_seconds`` a write fails as
         ``StoreUnavailable`` saying it was not applied, and no commit was sent."""

@@ -248,6 +248,9 @@ def _mongo_uri(value: str) -> str | None:
         parse_uri(value, validate=True, warn=False)
     except (ConfigurationError, InvalidURI, ValueError):
         return "not a valid mongodb:// URI"
+    except OSError:
+        # Validation opens the TLS files the options name.
+        return "names a TLS file that cannot be read"
     return None
 
 

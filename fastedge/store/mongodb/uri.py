@@ -19,7 +19,9 @@ def _parse(uri: str) -> dict[str, Any]:
     # reads no SRV records): refused before parsing.
     if not uri.startswith("mongodb://"):
         raise InvalidURI("not a mongodb:// URI")
-    parsed: dict[str, Any] = parse_uri(uri, validate=True, warn=False)
+    # No validation: it opens the TLS files an option names (the config
+    # check does that, once).
+    parsed: dict[str, Any] = parse_uri(uri, validate=False, warn=False)
     return parsed
 
 

@@ -146,6 +146,10 @@ class ValidationTests(SynchronousTestCase):
             '[store.mongodb]\nuri = "postgresql://db1"\n', "store.mongodb.uri: not a valid mongodb:// URI"
         )
         self.assertRefused(
+            '[store.mongodb]\nuri = "mongodb://db1/?tls=true&tlsCAFile=/nonexistent/ca.pem"\n',
+            "store.mongodb.uri: names a TLS file that cannot be read",
+        )
+        self.assertRefused(
             '[store.mongodb]\nwrite_concern = "all"\n',
             "store.mongodb.write_concern: must be 'majority' or a number of members (1 or more)",
         )

@@ -324,6 +324,18 @@ class MongoStore(MongoCore):
             )
         return applied
 
+    def has_schema(self) -> Deferred[bool]:
+        """Whether the primary's database has been migrated (:meth:`open`
+        records each step): tools that must not create a store ask first.
+
+        :returns: ``Deferred[bool]``
+        """
+
+        async def go(r: Reader) -> bool:
+            return await r.find_one(s.MIGRATIONS, {}) is not None
+
+        return self._read("has_schema", ReadPreference.PRIMARY, None, go)
+
     def close(self) -> Deferred[None]:
         return self._disconnect()
 

@@ -13,12 +13,14 @@ from typing import Any
 
 from bson import Int64, Timestamp
 from prometheus_client import CollectorRegistry
+from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.config import ApiConfig
+from fastedge.admin import _open_store
+from fastedge.config import ApiConfig, load_config
 from fastedge.http.errors import from_store_error
 from fastedge.store.errors import BadToken, CommitUnknown, StoreUnavailable, WrongReadPreference
 from fastedge.store.metrics import ReplicationMetrics
@@ -886,6 +888,34 @@ class MigrationTests(MongoWireCase):
         self.successResultOf(store.open())
         self.addCleanup(lambda: self.successResultOf(store.close()))
         self.assertEqual([doc for _, doc in self.sent(since) if "createIndexes" in doc], [])
+
+    def test_has_schema(self) -> None:
+        """``has_schema`` (what ``fastedge-admin`` asks before touching a
+        store) is false on an empty database and true once opened, and
+        creates nothing."""
+        fresh = self.make_store()
+        self.assertIs(self.successResultOf(fresh.has_schema()), False)
+        self.assertNotIn(fresh.database, self.fake._client.list_database_names())
+        self.successResultOf(fresh.close())
+        self.assertIs(self.successResultOf(self.store.has_schema()), True)
+
+    def test_admin_opens_the_primary(self) -> None:
+        """``fastedge-admin`` on a MongoDB node talks to the replica set's
+        primary (no local member) and describes it without credentials."""
+        cfg = load_config(
+            None,
+            {
+                "store.backend": "mongodb",
+                "store.mongodb.uri": self.fake.uri.replace("mongodb://", "mongodb://fe:hunter2@"),
+                "store.mongodb.nearest_uri": self.fake.nearest_uri,
+            },
+        )
+        store, pool, where = _open_store(reactor, cfg)
+        self.addCleanup(pool.stop)
+        self.assertIsInstance(store, MongoStore)
+        self.assertEqual(store.nearest_name, None)
+        self.assertEqual(where, "mongodb replica set {} database fastedge".format(self.fake.uri.replace("/?", "/?", 1)))
+        self.assertNotIn("hunter2", where)
 
     def test_lock_held_by_another_node(self) -> None:
         """While another node holds an unexpired lock, open waits, then

@@ -39,7 +39,7 @@ the :class:`Reader` and :class:`Tx` handed to it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bson.timestamp import Timestamp
@@ -98,17 +98,13 @@ def _default_pool(uri: str, size: int) -> ConnectionPool:
 
 
 class Reader:
-    """The read commands of one store call, all on one member.
+    """The read commands of one store call, all on one member."""
 
-    :ivar where: ``"primary"`` or ``"nearest"`` (what served the call).
-    """
-
-    def __init__(self, core: MongoCore, pool: ConnectionPool, mode: str, extra: Mapping[str, Any], session: Any):
+    def __init__(self, core: MongoCore, pool: ConnectionPool, extra: Mapping[str, Any], session: Any):
         self._core = core
         self._pool = pool
         self._extra = dict(extra)
         self._session = session
-        self.where = mode
 
     async def find(
         self,
@@ -152,7 +148,7 @@ class Tx(Reader):
     def __init__(self, core: MongoCore, pool: ConnectionPool, session: Any):
         # In a transaction only its first command may carry a read concern,
         # and the read preference must be primary: none is sent.
-        super().__init__(core, pool, "primary", {}, session)
+        super().__init__(core, pool, {}, session)
 
     async def _write(self, body: Document) -> Document:
         return await gaps.write(self._pool, self._core.database, body, session=self._session)
@@ -203,7 +199,6 @@ class _WriteState:
     commit_sent: bool = False
     #: The reply of a commit that succeeded.
     committed: Document | None = None
-    sessions: list[Any] = field(default_factory=list)
 
 
 class MongoCore:
@@ -355,7 +350,7 @@ class MongoCore:
         if after is not None and not primary and self._primary is not None:
             gaps.gossip(session, self._primary)
         try:
-            return await fn(Reader(self, pool, mode, extra, session))
+            return await fn(Reader(self, pool, extra, session))
         finally:
             await session.end_session()
 

@@ -1246,13 +1246,21 @@ def _long(text: str, size: int) -> str:
 
 
 class DocumentShapeTests(MongoWireCase):
-    """What the backend writes reads back identically, for every entity:
+    """What the backend writes reads back identically, entity by entity:
     every field type, unicode, and the largest values the API accepts
-    (``[api]`` limits), through BSON both ways (txmongo, the wire, MockupDB)."""
+    (``[api]`` limits), through BSON both ways (txmongo, the wire, MockupDB),
+    from the member and from the primary alike."""
+
+    #: A time far past 2**31 ms (64-bit on the wire), at the edge of the
+    #: integers a double holds exactly.
+    BIG = 2**53
 
     def setUp(self) -> None:
         super().setUp()
         self.limits = ApiConfig()
+        self.tenant = self.successResultOf(
+            self.store.create_tenant(_UNICODE, _long(_UNICODE, 64), created_ms=self.BIG, read_preference=PRIMARY)
+        ).value
 
     def inserted(self, since: int, collection: str) -> list[dict[str, Any]]:
         """The documents the store inserted into ``collection`` since ``since``."""
@@ -1264,95 +1272,126 @@ class DocumentShapeTests(MongoWireCase):
         self.assertEqual(results[0], results[1])
         return results[0]
 
-    def test_round_trip(self) -> None:
-        """Tenants (settings of any JSON), SSO secrets, API keys, sessions,
-        users with profiles, threads with access settings, comments at the
-        size limits, likes, flags, blocks, bans, audit entries and credits."""
-        st = self.store
-        big = 2**53
-        since = len(self.fake.log)
-        tenant = self.successResultOf(
-            st.create_tenant(_UNICODE, _long(_UNICODE, 64), created_ms=big, read_preference=PRIMARY)
-        ).value
-        [doc] = self.inserted(since, "tenants")
+    def write(self, d: Any) -> Any:
+        return self.successResultOf(d).value
+
+    def session(self) -> Any:
+        return self.write(
+            self.store.create_anonymous_session(self.tenant.id, created_ms=self.BIG, read_preference=PRIMARY)
+        )
+
+    def comment(self, author_id: str) -> Any:
+        thread = self.write(self.store.upsert_thread(self.tenant.id, "u", created_ms=self.BIG, read_preference=PRIMARY))
+        body = _long(_UNICODE, self.limits.comment_max_chars)
+        new = NewComment(
+            tenant_id=self.tenant.id,
+            thread_id=thread.id,
+            author_id=author_id,
+            display_name=_long(_UNICODE, self.limits.display_name_max_chars),
+            body_source=body,
+            body_html="<p>" + body + "</p>",
+            status=CommentStatus.APPROVED,
+            created_ms=self.BIG,
+        )
+        return self.write(self.store.create_comment(new, read_preference=PRIMARY))
+
+    def test_tenant(self) -> None:
+        """A tenant and its settings: any JSON, keys with ``.`` and ``$``,
+        64-bit integers, floats, nulls, unicode."""
+        [doc] = [d for _, c in self.fake.log if c.get("insert") == "tenants" for d in c["documents"]]
         self.assertEqual(set(doc), {"_id", "name", "deployment", "created_ms", "settings"})
-        self.assertEqual(self.both(st.get_tenant, tenant.id), tenant)
+        self.assertEqual(type(doc["created_ms"]), Int64)
+        self.assertEqual(self.both(self.store.get_tenant, self.tenant.id), self.tenant)
         settings = {
             "a.b": {"$c": [1, 2.5, None, True, False, _UNICODE]},
             "$set": "not an operator",
             _UNICODE: {"nested": {"deep": [{"x": -(2**63)}, {"y": 2**63 - 1}]}},
             "empty": {},
         }
-        tenant = self.successResultOf(
-            st.update_tenant_settings(
-                tenant.id, settings, sso_secret=SsoSecretChange(_long(_UNICODE, 512), big, 0), read_preference=PRIMARY
-            )
-        ).value
+        tenant = self.write(self.store.update_tenant_settings(self.tenant.id, settings, read_preference=PRIMARY))
         self.assertEqual(tenant.settings, settings)
-        self.assertEqual(self.both(st.get_tenant, tenant.id), tenant)
-        [secret] = self.both(st.get_sso_secrets, tenant.id, now_ms=big)
+        self.assertEqual(self.both(self.store.get_tenant, self.tenant.id), tenant)
+        self.assertEqual(self.both(self.store.list_tenants), [tenant])
+
+    def test_sso_secret(self) -> None:
+        """An SSO secret of any text, current and overlapping."""
+        for secret, at in ((_long(_UNICODE, 512), self.BIG), ("second", self.BIG + 1)):
+            change = SsoSecretChange(secret, at, 10)
+            self.write(
+                self.store.update_tenant_settings(self.tenant.id, {}, sso_secret=change, read_preference=PRIMARY)
+            )
+        secrets = self.both(self.store.get_sso_secrets, self.tenant.id, now_ms=self.BIG + 2)
         self.assertEqual(
-            (secret.secret, secret.created_ms, secret.accepted_until_ms), (_long(_UNICODE, 512), big, None)
+            [(x.secret, x.created_ms, x.accepted_until_ms) for x in secrets],
+            [("second", self.BIG + 1, None), (_long(_UNICODE, 512), self.BIG, self.BIG + 11)],
         )
 
+    def test_api_key(self) -> None:
+        """An API key's hash, its times, revoked or not."""
         since = len(self.fake.log)
-        key = self.successResultOf(st.add_api_key(tenant.id, "f" * 64, created_ms=big, read_preference=PRIMARY)).value
+        key = self.write(self.store.add_api_key(self.tenant.id, "f" * 64, created_ms=self.BIG, read_preference=PRIMARY))
         [doc] = self.inserted(since, "api_keys")
         self.assertIsNone(doc["revoked_ms"])
-        self.assertEqual(self.both(st.list_api_keys, tenant.id), [key])
+        self.assertEqual(self.both(self.store.list_api_keys, self.tenant.id), [key])
+        self.assertEqual(self.both(self.store.tenant_for_api_key, "f" * 64), self.tenant)
+        revoked = self.write(
+            self.store.revoke_api_key(self.tenant.id, key.id, revoked_ms=self.BIG + 1, read_preference=PRIMARY)
+        )
+        self.assertEqual(self.both(self.store.list_api_keys, self.tenant.id), [revoked])
 
-        session = self.successResultOf(
-            st.create_anonymous_session(tenant.id, created_ms=big, read_preference=PRIMARY)
-        ).value
-        self.assertEqual(self.both(st.get_anonymous_session, tenant.id, session.id), session)
+    def test_session_and_author(self) -> None:
+        """An anonymous session and its author."""
+        session = self.session()
+        self.assertEqual(self.both(self.store.get_anonymous_session, self.tenant.id, session.id), session)
+        author = self.both(self.store.get_author, self.tenant.id, session.author_id)
+        self.assertEqual((author.id, author.created_ms), (session.author_id, self.BIG))
+
+    def test_user(self) -> None:
+        """A user with a profile at its largest (e-mail, avatar URL, groups, roles)."""
         profile = UserProfile(
             email=_long(_UNICODE, 254), avatar=_long(_UNICODE, 2048), group_ids=(_UNICODE, "b"), is_moderator=True
         )
-        user = self.successResultOf(
-            st.upsert_user(
-                tenant.id,
+        user = self.write(
+            self.store.upsert_user(
+                self.tenant.id,
                 _long(_UNICODE, 256),
                 _long(_UNICODE, self.limits.display_name_max_chars),
-                created_ms=big,
+                created_ms=self.BIG,
                 profile=profile,
                 read_preference=PRIMARY,
             )
-        ).value
+        )
         self.assertEqual(user.profile, profile)
-        self.assertEqual(self.both(st.get_user_by_author, tenant.id, user.author_id), user)
+        self.assertEqual(self.both(self.store.get_user_by_author, self.tenant.id, user.author_id), user)
 
+    def test_thread(self) -> None:
+        """A thread at the URL and title limits, closed, with its group lock
+        and sign-in setting (arrays and booleans, not JSON text)."""
         since = len(self.fake.log)
-        thread = self.successResultOf(
-            st.upsert_thread(
-                tenant.id,
+        thread = self.write(
+            self.store.upsert_thread(
+                self.tenant.id,
                 _long(_UNICODE, self.limits.url_id_max_chars),
-                created_ms=big,
+                created_ms=self.BIG,
                 title=_long(_UNICODE, self.limits.title_max_chars),
                 closed=True,
                 locked_groups=[_UNICODE, ""],
                 require_sign_in=False,
                 read_preference=PRIMARY,
             )
-        ).value
+        )
         [doc] = self.inserted(since, "threads")
         self.assertEqual(doc["locked_groups"], [_UNICODE, ""])
         self.assertIs(doc["require_sign_in"], False)
-        self.assertEqual(self.both(st.get_thread_by_id, tenant.id, thread.id), thread)
-        self.assertEqual(self.both(st.get_thread, tenant.id, thread.url_id), thread)
+        self.assertEqual(self.both(self.store.get_thread_by_id, self.tenant.id, thread.id), thread)
+        self.assertEqual(self.both(self.store.get_thread, self.tenant.id, thread.url_id), thread)
+        self.assertEqual(self.both(self.store.list_threads, self.tenant.id, limit=5, cursor=None).items, [thread])
 
-        body = _long(_UNICODE, self.limits.comment_max_chars)
-        new = NewComment(
-            tenant_id=tenant.id,
-            thread_id=thread.id,
-            author_id=user.author_id,
-            display_name=_long(_UNICODE, self.limits.display_name_max_chars),
-            body_source=body,
-            body_html="<p>" + body + "</p>",
-            status=CommentStatus.APPROVED,
-            created_ms=big,
-        )
+    def test_comment(self) -> None:
+        """A comment at the body and name limits; each field's BSON type."""
+        author = self.session().author_id
         since = len(self.fake.log)
-        comment = self.successResultOf(st.create_comment(new, read_preference=PRIMARY)).value
+        comment = self.comment(author)
         [doc] = self.inserted(since, "comments")
         self.assertEqual(
             {k: type(v) for k, v in doc.items()},
@@ -1374,45 +1413,61 @@ class DocumentShapeTests(MongoWireCase):
                 "flag_count": int,
             },
         )
-        self.assertEqual(self.both(st.get_comment, tenant.id, comment.id), comment)
-        self.successResultOf(
-            st.add_like(tenant.id, comment.id, session.author_id, created_ms=big, read_preference=PRIMARY)
+        self.assertEqual(self.both(self.store.get_comment, self.tenant.id, comment.id), comment)
+        edited = self.write(
+            self.store.update_comment(
+                self.tenant.id, comment.id, edited_ms=self.BIG + 1, body=(_UNICODE, _UNICODE), read_preference=PRIMARY
+            )
         )
-        self.successResultOf(
-            st.add_flag(tenant.id, comment.id, session.author_id, created_ms=big, read_preference=PRIMARY)
-        )
-        self.successResultOf(
-            st.add_block(tenant.id, user.author_id, session.author_id, created_ms=big, read_preference=PRIMARY)
-        )
-        comment = self.both(st.get_comment, tenant.id, comment.id)
-        self.assertEqual((comment.like_count, comment.flag_count, comment.body_source), (1, 1, body))
-        state = self.both(st.viewer_state, tenant.id, session.author_id, [comment.id])
-        self.assertEqual(state.liked, frozenset([comment.id]))
-        self.assertEqual(
-            self.both(st.viewer_state, tenant.id, user.author_id, []).blocked_authors, frozenset([session.author_id])
-        )
+        self.assertEqual(self.both(self.store.get_comment, self.tenant.id, comment.id), edited)
 
-        ban = self.successResultOf(
-            st.add_ban(
-                tenant.id,
+    def test_like_flag_block(self) -> None:
+        """Likes, flags (counts on the comment) and blocks."""
+        author = self.session().author_id
+        viewer = self.session().author_id
+        comment = self.comment(author)
+        st = self.store
+        t = self.tenant.id
+        self.write(
+            st.add_like(t, comment.id, viewer, created_ms=self.BIG, address_hash="a" * 64, read_preference=PRIMARY)
+        )
+        self.write(st.add_flag(t, comment.id, viewer, created_ms=self.BIG, read_preference=PRIMARY))
+        self.write(st.add_block(t, viewer, author, created_ms=self.BIG, read_preference=PRIMARY))
+        found = self.both(st.get_comment, t, comment.id)
+        self.assertEqual((found.like_count, found.flag_count), (1, 1))
+        state = self.both(st.viewer_state, t, viewer, [comment.id])
+        self.assertEqual((state.liked, state.blocked_authors), (frozenset([comment.id]), frozenset([author])))
+
+    def test_ban_and_audit(self) -> None:
+        """A ban (expiry far in the future, any reason text) and its audit entry."""
+        moderated = self.write(
+            self.store.add_ban(
+                self.tenant.id,
                 BanKind.ADDRESS,
                 "0" * 64,
                 actor=_UNICODE,
                 reason=_long(_UNICODE, 500),
-                created_ms=big,
+                created_ms=self.BIG,
                 expires_ms=2**62,
                 read_preference=PRIMARY,
             )
-        ).value
-        [found] = self.both(st.list_bans, tenant.id, active_at_ms=None, limit=5, cursor=None).items
-        self.assertEqual(found, ban.bans[0])
-        [entry] = self.both(st.audit_log, tenant.id, limit=5, cursor=None).items
-        self.assertEqual(entry, ban.entry)
-        self.successResultOf(
-            st.charge_credits(tenant.id, {_UNICODE: (2**40, 2**50)}, created_ms=big, read_preference=PRIMARY)
         )
-        [usage] = self.both(st.credit_usage, tenant.id, since_ms=0)
-        self.assertEqual((usage.operation, usage.calls, usage.credits), (_UNICODE, 2**40, 2**50))
+        [ban] = self.both(self.store.list_bans, self.tenant.id, active_at_ms=None, limit=5, cursor=None).items
+        self.assertEqual(ban, moderated.bans[0])
+        self.assertEqual(
+            self.both(self.store.find_ban, self.tenant.id, author_id=None, address_hash="0" * 64, now_ms=self.BIG),
+            ban,
+        )
+        [entry] = self.both(self.store.audit_log, self.tenant.id, limit=5, cursor=None).items
+        self.assertEqual(entry, moderated.entry)
+
+    def test_credits(self) -> None:
+        """Credit charges summed past 32 bits, under any operation name."""
+        charges = {_UNICODE: (2**40, 2**50)}
+        self.write(self.store.charge_credits(self.tenant.id, charges, created_ms=self.BIG, read_preference=PRIMARY))
+        self.write(self.store.charge_credits(self.tenant.id, charges, created_ms=self.BIG, read_preference=PRIMARY))
+        [usage] = self.both(self.store.credit_usage, self.tenant.id, since_ms=0)
+        self.assertEqual((usage.operation, usage.calls, usage.credits), (_UNICODE, 2**41, 2**51))
 
 
 class CursorTests(MongoWireCase):

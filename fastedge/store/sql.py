@@ -918,7 +918,7 @@ class SqlStore:
                 if author is None:
                     raise NotFound("author")
                 # Served by the comments_author index (tenant, author, created).
-                by_status = dict(
+                by_status: dict[str, int] = dict(
                     conn.execute(
                         select(c.status, func.count())
                         .where(c.tenant_id == tenant_id, c.author_id == author_id)

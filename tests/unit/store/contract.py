@@ -706,9 +706,7 @@ class StoreContractMixin(_MixinBase):
         def recent(c: Comment) -> RecentComment:
             return RecentComment(c.author_id, c.thread_id, c.body_source, c.status, c.created_ms)
 
-        history = self.read(
-            self.store.author_history, tenant.id, author, thread_id=thread.id, since_ms=since, limit=10
-        )
+        history = self.read(self.store.author_history, tenant.id, author, thread_id=thread.id, since_ms=since, limit=10)
         self.assertEqual(
             history,
             AuthorHistory(

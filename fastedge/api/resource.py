@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ..pubsub.access import GroupLocks
     from ..pubsub.publish import LivePublisher
     from ..pubsub.tokens import ViewerTokens
+    from ..spam.runner import SpamJudge
 
 
 class _SessionKeyLoader(Service):
@@ -112,6 +113,7 @@ def build_api(
     extra_manage_routes: Callable[[ManageApi], list[Route]] | None = None,
     extra_routes: Sequence[Route] = (),
     access: GroupLocks | None = None,
+    spam: SpamJudge | None = None,
 ) -> Api:
     """Build the API for ``cfg``; nothing runs until ``service`` starts.
 
@@ -124,6 +126,8 @@ def build_api(
         matched before the comment API's.
     :param access: the thread access rules (group locks, closed threads,
         sign-in), the same object the live threads use; default: its own.
+    :param spam: judges comments posted through the public API and the
+        embed page before they are written (``None``: no spam checks).
     """
     from ..pubsub.tokens import ViewerTokens
 
@@ -165,6 +169,7 @@ def build_api(
         cors=cors,
         access=access,
         sso=sso,
+        spam=spam,
     )
     # Manage routes first: "/api/v1/manage/..." must never be read as a tenant
     # called "manage" (tenant ids are random and 16 characters long anyway).

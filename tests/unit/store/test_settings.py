@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.store.settings import (
-    MAX_BLOCKED_WORDS,
     DEFAULTS,
+    MAX_BLOCKED_WORDS,
     MAX_GROUPS,
     SettingsError,
     TenantSettings,

@@ -18,7 +18,6 @@ measures them on a labelled set of comments.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +26,7 @@ from zope.interface import implementer
 from ..store.model import AuthorHistory, RecentComment
 from .interfaces import ISpamCheck
 from .model import HAM, Candidate, Judgement, RequestFacts, Verdict
+from .vocabulary import ABUSED_TLDS, HIDING_HOSTS, normalise, phrases_in, praises, promises_money
 
 #: A comment scoring this much is spam.
 SPAM_SCORE = 6
@@ -42,14 +42,27 @@ LINK_POINTS_EACH_MORE = 2
 #: links" ...
 FEW_WORDS = 6
 #: ... as is one whose links make up more than this share of its characters.
-LINK_SHARE = 0.5
+LINK_SHARE = 0.7
 #: Points for a comment that is mostly links.
-MOSTLY_LINKS_POINTS = 2
+MOSTLY_LINKS_POINTS = 1
+#: Points for links to hosts spam leans on (abused top-level domains,
+#: shorteners; :mod:`fastedge.spam.vocabulary`), once.
+ABUSED_HOST_POINTS = 2
 #: Points for links (or an email address) in the display name.
 LINKED_NAME_POINTS = 3
 #: Points for contact bait in the text: an email address, a long phone
 #: number, or a WhatsApp/Telegram handle.
 CONTACT_POINTS = 2
+#: Points for each phrase of spam's vocabulary, up to :data:`PHRASES_MAX`.
+PHRASE_POINTS = 1
+PHRASES_MAX = 4
+#: Points for money promised per unit of time ("$500 a day").
+MONEY_POINTS = 2
+#: Points for shouting: "!!!", or mostly capital letters.
+SHOUTING_POINTS = 1
+#: Points for generic praise ("great article, very informative") in a
+#: comment with a link: the oldest trick of link spam.
+PRAISE_POINTS = 1
 
 #: Bodies shorter than this (normalised) are never "repeated": everyone
 #: writes "Thanks!" and "+1".
@@ -71,8 +84,9 @@ BURST_POINTS = 2
 
 #: An author younger than this with no approved comment is "new".
 NEW_AUTHOR_MS = 24 * 3600 * 1000
-#: Points for a new author's first comments with a link in them.
-NEW_AUTHOR_LINK_POINTS = 1
+#: Points for a new author's comment with a link or contact bait in it
+#: (or in their name): who has not posted before is not yet trusted.
+NEW_AUTHOR_LINK_POINTS = 2
 #: An author with at least this many approved comments, none spam, older
 #: than :data:`NEW_AUTHOR_MS`, is trusted ...
 TRUSTED_APPROVED = 3
@@ -98,14 +112,29 @@ _LINK = re.compile(
 )
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
 _PHONE = re.compile(r"(?:\+|\b)(?:\d[\s().-]?){9,15}\d\b")
-_MESSENGER = re.compile(r"\b(?:whats\s?app|telegram|signal|wechat|viber|kik|snapchat)\b", re.IGNORECASE)
+_MESSENGER = re.compile(
+    r"\b(?:whats\s?app|telegram|signal|wechat|viber|kik|snapchat)\b|微信|ライン|カカオ|카톡|카카오톡|واتساب|ватсап|телеграм",
+    re.IGNORECASE,
+)
 _WORD = re.compile(r"\w+")
+_SHOUT = re.compile(r"[!?]{3,}")
+_HOST = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?([^/?#:\s]+)", re.IGNORECASE)
 
 
-def normalise(text: str) -> str:
-    """Text as comparisons see it: NFKC, case-folded, words only, single spaces."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_WORD.findall(folded))
+def host_of(link: str) -> str:
+    """The host name of a link as :func:`links` finds them (lower case)."""
+    match = _HOST.match(link)
+    return match.group(1).lower().rstrip(".") if match else ""
+
+
+def _abused(host: str) -> bool:
+    return host in HIDING_HOSTS or host.rsplit(".", 1)[-1] in ABUSED_TLDS
+
+
+def _shouting(text: str) -> bool:
+    letters = [ch for ch in text if ch.isalpha() and ch.lower() != ch.upper()]
+    capitals = sum(1 for ch in letters if ch.isupper())
+    return bool(_SHOUT.search(text)) or (len(letters) >= 20 and capitals / len(letters) > 0.6)
 
 
 def links(text: str) -> list[str]:
@@ -134,13 +163,33 @@ def similar(a: str, b: str) -> bool:
 def blocked_word(text: str, words: Iterable[str]) -> str | None:
     """The first of ``words`` that ``text`` contains as whole words
     (normalised, so case, compatibility forms and punctuation between
-    words do not matter), or ``None``."""
-    body = " " + normalise(text) + " "
+    words do not matter, and letters spaced out are read together), or
+    ``None``."""
+    plain = normalise(text)
+    bodies = (" " + plain + " ", " " + _join_letters(plain) + " ")
     for word in words:
         wanted = normalise(word)
-        if wanted and " " + wanted + " " in body:
+        if wanted and any(" " + wanted + " " in body for body in bodies):
             return word
     return None
+
+
+def _join_letters(normalised: str) -> str:
+    """Runs of single letters joined into one word: ``c i a l i s``
+    (written ``c-i-a-l-i-s`` or ``v.i.a.g.r.a``) becomes ``cialis``."""
+    out: list[str] = []
+    run: list[str] = []
+    for word in normalised.split():
+        if len(word) == 1:
+            run.append(word)
+            continue
+        if run:
+            out.append("".join(run))
+            run = []
+        out.append(word)
+    if run:
+        out.append("".join(run))
+    return " ".join(out)
 
 
 @dataclass
@@ -176,18 +225,29 @@ def score(comment: Candidate, history: AuthorHistory, request: RequestFacts) -> 
         out.add("links", LINK_POINTS[count])
     else:
         out.add("links", LINK_POINTS[-1] + LINK_POINTS_EACH_MORE * (count - len(LINK_POINTS) + 1))
+    rest = text
+    for link in found:
+        rest = rest.replace(link, " ")
     if count:
-        rest = text
-        for link in found:
-            rest = rest.replace(link, " ")
         words = len(_WORD.findall(rest))
         share = sum(len(link) for link in found) / max(1, len("".join(text.split())))
         if words < FEW_WORDS or share > LINK_SHARE:
             out.add("mostly links", MOSTLY_LINKS_POINTS)
-    if links(comment.display_name) or _EMAIL.search(comment.display_name):
+    named = links(comment.display_name)
+    if any(_abused(host_of(link)) for link in found + named):
+        out.add("abused link host", ABUSED_HOST_POINTS)
+    if named or _EMAIL.search(comment.display_name):
         out.add("link in name", LINKED_NAME_POINTS)
-    if _EMAIL.search(text) or _PHONE.search(text) or _MESSENGER.search(text):
+    contact = bool(_EMAIL.search(text) or _PHONE.search(text) or _MESSENGER.search(text))
+    if contact:
         out.add("contact", CONTACT_POINTS)
+    out.add("spam phrases", min(PHRASES_MAX, PHRASE_POINTS * len(phrases_in(rest + " " + comment.display_name))))
+    if promises_money(text):
+        out.add("money promised", MONEY_POINTS)
+    if _shouting(text):
+        out.add("shouting", SHOUTING_POINTS)
+    if (found or named) and praises(rest):
+        out.add("praise with link", PRAISE_POINTS)
 
     body = normalise(text)
     if len(body) >= REPEAT_MIN_CHARS:
@@ -210,7 +270,7 @@ def score(comment: Candidate, history: AuthorHistory, request: RequestFacts) -> 
         out.add("earlier spam", PREVIOUS_SPAM_MANY_POINTS)
     elif history.spam:
         out.add("earlier spam", PREVIOUS_SPAM_POINTS)
-    if history.approved == 0 and age < NEW_AUTHOR_MS and count:
+    if history.approved == 0 and age < NEW_AUTHOR_MS and (count or contact or "link in name" in out.points):
         out.add("new author", NEW_AUTHOR_LINK_POINTS)
     if history.approved >= TRUSTED_APPROVED and history.spam == 0 and age >= NEW_AUTHOR_MS:
         out.add("trusted author", TRUSTED_POINTS)

@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from fastedge.api.keys import hash_api_key, new_api_key
 from fastedge.store.model import ReadPreference
-from fastedge.testing import loopback_http_client, start_node
+from tests.support.nodes import loopback_http_client, start_node
 
 from .test_live import WaitingClient
 

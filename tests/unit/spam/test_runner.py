@@ -26,7 +26,7 @@ from fastedge.spam.model import HAM, Candidate, Decision, Judgement, RequestFact
 from fastedge.spam.runner import SpamJudge, UnknownCheck, load_checks
 from fastedge.store.errors import StoreUnavailable
 from fastedge.store.model import AuthorHistory, CommentStatus, NewComment, ReadPreference
-from fastedge.testing import sqlite_store
+from fastedge.testing.stores import sqlite_store
 from tests.plugins.fastedge_spam_checks import Explodes, NeverAnswers
 
 PRIMARY = ReadPreference.PRIMARY

@@ -55,7 +55,7 @@ class SpamNodeTests(TestCase):
         b = (await store.create_tenant("B", "global", created_ms=1, read_preference=PRIMARY)).value
         key = new_api_key()
         await store.add_api_key(a.id, hash_api_key(key), created_ms=1, read_preference=PRIMARY)
-        listener = node.top.getServiceNamed("transport").getServiceNamed("http")
+        listener = node.top.getServiceNamed("http").getServiceNamed("http")
         http = loopback_http_client(self, listener.factory)
         base = node.http
         manage = {"authorization": "Bearer " + key}

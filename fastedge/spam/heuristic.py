@@ -17,6 +17,7 @@ measures them on a labelled set of comments.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,11 @@ PRAISE_POINTS = 1
 REPEAT_MIN_CHARS = 24
 #: Two bodies this similar (word-trigram Jaccard) count as the same.
 NEAR_DUPLICATE = 0.8
+#: Only the first this many characters, and of them the first this many
+#: words, of bodies are compared (bounded work per post, whatever the
+#: history holds).
+COMPARED_CHARS = 2000
+COMPARED_WORDS = 300
 #: Points when the author already posted the same body recently ...
 REPEAT_OWN_POINTS = 3
 #: ... and when they did so twice or more.
@@ -104,13 +110,17 @@ _TLDS = (
     "casino|loan|click|link|today|icu|buzz|fun|space|website|tk|ml|ga|cf|gq|pw|cc|in|uk|de|fr|es|it|nl|pl|br|"
     "us|eu|ly|gl|to|tv|ws"
 )
+# Every repetition is bounded: the text is the commenter's, and a pattern
+# that backtracks without bound would let one comment hold the reactor for
+# seconds (tests/unit/spam/test_heuristic.py feeds the worst shapes).
+_LABEL = r"[a-z0-9][a-z0-9-]{0,62}"
 _LINK = re.compile(
-    r"(?:(?:https?|ftp)://|www\.)[^\s<>()\[\]]+"
-    r"|\b[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
-    r"\.(?:" + _TLDS + r")\b(?:/[^\s<>()\[\]]*)?",
+    r"(?:(?:https?|ftp)://|www\.)[^\s<>()\[\]]{1,2048}"
+    r"|\b" + _LABEL + r"(?:\." + _LABEL + r"){0,5}"
+    r"\.(?:" + _TLDS + r")\b(?:/[^\s<>()\[\]]{0,2048})?",
     re.IGNORECASE,
 )
-_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+_EMAIL = re.compile(r"[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,6}\b")
 _PHONE = re.compile(r"(?:\+|\b)(?:\d[\s().-]?){9,15}\d\b")
 _MESSENGER = re.compile(
     r"\b(?:whats\s?app|telegram|signal|wechat|viber|kik|snapchat)\b|微信|ライン|カカオ|카톡|카카오톡|واتساب|ватсап|телеграм",
@@ -140,7 +150,7 @@ def _shouting(text: str) -> bool:
 def links(text: str) -> list[str]:
     """The links of a comment (markdown ``[label](url)`` counts once: its URL)."""
     # The domain of an email address is contact bait, not a link.
-    without_emails = _EMAIL.sub(" ", text)
+    without_emails = _EMAIL.sub(" ", text) if "@" in text else text
     return [m.group(0).rstrip(".,;:!?'\"") for m in _LINK.finditer(without_emails)]
 
 
@@ -151,13 +161,18 @@ def _shingles(words: Sequence[str]) -> frozenset[tuple[str, ...]]:
 
 
 def similar(a: str, b: str) -> bool:
-    """Whether two normalised bodies are the same or nearly (word trigrams)."""
-    if a == b:
-        return True
-    sa, sb = _shingles(a.split()), _shingles(b.split())
-    if not sa or not sb:
+    """Whether two normalised bodies are the same or nearly (word trigrams
+    of their first :data:`COMPARED_WORDS` words)."""
+    return a == b or _near(_shingles(a.split()[:COMPARED_WORDS]), b)
+
+
+def _near(mine: frozenset[tuple[str, ...]], other: str) -> bool:
+    words = other.split()[:COMPARED_WORDS]
+    # Jaccard of at least NEAR_DUPLICATE needs sizes at least that close.
+    if not mine or not words or min(len(mine), len(words)) < NEAR_DUPLICATE * max(len(mine), len(words)) - 2:
         return False
-    return len(sa & sb) / len(sa | sb) >= NEAR_DUPLICATE
+    theirs = _shingles(words)
+    return len(mine & theirs) / len(mine | theirs) >= NEAR_DUPLICATE
 
 
 def blocked_word(text: str, words: Iterable[str]) -> str | None:
@@ -168,10 +183,16 @@ def blocked_word(text: str, words: Iterable[str]) -> str | None:
     plain = normalise(text)
     bodies = (" " + plain + " ", " " + _join_letters(plain) + " ")
     for word in words:
-        wanted = normalise(word)
+        wanted = _normalised_word(word)
         if wanted and any(" " + wanted + " " in body for body in bodies):
             return word
     return None
+
+
+@functools.lru_cache(maxsize=8192)
+def _normalised_word(word: str) -> str:
+    # A tenant's list is read for every post; its words change rarely.
+    return normalise(word)
 
 
 def _join_letters(normalised: str) -> str:
@@ -212,7 +233,13 @@ class Score:
 
 
 def _repeats(body: str, others: Iterable[RecentComment]) -> int:
-    return sum(1 for other in others if similar(body, normalise(other.body_source)))
+    mine = _shingles(body.split()[:COMPARED_WORDS])
+    count = 0
+    for other in others:
+        theirs = normalise(other.body_source[:COMPARED_CHARS])
+        if theirs == body or _near(mine, theirs):
+            count += 1
+    return count
 
 
 def score(comment: Candidate, history: AuthorHistory, request: RequestFacts) -> Score:
@@ -249,7 +276,7 @@ def score(comment: Candidate, history: AuthorHistory, request: RequestFacts) -> 
     if (found or named) and praises(rest):
         out.add("praise with link", PRAISE_POINTS)
 
-    body = normalise(text)
+    body = normalise(text[:COMPARED_CHARS])
     if len(body) >= REPEAT_MIN_CHARS:
         own = _repeats(body, history.recent)
         if own >= 2:

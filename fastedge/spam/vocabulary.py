@@ -209,8 +209,9 @@ _NO_SPACES = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 
 #: Money promised per unit of time ("$500 a day", "€250 per dag",
 #: "5000 рублей в день", "R$ 500 por dia").
-_CURRENCY = r"(?:[$€£¥₹]|r\$|usd|eur|euros?|dollars?|zł|рубл\w*|руб|元|円)"
-_AMOUNT = r"(?:" + _CURRENCY + r"\s?\d[\d,.]*|\d[\d,.]*\s?(?:k\s?)?" + _CURRENCY + r")"
+_CURRENCY = r"(?:[$€£¥₹]|r\$|usd|eur|euros?|dollars?|zł|рубл[а-я]{0,4}|руб|元|円)"
+# Bounded repetitions only (see fastedge.spam.heuristic._LINK).
+_AMOUNT = r"(?:" + _CURRENCY + r"\s?\d[\d,.]{0,15}|\d[\d,.]{0,15}\s?(?:k\s?)?" + _CURRENCY + r")"
 _TIME = (
     r"(?:day|hour|week|month|tag|stunde|woche|monat|dag|uur|maand|jour|heure|semaine|mois|día|dia|hora|"
     r"semana|mes|mês|giorno|ora|settimana|mese|день|час|неделю|месяц|dzień|godzinę|miesiąc)"

@@ -938,6 +938,10 @@ class SqlStore:
                         .where(
                             c.tenant_id == tenant_id,
                             c.thread_id == thread_id,
+                            # Every status, named: the (tenant, thread,
+                            # status, created) index then reads only the
+                            # window, not the whole thread.
+                            c.status.in_([status.value for status in CommentStatus]),
                             c.author_id != author_id,
                             c.created_ms >= since_ms,
                         )

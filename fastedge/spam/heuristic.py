@@ -220,14 +220,17 @@ class Score:
     points: dict[str, int] = field(default_factory=dict)
 
     def add(self, signal: str, points: int) -> None:
+        """Add ``points`` for ``signal`` (nothing for 0)."""
         if points:
             self.points[signal] = self.points.get(signal, 0) + points
 
     @property
     def total(self) -> int:
+        """The sum the verdict is decided on."""
         return sum(self.points.values())
 
     def reason(self) -> str:
+        """``score N: signal +p, ...``, the largest first (for logs)."""
         shown = sorted(((p, s) for s, p in self.points.items() if p > 0), reverse=True)
         return "score {}: {}".format(self.total, ", ".join("{} +{}".format(s, p) for p, s in shown))
 

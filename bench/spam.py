@@ -9,7 +9,6 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any
 from urllib.parse import urlencode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,19 +30,11 @@ THREADS = 4
 PRIMARY = ReadPreference.PRIMARY
 
 
-def value(d: Any) -> Any:
-    out: list[Any] = []
-    d.addBoth(out.append)
-    if hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
-
-
 def make_tenant(path: str) -> str:
     store = SQLiteStore(path, run=run_inline, clock=Clock())
-    value(store.open())
-    tenant = value(store.create_tenant("Bench", "global", created_ms=1, read_preference=PRIMARY)).value
-    value(store.close())
+    benchlib.result_of(store.open())
+    tenant = benchlib.result_of(store.create_tenant("Bench", "global", created_ms=1, read_preference=PRIMARY)).value
+    benchlib.result_of(store.close())
     return str(tenant.id)
 
 

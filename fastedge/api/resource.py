@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from ..config import ApiConfig
 from ..http.router import Route, Router
 from ..identity.sessions import SessionCookies, load_or_create_key
+from ..residency.gate import ResidencyGate
 from ..store.interfaces import IStore
 from .cache import PageCache
 from .common import AddressHasher
@@ -113,6 +114,7 @@ def build_api(
     extra_manage_routes: Callable[[ManageApi], list[Route]] | None = None,
     extra_routes: Sequence[Route] = (),
     access: GroupLocks | None = None,
+    residency: ResidencyGate | None = None,
     spam: SpamJudge | None = None,
 ) -> Api:
     """Build the API for ``cfg``; nothing runs until ``service`` starts.
@@ -124,6 +126,8 @@ def build_api(
         they authenticate and charge the same way.
     :param extra_routes: routes of other children (``GET /api/v1/mesh``),
         matched before the comment API's.
+    :param residency: refuses API keys of another deployment's tenants
+        (:class:`fastedge.residency.gate.ResidencyGate`).
     :param access: the thread access rules (group locks, closed threads,
         sign-in), the same object the live threads use; default: its own.
     :param spam: judges comments posted through the public API and the
@@ -143,7 +147,15 @@ def build_api(
         access = GroupLocks(store, clock=clock, ttl_seconds=cfg.page_cache_seconds)
     sso = SsoSignIn(cfg, store=store, clock=clock, tenants=tenants, metrics=metrics, access=access)
     manage = ManageApi(
-        cfg, store=store, clock=clock, credits=meter, cache=cache, metrics=metrics, live=live, tenants=tenants
+        cfg,
+        store=store,
+        clock=clock,
+        credits=meter,
+        cache=cache,
+        metrics=metrics,
+        live=live,
+        tenants=tenants,
+        residency=residency,
     )
     moderation = ModerationApi(
         cfg,

@@ -25,6 +25,7 @@ from .checks import (
     _ip_addresses,
     _key_prefix,
     _media_types,
+    _networks,
     _non_negative,
     _one_of,
     _optional_domain,
@@ -88,6 +89,10 @@ class HttpConfig:
     max_connections_per_prefix: int = _checked(4000, _non_negative)
     ipv4_prefix_length: int = _checked(24, _between(8, 32))
     ipv6_prefix_length: int = _checked(64, _between(16, 128))
+    #: Clients allowed to see /metrics, /api/v1/mesh, /status and the detail
+    #: of /healthz (docs/admin.md, "Operational endpoints"); others get a
+    #: JSON 404, and /healthz's status alone. Empty: nobody.
+    ops_networks: tuple[str, ...] = _checked(("127.0.0.0/8", "::1/128"), _networks)
 
 
 @dataclass(frozen=True)

@@ -233,6 +233,11 @@ class ApiConfig:
     #: Seconds a serialized public thread page may be served from memory.
     page_cache_seconds: float = _checked(2.0, _non_negative)
     page_cache_entries: int = _checked(10_000, _non_negative)
+    #: A reader's own likes and blocks are kept this long between their
+    #: writes (docs/consistency.md, "Readers' own state"); 0: read every time.
+    viewer_cache_seconds: float = _checked(60.0, _non_negative)
+    #: Readers whose state is kept at most (16 threads each).
+    viewer_cache_entries: int = _checked(50_000, _non_negative)
     #: File holding the key that signs session cookies; empty means
     #: ``<node.data_dir>/session.key`` (created on first start).
     secret_file: str = ""

@@ -87,7 +87,11 @@ MIGRATION_STEPS: tuple[tuple[int, tuple[Index, ...]], ...] = (
             # Moderation queues and listings by status.
             _i(COMMENTS, ("tenant_id", 1), ("status", 1), ("created_ms", 1)),
             _i(COMMENTS, ("tenant_id", 1), ("flag_count", -1), ("created_ms", 1)),
-            _i(COMMENTS, ("tenant_id", 1), ("author_id", 1)),
+            # An author's comments, newest first (spam checks' history;
+            # claims and bans by author).
+            _i(COMMENTS, ("tenant_id", 1), ("author_id", 1), ("created_ms", -1)),
+            # A thread's recent comments of any status (spam checks).
+            _i(COMMENTS, ("tenant_id", 1), ("thread_id", 1), ("created_ms", -1)),
             _i(VOTES, ("comment_id", 1), ("voter_id", 1), unique=True),
             _i(VOTES, ("tenant_id", 1), ("voter_id", 1)),
             _i(VOTES, ("comment_id", 1), ("address_hash", 1)),

@@ -30,6 +30,7 @@ from ..model import (
     ApiKey,
     AuditEntry,
     Author,
+    AuthorHistory,
     AuthorKind,
     Ban,
     BanKind,
@@ -44,6 +45,7 @@ from ..model import (
     QueueFilter,
     QueueSort,
     ReadPreference,
+    RecentComment,
     Sort,
     SsoSecret,
     SsoSecretChange,
@@ -723,6 +725,83 @@ class MongoStore(MongoCore):
             return Author(id=d["_id"], tenant_id=d["tenant_id"], kind=AuthorKind(d["kind"]), created_ms=d["created_ms"])
 
         return self._read("get_author", read_preference, token, go)
+
+    def author_history(
+        self,
+        tenant_id: str,
+        author_id: str,
+        *,
+        thread_id: str | None,
+        since_ms: int,
+        limit: int,
+        read_preference: ReadPreference,
+        token: str | None = None,
+    ) -> Deferred[AuthorHistory]:
+        fields = {"author_id": 1, "thread_id": 1, "body_source": 1, "status": 1, "created_ms": 1}
+        newest = [("created_ms", -1), ("_id", -1)]
+
+        def recent(rows: Sequence[Mapping[str, Any]]) -> tuple[RecentComment, ...]:
+            return tuple(
+                RecentComment(
+                    author_id=d["author_id"],
+                    thread_id=d["thread_id"],
+                    body_source=d["body_source"],
+                    status=CommentStatus(d["status"]),
+                    created_ms=d["created_ms"],
+                )
+                for d in rows
+            )
+
+        async def go(r: Reader) -> AuthorHistory:
+            author = await r.find_one(s.AUTHORS, {"_id": author_id, "tenant_id": tenant_id})
+            if author is None:
+                raise NotFound("author")
+            by_status = {
+                d["_id"]: int(d["n"])
+                for d in await r.aggregate(
+                    s.COMMENTS,
+                    [
+                        {"$match": {"tenant_id": tenant_id, "author_id": author_id}},
+                        {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+                    ],
+                )
+            }
+            mine = await r.find(
+                s.COMMENTS,
+                {"tenant_id": tenant_id, "author_id": author_id, "created_ms": {"$gte": since_ms}},
+                sort=newest,
+                limit=limit,
+                projection=fields,
+            )
+            others: list[Document] = []
+            if thread_id is not None:
+                others = await r.find(
+                    s.COMMENTS,
+                    {
+                        "tenant_id": tenant_id,
+                        "thread_id": thread_id,
+                        "author_id": {"$ne": author_id},
+                        "created_ms": {"$gte": since_ms},
+                    },
+                    sort=newest,
+                    limit=limit,
+                    projection=fields,
+                )
+            counts = {status: by_status.get(status.value, 0) for status in CommentStatus}
+            return AuthorHistory(
+                author_id=author_id,
+                kind=AuthorKind(author["kind"]),
+                created_ms=author["created_ms"],
+                comments=sum(counts.values()),
+                approved=counts[CommentStatus.APPROVED],
+                pending=counts[CommentStatus.PENDING],
+                spam=counts[CommentStatus.SPAM],
+                removed=counts[CommentStatus.REMOVED],
+                recent=recent(mine),
+                thread_recent=recent(others),
+            )
+
+        return self._read("author_history", read_preference, token, go)
 
     # Threads
 

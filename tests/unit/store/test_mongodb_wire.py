@@ -251,6 +251,61 @@ class ReadShapeTests(MongoWireCase):
                 ],
             ),
             (
+                "author_history",
+                lambda **kw: st.author_history(t, viewer, thread_id=th, since_ms=5, limit=3, **kw),
+                [
+                    ("find", {"find": "authors", "filter": {"_id": viewer, "tenant_id": t}, "limit": 1}),
+                    (
+                        "aggregate",
+                        {
+                            "aggregate": "comments",
+                            "pipeline": [
+                                {"$match": {"tenant_id": t, "author_id": viewer}},
+                                {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+                            ],
+                            "cursor": {},
+                        },
+                    ),
+                    (
+                        "find",
+                        {
+                            "find": "comments",
+                            "filter": {"tenant_id": t, "author_id": viewer, "created_ms": {"$gte": 5}},
+                            "sort": {"created_ms": -1, "_id": -1},
+                            "limit": 3,
+                            "projection": {
+                                "author_id": 1,
+                                "thread_id": 1,
+                                "body_source": 1,
+                                "status": 1,
+                                "created_ms": 1,
+                            },
+                        },
+                    ),
+                    (
+                        "find",
+                        {
+                            "find": "comments",
+                            "filter": {
+                                "tenant_id": t,
+                                "thread_id": th,
+                                "author_id": {"$ne": viewer},
+                                "created_ms": {"$gte": 5},
+                            },
+                            "sort": {"created_ms": -1, "_id": -1},
+                            "limit": 3,
+                            "projection": {
+                                "author_id": 1,
+                                "thread_id": 1,
+                                "body_source": 1,
+                                "status": 1,
+                                "created_ms": 1,
+                            },
+                        },
+                    ),
+                ],
+            ),
+            (
                 "get_thread",
                 lambda **kw: st.get_thread(t, "https://example.com/a", **kw),
                 [

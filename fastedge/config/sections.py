@@ -87,6 +87,10 @@ class HttpConfig:
     max_connections_per_prefix: int = _checked(4000, _non_negative)
     ipv4_prefix_length: int = _checked(24, _between(8, 32))
     ipv6_prefix_length: int = _checked(64, _between(16, 128))
+    #: On stop (SIGTERM, ``fastedge-admin node drain``): once the listeners
+    #: stop accepting, requests and streams in flight get this long to
+    #: finish; the connections still open then are closed.
+    drain_seconds: float = _checked(10.0, _non_negative)
 
 
 @dataclass(frozen=True)
@@ -459,6 +463,12 @@ class DnsConfig:
     port: int = _checked(5353, _between(0, 65535))
     #: TTL of every answer, and the SOA's negative-caching TTL.
     ttl: int = _checked(30, _between(0, 2**31 - 1))
+    #: Negative-caching TTL of a geo-routed name that has no address to
+    #: answer (NODATA): short, so a deployment's node coming back is seen soon.
+    negative_ttl: int = _checked(5, _between(0, 2**31 - 1))
+    #: TTL of the answer while a deployment has no live node: its most
+    #: recently live nodes (docs/geodns.md, "A deployment with no live node").
+    stale_ttl: int = _checked(5, _between(0, 2**31 - 1))
     #: How many nodes a geo-routed answer holds (the k nearest live ones).
     answers: int = _checked(2, _between(1, 16))
     #: Region (``node.region`` of the nodes) answered when a client's

@@ -110,7 +110,8 @@ class StoreService(Service):
         if self._closed:
             self._log.debug("store call after stop refused")
             return fail(StoreClosed("the store is closed: the node is stopping"))
-        return self._to_pool(fn, *args, **kwargs)
+        d: Deferred[Any] = self._to_pool(fn, *args, **kwargs)  # type: ignore[call-arg]
+        return d
 
     def when_ready(self) -> Deferred[IStore]:
         """Fires with the store once it is open and migrated."""
@@ -162,7 +163,6 @@ class StoreService(Service):
 
         d.addBoth(stop_threads)
         return d  # type: ignore[return-value]
-
 
     def _close(self, _: object) -> Deferred[None]:
         # The close itself is the one call let through after the stop.

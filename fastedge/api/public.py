@@ -41,6 +41,7 @@ from ..store.model import (
 )
 from ..store.settings import TenantSettings, from_stored, groups_for
 from ..store.views import public_comment
+from ..tokenbucket import KeyedBuckets
 from . import common
 from .cache import PageCache
 from .cors import Cors
@@ -48,7 +49,6 @@ from .markup import render
 from .metrics import ApiMetrics
 from .moderation import auto_hide_threshold
 from .pageview import PageView
-from .ratelimit import RateLimiter
 from .signin import SsoSignIn
 from .tenants import TenantSettingsCache
 
@@ -104,6 +104,12 @@ class Viewer:
     carried: bool = False
 
 
+def _writes_per_minute(per_minute: int, clock: IReactorTime) -> KeyedBuckets:
+    """Comment writes per key: ``per_minute`` on average, in bursts of that
+    many, for the 100,000 most recent keys."""
+    return KeyedBuckets(per_minute / 60.0, float(per_minute), clock, max_keys=100_000)
+
+
 class PublicApi:
     """Handlers of ``/api/v1/{tenant}/...``."""
 
@@ -144,8 +150,8 @@ class PublicApi:
         self._metrics = metrics
         self._session_authors: dict[tuple[str, str], str] = {}
         self._loading = SingleFlight()
-        self._per_session = RateLimiter(cfg.writes_per_minute_per_session, clock=clock)
-        self._per_ip = RateLimiter(cfg.writes_per_minute_per_ip, clock=clock)
+        self._per_session = _writes_per_minute(cfg.writes_per_minute_per_session, clock)
+        self._per_ip = _writes_per_minute(cfg.writes_per_minute_per_ip, clock)
 
     def routes(self) -> list[Route]:
         base = "/api/v1/{tenant}"
@@ -208,8 +214,8 @@ class PublicApi:
             raw = header.encode("latin-1")
         return self._cookies.check(raw, tenant_id, int(self._clock.seconds()))
 
-    def _limit(self, key: str, limiter: RateLimiter) -> None:
-        wait = limiter.take(key)
+    def _limit(self, key: str, limiter: KeyedBuckets) -> None:
+        wait = limiter.wait(key)
         if wait > 0:
             self._metrics.rate_limited.inc()
             raise ApiError(
@@ -255,7 +261,7 @@ class PublicApi:
         session = written.value
         self._metrics.sessions_created.inc()
         # The write that creates a session counts against it like any other.
-        self._per_session.take(tenant.id + "/" + session.id)
+        self._per_session.wait(tenant.id + "/" + session.id)
         return Viewer(session, int(self._clock.seconds()), written.token, new=True, carried=True)
 
     def _reply(self, viewer: Viewer, status: int, body: Any, written: Written[Any] | None = None) -> Reply:

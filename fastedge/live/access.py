@@ -11,17 +11,18 @@ read, not ten thousand.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..expiring import ExpiringMap
+from ..singleflight import SingleFlight
 from ..store.errors import AccessRefused, NotFound, StoreError
 from ..store.interfaces import IStore
 from ..store.model import ReadPreference, Tenant, Thread
@@ -204,7 +205,8 @@ class Resolved:
 
 
 class _SingleFlight:
-    """Coalesce concurrent lookups of one key and keep answers ``ttl`` seconds.
+    """Coalesce concurrent lookups of one key (:class:`SingleFlight`) and
+    keep answers ``ttl`` seconds (:class:`ExpiringMap`).
 
     Failures that are answers (``RequestError``: not found) are cached like
     successes; ``unavailable`` (the store is down) is not cached.
@@ -217,65 +219,40 @@ class _SingleFlight:
         max_entries: int,
         count: Callable[[str], None],
     ) -> None:
-        self._clock = clock
         self._ttl = ttl
-        self._max = max_entries
         self._count = count
-        self._cache: OrderedDict[Hashable, tuple[float, bool, Any]] = OrderedDict()
-        self._pending: dict[Hashable, list[Deferred[Any]]] = {}
+        self._cache: ExpiringMap[Hashable, tuple[bool, Any]] = ExpiringMap(
+            clock, max_entries=max_entries if ttl > 0 else 0
+        )
+        self._flights = SingleFlight()
 
     def get(self, key: Hashable, fetch: Callable[[], Deferred[Any]]) -> Deferred[Any]:
         """The answer for ``key``: cached, joined to a lookup in flight, or fetched."""
         entry = self._cache.get(key)
         if entry is not None:
-            if entry[0] > self._clock.seconds():
-                self._count("hit")
-                ok, value = entry[1], entry[2]
-                if ok:
-                    return succeed(value)
-                d: Deferred[Any] = Deferred()
-                d.errback(value)
-                return d
-            del self._cache[key]
-        waiting = self._pending.get(key)
-        d = Deferred()
-        if waiting is not None:
-            self._count("coalesced")
-            waiting.append(d)
-            return d
-        self._count("miss")
-        self._pending[key] = [d]
-        maybeDeferred(fetch).addBoth(self._done, key)
-        return d
+            self._count("hit")
+            ok, value = entry
+            if ok:
+                return succeed(value)
+            return fail(value)
+        self._count("coalesced" if self._flights.in_flight(key) else "miss")
+        return self._flights.run(key, lambda: maybeDeferred(fetch).addBoth(self._keep, key))
 
-    def _done(self, result: Any, key: Hashable) -> None:
-        waiting = self._pending.pop(key, [])
+    def _keep(self, result: Any, key: Hashable) -> Any:
         if isinstance(result, Failure):
-            answer = result.check(RequestError) and result.value.code != "unavailable"
-            if answer and self._ttl > 0 and self._max > 0:
-                self._put(key, False, result)
-            for d in waiting:
-                d.errback(result)
-            return
-        if self._ttl > 0 and self._max > 0:
-            self._put(key, True, result)
-        for d in waiting:
-            d.callback(result)
-
-    def _put(self, key: Hashable, ok: bool, value: Any) -> None:
-        self._cache[key] = (self._clock.seconds() + self._ttl, ok, value)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._max:
-            self._cache.popitem(last=False)
+            if result.check(RequestError) and result.value.code != "unavailable":
+                self._cache.put(key, (False, result), self._ttl)
+        else:
+            self._cache.put(key, (True, result), self._ttl)
+        return result
 
     def forget(self, key: Hashable) -> None:
         """Drop the cached answer for ``key``."""
-        self._cache.pop(key, None)
+        self._cache.pop(key)
 
     def forget_where(self, match: Callable[[Hashable], bool]) -> None:
         """Drop every cached answer whose key matches."""
-        for key in [k for k in self._cache if match(k)]:
-            del self._cache[key]
+        self._cache.drop_where(lambda key, _: match(key))
 
 
 class ChannelResolver:

@@ -16,29 +16,6 @@ from fastedge.store.sqlite import SQLiteStore
 from fastedge.testing.fakes import run_inline
 
 
-class RateLimiterTests(SynchronousTestCase):
-    def test_burst_then_refill(self) -> None:
-        """A key gets its burst, then one token per 60/rate seconds."""
-        from fastedge.api.ratelimit import RateLimiter
-
-        clock = Clock()
-        limiter = RateLimiter(6, clock=clock)
-        self.assertEqual([limiter.take("k") for _ in range(6)], [0.0] * 6)
-        self.assertAlmostEqual(limiter.take("k"), 10.0)
-        clock.advance(10)
-        self.assertEqual(limiter.take("k"), 0.0)
-        self.assertEqual(limiter.take("other"), 0.0)
-
-    def test_bounded_memory(self) -> None:
-        """Only max_keys buckets are kept; the oldest are forgotten."""
-        from fastedge.api.ratelimit import RateLimiter
-
-        limiter = RateLimiter(1, clock=Clock(), max_keys=10)
-        for i in range(100):
-            limiter.take(str(i))
-        self.assertEqual(len(limiter._buckets), 10)
-
-
 class PageCacheTests(SynchronousTestCase):
     def test_expiry_and_tags(self) -> None:
         """Entries expire after the TTL and are dropped by any of their tags."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from hyperframe.frame import GoAwayFrame
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -57,10 +58,14 @@ def quiesce(connection: Any) -> bool:
         if not channel.streams:
             connection.loseConnection()
             return True
-        if not getattr(channel, "_fastedge_goaway", False):
+        if not getattr(channel, "_fastedge_goaway", False) and channel.transport is not None:
             channel._fastedge_goaway = True  # type: ignore[attr-defined]
-            channel.conn.close_connection()
+            # h2's close_connection() would also close its state machine,
+            # and the answers in flight could no longer be sent: the GOAWAY
+            # frame is written beside it instead, after what h2 has queued.
             channel._tryToWriteControlData()
+            last = channel.conn.highest_inbound_stream_id
+            channel.transport.write(GoAwayFrame(0, last_stream_id=last, error_code=0).serialize())
         return False
     requests = getattr(channel, "requests", None)
     if not requests:

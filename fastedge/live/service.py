@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..config import LiveConfig
+from ..residency.gate import ResidencyGate
 from ..store.interfaces import IStore
 from . import messages
 from .access import ChannelResolver, GroupLocks
@@ -71,6 +72,7 @@ class LiveService(MultiService):
         store: IStore,
         node_id: str,
         policy: IAccessPolicy | None = None,
+        residency: ResidencyGate | None = None,
         successor: Callable[[], tuple[str, Sequence[str]] | None] | None = None,
     ) -> None:
         super().__init__()
@@ -89,6 +91,7 @@ class LiveService(MultiService):
             ttl_seconds=cfg.resolve_cache_seconds,
             max_entries=cfg.resolve_cache_entries,
             count=lambda result: metrics.resolve_lookups.labels(result).inc(),
+            residency=residency,
         )
         #: The thread access rules (group locks, closed threads, sign-in).
         #: The public API is given this same object (``tap``), and live
@@ -206,10 +209,13 @@ def make_service(
     store: IStore,
     node_id: str,
     policy: IAccessPolicy | None = None,
+    residency: ResidencyGate | None = None,
     successor: Callable[[], tuple[str, Sequence[str]] | None] | None = None,
 ) -> LiveService:
     """The ``live`` child for ``cfg``.
 
+    :param residency: refuses subscriptions to another deployment's tenants
+        (:class:`fastedge.residency.gate.ResidencyGate`).
     :param successor: the node this node's clients should move to when it
         goes away, as ``(node id, addresses)``, or ``None`` when there is
         none (then they are only closed with 1001).
@@ -221,5 +227,6 @@ def make_service(
         store=store,
         node_id=node_id,
         policy=policy,
+        residency=residency,
         successor=successor,
     )

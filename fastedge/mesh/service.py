@@ -378,6 +378,20 @@ class MeshService(Service):
 
     # Stop
 
+    def announce_leaving(self) -> Deferred[None]:
+        """Tell the peers now that this node leaves (they withdraw it from
+        DNS at once), before the node's other children stop; the links stay
+        up until :meth:`stopService` (the first step of a drain)."""
+        membership = self.membership
+        if membership is None or not self.running:
+            return succeed(None)
+        self._log.info("mesh: node {node} announces it is leaving", node=self.node.id)
+        d: Deferred[Any] = membership.announce_leaving(self._bounded)
+        return d.addCallback(lambda _: None)
+
+    def _bounded(self, d: Deferred[Any]) -> Deferred[Any]:
+        return d.addTimeout(self.cfg.leave_timeout_seconds, self.clock)
+
     def stopService(self) -> Deferred[None]:
         """Leave (peers withdraw this node at once), then close every link
         and connection; fires once all are closed."""
@@ -389,11 +403,8 @@ class MeshService(Service):
         if membership is None:
             return self._close_listener()
 
-        def bounded(d: Deferred[Any]) -> Deferred[Any]:
-            return d.addTimeout(self.cfg.leave_timeout_seconds, self.clock)
-
         self._log.info("mesh: node {node} leaving", node=self.node.id)
-        d = membership.leave(bounded)
+        d = membership.leave(self._bounded)
         d.addCallback(lambda _: self._close_listener())
         return d
 

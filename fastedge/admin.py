@@ -28,6 +28,9 @@ picks up within ``geo.watch_seconds`` (``SIGHUP`` to the node does the same).
 ``fastedge-admin certs ca`` creates the mesh's cluster CA, and
 ``fastedge-admin certs node NODE_ID`` a node certificate signed by it
 (``docs/mesh.md``, "Certificates").
+
+``fastedge-admin cluster up|status|down`` runs a whole cluster on this
+machine (``fastedge.cluster``); it needs no node config.
 """
 
 from __future__ import annotations
@@ -145,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
         "rebuild",
         help="ask the running node to rebuild its GeoIP index from geo.database",
     )
+    from .cluster.command import add_parser as add_cluster_parser
+
+    add_cluster_parser(sub)
     return p
 
 
@@ -733,6 +739,12 @@ def _status(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig) -> Any:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``fastedge-admin`` console script."""
     args = _parser().parse_args(argv)
+    if args.area == "cluster":
+        # A cluster has a config per node, written by the command itself.
+        from .cluster.command import run as run_cluster
+
+        run_cluster(args)
+        return
     overrides = {"node.data_dir": os.path.abspath(args.data_dir)} if args.data_dir else {}
     try:
         path, base_dir, how = find_config(args.config, os.getcwd(), os.environ)

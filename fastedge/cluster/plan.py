@@ -45,6 +45,8 @@ HTTP_PORT = 8080
 HTTPS_PORT = 8443
 DNS_PORT = 5353
 MESH_PORT = 7946
+#: Where a relayed node's mesh listener is (its relay takes MESH_PORT).
+MESH_RELAYED_PORT = 7947
 POSTGRES_PORT = 5432
 #: The database every deployment's nodes use on its PostgreSQL servers.
 DATABASE = "fastedge"
@@ -217,9 +219,10 @@ class ClusterPlan:
     def geo_database(self) -> str:
         return self.path("geoip.mmdb")
 
-    def listeners(self) -> list[tuple[str, int, str]]:
+    def listeners(self, *, mesh_relayed: bool = False) -> list[tuple[str, int, str]]:
         """Every ``(address, port, what)`` the cluster listens on with a
         fixed port (checked free before anything starts)."""
+        mesh_port = MESH_RELAYED_PORT if mesh_relayed else MESH_PORT
         out: list[tuple[str, int, str]] = []
         for d in self.deployments:
             out.append((d.db_address, POSTGRES_PORT, "PostgreSQL primary of " + d.name))
@@ -227,7 +230,7 @@ class ClusterPlan:
                 out.append((n.address, HTTP_PORT, "HTTP of " + n.node_id))
                 out.append((n.address, HTTPS_PORT, "HTTPS of " + n.node_id))
                 out.append((n.address, DNS_PORT, "DNS of " + n.node_id))
-                out.append((n.address, MESH_PORT, "mesh of " + n.node_id))
+                out.append((n.address, mesh_port, "mesh of " + n.node_id))
                 out.append((n.address, POSTGRES_PORT, "PostgreSQL standby beside " + n.node_id))
         return out
 
@@ -283,7 +286,7 @@ def plan_cluster(
         seen.add(name)
         if not 1 <= len(cities) <= 9:
             raise PlanError("deployment {!r} needs 1 to 9 nodes, not {}".format(name, len(cities)))
-        nodes = []
+        nodes: list[NodePlan] = []
         for j, city in enumerate(cities, start=1):
             if city not in CITIES:
                 raise PlanError("unknown city {!r}; known: {}".format(city, ", ".join(sorted(CITIES))))
@@ -313,6 +316,7 @@ def node_config(
     media_tenants: Mapping[str, str] | None = None,
     origin: Origin | None = None,
     settings: Mapping[str, Mapping[str, Any]] | None = None,
+    mesh_relayed: bool = False,
 ) -> dict[str, Any]:
     """The config of ``node`` as a TOML document (nested dicts).
 
@@ -327,6 +331,9 @@ def node_config(
         ``<tenant>/``); only the node's own deployment's are configured.
     :param settings: more keys per section (``{"mesh": {"dead_seconds":
         2.0}}``), for tests and benchmarks.
+    :param mesh_relayed: the node listens for mesh links on
+        :data:`MESH_RELAYED_PORT` and announces :data:`MESH_PORT`, where a
+        relay in front of it forwards (``bench/chaos`` cuts links there).
     """
     deployment = plan.deployment(node.deployment)
     data_dir = plan.node_dir(node.node_id)
@@ -366,7 +373,7 @@ def node_config(
             ],
         },
         "mesh": {
-            "endpoint": "tcp:{}:interface={}".format(MESH_PORT, node.address),
+            "endpoint": "tcp:{}:interface={}".format(MESH_RELAYED_PORT if mesh_relayed else MESH_PORT, node.address),
             "seeds": [n.mesh_address for n in plan.nodes if n is not node],
             "ca_file": plan.ca_file,
             "cert_file": os.path.join(data_dir, "mesh", "node.pem"),
@@ -389,6 +396,8 @@ def node_config(
                 t: {"origin": "cluster", "bucket": "media-" + d, "prefix": t + "/"} for t, d in sorted(tenants.items())
             },
         }
+    if mesh_relayed:
+        doc["mesh"]["advertise"] = node.mesh_address
     for section, values in (settings or {}).items():
         _merge(doc.setdefault(section, {}), values)
     return doc

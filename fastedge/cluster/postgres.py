@@ -98,7 +98,6 @@ class PostgresServers:
         self.directory = directory
         self.bindir = postgres_bindir()
         self._user = server_user()
-        self._servers: dict[str, tuple[str, int]] = {}
 
     def _as_user(self) -> list[str]:
         if self._user is None:
@@ -169,10 +168,9 @@ class PostgresServers:
             f.write("host all all 127.0.0.0/8 trust\nhost replication all 127.0.0.0/8 trust\n")
         with open(os.path.join(data, "postgresql.conf"), "a", encoding="utf-8") as f:
             f.write("include_if_exists = 'fastedge-server.conf'\n")
-        self._servers[name] = (address, port)
         self._write_server_conf(name, address, port, {})
 
-    def require_sync_standbys(self, name: str, standbys: Sequence[str]) -> None:
+    def require_sync_standbys(self, name: str, address: str, port: int, standbys: Sequence[str]) -> None:
         """Make primary ``name`` wait for one of ``standbys`` on every commit
         (``synchronous_standby_names = 'ANY 1 (...)'``), then reload it.
 
@@ -181,7 +179,6 @@ class PostgresServers:
         and the operator promotes the one that received the most WAL. Set
         once the standbys stream (before, every commit would wait).
         """
-        address, port = self._servers[name]
         names = ", ".join('"{}"'.format(s) for s in standbys)
         self._write_server_conf(name, address, port, {"synchronous_standby_names": "'ANY 1 ({})'".format(names)})
         self._run("pg_ctl", "reload", "-D", self.data_dir(name))
@@ -208,12 +205,19 @@ class PostgresServers:
             "--no-sync",
         )
         conninfo = "host={} port={} user=postgres application_name={}".format(host, upstream_port, name)
-        self._servers[name] = (address, port)
         self._write_server_conf(name, address, port, {"primary_conninfo": "'{}'".format(conninfo)})
         signal_file = os.path.join(data, "standby.signal")
         open(signal_file, "w").close()
         if self._user is not None:
             os.chown(signal_file, self._user.pw_uid, self._user.pw_gid)
+
+    def follow(self, name: str, address: str, port: int, *, upstream: tuple[str, int]) -> None:
+        """Point standby ``name`` at another primary (after a promotion) and
+        reload it: it follows the new timeline (``recovery_target_timeline``
+        is ``latest``)."""
+        conninfo = "host={} port={} user=postgres application_name={}".format(upstream[0], upstream[1], name)
+        self._write_server_conf(name, address, port, {"primary_conninfo": "'{}'".format(conninfo)})
+        self._run("pg_ctl", "reload", "-D", self.data_dir(name))
 
     def start(self, name: str, timeout: float = 60.0) -> None:
         """Start server ``name`` and return once it accepts connections."""

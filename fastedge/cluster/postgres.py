@@ -264,12 +264,13 @@ class PostgresServers:
         once it accepts writes."""
         self._run("pg_ctl", "promote", "-D", self.data_dir(name), "-w", "-t", str(int(timeout)), timeout=timeout + 10)
 
-    def stop(self, name: str, timeout: float = 30.0) -> None:
-        """Fast shutdown of server ``name`` (nothing if it does not run); a
+    def stop(self, name: str, timeout: float = 30.0, mode: str = "fast") -> None:
+        """Shut server ``name`` down (nothing if it does not run): ``fast``,
+        or ``immediate`` when its data is about to be deleted anyway; a
         server that does not stop in time is killed."""
         if not self.running(name):
             return
         try:
-            self._run("pg_ctl", "stop", "-D", self.data_dir(name), "-m", "fast", "-w", "-t", str(int(timeout)))
+            self._run("pg_ctl", "stop", "-D", self.data_dir(name), "-m", mode, "-w", "-t", str(int(timeout)))
         except PostgresError:
             self.kill(name)

@@ -74,6 +74,8 @@ class LocalCluster:
         deployment's demo tenant media from it.
     :param mesh_relayed: nodes listen for mesh links behind a relay the
         caller runs (:func:`~fastedge.cluster.plan.node_config`).
+    :param node_prefix: a command the nodes run under (benchmarks pin them
+        to CPUs with ``taskset -c N``).
     :param say: where progress lines go.
     """
 
@@ -84,12 +86,14 @@ class LocalCluster:
         settings: Mapping[str, Mapping[str, Any]] | None = None,
         origin: bool = True,
         mesh_relayed: bool = False,
+        node_prefix: Sequence[str] = (),
         say: Callable[[str], None] = lambda line: None,
     ) -> None:
         self.plan = plan
         self.settings = {k: dict(v) for k, v in (settings or {}).items()}
         self.with_origin = origin
         self.mesh_relayed = mesh_relayed
+        self.node_prefix = list(node_prefix)
         self.say = say
         self.pg = PostgresServers(plan.path("postgres"))
         self.state: dict[str, Any] = {
@@ -98,6 +102,7 @@ class LocalCluster:
             "settings": self.settings,
             "origin_enabled": origin,
             "mesh_relayed": mesh_relayed,
+            "node_prefix": list(node_prefix),
             "nodes": {},
             "postgres": [],
             "origin": None,
@@ -140,6 +145,7 @@ class LocalCluster:
             settings=state.get("settings"),
             origin=bool(state.get("origin_enabled")),
             mesh_relayed=bool(state.get("mesh_relayed")),
+            node_prefix=state.get("node_prefix") or (),
             say=say,
         )
         cluster.state = state
@@ -388,7 +394,7 @@ class LocalCluster:
         if not os.path.exists(twistd):
             twistd = shutil.which("twistd") or twistd
         data = self.plan.node_dir(node_id)
-        argv = [twistd, "--nodaemon", "--pidfile=" + os.path.join(data, "twistd.pid"), "fastedge", "--config", config]
+        argv = self.node_prefix + [twistd, "--nodaemon", "--pidfile=" + os.path.join(data, "twistd.pid"), "fastedge", "--config", config]
         process = start_detached(argv, log_path=os.path.join(data, "node.log"), marker=config, cwd=data)
         self.state["nodes"][node_id] = {"pid": process.pid, "marker": config}
         self.save()
@@ -594,6 +600,19 @@ class LocalCluster:
             self.pg.require_sync_standbys(chosen, servers[chosen], POSTGRES_PORT, followers)
         return chosen
 
+    def rejoin_as_standby(self, name: str, deployment: str) -> None:
+        """Make a lost server (a killed primary) a new hot standby of the
+        current primary: its old data is discarded and cloned afresh, as an
+        operator rebuilds a failed primary."""
+        servers = self._servers(deployment)
+        primary = self.current_primary(deployment)
+        self.pg.stop(name, mode="immediate")
+        shutil.rmtree(self.pg.data_dir(name), ignore_errors=True)
+        self.pg.clone_standby(name, servers[name], POSTGRES_PORT, upstream=(servers[primary], POSTGRES_PORT))
+        self.pg.start(name)
+        followers = [n for n in servers if n != primary and self.pg.running(n)]
+        self.pg.require_sync_standbys(primary, servers[primary], POSTGRES_PORT, followers)
+
     # Down
 
     def down(self) -> None:
@@ -607,9 +626,12 @@ class LocalCluster:
             process.signal(signal.SIGTERM)
         for process in running:
             process.stop()
+        if running:
+            self.say("nodes stopped")
         origin = self.state.get("origin")
         if origin:
-            Detached(int(origin["pid"]), str(origin["marker"])).stop(timeout=5)
+            # SeaweedFS needs no clean stop: its data goes with the directory.
+            Detached(int(origin["pid"]), str(origin["marker"])).signal(signal.SIGKILL)
             for port in origin.get("ports", {}).values():
                 # SeaweedFS leaves its gRPC sockets behind.
                 for path in glob.glob("/tmp/seaweedfs-*-{}.sock".format(port)):
@@ -620,7 +642,8 @@ class LocalCluster:
         for name in reversed(self.state["postgres"]):
             if self.pg.running(name):
                 self.say("stopping PostgreSQL {}".format(name))
-            self.pg.stop(name)
+            # Its data is deleted next: no checkpoint needed.
+            self.pg.stop(name, mode="immediate")
         shutil.rmtree(self.plan.directory, ignore_errors=True)
 
 

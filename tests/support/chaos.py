@@ -225,6 +225,7 @@ class Subscriber:
     received: dict[str, float] = field(default_factory=dict)
     covered: set[str] = field(default_factory=set)
     duplicates: int = 0
+    duplicate_log: list[str] = field(default_factory=list)
     seq_gaps: int = 0
     reloads: int = 0
     replayed: int = 0
@@ -258,6 +259,7 @@ class Chaos:
         self.posting_done = threading.Event()
         self.threads: list[threading.Thread] = []
         self.post_count = 0
+        self.poster: threading.Thread | None = None
 
     # Where clients go
 
@@ -330,7 +332,7 @@ class Chaos:
     def start_posting(self, url_ids: list[str], rate: float) -> None:
         """Post ``rate`` comments a second, round-robin over ``url_ids``,
         each through a random live node."""
-        self._spawn(self._poster, url_ids, rate)
+        self.poster = self._spawn(self._poster, url_ids, rate)
 
     def _poster(self, url_ids: list[str], rate: float) -> None:
         interval = 1.0 / rate
@@ -362,10 +364,11 @@ class Chaos:
             else:
                 self.posts.other.append((status, json.dumps(body)[:200]))
 
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+    def _spawn(self, target: Callable[..., None], *args: Any) -> threading.Thread:
         t = threading.Thread(target=target, args=args, daemon=True)
         t.start()
         self.threads.append(t)
+        return t
 
     # Live subscribers
 
@@ -458,10 +461,20 @@ class Chaos:
                 raise OSError("closed by the node")
         return buf
 
-    def read_thread(self, thread: str) -> set[str]:
+    def read_thread(self, thread: str, timeout: float = 60.0) -> set[str]:
         """The thread's comment ids, as a reloading client gets them (from
-        the deployment's primary)."""
-        return {row[0] for row in self.sql("SELECT id FROM comments WHERE thread_id = %s", (thread,))}
+        the deployment's primary; retried while there is none, as a client
+        retries its reload)."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return {row[0] for row in self.sql("SELECT id FROM comments WHERE thread_id = %s", (thread,))}
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """One query on the deployment's current primary."""
@@ -498,12 +511,14 @@ class Chaos:
             epoch = str(m["id"]).rpartition("-")[0]
             if epoch == sub.epoch and m["seq"] <= (sub.seq or 0):
                 sub.duplicates += 1
+                sub.duplicate_log.append("seq {} after {} in {}".format(m["seq"], sub.seq, epoch))
             elif epoch != sub.epoch or m["seq"] != (sub.seq or 0) + 1:
                 sub.seq_gaps += 1
             comment = (m.get("data") or {}).get("comment", {}).get("id")
             if comment is not None:
                 if comment in sub.segment:
                     sub.duplicates += 1
+                    sub.duplicate_log.append("comment {} again at {}-{}".format(comment, epoch, m["seq"]))
                 sub.segment.add(comment)
                 sub.received.setdefault(comment, now)
             sub.epoch, sub.seq = epoch, m["seq"]
@@ -552,8 +567,8 @@ class Chaos:
     def stop_posting(self) -> None:
         """Stop posting (the posts in flight finish)."""
         self.posting_done.set()
-        for t in self.threads[:1]:
-            t.join(40)
+        if self.poster is not None:
+            self.poster.join(40)
 
     def delivered(self) -> bool:
         """Whether every subscriber holds every acknowledged post it is
@@ -561,7 +576,12 @@ class Chaos:
         return self._events_lost() == 0
 
     def _events_lost(self) -> int:
-        lost = 0
+        return len(self.missing())
+
+    def missing(self) -> list[tuple[int, str, str, float]]:
+        """``(subscriber, its nodes, comment id, acknowledged at)`` of every
+        owed event a subscriber neither received nor reloaded."""
+        lost = []
         acked = dict(self.posts.acked)
         by_url: dict[str, list[str]] = {}
         for comment, (url_id, _text, _t) in acked.items():
@@ -571,7 +591,7 @@ class Chaos:
                 if sub.first_subscribed is None or acked[comment][2] <= sub.first_subscribed:
                     continue
                 if comment not in sub.received and comment not in sub.covered:
-                    lost += 1
+                    lost.append((sub.index, ",".join(sub.nodes), comment, acked[comment][2]))
         return lost
 
     def stop(self) -> None:
@@ -597,7 +617,9 @@ class Chaos:
             "refused": self.posts.refused,
             "other_answers": self.posts.other[:5],
             "live_events_lost": events_lost,
+            "missing": self.missing()[:10],
             "duplicates": sum(s.duplicates for s in self.subscribers),
+            "duplicate_log": [(s.index, ",".join(s.nodes), s.duplicate_log[:3]) for s in self.subscribers if s.duplicate_log],
             "seq_gaps": sum(s.seq_gaps for s in self.subscribers),
             "reloads": sum(s.reloads for s in self.subscribers),
             "events_replayed": sum(s.replayed for s in self.subscribers),

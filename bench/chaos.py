@@ -30,6 +30,7 @@ table and one JSON line; exits 1 when a must-be-zero count is not zero.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -93,6 +94,11 @@ def main() -> None:
         raise SystemExit(1)
 
 
+def acked_after(chaos: Chaos, moment: float) -> bool:
+    """Whether a post was acknowledged after ``moment``."""
+    return any(t > moment for _, _, t in chaos.posts.acked.values())
+
+
 def run(chaos: Chaos, cluster: LocalCluster, relays: MeshRelays, args: argparse.Namespace) -> dict[str, Any]:
     nodes = sorted(chaos.nodes)
     url_ids = []
@@ -126,17 +132,19 @@ def run(chaos: Chaos, cluster: LocalCluster, relays: MeshRelays, args: argparse.
             wait_for(chaos.recovered, "the dead node's clients to recover", timeout=60)
             after = len([r for s in chaos.subscribers for r in s.recoveries])
             print(
-                "  kill -9 {}: out of DNS after {}, {} clients recovered".format(victim, fmt(withdrawn), after - before),
+                "  kill -9 {}: out of DNS after {}, {} clients recovered".format(
+                    victim, fmt(withdrawn), after - before
+                ),
                 file=sys.stderr,
             )
             chaos.restart_node(victim)
-            wait_for(lambda: chaos.in_dns(victim), "the restarted node to be answered", timeout=60)
+            wait_for(functools.partial(chaos.in_dns, victim), "the restarted node to be answered", timeout=60)
         elif step == 1:
             killed = time.monotonic()
             old = cluster.kill_primary("global")
             chosen = cluster.promote("global")
             wait_for(
-                lambda: any(t > killed for _, _, t in chaos.posts.acked.values()),
+                functools.partial(acked_after, chaos, killed),
                 "posts after the promotion",
                 timeout=60,
             )
@@ -159,9 +167,8 @@ def run(chaos: Chaos, cluster: LocalCluster, relays: MeshRelays, args: argparse.
                 if chaos.in_dns(victim, observers):
                     flaps += 1
                 time.sleep(0.1)
-            healed = time.monotonic()
             relays.heal(address)
-            back = wait_for(lambda: chaos.in_dns(victim, observers), "the healed node to be answered", timeout=60)
+            back = wait_for(functools.partial(chaos.in_dns, victim, observers), "the healed node", timeout=60)
             cut_return.append(back)
             settle_end = time.monotonic() + 3.0
             while time.monotonic() < settle_end:
@@ -172,7 +179,6 @@ def run(chaos: Chaos, cluster: LocalCluster, relays: MeshRelays, args: argparse.
                 "  cut {}: out of DNS after {}, back {} after healing".format(victim, fmt(withdrawn), fmt(back)),
                 file=sys.stderr,
             )
-            del healed
     chaos.stop_posting()
     try:
         wait_for(lambda: chaos.recovered() and chaos.delivered(), "every owed event", timeout=30)
@@ -228,9 +234,10 @@ def table(r: dict[str, Any]) -> None:
                 fmt(r["write_unavailable_p50"]), fmt(r["write_unavailable_max"]), r["promotions"]
             ),
         ),
-        ("posts answered commit_unknown / unavailable / refused", "{} / {} / {}".format(
-            r["commit_unknown"], r["unavailable"], r["refused"]
-        )),
+        (
+            "posts answered commit_unknown / unavailable / refused",
+            "{} / {} / {}".format(r["commit_unknown"], r["unavailable"], r["refused"]),
+        ),
         ("reloads told / events replayed by since", "{} / {}".format(r["reloads"], r["events_replayed"])),
     ]
     width = max(len(k) for k, _ in rows)

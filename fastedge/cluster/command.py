@@ -164,13 +164,19 @@ def summary(cluster: LocalCluster) -> list[str]:
         if cluster.state.get("origin"):
             lines.append("  curl {}/media/{}/hello.txt".format(n.http_url, tenant.get("tenantId")))
     if cluster.state.get("origin"):
-        lines.append("S3 origin (SeaweedFS): {}  buckets media-<deployment>".format(cluster.state["origin"]["endpoint"]))
-    lines.append("cluster CA: {}  logs: {}/nodes/<node>/node.log, {}/postgres/*.log".format(
-        plan.ca_file, plan.directory, plan.directory
-    ))
-    lines.append("map: fastedge-admin cluster status --dir {0}   stop: fastedge-admin cluster down --dir {0}".format(
-        plan.directory
-    ))
+        lines.append(
+            "S3 origin (SeaweedFS): {}  buckets media-<deployment>".format(cluster.state["origin"]["endpoint"])
+        )
+    lines.append(
+        "cluster CA: {}  logs: {}/nodes/<node>/node.log, {}/postgres/*.log".format(
+            plan.ca_file, plan.directory, plan.directory
+        )
+    )
+    lines.append(
+        "map: fastedge-admin cluster status --dir {0}   stop: fastedge-admin cluster down --dir {0}".format(
+            plan.directory
+        )
+    )
     return lines
 
 

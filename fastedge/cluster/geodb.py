@@ -5,6 +5,7 @@ nodes' ``geo`` child reads like any GeoLite2 file."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from .plan import CITIES, City
 
@@ -16,7 +17,8 @@ class GeoDatabaseUnavailable(RuntimeError):
 
 
 def write_geo_db(path: str, networks: Mapping[str, City], *, ip_version: int = 6) -> str:
-    """Write ``networks`` (CIDR -> city) as a MaxMind DB at ``path``.
+    """Write ``networks`` (CIDR -> city) as a MaxMind DB at ``path`` (a
+    city with no name gets no ``city`` record).
 
     :returns: ``path``.
     :raises GeoDatabaseUnavailable: without ``mmdb-writer``.
@@ -30,15 +32,14 @@ def write_geo_db(path: str, networks: Mapping[str, City], *, ip_version: int = 6
         ) from None
     writer = MMDBWriter(ip_version=ip_version, database_type="GeoIP2-City", ipv4_compatible=ip_version == 6)
     for cidr, city in networks.items():
-        writer.insert_network(
-            IPSet([cidr]),
-            {
-                "location": {"latitude": city.latitude, "longitude": city.longitude, "accuracy_radius": 50},
-                "country": {"iso_code": city.country},
-                "continent": {"code": city.continent},
-                "city": {"names": {"en": city.name}},
-            },
-        )
+        record: dict[str, Any] = {
+            "location": {"latitude": city.latitude, "longitude": city.longitude, "accuracy_radius": 50},
+            "country": {"iso_code": city.country},
+            "continent": {"code": city.continent},
+        }
+        if city.name:
+            record["city"] = {"names": {"en": city.name}}
+        writer.insert_network(IPSet([cidr]), record)
     writer.to_db_file(path)
     return path
 

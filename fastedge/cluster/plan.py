@@ -266,7 +266,7 @@ def plan_cluster(
         city, a name that is not a DNS label, more than 9 nodes in a
         deployment or more than 24 deployments.
     """
-    from ..config import _dns_label
+    from ..config.checks import dns_label as _dns_label
 
     octets = prefix.split(".")
     if len(octets) != 3 or not all(o.isdigit() and int(o) <= 255 for o in octets) or octets[0] != "127":

@@ -252,7 +252,9 @@ class LocalCluster:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute("CREATE DATABASE {}".format(DATABASE).encode())
             for n in d.nodes:
-                self.say("starting PostgreSQL: hot standby beside {} at {}:{}".format(n.node_id, n.address, POSTGRES_PORT))
+                self.say(
+                    "starting PostgreSQL: hot standby beside {} at {}:{}".format(n.node_id, n.address, POSTGRES_PORT)
+                )
                 self.pg.clone_standby(n.standby_name, n.address, POSTGRES_PORT, upstream=(d.db_address, POSTGRES_PORT))
                 self.state["postgres"].append(n.standby_name)
                 self.save()
@@ -394,7 +396,14 @@ class LocalCluster:
         if not os.path.exists(twistd):
             twistd = shutil.which("twistd") or twistd
         data = self.plan.node_dir(node_id)
-        argv = self.node_prefix + [twistd, "--nodaemon", "--pidfile=" + os.path.join(data, "twistd.pid"), "fastedge", "--config", config]
+        argv = self.node_prefix + [
+            twistd,
+            "--nodaemon",
+            "--pidfile=" + os.path.join(data, "twistd.pid"),
+            "fastedge",
+            "--config",
+            config,
+        ]
         process = start_detached(argv, log_path=os.path.join(data, "node.log"), marker=config, cwd=data)
         self.state["nodes"][node_id] = {"pid": process.pid, "marker": config}
         self.save()
@@ -488,9 +497,7 @@ class LocalCluster:
                 row["state"] = "alive"
             elif said:
                 entry = said[0]
-                row["state"] = "down ({} to peers)".format(
-                    "/".join(sorted({s.get("state", "?") for s in said}))
-                )
+                row["state"] = "down ({} to peers)".format("/".join(sorted({s.get("state", "?") for s in said})))
             else:
                 entry = {}
                 row["state"] = "down"
@@ -554,7 +561,9 @@ class LocalCluster:
     def current_primary(self, deployment: str) -> str:
         """The name of the deployment's primary (``state["primaries"]``
         after a promotion, else the original)."""
-        return str(self.state.setdefault("primaries", {}).get(deployment, self.plan.deployment(deployment).primary_name))
+        return str(
+            self.state.setdefault("primaries", {}).get(deployment, self.plan.deployment(deployment).primary_name)
+        )
 
     def _servers(self, deployment: str) -> dict[str, str]:
         d = self.plan.deployment(deployment)

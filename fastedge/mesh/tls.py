@@ -143,9 +143,7 @@ def create_node_certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or now - datetime.timedelta(minutes=5))
         .not_valid_after(not_after or now + datetime.timedelta(days=days))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in (node_id, *extra_names)]), critical=False
-        )
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in (node_id, *extra_names)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(

@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -28,7 +29,7 @@ from ..support.chaos import Chaos, MeshRelays, fetch_media, node_incarnation, or
 
 #: Every node's settings: DNS answers every live node (so a withdrawal is
 #: visible in every answer), clients from one address are not rate limited.
-SETTINGS = {
+SETTINGS: dict[str, dict[str, Any]] = {
     "dns": {"answers": 3, "ttl": 1},
     "api": {"writes_per_minute_per_session": 1000000, "writes_per_minute_per_ip": 1000000},
     "store": {"postgresql": {"failover_seconds": 10.0}},
@@ -69,7 +70,7 @@ class ChaosTests(SynchronousTestCase):
         # A thread another node sequences (its subscribers on the victim
         # recover by sequence number) and one the victim sequences (they
         # reload: a new sequencer starts a new epoch).
-        threads = {}
+        threads: dict[str, tuple[str, str]] = {}
         for i in range(50):
             url_id = "https://chaos.example/{}".format(i)
             thread = chaos.create_thread(url_id)

@@ -604,7 +604,9 @@ class Chaos:
     def report(self) -> dict[str, Any]:
         """Counts after the run (call after :meth:`stop`)."""
         acked = self.posts.acked
-        stored = {r[0] for r in self.sql("SELECT id FROM comments WHERE id = ANY(%s)", (list(acked),))} if acked else set()
+        stored = (
+            {r[0] for r in self.sql("SELECT id FROM comments WHERE id = ANY(%s)", (list(acked),))} if acked else set()
+        )
         lost_writes = sorted(set(acked) - stored)
         events_lost = self._events_lost()
         recoveries = [r for s in self.subscribers for r in s.recoveries]
@@ -619,7 +621,9 @@ class Chaos:
             "live_events_lost": events_lost,
             "missing": self.missing()[:10],
             "duplicates": sum(s.duplicates for s in self.subscribers),
-            "duplicate_log": [(s.index, ",".join(s.nodes), s.duplicate_log[:3]) for s in self.subscribers if s.duplicate_log],
+            "duplicate_log": [
+                (s.index, ",".join(s.nodes), s.duplicate_log[:3]) for s in self.subscribers if s.duplicate_log
+            ],
             "seq_gaps": sum(s.seq_gaps for s in self.subscribers),
             "reloads": sum(s.reloads for s in self.subscribers),
             "events_replayed": sum(s.replayed for s in self.subscribers),

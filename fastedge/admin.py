@@ -48,6 +48,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from .api.keys import hash_api_key, new_api_key
+from .columns import table as _table
 from .config import ConfigError, EdgeConfig, load_config
 from .store.model import ReadPreference, Tenant
 from .store.sqlite import SQLiteStore
@@ -473,13 +474,6 @@ def _print(args: argparse.Namespace, doc: Any, lines: Sequence[str]) -> None:
     else:
         for line in lines:
             print(line)
-
-
-def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> list[str]:
-    """Plain aligned columns (for people; scripts use --json)."""
-    cells = [[str(h) for h in header]] + [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
 
 
 @inlineCallbacks

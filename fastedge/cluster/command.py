@@ -16,6 +16,7 @@ import signal
 import sys
 from typing import Any
 
+from ..columns import table as _table
 from .plan import CLIENT_NETWORKS, DNS_PORT, HTTPS_PORT, PlanError, parse_deployment, plan_cluster
 from .postgres import PostgresError
 from .runner import ClusterError, LocalCluster
@@ -129,8 +130,6 @@ def describe(cluster: LocalCluster) -> dict[str, Any]:
 
 def summary(cluster: LocalCluster) -> list[str]:
     """What ``up`` prints for people."""
-    from ..admin import _table
-
     plan = cluster.plan
     first = plan.nodes[0]
     lines = ["cluster up in {}".format(plan.directory), ""]
@@ -181,8 +180,6 @@ def summary(cluster: LocalCluster) -> list[str]:
 
 
 def _status(args: argparse.Namespace) -> None:
-    from ..admin import _table
-
     cluster = LocalCluster.load(args.dir, say=_say)
     rows = cluster.status()
     databases = cluster.databases()

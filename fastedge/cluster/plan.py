@@ -126,6 +126,13 @@ class NodePlan:
         return "http://{}:{}".format(self.address, HTTP_PORT)
 
     @property
+    def admin_url(self) -> str:
+        """Where the node's operational endpoints (``/api/v1/mesh``,
+        ``/metrics``) answer: today the public HTTP port; the one place to
+        change when they move to an admin endpoint (issue 18, item 3)."""
+        return self.http_url
+
+    @property
     def https_url(self) -> str:
         return "https://{}:{}".format(self.address, HTTPS_PORT)
 

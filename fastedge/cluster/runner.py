@@ -453,7 +453,7 @@ class LocalCluster:
         """``GET /api/v1/mesh`` of ``node``: node id -> entry, or ``None``
         when it does not answer."""
         try:
-            status, body = _get(node.http_url + "/api/v1/mesh", timeout=3)
+            status, body = _get(node.admin_url + "/api/v1/mesh", timeout=3)
         except OSError:
             return None
         if status != 200:
@@ -511,7 +511,7 @@ class LocalCluster:
     def replica_lag(self, node: NodePlan) -> float | None:
         """``fastedge_store_replica_lag_seconds`` of the node's own standby."""
         try:
-            status, body = _get(node.http_url + "/metrics", timeout=3)
+            status, body = _get(node.admin_url + "/metrics", timeout=3)
         except OSError:
             return None
         if status != 200:

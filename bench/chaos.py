@@ -121,10 +121,14 @@ def run(chaos: Chaos, cluster: LocalCluster, relays: MeshRelays, args: argparse.
     start = time.monotonic()
     end = start + args.duration
     while time.monotonic() < end:
-        victim = nodes[rounds % len(nodes)]
         step = rounds % 3
+        # Cuts go round the nodes; a kill hits the node holding the most
+        # live clients (they moved away at the last kill).
+        victim = nodes[(rounds // 3) % len(nodes)]
         rounds += 1
         if step == 0:
+            on = {n: sum(1 for s in chaos.subscribers if s.node == n) for n in nodes}
+            victim = max(nodes, key=lambda n: (on[n], n == victim))
             before = len([r for s in chaos.subscribers for r in s.recoveries])
             killed = chaos.kill_node(victim)
             withdrawn, _dead = chaos.withdrawal(victim, killed)

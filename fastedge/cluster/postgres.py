@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_cluster -*-
+# -*- test-case-name: tests.integration.test_cluster,tests.integration.test_chaos -*-
 """PostgreSQL servers of a local cluster, run with Debian's ``pg_ctl``.
 
 The test harness keeps its servers as children of the test process (they

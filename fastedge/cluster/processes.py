@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.cluster.test_processes -*-
+# -*- test-case-name: tests.unit.cluster.test_plan -*-
 """Detached processes of a local cluster, and the sockets they need.
 
 A process started here runs in a session of its own (it outlives the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_cluster -*-
+# -*- test-case-name: tests.integration.test_cluster,tests.integration.test_chaos -*-
 """Starting, inspecting and stopping a local cluster (:class:`LocalCluster`).
 
 This is process orchestration, run from a command line, so it blocks:

@@ -76,6 +76,11 @@ class ChaosTests(SynchronousTestCase):
         after a promotion, and a restarted node rejoins with a higher
         incarnation and serves its cached media without refetching it."""
         chaos = self.chaos
+        # What `cluster status` prints: every node alive, the primary and a
+        # standby beside every node.
+        self.assertEqual([r["state"] for r in self.cluster.status()], ["alive"] * 3)
+        roles = sorted(r["role"] for r in self.cluster.databases())
+        self.assertEqual(roles, ["primary", "standby", "standby", "standby"])
         victim, cut = "global-singapore", "global-sao-paulo"
         others = [n for n in chaos.nodes if n != victim]
         # A thread another node sequences (its subscribers on the victim

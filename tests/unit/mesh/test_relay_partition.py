@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .common import LiveWorld
+from .common import LiveWorld, metric
 
 
 class BlackHoleTests(SynchronousTestCase):
@@ -41,3 +41,33 @@ class BlackHoleTests(SynchronousTestCase):
         texts = [m["data"]["comment"]["html"] for m in on_b.events()]
         kinds = [k for k, _ in world.seqs(on_b)]
         self.assertTrue("<p>into the partition</p>" in texts or "reset" in kinds, (texts, kinds))
+
+
+class TakeoverResetTests(SynchronousTestCase):
+    def test_reset_to_followers_is_a_valid_message(self) -> None:
+        """A node that starts a new numbering of a channel other nodes follow
+        (here: it owns the channel again after a partition) pushes them a
+        reset at seq 0; they accept it (no peer is disconnected as
+        misbehaving) and their subscribers reload. Found by bench/chaos:
+        followers dropped the link with ``bad_message`` ("a stamped event's
+        seq starts at 1")."""
+        world = LiveWorld(self)
+        thread, url = world.thread_owned_by("b")
+        on_a, on_c = world.subscribe("a", url), world.subscribe("c", url)
+        world.post("b", thread, "one")
+        net = world.mesh.network
+        a, b, c = (world.mesh.host(n) for n in "abc")
+        for other in (a, c):
+            net.block(b, other)
+            net.cut(b, other)
+        world.mesh.advance(5.0)
+        world.post("a", thread, "while b is away")
+        for other in (a, c):
+            net.unblock(b, other)
+        world.mesh.advance(10.0)
+        world.post("c", thread, "after")
+        for node in "abc":
+            self.assertEqual(
+                metric(world.mesh, node, "fastedge_mesh_peer_disconnects_total", reason="bad_message"), 0.0, node
+            )
+        self.assertEqual(on_a.events()[-1]["id"], on_c.events()[-1]["id"])

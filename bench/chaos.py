@@ -84,6 +84,7 @@ def main() -> None:
         result = run(chaos, cluster, relays, args)
     finally:
         chaos.stop()
+        keep_logs(cluster)
         cluster.say = lambda line: None
         cluster.down()
         relays.stop()
@@ -92,6 +93,19 @@ def main() -> None:
     must_be_zero = ("acknowledged_lost", "live_events_lost", "duplicates", "flaps")
     if any(result[k] for k in must_be_zero):
         raise SystemExit(1)
+
+
+def keep_logs(cluster: LocalCluster) -> None:
+    """Copy the nodes' logs to bench/out/ before the cluster is removed."""
+    import shutil
+
+    kept = os.path.join(REPO, "bench", "out", "chaos-logs-" + time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(kept, exist_ok=True)
+    for node in cluster.plan.nodes:
+        source = os.path.join(cluster.plan.node_dir(node.node_id), "node.log")
+        if os.path.exists(source):
+            shutil.copy(source, os.path.join(kept, node.node_id + ".log"))
+    print("  node logs kept in {}".format(kept), file=sys.stderr)
 
 
 def acked_after(chaos: Chaos, moment: float) -> bool:

@@ -33,6 +33,9 @@ a node"). A drain already under way is reported, and nothing more is done.
 ``fastedge-admin certs ca`` creates the mesh's cluster CA, and
 ``fastedge-admin certs node NODE_ID`` a node certificate signed by it
 (``docs/mesh.md``, "Certificates").
+
+``fastedge-admin cluster up|status|down`` runs a whole cluster on this
+machine (``fastedge.cluster``); it needs no node config.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from .api.keys import hash_api_key, new_api_key
+from .columns import table as _table
 from .config import ConfigError, EdgeConfig, load_config
 from .store.model import ReadPreference, Tenant
 from .store.sqlite import SQLiteStore
@@ -165,6 +169,9 @@ def _parser() -> argparse.ArgumentParser:
         help="print geo.database's city record for an address, and where the node's index places it",
     )
     lookup.add_argument("address", help="an IPv4 or IPv6 address")
+    from .cluster.command import add_parser as add_cluster_parser
+
+    add_cluster_parser(sub)
     return p
 
 
@@ -527,13 +534,6 @@ def _print(args: argparse.Namespace, doc: Any, lines: Sequence[str]) -> None:
             print(line)
 
 
-def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> list[str]:
-    """Plain aligned columns (for people; scripts use --json)."""
-    cells = [[str(h) for h in header]] + [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-
-
 @inlineCallbacks
 def _tenant(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig) -> Any:
     store, pool = yield _ready_store(reactor, args, cfg)
@@ -847,6 +847,12 @@ def _status(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig) -> Any:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``fastedge-admin`` console script."""
     args = _parser().parse_args(argv)
+    if args.area == "cluster":
+        # A cluster has a config per node, written by the command itself.
+        from .cluster.command import run as run_cluster
+
+        run_cluster(args)
+        return
     overrides = {"node.data_dir": os.path.abspath(args.data_dir)} if args.data_dir else {}
     try:
         path, base_dir, how = find_config(args.config, os.getcwd(), os.environ)

@@ -237,7 +237,7 @@ class Hub:
     :param fanout_slice_seconds: when positive, :meth:`publish` only stamps
         and records an event and queues its delivery, which runs on later
         turns of ``clock`` in slices of at most this long
-        (:class:`~fastedge.pubsub.fanout.SlicedFanout`); 0 delivers inside
+        (:class:`~fastedge.live.fanout.SlicedFanout`); 0 delivers inside
         :meth:`publish`.
     """
 

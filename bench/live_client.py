@@ -208,6 +208,7 @@ def main() -> None:
     ready = 0
     in_flight = 0
     t_connect = time.monotonic()
+    cpu_connect = cpu_seconds(args.pid)
     while ready < args.connections:
         if time.monotonic() > deadline:
             raise SystemExit("timed out connecting: %d ready" % ready)
@@ -263,6 +264,7 @@ def main() -> None:
                     in_flight -= 1
                     c.buf = b""
     connect_seconds = time.monotonic() - t_connect
+    connect_cpu = cpu_seconds(args.pid) - cpu_connect
     if probe:
         ep.unregister(probe[0].fileno())
         probe[0].close()
@@ -353,6 +355,7 @@ def main() -> None:
             {
                 "connections": n,
                 "connect_seconds": round(connect_seconds, 2),
+                "connect_cpu_seconds": round(connect_cpu, 2),
                 "rss_before_kib": rss_before,
                 "rss_after_kib": rss_after,
                 "kib_per_connection": round((rss_after - rss_before) / n, 2),

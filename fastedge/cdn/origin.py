@@ -56,7 +56,7 @@ def _content(response: IResponse) -> Deferred[bytes]:
     request, not by every node that imports this module)."""
     import treq
 
-    return treq.content(response)  # type: ignore[no-any-return]
+    return treq.content(response)
 
 
 def _header(response: IResponse, name: bytes) -> str | None:

@@ -11,10 +11,9 @@ straight to the socket.
 
 from __future__ import annotations
 
-from typing import Any
-
 import base64
 import hashlib
+from typing import Any
 
 import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -153,7 +152,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
                 origin,
                 "https" if factory.isSecure else "http",
                 factory.externalPort or factory.port,
-                self.allowedOriginsPatterns,
+                self.allowedOriginsPatterns,  # type: ignore[attr-defined]
             )
             if not allowed:
                 return self.failHandshake(
@@ -169,7 +168,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
             pmce = PERMESSAGE_COMPRESSION_EXTENSION.get(extension)
             if pmce is not None:
                 try:
-                    offers.append(pmce["Offer"].parse(params))
+                    offers.append(pmce["Offer"].parse(params))  # type: ignore[attr-defined]
                 except Exception as e:
                     return self.failHandshake(str(e))
         key = raw(b"sec-websocket-key")[0].decode("ascii").strip()
@@ -191,9 +190,9 @@ class LiveServerProtocol(WebSocketServerProtocol):
             timer.cancel()
             self.openHandshakeTimeoutCall = None
         self.inside_message = False
-        self.current_frame = None
+        self.current_frame = None  # type: ignore[assignment]
         self._onOpen()
-        txaio.resolve(self.is_open, None)
+        txaio.resolve(self.is_open, None)  # type: ignore[attr-defined]
         rest = request.content.read() if request.content is not None else b""
         if rest:
             self.data = rest

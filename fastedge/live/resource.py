@@ -64,7 +64,7 @@ class LiveResource(Resource):
         live_session = getattr(request, "live_session", None)
         self.factory.pending_access = live_session("ws") if live_session is not None else None
         try:
-            protocol = self.factory.buildProtocol(request.transport.getPeer())
+            protocol = self.factory.buildProtocol(request.getClientAddress())
         finally:
             self.factory.pending_access = None
         _take_transport(request, protocol)
@@ -75,6 +75,7 @@ class LiveResource(Resource):
 def _take_transport(request: Request, protocol: Any) -> None:
     """Move ``request``'s connection from twisted.web's channel to
     ``protocol`` (as autobahn's ``WebSocketResource`` does), and let it read."""
+    transport: Any
     transport, request.channel.transport = request.channel.transport, None
     if isinstance(transport, ProtocolWrapper):
         transport.wrappedProtocol = protocol

@@ -239,8 +239,7 @@ class HandshakeTests(TestCase):
         head = await client.head
         self.assertEqual(
             head.split(b"\r\n\r\n")[0],
-            b"HTTP/1.1 101 Switching Protocols\r\n"
-            + b"Server: " + self.live_factory().server.encode() + b"\r\n"
+            b"HTTP/1.1 101 Switching Protocols\r\n" + b"Server: " + self.live_factory().server.encode() + b"\r\n"
             b"Upgrade: WebSocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + _accept(key),
         )
         await client.wait_message("hello")

@@ -183,7 +183,9 @@ class LiveServerProtocol(WebSocketServerProtocol):
             self.perMessageCompressionAccept(offers)
         self.websocket_protocol_in_use = protocol
         self.websocket_extensions_in_use = []
-        self.sendData(self.factory.switching(protocol, key))
+        # Straight to the transport: autobahn's sendData formats debug log
+        # arguments whether or not debug logging is on.
+        self.transport.write(self.factory.switching(protocol, key))  # type: ignore[union-attr]
         self.state = WebSocketProtocol.STATE_OPEN
         timer = self.openHandshakeTimeoutCall
         if timer is not None:

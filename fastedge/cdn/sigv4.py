@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.cdn.test_origin -*-
+# -*- test-case-name: tests.integration.test_cdn,tests.unit.test_footprint -*-
 """AWS SigV4 signing of S3 requests, by botocore's signer.
 
 A module of its own so that botocore (with urllib3 and dateutil, ~6 MB of

@@ -75,8 +75,12 @@ def wrk(
     headers: Mapping[str, str] | None = None,
     threads: int = 2,
     cpu: str = LOAD_CPU,
+    timeout_seconds: int | None = None,
 ) -> dict[str, float]:
-    """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors."""
+    """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors.
+
+    :param timeout_seconds: wrk's per-request timeout (its default is 2 s;
+        a slow peer needs more, or every request counts as a timeout)."""
     argv = [
         "taskset",
         "-c",
@@ -87,6 +91,8 @@ def wrk(
         "-d{}s".format(seconds),
         "--latency",
     ]
+    if timeout_seconds is not None:
+        argv.append("--timeout={}s".format(timeout_seconds))
     for name, value in (headers or {}).items():
         argv += ["-H", "{}: {}".format(name, value)]
     out = subprocess.run(argv + [url], check=True, capture_output=True, text=True).stdout

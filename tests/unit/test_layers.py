@@ -30,8 +30,9 @@ LAYERS: list[set[str]] = [
     # Records and places.
     {"store", "geo"},
     # Who a reader is; the HTTP listeners and what every route shares
-    # (router, JSON bodies and errors).
-    {"identity", "http"},
+    # (router, JSON bodies and errors); spam checks (judged from records,
+    # asked by the comment write paths).
+    {"identity", "http", "spam"},
     # Which deployment serves a tenant (checked before any feature reads).
     {"residency"},
     # Features that the mesh carries today (the relay and peer fill live in

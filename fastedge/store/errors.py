@@ -54,3 +54,16 @@ class LimitReached(StoreError):
     def __init__(self, what: str) -> None:
         super().__init__("{} limit reached".format(what))
         self.what = what
+
+
+class ThreadClosed(StoreError):
+    """The thread is closed to new comments."""
+
+    def __init__(self) -> None:
+        super().__init__("the thread is closed to new comments")
+
+
+class Stale(StoreError):
+    """What the caller read from a replica and checked no longer holds on the
+    primary (see :class:`~fastedge.store.model.Expect`): nothing was applied;
+    check again on the primary and retry."""

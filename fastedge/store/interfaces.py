@@ -37,11 +37,14 @@ from .model import (
     Comment,
     CommentStatus,
     CreditUsage,
+    Expect,
     Moderated,
     ModerationAction,
     ModerationQueue,
     NewComment,
+    NewPost,
     Page,
+    Posted,
     QueueFilter,
     QueueSort,
     ReadPreference,
@@ -293,6 +296,18 @@ class IStore(Interface):
             thread or parent, ``InvalidReference`` for a parent in another thread.
         """
 
+    def post_comment(new: NewPost, *, read_preference: ReadPreference) -> Deferred[Written[Posted]]:
+        """Post a comment to the thread of ``new.url_id`` in one write: the
+        poster's new session (or the check that theirs exists, or the
+        tenant's user, created or renamed), the thread when it is new, the
+        comment. A backend whose primary is far sends it in one round trip.
+
+        :returns: ``Deferred[Written[Posted]]``; ``NotFound`` for an unknown
+            tenant, session or parent, ``InvalidReference`` for a parent in
+            another thread, ``ThreadClosed`` (with ``open_only``), and the
+            failures of ``new.expect``; a failed post applies nothing.
+        """
+
     def get_comment(
         tenant_id: str, comment_id: str, *, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[Comment]:
@@ -361,8 +376,11 @@ class IStore(Interface):
         read_preference: ReadPreference,
         address_hash: str | None = None,
         max_per_address: int | None = None,
+        expect: Expect | None = None,
     ) -> Deferred[Written[int]]:
-        """:param address_hash: the hashed client address the like came
+        """:param expect: what the caller read from a replica, checked in
+            the same write (:class:`~fastedge.store.model.Expect`).
+        :param address_hash: the hashed client address the like came
             from, remembered with it.
         :param max_per_address: refuse the like (``LimitReached``) when
             this many likes of the comment already came from ``address_hash``.
@@ -393,9 +411,18 @@ class IStore(Interface):
         an unknown comment or flagger."""
 
     def add_block(
-        tenant_id: str, viewer_id: str, author_id: str, *, created_ms: int, read_preference: ReadPreference
+        tenant_id: str,
+        viewer_id: str,
+        author_id: str,
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[None]]:
         """The viewer no longer sees the author's comments.
+
+        :param expect: what the caller read from a replica, checked in the
+            same write (:class:`~fastedge.store.model.Expect`).
 
         :returns: ``Deferred[Written[None]]``; ``NotFound`` for an unknown
             author or viewer, ``AlreadyExists`` if already blocked,

@@ -74,11 +74,15 @@ from .model import (
     Comment,
     CommentStatus,
     CreditUsage,
+    Expect,
     Moderated,
     ModerationAction,
     ModerationQueue,
     NewComment,
+    NewPost,
+    NewSession,
     Page,
+    Posted,
     QueueFilter,
     QueueSort,
     ReadPreference,
@@ -92,6 +96,19 @@ from .model import (
     UserProfile,
     ViewerState,
     Written,
+)
+from .plan import (
+    NewIds,
+    Plan,
+    Require,
+    Step,
+    check_expected,
+    comment_insert,
+    exists_where,
+    new_session,
+    post,
+    require_tenant,
+    rows_of,
 )
 
 _T = TypeVar("_T")
@@ -410,21 +427,28 @@ class SqlStore:
         """Wrap a write's result with its consistency token (none here)."""
         return Written(value, self._token(conn))
 
-    def _batch(self, conn: Connection, statements: Sequence[Executable], *, commit: bool) -> list[list[Any] | None]:
+    def _batch(self, conn: Connection, statements: Sequence[Step], *, commit: bool) -> list[list[Any] | None]:
         """Run ``statements`` in order in the write transaction on ``conn``.
 
         No statement may depend on another's result (each is written to
-        stand alone, e.g. guarded by a condition in SQL), so a backend whose
+        stand alone, e.g. guarded by a condition in SQL; checks are
+        :class:`~fastedge.store.plan.Require` steps), so a backend whose
         primary is far away may send them all, and with ``commit`` the
         commit too, in one round trip: the PostgreSQL backend does (psycopg's
-        pipeline mode). Here they run one by one and the transaction commits
+        pipeline mode). Here they run one by one, a failed check raises its
+        error (so the transaction rolls back) and the transaction commits
         when it ends, as usual.
 
         :returns: per statement, its rows (attribute access by column name)
-            or ``None`` for a statement that returns none.
+            or ``None`` for a statement that returns none (and a check).
         """
         out: list[list[Any] | None] = []
         for statement in statements:
+            if isinstance(statement, Require):
+                if not conn.execute(select(statement.condition)).scalar():
+                    raise statement.error
+                out.append(None)
+                continue
             result = conn.execute(statement)
             out.append(list(result.all()) if result.returns_rows else None)
         return out
@@ -685,15 +709,12 @@ class SqlStore:
         self, tenant_id: str, *, created_ms: int, read_preference: ReadPreference
     ) -> Deferred[Written[AnonymousSession]]:
         def go() -> Written[AnonymousSession]:
+            session = AnonymousSession(id=new_id(), tenant_id=tenant_id, author_id=new_id(), created_ms=created_ms)
+            plan = Plan()
+            require_tenant(plan, tenant_id)
+            new_session(plan, tenant_id, session_id=session.id, author_id=session.author_id, created_ms=created_ms)
             with self._writing() as conn:
-                self._require_tenant(conn, tenant_id)
-                author_id = self._new_author(conn, tenant_id, AuthorKind.ANONYMOUS, created_ms)
-                session = AnonymousSession(id=new_id(), tenant_id=tenant_id, author_id=author_id, created_ms=created_ms)
-                conn.execute(
-                    insert(s.anonymous_sessions).values(
-                        id=session.id, tenant_id=tenant_id, author_id=author_id, created_ms=created_ms
-                    )
-                )
+                self._batch(conn, plan.steps, commit=True)
                 return self._written(conn, session)
 
         return self._call("create_anonymous_session", read_preference, go, write=True)
@@ -1010,50 +1031,55 @@ class SqlStore:
 
     def create_comment(self, new: NewComment, *, read_preference: ReadPreference) -> Deferred[Written[Comment]]:
         def go() -> Written[Comment]:
-            c = s.comments.c
+            plan = Plan()
+            a = s.authors.c
+            t = s.threads.c
+            plan.require(
+                exists_where(s.threads, t.tenant_id == new.tenant_id, t.id == new.thread_id), NotFound("thread")
+            )
+            plan.require(
+                exists_where(s.authors, a.tenant_id == new.tenant_id, a.id == new.author_id), NotFound("author")
+            )
+            inserted = comment_insert(
+                plan,
+                comment_id=new_id(),
+                tenant_id=new.tenant_id,
+                thread_id=new.thread_id,
+                author_id=new.author_id,
+                parent_id=new.parent_id,
+                display_name=new.display_name,
+                body_source=new.body_source,
+                body_html=new.body_html,
+                status=new.status,
+                created_ms=new.created_ms,
+            )
             with self._writing() as conn:
-                self._thread_by_id(conn, new.tenant_id, new.thread_id)
-                a = s.authors.c
-                if (
-                    conn.execute(select(a.id).where(a.tenant_id == new.tenant_id, a.id == new.author_id)).first()
-                    is None
-                ):
-                    raise NotFound("author")
-                comment_id = new_id()
-                root_id = comment_id
-                if new.parent_id is not None:
-                    parent = conn.execute(
-                        select(c.thread_id, c.root_id).where(c.tenant_id == new.tenant_id, c.id == new.parent_id)
-                    ).first()
-                    if parent is None:
-                        raise NotFound("parent comment")
-                    if parent.thread_id != new.thread_id:
-                        raise InvalidReference("the parent comment belongs to another thread")
-                    root_id = parent.root_id
-                conn.execute(
-                    insert(s.comments).values(
-                        id=comment_id,
-                        tenant_id=new.tenant_id,
-                        thread_id=new.thread_id,
-                        parent_id=new.parent_id,
-                        root_id=root_id,
-                        author_id=new.author_id,
-                        display_name=new.display_name,
-                        body_source=new.body_source,
-                        body_html=new.body_html,
-                        status=new.status.value,
-                        created_ms=new.created_ms,
-                        edited_ms=None,
-                        like_count=0,
-                        flag_count=0,
-                    )
-                )
-                if new.status is CommentStatus.APPROVED:
-                    self._count_approved(conn, new.tenant_id, new.thread_id, +1)
-                row = conn.execute(select(s.comments).where(c.id == comment_id)).one()
-                return self._written(conn, _comment(row))
+                rows = self._batch(conn, plan.steps, commit=True)
+                return self._written(conn, _comment(rows_of(rows, inserted)[0]))
 
         return self._call("create_comment", read_preference, go, write=True)
+
+    def post_comment(self, new: NewPost, *, read_preference: ReadPreference) -> Deferred[Written[Posted]]:
+        def go() -> Written[Posted]:
+            ids = NewIds(comment=new_id(), thread=new_id(), session=new_id(), author=new_id(), user=new_id())
+            plan = Plan()
+            steps = post(plan, new, ids=ids)
+            t = s.threads.c
+            thread = plan.add(_threads().where(t.tenant_id == new.tenant_id, t.url_id == new.url_id))
+            with self._writing() as conn:
+                rows = self._batch(conn, plan.steps, commit=True)
+                session = None
+                if isinstance(new.poster, NewSession):
+                    session = AnonymousSession(ids.session, new.tenant_id, ids.author, new.created_ms)
+                posted = Posted(
+                    comment=_comment(rows_of(rows, steps.comment)[0]),
+                    thread=_thread(rows_of(rows, thread)[0]),
+                    thread_created=not rows_of(rows, steps.existed)[0].existed,
+                    session=session,
+                )
+                return self._written(conn, posted)
+
+        return self._call("post_comment", read_preference, go, write=True)
 
     def _count_approved(self, conn: Connection, tenant_id: str, thread_id: str, delta: int) -> None:
         t = s.threads.c
@@ -1282,36 +1308,52 @@ class SqlStore:
         read_preference: ReadPreference,
         address_hash: str | None = None,
         max_per_address: int | None = None,
+        expect: Expect | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             v = s.votes.c
             va = s.vote_addresses.c
-            with self._writing() as conn:
-                self._comment_row(conn, tenant_id, comment_id)
-                self._require_author(conn, tenant_id, voter_id)
-                if conn.execute(select(v.voter_id).where(v.comment_id == comment_id, v.voter_id == voter_id)).first():
-                    raise AlreadyExists("like")
-                if address_hash is not None and max_per_address is not None:
-                    from_there = conn.execute(
-                        select(func.count()).where(va.comment_id == comment_id, va.address_hash == address_hash)
-                    ).scalar_one()
-                    if from_there >= max_per_address:
-                        raise LimitReached("likes from one address")
-                try:
-                    conn.execute(
-                        insert(s.votes).values(
-                            comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, created_ms=created_ms
-                        )
+            c = s.comments.c
+            a = s.authors.c
+            plan = Plan()
+            check_expected(plan, tenant_id, expect)
+            plan.require(exists_where(s.comments, c.tenant_id == tenant_id, c.id == comment_id), NotFound("comment"))
+            plan.require(exists_where(s.authors, a.tenant_id == tenant_id, a.id == voter_id), NotFound("author"))
+            plan.require(
+                ~exists_where(s.votes, v.comment_id == comment_id, v.voter_id == voter_id), AlreadyExists("like")
+            )
+            if address_hash is not None and max_per_address is not None:
+                from_there = (
+                    select(func.count())
+                    .select_from(s.vote_addresses)
+                    .where(va.comment_id == comment_id, va.address_hash == address_hash)
+                    .scalar_subquery()
+                )
+                plan.require(from_there < max_per_address, LimitReached("likes from one address"))
+            plan.add(
+                insert(s.votes).values(
+                    comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, created_ms=created_ms
+                )
+            )
+            if address_hash is not None:
+                plan.add(
+                    insert(s.vote_addresses).values(
+                        comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, address_hash=address_hash
                     )
-                except IntegrityError:
-                    raise AlreadyExists("like") from None
-                if address_hash is not None:
-                    conn.execute(
-                        insert(s.vote_addresses).values(
-                            comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, address_hash=address_hash
-                        )
-                    )
-                return self._written(conn, self._bump(conn, tenant_id, comment_id, "like_count", +1))
+                )
+            counted = plan.add(
+                update(s.comments)
+                .where(c.tenant_id == tenant_id, c.id == comment_id)
+                .values(like_count=c.like_count + 1)
+                .returning(c.like_count)
+            )
+            try:
+                with self._writing() as conn:
+                    rows = self._batch(conn, plan.steps, commit=True)
+                    return self._written(conn, int(rows_of(rows, counted)[0].like_count))
+            except IntegrityError:
+                # A concurrent like by the same voter won the race.
+                raise AlreadyExists("like") from None
 
         return self._call("add_like", read_preference, go, write=True)
 
@@ -1380,27 +1422,37 @@ class SqlStore:
         return self._call("add_flag", read_preference, go, write=True)
 
     def add_block(
-        self, tenant_id: str, viewer_id: str, author_id: str, *, created_ms: int, read_preference: ReadPreference
+        self,
+        tenant_id: str,
+        viewer_id: str,
+        author_id: str,
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[None]]:
         def go() -> Written[None]:
             b = s.blocks.c
+            a = s.authors.c
             if viewer_id == author_id:
                 raise InvalidReference("an author cannot block themselves")
-            with self._writing() as conn:
-                self._require_author(conn, tenant_id, author_id)
-                self._require_author(conn, tenant_id, viewer_id)
-                where = and_(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
-                if conn.execute(select(b.author_id).where(where)).first() is not None:
-                    raise AlreadyExists("block")
-                try:
-                    conn.execute(
-                        insert(s.blocks).values(
-                            tenant_id=tenant_id, viewer_id=viewer_id, author_id=author_id, created_ms=created_ms
-                        )
-                    )
-                except IntegrityError:
-                    raise AlreadyExists("block") from None
-                return self._written(conn, None)
+            plan = Plan()
+            check_expected(plan, tenant_id, expect)
+            for who in (author_id, viewer_id):
+                plan.require(exists_where(s.authors, a.tenant_id == tenant_id, a.id == who), NotFound("author"))
+            where = and_(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
+            plan.require(~exists_where(s.blocks, where), AlreadyExists("block"))
+            plan.add(
+                insert(s.blocks).values(
+                    tenant_id=tenant_id, viewer_id=viewer_id, author_id=author_id, created_ms=created_ms
+                )
+            )
+            try:
+                with self._writing() as conn:
+                    self._batch(conn, plan.steps, commit=True)
+                    return self._written(conn, None)
+            except IntegrityError:
+                raise AlreadyExists("block") from None
 
         return self._call("add_block", read_preference, go, write=True)
 

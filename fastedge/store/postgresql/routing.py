@@ -30,7 +30,9 @@ from .. import schema as s
 from ..errors import BadToken, CommitUnknown, StoreUnavailable
 from ..metrics import ReplicationMetrics
 from ..model import ReadPreference
+from ..plan import Step
 from ..sql import Observer, Runner, SqlStore
+from . import pipeline
 from .dsn import Target, conninfo
 from .primary import Primaries
 from .tokens import parse_lsn
@@ -57,13 +59,6 @@ class _WriteState:
     committed: bool = False
     #: The commit's WAL position, when a batch committed (``_batch``).
     token: str | None = None
-
-
-class _Row:
-    """A row of a pipelined statement, with attribute access like SQLAlchemy's."""
-
-    def __init__(self, names: Sequence[str], values: Sequence[Any]) -> None:
-        self.__dict__.update(zip(names, values, strict=True))
 
 
 class _Local(threading.local):
@@ -231,60 +226,30 @@ class PostgresStore(SqlStore):
             return state.token
         return self._commit(conn)
 
-    def _batch(self, conn: Connection, statements: Sequence[Any], *, commit: bool) -> list[list[Any] | None]:
-        """With ``commit``: send BEGIN, the statements, COMMIT and the
-        position query in one round trip (psycopg's pipeline mode; the
-        statements are :mod:`fastedge.store.sql`'s, compiled here as
-        SQLAlchemy would). Without: one by one, as the base class does.
+    def _batch(self, conn: Connection, statements: Sequence[Step], *, commit: bool) -> list[list[Any] | None]:
+        """With ``commit``: the statements and the COMMIT in one flight
+        (:mod:`.pipeline`). Without: one by one, as the base class does.
 
         With the COMMIT in flight a broken connection is ``CommitUnknown``,
-        as for any write (``commit_sent``).
+        as for any write (``commit_sent``); an error the server answered
+        means the COMMIT was skipped, so the write was not applied.
         """
         if not commit:
             return super()._batch(conn, statements, commit=commit)
         state = self._local.write
         assert state is not None, "a batch outside _writing"
         raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
-        compiled = [
-            statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-            for statement in statements
-        ]
-        cursors = []
-        position = None
-        # psycopg would send its BEGIN and wait for it before the rest (a
-        # round trip of its own): in autocommit mode our BEGIN goes in the
-        # same flight. Nothing was sent in this transaction yet (idle).
-        raw.autocommit = True
+
+        def commit_sent() -> None:
+            state.commit_sent = True
+
         try:
-            with raw.pipeline():
-                raw.cursor().execute("BEGIN")
-                for query in compiled:
-                    cur = raw.cursor()
-                    cur.execute(str(query), query.params)
-                    cursors.append(cur)
-                state.commit_sent = True
-                raw.cursor().execute("COMMIT")
-                position = raw.cursor()
-                position.execute("SELECT pg_current_wal_lsn()::text")
-        except BaseException:
-            if raw.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE and not raw.broken:
-                raw.rollback()
-            raise
-        finally:
-            if not raw.broken and raw.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                raw.autocommit = False
-        out: list[list[Any] | None] = []
-        for cur in cursors:
-            if cur.description is None:
-                out.append(None)
-            else:
-                names = [column.name for column in cur.description]
-                out.append([_Row(names, row) for row in cur.fetchall()])
-        if position is not None:
-            row = position.fetchone()
-            assert row is not None
-            state.committed = True
-            state.token = str(row[0])
+            out, token = pipeline.send(raw, conn.dialect, statements, commit_sent)
+        except pipeline.NotApplied as e:
+            state.commit_sent = False
+            raise e.error from None
+        state.committed = True
+        state.token = token
         return out
 
     def token_covers(self, have: str | None, want: str | None) -> bool:
@@ -527,7 +492,9 @@ class PostgresStore(SqlStore):
                         text("SELECT pg_advisory_xact_lock(:key)"),
                         {"key": _MIGRATION_LOCK},
                     )
-                    return s.migrate(conn, applied_ms)
+                    applied = s.migrate(conn, applied_ms)
+                    conn.execute(text(pipeline.REQUIRE_FUNCTION))
+                    return applied
 
             return self._on_primary("open", PRIMARY, go, write=True)
 

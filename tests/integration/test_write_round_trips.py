@@ -1,0 +1,155 @@
+"""Each public and tenant-API write costs one round trip to the PostgreSQL
+primary (issue 15, target 2), counted at the wire.
+
+Every connection the store takes from its primary's pool is traced with
+libpq's protocol trace while a request runs; a round trip is a run of
+messages the client sent before it read an answer (one "flight"). NEAREST
+reads go to a real synchronous standby (``remote_apply``, so a write is
+visible there when it returns) and are not counted: they are local.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+from psycopg import pq
+from sqlalchemy import event
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from fastedge.store.postgresql import PostgresStore
+from fastedge.testing import NodeHarness, postgres_dsn, postgres_schema, run_inline, shared_postgres
+
+URL = quote("https://news.test/a", safe="")
+
+
+def flights(trace: str) -> int:
+    """Round trips in a libpq trace: runs of client (``F``) messages, each
+    ended by the server's answer (``B``)."""
+    count = 0
+    sending = False
+    for line in trace.splitlines():
+        direction = line.split("\t", 1)[0]
+        if direction not in ("F", "B"):
+            # The rest of a statement's text, which may span lines.
+            continue
+        if direction == "F" and not sending:
+            count += 1
+        sending = direction == "F"
+    return count
+
+
+class PrimaryWire:
+    """Traces every connection of the primary's pool (checkout to checkin)."""
+
+    def __init__(self, testcase: SynchronousTestCase, store: PostgresStore) -> None:
+        self.path = os.path.abspath(testcase.mktemp())
+        open(self.path, "w").close()
+        self._files: dict[int, Any] = {}
+        engine = store._primaries.current.engine
+        event.listen(engine, "checkout", self._checkout)
+        event.listen(engine, "checkin", self._checkin)
+        testcase.addCleanup(event.remove, engine, "checkout", self._checkout)
+        testcase.addCleanup(event.remove, engine, "checkin", self._checkin)
+
+    def _checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        trace = open(self.path, "a")
+        self._files[id(dbapi_connection)] = trace
+        dbapi_connection.pgconn.trace(trace.fileno())
+        dbapi_connection.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    def _checkin(self, dbapi_connection: Any, record: Any) -> None:
+        trace = self._files.pop(id(dbapi_connection), None)
+        if trace is not None:
+            if not dbapi_connection.closed:
+                dbapi_connection.pgconn.untrace()
+            trace.close()
+
+    def round_trips(self, action: Callable[[], Any]) -> tuple[int, Any]:
+        """Run ``action``; its round trips to the primary and its result."""
+        open(self.path, "w").close()
+        result = action()
+        with open(self.path) as f:
+            text = f.read()
+        if os.environ.get("FE_DUMP_TRACE"):
+            with open(os.environ["FE_DUMP_TRACE"], "a") as out:
+                out.write(text + "\n=====\n")
+        return flights(text), result
+
+
+class WriteRoundTripTests(SynchronousTestCase):
+    """Writes through the API against a primary and a near standby."""
+
+    def setUp(self) -> None:
+        cluster = shared_postgres()
+        schema = postgres_schema(self, cluster)
+        primary = cluster.servers["primary"]
+        stores: list[PostgresStore] = []
+
+        def factory(clock: Clock) -> Any:
+            store = PostgresStore(
+                [postgres_dsn(primary, schema, synchronous_commit="remote_apply")],
+                postgres_dsn(cluster.servers["sync"], schema),
+                run=run_inline,
+                clock=clock,
+                token_wait_seconds=0,
+            )
+            stores.append(store)
+            return store
+
+        self.node = NodeHarness(self, store_factory=factory)
+        self.wire = PrimaryWire(self, stores[0])
+        self.tenant, self.key = self.node.create_tenant()
+        self.page = f"/api/v1/{self.tenant}/comments?urlId={URL}"
+
+    def trips(self, action: Callable[[], Any], code: int) -> int:
+        count, response = self.wire.round_trips(action)
+        self.assertEqual(response.code, code, response.body)
+        return count
+
+    def test_public_writes(self) -> None:
+        """A first post (new session and thread), a second post (session
+        checked), a reply, a like and a block each make one round trip."""
+        ann = self.node.client()
+        bob = self.node.client()
+        first = {}
+
+        def post() -> Any:
+            r = ann.post(self.page, json_body={"text": "First", "displayName": "Ann"})
+            first.update(r.json or {})
+            return r
+
+        self.assertEqual(self.trips(post, 201), 1, "first post, new session")
+        comment = first["comment"]["id"]
+        self.assertEqual(
+            self.trips(lambda: ann.post(self.page, json_body={"text": "Again", "displayName": "Ann"}), 201),
+            1,
+            "post with a session",
+        )
+        self.assertEqual(bob.post(self.page, json_body={"text": "Hi", "displayName": "Bob"}).code, 201)
+        reply = {"text": "Reply", "displayName": "Bob", "parentId": comment}
+        self.assertEqual(self.trips(lambda: bob.post(self.page, json_body=reply), 201), 1, "reply")
+        like = f"/api/v1/{self.tenant}/comments/{comment}/like"
+        self.assertEqual(self.trips(lambda: bob.post(like), 200), 1, "like")
+        author = first["viewer"]["authorId"]
+        block = f"/api/v1/{self.tenant}/blocks/{author}"
+        self.assertEqual(self.trips(lambda: bob.post(block), 200), 1, "block")
+
+    def test_tenant_api_create(self) -> None:
+        """A comment created through the tenant API (user, thread, comment)
+        makes one round trip, a reply too."""
+        manager = self.node.manager(self.key)
+        body = {"urlId": "https://news.test/a", "text": "Hello", "displayName": "Ann", "userId": "u1"}
+        created = {}
+
+        def create() -> Any:
+            r = manager.post("/api/v1/manage/comments", json_body=body)
+            created.update(r.json or {})
+            return r
+
+        self.assertEqual(self.trips(create, 201), 1)
+        reply = dict(body, parentId=created["comment"]["id"])
+        self.assertEqual(self.trips(lambda: manager.post("/api/v1/manage/comments", json_body=reply), 201), 1)

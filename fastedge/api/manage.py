@@ -433,16 +433,16 @@ class ManageApi:
             text = common.comment_text(self._cfg, text)
             new_body = (text, render(text))
         status = self._status(body.get("status"), CommentStatus.APPROVED) if body.get("status") is not None else None
-        # The state before, to tell live threads what changed (edited,
-        # approved, or moderated away).
-        before = yield self._store.get_comment(tenant.id, comment_id, read_preference=PRIMARY)
-        written = yield self._store.update_comment(
+        # With the state before, from the same write, to tell live threads
+        # what changed (edited, approved, or moderated away).
+        written = yield self._store.change_comment(
             tenant.id, comment_id, edited_ms=self._now_ms(), body=new_body, status=status, read_preference=PRIMARY
         )
-        self._forget_thread(tenant.id, written.value.thread_id)
+        change = written.value
+        self._forget_thread(tenant.id, change.after.thread_id)
         if self._live is not None:
-            self._live.changed(before, written.value)
-        return 200, {"comment": common.manage_comment(written.value)}, written
+            self._live.changed(change.before, change.after)
+        return 200, {"comment": common.manage_comment(change.after)}, written
 
     @inlineCallbacks
     def delete_comment(self, call: Call, tenant: Tenant) -> Any:

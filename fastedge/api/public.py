@@ -889,18 +889,26 @@ class PublicApi:
     def flag(self, call: Call) -> Any:
         self._limit(call.client_ip, self._per_ip)
         tenant = yield self._tenant(call)
-        # Check the comment before a first write creates a session for nothing.
-        comment, _ = yield self._comment_for_write(call, tenant)
-        viewer = yield self._writer(call, tenant)
+        known = yield self._known_writer(call, tenant, verified=False)
         threshold = auto_hide_threshold(self._cfg, tenant)
-        written = yield self._store.add_flag(
-            tenant.id,
-            comment.id,
-            viewer.session.author_id,
-            created_ms=self._now_ms(),
-            read_preference=PRIMARY,
-            hide_at=threshold,
-        )
+
+        @inlineCallbacks
+        def attempt(fresh: bool) -> Any:
+            # Check the comment before a first write creates a session for nothing.
+            comment, thread = yield self._comment_for_write(call, tenant, fresh=fresh)
+            viewer = known if known is not None else (yield self._writer(call, tenant))
+            written = yield self._store.add_flag(
+                tenant.id,
+                comment.id,
+                viewer.session.author_id,
+                created_ms=self._now_ms(),
+                read_preference=PRIMARY,
+                hide_at=threshold,
+                expect=self._expect(viewer, thread, thread.url_id, comment.id),
+            )
+            return comment, viewer, written
+
+        comment, viewer, written = yield self._checked(tenant, known, attempt)
         self._metrics.flags.inc()
         if threshold is not None and written.value >= threshold:
             # The store hid it in the same write (it was approved when read

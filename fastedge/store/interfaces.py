@@ -34,6 +34,7 @@ from .model import (
     Author,
     Ban,
     BanKind,
+    Change,
     Comment,
     CommentStatus,
     CreditUsage,
@@ -359,6 +360,22 @@ class IStore(Interface):
         :returns: ``Deferred[Written[Comment]]``; ``NotFound`` if absent.
         """
 
+    def change_comment(
+        tenant_id: str,
+        comment_id: str,
+        *,
+        edited_ms: int,
+        read_preference: ReadPreference,
+        body: tuple[str, str] | None = None,
+        status: CommentStatus | None = None,
+    ) -> Deferred[Written[Change]]:
+        """:meth:`update_comment`, answering the comment as it was before the
+        write too (what live readers are told depends on both), from the
+        same one write.
+
+        :returns: ``Deferred[Written[Change]]``; ``NotFound`` if absent.
+        """
+
     def delete_comment(tenant_id: str, comment_id: str, *, read_preference: ReadPreference) -> Deferred[Written[int]]:
         """Delete a comment and every reply beneath it.
 
@@ -402,8 +419,11 @@ class IStore(Interface):
         created_ms: int,
         read_preference: ReadPreference,
         hide_at: int | None = None,
+        expect: Expect | None = None,
     ) -> Deferred[Written[int]]:
-        """:param hide_at: when the flag count reaches this and the comment
+        """:param expect: what the caller read from a replica, checked in
+            the same write (:class:`~fastedge.store.model.Expect`).
+        :param hide_at: when the flag count reaches this and the comment
             is approved, hide it (status ``PENDING``, back to review) in the
             same transaction and write an ``auto_hide`` audit entry.
         :returns: ``Deferred[Written[int]]``, the new flag count;

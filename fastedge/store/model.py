@@ -241,6 +241,14 @@ class NewPost:
 
 
 @dataclass(frozen=True)
+class Change:
+    """A comment before and after a write changed it."""
+
+    before: Comment
+    after: Comment
+
+
+@dataclass(frozen=True)
 class Posted:
     """What :meth:`IStore.post_comment` wrote."""
 

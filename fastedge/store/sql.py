@@ -71,6 +71,7 @@ from .model import (
     AuthorKind,
     Ban,
     BanKind,
+    Change,
     Comment,
     CommentStatus,
     CreditUsage,
@@ -1223,26 +1224,50 @@ class SqlStore:
         body: tuple[str, str] | None = None,
         status: CommentStatus | None = None,
     ) -> Deferred[Written[Comment]]:
-        def go() -> Written[Comment]:
-            c = s.comments.c
-            with self._writing() as conn:
-                old = self._comment_row(conn, tenant_id, comment_id)
-                changes: dict[str, Any] = {}
-                if body is not None:
-                    changes.update(body_source=body[0], body_html=body[1], edited_ms=edited_ms)
-                if status is not None and status is not old.status:
-                    changes["status"] = status.value
-                    if old.status is CommentStatus.APPROVED:
-                        self._count_approved(conn, tenant_id, old.thread_id, -1)
-                    elif status is CommentStatus.APPROVED:
-                        self._count_approved(conn, tenant_id, old.thread_id, +1)
-                if changes:
-                    conn.execute(
-                        update(s.comments).where(c.tenant_id == tenant_id, c.id == comment_id).values(**changes)
-                    )
-                return self._written(conn, self._comment_row(conn, tenant_id, comment_id))
+        d = self.change_comment(
+            tenant_id, comment_id, edited_ms=edited_ms, read_preference=read_preference, body=body, status=status
+        )
+        return d.addCallback(lambda written: Written(written.value.after, written.token))
 
-        return self._call("update_comment", read_preference, go, write=True)
+    def change_comment(
+        self,
+        tenant_id: str,
+        comment_id: str,
+        *,
+        edited_ms: int,
+        read_preference: ReadPreference,
+        body: tuple[str, str] | None = None,
+        status: CommentStatus | None = None,
+    ) -> Deferred[Written[Change]]:
+        def go() -> Written[Change]:
+            c = s.comments.c
+            t = s.threads.c
+            this = and_(c.tenant_id == tenant_id, c.id == comment_id)
+            plan = Plan()
+            plan.require(exists_where(s.comments, this), NotFound("comment"))
+            before = plan.add(select(s.comments).where(this))
+            changes: dict[str, Any] = {}
+            if body is not None:
+                changes.update(body_source=body[0], body_html=body[1], edited_ms=edited_ms)
+            if status is not None:
+                changes["status"] = status.value
+                # Before the comment changes: its thread counts approved comments.
+                was_approved = case((select(c.status).where(this).scalar_subquery() == _APPROVED, 1), else_=0)
+                now_approved = int(status is CommentStatus.APPROVED)
+                plan.add(
+                    update(s.threads)
+                    .where(t.tenant_id == tenant_id, t.id == select(c.thread_id).where(this).scalar_subquery())
+                    .values(comment_count=t.comment_count + now_approved - was_approved)
+                )
+            if changes:
+                plan.add(update(s.comments).where(this).values(**changes))
+            after = plan.add(select(s.comments).where(this))
+            with self._writing() as conn:
+                rows = self._batch(conn, plan.steps, commit=True)
+                change = Change(_comment(rows_of(rows, before)[0]), _comment(rows_of(rows, after)[0]))
+                return self._written(conn, change)
+
+        return self._call("change_comment", read_preference, go, write=True)
 
     def delete_comment(
         self, tenant_id: str, comment_id: str, *, read_preference: ReadPreference
@@ -1392,32 +1417,60 @@ class SqlStore:
         created_ms: int,
         read_preference: ReadPreference,
         hide_at: int | None = None,
+        expect: Expect | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             f = s.flags.c
-            with self._writing() as conn:
-                comment = self._comment_row(conn, tenant_id, comment_id)
-                self._require_author(conn, tenant_id, flagger_id)
-                if conn.execute(
-                    select(f.flagger_id).where(f.comment_id == comment_id, f.flagger_id == flagger_id)
-                ).first():
-                    raise AlreadyExists("flag")
-                try:
-                    conn.execute(
-                        insert(s.flags).values(
-                            comment_id=comment_id, flagger_id=flagger_id, tenant_id=tenant_id, created_ms=created_ms
-                        )
+            c = s.comments.c
+            a = s.authors.c
+            this = and_(c.tenant_id == tenant_id, c.id == comment_id)
+            plan = Plan()
+            check_expected(plan, tenant_id, expect)
+            plan.require(exists_where(s.comments, this), NotFound("comment"))
+            plan.require(exists_where(s.authors, a.tenant_id == tenant_id, a.id == flagger_id), NotFound("author"))
+            plan.require(
+                ~exists_where(s.flags, f.comment_id == comment_id, f.flagger_id == flagger_id), AlreadyExists("flag")
+            )
+            plan.add(
+                insert(s.flags).values(
+                    comment_id=comment_id, flagger_id=flagger_id, tenant_id=tenant_id, created_ms=created_ms
+                )
+            )
+            counted = plan.add(
+                update(s.comments).where(this).values(flag_count=c.flag_count + 1).returning(c.flag_count)
+            )
+            if hide_at is not None:
+                # Hidden for review: off public pages, still in the
+                # moderators' pending and flagged queues. Each step is
+                # guarded by the same condition, the status last.
+                hide = exists_where(s.comments, this, c.status == _APPROVED, c.flag_count >= hide_at)
+                t = s.threads.c
+                plan.add(
+                    update(s.threads)
+                    .where(t.id == select(c.thread_id).where(this).scalar_subquery(), hide)
+                    .values(comment_count=t.comment_count - 1)
+                )
+                plan.add(
+                    insert(s.moderation_log).from_select(
+                        ["id", "tenant_id", "created_ms", "actor", "action", "targets", "reason"],
+                        select(
+                            literal(new_id()),
+                            literal(tenant_id),
+                            literal(created_ms),
+                            literal("auto"),
+                            literal("auto_hide"),
+                            literal(json.dumps({"commentIds": [comment_id], "banIds": []})),
+                            literal("flags"),
+                        ).where(hide),
                     )
-                except IntegrityError:
-                    raise AlreadyExists("flag") from None
-                count = self._bump(conn, tenant_id, comment_id, "flag_count", +1)
-                if hide_at is not None and count >= hide_at and comment.status is CommentStatus.APPROVED:
-                    # Hidden for review: off public pages, still in the
-                    # moderators' pending and flagged queues.
-                    hidden = replace(comment, flag_count=count)
-                    self._set_status(conn, tenant_id, [hidden], CommentStatus.PENDING)
-                    self._audit(conn, tenant_id, "auto", "auto_hide", [comment_id], [], "flags", created_ms)
-                return self._written(conn, count)
+                )
+                plan.add(update(s.comments).where(this, hide).values(status=CommentStatus.PENDING.value))
+            try:
+                with self._writing() as conn:
+                    rows = self._batch(conn, plan.steps, commit=True)
+                    return self._written(conn, int(rows_of(rows, counted)[0].flag_count))
+            except IntegrityError:
+                raise AlreadyExists("flag") from None
 
         return self._call("add_flag", read_preference, go, write=True)
 

@@ -20,8 +20,11 @@ from sqlalchemy import event
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from fastedge.store.model import ReadPreference, SsoSecretChange
 from fastedge.store.postgresql import PostgresStore
 from fastedge.testing import NodeHarness, postgres_dsn, postgres_schema, run_inline, shared_postgres
+
+from ..unit.api.test_moderation import MOD, SECRET_A, sso
 
 URL = quote("https://news.test/a", safe="")
 
@@ -108,6 +111,11 @@ class WriteRoundTripTests(SynchronousTestCase):
     def trips(self, action: Callable[[], Any], code: int) -> int:
         count, response = self.wire.round_trips(action)
         self.assertEqual(response.code, code, response.body)
+        report = os.environ.get("FE_ROUND_TRIPS_REPORT")
+        if report:
+            # For the record of a change (before/after): every count, in order.
+            with open(report, "a") as f:
+                f.write("{} {}\n".format(self.id().rsplit(".", 1)[-1], count))
         return count
 
     def test_public_writes(self) -> None:
@@ -137,6 +145,8 @@ class WriteRoundTripTests(SynchronousTestCase):
         author = first["viewer"]["authorId"]
         block = f"/api/v1/{self.tenant}/blocks/{author}"
         self.assertEqual(self.trips(lambda: bob.post(block), 200), 1, "block")
+        flag = f"/api/v1/{self.tenant}/comments/{comment}/flag"
+        self.assertEqual(self.trips(lambda: bob.post(flag), 200), 1, "flag")
 
     def test_tenant_api_create(self) -> None:
         """A comment created through the tenant API (user, thread, comment)
@@ -153,3 +163,31 @@ class WriteRoundTripTests(SynchronousTestCase):
         self.assertEqual(self.trips(create, 201), 1)
         reply = dict(body, parentId=created["comment"]["id"])
         self.assertEqual(self.trips(lambda: manager.post("/api/v1/manage/comments", json_body=reply), 201), 1)
+        path = "/api/v1/manage/comments/" + created["comment"]["id"]
+        edit = {"text": "Hello again", "status": "pending"}
+        self.assertEqual(self.trips(lambda: manager.patch(path, json_body=edit), 200), 1, "update")
+
+    def test_moderation_bulk_actions(self) -> None:
+        """A bulk action through the tenant API and through the public
+        moderation route (an SSO moderator's cookie) each make one round trip."""
+        manager = self.node.manager(self.key)
+        ids = []
+        for i in range(5):
+            body = {"urlId": "https://news.test/a", "text": f"c{i}", "displayName": "Ann", "status": "pending"}
+            r = manager.post("/api/v1/manage/comments", json_body=body)
+            self.assertEqual(r.code, 201, r.body)
+            ids.append(r.json["comment"]["id"])
+        act = {"action": "approve", "commentIds": ids[:3]}
+        self.assertEqual(
+            self.trips(lambda: manager.post("/api/v1/manage/moderation/actions", json_body=act), 200), 1, "tenant API"
+        )
+        now = int(self.node.clock.seconds() * 1000)
+        self.node.store.update_tenant_settings(
+            self.tenant, {}, sso_secret=SsoSecretChange(SECRET_A, now, 0), read_preference=ReadPreference.PRIMARY
+        )
+        mod = self.node.client()
+        r = mod.post(f"/api/v1/{self.tenant}/sso", json_body=sso(SECRET_A, MOD, now))
+        self.assertEqual(r.code, 200, r.body)
+        act = {"action": "approve", "commentIds": ids[3:]}
+        path = f"/api/v1/{self.tenant}/moderation/actions"
+        self.assertEqual(self.trips(lambda: mod.post(path, json_body=act), 200), 1, "SSO moderator")

@@ -2,8 +2,9 @@
 primary (issue 15, target 2), counted at the wire.
 
 Every connection the store takes from its primary's pool is traced with
-libpq's protocol trace while a request runs; a round trip is a run of
-messages the client sent before it read an answer (one "flight"). NEAREST
+libpq's protocol trace while a request runs; a round trip is the client
+sending after the server said it was ready (``ReadyForQuery``): each time,
+a far primary's whole round-trip time. NEAREST
 reads go to a real synchronous standby (``remote_apply``, so a write is
 visible there when it returns) and are not counted: they are local.
 """
@@ -30,18 +31,19 @@ URL = quote("https://news.test/a", safe="")
 
 
 def flights(trace: str) -> int:
-    """Round trips in a libpq trace: runs of client (``F``) messages, each
-    ended by the server's answer (``B``)."""
+    """Round trips in a libpq trace: the times the client sent after the
+    server said it was ready for more (``ReadyForQuery``, which answers a
+    Sync or a simple query), or first. A pipeline's results may come back
+    while the client is still sending (a near server); that is not a wait."""
     count = 0
-    sending = False
+    answered = True
     for line in trace.splitlines():
-        direction = line.split("\t", 1)[0]
-        if direction not in ("F", "B"):
-            # The rest of a statement's text, which may span lines.
-            continue
-        if direction == "F" and not sending:
+        fields = line.split("\t")
+        if fields[0] == "F" and answered:
             count += 1
-        sending = direction == "F"
+            answered = False
+        elif fields[0] == "B" and fields[2:3] == ["ReadyForQuery"]:
+            answered = True
     return count
 
 

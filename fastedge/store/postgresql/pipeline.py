@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from psycopg import pq
 from sqlalchemy import Dialect, func, select
 from sqlalchemy.exc import IntegrityError
@@ -99,27 +100,46 @@ def send(
     # round trip of its own): in autocommit mode our BEGIN goes in the same
     # flight. Nothing was sent in this transaction yet (idle).
     raw.autocommit = True
+    # An error the server answered may surface while statements are still
+    # being queued (psycopg reads what has come back as it sends): held
+    # here, so the pipeline ends without it and it is raised once, below.
+    answered: psycopg.Error | None = None
     try:
-        with raw.pipeline():
-            raw.cursor().execute("BEGIN")
-            for query in compiled:
-                cur = raw.cursor()
-                cur.execute(str(query), query.params)
-                cursors.append(cur)
-            mark_commit_sent()
-            raw.cursor().execute("COMMIT")
-            position = raw.cursor()
-            position.execute("SELECT pg_current_wal_lsn()::text")
-    except psycopg.Error as e:
-        if not raw.broken and raw.pgconn.transaction_status != pq.TransactionStatus.IDLE:
-            raw.rollback()
-        if raw.broken:
-            raise
-        # The server answered: it stopped at this error and skipped the rest
-        # of the flight, the COMMIT included.
-        raise _answered(e, steps) from None
+        try:
+            with raw.pipeline():
+                try:
+                    raw.cursor().execute("BEGIN")
+                    for query in compiled:
+                        cur = raw.cursor()
+                        cur.execute(str(query), query.params)
+                        cursors.append(cur)
+                    mark_commit_sent()
+                    raw.cursor().execute("COMMIT")
+                    position = raw.cursor()
+                    position.execute("SELECT pg_current_wal_lsn()::text")
+                except psycopg.Error as e:
+                    if raw.broken:
+                        raise
+                    answered = e
+        except psycopg.errors.PipelineAborted:
+            # The rest of the flight after the error, skipped by the server.
+            if answered is None:
+                raise
+        except psycopg.Error as e:
+            if raw.broken or answered is not None:
+                raise
+            answered = e
+        if answered is not None:
+            if raw.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                raw.rollback()
+            # The server stopped at this error and skipped the rest of the
+            # flight, the COMMIT included.
+            raise _answered(answered, steps)
     except BaseException:
-        if not raw.broken and raw.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        if not raw.broken and raw.pgconn.transaction_status not in (
+            pq.TransactionStatus.IDLE,
+            pq.TransactionStatus.UNKNOWN,
+        ):
             raw.rollback()
         raise
     finally:

@@ -65,14 +65,18 @@ def check_idle_connection(raw: psycopg.Connection[Any]) -> None:
     pool) or said goodbye on it: readable bytes on an idle connection are a
     notice at best, a shutdown's FATAL or the end of the stream at worst.
     No round trip."""
-    readable, _, _ = select_module.select([raw.fileno()], [], [], 0)
-    if not readable:
-        return
     pgconn = raw.pgconn
-    # Raises OperationalError at the end of the stream.
-    pgconn.consume_input()
-    if pgconn.status != pq.ConnStatus.OK:
-        raise psycopg.OperationalError("the server closed the connection while it was idle")
+    # A goodbye (FATAL) and the end of the stream may take two reads: the
+    # second raises OperationalError. Anything else readable on an idle
+    # connection is a notice or a notification, consumed here.
+    for _ in range(3):
+        readable, _, _ = select_module.select([raw.fileno()], [], [], 0)
+        if not readable:
+            return
+        pgconn.consume_input()
+        if pgconn.status != pq.ConnStatus.OK:
+            break
+    raise psycopg.OperationalError("the server spoke on an idle connection and did not stop: treated as closed")
 
 
 def send(

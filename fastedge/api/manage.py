@@ -18,6 +18,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..config import ApiConfig
+from ..http.errors import ApiError, bad_request
+from ..http.router import Call, ICors, Reply, Route
+from ..identity.sso import check_secret, sso_status
 from ..store.errors import NotFound
 from ..store.interfaces import IStore
 from ..store.model import (
@@ -34,16 +37,13 @@ from ..store.settings import SettingsError, apply_patch, check_group_ids, from_s
 from . import common
 from .cache import PageCache
 from .credits import CreditMeter, merge_usage
-from .errors import ApiError, bad_request
 from .keys import hash_api_key, looks_like_api_key, new_api_key
 from .markup import render
 from .metrics import ApiMetrics
-from .router import Call, ICors, Reply, Route
-from .sso import check_secret, sso_status
 from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
-    from ..pubsub.publish import LivePublisher
+    from ..live.publish import LivePublisher
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST

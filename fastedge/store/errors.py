@@ -67,3 +67,17 @@ class Stale(StoreError):
     """What the caller read from a replica and checked no longer holds on the
     primary (see :class:`~fastedge.store.model.Expect`): nothing was applied;
     check again on the primary and retry."""
+
+
+class AccessRefused(Exception):
+    """A thread's access rules refuse the caller (group lock, closed thread,
+    sign-in required): 403 with ``reason`` as the code on the HTTP API,
+    ``forbidden`` on live connections.
+
+    :ivar reason: ``thread_locked``, ``thread_closed`` or ``sign_in_required``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message

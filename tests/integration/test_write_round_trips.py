@@ -23,7 +23,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.store.model import ReadPreference, SsoSecretChange
 from fastedge.store.postgresql import PostgresStore
-from fastedge.testing import NodeHarness, postgres_dsn, postgres_schema, run_inline, shared_postgres
+from fastedge.testing.fakes import run_inline
+from tests.support.nodes import NodeHarness
+from tests.support.postgres import postgres_dsn, postgres_schema, shared_postgres
 
 from ..unit.api.test_moderation import MOD, SECRET_A, sso
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.store.test_postgresql -*-
+# -*- test-case-name: tests.integration.test_postgresql_store -*-
 """The replicated backend: a PostgreSQL primary and a hot standby per node.
 
 Modules, one job each: :mod:`.routing` (where statements run, tokens,

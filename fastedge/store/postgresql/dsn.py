@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.store.test_postgresql -*-
+# -*- test-case-name: tests.integration.test_postgresql_store -*-
 """Connection strings and engines of the PostgreSQL backend.
 
 What a node needs from a libpq connection string: whether it parses (the

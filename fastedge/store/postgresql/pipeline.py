@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.store.test_postgresql -*-
+# -*- test-case-name: tests.integration.test_postgresql_store -*-
 """A write transaction sent to the primary in one flight.
 
 A :class:`~fastedge.store.plan.Plan` is sent as ``BEGIN``, its statements,

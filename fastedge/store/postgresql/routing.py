@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.store.test_postgresql -*-
+# -*- test-case-name: tests.integration.test_postgresql_store -*-
 """Routing and consistency tokens: :class:`PostgresStore`.
 
 Where each statement runs (writes and PRIMARY reads on the primary, NEAREST

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.store.test_postgresql -*-
+# -*- test-case-name: tests.integration.test_postgresql_store -*-
 """Consistency tokens of the PostgreSQL backend: WAL positions.
 
 A write's token is the WAL position of its commit in PostgreSQL's own

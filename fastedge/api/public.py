@@ -890,12 +890,23 @@ class PublicApi:
     def unlike(self, call: Call) -> Any:
         self._limit(call.client_ip, self._per_ip)
         tenant = yield self._tenant(call)
-        # Check the comment before a first write creates a session for nothing.
-        comment, _ = yield self._comment_for_write(call, tenant)
-        viewer = yield self._writer(call, tenant)
-        written = yield self._store.remove_like(
-            tenant.id, comment.id, viewer.session.author_id, read_preference=PRIMARY
-        )
+        known = yield self._known_writer(call, tenant, verified=False)
+
+        @inlineCallbacks
+        def attempt(fresh: bool) -> Any:
+            # Check the comment before a first write creates a session for nothing.
+            comment, thread = yield self._comment_for_write(call, tenant, fresh=fresh)
+            viewer = known if known is not None else (yield self._writer(call, tenant))
+            written = yield self._store.remove_like(
+                tenant.id,
+                comment.id,
+                viewer.session.author_id,
+                read_preference=PRIMARY,
+                expect=self._expect(viewer, thread, thread.url_id, comment.id),
+            )
+            return comment, viewer, written
+
+        comment, viewer, written = yield self._checked(tenant, known, attempt)
         self._invalidate(tenant.id, comment.thread_id)
         if self._live is not None:
             self._live.likes(comment, written.value)
@@ -973,11 +984,22 @@ class PublicApi:
     def unblock(self, call: Call) -> Any:
         self._limit(call.client_ip, self._per_ip)
         tenant = yield self._tenant(call)
-        viewer = yield self._writer(call, tenant)
+        known = yield self._known_writer(call, tenant, verified=False)
         author_id = common.record_id(call.params["author_id"], "author")
-        written = yield self._store.remove_block(
-            tenant.id, viewer.session.author_id, author_id, read_preference=PRIMARY
-        )
+
+        @inlineCallbacks
+        def attempt(fresh: bool) -> Any:
+            viewer = known if known is not None else (yield self._writer(call, tenant))
+            written = yield self._store.remove_block(
+                tenant.id,
+                viewer.session.author_id,
+                author_id,
+                read_preference=PRIMARY,
+                expect=self._expect(viewer, None, None),
+            )
+            return viewer, written
+
+        viewer, written = yield self._checked(tenant, known, attempt)
         if self._live is not None:
             self._live.block_changed(tenant.id, viewer.session.author_id, author_id, False)
         return self._reply(viewer, 200, {"authorId": author_id, "blocked": False}, written)

@@ -406,9 +406,16 @@ class IStore(Interface):
         unknown comment or voter (an author id)."""
 
     def remove_like(
-        tenant_id: str, comment_id: str, voter_id: str, *, read_preference: ReadPreference
+        tenant_id: str,
+        comment_id: str,
+        voter_id: str,
+        *,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[int]]:
-        """:returns: ``Deferred[Written[int]]``, the new like count;
+        """:param expect: what the caller read from a replica, checked in
+            the same write (:class:`~fastedge.store.model.Expect`).
+        :returns: ``Deferred[Written[int]]``, the new like count;
         ``NotFound`` if this voter did not like it."""
 
     def add_flag(
@@ -450,9 +457,16 @@ class IStore(Interface):
         """
 
     def remove_block(
-        tenant_id: str, viewer_id: str, author_id: str, *, read_preference: ReadPreference
+        tenant_id: str,
+        viewer_id: str,
+        author_id: str,
+        *,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[None]]:
-        """:returns: ``Deferred[Written[None]]``; ``NotFound`` if not blocked."""
+        """:param expect: what the caller read from a replica, checked in
+            the same write (:class:`~fastedge.store.model.Expect`).
+        :returns: ``Deferred[Written[None]]``; ``NotFound`` if not blocked."""
 
     def viewer_state(
         tenant_id: str,

@@ -1391,20 +1391,32 @@ class SqlStore:
         return int(conn.execute(select(col).where(c.id == comment_id)).scalar_one())
 
     def remove_like(
-        self, tenant_id: str, comment_id: str, voter_id: str, *, read_preference: ReadPreference
+        self,
+        tenant_id: str,
+        comment_id: str,
+        voter_id: str,
+        *,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             v = s.votes.c
+            va = s.vote_addresses.c
+            c = s.comments.c
+            this = and_(c.tenant_id == tenant_id, c.id == comment_id)
+            vote = and_(v.tenant_id == tenant_id, v.comment_id == comment_id, v.voter_id == voter_id)
+            plan = Plan()
+            check_expected(plan, tenant_id, expect)
+            plan.require(exists_where(s.comments, this), NotFound("comment"))
+            plan.require(exists_where(s.votes, vote), NotFound("like"))
+            plan.add(delete(s.votes).where(vote))
+            plan.add(delete(s.vote_addresses).where(va.comment_id == comment_id, va.voter_id == voter_id))
+            counted = plan.add(
+                update(s.comments).where(this).values(like_count=c.like_count - 1).returning(c.like_count)
+            )
             with self._writing() as conn:
-                self._comment_row(conn, tenant_id, comment_id)
-                done = conn.execute(
-                    delete(s.votes).where(v.tenant_id == tenant_id, v.comment_id == comment_id, v.voter_id == voter_id)
-                )
-                if done.rowcount == 0:
-                    raise NotFound("like")
-                va = s.vote_addresses.c
-                conn.execute(delete(s.vote_addresses).where(va.comment_id == comment_id, va.voter_id == voter_id))
-                return self._written(conn, self._bump(conn, tenant_id, comment_id, "like_count", -1))
+                rows = self._batch(conn, plan.steps, commit=True)
+                return self._written(conn, int(rows_of(rows, counted)[0].like_count))
 
         return self._call("remove_like", read_preference, go, write=True)
 
@@ -1510,16 +1522,23 @@ class SqlStore:
         return self._call("add_block", read_preference, go, write=True)
 
     def remove_block(
-        self, tenant_id: str, viewer_id: str, author_id: str, *, read_preference: ReadPreference
+        self,
+        tenant_id: str,
+        viewer_id: str,
+        author_id: str,
+        *,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[None]]:
         def go() -> Written[None]:
             b = s.blocks.c
+            block = and_(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
+            plan = Plan()
+            check_expected(plan, tenant_id, expect)
+            plan.require(exists_where(s.blocks, block), NotFound("block"))
+            plan.add(delete(s.blocks).where(block))
             with self._writing() as conn:
-                done = conn.execute(
-                    delete(s.blocks).where(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
-                )
-                if done.rowcount == 0:
-                    raise NotFound("block")
+                self._batch(conn, plan.steps, commit=True)
                 return self._written(conn, None)
 
         return self._call("remove_block", read_preference, go, write=True)

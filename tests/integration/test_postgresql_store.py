@@ -411,7 +411,10 @@ class IdleConnectionTests(SynchronousTestCase):
         thread = self.successResultOf(store.upsert_thread(tenant.id, "u", created_ms=1, read_preference=PRIMARY)).value
         killed = cluster.execute(
             "primary",
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{}'".format(name),
+            # With a timeout: returns once the backend has exited (its
+            # goodbye sent, the connection closed), so the write below meets
+            # a connection closed while idle, not one dying mid-flight.
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = '{}'".format(name),
         )
         self.assertTrue(killed)
         new = NewComment(tenant.id, thread.id, session.author_id, "A", "x", "<p>x</p>", CommentStatus.APPROVED, 2)

@@ -124,7 +124,8 @@ class WriteRoundTripTests(SynchronousTestCase):
 
     def test_public_writes(self) -> None:
         """A first post (new session and thread), a second post (session
-        checked), a reply, a like and a block each make one round trip."""
+        checked), a reply, a like, a block, a flag, an unlike and an unblock
+        each make one round trip."""
         ann = self.node.client()
         bob = self.node.client()
         first = {}
@@ -151,6 +152,8 @@ class WriteRoundTripTests(SynchronousTestCase):
         self.assertEqual(self.trips(lambda: bob.post(block), 200), 1, "block")
         flag = f"/api/v1/{self.tenant}/comments/{comment}/flag"
         self.assertEqual(self.trips(lambda: bob.post(flag), 200), 1, "flag")
+        self.assertEqual(self.trips(lambda: bob.delete(like), 200), 1, "unlike")
+        self.assertEqual(self.trips(lambda: bob.delete(block), 200), 1, "unblock")
 
     def test_tenant_api_create(self) -> None:
         """A comment created through the tenant API (user, thread, comment)

@@ -364,11 +364,17 @@ class PublicApi:
         if claim is None:
             return None
         if write:
-            # As the write itself will: from the primary.
-            try:
-                session = yield self._store.get_anonymous_session(tenant_id, claim.session_id, read_preference=PRIMARY)
-            except NotFound:
-                return None
+            # Without waiting for the replica (the write itself checks that
+            # the session still exists, and a session's author never
+            # changes); the primary when the replica has not got it yet.
+            session = yield self._session(tenant_id, claim.session_id, None)
+            if session is None:
+                try:
+                    session = yield self._store.get_anonymous_session(
+                        tenant_id, claim.session_id, read_preference=PRIMARY
+                    )
+                except NotFound:
+                    return None
             return session.author_id
         author = yield self._session_author(tenant_id, claim.session_id, self._usable_token(claim.token))
         return author

@@ -1382,14 +1382,6 @@ class SqlStore:
 
         return self._call("add_like", read_preference, go, write=True)
 
-    def _bump(self, conn: Connection, tenant_id: str, comment_id: str, column: str, delta: int) -> int:
-        c = s.comments.c
-        col = c[column]
-        conn.execute(
-            update(s.comments).where(c.tenant_id == tenant_id, c.id == comment_id).values({column: col + delta})
-        )
-        return int(conn.execute(select(col).where(c.id == comment_id)).scalar_one())
-
     def remove_like(
         self,
         tenant_id: str,

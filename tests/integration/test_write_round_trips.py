@@ -176,7 +176,8 @@ class WriteRoundTripTests(SynchronousTestCase):
 
     def test_moderation_bulk_actions(self) -> None:
         """A bulk action through the tenant API and through the public
-        moderation route (an SSO moderator's cookie) each make one round trip."""
+        moderation route (an SSO moderator's cookie) each make one round trip,
+        and so does a signed-in user's post to a thread requiring sign-in."""
         manager = self.node.manager(self.key)
         ids = []
         for i in range(5):
@@ -198,3 +199,9 @@ class WriteRoundTripTests(SynchronousTestCase):
         act = {"action": "approve", "commentIds": ids[3:]}
         path = f"/api/v1/{self.tenant}/moderation/actions"
         self.assertEqual(self.trips(lambda: mod.post(path, json_body=act), 200), 1, "SSO moderator")
+        # A signed-in user's post where sign-in is required: their session
+        # and profile are read from the replica for the check.
+        r = manager.post("/api/v1/manage/threads", json_body={"urlId": "https://news.test/a", "requireSignIn": True})
+        self.assertEqual(r.code, 200, r.body)
+        post = {"text": "Signed", "displayName": "Mo"}
+        self.assertEqual(self.trips(lambda: mod.post(self.page, json_body=post), 201), 1, "signed-in post")

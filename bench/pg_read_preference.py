@@ -235,7 +235,8 @@ def writes(port: int, key: str, tenant: str, relay: Relay, label: str) -> dict[s
     """The write table's requests on one node: per kind, latencies (ms) and
     round trips to the primary (flights through ``relay``)."""
     os.sched_setaffinity(0, {1})
-    out: dict[str, tuple[list[float], list[int]]] = {k: ([], []) for k in ("post", "reply", "like", "create")}
+    kinds = ("post", "reply", "like", "create", "read")
+    out: dict[str, tuple[list[float], list[int]]] = {k: ([], []) for k in kinds}
     url = quote(f"https://bench.test/writes-{label}", safe="")
     comments = f"/api/v1/{tenant}/comments?urlId={url}"
 
@@ -256,7 +257,10 @@ def writes(port: int, key: str, tenant: str, relay: Relay, label: str) -> dict[s
         timed("reply", "POST", comments, reply, {"cookie": cookie})
         timed("like", "POST", f"/api/v1/{tenant}/comments/{parent}/like", None, {"cookie": cookie})
         create = {"urlId": f"https://bench.test/created-{label}", "text": f"created {i}", "displayName": "B"}
-        timed("create", "POST", "/api/v1/manage/comments", create, {})
+        got, payload = timed("create", "POST", "/api/v1/manage/comments", create, {})
+        # The floor at the same moment: a read that is one round trip.
+        created = json.loads(payload)["comment"]["id"]
+        timed("read", "GET", f"/api/v1/manage/comments/{created}?readPreference=primary", None, {})
     return out
 
 
@@ -270,6 +274,7 @@ def write_table(results: list[tuple[str, dict[str, tuple[list[float], list[int]]
         "reply": "reply (with the session)",
         "like": "like",
         "create": "tenant-API create",
+        "read": "for scale: a PRIMARY read (one round trip)",
     }
     for kind, name in names.items():
         for label, out in results:

@@ -55,6 +55,7 @@ class Plan:
         return len(self.steps) - 1
 
     def require(self, condition: ColumnElement[bool], error: StoreError) -> None:
+        """Append a check (see :class:`Require`)."""
         self.steps.append(Require(condition, error))
 
 
@@ -64,6 +65,7 @@ def exists_where(table: Any, *where: Any) -> ColumnElement[bool]:
 
 
 def require_tenant(plan: Plan, tenant_id: str) -> None:
+    """The tenant must exist (``NotFound("tenant")``)."""
     plan.require(exists_where(s.tenants, s.tenants.c.id == tenant_id), NotFound("tenant"))
 
 
@@ -312,6 +314,7 @@ def user_upsert(
 
 
 def rows_of(results: Sequence[list[Any] | None], index: int) -> list[Any]:
+    """The rows of the step at ``index`` of a batch's results."""
     rows = results[index]
     assert rows is not None, "a step that returns rows"
     return rows

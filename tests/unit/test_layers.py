@@ -32,13 +32,15 @@ LAYERS: list[set[str]] = [
     # Who a reader is; the HTTP listeners and what every route shares
     # (router, JSON bodies and errors).
     {"identity", "http"},
+    # Which deployment serves a tenant (checked before any feature reads).
+    {"residency"},
     # Features that the mesh carries today (the relay and peer fill live in
     # mesh/ until they register with it; then mesh moves below them).
     {"live", "cdn"},
     {"mesh"},
     # Features built on the mesh and on live threads.
     {"dns", "api"},
-    {"embed"},
+    {"embed", "status"},
     # Wiring: the one Site, the startup report.
     {"web", "startup"},
     # The operator's tool and the shipped test support.

@@ -269,8 +269,8 @@ class PublicApi:
         Refuses forged/expired cookies with 401 (and clears them) rather than
         silently starting a new identity, so a client notices. With
         ``verified`` the session is read from the primary (401 if it is
-        gone); without, it comes from the replica (with the cookie's token)
-        and the write itself must check it still exists
+        gone); without, it comes from the replica (the primary when the
+        replica lacks it) and the write itself must check it still exists
         (``Expect(session_id=...)``, see :meth:`_expect`).
 
         Reads for a write's checks never wait for the replica (no token):

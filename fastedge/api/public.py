@@ -320,6 +320,30 @@ class PublicApi:
         self._per_session.wait(tenant.id + "/" + session.id)
         return Viewer(session, int(self._clock.seconds()), token, new=True, carried=True)
 
+    def _session_to_create(self, tenant: Tenant, known: Viewer | None) -> AnonymousSession | None:
+        """For a caller without a session: the one their write creates with
+        itself (the same round trip)."""
+        if known is not None:
+            return None
+        return self._store.new_anonymous_session(tenant.id, created_ms=self._now_ms())
+
+    @staticmethod
+    def _author(known: Viewer | None, created: AnonymousSession | None) -> str:
+        """The author a write is made as: the caller's session's, or the new one's."""
+        if known is not None:
+            return known.session.author_id
+        assert created is not None, "a caller without a session gets one"
+        return created.author_id
+
+    def _made_as(
+        self, tenant: Tenant, known: Viewer | None, created: AnonymousSession | None, written: Written[Any]
+    ) -> Viewer:
+        """The viewer a write was made as, once it succeeded."""
+        if known is not None:
+            return known
+        assert created is not None, "a caller without a session gets one"
+        return self._new_viewer(tenant, created, written.token)
+
     @staticmethod
     def _expect(
         viewer: Viewer | None, thread: Thread | None, url_id: str | None, comment_id: str | None = None
@@ -873,33 +897,35 @@ class PublicApi:
         self._limit(call.client_ip, self._per_ip)
         tenant = yield self._tenant(call)
         known = yield self._known_writer(call, tenant, verified=False)
+        created = self._session_to_create(tenant, known)
 
         @inlineCallbacks
         def attempt(fresh: bool) -> Any:
             # Check the comment before a first write creates a session for nothing.
             comment, thread = yield self._comment_for_write(call, tenant, fresh=fresh)
-            viewer = known if known is not None else (yield self._writer(call, tenant))
             try:
                 # One address counts a bounded number of times, whatever sessions
                 # it makes up by dropping its cookie (docs/moderation.md).
                 written = yield self._store.add_like(
                     tenant.id,
                     comment.id,
-                    viewer.session.author_id,
+                    self._author(known, created),
                     created_ms=self._now_ms(),
                     read_preference=PRIMARY,
                     address_hash=self._address_hash(tenant.id, call.client_ip),
                     max_per_address=self._cfg.likes_per_address,
-                    expect=self._expect(viewer, thread, thread.url_id, comment.id),
+                    expect=self._expect(known, thread, thread.url_id, comment.id),
+                    new_session=created,
                 )
             except LimitReached:
                 self._metrics.refused.labels("like_limit").inc()
                 raise ApiError(
                     409, "like_limit", "this comment already has all the likes your network address may give it"
                 ) from None
-            return comment, viewer, written
+            return comment, written
 
-        comment, viewer, written = yield self._checked(tenant, known, attempt)
+        comment, written = yield self._checked(tenant, known, attempt)
+        viewer = self._made_as(tenant, known, created, written)
         self._invalidate(tenant.id, comment.thread_id)
         if self._live is not None:
             self._live.likes(comment, written.value)
@@ -937,24 +963,26 @@ class PublicApi:
         tenant = yield self._tenant(call)
         known = yield self._known_writer(call, tenant, verified=False)
         threshold = auto_hide_threshold(self._cfg, tenant)
+        created = self._session_to_create(tenant, known)
 
         @inlineCallbacks
         def attempt(fresh: bool) -> Any:
             # Check the comment before a first write creates a session for nothing.
             comment, thread = yield self._comment_for_write(call, tenant, fresh=fresh)
-            viewer = known if known is not None else (yield self._writer(call, tenant))
             written = yield self._store.add_flag(
                 tenant.id,
                 comment.id,
-                viewer.session.author_id,
+                self._author(known, created),
                 created_ms=self._now_ms(),
                 read_preference=PRIMARY,
                 hide_at=threshold,
-                expect=self._expect(viewer, thread, thread.url_id, comment.id),
+                expect=self._expect(known, thread, thread.url_id, comment.id),
+                new_session=created,
             )
-            return comment, viewer, written
+            return comment, written
 
-        comment, viewer, written = yield self._checked(tenant, known, attempt)
+        comment, written = yield self._checked(tenant, known, attempt)
+        viewer = self._made_as(tenant, known, created, written)
         self._metrics.flags.inc()
         if threshold is not None and written.value >= threshold:
             # The store hid it in the same write (it was approved when read
@@ -971,6 +999,7 @@ class PublicApi:
         tenant = yield self._tenant(call)
         author_id = common.record_id(call.params["author_id"], "author")
         known = yield self._known_writer(call, tenant, verified=False)
+        created = self._session_to_create(tenant, known)
 
         @inlineCallbacks
         def attempt(fresh: bool) -> Any:
@@ -983,18 +1012,19 @@ class PublicApi:
                 except NotFound:
                     if preference is PRIMARY:
                         raise
-            viewer = known if known is not None else (yield self._writer(call, tenant))
             written = yield self._store.add_block(
                 tenant.id,
-                viewer.session.author_id,
+                self._author(known, created),
                 author_id,
                 created_ms=self._now_ms(),
                 read_preference=PRIMARY,
-                expect=self._expect(viewer, None, None),
+                expect=self._expect(known, None, None),
+                new_session=created,
             )
-            return viewer, written
+            return written
 
-        viewer, written = yield self._checked(tenant, known, attempt)
+        written = yield self._checked(tenant, known, attempt)
+        viewer = self._made_as(tenant, known, created, written)
         if self._live is not None:
             self._live.block_changed(tenant.id, viewer.session.author_id, author_id, True)
         return self._reply(viewer, 200, {"authorId": author_id, "blocked": True}, written)

@@ -184,6 +184,10 @@ class IStore(Interface):
         :returns: ``Deferred[Written[AnonymousSession]]``
         """
 
+    def new_anonymous_session(tenant_id: str, *, created_ms: int) -> AnonymousSession:
+        """Ids for a session that a write will create with itself (passed
+        as its ``new_session``); no I/O, nothing exists until that write."""
+
     def get_anonymous_session(
         tenant_id: str, session_id: str, *, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[AnonymousSession]:
@@ -394,9 +398,13 @@ class IStore(Interface):
         address_hash: str | None = None,
         max_per_address: int | None = None,
         expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
         """:param expect: what the caller read from a replica, checked in
             the same write (:class:`~fastedge.store.model.Expect`).
+        :param new_session: create this session (from
+            :meth:`new_anonymous_session`) in the same write; ``voter_id``
+            is its author.
         :param address_hash: the hashed client address the like came
             from, remembered with it.
         :param max_per_address: refuse the like (``LimitReached``) when
@@ -427,9 +435,12 @@ class IStore(Interface):
         read_preference: ReadPreference,
         hide_at: int | None = None,
         expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
         """:param expect: what the caller read from a replica, checked in
             the same write (:class:`~fastedge.store.model.Expect`).
+        :param new_session: create this session in the same write (see
+            :meth:`add_like`).
         :param hide_at: when the flag count reaches this and the comment
             is approved, hide it (status ``PENDING``, back to review) in the
             same transaction and write an ``auto_hide`` audit entry.
@@ -445,11 +456,14 @@ class IStore(Interface):
         created_ms: int,
         read_preference: ReadPreference,
         expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[None]]:
         """The viewer no longer sees the author's comments.
 
         :param expect: what the caller read from a replica, checked in the
             same write (:class:`~fastedge.store.model.Expect`).
+        :param new_session: create this session in the same write (see
+            :meth:`add_like`).
 
         :returns: ``Deferred[Written[None]]``; ``NotFound`` for an unknown
             author or viewer, ``AlreadyExists`` if already blocked,

@@ -720,6 +720,17 @@ class SqlStore:
 
         return self._call("create_anonymous_session", read_preference, go, write=True)
 
+    def new_anonymous_session(self, tenant_id: str, *, created_ms: int) -> AnonymousSession:
+        return AnonymousSession(id=new_id(), tenant_id=tenant_id, author_id=new_id(), created_ms=created_ms)
+
+    def _session_first(self, plan: Plan, tenant_id: str, session: AnonymousSession | None) -> None:
+        """The steps creating ``session`` ahead of a write made as it."""
+        if session is not None:
+            require_tenant(plan, tenant_id)
+            new_session(
+                plan, tenant_id, session_id=session.id, author_id=session.author_id, created_ms=session.created_ms
+            )
+
     def get_anonymous_session(
         self, tenant_id: str, session_id: str, *, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[AnonymousSession]:
@@ -1334,6 +1345,7 @@ class SqlStore:
         address_hash: str | None = None,
         max_per_address: int | None = None,
         expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             v = s.votes.c
@@ -1342,6 +1354,7 @@ class SqlStore:
             a = s.authors.c
             plan = Plan()
             check_expected(plan, tenant_id, expect)
+            self._session_first(plan, tenant_id, new_session)
             plan.require(exists_where(s.comments, c.tenant_id == tenant_id, c.id == comment_id), NotFound("comment"))
             plan.require(exists_where(s.authors, a.tenant_id == tenant_id, a.id == voter_id), NotFound("author"))
             plan.require(
@@ -1422,6 +1435,7 @@ class SqlStore:
         read_preference: ReadPreference,
         hide_at: int | None = None,
         expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             f = s.flags.c
@@ -1430,6 +1444,7 @@ class SqlStore:
             this = and_(c.tenant_id == tenant_id, c.id == comment_id)
             plan = Plan()
             check_expected(plan, tenant_id, expect)
+            self._session_first(plan, tenant_id, new_session)
             plan.require(exists_where(s.comments, this), NotFound("comment"))
             plan.require(exists_where(s.authors, a.tenant_id == tenant_id, a.id == flagger_id), NotFound("author"))
             plan.require(
@@ -1487,6 +1502,7 @@ class SqlStore:
         created_ms: int,
         read_preference: ReadPreference,
         expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[None]]:
         def go() -> Written[None]:
             b = s.blocks.c
@@ -1495,6 +1511,7 @@ class SqlStore:
                 raise InvalidReference("an author cannot block themselves")
             plan = Plan()
             check_expected(plan, tenant_id, expect)
+            self._session_first(plan, tenant_id, new_session)
             for who in (author_id, viewer_id):
                 plan.require(exists_where(s.authors, a.tenant_id == tenant_id, a.id == who), NotFound("author"))
             where = and_(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)

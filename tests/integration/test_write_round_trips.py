@@ -125,7 +125,8 @@ class WriteRoundTripTests(SynchronousTestCase):
     def test_public_writes(self) -> None:
         """A first post (new session and thread), a second post (session
         checked), a reply, a like, a block, a flag, an unlike and an unblock
-        each make one round trip."""
+        each make one round trip, and so do a first like, flag or block
+        (which create the reader's session)."""
         ann = self.node.client()
         bob = self.node.client()
         first = {}
@@ -154,6 +155,10 @@ class WriteRoundTripTests(SynchronousTestCase):
         self.assertEqual(self.trips(lambda: bob.post(flag), 200), 1, "flag")
         self.assertEqual(self.trips(lambda: bob.delete(like), 200), 1, "unlike")
         self.assertEqual(self.trips(lambda: bob.delete(block), 200), 1, "unblock")
+        # A reader's first write creates their session in the same round trip.
+        self.assertEqual(self.trips(lambda: self.node.client().post(like), 200), 1, "first like")
+        self.assertEqual(self.trips(lambda: self.node.client().post(flag), 200), 1, "first flag")
+        self.assertEqual(self.trips(lambda: self.node.client().post(block), 200), 1, "first block")
 
     def test_tenant_api_create(self) -> None:
         """A comment created through the tenant API (user, thread, comment)

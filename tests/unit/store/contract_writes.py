@@ -218,6 +218,51 @@ class WriteContractMixin(StoreContractMixin):
         )
         self.assertEqual(failure.value.what, "session")
 
+    def test_write_creating_its_session(self) -> None:
+        """A like, flag or block given a new session creates it in the same
+        write; a refused one creates nothing."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        comment = self.post(tenant.id, thread.id, author)
+        session = self.store.new_anonymous_session(tenant.id, created_ms=self.tick())
+        self.read_fails(NotFound, self.store.get_anonymous_session, tenant.id, session.id)
+        self.failureResultOf(
+            self.store.add_like(
+                tenant.id,
+                "UNKNOWNCOMMENT00",
+                session.author_id,
+                created_ms=self.tick(),
+                read_preference=PRIMARY,
+                new_session=session,
+            ),
+            NotFound,
+        )
+        self.read_fails(NotFound, self.store.get_anonymous_session, tenant.id, session.id)
+        likes = self.write(
+            self.store.add_like(
+                tenant.id,
+                comment.id,
+                session.author_id,
+                created_ms=self.tick(),
+                read_preference=PRIMARY,
+                new_session=session,
+            )
+        )
+        self.assertEqual(likes, 1)
+        self.assertEqual(self.read(self.store.get_anonymous_session, tenant.id, session.id), session)
+        for make in (
+            lambda new: self.store.add_flag(
+                tenant.id, comment.id, new.author_id, created_ms=self.tick(), read_preference=PRIMARY, new_session=new
+            ),
+            lambda new: self.store.add_block(
+                tenant.id, new.author_id, author, created_ms=self.tick(), read_preference=PRIMARY, new_session=new
+            ),
+        ):
+            new = self.store.new_anonymous_session(tenant.id, created_ms=self.tick())
+            self.write(make(new))
+            self.assertEqual(self.read(self.store.get_anonymous_session, tenant.id, new.id), new)
+
     def test_change_comment(self) -> None:
         """change_comment answers the comment before and after the write, and
         keeps the thread's approved count."""

@@ -472,8 +472,7 @@ def main() -> None:
         print(f"replica lag (seconds) last measured: {list(lag.values())}")
         # The write table: this tree and the baseline, one after the other,
         # each a node whose only way to the primary is the counting relay.
-        node.send_signal(signal.SIGTERM)
-        node.wait(30)
+        benchlib.stop(node)
         node = None
         relay_dsn = primary.dsn().replace(f"port={primary.port}", f"port={write_relay.port}")
         results = []
@@ -484,8 +483,7 @@ def main() -> None:
                 try:
                     results.append((f"{BASELINE} (before)", writes(base_port, key, tenant, write_relay, "base")))
                 finally:
-                    base_node.send_signal(signal.SIGTERM)
-                    base_node.wait(30)
+                    benchlib.stop(base_node)
         finally:
             if tree is not None:
                 drop_tree(tree)

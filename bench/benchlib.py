@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -82,8 +83,12 @@ def wrk(
     headers: Mapping[str, str] | None = None,
     threads: int = 2,
     cpu: str = LOAD_CPU,
+    timeout_seconds: int | None = None,
 ) -> dict[str, float]:
-    """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors."""
+    """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors.
+
+    :param timeout_seconds: wrk's per-request timeout (its default is 2 s;
+        a slow peer needs more, or every request counts as a timeout)."""
     argv = [
         "taskset",
         "-c",
@@ -94,6 +99,8 @@ def wrk(
         "-d{}s".format(seconds),
         "--latency",
     ]
+    if timeout_seconds is not None:
+        argv.append("--timeout={}s".format(timeout_seconds))
     for name, value in (headers or {}).items():
         argv += ["-H", "{}: {}".format(name, value)]
     out = subprocess.run(argv + [url], check=True, capture_output=True, text=True).stdout
@@ -114,3 +121,13 @@ def wrk(
         "errors": float(errors.group(1)) if errors else 0.0,
         "socket_errors": float(sum(int(g) for g in socket_errors.groups())) if socket_errors else 0.0,
     }
+
+
+def result_of(d: Any) -> Any:
+    """The result of a Deferred that has already fired (a store run inline);
+    its failure is raised."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    if hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0]

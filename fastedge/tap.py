@@ -36,6 +36,7 @@ from .mesh.relay import connect_relay
 from .mesh.resource import mesh_routes
 from .metrics.registry import new_registry, register_process_metrics
 from .residency.gate import residency_gate
+from .spam.runner import SpamJudge, load_checks
 from .startup import EXIT_UNAVAILABLE, ListenerUnavailable, StartupReport, check_listeners, refuse, version_line
 from .status.figures import read_figures
 from .status.resource import StatusResource
@@ -128,6 +129,12 @@ class Options(usage.Options):
         try:
             load_policy(self.config.dns.policy)
         except UnknownPolicy as e:
+            raise usage.UsageError(str(e)) from None
+        from .spam.runner import UnknownCheck
+
+        try:
+            load_checks(self.config.spam.checks)
+        except UnknownCheck as e:
             raise usage.UsageError(str(e)) from None
         if self.config.geo.database:
             # A missing or foreign file fails here, in one line; a corrupt
@@ -256,6 +263,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     cdn.setServiceParent(top)
     media_api = MediaApi(cfg.cdn, cdn)
 
+    spam = SpamJudge(cfg.spam, checks=load_checks(cfg.spam.checks), store=store.store, clock=reactor, registry=registry)
     api = build_api(
         cfg.api,
         store=store.store,
@@ -267,6 +275,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         extra_routes=mesh_routes(mesh.status),
         access=live.access,
         residency=residency,
+        spam=spam,
     )
     live.use_viewer_tokens(api.viewer_tokens)
     # Media of a thread (threads/<id>/...) follow its group lock (docs/media.md).

@@ -27,6 +27,7 @@ from ..identity.sessions import COOKIE_NAME, SessionCookieError, SessionCookies
 from ..identity.sessions import HEADER_NAME as SESSION_HEADER
 from ..identity.sso import SsoError, SsoUser
 from ..singleflight import SingleFlight
+from ..spam.model import Candidate, RequestFacts
 from ..store.errors import (
     AccessRefused,
     AlreadyExists,
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
     from ..live.access import GroupLocks
     from ..live.publish import LivePublisher
     from ..live.tokens import ViewerTokens
+    from ..spam.runner import SpamJudge
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
@@ -144,8 +146,10 @@ class PublicApi:
         cors: Cors | None = None,
         access: GroupLocks,
         sso: SsoSignIn | None = None,
+        spam: SpamJudge | None = None,
     ) -> None:
         self._cfg = cfg
+        self._spam = spam
         self._tenants = tenants if tenants is not None else TenantSettingsCache(store, cache)
         self._access = access
         self._sso = (
@@ -757,6 +761,10 @@ class PublicApi:
         tenant = yield self._tenant(call)
         settings = from_stored(tenant.settings)
         known = yield self._known_writer(call, tenant, verified=False)
+        # Ids of what this post may create, known before the write: the
+        # spam checks judge the comment as it will be written.
+        created = self._session_to_create(tenant, known)
+        new_thread_id = self._store.new_id()
 
         # The checks read the nearest copy; the post (one round trip to the
         # primary) checks again what they relied on and applies nothing if
@@ -774,7 +782,33 @@ class PublicApi:
             if existing is not None and existing.closed:
                 raise ApiError(403, "thread_closed", "this thread is closed to new comments")
             yield self._refuse_banned(call, tenant, known)
-            poster: Poster = NewSession() if known is None else SessionPoster(known.session.id)
+            poster: Poster = SessionPoster(known.session.id) if known is not None else NewSession(created)
+            status = CommentStatus.PENDING if settings.premoderated else CommentStatus.APPROVED
+            now = self._now_ms()
+            if self._spam is not None:
+                # Before the write: a comment judged spam or pending is written
+                # with that status, so it never reaches a page, a page cache or
+                # a live thread (docs/spam.md).
+                decision = yield self._spam.judge(
+                    Candidate(
+                        tenant_id=tenant.id,
+                        thread_id=existing.id if existing is not None else new_thread_id,
+                        url_id=url_id,
+                        author_id=self._author(known, created),
+                        display_name=name,
+                        text=text,
+                        created_ms=now,
+                        parent_id=parent_id,
+                    ),
+                    RequestFacts(
+                        tenant_id=tenant.id,
+                        address_hash=self._address_hash(tenant.id, call.client_ip),
+                        user_agent=call.header(b"user-agent") or "",
+                        settings=settings,
+                    ),
+                    token=known.token if known is not None else None,
+                )
+                status = decision.verdict.status(status)
             try:
                 written = yield self._store.post_comment(
                     NewPost(
@@ -785,9 +819,10 @@ class PublicApi:
                         display_name=name,
                         body_source=text,
                         body_html=render(text),
-                        status=CommentStatus.PENDING if settings.premoderated else CommentStatus.APPROVED,
-                        created_ms=self._now_ms(),
+                        status=status,
+                        created_ms=now,
                         title=title,
+                        new_thread_id=new_thread_id,
                         open_only=True,
                         expect=self._expect(known, existing, url_id),
                     ),
@@ -804,15 +839,22 @@ class PublicApi:
             viewer = self._new_viewer(tenant, posted.session, written.token)
         assert viewer is not None, "a post is made as a known session or a new one"
         thread = posted.thread
-        if posted.thread_created and self._live is not None:
+        new_thread = posted.thread_created
+        if new_thread and self._live is not None:
             self._live.thread_changed(tenant.id, url_id)
         comment = posted.comment
         self._metrics.comments_posted.labels(comment.status.value).inc()
-        self._cache.invalidate((tenant.id, "url", url_id))
-        self._invalidate(tenant.id, thread.id)
+        if new_thread or comment.status is CommentStatus.APPROVED:
+            # A comment nobody else sees changes no cached page: a flood
+            # of spam does not empty the page cache.
+            self._cache.invalidate((tenant.id, "url", url_id))
+            self._invalidate(tenant.id, thread.id)
         view = public_comment(comment)
         view.update(common.viewer_fields(comment, viewer.session.author_id, None))
-        view.update(status=comment.status.value, replies=[])
+        # The poster of spam is told it awaits a moderator, as for any
+        # held comment, and not what a check thought of it.
+        shown = CommentStatus.PENDING if comment.status is CommentStatus.SPAM else comment.status
+        view.update(status=shown.value, replies=[])
         if self._live is not None:
             self._live.created(comment)
         return self._reply(

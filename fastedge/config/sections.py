@@ -12,6 +12,7 @@ from .checks import (
     _at_least,
     _between,
     _bucket,
+    _check_names,
     _checked,
     _cipher_string,
     _domain,
@@ -514,6 +515,29 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class SpamConfig:
+    """Spam checks on comments posted through the public API and the embed
+    page (docs/spam.md)."""
+
+    #: Off: every comment is judged ham (the tenant's moderation setting
+    #: still applies).
+    enabled: bool = True
+    #: The checks, in order; the first answer other than ham wins.
+    #: ``heuristic`` is built in; any other name is an ``ISpamCheck``
+    #: Twisted plugin's (an unknown name stops the node at start).
+    checks: tuple[str, ...] = _checked(("heuristic",), _check_names)
+    #: A check that has not answered after this long counts as ham (logged
+    #: and counted as ``timeout``).
+    timeout_seconds: float = _checked(2.0, _between(0.001, 60.0))
+    #: How far back an author's and a thread's recent comments are read
+    #: for repeated bodies and posting rate.
+    history_seconds: float = _checked(24 * 3600.0, _between(60.0, 30 * 24 * 3600.0))
+    #: At most this many recent comments of the author, and of the thread,
+    #: are read per post.
+    history_comments: int = _checked(50, _between(1, 1000))
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """The whole configuration of one node."""
 
@@ -528,3 +552,4 @@ class EdgeConfig:
     cdn: CdnConfig = field(default_factory=CdnConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    spam: SpamConfig = field(default_factory=SpamConfig)

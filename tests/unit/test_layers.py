@@ -30,8 +30,9 @@ LAYERS: list[set[str]] = [
     # Records and places.
     {"store", "geo"},
     # Who a reader is; the HTTP listeners and what every route shares
-    # (router, JSON bodies and errors).
-    {"identity", "http"},
+    # (router, JSON bodies and errors); spam checks (judged from records,
+    # asked by the comment write paths).
+    {"identity", "http", "spam"},
     # Which deployment serves a tenant (checked before any feature reads).
     {"residency"},
     # Features that the mesh carries today (the relay and peer fill live in
@@ -114,6 +115,15 @@ class LayerTests(SynchronousTestCase):
                 if rank[target] >= rank[unit]:
                     wrong.append("{}:{}: {} imports {}".format(os.path.relpath(path, self.root), line, unit, target))
         self.assertEqual(wrong, [])
+
+    def test_docs_draw_the_same_table(self) -> None:
+        """docs/architecture.md's ``layers`` block is this table, line for line."""
+        doc = os.path.join(os.path.dirname(self.root), "docs", "architecture.md")
+        with open(doc, encoding="utf-8") as f:
+            text = f.read()
+        block = text.split("```layers\n", 1)[1].split("```", 1)[0]
+        drawn = [set(line.split()) for line in block.strip().splitlines()]
+        self.assertEqual(drawn, LAYERS)
 
     def test_a_cycle_is_caught(self) -> None:
         """The check itself: an upward import in a scratch tree is reported."""

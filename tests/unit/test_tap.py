@@ -153,6 +153,16 @@ class MakeServiceTests(SynchronousTestCase):
             Options().parseOptions(["--config", path])
         self.assertIn("dns.policy: no answer policy 'no-such-policy'", str(cm.exception))
 
+    def test_unknown_spam_check_is_a_usage_error(self) -> None:
+        """spam.checks naming no built-in check and no plugin is refused
+        before anything starts, naming the key and the known checks."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[spam]\nchecks = ["heuristic", "akismet"]\n')
+        with self.assertRaises(UsageError) as cm:
+            Options().parseOptions(["--config", path])
+        self.assertIn("spam.checks: no spam check 'akismet' (known: heuristic", str(cm.exception))
+
     def test_transport_listens(self) -> None:
         """The transport binds the configured endpoint (with an explicit
         backlog) when started, serving the node's Site, and stops cleanly."""

@@ -799,6 +799,7 @@ class PublicApi:
                         text=text,
                         created_ms=now,
                         parent_id=parent_id,
+                        new_author=known is None,
                     ),
                     RequestFacts(
                         tenant_id=tenant.id,

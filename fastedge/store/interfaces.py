@@ -262,14 +262,19 @@ class IStore(Interface):
         limit: int,
         read_preference: ReadPreference,
         token: str | None = None,
+        new_author_ms: int | None = None,
     ) -> Deferred[AuthorHistory]:
         """The author's history summary for spam checks: age, comment
         counts by status, and the recent comments of the author and of the
         thread (``thread_id``; ``None``: none) since ``since_ms``, at most
         ``limit`` of each, newest first.
 
+        :param new_author_ms: the author does not exist yet: the write of
+            the comment judged creates it (a first post's new session). Its
+            history is then an anonymous author's created at this time,
+            with no comments; the thread's recent comments are read as usual.
         :returns: ``Deferred[AuthorHistory]``; ``NotFound`` for an unknown
-            author (or another tenant's).
+            author (or another tenant's) unless ``new_author_ms`` is given.
         """
 
     # Threads

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -115,6 +115,14 @@ from .plan import (
 )
 
 _T = TypeVar("_T")
+
+
+class AuthorHistoryRow(NamedTuple):
+    """An author row as :meth:`SqlStore.author_history` reads it."""
+
+    kind: str
+    created_ms: int
+
 
 #: Runs a blocking callable somewhere and returns its result as a Deferred.
 Runner = Callable[[Callable[[], Any]], "Deferred[Any]"]
@@ -929,6 +937,7 @@ class SqlStore:
         limit: int,
         read_preference: ReadPreference,
         token: str | None = None,
+        new_author_ms: int | None = None,
     ) -> Deferred[AuthorHistory]:
         a = s.authors.c
         c = s.comments.c
@@ -948,11 +957,14 @@ class SqlStore:
 
         def go() -> AuthorHistory:
             with self._reading(read_preference) as conn:
-                author = conn.execute(
+                author: Any = conn.execute(
                     select(a.kind, a.created_ms).where(a.tenant_id == tenant_id, a.id == author_id)
                 ).first()
                 if author is None:
-                    raise NotFound("author")
+                    if new_author_ms is None:
+                        raise NotFound("author")
+                    # Created by the write of the comment being judged.
+                    author = AuthorHistoryRow(AuthorKind.ANONYMOUS.value, new_author_ms)
                 # Served by the comments_author index (tenant, author, created).
                 by_status: dict[str, int] = dict(
                     conn.execute(

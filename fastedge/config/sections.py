@@ -93,6 +93,10 @@ class HttpConfig:
     #: of /healthz (docs/admin.md, "Operational endpoints"); others get a
     #: JSON 404, and /healthz's status alone. Empty: nobody.
     ops_networks: tuple[str, ...] = _checked(("127.0.0.0/8", "::1/128"), _networks)
+    #: On stop (SIGTERM, ``fastedge-admin node drain``): once the listeners
+    #: stop accepting, requests and streams in flight get this long to
+    #: finish; the connections still open then are closed.
+    drain_seconds: float = _checked(10.0, _non_negative)
 
 
 @dataclass(frozen=True)
@@ -470,6 +474,12 @@ class DnsConfig:
     port: int = _checked(5353, _between(0, 65535))
     #: TTL of every answer, and the SOA's negative-caching TTL.
     ttl: int = _checked(30, _between(0, 2**31 - 1))
+    #: Negative-caching TTL of a geo-routed name that has no address to
+    #: answer (NODATA): short, so a deployment's node coming back is seen soon.
+    negative_ttl: int = _checked(5, _between(0, 2**31 - 1))
+    #: TTL of the answer while a deployment has no live node: its most
+    #: recently live nodes (docs/geodns.md, "A deployment with no live node").
+    stale_ttl: int = _checked(5, _between(0, 2**31 - 1))
     #: How many nodes a geo-routed answer holds (the k nearest live ones).
     answers: int = _checked(2, _between(1, 16))
     #: Region (``node.region`` of the nodes) answered when a client's

@@ -96,6 +96,10 @@ class HttpConfig:
     #: of /healthz (docs/admin.md, "Operational endpoints"); others get a
     #: JSON 404, and /healthz's status alone. Empty: nobody.
     ops_networks: tuple[str, ...] = _checked(("127.0.0.0/8", "::1/128"), _networks)
+    #: On stop (SIGTERM, ``fastedge-admin node drain``): once the listeners
+    #: stop accepting, requests and streams in flight get this long to
+    #: finish; the connections still open then are closed.
+    drain_seconds: float = _checked(10.0, _non_negative)
 
 
 @dataclass(frozen=True)
@@ -448,6 +452,11 @@ class LiveConfig:
     resolve_cache_entries: int = _checked(100_000, _non_negative)
     #: Lifetime of a viewer token (it names the viewer whose blocks apply).
     viewer_token_max_age_seconds: int = _checked(24 * 3600, _positive)
+    #: A published event reaches its local subscribers after the writer's
+    #: answer, on later reactor turns, spending at most this long sending
+    #: per turn so other requests keep flowing. 0 sends it all inside the
+    #: write (the writer's answer waits for the whole fan-out).
+    fanout_slice_ms: float = _checked(2.0, _non_negative)
 
 
 @dataclass(frozen=True)
@@ -507,6 +516,12 @@ class DnsConfig:
     port: int = _checked(5353, _between(0, 65535))
     #: TTL of every answer, and the SOA's negative-caching TTL.
     ttl: int = _checked(30, _between(0, 2**31 - 1))
+    #: Negative-caching TTL of a geo-routed name that has no address to
+    #: answer (NODATA): short, so a deployment's node coming back is seen soon.
+    negative_ttl: int = _checked(5, _between(0, 2**31 - 1))
+    #: TTL of the answer while a deployment has no live node: its most
+    #: recently live nodes (docs/geodns.md, "A deployment with no live node").
+    stale_ttl: int = _checked(5, _between(0, 2**31 - 1))
     #: How many nodes a geo-routed answer holds (the k nearest live ones).
     answers: int = _checked(2, _between(1, 16))
     #: Region (``node.region`` of the nodes) answered when a client's

@@ -23,7 +23,7 @@ import fastedge
 #: (``tap``); ``__init__`` is the package itself (``__version__``).
 LAYERS: list[set[str]] = [
     # Shared mechanisms that know nothing of the product.
-    {"__init__", "inputs", "logs", "singleflight", "expiring", "metrics"},
+    {"__init__", "inputs", "logs", "singleflight", "expiring", "metrics", "lifecycle", "columns"},
     {"tokenbucket"},
     # The validated configuration.
     {"config"},
@@ -44,6 +44,9 @@ LAYERS: list[set[str]] = [
     {"embed", "status"},
     # Wiring: the one Site, the startup report.
     {"web", "startup"},
+    # A whole local cluster (fastedge-admin cluster): config files, keys and
+    # certificates, processes.
+    {"cluster"},
     # The operator's tool and the shipped test support.
     {"admin", "testing"},
     # The twistd plugin's entry point: constructs, names and parents.

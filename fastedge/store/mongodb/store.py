@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..errors import AlreadyExists, BadCursor, InvalidReference, LimitReached, NotFound
+from ..errors import AlreadyExists, BadCursor, InvalidReference, LimitReached, NotFound, Stale, ThreadClosed
 from ..interfaces import IStore
 from ..model import (
     MAX_BULK_IDS,
@@ -34,18 +34,24 @@ from ..model import (
     AuthorKind,
     Ban,
     BanKind,
+    Change,
     Comment,
     CommentStatus,
     CreditUsage,
+    Expect,
     Moderated,
     ModerationAction,
     ModerationQueue,
     NewComment,
+    NewPost,
+    NewSession,
     Page,
+    Posted,
     QueueFilter,
     QueueSort,
     ReadPreference,
     RecentComment,
+    SessionPoster,
     Sort,
     SsoSecret,
     SsoSecretChange,
@@ -53,6 +59,7 @@ from ..model import (
     Thread,
     ThreadPage,
     User,
+    UserPoster,
     UserProfile,
     ViewerState,
     Written,
@@ -563,17 +570,95 @@ class MongoStore(MongoCore):
     def create_anonymous_session(
         self, tenant_id: str, *, created_ms: int, read_preference: ReadPreference
     ) -> Deferred[Written[AnonymousSession]]:
+        session = self.new_anonymous_session(tenant_id, created_ms=created_ms)
+
         async def go(tx: Tx) -> AnonymousSession:
             await self._require_tenant(tx, tenant_id)
-            author_id = await self._new_author(tx, tenant_id, AuthorKind.ANONYMOUS, created_ms)
-            session = AnonymousSession(id=new_id(), tenant_id=tenant_id, author_id=author_id, created_ms=created_ms)
-            await tx.insert(
-                s.SESSIONS,
-                [{"_id": session.id, "tenant_id": tenant_id, "author_id": author_id, "created_ms": created_ms}],
-            )
+            await self._insert_session(tx, session)
             return session
 
         return self._write("create_anonymous_session", read_preference, go)
+
+    def new_id(self) -> str:
+        return new_id()
+
+    def new_anonymous_session(self, tenant_id: str, *, created_ms: int) -> AnonymousSession:
+        return AnonymousSession(id=new_id(), tenant_id=tenant_id, author_id=new_id(), created_ms=created_ms)
+
+    async def _insert_session(self, tx: Tx, session: AnonymousSession) -> None:
+        """Write a new anonymous author and its session; the caller checked
+        the tenant (and everything else its write needs) before: a write
+        checks first and writes last, so a refused one wrote nothing."""
+        await tx.insert(
+            s.AUTHORS,
+            [
+                {
+                    "_id": session.author_id,
+                    "tenant_id": session.tenant_id,
+                    "kind": AuthorKind.ANONYMOUS.value,
+                    "created_ms": session.created_ms,
+                }
+            ],
+        )
+        await tx.insert(
+            s.SESSIONS,
+            [
+                {
+                    "_id": session.id,
+                    "tenant_id": session.tenant_id,
+                    "author_id": session.author_id,
+                    "created_ms": session.created_ms,
+                }
+            ],
+        )
+
+    async def _check_expected(
+        self, tx: Reader, tenant_id: str, seen: Expect | None, new_session: AnonymousSession | None = None
+    ) -> None:
+        """Checks, inside the write's transaction and before it writes, that
+        what the caller read from a replica still holds on the primary (see
+        :class:`~fastedge.store.model.Expect`), and that the tenant of a
+        session the write creates exists."""
+        if seen is not None:
+            await self._check_seen(tx, tenant_id, seen)
+        if new_session is not None:
+            await self._require_tenant(tx, tenant_id)
+
+    async def _check_seen(self, tx: Reader, tenant_id: str, seen: Expect) -> None:
+        if seen.approved_comment is not None:
+            where = {"_id": seen.approved_comment, "tenant_id": tenant_id, "status": _APPROVED}
+            if await tx.find_one(s.COMMENTS, where, projection={"_id": 1}) is None:
+                raise NotFound("comment")
+        if seen.thread_url is not None:
+            thread = await tx.find_one(
+                s.THREADS,
+                {"tenant_id": tenant_id, "url_id": seen.thread_url},
+                projection={"locked_groups": 1, "require_sign_in": 1},
+            )
+            # A thread missing now, or one without rules, passes (as the SQL
+            # backends' missing access row does); rules that differ do not.
+            groups = None if thread is None else thread.get("locked_groups")
+            sign_in = None if thread is None else thread.get("require_sign_in")
+            expected = None if seen.locked_groups is None else list(seen.locked_groups)
+            if (groups, sign_in) != (None, None) and (groups != expected or sign_in != seen.require_sign_in):
+                raise Stale("the thread's access rules changed")
+        if seen.session_id is not None:
+            where = {"_id": seen.session_id, "tenant_id": tenant_id}
+            if await tx.find_one(s.SESSIONS, where, projection={"_id": 1}) is None:
+                raise NotFound("session")
+
+    async def _voter_exists(self, tx: Tx, tenant_id: str, author_id: str, new_session: AnonymousSession | None) -> None:
+        """The author a like, flag or block is made as exists, or is the new
+        session's (written by the caller last)."""
+        if new_session is not None and new_session.author_id == author_id:
+            return
+        await self._require_author(tx, tenant_id, author_id)
+
+    async def _new_session_last(self, tx: Tx, tenant_id: str, session: AnonymousSession | None) -> None:
+        """Write the new session a like, flag or block is made as, once its
+        checks passed (before that write's own documents)."""
+        if session is not None:
+            await self._insert_session(tx, replace(session, tenant_id=tenant_id))
 
     def get_anonymous_session(
         self, tenant_id: str, session_id: str, *, read_preference: ReadPreference, token: str | None = None
@@ -736,6 +821,7 @@ class MongoStore(MongoCore):
         limit: int,
         read_preference: ReadPreference,
         token: str | None = None,
+        new_author_ms: int | None = None,
     ) -> Deferred[AuthorHistory]:
         fields = {"author_id": 1, "thread_id": 1, "body_source": 1, "status": 1, "created_ms": 1}
         newest = [("created_ms", -1), ("_id", -1)]
@@ -755,7 +841,10 @@ class MongoStore(MongoCore):
         async def go(r: Reader) -> AuthorHistory:
             author = await r.find_one(s.AUTHORS, {"_id": author_id, "tenant_id": tenant_id})
             if author is None:
-                raise NotFound("author")
+                if new_author_ms is None:
+                    raise NotFound("author")
+                # Created by the write of the comment being judged.
+                author = {"kind": AuthorKind.ANONYMOUS.value, "created_ms": new_author_ms}
             by_status = {
                 d["_id"]: int(d["n"])
                 for d in await r.aggregate(
@@ -957,6 +1046,138 @@ class MongoStore(MongoCore):
 
         return self._write("create_comment", read_preference, go)
 
+    def post_comment(self, new: NewPost, *, read_preference: ReadPreference) -> Deferred[Written[Posted]]:
+        tenant_id = new.tenant_id
+        poster = new.poster
+        session: AnonymousSession | None = None
+        if isinstance(poster, NewSession):
+            session = poster.session or self.new_anonymous_session(tenant_id, created_ms=new.created_ms)
+            session = replace(session, tenant_id=tenant_id)
+
+        async def go(tx: Tx) -> Posted:
+            # Every check first (reads in the transaction), every write last:
+            # a refused post wrote nothing, as the contract asks.
+            await self._require_tenant(tx, tenant_id)
+            await self._check_expected(tx, tenant_id, new.expect)
+            user: Document | None = None
+            if session is not None:
+                author_id = session.author_id
+            elif isinstance(poster, SessionPoster):
+                found = await tx.find_one(
+                    s.SESSIONS, {"_id": poster.session_id, "tenant_id": tenant_id}, projection={"author_id": 1}
+                )
+                if found is None:
+                    raise NotFound("session")
+                author_id = found["author_id"]
+            else:
+                assert isinstance(poster, UserPoster)
+                user = await tx.find_one(s.USERS, {"tenant_id": tenant_id, "external_id": poster.external_id})
+                author_id = new_id() if user is None else user["author_id"]
+            thread = await tx.find_one(s.THREADS, {"tenant_id": tenant_id, "url_id": new.url_id})
+            if thread is not None and new.open_only and thread["closed"]:
+                raise ThreadClosed()
+            thread_id = (new.new_thread_id or new_id()) if thread is None else thread["_id"]
+            comment_id = new_id()
+            root_id = comment_id
+            if new.parent_id is not None:
+                parent = await tx.find_one(
+                    s.COMMENTS,
+                    {"_id": new.parent_id, "tenant_id": tenant_id},
+                    projection={"thread_id": 1, "root_id": 1},
+                )
+                if parent is None:
+                    raise NotFound("parent comment")
+                if parent["thread_id"] != thread_id:
+                    raise InvalidReference("the parent comment belongs to another thread")
+                root_id = parent["root_id"]
+            if session is not None:
+                await self._insert_session(tx, session)
+            elif isinstance(poster, UserPoster):
+                await self._put_user(tx, tenant_id, poster.external_id, poster.display_name, user, author_id, new)
+            created = thread is None
+            if thread is None:
+                thread = {
+                    "_id": thread_id,
+                    "tenant_id": tenant_id,
+                    "url_id": new.url_id,
+                    "title": new.title or "",
+                    "closed": False,
+                    "created_ms": new.created_ms,
+                    "comment_count": 0,
+                    "locked_groups": None,
+                    "require_sign_in": None,
+                }
+                await tx.insert(s.THREADS, [thread])
+            elif new.retitle and new.title and new.title != thread["title"]:
+                await tx.update(s.THREADS, {"_id": thread_id}, {"$set": {"title": new.title}})
+                thread["title"] = new.title
+            comment = Comment(
+                id=comment_id,
+                tenant_id=tenant_id,
+                thread_id=thread_id,
+                parent_id=new.parent_id,
+                root_id=root_id,
+                author_id=author_id,
+                display_name=new.display_name,
+                body_source=new.body_source,
+                body_html=new.body_html,
+                status=new.status,
+                created_ms=new.created_ms,
+                edited_ms=None,
+                like_count=0,
+                flag_count=0,
+            )
+            await tx.insert(s.COMMENTS, [_comment_doc(comment)])
+            if new.status is CommentStatus.APPROVED:
+                # Inside the transaction the count read above is the one this
+                # $inc moves (a concurrent post conflicts and is retried).
+                await self._count_approved(tx, tenant_id, thread_id, +1)
+                thread["comment_count"] += 1
+            return Posted(comment=comment, thread=_thread(thread), thread_created=created, session=session)
+
+        return self._write("post_comment", read_preference, go)
+
+    async def _put_user(
+        self,
+        tx: Tx,
+        tenant_id: str,
+        external_id: str,
+        display_name: str,
+        found: Document | None,
+        author_id: str,
+        new: NewPost,
+    ) -> None:
+        """The poster's user: created with its author when ``found`` is
+        ``None``, else renamed when its display name changed."""
+        if found is None:
+            await tx.insert(
+                s.AUTHORS,
+                [
+                    {
+                        "_id": author_id,
+                        "tenant_id": tenant_id,
+                        "kind": AuthorKind.USER.value,
+                        "created_ms": new.created_ms,
+                    }
+                ],
+            )
+            await tx.insert(
+                s.USERS,
+                [
+                    {
+                        "_id": new_id(),
+                        "tenant_id": tenant_id,
+                        "external_id": external_id,
+                        "author_id": author_id,
+                        "display_name": display_name,
+                        "created_ms": new.created_ms,
+                        "profile": None,
+                    }
+                ],
+            )
+        elif found["display_name"] != display_name:
+            await tx.update(s.USERS, {"_id": found["_id"]}, {"$set": {"display_name": display_name}})
+
     async def _count_approved(self, tx: Tx, tenant_id: str, thread_id: str, delta: int) -> None:
         await tx.update(s.THREADS, {"_id": thread_id, "tenant_id": tenant_id}, {"$inc": {"comment_count": delta}})
 
@@ -1078,24 +1299,53 @@ class MongoStore(MongoCore):
         status: CommentStatus | None = None,
     ) -> Deferred[Written[Comment]]:
         async def go(tx: Tx) -> Comment:
-            old = await self._comment_row(tx, tenant_id, comment_id)
-            new = old
-            changes: Document = {}
-            if body is not None:
-                changes.update(body_source=body[0], body_html=body[1], edited_ms=edited_ms)
-                new = replace(new, body_source=body[0], body_html=body[1], edited_ms=edited_ms)
-            if status is not None and status is not old.status:
-                changes["status"] = status.value
-                new = replace(new, status=status)
-                if old.status is CommentStatus.APPROVED:
-                    await self._count_approved(tx, tenant_id, old.thread_id, -1)
-                elif status is CommentStatus.APPROVED:
-                    await self._count_approved(tx, tenant_id, old.thread_id, +1)
-            if changes:
-                await tx.update(s.COMMENTS, {"_id": comment_id, "tenant_id": tenant_id}, {"$set": changes})
-            return new
+            change = await self._change_comment(tx, tenant_id, comment_id, edited_ms, body, status)
+            return change.after
 
         return self._write("update_comment", read_preference, go)
+
+    def change_comment(
+        self,
+        tenant_id: str,
+        comment_id: str,
+        *,
+        edited_ms: int,
+        read_preference: ReadPreference,
+        body: tuple[str, str] | None = None,
+        status: CommentStatus | None = None,
+    ) -> Deferred[Written[Change]]:
+        async def go(tx: Tx) -> Change:
+            return await self._change_comment(tx, tenant_id, comment_id, edited_ms, body, status)
+
+        return self._write("change_comment", read_preference, go)
+
+    async def _change_comment(
+        self,
+        tx: Tx,
+        tenant_id: str,
+        comment_id: str,
+        edited_ms: int,
+        body: tuple[str, str] | None,
+        status: CommentStatus | None,
+    ) -> Change:
+        """The comment before and after the change (read in the transaction,
+        so ``before`` is what the write replaced)."""
+        old = await self._comment_row(tx, tenant_id, comment_id)
+        new = old
+        changes: Document = {}
+        if body is not None:
+            changes.update(body_source=body[0], body_html=body[1], edited_ms=edited_ms)
+            new = replace(new, body_source=body[0], body_html=body[1], edited_ms=edited_ms)
+        if status is not None and status is not old.status:
+            changes["status"] = status.value
+            new = replace(new, status=status)
+            if old.status is CommentStatus.APPROVED:
+                await self._count_approved(tx, tenant_id, old.thread_id, -1)
+            elif status is CommentStatus.APPROVED:
+                await self._count_approved(tx, tenant_id, old.thread_id, +1)
+        if changes:
+            await tx.update(s.COMMENTS, {"_id": comment_id, "tenant_id": tenant_id}, {"$set": changes})
+        return Change(before=old, after=new)
 
     def delete_comment(
         self, tenant_id: str, comment_id: str, *, read_preference: ReadPreference
@@ -1148,10 +1398,13 @@ class MongoStore(MongoCore):
         read_preference: ReadPreference,
         address_hash: str | None = None,
         max_per_address: int | None = None,
+        expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
         async def go(tx: Tx) -> int:
+            await self._check_expected(tx, tenant_id, expect, new_session)
             await self._comment_row(tx, tenant_id, comment_id)
-            await self._require_author(tx, tenant_id, voter_id)
+            await self._voter_exists(tx, tenant_id, voter_id, new_session)
             if await tx.find_one(s.VOTES, {"comment_id": comment_id, "voter_id": voter_id}) is not None:
                 raise AlreadyExists("like")
             if address_hash is not None and max_per_address is not None:
@@ -1161,6 +1414,7 @@ class MongoStore(MongoCore):
                 )
                 if (int(rows[0]["n"]) if rows else 0) >= max_per_address:
                     raise LimitReached("likes from one address")
+            await self._new_session_last(tx, tenant_id, new_session)
             try:
                 await tx.insert(
                     s.VOTES,
@@ -1190,9 +1444,16 @@ class MongoStore(MongoCore):
         return int(found[field])
 
     def remove_like(
-        self, tenant_id: str, comment_id: str, voter_id: str, *, read_preference: ReadPreference
+        self,
+        tenant_id: str,
+        comment_id: str,
+        voter_id: str,
+        *,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[int]]:
         async def go(tx: Tx) -> int:
+            await self._check_expected(tx, tenant_id, expect)
             await self._comment_row(tx, tenant_id, comment_id)
             gone = await tx.delete(
                 s.VOTES, {"tenant_id": tenant_id, "comment_id": comment_id, "voter_id": voter_id}, multi=False
@@ -1212,12 +1473,16 @@ class MongoStore(MongoCore):
         created_ms: int,
         read_preference: ReadPreference,
         hide_at: int | None = None,
+        expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
         async def go(tx: Tx) -> int:
+            await self._check_expected(tx, tenant_id, expect, new_session)
             comment = await self._comment_row(tx, tenant_id, comment_id)
-            await self._require_author(tx, tenant_id, flagger_id)
+            await self._voter_exists(tx, tenant_id, flagger_id, new_session)
             if await tx.find_one(s.FLAGS, {"comment_id": comment_id, "flagger_id": flagger_id}) is not None:
                 raise AlreadyExists("flag")
+            await self._new_session_last(tx, tenant_id, new_session)
             try:
                 await tx.insert(
                     s.FLAGS,
@@ -1244,17 +1509,27 @@ class MongoStore(MongoCore):
         return self._write("add_flag", read_preference, go)
 
     def add_block(
-        self, tenant_id: str, viewer_id: str, author_id: str, *, created_ms: int, read_preference: ReadPreference
+        self,
+        tenant_id: str,
+        viewer_id: str,
+        author_id: str,
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[None]]:
         if viewer_id == author_id:
             return fail(InvalidReference("an author cannot block themselves"))
 
         async def go(tx: Tx) -> None:
+            await self._check_expected(tx, tenant_id, expect, new_session)
             await self._require_author(tx, tenant_id, author_id)
-            await self._require_author(tx, tenant_id, viewer_id)
+            await self._voter_exists(tx, tenant_id, viewer_id, new_session)
             where = {"tenant_id": tenant_id, "viewer_id": viewer_id, "author_id": author_id}
             if await tx.find_one(s.BLOCKS, where) is not None:
                 raise AlreadyExists("block")
+            await self._new_session_last(tx, tenant_id, new_session)
             try:
                 await tx.insert(s.BLOCKS, [{**where, "created_ms": created_ms}])
             except DuplicateKeyError:
@@ -1263,9 +1538,16 @@ class MongoStore(MongoCore):
         return self._write("add_block", read_preference, go)
 
     def remove_block(
-        self, tenant_id: str, viewer_id: str, author_id: str, *, read_preference: ReadPreference
+        self,
+        tenant_id: str,
+        viewer_id: str,
+        author_id: str,
+        *,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[None]]:
         async def go(tx: Tx) -> None:
+            await self._check_expected(tx, tenant_id, expect)
             gone = await tx.delete(
                 s.BLOCKS, {"tenant_id": tenant_id, "viewer_id": viewer_id, "author_id": author_id}, multi=False
             )

@@ -1,6 +1,9 @@
 """The store contract against the MongoDB backend, through the real txmongo
 client over loopback sockets.
 
+Both run the one-write suite too (:mod:`.contract_writes`: posts, changes,
+expectations), which holds the contract's base suite.
+
 - :class:`MongoFakeContractTests` runs it against :mod:`.mongo_fake`: two
   MockupDB servers (primary and local member) over one mongomock database.
   It checks the backend's commands and routing, not a server's semantics
@@ -26,11 +29,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from fastedge.store.interfaces import IStore
 from fastedge.store.mongodb.store import MongoStore
 
-from .contract import StoreContractMixin
+from .contract_writes import WriteContractMixin
 from .mongo_fake import ReactorTurningMixin, fresh_database, shared_fake, test_pool
 
 
-class MongoFakeContractTests(ReactorTurningMixin, StoreContractMixin, SynchronousTestCase):
+class MongoFakeContractTests(ReactorTurningMixin, WriteContractMixin, SynchronousTestCase):
     """The MongoDB store keeps the store contract, its commands evaluated by
     mongomock behind MockupDB, with NEAREST reads on the secondary."""
 
@@ -54,7 +57,7 @@ class MongoFakeContractTests(ReactorTurningMixin, StoreContractMixin, Synchronou
         self.assertEqual(self.fake.rolled_back_writes[self.rolled_back_before :], [])
 
 
-class MongoReplicaSetContractTests(ReactorTurningMixin, StoreContractMixin, SynchronousTestCase):
+class MongoReplicaSetContractTests(ReactorTurningMixin, WriteContractMixin, SynchronousTestCase):
     """The MongoDB store keeps the store contract on a real replica set."""
 
     uri = os.environ.get("FASTEDGE_TEST_MONGODB_URI", "")

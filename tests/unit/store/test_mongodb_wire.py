@@ -22,19 +22,32 @@ from twisted.trial.unittest import SynchronousTestCase
 from fastedge.admin import _open_store
 from fastedge.config import ApiConfig, load_config
 from fastedge.http.errors import from_store_error
-from fastedge.store.errors import BadToken, CommitUnknown, StoreUnavailable, WrongReadPreference
+from fastedge.store.errors import (
+    BadToken,
+    CommitUnknown,
+    InvalidReference,
+    NotFound,
+    Stale,
+    StoreUnavailable,
+    WrongReadPreference,
+)
 from fastedge.store.metrics import ReplicationMetrics
 from fastedge.store.model import (
     BanKind,
     CommentStatus,
+    Expect,
     ModerationAction,
     ModerationQueue,
     NewComment,
+    NewPost,
+    NewSession,
     QueueFilter,
     QueueSort,
     ReadPreference,
+    SessionPoster,
     Sort,
     SsoSecretChange,
+    UserPoster,
     UserProfile,
     Written,
 )
@@ -749,6 +762,7 @@ class WriteShapeTests(MongoWireCase):
                     commit,
                 ],
             ),
+            *self.one_writes(w, other),
             (
                 "update_comment",
                 lambda: st.update_comment(
@@ -812,6 +826,316 @@ class WriteShapeTests(MongoWireCase):
             ("delete_thread", lambda: st.delete_thread(t, th, **kw), None),
             ("delete_tenant", lambda: st.delete_tenant(t, **kw), None),
         ]
+
+    def one_writes(
+        self, w: dict[str, Any], other: str
+    ) -> list[tuple[str, Callable[[], Any], list[tuple[str, str]] | None]]:
+        """The writes of one round trip's store operations (``post_comment``,
+        ``change_comment``) and the existing writes given ``expect`` and
+        ``new_session``: every check a read inside the transaction, every
+        write after the last check (a refused write wrote nothing)."""
+        st = self.store
+        t = w["tenant"].id
+        c = w["comment"].id
+        user = w["user"].author_id
+        anon = w["session"].author_id
+        kw: dict[str, Any] = {"read_preference": PRIMARY}
+        commit = ("commitTransaction", "admin")
+        url = w["thread"].url_id
+        liker = st.new_anonymous_session(t, created_ms=self.tick())
+        flagger = st.new_anonymous_session(t, created_ms=self.tick())
+        blocker = st.new_anonymous_session(t, created_ms=self.tick())
+
+        def post(poster: Any, **fields: Any) -> NewPost:
+            return NewPost(
+                **{
+                    "tenant_id": t,
+                    "url_id": url,
+                    "poster": poster,
+                    "display_name": "Cy",
+                    "body_source": "z",
+                    "body_html": "<p>z</p>",
+                    "status": CommentStatus.APPROVED,
+                    "created_ms": self.tick(),
+                    **fields,
+                }
+            )
+
+        return [
+            (
+                "post_comment as a new session, a reply, with expect",
+                lambda: st.post_comment(
+                    post(NewSession(), parent_id=c, expect=Expect(session_id=w["session"].id, thread_url=url)), **kw
+                ),
+                [
+                    ("find", "tenants"),
+                    ("find", "threads"),
+                    ("find", "anonymous_sessions"),
+                    ("find", "threads"),
+                    ("find", "comments"),
+                    ("insert", "authors"),
+                    ("insert", "anonymous_sessions"),
+                    ("insert", "comments"),
+                    ("update", "threads"),
+                    commit,
+                ],
+            ),
+            (
+                "post_comment as a new user, to a new thread",
+                lambda: st.post_comment(
+                    post(UserPoster("ext-2", "Cy"), url_id="https://example.com/c", title="C"), **kw
+                ),
+                [
+                    ("find", "tenants"),
+                    ("find", "users"),
+                    ("find", "threads"),
+                    ("insert", "authors"),
+                    ("insert", "users"),
+                    ("insert", "threads"),
+                    ("insert", "comments"),
+                    ("update", "threads"),
+                    commit,
+                ],
+            ),
+            (
+                "post_comment as a known user, renamed, retitling",
+                lambda: st.post_comment(post(UserPoster("ext-1", "Ann C"), title="A2", retitle=True), **kw),
+                [
+                    ("find", "tenants"),
+                    ("find", "users"),
+                    ("find", "threads"),
+                    ("update", "users"),
+                    ("update", "threads"),
+                    ("insert", "comments"),
+                    ("update", "threads"),
+                    commit,
+                ],
+            ),
+            (
+                "post_comment as a session, pending, open only",
+                lambda: st.post_comment(
+                    post(SessionPoster(w["session"].id), status=CommentStatus.PENDING, open_only=True), **kw
+                ),
+                [
+                    ("find", "tenants"),
+                    ("find", "anonymous_sessions"),
+                    ("find", "threads"),
+                    ("insert", "comments"),
+                    commit,
+                ],
+            ),
+            (
+                "change_comment",
+                lambda: st.change_comment(t, c, edited_ms=self.tick(), body=("v", "<p>v</p>"), **kw),
+                [
+                    ("find", "comments"),
+                    ("update", "comments"),
+                    commit,
+                ],
+            ),
+            (
+                "add_like with expect and a new session",
+                lambda: st.add_like(
+                    t,
+                    c,
+                    liker.author_id,
+                    created_ms=self.tick(),
+                    expect=Expect(session_id=w["session"].id, approved_comment=c),
+                    new_session=liker,
+                    **kw,
+                ),
+                [
+                    ("find", "comments"),
+                    ("find", "anonymous_sessions"),
+                    ("find", "tenants"),
+                    ("find", "comments"),
+                    ("find", "votes"),
+                    ("insert", "authors"),
+                    ("insert", "anonymous_sessions"),
+                    ("insert", "votes"),
+                    ("findAndModify", "comments"),
+                    commit,
+                ],
+            ),
+            (
+                "remove_like with expect",
+                lambda: st.remove_like(t, c, liker.author_id, expect=Expect(approved_comment=c), **kw),
+                [
+                    ("find", "comments"),
+                    ("find", "comments"),
+                    ("delete", "votes"),
+                    ("findAndModify", "comments"),
+                    commit,
+                ],
+            ),
+            (
+                "add_flag with a new session",
+                lambda: st.add_flag(t, c, flagger.author_id, created_ms=self.tick(), new_session=flagger, **kw),
+                [
+                    ("find", "tenants"),
+                    ("find", "comments"),
+                    ("find", "flags"),
+                    ("insert", "authors"),
+                    ("insert", "anonymous_sessions"),
+                    ("insert", "flags"),
+                    ("findAndModify", "comments"),
+                    commit,
+                ],
+            ),
+            (
+                "add_block with expect and a new session",
+                lambda: st.add_block(
+                    t,
+                    blocker.author_id,
+                    other,
+                    created_ms=self.tick(),
+                    expect=Expect(thread_url=url),
+                    new_session=blocker,
+                    **kw,
+                ),
+                [
+                    ("find", "threads"),
+                    ("find", "tenants"),
+                    ("find", "authors"),
+                    ("find", "blocks"),
+                    ("insert", "authors"),
+                    ("insert", "anonymous_sessions"),
+                    ("insert", "blocks"),
+                    commit,
+                ],
+            ),
+            (
+                "remove_block with expect",
+                lambda: st.remove_block(t, user, anon, expect=Expect(session_id=w["session"].id), **kw),
+                [
+                    ("find", "anonymous_sessions"),
+                    ("delete", "blocks"),
+                    commit,
+                ],
+            ),
+        ]
+
+    def test_expectations_are_reads_in_the_transaction(self) -> None:
+        """``expect`` is checked by finds inside the write's transaction (on
+        the primary, the transaction's first commands): the comment still
+        approved, the thread's access rules (only they are fetched), the
+        session still there."""
+        w = self.seed()
+        t = w["tenant"].id
+        c = w["comment"].id
+        expect = Expect(
+            session_id=w["session"].id,
+            approved_comment=c,
+            thread_url=w["thread"].url_id,
+            locked_groups=None,
+            require_sign_in=None,
+        )
+        voter = self.successResultOf(
+            self.store.create_anonymous_session(t, created_ms=self.tick(), read_preference=PRIMARY)
+        ).value
+        since = len(self.fake.log)
+        self.successResultOf(
+            self.store.add_like(t, c, voter.author_id, created_ms=self.tick(), read_preference=PRIMARY, expect=expect)
+        )
+        sent = self.sent(since)
+        self.assertEqual({who for who, _ in sent}, {"primary"})
+        self.assertIs(sent[0][1].get("startTransaction"), True)
+        self.assertEqual(
+            [_shape(doc) for _, doc in sent[:3]],
+            [
+                {
+                    "find": "comments",
+                    "filter": {"_id": c, "tenant_id": t, "status": CommentStatus.APPROVED.value},
+                    "projection": {"_id": 1},
+                    "limit": 1,
+                },
+                {
+                    "find": "threads",
+                    "filter": {"tenant_id": t, "url_id": w["thread"].url_id},
+                    "projection": {"locked_groups": 1, "require_sign_in": 1},
+                    "limit": 1,
+                },
+                {
+                    "find": "anonymous_sessions",
+                    "filter": {"_id": w["session"].id, "tenant_id": t},
+                    "projection": {"_id": 1},
+                    "limit": 1,
+                },
+            ],
+        )
+
+    def test_refused_writes_write_nothing(self) -> None:
+        """A write whose check fails (a failed ``expect``, a missing parent,
+        a thread in another place) sends only its reads, then aborts: no
+        insert, update, delete or findAndModify, and no commit, so nothing
+        depends on the server rolling back (nor does the session a refused
+        write was to create exist)."""
+        w = self.seed()
+        st = self.store
+        t = w["tenant"].id
+        c = w["comment"].id
+        kw: dict[str, Any] = {"read_preference": PRIMARY}
+        self.successResultOf(
+            st.upsert_thread(t, "https://example.com/locked", created_ms=self.tick(), locked_groups=["staff"], **kw)
+        )
+        elsewhere = self.successResultOf(
+            st.upsert_thread(t, "https://example.com/elsewhere", created_ms=self.tick(), **kw)
+        ).value
+        fresh = st.new_anonymous_session(t, created_ms=self.tick())
+
+        def post(**fields: Any) -> NewPost:
+            return NewPost(
+                **{
+                    "tenant_id": t,
+                    "url_id": elsewhere.url_id,
+                    "poster": NewSession(fresh),
+                    "display_name": "Cy",
+                    "body_source": "z",
+                    "body_html": "<p>z</p>",
+                    "status": CommentStatus.APPROVED,
+                    "created_ms": self.tick(),
+                    **fields,
+                }
+            )
+
+        refused: list[tuple[Callable[[], Any], type[Exception]]] = [
+            (lambda: st.post_comment(post(expect=Expect(thread_url="https://example.com/locked")), **kw), Stale),
+            (lambda: st.post_comment(post(parent_id="UNKNOWNPARENT000"), **kw), NotFound),
+            (lambda: st.post_comment(post(parent_id=c), **kw), InvalidReference),
+            (lambda: st.post_comment(post(poster=SessionPoster("UNKNOWNSESSION00")), **kw), NotFound),
+            (
+                lambda: st.add_like(
+                    t,
+                    c,
+                    fresh.author_id,
+                    created_ms=self.tick(),
+                    expect=Expect(session_id="UNKNOWNSESSION00"),
+                    new_session=fresh,
+                    **kw,
+                ),
+                NotFound,
+            ),
+            (
+                lambda: st.add_flag(
+                    t, "UNKNOWNCOMMENT00", fresh.author_id, created_ms=self.tick(), new_session=fresh, **kw
+                ),
+                NotFound,
+            ),
+            (
+                lambda: st.remove_block(t, w["user"].author_id, "x", expect=Expect(approved_comment="gone"), **kw),
+                NotFound,
+            ),
+        ]
+        writes = {"insert", "update", "delete", "findAndModify", "commitTransaction"}
+        for i, (call, error) in enumerate(refused):
+            since = len(self.fake.log)
+            self.failureResultOf(call(), error)
+            # The abort is sent without waiting for it: turn the reactor to see it.
+            self.successResultOf(st.ping(read_preference=PRIMARY))
+            sent = [next(iter(doc)) for _, doc in self.sent(since)]
+            self.assertEqual([cmd for cmd in sent if cmd in writes], [], i)
+            self.assertIn("abortTransaction", sent, i)
+        self.failureResultOf(st.get_anonymous_session(t, fresh.id, **kw), NotFound)
 
     def test_every_write(self) -> None:
         """Each write sends its commands to the primary in one transaction
@@ -1441,6 +1765,58 @@ class DocumentShapeTests(MongoWireCase):
         self.assertEqual(self.both(self.store.get_thread_by_id, self.tenant.id, thread.id), thread)
         self.assertEqual(self.both(self.store.get_thread, self.tenant.id, thread.url_id), thread)
         self.assertEqual(self.both(self.store.list_threads, self.tenant.id, limit=5, cursor=None).items, [thread])
+
+    def test_posted(self) -> None:
+        """What ``post_comment`` writes in one transaction (session, user,
+        thread, comment) has the fields the single-record writes give
+        them, and reads back as the post answered it."""
+        since = len(self.fake.log)
+        body = _long(_UNICODE, self.limits.comment_max_chars)
+        name = _long(_UNICODE, self.limits.display_name_max_chars)
+        posted = []
+        for poster in (NewSession(), UserPoster(_long(_UNICODE, 200), name)):
+            new = NewPost(
+                tenant_id=self.tenant.id,
+                url_id=_long(_UNICODE, self.limits.url_id_max_chars),
+                poster=poster,
+                display_name=name,
+                body_source=body,
+                body_html="<p>" + body + "</p>",
+                status=CommentStatus.APPROVED,
+                created_ms=self.BIG,
+                title=_long(_UNICODE, self.limits.title_max_chars),
+            )
+            posted.append(self.write(self.store.post_comment(new, read_preference=PRIMARY)))
+        [thread_doc] = self.inserted(since, "threads")
+        self.assertEqual(
+            set(thread_doc),
+            {
+                "_id",
+                "tenant_id",
+                "url_id",
+                "title",
+                "closed",
+                "created_ms",
+                "comment_count",
+                "locked_groups",
+                "require_sign_in",
+            },
+        )
+        [user_doc] = self.inserted(since, "users")
+        self.assertEqual(
+            set(user_doc), {"_id", "tenant_id", "external_id", "author_id", "display_name", "created_ms", "profile"}
+        )
+        self.assertEqual(
+            [set(d) for d in self.inserted(since, "authors")], [{"_id", "tenant_id", "kind", "created_ms"}] * 2
+        )
+        first, second = posted
+        self.assertEqual(self.both(self.store.get_anonymous_session, self.tenant.id, first.session.id), first.session)
+        for p in posted:
+            self.assertEqual(self.both(self.store.get_comment, self.tenant.id, p.comment.id), p.comment)
+        self.assertEqual(second.thread.comment_count, 2)
+        self.assertEqual(self.both(self.store.get_thread, self.tenant.id, second.thread.url_id), second.thread)
+        user = self.both(self.store.get_user_by_author, self.tenant.id, second.comment.author_id)
+        self.assertEqual(user.display_name, name)
 
     def test_comment(self) -> None:
         """A comment at the body and name limits; each field's BSON type."""

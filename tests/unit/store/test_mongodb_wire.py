@@ -33,6 +33,7 @@ from fastedge.store.errors import (
 )
 from fastedge.store.metrics import ReplicationMetrics
 from fastedge.store.model import (
+    AuthorKind,
     BanKind,
     CommentStatus,
     Expect,
@@ -593,6 +594,42 @@ class ReadShapeTests(MongoWireCase):
         """A PRIMARY read goes to the primary, ``$readPreference: primary``,
         with no read concern even when it holds a token."""
         self.check_reads(PRIMARY, True)
+
+    def test_history_of_a_new_author(self) -> None:
+        """``author_history`` with ``new_author_ms`` for an author the judged
+        write creates: an anonymous author of that time with no comments,
+        the thread's recent comments read as usual, the same commands to the
+        member as for a known author; without it, ``NotFound``."""
+        w = self.seed()
+        t = w["tenant"].id
+        fresh = self.store.new_anonymous_session(t, created_ms=self.tick())
+        self.failureResultOf(
+            self.store.author_history(
+                t, fresh.author_id, thread_id=w["thread"].id, since_ms=0, limit=5, read_preference=NEAREST
+            ),
+            NotFound,
+        )
+        since = len(self.fake.log)
+        history = self.successResultOf(
+            self.store.author_history(
+                t,
+                fresh.author_id,
+                thread_id=w["thread"].id,
+                since_ms=0,
+                limit=5,
+                read_preference=NEAREST,
+                new_author_ms=123,
+            )
+        )
+        self.assertEqual(
+            (history.kind, history.created_ms, history.comments, history.recent), (AuthorKind.ANONYMOUS, 123, 0, ())
+        )
+        self.assertEqual([r.body_source for r in history.thread_recent], ["Hello", "Hello"])
+        sent = self.sent(since)
+        self.assertEqual(
+            [(who, next(iter(doc))) for who, doc in sent],
+            [("member", "find"), ("member", "aggregate"), ("member", "find"), ("member", "find")],
+        )
 
 
 class WriteShapeTests(MongoWireCase):

@@ -106,7 +106,8 @@ class MongoStoreServiceTests(TestCase):
         """``store.backend = "mongodb"`` runs the MongoDB store (here on the
         MockupDB replica set of the unit tests): the constructor connects
         nowhere, starting migrates, calls are timed under the ``mongodb``
-        label, and the logs name the servers without the credentials."""
+        label, the logs name the servers without the credentials, and a
+        call after the stop fails at once with ``StoreClosed``."""
         fake = shared_fake()
         fake.reset()
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
@@ -136,6 +137,13 @@ class MongoStoreServiceTests(TestCase):
         self.assertEqual(ready, 1.0)
         yield service.stopService()
         self.assertFalse(service.ready)
+        # A call after the stop fails at once, as on the other backends.
+        for call in (
+            store.ping(read_preference=ReadPreference.PRIMARY),
+            store.get_tenant("t", read_preference=ReadPreference.NEAREST),
+            store.create_tenant("u", "global", created_ms=2, read_preference=ReadPreference.PRIMARY),
+        ):
+            self.failureResultOf(call, StoreClosed)
         texts = [formatEvent(e) for e in events]
         self.assertTrue([t for t in texts if "opening mongodb store" in t and fake.address(fake.primary) in t])
         self.assertEqual([t for t in texts if "hunter2" in t or "fe:" in t], [])

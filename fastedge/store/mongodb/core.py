@@ -50,7 +50,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txmongo.connection import ConnectionPool
 
-from ..errors import BadToken, CommitUnknown, StoreUnavailable, WrongReadPreference
+from ..errors import BadToken, CommitUnknown, StoreClosed, StoreUnavailable, WrongReadPreference
 from ..metrics import ReplicationMetrics
 from ..model import ReadPreference, Written
 from . import txmongo_gaps as gaps
@@ -288,7 +288,8 @@ class MongoCore:
 
     def _pool(self, primary: bool) -> ConnectionPool:
         if self._closed:
-            raise StoreUnavailable("the store is closed")
+            # As every backend after its stop: at once, never retried.
+            raise StoreClosed("the store is closed: the node is stopping")
         self._connect()
         pool = self._primary if primary or self._nearest is None else self._nearest
         assert pool is not None

@@ -467,6 +467,24 @@ def _open_store(reactor: Any, cfg: EdgeConfig) -> tuple[Any, ThreadPool, str]:
         )
         where = "postgresql primary ({})".format(", ".join(redact_dsn(d) for d in pg.primaries))
         return store, pool, where
+    if cfg.store.backend == "mongodb":
+        from .store.mongodb.store import MongoStore
+        from .store.mongodb.uri import redact_uri
+
+        mongo = cfg.store.mongodb
+        # Admin commands write, and read their writes: the primary only.
+        store = MongoStore(
+            mongo.uri,
+            None,
+            database=mongo.database,
+            clock=reactor,
+            write_concern=mongo.write_concern,
+            write_concern_timeout_seconds=mongo.write_concern_timeout_seconds,
+            failover_seconds=mongo.failover_seconds,
+            operation_timeout_seconds=mongo.operation_timeout_seconds,
+            pool_size=1,
+        )
+        return store, pool, "mongodb replica set {} database {}".format(redact_uri(mongo.uri), mongo.database)
     store = SQLiteStore(
         cfg.store.sqlite_path,
         run=lambda f: deferToThreadPool(reactor, pool, f),
@@ -480,7 +498,7 @@ def _open_store(reactor: Any, cfg: EdgeConfig) -> tuple[Any, ThreadPool, str]:
 @inlineCallbacks
 def _store_exists(store: Any, cfg: EdgeConfig) -> Any:
     """Whether the store holds the node's tables (without creating it)."""
-    if cfg.store.backend != "postgresql" and not os.path.exists(cfg.store.sqlite_path):
+    if cfg.store.backend == "sqlite" and not os.path.exists(cfg.store.sqlite_path):
         # Connecting would create the file: look first.
         return False
     return (yield store.has_schema())

@@ -159,6 +159,8 @@ def _derive(cfg: EdgeConfig, base_dir: str | None = None) -> EdgeConfig:
         raise ConfigError(
             "store.postgresql.primaries: must list at least one server when store.backend is 'postgresql'"
         )
+    if store.backend == "mongodb" and not store.mongodb.uri:
+        raise ConfigError("store.mongodb.uri: must name the replica set when store.backend is 'mongodb'")
     api = cfg.api
     if not api.secret_file:
         api = dataclasses.replace(api, secret_file=os.path.join(data_dir, "session.key"))

@@ -15,6 +15,7 @@ from .checks import (
     _check_names,
     _checked,
     _cipher_string,
+    _database_name,
     _domain,
     _domains,
     _dsn,
@@ -25,6 +26,7 @@ from .checks import (
     _ip_addresses,
     _key_prefix,
     _media_types,
+    _mongo_uri,
     _networks,
     _non_negative,
     _one_of,
@@ -33,6 +35,7 @@ from .checks import (
     _positive,
     _relative_names,
     _server_endpoint,
+    _write_concern,
     dns_label,
 )
 
@@ -191,12 +194,45 @@ class PostgresConfig:
 
 
 @dataclass(frozen=True)
+class MongoConfig:
+    """The MongoDB backend: a replica set, and the member beside this node
+    for NEAREST reads (docs/consistency.md). URIs are ``mongodb://``; they
+    are never logged with their credentials.
+    """
+
+    #: The replica set (every member, ``replicaSet=...``): writes and
+    #: PRIMARY reads go to its primary.
+    uri: str = _checked("", _mongo_uri, secret=True)
+    #: This node's local member, serving NEAREST reads; empty means NEAREST
+    #: reads go to the primary.
+    nearest_uri: str = _checked("", _mongo_uri, secret=True)
+    #: Database holding fastedge's collections (the URI's own path is ignored).
+    database: str = _checked("fastedge", _database_name)
+    #: Write concern of every write: ``majority`` or a number of members.
+    write_concern: str = _checked("majority", _write_concern)
+    #: How long a write waits for its write concern (``wtimeout``).
+    write_concern_timeout_seconds: float = _checked(5.0, _positive)
+    #: How long a NEAREST read holding a consistency token lets the local
+    #: member wait for it (``maxTimeMS``) before reading the primary (0: never wait).
+    token_wait_seconds: float = _checked(0.5, _non_negative)
+    #: How long an operation keeps retrying through an election before it fails.
+    failover_seconds: float = _checked(10.0, _non_negative)
+    #: How long a read waits for the local member before the primary serves it.
+    nearest_timeout_seconds: float = _checked(3.0, _positive)
+    #: Server-side limit of every read (``maxTimeMS``; 0: none).
+    operation_timeout_seconds: float = _checked(30.0, _non_negative)
+    #: Connections in each of the two pools (primary, local member).
+    pool_size: int = _checked(4, _positive)
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """The comment database."""
 
     #: ``sqlite``: the embedded, zero set-up backend; ``postgresql``: a
-    #: replicated PostgreSQL (see ``[store.postgresql]``).
-    backend: str = _checked("sqlite", _one_of("sqlite", "postgresql"))
+    #: replicated PostgreSQL (see ``[store.postgresql]``); ``mongodb``: a
+    #: MongoDB replica set (see ``[store.mongodb]``).
+    backend: str = _checked("sqlite", _one_of("sqlite", "postgresql", "mongodb"))
     #: SQLite file; empty means ``<node.data_dir>/fastedge.sqlite3``.
     sqlite_path: str = ""
     #: Threads that run blocking database calls off the reactor thread.
@@ -204,6 +240,7 @@ class StoreConfig:
     #: Seconds a writer waits for another process's lock (e.g. ``fastedge-admin``).
     busy_timeout_seconds: float = _checked(5.0, _positive)
     postgresql: PostgresConfig = field(default_factory=PostgresConfig)
+    mongodb: MongoConfig = field(default_factory=MongoConfig)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..inputs import loads_json
+from . import outbox as ob
 from . import schema as s
 from .errors import (
     AlreadyExists,
@@ -61,7 +62,7 @@ from .errors import (
     StoreUnavailable,
     WrongReadPreference,
 )
-from .interfaces import IStore
+from .interfaces import IStore, IWebhookStore
 from .model import (
     MAX_BULK_IDS,
     AnonymousSession,
@@ -91,8 +92,10 @@ from .model import (
     User,
     UserProfile,
     ViewerState,
+    WebhookEvent,
     Written,
 )
+from .outbox import WebhookStoreMixin
 
 _T = TypeVar("_T")
 
@@ -290,6 +293,8 @@ def _page(rows: Sequence[Any], limit: int, make: Callable[[Any], _T], cursor_of:
 
 
 _TENANT_TABLES = (
+    s.webhook_deliveries,
+    s.webhook_endpoints,
     s.author_claims,
     s.thread_access,
     s.user_profiles,
@@ -310,8 +315,24 @@ _TENANT_TABLES = (
 )
 
 
-@implementer(IStore)
-class SqlStore:
+#: The webhook event a moderation action's status change emits.
+_ACTION_EVENTS = {
+    ModerationAction.APPROVE: WebhookEvent.COMMENT_APPROVED,
+    ModerationAction.RESTORE: WebhookEvent.COMMENT_APPROVED,
+    ModerationAction.REMOVE: WebhookEvent.COMMENT_REMOVED,
+    ModerationAction.SPAM: WebhookEvent.COMMENT_MARKED_SPAM,
+}
+
+#: The webhook event a comment's new status emits (``PENDING``: none).
+_STATUS_EVENTS = {
+    CommentStatus.APPROVED: WebhookEvent.COMMENT_APPROVED,
+    CommentStatus.REMOVED: WebhookEvent.COMMENT_REMOVED,
+    CommentStatus.SPAM: WebhookEvent.COMMENT_MARKED_SPAM,
+}
+
+
+@implementer(IStore, IWebhookStore)
+class SqlStore(WebhookStoreMixin):
     """:class:`IStore` over SQLAlchemy engines.
 
     :param primary: serves every write and PRIMARY read.
@@ -904,9 +925,11 @@ class SqlStore:
         def go() -> Written[Thread]:
             t = s.threads.c
             where = and_(t.tenant_id == tenant_id, t.url_id == url_id)
+            events = []
             with self._writing() as conn:
                 row = conn.execute(select(s.threads).where(where)).first()
                 if row is None:
+                    events.append(WebhookEvent.THREAD_CREATED)
                     self._require_tenant(conn, tenant_id)
                     conn.execute(
                         insert(s.threads).values(
@@ -925,12 +948,16 @@ class SqlStore:
                         changes["title"] = title
                     if closed is not None and closed != bool(row.closed):
                         changes["closed"] = closed
+                        if closed:
+                            events.append(WebhookEvent.THREAD_CLOSED)
                     if changes:
                         conn.execute(update(s.threads).where(where).values(**changes))
                 if access:
                     self._put_access(conn, tenant_id, conn.execute(select(t.id).where(where)).scalar_one(), access)
-                row = conn.execute(_threads().where(where)).one()
-                return self._written(conn, _thread(row))
+                thread = _thread(conn.execute(_threads().where(where)).one())
+                for event in events:
+                    conn.execute(ob.emit(tenant_id, event, new_id(), created_ms, {"thread": ob.thread_data(thread)}))
+                return self._written(conn, thread)
 
         return self._call("upsert_thread", read_preference, go, write=True)
 
@@ -1012,7 +1039,7 @@ class SqlStore:
         def go() -> Written[Comment]:
             c = s.comments.c
             with self._writing() as conn:
-                self._thread_by_id(conn, new.tenant_id, new.thread_id)
+                thread = self._thread_by_id(conn, new.tenant_id, new.thread_id)
                 a = s.authors.c
                 if (
                     conn.execute(select(a.id).where(a.tenant_id == new.tenant_id, a.id == new.author_id)).first()
@@ -1050,8 +1077,14 @@ class SqlStore:
                 )
                 if new.status is CommentStatus.APPROVED:
                     self._count_approved(conn, new.tenant_id, new.thread_id, +1)
-                row = conn.execute(select(s.comments).where(c.id == comment_id)).one()
-                return self._written(conn, _comment(row))
+                comment = _comment(conn.execute(select(s.comments).where(c.id == comment_id)).one())
+                # Spam is never announced as a new comment, only as spam.
+                event = WebhookEvent.COMMENT_CREATED
+                if new.status is CommentStatus.SPAM:
+                    event = WebhookEvent.COMMENT_MARKED_SPAM
+                data = {"comment": ob.comment_data(comment, thread)}
+                conn.execute(ob.emit(new.tenant_id, event, new_id(), new.created_ms, data))
+                return self._written(conn, comment)
 
         return self._call("create_comment", read_preference, go, write=True)
 
@@ -1214,17 +1247,37 @@ class SqlStore:
                     conn.execute(
                         update(s.comments).where(c.tenant_id == tenant_id, c.id == comment_id).values(**changes)
                     )
-                return self._written(conn, self._comment_row(conn, tenant_id, comment_id))
+                new = self._comment_row(conn, tenant_id, comment_id)
+                events = []
+                if body is not None:
+                    events.append(WebhookEvent.COMMENT_EDITED)
+                if "status" in changes and new.status in _STATUS_EVENTS:
+                    events.append(_STATUS_EVENTS[new.status])
+                for event in events:
+                    data = {"comment": ob.comment_data(new, previousStatus=old.status.value)}
+                    conn.execute(ob.emit(tenant_id, event, new_id(), edited_ms, data))
+                return self._written(conn, new)
 
         return self._call("update_comment", read_preference, go, write=True)
 
     def delete_comment(
-        self, tenant_id: str, comment_id: str, *, read_preference: ReadPreference
+        self, tenant_id: str, comment_id: str, *, read_preference: ReadPreference, deleted_ms: int = 0
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             with self._writing() as conn:
                 target = self._comment_row(conn, tenant_id, comment_id)
                 doomed = self._subtree(conn, tenant_id, target)
+                conn.execute(
+                    ob.emit_for_comments(
+                        tenant_id,
+                        WebhookEvent.COMMENT_REMOVED,
+                        new_id(),
+                        s.comments.c.id.in_(doomed),
+                        deleted_ms,
+                        status=CommentStatus.REMOVED.value,
+                        extra={"deleted": True},
+                    )
+                )
                 counted = self._delete_comment_rows(conn, tenant_id, doomed)
                 return self._written(conn, counted)
 
@@ -1369,12 +1422,15 @@ class SqlStore:
                 except IntegrityError:
                     raise AlreadyExists("flag") from None
                 count = self._bump(conn, tenant_id, comment_id, "flag_count", +1)
+                flagged = replace(comment, flag_count=count)
                 if hide_at is not None and count >= hide_at and comment.status is CommentStatus.APPROVED:
                     # Hidden for review: off public pages, still in the
                     # moderators' pending and flagged queues.
-                    hidden = replace(comment, flag_count=count)
-                    self._set_status(conn, tenant_id, [hidden], CommentStatus.PENDING)
+                    self._set_status(conn, tenant_id, [flagged], CommentStatus.PENDING)
                     self._audit(conn, tenant_id, "auto", "auto_hide", [comment_id], [], "flags", created_ms)
+                    flagged = replace(flagged, status=CommentStatus.PENDING)
+                data = {"comment": ob.comment_data(flagged), "flaggerId": flagger_id}
+                conn.execute(ob.emit(tenant_id, WebhookEvent.COMMENT_FLAGGED, new_id(), created_ms, data))
                 return self._written(conn, count)
 
         return self._call("add_flag", read_preference, go, write=True)
@@ -1527,9 +1583,13 @@ class SqlStore:
         status: CommentStatus,
         *,
         clear_flags: bool = False,
+        event: tuple[str, int, dict[str, Any]] | None = None,
     ) -> list[tuple[Comment, Comment]]:
         """Give ``comments`` (as read in this transaction) ``status``: one
         statement per table however many there are.
+
+        :param event: ``(event id prefix, created_ms, extra)``: emit the
+            status's webhook event for each comment that changes.
 
         :returns: ``(before, after)`` of the comments that changed.
         """
@@ -1545,6 +1605,19 @@ class SqlStore:
         # (a comment never changes tenant): by primary key alone, for the
         # reason given in :meth:`moderate`.
         ids = [old.id for old, _ in changed]
+        if event is not None and status in _STATUS_EVENTS:
+            prefix, created_ms, extra = event
+            conn.execute(
+                ob.emit_for_comments(
+                    tenant_id,
+                    _STATUS_EVENTS[status],
+                    prefix,
+                    c.id.in_(ids),
+                    created_ms,
+                    status=status.value,
+                    extra=extra,
+                )
+            )
         values: dict[str, Any] = {"status": status.value}
         if clear_flags:
             values["flag_count"] = 0
@@ -1644,6 +1717,14 @@ class SqlStore:
                     for b in bans
                 ],
             )
+        for ban in bans:
+            if kind is BanKind.AUTHOR:
+                data = {
+                    "author": {"id": ban.value},
+                    "ban": {"id": ban.id, "reason": reason, "expiresAt": expires_ms, "createdAt": created_ms},
+                    "actor": actor,
+                }
+                conn.execute(ob.emit(tenant_id, WebhookEvent.AUTHOR_BANNED, ban.id, created_ms, data))
         return bans
 
     def _comments_of(self, conn: Connection, tenant_id: str, author_ids: Sequence[str]) -> list[Comment]:
@@ -1747,6 +1828,16 @@ class SqlStore:
         m = s.moderation_log.c
         statements: list[Executable] = [
             select(s.comments).where(c.id.in_(ids)).with_for_update(),
+            # Before the update: the rows it changes, with their old status.
+            ob.emit_for_comments(
+                tenant_id,
+                _ACTION_EVENTS[action],
+                entry.id,
+                and_(c.id.in_(ids), which, guard),
+                created_ms,
+                status=status.value,
+                extra={"action": action.value, "actor": actor, "reason": reason, "auditId": entry.id},
+            ),
             update(s.comments).where(c.id.in_(ids), which, guard).values(**values),
             update(s.threads)
             .where(t.id.in_(select(c.thread_id).where(c.id.in_(ids))), guard)
@@ -1823,7 +1914,10 @@ class SqlStore:
                     expires_ms=ban_expires_ms,
                 )
                 doomed = self._comments_of(conn, tenant_id, authors) if remove_all else found
-                changed = self._set_status(conn, tenant_id, doomed, CommentStatus.REMOVED)
+                extra = {"action": "ban", "actor": actor, "reason": reason}
+                changed = self._set_status(
+                    conn, tenant_id, doomed, CommentStatus.REMOVED, event=(new_id(), created_ms, extra)
+                )
                 touched = [old.id for old, _ in changed]
                 named = ids + [cid for cid in touched if cid not in order]
                 entry = self._audit(
@@ -1869,8 +1963,13 @@ class SqlStore:
                 )
                 changed = []
                 if remove_all:
+                    extra = {"action": "ban", "actor": actor, "reason": reason}
                     changed = self._set_status(
-                        conn, tenant_id, self._comments_of(conn, tenant_id, [value]), CommentStatus.REMOVED
+                        conn,
+                        tenant_id,
+                        self._comments_of(conn, tenant_id, [value]),
+                        CommentStatus.REMOVED,
+                        event=(new_id(), created_ms, extra),
                     )
                 entry = self._audit(
                     conn, tenant_id, actor, "ban", [old.id for old, _ in changed], [bans[0].id], reason, created_ms

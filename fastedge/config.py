@@ -45,6 +45,7 @@ __all__ = [
     "S3OriginConfig",
     "StoreConfig",
     "TlsConfig",
+    "WebhooksConfig",
     "ZoneConfig",
     "load_config",
     "parse_config",
@@ -762,6 +763,59 @@ class LogConfig:
     access_max_pending_lines: int = _checked(100_000, _between(1, 10_000_000))
 
 
+def _proxy_url(value: str) -> str | None:
+    if not value:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return "must be http://HOST:PORT"
+    if parts.scheme != "http" or not parts.hostname or not port or parts.path not in ("", "/"):
+        return "must be http://HOST:PORT (https endpoints are reached through it with CONNECT)"
+    if parts.username or parts.query or parts.fragment:
+        return "must not carry credentials, a query or a fragment"
+    return None
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """Outbound webhooks (docs/webhooks.md)."""
+
+    #: Run the delivery worker on this node (every node may: a lease in the
+    #: store keeps two from sending one delivery).
+    enabled: bool = True
+    #: Outbound HTTP proxy for every webhook request, ``http://host:port``
+    #: (https endpoints through a CONNECT tunnel); empty: direct.
+    proxy: str = _checked("", _proxy_url)
+    #: Allow endpoints on loopback, private, link-local, multicast and
+    #: unspecified addresses (tests; never on a public deployment).
+    allow_private_targets: bool = False
+    #: How often the outbox is checked for due deliveries (seconds).
+    poll_seconds: float = _checked(1.0, _positive)
+    #: Requests open to receivers at once, at most (per node).
+    max_in_flight: int = _checked(16, _between(1, 1000))
+    #: One attempt's deadline: connect, send, answer (seconds).
+    timeout_seconds: float = _checked(10.0, _positive)
+    connect_timeout_seconds: float = _checked(5.0, _positive)
+    #: A claimed delivery's lease; longer than ``timeout_seconds``.
+    lease_seconds: float = _checked(60.0, _positive)
+    #: Retries (exponential backoff with jitter) stop this long after the
+    #: change; the delivery is then failed (listed, replayable).
+    retry_window_seconds: float = _checked(86400.0, _positive)
+    #: An endpoint is turned off after this many failed attempts in a row
+    #: (a 410 Gone turns it off at once).
+    disable_after_failures: int = _checked(50, _between(1, 1_000_000))
+    #: Bytes of a receiver's answer read at most (the rest is dropped).
+    max_response_bytes: int = _checked(64 * 1024, _between(1, 16 * 1024 * 1024))
+    #: Endpoints one tenant may register.
+    max_endpoints_per_tenant: int = _checked(20, _between(1, 1000))
+    #: How often the queue gauges are read from the store (seconds).
+    queue_seconds: float = _checked(15.0, _positive)
+
+
 @dataclass(frozen=True)
 class EdgeConfig:
     """The whole configuration of one node."""
@@ -777,6 +831,7 @@ class EdgeConfig:
     cdn: CdnConfig = field(default_factory=CdnConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 
 
 _T = TypeVar("_T")
@@ -949,6 +1004,8 @@ def _derive(cfg: EdgeConfig, base_dir: str | None = None) -> EdgeConfig:
         raise ConfigError("mesh.dead_seconds: must be longer than mesh.suspect_seconds")
     if mesh.reconnect_max_seconds < mesh.reconnect_initial_seconds:
         raise ConfigError("mesh.reconnect_max_seconds: must not be shorter than mesh.reconnect_initial_seconds")
+    if cfg.webhooks.lease_seconds <= cfg.webhooks.timeout_seconds:
+        raise ConfigError("webhooks.lease_seconds: must be longer than webhooks.timeout_seconds")
     log = cfg.log
     log = dataclasses.replace(
         log, access_file=absolute(log.access_file) if log.access_file else os.path.join(data_dir, "access.log")

@@ -37,6 +37,8 @@ from .transport import service as transport_service
 from .transport.accesslog import AccessLog
 from .transport.site import EdgeSite
 from .web import build_site
+from .webhooks import service as webhooks_service
+from .webhooks.api import WebhooksApi
 
 
 class Options(usage.Options):
@@ -247,6 +249,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     cdn.setName("cdn")
     cdn.setServiceParent(top)
     media_api = MediaApi(cfg.cdn, cdn)
+    webhooks_api = WebhooksApi(cfg.webhooks, cfg.api, store=store.store, clock=reactor)
 
     api = build_api(
         cfg.api,
@@ -255,7 +258,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         registry=registry,
         live=live.publisher,
         viewer_token_max_age_seconds=cfg.live.viewer_token_max_age_seconds,
-        extra_manage_routes=media_api.routes,
+        extra_manage_routes=lambda manage: media_api.routes(manage) + webhooks_api.routes(manage),
         extra_routes=mesh_routes(mesh.status),
         access=live.access,
     )
@@ -300,6 +303,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         mesh_health=mesh.health,
         access_log=access_log,
     )
+    webhooks = webhooks_service.make_service(
+        cfg.webhooks,
+        reactor=reactor,
+        store=store.store,
+        registry=registry,
+        node_id=cfg.node.id,
+        store_ready=lambda: store.ready,
+    )
+    webhooks.setName("webhooks")
+    webhooks.setServiceParent(top)
     transport = transport_service.make_service(
         cfg.http,
         reactor=reactor,

@@ -30,9 +30,9 @@ from zope.interface import Attribute, Interface
 from .model import (
     AnonymousSession,
     ApiKey,
+    AttemptOutcome,
     AuditEntry,
     Author,
-    AttemptOutcome,
     Ban,
     BanKind,
     Comment,

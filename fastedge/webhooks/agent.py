@@ -27,11 +27,11 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IHostResolution, IProtocolFactory, IResolutionReceiver, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ProxyAgent
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from .targets import BadTarget, IPAddress, refusal
@@ -138,7 +138,9 @@ class _CheckedEndpoint:
         address = yield checked_address(self._host, self._port, self._resolve, self._allow_private)
         if self._proxy is None:
             return (yield _tcp(self._reactor, address, self._port, self._timeout).connect(protocolFactory))
-        authority = "[{}]:{}".format(address, self._port) if address.version == 6 else "{}:{}".format(address, self._port)
+        authority = (
+            "[{}]:{}".format(address, self._port) if address.version == 6 else "{}:{}".format(address, self._port)
+        )
         tunnel = _TunnelProtocol(authority, protocolFactory)
         yield self._proxy.connect(Factory.forProtocol(lambda: tunnel))
         return (yield tunnel.ready)
@@ -152,14 +154,12 @@ class _TunnelProtocol(Protocol):
         self._authority = authority
         self._factory = factory
         self._buffer = b""
-        self._inner: Protocol | None = None
-        self.ready: Deferred[Protocol] = Deferred()
+        self._inner: Any = None
+        self.ready: Deferred[Any] = Deferred()
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.transport.write(
-            "CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n".format(a=self._authority).encode("ascii")
-        )
+        self.transport.write("CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n".format(a=self._authority).encode("ascii"))
 
     def dataReceived(self, data: bytes) -> None:
         if self._inner is not None:
@@ -188,12 +188,12 @@ class _TunnelProtocol(Protocol):
             inner.dataReceived(rest)
 
     def _refuse(self, message: str) -> None:
-        assert self.transport is not None
-        self.transport.abortConnection()
+        transport: Any = self.transport
+        transport.abortConnection()
         if not self.ready.called:
             self.ready.errback(ProxyRefused(string=message))
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._inner is not None:
             self._inner.connectionLost(reason)
         elif not self.ready.called:

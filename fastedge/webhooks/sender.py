@@ -50,6 +50,9 @@ class Result:
     seconds: float
 
 
+_DONE = Failure(ResponseDone())
+
+
 class _Bounded(Protocol):
     """Reads at most ``limit`` bytes of a response body, then drops the
     connection."""
@@ -70,13 +73,14 @@ class _Bounded(Protocol):
             self._stop()
 
     def _stop(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()
 
     def _cancel(self, _: Deferred[bytes]) -> None:
         self._stop()
 
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+    def connectionLost(self, reason: Failure = _DONE) -> None:
         if self.done.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
@@ -107,7 +111,7 @@ class Sender:
         self._max_response = max_response_bytes
         self._user_agent = user_agent
 
-    def headers(self, delivery: WebhookDelivery, body: bytes, timestamp: int) -> dict[bytes, bytes]:
+    def headers(self, delivery: WebhookDelivery, body: bytes, timestamp: int) -> dict[bytes | str, bytes | str]:
         """The request's headers (docs/webhooks.md, "Requests")."""
         return {
             b"Content-Type": b"application/json",
@@ -189,7 +193,9 @@ class Sender:
     @staticmethod
     def _failed(failure: Failure, elapsed: float) -> Result:
         if failure.check(TargetRefused):
-            return Result("refused", None, "refused: " + str(failure.value.args[0] if failure.value.args else ""), elapsed)
+            return Result(
+                "refused", None, "refused: " + str(failure.value.args[0] if failure.value.args else ""), elapsed
+            )
         if failure.check(ProxyRefused):
             return Result("proxy_error", None, str(failure.value.args[0] if failure.value.args else ""), elapsed)
         if failure.check(DNSLookupError):
@@ -197,5 +203,9 @@ class Sender:
         if failure.check(TimeoutError, ConnectingCancelledError):
             return Result("timeout", None, "connecting timed out", elapsed)
         if failure.check(ConnectError):
-            return Result("connection_error", None, "could not connect: {}".format(type(failure.value).__name__), elapsed)
-        return Result("connection_error", None, "the connection failed: {}".format(type(failure.value).__name__), elapsed)
+            return Result(
+                "connection_error", None, "could not connect: {}".format(type(failure.value).__name__), elapsed
+            )
+        return Result(
+            "connection_error", None, "the connection failed: {}".format(type(failure.value).__name__), elapsed
+        )

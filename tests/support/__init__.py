@@ -1,0 +1,1 @@
+"""Process supervisors, node starters and loopback peers for the tests (not shipped)."""

@@ -27,10 +27,13 @@ from .targets import BadTarget, check_url
 
 PRIMARY = ReadPreference.PRIMARY
 BASE = "/api/v1/manage/webhooks"
-#: A secret: 24 to 256 printable ASCII characters without spaces.
-SECRET_RE = re.compile(r"^[\x21-\x7e]{24,256}$")
+#: A secret: 32 to 256 printable ASCII characters without spaces (as SSO secrets).
+SECRET_PATTERN = r"^[\x21-\x7E]{32,256}$"
+SECRET_RE = re.compile(SECRET_PATTERN)
+#: Event ids in a path (``<id>`` or ``<id>.<id>``); docs/openapi.yaml says the same.
+EVENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 #: Event ids (``<id>`` or ``<id>.<id>``).
-_EVENT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_EVENT_ID_RE = re.compile(EVENT_ID_PATTERN)
 MAX_DESCRIPTION_CHARS = 200
 _FIELDS = {"url": str, "secret": str, "events": list, "active": bool, "description": str}
 
@@ -105,12 +108,12 @@ class WebhooksApi:
         out: dict[str, Any] = {}
         if "url" in body:
             try:
-                out["url"] = check_url(body["url"], allow_private=self._cfg.allow_private_targets)
+                out["url"] = check_url(body["url"])
             except BadTarget as e:
                 raise _invalid("url", "invalid_url", str(e)) from None
         if "secret" in body:
-            if not SECRET_RE.match(body["secret"]):
-                raise _invalid("secret", "invalid_secret", "must be 24 to 256 printable ASCII characters, no spaces")
+            if not SECRET_RE.fullmatch(body["secret"]):
+                raise _invalid("secret", "invalid_secret", "must be 32 to 256 printable ASCII characters, no spaces")
             out["secret"] = body["secret"]
         if "events" in body:
             events = []
@@ -210,7 +213,7 @@ class WebhooksApi:
     def replay(self, call: Call, tenant: Tenant) -> Any:
         webhook_id = common.record_id(call.params["webhook_id"], "webhook")
         event_id = call.params["event_id"]
-        if not _EVENT_ID_RE.match(event_id):
+        if not _EVENT_ID_RE.fullmatch(event_id):
             raise not_found("failed delivery")
         try:
             written = yield self._store.replay_webhook_delivery(

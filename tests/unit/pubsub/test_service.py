@@ -20,7 +20,7 @@ class ServiceTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--data-dir", self.mktemp()])
         top = makeService(options, reactor=MemoryReactorClock())
-        self.assertEqual([c.name for c in top], ["store", "geo", "mesh", "dns", "live", "cdn", "transport"])
+        self.assertEqual([c.name for c in top], ["store", "geo", "mesh", "dns", "live", "cdn", "webhooks", "transport"])
 
     def test_timers(self) -> None:
         """Starting runs history expiry and keep-alive on the clock; the

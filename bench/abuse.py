@@ -72,7 +72,7 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 
 from benchlib import start_node, stop  # noqa: E402
 
-from fastedge.testing import free_ports  # noqa: E402
+from tests.support.ports import free_ports
 
 PY = os.path.join(REPO, ".venv", "bin", "python")
 HOST = "127.0.0.1"

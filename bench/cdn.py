@@ -41,7 +41,9 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from fastedge.testing import SeaweedS3, create_tenants, free_ports  # noqa: E402
+from tests.support.nodes import create_tenants
+from tests.support.ports import free_ports
+from tests.support.seaweed import SeaweedS3
 
 SERVER_CPU = "0"
 LOAD_CPU = "1"

@@ -1,6 +1,6 @@
 """CPU per request of the anonymous embed page beside the JSON page, in
 process: raw HTTP/1.1 requests (as wrk sends them, keep-alive) fed into a
-node's Site (:class:`fastedge.testing.NodeHarness`, the unit tests' node on
+node's Site (:class:`tests.support.nodes.NodeHarness`, the unit tests' node on
 SQLite, a 200-comment thread, ``api.page_size = 100``) over a
 StringTransport. No sockets and no load tool, so the figures hold on a
 shared machine better than req/s do: function calls per request (exact,
@@ -29,7 +29,7 @@ from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 from twisted.trial.unittest import SynchronousTestCase  # noqa: E402
 
-from fastedge.testing import NodeHarness  # noqa: E402
+from tests.support.nodes import NodeHarness
 
 ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
 REQUESTS = int(ARGS[0]) if ARGS else 3000

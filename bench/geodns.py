@@ -33,7 +33,7 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from fastedge.testing import PLACES, write_geo_db  # noqa: E402
+from fastedge.testing.dns import PLACES, write_geo_db
 
 POPS = [
     {"id": "lon", "place": "london", "address": "192.0.2.10", "cc": "gb"},

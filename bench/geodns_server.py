@@ -17,7 +17,7 @@ def main() -> None:
     epollreactor.install()
     from twisted.internet import reactor
 
-    from fastedge.config import DnsConfig, GeoConfig, ZoneConfig, _derive_zone
+    from fastedge.config import DnsConfig, GeoConfig, ZoneConfig, derive_zone
     from fastedge.dns import service as dns_service
     from fastedge.geo.service import GeoService
     from fastedge.mesh.nodemap import NodeInfo, NodeMap
@@ -49,7 +49,7 @@ def main() -> None:
     cfg = DnsConfig(
         port=port,
         source_rate_limit=0,
-        zones=(_derive_zone(ZoneConfig(name="fastedge.test", deployment="global", geo_names=("edge",))),),
+        zones=(derive_zone(ZoneConfig(name="fastedge.test", deployment="global", geo_names=("edge",))),),
     )
     service = dns_service.make_service(cfg, reactor=reactor, registry=registry, node_map=node_map, geo=geo)
     geo.privilegedStartService()

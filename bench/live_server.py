@@ -33,9 +33,9 @@ from twisted.web.resource import Resource
 
 from fastedge.api.resource import build_api
 from fastedge.config import load_config
+from fastedge.live import service as live_service
+from fastedge.live.hub import Event
 from fastedge.metrics.registry import new_registry
-from fastedge.pubsub import service as live_service
-from fastedge.pubsub.hub import Event
 from fastedge.store import service as store_service
 from fastedge.store.model import ReadPreference
 from fastedge.web import build_site

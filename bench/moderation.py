@@ -42,7 +42,9 @@ from fastedge.api.keys import hash_api_key, new_api_key  # noqa: E402
 from fastedge.store import schema as s  # noqa: E402
 from fastedge.store.model import ReadPreference  # noqa: E402
 from fastedge.store.sql import new_id  # noqa: E402
-from fastedge.testing import PostgresCluster, free_port, run_inline  # noqa: E402
+from fastedge.testing.fakes import run_inline
+from tests.support.ports import free_port
+from tests.support.postgres import PostgresCluster
 
 COMMENTS = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 ONE_WAY_MS = 40

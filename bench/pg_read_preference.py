@@ -31,7 +31,9 @@ from fastedge.api.keys import hash_api_key, new_api_key  # noqa: E402
 from fastedge.api.markup import render  # noqa: E402
 from fastedge.store.model import CommentStatus, NewComment, ReadPreference  # noqa: E402
 from fastedge.store.postgresql import PostgresStore  # noqa: E402
-from fastedge.testing import PostgresCluster, free_port, run_inline  # noqa: E402
+from fastedge.testing.fakes import run_inline
+from tests.support.ports import free_port
+from tests.support.postgres import PostgresCluster
 
 ONE_WAY_MS = 40
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10

@@ -201,7 +201,7 @@ def metrics(port: int) -> dict[str, float]:
 
 def scenario(name: str, extra_config: str, args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as work:
-        from fastedge.testing import free_port
+        from tests.support.ports import free_port
 
         port = free_port()
         config = (

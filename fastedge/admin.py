@@ -152,6 +152,11 @@ def _parser() -> argparse.ArgumentParser:
         "rebuild",
         help="ask the running node to rebuild its GeoIP index from geo.database",
     )
+    lookup = gsub.add_parser(
+        "lookup",
+        help="print geo.database's city record for an address, and where the node's index places it",
+    )
+    lookup.add_argument("address", help="an IPv4 or IPv6 address")
     return p
 
 
@@ -229,7 +234,7 @@ def _tenant_settings(store: Any, args: argparse.Namespace, now: int) -> Any:
     as ``PATCH /api/v1/manage/settings``. Nodes see a change within
     ``api.page_cache_seconds``."""
     from .api.manage import check_overlap
-    from .api.sso import check_secret, sso_status
+    from .identity.sso import check_secret, sso_status
     from .store.model import SsoSecretChange
     from .store.settings import SettingsError, apply_patch, from_stored, to_json
 
@@ -261,7 +266,7 @@ def _tenant_settings(store: Any, args: argparse.Namespace, now: int) -> Any:
 
 def _certs(args: argparse.Namespace, cfg: EdgeConfig) -> None:
     """``certs ca`` and ``certs node``: files only, no store, no reactor."""
-    from .config import _dns_label
+    from .config.checks import dns_label
     from .mesh.tls import create_ca, create_node_certificate, write_file
 
     def refuse(message: str) -> None:
@@ -283,7 +288,7 @@ def _certs(args: argparse.Namespace, cfg: EdgeConfig) -> None:
         print("cluster CA key: {} (keep it off the nodes once they have certificates)".format(ca_key))
         return
     node_id = args.node_id
-    reason = _dns_label(node_id) if node_id else "must not be empty"
+    reason = dns_label(node_id) if node_id else "must not be empty"
     if reason is not None:
         refuse("node id {!r}: {}".format(node_id, reason))
     key_path = args.ca_key or ca_key
@@ -314,6 +319,57 @@ def _certs(args: argparse.Namespace, cfg: EdgeConfig) -> None:
     write_file(cert_path, cert, private=False)
     print("node certificate for {}: {}".format(node_id, cert_path))
     print("node key: {}".format(key_out))
+
+
+def _geo_lookup(cfg: EdgeConfig, address: str) -> None:
+    """Print the city record ``geo.database`` holds for ``address`` (read by
+    MaxMind's own ``geoip2`` reader, as a second opinion), then the location
+    the node's index answers with. Exit 1 when there is no database, 2 for a
+    bad address or an unreadable database."""
+    import ipaddress
+
+    import geoip2.database
+    import geoip2.errors
+    import maxminddb
+
+    if not cfg.geo.database:
+        _say("geo.database is not set: there is nothing to look up")
+        raise SystemExit(1)
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        _say("{!r} is not an IP address".format(address))
+        raise SystemExit(2) from None
+    try:
+        reader = geoip2.database.Reader(cfg.geo.database)
+    except (OSError, maxminddb.InvalidDatabaseError, ValueError) as e:
+        _say("cannot read {}: {}".format(cfg.geo.database, e))
+        raise SystemExit(2) from None
+    with reader:
+        try:
+            city = reader.city(address)
+        except geoip2.errors.AddressNotFoundError:
+            print("{}: not in {}".format(address, cfg.geo.database))
+            city = None
+        if city is not None:
+            loc = city.location
+            print("network:     {}".format(city.traits.network))
+            print("continent:   {}".format(city.continent.code or "-"))
+            print("country:     {} {}".format(city.country.iso_code or "-", city.country.name or ""))
+            print("city:        {}".format(city.city.name or "-"))
+            print("coordinates: {}, {} (within {} km)".format(loc.latitude, loc.longitude, loc.accuracy_radius))
+    from .geo.lookup import GeoIndexError, build_index
+
+    try:
+        index = build_index(cfg.geo.database)
+    except GeoIndexError as e:
+        _say("the node's index cannot be built: {}".format(e))
+        raise SystemExit(2) from None
+    try:
+        location, _ = index.locate(address)
+    finally:
+        index.close()
+    print("node index:  {}".format(location if location is not None else "no location (the default region answers)"))
 
 
 def _request_geo_rebuild(cfg: EdgeConfig) -> None:
@@ -784,7 +840,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         _certs(args, cfg)
         return
     if args.area == "geo":
-        _request_geo_rebuild(cfg)
+        if args.action == "lookup":
+            _geo_lookup(cfg, args.address)
+        else:
+            _request_geo_rebuild(cfg)
         return
     if args.area in ("tenant", "webhooks"):
         _say("config {} ({})".format(path, how))

@@ -15,7 +15,7 @@ Two traps in the standard library make odd input a 500 instead of a 400:
 
 Both raise :class:`InputError` (a ``ValueError``) with a message fit for
 the client. This module imports nothing of fastedge, so every layer (the
-API, pubsub, the mesh, config) can use it.
+API, live, the mesh, config) can use it.
 """
 
 from __future__ import annotations

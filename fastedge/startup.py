@@ -227,8 +227,8 @@ class StartupReport:
         else:
             yield "store sqlite: {path}", {"backend": "sqlite", "path": os.path.abspath(store.sqlite_path)}
         for name, key, service in (
-            ("http", "http.endpoint", _child(top, "transport", "http")),
-            ("https", "tls.endpoint", _child(top, "transport", "https")),
+            ("http", "http.endpoint", _child(top, "http", "http")),
+            ("https", "tls.endpoint", _child(top, "http", "https")),
             ("dns udp", "dns.port", _child(top, "dns", "udp")),
             ("dns tcp", "dns.port", _child(top, "dns", "tcp")),
             ("mesh", "mesh.endpoint", _child(top, "mesh")),
@@ -284,7 +284,7 @@ class StartupReport:
 
 
 def _certificates(top: Any) -> str:
-    loader = _child(top, "transport", "certificates")
+    loader = _child(top, "http", "certificates")
     store = getattr(loader, "store", None)
     if store is None:
         return ""

@@ -24,18 +24,18 @@ from .dns import service as dns_service
 from .embed.policy import tenant_policy
 from .embed.resource import EmbedResource, WidgetScript, form_body_limit
 from .geo import service as geo_service
+from .http import service as http_service
+from .http.accesslog import AccessLog
+from .http.site import EdgeSite
 from .inputs import InputError, parse_ascii_int
+from .live import service as live_service
 from .mesh import service as mesh_service
 from .mesh.media import connect_media
 from .mesh.relay import connect_relay
 from .mesh.resource import mesh_routes
 from .metrics.registry import new_registry, register_process_metrics
-from .pubsub import service as live_service
 from .startup import EXIT_UNAVAILABLE, ListenerUnavailable, StartupReport, check_listeners, refuse, version_line
 from .store import service as store_service
-from .transport import service as transport_service
-from .transport.accesslog import AccessLog
-from .transport.site import EdgeSite
 from .web import build_site
 from .webhooks import service as webhooks_service
 from .webhooks.api import WebhooksApi
@@ -196,7 +196,7 @@ class Node(MultiService):
 
 def makeService(options: Options, reactor: Any = None) -> IService:
     """The node: a ``MultiService`` of named children (store, geo, mesh,
-    dns, live, cdn, transport)."""
+    dns, live, cdn, http)."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -313,7 +313,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     webhooks.setName("webhooks")
     webhooks.setServiceParent(top)
-    transport = transport_service.make_service(
+    http = http_service.make_service(
         cfg.http,
         reactor=reactor,
         site=site,
@@ -324,6 +324,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         node_id=cfg.node.id,
         access_log=access_log,
     )
-    transport.setName("transport")
-    transport.setServiceParent(top)
+    http.setName("http")
+    http.setServiceParent(top)
     return top

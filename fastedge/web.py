@@ -20,14 +20,14 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from . import __version__
 from .config import HttpConfig, NodeConfig
-from .jsonhttp import write_error
+from .http.accesslog import AccessLog
+from .http.connections import ConnectionGate, connection_ceiling, descriptor_limit
+from .http.health import HealthResource
+from .http.jsonbody import write_error
+from .http.metrics import HttpMetrics, LimitMetrics
+from .http.site import EdgeSite, RefusalPage
 from .metrics.resource import MetricsResource
 from .store.interfaces import IStore
-from .transport.accesslog import AccessLog
-from .transport.connections import ConnectionGate, connection_ceiling, descriptor_limit
-from .transport.health import HealthResource
-from .transport.metrics import HttpMetrics, LimitMetrics
-from .transport.site import EdgeSite, RefusalPage
 
 
 class _JsonNotFound(Resource):
@@ -131,7 +131,7 @@ def build_site(
     """The node's Site.
 
     :param children: the node's child services, for ``/healthz``.
-    :param live: the live-threads resource (``fastedge.pubsub``), at ``/live``.
+    :param live: the live-threads resource (``fastedge.live``), at ``/live``.
     :param media: the CDN's ``/media`` resource.
     :param embed: the comment widget's pages (``fastedge.embed``), at ``/embed``.
     :param widget: the widget snippet, at ``/widget.js``.

@@ -14,11 +14,12 @@ must not be served it: see :meth:`PageCache.lookup`.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
+
+from ..expiring import ExpiringMap
 
 
 class PageCache:
@@ -26,9 +27,9 @@ class PageCache:
 
     def __init__(self, *, ttl_seconds: float, max_entries: int, clock: IReactorTime) -> None:
         self._ttl = ttl_seconds
-        self._max = max_entries
-        self._clock = clock
-        self._entries: OrderedDict[Hashable, tuple[float, tuple[Hashable, ...], Any, str | None]] = OrderedDict()
+        self._entries: ExpiringMap[Hashable, tuple[tuple[Hashable, ...], Any, str | None]] = ExpiringMap(
+            clock, max_entries=max_entries if ttl_seconds > 0 else 0, on_drop=self._untag
+        )
         self._by_tag: dict[Hashable, set[Hashable]] = {}
 
     def get(self, key: Hashable) -> Any | None:
@@ -41,33 +42,24 @@ class PageCache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry[0] <= self._clock.seconds():
-            self._drop(key)
-            return None
-        return entry[2], entry[3]
+        return entry[1], entry[2]
 
     def put(self, key: Hashable, value: Any, tags: tuple[Hashable, ...], token: str | None = None) -> None:
         """Cache ``value`` read at consistency ``token``; :meth:`invalidate`
         with any of ``tags`` drops it."""
-        if self._ttl <= 0 or self._max <= 0:
+        self._entries.put(key, (tags, value, token), self._ttl)
+        if self._entries.get(key) is None:
             return
-        self._drop(key)
-        self._entries[key] = (self._clock.seconds() + self._ttl, tags, value, token)
         for tag in tags:
             self._by_tag.setdefault(tag, set()).add(key)
-        while len(self._entries) > self._max:
-            self._drop(next(iter(self._entries)))
 
     def invalidate(self, tag: Hashable) -> None:
         """Drop every entry tagged ``tag``."""
         for key in list(self._by_tag.get(tag, ())):
-            self._drop(key)
+            self._entries.pop(key)
 
-    def _drop(self, key: Hashable) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is None:
-            return
-        for tag in entry[1]:
+    def _untag(self, key: Hashable, entry: tuple[tuple[Hashable, ...], Any, str | None]) -> None:
+        for tag in entry[0]:
             keys = self._by_tag.get(tag)
             if keys is not None:
                 keys.discard(key)

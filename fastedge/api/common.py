@@ -13,13 +13,14 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 
 from ..config import ApiConfig
+from ..http.errors import ApiError, bad_request, not_found
+from ..http.router import Call
+from ..identity.sessions import SessionCookies
 from ..inputs import InputError, parse_ascii_int
 from ..store.errors import NotFound
 from ..store.interfaces import IStore
 from ..store.model import Comment, ReadPreference, Sort, Thread, ViewerState
-from .errors import ApiError, bad_request, not_found
-from .router import Call
-from .sessions import SessionCookies
+from ..store.views import public_comment
 
 #: Ids we issue are URL-safe base64; anything else cannot name a record.
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -176,20 +177,6 @@ def thread_view(thread: Thread) -> dict[str, Any]:
         "closed": thread.closed,
         "commentCount": thread.comment_count,
         "createdAt": thread.created_ms,
-    }
-
-
-def public_comment(c: Comment) -> dict[str, Any]:
-    """What any reader may see of an approved comment."""
-    return {
-        "id": c.id,
-        "parentId": c.parent_id,
-        "authorId": c.author_id,
-        "displayName": c.display_name,
-        "html": c.body_html,
-        "createdAt": c.created_ms,
-        "editedAt": c.edited_ms,
-        "likes": c.like_count,
     }
 
 

@@ -23,11 +23,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 
+from ..http.errors import ApiError
+from ..http.router import Call, Reply
 from ..store.settings import SettingsError, normalize_origin
 from .common import _ID_RE
-from .errors import ApiError
 from .metrics import ApiMetrics
-from .router import Call, Reply
 from .tenants import TenantSettingsCache
 
 #: Request headers a cross-origin client may send.

@@ -18,6 +18,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..config import ApiConfig
+from ..http.errors import ApiError, bad_request
+from ..http.router import Call, ICors, Reply, Route
+from ..identity.sso import check_secret, sso_status
 from ..store.errors import NotFound
 from ..store.interfaces import IStore
 from ..store.model import CommentStatus, NewComment, ReadPreference, SsoSecretChange, Tenant, Thread, Written
@@ -26,16 +29,13 @@ from . import common
 from .cache import PageCache
 from .common import check_parent_thread
 from .credits import CreditMeter, merge_usage
-from .errors import ApiError, bad_request
 from .keys import hash_api_key, looks_like_api_key, new_api_key
 from .markup import render
 from .metrics import ApiMetrics
-from .router import Call, ICors, Reply, Route
-from .sso import check_secret, sso_status
 from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
-    from ..pubsub.publish import LivePublisher
+    from ..live.publish import LivePublisher
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST

@@ -20,6 +20,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..config import ApiConfig
+from ..http.errors import ApiError, bad_request, not_found
+from ..http.router import Call, ICors, Reply, Route
 from ..inputs import InputError, parse_ascii_int
 from ..store.interfaces import IStore
 from ..store.model import (
@@ -39,12 +41,10 @@ from ..store.model import (
 from ..store.settings import from_stored
 from . import common
 from .cache import PageCache
-from .errors import ApiError, bad_request, not_found
 from .metrics import ApiMetrics
-from .router import Call, ICors, Reply, Route
 
 if TYPE_CHECKING:
-    from ..pubsub.publish import LivePublisher
+    from ..live.publish import LivePublisher
     from .manage import ManageApi
 
 PRIMARY = ReadPreference.PRIMARY

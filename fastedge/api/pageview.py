@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..jsonhttp import encode
+from ..http.jsonbody import encode
 from ..store.model import Comment, ThreadPage, ViewerState
+from ..store.views import public_comment
 from . import common
 
 _TRUE_FALSE = (b"false", b"true")
@@ -33,7 +34,7 @@ class _Node:
 
 
 def _heads(c: Comment) -> tuple[bytes, bytes]:
-    view = common.public_comment(c)
+    view = public_comment(c)
     head = encode(view)[:-1]
     view["html"] = ""
     return head, encode(view)[:-1]

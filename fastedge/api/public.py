@@ -3,7 +3,7 @@
 block. Reads go to the NEAREST copy; writes to the primary.
 
 A commenter is an anonymous session created on their first write and
-remembered in a signed cookie (:mod:`fastedge.api.sessions`). The cookie
+remembered in a signed cookie (:mod:`fastedge.identity.sessions`). The cookie
 also carries the consistency token of the viewer's latest write, and the
 viewer's reads pass it to the store, so a reader who just posted sees their
 comment on the next page load from the nearest replica, even through
@@ -19,8 +19,13 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 
 from ..config import ApiConfig
+from ..http.errors import ApiError, bad_request, not_found
+from ..http.router import Call, Reply, Route
+from ..identity.sessions import COOKIE_NAME, SessionCookieError, SessionCookies
+from ..identity.sessions import HEADER_NAME as SESSION_HEADER
+from ..identity.sso import SsoError, SsoUser
 from ..singleflight import SingleFlight
-from ..store.errors import AlreadyExists, BadToken, InvalidReference, LimitReached, NotFound
+from ..store.errors import AccessRefused, AlreadyExists, BadToken, InvalidReference, LimitReached, NotFound
 from ..store.interfaces import IStore
 from ..store.model import (
     AnonymousSession,
@@ -35,26 +40,22 @@ from ..store.model import (
     Written,
 )
 from ..store.settings import TenantSettings, from_stored, groups_for
+from ..store.views import public_comment
+from ..tokenbucket import KeyedBuckets
 from . import common
 from .cache import PageCache
 from .cors import Cors
-from .errors import AccessRefused, ApiError, bad_request, not_found
 from .markup import render
 from .metrics import ApiMetrics
 from .moderation import auto_hide_threshold
 from .pageview import PageView
-from .ratelimit import RateLimiter
-from .router import Call, Reply, Route
-from .sessions import COOKIE_NAME, SessionCookieError, SessionCookies
-from .sessions import HEADER_NAME as SESSION_HEADER
 from .signin import SsoSignIn
-from .sso import SsoError, SsoUser
 from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
-    from ..pubsub.access import GroupLocks
-    from ..pubsub.publish import LivePublisher
-    from ..pubsub.tokens import ViewerTokens
+    from ..live.access import GroupLocks
+    from ..live.publish import LivePublisher
+    from ..live.tokens import ViewerTokens
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
@@ -103,6 +104,12 @@ class Viewer:
     carried: bool = False
 
 
+def _writes_per_minute(per_minute: int, clock: IReactorTime) -> KeyedBuckets:
+    """Comment writes per key: ``per_minute`` on average, in bursts of that
+    many, for the 100,000 most recent keys."""
+    return KeyedBuckets(per_minute / 60.0, float(per_minute), clock, max_keys=100_000)
+
+
 class PublicApi:
     """Handlers of ``/api/v1/{tenant}/...``."""
 
@@ -143,8 +150,8 @@ class PublicApi:
         self._metrics = metrics
         self._session_authors: dict[tuple[str, str], str] = {}
         self._loading = SingleFlight()
-        self._per_session = RateLimiter(cfg.writes_per_minute_per_session, clock=clock)
-        self._per_ip = RateLimiter(cfg.writes_per_minute_per_ip, clock=clock)
+        self._per_session = _writes_per_minute(cfg.writes_per_minute_per_session, clock)
+        self._per_ip = _writes_per_minute(cfg.writes_per_minute_per_ip, clock)
 
     def routes(self) -> list[Route]:
         base = "/api/v1/{tenant}"
@@ -207,8 +214,8 @@ class PublicApi:
             raw = header.encode("latin-1")
         return self._cookies.check(raw, tenant_id, int(self._clock.seconds()))
 
-    def _limit(self, key: str, limiter: RateLimiter) -> None:
-        wait = limiter.take(key)
+    def _limit(self, key: str, limiter: KeyedBuckets) -> None:
+        wait = limiter.wait(key)
         if wait > 0:
             self._metrics.rate_limited.inc()
             raise ApiError(
@@ -254,7 +261,7 @@ class PublicApi:
         session = written.value
         self._metrics.sessions_created.inc()
         # The write that creates a session counts against it like any other.
-        self._per_session.take(tenant.id + "/" + session.id)
+        self._per_session.wait(tenant.id + "/" + session.id)
         return Viewer(session, int(self._clock.seconds()), written.token, new=True, carried=True)
 
     def _reply(self, viewer: Viewer, status: int, body: Any, written: Written[Any] | None = None) -> Reply:
@@ -691,7 +698,7 @@ class PublicApi:
         self._metrics.comments_posted.labels(comment.status.value).inc()
         self._cache.invalidate((tenant.id, "url", url_id))
         self._invalidate(tenant.id, thread.id)
-        view = common.public_comment(comment)
+        view = public_comment(comment)
         view.update(common.viewer_fields(comment, viewer.session.author_id, None))
         view.update(status=comment.status.value, replies=[])
         if self._live is not None:

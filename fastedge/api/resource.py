@@ -17,6 +17,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..config import ApiConfig
+from ..http.router import Route, Router
+from ..identity.sessions import SessionCookies, load_or_create_key
 from ..store.interfaces import IStore
 from .cache import PageCache
 from .common import AddressHasher
@@ -26,15 +28,13 @@ from .manage import ManageApi
 from .metrics import ApiMetrics
 from .moderation import ModerationApi
 from .public import PublicApi
-from .router import Route, Router
-from .sessions import SessionCookies, load_or_create_key
 from .signin import SsoSignIn
 from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
-    from ..pubsub.access import GroupLocks
-    from ..pubsub.publish import LivePublisher
-    from ..pubsub.tokens import ViewerTokens
+    from ..live.access import GroupLocks
+    from ..live.publish import LivePublisher
+    from ..live.tokens import ViewerTokens
 
 
 class _SessionKeyLoader(Service):
@@ -125,7 +125,7 @@ def build_api(
     :param access: the thread access rules (group locks, closed threads,
         sign-in), the same object the live threads use; default: its own.
     """
-    from ..pubsub.tokens import ViewerTokens
+    from ..live.tokens import ViewerTokens
 
     metrics = ApiMetrics(registry)
     cookies = SessionCookies(max_age_seconds=cfg.session_max_age_seconds, secure=cfg.cookie_secure)
@@ -134,7 +134,7 @@ def build_api(
     meter = CreditMeter(cfg.credits, store=store, clock=clock)
     tenants = TenantSettingsCache(store, cache)
     if access is None:
-        from ..pubsub.access import GroupLocks
+        from ..live.access import GroupLocks
 
         access = GroupLocks(store, clock=clock, ttl_seconds=cfg.page_cache_seconds)
     sso = SsoSignIn(cfg, store=store, clock=clock, tenants=tenants, metrics=metrics, access=access)

@@ -1,9 +1,9 @@
-# -*- test-case-name: tests.unit.api.test_sso -*-
+# -*- test-case-name: tests.unit.identity.test_sso -*-
 """Signing a user in with SSO: one object for every entry point.
 
 The public API (``POST /sso``, ``X-FastEdge-SSO``), the live connection's
 ``sso`` field and the embed page all sign users in the same way: check the
-payload against the tenant's accepted secrets (:func:`fastedge.api.sso.verify_sso`),
+payload against the tenant's accepted secrets (:func:`fastedge.identity.sso.verify_sso`),
 upsert the user with their profile, and, where a cookie is wanted, open a
 session bound to the user's author. The embed page (another package) gets
 this object from :class:`fastedge.api.resource.Api` (``api.sso``) and issues
@@ -19,14 +19,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..config import ApiConfig
+from ..identity.sso import SsoError, SsoUser, verify_sso
 from ..store.interfaces import IStore
 from ..store.model import AnonymousSession, ReadPreference, User, Written
 from .metrics import ApiMetrics
-from .sso import SsoError, SsoUser, verify_sso
 from .tenants import TenantSettingsCache
 
 if TYPE_CHECKING:
-    from ..pubsub.access import GroupLocks
+    from ..live.access import GroupLocks
 
 PRIMARY = ReadPreference.PRIMARY
 

@@ -5,7 +5,7 @@ streamed to all of them while it is written to the cache.
 A :class:`Fill` downloads one object from a source (a peer that has it, else
 the origin) into a temporary file. Requests that arrive while it runs join
 it (:meth:`Filler.fill` says whether they did). Each request reads the
-temporary file through its own :class:`BodySender`, as far as the download
+temporary file through its own :class:`~fastedge.cdn.sender.BodySender`, as far as the download
 has got, so the first bytes reach the first client while the rest is still
 arriving, a slow client never slows the download, and a client that goes
 away leaves the download running for the cache.
@@ -23,10 +23,10 @@ import hashlib
 import os
 import zlib
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -35,11 +35,13 @@ from .cache import DiskCache, Entry, MemoryTier, ObjectMeta
 from .interfaces import IBodyReceiver, IObjectSource, IPeerLocator, ISourceResponse
 from .keys import cache_id
 from .metrics import CdnMetrics
+from .negative import NegativeCache
 from .origin import OriginError
 
-__all__ = ["BodySender", "Fill", "Filler", "NegativeCache", "NoPeers"]
+if TYPE_CHECKING:
+    from .sender import BodySender
 
-CHUNK = 64 * 1024
+__all__ = ["Fill", "Filler", "NoPeers"]
 
 
 @implementer(IPeerLocator)
@@ -48,44 +50,6 @@ class NoPeers:
 
     def locate(self, tenant: str, key: str) -> Deferred[None]:
         return succeed(None)
-
-
-class NegativeCache:
-    """Recent origin 404s, bounded, expiring."""
-
-    def __init__(self, *, max_entries: int) -> None:
-        from collections import OrderedDict
-
-        self._max = max_entries
-        self._items: OrderedDict[str, tuple[float, str, str]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def add(self, entry_id: str, tenant: str, key: str, until: float) -> None:
-        if self._max == 0:
-            return
-        self._items.pop(entry_id, None)
-        self._items[entry_id] = (until, tenant, key)
-        while len(self._items) > self._max:
-            self._items.popitem(last=False)
-
-    def has(self, entry_id: str, now: float) -> bool:
-        item = self._items.get(entry_id)
-        if item is None:
-            return False
-        if item[0] <= now:
-            del self._items[entry_id]
-            return False
-        return True
-
-    def discard(self, entry_id: str) -> None:
-        self._items.pop(entry_id, None)
-
-    def discard_prefix(self, tenant: str, prefix: str) -> None:
-        for entry_id, (_, t, key) in list(self._items.items()):
-            if t == tenant and key.startswith(prefix):
-                del self._items[entry_id]
 
 
 class _Checker:
@@ -240,7 +204,7 @@ class Fill:
             if self.stale is not None:
                 owner.metrics.revalidations.labels("gone").inc()
                 owner.remove(self.stale.id, "gone")
-            owner.negative.add(self.id, self.media.tenant_id, self.key, now + owner.negative_seconds)
+            owner.negative.add(self.id, self.media.tenant_id, self.key, owner.negative_seconds)
             self._settle("not_found")
             return
         if response.status != 200 or response.meta is None:
@@ -505,137 +469,3 @@ class Filler:
     def stop(self) -> None:
         for fill in list(self.in_flight.values()):
             fill.cancel()
-
-
-@implementer(IPushProducer)
-class BodySender:
-    """Sends bytes ``[start, end)`` of a file to one request, as far as they
-    are available, honouring the connection's back-pressure.
-
-    :param available: how many bytes of the file exist now (a fill's
-        ``received``, or the size of a complete file).
-    :param fill: the download being read, if any (for new-data callbacks
-        and to know when it failed).
-    :param owns_fd: close ``fd`` when done (a cached file opened for this
-        request); a fill's read descriptor belongs to the fill.
-    """
-
-    def __init__(
-        self,
-        request: Any,
-        fd: int,
-        start: int,
-        end: int | None,
-        *,
-        fill: Fill | None,
-        owns_fd: bool,
-        on_bytes: Callable[[int], None],
-    ) -> None:
-        self._request = request
-        self._fd = fd
-        self._pos = start
-        self._end = end
-        self._fill = fill
-        self._owns_fd = owns_fd
-        self._on_bytes = on_bytes
-        self._paused = False
-        self._closed = False
-        self._pumping = False
-
-    def start(self) -> None:
-        if self._fill is not None:
-            self._fill.attach(self)
-        self._request.registerProducer(self, True)
-        self._pump()
-
-    def _available(self) -> int:
-        if self._fill is None:
-            assert self._end is not None
-            return self._end
-        limit = self._fill.received
-        return limit if self._end is None else min(limit, self._end)
-
-    def _complete(self) -> bool:
-        if self._end is not None:
-            return self._pos >= self._end
-        assert self._fill is not None
-        return self._fill.state == "done" and self._pos >= self._fill.received
-
-    def _pump(self) -> None:
-        if self._pumping:
-            return
-        self._pumping = True
-        try:
-            while not self._closed and not self._paused:
-                if self._complete():
-                    self._finish()
-                    return
-                if self._fill is not None and self._fill.state == "failed":
-                    self.abort()
-                    return
-                n = min(CHUNK, self._available() - self._pos)
-                if n <= 0:
-                    return  # wait for more()
-                data = os.pread(self._fd, n, self._pos)
-                if not data:
-                    self.abort()
-                    return
-                self._pos += len(data)
-                self._on_bytes(len(data))
-                self._request.write(data)
-        finally:
-            self._pumping = False
-
-    def more(self) -> None:
-        """The fill has more bytes (or finished)."""
-        if self._fill is not None and self._fill.state == "failed":
-            self.abort()
-            return
-        self._pump()
-
-    def _finish(self) -> None:
-        self._close()
-        self._request.unregisterProducer()
-        self._request.finish()
-
-    def abort(self) -> None:
-        """The bytes this response promised will never come: abort the
-        connection (HTTP/1.1) or reset the stream (HTTP/2)."""
-        if self._closed:
-            return
-        self._close()
-        self._request.unregisterProducer()
-        abort_response(self._request)
-
-    def _close(self) -> None:
-        self._closed = True
-        if self._owns_fd:
-            os.close(self._fd)
-        if self._fill is not None:
-            self._fill.detach(self)
-
-    # IPushProducer
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._pump()
-
-    def stopProducing(self) -> None:
-        # The client went away; the fill (if any) carries on for the cache.
-        if not self._closed:
-            self._close()
-
-
-def abort_response(request: Any) -> None:
-    """Drop a response mid-body so the client sees it is incomplete."""
-    channel = request.channel
-    if channel is None:
-        return
-    transport = getattr(channel, "transport", None)
-    if transport is not None:
-        transport.abortConnection()
-    elif hasattr(channel, "abortConnection"):
-        channel.abortConnection()  # an HTTP/2 stream: RST_STREAM

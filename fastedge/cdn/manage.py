@@ -18,9 +18,9 @@ import puremagic
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
-from ..api.errors import ApiError, bad_request
-from ..api.router import Call, Route
 from ..config import CdnConfig
+from ..http.errors import ApiError, bad_request
+from ..http.router import Call, Route
 from .keys import BadKey, check_key
 from .origin import OriginError
 from .service import CdnService

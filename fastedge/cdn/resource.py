@@ -3,7 +3,7 @@
 
 The hot path (a fresh object in the memory tier) is a dictionary lookup and
 one ``write``: no Deferred, no producer. Everything else (disk, a fill in
-progress, a revalidation) goes through :class:`~fastedge.cdn.fill.BodySender`.
+progress, a revalidation) goes through :class:`~fastedge.cdn.sender.BodySender`.
 
 Responses carry the origin's ``Content-Type``, ``ETag`` and
 ``Last-Modified``, the tenant's ``Cache-Control``, ``Accept-Ranges: bytes``,
@@ -31,13 +31,14 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ..api.errors import ApiError, from_store_error
-from ..jsonhttp import write_error
+from ..http.errors import ApiError, from_store_error
+from ..http.jsonbody import write_error
 from ..store.errors import StoreError
 from .cache import DiskCache, Entry, MemoryTier, ObjectMeta
-from .fill import BodySender, Fill, Filler, NegativeCache, abort_response
+from .fill import Fill, Filler
 from .keys import BadKey, cache_id, check_key, split_media_path
 from .metrics import CdnMetrics
+from .negative import NegativeCache
 from .semantics import (
     RangeNotSatisfiable,
     not_modified,
@@ -45,12 +46,13 @@ from .semantics import (
     parse_range,
     range_applies,
 )
+from .sender import BodySender, abort_response
 
 ROUTE = "/media/{tenant}/{key}"
 #: Keys of a thread's media: ``threads/<threadId>/...`` (docs/media.md).
 THREAD_PREFIX = "threads/"
 #: Judges a caller of a thread's media: ``(request, tenant, thread id)``;
-#: fails with :class:`~fastedge.api.errors.ApiError` to refuse.
+#: fails with :class:`~fastedge.http.errors.ApiError` to refuse.
 MediaGuard = Callable[[Request, str, str], "Deferred[None]"]
 
 
@@ -241,7 +243,7 @@ class MediaResource(Resource):
         except BadKey as e:
             write_error(request, e.status, e.code, e.message)
             return NOT_DONE_YET
-        if entry is None and self._negative.has(entry_id, now):
+        if entry is None and self._negative.has(entry_id):
             self._metrics.negative_hits.inc()
             write_error(request, 404, "media_not_found", "no such media object")
             return NOT_DONE_YET

@@ -26,10 +26,11 @@ from zope.interface import implementer
 
 from ..config import CdnConfig
 from .cache import DiskCache, Entry, MemoryTier, ObjectMeta
-from .fill import Filler, NegativeCache, NoPeers
+from .fill import Filler, NoPeers
 from .interfaces import IPeerLocator, IPurgeBroadcast
 from .keys import cache_id
 from .metrics import CdnMetrics
+from .negative import NegativeCache
 from .origin import OriginError, S3Origin
 from .resource import MediaResource
 
@@ -89,7 +90,7 @@ class CdnService(MultiService):
         self.ready = False
         self.cache = DiskCache(cfg.cache_dir, max_bytes=cfg.max_bytes)
         self.memory = MemoryTier(max_bytes=cfg.memory_max_bytes, max_object_bytes=cfg.memory_max_object_bytes)
-        self.negative = NegativeCache(max_entries=cfg.negative_max_entries)
+        self.negative = NegativeCache(reactor, max_entries=cfg.negative_max_entries)
         self.filler = Filler(
             cache=self.cache,
             memory=self.memory,

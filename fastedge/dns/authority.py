@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.names import common, dns
 from twisted.names.error import AuthoritativeDomainError, DomainError
 
-from ..config import ZoneConfig, _derive_zone
+from ..config import ZoneConfig, derive_zone
 from .answers import AnswerTable, Cell, ClientLocator
 from .wire import NOTIMP, NXDOMAIN, OK, REFUSED, ClientSubnet
 
@@ -52,7 +52,7 @@ class Zone:
     def __init__(self, cfg: ZoneConfig, ttl: int) -> None:
         # Defaults (ns1.<zone>, hostmaster.<zone>) when built from a config
         # that did not go through load_config.
-        cfg = _derive_zone(cfg)
+        cfg = derive_zone(cfg)
         self.name = cfg.name
         self.deployment = cfg.deployment
         self.ttl = ttl

@@ -3,27 +3,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from types import ModuleType
 
 from twisted.plugin import IPlugin, getPlugins
 from zope.interface import implementer
 
+from ..geo.distance import great_circle_km
 from ..geo.lookup import Location
 from ..mesh.nodemap import NodeInfo
 from .interfaces import IAnswerPolicy
-
-EARTH_RADIUS_KM = 6371.0088
-
-
-def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Distance between two points on the Earth (haversine, mean radius)."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp = p2 - p1
-    dl = math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
 @implementer(IAnswerPolicy)

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.names import dns, server
 from twisted.protocols.policies import TimeoutMixin
 
+from ..tokenbucket import KeyedBuckets
 from .authority import Client, EdgeAuthority, Resolution
 from .fastpath import FastPath
 from .metrics import DnsStats
@@ -67,14 +68,12 @@ class SourceRateLimit:
     :param rate: responses per second (burst: twice that); 0 means no limit.
     """
 
-    #: Networks tracked at most; past it the table starts afresh.
+    #: Networks tracked at most; past it the least recently seen is forgotten.
     MAX_NETWORKS = 100_000
 
     def __init__(self, rate: int, clock: IReactorTime) -> None:
-        self._rate = float(rate)
-        self._burst = 2.0 * rate
-        self._clock = clock
-        self._buckets: dict[str, list[float]] = {}
+        self._rate = rate
+        self._buckets = KeyedBuckets(float(rate), 2.0 * rate, clock, max_keys=self.MAX_NETWORKS)
         self._slip = False
 
     def _network(self, source: str) -> str:
@@ -87,19 +86,8 @@ class SourceRateLimit:
         answer instead: a real client behind a forged flood retries over TCP)."""
         if not self._rate:
             return "pass"
-        now = self._clock.seconds()
-        net = self._network(source)
-        bucket = self._buckets.get(net)
-        if bucket is None:
-            if len(self._buckets) >= self.MAX_NETWORKS:
-                self._buckets = {}
-            bucket = self._buckets[net] = [self._burst, now]
-        tokens = min(self._burst, bucket[0] + (now - bucket[1]) * self._rate)
-        bucket[1] = now
-        if tokens >= 1.0:
-            bucket[0] = tokens - 1.0
+        if self._buckets.take(self._network(source)):
             return "pass"
-        bucket[0] = tokens
         self._slip = not self._slip
         return "slip" if self._slip else "drop"
 

@@ -36,7 +36,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from ..api.pageview import PageView
-from ..jsonhttp import encode
+from ..http.jsonbody import encode
 from ..store.model import Comment, Sort, ViewerState
 
 #: Where the embed's static files are served (``fastedge.embed.resource``).

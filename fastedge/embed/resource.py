@@ -33,11 +33,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ..api import common
-from ..api.errors import ApiError, bad_request, from_store_error
 from ..api.public import PageRead, PublicApi
-from ..api.router import Call, Reply
 from ..config import ApiConfig
-from ..jsonhttp import write_error
+from ..http.errors import ApiError, bad_request, from_store_error
+from ..http.jsonbody import write_error
+from ..http.router import Call, Reply
 from ..store.errors import StoreError
 from ..store.model import Sort
 from .render import (

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import jelly, pb
 
+from ..tokenbucket import TokenBucket
 from .messages import MESH_SECURITY, BadMessage, Refused
 from .metrics import MeshMetrics
 
@@ -212,8 +213,8 @@ class MeshBroker(pb.Broker):
         self.logged_in_at: float | None = None
         self._partial_bytes = 0
         self._completed = False
-        self._tokens = float(2 * limits.max_calls_per_second)
-        self._tokens_at = 0.0
+        rate = float(limits.max_calls_per_second)
+        self._calls = TokenBucket(rate, 2.0 * rate, clock)
         self._login_timer: IDelayedCall | None = None
         self._tls_refusal: str | None = None
         self.violated: str | None = None
@@ -367,15 +368,10 @@ class MeshBroker(pb.Broker):
             raise Refused("bad message") from None
 
     def _take_call_token(self) -> bool:
-        now = self.clock.seconds()
-        rate = self.limits.max_calls_per_second
-        self._tokens = min(2.0 * rate, self._tokens + max(0.0, now - self._tokens_at) * rate)
-        self._tokens_at = now
-        if self._tokens < 1.0:
-            self.violation("call_rate", "more than {} calls per second".format(rate))
-            return False
-        self._tokens -= 1.0
-        return True
+        if self._calls.take():
+            return True
+        self.violation("call_rate", "more than {} calls per second".format(self.limits.max_calls_per_second))
+        return False
 
     def proto_message(self, *args: Any) -> None:
         if self.violated is None and self._take_call_token():

@@ -39,7 +39,7 @@ from zope.interface import implementer
 from ..cdn.cache import ObjectMeta
 from ..cdn.interfaces import IObjectSource, IPeerLocator, IPurgeBroadcast, ISourceResponse
 from ..cdn.keys import BadKey, cache_id
-from ..dns.policy import great_circle_km
+from ..geo.distance import great_circle_km
 from .messages import BadMessage, Refused, check_channel_id
 from .nodemap import NodeState
 

@@ -48,7 +48,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..pubsub.hub import ChannelKey, Event, Hub, Prepared, Stamp, new_epoch
+from ..live.hub import ChannelKey, Event, Hub, Prepared, Stamp, new_epoch
 from .messages import (
     BadMessage,
     Refused,
@@ -148,9 +148,9 @@ class _Forward:
 class Relay:
     """This node's side of cross-node live events (see the module docstring).
 
-    :param hub: the node's broker; the relay feeds it through
-        :meth:`~fastedge.pubsub.hub.Hub.publish` and
-        :meth:`~fastedge.pubsub.hub.Hub.resync` only.
+    :param hub: the node's hub; the relay feeds it through
+        :meth:`~fastedge.live.hub.Hub.publish` and
+        :meth:`~fastedge.live.hub.Hub.resync` only.
     :param prime_timeout: how long a first subscriber waits for the owner.
     :param forward_timeout: how long a write waits for an unreachable owner
         before it is sequenced here (local subscribers then reload; see

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..api.router import Call, Reply, Route
+from ..http.router import Call, Reply, Route
 
 __all__ = ["mesh_routes"]
 
@@ -24,7 +24,7 @@ def mesh_routes(status: Callable[[], dict[str, Any]]) -> list[Route]:
 
     def get_mesh(call: Call) -> Reply:
         if call.query:
-            from ..api.errors import bad_request
+            from ..http.errors import bad_request
 
             raise bad_request("this route takes no query parameters", code="bad_query")
         return Reply(200, status())

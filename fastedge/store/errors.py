@@ -54,3 +54,17 @@ class LimitReached(StoreError):
     def __init__(self, what: str) -> None:
         super().__init__("{} limit reached".format(what))
         self.what = what
+
+
+class AccessRefused(Exception):
+    """A thread's access rules refuse the caller (group lock, closed thread,
+    sign-in required): 403 with ``reason`` as the code on the HTTP API,
+    ``forbidden`` on live connections.
+
+    :ivar reason: ``thread_locked``, ``thread_closed`` or ``sign_in_required``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.store.test_postgresql -*-
+# -*- test-case-name: tests.integration.test_postgresql_store -*-
 """The replicated backend: a PostgreSQL primary and a hot standby per node.
 
 The statements are :mod:`fastedge.store.sql`'s, unchanged; this module only

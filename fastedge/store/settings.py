@@ -13,7 +13,7 @@ shape raises :class:`SettingsError` naming the key (dotted inside
 
 The SSO secret is not part of this object: it is write-only, kept in its own
 table (``tenant_sso_secrets``), and only its presence is ever shown (see
-:func:`fastedge.api.sso` and docs/sso.md).
+:func:`fastedge.identity.sso` and docs/sso.md).
 
 Keys (the JSON the tenant API reads and writes; docs/openapi.yaml,
 ``TenantSettings``):

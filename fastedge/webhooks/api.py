@@ -18,9 +18,9 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 
 from ..api import common
-from ..api.errors import ApiError, bad_request, not_found
-from ..api.router import Call, Reply, Route
 from ..config import ApiConfig, WebhooksConfig
+from ..http.errors import ApiError, bad_request, not_found
+from ..http.router import Call, Reply, Route
 from ..store.errors import InvalidReference
 from ..store.model import DeliveryState, ReadPreference, Tenant, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from .targets import BadTarget, check_url

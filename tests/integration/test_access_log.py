@@ -19,7 +19,8 @@ from twisted.trial.unittest import TestCase
 
 from fastedge.api.keys import hash_api_key, new_api_key
 from fastedge.store.model import ReadPreference
-from fastedge.testing import h2_request, loopback_http_client, start_node
+from tests.support.http2 import h2_request
+from tests.support.nodes import loopback_http_client, start_node
 
 from .test_live import SseReader, WaitingClient
 
@@ -61,7 +62,7 @@ class AccessLogNodeTests(TestCase):
         b = (yield store.create_tenant("B", "global", created_ms=1, read_preference=PRIMARY)).value
         key = new_api_key()
         yield store.add_api_key(b.id, hash_api_key(key), created_ms=1, read_preference=PRIMARY)
-        listener = node.top.getServiceNamed("transport").getServiceNamed("http")
+        listener = node.top.getServiceNamed("http").getServiceNamed("http")
         http = loopback_http_client(self, listener.factory)
         base = node.http
         page = "{}/api/v1/{}/comments?{}".format(base, a.id, urlencode({"urlId": URL_ID}))
@@ -207,6 +208,6 @@ class AccessLogNodeTests(TestCase):
 @inlineCallbacks
 def _until_idle(node: Any):  # type: ignore[no-untyped-def]
     """Wait until the node has seen every client connection close."""
-    site = node.top.getServiceNamed("transport").getServiceNamed("http").factory
+    site = node.top.getServiceNamed("http").getServiceNamed("http").factory
     site = getattr(site, "wrappedFactory", site)
     yield site.when_idle()

@@ -17,7 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from fastedge.admin import Refused, endpoint_url, find_config
 from fastedge.cdn.cache import DiskCache, ObjectMeta
 from fastedge.tap import Options, makeService
-from fastedge.testing import loopback_http_client, shared_s3
+from tests.support.nodes import loopback_http_client
+from tests.support.seaweed import shared_s3
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -194,7 +195,7 @@ class NodeAdminTests(TestCase):
     @inlineCallbacks
     def serve(self, node: Any):  # type: ignore[no-untyped-def]
         yield node.getServiceNamed("store").when_ready()
-        listener = node.getServiceNamed("transport").getServiceNamed("http")
+        listener = node.getServiceNamed("http").getServiceNamed("http")
         port = yield listener.when_listening()
         return "http://127.0.0.1:{}".format(port.getHost().port), loopback_http_client(self, listener.factory)
 

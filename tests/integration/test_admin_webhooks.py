@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from fastedge.store.model import ReadPreference, WebhookEvent
 from fastedge.store.sqlite import SQLiteStore
-from fastedge.testing import run_inline
+from fastedge.testing.fakes import run_inline
 
 from .test_admin import make_project, run_admin
 

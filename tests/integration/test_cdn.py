@@ -9,7 +9,8 @@ from twisted.internet import defer, reactor
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.trial.unittest import TestCase
 
-from fastedge.testing import create_tenants, loopback_http_client, shared_s3, start_node
+from tests.support.nodes import create_tenants, loopback_http_client, start_node
+from tests.support.seaweed import shared_s3
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 40
 
@@ -454,7 +455,7 @@ class MediaOverHttp2Tests(TestCase):
     def test_media_over_http2(self):
         """A miss and a hit of a large object, a range and a HEAD all work on
         HTTP/2 streams, and errors are JSON there too."""
-        from fastedge.testing import h2_request
+        from tests.support.http2 import h2_request
 
         s3 = shared_s3()
         s3.create_bucket("media")

@@ -15,7 +15,8 @@ from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
-from fastedge.testing import h2_request, insecure_tls, start_node
+from tests.support.http2 import h2_request, insecure_tls
+from tests.support.nodes import start_node
 
 _WS_HANDSHAKE = (
     # As a client without permessage-deflate sends it.
@@ -64,7 +65,7 @@ class _NodeCase(TestCase):
             data_dir,
         )
         self.addCleanup(self.node.stop)
-        transport = self.node.top.getServiceNamed("transport")
+        transport = self.node.top.getServiceNamed("http")
         self.http_listener = transport.getServiceNamed("http")
         self.site = self.http_listener.factory.wrappedFactory
         self.http_port = self.http_listener.port.getHost().port
@@ -193,7 +194,7 @@ class CeilingTests(_NodeCase):
             clients.append(client)
         readers = reactor.getReaders()  # type: ignore[attr-defined]
         self.assertNotIn(self.http_listener.port, readers)
-        https = self.node.top.getServiceNamed("transport").getServiceNamed("https")
+        https = self.node.top.getServiceNamed("http").getServiceNamed("https")
         self.assertNotIn(https.port, readers)
         self.assertEqual(self.metric("fastedge_http_accepting"), 0.0)
         waiting = yield self.connect(_HEALTHZ)

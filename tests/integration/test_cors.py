@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 from fastedge.api.keys import hash_api_key, new_api_key
 from fastedge.store.model import ReadPreference
 from fastedge.tap import Options, makeService
-from fastedge.testing import loopback_http_client
+from tests.support.nodes import loopback_http_client
 
 PRIMARY = ReadPreference.PRIMARY
 SITE_A = "https://blog.a.example"
@@ -46,7 +46,7 @@ class CorsTests(TestCase):
         self.node.startService()
         self.addCleanup(self.node.stopService)
         self.store = yield self.node.getServiceNamed("store").when_ready()
-        listener = self.node.getServiceNamed("transport").getServiceNamed("http")
+        listener = self.node.getServiceNamed("http").getServiceNamed("http")
         port = yield listener.when_listening()
         self.base = "http://127.0.0.1:{}".format(port.getHost().port)
         self.http = loopback_http_client(self, listener.factory)

@@ -30,7 +30,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from fastedge.testing import create_tenants, start_node
+from tests.support.nodes import create_tenants, start_node
 
 CHROMIUM = "/usr/bin/chromium"
 URL_ID = "https://host.test/articles/1"
@@ -198,7 +198,7 @@ class EmbedBrowserTests(TestCase):
         self.contexts: list[Any] = []
         # Cleanups run last-in first-out: the browser lets go, the node sees
         # every connection close, then it stops.
-        site = self.node.top.getServiceNamed("transport").getServiceNamed("http").factory
+        site = self.node.top.getServiceNamed("http").getServiceNamed("http").factory
         self.addCleanup(getattr(site, "wrappedFactory", site).when_idle)
         self.addCleanup(self._close_contexts)
 

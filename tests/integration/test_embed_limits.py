@@ -15,7 +15,8 @@ from twisted.internet.protocol import Factory
 
 from fastedge.config import ApiConfig
 from fastedge.embed.resource import form_body_limit
-from fastedge.testing import create_tenants, insecure_tls
+from tests.support.http2 import insecure_tls
+from tests.support.nodes import create_tenants
 
 from .test_http_errors import _H2Upload, _NodeCase, _Reply
 

@@ -22,19 +22,14 @@ from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from fastedge.config import DnsConfig, GeoConfig, ZoneConfig, _derive_zone
+from fastedge.config import DnsConfig, GeoConfig, ZoneConfig, derive_zone
 from fastedge.dns import service as dns_service
 from fastedge.geo.service import GeoService
 from fastedge.mesh.nodemap import NodeMap, NodeState
 from fastedge.metrics.registry import new_registry
-from fastedge.testing import (
-    PLACES,
-    dns_query,
-    dns_response,
-    node_info,
-    run_inline,
-    write_geo_db,
-)
+from fastedge.testing.dns import PLACES, dns_query, dns_response, write_geo_db
+from fastedge.testing.fakes import run_inline
+from fastedge.testing.mesh import node_info
 
 from .test_twistd import REPO, _env, _Watch, twistd_on_free_ports
 
@@ -81,7 +76,7 @@ class TcpClient(protocol.Protocol):
 
 
 ZONES = tuple(
-    _derive_zone(z)
+    derive_zone(z)
     for z in (
         ZoneConfig(name="edge.example.test", deployment="global", geo_names=("@",)),
         ZoneConfig(name="eu.edge.example.test", deployment="eu", geo_names=("@",)),

@@ -21,7 +21,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from fastedge.testing import insecure_tls, start_node, write_certificate
+from fastedge.testing.certs import write_certificate
+from tests.support.http2 import insecure_tls
+from tests.support.nodes import start_node
 
 _JSON = "application/json; charset=utf-8"
 
@@ -126,7 +128,7 @@ class _NodeCase(TestCase):
         )
         self.node = yield start_node(config, self.data_dir)
         self.addCleanup(self.node.stop)
-        transport = self.node.top.getServiceNamed("transport")
+        transport = self.node.top.getServiceNamed("http")
         self.site = transport.getServiceNamed("http").factory.wrappedFactory
         self.http_port = transport.getServiceNamed("http").port.getHost().port
 

@@ -17,9 +17,9 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from fastedge.store.model import ReadPreference
-from fastedge.testing import LiveNode
+from fastedge.testing.live import LiveNode
 
-from ..unit.pubsub.common import Client
+from ..unit.live.common import Client
 
 PRIMARY = ReadPreference.PRIMARY
 
@@ -165,7 +165,7 @@ class SlowConsumerTests(TestCase):
         reading client on the same channel gets every event."""
         import socket
 
-        from fastedge.pubsub.hub import Event
+        from fastedge.live.hub import Event
 
         node = LiveNode(
             tempfile.mkdtemp(prefix="fe-slow-"),
@@ -190,7 +190,7 @@ class SlowConsumerTests(TestCase):
         (reader_server,) = node.live.connections["websocket"]
 
         # The sleeper: a raw socket with a tiny receive buffer that is never read.
-        from ..unit.pubsub.common import masked_text
+        from ..unit.live.common import masked_text
 
         sleeper = socket.socket()
         self.addCleanup(sleeper.close)
@@ -259,7 +259,7 @@ class TlsTests(TestCase):
         from twisted.internet import ssl
         from twisted.internet.endpoints import SSL4ClientEndpoint, SSL4ServerEndpoint
 
-        from fastedge.pubsub.hub import Event
+        from fastedge.live.hub import Event
 
         node = LiveNode(tempfile.mkdtemp(prefix="fe-tls-"), clock=reactor)
         self.addCleanup(node.api.service.stopService)

@@ -17,9 +17,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import TestCase
 
-from fastedge.testing import LiveNode
+from fastedge.testing.live import LiveNode
 
-from ..unit.pubsub.common import RawWebSocket, masked_frame
+from ..unit.live.common import RawWebSocket, masked_frame
 
 HANDSHAKE = (
     b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -38,9 +38,11 @@ from twisted.internet.protocol import Factory
 from twisted.trial.unittest import TestCase
 
 from fastedge.store.model import ReadPreference
-from fastedge.testing import insecure_tls, loopback_http_client, start_node, write_certificate
+from fastedge.testing.certs import write_certificate
+from tests.support.http2 import insecure_tls
+from tests.support.nodes import loopback_http_client, start_node
 
-from ..unit.pubsub.common import RawWebSocket, header_lines, masked_text
+from ..unit.live.common import RawWebSocket, header_lines, masked_text
 from .test_live import WaitingClient
 
 PRIMARY = ReadPreference.PRIMARY

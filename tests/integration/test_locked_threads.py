@@ -23,7 +23,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from fastedge.api.keys import hash_api_key, new_api_key
 from fastedge.store.model import ReadPreference, SsoSecretChange
-from fastedge.testing import LiveNode
+from fastedge.testing.live import LiveNode
 
 from .test_live import SseReader, WaitingClient
 

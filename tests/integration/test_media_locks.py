@@ -17,7 +17,8 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from fastedge.store.model import ReadPreference, SsoSecretChange
-from fastedge.testing import create_tenants, loopback_http_client, shared_s3, start_node
+from tests.support.nodes import create_tenants, loopback_http_client, start_node
+from tests.support.seaweed import shared_s3
 
 from .test_cdn import PNG, _config
 

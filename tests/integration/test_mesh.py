@@ -19,7 +19,8 @@ from fastedge.config import parse_config
 from fastedge.mesh.nodemap import NodeMapChange, NodeState
 from fastedge.mesh.service import MeshService, make_service
 from fastedge.metrics.registry import new_registry
-from fastedge.testing import EPOCH, test_ca, write_node_certs
+from fastedge.testing.certs import test_ca, write_node_certs
+from fastedge.testing.fakes import EPOCH
 
 #: The detector runs every heartbeat / 5 (defaults: 0.5 s, 1.5 s, 2.5 s).
 TICK = 0.1

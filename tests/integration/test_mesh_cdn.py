@@ -16,7 +16,9 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from fastedge.cdn.keys import cache_id
-from fastedge.testing import RunningNode, create_tenants, shared_s3, start_node, write_node_certs
+from fastedge.testing.certs import write_node_certs
+from tests.support.nodes import RunningNode, create_tenants, start_node
+from tests.support.seaweed import shared_s3
 
 from .test_mesh_live import converged
 

@@ -22,7 +22,8 @@ from twisted.web.client import HTTPConnectionPool
 
 from fastedge.mesh.nodemap import NodeState
 from fastedge.store.model import ReadPreference
-from fastedge.testing import RunningNode, start_node, write_node_certs
+from fastedge.testing.certs import write_node_certs
+from tests.support.nodes import RunningNode, start_node
 
 from .test_live import WaitingClient
 

@@ -15,7 +15,7 @@ from urllib.parse import quote
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from fastedge.testing import create_tenants, loopback_http_client, start_node
+from tests.support.nodes import create_tenants, loopback_http_client, start_node
 
 CONFIG = '[http]\nendpoint = "tcp:0:interface=127.0.0.1"\n[tls]\nenabled = false\n'
 URL = quote("https://site.test/post", safe="")

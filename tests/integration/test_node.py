@@ -12,7 +12,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from fastedge.tap import Options, makeService
-from fastedge.testing import loopback_http_client
+from tests.support.nodes import loopback_http_client
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -49,7 +49,7 @@ class NodeTests(TestCase):
         self.node.startService()
         self.addCleanup(self.node.stopService)
         yield self.node.getServiceNamed("store").when_ready()
-        listener = self.node.getServiceNamed("transport").getServiceNamed("http")
+        listener = self.node.getServiceNamed("http").getServiceNamed("http")
         port = yield listener.when_listening()
         self.base = "http://127.0.0.1:{}".format(port.getHost().port)
         self.http = loopback_http_client(self, listener.factory)
@@ -93,7 +93,7 @@ class NodeTests(TestCase):
                 "dns": {"running": True},
                 "live": {"running": True},
                 "cdn": {"running": True},
-                "transport": {"running": True},
+                "http": {"running": True},
             },
         )
         self.assertEqual(doc["mesh"], {"incarnation": 1, "peers": {"alive": 0, "suspect": 0, "dead": 0, "leaving": 0}})

@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from fastedge.testing import create_tenants, loopback_http_client, start_node
+from tests.support.nodes import create_tenants, loopback_http_client, start_node
 
 URL_ID = "https://site.test/odd"
 DEEP = b"[" * 20000 + b"]" * 20000
@@ -60,7 +60,7 @@ class OddInputTests(TestCase):
         ((self.tenant, self.key),) = create_tenants(os.path.join(self.data_dir, "fastedge.sqlite3"), ["A"])
         self.node = yield start_node(_config(self.tenant), self.data_dir)
         self.addCleanup(self.node.stop)
-        listener = self.node.top.getServiceNamed("transport").getServiceNamed("http")
+        listener = self.node.top.getServiceNamed("http").getServiceNamed("http")
         self.site = listener.factory.wrappedFactory
         self.http = loopback_http_client(self, listener.factory)
         self.auth = {b"authorization": [b"Bearer " + self.key.encode()]}

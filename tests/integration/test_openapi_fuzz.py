@@ -8,7 +8,7 @@ content type, header or body, a valid request refused or an invalid one
 accepted fails the test, printing schemathesis's report (each failure with
 a curl line that reproduces it).
 
-The node runs in this process (:func:`fastedge.testing.start_node`) on the
+The node runs in this process (:func:`tests.support.nodes.start_node`) on the
 trial reactor, on a free loopback port, with two tenants, each with an API
 key and media in a real S3 server. Schemathesis runs as a child process
 (its CLI, as an operator would run it): its Hypothesis engine, threads and
@@ -31,7 +31,8 @@ from twisted.internet import defer
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from fastedge.testing import create_tenants, loopback_http_client, shared_s3, start_node
+from tests.support.nodes import create_tenants, loopback_http_client, start_node
+from tests.support.seaweed import shared_s3
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPEC = os.path.join(REPO, "docs", "openapi.yaml")

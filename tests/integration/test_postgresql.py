@@ -2,7 +2,7 @@
 the replica, a failover in the middle of a stream of writes, and two whole
 nodes (each with its own standby of one primary) over real loopback HTTP.
 
-Servers are real (:func:`fastedge.testing.shared_postgres`, or a cluster of
+Servers are real (:func:`tests.support.postgres.shared_postgres`, or a cluster of
 the test's own when it kills and promotes servers).
 """
 
@@ -29,14 +29,9 @@ from fastedge.store.metrics import ReplicationMetrics
 from fastedge.store.model import CommentStatus, NewComment, ReadPreference
 from fastedge.store.postgresql import PostgresStore
 from fastedge.tap import Options, makeService
-from fastedge.testing import (
-    PostgresCluster,
-    loopback_http_client,
-    postgres_dsn,
-    postgres_schema,
-    run_inline,
-    shared_postgres,
-)
+from fastedge.testing.fakes import run_inline
+from tests.support.nodes import loopback_http_client
+from tests.support.postgres import PostgresCluster, postgres_dsn, postgres_schema, shared_postgres
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
@@ -299,7 +294,7 @@ def make_node(testcase: Any, name: str, replica: str, schema: str, secret: str) 
 def serve(testcase: Any, node: Any):  # type: ignore[no-untyped-def]
     """The node's HTTP base URL and a client, once its store is ready."""
     yield node.getServiceNamed("store").when_ready()
-    listener = node.getServiceNamed("transport").getServiceNamed("http")
+    listener = node.getServiceNamed("http").getServiceNamed("http")
     port = yield listener.when_listening()
     return f"http://127.0.0.1:{port.getHost().port}", loopback_http_client(testcase, listener.factory)
 

@@ -25,11 +25,12 @@ from twisted.internet.defer import Deferred
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.trial.unittest import TestCase
 
-from fastedge.pubsub.hub import Event
+from fastedge.live.hub import Event
 from fastedge.store.model import ReadPreference
-from fastedge.testing import RunningNode, start_node, write_certificate
+from fastedge.testing.certs import write_certificate
+from tests.support.nodes import RunningNode, start_node
 
-from ..unit.pubsub.common import masked_frame, masked_text
+from ..unit.live.common import masked_frame, masked_text
 
 PRIMARY = ReadPreference.PRIMARY
 #: The shipped bound (etc/fastedge.toml).

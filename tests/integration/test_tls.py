@@ -23,16 +23,12 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from fastedge.config import parse_config
+from fastedge.http import service as transport_service
+from fastedge.http.site import EdgeSite
 from fastedge.metrics.registry import new_registry
-from fastedge.testing import (
-    h2_request,
-    insecure_tls,
-    loopback_http_client,
-    start_node,
-    write_certificate,
-)
-from fastedge.transport import service as transport_service
-from fastedge.transport.site import EdgeSite
+from fastedge.testing.certs import write_certificate
+from tests.support.http2 import h2_request, insecure_tls
+from tests.support.nodes import loopback_http_client, start_node
 
 
 @implementer(IHandshakeListener)

@@ -34,7 +34,7 @@ from fastedge.store.model import (
     WebhookEvent,
 )
 from fastedge.store.sqlite import SQLiteStore
-from fastedge.testing import run_inline
+from fastedge.testing.fakes import run_inline
 from fastedge.webhooks.service import make_service
 from fastedge.webhooks.signing import signature
 from tests.support.webhooks import ForwardingProxy, Received, Receiver
@@ -435,7 +435,7 @@ class ProxyTests(TestCase):
         from twisted.web.client import BrowserLikePolicyForHTTPS
         from twisted.web.server import Site
 
-        from fastedge.transport.certs import self_signed_pem
+        from fastedge.http.certs import self_signed_pem
 
         pem = self_signed_pem("hooks.test", datetime.datetime.now(datetime.UTC))
         proxy = ForwardingProxy()

@@ -58,7 +58,7 @@ class OpenApiTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--data-dir", os.path.abspath(self.mktemp())])
         top = makeService(options, reactor=MemoryReactorClock())
-        site = top.getServiceNamed("transport").getServiceNamed("http").factory.wrappedFactory
+        site = top.getServiceNamed("http").getServiceNamed("http").factory.wrappedFactory
         root = site.resource
         served = {(m.lower(), _normal(t)) for m, t in root.children[b"api"].templates()}
         for name, child in root.children.items():

@@ -56,7 +56,7 @@ class MeshFilesTests(SynchronousTestCase):
         data_dir = os.path.abspath(self.mktemp())
         mesh_dir = os.path.join(data_dir, "mesh")
         if files:
-            from fastedge.testing import write_node_certs
+            from fastedge.testing.certs import write_node_certs
 
             written = write_node_certs(mesh_dir, "edge-1")
             for name in ("ca_file", "cert_file", "key_file"):
@@ -95,7 +95,7 @@ class MeshFilesTests(SynchronousTestCase):
     def test_unusable_files(self) -> None:
         """Files that exist but do not make an identity (here: a certificate
         of another CA) are refused at parsing too, naming the file."""
-        from fastedge.testing import test_ca, write_node_certs
+        from fastedge.testing.certs import test_ca, write_node_certs
 
         data_dir = os.path.abspath(self.mktemp())
         written = write_node_certs(os.path.join(data_dir, "mesh"), "edge-1", ca=test_ca("other"))
@@ -122,9 +122,7 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_named_children(self) -> None:
         """The node is a MultiService of named children, store first."""
-        self.assertEqual(
-            [c.name for c in self.top], ["store", "geo", "mesh", "dns", "live", "cdn", "webhooks", "transport"]
-        )
+        self.assertEqual([c.name for c in self.top], ["store", "geo", "mesh", "dns", "live", "cdn", "webhooks", "http"])
 
     def test_dns_answers_from_the_mesh_map(self) -> None:
         """DNS answers from the mesh's live node map (this node, once the
@@ -158,7 +156,7 @@ class MakeServiceTests(SynchronousTestCase):
     def test_transport_listens(self) -> None:
         """The transport binds the configured endpoint (with an explicit
         backlog) when started, serving the node's Site, and stops cleanly."""
-        transport = self.top.getServiceNamed("transport")
+        transport = self.top.getServiceNamed("http")
         transport.privilegedStartService()
         transport.startService()
         servers = {port: (factory, backlog, interface) for port, factory, backlog, interface in self.reactor.tcpServers}

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.tokenbucket import TokenBucket
+from fastedge.tokenbucket import KeyedBuckets, TokenBucket
 
 
 class TokenBucketTests(SynchronousTestCase):
@@ -55,3 +55,33 @@ class TokenBucketTests(SynchronousTestCase):
             clock.advance(step)
             allowed += bucket.take()
         self.assertLessEqual(allowed, burst + rate * clock.seconds() + 1e-6)
+
+
+class KeyedBucketsTests(SynchronousTestCase):
+    def test_burst_then_wait(self) -> None:
+        """A key gets its burst, then waits 1/rate seconds per token; other
+        keys are not affected."""
+        clock = Clock()
+        limiter = KeyedBuckets(6 / 60.0, 6.0, clock, max_keys=100)
+        self.assertEqual([limiter.wait("k") for _ in range(6)], [0.0] * 6)
+        self.assertAlmostEqual(limiter.wait("k"), 10.0)
+        clock.advance(10)
+        self.assertEqual(limiter.wait("k"), 0.0)
+        self.assertTrue(limiter.take("other"))
+
+    def test_least_recently_used_forgotten(self) -> None:
+        """Only ``max_keys`` buckets are kept; the least recently used goes,
+        so a busy key keeps its (empty) bucket while idle keys are dropped."""
+        limiter = KeyedBuckets(1.0, 1.0, Clock(), max_keys=10)
+        self.assertTrue(limiter.take("busy"))
+        for i in range(100):
+            limiter.take(str(i))
+            self.assertFalse(limiter.take("busy"))
+        self.assertEqual(len(limiter), 10)
+
+    @given(keys=st.lists(st.integers(0, 50), max_size=300), bound=st.integers(1, 20))
+    def test_bounded(self, keys: list[int], bound: int) -> None:
+        limiter = KeyedBuckets(1.0, 2.0, Clock(), max_keys=bound)
+        for key in keys:
+            limiter.take(key)
+            self.assertLessEqual(len(limiter), bound)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.testing import NodeHarness
+from tests.support.nodes import NodeHarness
 
 M = "/api/v1/manage"
 

@@ -11,10 +11,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.api.keys import hash_api_key, new_api_key
-from fastedge.pubsub.hub import Prepared
+from fastedge.live.hub import Prepared
 from fastedge.store.model import ReadPreference
 
-from ..pubsub.common import World, done
+from ..live.common import World, done
 
 PRIMARY = ReadPreference.PRIMARY
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.testing import NodeHarness
+from tests.support.nodes import NodeHarness
 
 M = "/api/v1/manage"
 
@@ -182,6 +182,6 @@ class BadInputTests(ManageTestCase):
 
     def test_oversized_body(self) -> None:
         """A body over the request limit is refused (by the Site, before any
-        parsing: see tests.unit.transport); here, text over the comment limit."""
+        parsing: see tests.unit.http); here, text over the comment limit."""
         r = self.manager.post(M + "/comments", json_body={"urlId": "u", "text": "x" * 6000, "displayName": "E"})
         self.assertEqual((r.code, r.json["error"]["code"]), (400, "text_too_long"))

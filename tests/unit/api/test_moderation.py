@@ -18,9 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from fastedge.api.common import AddressHasher
 from fastedge.api.keys import hash_api_key, new_api_key
 from fastedge.store.model import ReadPreference, SsoSecretChange
-from fastedge.testing import ApiClient, NodeHarness
+from tests.support.nodes import ApiClient, NodeHarness
 
-from ..pubsub.common import World, done
+from ..live.common import World, done
 from .test_live_events import Inbox
 
 M = "/api/v1/manage"

@@ -13,30 +13,7 @@ from fastedge.config import CreditsConfig
 from fastedge.store.errors import StoreUnavailable
 from fastedge.store.model import ReadPreference
 from fastedge.store.sqlite import SQLiteStore
-from fastedge.testing import run_inline
-
-
-class RateLimiterTests(SynchronousTestCase):
-    def test_burst_then_refill(self) -> None:
-        """A key gets its burst, then one token per 60/rate seconds."""
-        from fastedge.api.ratelimit import RateLimiter
-
-        clock = Clock()
-        limiter = RateLimiter(6, clock=clock)
-        self.assertEqual([limiter.take("k") for _ in range(6)], [0.0] * 6)
-        self.assertAlmostEqual(limiter.take("k"), 10.0)
-        clock.advance(10)
-        self.assertEqual(limiter.take("k"), 0.0)
-        self.assertEqual(limiter.take("other"), 0.0)
-
-    def test_bounded_memory(self) -> None:
-        """Only max_keys buckets are kept; the oldest are forgotten."""
-        from fastedge.api.ratelimit import RateLimiter
-
-        limiter = RateLimiter(1, clock=Clock(), max_keys=10)
-        for i in range(100):
-            limiter.take(str(i))
-        self.assertEqual(len(limiter._buckets), 10)
+from fastedge.testing.fakes import run_inline
 
 
 class PageCacheTests(SynchronousTestCase):

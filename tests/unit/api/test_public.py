@@ -7,7 +7,7 @@ from urllib.parse import quote
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.store.model import ReadPreference
-from fastedge.testing import ApiClient, NodeHarness
+from tests.support.nodes import ApiClient, NodeHarness
 
 
 def comments_path(tenant: str, url_id: str = "https://site.test/a", **query: str) -> str:

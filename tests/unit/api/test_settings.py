@@ -7,7 +7,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.store.model import ReadPreference
-from fastedge.testing import NodeHarness
+from tests.support.nodes import NodeHarness
 
 S = "/api/v1/manage/settings"
 SECRET = "0123456789abcdef" * 4

@@ -23,7 +23,7 @@ from fastedge.cdn.resource import private_cache_control
 from fastedge.cdn.service import CdnService, LocalOnly, TenantMedia
 from fastedge.config import S3OriginConfig, parse_config
 from fastedge.metrics.registry import new_registry
-from fastedge.testing import FakeSource, FakeSourceResponse, run_inline
+from fastedge.testing.fakes import FakeSource, FakeSourceResponse, run_inline
 
 BODY = os.urandom(5000)
 META = ObjectMeta(

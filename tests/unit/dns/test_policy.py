@@ -10,22 +10,11 @@ from zope.interface.verify import verifyObject
 
 import tests.plugins
 from fastedge.dns.interfaces import IAnswerPolicy
-from fastedge.dns.policy import NearestLive, UnknownPolicy, great_circle_km, load_policy
+from fastedge.dns.policy import NearestLive, UnknownPolicy, load_policy
 from fastedge.geo.lookup import Location
 from fastedge.mesh.nodemap import NodeState
-from fastedge.testing import PLACES, DnsHarness, node_info, write_geo_db
-
-
-class DistanceTests(SynchronousTestCase):
-    def test_great_circle(self) -> None:
-        """London-New York is about 5,570 km; a point is 0 km from itself."""
-        lon, nyc = PLACES["london"], PLACES["new-york"]
-        self.assertLess(abs(great_circle_km(lon[0], lon[1], nyc[0], nyc[1]) - 5570), 15)
-        self.assertEqual(great_circle_km(10.0, 20.0, 10.0, 20.0), 0.0)
-
-    def test_antimeridian(self) -> None:
-        """Distances wrap around the antimeridian (179E to 179W is short)."""
-        self.assertLess(great_circle_km(0.0, 179.0, 0.0, -179.0), 250)
+from fastedge.testing.dns import PLACES, DnsHarness, write_geo_db
+from fastedge.testing.mesh import node_info
 
 
 class NearestLiveTests(SynchronousTestCase):

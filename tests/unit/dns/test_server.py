@@ -20,14 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.config import ZoneConfig
 from fastedge.mesh.nodemap import NodeState
-from fastedge.testing import (
-    PLACES,
-    DnsHarness,
-    dns_query,
-    dns_response,
-    node_info,
-    write_geo_db,
-)
+from fastedge.testing.dns import PLACES, DnsHarness, dns_query, dns_response, write_geo_db
+from fastedge.testing.mesh import node_info
 
 GEO = {
     "81.2.69.0/24": PLACES["london"],
@@ -634,7 +628,7 @@ class ServiceTests(SynchronousTestCase):
         from fastedge.dns import service as dns_service
         from fastedge.mesh.nodemap import NodeMap
         from fastedge.metrics.registry import new_registry
-        from fastedge.testing import CapturingDatagramTransport
+        from fastedge.testing.fakes import CapturingDatagramTransport
 
         node_map = NodeMap()
         node_map.upsert(LON)

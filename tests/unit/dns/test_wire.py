@@ -20,7 +20,7 @@ from fastedge.dns.wire import (
     parse_query,
     truncated_response,
 )
-from fastedge.testing import dns_query
+from fastedge.testing.dns import dns_query
 
 
 def ecs_query(family: int, source: int, address: bytes, scope: int = 0) -> bytes:

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from fastedge.embed.policy import policy_of, tenant_policy
 from fastedge.store.model import ReadPreference
 from fastedge.store.settings import DEFAULTS, TenantSettings, Theme
-from fastedge.testing import NodeHarness
+from tests.support.nodes import NodeHarness
 
 URL = "https://a.example/post"
 

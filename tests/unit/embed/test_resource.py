@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.testing import NodeHarness, Response
+from tests.support.nodes import NodeHarness, Response
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 
@@ -481,7 +481,7 @@ class LivePositionTests(SynchronousTestCase):
         from treq.testing import StubTreq
         from twisted.internet.task import Clock
 
-        from tests.unit.pubsub.common import World
+        from tests.unit.live.common import World
 
         world = World(Clock())
         url = "/embed/{}/?urlId={}".format(world.tenant_a.id, quote(world.url, safe=""))

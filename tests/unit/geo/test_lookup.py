@@ -7,7 +7,7 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.geo.lookup import GeoIndexError, Location, build_index
-from fastedge.testing import PLACES, write_geo_db
+from fastedge.testing.dns import PLACES, write_geo_db
 
 NETWORKS = {
     "81.2.69.0/24": PLACES["london"],

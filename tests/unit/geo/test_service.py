@@ -15,7 +15,8 @@ from fastedge.config import GeoConfig
 from fastedge.geo.lookup import GeoIndex, GeoIndexError
 from fastedge.geo.service import GeoService
 from fastedge.metrics.registry import new_registry
-from fastedge.testing import PLACES, run_inline, write_geo_db
+from fastedge.testing.dns import PLACES, write_geo_db
+from fastedge.testing.fakes import run_inline
 
 
 class ThreadHandOffClock(Clock):

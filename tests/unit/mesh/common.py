@@ -18,7 +18,8 @@ from fastedge.mesh.peer import PeerAvatar
 from fastedge.mesh.service import TLSClientEndpoint
 from fastedge.mesh.tls import MeshIdentity, MeshTLS, create_node_certificate
 from fastedge.metrics.registry import new_registry
-from fastedge.testing import MemoryMesh, test_ca
+from fastedge.testing.certs import test_ca
+from fastedge.testing.mesh import MemoryMesh
 
 
 class Watch:
@@ -160,9 +161,9 @@ class LiveWorld:
         **mesh_overrides: Any,
     ) -> None:
         from fastedge.store.model import ReadPreference
-        from fastedge.testing import LiveMesh
+        from fastedge.testing.live import LiveMesh
 
-        from ..pubsub.common import done
+        from ..live.common import done
 
         self.P = ReadPreference.PRIMARY
         self.done = done

@@ -13,7 +13,8 @@ from twisted.spread import pb
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.mesh.auth import CertificateChecker, PeerCertificate
-from fastedge.testing import MemoryMesh, test_ca
+from fastedge.testing.certs import test_ca
+from fastedge.testing.mesh import MemoryMesh
 
 from .common import Rogue, metric
 from .test_messages import ForeignCopy

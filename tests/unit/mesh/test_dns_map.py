@@ -7,7 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.dns.answers import AnswerTable
 from fastedge.dns.policy import NearestLive
-from fastedge.testing import MemoryMesh
+from fastedge.testing.mesh import MemoryMesh
 
 
 class DnsFollowsTheMeshTests(SynchronousTestCase):

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.mesh.media import MeshMedia
 from fastedge.mesh.messages import Refused
-from fastedge.testing import MemoryMesh
+from fastedge.testing.mesh import MemoryMesh
 
 
 class _Purges:

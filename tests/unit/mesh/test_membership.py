@@ -10,7 +10,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.mesh.nodemap import NodeState
-from fastedge.testing import MemoryMesh, mesh_pair
+from fastedge.testing.mesh import MemoryMesh, mesh_pair
 
 from .common import SilentAvatar, Watch, metric
 

@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.config import MeshConfig
 from fastedge.mesh.broker import RefusalLog
-from fastedge.testing import MemoryMesh, test_ca, write_node_certs
+from fastedge.testing.certs import test_ca, write_node_certs
+from fastedge.testing.mesh import MemoryMesh
 
 from .common import metric
 

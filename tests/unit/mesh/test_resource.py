@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.testing import NodeHarness, mesh_pair
+from fastedge.testing.mesh import mesh_pair
+from tests.support.nodes import NodeHarness
 
 
 class MeshRouteTests(SynchronousTestCase):

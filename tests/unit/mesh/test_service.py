@@ -13,7 +13,8 @@ from fastedge.config import MeshConfig, NodeConfig, parse_config
 from fastedge.mesh.service import make_service
 from fastedge.mesh.tls import MeshCertificateError
 from fastedge.metrics.registry import new_registry
-from fastedge.testing import EPOCH, MemoryMesh, MemoryNetwork, mesh_pair
+from fastedge.testing.fakes import EPOCH
+from fastedge.testing.mesh import MemoryMesh, MemoryNetwork, mesh_pair
 
 from .common import metric
 

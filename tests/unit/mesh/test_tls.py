@@ -18,7 +18,7 @@ from fastedge.mesh.tls import (
     name_mismatch,
     write_file,
 )
-from fastedge.testing import test_ca, write_node_certs
+from fastedge.testing.certs import test_ca, write_node_certs
 
 NOW = datetime.datetime.now(datetime.UTC)
 

@@ -10,7 +10,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.mesh.broker import RefusalLog
-from fastedge.testing import MemoryMesh
+from fastedge.testing.mesh import MemoryMesh
 
 from .common import metric
 

@@ -21,7 +21,7 @@ class NodeMetricsTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--data-dir", os.path.abspath(self.mktemp())])
         top = makeService(options, reactor=MemoryReactorClock())
-        root = top.getServiceNamed("transport").getServiceNamed("http").factory.wrappedFactory.resource
+        root = top.getServiceNamed("http").getServiceNamed("http").factory.wrappedFactory.resource
         stub = StubTreq(root)
         response = self.successResultOf(stub.get("http://localhost/metrics"))
         self.assertEqual(response.code, 200)

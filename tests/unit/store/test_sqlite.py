@@ -17,7 +17,7 @@ from fastedge.store.interfaces import IStore
 from fastedge.store.model import CommentStatus, ReadPreference, Sort
 from fastedge.store.schema import MIGRATIONS
 from fastedge.store.sqlite import SQLiteStore
-from fastedge.testing import run_inline
+from fastedge.testing.fakes import run_inline
 
 from .contract import StoreContractMixin
 

@@ -18,7 +18,7 @@ from fastedge.api.resource import build_api
 from fastedge.config import ApiConfig, WebhooksConfig
 from fastedge.store.model import AttemptOutcome, ReadPreference, WebhookEvent
 from fastedge.store.sqlite import SQLiteStore
-from fastedge.testing import run_inline
+from fastedge.testing.fakes import run_inline
 from fastedge.webhooks.api import EVENT_ID_PATTERN, SECRET_PATTERN, WebhooksApi
 from fastedge.webhooks.targets import URL_PATTERN
 

@@ -1,0 +1,487 @@
+# -*- test-case-name: tests.unit.live.test_protocol -*-
+"""The WebSocket front end of live threads (autobahn), mounted at ``/live``.
+
+autobahn does the handshake, parses and checks incoming frames (UTF-8,
+size limits, control frames, the closing handshake). Outgoing events do
+not go through autobahn's per-connection send path: each event is framed
+once (autobahn's ``prepareMessage``) and the same bytes are handed to every
+subscriber's :class:`~fastedge.live.wire.Writer`, which sends them
+straight to the socket.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageCompressOffer
+from autobahn.websocket.protocol import TrafficStats
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
+
+from ..http.jsonbody import raw_error_response
+from ..tokenbucket import TokenBucket
+from . import messages
+from .frontend import Live, LiveConnection
+from .hub import Joined, Prepared, Subscription
+from .messages import (
+    CLOSE_GOING_AWAY,
+    CLOSE_IDLE,
+    CLOSE_RATE_LIMITED,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_BIG,
+    CLOSE_UNSUPPORTED_DATA,
+    Ping,
+    RequestError,
+    Subscribe,
+    Unsubscribe,
+    Violation,
+    channel_name,
+    parse_client_message,
+)
+from .wire import Writer
+
+#: An empty ping frame (FIN, opcode 9): the same two bytes for everyone.
+PING_FRAME = b"\x89\x00"
+
+#: What autobahn keeps from the opening handshake and never reads again.
+_HANDSHAKE_LEFTOVERS = (
+    "http_request_data",
+    "http_response_data",
+    "http_headers",
+    "http_request_params",
+    "http_status_line",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_host",
+    "websocket_origin",
+    "websocket_protocols",
+    "websocket_extensions",
+    "_wskey",
+    "_transport_details",
+)
+
+
+#: The JSON error code of an autobahn handshake refusal, by status.
+_HANDSHAKE_REFUSALS = {503: "too_many_connections"}
+
+
+class LiveServerProtocol(WebSocketServerProtocol):
+    """One WebSocket client of ``/live``."""
+
+    _log = Logger()
+    transport_name = "websocket"
+    factory: LiveWebSocketFactory
+
+    _open = False
+    _heard = True
+    #: Closed for flooding frames: what the client sends is no longer read.
+    _deaf = False
+    _writer: Writer | None = None
+    _conn: LiveConnection | None = None
+    _messages: TokenBucket
+    _frames: TokenBucket
+    #: Frames of the client message being received.
+    _fragments = 0
+    #: This session's access log line (``None``: the log is off), counting
+    #: the messages and bytes sent; written when the connection ends.
+    access: Any = None
+    _opened_once = False
+
+    # Handshake and lifecycle
+
+    def onConnect(self, request: ConnectionRequest) -> Any:
+        """Refuse the handshake (503) past ``live.max_connections``."""
+        if not self.factory.live.admit(self.transport_name):
+            self.factory.live.closing(messages.CLOSE_TRY_AGAIN_LATER)
+            raise ConnectionDeny(
+                503,
+                "this node is at its live connection limit; try another or retry later",
+            )
+        if messages.PROTOCOL in request.protocols:
+            return messages.PROTOCOL
+        return None
+
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
+        """autobahn's handshake refusals (its own and :meth:`onConnect`'s 503)
+        as the node's JSON errors, instead of a bare status line whose
+        reason phrase carries the message."""
+        headers = tuple((str(k).encode("latin-1"), str(v).encode("latin-1")) for k, v in responseHeaders or ())
+        if code == 503:
+            headers += ((b"retry-after", b"1"),)
+        api_code = _HANDSHAKE_REFUSALS.get(code, "bad_websocket_handshake")
+        self.sendData(raw_error_response(code, RESPONSES.get(code, b"Error"), api_code, reason, headers))
+
+    def perMessageCompressionAccept(self, offers: list[PerMessageCompressOffer]) -> None:
+        """Decline every compression offer (browsers offer ``permessage-deflate``
+        on every handshake): the answer names no extension.
+
+        Each event is framed once and the same bytes go to every subscriber;
+        compression would mean a deflate per event per connection and a zlib
+        context (~tens of KB) per connection. Live messages are small JSON.
+
+        :returns: ``None``, autobahn's "no offer accepted".
+        """
+        self.factory.live.compression_declined()
+        return None
+
+    def onOpen(self) -> None:
+        """Set up the bounded writer, shed handshake state, greet."""
+        live = self.factory.live
+        transport: Any = self.transport
+        # twisted.web's HTTPChannel registered itself as the producer of the
+        # transport it no longer owns; our writer takes its place (and the
+        # orphaned channel and request can be collected).
+        # (A TLS transport has no ``producer`` attribute; unregistering is
+        # harmless there when nothing is registered.)
+        if getattr(transport, "producer", True) is not None:
+            transport.unregisterProducer()
+        self._writer = Writer(transport, live.cfg.max_buffered_bytes, self._overflowed)
+        transport.registerProducer(self._writer, True)
+        # An idle connection should cost as little memory as possible: drop
+        # the handshake's leftovers, share one traffic counter per factory,
+        # and replace autobahn's send queue (a 760-byte deque, used only by
+        # sync/chopped sends, which we never make) with an empty tuple, so
+        # an unexpected use fails loudly instead of sharing state.
+        state = self.__dict__
+        for name in _HANDSHAKE_LEFTOVERS:
+            if name in state:
+                state[name] = None
+        self.trafficStats = self.factory.traffic
+        if not self.send_queue:
+            self.send_queue = ()  # type: ignore[assignment]
+        self._conn = LiveConnection(live, self)
+        cfg = live.cfg
+        self._messages = TokenBucket(cfg.client_messages_per_minute / 60.0, cfg.client_messages_per_minute, live.clock)
+        self._frames = TokenBucket(cfg.client_frames_per_second, cfg.client_frames_per_second, live.clock)
+        self._open = True
+        self._opened_once = True
+        live.opened(self)
+        n = self._writer.write(self.factory.hello)
+        if self.access is not None:
+            self.access.sent(n)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """Leave every channel; drop any partial message."""
+        self._open = False
+        self._drop_partial_message()
+        if self._conn is not None:
+            self._conn.close()
+            self.factory.live.closed(self)
+            self._conn = None
+        access = self.access
+        if access is not None:
+            # 101 for a session that was opened; a refused handshake (503,
+            # past live.max_connections) or one that never completed: 400.
+            access.end(101 if self._opened_once else 400)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Cancel the closing-handshake timer: autobahn cancels its other
+        timers when the connection is lost, not that one, which would keep
+        a client that vanished mid-close in memory until it fires."""
+        timer = self.closeHandshakeTimeoutCall
+        if timer is not None:
+            if timer.active():
+                timer.cancel()
+            self.closeHandshakeTimeoutCall = None
+        super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Anything from the client (a pong too) proves it alive."""
+        if self._deaf:
+            return
+        self._heard = True
+        super().dataReceived(data)
+
+    # Frames, through autobahn's frame-level hooks: every frame a client
+    # sends is counted (client_frames_per_second), fragments per message
+    # are bounded (max_fragments_per_message), and nothing of a message is
+    # kept once the connection is closing. Empty frames cost no bytes, so
+    # the message size limit alone never stops them.
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        """A client message starts: count its fragments from zero."""
+        self._fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        """One data frame (the first of a message, or a continuation)."""
+        super().onMessageFrameBegin(length)
+        if not self._open:
+            return
+        self._fragments += 1
+        limit = self.factory.live.cfg.max_fragments_per_message
+        if self._fragments > limit:
+            self._flooded(CLOSE_TOO_BIG, "a message in more than {} frames".format(limit))
+        else:
+            self._take_frame()
+
+    def onMessageFrame(self, payload: list[bytes]) -> None:  # type: ignore[override]
+        """Keep a frame's payload for its message, unless we are closing."""
+        if self._open:
+            super().onMessageFrame(payload)  # type: ignore[arg-type]
+
+    def onPing(self, payload: bytes) -> None:
+        """Answer a ping through the bounded writer, like everything we send:
+        a client that pings and never reads its pongs fills its own queue
+        and is closed with 4008 (slow consumer)."""
+        if self._open and self._take_frame():
+            self._writer.write(b"\x8a" + bytes((len(payload),)) + payload)  # type: ignore[union-attr]
+
+    def onPong(self, payload: bytes) -> None:
+        """A pong (asked for or not) is a frame like any other."""
+        if self._open:
+            self._take_frame()
+
+    def _take_frame(self) -> bool:
+        if self._frames.take():
+            return True
+        self._flooded(
+            CLOSE_RATE_LIMITED,
+            "more than {} frames per second; slow down".format(self.factory.live.cfg.client_frames_per_second),
+        )
+        return False
+
+    def _flooded(self, code: int, reason: str) -> None:
+        """Close a client that floods frames, and stop reading from it: the
+        close frame goes out, and the closing handshake timeout drops it."""
+        self.factory.live.frames_refused(code)
+        self._close(code, reason)
+        self._deaf = True
+        self._drop_partial_message()
+        # Not reading pushes back on the sender (its socket fills) instead
+        # of reading and discarding what it sends until the timeout; what
+        # was already read is discarded by dataReceived. (A TLS or counting
+        # wrapper passes this on to the socket.)
+        pause = getattr(self.transport, "pauseProducing", None)
+        if pause is not None:
+            pause()
+
+    def _drop_partial_message(self) -> None:
+        # What autobahn holds of a message still being received; reset to an
+        # empty list (not None) in case its frame processing is mid-message.
+        if self.__dict__.get("message_data"):
+            self.message_data = []
+
+    # Incoming messages
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """One client message: check, rate-limit, dispatch."""
+        if not self._open or self._conn is None:
+            return
+        if isBinary:
+            self._close(CLOSE_UNSUPPORTED_DATA, "binary frames are not accepted; send JSON text")
+            return
+        if not self._messages.take():
+            self._close(CLOSE_RATE_LIMITED, "too many messages; slow down")
+            return
+        try:
+            msg = parse_client_message(payload)
+        except Violation as v:
+            self._close(v.code, v.reason)
+            return
+        except RequestError as e:
+            self.send(messages.error(e.code, e.message, e.ref))
+            return
+        if isinstance(msg, Subscribe):
+            d = self._conn.subscribe(msg, self._answer)
+            d.addErrback(self._failed)
+        elif isinstance(msg, Unsubscribe):
+            try:
+                name = self._conn.unsubscribe(msg.channel, msg.ref)
+            except RequestError as e:
+                self.send(messages.error(e.code, e.message, e.ref))
+            else:
+                self.send(messages.unsubscribed(name, msg.ref))
+        elif isinstance(msg, Ping):
+            self.send(messages.pong(msg.ref))
+
+    def _answer(self, joined: Joined, name: str, ref: Any) -> None:
+        access = self.access
+        if access is not None and self._conn is not None:
+            # The tenants this session served, for its access log line.
+            access.tenants.update(key[0] for key in self._conn.subs)
+        self.send(messages.subscribed(name, joined.epoch, joined.seq, joined.reload, len(joined.replay), ref))
+        sent = total = 0
+        for prepared in joined.replay:
+            n = self.push(prepared)
+            if n:
+                sent += 1
+                total += n
+        if sent:
+            self.factory.live.hub.count_delivered(sent, total)
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(RequestError) and self._open:
+            e = failure.value
+            self.send(messages.error(e.code, e.message, e.ref))
+        elif not failure.check(RequestError):
+            self._log.failure("live subscribe answer failed", failure)
+
+    # Outgoing
+
+    def push(self, prepared: Prepared) -> int:
+        """Send one shared event frame (see :class:`~fastedge.live.hub.Outlet`)."""
+        if not self._open:
+            return 0
+        frame = prepared.ws
+        if frame is None:
+            frame = prepared.ws = self.factory.frame(prepared.payload)
+        n = self._writer.write(frame)  # type: ignore[union-attr]
+        if self.access is not None:
+            self.access.sent(n)
+        return n
+
+    def send(self, payload: bytes) -> None:
+        """Send a message of this connection only."""
+        if self._open:
+            n = self._writer.write(self.factory.frame(payload))  # type: ignore[union-attr]
+            if self.access is not None:
+                self.access.sent(n)
+
+    def keepalive(self) -> None:
+        """Ping; drop a client that did not answer the previous ping."""
+        if not self._open:
+            return
+        if not self._heard:
+            self._close(CLOSE_IDLE, "no answer to keep-alive pings")
+            return
+        self._heard = False
+        self._writer.write(PING_FRAME)  # type: ignore[union-attr]
+
+    def shutdown(self) -> None:
+        """The node is stopping."""
+        if self._open:
+            self._close(CLOSE_GOING_AWAY, "server shutting down; reconnect with since")
+
+    def revoke(self, sub: Subscription, error: RequestError) -> bool:
+        """End one subscription: an ``error`` naming its channel; the
+        connection and its other subscriptions stay."""
+        if self._conn is None or not self._conn.drop(sub):
+            return False
+        self.send(messages.revoked(channel_name(*sub.channel), error.code, error.message))
+        return True
+
+    def _overflowed(self) -> None:
+        # Nothing more is queued; the close frame goes after what is queued,
+        # and the closing handshake timeout drops a client that never reads.
+        live = self.factory.live
+        live.slow_consumer(self.transport_name)
+        self._log.info(
+            "live: slow consumer {peer} disconnected ({limit} bytes queued)",
+            peer=self.peer,
+            limit=live.cfg.max_buffered_bytes,
+        )
+        self._close(CLOSE_SLOW_CONSUMER, "slow consumer: too far behind; reconnect with since")
+
+    def _close(self, code: int, reason: str) -> None:
+        """Stop sending events and start the closing handshake with ``code``."""
+        if not self._open:
+            return
+        self._open = False
+        self.factory.live.closing(code)
+        if code not in (CLOSE_SLOW_CONSUMER, CLOSE_GOING_AWAY):
+            self._log.info(
+                "live: closing {peer} with {code}: {reason}",
+                peer=self.peer,
+                code=code,
+                reason=reason,
+            )
+        # sendClose() only takes 1000 and 3000-4999; the standard codes we
+        # use (1001, 1003) are sent with the frame-level call.
+        self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
+
+
+class _ClockTimer:
+    """What autobahn wants of a timer (``call_later``), on a given clock."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+
+    def call_later(self, delay: float, fn: Any, *args: Any, **kwargs: Any) -> IDelayedCall:
+        """Call ``fn`` after ``delay`` seconds on the clock."""
+        return self._clock.callLater(delay, fn, *args, **kwargs)
+
+
+class LiveWebSocketFactory(WebSocketServerFactory):
+    """Builds :class:`LiveServerProtocol` instances sharing one :class:`Live`.
+
+    autobahn copies ~20 options onto every protocol instance unless the
+    class already has them; we give them to a per-factory subclass instead
+    (:func:`configured_protocol`), so an idle connection does not carry its
+    own copy and a connect does not spend time copying and logging them.
+    """
+
+    def __init__(self, live: Live) -> None:
+        super().__init__()
+        self.live = live
+        cfg = live.cfg
+        self.setProtocolOptions(
+            maxFramePayloadSize=cfg.max_message_bytes,
+            maxMessagePayloadSize=cfg.max_message_bytes,
+            # Protocol errors get a close frame with a code, not a silent drop.
+            failByDrop=False,
+            openHandshakeTimeout=cfg.close_timeout_seconds,
+            closeHandshakeTimeout=cfg.close_timeout_seconds,
+            # Keep-alive is one sweep over all connections (Live.keepalive),
+            # not a timer per connection.
+            autoPingInterval=0,
+            tcpNoDelay=True,
+        )
+        # autobahn's handshake timeouts go to the node's clock (the reactor,
+        # or a test's Clock), not to txaio's global-reactor timer buckets.
+        self._batched_timer = _ClockTimer(live.clock)
+        self.protocol = configured_protocol(self, LiveServerProtocol)
+        #: The greeting, the same frame for every connection.
+        self.hello = self.frame(messages.hello(live.node_id, cfg.max_subscriptions))
+        #: Traffic of all open connections together (autobahn counts per
+        #: connection; one shared counter saves memory and is what we export).
+        self.traffic = TrafficStats()
+
+    #: The access log session of the upgrade being handed to autobahn now
+    #: (set by ``LiveResource`` around the synchronous handover).
+    pending_access: Any = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A protocol that carries the access log session of its upgrade."""
+        protocol = super().buildProtocol(addr)
+        if protocol is not None:
+            protocol.access, self.pending_access = self.pending_access, None  # type: ignore[attr-defined]
+        return protocol
+
+    def frame(self, payload: bytes) -> bytes:
+        """One unmasked text frame carrying ``payload``."""
+        return self.prepareMessage(payload, isBinary=False, doNotCompress=True).payloadHybi
+
+
+def configured_protocol(factory: WebSocketServerFactory, base: type[WebSocketServerProtocol]) -> type[Any]:
+    """A subclass of ``base`` carrying ``factory``'s protocol options as
+    class attributes.
+
+    autobahn copies each option (``CONFIG_ATTRS``) from the factory onto
+    every protocol instance at connect, unless the protocol already has it,
+    and pretty-prints them all into a debug log line (~0.5 ms per connect,
+    the largest cost of a handshake in a burst). Options that are data
+    (numbers, flags, lists) are shared on the class instead. Options that
+    are functions are not: a function stored on a class is a method, called
+    with the protocol as an extra first argument (the cause of every
+    compression-offering handshake failing). Such an option is either a
+    method ``base`` implements itself (its own hook, which wins over the
+    factory's value), or is left to autobahn's per-connection copy.
+    """
+    options: dict[str, Any] = {}
+    per_connection: list[str] = []
+    for name in base.CONFIG_ATTRS:
+        if callable(getattr(base, name, None)):
+            continue  # a hook ``base`` implements
+        value = getattr(factory, name)
+        if callable(value):
+            per_connection.append(name)
+        else:
+            options[name] = value
+    options["CONFIG_ATTRS"] = per_connection
+    return type("Configured" + base.__name__, (base,), options)

@@ -1,0 +1,114 @@
+# -*- test-case-name: tests.unit.live.test_protocol,tests.integration.test_http_errors -*-
+"""``/live``: the WebSocket endpoint, with the SSE stream at ``/live/events``."""
+
+from __future__ import annotations
+
+import re
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from ..http.jsonbody import write_error
+from .frontend import Live
+from .protocol import LiveWebSocketFactory
+from .sse import LiveEventsResource
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> int:
+        """A JSON 404."""
+        request.route = "not_found"  # type: ignore[attr-defined]
+        write_error(request, 404, "not_found", "no such resource")
+        return NOT_DONE_YET
+
+
+class LiveResource(Resource):
+    """``/live`` upgrades to WebSocket (autobahn's ``WebSocketResource``);
+    ``/live/events`` is the SSE stream. A plain GET of ``/live`` gets a JSON
+    426 instead of autobahn's HTML page."""
+
+    def __init__(self, live: Live) -> None:
+        super().__init__()
+        self.factory = LiveWebSocketFactory(live)
+        self._websocket = WebSocketResource(self.factory)
+        self.putChild(b"events", LiveEventsResource(live))
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        """``/live/`` is ``/live``; anything else but ``events`` is a JSON 404."""
+        if path == b"":
+            return self
+        return _NotFound()
+
+    def render(self, request: Request) -> int | bytes:
+        """Hand a WebSocket upgrade to autobahn; anything else gets 426."""
+        request.route = "/live"  # type: ignore[attr-defined]
+        upgrade = (request.getHeader(b"upgrade") or b"").lower()
+        if request.method != b"GET" or upgrade != b"websocket":
+            request.setHeader(b"upgrade", b"websocket")
+            write_error(
+                request,
+                426,
+                "upgrade_required",
+                "connect with WebSocket (or use /live/events for SSE)",
+            )
+            return NOT_DONE_YET
+        if _refuse_upgrade(request):
+            return NOT_DONE_YET
+        # The session writes the access log line when it ends (with its
+        # duration and messages); autobahn builds the protocol synchronously
+        # inside render(), which is how the session reaches it.
+        live_session = getattr(request, "live_session", None)
+        self.factory.pending_access = live_session("ws") if live_session is not None else None
+        try:
+            return self._websocket.render(request)
+        finally:
+            self.factory.pending_access = None
+
+
+def _refuse_upgrade(request: Request) -> bool:
+    """Refuse, in JSON, a WebSocket upgrade that autobahn would refuse with
+    an empty response or accept against RFC 6455: one over anything but
+    HTTP/1.1 (400), of a version other than 13 (426, naming 13), or without
+    the Host, ``Connection: upgrade`` and key RFC 6455 section 4.1 requires
+    (400).
+
+    :returns: whether ``request`` was answered.
+    """
+    if request.clientproto != b"HTTP/1.1":
+        request.setHeader(b"connection", b"close")
+        write_error(request, 400, "websocket_needs_http11", "a WebSocket upgrade needs HTTP/1.1")
+        return True
+    versions = request.requestHeaders.getRawHeaders(b"sec-websocket-version") or []
+    if versions != [b"13"]:
+        request.setHeader(b"sec-websocket-version", b"13")
+        write_error(
+            request,
+            426,
+            "unsupported_websocket_version",
+            "only WebSocket version 13 (RFC 6455) is spoken here",
+        )
+        return True
+    headers = request.requestHeaders
+    connection = b",".join(headers.getRawHeaders(b"connection") or [])
+    keys = headers.getRawHeaders(b"sec-websocket-key") or []
+    if (
+        len(headers.getRawHeaders(b"host") or []) != 1
+        or b"upgrade" not in {token.strip().lower() for token in connection.split(b",")}
+        or len(keys) != 1
+        or _KEY.fullmatch(keys[0]) is None
+    ):
+        write_error(
+            request,
+            400,
+            "bad_websocket_handshake",
+            "a WebSocket upgrade needs Host, Connection: upgrade and one Sec-WebSocket-Key (16 bytes, base64)",
+        )
+        return True
+    return False
+
+
+#: A Sec-WebSocket-Key: 16 bytes in base64 (RFC 6455 section 4.1).
+_KEY = re.compile(rb"[A-Za-z0-9+/]{22}==")

@@ -1,0 +1,191 @@
+# -*- test-case-name: tests.unit.live.test_service -*-
+"""The ``live`` child: the hub, its housekeeping timers, and a clean stop.
+
+The WebSocket and SSE endpoints are resources of the node's one Site
+(``fastedge.web``); this service owns what outlives a request: the hub
+(history expiry), the keep-alive sweep, and closing every live connection
+with 1001 when the node stops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ..config import LiveConfig
+from ..store.interfaces import IStore
+from .access import ChannelResolver, GroupLocks
+from .frontend import Live
+from .hub import Hub
+from .interfaces import IAccessPolicy
+from .metrics import LiveMetrics
+from .publish import LivePublisher
+from .resource import LiveResource
+from .tokens import ViewerTokens
+
+
+class _Sweep(TimerService):
+    """A TimerService whose callback can never stop the loop by raising."""
+
+    _log = Logger()
+
+    def __init__(self, every: float, clock: IReactorTime, what: str, fn: Any) -> None:
+        super().__init__(every, self._run)
+        self.clock = clock
+        self._what = what
+        self._fn = fn
+
+    def _run(self) -> None:
+        try:
+            self._fn()
+        except Exception:
+            self._log.failure("live {what} failed", what=self._what)
+
+
+class LiveService(MultiService):
+    """Live threads on this node.
+
+    :ivar hub: the broker (:meth:`~fastedge.live.hub.Hub.publish` is the
+        entry point for relays).
+    :ivar publisher: what the comment API calls after its writes.
+    :ivar live: what the transports use.
+    :ivar resource: ``/live`` (mounted by ``fastedge.web.build_site``).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        cfg: LiveConfig,
+        *,
+        reactor: Any,
+        registry: CollectorRegistry,
+        store: IStore,
+        node_id: str,
+        policy: IAccessPolicy | None = None,
+    ) -> None:
+        super().__init__()
+        self._cfg = cfg
+        self._clock: IReactorTime = reactor
+        self.hub = Hub(
+            clock=reactor,
+            history_events=cfg.history_events,
+            history_seconds=cfg.history_seconds,
+        )
+        metrics = LiveMetrics(registry, self.hub, lambda transport: self.live.count(transport))
+        self.resolver = ChannelResolver(
+            store,
+            clock=reactor,
+            ttl_seconds=cfg.resolve_cache_seconds,
+            max_entries=cfg.resolve_cache_entries,
+            count=lambda result: metrics.resolve_lookups.labels(result).inc(),
+        )
+        #: The thread access rules (group locks, closed threads, sign-in).
+        #: The public API is given this same object (``tap``), and live
+        #: subscriptions are guarded by it unless a plugin policy is given.
+        self.access = GroupLocks(store, clock=reactor, ttl_seconds=cfg.resolve_cache_seconds)
+        self.policy: IAccessPolicy = policy if policy is not None else self.access
+        self.live = Live(
+            cfg,
+            hub=self.hub,
+            resolver=self.resolver,
+            clock=reactor,
+            metrics=metrics,
+            node_id=node_id,
+            policy=self.policy,
+        )
+        self.publisher = LivePublisher(self.hub, resolver=self.resolver, node_id=node_id)
+        # A lock changed through the tenant API here: re-check at once.
+        self.publisher.access_sink = self._access_changed
+        self.resource = LiveResource(self.live)
+        _Sweep(
+            max(1.0, min(cfg.history_seconds, 60.0)),
+            reactor,
+            "history expiry",
+            self.hub.expire,
+        ).setServiceParent(self)
+        if cfg.ping_seconds > 0:
+            _Sweep(cfg.ping_seconds, reactor, "keep-alive", self.live.keepalive).setServiceParent(self)
+        # A lock changed at another node reaches this one's resolver cache
+        # within live.resolve_cache_seconds; this sweep applies it to the
+        # open subscriptions (docs/live-protocol.md).
+        _Sweep(max(1.0, cfg.resolve_cache_seconds), reactor, "access re-check", self.live.recheck).setServiceParent(
+            self
+        )
+
+    def _access_changed(self, tenant_id: str, url_id: str | None) -> object:
+        # Media of the tenant's threads (docs/media.md) are judged afresh too.
+        self.access.forget_threads(tenant_id)
+        return self.live.recheck(tenant_id, url_id, trigger="change")
+
+    def use_sso(self, signin: Any) -> None:
+        """Sign viewers in from a subscription's ``sso`` field with the
+        public API's :class:`fastedge.api.signin.SsoSignIn` (wiring, in ``tap``)."""
+        self.live.sso = signin
+
+    def use_viewer_tokens(self, tokens: ViewerTokens) -> None:
+        """Accept viewer tokens the public API issues (wiring, in ``tap``)."""
+        self.live.tokens = tokens
+
+    def stopService(self) -> Deferred[None]:
+        """Close every live connection with 1001, then stop the timers.
+
+        Fires once all live connections are gone, or after
+        ``live.close_timeout_seconds`` (the closing handshake's bound).
+        """
+        stopped: Deferred[Any] = super().stopService()
+        live = self.live
+        total = sum(len(c) for c in live.connections.values())
+        if total:
+            self._log.info("live: closing {count} connections", count=total)
+        live.shutdown()
+        if not sum(len(c) for c in live.connections.values()):
+            return stopped.addCallback(_stopped)
+        drained: Deferred[None] = Deferred()
+        live.on_drained(drained)
+        timeout = self._clock.callLater(self._cfg.close_timeout_seconds + 1.0, _fire, drained)
+
+        def done(_: object) -> Deferred[Any]:
+            if timeout.active():
+                timeout.cancel()
+            return stopped
+
+        drained.addCallback(done)
+        return drained.addCallback(_stopped)
+
+
+def _stopped(_: object) -> None:
+    """What ``stopService`` fires with once the connections are gone (the
+    results of what it waited for say nothing more)."""
+    return None
+
+
+def _fire(d: Deferred[None]) -> None:
+    if not d.called:
+        d.callback(None)
+
+
+def make_service(
+    cfg: LiveConfig,
+    *,
+    reactor: Any,
+    registry: CollectorRegistry,
+    store: IStore,
+    node_id: str,
+    policy: IAccessPolicy | None = None,
+) -> LiveService:
+    """The ``live`` child for ``cfg``."""
+    return LiveService(
+        cfg,
+        reactor=reactor,
+        registry=registry,
+        store=store,
+        node_id=node_id,
+        policy=policy,
+    )

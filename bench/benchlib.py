@@ -75,8 +75,12 @@ def wrk(
     headers: Mapping[str, str] | None = None,
     threads: int = 2,
     cpu: str = LOAD_CPU,
+    script: str | None = None,
 ) -> dict[str, float]:
-    """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors."""
+    """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors.
+
+    :param script: a wrk Lua script (``-s``), e.g. one making the requests POSTs.
+    """
     argv = [
         "taskset",
         "-c",
@@ -89,6 +93,8 @@ def wrk(
     ]
     for name, value in (headers or {}).items():
         argv += ["-H", "{}: {}".format(name, value)]
+    if script is not None:
+        argv += ["-s", script]
     out = subprocess.run(argv + [url], check=True, capture_output=True, text=True).stdout
 
     def ms(label: str) -> float:

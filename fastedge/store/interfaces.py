@@ -38,6 +38,7 @@ from .model import (
     Comment,
     CommentStatus,
     CreditUsage,
+    DeliveryDone,
     DeliveryState,
     Moderated,
     ModerationAction,
@@ -56,6 +57,7 @@ from .model import (
     User,
     UserProfile,
     ViewerState,
+    WebhookClaim,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
@@ -643,15 +645,24 @@ class IWebhookStore(Interface):
         """
 
     def claim_webhook_deliveries(
-        *, owner: str, now_ms: int, lease_ms: int, limit: int, read_preference: ReadPreference
-    ) -> Deferred[list[WebhookDelivery]]:
-        """Lease up to ``limit`` due deliveries to ``owner`` (unique per
-        claim) until ``now_ms + lease_ms``, with their endpoints' URL and
-        secret. Never two leases on one delivery at once, whatever the
-        number of nodes; an endpoint's deliveries in the order of their
-        changes, except that one waiting for a retry lets later ones pass.
+        *,
+        owner: str,
+        now_ms: int,
+        lease_ms: int,
+        limit: int,
+        read_preference: ReadPreference,
+        finished: Sequence[DeliveryDone] = (),
+    ) -> Deferred[WebhookClaim]:
+        """In one transaction: remove the ``finished`` deliveries (those
+        the receiver accepted) still leased to their claimers, resetting
+        their endpoints' failure counts; then lease up to ``limit`` due
+        deliveries to ``owner`` (unique per claim) until ``now_ms +
+        lease_ms``, with their endpoints' URL and secret. Never two leases
+        on one delivery at once, whatever the number of nodes; an
+        endpoint's deliveries in the order of their changes, except that
+        one waiting for a retry lets later ones pass.
 
-        :returns: ``Deferred[list[WebhookDelivery]]``
+        :returns: ``Deferred[WebhookClaim]``
         """
 
     def release_webhook_deliveries(
@@ -660,15 +671,6 @@ class IWebhookStore(Interface):
         """End ``owner``'s leases on ``seqs`` unsent.
 
         :returns: ``Deferred[Written[int]]``: how many were still leased to ``owner``.
-        """
-
-    def finish_webhook_delivery(
-        seq: int, endpoint_id: str, *, owner: str, read_preference: ReadPreference
-    ) -> Deferred[Written[bool]]:
-        """A delivery the receiver accepted: removed, its endpoint's run of
-        failures reset.
-
-        :returns: ``Deferred[Written[bool]]``: whether the lease was still ``owner``'s.
         """
 
     def record_webhook_failure(

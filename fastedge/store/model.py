@@ -399,6 +399,29 @@ class WebhookDelivery:
 
 
 @dataclass(frozen=True)
+class DeliveryDone:
+    """A delivery the receiver accepted, to be removed from the outbox by
+    the claimer that leased it (``owner``)."""
+
+    seq: int
+    endpoint_id: str
+    owner: str
+
+
+@dataclass(frozen=True)
+class WebhookClaim:
+    """What one claim did.
+
+    :ivar deliveries: leased now, with their endpoints' URL and secret.
+    :ivar finished: ``seq`` of the given :class:`DeliveryDone` whose lease
+        was still theirs (the others' leases had expired: sent again).
+    """
+
+    deliveries: list[WebhookDelivery]
+    finished: list[int]
+
+
+@dataclass(frozen=True)
 class AttemptOutcome:
     """What one failed attempt to send a claimed delivery decided.
 

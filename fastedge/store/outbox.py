@@ -48,10 +48,12 @@ from .errors import InvalidReference, NotFound
 from .model import (
     AttemptOutcome,
     Comment,
+    DeliveryDone,
     DeliveryState,
     Page,
     ReadPreference,
     Thread,
+    WebhookClaim,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
@@ -474,47 +476,84 @@ class WebhookStoreMixin:
     # Deliveries, as the sender sees them
 
     def claim_webhook_deliveries(
-        self, *, owner: str, now_ms: int, lease_ms: int, limit: int, read_preference: ReadPreference
-    ) -> Deferred[list[WebhookDelivery]]:
-        """Lease up to ``limit`` due deliveries to ``owner`` until
-        ``now_ms + lease_ms`` (see the module docstring).
+        self,
+        *,
+        owner: str,
+        now_ms: int,
+        lease_ms: int,
+        limit: int,
+        read_preference: ReadPreference,
+        finished: Sequence[DeliveryDone] = (),
+    ) -> Deferred[WebhookClaim]:
+        """Remove ``finished`` deliveries, then lease up to ``limit`` due
+        deliveries to ``owner`` until ``now_ms + lease_ms`` (see the module
+        docstring): one transaction, so a busy endpoint costs one write per
+        delivery, however far the primary.
 
         :param owner: unique to this claim; finishing a delivery names it,
             so a claim whose lease expired (and was retaken) changes nothing.
         """
         d = s.webhook_deliveries
         dc = d.c
-        older = d.alias("older")
-        o = older.c
+        other = d.alias("head")
+        o = other.c
         e = s.webhook_endpoints.c
         until = now_ms + lease_ms
-        blocked = exists().where(
-            o.endpoint_id == dc.endpoint_id,
-            o.seq < dc.seq,
-            o.state == _PENDING,
-            or_(o.lease_until_ms > now_ms, o.next_attempt_ms <= now_ms),
+        # Each active endpoint's head: its oldest pending delivery that is
+        # due or leased (one waiting for a retry is passed over). One index
+        # probe per endpoint (webhook_deliveries_endpoint), however long
+        # the queue; a head that is leased keeps the endpoint's later
+        # deliveries back.
+        head = (
+            select(func.min(o.seq))
+            .where(
+                o.endpoint_id == e.id, o.state == _PENDING, or_(o.next_attempt_ms <= now_ms, o.lease_until_ms > now_ms)
+            )
+            .scalar_subquery()
         )
+        heads = select(head.label("seq")).select_from(s.webhook_endpoints).where(e.active.is_(True)).subquery("heads")
         free = or_(dc.lease_until_ms.is_(None), dc.lease_until_ms <= now_ms)
+        # From the heads to their rows by primary key: driven by the
+        # endpoints, never by a scan of the whole queue.
         candidates = (
             select(dc.seq)
-            .where(dc.state == _PENDING, dc.next_attempt_ms <= now_ms, free, ~blocked)
+            .select_from(heads.join(d, dc.seq == heads.c.seq))
+            .where(dc.state == _PENDING, dc.next_attempt_ms <= now_ms, free)
             .order_by(dc.seq)
             .limit(limit)
             .with_for_update(skip_locked=True, of=d)
         )
-        statements = [
-            update(d).where(dc.seq.in_(candidates)).values(lease_owner=owner, lease_until_ms=until),
-            select(d, e.url.label("target_url"), e.secret.label("target_secret"))
-            .join(s.webhook_endpoints, e.id == dc.endpoint_id)
-            .where(dc.lease_owner == owner, dc.state == _PENDING)
-            .order_by(dc.seq),
-        ]
+        statements: list[Executable] = []
+        if finished:
+            statements.append(
+                delete(d)
+                .where(or_(*[and_(dc.seq == f.seq, dc.lease_owner == f.owner) for f in finished]))
+                .returning(dc.seq)
+            )
+            # The receiver accepted: the endpoint's run of failures ends.
+            statements.append(
+                update(s.webhook_endpoints)
+                .where(e.id.in_(sorted({f.endpoint_id for f in finished})), e.consecutive_failures != 0)
+                .values(consecutive_failures=0)
+            )
+        if limit > 0:
+            statements.append(update(d).where(dc.seq.in_(candidates)).values(lease_owner=owner, lease_until_ms=until))
+            statements.append(
+                select(d, e.url.label("target_url"), e.secret.label("target_secret"))
+                .join(s.webhook_endpoints, e.id == dc.endpoint_id)
+                .where(dc.lease_owner == owner, dc.state == _PENDING)
+                .order_by(dc.seq)
+            )
 
-        def go() -> list[WebhookDelivery]:
+        def go() -> WebhookClaim:
+            if not statements:
+                return WebhookClaim(deliveries=[], finished=[])
             with self._writing() as conn:
-                rows = self._batch(conn, statements, commit=True)[1]
+                results = self._batch(conn, statements, commit=True)
                 self._written(conn, None)
-            return [_delivery(r, with_target=True) for r in rows or ()]
+            done = sorted(int(r.seq) for r in results[0] or ()) if finished else []
+            claimed = results[-1] if limit > 0 else []
+            return WebhookClaim(deliveries=[_delivery(r, with_target=True) for r in claimed or ()], finished=done)
 
         return self._call("claim_webhook_deliveries", read_preference, go, write=True)
 
@@ -537,29 +576,6 @@ class WebhookStoreMixin:
                 return self._written(conn, int(done.rowcount))
 
         return self._call("release_webhook_deliveries", read_preference, go, write=True)
-
-    def finish_webhook_delivery(
-        self, seq: int, endpoint_id: str, *, owner: str, read_preference: ReadPreference
-    ) -> Deferred[Written[bool]]:
-        """A delivery the receiver accepted: gone from the outbox, and its
-        endpoint's run of failures ends.
-
-        :returns: whether the lease was still ours.
-        """
-        dc = s.webhook_deliveries.c
-        e = s.webhook_endpoints.c
-
-        def go() -> Written[bool]:
-            with self._writing() as conn:
-                done = conn.execute(delete(s.webhook_deliveries).where(dc.seq == seq, dc.lease_owner == owner))
-                conn.execute(
-                    update(s.webhook_endpoints)
-                    .where(e.id == endpoint_id, e.consecutive_failures != 0)
-                    .values(consecutive_failures=0)
-                )
-                return self._written(conn, done.rowcount == 1)
-
-        return self._call("finish_webhook_delivery", read_preference, go, write=True)
 
     def record_webhook_failure(
         self, seq: int, endpoint_id: str, outcome: AttemptOutcome, *, owner: str, read_preference: ReadPreference

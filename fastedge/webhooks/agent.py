@@ -85,8 +85,9 @@ def resolver_of(reactor: Any) -> Resolve:
 
 
 @inlineCallbacks
-def checked_address(host: str, port: int, resolve: Resolve, allow_private: bool) -> Any:
-    """The address to connect to for ``host``, resolved now.
+def checked_addresses(host: str, port: int, resolve: Resolve, allow_private: bool) -> Any:
+    """The addresses to connect to for ``host`` (in the resolver's order),
+    resolved now.
 
     :raises TargetRefused: when any address the name has now is refused
         (a name with one inside address among outside ones is refused too).
@@ -100,7 +101,7 @@ def checked_address(host: str, port: int, resolve: Resolve, allow_private: bool)
             reason = refusal(address)
             if reason is not None:
                 raise TargetRefused(string="{} resolves to a {} address ({})".format(host, reason, address))
-    return addresses[0]
+    return addresses
 
 
 def _tcp(reactor: Any, address: IPAddress, port: int, timeout: float) -> IStreamClientEndpoint:
@@ -135,9 +136,17 @@ class _CheckedEndpoint:
 
     @inlineCallbacks
     def connect(self, protocolFactory: IProtocolFactory) -> Any:
-        address = yield checked_address(self._host, self._port, self._resolve, self._allow_private)
+        addresses = yield checked_addresses(self._host, self._port, self._resolve, self._allow_private)
         if self._proxy is None:
-            return (yield _tcp(self._reactor, address, self._port, self._timeout).connect(protocolFactory))
+            # Each checked address in turn ("localhost" may be ::1 first
+            # while the receiver listens on 127.0.0.1 only).
+            for address in addresses[:-1]:
+                try:
+                    return (yield _tcp(self._reactor, address, self._port, self._timeout).connect(protocolFactory))
+                except ConnectError:
+                    continue
+            return (yield _tcp(self._reactor, addresses[-1], self._port, self._timeout).connect(protocolFactory))
+        address = addresses[0]
         authority = (
             "[{}]:{}".format(address, self._port) if address.version == 6 else "{}:{}".format(address, self._port)
         )
@@ -284,10 +293,10 @@ class WebhookAgent:
         parsed = URI.fromBytes(uri)
         if parsed.scheme == b"http" and self._forward is not None:
             forward = self._forward
-            d = checked_address(parsed.host.decode("ascii"), parsed.port, self._resolve, self._allow_private)
+            d = checked_addresses(parsed.host.decode("ascii"), parsed.port, self._resolve, self._allow_private)
             d.addCallback(lambda _: forward.request(method, uri, headers, bodyProducer))
             return d
         return self._direct.request(method, uri, headers, bodyProducer)
 
 
-__all__ = ["BadTarget", "ProxyRefused", "TargetRefused", "WebhookAgent", "checked_address", "resolver_of"]
+__all__ = ["BadTarget", "ProxyRefused", "TargetRefused", "WebhookAgent", "checked_addresses", "resolver_of"]

@@ -27,7 +27,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..store.interfaces import IWebhookStore
-from ..store.model import AttemptOutcome, ReadPreference, WebhookDelivery, WebhookEndpoint, Written
+from ..store.model import (
+    AttemptOutcome,
+    DeliveryDone,
+    ReadPreference,
+    WebhookClaim,
+    WebhookDelivery,
+    WebhookEndpoint,
+    Written,
+)
 from ..store.sql import new_id
 from .backoff import next_attempt_ms
 from .metrics import WebhookMetrics
@@ -79,6 +87,8 @@ class DeliveryWorker:
         self._again: IDelayedCall | None = None
         self._stopped = False
         self._idle_waiters: list[Deferred[None]] = []
+        #: Accepted by their receivers, to be removed with the next claim.
+        self._finished: list[DeliveryDone] = []
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -89,45 +99,82 @@ class DeliveryWorker:
         return len(self._in_flight)
 
     def poll(self) -> Deferred[None]:
-        """Claim as many due deliveries as there is room for and start
-        sending them. Never fails (a store error is logged and counted)."""
+        """Remove the deliveries accepted since the last claim and claim as
+        many due ones as there is room for (one store transaction), then
+        start sending them. Never fails (a store error is logged and
+        counted; the accepted ones are removed with the next claim)."""
         if self._stopped or self._claiming or (self._ready is not None and not self._ready()):
             return succeed(None)
         room = self._max_in_flight - len(self._in_flight)
-        if room <= 0:
+        if room <= 0 and not self._finished:
             return succeed(None)
         owner = new_id()
+        finished, self._finished = self._finished, []
         self._claiming = True
         d = self._store.claim_webhook_deliveries(
-            owner=owner, now_ms=self._now_ms(), lease_ms=self._lease_ms, limit=room, read_preference=PRIMARY
+            owner=owner,
+            now_ms=self._now_ms(),
+            lease_ms=self._lease_ms,
+            limit=max(0, room),
+            read_preference=PRIMARY,
+            finished=finished,
         )
 
-        def claimed(deliveries: list[WebhookDelivery]) -> None:
-            for delivery in deliveries:
+        def claimed(claim: WebhookClaim) -> None:
+            self._count_finished(finished, claim.finished)
+            for delivery in claim.deliveries:
                 self._start(delivery, owner)
-            if len(deliveries) == room:
+            if room > 0 and len(claim.deliveries) == room:
                 # There may be more waiting: claim again as soon as there is room.
                 self._poll_soon()
 
-        done = d.addCallback(claimed)
-        done.addErrback(self._store_failed, "claim")
-        done.addBoth(self._claimed)
-        return done
+        def failed(failure: Failure) -> bool:
+            # Kept for the next claim (the poll timer's); meanwhile their
+            # leases hold.
+            self._finished = finished + self._finished
+            self._store_failed(failure, "claim")
+            return False
 
-    def _claimed(self, _: object) -> None:
+        done = d.addCallbacks(claimed, failed)
+        done.addCallback(self._claimed)
+        return done.addCallback(_none)
+
+    def _count_finished(self, finished: list[DeliveryDone], removed: list[int]) -> None:
+        ours = set(removed)
+        for done in finished:
+            if done.seq in ours:
+                self._metrics.deliveries.labels("delivered").inc()
+            else:
+                # The lease expired before the answer was recorded (a store
+                # far slower than the request deadline): sent again elsewhere.
+                self._metrics.deliveries.labels("lost_lease").inc()
+                self._log.warn("webhook delivery {seq} was accepted after its lease expired", seq=done.seq)
+
+    def _claimed(self, ok: bool | None) -> None:
         self._claiming = False
+        if self._finished and ok is not False:
+            self._flush()
         self._check_idle()
 
+    def _flush(self) -> None:
+        """Record accepted deliveries: at once when nothing else is open
+        (a quiet endpoint is not kept waiting), else with the claim that
+        the next turn of the reactor makes for all that finished together."""
+        if not self._in_flight and not self._claiming:
+            self.poll()
+        else:
+            self._poll_soon()
+
     def when_idle(self) -> Deferred[None]:
-        """Fires once nothing is being claimed, sent or settled (for tests
-        and the benchmark, after a :meth:`poll`)."""
+        """Fires once nothing is being claimed, sent, settled or waiting to
+        be recorded (for tests and the benchmark, after a :meth:`poll`)."""
         d: Deferred[None] = Deferred()
         self._idle_waiters.append(d)
         self._check_idle()
         return d
 
     def _check_idle(self) -> None:
-        if self._claiming or self._in_flight or self._settling or not self._idle_waiters:
+        if self._claiming or self._in_flight or self._settling or self._finished or not self._idle_waiters:
             return
         waiters, self._idle_waiters = self._idle_waiters, []
         for d in waiters:
@@ -165,6 +212,8 @@ class DeliveryWorker:
             if not settling.called:
                 self._settling.add(settling)
                 settling.addBoth(self._settled, settling)
+            elif self._finished:
+                self._flush()
             else:
                 self._poll_soon()
                 self._check_idle()
@@ -181,12 +230,8 @@ class DeliveryWorker:
         self._metrics.attempts.labels(result.outcome).inc()
         self._metrics.latency.observe(result.seconds)
         if result.outcome == "delivered":
-            d: Deferred[Any] = self._store.finish_webhook_delivery(
-                delivery.seq, delivery.endpoint_id, owner=owner, read_preference=PRIMARY
-            )
-            d.addCallback(self._finished, delivery)
-            d.addErrback(self._store_failed, "finish")
-            return d
+            self._finished.append(DeliveryDone(delivery.seq, delivery.endpoint_id, owner))
+            return succeed(None)
         now = self._now_ms()
         attempts = delivery.attempts + 1
         retry_at = next_attempt_ms(attempts, now, delivery.window_start_ms, self._window_ms, self._rng)
@@ -212,15 +257,6 @@ class DeliveryWorker:
         d.addCallback(self._recorded, delivery, retry_at)
         d.addErrback(self._store_failed, "record_failure")
         return d
-
-    def _finished(self, written: Written[bool], delivery: WebhookDelivery) -> None:
-        if written.value:
-            self._metrics.deliveries.labels("delivered").inc()
-        else:
-            # The lease expired before the answer came (a store far slower
-            # than the request deadline); another node may send it again.
-            self._metrics.deliveries.labels("lost_lease").inc()
-            self._log.warn("webhook {event_id} delivered after its lease expired", event_id=delivery.event_id)
 
     def _recorded(
         self, written: Written[WebhookEndpoint | None], delivery: WebhookDelivery, retry_at: int | None
@@ -265,6 +301,14 @@ class DeliveryWorker:
             by_owner.setdefault(owner, []).append(seq)
             d.cancel()
         waits: list[Deferred[Any]] = list(self._settling)
+        if self._finished:
+            finished, self._finished = self._finished, []
+            recorded = self._store.claim_webhook_deliveries(
+                owner=new_id(), now_ms=self._now_ms(), lease_ms=0, limit=0, read_preference=PRIMARY, finished=finished
+            )
+            recorded.addCallback(lambda claim: self._count_finished(finished, claim.finished))
+            recorded.addErrback(self._store_failed, "claim")
+            waits.append(recorded)
         for owner, seqs in by_owner.items():
             released = self._store.release_webhook_deliveries(seqs, owner=owner, read_preference=PRIMARY)
             released.addErrback(self._store_failed, "release")

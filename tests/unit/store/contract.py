@@ -48,6 +48,7 @@ from fastedge.store.model import (
     Comment,
     CommentStatus,
     CreditUsage,
+    DeliveryDone,
     DeliveryState,
     Moderated,
     ModerationAction,
@@ -2465,11 +2466,23 @@ class StoreContractMixin(_MixinBase):
         return list(page.items)
 
     def claim(self, owner: str, now_ms: int, *, limit: int = 10, lease_ms: int = 10_000_000) -> list[Any]:
-        return self.successResultOf(
+        claim = self.successResultOf(
             self.webhook_store().claim_webhook_deliveries(
                 owner=owner, now_ms=now_ms, lease_ms=lease_ms, limit=limit, read_preference=PRIMARY
             )
         )
+        self.assertEqual(claim.finished, [])
+        return list(claim.deliveries)
+
+    def finish(self, *done: DeliveryDone) -> list[int]:
+        """Remove accepted deliveries (a claim of nothing more); the seqs removed."""
+        claim = self.successResultOf(
+            self.webhook_store().claim_webhook_deliveries(
+                owner="finisher", now_ms=0, lease_ms=0, limit=0, read_preference=PRIMARY, finished=done
+            )
+        )
+        self.assertEqual(claim.deliveries, [])
+        return list(claim.finished)
 
     def test_webhook_endpoints(self) -> None:
         """Endpoints are created, read, listed, changed and deleted per
@@ -2686,23 +2699,35 @@ class StoreContractMixin(_MixinBase):
     def test_webhook_claims_are_leased(self) -> None:
         """A claimed delivery is leased to one claimer: a second claim gets
         nothing until the lease expires, then retakes it; finishing with
-        an expired lease changes nothing; finishing removes it."""
+        an expired lease changes nothing; finishing removes it and the
+        next claim of the endpoint takes the next delivery in the same
+        transaction."""
         store = self.webhook_store()
         tenant = self.make_tenant()
         hook = self.make_webhook(tenant.id, [WebhookEvent.THREAD_CREATED])
         self.make_thread(tenant.id)
+        self.make_thread(tenant.id, "https://example.com/2")
         now = self.tick()
         (first,) = self.claim("node-a", now, lease_ms=1000)
         self.assertEqual((first.url, first.secret, first.endpoint_id), (hook.url, "s" * 32, hook.id))
         self.assertEqual(self.claim("node-b", now + 999), [])
         (again,) = self.claim("node-b", now + 1000)
         self.assertEqual(again.seq, first.seq)
-        self.assertFalse(
-            self.write(store.finish_webhook_delivery(first.seq, hook.id, owner="node-a", read_preference=PRIMARY))
+        self.assertEqual(self.finish(DeliveryDone(first.seq, hook.id, "node-a")), [])
+        both = self.successResultOf(
+            store.claim_webhook_deliveries(
+                owner="node-b2",
+                now_ms=now + 1001,
+                lease_ms=1000,
+                limit=5,
+                read_preference=PRIMARY,
+                finished=[DeliveryDone(again.seq, hook.id, "node-b")],
+            )
         )
-        self.assertTrue(
-            self.write(store.finish_webhook_delivery(again.seq, hook.id, owner="node-b", read_preference=PRIMARY))
-        )
+        self.assertEqual(both.finished, [again.seq])
+        (second,) = both.deliveries
+        self.assertGreater(second.seq, again.seq)
+        self.assertEqual(self.finish(DeliveryDone(second.seq, hook.id, "node-b2")), [second.seq])
         self.assertEqual(self.deliveries(tenant.id, hook.id), [])
         self.assertEqual(self.claim("node-c", now + 10_000_000), [])
 

@@ -151,7 +151,7 @@ class WebhooksApiTests(SynchronousTestCase):
         )
         (claimed,) = self.successResultOf(
             self.store.claim_webhook_deliveries(owner="o", now_ms=10, lease_ms=1000, limit=5, read_preference=PRIMARY)
-        )
+        ).deliveries
         outcome = AttemptOutcome(
             now_ms=11,
             status=410,

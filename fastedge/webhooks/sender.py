@@ -5,16 +5,18 @@ Every attempt is bounded: one deadline covers connecting, the request and
 reading the answer (a receiver that hangs costs one connection until
 then); at most ``max_response_bytes`` of the answer are read, after which
 the connection is dropped (a receiver that answers 10 GB costs that much,
-not more); redirects are not followed (a 3xx is a failed attempt).
+not more); redirects are not followed (a 3xx is a failed attempt); cookies are neither kept nor sent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 
 import treq
 from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -105,7 +107,10 @@ class Sender:
         max_response_bytes: int,
         user_agent: str,
     ) -> None:
-        self._client = HTTPClient(agent)
+        # No cookies: a receiver's Set-Cookie must never reach another
+        # request (another tenant's receiver may share its domain).
+        jar = IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+        self._client = HTTPClient(agent, cookiejar=jar)
         self._clock = clock
         self._timeout = timeout_seconds
         self._max_response = max_response_bytes

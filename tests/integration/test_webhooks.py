@@ -211,6 +211,24 @@ class DeliveryTests(TestCase):
         self.assertTrue(all(r.verified for r in receiver.got))
 
     @inlineCallbacks
+    def test_no_cookies(self) -> Generator[Deferred[Any], Any, None]:
+        """A receiver's ``Set-Cookie`` is never sent back, to it or to any
+        other endpoint on its host (another tenant's, perhaps)."""
+
+        def behave(received: Received, request: Request) -> int:
+            request.addCookie(b"session", b"tenant-a-secret", path=b"/")
+            return 200
+
+        node, receiver, url = yield self.start(behave)
+        node.hook(url, [WebhookEvent.THREAD_CREATED])
+        node.hook(url + "/other", [WebhookEvent.THREAD_CREATED])
+        node.thread()
+        node.thread("https://example.com/b")
+        yield node.run(rounds=4)
+        self.assertEqual(len(receiver.got), 4)
+        self.assertEqual([r.headers.get("cookie") for r in receiver.got], [None] * 4)
+
+    @inlineCallbacks
     def test_500_is_retried_with_backoff(self) -> Generator[Deferred[Any], Any, None]:
         """A 500 is a failed attempt retried later (not before its time),
         with the same event id and body; the second attempt delivers."""

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.store.test_sqlite,tests.unit.store.test_postgresql -*-
+# -*- test-case-name: tests.unit.store.test_sqlite,tests.integration.test_postgresql_store -*-
 """The webhook outbox in the SQL store: endpoints, event rows written in the
 transaction of the change, and leased claims (docs/webhooks.md).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.webhooks.test_delivery,tests.integration.test_webhooks -*-
+# -*- test-case-name: tests.unit.webhooks.test_service,tests.integration.test_webhooks -*-
 """The delivery worker: claims due deliveries from the outbox with a
 lease, sends them, and records how each went (docs/webhooks.md).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.webhooks.test_events -*-
+# -*- test-case-name: tests.integration.test_webhooks -*-
 """The body of a webhook request: one versioned JSON envelope per event
 (docs/webhooks.md, "Events")."""
 

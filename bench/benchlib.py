@@ -75,12 +75,21 @@ def wrk(
     headers: Mapping[str, str] | None = None,
     threads: int = 2,
     cpu: str = LOAD_CPU,
+<<<<<<< HEAD
     script: str | None = None,
 ) -> dict[str, float]:
     """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors.
 
     :param script: a wrk Lua script (``-s``), e.g. one making the requests POSTs.
     """
+=======
+    timeout_seconds: int | None = None,
+) -> dict[str, float]:
+    """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors.
+
+    :param timeout_seconds: wrk's per-request timeout (its default is 2 s;
+        a slow peer needs more, or every request counts as a timeout)."""
+>>>>>>> main
     argv = [
         "taskset",
         "-c",
@@ -91,6 +100,8 @@ def wrk(
         "-d{}s".format(seconds),
         "--latency",
     ]
+    if timeout_seconds is not None:
+        argv.append("--timeout={}s".format(timeout_seconds))
     for name, value in (headers or {}).items():
         argv += ["-H", "{}: {}".format(name, value)]
     if script is not None:

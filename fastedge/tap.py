@@ -16,6 +16,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import succeed
 from twisted.python import usage
 
+from . import __version__
 from .api.resource import build_api
 from .cdn import service as cdn_service
 from .cdn.manage import UPLOAD_PATH, MediaApi
@@ -34,7 +35,10 @@ from .mesh.media import connect_media
 from .mesh.relay import connect_relay
 from .mesh.resource import mesh_routes
 from .metrics.registry import new_registry, register_process_metrics
+from .residency.gate import residency_gate
 from .startup import EXIT_UNAVAILABLE, ListenerUnavailable, StartupReport, check_listeners, refuse, version_line
+from .status.figures import read_figures
+from .status.resource import StatusResource
 from .store import service as store_service
 from .web import build_site
 from .webhooks import service as webhooks_service
@@ -234,8 +238,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     dns.setName("dns")
     dns.setServiceParent(top)
 
+    # Another deployment's tenants are refused (421) on every path, before
+    # anything of theirs is read.
+    residency = residency_gate(cfg.node.deployment, cfg.dns.zones, store=store.store, clock=reactor, registry=registry)
+
     live = live_service.make_service(
-        cfg.live, reactor=reactor, registry=registry, store=store.store, node_id=cfg.node.id
+        cfg.live, reactor=reactor, registry=registry, store=store.store, node_id=cfg.node.id, residency=residency
     )
     live.setName("live")
     live.setServiceParent(top)
@@ -261,6 +269,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         extra_manage_routes=lambda manage: media_api.routes(manage) + webhooks_api.routes(manage),
         extra_routes=mesh_routes(mesh.status),
         access=live.access,
+        residency=residency,
     )
     live.use_viewer_tokens(api.viewer_tokens)
     # Media of a thread (threads/<id>/...) follow its group lock (docs/media.md).
@@ -301,7 +310,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         refusal_pages=[(b"/embed/", embed.too_large_page)],
         children=lambda: list(top),
         mesh_health=mesh.health,
+        residency=residency,
         access_log=access_log,
+        status=StatusResource(
+            lambda: (mesh.status(), read_figures(registry.collect())), clock=reactor, version=__version__
+        ),
     )
     webhooks = webhooks_service.make_service(
         cfg.webhooks,

@@ -25,8 +25,10 @@ from .http.connections import ConnectionGate, connection_ceiling, descriptor_lim
 from .http.health import HealthResource
 from .http.jsonbody import write_error
 from .http.metrics import HttpMetrics, LimitMetrics
+from .http.ops import OpsNetworks
 from .http.site import EdgeSite, RefusalPage
 from .metrics.resource import MetricsResource
+from .residency.gate import ResidencyGate
 from .store.interfaces import IStore
 
 
@@ -53,6 +55,7 @@ _LANDING = """<!doctype html>
 <li><a href="/healthz">/healthz</a>: the node's health (JSON)</li>
 <li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
 <li><a href="/api/v1/mesh">/api/v1/mesh</a>: the mesh as this node sees it (JSON)</li>
+<li><a href="/status">/status</a>: the status page (the mesh on a map, this node's figures)</li>
 <li><code>/api/v1/</code>: the comment API; <code>/live</code> (WebSocket) and
 <code>/live/events</code> (SSE): live threads; <code>/media/</code>: the CDN</li>
 </ul>
@@ -127,6 +130,8 @@ def build_site(
     mesh_health: Callable[[], dict[str, Any]] | None = None,
     descriptors: int | None = None,
     access_log: AccessLog | None = None,
+    residency: ResidencyGate | None = None,
+    status: IResource | None = None,
 ) -> EdgeSite:
     """The node's Site.
 
@@ -143,6 +148,10 @@ def build_site(
     :param descriptors: the descriptor limit the connection ceiling is
         derived from (default: the process's, ``ulimit -n``).
     :param access_log: the access log (``None``: off).
+    :param residency: refuses requests for another deployment's tenants
+        (:class:`fastedge.residency.gate.ResidencyGate`; ``None``: no check).
+    :param status: the operators' status page (``fastedge.status``), at
+        ``/status`` (answered only to ``http.ops_networks``).
     """
     root = EdgeRoot()
     root.putChild(b"", LandingPage(node))
@@ -155,6 +164,8 @@ def build_site(
         root.putChild(b"embed", embed)
     if widget is not None:
         root.putChild(b"widget.js", widget)
+    if status is not None:
+        root.putChild(b"status", status)
     root.putChild(
         b"healthz",
         HealthResource(
@@ -165,6 +176,7 @@ def build_site(
             store_ready=store_ready,
             children=children,
             mesh=mesh_health,
+            detail=lambda request: site.sees_ops(request),
         ),
     )
     root.putChild(b"metrics", MetricsResource(registry))
@@ -178,7 +190,7 @@ def build_site(
         ipv6_prefix=http.ipv6_prefix_length,
         metrics=LimitMetrics(registry),
     )
-    return EdgeSite(
+    site = EdgeSite(
         root,
         reactor=reactor,
         max_body_bytes=http.max_body_bytes,
@@ -189,4 +201,7 @@ def build_site(
         header_timeout=http.header_timeout_seconds,
         body_timeout=http.body_timeout_seconds,
         access_log=access_log,
+        ops_networks=OpsNetworks(http.ops_networks),
+        residency=residency,
     )
+    return site

@@ -21,6 +21,7 @@ from ..config import ApiConfig
 from ..http.errors import ApiError, bad_request
 from ..http.router import Call, ICors, Reply, Route
 from ..identity.sso import check_secret, sso_status
+from ..residency.gate import ResidencyGate
 from ..store.errors import NotFound
 from ..store.interfaces import IStore
 from ..store.model import CommentStatus, NewComment, ReadPreference, SsoSecretChange, Tenant, Thread, Written
@@ -98,9 +99,13 @@ class ManageApi:
         metrics: ApiMetrics,
         live: LivePublisher | None = None,
         tenants: TenantSettingsCache | None = None,
+        residency: ResidencyGate | None = None,
     ) -> None:
+        """:param residency: refuses keys of another deployment's tenants
+        (:class:`fastedge.residency.gate.ResidencyGate`; ``None``: no check)."""
         self._cfg = cfg
         self._tenants = tenants
+        self._residency = residency
         self._live = live
         self._store = store
         self._clock = clock
@@ -204,6 +209,11 @@ class ManageApi:
                 ) from None
         # For the access log: the tenant the key belongs to.
         call.request.tenant_id = tenant.id  # type: ignore[attr-defined]
+        if self._residency is not None:
+            refusal = self._residency.misdirected(tenant.id, tenant.deployment, "manage")
+            if refusal is not None:
+                error = refusal.error()
+                raise ApiError(421, error.pop("code"), error.pop("message"), **error)
         return tenant
 
     def _read(

@@ -48,6 +48,13 @@ class ApiMetrics:
             ["reason"],
             registry=registry,
         )
+        self.viewer_cache = Counter(
+            "fastedge_api_viewer_cache_lookups_total",
+            "Readers' own likes and blocks on a page: hit (kept), miss, stale (read again: "
+            "older than their token, or new comments on the page).",
+            ["result"],
+            registry=registry,
+        )
         self.page_cache = Counter(
             "fastedge_api_page_cache_lookups_total",
             "Public thread page cache lookups, by result (hit or miss).",

@@ -7,6 +7,11 @@ pieces; the body for a reader with a session splices that reader's own
 fields (``likedByMe``, ``isMine``, ``authorBlockedByMe``) between the same
 pre-encoded pieces, so personalizing a 200-comment page is a join of byte
 strings, not a JSON encoding of 200 dictionaries.
+
+Most of a page looks the same to every reader: each top-level comment's
+whole subtree is also kept encoded as a stranger sees it, and a reader's
+page re-renders only the subtrees holding a comment of theirs, one they
+liked, or one by an author they block.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from ..store.views import public_comment
 from . import common
 
 _TRUE_FALSE = (b"false", b"true")
+#: A comment's own fields for a reader who neither wrote, liked nor blocked it.
+_PLAIN_FIELDS = b',"likedByMe":false,"isMine":false,"authorBlockedByMe":false,"replies":['
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,10 @@ class _Node:
     head: bytes
     head_blocked: bytes
     replies: tuple[_Node, ...]
+    #: The whole subtree as a stranger sees it.
+    plain: bytes
+    #: Ids of the comments in the subtree.
+    ids: frozenset[str]
 
 
 def _heads(c: Comment) -> tuple[bytes, bytes]:
@@ -49,7 +60,10 @@ def _tree(top_level: Sequence[Comment], replies: Sequence[Comment]) -> list[_Nod
 
     def build(c: Comment) -> _Node:
         head, head_blocked = _heads(c)
-        return _Node(c, head, head_blocked, tuple(build(r) for r in children.get(c.id, ())))
+        replies = tuple(build(r) for r in children.get(c.id, ()))
+        plain = head + _PLAIN_FIELDS + b",".join(r.plain for r in replies) + b"]}"
+        ids = frozenset([c.id]).union(*(r.ids for r in replies))
+        return _Node(c, head, head_blocked, replies, plain, ids)
 
     return [build(c) for c in top_level]
 
@@ -76,6 +90,11 @@ class PageView:
             self._suffix = b'],"nextCursor":' + encode(page.next_cursor)
             self._roots = _tree(page.top_level, page.replies)
             self.comment_ids = [c.id for c in page.top_level] + [c.id for c in page.replies]
+        #: Comment ids on the page by author.
+        self._by_author: dict[str, set[str]] = {}
+        if page is not None:
+            for c in list(page.top_level) + list(page.replies):
+                self._by_author.setdefault(c.author_id, set()).add(c.id)
         #: The body for a reader with no session (or none we can see yet).
         self.anonymous = self.render(None, None)
 
@@ -89,9 +108,18 @@ class PageView:
         """
         liked = state.liked if state is not None else frozenset()
         blocked = state.blocked_authors if state is not None else frozenset()
+        # The comments this reader sees differently from a stranger.
+        special: set[str] = set(liked)
+        for author in blocked:
+            special.update(self._by_author.get(author, ()))
+        if viewer_author is not None:
+            special.update(self._by_author.get(viewer_author, ()))
         out: list[bytes] = [self._prefix]
 
         def emit(node: _Node) -> None:
+            if node.ids.isdisjoint(special):
+                out.append(node.plain)
+                return
             c = node.comment
             is_blocked = c.author_id in blocked
             out.append(node.head_blocked if is_blocked else node.head)

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 
 from ..config import ApiConfig
+from ..expiring import ExpiringMap
 from ..http.errors import ApiError, bad_request, not_found
 from ..http.router import Call, Reply, Route
 from ..identity.sessions import COOKIE_NAME, SessionCookieError, SessionCookies
@@ -51,6 +52,7 @@ from .moderation import auto_hide_threshold
 from .pageview import PageView
 from .signin import SsoSignIn
 from .tenants import TenantSettingsCache
+from .viewers import ViewerStates
 
 if TYPE_CHECKING:
     from ..live.access import GroupLocks
@@ -138,7 +140,9 @@ class PublicApi:
             else SsoSignIn(cfg, store=store, clock=clock, tenants=self._tenants, metrics=metrics, access=self._access)
         )
         #: SSO header sign-ins already made: signature -> (tenant, session, issued).
-        self._sso_sessions: dict[str, tuple[str, AnonymousSession, int]] = {}
+        self._sso_sessions: ExpiringMap[str, tuple[str, AnonymousSession, int]] = ExpiringMap(
+            clock, max_entries=_SESSION_AUTHORS_KEPT
+        )
         self._cors = cors
         self._live = live
         self._viewer_tokens = viewer_tokens
@@ -148,7 +152,15 @@ class PublicApi:
         self._address_hash = common.AddressHasher(cookies)
         self._cache = cache
         self._metrics = metrics
-        self._session_authors: dict[tuple[str, str], str] = {}
+        self._session_authors: ExpiringMap[tuple[str, str], str] = ExpiringMap(clock, max_entries=_SESSION_AUTHORS_KEPT)
+        #: Each reader's own likes and blocks, kept between their writes.
+        self._viewers = ViewerStates(
+            store,
+            clock,
+            ttl_seconds=cfg.viewer_cache_seconds,
+            max_viewers=cfg.viewer_cache_entries,
+            count=lambda result: metrics.viewer_cache.labels(result).inc(),
+        )
         self._loading = SingleFlight()
         self._per_session = _writes_per_minute(cfg.writes_per_minute_per_session, clock)
         self._per_ip = _writes_per_minute(cfg.writes_per_minute_per_ip, clock)
@@ -268,6 +280,8 @@ class PublicApi:
         """The reply to a write; (re-)issues the cookie when the session is new
         or the write moved the viewer's token forward."""
         reply = Reply(status, body)
+        # What this node kept of the viewer's likes and blocks is now old.
+        self._viewers.forget(viewer.session.tenant_id, viewer.session.author_id)
         token = viewer.token
         if written is not None and written.token is not None and self._store.token_covers(written.token, token):
             token = written.token
@@ -438,9 +452,7 @@ class PublicApi:
             return Viewer(known[1], known[2])
         _, written = yield self._sign_in(tenant_id, user)
         issued = int(self._clock.seconds())
-        self._sso_sessions[signature.lower()] = (tenant_id, written.value, issued)
-        while len(self._sso_sessions) > _SESSION_AUTHORS_KEPT:
-            self._sso_sessions.pop(next(iter(self._sso_sessions)))
+        self._sso_sessions.put(signature.lower(), (tenant_id, written.value, issued))
         return Viewer(written.value, issued, written.token, new=True)
 
     @inlineCallbacks
@@ -480,7 +492,8 @@ class PublicApi:
             if moved is not None:
                 claimed = moved.value
                 written = Written(written.value, moved.token or written.token)
-                self._session_authors.pop((tenant.id, previous.id), None)
+                self._session_authors.pop((tenant.id, previous.id))
+                self._viewers.forget(tenant.id, previous.author_id)
         viewer = Viewer(written.value, int(self._clock.seconds()), written.token, new=True)
         profile = user.profile
         body_out = {
@@ -569,8 +582,8 @@ class PublicApi:
             author_id = yield self._session_author(tenant_id, claim.session_id, token)
         if author_id is not None:
             read.author_id = author_id
-            read.state = yield self._store.viewer_state(
-                tenant_id, author_id, cached.comment_ids, read_preference=NEAREST, token=token
+            read.state = yield self._viewers.state(
+                tenant_id, author_id, cached.page.thread.id, cached.comment_ids, token
             )
             read.viewer = self._viewer_view(tenant_id, author_id)
         return read
@@ -614,9 +627,7 @@ class PublicApi:
             except NotFound:
                 return None
             author_id = session.author_id
-            self._session_authors[key] = author_id
-            while len(self._session_authors) > _SESSION_AUTHORS_KEPT:
-                self._session_authors.pop(next(iter(self._session_authors)))
+            self._session_authors.put(key, author_id)
         return author_id
 
     # Writes

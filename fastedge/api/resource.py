@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from ..config import ApiConfig
 from ..http.router import Route, Router
 from ..identity.sessions import SessionCookies, load_or_create_key
+from ..residency.gate import ResidencyGate
 from ..store.interfaces import IStore
 from .cache import PageCache
 from .common import AddressHasher
@@ -112,6 +113,7 @@ def build_api(
     extra_manage_routes: Callable[[ManageApi], list[Route]] | None = None,
     extra_routes: Sequence[Route] = (),
     access: GroupLocks | None = None,
+    residency: ResidencyGate | None = None,
 ) -> Api:
     """Build the API for ``cfg``; nothing runs until ``service`` starts.
 
@@ -122,6 +124,8 @@ def build_api(
         they authenticate and charge the same way.
     :param extra_routes: routes of other children (``GET /api/v1/mesh``),
         matched before the comment API's.
+    :param residency: refuses API keys of another deployment's tenants
+        (:class:`fastedge.residency.gate.ResidencyGate`).
     :param access: the thread access rules (group locks, closed threads,
         sign-in), the same object the live threads use; default: its own.
     """
@@ -139,7 +143,15 @@ def build_api(
         access = GroupLocks(store, clock=clock, ttl_seconds=cfg.page_cache_seconds)
     sso = SsoSignIn(cfg, store=store, clock=clock, tenants=tenants, metrics=metrics, access=access)
     manage = ManageApi(
-        cfg, store=store, clock=clock, credits=meter, cache=cache, metrics=metrics, live=live, tenants=tenants
+        cfg,
+        store=store,
+        clock=clock,
+        credits=meter,
+        cache=cache,
+        metrics=metrics,
+        live=live,
+        tenants=tenants,
+        residency=residency,
     )
     moderation = ModerationApi(
         cfg,

@@ -62,6 +62,15 @@ def _ip_addresses(values: tuple[str, ...]) -> str | None:
     return None
 
 
+def _networks(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return "{!r} is not an IPv4 or IPv6 network (address/prefix)".format(value)
+    return None
+
+
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 

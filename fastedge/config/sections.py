@@ -24,6 +24,7 @@ from .checks import (
     _ip_addresses,
     _key_prefix,
     _media_types,
+    _networks,
     _non_negative,
     _one_of,
     _optional_domain,
@@ -88,6 +89,10 @@ class HttpConfig:
     max_connections_per_prefix: int = _checked(4000, _non_negative)
     ipv4_prefix_length: int = _checked(24, _between(8, 32))
     ipv6_prefix_length: int = _checked(64, _between(16, 128))
+    #: Clients allowed to see /metrics, /api/v1/mesh, /status and the detail
+    #: of /healthz (docs/admin.md, "Operational endpoints"); others get a
+    #: JSON 404, and /healthz's status alone. Empty: nobody.
+    ops_networks: tuple[str, ...] = _checked(("127.0.0.0/8", "::1/128"), _networks)
 
 
 @dataclass(frozen=True)
@@ -228,6 +233,11 @@ class ApiConfig:
     #: Seconds a serialized public thread page may be served from memory.
     page_cache_seconds: float = _checked(2.0, _non_negative)
     page_cache_entries: int = _checked(10_000, _non_negative)
+    #: A reader's own likes and blocks are kept this long between their
+    #: writes (docs/consistency.md, "Readers' own state"); 0: read every time.
+    viewer_cache_seconds: float = _checked(60.0, _non_negative)
+    #: Readers whose state is kept at most (16 threads each).
+    viewer_cache_entries: int = _checked(50_000, _non_negative)
     #: File holding the key that signs session cookies; empty means
     #: ``<node.data_dir>/session.key`` (created on first start).
     secret_file: str = ""

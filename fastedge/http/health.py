@@ -18,8 +18,10 @@ from .jsonbody import encode, write_json
 
 
 class HealthResource(Resource):
-    """200 when the store answers, else 503; always lists the children
-    (and the mesh's peers by state).
+    """200 when the store answers, else 503. To the operators' networks
+    (``http.ops_networks``) it also lists the node, its children, the
+    store's state and the mesh's peers by state; anyone else (a load
+    balancer on the public side) gets ``{"status": ...}`` alone.
 
     :param children: called per request, so it sees the node as it is now.
     """
@@ -37,19 +39,27 @@ class HealthResource(Resource):
         store_ready: Callable[[], bool],
         children: Callable[[], Iterable[IService]],
         mesh: Callable[[], dict[str, Any]] | None = None,
+        detail: Callable[[Request], bool] = lambda request: True,
     ) -> None:
+        """:param detail: whether a request may see more than the status."""
         super().__init__()
         self._node = {"nodeId": node_id, "deployment": deployment, "version": version}
         self._store = store
         self._store_ready = store_ready
         self._children = children
         self._mesh = mesh
+        self._detail = detail
 
     def render_GET(self, request: Request) -> int:
         request.route = "/healthz"  # type: ignore[attr-defined]
         children = {c.name: {"running": bool(c.running)} for c in self._children()}
 
         def answer(store_ok: bool, reason: str | None) -> None:
+            request.setHeader(b"cache-control", b"no-store")
+            status = 200 if store_ok else 503
+            if not self._detail(request):
+                write_json(request, status, encode({"status": "ok" if store_ok else "unavailable"}))
+                return
             store: dict[str, object] = {"usable": store_ok}
             if not store_ok:
                 store["reason"] = reason
@@ -59,8 +69,7 @@ class HealthResource(Resource):
                 # The mesh does not decide the status: a node cut off from
                 # its peers still serves its clients.
                 body["mesh"] = self._mesh()
-            request.setHeader(b"cache-control", b"no-store")
-            write_json(request, 200 if store_ok else 503, encode(body))
+            write_json(request, status, encode(body))
 
         def failed(f: Failure) -> None:
             self._log.warn("health check: store unusable: {reason}", reason=f.getErrorMessage())

@@ -26,8 +26,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from .accesslog import AccessLog, Session
 from .channel import edge_channel
 from .connections import ConnectionGate
-from .jsonbody import write_error
+from .jsonbody import encode, write_error, write_json
 from .metrics import HttpMetrics
+from .ops import OpsNetworks, is_ops_path
 
 #: A whole response body with its headers (``content-type`` among them).
 Page = tuple[list[tuple[bytes, bytes]], bytes]
@@ -147,13 +148,43 @@ class EdgeRequest(Request):
                 "request body is larger than {} bytes".format(self.body_limit),
             )
             return
+        if is_ops_path(self.path) and not site.sees_ops(self):
+            # Not for this client: as if the path did not exist.
+            self.site = site
+            self.route = "not_found"
+            write_error(self, 404, "not_found", "no such resource")
+            return
         if site.redirect_port is not None and not self.isSecure():
             port = site.redirect_port()
             if port is not None and not _stays_on_http(self.path):
                 self.route = "https_redirect"
                 _redirect_to_https(self, port)
                 return
+        if site.residency is not None:
+            verdict = site.residency.check(self.path, self.args)
+            if isinstance(verdict, Deferred):
+                verdict.addCallback(self._resided)
+                return
+            if verdict is not None:
+                self._misdirected(verdict)
+                return
         super().process()
+
+    def _resided(self, verdict: Any) -> None:
+        """The residency check answered after a lookup."""
+        if self._disconnected or self.finished:
+            return
+        if verdict is not None:
+            self._misdirected(verdict)
+            return
+        super().process()
+
+    def _misdirected(self, verdict: Any) -> None:
+        """421: the tenant is another deployment's (:mod:`fastedge.residency`)."""
+        self.site = self.edge_site
+        self.route = "wrong_deployment"
+        self.setHeader(b"cache-control", b"no-store")
+        write_json(self, 421, encode({"error": verdict.error()}))
 
     def _finished(self, result: Any) -> None:
         site = self._fastedge_site
@@ -286,6 +317,8 @@ class EdgeSite(Site):
         header_timeout: float | None = None,
         body_timeout: float | None = None,
         access_log: AccessLog | None = None,
+        ops_networks: OpsNetworks | None = None,
+        residency: Any = None,
     ) -> None:
         """
         :param body_limits: ``(path, bytes)`` for routes that take
@@ -306,6 +339,13 @@ class EdgeSite(Site):
         :param body_timeout: seconds an HTTP/1.1 request body may go without
             progress (``None``: no deadline).
         :param access_log: where each finished request is logged (``None``: off).
+        :param ops_networks: who may see the operational endpoints
+            (:mod:`fastedge.http.ops`; ``None``: everyone, for tests of a
+            bare Site).
+        :param residency: checks each request's tenant before its handler
+            (:class:`fastedge.residency.gate.ResidencyGate`: ``check(path,
+            args)`` gives ``None``, a refusal with ``error()``, or a Deferred
+            of either); ``None``: no check.
         """
         # No form parsing: every route reads JSON or raw bytes, and Twisted
         # would mix urlencoded body fields into the query arguments and answer
@@ -326,6 +366,15 @@ class EdgeSite(Site):
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.access_log = access_log
+        self.ops_networks = ops_networks
+        self.residency = residency
+
+    def sees_ops(self, request: Request) -> bool:
+        """Whether ``request``'s client may see operational detail."""
+        if self.ops_networks is None:
+            return True
+        address = request.getClientAddress()
+        return self.ops_networks.allows(getattr(address, "host", None))
 
     @property
     def open_connections(self) -> int:

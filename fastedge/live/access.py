@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..expiring import ExpiringMap
+from ..residency.gate import ResidencyGate
 from ..singleflight import SingleFlight
 from ..store.errors import AccessRefused, NotFound, StoreError
 from ..store.interfaces import IStore
@@ -272,8 +273,12 @@ class ChannelResolver:
         ttl_seconds: float,
         max_entries: int,
         count: Callable[[str], None] = lambda result: None,
+        residency: ResidencyGate | None = None,
     ) -> None:
+        """:param residency: refuses another deployment's tenants
+        (:class:`fastedge.residency.gate.ResidencyGate`; ``None``: no check)."""
         self._store = store
+        self._residency = residency
         self._threads = _SingleFlight(clock, ttl_seconds, max_entries, count)
         # Blocks change under a live subscription (set_blocked keeps those
         # right); only concurrent lookups are shared, never cached.
@@ -317,7 +322,12 @@ class ChannelResolver:
             try:
                 tenant = await self._get(self._store.get_tenant, tenant_id)
             except NotFound:
+                if self._residency is not None:
+                    self._refuse_misdirected(tenant_id, await self._residency.directory.deployment_of(tenant_id))
                 raise RequestError("tenant_not_found", "tenant not found") from None
+            if self._residency is not None:
+                # Nothing more of another deployment's tenant is read.
+                self._refuse_misdirected(tenant_id, tenant.deployment)
             try:
                 thread = await self._get(self._store.get_thread, tenant_id, url_id)
             except NotFound:
@@ -327,6 +337,12 @@ class ChannelResolver:
         d = Deferred.fromCoroutine(go())
         d.addErrback(self._unavailable)
         return d
+
+    def _refuse_misdirected(self, tenant_id: str, deployment: str | None) -> None:
+        assert self._residency is not None
+        refusal = self._residency.misdirected(tenant_id, deployment, "live")
+        if refusal is not None:
+            raise RequestError("wrong_deployment", refusal.message)
 
     def _unavailable(self, failure: Failure) -> Failure:
         if failure.check(RequestError):

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..config import LiveConfig
+from ..residency.gate import ResidencyGate
 from ..store.interfaces import IStore
 from .access import ChannelResolver, GroupLocks
 from .frontend import Live
@@ -69,6 +70,7 @@ class LiveService(MultiService):
         store: IStore,
         node_id: str,
         policy: IAccessPolicy | None = None,
+        residency: ResidencyGate | None = None,
     ) -> None:
         super().__init__()
         self._cfg = cfg
@@ -85,6 +87,7 @@ class LiveService(MultiService):
             ttl_seconds=cfg.resolve_cache_seconds,
             max_entries=cfg.resolve_cache_entries,
             count=lambda result: metrics.resolve_lookups.labels(result).inc(),
+            residency=residency,
         )
         #: The thread access rules (group locks, closed threads, sign-in).
         #: The public API is given this same object (``tap``), and live
@@ -179,8 +182,12 @@ def make_service(
     store: IStore,
     node_id: str,
     policy: IAccessPolicy | None = None,
+    residency: ResidencyGate | None = None,
 ) -> LiveService:
-    """The ``live`` child for ``cfg``."""
+    """The ``live`` child for ``cfg``.
+
+    :param residency: refuses subscriptions to another deployment's tenants
+        (:class:`fastedge.residency.gate.ResidencyGate`)."""
     return LiveService(
         cfg,
         reactor=reactor,
@@ -188,4 +195,5 @@ def make_service(
         store=store,
         node_id=node_id,
         policy=policy,
+        residency=residency,
     )

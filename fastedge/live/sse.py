@@ -33,6 +33,7 @@ from .wire import Writer, backlog_meter
 
 _STATUS = {
     "tenant_not_found": 404,
+    "wrong_deployment": 421,
     "thread_not_found": 404,
     "forbidden": 403,
     "bad_viewer_token": 401,

@@ -4,125 +4,33 @@ host page served from another port.
 
 Playwright's sync API is bound to the thread that started it, so every
 browser call runs in one worker thread of this class
-(:class:`_BrowserThread`) while the node runs on the reactor; the test
+(:class:`tests.support.browser.BrowserThread`) while the node runs on the reactor; the test
 waits on Deferreds for the browser's work. Browser waits have timeouts
 (Playwright's own); nothing here sleeps.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import queue
 import shutil
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import quote
 
 from twisted.internet import defer, reactor
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from tests.support.browser import browser as _browser
 from tests.support.nodes import create_tenants, start_node
 
-CHROMIUM = "/usr/bin/chromium"
 URL_ID = "https://host.test/articles/1"
 #: Where a test may copy its screenshot for docs/embedding.md
 #: (``FASTEDGE_DOCS_SCREENSHOT=docs/embedding.png``).
 _DOCS_SCREENSHOT = os.environ.get("FASTEDGE_DOCS_SCREENSHOT")
-
-
-class _BrowserThread:
-    """One daemon thread that owns Playwright and the browser (launched on
-    first use, closed when the test process exits)."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]] | None] = queue.Queue()
-        threading.Thread(target=self._work, name="playwright", daemon=True).start()
-        self.browser: Any = self.run(self._launch)
-        self._blocking: Any = None
-        atexit.register(self._close)
-
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            fn, args, future = job
-            try:
-                future.set_result(fn(*args))
-            except BaseException as e:
-                future.set_exception(e)
-
-    def _launch(self) -> Any:
-        from playwright.sync_api import sync_playwright
-
-        self._pw = sync_playwright().start()
-        return self._pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-
-    def blocking(self) -> Any:
-        """A second browser that refuses third-party cookies (Chromium's
-        switch for the third-party cookie phase-out, as a reader who turned
-        them off); launched on first use, in the browser thread."""
-        if self._blocking is None:
-            self._blocking = self._pw.chromium.launch(
-                executable_path=CHROMIUM, args=["--no-sandbox", "--test-third-party-cookie-phaseout"]
-            )
-        return self._blocking
-
-    def _close(self) -> None:
-        def close() -> None:
-            if self._blocking is not None:
-                self._blocking.close()
-            self.browser.close()
-            self._pw.stop()
-
-        self.run(close)
-        self._jobs.put(None)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        self._jobs.put((fn, args, future))
-        return future
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-        """``fn(*args)`` in the browser thread; fires on the reactor."""
-        d: defer.Deferred[Any] = defer.Deferred()
-
-        def settle(f: Future[Any]) -> None:
-            error = f.exception()
-            if error is not None:
-                d.errback(Failure(error))
-            else:
-                d.callback(f.result())
-
-        self.submit(fn, *args).add_done_callback(lambda f: reactor.callFromThread(settle, f))
-        return d
-
-    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn`` in the browser thread and wait (no reactor needed)."""
-        return self.submit(fn, *args).result(timeout=60)
-
-
-_shared: _BrowserThread | None = None
-
-
-def _browser() -> _BrowserThread:
-    global _shared
-    if _shared is None:
-        # scripts/run-tests installs it (scripts/debian-packages.txt): missing,
-        # the setup is broken, and a skip would hide that.
-        if not os.path.exists(CHROMIUM):
-            raise AssertionError("Debian's chromium is not installed (scripts/debian-packages installs it)")
-        _shared = _BrowserThread()
-    return _shared
 
 
 class _HostPage(Resource):

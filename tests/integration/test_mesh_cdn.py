@@ -27,11 +27,16 @@ BODY = os.urandom(700 * 1024)  # several mesh chunks
 
 class MeshCdnTests(TestCase):
     """Nodes ``a`` and ``b`` of deployment ``global`` (``b`` far from ``a``,
-    ``c`` near it) and ``x`` of deployment ``other``, all in one mesh."""
+    ``c`` near it) and ``x`` of deployment ``other``, all in one mesh.
+
+    Each deployment has its own store, as residency requires
+    (docs/residency.md): ``T`` is ``global``'s tenant, ``X`` is ``other``'s,
+    both with media under the same bucket and prefix."""
 
     timeout = 60
 
     async def start_node(self, node_id: str, deployment: str, latitude: float, seeds: list[str]) -> IService:
+        database, tenant = (self.database, self.tenant) if deployment == "global" else (self.other_db, self.other)
         data_dir = os.path.abspath(self.mktemp())
         write_node_certs(os.path.join(data_dir, "mesh"), node_id)
         s3 = self.s3
@@ -48,13 +53,13 @@ class MeshCdnTests(TestCase):
                 dep=deployment,
                 dir=data_dir,
                 lat=latitude,
-                db=self.database,
+                db=database,
                 secret=self.secret,
                 seeds=", ".join('"{}"'.format(s) for s in seeds),
                 s3=s3.endpoint,
                 ak=s3.access_key,
                 sk=s3.secret_key,
-                tenant=self.tenant,
+                tenant=tenant,
                 bucket=self.bucket,
                 prefix=self.prefix,
             ),
@@ -80,6 +85,8 @@ class MeshCdnTests(TestCase):
         self.database = os.path.join(shared, "deployment.sqlite3")
         self.secret = os.path.join(shared, "session.key")
         ((self.tenant, self.api_key),) = create_tenants(self.database, ["T"])
+        self.other_db = os.path.join(shared, "other.sqlite3")
+        ((self.other, _),) = create_tenants(self.other_db, ["X"], deployment="other")
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(self.pool.closeCachedConnections)
         self.a = await self.start_node("a", "global", 50.0, [])
@@ -108,18 +115,23 @@ class MeshCdnTests(TestCase):
         self.addCleanup(setattr, cdn, "apply_purge", apply)
         return d
 
-    async def get(self, top: IService, key: str) -> tuple[Any, bytes]:
-        response = await treq.get("{}/media/{}/{}".format(self.http_base(top), self.tenant, key), pool=self.pool)
+    def tenant_of(self, top: IService) -> str:
+        return self.other if top is self.x else self.tenant
+
+    async def get(self, top: IService, key: str, tenant: str | None = None) -> tuple[Any, bytes]:
+        tenant = tenant or self.tenant_of(top)
+        response = await treq.get("{}/media/{}/{}".format(self.http_base(top), tenant, key), pool=self.pool)
         return response, await response.content()
 
     def cached(self, top: IService, key: str) -> bool:
-        return cache_id(self.tenant, key) in top.getServiceNamed("cdn").cache
+        return cache_id(self.tenant_of(top), key) in top.getServiceNamed("cdn").cache
 
     async def test_miss_is_filled_from_the_nearest_peer(self) -> None:
         """After ``c`` and ``b`` cached an object (``b`` from ``c``), a
         miss on ``a`` is served from ``c`` (its nearest peer with a copy),
         and the origin counts one GET in all; ``x`` (another deployment)
-        gets nothing from the mesh and goes to the origin."""
+        refuses ``T``'s media (421), and its own tenant's object comes from
+        the origin, nothing from the mesh."""
         before = self.s3.get_requests(self.bucket)
         _, body = await self.get(self.c, "pic.bin")
         self.assertEqual(body, BODY)
@@ -139,6 +151,10 @@ class MeshCdnTests(TestCase):
         served_c = _registry(self.c).get_sample_value("fastedge_mesh_media_served_bytes_total", {})
         served_b = _registry(self.b).get_sample_value("fastedge_mesh_media_served_bytes_total", {})
         self.assertEqual((served_c, served_b), (2 * len(BODY), 0))
+        response, _ = await self.get(self.x, "pic.bin", self.tenant)
+        # Its store has no T: unknown here (421 once the mesh carries the
+        # tenant directory, docs/residency.md).
+        self.assertEqual(response.code, 404)
         _, body = await self.get(self.x, "pic.bin")
         self.assertEqual(body, BODY)
         self.assertEqual(self.s3.get_requests(self.bucket) - before, 2)
@@ -159,8 +175,9 @@ class MeshCdnTests(TestCase):
 
     async def test_purge_reaches_the_deployment_only(self) -> None:
         """A purge through ``a``'s tenant API removes the object from
-        ``b``'s cache too; ``x``, of another deployment, keeps its copy and
-        is never sent the purge."""
+        ``b``'s cache too; ``x``, of another deployment, keeps its copy (of
+        its own tenant's object under the same key) and is never sent the
+        purge."""
         for node in (self.a, self.b, self.x):
             await self.get(node, "pic.bin")
             self.assertTrue(self.cached(node, "pic.bin"))

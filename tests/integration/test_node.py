@@ -115,3 +115,50 @@ class NodeTests(TestCase):
         out, err, code = yield admin("--data-dir", self.data_dir, "tenant", "add-key", "nosuchtenant")
         self.assertEqual(code, 1)
         self.assertIn(b"tenant not found", err)
+
+
+class OpsNetworksTests(TestCase):
+    """A client outside ``http.ops_networks`` (here: loopback is left out)
+    sees no operational endpoint and only the status of /healthz."""
+
+    @inlineCallbacks
+    def setUp(self):  # type: ignore[no-untyped-def]
+        config = os.path.abspath(self.mktemp())
+        with open(config, "w") as f:
+            f.write('[http]\nops_networks = ["10.0.0.0/8"]\n')
+        options = Options()
+        options.parseOptions(
+            [
+                "--config",
+                config,
+                "--data-dir",
+                os.path.abspath(self.mktemp()),
+                "--http",
+                "tcp:0:interface=127.0.0.1",
+                "--mesh",
+                "tcp:0:interface=127.0.0.1",
+                "--dns-port",
+                "0",
+                "--https",
+                "tcp:0:interface=127.0.0.1",
+            ]
+        )
+        self.node = makeService(options)
+        self.node.privilegedStartService()
+        self.node.startService()
+        self.addCleanup(self.node.stopService)
+        yield self.node.getServiceNamed("store").when_ready()
+        listener = self.node.getServiceNamed("http").getServiceNamed("http")
+        port = yield listener.when_listening()
+        self.base = "http://127.0.0.1:{}".format(port.getHost().port)
+        self.http = loopback_http_client(self, listener.factory)
+
+    @inlineCallbacks
+    def test_outsider(self):  # type: ignore[no-untyped-def]
+        for path in ("/metrics", "/api/v1/mesh", "/status"):
+            response = yield self.http.get(self.base + path)
+            self.assertEqual(response.code, 404, path)
+            self.assertEqual((yield response.json())["error"]["code"], "not_found")
+        health = yield self.http.get(self.base + "/healthz")
+        self.assertEqual(health.code, 200)
+        self.assertEqual((yield health.json()), {"status": "ok"})

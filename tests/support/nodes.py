@@ -246,9 +246,9 @@ def loopback_http_client(testcase: Any, site: Any = None) -> Any:
     return HTTPClient(Agent(reactor, pool=pool))
 
 
-def create_tenants(sqlite_path: str, names: list[str]) -> list[tuple[str, str]]:
-    """Create tenants and one API key each in an SQLite store file, before a
-    node opens it (the CDN config names tenants by id).
+def create_tenants(sqlite_path: str, names: list[str], deployment: str = "global") -> list[tuple[str, str]]:
+    """Create tenants of ``deployment`` and one API key each in an SQLite
+    store file, before a node opens it (the CDN config names tenants by id).
 
     :returns: ``(tenant id, API key)`` per name.
     """
@@ -264,7 +264,7 @@ def create_tenants(sqlite_path: str, names: list[str]) -> list[tuple[str, str]]:
     store.open()
     try:
         for name in names:
-            d = store.create_tenant(name, "global", created_ms=1, read_preference=ReadPreference.PRIMARY)
+            d = store.create_tenant(name, deployment, created_ms=1, read_preference=ReadPreference.PRIMARY)
             tenant = _result(d).value
             key = new_api_key()
             _result(

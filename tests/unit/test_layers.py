@@ -32,6 +32,8 @@ LAYERS: list[set[str]] = [
     # Who a reader is; the HTTP listeners and what every route shares
     # (router, JSON bodies and errors).
     {"identity", "http"},
+    # Which deployment serves a tenant (checked before any feature reads).
+    {"residency"},
     # Features that the mesh carries today (the relay and peer fill live in
     # mesh/ until they register with it; then mesh moves below them).
     {"live", "cdn"},
@@ -39,8 +41,8 @@ LAYERS: list[set[str]] = [
     # Features built on the mesh and on live threads.
     {"dns", "api"},
     # Features over the tenant API (webhooks: endpoints in it, the outbox
-    # in the store).
-    {"embed", "webhooks"},
+    # in the store) and the operators' pages.
+    {"embed", "status", "webhooks"},
     # Wiring: the one Site, the startup report.
     {"web", "startup"},
     # The operator's tool and the shipped test support.
@@ -114,6 +116,15 @@ class LayerTests(SynchronousTestCase):
                 if rank[target] >= rank[unit]:
                     wrong.append("{}:{}: {} imports {}".format(os.path.relpath(path, self.root), line, unit, target))
         self.assertEqual(wrong, [])
+
+    def test_docs_draw_the_same_table(self) -> None:
+        """docs/architecture.md's ``layers`` block is this table, line for line."""
+        doc = os.path.join(os.path.dirname(self.root), "docs", "architecture.md")
+        with open(doc, encoding="utf-8") as f:
+            text = f.read()
+        block = text.split("```layers\n", 1)[1].split("```", 1)[0]
+        drawn = [set(line.split()) for line in block.strip().splitlines()]
+        self.assertEqual(drawn, LAYERS)
 
     def test_a_cycle_is_caught(self) -> None:
         """The check itself: an upward import in a scratch tree is reported."""

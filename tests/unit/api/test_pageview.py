@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.api.pageview import PageView
@@ -68,3 +70,48 @@ class PageViewTests(SynchronousTestCase):
     def test_empty(self) -> None:
         """A thread nobody commented on renders as an empty page."""
         self.assertEqual(json.loads(PageView(None).anonymous), {"thread": None, "comments": [], "nextCursor": None})
+
+
+class PersonalRenderingProperties(SynchronousTestCase):
+    """Whatever the tree and the reader, the spliced body is what encoding
+    every comment for that reader would give (only subtrees that differ
+    from a stranger's are re-rendered)."""
+
+    @given(data=st.data())
+    def test_matches_first_principles(self, data: st.DataObject) -> None:
+        authors = ["ann", "bob", "cid", "dee"]
+        n = data.draw(st.integers(1, 12))
+        comments: list[Comment] = []
+        for i in range(n):
+            parent = data.draw(st.sampled_from([None] + [c.id for c in comments]))
+            root = None if parent is None else next(c.root_id for c in comments if c.id == parent)
+            comments.append(comment("c{}".format(i), data.draw(st.sampled_from(authors)), parent, root))
+        thread = Thread(id="th", tenant_id="t", url_id="u", title="T", closed=False, created_ms=0, comment_count=n)
+        top = [c for c in comments if c.parent_id is None]
+        replies = [c for c in comments if c.parent_id is not None]
+        view = PageView(ThreadPage(thread=thread, top_level=top, replies=replies, next_cursor=None))
+        ids = [c.id for c in comments]
+        viewer = data.draw(st.sampled_from([None] + authors))
+        state = ViewerState(
+            liked=frozenset(data.draw(st.sets(st.sampled_from(ids)))),
+            blocked_authors=frozenset(data.draw(st.sets(st.sampled_from(authors)))),
+        )
+        doc = json.loads(view.render(viewer, state))
+        by_id = {c.id: c for c in comments}
+
+        def check(node: dict[str, object]) -> None:
+            c = by_id[str(node["id"])]
+            blocked = c.author_id in state.blocked_authors
+            self.assertEqual(node["likedByMe"], c.id in state.liked)
+            self.assertEqual(node["isMine"], viewer is not None and c.author_id == viewer)
+            self.assertEqual(node["authorBlockedByMe"], blocked)
+            self.assertEqual(node["html"], "" if blocked else c.body_html)
+            children = [r.id for r in replies if r.parent_id == c.id]
+            self.assertEqual([r["id"] for r in node["replies"]], children)  # type: ignore[union-attr]
+            for r in node["replies"]:  # type: ignore[union-attr]
+                check(r)
+
+        self.assertEqual([c["id"] for c in doc["comments"]], [c.id for c in top])
+        for node in doc["comments"]:
+            check(node)
+        self.assertEqual(view.render(None, None), view.anonymous)

@@ -290,3 +290,15 @@ def _proxy_url(value: str) -> str | None:
     if parts.username or parts.query or parts.fragment:
         return "must not carry credentials, a query or a fragment"
     return None
+
+
+_CHECK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def _check_names(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        if not _CHECK_NAME_RE.match(value):
+            return "{!r} is not a check name (lower-case letters, digits, '-', '_', '.')".format(value)
+    if len(set(values)) != len(values):
+        return "names a check twice"
+    return None

@@ -118,6 +118,12 @@ class LiveMetrics:
             ["code"],
             registry=registry,
         )
+        self.moves = Counter(
+            "fastedge_live_moves",
+            "Clients told to move to another node before the node closed them (a drain), by transport.",
+            ["transport"],
+            registry=registry,
+        )
         self.slow_consumers = Counter(
             "fastedge_live_slow_consumer_disconnects",
             "Connections dropped for falling behind past live.max_buffered_bytes, by transport.",

@@ -416,6 +416,11 @@ class LiveConfig:
     resolve_cache_entries: int = _checked(100_000, _non_negative)
     #: Lifetime of a viewer token (it names the viewer whose blocks apply).
     viewer_token_max_age_seconds: int = _checked(24 * 3600, _positive)
+    #: A published event reaches its local subscribers after the writer's
+    #: answer, on later reactor turns, spending at most this long sending
+    #: per turn so other requests keep flowing. 0 sends it all inside the
+    #: write (the writer's answer waits for the whole fan-out).
+    fanout_slice_ms: float = _checked(2.0, _non_negative)
 
 
 @dataclass(frozen=True)

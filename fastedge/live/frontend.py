@@ -96,6 +96,7 @@ class Live:
         self.prime: Callable[[ChannelKey], Deferred[None]] | None = None
         if metrics is not None:
             hub.on_fanout = self._observe_fanout
+            hub.on_fanout_lag = metrics.fanout_lag_seconds.observe
 
     def _observe_fanout(self, seconds: float, recipients: int) -> None:
         assert self.metrics is not None

@@ -83,6 +83,7 @@ class LiveService(MultiService):
             clock=reactor,
             history_events=cfg.history_events,
             history_seconds=cfg.history_seconds,
+            fanout_slice_seconds=cfg.fanout_slice_ms / 1000.0,
         )
         metrics = LiveMetrics(registry, self.hub, lambda transport: self.live.count(transport))
         self.resolver = ChannelResolver(
@@ -171,6 +172,8 @@ class LiveService(MultiService):
         """
         stopped: Deferred[Any] = super().stopService()
         live = self.live
+        # What was published reaches its subscribers before the goodbye.
+        self.hub.flush()
         total = sum(len(c) for c in live.connections.values())
         if total:
             self._log.info("live: closing {count} connections", count=total)

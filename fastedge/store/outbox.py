@@ -21,7 +21,7 @@ be retried lets the later ones pass.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -32,15 +32,20 @@ from sqlalchemy import (
     String,
     and_,
     case,
+    cast,
     delete,
     exists,
     func,
     insert,
     literal,
+    literal_column,
+    null,
     or_,
     select,
     update,
 )
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 from twisted.internet.defer import Deferred
 
 from . import schema as s
@@ -115,11 +120,34 @@ def thread_data(thread: Thread) -> dict[str, Any]:
     }
 
 
-def emit(tenant_id: str, event: WebhookEvent, event_id: str, created_ms: int, data: dict[str, Any]) -> Executable:
-    """One event, to every subscribed active endpoint of the tenant: one
-    ``INSERT ... SELECT`` run in the caller's write transaction."""
+def _insert(
+    tenant_id: str,
+    event: WebhookEvent,
+    event_id: Any,
+    created_ms: int,
+    data: Any,
+    source: Any,
+    *where: ColumnElement[bool],
+) -> Executable:
+    """``INSERT INTO webhook_deliveries ... SELECT``: one row per subscribed
+    active endpoint of the tenant (and per row of ``source``, joined to
+    them, that matches ``where``)."""
     e = s.webhook_endpoints.c
     d = s.webhook_deliveries.c
+    query = select(
+        event_id,
+        literal(event.value, String),
+        literal(tenant_id, String),
+        e.id,
+        literal(created_ms, BigInteger),
+        data,
+        literal(_PENDING, String),
+        literal(0, Integer),
+        literal(created_ms, BigInteger),
+        literal(created_ms, BigInteger),
+    )
+    if source is not None:
+        query = query.select_from(source)
     return insert(s.webhook_deliveries).from_select(
         [
             d.event_id,
@@ -133,18 +161,134 @@ def emit(tenant_id: str, event: WebhookEvent, event_id: str, created_ms: int, da
             d.next_attempt_ms,
             d.window_start_ms,
         ],
-        select(
-            literal(event_id, String),
-            literal(event.value, String),
-            literal(tenant_id, String),
-            e.id,
-            literal(created_ms, BigInteger),
-            literal(json.dumps(data, separators=(",", ":")), String),
-            literal(_PENDING, String),
-            literal(0, Integer),
-            literal(created_ms, BigInteger),
-            literal(created_ms, BigInteger),
-        ).where(e.tenant_id == tenant_id, _subscribed(event)),
+        query.where(e.tenant_id == tenant_id, _subscribed(event), *where),
+    )
+
+
+def emit(
+    tenant_id: str,
+    event: WebhookEvent,
+    event_id: str,
+    created_ms: int,
+    data: dict[str, Any],
+    *,
+    when: ColumnElement[bool] | None = None,
+) -> Executable:
+    """One event, to every subscribed active endpoint of the tenant: one
+    ``INSERT ... SELECT`` run in the caller's write transaction.
+
+    :param when: a condition, evaluated in SQL when the statement runs:
+        no event unless it holds (e.g. "the thread was created by this
+        write"), so a write's plan needs nothing read first.
+    """
+    return _insert(
+        tenant_id,
+        event,
+        literal(event_id, String),
+        created_ms,
+        literal(json.dumps(data, separators=(",", ":")), String),
+        None,
+        *([] if when is None else [when]),
+    )
+
+
+class json_object(FunctionElement[Any]):  # noqa: N801 (an SQL function's name)
+    """A JSON object of ``key, value, ...`` built in SQL: ``json_build_object``
+    on PostgreSQL (``json``, so objects nest), ``json_object`` on SQLite.
+    Wrap the outermost in :func:`json_text` to store it."""
+
+    name = "fastedge_json_object"
+    inherit_cache = True
+
+
+@compiles(json_object, "postgresql")
+def _json_object_postgresql(element: json_object, compiler: Any, **kw: Any) -> str:
+    return "json_build_object(%s)" % compiler.process(element.clauses, **kw)
+
+
+@compiles(json_object, "sqlite")
+def _json_object_sqlite(element: json_object, compiler: Any, **kw: Any) -> str:
+    return "json_object(%s)" % compiler.process(element.clauses, **kw)
+
+
+def _json_value(value: Any) -> Any:
+    """A Python value as a typed SQL value (PostgreSQL must know each
+    argument's type); an SQL expression as it is."""
+    if isinstance(value, ColumnElement):
+        return value
+    if value is None:
+        return null()
+    if isinstance(value, bool):
+        raise TypeError("no booleans in SQL-built event data")
+    if isinstance(value, int):
+        return cast(literal(value, BigInteger), BigInteger)
+    if isinstance(value, dict):
+        return sql_object(value)
+    return cast(literal(str(value), String), String)
+
+
+def sql_object(fields: Mapping[str, Any]) -> ColumnElement[Any]:
+    """:class:`json_object` of ``fields`` (values: SQL expressions, nested
+    dicts, or strings, ints and ``None``)."""
+    args: list[Any] = []
+    for key, value in fields.items():
+        # Keys are constants of this module: no quoting needed.
+        assert key.isalnum(), key
+        args.extend([literal_column("'" + key + "'"), _json_value(value)])
+    return json_object(*args)
+
+
+def json_text(value: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The JSON text of a :func:`sql_object` (the ``data`` column)."""
+    return cast(value, String)
+
+
+def comment_sql(**overrides: Any) -> dict[str, Any]:
+    """The full ``comment`` of an event (:func:`comment_data`) built in SQL
+    from the ``comments`` row of the statement, except the fields named in
+    ``overrides`` (by their JSON key: values known before the write, or
+    other SQL expressions such as ``urlId``)."""
+    c = s.comments.c
+    fields: dict[str, Any] = {
+        "id": c.id,
+        "threadId": c.thread_id,
+        "parentId": c.parent_id,
+        "authorId": c.author_id,
+        "displayName": c.display_name,
+        "text": c.body_source,
+        "html": c.body_html,
+        "status": c.status,
+        "createdAt": c.created_ms,
+        "editedAt": c.edited_ms,
+        "flags": c.flag_count,
+    }
+    fields.update(overrides)
+    return fields
+
+
+def emit_for_comment(
+    tenant_id: str,
+    event: WebhookEvent,
+    event_id: str,
+    which: ColumnElement[bool],
+    created_ms: int,
+    data: Mapping[str, Any],
+) -> Executable:
+    """One event per comment matching ``which`` (one, by its id, as used),
+    its ``data`` built in SQL from the comment's row when the statement runs
+    (:func:`comment_sql`): for a write that does not know the row before
+    it (a flag, an edit, a post to a thread it may create), in the same
+    flight as the change."""
+    c = s.comments.c
+    return _insert(
+        tenant_id,
+        event,
+        literal(event_id, String),
+        created_ms,
+        json_text(sql_object(data)),
+        s.comments.join(s.webhook_endpoints, s.webhook_endpoints.c.tenant_id == c.tenant_id),
+        c.tenant_id == tenant_id,
+        which,
     )
 
 
@@ -169,8 +313,6 @@ def emit_for_comments(
 
     :param event_prefix: the event id is ``<prefix>.<comment id>``.
     """
-    e = s.webhook_endpoints.c
-    d = s.webhook_deliveries.c
     c = s.comments.c
     tail = json.dumps(extra, separators=(",", ":"))[1:]
     data = (
@@ -185,33 +327,15 @@ def emit_for_comments(
         + literal('"},' if tail != "}" else '"}}', String)
         + literal(tail if tail != "}" else "", String)
     )
-    return insert(s.webhook_deliveries).from_select(
-        [
-            d.event_id,
-            d.event_type,
-            d.tenant_id,
-            d.endpoint_id,
-            d.created_ms,
-            d.data,
-            d.state,
-            d.attempts,
-            d.next_attempt_ms,
-            d.window_start_ms,
-        ],
-        select(
-            literal(event_prefix + ".", String) + c.id,
-            literal(event.value, String),
-            literal(tenant_id, String),
-            e.id,
-            literal(created_ms, BigInteger),
-            data,
-            literal(_PENDING, String),
-            literal(0, Integer),
-            literal(created_ms, BigInteger),
-            literal(created_ms, BigInteger),
-        )
-        .select_from(s.comments.join(s.webhook_endpoints, e.tenant_id == c.tenant_id))
-        .where(c.tenant_id == tenant_id, which, _subscribed(event)),
+    return _insert(
+        tenant_id,
+        event,
+        literal(event_prefix + ".", String) + c.id,
+        created_ms,
+        data,
+        s.comments.join(s.webhook_endpoints, s.webhook_endpoints.c.tenant_id == c.tenant_id),
+        c.tenant_id == tenant_id,
+        which,
     )
 
 

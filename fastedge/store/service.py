@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from twisted.application.internet import TimerService
@@ -21,8 +21,10 @@ from ..config import StoreConfig
 from .errors import StoreClosed
 from .interfaces import IStore
 from .metrics import ReplicationMetrics, StoreMetrics
-from .postgresql import PostgresStore, redact_dsn
 from .sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from .postgresql import PostgresStore
 
 
 class _LagProbe(TimerService):
@@ -68,6 +70,10 @@ class StoreService(Service):
         metrics = StoreMetrics(registry, cfg.backend)
         self._lag_probe: TimerService | None = None
         if cfg.backend == "postgresql":
+            # Imported only when configured: psycopg (and libpq) cost a node
+            # on the embedded store ~10 MB of memory for nothing.
+            from .postgresql import PostgresStore, redact_dsn
+
             pg = cfg.postgresql
             replication = ReplicationMetrics(registry, cfg.backend)
             store = PostgresStore(

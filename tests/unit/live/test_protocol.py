@@ -41,6 +41,8 @@ class LiveProtocolTestCase(TestCase):
 
     def flush(self) -> None:
         for _ in range(5):
+            # The fan-out runs on the reactor's next turns.
+            self.reactor.advance(0)
             self.pumper._flush()
 
     async def connect(self) -> Client:

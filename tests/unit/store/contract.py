@@ -55,17 +55,21 @@ from fastedge.store.model import (
     ModerationAction,
     ModerationQueue,
     NewComment,
+    NewPost,
+    NewSession,
     Page,
     QueueFilter,
     QueueSort,
     ReadPreference,
     RecentComment,
+    SessionPoster,
     Sort,
     SsoSecret,
     SsoSecretChange,
     Tenant,
     Thread,
     ThreadPage,
+    UserPoster,
     UserProfile,
     ViewerState,
     WebhookEndpoint,
@@ -2757,6 +2761,194 @@ class StoreContractMixin(_MixinBase):
         self.assertEqual(got[5][1]["author"], {"id": author})
         self.assertEqual(got[5][1]["ban"]["id"], banned.bans[0].id)
         self.assertEqual(got[6][1]["comment"]["status"], "removed")
+
+    def test_webhook_post_comment_events(self) -> None:
+        """``post_comment`` (one write, nothing read first) emits what
+        ``upsert_thread`` and ``create_comment`` do: ``thread.created`` only
+        when the post created the thread, then ``comment.created`` with the
+        full comment (its thread and author found in SQL), or only
+        ``comment.marked_spam`` for spam; a post that fails sends nothing."""
+        self.webhook_store()
+        tenant = self.make_tenant()
+        hook = self.make_webhook(tenant.id, list(WebhookEvent))
+        url = "https://example.com/webhook-posts"
+
+        def post(poster: Any, **kwargs: Any) -> Any:
+            fields: dict[str, Any] = dict(
+                tenant_id=tenant.id,
+                url_id=url,
+                poster=poster,
+                display_name='Ann "the" <b>',
+                body_source='He said "hi"\n\\ \u00e9',
+                body_html="<p>He said &quot;hi&quot;</p>",
+                status=APPROVED,
+                created_ms=self.tick(),
+            )
+            fields.update(kwargs)
+            return self.write(self.store.post_comment(NewPost(**fields), read_preference=PRIMARY))
+
+        first = post(NewSession(), title="Page")
+        assert first.session is not None
+        second = post(SessionPoster(first.session.id))
+        third = post(UserPoster("u1", "Bo"), status=SPAM)
+        self.failureResultOf(
+            self.store.post_comment(
+                NewPost(
+                    tenant_id=tenant.id,
+                    url_id="https://example.com/never",
+                    poster=SessionPoster("UNKNOWNSESSION00"),
+                    display_name="X",
+                    body_source="x",
+                    body_html="x",
+                    status=APPROVED,
+                    created_ms=self.tick(),
+                ),
+                read_preference=PRIMARY,
+            ),
+            NotFound,
+        )
+        got = [(d.event_type, json.loads(d.data), d) for d in self.deliveries(tenant.id, hook.id)]
+        self.assertEqual(
+            [t for t, _, _ in got],
+            [
+                WebhookEvent.THREAD_CREATED,
+                WebhookEvent.COMMENT_CREATED,
+                WebhookEvent.COMMENT_CREATED,
+                WebhookEvent.COMMENT_MARKED_SPAM,
+            ],
+        )
+        self.assertEqual(
+            got[0][1],
+            {
+                "thread": {
+                    "id": first.thread.id,
+                    "urlId": url,
+                    "title": "Page",
+                    "closed": False,
+                    "createdAt": first.thread.created_ms,
+                }
+            },
+        )
+        for (_, data, delivery), posted in zip(got[1:], [first, second, third], strict=True):
+            c = posted.comment
+            self.assertEqual(
+                data,
+                {
+                    "comment": {
+                        "id": c.id,
+                        "threadId": first.thread.id,
+                        "urlId": url,
+                        "parentId": None,
+                        "authorId": c.author_id,
+                        "displayName": 'Ann "the" <b>',
+                        "text": 'He said "hi"\n\\ \u00e9',
+                        "html": "<p>He said &quot;hi&quot;</p>",
+                        "status": c.status.value,
+                        "createdAt": c.created_ms,
+                        "editedAt": None,
+                        "flags": 0,
+                    }
+                },
+            )
+            self.assertEqual(delivery.created_ms, c.created_ms)
+        self.assertEqual(got[2][1]["comment"]["authorId"], first.session.author_id)
+        self.assertEqual(got[3][1]["comment"]["status"], "spam")
+        self.assertEqual(len({d.event_id for _, _, d in got}), 4)
+
+    def test_webhook_change_comment_events(self) -> None:
+        """``change_comment`` emits ``comment.edited`` for a new text and the
+        status's event for a new status, each with the comment as changed and
+        its ``previousStatus``; a status it already has sends nothing."""
+        self.webhook_store()
+        tenant = self.make_tenant()
+        thread = self.make_thread(tenant.id)
+        author = self.make_author(tenant.id)
+        comment = self.post(tenant.id, thread.id, author, status=PENDING)
+        hook = self.make_webhook(tenant.id, list(WebhookEvent))
+        edited_ms = self.tick()
+        change = self.write(
+            self.store.change_comment(
+                tenant.id,
+                comment.id,
+                edited_ms=edited_ms,
+                read_preference=PRIMARY,
+                body=('New "text"', "<p>New</p>"),
+                status=APPROVED,
+            )
+        )
+        self.write(
+            self.store.change_comment(
+                tenant.id, comment.id, edited_ms=self.tick(), read_preference=PRIMARY, status=APPROVED
+            )
+        )
+        self.write(
+            self.store.change_comment(
+                tenant.id, comment.id, edited_ms=self.tick(), read_preference=PRIMARY, status=CommentStatus.REMOVED
+            )
+        )
+        got = [(d.event_type, json.loads(d.data)) for d in self.deliveries(tenant.id, hook.id)]
+        self.assertEqual(
+            [t for t, _ in got],
+            [WebhookEvent.COMMENT_EDITED, WebhookEvent.COMMENT_APPROVED, WebhookEvent.COMMENT_REMOVED],
+        )
+        after = change.after
+        full = {
+            "id": comment.id,
+            "threadId": thread.id,
+            "parentId": None,
+            "authorId": author,
+            "displayName": "Ann",
+            "text": 'New "text"',
+            "html": "<p>New</p>",
+            "status": "approved",
+            "createdAt": comment.created_ms,
+            "editedAt": edited_ms,
+            "flags": 0,
+            "previousStatus": "pending",
+        }
+        self.assertEqual(after.edited_ms, edited_ms)
+        self.assertEqual(got[0][1], {"comment": full})
+        self.assertEqual(got[1][1], {"comment": full})
+        self.assertEqual(got[2][1]["comment"]["status"], "removed")
+        self.assertEqual(got[2][1]["comment"]["previousStatus"], "approved")
+
+    def test_webhook_flag_auto_hide_event(self) -> None:
+        """``comment.flagged`` carries the comment as the flag left it: its
+        count and, when the flag hid it for review, the pending status."""
+        self.webhook_store()
+        tenant = self.make_tenant()
+        thread = self.make_thread(tenant.id)
+        author = self.make_author(tenant.id)
+        comment = self.post(tenant.id, thread.id, author)
+        hook = self.make_webhook(tenant.id, list(WebhookEvent))
+        flaggers = [self.make_author(tenant.id) for _ in range(2)]
+        for flagger in flaggers:
+            self.write(
+                self.store.add_flag(
+                    tenant.id, comment.id, flagger, created_ms=self.tick(), read_preference=PRIMARY, hide_at=2
+                )
+            )
+        got = [(d.event_type, json.loads(d.data)) for d in self.deliveries(tenant.id, hook.id)]
+        self.assertEqual([t for t, _ in got], [WebhookEvent.COMMENT_FLAGGED] * 2)
+        self.assertEqual([d["flaggerId"] for _, d in got], flaggers)
+        self.assertEqual([d["comment"]["flags"] for _, d in got], [1, 2])
+        self.assertEqual([d["comment"]["status"] for _, d in got], ["approved", "pending"])
+        self.assertEqual(
+            got[1][1]["comment"],
+            {
+                "id": comment.id,
+                "threadId": thread.id,
+                "parentId": None,
+                "authorId": author,
+                "displayName": "Ann",
+                "text": "Hello",
+                "html": "<p>Hello</p>",
+                "status": "pending",
+                "createdAt": comment.created_ms,
+                "editedAt": None,
+                "flags": 2,
+            },
+        )
 
     def test_webhook_claims_are_leased(self) -> None:
         """A claimed delivery is leased to one claimer: a second claim gets

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -39,7 +39,11 @@ from ..store.model import (
 from ..store.sql import new_id
 from .backoff import next_attempt_ms
 from .metrics import WebhookMetrics
-from .sender import Result, Sender
+from .result import Result
+
+if TYPE_CHECKING:
+    from .sender import Sender
+    from .service import LazySender
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
@@ -58,7 +62,7 @@ class DeliveryWorker:
     def __init__(
         self,
         store: IWebhookStore,
-        sender: Sender,
+        sender: Sender | LazySender,
         *,
         clock: IReactorTime,
         metrics: WebhookMetrics,

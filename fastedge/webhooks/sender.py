@@ -10,7 +10,6 @@ not more); redirects are not followed (a 3xx is a failed attempt); cookies are n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 
@@ -29,27 +28,10 @@ from twisted.web.iweb import IAgent, IResponse
 from ..store.model import WebhookDelivery
 from .agent import ProxyRefused, TargetRefused
 from .events import render_body
+from .result import Result
 from .signing import signature_header
 
 __all__ = ["Result", "Sender", "treq"]
-
-
-@dataclass(frozen=True)
-class Result:
-    """How one attempt went.
-
-    :ivar outcome: the metric label: ``delivered``, ``http_error`` (any
-        other status), ``gone`` (410), ``redirect``, ``timeout``,
-        ``refused`` (an address webhooks may not reach), ``proxy_error``,
-        ``connection_error``.
-    :ivar error: for the tenant (shown with failed deliveries): never a
-        secret, at most a short excerpt of the receiver's answer.
-    """
-
-    outcome: str
-    status: int | None
-    error: str
-    seconds: float
 
 
 _DONE = Failure(ResponseDone())

@@ -83,12 +83,21 @@ def wrk(
     headers: Mapping[str, str] | None = None,
     threads: int = 2,
     cpu: str = LOAD_CPU,
+<<<<<<< HEAD
+    script: str | None = None,
+) -> dict[str, float]:
+    """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors.
+
+    :param script: a wrk Lua script (``-s``), e.g. one making the requests POSTs.
+    """
+=======
     timeout_seconds: int | None = None,
 ) -> dict[str, float]:
     """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors.
 
     :param timeout_seconds: wrk's per-request timeout (its default is 2 s;
         a slow peer needs more, or every request counts as a timeout)."""
+>>>>>>> main
     argv = [
         "taskset",
         "-c",
@@ -103,6 +112,8 @@ def wrk(
         argv.append("--timeout={}s".format(timeout_seconds))
     for name, value in (headers or {}).items():
         argv += ["-H", "{}: {}".format(name, value)]
+    if script is not None:
+        argv += ["-s", script]
     out = subprocess.run(argv + [url], check=True, capture_output=True, text=True).stdout
 
     def ms(label: str) -> float:

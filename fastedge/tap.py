@@ -44,6 +44,8 @@ from .status.figures import read_figures
 from .status.resource import StatusResource
 from .store import service as store_service
 from .web import build_site
+from .webhooks import service as webhooks_service
+from .webhooks.api import WebhooksApi
 
 
 class Options(usage.Options):
@@ -279,6 +281,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     cdn.setName("cdn")
     cdn.setServiceParent(top)
     media_api = MediaApi(cfg.cdn, cdn)
+    webhooks_api = WebhooksApi(cfg.webhooks, cfg.api, store=store.store, clock=reactor)
 
     spam = SpamJudge(cfg.spam, checks=load_checks(cfg.spam.checks), store=store.store, clock=reactor, registry=registry)
     api = build_api(
@@ -288,7 +291,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         registry=registry,
         live=live.publisher,
         viewer_token_max_age_seconds=cfg.live.viewer_token_max_age_seconds,
-        extra_manage_routes=media_api.routes,
+        extra_manage_routes=lambda manage: media_api.routes(manage) + webhooks_api.routes(manage),
         extra_routes=mesh_routes(mesh.status),
         access=live.access,
         residency=residency,
@@ -339,6 +342,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             lambda: (mesh.status(), read_figures(registry.collect())), clock=reactor, version=__version__
         ),
     )
+    webhooks = webhooks_service.make_service(
+        cfg.webhooks,
+        reactor=reactor,
+        store=store.store,
+        registry=registry,
+        node_id=cfg.node.id,
+        store_ready=lambda: store.ready,
+    )
+    webhooks.setName("webhooks")
+    webhooks.setServiceParent(top)
     http = http_service.make_service(
         cfg.http,
         reactor=reactor,

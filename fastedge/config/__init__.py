@@ -35,6 +35,7 @@ from .sections import (
     SpamConfig,
     StoreConfig,
     TlsConfig,
+    WebhooksConfig,
     ZoneConfig,
 )
 
@@ -58,6 +59,7 @@ __all__ = [
     "SpamConfig",
     "StoreConfig",
     "TlsConfig",
+    "WebhooksConfig",
     "ZoneConfig",
     "default_node_id",
     "derive_zone",

@@ -309,6 +309,24 @@ def _optional_domain(value: str) -> str | None:
     return None if value == "" else _domain(value)
 
 
+def _proxy_url(value: str) -> str | None:
+    """``[webhooks] proxy``: empty, or ``http://HOST:PORT``."""
+    if not value:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return "must be http://HOST:PORT"
+    if parts.scheme != "http" or not parts.hostname or not port or parts.path not in ("", "/"):
+        return "must be http://HOST:PORT (https endpoints are reached through it with CONNECT)"
+    if parts.username or parts.query or parts.fragment:
+        return "must not carry credentials, a query or a fragment"
+    return None
+
+
 _CHECK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 

@@ -33,6 +33,7 @@ from .checks import (
     _optional_domain,
     _port,
     _positive,
+    _proxy_url,
     _relative_names,
     _server_endpoint,
     _write_concern,
@@ -567,6 +568,42 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class WebhooksConfig:
+    """Outbound webhooks (docs/webhooks.md)."""
+
+    #: Run the delivery worker on this node (every node may: a lease in the
+    #: store keeps two from sending one delivery).
+    enabled: bool = True
+    #: Outbound HTTP proxy for every webhook request, ``http://host:port``
+    #: (https endpoints through a CONNECT tunnel); empty: direct.
+    proxy: str = _checked("", _proxy_url)
+    #: Allow endpoints on loopback, private, link-local, multicast and
+    #: unspecified addresses (tests; never on a public deployment).
+    allow_private_targets: bool = False
+    #: How often the outbox is checked for due deliveries (seconds).
+    poll_seconds: float = _checked(1.0, _positive)
+    #: Requests open to receivers at once, at most (per node).
+    max_in_flight: int = _checked(16, _between(1, 1000))
+    #: One attempt's deadline: connect, send, answer (seconds).
+    timeout_seconds: float = _checked(10.0, _positive)
+    connect_timeout_seconds: float = _checked(5.0, _positive)
+    #: A claimed delivery's lease; longer than ``timeout_seconds``.
+    lease_seconds: float = _checked(60.0, _positive)
+    #: Retries (exponential backoff with jitter) stop this long after the
+    #: change; the delivery is then failed (listed, replayable).
+    retry_window_seconds: float = _checked(86400.0, _positive)
+    #: An endpoint is turned off after this many failed attempts in a row
+    #: (a 410 Gone turns it off at once).
+    disable_after_failures: int = _checked(50, _between(1, 1_000_000))
+    #: Bytes of a receiver's answer read at most (the rest is dropped).
+    max_response_bytes: int = _checked(64 * 1024, _between(1, 16 * 1024 * 1024))
+    #: Endpoints one tenant may register.
+    max_endpoints_per_tenant: int = _checked(20, _between(1, 1000))
+    #: How often the queue gauges are read from the store (seconds).
+    queue_seconds: float = _checked(15.0, _positive)
+
+
+@dataclass(frozen=True)
 class SpamConfig:
     """Spam checks on comments posted through the public API and the embed
     page (docs/spam.md)."""
@@ -604,4 +641,5 @@ class EdgeConfig:
     cdn: CdnConfig = field(default_factory=CdnConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     spam: SpamConfig = field(default_factory=SpamConfig)

@@ -41,7 +41,9 @@ LAYERS: list[set[str]] = [
     {"mesh"},
     # Features built on the mesh and on live threads.
     {"dns", "api"},
-    {"embed", "status"},
+    # Features over the tenant API (webhooks: endpoints in it, the outbox
+    # in the store) and the operators' pages.
+    {"embed", "status", "webhooks"},
     # Wiring: the one Site, the startup report.
     {"web", "startup"},
     # A whole local cluster (fastedge-admin cluster): config files, keys and

@@ -83,22 +83,15 @@ def wrk(
     headers: Mapping[str, str] | None = None,
     threads: int = 2,
     cpu: str = LOAD_CPU,
-<<<<<<< HEAD
     script: str | None = None,
-) -> dict[str, float]:
-    """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors.
-
-    :param script: a wrk Lua script (``-s``), e.g. one making the requests POSTs.
-    """
-=======
     timeout_seconds: int | None = None,
 ) -> dict[str, float]:
     """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors.
 
+    :param script: a wrk Lua script (``-s``), e.g. one making the requests POSTs.
     :param timeout_seconds: wrk's per-request timeout (its default is 2 s;
-        a slow peer needs more, or every request counts as a timeout)."""
->>>>>>> main
-    argv = [
+        a slow peer needs more, or every request counts as a timeout).
+    """    argv = [
         "taskset",
         "-c",
         cpu,

@@ -1348,8 +1348,10 @@ class MongoStore(MongoCore):
         return Change(before=old, after=new)
 
     def delete_comment(
-        self, tenant_id: str, comment_id: str, *, read_preference: ReadPreference
+        self, tenant_id: str, comment_id: str, *, read_preference: ReadPreference, deleted_ms: int = 0
     ) -> Deferred[Written[int]]:
+        # ``deleted_ms`` stamps the SQL backends' ``comment.removed`` webhook
+        # events; this backend keeps no webhook outbox (docs/webhooks.md).
         async def go(tx: Tx) -> int:
             target = await self._comment_row(tx, tenant_id, comment_id)
             rows = await tx.find(

@@ -91,7 +91,8 @@ def wrk(
     :param script: a wrk Lua script (``-s``), e.g. one making the requests POSTs.
     :param timeout_seconds: wrk's per-request timeout (its default is 2 s;
         a slow peer needs more, or every request counts as a timeout).
-    """    argv = [
+    """
+    argv = [
         "taskset",
         "-c",
         cpu,

@@ -20,7 +20,9 @@ from twisted.internet.defer import DeferredList
 from twisted.internet.task import LoopingCall
 from twisted.web.client import HTTPConnectionPool
 
-BODY = json.dumps({"urlId": "https://bench/p", "text": "A comment of a usual length, a sentence or two.", "displayName": "Bench"})
+BODY = json.dumps(
+    {"urlId": "https://bench/p", "text": "A comment of a usual length, a sentence or two.", "displayName": "Bench"}
+)
 
 
 def main(url: str, key: str, rate: int, seconds: int) -> None:

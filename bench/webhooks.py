@@ -127,7 +127,14 @@ def received(port: int) -> dict[str, float]:
 
 def start_receiver(port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        ["taskset", "-c", benchlib.LOAD_CPU, sys.executable, os.path.join(REPO, "bench", "webhook_receiver.py"), str(port)]
+        [
+            "taskset",
+            "-c",
+            benchlib.LOAD_CPU,
+            sys.executable,
+            os.path.join(REPO, "bench", "webhook_receiver.py"),
+            str(port),
+        ]
     )
     for _ in range(100):
         try:
@@ -217,7 +224,14 @@ def main() -> None:
             print(
                 "comment post at {}/s, webhooks {:3}: {} sent, {} ok, p50 {:.2f} ms, p99 {:.2f} ms, max {:.2f} ms, "
                 "deliveries received {:.0f}".format(
-                    POST_RATE, "on" if enabled else "off", f["sent"], f["ok"], f["p50"], f["p99"], f["max"], f["delivered"]
+                    POST_RATE,
+                    "on" if enabled else "off",
+                    f["sent"],
+                    f["ok"],
+                    f["p50"],
+                    f["p99"],
+                    f["max"],
+                    f["delivered"],
                 )
             )
 

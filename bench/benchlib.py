@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -20,9 +21,15 @@ NODE_CPU = "0"
 LOAD_CPU = "1"
 
 
-def start_node(workdir: str, config_text: str, port: int, *, cpu: str = NODE_CPU) -> subprocess.Popen[bytes]:
+def start_node(
+    workdir: str, config_text: str, port: int, *, cpu: str = NODE_CPU, tree: str = REPO
+) -> subprocess.Popen[bytes]:
     """Start ``twistd fastedge`` with ``config_text`` pinned to ``cpu`` and
-    wait until its /healthz answers 200 on ``port``."""
+    wait until its /healthz answers 200 on ``port``.
+
+    :param tree: the source tree whose ``fastedge`` runs (e.g. a git
+        worktree of the baseline, to compare before and after in one run).
+    """
     config = os.path.join(workdir, "node-{}.toml".format(port))
     with open(config, "w") as f:
         f.write(config_text)
@@ -39,7 +46,8 @@ def start_node(workdir: str, config_text: str, port: int, *, cpu: str = NODE_CPU
             "--config",
             config,
         ],
-        cwd=REPO,
+        cwd=tree,
+        env=dict(os.environ, PYTHONPATH=tree),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -75,12 +83,15 @@ def wrk(
     headers: Mapping[str, str] | None = None,
     threads: int = 2,
     cpu: str = LOAD_CPU,
+    script: str | None = None,
     timeout_seconds: int | None = None,
 ) -> dict[str, float]:
     """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors.
 
+    :param script: a wrk Lua script (``-s``), e.g. one making the requests POSTs.
     :param timeout_seconds: wrk's per-request timeout (its default is 2 s;
-        a slow peer needs more, or every request counts as a timeout)."""
+        a slow peer needs more, or every request counts as a timeout).
+    """
     argv = [
         "taskset",
         "-c",
@@ -95,6 +106,8 @@ def wrk(
         argv.append("--timeout={}s".format(timeout_seconds))
     for name, value in (headers or {}).items():
         argv += ["-H", "{}: {}".format(name, value)]
+    if script is not None:
+        argv += ["-s", script]
     out = subprocess.run(argv + [url], check=True, capture_output=True, text=True).stdout
 
     def ms(label: str) -> float:
@@ -113,3 +126,13 @@ def wrk(
         "errors": float(errors.group(1)) if errors else 0.0,
         "socket_errors": float(sum(int(g) for g in socket_errors.groups())) if socket_errors else 0.0,
     }
+
+
+def result_of(d: Any) -> Any:
+    """The result of a Deferred that has already fired (a store run inline);
+    its failure is raised."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    if hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0]

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.internet.defer import succeed
 from twisted.python import usage
 
@@ -29,17 +29,22 @@ from .http import service as http_service
 from .http.accesslog import AccessLog
 from .http.site import EdgeSite
 from .inputs import InputError, parse_ascii_int
+from .lifecycle import DrainRequests, OrderedMultiService
 from .live import service as live_service
 from .live.access import GroupLocks
 from .mesh import service as mesh_service
 from .mesh.resource import mesh_routes
+from .mesh.successor import successor_of
 from .metrics.registry import new_registry, register_process_metrics
 from .residency.gate import residency_gate
+from .spam.runner import SpamJudge, load_checks
 from .startup import EXIT_UNAVAILABLE, ListenerUnavailable, StartupReport, check_listeners, refuse, version_line
 from .status.figures import read_figures
 from .status.resource import StatusResource
 from .store import service as store_service
 from .web import build_site
+from .webhooks import service as webhooks_service
+from .webhooks.api import WebhooksApi
 
 
 class Options(usage.Options):
@@ -128,6 +133,12 @@ class Options(usage.Options):
             load_policy(self.config.dns.policy)
         except UnknownPolicy as e:
             raise usage.UsageError(str(e)) from None
+        from .spam.runner import UnknownCheck
+
+        try:
+            load_checks(self.config.spam.checks)
+        except UnknownCheck as e:
+            raise usage.UsageError(str(e)) from None
         if self.config.geo.database:
             # A missing or foreign file fails here, in one line; a corrupt
             # one when the index is built, before anything listens.
@@ -149,8 +160,11 @@ class Options(usage.Options):
             raise usage.UsageError(problem)
 
 
-class Node(MultiService):
-    """The node's top service.
+class Node(OrderedMultiService):
+    """The node's top service. It stops in order
+    (:class:`~fastedge.lifecycle.OrderedMultiService`): the mesh announces
+    the node is leaving, then the children stop in reverse order, each
+    waited for (http drains, ..., the store closes last).
 
     Once every child has started, the objects made so far (modules, config,
     the service tree: some 90,000) are moved out of the garbage collector's
@@ -212,6 +226,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     }
     top = Node(registry=registry, clock=reactor, report=StartupReport(cfg, secrets))
 
+    # First, so stopped last: `fastedge-admin node drain` stops the node.
+    drain = DrainRequests(cfg.node.data_dir, stop=reactor.stop, clock=reactor)
+    drain.setName("drain")
+    drain.setServiceParent(top)
+
     store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)
     store.setName("store")
     store.setServiceParent(top)
@@ -234,6 +253,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # Another deployment's tenants are refused (421) on every path, before
     # anything of theirs is read.
     residency = residency_gate(cfg.node.deployment, cfg.dns.zones, store=store.store, clock=reactor, registry=registry)
+    node = cfg.node
     access = GroupLocks(store.store, clock=reactor, ttl_seconds=cfg.live.resolve_cache_seconds)
     sessions = build_sessions(
         cfg.api,
@@ -254,7 +274,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         access=access,
         viewer_tokens=sessions.viewer_tokens,
         sso=sessions.sso,
+        # Where clients move when this node goes away: read from the mesh's
+        # map at that moment (the mesh is made below: it carries live's relay).
+        successor=lambda: successor_of(mesh.node_map, node.id, node.deployment, node.latitude, node.longitude)(),
     )
+    spam = SpamJudge(cfg.spam, checks=load_checks(cfg.spam.checks), store=store.store, clock=reactor, registry=registry)
     api = build_api(
         cfg.api,
         store=store.store,
@@ -263,6 +287,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         live=live.publisher,
         residency=residency,
         sessions=sessions,
+        spam=spam,
     )
     # Media of a thread (threads/<id>/...) follow its group lock (docs/media.md).
     cdn = cdn_service.make_service(
@@ -300,8 +325,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     cdn.setName("cdn")
     cdn.setServiceParent(top)
 
+    media_api = MediaApi(cfg.cdn, cdn)
+    webhooks_api = WebhooksApi(cfg.webhooks, cfg.api, store=store.store, clock=reactor)
     api_routes = api.router(
-        extra_manage_routes=MediaApi(cfg.cdn, cdn).routes,
+        extra_manage_routes=lambda manage: media_api.routes(manage) + webhooks_api.routes(manage),
         extra_routes=mesh_routes(mesh.status),
     )
     access_log = None
@@ -345,6 +372,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             lambda: (mesh.status(), read_figures(registry.collect())), clock=reactor, version=__version__
         ),
     )
+    webhooks = webhooks_service.make_service(
+        cfg.webhooks,
+        reactor=reactor,
+        store=store.store,
+        registry=registry,
+        node_id=cfg.node.id,
+        store_ready=lambda: store.ready,
+    )
+    webhooks.setName("webhooks")
+    webhooks.setServiceParent(top)
     http = http_service.make_service(
         cfg.http,
         reactor=reactor,
@@ -355,6 +392,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         data_dir=cfg.node.data_dir,
         node_id=cfg.node.id,
         access_log=access_log,
+        going_away=live.going_away,
     )
     http.setName("http")
     http.setServiceParent(top)

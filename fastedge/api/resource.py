@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ..live.access import GroupLocks
     from ..live.publish import LivePublisher
     from ..live.tokens import ViewerTokens
+    from ..spam.runner import SpamJudge
 
 
 class _SessionKeyLoader(Service):
@@ -211,6 +212,7 @@ def build_api(
     access: GroupLocks | None = None,
     residency: ResidencyGate | None = None,
     sessions: ApiSessions | None = None,
+    spam: SpamJudge | None = None,
 ) -> Api:
     """Build the API for ``cfg``; nothing runs until ``service`` starts.
 
@@ -229,6 +231,8 @@ def build_api(
     :param sessions: the sessions and sign-in made beforehand
         (:func:`build_sessions`, shared with the live threads); default:
         made here.
+    :param spam: judges comments posted through the public API and the
+        embed page before they are written (``None``: no spam checks).
     """
     if sessions is None:
         sessions = build_sessions(
@@ -277,6 +281,7 @@ def build_api(
         cors=cors,
         access=access,
         sso=sso,
+        spam=spam,
     )
     service = MultiService()
     _SessionKeyLoader(cookies, cfg.secret_file).setServiceParent(service)

@@ -58,7 +58,7 @@ from ..mesh.interfaces import ILink, IMesh, IPeerSession
 from ..mesh.messages import BadMessage, check_channel_id
 from ..mesh.nodemap import NodeMapChange, NodeState
 from .hub import ChannelKey, Event, Hub, Prepared, Stamp, new_epoch
-from .relay_messages import RelayedEvent, check_position
+from .relay_messages import RESET_KIND, RelayedEvent, check_position
 
 __all__ = ["Relay", "RelayMetrics", "rendezvous"]
 
@@ -74,9 +74,6 @@ EVENTS_BATCH = 1000
 OWNER_CACHE = 100_000
 #: Seconds between sweeps of what is remembered of forgotten channels.
 PRUNE_SECONDS = 60.0
-#: The kind of a pushed event that is no event: the owner moved the channel
-#: to this position (a new epoch) and the follower's subscribers reload.
-RESET_KIND = "relay.reset"
 
 _RELAY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 

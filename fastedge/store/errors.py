@@ -35,6 +35,12 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached or used right now."""
 
 
+class StoreClosed(StoreUnavailable):
+    """The store was closed (its node is stopping): every call made after
+    ``stopService`` fails at once with this, on every backend, instead of
+    waiting on a thread pool that no longer runs."""
+
+
 class WrongReadPreference(StoreError, ValueError):
     """A write was asked to read anywhere but the primary."""
 
@@ -54,6 +60,19 @@ class LimitReached(StoreError):
     def __init__(self, what: str) -> None:
         super().__init__("{} limit reached".format(what))
         self.what = what
+
+
+class ThreadClosed(StoreError):
+    """The thread is closed to new comments."""
+
+    def __init__(self) -> None:
+        super().__init__("the thread is closed to new comments")
+
+
+class Stale(StoreError):
+    """What the caller read from a replica and checked no longer holds on the
+    primary (see :class:`~fastedge.store.model.Expect`): nothing was applied;
+    check again on the primary and retry."""
 
 
 class AccessRefused(Exception):

@@ -30,18 +30,26 @@ from zope.interface import Attribute, Interface
 from .model import (
     AnonymousSession,
     ApiKey,
+    AttemptOutcome,
     AuditEntry,
     Author,
+    AuthorHistory,
     Ban,
     BanKind,
+    Change,
     Comment,
     CommentStatus,
     CreditUsage,
+    DeliveryDone,
+    DeliveryState,
+    Expect,
     Moderated,
     ModerationAction,
     ModerationQueue,
     NewComment,
+    NewPost,
     Page,
+    Posted,
     QueueFilter,
     QueueSort,
     ReadPreference,
@@ -54,6 +62,11 @@ from .model import (
     User,
     UserProfile,
     ViewerState,
+    WebhookClaim,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+    WebhookQueue,
     Written,
 )
 
@@ -180,6 +193,13 @@ class IStore(Interface):
         :returns: ``Deferred[Written[AnonymousSession]]``
         """
 
+    def new_id() -> str:
+        """A fresh record id, e.g. for a thread a write may create (no I/O)."""
+
+    def new_anonymous_session(tenant_id: str, *, created_ms: int) -> AnonymousSession:
+        """Ids for a session that a write will create with itself (passed
+        as its ``new_session``); no I/O, nothing exists until that write."""
+
     def get_anonymous_session(
         tenant_id: str, session_id: str, *, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[AnonymousSession]:
@@ -241,6 +261,30 @@ class IStore(Interface):
     ) -> Deferred[Author]:
         """:returns: ``Deferred[Author]``; ``NotFound`` if absent."""
 
+    def author_history(
+        tenant_id: str,
+        author_id: str,
+        *,
+        thread_id: str | None,
+        since_ms: int,
+        limit: int,
+        read_preference: ReadPreference,
+        token: str | None = None,
+        new_author_ms: int | None = None,
+    ) -> Deferred[AuthorHistory]:
+        """The author's history summary for spam checks: age, comment
+        counts by status, and the recent comments of the author and of the
+        thread (``thread_id``; ``None``: none) since ``since_ms``, at most
+        ``limit`` of each, newest first.
+
+        :param new_author_ms: the author does not exist yet: the write of
+            the comment judged creates it (a first post's new session). Its
+            history is then an anonymous author's created at this time,
+            with no comments; the thread's recent comments are read as usual.
+        :returns: ``Deferred[AuthorHistory]``; ``NotFound`` for an unknown
+            author (or another tenant's) unless ``new_author_ms`` is given.
+        """
+
     # Threads
 
     def upsert_thread(
@@ -291,6 +335,18 @@ class IStore(Interface):
 
         :returns: ``Deferred[Written[Comment]]``; ``NotFound`` for an unknown
             thread or parent, ``InvalidReference`` for a parent in another thread.
+        """
+
+    def post_comment(new: NewPost, *, read_preference: ReadPreference) -> Deferred[Written[Posted]]:
+        """Post a comment to the thread of ``new.url_id`` in one write: the
+        poster's new session (or the check that theirs exists, or the
+        tenant's user, created or renamed), the thread when it is new, the
+        comment. A backend whose primary is far sends it in one round trip.
+
+        :returns: ``Deferred[Written[Posted]]``; ``NotFound`` for an unknown
+            tenant, session or parent, ``InvalidReference`` for a parent in
+            another thread, ``ThreadClosed`` (with ``open_only``), and the
+            failures of ``new.expect``; a failed post applies nothing.
         """
 
     def get_comment(
@@ -344,8 +400,27 @@ class IStore(Interface):
         :returns: ``Deferred[Written[Comment]]``; ``NotFound`` if absent.
         """
 
-    def delete_comment(tenant_id: str, comment_id: str, *, read_preference: ReadPreference) -> Deferred[Written[int]]:
-        """Delete a comment and every reply beneath it.
+    def change_comment(
+        tenant_id: str,
+        comment_id: str,
+        *,
+        edited_ms: int,
+        read_preference: ReadPreference,
+        body: tuple[str, str] | None = None,
+        status: CommentStatus | None = None,
+    ) -> Deferred[Written[Change]]:
+        """:meth:`update_comment`, answering the comment as it was before the
+        write too (what live readers are told depends on both), from the
+        same one write.
+
+        :returns: ``Deferred[Written[Change]]``; ``NotFound`` if absent.
+        """
+
+    def delete_comment(
+        tenant_id: str, comment_id: str, *, read_preference: ReadPreference, deleted_ms: int = 0
+    ) -> Deferred[Written[int]]:
+        """Delete a comment and every reply beneath it, emitting a
+        ``comment.removed`` webhook event (stamped ``deleted_ms``) for each.
 
         :returns: ``Deferred[Written[int]]``: how many comments went.
         """
@@ -361,8 +436,15 @@ class IStore(Interface):
         read_preference: ReadPreference,
         address_hash: str | None = None,
         max_per_address: int | None = None,
+        expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
-        """:param address_hash: the hashed client address the like came
+        """:param expect: what the caller read from a replica, checked in
+            the same write (:class:`~fastedge.store.model.Expect`).
+        :param new_session: create this session (from
+            :meth:`new_anonymous_session`) in the same write; ``voter_id``
+            is its author.
+        :param address_hash: the hashed client address the like came
             from, remembered with it.
         :param max_per_address: refuse the like (``LimitReached``) when
             this many likes of the comment already came from ``address_hash``.
@@ -371,9 +453,16 @@ class IStore(Interface):
         unknown comment or voter (an author id)."""
 
     def remove_like(
-        tenant_id: str, comment_id: str, voter_id: str, *, read_preference: ReadPreference
+        tenant_id: str,
+        comment_id: str,
+        voter_id: str,
+        *,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[int]]:
-        """:returns: ``Deferred[Written[int]]``, the new like count;
+        """:param expect: what the caller read from a replica, checked in
+            the same write (:class:`~fastedge.store.model.Expect`).
+        :returns: ``Deferred[Written[int]]``, the new like count;
         ``NotFound`` if this voter did not like it."""
 
     def add_flag(
@@ -384,8 +473,14 @@ class IStore(Interface):
         created_ms: int,
         read_preference: ReadPreference,
         hide_at: int | None = None,
+        expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
-        """:param hide_at: when the flag count reaches this and the comment
+        """:param expect: what the caller read from a replica, checked in
+            the same write (:class:`~fastedge.store.model.Expect`).
+        :param new_session: create this session in the same write (see
+            :meth:`add_like`).
+        :param hide_at: when the flag count reaches this and the comment
             is approved, hide it (status ``PENDING``, back to review) in the
             same transaction and write an ``auto_hide`` audit entry.
         :returns: ``Deferred[Written[int]]``, the new flag count;
@@ -393,9 +488,21 @@ class IStore(Interface):
         an unknown comment or flagger."""
 
     def add_block(
-        tenant_id: str, viewer_id: str, author_id: str, *, created_ms: int, read_preference: ReadPreference
+        tenant_id: str,
+        viewer_id: str,
+        author_id: str,
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[None]]:
         """The viewer no longer sees the author's comments.
+
+        :param expect: what the caller read from a replica, checked in the
+            same write (:class:`~fastedge.store.model.Expect`).
+        :param new_session: create this session in the same write (see
+            :meth:`add_like`).
 
         :returns: ``Deferred[Written[None]]``; ``NotFound`` for an unknown
             author or viewer, ``AlreadyExists`` if already blocked,
@@ -403,9 +510,16 @@ class IStore(Interface):
         """
 
     def remove_block(
-        tenant_id: str, viewer_id: str, author_id: str, *, read_preference: ReadPreference
+        tenant_id: str,
+        viewer_id: str,
+        author_id: str,
+        *,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[None]]:
-        """:returns: ``Deferred[Written[None]]``; ``NotFound`` if not blocked."""
+        """:param expect: what the caller read from a replica, checked in
+            the same write (:class:`~fastedge.store.model.Expect`).
+        :returns: ``Deferred[Written[None]]``; ``NotFound`` if not blocked."""
 
     def viewer_state(
         tenant_id: str,
@@ -545,3 +659,131 @@ class IStore(Interface):
 
         :returns: ``Deferred[list[CreditUsage]]``, sorted by operation.
         """
+
+
+class IWebhookStore(Interface):
+    """Webhook endpoints and the delivery outbox (docs/webhooks.md).
+
+    The outbox is written by :class:`IStore`'s own writes: each change that
+    is a webhook event (a comment created, edited, removed, approved,
+    flagged or marked spam, an author banned, a thread created or closed)
+    adds, in the same transaction, one pending delivery per active endpoint
+    of the tenant subscribed to it. A rolled-back change leaves none.
+    """
+
+    def create_webhook(
+        tenant_id: str,
+        *,
+        url: str,
+        secret: str,
+        events: Sequence[WebhookEvent],
+        active: bool,
+        description: str,
+        created_ms: int,
+        read_preference: ReadPreference,
+    ) -> Deferred[Written[WebhookEndpoint]]:
+        """:returns: ``Deferred[Written[WebhookEndpoint]]``; ``NotFound`` for no such tenant."""
+
+    def get_webhook(
+        tenant_id: str, webhook_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[WebhookEndpoint]:
+        """:returns: ``Deferred[WebhookEndpoint]``; ``NotFound`` if absent."""
+
+    def list_webhooks(
+        tenant_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[list[WebhookEndpoint]]:
+        """The tenant's endpoints, oldest first.
+
+        :returns: ``Deferred[list[WebhookEndpoint]]``
+        """
+
+    def update_webhook(
+        tenant_id: str,
+        webhook_id: str,
+        *,
+        updated_ms: int,
+        read_preference: ReadPreference,
+        url: str | None = None,
+        secret: str | None = None,
+        events: Sequence[WebhookEvent] | None = None,
+        active: bool | None = None,
+        description: str | None = None,
+    ) -> Deferred[Written[WebhookEndpoint]]:
+        """Change what is given (``None``: unchanged). A new secret signs
+        from now on; turning on clears the failure count and the reason it
+        was turned off; turning off fails its pending deliveries.
+
+        :returns: ``Deferred[Written[WebhookEndpoint]]``; ``NotFound`` if absent.
+        """
+
+    def delete_webhook(tenant_id: str, webhook_id: str, *, read_preference: ReadPreference) -> Deferred[Written[None]]:
+        """Delete an endpoint and its undelivered deliveries.
+
+        :returns: ``Deferred[Written[None]]``; ``NotFound`` if absent.
+        """
+
+    def list_webhook_deliveries(
+        tenant_id: str,
+        webhook_id: str,
+        *,
+        state: DeliveryState,
+        limit: int,
+        cursor: str | None,
+        read_preference: ReadPreference,
+        token: str | None = None,
+    ) -> Deferred[Page[WebhookDelivery]]:
+        """An endpoint's pending or failed deliveries, oldest first.
+
+        :returns: ``Deferred[Page[WebhookDelivery]]``; ``NotFound`` for no such endpoint.
+        """
+
+    def replay_webhook_delivery(
+        tenant_id: str, webhook_id: str, event_id: str, *, now_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[WebhookDelivery]]:
+        """Make a failed delivery pending again, due at ``now_ms``, its retry
+        window starting then.
+
+        :returns: ``Deferred[Written[WebhookDelivery]]``; ``NotFound`` for no
+            such failed delivery, ``InvalidReference`` for an endpoint turned off.
+        """
+
+    def claim_webhook_deliveries(
+        *,
+        owner: str,
+        now_ms: int,
+        lease_ms: int,
+        limit: int,
+        read_preference: ReadPreference,
+        finished: Sequence[DeliveryDone] = (),
+    ) -> Deferred[WebhookClaim]:
+        """In one transaction: remove the ``finished`` deliveries (those
+        the receiver accepted) still leased to their claimers, resetting
+        their endpoints' failure counts; then lease up to ``limit`` due
+        deliveries to ``owner`` (unique per claim) until ``now_ms +
+        lease_ms``, with their endpoints' URL and secret. Never two leases
+        on one delivery at once, whatever the number of nodes; an
+        endpoint's deliveries in the order of their changes, except that
+        one waiting for a retry lets later ones pass.
+
+        :returns: ``Deferred[WebhookClaim]``
+        """
+
+    def release_webhook_deliveries(
+        seqs: Sequence[int], *, owner: str, read_preference: ReadPreference
+    ) -> Deferred[Written[int]]:
+        """End ``owner``'s leases on ``seqs`` unsent.
+
+        :returns: ``Deferred[Written[int]]``: how many were still leased to ``owner``.
+        """
+
+    def record_webhook_failure(
+        seq: int, endpoint_id: str, outcome: AttemptOutcome, *, owner: str, read_preference: ReadPreference
+    ) -> Deferred[Written[WebhookEndpoint | None]]:
+        """A failed attempt (see :class:`~fastedge.store.model.AttemptOutcome`).
+
+        :returns: ``Deferred[Written[WebhookEndpoint | None]]``: the endpoint
+            when this attempt turned it off.
+        """
+
+    def webhook_queue(*, read_preference: ReadPreference, token: str | None = None) -> Deferred[WebhookQueue]:
+        """:returns: ``Deferred[WebhookQueue]``"""

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -51,6 +51,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..inputs import loads_json
+from . import outbox as ob
 from . import schema as s
 from .errors import (
     AlreadyExists,
@@ -61,27 +62,34 @@ from .errors import (
     StoreUnavailable,
     WrongReadPreference,
 )
-from .interfaces import IStore
+from .interfaces import IStore, IWebhookStore
 from .model import (
     MAX_BULK_IDS,
     AnonymousSession,
     ApiKey,
     AuditEntry,
     Author,
+    AuthorHistory,
     AuthorKind,
     Ban,
     BanKind,
+    Change,
     Comment,
     CommentStatus,
     CreditUsage,
+    Expect,
     Moderated,
     ModerationAction,
     ModerationQueue,
     NewComment,
+    NewPost,
+    NewSession,
     Page,
+    Posted,
     QueueFilter,
     QueueSort,
     ReadPreference,
+    RecentComment,
     Sort,
     SsoSecret,
     SsoSecretChange,
@@ -91,10 +99,33 @@ from .model import (
     User,
     UserProfile,
     ViewerState,
+    WebhookEvent,
     Written,
+)
+from .outbox import WebhookStoreMixin
+from .plan import (
+    NewIds,
+    Plan,
+    Require,
+    Step,
+    check_expected,
+    comment_insert,
+    exists_where,
+    new_session,
+    post,
+    require_tenant,
+    rows_of,
 )
 
 _T = TypeVar("_T")
+
+
+class AuthorHistoryRow(NamedTuple):
+    """An author row as :meth:`SqlStore.author_history` reads it."""
+
+    kind: str
+    created_ms: int
+
 
 #: Runs a blocking callable somewhere and returns its result as a Deferred.
 Runner = Callable[[Callable[[], Any]], "Deferred[Any]"]
@@ -290,6 +321,8 @@ def _page(rows: Sequence[Any], limit: int, make: Callable[[Any], _T], cursor_of:
 
 
 _TENANT_TABLES = (
+    s.webhook_deliveries,
+    s.webhook_endpoints,
     s.author_claims,
     s.thread_access,
     s.user_profiles,
@@ -310,8 +343,24 @@ _TENANT_TABLES = (
 )
 
 
-@implementer(IStore)
-class SqlStore:
+#: The webhook event a moderation action's status change emits.
+_ACTION_EVENTS = {
+    ModerationAction.APPROVE: WebhookEvent.COMMENT_APPROVED,
+    ModerationAction.RESTORE: WebhookEvent.COMMENT_APPROVED,
+    ModerationAction.REMOVE: WebhookEvent.COMMENT_REMOVED,
+    ModerationAction.SPAM: WebhookEvent.COMMENT_MARKED_SPAM,
+}
+
+#: The webhook event a comment's new status emits (``PENDING``: none).
+_STATUS_EVENTS = {
+    CommentStatus.APPROVED: WebhookEvent.COMMENT_APPROVED,
+    CommentStatus.REMOVED: WebhookEvent.COMMENT_REMOVED,
+    CommentStatus.SPAM: WebhookEvent.COMMENT_MARKED_SPAM,
+}
+
+
+@implementer(IStore, IWebhookStore)
+class SqlStore(WebhookStoreMixin):
     """:class:`IStore` over SQLAlchemy engines.
 
     :param primary: serves every write and PRIMARY read.
@@ -410,21 +459,28 @@ class SqlStore:
         """Wrap a write's result with its consistency token (none here)."""
         return Written(value, self._token(conn))
 
-    def _batch(self, conn: Connection, statements: Sequence[Executable], *, commit: bool) -> list[list[Any] | None]:
+    def _batch(self, conn: Connection, statements: Sequence[Step], *, commit: bool) -> list[list[Any] | None]:
         """Run ``statements`` in order in the write transaction on ``conn``.
 
         No statement may depend on another's result (each is written to
-        stand alone, e.g. guarded by a condition in SQL), so a backend whose
+        stand alone, e.g. guarded by a condition in SQL; checks are
+        :class:`~fastedge.store.plan.Require` steps), so a backend whose
         primary is far away may send them all, and with ``commit`` the
         commit too, in one round trip: the PostgreSQL backend does (psycopg's
-        pipeline mode). Here they run one by one and the transaction commits
+        pipeline mode). Here they run one by one, a failed check raises its
+        error (so the transaction rolls back) and the transaction commits
         when it ends, as usual.
 
         :returns: per statement, its rows (attribute access by column name)
-            or ``None`` for a statement that returns none.
+            or ``None`` for a statement that returns none (and a check).
         """
         out: list[list[Any] | None] = []
         for statement in statements:
+            if isinstance(statement, Require):
+                if not conn.execute(select(statement.condition)).scalar():
+                    raise statement.error
+                out.append(None)
+                continue
             result = conn.execute(statement)
             out.append(list(result.all()) if result.returns_rows else None)
         return out
@@ -685,18 +741,29 @@ class SqlStore:
         self, tenant_id: str, *, created_ms: int, read_preference: ReadPreference
     ) -> Deferred[Written[AnonymousSession]]:
         def go() -> Written[AnonymousSession]:
+            session = AnonymousSession(id=new_id(), tenant_id=tenant_id, author_id=new_id(), created_ms=created_ms)
+            plan = Plan()
+            require_tenant(plan, tenant_id)
+            new_session(plan, tenant_id, session_id=session.id, author_id=session.author_id, created_ms=created_ms)
             with self._writing() as conn:
-                self._require_tenant(conn, tenant_id)
-                author_id = self._new_author(conn, tenant_id, AuthorKind.ANONYMOUS, created_ms)
-                session = AnonymousSession(id=new_id(), tenant_id=tenant_id, author_id=author_id, created_ms=created_ms)
-                conn.execute(
-                    insert(s.anonymous_sessions).values(
-                        id=session.id, tenant_id=tenant_id, author_id=author_id, created_ms=created_ms
-                    )
-                )
+                self._batch(conn, plan.steps, commit=True)
                 return self._written(conn, session)
 
         return self._call("create_anonymous_session", read_preference, go, write=True)
+
+    def new_id(self) -> str:
+        return new_id()
+
+    def new_anonymous_session(self, tenant_id: str, *, created_ms: int) -> AnonymousSession:
+        return AnonymousSession(id=new_id(), tenant_id=tenant_id, author_id=new_id(), created_ms=created_ms)
+
+    def _session_first(self, plan: Plan, tenant_id: str, session: AnonymousSession | None) -> None:
+        """The steps creating ``session`` ahead of a write made as it."""
+        if session is not None:
+            require_tenant(plan, tenant_id)
+            new_session(
+                plan, tenant_id, session_id=session.id, author_id=session.author_id, created_ms=session.created_ms
+            )
 
     def get_anonymous_session(
         self, tenant_id: str, session_id: str, *, read_preference: ReadPreference, token: str | None = None
@@ -881,6 +948,91 @@ class SqlStore:
 
         return self._call("get_author", read_preference, go, token=token)
 
+    def author_history(
+        self,
+        tenant_id: str,
+        author_id: str,
+        *,
+        thread_id: str | None,
+        since_ms: int,
+        limit: int,
+        read_preference: ReadPreference,
+        token: str | None = None,
+        new_author_ms: int | None = None,
+    ) -> Deferred[AuthorHistory]:
+        a = s.authors.c
+        c = s.comments.c
+        recent_columns = (c.author_id, c.thread_id, c.body_source, c.status, c.created_ms)
+
+        def recent(rows: Sequence[Any]) -> tuple[RecentComment, ...]:
+            return tuple(
+                RecentComment(
+                    author_id=r.author_id,
+                    thread_id=r.thread_id,
+                    body_source=r.body_source,
+                    status=CommentStatus(r.status),
+                    created_ms=r.created_ms,
+                )
+                for r in rows
+            )
+
+        def go() -> AuthorHistory:
+            with self._reading(read_preference) as conn:
+                author: Any = conn.execute(
+                    select(a.kind, a.created_ms).where(a.tenant_id == tenant_id, a.id == author_id)
+                ).first()
+                if author is None:
+                    if new_author_ms is None:
+                        raise NotFound("author")
+                    # Created by the write of the comment being judged.
+                    author = AuthorHistoryRow(AuthorKind.ANONYMOUS.value, new_author_ms)
+                # Served by the comments_author index (tenant, author, created).
+                by_status: dict[str, int] = dict(
+                    conn.execute(
+                        select(c.status, func.count())
+                        .where(c.tenant_id == tenant_id, c.author_id == author_id)
+                        .group_by(c.status)
+                    ).all()
+                )
+                mine = conn.execute(
+                    select(*recent_columns)
+                    .where(c.tenant_id == tenant_id, c.author_id == author_id, c.created_ms >= since_ms)
+                    .order_by(c.created_ms.desc(), c.id.desc())
+                    .limit(limit)
+                ).all()
+                others: Sequence[Any] = ()
+                if thread_id is not None:
+                    others = conn.execute(
+                        select(*recent_columns)
+                        .where(
+                            c.tenant_id == tenant_id,
+                            c.thread_id == thread_id,
+                            # Every status, named: the (tenant, thread,
+                            # status, created) index then reads only the
+                            # window, not the whole thread.
+                            c.status.in_([status.value for status in CommentStatus]),
+                            c.author_id != author_id,
+                            c.created_ms >= since_ms,
+                        )
+                        .order_by(c.created_ms.desc(), c.id.desc())
+                        .limit(limit)
+                    ).all()
+            counts = {status: int(by_status.get(status.value, 0)) for status in CommentStatus}
+            return AuthorHistory(
+                author_id=author_id,
+                kind=AuthorKind(author.kind),
+                created_ms=author.created_ms,
+                comments=sum(counts.values()),
+                approved=counts[CommentStatus.APPROVED],
+                pending=counts[CommentStatus.PENDING],
+                spam=counts[CommentStatus.SPAM],
+                removed=counts[CommentStatus.REMOVED],
+                recent=recent(mine),
+                thread_recent=recent(others),
+            )
+
+        return self._call("author_history", read_preference, go, token=token)
+
     # Threads
 
     def upsert_thread(
@@ -904,9 +1056,11 @@ class SqlStore:
         def go() -> Written[Thread]:
             t = s.threads.c
             where = and_(t.tenant_id == tenant_id, t.url_id == url_id)
+            events = []
             with self._writing() as conn:
                 row = conn.execute(select(s.threads).where(where)).first()
                 if row is None:
+                    events.append(WebhookEvent.THREAD_CREATED)
                     self._require_tenant(conn, tenant_id)
                     conn.execute(
                         insert(s.threads).values(
@@ -925,12 +1079,16 @@ class SqlStore:
                         changes["title"] = title
                     if closed is not None and closed != bool(row.closed):
                         changes["closed"] = closed
+                        if closed:
+                            events.append(WebhookEvent.THREAD_CLOSED)
                     if changes:
                         conn.execute(update(s.threads).where(where).values(**changes))
                 if access:
                     self._put_access(conn, tenant_id, conn.execute(select(t.id).where(where)).scalar_one(), access)
-                row = conn.execute(_threads().where(where)).one()
-                return self._written(conn, _thread(row))
+                thread = _thread(conn.execute(_threads().where(where)).one())
+                for event in events:
+                    conn.execute(ob.emit(tenant_id, event, new_id(), created_ms, {"thread": ob.thread_data(thread)}))
+                return self._written(conn, thread)
 
         return self._call("upsert_thread", read_preference, go, write=True)
 
@@ -1010,50 +1168,96 @@ class SqlStore:
 
     def create_comment(self, new: NewComment, *, read_preference: ReadPreference) -> Deferred[Written[Comment]]:
         def go() -> Written[Comment]:
+            plan = Plan()
+            a = s.authors.c
+            t = s.threads.c
+            plan.require(
+                exists_where(s.threads, t.tenant_id == new.tenant_id, t.id == new.thread_id), NotFound("thread")
+            )
+            plan.require(
+                exists_where(s.authors, a.tenant_id == new.tenant_id, a.id == new.author_id), NotFound("author")
+            )
+            comment_id = new_id()
+            inserted = comment_insert(
+                plan,
+                comment_id=comment_id,
+                tenant_id=new.tenant_id,
+                thread_id=new.thread_id,
+                author_id=new.author_id,
+                parent_id=new.parent_id,
+                display_name=new.display_name,
+                body_source=new.body_source,
+                body_html=new.body_html,
+                status=new.status,
+                created_ms=new.created_ms,
+            )
             c = s.comments.c
+            url_id = select(t.url_id).where(t.tenant_id == c.tenant_id, t.id == c.thread_id).scalar_subquery()
+            self._emit_new_comment(plan, new.tenant_id, comment_id, new.status, new.created_ms, url_id)
             with self._writing() as conn:
-                self._thread_by_id(conn, new.tenant_id, new.thread_id)
-                a = s.authors.c
-                if (
-                    conn.execute(select(a.id).where(a.tenant_id == new.tenant_id, a.id == new.author_id)).first()
-                    is None
-                ):
-                    raise NotFound("author")
-                comment_id = new_id()
-                root_id = comment_id
-                if new.parent_id is not None:
-                    parent = conn.execute(
-                        select(c.thread_id, c.root_id).where(c.tenant_id == new.tenant_id, c.id == new.parent_id)
-                    ).first()
-                    if parent is None:
-                        raise NotFound("parent comment")
-                    if parent.thread_id != new.thread_id:
-                        raise InvalidReference("the parent comment belongs to another thread")
-                    root_id = parent.root_id
-                conn.execute(
-                    insert(s.comments).values(
-                        id=comment_id,
-                        tenant_id=new.tenant_id,
-                        thread_id=new.thread_id,
-                        parent_id=new.parent_id,
-                        root_id=root_id,
-                        author_id=new.author_id,
-                        display_name=new.display_name,
-                        body_source=new.body_source,
-                        body_html=new.body_html,
-                        status=new.status.value,
-                        created_ms=new.created_ms,
-                        edited_ms=None,
-                        like_count=0,
-                        flag_count=0,
-                    )
-                )
-                if new.status is CommentStatus.APPROVED:
-                    self._count_approved(conn, new.tenant_id, new.thread_id, +1)
-                row = conn.execute(select(s.comments).where(c.id == comment_id)).one()
-                return self._written(conn, _comment(row))
+                rows = self._batch(conn, plan.steps, commit=True)
+                return self._written(conn, _comment(rows_of(rows, inserted)[0]))
 
         return self._call("create_comment", read_preference, go, write=True)
+
+    def post_comment(self, new: NewPost, *, read_preference: ReadPreference) -> Deferred[Written[Posted]]:
+        def go() -> Written[Posted]:
+            given = new.poster.session if isinstance(new.poster, NewSession) else None
+            ids = NewIds(
+                comment=new_id(),
+                thread=new.new_thread_id or new_id(),
+                session=given.id if given is not None else new_id(),
+                author=given.author_id if given is not None else new_id(),
+                user=new_id(),
+            )
+            plan = Plan()
+            steps = post(plan, new, ids=ids)
+            t = s.threads.c
+            where_thread = and_(t.tenant_id == new.tenant_id, t.url_id == new.url_id)
+            # Created by this write: the thread of the url has the id this
+            # write would have given it (a fresh one).
+            created = exists_where(s.threads, where_thread, t.id == ids.thread)
+            thread_data = {
+                "thread": {
+                    "id": ids.thread,
+                    "urlId": new.url_id,
+                    "title": new.title or "",
+                    "closed": False,
+                    "createdAt": new.created_ms,
+                }
+            }
+            plan.add(
+                ob.emit(new.tenant_id, WebhookEvent.THREAD_CREATED, new_id(), new.created_ms, thread_data, when=created)
+            )
+            self._emit_new_comment(plan, new.tenant_id, ids.comment, new.status, new.created_ms, new.url_id)
+            thread = plan.add(_threads().where(where_thread))
+            with self._writing() as conn:
+                rows = self._batch(conn, plan.steps, commit=True)
+                session = None
+                if isinstance(new.poster, NewSession):
+                    session = AnonymousSession(ids.session, new.tenant_id, ids.author, new.created_ms)
+                posted = Posted(
+                    comment=_comment(rows_of(rows, steps.comment)[0]),
+                    thread=_thread(rows_of(rows, thread)[0]),
+                    thread_created=not rows_of(rows, steps.existed)[0].existed,
+                    session=session,
+                )
+                return self._written(conn, posted)
+
+        return self._call("post_comment", read_preference, go, write=True)
+
+    @staticmethod
+    def _emit_new_comment(
+        plan: Plan, tenant_id: str, comment_id: str, status: CommentStatus, created_ms: int, url_id: Any
+    ) -> None:
+        """The event of a comment the plan inserts, from its row (its thread
+        and author may be known only in SQL). Spam is never announced as a
+        new comment, only as spam."""
+        event = WebhookEvent.COMMENT_CREATED
+        if status is CommentStatus.SPAM:
+            event = WebhookEvent.COMMENT_MARKED_SPAM
+        data = {"comment": ob.comment_sql(urlId=url_id)}
+        plan.add(ob.emit_for_comment(tenant_id, event, new_id(), s.comments.c.id == comment_id, created_ms, data))
 
     def _count_approved(self, conn: Connection, tenant_id: str, thread_id: str, delta: int) -> None:
         t = s.threads.c
@@ -1197,34 +1401,89 @@ class SqlStore:
         body: tuple[str, str] | None = None,
         status: CommentStatus | None = None,
     ) -> Deferred[Written[Comment]]:
-        def go() -> Written[Comment]:
-            c = s.comments.c
-            with self._writing() as conn:
-                old = self._comment_row(conn, tenant_id, comment_id)
-                changes: dict[str, Any] = {}
-                if body is not None:
-                    changes.update(body_source=body[0], body_html=body[1], edited_ms=edited_ms)
-                if status is not None and status is not old.status:
-                    changes["status"] = status.value
-                    if old.status is CommentStatus.APPROVED:
-                        self._count_approved(conn, tenant_id, old.thread_id, -1)
-                    elif status is CommentStatus.APPROVED:
-                        self._count_approved(conn, tenant_id, old.thread_id, +1)
-                if changes:
-                    conn.execute(
-                        update(s.comments).where(c.tenant_id == tenant_id, c.id == comment_id).values(**changes)
-                    )
-                return self._written(conn, self._comment_row(conn, tenant_id, comment_id))
+        d = self.change_comment(
+            tenant_id, comment_id, edited_ms=edited_ms, read_preference=read_preference, body=body, status=status
+        )
+        return d.addCallback(lambda written: Written(written.value.after, written.token))
 
-        return self._call("update_comment", read_preference, go, write=True)
+    def change_comment(
+        self,
+        tenant_id: str,
+        comment_id: str,
+        *,
+        edited_ms: int,
+        read_preference: ReadPreference,
+        body: tuple[str, str] | None = None,
+        status: CommentStatus | None = None,
+    ) -> Deferred[Written[Change]]:
+        def go() -> Written[Change]:
+            c = s.comments.c
+            t = s.threads.c
+            this = and_(c.tenant_id == tenant_id, c.id == comment_id)
+            plan = Plan()
+            plan.require(exists_where(s.comments, this), NotFound("comment"))
+            before = plan.add(select(s.comments).where(this))
+            changes: dict[str, Any] = {}
+            # The events first, from the row as it is before the change with
+            # the changed values given: previousStatus is the row's status.
+            after_values: dict[str, Any] = {"previousStatus": c.status}
+            if body is not None:
+                changes.update(body_source=body[0], body_html=body[1], edited_ms=edited_ms)
+                after_values.update(text=body[0], html=body[1], editedAt=edited_ms)
+            if status is not None:
+                after_values["status"] = status.value
+            data = {"comment": ob.comment_sql(**after_values)}
+            if body is not None:
+                plan.add(ob.emit_for_comment(tenant_id, WebhookEvent.COMMENT_EDITED, new_id(), this, edited_ms, data))
+            if status is not None and status in _STATUS_EVENTS:
+                plan.add(
+                    ob.emit_for_comment(
+                        tenant_id,
+                        _STATUS_EVENTS[status],
+                        new_id(),
+                        and_(this, c.status != status.value),
+                        edited_ms,
+                        data,
+                    )
+                )
+            if status is not None:
+                changes["status"] = status.value
+                # Before the comment changes: its thread counts approved comments.
+                was_approved = case((select(c.status).where(this).scalar_subquery() == _APPROVED, 1), else_=0)
+                now_approved = int(status is CommentStatus.APPROVED)
+                plan.add(
+                    update(s.threads)
+                    .where(t.tenant_id == tenant_id, t.id == select(c.thread_id).where(this).scalar_subquery())
+                    .values(comment_count=t.comment_count + now_approved - was_approved)
+                )
+            if changes:
+                plan.add(update(s.comments).where(this).values(**changes))
+            after = plan.add(select(s.comments).where(this))
+            with self._writing() as conn:
+                rows = self._batch(conn, plan.steps, commit=True)
+                change = Change(_comment(rows_of(rows, before)[0]), _comment(rows_of(rows, after)[0]))
+                return self._written(conn, change)
+
+        return self._call("change_comment", read_preference, go, write=True)
 
     def delete_comment(
-        self, tenant_id: str, comment_id: str, *, read_preference: ReadPreference
+        self, tenant_id: str, comment_id: str, *, read_preference: ReadPreference, deleted_ms: int = 0
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             with self._writing() as conn:
                 target = self._comment_row(conn, tenant_id, comment_id)
                 doomed = self._subtree(conn, tenant_id, target)
+                conn.execute(
+                    ob.emit_for_comments(
+                        tenant_id,
+                        WebhookEvent.COMMENT_REMOVED,
+                        new_id(),
+                        s.comments.c.id.in_(doomed),
+                        deleted_ms,
+                        status=CommentStatus.REMOVED.value,
+                        extra={"deleted": True},
+                    )
+                )
                 counted = self._delete_comment_rows(conn, tenant_id, doomed)
                 return self._written(conn, counted)
 
@@ -1282,62 +1541,84 @@ class SqlStore:
         read_preference: ReadPreference,
         address_hash: str | None = None,
         max_per_address: int | None = None,
+        expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             v = s.votes.c
             va = s.vote_addresses.c
-            with self._writing() as conn:
-                self._comment_row(conn, tenant_id, comment_id)
-                self._require_author(conn, tenant_id, voter_id)
-                if conn.execute(select(v.voter_id).where(v.comment_id == comment_id, v.voter_id == voter_id)).first():
-                    raise AlreadyExists("like")
-                if address_hash is not None and max_per_address is not None:
-                    from_there = conn.execute(
-                        select(func.count()).where(va.comment_id == comment_id, va.address_hash == address_hash)
-                    ).scalar_one()
-                    if from_there >= max_per_address:
-                        raise LimitReached("likes from one address")
-                try:
-                    conn.execute(
-                        insert(s.votes).values(
-                            comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, created_ms=created_ms
-                        )
+            c = s.comments.c
+            a = s.authors.c
+            plan = Plan()
+            check_expected(plan, tenant_id, expect)
+            self._session_first(plan, tenant_id, new_session)
+            plan.require(exists_where(s.comments, c.tenant_id == tenant_id, c.id == comment_id), NotFound("comment"))
+            plan.require(exists_where(s.authors, a.tenant_id == tenant_id, a.id == voter_id), NotFound("author"))
+            plan.require(
+                ~exists_where(s.votes, v.comment_id == comment_id, v.voter_id == voter_id), AlreadyExists("like")
+            )
+            if address_hash is not None and max_per_address is not None:
+                from_there = (
+                    select(func.count())
+                    .select_from(s.vote_addresses)
+                    .where(va.comment_id == comment_id, va.address_hash == address_hash)
+                    .scalar_subquery()
+                )
+                plan.require(from_there < max_per_address, LimitReached("likes from one address"))
+            plan.add(
+                insert(s.votes).values(
+                    comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, created_ms=created_ms
+                )
+            )
+            if address_hash is not None:
+                plan.add(
+                    insert(s.vote_addresses).values(
+                        comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, address_hash=address_hash
                     )
-                except IntegrityError:
-                    raise AlreadyExists("like") from None
-                if address_hash is not None:
-                    conn.execute(
-                        insert(s.vote_addresses).values(
-                            comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, address_hash=address_hash
-                        )
-                    )
-                return self._written(conn, self._bump(conn, tenant_id, comment_id, "like_count", +1))
+                )
+            counted = plan.add(
+                update(s.comments)
+                .where(c.tenant_id == tenant_id, c.id == comment_id)
+                .values(like_count=c.like_count + 1)
+                .returning(c.like_count)
+            )
+            try:
+                with self._writing() as conn:
+                    rows = self._batch(conn, plan.steps, commit=True)
+                    return self._written(conn, int(rows_of(rows, counted)[0].like_count))
+            except IntegrityError:
+                # A concurrent like by the same voter won the race.
+                raise AlreadyExists("like") from None
 
         return self._call("add_like", read_preference, go, write=True)
 
-    def _bump(self, conn: Connection, tenant_id: str, comment_id: str, column: str, delta: int) -> int:
-        c = s.comments.c
-        col = c[column]
-        conn.execute(
-            update(s.comments).where(c.tenant_id == tenant_id, c.id == comment_id).values({column: col + delta})
-        )
-        return int(conn.execute(select(col).where(c.id == comment_id)).scalar_one())
-
     def remove_like(
-        self, tenant_id: str, comment_id: str, voter_id: str, *, read_preference: ReadPreference
+        self,
+        tenant_id: str,
+        comment_id: str,
+        voter_id: str,
+        *,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             v = s.votes.c
+            va = s.vote_addresses.c
+            c = s.comments.c
+            this = and_(c.tenant_id == tenant_id, c.id == comment_id)
+            vote = and_(v.tenant_id == tenant_id, v.comment_id == comment_id, v.voter_id == voter_id)
+            plan = Plan()
+            check_expected(plan, tenant_id, expect)
+            plan.require(exists_where(s.comments, this), NotFound("comment"))
+            plan.require(exists_where(s.votes, vote), NotFound("like"))
+            plan.add(delete(s.votes).where(vote))
+            plan.add(delete(s.vote_addresses).where(va.comment_id == comment_id, va.voter_id == voter_id))
+            counted = plan.add(
+                update(s.comments).where(this).values(like_count=c.like_count - 1).returning(c.like_count)
+            )
             with self._writing() as conn:
-                self._comment_row(conn, tenant_id, comment_id)
-                done = conn.execute(
-                    delete(s.votes).where(v.tenant_id == tenant_id, v.comment_id == comment_id, v.voter_id == voter_id)
-                )
-                if done.rowcount == 0:
-                    raise NotFound("like")
-                va = s.vote_addresses.c
-                conn.execute(delete(s.vote_addresses).where(va.comment_id == comment_id, va.voter_id == voter_id))
-                return self._written(conn, self._bump(conn, tenant_id, comment_id, "like_count", -1))
+                rows = self._batch(conn, plan.steps, commit=True)
+                return self._written(conn, int(rows_of(rows, counted)[0].like_count))
 
         return self._call("remove_like", read_preference, go, write=True)
 
@@ -1350,71 +1631,123 @@ class SqlStore:
         created_ms: int,
         read_preference: ReadPreference,
         hide_at: int | None = None,
+        expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             f = s.flags.c
-            with self._writing() as conn:
-                comment = self._comment_row(conn, tenant_id, comment_id)
-                self._require_author(conn, tenant_id, flagger_id)
-                if conn.execute(
-                    select(f.flagger_id).where(f.comment_id == comment_id, f.flagger_id == flagger_id)
-                ).first():
-                    raise AlreadyExists("flag")
-                try:
-                    conn.execute(
-                        insert(s.flags).values(
-                            comment_id=comment_id, flagger_id=flagger_id, tenant_id=tenant_id, created_ms=created_ms
-                        )
+            c = s.comments.c
+            a = s.authors.c
+            this = and_(c.tenant_id == tenant_id, c.id == comment_id)
+            plan = Plan()
+            check_expected(plan, tenant_id, expect)
+            self._session_first(plan, tenant_id, new_session)
+            plan.require(exists_where(s.comments, this), NotFound("comment"))
+            plan.require(exists_where(s.authors, a.tenant_id == tenant_id, a.id == flagger_id), NotFound("author"))
+            plan.require(
+                ~exists_where(s.flags, f.comment_id == comment_id, f.flagger_id == flagger_id), AlreadyExists("flag")
+            )
+            plan.add(
+                insert(s.flags).values(
+                    comment_id=comment_id, flagger_id=flagger_id, tenant_id=tenant_id, created_ms=created_ms
+                )
+            )
+            counted = plan.add(
+                update(s.comments).where(this).values(flag_count=c.flag_count + 1).returning(c.flag_count)
+            )
+            if hide_at is not None:
+                # Hidden for review: off public pages, still in the
+                # moderators' pending and flagged queues. Each step is
+                # guarded by the same condition, the status last.
+                hide = exists_where(s.comments, this, c.status == _APPROVED, c.flag_count >= hide_at)
+                t = s.threads.c
+                plan.add(
+                    update(s.threads)
+                    .where(t.id == select(c.thread_id).where(this).scalar_subquery(), hide)
+                    .values(comment_count=t.comment_count - 1)
+                )
+                plan.add(
+                    insert(s.moderation_log).from_select(
+                        ["id", "tenant_id", "created_ms", "actor", "action", "targets", "reason"],
+                        select(
+                            literal(new_id()),
+                            literal(tenant_id),
+                            literal(created_ms),
+                            literal("auto"),
+                            literal("auto_hide"),
+                            literal(json.dumps({"commentIds": [comment_id], "banIds": []})),
+                            literal("flags"),
+                        ).where(hide),
                     )
-                except IntegrityError:
-                    raise AlreadyExists("flag") from None
-                count = self._bump(conn, tenant_id, comment_id, "flag_count", +1)
-                if hide_at is not None and count >= hide_at and comment.status is CommentStatus.APPROVED:
-                    # Hidden for review: off public pages, still in the
-                    # moderators' pending and flagged queues.
-                    hidden = replace(comment, flag_count=count)
-                    self._set_status(conn, tenant_id, [hidden], CommentStatus.PENDING)
-                    self._audit(conn, tenant_id, "auto", "auto_hide", [comment_id], [], "flags", created_ms)
-                return self._written(conn, count)
+                )
+                plan.add(update(s.comments).where(this, hide).values(status=CommentStatus.PENDING.value))
+            # Last: the comment as the flag left it (counted, maybe hidden).
+            data = {"comment": ob.comment_sql(), "flaggerId": flagger_id}
+            plan.add(ob.emit_for_comment(tenant_id, WebhookEvent.COMMENT_FLAGGED, new_id(), this, created_ms, data))
+            try:
+                with self._writing() as conn:
+                    rows = self._batch(conn, plan.steps, commit=True)
+                    return self._written(conn, int(rows_of(rows, counted)[0].flag_count))
+            except IntegrityError:
+                raise AlreadyExists("flag") from None
 
         return self._call("add_flag", read_preference, go, write=True)
 
     def add_block(
-        self, tenant_id: str, viewer_id: str, author_id: str, *, created_ms: int, read_preference: ReadPreference
+        self,
+        tenant_id: str,
+        viewer_id: str,
+        author_id: str,
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[None]]:
         def go() -> Written[None]:
             b = s.blocks.c
+            a = s.authors.c
             if viewer_id == author_id:
                 raise InvalidReference("an author cannot block themselves")
-            with self._writing() as conn:
-                self._require_author(conn, tenant_id, author_id)
-                self._require_author(conn, tenant_id, viewer_id)
-                where = and_(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
-                if conn.execute(select(b.author_id).where(where)).first() is not None:
-                    raise AlreadyExists("block")
-                try:
-                    conn.execute(
-                        insert(s.blocks).values(
-                            tenant_id=tenant_id, viewer_id=viewer_id, author_id=author_id, created_ms=created_ms
-                        )
-                    )
-                except IntegrityError:
-                    raise AlreadyExists("block") from None
-                return self._written(conn, None)
+            plan = Plan()
+            check_expected(plan, tenant_id, expect)
+            self._session_first(plan, tenant_id, new_session)
+            for who in (author_id, viewer_id):
+                plan.require(exists_where(s.authors, a.tenant_id == tenant_id, a.id == who), NotFound("author"))
+            where = and_(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
+            plan.require(~exists_where(s.blocks, where), AlreadyExists("block"))
+            plan.add(
+                insert(s.blocks).values(
+                    tenant_id=tenant_id, viewer_id=viewer_id, author_id=author_id, created_ms=created_ms
+                )
+            )
+            try:
+                with self._writing() as conn:
+                    self._batch(conn, plan.steps, commit=True)
+                    return self._written(conn, None)
+            except IntegrityError:
+                raise AlreadyExists("block") from None
 
         return self._call("add_block", read_preference, go, write=True)
 
     def remove_block(
-        self, tenant_id: str, viewer_id: str, author_id: str, *, read_preference: ReadPreference
+        self,
+        tenant_id: str,
+        viewer_id: str,
+        author_id: str,
+        *,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[None]]:
         def go() -> Written[None]:
             b = s.blocks.c
+            block = and_(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
+            plan = Plan()
+            check_expected(plan, tenant_id, expect)
+            plan.require(exists_where(s.blocks, block), NotFound("block"))
+            plan.add(delete(s.blocks).where(block))
             with self._writing() as conn:
-                done = conn.execute(
-                    delete(s.blocks).where(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
-                )
-                if done.rowcount == 0:
-                    raise NotFound("block")
+                self._batch(conn, plan.steps, commit=True)
                 return self._written(conn, None)
 
         return self._call("remove_block", read_preference, go, write=True)
@@ -1527,9 +1860,13 @@ class SqlStore:
         status: CommentStatus,
         *,
         clear_flags: bool = False,
+        event: tuple[str, int, dict[str, Any]] | None = None,
     ) -> list[tuple[Comment, Comment]]:
         """Give ``comments`` (as read in this transaction) ``status``: one
         statement per table however many there are.
+
+        :param event: ``(event id prefix, created_ms, extra)``: emit the
+            status's webhook event for each comment that changes.
 
         :returns: ``(before, after)`` of the comments that changed.
         """
@@ -1545,6 +1882,19 @@ class SqlStore:
         # (a comment never changes tenant): by primary key alone, for the
         # reason given in :meth:`moderate`.
         ids = [old.id for old, _ in changed]
+        if event is not None and status in _STATUS_EVENTS:
+            prefix, created_ms, extra = event
+            conn.execute(
+                ob.emit_for_comments(
+                    tenant_id,
+                    _STATUS_EVENTS[status],
+                    prefix,
+                    c.id.in_(ids),
+                    created_ms,
+                    status=status.value,
+                    extra=extra,
+                )
+            )
         values: dict[str, Any] = {"status": status.value}
         if clear_flags:
             values["flag_count"] = 0
@@ -1644,6 +1994,14 @@ class SqlStore:
                     for b in bans
                 ],
             )
+        for ban in bans:
+            if kind is BanKind.AUTHOR:
+                data = {
+                    "author": {"id": ban.value},
+                    "ban": {"id": ban.id, "reason": reason, "expiresAt": expires_ms, "createdAt": created_ms},
+                    "actor": actor,
+                }
+                conn.execute(ob.emit(tenant_id, WebhookEvent.AUTHOR_BANNED, ban.id, created_ms, data))
         return bans
 
     def _comments_of(self, conn: Connection, tenant_id: str, author_ids: Sequence[str]) -> list[Comment]:
@@ -1747,6 +2105,16 @@ class SqlStore:
         m = s.moderation_log.c
         statements: list[Executable] = [
             select(s.comments).where(c.id.in_(ids)).with_for_update(),
+            # Before the update: the rows it changes, with their old status.
+            ob.emit_for_comments(
+                tenant_id,
+                _ACTION_EVENTS[action],
+                entry.id,
+                and_(c.id.in_(ids), which, guard),
+                created_ms,
+                status=status.value,
+                extra={"action": action.value, "actor": actor, "reason": reason, "auditId": entry.id},
+            ),
             update(s.comments).where(c.id.in_(ids), which, guard).values(**values),
             update(s.threads)
             .where(t.id.in_(select(c.thread_id).where(c.id.in_(ids))), guard)
@@ -1823,7 +2191,10 @@ class SqlStore:
                     expires_ms=ban_expires_ms,
                 )
                 doomed = self._comments_of(conn, tenant_id, authors) if remove_all else found
-                changed = self._set_status(conn, tenant_id, doomed, CommentStatus.REMOVED)
+                extra = {"action": "ban", "actor": actor, "reason": reason}
+                changed = self._set_status(
+                    conn, tenant_id, doomed, CommentStatus.REMOVED, event=(new_id(), created_ms, extra)
+                )
                 touched = [old.id for old, _ in changed]
                 named = ids + [cid for cid in touched if cid not in order]
                 entry = self._audit(
@@ -1869,8 +2240,13 @@ class SqlStore:
                 )
                 changed = []
                 if remove_all:
+                    extra = {"action": "ban", "actor": actor, "reason": reason}
                     changed = self._set_status(
-                        conn, tenant_id, self._comments_of(conn, tenant_id, [value]), CommentStatus.REMOVED
+                        conn,
+                        tenant_id,
+                        self._comments_of(conn, tenant_id, [value]),
+                        CommentStatus.REMOVED,
+                        event=(new_id(), created_ms, extra),
                     )
                 entry = self._audit(
                     conn, tenant_id, actor, "ban", [old.id for old, _ in changed], [bans[0].id], reason, created_ms

@@ -37,6 +37,7 @@ class LiveNode:
         node_id: str = "test-node",
         store: Any = None,
         relay: Any = None,
+        successor: Any = None,
     ) -> None:
 
         from fastedge.api.resource import build_api, build_sessions
@@ -75,6 +76,7 @@ class LiveNode:
             access=access,
             viewer_tokens=sessions.viewer_tokens,
             sso=sessions.sso,
+            successor=successor,
         )
         if mesh is None:
             mesh = idle_mesh(clock, path, self.registry, node_id)
@@ -133,6 +135,9 @@ class LiveSubscriber:
         self.conn = RecordingConnection()
         self.live = LiveConnection(node.live, self.conn)
         self.conn.owner = self.live
+        # Counted in as the transports do (the node's goodbye reaches it).
+        self._node_live = node.live
+        node.live.opened(self.conn)
 
     def subscribe(self, tenant_id: str, url_id: str, **extra: Any) -> Deferred[Any]:
         """Subscribe; the ``subscribed`` answer and any replay are recorded
@@ -154,6 +159,7 @@ class LiveSubscriber:
     def close(self) -> None:
         """The client goes away: it leaves every channel."""
         self.live.close()
+        self._node_live.closed(self.conn)
 
 
 class LiveMesh(MemoryMesh):
@@ -175,6 +181,8 @@ class LiveMesh(MemoryMesh):
     def add(self, node_id: str, *, deployment: str = "global", start: bool = True, **kw: Any) -> Any:
         """Make (and start) a node with live threads relayed over the mesh
         (see :meth:`MemoryMesh.add` for the arguments)."""
+        from fastedge.mesh.successor import successor_of
+
         service = super().add(node_id, deployment=deployment, start=False, **kw)
         store = self.stores.get(deployment)
         if store is None:
@@ -192,6 +200,7 @@ class LiveMesh(MemoryMesh):
             store=store,
             live_overrides=self._live_overrides,
             relay=service.cfg,
+            successor=successor_of(service.node_map, node_id, deployment, 0.0, 0.0),
         )
         self._tc.addCleanup(node.api.service.stopService)
         service.register(node.service.relay)

@@ -87,12 +87,14 @@ class NodeTests(TestCase):
         self.assertEqual(
             doc["children"],
             {
+                "drain": {"running": True},
                 "store": {"running": True},
                 "geo": {"running": True},
                 "mesh": {"running": True},
                 "dns": {"running": True},
                 "live": {"running": True},
                 "cdn": {"running": True},
+                "webhooks": {"running": True},
                 "http": {"running": True},
             },
         )

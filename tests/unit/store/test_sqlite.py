@@ -19,12 +19,13 @@ from fastedge.store.schema import MIGRATIONS
 from fastedge.store.sqlite import SQLiteStore
 from fastedge.testing.fakes import run_inline
 
+from .contract import WebhookContractMixin
 from .contract_writes import WriteContractMixin
 
 PRIMARY = ReadPreference.PRIMARY
 
 
-class SQLiteStoreContractTests(WriteContractMixin, SynchronousTestCase):
+class SQLiteStoreContractTests(WriteContractMixin, WebhookContractMixin, SynchronousTestCase):
     """The embedded store keeps the store contract."""
 
     def make_store(self) -> IStore:

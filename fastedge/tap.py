@@ -309,6 +309,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         handlers=[
             live.relay,
             cdn.peers,
+            residency.peers,
         ],
     )
     mesh.setName("mesh")

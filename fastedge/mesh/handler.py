@@ -61,6 +61,11 @@ class MeshHandler:
 
     name = "handler"
     max_calls_per_second: float | None = None
+    #: Peers of every deployment may call it (the mesh still checks that the
+    #: caller is a logged-in, current node). Only for a feature that tells
+    #: other deployments no data of its own: the tenant directory
+    #: (``docs/residency.md``) answers a deployment's name, nothing more.
+    cross_deployment = False
 
     def __init__(self) -> None:
         self.remote_calls: Mapping[str, Callable[..., Any]] = {}
@@ -128,12 +133,12 @@ class MeshView:
         deployment = self.deployment
         return [p.node_id for p in membership.peers.values() if p.announcement.deployment == deployment]
 
-    def link_to(self, node_id: str) -> Any:
+    def link_to(self, node_id: str, *, any_deployment: bool = False) -> Any:
         membership = self._service.membership
         peer = membership.peers.get(node_id) if membership is not None else None
         if peer is None or peer.link is None or not peer.link.up:
             return None
-        if peer.announcement.deployment != self.deployment:
+        if peer.announcement.deployment != self.deployment and not any_deployment:
             return None
         return peer.link
 
@@ -240,7 +245,8 @@ class HandlerRegistry:
 
     def _check(self, route: _Route, call: str, peer: str | None, incarnation: int, connection: object) -> None:
         deployment = self._deployment_of(peer, incarnation)
-        if deployment != self._deployment:
+        crossing = getattr(route.handler, "cross_deployment", False) and deployment is not None
+        if deployment != self._deployment and not crossing:
             self._refuse(route, call, peer, "deployment")
             self._log.warn(
                 "mesh: refused {handler} call {call} from {peer} (another deployment than {deployment})",

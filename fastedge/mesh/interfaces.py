@@ -115,8 +115,10 @@ class IMesh(Interface):
     def peers() -> list[str]:
         """The ids of the known peers of this node's deployment, in any state."""
 
-    def link_to(node_id: str) -> ILink | None:
-        """This node's link to a peer of its deployment if it is up, else ``None``."""
+    def link_to(node_id: str, *, any_deployment: bool = False) -> ILink | None:
+        """This node's link to a peer of its deployment if it is up, else
+        ``None``; with ``any_deployment``, to a peer of any deployment (for
+        a ``cross_deployment`` handler)."""
 
     def call(link: ILink, method: str, *args: Any) -> Deferred[Any]:
         """Call a handler's remote call ``method`` on a peer over ``link``

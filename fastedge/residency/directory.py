@@ -62,7 +62,11 @@ class TenantDirectory:
         ttl: float = 300.0,
         unknown_ttl: float = 5.0,
         max_entries: int = 100_000,
+        remote: IRemoteDirectory | None = None,
     ) -> None:
+        """:param remote: the other deployments (the mesh's
+        :class:`~fastedge.residency.peers.DirectoryPeers`), asked for
+        tenants this store lacks."""
         self._store = store
         self.deployment = deployment
         self._count = count or (lambda result: None)
@@ -70,10 +74,6 @@ class TenantDirectory:
         self._unknown_ttl = unknown_ttl
         self._known: ExpiringMap[str, str] = ExpiringMap(clock, max_entries=max_entries)
         self._flights = SingleFlight()
-        self._remote: IRemoteDirectory | None = None
-
-    def ask_remote(self, remote: IRemoteDirectory) -> None:
-        """Also ask ``remote`` (the mesh) for tenants this store lacks."""
         self._remote = remote
 
     def cached(self, tenant_id: str) -> tuple[bool, str | None]:

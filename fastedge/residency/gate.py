@@ -33,6 +33,7 @@ from ..config import ZoneConfig
 from ..store.interfaces import IStore
 from .directory import TenantDirectory
 from .metrics import ResidencyMetrics
+from .peers import DirectoryPeers
 
 _TENANT_PREFIXES = (b"/api/v1/", b"/embed/", b"/media/")
 #: Segments under those prefixes that are not tenants.
@@ -108,8 +109,13 @@ class ResidencyGate:
         hosts: Mapping[str, str],
         *,
         count: Any = None,
+        peers: Any = None,
     ) -> None:
+        """:param peers: the mesh handler that asks other deployments
+        (:class:`~fastedge.residency.peers.DirectoryPeers`), for ``tap`` to
+        register with the mesh."""
         self.directory = directory
+        self.peers = peers
         self.deployment = directory.deployment
         self._hosts = dict(hosts)
         self._count = count or (lambda kind: None)
@@ -161,10 +167,18 @@ def residency_gate(
     clock: IReactorTime,
     registry: CollectorRegistry,
 ) -> ResidencyGate:
-    """The node's gate: a directory over its store, the deployments' host
-    names from its DNS zones, and metrics."""
+    """The node's gate: a directory over its store and the other
+    deployments (asked over the mesh: register ``gate.peers`` with it), the
+    deployments' host names from its DNS zones, and metrics."""
     metrics = ResidencyMetrics(registry)
+    peers = DirectoryPeers(store, deployment=deployment)
     directory = TenantDirectory(
-        store, clock, deployment=deployment, count=lambda result: metrics.lookups.labels(result).inc()
+        store,
+        clock,
+        deployment=deployment,
+        count=lambda result: metrics.lookups.labels(result).inc(),
+        remote=peers,
     )
-    return ResidencyGate(directory, deployment_hosts(zones), count=lambda kind: metrics.misdirected.labels(kind).inc())
+    return ResidencyGate(
+        directory, deployment_hosts(zones), count=lambda kind: metrics.misdirected.labels(kind).inc(), peers=peers
+    )

@@ -33,11 +33,12 @@ LAYERS: list[set[str]] = [
     # (router, JSON bodies and errors); spam checks (judged from records,
     # asked by the comment write paths).
     {"identity", "http", "spam"},
-    # Which deployment serves a tenant (checked before any feature reads).
-    {"residency"},
     # The mesh: a transport between the nodes of a deployment, knowing no
     # feature (features register handlers with it: docs/mesh-handlers.md).
     {"mesh"},
+    # Which deployment serves a tenant (checked before any feature reads;
+    # other deployments are asked over the mesh).
+    {"residency"},
     # Features carried by the mesh (the live relay, the CDN's peer fill).
     {"live", "cdn"},
     # Features built on the mesh and on live threads.

@@ -170,7 +170,9 @@ class MeshFeaturesTests(SynchronousTestCase):
         options.parseOptions(["--data-dir", os.path.abspath(self.mktemp())])
         top = makeService(options, reactor=MemoryReactorClock())
         mesh, live, cdn = (top.getServiceNamed(name) for name in ("mesh", "live", "cdn"))
-        self.assertEqual(mesh.handlers.handlers, [live.relay, cdn.peers])
+        self.assertEqual(mesh.handlers.handlers[:2], [live.relay, cdn.peers])
+        # The tenant directory across deployments (docs/residency.md).
+        self.assertEqual([h.name for h in mesh.handlers.handlers[2:]], ["directory"])
         for handler in mesh.handlers.handlers:
             verifyObject(IMeshHandler, handler)
         self.assertEqual(live.publisher.sink, live.relay.publish)

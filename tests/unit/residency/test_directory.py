@@ -82,10 +82,12 @@ class TenantDirectoryTests(SynchronousTestCase):
 
     def test_other_deployments_asked_for_what_the_store_lacks(self) -> None:
         remote = Remote({"abroad": "eu"})
-        self.directory.ask_remote(remote)
-        self.assertEqual(self.successResultOf(self.directory.deployment_of("abroad")), "eu")
-        self.assertIsNone(self.successResultOf(self.directory.deployment_of("nowhere")))
-        self.successResultOf(self.directory.deployment_of(self.ours.value.id))
+        directory = TenantDirectory(
+            self.store, self.clock, deployment="global", count=self.counts.append, remote=remote  # type: ignore[arg-type]
+        )
+        self.assertEqual(self.successResultOf(directory.deployment_of("abroad")), "eu")
+        self.assertIsNone(self.successResultOf(directory.deployment_of("nowhere")))
+        self.successResultOf(directory.deployment_of(self.ours.value.id))
         self.assertEqual(remote.asked, ["abroad", "nowhere"], "a tenant of the store is never asked abroad")
         self.assertIn("remote", self.counts)
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -113,3 +114,13 @@ def wrk(
         "errors": float(errors.group(1)) if errors else 0.0,
         "socket_errors": float(sum(int(g) for g in socket_errors.groups())) if socket_errors else 0.0,
     }
+
+
+def result_of(d: Any) -> Any:
+    """The result of a Deferred that has already fired (a store run inline);
+    its failure is raised."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    if hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0]

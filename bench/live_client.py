@@ -99,6 +99,23 @@ def frames(conn: Conn, data: bytes, want_payload: bool) -> tuple[int, bytes | No
     return new, payload
 
 
+def poster(addr: tuple[str, int], post: bytes, cmd: socket.socket) -> None:
+    """A child process that makes the publishing POSTs on request and
+    reports each answer's time: the main process may be busy reading
+    thousands of sockets when the answer comes, and would note it late."""
+    s = socket.create_connection(addr)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        while cmd.recv(1):
+            t = time.monotonic_ns()
+            s.sendall(post)
+            s.recv(4096)
+            cmd.sendall(struct.pack("!Q", time.monotonic_ns() - t))
+    except OSError:
+        pass  # the main process is gone (it failed, and says why)
+    os._exit(0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
@@ -117,6 +134,21 @@ def main() -> None:
     args = ap.parse_args()
     deadline = time.monotonic() + args.timeout
     addr = ("127.0.0.1", args.port)
+    post = ("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % args.publish_path).encode()
+    cmd, child_end = socket.socketpair()
+    if os.fork() == 0:
+        cmd.close()
+        poster(addr, post, child_end)
+    child_end.close()
+
+    def posted() -> float:
+        """Ask the poster for one publishing POST; its answer time (ms)."""
+        cmd.sendall(b"p")
+        got = b""
+        while len(got) < 8:
+            got += cmd.recv(8 - len(got))
+        return struct.unpack("!Q", got)[0] / 1e6
+
     ep = select.epoll()
     conns: dict[int, Conn] = {}
     sub_frame = masked_text(args.subscribe.encode()) if args.subscribe else b""
@@ -129,11 +161,17 @@ def main() -> None:
     # A warm-up publish with no subscribers, so one-time costs are not counted.
     trigger = socket.create_connection(addr)
     trigger.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    post = ("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % args.publish_path).encode()
     trigger.sendall(post)
     trigger.recv(4096)
     time.sleep(0.5)
     rss_before = rss_kib(args.pid)
+
+    # The publishing POST's own answer time with no live readers, to set
+    # beside the same POST with N readers on its thread (below).
+    answer_idle_ms: list[float] = []
+    for _ in range(args.publishes):
+        answer_idle_ms.append(posted())
+        time.sleep(0.01)
 
     # While the herd connects, another client asks for a cheap page (a 404)
     # every 10 ms on a fresh connection: how long do other requests wait?
@@ -173,6 +211,7 @@ def main() -> None:
     ready = 0
     in_flight = 0
     t_connect = time.monotonic()
+    cpu_connect = cpu_seconds(args.pid)
     while ready < args.connections:
         if time.monotonic() > deadline:
             raise SystemExit("timed out connecting: %d ready" % ready)
@@ -228,6 +267,7 @@ def main() -> None:
                     in_flight -= 1
                     c.buf = b""
     connect_seconds = time.monotonic() - t_connect
+    connect_cpu = cpu_seconds(args.pid) - cpu_connect
     if probe:
         ep.unregister(probe[0].fileno())
         probe[0].close()
@@ -279,10 +319,14 @@ def main() -> None:
     lasts: list[float] = []
     cpu0 = cpu_seconds(args.pid)
     wall0 = time.monotonic()
+    answer_busy_ms: list[float] = []
     for i in range(args.publishes):
-        trigger.sendall(post)
+        cmd.sendall(b"p")
         first, last, t_pub = wait_for(i + 1, i + 1)
-        trigger.recv(4096)
+        got = b""
+        while len(got) < 8:
+            got += cmd.recv(8 - len(got))
+        answer_busy_ms.append(struct.unpack("!Q", got)[0] / 1e6)
         if t_pub is None:
             raise SystemExit("message without a publish time")
         firsts.append((first - t_pub) / 1e6)
@@ -302,6 +346,8 @@ def main() -> None:
     for c in conns.values():
         c.sock.close()
     trigger.close()
+    cmd.close()
+    os.wait()
 
     def pct(values: list[float], p: float) -> float:
         s = sorted(values)
@@ -312,12 +358,17 @@ def main() -> None:
             {
                 "connections": n,
                 "connect_seconds": round(connect_seconds, 2),
+                "connect_cpu_seconds": round(connect_cpu, 2),
                 "rss_before_kib": rss_before,
                 "rss_after_kib": rss_after,
                 "kib_per_connection": round((rss_after - rss_before) / n, 2),
                 "probes_during_connects": len(probe_ms),
                 "probe_p50_ms": round(pct(probe_ms, 50), 2) if probe_ms else None,
                 "probe_max_ms": round(max(probe_ms), 2) if probe_ms else None,
+                "post_idle_p50_ms": round(pct(answer_idle_ms, 50), 2),
+                "post_idle_p99_ms": round(pct(answer_idle_ms, 99), 2),
+                "post_readers_p50_ms": round(pct(answer_busy_ms, 50), 2),
+                "post_readers_p99_ms": round(pct(answer_busy_ms, 99), 2),
                 "first_p50_ms": round(pct(firsts, 50), 2),
                 "first_p99_ms": round(pct(firsts, 99), 2),
                 "last_p50_ms": round(pct(lasts, 50), 2),

@@ -57,21 +57,13 @@ RARE = "casino"
 M = "/api/v1/manage/moderation"
 
 
-def value(d: Any) -> Any:
-    out: list[Any] = []
-    d.addBoth(out.append)
-    if hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
-
-
 def make_tenant(store: Any) -> tuple[str, str]:
     """Open (migrate) the store, make a tenant and an API key."""
-    value(store.open())
-    tenant = value(store.create_tenant("Bench", "global", created_ms=1, read_preference=PRIMARY)).value
+    benchlib.result_of(store.open())
+    tenant = benchlib.result_of(store.create_tenant("Bench", "global", created_ms=1, read_preference=PRIMARY)).value
     key = new_api_key()
-    value(store.add_api_key(tenant.id, hash_api_key(key), created_ms=1, read_preference=PRIMARY))
-    value(store.close())
+    benchlib.result_of(store.add_api_key(tenant.id, hash_api_key(key), created_ms=1, read_preference=PRIMARY))
+    benchlib.result_of(store.close())
     return tenant.id, key
 
 

@@ -25,9 +25,17 @@ SQLite's locking lets the tool write while the node runs.
 index now: it creates ``geo.request_file``, which the node's ``geo`` child
 picks up within ``geo.watch_seconds`` (``SIGHUP`` to the node does the same).
 
+``fastedge-admin node drain`` asks the running node to drain and stop: it
+creates ``<node.data_dir>/drain.request``, which the node takes within a
+second (``SIGTERM`` to the node does the same; ``docs/admin.md``, "Draining
+a node"). A drain already under way is reported, and nothing more is done.
+
 ``fastedge-admin certs ca`` creates the mesh's cluster CA, and
 ``fastedge-admin certs node NODE_ID`` a node certificate signed by it
 (``docs/mesh.md``, "Certificates").
+
+``fastedge-admin cluster up|status|down`` runs a whole cluster on this
+machine (``fastedge.cluster``); it needs no node config.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from .api.keys import hash_api_key, new_api_key
+from .columns import table as _table
 from .config import ConfigError, EdgeConfig, load_config
 from .store.model import ReadPreference, Tenant
 from .store.sqlite import SQLiteStore
@@ -139,6 +148,16 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--ca-key", help="the CA's private key (default: ca.key beside mesh.ca_file)")
     node.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
     node.add_argument("--force", action="store_true", help="replace existing files")
+    node_cmd = sub.add_parser("node", help="the running node")
+    nsub = node_cmd.add_subparsers(dest="action", required=True)
+    nsub.add_parser(
+        "drain",
+        help="ask the running node to drain and stop (as SIGTERM does)",
+        description="The node announces it is leaving (DNS withdraws it at once), tells its live clients "
+        "to move to another node of its deployment and closes them (1001), stops accepting, lets requests "
+        "in flight finish (http.drain_seconds), flushes credit charges, then stops. Returns at once; a "
+        "drain already under way is reported and left alone.",
+    )
     geo = sub.add_parser("geo", help="the GeoIP index")
     gsub = geo.add_subparsers(dest="action", required=True)
     gsub.add_parser(
@@ -150,6 +169,9 @@ def _parser() -> argparse.ArgumentParser:
         help="print geo.database's city record for an address, and where the node's index places it",
     )
     lookup.add_argument("address", help="an IPv4 or IPv6 address")
+    from .cluster.command import add_parser as add_cluster_parser
+
+    add_cluster_parser(sub)
     return p
 
 
@@ -379,6 +401,49 @@ def _request_geo_rebuild(cfg: EdgeConfig) -> None:
     print("rebuild requested: the node picks it up within {:g} s".format(cfg.geo.watch_seconds))
 
 
+def _request_drain(cfg: EdgeConfig) -> None:
+    """Leave the request the node's ``drain`` child watches for, unless a
+    drain is already under way (then say so: exit status 0, nothing done)."""
+    from .lifecycle import DRAIN_REQUEST, DRAIN_STATE
+
+    data_dir = cfg.node.data_dir
+    state_path = os.path.join(data_dir, DRAIN_STATE)
+    try:
+        with open(state_path, encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        state = None
+    if isinstance(state, dict) and _process_alive(state.get("pid")):
+        print("node {} is already draining (pid {}): nothing more to do".format(cfg.node.id, state["pid"]))
+        return
+    request = os.path.join(data_dir, DRAIN_REQUEST)
+    if os.path.exists(request):
+        print("a drain of node {} is already requested ({}): nothing more to do".format(cfg.node.id, request))
+        return
+    if not os.path.isdir(data_dir):
+        _say("no node data directory at {}: is node.data_dir (or --data-dir) the node's?".format(data_dir))
+        raise SystemExit(1)
+    with open(request, "w") as f:
+        f.write("drain\n")
+    print(
+        "drain requested: node {} takes it within 1 s, leaves the mesh (DNS withdraws it), moves its live "
+        "clients, finishes what is in flight (up to {:g} s), then stops; a node that is not running ignores "
+        "the request when it next starts".format(cfg.node.id, cfg.http.drain_seconds)
+    )
+
+
+def _process_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _open_store(reactor: Any, cfg: EdgeConfig) -> tuple[Any, ThreadPool, str]:
     """The store the node's config names (its primary, for PostgreSQL), not
     opened yet, and a description of it without credentials."""
@@ -467,13 +532,6 @@ def _print(args: argparse.Namespace, doc: Any, lines: Sequence[str]) -> None:
     else:
         for line in lines:
             print(line)
-
-
-def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> list[str]:
-    """Plain aligned columns (for people; scripts use --json)."""
-    cells = [[str(h) for h in header]] + [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
 
 
 @inlineCallbacks
@@ -789,6 +847,12 @@ def _status(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig) -> Any:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``fastedge-admin`` console script."""
     args = _parser().parse_args(argv)
+    if args.area == "cluster":
+        # A cluster has a config per node, written by the command itself.
+        from .cluster.command import run as run_cluster
+
+        run_cluster(args)
+        return
     overrides = {"node.data_dir": os.path.abspath(args.data_dir)} if args.data_dir else {}
     try:
         path, base_dir, how = find_config(args.config, os.getcwd(), os.environ)
@@ -807,6 +871,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             _geo_lookup(cfg, args.address)
         else:
             _request_geo_rebuild(cfg)
+        return
+    if args.area == "node":
+        _request_drain(cfg)
         return
     if args.area == "tenant":
         _say("config {} ({})".format(path, how))

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.internet.defer import succeed
 from twisted.python import usage
 
@@ -29,13 +29,16 @@ from .http import service as http_service
 from .http.accesslog import AccessLog
 from .http.site import EdgeSite
 from .inputs import InputError, parse_ascii_int
+from .lifecycle import DrainRequests, OrderedMultiService
 from .live import service as live_service
 from .mesh import service as mesh_service
 from .mesh.media import connect_media
 from .mesh.relay import connect_relay
 from .mesh.resource import mesh_routes
+from .mesh.successor import successor_of
 from .metrics.registry import new_registry, register_process_metrics
 from .residency.gate import residency_gate
+from .spam.runner import SpamJudge, load_checks
 from .startup import EXIT_UNAVAILABLE, ListenerUnavailable, StartupReport, check_listeners, refuse, version_line
 from .status.figures import read_figures
 from .status.resource import StatusResource
@@ -129,6 +132,12 @@ class Options(usage.Options):
             load_policy(self.config.dns.policy)
         except UnknownPolicy as e:
             raise usage.UsageError(str(e)) from None
+        from .spam.runner import UnknownCheck
+
+        try:
+            load_checks(self.config.spam.checks)
+        except UnknownCheck as e:
+            raise usage.UsageError(str(e)) from None
         if self.config.geo.database:
             # A missing or foreign file fails here, in one line; a corrupt
             # one when the index is built, before anything listens.
@@ -150,8 +159,11 @@ class Options(usage.Options):
             raise usage.UsageError(problem)
 
 
-class Node(MultiService):
-    """The node's top service.
+class Node(OrderedMultiService):
+    """The node's top service. It stops in order
+    (:class:`~fastedge.lifecycle.OrderedMultiService`): the mesh announces
+    the node is leaving, then the children stop in reverse order, each
+    waited for (http drains, ..., the store closes last).
 
     Once every child has started, the objects made so far (modules, config,
     the service tree: some 90,000) are moved out of the garbage collector's
@@ -213,6 +225,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     }
     top = Node(registry=registry, clock=reactor, report=StartupReport(cfg, secrets))
 
+    # First, so stopped last: `fastedge-admin node drain` stops the node.
+    drain = DrainRequests(cfg.node.data_dir, stop=reactor.stop, clock=reactor)
+    drain.setName("drain")
+    drain.setServiceParent(top)
+
     store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)
     store.setName("store")
     store.setServiceParent(top)
@@ -240,8 +257,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # anything of theirs is read.
     residency = residency_gate(cfg.node.deployment, cfg.dns.zones, store=store.store, clock=reactor, registry=registry)
 
+    node = cfg.node
     live = live_service.make_service(
-        cfg.live, reactor=reactor, registry=registry, store=store.store, node_id=cfg.node.id, residency=residency
+        cfg.live,
+        reactor=reactor,
+        registry=registry,
+        store=store.store,
+        node_id=node.id,
+        residency=residency,
+        successor=successor_of(mesh.node_map, node.id, node.deployment, node.latitude, node.longitude),
     )
     live.setName("live")
     live.setServiceParent(top)
@@ -256,6 +280,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     cdn.setServiceParent(top)
     media_api = MediaApi(cfg.cdn, cdn)
 
+    spam = SpamJudge(cfg.spam, checks=load_checks(cfg.spam.checks), store=store.store, clock=reactor, registry=registry)
     api = build_api(
         cfg.api,
         store=store.store,
@@ -267,6 +292,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         extra_routes=mesh_routes(mesh.status),
         access=live.access,
         residency=residency,
+        spam=spam,
     )
     live.use_viewer_tokens(api.viewer_tokens)
     # Media of a thread (threads/<id>/...) follow its group lock (docs/media.md).
@@ -323,6 +349,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         data_dir=cfg.node.data_dir,
         node_id=cfg.node.id,
         access_log=access_log,
+        going_away=live.going_away,
     )
     http.setName("http")
     http.setServiceParent(top)

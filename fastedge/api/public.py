@@ -26,6 +26,7 @@ from ..identity.sessions import COOKIE_NAME, SessionCookieError, SessionCookies
 from ..identity.sessions import HEADER_NAME as SESSION_HEADER
 from ..identity.sso import SsoError, SsoUser
 from ..singleflight import SingleFlight
+from ..spam.model import Candidate, RequestFacts
 from ..store.errors import AccessRefused, AlreadyExists, BadToken, InvalidReference, LimitReached, NotFound
 from ..store.interfaces import IStore
 from ..store.model import (
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from ..live.access import GroupLocks
     from ..live.publish import LivePublisher
     from ..live.tokens import ViewerTokens
+    from ..spam.runner import SpamJudge
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
@@ -130,8 +132,10 @@ class PublicApi:
         cors: Cors | None = None,
         access: GroupLocks,
         sso: SsoSignIn | None = None,
+        spam: SpamJudge | None = None,
     ) -> None:
         self._cfg = cfg
+        self._spam = spam
         self._tenants = tenants if tenants is not None else TenantSettingsCache(store, cache)
         self._access = access
         self._sso = (
@@ -679,6 +683,7 @@ class PublicApi:
         viewer = yield self._writer(call, tenant)
         yield self._refuse_banned(call, tenant, viewer)
         now = self._now_ms()
+        new_thread = False
         try:
             thread = yield self._store.get_thread(tenant.id, url_id, read_preference=PRIMARY)
         except NotFound:
@@ -686,11 +691,36 @@ class PublicApi:
                 tenant.id, url_id, title=title, created_ms=now, read_preference=PRIMARY
             )
             thread = written.value
+            new_thread = True
             if self._live is not None:
                 self._live.thread_changed(tenant.id, url_id)
         if thread.closed:
             raise ApiError(403, "thread_closed", "this thread is closed to new comments")
-        premoderated = settings.premoderated
+        status = CommentStatus.PENDING if settings.premoderated else CommentStatus.APPROVED
+        if self._spam is not None:
+            # Before the write: a comment judged spam or pending is written
+            # with that status, so it never reaches a page, a page cache or
+            # a live thread (docs/spam.md).
+            decision = yield self._spam.judge(
+                Candidate(
+                    tenant_id=tenant.id,
+                    thread_id=thread.id,
+                    url_id=url_id,
+                    author_id=viewer.session.author_id,
+                    display_name=name,
+                    text=text,
+                    created_ms=now,
+                    parent_id=parent_id,
+                ),
+                RequestFacts(
+                    tenant_id=tenant.id,
+                    address_hash=self._address_hash(tenant.id, call.client_ip),
+                    user_agent=call.header(b"user-agent") or "",
+                    settings=settings,
+                ),
+                token=viewer.token,
+            )
+            status = decision.verdict.status(status)
         written = yield self._store.create_comment(
             NewComment(
                 tenant_id=tenant.id,
@@ -700,18 +730,24 @@ class PublicApi:
                 display_name=name,
                 body_source=text,
                 body_html=render(text),
-                status=CommentStatus.PENDING if premoderated else CommentStatus.APPROVED,
+                status=status,
                 created_ms=now,
             ),
             read_preference=PRIMARY,
         )
         comment = written.value
         self._metrics.comments_posted.labels(comment.status.value).inc()
-        self._cache.invalidate((tenant.id, "url", url_id))
-        self._invalidate(tenant.id, thread.id)
+        if new_thread or comment.status is CommentStatus.APPROVED:
+            # A comment nobody else sees changes no cached page: a flood
+            # of spam does not empty the page cache.
+            self._cache.invalidate((tenant.id, "url", url_id))
+            self._invalidate(tenant.id, thread.id)
         view = public_comment(comment)
         view.update(common.viewer_fields(comment, viewer.session.author_id, None))
-        view.update(status=comment.status.value, replies=[])
+        # The poster of spam is told it awaits a moderator, as for any
+        # held comment, and not what a check thought of it.
+        shown = CommentStatus.PENDING if comment.status is CommentStatus.SPAM else comment.status
+        view.update(status=shown.value, replies=[])
         if self._live is not None:
             self._live.created(comment)
         return self._reply(

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ..live.access import GroupLocks
     from ..live.publish import LivePublisher
     from ..live.tokens import ViewerTokens
+    from ..spam.runner import SpamJudge
 
 
 class _SessionKeyLoader(Service):
@@ -114,6 +115,7 @@ def build_api(
     extra_routes: Sequence[Route] = (),
     access: GroupLocks | None = None,
     residency: ResidencyGate | None = None,
+    spam: SpamJudge | None = None,
 ) -> Api:
     """Build the API for ``cfg``; nothing runs until ``service`` starts.
 
@@ -128,6 +130,8 @@ def build_api(
         (:class:`fastedge.residency.gate.ResidencyGate`).
     :param access: the thread access rules (group locks, closed threads,
         sign-in), the same object the live threads use; default: its own.
+    :param spam: judges comments posted through the public API and the
+        embed page before they are written (``None``: no spam checks).
     """
     from ..live.tokens import ViewerTokens
 
@@ -177,6 +181,7 @@ def build_api(
         cors=cors,
         access=access,
         sso=sso,
+        spam=spam,
     )
     # Manage routes first: "/api/v1/manage/..." must never be read as a tenant
     # called "manage" (tenant ids are random and 16 characters long anyway).

@@ -16,16 +16,12 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
-import treq
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
+from twisted.web._newclient import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
@@ -52,19 +48,15 @@ class OriginError(Exception):
         self.detail = detail
 
 
-class _PrecomputedPayloadAuth(S3SigV4Auth):
-    """botocore's S3 signer, told the payload hash instead of reading the
-    body itself (the body is a file we hashed off the reactor thread)."""
-
-    def __init__(self, credentials: Credentials, region: str, payload_hash: str) -> None:
-        super().__init__(credentials, "s3", region)
-        self._payload_hash = payload_hash
-
-    def payload(self, request: Any) -> str:
-        return self._payload_hash
-
-
 _EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def _content(response: IResponse) -> Deferred[bytes]:
+    """The whole body (treq's reader; treq is imported with the first origin
+    request, not by every node that imports this module)."""
+    import treq
+
+    return treq.content(response)
 
 
 def _header(response: IResponse, name: bytes) -> str | None:
@@ -177,7 +169,8 @@ class S3Origin:
         self._cfg = cfg
         #: Read at start by the service, when the secret lives in a file.
         self.secret_file = cfg.secret_access_key_file
-        self._credentials: Credentials | None = None
+        #: botocore's credentials (:mod:`.sigv4`, imported with the first origin).
+        self._credentials: Any = None
         self.set_secret(secret_access_key)
         self._client = client
         self._clock = clock
@@ -189,8 +182,10 @@ class S3Origin:
 
     def set_secret(self, secret_access_key: str) -> None:
         """Use these credentials from now on (read from a file at start)."""
+        from . import sigv4
+
         cfg = self._cfg
-        self._credentials = Credentials(cfg.access_key_id, secret_access_key) if cfg.access_key_id else None
+        self._credentials = sigv4.credentials(cfg.access_key_id, secret_access_key) if cfg.access_key_id else None
 
     def url_for(self, bucket: str, object_key: str) -> str:
         """The object's URL, encoded exactly as SigV4 canonicalises S3 paths."""
@@ -201,9 +196,9 @@ class S3Origin:
 
     def _sign(self, method: str, url: str, headers: dict[str, str], payload_hash: str) -> dict[bytes, list[bytes]]:
         if self._credentials is not None:
-            request = AWSRequest(method=method, url=url, headers=headers)
-            _PrecomputedPayloadAuth(self._credentials, self._cfg.region, payload_hash).add_auth(request)
-            headers = dict(request.headers.items())
+            from . import sigv4
+
+            headers = sigv4.sign(self._credentials, self._cfg.region, method, url, headers, payload_hash)
         return {k.encode("latin-1"): [v.encode("latin-1")] for k, v in headers.items()}
 
     def _send(
@@ -361,7 +356,7 @@ class S3Origin:
             query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()))
             url = self._bucket_url(bucket) + "?" + query
             response = yield self._send("GET", "list", url, self._sign("GET", url, {}, _EMPTY_SHA256))
-            body = yield treq.content(response)
+            body = yield _content(response)
             if response.code != 200:
                 raise OriginError("error", f"the origin answered HTTP {response.code} to a listing")
             try:

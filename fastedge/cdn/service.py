@@ -291,11 +291,12 @@ def make_service(
     :param client: a treq ``HTTPClient`` for the origins; by default one with
         its own persistent connection pool.
     """
-    from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
-
     pool = None
-    if client is None:
+    if client is None and cfg.origins:
+        # treq and twisted.web.client only for a node with origins.
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent, HTTPConnectionPool
+
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = cfg.origin_connections_per_host
         pool.cachedConnectionTimeout = 60

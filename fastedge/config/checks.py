@@ -272,3 +272,15 @@ def _domains(values: tuple[str, ...]) -> str | None:
 
 def _optional_domain(value: str) -> str | None:
     return None if value == "" else _domain(value)
+
+
+_CHECK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def _check_names(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        if not _CHECK_NAME_RE.match(value):
+            return "{!r} is not a check name (lower-case letters, digits, '-', '_', '.')".format(value)
+    if len(set(values)) != len(values):
+        return "names a check twice"
+    return None

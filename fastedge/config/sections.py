@@ -12,6 +12,7 @@ from .checks import (
     _at_least,
     _between,
     _bucket,
+    _check_names,
     _checked,
     _cipher_string,
     _domain,
@@ -92,6 +93,10 @@ class HttpConfig:
     #: of /healthz (docs/admin.md, "Operational endpoints"); others get a
     #: JSON 404, and /healthz's status alone. Empty: nobody.
     ops_networks: tuple[str, ...] = _checked(("127.0.0.0/8", "::1/128"), _networks)
+    #: On stop (SIGTERM, ``fastedge-admin node drain``): once the listeners
+    #: stop accepting, requests and streams in flight get this long to
+    #: finish; the connections still open then are closed.
+    drain_seconds: float = _checked(10.0, _non_negative)
 
 
 @dataclass(frozen=True)
@@ -415,6 +420,11 @@ class LiveConfig:
     resolve_cache_entries: int = _checked(100_000, _non_negative)
     #: Lifetime of a viewer token (it names the viewer whose blocks apply).
     viewer_token_max_age_seconds: int = _checked(24 * 3600, _positive)
+    #: A published event reaches its local subscribers after the writer's
+    #: answer, on later reactor turns, spending at most this long sending
+    #: per turn so other requests keep flowing. 0 sends it all inside the
+    #: write (the writer's answer waits for the whole fan-out).
+    fanout_slice_ms: float = _checked(2.0, _non_negative)
 
 
 @dataclass(frozen=True)
@@ -474,6 +484,12 @@ class DnsConfig:
     port: int = _checked(5353, _between(0, 65535))
     #: TTL of every answer, and the SOA's negative-caching TTL.
     ttl: int = _checked(30, _between(0, 2**31 - 1))
+    #: Negative-caching TTL of a geo-routed name that has no address to
+    #: answer (NODATA): short, so a deployment's node coming back is seen soon.
+    negative_ttl: int = _checked(5, _between(0, 2**31 - 1))
+    #: TTL of the answer while a deployment has no live node: its most
+    #: recently live nodes (docs/geodns.md, "A deployment with no live node").
+    stale_ttl: int = _checked(5, _between(0, 2**31 - 1))
     #: How many nodes a geo-routed answer holds (the k nearest live ones).
     answers: int = _checked(2, _between(1, 16))
     #: Region (``node.region`` of the nodes) answered when a client's
@@ -519,6 +535,29 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class SpamConfig:
+    """Spam checks on comments posted through the public API and the embed
+    page (docs/spam.md)."""
+
+    #: Off: every comment is judged ham (the tenant's moderation setting
+    #: still applies).
+    enabled: bool = True
+    #: The checks, in order; the first answer other than ham wins.
+    #: ``heuristic`` is built in; any other name is an ``ISpamCheck``
+    #: Twisted plugin's (an unknown name stops the node at start).
+    checks: tuple[str, ...] = _checked(("heuristic",), _check_names)
+    #: A check that has not answered after this long counts as ham (logged
+    #: and counted as ``timeout``).
+    timeout_seconds: float = _checked(2.0, _between(0.001, 60.0))
+    #: How far back an author's and a thread's recent comments are read
+    #: for repeated bodies and posting rate.
+    history_seconds: float = _checked(24 * 3600.0, _between(60.0, 30 * 24 * 3600.0))
+    #: At most this many recent comments of the author, and of the thread,
+    #: are read per post.
+    history_comments: int = _checked(50, _between(1, 1000))
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """The whole configuration of one node."""
 
@@ -533,3 +572,4 @@ class EdgeConfig:
     cdn: CdnConfig = field(default_factory=CdnConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    spam: SpamConfig = field(default_factory=SpamConfig)

@@ -38,6 +38,9 @@ class Choice:
     nodes: tuple[NodeInfo, ...]
     #: The addresses answered, in order, with the node each belongs to.
     addresses: tuple[tuple[str, str], ...]
+    #: No node of the deployment is live: these are its most recently live
+    #: nodes, answered with ``dns.stale_ttl`` (docs/geodns.md).
+    stale: bool = False
 
 
 def cell_of(location: Location | None, degrees: float) -> Cell:
@@ -65,7 +68,15 @@ def _family_of(address: str) -> int:
 
 class AnswerTable:
     """The nodes answered per (deployment, family, cell), for the current
-    node map. ``listeners`` are told each time the table is emptied."""
+    node map. ``listeners`` are told each time the table is emptied.
+
+    A deployment with no live node (its only node died, or is drained for an
+    upgrade) is answered with the nodes it had live most recently, marked
+    :attr:`Choice.stale`, rather than with no address: a client then retries
+    the node that is coming back, within the deployment's residency
+    boundary, and sees it as soon as it is live again. Only a deployment
+    never seen live here has nothing to answer.
+    """
 
     _log = Logger()
 
@@ -86,13 +97,25 @@ class AnswerTable:
         self._choices: dict[tuple[str, int, Cell], Choice] = {}
         self.version = node_map.version
         self.listeners: list[Callable[[], None]] = []
+        #: Per deployment, its live nodes the last time it had any.
+        self._last_live: dict[str, tuple[NodeInfo, ...]] = {}
+        for deployment in {n.deployment for n in node_map.nodes().values()}:
+            self._remember_live(deployment)
         self._unsubscribe = node_map.subscribe(self._changed)
 
     def close(self) -> None:
         """Stop observing the node map."""
         self._unsubscribe()
 
+    def _remember_live(self, deployment: str) -> None:
+        live = self._map.live(deployment)
+        if live:
+            self._last_live[deployment] = tuple(live)
+
     def _changed(self, change: NodeMapChange) -> None:
+        self._remember_live(change.after.deployment)
+        if change.before is not None and change.before.deployment != change.after.deployment:
+            self._remember_live(change.before.deployment)
         self._choices = {}
         self.version = change.version
         for listener in self.listeners:
@@ -109,7 +132,13 @@ class AnswerTable:
         return choice
 
     def _compute(self, deployment: str, family: int, cell: Cell) -> Choice:
+        stale = False
         candidates = [n for n in self._map.live(deployment) if any(_family_of(a) == family for a in n.addresses)]
+        if not candidates and not self._map.live(deployment):
+            stale = True
+            candidates = [
+                n for n in self._last_live.get(deployment, ()) if any(_family_of(a) == family for a in n.addresses)
+            ]
         if not candidates:
             return Choice((), ())
         try:
@@ -138,7 +167,7 @@ class AnswerTable:
             if len(chosen) == self._count:
                 break
         addresses = tuple((a, n.node_id) for n in chosen for a in n.addresses if _family_of(a) == family)
-        return Choice(tuple(chosen), addresses)
+        return Choice(tuple(chosen), addresses, stale)
 
 
 class ClientLocator:

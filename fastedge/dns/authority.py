@@ -10,6 +10,7 @@ which knows no client) answers as for a client of unknown location.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -84,6 +85,15 @@ class Zone:
         """The SOA record at the apex."""
         return dns.RRHeader(self.name, dns.SOA, dns.IN, self.ttl, self.soa, auth=True)
 
+    def negative_soa_rr(self, ttl: int) -> dns.RRHeader:
+        """The SOA of a negative answer cached for ``ttl`` seconds at most
+        (RFC 2308: the lower of the SOA's TTL and its MINIMUM)."""
+        ttl = min(ttl, self.ttl)
+        soa = copy.copy(self.soa)
+        soa.minimum = ttl
+        soa.ttl = ttl
+        return dns.RRHeader(self.name, dns.SOA, dns.IN, ttl, soa, auth=True)
+
     def ns_rrs(self, owner: bytes | str) -> list[dns.RRHeader]:
         """The apex NS records (owner as asked)."""
         return [
@@ -113,12 +123,22 @@ class EdgeAuthority(common.ResolverBase):
         ttl: int,
         table: AnswerTable,
         locator: ClientLocator,
+        negative_ttl: int | None = None,
+        stale_ttl: int | None = None,
     ) -> None:
+        """
+        :param negative_ttl: the negative-caching TTL of a geo-routed name
+            with nothing to answer (default ``ttl``).
+        :param stale_ttl: the TTL of a deployment's most recently live nodes,
+            answered while it has none live (default ``ttl``).
+        """
         super().__init__()
         self.zones = {z.name: Zone(z, ttl) for z in zones}
         self.table = table
         self.locator = locator
         self.ttl = ttl
+        self.negative_ttl = ttl if negative_ttl is None else negative_ttl
+        self.stale_ttl = ttl if stale_ttl is None else stale_ttl
 
     def zone_for(self, name: str) -> Zone | None:
         """The most specific zone ``name`` (lower case) is in."""
@@ -153,8 +173,9 @@ class EdgeAuthority(common.ResolverBase):
         cell, scope = self.cell(client)
         choice = self.table.choose(zone.deployment, 4 if qtype == dns.A else 6, cell)
         record = dns.Record_A if qtype == dns.A else dns.Record_AAAA
+        ttl = self.stale_ttl if choice.stale else self.ttl
         rrs = [
-            dns.RRHeader(owner, qtype, dns.IN, self.ttl, record(address, ttl=self.ttl), auth=True)
+            dns.RRHeader(owner, qtype, dns.IN, ttl, record(address, ttl=ttl), auth=True)
             for address, _node in choice.addresses
         ]
         return rrs, scope, tuple(n.node_id for n in choice.nodes)
@@ -196,7 +217,10 @@ class EdgeAuthority(common.ResolverBase):
                         additional.extend(glue)
                         scope = max(scope, glue_scope)
         if not answers:
-            return Resolution(OK, authority=[zone.soa_rr()], scope=scope)
+            # NODATA. At a geo-routed name that may change within seconds (a
+            # node of the deployment coming back): cached briefly.
+            soa = zone.negative_soa_rr(self.negative_ttl) if name in zone.geo else zone.soa_rr()
+            return Resolution(OK, authority=[soa], scope=scope)
         return Resolution(OK, answers, [], additional, scope, nodes)
 
     def _lookup(

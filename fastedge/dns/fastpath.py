@@ -57,11 +57,13 @@ class FastPath:
         ttl: int,
         max_udp_payload: int,
         response_entries: int = 100_000,
+        stale_ttl: int | None = None,
     ) -> None:
         self._locator = locator
         self._table = table
         self._stats = stats
         self._ttl = ttl
+        self._stale_ttl = ttl if stale_ttl is None else stale_ttl
         self._our_size = max_udp_payload
         self._last: tuple[bytes, int, tuple[str, ...], bool] = (b"", 0, (), False)
         #: wire-format lower-case name -> deployment.
@@ -112,8 +114,9 @@ class FastPath:
         if found is None:
             choice = self._table.choose(deployment, 4 if qtype == _A else 6, cell)
             family = socket.AF_INET if qtype == _A else socket.AF_INET6
+            ttl = self._stale_ttl if choice.stale else self._ttl
             rrs = b"".join(
-                _ANSWER.pack(0xC00C, qtype, 1, self._ttl, 4 if qtype == _A else 16) + socket.inet_pton(family, address)
+                _ANSWER.pack(0xC00C, qtype, 1, ttl, 4 if qtype == _A else 16) + socket.inet_pton(family, address)
                 for address, _node in choice.addresses
             )
             found = (rrs, len(choice.addresses), tuple(n.node_id for n in choice.nodes))

@@ -62,7 +62,14 @@ def build_server(
         cell_degrees=cfg.cell_degrees,
     )
     locator = ClientLocator(geo, cell_degrees=cfg.cell_degrees, entries=cfg.location_cache_entries)
-    authority = EdgeAuthority(cfg.zones, ttl=cfg.ttl, table=table, locator=locator)
+    authority = EdgeAuthority(
+        cfg.zones,
+        ttl=cfg.ttl,
+        table=table,
+        locator=locator,
+        negative_ttl=cfg.negative_ttl,
+        stale_ttl=cfg.stale_ttl,
+    )
     fast = FastPath(
         authority,
         table,
@@ -71,6 +78,7 @@ def build_server(
         ttl=cfg.ttl,
         max_udp_payload=cfg.max_udp_payload,
         response_entries=cfg.location_cache_entries,
+        stale_ttl=cfg.stale_ttl,
     )
     factory = EdgeServerFactory(
         authority,

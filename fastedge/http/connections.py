@@ -70,14 +70,19 @@ def connection_ceiling(max_connections: int, reserved: int, descriptors: int) ->
 
 
 class Ticket:
-    """One admitted connection; :meth:`release` it once, when it closes."""
+    """One admitted connection; :meth:`release` it once, when it closes.
 
-    __slots__ = ("_gate", "ip", "prefix")
+    :ivar connection: its outermost protocol, once built (a clean stop asks
+        each open connection to close: :mod:`fastedge.http.drain`).
+    """
+
+    __slots__ = ("_gate", "ip", "prefix", "connection")
 
     def __init__(self, gate: ConnectionGate, ip: Any, prefix: Any) -> None:
         self._gate: ConnectionGate | None = gate
         self.ip = ip
         self.prefix = prefix
+        self.connection: Any = None
 
     def release(self) -> None:
         """Uncount the connection (later calls do nothing)."""
@@ -150,6 +155,7 @@ class ConnectionGate:
         self._ports: list[IPushProducer] = []
         self.paused = False
         self._idle_waiters: list[Deferred[None]] = []
+        self._tickets: set[Ticket] = set()
         if metrics is not None:
             metrics.ceiling.set(max_connections)
 
@@ -173,7 +179,9 @@ class ConnectionGate:
         self.open += 1
         if self.max_connections and self.open >= self.max_connections and not self.paused:
             self._pause()
-        return Ticket(self, ip, prefix)
+        ticket = Ticket(self, ip, prefix)
+        self._tickets.add(ticket)
+        return ticket
 
     def _refuse(self, reason: str) -> str:
         if self.metrics is not None:
@@ -182,6 +190,7 @@ class ConnectionGate:
 
     def _release(self, ticket: Ticket) -> None:
         self.open -= 1
+        self._tickets.discard(ticket)
         if ticket.ip is not None:
             _decrement(self._by_ip, ticket.ip)
             _decrement(self._by_prefix, ticket.prefix)
@@ -193,6 +202,10 @@ class ConnectionGate:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:
                 d.callback(None)
+
+    def connections(self) -> list[Any]:
+        """The outermost protocol of every open connection (see :class:`Ticket`)."""
+        return [t.connection for t in self._tickets if t.connection is not None]
 
     def from_ip(self, host: str) -> int:
         """Connections open now from address ``host``."""

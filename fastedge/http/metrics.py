@@ -161,3 +161,21 @@ class LimitMetrics:
             registry=registry,
         )
         self.accepting.set(1)
+
+
+class DrainMetrics:
+    """A clean stop's drain of the client connections (:mod:`fastedge.http.drain`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.seconds = Gauge(
+            "fastedge_http_drain_seconds",
+            "How long the last drain took, from the listeners closing to the last connection gone.",
+            registry=registry,
+        )
+        self.closed = Counter(
+            "fastedge_http_drain_connections_total",
+            "Client connections a drain ended: idle (closed once nothing was in flight on them),"
+            " aborted (still open at http.drain_seconds).",
+            ["how"],
+            registry=registry,
+        )

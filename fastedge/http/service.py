@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from ..config import HttpConfig, TlsConfig
+from ..lifecycle import stop_in_order
 from ..metrics.registry import new_registry
 from .certs import CertificateStore, ensure_self_signed
 from .connections import ConnectionGate
-from .metrics import ConnectionMetrics, TlsMetrics
+from .drain import Drain
+from .metrics import ConnectionMetrics, DrainMetrics, TlsMetrics
 from .site import EdgeSite
 from .tls import CountingFactory, CountingTLSFactory, SniServerCreator, context_builder
 
@@ -106,6 +109,38 @@ class CertificateLoader(Service):
         super().privilegedStartService()
 
 
+class HttpService(MultiService):
+    """The ``http`` child. Its stop is the node's drain, in this order,
+    each step waited for:
+
+    1. the listeners stop accepting (HTTP and HTTPS);
+    2. the connections drain (:class:`~fastedge.http.drain.Drain`): live
+       clients are told to go (``going_away``), idle connections close,
+       requests and streams in flight get ``http.drain_seconds`` to finish,
+       then what is left is closed;
+    3. the other children stop in reverse order: the access log writes its
+       last lines, and the API's background work flushes credit charges.
+
+    :param going_away: called at step 2 (the live child's goodbye to its
+        clients: ``move``, then close 1001).
+    """
+
+    def __init__(self, drain: Drain, going_away: Callable[[], object] | None = None) -> None:
+        super().__init__()
+        self.drain = drain
+        self._going_away = going_away
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        children = list(self)
+        listeners = [c for c in children if isinstance(c, Listener)]
+        others = [c for c in reversed(children) if not isinstance(c, Listener)]
+        d: Deferred[Any] = DeferredList([maybeDeferred(listener.stopService) for listener in listeners])
+        d.addCallback(lambda _: self.drain.run(self._going_away))
+        d.addCallback(lambda _: stop_in_order(others))
+        return d
+
+
 def make_service(
     cfg: HttpConfig,
     *,
@@ -117,7 +152,8 @@ def make_service(
     data_dir: str = ".",
     node_id: str = "localhost",
     access_log: IService | None = None,
-) -> MultiService:
+    going_away: Callable[[], object] | None = None,
+) -> HttpService:
     """Listen on ``cfg.endpoint`` (and ``tls.endpoint``) with ``site``; run
     ``background`` alongside.
 
@@ -126,10 +162,12 @@ def make_service(
 
     :param access_log: the Site's access log service; it starts before the
         listeners, and its stop writes the last lines once they drained.
+    :param going_away: see :class:`HttpService`.
     """
     if registry is None:
         registry = new_registry()
-    top = MultiService()
+    drain = Drain(site.connections, clock=reactor, seconds=cfg.drain_seconds, metrics=DrainMetrics(registry))
+    top = HttpService(drain, going_away)
     background.setServiceParent(top)
     if access_log is not None:
         access_log.setName("access-log")

@@ -406,6 +406,7 @@ class _Gated:
             admitted.release()
             return None
         protocol.ticket = admitted
+        admitted.connection = protocol
         return protocol
 
 

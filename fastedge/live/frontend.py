@@ -96,6 +96,7 @@ class Live:
         self.prime: Callable[[ChannelKey], Deferred[None]] | None = None
         if metrics is not None:
             hub.on_fanout = self._observe_fanout
+            hub.on_fanout_lag = metrics.fanout_lag_seconds.observe
 
     def _observe_fanout(self, seconds: float, recipients: int) -> None:
         assert self.metrics is not None
@@ -158,10 +159,18 @@ class Live:
             for conn in list(group):
                 conn.keepalive()
 
-    def shutdown(self) -> None:
-        """Tell every connection the node is going away."""
+    def shutdown(self, move: bytes | None = None) -> None:
+        """Tell every connection the node is going away (close 1001).
+
+        :param move: a ``move`` message (:func:`fastedge.live.messages.move`)
+            sent to each connection first: where its client goes next.
+        """
         for group in self.connections.values():
             for conn in list(group):
+                if move is not None:
+                    conn.send(move)
+                    if self.metrics is not None:
+                        self.metrics.moves.labels(conn.transport_name).inc()
                 conn.shutdown()
 
     def now_s(self) -> int:

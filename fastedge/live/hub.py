@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from . import messages
+from .fanout import SlicedFanout
 
 ChannelKey = tuple[str, str]
 _log = Logger()
@@ -233,6 +234,11 @@ class Hub:
     :param deliver: the fan-out; transports may pass a faster one than
         :func:`deliver_each` (same contract).
     :param new_epoch: makes a channel's epoch when this hub starts sequencing it.
+    :param fanout_slice_seconds: when positive, :meth:`publish` only stamps
+        and records an event and queues its delivery, which runs on later
+        turns of ``clock`` in slices of at most this long
+        (:class:`~fastedge.live.fanout.SlicedFanout`); 0 delivers inside
+        :meth:`publish`.
     """
 
     _log = Logger()
@@ -245,6 +251,7 @@ class Hub:
         history_seconds: float,
         deliver: Deliver = deliver_each,
         new_epoch: Callable[[], str] = new_epoch,
+        fanout_slice_seconds: float = 0.0,
     ) -> None:
         self._clock = clock
         self._max_events = history_events
@@ -261,6 +268,21 @@ class Hub:
         self._leaving: list[Subscription] = []
         #: Called with the seconds each fan-out took (for a histogram).
         self.on_fanout: Callable[[float, int], None] | None = None
+        #: Called with the seconds from a publish to its last recipient
+        #: when the fan-out is sliced (for a histogram).
+        self.on_fanout_lag: Callable[[float], None] | None = None
+        #: Subscriptions that left so far: a sliced fan-out checks who is
+        #: still a member only when this has moved since the publish.
+        self._departures = 0
+        self._sliced: SlicedFanout | None = None
+        if fanout_slice_seconds > 0:
+            self._sliced = SlicedFanout(
+                clock,
+                slice_seconds=fanout_slice_seconds,
+                deliver=deliver,
+                departures=self._departure_count,
+                finished=self._fanned_out,
+            )
 
     # Introspection
 
@@ -290,6 +312,21 @@ class Hub:
     def channel_count(self) -> int:
         """Channels this hub holds state for (subscribed or with history)."""
         return len(self._channels)
+
+    @property
+    def pending_fanouts(self) -> int:
+        """Events published whose delivery has not finished (sliced fan-out)."""
+        return 0 if self._sliced is None else self._sliced.pending
+
+    @property
+    def fanout_slices(self) -> int:
+        """Slices the sliced fan-out has run."""
+        return 0 if self._sliced is None else self._sliced.slices
+
+    def flush(self) -> None:
+        """Deliver every queued event now (before the node says goodbye)."""
+        if self._sliced is not None:
+            self._sliced.flush()
 
     def add_listener(self, listener: HubListener) -> None:
         """Tell ``listener`` about interest changes and accepted events."""
@@ -448,9 +485,14 @@ class Hub:
     def _fan_out(
         self,
         prepared: Prepared,
-        members: Collection[Subscription],
+        members: dict[Subscription, None],
         skip: Collection[Subscription] | None,
     ) -> None:
+        if self._sliced is not None:
+            # ``members`` is the channel's own map: the recipients are its
+            # keys now, and a member that leaves before its turn is skipped.
+            self._sliced.submit(prepared, members, skip)
+            return
         started = self._clock.seconds() if self.on_fanout is not None else 0.0
         self._fanning = True
         try:
@@ -465,6 +507,18 @@ class Hub:
         self.stats.bytes += total
         if self.on_fanout is not None:
             self.on_fanout(self._clock.seconds() - started, sent)
+
+    def _departure_count(self) -> int:
+        return self._departures
+
+    def _fanned_out(self, prepared: Prepared, sent: int, nbytes: int, work: float, lag: float) -> None:
+        """A sliced fan-out reached its last recipient."""
+        self.stats.delivered += sent
+        self.stats.bytes += nbytes
+        if self.on_fanout is not None:
+            self.on_fanout(work, sent)
+        if self.on_fanout_lag is not None:
+            self.on_fanout_lag(lag)
 
     def count_delivered(self, sent: int, nbytes: int) -> None:
         """Count messages a transport sent outside a fan-out (a replay)."""
@@ -550,6 +604,7 @@ class Hub:
         if state is None or sub not in state.members:
             return
         del state.members[sub]
+        self._departures += 1
         for author in sub.blocked:
             blockers = state.blockers.get(author)
             if blockers is not None:

@@ -10,6 +10,7 @@ message as one text frame; SSE carries the same JSON in ``data:`` lines.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -303,6 +304,13 @@ def reset(channel: str, epoch: str, seq: int) -> bytes:
             "reload": True,
         }
     )
+
+
+def move(node_id: str, addresses: Sequence[str]) -> bytes:
+    """The node is going away (a drain): follow the thread on node
+    ``node_id`` (at one of ``addresses``) from now on. The close (1001)
+    follows; reconnect at once, with ``since``."""
+    return encode({"type": "move", "node": node_id, "addresses": list(addresses), "reason": "drain"})
 
 
 def closing(code: int, reason: str) -> bytes:

@@ -64,6 +64,11 @@ class _HubCollector(Collector):
             value=stats.delivered,
         )
         yield CounterMetricFamily(
+            "fastedge_live_fanout_slices",
+            "Reactor turns the sliced fan-out spent sending (at most live.fanout_slice_ms each).",
+            value=self._hub.fanout_slices,
+        )
+        yield CounterMetricFamily(
             "fastedge_live_sent_bytes",
             "Bytes of event messages queued to subscribers.",
             value=stats.bytes,
@@ -118,6 +123,12 @@ class LiveMetrics:
             ["code"],
             registry=registry,
         )
+        self.moves = Counter(
+            "fastedge_live_moves",
+            "Clients told to move to another node before the node closed them (a drain), by transport.",
+            ["transport"],
+            registry=registry,
+        )
         self.slow_consumers = Counter(
             "fastedge_live_slow_consumer_disconnects",
             "Connections dropped for falling behind past live.max_buffered_bytes, by transport.",
@@ -138,6 +149,13 @@ class LiveMetrics:
         self.fanout_seconds = Histogram(
             "fastedge_live_fanout_seconds",
             "Time to hand one event to every local subscriber of its channel.",
+            buckets=_FANOUT_BUCKETS,
+            registry=registry,
+        )
+        self.fanout_lag_seconds = Histogram(
+            "fastedge_live_fanout_lag_seconds",
+            "Time from publishing an event to handing it to its last local subscriber (the fan-out runs after "
+            "the writer's answer, in slices of live.fanout_slice_ms).",
             buckets=_FANOUT_BUCKETS,
             registry=registry,
         )

@@ -11,11 +11,14 @@ straight to the socket.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any
 
+import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.compress import PerMessageCompressOffer
-from autobahn.websocket.protocol import TrafficStats
+from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION, PerMessageCompressOffer
+from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol, _is_same_origin, _url_to_origin
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
@@ -95,16 +98,107 @@ class LiveServerProtocol(WebSocketServerProtocol):
     # Handshake and lifecycle
 
     def onConnect(self, request: ConnectionRequest) -> Any:
-        """Refuse the handshake (503) past ``live.max_connections``."""
+        """Refuse the handshake (503) past ``live.max_connections``; speak
+        ``fastedge.live.1`` when the client offers it."""
+        return self._admit(request.protocols)
+
+    def _admit(self, offered: list[str]) -> str | None:
         if not self.factory.live.admit(self.transport_name):
             self.factory.live.closing(messages.CLOSE_TRY_AGAIN_LATER)
             raise ConnectionDeny(
                 503,
                 "this node is at its live connection limit; try another or retry later",
             )
-        if messages.PROTOCOL in request.protocols:
+        if messages.PROTOCOL in offered:
             return messages.PROTOCOL
         return None
+
+    def take_over(self, request: Any) -> None:
+        """Finish the opening handshake of ``request``, an upgrade twisted.web
+        has parsed (and ``LiveResource`` checked: HTTP/1.1, GET, version 13,
+        one Host, ``Connection: upgrade``, one well-formed key), on this
+        protocol, already connected to the request's transport.
+
+        autobahn would be handed the request rebuilt as bytes and parse it
+        again; this makes the rest of autobahn's checks on the parsed
+        headers, with the same refusals (through :meth:`failHandshake`),
+        then answers 101 exactly as autobahn does and opens the connection.
+        """
+        raw = request.requestHeaders.getRawHeaders
+        if b"#" in request.uri:
+            return self.failHandshake("HTTP requested resource contains a fragment identifier")
+        host = raw(b"host")[0].decode("latin-1").strip()
+        if ":" in host and not host.endswith("]"):
+            port = host.rsplit(":", 1)[1].strip()
+            if not port.isdigit():
+                return self.failHandshake('invalid port "{}" in HTTP Host header "{}"'.format(port, host))
+        # Repeated headers are one comma-separated list, as autobahn joins them.
+        offered = raw(b"sec-websocket-protocol")
+        protocols = [p.strip() for p in b",".join(offered).decode("latin-1").split(",")] if offered else []
+        if len(set(protocols)) != len(protocols):
+            return self.failHandshake("duplicate protocol specified in HTTP Sec-WebSocket-Protocol header")
+        self.websocket_protocols = protocols
+        origins = raw(b"origin") or []
+        if len(origins) > 1:
+            return self.failHandshake("HTTP Origin header appears more than once in opening handshake request")
+        self.websocket_origin = origins[0].decode("latin-1").strip() if origins else ""
+        if origins:
+            try:
+                origin = _url_to_origin(self.websocket_origin)
+            except ValueError as e:
+                return self.failHandshake("HTTP Origin header invalid: {}".format(e))
+            factory = self.factory
+            allowed = (origin == "null" and factory.allowNullOrigin) or _is_same_origin(
+                origin,
+                "https" if factory.isSecure else "http",
+                factory.externalPort or factory.port,
+                self.allowedOriginsPatterns,  # type: ignore[attr-defined]
+            )
+            if not allowed:
+                return self.failHandshake(
+                    "WebSocket connection denied: origin '{}' not allowed".format(self.websocket_origin)
+                )
+        extensions = raw(b"sec-websocket-extensions") or []
+        if len(extensions) > 1:
+            return self.failHandshake(
+                "HTTP Sec-WebSocket-Extensions header appears more than once in opening handshake request"
+            )
+        offers = []
+        for extension, params in self._parseExtensionsHeader(extensions[0].decode("latin-1")) if extensions else ():
+            pmce = PERMESSAGE_COMPRESSION_EXTENSION.get(extension)
+            if pmce is not None:
+                try:
+                    offers.append(pmce["Offer"].parse(params))  # type: ignore[attr-defined]
+                except Exception as e:
+                    return self.failHandshake(str(e))
+        key = raw(b"sec-websocket-key")[0].decode("ascii").strip()
+        self._wskey = key
+        self.websocket_version = 13
+        self.websocket_extensions = []
+        try:
+            protocol = self._admit(protocols)
+        except ConnectionDeny as deny:
+            return self.failHandshake(deny.reason, deny.code)
+        if offers:
+            self.perMessageCompressionAccept(offers)
+        self.websocket_protocol_in_use = protocol
+        self.websocket_extensions_in_use = []
+        # Straight to the transport: autobahn's sendData formats debug log
+        # arguments whether or not debug logging is on.
+        self.transport.write(self.factory.switching(protocol, key))  # type: ignore[union-attr]
+        self.state = WebSocketProtocol.STATE_OPEN
+        timer = self.openHandshakeTimeoutCall
+        if timer is not None:
+            timer.cancel()
+            self.openHandshakeTimeoutCall = None
+        self.inside_message = False
+        self.current_frame = None  # type: ignore[assignment]
+        self._onOpen()
+        txaio.resolve(self.is_open, None)  # type: ignore[attr-defined]
+        rest = request.content.read() if request.content is not None else b""
+        if rest:
+            self.data = rest
+            self.consumeData()
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
         """autobahn's handshake refusals (its own and :meth:`onConnect`'s 503)
@@ -452,6 +546,22 @@ class LiveWebSocketFactory(WebSocketServerFactory):
         if protocol is not None:
             protocol.access, self.pending_access = self.pending_access, None  # type: ignore[attr-defined]
         return protocol
+
+    def switching(self, protocol: str | None, key: str) -> bytes:
+        """The ``101`` answer to a handshake with ``key``, byte for byte
+        autobahn's (``succeedHandshake``), no extension accepted."""
+        lines = ["HTTP/1.1 101 Switching Protocols"]
+        if self.server:
+            lines.append("Server: {}".format(self.server))
+        lines += ["Upgrade: WebSocket", "Connection: Upgrade"]
+        for name, value in self.headers.items():
+            values = [value] if isinstance(value, str) else list(value)
+            lines += ["{}: {}".format(name, v) for v in values]
+        if protocol is not None:
+            lines.append("Sec-WebSocket-Protocol: {}".format(protocol))
+        accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + WebSocketProtocol._WS_MAGIC).digest())
+        lines.append("Sec-WebSocket-Accept: {}".format(accept.decode("ascii")))
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
     def frame(self, payload: bytes) -> bytes:
         """One unmasked text frame carrying ``payload``."""

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -26,14 +27,14 @@ class _NotFound(Resource):
 
 
 class LiveResource(Resource):
-    """``/live`` upgrades to WebSocket (autobahn's ``WebSocketResource``);
+    """``/live`` upgrades to WebSocket (the handshake parsed once, by
+    twisted.web, then handed to autobahn's protocol for the frames);
     ``/live/events`` is the SSE stream. A plain GET of ``/live`` gets a JSON
     426 instead of autobahn's HTML page."""
 
     def __init__(self, live: Live) -> None:
         super().__init__()
         self.factory = LiveWebSocketFactory(live)
-        self._websocket = WebSocketResource(self.factory)
         self.putChild(b"events", LiveEventsResource(live))
 
     def getChild(self, path: bytes, request: Request) -> IResource:
@@ -43,7 +44,7 @@ class LiveResource(Resource):
         return _NotFound()
 
     def render(self, request: Request) -> int | bytes:
-        """Hand a WebSocket upgrade to autobahn; anything else gets 426."""
+        """Take a WebSocket upgrade over; anything else gets 426."""
         request.route = "/live"  # type: ignore[attr-defined]
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if request.method != b"GET" or upgrade != b"websocket":
@@ -58,14 +59,39 @@ class LiveResource(Resource):
         if _refuse_upgrade(request):
             return NOT_DONE_YET
         # The session writes the access log line when it ends (with its
-        # duration and messages); autobahn builds the protocol synchronously
-        # inside render(), which is how the session reaches it.
+        # duration and messages); the factory hands it to the protocol it
+        # builds now.
         live_session = getattr(request, "live_session", None)
         self.factory.pending_access = live_session("ws") if live_session is not None else None
         try:
-            return self._websocket.render(request)
+            protocol = self.factory.buildProtocol(request.getClientAddress())
         finally:
             self.factory.pending_access = None
+        _take_transport(request, protocol)
+        protocol.take_over(request)
+        return NOT_DONE_YET
+
+
+def _take_transport(request: Request, protocol: Any) -> None:
+    """Move ``request``'s connection from twisted.web's channel to
+    ``protocol`` (as autobahn's ``WebSocketResource`` does), and let it read."""
+    transport: Any
+    transport, request.channel.transport = request.channel.transport, None
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = protocol
+    elif isinstance(transport.protocol, ProtocolWrapper):
+        # TLS: the wrapper is the transport's protocol.
+        transport.protocol.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    protocol.makeConnection(transport)
+    # The channel paused the transport while it served the request; no
+    # other request follows this one.
+    network = getattr(transport, "_networkProducer", None)
+    if network is not None:
+        network.resumeProducing()
+    elif hasattr(transport, "resumeProducing"):
+        transport.resumeProducing()
 
 
 def _refuse_upgrade(request: Request) -> bool:

@@ -9,6 +9,7 @@ with 1001 when the node stops.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 from ..config import LiveConfig
 from ..residency.gate import ResidencyGate
 from ..store.interfaces import IStore
+from . import messages
 from .access import ChannelResolver, GroupLocks
 from .frontend import Live
 from .hub import Hub
@@ -71,14 +73,17 @@ class LiveService(MultiService):
         node_id: str,
         policy: IAccessPolicy | None = None,
         residency: ResidencyGate | None = None,
+        successor: Callable[[], tuple[str, Sequence[str]] | None] | None = None,
     ) -> None:
         super().__init__()
         self._cfg = cfg
+        self._successor = successor
         self._clock: IReactorTime = reactor
         self.hub = Hub(
             clock=reactor,
             history_events=cfg.history_events,
             history_seconds=cfg.history_seconds,
+            fanout_slice_seconds=cfg.fanout_slice_ms / 1000.0,
         )
         metrics = LiveMetrics(registry, self.hub, lambda transport: self.live.count(transport))
         self.resolver = ChannelResolver(
@@ -136,6 +141,29 @@ class LiveService(MultiService):
         """Accept viewer tokens the public API issues (wiring, in ``tap``)."""
         self.live.tokens = tokens
 
+    def going_away(self) -> None:
+        """The node is going away (a drain, or any clean stop): tell every
+        live client where to go (a ``move`` message naming another live node
+        of the deployment, when there is one), then close it with 1001.
+
+        The HTTP child calls this once its listeners stopped accepting, so a
+        client that reconnects at once reaches another node.
+        """
+        target = None
+        if self._successor is not None:
+            try:
+                target = self._successor()
+            except Exception:
+                self._log.failure("live: choosing the node clients move to failed")
+        total = sum(len(c) for c in self.live.connections.values())
+        if target is not None:
+            self._log.info(
+                "live: moving {count} connections to {node}", count=total, node=target[0], addresses=list(target[1])
+            )
+        elif total:
+            self._log.info("live: closing {count} connections (no other live node to move them to)", count=total)
+        self.live.shutdown(messages.move(*target) if target is not None else None)
+
     def stopService(self) -> Deferred[None]:
         """Close every live connection with 1001, then stop the timers.
 
@@ -144,6 +172,8 @@ class LiveService(MultiService):
         """
         stopped: Deferred[Any] = super().stopService()
         live = self.live
+        # What was published reaches its subscribers before the goodbye.
+        self.hub.flush()
         total = sum(len(c) for c in live.connections.values())
         if total:
             self._log.info("live: closing {count} connections", count=total)
@@ -183,11 +213,16 @@ def make_service(
     node_id: str,
     policy: IAccessPolicy | None = None,
     residency: ResidencyGate | None = None,
+    successor: Callable[[], tuple[str, Sequence[str]] | None] | None = None,
 ) -> LiveService:
     """The ``live`` child for ``cfg``.
 
     :param residency: refuses subscriptions to another deployment's tenants
-        (:class:`fastedge.residency.gate.ResidencyGate`)."""
+        (:class:`fastedge.residency.gate.ResidencyGate`).
+    :param successor: the node this node's clients should move to when it
+        goes away, as ``(node id, addresses)``, or ``None`` when there is
+        none (then they are only closed with 1001).
+    """
     return LiveService(
         cfg,
         reactor=reactor,
@@ -196,4 +231,5 @@ def make_service(
         node_id=node_id,
         policy=policy,
         residency=residency,
+        successor=successor,
     )

@@ -303,6 +303,10 @@ class Membership:
         self.on_peer_gone: list[Callable[[Peer], None]] = []
         self._pending = 0
         self._idle_waiters: list[Deferred[None]] = []
+        #: Waiting for the goodbyes once :meth:`announce_leaving` said them.
+        self._goodbyes: list[Deferred[Any]] | None = None
+        #: Every peer answered (or timed out) the goodbyes.
+        self.goodbyes_said = False
         #: Where the failures of calls nobody waits for go (logged, counted).
         self.failures = CallFailures(metrics, monotonic)
 
@@ -318,12 +322,21 @@ class Membership:
         for host, port in self._seeds:
             self.seed_links.append(self._connect(None, host, port))
 
-    def leave(self, timeout_call: Callable[[Deferred[Any]], Deferred[Any]]) -> Deferred[Any]:
-        """Tell every peer this node leaves, then stop every link.
+    def announce_leaving(self, timeout_call: Callable[[Deferred[Any]], Deferred[Any]]) -> Deferred[Any]:
+        """Tell every peer this node leaves (they mark it LEAVING and DNS
+        withdraws it at once), keeping the links up: a draining node still
+        finishes its work (``docs/admin.md``, "Draining a node"). Only the
+        first call says goodbye; later ones wait for the same answers.
 
         :param timeout_call: bounds each goodbye (the service adds a timeout).
-        :returns: fires once every link is closed.
+        :returns: fires once every peer answered (or timed out).
         """
+        if self._goodbyes is not None:
+            if self.goodbyes_said:
+                return succeed(None)
+            waiting: Deferred[Any] = Deferred()
+            self._goodbyes.append(waiting)
+            return waiting
         self.leaving = True
         self.node_map.upsert(node_info(self.me, NodeState.LEAVING))
         goodbyes = []
@@ -332,7 +345,30 @@ class Membership:
                 goodbyes.append(
                     self.failures.watch(timeout_call(self._call(peer.link, "leave")), "leave", peer.node_id)
                 )
-        d = DeferredList(goodbyes)
+        waiters: list[Deferred[Any]] = []
+        self._goodbyes = waiters
+
+        def said(_: object) -> None:
+            self.goodbyes_said = True
+            for d in waiters:
+                d.callback(None)
+            waiters.clear()
+
+        DeferredList(goodbyes).addCallback(said)
+        done: Deferred[Any] = Deferred()
+        waiters.append(done)
+        if not goodbyes:
+            said(None)
+        return done
+
+    def leave(self, timeout_call: Callable[[Deferred[Any]], Deferred[Any]]) -> Deferred[Any]:
+        """Tell every peer this node leaves (unless :meth:`announce_leaving`
+        did), then stop every link.
+
+        :param timeout_call: bounds each goodbye (the service adds a timeout).
+        :returns: fires once every link is closed.
+        """
+        d = self.announce_leaving(timeout_call)
 
         def stop_links(_: object) -> Deferred[Any]:
             links = [p.link for p in self.peers.values() if p.link is not None] + self.seed_links
@@ -471,11 +507,17 @@ class Membership:
         """A message came from the peer itself (for this incarnation).
 
         :returns: the peer, or ``None`` when the message is from a
-            superseded incarnation (or one that left) and must be ignored.
+            superseded incarnation and must be ignored (a peer that said it
+            leaves is returned, and stays LEAVING).
         """
         peer = self.current(node_id, incarnation)
-        if peer is None or peer.state is NodeState.LEAVING:
+        if peer is None:
             return None
+        if peer.state is NodeState.LEAVING:
+            # A node that announced it leaves (a drain) still finishes its
+            # work until it closes its links: its last writes must reach
+            # their sequencer. It stays LEAVING (never alive again).
+            return peer
         peer.last_heard = self._now()
         peer.dead_since = None
         peer.detector.heard()

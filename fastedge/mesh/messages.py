@@ -289,6 +289,11 @@ def check_position(epoch: Any, seq: Any) -> tuple[str | None, int | None]:
     return epoch, _int(seq, "seq")
 
 
+#: The kind of the relay's own marker event: a channel's numbering starts
+#: over (a new epoch, at seq 0); followers' subscribers reload.
+RESET_KIND = "relay.reset"
+
+
 @register
 class RelayedEvent(pb.Copyable, pb.RemoteCopy):
     """One live event between nodes: a write on its way to its channel's
@@ -353,7 +358,9 @@ class RelayedEvent(pb.Copyable, pb.RemoteCopy):
         author = state["author"]
         self.author = None if author is None else check_channel_id(author, "author")
         self.epoch, self.seq = check_position(state["epoch"], state["seq"])
-        if self.seq is not None and self.seq < 1:
+        # A reset names the position a new numbering starts from: seq 0
+        # (the next event is 1); every other stamped event is 1 or more.
+        if self.seq is not None and self.seq < (0 if kind == RESET_KIND else 1):
             raise BadMessage("a stamped event's seq starts at 1")
         self.origin = check_node_id(state["origin"], "origin")
 

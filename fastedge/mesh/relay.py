@@ -49,7 +49,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..live.hub import ChannelKey, Event, Hub, Prepared, Stamp, new_epoch
-from .messages import (
+from .messages import (  # noqa: F401 - RESET_KIND is also this module's public name
+    RESET_KIND,
     BadMessage,
     Refused,
     RelayedEvent,
@@ -72,9 +73,6 @@ EVENTS_BATCH = 1000
 OWNER_CACHE = 100_000
 #: Seconds between sweeps of what is remembered of forgotten channels.
 PRUNE_SECONDS = 60.0
-#: The kind of a pushed event that is no event: the owner moved the channel
-#: to this position (a new epoch) and the follower's subscribers reload.
-RESET_KIND = "relay.reset"
 
 
 def to_wire(event: Event, stamp: Stamp | None) -> RelayedEvent:

@@ -10,6 +10,7 @@ the client endpoints to peers, and the timers.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import random
 import time
@@ -379,6 +380,20 @@ class MeshService(Service):
 
     # Stop
 
+    def announce_leaving(self) -> Deferred[None]:
+        """Tell the peers now that this node leaves (they withdraw it from
+        DNS at once), before the node's other children stop; the links stay
+        up until :meth:`stopService` (the first step of a drain)."""
+        membership = self.membership
+        if membership is None or not self.running:
+            return succeed(None)
+        self._log.info("mesh: node {node} announces it is leaving", node=self.node.id)
+        d: Deferred[Any] = membership.announce_leaving(self._bounded)
+        return d.addCallback(lambda _: None)
+
+    def _bounded(self, d: Deferred[Any]) -> Deferred[Any]:
+        return d.addTimeout(self.cfg.leave_timeout_seconds, self.clock)
+
     def stopService(self) -> Deferred[None]:
         """Leave (peers withdraw this node at once), then close every link
         and connection; fires once all are closed."""
@@ -390,11 +405,8 @@ class MeshService(Service):
         if membership is None:
             return self._close_listener()
 
-        def bounded(d: Deferred[Any]) -> Deferred[Any]:
-            return d.addTimeout(self.cfg.leave_timeout_seconds, self.clock)
-
         self._log.info("mesh: node {node} leaving", node=self.node.id)
-        d = membership.leave(bounded)
+        d = membership.leave(self._bounded)
         d.addCallback(lambda _: self._close_listener())
         return d
 
@@ -512,9 +524,11 @@ def make_service(
     if listen_endpoint is None:
         listen_endpoint = serverFromString(reactor, cfg.endpoint)
     if client_endpoint is None:
+        source = link_source(listen_endpoint)
 
         def client_endpoint(host: str, port: int) -> IStreamClientEndpoint:
-            return HostnameEndpoint(reactor, host, port, timeout=cfg.connect_timeout_seconds)
+            bind = source if source is not None and _same_family(source[0], host) else None
+            return HostnameEndpoint(reactor, host, port, timeout=cfg.connect_timeout_seconds, bindAddress=bind)
 
     return MeshService(
         cfg,
@@ -529,3 +543,28 @@ def make_service(
         jitter=jitter,
         identity=identity,
     )
+
+
+def link_source(listen_endpoint: Any) -> tuple[str, int] | None:
+    """Where outgoing links leave from: the mesh listener's interface when
+    it is one address (``tcp:7946:interface=10.0.0.5``), else ``None`` (the
+    system's choice).
+
+    On a host with several addresses (several nodes on one machine, or a
+    dedicated mesh network) a peer then sees a link come from the address
+    the node announces, so rules by source address (a firewall, a
+    partitioning relay in ``bench/chaos``) apply to both directions.
+    """
+    interface = getattr(listen_endpoint, "_interface", "")
+    if not isinstance(interface, str) or interface in ("", "0.0.0.0", "::"):
+        return None
+    return (interface, 0)
+
+
+def _same_family(source: str, host: str) -> bool:
+    """Whether ``host`` (an address literal, or a name) can be reached from
+    ``source``: a name is assumed to resolve to the source's family."""
+    try:
+        return ipaddress.ip_address(host).version == ipaddress.ip_address(source).version
+    except ValueError:
+        return True

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,12 +120,15 @@ def create_node_certificate(
     now: datetime.datetime | None = None,
     not_before: datetime.datetime | None = None,
     not_after: datetime.datetime | None = None,
+    extra_names: Sequence[str] = (),
 ) -> tuple[bytes, bytes]:
     """A certificate for ``node_id``, signed by the cluster CA, usable as a
     TLS server and client.
 
     :param not_before, not_after: override the validity (tests make
         expired certificates with them).
+    :param extra_names: more DNS names it is valid for (a local cluster's
+        HTTPS certificates name the deployment's host names too).
     :returns: ``(certificate PEM, private key PEM)``.
     """
     now = now or _now()
@@ -140,7 +143,7 @@ def create_node_certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or now - datetime.timedelta(minutes=5))
         .not_valid_after(not_after or now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(node_id)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in (node_id, *extra_names)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(

@@ -35,6 +35,12 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached or used right now."""
 
 
+class StoreClosed(StoreUnavailable):
+    """The store was closed (its node is stopping): every call made after
+    ``stopService`` fails at once with this, on every backend, instead of
+    waiting on a thread pool that no longer runs."""
+
+
 class WrongReadPreference(StoreError, ValueError):
     """A write was asked to read anywhere but the primary."""
 

@@ -32,6 +32,7 @@ from .model import (
     ApiKey,
     AuditEntry,
     Author,
+    AuthorHistory,
     Ban,
     BanKind,
     Comment,
@@ -240,6 +241,25 @@ class IStore(Interface):
         tenant_id: str, author_id: str, *, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[Author]:
         """:returns: ``Deferred[Author]``; ``NotFound`` if absent."""
+
+    def author_history(
+        tenant_id: str,
+        author_id: str,
+        *,
+        thread_id: str | None,
+        since_ms: int,
+        limit: int,
+        read_preference: ReadPreference,
+        token: str | None = None,
+    ) -> Deferred[AuthorHistory]:
+        """The author's history summary for spam checks: age, comment
+        counts by status, and the recent comments of the author and of the
+        thread (``thread_id``; ``None``: none) since ``since_ms``, at most
+        ``limit`` of each, newest first.
+
+        :returns: ``Deferred[AuthorHistory]``; ``NotFound`` for an unknown
+            author (or another tenant's).
+        """
 
     # Threads
 

@@ -326,3 +326,40 @@ class Moderated:
     changed: Sequence[tuple[Comment, Comment]]
     bans: Sequence[Ban]
     entry: AuditEntry
+
+
+@dataclass(frozen=True)
+class RecentComment:
+    """A recent comment as spam checks compare it (any status)."""
+
+    author_id: str
+    thread_id: str
+    body_source: str
+    status: CommentStatus
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class AuthorHistory:
+    """What an author did before, for spam checks (docs/spam.md).
+
+    :ivar created_ms: when the author was created (their first session or
+        the SSO user's first sign-in).
+    :ivar comments: every comment of the author, any status; the status
+        counts below split it.
+    :ivar recent: the author's comments created at or after ``since_ms``,
+        newest first, at most ``limit``, in any thread.
+    :ivar thread_recent: other authors' comments of the asked thread
+        created at or after ``since_ms``, newest first, at most ``limit``.
+    """
+
+    author_id: str
+    kind: AuthorKind
+    created_ms: int
+    comments: int
+    approved: int
+    pending: int
+    spam: int
+    removed: int
+    recent: tuple[RecentComment, ...] = ()
+    thread_recent: tuple[RecentComment, ...] = ()

@@ -37,6 +37,12 @@ Keys (the JSON the tenant API reads and writes; docs/openapi.yaml,
 ``theme``
     ``{"accent": "#rrggbb", "font": "<CSS font-family list>"}``, each
     optional.
+``blockedWords``
+    Words and phrases that make a new public comment spam (docs/spam.md):
+    matched whole, ignoring case, accents' compatibility forms and runs of
+    spaces. At most :data:`MAX_BLOCKED_WORDS`, each 1 to 64 characters of
+    :data:`BLOCKED_WORD_PATTERN`; duplicates (ignoring case) collapse.
+    Empty (default): none.
 """
 
 from __future__ import annotations
@@ -70,6 +76,13 @@ MAX_ORIGINS = 50
 MAX_ORIGIN_CHARS = 300
 #: Highest ``flagsToHide``.
 MAX_FLAGS_TO_HIDE = 10_000
+
+#: Most entries of ``blockedWords``.
+MAX_BLOCKED_WORDS = 500
+#: An entry of ``blockedWords``: the same characters as an SSO group id
+#: (no control or invisible characters), 1 to 64 of them; the spec states
+#: this very pattern (tests/unit/test_openapi.py checks it).
+BLOCKED_WORD_PATTERN = GROUP_ID_PATTERN
 
 _HEX_COLOUR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
 #: A CSS font-family list: names (quoted or not), commas, spaces. Nothing
@@ -133,6 +146,7 @@ class TenantSettings:
     default_groups: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     theme: Theme = field(default_factory=Theme)
+    blocked_words: tuple[str, ...] = ()
 
     @property
     def premoderated(self) -> bool:
@@ -142,7 +156,7 @@ class TenantSettings:
 
 DEFAULTS = TenantSettings()
 
-_KEYS = ("moderation", "flagsToHide", "requireSignIn", "defaultGroups", "allowedOrigins", "theme")
+_KEYS = ("moderation", "flagsToHide", "requireSignIn", "defaultGroups", "allowedOrigins", "theme", "blockedWords")
 _THEME_KEYS = ("accent", "font")
 
 
@@ -185,6 +199,30 @@ def check_group_ids(key: str, value: Any) -> tuple[str, ...]:
                 key, "group ids are 1 to {} characters, without control or invisible characters".format(MAX_GROUP_CHARS)
             )
         if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def check_blocked_words(key: str, value: Any) -> tuple[str, ...]:
+    """A ``blockedWords`` list: at most :data:`MAX_BLOCKED_WORDS` strings of
+    :data:`BLOCKED_WORD_PATTERN`; a word repeated (ignoring case) is kept once.
+
+    :raises SettingsError: naming ``key``.
+    """
+    if not isinstance(value, list):
+        raise _wrong(key, "a list of words", value)
+    if len(value) > MAX_BLOCKED_WORDS:
+        raise SettingsError(key, "at most {} words".format(MAX_BLOCKED_WORDS))
+    out: list[str] = []
+    seen: set[str] = set()
+    for item in value:
+        if not isinstance(item, str):
+            raise _wrong(key, "a list of strings", item)
+        if not _GROUP_ID.fullmatch(item) or _SURROGATE.search(item):
+            raise SettingsError(key, "words are 1 to 64 characters, without control or invisible characters")
+        folded = item.casefold()
+        if folded not in seen:
+            seen.add(folded)
             out.append(item)
     return tuple(out)
 
@@ -292,6 +330,8 @@ def apply_patch(current: TenantSettings, patch: Mapping[str, Any]) -> TenantSett
                 if origin not in origins:
                     origins.append(origin)
             changes["allowed_origins"] = tuple(origins)
+        elif key == "blockedWords":
+            changes["blocked_words"] = check_blocked_words(key, value)
         else:
             changes["theme"] = _check_theme(value, current.theme)
     return replace(current, **changes)
@@ -304,6 +344,7 @@ _FIELDS = {
     "defaultGroups": "default_groups",
     "allowedOrigins": "allowed_origins",
     "theme": "theme",
+    "blockedWords": "blocked_words",
 }
 
 
@@ -321,6 +362,7 @@ def to_json(settings: TenantSettings) -> dict[str, Any]:
         "defaultGroups": list(settings.default_groups),
         "allowedOrigins": list(settings.allowed_origins),
         "theme": theme,
+        "blockedWords": list(settings.blocked_words),
     }
 
 

@@ -68,6 +68,7 @@ from .model import (
     ApiKey,
     AuditEntry,
     Author,
+    AuthorHistory,
     AuthorKind,
     Ban,
     BanKind,
@@ -82,6 +83,7 @@ from .model import (
     QueueFilter,
     QueueSort,
     ReadPreference,
+    RecentComment,
     Sort,
     SsoSecret,
     SsoSecretChange,
@@ -880,6 +882,87 @@ class SqlStore:
             return Author(id=row.id, tenant_id=row.tenant_id, kind=AuthorKind(row.kind), created_ms=row.created_ms)
 
         return self._call("get_author", read_preference, go, token=token)
+
+    def author_history(
+        self,
+        tenant_id: str,
+        author_id: str,
+        *,
+        thread_id: str | None,
+        since_ms: int,
+        limit: int,
+        read_preference: ReadPreference,
+        token: str | None = None,
+    ) -> Deferred[AuthorHistory]:
+        a = s.authors.c
+        c = s.comments.c
+        recent_columns = (c.author_id, c.thread_id, c.body_source, c.status, c.created_ms)
+
+        def recent(rows: Sequence[Any]) -> tuple[RecentComment, ...]:
+            return tuple(
+                RecentComment(
+                    author_id=r.author_id,
+                    thread_id=r.thread_id,
+                    body_source=r.body_source,
+                    status=CommentStatus(r.status),
+                    created_ms=r.created_ms,
+                )
+                for r in rows
+            )
+
+        def go() -> AuthorHistory:
+            with self._reading(read_preference) as conn:
+                author = conn.execute(
+                    select(a.kind, a.created_ms).where(a.tenant_id == tenant_id, a.id == author_id)
+                ).first()
+                if author is None:
+                    raise NotFound("author")
+                # Served by the comments_author index (tenant, author, created).
+                by_status: dict[str, int] = dict(
+                    conn.execute(
+                        select(c.status, func.count())
+                        .where(c.tenant_id == tenant_id, c.author_id == author_id)
+                        .group_by(c.status)
+                    ).all()
+                )
+                mine = conn.execute(
+                    select(*recent_columns)
+                    .where(c.tenant_id == tenant_id, c.author_id == author_id, c.created_ms >= since_ms)
+                    .order_by(c.created_ms.desc(), c.id.desc())
+                    .limit(limit)
+                ).all()
+                others: Sequence[Any] = ()
+                if thread_id is not None:
+                    others = conn.execute(
+                        select(*recent_columns)
+                        .where(
+                            c.tenant_id == tenant_id,
+                            c.thread_id == thread_id,
+                            # Every status, named: the (tenant, thread,
+                            # status, created) index then reads only the
+                            # window, not the whole thread.
+                            c.status.in_([status.value for status in CommentStatus]),
+                            c.author_id != author_id,
+                            c.created_ms >= since_ms,
+                        )
+                        .order_by(c.created_ms.desc(), c.id.desc())
+                        .limit(limit)
+                    ).all()
+            counts = {status: int(by_status.get(status.value, 0)) for status in CommentStatus}
+            return AuthorHistory(
+                author_id=author_id,
+                kind=AuthorKind(author.kind),
+                created_ms=author.created_ms,
+                comments=sum(counts.values()),
+                approved=counts[CommentStatus.APPROVED],
+                pending=counts[CommentStatus.PENDING],
+                spam=counts[CommentStatus.SPAM],
+                removed=counts[CommentStatus.REMOVED],
+                recent=recent(mine),
+                thread_recent=recent(others),
+            )
+
+        return self._call("author_history", read_preference, go, token=token)
 
     # Threads
 

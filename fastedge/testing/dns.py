@@ -34,25 +34,11 @@ def write_geo_db(
     :param networks: CIDR -> (latitude, longitude, country, continent).
     :returns: ``path``.
     """
-    from mmdb_writer import MMDBWriter
-    from netaddr import IPSet
+    from ..cluster.geodb import write_geo_db as write_cities
+    from ..cluster.plan import City
 
-    writer = MMDBWriter(
-        ip_version=ip_version,
-        database_type="GeoIP2-City",
-        ipv4_compatible=ip_version == 6,
-    )
-    for cidr, (lat, lon, country, continent) in networks.items():
-        writer.insert_network(
-            IPSet([cidr]),
-            {
-                "location": {"latitude": lat, "longitude": lon, "accuracy_radius": 50},
-                "country": {"iso_code": country},
-                "continent": {"code": continent},
-            },
-        )
-    writer.to_db_file(path)
-    return path
+    cities = {cidr: City("", lat, lon, country, continent) for cidr, (lat, lon, country, continent) in networks.items()}
+    return write_cities(path, cities, ip_version=ip_version)
 
 
 def dns_query(

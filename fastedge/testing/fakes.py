@@ -66,6 +66,8 @@ class RecordingConnection:
         self.messages: list[dict[str, Any]] = []
         #: The client's LiveConnection (set by :class:`LiveSubscriber`).
         self.owner: Any = None
+        #: Closed by the node (:meth:`shutdown`).
+        self.closed = False
 
     def push(self, prepared: Any) -> int:
         payload = prepared.payload
@@ -79,7 +81,11 @@ class RecordingConnection:
         """Nothing to keep alive in memory."""
 
     def shutdown(self) -> None:
-        """Nothing to close in memory."""
+        """The node goes away: recorded as a ``close`` 1001 (as SSE sends it)."""
+        self.messages.append({"type": "close", "code": 1001, "reason": "server shutting down"})
+        if self.owner is not None:
+            self.owner.close()
+        self.closed = True
 
     def revoke(self, sub: Any, error: Any) -> bool:
         """As the WebSocket transport: an ``error`` naming the channel."""

@@ -34,6 +34,7 @@ class LiveNode:
         registry: Any = None,
         node_id: str = "test-node",
         store: Any = None,
+        successor: Any = None,
     ) -> None:
 
         from fastedge.api.resource import build_api
@@ -58,6 +59,7 @@ class LiveNode:
             registry=self.registry,
             store=self.store,
             node_id=node_id,
+            successor=successor,
         )
         if mesh is None:
             mesh = idle_mesh(clock, path, self.registry, node_id)
@@ -119,6 +121,9 @@ class LiveSubscriber:
         self.conn = RecordingConnection()
         self.live = LiveConnection(node.live, self.conn)
         self.conn.owner = self.live
+        # Counted in as the transports do (the node's goodbye reaches it).
+        self._node_live = node.live
+        node.live.opened(self.conn)
 
     def subscribe(self, tenant_id: str, url_id: str, **extra: Any) -> Deferred[Any]:
         """Subscribe; the ``subscribed`` answer and any replay are recorded
@@ -140,6 +145,7 @@ class LiveSubscriber:
     def close(self) -> None:
         """The client goes away: it leaves every channel."""
         self.live.close()
+        self._node_live.closed(self.conn)
 
 
 class LiveMesh(MemoryMesh):
@@ -162,6 +168,7 @@ class LiveMesh(MemoryMesh):
         """Make (and start) a node with live threads relayed over the mesh
         (see :meth:`MemoryMesh.add` for the arguments)."""
         from fastedge.mesh.relay import connect_relay
+        from fastedge.mesh.successor import successor_of
 
         service = super().add(node_id, deployment=deployment, start=False, **kw)
         store = self.stores.get(deployment)
@@ -179,6 +186,7 @@ class LiveMesh(MemoryMesh):
             node_id=node_id,
             store=store,
             live_overrides=self._live_overrides,
+            successor=successor_of(service.node_map, node_id, deployment, 0.0, 0.0),
         )
         self._tc.addCleanup(node.api.service.stopService)
         connect_relay(service, node.service)

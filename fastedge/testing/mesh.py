@@ -106,6 +106,7 @@ class MemoryNetwork:
         self.listeners: dict[tuple[str, int], _MemoryPort] = {}
         self.pumps: list[Any] = []
         self.blocked: set[frozenset[str]] = set()
+        self.dropped: set[frozenset[str]] = set()
         self._next_port = 7000
 
     def server_endpoint(self, host: str) -> _MemoryServerEndpoint:
@@ -141,6 +142,10 @@ class MemoryNetwork:
         for _ in range(10_000):
             moved = False
             for pump in list(self.pumps):
+                if frozenset((pump.clientIO.getHost().host, pump.serverIO.getHost().host)) in self.dropped:
+                    # A black hole: what either end writes is lost.
+                    pump.clientIO.stream = []
+                    pump.serverIO.stream = []
                 if pump.pump():
                     moved = True
             self.pumps = [p for p in self.pumps if not (p.clientIO.disconnected and p.serverIO.disconnected)]
@@ -177,6 +182,16 @@ class MemoryNetwork:
     def unblock(self, a: str, b: str) -> None:
         """Accept new connections between ``a`` and ``b`` again."""
         self.blocked.discard(frozenset((a, b)))
+
+    def drop(self, a: str, b: str) -> None:
+        """Lose every byte between ``a`` and ``b`` from now on (a partition
+        as a network makes it: connections stay open, nothing arrives);
+        :meth:`undrop` ends it."""
+        self.dropped.add(frozenset((a, b)))
+
+    def undrop(self, a: str, b: str) -> None:
+        """Deliver bytes between ``a`` and ``b`` again."""
+        self.dropped.discard(frozenset((a, b)))
 
 
 class MemoryMesh:

@@ -49,6 +49,8 @@ class AdminSettingsTests(TestCase):
             "--set",
             "theme.accent=#1a73e8",
             "--set",
+            'blockedWords=["casino", "CASINO", "replica watches"]',
+            "--set",
             "ssoSecret=" + SECRET,
             "--json",
         )
@@ -64,6 +66,7 @@ class AdminSettingsTests(TestCase):
                 "defaultGroups": [],
                 "allowedOrigins": ["https://blog.example"],
                 "theme": {"accent": "#1a73e8"},
+                "blockedWords": ["casino", "replica watches"],
             },
         )
         self.assertTrue(shown["sso"]["secretSet"])

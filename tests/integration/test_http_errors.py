@@ -412,6 +412,58 @@ class HttpErrorTests(_NodeCase):
             "bad_websocket_handshake",
         )
 
+    # What autobahn refused when it parsed the handshake a second time is
+    # refused the same way now that the parsed headers are handed over.
+
+    def _upgrade(self, *extra: bytes, host: bytes = b"a", path: bytes = b"/live") -> bytes:
+        return (
+            b"GET " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + b"".join(extra) + b"\r\n"
+        )
+
+    def test_websocket_duplicate_subprotocol(self) -> Any:
+        """A subprotocol offered twice is a JSON 400, and the connection closes."""
+        return self.refused(
+            self._upgrade(b"Sec-WebSocket-Protocol: fastedge.live.1, fastedge.live.1\r\n"),
+            400,
+            "bad_websocket_handshake",
+        )
+
+    def test_websocket_two_origins(self) -> Any:
+        """Two Origin headers are a JSON 400."""
+        return self.refused(
+            self._upgrade(b"Origin: https://a.example\r\n", b"Origin: https://b.example\r\n"),
+            400,
+            "bad_websocket_handshake",
+        )
+
+    def test_websocket_origin_without_host(self) -> Any:
+        """An Origin with no host part is a JSON 400."""
+        return self.refused(self._upgrade(b"Origin: https://\r\n"), 400, "bad_websocket_handshake")
+
+    def test_websocket_host_with_a_bad_port(self) -> Any:
+        """A Host whose port is not a number is a JSON 400."""
+        return self.refused(self._upgrade(host=b"a:http"), 400, "bad_websocket_handshake")
+
+    def test_websocket_two_extension_headers(self) -> Any:
+        """Two Sec-WebSocket-Extensions headers are a JSON 400."""
+        return self.refused(
+            self._upgrade(
+                b"Sec-WebSocket-Extensions: permessage-deflate\r\n",
+                b"Sec-WebSocket-Extensions: permessage-deflate\r\n",
+            ),
+            400,
+            "bad_websocket_handshake",
+        )
+
+    def test_websocket_bad_compression_offer(self) -> Any:
+        """A compression offer with an impossible parameter is a JSON 400."""
+        return self.refused(
+            self._upgrade(b"Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=99\r\n"),
+            400,
+            "bad_websocket_handshake",
+        )
+
     # Over TLS, the same channel.
 
     def test_tls_bad_content_length(self) -> Any:

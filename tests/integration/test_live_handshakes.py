@@ -227,6 +227,31 @@ class HandshakeTests(TestCase):
         client.send(b"\x88\x82" + b"\x00\x00\x00\x00" + b"\x03\xe8")  # close 1000, zero mask
         await client.lost
 
+    async def test_one_parse(self) -> None:
+        """The upgrade is parsed once, by twisted.web: the WebSocket
+        protocol finishes the handshake from the parsed headers (autobahn's
+        own parser, which keeps the raw request, never runs), and the
+        answer is autobahn's exact 101."""
+        key = base64.b64encode(os.urandom(16))
+        host = b"127.0.0.1:%d" % self.http_port
+        client = RawWebSocket(CHROMIUM.replace(b"{host}", host).replace(b"{key}", key))
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", self.http_port).connect(Factory.forProtocol(lambda: client))
+        head = await client.head
+        self.assertEqual(
+            head.split(b"\r\n\r\n")[0],
+            b"HTTP/1.1 101 Switching Protocols\r\n" + b"Server: " + self.live_factory().server.encode() + b"\r\n"
+            b"Upgrade: WebSocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + _accept(key),
+        )
+        await client.wait_message("hello")
+        (server,) = self.live.connections["websocket"]
+        self.assertNotIn("http_request_data", vars(server))
+        self.assertNotIn("http_headers", vars(server))
+        client.send(b"\x88\x82" + b"\x00\x00\x00\x00" + b"\x03\xe8")
+        await client.lost
+
+    def live_factory(self) -> Any:
+        return self.node.top.getServiceNamed("live").resource.factory
+
     async def test_chromium_plain(self) -> None:
         """Chromium's handshake over ws:// gets 101, no extension, events."""
         await self.raw_client(CHROMIUM, tls=False)

@@ -87,6 +87,7 @@ class NodeTests(TestCase):
         self.assertEqual(
             doc["children"],
             {
+                "drain": {"running": True},
                 "store": {"running": True},
                 "geo": {"running": True},
                 "mesh": {"running": True},

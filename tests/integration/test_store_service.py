@@ -8,9 +8,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from fastedge.config import StoreConfig
+from fastedge.config import PostgresConfig, StoreConfig
 from fastedge.metrics.registry import new_registry
-from fastedge.store.errors import StoreUnavailable
+from fastedge.store.errors import StoreClosed, StoreUnavailable
 from fastedge.store.model import ReadPreference
 from fastedge.store.service import make_service
 
@@ -58,3 +58,39 @@ class StoreServiceTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
         # Asking again after the failure answers at once, with the same failure.
         yield self.assertFailure(service.when_ready(), StoreUnavailable)
+
+    @inlineCallbacks
+    def test_call_after_stop_sqlite(self):  # type: ignore[no-untyped-def]
+        """A call made after the store stopped fails at once, with
+        ``StoreClosed`` (a ``StoreUnavailable``: the HTTP layer answers 503),
+        instead of waiting forever on a thread pool that no longer runs."""
+        path = os.path.join(os.path.abspath(self.mktemp()), "store.sqlite3")
+        service = make_service(StoreConfig(sqlite_path=path, threads=1), reactor=reactor, registry=new_registry())
+        service.startService()
+        store = yield service.when_ready()
+        yield service.stopService()
+        error = self.failureResultOf(store.ping(read_preference=ReadPreference.NEAREST), StoreClosed)
+        self.assertIn("the node is stopping", error.getErrorMessage())
+        self.assertIsInstance(error.value, StoreUnavailable)
+
+    @inlineCallbacks
+    def test_call_after_stop_postgresql(self):  # type: ignore[no-untyped-def]
+        """The same for the PostgreSQL backend, whose calls otherwise retry
+        towards a primary for ``failover_seconds``: after the stop, a call
+        fails at once (the primary here is unreachable, which does not
+        matter: the call never leaves the node)."""
+        cfg = StoreConfig(
+            backend="postgresql",
+            threads=1,
+            postgresql=PostgresConfig(primaries=("host=127.0.0.1 port=1 dbname=none connect_timeout=2",)),
+        )
+        service = make_service(cfg, reactor=reactor, registry=new_registry())
+        service.startService()
+        yield self.assertFailure(service.when_ready(), StoreUnavailable)
+        self.flushLoggedErrors(StoreUnavailable)
+        yield service.stopService()
+        for call in (
+            service.store.ping(read_preference=ReadPreference.PRIMARY),
+            service.store.get_tenant("t", read_preference=ReadPreference.NEAREST),
+        ):
+            self.failureResultOf(call, StoreClosed)

@@ -6,7 +6,6 @@ suite, one schema per test.
 from __future__ import annotations
 
 import atexit
-import glob
 import os
 import pwd
 import shutil
@@ -25,24 +24,15 @@ class PostgresUnavailable(RuntimeError):
 
 
 def postgres_bindir() -> str:
-    """The directory of ``initdb``/``postgres``: ``$FASTEDGE_PG_BINDIR``, else
-    the newest ``/usr/lib/postgresql/N/bin`` (Debian's layout), else ``$PATH``."""
-    explicit = os.environ.get("FASTEDGE_PG_BINDIR")
-    if explicit:
-        return explicit
-    found = []
-    for path in glob.glob("/usr/lib/postgresql/*/bin/initdb"):
-        version = os.path.basename(os.path.dirname(os.path.dirname(path)))
-        if version.isdigit():
-            found.append((int(version), os.path.dirname(path)))
-    if found:
-        return max(found)[1]
-    initdb = shutil.which("initdb")
-    if initdb is None:
-        raise PostgresUnavailable(
-            "PostgreSQL server binaries not found: install Debian's postgresql (scripts/debian-packages)"
-        )
-    return os.path.dirname(initdb)
+    """The directory of PostgreSQL's server programs (the product's own
+    search, :func:`fastedge.cluster.postgres.postgres_bindir`)."""
+    from fastedge.cluster.postgres import PostgresError
+    from fastedge.cluster.postgres import postgres_bindir as find
+
+    try:
+        return find()
+    except PostgresError as e:
+        raise PostgresUnavailable(str(e)) from None
 
 
 def _unprivileged_user() -> pwd.struct_passwd | None:

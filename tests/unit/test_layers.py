@@ -23,15 +23,16 @@ import fastedge
 #: (``tap``); ``__init__`` is the package itself (``__version__``).
 LAYERS: list[set[str]] = [
     # Shared mechanisms that know nothing of the product.
-    {"__init__", "inputs", "logs", "singleflight", "expiring", "metrics"},
+    {"__init__", "inputs", "logs", "singleflight", "expiring", "metrics", "lifecycle", "columns"},
     {"tokenbucket"},
     # The validated configuration.
     {"config"},
     # Records and places.
     {"store", "geo"},
     # Who a reader is; the HTTP listeners and what every route shares
-    # (router, JSON bodies and errors).
-    {"identity", "http"},
+    # (router, JSON bodies and errors); spam checks (judged from records,
+    # asked by the comment write paths).
+    {"identity", "http", "spam"},
     # Which deployment serves a tenant (checked before any feature reads).
     {"residency"},
     # Features that the mesh carries today (the relay and peer fill live in
@@ -43,6 +44,9 @@ LAYERS: list[set[str]] = [
     {"embed", "status"},
     # Wiring: the one Site, the startup report.
     {"web", "startup"},
+    # A whole local cluster (fastedge-admin cluster): config files, keys and
+    # certificates, processes.
+    {"cluster"},
     # The operator's tool and the shipped test support.
     {"admin", "testing"},
     # The twistd plugin's entry point: constructs, names and parents.

@@ -10,7 +10,7 @@ from openapi_spec_validator import validate
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.store.settings import GROUP_ID_PATTERN, ORIGIN_PATTERN
+from fastedge.store.settings import BLOCKED_WORD_PATTERN, GROUP_ID_PATTERN, ORIGIN_PATTERN
 from fastedge.tap import Options, makeService
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,6 +46,10 @@ class OpenApiTests(SynchronousTestCase):
         """The spec's GroupId is the very pattern the node checks group ids
         with (a rule like ``str.isprintable()`` cannot be written down)."""
         self.assertEqual(self.spec["components"]["schemas"]["GroupId"]["pattern"], GROUP_ID_PATTERN)
+
+    def test_blocked_word_rule(self) -> None:
+        """The spec's BlockedWord is the very pattern blockedWords are checked with."""
+        self.assertEqual(self.spec["components"]["schemas"]["BlockedWord"]["pattern"], BLOCKED_WORD_PATTERN)
 
     def test_origin_rule(self) -> None:
         """The spec's Origin is the very pattern allowedOrigins are checked

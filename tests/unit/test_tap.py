@@ -122,7 +122,7 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_named_children(self) -> None:
         """The node is a MultiService of named children, store first."""
-        self.assertEqual([c.name for c in self.top], ["store", "geo", "mesh", "dns", "live", "cdn", "http"])
+        self.assertEqual([c.name for c in self.top], ["drain", "store", "geo", "mesh", "dns", "live", "cdn", "http"])
 
     def test_dns_answers_from_the_mesh_map(self) -> None:
         """DNS answers from the mesh's live node map (this node, once the
@@ -152,6 +152,16 @@ class MakeServiceTests(SynchronousTestCase):
         with self.assertRaises(UsageError) as cm:
             Options().parseOptions(["--config", path])
         self.assertIn("dns.policy: no answer policy 'no-such-policy'", str(cm.exception))
+
+    def test_unknown_spam_check_is_a_usage_error(self) -> None:
+        """spam.checks naming no built-in check and no plugin is refused
+        before anything starts, naming the key and the known checks."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[spam]\nchecks = ["heuristic", "akismet"]\n')
+        with self.assertRaises(UsageError) as cm:
+            Options().parseOptions(["--config", path])
+        self.assertIn("spam.checks: no spam check 'akismet' (known: heuristic", str(cm.exception))
 
     def test_transport_listens(self) -> None:
         """The transport binds the configured endpoint (with an explicit

@@ -1,8 +1,14 @@
 // Following one thread live (docs/live-protocol.md): WebSocket first, SSE
 // when WebSocket cannot connect, reconnecting with backoff and recovering
-// from the last sequence number (no gap, no duplicate).
+// from the last sequence number (no gap, no duplicate). A node that drains
+// sends "move" before closing: reconnect at once (with a little jitter, so
+// its clients do not all arrive in the same instant), and while moving, a
+// connection refused (a cached address of the drained node) is retried just
+// as soon and does not count towards falling back to SSE.
 
 const MAX_BACKOFF_MS = 30000;
+const MOVE_JITTER_MS = 1000;
+const MOVE_TRIES = 5;
 
 export class LiveThread {
   // opts: tenant, urlId, epoch, seq, viewer, onEvent(kind, data), onReload(), onState(text)
@@ -17,6 +23,8 @@ export class LiveThread {
     this.conn = null;
     this.timer = null;
     this.stopped = false;
+    this.moving = false;
+    this.moveTries = 0;
   }
 
   start() {
@@ -65,7 +73,7 @@ export class LiveThread {
     ws.onclose = () => {
       if (this.conn !== ws) return;
       this.conn = null;
-      if (!opened && ++this.wsFailures >= 2) this.useSse = true;
+      if (!opened && !this.moving && ++this.wsFailures >= 2) this.useSse = true;
       this.retry();
     };
   }
@@ -88,6 +96,13 @@ export class LiveThread {
   retry() {
     if (this.stopped) return;
     this.o.onState("Reconnecting…");
+    if (this.moving && this.moveTries++ < MOVE_TRIES) {
+      // The page's host name no longer resolves to the drained node (DNS
+      // withdrew it), so this reaches another node of the deployment.
+      this.timer = setTimeout(() => this.connect(), Math.random() * MOVE_JITTER_MS);
+      return;
+    }
+    this.moving = false;
     const base = Math.min(MAX_BACKOFF_MS, 500 * 2 ** Math.min(this.failures++, 6));
     this.timer = setTimeout(() => this.connect(), base / 2 + Math.random() * (base / 2));
   }
@@ -101,6 +116,8 @@ export class LiveThread {
     }
     if (m.type === "subscribed") {
       this.failures = 0;
+      this.moving = false;
+      this.moveTries = 0;
       this.o.onState("Live");
       if (m.reload || (this.epoch && m.epoch !== this.epoch)) {
         this.epoch = m.epoch;
@@ -121,6 +138,10 @@ export class LiveThread {
       this.epoch = m.epoch;
       this.seq = m.seq;
       this.o.onReload();
+    } else if (m.type === "move") {
+      // The close (1001) follows; recover on another node with since.
+      this.moving = true;
+      this.moveTries = 0;
     } else if (m.type === "close") {
       if (this.conn) this.conn.close();
       this.conn = null;

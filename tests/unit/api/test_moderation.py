@@ -372,7 +372,7 @@ class ModerationLiveTests(SynchronousTestCase):
         key = new_api_key()
         done(self.node.store.add_api_key(self.tenant.id, hash_api_key(key), created_ms=0, read_preference=PRIMARY))
         self.auth = {b"authorization": [b"Bearer " + key.encode()]}
-        self.inbox = Inbox()
+        self.inbox = Inbox(self.clock)
         self.node.hub.subscribe((self.tenant.id, self.world.thread_a.id), self.inbox)
 
     def call(self, method: str, path: str, body: Any = None, manage: bool = False, **query: str) -> tuple[int, Any]:

@@ -47,6 +47,7 @@ class SettingsApiTests(SynchronousTestCase):
                     "defaultGroups": [],
                     "allowedOrigins": [],
                     "theme": {},
+                    "blockedWords": [],
                 },
                 "sso": {"secretSet": False, "secretSetAt": None, "previousSecretAcceptedUntil": None},
             },

@@ -85,6 +85,19 @@ class ValidationTests(SynchronousTestCase):
         )
         self.assertRefused("[api]\npage_size = 500\n", "api.page_size: must not exceed api.max_page_size")
 
+    def test_spam_settings(self) -> None:
+        """Spam check names, their order and the timeout are checked by key."""
+        self.assertEqual(
+            parse_config('[spam]\nchecks = ["held-links", "heuristic"]\n').spam.checks, ("held-links", "heuristic")
+        )
+        self.assertRefused(
+            '[spam]\nchecks = ["Held Links"]\n',
+            "spam.checks: 'Held Links' is not a check name (lower-case letters, digits, '-', '_', '.')",
+        )
+        self.assertRefused('[spam]\nchecks = ["heuristic", "heuristic"]\n', "spam.checks: names a check twice")
+        self.assertRefused("[spam]\ntimeout_seconds = 0\n", "spam.timeout_seconds: must be from 0.001 to 60.0")
+        self.assertRefused('[spam]\nchecks = "heuristic"\n', "spam.checks: must be a list")
+
     def test_postgresql_settings(self) -> None:
         """The PostgreSQL backend needs at least one primary candidate; each
         connection string must parse, and a bad one is refused without

@@ -74,7 +74,8 @@ class World:
         return str(session.value.author_id)
 
     def comment(self, tenant: Tenant, thread: Thread, author: str, text: str = "hello") -> Comment:
-        """Store an approved comment and publish it, as the API does."""
+        """Store an approved comment and publish it, as the API does, and let
+        the fan-out's reactor turns run (delivery follows the publish)."""
         written = done(
             self.node.store.create_comment(
                 NewComment(
@@ -92,6 +93,7 @@ class World:
         )
         comment: Comment = written.value
         self.node.service.publisher.created(comment)
+        self.node.clock.advance(0)
         return comment
 
     def subscribe_msg(self, tenant: Tenant | None = None, **extra: Any) -> bytes:

@@ -15,6 +15,7 @@ from autobahn.twisted.testing import (
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateResponseAccept
 from twisted.trial.unittest import TestCase
 
+from fastedge.live import messages
 from fastedge.live.protocol import LiveServerProtocol
 from fastedge.store.model import ReadPreference
 
@@ -40,6 +41,8 @@ class LiveProtocolTestCase(TestCase):
 
     def flush(self) -> None:
         for _ in range(5):
+            # The fan-out runs on the reactor's next turns.
+            self.reactor.advance(0)
             self.pumper._flush()
 
     async def connect(self) -> Client:
@@ -662,6 +665,22 @@ class LifecycleTests(LiveProtocolTestCase):
         self.flush()
         await d
         self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 0)
+
+    async def test_drain_moves_then_closes(self) -> None:
+        """A drain tells each client where to go next: a ``move`` naming
+        another live node of the deployment (docs/live-protocol.md), then
+        the close with 1001; counted per transport."""
+        client = await self.subscribed()
+        self.node.live.shutdown(messages.move("edge-2", ["192.0.2.2", "2001:db8::2"]))
+        self.flush()
+        await client.closed
+        self.assertEqual(
+            client.of_type("move"),
+            [{"type": "move", "node": "edge-2", "addresses": ["192.0.2.2", "2001:db8::2"], "reason": "drain"}],
+        )
+        self.assertEqual(client.messages[-1]["type"], "move")
+        self.assertEqual(client.close_code, 1001)
+        self.assertEqual(self.node.metric("fastedge_live_moves_total", {"transport": "websocket"}), 1)
 
 
 class ClosingHandshakeTimerTests(LiveProtocolTestCase):

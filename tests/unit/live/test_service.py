@@ -20,7 +20,7 @@ class ServiceTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--data-dir", self.mktemp()])
         top = makeService(options, reactor=MemoryReactorClock())
-        self.assertEqual([c.name for c in top], ["store", "geo", "mesh", "dns", "live", "cdn", "http"])
+        self.assertEqual([c.name for c in top], ["drain", "store", "geo", "mesh", "dns", "live", "cdn", "http"])
 
     def test_timers(self) -> None:
         """Starting runs history expiry and keep-alive on the clock; the
@@ -54,6 +54,43 @@ class ServiceTests(SynchronousTestCase):
         self.successResultOf(service.stopService())
         self.successResultOf(world.node.api.service.stopService())
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_going_away_names_the_successor(self) -> None:
+        """The node's goodbye (called by the HTTP child once its listeners
+        stopped): every live client gets a ``move`` naming the node the
+        successor function picks, then the close; without a successor (none
+        live, or the function failed: logged) only the close."""
+        from fastedge.live.service import make_service
+        from fastedge.metrics.registry import new_registry
+        from fastedge.testing.fakes import RecordingConnection
+
+        def service(successor):  # type: ignore[no-untyped-def]
+            world = World(MemoryReactorClock())
+            return make_service(
+                world.node.cfg.live,
+                reactor=MemoryReactorClock(),
+                registry=new_registry(),
+                store=world.node.store,
+                node_id="edge-1",
+                successor=successor,
+            )
+
+        def broken() -> None:
+            raise RuntimeError("no map")
+
+        for successor, expected in (
+            (lambda: ("edge-2", ("192.0.2.2",)), ["move", "close"]),
+            (lambda: None, ["close"]),
+            (broken, ["close"]),
+        ):
+            live = service(successor)
+            conn = RecordingConnection()
+            live.live.opened(conn)  # type: ignore[arg-type]
+            live.going_away()
+            self.assertEqual([m["type"] for m in conn.messages], expected)
+            if expected[0] == "move":
+                self.assertEqual((conn.messages[0]["node"], conn.messages[0]["addresses"]), ("edge-2", ["192.0.2.2"]))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_no_keepalive_when_off(self) -> None:
         """ping_seconds = 0 turns keep-alive off."""

@@ -13,6 +13,7 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from fastedge.live import messages
 from fastedge.live.sse import chunk, record
 from fastedge.store.model import ReadPreference
 
@@ -136,6 +137,22 @@ class SseTests(SynchronousTestCase):
         self.clock.advance(10)
         self.successResultOf(stopped)
         self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "sse"}), 0)
+
+    def test_drain_moves_then_closes(self) -> None:
+        """A drain sends the ``move`` message, then the ``close`` (1001), and
+        ends the stream."""
+        response, chunks = self.open()
+        self.node.live.shutdown(messages.move("edge-2", ["192.0.2.2"]))
+        self.stub.flush()
+        tail = [r["data"] for r in parse_records(b"".join(chunks))][-2:]
+        self.assertEqual(
+            tail,
+            [
+                {"type": "move", "node": "edge-2", "addresses": ["192.0.2.2"], "reason": "drain"},
+                {"type": "close", "code": 1001, "reason": "server shutting down; reconnect"},
+            ],
+        )
+        self.assertEqual(self.node.metric("fastedge_live_moves_total", {"transport": "sse"}), 1)
 
     def test_client_going_away_unsubscribes(self) -> None:
         """When the client disconnects, its subscription goes."""

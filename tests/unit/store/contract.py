@@ -40,6 +40,7 @@ from fastedge.store.model import (
     AnonymousSession,
     ApiKey,
     AuditEntry,
+    AuthorHistory,
     AuthorKind,
     Ban,
     BanKind,
@@ -54,6 +55,7 @@ from fastedge.store.model import (
     QueueFilter,
     QueueSort,
     ReadPreference,
+    RecentComment,
     Sort,
     SsoSecret,
     SsoSecretChange,
@@ -673,6 +675,66 @@ class StoreContractMixin(_MixinBase):
         tenant = self.make_tenant()
         self.make_author(tenant.id)
         self.read_fails(NotFound, self.store.get_author, tenant.id, UNKNOWN)
+
+    # Author history (spam checks)
+
+    def test_author_history(self) -> None:
+        """An author's history counts their comments by status and lists
+        their recent comments (any thread) and other authors' recent
+        comments of the asked thread, newest first, since the given time,
+        at most ``limit`` of each."""
+        tenant = self.make_tenant()
+        author = self.make_author(tenant.id)
+        session_ms = self._now
+        other = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id)
+        elsewhere = self.make_thread(tenant.id, "https://example.com/b")
+        old = self.post(tenant.id, thread.id, author, body="old")
+        since = self.tick()
+        mine = [
+            self.post(tenant.id, thread.id, author, body="one"),
+            self.post(tenant.id, elsewhere.id, author, body="two", status=SPAM),
+            self.post(tenant.id, thread.id, author, body="three", status=PENDING),
+        ]
+        self.set_status(tenant.id, old.id, REMOVED)
+        theirs = [
+            self.post(tenant.id, thread.id, other, body="a"),
+            self.post(tenant.id, elsewhere.id, other, body="b"),
+            self.post(tenant.id, thread.id, other, body="c"),
+        ]
+
+        def recent(c: Comment) -> RecentComment:
+            return RecentComment(c.author_id, c.thread_id, c.body_source, c.status, c.created_ms)
+
+        history = self.read(self.store.author_history, tenant.id, author, thread_id=thread.id, since_ms=since, limit=10)
+        self.assertEqual(
+            history,
+            AuthorHistory(
+                author_id=author,
+                kind=AuthorKind.ANONYMOUS,
+                created_ms=session_ms,
+                comments=4,
+                approved=1,
+                pending=1,
+                spam=1,
+                removed=1,
+                recent=tuple(recent(c) for c in mine[::-1]),
+                thread_recent=(recent(theirs[2]), recent(theirs[0])),
+            ),
+        )
+        short = self.read(self.store.author_history, tenant.id, author, thread_id=None, since_ms=since, limit=2)
+        self.assertEqual((short.recent, short.thread_recent), ((recent(mine[2]), recent(mine[1])), ()))
+
+    def test_author_history_new_author(self) -> None:
+        """An author who never posted has an empty history, and an author
+        of another tenant (or an unknown one) is not found."""
+        tenant = self.make_tenant()
+        other = self.make_tenant("Other")
+        author = self.make_author(tenant.id)
+        history = self.read(self.store.author_history, tenant.id, author, thread_id=None, since_ms=0, limit=5)
+        self.assertEqual((history.comments, history.recent, history.thread_recent), (0, (), ()))
+        self.read_fails(NotFound, self.store.author_history, other.id, author, thread_id=None, since_ms=0, limit=5)
+        self.read_fails(NotFound, self.store.author_history, tenant.id, UNKNOWN, thread_id=None, since_ms=0, limit=5)
 
     # Threads
 

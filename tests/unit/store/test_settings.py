@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.store.settings import (
     DEFAULTS,
+    MAX_BLOCKED_WORDS,
     MAX_GROUPS,
     SettingsError,
     TenantSettings,
@@ -42,6 +43,7 @@ class ApplyPatchTests(SynchronousTestCase):
                 "defaultGroups": [],
                 "allowedOrigins": [],
                 "theme": {},
+                "blockedWords": [],
             },
         )
 
@@ -54,6 +56,7 @@ class ApplyPatchTests(SynchronousTestCase):
             "defaultGroups": ["staff", "staff", "vip"],
             "allowedOrigins": ["HTTPS://Example.COM:443", "http://localhost:8080", "https://[::1]:8443"],
             "theme": {"accent": "#1a73e8", "font": "'Source Sans', sans-serif"},
+            "blockedWords": ["casino", "Casino", "replica watches"],
         }
         got = apply_patch(DEFAULTS, patch)
         self.assertEqual(
@@ -65,6 +68,7 @@ class ApplyPatchTests(SynchronousTestCase):
                 default_groups=("staff", "vip"),
                 allowed_origins=("https://example.com", "http://localhost:8080", "https://[::1]:8443"),
                 theme=Theme(accent="#1a73e8", font="'Source Sans', sans-serif"),
+                blocked_words=("casino", "replica watches"),
             ),
         )
         self.assertTrue(got.premoderated)
@@ -92,6 +96,7 @@ class ApplyPatchTests(SynchronousTestCase):
             "defaultGroups": "staff",
             "allowedOrigins": "https://example.com",
             "theme": "dark",
+            "blockedWords": "casino",
         }
         for key, value in cases.items():
             error = self.refused({key: value})
@@ -110,6 +115,10 @@ class ApplyPatchTests(SynchronousTestCase):
             ("defaultGroups", [""]),
             ("defaultGroups", ["g{}".format(i) for i in range(MAX_GROUPS + 1)]),
             ("allowedOrigins", ["https://example.com"] * 51),
+            ("blockedWords", ["x" * 65]),
+            ("blockedWords", [""]),
+            ("blockedWords", ["zero\u200bwidth"]),
+            ("blockedWords", ["w{}".format(i) for i in range(MAX_BLOCKED_WORDS + 1)]),
         ]
         for key, value in cases:
             self.assertEqual(self.refused({key: value}).key, key)

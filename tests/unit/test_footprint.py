@@ -1,0 +1,78 @@
+"""A node imports what its config uses: the default config's node does not
+carry PostgreSQL's driver, botocore's signer or the HTTP client stack.
+
+Each check runs in a fresh interpreter (the test process itself has
+imported everything), builds the node's service tree from a config, and
+reads ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+#: Modules a node loads only when its config asks for what needs them.
+HEAVY = {
+    "psycopg": "store.backend = postgresql",
+    "psycopg_pool": "store.backend = postgresql",
+    "botocore": "a [cdn.origins] entry (SigV4 signing)",
+    "urllib3": "botocore, with an S3 origin",
+    "treq": "the CDN's origin client",
+    "twisted.web.client": "the CDN's origin client",
+}
+
+_PROBE = """
+import json, sys
+heavy = set(json.loads(sys.stdin.read()))
+from twisted.internet.testing import MemoryReactorClock
+from fastedge.tap import Options, makeService
+options = Options()
+options.parseOptions(sys.argv[1:])
+makeService(options, reactor=MemoryReactorClock())
+print(json.dumps(sorted(m for m in sys.modules if m in heavy)))
+"""
+
+
+def loaded_after_make_service(argv: list[str]) -> list[str]:
+    """The heavy modules a fresh interpreter holds after importing
+    ``fastedge.tap`` and building the node from ``argv``'s options."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, *argv],
+        input=json.dumps(sorted(HEAVY)),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if out.returncode != 0:
+        raise AssertionError("the probe failed: " + out.stderr[-2000:])
+    loaded: list[str] = json.loads(out.stdout.strip().splitlines()[-1])
+    return loaded
+
+
+class FootprintTests(SynchronousTestCase):
+    def test_default_config_imports_no_heavy_module(self) -> None:
+        """The default config (embedded store, no S3 origin) builds a node
+        without importing psycopg, botocore, urllib3, treq or
+        ``twisted.web.client``."""
+        data_dir = os.path.abspath(self.mktemp())
+        loaded = loaded_after_make_service(["--data-dir", data_dir])
+        self.assertEqual(loaded, [], {m: HEAVY[m] for m in loaded})
+
+    def test_an_s3_origin_brings_its_signer(self) -> None:
+        """With an S3 origin configured the signer and the client are
+        imported (so the check above can see them when they are there)."""
+        data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(data_dir)
+        path = os.path.join(data_dir, "node.toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(
+                '[cdn.origins.default]\nendpoint = "http://127.0.0.1:9"\nregion = "us-east-1"\n'
+                'access_key_id = "AKIDEXAMPLE"\nsecret_access_key = "secret"\n'
+            )
+        loaded = loaded_after_make_service(["--config", path, "--data-dir", data_dir])
+        self.assertTrue({"botocore", "treq", "twisted.web.client"} <= set(loaded), loaded)

@@ -215,6 +215,10 @@ class Peer:
     #: Peers asked about this one since it was last ALIVE (each round asks
     #: others first, so one peer cannot be the only one asked twice).
     asked: set[str] = field(default_factory=set)
+    #: Peers that said they had not heard from it lately, since it was last
+    #: ALIVE (a later vouch contradicts them: counted, logged once).
+    denied: set[str] = field(default_factory=set)
+    contradicted: bool = False
     rtt: float | None = None
     link: ILink | None = None
     sessions: set[Any] = field(default_factory=set)
@@ -722,6 +726,8 @@ class Membership:
             peer.dead_since = self._now()
         elif after is NodeState.ALIVE:
             peer.asked.clear()
+            peer.denied.clear()
+            peer.contradicted = False
         log = self._log.warn if after in (NodeState.SUSPECT, NodeState.DEAD) else self._log.info
         log(
             "mesh: {node} is {state} (was {before}; last heard {silence:.3f} s ago)",
@@ -880,15 +886,20 @@ class Membership:
             d = self._call(link, "probe", suspect.node_id, incarnation)
 
             def answered(age: Any, voucher: str = other.node_id) -> None:
-                if age is None:
-                    self.metrics.probes.labels("silent").inc()
-                    return
-                if isinstance(age, bool) or not isinstance(age, (int, float)) or age < 0:
+                if age is not None and (isinstance(age, bool) or not isinstance(age, (int, float)) or age < 0):
                     self.metrics.probes.labels("failed").inc()
                     return
-                self.metrics.probes.labels("vouched" if age < self.timing.dead else "silent").inc()
-                if self.peers.get(suspect.node_id) is suspect:
+                current = self.peers.get(suspect.node_id) is suspect
+                if age is None or age >= self.timing.dead:
+                    self.metrics.probes.labels("silent").inc()
+                    if current:
+                        suspect.denied.add(voucher)
+                    return
+                self.metrics.probes.labels("vouched").inc()
+                if current:
                     suspect.vouched = max(suspect.vouched, self._now() - float(age))
+                    if suspect.denied - {voucher}:
+                        self._contradicted(suspect, voucher, float(age))
                     self._log.debug(
                         "mesh: {voucher} heard from {node} {age:.3f} s ago",
                         voucher=voucher,
@@ -897,6 +908,26 @@ class Membership:
                     )
 
             d.addCallbacks(answered, lambda f: self.metrics.probes.labels("failed").inc())
+
+    def _contradicted(self, suspect: Peer, voucher: str, age: float) -> None:
+        """Some peers said they had not heard from ``suspect`` lately and
+        ``voucher`` heard from it ``age`` s ago: their word alone never made
+        it DEAD (only the absence of any vouch does). Counted
+        (``outcome="contradicted"``, one per such peer), logged once per
+        suspicion; a peer that keeps being contradicted is lying or cannot
+        reach the suspect either."""
+        deniers = sorted(suspect.denied - {voucher})
+        suspect.denied.clear()
+        self.metrics.probes.labels("contradicted").inc(len(deniers))
+        if not suspect.contradicted:
+            suspect.contradicted = True
+            self._log.warn(
+                "mesh: {deniers} had not heard from {node} lately, but {voucher} heard from it {age:.3f} s ago",
+                deniers=", ".join(deniers),
+                node=suspect.node_id,
+                voucher=voucher,
+                age=age,
+            )
 
     # Views
 

@@ -7,12 +7,14 @@ import random
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.config import MeshConfig
 from fastedge.testing.mesh import MemoryMesh
 
-from .common import Watch
+from .common import Watch, metric
 
 T = TypeVar("T")
 
@@ -155,3 +157,18 @@ class BoundedProbeTests(SynchronousTestCase):
         self.assertEqual(rounds[1], ["d"])
         for observer in "bd":
             self.assertEqual(mesh.states(observer)["c"], "alive")
+
+    def test_contradicted_answers_counted_and_logged_once(self) -> None:
+        """The lying peer's answers, contradicted by d's vouch, are counted
+        (``outcome="contradicted"``) and logged once per suspicion."""
+        mesh = cluster(self, "abcd", indirect_probes=1)
+        mesh.nodes["b"].membership.probe_answer = lambda node_id, incarnation: None
+        mesh.nodes["a"].membership.rng = FirstInOrder()
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        isolate(mesh, "a", "c")
+        mesh.advance(10.0)
+        contradicted = metric(mesh, "a", "fastedge_mesh_indirect_probes_total", outcome="contradicted")
+        self.assertGreaterEqual(contradicted, 2)
+        # (c, which lost its links to a too, logs the same of a.)
+        lines = [e for e in logged if "had not heard from" in e.get("log_format", "") and e["node"] == "c"]
+        self.assertEqual([(e["deniers"], e["voucher"]) for e in lines], [("b", "d")])

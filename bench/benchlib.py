@@ -21,9 +21,15 @@ NODE_CPU = "0"
 LOAD_CPU = "1"
 
 
-def start_node(workdir: str, config_text: str, port: int, *, cpu: str = NODE_CPU) -> subprocess.Popen[bytes]:
+def start_node(
+    workdir: str, config_text: str, port: int, *, cpu: str = NODE_CPU, tree: str = REPO
+) -> subprocess.Popen[bytes]:
     """Start ``twistd fastedge`` with ``config_text`` pinned to ``cpu`` and
-    wait until its /healthz answers 200 on ``port``."""
+    wait until its /healthz answers 200 on ``port``.
+
+    :param tree: the source tree whose ``fastedge`` runs (e.g. a git
+        worktree of the baseline, to compare before and after in one run).
+    """
     config = os.path.join(workdir, "node-{}.toml".format(port))
     with open(config, "w") as f:
         f.write(config_text)
@@ -40,7 +46,8 @@ def start_node(workdir: str, config_text: str, port: int, *, cpu: str = NODE_CPU
             "--config",
             config,
         ],
-        cwd=REPO,
+        cwd=tree,
+        env=dict(os.environ, PYTHONPATH=tree),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -7,6 +7,15 @@ comments; make the primary far (``tc netem`` on packets to and from its
 port: 40 ms each way, so the node's round trip to it, and the standby's
 replication stream, pay it); start a node (``twistd fastedge``) configured
 for the PostgreSQL backend; measure with wrk, then with a small client.
+
+Then the write table (issue 15): a public post (new session each), a reply
+(with the session cookie), a like and a tenant-API create, each ``WRITES``
+times in sequence, p50/p99 and the round trips each made to the primary,
+counted by a relay in front of the primary that only this node uses
+(``bench/delay_proxy.py``: client flights). The same table is measured on a
+node running the baseline (``BASELINE``, a git ref, default ``main``; a
+temporary git worktree of it) against the same primary, in the same run;
+``BASELINE=none`` skips it.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from urllib.parse import quote
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -39,6 +49,8 @@ ONE_WAY_MS = 40
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 CONNECTIONS = int(sys.argv[2]) if len(sys.argv) > 2 else 16
 PAIRS = 40
+WRITES = int(os.environ.get("WRITES", "12"))
+BASELINE = os.environ.get("BASELINE", "main")
 PRIMARY = ReadPreference.PRIMARY
 
 
@@ -155,20 +167,122 @@ def seed(primary_dsn: str) -> tuple[str, str, str]:
     return tenant.id, key, thread.id
 
 
-def start_node(workdir: str, primary_dsn: str, replica_dsn: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_node(
+    workdir: str, primary_dsn: str, replica_dsn: str, tree: str = REPO, name: str = "bench"
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     config = (
-        '[node]\nid = "bench"\ndata_dir = {}\n'
+        '[node]\nid = "{}"\ndata_dir = {}\n'
         '[http]\nendpoint = "tcp:{}:interface=127.0.0.1:backlog=1024"\n'
+        # The write table posts from one address faster than a person would.
+        "[api]\nwrites_per_minute_per_ip = 100000\nwrites_per_minute_per_session = 100000\n"
         '[store]\nbackend = "postgresql"\nthreads = 16\n'
         "[store.postgresql]\nprimaries = [{}]\nreplica = {}\n".format(
-            json.dumps(os.path.join(workdir, "data")),
+            name,
+            json.dumps(os.path.join(workdir, name)),
             port,
             json.dumps(primary_dsn),
             json.dumps(replica_dsn),
         )
     )
-    return benchlib.start_node(workdir, config, port), port
+    return benchlib.start_node(workdir, config, port, tree=tree), port
+
+
+class Relay:
+    """A ``bench/delay_proxy.py`` in front of the primary, with its count of
+    client flights (round trips)."""
+
+    def __init__(self, target_port: int, one_way_ms: int) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "bench", "delay_proxy.py"), str(self.port), str(target_port)]
+            + [str(one_way_ms)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.process.stdout is not None and self.process.stdout.readline().strip() == b"ready"
+
+    def flights(self) -> int:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(b"count\n")
+        self.process.stdin.flush()
+        return int(self.process.stdout.readline().split()[1])
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+def baseline_tree(workdir: str) -> str | None:
+    """A git worktree of ``BASELINE`` (removed by :func:`drop_tree`), or
+    ``None`` when skipped or unknown."""
+    if BASELINE == "none":
+        return None
+    tree = os.path.join(workdir, "baseline")
+    done = subprocess.run(
+        ["git", "-C", REPO, "worktree", "add", "--detach", tree, BASELINE], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        print(f"no baseline: git worktree add {BASELINE} failed: {done.stderr.strip()}")
+        return None
+    return tree
+
+
+def drop_tree(tree: str) -> None:
+    subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", tree], capture_output=True)
+
+
+def writes(port: int, key: str, tenant: str, relay: Relay, label: str) -> dict[str, tuple[list[float], list[int]]]:
+    """The write table's requests on one node: per kind, latencies (ms) and
+    round trips to the primary (flights through ``relay``)."""
+    os.sched_setaffinity(0, {1})
+    kinds = ("post", "reply", "like", "create", "read")
+    out: dict[str, tuple[list[float], list[int]]] = {k: ([], []) for k in kinds}
+    url = quote(f"https://bench.test/writes-{label}", safe="")
+    comments = f"/api/v1/{tenant}/comments?urlId={url}"
+
+    def timed(kind: str, method: str, path: str, body: object, headers: dict[str, str]) -> tuple[dict[str, str], bytes]:
+        before = relay.flights()
+        status, got, payload, ms = request(port, method, path, key, body, headers)
+        assert status in (200, 201), (kind, status, payload)
+        out[kind][0].append(ms)
+        out[kind][1].append(relay.flights() - before)
+        return got, payload
+
+    for i in range(WRITES):
+        # A new reader each time: the post creates their session.
+        got, payload = timed("post", "POST", comments, {"text": f"post {i}", "displayName": "P"}, {})
+        cookie = got["set-cookie"].split(";", 1)[0]
+        parent = json.loads(payload)["comment"]["id"]
+        reply = {"text": f"reply {i}", "displayName": "P", "parentId": parent}
+        timed("reply", "POST", comments, reply, {"cookie": cookie})
+        timed("like", "POST", f"/api/v1/{tenant}/comments/{parent}/like", None, {"cookie": cookie})
+        create = {"urlId": f"https://bench.test/created-{label}", "text": f"created {i}", "displayName": "B"}
+        got, payload = timed("create", "POST", "/api/v1/manage/comments", create, {})
+        # The floor at the same moment: a read that is one round trip.
+        created = json.loads(payload)["comment"]["id"]
+        timed("read", "GET", f"/api/v1/manage/comments/{created}?readPreference=primary", None, {})
+    return out
+
+
+def write_table(results: list[tuple[str, dict[str, tuple[list[float], list[int]]]]]) -> None:
+    print()
+    print(f"writes, {WRITES} of each in sequence, one client; round trips to the primary counted by the relay:")
+    print("| write | code | p50 ms | p99 ms | round trips (median) |")
+    print("|---|---|---:|---:|---:|")
+    names = {
+        "post": "public post (new session)",
+        "reply": "reply (with the session)",
+        "like": "like",
+        "create": "tenant-API create",
+        "read": "for scale: a PRIMARY read (one round trip)",
+    }
+    for kind, name in names.items():
+        for label, out in results:
+            times, trips = out[kind]
+            print(
+                f"| {name} | {label} | {statistics.median(times):.1f} | {pct(times, 0.99):.1f} | "
+                f"{statistics.median(trips):.0f} |"
+            )
 
 
 def wrk(url: str, key: str) -> dict[str, float]:
@@ -297,6 +411,10 @@ def main() -> None:
             )
             far_dsn = primary.dsn().replace(f"port={primary.port}", f"port={relay_port}")
         node, port = start_node(workdir, far_dsn, standby.dsn())
+        # The node's own relay to the primary for the write table: its
+        # flights are this node's round trips (the standby streams elsewhere).
+        write_relay = Relay(primary.port, 0 if how.startswith("tc") else ONE_WAY_MS)
+        children.append(write_relay.process)
         base = f"http://127.0.0.1:{port}"
         url = base + f"/api/v1/manage/comments?status=approved&limit=100&threadId={thread}&readPreference="
         print(
@@ -352,6 +470,26 @@ def main() -> None:
             )
         )
         print(f"replica lag (seconds) last measured: {list(lag.values())}")
+        # The write table: this tree and the baseline, one after the other,
+        # each a node whose only way to the primary is the counting relay.
+        benchlib.stop(node)
+        node = None
+        relay_dsn = primary.dsn().replace(f"port={primary.port}", f"port={write_relay.port}")
+        results = []
+        tree = baseline_tree(workdir)
+        try:
+            if tree is not None:
+                base_node, base_port = start_node(workdir, relay_dsn, standby.dsn(), tree=tree, name="baseline")
+                try:
+                    results.append((f"{BASELINE} (before)", writes(base_port, key, tenant, write_relay, "base")))
+                finally:
+                    benchlib.stop(base_node)
+        finally:
+            if tree is not None:
+                drop_tree(tree)
+        node, port = start_node(workdir, relay_dsn, standby.dsn(), name="after")
+        results.append(("this tree (after)", writes(port, key, tenant, write_relay, "after")))
+        write_table(results)
         print(
             "ratio PRIMARY/NEAREST p50: {:.1f}x; requests/s NEAREST/PRIMARY: {:.1f}x".format(
                 primary_reads["p50"] / nearest["p50"],

@@ -10,15 +10,11 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
-
 from ..config import ApiConfig
 from ..http.errors import ApiError, bad_request, not_found
 from ..http.router import Call
 from ..identity.sessions import SessionCookies
 from ..inputs import InputError, parse_ascii_int
-from ..store.errors import NotFound
-from ..store.interfaces import IStore
 from ..store.model import Comment, ReadPreference, Sort, Thread, ViewerState
 from ..store.views import public_comment
 
@@ -151,22 +147,6 @@ def _hidden(ch: str) -> bool:
     docs/openapi.yaml can state the rule as a pattern."""
     category = unicodedata.category(ch)
     return category == "Cc" or (category == "Cf" and ord(ch) < 0x10000)
-
-
-@inlineCallbacks
-def check_parent_thread(store: IStore, tenant_id: str, url_id: str, parent: Comment) -> Any:
-    """Refuse (422) a reply whose parent is not in the thread of ``url_id``.
-
-    Checked before the write that would create the thread, so a refused
-    reply leaves nothing behind. (A comment never moves between threads, so
-    the check cannot go stale.)
-    """
-    try:
-        thread = yield store.get_thread(tenant_id, url_id, read_preference=ReadPreference.PRIMARY)
-    except NotFound:
-        thread = None
-    if thread is None or thread.id != parent.thread_id:
-        raise ApiError(422, "invalid_reference", "the parent comment belongs to another thread")
 
 
 def thread_view(thread: Thread) -> dict[str, Any]:

@@ -24,11 +24,19 @@ from ..identity.sso import check_secret, sso_status
 from ..residency.gate import ResidencyGate
 from ..store.errors import NotFound
 from ..store.interfaces import IStore
-from ..store.model import CommentStatus, NewComment, ReadPreference, SsoSecretChange, Tenant, Thread, Written
+from ..store.model import (
+    CommentStatus,
+    NewPost,
+    ReadPreference,
+    SsoSecretChange,
+    Tenant,
+    Thread,
+    UserPoster,
+    Written,
+)
 from ..store.settings import SettingsError, apply_patch, check_group_ids, from_stored, to_json
 from . import common
 from .cache import PageCache
-from .common import check_parent_thread
 from .credits import CreditMeter, merge_usage
 from .keys import hash_api_key, looks_like_api_key, new_api_key
 from .markup import render
@@ -397,39 +405,33 @@ class ManageApi:
         external = body.get("userId") or _API_AUTHOR
         if len(external) > 256:
             raise bad_request("userId is longer than 256 characters", code="bad_user_id")
-        now = self._now_ms()
-        if parent_id is not None:
-            # Fail before writing anything (user, thread) if the reply cannot be made.
-            parent = yield self._store.get_comment(tenant.id, parent_id, read_preference=PRIMARY)
-            yield check_parent_thread(self._store, tenant.id, url_id, parent)
-        user = yield self._store.upsert_user(tenant.id, external, name, created_ms=now, read_preference=PRIMARY)
-        thread = yield self._store.upsert_thread(
-            tenant.id,
-            url_id,
-            created_ms=now,
-            read_preference=PRIMARY,
-            **({"title": body["pageTitle"]} if body.get("pageTitle") else {}),
-        )
-        written = yield self._store.create_comment(
-            NewComment(
+        # One write (one round trip to a far primary): the user (created or
+        # renamed), the thread (created, or retitled when a title is given),
+        # the comment; a reply to a missing parent or one in another thread
+        # applies nothing.
+        written = yield self._store.post_comment(
+            NewPost(
                 tenant_id=tenant.id,
-                thread_id=thread.value.id,
+                url_id=url_id,
+                poster=UserPoster(external, name),
                 parent_id=parent_id,
-                author_id=user.value.author_id,
                 display_name=name,
                 body_source=text,
                 body_html=render(text),
                 status=status,
-                created_ms=now,
+                created_ms=self._now_ms(),
+                title=body.get("pageTitle") or None,
+                retitle=True,
             ),
             read_preference=PRIMARY,
         )
-        self._forget_thread(tenant.id, thread.value.id)
+        posted = written.value
+        self._forget_thread(tenant.id, posted.thread.id)
         self._cache.invalidate((tenant.id, "url", url_id))
         if self._live is not None:
             self._live.thread_changed(tenant.id, url_id)
-            self._live.created(written.value)
-        return 201, {"comment": common.manage_comment(written.value)}, written
+            self._live.created(posted.comment)
+        return 201, {"comment": common.manage_comment(posted.comment)}, written
 
     @inlineCallbacks
     def update_comment(self, call: Call, tenant: Tenant) -> Any:
@@ -441,16 +443,16 @@ class ManageApi:
             text = common.comment_text(self._cfg, text)
             new_body = (text, render(text))
         status = self._status(body.get("status"), CommentStatus.APPROVED) if body.get("status") is not None else None
-        # The state before, to tell live threads what changed (edited,
-        # approved, or moderated away).
-        before = yield self._store.get_comment(tenant.id, comment_id, read_preference=PRIMARY)
-        written = yield self._store.update_comment(
+        # With the state before, from the same write, to tell live threads
+        # what changed (edited, approved, or moderated away).
+        written = yield self._store.change_comment(
             tenant.id, comment_id, edited_ms=self._now_ms(), body=new_body, status=status, read_preference=PRIMARY
         )
-        self._forget_thread(tenant.id, written.value.thread_id)
+        change = written.value
+        self._forget_thread(tenant.id, change.after.thread_id)
         if self._live is not None:
-            self._live.changed(before, written.value)
-        return 200, {"comment": common.manage_comment(written.value)}, written
+            self._live.changed(change.before, change.after)
+        return 200, {"comment": common.manage_comment(change.after)}, written
 
     @inlineCallbacks
     def delete_comment(self, call: Call, tenant: Tenant) -> Any:

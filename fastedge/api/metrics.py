@@ -33,6 +33,12 @@ class ApiMetrics:
             "fastedge_api_rate_limited_total", "Writes refused by a rate limit.", registry=registry
         )
         self.flags = Counter("fastedge_api_flags_total", "Comments flagged by readers.", registry=registry)
+        self.stale_checks = Counter(
+            "fastedge_api_stale_checks_total",
+            "Writes whose checks, read from the replica, no longer held on the primary (nothing was applied;"
+            " checked again on the primary and written again).",
+            registry=registry,
+        )
         self.auto_hidden = Counter(
             "fastedge_api_auto_hidden_total", "Comments hidden for review by readers' flags.", registry=registry
         )

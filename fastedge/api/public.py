@@ -12,6 +12,7 @@ another node (docs/consistency.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,14 +28,27 @@ from ..identity.sessions import HEADER_NAME as SESSION_HEADER
 from ..identity.sso import SsoError, SsoUser
 from ..singleflight import SingleFlight
 from ..spam.model import Candidate, RequestFacts
-from ..store.errors import AccessRefused, AlreadyExists, BadToken, InvalidReference, LimitReached, NotFound
+from ..store.errors import (
+    AccessRefused,
+    AlreadyExists,
+    BadToken,
+    InvalidReference,
+    LimitReached,
+    NotFound,
+    Stale,
+    ThreadClosed,
+)
 from ..store.interfaces import IStore
 from ..store.model import (
     AnonymousSession,
     AuthorKind,
     CommentStatus,
-    NewComment,
+    Expect,
+    NewPost,
+    NewSession,
+    Poster,
     ReadPreference,
+    SessionPoster,
     Sort,
     Tenant,
     Thread,
@@ -65,7 +79,7 @@ PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
 #: The header that signs a call in with SSO (docs/sso.md).
 SSO_HEADER = b"x-fastedge-sso"
-#: Sessions whose author id is remembered (a few MB at most).
+#: Sessions remembered (their author never changes; a few MB at most).
 _SESSION_AUTHORS_KEPT = 50_000
 
 
@@ -156,7 +170,9 @@ class PublicApi:
         self._address_hash = common.AddressHasher(cookies)
         self._cache = cache
         self._metrics = metrics
-        self._session_authors: ExpiringMap[tuple[str, str], str] = ExpiringMap(clock, max_entries=_SESSION_AUTHORS_KEPT)
+        self._sessions: ExpiringMap[tuple[str, str], AnonymousSession] = ExpiringMap(
+            clock, max_entries=_SESSION_AUTHORS_KEPT
+        )
         #: Each reader's own likes and blocks, kept between their writes.
         self._viewers = ViewerStates(
             store,
@@ -241,12 +257,28 @@ class PublicApi:
                 headers={b"retry-after": str(int(wait) + 1).encode()},
             )
 
+    def _session_invalid(self, tenant_id: str) -> ApiError:
+        return ApiError(
+            401,
+            "session_invalid",
+            "this session no longer exists",
+            cookies=self._cookies.clear_all(tenant_id),
+        )
+
     @inlineCallbacks
-    def _writer(self, call: Call, tenant: Tenant) -> Any:
-        """The session making a write: the cookie's, or a new one.
+    def _known_writer(self, call: Call, tenant: Tenant, *, verified: bool) -> Any:
+        """The session of the cookie (or SSO header) making a write, or
+        ``None`` for a caller without one.
 
         Refuses forged/expired cookies with 401 (and clears them) rather than
-        silently starting a new identity, so a client notices.
+        silently starting a new identity, so a client notices. With
+        ``verified`` the session is read from the primary (401 if it is
+        gone); without, it comes from the replica (the primary when the
+        replica lacks it) and the write itself must check it still exists
+        (``Expect(session_id=...)``, see :meth:`_expect`).
+
+        Reads for a write's checks never wait for the replica (no token):
+        whatever they relied on the write checks again on the primary.
         """
         if call.header(SSO_HEADER) is not None:
             viewer = yield self._sso_viewer(call, tenant.id)
@@ -257,28 +289,79 @@ class PublicApi:
         except SessionCookieError as e:
             self._metrics.bad_sessions.labels(e.code).inc()
             raise ApiError(401, e.code, str(e), cookies=self._cookies.clear_all(tenant.id)) from None
-        if claim is not None:
-            self._limit(tenant.id + "/" + claim.session_id, self._per_session)
+        if claim is None:
+            return None
+        self._limit(tenant.id + "/" + claim.session_id, self._per_session)
+        token = self._usable_token(claim.token)
+        session = None
+        if not verified:
+            # Without the token: never wait for the replica; a session it
+            # lacks is read from the primary below.
+            session = yield self._session(tenant.id, claim.session_id, None)
+        if session is None:
+            # Not on the replica yet (or asked to verify): the primary knows.
             try:
                 session = yield self._store.get_anonymous_session(tenant.id, claim.session_id, read_preference=PRIMARY)
             except NotFound:
-                raise ApiError(
-                    401,
-                    "session_invalid",
-                    "this session no longer exists",
-                    cookies=self._cookies.clear_all(tenant.id),
-                ) from None
-            return Viewer(
-                session, claim.issued_s, self._usable_token(claim.token), carried=not call.cookie(COOKIE_NAME)
-            )
+                raise self._session_invalid(tenant.id) from None
+        return Viewer(session, claim.issued_s, token, carried=not call.cookie(COOKIE_NAME))
+
+    @inlineCallbacks
+    def _writer(self, call: Call, tenant: Tenant, *, verified: bool = True) -> Any:
+        """The session making a write: the cookie's (see
+        :meth:`_known_writer`), or a new one."""
+        viewer = yield self._known_writer(call, tenant, verified=verified)
+        if viewer is not None:
+            return viewer
         written = yield self._store.create_anonymous_session(
             tenant.id, created_ms=self._now_ms(), read_preference=PRIMARY
         )
-        session = written.value
+        return self._new_viewer(tenant, written.value, written.token)
+
+    def _new_viewer(self, tenant: Tenant, session: AnonymousSession, token: str | None) -> Viewer:
         self._metrics.sessions_created.inc()
         # The write that creates a session counts against it like any other.
         self._per_session.wait(tenant.id + "/" + session.id)
-        return Viewer(session, int(self._clock.seconds()), written.token, new=True, carried=True)
+        return Viewer(session, int(self._clock.seconds()), token, new=True, carried=True)
+
+    def _session_to_create(self, tenant: Tenant, known: Viewer | None) -> AnonymousSession | None:
+        """For a caller without a session: the one their write creates with
+        itself (the same round trip)."""
+        if known is not None:
+            return None
+        return self._store.new_anonymous_session(tenant.id, created_ms=self._now_ms())
+
+    @staticmethod
+    def _author(known: Viewer | None, created: AnonymousSession | None) -> str:
+        """The author a write is made as: the caller's session's, or the new one's."""
+        if known is not None:
+            return known.session.author_id
+        assert created is not None, "a caller without a session gets one"
+        return created.author_id
+
+    def _made_as(
+        self, tenant: Tenant, known: Viewer | None, created: AnonymousSession | None, written: Written[Any]
+    ) -> Viewer:
+        """The viewer a write was made as, once it succeeded."""
+        if known is not None:
+            return known
+        assert created is not None, "a caller without a session gets one"
+        return self._new_viewer(tenant, created, written.token)
+
+    @staticmethod
+    def _expect(
+        viewer: Viewer | None, thread: Thread | None, url_id: str | None, comment_id: str | None = None
+    ) -> Expect:
+        """What a write must find still true on the primary: the session it
+        is made as (not read from the primary), the access rules the
+        caller's checks used, the comment approved."""
+        return Expect(
+            session_id=viewer.session.id if viewer is not None and not viewer.new else None,
+            approved_comment=comment_id,
+            thread_url=url_id,
+            locked_groups=thread.locked_groups if thread is not None else None,
+            require_sign_in=thread.require_sign_in if thread is not None else None,
+        )
 
     def _reply(self, viewer: Viewer, status: int, body: Any, written: Written[Any] | None = None) -> Reply:
         """The reply to a write; (re-)issues the cookie when the session is new
@@ -325,11 +408,17 @@ class PublicApi:
         if claim is None:
             return None
         if write:
-            # As the write itself will: from the primary.
-            try:
-                session = yield self._store.get_anonymous_session(tenant_id, claim.session_id, read_preference=PRIMARY)
-            except NotFound:
-                return None
+            # Without waiting for the replica (the write itself checks that
+            # the session still exists, and a session's author never
+            # changes); the primary when the replica has not got it yet.
+            session = yield self._session(tenant_id, claim.session_id, None)
+            if session is None:
+                try:
+                    session = yield self._store.get_anonymous_session(
+                        tenant_id, claim.session_id, read_preference=PRIMARY
+                    )
+                except NotFound:
+                    return None
             return session.author_id
         author = yield self._session_author(tenant_id, claim.session_id, self._usable_token(claim.token))
         return author
@@ -397,7 +486,10 @@ class PublicApi:
             403 ``not_moderator`` for a signed-in user who is not one.
         """
         tenant = yield self._tenant(call)
-        author = yield self._author_of(call, tenant.id, write=call.request.method != b"GET")
+        # The session's author from the nearest copy (the primary when the
+        # replica lacks it): a moderator's signed-in session is never
+        # deleted, and the profile below is read there too.
+        author = yield self._author_of(call, tenant.id, write=False)
         user = None
         if author is not None:
             for preference in (NEAREST, PRIMARY):
@@ -415,11 +507,6 @@ class PublicApi:
             raise ApiError(403, "not_moderator", "only this site's moderators may do this")
         call.actor = user.external_id
         return tenant
-
-    @inlineCallbacks
-    def _thread_of(self, tenant: Tenant, comment: Any) -> Any:
-        thread = yield self._store.get_thread_by_id(tenant.id, comment.thread_id, read_preference=PRIMARY)
-        return thread
 
     # SSO
 
@@ -496,7 +583,7 @@ class PublicApi:
             if moved is not None:
                 claimed = moved.value
                 written = Written(written.value, moved.token or written.token)
-                self._session_authors.pop((tenant.id, previous.id))
+                self._sessions.pop((tenant.id, previous.id))
                 self._viewers.forget(tenant.id, previous.author_id)
         viewer = Viewer(written.value, int(self._clock.seconds()), written.token, new=True)
         profile = user.profile
@@ -619,20 +706,26 @@ class PublicApi:
         return view
 
     @inlineCallbacks
-    def _session_author(self, tenant_id: str, session_id: str, token: str | None) -> Any:
-        """The public author id of a session (cached: it never changes)."""
+    def _session(self, tenant_id: str, session_id: str, token: str | None) -> Any:
+        """A session as the nearest copy has it (cached: a session never
+        changes), or ``None`` if it has none."""
         key = (tenant_id, session_id)
-        author_id = self._session_authors.get(key)
-        if author_id is None:
+        session = self._sessions.get(key)
+        if session is None:
             try:
                 session = yield self._store.get_anonymous_session(
                     tenant_id, session_id, read_preference=NEAREST, token=token
                 )
             except NotFound:
                 return None
-            author_id = session.author_id
-            self._session_authors.put(key, author_id)
-        return author_id
+            self._sessions.put(key, session)
+        return session
+
+    @inlineCallbacks
+    def _session_author(self, tenant_id: str, session_id: str, token: str | None) -> Any:
+        """The public author id of a session (cached: it never changes)."""
+        session = yield self._session(tenant_id, session_id, token)
+        return session.author_id if session is not None else None
 
     # Writes
 
@@ -666,76 +759,91 @@ class PublicApi:
             raise bad_request("pageTitle is longer than {} characters".format(cfg.title_max_chars), code="bad_title")
         self._limit(call.client_ip, self._per_ip)
         tenant = yield self._tenant(call)
-        if parent_id is not None:
-            # Before any write (session, thread): a refused reply leaves nothing.
-            try:
-                parent = yield self._store.get_comment(tenant.id, parent_id, read_preference=PRIMARY)
-            except NotFound:
-                raise not_found("parent comment") from None
-            yield common.check_parent_thread(self._store, tenant.id, url_id, parent)
         settings = from_stored(tenant.settings)
-        try:
-            existing = yield self._store.get_thread(tenant.id, url_id, read_preference=PRIMARY)
-        except NotFound:
-            existing = None
-        # Before any write (session, thread): a refused post leaves nothing.
-        yield self._guard(call, tenant.id, settings, existing, write=True)
-        viewer = yield self._writer(call, tenant)
-        yield self._refuse_banned(call, tenant, viewer)
-        now = self._now_ms()
-        new_thread = False
-        try:
-            thread = yield self._store.get_thread(tenant.id, url_id, read_preference=PRIMARY)
-        except NotFound:
-            written = yield self._store.upsert_thread(
-                tenant.id, url_id, title=title, created_ms=now, read_preference=PRIMARY
-            )
-            thread = written.value
-            new_thread = True
-            if self._live is not None:
-                self._live.thread_changed(tenant.id, url_id)
-        if thread.closed:
-            raise ApiError(403, "thread_closed", "this thread is closed to new comments")
-        status = CommentStatus.PENDING if settings.premoderated else CommentStatus.APPROVED
-        if self._spam is not None:
-            # Before the write: a comment judged spam or pending is written
-            # with that status, so it never reaches a page, a page cache or
-            # a live thread (docs/spam.md).
-            decision = yield self._spam.judge(
-                Candidate(
-                    tenant_id=tenant.id,
-                    thread_id=thread.id,
-                    url_id=url_id,
-                    author_id=viewer.session.author_id,
-                    display_name=name,
-                    text=text,
-                    created_ms=now,
-                    parent_id=parent_id,
-                ),
-                RequestFacts(
-                    tenant_id=tenant.id,
-                    address_hash=self._address_hash(tenant.id, call.client_ip),
-                    user_agent=call.header(b"user-agent") or "",
-                    settings=settings,
-                ),
-                token=viewer.token,
-            )
-            status = decision.verdict.status(status)
-        written = yield self._store.create_comment(
-            NewComment(
-                tenant_id=tenant.id,
-                thread_id=thread.id,
-                parent_id=parent_id,
-                author_id=viewer.session.author_id,
-                display_name=name,
-                body_source=text,
-                body_html=render(text),
-                status=status,
-                created_ms=now,
-            ),
-            read_preference=PRIMARY,
-        )
-        comment = written.value
+        known = yield self._known_writer(call, tenant, verified=False)
+        # Ids of what this post may create, known before the write: the
+        # spam checks judge the comment as it will be written.
+        created = self._session_to_create(tenant, known)
+        new_thread_id = self._store.new_id()
+
+        # The checks read the nearest copy; the post (one round trip to the
+        # primary) checks again what they relied on and applies nothing if
+        # it changed: the parent, the session, a closed thread, the thread's
+        # access rules (see _checked).
+        @inlineCallbacks
+        def attempt(fresh: bool) -> Any:
+            try:
+                existing = yield self._store.get_thread(
+                    tenant.id, url_id, read_preference=PRIMARY if fresh else NEAREST
+                )
+            except NotFound:
+                existing = None
+            yield self._guard(call, tenant.id, settings, existing, write=True)
+            if existing is not None and existing.closed:
+                raise ApiError(403, "thread_closed", "this thread is closed to new comments")
+            yield self._refuse_banned(call, tenant, known)
+            poster: Poster = SessionPoster(known.session.id) if known is not None else NewSession(created)
+            status = CommentStatus.PENDING if settings.premoderated else CommentStatus.APPROVED
+            now = self._now_ms()
+            if self._spam is not None:
+                # Before the write: a comment judged spam or pending is written
+                # with that status, so it never reaches a page, a page cache or
+                # a live thread (docs/spam.md).
+                decision = yield self._spam.judge(
+                    Candidate(
+                        tenant_id=tenant.id,
+                        thread_id=existing.id if existing is not None else new_thread_id,
+                        url_id=url_id,
+                        author_id=self._author(known, created),
+                        display_name=name,
+                        text=text,
+                        created_ms=now,
+                        parent_id=parent_id,
+                        new_author=known is None,
+                    ),
+                    RequestFacts(
+                        tenant_id=tenant.id,
+                        address_hash=self._address_hash(tenant.id, call.client_ip),
+                        user_agent=call.header(b"user-agent") or "",
+                        settings=settings,
+                    ),
+                    token=known.token if known is not None else None,
+                )
+                status = decision.verdict.status(status)
+            try:
+                written = yield self._store.post_comment(
+                    NewPost(
+                        tenant_id=tenant.id,
+                        url_id=url_id,
+                        poster=poster,
+                        parent_id=parent_id,
+                        display_name=name,
+                        body_source=text,
+                        body_html=render(text),
+                        status=status,
+                        created_ms=now,
+                        title=title,
+                        new_thread_id=new_thread_id,
+                        open_only=True,
+                        expect=self._expect(known, existing, url_id),
+                    ),
+                    read_preference=PRIMARY,
+                )
+            except ThreadClosed:
+                raise ApiError(403, "thread_closed", "this thread is closed to new comments") from None
+            return written
+
+        written = yield self._checked(tenant, known, attempt)
+        viewer = known
+        posted = written.value
+        if posted.session is not None:
+            viewer = self._new_viewer(tenant, posted.session, written.token)
+        assert viewer is not None, "a post is made as a known session or a new one"
+        thread = posted.thread
+        new_thread = posted.thread_created
+        if new_thread and self._live is not None:
+            self._live.thread_changed(tenant.id, url_id)
+        comment = posted.comment
         self._metrics.comments_posted.labels(comment.status.value).inc()
         if new_thread or comment.status is CommentStatus.APPROVED:
             # A comment nobody else sees changes no cached page: a flood
@@ -755,7 +863,7 @@ class PublicApi:
         )
 
     @inlineCallbacks
-    def _refuse_banned(self, call: Call, tenant: Tenant, viewer: Viewer) -> Any:
+    def _refuse_banned(self, call: Call, tenant: Tenant, viewer: Viewer | None) -> Any:
         """403 for a poster whose author or address a moderator banned.
 
         Read NEAREST without the viewer's token: the check needs no write
@@ -765,7 +873,7 @@ class PublicApi:
         """
         ban = yield self._store.find_ban(
             tenant.id,
-            author_id=viewer.session.author_id,
+            author_id=viewer.session.author_id if viewer is not None else None,
             address_hash=self._address_hash(tenant.id, call.client_ip),
             now_ms=self._now_ms(),
             read_preference=NEAREST,
@@ -777,42 +885,90 @@ class PublicApi:
             )
 
     @inlineCallbacks
-    def _comment_for_write(self, call: Call, tenant: Tenant) -> Any:
-        """The comment a like or flag names, once the thread's access rules
-        allow the caller to act on it (before any write)."""
+    def _comment_for_write(self, call: Call, tenant: Tenant, *, fresh: bool = True) -> Any:
+        """The comment a like or flag names, and its thread, once the
+        thread's access rules allow the caller to act on it (before any
+        write): ``(comment, thread)``.
+
+        Without ``fresh`` both come from the nearest copy (the primary when
+        the replica has not got the comment yet), and the write must check
+        what this relied on (:meth:`_expect`).
+        """
         comment_id = common.record_id(call.params["comment_id"], "comment")
-        comment = yield self._store.get_comment(tenant.id, comment_id, read_preference=PRIMARY)
-        if comment.status is not CommentStatus.APPROVED:
-            # Not public: behave exactly as for a comment that does not exist.
-            raise not_found("comment")
-        thread = yield self._thread_of(tenant, comment)
+        preferences = (PRIMARY,) if fresh else (NEAREST, PRIMARY)
+        for preference in preferences:
+            # Missing or not public on the replica may be news it lacks yet.
+            try:
+                comment = yield self._store.get_comment(tenant.id, comment_id, read_preference=preference)
+            except NotFound:
+                if preference is PRIMARY:
+                    raise
+                continue
+            if comment.status is CommentStatus.APPROVED:
+                break
+            if preference is PRIMARY:
+                # Not public: behave exactly as for a comment that does not exist.
+                raise not_found("comment")
+        # From where the comment was found: a thread is never younger.
+        thread = yield self._store.get_thread_by_id(tenant.id, comment.thread_id, read_preference=preference)
         yield self._guard(call, tenant.id, from_stored(tenant.settings), thread, write=True)
-        return comment
+        return comment, thread
+
+    @inlineCallbacks
+    def _checked(self, tenant: Tenant, known: Viewer | None, attempt: Callable[[bool], Deferred[Any]]) -> Any:
+        """Run a write whose checks read the nearest copy: ``attempt(False)``
+        reads there and writes, and its write checks on the primary what the
+        reads relied on; when that changed (``Stale``: nothing was applied)
+        ``attempt(True)`` reads the primary and writes again. A session the
+        primary no longer has is 401 ``session_invalid``."""
+        try:
+            try:
+                result = yield attempt(False)
+            except Stale:
+                self._metrics.stale_checks.inc()
+                result = yield attempt(True)
+        except NotFound as e:
+            if e.what != "session":
+                raise
+            if known is not None:
+                self._sessions.pop((tenant.id, known.session.id))
+            raise self._session_invalid(tenant.id) from None
+        return result
 
     @inlineCallbacks
     def like(self, call: Call) -> Any:
         self._limit(call.client_ip, self._per_ip)
         tenant = yield self._tenant(call)
-        # Check the comment before a first write creates a session for nothing.
-        comment = yield self._comment_for_write(call, tenant)
-        viewer = yield self._writer(call, tenant)
-        try:
-            # One address counts a bounded number of times, whatever sessions
-            # it makes up by dropping its cookie (docs/moderation.md).
-            written = yield self._store.add_like(
-                tenant.id,
-                comment.id,
-                viewer.session.author_id,
-                created_ms=self._now_ms(),
-                read_preference=PRIMARY,
-                address_hash=self._address_hash(tenant.id, call.client_ip),
-                max_per_address=self._cfg.likes_per_address,
-            )
-        except LimitReached:
-            self._metrics.refused.labels("like_limit").inc()
-            raise ApiError(
-                409, "like_limit", "this comment already has all the likes your network address may give it"
-            ) from None
+        known = yield self._known_writer(call, tenant, verified=False)
+        created = self._session_to_create(tenant, known)
+
+        @inlineCallbacks
+        def attempt(fresh: bool) -> Any:
+            # Check the comment before a first write creates a session for nothing.
+            comment, thread = yield self._comment_for_write(call, tenant, fresh=fresh)
+            try:
+                # One address counts a bounded number of times, whatever sessions
+                # it makes up by dropping its cookie (docs/moderation.md).
+                written = yield self._store.add_like(
+                    tenant.id,
+                    comment.id,
+                    self._author(known, created),
+                    created_ms=self._now_ms(),
+                    read_preference=PRIMARY,
+                    address_hash=self._address_hash(tenant.id, call.client_ip),
+                    max_per_address=self._cfg.likes_per_address,
+                    expect=self._expect(known, thread, thread.url_id, comment.id),
+                    new_session=created,
+                )
+            except LimitReached:
+                self._metrics.refused.labels("like_limit").inc()
+                raise ApiError(
+                    409, "like_limit", "this comment already has all the likes your network address may give it"
+                ) from None
+            return comment, written
+
+        comment, written = yield self._checked(tenant, known, attempt)
+        viewer = self._made_as(tenant, known, created, written)
         self._invalidate(tenant.id, comment.thread_id)
         if self._live is not None:
             self._live.likes(comment, written.value)
@@ -822,12 +978,23 @@ class PublicApi:
     def unlike(self, call: Call) -> Any:
         self._limit(call.client_ip, self._per_ip)
         tenant = yield self._tenant(call)
-        # Check the comment before a first write creates a session for nothing.
-        comment = yield self._comment_for_write(call, tenant)
-        viewer = yield self._writer(call, tenant)
-        written = yield self._store.remove_like(
-            tenant.id, comment.id, viewer.session.author_id, read_preference=PRIMARY
-        )
+        known = yield self._known_writer(call, tenant, verified=False)
+
+        @inlineCallbacks
+        def attempt(fresh: bool) -> Any:
+            # Check the comment before a first write creates a session for nothing.
+            comment, thread = yield self._comment_for_write(call, tenant, fresh=fresh)
+            viewer = known if known is not None else (yield self._writer(call, tenant))
+            written = yield self._store.remove_like(
+                tenant.id,
+                comment.id,
+                viewer.session.author_id,
+                read_preference=PRIMARY,
+                expect=self._expect(viewer, thread, thread.url_id, comment.id),
+            )
+            return comment, viewer, written
+
+        comment, viewer, written = yield self._checked(tenant, known, attempt)
         self._invalidate(tenant.id, comment.thread_id)
         if self._live is not None:
             self._live.likes(comment, written.value)
@@ -837,18 +1004,28 @@ class PublicApi:
     def flag(self, call: Call) -> Any:
         self._limit(call.client_ip, self._per_ip)
         tenant = yield self._tenant(call)
-        # Check the comment before a first write creates a session for nothing.
-        comment = yield self._comment_for_write(call, tenant)
-        viewer = yield self._writer(call, tenant)
+        known = yield self._known_writer(call, tenant, verified=False)
         threshold = auto_hide_threshold(self._cfg, tenant)
-        written = yield self._store.add_flag(
-            tenant.id,
-            comment.id,
-            viewer.session.author_id,
-            created_ms=self._now_ms(),
-            read_preference=PRIMARY,
-            hide_at=threshold,
-        )
+        created = self._session_to_create(tenant, known)
+
+        @inlineCallbacks
+        def attempt(fresh: bool) -> Any:
+            # Check the comment before a first write creates a session for nothing.
+            comment, thread = yield self._comment_for_write(call, tenant, fresh=fresh)
+            written = yield self._store.add_flag(
+                tenant.id,
+                comment.id,
+                self._author(known, created),
+                created_ms=self._now_ms(),
+                read_preference=PRIMARY,
+                hide_at=threshold,
+                expect=self._expect(known, thread, thread.url_id, comment.id),
+                new_session=created,
+            )
+            return comment, written
+
+        comment, written = yield self._checked(tenant, known, attempt)
+        viewer = self._made_as(tenant, known, created, written)
         self._metrics.flags.inc()
         if threshold is not None and written.value >= threshold:
             # The store hid it in the same write (it was approved when read
@@ -864,11 +1041,33 @@ class PublicApi:
         self._limit(call.client_ip, self._per_ip)
         tenant = yield self._tenant(call)
         author_id = common.record_id(call.params["author_id"], "author")
-        yield self._store.get_author(tenant.id, author_id, read_preference=PRIMARY)
-        viewer = yield self._writer(call, tenant)
-        written = yield self._store.add_block(
-            tenant.id, viewer.session.author_id, author_id, created_ms=self._now_ms(), read_preference=PRIMARY
-        )
+        known = yield self._known_writer(call, tenant, verified=False)
+        created = self._session_to_create(tenant, known)
+
+        @inlineCallbacks
+        def attempt(fresh: bool) -> Any:
+            # The author must exist before a first write creates a session
+            # for nothing; the block checks it (and the session) again.
+            for preference in (PRIMARY,) if fresh else (NEAREST, PRIMARY):
+                try:
+                    yield self._store.get_author(tenant.id, author_id, read_preference=preference)
+                    break
+                except NotFound:
+                    if preference is PRIMARY:
+                        raise
+            written = yield self._store.add_block(
+                tenant.id,
+                self._author(known, created),
+                author_id,
+                created_ms=self._now_ms(),
+                read_preference=PRIMARY,
+                expect=self._expect(known, None, None),
+                new_session=created,
+            )
+            return written
+
+        written = yield self._checked(tenant, known, attempt)
+        viewer = self._made_as(tenant, known, created, written)
         if self._live is not None:
             self._live.block_changed(tenant.id, viewer.session.author_id, author_id, True)
         return self._reply(viewer, 200, {"authorId": author_id, "blocked": True}, written)
@@ -877,11 +1076,22 @@ class PublicApi:
     def unblock(self, call: Call) -> Any:
         self._limit(call.client_ip, self._per_ip)
         tenant = yield self._tenant(call)
-        viewer = yield self._writer(call, tenant)
+        known = yield self._known_writer(call, tenant, verified=False)
         author_id = common.record_id(call.params["author_id"], "author")
-        written = yield self._store.remove_block(
-            tenant.id, viewer.session.author_id, author_id, read_preference=PRIMARY
-        )
+
+        @inlineCallbacks
+        def attempt(fresh: bool) -> Any:
+            viewer = known if known is not None else (yield self._writer(call, tenant))
+            written = yield self._store.remove_block(
+                tenant.id,
+                viewer.session.author_id,
+                author_id,
+                read_preference=PRIMARY,
+                expect=self._expect(viewer, None, None),
+            )
+            return viewer, written
+
+        viewer, written = yield self._checked(tenant, known, attempt)
         if self._live is not None:
             self._live.block_changed(tenant.id, viewer.session.author_id, author_id, False)
         return self._reply(viewer, 200, {"authorId": author_id, "blocked": False}, written)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import puremagic
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
@@ -46,6 +45,9 @@ _ALIASES = {
 
 def content_matches(head: bytes, declared: str) -> bool:
     """Whether the first bytes of a body look like ``declared``."""
+    # Imported with the first upload, not when the node starts.
+    import puremagic
+
     try:
         found = puremagic.magic_string(head)
     except (puremagic.PureError, ValueError):

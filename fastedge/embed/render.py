@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from ..api.pageview import PageView
@@ -160,22 +159,38 @@ def _when(ms: int) -> tuple[str, str]:
     return t.isoformat(timespec="seconds").replace("+00:00", "Z"), t.strftime("%Y-%m-%d %H:%M UTC")
 
 
-class EmbedRenderer:
-    """Renders embed pages (templates from ``fastedge/embed/templates``)."""
+class _Templates:
+    """The compiled templates (Jinja2 is imported with the first page a
+    node renders, not when it starts: a node nobody embeds never loads it)."""
 
     def __init__(self) -> None:
-        self._env = Environment(
+        from jinja2 import Environment, PackageLoader, select_autoescape
+
+        env = Environment(
             loader=PackageLoader("fastedge.embed", "templates"),
             autoescape=select_autoescape(["html"], default=True),
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self._env.globals["slot"] = _slot
-        self._env.globals["static"] = STATIC_PREFIX
-        self._env.globals["when"] = _when
-        self._page = self._env.get_template("page.html")
-        self._form = self._env.get_template("form.html")
-        self._empty = self._env.get_template("empty.html")
+        env.globals["slot"] = _slot
+        env.globals["static"] = STATIC_PREFIX
+        env.globals["when"] = _when
+        self.page = env.get_template("page.html")
+        self.form = env.get_template("form.html")
+        self.empty = env.get_template("empty.html")
+
+
+class EmbedRenderer:
+    """Renders embed pages (templates from ``fastedge/embed/templates``)."""
+
+    def __init__(self) -> None:
+        self._compiled: _Templates | None = None
+
+    @property
+    def _templates(self) -> _Templates:
+        if self._compiled is None:
+            self._compiled = _Templates()
+        return self._compiled
 
     # The shared rendering
 
@@ -203,7 +218,7 @@ class EmbedRenderer:
 
             roots = [node(c) for c in page.top_level]
         epoch, seq = view.position if view.position is not None else ("", 0)
-        html = self._page.render(
+        html = self._templates.page.render(
             ctx=ctx,
             thread=page.thread if page is not None else None,
             roots=roots,
@@ -312,13 +327,13 @@ class EmbedRenderer:
 
     def form(self, ctx: PageContext, form: FormState, *, closed: bool) -> str:
         """The post form (per request: it may hold a refused post's text)."""
-        return self._form.render(
+        return self._templates.form.render(
             ctx=ctx, form=form, closed=closed, action=self.href(ctx), cancel_href=self.href(ctx) + "#fe-form"
         )
 
     def empty(self, *, status: int, message: str, theme: Theme = Theme()) -> bytes:
         """The friendly page for an unknown tenant or thread, or a bad link."""
-        return self._empty.render(
+        return self._templates.empty.render(
             status=status, message=message, theme=Markup(self._theme_block(theme).decode("utf-8"))
         ).encode("utf-8")
 

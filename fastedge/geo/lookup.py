@@ -26,9 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import maxminddb
-from maxminddb.errors import InvalidDatabaseError
-
 __all__ = ["GeoIndex", "GeoIndexError", "Location", "build_index", "check_database"]
 
 #: Where MaxMind's metadata section starts (the last occurrence of it).
@@ -90,7 +87,10 @@ class GeoIndex:
         build_epoch: int,
         build_seconds: float,
     ) -> None:
+        import maxminddb
+
         self._reader = reader
+        self._invalid = maxminddb.InvalidDatabaseError
         self._ipv4_only = reader.metadata().ip_version == 4
         self.path = path
         self.networks = networks
@@ -112,7 +112,7 @@ class GeoIndex:
             return None, 0
         try:
             record, prefix = self._reader.get_with_prefix_len(address)
-        except InvalidDatabaseError:
+        except self._invalid:
             # A data record the checks at build time did not reach is
             # corrupt: this network is unknown, the rest still works.
             return None, 0
@@ -160,6 +160,8 @@ def _count_networks(data: bytes, node_count: int, record_size: int, data_size: i
 def _open_reader(data: bytes) -> Any:
     """A reader over a private in-memory copy of ``data``: maxminddb's C
     extension over a memfd when both exist, else the pure-Python reader."""
+    import maxminddb
+
     memfd_create = getattr(os, "memfd_create", None)
     extension = getattr(maxminddb, "extension", None)
     if memfd_create is not None and extension is not None and os.path.isdir("/proc/self/fd"):
@@ -201,6 +203,9 @@ def build_index(path: str) -> GeoIndex:
     :raises GeoIndexError: the file is missing, unreadable or not a usable
         MaxMind DB; the message says which.
     """
+    # Imported with the first index a node builds (none without geo.database).
+    from maxminddb import InvalidDatabaseError
+
     started = time.perf_counter()
     try:
         with open(path, "rb") as f:

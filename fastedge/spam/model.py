@@ -66,6 +66,9 @@ class Candidate:
     text: str
     created_ms: int
     parent_id: str | None = None
+    #: The author is new: the comment's own write creates them (a first
+    #: post's session), so they have no history yet.
+    new_author: bool = False
 
 
 @dataclass(frozen=True)

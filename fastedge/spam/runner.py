@@ -134,6 +134,7 @@ class SpamJudge:
                 limit=cfg.history_comments,
                 read_preference=ReadPreference.NEAREST,
                 token=token,
+                new_author_ms=comment.created_ms if comment.new_author else None,
             )
         except Exception:
             self._metrics.history_failures.inc()

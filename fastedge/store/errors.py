@@ -62,6 +62,19 @@ class LimitReached(StoreError):
         self.what = what
 
 
+class ThreadClosed(StoreError):
+    """The thread is closed to new comments."""
+
+    def __init__(self) -> None:
+        super().__init__("the thread is closed to new comments")
+
+
+class Stale(StoreError):
+    """What the caller read from a replica and checked no longer holds on the
+    primary (see :class:`~fastedge.store.model.Expect`): nothing was applied;
+    check again on the primary and retry."""
+
+
 class AccessRefused(Exception):
     """A thread's access rules refuse the caller (group lock, closed thread,
     sign-in required): 403 with ``reason`` as the code on the HTTP API,

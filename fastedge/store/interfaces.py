@@ -35,14 +35,18 @@ from .model import (
     AuthorHistory,
     Ban,
     BanKind,
+    Change,
     Comment,
     CommentStatus,
     CreditUsage,
+    Expect,
     Moderated,
     ModerationAction,
     ModerationQueue,
     NewComment,
+    NewPost,
     Page,
+    Posted,
     QueueFilter,
     QueueSort,
     ReadPreference,
@@ -181,6 +185,13 @@ class IStore(Interface):
         :returns: ``Deferred[Written[AnonymousSession]]``
         """
 
+    def new_id() -> str:
+        """A fresh record id, e.g. for a thread a write may create (no I/O)."""
+
+    def new_anonymous_session(tenant_id: str, *, created_ms: int) -> AnonymousSession:
+        """Ids for a session that a write will create with itself (passed
+        as its ``new_session``); no I/O, nothing exists until that write."""
+
     def get_anonymous_session(
         tenant_id: str, session_id: str, *, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[AnonymousSession]:
@@ -251,14 +262,19 @@ class IStore(Interface):
         limit: int,
         read_preference: ReadPreference,
         token: str | None = None,
+        new_author_ms: int | None = None,
     ) -> Deferred[AuthorHistory]:
         """The author's history summary for spam checks: age, comment
         counts by status, and the recent comments of the author and of the
         thread (``thread_id``; ``None``: none) since ``since_ms``, at most
         ``limit`` of each, newest first.
 
+        :param new_author_ms: the author does not exist yet: the write of
+            the comment judged creates it (a first post's new session). Its
+            history is then an anonymous author's created at this time,
+            with no comments; the thread's recent comments are read as usual.
         :returns: ``Deferred[AuthorHistory]``; ``NotFound`` for an unknown
-            author (or another tenant's).
+            author (or another tenant's) unless ``new_author_ms`` is given.
         """
 
     # Threads
@@ -313,6 +329,18 @@ class IStore(Interface):
             thread or parent, ``InvalidReference`` for a parent in another thread.
         """
 
+    def post_comment(new: NewPost, *, read_preference: ReadPreference) -> Deferred[Written[Posted]]:
+        """Post a comment to the thread of ``new.url_id`` in one write: the
+        poster's new session (or the check that theirs exists, or the
+        tenant's user, created or renamed), the thread when it is new, the
+        comment. A backend whose primary is far sends it in one round trip.
+
+        :returns: ``Deferred[Written[Posted]]``; ``NotFound`` for an unknown
+            tenant, session or parent, ``InvalidReference`` for a parent in
+            another thread, ``ThreadClosed`` (with ``open_only``), and the
+            failures of ``new.expect``; a failed post applies nothing.
+        """
+
     def get_comment(
         tenant_id: str, comment_id: str, *, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[Comment]:
@@ -364,6 +392,22 @@ class IStore(Interface):
         :returns: ``Deferred[Written[Comment]]``; ``NotFound`` if absent.
         """
 
+    def change_comment(
+        tenant_id: str,
+        comment_id: str,
+        *,
+        edited_ms: int,
+        read_preference: ReadPreference,
+        body: tuple[str, str] | None = None,
+        status: CommentStatus | None = None,
+    ) -> Deferred[Written[Change]]:
+        """:meth:`update_comment`, answering the comment as it was before the
+        write too (what live readers are told depends on both), from the
+        same one write.
+
+        :returns: ``Deferred[Written[Change]]``; ``NotFound`` if absent.
+        """
+
     def delete_comment(tenant_id: str, comment_id: str, *, read_preference: ReadPreference) -> Deferred[Written[int]]:
         """Delete a comment and every reply beneath it.
 
@@ -381,8 +425,15 @@ class IStore(Interface):
         read_preference: ReadPreference,
         address_hash: str | None = None,
         max_per_address: int | None = None,
+        expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
-        """:param address_hash: the hashed client address the like came
+        """:param expect: what the caller read from a replica, checked in
+            the same write (:class:`~fastedge.store.model.Expect`).
+        :param new_session: create this session (from
+            :meth:`new_anonymous_session`) in the same write; ``voter_id``
+            is its author.
+        :param address_hash: the hashed client address the like came
             from, remembered with it.
         :param max_per_address: refuse the like (``LimitReached``) when
             this many likes of the comment already came from ``address_hash``.
@@ -391,9 +442,16 @@ class IStore(Interface):
         unknown comment or voter (an author id)."""
 
     def remove_like(
-        tenant_id: str, comment_id: str, voter_id: str, *, read_preference: ReadPreference
+        tenant_id: str,
+        comment_id: str,
+        voter_id: str,
+        *,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[int]]:
-        """:returns: ``Deferred[Written[int]]``, the new like count;
+        """:param expect: what the caller read from a replica, checked in
+            the same write (:class:`~fastedge.store.model.Expect`).
+        :returns: ``Deferred[Written[int]]``, the new like count;
         ``NotFound`` if this voter did not like it."""
 
     def add_flag(
@@ -404,8 +462,14 @@ class IStore(Interface):
         created_ms: int,
         read_preference: ReadPreference,
         hide_at: int | None = None,
+        expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
-        """:param hide_at: when the flag count reaches this and the comment
+        """:param expect: what the caller read from a replica, checked in
+            the same write (:class:`~fastedge.store.model.Expect`).
+        :param new_session: create this session in the same write (see
+            :meth:`add_like`).
+        :param hide_at: when the flag count reaches this and the comment
             is approved, hide it (status ``PENDING``, back to review) in the
             same transaction and write an ``auto_hide`` audit entry.
         :returns: ``Deferred[Written[int]]``, the new flag count;
@@ -413,9 +477,21 @@ class IStore(Interface):
         an unknown comment or flagger."""
 
     def add_block(
-        tenant_id: str, viewer_id: str, author_id: str, *, created_ms: int, read_preference: ReadPreference
+        tenant_id: str,
+        viewer_id: str,
+        author_id: str,
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[None]]:
         """The viewer no longer sees the author's comments.
+
+        :param expect: what the caller read from a replica, checked in the
+            same write (:class:`~fastedge.store.model.Expect`).
+        :param new_session: create this session in the same write (see
+            :meth:`add_like`).
 
         :returns: ``Deferred[Written[None]]``; ``NotFound`` for an unknown
             author or viewer, ``AlreadyExists`` if already blocked,
@@ -423,9 +499,16 @@ class IStore(Interface):
         """
 
     def remove_block(
-        tenant_id: str, viewer_id: str, author_id: str, *, read_preference: ReadPreference
+        tenant_id: str,
+        viewer_id: str,
+        author_id: str,
+        *,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[None]]:
-        """:returns: ``Deferred[Written[None]]``; ``NotFound`` if not blocked."""
+        """:param expect: what the caller read from a replica, checked in
+            the same write (:class:`~fastedge.store.model.Expect`).
+        :returns: ``Deferred[Written[None]]``; ``NotFound`` if not blocked."""
 
     def viewer_state(
         tenant_id: str,

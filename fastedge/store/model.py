@@ -173,6 +173,100 @@ class NewComment:
 
 
 @dataclass(frozen=True)
+class NewSession:
+    """Post as a new anonymous session, created in the same write: this one
+    (from ``IStore.new_anonymous_session``), or one the store makes up."""
+
+    session: AnonymousSession | None = None
+
+
+@dataclass(frozen=True)
+class SessionPoster:
+    """Post as an existing anonymous (or signed-in) session; the write fails
+    with ``NotFound("session")`` if it no longer exists."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class UserPoster:
+    """Post as the tenant's user ``external_id`` (created when missing; its
+    display name updated), as the tenant API does."""
+
+    external_id: str
+    display_name: str
+
+
+Poster = NewSession | SessionPoster | UserPoster
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What a caller read from a replica and based its checks on, verified
+    by the write itself on the primary at no extra round trip.
+
+    A write given an ``Expect`` fails, applying nothing, with
+    ``NotFound("session")`` when ``session_id`` no longer exists,
+    ``NotFound("comment")`` when ``approved_comment`` is no longer approved,
+    and :class:`~fastedge.store.errors.Stale` when the access rules of the
+    thread of ``thread_url`` are no longer ``locked_groups`` and
+    ``require_sign_in`` (``None`` for both: none set, or no thread yet).
+    """
+
+    session_id: str | None = None
+    approved_comment: str | None = None
+    thread_url: str | None = None
+    locked_groups: tuple[str, ...] | None = None
+    require_sign_in: bool | None = None
+
+
+@dataclass(frozen=True)
+class NewPost:
+    """A comment posted to a thread named by its URL id, in one write with
+    its poster's new session or user and the thread when it is new."""
+
+    tenant_id: str
+    url_id: str
+    poster: Poster
+    display_name: str
+    body_source: str
+    body_html: str
+    status: CommentStatus
+    created_ms: int
+    parent_id: str | None = None
+    #: The title of a thread this post creates.
+    title: str | None = None
+    #: Also set ``title`` (when given) on an existing thread (the tenant API).
+    retitle: bool = False
+    #: Refuse (``ThreadClosed``) a thread closed to new comments.
+    open_only: bool = False
+    expect: Expect | None = None
+    #: The id a thread this post creates gets (from ``IStore.new_id``);
+    #: ``None``: one the store makes up.
+    new_thread_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """A comment before and after a write changed it."""
+
+    before: Comment
+    after: Comment
+
+
+@dataclass(frozen=True)
+class Posted:
+    """What :meth:`IStore.post_comment` wrote."""
+
+    comment: Comment
+    thread: Thread
+    #: The thread was created by this post.
+    thread_created: bool
+    #: The new session, when the poster was :class:`NewSession`.
+    session: AnonymousSession | None
+
+
+@dataclass(frozen=True)
 class Comment:
     id: str
     tenant_id: str

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -72,14 +72,19 @@ from .model import (
     AuthorKind,
     Ban,
     BanKind,
+    Change,
     Comment,
     CommentStatus,
     CreditUsage,
+    Expect,
     Moderated,
     ModerationAction,
     ModerationQueue,
     NewComment,
+    NewPost,
+    NewSession,
     Page,
+    Posted,
     QueueFilter,
     QueueSort,
     ReadPreference,
@@ -95,8 +100,29 @@ from .model import (
     ViewerState,
     Written,
 )
+from .plan import (
+    NewIds,
+    Plan,
+    Require,
+    Step,
+    check_expected,
+    comment_insert,
+    exists_where,
+    new_session,
+    post,
+    require_tenant,
+    rows_of,
+)
 
 _T = TypeVar("_T")
+
+
+class AuthorHistoryRow(NamedTuple):
+    """An author row as :meth:`SqlStore.author_history` reads it."""
+
+    kind: str
+    created_ms: int
+
 
 #: Runs a blocking callable somewhere and returns its result as a Deferred.
 Runner = Callable[[Callable[[], Any]], "Deferred[Any]"]
@@ -412,21 +438,28 @@ class SqlStore:
         """Wrap a write's result with its consistency token (none here)."""
         return Written(value, self._token(conn))
 
-    def _batch(self, conn: Connection, statements: Sequence[Executable], *, commit: bool) -> list[list[Any] | None]:
+    def _batch(self, conn: Connection, statements: Sequence[Step], *, commit: bool) -> list[list[Any] | None]:
         """Run ``statements`` in order in the write transaction on ``conn``.
 
         No statement may depend on another's result (each is written to
-        stand alone, e.g. guarded by a condition in SQL), so a backend whose
+        stand alone, e.g. guarded by a condition in SQL; checks are
+        :class:`~fastedge.store.plan.Require` steps), so a backend whose
         primary is far away may send them all, and with ``commit`` the
         commit too, in one round trip: the PostgreSQL backend does (psycopg's
-        pipeline mode). Here they run one by one and the transaction commits
+        pipeline mode). Here they run one by one, a failed check raises its
+        error (so the transaction rolls back) and the transaction commits
         when it ends, as usual.
 
         :returns: per statement, its rows (attribute access by column name)
-            or ``None`` for a statement that returns none.
+            or ``None`` for a statement that returns none (and a check).
         """
         out: list[list[Any] | None] = []
         for statement in statements:
+            if isinstance(statement, Require):
+                if not conn.execute(select(statement.condition)).scalar():
+                    raise statement.error
+                out.append(None)
+                continue
             result = conn.execute(statement)
             out.append(list(result.all()) if result.returns_rows else None)
         return out
@@ -687,18 +720,29 @@ class SqlStore:
         self, tenant_id: str, *, created_ms: int, read_preference: ReadPreference
     ) -> Deferred[Written[AnonymousSession]]:
         def go() -> Written[AnonymousSession]:
+            session = AnonymousSession(id=new_id(), tenant_id=tenant_id, author_id=new_id(), created_ms=created_ms)
+            plan = Plan()
+            require_tenant(plan, tenant_id)
+            new_session(plan, tenant_id, session_id=session.id, author_id=session.author_id, created_ms=created_ms)
             with self._writing() as conn:
-                self._require_tenant(conn, tenant_id)
-                author_id = self._new_author(conn, tenant_id, AuthorKind.ANONYMOUS, created_ms)
-                session = AnonymousSession(id=new_id(), tenant_id=tenant_id, author_id=author_id, created_ms=created_ms)
-                conn.execute(
-                    insert(s.anonymous_sessions).values(
-                        id=session.id, tenant_id=tenant_id, author_id=author_id, created_ms=created_ms
-                    )
-                )
+                self._batch(conn, plan.steps, commit=True)
                 return self._written(conn, session)
 
         return self._call("create_anonymous_session", read_preference, go, write=True)
+
+    def new_id(self) -> str:
+        return new_id()
+
+    def new_anonymous_session(self, tenant_id: str, *, created_ms: int) -> AnonymousSession:
+        return AnonymousSession(id=new_id(), tenant_id=tenant_id, author_id=new_id(), created_ms=created_ms)
+
+    def _session_first(self, plan: Plan, tenant_id: str, session: AnonymousSession | None) -> None:
+        """The steps creating ``session`` ahead of a write made as it."""
+        if session is not None:
+            require_tenant(plan, tenant_id)
+            new_session(
+                plan, tenant_id, session_id=session.id, author_id=session.author_id, created_ms=session.created_ms
+            )
 
     def get_anonymous_session(
         self, tenant_id: str, session_id: str, *, read_preference: ReadPreference, token: str | None = None
@@ -893,6 +937,7 @@ class SqlStore:
         limit: int,
         read_preference: ReadPreference,
         token: str | None = None,
+        new_author_ms: int | None = None,
     ) -> Deferred[AuthorHistory]:
         a = s.authors.c
         c = s.comments.c
@@ -912,11 +957,14 @@ class SqlStore:
 
         def go() -> AuthorHistory:
             with self._reading(read_preference) as conn:
-                author = conn.execute(
+                author: Any = conn.execute(
                     select(a.kind, a.created_ms).where(a.tenant_id == tenant_id, a.id == author_id)
                 ).first()
                 if author is None:
-                    raise NotFound("author")
+                    if new_author_ms is None:
+                        raise NotFound("author")
+                    # Created by the write of the comment being judged.
+                    author = AuthorHistoryRow(AuthorKind.ANONYMOUS.value, new_author_ms)
                 # Served by the comments_author index (tenant, author, created).
                 by_status: dict[str, int] = dict(
                     conn.execute(
@@ -1093,50 +1141,62 @@ class SqlStore:
 
     def create_comment(self, new: NewComment, *, read_preference: ReadPreference) -> Deferred[Written[Comment]]:
         def go() -> Written[Comment]:
-            c = s.comments.c
+            plan = Plan()
+            a = s.authors.c
+            t = s.threads.c
+            plan.require(
+                exists_where(s.threads, t.tenant_id == new.tenant_id, t.id == new.thread_id), NotFound("thread")
+            )
+            plan.require(
+                exists_where(s.authors, a.tenant_id == new.tenant_id, a.id == new.author_id), NotFound("author")
+            )
+            inserted = comment_insert(
+                plan,
+                comment_id=new_id(),
+                tenant_id=new.tenant_id,
+                thread_id=new.thread_id,
+                author_id=new.author_id,
+                parent_id=new.parent_id,
+                display_name=new.display_name,
+                body_source=new.body_source,
+                body_html=new.body_html,
+                status=new.status,
+                created_ms=new.created_ms,
+            )
             with self._writing() as conn:
-                self._thread_by_id(conn, new.tenant_id, new.thread_id)
-                a = s.authors.c
-                if (
-                    conn.execute(select(a.id).where(a.tenant_id == new.tenant_id, a.id == new.author_id)).first()
-                    is None
-                ):
-                    raise NotFound("author")
-                comment_id = new_id()
-                root_id = comment_id
-                if new.parent_id is not None:
-                    parent = conn.execute(
-                        select(c.thread_id, c.root_id).where(c.tenant_id == new.tenant_id, c.id == new.parent_id)
-                    ).first()
-                    if parent is None:
-                        raise NotFound("parent comment")
-                    if parent.thread_id != new.thread_id:
-                        raise InvalidReference("the parent comment belongs to another thread")
-                    root_id = parent.root_id
-                conn.execute(
-                    insert(s.comments).values(
-                        id=comment_id,
-                        tenant_id=new.tenant_id,
-                        thread_id=new.thread_id,
-                        parent_id=new.parent_id,
-                        root_id=root_id,
-                        author_id=new.author_id,
-                        display_name=new.display_name,
-                        body_source=new.body_source,
-                        body_html=new.body_html,
-                        status=new.status.value,
-                        created_ms=new.created_ms,
-                        edited_ms=None,
-                        like_count=0,
-                        flag_count=0,
-                    )
-                )
-                if new.status is CommentStatus.APPROVED:
-                    self._count_approved(conn, new.tenant_id, new.thread_id, +1)
-                row = conn.execute(select(s.comments).where(c.id == comment_id)).one()
-                return self._written(conn, _comment(row))
+                rows = self._batch(conn, plan.steps, commit=True)
+                return self._written(conn, _comment(rows_of(rows, inserted)[0]))
 
         return self._call("create_comment", read_preference, go, write=True)
+
+    def post_comment(self, new: NewPost, *, read_preference: ReadPreference) -> Deferred[Written[Posted]]:
+        def go() -> Written[Posted]:
+            given = new.poster.session if isinstance(new.poster, NewSession) else None
+            ids = NewIds(
+                comment=new_id(),
+                thread=new.new_thread_id or new_id(),
+                session=given.id if given is not None else new_id(),
+                author=given.author_id if given is not None else new_id(),
+                user=new_id(),
+            )
+            plan = Plan()
+            steps = post(plan, new, ids=ids)
+            t = s.threads.c
+            thread = plan.add(_threads().where(t.tenant_id == new.tenant_id, t.url_id == new.url_id))
+            with self._writing() as conn:
+                rows = self._batch(conn, plan.steps, commit=True)
+                session = None
+                if isinstance(new.poster, NewSession):
+                    session = AnonymousSession(ids.session, new.tenant_id, ids.author, new.created_ms)
+                posted = Posted(
+                    comment=_comment(rows_of(rows, steps.comment)[0]),
+                    thread=_thread(rows_of(rows, thread)[0]),
+                    thread_created=not rows_of(rows, steps.existed)[0].existed,
+                    session=session,
+                )
+                return self._written(conn, posted)
+
+        return self._call("post_comment", read_preference, go, write=True)
 
     def _count_approved(self, conn: Connection, tenant_id: str, thread_id: str, delta: int) -> None:
         t = s.threads.c
@@ -1280,26 +1340,50 @@ class SqlStore:
         body: tuple[str, str] | None = None,
         status: CommentStatus | None = None,
     ) -> Deferred[Written[Comment]]:
-        def go() -> Written[Comment]:
-            c = s.comments.c
-            with self._writing() as conn:
-                old = self._comment_row(conn, tenant_id, comment_id)
-                changes: dict[str, Any] = {}
-                if body is not None:
-                    changes.update(body_source=body[0], body_html=body[1], edited_ms=edited_ms)
-                if status is not None and status is not old.status:
-                    changes["status"] = status.value
-                    if old.status is CommentStatus.APPROVED:
-                        self._count_approved(conn, tenant_id, old.thread_id, -1)
-                    elif status is CommentStatus.APPROVED:
-                        self._count_approved(conn, tenant_id, old.thread_id, +1)
-                if changes:
-                    conn.execute(
-                        update(s.comments).where(c.tenant_id == tenant_id, c.id == comment_id).values(**changes)
-                    )
-                return self._written(conn, self._comment_row(conn, tenant_id, comment_id))
+        d = self.change_comment(
+            tenant_id, comment_id, edited_ms=edited_ms, read_preference=read_preference, body=body, status=status
+        )
+        return d.addCallback(lambda written: Written(written.value.after, written.token))
 
-        return self._call("update_comment", read_preference, go, write=True)
+    def change_comment(
+        self,
+        tenant_id: str,
+        comment_id: str,
+        *,
+        edited_ms: int,
+        read_preference: ReadPreference,
+        body: tuple[str, str] | None = None,
+        status: CommentStatus | None = None,
+    ) -> Deferred[Written[Change]]:
+        def go() -> Written[Change]:
+            c = s.comments.c
+            t = s.threads.c
+            this = and_(c.tenant_id == tenant_id, c.id == comment_id)
+            plan = Plan()
+            plan.require(exists_where(s.comments, this), NotFound("comment"))
+            before = plan.add(select(s.comments).where(this))
+            changes: dict[str, Any] = {}
+            if body is not None:
+                changes.update(body_source=body[0], body_html=body[1], edited_ms=edited_ms)
+            if status is not None:
+                changes["status"] = status.value
+                # Before the comment changes: its thread counts approved comments.
+                was_approved = case((select(c.status).where(this).scalar_subquery() == _APPROVED, 1), else_=0)
+                now_approved = int(status is CommentStatus.APPROVED)
+                plan.add(
+                    update(s.threads)
+                    .where(t.tenant_id == tenant_id, t.id == select(c.thread_id).where(this).scalar_subquery())
+                    .values(comment_count=t.comment_count + now_approved - was_approved)
+                )
+            if changes:
+                plan.add(update(s.comments).where(this).values(**changes))
+            after = plan.add(select(s.comments).where(this))
+            with self._writing() as conn:
+                rows = self._batch(conn, plan.steps, commit=True)
+                change = Change(_comment(rows_of(rows, before)[0]), _comment(rows_of(rows, after)[0]))
+                return self._written(conn, change)
+
+        return self._call("change_comment", read_preference, go, write=True)
 
     def delete_comment(
         self, tenant_id: str, comment_id: str, *, read_preference: ReadPreference
@@ -1365,62 +1449,84 @@ class SqlStore:
         read_preference: ReadPreference,
         address_hash: str | None = None,
         max_per_address: int | None = None,
+        expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             v = s.votes.c
             va = s.vote_addresses.c
-            with self._writing() as conn:
-                self._comment_row(conn, tenant_id, comment_id)
-                self._require_author(conn, tenant_id, voter_id)
-                if conn.execute(select(v.voter_id).where(v.comment_id == comment_id, v.voter_id == voter_id)).first():
-                    raise AlreadyExists("like")
-                if address_hash is not None and max_per_address is not None:
-                    from_there = conn.execute(
-                        select(func.count()).where(va.comment_id == comment_id, va.address_hash == address_hash)
-                    ).scalar_one()
-                    if from_there >= max_per_address:
-                        raise LimitReached("likes from one address")
-                try:
-                    conn.execute(
-                        insert(s.votes).values(
-                            comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, created_ms=created_ms
-                        )
+            c = s.comments.c
+            a = s.authors.c
+            plan = Plan()
+            check_expected(plan, tenant_id, expect)
+            self._session_first(plan, tenant_id, new_session)
+            plan.require(exists_where(s.comments, c.tenant_id == tenant_id, c.id == comment_id), NotFound("comment"))
+            plan.require(exists_where(s.authors, a.tenant_id == tenant_id, a.id == voter_id), NotFound("author"))
+            plan.require(
+                ~exists_where(s.votes, v.comment_id == comment_id, v.voter_id == voter_id), AlreadyExists("like")
+            )
+            if address_hash is not None and max_per_address is not None:
+                from_there = (
+                    select(func.count())
+                    .select_from(s.vote_addresses)
+                    .where(va.comment_id == comment_id, va.address_hash == address_hash)
+                    .scalar_subquery()
+                )
+                plan.require(from_there < max_per_address, LimitReached("likes from one address"))
+            plan.add(
+                insert(s.votes).values(
+                    comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, created_ms=created_ms
+                )
+            )
+            if address_hash is not None:
+                plan.add(
+                    insert(s.vote_addresses).values(
+                        comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, address_hash=address_hash
                     )
-                except IntegrityError:
-                    raise AlreadyExists("like") from None
-                if address_hash is not None:
-                    conn.execute(
-                        insert(s.vote_addresses).values(
-                            comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, address_hash=address_hash
-                        )
-                    )
-                return self._written(conn, self._bump(conn, tenant_id, comment_id, "like_count", +1))
+                )
+            counted = plan.add(
+                update(s.comments)
+                .where(c.tenant_id == tenant_id, c.id == comment_id)
+                .values(like_count=c.like_count + 1)
+                .returning(c.like_count)
+            )
+            try:
+                with self._writing() as conn:
+                    rows = self._batch(conn, plan.steps, commit=True)
+                    return self._written(conn, int(rows_of(rows, counted)[0].like_count))
+            except IntegrityError:
+                # A concurrent like by the same voter won the race.
+                raise AlreadyExists("like") from None
 
         return self._call("add_like", read_preference, go, write=True)
 
-    def _bump(self, conn: Connection, tenant_id: str, comment_id: str, column: str, delta: int) -> int:
-        c = s.comments.c
-        col = c[column]
-        conn.execute(
-            update(s.comments).where(c.tenant_id == tenant_id, c.id == comment_id).values({column: col + delta})
-        )
-        return int(conn.execute(select(col).where(c.id == comment_id)).scalar_one())
-
     def remove_like(
-        self, tenant_id: str, comment_id: str, voter_id: str, *, read_preference: ReadPreference
+        self,
+        tenant_id: str,
+        comment_id: str,
+        voter_id: str,
+        *,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             v = s.votes.c
+            va = s.vote_addresses.c
+            c = s.comments.c
+            this = and_(c.tenant_id == tenant_id, c.id == comment_id)
+            vote = and_(v.tenant_id == tenant_id, v.comment_id == comment_id, v.voter_id == voter_id)
+            plan = Plan()
+            check_expected(plan, tenant_id, expect)
+            plan.require(exists_where(s.comments, this), NotFound("comment"))
+            plan.require(exists_where(s.votes, vote), NotFound("like"))
+            plan.add(delete(s.votes).where(vote))
+            plan.add(delete(s.vote_addresses).where(va.comment_id == comment_id, va.voter_id == voter_id))
+            counted = plan.add(
+                update(s.comments).where(this).values(like_count=c.like_count - 1).returning(c.like_count)
+            )
             with self._writing() as conn:
-                self._comment_row(conn, tenant_id, comment_id)
-                done = conn.execute(
-                    delete(s.votes).where(v.tenant_id == tenant_id, v.comment_id == comment_id, v.voter_id == voter_id)
-                )
-                if done.rowcount == 0:
-                    raise NotFound("like")
-                va = s.vote_addresses.c
-                conn.execute(delete(s.vote_addresses).where(va.comment_id == comment_id, va.voter_id == voter_id))
-                return self._written(conn, self._bump(conn, tenant_id, comment_id, "like_count", -1))
+                rows = self._batch(conn, plan.steps, commit=True)
+                return self._written(conn, int(rows_of(rows, counted)[0].like_count))
 
         return self._call("remove_like", read_preference, go, write=True)
 
@@ -1433,71 +1539,120 @@ class SqlStore:
         created_ms: int,
         read_preference: ReadPreference,
         hide_at: int | None = None,
+        expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             f = s.flags.c
-            with self._writing() as conn:
-                comment = self._comment_row(conn, tenant_id, comment_id)
-                self._require_author(conn, tenant_id, flagger_id)
-                if conn.execute(
-                    select(f.flagger_id).where(f.comment_id == comment_id, f.flagger_id == flagger_id)
-                ).first():
-                    raise AlreadyExists("flag")
-                try:
-                    conn.execute(
-                        insert(s.flags).values(
-                            comment_id=comment_id, flagger_id=flagger_id, tenant_id=tenant_id, created_ms=created_ms
-                        )
+            c = s.comments.c
+            a = s.authors.c
+            this = and_(c.tenant_id == tenant_id, c.id == comment_id)
+            plan = Plan()
+            check_expected(plan, tenant_id, expect)
+            self._session_first(plan, tenant_id, new_session)
+            plan.require(exists_where(s.comments, this), NotFound("comment"))
+            plan.require(exists_where(s.authors, a.tenant_id == tenant_id, a.id == flagger_id), NotFound("author"))
+            plan.require(
+                ~exists_where(s.flags, f.comment_id == comment_id, f.flagger_id == flagger_id), AlreadyExists("flag")
+            )
+            plan.add(
+                insert(s.flags).values(
+                    comment_id=comment_id, flagger_id=flagger_id, tenant_id=tenant_id, created_ms=created_ms
+                )
+            )
+            counted = plan.add(
+                update(s.comments).where(this).values(flag_count=c.flag_count + 1).returning(c.flag_count)
+            )
+            if hide_at is not None:
+                # Hidden for review: off public pages, still in the
+                # moderators' pending and flagged queues. Each step is
+                # guarded by the same condition, the status last.
+                hide = exists_where(s.comments, this, c.status == _APPROVED, c.flag_count >= hide_at)
+                t = s.threads.c
+                plan.add(
+                    update(s.threads)
+                    .where(t.id == select(c.thread_id).where(this).scalar_subquery(), hide)
+                    .values(comment_count=t.comment_count - 1)
+                )
+                plan.add(
+                    insert(s.moderation_log).from_select(
+                        ["id", "tenant_id", "created_ms", "actor", "action", "targets", "reason"],
+                        select(
+                            literal(new_id()),
+                            literal(tenant_id),
+                            literal(created_ms),
+                            literal("auto"),
+                            literal("auto_hide"),
+                            literal(json.dumps({"commentIds": [comment_id], "banIds": []})),
+                            literal("flags"),
+                        ).where(hide),
                     )
-                except IntegrityError:
-                    raise AlreadyExists("flag") from None
-                count = self._bump(conn, tenant_id, comment_id, "flag_count", +1)
-                if hide_at is not None and count >= hide_at and comment.status is CommentStatus.APPROVED:
-                    # Hidden for review: off public pages, still in the
-                    # moderators' pending and flagged queues.
-                    hidden = replace(comment, flag_count=count)
-                    self._set_status(conn, tenant_id, [hidden], CommentStatus.PENDING)
-                    self._audit(conn, tenant_id, "auto", "auto_hide", [comment_id], [], "flags", created_ms)
-                return self._written(conn, count)
+                )
+                plan.add(update(s.comments).where(this, hide).values(status=CommentStatus.PENDING.value))
+            try:
+                with self._writing() as conn:
+                    rows = self._batch(conn, plan.steps, commit=True)
+                    return self._written(conn, int(rows_of(rows, counted)[0].flag_count))
+            except IntegrityError:
+                raise AlreadyExists("flag") from None
 
         return self._call("add_flag", read_preference, go, write=True)
 
     def add_block(
-        self, tenant_id: str, viewer_id: str, author_id: str, *, created_ms: int, read_preference: ReadPreference
+        self,
+        tenant_id: str,
+        viewer_id: str,
+        author_id: str,
+        *,
+        created_ms: int,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
+        new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[None]]:
         def go() -> Written[None]:
             b = s.blocks.c
+            a = s.authors.c
             if viewer_id == author_id:
                 raise InvalidReference("an author cannot block themselves")
-            with self._writing() as conn:
-                self._require_author(conn, tenant_id, author_id)
-                self._require_author(conn, tenant_id, viewer_id)
-                where = and_(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
-                if conn.execute(select(b.author_id).where(where)).first() is not None:
-                    raise AlreadyExists("block")
-                try:
-                    conn.execute(
-                        insert(s.blocks).values(
-                            tenant_id=tenant_id, viewer_id=viewer_id, author_id=author_id, created_ms=created_ms
-                        )
-                    )
-                except IntegrityError:
-                    raise AlreadyExists("block") from None
-                return self._written(conn, None)
+            plan = Plan()
+            check_expected(plan, tenant_id, expect)
+            self._session_first(plan, tenant_id, new_session)
+            for who in (author_id, viewer_id):
+                plan.require(exists_where(s.authors, a.tenant_id == tenant_id, a.id == who), NotFound("author"))
+            where = and_(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
+            plan.require(~exists_where(s.blocks, where), AlreadyExists("block"))
+            plan.add(
+                insert(s.blocks).values(
+                    tenant_id=tenant_id, viewer_id=viewer_id, author_id=author_id, created_ms=created_ms
+                )
+            )
+            try:
+                with self._writing() as conn:
+                    self._batch(conn, plan.steps, commit=True)
+                    return self._written(conn, None)
+            except IntegrityError:
+                raise AlreadyExists("block") from None
 
         return self._call("add_block", read_preference, go, write=True)
 
     def remove_block(
-        self, tenant_id: str, viewer_id: str, author_id: str, *, read_preference: ReadPreference
+        self,
+        tenant_id: str,
+        viewer_id: str,
+        author_id: str,
+        *,
+        read_preference: ReadPreference,
+        expect: Expect | None = None,
     ) -> Deferred[Written[None]]:
         def go() -> Written[None]:
             b = s.blocks.c
+            block = and_(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
+            plan = Plan()
+            check_expected(plan, tenant_id, expect)
+            plan.require(exists_where(s.blocks, block), NotFound("block"))
+            plan.add(delete(s.blocks).where(block))
             with self._writing() as conn:
-                done = conn.execute(
-                    delete(s.blocks).where(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
-                )
-                if done.rowcount == 0:
-                    raise NotFound("block")
+                self._batch(conn, plan.steps, commit=True)
                 return self._written(conn, None)
 
         return self._call("remove_block", read_preference, go, write=True)

@@ -24,13 +24,13 @@ from fastedge.store.postgresql import PostgresStore, format_lsn, parse_lsn, reda
 from fastedge.testing.fakes import run_inline
 from tests.support.postgres import postgres_dsn, postgres_schema, shared_postgres
 
-from ..unit.store.contract import StoreContractMixin
+from ..unit.store.contract_writes import WriteContractMixin
 
 PRIMARY = ReadPreference.PRIMARY
 NEAREST = ReadPreference.NEAREST
 
 
-class PostgresPrimaryContractTests(StoreContractMixin, SynchronousTestCase):
+class PostgresPrimaryContractTests(WriteContractMixin, SynchronousTestCase):
     """The PostgreSQL store keeps the store contract with no local replica:
     NEAREST reads are served by the primary."""
 
@@ -45,7 +45,7 @@ class PostgresPrimaryContractTests(StoreContractMixin, SynchronousTestCase):
         )
 
 
-class PostgresStandbyContractTests(StoreContractMixin, SynchronousTestCase):
+class PostgresStandbyContractTests(WriteContractMixin, SynchronousTestCase):
     """The PostgreSQL store keeps the store contract with NEAREST reads routed
     to a real hot standby.
 
@@ -381,3 +381,46 @@ class BulkRoundTripTests(SynchronousTestCase):
         with open(path, "w"):
             pass
         return sum(1 for line in lines if line.split("\t")[:1] == ["F"] and line.split("\t")[2:3] == ["Sync"])
+
+
+class IdleConnectionTests(SynchronousTestCase):
+    """A write sent in one flight must still tell "never sent" from "sent"."""
+
+    def test_connection_closed_while_idle_is_retried(self) -> None:
+        """The server closes a pooled connection while it sits idle (here:
+        pg_terminate_backend, as a restart or a demotion does). The next
+        write notices before sending anything, so it is retried on a new
+        connection and succeeds: not CommitUnknown."""
+        cluster = shared_postgres()
+        schema = postgres_schema(self, cluster)
+        name = "idle-" + schema
+        store = PostgresStore(
+            [postgres_dsn(cluster.servers["primary"], schema)],
+            None,
+            run=run_inline,
+            clock=Clock(),
+            application_name=name,
+            pool_size=1,
+        )
+        self.successResultOf(store.open())
+        self.addCleanup(lambda: self.successResultOf(store.close()))
+        tenant = self.successResultOf(store.create_tenant("T", "global", created_ms=1, read_preference=PRIMARY)).value
+        session = self.successResultOf(
+            store.create_anonymous_session(tenant.id, created_ms=1, read_preference=PRIMARY)
+        ).value
+        thread = self.successResultOf(store.upsert_thread(tenant.id, "u", created_ms=1, read_preference=PRIMARY)).value
+        killed = cluster.execute(
+            "primary",
+            # With a timeout: returns once the backend has exited (its
+            # goodbye sent, the connection closed), so the write below meets
+            # a connection closed while idle, not one dying mid-flight.
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = '{}'".format(name),
+        )
+        self.assertTrue(killed)
+        new = NewComment(tenant.id, thread.id, session.author_id, "A", "x", "<p>x</p>", CommentStatus.APPROVED, 2)
+        written = self.successResultOf(store.create_comment(new, read_preference=PRIMARY))
+        self.assertIsNotNone(written.token)
+        self.assertEqual(
+            self.successResultOf(store.get_thread_by_id(tenant.id, thread.id, read_preference=PRIMARY)).comment_count,
+            1,
+        )

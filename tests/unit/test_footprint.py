@@ -23,6 +23,9 @@ HEAVY = {
     "urllib3": "botocore, with an S3 origin",
     "treq": "the CDN's origin client",
     "twisted.web.client": "the CDN's origin client",
+    "maxminddb": "geo.database (the GeoIP index)",
+    "puremagic": "the first media upload",
+    "jinja2": "the first embed page rendered",
 }
 
 _PROBE = """
@@ -57,8 +60,8 @@ def loaded_after_make_service(argv: list[str]) -> list[str]:
 class FootprintTests(SynchronousTestCase):
     def test_default_config_imports_no_heavy_module(self) -> None:
         """The default config (embedded store, no S3 origin) builds a node
-        without importing psycopg, botocore, urllib3, treq or
-        ``twisted.web.client``."""
+        without importing psycopg, botocore, urllib3, treq,
+        ``twisted.web.client``, maxminddb, puremagic or jinja2."""
         data_dir = os.path.abspath(self.mktemp())
         loaded = loaded_after_make_service(["--data-dir", data_dir])
         self.assertEqual(loaded, [], {m: HEAVY[m] for m in loaded})

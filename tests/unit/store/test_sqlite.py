@@ -19,12 +19,12 @@ from fastedge.store.schema import MIGRATIONS
 from fastedge.store.sqlite import SQLiteStore
 from fastedge.testing.fakes import run_inline
 
-from .contract import StoreContractMixin
+from .contract_writes import WriteContractMixin
 
 PRIMARY = ReadPreference.PRIMARY
 
 
-class SQLiteStoreContractTests(StoreContractMixin, SynchronousTestCase):
+class SQLiteStoreContractTests(WriteContractMixin, SynchronousTestCase):
     """The embedded store keeps the store contract."""
 
     def make_store(self) -> IStore:

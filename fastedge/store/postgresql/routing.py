@@ -1,45 +1,17 @@
 # -*- test-case-name: tests.integration.test_postgresql_store -*-
-"""The replicated backend: a PostgreSQL primary and a hot standby per node.
+"""Routing and consistency tokens: :class:`PostgresStore`.
 
-The statements are :mod:`fastedge.store.sql`'s, unchanged; this module only
-decides *where* each one runs and what a write's consistency token is.
-
-- **Routing.** Writes and PRIMARY reads go to the primary; NEAREST reads go
-  to the node's local hot standby (``replica``), or to the primary when the
-  node has none. Reads run in autocommit mode, so a read costs one round
-  trip per statement (no BEGIN/ROLLBACK), which matters when the primary is
-  far away.
-- **Tokens.** A write transaction ends with ``COMMIT; SELECT
-  pg_current_wal_lsn()`` sent as one simple query: one round trip, and the
-  token is the WAL position written when our COMMIT returned, so at least
-  the end of our commit record. (Sessions never commit asynchronously here:
-  with ``synchronous_commit=off`` the write position could lag our commit,
-  so such a session is switched to ``local``.) Tokens are WAL positions
-  (``"16/B374D848"``), totally ordered, compared with :meth:`token_covers`.
-- **Read-your-writes.** A NEAREST read holding a token first checks, on the
-  replica and in the same worker call as the read, whether the replica has
-  replayed that position. If not, it checks again every
-  ``token_poll_seconds`` on the reactor's clock (``callLater``, never a
-  sleep), and once ``token_wait_seconds`` have passed it reads from the
-  primary instead and counts that. Tests drive that clock by hand. After
-  such a timeout the replica is known to be behind: for the next
-  ``token_wait_seconds``, reads needing that position or a later one check
-  the replica once and, if it is still behind, go to the primary without
-  waiting again (a page load makes several reads; only the first waits).
-- **Failover.** The primary is the first writable server of the candidate
-  list (``pg_is_in_recovery()`` false; among several, the one on the highest
-  timeline, and the split brain is logged). When the primary fails (the
-  connection breaks, or it has become read-only), the node searches the
-  list again and retries the operation for up to ``failover_seconds``:
-  every read, and every write whose COMMIT was never sent (so it cannot
-  have been applied). A write that fails *during* COMMIT is reported as
-  :class:`~fastedge.store.errors.CommitUnknown`, never as a success.
+Where each statement runs (writes and PRIMARY reads on the primary, NEAREST
+reads on the local standby), what a write's token is, how a read holding a
+token waits for the replica, and how an operation follows the primary
+through a failover. The package docstring (:mod:`fastedge.store.postgresql`)
+states the rules; DSN handling, the primary search and the one-flight
+write transaction are the sibling modules.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -47,20 +19,23 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import QueuePool
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import schema as s
-from .errors import BadToken, CommitUnknown, StoreUnavailable
-from .metrics import ReplicationMetrics
-from .model import ReadPreference
-from .sql import Observer, Runner, SqlStore
+from .. import schema as s
+from ..errors import BadToken, CommitUnknown, StoreUnavailable
+from ..metrics import ReplicationMetrics
+from ..model import ReadPreference
+from ..plan import Step
+from ..sql import Observer, Runner, SqlStore
+from . import pipeline
+from .dsn import Target, conninfo
+from .primary import Primaries
+from .tokens import parse_lsn
 
 _T = TypeVar("_T")
 
@@ -73,128 +48,9 @@ FAILOVER_RETRY_SECONDS = 0.25
 #: Key of the advisory lock that serialises schema migrations across nodes.
 _MIGRATION_LOCK = 0x66617374  # "fast"
 
-_LSN = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
-
-#: Connection parameters safe to show in logs (never a password).
-_SHOWN_PARAMS = ("host", "hostaddr", "port", "dbname", "user", "application_name")
-
 #: SQLSTATEs meaning "this server cannot take our work now": read-only
 #: transaction (a demoted primary), admin/crash shutdown, cannot connect now.
 _UNUSABLE_STATES = frozenset({"25006", "57P01", "57P02", "57P03"})
-
-
-def parse_lsn(token: str) -> int:
-    """The WAL position in a token (``"16/B374D848"``) as an integer.
-
-    :raises BadToken: for anything else.
-    """
-    m = _LSN.match(token) if isinstance(token, str) else None
-    if m is None:
-        raise BadToken("the consistency token is not one this store issued")
-    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
-
-
-def format_lsn(value: int) -> str:
-    """The token for a WAL position (PostgreSQL's own ``pg_lsn`` notation)."""
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
-
-def redact_dsn(dsn: str) -> str:
-    """A connection string fit for a log line: host, port, database, user.
-
-    Passwords (and every other parameter) are left out.
-    """
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.Error:
-        return "<unparsable connection string>"
-    shown = [f"{k}={params[k]}" for k in _SHOWN_PARAMS if params.get(k)]
-    return " ".join(shown) or "<libpq defaults>"
-
-
-def check_dsn(dsn: str) -> str | None:
-    """``None`` if libpq can parse ``dsn``, else a reason that quotes none of it
-    (a fragment of the string could be a password)."""
-    try:
-        conninfo_to_dict(dsn)
-    except psycopg.Error:
-        return "not a libpq connection string or postgresql:// URI"
-    return None
-
-
-def conninfo(dsn: str, *, connect_timeout: int, application_name: str, statement_timeout_ms: int) -> str:
-    """``dsn`` completed with our defaults; what the DSN sets itself wins.
-
-    TCP keepalives make a vanished primary show up as a broken connection
-    within seconds instead of a hung worker thread.
-    """
-    params: dict[str, Any] = conninfo_to_dict(dsn)
-    defaults = {
-        "connect_timeout": str(connect_timeout),
-        "application_name": application_name,
-        "keepalives": "1",
-        "keepalives_idle": "10",
-        "keepalives_interval": "5",
-        "keepalives_count": "3",
-    }
-    for key, value in defaults.items():
-        params.setdefault(key, value)
-    if statement_timeout_ms > 0:
-        options = str(params.get("options", ""))
-        if "statement_timeout" not in options:
-            params["options"] = (options + f" -c statement_timeout={statement_timeout_ms}").strip()
-    return make_conninfo(**params)
-
-
-def postgres_engine(info: str, *, pool_size: int) -> Engine:
-    """A pooled engine over psycopg 3 for the complete connection string ``info``."""
-    engine = create_engine(
-        "postgresql+psycopg://",
-        creator=lambda: psycopg.connect(info),
-        poolclass=QueuePool,
-        pool_size=pool_size,
-        max_overflow=2,
-        # Statement parameters are comment bodies and key hashes: keep them
-        # out of error messages, which end up in logs.
-        hide_parameters=True,
-    )
-
-    @event.listens_for(engine, "connect")
-    def on_connect(dbapi_connection: Any, record: Any) -> None:
-        # A token is the WAL *write* position after COMMIT; with an
-        # asynchronous commit that position could still be before our commit
-        # record. One round trip per new pooled connection.
-        dbapi_connection.autocommit = True
-        try:
-            dbapi_connection.execute(
-                "SELECT CASE WHEN current_setting('synchronous_commit') = 'off' "
-                "THEN set_config('synchronous_commit', 'local', false) END"
-            )
-        finally:
-            dbapi_connection.autocommit = False
-
-    return engine
-
-
-@dataclass
-class _Target:
-    """One server: its pooled engine, the same in autocommit mode for reads,
-    and a redacted name for logs."""
-
-    engine: Engine
-    reads: Engine
-    info: str
-    name: str
-
-    @classmethod
-    def make(cls, info: str, pool_size: int) -> _Target:
-        engine = postgres_engine(info, pool_size=pool_size)
-        return cls(
-            engine,
-            engine.execution_options(isolation_level="AUTOCOMMIT"),
-            info,
-            redact_dsn(info),
-        )
 
 
 @dataclass
@@ -205,19 +61,12 @@ class _WriteState:
     token: str | None = None
 
 
-class _Row:
-    """A row of a pipelined statement, with attribute access like SQLAlchemy's."""
-
-    def __init__(self, names: Sequence[str], values: Sequence[Any]) -> None:
-        self.__dict__.update(zip(names, values, strict=True))
-
-
 class _Local(threading.local):
     """What the store call running on this thread needs to know."""
 
     want_lsn: int | None = None
     route_primary: bool = False
-    target: _Target | None = None
+    target: Target | None = None
     write: _WriteState | None = None
 
 
@@ -278,8 +127,6 @@ class PostgresStore(SqlStore):
         observe: Observer | None = None,
         metrics: ReplicationMetrics | None = None,
     ) -> None:
-        if not primaries:
-            raise ValueError("at least one primary candidate is needed")
 
         def complete(dsn: str) -> str:
             return conninfo(
@@ -290,12 +137,15 @@ class PostgresStore(SqlStore):
             )
 
         # Engines do no I/O until first used.
-        self._candidates = [_Target.make(complete(dsn), pool_size) for dsn in primaries]
-        self._replica = _Target.make(complete(replica), pool_size) if replica else None
-        self._current = 0
-        self._primary_target = self._candidates[0]
+        self._primaries = Primaries(
+            [Target.make(complete(dsn), pool_size) for dsn in primaries],
+            run=run,
+            metrics=metrics,
+            backend=self.backend,
+        )
+        self._replica = Target.make(complete(replica), pool_size) if replica else None
         super().__init__(
-            self._primary_target.engine,
+            self._primaries.current.engine,
             self._replica.engine if self._replica else None,
             run=run,
             clock=clock,
@@ -306,12 +156,9 @@ class PostgresStore(SqlStore):
         self._failover_seconds = failover_seconds
         self._metrics = metrics
         self._local = _Local()
-        self._searching: list[Deferred[int | None]] | None = None
         #: After a token wait timed out: (the position the replica lacked,
         #: until when reads needing it or later do not wait again).
         self._stalled: tuple[int, float] | None = None
-        if metrics is not None:
-            metrics.primary_candidate.labels(self.backend).set(0)
 
     # Where statements run
 
@@ -319,7 +166,7 @@ class PostgresStore(SqlStore):
     def _reading(self, read_preference: ReadPreference) -> Iterator[Connection]:
         local = self._local
         replica = self._replica if read_preference is NEAREST and not local.route_primary else None
-        target = replica or self._primary_target
+        target = replica or self._primaries.current
         local.target = target
         with target.reads.connect() as conn:
             if replica is not None and local.want_lsn is not None:
@@ -343,7 +190,7 @@ class PostgresStore(SqlStore):
     def _writing(self) -> Iterator[Connection]:
         local = self._local
         state = _WriteState()
-        target = self._primary_target
+        target = self._primaries.current
         local.target = target
         local.write = state
         with target.engine.connect() as conn:
@@ -379,60 +226,30 @@ class PostgresStore(SqlStore):
             return state.token
         return self._commit(conn)
 
-    def _batch(self, conn: Connection, statements: Sequence[Any], *, commit: bool) -> list[list[Any] | None]:
-        """With ``commit``: send BEGIN, the statements, COMMIT and the
-        position query in one round trip (psycopg's pipeline mode; the
-        statements are :mod:`fastedge.store.sql`'s, compiled here as
-        SQLAlchemy would). Without: one by one, as the base class does.
+    def _batch(self, conn: Connection, statements: Sequence[Step], *, commit: bool) -> list[list[Any] | None]:
+        """With ``commit``: the statements and the COMMIT in one flight
+        (:mod:`.pipeline`). Without: one by one, as the base class does.
 
         With the COMMIT in flight a broken connection is ``CommitUnknown``,
-        as for any write (``commit_sent``).
+        as for any write (``commit_sent``); an error the server answered
+        means the COMMIT was skipped, so the write was not applied.
         """
         if not commit:
             return super()._batch(conn, statements, commit=commit)
         state = self._local.write
         assert state is not None, "a batch outside _writing"
         raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
-        compiled = [
-            statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-            for statement in statements
-        ]
-        cursors = []
-        position = None
-        # psycopg would send its BEGIN and wait for it before the rest (a
-        # round trip of its own): in autocommit mode our BEGIN goes in the
-        # same flight. Nothing was sent in this transaction yet (idle).
-        raw.autocommit = True
+
+        def commit_sent() -> None:
+            state.commit_sent = True
+
         try:
-            with raw.pipeline():
-                raw.cursor().execute("BEGIN")
-                for query in compiled:
-                    cur = raw.cursor()
-                    cur.execute(str(query), query.params)
-                    cursors.append(cur)
-                state.commit_sent = True
-                raw.cursor().execute("COMMIT")
-                position = raw.cursor()
-                position.execute("SELECT pg_current_wal_lsn()::text")
-        except BaseException:
-            if raw.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE and not raw.broken:
-                raw.rollback()
-            raise
-        finally:
-            if not raw.broken and raw.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                raw.autocommit = False
-        out: list[list[Any] | None] = []
-        for cur in cursors:
-            if cur.description is None:
-                out.append(None)
-            else:
-                names = [column.name for column in cur.description]
-                out.append([_Row(names, row) for row in cur.fetchall()])
-        if position is not None:
-            row = position.fetchone()
-            assert row is not None
-            state.committed = True
-            state.token = str(row[0])
+            out, token = pipeline.send(raw, conn.dialect, statements, commit_sent)
+        except pipeline.NotApplied as e:
+            state.commit_sent = False
+            raise e.error from None
+        state.committed = True
+        state.token = token
         return out
 
     def token_covers(self, have: str | None, want: str | None) -> bool:
@@ -628,7 +445,7 @@ class PostgresStore(SqlStore):
                     "{operation}: the primary failed during COMMIT; reported to the caller as unknown",
                     operation=operation,
                 )
-                self._find_primary()
+                self._primaries.find()
                 result.errback(f)
                 return
             if not f.check(_PrimaryLost):
@@ -640,7 +457,7 @@ class PostgresStore(SqlStore):
                 what = "the write was not applied" if write else "the read was not served"
                 result.errback(
                     StoreUnavailable(
-                        f"no usable primary among the {len(self._candidates)} candidates after {self._failover_seconds} s; {what}"
+                        f"no usable primary among the {len(self._primaries.candidates)} candidates after {self._failover_seconds} s; {what}"
                     )
                 )
                 return
@@ -651,101 +468,10 @@ class PostgresStore(SqlStore):
                 else:
                     clock.callLater(FAILOVER_RETRY_SECONDS, attempt)
 
-            self._find_primary().addCallback(again)
+            self._primaries.find().addCallback(again)
 
         attempt()
         return result
-
-    # Finding the primary
-
-    def _find_primary(self) -> Deferred[int | None]:
-        """Search the candidates for the writable primary and move there.
-
-        One search at a time: concurrent callers share its result, the index
-        of the primary (``None`` if none was found). Never fails.
-        """
-        waiter: Deferred[int | None] = Deferred()
-        if self._searching is not None:
-            self._searching.append(waiter)
-            return waiter
-        self._searching = [waiter]
-        d = self._run(self._probe_candidates)
-        d.addCallback(self._choose)
-
-        def broken(f: Failure) -> None:
-            self._log.failure("searching for the primary failed", f)
-            return None
-
-        def done(index: int | None) -> None:
-            waiting, self._searching = self._searching or [], None
-            for w in waiting:
-                w.callback(index)
-
-        d.addErrback(broken)
-        d.addCallback(done)
-        return waiter
-
-    def _probe_candidates(self) -> list[tuple[int, bool, int, str]]:
-        """Ask every candidate, on a fresh connection, whether it takes writes.
-
-        :returns: ``(index, writable, timeline, error)`` for each.
-        """
-        found = []
-        for index, target in enumerate(self._candidates):
-            try:
-                with psycopg.connect(target.info, autocommit=True) as conn:
-                    row = conn.execute(
-                        "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL"
-                        " ELSE pg_walfile_name(pg_current_wal_lsn()) END"
-                    ).fetchone()
-            except psycopg.Error as e:
-                found.append((index, False, 0, type(e).__name__))
-                continue
-            assert row is not None
-            writable = not row[0]
-            found.append((index, writable, int(row[1][:8], 16) if writable else 0, ""))
-        return found
-
-    def _choose(self, probed: list[tuple[int, bool, int, str]]) -> int | None:
-        writable = [(timeline, -index) for index, ok, timeline, _ in probed if ok]
-        if self._metrics is not None:
-            self._metrics.searched(bool(writable))
-        if not writable:
-            self._log.warn(
-                "no writable primary among {count} candidates: {states}",
-                count=len(probed),
-                states=[(self._candidates[i].name, error or "read-only") for i, _, _, error in probed],
-            )
-            return None
-        timeline, negative = max(writable)
-        index = -negative
-        if len(writable) > 1:
-            self._log.error(
-                "{count} candidates accept writes (split brain?): {names}; using {name} on timeline {timeline}",
-                count=len(writable),
-                names=[self._candidates[-i].name for _, i in writable],
-                name=self._candidates[index].name,
-                timeline=timeline,
-            )
-        if index != self._current:
-            old = self._primary_target
-            new = self._candidates[index]
-            self._current = index
-            self._primary_target = new
-            self._primary = new.engine
-            if self._metrics is not None:
-                self._metrics.switched(index)
-            self._log.warn(
-                "the primary moved from {old} to {new} (timeline {timeline})",
-                old=old.name,
-                new=new.name,
-                timeline=timeline,
-            )
-            # Connections to the old primary are useless now.
-            self._run(old.engine.dispose).addErrback(
-                lambda f: self._log.failure("closing the old primary's connections failed", f)
-            )
-        return index
 
     # Lifecycle
 
@@ -756,7 +482,9 @@ class PostgresStore(SqlStore):
 
         def migrate(index: int | None) -> Deferred[list[int]]:
             if index is None:
-                raise StoreUnavailable(f"no writable primary among the {len(self._candidates)} configured candidates")
+                raise StoreUnavailable(
+                    f"no writable primary among the {len(self._primaries.candidates)} configured candidates"
+                )
 
             def go() -> list[int]:
                 with self._writing() as conn:
@@ -764,7 +492,9 @@ class PostgresStore(SqlStore):
                         text("SELECT pg_advisory_xact_lock(:key)"),
                         {"key": _MIGRATION_LOCK},
                     )
-                    return s.migrate(conn, applied_ms)
+                    applied = s.migrate(conn, applied_ms)
+                    conn.execute(text(pipeline.REQUIRE_FUNCTION))
+                    return applied
 
             return self._on_primary("open", PRIMARY, go, write=True)
 
@@ -773,18 +503,18 @@ class PostgresStore(SqlStore):
                 self._log.info("store schema migrated to {versions}", versions=applied)
             self._log.info(
                 "postgresql store open: primary {primary}, local replica {replica}",
-                primary=self._primary_target.name,
+                primary=self._primaries.current.name,
                 replica=(self._replica.name if self._replica else "none (NEAREST reads the primary)"),
             )
 
-        d: Deferred[Any] = self._find_primary()
+        d: Deferred[Any] = self._primaries.find()
         d.addCallback(migrate)
         d.addCallback(report)
         return d
 
     def close(self) -> Deferred[None]:
         def go() -> None:
-            for target in self._candidates + ([self._replica] if self._replica else []):
+            for target in self._primaries.candidates + ([self._replica] if self._replica else []):
                 target.engine.dispose()
 
         return self._run(go)
@@ -842,7 +572,7 @@ class PostgresStore(SqlStore):
 
         def failed(f: Failure) -> Any:
             if f.check(_PrimaryLost):
-                self._find_primary()
+                self._primaries.find()
             return f
 
         d.addCallbacks(measured, failed)

@@ -214,6 +214,15 @@ def run(n: int, *, harness: str, steady: float, step: float, overrides: dict[str
             mesh.clock = clock
             mesh.network = FastNetwork(clock)
         ids = ["n{:03d}".format(i) for i in range(n)]
+
+        def host(node_id: str) -> str:
+            # 127.0.0.1-250, then 127.0.1.x ...: valid addresses past 254 nodes.
+            if node_id not in mesh.hosts:
+                i = len(mesh.hosts)
+                mesh.hosts[node_id] = "127.0.{}.{}".format(i // 250, i % 250 + 1)
+            return mesh.hosts[node_id]
+
+        mesh.host = host  # type: ignore[method-assign]
         # Every node is made first (certificates are not the protocol's
         # cost); they listen in order, so the seeds (the first three nodes)
         # are known before any starts.

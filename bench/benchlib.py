@@ -83,12 +83,15 @@ def wrk(
     headers: Mapping[str, str] | None = None,
     threads: int = 2,
     cpu: str = LOAD_CPU,
+    script: str | None = None,
     timeout_seconds: int | None = None,
 ) -> dict[str, float]:
     """Run wrk (closed loop) and return requests/s, p50, p99 (ms), errors.
 
+    :param script: a wrk Lua script (``-s``), e.g. one making the requests POSTs.
     :param timeout_seconds: wrk's per-request timeout (its default is 2 s;
-        a slow peer needs more, or every request counts as a timeout)."""
+        a slow peer needs more, or every request counts as a timeout).
+    """
     argv = [
         "taskset",
         "-c",
@@ -103,6 +106,8 @@ def wrk(
         argv.append("--timeout={}s".format(timeout_seconds))
     for name, value in (headers or {}).items():
         argv += ["-H", "{}: {}".format(name, value)]
+    if script is not None:
+        argv += ["-s", script]
     out = subprocess.run(argv + [url], check=True, capture_output=True, text=True).stdout
 
     def ms(label: str) -> float:

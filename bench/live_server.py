@@ -31,7 +31,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.web.resource import Resource
 
-from fastedge.api.resource import build_api
+from fastedge.api.resource import build_api, build_sessions
 from fastedge.config import load_config
 from fastedge.live import service as live_service
 from fastedge.live.hub import Event
@@ -81,15 +81,23 @@ def main():
     )
     registry = new_registry()
     store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)
-    live = live_service.make_service(cfg.live, reactor=reactor, registry=registry, store=store.store, node_id="bench")
+    sessions = build_sessions(cfg.api, store=store.store, clock=reactor, registry=registry)
+    live = live_service.make_service(
+        cfg.live,
+        reactor=reactor,
+        registry=registry,
+        store=store.store,
+        node_id="bench",
+        viewer_tokens=sessions.viewer_tokens,
+    )
     api = build_api(
         cfg.api,
         store=store.store,
         clock=reactor,
         registry=registry,
         live=live.publisher,
+        sessions=sessions,
     )
-    live.use_viewer_tokens(api.viewer_tokens)
     site = build_site(
         cfg.node,
         cfg.http,

@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 
 from live_client import Conn, frames, masked_text  # noqa: E402
 
-from fastedge.mesh.relay import rendezvous  # noqa: E402
+from fastedge.live.relay import rendezvous  # noqa: E402
 from tests.support.ports import free_port
 
 PY = os.path.join(REPO, ".venv", "bin", "python")

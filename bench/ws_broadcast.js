@@ -25,6 +25,11 @@ const server = http.createServer((req, res) => {
   res.writeHead(404);
   res.end();
 });
+// The publisher keeps one connection for the whole run (as fastedge's
+// 60 s idle timeout allows); Node closes idle keep-alive ones after 5 s.
+server.keepAliveTimeout = 600000;
+server.headersTimeout = 601000;
+server.requestTimeout = 0;
 const wss = new WebSocketServer({ server, perMessageDeflate: false });
 server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () => {
   console.log(JSON.stringify({ port: server.address().port, pid: process.pid }));

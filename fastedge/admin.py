@@ -18,6 +18,9 @@ row of the tenant, and its cached media on every node of the deployment)
 complete it. Every command takes ``--json``. Writes go to the primary.
 SQLite's locking lets the tool write while the node runs.
 
+``fastedge-admin webhooks list TENANT`` lists a tenant's webhook endpoints,
+whether each is on, and why the node turned one off (docs/webhooks.md).
+
 ``fastedge-admin status`` prints what the node's ``/healthz`` and mesh map
 (``/api/v1/mesh``) say, from ``http.endpoint`` (or ``--url``).
 
@@ -127,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("--yes", action="store_true", help="really delete (required)")
     delete.add_argument("--url", help="the node's HTTP address (default: from http.endpoint)")
     _settings_parser(tsub)
+    webhooks = sub.add_parser("webhooks", help="tenants' webhook endpoints")
+    wsub = webhooks.add_subparsers(dest="action", required=True)
+    wlist = wsub.add_parser("list", parents=[json_flag], help="a tenant's webhook endpoints (never their secrets)")
+    wlist.add_argument("tenant_id")
     status = sub.add_parser(
         "status", parents=[json_flag], help="the node's health and its mesh map (from the running node)"
     )
@@ -467,6 +474,24 @@ def _open_store(reactor: Any, cfg: EdgeConfig) -> tuple[Any, ThreadPool, str]:
         )
         where = "postgresql primary ({})".format(", ".join(redact_dsn(d) for d in pg.primaries))
         return store, pool, where
+    if cfg.store.backend == "mongodb":
+        from .store.mongodb.store import MongoStore
+        from .store.mongodb.uri import redact_uri
+
+        mongo = cfg.store.mongodb
+        # Admin commands write, and read their writes: the primary only.
+        store = MongoStore(
+            mongo.uri,
+            None,
+            database=mongo.database,
+            clock=reactor,
+            write_concern=mongo.write_concern,
+            write_concern_timeout_seconds=mongo.write_concern_timeout_seconds,
+            failover_seconds=mongo.failover_seconds,
+            operation_timeout_seconds=mongo.operation_timeout_seconds,
+            pool_size=1,
+        )
+        return store, pool, "mongodb replica set {} database {}".format(redact_uri(mongo.uri), mongo.database)
     store = SQLiteStore(
         cfg.store.sqlite_path,
         run=lambda f: deferToThreadPool(reactor, pool, f),
@@ -480,7 +505,7 @@ def _open_store(reactor: Any, cfg: EdgeConfig) -> tuple[Any, ThreadPool, str]:
 @inlineCallbacks
 def _store_exists(store: Any, cfg: EdgeConfig) -> Any:
     """Whether the store holds the node's tables (without creating it)."""
-    if cfg.store.backend != "postgresql" and not os.path.exists(cfg.store.sqlite_path):
+    if cfg.store.backend == "sqlite" and not os.path.exists(cfg.store.sqlite_path):
         # Connecting would create the file: look first.
         return False
     return (yield store.has_schema())
@@ -579,6 +604,36 @@ def _tenant(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig) -> Any:
             _print(args, doc, ["{}: {}".format(k, v) for k, v in doc.items()])
         elif action == "delete":
             yield _delete_tenant(reactor, args, cfg, store, now)
+    finally:
+        yield store.close()
+        pool.stop()
+
+
+@inlineCallbacks
+def _webhooks(reactor: Any, args: argparse.Namespace, cfg: EdgeConfig) -> Any:
+    from .webhooks.api import endpoint_view
+
+    store, pool = yield _ready_store(reactor, args, cfg)
+    try:
+        tenant = yield store.get_tenant(args.tenant_id, read_preference=PRIMARY)
+        endpoints = yield store.list_webhooks(tenant.id, read_preference=PRIMARY)
+        rows = [
+            (
+                e.id,
+                "on" if e.active else "off",
+                e.consecutive_failures,
+                ",".join(v.value for v in e.events),
+                e.url,
+                e.disabled_reason,
+            )
+            for e in endpoints
+        ]
+        header = ("WEBHOOK", "STATE", "FAILURES", "EVENTS", "URL", "DISABLED_REASON")
+        _print(
+            args,
+            {"tenantId": tenant.id, "webhooks": [endpoint_view(e) for e in endpoints]},
+            _table(rows, header) if rows else ["no webhooks"],
+        )
     finally:
         yield store.close()
         pool.stop()
@@ -875,9 +930,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.area == "node":
         _request_drain(cfg)
         return
-    if args.area == "tenant":
+    if args.area in ("tenant", "webhooks"):
         _say("config {} ({})".format(path, how))
-    command = _status if args.area == "status" else _tenant
+    command = {"status": _status, "webhooks": _webhooks}.get(args.area, _tenant)
 
     def run(reactor: Any) -> Deferred[Any]:
         d = command(reactor, args, cfg)

@@ -224,6 +224,18 @@ class StartupReport:
                     "replica": redact_dsn(store.postgresql.replica) if store.postgresql.replica else "none",
                 },
             )
+        elif store.backend == "mongodb":
+            from .store.mongodb.uri import redact_uri
+
+            yield (
+                "store mongodb: replica set {uri}, local member {nearest}, database {database}",
+                {
+                    "backend": "mongodb",
+                    "uri": redact_uri(store.mongodb.uri),
+                    "nearest": redact_uri(store.mongodb.nearest_uri) if store.mongodb.nearest_uri else "none",
+                    "database": store.mongodb.database,
+                },
+            )
         else:
             yield "store sqlite: {path}", {"backend": "sqlite", "path": os.path.abspath(store.sqlite_path)}
         for name, key, service in (

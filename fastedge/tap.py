@@ -17,7 +17,7 @@ from twisted.internet.defer import succeed
 from twisted.python import usage
 
 from . import __version__
-from .api.resource import build_api
+from .api.resource import build_api, build_sessions
 from .cdn import service as cdn_service
 from .cdn.manage import UPLOAD_PATH, MediaApi
 from .config import ConfigError, EdgeConfig, load_config
@@ -31,9 +31,8 @@ from .http.site import EdgeSite
 from .inputs import InputError, parse_ascii_int
 from .lifecycle import DrainRequests, OrderedMultiService
 from .live import service as live_service
+from .live.access import GroupLocks
 from .mesh import service as mesh_service
-from .mesh.media import connect_media
-from .mesh.relay import connect_relay
 from .mesh.resource import mesh_routes
 from .mesh.successor import successor_of
 from .metrics.registry import new_registry, register_process_metrics
@@ -44,6 +43,8 @@ from .status.figures import read_figures
 from .status.resource import StatusResource
 from .store import service as store_service
 from .web import build_site
+from .webhooks import service as webhooks_service
+from .webhooks.api import WebhooksApi
 
 
 class Options(usage.Options):
@@ -244,7 +245,72 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         # The node's load, announced to the mesh: its open client connections.
         return site.open_connections if site is not None else 0
 
-    mesh = mesh_service.make_service(cfg.mesh, node=cfg.node, reactor=reactor, registry=registry, load=load)
+    # Made in the order they need each other, parented in the order they
+    # start: who a reader is (shared by the API and the live threads), the
+    # live threads, the API, the CDN (its thread media ask the public API),
+    # then the mesh that carries both features' calls to the other nodes.
+
+    # Another deployment's tenants are refused (421) on every path, before
+    # anything of theirs is read.
+    residency = residency_gate(cfg.node.deployment, cfg.dns.zones, store=store.store, clock=reactor, registry=registry)
+    node = cfg.node
+    access = GroupLocks(store.store, clock=reactor, ttl_seconds=cfg.live.resolve_cache_seconds)
+    sessions = build_sessions(
+        cfg.api,
+        store=store.store,
+        clock=reactor,
+        registry=registry,
+        access=access,
+        viewer_token_max_age_seconds=cfg.live.viewer_token_max_age_seconds,
+    )
+    live = live_service.make_service(
+        cfg.live,
+        reactor=reactor,
+        registry=registry,
+        store=store.store,
+        node_id=cfg.node.id,
+        residency=residency,
+        mesh=cfg.mesh,
+        access=access,
+        viewer_tokens=sessions.viewer_tokens,
+        sso=sessions.sso,
+        # Where clients move when this node goes away: read from the mesh's
+        # map at that moment (the mesh is made below: it carries live's relay).
+        successor=lambda: successor_of(mesh.node_map, node.id, node.deployment, node.latitude, node.longitude)(),
+    )
+    spam = SpamJudge(cfg.spam, checks=load_checks(cfg.spam.checks), store=store.store, clock=reactor, registry=registry)
+    api = build_api(
+        cfg.api,
+        store=store.store,
+        clock=reactor,
+        registry=registry,
+        live=live.publisher,
+        residency=residency,
+        sessions=sessions,
+        spam=spam,
+    )
+    # Media of a thread (threads/<id>/...) follow its group lock (docs/media.md).
+    cdn = cdn_service.make_service(
+        cfg.cdn,
+        reactor=reactor,
+        registry=registry,
+        peer_timeout=cfg.mesh.relay_prime_timeout_seconds,
+        guard=api.public.media_access,
+    )
+    # Features that talk to the deployment's other nodes register with the
+    # mesh here (docs/mesh-handlers.md): live events relayed to their
+    # channels' sequencers; CDN purges and peer fill.
+    mesh = mesh_service.make_service(
+        cfg.mesh,
+        node=cfg.node,
+        reactor=reactor,
+        registry=registry,
+        load=load,
+        handlers=[
+            live.relay,
+            cdn.peers,
+        ],
+    )
     mesh.setName("mesh")
     mesh.setServiceParent(top)
 
@@ -253,51 +319,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     dns.setName("dns")
     dns.setServiceParent(top)
 
-    # Another deployment's tenants are refused (421) on every path, before
-    # anything of theirs is read.
-    residency = residency_gate(cfg.node.deployment, cfg.dns.zones, store=store.store, clock=reactor, registry=registry)
-
-    node = cfg.node
-    live = live_service.make_service(
-        cfg.live,
-        reactor=reactor,
-        registry=registry,
-        store=store.store,
-        node_id=node.id,
-        residency=residency,
-        successor=successor_of(mesh.node_map, node.id, node.deployment, node.latitude, node.longitude),
-    )
     live.setName("live")
     live.setServiceParent(top)
-    connect_relay(mesh, live)
 
-    # Purges reach the deployment's other nodes, and misses are filled from
-    # the nearest peer that has the object, over the mesh.
-    mesh_media = connect_media(mesh)
-    cdn = cdn_service.make_service(cfg.cdn, reactor=reactor, registry=registry, peers=mesh_media, broadcast=mesh_media)
-    mesh_media.cdn = cdn
     cdn.setName("cdn")
     cdn.setServiceParent(top)
-    media_api = MediaApi(cfg.cdn, cdn)
 
-    spam = SpamJudge(cfg.spam, checks=load_checks(cfg.spam.checks), store=store.store, clock=reactor, registry=registry)
-    api = build_api(
-        cfg.api,
-        store=store.store,
-        clock=reactor,
-        registry=registry,
-        live=live.publisher,
-        viewer_token_max_age_seconds=cfg.live.viewer_token_max_age_seconds,
-        extra_manage_routes=media_api.routes,
+    media_api = MediaApi(cfg.cdn, cdn)
+    webhooks_api = WebhooksApi(cfg.webhooks, cfg.api, store=store.store, clock=reactor)
+    api_routes = api.router(
+        extra_manage_routes=lambda manage: media_api.routes(manage) + webhooks_api.routes(manage),
         extra_routes=mesh_routes(mesh.status),
-        access=live.access,
-        residency=residency,
-        spam=spam,
     )
-    live.use_viewer_tokens(api.viewer_tokens)
-    # Media of a thread (threads/<id>/...) follow its group lock (docs/media.md).
-    cdn.resource.use_guard(api.public.media_access)
-    live.use_sso(api.sso)
     access_log = None
     if cfg.log.access != "off":
         access_log = AccessLog(
@@ -319,7 +352,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         registry=registry,
         store=store.store,
         store_ready=lambda: store.ready,
-        api=api.resource,
+        api=api_routes,
         live=live.resource,
         media=cdn.resource,
         embed=embed,
@@ -339,6 +372,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             lambda: (mesh.status(), read_figures(registry.collect())), clock=reactor, version=__version__
         ),
     )
+    webhooks = webhooks_service.make_service(
+        cfg.webhooks,
+        reactor=reactor,
+        store=store.store,
+        registry=registry,
+        node_id=cfg.node.id,
+        store_ready=lambda: store.ready,
+    )
+    webhooks.setName("webhooks")
+    webhooks.setServiceParent(top)
     http = http_service.make_service(
         cfg.http,
         reactor=reactor,

@@ -458,7 +458,9 @@ class ManageApi:
     def delete_comment(self, call: Call, tenant: Tenant) -> Any:
         comment_id = common.record_id(call.params["comment_id"], "comment")
         comment = yield self._store.get_comment(tenant.id, comment_id, read_preference=PRIMARY)
-        written = yield self._store.delete_comment(tenant.id, comment_id, read_preference=PRIMARY)
+        written = yield self._store.delete_comment(
+            tenant.id, comment_id, read_preference=PRIMARY, deleted_ms=self._now_ms()
+        )
         self._forget_thread(tenant.id, comment.thread_id)
         if self._live is not None and comment.status is CommentStatus.APPROVED:
             self._live.removed(comment)

@@ -127,6 +127,7 @@ class MediaResource(Resource):
         max_key_bytes: int,
         stale_if_error_seconds: float,
         ready: Callable[[], bool],
+        guard: MediaGuard | None = None,
     ) -> None:
         super().__init__()
         self._tenants = tenants
@@ -139,11 +140,8 @@ class MediaResource(Resource):
         self._max_key_bytes = max_key_bytes
         self._stale_if_error = stale_if_error_seconds
         self._ready = ready
-        self._guard: MediaGuard | None = None
-
-    def use_guard(self, guard: MediaGuard) -> None:
-        """Judge callers of keys under :data:`THREAD_PREFIX` with ``guard``
-        (wiring, in ``tap``: the CDN is built before the API)."""
+        #: Judges callers of keys under :data:`THREAD_PREFIX` (the public
+        #: API's ``media_access``); none: they are public.
         self._guard = guard
 
     def render_GET(self, request: Request) -> int:

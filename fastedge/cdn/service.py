@@ -26,13 +26,14 @@ from zope.interface import implementer
 
 from ..config import CdnConfig
 from .cache import DiskCache, Entry, MemoryTier, ObjectMeta
-from .fill import Filler, NoPeers
+from .fill import Filler
 from .interfaces import IPeerLocator, IPurgeBroadcast
 from .keys import cache_id
 from .metrics import CdnMetrics
 from .negative import NegativeCache
 from .origin import OriginError, S3Origin
-from .resource import MediaResource
+from .peers import MeshMedia, PeerMetrics
+from .resource import MediaGuard, MediaResource
 
 __all__ = ["CdnService", "LocalOnly", "TenantMedia", "make_service"]
 
@@ -61,6 +62,9 @@ class CdnService(MultiService):
     """The cache, its origins and the ``/media`` resource (see the module docstring).
 
     :ivar resource: mount at ``/media``.
+    :ivar peers: the CDN's mesh handler (:class:`~fastedge.cdn.peers.MeshMedia`):
+        register it with the mesh for peer fill and purges across the
+        deployment (until then it finds no peers and tells nobody).
     """
 
     _log = Logger()
@@ -74,9 +78,12 @@ class CdnService(MultiService):
         tenants: dict[str, TenantMedia],
         origins: dict[str, S3Origin],
         pool: Any,
-        peers: IPeerLocator,
-        broadcast: IPurgeBroadcast,
+        peer_metrics: PeerMetrics,
         run_blocking: Callable[..., Deferred[Any]],
+        peers: IPeerLocator | None = None,
+        broadcast: IPurgeBroadcast | None = None,
+        peer_timeout: float = 1.0,
+        guard: MediaGuard | None = None,
     ) -> None:
         super().__init__()
         self._cfg = cfg
@@ -85,7 +92,8 @@ class CdnService(MultiService):
         self.tenants = tenants
         self._origins = origins
         self._pool = pool
-        self._broadcast = broadcast
+        self.peers = MeshMedia(self, metrics=peer_metrics, timeout=peer_timeout)
+        self._broadcast: IPurgeBroadcast = broadcast if broadcast is not None else self.peers
         self._run_blocking = run_blocking
         self.ready = False
         self.cache = DiskCache(cfg.cache_dir, max_bytes=cfg.max_bytes)
@@ -97,7 +105,7 @@ class CdnService(MultiService):
             negative=self.negative,
             clock=reactor,
             metrics=metrics,
-            peers=peers,
+            peers=peers if peers is not None else self.peers,
             timeout=cfg.origin_timeout_seconds,
             negative_seconds=cfg.negative_seconds,
             max_object_bytes=cfg.max_object_bytes,
@@ -115,6 +123,7 @@ class CdnService(MultiService):
             max_key_bytes=cfg.max_key_bytes,
             stale_if_error_seconds=cfg.stale_if_error_seconds,
             ready=lambda: self.ready,
+            guard=guard,
         )
         # Read at scrape time, so they are never stale.
         for tier, holder in (("disk", self.cache), ("memory", self.memory)):
@@ -283,11 +292,19 @@ def make_service(
     peers: IPeerLocator | None = None,
     broadcast: IPurgeBroadcast | None = None,
     client: Any = None,
+    peer_timeout: float = 1.0,
+    guard: MediaGuard | None = None,
 ) -> CdnService:
     """The ``cdn`` child for ``cfg``.
 
-    :param peers: finds peer nodes that have an object (the mesh); none by default.
-    :param broadcast: sends purges to the other nodes (the mesh); nobody by default.
+    :param peers: finds peer nodes that have an object; by default the
+        service's own mesh handler (``service.peers``), which finds none
+        until it is registered with a mesh.
+    :param broadcast: sends purges to the other nodes; by default the same
+        handler.
+    :param peer_timeout: seconds a peer has to answer a lookup or a read.
+    :param guard: judges callers of thread media (keys ``threads/<id>/...``:
+        the public API's ``media_access``); none: they are public.
     :param client: a treq ``HTTPClient`` for the origins; by default one with
         its own persistent connection pool.
     """
@@ -331,8 +348,11 @@ def make_service(
         tenants=tenants,
         origins=origins,
         pool=pool,
-        peers=peers if peers is not None else NoPeers(),
-        broadcast=broadcast if broadcast is not None else LocalOnly(),
+        peer_metrics=PeerMetrics(registry),
+        peers=peers,
+        broadcast=broadcast,
+        peer_timeout=peer_timeout,
+        guard=guard,
         run_blocking=lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a),
     )
 

@@ -240,6 +240,41 @@ def _dsn_list(value: tuple[str, ...]) -> str | None:
     return None
 
 
+def _mongo_uri(value: str) -> str | None:
+    """A ``mongodb://`` URI; the reason never quotes it (it may hold a password)."""
+    if value == "":
+        return None
+    if value.startswith("mongodb+srv://"):
+        return "mongodb+srv:// is not supported (txmongo resolves no SRV records): list the members"
+    if not value.startswith("mongodb://"):
+        return "not a valid mongodb:// URI"
+    # pymongo's parser, imported only when a URI is set; it resolves nothing
+    # for mongodb:// (checked above).
+    from pymongo.errors import ConfigurationError, InvalidURI
+    from pymongo.uri_parser import parse_uri
+
+    try:
+        parse_uri(value, validate=True, warn=False)
+    except (ConfigurationError, InvalidURI, ValueError):
+        return "not a valid mongodb:// URI"
+    except OSError:
+        # Validation opens the TLS files the options name.
+        return "names a TLS file that cannot be read"
+    return None
+
+
+def _write_concern(value: str) -> str | None:
+    if value == "majority" or (value.isdigit() and int(value) >= 1):
+        return None
+    return "must be 'majority' or a number of members (1 or more)"
+
+
+def _database_name(value: str) -> str | None:
+    if value and not any(c in value for c in './\\ "$\0'):
+        return None
+    return "must be a MongoDB database name (not empty; no '.', '/', '\\', space, '\"' or '$')"
+
+
 def _domain(value: str) -> str | None:
     """A DNS name in presentation form, without the final dot."""
     if not value:
@@ -272,6 +307,24 @@ def _domains(values: tuple[str, ...]) -> str | None:
 
 def _optional_domain(value: str) -> str | None:
     return None if value == "" else _domain(value)
+
+
+def _proxy_url(value: str) -> str | None:
+    """``[webhooks] proxy``: empty, or ``http://HOST:PORT``."""
+    if not value:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return "must be http://HOST:PORT"
+    if parts.scheme != "http" or not parts.hostname or not port or parts.path not in ("", "/"):
+        return "must be http://HOST:PORT (https endpoints are reached through it with CONNECT)"
+    if parts.username or parts.query or parts.fragment:
+        return "must not carry credentials, a query or a fragment"
+    return None
 
 
 _CHECK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")

@@ -159,6 +159,8 @@ def _derive(cfg: EdgeConfig, base_dir: str | None = None) -> EdgeConfig:
         raise ConfigError(
             "store.postgresql.primaries: must list at least one server when store.backend is 'postgresql'"
         )
+    if store.backend == "mongodb" and not store.mongodb.uri:
+        raise ConfigError("store.mongodb.uri: must name the replica set when store.backend is 'mongodb'")
     api = cfg.api
     if not api.secret_file:
         api = dataclasses.replace(api, secret_file=os.path.join(data_dir, "session.key"))
@@ -188,6 +190,8 @@ def _derive(cfg: EdgeConfig, base_dir: str | None = None) -> EdgeConfig:
         raise ConfigError("mesh.dead_seconds: must be longer than mesh.suspect_seconds")
     if mesh.reconnect_max_seconds < mesh.reconnect_initial_seconds:
         raise ConfigError("mesh.reconnect_max_seconds: must not be shorter than mesh.reconnect_initial_seconds")
+    if cfg.webhooks.lease_seconds <= cfg.webhooks.timeout_seconds:
+        raise ConfigError("webhooks.lease_seconds: must be longer than webhooks.timeout_seconds")
     log = cfg.log
     log = dataclasses.replace(
         log, access_file=absolute(log.access_file) if log.access_file else os.path.join(data_dir, "access.log")

@@ -15,6 +15,7 @@ from .checks import (
     _check_names,
     _checked,
     _cipher_string,
+    _database_name,
     _domain,
     _domains,
     _dsn,
@@ -25,14 +26,17 @@ from .checks import (
     _ip_addresses,
     _key_prefix,
     _media_types,
+    _mongo_uri,
     _networks,
     _non_negative,
     _one_of,
     _optional_domain,
     _port,
     _positive,
+    _proxy_url,
     _relative_names,
     _server_endpoint,
+    _write_concern,
     dns_label,
 )
 
@@ -196,12 +200,45 @@ class PostgresConfig:
 
 
 @dataclass(frozen=True)
+class MongoConfig:
+    """The MongoDB backend: a replica set, and the member beside this node
+    for NEAREST reads (docs/consistency.md). URIs are ``mongodb://``; they
+    are never logged with their credentials.
+    """
+
+    #: The replica set (every member, ``replicaSet=...``): writes and
+    #: PRIMARY reads go to its primary.
+    uri: str = _checked("", _mongo_uri, secret=True)
+    #: This node's local member, serving NEAREST reads; empty means NEAREST
+    #: reads go to the primary.
+    nearest_uri: str = _checked("", _mongo_uri, secret=True)
+    #: Database holding fastedge's collections (the URI's own path is ignored).
+    database: str = _checked("fastedge", _database_name)
+    #: Write concern of every write: ``majority`` or a number of members.
+    write_concern: str = _checked("majority", _write_concern)
+    #: How long a write waits for its write concern (``wtimeout``).
+    write_concern_timeout_seconds: float = _checked(5.0, _positive)
+    #: How long a NEAREST read holding a consistency token lets the local
+    #: member wait for it (``maxTimeMS``) before reading the primary (0: never wait).
+    token_wait_seconds: float = _checked(0.5, _non_negative)
+    #: How long an operation keeps retrying through an election before it fails.
+    failover_seconds: float = _checked(10.0, _non_negative)
+    #: How long a read waits for the local member before the primary serves it.
+    nearest_timeout_seconds: float = _checked(3.0, _positive)
+    #: Server-side limit of every read (``maxTimeMS``; 0: none).
+    operation_timeout_seconds: float = _checked(30.0, _non_negative)
+    #: Connections in each of the two pools (primary, local member).
+    pool_size: int = _checked(4, _positive)
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """The comment database."""
 
     #: ``sqlite``: the embedded, zero set-up backend; ``postgresql``: a
-    #: replicated PostgreSQL (see ``[store.postgresql]``).
-    backend: str = _checked("sqlite", _one_of("sqlite", "postgresql"))
+    #: replicated PostgreSQL (see ``[store.postgresql]``); ``mongodb``: a
+    #: MongoDB replica set (see ``[store.mongodb]``).
+    backend: str = _checked("sqlite", _one_of("sqlite", "postgresql", "mongodb"))
     #: SQLite file; empty means ``<node.data_dir>/fastedge.sqlite3``.
     sqlite_path: str = ""
     #: Threads that run blocking database calls off the reactor thread.
@@ -209,6 +246,7 @@ class StoreConfig:
     #: Seconds a writer waits for another process's lock (e.g. ``fastedge-admin``).
     busy_timeout_seconds: float = _checked(5.0, _positive)
     postgresql: PostgresConfig = field(default_factory=PostgresConfig)
+    mongodb: MongoConfig = field(default_factory=MongoConfig)
 
 
 @dataclass(frozen=True)
@@ -535,6 +573,42 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class WebhooksConfig:
+    """Outbound webhooks (docs/webhooks.md)."""
+
+    #: Run the delivery worker on this node (every node may: a lease in the
+    #: store keeps two from sending one delivery).
+    enabled: bool = True
+    #: Outbound HTTP proxy for every webhook request, ``http://host:port``
+    #: (https endpoints through a CONNECT tunnel); empty: direct.
+    proxy: str = _checked("", _proxy_url)
+    #: Allow endpoints on loopback, private, link-local, multicast and
+    #: unspecified addresses (tests; never on a public deployment).
+    allow_private_targets: bool = False
+    #: How often the outbox is checked for due deliveries (seconds).
+    poll_seconds: float = _checked(1.0, _positive)
+    #: Requests open to receivers at once, at most (per node).
+    max_in_flight: int = _checked(16, _between(1, 1000))
+    #: One attempt's deadline: connect, send, answer (seconds).
+    timeout_seconds: float = _checked(10.0, _positive)
+    connect_timeout_seconds: float = _checked(5.0, _positive)
+    #: A claimed delivery's lease; longer than ``timeout_seconds``.
+    lease_seconds: float = _checked(60.0, _positive)
+    #: Retries (exponential backoff with jitter) stop this long after the
+    #: change; the delivery is then failed (listed, replayable).
+    retry_window_seconds: float = _checked(86400.0, _positive)
+    #: An endpoint is turned off after this many failed attempts in a row
+    #: (a 410 Gone turns it off at once).
+    disable_after_failures: int = _checked(50, _between(1, 1_000_000))
+    #: Bytes of a receiver's answer read at most (the rest is dropped).
+    max_response_bytes: int = _checked(64 * 1024, _between(1, 16 * 1024 * 1024))
+    #: Endpoints one tenant may register.
+    max_endpoints_per_tenant: int = _checked(20, _between(1, 1000))
+    #: How often the queue gauges are read from the store (seconds).
+    queue_seconds: float = _checked(15.0, _positive)
+
+
+@dataclass(frozen=True)
 class SpamConfig:
     """Spam checks on comments posted through the public API and the embed
     page (docs/spam.md)."""
@@ -572,4 +646,5 @@ class EdgeConfig:
     cdn: CdnConfig = field(default_factory=CdnConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     spam: SpamConfig = field(default_factory=SpamConfig)

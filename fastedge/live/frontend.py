@@ -70,6 +70,8 @@ class Live:
         node_id: str,
         tokens: ViewerTokens | None = None,
         policy: IAccessPolicy | None = None,
+        sso: Any = None,
+        prime: Callable[[ChannelKey], Deferred[None]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.hub = hub
@@ -79,7 +81,7 @@ class Live:
         self.node_id = node_id
         self.tokens = tokens
         #: Signs viewers in from an ``sso`` field (:class:`fastedge.api.signin.SsoSignIn`).
-        self.sso: Any = None
+        self.sso: Any = sso
         self.policy: IAccessPolicy = policy if policy is not None else PublicThreads()
         self.connections: dict[str, set[Connection]] = {
             "websocket": set(),
@@ -93,7 +95,7 @@ class Live:
         #: Called before a channel's subscriber is answered (the mesh relay
         #: brings the channel up to date with its sequencer there, so
         #: recovery with ``since`` works on any node); never fails.
-        self.prime: Callable[[ChannelKey], Deferred[None]] | None = None
+        self.prime = prime
         if metrics is not None:
             hub.on_fanout = self._observe_fanout
             hub.on_fanout_lag = metrics.fanout_lag_seconds.observe

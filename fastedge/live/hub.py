@@ -377,7 +377,7 @@ class Hub:
             listener.accepted(prepared, local)
         return prepared
 
-    # Sequencing across nodes (fastedge.mesh.relay, docs/mesh.md)
+    # Sequencing across nodes (fastedge.live.relay, docs/mesh.md)
 
     def ensure(self, channel: ChannelKey) -> Stamp:
         """The channel's position, making its state (a new epoch at 0) when

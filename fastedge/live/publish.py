@@ -45,26 +45,44 @@ APPROVED = "comment.approved"
 LIKES = "comment.likes"
 
 
+def _no_access_sink(tenant_id: str, url_id: str | None) -> None:
+    """Nobody re-checks subscriptions (a publisher without live connections)."""
+    return None
+
+
 class LivePublisher:
     """Turns comment changes into channel events on the node's hub.
 
     :param node_id: recorded as each event's origin.
     :ivar sink: where events go: the hub's entry point, or the mesh relay,
-        which sends a write to its channel's sequencer (``fastedge.mesh.relay``).
+        which sends a write to its channel's sequencer (``fastedge.live.relay``).
     :ivar block_sink: where block changes go (likewise: the hub, or the
         relay, which tells the deployment's other nodes too).
     """
 
-    def __init__(self, hub: Hub, *, resolver: ChannelResolver | None, node_id: str) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        resolver: ChannelResolver | None,
+        node_id: str,
+        sink: Callable[[Event], object] | None = None,
+        block_sink: Callable[[str, str, str, bool], object] | None = None,
+        access_sink: Callable[[str, str | None], object] | None = None,
+    ) -> None:
         self._hub = hub
         self._resolver = resolver
         self._node = node_id
-        self.sink: Callable[[Event], object] = hub.publish
-        self.block_sink: Callable[[str, str, str, bool], object] = self._block_here
+        self.sink: Callable[[Event], object] = sink if sink is not None else hub.publish
+        self.block_sink: Callable[[str, str, str, bool], object] = (
+            block_sink if block_sink is not None else self._block_here
+        )
         #: Told when a tenant's (``url_id`` ``None``) or a thread's access
         #: rules changed here: re-checks the open subscriptions
         #: (:meth:`fastedge.live.frontend.Live.recheck`; wired by the service).
-        self.access_sink: Callable[[str, str | None], object] = lambda tenant_id, url_id: None
+        self.access_sink: Callable[[str, str | None], object] = (
+            access_sink if access_sink is not None else _no_access_sink
+        )
 
     def _block_here(self, tenant_id: str, viewer_author_id: str, author_id: str, blocked: bool) -> None:
         self._hub.set_blocked((tenant_id, viewer_author_id), author_id, blocked)
@@ -85,7 +103,7 @@ class LivePublisher:
         or ``None`` when this hub holds no state for the channel.
 
         Never creates state: on a node that is not the channel's sequencer
-        (``fastedge.mesh.relay``) a made-up local epoch would be replaced by
+        (``fastedge.live.relay``) a made-up local epoch would be replaced by
         the sequencer's at the first subscribe, and the page told to reload.
         A page without a position subscribes with ``since = 0`` and no epoch:
         the channel's events since it came to be here, which all follow the

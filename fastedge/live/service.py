@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ..config import LiveConfig
+from ..config import LiveConfig, MeshConfig
 from ..residency.gate import ResidencyGate
 from ..store.interfaces import IStore
 from . import messages
@@ -29,6 +29,7 @@ from .hub import Hub
 from .interfaces import IAccessPolicy
 from .metrics import LiveMetrics
 from .publish import LivePublisher
+from .relay import Relay, RelayMetrics
 from .resource import LiveResource
 from .tokens import ViewerTokens
 
@@ -54,8 +55,21 @@ class _Sweep(TimerService):
 class LiveService(MultiService):
     """Live threads on this node.
 
+    :param mesh: the ``[mesh]`` section when live events are relayed
+        across the deployment: the service makes the relay (:attr:`relay`),
+        to be registered with the mesh; ``None``, this node's hub sequences
+        everything alone.
+    :param access: the thread access rules (group locks, closed threads,
+        sign-in), shared with the public API; default: its own.
+    :param viewer_tokens: checks the viewer tokens the public API issues
+        (``None`` refuses every token).
+    :param sso: signs viewers in from a subscription's ``sso`` field (the
+        public API's :class:`fastedge.api.signin.SsoSignIn`).
+
     :ivar hub: the broker (:meth:`~fastedge.live.hub.Hub.publish` is the
         entry point for relays).
+    :ivar relay: the mesh handler that relays this node's live events
+        (:class:`~fastedge.live.relay.Relay`), or ``None``.
     :ivar publisher: what the comment API calls after its writes.
     :ivar live: what the transports use.
     :ivar resource: ``/live`` (mounted by ``fastedge.web.build_site``).
@@ -73,6 +87,10 @@ class LiveService(MultiService):
         node_id: str,
         policy: IAccessPolicy | None = None,
         residency: ResidencyGate | None = None,
+        mesh: MeshConfig | None = None,
+        access: GroupLocks | None = None,
+        viewer_tokens: ViewerTokens | None = None,
+        sso: Any = None,
         successor: Callable[[], tuple[str, Sequence[str]] | None] | None = None,
     ) -> None:
         super().__init__()
@@ -97,8 +115,19 @@ class LiveService(MultiService):
         #: The thread access rules (group locks, closed threads, sign-in).
         #: The public API is given this same object (``tap``), and live
         #: subscriptions are guarded by it unless a plugin policy is given.
-        self.access = GroupLocks(store, clock=reactor, ttl_seconds=cfg.resolve_cache_seconds)
+        self.access = (
+            access if access is not None else GroupLocks(store, clock=reactor, ttl_seconds=cfg.resolve_cache_seconds)
+        )
         self.policy: IAccessPolicy = policy if policy is not None else self.access
+        self.relay: Relay | None = None
+        if mesh is not None:
+            self.relay = Relay(
+                self.hub,
+                metrics=RelayMetrics(registry),
+                prime_timeout=mesh.relay_prime_timeout_seconds,
+                forward_timeout=mesh.relay_forward_timeout_seconds,
+                max_queue=mesh.relay_queue_events,
+            )
         self.live = Live(
             cfg,
             hub=self.hub,
@@ -107,10 +136,19 @@ class LiveService(MultiService):
             metrics=metrics,
             node_id=node_id,
             policy=self.policy,
+            tokens=viewer_tokens,
+            sso=sso,
+            prime=self.relay.prime if self.relay is not None else None,
         )
-        self.publisher = LivePublisher(self.hub, resolver=self.resolver, node_id=node_id)
-        # A lock changed through the tenant API here: re-check at once.
-        self.publisher.access_sink = self._access_changed
+        self.publisher = LivePublisher(
+            self.hub,
+            resolver=self.resolver,
+            node_id=node_id,
+            sink=self.relay.publish if self.relay is not None else None,
+            block_sink=self.relay.block if self.relay is not None else None,
+            # A lock changed through the tenant API here: re-check at once.
+            access_sink=self._access_changed,
+        )
         self.resource = LiveResource(self.live)
         _Sweep(
             max(1.0, min(cfg.history_seconds, 60.0)),
@@ -131,15 +169,6 @@ class LiveService(MultiService):
         # Media of the tenant's threads (docs/media.md) are judged afresh too.
         self.access.forget_threads(tenant_id)
         return self.live.recheck(tenant_id, url_id, trigger="change")
-
-    def use_sso(self, signin: Any) -> None:
-        """Sign viewers in from a subscription's ``sso`` field with the
-        public API's :class:`fastedge.api.signin.SsoSignIn` (wiring, in ``tap``)."""
-        self.live.sso = signin
-
-    def use_viewer_tokens(self, tokens: ViewerTokens) -> None:
-        """Accept viewer tokens the public API issues (wiring, in ``tap``)."""
-        self.live.tokens = tokens
 
     def going_away(self) -> None:
         """The node is going away (a drain, or any clean stop): tell every
@@ -213,9 +242,14 @@ def make_service(
     node_id: str,
     policy: IAccessPolicy | None = None,
     residency: ResidencyGate | None = None,
+    mesh: MeshConfig | None = None,
+    access: GroupLocks | None = None,
+    viewer_tokens: ViewerTokens | None = None,
+    sso: Any = None,
     successor: Callable[[], tuple[str, Sequence[str]] | None] | None = None,
 ) -> LiveService:
-    """The ``live`` child for ``cfg``.
+    """The ``live`` child for ``cfg`` (see :class:`LiveService` for the
+    other arguments).
 
     :param residency: refuses subscriptions to another deployment's tenants
         (:class:`fastedge.residency.gate.ResidencyGate`).
@@ -231,5 +265,9 @@ def make_service(
         node_id=node_id,
         policy=policy,
         residency=residency,
+        mesh=mesh,
+        access=access,
+        viewer_tokens=viewer_tokens,
+        sso=sso,
         successor=successor,
     )

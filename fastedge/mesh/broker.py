@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.unit.mesh.test_broker -*-
 """The PB broker of mesh connections, with the limits a faulty peer meets.
 
-A peer that sends a type outside :data:`~fastedge.mesh.messages.MESH_SECURITY`
+A peer that sends a type outside the node's allow-list (:func:`~fastedge.mesh.messages.mesh_security`)
 or a message that does not validate, a message larger than
 ``mesh.max_message_bytes``, more than ``mesh.max_calls_per_second`` calls
 (bursts of twice as many), anything PB cannot parse, or that does not log in
@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.spread import jelly, pb
 
 from ..tokenbucket import TokenBucket
-from .messages import MESH_SECURITY, BadMessage, Refused
+from .messages import MESH_SECURITY, BadMessage, MeshSecurity, Refused
 from .metrics import MeshMetrics
 
 __all__ = [
@@ -47,6 +47,8 @@ class Limits:
     max_pending_calls: int = 10_000
     #: TCP, TLS, PB negotiation and login must be done within this.
     login_timeout_seconds: float = 2.0
+    #: The message types admitted (the mesh's own and its handlers').
+    security: MeshSecurity = MESH_SECURITY
 
 
 class _Refusals:
@@ -203,7 +205,7 @@ class MeshBroker(pb.Broker):
         address: IAddress | None = None,
         refusals: RefusalLog | None = None,
     ) -> None:
-        super().__init__(isClient, MESH_SECURITY)
+        super().__init__(isClient, limits.security)
         self.limits = limits
         self.clock = clock
         self._metrics = metrics
@@ -407,7 +409,7 @@ class MeshServerFactory(pb.PBServerFactory):
         metrics: MeshMetrics,
         refusals: RefusalLog | None = None,
     ) -> None:
-        super().__init__(root, unsafeTracebacks=False, security=MESH_SECURITY)
+        super().__init__(root, unsafeTracebacks=False, security=limits.security)
         self.limits = limits
         self.clock = clock
         self.metrics = metrics
@@ -448,7 +450,7 @@ class MeshClientFactory(pb.PBClientFactory):
         on_closed: Callable[[MeshBroker], None] = lambda broker: None,
         refusals: RefusalLog | None = None,
     ) -> None:
-        super().__init__(unsafeTracebacks=False, security=MESH_SECURITY)
+        super().__init__(unsafeTracebacks=False, security=limits.security)
         self.limits = limits
         self.clock = clock
         self.metrics = metrics

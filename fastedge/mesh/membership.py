@@ -302,7 +302,7 @@ class Membership:
         self.leaving = False
         self.started = False
         #: Called with every logged-in session or link going up/down, for
-        #: the relay (``fastedge.mesh.relay``).
+        #: the handlers registered with the mesh (``fastedge.mesh.handler``).
         self.on_link_up: list[Callable[[Peer, ILink], None]] = []
         self.on_peer_gone: list[Callable[[Peer], None]] = []
         self._pending = 0

@@ -3,11 +3,12 @@
 
 PB's jelly can rebuild instances of any class registered anywhere in the
 process (and by default accepts any dotted type name whose module the
-security options allow). The mesh uses :data:`MESH_SECURITY`, which accepts
-exactly: plain values (strings, numbers, booleans, ``None``, lists, tuples,
-dicts), remote references, PB's own error copies, and the message classes
-registered here (:func:`register`). Anything else in a peer's message is
-refused and the peer is disconnected (:mod:`fastedge.mesh.broker`).
+security options allow). Each mesh service's taster (:func:`mesh_security`)
+accepts exactly: plain values (strings, numbers, booleans, ``None``, lists,
+tuples, dicts), remote references, PB's own error copies, the
+:class:`Announcement`, and the message types of the handlers registered
+with that node's mesh (:func:`register`, ``fastedge.mesh.handler``).
+Anything else in a peer's message is refused and the peer is disconnected (:mod:`fastedge.mesh.broker`).
 
 Every registered class validates the state it is rebuilt from
 (:meth:`setCopyableState`): a peer cannot make us hold a malformed message.
@@ -16,7 +17,6 @@ Every registered class validates the state it is rebuilt from
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 import re
 from typing import Any
@@ -30,8 +30,13 @@ __all__ = [
     "MESH_SECURITY",
     "MeshSecurity",
     "Refused",
+    "check_channel_id",
+    "check_int",
     "check_node_id",
+    "check_string",
+    "mesh_security",
     "register",
+    "wire_name",
 ]
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -231,7 +236,7 @@ class MeshSecurity(jelly.SecurityOptions):
 
     def allow_class(self, cls: type) -> None:
         """Admit instances of a registered copyable class."""
-        self.allowedTypes[qual(cls).encode("utf-8")] = 1
+        self.allowedTypes[wire_name(cls).encode("utf-8")] = 1
         self.allowedClasses[cls] = 1
 
     def isTypeAllowed(self, typeName: bytes | str) -> bool:
@@ -244,27 +249,45 @@ class MeshSecurity(jelly.SecurityOptions):
         return False
 
 
-#: The taster of every mesh connection.
-MESH_SECURITY = MeshSecurity()
+def wire_name(cls: type) -> str:
+    """The type name a message class travels under: its ``wire_name``
+    attribute if it has one (a class that moved keeps the name peers
+    running the previous release know), else its qualified name."""
+    name = cls.__dict__.get("wire_name")
+    return name if isinstance(name, str) else qual(cls)
 
 
 def register(cls: type) -> type:
     """Make ``cls`` (a ``pb.Copyable`` that is its own ``pb.RemoteCopy``) a
-    mesh message type: registered with jelly and admitted by
-    :data:`MESH_SECURITY`. Usable as a class decorator."""
-    pb.setUnjellyableForClass(cls, cls)
-    MESH_SECURITY.allow_class(cls)
+    mesh message type: registered with jelly. It is admitted on a node's
+    connections only while a handler that names it in ``message_types`` is
+    registered with the node's mesh (``fastedge.mesh.handler``); the mesh's
+    own :class:`Announcement` always is. Usable as a class decorator."""
+    pb.setUnjellyableForClass(wire_name(cls), cls)
     return cls
 
 
 register(Announcement)
 
 
+def mesh_security(types: tuple[type, ...] = ()) -> MeshSecurity:
+    """A taster admitting the mesh's own messages and ``types``."""
+    security = MeshSecurity()
+    for cls in (Announcement,) + types:
+        security.allow_class(cls)
+    return security
+
+
+#: The taster of the mesh's own messages (a mesh service adds its
+#: handlers' types to a copy of its own).
+MESH_SECURITY = mesh_security()
+
+#: Public names of the value checks, for handlers' message classes.
+check_int = _int
+check_string = _string
+
+
 _CHANNEL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_EPOCH = re.compile(r"^[a-z2-7]{1,32}$")
-_KIND = re.compile(r"^[a-z][a-z.]{0,39}$")
-#: Largest event body (JSON) relayed: far above a comment's size.
-MAX_EVENT_DATA = 256 * 1024
 
 
 def check_channel_id(value: Any, what: str) -> str:
@@ -275,94 +298,3 @@ def check_channel_id(value: Any, what: str) -> str:
     if not isinstance(value, str) or not _CHANNEL_ID.match(value):
         raise BadMessage("{} must be an id of letters, digits, '_' and '-'".format(what))
     return value
-
-
-def check_position(epoch: Any, seq: Any) -> tuple[str | None, int | None]:
-    """A channel position: both ``None``, or an epoch and a sequence number.
-
-    :raises BadMessage: otherwise.
-    """
-    if epoch is None and seq is None:
-        return None, None
-    if not isinstance(epoch, str) or not _EPOCH.match(epoch):
-        raise BadMessage("an epoch must be base32 text")
-    return epoch, _int(seq, "seq")
-
-
-#: The kind of the relay's own marker event: a channel's numbering starts
-#: over (a new epoch, at seq 0); followers' subscribers reload.
-RESET_KIND = "relay.reset"
-
-
-@register
-class RelayedEvent(pb.Copyable, pb.RemoteCopy):
-    """One live event between nodes: a write on its way to its channel's
-    sequencer (unstamped), or a stamped event on its way to a follower.
-
-    It carries what subscribers receive and no more: the channel, the kind,
-    the public data (as JSON text, serialized once), the author (for
-    viewers' blocks), the stamp and the node it was written on.
-    """
-
-    _FIELDS = ("tenant", "thread", "kind", "data", "author", "epoch", "seq", "origin")
-
-    tenant: str
-    thread: str
-    kind: str
-    data: str
-    author: str | None
-    epoch: str | None
-    seq: int | None
-    origin: str
-
-    def __init__(
-        self,
-        tenant: str = "",
-        thread: str = "",
-        kind: str = "",
-        data: str = "{}",
-        author: str | None = None,
-        epoch: str | None = None,
-        seq: int | None = None,
-        origin: str = "",
-    ) -> None:
-        self.tenant = tenant
-        self.thread = thread
-        self.kind = kind
-        self.data = data
-        self.author = author
-        self.epoch = epoch
-        self.seq = seq
-        self.origin = origin
-
-    def getStateToCopy(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._FIELDS}
-
-    def setCopyableState(self, state: Any) -> None:
-        if not isinstance(state, dict) or set(state) != set(self._FIELDS):
-            raise BadMessage("a relayed event must have exactly the fields {}".format(", ".join(self._FIELDS)))
-        self.tenant = check_channel_id(state["tenant"], "tenant")
-        self.thread = check_channel_id(state["thread"], "thread")
-        kind = state["kind"]
-        if not isinstance(kind, str) or not _KIND.match(kind):
-            raise BadMessage("an event kind must be lower-case words and dots")
-        self.kind = kind
-        data = _string(state["data"], "data", MAX_EVENT_DATA)
-        try:
-            parsed = json.loads(data)
-        except ValueError:
-            raise BadMessage("event data must be JSON") from None
-        if not isinstance(parsed, dict):
-            raise BadMessage("event data must be a JSON object")
-        self.data = data
-        author = state["author"]
-        self.author = None if author is None else check_channel_id(author, "author")
-        self.epoch, self.seq = check_position(state["epoch"], state["seq"])
-        # A reset names the position a new numbering starts from: seq 0
-        # (the next event is 1); every other stamped event is 1 or more.
-        if self.seq is not None and self.seq < (0 if kind == RESET_KIND else 1):
-            raise BadMessage("a stamped event's seq starts at 1")
-        self.origin = check_node_id(state["origin"], "origin")
-
-    def __repr__(self) -> str:
-        return "<RelayedEvent {}/{} {} {}:{}>".format(self.tenant, self.thread, self.kind, self.epoch, self.seq)

@@ -18,7 +18,6 @@ _RTT_BUCKETS = (
     1.0,
     2.5,
 )
-_RELAY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class MeshMetrics:
@@ -100,83 +99,11 @@ class MeshMetrics:
             "When this node's mesh certificate expires (Unix time).",
             registry=registry,
         )
-        self.relay_events = Counter(
-            "fastedge_mesh_relay_events_total",
-            "Live events over the mesh, by direction (sent: pushed to a follower; "
-            "received: from an owner; forwarded: a local write sent to its owner; "
-            "sequenced: a write from another node stamped here; dropped: a write the full "
-            "forward queue gave up on).",
-            ["direction"],
-            registry=registry,
-        )
-        self.relay_resyncs = Counter(
-            "fastedge_mesh_relay_resyncs_total",
-            "Channels re-synchronised with their owner after a (re)connect, by " "result (replayed, current, reset).",
-            ["result"],
-            registry=registry,
-        )
-        self.relay_refused = Counter(
-            "fastedge_mesh_relay_refused_total",
-            "Relay messages refused, by reason (deployment, not_upstream, bad_event).",
-            ["reason"],
-            registry=registry,
-        )
-        self.relay_channels = Gauge(
-            "fastedge_mesh_relay_channels",
-            "Channels by role: followed (this node follows another's numbering), "
-            "owned_followers (channels owned here with followers elsewhere).",
-            ["role"],
-            registry=registry,
-        )
-        self.relay_takeovers = Counter(
-            "fastedge_mesh_relay_takeovers_total",
-            "Channels this node moved to a new epoch of its own at once (taken over "
-            "from another sequencer, or told their numberings diverged): their "
-            "subscribers and followers reload.",
-            registry=registry,
-        )
-        self.relay_handovers = Counter(
-            "fastedge_mesh_relay_handovers_total",
-            "Channels sequenced here that moved to an owner which had not followed "
-            "them here (told to start a new epoch: its subscribers reload).",
-            registry=registry,
-        )
-        self.relay_queue = Gauge(
-            "fastedge_mesh_relay_forward_queue",
-            "Local writes waiting for their channel's owner to be reachable.",
-            registry=registry,
-        )
-        self.relay_seconds = Histogram(
-            "fastedge_mesh_relay_prime_seconds",
-            "Time to learn a channel's position from its owner before the first " "local subscriber is answered.",
-            buckets=_RELAY_BUCKETS,
-            registry=registry,
-        )
-        self.media_purges = Counter(
-            "fastedge_mesh_media_purges_total",
-            "CDN purges between nodes, by outcome (sent, received, queued, dropped, failed).",
-            ["outcome"],
-            registry=registry,
-        )
-        self.media_purge_queue = Gauge(
-            "fastedge_mesh_media_purge_queue",
-            "Purges waiting for a peer's link to come up.",
-            registry=registry,
-        )
-        self.media_locates = Counter(
-            "fastedge_mesh_media_locates_total",
-            "Peer lookups of a CDN miss, by result (found, none, no_peers).",
-            ["result"],
-            registry=registry,
-        )
-        self.media_served = Counter(
-            "fastedge_mesh_media_served_bytes_total",
-            "Object bytes this node sent to peers (media_read answers).",
-            registry=registry,
-        )
-        self.media_refused = Counter(
-            "fastedge_mesh_media_refused_total",
-            "Media calls from peers refused, by reason (deployment, bad_message, no_cdn).",
-            ["reason"],
+        self.handler_refused = Counter(
+            "fastedge_mesh_handler_refused_total",
+            "Calls to registered mesh handlers refused by the mesh, by handler and reason "
+            "(deployment: a node of another deployment; rate: over the handler's rate; "
+            "bad_message: malformed, the peer is disconnected).",
+            ["handler", "reason"],
             registry=registry,
         )

@@ -4,10 +4,15 @@
 Every node has one outgoing :class:`Link` to every other node, and
 receives one from each. A link logs in to the peer's gate and gets a
 session, the peer's :class:`PeerAvatar`; the calling node makes every
-call (heartbeats, probes, member lists, goodbyes, relay subscriptions)
-over its own link, and the peer calls back over the same connection
-through the :class:`LinkMind` the link handed over at login (the live
-events it relays).
+call (heartbeats, probes, member lists, goodbyes, and the calls of the
+features registered with the mesh, ``fastedge.mesh.handler``) over its own
+link, and the peer calls back over the same connection through the
+:class:`LinkMind` the link handed over at login (handlers' callbacks, such
+as the live events the relay pushes).
+
+Neither end names a feature: the membership's calls are ``perspective_*``
+methods here, and every other call is routed to the handler that
+registered its name, after the mesh's checks.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from .broker import Limits, MeshBroker, MeshClientFactory
-from .interfaces import ILink
+from .interfaces import ILink, IPeerSession
 from .messages import Announcement, BadMessage, Refused, check_node_id
 from .metrics import MeshMetrics
 from .tls import name_mismatch, peer_certificate
@@ -58,14 +63,15 @@ def _is_int(value: Any, low: int = 0, high: int = 2**63 - 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
+@implementer(IPeerSession)
 class PeerAvatar(pb.Avatar):
     """A logged-in peer, as this node serves it.
 
     Every call counts as hearing from the peer; calls from an incarnation
     that has since been superseded are refused and close the connection.
 
-    :param node: the mesh node (``fastedge.mesh.service.MeshNode``) whose
-        membership and relay answer the calls.
+    :param node: the mesh service whose membership and registered handlers
+        answer the calls.
     """
 
     _log = Logger()
@@ -87,14 +93,15 @@ class PeerAvatar(pb.Avatar):
         self._node.session_closed(self)
 
     def _bad(self, detail: str) -> Refused:
-        if self.broker is not None:
-            self.broker.violation("bad_message", detail)
+        self.abort("bad_message", detail)
         return Refused("bad message")
 
     def perspectiveMessageReceived(self, broker: Any, message: str, args: Any, kw: Any) -> Any:
         metrics: MeshMetrics = self._node.metrics
+        handlers = self._node.handlers
         method = getattr(self, "perspective_" + message, None)
-        metrics.calls.labels(message if method is not None else "unknown").inc()
+        handled = method is None and handlers.has_call(message)
+        metrics.calls.labels(message if method is not None or handled else "unknown").inc()
         membership = self._node.membership
         peer = membership.heard_from(self.node_id, self.incarnation)
         if peer is None:
@@ -103,7 +110,36 @@ class PeerAvatar(pb.Avatar):
             if transport is not None:
                 transport.loseConnection()
             raise Refused("stale session: incarnation {} of {} is not current".format(self.incarnation, self.node_id))
-        return super().perspectiveMessageReceived(broker, message, args, kw)
+        if method is not None:
+            return super().perspectiveMessageReceived(broker, message, args, kw)
+        if not handled:
+            raise Refused("no such call: {}".format(message))
+        # A registered handler's call (fastedge.mesh.handler): the mesh
+        # checks the caller's deployment, the handler's rate and the
+        # arguments' shape; keywords are not part of the mesh's calls.
+        args = broker.unserialize(args, self)
+        if broker.unserialize(kw, self):
+            raise self._bad("mesh calls take no keyword arguments")
+        return broker.serialize(handlers.session_call(self, message, args), self)
+
+    # IPeerSession (what a handler's remote call receives)
+
+    def call_back(self, method: str, *args: Any) -> Deferred[Any]:
+        """Call a handler's callback on the peer, over its connection here."""
+        broker, mind = self.broker, self.mind
+        if broker is None or broker.disconnected or mind is None:
+            return fail(LinkDown(self.node_id))
+        limit = broker.limits.max_pending_calls
+        if broker.pending_calls() >= limit:
+            broker.violation("unanswered", "{} calls back awaiting an answer".format(limit))
+            return fail(LinkDown(self.node_id))
+        d: Deferred[Any] = mind.callRemote(method, *args)
+        return d
+
+    def abort(self, reason: str, detail: str) -> None:
+        """Drop the peer's connection, counted under ``reason``."""
+        if self.broker is not None:
+            self.broker.violation(reason, detail)
 
     # Membership
 
@@ -143,38 +179,6 @@ class PeerAvatar(pb.Avatar):
         self._log.info("mesh: {node} is leaving", node=self.node_id)
         self._node.membership.left(self.node_id, self.incarnation)
 
-    # Relay (fastedge.mesh.relay)
-
-    def perspective_follow(self, channels: Any) -> Any:
-        """Follow channels this node sequences (with the positions the peer has)."""
-        return self._node.relay_call(self, "follow", channels)
-
-    def perspective_unfollow(self, channels: Any) -> Any:
-        """Stop following channels."""
-        return self._node.relay_call(self, "unfollow", channels)
-
-    def perspective_publish(self, event: Any, hops: Any) -> Any:
-        """A local write of the peer, for this node to sequence."""
-        return self._node.relay_call(self, "publish", event, hops)
-
-    def perspective_block(self, tenant: Any, viewer: Any, author: Any, blocked: Any) -> Any:
-        """A viewer of the peer's blocked (or unblocked) an author."""
-        return self._node.relay_call(self, "block", tenant, viewer, author, blocked)
-
-    # CDN (fastedge.mesh.media)
-
-    def perspective_media_purge(self, tenant: Any, kind: Any, value: Any) -> Any:
-        """A purge made through the peer's tenant API."""
-        return self._node.media_call(self, "purge", tenant, kind, value)
-
-    def perspective_media_has(self, tenant: Any, key: Any) -> Any:
-        """Whether this node holds a fresh copy: its metadata, or None."""
-        return self._node.media_call(self, "has", tenant, key)
-
-    def perspective_media_read(self, tenant: Any, key: Any, etag: Any, offset: Any) -> Any:
-        """A chunk of this node's copy, from ``offset``, if its ETag is still ``etag``."""
-        return self._node.media_call(self, "read", tenant, key, etag, offset)
-
 
 class LinkMind(pb.Referenceable):
     """What a peer may call back on this node over this node's link to it."""
@@ -189,12 +193,20 @@ class LinkMind(pb.Referenceable):
         membership = link.node.membership
         if membership.heard_from(link.peer_id, link.peer_incarnation) is None:
             raise Refused("stale link")
+        handlers = link.node.handlers
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", "replace")
+        if not handlers.has_callback(message):
+            link.node.metrics.calls.labels("unknown").inc()
+            raise Refused("no such call")
         link.node.metrics.calls.labels("cb_" + message).inc()
-        return super().remoteMessageReceived(broker, message, args, kw)
-
-    def remote_events(self, events: Any) -> Any:
-        """Stamped live events of channels this node follows at the peer."""
-        return self._link.node.relay_call_back(self._link, "events", events)
+        connection: MeshBroker = link.broker
+        args = connection.unserialize(args)
+        if connection.unserialize(kw):
+            link.abort("bad_message", "mesh calls take no keyword arguments")
+            raise Refused("bad message")
+        # A registered handler's callback (fastedge.mesh.handler).
+        return connection.serialize(handlers.link_callback(link, message, args))
 
 
 #: ``ClientService`` logs this before every retry (two lines a peer every
@@ -254,7 +266,7 @@ class Link:
     connection.
 
     :param peer_id: the node this link is for; ``None`` for a seed.
-    :param node: the mesh node (membership, metrics, relay).
+    :param node: the mesh service (membership, metrics, handlers).
     :param endpoint: the TLS client endpoint to the peer.
     :param policy: the backoff policy (seconds to wait before attempt N).
     """

@@ -14,7 +14,7 @@ import ipaddress
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -39,9 +39,10 @@ from ..config import MeshConfig, NodeConfig, parse_host_port
 from ..inputs import InputError, parse_ascii_int
 from .auth import MeshGate, make_portal
 from .broker import Limits, MeshServerFactory, RefusalLog
-from .interfaces import ILink
-from .membership import Membership, Timing
-from .messages import Announcement
+from .handler import HandlerRegistry, MeshView
+from .interfaces import ILink, IMeshHandler
+from .membership import Membership, Peer, Timing
+from .messages import Announcement, mesh_security
 from .metrics import MeshMetrics
 from .nodemap import NodeMap, NodeMapChange, NodeState
 from .peer import Link, PeerAvatar
@@ -122,6 +123,7 @@ class MeshService(Service):
         version: str = __version__,
         jitter: Callable[[], float] | None = None,
         identity: MeshIdentity | None = None,
+        handlers: Sequence[IMeshHandler | None] = (),
     ) -> None:
         self.cfg = cfg
         self._given_identity = identity
@@ -142,11 +144,23 @@ class MeshService(Service):
         self._listen_endpoint = listen_endpoint
         self._client_endpoint = client_endpoint
         self._jitter = jitter if jitter is not None else (lambda: random.uniform(0, cfg.reconnect_initial_seconds))
+        #: The message types this node's connections admit: the mesh's own
+        #: and those of its handlers (added as they register).
+        self.security = mesh_security()
         self.limits = Limits(
             max_message_bytes=cfg.max_message_bytes,
             max_calls_per_second=cfg.max_calls_per_second,
             max_pending_calls=cfg.max_pending_calls,
             login_timeout_seconds=cfg.connect_timeout_seconds,
+            security=self.security,
+        )
+        #: The features that talk to peers over this mesh (``register``).
+        self.handlers = HandlerRegistry(
+            security=self.security,
+            deployment=node.deployment,
+            deployment_of=self._deployment_of,
+            metrics=self.metrics,
+            clock=clock,
         )
         self.identity: MeshIdentity | None = None
         self.tls: MeshTLS | None = None
@@ -154,12 +168,38 @@ class MeshService(Service):
         self.server_factory: MeshServerFactory | None = None
         self.membership: Membership | None = None
         self.incarnation = 0
-        self.relay: Any = None
-        #: The CDN side of the mesh (``fastedge.mesh.media``), if wired.
-        self.media: Any = None
         self._ticker: LoopingCall | None = None
         self._last_load = float("-inf")
         self._ready: list[Deferred[None]] = []
+        for handler in handlers:
+            # None: a child whose feature is off has nothing to register.
+            if handler is not None:
+                self.register(handler)
+
+    # Handlers (fastedge.mesh.handler, docs/mesh-handlers.md)
+
+    def register(self, handler: IMeshHandler) -> None:
+        """Carry ``handler``'s calls to and from the peers of this node's
+        deployment (before the service starts).
+
+        :raises ValueError: one of its call names is taken.
+        :raises RuntimeError: the mesh has started already.
+        """
+        if self.membership is not None:
+            raise RuntimeError("mesh handlers are registered before the mesh starts")
+        self.handlers.register(handler)
+
+    def _deployment_of(self, node_id: str | None, incarnation: int) -> str | None:
+        if self.membership is None or node_id is None:
+            return None
+        peer = self.membership.current(node_id, incarnation)
+        return None if peer is None else str(peer.announcement.deployment)
+
+    def _link_up(self, peer: Peer, link: ILink) -> None:
+        self.handlers.each("link_up", peer.node_id, link)
+
+    def _peer_gone(self, peer: Peer) -> None:
+        self.handlers.each("peer_gone", peer.node_id)
 
     # Start
 
@@ -277,10 +317,9 @@ class MeshService(Service):
             seeds=seeds,
             save_incarnation=self._save_incarnation,
         )
-        if self.relay is not None:
-            self.relay.attach(self)
-        if self.media is not None:
-            self.media.attach(self)
+        self.membership.on_link_up.append(self._link_up)
+        self.membership.on_peer_gone.append(self._peer_gone)
+        self.handlers.each("attach", MeshView(self))
         self._log.info(
             "mesh: node {node} incarnation {incarnation} listening at {host}:{port}, seeds {seeds}",
             node=node.id,
@@ -317,8 +356,7 @@ class MeshService(Service):
                 self._last_load = now
                 self.membership.set_load(int(self._load()))
             self.membership.tick()
-            if self.relay is not None:
-                self.relay.tick()
+            self.handlers.each("tick")
         except Exception:
             # A raised exception would stop the loop for good.
             self._log.failure("mesh: heartbeat tick failed")
@@ -351,32 +389,7 @@ class MeshService(Service):
         """A peer's session closed (called by its avatar)."""
         if self.membership is not None:
             self.membership.session_closed(avatar)
-        if self.relay is not None:
-            self.relay.session_closed(avatar)
-
-    def relay_call(self, avatar: PeerAvatar, method: str, *args: Any) -> Any:
-        """A relay call from a peer's session (``fastedge.mesh.relay``)."""
-        from .messages import Refused
-
-        if self.relay is None:
-            raise Refused("this node relays no live events")
-        return self.relay.from_session(avatar, method, *args)
-
-    def media_call(self, avatar: PeerAvatar, method: str, *args: Any) -> Any:
-        """A CDN call from a peer's session (``fastedge.mesh.media``)."""
-        from .messages import Refused
-
-        if self.media is None:
-            raise Refused("this node serves no media to peers")
-        return self.media.from_session(avatar, method, *args)
-
-    def relay_call_back(self, link: Link, method: str, *args: Any) -> Any:
-        """A relay call a peer made back over this node's link to it."""
-        from .messages import Refused
-
-        if self.relay is None:
-            raise Refused("this node relays no live events")
-        return self.relay.from_link(link, method, *args)
+        self.handlers.each("session_closed", avatar)
 
     # Stop
 
@@ -504,6 +517,7 @@ def make_service(
     client_endpoint: Callable[[str, int], IStreamClientEndpoint] | None = None,
     jitter: Callable[[], float] | None = None,
     identity: MeshIdentity | None = None,
+    handlers: Sequence[IMeshHandler | None] = (),
 ) -> MeshService:
     """The mesh child of node ``node``.
 
@@ -517,6 +531,10 @@ def make_service(
         runs over; default ``mesh.endpoint`` and ``HostnameEndpoint``.
     :param identity: the node's CA, certificate and key, already loaded
         (default: read from the ``[mesh]`` files at start).
+    :param handlers: the features that talk to peers over the mesh
+        (:class:`~fastedge.mesh.interfaces.IMeshHandler`; ``None`` entries,
+        features that are off, are skipped; more can be registered with
+        :meth:`MeshService.register` before the service starts).
     """
     timers: IReactorTime = clock if clock is not None else reactor
     if monotonic is None:
@@ -542,6 +560,7 @@ def make_service(
         client_endpoint=client_endpoint,
         jitter=jitter,
         identity=identity,
+        handlers=handlers,
     )
 
 

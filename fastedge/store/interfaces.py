@@ -30,6 +30,7 @@ from zope.interface import Attribute, Interface
 from .model import (
     AnonymousSession,
     ApiKey,
+    AttemptOutcome,
     AuditEntry,
     Author,
     AuthorHistory,
@@ -39,6 +40,8 @@ from .model import (
     Comment,
     CommentStatus,
     CreditUsage,
+    DeliveryDone,
+    DeliveryState,
     Expect,
     Moderated,
     ModerationAction,
@@ -59,6 +62,11 @@ from .model import (
     User,
     UserProfile,
     ViewerState,
+    WebhookClaim,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+    WebhookQueue,
     Written,
 )
 
@@ -408,8 +416,11 @@ class IStore(Interface):
         :returns: ``Deferred[Written[Change]]``; ``NotFound`` if absent.
         """
 
-    def delete_comment(tenant_id: str, comment_id: str, *, read_preference: ReadPreference) -> Deferred[Written[int]]:
-        """Delete a comment and every reply beneath it.
+    def delete_comment(
+        tenant_id: str, comment_id: str, *, read_preference: ReadPreference, deleted_ms: int = 0
+    ) -> Deferred[Written[int]]:
+        """Delete a comment and every reply beneath it, emitting a
+        ``comment.removed`` webhook event (stamped ``deleted_ms``) for each.
 
         :returns: ``Deferred[Written[int]]``: how many comments went.
         """
@@ -648,3 +659,131 @@ class IStore(Interface):
 
         :returns: ``Deferred[list[CreditUsage]]``, sorted by operation.
         """
+
+
+class IWebhookStore(Interface):
+    """Webhook endpoints and the delivery outbox (docs/webhooks.md).
+
+    The outbox is written by :class:`IStore`'s own writes: each change that
+    is a webhook event (a comment created, edited, removed, approved,
+    flagged or marked spam, an author banned, a thread created or closed)
+    adds, in the same transaction, one pending delivery per active endpoint
+    of the tenant subscribed to it. A rolled-back change leaves none.
+    """
+
+    def create_webhook(
+        tenant_id: str,
+        *,
+        url: str,
+        secret: str,
+        events: Sequence[WebhookEvent],
+        active: bool,
+        description: str,
+        created_ms: int,
+        read_preference: ReadPreference,
+    ) -> Deferred[Written[WebhookEndpoint]]:
+        """:returns: ``Deferred[Written[WebhookEndpoint]]``; ``NotFound`` for no such tenant."""
+
+    def get_webhook(
+        tenant_id: str, webhook_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[WebhookEndpoint]:
+        """:returns: ``Deferred[WebhookEndpoint]``; ``NotFound`` if absent."""
+
+    def list_webhooks(
+        tenant_id: str, *, read_preference: ReadPreference, token: str | None = None
+    ) -> Deferred[list[WebhookEndpoint]]:
+        """The tenant's endpoints, oldest first.
+
+        :returns: ``Deferred[list[WebhookEndpoint]]``
+        """
+
+    def update_webhook(
+        tenant_id: str,
+        webhook_id: str,
+        *,
+        updated_ms: int,
+        read_preference: ReadPreference,
+        url: str | None = None,
+        secret: str | None = None,
+        events: Sequence[WebhookEvent] | None = None,
+        active: bool | None = None,
+        description: str | None = None,
+    ) -> Deferred[Written[WebhookEndpoint]]:
+        """Change what is given (``None``: unchanged). A new secret signs
+        from now on; turning on clears the failure count and the reason it
+        was turned off; turning off fails its pending deliveries.
+
+        :returns: ``Deferred[Written[WebhookEndpoint]]``; ``NotFound`` if absent.
+        """
+
+    def delete_webhook(tenant_id: str, webhook_id: str, *, read_preference: ReadPreference) -> Deferred[Written[None]]:
+        """Delete an endpoint and its undelivered deliveries.
+
+        :returns: ``Deferred[Written[None]]``; ``NotFound`` if absent.
+        """
+
+    def list_webhook_deliveries(
+        tenant_id: str,
+        webhook_id: str,
+        *,
+        state: DeliveryState,
+        limit: int,
+        cursor: str | None,
+        read_preference: ReadPreference,
+        token: str | None = None,
+    ) -> Deferred[Page[WebhookDelivery]]:
+        """An endpoint's pending or failed deliveries, oldest first.
+
+        :returns: ``Deferred[Page[WebhookDelivery]]``; ``NotFound`` for no such endpoint.
+        """
+
+    def replay_webhook_delivery(
+        tenant_id: str, webhook_id: str, event_id: str, *, now_ms: int, read_preference: ReadPreference
+    ) -> Deferred[Written[WebhookDelivery]]:
+        """Make a failed delivery pending again, due at ``now_ms``, its retry
+        window starting then.
+
+        :returns: ``Deferred[Written[WebhookDelivery]]``; ``NotFound`` for no
+            such failed delivery, ``InvalidReference`` for an endpoint turned off.
+        """
+
+    def claim_webhook_deliveries(
+        *,
+        owner: str,
+        now_ms: int,
+        lease_ms: int,
+        limit: int,
+        read_preference: ReadPreference,
+        finished: Sequence[DeliveryDone] = (),
+    ) -> Deferred[WebhookClaim]:
+        """In one transaction: remove the ``finished`` deliveries (those
+        the receiver accepted) still leased to their claimers, resetting
+        their endpoints' failure counts; then lease up to ``limit`` due
+        deliveries to ``owner`` (unique per claim) until ``now_ms +
+        lease_ms``, with their endpoints' URL and secret. Never two leases
+        on one delivery at once, whatever the number of nodes; an
+        endpoint's deliveries in the order of their changes, except that
+        one waiting for a retry lets later ones pass.
+
+        :returns: ``Deferred[WebhookClaim]``
+        """
+
+    def release_webhook_deliveries(
+        seqs: Sequence[int], *, owner: str, read_preference: ReadPreference
+    ) -> Deferred[Written[int]]:
+        """End ``owner``'s leases on ``seqs`` unsent.
+
+        :returns: ``Deferred[Written[int]]``: how many were still leased to ``owner``.
+        """
+
+    def record_webhook_failure(
+        seq: int, endpoint_id: str, outcome: AttemptOutcome, *, owner: str, read_preference: ReadPreference
+    ) -> Deferred[Written[WebhookEndpoint | None]]:
+        """A failed attempt (see :class:`~fastedge.store.model.AttemptOutcome`).
+
+        :returns: ``Deferred[Written[WebhookEndpoint | None]]``: the endpoint
+            when this attempt turned it off.
+        """
+
+    def webhook_queue(*, read_preference: ReadPreference, token: str | None = None) -> Deferred[WebhookQueue]:
+        """:returns: ``Deferred[WebhookQueue]``"""

@@ -422,6 +422,126 @@ class Moderated:
     entry: AuditEntry
 
 
+class WebhookEvent(enum.Enum):
+    """The changes a webhook endpoint can subscribe to (docs/webhooks.md)."""
+
+    COMMENT_CREATED = "comment.created"
+    COMMENT_EDITED = "comment.edited"
+    COMMENT_REMOVED = "comment.removed"
+    COMMENT_APPROVED = "comment.approved"
+    COMMENT_FLAGGED = "comment.flagged"
+    COMMENT_MARKED_SPAM = "comment.marked_spam"
+    AUTHOR_BANNED = "author.banned"
+    THREAD_CREATED = "thread.created"
+    THREAD_CLOSED = "thread.closed"
+
+
+class DeliveryState(enum.Enum):
+    """Where an undelivered webhook delivery stands (delivered ones are gone)."""
+
+    PENDING = "pending"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """A tenant's webhook endpoint, as the tenant sees it: never its secret.
+
+    :ivar disabled_reason: why the node turned it off (``None``: it did not).
+    """
+
+    id: str
+    tenant_id: str
+    url: str
+    events: tuple[WebhookEvent, ...]
+    active: bool
+    description: str
+    created_ms: int
+    updated_ms: int
+    secret_set_ms: int
+    consecutive_failures: int
+    disabled_reason: str | None
+    disabled_ms: int | None
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One event on its way to one endpoint.
+
+    :ivar data: the event's ``data`` object as JSON text, fixed when the
+        change was made.
+    :ivar url: :ivar secret: the endpoint's, filled only for a claimed
+        delivery (the sender's view); empty in the tenant's listings.
+    """
+
+    seq: int
+    event_id: str
+    event_type: WebhookEvent
+    tenant_id: str
+    endpoint_id: str
+    created_ms: int
+    data: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_ms: int
+    window_start_ms: int
+    last_attempt_ms: int | None
+    last_status: int | None
+    last_error: str | None
+    url: str = ""
+    secret: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class DeliveryDone:
+    """A delivery the receiver accepted, to be removed from the outbox by
+    the claimer that leased it (``owner``)."""
+
+    seq: int
+    endpoint_id: str
+    owner: str
+
+
+@dataclass(frozen=True)
+class WebhookClaim:
+    """What one claim did.
+
+    :ivar deliveries: leased now, with their endpoints' URL and secret.
+    :ivar finished: ``seq`` of the given :class:`DeliveryDone` whose lease
+        was still theirs (the others' leases had expired: sent again).
+    """
+
+    deliveries: list[WebhookDelivery]
+    finished: list[int]
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """What one failed attempt to send a claimed delivery decided.
+
+    :ivar retry_at_ms: the next attempt, or ``None``: the delivery failed for good.
+    :ivar disable_reason: turn the endpoint off now, with this reason (a 410).
+    :ivar disable_after: turn it off, with ``failure_reason``, once this
+        many attempts in a row failed.
+    """
+
+    now_ms: int
+    status: int | None
+    error: str
+    retry_at_ms: int | None
+    disable_reason: str | None
+    disable_after: int
+
+
+@dataclass(frozen=True)
+class WebhookQueue:
+    """The outbox at a glance (all tenants)."""
+
+    pending: int
+    failed: int
+    oldest_pending_ms: int | None
+
+
 @dataclass(frozen=True)
 class RecentComment:
     """A recent comment as spam checks compare it (any status)."""

@@ -300,6 +300,65 @@ vote_addresses = Table(
 )
 
 
+# Version 4: outbound webhooks (docs/webhooks.md). An endpoint's events are
+# kept as ``|type|type|`` so "is this endpoint subscribed" is one LIKE in
+# every dialect; a delivery row is the outbox: written in the transaction of
+# the change it describes, claimed with a lease, deleted once delivered.
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
+    Column("url", Text, nullable=False),
+    #: Write-only: HMAC needs it, so it cannot be stored hashed; never shown.
+    Column("secret", String(256), nullable=False),
+    Column("events", Text, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("description", String(200), nullable=False, default=""),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Column("secret_set_ms", BigInteger, nullable=False),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    #: Why the node turned the endpoint off (``NULL``: it did not).
+    Column("disabled_reason", Text, nullable=True),
+    Column("disabled_ms", BigInteger, nullable=True),
+    Index("webhook_endpoints_tenant", "tenant_id", "created_ms", "id"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    #: The order of the changes (per endpoint, deliveries go in this order).
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    #: The event's id, the receiver's idempotency key (shared by the
+    #: deliveries of one event to several endpoints).
+    Column("event_id", String(64), nullable=False),
+    Column("event_type", String(32), nullable=False),
+    Column("tenant_id", _ID, ForeignKey("tenants.id"), nullable=False),
+    Column("endpoint_id", _ID, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    #: The event's ``data`` object, as JSON text, fixed when the change is made.
+    Column("data", Text, nullable=False),
+    #: ``pending`` or ``failed`` (delivered rows are deleted).
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_ms", BigInteger, nullable=False),
+    #: Retries stop this long after it (the change, or a replay).
+    Column("window_start_ms", BigInteger, nullable=False),
+    Column("lease_owner", String(32), nullable=True),
+    Column("lease_until_ms", BigInteger, nullable=True),
+    Column("last_attempt_ms", BigInteger, nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    UniqueConstraint("event_id", "endpoint_id", name="webhook_deliveries_event"),
+    Index("webhook_deliveries_due", "state", "next_attempt_ms"),
+    Index("webhook_deliveries_endpoint", "endpoint_id", "state", "seq"),
+)
+
+_V4_TABLES = (webhook_endpoints, webhook_deliveries)
+
+
 def _v1(conn: Connection) -> None:
     """The first schema: every table above as first released."""
     metadata.create_all(conn, tables=list(_V1_TABLES))
@@ -321,10 +380,15 @@ def _v3(conn: Connection) -> None:
     metadata.create_all(conn, tables=list(_V3_TABLES))
 
 
+def _v4(conn: Connection) -> None:
+    """Outbound webhooks: endpoints and the delivery outbox."""
+    metadata.create_all(conn, tables=list(_V4_TABLES))
+
+
 Migration = Callable[[Connection], None]
 
 #: Schema versions in order; version N is ``MIGRATIONS[N - 1]``.
-MIGRATIONS: Sequence[Migration] = (_v1, _v2, _v3)
+MIGRATIONS: Sequence[Migration] = (_v1, _v2, _v3, _v4)
 
 
 def current_version(conn: Connection) -> int:

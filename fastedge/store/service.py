@@ -95,6 +95,31 @@ class StoreService(Service):
             self._where = "primary candidates {} and replica {}".format(
                 [redact_dsn(d) for d in pg.primaries], redact_dsn(pg.replica) if pg.replica else "none"
             )
+        elif cfg.backend == "mongodb":
+            # Imported only when configured, like psycopg above: txmongo and
+            # pymongo's bson are not a node on the embedded store's business.
+            from .mongodb.store import MongoStore
+            from .mongodb.uri import redact_uri
+
+            mongo = cfg.mongodb
+            self.store = MongoStore(
+                mongo.uri,
+                mongo.nearest_uri or None,
+                database=mongo.database,
+                clock=reactor,  # type: ignore[arg-type]
+                write_concern=mongo.write_concern,
+                write_concern_timeout_seconds=mongo.write_concern_timeout_seconds,
+                token_wait_seconds=mongo.token_wait_seconds,
+                failover_seconds=mongo.failover_seconds,
+                nearest_timeout_seconds=mongo.nearest_timeout_seconds,
+                operation_timeout_seconds=mongo.operation_timeout_seconds,
+                pool_size=mongo.pool_size,
+                observe=metrics.observe,
+                metrics=ReplicationMetrics(registry, cfg.backend),
+            )
+            self._where = "replica set {} and local member {}".format(
+                redact_uri(mongo.uri), redact_uri(mongo.nearest_uri) if mongo.nearest_uri else "none"
+            )
         else:
             self.store = SQLiteStore(
                 cfg.sqlite_path,

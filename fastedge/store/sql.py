@@ -51,6 +51,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..inputs import loads_json
+from . import outbox as ob
 from . import schema as s
 from .errors import (
     AlreadyExists,
@@ -61,7 +62,7 @@ from .errors import (
     StoreUnavailable,
     WrongReadPreference,
 )
-from .interfaces import IStore
+from .interfaces import IStore, IWebhookStore
 from .model import (
     MAX_BULK_IDS,
     AnonymousSession,
@@ -98,8 +99,10 @@ from .model import (
     User,
     UserProfile,
     ViewerState,
+    WebhookEvent,
     Written,
 )
+from .outbox import WebhookStoreMixin
 from .plan import (
     NewIds,
     Plan,
@@ -318,6 +321,8 @@ def _page(rows: Sequence[Any], limit: int, make: Callable[[Any], _T], cursor_of:
 
 
 _TENANT_TABLES = (
+    s.webhook_deliveries,
+    s.webhook_endpoints,
     s.author_claims,
     s.thread_access,
     s.user_profiles,
@@ -338,8 +343,24 @@ _TENANT_TABLES = (
 )
 
 
-@implementer(IStore)
-class SqlStore:
+#: The webhook event a moderation action's status change emits.
+_ACTION_EVENTS = {
+    ModerationAction.APPROVE: WebhookEvent.COMMENT_APPROVED,
+    ModerationAction.RESTORE: WebhookEvent.COMMENT_APPROVED,
+    ModerationAction.REMOVE: WebhookEvent.COMMENT_REMOVED,
+    ModerationAction.SPAM: WebhookEvent.COMMENT_MARKED_SPAM,
+}
+
+#: The webhook event a comment's new status emits (``PENDING``: none).
+_STATUS_EVENTS = {
+    CommentStatus.APPROVED: WebhookEvent.COMMENT_APPROVED,
+    CommentStatus.REMOVED: WebhookEvent.COMMENT_REMOVED,
+    CommentStatus.SPAM: WebhookEvent.COMMENT_MARKED_SPAM,
+}
+
+
+@implementer(IStore, IWebhookStore)
+class SqlStore(WebhookStoreMixin):
     """:class:`IStore` over SQLAlchemy engines.
 
     :param primary: serves every write and PRIMARY read.
@@ -1035,9 +1056,11 @@ class SqlStore:
         def go() -> Written[Thread]:
             t = s.threads.c
             where = and_(t.tenant_id == tenant_id, t.url_id == url_id)
+            events = []
             with self._writing() as conn:
                 row = conn.execute(select(s.threads).where(where)).first()
                 if row is None:
+                    events.append(WebhookEvent.THREAD_CREATED)
                     self._require_tenant(conn, tenant_id)
                     conn.execute(
                         insert(s.threads).values(
@@ -1056,12 +1079,16 @@ class SqlStore:
                         changes["title"] = title
                     if closed is not None and closed != bool(row.closed):
                         changes["closed"] = closed
+                        if closed:
+                            events.append(WebhookEvent.THREAD_CLOSED)
                     if changes:
                         conn.execute(update(s.threads).where(where).values(**changes))
                 if access:
                     self._put_access(conn, tenant_id, conn.execute(select(t.id).where(where)).scalar_one(), access)
-                row = conn.execute(_threads().where(where)).one()
-                return self._written(conn, _thread(row))
+                thread = _thread(conn.execute(_threads().where(where)).one())
+                for event in events:
+                    conn.execute(ob.emit(tenant_id, event, new_id(), created_ms, {"thread": ob.thread_data(thread)}))
+                return self._written(conn, thread)
 
         return self._call("upsert_thread", read_preference, go, write=True)
 
@@ -1150,9 +1177,10 @@ class SqlStore:
             plan.require(
                 exists_where(s.authors, a.tenant_id == new.tenant_id, a.id == new.author_id), NotFound("author")
             )
+            comment_id = new_id()
             inserted = comment_insert(
                 plan,
-                comment_id=new_id(),
+                comment_id=comment_id,
                 tenant_id=new.tenant_id,
                 thread_id=new.thread_id,
                 author_id=new.author_id,
@@ -1163,6 +1191,9 @@ class SqlStore:
                 status=new.status,
                 created_ms=new.created_ms,
             )
+            c = s.comments.c
+            url_id = select(t.url_id).where(t.tenant_id == c.tenant_id, t.id == c.thread_id).scalar_subquery()
+            self._emit_new_comment(plan, new.tenant_id, comment_id, new.status, new.created_ms, url_id)
             with self._writing() as conn:
                 rows = self._batch(conn, plan.steps, commit=True)
                 return self._written(conn, _comment(rows_of(rows, inserted)[0]))
@@ -1182,7 +1213,24 @@ class SqlStore:
             plan = Plan()
             steps = post(plan, new, ids=ids)
             t = s.threads.c
-            thread = plan.add(_threads().where(t.tenant_id == new.tenant_id, t.url_id == new.url_id))
+            where_thread = and_(t.tenant_id == new.tenant_id, t.url_id == new.url_id)
+            # Created by this write: the thread of the url has the id this
+            # write would have given it (a fresh one).
+            created = exists_where(s.threads, where_thread, t.id == ids.thread)
+            thread_data = {
+                "thread": {
+                    "id": ids.thread,
+                    "urlId": new.url_id,
+                    "title": new.title or "",
+                    "closed": False,
+                    "createdAt": new.created_ms,
+                }
+            }
+            plan.add(
+                ob.emit(new.tenant_id, WebhookEvent.THREAD_CREATED, new_id(), new.created_ms, thread_data, when=created)
+            )
+            self._emit_new_comment(plan, new.tenant_id, ids.comment, new.status, new.created_ms, new.url_id)
+            thread = plan.add(_threads().where(where_thread))
             with self._writing() as conn:
                 rows = self._batch(conn, plan.steps, commit=True)
                 session = None
@@ -1197,6 +1245,19 @@ class SqlStore:
                 return self._written(conn, posted)
 
         return self._call("post_comment", read_preference, go, write=True)
+
+    @staticmethod
+    def _emit_new_comment(
+        plan: Plan, tenant_id: str, comment_id: str, status: CommentStatus, created_ms: int, url_id: Any
+    ) -> None:
+        """The event of a comment the plan inserts, from its row (its thread
+        and author may be known only in SQL). Spam is never announced as a
+        new comment, only as spam."""
+        event = WebhookEvent.COMMENT_CREATED
+        if status is CommentStatus.SPAM:
+            event = WebhookEvent.COMMENT_MARKED_SPAM
+        data = {"comment": ob.comment_sql(urlId=url_id)}
+        plan.add(ob.emit_for_comment(tenant_id, event, new_id(), s.comments.c.id == comment_id, created_ms, data))
 
     def _count_approved(self, conn: Connection, tenant_id: str, thread_id: str, delta: int) -> None:
         t = s.threads.c
@@ -1363,8 +1424,28 @@ class SqlStore:
             plan.require(exists_where(s.comments, this), NotFound("comment"))
             before = plan.add(select(s.comments).where(this))
             changes: dict[str, Any] = {}
+            # The events first, from the row as it is before the change with
+            # the changed values given: previousStatus is the row's status.
+            after_values: dict[str, Any] = {"previousStatus": c.status}
             if body is not None:
                 changes.update(body_source=body[0], body_html=body[1], edited_ms=edited_ms)
+                after_values.update(text=body[0], html=body[1], editedAt=edited_ms)
+            if status is not None:
+                after_values["status"] = status.value
+            data = {"comment": ob.comment_sql(**after_values)}
+            if body is not None:
+                plan.add(ob.emit_for_comment(tenant_id, WebhookEvent.COMMENT_EDITED, new_id(), this, edited_ms, data))
+            if status is not None and status in _STATUS_EVENTS:
+                plan.add(
+                    ob.emit_for_comment(
+                        tenant_id,
+                        _STATUS_EVENTS[status],
+                        new_id(),
+                        and_(this, c.status != status.value),
+                        edited_ms,
+                        data,
+                    )
+                )
             if status is not None:
                 changes["status"] = status.value
                 # Before the comment changes: its thread counts approved comments.
@@ -1386,12 +1467,23 @@ class SqlStore:
         return self._call("change_comment", read_preference, go, write=True)
 
     def delete_comment(
-        self, tenant_id: str, comment_id: str, *, read_preference: ReadPreference
+        self, tenant_id: str, comment_id: str, *, read_preference: ReadPreference, deleted_ms: int = 0
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
             with self._writing() as conn:
                 target = self._comment_row(conn, tenant_id, comment_id)
                 doomed = self._subtree(conn, tenant_id, target)
+                conn.execute(
+                    ob.emit_for_comments(
+                        tenant_id,
+                        WebhookEvent.COMMENT_REMOVED,
+                        new_id(),
+                        s.comments.c.id.in_(doomed),
+                        deleted_ms,
+                        status=CommentStatus.REMOVED.value,
+                        extra={"deleted": True},
+                    )
+                )
                 counted = self._delete_comment_rows(conn, tenant_id, doomed)
                 return self._written(conn, counted)
 
@@ -1589,6 +1681,9 @@ class SqlStore:
                     )
                 )
                 plan.add(update(s.comments).where(this, hide).values(status=CommentStatus.PENDING.value))
+            # Last: the comment as the flag left it (counted, maybe hidden).
+            data = {"comment": ob.comment_sql(), "flaggerId": flagger_id}
+            plan.add(ob.emit_for_comment(tenant_id, WebhookEvent.COMMENT_FLAGGED, new_id(), this, created_ms, data))
             try:
                 with self._writing() as conn:
                     rows = self._batch(conn, plan.steps, commit=True)
@@ -1765,9 +1860,13 @@ class SqlStore:
         status: CommentStatus,
         *,
         clear_flags: bool = False,
+        event: tuple[str, int, dict[str, Any]] | None = None,
     ) -> list[tuple[Comment, Comment]]:
         """Give ``comments`` (as read in this transaction) ``status``: one
         statement per table however many there are.
+
+        :param event: ``(event id prefix, created_ms, extra)``: emit the
+            status's webhook event for each comment that changes.
 
         :returns: ``(before, after)`` of the comments that changed.
         """
@@ -1783,6 +1882,19 @@ class SqlStore:
         # (a comment never changes tenant): by primary key alone, for the
         # reason given in :meth:`moderate`.
         ids = [old.id for old, _ in changed]
+        if event is not None and status in _STATUS_EVENTS:
+            prefix, created_ms, extra = event
+            conn.execute(
+                ob.emit_for_comments(
+                    tenant_id,
+                    _STATUS_EVENTS[status],
+                    prefix,
+                    c.id.in_(ids),
+                    created_ms,
+                    status=status.value,
+                    extra=extra,
+                )
+            )
         values: dict[str, Any] = {"status": status.value}
         if clear_flags:
             values["flag_count"] = 0
@@ -1882,6 +1994,14 @@ class SqlStore:
                     for b in bans
                 ],
             )
+        for ban in bans:
+            if kind is BanKind.AUTHOR:
+                data = {
+                    "author": {"id": ban.value},
+                    "ban": {"id": ban.id, "reason": reason, "expiresAt": expires_ms, "createdAt": created_ms},
+                    "actor": actor,
+                }
+                conn.execute(ob.emit(tenant_id, WebhookEvent.AUTHOR_BANNED, ban.id, created_ms, data))
         return bans
 
     def _comments_of(self, conn: Connection, tenant_id: str, author_ids: Sequence[str]) -> list[Comment]:
@@ -1985,6 +2105,16 @@ class SqlStore:
         m = s.moderation_log.c
         statements: list[Executable] = [
             select(s.comments).where(c.id.in_(ids)).with_for_update(),
+            # Before the update: the rows it changes, with their old status.
+            ob.emit_for_comments(
+                tenant_id,
+                _ACTION_EVENTS[action],
+                entry.id,
+                and_(c.id.in_(ids), which, guard),
+                created_ms,
+                status=status.value,
+                extra={"action": action.value, "actor": actor, "reason": reason, "auditId": entry.id},
+            ),
             update(s.comments).where(c.id.in_(ids), which, guard).values(**values),
             update(s.threads)
             .where(t.id.in_(select(c.thread_id).where(c.id.in_(ids))), guard)
@@ -2061,7 +2191,10 @@ class SqlStore:
                     expires_ms=ban_expires_ms,
                 )
                 doomed = self._comments_of(conn, tenant_id, authors) if remove_all else found
-                changed = self._set_status(conn, tenant_id, doomed, CommentStatus.REMOVED)
+                extra = {"action": "ban", "actor": actor, "reason": reason}
+                changed = self._set_status(
+                    conn, tenant_id, doomed, CommentStatus.REMOVED, event=(new_id(), created_ms, extra)
+                )
                 touched = [old.id for old, _ in changed]
                 named = ids + [cid for cid in touched if cid not in order]
                 entry = self._audit(
@@ -2107,8 +2240,13 @@ class SqlStore:
                 )
                 changed = []
                 if remove_all:
+                    extra = {"action": "ban", "actor": actor, "reason": reason}
                     changed = self._set_status(
-                        conn, tenant_id, self._comments_of(conn, tenant_id, [value]), CommentStatus.REMOVED
+                        conn,
+                        tenant_id,
+                        self._comments_of(conn, tenant_id, [value]),
+                        CommentStatus.REMOVED,
+                        event=(new_id(), created_ms, extra),
                     )
                 entry = self._audit(
                     conn, tenant_id, actor, "ban", [old.id for old, _ in changed], [bans[0].id], reason, created_ms

@@ -21,6 +21,8 @@ class LiveNode:
     :ivar api: the comment API wired to it (``build_api``).
     :ivar site: the node's Site (``/api``, ``/live``, ...).
     :ivar mesh: the node's mesh service (default: one that is not started).
+    :param relay: the ``[mesh]`` section when the node's live events are
+        relayed (``service.relay``, to register with the mesh); default: none.
     """
 
     def __init__(
@@ -34,13 +36,15 @@ class LiveNode:
         registry: Any = None,
         node_id: str = "test-node",
         store: Any = None,
+        relay: Any = None,
         successor: Any = None,
     ) -> None:
 
-        from fastedge.api.resource import build_api
+        from fastedge.api.resource import build_api, build_sessions
         from fastedge.config import load_config
         from fastedge.embed.policy import tenant_policy
         from fastedge.embed.resource import EmbedResource, WidgetScript
+        from fastedge.live.access import GroupLocks
         from fastedge.live.service import make_service
         from fastedge.mesh.resource import mesh_routes
         from fastedge.metrics.registry import new_registry
@@ -53,12 +57,25 @@ class LiveNode:
         self.store = (
             store if store is not None else sqlite_store(os.path.join(path, "test.sqlite3"), clock=clock, run=run)
         )
+        access = GroupLocks(self.store, clock=clock, ttl_seconds=self.cfg.live.resolve_cache_seconds)
+        sessions = build_sessions(
+            self.cfg.api,
+            store=self.store,
+            clock=clock,
+            registry=self.registry,
+            access=access,
+            viewer_token_max_age_seconds=self.cfg.live.viewer_token_max_age_seconds,
+        )
         self.service = make_service(
             self.cfg.live,
             reactor=clock,
             registry=self.registry,
             store=self.store,
             node_id=node_id,
+            mesh=relay,
+            access=access,
+            viewer_tokens=sessions.viewer_tokens,
+            sso=sessions.sso,
             successor=successor,
         )
         if mesh is None:
@@ -70,12 +87,9 @@ class LiveNode:
             clock=clock,
             registry=self.registry,
             live=self.service.publisher,
-            viewer_token_max_age_seconds=self.cfg.live.viewer_token_max_age_seconds,
             extra_routes=mesh_routes(mesh.status),
-            access=self.service.access,
+            sessions=sessions,
         )
-        self.service.use_viewer_tokens(self.api.viewer_tokens)
-        self.service.use_sso(self.api.sso)
         # Loads the session key (from the data directory) and starts the
         # credit flusher on ``clock``.
         self.api.service.startService()
@@ -167,7 +181,6 @@ class LiveMesh(MemoryMesh):
     def add(self, node_id: str, *, deployment: str = "global", start: bool = True, **kw: Any) -> Any:
         """Make (and start) a node with live threads relayed over the mesh
         (see :meth:`MemoryMesh.add` for the arguments)."""
-        from fastedge.mesh.relay import connect_relay
         from fastedge.mesh.successor import successor_of
 
         service = super().add(node_id, deployment=deployment, start=False, **kw)
@@ -186,10 +199,11 @@ class LiveMesh(MemoryMesh):
             node_id=node_id,
             store=store,
             live_overrides=self._live_overrides,
+            relay=service.cfg,
             successor=successor_of(service.node_map, node_id, deployment, 0.0, 0.0),
         )
         self._tc.addCleanup(node.api.service.stopService)
-        connect_relay(service, node.service)
+        service.register(node.service.relay)
         self.live[node_id] = node
         if start:
             service.privilegedStartService()

@@ -101,7 +101,7 @@ class MeshLiveTests(TestCase):
             await store.create_tenant("Mesh", "global", created_ms=0, read_preference=ReadPreference.PRIMARY)
         ).value
         base_a = self.http_base(a)
-        relay_a = a.getServiceNamed("mesh").relay
+        relay_a = a.getServiceNamed("live").relay
 
         async def post(url_id: str, text: str) -> dict[str, Any]:
             response = await treq.post(
@@ -122,7 +122,7 @@ class MeshLiveTests(TestCase):
             if relay_a.owner_of(channel) != "b":
                 break
         self.assertNotEqual(relay_a.owner_of(channel), "b")
-        self.assertEqual(c.getServiceNamed("mesh").relay.owner_of(channel), relay_a.owner_of(channel))
+        self.assertEqual(c.getServiceNamed("live").relay.owner_of(channel), relay_a.owner_of(channel))
 
         async def relay_counts(node: IService) -> list[str]:
             text = await (await treq.get(self.http_base(node) + "/metrics", pool=pool)).text()

@@ -94,6 +94,7 @@ class NodeTests(TestCase):
                 "dns": {"running": True},
                 "live": {"running": True},
                 "cdn": {"running": True},
+                "webhooks": {"running": True},
                 "http": {"running": True},
             },
         )

@@ -148,6 +148,9 @@ class OddInputTests(TestCase):
             "thread_id": comment["threadId"],
             "author_id": comment["authorId"],
             "key_id": keys["keys"][0]["id"],
+            # None exists: the body is refused before the store is asked.
+            "webhook_id": "AAAAAAAAAAAAAAAA",
+            "event_id": "AAAAAAAAAAAAAAAA",
         }
         json_routes = []
         for method, template in self.router().templates():

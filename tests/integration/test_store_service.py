@@ -6,13 +6,17 @@ import os
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from fastedge.config import PostgresConfig, StoreConfig
+from fastedge.config import MongoConfig, PostgresConfig, StoreConfig
 from fastedge.metrics.registry import new_registry
 from fastedge.store.errors import StoreClosed, StoreUnavailable
 from fastedge.store.model import ReadPreference
+from fastedge.store.mongodb.store import MongoStore
 from fastedge.store.service import make_service
+from tests.unit.store.mongo_fake import fresh_database, shared_fake
 
 
 class StoreServiceTests(TestCase):
@@ -94,3 +98,52 @@ class StoreServiceTests(TestCase):
             service.store.get_tenant("t", read_preference=ReadPreference.NEAREST),
         ):
             self.failureResultOf(call, StoreClosed)
+
+
+class MongoStoreServiceTests(TestCase):
+    @inlineCallbacks
+    def test_mongodb_backend(self):  # type: ignore[no-untyped-def]
+        """``store.backend = "mongodb"`` runs the MongoDB store (here on the
+        MockupDB replica set of the unit tests): the constructor connects
+        nowhere, starting migrates, calls are timed under the ``mongodb``
+        label, the logs name the servers without the credentials, and a
+        call after the stop fails at once with ``StoreClosed``."""
+        fake = shared_fake()
+        fake.reset()
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        uri = fake.uri.replace("mongodb://", "mongodb://fe:hunter2@")
+        cfg = StoreConfig(
+            backend="mongodb",
+            mongodb=MongoConfig(uri=uri, nearest_uri=fake.nearest_uri, database=fresh_database("service")),
+        )
+        registry = new_registry()
+        service = make_service(cfg, reactor=reactor, registry=registry)
+        self.assertIsInstance(service.store, MongoStore)
+        self.assertEqual(fake.log, [], "the constructor must do no I/O")
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        store = yield service.when_ready()
+        written = yield store.create_tenant("t", "global", created_ms=1, read_preference=ReadPreference.PRIMARY)
+        tenant = yield store.get_tenant(written.value.id, read_preference=ReadPreference.NEAREST, token=written.token)
+        self.assertEqual(tenant.name, "t")
+        count = registry.get_sample_value(
+            "fastedge_store_call_duration_seconds_count",
+            {"backend": "mongodb", "read_preference": "nearest", "operation": "get_tenant"},
+        )
+        self.assertEqual(count, 1.0)
+        ready = registry.get_sample_value(
+            "fastedge_store_token_reads_total", {"backend": "mongodb", "outcome": "ready"}
+        )
+        self.assertEqual(ready, 1.0)
+        yield service.stopService()
+        self.assertFalse(service.ready)
+        # A call after the stop fails at once, as on the other backends.
+        for call in (
+            store.ping(read_preference=ReadPreference.PRIMARY),
+            store.get_tenant("t", read_preference=ReadPreference.NEAREST),
+            store.create_tenant("u", "global", created_ms=2, read_preference=ReadPreference.PRIMARY),
+        ):
+            self.failureResultOf(call, StoreClosed)
+        texts = [formatEvent(e) for e in events]
+        self.assertTrue([t for t in texts if "opening mongodb store" in t and fake.address(fake.primary) in t])
+        self.assertEqual([t for t in texts if "hunter2" in t or "fe:" in t], [])

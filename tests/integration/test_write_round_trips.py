@@ -21,7 +21,7 @@ from sqlalchemy import event
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.store.model import ReadPreference, SsoSecretChange
+from fastedge.store.model import DeliveryState, ReadPreference, SsoSecretChange, WebhookEvent
 from fastedge.store.postgresql import PostgresStore
 from fastedge.testing.fakes import run_inline
 from tests.support.nodes import NodeHarness
@@ -108,9 +108,38 @@ class WriteRoundTripTests(SynchronousTestCase):
             return store
 
         self.node = NodeHarness(self, store_factory=factory)
-        self.wire = PrimaryWire(self, stores[0])
+        self.store = stores[0]
+        self.wire = PrimaryWire(self, self.store)
         self.tenant, self.key = self.node.create_tenant()
         self.page = f"/api/v1/{self.tenant}/comments?urlId={URL}"
+        # Every event is subscribed to: each write's webhook outbox rows are
+        # inserted in its one flight (counted with it).
+        self.hook = self.successResultOf(
+            self.store.create_webhook(
+                self.tenant,
+                url="https://hooks.example/in",
+                secret="s" * 32,
+                events=list(WebhookEvent),
+                active=True,
+                description="",
+                created_ms=int(self.node.clock.seconds() * 1000),
+                read_preference=ReadPreference.PRIMARY,
+            )
+        ).value
+
+    def events(self) -> list[WebhookEvent]:
+        """The types of the deliveries the writes left in the outbox, in order."""
+        page = self.successResultOf(
+            self.store.list_webhook_deliveries(
+                self.tenant,
+                self.hook.id,
+                state=DeliveryState.PENDING,
+                limit=100,
+                cursor=None,
+                read_preference=ReadPreference.PRIMARY,
+            )
+        )
+        return [d.event_type for d in page.items]
 
     def trips(self, action: Callable[[], Any], code: int) -> int:
         count, response = self.wire.round_trips(action)
@@ -159,6 +188,8 @@ class WriteRoundTripTests(SynchronousTestCase):
         self.assertEqual(self.trips(lambda: self.node.client().post(like), 200), 1, "first like")
         self.assertEqual(self.trips(lambda: self.node.client().post(flag), 200), 1, "first flag")
         self.assertEqual(self.trips(lambda: self.node.client().post(block), 200), 1, "first block")
+        created, flagged = WebhookEvent.COMMENT_CREATED, WebhookEvent.COMMENT_FLAGGED
+        self.assertEqual(self.events(), [WebhookEvent.THREAD_CREATED] + [created] * 4 + [flagged] * 2)
 
     def test_tenant_api_create(self) -> None:
         """A comment created through the tenant API (user, thread, comment)
@@ -178,6 +209,8 @@ class WriteRoundTripTests(SynchronousTestCase):
         path = "/api/v1/manage/comments/" + created["comment"]["id"]
         edit = {"text": "Hello again", "status": "pending"}
         self.assertEqual(self.trips(lambda: manager.patch(path, json_body=edit), 200), 1, "update")
+        created = WebhookEvent.COMMENT_CREATED
+        self.assertEqual(self.events(), [WebhookEvent.THREAD_CREATED, created, created, WebhookEvent.COMMENT_EDITED])
 
     def test_moderation_bulk_actions(self) -> None:
         """A bulk action through the tenant API and through the public

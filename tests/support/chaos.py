@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from fastedge.mesh.relay import rendezvous
+
 from fastedge.cluster.plan import DNS_PORT, HTTP_PORT, MESH_PORT, MESH_RELAYED_PORT, NodePlan
 from fastedge.cluster.runner import LocalCluster
-from fastedge.mesh.relay import rendezvous
 
 __all__ = ["Chaos", "MeshRelays", "pct"]
 

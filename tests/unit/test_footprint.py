@@ -19,6 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 HEAVY = {
     "psycopg": "store.backend = postgresql",
     "psycopg_pool": "store.backend = postgresql",
+    "txmongo": "store.backend = mongodb",
+    "pymongo": "store.backend = mongodb (txmongo's BSON and errors)",
     "botocore": "a [cdn.origins] entry (SigV4 signing)",
     "urllib3": "botocore, with an S3 origin",
     "treq": "the CDN's origin client",
@@ -60,7 +62,7 @@ def loaded_after_make_service(argv: list[str]) -> list[str]:
 class FootprintTests(SynchronousTestCase):
     def test_default_config_imports_no_heavy_module(self) -> None:
         """The default config (embedded store, no S3 origin) builds a node
-        without importing psycopg, botocore, urllib3, treq,
+        without importing psycopg, txmongo, pymongo, botocore, urllib3, treq,
         ``twisted.web.client``, maxminddb, puremagic or jinja2."""
         data_dir = os.path.abspath(self.mktemp())
         loaded = loaded_after_make_service(["--data-dir", data_dir])

@@ -35,13 +35,16 @@ LAYERS: list[set[str]] = [
     {"identity", "http", "spam"},
     # Which deployment serves a tenant (checked before any feature reads).
     {"residency"},
-    # Features that the mesh carries today (the relay and peer fill live in
-    # mesh/ until they register with it; then mesh moves below them).
-    {"live", "cdn"},
+    # The mesh: a transport between the nodes of a deployment, knowing no
+    # feature (features register handlers with it: docs/mesh-handlers.md).
     {"mesh"},
+    # Features carried by the mesh (the live relay, the CDN's peer fill).
+    {"live", "cdn"},
     # Features built on the mesh and on live threads.
     {"dns", "api"},
-    {"embed", "status"},
+    # Features over the tenant API (webhooks: endpoints in it, the outbox
+    # in the store) and the operators' pages.
+    {"embed", "status", "webhooks"},
     # Wiring: the one Site, the startup report.
     {"web", "startup"},
     # A whole local cluster (fastedge-admin cluster): config files, keys and

@@ -36,3 +36,24 @@ class TestCaseNameTests(SynchronousTestCase):
                         missing.append("{}: {}".format(os.path.relpath(path, _ROOT), module))
         self.assertGreater(headers, 50)
         self.assertEqual(missing, [])
+
+
+class ConflictMarkerTests(SynchronousTestCase):
+    def test_no_merge_conflict_left_in_the_tree(self) -> None:
+        """No tracked text file holds a merge's conflict markers (one was
+        once committed in bench/, where no import catches it)."""
+        import subprocess
+
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+        found = []
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    for number, line in enumerate(f, 1):
+                        if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line.rstrip("\n") == "=======":
+                            found.append("{}:{}".format(name, number))
+            except (UnicodeDecodeError, FileNotFoundError, IsADirectoryError):
+                continue
+        self.assertEqual(found, [])

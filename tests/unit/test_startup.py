@@ -99,3 +99,25 @@ class SummaryTests(SynchronousTestCase):
             " host=db2.example port=5433 dbname=fe user=fe, replica host=127.0.0.1 port=5432 dbname=fe user=fe",
         )
         self.assertNotIn("hunter2", repr(lines))
+
+    def test_mongodb_without_credentials(self) -> None:
+        """With MongoDB, the store line names the replica set's hosts, the
+        local member and the database; never a user or password."""
+        from twisted.application.service import MultiService
+
+        cfg = load_config(
+            None,
+            {
+                "store.backend": "mongodb",
+                "store.mongodb.uri": "mongodb://fe:hunter2@db1.example:27017,db2.example:27018/?replicaSet=rs0",
+                "store.mongodb.nearest_uri": "mongodb://fe:hunter2@127.0.0.1:27017/",
+            },
+        )
+        lines = list(StartupReport(cfg, {}).lines(MultiService()))
+        (store,) = [(fmt, fields) for fmt, fields in lines if fmt.startswith("store ")]
+        self.assertEqual(
+            store[0].format(**store[1]),
+            "store mongodb: replica set mongodb://db1.example:27017,db2.example:27018/?replicaSet=rs0,"
+            " local member mongodb://127.0.0.1:27017/, database fastedge",
+        )
+        self.assertNotIn("hunter2", repr(lines))

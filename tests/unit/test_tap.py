@@ -122,7 +122,9 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_named_children(self) -> None:
         """The node is a MultiService of named children, store first."""
-        self.assertEqual([c.name for c in self.top], ["drain", "store", "geo", "mesh", "dns", "live", "cdn", "http"])
+        self.assertEqual(
+            [c.name for c in self.top], ["drain", "store", "geo", "mesh", "dns", "live", "cdn", "webhooks", "http"]
+        )
 
     def test_dns_answers_from_the_mesh_map(self) -> None:
         """DNS answers from the mesh's live node map (this node, once the

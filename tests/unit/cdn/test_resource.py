@@ -19,6 +19,7 @@ from fastedge.cdn.fill import NoPeers
 from fastedge.cdn.interfaces import IObjectSource, ISourceResponse
 from fastedge.cdn.metrics import CdnMetrics
 from fastedge.cdn.origin import S3Origin
+from fastedge.cdn.peers import PeerMetrics
 from fastedge.cdn.resource import private_cache_control
 from fastedge.cdn.service import CdnService, LocalOnly, TenantMedia
 from fastedge.config import S3OriginConfig, parse_config
@@ -42,7 +43,8 @@ class _Harness:
             overrides={"node.data_dir": test.mktemp()},
         ).cdn
         self.media = TenantMedia("t1", source, "bucket", "p/", "public, max-age=60", fresh_seconds)
-        self.metrics = CdnMetrics(new_registry())
+        registry = new_registry()
+        self.metrics = CdnMetrics(registry)
         self.service = CdnService(
             cfg,
             reactor=self.reactor,
@@ -50,6 +52,7 @@ class _Harness:
             tenants={"t1": self.media},
             origins={},
             pool=None,
+            peer_metrics=PeerMetrics(registry),
             peers=NoPeers(),
             broadcast=LocalOnly(),
             run_blocking=lambda f, *a: run_inline(lambda: f(*a)),

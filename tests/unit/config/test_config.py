@@ -79,7 +79,9 @@ class ValidationTests(SynchronousTestCase):
     def test_impossible_values(self) -> None:
         """Values out of range are refused with the reason."""
         self.assertRefused("[store]\nthreads = 0\n", "store.threads: must be greater than 0")
-        self.assertRefused('[store]\nbackend = "oracle"\n', "store.backend: must be one of 'sqlite', 'postgresql'")
+        self.assertRefused(
+            '[store]\nbackend = "oracle"\n', "store.backend: must be one of 'sqlite', 'postgresql', 'mongodb'"
+        )
         self.assertRefused(
             '[node]\nid = "Bad Id"\n', "node.id: must be a lower-case DNS label (a-z, 0-9, '-'; at most 63 characters)"
         )
@@ -134,6 +136,53 @@ class ValidationTests(SynchronousTestCase):
         )
         self.assertEqual(cfg.store.postgresql.primaries, ("host=db1 dbname=fe", "postgresql://fe@db2/fe"))
         self.assertEqual(cfg.store.postgresql.replica, "host=127.0.0.1 port=5433")
+
+    def test_mongodb_settings(self) -> None:
+        """The MongoDB backend needs the replica set's URI; URIs must parse
+        (``mongodb+srv://`` is refused: txmongo reads no SRV records) and a
+        bad one is refused without quoting it; the write concern is
+        ``majority`` or a member count; the URIs stay out of ``repr``."""
+        self.assertRefused(
+            '[store]\nbackend = "mongodb"\n',
+            "store.mongodb.uri: must name the replica set when store.backend is 'mongodb'",
+        )
+        with self.assertRaises(ConfigError) as cm:
+            parse_config('[store.mongodb]\nuri = "mongodb://fe:se%cret@"\n')
+        self.assertEqual(str(cm.exception), "store.mongodb.uri: not a valid mongodb:// URI")
+        self.assertNotIn("cret", str(cm.exception))
+        self.assertRefused(
+            '[store.mongodb]\nnearest_uri = "mongodb+srv://db.example"\n',
+            "store.mongodb.nearest_uri: mongodb+srv:// is not supported (txmongo resolves no SRV records): "
+            "list the members",
+        )
+        self.assertRefused(
+            '[store.mongodb]\nuri = "postgresql://db1"\n', "store.mongodb.uri: not a valid mongodb:// URI"
+        )
+        self.assertRefused(
+            '[store.mongodb]\nuri = "mongodb://db1/?tls=true&tlsCAFile=/nonexistent/ca.pem"\n',
+            "store.mongodb.uri: names a TLS file that cannot be read",
+        )
+        self.assertRefused(
+            '[store.mongodb]\nwrite_concern = "all"\n',
+            "store.mongodb.write_concern: must be 'majority' or a number of members (1 or more)",
+        )
+        self.assertRefused(
+            '[store.mongodb]\ndatabase = "a.b"\n',
+            "store.mongodb.database: must be a MongoDB database name (not empty; no '.', '/', '\\', space, "
+            "'\"' or '$')",
+        )
+        self.assertRefused(
+            "[store.mongodb]\ntoken_wait_seconds = -1\n", "store.mongodb.token_wait_seconds: must be 0 or greater"
+        )
+        self.assertRefused("[store.mongodb]\npool_size = 0\n", "store.mongodb.pool_size: must be greater than 0")
+        cfg = parse_config(
+            '[store]\nbackend = "mongodb"\n[store.mongodb]\n'
+            'uri = "mongodb://fe:hunter2@db1:27017,db2:27017/?replicaSet=rs0"\n'
+            'nearest_uri = "mongodb://127.0.0.1:27017/"\nwrite_concern = "2"\n'
+        )
+        self.assertEqual(cfg.store.mongodb.uri, "mongodb://fe:hunter2@db1:27017,db2:27017/?replicaSet=rs0")
+        self.assertEqual(cfg.store.mongodb.write_concern, "2")
+        self.assertNotIn("hunter2", repr(cfg))
 
     def test_mesh_settings(self) -> None:
         """Seeds and the advertised address are host:port (IPv6 in brackets);

@@ -20,7 +20,9 @@ class ServiceTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--data-dir", self.mktemp()])
         top = makeService(options, reactor=MemoryReactorClock())
-        self.assertEqual([c.name for c in top], ["drain", "store", "geo", "mesh", "dns", "live", "cdn", "http"])
+        self.assertEqual(
+            [c.name for c in top], ["drain", "store", "geo", "mesh", "dns", "live", "cdn", "webhooks", "http"]
+        )
 
     def test_timers(self) -> None:
         """Starting runs history expiry and keep-alive on the clock; the

@@ -180,7 +180,7 @@ class LiveWorld:
 
     def thread_owned_by(self, owner: str, observer: str = "a") -> tuple[Any, str]:
         """A new thread whose channel ``owner`` sequences: ``(thread, url)``."""
-        relay = self.mesh.nodes[observer].relay
+        relay = self.mesh.live[observer].service.relay
         for _ in range(1000):
             self._urls += 1
             url = "https://site.example/p{}".format(self._urls)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from fastedge.store.errors import (
@@ -35,10 +36,11 @@ from fastedge.store.errors import (
     NotFound,
     WrongReadPreference,
 )
-from fastedge.store.interfaces import IStore
+from fastedge.store.interfaces import IStore, IWebhookStore
 from fastedge.store.model import (
     AnonymousSession,
     ApiKey,
+    AttemptOutcome,
     AuditEntry,
     AuthorHistory,
     AuthorKind,
@@ -47,23 +49,32 @@ from fastedge.store.model import (
     Comment,
     CommentStatus,
     CreditUsage,
+    DeliveryDone,
+    DeliveryState,
     Moderated,
     ModerationAction,
     ModerationQueue,
     NewComment,
+    NewPost,
+    NewSession,
     Page,
     QueueFilter,
     QueueSort,
     ReadPreference,
     RecentComment,
+    SessionPoster,
     Sort,
     SsoSecret,
     SsoSecretChange,
     Tenant,
     Thread,
     ThreadPage,
+    UserPoster,
     UserProfile,
     ViewerState,
+    WebhookEndpoint,
+    WebhookEvent,
+    WebhookQueue,
     Written,
 )
 
@@ -252,6 +263,15 @@ class StoreContractMixin(_MixinBase):
             self.read(self.store.list_thread, tenant_id, thread_id, sort=Sort.OLDEST, limit=1000, cursor=None),
             tuple(tuple(self.listed(tenant_id, status, thread_id)) for status in CommentStatus),
         )
+
+    def make_webhook(self, tenant_id: str, events: Sequence[WebhookEvent], **kwargs: Any) -> WebhookEndpoint:
+        """A webhook endpoint of the tenant (active unless told)."""
+        store: Any = self.store
+        fields: dict[str, Any] = dict(
+            url="https://hooks.example/in", secret="s" * 32, active=True, description="", created_ms=self.tick()
+        )
+        fields.update(kwargs)
+        return self.write(store.create_webhook(tenant_id, events=events, read_preference=PRIMARY, **fields))
 
     def settle(self, d: Deferred[_T]) -> _T | Failure:
         """The result of a Deferred that has fired, success or failure."""
@@ -1863,10 +1883,17 @@ class StoreContractMixin(_MixinBase):
                 read_preference=PRIMARY,
             )
         )
+        webhooks = {}
+        if IWebhookStore.providedBy(self.store):
+            # An endpoint and the delivery of the thread closing.
+            self.make_webhook(tid, [WebhookEvent.THREAD_CLOSED])
+            self.make_thread(tid, b["thread"].url_id, closed=True)
+            webhooks = {"webhook_deliveries": 1, "webhook_endpoints": 1}
         deleted = self.write(self.store.delete_tenant(tid, read_preference=PRIMARY))
         self.assertEqual(
             dict(deleted),
-            {
+            webhooks
+            | {
                 # Tenant B has no SSO data (their deletion is checked by
                 # tests.unit.store.test_schema.TenantTablesTests).
                 "author_claims": 0,
@@ -2482,3 +2509,580 @@ class StoreContractMixin(_MixinBase):
             for c in comments
         ]
         self.assertEqual(self.audit(tenant.id), made[::-1])
+
+    # Webhooks: endpoints and the outbox (IWebhookStore, where provided)
+
+    def webhook_store(self) -> Any:
+        """The store as an ``IWebhookStore``; the test is skipped for a
+        backend without webhooks."""
+        if not IWebhookStore.providedBy(self.store):
+            raise SkipTest("this backend has no webhook outbox")
+        verifyObject(IWebhookStore, self.store)
+        return self.store
+
+    def deliveries(self, tenant_id: str, webhook_id: str, state: DeliveryState = DeliveryState.PENDING) -> list[Any]:
+        page = self.read(
+            self.webhook_store().list_webhook_deliveries,
+            tenant_id,
+            webhook_id,
+            state=state,
+            limit=100,
+            cursor=None,
+        )
+        return list(page.items)
+
+    def claim(self, owner: str, now_ms: int, *, limit: int = 10, lease_ms: int = 10_000_000) -> list[Any]:
+        claim = self.successResultOf(
+            self.webhook_store().claim_webhook_deliveries(
+                owner=owner, now_ms=now_ms, lease_ms=lease_ms, limit=limit, read_preference=PRIMARY
+            )
+        )
+        self.assertEqual(claim.finished, [])
+        return list(claim.deliveries)
+
+    def finish(self, *done: DeliveryDone) -> list[int]:
+        """Remove accepted deliveries (a claim of nothing more); the seqs removed."""
+        claim = self.successResultOf(
+            self.webhook_store().claim_webhook_deliveries(
+                owner="finisher", now_ms=0, lease_ms=0, limit=0, read_preference=PRIMARY, finished=done
+            )
+        )
+        self.assertEqual(claim.deliveries, [])
+        return list(claim.finished)
+
+    def test_webhook_endpoints(self) -> None:
+        """Endpoints are created, read, listed, changed and deleted per
+        tenant; the secret never comes back; another tenant's id is unknown."""
+        store = self.webhook_store()
+        tenant = self.make_tenant()
+        other = self.make_tenant("Other")
+        hook = self.make_webhook(tenant.id, [WebhookEvent.COMMENT_CREATED, WebhookEvent.AUTHOR_BANNED])
+        self.assertEqual(hook.events, (WebhookEvent.AUTHOR_BANNED, WebhookEvent.COMMENT_CREATED))
+        self.assertNotIn("secret", repr(hook).replace("secret_set_ms", ""))
+        self.assertEqual(self.read(store.get_webhook, tenant.id, hook.id), hook)
+        self.assertEqual(self.read(store.list_webhooks, tenant.id), [hook])
+        self.assertEqual(self.read(store.list_webhooks, other.id), [])
+        self.read_fails(NotFound, store.get_webhook, other.id, hook.id)
+        later = self.tick()
+        changed = self.write(
+            store.update_webhook(
+                tenant.id,
+                hook.id,
+                updated_ms=later,
+                read_preference=PRIMARY,
+                secret="t" * 32,
+                events=[WebhookEvent.THREAD_CLOSED],
+                active=False,
+            )
+        )
+        self.assertEqual(
+            changed,
+            replace(hook, events=(WebhookEvent.THREAD_CLOSED,), active=False, updated_ms=later, secret_set_ms=later),
+        )
+        self.failureResultOf(
+            store.update_webhook(other.id, hook.id, updated_ms=later, read_preference=PRIMARY, active=True), NotFound
+        )
+        self.failureResultOf(store.delete_webhook(other.id, hook.id, read_preference=PRIMARY), NotFound)
+        self.write(store.delete_webhook(tenant.id, hook.id, read_preference=PRIMARY))
+        self.read_fails(NotFound, store.get_webhook, tenant.id, hook.id)
+
+    def test_webhook_outbox_in_the_change(self) -> None:
+        """Each change writes one pending delivery per subscribed active
+        endpoint of its tenant, carrying the change as it was: not for
+        unsubscribed, inactive or other tenants' endpoints."""
+        store = self.webhook_store()
+        tenant = self.make_tenant()
+        other = self.make_tenant("Other")
+        everything = list(WebhookEvent)
+        hook = self.make_webhook(tenant.id, everything)
+        only_threads = self.make_webhook(tenant.id, [WebhookEvent.THREAD_CREATED])
+        off = self.make_webhook(tenant.id, everything, active=False)
+        foreign = self.make_webhook(other.id, everything)
+        thread = self.make_thread(tenant.id)
+        author = self.make_author(tenant.id)
+        comment = self.post(tenant.id, thread.id, author, body="First!")
+        self.write(
+            store.update_comment(
+                tenant.id, comment.id, edited_ms=self.tick(), read_preference=PRIMARY, body=("Fixed", "<p>Fixed</p>")
+            )
+        )
+        self.make_thread(tenant.id, thread.url_id, closed=True)
+        got = self.deliveries(tenant.id, hook.id)
+        self.assertEqual(
+            [d.event_type for d in got],
+            [
+                WebhookEvent.THREAD_CREATED,
+                WebhookEvent.COMMENT_CREATED,
+                WebhookEvent.COMMENT_EDITED,
+                WebhookEvent.THREAD_CLOSED,
+            ],
+        )
+        created = json.loads(got[1].data)
+        self.assertEqual(
+            created["comment"],
+            {
+                "id": comment.id,
+                "threadId": thread.id,
+                "urlId": thread.url_id,
+                "parentId": None,
+                "authorId": author,
+                "displayName": "Ann",
+                "text": "First!",
+                "html": "<p>First!</p>",
+                "status": "approved",
+                "createdAt": comment.created_ms,
+                "editedAt": None,
+                "flags": 0,
+            },
+        )
+        self.assertEqual(json.loads(got[2].data)["comment"]["text"], "Fixed")
+        self.assertEqual(got[1].created_ms, comment.created_ms)
+        self.assertEqual(len({d.event_id for d in got}), 4)
+        self.assertEqual(
+            [d.event_type for d in self.deliveries(tenant.id, only_threads.id)], [WebhookEvent.THREAD_CREATED]
+        )
+        self.assertEqual(self.deliveries(tenant.id, off.id), [])
+        self.assertEqual(self.deliveries(other.id, foreign.id), [])
+
+    def test_webhook_rolled_back_change_sends_nothing(self) -> None:
+        """A change that fails writes no delivery (one transaction): a reply
+        to an unknown parent, a moderation call naming a foreign comment."""
+        self.webhook_store()
+        tenant = self.make_tenant()
+        other = self.make_tenant("Other")
+        hook = self.make_webhook(tenant.id, list(WebhookEvent))
+        thread = self.make_thread(tenant.id)
+        author = self.make_author(tenant.id)
+        mine = self.post(tenant.id, thread.id, author)
+        theirs = self.post(other.id, self.make_thread(other.id).id, self.make_author(other.id))
+        before = self.deliveries(tenant.id, hook.id)
+        self.failureResultOf(
+            self.store.create_comment(
+                self.new_comment(tenant.id, thread.id, author, parent_id=UNKNOWN), read_preference=PRIMARY
+            ),
+            NotFound,
+        )
+        self.failureResultOf(
+            self.store.moderate(
+                tenant.id,
+                ModerationAction.SPAM,
+                [mine.id, theirs.id],
+                actor="mod",
+                reason="r",
+                created_ms=self.tick(),
+                read_preference=PRIMARY,
+            ),
+            NotFound,
+        )
+        self.assertEqual(self.deliveries(tenant.id, hook.id), before)
+
+    def test_webhook_moderation_events(self) -> None:
+        """Moderation emits per changed comment: spam as
+        ``comment.marked_spam`` (with the previous status), a ban as
+        ``author.banned`` and ``comment.removed``; a flag as
+        ``comment.flagged``; a comment created as spam only as spam."""
+        self.webhook_store()
+        tenant = self.make_tenant()
+        thread = self.make_thread(tenant.id)
+        author = self.make_author(tenant.id)
+        flagger = self.make_author(tenant.id)
+        first = self.post(tenant.id, thread.id, author)
+        second = self.post(tenant.id, thread.id, author, status=PENDING)
+        hook = self.make_webhook(tenant.id, list(WebhookEvent))
+        self.post(tenant.id, thread.id, author, status=SPAM)
+        self.write(self.store.add_flag(tenant.id, first.id, flagger, created_ms=self.tick(), read_preference=PRIMARY))
+        moderated = self.write(
+            self.store.moderate(
+                tenant.id,
+                ModerationAction.SPAM,
+                [first.id, second.id],
+                actor="mod-1",
+                reason="ads",
+                created_ms=self.tick(),
+                read_preference=PRIMARY,
+            )
+        )
+        self.write(
+            self.store.moderate(
+                tenant.id,
+                ModerationAction.RESTORE,
+                [first.id],
+                actor="mod-1",
+                reason="oops",
+                created_ms=self.tick(),
+                read_preference=PRIMARY,
+            )
+        )
+        banned = self.write(
+            self.store.moderate(
+                tenant.id,
+                ModerationAction.BAN,
+                [first.id],
+                actor="mod-2",
+                reason="again",
+                created_ms=self.tick(),
+                read_preference=PRIMARY,
+            )
+        )
+        got = [(d.event_type, json.loads(d.data)) for d in self.deliveries(tenant.id, hook.id)]
+        types = [t for t, _ in got]
+        self.assertEqual(
+            types,
+            [
+                WebhookEvent.COMMENT_MARKED_SPAM,
+                WebhookEvent.COMMENT_FLAGGED,
+                WebhookEvent.COMMENT_MARKED_SPAM,
+                WebhookEvent.COMMENT_MARKED_SPAM,
+                WebhookEvent.COMMENT_APPROVED,
+                WebhookEvent.AUTHOR_BANNED,
+                WebhookEvent.COMMENT_REMOVED,
+            ],
+        )
+        spam = sorted((d for t, d in got[2:4]), key=lambda d: d["comment"]["id"] != first.id)
+        self.assertEqual(
+            spam[0],
+            {
+                "comment": {
+                    "id": first.id,
+                    "threadId": thread.id,
+                    "authorId": author,
+                    "status": "spam",
+                    "previousStatus": "approved",
+                },
+                "action": "spam",
+                "actor": "mod-1",
+                "reason": "ads",
+                "auditId": moderated.entry.id,
+            },
+        )
+        self.assertEqual(spam[1]["comment"]["previousStatus"], "pending")
+        self.assertEqual(got[1][1]["comment"]["flags"], 1)
+        self.assertEqual(got[1][1]["flaggerId"], flagger)
+        self.assertEqual(got[5][1]["author"], {"id": author})
+        self.assertEqual(got[5][1]["ban"]["id"], banned.bans[0].id)
+        self.assertEqual(got[6][1]["comment"]["status"], "removed")
+
+    def test_webhook_post_comment_events(self) -> None:
+        """``post_comment`` (one write, nothing read first) emits what
+        ``upsert_thread`` and ``create_comment`` do: ``thread.created`` only
+        when the post created the thread, then ``comment.created`` with the
+        full comment (its thread and author found in SQL), or only
+        ``comment.marked_spam`` for spam; a post that fails sends nothing."""
+        self.webhook_store()
+        tenant = self.make_tenant()
+        hook = self.make_webhook(tenant.id, list(WebhookEvent))
+        url = "https://example.com/webhook-posts"
+
+        def post(poster: Any, **kwargs: Any) -> Any:
+            fields: dict[str, Any] = dict(
+                tenant_id=tenant.id,
+                url_id=url,
+                poster=poster,
+                display_name='Ann "the" <b>',
+                body_source='He said "hi"\n\\ \u00e9',
+                body_html="<p>He said &quot;hi&quot;</p>",
+                status=APPROVED,
+                created_ms=self.tick(),
+            )
+            fields.update(kwargs)
+            return self.write(self.store.post_comment(NewPost(**fields), read_preference=PRIMARY))
+
+        first = post(NewSession(), title="Page")
+        assert first.session is not None
+        second = post(SessionPoster(first.session.id))
+        third = post(UserPoster("u1", "Bo"), status=SPAM)
+        self.failureResultOf(
+            self.store.post_comment(
+                NewPost(
+                    tenant_id=tenant.id,
+                    url_id="https://example.com/never",
+                    poster=SessionPoster("UNKNOWNSESSION00"),
+                    display_name="X",
+                    body_source="x",
+                    body_html="x",
+                    status=APPROVED,
+                    created_ms=self.tick(),
+                ),
+                read_preference=PRIMARY,
+            ),
+            NotFound,
+        )
+        got = [(d.event_type, json.loads(d.data), d) for d in self.deliveries(tenant.id, hook.id)]
+        self.assertEqual(
+            [t for t, _, _ in got],
+            [
+                WebhookEvent.THREAD_CREATED,
+                WebhookEvent.COMMENT_CREATED,
+                WebhookEvent.COMMENT_CREATED,
+                WebhookEvent.COMMENT_MARKED_SPAM,
+            ],
+        )
+        self.assertEqual(
+            got[0][1],
+            {
+                "thread": {
+                    "id": first.thread.id,
+                    "urlId": url,
+                    "title": "Page",
+                    "closed": False,
+                    "createdAt": first.thread.created_ms,
+                }
+            },
+        )
+        for (_, data, delivery), posted in zip(got[1:], [first, second, third], strict=True):
+            c = posted.comment
+            self.assertEqual(
+                data,
+                {
+                    "comment": {
+                        "id": c.id,
+                        "threadId": first.thread.id,
+                        "urlId": url,
+                        "parentId": None,
+                        "authorId": c.author_id,
+                        "displayName": 'Ann "the" <b>',
+                        "text": 'He said "hi"\n\\ \u00e9',
+                        "html": "<p>He said &quot;hi&quot;</p>",
+                        "status": c.status.value,
+                        "createdAt": c.created_ms,
+                        "editedAt": None,
+                        "flags": 0,
+                    }
+                },
+            )
+            self.assertEqual(delivery.created_ms, c.created_ms)
+        self.assertEqual(got[2][1]["comment"]["authorId"], first.session.author_id)
+        self.assertEqual(got[3][1]["comment"]["status"], "spam")
+        self.assertEqual(len({d.event_id for _, _, d in got}), 4)
+
+    def test_webhook_change_comment_events(self) -> None:
+        """``change_comment`` emits ``comment.edited`` for a new text and the
+        status's event for a new status, each with the comment as changed and
+        its ``previousStatus``; a status it already has sends nothing."""
+        self.webhook_store()
+        tenant = self.make_tenant()
+        thread = self.make_thread(tenant.id)
+        author = self.make_author(tenant.id)
+        comment = self.post(tenant.id, thread.id, author, status=PENDING)
+        hook = self.make_webhook(tenant.id, list(WebhookEvent))
+        edited_ms = self.tick()
+        change = self.write(
+            self.store.change_comment(
+                tenant.id,
+                comment.id,
+                edited_ms=edited_ms,
+                read_preference=PRIMARY,
+                body=('New "text"', "<p>New</p>"),
+                status=APPROVED,
+            )
+        )
+        self.write(
+            self.store.change_comment(
+                tenant.id, comment.id, edited_ms=self.tick(), read_preference=PRIMARY, status=APPROVED
+            )
+        )
+        self.write(
+            self.store.change_comment(
+                tenant.id, comment.id, edited_ms=self.tick(), read_preference=PRIMARY, status=CommentStatus.REMOVED
+            )
+        )
+        got = [(d.event_type, json.loads(d.data)) for d in self.deliveries(tenant.id, hook.id)]
+        self.assertEqual(
+            [t for t, _ in got],
+            [WebhookEvent.COMMENT_EDITED, WebhookEvent.COMMENT_APPROVED, WebhookEvent.COMMENT_REMOVED],
+        )
+        after = change.after
+        full = {
+            "id": comment.id,
+            "threadId": thread.id,
+            "parentId": None,
+            "authorId": author,
+            "displayName": "Ann",
+            "text": 'New "text"',
+            "html": "<p>New</p>",
+            "status": "approved",
+            "createdAt": comment.created_ms,
+            "editedAt": edited_ms,
+            "flags": 0,
+            "previousStatus": "pending",
+        }
+        self.assertEqual(after.edited_ms, edited_ms)
+        self.assertEqual(got[0][1], {"comment": full})
+        self.assertEqual(got[1][1], {"comment": full})
+        self.assertEqual(got[2][1]["comment"]["status"], "removed")
+        self.assertEqual(got[2][1]["comment"]["previousStatus"], "approved")
+
+    def test_webhook_flag_auto_hide_event(self) -> None:
+        """``comment.flagged`` carries the comment as the flag left it: its
+        count and, when the flag hid it for review, the pending status."""
+        self.webhook_store()
+        tenant = self.make_tenant()
+        thread = self.make_thread(tenant.id)
+        author = self.make_author(tenant.id)
+        comment = self.post(tenant.id, thread.id, author)
+        hook = self.make_webhook(tenant.id, list(WebhookEvent))
+        flaggers = [self.make_author(tenant.id) for _ in range(2)]
+        for flagger in flaggers:
+            self.write(
+                self.store.add_flag(
+                    tenant.id, comment.id, flagger, created_ms=self.tick(), read_preference=PRIMARY, hide_at=2
+                )
+            )
+        got = [(d.event_type, json.loads(d.data)) for d in self.deliveries(tenant.id, hook.id)]
+        self.assertEqual([t for t, _ in got], [WebhookEvent.COMMENT_FLAGGED] * 2)
+        self.assertEqual([d["flaggerId"] for _, d in got], flaggers)
+        self.assertEqual([d["comment"]["flags"] for _, d in got], [1, 2])
+        self.assertEqual([d["comment"]["status"] for _, d in got], ["approved", "pending"])
+        self.assertEqual(
+            got[1][1]["comment"],
+            {
+                "id": comment.id,
+                "threadId": thread.id,
+                "parentId": None,
+                "authorId": author,
+                "displayName": "Ann",
+                "text": "Hello",
+                "html": "<p>Hello</p>",
+                "status": "pending",
+                "createdAt": comment.created_ms,
+                "editedAt": None,
+                "flags": 2,
+            },
+        )
+
+    def test_webhook_claims_are_leased(self) -> None:
+        """A claimed delivery is leased to one claimer: a second claim gets
+        nothing until the lease expires, then retakes it; finishing with
+        an expired lease changes nothing; finishing removes it and the
+        next claim of the endpoint takes the next delivery in the same
+        transaction."""
+        store = self.webhook_store()
+        tenant = self.make_tenant()
+        hook = self.make_webhook(tenant.id, [WebhookEvent.THREAD_CREATED])
+        self.make_thread(tenant.id)
+        self.make_thread(tenant.id, "https://example.com/2")
+        now = self.tick()
+        (first,) = self.claim("node-a", now, lease_ms=1000)
+        self.assertEqual((first.url, first.secret, first.endpoint_id), (hook.url, "s" * 32, hook.id))
+        self.assertEqual(self.claim("node-b", now + 999), [])
+        (again,) = self.claim("node-b", now + 1000)
+        self.assertEqual(again.seq, first.seq)
+        self.assertEqual(self.finish(DeliveryDone(first.seq, hook.id, "node-a")), [])
+        both = self.successResultOf(
+            store.claim_webhook_deliveries(
+                owner="node-b2",
+                now_ms=now + 1001,
+                lease_ms=1000,
+                limit=5,
+                read_preference=PRIMARY,
+                finished=[DeliveryDone(again.seq, hook.id, "node-b")],
+            )
+        )
+        self.assertEqual(both.finished, [again.seq])
+        (second,) = both.deliveries
+        self.assertGreater(second.seq, again.seq)
+        self.assertEqual(self.finish(DeliveryDone(second.seq, hook.id, "node-b2")), [second.seq])
+        self.assertEqual(self.deliveries(tenant.id, hook.id), [])
+        self.assertEqual(self.claim("node-c", now + 10_000_000), [])
+
+    def test_webhook_claims_keep_endpoint_order(self) -> None:
+        """An endpoint's deliveries are claimed one at a time in the order
+        of the changes; other endpoints go alongside; a delivery waiting for
+        a retry lets the later ones pass; released ones are retaken at once."""
+        store = self.webhook_store()
+        tenant = self.make_tenant()
+        one = self.make_webhook(tenant.id, [WebhookEvent.THREAD_CREATED])
+        two = self.make_webhook(tenant.id, [WebhookEvent.THREAD_CREATED])
+        for n in range(3):
+            self.make_thread(tenant.id, "https://example.com/{}".format(n))
+        now = self.tick()
+        claimed = self.claim("a", now)
+        self.assertEqual(sorted(d.endpoint_id for d in claimed), sorted([one.id, two.id]))
+        self.assertEqual(self.claim("b", now), [])
+        firsts = {d.endpoint_id: d for d in claimed}
+        self.assertEqual(
+            self.write(store.release_webhook_deliveries([firsts[two.id].seq], owner="a", read_preference=PRIMARY)), 1
+        )
+        (retaken,) = self.claim("b", now)
+        self.assertEqual(retaken.seq, firsts[two.id].seq)
+        outcome = AttemptOutcome(
+            now_ms=now, status=500, error="HTTP 500", retry_at_ms=now + 60_000, disable_reason=None, disable_after=10
+        )
+        self.write(
+            store.record_webhook_failure(firsts[one.id].seq, one.id, outcome, owner="a", read_preference=PRIMARY)
+        )
+        (passed,) = self.claim("c", now)
+        self.assertEqual(passed.endpoint_id, one.id)
+        self.assertGreater(passed.seq, firsts[one.id].seq)
+        self.assertEqual(self.claim("d", now), [])
+        # Once due, the retried delivery is claimable again (the later one
+        # is still leased, which is the only way two of one endpoint fly).
+        (retried,) = self.claim("e", now + 60_000)
+        self.assertEqual((retried.seq, retried.attempts), (firsts[one.id].seq, 1))
+
+    def test_webhook_failures(self) -> None:
+        """A failed attempt is retried, or failed for good; the endpoint is
+        turned off after ``disable_after`` failures in a row (or at once for
+        a 410) with its reason, its pending deliveries failing with it; a
+        failed delivery is replayed once the endpoint is on again."""
+        store = self.webhook_store()
+        tenant = self.make_tenant()
+        hook = self.make_webhook(tenant.id, [WebhookEvent.THREAD_CREATED])
+        for n in range(3):
+            self.make_thread(tenant.id, "https://example.com/{}".format(n))
+        now = self.tick()
+
+        def fail(owner: str, at: int, retry: int | None, disable: str | None = None) -> Any:
+            (d,) = self.claim(owner, at)
+            outcome = AttemptOutcome(
+                now_ms=at, status=503, error="HTTP 503", retry_at_ms=retry, disable_reason=disable, disable_after=3
+            )
+            return d, self.write(
+                store.record_webhook_failure(d.seq, hook.id, outcome, owner=owner, read_preference=PRIMARY)
+            )
+
+        first, turned_off = fail("a", now, None)
+        self.assertIsNone(turned_off)
+        (failed,) = self.deliveries(tenant.id, hook.id, DeliveryState.FAILED)
+        self.assertEqual((failed.seq, failed.attempts, failed.last_status), (first.seq, 1, 503))
+        fail("b", now + 1, now + 100)
+        second, turned_off = fail("c", now + 2, now + 100)
+        self.assertIsNotNone(turned_off)
+        self.assertFalse(turned_off.active)
+        self.assertIn("3 attempts in a row failed", turned_off.disabled_reason)
+        self.assertEqual(self.deliveries(tenant.id, hook.id), [])
+        self.assertEqual(len(self.deliveries(tenant.id, hook.id, DeliveryState.FAILED)), 3)
+        self.assertEqual(self.claim("d", now + 1000), [])
+        self.failureResultOf(
+            store.replay_webhook_delivery(tenant.id, hook.id, first.event_id, now_ms=now + 5, read_preference=PRIMARY),
+            InvalidReference,
+        )
+        back_on = self.write(
+            store.update_webhook(tenant.id, hook.id, updated_ms=now + 6, active=True, read_preference=PRIMARY)
+        )
+        self.assertEqual((back_on.active, back_on.disabled_reason, back_on.consecutive_failures), (True, None, 0))
+        replayed = self.write(
+            store.replay_webhook_delivery(tenant.id, hook.id, first.event_id, now_ms=now + 7, read_preference=PRIMARY)
+        )
+        self.assertEqual(
+            (replayed.state, replayed.attempts, replayed.window_start_ms), (DeliveryState.PENDING, 0, now + 7)
+        )
+        self.failureResultOf(
+            store.replay_webhook_delivery(tenant.id, hook.id, first.event_id, now_ms=now + 8, read_preference=PRIMARY),
+            NotFound,
+        )
+        _, turned_off = fail("e", now + 9, now + 100, disable="the receiver answered 410 Gone")
+        self.assertEqual(turned_off.disabled_reason, "the receiver answered 410 Gone")
+
+    def test_webhook_queue(self) -> None:
+        """The queue counts pending and failed deliveries and knows the
+        oldest pending one's time."""
+        store = self.webhook_store()
+        self.assertEqual(self.read(store.webhook_queue), WebhookQueue(pending=0, failed=0, oldest_pending_ms=None))
+        tenant = self.make_tenant()
+        self.make_webhook(tenant.id, [WebhookEvent.THREAD_CREATED])
+        thread = self.make_thread(tenant.id)
+        self.make_thread(tenant.id, "https://example.com/2")
+        self.assertEqual(
+            self.read(store.webhook_queue), WebhookQueue(pending=2, failed=0, oldest_pending_ms=thread.created_ms)
+        )

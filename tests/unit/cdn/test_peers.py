@@ -1,4 +1,4 @@
-"""Media calls between mesh nodes (``fastedge.mesh.media``) over the
+"""Media calls between mesh nodes (``fastedge.cdn.peers``) over the
 in-memory mesh: who may make them, and what bad ones get."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.mesh.media import MeshMedia
+from fastedge.cdn.peers import MeshMedia, PeerMetrics
 from fastedge.mesh.messages import Refused
 from fastedge.testing.mesh import MemoryMesh
 
@@ -33,9 +33,9 @@ class MeshMediaTests(SynchronousTestCase):
         self.media: dict[str, MeshMedia] = {}
         for node_id, deployment in (("a", "global"), ("b", "global"), ("x", "other")):
             service = self.mesh.add(node_id, deployment=deployment, start=False)
-            media = MeshMedia()
-            service.media = media
-            media.cdn = self.cdns[node_id] = _Purges()
+            self.cdns[node_id] = _Purges()
+            media = MeshMedia(self.cdns[node_id], metrics=PeerMetrics(self.mesh.registries[node_id]))
+            service.register(media)
             self.media[node_id] = media
             service.privilegedStartService()
             service.startService()

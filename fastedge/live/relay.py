@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.mesh.test_relay -*-
+# -*- test-case-name: tests.unit.live.test_relay,tests.unit.live.test_relay_properties -*-
 """Live events across nodes: one sequencer per channel, followers that
 follow it, and re-synchronisation by sequence numbers.
 
@@ -32,7 +32,11 @@ follow it, and re-synchronisation by sequence numbers.
   channel while partitioned tells the next owner to start a new epoch.
 - **Isolation.** Only nodes of the same deployment follow, forward or
   receive anything; a relay call from a node of another deployment is
-  refused and counted.
+  refused and counted (by the mesh, as for every registered handler).
+
+The relay is a mesh handler (:class:`~fastedge.mesh.interfaces.IMeshHandler`,
+``docs/mesh-handlers.md``): the live service makes it, and the node's
+wiring registers it with the mesh; the mesh knows nothing of live events.
 """
 
 from __future__ import annotations
@@ -43,23 +47,20 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..live.hub import ChannelKey, Event, Hub, Prepared, Stamp, new_epoch
-from .messages import (  # noqa: F401 - RESET_KIND is also this module's public name
-    RESET_KIND,
-    BadMessage,
-    Refused,
-    RelayedEvent,
-    check_channel_id,
-    check_position,
-)
-from .nodemap import NodeMapChange, NodeState
+from ..mesh.handler import MeshHandler
+from ..mesh.interfaces import ILink, IMesh, IPeerSession
+from ..mesh.messages import BadMessage, check_channel_id
+from ..mesh.nodemap import NodeMapChange, NodeState
+from .hub import ChannelKey, Event, Hub, Prepared, Stamp, new_epoch
+from .relay_messages import RESET_KIND, RelayedEvent, check_position
 
-__all__ = ["Relay", "connect_relay"]
+__all__ = ["Relay", "RelayMetrics", "rendezvous"]
 
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -73,6 +74,67 @@ EVENTS_BATCH = 1000
 OWNER_CACHE = 100_000
 #: Seconds between sweeps of what is remembered of forgotten channels.
 PRUNE_SECONDS = 60.0
+
+_RELAY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class RelayMetrics:
+    """The relay's metric families (``fastedge_mesh_relay_*``: their names
+    say where the events travel, and stayed when the relay moved here)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.relay_events = Counter(
+            "fastedge_mesh_relay_events_total",
+            "Live events over the mesh, by direction (sent: pushed to a follower; "
+            "received: from an owner; forwarded: a local write sent to its owner; "
+            "sequenced: a write from another node stamped here; dropped: a write the full "
+            "forward queue gave up on).",
+            ["direction"],
+            registry=registry,
+        )
+        self.relay_resyncs = Counter(
+            "fastedge_mesh_relay_resyncs_total",
+            "Channels re-synchronised with their owner after a (re)connect, by " "result (replayed, current, reset).",
+            ["result"],
+            registry=registry,
+        )
+        self.relay_refused = Counter(
+            "fastedge_mesh_relay_refused_total",
+            "Relay messages refused, by reason (deployment, not_upstream, bad_event).",
+            ["reason"],
+            registry=registry,
+        )
+        self.relay_channels = Gauge(
+            "fastedge_mesh_relay_channels",
+            "Channels by role: followed (this node follows another's numbering), "
+            "owned_followers (channels owned here with followers elsewhere).",
+            ["role"],
+            registry=registry,
+        )
+        self.relay_takeovers = Counter(
+            "fastedge_mesh_relay_takeovers_total",
+            "Channels this node moved to a new epoch of its own at once (taken over "
+            "from another sequencer, or told their numberings diverged): their "
+            "subscribers and followers reload.",
+            registry=registry,
+        )
+        self.relay_handovers = Counter(
+            "fastedge_mesh_relay_handovers_total",
+            "Channels sequenced here that moved to an owner which had not followed "
+            "them here (told to start a new epoch: its subscribers reload).",
+            registry=registry,
+        )
+        self.relay_queue = Gauge(
+            "fastedge_mesh_relay_forward_queue",
+            "Local writes waiting for their channel's owner to be reachable.",
+            registry=registry,
+        )
+        self.relay_seconds = Histogram(
+            "fastedge_mesh_relay_prime_seconds",
+            "Time to learn a channel's position from its owner before the first " "local subscriber is answered.",
+            buckets=_RELAY_BUCKETS,
+            registry=registry,
+        )
 
 
 def to_wire(event: Event, stamp: Stamp | None) -> RelayedEvent:
@@ -143,12 +205,19 @@ class _Forward:
     owed: bool = False
 
 
-class Relay:
+class Relay(MeshHandler):
     """This node's side of cross-node live events (see the module docstring).
+
+    A mesh handler: its remote calls are ``follow``, ``unfollow``,
+    ``publish`` and ``block`` (made on the peer's session), its callback is
+    ``events`` (pushed back over this node's link), and its calls carry
+    :class:`~fastedge.live.relay_messages.RelayedEvent`. Until it is
+    attached to a started mesh, this node sequences every channel.
 
     :param hub: the node's hub; the relay feeds it through
         :meth:`~fastedge.live.hub.Hub.publish` and
         :meth:`~fastedge.live.hub.Hub.resync` only.
+    :param metrics: its metric families (``fastedge_mesh_relay_*``).
     :param prime_timeout: how long a first subscriber waits for the owner.
     :param forward_timeout: how long a write waits for an unreachable owner
         before it is sequenced here (local subscribers then reload; see
@@ -157,27 +226,39 @@ class Relay:
     """
 
     _log = Logger()
+    name = "relay"
 
     def __init__(
         self,
         hub: Hub,
         *,
+        metrics: RelayMetrics,
         prime_timeout: float = 1.0,
         forward_timeout: float = 5.0,
         max_queue: int = 10_000,
         new_epoch: Callable[[], str] = new_epoch,
     ) -> None:
+        super().__init__()
+        self.remote_calls = {
+            "follow": self._serve_follow,
+            "unfollow": self._serve_unfollow,
+            "publish": self._serve_publish,
+            "block": self._serve_block,
+        }
+        self.callbacks = {"events": self._receive_events}
+        self.message_types = (RelayedEvent,)
+        self._metrics = metrics
         self.hub = hub
         self._prime_timeout = prime_timeout
         self._forward_timeout = forward_timeout
         self._max_queue = max_queue
         self._new_epoch = new_epoch
-        self.mesh: Any = None
+        self.mesh: IMesh | None = None
         #: Epochs this hub took from another sequencer (not to be continued here).
         self.followed_epoch: dict[ChannelKey, str] = {}
         self.following: dict[ChannelKey, _Follow] = {}
-        self.followers: dict[ChannelKey, set[Any]] = {}
-        self._sessions: dict[Any, set[ChannelKey]] = {}
+        self.followers: dict[ChannelKey, set[IPeerSession]] = {}
+        self._sessions: dict[IPeerSession, set[ChannelKey]] = {}
         self._outbox: dict[str, list[_Forward]] = {}
         #: Channels stamped here as their owner (handed over when they move).
         self.sequenced: set[ChannelKey] = set()
@@ -187,34 +268,29 @@ class Relay:
         self._pruned = float("-inf")
         # Pushes and forwards made in one reactor turn go out as one call
         # per peer (a busy channel costs calls per turn, not per event).
-        self._pushes: dict[Any, list[RelayedEvent]] = {}
+        self._pushes: dict[IPeerSession, list[RelayedEvent]] = {}
         self._push_call: IDelayedCall | None = None
         self._forward_call: IDelayedCall | None = None
         hub.add_listener(self)
 
-    # Wiring
+    # IMeshHandler
 
-    def attach(self, mesh: Any) -> None:
-        """Start relaying for a started mesh service (its membership exists)."""
+    def attach(self, mesh: IMesh) -> None:
+        """Start relaying over a started mesh."""
         self.mesh = mesh
-        membership = mesh.membership
-        membership.on_link_up.append(self._link_up)
-        membership.on_peer_gone.append(self._peer_gone)
         mesh.node_map.subscribe(self._map_changed)
+
+    def refused(self, call: str, reason: str) -> None:
+        """The mesh refused a relay call (another deployment's, ...)."""
+        if reason == "deployment":
+            self._metrics.relay_refused.labels("deployment").inc()
 
     @property
     def _me(self) -> str | None:
-        return self.mesh.node.id if self.mesh is not None else None
-
-    @property
-    def _deployment(self) -> str | None:
-        return self.mesh.node.deployment if self.mesh is not None else None
-
-    @property
-    def _metrics(self) -> Any:
-        return self.mesh.metrics
+        return self.mesh.node_id if self.mesh is not None else None
 
     def _now(self) -> float:
+        assert self.mesh is not None
         return self.mesh.monotonic()
 
     # Ownership
@@ -222,23 +298,24 @@ class Relay:
     def _owner_set(self) -> tuple[str, ...]:
         if self._candidates is None:
             mesh = self.mesh
+            assert mesh is not None
             live = (NodeState.ALIVE, NodeState.SUSPECT)
             nodes = {
                 info.node_id
                 for info in mesh.node_map.nodes().values()
-                if info.deployment == mesh.node.deployment and info.state in live
+                if info.deployment == mesh.deployment and info.state in live
             }
-            if not mesh.membership.leaving:
-                nodes.add(mesh.node.id)
+            if not mesh.leaving:
+                nodes.add(mesh.node_id)
             else:
-                nodes.discard(mesh.node.id)
+                nodes.discard(mesh.node_id)
             self._candidates = tuple(sorted(nodes))
         return self._candidates
 
     def owner_of(self, channel: ChannelKey) -> str | None:
         """The node that sequences ``channel`` as this node sees the mesh
         (``None`` before the mesh runs: this node sequences everything)."""
-        if self.mesh is None or self.mesh.membership is None:
+        if self.mesh is None:
             return None
         if channel in self._owners:
             return self._owners[channel]
@@ -264,7 +341,7 @@ class Relay:
     def _rebalance(self) -> None:
         """Owners may have moved: follow channels at their new owners."""
         self._rebalance_call = None
-        if self.mesh is None or self.mesh.membership is None:
+        if self.mesh is None:
             return
         moved: dict[str, list[ChannelKey]] = {}
         for channel, follow in list(self.following.items()):
@@ -307,7 +384,7 @@ class Relay:
         position = self.hub.position(channel)
         if position is None or position.seq == 0 or self.followed_epoch.get(channel) == position.epoch:
             return
-        if any(session.node_id == owner for session in self.followers.get(channel, ())):
+        if any(session.node_id == owner for session in self.followers.get(channel, set())):
             return  # it followed every event stamped here
         self._metrics.relay_handovers.inc()
         self._log.info(
@@ -365,6 +442,7 @@ class Relay:
             for session in followers:
                 self._pushes.setdefault(session, []).append(wire)
             if self._push_call is None:
+                assert self.mesh is not None
                 self._push_call = self.mesh.reactor.callLater(0, self._send_pushes)
 
     # Local writes (LivePublisher.sink)
@@ -403,26 +481,22 @@ class Relay:
         for session in followers:
             self._pushes.setdefault(session, []).append(wire)
         if self._push_call is None:
+            assert self.mesh is not None
             self._push_call = self.mesh.reactor.callLater(0, self._send_pushes)
 
     def _send_pushes(self) -> None:
         """Send what this turn stamped to each follower, in stamp order."""
         self._push_call = None
         pushes, self._pushes = self._pushes, {}
-        limit = self.mesh.cfg.max_pending_calls
+        mesh = self.mesh
+        assert mesh is not None
         for session, wires in pushes.items():
-            broker = session.broker
-            if broker is None or broker.disconnected or session.mind is None:
-                continue
-            if broker.pending_calls() >= limit:
-                broker.violation(
-                    "unanswered",
-                    "{} relayed event batches awaiting acknowledgement".format(limit),
-                )
-                continue
             for start in range(0, len(wires), EVENTS_BATCH):
                 batch = wires[start : start + EVENTS_BATCH]
-                self.mesh.membership.failures.watch(session.mind.callRemote("events", batch), "events", session.node_id)
+                # A session that closed, or left too many batches
+                # unacknowledged (it is disconnected and re-syncs when it is
+                # back), fails the call: counted by the mesh.
+                mesh.watch(session.call_back("events", batch), "events", session.node_id)
             self._metrics.relay_events.labels("sent").inc(len(wires))
 
     def _forward(self, owner: str, event: Event, hops: int, *, owed: bool = False) -> None:
@@ -445,7 +519,7 @@ class Relay:
             if not dropped.owed:
                 self._sequence(dropped.event)
         self._metrics.relay_queue.set(self._queued())
-        if self._forward_call is None:
+        if self._forward_call is None and self.mesh is not None:
             self._forward_call = self.mesh.reactor.callLater(0, self._flush_all)
 
     def _flush_all(self) -> None:
@@ -460,16 +534,24 @@ class Relay:
         self._forward_call = None
         queues, self._outbox = self._outbox, {}
         sending: dict[tuple[str, int], list[_Forward]] = {}
-        links: dict[str, Any] = {}
+        links: dict[str, ILink | None] = {}
         for queue in queues.values():
             for item in queue:
                 owner = self.owner_of(item.event.channel)
                 if owner is None or owner == self._me:
                     if not item.owed:
                         self._sequence(item.event)
-                    # An owed write is in this node's numbering already;
-                    # every follower meets this node's epoch with a reset,
-                    # and the reload covers it.
+                    elif owner is not None:
+                        # An owed write is in this node's numbering already
+                        # (stamped here while its owner was unreachable), and
+                        # the channel is this node's now: it is not sent. The
+                        # channel counts as sequenced here, so that when it
+                        # moves on (the old owner back) the next owner, which
+                        # never saw the write, is told to start a new epoch
+                        # and its subscribers reload (_hand_over). Before,
+                        # only writes stamped as the owner counted, and the
+                        # old owner's subscribers missed this one silently.
+                        self.sequenced.add(item.event.channel)
                     continue
                 if owner not in links:
                     links[owner] = self._link_to(owner)
@@ -478,22 +560,24 @@ class Relay:
                 else:
                     sending.setdefault((owner, 2 if item.owed else item.hops), []).append(item)
         for (owner, hops), items in sending.items():
+            link = links[owner]
+            assert link is not None
             for start in range(0, len(items), EVENTS_BATCH):
-                self._send_forwards(links[owner], items[start : start + EVENTS_BATCH], hops)
+                self._send_forwards(link, items[start : start + EVENTS_BATCH], hops)
         self._metrics.relay_queue.set(self._queued())
 
     def _queued(self) -> int:
         return sum(len(q) for q in self._outbox.values())
 
-    def _link_to(self, node_id: str) -> Any:
-        peer = self.mesh.membership.peers.get(node_id)
-        if peer is None or peer.link is None or not peer.link.up:
-            return None
-        return peer.link
+    def _link_to(self, node_id: str) -> ILink | None:
+        assert self.mesh is not None
+        link: ILink | None = self.mesh.link_to(node_id)
+        return link
 
-    def _send_forwards(self, link: Any, items: list[_Forward], hops: int) -> None:
+    def _send_forwards(self, link: ILink, items: list[_Forward], hops: int) -> None:
         wires = [to_wire(item.event, None) for item in items]
-        d = self.mesh.membership._call(link, "publish", wires, hops)
+        assert self.mesh is not None
+        d = self.mesh.call(link, "publish", wires, hops)
         self._metrics.relay_events.labels("forwarded").inc(len(items))
 
         def failed(f: Failure) -> None:
@@ -509,26 +593,21 @@ class Relay:
         """A viewer blocked or unblocked an author: apply it here and on the
         deployment's other nodes (the viewer may follow live elsewhere)."""
         self.hub.set_blocked((tenant_id, viewer_author_id), author_id, blocked)
-        if self.mesh is None or self.mesh.membership is None:
+        mesh = self.mesh
+        if mesh is None:
             return
-        for peer in self.mesh.membership.peers.values():
-            if peer.announcement.deployment != self._deployment or peer.link is None or not peer.link.up:
+        for node_id in mesh.peers():
+            link = mesh.link_to(node_id)
+            if link is None:
                 continue
-            d = self.mesh.membership._call(
-                peer.link,
-                "block",
-                tenant_id,
-                viewer_author_id,
-                author_id,
-                bool(blocked),
-            )
-            self.mesh.membership.failures.watch(d, "block", peer.node_id)
+            d = mesh.call(link, "block", tenant_id, viewer_author_id, author_id, bool(blocked))
+            mesh.watch(d, "block", node_id)
 
     # Following (this node has subscribers of a channel another node owns)
 
     def interest_changed(self, channel: ChannelKey, interested: bool) -> None:
         """HubListener: the first local subscriber came, or the last left."""
-        if self.mesh is None or self.mesh.membership is None:
+        if self.mesh is None:
             return
         if interested:
             if channel not in self.following:
@@ -547,7 +626,7 @@ class Relay:
         """Make sure a channel about to get its first local subscriber is up
         to date with its owner (never fails; gives up after the prime
         timeout and the subscriber gets what this node has)."""
-        if self.mesh is None or self.mesh.membership is None or self.hub.subscribers(channel):
+        if self.mesh is None or self.hub.subscribers(channel):
             return succeed(None)
         owner = self.owner_of(channel)
         if owner is None or owner == self._me:
@@ -580,6 +659,7 @@ class Relay:
             return result
 
         pending.addBoth(answered)
+        assert self.mesh is not None
         timer = self.mesh.clock.callLater(self._prime_timeout, done, None)
         waited.addBoth(settled)
         return waited
@@ -598,7 +678,7 @@ class Relay:
         for start in range(0, len(channels), FOLLOW_BATCH):
             self._follow_batch(link, owner, list(channels[start : start + FOLLOW_BATCH]))
 
-    def _follow_batch(self, link: Any, owner: str, channels: list[ChannelKey]) -> None:
+    def _follow_batch(self, link: ILink, owner: str, channels: list[ChannelKey]) -> None:
         entries = []
         for channel in channels:
             position = self.hub.position(channel)
@@ -610,7 +690,8 @@ class Relay:
                     position.seq if position else None,
                 ]
             )
-        d = self.mesh.membership._call(link, "follow", entries)
+        assert self.mesh is not None
+        d = self.mesh.call(link, "follow", entries)
         done: Deferred[None] = Deferred()
         for channel in channels:
             self.following[channel].pending = done
@@ -629,7 +710,7 @@ class Relay:
             done.callback(None)
 
         d.addCallback(answered)
-        self.mesh.membership.failures.watch(d, "follow", owner)
+        self.mesh.watch(d, "follow", owner)
         d.addBoth(finish)
 
     def _followed(self, owner: str, channels: list[ChannelKey], answer: Any) -> None:
@@ -663,69 +744,28 @@ class Relay:
         if link is None:
             return
         names = [[c[0], c[1]] for c in channels]
-        self.mesh.membership.failures.watch(self.mesh.membership._call(link, "unfollow", names), "unfollow", owner)
+        assert self.mesh is not None
+        self.mesh.watch(self.mesh.call(link, "unfollow", names), "unfollow", owner)
 
-    def _link_up(self, peer: Any, link: Any) -> None:
+    def link_up(self, node_id: str, link: ILink) -> None:
         """A link came (back) up: re-follow what this node follows there
         (with the positions it has, so missed events are replayed) and send
         the writes waiting for it."""
-        channels = [c for c, f in self.following.items() if f.owner == peer.node_id]
+        channels = [c for c, f in self.following.items() if f.owner == node_id]
         if channels:
-            self._follow(peer.node_id, channels)
+            self._follow(node_id, channels)
         self._flush_all()
 
-    def _peer_gone(self, peer: Any) -> None:
+    def peer_gone(self, node_id: str) -> None:
+        """A peer's life ended: it follows nothing here any more."""
         for session in list(self._sessions):
-            if session.node_id == peer.node_id:
+            if session.node_id == node_id:
                 self.session_closed(session)
 
-    # Calls from peers
+    # Calls from peers (the mesh checked the caller's deployment; a
+    # BadMessage disconnects it)
 
-    def _peer_deployment_ok(self, node_id: str, incarnation: int) -> bool:
-        peer = self.mesh.membership.current(node_id, incarnation)
-        if peer is not None and peer.announcement.deployment == self._deployment:
-            return True
-        self._metrics.relay_refused.labels("deployment").inc()
-        self._log.warn(
-            "mesh relay: refused a relay call from {peer} (another deployment than {deployment})",
-            peer=node_id,
-            deployment=self._deployment,
-        )
-        return False
-
-    def from_session(self, session: Any, method: str, *args: Any) -> Any:
-        """A relay call a peer made on its session here."""
-        if not self._peer_deployment_ok(session.node_id, session.incarnation):
-            raise Refused("deployment: relay is only between nodes of one deployment")
-        try:
-            if method == "follow":
-                return self._serve_follow(session, *args)
-            if method == "unfollow":
-                return self._serve_unfollow(session, *args)
-            if method == "publish":
-                return self._serve_publish(session, *args)
-            if method == "block":
-                return self._serve_block(*args)
-        except BadMessage as e:
-            if session.broker is not None:
-                session.broker.violation("bad_message", str(e))
-            raise Refused("bad message") from None
-        raise Refused("no such relay call")
-
-    def from_link(self, link: Any, method: str, *args: Any) -> Any:
-        """A relay call a peer made back over this node's link to it."""
-        if not self._peer_deployment_ok(link.peer_id, link.peer_incarnation):
-            raise Refused("deployment: relay is only between nodes of one deployment")
-        if method != "events" or len(args) != 1:
-            raise Refused("no such relay call")
-        try:
-            self._receive_events(link, args[0])
-        except BadMessage as e:
-            link.abort("bad_message", str(e))
-            raise Refused("bad message") from None
-        return None
-
-    def _serve_follow(self, session: Any, entries: Any) -> list[Any]:
+    def _serve_follow(self, session: IPeerSession, entries: Any) -> list[Any]:
         if not isinstance(entries, (list, tuple)) or len(entries) > FOLLOW_BATCH:
             raise BadMessage("follow takes a list of at most {} channels".format(FOLLOW_BATCH))
         budget = ANSWER_BUDGET
@@ -763,7 +803,7 @@ class Relay:
         self._count_channels()
         return answer
 
-    def _serve_unfollow(self, session: Any, names: Any) -> None:
+    def _serve_unfollow(self, session: IPeerSession, names: Any) -> None:
         if not isinstance(names, (list, tuple)) or len(names) > 10_000:
             raise BadMessage("unfollow takes a list of channels")
         for name in names:
@@ -781,7 +821,7 @@ class Relay:
             self._sessions.get(session, set()).discard(channel)
         self._count_channels()
 
-    def _serve_publish(self, session: Any, wires: Any, hops: Any) -> None:
+    def _serve_publish(self, session: IPeerSession, wires: Any, hops: Any) -> None:
         if (
             not isinstance(wires, (list, tuple))
             or not 0 < len(wires) <= EVENTS_BATCH
@@ -813,7 +853,7 @@ class Relay:
             else:
                 self._forward(owner, event, hops + 1)
 
-    def _serve_block(self, tenant_id: Any, viewer: Any, author: Any, blocked: Any) -> None:
+    def _serve_block(self, session: IPeerSession, tenant_id: Any, viewer: Any, author: Any, blocked: Any) -> None:
         check_channel_id(tenant_id, "tenant")
         check_channel_id(viewer, "viewer")
         check_channel_id(author, "author")
@@ -821,7 +861,7 @@ class Relay:
             raise BadMessage("blocked must be true or false")
         self.hub.set_blocked((tenant_id, viewer), author, blocked)
 
-    def _receive_events(self, link: Any, wires: Any) -> None:
+    def _receive_events(self, link: ILink, wires: Any) -> None:
         if not isinstance(wires, (list, tuple)) or not 0 < len(wires) <= EVENTS_BATCH:
             raise BadMessage("events must be a list of 1 to {} relayed events".format(EVENTS_BATCH))
         for wire in wires:
@@ -843,7 +883,7 @@ class Relay:
             self.hub.publish(from_wire(wire))
             self._metrics.relay_events.labels("received").inc()
 
-    def session_closed(self, session: Any) -> None:
+    def session_closed(self, session: IPeerSession) -> None:
         """A peer's session closed: it follows nothing here any more."""
         for channel in self._sessions.pop(session, set()):
             members = self.followers.get(channel)
@@ -859,7 +899,7 @@ class Relay:
         """Periodic work (every detector tick): writes that waited too long
         for an unreachable owner are sequenced here; channels primed for a
         subscriber that never came are unfollowed."""
-        if self.mesh is None or self.mesh.membership is None:
+        if self.mesh is None:
             return
         now = self._now()
         for owner, queue in self._outbox.items():
@@ -903,22 +943,3 @@ class Relay:
             return
         self._metrics.relay_channels.labels("followed").set(len(self.following))
         self._metrics.relay_channels.labels("owned_followers").set(len(self.followers))
-
-
-def connect_relay(mesh: Any, live: Any) -> Relay:
-    """Relay the live events of ``live`` (a ``LiveService``) over ``mesh``
-    (a ``MeshService``, not yet started): local writes go to their
-    channels' sequencers, first subscribers are primed, block changes reach
-    the deployment's other nodes."""
-    cfg = mesh.cfg
-    relay = Relay(
-        live.hub,
-        prime_timeout=cfg.relay_prime_timeout_seconds,
-        forward_timeout=cfg.relay_forward_timeout_seconds,
-        max_queue=cfg.relay_queue_events,
-    )
-    mesh.relay = relay
-    live.publisher.sink = relay.publish
-    live.publisher.block_sink = relay.block
-    live.live.prime = relay.prime
-    return relay

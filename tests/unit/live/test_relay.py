@@ -10,9 +10,8 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.mesh.relay import rendezvous
-
-from .common import LiveWorld, Rogue, metric
+from fastedge.live.relay import rendezvous
+from tests.unit.mesh.common import LiveWorld, Rogue, metric
 
 
 class OwnershipTests(SynchronousTestCase):
@@ -321,14 +320,14 @@ class HousekeepingTests(SynchronousTestCase):
         after a grace period, here and at its sequencer."""
         world = LiveWorld(self)
         thread, url = world.thread_owned_by("a")
-        relay = world.mesh.nodes["c"].relay
+        relay = world.mesh.live["c"].service.relay
         relay.prime(world.channel(thread))
         world.mesh.network.flush()
         self.assertIn(world.channel(thread), relay.following)
-        self.assertIn(world.channel(thread), world.mesh.nodes["a"].relay.followers)
+        self.assertIn(world.channel(thread), world.mesh.live["a"].service.relay.followers)
         world.mesh.advance(6.0)
         self.assertEqual(relay.following, {})
-        self.assertEqual(world.mesh.nodes["a"].relay.followers, {})
+        self.assertEqual(world.mesh.live["a"].service.relay.followers, {})
 
     def test_last_subscriber_leaving_unfollows(self) -> None:
         """When the last local subscriber leaves, the node stops following
@@ -341,7 +340,7 @@ class HousekeepingTests(SynchronousTestCase):
         world.mesh.network.flush()
         world.post("a", thread)
         self.assertEqual(world.received("c"), 1.0)
-        self.assertEqual(world.mesh.nodes["a"].relay.followers, {})
+        self.assertEqual(world.mesh.live["a"].service.relay.followers, {})
 
     def test_forgotten_channels_are_forgotten_here_too(self) -> None:
         """Once the hub forgets an idle followed channel, the relay drops
@@ -350,7 +349,7 @@ class HousekeepingTests(SynchronousTestCase):
         thread, url = world.thread_owned_by("a")
         on_c = world.subscribe("c", url)
         world.post("a", thread)
-        relay = world.mesh.nodes["c"].relay
+        relay = world.mesh.live["c"].service.relay
         self.assertIn(world.channel(thread), relay.followed_epoch)
         on_c.close()
         world.mesh.advance(12.0)
@@ -368,7 +367,7 @@ class IsolationTests(SynchronousTestCase):
         world.mesh.add("eu1", deployment="eu")
         world.mesh.advance(1.0)
         self.assertEqual(world.mesh.states("a")["eu1"], "alive")
-        relay = world.mesh.nodes["a"].relay
+        relay = world.mesh.live["a"].service.relay
         for i in range(50):
             self.assertNotEqual(relay.owner_of((world.tenant.id, "t{}".format(i))), "eu1")
         thread, url = world.thread_owned_by("a")
@@ -516,3 +515,40 @@ class OwnerDiesTests(SynchronousTestCase):
         self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_handovers_total"), 1.0)
         world.post("c", thread, "after")
         self.assertEqual(on_a.events()[-1]["id"], on_b.events()[-1]["id"])
+
+    def test_owed_write_dropped_when_the_channel_came_here(self) -> None:
+        """The gap the property test found (main, "client 1 on b never got
+        comment ... reloads [2]"): c cannot reach the owner b (a still hears
+        it, so b stays SUSPECT and keeps the channel) and sequences a write
+        itself after the forward timeout, owing it to b. Then b goes silent
+        for a too: b is DEAD, the channel is c's, and c drops the owed write
+        (it is in c's numbering). When b is back and owns the channel again,
+        c must hand it over (b starts a new epoch, its subscriber reloads):
+        before, c had never counted the channel as sequenced here, so b's
+        subscriber neither got the write nor a reset."""
+        world = LiveWorld(self)
+        for _ in range(1000):
+            thread, url = world.thread_owned_by("b")
+            if rendezvous(world.channel(thread), ["a", "c"]) == "c":
+                break
+        on_b = world.subscribe("b", url)
+        net = world.mesh.network
+        a, b, c = (world.mesh.host(n) for n in "abc")
+        net.block(b, c)
+        net.cut(b, c)
+        world.mesh.advance(2.0)
+        self.assertEqual(world.mesh.states("c")["b"], "suspect")
+        comment = world.post("c", thread, "owed")
+        world.mesh.advance(6.0)
+        self.assertEqual(world.mesh.states("c")["b"], "suspect")
+        net.block(a, b)
+        net.cut(a, b)
+        world.mesh.advance(4.0)
+        self.assertEqual(world.mesh.states("c")["b"], "dead")
+        net.unblock(a, b)
+        net.unblock(b, c)
+        world.mesh.advance(12.0)
+        self.assertEqual(world.mesh.states("c")["b"], "alive")
+        got = [m["data"]["comment"]["id"] for m in on_b.events()]
+        resets = [k for k, _ in world.seqs(on_b) if k == "reset"]
+        self.assertTrue(comment.id in got or resets, (got, world.seqs(on_b)))

@@ -1,12 +1,16 @@
-# -*- test-case-name: tests.unit.mesh.test_media -*-
+# -*- test-case-name: tests.unit.cdn.test_peers -*-
 """The CDN over the mesh: purges reach every node of the deployment, and a
 miss is filled from the nearest peer that has the object.
 
 :class:`MeshMedia` is both the CDN's :class:`~fastedge.cdn.interfaces.IPurgeBroadcast`
-and its :class:`~fastedge.cdn.interfaces.IPeerLocator`. Everything travels
-over the mesh's PB links (mutual TLS, certificates from the deployment's
-CA), and only between nodes of one deployment: a media call from a node of
-another deployment is refused and counted, as relay calls are.
+and its :class:`~fastedge.cdn.interfaces.IPeerLocator`, and a mesh handler
+(:class:`~fastedge.mesh.interfaces.IMeshHandler`, ``docs/mesh-handlers.md``):
+the CDN service makes it, the node's wiring registers it with the mesh.
+Everything travels over the mesh's PB links (mutual TLS, certificates from
+the deployment's CA), and only between nodes of one deployment: the mesh
+refuses a media call from a node of another deployment, and it is counted,
+as relay calls are. Until it is registered with a started mesh, it finds no
+peers and tells nobody of purges.
 
 - **Purge.** A local purge is sent (``media_purge``) to every known peer of
   the deployment; the peer applies it with ``apply_purge(remote=True)``,
@@ -31,19 +35,22 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..cdn.cache import ObjectMeta
-from ..cdn.interfaces import IObjectSource, IPeerLocator, IPurgeBroadcast, ISourceResponse
-from ..cdn.keys import BadKey, cache_id
 from ..geo.distance import great_circle_km
-from .messages import BadMessage, Refused, check_channel_id
-from .nodemap import NodeState
+from ..mesh.handler import MeshHandler
+from ..mesh.interfaces import ILink, IMesh, IPeerSession
+from ..mesh.messages import BadMessage, Refused, check_channel_id
+from ..mesh.nodemap import NodeState
+from .cache import ObjectMeta
+from .interfaces import IObjectSource, IPeerLocator, IPurgeBroadcast, ISourceResponse
+from .keys import BadKey, cache_id
 
-__all__ = ["MeshMedia", "PeerSource"]
+__all__ = ["MeshMedia", "PeerMetrics", "PeerSource"]
 
 #: Bytes per ``media_read`` answer (well under ``mesh.max_message_bytes``).
 CHUNK = 256 * 1024
@@ -54,6 +61,41 @@ PURGE_QUEUE = 10_000
 PURGE_QUEUE_SECONDS = 3600.0
 #: Longest purged key or prefix accepted from a peer.
 MAX_VALUE = 4096
+
+
+class PeerMetrics:
+    """The metric families of the CDN's mesh calls (``fastedge_mesh_media_*``:
+    their names stayed when the code moved here from the mesh package)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.media_purges = Counter(
+            "fastedge_mesh_media_purges_total",
+            "CDN purges between nodes, by outcome (sent, received, queued, dropped, failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.media_purge_queue = Gauge(
+            "fastedge_mesh_media_purge_queue",
+            "Purges waiting for a peer's link to come up.",
+            registry=registry,
+        )
+        self.media_locates = Counter(
+            "fastedge_mesh_media_locates_total",
+            "Peer lookups of a CDN miss, by result (found, none, no_peers).",
+            ["result"],
+            registry=registry,
+        )
+        self.media_served = Counter(
+            "fastedge_mesh_media_served_bytes_total",
+            "Object bytes this node sent to peers (media_read answers).",
+            registry=registry,
+        )
+        self.media_refused = Counter(
+            "fastedge_mesh_media_refused_total",
+            "Media calls from peers refused, by reason (deployment, bad_message, no_cdn).",
+            ["reason"],
+            registry=registry,
+        )
 
 
 def _meta_to_wire(meta: ObjectMeta) -> list[Any]:
@@ -127,7 +169,7 @@ class PeerSource:
 
     name = "peer"
 
-    def __init__(self, owner: MeshMedia, link: Any, tenant: str, key: str, meta: ObjectMeta) -> None:
+    def __init__(self, owner: MeshMedia, link: ILink, tenant: str, key: str, meta: ObjectMeta) -> None:
         self._owner = owner
         self.link = link
         self.tenant = tenant
@@ -136,9 +178,9 @@ class PeerSource:
 
     def read(self, etag: str | None, offset: int) -> Deferred[Any]:
         """The next chunk of the peer's copy (fails if the copy changed)."""
-        return self._owner.with_timeout(
-            self._owner.mesh.membership._call(self.link, "media_read", self.tenant, self.key, etag, offset)
-        )
+        mesh = self._owner.mesh
+        assert mesh is not None
+        return self._owner.with_timeout(mesh.call(self.link, "media_read", self.tenant, self.key, etag, offset))
 
     def fetch(self, media: object, key: str, *, etag: str | None, last_modified: str | None) -> Deferred[Any]:
         if etag is not None and etag == self.meta.etag:
@@ -151,49 +193,60 @@ class PeerSource:
 
 
 @implementer(IPeerLocator, IPurgeBroadcast)
-class MeshMedia:
+class MeshMedia(MeshHandler):
     """This node's CDN side of the mesh (see the module docstring).
 
+    A mesh handler: its remote calls are ``media_purge``, ``media_has`` and
+    ``media_read``; its messages are plain values only.
+
+    :param cdn: the CDN whose cache answers peers (a ``CdnService``: its
+        ``tenants``, ``cache`` and ``apply_purge``).
+    :param metrics: its metric families (``fastedge_mesh_media_*``).
     :param timeout: seconds a peer has to answer a lookup or a read.
     """
 
     _log = Logger()
+    name = "media"
 
-    def __init__(self, *, timeout: float = 1.0) -> None:
+    def __init__(self, cdn: Any, *, metrics: PeerMetrics, timeout: float = 1.0) -> None:
+        super().__init__()
+        self.remote_calls = {
+            "media_purge": self._serve_purge,
+            "media_has": self._serve_has,
+            "media_read": self._serve_read,
+        }
+        self.cdn = cdn
+        self._metrics = metrics
         self._timeout = timeout
-        self.mesh: Any = None
-        #: The ``CdnService`` (set by the wiring); ``None`` serves nothing.
-        self.cdn: Any = None
+        self.mesh: IMesh | None = None
         self._queue: dict[str, list[tuple[float, str, str, str]]] = {}
 
-    def attach(self, mesh: Any) -> None:
-        """Start working for a started mesh service (its membership exists)."""
-        self.mesh = mesh
-        mesh.membership.on_link_up.append(self._link_up)
+    # IMeshHandler
 
-    @property
-    def _running(self) -> bool:
-        return self.mesh is not None and self.mesh.membership is not None
+    def attach(self, mesh: IMesh) -> None:
+        """Start working over a started mesh."""
+        self.mesh = mesh
+
+    def refused(self, call: str, reason: str) -> None:
+        """The mesh refused a media call (another deployment's, a bad one)."""
+        self._metrics.media_refused.labels(reason).inc()
 
     def with_timeout(self, d: Deferred[Any]) -> Deferred[Any]:
         """``d``, cancelled after the peer timeout."""
+        assert self.mesh is not None
         return d.addTimeout(self._timeout, self.mesh.clock)
-
-    def _peers(self) -> list[Any]:
-        """Known peers of this node's deployment."""
-        deployment = self.mesh.node.deployment
-        return [p for p in self.mesh.membership.peers.values() if p.announcement.deployment == deployment]
 
     # IPurgeBroadcast
 
     def broadcast(self, tenant: str, kind: str, value: str) -> None:
         """Send a local purge to every peer of the deployment (queued for
         those that cannot be reached now)."""
-        if not self._running:
+        mesh = self.mesh
+        if mesh is None:
             return
-        peers = self._peers()
-        for peer in peers:
-            self._send_purge(peer.node_id, tenant, kind, value, self.mesh.monotonic())
+        peers = mesh.peers()
+        for node_id in peers:
+            self._send_purge(node_id, tenant, kind, value, mesh.monotonic())
         self._log.info(
             "mesh media: purge of {tenant} ({kind} {value!r}) sent to {count} peers",
             tenant=tenant,
@@ -202,18 +255,17 @@ class MeshMedia:
             count=len(peers),
         )
 
-    def _link_of(self, node_id: str) -> Any:
-        peer = self.mesh.membership.peers.get(node_id)
-        if peer is None or peer.link is None or not peer.link.up:
-            return None
-        return peer.link
+    def _link_of(self, node_id: str) -> ILink | None:
+        assert self.mesh is not None
+        link: ILink | None = self.mesh.link_to(node_id)
+        return link
 
     def _send_purge(self, node_id: str, tenant: str, kind: str, value: str, queued: float) -> None:
         link = self._link_of(node_id)
         if link is None:
             self._enqueue(node_id, (queued, tenant, kind, value))
             return
-        metrics = self.mesh.metrics
+        metrics = self._metrics
 
         def sent(_: object) -> None:
             metrics.media_purges.labels("sent").inc()
@@ -229,58 +281,63 @@ class MeshMedia:
             if not f.check(Refused):
                 self._enqueue(node_id, (queued, tenant, kind, value))
 
-        self.mesh.membership._call(link, "media_purge", tenant, kind, value).addCallbacks(sent, failed)
+        assert self.mesh is not None
+        self.mesh.call(link, "media_purge", tenant, kind, value).addCallbacks(sent, failed)
 
     def _enqueue(self, node_id: str, item: tuple[float, str, str, str]) -> None:
         queue = self._queue.setdefault(node_id, [])
         queue.append(item)
-        self.mesh.metrics.media_purges.labels("queued").inc()
+        self._metrics.media_purges.labels("queued").inc()
         if len(queue) > PURGE_QUEUE:
             del queue[0]
-            self.mesh.metrics.media_purges.labels("dropped").inc()
+            self._metrics.media_purges.labels("dropped").inc()
         self._count_queue()
 
     def _count_queue(self) -> None:
-        self.mesh.metrics.media_purge_queue.set(sum(len(q) for q in self._queue.values()))
+        self._metrics.media_purge_queue.set(sum(len(q) for q in self._queue.values()))
 
-    def _link_up(self, peer: Any, link: Any) -> None:
+    def link_up(self, node_id: str, link: ILink) -> None:
         """A link came (back) up: send the purges that waited for it."""
-        queue = self._queue.pop(peer.node_id, [])
+        queue = self._queue.pop(node_id, [])
+        assert self.mesh is not None
         now = self.mesh.monotonic()
         for queued, tenant, kind, value in queue:
             if now - queued > PURGE_QUEUE_SECONDS:
-                self.mesh.metrics.media_purges.labels("dropped").inc()
+                self._metrics.media_purges.labels("dropped").inc()
                 continue
-            self._send_purge(peer.node_id, tenant, kind, value, queued)
+            self._send_purge(node_id, tenant, kind, value, queued)
         self._count_queue()
 
     # IPeerLocator
 
     def _nearest(self) -> list[Any]:
         """Links to the live peers of the deployment, nearest first."""
-        me = self.mesh.node
-        infos = self.mesh.node_map.nodes()
+        mesh = self.mesh
+        assert mesh is not None
+        infos = mesh.node_map.nodes()
+        me = infos.get(mesh.node_id)
         ranked = []
-        for peer in self._peers():
-            info = infos.get(peer.node_id)
-            link = self._link_of(peer.node_id)
-            if info is None or info.state is not NodeState.ALIVE or link is None:
+        for node_id in mesh.peers():
+            info = infos.get(node_id)
+            link = self._link_of(node_id)
+            if me is None or info is None or info.state is not NodeState.ALIVE or link is None:
                 continue
             distance = great_circle_km(me.latitude, me.longitude, info.latitude, info.longitude)
-            ranked.append((distance, peer.node_id, link))
+            ranked.append((distance, node_id, link))
         ranked.sort(key=lambda r: (r[0], r[1]))
         return [link for _, _, link in ranked[:ASK_PEERS]]
 
     def locate(self, tenant: str, key: str) -> Deferred[PeerSource | None]:
         """Ask the nearest live peers at once; the nearest with a fresh copy
         wins. Never fails: no answer in time means the origin."""
-        if not self._running:
+        mesh = self.mesh
+        if mesh is None:
             return succeed(None)
         links = self._nearest()
         if not links:
-            self.mesh.metrics.media_locates.labels("no_peers").inc()
+            self._metrics.media_locates.labels("no_peers").inc()
             return succeed(None)
-        asks = [self.with_timeout(self.mesh.membership._call(link, "media_has", tenant, key)) for link in links]
+        asks = [self.with_timeout(mesh.call(link, "media_has", tenant, key)) for link in links]
 
         def chosen(results: list[tuple[bool, Any]]) -> PeerSource | None:
             for link, (ok, answer) in zip(links, results, strict=True):
@@ -291,45 +348,16 @@ class MeshMedia:
                 except BadMessage as e:
                     link.abort("bad_message", str(e))
                     continue
-                self.mesh.metrics.media_locates.labels("found").inc()
+                self._metrics.media_locates.labels("found").inc()
                 self._log.debug("mesh media: {tenant} {key} found at {peer}", tenant=tenant, key=key, peer=link.peer_id)
                 return PeerSource(self, link, tenant, key, meta)
-            self.mesh.metrics.media_locates.labels("none").inc()
+            self._metrics.media_locates.labels("none").inc()
             return None
 
         return DeferredList(asks, consumeErrors=True).addCallback(chosen)
 
-    # Calls from peers
-
-    def from_session(self, session: Any, method: str, *args: Any) -> Any:
-        """A media call a peer made on its session here."""
-        metrics = self.mesh.metrics
-        peer = self.mesh.membership.current(session.node_id, session.incarnation)
-        if peer is None or peer.announcement.deployment != self.mesh.node.deployment:
-            metrics.media_refused.labels("deployment").inc()
-            self._log.warn(
-                "mesh media: refused {method} from {peer} (another deployment than {deployment})",
-                method=method,
-                peer=session.node_id,
-                deployment=self.mesh.node.deployment,
-            )
-            raise Refused("deployment: media calls are only between nodes of one deployment")
-        if self.cdn is None:
-            metrics.media_refused.labels("no_cdn").inc()
-            raise Refused("this node has no media cache")
-        try:
-            if method == "purge" and len(args) == 3:
-                return self._serve_purge(session, *args)
-            if method == "has" and len(args) == 2:
-                return self._serve_has(*args)
-            if method == "read" and len(args) == 4:
-                return self._serve_read(*args)
-        except (BadMessage, BadKey) as e:
-            metrics.media_refused.labels("bad_message").inc()
-            if session.broker is not None:
-                session.broker.violation("bad_message", str(e))
-            raise Refused("bad message") from None
-        raise Refused("no such media call")
+    # Calls from peers (the mesh checked the caller's deployment; a
+    # BadMessage disconnects it)
 
     def _check(self, tenant: Any, key: Any) -> tuple[str, str]:
         check_channel_id(tenant, "tenant")
@@ -337,11 +365,17 @@ class MeshMedia:
             raise BadMessage("a media key is a string of at most {} characters".format(MAX_VALUE))
         return tenant, key
 
-    def _serve_purge(self, session: Any, tenant: Any, kind: Any, value: Any) -> int:
+    def _cache_id(self, tenant: str, key: str) -> str:
+        try:
+            return cache_id(tenant, key)
+        except BadKey as e:
+            raise BadMessage(str(e)) from None
+
+    def _serve_purge(self, session: IPeerSession, tenant: Any, kind: Any, value: Any) -> int:
         tenant, value = self._check(tenant, value)
         if kind not in ("key", "prefix"):
             raise BadMessage("a purge is of a key or a prefix")
-        self.mesh.metrics.media_purges.labels("received").inc()
+        self._metrics.media_purges.labels("received").inc()
         self._log.info(
             "mesh media: purge of {tenant} ({kind} {value!r}) from {peer}",
             tenant=tenant,
@@ -355,21 +389,22 @@ class MeshMedia:
         media = self.cdn.tenants.get(tenant)
         if media is None:
             return None
-        entry = self.cdn.cache.get(cache_id(tenant, key))
+        entry = self.cdn.cache.get(self._cache_id(tenant, key))
+        assert self.mesh is not None
         if entry is None or self.mesh.reactor.seconds() - entry.validated_at >= media.fresh_seconds:
             return None
         return entry
 
-    def _serve_has(self, tenant: Any, key: Any) -> list[Any] | None:
+    def _serve_has(self, session: IPeerSession, tenant: Any, key: Any) -> list[Any] | None:
         tenant, key = self._check(tenant, key)
         entry = self._fresh_entry(tenant, key)
         return None if entry is None else _meta_to_wire(entry.meta)
 
-    def _serve_read(self, tenant: Any, key: Any, etag: Any, offset: Any) -> bytes:
+    def _serve_read(self, session: IPeerSession, tenant: Any, key: Any, etag: Any, offset: Any) -> bytes:
         tenant, key = self._check(tenant, key)
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise BadMessage("an offset is a non-negative integer")
-        entry = self.cdn.cache.get(cache_id(tenant, key))
+        entry = self.cdn.cache.get(self._cache_id(tenant, key))
         if entry is None or entry.meta.etag != etag or offset > entry.meta.size:
             raise Refused("gone: this node no longer has that copy")
         # Cached files are local and a chunk is small: read in place, as
@@ -383,13 +418,5 @@ class MeshMedia:
                 "mesh media: reading {tenant} {key} for a peer failed: {error}", tenant=tenant, key=key, error=e
             )
             raise Refused("gone: this node cannot read that copy") from None
-        self.mesh.metrics.media_served.inc(len(chunk))
+        self._metrics.media_served.inc(len(chunk))
         return chunk
-
-
-def connect_media(mesh: Any) -> MeshMedia:
-    """A :class:`MeshMedia` attached to ``mesh`` (not yet started); give it
-    the CDN service afterwards (``media.cdn = cdn``)."""
-    media = MeshMedia(timeout=mesh.cfg.relay_prime_timeout_seconds)
-    mesh.media = media
-    return media

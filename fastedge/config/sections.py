@@ -132,6 +132,11 @@ class MeshConfig:
     #: A peer that neither this node nor any other has heard from for this
     #: long is DEAD.
     dead_seconds: float = _checked(2.5, _positive)
+    #: A peer silent past suspect_seconds: how many other peers (chosen at
+    #: random among the ALIVE ones with a working link, others first each
+    #: round) are asked whether they still hear it, every heartbeat; 0 asks
+    #: every peer.
+    indirect_probes: int = _checked(3, _non_negative)
     #: Seconds to connect (TCP and TLS) and log in to a peer.
     connect_timeout_seconds: float = _checked(2.0, _positive)
     #: Delay before the first reconnect to a peer, growing to the maximum.

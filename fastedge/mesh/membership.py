@@ -36,6 +36,7 @@ own (``monotonic`` is given). Links and sessions are the network side.
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,9 +52,17 @@ from .metrics import MeshMetrics
 from .nodemap import NodeInfo, NodeMap, NodeState
 from .unanswered import CallFailures
 
-__all__ = ["Membership", "Peer", "PeerDetector", "Timing"]
+__all__ = ["Membership", "Peer", "PeerDetector", "Timing", "member_digest"]
 
 _STATES = {s.value: s for s in NodeState}
+
+
+def member_digest(known: Iterable[tuple[str, int]]) -> str:
+    """The digest of a member list: a short hash of its (node, incarnation)
+    pairs in order. The wire format heartbeats carry (every version of the
+    node computes it the same way, so a mixed cluster agrees)."""
+    text = ";".join("{}:{}".format(n, i) for n, i in sorted(known))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,8 @@ class Timing:
     suspect: float = 1.5
     dead: float = 2.5
     forget_dead: float = 3600.0
+    #: Peers asked about a suspect per round (0: every peer).
+    indirect_probes: int = 3
 
 
 class PeerDetector:
@@ -201,6 +212,13 @@ class Peer:
     last_heard: float = 0.0
     vouched: float = float("-inf")
     last_probe: float = float("-inf")
+    #: Peers asked about this one since it was last ALIVE (each round asks
+    #: others first, so one peer cannot be the only one asked twice).
+    asked: set[str] = field(default_factory=set)
+    #: Peers that said they had not heard from it lately, since it was last
+    #: ALIVE (a later vouch contradicts them: counted, logged once).
+    denied: set[str] = field(default_factory=set)
+    contradicted: bool = False
     rtt: float | None = None
     link: ILink | None = None
     sessions: set[Any] = field(default_factory=set)
@@ -249,6 +267,7 @@ class Membership:
     :param connect: starts a link to ``(peer id or None, host, port)``.
     :param monotonic: this node's monotonic clock (seconds).
     :param save_incarnation: persists a new incarnation (after refuting).
+    :param rng: chooses the peers asked about a suspect (seeded in tests).
     """
 
     _log = Logger()
@@ -264,6 +283,7 @@ class Membership:
         connect: Connect,
         seeds: Sequence[tuple[str, int]] = (),
         save_incarnation: Callable[[int], None] = lambda n: None,
+        rng: random.Random | None = None,
     ) -> None:
         self.me = me
         self.node_map = node_map
@@ -273,7 +293,11 @@ class Membership:
         self._connect = connect
         self._seeds = [s for s in seeds if s != (me.mesh_host, me.mesh_port)]
         self._save_incarnation = save_incarnation
+        #: Chooses the peers asked about a suspect (replace to seed it).
+        self.rng = rng if rng is not None else random.Random()
         self.peers: dict[str, Peer] = {}
+        #: :meth:`digest`, kept until the (node, incarnation) pairs change.
+        self._digest: str | None = None
         self.seed_links: list[ILink] = []
         self.leaving = False
         self.started = False
@@ -393,12 +417,21 @@ class Membership:
     # What this node tells others
 
     def digest(self) -> str:
-        """A short hash of every (node, incarnation) this node knows."""
-        known = sorted((p.node_id, p.announcement.incarnation) for p in self.peers.values())
-        known.append((self.me.node_id, self.me.incarnation))
-        known.sort()
-        text = ";".join("{}:{}".format(n, i) for n, i in known)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """A short hash of every (node, incarnation) this node knows.
+
+        Kept from one change of those pairs to the next (a peer added, a new
+        incarnation of a peer or of this node: :meth:`_members_changed`), so
+        heartbeats, which compare it several times per exchange, do not
+        recompute it over the whole member list."""
+        if self._digest is None:
+            known = [(p.node_id, p.announcement.incarnation) for p in self.peers.values()]
+            known.append((self.me.node_id, self.me.incarnation))
+            self._digest = member_digest(known)
+        return self._digest
+
+    def _members_changed(self) -> None:
+        """The (node, incarnation) pairs changed: the digest is out of date."""
+        self._digest = None
 
     def members(self) -> list[tuple[Announcement, str]]:
         """Every node this node knows, itself included, with its state here."""
@@ -591,6 +624,7 @@ class Membership:
             incarnation=incarnation,
         )
         self.me = mine.replace(incarnation=incarnation)
+        self._members_changed()
         self._save_incarnation(incarnation)
         if not self.leaving:
             self.node_map.upsert(node_info(self.me, NodeState.ALIVE))
@@ -638,6 +672,7 @@ class Membership:
             if peer is not None:
                 fresh.sessions = peer.sessions
             self.peers[node_id] = fresh
+            self._members_changed()
             if direct:
                 fresh.detector.contacted()
             else:
@@ -689,6 +724,10 @@ class Membership:
         self.metrics.state_changes.labels(after.value).inc()
         if after is NodeState.DEAD:
             peer.dead_since = self._now()
+        elif after is NodeState.ALIVE:
+            peer.asked.clear()
+            peer.denied.clear()
+            peer.contradicted = False
         log = self._log.warn if after in (NodeState.SUSPECT, NodeState.DEAD) else self._log.info
         log(
             "mesh: {node} is {state} (was {before}; last heard {silence:.3f} s ago)",
@@ -811,29 +850,56 @@ class Membership:
 
         self.failures.watch(self._call(link, "members").addCallback(got), "members", peer.node_id)
 
+    def _probe_targets(self, suspect: Peer) -> list[Peer]:
+        """The peers to ask about ``suspect`` this round: at most
+        ``timing.indirect_probes`` (0: all), at random among the other ALIVE
+        peers with a working link, those not asked since it was last ALIVE
+        first (so successive rounds ask different peers, and a peer that
+        lies cannot be the only voice twice while others are left)."""
+        candidates = [
+            other
+            for other in self.peers.values()
+            if other is not suspect and other.state is NodeState.ALIVE and other.link is not None and other.link.up
+        ]
+        k = self.timing.indirect_probes
+        if k <= 0 or len(candidates) <= k:
+            chosen = candidates
+        else:
+            fresh = [p for p in candidates if p.node_id not in suspect.asked]
+            if len(fresh) >= k:
+                chosen = self.rng.sample(fresh, k)
+            else:
+                rest = [p for p in candidates if p.node_id in suspect.asked]
+                chosen = fresh + self.rng.sample(rest, k - len(fresh))
+                suspect.asked.clear()
+        suspect.asked.update(p.node_id for p in chosen)
+        return chosen
+
     def _probe(self, suspect: Peer) -> None:
-        """Ask every other live peer when it last heard from ``suspect``."""
+        """Ask a few other live peers when they last heard from ``suspect``."""
         now = self._now()
         suspect.last_probe = now
         incarnation = suspect.announcement.incarnation
-        for other in list(self.peers.values()):
-            if other is suspect or other.state is not NodeState.ALIVE:
-                continue
+        for other in self._probe_targets(suspect):
             link = other.link
-            if link is None or not link.up:
-                continue
+            assert link is not None
             d = self._call(link, "probe", suspect.node_id, incarnation)
 
             def answered(age: Any, voucher: str = other.node_id) -> None:
-                if age is None:
-                    self.metrics.probes.labels("silent").inc()
-                    return
-                if isinstance(age, bool) or not isinstance(age, (int, float)) or age < 0:
+                if age is not None and (isinstance(age, bool) or not isinstance(age, (int, float)) or age < 0):
                     self.metrics.probes.labels("failed").inc()
                     return
-                self.metrics.probes.labels("vouched" if age < self.timing.dead else "silent").inc()
-                if self.peers.get(suspect.node_id) is suspect:
+                current = self.peers.get(suspect.node_id) is suspect
+                if age is None or age >= self.timing.dead:
+                    self.metrics.probes.labels("silent").inc()
+                    if current:
+                        suspect.denied.add(voucher)
+                    return
+                self.metrics.probes.labels("vouched").inc()
+                if current:
                     suspect.vouched = max(suspect.vouched, self._now() - float(age))
+                    if suspect.denied - {voucher}:
+                        self._contradicted(suspect, voucher, float(age))
                     self._log.debug(
                         "mesh: {voucher} heard from {node} {age:.3f} s ago",
                         voucher=voucher,
@@ -842,6 +908,26 @@ class Membership:
                     )
 
             d.addCallbacks(answered, lambda f: self.metrics.probes.labels("failed").inc())
+
+    def _contradicted(self, suspect: Peer, voucher: str, age: float) -> None:
+        """Some peers said they had not heard from ``suspect`` lately and
+        ``voucher`` heard from it ``age`` s ago: their word alone never made
+        it DEAD (only the absence of any vouch does). Counted
+        (``outcome="contradicted"``, one per such peer), logged once per
+        suspicion; a peer that keeps being contradicted is lying or cannot
+        reach the suspect either."""
+        deniers = sorted(suspect.denied - {voucher})
+        suspect.denied.clear()
+        self.metrics.probes.labels("contradicted").inc(len(deniers))
+        if not suspect.contradicted:
+            suspect.contradicted = True
+            self._log.warn(
+                "mesh: {deniers} had not heard from {node} lately, but {voucher} heard from it {age:.3f} s ago",
+                deniers=", ".join(deniers),
+                node=suspect.node_id,
+                voucher=voucher,
+                age=age,
+            )
 
     # Views
 

@@ -89,7 +89,8 @@ class MeshMetrics:
         self.probes = Counter(
             "fastedge_mesh_indirect_probes_total",
             "Indirect probes of a suspect node through other peers, by outcome "
-            "(vouched: another peer hears it; silent: nobody does; failed).",
+            "(vouched: another peer hears it; silent: it does not; failed; contradicted: a peer that "
+            "said silent while another vouched, one per such peer).",
             ["outcome"],
             registry=registry,
         )

@@ -309,6 +309,7 @@ class MeshService(Service):
                 suspect=self.cfg.suspect_seconds,
                 dead=self.cfg.dead_seconds,
                 forget_dead=self.cfg.forget_dead_seconds,
+                indirect_probes=self.cfg.indirect_probes,
             ),
             monotonic=self.monotonic,
             metrics=self.metrics,

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from fastedge.mesh.relay import rendezvous
+from fastedge.live.relay import rendezvous
 
 from fastedge.cluster.plan import DNS_PORT, HTTP_PORT, MESH_PORT, MESH_RELAYED_PORT, NodePlan
 from fastedge.cluster.runner import LocalCluster

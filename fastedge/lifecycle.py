@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["DRAIN_REQUEST", "DRAIN_STATE", "DrainRequests", "OrderedMultiService", "stop_in_order"]
+__all__ = ["DRAIN_REQUEST", "DRAIN_STATE", "DrainRequests", "OrderedMultiService", "fired", "stop_in_order"]
 
 _log = Logger()
 
@@ -37,6 +37,13 @@ DRAIN_REQUEST = "drain.request"
 #: The file a draining node writes in ``node.data_dir`` (JSON: when the drain
 #: started, and why); removed when the next start finds it.
 DRAIN_STATE = "draining.json"
+
+
+def fired(_: object) -> None:
+    """A Deferred's result dropped once what it stood for is done: what
+    ``stopService`` and other "it is over" Deferreds fire with. (Failures
+    are not dropped: this is a callback, never an errback.)"""
+    return None
 
 
 def stop_in_order(services: Iterable[IService]) -> Deferred[None]:

@@ -20,6 +20,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..config import LiveConfig, MeshConfig
+from ..lifecycle import fired
+from ..metrics.registry import label_counter
 from ..residency.gate import ResidencyGate
 from ..store.interfaces import IStore
 from . import messages
@@ -109,7 +111,7 @@ class LiveService(MultiService):
             clock=reactor,
             ttl_seconds=cfg.resolve_cache_seconds,
             max_entries=cfg.resolve_cache_entries,
-            count=lambda result: metrics.resolve_lookups.labels(result).inc(),
+            count=label_counter(metrics.resolve_lookups),
             residency=residency,
         )
         #: The thread access rules (group locks, closed threads, sign-in).
@@ -208,7 +210,7 @@ class LiveService(MultiService):
             self._log.info("live: closing {count} connections", count=total)
         live.shutdown()
         if not sum(len(c) for c in live.connections.values()):
-            return stopped.addCallback(_stopped)
+            return stopped.addCallback(fired)
         drained: Deferred[None] = Deferred()
         live.on_drained(drained)
         timeout = self._clock.callLater(self._cfg.close_timeout_seconds + 1.0, _fire, drained)
@@ -219,13 +221,7 @@ class LiveService(MultiService):
             return stopped
 
         drained.addCallback(done)
-        return drained.addCallback(_stopped)
-
-
-def _stopped(_: object) -> None:
-    """What ``stopService`` fires with once the connections are gone (the
-    results of what it waited for say nothing more)."""
-    return None
+        return drained.addCallback(fired)
 
 
 def _fire(d: Deferred[None]) -> None:

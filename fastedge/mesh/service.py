@@ -37,6 +37,7 @@ from zope.interface import implementer
 from .. import __version__
 from ..config import MeshConfig, NodeConfig, parse_host_port
 from ..inputs import InputError, parse_ascii_int
+from ..lifecycle import fired
 from .auth import MeshGate, make_portal
 from .broker import Limits, MeshServerFactory, RefusalLog
 from .handler import HandlerRegistry, MeshView
@@ -402,7 +403,7 @@ class MeshService(Service):
             return succeed(None)
         self._log.info("mesh: node {node} announces it is leaving", node=self.node.id)
         d: Deferred[Any] = membership.announce_leaving(self._bounded)
-        return d.addCallback(lambda _: None)
+        return d.addCallback(fired)
 
     def _bounded(self, d: Deferred[Any]) -> Deferred[Any]:
         return d.addTimeout(self.cfg.leave_timeout_seconds, self.clock)

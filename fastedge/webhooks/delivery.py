@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..lifecycle import fired
 from ..store.interfaces import IWebhookStore
 from ..store.model import (
     AttemptOutcome,
@@ -141,7 +142,7 @@ class DeliveryWorker:
 
         done = d.addCallbacks(claimed, failed)
         done.addCallback(self._claimed)
-        return done.addCallback(_none)
+        return done.addCallback(fired)
 
     def _count_finished(self, finished: list[DeliveryDone], removed: list[int]) -> None:
         ours = set(removed)
@@ -318,8 +319,4 @@ class DeliveryWorker:
             released.addErrback(self._store_failed, "release")
             waits.append(released)
         done = DeferredList(waits, consumeErrors=True)
-        return done.addCallback(_none)
-
-
-def _none(_: object) -> None:
-    return None
+        return done.addCallback(fired)

@@ -19,6 +19,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 
 from .. import __version__
 from ..config import WebhooksConfig, parse_host_port
+from ..lifecycle import fired
 from ..store.interfaces import IWebhookStore
 from ..store.model import WebhookDelivery
 from .delivery import DeliveryWorker
@@ -118,7 +119,7 @@ class WebhookService(MultiService):
         sender = self._sender
         # Read when the worker has stopped: a pool made meanwhile is closed too.
         d.addCallback(lambda _: sender.pool.closeCachedConnections() if sender and sender.pool else None)
-        return d.addCallback(lambda _: None)
+        return d.addCallback(fired)
 
 
 def make_service(

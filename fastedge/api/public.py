@@ -26,6 +26,7 @@ from ..http.router import Call, Reply, Route
 from ..identity.sessions import COOKIE_NAME, SessionCookieError, SessionCookies
 from ..identity.sessions import HEADER_NAME as SESSION_HEADER
 from ..identity.sso import SsoError, SsoUser
+from ..metrics.registry import label_counter
 from ..singleflight import SingleFlight
 from ..spam.model import Candidate, RequestFacts
 from ..store.errors import (
@@ -179,7 +180,7 @@ class PublicApi:
             clock,
             ttl_seconds=cfg.viewer_cache_seconds,
             max_viewers=cfg.viewer_cache_entries,
-            count=lambda result: metrics.viewer_cache.labels(result).inc(),
+            count=label_counter(metrics.viewer_cache),
         )
         self._loading = SingleFlight()
         self._per_session = _writes_per_minute(cfg.writes_per_minute_per_session, clock)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector
 
@@ -39,3 +41,18 @@ def register_process_metrics(registry: CollectorRegistry) -> None:
     build.labels(__version__, platform.python_version(), twisted.__version__).set(1)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
+
+
+def label_counter(counter: Any) -> Callable[[str], None]:
+    """``count(label)``: one more of a one-label counter, its children kept
+    once made (``Counter.labels`` looks the child up under a lock on every
+    call, which a per-request hot path pays for nothing)."""
+    children: dict[str, Any] = {}
+
+    def count(label: str) -> None:
+        child = children.get(label)
+        if child is None:
+            child = children[label] = counter.labels(label)
+        child.inc()
+
+    return count

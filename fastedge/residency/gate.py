@@ -30,6 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..config import ZoneConfig
+from ..metrics.registry import label_counter
 from ..store.interfaces import IStore
 from .directory import TenantDirectory
 from .metrics import ResidencyMetrics
@@ -176,9 +177,7 @@ def residency_gate(
         store,
         clock,
         deployment=deployment,
-        count=lambda result: metrics.lookups.labels(result).inc(),
+        count=label_counter(metrics.lookups),
         remote=peers,
     )
-    return ResidencyGate(
-        directory, deployment_hosts(zones), count=lambda kind: metrics.misdirected.labels(kind).inc(), peers=peers
-    )
+    return ResidencyGate(directory, deployment_hosts(zones), count=label_counter(metrics.misdirected), peers=peers)

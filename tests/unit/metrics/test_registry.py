@@ -56,3 +56,17 @@ class NodeMetricsTests(SynchronousTestCase):
         """A registry made for a child alone (tests, tools) has none of them:
         only the node's registry does."""
         self.assertEqual(list(new_registry().collect()), [])
+
+
+class LabelCounterTests(SynchronousTestCase):
+    def test_counts_by_label(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter
+
+        from fastedge.metrics.registry import label_counter
+
+        registry = CollectorRegistry()
+        count = label_counter(Counter("things_total", "", ["result"], registry=registry))
+        for label in ("hit", "hit", "miss"):
+            count(label)
+        self.assertEqual(registry.get_sample_value("things_total", {"result": "hit"}), 2.0)
+        self.assertEqual(registry.get_sample_value("things_total", {"result": "miss"}), 1.0)

@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from fastedge.live.relay import rendezvous
-
 from fastedge.cluster.plan import DNS_PORT, HTTP_PORT, MESH_PORT, MESH_RELAYED_PORT, NodePlan
 from fastedge.cluster.runner import LocalCluster
+from fastedge.live.relay import rendezvous
 
 __all__ = ["Chaos", "MeshRelays", "pct"]
 
@@ -306,13 +305,24 @@ class Chaos:
     def create_thread(self, url_id: str) -> str:
         """Post a first comment to ``url_id``; the thread's id."""
         node = self.nodes[self.live_nodes()[0]]
-        status, body = self._post(node, url_id, "first")
-        if status != 201:
-            raise AssertionError("creating a thread answered {}: {!r}".format(status, body))
-        conn = http.client.HTTPConnection(node.address, HTTP_PORT, timeout=10)
-        conn.request("GET", "/api/v1/{}/comments?urlId={}".format(self.tenant, quote(url_id, safe="")))
-        thread = json.loads(conn.getresponse().read())["thread"]["id"]
-        conn.close()
+        path = "/api/v1/{}/comments?urlId={}".format(self.tenant, quote(url_id, safe=""))
+        conn = http.client.HTTPConnection(node.address, HTTP_PORT, timeout=30)
+        try:
+            body = json.dumps({"text": "first", "displayName": "Chaos"})
+            conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            raw = response.read()
+            if response.status != 201:
+                raise AssertionError("creating a thread answered {}: {!r}".format(response.status, raw[:200]))
+            # Read as the poster, as a browser would: the session cookie
+            # carries the write's consistency token, so the node's standby
+            # answers at least that new (a stranger's read may come before
+            # the standby replayed the write: docs/consistency.md).
+            cookie = "; ".join(c.split(";", 1)[0] for c in response.headers.get_all("Set-Cookie") or [])
+            conn.request("GET", path, headers={"Cookie": cookie})
+            thread = json.loads(conn.getresponse().read())["thread"]["id"]
+        finally:
+            conn.close()
         return str(thread)
 
     def _post(self, node: NodePlan, url_id: str, text: str) -> tuple[int, dict[str, Any]]:

@@ -33,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
+from io import BytesIO
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +43,7 @@ if REPO not in sys.path:
 from twisted.internet.base import DelayedCall  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
+from twisted.spread import banana  # noqa: E402
 from twisted.test import iosim  # noqa: E402
 
 from fastedge.mesh.nodemap import NodeState  # noqa: E402
@@ -82,6 +84,23 @@ def _marking_abort(self: Any) -> None:
 iosim.FakeTransport.write = _counting_write  # type: ignore[method-assign]
 iosim.FakeTransport.loseConnection = _marking_lose  # type: ignore[method-assign]
 iosim.FakeTransport.abortConnection = _marking_abort  # type: ignore[method-assign]
+
+#: The largest PB message (one banana expression, before TLS) sent.
+LARGEST = {"bytes": 0}
+
+
+def _measuring_send(self: Any, obj: Any) -> None:
+    # Banana.sendEncoded, measuring what it sends (the size the receiver's
+    # mesh.max_message_bytes applies to).
+    stream = BytesIO()
+    self._encode(obj, stream.write)
+    value = stream.getvalue()
+    if len(value) > LARGEST["bytes"]:
+        LARGEST["bytes"] = len(value)
+    self.transport.write(value)
+
+
+banana.Banana.sendEncoded = _measuring_send  # type: ignore[method-assign]
 
 
 class FastClock(Clock):
@@ -232,6 +251,7 @@ def run(n: int, *, harness: str, steady: float, step: float, overrides: dict[str
         for node_id in ids:
             mesh.nodes[node_id].privilegedStartService()
         assert [mesh.address(i) for i in ids[:3]] == seeds, "the seeds are not where the nodes listen"
+        LARGEST["bytes"] = 0
         wire0, cpu0, t0 = WIRE["bytes"], time.process_time(), mesh.clock.seconds()
         calls0 = calls(mesh)
         for node_id in ids:
@@ -291,6 +311,7 @@ def run(n: int, *, harness: str, steady: float, step: float, overrides: dict[str
             "cold_cpu_s_per_node": cold_cpu / n,
             "cold_bytes_per_node": cold_bytes / n,
             "cold_calls_per_node": cold_calls / n,
+            "largest_message_bytes": LARGEST["bytes"],
         }
     finally:
         tc.close()
@@ -313,7 +334,7 @@ def main() -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value)
-    head = "%5s %9s %10s %11s %9s %15s %15s %10s %10s %12s %12s" % (
+    head = "%5s %9s %10s %11s %9s %15s %15s %10s %10s %12s %12s %11s" % (
         "N",
         "ALIVE s",
         "calls/n/s",
@@ -325,6 +346,7 @@ def main() -> None:
         "probes/kill",
         "cold cpu s/n",
         "cold MB/n",
+        "max msg KB",
     )
     print("mesh-scale (%s harness, %.0f s steady state, %s)" % (args.harness, args.steady, overrides or "defaults"))
     print(head)
@@ -332,7 +354,7 @@ def main() -> None:
         r = run(n, harness=args.harness, steady=args.steady, step=args.step, overrides=overrides)
         span = "%.2f-%.2f"
         print(
-            "%5d %9.2f %10.1f %11.0f %9.2f %15s %15s %10.1f %10.0f %12.3f %12.2f%s"
+            "%5d %9.2f %10.1f %11.0f %9.2f %15s %15s %10.1f %10.0f %12.3f %12.2f %11.1f%s"
             % (
                 n,
                 r["converge_s"],
@@ -345,6 +367,7 @@ def main() -> None:
                 r["probe_calls_per_death"],
                 r["cold_cpu_s_per_node"],
                 r["cold_bytes_per_node"] / 1e6,
+                r["largest_message_bytes"] / 1024,
                 "" if r["dead_everywhere"] else "  (not DEAD everywhere!)",
             ),
             flush=True,
@@ -353,7 +376,7 @@ def main() -> None:
             print(json.dumps(r), flush=True)
     print(
         "(simulated time; cpu = process CPU (membership, PB, TLS, harness) per simulated second / N;"
-        " SUSPECT/DEAD = min-max over observers after a crash)"
+        " SUSPECT/DEAD = min-max over observers after a crash; max msg = largest PB message sent, whole run)"
     )
 
 

@@ -47,6 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .interfaces import ILink
+from .memberlist import MemberSync, MemberTable, PeerSync
 from .messages import Announcement, BadMessage, Refused
 from .metrics import MeshMetrics
 from .nodemap import NodeInfo, NodeMap, NodeState
@@ -227,6 +228,8 @@ class Peer:
     last_ping: float = float("-inf")
     last_pull: float = float("-inf")
     dead_since: float | None = None
+    #: What this node holds of the peer's member table (``memberlist``).
+    sync: PeerSync = field(default_factory=PeerSync)
 
     @property
     def node_id(self) -> str:
@@ -313,6 +316,18 @@ class Membership:
         self.goodbyes_said = False
         #: Where the failures of calls nobody waits for go (logged, counted).
         self.failures = CallFailures(metrics, monotonic)
+        #: Every member's record, versioned: what peers' pulls are answered
+        #: from (deltas since a version, full lists in chunks).
+        self.table = MemberTable()
+        self.member_sync = MemberSync(
+            table=self.table,
+            metrics=metrics.memberlist,
+            call=self._call,
+            merge=self.merge,
+            digest=self.digest,
+            pairs=self._pairs,
+            failures=self.failures,
+        )
 
     # Life
 
@@ -320,6 +335,7 @@ class Membership:
         """Put this node in its map and start connecting to the seeds."""
         self.started = True
         self.node_map.upsert(node_info(self.me, NodeState.ALIVE))
+        self.table.put(self.me, NodeState.ALIVE.value)
         self._start_seed_links()
 
     def _start_seed_links(self) -> None:
@@ -343,6 +359,7 @@ class Membership:
             return waiting
         self.leaving = True
         self.node_map.upsert(node_info(self.me, NodeState.LEAVING))
+        self.table.put(self.me, NodeState.LEAVING.value)
         goodbyes = []
         for peer in self.peers.values():
             if peer.link is not None and peer.link.up and peer.state is not NodeState.LEAVING:
@@ -424,10 +441,14 @@ class Membership:
         heartbeats, which compare it several times per exchange, do not
         recompute it over the whole member list."""
         if self._digest is None:
-            known = [(p.node_id, p.announcement.incarnation) for p in self.peers.values()]
-            known.append((self.me.node_id, self.me.incarnation))
-            self._digest = member_digest(known)
+            self._digest = member_digest(self._pairs())
         return self._digest
+
+    def _pairs(self) -> list[tuple[str, int]]:
+        """Every (node, incarnation) this node knows, itself included."""
+        known = [(p.node_id, p.announcement.incarnation) for p in self.peers.values()]
+        known.append((self.me.node_id, self.me.incarnation))
+        return known
 
     def _members_changed(self) -> None:
         """The (node, incarnation) pairs changed: the digest is out of date."""
@@ -438,6 +459,29 @@ class Membership:
         out = [(self.me, (NodeState.LEAVING if self.leaving else NodeState.ALIVE).value)]
         out.extend((p.announcement, p.state.value) for p in self.peers.values())
         return out
+
+    def members_since(self, peer_id: str, incarnation: int, since: int, digest: str, have: Any) -> tuple[Any, ...]:
+        """A peer's pull (``memberlist``): the changes since version
+        ``since`` of this node's incarnation ``incarnation``, or what it
+        lacks, or the first chunk of the full list.
+
+        :raises BadMessage: ``have`` is malformed.
+        """
+        return self.member_sync.answer_since(
+            peer_id,
+            incarnation=self.me.incarnation,
+            asked_incarnation=incarnation,
+            since=since,
+            digest=digest,
+            have=have,
+        )
+
+    def members_chunk(self, incarnation: int, version: int, index: int) -> tuple[Any, ...] | None:
+        """Chunk ``index`` of the full list at ``version`` (``None``: no
+        longer kept, or of another incarnation of this node)."""
+        if incarnation != self.me.incarnation:
+            return None
+        return self.member_sync.answer_chunk(incarnation, version, index)
 
     def probe_answer(self, node_id: str, incarnation: int) -> float | None:
         """How many seconds ago this node last heard from that incarnation of
@@ -493,7 +537,10 @@ class Membership:
         peer = self._observe(announcement, direct=True)
         assert peer is not None
         peer.sessions.add(session)
-        return self.me, self.members()
+        # No member list: the newcomer asks for what it lacks right after
+        # (members_since); a node of the previous version, which does not,
+        # pulls the full list at its first heartbeat, its digest differing.
+        return self.me, []
 
     def session_closed(self, session: Any) -> None:
         """A peer's session (its link to us) closed."""
@@ -557,8 +604,19 @@ class Membership:
         self.merge(members)
         peer = self.current(node_id, announcement.incarnation)
         if peer is not None and peer.link is link:
+            self._login_sync(peer, link, members)
             for callback in list(self.on_link_up):
                 callback(peer, link)
+
+    def _login_sync(self, peer: Peer, link: ILink, members: Sequence[Any]) -> None:
+        """Just logged in to ``peer``: ask it for what this node lacks
+        (``members_since``), unless it answered the login with its member
+        list, as only nodes of the previous version do (they know no deltas)."""
+        if members:
+            peer.sync.legacy = True
+        elif not self.leaving:
+            peer.last_pull = self._now()
+            self._pull(peer, link)
 
     def link_down(self, link: ILink) -> None:
         """A link lost its connection (it reconnects by itself)."""
@@ -625,6 +683,7 @@ class Membership:
         )
         self.me = mine.replace(incarnation=incarnation)
         self._members_changed()
+        self.table.put(self.me, (NodeState.LEAVING if self.leaving else NodeState.ALIVE).value)
         self._save_incarnation(incarnation)
         if not self.leaving:
             self.node_map.upsert(node_info(self.me, NodeState.ALIVE))
@@ -702,6 +761,7 @@ class Membership:
                 before = peer.announcement
                 peer.announcement = announcement
                 self.node_map.upsert(node_info(announcement, peer.state))
+                self.table.put(announcement, peer.state.value)
                 moved = (before.mesh_host, before.mesh_port) != (announcement.mesh_host, announcement.mesh_port)
                 if moved and via is None and peer.link is not None and not self.leaving:
                     # The same life at another address (its incarnation
@@ -719,6 +779,7 @@ class Membership:
         if self.peers.get(peer.node_id) is not peer:
             return
         self.node_map.upsert(node_info(peer.announcement, after))
+        self.table.put(peer.announcement, after.value)
         if before is None or before is after:
             return
         self.metrics.state_changes.labels(after.value).inc()
@@ -834,7 +895,12 @@ class Membership:
             peer.announcement = peer.announcement.replace(load=load)
             self.node_map.upsert(node_info(peer.announcement, peer.state))
         now = self._now()
-        if digest != self.digest() and link is not None and link.up and now - peer.last_pull >= self.timing.heartbeat:
+        if (
+            digest != self.digest()
+            and link is not None
+            and link.up
+            and now - peer.last_pull >= peer.sync.pull_interval(self.timing.heartbeat)
+        ):
             peer.last_pull = now
             self._pull(peer, link)
         if self.peers.get(peer.node_id) is peer:
@@ -842,13 +908,7 @@ class Membership:
             peer.detector.heard()
 
     def _pull(self, peer: Peer, link: ILink) -> None:
-        def got(members: Any) -> None:
-            try:
-                self.merge(members)
-            except BadMessage as e:
-                link.abort("bad_message", str(e))
-
-        self.failures.watch(self._call(link, "members").addCallback(got), "members", peer.node_id)
+        self.member_sync.pull(peer.node_id, peer.announcement.incarnation, peer.sync, link)
 
     def _probe_targets(self, suspect: Peer) -> list[Peer]:
         """The peers to ask about ``suspect`` this round: at most

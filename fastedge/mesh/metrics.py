@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .memberlist import MemberListMetrics
+
 _RTT_BUCKETS = (
     0.0005,
     0.001,
@@ -107,3 +109,5 @@ class MeshMetrics:
             ["handler", "reason"],
             registry=registry,
         )
+        #: ``fastedge_mesh_memberlist_*`` (``fastedge.mesh.memberlist``).
+        self.memberlist = MemberListMetrics(registry)

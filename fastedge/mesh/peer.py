@@ -153,8 +153,32 @@ class PeerAvatar(pb.Avatar):
         return nonce, my_load, my_digest
 
     def perspective_members(self) -> list[tuple[Announcement, str]]:
-        """Every node this node knows, with its state here."""
-        return self._node.membership.members()
+        """Every node this node knows, with its state here (what nodes of
+        the previous version pull; this version pulls :meth:`perspective_members_since`)."""
+        membership = self._node.membership
+        membership.metrics.memberlist.sent.labels("full").inc()
+        return membership.members()
+
+    def perspective_members_since(self, incarnation: Any, since: Any, digest: Any, have: Any) -> tuple[Any, ...]:
+        """The changes to this node's member table since version ``since``
+        (of its incarnation ``incarnation``), what the peer lacks given its
+        ``digest`` and ``have`` pairs, or the first chunk of the full list
+        (``fastedge.mesh.memberlist``)."""
+        if not _is_int(incarnation) or not _is_int(since) or not isinstance(digest, str) or len(digest) > 64:
+            raise self._bad("members_since must be (incarnation, version, digest, have)")
+        try:
+            return self._node.membership.members_since(self.node_id, incarnation, since, digest, have)
+        except BadMessage as e:
+            raise self._bad(str(e)) from None
+
+    def perspective_members_chunk(self, incarnation: Any, version: Any, index: Any) -> tuple[Any, ...]:
+        """Chunk ``index`` of this node's full member list at ``version``."""
+        if not _is_int(incarnation) or not _is_int(version) or not _is_int(index):
+            raise self._bad("members_chunk must be (incarnation, version, index)")
+        answer = self._node.membership.members_chunk(incarnation, version, index)
+        if answer is None:
+            raise Refused("gone: chunk {} of version {} of the member list is not kept".format(index, version))
+        return answer
 
     def perspective_probe(self, node_id: Any, incarnation: Any) -> float | None:
         """Seconds since this node last heard from that node itself."""

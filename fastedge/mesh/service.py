@@ -108,6 +108,8 @@ class MeshService(Service):
 
     #: Makes the session of a logged-in peer (tests put scripted ones here).
     avatar_class: type[PeerAvatar] = PeerAvatar
+    #: The membership protocol (tests put a previous version's in its place).
+    membership_class: type[Membership] = Membership
 
     def __init__(
         self,
@@ -302,7 +304,7 @@ class MeshService(Service):
             mesh_port=port,
         )
         seeds = [parse_host_port(s) for s in self.cfg.seeds]
-        self.membership = Membership(
+        self.membership = self.membership_class(
             me=me,
             node_map=self.node_map,
             timing=Timing(

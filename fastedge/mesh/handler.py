@@ -47,7 +47,7 @@ MAX_CONNECTIONS = 1024
 
 #: Wire names the mesh's own sessions answer (``PeerAvatar.perspective_*``):
 #: no handler may take them.
-MEMBERSHIP_CALLS = frozenset({"ping", "members", "probe", "announce", "leave"})
+MEMBERSHIP_CALLS = frozenset({"ping", "members", "members_since", "members_chunk", "probe", "announce", "leave"})
 
 
 @implementer(IMeshHandler)

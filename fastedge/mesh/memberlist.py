@@ -623,11 +623,7 @@ class MemberSync:
                 link.abort("bad_message", str(e))
             self._done(peer_id, sync, before)
 
-        def failed(f: Any) -> Any:
-            sync.busy = False
-            return f
-
-        d = self._call(link, "members").addCallbacks(got, failed)
+        d = self._call(link, "members").addCallback(got).addErrback(self._broken, sync)
         self._failures.watch(d, "members", peer_id)
 
     def _failed(self, f: Any, peer_id: str, incarnation: int, sync: PeerSync, link: Any, before: str) -> Any:
@@ -680,6 +676,15 @@ class MemberSync:
                 callbackArgs=(peer_id, sync, chunks, link, before, waiting),
                 errbackArgs=(peer_id, sync, chunks, link, before, waiting),
             )
+            d.addErrback(self._broken, sync)
+            self._failures.watch(d, "members_chunk", peer_id)
+
+    def _broken(self, f: Any, sync: PeerSync) -> Any:
+        """Something failed while taking an answer in: the pull is over
+        (the next one starts afresh); the failure goes on to be logged."""
+        sync.busy = False
+        sync.chunks = None
+        return f
 
     def _got_chunk(
         self,

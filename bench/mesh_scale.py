@@ -223,7 +223,9 @@ def converged(mesh: MemoryMesh, ids: list[str]) -> bool:
     return True
 
 
-def run(n: int, *, harness: str, steady: float, step: float, overrides: dict[str, Any]) -> dict[str, Any]:
+def run(
+    n: int, *, harness: str, steady: float, step: float, overrides: dict[str, Any], cold_only: bool = False
+) -> dict[str, Any]:
     tc = StandIn()
     try:
         mesh = MemoryMesh(tc, **overrides)  # type: ignore[arg-type]
@@ -268,6 +270,17 @@ def run(n: int, *, harness: str, steady: float, step: float, overrides: dict[str
         cold_cpu = time.process_time() - cpu0
         cold_bytes = WIRE["bytes"] - wire0
         cold_calls = calls(mesh) - calls0
+        cold = {
+            "n": n,
+            "harness": harness,
+            "converge_s": converge_s,
+            "cold_cpu_s_per_node": cold_cpu / n,
+            "cold_bytes_per_node": cold_bytes / n,
+            "cold_calls_per_node": cold_calls / n,
+            "largest_message_bytes": LARGEST["bytes"],
+        }
+        if cold_only:
+            return cold
         # Settle one second, then measure the steady state.
         mesh.advance(1.0, step)
         calls0, wire0, cpu0 = calls(mesh), WIRE["bytes"], time.process_time()
@@ -325,6 +338,7 @@ def main() -> None:
     p.add_argument("--steady", type=float, default=5.0, help="simulated seconds of steady state")
     p.add_argument("--step", type=float, default=0.01, help="simulated seconds per clock step")
     p.add_argument("--json", action="store_true", help="one JSON line per N too")
+    p.add_argument("--cold-only", action="store_true", help="the cold start only (no steady state, no kill)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a [mesh] override (JSON value)")
     args = p.parse_args()
     sizes = [int(x) for x in args.nodes.split(",") if x]
@@ -351,8 +365,26 @@ def main() -> None:
     print("mesh-scale (%s harness, %.0f s steady state, %s)" % (args.harness, args.steady, overrides or "defaults"))
     print(head)
     for n in sizes:
-        r = run(n, harness=args.harness, steady=args.steady, step=args.step, overrides=overrides)
+        r = run(
+            n, harness=args.harness, steady=args.steady, step=args.step, overrides=overrides, cold_only=args.cold_only
+        )
         span = "%.2f-%.2f"
+        if args.cold_only:
+            print(
+                "%5d %9.2f %10s %11s %9s %15s %15s %10s %10s %12.3f %12.2f %11.1f"
+                % (
+                    n,
+                    r["converge_s"],
+                    *["-"] * 7,
+                    r["cold_cpu_s_per_node"],
+                    r["cold_bytes_per_node"] / 1e6,
+                    r["largest_message_bytes"] / 1024,
+                ),
+                flush=True,
+            )
+            if args.json:
+                print(json.dumps(r), flush=True)
+            continue
         print(
             "%5d %9.2f %10.1f %11.0f %9.2f %15s %15s %10.1f %10.0f %12.3f %12.2f %11.1f%s"
             % (

@@ -28,6 +28,9 @@ from fastedge.mesh.memberlist import (
 )
 from fastedge.mesh.messages import MESH_SECURITY, Announcement, BadMessage
 
+from .test_digest import STEPS as DIGEST_STEPS
+from .test_digest import membership as digest_membership
+
 
 def announcement(node_id: str, incarnation: int, *, load: int = 0, port: int = 7000) -> Announcement:
     return Announcement(
@@ -319,3 +322,34 @@ class WireTests(SynchronousTestCase):
             size = len(banana.encode(jelly.jelly(answer)))
             self.assertLess(size, 512 * 1024, "chunk {}: {} bytes".format(index, size))
             self.assertEqual(jelly.unjelly(jelly.jelly(answer), MESH_SECURITY)[4], total)
+
+
+class KeptTableTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(DIGEST_STEPS, max_size=40))
+    def test_table_follows_the_members(self, steps: list[tuple[Any, ...]]) -> None:
+        """After any sequence of joins, restarts, refutations, goodbyes and
+        load changes, the member table a node answers pulls from holds
+        exactly its members' announcements (but for load) and states, and
+        its version grew by one per change."""
+        m = digest_membership()
+        for step in steps:
+            before = {a.node_id: (a.replace(load=0), s) for a, s in m.table.records()}
+            version = m.table.version
+            kind = step[0]
+            if kind == "merge":
+                m.merge([(announcement(step[1], step[2]), step[3])])
+            elif kind == "announced" and step[1] != "me":
+                m.announced(step[1], announcement(step[1], step[2], load=step[3]))
+            elif kind == "superseded":
+                m.superseded(step[1])
+            elif kind == "left":
+                m.left(step[1], step[2])
+            elif kind == "load":
+                m.set_load(step[1])
+            expected = {p.node_id: (p.announcement.replace(load=0), p.state.value) for p in m.peers.values()}
+            expected[m.me.node_id] = (m.me.replace(load=0), "leaving" if m.leaving else "alive")
+            after = {a.node_id: (a.replace(load=0), s) for a, s in m.table.records()}
+            self.assertEqual(after, expected)
+            changed = [n for n in after if before.get(n) != after[n]]
+            self.assertEqual(m.table.since(version), [r for r in m.table.records() if r[0].node_id in changed])

@@ -131,9 +131,9 @@ class RelayMetrics:
         )
         self.relay_markers = Counter(
             "fastedge_mesh_relay_markers_total",
-            "New-epoch markers from a former sequencer that this node did not apply as the "
-            "channel's owner, by what it did (passed: on to the owner it sees; applied_here: "
-            "passed too often, applied here).",
+            "New-epoch markers this node sent or handled other than as the channel's owner, by "
+            "action (passed: on to the owner it sees; applied_here: passed too often, applied "
+            "here; owed_write: sent because a write owed to the owner came here instead).",
             ["action"],
             registry=registry,
         )
@@ -414,7 +414,15 @@ class Relay(MeshHandler):
             thread=channel[1],
             owner=owner,
         )
-        marker = Event(channel, RESET_KIND, {"passes": 0}, origin=self._me or "")
+        self._owe_marker(channel, owner, 0)
+
+    def _owe_marker(self, channel: ChannelKey, owner: str, passes: int) -> None:
+        """Tell ``owner`` to start a new epoch of ``channel`` (its
+        subscribers and followers reload), as soon as it is reachable; on
+        the way it is re-routed to whichever node owns the channel by then
+        (:meth:`_flush_all`), or passed on by a node that does not own it
+        (:meth:`_marker`)."""
+        marker = Event(channel, RESET_KIND, {"passes": passes}, origin=self._me or "")
         self._forward(owner, marker, 2, owed=True)
 
     def _take_over(self, channel: ChannelKey, followed: str) -> None:
@@ -881,6 +889,20 @@ class Relay(MeshHandler):
                 self._sequence(event)
                 if hops == 1:
                     self._forward(owner, event, 2, owed=True)
+                else:
+                    # An owed write that came to a node which does not own
+                    # the channel (the sender's view of the owner was a
+                    # passing one): the owner's subscribers would never get
+                    # it, so the owner starts a new epoch and they reload.
+                    self._metrics.relay_markers.labels("owed_write").inc()
+                    self._log.info(
+                        "mesh relay: a write owed to {owner} for {tenant}/{thread} came here; "
+                        "{owner} is told to start a new epoch",
+                        owner=owner,
+                        tenant=event.channel[0],
+                        thread=event.channel[1],
+                    )
+                    self._owe_marker(event.channel, owner, 1)
             else:
                 self._forward(owner, event, hops + 1)
 
@@ -911,7 +933,7 @@ class Relay(MeshHandler):
                 origin=event.origin,
                 owner=owner,
             )
-            self._forward(owner, replace(event, data={"passes": passes + 1}), 2, owed=True)
+            self._owe_marker(channel, owner, passes + 1)
             return
         # Views that kept disagreeing: reset here rather than lose it.
         self._metrics.relay_markers.labels("applied_here").inc()

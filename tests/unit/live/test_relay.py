@@ -471,6 +471,30 @@ class MarkerTests(SynchronousTestCase):
         self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_markers_total", action="applied_here"), 1.0)
         self.assertEqual(metric(world.mesh, "b", "fastedge_mesh_relay_takeovers_total"), 0.0)
 
+    def test_owed_write_that_came_to_a_non_owner(self) -> None:
+        """A write owed to its owner (hops 2) that reaches a node which sees
+        another owner (the sender's view was a passing one) is sequenced
+        there, and the owner is told to start a new epoch: the owner's
+        subscriber reloads rather than silently miss it."""
+        world = LiveWorld(self)
+        rogue = Rogue(world.mesh, cert_name="r", claim="r")
+        rogue.login("a")
+        thread, url = world.thread_owned_by("b")
+        on_b = world.subscribe("b", url)
+        world.post("b", thread, "one")
+        write = RelayedEvent(
+            tenant=world.tenant.id,
+            thread=thread.id,
+            kind="comment.likes",
+            data=json.dumps({"commentId": "x", "likes": 1}),
+            origin="r",
+        )
+        (result,) = rogue.call("publish", [write], 2)
+        self.assertIsNone(result)
+        world.mesh.advance(0.1)
+        self.assertEqual([k for k, _ in world.seqs(on_b)], ["event", "reset"])
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_markers_total", action="owed_write"), 1.0)
+
     def test_marker_with_a_bad_count_disconnects(self) -> None:
         """A marker whose pass count is not a count is a bad message."""
         world = LiveWorld(self)

@@ -563,13 +563,16 @@ class MemberSync:
 
         :raises BadMessage: ``have`` is malformed.
         """
-        parsed = parse_have(have) if since == 0 and have else None
+        my_digest = self._digest()
+        # ``have`` is read only when needed (an equal digest, the common
+        # case once a cluster has converged, needs nothing).
+        parsed = parse_have(have) if since == 0 and have and digest != my_digest else None
         answer, refused = self.table.answer(
             incarnation=incarnation,
             asked_incarnation=asked_incarnation,
             since=since,
             digest=digest,
-            my_digest=self._digest(),
+            my_digest=my_digest,
             have=parsed,
         )
         if refused is not None:

@@ -107,7 +107,9 @@ class FastClock(Clock):
     """A Clock that inserts each timer in order (after those due at the same
     time, as ``Clock``'s stable sort does) instead of re-sorting every timer
     at every ``callLater`` and every call it runs; it sorts only after a
-    timer was reset or delayed. The same calls run in the same order."""
+    timer was reset or delayed. A cancelled timer is found by bisection
+    too, instead of a scan of every timer (tens of thousands at 200 nodes:
+    every login cancels its timeout). The same calls run in the same order."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -117,11 +119,23 @@ class FastClock(Clock):
         self._unsorted = True
 
     def callLater(self, delay: float, callable: Any, *args: object, **kw: object) -> Any:
-        dc = DelayedCall(self.seconds() + delay, callable, args, kw, self.calls.remove, self._moved, self.seconds)
+        dc = DelayedCall(self.seconds() + delay, callable, args, kw, self._cancel, self._moved, self.seconds)
         if self._unsorted:
             self._sortCalls()
         bisect.insort_right(self.calls, dc, key=lambda c: c.getTime())
         return dc
+
+    def _cancel(self, call: DelayedCall) -> None:
+        calls = self.calls
+        if not self._unsorted:
+            at = call.getTime()
+            i = bisect.bisect_left(calls, at, key=lambda c: c.getTime())
+            while i < len(calls) and calls[i].getTime() == at:
+                if calls[i] is call:
+                    del calls[i]
+                    return
+                i += 1
+        calls.remove(call)
 
     def _sortCalls(self) -> None:
         self._unsorted = False

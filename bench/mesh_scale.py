@@ -107,9 +107,10 @@ class FastClock(Clock):
     """A Clock that inserts each timer in order (after those due at the same
     time, as ``Clock``'s stable sort does) instead of re-sorting every timer
     at every ``callLater`` and every call it runs; it sorts only after a
-    timer was reset or delayed. A cancelled timer is found by bisection
-    too, instead of a scan of every timer (tens of thousands at 200 nodes:
-    every login cancels its timeout). The same calls run in the same order."""
+    timer was reset or delayed. A cancelled timer stays in the list and is
+    skipped when its time comes, instead of being searched for among every
+    timer (tens of thousands at 200 nodes: every login cancels its
+    timeout). The same calls run in the same order."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -126,16 +127,9 @@ class FastClock(Clock):
         return dc
 
     def _cancel(self, call: DelayedCall) -> None:
-        calls = self.calls
-        if not self._unsorted:
-            at = call.getTime()
-            i = bisect.bisect_left(calls, at, key=lambda c: c.getTime())
-            while i < len(calls) and calls[i].getTime() == at:
-                if calls[i] is call:
-                    del calls[i]
-                    return
-                i += 1
-        calls.remove(call)
+        # Left in place, skipped when its time comes (DelayedCall.cancel
+        # marks it cancelled once this returns).
+        pass
 
     def _sortCalls(self) -> None:
         self._unsorted = False
@@ -147,6 +141,8 @@ class FastClock(Clock):
             self._sortCalls()
         while self.calls and self.calls[0].getTime() <= self.rightNow:
             call = self.calls.pop(0)
+            if call.cancelled:
+                continue
             call.called = 1
             call.func(*call.args, **call.kw)
             if self._unsorted:

@@ -99,25 +99,63 @@ def frames(conn: Conn, data: bytes, want_payload: bool) -> tuple[int, bytes | No
     return new, payload
 
 
-def poster(addr: tuple[str, int], post: bytes, cmd: socket.socket) -> None:
+#: Linux's SO_TIMESTAMPNS (not exported by the socket module): the kernel
+#: stamps each received segment with CLOCK_REALTIME when it takes it in.
+SO_TIMESTAMPNS = 35
+
+
+def answer_stamp(s: socket.socket) -> tuple[bytes, int | None]:
+    """Read an answer and the kernel's receive time of it (realtime ns)."""
+    data, ancillary, _, _ = s.recvmsg(4096, 64)
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+            sec, nsec = struct.unpack("@qq", value[:16])
+            return data, sec * 1_000_000_000 + nsec
+    return data, None
+
+
+def poster(addr: tuple[str, int], post: bytes, quiet_post: bytes, cmd: socket.socket) -> None:
     """A child process that makes the publishing POSTs on request and
-    reports each answer's time: the main process may be busy reading
-    thousands of sockets when the answer comes, and would note it late."""
+    reports each answer's time twice: when this process read it, and when
+    the kernel received it (the server sent it). The second does not count
+    this process's wait for CPU 1, which it shares with the main process
+    while that reads thousands of sockets; the first does."""
 
     def connect() -> socket.socket:
         s = socket.create_connection(addr)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         return s
 
     s = connect()
+    other = connect() if quiet_post else None
     try:
-        while cmd.recv(1):
+        while True:
+            what = cmd.recv(1)
+            if not what:
+                break
+            if what == b"q":
+                # During a fan-out: wait the given ms, then time one POST on
+                # the quiet thread (the publish that started the fan-out was
+                # answered already).
+                (delay_us,) = struct.unpack("!I", cmd.recv(4))
+                time.sleep(delay_us / 1e6)
+                assert other is not None
+                t = time.monotonic_ns()
+                wall = time.time_ns()
+                other.sendall(quiet_post)
+                _, stamp = answer_stamp(other)
+                read = time.monotonic_ns() - t
+                kernel = stamp - wall if stamp is not None else read
+                cmd.sendall(struct.pack("!QQ", read, max(0, kernel)))
+                continue
             t = time.monotonic_ns()
+            wall = time.time_ns()
             try:
                 s.sendall(post)
-                answer = s.recv(4096)
+                answer, stamp = answer_stamp(s)
             except OSError:
-                answer = b""
+                answer, stamp = b"", None
             if not answer:
                 # The server closed the idle keep-alive connection (Node's
                 # http server does after 5 s): the POST went nowhere. Send
@@ -125,9 +163,12 @@ def poster(addr: tuple[str, int], post: bytes, cmd: socket.socket) -> None:
                 s.close()
                 s = connect()
                 t = time.monotonic_ns()
+                wall = time.time_ns()
                 s.sendall(post)
-                s.recv(4096)
-            cmd.sendall(struct.pack("!Q", time.monotonic_ns() - t))
+                _, stamp = answer_stamp(s)
+            read = time.monotonic_ns() - t
+            kernel = stamp - wall if stamp is not None else read
+            cmd.sendall(struct.pack("!QQ", read, max(0, kernel)))
     except OSError:
         pass  # the main process is gone (it failed, and says why)
     os._exit(0)
@@ -146,25 +187,40 @@ def main() -> None:
         default="",
         help="JSON subscribe message to send after the handshake",
     )
+    ap.add_argument(
+        "--quiet-path",
+        default="",
+        help="a publishing POST on a thread with no readers, timed while the first thread's fan-out runs",
+    )
     ap.add_argument("--batch", type=int, default=500, help="handshakes in flight at once")
     ap.add_argument("--timeout", type=float, default=120.0)
     args = ap.parse_args()
     deadline = time.monotonic() + args.timeout
     addr = ("127.0.0.1", args.port)
     post = ("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % args.publish_path).encode()
+    quiet_post = (
+        ("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % args.quiet_path).encode()
+        if args.quiet_path
+        else b""
+    )
     cmd, child_end = socket.socketpair()
     if os.fork() == 0:
         cmd.close()
-        poster(addr, post, child_end)
+        poster(addr, post, quiet_post, child_end)
     child_end.close()
 
-    def posted() -> float:
-        """Ask the poster for one publishing POST; its answer time (ms)."""
-        cmd.sendall(b"p")
+    def answer_times() -> tuple[float, float]:
+        """The poster's report of one POST: (read by it, sent by the server), ms."""
         got = b""
-        while len(got) < 8:
-            got += cmd.recv(8 - len(got))
-        return struct.unpack("!Q", got)[0] / 1e6
+        while len(got) < 16:
+            got += cmd.recv(16 - len(got))
+        read, kernel = struct.unpack("!QQ", got)
+        return read / 1e6, kernel / 1e6
+
+    def posted() -> tuple[float, float]:
+        """Ask the poster for one publishing POST; its answer times (ms)."""
+        cmd.sendall(b"p")
+        return answer_times()
 
     ep = select.epoll()
     conns: dict[int, Conn] = {}
@@ -185,9 +241,13 @@ def main() -> None:
 
     # The publishing POST's own answer time with no live readers, to set
     # beside the same POST with N readers on its thread (below).
+    phases = {"idle_posts": time.monotonic_ns()}
     answer_idle_ms: list[float] = []
+    sent_idle_ms: list[float] = []
     for _ in range(args.publishes):
-        answer_idle_ms.append(posted())
+        read_ms, sent_ms = posted()
+        answer_idle_ms.append(read_ms)
+        sent_idle_ms.append(sent_ms)
         time.sleep(0.01)
 
     # While the herd connects, another client asks for a cheap page (a 404)
@@ -336,14 +396,15 @@ def main() -> None:
     lasts: list[float] = []
     cpu0 = cpu_seconds(args.pid)
     wall0 = time.monotonic()
+    phases["reader_posts"] = time.monotonic_ns()
     answer_busy_ms: list[float] = []
+    sent_busy_ms: list[float] = []
     for i in range(args.publishes):
         cmd.sendall(b"p")
         first, last, t_pub = wait_for(i + 1, i + 1)
-        got = b""
-        while len(got) < 8:
-            got += cmd.recv(8 - len(got))
-        answer_busy_ms.append(struct.unpack("!Q", got)[0] / 1e6)
+        read_ms, sent_ms = answer_times()
+        answer_busy_ms.append(read_ms)
+        sent_busy_ms.append(sent_ms)
         if t_pub is None:
             raise SystemExit("message without a publish time")
         firsts.append((first - t_pub) / 1e6)
@@ -352,13 +413,33 @@ def main() -> None:
     cpu1 = cpu_seconds(args.pid)
     wall1 = time.monotonic()
 
+    # Another writer during the fan-out: a publishing POST on a thread with
+    # no readers, made 0-20 ms after the fan-out's publish was answered.
+    phases["during_fanout"] = time.monotonic_ns()
+    sent_during_ms: list[float] = []
+    read_during_ms: list[float] = []
+    done_publishes = args.publishes
+    if quiet_post:
+        for i in range(args.publishes):
+            cmd.sendall(b"p")
+            answer_times()
+            cmd.sendall(b"q" + struct.pack("!I", (i * 997) % 20_000))
+            read_ms, sent_ms = answer_times()
+            read_during_ms.append(read_ms)
+            sent_during_ms.append(sent_ms)
+            done_publishes += 1
+            wait_for(done_publishes, None)
+            time.sleep(0.05)
+
+    phases["burst"] = time.monotonic_ns()
     # Throughput: a burst of publishes, pipelined.
-    base = args.publishes
+    base = done_publishes
     t0 = time.monotonic_ns()
     cpu2 = cpu_seconds(args.pid)
     trigger.sendall(post * args.burst)
     _, last, _ = wait_for(base + args.burst, None)
     burst_seconds = (last - t0) / 1e9
+    phases["end"] = time.monotonic_ns()
     cpu3 = cpu_seconds(args.pid)
     for c in conns.values():
         c.sock.close()
@@ -386,6 +467,14 @@ def main() -> None:
                 "post_idle_p99_ms": round(pct(answer_idle_ms, 99), 2),
                 "post_readers_p50_ms": round(pct(answer_busy_ms, 50), 2),
                 "post_readers_p99_ms": round(pct(answer_busy_ms, 99), 2),
+                "post_sent_idle_p50_ms": round(pct(sent_idle_ms, 50), 2),
+                "post_sent_idle_p99_ms": round(pct(sent_idle_ms, 99), 2),
+                "post_sent_readers_p50_ms": round(pct(sent_busy_ms, 50), 2),
+                "post_sent_readers_p99_ms": round(pct(sent_busy_ms, 99), 2),
+                "post_during_fanout_p50_ms": round(pct(sent_during_ms, 50), 2) if sent_during_ms else None,
+                "post_during_fanout_p99_ms": round(pct(sent_during_ms, 99), 2) if sent_during_ms else None,
+                "post_during_fanout_read_p50_ms": round(pct(read_during_ms, 50), 2) if read_during_ms else None,
+                "post_during_fanout_read_p99_ms": round(pct(read_during_ms, 99), 2) if read_during_ms else None,
                 "first_p50_ms": round(pct(firsts, 50), 2),
                 "first_p99_ms": round(pct(firsts, 99), 2),
                 "last_p50_ms": round(pct(lasts, 50), 2),
@@ -395,6 +484,8 @@ def main() -> None:
                 "burst_broadcasts_per_second": round(args.burst / burst_seconds, 1),
                 "burst_messages_per_second": round(args.burst * n / burst_seconds),
                 "burst_cpu_percent": round(100.0 * (cpu3 - cpu2) / burst_seconds, 1),
+                "phases": phases,
+                "post_sent_readers_ms": [round(x, 2) for x in sent_busy_ms],
             }
         )
     )

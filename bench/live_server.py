@@ -21,6 +21,7 @@ import sys
 sys.modules.setdefault("click", None)  # type: ignore[arg-type]
 
 import argparse
+import gc
 import json
 import os
 import tempfile
@@ -66,19 +67,48 @@ class Publish(Resource):
         return b"ok"
 
 
+class GcPauses:
+    """The collector's pauses, by generation (the bench's server log says
+    how much of the POST's answer time a collection could account for)."""
+
+    def __init__(self):
+        self.started = 0
+        self.pauses = {0: [], 1: [], 2: []}
+        #: (monotonic ns at the end, generation, ms) of pauses of 1 ms or more.
+        self.long = []
+
+    def __call__(self, phase, info):
+        if phase == "start":
+            self.started = time.perf_counter_ns()
+        else:
+            ms = (time.perf_counter_ns() - self.started) / 1e6
+            self.pauses[info["generation"]].append(ms)
+            if ms >= 1.0:
+                self.long.append((time.monotonic_ns(), info["generation"], round(ms, 2)))
+
+    def summary(self):
+        return {
+            "gen%d" % g: {"count": len(p), "max_ms": round(max(p), 2) if p else 0, "total_ms": round(sum(p), 1)}
+            for g, p in self.pauses.items()
+        }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--size", type=int, default=200)
+    ap.add_argument("--slice-ms", type=float, default=None, help="live.fanout_slice_ms (default: the config's)")
     args = ap.parse_args()
+    gc_pauses = GcPauses()
+    gc.callbacks.append(gc_pauses)
     data = tempfile.mkdtemp(prefix="fe-bench-")
     cfg = load_config(None, {"node.data_dir": data, "node.id": "bench"})
     import dataclasses
 
-    cfg = dataclasses.replace(
-        cfg,
-        live=dataclasses.replace(cfg.live, ping_seconds=0.0, max_subscriptions=4, max_connections=1_000_000),
-    )
+    live_cfg = dataclasses.replace(cfg.live, ping_seconds=0.0, max_subscriptions=4, max_connections=1_000_000)
+    if args.slice_ms is not None:
+        live_cfg = dataclasses.replace(live_cfg, fanout_slice_ms=args.slice_ms)
+    cfg = dataclasses.replace(cfg, live=live_cfg)
     registry = new_registry()
     store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)
     sessions = build_sessions(cfg.api, store=store.store, clock=reactor, registry=registry)
@@ -117,8 +147,14 @@ def main():
             await store.store.upsert_thread(tenant.id, "bench-thread", created_ms=0, read_preference=PRIMARY)
         ).value
         publish = Publish(live.hub, (tenant.id, thread.id), args.size)
+        quiet = (
+            await store.store.upsert_thread(tenant.id, "bench-quiet", created_ms=0, read_preference=PRIMARY)
+        ).value
         bench = Resource()
         bench.putChild(b"publish", publish)
+        # The same publishing POST on a thread nobody reads: made while the
+        # first thread's fan-out runs, it shows what other writers wait.
+        bench.putChild(b"publish-quiet", Publish(live.hub, (tenant.id, quiet.id), args.size))
         site.resource.putChild(b"bench", bench)
         port = await serverFromString(reactor, "tcp:%d:interface=127.0.0.1:backlog=4096" % args.port).listen(site)
         print(
@@ -142,6 +178,8 @@ def main():
                 {
                     "fanouts": count,
                     "fanout_ms_mean": round(1000 * total / count, 2) if count else None,
+                    "gc": gc_pauses.summary(),
+                    "gc_long": gc_pauses.long,
                 }
             ),
             file=sys.stderr,

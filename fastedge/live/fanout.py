@@ -84,7 +84,7 @@ class SlicedFanout:
         deliver: Deliver,
         departures: Callable[[], int],
         finished: Callable[[Prepared, int, int, float, float], None],
-        batch: int = 64,
+        batch: int = 16,
     ) -> None:
         self._clock = clock
         self._slice = slice_seconds
@@ -120,20 +120,24 @@ class SlicedFanout:
         )
         self._jobs.append(job)
         if self._call is None:
-            # Two hops: a publish made while the reactor runs its timed and
-            # thread calls (a store result) would otherwise get its first
-            # slice in that same pass, before the writer's answer, which
-            # waits in the socket's buffer for the next I/O pass.
             self._call = self._clock.callLater(0, self._hop)
 
     def _hop(self) -> None:
+        # Every slice comes two hops after what scheduled it, so the
+        # reactor turn before it has no slice. Twisted's transports send
+        # only in the I/O phase of a turn, after its timed calls: an answer
+        # written in one turn's I/O phase (a request read during a slice,
+        # or the publish's own writer) goes out in the next turn's, and a
+        # slice in that turn's timed calls would hold it for a whole slice.
+        # (A publish made among the thread calls, a store result, gets its
+        # hop in that same pass; its slice still waits for the next turn.)
         self._call = self._clock.callLater(0, self._run)
 
     def _run(self) -> None:
         self._call = None
         self._guarded_slice()
         if self._jobs and self._call is None:
-            self._call = self._clock.callLater(0, self._run)
+            self._call = self._clock.callLater(0, self._hop)
 
     def _guarded_slice(self) -> None:
         try:

@@ -114,7 +114,19 @@ def answer_stamp(s: socket.socket) -> tuple[bytes, int | None]:
     return data, None
 
 
-def poster(addr: tuple[str, int], post: bytes, quiet_post: bytes, cmd: socket.socket) -> None:
+def runqueue_ns(pid: int) -> int:
+    """How long ``pid``'s threads have waited for a CPU, in total (ns)."""
+    total = 0
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                total += int(f.read().split()[1])
+        except OSError:
+            pass  # a thread that ended
+    return total
+
+
+def poster(addr: tuple[str, int], post: bytes, quiet_post: bytes, cmd: socket.socket, server: int) -> None:
     """A child process that makes the publishing POSTs on request and
     reports each answer's time twice: when this process read it, and when
     the kernel received it (the server sent it). The second does not count
@@ -147,8 +159,9 @@ def poster(addr: tuple[str, int], post: bytes, quiet_post: bytes, cmd: socket.so
                 _, stamp = answer_stamp(other)
                 read = time.monotonic_ns() - t
                 kernel = stamp - wall if stamp is not None else read
-                cmd.sendall(struct.pack("!QQ", read, max(0, kernel)))
+                cmd.sendall(struct.pack("!QQQQ", read, max(0, kernel), t, 0))
                 continue
+            queued = runqueue_ns(server)
             t = time.monotonic_ns()
             wall = time.time_ns()
             try:
@@ -168,7 +181,8 @@ def poster(addr: tuple[str, int], post: bytes, quiet_post: bytes, cmd: socket.so
                 _, stamp = answer_stamp(s)
             read = time.monotonic_ns() - t
             kernel = stamp - wall if stamp is not None else read
-            cmd.sendall(struct.pack("!QQ", read, max(0, kernel)))
+            queued = runqueue_ns(server) - queued
+            cmd.sendall(struct.pack("!QQQQ", read, max(0, kernel), t, queued))
     except OSError:
         pass  # the main process is gone (it failed, and says why)
     os._exit(0)
@@ -206,16 +220,20 @@ def main() -> None:
     cmd, child_end = socket.socketpair()
     if os.fork() == 0:
         cmd.close()
-        poster(addr, post, quiet_post, child_end)
+        poster(addr, post, quiet_post, child_end, args.pid)
     child_end.close()
 
     def answer_times() -> tuple[float, float]:
         """The poster's report of one POST: (read by it, sent by the server), ms."""
         got = b""
-        while len(got) < 16:
-            got += cmd.recv(16 - len(got))
-        read, kernel = struct.unpack("!QQ", got)
+        while len(got) < 32:
+            got += cmd.recv(32 - len(got))
+        read, kernel, sent_at, queued = struct.unpack("!QQQQ", got)
+        last_sent_at[0] = sent_at
+        last_sent_at[1] = queued
         return read / 1e6, kernel / 1e6
+
+    last_sent_at = [0, 0]
 
     def posted() -> tuple[float, float]:
         """Ask the poster for one publishing POST; its answer times (ms)."""
@@ -244,10 +262,12 @@ def main() -> None:
     phases = {"idle_posts": time.monotonic_ns()}
     answer_idle_ms: list[float] = []
     sent_idle_ms: list[float] = []
+    runq_idle_ms: list[float] = []
     for _ in range(args.publishes):
         read_ms, sent_ms = posted()
         answer_idle_ms.append(read_ms)
         sent_idle_ms.append(sent_ms)
+        runq_idle_ms.append(last_sent_at[1] / 1e6)
         time.sleep(0.01)
 
     # While the herd connects, another client asks for a cheap page (a 404)
@@ -399,12 +419,21 @@ def main() -> None:
     phases["reader_posts"] = time.monotonic_ns()
     answer_busy_ms: list[float] = []
     sent_busy_ms: list[float] = []
+    wake_busy_ms: list[float] = []
+    runq_busy_ms: list[float] = []
+    after_busy_ms: list[float] = []
     for i in range(args.publishes):
         cmd.sendall(b"p")
         first, last, t_pub = wait_for(i + 1, i + 1)
         read_ms, sent_ms = answer_times()
         answer_busy_ms.append(read_ms)
         sent_busy_ms.append(sent_ms)
+        runq_busy_ms.append(last_sent_at[1] / 1e6)
+        if t_pub is not None:
+            # From the POST's send to the server's publish (its wake-up and
+            # parsing), and from there to the answer's send.
+            wake_busy_ms.append((t_pub - last_sent_at[0]) / 1e6)
+            after_busy_ms.append(sent_ms - wake_busy_ms[-1])
         if t_pub is None:
             raise SystemExit("message without a publish time")
         firsts.append((first - t_pub) / 1e6)
@@ -471,6 +500,12 @@ def main() -> None:
                 "post_sent_idle_p99_ms": round(pct(sent_idle_ms, 99), 2),
                 "post_sent_readers_p50_ms": round(pct(sent_busy_ms, 50), 2),
                 "post_sent_readers_p99_ms": round(pct(sent_busy_ms, 99), 2),
+                "post_runqueue_idle_p50_ms": round(pct(runq_idle_ms, 50), 2),
+                "post_runqueue_readers_p50_ms": round(pct(runq_busy_ms, 50), 2),
+                "post_readers_wake_p50_ms": round(pct(wake_busy_ms, 50), 2) if wake_busy_ms else None,
+                "post_readers_wake_p99_ms": round(pct(wake_busy_ms, 99), 2) if wake_busy_ms else None,
+                "post_readers_after_p50_ms": round(pct(after_busy_ms, 50), 2) if after_busy_ms else None,
+                "post_readers_after_p99_ms": round(pct(after_busy_ms, 99), 2) if after_busy_ms else None,
                 "post_during_fanout_p50_ms": round(pct(sent_during_ms, 50), 2) if sent_during_ms else None,
                 "post_during_fanout_p99_ms": round(pct(sent_during_ms, 99), 2) if sent_during_ms else None,
                 "post_during_fanout_read_p50_ms": round(pct(read_during_ms, 50), 2) if read_during_ms else None,

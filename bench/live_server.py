@@ -93,12 +93,53 @@ class GcPauses:
         }
 
 
+class IoPhases:
+    """Diagnostics (``--diagnose``): how long the reactor's I/O phases last
+    and how many buffered writes (``doWrite``) each runs, i.e. the sends
+    that happen outside the fan-out's slices."""
+
+    def __init__(self):
+        from twisted.internet import tcp
+
+        self.writes = 0
+        self.phases = []  # (ms, doWrite calls) of phases over 1 ms
+        self.total_writes = 0
+        real_write = tcp.Connection.doWrite
+        real_poll = reactor.doIteration
+        me = self
+
+        def do_write(conn):
+            me.writes += 1
+            return real_write(conn)
+
+        def do_poll(timeout):
+            me.writes = 0
+            started = time.perf_counter_ns()
+            try:
+                return real_poll(timeout)
+            finally:
+                # epoll_wait's own wait is in here too; a phase that did
+                # writes or took long is what matters.
+                ms = (time.perf_counter_ns() - started) / 1e6
+                me.total_writes += me.writes
+                if me.writes >= 50:
+                    me.phases.append((round(ms, 2), me.writes))
+
+        tcp.Connection.doWrite = do_write
+        reactor.doIteration = do_poll
+
+    def summary(self):
+        return {"do_writes": self.total_writes, "phases_with_50_writes_or_more": self.phases[:50]}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--size", type=int, default=200)
     ap.add_argument("--slice-ms", type=float, default=None, help="live.fanout_slice_ms (default: the config's)")
+    ap.add_argument("--diagnose", action="store_true", help="log the reactor's I/O phases' buffered writes")
     args = ap.parse_args()
+    io_phases = IoPhases() if args.diagnose else None
     gc_pauses = GcPauses()
     gc.callbacks.append(gc_pauses)
     data = tempfile.mkdtemp(prefix="fe-bench-")
@@ -164,6 +205,8 @@ def main():
                     "tenant": tenant.id,
                     "urlId": "bench-thread",
                     "pid": os.getpid(),
+                    # Which fastedge runs (this tree, or a baseline's).
+                    "fastedge": os.path.dirname(live_service.__file__),
                 }
             ),
             flush=True,
@@ -180,6 +223,7 @@ def main():
                     "fanout_ms_mean": round(1000 * total / count, 2) if count else None,
                     "gc": gc_pauses.summary(),
                     "gc_long": gc_pauses.long,
+                    "io": io_phases.summary() if io_phases is not None else None,
                 }
             ),
             file=sys.stderr,

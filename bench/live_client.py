@@ -519,6 +519,10 @@ def main() -> None:
                 "burst_broadcasts_per_second": round(args.burst / burst_seconds, 1),
                 "burst_messages_per_second": round(args.burst * n / burst_seconds),
                 "burst_cpu_percent": round(100.0 * (cpu3 - cpu2) / burst_seconds, 1),
+                # What the server sent per second of CPU it got: on a shared
+                # machine, where it may get a fraction of its core, this
+                # compares servers where the wall-clock rate cannot.
+                "burst_messages_per_cpu_second": round(args.burst * n / (cpu3 - cpu2)) if cpu3 > cpu2 else None,
                 "phases": phases,
                 "post_sent_readers_ms": [round(x, 2) for x in sent_busy_ms],
             }

@@ -188,9 +188,7 @@ def main():
             await store.store.upsert_thread(tenant.id, "bench-thread", created_ms=0, read_preference=PRIMARY)
         ).value
         publish = Publish(live.hub, (tenant.id, thread.id), args.size)
-        quiet = (
-            await store.store.upsert_thread(tenant.id, "bench-quiet", created_ms=0, read_preference=PRIMARY)
-        ).value
+        quiet = (await store.store.upsert_thread(tenant.id, "bench-quiet", created_ms=0, read_preference=PRIMARY)).value
         bench = Resource()
         bench.putChild(b"publish", publish)
         # The same publishing POST on a thread nobody reads: made while the

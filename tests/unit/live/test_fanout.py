@@ -262,6 +262,53 @@ class AfterThePublishTests(SynchronousTestCase):
     @settings(max_examples=60, deadline=None)
     @given(
         st.lists(
+            st.one_of(
+                st.tuples(st.just("publish"), st.sampled_from([A, B])),
+                st.tuples(st.just("turns"), st.integers(min_value=1, max_value=4)),
+            ),
+            max_size=30,
+        ),
+        st.integers(min_value=1, max_value=400),
+    )
+    def test_every_slice_is_bounded_and_follows_a_turn_without_one(
+        self, steps: list[tuple[str, Any]], readers: int
+    ) -> None:
+        """Whatever the publishes between reactor turns, no turn spends
+        more than the slice plus one batch of sends (16), no turn runs two
+        slices, and the turn before each slice runs none, so the answer of
+        a request read between two turns never waits for a slice."""
+        clock = TurnClock()
+        hub = sliced_hub(clock, slice_ms=0.5)
+        cost = 0.00003
+        inboxes = [Costly(clock, hub, cost=cost) for _ in range(readers)]
+        for inbox in inboxes:
+            hub.subscribe(A, inbox)
+        hub.subscribe(B, Costly(clock, hub, cost=cost))
+        sliced: list[int] = []
+
+        def turn() -> None:
+            before, started = hub.fanout_slices, clock.seconds()
+            clock.turn()
+            self.assertLessEqual(clock.seconds() - started, 0.0005 + 16 * cost + 1e-9)
+            sliced.append(hub.fanout_slices - before)
+
+        published = {A: 0, B: 0}
+        for action, arg in steps:
+            if action == "publish":
+                hub.publish(ev(arg))
+                published[arg] += 1
+            else:
+                for _ in range(arg):
+                    turn()
+        while clock.getDelayedCalls():
+            turn()
+        self.assertLessEqual(max(sliced, default=0), 1)
+        self.assertNotIn((1, 1), list(zip(sliced, sliced[1:], strict=False)))
+        self.assertEqual({tuple(i.seqs()) for i in inboxes}, {tuple(range(1, published[A] + 1))})
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(
             st.tuples(
                 st.sampled_from(["publish", "join", "leave", "turn"]),
                 st.sampled_from([A, B]),

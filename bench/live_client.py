@@ -126,6 +126,16 @@ def runqueue_ns(pid: int) -> int:
     return total
 
 
+_HANDLED_RE = re.compile(rb"\r\n\r\nok (\d+)$")
+
+
+def handled_at(answer: bytes) -> int:
+    """The server's CLOCK_MONOTONIC time of the publish, from fastedge's
+    bench answer (``ok <ns>``); 0 when the answer does not say."""
+    m = _HANDLED_RE.search(answer)
+    return int(m.group(1)) if m else 0
+
+
 def poster(addr: tuple[str, int], post: bytes, quiet_post: bytes, cmd: socket.socket, server: int) -> None:
     """A child process that makes the publishing POSTs on request and
     reports each answer's time twice: when this process read it, and when
@@ -156,10 +166,10 @@ def poster(addr: tuple[str, int], post: bytes, quiet_post: bytes, cmd: socket.so
                 t = time.monotonic_ns()
                 wall = time.time_ns()
                 other.sendall(quiet_post)
-                _, stamp = answer_stamp(other)
+                answer, stamp = answer_stamp(other)
                 read = time.monotonic_ns() - t
                 kernel = stamp - wall if stamp is not None else read
-                cmd.sendall(struct.pack("!QQQQ", read, max(0, kernel), t, 0))
+                cmd.sendall(struct.pack("!QQQQQ", read, max(0, kernel), t, 0, handled_at(answer)))
                 continue
             queued = runqueue_ns(server)
             t = time.monotonic_ns()
@@ -182,7 +192,7 @@ def poster(addr: tuple[str, int], post: bytes, quiet_post: bytes, cmd: socket.so
             read = time.monotonic_ns() - t
             kernel = stamp - wall if stamp is not None else read
             queued = runqueue_ns(server) - queued
-            cmd.sendall(struct.pack("!QQQQ", read, max(0, kernel), t, queued))
+            cmd.sendall(struct.pack("!QQQQQ", read, max(0, kernel), t, queued, 0))
     except OSError:
         pass  # the main process is gone (it failed, and says why)
     os._exit(0)
@@ -226,14 +236,15 @@ def main() -> None:
     def answer_times() -> tuple[float, float]:
         """The poster's report of one POST: (read by it, sent by the server), ms."""
         got = b""
-        while len(got) < 32:
-            got += cmd.recv(32 - len(got))
-        read, kernel, sent_at, queued = struct.unpack("!QQQQ", got)
+        while len(got) < 40:
+            got += cmd.recv(40 - len(got))
+        read, kernel, sent_at, queued, handled = struct.unpack("!QQQQQ", got)
         last_sent_at[0] = sent_at
         last_sent_at[1] = queued
+        last_sent_at[2] = handled
         return read / 1e6, kernel / 1e6
 
-    last_sent_at = [0, 0]
+    last_sent_at = [0, 0, 0]
 
     def posted() -> tuple[float, float]:
         """Ask the poster for one publishing POST; its answer times (ms)."""
@@ -446,6 +457,8 @@ def main() -> None:
     # no readers, made 0-20 ms after the fan-out's publish was answered.
     phases["during_fanout"] = time.monotonic_ns()
     sent_during_ms: list[float] = []
+    before_during_ms: list[float] = []
+    after_during_ms: list[float] = []
     read_during_ms: list[float] = []
     done_publishes = args.publishes
     if quiet_post:
@@ -456,6 +469,12 @@ def main() -> None:
             read_ms, sent_ms = answer_times()
             read_during_ms.append(read_ms)
             sent_during_ms.append(sent_ms)
+            if last_sent_at[2]:
+                # Before: until the server handled the POST (the slice under
+                # way); after: from there until the answer was sent.
+                before = (last_sent_at[2] - last_sent_at[0]) / 1e6
+                before_during_ms.append(before)
+                after_during_ms.append(sent_ms - before)
             done_publishes += 1
             wait_for(done_publishes, None)
             time.sleep(0.05)
@@ -508,6 +527,9 @@ def main() -> None:
                 "post_readers_after_p99_ms": round(pct(after_busy_ms, 99), 2) if after_busy_ms else None,
                 "post_during_fanout_p50_ms": round(pct(sent_during_ms, 50), 2) if sent_during_ms else None,
                 "post_during_fanout_p99_ms": round(pct(sent_during_ms, 99), 2) if sent_during_ms else None,
+                "post_during_fanout_before_p50_ms": round(pct(before_during_ms, 50), 2) if before_during_ms else None,
+                "post_during_fanout_after_p50_ms": round(pct(after_during_ms, 50), 2) if after_during_ms else None,
+                "post_during_fanout_after_p99_ms": round(pct(after_during_ms, 99), 2) if after_during_ms else None,
                 "post_during_fanout_read_p50_ms": round(pct(read_during_ms, 50), 2) if read_during_ms else None,
                 "post_during_fanout_read_p99_ms": round(pct(read_during_ms, 99), 2) if read_during_ms else None,
                 "first_p50_ms": round(pct(firsts, 50), 2),
@@ -525,6 +547,7 @@ def main() -> None:
                 "burst_messages_per_cpu_second": round(args.burst * n / (cpu3 - cpu2)) if cpu3 > cpu2 else None,
                 "phases": phases,
                 "post_sent_readers_ms": [round(x, 2) for x in sent_busy_ms],
+                "post_during_fanout_ms": [round(x, 2) for x in sent_during_ms],
             }
         )
     )

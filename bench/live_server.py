@@ -63,8 +63,11 @@ class Publish(Resource):
             self.pad = "x" * max(0, self.size - len(prepared.payload) - 2)
             t = time.monotonic_ns()
         self.hub.publish(Event(self.channel, "bench", {"t": t, "pad": self.pad}))
-        request.setHeader(b"content-length", b"2")
-        return b"ok"
+        # The answer carries the publish time too, so the load client can
+        # tell the wait before the POST was handled from the wait after.
+        body = b"ok %d" % t
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
 
 
 class GcPauses:

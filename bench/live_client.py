@@ -10,6 +10,14 @@ same clock this process reads, so latency is publish -> fully received.
 It also reads the server's RSS (``/proc/PID/status``) before and after the
 connections (memory per idle subscribed connection) and its CPU time
 (``/proc/PID/stat``) over the publishes. Prints one JSON object.
+
+The publishing POSTs are made by a child process, and each answer is timed
+to when the kernel took it in (``SO_TIMESTAMPNS``, i.e. when the server
+sent it), beside when the child read it: on CPU 1 the child waits behind
+the main process reading thousands of sockets, which is not the server's
+doing. The child also notes the server's run-queue wait over each POST
+(``/proc/PID/task/*/schedstat``): on a shared machine, most of an answer's
+time can be the server waiting for its core.
 """
 
 from __future__ import annotations

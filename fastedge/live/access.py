@@ -187,10 +187,14 @@ class GroupLocks:
     def check(self, tenant: Tenant, thread: Thread, viewer_author_id: str | None) -> Deferred[None]:
         """:class:`IAccessPolicy`: may this viewer follow the thread live?
         Refusals are :class:`Refused` (``forbidden``, the documented code)."""
+        settings = from_stored(tenant.settings)
+        if not self.locked_to(settings, thread):
+            # A public thread (most): answered here, without a coroutine.
+            return succeed(None)
 
         async def go() -> None:
             try:
-                await self.check_read(from_stored(tenant.settings), tenant.id, thread, viewer_author_id)
+                await self.check_read(settings, tenant.id, thread, viewer_author_id)
             except AccessRefused as e:
                 raise Refused(e.message, reason=e.reason) from None
 

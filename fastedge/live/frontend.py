@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from ..config import LiveConfig
 from ..identity.sso import SsoError
+from ..metrics.registry import label_counter
 from .access import ChannelResolver, PublicThreads, Resolved
 from .hub import ChannelKey, Hub, Joined, Prepared, SinceInFuture, Subscription
 from .interfaces import IAccessPolicy
@@ -96,7 +97,13 @@ class Live:
         #: brings the channel up to date with its sequencer there, so
         #: recovery with ``since`` works on any node); never fails.
         self.prime = prime
+        #: ``count_opened(transport)``, ``count_subscribe(result)``: the
+        #: per-connection counters, their children looked up once.
+        self.count_opened: Callable[[str], None] | None = None
+        self.count_subscribe: Callable[[str], None] | None = None
         if metrics is not None:
+            self.count_opened = label_counter(metrics.opened)
+            self.count_subscribe = label_counter(metrics.subscribes)
             hub.on_fanout = self._observe_fanout
             hub.on_fanout_lag = metrics.fanout_lag_seconds.observe
 
@@ -115,8 +122,8 @@ class Live:
     def opened(self, conn: Connection) -> None:
         """Count an accepted connection in."""
         self.connections[conn.transport_name].add(conn)
-        if self.metrics is not None:
-            self.metrics.opened.labels(conn.transport_name).inc()
+        if self.count_opened is not None:
+            self.count_opened(conn.transport_name)
 
     def closed(self, conn: Connection) -> None:
         """Count a connection out."""
@@ -380,8 +387,9 @@ class LiveConnection:
         self.subs[key] = joined.subscription
         self._live.url_ids[key] = resolved.thread.url_id
         metrics = self._live.metrics
-        if metrics is not None:
-            metrics.subscribes.labels("ok").inc()
+        count = self._live.count_subscribe
+        if metrics is not None and count is not None:
+            count("ok")
             if msg.since is not None:
                 metrics.recoveries.labels("reload" if joined.reload else "replayed").inc()
         answered(joined, name, msg.ref)

@@ -16,6 +16,7 @@ import hashlib
 from typing import Any
 
 import txaio
+from autobahn.twisted.util import peer2str
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION, PerMessageCompressOffer
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol, _is_same_origin, _url_to_origin
@@ -94,8 +95,36 @@ class LiveServerProtocol(WebSocketServerProtocol):
     #: the messages and bytes sent; written when the connection ends.
     access: Any = None
     _opened_once = False
+    #: Set by ``LiveResource`` before it connects a protocol to the
+    #: transport of an upgrade twisted.web parsed (:meth:`take_over`).
+    handed_over = False
+    #: The ``101`` of a handed-over upgrade, sent with the greeting.
+    _switching: bytes | None = None
 
     # Handshake and lifecycle
+
+    def connectionMade(self) -> None:
+        """autobahn's ``connectionMade``, less what a ``/live`` connection
+        never reads: its transport details (the peer, host and TLS channel
+        binding, read from the socket) and a debug line whose arguments are
+        formatted whether or not debug logging is on. ``peer`` stays, for
+        the log lines that name the client.
+
+        A handed-over upgrade's connection already has ``TCP_NODELAY``
+        (twisted.web's channel set it) and needs no opening-handshake
+        timer: :meth:`take_over` finishes the handshake before this call's
+        caller returns.
+        """
+        transport: Any = self.transport
+        self.peer = peer2str(transport)
+        if self.handed_over:
+            self.openHandshakeTimeout = 0
+        else:
+            try:
+                transport.setTcpNoDelay(self.tcpNoDelay)  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001 - as autobahn: not every transport is TCP
+                pass
+        self._connectionMade()
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         """Refuse the handshake (503) past ``live.max_connections``; speak
@@ -183,9 +212,12 @@ class LiveServerProtocol(WebSocketServerProtocol):
             self.perMessageCompressionAccept(offers)
         self.websocket_protocol_in_use = protocol
         self.websocket_extensions_in_use = []
-        # Straight to the transport: autobahn's sendData formats debug log
-        # arguments whether or not debug logging is on.
-        self.transport.write(self.factory.switching(protocol, key))  # type: ignore[union-attr]
+        # Sent with the greeting, in one write straight to the socket
+        # (:meth:`onOpen`): not through autobahn's sendData, which formats
+        # debug log arguments whether or not debug logging is on, nor
+        # through the transport's buffer, which would cost a write on the
+        # reactor's next turn.
+        self._switching = self.factory.switching(protocol, key)
         self.state = WebSocketProtocol.STATE_OPEN
         timer = self.openHandshakeTimeoutCall
         if timer is not None:
@@ -255,7 +287,12 @@ class LiveServerProtocol(WebSocketServerProtocol):
         self._open = True
         self._opened_once = True
         live.opened(self)
-        n = self._writer.write(self.factory.hello)
+        head = self._switching
+        if head is None:
+            n = self._writer.write(self.factory.hello)
+        else:
+            self._switching = None
+            n = max(0, self._writer.write(head + self.factory.hello) - len(head))
         if self.access is not None:
             self.access.sent(n)
 
@@ -535,6 +572,9 @@ class LiveWebSocketFactory(WebSocketServerFactory):
         #: Traffic of all open connections together (autobahn counts per
         #: connection; one shared counter saves memory and is what we export).
         self.traffic = TrafficStats()
+        #: The ``101`` up to the accept value, by subprotocol (the factory's
+        #: options are set above, once).
+        self._switching_heads: dict[str | None, bytes] = {}
 
     #: The access log session of the upgrade being handed to autobahn now
     #: (set by ``LiveResource`` around the synchronous handover).
@@ -550,18 +590,21 @@ class LiveWebSocketFactory(WebSocketServerFactory):
     def switching(self, protocol: str | None, key: str) -> bytes:
         """The ``101`` answer to a handshake with ``key``, byte for byte
         autobahn's (``succeedHandshake``), no extension accepted."""
-        lines = ["HTTP/1.1 101 Switching Protocols"]
-        if self.server:
-            lines.append("Server: {}".format(self.server))
-        lines += ["Upgrade: WebSocket", "Connection: Upgrade"]
-        for name, value in self.headers.items():
-            values = [value] if isinstance(value, str) else list(value)
-            lines += ["{}: {}".format(name, v) for v in values]
-        if protocol is not None:
-            lines.append("Sec-WebSocket-Protocol: {}".format(protocol))
+        head = self._switching_heads.get(protocol)
+        if head is None:
+            lines = ["HTTP/1.1 101 Switching Protocols"]
+            if self.server:
+                lines.append("Server: {}".format(self.server))
+            lines += ["Upgrade: WebSocket", "Connection: Upgrade"]
+            for name, value in self.headers.items():
+                values = [value] if isinstance(value, str) else list(value)
+                lines += ["{}: {}".format(name, v) for v in values]
+            if protocol is not None:
+                lines.append("Sec-WebSocket-Protocol: {}".format(protocol))
+            lines.append("Sec-WebSocket-Accept: ")
+            head = self._switching_heads[protocol] = "\r\n".join(lines).encode("utf-8")
         accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + WebSocketProtocol._WS_MAGIC).digest())
-        lines.append("Sec-WebSocket-Accept: {}".format(accept.decode("ascii")))
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+        return head + accept + b"\r\n\r\n"
 
     def frame(self, payload: bytes) -> bytes:
         """One unmasked text frame carrying ``payload``."""

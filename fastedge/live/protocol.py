@@ -126,6 +126,13 @@ class LiveServerProtocol(WebSocketServerProtocol):
                 pass
         self._connectionMade()
 
+    def _connectionMade(self) -> None:
+        """autobahn's server ``_connectionMade`` less its debug line, whose
+        argument (the function's coloured name) is formatted whether or not
+        debug logging is on; the connection's initial state is autobahn's."""
+        WebSocketProtocol._connectionMade(self)
+        self.factory.countConnections += 1
+
     def onConnect(self, request: ConnectionRequest) -> Any:
         """Refuse the handshake (503) past ``live.max_connections``; speak
         ``fastedge.live.1`` when the client offers it."""

@@ -333,7 +333,10 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if self._deaf:
             return
         self._heard = True
-        super().dataReceived(data)
+        # What autobahn's dataReceived does, less its debug line, whose
+        # arguments (a coloured function name) it formats on every read
+        # whether or not debug logging is on.
+        self._dataReceived(data)
 
     # Frames, through autobahn's frame-level hooks: every frame a client
     # sends is counted (client_frames_per_second), fragments per message

@@ -70,6 +70,9 @@ _HANDSHAKE_LEFTOVERS = (
 )
 
 
+#: autobahn's event names (``set_valid_events``), one tuple per set.
+_EVENT_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
+
 #: The JSON error code of an autobahn handshake refusal, by status.
 _HANDSHAKE_REFUSALS = {503: "too_many_connections"}
 
@@ -100,6 +103,14 @@ class LiveServerProtocol(WebSocketServerProtocol):
     handed_over = False
     #: The ``101`` of a handed-over upgrade, sent with the greeting.
     _switching: bytes | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        # autobahn's list of event names, as one tuple shared by every
+        # connection: an idle connection should hold as few objects as
+        # possible for the garbage collector's full passes to walk.
+        events: tuple[str, ...] = tuple(self._valid_events or ())
+        self._valid_events = _EVENT_NAMES.setdefault(events, events)  # type: ignore[assignment]
 
     # Handshake and lifecycle
 
@@ -218,7 +229,7 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if offers:
             self.perMessageCompressionAccept(offers)
         self.websocket_protocol_in_use = protocol
-        self.websocket_extensions_in_use = []
+        self.websocket_extensions_in_use = ()  # type: ignore[assignment]
         # Sent with the greeting, in one write straight to the socket
         # (:meth:`onOpen`): not through autobahn's sendData, which formats
         # debug log arguments whether or not debug logging is on, nor

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections import deque
 from typing import Any
 
 import txaio
@@ -21,6 +22,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION, PerMessageCompressOffer
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol, _is_same_origin, _url_to_origin
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -137,12 +139,58 @@ class LiveServerProtocol(WebSocketServerProtocol):
                 pass
         self._connectionMade()
 
+    # autobahn's ``WebSocketProtocol._connectionMade`` sets each of these on
+    # every connection; here they are class defaults, and a connection holds
+    # only what it changes (a smaller instance, and less work per connect).
+    _perMessageCompress = None
+    trackedTimings = None  # type: ignore[assignment]
+    wasMaxFramePayloadSizeExceeded = False
+    wasMaxMessagePayloadSizeExceeded = False
+    closedByMe = False
+    failedByMe = False
+    droppedByMe = False
+    wasClean = False
+    wasNotCleanReason = None  # type: ignore[assignment]
+    wasServerConnectionDropTimeout = False
+    wasOpenHandshakeTimeout = False
+    wasCloseHandshakeTimeout = False
+    wasServingFlashSocketPolicyFile = False
+    localCloseCode = None
+    localCloseReason = None
+    remoteCloseCode = None
+    remoteCloseReason = None
+    openHandshakeTimeoutCall = None
+    closeHandshakeTimeoutCall = None
+    autoPingTimeoutCall = None
+    autoPingPending = None
+    autoPingPendingCall = None
+    autoPingPendingSeq = 0
+    autoPingPendingSent = None
+
     def _connectionMade(self) -> None:
-        """autobahn's server ``_connectionMade`` less its debug line, whose
-        argument (the function's coloured name) is formatted whether or not
-        debug logging is on; the connection's initial state is autobahn's."""
-        WebSocketProtocol._connectionMade(self)
-        self.factory.countConnections += 1
+        """autobahn's server ``_connectionMade``: the state a connection
+        starts in (the rest are the class defaults above), its opening
+        handshake timer, the factory's count. Not autobahn's own, which
+        copies the options (the class holds them, :func:`configured_protocol`),
+        makes a traffic counter (all connections share the factory's) and
+        formats two debug lines whether or not debug logging is on."""
+        factory = self.factory
+        for name in self.CONFIG_ATTRS:
+            # Options that are functions, copied as autobahn copies them.
+            if not hasattr(self, name):
+                setattr(self, name, getattr(factory, name))
+        self.trafficStats = factory.traffic
+        self.state = WebSocketProtocol.STATE_CONNECTING
+        self.send_state = WebSocketProtocol.SEND_STATE_GROUND
+        self.data = b""
+        self.send_queue = deque()
+        self.triggered = False
+        self.utf8validator = Utf8Validator()
+        if self.openHandshakeTimeout > 0:
+            self.openHandshakeTimeoutCall = factory._batched_timer.call_later(
+                self.openHandshakeTimeout, self.onOpenHandshakeTimeout
+            )
+        factory.countConnections += 1
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         """Refuse the handshake (503) past ``live.max_connections``; speak

@@ -249,6 +249,11 @@ class HandshakeTests(TestCase):
         (server,) = self.live.connections["websocket"]
         self.assertNotIn("http_request_data", vars(server))
         self.assertNotIn("http_headers", vars(server))
+        # autobahn's per-connection flags stay class defaults until changed;
+        # every connection counts into the factory's one traffic counter.
+        self.assertNotIn("closedByMe", vars(server))
+        self.assertNotIn("autoPingPendingSeq", vars(server))
+        self.assertIs(server.trafficStats, self.live_factory().traffic)
         client.send(b"\x88\x82" + b"\x00\x00\x00\x00" + b"\x03\xe8")
         await client.lost
 

@@ -28,6 +28,8 @@ HEAVY = {
     "maxminddb": "geo.database (the GeoIP index)",
     "puremagic": "the first media upload",
     "jinja2": "the first embed page rendered",
+    "markdown_it": "the first comment rendered (a write)",
+    "nh3": "the first comment rendered (a write)",
 }
 
 _PROBE = """
@@ -63,7 +65,8 @@ class FootprintTests(SynchronousTestCase):
     def test_default_config_imports_no_heavy_module(self) -> None:
         """The default config (embedded store, no S3 origin) builds a node
         without importing psycopg, txmongo, pymongo, botocore, urllib3, treq,
-        ``twisted.web.client``, maxminddb, puremagic or jinja2."""
+        ``twisted.web.client``, maxminddb, puremagic, jinja2, markdown-it or
+        nh3."""
         data_dir = os.path.abspath(self.mktemp())
         loaded = loaded_after_make_service(["--data-dir", data_dir])
         self.assertEqual(loaded, [], {m: HEAVY[m] for m in loaded})

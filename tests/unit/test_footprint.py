@@ -30,6 +30,7 @@ HEAVY = {
     "jinja2": "the first embed page rendered",
     "markdown_it": "the first comment rendered (a write)",
     "nh3": "the first comment rendered (a write)",
+    "xml.etree.ElementTree": "an S3 origin's first listing (a prefix purge)",
 }
 
 _PROBE = """
@@ -65,8 +66,8 @@ class FootprintTests(SynchronousTestCase):
     def test_default_config_imports_no_heavy_module(self) -> None:
         """The default config (embedded store, no S3 origin) builds a node
         without importing psycopg, txmongo, pymongo, botocore, urllib3, treq,
-        ``twisted.web.client``, maxminddb, puremagic, jinja2, markdown-it or
-        nh3."""
+        ``twisted.web.client``, maxminddb, puremagic, jinja2, markdown-it,
+        nh3 or ElementTree."""
         data_dir = os.path.abspath(self.mktemp())
         loaded = loaded_after_make_service(["--data-dir", data_dir])
         self.assertEqual(loaded, [], {m: HEAVY[m] for m in loaded})

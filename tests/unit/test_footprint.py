@@ -46,12 +46,13 @@ print(json.dumps(sorted(m for m in sys.modules if m in heavy)))
 """
 
 
-def loaded_after_make_service(argv: list[str]) -> list[str]:
-    """The heavy modules a fresh interpreter holds after importing
-    ``fastedge.tap`` and building the node from ``argv``'s options."""
+def loaded_after_make_service(argv: list[str], modules: list[str] | None = None) -> list[str]:
+    """Which of ``modules`` (by default the :data:`HEAVY` ones) a fresh
+    interpreter holds after importing ``fastedge.tap`` and building the
+    node from ``argv``'s options."""
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, *argv],
-        input=json.dumps(sorted(HEAVY)),
+        input=json.dumps(sorted(HEAVY) if modules is None else modules),
         capture_output=True,
         text=True,
         check=False,
@@ -72,6 +73,17 @@ class FootprintTests(SynchronousTestCase):
         data_dir = os.path.abspath(self.mktemp())
         loaded = loaded_after_make_service(["--data-dir", data_dir])
         self.assertEqual(loaded, [], {m: HEAVY[m] for m in loaded})
+
+    def test_a_mongodb_node_imports_no_sql_layer(self) -> None:
+        """A node on the MongoDB backend builds without importing
+        SQLAlchemy (nor the SQLite and PostgreSQL backends built on it)."""
+        data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(data_dir)
+        path = os.path.join(data_dir, "node.toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write('[store]\nbackend = "mongodb"\n[store.mongodb]\nuri = "mongodb://127.0.0.1:9/?replicaSet=rs0"\n')
+        loaded = loaded_after_make_service(["--config", path, "--data-dir", data_dir], ["sqlalchemy", "psycopg"])
+        self.assertEqual(loaded, [])
 
     def test_an_s3_origin_brings_its_client_not_botocore(self) -> None:
         """With an S3 origin configured the HTTP client is imported (so the

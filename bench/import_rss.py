@@ -47,6 +47,10 @@ class _Measured(importlib.abc.Loader):
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (resource readers, get_data, ...) is the loader's.
+        return getattr(self.inner, name)
+
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
         return self.inner.create_module(spec)
 

@@ -422,6 +422,9 @@ class Relay(MeshHandler):
         the way it is re-routed to whichever node owns the channel by then
         (:meth:`_flush_all`), or passed on by a node that does not own it
         (:meth:`_marker`)."""
+        for waiting in self._outbox.get(owner, ()):
+            if waiting.event.kind == RESET_KIND and waiting.event.channel == channel:
+                return  # one new epoch covers them all: its subscribers reload once
         marker = Event(channel, RESET_KIND, {"passes": passes}, origin=self._me or "")
         self._forward(owner, marker, 2, owed=True)
 

@@ -489,11 +489,13 @@ class MarkerTests(SynchronousTestCase):
             data=json.dumps({"commentId": "x", "likes": 1}),
             origin="r",
         )
-        (result,) = rogue.call("publish", [write], 2)
+        # Three in one call: the owner starts one new epoch, not three.
+        (result,) = rogue.call("publish", [write, write, write], 2)
         self.assertIsNone(result)
         world.mesh.advance(0.1)
         self.assertEqual([k for k, _ in world.seqs(on_b)], ["event", "reset"])
-        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_markers_total", action="owed_write"), 1.0)
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_markers_total", action="owed_write"), 3.0)
+        self.assertEqual(metric(world.mesh, "b", "fastedge_mesh_relay_takeovers_total"), 1.0)
 
     def test_marker_with_a_bad_count_disconnects(self) -> None:
         """A marker whose pass count is not a count is a bad message."""

@@ -215,11 +215,11 @@ def poster(addr: tuple[str, int], post: bytes, quiet_post: bytes, cmd: socket.so
                 t = time.monotonic_ns()
                 wall = time.time_ns()
                 s.sendall(post)
-                _, stamp = answer_stamp(s)
+                answer, stamp = answer_stamp(s)
             read = time.monotonic_ns() - t
             kernel = stamp - wall if stamp is not None else read
             queued = runqueue_ns(server) - queued
-            cmd.sendall(struct.pack("!QQQQQ", read, max(0, kernel), t, queued, 0))
+            cmd.sendall(struct.pack("!QQQQQ", read, max(0, kernel), t, queued, handled_at(answer)))
     except OSError:
         pass  # the main process is gone (it failed, and says why)
     os._exit(0)
@@ -306,11 +306,16 @@ def main() -> None:
     answer_idle_ms: list[float] = []
     sent_idle_ms: list[float] = []
     runq_idle_ms: list[float] = []
+    wake_idle_ms: list[float] = []
+    after_idle_ms: list[float] = []
     for _ in range(args.publishes):
         read_ms, sent_ms = posted()
         answer_idle_ms.append(read_ms)
         sent_idle_ms.append(sent_ms)
         runq_idle_ms.append(last_sent_at[1] / 1e6)
+        if last_sent_at[2]:
+            wake_idle_ms.append((last_sent_at[2] - last_sent_at[0]) / 1e6)
+            after_idle_ms.append(sent_ms - wake_idle_ms[-1])
         time.sleep(0.01)
 
     # While the herd connects, another client asks for a cheap page (a 404)
@@ -579,6 +584,8 @@ def main() -> None:
                 "post_sent_readers_p99_ms": round(pct(sent_busy_ms, 99), 2),
                 "post_runqueue_idle_p50_ms": round(pct(runq_idle_ms, 50), 2),
                 "post_runqueue_readers_p50_ms": round(pct(runq_busy_ms, 50), 2),
+                "post_idle_wake_p50_ms": round(pct(wake_idle_ms, 50), 2) if wake_idle_ms else None,
+                "post_idle_after_p50_ms": round(pct(after_idle_ms, 50), 2) if after_idle_ms else None,
                 "post_readers_wake_p50_ms": round(pct(wake_busy_ms, 50), 2) if wake_busy_ms else None,
                 "post_readers_wake_p99_ms": round(pct(wake_busy_ms, 99), 2) if wake_busy_ms else None,
                 "post_readers_after_p50_ms": round(pct(after_busy_ms, 50), 2) if after_busy_ms else None,

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.live.hub import Event, Hub, Prepared
+from fastedge.live.fanout import SlicedFanout
+from fastedge.live.hub import Event, Hub, Prepared, Stamp, Subscription, deliver_each
 
 A = ("tenantA", "thread1")
 B = ("tenantA", "thread2")
@@ -150,6 +151,49 @@ class AfterThePublishTests(SynchronousTestCase):
             slices.append(hub.fanout_slices - before)
         self.assertEqual(slices, [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0])
         self.assertEqual({tuple(i.seqs()) for i in inboxes}, {(1,)})
+
+    def test_the_publish_reads_no_member(self) -> None:
+        """Queuing an event does nothing per member (the writer's answer
+        does not wait for ten thousand of them to be copied); its first
+        slice reads the members, and those that joined after the publish
+        (numbered past it) are not recipients."""
+        clock = TurnClock()
+        reads: list[int] = []
+
+        class Members(dict[Subscription, None]):
+            def __iter__(self) -> Any:
+                reads.append(len(self))
+                return super().__iter__()
+
+        class Inbox:
+            def __init__(self) -> None:
+                self.got: list[int] = []
+
+            def push(self, prepared: Prepared) -> int:
+                self.got.append(prepared.stamp.seq)
+                return 1
+
+        members = Members()
+        early = [Subscription(Inbox(), A, joined=n) for n in range(1, 41)]
+        for sub in early:
+            members[sub] = None
+        fanout = SlicedFanout(
+            clock,
+            slice_seconds=0.002,
+            deliver=deliver_each,
+            departures=lambda: 0,
+            joins=lambda: 40,
+            finished=lambda *args: None,
+        )
+        fanout.submit(Prepared(ev(), Stamp("epocha", 1), 0.0), members, None)
+        self.assertEqual(reads, [])
+        late = Subscription(Inbox(), A, joined=41)
+        members[late] = None
+        clock.turn()
+        clock.turn()
+        self.assertEqual(reads, [41])
+        self.assertEqual([sub.outlet.got for sub in early], [[1]] * 40)  # type: ignore[attr-defined]
+        self.assertEqual(late.outlet.got, [])  # type: ignore[attr-defined]
 
     def test_order_per_channel_is_kept(self) -> None:
         """Events published while earlier ones are still being delivered

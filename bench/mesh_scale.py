@@ -49,6 +49,9 @@ from fastedge.testing.mesh import MemoryMesh, MemoryNetwork  # noqa: E402
 
 #: Bytes written on every in-memory connection (TLS records included).
 WIRE = {"bytes": 0}
+#: ``--latency``: one-way delay (seconds) of every write and close, on the
+#: clock of the run (``None``: delivered at the next pump, as in the tests).
+LATENCY: dict[str, Any] = {"seconds": 0.0, "clock": None}
 _FAST: list[FastNetwork] = []
 
 _write = iosim.FakeTransport.write
@@ -62,16 +65,35 @@ def _mark(transport: Any) -> None:
         _FAST[0].dirty[pump] = None
 
 
-def _counting_write(self: Any, data: bytes) -> None:
-    if not self.disconnecting:
-        WIRE["bytes"] += len(data)
+def _deliver(self: Any, data: bytes) -> None:
     _write(self, data)
     _mark(self)
 
 
-def _marking_lose(self: Any) -> None:
+def _counting_write(self: Any, data: bytes) -> None:
+    if not self.disconnecting:
+        WIRE["bytes"] += len(data)
+    clock = LATENCY["clock"]
+    if clock is not None and not self.disconnecting:
+        # Arrives one way-delay later (timers due at the same time run in
+        # the order they were set: bytes stay in order).
+        clock.callLater(LATENCY["seconds"], _deliver, self, data)
+        return
+    _deliver(self, data)
+
+
+def _lose_now(self: Any) -> None:
     _lose(self)
     _mark(self)
+
+
+def _marking_lose(self: Any) -> None:
+    clock = LATENCY["clock"]
+    if clock is not None and not self.disconnecting:
+        # A close travels behind the bytes written before it.
+        clock.callLater(LATENCY["seconds"], _lose_now, self)
+        return
+    _lose_now(self)
 
 
 def _marking_abort(self: Any) -> None:
@@ -204,7 +226,9 @@ def converged(mesh: MemoryMesh, ids: list[str]) -> bool:
     return True
 
 
-def run(n: int, *, harness: str, steady: float, step: float, overrides: dict[str, Any]) -> dict[str, Any]:
+def run(
+    n: int, *, harness: str, steady: float, step: float, overrides: dict[str, Any], latency: float = 0.0
+) -> dict[str, Any]:
     tc = StandIn()
     try:
         mesh = MemoryMesh(tc, **overrides)  # type: ignore[arg-type]
@@ -213,6 +237,7 @@ def run(n: int, *, harness: str, steady: float, step: float, overrides: dict[str
             clock.advance(mesh.clock.seconds())
             mesh.clock = clock
             mesh.network = FastNetwork(clock)
+        LATENCY["seconds"], LATENCY["clock"] = latency, (mesh.clock if latency > 0 else None)
         ids = ["n{:03d}".format(i) for i in range(n)]
 
         def host(node_id: str) -> str:
@@ -255,6 +280,12 @@ def run(n: int, *, harness: str, steady: float, step: float, overrides: dict[str
         steady_cpu = time.process_time() - cpu0
         steady_calls = calls(mesh) - calls0
         steady_bytes = WIRE["bytes"] - wire0
+        links = sum(
+            1
+            for i in ids
+            for p in mesh.nodes[i].membership.peers.values()
+            if p.link is not None and p.link.up
+        )
         # A kill.
         victim = ids[-1]
         observers = ids[:-1]
@@ -283,6 +314,7 @@ def run(n: int, *, harness: str, steady: float, step: float, overrides: dict[str
             "steady_calls_per_node_s": steady_calls / steady / n,
             "steady_bytes_per_node_s": steady_bytes / steady / n,
             "steady_cpu_pct_per_node": 100.0 * steady_cpu / steady / n,
+            "links_per_node": links / n,
             "suspect_s": [min(suspect.values()), max(suspect.values())] if suspect else None,
             "dead_s": [min(dead.values()), max(dead.values())] if dead else None,
             "dead_everywhere": len(dead) == len(observers),
@@ -303,6 +335,7 @@ def main() -> None:
     p.add_argument("--harness", choices=("fast", "plain"), default="fast")
     p.add_argument("--steady", type=float, default=5.0, help="simulated seconds of steady state")
     p.add_argument("--step", type=float, default=0.01, help="simulated seconds per clock step")
+    p.add_argument("--latency", type=float, default=0.0, metavar="MS", help="one-way delay of every link (ms)")
     p.add_argument("--json", action="store_true", help="one JSON line per N too")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a [mesh] override (JSON value)")
     args = p.parse_args()
@@ -313,12 +346,13 @@ def main() -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value)
-    head = "%5s %9s %10s %11s %9s %15s %15s %10s %10s %12s %12s" % (
+    head = "%5s %9s %10s %11s %9s %7s %15s %15s %10s %10s %12s %12s" % (
         "N",
         "ALIVE s",
         "calls/n/s",
         "bytes/n/s",
         "cpu %/n",
+        "links/n",
         "SUSPECT s",
         "DEAD s",
         "probes/obs",
@@ -326,19 +360,25 @@ def main() -> None:
         "cold cpu s/n",
         "cold MB/n",
     )
-    print("mesh-scale (%s harness, %.0f s steady state, %s)" % (args.harness, args.steady, overrides or "defaults"))
+    print(
+        "mesh-scale (%s harness, %.0f s steady state, %s, one-way latency %g ms)"
+        % (args.harness, args.steady, overrides or "defaults", args.latency)
+    )
     print(head)
     for n in sizes:
-        r = run(n, harness=args.harness, steady=args.steady, step=args.step, overrides=overrides)
+        r = run(
+            n, harness=args.harness, steady=args.steady, step=args.step, overrides=overrides, latency=args.latency / 1e3
+        )
         span = "%.2f-%.2f"
         print(
-            "%5d %9.2f %10.1f %11.0f %9.2f %15s %15s %10.1f %10.0f %12.3f %12.2f%s"
+            "%5d %9.2f %10.1f %11.0f %9.2f %7.1f %15s %15s %10.1f %10.0f %12.3f %12.2f%s"
             % (
                 n,
                 r["converge_s"],
                 r["steady_calls_per_node_s"],
                 r["steady_bytes_per_node_s"],
                 r["steady_cpu_pct_per_node"],
+                r["links_per_node"],
                 span % tuple(r["suspect_s"]) if r["suspect_s"] else "-",
                 span % tuple(r["dead_s"]) if r["dead_s"] else "-",
                 r["probe_calls_per_observer"],

@@ -280,12 +280,7 @@ def run(
         steady_cpu = time.process_time() - cpu0
         steady_calls = calls(mesh) - calls0
         steady_bytes = WIRE["bytes"] - wire0
-        links = sum(
-            1
-            for i in ids
-            for p in mesh.nodes[i].membership.peers.values()
-            if p.link is not None and p.link.up
-        )
+        links = sum(1 for i in ids for p in mesh.nodes[i].membership.peers.values() if p.link is not None and p.link.up)
         # A kill.
         victim = ids[-1]
         observers = ids[:-1]

@@ -933,10 +933,7 @@ class Membership:
             [
                 other
                 for other in self.peers.values()
-                if other is not suspect
-                and other.state is NodeState.ALIVE
-                and other.link is not None
-                and other.link.up
+                if other is not suspect and other.state is NodeState.ALIVE and other.link is not None and other.link.up
             ],
         )
         k = self.timing.indirect_probes

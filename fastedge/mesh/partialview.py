@@ -319,9 +319,7 @@ class PartialView:
     # Mode and view
 
     def _live_ids(self) -> list[str]:
-        ids = [
-            p.node_id for p in self.m.peers.values() if p.state not in (NodeState.DEAD, NodeState.LEAVING)
-        ]
+        ids = [p.node_id for p in self.m.peers.values() if p.state not in (NodeState.DEAD, NodeState.LEAVING)]
         ids.append(self.m.me.node_id)
         return ids
 
@@ -354,11 +352,7 @@ class PartialView:
         ring = self.ring()
         me = self.m.me.node_id
         neighbours = ring.neighbours(me)
-        alive = [
-            p.node_id
-            for p in self.m.peers.values()
-            if p.state is NodeState.ALIVE and p.node_id not in neighbours
-        ]
+        alive = [p.node_id for p in self.m.peers.values() if p.state is NodeState.ALIVE and p.node_id not in neighbours]
         alive_set = set(alive)
         self.extras = [e for e in self.extras if e in alive_set]
         want = max(0, self.size - len(neighbours))
@@ -511,8 +505,7 @@ class PartialView:
                 self.metrics.rumours.labels("about_self").inc()
                 self.metrics.refutations.inc()
                 self._log.warn(
-                    "mesh: {origin} (via {sender}) says this node is {state} at incarnation {incarnation};"
-                    " refuting",
+                    "mesh: {origin} (via {sender}) says this node is {state} at incarnation {incarnation};" " refuting",
                     origin=origin,
                     sender=sender,
                     state=state,
@@ -612,4 +605,3 @@ class PartialView:
         if not self.active:
             return list(self.m.peers.values())
         return [p for p in self.m.peers.values() if p.node_id in self.view or p.link is not None]
-

@@ -13,8 +13,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.config import ConfigError, MeshConfig
-from fastedge.config import parse_config
+from fastedge.config import ConfigError, MeshConfig, parse_config
 from fastedge.mesh.handler import MeshView
 from fastedge.mesh.messages import BadMessage
 from fastedge.mesh.partialview import (

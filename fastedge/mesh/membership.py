@@ -903,7 +903,7 @@ class Membership:
             and link is not None
             and link.up
             and now - peer.last_pull >= self.timing.heartbeat
-            and self.view.backoff.may_pull(peer.node_id, now)
+            and self.view.may_pull(peer.node_id, now)
         ):
             peer.last_pull = now
             self._pull(peer, link, digest)

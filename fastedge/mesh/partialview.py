@@ -309,6 +309,11 @@ class PartialView:
         self.extras: list[str] = []
         self._ring: Ring | None = None
         self._last_rotation = float("-inf")
+        self._last_pull = float("-inf")
+        #: Bumped at every membership change; the view was computed at
+        #: ``_view_version``.
+        self._version = 0
+        self._view_version = -1
         #: (node, incarnation, state) -> origins seen, and when first seen.
         self._seen: dict[tuple[str, int, str], tuple[set[str], float]] = {}
         self.suspicions: dict[str, Suspicion] = {}
@@ -326,6 +331,7 @@ class PartialView:
     def members_changed(self) -> None:
         """A peer came, went or changed state: the ring is out of date."""
         self._ring = None
+        self._version += 1
 
     def ring(self) -> Ring:
         """The ring of live nodes (kept until membership changes)."""
@@ -337,7 +343,8 @@ class PartialView:
         """Switch mode when the cluster crosses the threshold; recompute the
         view (ring neighbours, extras, a rotation when due) and open links
         to new view members."""
-        fresh_ring = self._ring is None
+        fresh_ring = self._view_version != self._version
+        self._view_version = self._version
         live = len(self.ring().order)
         if not self.active and live > self.threshold:
             self._switch(True, live)
@@ -402,6 +409,20 @@ class PartialView:
                 peer.last_heard = max(peer.last_heard, now)
                 if peer.state not in (NodeState.DEAD, NodeState.LEAVING):
                     self.m.ensure_link(peer)
+
+    def may_pull(self, node_id: str, now: float) -> bool:
+        """Whether a member-list pull from ``node_id`` (whose digest differs)
+        is due: not while its pulls back off (:class:`PullBackoff`); past
+        the threshold, at most one pull per heartbeat in all (the view's
+        peers mostly say the same; a full list is large there)."""
+        if not self.backoff.may_pull(node_id, now):
+            return False
+        if not self.active:
+            return True
+        if now - self._last_pull < self.m.timing.heartbeat:
+            return False
+        self._last_pull = now
+        return True
 
     def watches(self, peer: Peer) -> bool:
         """Whether this node heartbeats ``peer`` and judges its silence."""

@@ -226,10 +226,33 @@ def converged(mesh: MemoryMesh, ids: list[str]) -> bool:
     return True
 
 
+def _warm_joined(original: Any) -> Any:
+    def joined(self: Any, announcement: Any, session: Any) -> Any:
+        me, members = original(self, announcement, session)
+        return me, members[:1]
+
+    return joined
+
+
 def run(
-    n: int, *, harness: str, steady: float, step: float, overrides: dict[str, Any], latency: float = 0.0
+    n: int,
+    *,
+    harness: str,
+    steady: float,
+    step: float,
+    overrides: dict[str, Any],
+    latency: float = 0.0,
+    warm: bool = False,
 ) -> dict[str, Any]:
     tc = StandIn()
+    from fastedge.mesh.membership import Membership
+
+    joined = Membership.joined
+    if warm:
+        # Every node starts knowing every other (below), and login answers
+        # carry only the answering node: the member lists a cold start
+        # moves (O(N) per login, O(N^2) in all) are not measured.
+        Membership.joined = _warm_joined(joined)  # type: ignore[method-assign]
     try:
         mesh = MemoryMesh(tc, **overrides)  # type: ignore[arg-type]
         if harness == "fast":
@@ -253,7 +276,7 @@ def run(
         # are known before any starts.
         seeds = ["{}:{}".format(mesh.host(i), mesh.network._next_port + 1 + k) for k, i in enumerate(ids[:3])]
         for node_id in ids:
-            mesh.add(node_id, start=False, seeds=seeds)
+            mesh.add(node_id, start=False, seeds=[] if warm else seeds)
         for node_id in ids:
             mesh.nodes[node_id].privilegedStartService()
         assert [mesh.address(i) for i in ids[:3]] == seeds, "the seeds are not where the nodes listen"
@@ -263,6 +286,14 @@ def run(
             service = mesh.nodes[node_id]
             service.privilegedStartService()
             service.startService()
+        if warm:
+            everyone = [(mesh.nodes[i].membership.me, "alive") for i in ids]
+            for node_id in ids:
+                membership = mesh.nodes[node_id].membership
+                if n > membership.timing.full_mesh_max_nodes:
+                    # Past the threshold from the start: no full mesh first.
+                    membership.view.active = True
+                membership.merge(everyone)
         mesh.network.flush()
         limit = 60.0
         while not converged(mesh, ids):
@@ -318,8 +349,10 @@ def run(
             "cold_cpu_s_per_node": cold_cpu / n,
             "cold_bytes_per_node": cold_bytes / n,
             "cold_calls_per_node": cold_calls / n,
+            "warm": warm,
         }
     finally:
+        Membership.joined = joined  # type: ignore[method-assign]
         tc.close()
 
 
@@ -330,6 +363,11 @@ def main() -> None:
     p.add_argument("--harness", choices=("fast", "plain"), default="fast")
     p.add_argument("--steady", type=float, default=5.0, help="simulated seconds of steady state")
     p.add_argument("--step", type=float, default=0.01, help="simulated seconds per clock step")
+    p.add_argument(
+        "--warm",
+        action="store_true",
+        help="start every node knowing every other, login answers without member lists (no cold start measured)",
+    )
     p.add_argument("--latency", type=float, default=0.0, metavar="MS", help="one-way delay of every link (ms)")
     p.add_argument("--json", action="store_true", help="one JSON line per N too")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a [mesh] override (JSON value)")
@@ -356,13 +394,19 @@ def main() -> None:
         "cold MB/n",
     )
     print(
-        "mesh-scale (%s harness, %.0f s steady state, %s, one-way latency %g ms)"
-        % (args.harness, args.steady, overrides or "defaults", args.latency)
+        "mesh-scale (%s harness, %.0f s steady state, %s, one-way latency %g ms%s)"
+        % (args.harness, args.steady, overrides or "defaults", args.latency, ", warm start" if args.warm else "")
     )
     print(head)
     for n in sizes:
         r = run(
-            n, harness=args.harness, steady=args.steady, step=args.step, overrides=overrides, latency=args.latency / 1e3
+            n,
+            harness=args.harness,
+            steady=args.steady,
+            step=args.step,
+            overrides=overrides,
+            latency=args.latency / 1e3,
+            warm=args.warm,
         )
         span = "%.2f-%.2f"
         print(

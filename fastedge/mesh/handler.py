@@ -143,7 +143,7 @@ class MeshView:
         if peer.link is None:
             # Past the full mesh a node links only to its view: open one on
             # demand (the handler hears ``link_up`` when it is ready).
-            membership.ensure_link(peer)
+            membership.view.on_demand(peer)
             return None
         if not peer.link.up:
             return None

@@ -310,6 +310,9 @@ class PartialView:
         self._ring: Ring | None = None
         self._last_rotation = float("-inf")
         self._last_pull = float("-inf")
+        #: Peers whose link the view opened, and those a feature asked for.
+        self._opened: set[str] = set()
+        self._asked: set[str] = set()
         #: Bumped at every membership change; the view was computed at
         #: ``_view_version``.
         self._version = 0
@@ -387,7 +390,17 @@ class PartialView:
                 peer = self.m.peers.get(node_id)
                 if peer is not None:
                     peer.last_heard = max(peer.last_heard, now)
-                    self.m.ensure_link(peer)
+                    if peer.link is None:
+                        self._opened.add(node_id)
+                        self.m.ensure_link(peer)
+            for node_id in gone:
+                # A link opened for the view closes with it (links cost too),
+                # unless a feature asked for it.
+                peer = self.m.peers.get(node_id)
+                if node_id in self._opened and node_id not in self._asked:
+                    self._opened.discard(node_id)
+                    if peer is not None and peer.state not in (NodeState.DEAD, NodeState.SUSPECT):
+                        self.m._drop_link(peer)
         self.metrics.view_peers.set(len(self.view))
 
     def _switch(self, active: bool, live: int) -> None:
@@ -423,6 +436,12 @@ class PartialView:
             return False
         self._last_pull = now
         return True
+
+    def on_demand(self, peer: Peer) -> None:
+        """A feature asked for a link to ``peer`` (``IMesh.link_to``): open
+        it, and keep it when ``peer`` leaves the view."""
+        self._asked.add(peer.node_id)
+        self.m.ensure_link(peer)
 
     def watches(self, peer: Peer) -> bool:
         """Whether this node heartbeats ``peer`` and judges its silence."""

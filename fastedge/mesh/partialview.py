@@ -576,9 +576,10 @@ class PartialView:
         if peer.state in (NodeState.DEAD, NodeState.LEAVING):
             return
         verdict = _VERDICTS[state]
-        if self.watches(peer) and now - peer.last_heard < m.timing.suspect:
+        if verdict is NodeState.DEAD and self.watches(peer) and now - peer.last_heard < m.timing.suspect:
             # This node hears it itself: the rumour goes on (the suspect
-            # hears it and refutes), but it is not taken here.
+            # hears it and refutes), but it is not taken here. (A goodbye
+            # is taken even so: the node still talks while it drains.)
             self.metrics.suspicions.labels("contradicted").inc()
             return
         s = self.suspicions.get(a.node_id)
@@ -626,7 +627,8 @@ class PartialView:
 
     def heard(self, peer: Peer) -> None:
         """Direct evidence of ``peer`` (it spoke to this node)."""
-        if peer.node_id in self.suspicions and self.watches(peer):
+        s = self.suspicions.get(peer.node_id)
+        if s is not None and s.verdict is NodeState.DEAD and self.watches(peer):
             self._end(peer.node_id, "contradicted")
 
     def tick(self, now: float) -> None:

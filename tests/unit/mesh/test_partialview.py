@@ -184,9 +184,15 @@ class PartialViewTests(SynchronousTestCase):
         """A node that stops cleanly says goodbye to its view; the others
         learn it by rumour: LEAVING everywhere within a second."""
         mesh = big_cluster(self)
-        watches = [Watch(mesh, o, "n03") for o in NAMES if o != "n03"]
+        # One whose watchers are not all in its own view (those hear the
+        # goodbye second-hand while they still hear the node itself).
+        ring = mesh.nodes["n00"].membership.view.ring()
+        leaver = next(
+            n for n in NAMES if any(ring.watches(o, n) and o not in mesh.nodes[n].membership.view.view for o in NAMES)
+        )
+        watches = [Watch(mesh, o, leaver) for o in NAMES if o != leaver]
         stopped = mesh.clock.seconds()
-        mesh.stop("n03")
+        mesh.stop(leaver)
         mesh.advance(2.0)
         for watch in watches:
             self.assertEqual(watch.states()[-1:], ["leaving"])

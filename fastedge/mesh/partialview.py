@@ -310,8 +310,7 @@ class PartialView:
         self._ring: Ring | None = None
         self._last_rotation = float("-inf")
         self._last_pull = float("-inf")
-        #: Peers whose link the view opened, and those a feature asked for.
-        self._opened: set[str] = set()
+        #: Peers a feature asked for a link to (kept outside the view).
         self._asked: set[str] = set()
         #: Bumped at every membership change; the view was computed at
         #: ``_view_version``.
@@ -349,9 +348,10 @@ class PartialView:
         fresh_ring = self._view_version != self._version
         self._view_version = self._version
         live = len(self.ring().order)
+        switched = False
         if not self.active and live > self.threshold:
             self._switch(True, live)
-            fresh_ring = True
+            fresh_ring = switched = True
         elif self.active and live <= self.threshold * 0.9:
             self._switch(False, live)
         if not self.active:
@@ -390,17 +390,14 @@ class PartialView:
                 peer = self.m.peers.get(node_id)
                 if peer is not None:
                     peer.last_heard = max(peer.last_heard, now)
-                    if peer.link is None:
-                        self._opened.add(node_id)
-                        self.m.ensure_link(peer)
-            for node_id in gone:
-                # A link opened for the view closes with it (links cost too),
-                # unless a feature asked for it.
+                    self.m.ensure_link(peer)
+            # Links cost too: one to a peer that left the view (or, at the
+            # switch, to any peer outside it) closes, unless a feature asked
+            # for it (``link_to`` opens it again on demand).
+            for node_id in gone if not switched else [p for p in self.m.peers if p not in view]:
                 peer = self.m.peers.get(node_id)
-                if node_id in self._opened and node_id not in self._asked:
-                    self._opened.discard(node_id)
-                    if peer is not None and peer.state not in (NodeState.DEAD, NodeState.SUSPECT):
-                        self.m._drop_link(peer)
+                if peer is not None and peer.link is not None and node_id not in self._asked:
+                    self.m._drop_link(peer)
         self.metrics.view_peers.set(len(self.view))
 
     def _switch(self, active: bool, live: int) -> None:

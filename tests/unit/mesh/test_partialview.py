@@ -256,9 +256,7 @@ class PartialViewTests(SynchronousTestCase):
         service = mesh.nodes["n00"]
         membership = service.membership
         outside = next(n for n in NAMES[1:] if n not in membership.view.view)
-        # (Links made before the node switched to a partial view stay up.)
-        membership._drop_link(membership.peers[outside])
-        mesh.advance(0.1)
+        self.assertIsNone(membership.peers[outside].link)
         handle = MeshView(service)
         self.assertIsNone(handle.link_to(outside))
         mesh.advance(0.5)
@@ -290,3 +288,23 @@ class PartialViewTests(SynchronousTestCase):
         self.assertLess(len(pulls), 8 * len(watchers))
         backoffs = sum(metric(mesh, o, "fastedge_mesh_digest_backoffs_total") for o in watchers)
         self.assertGreater(backoffs, 0)
+
+    def test_extras_rotate_and_links_follow_the_view(self) -> None:
+        """Every ten heartbeats one extra is swapped (the one with the
+        longest round trip); the links the view opened close when their
+        peer leaves it, so a node's links do not grow with rotations."""
+        mesh = big_cluster(self, NAMES, partial_view_size=7)
+        membership = mesh.nodes["n05"].membership
+
+        def links() -> int:
+            return sum(1 for p in membership.peers.values() if p.link is not None)
+
+        # (The links of the full mesh outside the view closed at the switch.)
+        before = links()
+        self.assertEqual(before, 7)
+        mesh.advance(30.0)
+        self.assertGreaterEqual(metric(mesh, "n05", "fastedge_mesh_view_changes_total", reason="rotation"), 5.0)
+        self.assertLessEqual(links(), before)
+        self.assertEqual(len(membership.view.view), 7)
+        for node_id in membership.view.view:
+            self.assertTrue(membership.peers[node_id].link.up)

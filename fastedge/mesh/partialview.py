@@ -528,6 +528,14 @@ class PartialView:
                 self.metrics.rumours.labels("duplicate").inc()
                 continue
             self.metrics.rumours.labels("new").inc()
+            self._log.debug(
+                "mesh: rumour from {sender}: {node} {state} at incarnation {incarnation} (origin {origin})",
+                sender=sender,
+                node=rumour[0].node_id,
+                state=rumour[1],
+                incarnation=rumour[0].incarnation,
+                origin=rumour[2],
+            )
             forward.append(rumour)
             self._apply(rumour, sender, now)
         if forward and self.active:
@@ -586,6 +594,13 @@ class PartialView:
             self.metrics.suspicions.labels("started").inc()
         elif origin not in s.origins:
             self.metrics.suspicions.labels("confirmed").inc()
+            self._log.debug(
+                "mesh: {origin} confirms {node} {state} ({count} origins)",
+                origin=origin,
+                node=a.node_id,
+                state=state,
+                count=len(s.origins) + 1,
+            )
         if verdict is NodeState.LEAVING:
             s.verdict = verdict
         s.origins.add(origin)

@@ -8,7 +8,7 @@ each node heartbeats only its **view**: its ring neighbours (the nodes
 next to it in the order of a hash of their ids, :data:`RING_AHEAD` after it
 and :data:`RING_BEHIND` before it: every node is watched by the same five
 nodes, whoever looks) and a few **extras** (``partial_view_size`` in all;
-every :data:`ROTATE_HEARTBEATS` heartbeats the extra with the longest round
+every :data:`ROTATE_HEARTBEATS` heartbeats (30 s) the extra with the longest round
 trip is swapped for a random node, so extras drift to near peers and the
 graph stays random). It keeps links only to its view, and to the peers a
 feature asked for (``link_to`` opens them on demand).
@@ -64,8 +64,9 @@ RING_AHEAD = 3
 RING_BEHIND = 2
 #: The smallest ``partial_view_size``: the ring neighbours and one extra.
 MIN_VIEW = RING_AHEAD + RING_BEHIND + 1
-#: One extra is swapped every this many heartbeats.
-ROTATE_HEARTBEATS = 10
+#: One extra is swapped every this many heartbeats (30 s at the defaults: a
+#: new link's login costs a TLS handshake and a member list).
+ROTATE_HEARTBEATS = 60
 #: Distinct origins kept (and forwarded) per rumour: enough to confirm.
 MAX_ORIGINS = 3
 #: Rumours in one ``gossip`` call, at most.

@@ -903,7 +903,7 @@ class Membership:
             and link is not None
             and link.up
             and now - peer.last_pull >= self.timing.heartbeat
-            and self.view.may_pull(peer.node_id, now)
+            and self.view.may_pull(peer.node_id, now, digest)
         ):
             peer.last_pull = now
             self._pull(peer, link, digest)
@@ -918,7 +918,7 @@ class Membership:
             except BadMessage as e:
                 link.abort("bad_message", str(e))
                 return
-            self.view.backoff.pulled(peer.node_id, self._now(), self.digest() == digest)
+            self.view.backoff.pulled(peer.node_id, self._now(), self.digest() == digest, digest)
 
         self.failures.watch(self._call(link, "members").addCallback(got), "members", peer.node_id)
 

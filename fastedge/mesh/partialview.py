@@ -172,46 +172,56 @@ class Ring:
 
 
 class PullBackoff:
-    """Member-list pulls from a peer whose digest never agrees with ours (a
-    flapping member: a node restarting or refuting over and over, or a peer
-    that answers a list that does not match its digest).
+    """Member-list pulls from a peer whose digest never agrees with ours: a
+    flapping member (a node restarting or refuting over and over), a peer
+    that answers a list that does not match its digest, or one that knows a
+    node this one ignores (learned DEAD second-hand).
 
     Each pull that leaves the digests different doubles the wait before the
-    next pull from that peer, from one heartbeat to ``longest``; a pull that
-    makes them agree resets it. The first backoff of a run is logged,
-    every one is counted (``fastedge_mesh_digest_backoffs_total``)."""
+    next pull from that peer, from one heartbeat to ``longest`` while the
+    peer keeps saying the same digest (nothing new to learn from it), and to
+    ``news_cap`` (4 heartbeats) when it says a new one (news, such as a join,
+    still spreads within seconds; a digest that changes all the time is
+    pulled at most that often). A pull that makes them agree resets it. The
+    first backoff of a run is logged, every one is counted
+    (``fastedge_mesh_digest_backoffs_total``)."""
 
     _log = Logger()
 
     def __init__(self, heartbeat: float, metrics: ViewMetrics, longest: float = 30.0) -> None:
         self.heartbeat = heartbeat
         self.longest = longest
+        self.news_cap = 4.0 * heartbeat
         self.metrics = metrics
-        #: peer -> (consecutive pulls that did not converge, next allowed pull).
-        self._runs: dict[str, tuple[int, float]] = {}
+        #: peer -> (consecutive pulls that did not converge, when the last
+        #: ended, the digest it was pulled for).
+        self._runs: dict[str, tuple[int, float, str]] = {}
 
-    def may_pull(self, peer: str, now: float) -> bool:
-        """Whether a pull from ``peer`` is due."""
+    def may_pull(self, peer: str, now: float, digest: str = "") -> bool:
+        """Whether a pull from ``peer``, which says ``digest``, is due."""
         run = self._runs.get(peer)
-        return run is None or now >= run[1]
+        if run is None:
+            return True
+        count, at, before = run
+        wait = self.heartbeat * 2.0 ** (count - 1)
+        return now - at >= min(wait, self.longest if digest == before else self.news_cap)
 
-    def pulled(self, peer: str, now: float, converged: bool) -> None:
-        """A pull from ``peer`` finished; ``converged``: the digests agree now."""
+    def pulled(self, peer: str, now: float, converged: bool, digest: str = "") -> None:
+        """A pull from ``peer`` (for its ``digest``) finished; ``converged``:
+        the digests agree now."""
         if converged:
             self._runs.pop(peer, None)
             return
-        count = self._runs.get(peer, (0, 0.0))[0] + 1
-        wait = min(self.longest, self.heartbeat * 2.0 ** (count - 1))
-        self._runs[peer] = (count, now + wait)
+        count = self._runs.get(peer, (0, 0.0, ""))[0] + 1
+        self._runs[peer] = (count, now, digest)
         if count >= 2:
             self.metrics.digest_backoffs.inc()
             if count == 2:
                 self._log.warn(
                     "mesh: member digest still differs from {peer}'s after {count} pulls"
-                    " (flapping members?); pulling at most every {wait:.1f} s",
+                    " (flapping members?); pulling less often until it agrees",
                     peer=peer,
                     count=count,
-                    wait=wait,
                 )
 
     def forget(self, peer: str) -> None:
@@ -421,12 +431,12 @@ class PartialView:
                 if peer.state not in (NodeState.DEAD, NodeState.LEAVING):
                     self.m.ensure_link(peer)
 
-    def may_pull(self, node_id: str, now: float) -> bool:
+    def may_pull(self, node_id: str, now: float, digest: str = "") -> bool:
         """Whether a member-list pull from ``node_id`` (whose digest differs)
         is due: not while its pulls back off (:class:`PullBackoff`); past
         the threshold, at most one pull per heartbeat in all (the view's
         peers mostly say the same; a full list is large there)."""
-        if not self.backoff.may_pull(node_id, now):
+        if not self.backoff.may_pull(node_id, now, digest):
             return False
         if not self.active:
             return True

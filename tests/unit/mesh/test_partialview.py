@@ -120,27 +120,38 @@ class PureTests(SynchronousTestCase):
 
 
 class PullBackoffTests(SynchronousTestCase):
-    def test_backs_off_and_resets(self) -> None:
-        """Each pull that leaves the digests different doubles the wait
-        before the next (from the second on, counted, logged once); one
-        that converges resets it."""
+    def waits(self, b: PullBackoff, digests: list[str]) -> list[float]:
+        """The wait after each pull that did not converge, the peer saying
+        ``digests`` one after the other."""
+        now, out = 0.0, []
+        for digest, following in zip(digests, digests[1:], strict=False):
+            self.assertTrue(b.may_pull("p", now, digest))
+            b.pulled("p", now, False, digest)
+            start = now
+            while not b.may_pull("p", now, following):
+                now += 0.25
+            out.append(now - start)
+        return out
+
+    def test_same_digest_backs_off_and_resets(self) -> None:
+        """Each pull that leaves the digests different while the peer says
+        the same digest doubles the wait before the next, to 30 s (counted
+        from the second, logged once); one that converges resets it."""
         registry = new_registry()
         logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        b = PullBackoff(0.5, ViewMetrics(registry), longest=4.0)
-        now = 0.0
-        waits = []
-        for _ in range(6):
-            self.assertTrue(b.may_pull("p", now))
-            b.pulled("p", now, converged=False)
-            start = now
-            while not b.may_pull("p", now):
-                now += 0.25
-            waits.append(now - start)
-        self.assertEqual(waits, [0.5, 1.0, 2.0, 4.0, 4.0, 4.0])
-        self.assertEqual(registry.get_sample_value("fastedge_mesh_digest_backoffs_total"), 5.0)
+        b = PullBackoff(0.5, ViewMetrics(registry))
+        self.assertEqual(self.waits(b, ["d"] * 10), [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0])
+        self.assertEqual(registry.get_sample_value("fastedge_mesh_digest_backoffs_total"), 8.0)
         self.assertEqual(len([e for e in logged if "still differs" in e.get("log_format", "")]), 1)
-        b.pulled("p", now, converged=True)
-        self.assertTrue(b.may_pull("p", now))
+        b.pulled("p", 100.0, converged=True)
+        self.assertTrue(b.may_pull("p", 100.0, "d"))
+
+    def test_new_digests_wait_at_most_four_heartbeats(self) -> None:
+        """A peer that says a new digest each time (news, or a flapping
+        member) is pulled from at most every four heartbeats once backed
+        off: news still spreads within seconds."""
+        b = PullBackoff(0.5, ViewMetrics(new_registry()))
+        self.assertEqual(self.waits(b, ["d{}".format(i) for i in range(7)]), [0.5, 1.0, 2.0, 2.0, 2.0, 2.0])
 
 
 class PartialViewTests(SynchronousTestCase):
@@ -284,8 +295,10 @@ class PartialViewTests(SynchronousTestCase):
 
             membership._call = calling
         mesh.advance(20.0)
-        # Without the backoff: one pull per heartbeat per watcher (40 each).
-        self.assertLess(len(pulls), 8 * len(watchers))
+        # Without the backoff: one pull per heartbeat per watcher (40 each);
+        # with it, one every four heartbeats at most (its digest is new
+        # every time).
+        self.assertLess(len(pulls), 12 * len(watchers))
         backoffs = sum(metric(mesh, o, "fastedge_mesh_digest_backoffs_total") for o in watchers)
         self.assertGreater(backoffs, 0)
 

@@ -159,8 +159,10 @@ def run(chaos: Chaos, cluster: LocalCluster, relays: MeshRelays, args: argparse.
             wait_for(functools.partial(chaos.in_dns, victim), "the restarted node to be answered", timeout=60)
         elif step == 1:
             killed = time.monotonic()
+            chaos.mark("kill the primary")
             old = cluster.kill_primary("global")
             chosen = cluster.promote("global")
+            chaos.mark("promoted " + chosen)
             wait_for(
                 functools.partial(acked_after, chaos, killed),
                 "posts after the promotion",
@@ -177,6 +179,7 @@ def run(chaos: Chaos, cluster: LocalCluster, relays: MeshRelays, args: argparse.
             address = chaos.nodes[victim].address
             observers = [n for n in nodes if n != victim]
             cut = time.monotonic()
+            chaos.mark("cut " + victim)
             relays.cut(address)
             withdrawn, _dead = chaos.withdrawal(victim, cut)
             cut_withdraw.append(withdrawn)
@@ -185,6 +188,7 @@ def run(chaos: Chaos, cluster: LocalCluster, relays: MeshRelays, args: argparse.
                 if chaos.in_dns(victim, observers):
                     flaps += 1
                 time.sleep(0.1)
+            chaos.mark("heal " + victim)
             relays.heal(address)
             back = wait_for(functools.partial(chaos.in_dns, victim, observers), "the healed node", timeout=60)
             cut_return.append(back)
@@ -262,6 +266,8 @@ def table(r: dict[str, Any]) -> None:
     print("chaos: {} s, {} rounds".format(r["duration_s"], r["rounds"]))
     for k, v in rows:
         print("  {}  {}".format(k.ljust(width), v))
+    for line in r.get("explained", []) if r["live_events_lost"] else []:
+        print(line)
 
 
 if __name__ == "__main__":

@@ -147,6 +147,11 @@ def main() -> None:
         help="JSON subscribe message to send after the handshake",
     )
     ap.add_argument("--batch", type=int, default=500, help="handshakes in flight at once")
+    ap.add_argument(
+        "--connect-only",
+        action="store_true",
+        help="stop after connecting N (and the probes during it); print only those figures",
+    )
     ap.add_argument("--timeout", type=float, default=120.0)
     args = ap.parse_args()
     deadline = time.monotonic() + args.timeout
@@ -288,6 +293,26 @@ def main() -> None:
     if probe:
         ep.unregister(probe[0].fileno())
         probe[0].close()
+    if args.connect_only:
+        for c in conns.values():
+            c.sock.close()
+        trigger.close()
+        cmd.close()
+        os.wait()
+        ordered = sorted(probe_ms)
+        print(
+            json.dumps(
+                {
+                    "connections": args.connections,
+                    "connect_seconds": round(connect_seconds, 2),
+                    "connect_cpu_seconds": round(connect_cpu, 2),
+                    "probes_during_connects": len(probe_ms),
+                    "probe_p50_ms": round(ordered[len(ordered) // 2], 2) if probe_ms else None,
+                    "probe_max_ms": round(ordered[-1], 2) if probe_ms else None,
+                }
+            )
+        )
+        return
     time.sleep(2.0)
     rss_after = rss_kib(args.pid)
     # Drain anything left over from setup.

@@ -1,8 +1,9 @@
 """fastedge's side of the live fan-out benchmark (see live-fanout).
 
-Runs the node's real HTTP stack on one port: ``build_site`` with the
-``/live`` resource of a real ``LiveService`` (hub, WebSocket protocol,
-writers) over the embedded SQLite store, with one tenant and one thread.
+Runs the node's real HTTP stack on one port: ``build_site`` behind the
+plain-HTTP listener's connection gate and counter, with the ``/live``
+resource of a real ``LiveService`` (hub, WebSocket protocol, writers) over
+the embedded SQLite store, with one tenant and one thread.
 The only bench-only piece is ``POST /bench/publish``: it publishes one
 event through ``Hub.publish`` (the entry point every writer uses) whose
 message is ``--size`` bytes and carries the server's CLOCK_MONOTONIC
@@ -21,6 +22,7 @@ import sys
 sys.modules.setdefault("click", None)  # type: ignore[arg-type]
 
 import argparse
+import gc
 import json
 import os
 import tempfile
@@ -33,6 +35,8 @@ from twisted.web.resource import Resource
 
 from fastedge.api.resource import build_api, build_sessions
 from fastedge.config import load_config
+from fastedge.http.metrics import ConnectionMetrics
+from fastedge.http.tls import CountingFactory
 from fastedge.live import service as live_service
 from fastedge.live.hub import Event
 from fastedge.metrics.registry import new_registry
@@ -78,6 +82,9 @@ def main():
     cfg = dataclasses.replace(
         cfg,
         live=dataclasses.replace(cfg.live, ping_seconds=0.0, max_subscriptions=4, max_connections=1_000_000),
+        # Every client is 127.0.0.1: the per-address limits are checked as
+        # on any node, with room for the whole herd.
+        http=dataclasses.replace(cfg.http, max_connections_per_ip=0, max_connections_per_prefix=0),
     )
     registry = new_registry()
     store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)
@@ -120,7 +127,20 @@ def main():
         bench = Resource()
         bench.putChild(b"publish", publish)
         site.resource.putChild(b"bench", bench)
-        port = await serverFromString(reactor, "tcp:%d:interface=127.0.0.1:backlog=4096" % args.port).listen(site)
+        # As the node does once its services started (fastedge.tap.Node):
+        # what start-up made lives as long as the process, out of the
+        # collector's reach.
+        gc.collect()
+        gc.freeze()
+        # The node's plain-HTTP listener wraps the Site like this
+        # (fastedge.http.service): each connection admitted by the gate and
+        # counted, as the node does.
+        listener = CountingFactory(
+            site, listener="http", metrics=ConnectionMetrics(registry), gate=site.connections, reactor=reactor
+        )
+        endpoint = serverFromString(reactor, "tcp:%d:interface=127.0.0.1:backlog=4096" % args.port)
+        port = await endpoint.listen(listener)
+        site.connections.watch(port)
         print(
             json.dumps(
                 {

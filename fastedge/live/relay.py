@@ -74,6 +74,11 @@ EVENTS_BATCH = 1000
 OWNER_CACHE = 100_000
 #: Seconds between sweeps of what is remembered of forgotten channels.
 PRUNE_SECONDS = 60.0
+#: Times a "start a new epoch" marker is passed on by nodes that see
+#: another owner (views of the mesh differ for a moment after a change and
+#: converge within its DEAD time); past this, the node holding it applies
+#: it (its own subscribers and followers reload).
+MARKER_PASSES = 4
 
 _RELAY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -122,6 +127,14 @@ class RelayMetrics:
             "fastedge_mesh_relay_handovers_total",
             "Channels sequenced here that moved to an owner which had not followed "
             "them here (told to start a new epoch: its subscribers reload).",
+            registry=registry,
+        )
+        self.relay_markers = Counter(
+            "fastedge_mesh_relay_markers_total",
+            "New-epoch markers this node sent or handled other than as the channel's owner, by "
+            "action (passed: on to the owner it sees; applied_here: passed too often, applied "
+            "here; owed_write: sent because a write owed to the owner came here instead).",
+            ["action"],
             registry=registry,
         )
         self.relay_queue = Gauge(
@@ -385,6 +398,14 @@ class Relay(MeshHandler):
         if position is None or position.seq == 0 or self.followed_epoch.get(channel) == position.epoch:
             return
         if any(session.node_id == owner for session in self.followers.get(channel, set())):
+            self._log.debug(
+                "mesh relay: {tenant}/{thread} moved to {owner}, which followed it here (at {epoch}:{seq})",
+                tenant=channel[0],
+                thread=channel[1],
+                owner=owner,
+                epoch=position.epoch,
+                seq=position.seq,
+            )
             return  # it followed every event stamped here
         self._metrics.relay_handovers.inc()
         self._log.info(
@@ -393,7 +414,18 @@ class Relay(MeshHandler):
             thread=channel[1],
             owner=owner,
         )
-        marker = Event(channel, RESET_KIND, {}, origin=self._me or "")
+        self._owe_marker(channel, owner, 0)
+
+    def _owe_marker(self, channel: ChannelKey, owner: str, passes: int) -> None:
+        """Tell ``owner`` to start a new epoch of ``channel`` (its
+        subscribers and followers reload), as soon as it is reachable; on
+        the way it is re-routed to whichever node owns the channel by then
+        (:meth:`_flush_all`), or passed on by a node that does not own it
+        (:meth:`_marker`)."""
+        for waiting in self._outbox.get(owner, ()):
+            if waiting.event.kind == RESET_KIND and waiting.event.channel == channel:
+                return  # one new epoch covers them all: its subscribers reload once
+        marker = Event(channel, RESET_KIND, {"passes": passes}, origin=self._me or "")
         self._forward(owner, marker, 2, owed=True)
 
     def _take_over(self, channel: ChannelKey, followed: str) -> None:
@@ -734,8 +766,22 @@ class Relay(MeshHandler):
                 if (wire.tenant, wire.thread) != channel or wire.epoch is None:
                     raise BadMessage("a follow answer carried an event of another channel")
                 events.append(from_wire(wire))
+            before = self.hub.position(channel)
             result = self.hub.resync(channel, Stamp(epoch, seq), events)
             self.followed_epoch[channel] = epoch
+            if result != "current":
+                self._log.debug(
+                    "mesh relay: {tenant}/{thread} followed at {owner}: {result} from {before} to {epoch}:{seq} "
+                    "({count} events)",
+                    tenant=channel[0],
+                    thread=channel[1],
+                    owner=owner,
+                    result=result,
+                    before="{}:{}".format(before.epoch, before.seq) if before is not None else None,
+                    epoch=epoch,
+                    seq=seq,
+                    count=len(events),
+                )
             self._metrics.relay_resyncs.labels(result).inc()
         self._count_channels()
 
@@ -834,11 +880,7 @@ class Relay(MeshHandler):
             event = from_wire(wire)
             owner = self.owner_of(event.channel)
             if wire.kind == RESET_KIND:
-                # A former owner's numbering diverged from this one's.
-                if owner is None or owner == self._me or hops >= 2:
-                    self._new_numbering(event.channel)
-                else:
-                    self._forward(owner, event, 2, owed=True)
+                self._marker(event, owner)
                 continue
             if owner is None or owner == self._me:
                 self._sequence(event)
@@ -850,8 +892,62 @@ class Relay(MeshHandler):
                 self._sequence(event)
                 if hops == 1:
                     self._forward(owner, event, 2, owed=True)
+                else:
+                    # An owed write that came to a node which does not own
+                    # the channel (the sender's view of the owner was a
+                    # passing one): the owner's subscribers would never get
+                    # it, so the owner starts a new epoch and they reload.
+                    self._metrics.relay_markers.labels("owed_write").inc()
+                    self._log.info(
+                        "mesh relay: a write owed to {owner} for {tenant}/{thread} came here; "
+                        "{owner} is told to start a new epoch",
+                        owner=owner,
+                        tenant=event.channel[0],
+                        thread=event.channel[1],
+                    )
+                    self._owe_marker(event.channel, owner, 1)
             else:
                 self._forward(owner, event, hops + 1)
+
+    def _marker(self, event: Event, owner: str | None) -> None:
+        """A former sequencer's numbering diverged from the owner's: the
+        owner starts a new epoch (its subscribers and followers reload).
+
+        The sender chose the owner from its view of the mesh, which may be
+        a passing one (a partition healing link by link: the node it saw
+        first looked like the owner). A node that sees another owner passes
+        the marker on rather than start a numbering nobody follows, which
+        left the real owner's subscribers silently without the sender's
+        writes.
+        """
+        passes = event.data.get("passes", 0) if isinstance(event.data, dict) else None
+        if not isinstance(passes, int) or isinstance(passes, bool) or passes < 0:
+            raise BadMessage("a reset marker's passes must be a count")
+        channel = event.channel
+        if owner is None or owner == self._me:
+            self._new_numbering(channel)
+            return
+        if passes < MARKER_PASSES:
+            self._metrics.relay_markers.labels("passed").inc()
+            self._log.info(
+                "mesh relay: a new-epoch marker for {tenant}/{thread} from {origin} passed on to {owner}",
+                tenant=channel[0],
+                thread=channel[1],
+                origin=event.origin,
+                owner=owner,
+            )
+            self._owe_marker(channel, owner, passes + 1)
+            return
+        # Views that kept disagreeing: reset here rather than lose it.
+        self._metrics.relay_markers.labels("applied_here").inc()
+        self._log.warn(
+            "mesh relay: a new-epoch marker for {tenant}/{thread} passed {passes} times; applied here, not at {owner}",
+            tenant=channel[0],
+            thread=channel[1],
+            passes=passes,
+            owner=owner,
+        )
+        self._new_numbering(channel)
 
     def _serve_block(self, session: IPeerSession, tenant_id: Any, viewer: Any, author: Any, blocked: Any) -> None:
         check_channel_id(tenant_id, "tenant")
@@ -873,6 +969,15 @@ class Relay(MeshHandler):
                 # Not (or no longer) following it there: a late event of a
                 # former owner would only break the numbering.
                 self._metrics.relay_refused.labels("not_upstream").inc()
+                self._log.debug(
+                    "mesh relay: {tenant}/{thread} {epoch}:{seq} from {peer} refused: followed at {owner}",
+                    tenant=wire.tenant,
+                    thread=wire.thread,
+                    epoch=wire.epoch,
+                    seq=wire.seq,
+                    peer=link.peer_id,
+                    owner=follow.owner if follow is not None else None,
+                )
                 continue
             self.followed_epoch[channel] = wire.epoch
             if wire.kind == RESET_KIND:

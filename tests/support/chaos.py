@@ -183,6 +183,7 @@ class PostLog:
     """Every post's fate."""
 
     acked: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # comment id -> (thread url, text, t)
+    via: dict[str, str] = field(default_factory=dict)  # comment id -> the node that answered 201
     unknown: list[tuple[str, float]] = field(default_factory=list)  # (text, t): 503 commit_unknown
     unavailable: list[tuple[str, float]] = field(default_factory=list)  # 503 store_unavailable and the like
     refused: int = 0  # no connection (a dead node)
@@ -233,6 +234,9 @@ class Subscriber:
     recoveries: list[float] = field(default_factory=list)
     lost_at: float | None = None
     nodes: list[str] = field(default_factory=list)
+    #: ``(t, node, message type, epoch, seq, comment id)`` of every message:
+    #: what a failed run prints around a missing event.
+    timeline: list[tuple[float, str, str, str | None, int | None, str | None]] = field(default_factory=list)
 
 
 class Chaos:
@@ -258,6 +262,9 @@ class Chaos:
         self.stopping = threading.Event()
         self.posting_done = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.began = time.monotonic()
+        #: ``(t, what)``: the breaking steps, for :meth:`explain`.
+        self.marks: list[tuple[float, str]] = []
         self.post_count = 0
         self.poster: threading.Thread | None = None
 
@@ -368,6 +375,7 @@ class Chaos:
             now = time.monotonic()
             if status == 201:
                 self.posts.acked[body["comment"]["id"]] = (url_id, text, now)
+                self.posts.via[body["comment"]["id"]] = node.node_id
             elif status == 503 and body.get("error", {}).get("code", body.get("code")) == "commit_unknown":
                 self.posts.unknown.append((text, now))
             elif status == 503:
@@ -499,6 +507,10 @@ class Chaos:
 
     def _message(self, sub: Subscriber, m: dict[str, Any], now: float) -> None:
         kind = m.get("type")
+        comment = (m.get("data") or {}).get("comment", {}).get("id") if kind == "event" else None
+        epoch = str(m["id"]).rpartition("-")[0] if kind == "event" else m.get("epoch")
+        label = "subscribed reload" if kind == "subscribed" and m.get("reload") else str(kind)
+        sub.timeline.append((now, sub.node, label, epoch, m.get("seq"), comment))
         if kind == "subscribed":
             if sub.first_subscribed is None:
                 sub.first_subscribed = now
@@ -547,10 +559,12 @@ class Chaos:
         with self.lock:
             self.alive.discard(node_id)
         killed = time.monotonic()
+        self.mark("kill -9 " + node_id)
         self.cluster.kill_node(node_id)
         return killed
 
     def restart_node(self, node_id: str, timeout: float = 60.0) -> None:
+        self.mark("restart " + node_id)
         self.cluster.start_node(node_id)
         self.cluster.wait_healthy(node_id, timeout)
         with self.lock:
@@ -605,6 +619,27 @@ class Chaos:
                     lost.append((sub.index, ",".join(sub.nodes), comment, acked[comment][2]))
         return lost
 
+    def mark(self, what: str) -> None:
+        """Note a step of the run (a kill, a cut) for :meth:`explain`."""
+        self.marks.append((time.monotonic(), what))
+
+    def explain(self, limit: int = 3, before: float = 3.0, after: float = 6.0) -> list[str]:
+        """For the first ``limit`` missing events: where the post was
+        answered, and what its subscriber saw around then (times in seconds
+        since the run began): what to read beside the nodes' logs."""
+        lines = ["steps: " + ", ".join("{:.3f} {}".format(t - self.began, what) for t, what in self.marks)]
+        for index, nodes, comment, acked in self.missing()[:limit]:
+            sub = self.subscribers[index]
+            lines.append(
+                "comment {} acked at {:.3f} via {}; subscriber {} ({}), timeline:".format(
+                    comment, acked - self.began, self.posts.via.get(comment), index, nodes
+                )
+            )
+            for t, node, kind, epoch, seq, seen in sub.timeline:
+                if acked - before <= t <= acked + after:
+                    lines.append("  {:.3f} {} {} {}:{} {}".format(t - self.began, node, kind, epoch, seq, seen or ""))
+        return lines
+
     def stop(self) -> None:
         self.stopping.set()
         for t in self.threads:
@@ -631,6 +666,7 @@ class Chaos:
             "other_answers": self.posts.other[:5],
             "live_events_lost": events_lost,
             "missing": self.missing()[:10],
+            "explained": self.explain(),
             "duplicates": sum(s.duplicates for s in self.subscribers),
             "duplicate_log": [
                 (s.index, ",".join(s.nodes), s.duplicate_log[:3]) for s in self.subscribers if s.duplicate_log

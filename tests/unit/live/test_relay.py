@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet.testing import EventLoggingObserver
@@ -10,7 +11,8 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.live.relay import rendezvous
+from fastedge.live.relay import MARKER_PASSES, rendezvous
+from fastedge.live.relay_messages import RESET_KIND, RelayedEvent
 from tests.unit.mesh.common import LiveWorld, Rogue, metric
 
 
@@ -419,6 +421,93 @@ class IsolationTests(SynchronousTestCase):
             ),
             1.0,
         )
+
+
+class MarkerTests(SynchronousTestCase):
+    """A former sequencer's "start a new epoch" marker (``RESET_KIND``),
+    offered to a node that does not own the channel."""
+
+    def _marker(self, world: LiveWorld, thread: Any, passes: Any) -> RelayedEvent:
+        return RelayedEvent(
+            tenant=world.tenant.id,
+            thread=thread.id,
+            kind=RESET_KIND,
+            data=json.dumps({"passes": passes}),
+            origin="r",
+        )
+
+    def test_marker_is_passed_on_to_the_owner(self) -> None:
+        """a, which sees b own the channel, passes the marker on: b starts a
+        new epoch and a's subscriber (following b) is told to reload."""
+        world = LiveWorld(self)
+        rogue = Rogue(world.mesh, cert_name="r", claim="r")
+        rogue.login("a")
+        # Chosen after the rogue logged in: whatever it is to a's map, the
+        # channel is b's.
+        thread, url = world.thread_owned_by("b")
+        on_a = world.subscribe("a", url)
+        world.post("b", thread, "one")
+        (result,) = rogue.call("publish", [self._marker(world, thread, 0)], 2)
+        self.assertIsNone(result)
+        world.mesh.advance(0.1)
+        self.assertEqual([k for k, _ in world.seqs(on_a)], ["event", "reset"])
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_markers_total", action="passed"), 1.0)
+        self.assertEqual(metric(world.mesh, "b", "fastedge_mesh_relay_takeovers_total"), 1.0)
+
+    def test_marker_passed_too_often_is_applied_here(self) -> None:
+        """Past MARKER_PASSES the node holding the marker applies it (its
+        subscribers reload) rather than pass it on forever, and says so."""
+        world = LiveWorld(self)
+        rogue = Rogue(world.mesh, cert_name="r", claim="r")
+        rogue.login("a")
+        # Chosen after the rogue logged in: whatever it is to a's map, the
+        # channel is b's.
+        thread, url = world.thread_owned_by("b")
+        on_a = world.subscribe("a", url)
+        world.post("b", thread, "one")
+        (result,) = rogue.call("publish", [self._marker(world, thread, MARKER_PASSES)], 2)
+        self.assertIsNone(result)
+        self.assertEqual([k for k, _ in world.seqs(on_a)], ["event", "reset"])
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_markers_total", action="applied_here"), 1.0)
+        self.assertEqual(metric(world.mesh, "b", "fastedge_mesh_relay_takeovers_total"), 0.0)
+
+    def test_owed_write_that_came_to_a_non_owner(self) -> None:
+        """A write owed to its owner (hops 2) that reaches a node which sees
+        another owner (the sender's view was a passing one) is sequenced
+        there, and the owner is told to start a new epoch: the owner's
+        subscriber reloads rather than silently miss it."""
+        world = LiveWorld(self)
+        rogue = Rogue(world.mesh, cert_name="r", claim="r")
+        rogue.login("a")
+        thread, url = world.thread_owned_by("b")
+        on_b = world.subscribe("b", url)
+        world.post("b", thread, "one")
+        write = RelayedEvent(
+            tenant=world.tenant.id,
+            thread=thread.id,
+            kind="comment.likes",
+            data=json.dumps({"commentId": "x", "likes": 1}),
+            origin="r",
+        )
+        # Three in one call: the owner starts one new epoch, not three.
+        (result,) = rogue.call("publish", [write, write, write], 2)
+        self.assertIsNone(result)
+        world.mesh.advance(0.1)
+        self.assertEqual([k for k, _ in world.seqs(on_b)], ["event", "reset"])
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_relay_markers_total", action="owed_write"), 3.0)
+        self.assertEqual(metric(world.mesh, "b", "fastedge_mesh_relay_takeovers_total"), 1.0)
+
+    def test_marker_with_a_bad_count_disconnects(self) -> None:
+        """A marker whose pass count is not a count is a bad message."""
+        world = LiveWorld(self)
+        thread, _url = world.thread_owned_by("b")
+        for passes in ("1", -1, True, 1.5):
+            rogue = Rogue(world.mesh, cert_name="r", claim="r")
+            rogue.login("a")
+            (result,) = rogue.call("publish", [self._marker(world, thread, passes)], 2)
+            self.assertIsInstance(result, Failure)
+            self.assertTrue(rogue.broker.disconnected, passes)
+        self.assertEqual(metric(world.mesh, "a", "fastedge_mesh_peer_disconnects_total", reason="bad_message"), 4.0)
 
 
 class OwnerDiesTests(SynchronousTestCase):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from fastedge.live.relay import rendezvous
+
 from .common import LiveWorld, metric
 
 
@@ -71,3 +73,48 @@ class TakeoverResetTests(SynchronousTestCase):
                 metric(world.mesh, node, "fastedge_mesh_peer_disconnects_total", reason="bad_message"), 0.0, node
             )
         self.assertEqual(on_a.events()[-1]["id"], on_c.events()[-1]["id"])
+
+
+class HandOverInFluxTests(SynchronousTestCase):
+    def test_marker_sent_to_a_passing_owner_reaches_the_real_one(self) -> None:
+        """c, cut off from a and b, sequences a write to a channel a owns.
+        The partition heals link by link: c sees b alive before a, and in
+        that moment b is the owner c sees, so c's "start a new epoch"
+        marker goes to b. b, which knows a owns the channel, passes it on;
+        a's subscriber reloads (or gets the write): never a silent gap.
+        Before, b applied the marker to a numbering of its own that nobody
+        follows (found by ``tests.integration.test_chaos``: the cut node's
+        posts never reached the owner's subscribers)."""
+        world = LiveWorld(self)
+        relay_c = world.mesh.live["c"].service.relay
+        for _ in range(200):
+            thread, url = world.thread_owned_by("a")
+            if relay_c.owner_of(world.channel(thread)) == "a" and rendezvous(world.channel(thread), "bc") == "b":
+                break
+        else:
+            raise AssertionError("no channel a owns with b next")
+        on_a = world.subscribe("a", url)
+        world.post("a", thread, "before")
+        net = world.mesh.network
+        a, b, c = (world.mesh.host(n) for n in "abc")
+        for other in (a, b):
+            net.block(c, other)
+            net.cut(c, other)
+        world.mesh.advance(5.0)
+        self.assertEqual(world.mesh.states("c"), {"a": "dead", "b": "dead", "c": "alive"})
+        world.post("c", thread, "from the cut node")
+        # b comes back first: for a moment c sees b, not a.
+        net.unblock(c, b)
+        for _ in range(40):
+            world.mesh.advance(0.05)
+            if world.mesh.states("c")["b"] == "alive":
+                break
+        self.assertEqual(world.mesh.states("c"), {"a": "dead", "b": "alive", "c": "alive"})
+        self.assertEqual(relay_c.owner_of(world.channel(thread)), "b")
+        world.mesh.advance(0.1)
+        net.unblock(c, a)
+        world.mesh.advance(10.0)
+        self.assertEqual(world.mesh.states("c"), {"a": "alive", "b": "alive", "c": "alive"})
+        texts = [m["data"]["comment"]["html"] for m in on_a.events()]
+        kinds = [k for k, _ in world.seqs(on_a)]
+        self.assertTrue("<p>from the cut node</p>" in texts or "reset" in kinds, (texts, kinds))

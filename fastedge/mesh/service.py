@@ -311,6 +311,8 @@ class MeshService(Service):
                 dead=self.cfg.dead_seconds,
                 forget_dead=self.cfg.forget_dead_seconds,
                 indirect_probes=self.cfg.indirect_probes,
+                full_mesh_max_nodes=self.cfg.full_mesh_max_nodes,
+                partial_view_size=self.cfg.partial_view_size,
             ),
             monotonic=self.monotonic,
             metrics=self.metrics,

@@ -125,8 +125,12 @@ class MeshService(Service):
         jitter: Callable[[], float] | None = None,
         identity: MeshIdentity | None = None,
         handlers: Sequence[IMeshHandler | None] = (),
+        rng: random.Random | None = None,
     ) -> None:
+        """:param rng: the membership's random choices (probe targets, the
+        partial view's extras); seeded by the in-memory test mesh."""
         self.cfg = cfg
+        self._rng = rng
         self._given_identity = identity
         self.node = node
         self.reactor = reactor
@@ -319,6 +323,7 @@ class MeshService(Service):
             connect=self._connect,
             seeds=seeds,
             save_incarnation=self._save_incarnation,
+            rng=self._rng,
         )
         self.membership.on_link_up.append(self._link_up)
         self.membership.on_peer_gone.append(self._peer_gone)
@@ -521,6 +526,7 @@ def make_service(
     jitter: Callable[[], float] | None = None,
     identity: MeshIdentity | None = None,
     handlers: Sequence[IMeshHandler | None] = (),
+    rng: random.Random | None = None,
 ) -> MeshService:
     """The mesh child of node ``node``.
 
@@ -538,6 +544,7 @@ def make_service(
         (:class:`~fastedge.mesh.interfaces.IMeshHandler`; ``None`` entries,
         features that are off, are skipped; more can be registered with
         :meth:`MeshService.register` before the service starts).
+    :param rng: the membership's random choices (default: a fresh one).
     """
     timers: IReactorTime = clock if clock is not None else reactor
     if monotonic is None:
@@ -564,6 +571,7 @@ def make_service(
         jitter=jitter,
         identity=identity,
         handlers=handlers,
+        rng=rng,
     )
 
 

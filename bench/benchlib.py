@@ -67,6 +67,25 @@ def start_node(
     raise SystemExit("the node did not become healthy; see {}".format(log.name))
 
 
+def baseline_tree(workdir: str, ref: str) -> str | None:
+    """A git worktree of ``ref`` under ``workdir`` (removed by
+    :func:`drop_tree`), to run the baseline's node beside this tree's in
+    one run; ``None`` when ``ref`` is ``none`` or unknown (said so)."""
+    if ref == "none":
+        return None
+    tree = os.path.join(workdir, "baseline")
+    done = subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", tree, ref], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"no baseline: git worktree add {ref} failed: {done.stderr.strip()}")
+        return None
+    return tree
+
+
+def drop_tree(tree: str) -> None:
+    """Remove a worktree made by :func:`baseline_tree`."""
+    subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", tree], capture_output=True)
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:

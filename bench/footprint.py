@@ -1,15 +1,29 @@
 """The body of ``bench/footprint``: a node's memory, idle and with 1,000 idle
-WebSocket subscribers, beside Node ``ws`` from the same run.
+WebSocket subscribers, before (``BASELINE``) and after (this tree), beside
+Node ``ws`` from the same run.
 
-Three servers, one after the other, each pinned to CPU 0 (the subscribers'
+Five servers, one after the other, each pinned to CPU 0 (the subscribers'
 client runs on CPU 1):
 
 - fastedge on its defaults (``twistd fastedge``, the shipped config with
   only its ports and data directory changed: embedded SQLite store, TLS on
-  with its self-signed certificate, no CDN origin);
+  with its self-signed certificate, no CDN origin), from the baseline tree
+  and from this one;
 - fastedge on a full config: the PostgreSQL backend (a real primary,
   started by the test suite's harness), an S3 CDN origin for a tenant, TLS;
+  from both trees;
 - Node ``ws`` (``bench/ws_broadcast.js``), the peer of ``bench/live-fanout``.
+
+``BASELINE`` is a git ref (default ``main``) checked out in a temporary
+worktree; ``BASELINE=none`` skips it.
+
+Bytecode: each tree's ``fastedge`` is compiled to ``.pyc`` first
+(``compileall``, into its ``__pycache__``, which git ignores), as pip does
+when it installs the package, so the node is measured as it runs when
+installed. This development environment sets ``PYTHONDONTWRITEBYTECODE``,
+and without ``.pyc`` files every start compiles fastedge's ~150 modules
+from source, which leaves ~4.5 MB more in the process; ``BYTECODE=0``
+measures that (it removes the trees' ``fastedge`` ``__pycache__`` first).
 
 For each: RSS once started (after a second to settle), then after 1,000
 WebSocket clients have connected and (fastedge) subscribed to one thread.
@@ -23,6 +37,7 @@ import base64
 import json
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -42,6 +57,8 @@ from fastedge.testing.fakes import run_inline  # noqa: E402
 from tests.support.ports import free_ports  # noqa: E402
 
 SUBSCRIBERS = int(os.environ.get("SUBSCRIBERS", "1000"))
+BASELINE = os.environ.get("BASELINE", "main")
+BYTECODE = os.environ.get("BYTECODE", "1") != "0"
 URL_ID = "https://bench.test/footprint"
 PRIMARY = ReadPreference.PRIMARY
 
@@ -137,22 +154,54 @@ def subscribe_all(port: int, subscribe: bytes | None, n: int) -> list[socket.soc
     return list(socks.values())
 
 
+def private_kib(pid: int) -> int:
+    """The process's own pages (private clean and dirty), without the
+    library code it shares with the page cache and with other processes
+    (RSS counts both: cryptography's Rust library alone holds ~7 MB of
+    shared code pages in a node)."""
+    total = 0
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total
+
+
 def measure(pid: int, port: int, subscribe: bytes | None) -> dict[str, float]:
     time.sleep(1.0)
-    started = rss_kib(pid)
+    started, started_private = rss_kib(pid), private_kib(pid)
     socks = subscribe_all(port, subscribe, SUBSCRIBERS)
     time.sleep(1.5)
-    loaded = rss_kib(pid)
+    loaded, loaded_private = rss_kib(pid), private_kib(pid)
     for s in socks:
         s.close()
-    return {"start_mib": started / 1024, "subscribed_mib": loaded / 1024}
+    return {
+        "start_mib": started / 1024,
+        "subscribed_mib": loaded / 1024,
+        "start_private_mib": started_private / 1024,
+        "subscribed_private_mib": loaded_private / 1024,
+    }
 
 
-def run_fastedge(extra: str, store_factory) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def prepare_bytecode(tree: str) -> None:
+    """Compile ``tree``'s fastedge to ``.pyc`` (or, with ``BYTECODE=0``,
+    remove what an earlier run compiled): see the module docstring."""
+    sources = [os.path.join(tree, "fastedge"), os.path.join(tree, "twisted", "plugins")]
+    if BYTECODE:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *sources], check=True)
+        return
+    for source in sources:
+        for root, dirs, _ in os.walk(source):
+            if "__pycache__" in dirs:
+                shutil.rmtree(os.path.join(root, "__pycache__"))
+                dirs.remove("__pycache__")
+
+
+def run_fastedge(extra: str, store_factory, tree: str = REPO) -> dict[str, float]:  # type: ignore[no-untyped-def]
     workdir = tempfile.mkdtemp(prefix="fe-footprint-")
     text, port = node_config(workdir, extra)
     tenant = seed(store_factory(workdir))
-    node = benchlib.start_node(workdir, text, port)
+    node = benchlib.start_node(workdir, text, port, tree=tree)
     try:
         sub = json.dumps({"type": "subscribe", "tenant": tenant, "urlId": URL_ID}).encode()
         return measure(node.pid, port, sub)
@@ -175,51 +224,69 @@ def run_node_ws() -> dict[str, float]:
 
 def main() -> None:
     rows: dict[str, dict[str, float]] = {}
-
-    def sqlite_store(workdir: str):  # type: ignore[no-untyped-def]
-        from fastedge.store.sqlite import SQLiteStore
-
-        path = os.path.join(workdir, "data", "fastedge.sqlite3")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        return SQLiteStore(path, run=run_inline, clock=Clock(), busy_timeout_seconds=5.0, pool_size=1)
-
-    rows["fastedge, defaults"] = run_fastedge("", sqlite_store)
-
-    from tests.support.postgres import PostgresCluster, PostgresUnavailable
-
+    workdir = tempfile.mkdtemp(prefix="fe-footprint-trees-")
+    base = benchlib.baseline_tree(workdir, BASELINE)
+    trees = ([(f"{BASELINE} (before)", base)] if base is not None else []) + [("this tree", REPO)]
     try:
-        cluster = PostgresCluster()
-    except PostgresUnavailable as e:
-        print("PostgreSQL is not installed ({}); the full config is skipped".format(e), file=sys.stderr)
-        cluster = None
-    if cluster is not None:
+        for _, tree in trees:
+            prepare_bytecode(tree)
+
+        def sqlite_store(workdir: str):  # type: ignore[no-untyped-def]
+            from fastedge.store.sqlite import SQLiteStore
+
+            path = os.path.join(workdir, "data", "fastedge.sqlite3")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            return SQLiteStore(path, run=run_inline, clock=Clock(), busy_timeout_seconds=5.0, pool_size=1)
+
+        for label, tree in trees:
+            rows[f"defaults, {label}"] = run_fastedge("", sqlite_store, tree)
+
+        from tests.support.postgres import PostgresCluster, PostgresUnavailable
+
         try:
-            primary = cluster.start_primary()
-            dsn = primary.dsn()
+            cluster = PostgresCluster()
+        except PostgresUnavailable as e:
+            print("PostgreSQL is not installed ({}); the full config is skipped".format(e), file=sys.stderr)
+            cluster = None
+        if cluster is not None:
+            try:
+                primary = cluster.start_primary()
+                dsn = primary.dsn()
 
-            def pg_store(workdir: str):  # type: ignore[no-untyped-def]
-                from fastedge.store.postgresql import PostgresStore
+                def pg_store(workdir: str):  # type: ignore[no-untyped-def]
+                    from fastedge.store.postgresql import PostgresStore
 
-                return PostgresStore([dsn], None, run=run_inline, clock=Clock())
+                    return PostgresStore([dsn], None, run=run_inline, clock=Clock())
 
-            # The origin is never reached while idle; the config must only name one.
-            full = (
-                '[store]\nbackend = "postgresql"\n'
-                "[store.postgresql]\nprimaries = [{}]\n"
-                '[cdn.origins.default]\nendpoint = "http://127.0.0.1:9"\nregion = "us-east-1"\n'
-                'access_key_id = "AKIDEXAMPLE"\nsecret_access_key = "bench-secret"\n'
-            ).format(json.dumps(dsn))
-            rows["fastedge, full (PostgreSQL, S3 origin, TLS)"] = run_fastedge(full, pg_store)
-        finally:
-            cluster.destroy()
+                # The origin is never reached while idle; the config must only name one.
+                full = (
+                    '[store]\nbackend = "postgresql"\n'
+                    "[store.postgresql]\nprimaries = [{}]\n"
+                    '[cdn.origins.default]\nendpoint = "http://127.0.0.1:9"\nregion = "us-east-1"\n'
+                    'access_key_id = "AKIDEXAMPLE"\nsecret_access_key = "bench-secret"\n'
+                ).format(json.dumps(dsn))
+                for label, tree in trees:
+                    rows[f"full (PostgreSQL, S3 origin, TLS), {label}"] = run_fastedge(full, pg_store, tree)
+            finally:
+                cluster.destroy()
+    finally:
+        if base is not None:
+            benchlib.drop_tree(base)
     rows["node ws"] = run_node_ws()
 
     print()
-    print("node memory (RSS), %d idle WebSocket subscribers" % SUBSCRIBERS)
-    print("%-46s %12s %16s %14s" % ("", "started MiB", "+subscribers MiB", "KiB/subscriber"))
+    print(
+        "node memory (RSS), %d idle WebSocket subscribers; fastedge %s"
+        % (SUBSCRIBERS, "from .pyc (as installed)" if BYTECODE else "compiling its sources at start (BYTECODE=0)")
+    )
+    print("(RSS; in brackets the private part: RSS less the library code shared with other processes)")
+    print("%-52s %16s %20s %14s" % ("", "started MiB", "+subscribers MiB", "KiB/subscriber"))
     for name, r in rows.items():
         per = (r["subscribed_mib"] - r["start_mib"]) * 1024 / SUBSCRIBERS
-        print("%-46s %12.1f %16.1f %14.2f" % (name, r["start_mib"], r["subscribed_mib"], per))
+        print(
+            "%-52s %7.1f (%6.1f) %11.1f (%6.1f) %14.2f"
+            % (name, r["start_mib"], r["start_private_mib"], r["subscribed_mib"], r["subscribed_private_mib"], per)
+        )
     print(json.dumps(rows), file=sys.stderr)
 
 

@@ -10,6 +10,14 @@ same clock this process reads, so latency is publish -> fully received.
 It also reads the server's RSS (``/proc/PID/status``) before and after the
 connections (memory per idle subscribed connection) and its CPU time
 (``/proc/PID/stat``) over the publishes. Prints one JSON object.
+
+The publishing POSTs are made by a child process, and each answer is timed
+to when the kernel took it in (``SO_TIMESTAMPNS``, i.e. when the server
+sent it), beside when the child read it: on CPU 1 the child waits behind
+the main process reading thousands of sockets, which is not the server's
+doing. The child also notes the server's run-queue wait over each POST
+(``/proc/PID/task/*/schedstat``): on a shared machine, most of an answer's
+time can be the server waiting for its core.
 """
 
 from __future__ import annotations
@@ -99,25 +107,105 @@ def frames(conn: Conn, data: bytes, want_payload: bool) -> tuple[int, bytes | No
     return new, payload
 
 
-def poster(addr: tuple[str, int], post: bytes, cmd: socket.socket) -> None:
+#: Linux's SO_TIMESTAMPNS (not exported by the socket module): the kernel
+#: stamps each received segment with CLOCK_REALTIME when it takes it in.
+SO_TIMESTAMPNS = 35
+
+
+def answer_stamp(s: socket.socket) -> tuple[bytes, int | None]:
+    """Read an answer and the kernel's receive time of it (realtime ns)."""
+    data, ancillary, _, _ = s.recvmsg(4096, 64)
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+            sec, nsec = struct.unpack("@qq", value[:16])
+            return data, sec * 1_000_000_000 + nsec
+    return data, None
+
+
+def runqueue_ns(pid: int) -> int:
+    """How long ``pid``'s threads have waited for a CPU, in total (ns)."""
+    total = 0
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                total += int(f.read().split()[1])
+        except OSError:
+            pass  # a thread that ended
+    return total
+
+
+_HANDLED_RE = re.compile(rb"\r\n\r\nok (\d+)$")
+
+
+def handled_at(answer: bytes) -> int:
+    """The server's CLOCK_MONOTONIC time of the publish, from fastedge's
+    bench answer (``ok <ns>``); 0 when the answer does not say."""
+    m = _HANDLED_RE.search(answer)
+    return int(m.group(1)) if m else 0
+
+
+def closed(s: socket.socket) -> bool:
+    """Whether the peer has closed ``s`` (an idle keep-alive connection)."""
+    s.setblocking(False)
+    try:
+        return s.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        s.setblocking(True)
+
+
+def poster(addr: tuple[str, int], post: bytes, quiet_post: bytes, cmd: socket.socket, server: int) -> None:
     """A child process that makes the publishing POSTs on request and
-    reports each answer's time: the main process may be busy reading
-    thousands of sockets when the answer comes, and would note it late."""
+    reports each answer's time twice: when this process read it, and when
+    the kernel received it (the server sent it). The second does not count
+    this process's wait for CPU 1, which it shares with the main process
+    while that reads thousands of sockets; the first does."""
 
     def connect() -> socket.socket:
         s = socket.create_connection(addr)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         return s
 
     s = connect()
+    other = connect() if quiet_post else None
     try:
-        while cmd.recv(1):
+        while True:
+            what = cmd.recv(1)
+            if not what:
+                break
+            if what == b"q":
+                # During a fan-out: wait the given ms, then time one POST on
+                # the quiet thread (the publish that started the fan-out was
+                # answered already).
+                (delay_us,) = struct.unpack("!I", cmd.recv(4))
+                assert other is not None
+                if closed(other):
+                    # The server ended the idle keep-alive connection;
+                    # reconnect before the delay, so the timed POST does
+                    # not include the server's accept.
+                    other.close()
+                    other = connect()
+                time.sleep(delay_us / 1e6)
+                t = time.monotonic_ns()
+                wall = time.time_ns()
+                other.sendall(quiet_post)
+                answer, stamp = answer_stamp(other)
+                read = time.monotonic_ns() - t
+                kernel = stamp - wall if stamp is not None else read
+                cmd.sendall(struct.pack("!QQQQQ", read, max(0, kernel), t, 0, handled_at(answer)))
+                continue
+            queued = runqueue_ns(server)
             t = time.monotonic_ns()
+            wall = time.time_ns()
             try:
                 s.sendall(post)
-                answer = s.recv(4096)
+                answer, stamp = answer_stamp(s)
             except OSError:
-                answer = b""
+                answer, stamp = b"", None
             if not answer:
                 # The server closed the idle keep-alive connection (Node's
                 # http server does after 5 s): the POST went nowhere. Send
@@ -125,9 +213,13 @@ def poster(addr: tuple[str, int], post: bytes, cmd: socket.socket) -> None:
                 s.close()
                 s = connect()
                 t = time.monotonic_ns()
+                wall = time.time_ns()
                 s.sendall(post)
-                s.recv(4096)
-            cmd.sendall(struct.pack("!Q", time.monotonic_ns() - t))
+                answer, stamp = answer_stamp(s)
+            read = time.monotonic_ns() - t
+            kernel = stamp - wall if stamp is not None else read
+            queued = runqueue_ns(server) - queued
+            cmd.sendall(struct.pack("!QQQQQ", read, max(0, kernel), t, queued, handled_at(answer)))
     except OSError:
         pass  # the main process is gone (it failed, and says why)
     os._exit(0)
@@ -146,25 +238,50 @@ def main() -> None:
         default="",
         help="JSON subscribe message to send after the handshake",
     )
+    ap.add_argument(
+        "--quiet-path",
+        default="",
+        help="a publishing POST on a thread with no readers, timed while the first thread's fan-out runs",
+    )
     ap.add_argument("--batch", type=int, default=500, help="handshakes in flight at once")
+    ap.add_argument(
+        "--connect-only",
+        action="store_true",
+        help="stop after connecting N (and the probes during it); print only those figures",
+    )
     ap.add_argument("--timeout", type=float, default=120.0)
     args = ap.parse_args()
     deadline = time.monotonic() + args.timeout
     addr = ("127.0.0.1", args.port)
     post = ("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % args.publish_path).encode()
+    quiet_post = (
+        ("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % args.quiet_path).encode()
+        if args.quiet_path
+        else b""
+    )
     cmd, child_end = socket.socketpair()
     if os.fork() == 0:
         cmd.close()
-        poster(addr, post, child_end)
+        poster(addr, post, quiet_post, child_end, args.pid)
     child_end.close()
 
-    def posted() -> float:
-        """Ask the poster for one publishing POST; its answer time (ms)."""
-        cmd.sendall(b"p")
+    def answer_times() -> tuple[float, float]:
+        """The poster's report of one POST: (read by it, sent by the server), ms."""
         got = b""
-        while len(got) < 8:
-            got += cmd.recv(8 - len(got))
-        return struct.unpack("!Q", got)[0] / 1e6
+        while len(got) < 40:
+            got += cmd.recv(40 - len(got))
+        read, kernel, sent_at, queued, handled = struct.unpack("!QQQQQ", got)
+        last_sent_at[0] = sent_at
+        last_sent_at[1] = queued
+        last_sent_at[2] = handled
+        return read / 1e6, kernel / 1e6
+
+    last_sent_at = [0, 0, 0]
+
+    def posted() -> tuple[float, float]:
+        """Ask the poster for one publishing POST; its answer times (ms)."""
+        cmd.sendall(b"p")
+        return answer_times()
 
     ep = select.epoll()
     conns: dict[int, Conn] = {}
@@ -185,9 +302,20 @@ def main() -> None:
 
     # The publishing POST's own answer time with no live readers, to set
     # beside the same POST with N readers on its thread (below).
+    phases = {"idle_posts": time.monotonic_ns()}
     answer_idle_ms: list[float] = []
+    sent_idle_ms: list[float] = []
+    runq_idle_ms: list[float] = []
+    wake_idle_ms: list[float] = []
+    after_idle_ms: list[float] = []
     for _ in range(args.publishes):
-        answer_idle_ms.append(posted())
+        read_ms, sent_ms = posted()
+        answer_idle_ms.append(read_ms)
+        sent_idle_ms.append(sent_ms)
+        runq_idle_ms.append(last_sent_at[1] / 1e6)
+        if last_sent_at[2]:
+            wake_idle_ms.append((last_sent_at[2] - last_sent_at[0]) / 1e6)
+            after_idle_ms.append(sent_ms - wake_idle_ms[-1])
         time.sleep(0.01)
 
     # While the herd connects, another client asks for a cheap page (a 404)
@@ -288,6 +416,26 @@ def main() -> None:
     if probe:
         ep.unregister(probe[0].fileno())
         probe[0].close()
+    if args.connect_only:
+        for c in conns.values():
+            c.sock.close()
+        trigger.close()
+        cmd.close()
+        os.wait()
+        ordered = sorted(probe_ms)
+        print(
+            json.dumps(
+                {
+                    "connections": args.connections,
+                    "connect_seconds": round(connect_seconds, 2),
+                    "connect_cpu_seconds": round(connect_cpu, 2),
+                    "probes_during_connects": len(probe_ms),
+                    "probe_p50_ms": round(ordered[len(ordered) // 2], 2) if probe_ms else None,
+                    "probe_max_ms": round(ordered[-1], 2) if probe_ms else None,
+                }
+            )
+        )
+        return
     time.sleep(2.0)
     rss_after = rss_kib(args.pid)
     # Drain anything left over from setup.
@@ -336,14 +484,24 @@ def main() -> None:
     lasts: list[float] = []
     cpu0 = cpu_seconds(args.pid)
     wall0 = time.monotonic()
+    phases["reader_posts"] = time.monotonic_ns()
     answer_busy_ms: list[float] = []
+    sent_busy_ms: list[float] = []
+    wake_busy_ms: list[float] = []
+    runq_busy_ms: list[float] = []
+    after_busy_ms: list[float] = []
     for i in range(args.publishes):
         cmd.sendall(b"p")
         first, last, t_pub = wait_for(i + 1, i + 1)
-        got = b""
-        while len(got) < 8:
-            got += cmd.recv(8 - len(got))
-        answer_busy_ms.append(struct.unpack("!Q", got)[0] / 1e6)
+        read_ms, sent_ms = answer_times()
+        answer_busy_ms.append(read_ms)
+        sent_busy_ms.append(sent_ms)
+        runq_busy_ms.append(last_sent_at[1] / 1e6)
+        if t_pub is not None:
+            # From the POST's send to the server's publish (its wake-up and
+            # parsing), and from there to the answer's send.
+            wake_busy_ms.append((t_pub - last_sent_at[0]) / 1e6)
+            after_busy_ms.append(sent_ms - wake_busy_ms[-1])
         if t_pub is None:
             raise SystemExit("message without a publish time")
         firsts.append((first - t_pub) / 1e6)
@@ -352,13 +510,47 @@ def main() -> None:
     cpu1 = cpu_seconds(args.pid)
     wall1 = time.monotonic()
 
+    # Another writer during the fan-out: a publishing POST on a thread with
+    # no readers, made 0-20 ms after the fan-out's publish was answered.
+    phases["during_fanout"] = time.monotonic_ns()
+    sent_during_ms: list[float] = []
+    before_during_ms: list[float] = []
+    after_during_ms: list[float] = []
+    read_during_ms: list[float] = []
+    done_publishes = args.publishes
+    if quiet_post:
+        for i in range(args.publishes):
+            cmd.sendall(b"p")
+            answer_times()
+            cmd.sendall(b"q" + struct.pack("!I", (i * 997) % 20_000))
+            read_ms, sent_ms = answer_times()
+            read_during_ms.append(read_ms)
+            sent_during_ms.append(sent_ms)
+            if last_sent_at[2]:
+                # Before: until the server handled the POST (the slice under
+                # way); after: from there until the answer was sent.
+                before = (last_sent_at[2] - last_sent_at[0]) / 1e6
+                before_during_ms.append(before)
+                after_during_ms.append(sent_ms - before)
+            done_publishes += 1
+            wait_for(done_publishes, None)
+            time.sleep(0.05)
+
+    phases["burst"] = time.monotonic_ns()
     # Throughput: a burst of publishes, pipelined.
-    base = args.publishes
+    base = done_publishes
     t0 = time.monotonic_ns()
     cpu2 = cpu_seconds(args.pid)
+    # A fresh connection: the warm-up's has been idle for the whole run,
+    # longer than a server's idle timeout on a busy machine (its burst
+    # then went nowhere and the client waited out its bound).
+    trigger.close()
+    trigger = socket.create_connection(addr)
+    trigger.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     trigger.sendall(post * args.burst)
     _, last, _ = wait_for(base + args.burst, None)
     burst_seconds = (last - t0) / 1e9
+    phases["end"] = time.monotonic_ns()
     cpu3 = cpu_seconds(args.pid)
     for c in conns.values():
         c.sock.close()
@@ -386,6 +578,25 @@ def main() -> None:
                 "post_idle_p99_ms": round(pct(answer_idle_ms, 99), 2),
                 "post_readers_p50_ms": round(pct(answer_busy_ms, 50), 2),
                 "post_readers_p99_ms": round(pct(answer_busy_ms, 99), 2),
+                "post_sent_idle_p50_ms": round(pct(sent_idle_ms, 50), 2),
+                "post_sent_idle_p99_ms": round(pct(sent_idle_ms, 99), 2),
+                "post_sent_readers_p50_ms": round(pct(sent_busy_ms, 50), 2),
+                "post_sent_readers_p99_ms": round(pct(sent_busy_ms, 99), 2),
+                "post_runqueue_idle_p50_ms": round(pct(runq_idle_ms, 50), 2),
+                "post_runqueue_readers_p50_ms": round(pct(runq_busy_ms, 50), 2),
+                "post_idle_wake_p50_ms": round(pct(wake_idle_ms, 50), 2) if wake_idle_ms else None,
+                "post_idle_after_p50_ms": round(pct(after_idle_ms, 50), 2) if after_idle_ms else None,
+                "post_readers_wake_p50_ms": round(pct(wake_busy_ms, 50), 2) if wake_busy_ms else None,
+                "post_readers_wake_p99_ms": round(pct(wake_busy_ms, 99), 2) if wake_busy_ms else None,
+                "post_readers_after_p50_ms": round(pct(after_busy_ms, 50), 2) if after_busy_ms else None,
+                "post_readers_after_p99_ms": round(pct(after_busy_ms, 99), 2) if after_busy_ms else None,
+                "post_during_fanout_p50_ms": round(pct(sent_during_ms, 50), 2) if sent_during_ms else None,
+                "post_during_fanout_p99_ms": round(pct(sent_during_ms, 99), 2) if sent_during_ms else None,
+                "post_during_fanout_before_p50_ms": round(pct(before_during_ms, 50), 2) if before_during_ms else None,
+                "post_during_fanout_after_p50_ms": round(pct(after_during_ms, 50), 2) if after_during_ms else None,
+                "post_during_fanout_after_p99_ms": round(pct(after_during_ms, 99), 2) if after_during_ms else None,
+                "post_during_fanout_read_p50_ms": round(pct(read_during_ms, 50), 2) if read_during_ms else None,
+                "post_during_fanout_read_p99_ms": round(pct(read_during_ms, 99), 2) if read_during_ms else None,
                 "first_p50_ms": round(pct(firsts, 50), 2),
                 "first_p99_ms": round(pct(firsts, 99), 2),
                 "last_p50_ms": round(pct(lasts, 50), 2),
@@ -395,6 +606,13 @@ def main() -> None:
                 "burst_broadcasts_per_second": round(args.burst / burst_seconds, 1),
                 "burst_messages_per_second": round(args.burst * n / burst_seconds),
                 "burst_cpu_percent": round(100.0 * (cpu3 - cpu2) / burst_seconds, 1),
+                # What the server sent per second of CPU it got: on a shared
+                # machine, where it may get a fraction of its core, this
+                # compares servers where the wall-clock rate cannot.
+                "burst_messages_per_cpu_second": round(args.burst * n / (cpu3 - cpu2)) if cpu3 > cpu2 else None,
+                "phases": phases,
+                "post_sent_readers_ms": [round(x, 2) for x in sent_busy_ms],
+                "post_during_fanout_ms": [round(x, 2) for x in sent_during_ms],
             }
         )
     )

@@ -1,8 +1,9 @@
 """fastedge's side of the live fan-out benchmark (see live-fanout).
 
-Runs the node's real HTTP stack on one port: ``build_site`` with the
-``/live`` resource of a real ``LiveService`` (hub, WebSocket protocol,
-writers) over the embedded SQLite store, with one tenant and one thread.
+Runs the node's real HTTP stack on one port: ``build_site`` behind the
+plain-HTTP listener's connection gate and counter, with the ``/live``
+resource of a real ``LiveService`` (hub, WebSocket protocol, writers) over
+the embedded SQLite store, with one tenant and one thread.
 The only bench-only piece is ``POST /bench/publish``: it publishes one
 event through ``Hub.publish`` (the entry point every writer uses) whose
 message is ``--size`` bytes and carries the server's CLOCK_MONOTONIC
@@ -21,6 +22,7 @@ import sys
 sys.modules.setdefault("click", None)  # type: ignore[arg-type]
 
 import argparse
+import gc
 import json
 import os
 import tempfile
@@ -33,6 +35,8 @@ from twisted.web.resource import Resource
 
 from fastedge.api.resource import build_api, build_sessions
 from fastedge.config import load_config
+from fastedge.http.metrics import ConnectionMetrics
+from fastedge.http.tls import CountingFactory
 from fastedge.live import service as live_service
 from fastedge.live.hub import Event
 from fastedge.metrics.registry import new_registry
@@ -52,6 +56,8 @@ class Publish(Resource):
         self.channel = channel
         self.size = size
         self.pad = None
+        #: How long each ``Hub.publish`` took (us), for the server's log.
+        self.publish_us = []
 
     def render_POST(self, request):
         t = time.monotonic_ns()
@@ -62,22 +68,102 @@ class Publish(Resource):
             self.pad = "x" * max(0, self.size - len(prepared.payload) - 2)
             t = time.monotonic_ns()
         self.hub.publish(Event(self.channel, "bench", {"t": t, "pad": self.pad}))
-        request.setHeader(b"content-length", b"2")
-        return b"ok"
+        self.publish_us.append((time.monotonic_ns() - t) / 1e3)
+        # The answer carries the publish time too, so the load client can
+        # tell the wait before the POST was handled from the wait after.
+        body = b"ok %d" % t
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
+
+
+class GcPauses:
+    """The collector's pauses, by generation (the bench's server log says
+    how much of the POST's answer time a collection could account for)."""
+
+    def __init__(self):
+        self.started = 0
+        self.pauses = {0: [], 1: [], 2: []}
+        #: (monotonic ns at the end, generation, ms) of pauses of 1 ms or more.
+        self.long = []
+
+    def __call__(self, phase, info):
+        if phase == "start":
+            self.started = time.perf_counter_ns()
+        else:
+            ms = (time.perf_counter_ns() - self.started) / 1e6
+            self.pauses[info["generation"]].append(ms)
+            if ms >= 1.0:
+                self.long.append((time.monotonic_ns(), info["generation"], round(ms, 2)))
+
+    def summary(self):
+        return {
+            "gen%d" % g: {"count": len(p), "max_ms": round(max(p), 2) if p else 0, "total_ms": round(sum(p), 1)}
+            for g, p in self.pauses.items()
+        }
+
+
+class IoPhases:
+    """Diagnostics (``--diagnose``): how long the reactor's I/O phases last
+    and how many buffered writes (``doWrite``) each runs, i.e. the sends
+    that happen outside the fan-out's slices."""
+
+    def __init__(self):
+        from twisted.internet import tcp
+
+        self.writes = 0
+        self.phases = []  # (ms, doWrite calls) of phases over 1 ms
+        self.total_writes = 0
+        real_write = tcp.Connection.doWrite
+        real_poll = reactor.doIteration
+        me = self
+
+        def do_write(conn):
+            me.writes += 1
+            return real_write(conn)
+
+        def do_poll(timeout):
+            me.writes = 0
+            started = time.perf_counter_ns()
+            try:
+                return real_poll(timeout)
+            finally:
+                # epoll_wait's own wait is in here too; a phase that did
+                # writes or took long is what matters.
+                ms = (time.perf_counter_ns() - started) / 1e6
+                me.total_writes += me.writes
+                if me.writes >= 50:
+                    me.phases.append((round(ms, 2), me.writes))
+
+        tcp.Connection.doWrite = do_write
+        reactor.doIteration = do_poll
+
+    def summary(self):
+        return {"do_writes": self.total_writes, "phases_with_50_writes_or_more": self.phases[:50]}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--size", type=int, default=200)
+    ap.add_argument("--slice-ms", type=float, default=None, help="live.fanout_slice_ms (default: the config's)")
+    ap.add_argument("--diagnose", action="store_true", help="log the reactor's I/O phases' buffered writes")
     args = ap.parse_args()
+    io_phases = IoPhases() if args.diagnose else None
+    gc_pauses = GcPauses()
+    gc.callbacks.append(gc_pauses)
     data = tempfile.mkdtemp(prefix="fe-bench-")
     cfg = load_config(None, {"node.data_dir": data, "node.id": "bench"})
     import dataclasses
 
+    live_cfg = dataclasses.replace(cfg.live, ping_seconds=0.0, max_subscriptions=4, max_connections=1_000_000)
+    if args.slice_ms is not None:
+        live_cfg = dataclasses.replace(live_cfg, fanout_slice_ms=args.slice_ms)
     cfg = dataclasses.replace(
         cfg,
-        live=dataclasses.replace(cfg.live, ping_seconds=0.0, max_subscriptions=4, max_connections=1_000_000),
+        live=live_cfg,
+        # Every client is 127.0.0.1: the per-address limits are checked as
+        # on any node, with room for the whole herd.
+        http=dataclasses.replace(cfg.http, max_connections_per_ip=0, max_connections_per_prefix=0),
     )
     registry = new_registry()
     store = store_service.make_service(cfg.store, reactor=reactor, registry=registry)
@@ -117,10 +203,28 @@ def main():
             await store.store.upsert_thread(tenant.id, "bench-thread", created_ms=0, read_preference=PRIMARY)
         ).value
         publish = Publish(live.hub, (tenant.id, thread.id), args.size)
+        publishers.append(publish)
+        quiet = (await store.store.upsert_thread(tenant.id, "bench-quiet", created_ms=0, read_preference=PRIMARY)).value
         bench = Resource()
         bench.putChild(b"publish", publish)
+        # The same publishing POST on a thread nobody reads: made while the
+        # first thread's fan-out runs, it shows what other writers wait.
+        bench.putChild(b"publish-quiet", Publish(live.hub, (tenant.id, quiet.id), args.size))
         site.resource.putChild(b"bench", bench)
-        port = await serverFromString(reactor, "tcp:%d:interface=127.0.0.1:backlog=4096" % args.port).listen(site)
+        # As the node does once its services started (fastedge.tap.Node):
+        # what start-up made lives as long as the process, out of the
+        # collector's reach.
+        gc.collect()
+        gc.freeze()
+        # The node's plain-HTTP listener wraps the Site like this
+        # (fastedge.http.service): each connection admitted by the gate and
+        # counted, as the node does.
+        listener = CountingFactory(
+            site, listener="http", metrics=ConnectionMetrics(registry), gate=site.connections, reactor=reactor
+        )
+        endpoint = serverFromString(reactor, "tcp:%d:interface=127.0.0.1:backlog=4096" % args.port)
+        port = await endpoint.listen(listener)
+        site.connections.watch(port)
         print(
             json.dumps(
                 {
@@ -128,10 +232,14 @@ def main():
                     "tenant": tenant.id,
                     "urlId": "bench-thread",
                     "pid": os.getpid(),
+                    # Which fastedge runs (this tree, or a baseline's).
+                    "fastedge": os.path.dirname(live_service.__file__),
                 }
             ),
             flush=True,
         )
+
+    publishers = []
 
     def report():
         # Server-side view of the fan-outs (bench/out/fastedge-server.log).
@@ -142,6 +250,12 @@ def main():
                 {
                     "fanouts": count,
                     "fanout_ms_mean": round(1000 * total / count, 2) if count else None,
+                    "gc": gc_pauses.summary(),
+                    "gc_long": gc_pauses.long,
+                    "io": io_phases.summary() if io_phases is not None else None,
+                    # Hub.publish's time per publishing POST, in order
+                    # (no readers first, then with them).
+                    "publish_us": [round(u, 1) for u in publishers[0].publish_us] if publishers else None,
                 }
             ),
             file=sys.stderr,

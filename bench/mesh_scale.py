@@ -51,6 +51,9 @@ from fastedge.testing.mesh import MemoryMesh, MemoryNetwork  # noqa: E402
 
 #: Bytes written on every in-memory connection (TLS records included).
 WIRE = {"bytes": 0}
+#: ``--latency``: one-way delay (seconds) of every write and close, on the
+#: clock of the run (``None``: delivered at the next pump, as in the tests).
+LATENCY: dict[str, Any] = {"seconds": 0.0, "clock": None}
 _FAST: list[FastNetwork] = []
 
 _write = iosim.FakeTransport.write
@@ -64,16 +67,35 @@ def _mark(transport: Any) -> None:
         _FAST[0].dirty[pump] = None
 
 
-def _counting_write(self: Any, data: bytes) -> None:
-    if not self.disconnecting:
-        WIRE["bytes"] += len(data)
+def _deliver(self: Any, data: bytes) -> None:
     _write(self, data)
     _mark(self)
 
 
-def _marking_lose(self: Any) -> None:
+def _counting_write(self: Any, data: bytes) -> None:
+    if not self.disconnecting:
+        WIRE["bytes"] += len(data)
+    clock = LATENCY["clock"]
+    if clock is not None and not self.disconnecting:
+        # Arrives one way-delay later (timers due at the same time run in
+        # the order they were set: bytes stay in order).
+        clock.callLater(LATENCY["seconds"], _deliver, self, data)
+        return
+    _deliver(self, data)
+
+
+def _lose_now(self: Any) -> None:
     _lose(self)
     _mark(self)
+
+
+def _marking_lose(self: Any) -> None:
+    clock = LATENCY["clock"]
+    if clock is not None and not self.disconnecting:
+        # A close travels behind the bytes written before it.
+        clock.callLater(LATENCY["seconds"], _lose_now, self)
+        return
+    _lose_now(self)
 
 
 def _marking_abort(self: Any) -> None:
@@ -233,10 +255,34 @@ def converged(mesh: MemoryMesh, ids: list[str]) -> bool:
     return True
 
 
+def _warm_joined(original: Any) -> Any:
+    def joined(self: Any, announcement: Any, session: Any) -> Any:
+        me, members = original(self, announcement, session)
+        return me, members[:1]
+
+    return joined
+
+
 def run(
-    n: int, *, harness: str, steady: float, step: float, overrides: dict[str, Any], cold_only: bool = False
+    n: int,
+    *,
+    harness: str,
+    steady: float,
+    step: float,
+    overrides: dict[str, Any],
+    latency: float = 0.0,
+    warm: bool = False,
+    cold_only: bool = False,
 ) -> dict[str, Any]:
     tc = StandIn()
+    from fastedge.mesh.membership import Membership
+
+    joined = Membership.joined
+    if warm:
+        # Every node starts knowing every other (below), and login answers
+        # carry only the answering node: the member lists a cold start
+        # moves (O(N) per login, O(N^2) in all) are not measured.
+        Membership.joined = _warm_joined(joined)  # type: ignore[method-assign]
     try:
         mesh = MemoryMesh(tc, **overrides)  # type: ignore[arg-type]
         if harness == "fast":
@@ -244,6 +290,7 @@ def run(
             clock.advance(mesh.clock.seconds())
             mesh.clock = clock
             mesh.network = FastNetwork(clock)
+        LATENCY["seconds"], LATENCY["clock"] = latency, (mesh.clock if latency > 0 else None)
         ids = ["n{:03d}".format(i) for i in range(n)]
 
         def host(node_id: str) -> str:
@@ -259,7 +306,7 @@ def run(
         # are known before any starts.
         seeds = ["{}:{}".format(mesh.host(i), mesh.network._next_port + 1 + k) for k, i in enumerate(ids[:3])]
         for node_id in ids:
-            mesh.add(node_id, start=False, seeds=seeds)
+            mesh.add(node_id, start=False, seeds=[] if warm else seeds)
         for node_id in ids:
             mesh.nodes[node_id].privilegedStartService()
         assert [mesh.address(i) for i in ids[:3]] == seeds, "the seeds are not where the nodes listen"
@@ -270,6 +317,14 @@ def run(
             service = mesh.nodes[node_id]
             service.privilegedStartService()
             service.startService()
+        if warm:
+            everyone = [(mesh.nodes[i].membership.me, "alive") for i in ids]
+            for node_id in ids:
+                membership = mesh.nodes[node_id].membership
+                if n > membership.timing.full_mesh_max_nodes:
+                    # Past the threshold from the start: no full mesh first.
+                    membership.view.active = True
+                membership.merge(everyone)
         mesh.network.flush()
         limit = 60.0
         while not converged(mesh, ids):
@@ -277,6 +332,11 @@ def run(
                 raise SystemExit("N={}: no convergence within {} simulated s".format(n, limit))
             mesh.advance(0.1, step)
         converge_s = mesh.clock.seconds() - t0
+        if warm:
+            # The views' links log in (a tick), then login answers are the
+            # protocol's again (rotations and reconnects carry lists).
+            mesh.advance(0.5, step)
+            Membership.joined = joined  # type: ignore[method-assign]
         cold_cpu = time.process_time() - cpu0
         cold_bytes = WIRE["bytes"] - wire0
         cold_calls = calls(mesh) - calls0
@@ -298,6 +358,7 @@ def run(
         steady_cpu = time.process_time() - cpu0
         steady_calls = calls(mesh) - calls0
         steady_bytes = WIRE["bytes"] - wire0
+        links = sum(1 for i in ids for p in mesh.nodes[i].membership.peers.values() if p.link is not None and p.link.up)
         # A kill.
         victim = ids[-1]
         observers = ids[:-1]
@@ -326,6 +387,7 @@ def run(
             "steady_calls_per_node_s": steady_calls / steady / n,
             "steady_bytes_per_node_s": steady_bytes / steady / n,
             "steady_cpu_pct_per_node": 100.0 * steady_cpu / steady / n,
+            "links_per_node": links / n,
             "suspect_s": [min(suspect.values()), max(suspect.values())] if suspect else None,
             "dead_s": [min(dead.values()), max(dead.values())] if dead else None,
             "dead_everywhere": len(dead) == len(observers),
@@ -335,8 +397,10 @@ def run(
             "cold_bytes_per_node": cold_bytes / n,
             "cold_calls_per_node": cold_calls / n,
             "largest_message_bytes": LARGEST["bytes"],
+            "warm": warm,
         }
     finally:
+        Membership.joined = joined  # type: ignore[method-assign]
         tc.close()
 
 
@@ -347,6 +411,13 @@ def main() -> None:
     p.add_argument("--harness", choices=("fast", "plain"), default="fast")
     p.add_argument("--steady", type=float, default=5.0, help="simulated seconds of steady state")
     p.add_argument("--step", type=float, default=0.01, help="simulated seconds per clock step")
+    p.add_argument(
+        "--warm",
+        action="store_true",
+        help="start every node knowing every other, login answers without member lists until then"
+        " (no cold start measured)",
+    )
+    p.add_argument("--latency", type=float, default=0.0, metavar="MS", help="one-way delay of every link (ms)")
     p.add_argument("--json", action="store_true", help="one JSON line per N too")
     p.add_argument("--cold-only", action="store_true", help="the cold start only (no steady state, no kill)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a [mesh] override (JSON value)")
@@ -358,12 +429,13 @@ def main() -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value)
-    head = "%5s %9s %10s %11s %9s %15s %15s %10s %10s %12s %12s %11s" % (
+    head = "%5s %9s %10s %11s %9s %7s %15s %15s %10s %10s %12s %12s %11s" % (
         "N",
         "ALIVE s",
         "calls/n/s",
         "bytes/n/s",
         "cpu %/n",
+        "links/n",
         "SUSPECT s",
         "DEAD s",
         "probes/obs",
@@ -372,20 +444,30 @@ def main() -> None:
         "cold MB/n",
         "max msg KB",
     )
-    print("mesh-scale (%s harness, %.0f s steady state, %s)" % (args.harness, args.steady, overrides or "defaults"))
+    print(
+        "mesh-scale (%s harness, %.0f s steady state, %s, one-way latency %g ms%s)"
+        % (args.harness, args.steady, overrides or "defaults", args.latency, ", warm start" if args.warm else "")
+    )
     print(head)
     for n in sizes:
         r = run(
-            n, harness=args.harness, steady=args.steady, step=args.step, overrides=overrides, cold_only=args.cold_only
+            n,
+            harness=args.harness,
+            steady=args.steady,
+            step=args.step,
+            overrides=overrides,
+            latency=args.latency / 1e3,
+            warm=args.warm,
+            cold_only=args.cold_only,
         )
         span = "%.2f-%.2f"
         if args.cold_only:
             print(
-                "%5d %9.2f %10s %11s %9s %15s %15s %10s %10s %12.3f %12.2f %11.1f"
+                "%5d %9.2f %10s %11s %9s %7s %15s %15s %10s %10s %12.3f %12.2f %11.1f"
                 % (
                     n,
                     r["converge_s"],
-                    *["-"] * 7,
+                    *["-"] * 8,
                     r["cold_cpu_s_per_node"],
                     r["cold_bytes_per_node"] / 1e6,
                     r["largest_message_bytes"] / 1024,
@@ -396,13 +478,14 @@ def main() -> None:
                 print(json.dumps(r), flush=True)
             continue
         print(
-            "%5d %9.2f %10.1f %11.0f %9.2f %15s %15s %10.1f %10.0f %12.3f %12.2f %11.1f%s"
+            "%5d %9.2f %10.1f %11.0f %9.2f %7.1f %15s %15s %10.1f %10.0f %12.3f %12.2f %11.1f%s"
             % (
                 n,
                 r["converge_s"],
                 r["steady_calls_per_node_s"],
                 r["steady_bytes_per_node_s"],
                 r["steady_cpu_pct_per_node"],
+                r["links_per_node"],
                 span % tuple(r["suspect_s"]) if r["suspect_s"] else "-",
                 span % tuple(r["dead_s"]) if r["dead_s"] else "-",
                 r["probe_calls_per_observer"],

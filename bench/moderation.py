@@ -41,7 +41,7 @@ from twisted.internet.task import Clock  # noqa: E402
 from fastedge.api.keys import hash_api_key, new_api_key  # noqa: E402
 from fastedge.store import schema as s  # noqa: E402
 from fastedge.store.model import ReadPreference  # noqa: E402
-from fastedge.store.sql import new_id  # noqa: E402
+from fastedge.store.shared import new_id  # noqa: E402
 from fastedge.testing.fakes import run_inline
 from tests.support.ports import free_port
 from tests.support.postgres import PostgresCluster

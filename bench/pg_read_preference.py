@@ -212,25 +212,6 @@ class Relay:
         self.process.kill()
 
 
-def baseline_tree(workdir: str) -> str | None:
-    """A git worktree of ``BASELINE`` (removed by :func:`drop_tree`), or
-    ``None`` when skipped or unknown."""
-    if BASELINE == "none":
-        return None
-    tree = os.path.join(workdir, "baseline")
-    done = subprocess.run(
-        ["git", "-C", REPO, "worktree", "add", "--detach", tree, BASELINE], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        print(f"no baseline: git worktree add {BASELINE} failed: {done.stderr.strip()}")
-        return None
-    return tree
-
-
-def drop_tree(tree: str) -> None:
-    subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", tree], capture_output=True)
-
-
 def writes(port: int, key: str, tenant: str, relay: Relay, label: str) -> dict[str, tuple[list[float], list[int]]]:
     """The write table's requests on one node: per kind, latencies (ms) and
     round trips to the primary (flights through ``relay``)."""
@@ -476,7 +457,7 @@ def main() -> None:
         node = None
         relay_dsn = primary.dsn().replace(f"port={primary.port}", f"port={write_relay.port}")
         results = []
-        tree = baseline_tree(workdir)
+        tree = benchlib.baseline_tree(workdir, BASELINE)
         try:
             if tree is not None:
                 base_node, base_port = start_node(workdir, relay_dsn, standby.dsn(), tree=tree, name="baseline")
@@ -486,7 +467,7 @@ def main() -> None:
                     benchlib.stop(base_node)
         finally:
             if tree is not None:
-                drop_tree(tree)
+                benchlib.drop_tree(tree)
         node, port = start_node(workdir, relay_dsn, standby.dsn(), name="after")
         results.append(("this tree (after)", writes(port, key, tenant, write_relay, "after")))
         write_table(results)

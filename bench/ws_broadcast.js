@@ -22,6 +22,15 @@ const server = http.createServer((req, res) => {
     });
     return;
   }
+  if (req.method === 'POST' && req.url === '/publish-quiet') {
+    // A publish on a thread nobody reads: a broadcast loop over no clients.
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(200, { 'content-length': 2 });
+      res.end('ok');
+    });
+    return;
+  }
   res.writeHead(404);
   res.end();
 });

@@ -10,25 +10,40 @@ get ``rel="nofollow ugc noopener"`` and open in a new tab.
 
 from __future__ import annotations
 
-import nh3
-from markdown_it import MarkdownIt
-
-#: The subset: emphasis, strong, strikethrough, inline code, code blocks,
-#: links (and bare URLs), block quotes, lists, paragraphs and line breaks.
-_md = (
-    MarkdownIt("zero", {"html": False, "linkify": False, "breaks": True, "typographer": False})
-    .enable(["emphasis", "strikethrough", "backticks", "link", "autolink", "newline", "escape"])
-    .enable(["blockquote", "list", "code", "fence", "paragraph"])
-)
+from functools import cache
+from typing import Any
 
 _TAGS = {"p", "br", "em", "strong", "s", "del", "code", "pre", "a", "blockquote", "ul", "ol", "li"}
 _ATTRIBUTES = {"a": {"href"}, "ol": {"start"}}
 _SCHEMES = {"http", "https", "mailto"}
 
 
+@cache
+def _renderer() -> Any:
+    """The markdown renderer for the subset: emphasis, strong, strikethrough,
+    inline code, code blocks, links (and bare URLs), block quotes, lists,
+    paragraphs and line breaks.
+
+    markdown-it-py (62 modules) and nh3 (a 1.4 MB native library) are
+    imported with the first comment a node renders, that is its first
+    write, not when it starts: an idle node or one that only serves reads
+    (the store holds the rendered HTML) never loads them.
+    """
+    from markdown_it import MarkdownIt
+
+    return (
+        MarkdownIt("zero", {"html": False, "linkify": False, "breaks": True, "typographer": False})
+        .enable(["emphasis", "strikethrough", "backticks", "link", "autolink", "newline", "escape"])
+        .enable(["blockquote", "list", "code", "fence", "paragraph"])
+    )
+
+
 def render(source: str) -> str:
     """Render a comment's markdown source to HTML that is safe to embed."""
-    html = _md.render(source)
+    # Imported here, with the first write (see _renderer).
+    import nh3
+
+    html = _renderer().render(source)
     return nh3.clean(
         html,
         tags=_TAGS,

@@ -137,6 +137,12 @@ class MeshConfig:
     #: round) are asked whether they still hear it, every heartbeat; 0 asks
     #: every peer.
     indirect_probes: int = _checked(3, _non_negative)
+    #: Past this many live nodes, each node heartbeats a partial view (its
+    #: ring neighbours and a few extras) instead of every peer, and learns
+    #: of the others through rumours (docs/mesh.md).
+    full_mesh_max_nodes: int = _checked(64, _at_least(2))
+    #: Peers in that partial view (five ring neighbours, the rest extras).
+    partial_view_size: int = _checked(8, _at_least(6))
     #: Seconds to connect (TCP and TLS) and log in to a peer.
     connect_timeout_seconds: float = _checked(2.0, _positive)
     #: Delay before the first reconnect to a peer, growing to the maximum.

@@ -44,8 +44,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 from twisted.web.http import RESPONSES, HTTPChannel, _GenericHTTPChannelProtocol
+from twisted.web.iweb import INonQueuedRequestFactory
 
 from .deadlines import RequestDeadlines
+from .fasthead import parse_upgrade_head, upgrade_head
 from .jsonbody import error_body, raw_error_response
 
 #: Versions of the form ``HTTP/d.d`` that are not 1.0 or 1.1 are a 505;
@@ -83,11 +85,47 @@ class EdgeHTTPChannel(RequestDeadlines, HTTPChannel):
     _hosts = 0
     #: ``content-length`` or ``transfer-encoding`` once one framed the body.
     _framing: bytes | None = None
+    #: Nothing was read on this connection yet.
+    _fresh = True
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return
+        if self._fresh:
+            self._fresh = False
+            head = upgrade_head(data)
+            if head is not None and self._whole_head(head):
+                return
         super().dataReceived(data)
+
+    def _whole_head(self, head: bytes) -> bool:
+        """Take a WebSocket upgrade that came whole in the connection's
+        first read in one pass (:mod:`fastedge.http.fasthead`), leaving the
+        request and the channel as the line parser would, then handle it
+        as it would.
+
+        :returns: ``False`` (nothing done) when the line parser must take it.
+        """
+        parsed = parse_upgrade_head(
+            head, max_line=self.MAX_LENGTH, max_total=self.totalHeadersSize, max_headers=self.maxHeaders
+        )
+        if parsed is None:
+            return False
+        method, target, version, headers = parsed
+        factory: Any = self.requestFactory
+        if INonQueuedRequestFactory.providedBy(factory):
+            request = factory(self)
+        else:
+            request = factory(self, len(self.requests))
+        self.requests.append(request)
+        add = request.requestHeaders.addRawHeader
+        for name, value in headers:
+            add(name, value)
+        self._command, self._path, self._version = method, target, version
+        self.allHeadersReceived()
+        # No header framed a body: there is none.
+        self.allContentReceived()
+        return True
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._refused:

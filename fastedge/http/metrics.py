@@ -6,6 +6,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from ..metrics.registry import label_children
+
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -116,6 +118,10 @@ class ConnectionMetrics:
             ["listener", "protocol"],
             registry=registry,
         )
+        #: ``opened_by(listener, protocol)``, ``open_by(listener, protocol)``:
+        #: the children, looked up once (every connection moves between them).
+        self.opened_by = label_children(self.opened)
+        self.open_by = label_children(self.open)
 
 
 class LimitMetrics:

@@ -148,16 +148,17 @@ class _Label:
         self.label: str | None = None
 
     def settle(self, label: str) -> None:
+        metrics = self.metrics
         if self.label is not None:
-            self.metrics.open.labels(self.listener, self.label).dec()
+            metrics.open_by(self.listener, self.label).dec()
         self.label = label
-        self.metrics.open.labels(self.listener, label).inc()
+        metrics.open_by(self.listener, label).inc()
         if label != "tls":
-            self.metrics.opened.labels(self.listener, label).inc()
+            metrics.opened_by(self.listener, label).inc()
 
     def close(self) -> None:
         if self.label is not None:
-            self.metrics.open.labels(self.listener, self.label).dec()
+            self.metrics.open_by(self.listener, self.label).dec()
             self.label = None
 
 
@@ -187,8 +188,13 @@ class _Labelled:
     @wrappedProtocol.setter
     def wrappedProtocol(self, protocol: IProtocol) -> None:
         self._wrapped = protocol
-        if self._label is not None and protocol is not self._original and self._label.label == "h1":
-            self._label.settle("ws")
+        if self._original is not None and protocol is not self._original:
+            # Taken over (a WebSocket): the protocol it replaced, and
+            # twisted.web's channel and request under it, are not kept for
+            # the life of the connection.
+            self._original = None
+            if self._label is not None and self._label.label == "h1":
+                self._label.settle("ws")
 
     def makeConnection(self, transport: Any) -> None:
         self._label = _Label(self.factory.listener, self.factory.metrics)

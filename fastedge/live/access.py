@@ -184,13 +184,17 @@ class GroupLocks:
         if required and not (await self.viewer(tenant_id, author)).signed_in:
             raise AccessRefused("sign_in_required", "sign in to take part in this thread")
 
-    def check(self, tenant: Tenant, thread: Thread, viewer_author_id: str | None) -> Deferred[None]:
+    def check(self, tenant: Tenant, thread: Thread, viewer_author_id: str | None) -> Deferred[None] | None:
         """:class:`IAccessPolicy`: may this viewer follow the thread live?
-        Refusals are :class:`Refused` (``forbidden``, the documented code)."""
+        Refusals are :class:`Refused` (``forbidden``, the documented code).
+        A public thread (most) is allowed at once (``None``)."""
+        settings = from_stored(tenant.settings)
+        if not self.locked_to(settings, thread):
+            return None
 
         async def go() -> None:
             try:
-                await self.check_read(from_stored(tenant.settings), tenant.id, thread, viewer_author_id)
+                await self.check_read(settings, tenant.id, thread, viewer_author_id)
             except AccessRefused as e:
                 raise Refused(e.message, reason=e.reason) from None
 
@@ -226,6 +230,15 @@ class _SingleFlight:
             clock, max_entries=max_entries if ttl > 0 else 0
         )
         self._flights = SingleFlight()
+
+    def known(self, key: Hashable) -> Any:
+        """The cached successful answer for ``key`` (counted as a hit), or
+        ``None`` when there is none (nothing is counted or fetched then)."""
+        entry = self._cache.get(key)
+        if entry is None or not entry[0]:
+            return None
+        self._count("hit")
+        return entry[1]
 
     def get(self, key: Hashable, fetch: Callable[[], Deferred[Any]]) -> Deferred[Any]:
         """The answer for ``key``: cached, joined to a lookup in flight, or fetched."""
@@ -290,6 +303,14 @@ class ChannelResolver:
         if not is_record_id(tenant_id):
             return _fail(RequestError("tenant_not_found", "tenant not found"))
         return self._threads.get((tenant_id, url_id), lambda: self._lookup(tenant_id, url_id))
+
+    def known(self, tenant_id: str, url_id: str) -> Resolved | None:
+        """The tenant and thread when resolved recently (what :meth:`resolve`
+        would answer at once), else ``None``."""
+        if not is_record_id(tenant_id):
+            return None
+        resolved: Resolved | None = self._threads.known((tenant_id, url_id))
+        return resolved
 
     def forget(self, tenant_id: str, url_id: str) -> None:
         """Drop a cached answer (a thread was created or deleted here)."""

@@ -13,19 +13,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..config import LiveConfig
 from ..identity.sso import SsoError
+from ..metrics.registry import label_counter
 from .access import ChannelResolver, PublicThreads, Resolved
 from .hub import ChannelKey, Hub, Joined, Prepared, SinceInFuture, Subscription
 from .interfaces import IAccessPolicy
 from .messages import RequestError, Subscribe, channel_name, parse_channel
 from .metrics import LiveMetrics
 from .tokens import ViewerTokenError, ViewerTokens
+
+#: An anonymous viewer blocks nobody.
+_NOBODY_BLOCKED: frozenset[str] = frozenset()
 
 
 class Connection(Protocol):
@@ -96,7 +100,13 @@ class Live:
         #: brings the channel up to date with its sequencer there, so
         #: recovery with ``since`` works on any node); never fails.
         self.prime = prime
+        #: ``count_opened(transport)``, ``count_subscribe(result)``: the
+        #: per-connection counters, their children looked up once.
+        self.count_opened: Callable[[str], None] | None = None
+        self.count_subscribe: Callable[[str], None] | None = None
         if metrics is not None:
+            self.count_opened = label_counter(metrics.opened)
+            self.count_subscribe = label_counter(metrics.subscribes)
             hub.on_fanout = self._observe_fanout
             hub.on_fanout_lag = metrics.fanout_lag_seconds.observe
 
@@ -115,8 +125,8 @@ class Live:
     def opened(self, conn: Connection) -> None:
         """Count an accepted connection in."""
         self.connections[conn.transport_name].add(conn)
-        if self.metrics is not None:
-            self.metrics.opened.labels(conn.transport_name).inc()
+        if self.count_opened is not None:
+            self.count_opened(conn.transport_name)
 
     def closed(self, conn: Connection) -> None:
         """Count a connection out."""
@@ -303,7 +313,17 @@ class LiveConnection:
                 )
             )
         self._pending += 1
-        authorized = Deferred.fromCoroutine(self._authorize(msg))
+        at_once = self._authorized_at_once(msg)
+        if isinstance(at_once, tuple):
+            # Nothing to wait for: join now, without a coroutine and a chain
+            # of callbacks (in a burst of connects, most of a subscribe's cost).
+            self._pending -= 1
+            try:
+                joined = self._join(at_once, msg, answered)
+            except Exception:
+                return fail().addErrback(self._count_failure, msg)
+            return succeed(joined)
+        authorized = at_once if at_once is not None else Deferred.fromCoroutine(self._authorize(msg))
         d: Deferred[Any] = authorized.addCallback(self._join, msg, answered)
 
         def settled(result: Any) -> Any:
@@ -313,6 +333,32 @@ class LiveConnection:
         d.addBoth(settled)
         d.addErrback(self._count_failure, msg)
         return d
+
+    def _authorized_at_once(
+        self, msg: Subscribe
+    ) -> tuple[Resolved, None, frozenset[str]] | Deferred[tuple[Resolved, None, frozenset[str]]] | None:
+        """What :meth:`_authorize` would answer, when it can be known now:
+        an anonymous viewer (no token, no SSO), a thread resolved recently,
+        no relay to prime. The policy's answer is taken as it comes (at
+        once, or a Deferred to wait for).
+
+        :returns: the authorization, a Deferred of it, or ``None`` for
+            :meth:`_authorize` to find it.
+        """
+        live = self._live
+        if msg.viewer is not None or msg.sso is not None or live.prime is not None:
+            return None
+        resolved = live.resolver.known(msg.tenant, msg.url_id)
+        if resolved is None:
+            return None
+        authorized = (resolved, None, _NOBODY_BLOCKED)
+        try:
+            verdict = live.policy.check(resolved.tenant, resolved.thread, None)
+        except Exception:
+            return fail()
+        if verdict is None:
+            return authorized
+        return verdict.addCallback(lambda _: authorized)
 
     async def _authorize(self, msg: Subscribe) -> tuple[Resolved, tuple[str, str] | None, frozenset[str]]:
         live = self._live
@@ -380,8 +426,9 @@ class LiveConnection:
         self.subs[key] = joined.subscription
         self._live.url_ids[key] = resolved.thread.url_id
         metrics = self._live.metrics
-        if metrics is not None:
-            metrics.subscribes.labels("ok").inc()
+        count = self._live.count_subscribe
+        if metrics is not None and count is not None:
+            count("ok")
             if msg.since is not None:
                 metrics.recoveries.labels("reload" if joined.reload else "replayed").inc()
         answered(joined, name, msg.ref)

@@ -124,12 +124,17 @@ class Subscription:
 
     :ivar viewer: ``(tenant_id, author_id)`` of the viewer, when known.
     :ivar blocked: authors whose events this viewer does not receive.
+    :ivar joined: the hub's count of subscriptions made, this one included:
+        it grows along a channel's members in their order, so a sliced
+        fan-out tells who joined after its publish without copying the
+        members at the publish.
     """
 
     outlet: Outlet
     channel: ChannelKey
     viewer: tuple[str, str] | None = None
     blocked: frozenset[str] = _NO_BLOCKS
+    joined: int = 0
 
 
 Deliver = Callable[
@@ -274,6 +279,8 @@ class Hub:
         #: Subscriptions that left so far: a sliced fan-out checks who is
         #: still a member only when this has moved since the publish.
         self._departures = 0
+        #: Subscriptions made so far (each one's :attr:`Subscription.joined`).
+        self._joins = 0
         self._sliced: SlicedFanout | None = None
         if fanout_slice_seconds > 0:
             self._sliced = SlicedFanout(
@@ -281,6 +288,7 @@ class Hub:
                 slice_seconds=fanout_slice_seconds,
                 deliver=deliver,
                 departures=self._departure_count,
+                joins=self._join_count,
                 finished=self._fanned_out,
             )
 
@@ -511,6 +519,9 @@ class Hub:
     def _departure_count(self) -> int:
         return self._departures
 
+    def _join_count(self) -> int:
+        return self._joins
+
     def _fanned_out(self, prepared: Prepared, sent: int, nbytes: int, work: float, lag: float) -> None:
         """A sliced fan-out reached its last recipient."""
         self.stats.delivered += sent
@@ -580,7 +591,8 @@ class Hub:
                 else:
                     replay = tuple(p for p in history if p.stamp.seq > since)
         blocked = frozenset(blocked) if blocked else _NO_BLOCKS
-        sub = Subscription(outlet, channel, viewer, blocked)
+        self._joins += 1
+        sub = Subscription(outlet, channel, viewer, blocked, self._joins)
         if sub.blocked:
             replay = tuple(p for p in replay if p.event.author_id not in sub.blocked)
         self._channels[channel] = state

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections import deque
 from typing import Any
 
 import txaio
+from autobahn.twisted.util import peer2str
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION, PerMessageCompressOffer
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol, _is_same_origin, _url_to_origin
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -69,6 +72,9 @@ _HANDSHAKE_LEFTOVERS = (
 )
 
 
+#: autobahn's event names (``set_valid_events``), one tuple per set.
+_EVENT_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
+
 #: The JSON error code of an autobahn handshake refusal, by status.
 _HANDSHAKE_REFUSALS = {503: "too_many_connections"}
 
@@ -94,8 +100,97 @@ class LiveServerProtocol(WebSocketServerProtocol):
     #: the messages and bytes sent; written when the connection ends.
     access: Any = None
     _opened_once = False
+    #: Set by ``LiveResource`` before it connects a protocol to the
+    #: transport of an upgrade twisted.web parsed (:meth:`take_over`).
+    handed_over = False
+    #: The ``101`` of a handed-over upgrade, sent with the greeting.
+    _switching: bytes | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        # autobahn's list of event names, as one tuple shared by every
+        # connection: an idle connection should hold as few objects as
+        # possible for the garbage collector's full passes to walk.
+        events: tuple[str, ...] = tuple(self._valid_events or ())
+        self._valid_events = _EVENT_NAMES.setdefault(events, events)  # type: ignore[assignment]
 
     # Handshake and lifecycle
+
+    def connectionMade(self) -> None:
+        """autobahn's ``connectionMade``, less what a ``/live`` connection
+        never reads: its transport details (the peer, host and TLS channel
+        binding, read from the socket) and a debug line whose arguments are
+        formatted whether or not debug logging is on. ``peer`` stays, for
+        the log lines that name the client.
+
+        A handed-over upgrade's connection already has ``TCP_NODELAY``
+        (twisted.web's channel set it) and needs no opening-handshake
+        timer: :meth:`take_over` finishes the handshake before this call's
+        caller returns.
+        """
+        transport: Any = self.transport
+        self.peer = peer2str(transport)
+        if self.handed_over:
+            self.openHandshakeTimeout = 0
+        else:
+            try:
+                transport.setTcpNoDelay(self.tcpNoDelay)  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001 - as autobahn: not every transport is TCP
+                pass
+        self._connectionMade()
+
+    # autobahn's ``WebSocketProtocol._connectionMade`` sets each of these on
+    # every connection; here they are class defaults, and a connection holds
+    # only what it changes (a smaller instance, and less work per connect).
+    _perMessageCompress = None
+    trackedTimings = None  # type: ignore[assignment]
+    wasMaxFramePayloadSizeExceeded = False
+    wasMaxMessagePayloadSizeExceeded = False
+    closedByMe = False
+    failedByMe = False
+    droppedByMe = False
+    wasClean = False
+    wasNotCleanReason = None  # type: ignore[assignment]
+    wasServerConnectionDropTimeout = False
+    wasOpenHandshakeTimeout = False
+    wasCloseHandshakeTimeout = False
+    wasServingFlashSocketPolicyFile = False
+    localCloseCode = None
+    localCloseReason = None
+    remoteCloseCode = None
+    remoteCloseReason = None
+    openHandshakeTimeoutCall = None
+    closeHandshakeTimeoutCall = None
+    autoPingTimeoutCall = None
+    autoPingPending = None
+    autoPingPendingCall = None
+    autoPingPendingSeq = 0
+    autoPingPendingSent = None
+
+    def _connectionMade(self) -> None:
+        """autobahn's server ``_connectionMade``: the state a connection
+        starts in (the rest are the class defaults above), its opening
+        handshake timer, the factory's count. Not autobahn's own, which
+        copies the options (the class holds them, :func:`configured_protocol`),
+        makes a traffic counter (all connections share the factory's) and
+        formats two debug lines whether or not debug logging is on."""
+        factory = self.factory
+        for name in self.CONFIG_ATTRS:
+            # Options that are functions, copied as autobahn copies them.
+            if not hasattr(self, name):
+                setattr(self, name, getattr(factory, name))
+        self.trafficStats = factory.traffic
+        self.state = WebSocketProtocol.STATE_CONNECTING
+        self.send_state = WebSocketProtocol.SEND_STATE_GROUND
+        self.data = b""
+        self.send_queue = deque()
+        self.triggered = False
+        self.utf8validator = Utf8Validator()
+        if self.openHandshakeTimeout > 0:
+            self.openHandshakeTimeoutCall = factory._batched_timer.call_later(
+                self.openHandshakeTimeout, self.onOpenHandshakeTimeout
+            )
+        factory.countConnections += 1
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         """Refuse the handshake (503) past ``live.max_connections``; speak
@@ -182,10 +277,13 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if offers:
             self.perMessageCompressionAccept(offers)
         self.websocket_protocol_in_use = protocol
-        self.websocket_extensions_in_use = []
-        # Straight to the transport: autobahn's sendData formats debug log
-        # arguments whether or not debug logging is on.
-        self.transport.write(self.factory.switching(protocol, key))  # type: ignore[union-attr]
+        self.websocket_extensions_in_use = ()  # type: ignore[assignment]
+        # Sent with the greeting, in one write straight to the socket
+        # (:meth:`onOpen`): not through autobahn's sendData, which formats
+        # debug log arguments whether or not debug logging is on, nor
+        # through the transport's buffer, which would cost a write on the
+        # reactor's next turn.
+        self._switching = self.factory.switching(protocol, key)
         self.state = WebSocketProtocol.STATE_OPEN
         timer = self.openHandshakeTimeoutCall
         if timer is not None:
@@ -255,7 +353,12 @@ class LiveServerProtocol(WebSocketServerProtocol):
         self._open = True
         self._opened_once = True
         live.opened(self)
-        n = self._writer.write(self.factory.hello)
+        head = self._switching
+        if head is None:
+            n = self._writer.write(self.factory.hello)
+        else:
+            self._switching = None
+            n = max(0, self._writer.write(head + self.factory.hello) - len(head))
         if self.access is not None:
             self.access.sent(n)
 
@@ -289,7 +392,10 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if self._deaf:
             return
         self._heard = True
-        super().dataReceived(data)
+        # What autobahn's dataReceived does, less its debug line, whose
+        # arguments (a coloured function name) it formats on every read
+        # whether or not debug logging is on.
+        self._dataReceived(data)
 
     # Frames, through autobahn's frame-level hooks: every frame a client
     # sends is counted (client_frames_per_second), fragments per message
@@ -535,6 +641,9 @@ class LiveWebSocketFactory(WebSocketServerFactory):
         #: Traffic of all open connections together (autobahn counts per
         #: connection; one shared counter saves memory and is what we export).
         self.traffic = TrafficStats()
+        #: The ``101`` up to the accept value, by subprotocol (the factory's
+        #: options are set above, once).
+        self._switching_heads: dict[str | None, bytes] = {}
 
     #: The access log session of the upgrade being handed to autobahn now
     #: (set by ``LiveResource`` around the synchronous handover).
@@ -550,18 +659,21 @@ class LiveWebSocketFactory(WebSocketServerFactory):
     def switching(self, protocol: str | None, key: str) -> bytes:
         """The ``101`` answer to a handshake with ``key``, byte for byte
         autobahn's (``succeedHandshake``), no extension accepted."""
-        lines = ["HTTP/1.1 101 Switching Protocols"]
-        if self.server:
-            lines.append("Server: {}".format(self.server))
-        lines += ["Upgrade: WebSocket", "Connection: Upgrade"]
-        for name, value in self.headers.items():
-            values = [value] if isinstance(value, str) else list(value)
-            lines += ["{}: {}".format(name, v) for v in values]
-        if protocol is not None:
-            lines.append("Sec-WebSocket-Protocol: {}".format(protocol))
+        head = self._switching_heads.get(protocol)
+        if head is None:
+            lines = ["HTTP/1.1 101 Switching Protocols"]
+            if self.server:
+                lines.append("Server: {}".format(self.server))
+            lines += ["Upgrade: WebSocket", "Connection: Upgrade"]
+            for name, value in self.headers.items():
+                values = [value] if isinstance(value, str) else list(value)
+                lines += ["{}: {}".format(name, v) for v in values]
+            if protocol is not None:
+                lines.append("Sec-WebSocket-Protocol: {}".format(protocol))
+            lines.append("Sec-WebSocket-Accept: ")
+            head = self._switching_heads[protocol] = "\r\n".join(lines).encode("utf-8")
         accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + WebSocketProtocol._WS_MAGIC).digest())
-        lines.append("Sec-WebSocket-Accept: {}".format(accept.decode("ascii")))
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+        return head + accept + b"\r\n\r\n"
 
     def frame(self, payload: bytes) -> bytes:
         """One unmasked text frame carrying ``payload``."""

@@ -67,9 +67,31 @@ class LiveResource(Resource):
             protocol = self.factory.buildProtocol(request.getClientAddress())
         finally:
             self.factory.pending_access = None
+        protocol.handed_over = True
         _take_transport(request, protocol)
         protocol.take_over(request)
+        _let_go(request)
         return NOT_DONE_YET
+
+
+def _let_go(request: Request) -> None:
+    """Drop the references between a handed-over ``request`` and its
+    channel, so both are freed as soon as this call returns.
+
+    The request never finishes (the live session writes its access log
+    line), so nothing would break their cycles (``channel.requests``,
+    ``request.channel``, the ``notifyFinish`` Deferreds holding the
+    request's own methods): each upgrade would leave ~30 objects for the
+    cyclic collector, and in a burst of connects its full collections were
+    a fifth of the node's CPU time.
+    """
+    channel: Any = request.channel
+    if channel is not None:
+        requests = getattr(channel, "requests", None)
+        if requests is not None and request in requests:
+            requests.remove(request)
+    request.channel = None  # type: ignore[assignment]
+    request.notifications = []
 
 
 def _take_transport(request: Request, protocol: Any) -> None:

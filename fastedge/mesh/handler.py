@@ -136,9 +136,16 @@ class MeshView:
     def link_to(self, node_id: str, *, any_deployment: bool = False) -> Any:
         membership = self._service.membership
         peer = membership.peers.get(node_id) if membership is not None else None
-        if peer is None or peer.link is None or not peer.link.up:
+        if peer is None:
             return None
         if peer.announcement.deployment != self.deployment and not any_deployment:
+            return None
+        if peer.link is None:
+            # Past the full mesh a node links only to its view: open one on
+            # demand (the handler hears ``link_up`` when it is ready).
+            membership.view.on_demand(peer)
+            return None
+        if not peer.link.up:
             return None
         return peer.link
 

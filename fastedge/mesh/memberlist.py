@@ -85,14 +85,6 @@ MAX_CHUNKS = -(-MAX_MEMBERS // CHUNK_MEMBERS)
 #: Full lists kept for ``members_chunk`` (one per table version).
 KEPT_LISTS = 4
 
-#: Pulls in a row that teach nothing before the digest is reported as not
-#: converging and pulls from that peer back off.
-UNCONVERGED_AFTER = 3
-
-#: Pulls from a peer whose digest does not converge are at most this many
-#: heartbeats apart.
-MAX_BACKOFF_HEARTBEATS = 16
-
 #: The states a record may carry (``NodeState`` values).
 STATES = frozenset(("alive", "suspect", "dead", "leaving"))
 
@@ -144,12 +136,6 @@ class MemberListMetrics:
             "chunk_mismatch, chunk_repeat: a chunk out of range, of another set, or again; incomplete: a "
             "chunk set that never completed; gone: a full list the peer no longer keeps).",
             ["reason"],
-            registry=registry,
-        )
-        self.unconverged = Counter(
-            "fastedge_mesh_memberlist_unconverged_total",
-            "Peers whose member digest stayed different through several pulls that taught nothing "
-            "(pulls from them back off).",
             registry=registry,
         )
 
@@ -446,23 +432,15 @@ class PeerSync:
     :ivar baseline: the last version of the peer's table applied here (0: none).
     :ivar legacy: the peer is of the previous version (full lists only).
     :ivar busy: a pull is in flight.
-    :ivar idle_pulls: pulls in a row that taught this node nothing.
+    :ivar done: called when the pull in flight ends with an answer taken in
+        (the membership paces pulls with it: ``partialview.PullBackoff``).
     """
 
     baseline: int = 0
     legacy: bool = False
     busy: bool = False
-    idle_pulls: int = 0
     chunks: ChunkSet | None = field(default=None, repr=False)
-
-    def pull_interval(self, heartbeat: float) -> float:
-        """The least time between pulls from this peer: a heartbeat, more
-        while its digest does not converge (doubling, at most
-        :data:`MAX_BACKOFF_HEARTBEATS` heartbeats)."""
-        over = self.idle_pulls - UNCONVERGED_AFTER + 1
-        if over <= 0:
-            return heartbeat
-        return heartbeat * min(MAX_BACKOFF_HEARTBEATS, 2**over)
+    done: Callable[[], None] | None = field(default=None, repr=False)
 
     def check_delta(self, delta: Delta, incarnation: int, asked: int) -> None:
         """A delta answer to a pull that named version ``asked``.
@@ -494,19 +472,13 @@ class PeerSync:
         self.chunks = chunks
         return chunks
 
-    def pulled(self, learned: bool) -> bool:
-        """A pull ended; ``learned``: it changed this node's digest.
-
-        :returns: whether the digest has now stayed different through
-            :data:`UNCONVERGED_AFTER` pulls that taught nothing (once per run).
-        """
+    def pulled(self) -> None:
+        """A pull ended with its answer taken in (or refused)."""
         self.busy = False
         self.chunks = None
-        if learned:
-            self.idle_pulls = 0
-            return False
-        self.idle_pulls += 1
-        return self.idle_pulls == UNCONVERGED_AFTER
+        done, self.done = self.done, None
+        if done is not None:
+            done()
 
 
 class MemberSync:
@@ -533,6 +505,7 @@ class MemberSync:
         digest: Callable[[], str],
         pairs: Callable[[], Iterable[tuple[str, int]]],
         failures: Any,
+        states_matter: Callable[[], bool] = lambda: False,
     ) -> None:
         self.table = table
         self.metrics = metrics
@@ -542,6 +515,10 @@ class MemberSync:
         self._pairs = pairs
         #: ``CallFailures``: where failed calls are counted and logged.
         self._failures = failures
+        #: Whether peers go by the states a list reports, not only by the
+        #: lives it names (past the full mesh, ``partialview``): then a
+        #: first pull gets the whole list, states and all.
+        self._states_matter = states_matter
 
     def refused(self, peer: str, reason: str, detail: str) -> None:
         """Count and log a refusal."""
@@ -564,6 +541,9 @@ class MemberSync:
         :raises BadMessage: ``have`` is malformed.
         """
         my_digest = self._digest()
+        if since == 0 and self._states_matter():
+            # What the peer has says nothing of the states it holds.
+            digest, have = "", ""
         # ``have`` is read only when needed (an equal digest, the common
         # case once a cluster has converged, needs nothing).
         parsed = parse_have(have) if since == 0 and have and digest != my_digest else None
@@ -599,13 +579,19 @@ class MemberSync:
 
     # Pulling
 
-    def pull(self, peer_id: str, incarnation: int, sync: PeerSync, link: Any) -> None:
+    def pull(
+        self, peer_id: str, incarnation: int, sync: PeerSync, link: Any, done: Callable[[], None] | None = None
+    ) -> None:
         """Ask the peer (incarnation ``incarnation``, over ``link``) for what
         this node lacks: the changes since the version last applied, or,
-        with none yet, what it lacks given this node's pairs."""
+        with none yet, what it lacks given this node's pairs.
+
+        :param done: called once the answer is taken in (or refused).
+        """
         if sync.busy:
             return
         sync.busy = True
+        sync.done = done
         before = self._digest()
         if sync.legacy:
             self._pull_full(peer_id, sync, link, before)
@@ -768,11 +754,4 @@ class MemberSync:
         self._done(peer_id, sync, before)
 
     def _done(self, peer_id: str, sync: PeerSync, before: str) -> None:
-        if sync.pulled(self._digest() != before):
-            self.metrics.unconverged.inc()
-            self._log.warn(
-                "mesh: the member digest of {peer} stays different after {pulls} pulls that taught nothing;"
-                " pulling from it less often until it changes",
-                peer=peer_id,
-                pulls=sync.idle_pulls,
-            )
+        sync.pulled()

@@ -51,6 +51,7 @@ from .memberlist import MemberSync, MemberTable, PeerSync
 from .messages import Announcement, BadMessage, Refused
 from .metrics import MeshMetrics
 from .nodemap import NodeInfo, NodeMap, NodeState
+from .partialview import PartialView, lifeguard_dead_after
 from .unanswered import CallFailures
 
 __all__ = ["Membership", "Peer", "PeerDetector", "Timing", "member_digest"]
@@ -76,6 +77,9 @@ class Timing:
     forget_dead: float = 3600.0
     #: Peers asked about a suspect per round (0: every peer).
     indirect_probes: int = 3
+    #: Past this many live nodes, heartbeat a partial view (partialview.py).
+    full_mesh_max_nodes: int = 64
+    partial_view_size: int = 8
 
 
 class PeerDetector:
@@ -140,6 +144,14 @@ class PeerDetector:
     def goodbye(self) -> None:
         "It is leaving cleanly."
 
+    @_machine.input()
+    def reported_alive(self) -> None:
+        "Past the full mesh: another node says it is alive (it is not heartbeated here)."
+
+    @_machine.input()
+    def condemned(self) -> None:
+        "Past the full mesh: a rumoured death, confirmed or not refuted in time."
+
     @_machine.output()
     def _now_alive(self) -> None:
         self._set(NodeState.ALIVE)
@@ -171,6 +183,8 @@ class PeerDetector:
     new.upon(silent, enter=suspect, outputs=[_now_suspect, _probe])
     new.upon(unconfirmed, enter=dead, outputs=[_now_dead])
     new.upon(goodbye, enter=leaving, outputs=[_now_leaving])
+    new.upon(reported_alive, enter=alive, outputs=[_now_alive])
+    new.upon(condemned, enter=dead, outputs=[_now_dead])
 
     alive.upon(contacted, enter=alive, outputs=[])
     alive.upon(reported, enter=alive, outputs=[])
@@ -178,6 +192,8 @@ class PeerDetector:
     alive.upon(silent, enter=suspect, outputs=[_now_suspect, _probe])
     alive.upon(unconfirmed, enter=suspect, outputs=[_now_suspect, _probe])
     alive.upon(goodbye, enter=leaving, outputs=[_now_leaving])
+    alive.upon(reported_alive, enter=alive, outputs=[])
+    alive.upon(condemned, enter=dead, outputs=[_now_dead])
 
     suspect.upon(contacted, enter=alive, outputs=[_now_alive])
     suspect.upon(reported, enter=suspect, outputs=[])
@@ -185,6 +201,8 @@ class PeerDetector:
     suspect.upon(silent, enter=suspect, outputs=[_probe])
     suspect.upon(unconfirmed, enter=dead, outputs=[_now_dead])
     suspect.upon(goodbye, enter=leaving, outputs=[_now_leaving])
+    suspect.upon(reported_alive, enter=alive, outputs=[_now_alive])
+    suspect.upon(condemned, enter=dead, outputs=[_now_dead])
 
     dead.upon(contacted, enter=alive, outputs=[_now_alive])
     dead.upon(reported, enter=dead, outputs=[])
@@ -192,8 +210,10 @@ class PeerDetector:
     dead.upon(silent, enter=dead, outputs=[])
     dead.upon(unconfirmed, enter=dead, outputs=[])
     dead.upon(goodbye, enter=leaving, outputs=[_now_leaving])
+    dead.upon(reported_alive, enter=dead, outputs=[])
+    dead.upon(condemned, enter=dead, outputs=[])
 
-    for _input in (contacted, reported, heard, silent, unconfirmed, goodbye):
+    for _input in (contacted, reported, heard, silent, unconfirmed, goodbye, reported_alive, condemned):
         leaving.upon(_input, enter=leaving, outputs=[])
     del _input
 
@@ -219,6 +239,9 @@ class Peer:
     #: Peers that said they had not heard from it lately, since it was last
     #: ALIVE (a later vouch contradicts them: counted, logged once).
     denied: set[str] = field(default_factory=set)
+    #: Peers asked that had not heard from it for the suspect timeout
+    #: either, since it was last ALIVE (each shortens the wait: Lifeguard).
+    confirmed: set[str] = field(default_factory=set)
     contradicted: bool = False
     rtt: float | None = None
     link: ILink | None = None
@@ -327,6 +350,15 @@ class Membership:
             digest=self.digest,
             pairs=self._pairs,
             failures=self.failures,
+            states_matter=lambda: self.view.active,
+        )
+        #: Past ``timing.full_mesh_max_nodes``: heartbeat a partial view.
+        self.view = PartialView(
+            self,
+            size=timing.partial_view_size,
+            full_mesh_max_nodes=timing.full_mesh_max_nodes,
+            metrics=metrics.view,
+            rng=self.rng,
         )
 
     # Life
@@ -453,6 +485,14 @@ class Membership:
     def _members_changed(self) -> None:
         """The (node, incarnation) pairs changed: the digest is out of date."""
         self._digest = None
+        self.view.members_changed()
+
+    def ensure_link(self, peer: Peer) -> None:
+        """Start a link to ``peer`` unless there is one (a partial view's new
+        member, or a feature's ``link_to``: links open on demand)."""
+        if peer.link is None and not self.leaving and peer.state not in (NodeState.DEAD, NodeState.LEAVING):
+            a = peer.announcement
+            peer.link = self._connect(a.node_id, a.mesh_host, a.mesh_port)
 
     def members(self) -> list[tuple[Announcement, str]]:
         """Every node this node knows, itself included, with its state here."""
@@ -572,6 +612,7 @@ class Membership:
         peer.last_heard = self._now()
         peer.dead_since = None
         peer.detector.heard()
+        self.view.heard(peer)
         return peer
 
     def announced(self, node_id: str, announcement: Announcement) -> None:
@@ -690,6 +731,7 @@ class Membership:
         for peer in self.peers.values():
             if peer.link is not None and peer.link.up:
                 self.failures.watch(self._call(peer.link, "announce", self.me), "announce", peer.node_id)
+        self.view.refuted()
 
     def _observe(
         self,
@@ -734,6 +776,10 @@ class Membership:
             self._members_changed()
             if direct:
                 fresh.detector.contacted()
+            elif self.view.active and reported in (NodeState.ALIVE, NodeState.SUSPECT):
+                # Past the full mesh most peers are never heartbeated here:
+                # a live peer's word is what this node goes by.
+                fresh.detector.reported_alive()
             else:
                 fresh.detector.reported()
             # A restarted node may listen elsewhere: link to its new address
@@ -745,11 +791,14 @@ class Membership:
             else:
                 if old_link is not None:
                     old_link.stop()
-                if not self.leaving:
-                    fresh.link = self._connect(node_id, announcement.mesh_host, announcement.mesh_port)
+                if self.view.wants_link(node_id):
+                    self.ensure_link(fresh)
             return fresh
         if announcement.incarnation < peer.announcement.incarnation:
             return peer
+        if not direct and reported is NodeState.ALIVE and peer.state is NodeState.SUSPECT:
+            if self.view.active and not self.view.watches(peer):
+                peer.detector.reported_alive()
         if direct:
             if peer.state is NodeState.LEAVING:
                 return peer
@@ -771,8 +820,8 @@ class Membership:
             peer.last_heard = now
             peer.dead_since = None
             peer.detector.heard()
-            if peer.link is None and not self.leaving:
-                peer.link = self._connect(node_id, announcement.mesh_host, announcement.mesh_port)
+            if peer.link is None and self.view.wants_link(node_id):
+                self.ensure_link(peer)
         return peer
 
     def _state_changed(self, peer: Peer, before: NodeState | None, after: NodeState) -> None:
@@ -780,7 +829,10 @@ class Membership:
             return
         self.node_map.upsert(node_info(peer.announcement, after))
         self.table.put(peer.announcement, after.value)
-        if before is None or before is after:
+        if before is after:
+            return
+        self.view.state_changed(peer, before, after)
+        if before is None:
             return
         self.metrics.state_changes.labels(after.value).inc()
         if after is NodeState.DEAD:
@@ -788,6 +840,7 @@ class Membership:
         elif after is NodeState.ALIVE:
             peer.asked.clear()
             peer.denied.clear()
+            peer.confirmed.clear()
             peer.contradicted = False
         log = self._log.warn if after in (NodeState.SUSPECT, NodeState.DEAD) else self._log.info
         log(
@@ -815,21 +868,24 @@ class Membership:
             return
         now = self._now()
         t = self.timing
-        for peer in list(self.peers.values()):
+        view = self.view
+        view.tick(now)
+        for peer in view.tick_peers():
             state = peer.state
             if state is NodeState.LEAVING:
                 continue
+            watched = view.watches(peer)
             link = peer.link
-            if link is not None and link.up:
+            if link is not None and link.up and watched:
                 if peer.ping_sent is not None and now - peer.ping_sent >= t.dead:
                     peer.ping_sent = None
                     link.abort("unanswered", "no answer to a heartbeat for {} s".format(t.dead))
                 elif peer.ping_sent is None and now - peer.last_ping >= t.heartbeat:
                     self._ping(peer, link, now)
-            if now - peer.last_heard >= t.suspect:
+            if watched and now - peer.last_heard >= t.suspect:
                 if state is NodeState.ALIVE or (state is NodeState.SUSPECT and now - peer.last_probe >= t.heartbeat):
                     peer.detector.silent()
-                if now - max(peer.last_heard, peer.vouched) >= t.dead:
+                if now - max(peer.last_heard, peer.vouched) >= self._dead_after(peer):
                     peer.detector.unconfirmed()
             if peer.state is NodeState.DEAD and peer.dead_since is not None and now - peer.dead_since >= t.forget_dead:
                 if peer.link is not None:
@@ -846,6 +902,15 @@ class Membership:
         ):
             # Alone: look for the mesh through the seeds again.
             self._start_seed_links()
+
+    def _dead_after(self, peer: Peer) -> float:
+        """The silence after which ``peer`` is DEAD: ``timing.dead``,
+        shortened by confirmations (:func:`lifeguard_dead_after`)."""
+        t = self.timing
+        if not peer.confirmed:
+            return t.dead
+        expected = t.indirect_probes if t.indirect_probes > 0 else 3
+        return lifeguard_dead_after(len(peer.confirmed), t.suspect, t.dead, t.heartbeat, expected)
 
     def _ping(self, peer: Peer, link: ILink, now: float) -> None:
         peer.ping_nonce += 1
@@ -899,16 +964,26 @@ class Membership:
             digest != self.digest()
             and link is not None
             and link.up
-            and now - peer.last_pull >= peer.sync.pull_interval(self.timing.heartbeat)
+            and now - peer.last_pull >= self.timing.heartbeat
+            and self.view.may_pull(peer.node_id, now, digest)
         ):
             peer.last_pull = now
-            self._pull(peer, link)
+            self._pull(peer, link, digest)
         if self.peers.get(peer.node_id) is peer:
             peer.last_heard = now
             peer.detector.heard()
 
-    def _pull(self, peer: Peer, link: ILink) -> None:
-        self.member_sync.pull(peer.node_id, peer.announcement.incarnation, peer.sync, link)
+    def _pull(self, peer: Peer, link: ILink, digest: str | None = None) -> None:
+        """Ask ``peer`` for what this node lacks (``memberlist``); when the
+        pull is for a differing ``digest`` it said, its outcome paces the
+        next ones (``PullBackoff``)."""
+        done = None
+        if digest is not None:
+
+            def done() -> None:
+                self.view.backoff.pulled(peer.node_id, self._now(), self.digest() == digest, digest)
+
+        self.member_sync.pull(peer.node_id, peer.announcement.incarnation, peer.sync, link, done)
 
     def _probe_targets(self, suspect: Peer) -> list[Peer]:
         """The peers to ask about ``suspect`` this round: at most
@@ -916,11 +991,14 @@ class Membership:
         peers with a working link, those not asked since it was last ALIVE
         first (so successive rounds ask different peers, and a peer that
         lies cannot be the only voice twice while others are left)."""
-        candidates = [
-            other
-            for other in self.peers.values()
-            if other is not suspect and other.state is NodeState.ALIVE and other.link is not None and other.link.up
-        ]
+        candidates = self.view.probe_candidates(
+            suspect,
+            [
+                other
+                for other in self.peers.values()
+                if other is not suspect and other.state is NodeState.ALIVE and other.link is not None and other.link.up
+            ],
+        )
         k = self.timing.indirect_probes
         if k <= 0 or len(candidates) <= k:
             chosen = candidates
@@ -950,6 +1028,11 @@ class Membership:
                     self.metrics.probes.labels("failed").inc()
                     return
                 current = self.peers.get(suspect.node_id) is suspect
+                if current and (age is None or age >= self.timing.suspect) and voucher not in suspect.confirmed:
+                    # It has not heard from it lately either: Lifeguard's
+                    # confirmation, the wait for DEAD shortens.
+                    suspect.confirmed.add(voucher)
+                    self.metrics.view.lifeguard.inc()
                 if age is None or age >= self.timing.dead:
                     self.metrics.probes.labels("silent").inc()
                     if current:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .memberlist import MemberListMetrics
+from .partialview import ViewMetrics
 
 _RTT_BUCKETS = (
     0.0005,
@@ -30,6 +31,8 @@ class MeshMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        #: The partial view's (``fastedge.mesh.partialview``).
+        self.view = ViewMetrics(registry)
         self.peers = Gauge(
             "fastedge_mesh_peers",
             "Other nodes in this node's map, by state (alive, suspect, dead, leaving).",

@@ -190,6 +190,15 @@ class PeerAvatar(pb.Avatar):
             raise self._bad("an incarnation must be an integer")
         return self._node.membership.probe_answer(node_id, incarnation)
 
+    def perspective_gossip(self, rumours: Any) -> None:
+        """Membership rumours from the peer (past the full mesh,
+        ``fastedge.mesh.partialview``)."""
+        try:
+            self._node.membership.view.received(rumours, self.node_id)
+        except BadMessage as e:
+            self._node.metrics.view.rumours.labels("bad").inc()
+            raise self._bad(str(e)) from None
+
     def perspective_announce(self, announcement: Any) -> None:
         """The peer's new announcement of itself."""
         if not isinstance(announcement, Announcement):

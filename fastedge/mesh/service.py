@@ -127,8 +127,12 @@ class MeshService(Service):
         jitter: Callable[[], float] | None = None,
         identity: MeshIdentity | None = None,
         handlers: Sequence[IMeshHandler | None] = (),
+        rng: random.Random | None = None,
     ) -> None:
+        """:param rng: the membership's random choices (probe targets, the
+        partial view's extras); seeded by the in-memory test mesh."""
         self.cfg = cfg
+        self._rng = rng
         self._given_identity = identity
         self.node = node
         self.reactor = reactor
@@ -313,12 +317,15 @@ class MeshService(Service):
                 dead=self.cfg.dead_seconds,
                 forget_dead=self.cfg.forget_dead_seconds,
                 indirect_probes=self.cfg.indirect_probes,
+                full_mesh_max_nodes=self.cfg.full_mesh_max_nodes,
+                partial_view_size=self.cfg.partial_view_size,
             ),
             monotonic=self.monotonic,
             metrics=self.metrics,
             connect=self._connect,
             seeds=seeds,
             save_incarnation=self._save_incarnation,
+            rng=self._rng,
         )
         self.membership.on_link_up.append(self._link_up)
         self.membership.on_peer_gone.append(self._peer_gone)
@@ -521,6 +528,7 @@ def make_service(
     jitter: Callable[[], float] | None = None,
     identity: MeshIdentity | None = None,
     handlers: Sequence[IMeshHandler | None] = (),
+    rng: random.Random | None = None,
 ) -> MeshService:
     """The mesh child of node ``node``.
 
@@ -538,6 +546,7 @@ def make_service(
         (:class:`~fastedge.mesh.interfaces.IMeshHandler`; ``None`` entries,
         features that are off, are skipped; more can be registered with
         :meth:`MeshService.register` before the service starts).
+    :param rng: the membership's random choices (default: a fresh one).
     """
     timers: IReactorTime = clock if clock is not None else reactor
     if monotonic is None:
@@ -564,6 +573,7 @@ def make_service(
         jitter=jitter,
         identity=identity,
         handlers=handlers,
+        rng=rng,
     )
 
 

@@ -43,16 +43,28 @@ def register_process_metrics(registry: CollectorRegistry) -> None:
     PlatformCollector(registry=registry)
 
 
+def label_children(metric: Any) -> Callable[..., Any]:
+    """``child(*labels)``: a labelled metric's child for those label values,
+    kept once made (``labels()`` looks the child up under a lock on every
+    call, which a per-request or per-connection hot path pays for nothing).
+    For metrics whose children are never removed."""
+    children: dict[tuple[str, ...], Any] = {}
+
+    def child(*labels: str) -> Any:
+        found = children.get(labels)
+        if found is None:
+            found = children[labels] = metric.labels(*labels)
+        return found
+
+    return child
+
+
 def label_counter(counter: Any) -> Callable[[str], None]:
-    """``count(label)``: one more of a one-label counter, its children kept
-    once made (``Counter.labels`` looks the child up under a lock on every
-    call, which a per-request hot path pays for nothing)."""
-    children: dict[str, Any] = {}
+    """``count(label)``: one more of a one-label counter (its children
+    kept, :func:`label_children`)."""
+    child = label_children(counter)
 
     def count(label: str) -> None:
-        child = children.get(label)
-        if child is None:
-            child = children[label] = counter.labels(label)
-        child.inc()
+        child(label).inc()
 
     return count

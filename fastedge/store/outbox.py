@@ -65,6 +65,7 @@ from .model import (
     WebhookQueue,
     Written,
 )
+from .shared import decode_cursor, encode_cursor, new_id, page_of
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -404,8 +405,6 @@ class WebhookStoreMixin:
         created_ms: int,
         read_preference: ReadPreference,
     ) -> Deferred[Written[WebhookEndpoint]]:
-        from .sql import new_id
-
         endpoint = WebhookEndpoint(
             id=new_id(),
             tenant_id=tenant_id,
@@ -549,11 +548,9 @@ class WebhookStoreMixin:
         read_preference: ReadPreference,
         token: str | None = None,
     ) -> Deferred[Page[WebhookDelivery]]:
-        from .sql import _decode_cursor, _encode_cursor, _page
-
         def go() -> Page[WebhookDelivery]:
             d = s.webhook_deliveries.c
-            after = _decode_cursor(cursor, "deliveries", (int,)) if cursor else None
+            after = decode_cursor(cursor, "deliveries", (int,)) if cursor else None
             query = select(s.webhook_deliveries).where(
                 d.tenant_id == tenant_id, d.endpoint_id == webhook_id, d.state == state.value
             )
@@ -563,7 +560,7 @@ class WebhookStoreMixin:
             with self._reading(read_preference) as conn:
                 self._endpoint_row(conn, tenant_id, webhook_id)
                 rows = conn.execute(query).all()
-            return _page(rows, limit, _delivery, lambda last: _encode_cursor("deliveries", int(last.seq)))
+            return page_of(rows, limit, _delivery, lambda last: encode_cursor("deliveries", int(last.seq)))
 
         return self._call("list_webhook_deliveries", read_preference, go, token=token)
 

@@ -21,7 +21,6 @@ from ..config import StoreConfig
 from .errors import StoreClosed
 from .interfaces import IStore
 from .metrics import ReplicationMetrics, StoreMetrics
-from .sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from .postgresql import PostgresStore
@@ -121,6 +120,10 @@ class StoreService(Service):
                 redact_uri(mongo.uri), redact_uri(mongo.nearest_uri) if mongo.nearest_uri else "none"
             )
         else:
+            # Imported here like the others: SQLAlchemy (~12 MB of a node's
+            # memory) is the SQL backends' business, not a MongoDB node's.
+            from .sqlite import SQLiteStore
+
             self.store = SQLiteStore(
                 cfg.sqlite_path,
                 run=run,

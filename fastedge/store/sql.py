@@ -15,10 +15,7 @@ serves writes and PRIMARY reads, and the one that serves NEAREST reads.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,7 +47,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..inputs import loads_json
 from . import outbox as ob
 from . import schema as s
 from .errors import (
@@ -116,6 +112,7 @@ from .plan import (
     require_tenant,
     rows_of,
 )
+from .shared import decode_cursor, encode_cursor, new_id, page_of
 
 _T = TypeVar("_T")
 
@@ -134,56 +131,11 @@ Runner = Callable[[Callable[[], Any]], "Deferred[Any]"]
 Observer = Callable[[str, ReadPreference, float], None]
 
 
-def new_id() -> str:
-    """A random, URL-safe identifier (96 bits), never starting with ``-``:
-    operators pass ids as command-line arguments (``fastedge-admin tenant
-    revoke-key TENANT KEY_ID``), where a leading ``-`` reads as an option."""
-    while True:
-        value = secrets.token_urlsafe(12)
-        if value[0] != "-":
-            return value
-
-
 def _require_primary(read_preference: ReadPreference) -> Deferred[Any] | None:
     """A failed Deferred for a write asked to read anywhere but the primary."""
     if read_preference is not ReadPreference.PRIMARY:
         return fail(WrongReadPreference("writes go to the primary; read_preference must be PRIMARY"))
     return None
-
-
-def _encode_cursor(kind: str, *values: Any) -> str:
-    raw = json.dumps([kind, *values], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, kind: str, types: Sequence[type]) -> list[Any]:
-    """Decode a cursor made by :func:`_encode_cursor`; ``BadCursor`` otherwise."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        values = loads_json(raw)
-    except (binascii.Error, ValueError):
-        # InputError (not JSON, or nested deeper than any cursor we issue)
-        # is a ValueError, as is a cursor that is not ASCII.
-        raise BadCursor("cursor is not one this server issued") from None
-    if not isinstance(values, list) or len(values) != len(types) + 1 or values[0] != kind:
-        raise BadCursor("cursor is not one this server issued")
-    for value, tp in zip(values[1:], types, strict=True):
-        if type(value) is not tp or not _bindable(value):
-            raise BadCursor("cursor is not one this server issued")
-    return values[1:]
-
-
-def _bindable(value: Any) -> bool:
-    """Whether a decoded cursor value can be sent to the database: JSON
-    allows integers of any size and lone surrogates, which the drivers reject."""
-    if isinstance(value, int):
-        return -(2**63) <= value < 2**63
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-    return True
 
 
 def _comment(row: Any) -> Comment:
@@ -312,14 +264,6 @@ _APPROVED = CommentStatus.APPROVED.value
 
 #: The tables holding a tenant's rows, children before parents: the order
 #: :meth:`SqlStore.delete_tenant` deletes in.
-def _page(rows: Sequence[Any], limit: int, make: Callable[[Any], _T], cursor_of: Callable[[Any], str]) -> Page[_T]:
-    """A page from the ``limit + 1`` rows a listing reads: the extra row only
-    says a next page exists; its cursor is made from the last row kept
-    (``cursor_of`` reads the row's sort columns)."""
-    next_cursor = cursor_of(rows[limit - 1]) if len(rows) > limit else None
-    return Page([make(r) for r in rows[:limit]], next_cursor)
-
-
 _TENANT_TABLES = (
     s.webhook_deliveries,
     s.webhook_endpoints,
@@ -1137,7 +1081,7 @@ class SqlStore(WebhookStoreMixin):
         token: str | None = None,
     ) -> Deferred[Page[Thread]]:
         def go() -> Page[Thread]:
-            after = _decode_cursor(cursor, "threads", (int, str)) if cursor else None
+            after = decode_cursor(cursor, "threads", (int, str)) if cursor else None
             t = s.threads.c
             query = _threads().where(t.tenant_id == tenant_id)
             if after is not None:
@@ -1145,7 +1089,7 @@ class SqlStore(WebhookStoreMixin):
             query = query.order_by(t.created_ms.desc(), t.id.desc()).limit(limit + 1)
             with self._reading(read_preference) as conn:
                 rows = conn.execute(query).all()
-            return _page(rows, limit, _thread, lambda last: _encode_cursor("threads", last.created_ms, last.id))
+            return page_of(rows, limit, _thread, lambda last: encode_cursor("threads", last.created_ms, last.id))
 
         return self._call("list_threads", read_preference, go, token=token)
 
@@ -1297,9 +1241,7 @@ class SqlStore(WebhookStoreMixin):
         c = s.comments.c
         kind = "thread-" + sort.value
         try:
-            after = (
-                _decode_cursor(cursor, kind, (int, int, str) if sort is Sort.TOP else (int, str)) if cursor else None
-            )
+            after = decode_cursor(cursor, kind, (int, int, str) if sort is Sort.TOP else (int, str)) if cursor else None
         except BadCursor:
             return fail()
         query = select(s.comments).where(
@@ -1354,9 +1296,9 @@ class SqlStore(WebhookStoreMixin):
             if len(rows) > limit:
                 last = top[-1]
                 if sort is Sort.TOP:
-                    next_cursor = _encode_cursor(kind, last.like_count, last.created_ms, last.id)
+                    next_cursor = encode_cursor(kind, last.like_count, last.created_ms, last.id)
                 else:
-                    next_cursor = _encode_cursor(kind, last.created_ms, last.id)
+                    next_cursor = encode_cursor(kind, last.created_ms, last.id)
             return ThreadPage(thread=thread, top_level=top, replies=replies, next_cursor=next_cursor)
 
         return self._call("list_thread", read_preference, go, token=token)
@@ -1378,7 +1320,7 @@ class SqlStore(WebhookStoreMixin):
             query = query.where(c.thread_id == thread_id)
         if cursor:
             try:
-                created, cid = _decode_cursor(cursor, "comments", (int, str))
+                created, cid = decode_cursor(cursor, "comments", (int, str))
             except BadCursor:
                 return fail()
             query = query.where(or_(c.created_ms < created, and_(c.created_ms == created, c.id < cid)))
@@ -1387,7 +1329,7 @@ class SqlStore(WebhookStoreMixin):
         def go() -> Page[Comment]:
             with self._reading(read_preference) as conn:
                 rows = conn.execute(query).all()
-            return _page(rows, limit, _comment, lambda last: _encode_cursor("comments", last.created_ms, last.id))
+            return page_of(rows, limit, _comment, lambda last: encode_cursor("comments", last.created_ms, last.id))
 
         return self._call("list_comments", read_preference, go, token=token)
 
@@ -1803,7 +1745,7 @@ class SqlStore(WebhookStoreMixin):
         kind = "queue-{}-{}".format(queue.value, sort.value)
         by_flags = sort is QueueSort.MOST_FLAGGED
         try:
-            after = _decode_cursor(cursor, kind, (int, int, str) if by_flags else (int, str)) if cursor else None
+            after = decode_cursor(cursor, kind, (int, int, str) if by_flags else (int, str)) if cursor else None
         except BadCursor:
             return fail()
         if filters is None:
@@ -1845,10 +1787,10 @@ class SqlStore(WebhookStoreMixin):
             with self._reading(read_preference) as conn:
                 rows = conn.execute(query).all()
             if by_flags:
-                return _page(
-                    rows, limit, _comment, lambda last: _encode_cursor(kind, last.flag_count, last.created_ms, last.id)
+                return page_of(
+                    rows, limit, _comment, lambda last: encode_cursor(kind, last.flag_count, last.created_ms, last.id)
                 )
-            return _page(rows, limit, _comment, lambda last: _encode_cursor(kind, last.created_ms, last.id))
+            return page_of(rows, limit, _comment, lambda last: encode_cursor(kind, last.created_ms, last.id))
 
         return self._call("moderation_queue", read_preference, go, token=token)
 
@@ -2288,7 +2230,7 @@ class SqlStore(WebhookStoreMixin):
     ) -> Deferred[Page[Ban]]:
         b = s.bans.c
         try:
-            after = _decode_cursor(cursor, "bans", (int, str)) if cursor else None
+            after = decode_cursor(cursor, "bans", (int, str)) if cursor else None
         except BadCursor:
             return fail()
         query = select(s.bans).where(b.tenant_id == tenant_id)
@@ -2301,7 +2243,7 @@ class SqlStore(WebhookStoreMixin):
         def go() -> Page[Ban]:
             with self._reading(read_preference) as conn:
                 rows = conn.execute(query).all()
-            return _page(rows, limit, _ban, lambda last: _encode_cursor("bans", last.created_ms, last.id))
+            return page_of(rows, limit, _ban, lambda last: encode_cursor("bans", last.created_ms, last.id))
 
         return self._call("list_bans", read_preference, go, token=token)
 
@@ -2347,7 +2289,7 @@ class SqlStore(WebhookStoreMixin):
     ) -> Deferred[Page[AuditEntry]]:
         m = s.moderation_log.c
         try:
-            after = _decode_cursor(cursor, "audit", (int, int)) if cursor else None
+            after = decode_cursor(cursor, "audit", (int, int)) if cursor else None
         except BadCursor:
             return fail()
         query = select(s.moderation_log).where(m.tenant_id == tenant_id)
@@ -2358,7 +2300,7 @@ class SqlStore(WebhookStoreMixin):
         def go() -> Page[AuditEntry]:
             with self._reading(read_preference) as conn:
                 rows = conn.execute(query).all()
-            return _page(rows, limit, _audit_entry, lambda last: _encode_cursor("audit", last.created_ms, last.seq))
+            return page_of(rows, limit, _audit_entry, lambda last: encode_cursor("audit", last.created_ms, last.seq))
 
         return self._call("audit_log", read_preference, go, token=token)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -288,6 +289,8 @@ class MemoryMesh:
             client_endpoint=self.network.client_endpoints(self.host(node_id)),
             jitter=lambda: 0.0,
             identity=identity,
+            # Deterministic: the same node makes the same random choices in every run.
+            rng=random.Random(node_id),
         )
         if avatar_class is not None:
             service.avatar_class = avatar_class

@@ -37,7 +37,7 @@ from ..store.model import (
     WebhookEndpoint,
     Written,
 )
-from ..store.sql import new_id
+from ..store.shared import new_id
 from .backoff import next_attempt_ms
 from .metrics import WebhookMetrics
 from .result import Result

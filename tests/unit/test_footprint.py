@@ -1,5 +1,6 @@
 """A node imports what its config uses: the default config's node does not
-carry PostgreSQL's driver, botocore's signer or the HTTP client stack.
+carry PostgreSQL's driver or the HTTP client stack, and no node carries
+botocore.
 
 Each check runs in a fresh interpreter (the test process itself has
 imported everything), builds the node's service tree from a config, and
@@ -21,13 +22,16 @@ HEAVY = {
     "psycopg_pool": "store.backend = postgresql",
     "txmongo": "store.backend = mongodb",
     "pymongo": "store.backend = mongodb (txmongo's BSON and errors)",
-    "botocore": "a [cdn.origins] entry (SigV4 signing)",
-    "urllib3": "botocore, with an S3 origin",
+    "botocore": "never: the node signs S3 requests itself (fastedge.cdn.sigv4)",
+    "urllib3": "botocore's",
     "treq": "the CDN's origin client",
     "twisted.web.client": "the CDN's origin client",
     "maxminddb": "geo.database (the GeoIP index)",
     "puremagic": "the first media upload",
     "jinja2": "the first embed page rendered",
+    "markdown_it": "the first comment rendered (a write)",
+    "nh3": "the first comment rendered (a write)",
+    "xml.etree.ElementTree": "an S3 origin's first listing (a prefix purge)",
 }
 
 _PROBE = """
@@ -42,12 +46,13 @@ print(json.dumps(sorted(m for m in sys.modules if m in heavy)))
 """
 
 
-def loaded_after_make_service(argv: list[str]) -> list[str]:
-    """The heavy modules a fresh interpreter holds after importing
-    ``fastedge.tap`` and building the node from ``argv``'s options."""
+def loaded_after_make_service(argv: list[str], modules: list[str] | None = None) -> list[str]:
+    """Which of ``modules`` (by default the :data:`HEAVY` ones) a fresh
+    interpreter holds after importing ``fastedge.tap`` and building the
+    node from ``argv``'s options."""
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, *argv],
-        input=json.dumps(sorted(HEAVY)),
+        input=json.dumps(sorted(HEAVY) if modules is None else modules),
         capture_output=True,
         text=True,
         check=False,
@@ -63,14 +68,27 @@ class FootprintTests(SynchronousTestCase):
     def test_default_config_imports_no_heavy_module(self) -> None:
         """The default config (embedded store, no S3 origin) builds a node
         without importing psycopg, txmongo, pymongo, botocore, urllib3, treq,
-        ``twisted.web.client``, maxminddb, puremagic or jinja2."""
+        ``twisted.web.client``, maxminddb, puremagic, jinja2, markdown-it,
+        nh3 or ElementTree."""
         data_dir = os.path.abspath(self.mktemp())
         loaded = loaded_after_make_service(["--data-dir", data_dir])
         self.assertEqual(loaded, [], {m: HEAVY[m] for m in loaded})
 
-    def test_an_s3_origin_brings_its_signer(self) -> None:
-        """With an S3 origin configured the signer and the client are
-        imported (so the check above can see them when they are there)."""
+    def test_a_mongodb_node_imports_no_sql_layer(self) -> None:
+        """A node on the MongoDB backend builds without importing
+        SQLAlchemy (nor the SQLite and PostgreSQL backends built on it)."""
+        data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(data_dir)
+        path = os.path.join(data_dir, "node.toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write('[store]\nbackend = "mongodb"\n[store.mongodb]\nuri = "mongodb://127.0.0.1:9/?replicaSet=rs0"\n')
+        loaded = loaded_after_make_service(["--config", path, "--data-dir", data_dir], ["sqlalchemy", "psycopg"])
+        self.assertEqual(loaded, [])
+
+    def test_an_s3_origin_brings_its_client_not_botocore(self) -> None:
+        """With an S3 origin configured the HTTP client is imported (so the
+        check above can see modules when they are there), botocore is not:
+        the node's own SigV4 signer needs none of its 8 MB."""
         data_dir = os.path.abspath(self.mktemp())
         os.makedirs(data_dir)
         path = os.path.join(data_dir, "node.toml")
@@ -80,4 +98,5 @@ class FootprintTests(SynchronousTestCase):
                 'access_key_id = "AKIDEXAMPLE"\nsecret_access_key = "secret"\n'
             )
         loaded = loaded_after_make_service(["--config", path, "--data-dir", data_dir])
-        self.assertTrue({"botocore", "treq", "twisted.web.client"} <= set(loaded), loaded)
+        self.assertTrue({"treq", "twisted.web.client"} <= set(loaded), loaded)
+        self.assertNotIn("botocore", loaded)

@@ -4,7 +4,7 @@
 Each method writes its commands against a :class:`~.core.Reader` (reads) or
 a :class:`~.core.Tx` (one transaction per write); :class:`~.core.MongoCore`
 decides where they run. Listings use the SQL backends' opaque cursors
-(:func:`fastedge.store.sql._encode_cursor`), so a cursor means the same on
+(:func:`fastedge.store.shared.encode_cursor`), so a cursor means the same on
 every backend. Errors keep the contract's meaning: a record of another
 tenant is ``NotFound`` exactly as a missing one.
 """
@@ -64,7 +64,7 @@ from ..model import (
     ViewerState,
     Written,
 )
-from ..sql import _decode_cursor, _encode_cursor, _page, new_id
+from ..shared import decode_cursor, encode_cursor, new_id, page_of
 from . import schema as s
 from . import txmongo_gaps as gaps
 from .core import MigrationBusy, MongoCore, Reader, Tx
@@ -979,7 +979,7 @@ class MongoStore(MongoCore):
         token: str | None = None,
     ) -> Deferred[Page[Thread]]:
         try:
-            after = _decode_cursor(cursor, "threads", (int, str)) if cursor else None
+            after = decode_cursor(cursor, "threads", (int, str)) if cursor else None
         except BadCursor:
             return fail()
         query: Document = {"tenant_id": tenant_id}
@@ -988,7 +988,7 @@ class MongoStore(MongoCore):
 
         async def go(r: Reader) -> Page[Thread]:
             rows = await r.find(s.THREADS, query, sort=[("created_ms", -1), ("_id", -1)], limit=limit + 1)
-            return _page(rows, limit, _thread, lambda last: _encode_cursor("threads", last["created_ms"], last["_id"]))
+            return page_of(rows, limit, _thread, lambda last: encode_cursor("threads", last["created_ms"], last["_id"]))
 
         return self._read("list_threads", read_preference, token, go)
 
@@ -1208,9 +1208,7 @@ class MongoStore(MongoCore):
     ) -> Deferred[ThreadPage]:
         kind = "thread-" + sort.value
         try:
-            after = (
-                _decode_cursor(cursor, kind, (int, int, str) if sort is Sort.TOP else (int, str)) if cursor else None
-            )
+            after = decode_cursor(cursor, kind, (int, int, str) if sort is Sort.TOP else (int, str)) if cursor else None
         except BadCursor:
             return fail()
         query: Document = {"tenant_id": tenant_id, "thread_id": thread_id, "status": _APPROVED, "parent_id": None}
@@ -1252,9 +1250,9 @@ class MongoStore(MongoCore):
             if len(rows) > limit:
                 last = top[-1]
                 if sort is Sort.TOP:
-                    next_cursor = _encode_cursor(kind, last.like_count, last.created_ms, last.id)
+                    next_cursor = encode_cursor(kind, last.like_count, last.created_ms, last.id)
                 else:
-                    next_cursor = _encode_cursor(kind, last.created_ms, last.id)
+                    next_cursor = encode_cursor(kind, last.created_ms, last.id)
             return ThreadPage(thread=thread, top_level=top, replies=replies, next_cursor=next_cursor)
 
         return self._read("list_thread", read_preference, token, go)
@@ -1275,15 +1273,15 @@ class MongoStore(MongoCore):
             query["thread_id"] = thread_id
         if cursor:
             try:
-                after = _decode_cursor(cursor, "comments", (int, str))
+                after = decode_cursor(cursor, "comments", (int, str))
             except BadCursor:
                 return fail()
             query.update(_after_desc(["created_ms", "_id"], after))
 
         async def go(r: Reader) -> Page[Comment]:
             rows = await r.find(s.COMMENTS, query, sort=[("created_ms", -1), ("_id", -1)], limit=limit + 1)
-            return _page(
-                rows, limit, _comment, lambda last: _encode_cursor("comments", last["created_ms"], last["_id"])
+            return page_of(
+                rows, limit, _comment, lambda last: encode_cursor("comments", last["created_ms"], last["_id"])
             )
 
         return self._read("list_comments", read_preference, token, go)
@@ -1602,7 +1600,7 @@ class MongoStore(MongoCore):
         kind = "queue-{}-{}".format(queue.value, sort.value)
         by_flags = sort is QueueSort.MOST_FLAGGED
         try:
-            after = _decode_cursor(cursor, kind, (int, int, str) if by_flags else (int, str)) if cursor else None
+            after = decode_cursor(cursor, kind, (int, int, str) if by_flags else (int, str)) if cursor else None
         except BadCursor:
             return fail()
         if filters is None:
@@ -1636,13 +1634,13 @@ class MongoStore(MongoCore):
         async def go(r: Reader) -> Page[Comment]:
             rows = await r.find(s.COMMENTS, query, sort=order, limit=limit + 1)
             if by_flags:
-                return _page(
+                return page_of(
                     rows,
                     limit,
                     _comment,
-                    lambda last: _encode_cursor(kind, last["flag_count"], last["created_ms"], last["_id"]),
+                    lambda last: encode_cursor(kind, last["flag_count"], last["created_ms"], last["_id"]),
                 )
-            return _page(rows, limit, _comment, lambda last: _encode_cursor(kind, last["created_ms"], last["_id"]))
+            return page_of(rows, limit, _comment, lambda last: encode_cursor(kind, last["created_ms"], last["_id"]))
 
         return self._read("moderation_queue", read_preference, token, go)
 
@@ -1901,7 +1899,7 @@ class MongoStore(MongoCore):
         token: str | None = None,
     ) -> Deferred[Page[Ban]]:
         try:
-            after = _decode_cursor(cursor, "bans", (int, str)) if cursor else None
+            after = decode_cursor(cursor, "bans", (int, str)) if cursor else None
         except BadCursor:
             return fail()
         clauses: list[Document] = [{"tenant_id": tenant_id}]
@@ -1912,7 +1910,7 @@ class MongoStore(MongoCore):
 
         async def go(r: Reader) -> Page[Ban]:
             rows = await r.find(s.BANS, {"$and": clauses}, sort=[("created_ms", -1), ("_id", -1)], limit=limit + 1)
-            return _page(rows, limit, _ban, lambda last: _encode_cursor("bans", last["created_ms"], last["_id"]))
+            return page_of(rows, limit, _ban, lambda last: encode_cursor("bans", last["created_ms"], last["_id"]))
 
         return self._read("list_bans", read_preference, token, go)
 
@@ -1955,7 +1953,7 @@ class MongoStore(MongoCore):
         token: str | None = None,
     ) -> Deferred[Page[AuditEntry]]:
         try:
-            after = _decode_cursor(cursor, "audit", (int, int)) if cursor else None
+            after = decode_cursor(cursor, "audit", (int, int)) if cursor else None
         except BadCursor:
             return fail()
         query: Document = {"tenant_id": tenant_id}
@@ -1964,8 +1962,8 @@ class MongoStore(MongoCore):
 
         async def go(r: Reader) -> Page[AuditEntry]:
             rows = await r.find(s.AUDIT, query, sort=[("created_ms", -1), ("seq", -1)], limit=limit + 1)
-            return _page(
-                rows, limit, _audit_entry, lambda last: _encode_cursor("audit", last["created_ms"], last["seq"])
+            return page_of(
+                rows, limit, _audit_entry, lambda last: encode_cursor("audit", last["created_ms"], last["seq"])
             )
 
         return self._read("audit_log", read_preference, token, go)

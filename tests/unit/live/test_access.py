@@ -78,6 +78,25 @@ class ResolverTests(SynchronousTestCase):
         self.failureResultOf(self.resolver.resolve(self.world.tenant_a.id, "https://nope"))
         self.assertEqual(self.lookups("miss"), 2)
 
+    def test_known(self) -> None:
+        """``known`` answers only what ``resolve`` would answer at once: a
+        thread resolved recently (counted as a hit), not one never resolved,
+        not a cached refusal, not an expired entry, never a read."""
+        tenant, url = self.world.tenant_a.id, self.world.url
+        self.assertIsNone(self.resolver.known(tenant, url))
+        self.successResultOf(self.resolver.resolve(tenant, url))
+        hits = self.lookups("hit")
+        known = self.resolver.known(tenant, url)
+        assert known is not None
+        self.assertEqual(known.thread.id, self.world.thread_a.id)
+        self.assertEqual(self.lookups("hit"), hits + 1)
+        self.failureResultOf(self.resolver.resolve(tenant, "https://nope"))
+        self.assertIsNone(self.resolver.known(tenant, "https://nope"))
+        self.assertIsNone(self.resolver.known("not a tenant id!", url))
+        self.clock.advance(11)
+        self.assertIsNone(self.resolver.known(tenant, url))
+        self.assertEqual(self.lookups("miss"), 2)
+
     def test_malformed_tenant_costs_nothing(self) -> None:
         """A tenant id we could never have issued is refused without a read."""
         f = self.failureResultOf(self.resolver.resolve("not a tenant id!", "u"))
@@ -134,6 +153,44 @@ class PolicyTests(SynchronousTestCase):
 
         world = World(Clock())
         self.assertTrue(verifyObject(IAccessPolicy, GroupLocks(world.node.store, clock=Clock(), ttl_seconds=1.0)))
+
+    def test_group_locks_public_at_once(self) -> None:
+        """GroupLocks allows a thread without a lock at once (``None``, no
+        Deferred to wait for)."""
+        from fastedge.live.access import GroupLocks
+
+        world = World(Clock())
+        locks = GroupLocks(world.node.store, clock=Clock(), ttl_seconds=1.0)
+        self.assertIsNone(locks.check(world.tenant_a, world.thread_a, None))
+
+    def test_policy_on_a_known_thread(self) -> None:
+        """A subscribe to a thread resolved moments ago (joined at once,
+        without waiting on anything) is still checked by the policy, which
+        may refuse at once or through a Deferred: the same ``forbidden``."""
+        world = World(Clock())
+        live = world.node.live
+        self.successResultOf(live.resolver.resolve(world.tenant_a.id, world.url))
+
+        @implementer(IAccessPolicy)
+        class Later:
+            def check(self, tenant: Any, thread: Any, viewer_author_id: str | None) -> Deferred[None] | None:
+                return fail(Refused("members only"))
+
+        for policy in (MembersOnly(), Later()):
+            live.policy = policy
+            conn = LiveConnection(live, Outlet())
+            f = self.failureResultOf(conn.subscribe(Subscribe(world.tenant_a.id, world.url), lambda *a: None))
+            self.assertEqual(f.value.code, "forbidden")
+            self.assertEqual(conn.subs, {})
+        live.policy = PublicThreads()
+        conn = LiveConnection(live, Outlet())
+        answered: list[Any] = []
+        joined = self.successResultOf(
+            conn.subscribe(Subscribe(world.tenant_a.id, world.url), lambda *a: answered.append(a))
+        )
+        self.assertIsNotNone(joined)
+        self.assertEqual(len(answered), 1)
+        self.assertEqual(list(conn.subs), [(world.tenant_a.id, world.thread_a.id)])
 
     def test_policy_hook(self) -> None:
         """A policy sees tenant, thread and viewer, and can refuse."""

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from fastedge.live.hub import Event, Hub, Prepared
+from fastedge.live.fanout import SlicedFanout
+from fastedge.live.hub import Event, Hub, Prepared, Stamp, Subscription, deliver_each
 
 A = ("tenantA", "thread1")
 B = ("tenantA", "thread2")
@@ -37,6 +38,24 @@ class Costly:
 
     def seqs(self) -> list[int]:
         return [p.stamp.seq for p in self.got]
+
+
+class TurnClock(Clock):
+    """A :class:`Clock` that also runs reactor turns the way Twisted's
+    reactor does: :meth:`turn` runs the calls due when it starts, and calls
+    they schedule wait for the next turn (``runUntilCurrent`` holds calls
+    made during its timed calls in ``_newTimedCalls``). Between two turns
+    lies the I/O phase, where transports send what was written."""
+
+    def turn(self) -> None:
+        """One reactor turn's timed calls."""
+        due = [c for c in self.getDelayedCalls() if c.getTime() <= self.seconds()]
+        due.sort(key=lambda c: c.getTime())
+        for call in due:
+            if call.active():
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
 
 
 def sliced_hub(clock: Clock, slice_ms: float = 2.0) -> Hub:
@@ -80,9 +99,9 @@ class AfterThePublishTests(SynchronousTestCase):
         self.assertEqual(hub.stats.delivered, 1)
 
     def test_slices_are_bounded_in_time(self) -> None:
-        """With sends costing 10 us each and 2 ms slices, each reactor turn
-        sends to one batch (64) past the budget at most: 256 of 1,000
-        subscribers per turn, the last 232 on the fourth."""
+        """With sends costing 10 us each and 2 ms slices, each slice sends
+        to one batch (16) past the budget at most: 208 of 1,000 subscribers
+        per slice, the last 168 in the fifth."""
         clock = Clock()
         hub = sliced_hub(clock)
         inboxes = [Costly(clock, hub, cost=0.00001) for _ in range(1000)]
@@ -94,8 +113,8 @@ class AfterThePublishTests(SynchronousTestCase):
         for inbox in inboxes:
             (where,) = inbox.slices
             per_slice[where] = per_slice.get(where, 0) + 1
-        self.assertEqual(per_slice, {1: 256, 2: 256, 3: 256, 4: 232})
-        self.assertEqual(hub.fanout_slices, 4)
+        self.assertEqual(per_slice, {1: 208, 2: 208, 3: 208, 4: 208, 5: 168})
+        self.assertEqual(hub.fanout_slices, 5)
 
     def test_other_work_runs_between_slices(self) -> None:
         """Between two slices the reactor runs what else is due (here, a
@@ -109,10 +128,72 @@ class AfterThePublishTests(SynchronousTestCase):
         seen: list[int] = []
         clock.callLater(0.0001, lambda: seen.append(sum(len(i.got) for i in inboxes)))
         clock.advance(0)
-        # The first slice ran (one batch of 64: each send costs 1 ms, more
+        # The first slice ran (one batch of 16: each send costs 1 ms, more
         # than the 2 ms budget after the batch); the other call ran next.
-        self.assertEqual(seen, [64])
+        self.assertEqual(seen, [16])
         self.assertEqual(sum(len(i.got) for i in inboxes), 200)
+
+    def test_a_turn_without_a_slice_precedes_each_slice(self) -> None:
+        """The reactor turn before every slice runs none: a request read in
+        the I/O phase after a slice has its answer sent in the next I/O
+        phase, with no slice between (Twisted sends written bytes only in
+        the I/O phase, after the turn's timed calls)."""
+        clock = TurnClock()
+        hub = sliced_hub(clock)
+        inboxes = [Costly(clock, hub, cost=0.00001) for _ in range(1000)]
+        for inbox in inboxes:
+            hub.subscribe(A, inbox)
+        hub.publish(ev())
+        slices = []
+        for _ in range(12):
+            before = hub.fanout_slices
+            clock.turn()
+            slices.append(hub.fanout_slices - before)
+        self.assertEqual(slices, [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0])
+        self.assertEqual({tuple(i.seqs()) for i in inboxes}, {(1,)})
+
+    def test_the_publish_reads_no_member(self) -> None:
+        """Queuing an event does nothing per member (the writer's answer
+        does not wait for ten thousand of them to be copied); its first
+        slice reads the members, and those that joined after the publish
+        (numbered past it) are not recipients."""
+        clock = TurnClock()
+        reads: list[int] = []
+
+        class Members(dict[Subscription, None]):
+            def __iter__(self) -> Any:
+                reads.append(len(self))
+                return super().__iter__()
+
+        class Inbox:
+            def __init__(self) -> None:
+                self.got: list[int] = []
+
+            def push(self, prepared: Prepared) -> int:
+                self.got.append(prepared.stamp.seq)
+                return 1
+
+        members = Members()
+        early = [Subscription(Inbox(), A, joined=n) for n in range(1, 41)]
+        for sub in early:
+            members[sub] = None
+        fanout = SlicedFanout(
+            clock,
+            slice_seconds=0.002,
+            deliver=deliver_each,
+            departures=lambda: 0,
+            joins=lambda: 40,
+            finished=lambda *args: None,
+        )
+        fanout.submit(Prepared(ev(), Stamp("epocha", 1), 0.0), members, None)
+        self.assertEqual(reads, [])
+        late = Subscription(Inbox(), A, joined=41)
+        members[late] = None
+        clock.turn()
+        clock.turn()
+        self.assertEqual(reads, [41])
+        self.assertEqual([sub.outlet.got for sub in early], [[1]] * 40)  # type: ignore[attr-defined]
+        self.assertEqual(late.outlet.got, [])  # type: ignore[attr-defined]
 
     def test_order_per_channel_is_kept(self) -> None:
         """Events published while earlier ones are still being delivered
@@ -221,6 +302,53 @@ class AfterThePublishTests(SynchronousTestCase):
         self.assertAlmostEqual(work[0][0], 0.003)
         self.assertEqual(work[0][1], 3)
         self.assertAlmostEqual(lags[0], 0.003)
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("publish"), st.sampled_from([A, B])),
+                st.tuples(st.just("turns"), st.integers(min_value=1, max_value=4)),
+            ),
+            max_size=30,
+        ),
+        st.integers(min_value=1, max_value=400),
+    )
+    def test_every_slice_is_bounded_and_follows_a_turn_without_one(
+        self, steps: list[tuple[str, Any]], readers: int
+    ) -> None:
+        """Whatever the publishes between reactor turns, no turn spends
+        more than the slice plus one batch of sends (16), no turn runs two
+        slices, and the turn before each slice runs none, so the answer of
+        a request read between two turns never waits for a slice."""
+        clock = TurnClock()
+        hub = sliced_hub(clock, slice_ms=0.5)
+        cost = 0.00003
+        inboxes = [Costly(clock, hub, cost=cost) for _ in range(readers)]
+        for inbox in inboxes:
+            hub.subscribe(A, inbox)
+        hub.subscribe(B, Costly(clock, hub, cost=cost))
+        sliced: list[int] = []
+
+        def turn() -> None:
+            before, started = hub.fanout_slices, clock.seconds()
+            clock.turn()
+            self.assertLessEqual(clock.seconds() - started, 0.0005 + 16 * cost + 1e-9)
+            sliced.append(hub.fanout_slices - before)
+
+        published = {A: 0, B: 0}
+        for action, arg in steps:
+            if action == "publish":
+                hub.publish(ev(arg))
+                published[arg] += 1
+            else:
+                for _ in range(arg):
+                    turn()
+        while clock.getDelayedCalls():
+            turn()
+        self.assertLessEqual(max(sliced, default=0), 1)
+        self.assertNotIn((1, 1), list(zip(sliced, sliced[1:], strict=False)))
+        self.assertEqual({tuple(i.seqs()) for i in inboxes}, {tuple(range(1, published[A] + 1))})
 
     @settings(max_examples=60, deadline=None)
     @given(

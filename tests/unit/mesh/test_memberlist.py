@@ -251,17 +251,6 @@ class PeerSyncTests(SynchronousTestCase):
                 sync.check_delta(delta, 1, 4)
             self.assertEqual(e.exception.reason, "mismatch")
 
-    def test_pulls_back_off_while_nothing_is_learned(self) -> None:
-        """Pulls that teach nothing are reported once, after three in a
-        row, and then space out up to 16 heartbeats; one that teaches
-        something resets it."""
-        sync = PeerSync()
-        reports = [sync.pulled(False) for _ in range(8)]
-        self.assertEqual(reports, [False, False, True, False, False, False, False, False])
-        self.assertEqual(sync.pull_interval(0.5), 8.0)
-        sync.pulled(True)
-        self.assertEqual(sync.pull_interval(0.5), 0.5)
-
 
 class WireTests(SynchronousTestCase):
     def test_malformed_answers(self) -> None:

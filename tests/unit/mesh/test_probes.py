@@ -172,3 +172,22 @@ class BoundedProbeTests(SynchronousTestCase):
         # (c, which lost its links to a too, logs the same of a.)
         lines = [e for e in logged if "had not heard from" in e.get("log_format", "") and e["node"] == "c"]
         self.assertEqual([(e["deniers"], e["voucher"]) for e in lines], [("b", "d")])
+
+
+class LifeguardTests(SynchronousTestCase):
+    def test_confirmations_shorten_the_wait(self) -> None:
+        """Peers asked about a crashed node that have not heard from it for
+        the suspect timeout either are confirmations (counted): with three
+        of them DEAD comes 2.25 s after anyone last heard from it, not
+        2.5 s (Lifeguard)."""
+        mesh = cluster(self, "abcdef")
+        observers = "abcde"
+        watches = [Watch(mesh, o, "f") for o in observers]
+        mesh.crash("f")
+        heard = max(mesh.nodes[o].membership.peers["f"].last_heard for o in observers)
+        mesh.advance(4.0)
+        for watch in watches:
+            self.assertEqual(watch.states(), ["suspect", "dead"])
+            self.assertLessEqual(watch.when("dead") - heard, 2.25 + TICK + 1e-6)
+        confirmations = sum(metric(mesh, o, "fastedge_mesh_lifeguard_confirmations_total") for o in observers)
+        self.assertGreaterEqual(confirmations, 3 * len(observers))

@@ -143,7 +143,7 @@ class NewIdTests(SynchronousTestCase):
         """Record ids are argv-safe (a leading ``-`` is an option to
         argparse): 5,000 draws, where 1 in 64 would start with ``-``
         without the rule; every id still matches the public id pattern."""
-        from fastedge.store.sql import new_id
+        from fastedge.store.shared import new_id
 
         ids = [new_id() for _ in range(5000)]
         self.assertEqual([i for i in ids if i.startswith("-")], [])

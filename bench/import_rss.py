@@ -1,0 +1,129 @@
+"""What a node's imports cost in memory, package by package.
+
+    .venv/bin/python bench/import_rss.py [--top N] [fastedge options, e.g. --config node.toml]
+
+In this fresh interpreter: twistd's plugin scan (as ``twistd fastedge``
+does it), then ``fastedge.tap`` and the node's service tree built from the
+options (not started: nothing listens). Every module's execution is timed
+in RSS: the growth while its own body runs, minus the growth of the
+imports it makes (counted to them), so the figures add up to the total.
+Grouped by package (``fastedge.<sub>``, ``twisted.<sub>``,
+``sqlalchemy.<sub>``, else the top-level name), largest first.
+
+RSS moves in pages and allocator arenas, so a module's own figure is
+approximate (a small module may be charged for an arena its neighbour
+will fill); the package totals are stable to a few hundred KB. Run it on
+.pyc files (``python -m compileall -q fastedge``), as bench/footprint
+does, or compiling the sources is counted as well.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+from collections import Counter
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+#: Module name -> bytes of RSS its own body added.
+own: dict[str, int] = {}
+#: The modules executing, innermost last: [name, RSS at start, RSS of nested imports].
+_running: list[list[Any]] = []
+
+
+class _Measured(importlib.abc.Loader):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (resource readers, get_data, ...) is the loader's.
+        return getattr(self.inner, name)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        _running.append([module.__name__, rss(), 0])
+        try:
+            self.inner.exec_module(module)
+        finally:
+            name, start, nested = _running.pop()
+            grown = rss() - start
+            own[name] = grown - nested
+            if _running:
+                _running[-1][2] += grown
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _Measured(spec.loader)
+                return spec
+        return None
+
+
+def family(name: str) -> str:
+    parts = name.split(".")
+    if parts[0] in ("fastedge", "twisted", "sqlalchemy") and len(parts) > 1:
+        return ".".join(parts[:2])
+    return parts[0]
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    top = 30
+    if args[:1] == ["--top"]:
+        top, args = int(args[1]), args[2:]
+    before = rss()
+    sys.meta_path.insert(0, _Finder())
+    from twisted.application.service import IServiceMaker
+    from twisted.plugin import getPlugins
+
+    list(getPlugins(IServiceMaker))
+    from twisted.internet import reactor
+
+    from fastedge.tap import Options, makeService
+
+    options = Options()
+    options.parseOptions(args)
+    makeService(options, reactor=reactor)
+    after = rss()
+
+    families: Counter[str] = Counter()
+    for name, size in own.items():
+        families[family(name)] += size
+    mib = 2**20
+    print(f"RSS {before / mib:.1f} MiB before the first import, {after / mib:.1f} MiB with the node built")
+    print(f"{len(own)} modules imported; by package (own RSS, nested imports counted to them):")
+    for name, size in families.most_common(top):
+        print(f"  {size / mib:6.2f} MiB  {name}")
+    tops: Counter[str] = Counter()
+    for name, size in own.items():
+        tops[name.split(".")[0]] += size
+    print("by top-level package:")
+    for name, size in tops.most_common(top):
+        print(f"  {size / mib:6.2f} MiB  {name}")
+    print("largest modules:")
+    for name, size in Counter(own).most_common(top):
+        print(f"  {size / mib:6.2f} MiB  {name}")
+
+
+if __name__ == "__main__":
+    main()

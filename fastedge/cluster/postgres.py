@@ -52,6 +52,11 @@ class PostgresError(RuntimeError):
     """A PostgreSQL command failed; the message ends with its output."""
 
 
+#: ``initdb`` for a throwaway cluster: the ``postgres`` superuser trusted,
+#: no fsync, UTF-8 with the C locale (the harness's servers too).
+INITDB_OPTIONS = ("-U", "postgres", "--auth=trust", "--no-sync", "--no-instructions", "-E", "UTF8", "--locale=C")
+
+
 def postgres_bindir() -> str:
     """The directory of ``initdb``/``pg_ctl``: ``$FASTEDGE_PG_BINDIR``, else
     the newest ``/usr/lib/postgresql/N/bin`` (Debian's layout), else ``$PATH``.
@@ -151,19 +156,7 @@ class PostgresServers:
         """``initdb`` a primary that trusts loopback clients (replication
         included)."""
         data = self.data_dir(name)
-        self._run(
-            "initdb",
-            "-D",
-            data,
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-            "--no-instructions",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        )
+        self._run("initdb", "-D", data, *INITDB_OPTIONS)
         with open(os.path.join(data, "pg_hba.conf"), "a", encoding="utf-8") as f:
             f.write("host all all 127.0.0.0/8 trust\nhost replication all 127.0.0.0/8 trust\n")
         with open(os.path.join(data, "postgresql.conf"), "a", encoding="utf-8") as f:

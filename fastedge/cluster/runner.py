@@ -30,6 +30,7 @@ from typing import Any
 from ..identity.sessions import load_or_create_key
 from ..mesh.tls import create_ca, create_node_certificate, write_file
 from .geodb import cluster_networks, write_geo_db
+from .origin import PORT_NAMES, weed_argv
 from .plan import (
     CLIENT_NETWORKS,
     DATABASE,
@@ -278,31 +279,8 @@ class LocalCluster:
         doc = {"identities": [{"name": "fastedge", "credentials": [identity], "actions": ["Admin", "Read", "Write"]}]}
         write_file(identities, json.dumps(doc).encode(), private=True)
         address = self.plan.origin_address
-        names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc", "metrics"]
-        ports = dict(zip(names, _free_ports(address, len(names)), strict=True))
-        argv = [
-            weed,
-            "server",
-            "-ip=" + address,
-            "-ip.bind=" + address,
-            "-master.telemetry=false",
-            "-volume.max=16",
-            "-dir=" + os.path.join(directory, "data"),
-            "-master.port={}".format(ports["master"]),
-            "-master.port.grpc={}".format(ports["master_grpc"]),
-            "-volume.port={}".format(ports["volume"]),
-            "-volume.port.grpc={}".format(ports["volume_grpc"]),
-            "-filer",
-            "-filer.port={}".format(ports["filer"]),
-            "-filer.port.grpc={}".format(ports["filer_grpc"]),
-            "-s3",
-            "-s3.port={}".format(ports["s3"]),
-            "-s3.port.grpc={}".format(ports["s3_grpc"]),
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-s3.config=" + identities,
-            "-metricsPort={}".format(ports["metrics"]),
-        ]
+        ports = dict(zip(PORT_NAMES, _free_ports(address, len(PORT_NAMES)), strict=True))
+        argv = weed_argv(weed, address, os.path.join(directory, "data"), ports, identities)
         endpoint = "http://{}:{}".format(address, ports["s3"])
         self.say("starting the S3 origin (SeaweedFS) at {}".format(endpoint))
         log_path = os.path.join(directory, "weed.log")

@@ -16,6 +16,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastedge.cluster.postgres import INITDB_OPTIONS, PostgresError
+from fastedge.cluster.postgres import postgres_bindir as find_bindir
+
 from .ports import free_port
 
 
@@ -26,11 +29,8 @@ class PostgresUnavailable(RuntimeError):
 def postgres_bindir() -> str:
     """The directory of PostgreSQL's server programs (the product's own
     search, :func:`fastedge.cluster.postgres.postgres_bindir`)."""
-    from fastedge.cluster.postgres import PostgresError
-    from fastedge.cluster.postgres import postgres_bindir as find
-
     try:
-        return find()
+        return find_bindir()
     except PostgresError as e:
         raise PostgresUnavailable(str(e)) from None
 
@@ -180,19 +180,7 @@ class PostgresCluster:
     def start_primary(self, name: str = "primary", settings: dict[str, str] | None = None) -> PostgresServer:
         """Create (``initdb``) and start the primary."""
         data = os.path.join(self.base, name)
-        self._run(
-            os.path.join(self.bindir, "initdb"),
-            "-D",
-            data,
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-            "--no-instructions",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        )
+        self._run(os.path.join(self.bindir, "initdb"), "-D", data, *INITDB_OPTIONS)
         server = self._start(name, data, settings or {}, "database system is ready to accept connections")
         self.primary_name = name
         return server

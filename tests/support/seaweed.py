@@ -15,6 +15,8 @@ import tempfile
 import threading
 from typing import Any
 
+from fastedge.cluster.origin import PORT_NAMES, weed_argv
+
 from .ports import free_ports
 
 
@@ -47,8 +49,7 @@ class SeaweedS3:
 
         weed = shutil.which("weed") or os.path.join(os.path.dirname(sys.executable), "weed")
         self.directory = tempfile.mkdtemp(prefix="fastedge-s3-")
-        names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc", "metrics"]
-        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
+        self.ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
         identities = os.path.join(self.directory, "identities.json")
         with open(identities, "w") as f:
             json.dump(
@@ -65,30 +66,7 @@ class SeaweedS3:
             )
         data = os.path.join(self.directory, "data")
         os.makedirs(data)
-        p = self.ports
-        args = [
-            weed,
-            "server",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            "-master.telemetry=false",
-            "-volume.max=16",
-            "-dir=" + data,
-            "-master.port={}".format(p["master"]),
-            "-master.port.grpc={}".format(p["master_grpc"]),
-            "-volume.port={}".format(p["volume"]),
-            "-volume.port.grpc={}".format(p["volume_grpc"]),
-            "-filer",
-            "-filer.port={}".format(p["filer"]),
-            "-filer.port.grpc={}".format(p["filer_grpc"]),
-            "-s3",
-            "-s3.port={}".format(p["s3"]),
-            "-s3.port.grpc={}".format(p["s3_grpc"]),
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-s3.config=" + identities,
-            "-metricsPort={}".format(p["metrics"]),
-        ]
+        args = weed_argv(weed, "127.0.0.1", data, self.ports, identities)
         self._log_path = os.path.join(self.directory, "weed.log")
         self.process = subprocess.Popen(
             args,

@@ -23,23 +23,13 @@ from .config import HttpConfig, NodeConfig
 from .http.accesslog import AccessLog
 from .http.connections import ConnectionGate, connection_ceiling, descriptor_limit
 from .http.health import HealthResource
-from .http.jsonbody import write_error
+from .http.jsonbody import JsonNotFound, write_error
 from .http.metrics import HttpMetrics, LimitMetrics
 from .http.ops import OpsNetworks
 from .http.site import EdgeSite, RefusalPage
 from .metrics.resource import MetricsResource
 from .residency.gate import ResidencyGate
 from .store.interfaces import IStore
-
-
-class _JsonNotFound(Resource):
-    isLeaf = True
-
-    def render(self, request: Request) -> int:
-        request.route = "not_found"  # type: ignore[attr-defined]
-        write_error(request, 404, "not_found", "no such resource")
-        return NOT_DONE_YET
-
 
 _LANDING = """<!doctype html>
 <html lang="en">
@@ -105,10 +95,10 @@ class EdgeRoot(Resource):
     """The root: named children, a JSON 404 for everything else."""
 
     def getChild(self, path: bytes, request: Request) -> IResource:
-        return _JsonNotFound()
+        return JsonNotFound()
 
     def render(self, request: Request) -> int:
-        return _JsonNotFound().render(request)
+        return JsonNotFound().render(request)
 
 
 def build_site(

@@ -14,6 +14,8 @@ import json
 from typing import Any
 
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -65,3 +67,15 @@ def raw_error_response(
     ]
     lines.extend(name + b": " + value for name, value in headers)
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+class JsonNotFound(Resource):
+    """A JSON 404 for any path below it (``{"error": {"code": "not_found"}}``),
+    the answer every tree of the node gives for a path it does not have."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> int:
+        request.route = "not_found"
+        write_error(request, 404, "not_found", "no such resource")
+        return NOT_DONE_YET

@@ -10,20 +10,10 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ..http.jsonbody import write_error
+from ..http.jsonbody import JsonNotFound, write_error
 from .frontend import Live
 from .protocol import LiveWebSocketFactory
 from .sse import LiveEventsResource
-
-
-class _NotFound(Resource):
-    isLeaf = True
-
-    def render(self, request: Request) -> int:
-        """A JSON 404."""
-        request.route = "not_found"  # type: ignore[attr-defined]
-        write_error(request, 404, "not_found", "no such resource")
-        return NOT_DONE_YET
 
 
 class LiveResource(Resource):
@@ -41,7 +31,7 @@ class LiveResource(Resource):
         """``/live/`` is ``/live``; anything else but ``events`` is a JSON 404."""
         if path == b"":
             return self
-        return _NotFound()
+        return JsonNotFound()
 
     def render(self, request: Request) -> int | bytes:
         """Take a WebSocket upgrade over; anything else gets 426."""

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ..http.jsonbody import write_error
+from ..http.jsonbody import JsonNotFound, write_error
 from .figures import Figures
 from .render import REFRESH_JS, render_fragment, render_page
 
@@ -50,7 +50,7 @@ class StatusResource(Resource):
     def getChild(self, path: bytes, request: Request) -> Resource:
         if path == b"":
             return self
-        return _NotFound()
+        return JsonNotFound()
 
     def render_GET(self, request: Request) -> bytes:
         request.route = "/status"  # type: ignore[attr-defined]
@@ -59,15 +59,6 @@ class StatusResource(Resource):
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"content-security-policy", _CSP)
         return render_page(mesh, figures, version=self._version)
-
-
-class _NotFound(Resource):
-    isLeaf = True
-
-    def render(self, request: Request) -> int:
-        request.route = "not_found"  # type: ignore[attr-defined]
-        write_error(request, 404, "not_found", "no such resource")
-        return NOT_DONE_YET
 
 
 class _Script(Resource):

@@ -17,6 +17,7 @@ from typing import Any
 
 from fastedge.cluster.origin import PORT_NAMES, weed_argv
 
+from .countingproxy import CountingProxy
 from .ports import free_ports
 
 
@@ -39,9 +40,18 @@ class SeaweedS3:
         self.directory = ""
         self.ports: dict[str, int] = {}
         self._log_path = ""
+        self.proxy: CountingProxy | None = None
 
     @property
     def endpoint(self) -> str:
+        """Where nodes under test reach the origin: through a proxy that
+        counts their requests exactly (:meth:`get_requests`)."""
+        assert self.proxy is not None, "start() first"
+        return "http://127.0.0.1:{}".format(self.proxy.port)
+
+    @property
+    def direct_endpoint(self) -> str:
+        """The S3 server itself, for fixtures written with botocore."""
         return "http://127.0.0.1:{}".format(self.ports["s3"])
 
     def start(self, timeout: float = 60.0) -> None:
@@ -94,6 +104,7 @@ class SeaweedS3:
             raise RuntimeError("SeaweedFS did not start; see its log in {}".format(self._log_path))
         # Listening is not yet writable: a bucket creation proves it is.
         self.create_bucket("fastedge-probe", timeout=timeout)
+        self.proxy = CountingProxy(("127.0.0.1", self.ports["s3"]))
 
     def client(self, secret: str | None = None) -> Any:
         """A botocore S3 client for fixtures (blocking)."""
@@ -102,7 +113,7 @@ class SeaweedS3:
 
         return botocore.session.get_session().create_client(
             "s3",
-            endpoint_url=self.endpoint,
+            endpoint_url=self.direct_endpoint,
             region_name="us-east-1",
             aws_access_key_id=self.access_key,
             aws_secret_access_key=secret or self.secret_key,
@@ -134,31 +145,22 @@ class SeaweedS3:
     def delete(self, bucket: str, key: str) -> None:
         self.client().delete_object(Bucket=bucket, Key=key)
 
-    def get_requests(self, bucket: str | None = None) -> float:
-        """S3 GET requests the server has answered so far (of ``bucket``, or
-        all), read from its own Prometheus metrics: counted at the origin."""
-        import urllib.request
-
-        from prometheus_client.parser import text_string_to_metric_families
-
-        url = "http://127.0.0.1:{}/metrics".format(self.ports["metrics"])
-        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - loopback only
-            text = r.read().decode()
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            if family.name != "SeaweedFS_s3_request":
-                continue
-            for sample in family.samples:
-                labels = sample.labels
-                if sample.name.endswith("_total") and labels.get("type") == "GET":
-                    if bucket is None or labels.get("bucket") == bucket:
-                        total += sample.value
-        return total
+    def get_requests(self, bucket: str | None = None) -> int:
+        """S3 GET requests the nodes under test have sent to ``bucket`` (or
+        any), counted by the proxy in front of the origin as each request
+        arrives, so the count is exact the moment a node has its answer
+        (SeaweedFS's own metrics move only after it has answered).
+        Fixtures written with botocore go around the proxy."""
+        assert self.proxy is not None, "start() first"
+        return self.proxy.requests("GET", bucket)
 
     def stop(self) -> None:
         """Kill the server (it needs no graceful stop) and remove its files."""
         import signal
 
+        if self.proxy is not None:
+            self.proxy.close()
+            self.proxy = None
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=30)

@@ -419,7 +419,9 @@ class LocalCluster:
             except OSError:
                 pass
             if process is not None and not process.alive():
-                raise ClusterError("node {} exited at start: {}".format(node_id, self.log_tail(node_id)))
+                raise ClusterError(
+                    "node {} exited at start ({}): {}".format(node_id, process.exit_status(), self.log_tail(node_id))
+                )
             time.sleep(0.1)
         raise ClusterError("node {} was not healthy within {:g} s: {}".format(node_id, timeout, self.log_tail(node_id)))
 

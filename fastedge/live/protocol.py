@@ -154,6 +154,9 @@ class LiveServerProtocol(WebSocketServerProtocol):
     #: :meth:`take_over` opened the connection before anyone asked for
     #: ``is_open``.
     _open_fired = False
+    #: The client's address as autobahn names it (``tcp4:127.0.0.1:52914``),
+    #: for log lines; most connections never log one.
+    peer = _PerConnection(lambda protocol: peer2str(protocol.transport))
     #: autobahn's incoming UTF-8 check, made for the first text message.
     utf8validator = _PerConnection(lambda protocol: Utf8Validator())
     #: The rate limits of what the client sends, made for its first
@@ -203,7 +206,8 @@ class LiveServerProtocol(WebSocketServerProtocol):
         never reads: its transport details (the peer, host and TLS channel
         binding, read from the socket) and a debug line whose arguments are
         formatted whether or not debug logging is on. ``peer`` stays, for
-        the log lines that name the client.
+        the log lines that name the client, made when one first does
+        (:attr:`peer`).
 
         A handed-over upgrade's connection already has ``TCP_NODELAY``
         (twisted.web's channel set it) and needs no opening-handshake
@@ -211,7 +215,6 @@ class LiveServerProtocol(WebSocketServerProtocol):
         caller returns.
         """
         transport: Any = self.transport
-        self.peer = peer2str(transport)
         if self.handed_over:
             self.openHandshakeTimeout = 0
         else:

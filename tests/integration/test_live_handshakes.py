@@ -286,10 +286,11 @@ class HandshakeTests(TestCase):
 
     async def test_idle_connection_is_born_empty(self) -> None:
         """An open connection that has sent nothing holds none of what only
-        a message or an observer needs (autobahn's open and closed
-        Deferreds and its event results, the UTF-8 validator, the rate
-        limiters, transport details): each is made on first use. Made
-        late, they behave as if made at connect: ``is_open`` has fired,
+        a message, an observer or a log line needs (autobahn's open and
+        closed Deferreds and its event results, the UTF-8 validator, the
+        rate limiters, transport details, the client's address as a
+        string): each is made on first use. Made late, they behave as if
+        made at connect: ``peer`` names the client, ``is_open`` has fired,
         the first message is validated and rate-limited, and ``is_closed``
         fires when the connection closes."""
         key = base64.b64encode(os.urandom(16))
@@ -299,8 +300,18 @@ class HandshakeTests(TestCase):
         await client.wait_message("hello")
         (server,) = self.live.connections["websocket"]
         held = vars(server)
-        for name in ("is_open", "is_closed", "_results", "_transport_details", "utf8validator", "_messages", "_frames"):
+        for name in (
+            "is_open",
+            "is_closed",
+            "_results",
+            "_transport_details",
+            "utf8validator",
+            "_messages",
+            "_frames",
+            "peer",
+        ):
             self.assertNotIn(name, held)
+        self.assertEqual(server.peer, "tcp4:127.0.0.1:%d" % client.transport.getHost().port)
         self.assertIsNone(await server.is_open)
         subscribed = client.wait_message("subscribed")
         client.send(masked_text(self.subscribe_message()))

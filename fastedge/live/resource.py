@@ -119,6 +119,12 @@ def _take_transport(request: Request, protocol: Any) -> None:
     protocol.makeConnection(transport)
     # The channel paused the transport while it served the request; no
     # other request follows this one.
+    if isinstance(transport, ProtocolWrapper) and transport.transport is not None:
+        # Plain TCP under the listener's counter: the socket's transport,
+        # without a failed lookup through the wrapper's __getattr__.
+        below: Any = transport.transport
+        below.resumeProducing()
+        return
     network = getattr(transport, "_networkProducer", None)
     if network is not None:
         network.resumeProducing()

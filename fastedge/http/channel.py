@@ -43,7 +43,7 @@ from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
-from twisted.web.http import RESPONSES, HTTPChannel, _GenericHTTPChannelProtocol
+from twisted.web.http import RESPONSES, HTTPChannel, _GenericHTTPChannelProtocol, parse_qs
 from twisted.web.iweb import INonQueuedRequestFactory
 
 from .deadlines import RequestDeadlines
@@ -122,9 +122,33 @@ class EdgeHTTPChannel(RequestDeadlines, HTTPChannel):
         for name, value in headers:
             add(name, value)
         self._command, self._path, self._version = method, target, version
+        if self._handed_over(request, method, target, version):
+            return True
         self.allHeadersReceived()
         # No header framed a body: there is none.
         self.allContentReceived()
+        return True
+
+    def _handed_over(self, request: Any, method: bytes, target: bytes, version: bytes) -> bool:
+        """Hand a whole upgrade ``request`` to its route's hook, if the site
+        has one for ``target`` (:meth:`~fastedge.http.site.EdgeSite.upgrade_route`),
+        with what twisted.web's ``requestReceived`` would have set on it.
+
+        :returns: whether the hook took it (else it is handled in full).
+        """
+        route = getattr(getattr(self, "site", None), "upgrade_route", None)
+        take = route(target) if route is not None else None
+        if take is None:
+            return False
+        path, _, query = target.partition(b"?")
+        request.method, request.uri, request.path, request.clientproto = method, target, path, version
+        request.args = parse_qs(query, 1) if query else {}
+        request.handed_over_whole()
+        if not take(request):
+            return False
+        # As allContentReceived does for any request: the connection is no
+        # longer idle (and no longer this channel's).
+        self.setTimeout(None)
         return True
 
     def rawDataReceived(self, data: bytes) -> None:

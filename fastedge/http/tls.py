@@ -273,6 +273,14 @@ class CountedConnection(_Labelled, ProtocolWrapper):
 
     factory: CountingFactory
 
+    # What the wrapper's __getattr__ would look for in the socket's
+    # transport, on every connection, and not find (an AttributeError
+    # raised and caught each time): no ALPN on plain TCP (the HTTP channel
+    # asks on every read), no zope adapter hook (asked when the channel
+    # adapts its transport to IPushProducer).
+    negotiatedProtocol = None
+    __conform__ = None
+
     def __init__(self, factory: CountingFactory, wrappedProtocol: IProtocol) -> None:
         super().__init__(factory, wrappedProtocol)  # type: ignore[arg-type]
         self._original = wrappedProtocol

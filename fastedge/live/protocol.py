@@ -68,12 +68,47 @@ _HANDSHAKE_LEFTOVERS = (
     "websocket_protocols",
     "websocket_extensions",
     "_wskey",
-    "_transport_details",
 )
 
 
-#: autobahn's event names (``set_valid_events``), one tuple per set.
-_EVENT_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
+class _PerConnection:
+    """A connection's attribute made on its first use, not at connect.
+
+    Most ``/live`` connections never send a frame after their subscribe
+    (or none at all): what only a frame needs (the rate limiters, the
+    UTF-8 validator) or only an observer asks for (autobahn's
+    ``is_open``/``is_closed`` Deferreds) costs nothing until then. Each is
+    one to four objects an idle connection would otherwise hold for the
+    garbage collector to walk, made and walked again on every connect of a
+    burst. A non-data descriptor: once made, the value sits in the
+    instance's ``__dict__`` and is found there first; assigning replaces it.
+
+    :param make: makes the value for a protocol.
+    """
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, protocol: Any, owner: type | None = None) -> Any:
+        if protocol is None:
+            return self
+        value = self._make(protocol)
+        protocol.__dict__[self._name] = value
+        return value
+
+
+def _is_open(protocol: LiveServerProtocol) -> Any:
+    # Asked for after take_over opened the connection: already fired, as
+    # autobahn's would be.
+    future = txaio.create_future()  # type: ignore[attr-defined]
+    if protocol._open_fired:
+        txaio.resolve(future, None)  # type: ignore[attr-defined]
+    return future
+
 
 #: The JSON error code of an autobahn handshake refusal, by status.
 _HANDSHAKE_REFUSALS = {503: "too_many_connections"}
@@ -92,8 +127,6 @@ class LiveServerProtocol(WebSocketServerProtocol):
     _deaf = False
     _writer: Writer | None = None
     _conn: LiveConnection | None = None
-    _messages: TokenBucket
-    _frames: TokenBucket
     #: Frames of the client message being received.
     _fragments = 0
     #: This session's access log line (``None``: the log is off), counting
@@ -106,13 +139,65 @@ class LiveServerProtocol(WebSocketServerProtocol):
     #: The ``101`` of a handed-over upgrade, sent with the greeting.
     _switching: bytes | None = None
 
+    # What autobahn's ``WebSocketProtocol.__init__`` gives every instance,
+    # as class defaults or made on first use (:class:`_PerConnection`):
+    # its event names (one tuple, never changed), the results of events
+    # fired to listeners (made by :meth:`on`; nothing here listens), its
+    # transport details (only its client side reads them), its open and
+    # closed Deferreds (autobahn resolves is_closed by reading it when the
+    # connection closes, which makes it then). A connection is born empty.
+    _valid_events = ("message",)  # type: ignore[assignment]
+    _results: dict[str, Any] | None = None  # type: ignore[assignment]
+    _transport_details = None  # type: ignore[assignment]
+    is_open = _PerConnection(_is_open)
+    is_closed = _PerConnection(lambda protocol: txaio.create_future())  # type: ignore[attr-defined]
+    #: :meth:`take_over` opened the connection before anyone asked for
+    #: ``is_open``.
+    _open_fired = False
+    #: The client's address as autobahn names it (``tcp4:127.0.0.1:52914``),
+    #: for log lines; most connections never log one.
+    peer = _PerConnection(lambda protocol: peer2str(protocol.transport))
+    #: autobahn's incoming UTF-8 check, made for the first text message.
+    utf8validator = _PerConnection(lambda protocol: Utf8Validator())
+    #: The rate limits of what the client sends, made for its first
+    #: message and frame: a full bucket made later is the same as one
+    #: made at connect and never used (it starts full and stays full).
+    _messages = _PerConnection(
+        lambda protocol: protocol._bucket(protocol.factory.live.cfg.client_messages_per_minute, 60.0)
+    )
+    _frames = _PerConnection(lambda protocol: protocol._bucket(protocol.factory.live.cfg.client_frames_per_second, 1.0))
+
     def __init__(self) -> None:
-        super().__init__()
-        # autobahn's list of event names, as one tuple shared by every
-        # connection: an idle connection should hold as few objects as
-        # possible for the garbage collector's full passes to walk.
-        events: tuple[str, ...] = tuple(self._valid_events or ())
-        self._valid_events = _EVENT_NAMES.setdefault(events, events)  # type: ignore[assignment]
+        # Not autobahn's WebSocketProtocol.__init__: see the class defaults above.
+        pass
+
+    def _onOpen(self) -> None:
+        """autobahn's, less reading the TLS channel binding and peer
+        certificate into transport details that :meth:`connectionMade`
+        never makes (nothing here reads them)."""
+        self.onOpen()
+
+    def _bucket(self, events: float, per_seconds: float) -> TokenBucket:
+        """A token bucket of ``events`` per ``per_seconds`` (bursts of ``events``)."""
+        live = self.factory.live
+        return TokenBucket(events / per_seconds, events, live.clock)
+
+    def on(self, event: str, handler: Any) -> None:
+        """autobahn's listeners (unused by the node), with the dict of their
+        results that its ``__init__`` would have made."""
+        if self._results is None:
+            self._results = {}
+        super().on(event, handler)
+
+    def onMessageEnd(self) -> None:
+        """autobahn's, less firing the ``message`` event when nothing listens
+        (it makes a Deferred, a closure and a callback per message)."""
+        if self._listeners is not None:
+            super().onMessageEnd()
+            return
+        if not self.failedByMe:
+            self._onMessage(b"".join(self.message_data), self.message_is_binary)
+        self.message_data = None  # type: ignore[assignment]
 
     # Handshake and lifecycle
 
@@ -121,7 +206,8 @@ class LiveServerProtocol(WebSocketServerProtocol):
         never reads: its transport details (the peer, host and TLS channel
         binding, read from the socket) and a debug line whose arguments are
         formatted whether or not debug logging is on. ``peer`` stays, for
-        the log lines that name the client.
+        the log lines that name the client, made when one first does
+        (:attr:`peer`).
 
         A handed-over upgrade's connection already has ``TCP_NODELAY``
         (twisted.web's channel set it) and needs no opening-handshake
@@ -129,7 +215,6 @@ class LiveServerProtocol(WebSocketServerProtocol):
         caller returns.
         """
         transport: Any = self.transport
-        self.peer = peer2str(transport)
         if self.handed_over:
             self.openHandshakeTimeout = 0
         else:
@@ -185,7 +270,6 @@ class LiveServerProtocol(WebSocketServerProtocol):
         self.data = b""
         self.send_queue = deque()
         self.triggered = False
-        self.utf8validator = Utf8Validator()
         if self.openHandshakeTimeout > 0:
             self.openHandshakeTimeoutCall = factory._batched_timer.call_later(
                 self.openHandshakeTimeout, self.onOpenHandshakeTimeout
@@ -292,7 +376,10 @@ class LiveServerProtocol(WebSocketServerProtocol):
         self.inside_message = False
         self.current_frame = None  # type: ignore[assignment]
         self._onOpen()
-        txaio.resolve(self.is_open, None)  # type: ignore[attr-defined]
+        if "is_open" in self.__dict__:
+            txaio.resolve(self.is_open, None)  # type: ignore[attr-defined]
+        else:
+            self._open_fired = True
         rest = request.content.read() if request.content is not None else b""
         if rest:
             self.data = rest
@@ -347,9 +434,6 @@ class LiveServerProtocol(WebSocketServerProtocol):
         if not self.send_queue:
             self.send_queue = ()  # type: ignore[assignment]
         self._conn = LiveConnection(live, self)
-        cfg = live.cfg
-        self._messages = TokenBucket(cfg.client_messages_per_minute / 60.0, cfg.client_messages_per_minute, live.clock)
-        self._frames = TokenBucket(cfg.client_frames_per_second, cfg.client_frames_per_second, live.clock)
         self._open = True
         self._opened_once = True
         live.opened(self)

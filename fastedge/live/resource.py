@@ -48,6 +48,27 @@ class LiveResource(Resource):
             return NOT_DONE_YET
         if _refuse_upgrade(request):
             return NOT_DONE_YET
+        self._hand_over(request)
+        return NOT_DONE_YET
+
+    def take_upgrade(self, request: Request) -> bool:
+        """Take over an upgrade whose head arrived whole, as twisted.web's
+        channel parsed it (:meth:`fastedge.http.site.EdgeSite.upgrade_route`),
+        without routing and rendering it as a request: the same checks and
+        handover as :meth:`render`.
+
+        :returns: ``False`` (nothing done) for anything :meth:`render`
+            answers otherwise (426, or a refusal in JSON): the channel then
+            handles the request in full, as any other.
+        """
+        upgrade = (request.getHeader(b"upgrade") or b"").lower()
+        if request.method != b"GET" or upgrade != b"websocket" or _refusal(request) is not None:
+            return False
+        request.route = "/live"  # type: ignore[attr-defined]
+        self._hand_over(request)
+        return True
+
+    def _hand_over(self, request: Request) -> None:
         # The session writes the access log line when it ends (with its
         # duration and messages); the factory hands it to the protocol it
         # builds now.
@@ -61,7 +82,6 @@ class LiveResource(Resource):
         _take_transport(request, protocol)
         protocol.take_over(request)
         _let_go(request)
-        return NOT_DONE_YET
 
 
 def _let_go(request: Request) -> None:
@@ -99,6 +119,12 @@ def _take_transport(request: Request, protocol: Any) -> None:
     protocol.makeConnection(transport)
     # The channel paused the transport while it served the request; no
     # other request follows this one.
+    if isinstance(transport, ProtocolWrapper) and transport.transport is not None:
+        # Plain TCP under the listener's counter: the socket's transport,
+        # without a failed lookup through the wrapper's __getattr__.
+        below: Any = transport.transport
+        below.resumeProducing()
+        return
     network = getattr(transport, "_networkProducer", None)
     if network is not None:
         network.resumeProducing()
@@ -108,27 +134,38 @@ def _take_transport(request: Request, protocol: Any) -> None:
 
 def _refuse_upgrade(request: Request) -> bool:
     """Refuse, in JSON, a WebSocket upgrade that autobahn would refuse with
-    an empty response or accept against RFC 6455: one over anything but
-    HTTP/1.1 (400), of a version other than 13 (426, naming 13), or without
-    the Host, ``Connection: upgrade`` and key RFC 6455 section 4.1 requires
-    (400).
+    an empty response or accept against RFC 6455 (:func:`_refusal`).
 
     :returns: whether ``request`` was answered.
     """
+    refusal = _refusal(request)
+    if refusal is None:
+        return False
+    status, code, message, headers = refusal
+    for name, value in headers:
+        request.setHeader(name, value)
+    write_error(request, status, code, message)
+    return True
+
+
+def _refusal(request: Request) -> tuple[int, str, str, tuple[tuple[bytes, bytes], ...]] | None:
+    """Why a WebSocket upgrade is refused: one over anything but HTTP/1.1
+    (400), of a version other than 13 (426, naming 13), or without the
+    Host, ``Connection: upgrade`` and key RFC 6455 section 4.1 requires
+    (400).
+
+    :returns: ``(status, code, message, headers)``, or ``None`` to accept.
+    """
     if request.clientproto != b"HTTP/1.1":
-        request.setHeader(b"connection", b"close")
-        write_error(request, 400, "websocket_needs_http11", "a WebSocket upgrade needs HTTP/1.1")
-        return True
+        return 400, "websocket_needs_http11", "a WebSocket upgrade needs HTTP/1.1", ((b"connection", b"close"),)
     versions = request.requestHeaders.getRawHeaders(b"sec-websocket-version") or []
     if versions != [b"13"]:
-        request.setHeader(b"sec-websocket-version", b"13")
-        write_error(
-            request,
+        return (
             426,
             "unsupported_websocket_version",
             "only WebSocket version 13 (RFC 6455) is spoken here",
+            ((b"sec-websocket-version", b"13"),),
         )
-        return True
     headers = request.requestHeaders
     connection = b",".join(headers.getRawHeaders(b"connection") or [])
     keys = headers.getRawHeaders(b"sec-websocket-key") or []
@@ -138,14 +175,13 @@ def _refuse_upgrade(request: Request) -> bool:
         or len(keys) != 1
         or _KEY.fullmatch(keys[0]) is None
     ):
-        write_error(
-            request,
+        return (
             400,
             "bad_websocket_handshake",
             "a WebSocket upgrade needs Host, Connection: upgrade and one Sec-WebSocket-Key (16 bytes, base64)",
+            (),
         )
-        return True
-    return False
+    return None
 
 
 #: A Sec-WebSocket-Key: 16 bytes in base64 (RFC 6455 section 4.1).

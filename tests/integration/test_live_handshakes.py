@@ -284,6 +284,45 @@ class HandshakeTests(TestCase):
         client.send(b"\x88\x82" + b"\x00\x00\x00\x00" + b"\x03\xe8")
         await client.lost
 
+    async def test_idle_connection_is_born_empty(self) -> None:
+        """An open connection that has sent nothing holds none of what only
+        a message, an observer or a log line needs (autobahn's open and
+        closed Deferreds and its event results, the UTF-8 validator, the
+        rate limiters, transport details, the client's address as a
+        string): each is made on first use. Made late, they behave as if
+        made at connect: ``peer`` names the client, ``is_open`` has fired,
+        the first message is validated and rate-limited, and ``is_closed``
+        fires when the connection closes."""
+        key = base64.b64encode(os.urandom(16))
+        host = b"127.0.0.1:%d" % self.http_port
+        client = RawWebSocket(CHROMIUM.replace(b"{host}", host).replace(b"{key}", key))
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", self.http_port).connect(Factory.forProtocol(lambda: client))
+        await client.wait_message("hello")
+        (server,) = self.live.connections["websocket"]
+        held = vars(server)
+        for name in (
+            "is_open",
+            "is_closed",
+            "_results",
+            "_transport_details",
+            "utf8validator",
+            "_messages",
+            "_frames",
+            "peer",
+        ):
+            self.assertNotIn(name, held)
+        self.assertEqual(server.peer, "tcp4:127.0.0.1:%d" % client.transport.getHost().port)
+        self.assertIsNone(await server.is_open)
+        subscribed = client.wait_message("subscribed")
+        client.send(masked_text(self.subscribe_message()))
+        await subscribed
+        self.assertIn("utf8validator", vars(server))
+        self.assertIn("_messages", vars(server))
+        closed = server.is_closed
+        client.send(b"\x88\x82" + b"\x00\x00\x00\x00" + b"\x03\xe8")
+        self.assertIs(await closed, server)
+        await client.lost
+
     def live_factory(self) -> Any:
         return self.node.top.getServiceNamed("live").resource.factory
 

@@ -23,7 +23,7 @@ import fastedge
 #: (``tap``); ``__init__`` is the package itself (``__version__``).
 LAYERS: list[set[str]] = [
     # Shared mechanisms that know nothing of the product.
-    {"__init__", "inputs", "logs", "singleflight", "expiring", "metrics", "lifecycle", "columns"},
+    {"__init__", "inputs", "logs", "singleflight", "expiring", "metrics", "lifecycle", "columns", "heap"},
     {"tokenbucket"},
     # The validated configuration.
     {"config"},

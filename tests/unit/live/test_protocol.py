@@ -705,3 +705,26 @@ class ClosingHandshakeTimerTests(LiveProtocolTestCase):
         self.assertNotIn(timer, self.reactor.getDelayedCalls())
         self.assertIsNone(server.closeHandshakeTimeoutCall)
         self.assertEqual(self.node.metric("fastedge_live_connections", {"transport": "websocket"}), 0)
+
+
+class AutobahnEventsTests(LiveProtocolTestCase):
+    """What autobahn's ``WebSocketProtocol.__init__`` made per connection is
+    made on first use (``LiveServerProtocol``'s class defaults); autobahn's
+    own handshake path still fires them."""
+
+    async def test_is_open_fired_by_autobahns_handshake(self) -> None:
+        """A handshake autobahn parses itself (not handed over by
+        twisted.web) fires ``is_open``, asked for after the open."""
+        await self.connect()
+        self.assertIsNone(self.successResultOf(self.server().is_open))
+
+    async def test_message_listeners_still_hear(self) -> None:
+        """A listener registered with autobahn's ``on("message", ...)`` gets
+        each message (the node itself registers none, and then no event is
+        fired per message)."""
+        client = await self.connect()
+        heard: list[bytes] = []
+        self.server().on("message", lambda payload, is_binary: heard.append(payload))
+        client.sendMessage(b'{"type":"ping"}')
+        self.flush()
+        self.assertEqual(heard, [b'{"type":"ping"}'])

@@ -8,7 +8,10 @@ options (not started: nothing listens). Every module's execution is timed
 in RSS: the growth while its own body runs, minus the growth of the
 imports it makes (counted to them), so the figures add up to the total.
 Grouped by package (``fastedge.<sub>``, ``twisted.<sub>``,
-``sqlalchemy.<sub>``, else the top-level name), largest first.
+``sqlalchemy.<sub>``, else the top-level name), largest first; then what
+each of our own modules brings: every other module it was the first to
+import, with all that module imported in turn (what deferring that one
+import of ours would save, if nothing else imports it).
 
 RSS moves in pages and allocator arenas, so a module's own figure is
 approximate (a small module may be charged for an arena its neighbour
@@ -39,6 +42,8 @@ def rss() -> int:
 
 #: Module name -> bytes of RSS its own body added.
 own: dict[str, int] = {}
+#: Module name -> the module whose body first imported it (``None`` at top level).
+importer: dict[str, str | None] = {}
 #: The modules executing, innermost last: [name, RSS at start, RSS of nested imports].
 _running: list[list[Any]] = []
 
@@ -55,6 +60,9 @@ class _Measured(importlib.abc.Loader):
         return self.inner.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
+        # setdefault: a module some package executes twice (autobahn's nvx
+        # runs its CFFI builder module again) keeps its first importer.
+        importer.setdefault(module.__name__, _running[-1][0] if _running else None)
         _running.append([module.__name__, rss(), 0])
         try:
             self.inner.exec_module(module)
@@ -120,6 +128,24 @@ def main() -> None:
     print("by top-level package:")
     for name, size in tops.most_common(top):
         print(f"  {size / mib:6.2f} MiB  {name}")
+    print("what our own modules bring (other modules they first imported, with those modules' imports):")
+    subtree: Counter[str] = Counter()
+    for name, size in own.items():
+        seen = set()
+        at: str | None = name
+        while at is not None and at not in seen:
+            seen.add(at)
+            subtree[at] += size
+            at = importer.get(at)
+    brought = Counter(
+        {
+            (name, by): subtree[name]
+            for name, by in importer.items()
+            if by is not None and by.startswith("fastedge") and not name.startswith("fastedge")
+        }
+    )
+    for (name, by), size in brought.most_common(top):
+        print(f"  {size / mib:6.2f} MiB  {name} <- {by}")
     print("largest modules:")
     for name, size in Counter(own).most_common(top):
         print(f"  {size / mib:6.2f} MiB  {name}")

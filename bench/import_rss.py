@@ -20,6 +20,10 @@ packages (nor, so, our modules that need them, which are listed); the
 difference is what the packages cost with everything that uses them (a
 replacement's own cost is not in it).
 
+``.venv-node/bin/python bench/import_rss.py`` (the venv bench/footprint
+makes) measures the node as installed; the development ``.venv``'s test
+and lint tools add packages a node imports when present (click, ~0.9 MiB).
+
 RSS moves in pages and allocator arenas, so a module's own figure is
 approximate (a small module may be charged for an arena its neighbour
 will fill); the package totals are stable to a few hundred KB. Run it on

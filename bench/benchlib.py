@@ -22,13 +22,20 @@ LOAD_CPU = "1"
 
 
 def start_node(
-    workdir: str, config_text: str, port: int, *, cpu: str = NODE_CPU, tree: str = REPO
+    workdir: str,
+    config_text: str,
+    port: int,
+    *,
+    cpu: str = NODE_CPU,
+    tree: str = REPO,
+    venv: str = os.path.join(REPO, ".venv"),
 ) -> subprocess.Popen[bytes]:
     """Start ``twistd fastedge`` with ``config_text`` pinned to ``cpu`` and
     wait until its /healthz answers 200 on ``port``.
 
     :param tree: the source tree whose ``fastedge`` runs (e.g. a git
         worktree of the baseline, to compare before and after in one run).
+    :param venv: the virtualenv whose ``twistd`` runs it.
     """
     config = os.path.join(workdir, "node-{}.toml".format(port))
     with open(config, "w") as f:
@@ -39,7 +46,7 @@ def start_node(
             "taskset",
             "-c",
             cpu,
-            os.path.join(REPO, ".venv/bin/twistd"),
+            os.path.join(venv, "bin", "twistd"),
             "--nodaemon",
             "--pidfile=",
             "fastedge",

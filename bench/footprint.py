@@ -25,6 +25,14 @@ and without ``.pyc`` files every start compiles fastedge's ~150 modules
 from source, which leaves ~4.5 MB more in the process; ``BYTECODE=0``
 measures that (it removes the trees' ``fastedge`` ``__pycache__`` first).
 
+The node runs from ``.venv-node``, a virtualenv holding only fastedge's
+runtime requirements (setup.cfg's ``install_requires``, at the versions of
+``.venv``; ``bench/footprint`` makes it), as an installed node runs: the
+development ``.venv`` also holds the test and lint tools, and a package one
+of them brings is imported by a node when present (autobahn imports
+``click``, which black and schemathesis install: ~0.9 MiB). ``NODE_VENV``
+names another (``NODE_VENV=.venv`` measures the development one).
+
 For each: RSS once started (after a second to settle), then after 1,000
 WebSocket clients have connected and (fastedge) subscribed to one thread.
 The clients connect from 127.0.0.2-5 so that the node's default limit of
@@ -59,6 +67,7 @@ from tests.support.ports import free_ports  # noqa: E402
 SUBSCRIBERS = int(os.environ.get("SUBSCRIBERS", "1000"))
 BASELINE = os.environ.get("BASELINE", "main")
 BYTECODE = os.environ.get("BYTECODE", "1") != "0"
+NODE_VENV = os.path.join(REPO, os.environ.get("NODE_VENV", ".venv-node"))
 URL_ID = "https://bench.test/footprint"
 PRIMARY = ReadPreference.PRIMARY
 
@@ -201,7 +210,7 @@ def run_fastedge(extra: str, store_factory, tree: str = REPO) -> dict[str, float
     workdir = tempfile.mkdtemp(prefix="fe-footprint-")
     text, port = node_config(workdir, extra)
     tenant = seed(store_factory(workdir))
-    node = benchlib.start_node(workdir, text, port, tree=tree)
+    node = benchlib.start_node(workdir, text, port, tree=tree, venv=NODE_VENV)
     try:
         sub = json.dumps({"type": "subscribe", "tenant": tenant, "urlId": URL_ID}).encode()
         return measure(node.pid, port, sub)
@@ -276,8 +285,12 @@ def main() -> None:
 
     print()
     print(
-        "node memory (RSS), %d idle WebSocket subscribers; fastedge %s"
-        % (SUBSCRIBERS, "from .pyc (as installed)" if BYTECODE else "compiling its sources at start (BYTECODE=0)")
+        "node memory (RSS), %d idle WebSocket subscribers; fastedge %s, in %s"
+        % (
+            SUBSCRIBERS,
+            "from .pyc (as installed)" if BYTECODE else "compiling its sources at start (BYTECODE=0)",
+            os.path.relpath(NODE_VENV, REPO),
+        )
     )
     print("(RSS; in brackets the private part: RSS less the library code shared with other processes)")
     print("%-52s %16s %20s %14s" % ("", "started MiB", "+subscribers MiB", "KiB/subscriber"))

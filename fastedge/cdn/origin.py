@@ -20,7 +20,6 @@ from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web._newclient import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
@@ -133,6 +132,11 @@ class _BodyProtocol(Protocol):
         self._receiver.data(data)
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
+        # Only a node with an origin gets here, and it has loaded the HTTP
+        # client (fastedge.cdn.service imports it with the origins): a node
+        # without one does not carry twisted.web's client for this name.
+        from twisted.web.client import ResponseDone
+
         if reason.check(ResponseDone, PotentialDataLoss):
             # PotentialDataLoss: no Content-Length; the receiver checks the size it expected.
             self._receiver.done()

@@ -26,6 +26,7 @@ HEAVY = {
     "urllib3": "botocore's",
     "treq": "the CDN's origin client",
     "twisted.web.client": "the CDN's origin client",
+    "twisted.web._newclient": "the CDN's origin client (its ResponseDone, named when a body ends)",
     "maxminddb": "geo.database (the GeoIP index)",
     "puremagic": "the first media upload",
     "jinja2": "the first embed page rendered",
@@ -68,7 +69,7 @@ class FootprintTests(SynchronousTestCase):
     def test_default_config_imports_no_heavy_module(self) -> None:
         """The default config (embedded store, no S3 origin) builds a node
         without importing psycopg, txmongo, pymongo, botocore, urllib3, treq,
-        ``twisted.web.client``, maxminddb, puremagic, jinja2, markdown-it,
+        ``twisted.web.client`` (nor its ``_newclient``), maxminddb, puremagic, jinja2, markdown-it,
         nh3 or ElementTree."""
         data_dir = os.path.abspath(self.mktemp())
         loaded = loaded_after_make_service(["--data-dir", data_dir])

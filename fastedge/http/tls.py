@@ -322,26 +322,37 @@ class CountingTLSProtocol(_Labelled, TLSMemoryBIOProtocol):
     ) -> None:
         super().__init__(factory, wrappedProtocol, _connectWrapped)
         self._original = wrappedProtocol
-        #: The TCP transport below, written through (``False``: not looked up yet).
-        self._below: Any = False
+
+    #: The plain TCP transport below, written through
+    #: (:func:`~fastedge.http.writenow.write_through`); ``None`` until a
+    #: live stream asks for it.
+    _below: Any = None
 
     def _flushSendBIO(self) -> None:
-        # Write-through (fastedge.http.writenow): the ciphertext goes on the
-        # socket now when nothing waits before it, not on the reactor's next
-        # turn; whatever the socket does not take is TCP's to queue, as
-        # before. The only change to Twisted's method is that last call.
+        # Write-through (fastedge.http.writenow) once a live stream owns the
+        # connection: each frame's ciphertext goes on the socket now when
+        # nothing waits before it, not on the reactor's next turn; what the
+        # socket does not take is TCP's to queue, as before. Other traffic
+        # keeps Twisted's buffering, which sends an HTTP answer's headers
+        # and body (two TLS records) in one send. The only change to
+        # Twisted's method is that last call.
         try:
             data = self._tlsConnection.bio_read(2**15)
         except SSL.WantReadError:
             return
         below = self._below
-        if below is False:
-            below = self._below = plain_tcp(self.transport)
         if below is None:
             assert self.transport is not None
             self.transport.write(data)
         else:
             send_now(below, data)
+
+    def write_through(self) -> bool:
+        """From now on, write each record's ciphertext through to the
+        socket when the TCP transport below is plain TCP; returns whether
+        it is (see :func:`fastedge.http.writenow.write_through`)."""
+        self._below = plain_tcp(self.transport)
+        return self._below is not None
 
     def _checkHandshakeStatus(self) -> None:
         # The one place Twisted learns the handshake is done; it offers no

@@ -10,6 +10,9 @@ send first (``uv_try_write``); :func:`write_now` does the same for a
 plain TCP transport whose buffers are empty, and hands only what the
 socket did not take to ``transport.write``.
 
+Under TLS, :class:`~fastedge.http.tls.CountingTLSProtocol` writes its
+ciphertext through once a live stream asks (:func:`write_through`).
+
 Everything else is Twisted's own path, so nothing changes in what a
 connection sees:
 
@@ -101,6 +104,21 @@ def send_now(t: tcp.Connection, data: bytes) -> None:
         if n:
             data = data[n:]
     t.write(data)
+
+
+def write_through(transport: Any) -> bool:
+    """Ask a TLS connection under ``transport`` to write its ciphertext
+    through from now on (a live stream: one record per frame, each worth
+    sending at once); returns whether it will.
+
+    Only for connections that stream: an HTTP answer is two writes
+    (headers, body), which Twisted's buffering sends together, as two TLS
+    records in one send; written through, they would be two sends and two
+    segments.
+    """
+    transport = unwrapped(transport)
+    ask = getattr(transport, "write_through", None)
+    return bool(ask()) if callable(ask) else False
 
 
 def write_now(transport: Any, data: bytes) -> None:

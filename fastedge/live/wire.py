@@ -34,7 +34,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from ..http.writenow import has_buffer_fields, plain_tcp, send_now, unwrapped
+from ..http.writenow import has_buffer_fields, plain_tcp, send_now, unwrapped, write_through
 
 #: How many bytes one connection holds in this process, right now.
 Meter = Callable[[], int]
@@ -139,6 +139,9 @@ class Writer:
     ) -> None:
         self._transport = transport
         self._tcp = plain_tcp(transport) if direct else None
+        if direct and self._tcp is None:
+            # TLS: each frame's record written through below the encryption.
+            write_through(transport)
         self._meter = backlog if backlog is not None else backlog_meter(transport)
         self._paused = False
         self._behind = 0

@@ -26,7 +26,7 @@ from fastedge.http.certs import self_signed_pem
 from fastedge.http.connections import ConnectionGate
 from fastedge.http.metrics import ConnectionMetrics, TlsMetrics
 from fastedge.http.tls import CountingTLSFactory
-from fastedge.http.writenow import plain_tcp, send_now, write_now
+from fastedge.http.writenow import plain_tcp, send_now, write_now, write_through
 from fastedge.metrics.registry import new_registry
 
 
@@ -241,10 +241,11 @@ _PEM = self_signed_pem("localhost", datetime.datetime(2026, 1, 1, tzinfo=datetim
 
 class TlsWriteThroughTests(SynchronousTestCase):
     def test_ciphertext_goes_to_the_socket_at_once(self) -> None:
-        """Under TLS the TCP transport below is written through: what the
-        application writes is encrypted and on the socket when ``write``
-        returns, nothing left in Twisted's buffer, and the client decrypts
-        it in order with what came before."""
+        """Under TLS, once a live stream asks (:func:`write_through`), the
+        TCP transport below is written through: what the application
+        writes is encrypted and on the socket when ``write`` returns,
+        nothing left in Twisted's buffer, and the client decrypts it in
+        order with what came before. Until then, Twisted's buffering."""
         registry = new_registry()
         cert = PrivateCertificate.loadPEM(_PEM)
         options = CertificateOptions(privateKey=cert.privateKey.original, certificate=cert.original)
@@ -277,12 +278,20 @@ class TlsWriteThroughTests(SynchronousTestCase):
                 out = b""
             if out:
                 server.dataReceived(out)
+            if queued(transport):
+                transport.doWrite()  # the reactor's turn
             back = read_all(peer)
             if back:
                 client.bio_write(back)
             if not out and not back:
                 break
         app = server.wrappedProtocol
+        # An HTTP answer: Twisted's buffering (both records in one send).
+        app.transport.write(b"answer; ")
+        self.assertGreater(queued(transport), 0)
+        transport.doWrite()
+        # A live stream asks for write-through.
+        self.assertTrue(write_through(app.transport))
         app.transport.write(b"hello, ")
         app.transport.write(b"reader")
         self.assertEqual(queued(transport), 0)
@@ -293,7 +302,7 @@ class TlsWriteThroughTests(SynchronousTestCase):
                 plaintext += client.recv(100)
             except SSL.WantReadError:
                 break
-        self.assertEqual(plaintext, b"hello, reader")
+        self.assertEqual(plaintext, b"answer; hello, reader")
 
 
 class _App(Protocol):

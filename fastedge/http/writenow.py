@@ -29,7 +29,7 @@ connection sees:
   written with ``transport.write``.
 
 It reads private parts of ``twisted.internet.abstract.FileDescriptor``
-(``dataBuffer``, ``_tempDataLen``, ``_writeDisconnected``,
+(``dataBuffer``, ``offset``, ``_tempDataLen``,
 ``_writeDisconnecting``) and ``tcp.Connection.socket``; setup.cfg lists
 them beside the Twisted cap, and :func:`plain_tcp` refuses the shortcut
 when a release no longer has them.
@@ -43,7 +43,7 @@ from twisted.internet import tcp
 from twisted.protocols.policies import ProtocolWrapper
 
 #: FileDescriptor's buffer state, read to tell that nothing waits.
-_BUFFER_FIELDS = ("dataBuffer", "_tempDataLen", "offset", "_writeDisconnected", "_writeDisconnecting")
+_BUFFER_FIELDS = ("dataBuffer", "_tempDataLen", "offset", "_writeDisconnecting")
 
 
 def unwrapped(transport: Any) -> Any:
@@ -81,18 +81,16 @@ def plain_tcp(transport: Any) -> tcp.Connection | None:
     return None
 
 
-def send_now(t: tcp.Connection, data: bytes) -> None:
+def send_now(t: tcp.Connection, data: bytes) -> bool:
     """Write ``data`` to the plain TCP transport ``t`` (from
     :func:`plain_tcp`): straight to its socket when Twisted holds nothing
-    for it, the unsent rest (or all of it) through ``t.write``."""
-    if (
-        not t.dataBuffer
-        and not t._tempDataLen
-        and t.connected
-        and not t.disconnecting
-        and not t._writeDisconnecting
-        and not t._writeDisconnected
-    ):
+    for it, the unsent rest (or all of it) through ``t.write``.
+
+    :returns: whether all of ``data`` is on the socket (nothing was queued).
+    """
+    # (A half-closed transport, _writeDisconnected, was first
+    # _writeDisconnecting: Twisted sets the one only after the other.)
+    if not t.dataBuffer and not t._tempDataLen and t.connected and not t.disconnecting and not t._writeDisconnecting:
         try:
             n = t.socket.send(data)
         except OSError:
@@ -100,10 +98,11 @@ def send_now(t: tcp.Connection, data: bytes) -> None:
             # meets the same error and reports the loss once.
             n = 0
         if n == len(data):
-            return
+            return True
         if n:
             data = data[n:]
     t.write(data)
+    return False
 
 
 def write_through(transport: Any) -> bool:

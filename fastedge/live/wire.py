@@ -179,8 +179,9 @@ class Writer:
             return 0
         t = self._tcp
         if t is not None:
-            send_now(t, data)
-            if (t.dataBuffer or t._tempDataLen) and len(t.dataBuffer) - t.offset + t._tempDataLen > self._limit:
+            if send_now(t, data):
+                return len(data)
+            if len(t.dataBuffer) - t.offset + t._tempDataLen > self._limit:
                 self._overflow()
             return len(data)
         self._transport.write(data)

@@ -650,6 +650,18 @@ def main() -> None:
                 "post_none_p50_ms": round(pct(answer_none_ms, 50), 2) if answer_none_ms else None,
                 "post_none_p99_ms": round(pct(answer_none_ms, 99), 2) if answer_none_ms else None,
                 "post_runqueue_none_p50_ms": round(pct(runq_none_ms, 50), 2) if runq_none_ms else None,
+                "post_runqueue_readers_p99_ms": round(pct(runq_busy_ms, 99), 2),
+                "post_runqueue_none_p99_ms": round(pct(runq_none_ms, 99), 2) if runq_none_ms else None,
+                # Each answer's time less the server's wait for its CPU in it
+                # (on a shared machine, most of a tail is that wait).
+                "post_oncpu_readers_p99_ms": round(
+                    pct([a - q for a, q in zip(sent_busy_ms, runq_busy_ms, strict=True)], 99), 2
+                ),
+                "post_oncpu_none_p99_ms": (
+                    round(pct([a - q for a, q in zip(sent_none_ms, runq_none_ms, strict=True)], 99), 2)
+                    if sent_none_ms
+                    else None
+                ),
                 "post_runqueue_idle_p50_ms": round(pct(runq_idle_ms, 50), 2),
                 "post_runqueue_readers_p50_ms": round(pct(runq_busy_ms, 50), 2),
                 "post_idle_wake_p50_ms": round(pct(wake_idle_ms, 50), 2) if wake_idle_ms else None,

@@ -116,8 +116,10 @@ def write_through(transport: Any) -> bool:
     segments.
     """
     transport = unwrapped(transport)
-    ask = getattr(transport, "write_through", None)
-    return bool(ask()) if callable(ask) else False
+    # Looked up on the class: a ProtocolWrapper's __getattr__ would look in
+    # the protocol it wraps.
+    ask = getattr(type(transport), "write_through", None)
+    return bool(ask(transport)) if callable(ask) else False
 
 
 def write_now(transport: Any, data: bytes) -> None:

@@ -134,6 +134,22 @@ def runqueue_ns(pid: int) -> int:
     return total
 
 
+def cpu_softirq_ticks(cpu: int) -> int:
+    """Clock ticks CPU ``cpu`` has spent in softirq (``/proc/stat``).
+
+    On loopback a send's receive processing (the readers' TCP) runs in
+    softirq on the sending CPU, i.e. the server's; the kernel charges the
+    ticks that land there to softirq, not to the process, so the server's
+    own CPU time (``/proc/PID/stat``) does not include it. (Anything else
+    on that CPU's network counts too: read on a quiet machine.)
+    """
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu%d " % cpu):
+                return int(line.split()[7])
+    return 0
+
+
 _HANDLED_RE = re.compile(rb"\r\n\r\nok (\d+)$")
 
 
@@ -198,11 +214,15 @@ def poster(addr: tuple[str, int], post: bytes, quiet_post: bytes, cmd: socket.so
                 kernel = stamp - wall if stamp is not None else read
                 cmd.sendall(struct.pack("!QQQQQ", read, max(0, kernel), t, 0, handled_at(answer)))
                 continue
+            # "p": the publishing POST on the thread the readers follow;
+            # "n": the same POST on a thread nobody reads, on the same
+            # connection (the baseline made beside it).
+            body = post if what == b"p" else quiet_post
             queued = runqueue_ns(server)
             t = time.monotonic_ns()
             wall = time.time_ns()
             try:
-                s.sendall(post)
+                s.sendall(body)
                 answer, stamp = answer_stamp(s)
             except OSError:
                 answer, stamp = b"", None
@@ -214,7 +234,7 @@ def poster(addr: tuple[str, int], post: bytes, quiet_post: bytes, cmd: socket.so
                 s = connect()
                 t = time.monotonic_ns()
                 wall = time.time_ns()
-                s.sendall(post)
+                s.sendall(body)
                 answer, stamp = answer_stamp(s)
             read = time.monotonic_ns() - t
             kernel = stamp - wall if stamp is not None else read
@@ -249,6 +269,19 @@ def main() -> None:
         action="store_true",
         help="stop after connecting N (and the probes during it); print only those figures",
     )
+    ap.add_argument(
+        "--posts",
+        type=int,
+        default=200,
+        help="publishing POSTs timed with N readers on their thread, each paired with one on a thread nobody reads",
+    )
+    ap.add_argument(
+        "--post-seconds",
+        type=float,
+        default=60.0,
+        help="stop the paired POSTs after this long (but not before --publishes of them)",
+    )
+    ap.add_argument("--server-cpu", type=int, default=0, help="the CPU the server is pinned to (its softirq time)")
     ap.add_argument("--timeout", type=float, default=120.0)
     args = ap.parse_args()
     deadline = time.monotonic() + args.timeout
@@ -308,7 +341,7 @@ def main() -> None:
     runq_idle_ms: list[float] = []
     wake_idle_ms: list[float] = []
     after_idle_ms: list[float] = []
-    for _ in range(args.publishes):
+    for _ in range(max(args.posts, args.publishes)):
         read_ms, sent_ms = posted()
         answer_idle_ms.append(read_ms)
         sent_idle_ms.append(sent_ms)
@@ -479,20 +512,41 @@ def main() -> None:
                     done += 1
         return first, time.monotonic_ns(), t_pub
 
-    # Latency: one publish at a time.
+    # Latency: one publish at a time, each one timed from the publish to
+    # its first and last reader, and its POST's answer. Each is paired with
+    # the same POST on a thread nobody reads, made on the same connection
+    # 50 ms later (and 50 ms before the next): the same schedule and the
+    # same server (its N connections, its caches), without the readers.
+    # Enough of them that p99 is not a maximum, within --post-seconds.
     firsts: list[float] = []
     lasts: list[float] = []
-    cpu0 = cpu_seconds(args.pid)
-    wall0 = time.monotonic()
+    cpu_fanouts = 0.0  # the server's CPU over each publish and its fan-out
+    softirq_fanouts = 0  # CPU 0's softirq ticks over the same spans
+    wall_fanouts = 0.0
     phases["reader_posts"] = time.monotonic_ns()
     answer_busy_ms: list[float] = []
     sent_busy_ms: list[float] = []
     wake_busy_ms: list[float] = []
     runq_busy_ms: list[float] = []
     after_busy_ms: list[float] = []
-    for i in range(args.publishes):
+    sent_none_ms: list[float] = []
+    answer_none_ms: list[float] = []
+    runq_none_ms: list[float] = []
+    posts_until = time.monotonic() + args.post_seconds
+    posts = max(args.posts, args.publishes)
+    published = 0
+    for i in range(posts):
+        if i >= args.publishes and time.monotonic() > posts_until:
+            break
+        cpu_a = cpu_seconds(args.pid)
+        irq_a = cpu_softirq_ticks(args.server_cpu)
+        wall_a = time.monotonic()
         cmd.sendall(b"p")
         first, last, t_pub = wait_for(i + 1, i + 1)
+        cpu_fanouts += cpu_seconds(args.pid) - cpu_a
+        softirq_fanouts += cpu_softirq_ticks(args.server_cpu) - irq_a
+        wall_fanouts += time.monotonic() - wall_a
+        published += 1
         read_ms, sent_ms = answer_times()
         answer_busy_ms.append(read_ms)
         sent_busy_ms.append(sent_ms)
@@ -507,8 +561,13 @@ def main() -> None:
         firsts.append((first - t_pub) / 1e6)
         lasts.append((last - t_pub) / 1e6)
         time.sleep(0.05)
-    cpu1 = cpu_seconds(args.pid)
-    wall1 = time.monotonic()
+        if quiet_post:
+            cmd.sendall(b"n")
+            read_ms, sent_ms = answer_times()
+            answer_none_ms.append(read_ms)
+            sent_none_ms.append(sent_ms)
+            runq_none_ms.append(last_sent_at[1] / 1e6)
+            time.sleep(0.05)
 
     # Another writer during the fan-out: a publishing POST on a thread with
     # no readers, made 0-20 ms after the fan-out's publish was answered.
@@ -517,7 +576,7 @@ def main() -> None:
     before_during_ms: list[float] = []
     after_during_ms: list[float] = []
     read_during_ms: list[float] = []
-    done_publishes = args.publishes
+    done_publishes = published
     if quiet_post:
         for i in range(args.publishes):
             cmd.sendall(b"p")
@@ -582,6 +641,27 @@ def main() -> None:
                 "post_sent_idle_p99_ms": round(pct(sent_idle_ms, 99), 2),
                 "post_sent_readers_p50_ms": round(pct(sent_busy_ms, 50), 2),
                 "post_sent_readers_p99_ms": round(pct(sent_busy_ms, 99), 2),
+                "post_sent_idle_p90_ms": round(pct(sent_idle_ms, 90), 2),
+                "post_sent_readers_p90_ms": round(pct(sent_busy_ms, 90), 2),
+                "posts_paired": len(sent_busy_ms),
+                "post_sent_none_p50_ms": round(pct(sent_none_ms, 50), 2) if sent_none_ms else None,
+                "post_sent_none_p90_ms": round(pct(sent_none_ms, 90), 2) if sent_none_ms else None,
+                "post_sent_none_p99_ms": round(pct(sent_none_ms, 99), 2) if sent_none_ms else None,
+                "post_none_p50_ms": round(pct(answer_none_ms, 50), 2) if answer_none_ms else None,
+                "post_none_p99_ms": round(pct(answer_none_ms, 99), 2) if answer_none_ms else None,
+                "post_runqueue_none_p50_ms": round(pct(runq_none_ms, 50), 2) if runq_none_ms else None,
+                "post_runqueue_readers_p99_ms": round(pct(runq_busy_ms, 99), 2),
+                "post_runqueue_none_p99_ms": round(pct(runq_none_ms, 99), 2) if runq_none_ms else None,
+                # Each answer's time less the server's wait for its CPU in it
+                # (on a shared machine, most of a tail is that wait).
+                "post_oncpu_readers_p99_ms": round(
+                    pct([a - q for a, q in zip(sent_busy_ms, runq_busy_ms, strict=True)], 99), 2
+                ),
+                "post_oncpu_none_p99_ms": (
+                    round(pct([a - q for a, q in zip(sent_none_ms, runq_none_ms, strict=True)], 99), 2)
+                    if sent_none_ms
+                    else None
+                ),
                 "post_runqueue_idle_p50_ms": round(pct(runq_idle_ms, 50), 2),
                 "post_runqueue_readers_p50_ms": round(pct(runq_busy_ms, 50), 2),
                 "post_idle_wake_p50_ms": round(pct(wake_idle_ms, 50), 2) if wake_idle_ms else None,
@@ -601,8 +681,9 @@ def main() -> None:
                 "first_p99_ms": round(pct(firsts, 99), 2),
                 "last_p50_ms": round(pct(lasts, 50), 2),
                 "last_p99_ms": round(pct(lasts, 99), 2),
-                "cpu_percent_during_publishes": round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1),
-                "cpu_ms_per_publish": round(1000.0 * (cpu1 - cpu0) / args.publishes, 1),
+                "cpu_percent_during_publishes": round(100.0 * cpu_fanouts / wall_fanouts, 1),
+                "cpu_ms_per_publish": round(1000.0 * cpu_fanouts / published, 1),
+                "softirq_ms_per_publish": round(1000.0 * softirq_fanouts / os.sysconf("SC_CLK_TCK") / published, 1),
                 "burst_broadcasts_per_second": round(args.burst / burst_seconds, 1),
                 "burst_messages_per_second": round(args.burst * n / burst_seconds),
                 "burst_cpu_percent": round(100.0 * (cpu3 - cpu2) / burst_seconds, 1),
@@ -612,6 +693,7 @@ def main() -> None:
                 "burst_messages_per_cpu_second": round(args.burst * n / (cpu3 - cpu2)) if cpu3 > cpu2 else None,
                 "phases": phases,
                 "post_sent_readers_ms": [round(x, 2) for x in sent_busy_ms],
+                "post_sent_none_ms": [round(x, 2) for x in sent_none_ms],
                 "post_during_fanout_ms": [round(x, 2) for x in sent_during_ms],
             }
         )

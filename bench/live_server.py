@@ -147,7 +147,18 @@ def main():
     ap.add_argument("--size", type=int, default=200)
     ap.add_argument("--slice-ms", type=float, default=None, help="live.fanout_slice_ms (default: the config's)")
     ap.add_argument("--diagnose", action="store_true", help="log the reactor's I/O phases' buffered writes")
+    ap.add_argument(
+        "--buffered-writes",
+        action="store_true",
+        help="live frames through Twisted's buffers, not written through (to measure what write-through is worth)",
+    )
     args = ap.parse_args()
+    if args.buffered_writes:
+        from fastedge.live import wire
+
+        # Writer finds no plain TCP transport under any connection: every
+        # frame goes through transport.write.
+        wire.plain_tcp = lambda transport: None
     io_phases = IoPhases() if args.diagnose else None
     gc_pauses = GcPauses()
     gc.callbacks.append(gc_pauses)

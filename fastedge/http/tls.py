@@ -43,6 +43,7 @@ from .certs import CertificateLoadError, CertificateStore
 from .connections import CEILING, ConnectionGate, Ticket
 from .jsonbody import raw_error_response
 from .metrics import ConnectionMetrics, TlsMetrics
+from .writenow import plain_tcp, send_now
 
 ALPN_PROTOCOLS = (b"h2", b"http/1.1")
 _MIN_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
@@ -329,6 +330,37 @@ class CountingTLSProtocol(_Labelled, TLSMemoryBIOProtocol):
     ) -> None:
         super().__init__(factory, wrappedProtocol, _connectWrapped)
         self._original = wrappedProtocol
+
+    #: The plain TCP transport below, written through
+    #: (:func:`~fastedge.http.writenow.write_through`); ``None`` until a
+    #: live stream asks for it.
+    _below: Any = None
+
+    def _flushSendBIO(self) -> None:
+        # Write-through (fastedge.http.writenow) once a live stream owns the
+        # connection: each frame's ciphertext goes on the socket now when
+        # nothing waits before it, not on the reactor's next turn; what the
+        # socket does not take is TCP's to queue, as before. Other traffic
+        # keeps Twisted's buffering, which sends an HTTP answer's headers
+        # and body (two TLS records) in one send. The only change to
+        # Twisted's method is that last call.
+        try:
+            data = self._tlsConnection.bio_read(2**15)
+        except SSL.WantReadError:
+            return
+        below = self._below
+        if below is None:
+            assert self.transport is not None
+            self.transport.write(data)
+        else:
+            send_now(below, data)
+
+    def write_through(self) -> bool:
+        """From now on, write each record's ciphertext through to the
+        socket when the TCP transport below is plain TCP; returns whether
+        it is (see :func:`fastedge.http.writenow.write_through`)."""
+        self._below = plain_tcp(self.transport)
+        return self._below is not None
 
     def _checkHandshakeStatus(self) -> None:
         # The one place Twisted learns the handshake is done; it offers no

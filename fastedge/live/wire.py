@@ -4,9 +4,10 @@
 A broadcast hands the same frame to thousands of connections. Going
 through ``transport.write`` queues every frame in Twisted's buffers and
 sends none of them until the reactor's next turn, so the first subscriber
-waits for the last one to be queued. :class:`Writer` instead sends
-straight to the socket when the connection has nothing queued (the usual
-case), and queues only what the socket did not take.
+waits for the last one to be queued. :class:`Writer` instead writes
+through (:mod:`fastedge.http.writenow`): straight to the socket when the
+connection has nothing queued (the usual case), queueing only what the
+socket did not take.
 
 The queue is bounded: once more than ``limit`` bytes wait for a slow
 reader, the writer stops accepting data and calls ``on_overflow`` (the
@@ -28,46 +29,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import abstract, tcp
+from twisted.internet import abstract
 from twisted.internet.interfaces import IPushProducer
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
+from ..http.writenow import has_buffer_fields, plain_tcp, send_now, unwrapped, write_through
+
 #: How many bytes one connection holds in this process, right now.
 Meter = Callable[[], int]
-
-
-def _unwrapped(transport: Any) -> Any:
-    """Below any :class:`ProtocolWrapper` whose ``write`` passes data on
-    unchanged (our connection counters): writing to what is returned is
-    writing to ``transport``. A wrapper that changes ``write`` stops here."""
-    while isinstance(transport, ProtocolWrapper) and type(transport).write is ProtocolWrapper.write:
-        below = transport.transport
-        if below is None:
-            break
-        transport = below
-    return transport
-
-
-def _plain_tcp(transport: Any) -> Any:
-    """The socket transport under ``transport`` if the connection is plain
-    (not TLS) TCP, else ``None``.
-
-    Only then is a frame the bytes on the wire; TLS must encrypt per
-    connection, so it goes through ``transport.write``.
-    """
-    transport = _unwrapped(transport)
-    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
-        # The fast path reads FileDescriptor's buffer fields; refuse the
-        # shortcut rather than guess if a Twisted release renames them.
-        if _has_buffer_fields(transport):
-            return transport
-    return None
-
-
-def _has_buffer_fields(fd: Any) -> bool:
-    return hasattr(fd, "dataBuffer") and hasattr(fd, "_tempDataLen") and hasattr(fd, "offset")
 
 
 def backlog_meter(transport: Any) -> Meter | None:
@@ -79,9 +49,9 @@ def backlog_meter(transport: Any) -> Meter | None:
     :class:`ProtocolWrapper`\\s, :class:`TLSMemoryBIOProtocol`, and
     ``twisted.web``'s HTTP/2 streams (pass ``request.channel``).
     """
-    transport = _unwrapped(transport)
+    transport = unwrapped(transport)
     if isinstance(transport, abstract.FileDescriptor):
-        if not _has_buffer_fields(transport):
+        if not has_buffer_fields(transport):
             return None
         fd = transport
 
@@ -168,7 +138,10 @@ class Writer:
         backlog: Meter | None = None,
     ) -> None:
         self._transport = transport
-        self._tcp = _plain_tcp(transport) if direct else None
+        self._tcp = plain_tcp(transport) if direct else None
+        if direct and self._tcp is None:
+            # TLS: each frame's record written through below the encryption.
+            write_through(transport)
         self._meter = backlog if backlog is not None else backlog_meter(transport)
         self._paused = False
         self._behind = 0
@@ -206,19 +179,8 @@ class Writer:
             return 0
         t = self._tcp
         if t is not None:
-            if not t.dataBuffer and not t._tempDataLen and t.connected and not t.disconnecting:
-                try:
-                    n = t.socket.send(data)
-                except (BlockingIOError, InterruptedError):
-                    n = 0
-                except OSError:
-                    # The peer is gone; the reactor notices and closes.
-                    return 0
-                if n == len(data):
-                    return n
-                t.write(data[n:] if n else data)
-            else:
-                t.write(data)
+            if send_now(t, data):
+                return len(data)
             if len(t.dataBuffer) - t.offset + t._tempDataLen > self._limit:
                 self._overflow()
             return len(data)

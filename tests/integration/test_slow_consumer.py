@@ -71,6 +71,21 @@ def node_side_buffered(client_port: int) -> int:
     return total
 
 
+def small_send_buffer(client_port: int) -> None:
+    """Keep the node's kernel send buffer for this client small.
+
+    The node writes through to the socket (fastedge.http.writenow), so a
+    burst first fills the kernel's send buffer, which Linux grows to
+    megabytes on loopback, before anything waits in the node. That memory
+    is the kernel's, not the node's bound; but a client with a 4 KB window
+    then takes longer to read it than the listener gives a closed
+    connection. A small buffer keeps these tests about the node's bound.
+    """
+    fd = server_end(client_port)
+    assert fd is not None
+    fd.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+
+
 class RawClient:
     """A client socket that reads only when told to, optionally over TLS.
 
@@ -270,6 +285,7 @@ class SlowConsumerTests(TestCase):
         subscribe = json.dumps({"type": "subscribe", "tenant": self.tenant, "urlId": "u"}).encode()
         await client.send(masked_text(subscribe))
         await self.subscribed()
+        small_send_buffer(client.port)
         # Under the listener's connection counter, plain TCP still gets the
         # direct-to-socket path; TLS encrypts per connection.
         (server,) = self.live_service.live.connections["websocket"]
@@ -314,6 +330,7 @@ class SlowConsumerTests(TestCase):
         await client.read_until(lambda d: b'"subscribed"' in d)
         self.assertTrue(client.data.startswith(b"HTTP/1.1 200"), client.data[:200])
         await self.subscribed()
+        small_send_buffer(client.port)
 
         most = self.flood("sse", lambda: node_side_buffered(client.port))
         self.assertEqual(self.slow_disconnects("sse"), 1)

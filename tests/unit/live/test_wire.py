@@ -181,3 +181,22 @@ class PauseCountTests(SynchronousTestCase):
             writer.pauseProducing()
             writer.write(b"e" * 40)
         self.assertEqual(len(calls), 1)
+
+
+class TlsWriteThroughTests(SynchronousTestCase):
+    def test_writer_asks_tls_to_write_through(self) -> None:
+        """A live writer on a TLS connection asks it to write its ciphertext
+        through (fastedge.http.writenow.write_through); a writer told not
+        to write directly does not."""
+        asked: list[bool] = []
+
+        class Tls(StringTransport):
+            def write_through(self) -> bool:
+                asked.append(True)
+                return True
+
+        Writer(Tls(), 100, lambda: None, direct=False)
+        self.assertEqual(asked, [])
+        writer = Writer(Tls(), 100, lambda: None)
+        self.assertEqual(asked, [True])
+        self.assertFalse(writer.direct)

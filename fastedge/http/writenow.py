@@ -58,9 +58,20 @@ def unwrapped(transport: Any) -> Any:
     return transport
 
 
+#: Transport class -> whether its instances have the buffer fields: asked
+#: twice per WebSocket connect, answered once per class (Twisted sets them
+#: in FileDescriptor's class body and ``__init__``, so every instance of a
+#: class has them or none has).
+_has_fields: dict[type, bool] = {}
+
+
 def has_buffer_fields(fd: Any) -> bool:
     """Whether ``fd`` has the FileDescriptor buffer fields this module reads."""
-    return all(hasattr(fd, name) for name in _BUFFER_FIELDS)
+    cls = type(fd)
+    known = _has_fields.get(cls)
+    if known is None:
+        known = _has_fields[cls] = all(hasattr(fd, name) for name in _BUFFER_FIELDS)
+    return known
 
 
 def plain_tcp(transport: Any) -> tcp.Connection | None:

@@ -42,6 +42,7 @@ from fastedge.http.channel import EdgeHTTPChannel
 from fastedge.http.site import EdgeRequest
 from fastedge.store.model import ReadPreference
 from fastedge.testing.certs import write_certificate
+from tests.support.handshakes import CHROMIUM, CURL, FIREFOX, SAFARI, SAMPLE_KEY, handshake
 from tests.support.http2 import insecure_tls
 from tests.support.nodes import loopback_http_client, start_node
 
@@ -50,81 +51,6 @@ from .test_live import WaitingClient
 
 PRIMARY = ReadPreference.PRIMARY
 URL_ID = "https://blog.example/2026/live-comments"
-
-#: Chromium 131 (Chrome, Edge) on Linux.
-CHROMIUM = (
-    b"GET /live HTTP/1.1\r\n"
-    b"Host: {host}\r\n"
-    b"Connection: Upgrade\r\n"
-    b"Pragma: no-cache\r\n"
-    b"Cache-Control: no-cache\r\n"
-    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    b"Chrome/131.0.0.0 Safari/537.36\r\n"
-    b"Upgrade: websocket\r\n"
-    b"Origin: https://blog.example\r\n"
-    b"Sec-WebSocket-Version: 13\r\n"
-    b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
-    b"Accept-Language: en-US,en;q=0.9\r\n"
-    b"Sec-WebSocket-Key: {key}\r\n"
-    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-    b"\r\n"
-)
-
-#: Firefox 133 on Linux (note ``Connection: keep-alive, Upgrade``).
-FIREFOX = (
-    b"GET /live HTTP/1.1\r\n"
-    b"Host: {host}\r\n"
-    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0\r\n"
-    b"Accept: */*\r\n"
-    b"Accept-Language: en-US,en;q=0.5\r\n"
-    b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
-    b"Sec-WebSocket-Version: 13\r\n"
-    b"Origin: https://blog.example\r\n"
-    b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
-    b"Sec-WebSocket-Key: {key}\r\n"
-    b"Connection: keep-alive, Upgrade\r\n"
-    b"Sec-Fetch-Dest: empty\r\n"
-    b"Sec-Fetch-Mode: websocket\r\n"
-    b"Sec-Fetch-Site: cross-site\r\n"
-    b"Pragma: no-cache\r\n"
-    b"Cache-Control: no-cache\r\n"
-    b"Upgrade: websocket\r\n"
-    b"\r\n"
-)
-
-#: Safari 18 on macOS.
-SAFARI = (
-    b"GET /live HTTP/1.1\r\n"
-    b"Host: {host}\r\n"
-    b"Sec-WebSocket-Version: 13\r\n"
-    b"Upgrade: websocket\r\n"
-    b"Sec-WebSocket-Key: {key}\r\n"
-    b"User-Agent: Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-    b"Version/18.1 Safari/605.1.15\r\n"
-    b"Pragma: no-cache\r\n"
-    b"Cache-Control: no-cache\r\n"
-    b"Accept-Language: en-GB,en;q=0.9\r\n"
-    b"Origin: https://blog.example\r\n"
-    b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
-    b"Accept-Encoding: gzip, deflate\r\n"
-    b"Connection: Upgrade\r\n"
-    b"\r\n"
-)
-
-#: ``curl --http1.1 -H 'Connection: Upgrade' -H 'Upgrade: websocket' ...``
-#: as in the bug report (curl 8 puts its own headers first).
-CURL = (
-    b"GET /live HTTP/1.1\r\n"
-    b"Host: {host}\r\n"
-    b"User-Agent: curl/8.5.0\r\n"
-    b"Accept: */*\r\n"
-    b"Connection: Upgrade\r\n"
-    b"Upgrade: websocket\r\n"
-    b"Sec-WebSocket-Version: 13\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-    b"\r\n"
-)
 
 
 def _accept(key: bytes) -> bytes:
@@ -192,12 +118,20 @@ class HandshakeTests(TestCase):
 
     # Raw handshakes: exactly what the browser sends.
 
+    async def chromium(self, key: bytes | None = None) -> RawWebSocket:
+        """A raw client that has sent Chromium's handshake over plain HTTP,
+        with ``key`` (default: a fresh one)."""
+        host = b"127.0.0.1:%d" % self.http_port
+        client = RawWebSocket(handshake(CHROMIUM, host, key or base64.b64encode(os.urandom(16))))
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", self.http_port).connect(Factory.forProtocol(lambda: client))
+        return client
+
     async def raw_client(self, template: bytes, *, tls: bool) -> None:
         """Open ``/live`` with ``template``'s bytes, check the answer, subscribe,
         receive an event posted through the API, close."""
         key = base64.b64encode(os.urandom(16))
         if template is CURL:
-            key = b"dGhlIHNhbXBsZSBub25jZQ=="
+            key = SAMPLE_KEY
         if tls:
             port = self.node.https_port
             endpoint: Any = SSL4ClientEndpoint(reactor, "127.0.0.1", port, insecure_tls("localhost"))
@@ -206,8 +140,7 @@ class HandshakeTests(TestCase):
             port = self.http_port
             endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
             host = b"127.0.0.1:%d" % port
-        handshake = template.replace(b"{host}", host).replace(b"{key}", key)
-        client = RawWebSocket(handshake)
+        client = RawWebSocket(handshake(template, host, key))
         await endpoint.connect(Factory.forProtocol(lambda: client))
         head = await client.head
         self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
@@ -236,9 +169,7 @@ class HandshakeTests(TestCase):
         own parser, which keeps the raw request, never runs), and the
         answer is autobahn's exact 101."""
         key = base64.b64encode(os.urandom(16))
-        host = b"127.0.0.1:%d" % self.http_port
-        client = RawWebSocket(CHROMIUM.replace(b"{host}", host).replace(b"{key}", key))
-        await TCP4ClientEndpoint(reactor, "127.0.0.1", self.http_port).connect(Factory.forProtocol(lambda: client))
+        client = await self.chromium(key)
         head = await client.head
         self.assertEqual(
             head.split(b"\r\n\r\n")[0],
@@ -267,10 +198,7 @@ class HandshakeTests(TestCase):
         gc.collect()
         gc.disable()
         self.addCleanup(gc.enable)
-        key = base64.b64encode(os.urandom(16))
-        host = b"127.0.0.1:%d" % self.http_port
-        client = RawWebSocket(CHROMIUM.replace(b"{host}", host).replace(b"{key}", key))
-        await TCP4ClientEndpoint(reactor, "127.0.0.1", self.http_port).connect(Factory.forProtocol(lambda: client))
+        client = await self.chromium()
         await client.wait_message("hello")
         (server,) = self.live.connections["websocket"]
         # With the collector off, what is alive or in a cycle is listed here.
@@ -293,10 +221,7 @@ class HandshakeTests(TestCase):
         made at connect: ``peer`` names the client, ``is_open`` has fired,
         the first message is validated and rate-limited, and ``is_closed``
         fires when the connection closes."""
-        key = base64.b64encode(os.urandom(16))
-        host = b"127.0.0.1:%d" % self.http_port
-        client = RawWebSocket(CHROMIUM.replace(b"{host}", host).replace(b"{key}", key))
-        await TCP4ClientEndpoint(reactor, "127.0.0.1", self.http_port).connect(Factory.forProtocol(lambda: client))
+        client = await self.chromium()
         await client.wait_message("hello")
         (server,) = self.live.connections["websocket"]
         held = vars(server)

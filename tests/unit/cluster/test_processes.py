@@ -46,7 +46,7 @@ class DetachedTests(SynchronousTestCase):
         log = self.mktemp()
         marker = "fastedge-test-marker-" + log.replace("/", "-")
         process = start_detached(
-            [sys.executable, "-c", "import time; time.sleep(60)", marker], log_path=log, marker=marker
+            [sys.executable, "-c", "import signal; signal.pause()", marker], log_path=log, marker=marker
         )
         self.assertTrue(process.alive())
         process.stop(timeout=10)

@@ -17,27 +17,13 @@ from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 
 from fastedge.http.fasthead import parse_upgrade_head, upgrade_head
+from tests.support.handshakes import CHROMIUM as BROWSER_CHROMIUM
+from tests.support.handshakes import handshake
 
 from ..live.common import World
 
 #: Chromium 131's ``new WebSocket(url)`` from a page of another origin.
-CHROMIUM = (
-    b"GET /live HTTP/1.1\r\n"
-    b"Host: 127.0.0.1:8080\r\n"
-    b"Connection: Upgrade\r\n"
-    b"Pragma: no-cache\r\n"
-    b"Cache-Control: no-cache\r\n"
-    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    b"Chrome/131.0.0.0 Safari/537.36\r\n"
-    b"Upgrade: websocket\r\n"
-    b"Origin: https://blog.example\r\n"
-    b"Sec-WebSocket-Version: 13\r\n"
-    b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
-    b"Accept-Language: en-US,en;q=0.9\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-    b"\r\n"
-)
+CHROMIUM = handshake(BROWSER_CHROMIUM, b"127.0.0.1:8080")
 
 _request_lines = st.sampled_from(
     [

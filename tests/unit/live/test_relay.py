@@ -436,9 +436,9 @@ class MarkerTests(SynchronousTestCase):
             origin="r",
         )
 
-    def test_marker_is_passed_on_to_the_owner(self) -> None:
-        """a, which sees b own the channel, passes the marker on: b starts a
-        new epoch and a's subscriber (following b) is told to reload."""
+    def _b_owns_a_follows(self) -> tuple[LiveWorld, Rogue, Any, Any]:
+        """A world where b owns a thread with one event, a's subscriber
+        follows it, and a rogue peer is logged in to a."""
         world = LiveWorld(self)
         rogue = Rogue(world.mesh, cert_name="r", claim="r")
         rogue.login("a")
@@ -447,6 +447,12 @@ class MarkerTests(SynchronousTestCase):
         thread, url = world.thread_owned_by("b")
         on_a = world.subscribe("a", url)
         world.post("b", thread, "one")
+        return world, rogue, thread, on_a
+
+    def test_marker_is_passed_on_to_the_owner(self) -> None:
+        """a, which sees b own the channel, passes the marker on: b starts a
+        new epoch and a's subscriber (following b) is told to reload."""
+        world, rogue, thread, on_a = self._b_owns_a_follows()
         (result,) = rogue.call("publish", [self._marker(world, thread, 0)], 2)
         self.assertIsNone(result)
         world.mesh.advance(0.1)
@@ -457,14 +463,7 @@ class MarkerTests(SynchronousTestCase):
     def test_marker_passed_too_often_is_applied_here(self) -> None:
         """Past MARKER_PASSES the node holding the marker applies it (its
         subscribers reload) rather than pass it on forever, and says so."""
-        world = LiveWorld(self)
-        rogue = Rogue(world.mesh, cert_name="r", claim="r")
-        rogue.login("a")
-        # Chosen after the rogue logged in: whatever it is to a's map, the
-        # channel is b's.
-        thread, url = world.thread_owned_by("b")
-        on_a = world.subscribe("a", url)
-        world.post("b", thread, "one")
+        world, rogue, thread, on_a = self._b_owns_a_follows()
         (result,) = rogue.call("publish", [self._marker(world, thread, MARKER_PASSES)], 2)
         self.assertIsNone(result)
         self.assertEqual([k for k, _ in world.seqs(on_a)], ["event", "reset"])

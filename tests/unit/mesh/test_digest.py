@@ -49,6 +49,22 @@ def announcement(node_id: str, incarnation: int, load: int = 0) -> Announcement:
     )
 
 
+def apply_step(m: Membership, step: tuple[Any, ...]) -> None:
+    """Apply one of :data:`STEPS`' changes (a join, a restart, a
+    refutation, a goodbye, a load change) to ``m``."""
+    kind = step[0]
+    if kind == "merge":
+        m.merge([(announcement(step[1], step[2]), step[3])])
+    elif kind == "announced" and step[1] != "me":
+        m.announced(step[1], announcement(step[1], step[2], load=step[3]))
+    elif kind == "superseded":
+        m.superseded(step[1])
+    elif kind == "left":
+        m.left(step[1], step[2])
+    elif kind == "load":
+        m.set_load(step[1])
+
+
 def membership() -> Membership:
     m = Membership(
         me=announcement("me", 5),
@@ -102,15 +118,5 @@ class DigestTests(SynchronousTestCase):
         load changes, the kept digest equals one computed from scratch."""
         m = membership()
         for step in steps:
-            kind = step[0]
-            if kind == "merge":
-                m.merge([(announcement(step[1], step[2]), step[3])])
-            elif kind == "announced" and step[1] != "me":
-                m.announced(step[1], announcement(step[1], step[2], load=step[3]))
-            elif kind == "superseded":
-                m.superseded(step[1])
-            elif kind == "left":
-                m.left(step[1], step[2])
-            elif kind == "load":
-                m.set_load(step[1])
+            apply_step(m, step)
             self.assertEqual(m.digest(), from_scratch(m))

@@ -29,6 +29,7 @@ from fastedge.mesh.memberlist import (
 from fastedge.mesh.messages import MESH_SECURITY, Announcement, BadMessage
 
 from .test_digest import STEPS as DIGEST_STEPS
+from .test_digest import apply_step
 from .test_digest import membership as digest_membership
 
 
@@ -325,17 +326,7 @@ class KeptTableTests(SynchronousTestCase):
         for step in steps:
             before = {a.node_id: (a.replace(load=0), s) for a, s in m.table.records()}
             version = m.table.version
-            kind = step[0]
-            if kind == "merge":
-                m.merge([(announcement(step[1], step[2]), step[3])])
-            elif kind == "announced" and step[1] != "me":
-                m.announced(step[1], announcement(step[1], step[2], load=step[3]))
-            elif kind == "superseded":
-                m.superseded(step[1])
-            elif kind == "left":
-                m.left(step[1], step[2])
-            elif kind == "load":
-                m.set_load(step[1])
+            apply_step(m, step)
             expected = {p.node_id: (p.announcement.replace(load=0), p.state.value) for p in m.peers.values()}
             expected[m.me.node_id] = (m.me.replace(load=0), "leaving" if m.leaving else "alive")
             after = {a.node_id: (a.replace(load=0), s) for a, s in m.table.records()}

@@ -57,6 +57,42 @@ SAMPLE_FIGURES = Figures(
 )
 
 
+class _ClosingSite(Site):
+    """A Site that can close what it still serves when a test ends: the
+    page's ``/status/events`` stream may still be open on the server's side
+    after the browser closed the page (the FIN not yet read), and a
+    stopped listener leaves its connections open."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource)
+        #: channel -> (its transport, fired when it is closed)
+        self.open: dict[Any, tuple[Any, defer.Deferred[None]]] = {}
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        lost: defer.Deferred[None] = defer.Deferred()
+        make_connection, connection_lost = channel.makeConnection, channel.connectionLost
+
+        def made(transport: Any) -> None:
+            self.open[channel] = (transport, lost)
+            make_connection(transport)
+
+        def closed(reason: Any) -> None:
+            connection_lost(reason)
+            self.open.pop(channel, None)
+            lost.callback(None)
+
+        channel.makeConnection, channel.connectionLost = made, closed
+        return channel
+
+    def close_all(self) -> defer.Deferred[Any]:
+        """Abort every connection still open; fires once all are closed."""
+        waiting = [lost for _, lost in self.open.values()]
+        for transport, _ in list(self.open.values()):
+            transport.abortConnection()
+        return defer.gatherResults(waiting)
+
+
 class StatusBrowserTests(TestCase):
     timeout = 90
 
@@ -101,7 +137,9 @@ class StatusBrowserTests(TestCase):
         """The sample cluster's page renders in the browser (and is the docs' screenshot when asked)."""
         root = Resource()
         root.putChild(b"status", StatusResource(lambda: (SAMPLE, SAMPLE_FIGURES), clock=reactor, version="0.1.0"))
-        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+        site = _ClosingSite(root)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(site.close_all)
         self.addCleanup(port.stopListening)
         url = "http://127.0.0.1:{}/status".format(port.getHost().port)
 

@@ -68,7 +68,7 @@ from .model import (
 from .shared import decode_cursor, encode_cursor, new_id, page_of
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
+    from .db import Conn
 
 _PENDING = DeliveryState.PENDING.value
 _FAILED = DeliveryState.FAILED.value
@@ -442,7 +442,7 @@ class WebhookStoreMixin:
 
         return self._call("create_webhook", read_preference, go, write=True)
 
-    def _endpoint_row(self, conn: Connection, tenant_id: str, webhook_id: str) -> WebhookEndpoint:
+    def _endpoint_row(self, conn: Conn, tenant_id: str, webhook_id: str) -> WebhookEndpoint:
         e = s.webhook_endpoints.c
         row = conn.execute(select(s.webhook_endpoints).where(e.tenant_id == tenant_id, e.id == webhook_id)).first()
         if row is None:
@@ -527,7 +527,7 @@ class WebhookStoreMixin:
 
         return self._call("delete_webhook", read_preference, go, write=True)
 
-    def _fail_pending(self, conn: Connection, webhook_id: str, now_ms: int, reason: str) -> None:
+    def _fail_pending(self, conn: Conn, webhook_id: str, now_ms: int, reason: str) -> None:
         d = s.webhook_deliveries.c
         conn.execute(
             update(s.webhook_deliveries)

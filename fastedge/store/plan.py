@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Executable, and_, exists, insert, literal, select, update
 
 from . import schema as s
+from .db import Sql
 from .errors import InvalidReference, NotFound, Stale, StoreError, ThreadClosed
 from .model import AuthorKind, CommentStatus, Expect, NewPost, NewSession, SessionPoster, UserPoster
 
@@ -36,11 +37,11 @@ class Require:
     the step runs, else nothing of the transaction is applied and the call
     fails with ``error``."""
 
-    condition: ColumnElement[bool]
+    condition: ColumnElement[bool] | Sql
     error: StoreError
 
 
-Step = Executable | Require
+Step = Executable | Require | Sql
 
 
 @dataclass
@@ -49,12 +50,12 @@ class Plan:
 
     steps: list[Step] = field(default_factory=list)
 
-    def add(self, statement: Executable) -> int:
+    def add(self, statement: Executable | Sql) -> int:
         """Append a statement; returns its index in the batch's results."""
         self.steps.append(statement)
         return len(self.steps) - 1
 
-    def require(self, condition: ColumnElement[bool], error: StoreError) -> None:
+    def require(self, condition: ColumnElement[bool] | Sql, error: StoreError) -> None:
         """Append a check (see :class:`Require`)."""
         self.steps.append(Require(condition, error))
 
@@ -66,7 +67,7 @@ def exists_where(table: Any, *where: Any) -> ColumnElement[bool]:
 
 def require_tenant(plan: Plan, tenant_id: str) -> None:
     """The tenant must exist (``NotFound("tenant")``)."""
-    plan.require(exists_where(s.tenants, s.tenants.c.id == tenant_id), NotFound("tenant"))
+    plan.require(Sql("EXISTS (SELECT 1 FROM tenants WHERE id = :tenant_id)", tenant_id=tenant_id), NotFound("tenant"))
 
 
 def new_session(plan: Plan, tenant_id: str, *, session_id: str, author_id: str, created_ms: int) -> None:

@@ -49,6 +49,7 @@ from zope.interface import implementer
 
 from . import outbox as ob
 from . import schema as s
+from .db import Conn, Sql
 from .errors import (
     AlreadyExists,
     BadCursor,
@@ -382,28 +383,28 @@ class SqlStore(WebhookStoreMixin):
         return self._run(timed)
 
     @contextmanager
-    def _reading(self, read_preference: ReadPreference) -> Iterator[Connection]:
+    def _reading(self, read_preference: ReadPreference) -> Iterator[Conn]:
         engine = self._primary if read_preference is ReadPreference.PRIMARY else self._nearest
         with engine.connect() as conn:
-            yield conn
+            yield Conn(conn, conn.dialect.name)
 
     @contextmanager
-    def _writing(self) -> Iterator[Connection]:
+    def _writing(self) -> Iterator[Conn]:
         lock = self._write_lock
         if lock is not None:
             lock.acquire()
         try:
             with self._primary.execution_options(fastedge_write=True).begin() as conn:
-                yield conn
+                yield Conn(conn, conn.dialect.name)
         finally:
             if lock is not None:
                 lock.release()
 
-    def _written(self, conn: Connection, value: _T) -> Written[_T]:
+    def _written(self, conn: Conn, value: _T) -> Written[_T]:
         """Wrap a write's result with its consistency token (none here)."""
         return Written(value, self._token(conn))
 
-    def _batch(self, conn: Connection, statements: Sequence[Step], *, commit: bool) -> list[list[Any] | None]:
+    def _batch(self, conn: Conn, statements: Sequence[Step], *, commit: bool) -> list[list[Any] | None]:
         """Run ``statements`` in order in the write transaction on ``conn``.
 
         No statement may depend on another's result (each is written to
@@ -421,15 +422,24 @@ class SqlStore(WebhookStoreMixin):
         out: list[list[Any] | None] = []
         for statement in statements:
             if isinstance(statement, Require):
-                if not conn.execute(select(statement.condition)).scalar():
+                condition = statement.condition
+                if isinstance(condition, Sql):
+                    held = conn.run(Sql("SELECT") + condition).scalar()
+                else:
+                    held = conn.execute(select(condition)).scalar()
+                if not held:
                     raise statement.error
                 out.append(None)
+                continue
+            if isinstance(statement, Sql):
+                rows = conn.run(statement)
+                out.append(rows.all() if rows.returns_rows else None)
                 continue
             result = conn.execute(statement)
             out.append(list(result.all()) if result.returns_rows else None)
         return out
 
-    def _token(self, conn: Connection) -> str | None:
+    def _token(self, conn: Conn) -> str | None:
         """The consistency token of the write transaction on ``conn``.
 
         Called through :meth:`_written`, which every write calls as the last
@@ -446,7 +456,7 @@ class SqlStore(WebhookStoreMixin):
 
         def go() -> None:
             with self._writing() as conn:
-                applied = s.migrate(conn, applied_ms)
+                applied = s.migrate(conn.sa, applied_ms)
             if applied:
                 self._log.info("store schema migrated to {versions}", versions=applied)
 
@@ -461,7 +471,7 @@ class SqlStore(WebhookStoreMixin):
 
         def go() -> bool:
             with self._reading(ReadPreference.PRIMARY) as conn:
-                return bool(inspect(conn).has_table(s.schema_version.name))
+                return bool(inspect(conn.sa).has_table(s.schema_version.name))
 
         return self._call("has_schema", ReadPreference.PRIMARY, go)
 
@@ -480,7 +490,7 @@ class SqlStore(WebhookStoreMixin):
     def ping(self, *, read_preference: ReadPreference) -> Deferred[None]:
         def go() -> None:
             with self._reading(read_preference) as conn:
-                conn.execute(select(1)).scalar()
+                conn.run(Sql("SELECT 1"))
 
         return self._call("ping", read_preference, go)
 
@@ -493,9 +503,14 @@ class SqlStore(WebhookStoreMixin):
 
         def go() -> Written[Tenant]:
             with self._writing() as conn:
-                conn.execute(
-                    insert(s.tenants).values(
-                        id=tenant.id, name=name, deployment=deployment, created_ms=created_ms, settings="{}"
+                conn.run(
+                    Sql(
+                        "INSERT INTO tenants (id, name, deployment, created_ms, settings)"
+                        " VALUES (:id, :name, :deployment, :created_ms, '{}')",
+                        id=tenant.id,
+                        name=name,
+                        deployment=deployment,
+                        created_ms=created_ms,
                     )
                 )
                 return self._written(conn, tenant)
@@ -507,7 +522,7 @@ class SqlStore(WebhookStoreMixin):
     ) -> Deferred[Tenant]:
         def go() -> Tenant:
             with self._reading(read_preference) as conn:
-                row = conn.execute(select(s.tenants).where(s.tenants.c.id == tenant_id)).first()
+                row = conn.run(Sql("SELECT * FROM tenants WHERE id = :id", id=tenant_id)).first()
             if row is None:
                 raise NotFound("tenant")
             return _tenant(row)
@@ -516,9 +531,8 @@ class SqlStore(WebhookStoreMixin):
 
     def list_tenants(self, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[list[Tenant]]:
         def go() -> list[Tenant]:
-            t = s.tenants.c
             with self._reading(read_preference) as conn:
-                rows = conn.execute(select(s.tenants).order_by(t.created_ms, t.id)).all()
+                rows = conn.run(Sql("SELECT * FROM tenants ORDER BY created_ms, id")).all()
             return [_tenant(r) for r in rows]
 
         return self._call("list_tenants", read_preference, go, token=token)
@@ -561,7 +575,7 @@ class SqlStore(WebhookStoreMixin):
 
         return self._call("update_tenant_settings", read_preference, go, write=True)
 
-    def _rotate_sso_secret(self, conn: Connection, tenant_id: str, change: SsoSecretChange) -> None:
+    def _rotate_sso_secret(self, conn: Conn, tenant_id: str, change: SsoSecretChange) -> None:
         k = s.tenant_sso_secrets.c
         now = change.now_ms
         # Secrets past their overlap are of no use any more.
@@ -665,20 +679,20 @@ class SqlStore(WebhookStoreMixin):
 
     # Authors
 
-    def _new_author(self, conn: Connection, tenant_id: str, kind: AuthorKind, created_ms: int) -> str:
+    def _new_author(self, conn: Conn, tenant_id: str, kind: AuthorKind, created_ms: int) -> str:
         author_id = new_id()
         conn.execute(
             insert(s.authors).values(id=author_id, tenant_id=tenant_id, kind=kind.value, created_ms=created_ms)
         )
         return author_id
 
-    def _require_author(self, conn: Connection, tenant_id: str, author_id: str) -> None:
+    def _require_author(self, conn: Conn, tenant_id: str, author_id: str) -> None:
         a = s.authors.c
         if conn.execute(select(a.id).where(a.tenant_id == tenant_id, a.id == author_id)).first() is None:
             raise NotFound("author")
 
-    def _require_tenant(self, conn: Connection, tenant_id: str) -> None:
-        if conn.execute(select(s.tenants.c.id).where(s.tenants.c.id == tenant_id)).first() is None:
+    def _require_tenant(self, conn: Conn, tenant_id: str) -> None:
+        if conn.run(Sql("SELECT id FROM tenants WHERE id = :id", id=tenant_id)).first() is None:
             raise NotFound("tenant")
 
     def create_anonymous_session(
@@ -763,7 +777,7 @@ class SqlStore(WebhookStoreMixin):
 
         return self._call("upsert_user", read_preference, go, write=True)
 
-    def _put_profile(self, conn: Connection, user: Any, profile: UserProfile, now_ms: int) -> None:
+    def _put_profile(self, conn: Conn, user: Any, profile: UserProfile, now_ms: int) -> None:
         p = s.user_profiles.c
         values = dict(
             email=profile.email,
@@ -849,7 +863,7 @@ class SqlStore(WebhookStoreMixin):
 
         return self._call("claim_author", read_preference, go, write=True)
 
-    def _move_author(self, conn: Connection, tenant_id: str, old: str, new: str) -> int:
+    def _move_author(self, conn: Conn, tenant_id: str, old: str, new: str) -> int:
         """Re-point everything of author ``old`` to ``new``: a fixed number of
         statements per table, however much there is."""
         c = s.comments.c
@@ -1036,7 +1050,7 @@ class SqlStore(WebhookStoreMixin):
 
         return self._call("upsert_thread", read_preference, go, write=True)
 
-    def _put_access(self, conn: Connection, tenant_id: str, thread_id: str, access: dict[str, Any]) -> None:
+    def _put_access(self, conn: Conn, tenant_id: str, thread_id: str, access: dict[str, Any]) -> None:
         a = s.thread_access.c
         done = conn.execute(update(s.thread_access).where(a.thread_id == thread_id).values(**access))
         if done.rowcount == 0:
@@ -1064,7 +1078,7 @@ class SqlStore(WebhookStoreMixin):
 
         return self._call("get_thread_by_id", read_preference, go, token=token)
 
-    def _thread_by_id(self, conn: Connection, tenant_id: str, thread_id: str) -> Thread:
+    def _thread_by_id(self, conn: Conn, tenant_id: str, thread_id: str) -> Thread:
         t = s.threads.c
         row = conn.execute(_threads().where(t.tenant_id == tenant_id, t.id == thread_id)).first()
         if row is None:
@@ -1203,7 +1217,7 @@ class SqlStore(WebhookStoreMixin):
         data = {"comment": ob.comment_sql(urlId=url_id)}
         plan.add(ob.emit_for_comment(tenant_id, event, new_id(), s.comments.c.id == comment_id, created_ms, data))
 
-    def _count_approved(self, conn: Connection, tenant_id: str, thread_id: str, delta: int) -> None:
+    def _count_approved(self, conn: Conn, tenant_id: str, thread_id: str, delta: int) -> None:
         t = s.threads.c
         conn.execute(
             update(s.threads)
@@ -1220,7 +1234,7 @@ class SqlStore(WebhookStoreMixin):
 
         return self._call("get_comment", read_preference, go, token=token)
 
-    def _comment_row(self, conn: Connection, tenant_id: str, comment_id: str) -> Comment:
+    def _comment_row(self, conn: Conn, tenant_id: str, comment_id: str) -> Comment:
         c = s.comments.c
         row = conn.execute(select(s.comments).where(c.tenant_id == tenant_id, c.id == comment_id)).first()
         if row is None:
@@ -1431,7 +1445,7 @@ class SqlStore(WebhookStoreMixin):
 
         return self._call("delete_comment", read_preference, go, write=True)
 
-    def _subtree(self, conn: Connection, tenant_id: str, target: Comment) -> list[str]:
+    def _subtree(self, conn: Conn, tenant_id: str, target: Comment) -> list[str]:
         """Ids of ``target`` and every reply beneath it."""
         c = s.comments.c
         rows = conn.execute(
@@ -1447,7 +1461,7 @@ class SqlStore(WebhookStoreMixin):
             todo.extend(children.get(current, ()))
         return found
 
-    def _delete_comment_rows(self, conn: Connection, tenant_id: str, ids: Any) -> int:
+    def _delete_comment_rows(self, conn: Conn, tenant_id: str, ids: Any) -> int:
         """Delete comments (a list of ids or a subquery) with their votes and
         flags, keeping the threads' approved counts right."""
         c = s.comments.c
@@ -1796,7 +1810,7 @@ class SqlStore(WebhookStoreMixin):
 
     def _set_status(
         self,
-        conn: Connection,
+        conn: Conn,
         tenant_id: str,
         comments: Sequence[Comment],
         status: CommentStatus,
@@ -1859,7 +1873,7 @@ class SqlStore(WebhookStoreMixin):
 
     def _audit(
         self,
-        conn: Connection,
+        conn: Conn,
         tenant_id: str,
         actor: str,
         action: str,
@@ -1894,7 +1908,7 @@ class SqlStore(WebhookStoreMixin):
 
     def _insert_bans(
         self,
-        conn: Connection,
+        conn: Conn,
         tenant_id: str,
         kind: BanKind,
         values: Sequence[str],
@@ -1946,7 +1960,7 @@ class SqlStore(WebhookStoreMixin):
                 conn.execute(ob.emit(tenant_id, WebhookEvent.AUTHOR_BANNED, ban.id, created_ms, data))
         return bans
 
-    def _comments_of(self, conn: Connection, tenant_id: str, author_ids: Sequence[str]) -> list[Comment]:
+    def _comments_of(self, conn: Conn, tenant_id: str, author_ids: Sequence[str]) -> list[Comment]:
         """Every comment of these authors not yet removed."""
         c = s.comments.c
         rows = conn.execute(

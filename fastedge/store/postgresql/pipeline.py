@@ -35,6 +35,7 @@ from psycopg import pq
 from sqlalchemy import Dialect, func, select
 from sqlalchemy.exc import IntegrityError
 
+from ..db import POSTGRESQL, Sql
 from ..plan import Require, Step
 
 #: SQLSTATE our check function raises with (class "FE": ours, unused by
@@ -93,10 +94,21 @@ def send(
         anything else, with ``commit_sent`` left false by the caller's
         rule when the server answered (see the module docstring).
     """
-    compiled = []
+    compiled: list[tuple[str, Any]] = []
     for index, step in enumerate(steps):
-        statement: Any = select(func.fastedge_require(step.condition, index)) if isinstance(step, Require) else step
-        compiled.append(statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}))
+        statement: Any = step
+        if isinstance(step, Require):
+            if isinstance(step.condition, Sql):
+                statement = (
+                    Sql("SELECT fastedge_require(") + step.condition + Sql(", :fastedge_step)", fastedge_step=index)
+                )
+            else:
+                statement = select(func.fastedge_require(step.condition, index))
+        if isinstance(statement, Sql):
+            compiled.append(statement.render(POSTGRESQL))
+        else:
+            query = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+            compiled.append((str(query), query.params))
     check_idle_connection(raw)
     cursors = []
     position = None
@@ -113,9 +125,9 @@ def send(
             with raw.pipeline():
                 try:
                     raw.cursor().execute("BEGIN")
-                    for query in compiled:
+                    for query, params in compiled:
                         cur = raw.cursor()
-                        cur.execute(str(query), query.params)
+                        cur.execute(query, params)
                         cursors.append(cur)
                     mark_commit_sent()
                     raw.cursor().execute("COMMIT")

@@ -20,6 +20,8 @@ from typing import Any, TypeVar, cast
 
 import psycopg
 from sqlalchemy import Connection, text
+
+from ..db import POSTGRESQL, Conn
 from sqlalchemy.exc import DBAPIError
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -163,7 +165,7 @@ class PostgresStore(SqlStore):
     # Where statements run
 
     @contextmanager
-    def _reading(self, read_preference: ReadPreference) -> Iterator[Connection]:
+    def _reading(self, read_preference: ReadPreference) -> Iterator[Conn]:
         local = self._local
         replica = self._replica if read_preference is NEAREST and not local.route_primary else None
         target = replica or self._primaries.current
@@ -172,7 +174,7 @@ class PostgresStore(SqlStore):
             if replica is not None and local.want_lsn is not None:
                 if self._replayed(conn) < local.want_lsn:
                     raise _NotReplayed()
-            yield conn
+            yield Conn(conn, POSTGRESQL)
 
     @staticmethod
     def _replayed(conn: Connection) -> int:
@@ -187,7 +189,7 @@ class PostgresStore(SqlStore):
         return parse_lsn(value) if value else 0
 
     @contextmanager
-    def _writing(self) -> Iterator[Connection]:
+    def _writing(self) -> Iterator[Conn]:
         local = self._local
         state = _WriteState()
         target = self._primaries.current
@@ -195,14 +197,15 @@ class PostgresStore(SqlStore):
         local.write = state
         with target.engine.connect() as conn:
             conn.begin()
-            yield conn
+            wrapped = Conn(conn, POSTGRESQL)
+            yield wrapped
             if not state.committed:
-                self._commit(conn)
+                self._commit(wrapped)
             # Our COMMIT already ended the server's transaction; this only
             # tells SQLAlchemy so (psycopg sends nothing on an idle connection).
             conn.commit()
 
-    def _commit(self, conn: Connection) -> str:
+    def _commit(self, conn: Conn) -> str:
         """Commit the transaction on ``conn``; returns the commit's token."""
         state = self._local.write
         assert state is not None, "a commit outside _writing"
@@ -218,7 +221,7 @@ class PostgresStore(SqlStore):
         assert row is not None
         return str(row[0])
 
-    def _token(self, conn: Connection) -> str | None:
+    def _token(self, conn: Conn) -> str | None:
         """Commit now and return the commit's WAL position (see ``_commit``),
         or the position a batch already committed at (``_batch``)."""
         state = self._local.write
@@ -226,7 +229,7 @@ class PostgresStore(SqlStore):
             return state.token
         return self._commit(conn)
 
-    def _batch(self, conn: Connection, statements: Sequence[Step], *, commit: bool) -> list[list[Any] | None]:
+    def _batch(self, conn: Conn, statements: Sequence[Step], *, commit: bool) -> list[list[Any] | None]:
         """With ``commit``: the statements and the COMMIT in one flight
         (:mod:`.pipeline`). Without: one by one, as the base class does.
 
@@ -492,7 +495,7 @@ class PostgresStore(SqlStore):
                         text("SELECT pg_advisory_xact_lock(:key)"),
                         {"key": _MIGRATION_LOCK},
                     )
-                    applied = s.migrate(conn, applied_ms)
+                    applied = s.migrate(conn.sa, applied_ms)
                     conn.execute(text(pipeline.REQUIRE_FUNCTION))
                     return applied
 

@@ -26,7 +26,6 @@ from typing import Any, NamedTuple, TypeVar
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
-    Connection,
     Engine,
     Executable,
     Integer,

@@ -20,8 +20,6 @@ from typing import Any, TypeVar, cast
 
 import psycopg
 from sqlalchemy import Connection, text
-
-from ..db import POSTGRESQL, Conn
 from sqlalchemy.exc import DBAPIError
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -29,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .. import schema as s
+from ..db import POSTGRESQL, Conn
 from ..errors import BadToken, CommitUnknown, StoreUnavailable
 from ..metrics import ReplicationMetrics
 from ..model import ReadPreference

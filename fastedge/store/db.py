@@ -199,26 +199,143 @@ def row_type(names: tuple[str, ...]) -> Any:
     return namedtuple("Row", names, rename=True)
 
 
+class DatabaseError(Exception):
+    """The database refused or failed a statement (DB-API's class of the
+    same name); ``orig`` is the driver's exception. The store maps these to
+    its own errors; the bare class means the database itself is unusable."""
+
+    def __init__(self, orig: BaseException, *, connection_invalidated: bool = False) -> None:
+        super().__init__(str(orig))
+        self.orig = orig
+        #: The connection is gone with it (a broken socket, a server that
+        #: shut down): nothing more runs on it.
+        self.connection_invalidated = connection_invalidated
+
+
+class IntegrityError(DatabaseError):
+    """A constraint refused the statement (a duplicate key, a foreign key)."""
+
+
+class OperationalError(DatabaseError):
+    """The database could not run the statement now (locked, unreachable,
+    a connection that broke)."""
+
+
+class ProgrammingError(DatabaseError):
+    """The statement is wrong for the schema (ours to fix)."""
+
+
+class DataError(DatabaseError):
+    """A value the column cannot hold."""
+
+
+class InternalError(DatabaseError):
+    """The server's own failure (e.g. a read-only transaction)."""
+
+
+class NotSupportedError(DatabaseError):
+    """A feature this database does not have."""
+
+
+#: DB-API class names, most specific first, and ours for each.
+_ERRORS = (
+    ("IntegrityError", IntegrityError),
+    ("OperationalError", OperationalError),
+    ("ProgrammingError", ProgrammingError),
+    ("DataError", DataError),
+    ("InternalError", InternalError),
+    ("NotSupportedError", NotSupportedError),
+    ("DatabaseError", DatabaseError),
+    # A client-side failure (e.g. a closed connection): unusable now.
+    ("InterfaceError", OperationalError),
+)
+
+
+def translate(driver: Any, e: BaseException, *, invalidated: bool = False) -> DatabaseError | None:
+    """Our exception for the driver module ``driver``'s exception ``e``
+    (``None``: not one of the driver's)."""
+    for name, ours in _ERRORS:
+        if isinstance(e, getattr(driver, name)):
+            return ours(e, connection_invalidated=invalidated)
+    return None
+
+
 class Conn:
-    """A connection of one of the SQL backends, as the store uses it."""
+    """A DB-API connection of one of the SQL backends, as the store uses it:
+    statements in, rows out, the driver's errors as ours."""
 
-    def __init__(self, inner: Any, backend: str) -> None:
-        self._inner = inner
+    def __init__(self, raw: Any, backend: str, driver: Any) -> None:
+        #: The driver's connection (``sqlite3.Connection``,
+        #: ``psycopg.Connection``).
+        self.raw = raw
         self.backend = backend
-
-    @property
-    def sa(self) -> Any:
-        """The SQLAlchemy connection inside (while statements move off it)."""
-        return self._inner
-
-    def __getattr__(self, name: str) -> Any:
-        # While the store moves off SQLAlchemy: its Connection's API.
-        return getattr(self._inner, name)
+        self._driver = driver
 
     def run(self, statement: Sql) -> Rows:
-        """Execute ``statement``; its rows are read at once."""
+        """Execute ``statement``; its rows are read at once.
+
+        :raises DatabaseError: (a subclass of) what the database said.
+        """
         text, values = statement.render(self.backend)
-        result = self._inner.exec_driver_sql(text, values)
-        if not result.returns_rows:
-            return Rows([], result.rowcount, returns_rows=False)
-        return Rows(list(result.all()), result.rowcount, returns_rows=True)
+        return self.run_text(text, values)
+
+    def run_text(self, text: str, values: Mapping[str, Any] | Sequence[Any] = ()) -> Rows:
+        """Execute text already in the driver's parameter style."""
+        cursor = self.raw.cursor()
+        try:
+            cursor.execute(text, values)
+            description = cursor.description
+            if description is None:
+                return Rows([], cursor.rowcount, returns_rows=False)
+            make = row_type(tuple(column[0] for column in description))._make
+            return Rows([make(row) for row in cursor.fetchall()], cursor.rowcount, returns_rows=True)
+        except self._driver.Error as e:
+            raise self.error(e) from e
+        finally:
+            cursor.close()
+
+    def error(self, e: BaseException) -> DatabaseError:
+        """Our exception for the driver's ``e`` raised on this connection."""
+        broken = bool(getattr(self.raw, "broken", False) or getattr(self.raw, "closed", False))
+        ours = translate(self._driver, e, invalidated=broken)
+        return ours if ours is not None else DatabaseError(e, connection_invalidated=broken)
+
+    def execute(self, statement: Any, params: Any = None) -> Any:
+        """A SQLAlchemy statement, compiled for this backend: only while the
+        store's statements move to :class:`Sql` text."""
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect = sqlite.dialect(paramstyle="named") if self.backend == SQLITE else postgresql.psycopg.dialect()
+        if isinstance(params, list):
+            for one in params:
+                self.execute(statement, one)
+            return _SaRows(Rows([], len(params), returns_rows=False))
+        compiled = statement.compile(
+            dialect=dialect, column_keys=list(params) if params else None, compile_kwargs={"render_postcompile": True}
+        )
+        values = compiled.construct_params(params) if params else compiled.params
+        return _SaRows(self.run_text(str(compiled), values))
+
+
+class _SaRows(Rows):
+    """:class:`Rows` with the few SQLAlchemy result calls the store still
+    makes (only while statements move to :class:`Sql`)."""
+
+    def __init__(self, rows: Rows) -> None:
+        super().__init__(rows.all(), rows.rowcount, returns_rows=rows.returns_rows)
+
+    def scalars(self) -> Any:
+        return _Scalars(super().scalars())
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def one_or_none(self) -> Any | None:
+        if len(self) > 1:
+            raise LookupError("more than one row")
+        return self.first()
+
+
+class _Scalars(list[Any]):
+    def all(self) -> list[Any]:
+        return list(self)

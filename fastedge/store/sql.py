@@ -18,15 +18,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
-    Engine,
     Executable,
     Integer,
     and_,
@@ -40,7 +39,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -48,7 +46,7 @@ from zope.interface import implementer
 
 from . import outbox as ob
 from . import schema as s
-from .db import Conn, Sql
+from .db import Conn, DatabaseError, IntegrityError, OperationalError, Sql
 from .errors import (
     AlreadyExists,
     BadCursor,
@@ -112,6 +110,7 @@ from .plan import (
     require_tenant,
     rows_of,
 )
+from .pool import Pool, PoolExhausted
 from .shared import decode_cursor, encode_cursor, new_id, page_of
 
 _T = TypeVar("_T")
@@ -321,8 +320,8 @@ class SqlStore(WebhookStoreMixin):
 
     def __init__(
         self,
-        primary: Engine,
-        nearest: Engine | None,
+        primary: Pool,
+        nearest: Pool | None,
         *,
         run: Runner,
         clock: IReactorTime,
@@ -369,6 +368,8 @@ class SqlStore(WebhookStoreMixin):
                 return fn()
             except OperationalError as e:
                 raise StoreUnavailable(str(e.orig)) from e
+            except PoolExhausted as e:
+                raise StoreUnavailable(str(e)) from e
             except DatabaseError as e:
                 # The bare class: the database itself is unusable (a corrupt
                 # file); subclasses (IntegrityError, ...) are handled by callers.
@@ -381,23 +382,15 @@ class SqlStore(WebhookStoreMixin):
 
         return self._run(timed)
 
-    @contextmanager
-    def _reading(self, read_preference: ReadPreference) -> Iterator[Conn]:
-        engine = self._primary if read_preference is ReadPreference.PRIMARY else self._nearest
-        with engine.connect() as conn:
-            yield Conn(conn, conn.dialect.name)
+    def _reading(self, read_preference: ReadPreference) -> AbstractContextManager[Conn]:
+        """A connection for a read call's statements (``read_preference``
+        says which server)."""
+        raise NotImplementedError
 
-    @contextmanager
-    def _writing(self) -> Iterator[Conn]:
-        lock = self._write_lock
-        if lock is not None:
-            lock.acquire()
-        try:
-            with self._primary.execution_options(fastedge_write=True).begin() as conn:
-                yield Conn(conn, conn.dialect.name)
-        finally:
-            if lock is not None:
-                lock.release()
+    def _writing(self) -> AbstractContextManager[Conn]:
+        """A connection in a write transaction on the primary, committed
+        when the block ends (rolled back if it raises)."""
+        raise NotImplementedError
 
     def _written(self, conn: Conn, value: _T) -> Written[_T]:
         """Wrap a write's result with its consistency token (none here)."""

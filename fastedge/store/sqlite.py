@@ -5,48 +5,46 @@ One file in WAL mode (readers never wait for the writer). Write
 transactions start with ``BEGIN IMMEDIATE`` so a writer takes the lock
 up front instead of failing half-way when another process (such as
 ``fastedge-admin``) writes at the same moment; ``busy_timeout`` makes it
-wait for that lock rather than fail.
+wait for that lock rather than fail. Reads run in a deferred ``BEGIN``
+(one snapshot for all of a call's statements) ended by ``ROLLBACK``.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.pool import QueuePool
 from twisted.internet.interfaces import IReactorTime
 
+from .db import SQLITE, Conn
+from .model import ReadPreference
+from .pool import Pool
 from .sql import Observer, Runner, SqlStore
 
 
-def sqlite_engine(path: str, *, busy_timeout_seconds: float = 5.0, pool_size: int = 4) -> Engine:
-    """An engine for the SQLite file at ``path`` set up as described above."""
-    engine = create_engine(
-        "sqlite:///" + os.path.abspath(path),
-        poolclass=QueuePool,
-        pool_size=pool_size,
-        max_overflow=0,
-        connect_args={"check_same_thread": False, "timeout": busy_timeout_seconds},
-    )
+def _connect(path: str, busy_timeout_seconds: float) -> sqlite3.Connection:
+    # isolation_level=None: the store issues BEGIN and COMMIT itself.
+    raw = sqlite3.connect(path, timeout=busy_timeout_seconds, check_same_thread=False, isolation_level=None)
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.execute("PRAGMA synchronous=NORMAL")
+    raw.execute("PRAGMA foreign_keys=ON")
+    raw.execute("PRAGMA busy_timeout={}".format(int(busy_timeout_seconds * 1000)))
+    return raw
 
-    @event.listens_for(engine, "connect")
-    def on_connect(dbapi_connection: Any, record: Any) -> None:
-        # Let SQLAlchemy's "begin" event, below, issue BEGIN itself.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout={}".format(int(busy_timeout_seconds * 1000)))
-        cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def on_begin(conn: Any) -> None:
-        write = conn.get_execution_options().get("fastedge_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+def _reset(raw: Any) -> bool:
+    if raw.in_transaction:
+        raw.execute("ROLLBACK")
+    return True
 
-    return engine
+
+def sqlite_pool(path: str, *, busy_timeout_seconds: float = 5.0, pool_size: int = 4) -> Pool:
+    """Connections to the SQLite file at ``path``, set up as described above."""
+    absolute = os.path.abspath(path)
+    return Pool(lambda: _connect(absolute, busy_timeout_seconds), _reset, size=pool_size)
 
 
 class SQLiteStore(SqlStore):
@@ -64,6 +62,38 @@ class SQLiteStore(SqlStore):
         pool_size: int = 4,
         observe: Observer | None = None,
     ) -> None:
-        engine = sqlite_engine(path, busy_timeout_seconds=busy_timeout_seconds, pool_size=pool_size)
-        super().__init__(engine, None, run=run, clock=clock, serialize_writes=True, observe=observe)
+        pool = sqlite_pool(path, busy_timeout_seconds=busy_timeout_seconds, pool_size=pool_size)
+        super().__init__(pool, None, run=run, clock=clock, serialize_writes=True, observe=observe)
         self.path = path
+
+    @contextmanager
+    def _reading(self, read_preference: ReadPreference) -> Iterator[Conn]:
+        # One copy: PRIMARY and NEAREST read the same file.
+        with self._primary.connection() as raw:
+            conn = Conn(raw, SQLITE, sqlite3)
+            conn.run_text("BEGIN")
+            try:
+                yield conn
+            finally:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+
+    @contextmanager
+    def _writing(self) -> Iterator[Conn]:
+        lock = self._write_lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            with self._primary.connection() as raw:
+                conn = Conn(raw, SQLITE, sqlite3)
+                conn.run_text("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    if raw.in_transaction:
+                        raw.execute("ROLLBACK")
+                    raise
+                conn.run_text("COMMIT")
+        finally:
+            if lock is not None:
+                lock.release()

@@ -42,7 +42,7 @@ decides *where* each one runs and what a write's consistency token is.
   :class:`~fastedge.store.errors.CommitUnknown`, never as a success.
 """
 
-from .dsn import check_dsn, conninfo, postgres_engine, redact_dsn
+from .dsn import check_dsn, conninfo, postgres_pool, redact_dsn
 from .routing import FAILOVER_RETRY_SECONDS, PostgresStore, ReplicaLag
 from .tokens import format_lsn, parse_lsn
 
@@ -54,6 +54,6 @@ __all__ = [
     "conninfo",
     "format_lsn",
     "parse_lsn",
-    "postgres_engine",
+    "postgres_pool",
     "redact_dsn",
 ]

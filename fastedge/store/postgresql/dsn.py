@@ -4,7 +4,7 @@
 What a node needs from a libpq connection string: whether it parses (the
 config check, which must never quote it), a form fit for logs (host, port,
 database, user: never a password), the string completed with our
-defaults, and a pooled SQLAlchemy engine over it.
+defaults, and a pool of connections over it.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.pool import QueuePool
+
+from ..pool import Pool
 
 #: Connection parameters safe to show in logs (never a password).
 _SHOWN_PARAMS = ("host", "hostaddr", "port", "dbname", "user", "application_name")
@@ -68,52 +69,47 @@ def conninfo(dsn: str, *, connect_timeout: int, application_name: str, statement
     return make_conninfo(**params)
 
 
-def postgres_engine(info: str, *, pool_size: int) -> Engine:
-    """A pooled engine over psycopg 3 for the complete connection string ``info``."""
-    engine = create_engine(
-        "postgresql+psycopg://",
-        creator=lambda: psycopg.connect(info),
-        poolclass=QueuePool,
-        pool_size=pool_size,
-        max_overflow=2,
-        # Statement parameters are comment bodies and key hashes: keep them
-        # out of error messages, which end up in logs.
-        hide_parameters=True,
+def _reset(raw: Any) -> bool:
+    """Back to the pool: whatever is open rolled back; a broken connection
+    (a server that went away) is not kept."""
+    if raw.broken or raw.closed:
+        return False
+    if raw.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        raw.rollback()
+    raw.autocommit = False
+    return True
+
+
+def _connect(info: str) -> psycopg.Connection[Any]:
+    raw = psycopg.connect(info, autocommit=True)
+    # A token is the WAL *write* position after COMMIT; with an
+    # asynchronous commit that position could still be before our commit
+    # record. One round trip per new pooled connection.
+    raw.execute(
+        "SELECT CASE WHEN current_setting('synchronous_commit') = 'off' "
+        "THEN set_config('synchronous_commit', 'local', false) END"
     )
+    raw.autocommit = False
+    return raw
 
-    @event.listens_for(engine, "connect")
-    def on_connect(dbapi_connection: Any, record: Any) -> None:
-        # A token is the WAL *write* position after COMMIT; with an
-        # asynchronous commit that position could still be before our commit
-        # record. One round trip per new pooled connection.
-        dbapi_connection.autocommit = True
-        try:
-            dbapi_connection.execute(
-                "SELECT CASE WHEN current_setting('synchronous_commit') = 'off' "
-                "THEN set_config('synchronous_commit', 'local', false) END"
-            )
-        finally:
-            dbapi_connection.autocommit = False
 
-    return engine
+def postgres_pool(info: str, *, pool_size: int) -> Pool:
+    """Pooled psycopg 3 connections for the complete connection string ``info``.
+
+    Connections come out in transaction mode (psycopg begins a transaction
+    with the first statement); a read sets ``autocommit`` for its block.
+    """
+    return Pool(lambda: _connect(info), _reset, size=pool_size, overflow=2)
 
 
 @dataclass
 class Target:
-    """One server: its pooled engine, the same in autocommit mode for reads,
-    and a redacted name for logs."""
+    """One server: its connection pool and a redacted name for logs."""
 
-    engine: Engine
-    reads: Engine
+    pool: Pool
     info: str
     name: str
 
     @classmethod
     def make(cls, info: str, pool_size: int) -> Target:
-        engine = postgres_engine(info, pool_size=pool_size)
-        return cls(
-            engine,
-            engine.execution_options(isolation_level="AUTOCOMMIT"),
-            info,
-            redact_dsn(info),
-        )
+        return cls(postgres_pool(info, pool_size=pool_size), info, redact_dsn(info))

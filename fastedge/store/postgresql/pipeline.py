@@ -32,10 +32,8 @@ from typing import Any
 import psycopg
 import psycopg.errors
 from psycopg import pq
-from sqlalchemy import Dialect, func, select
-from sqlalchemy.exc import IntegrityError
 
-from ..db import POSTGRESQL, Sql
+from ..db import POSTGRESQL, IntegrityError, Sql, row_type
 from ..plan import Require, Step
 
 #: SQLSTATE our check function raises with (class "FE": ours, unused by
@@ -52,13 +50,6 @@ REQUIRE_FUNCTION = (
     f" RAISE EXCEPTION USING ERRCODE = '{REQUIRE_STATE}', MESSAGE = 'fastedge_require ' || step;"
     " END IF; RETURN true; END $$"
 )
-
-
-class _Row:
-    """A row of a pipelined statement, with attribute access like SQLAlchemy's."""
-
-    def __init__(self, names: Sequence[str], values: Sequence[Any]) -> None:
-        self.__dict__.update(zip(names, values, strict=True))
 
 
 def check_idle_connection(raw: psycopg.Connection[Any]) -> None:
@@ -81,7 +72,7 @@ def check_idle_connection(raw: psycopg.Connection[Any]) -> None:
 
 
 def send(
-    raw: psycopg.Connection[Any], dialect: Dialect, steps: Sequence[Step], mark_commit_sent: Any
+    raw: psycopg.Connection[Any], steps: Sequence[Step], mark_commit_sent: Any
 ) -> tuple[list[list[Any] | None], str]:
     """Run ``steps`` and commit, in one flight on the idle connection ``raw``.
 
@@ -89,8 +80,8 @@ def send(
         COMMIT is in it.
     :returns: per step its rows (``None`` for none, and for a check), and
         the commit's WAL position (the write's token).
-    :raises: the failed check's error; a ``sqlalchemy.exc.IntegrityError``
-        for a constraint (as SQLAlchemy would raise it); a psycopg error for
+    :raises: the failed check's error; a :class:`~fastedge.store.db.IntegrityError`
+        for a constraint (as :class:`~fastedge.store.db.Conn` raises it); a psycopg error for
         anything else, with ``commit_sent`` left false by the caller's
         rule when the server answered (see the module docstring).
     """
@@ -103,11 +94,15 @@ def send(
                     Sql("SELECT fastedge_require(") + step.condition + Sql(", :fastedge_step)", fastedge_step=index)
                 )
             else:
+                from sqlalchemy import func, select
+
                 statement = select(func.fastedge_require(step.condition, index))
         if isinstance(statement, Sql):
             compiled.append(statement.render(POSTGRESQL))
         else:
-            query = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+            from sqlalchemy.dialects import postgresql
+
+            query = statement.compile(dialect=postgresql.psycopg.dialect(), compile_kwargs={"render_postcompile": True})
             compiled.append((str(query), query.params))
     check_idle_connection(raw)
     cursors = []
@@ -166,8 +161,8 @@ def send(
         if cur.description is None:
             out.append(None)
         else:
-            names = [column.name for column in cur.description]
-            out.append([_Row(names, row) for row in cur.fetchall()])
+            make = row_type(tuple(column.name for column in cur.description))._make
+            out.append([make(row) for row in cur.fetchall()])
     assert position is not None
     row = position.fetchone()
     assert row is not None
@@ -192,5 +187,5 @@ def _answered(e: psycopg.Error, steps: Sequence[Step]) -> NotApplied:
         assert isinstance(step, Require)
         return NotApplied(step.error)
     if isinstance(e, psycopg.IntegrityError):
-        return NotApplied(IntegrityError("pipelined write", None, e))
+        return NotApplied(IntegrityError(e))
     return NotApplied(e)

@@ -152,7 +152,7 @@ class Primaries:
                 timeline=timeline,
             )
             # Connections to the old primary are useless now.
-            self._run(old.engine.dispose).addErrback(self._dispose_failed)
+            self._run(old.pool.dispose).addErrback(self._dispose_failed)
         return index
 
     def _dispose_failed(self, f: Failure) -> None:

@@ -19,15 +19,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import psycopg
-from sqlalchemy import Connection, text
-from sqlalchemy.exc import DBAPIError
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .. import schema as s
-from ..db import POSTGRESQL, Conn
+from ..db import POSTGRESQL, Conn, DatabaseError, Sql
 from ..errors import BadToken, CommitUnknown, StoreUnavailable
 from ..metrics import ReplicationMetrics
 from ..model import ReadPreference
@@ -146,8 +144,8 @@ class PostgresStore(SqlStore):
         )
         self._replica = Target.make(complete(replica), pool_size) if replica else None
         super().__init__(
-            self._primaries.current.engine,
-            self._replica.engine if self._replica else None,
+            self._primaries.current.pool,
+            self._replica.pool if self._replica else None,
             run=run,
             clock=clock,
             observe=observe,
@@ -169,18 +167,21 @@ class PostgresStore(SqlStore):
         replica = self._replica if read_preference is NEAREST and not local.route_primary else None
         target = replica or self._primaries.current
         local.target = target
-        with target.reads.connect() as conn:
+        with target.pool.connection() as raw:
+            # Reads need no transaction: each statement its own snapshot.
+            raw.autocommit = True
+            conn = Conn(raw, POSTGRESQL, psycopg)
             if replica is not None and local.want_lsn is not None:
                 if self._replayed(conn) < local.want_lsn:
                     raise _NotReplayed()
-            yield Conn(conn, POSTGRESQL)
+            yield conn
 
     @staticmethod
-    def _replayed(conn: Connection) -> int:
+    def _replayed(conn: Conn) -> int:
         """How far the server on ``conn`` has replayed (or written, if it has
         been promoted since)."""
-        value = conn.execute(
-            text(
+        value = conn.run(
+            Sql(
                 "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
                 " ELSE pg_current_wal_lsn() END)::text"
             )
@@ -194,21 +195,19 @@ class PostgresStore(SqlStore):
         target = self._primaries.current
         local.target = target
         local.write = state
-        with target.engine.connect() as conn:
-            conn.begin()
-            wrapped = Conn(conn, POSTGRESQL)
-            yield wrapped
+        with target.pool.connection() as raw:
+            # psycopg begins the transaction with the first statement; an
+            # exception leaves it to the pool, which rolls it back.
+            conn = Conn(raw, POSTGRESQL, psycopg)
+            yield conn
             if not state.committed:
-                self._commit(wrapped)
-            # Our COMMIT already ended the server's transaction; this only
-            # tells SQLAlchemy so (psycopg sends nothing on an idle connection).
-            conn.commit()
+                self._commit(conn)
 
     def _commit(self, conn: Conn) -> str:
         """Commit the transaction on ``conn``; returns the commit's token."""
         state = self._local.write
         assert state is not None, "a commit outside _writing"
-        raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
+        raw = cast("psycopg.Connection[Any]", conn.raw)
         state.commit_sent = True
         with raw.cursor() as cur:
             # Without parameters psycopg sends this as one simple query: the
@@ -240,13 +239,13 @@ class PostgresStore(SqlStore):
             return super()._batch(conn, statements, commit=commit)
         state = self._local.write
         assert state is not None, "a batch outside _writing"
-        raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
+        raw = cast("psycopg.Connection[Any]", conn.raw)
 
         def commit_sent() -> None:
             state.commit_sent = True
 
         try:
-            out, token = pipeline.send(raw, conn.dialect, statements, commit_sent)
+            out, token = pipeline.send(raw, statements, commit_sent)
         except pipeline.NotApplied as e:
             state.commit_sent = False
             raise e.error from None
@@ -278,7 +277,7 @@ class PostgresStore(SqlStore):
             local.write = None
             try:
                 return fn()
-            except (DBAPIError, psycopg.Error) as e:
+            except (DatabaseError, psycopg.Error) as e:
                 mapped = self._classify(e)
                 if mapped is None:
                     raise
@@ -294,8 +293,10 @@ class PostgresStore(SqlStore):
     def _classify(self, e: Exception) -> Exception | None:
         """Our exception for a driver failure that means "this server is
         unusable", or ``None`` for any other failure."""
-        orig = e.orig if isinstance(e, DBAPIError) else e
-        broken = (isinstance(e, DBAPIError) and e.connection_invalidated) or isinstance(orig, psycopg.OperationalError)
+        orig = e.orig if isinstance(e, DatabaseError) else e
+        broken = (isinstance(e, DatabaseError) and e.connection_invalidated) or isinstance(
+            orig, psycopg.OperationalError
+        )
         sqlstate = getattr(orig, "sqlstate", None)
         if not broken and sqlstate not in _UNUSABLE_STATES:
             return None
@@ -490,12 +491,9 @@ class PostgresStore(SqlStore):
 
             def go() -> list[int]:
                 with self._writing() as conn:
-                    conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"),
-                        {"key": _MIGRATION_LOCK},
-                    )
+                    conn.run(Sql("SELECT pg_advisory_xact_lock(:key)", key=_MIGRATION_LOCK))
                     applied = s.migrate(conn.sa, applied_ms)
-                    conn.execute(text(pipeline.REQUIRE_FUNCTION))
+                    conn.run_text(pipeline.REQUIRE_FUNCTION)
                     return applied
 
             return self._on_primary("open", PRIMARY, go, write=True)
@@ -517,7 +515,7 @@ class PostgresStore(SqlStore):
     def close(self) -> Deferred[None]:
         def go() -> None:
             for target in self._primaries.candidates + ([self._replica] if self._replica else []):
-                target.engine.dispose()
+                target.pool.dispose()
 
         return self._run(go)
 
@@ -533,8 +531,8 @@ class PostgresStore(SqlStore):
 
         def go() -> ReplicaLag:
             with self._reading(PRIMARY) as conn:
-                demoted, written = conn.execute(
-                    text(
+                demoted, written = conn.run(
+                    Sql(
                         "SELECT pg_is_in_recovery(),"
                         " (CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END)::text"
                     )
@@ -544,13 +542,18 @@ class PostgresStore(SqlStore):
             primary_lsn = parse_lsn(written)
             local = self._local
             local.target = replica
-            with replica.reads.connect() as conn:
-                row = conn.execute(
-                    text(
-                        "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,"
-                        " EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())"
+            with replica.pool.connection() as raw:
+                raw.autocommit = True
+                row = (
+                    Conn(raw, POSTGRESQL, psycopg)
+                    .run(
+                        Sql(
+                            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,"
+                            " EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())"
+                        )
                     )
-                ).one()
+                    .one()
+                )
             if not row[0]:
                 # Promoted: it is a primary now, nothing to replay.
                 return ReplicaLag(primary_lsn, primary_lsn, 0, 0.0)

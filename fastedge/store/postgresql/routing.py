@@ -494,7 +494,7 @@ class PostgresStore(SqlStore):
                         text("SELECT pg_advisory_xact_lock(:key)"),
                         {"key": _MIGRATION_LOCK},
                     )
-                    applied = s.migrate(conn.sa, applied_ms)
+                    applied = s.migrate(conn, applied_ms)
                     conn.execute(text(pipeline.REQUIRE_FUNCTION))
                     return applied
 

@@ -363,11 +363,13 @@ webhook_deliveries = Table(
 _V4_TABLES = (webhook_endpoints, webhook_deliveries)
 
 
-# The migrations' DDL, frozen: the exact statements SQLAlchemy's
-# ``create_all`` emitted for the declarations above when the store moved off
-# it (laid out for reading: same tokens, tabs and line ends aside), per
-# dialect where they differ (an autoincrement integer key is ``SERIAL`` or
-# ``BIGSERIAL`` in PostgreSQL). A statement is one text for both dialects or
+# The migrations' DDL, frozen: the statements SQLAlchemy's ``create_all``
+# emitted for the declarations above when the store moved off it, token for
+# token, per dialect where they differ (an autoincrement integer key is
+# ``SERIAL`` or ``BIGSERIAL`` in PostgreSQL). Laid out for reading; a
+# table's indexes in the order declared (create_all's order was a set's);
+# version 2's comment indexes say IF NOT EXISTS where create_all checked
+# first. A statement is one text for both dialects or
 # a mapping from :attr:`~fastedge.store.db.Conn.backend` to its text. The
 # ``--`` comments stay in SQLite's copy of the schema (``.schema`` shows
 # them); PostgreSQL drops them. tests/data/store_schema.json describes the

@@ -448,7 +448,7 @@ class SqlStore(WebhookStoreMixin):
 
         def go() -> None:
             with self._writing() as conn:
-                applied = s.migrate(conn.sa, applied_ms)
+                applied = s.migrate(conn, applied_ms)
             if applied:
                 self._log.info("store schema migrated to {versions}", versions=applied)
 
@@ -463,7 +463,7 @@ class SqlStore(WebhookStoreMixin):
 
         def go() -> bool:
             with self._reading(ReadPreference.PRIMARY) as conn:
-                return bool(inspect(conn.sa).has_table(s.schema_version.name))
+                return s.has_schema(conn)
 
         return self._call("has_schema", ReadPreference.PRIMARY, go)
 

@@ -12,12 +12,12 @@ visible there when it returns) and are not counted: they are local.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
 from psycopg import pq
-from sqlalchemy import event
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -55,25 +55,22 @@ class PrimaryWire:
     def __init__(self, testcase: SynchronousTestCase, store: PostgresStore) -> None:
         self.path = os.path.abspath(testcase.mktemp())
         open(self.path, "w").close()
-        self._files: dict[int, Any] = {}
-        engine = store._primaries.current.engine
-        event.listen(engine, "checkout", self._checkout)
-        event.listen(engine, "checkin", self._checkin)
-        testcase.addCleanup(event.remove, engine, "checkout", self._checkout)
-        testcase.addCleanup(event.remove, engine, "checkin", self._checkin)
+        pool = store._primaries.current.pool
+        taken = pool.connection
 
-    def _checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        trace = open(self.path, "a")
-        self._files[id(dbapi_connection)] = trace
-        dbapi_connection.pgconn.trace(trace.fileno())
-        dbapi_connection.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        @contextmanager
+        def traced() -> Iterator[Any]:
+            with taken() as raw, open(self.path, "a") as trace:
+                raw.pgconn.trace(trace.fileno())
+                raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+                try:
+                    yield raw
+                finally:
+                    if not raw.closed:
+                        raw.pgconn.untrace()
 
-    def _checkin(self, dbapi_connection: Any, record: Any) -> None:
-        trace = self._files.pop(id(dbapi_connection), None)
-        if trace is not None:
-            if not dbapi_connection.closed:
-                dbapi_connection.pgconn.untrace()
-            trace.close()
+        pool.connection = traced  # type: ignore[method-assign]
+        testcase.addCleanup(delattr, pool, "connection")
 
     def round_trips(self, action: Callable[[], Any]) -> tuple[int, Any]:
         """Run ``action``; its round trips to the primary and its result."""

@@ -492,7 +492,7 @@ class PostgresStore(SqlStore):
             def go() -> list[int]:
                 with self._writing() as conn:
                     conn.run(Sql("SELECT pg_advisory_xact_lock(:key)", key=_MIGRATION_LOCK))
-                    applied = s.migrate(conn.sa, applied_ms)
+                    applied = s.migrate(conn, applied_ms)
                     conn.run_text(pipeline.REQUIRE_FUNCTION)
                     return applied
 

@@ -317,7 +317,7 @@ class _TracedStore(PostgresStore):
         with open(self.trace_path, "a") as trace:
             raw = None
             with super()._writing() as conn:
-                raw = conn.connection.dbapi_connection
+                raw = conn.raw
                 raw.pgconn.trace(trace.fileno())
                 raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
                 yield conn

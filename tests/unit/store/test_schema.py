@@ -135,7 +135,7 @@ class TenantTablesTests(SynchronousTestCase):
         from fastedge.store.sql import _TENANT_TABLES
 
         with_tenant = {t.name for t in schema.metadata.sorted_tables if "tenant_id" in t.c}
-        self.assertEqual({t.name for t in _TENANT_TABLES}, with_tenant)
+        self.assertEqual(set(_TENANT_TABLES), with_tenant)
 
 
 class NewIdTests(SynchronousTestCase):

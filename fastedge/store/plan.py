@@ -23,9 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Executable, and_, exists, insert, literal, select, update
+# Only for the steps and checks of code not yet moved to Sql text (the
+# store's move off SQLAlchemy, issue 15): the types below and exists_where's
+# SQLAlchemy form. Both go when nothing passes SQLAlchemy expressions here.
+from sqlalchemy import ColumnElement, Executable, exists, literal, select
 
-from . import schema as s
 from .db import Sql
 from .errors import InvalidReference, NotFound, Stale, StoreError, ThreadClosed
 from .model import AuthorKind, CommentStatus, Expect, NewPost, NewSession, SessionPoster, UserPoster
@@ -60,9 +62,23 @@ class Plan:
         self.steps.append(Require(condition, error))
 
 
-def exists_where(table: Any, *where: Any) -> ColumnElement[bool]:
-    """``EXISTS (SELECT 1 FROM table WHERE ...)``."""
+def exists_where(table: Any, *where: Any) -> Any:
+    """``EXISTS (SELECT 1 FROM table WHERE ...)``.
+
+    :param table: a table's name, with ``where`` one :class:`Sql` condition
+        (its negation: ``Sql("NOT") + exists_where(...)``); or, until every
+        caller is SQL text, a SQLAlchemy table with SQLAlchemy conditions.
+    """
+    if isinstance(table, str):
+        (condition,) = where
+        return Sql("EXISTS (SELECT 1 FROM " + table + " WHERE") + condition + Sql(")")
     return exists(select(literal(1)).select_from(table).where(*where))
+
+
+def _value(name: str, value: str | Sql) -> Sql:
+    """``value`` as an operand: a parameter named ``name``, or the scalar
+    subquery it is."""
+    return value if isinstance(value, Sql) else Sql(":" + name, **{name: value})
 
 
 def require_tenant(plan: Plan, tenant_id: str) -> None:
@@ -73,15 +89,44 @@ def require_tenant(plan: Plan, tenant_id: str) -> None:
 def new_session(plan: Plan, tenant_id: str, *, session_id: str, author_id: str, created_ms: int) -> None:
     """A new anonymous author and its session (the tenant must exist)."""
     plan.add(
-        insert(s.authors).values(
-            id=author_id, tenant_id=tenant_id, kind=AuthorKind.ANONYMOUS.value, created_ms=created_ms
+        Sql(
+            "INSERT INTO authors (id, tenant_id, kind, created_ms) VALUES (:author_id, :tenant_id, :kind, :created_ms)",
+            author_id=author_id,
+            tenant_id=tenant_id,
+            kind=AuthorKind.ANONYMOUS.value,
+            created_ms=created_ms,
         )
     )
     plan.add(
-        insert(s.anonymous_sessions).values(
-            id=session_id, tenant_id=tenant_id, author_id=author_id, created_ms=created_ms
+        Sql(
+            "INSERT INTO anonymous_sessions (id, tenant_id, author_id, created_ms)"
+            " VALUES (:session_id, :tenant_id, :author_id, :created_ms)",
+            session_id=session_id,
+            tenant_id=tenant_id,
+            author_id=author_id,
+            created_ms=created_ms,
         )
     )
+
+
+def _session_exists(tenant_id: str, session_id: str) -> Sql:
+    return Sql(
+        "EXISTS (SELECT 1 FROM anonymous_sessions WHERE tenant_id = :tenant_id AND id = :session_id)",
+        tenant_id=tenant_id,
+        session_id=session_id,
+    )
+
+
+#: Whether a thread's access rules differ from those a caller checked:
+#: ``IS NOT DISTINCT FROM`` spelled for SQLite before 3.39 too (NULL the
+#: same as NULL, never unknown). A thread missing then has no rules now.
+_ACCESS_CHANGED = (
+    "EXISTS (SELECT 1 FROM thread_access WHERE thread_id ="
+    " (SELECT id FROM threads WHERE tenant_id = :tenant_id AND url_id = :thread_url)"
+    " AND NOT (COALESCE(group_ids = :groups, group_ids IS NULL AND CAST(:groups AS TEXT) IS NULL)"
+    " AND COALESCE(require_sign_in = :require_sign_in,"
+    " require_sign_in IS NULL AND CAST(:require_sign_in AS BOOLEAN) IS NULL)))"
+)
 
 
 def check_expected(plan: Plan, tenant_id: str, seen: Expect | None) -> None:
@@ -90,38 +135,35 @@ def check_expected(plan: Plan, tenant_id: str, seen: Expect | None) -> None:
     if seen is None:
         return
     if seen.approved_comment is not None:
-        c = s.comments.c
         plan.require(
-            exists_where(
-                s.comments,
-                c.tenant_id == tenant_id,
-                c.id == seen.approved_comment,
-                c.status == CommentStatus.APPROVED.value,
+            Sql(
+                "EXISTS (SELECT 1 FROM comments WHERE tenant_id = :tenant_id AND id = :comment_id AND status = :status)",
+                tenant_id=tenant_id,
+                comment_id=seen.approved_comment,
+                status=CommentStatus.APPROVED.value,
             ),
             NotFound("comment"),
         )
     if seen.thread_url is not None:
-        t = s.threads.c
-        a = s.thread_access.c
-        thread_id = select(t.id).where(t.tenant_id == tenant_id, t.url_id == seen.thread_url).scalar_subquery()
         groups = None if seen.locked_groups is None else json.dumps(list(seen.locked_groups))
-        # Access rules as they were when the caller's checks ran: a thread
-        # missing then has no rules now, or the caller checked the wrong ones.
-        changed = exists_where(
-            s.thread_access,
-            a.thread_id == thread_id,
-            ~and_(
-                a.group_ids.is_not_distinct_from(groups),
-                a.require_sign_in.is_not_distinct_from(seen.require_sign_in),
-            ),
+        # Access rules as they were when the caller's checks ran.
+        changed = Sql(
+            _ACCESS_CHANGED,
+            tenant_id=tenant_id,
+            thread_url=seen.thread_url,
+            groups=groups,
+            require_sign_in=seen.require_sign_in,
         )
-        plan.require(~changed, Stale("the thread's access rules changed"))
+        plan.require(Sql("NOT") + changed, Stale("the thread's access rules changed"))
     if seen.session_id is not None:
-        sess = s.anonymous_sessions.c
-        plan.require(
-            exists_where(s.anonymous_sessions, sess.tenant_id == tenant_id, sess.id == seen.session_id),
-            NotFound("session"),
-        )
+        plan.require(_session_exists(tenant_id, seen.session_id), NotFound("session"))
+
+
+#: A comment row's columns, as the store reads them.
+COMMENT_COLUMNS = (
+    "id, tenant_id, thread_id, parent_id, root_id, author_id, display_name, body_source, body_html, status,"
+    " created_ms, edited_ms, like_count, flag_count"
+)
 
 
 def comment_insert(
@@ -129,8 +171,8 @@ def comment_insert(
     *,
     comment_id: str,
     tenant_id: str,
-    thread_id: Any,
-    author_id: Any,
+    thread_id: str | Sql,
+    author_id: str | Sql,
     parent_id: str | None,
     display_name: str,
     body_source: str,
@@ -139,45 +181,50 @@ def comment_insert(
     created_ms: int,
 ) -> int:
     """Checks the parent (when a reply), inserts the comment and counts it;
-    ``thread_id`` and ``author_id`` may be values or scalar subqueries.
+    ``thread_id`` and ``author_id`` may be values or scalar subqueries
+    (parenthesized :class:`Sql`).
 
     :returns: the index of the step whose rows are the new comment's.
     """
-    c = s.comments.c
-    root: Any = comment_id
+    thread = _value("thread_id", thread_id)
+    root = Sql(":comment_id", comment_id=comment_id)
     if parent_id is not None:
-        plan.require(exists_where(s.comments, c.tenant_id == tenant_id, c.id == parent_id), NotFound("parent comment"))
+        parent = Sql(
+            "comments WHERE tenant_id = :tenant_id AND id = :parent_id", tenant_id=tenant_id, parent_id=parent_id
+        )
+        plan.require(Sql("EXISTS (SELECT 1 FROM") + parent + Sql(")"), NotFound("parent comment"))
         plan.require(
-            exists_where(s.comments, c.tenant_id == tenant_id, c.id == parent_id, c.thread_id == thread_id),
+            Sql("EXISTS (SELECT 1 FROM") + parent + Sql("AND thread_id =") + thread + Sql(")"),
             InvalidReference("the parent comment belongs to another thread"),
         )
-        root = select(c.root_id).where(c.tenant_id == tenant_id, c.id == parent_id).scalar_subquery()
+        root = Sql("(SELECT root_id FROM") + parent + Sql(")")
     inserted = plan.add(
-        insert(s.comments)
-        .values(
-            id=comment_id,
+        Sql(
+            "INSERT INTO comments (" + COMMENT_COLUMNS + ") VALUES (:comment_id, CAST(:tenant_id AS TEXT),",
+            comment_id=comment_id,
             tenant_id=tenant_id,
-            thread_id=thread_id,
-            parent_id=parent_id,
-            root_id=root,
-            author_id=author_id,
+        )
+        + thread
+        + Sql(", CAST(:parent_id AS TEXT),", parent_id=parent_id)
+        + root
+        + Sql(",")
+        + _value("author_id", author_id)
+        + Sql(
+            ", :display_name, :body_source, :body_html, :status, :created_ms, NULL, 0, 0) RETURNING " + COMMENT_COLUMNS,
             display_name=display_name,
             body_source=body_source,
             body_html=body_html,
             status=status.value,
             created_ms=created_ms,
-            edited_ms=None,
-            like_count=0,
-            flag_count=0,
         )
-        .returning(*s.comments.c)
     )
     if status is CommentStatus.APPROVED:
-        t = s.threads.c
         plan.add(
-            update(s.threads)
-            .where(t.tenant_id == tenant_id, t.id == thread_id)
-            .values(comment_count=t.comment_count + 1)
+            Sql(
+                "UPDATE threads SET comment_count = comment_count + 1 WHERE tenant_id = :tenant_id AND id =",
+                tenant_id=tenant_id,
+            )
+            + thread
         )
     return inserted
 
@@ -201,30 +248,40 @@ class PostSteps:
     comment: int
 
 
+#: The thread a post is to (by its URL id).
+_THREAD = "tenant_id = :tenant_id AND url_id = :url_id"
+
+#: Creates the thread of a post when missing (every column: the table has
+#: no defaults).
+_THREAD_INSERT = (
+    "INSERT INTO threads (id, tenant_id, url_id, title, closed, created_ms, comment_count)"
+    " SELECT CAST(:thread_id AS TEXT), CAST(:tenant_id AS TEXT), CAST(:url_id AS TEXT), CAST(:title AS TEXT),"
+    " :closed, :created_ms, 0"
+    " WHERE NOT EXISTS (SELECT 1 FROM threads WHERE " + _THREAD + ")"
+)
+
+
 def post(plan: Plan, new: NewPost, *, ids: NewIds) -> PostSteps:
     """The plan of :meth:`IStore.post_comment`: the poster's session (new or
     checked) or user, the thread (created when missing), the comment.
 
     :param ids: ids for what the plan may create.
     """
-    t = s.threads.c
     tenant_id = new.tenant_id
-    where_thread = and_(t.tenant_id == tenant_id, t.url_id == new.url_id)
+    where_thread = Sql(_THREAD, tenant_id=tenant_id, url_id=new.url_id)
     require_tenant(plan, tenant_id)
     check_expected(plan, tenant_id, new.expect)
     poster = new.poster
-    author: Any
+    author: str | Sql
     if isinstance(poster, NewSession):
         new_session(plan, tenant_id, session_id=ids.session, author_id=ids.author, created_ms=new.created_ms)
         author = ids.author
     elif isinstance(poster, SessionPoster):
-        sess = s.anonymous_sessions.c
-        plan.require(
-            exists_where(s.anonymous_sessions, sess.tenant_id == tenant_id, sess.id == poster.session_id),
-            NotFound("session"),
-        )
-        author = (
-            select(sess.author_id).where(sess.tenant_id == tenant_id, sess.id == poster.session_id).scalar_subquery()
+        plan.require(_session_exists(tenant_id, poster.session_id), NotFound("session"))
+        author = Sql(
+            "(SELECT author_id FROM anonymous_sessions WHERE tenant_id = :tenant_id AND id = :session_id)",
+            tenant_id=tenant_id,
+            session_id=poster.session_id,
         )
     else:
         assert isinstance(poster, UserPoster)
@@ -237,31 +294,29 @@ def post(plan: Plan, new: NewPost, *, ids: NewIds) -> PostSteps:
             author_id=ids.author,
             created_ms=new.created_ms,
         )
-    existed = plan.add(select(exists_where(s.threads, where_thread).label("existed")))
+    existed = plan.add(Sql("SELECT EXISTS (SELECT 1 FROM threads WHERE") + where_thread + Sql(") AS existed"))
     plan.add(
-        insert(s.threads).from_select(
-            ["id", "tenant_id", "url_id", "title", "closed", "created_ms", "comment_count"],
-            select(
-                literal(ids.thread),
-                literal(tenant_id),
-                literal(new.url_id),
-                literal(new.title or ""),
-                literal(False),
-                literal(new.created_ms),
-                literal(0),
-            ).where(~exists_where(s.threads, where_thread)),
+        Sql(
+            _THREAD_INSERT,
+            thread_id=ids.thread,
+            tenant_id=tenant_id,
+            url_id=new.url_id,
+            title=new.title or "",
+            closed=False,
+            created_ms=new.created_ms,
         )
     )
     if new.retitle and new.title:
-        plan.add(update(s.threads).where(where_thread, t.title != new.title).values(title=new.title))
+        plan.add(
+            Sql("UPDATE threads SET title = :title WHERE", title=new.title) + where_thread + Sql("AND title <> :title")
+        )
     if new.open_only:
-        plan.require(~exists_where(s.threads, where_thread, t.closed.is_(True)), ThreadClosed())
-    thread = select(t.id).where(where_thread).scalar_subquery()
+        plan.require(Sql("NOT EXISTS (SELECT 1 FROM threads WHERE") + where_thread + Sql("AND closed)"), ThreadClosed())
     inserted = comment_insert(
         plan,
         comment_id=ids.comment,
         tenant_id=tenant_id,
-        thread_id=thread,
+        thread_id=Sql("(SELECT id FROM threads WHERE") + where_thread + Sql(")"),
         author_id=author,
         parent_id=new.parent_id,
         display_name=new.display_name,
@@ -273,6 +328,10 @@ def post(plan: Plan, new: NewPost, *, ids: NewIds) -> PostSteps:
     return PostSteps(existed=existed, comment=inserted)
 
 
+#: The user of an external id.
+_USER = "tenant_id = :tenant_id AND external_id = :external_id"
+
+
 def user_upsert(
     plan: Plan,
     tenant_id: str,
@@ -282,36 +341,46 @@ def user_upsert(
     user_id: str,
     author_id: str,
     created_ms: int,
-) -> Any:
+) -> Sql:
     """The user of ``external_id`` (created with a new author when
     missing; its display name updated): returns its author id as a scalar
     subquery."""
-    u = s.users.c
-    where = and_(u.tenant_id == tenant_id, u.external_id == external_id)
-    missing = ~exists_where(s.users, where)
+    missing = " WHERE NOT EXISTS (SELECT 1 FROM users WHERE " + _USER + ")"
     plan.add(
-        insert(s.authors).from_select(
-            ["id", "tenant_id", "kind", "created_ms"],
-            select(literal(author_id), literal(tenant_id), literal(AuthorKind.USER.value), literal(created_ms)).where(
-                missing
-            ),
+        Sql(
+            "INSERT INTO authors (id, tenant_id, kind, created_ms)"
+            " SELECT CAST(:author_id AS TEXT), CAST(:tenant_id AS TEXT), CAST(:kind AS TEXT), :created_ms" + missing,
+            author_id=author_id,
+            tenant_id=tenant_id,
+            kind=AuthorKind.USER.value,
+            created_ms=created_ms,
+            external_id=external_id,
         )
     )
     plan.add(
-        insert(s.users).from_select(
-            ["id", "tenant_id", "external_id", "author_id", "display_name", "created_ms"],
-            select(
-                literal(user_id),
-                literal(tenant_id),
-                literal(external_id),
-                literal(author_id),
-                literal(display_name),
-                literal(created_ms),
-            ).where(missing),
+        Sql(
+            "INSERT INTO users (id, tenant_id, external_id, author_id, display_name, created_ms)"
+            " SELECT CAST(:user_id AS TEXT), CAST(:tenant_id AS TEXT), CAST(:external_id AS TEXT),"
+            " CAST(:author_id AS TEXT), CAST(:display_name AS TEXT), :created_ms" + missing,
+            user_id=user_id,
+            tenant_id=tenant_id,
+            external_id=external_id,
+            author_id=author_id,
+            display_name=display_name,
+            created_ms=created_ms,
         )
     )
-    plan.add(update(s.users).where(where, u.display_name != display_name).values(display_name=display_name))
-    return select(u.author_id).where(where).scalar_subquery()
+    plan.add(
+        Sql(
+            "UPDATE users SET display_name = CAST(:display_name AS TEXT) WHERE "
+            + _USER
+            + " AND display_name <> :display_name",
+            tenant_id=tenant_id,
+            external_id=external_id,
+            display_name=display_name,
+        )
+    )
+    return Sql("(SELECT author_id FROM users WHERE " + _USER + ")", tenant_id=tenant_id, external_id=external_id)
 
 
 def rows_of(results: Sequence[list[Any] | None], index: int) -> list[Any]:

@@ -264,25 +264,41 @@ _APPROVED = CommentStatus.APPROVED.value
 #: The tables holding a tenant's rows, children before parents: the order
 #: :meth:`SqlStore.delete_tenant` deletes in.
 _TENANT_TABLES = (
-    s.webhook_deliveries,
-    s.webhook_endpoints,
-    s.author_claims,
-    s.thread_access,
-    s.user_profiles,
-    s.tenant_sso_secrets,
-    s.vote_addresses,
-    s.moderation_log,
-    s.bans,
-    s.votes,
-    s.flags,
-    s.blocks,
-    s.comments,
-    s.threads,
-    s.users,
-    s.anonymous_sessions,
-    s.authors,
-    s.api_keys,
-    s.credit_ledger,
+    "webhook_deliveries",
+    "webhook_endpoints",
+    "author_claims",
+    "thread_access",
+    "user_profiles",
+    "tenant_sso_secrets",
+    "vote_addresses",
+    "moderation_log",
+    "bans",
+    "votes",
+    "flags",
+    "blocks",
+    "comments",
+    "threads",
+    "users",
+    "anonymous_sessions",
+    "authors",
+    "api_keys",
+    "credit_ledger",
+)
+
+#: An API key row's columns.
+_API_KEY_COLUMNS = "id, tenant_id, key_hash, created_ms, revoked_ms"
+
+#: One API key of a tenant.
+_API_KEY = "SELECT " + _API_KEY_COLUMNS + " FROM api_keys WHERE tenant_id = :tenant_id AND id = :id"
+
+#: Deletes a tenant's SSO secrets whose overlap ended by ``:now``.
+_SSO_SECRETS_EXPIRED = "DELETE FROM tenant_sso_secrets WHERE tenant_id = :tenant_id AND accepted_until_ms <= :now"
+
+#: Sets the end of a tenant's SSO secrets' overlap to ``:until`` (the
+#: current one's, and sooner for those accepted longer).
+_SSO_SECRETS_RETIRE = (
+    "UPDATE tenant_sso_secrets SET accepted_until_ms = :until"
+    " WHERE tenant_id = :tenant_id AND (accepted_until_ms IS NULL OR accepted_until_ms > :until)"
 )
 
 
@@ -537,9 +553,9 @@ class SqlStore(WebhookStoreMixin):
                 # Children before parents (the foreign keys); every table
                 # that holds tenant rows has a tenant_id column.
                 for table in _TENANT_TABLES:
-                    done = conn.execute(delete(table).where(table.c.tenant_id == tenant_id))
-                    deleted[table.name] = done.rowcount
-                conn.execute(delete(s.tenants).where(s.tenants.c.id == tenant_id))
+                    done = conn.run(Sql("DELETE FROM " + table + " WHERE tenant_id = :tenant_id", tenant_id=tenant_id))
+                    deleted[table] = done.rowcount
+                conn.run(Sql("DELETE FROM tenants WHERE id = :id", id=tenant_id))
                 deleted["tenants"] = 1
                 return self._written(conn, deleted)
 
@@ -557,33 +573,36 @@ class SqlStore(WebhookStoreMixin):
 
         def go() -> Written[Tenant]:
             with self._writing() as conn:
-                done = conn.execute(update(s.tenants).where(s.tenants.c.id == tenant_id).values(settings=encoded))
+                done = conn.run(
+                    Sql("UPDATE tenants SET settings = :settings WHERE id = :id", settings=encoded, id=tenant_id)
+                )
                 if done.rowcount == 0:
                     raise NotFound("tenant")
                 if sso_secret is not None:
                     self._rotate_sso_secret(conn, tenant_id, sso_secret)
-                row = conn.execute(select(s.tenants).where(s.tenants.c.id == tenant_id)).one()
+                row = conn.run(Sql("SELECT * FROM tenants WHERE id = :id", id=tenant_id)).one()
                 return self._written(conn, _tenant(row))
 
         return self._call("update_tenant_settings", read_preference, go, write=True)
 
     def _rotate_sso_secret(self, conn: Conn, tenant_id: str, change: SsoSecretChange) -> None:
-        k = s.tenant_sso_secrets.c
         now = change.now_ms
         # Secrets past their overlap are of no use any more.
-        conn.execute(delete(s.tenant_sso_secrets).where(k.tenant_id == tenant_id, k.accepted_until_ms <= now))
+        expired = Sql(_SSO_SECRETS_EXPIRED, tenant_id=tenant_id, now=now)
+        conn.run(expired)
         until = now if change.secret is None else now + max(0, change.overlap_ms)
-        conn.execute(
-            update(s.tenant_sso_secrets)
-            .where(k.tenant_id == tenant_id, or_(k.accepted_until_ms.is_(None), k.accepted_until_ms > until))
-            .values(accepted_until_ms=until)
-        )
+        conn.run(Sql(_SSO_SECRETS_RETIRE, tenant_id=tenant_id, until=until))
         if change.secret is None:
-            conn.execute(delete(s.tenant_sso_secrets).where(k.tenant_id == tenant_id, k.accepted_until_ms <= now))
+            conn.run(expired)
             return
-        conn.execute(
-            insert(s.tenant_sso_secrets).values(
-                id=new_id(), tenant_id=tenant_id, secret=change.secret, created_ms=now, accepted_until_ms=None
+        conn.run(
+            Sql(
+                "INSERT INTO tenant_sso_secrets (id, tenant_id, secret, created_ms, accepted_until_ms)"
+                " VALUES (:id, :tenant_id, :secret, :created_ms, NULL)",
+                id=new_id(),
+                tenant_id=tenant_id,
+                secret=change.secret,
+                created_ms=now,
             )
         )
 
@@ -591,12 +610,15 @@ class SqlStore(WebhookStoreMixin):
         self, tenant_id: str, *, now_ms: int, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[list[SsoSecret]]:
         def go() -> list[SsoSecret]:
-            k = s.tenant_sso_secrets.c
             with self._reading(read_preference) as conn:
-                rows = conn.execute(
-                    select(s.tenant_sso_secrets)
-                    .where(k.tenant_id == tenant_id, or_(k.accepted_until_ms.is_(None), k.accepted_until_ms > now_ms))
-                    .order_by(k.created_ms.desc(), k.id)
+                rows = conn.run(
+                    Sql(
+                        "SELECT secret, created_ms, accepted_until_ms FROM tenant_sso_secrets"
+                        " WHERE tenant_id = :tenant_id AND (accepted_until_ms IS NULL OR accepted_until_ms > :now_ms)"
+                        " ORDER BY created_ms DESC, id",
+                        tenant_id=tenant_id,
+                        now_ms=now_ms,
+                    )
                 ).all()
             current = [r for r in rows if r.accepted_until_ms is None]
             older = [r for r in rows if r.accepted_until_ms is not None]
@@ -615,8 +637,15 @@ class SqlStore(WebhookStoreMixin):
         def go() -> Written[ApiKey]:
             with self._writing() as conn:
                 self._require_tenant(conn, tenant_id)
-                conn.execute(
-                    insert(s.api_keys).values(id=key.id, tenant_id=tenant_id, key_hash=key_hash, created_ms=created_ms)
+                conn.run(
+                    Sql(
+                        "INSERT INTO api_keys (id, tenant_id, key_hash, created_ms, revoked_ms)"
+                        " VALUES (:id, :tenant_id, :key_hash, :created_ms, NULL)",
+                        id=key.id,
+                        tenant_id=tenant_id,
+                        key_hash=key_hash,
+                        created_ms=created_ms,
+                    )
                 )
                 return self._written(conn, key)
 
@@ -626,15 +655,21 @@ class SqlStore(WebhookStoreMixin):
         self, tenant_id: str, key_id: str, *, revoked_ms: int, read_preference: ReadPreference
     ) -> Deferred[Written[ApiKey]]:
         def go() -> Written[ApiKey]:
-            k = s.api_keys.c
+            key = Sql(_API_KEY, tenant_id=tenant_id, id=key_id)
             with self._writing() as conn:
-                where = and_(k.tenant_id == tenant_id, k.id == key_id)
-                row = conn.execute(select(s.api_keys).where(where)).first()
+                row = conn.run(key).first()
                 if row is None:
                     raise NotFound("API key")
                 if row.revoked_ms is None:
-                    conn.execute(update(s.api_keys).where(where).values(revoked_ms=revoked_ms))
-                    row = conn.execute(select(s.api_keys).where(where)).one()
+                    conn.run(
+                        Sql(
+                            "UPDATE api_keys SET revoked_ms = :revoked_ms WHERE tenant_id = :tenant_id AND id = :id",
+                            revoked_ms=revoked_ms,
+                            tenant_id=tenant_id,
+                            id=key_id,
+                        )
+                    )
+                    row = conn.run(key).one()
                 return self._written(conn, _api_key(row))
 
         return self._call("revoke_api_key", read_preference, go, write=True)
@@ -643,10 +678,14 @@ class SqlStore(WebhookStoreMixin):
         self, tenant_id: str, *, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[list[ApiKey]]:
         def go() -> list[ApiKey]:
-            k = s.api_keys.c
             with self._reading(read_preference) as conn:
-                rows = conn.execute(
-                    select(s.api_keys).where(k.tenant_id == tenant_id).order_by(k.created_ms, k.id)
+                rows = conn.run(
+                    Sql(
+                        "SELECT "
+                        + _API_KEY_COLUMNS
+                        + " FROM api_keys WHERE tenant_id = :tenant_id ORDER BY created_ms, id",
+                        tenant_id=tenant_id,
+                    )
                 ).all()
             return [_api_key(r) for r in rows]
 
@@ -656,12 +695,13 @@ class SqlStore(WebhookStoreMixin):
         self, key_hash: str, *, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[Tenant]:
         def go() -> Tenant:
-            k = s.api_keys.c
             with self._reading(read_preference) as conn:
-                row = conn.execute(
-                    select(s.tenants)
-                    .join(s.api_keys, k.tenant_id == s.tenants.c.id)
-                    .where(k.key_hash == key_hash, k.revoked_ms.is_(None))
+                row = conn.run(
+                    Sql(
+                        "SELECT tenants.* FROM tenants JOIN api_keys ON api_keys.tenant_id = tenants.id"
+                        " WHERE api_keys.key_hash = :key_hash AND api_keys.revoked_ms IS NULL",
+                        key_hash=key_hash,
+                    )
                 ).first()
             if row is None:
                 raise NotFound("API key")
@@ -673,14 +713,22 @@ class SqlStore(WebhookStoreMixin):
 
     def _new_author(self, conn: Conn, tenant_id: str, kind: AuthorKind, created_ms: int) -> str:
         author_id = new_id()
-        conn.execute(
-            insert(s.authors).values(id=author_id, tenant_id=tenant_id, kind=kind.value, created_ms=created_ms)
+        conn.run(
+            Sql(
+                "INSERT INTO authors (id, tenant_id, kind, created_ms) VALUES (:id, :tenant_id, :kind, :created_ms)",
+                id=author_id,
+                tenant_id=tenant_id,
+                kind=kind.value,
+                created_ms=created_ms,
+            )
         )
         return author_id
 
     def _require_author(self, conn: Conn, tenant_id: str, author_id: str) -> None:
-        a = s.authors.c
-        if conn.execute(select(a.id).where(a.tenant_id == tenant_id, a.id == author_id)).first() is None:
+        found = conn.run(
+            Sql("SELECT id FROM authors WHERE tenant_id = :tenant_id AND id = :id", tenant_id=tenant_id, id=author_id)
+        )
+        if found.first() is None:
             raise NotFound("author")
 
     def _require_tenant(self, conn: Conn, tenant_id: str) -> None:
@@ -719,10 +767,14 @@ class SqlStore(WebhookStoreMixin):
         self, tenant_id: str, session_id: str, *, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[AnonymousSession]:
         def go() -> AnonymousSession:
-            c = s.anonymous_sessions.c
             with self._reading(read_preference) as conn:
-                row = conn.execute(
-                    select(s.anonymous_sessions).where(c.tenant_id == tenant_id, c.id == session_id)
+                row = conn.run(
+                    Sql(
+                        "SELECT id, tenant_id, author_id, created_ms FROM anonymous_sessions"
+                        " WHERE tenant_id = :tenant_id AND id = :id",
+                        tenant_id=tenant_id,
+                        id=session_id,
+                    )
                 ).first()
             if row is None:
                 raise NotFound("session")

@@ -2,8 +2,9 @@
 
 Steps, for each store: seed one tenant with COMMENTS comments (10 % pending,
 2 % flagged, a few spam and removed; the schema made by the store itself,
-the rows inserted in bulk), start a node (``twistd fastedge``) pinned to
-CPU 0, and from CPU 1, one request at a time over HTTP/1.1 keep-alive:
+the rows inserted in bulk over a plain DB-API connection), start a node
+(``twistd fastedge``) pinned to CPU 0, and from CPU 1, one request at a
+time over HTTP/1.1 keep-alive:
 
 - the moderation queue, 50 items: the pending queue oldest first (pages
   1 to 5 in turn) and the flagged queue most-flagged first;
@@ -24,22 +25,24 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import benchlib  # noqa: E402
-from sqlalchemy import Engine, insert  # noqa: E402
+import psycopg  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 
 from fastedge.api.keys import hash_api_key, new_api_key  # noqa: E402
-from fastedge.store import schema as s  # noqa: E402
+from fastedge.store.db import POSTGRESQL, SQLITE, Sql  # noqa: E402
 from fastedge.store.model import ReadPreference  # noqa: E402
 from fastedge.store.shared import new_id  # noqa: E402
 from fastedge.testing.fakes import run_inline
@@ -56,6 +59,25 @@ WORDS = "the a moderation thread reply great point agree disagree article news t
 RARE = "casino"
 M = "/api/v1/manage/moderation"
 
+# The seed's statements, run once per row (``executemany``): every column
+# given, as the tables have no server defaults.
+INSERT_AUTHOR = "INSERT INTO authors (id, tenant_id, kind, created_ms) VALUES (:id, :tenant_id, :kind, :created_ms)"
+INSERT_THREAD = (
+    "INSERT INTO threads (id, tenant_id, url_id, title, closed, created_ms, comment_count)"
+    " VALUES (:id, :tenant_id, :url_id, :title, :closed, :created_ms, :comment_count)"
+)
+INSERT_COMMENT = (
+    "INSERT INTO comments (id, tenant_id, thread_id, parent_id, root_id, author_id, display_name, body_source,"
+    " body_html, status, created_ms, edited_ms, like_count, flag_count)"
+    " VALUES (:id, :tenant_id, :thread_id, :parent_id, :root_id, :author_id, :display_name, :body_source,"
+    " :body_html, :status, :created_ms, :edited_ms, :like_count, :flag_count)"
+)
+INSERT_FLAG = (
+    "INSERT INTO flags (comment_id, flagger_id, tenant_id, created_ms)"
+    " VALUES (:comment_id, :flagger_id, :tenant_id, :created_ms)"
+)
+COUNT_APPROVED = "UPDATE threads SET comment_count = :comment_count WHERE id = :id"
+
 
 def make_tenant(store: Any) -> tuple[str, str]:
     """Open (migrate) the store, make a tenant and an API key."""
@@ -67,9 +89,18 @@ def make_tenant(store: Any) -> tuple[str, str]:
     return tenant.id, key
 
 
-def fill(engine: Engine, tenant: str, n: int) -> None:
-    """Insert ``n`` comments in bulk: 10 % pending, 2 % flagged (approved,
-    1 to 5 flags each), 0.5 % spam, 0.5 % removed, the rest approved."""
+def insert_many(cursor: Any, backend: str, statement: str, rows: list[dict[str, Any]]) -> None:
+    """Run ``statement`` for each of ``rows`` (dicts of the same keys), in
+    ``backend``'s parameter style."""
+    if rows:
+        text, _ = Sql(statement, **rows[0]).render(backend)
+        cursor.executemany(text, rows)
+
+
+def fill(raw: Any, backend: str, tenant: str, n: int) -> None:
+    """Insert ``n`` comments in bulk on the DB-API connection ``raw`` (one
+    transaction, committed): 10 % pending, 2 % flagged (approved, 1 to 5
+    flags each), 0.5 % spam, 0.5 % removed, the rest approved."""
     rng = random.Random(7)
     start = 1_700_000_000_000
     threads = [new_id() for _ in range(max(1, n // 100))]
@@ -79,13 +110,17 @@ def fill(engine: Engine, tenant: str, n: int) -> None:
     statuses += ["approved"] * (n - len(statuses))
     rng.shuffle(statuses)
     approved: dict[str, int] = {}
-    with engine.begin() as conn:
-        conn.execute(
-            insert(s.authors),
+    with closing(raw.cursor()) as cursor:
+        insert_many(
+            cursor,
+            backend,
+            INSERT_AUTHOR,
             [dict(id=a, tenant_id=tenant, kind="anonymous", created_ms=start) for a in authors],
         )
-        conn.execute(
-            insert(s.threads),
+        insert_many(
+            cursor,
+            backend,
+            INSERT_THREAD,
             [
                 dict(
                     id=t,
@@ -134,14 +169,17 @@ def fill(engine: Engine, tenant: str, n: int) -> None:
                     dict(comment_id=cid, flagger_id=authors[f], tenant_id=tenant, created_ms=start + i * 1000 + f)
                 )
             if len(rows) == 5000:
-                conn.execute(insert(s.comments), rows)
+                insert_many(cursor, backend, INSERT_COMMENT, rows)
                 rows = []
-        if rows:
-            conn.execute(insert(s.comments), rows)
-        if flags:
-            conn.execute(insert(s.flags), flags)
-        for thread, count in approved.items():
-            conn.execute(s.threads.update().where(s.threads.c.id == thread).values(comment_count=count))
+        insert_many(cursor, backend, INSERT_COMMENT, rows)
+        insert_many(cursor, backend, INSERT_FLAG, flags)
+        insert_many(
+            cursor,
+            backend,
+            COUNT_APPROVED,
+            [dict(id=thread, comment_count=count) for thread, count in approved.items()],
+        )
+    raw.commit()
 
 
 class Client:
@@ -234,15 +272,17 @@ def node_config(workdir: str, port: int, store: str) -> str:
 
 
 def run_sqlite(workdir: str) -> dict[str, list[float]]:
-    from fastedge.store.sqlite import SQLiteStore, sqlite_engine
+    from fastedge.store.sqlite import SQLiteStore
 
     path = os.path.join(workdir, "data", "fastedge.sqlite3")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tenant, key = make_tenant(SQLiteStore(path, run=run_inline, clock=Clock()))
-    engine = sqlite_engine(path)
     started = time.monotonic()
-    fill(engine, tenant, COMMENTS)
-    engine.dispose()
+    raw = sqlite3.connect(path)
+    try:
+        fill(raw, SQLITE, tenant, COMMENTS)
+    finally:
+        raw.close()
     print("  seeded {} comments into SQLite in {:.1f} s".format(COMMENTS, time.monotonic() - started), flush=True)
     port = free_port()
     node = benchlib.start_node(workdir, node_config(workdir, port, '[store]\nbackend = "sqlite"\n'), port)
@@ -255,7 +295,7 @@ def run_sqlite(workdir: str) -> dict[str, list[float]]:
 
 
 def run_postgres(workdir: str) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    from fastedge.store.postgresql import PostgresStore, postgres_engine
+    from fastedge.store.postgresql import PostgresStore
 
     cluster = PostgresCluster()
     relay = node = None
@@ -269,12 +309,10 @@ def run_postgres(workdir: str) -> tuple[dict[str, list[float]], dict[str, list[f
         )
         assert relay.stdout is not None and relay.stdout.readline().strip() == b"ready"
         tenant, key = make_tenant(PostgresStore([primary.dsn()], None, run=run_inline, clock=Clock()))
-        engine = postgres_engine(primary.dsn(), pool_size=1)
         started = time.monotonic()
-        fill(engine, tenant, COMMENTS)
-        with engine.begin() as conn:
-            conn.exec_driver_sql("ANALYZE")
-        engine.dispose()
+        with psycopg.connect(primary.dsn()) as raw:
+            fill(raw, POSTGRESQL, tenant, COMMENTS)
+            raw.execute("ANALYZE")
         print("  seeded {} comments into PostgreSQL in {:.1f} s".format(COMMENTS, time.monotonic() - started))
         standby = cluster.add_standby(
             "near",

@@ -31,24 +31,19 @@ from sqlalchemy import (
     Integer,
     String,
     and_,
-    case,
     cast,
-    delete,
-    exists,
-    func,
     insert,
     literal,
     literal_column,
     null,
-    or_,
     select,
-    update,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from twisted.internet.defer import Deferred
 
 from . import schema as s
+from .db import POSTGRESQL, Sql, join
 from .errors import InvalidReference, NotFound
 from .model import (
     AttemptOutcome,
@@ -340,6 +335,95 @@ def emit_for_comments(
     )
 
 
+# The statements of the endpoints and deliveries: SQL text both SQLite and
+# PostgreSQL run as it is (booleans as TRUE/FALSE, values as parameters).
+
+_INSERT_ENDPOINT = (
+    "INSERT INTO webhook_endpoints (id, tenant_id, url, secret, events, active, description,"
+    " created_ms, updated_ms, secret_set_ms, consecutive_failures)"
+    " VALUES (:id, :tenant_id, :url, :secret, :events, :active, :description,"
+    " :created_ms, :created_ms, :created_ms, 0)"
+)
+_ENDPOINT = "SELECT * FROM webhook_endpoints WHERE tenant_id = :tenant_id AND id = :id"
+_ENDPOINTS = "SELECT * FROM webhook_endpoints WHERE tenant_id = :tenant_id ORDER BY created_ms, id"
+_DELETE_ENDPOINT = "DELETE FROM webhook_endpoints WHERE tenant_id = :tenant_id AND id = :id"
+_DELETE_DELIVERIES = "DELETE FROM webhook_deliveries WHERE tenant_id = :tenant_id AND endpoint_id = :endpoint_id"
+_FAIL_PENDING = (
+    "UPDATE webhook_deliveries SET state = :failed, lease_owner = NULL, lease_until_ms = NULL, last_error = :reason"
+    " WHERE endpoint_id = :endpoint_id AND state = :pending"
+)
+_DELIVERIES = (
+    "SELECT * FROM webhook_deliveries WHERE tenant_id = :tenant_id AND endpoint_id = :endpoint_id AND state = :state"
+)
+_REPLAY = (
+    "UPDATE webhook_deliveries SET state = :pending, attempts = 0, next_attempt_ms = :now_ms, window_start_ms = :now_ms"
+    " WHERE tenant_id = :tenant_id AND endpoint_id = :endpoint_id AND event_id = :event_id AND state = :failed"
+)
+_DELIVERY = "SELECT * FROM webhook_deliveries WHERE endpoint_id = :endpoint_id AND event_id = :event_id"
+
+# Each active endpoint's head: its oldest pending delivery that is due or
+# leased (one waiting for a retry is passed over). One index probe per
+# endpoint (webhook_deliveries_endpoint), however long the queue; a head
+# that is leased keeps the endpoint's later deliveries back. From the heads
+# to their rows by primary key: driven by the endpoints, never by a scan of
+# the whole queue. ``{lock}``: PostgreSQL's row locks (see _claim_lock).
+_CLAIM = (
+    "UPDATE webhook_deliveries SET lease_owner = :owner, lease_until_ms = :until"
+    " WHERE seq IN ("
+    "SELECT d.seq FROM ("
+    "SELECT (SELECT min(head.seq) FROM webhook_deliveries AS head"
+    " WHERE head.endpoint_id = e.id AND head.state = :pending"
+    " AND (head.next_attempt_ms <= :now_ms OR head.lease_until_ms > :now_ms)) AS seq"
+    " FROM webhook_endpoints AS e WHERE e.active IS TRUE"
+    ") AS heads JOIN webhook_deliveries AS d ON d.seq = heads.seq"
+    " WHERE d.state = :pending AND d.next_attempt_ms <= :now_ms"
+    " AND (d.lease_until_ms IS NULL OR d.lease_until_ms <= :now_ms)"
+    " ORDER BY d.seq LIMIT :limit{lock})"
+)
+_CLAIMED = (
+    "SELECT d.*, e.url AS target_url, e.secret AS target_secret"
+    " FROM webhook_deliveries AS d JOIN webhook_endpoints AS e ON e.id = d.endpoint_id"
+    " WHERE d.lease_owner = :owner AND d.state = :pending ORDER BY d.seq"
+)
+_SUCCEEDED = "UPDATE webhook_endpoints SET consecutive_failures = 0 WHERE id IN :ids AND consecutive_failures <> 0"
+_RELEASE = (
+    "UPDATE webhook_deliveries SET lease_owner = NULL, lease_until_ms = NULL"
+    " WHERE seq IN :seqs AND lease_owner = :owner"
+)
+
+# A failed attempt. The endpoint first: its condition reads the delivery's
+# lease, which the next statement clears. SET expressions read the row as it
+# was, so ``consecutive_failures + 1`` is the count with this failure.
+# ``{turn_off}``: TRUE, or the count reaching the limit.
+_COUNT_FAILURE = (
+    "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1,"
+    " active = CASE WHEN active IS TRUE AND {turn_off} THEN FALSE ELSE active END,"
+    " disabled_reason = CASE WHEN active IS TRUE AND {turn_off} THEN CAST(:reason AS TEXT) ELSE disabled_reason END,"
+    " disabled_ms = CASE WHEN active IS TRUE AND {turn_off} THEN CAST(:now_ms AS BIGINT) ELSE disabled_ms END"
+    " WHERE id = :endpoint_id"
+    " AND EXISTS (SELECT 1 FROM webhook_deliveries WHERE seq = :seq AND lease_owner = :owner)"
+)
+# Then the delivery's next state (failed, or when to try again) and _MINE.
+_ATTEMPT_FAILED = (
+    "UPDATE webhook_deliveries SET attempts = attempts + 1, lease_owner = NULL, lease_until_ms = NULL,"
+    " last_attempt_ms = :now_ms, last_status = :status, last_error = :error,"
+)
+_MINE = "WHERE seq = :seq AND lease_owner = :owner"
+# Only this attempt turned the endpoint off at ``now_ms`` (a tenant's own
+# turning off fails the pending deliveries in update_webhook).
+_TURNED_OFF = "id = :endpoint_id AND active IS FALSE AND disabled_ms = :now_ms"
+_FAIL_ALL = _FAIL_PENDING + " AND EXISTS (SELECT 1 FROM webhook_endpoints WHERE " + _TURNED_OFF + ")"
+_TURNED_OFF_ENDPOINT = "SELECT * FROM webhook_endpoints WHERE " + _TURNED_OFF
+
+_QUEUE = "SELECT state, count(*) AS n, min(created_ms) AS oldest_ms FROM webhook_deliveries GROUP BY state"
+
+
+def _claim_lock(backend: str) -> str:
+    """On PostgreSQL, nodes sharing a primary skip each other's rows; SQLite
+    has no row locks (its write transaction excludes every other writer)."""
+    return " FOR UPDATE OF d SKIP LOCKED" if backend == POSTGRESQL else ""
+
+
 def _endpoint(row: Any) -> WebhookEndpoint:
     return WebhookEndpoint(
         id=row.id,
@@ -423,8 +507,9 @@ class WebhookStoreMixin:
         def go() -> Written[WebhookEndpoint]:
             with self._writing() as conn:
                 self._require_tenant(conn, tenant_id)
-                conn.execute(
-                    insert(s.webhook_endpoints).values(
+                conn.run(
+                    Sql(
+                        _INSERT_ENDPOINT,
                         id=endpoint.id,
                         tenant_id=tenant_id,
                         url=url,
@@ -433,9 +518,6 @@ class WebhookStoreMixin:
                         active=active,
                         description=description,
                         created_ms=created_ms,
-                        updated_ms=created_ms,
-                        secret_set_ms=created_ms,
-                        consecutive_failures=0,
                     )
                 )
                 return self._written(conn, endpoint)
@@ -443,8 +525,7 @@ class WebhookStoreMixin:
         return self._call("create_webhook", read_preference, go, write=True)
 
     def _endpoint_row(self, conn: Conn, tenant_id: str, webhook_id: str) -> WebhookEndpoint:
-        e = s.webhook_endpoints.c
-        row = conn.execute(select(s.webhook_endpoints).where(e.tenant_id == tenant_id, e.id == webhook_id)).first()
+        row = conn.run(Sql(_ENDPOINT, tenant_id=tenant_id, id=webhook_id)).first()
         if row is None:
             raise NotFound("webhook")
         return _endpoint(row)
@@ -462,11 +543,8 @@ class WebhookStoreMixin:
         self, tenant_id: str, *, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[list[WebhookEndpoint]]:
         def go() -> list[WebhookEndpoint]:
-            e = s.webhook_endpoints.c
             with self._reading(read_preference) as conn:
-                rows = conn.execute(
-                    select(s.webhook_endpoints).where(e.tenant_id == tenant_id).order_by(e.created_ms, e.id)
-                ).all()
+                rows = conn.run(Sql(_ENDPOINTS, tenant_id=tenant_id)).all()
             return [_endpoint(r) for r in rows]
 
         return self._call("list_webhooks", read_preference, go, token=token)
@@ -484,27 +562,29 @@ class WebhookStoreMixin:
         active: bool | None = None,
         description: str | None = None,
     ) -> Deferred[Written[WebhookEndpoint]]:
-        values: dict[str, Any] = {"updated_ms": updated_ms}
+        changes = [Sql("updated_ms = :updated_ms", updated_ms=updated_ms)]
         if url is not None:
-            values["url"] = url
+            changes.append(Sql("url = :url", url=url))
         if secret is not None:
-            values.update(secret=secret, secret_set_ms=updated_ms)
+            changes.append(Sql("secret = :secret, secret_set_ms = :updated_ms", secret=secret, updated_ms=updated_ms))
         if events is not None:
-            values["events"] = encode_events(events)
+            changes.append(Sql("events = :events", events=encode_events(events)))
         if description is not None:
-            values["description"] = description
+            changes.append(Sql("description = :description", description=description))
         if active is not None:
-            values["active"] = active
+            changes.append(Sql("active = :active", active=active))
             if active:
                 # Turned back on by the tenant: the count starts again.
-                values.update(consecutive_failures=0, disabled_reason=None, disabled_ms=None)
+                changes.append(Sql("consecutive_failures = 0, disabled_reason = NULL, disabled_ms = NULL"))
+        statement = (
+            Sql("UPDATE webhook_endpoints SET")
+            + join(changes, ", ")
+            + Sql("WHERE tenant_id = :tenant_id AND id = :id", tenant_id=tenant_id, id=webhook_id)
+        )
 
         def go() -> Written[WebhookEndpoint]:
-            e = s.webhook_endpoints.c
             with self._writing() as conn:
-                where = and_(e.tenant_id == tenant_id, e.id == webhook_id)
-                done = conn.execute(update(s.webhook_endpoints).where(where).values(**values))
-                if done.rowcount == 0:
+                if conn.run(statement).rowcount == 0:
                     raise NotFound("webhook")
                 if active is False:
                     self._fail_pending(conn, webhook_id, updated_ms, "endpoint turned off by the tenant")
@@ -516,24 +596,16 @@ class WebhookStoreMixin:
         self, tenant_id: str, webhook_id: str, *, read_preference: ReadPreference
     ) -> Deferred[Written[None]]:
         def go() -> Written[None]:
-            e = s.webhook_endpoints.c
-            d = s.webhook_deliveries.c
             with self._writing() as conn:
-                done = conn.execute(delete(s.webhook_endpoints).where(e.tenant_id == tenant_id, e.id == webhook_id))
-                if done.rowcount == 0:
+                if conn.run(Sql(_DELETE_ENDPOINT, tenant_id=tenant_id, id=webhook_id)).rowcount == 0:
                     raise NotFound("webhook")
-                conn.execute(delete(s.webhook_deliveries).where(d.tenant_id == tenant_id, d.endpoint_id == webhook_id))
+                conn.run(Sql(_DELETE_DELIVERIES, tenant_id=tenant_id, endpoint_id=webhook_id))
                 return self._written(conn, None)
 
         return self._call("delete_webhook", read_preference, go, write=True)
 
     def _fail_pending(self, conn: Conn, webhook_id: str, now_ms: int, reason: str) -> None:
-        d = s.webhook_deliveries.c
-        conn.execute(
-            update(s.webhook_deliveries)
-            .where(d.endpoint_id == webhook_id, d.state == _PENDING)
-            .values(state=_FAILED, lease_owner=None, lease_until_ms=None, last_error=reason)
-        )
+        conn.run(Sql(_FAIL_PENDING, failed=_FAILED, reason=reason, endpoint_id=webhook_id, pending=_PENDING))
 
     # Deliveries, as the tenant sees them
 
@@ -549,17 +621,14 @@ class WebhookStoreMixin:
         token: str | None = None,
     ) -> Deferred[Page[WebhookDelivery]]:
         def go() -> Page[WebhookDelivery]:
-            d = s.webhook_deliveries.c
             after = decode_cursor(cursor, "deliveries", (int,)) if cursor else None
-            query = select(s.webhook_deliveries).where(
-                d.tenant_id == tenant_id, d.endpoint_id == webhook_id, d.state == state.value
-            )
+            query = Sql(_DELIVERIES, tenant_id=tenant_id, endpoint_id=webhook_id, state=state.value)
             if after is not None:
-                query = query.where(d.seq > after[0])
-            query = query.order_by(d.seq).limit(limit + 1)
+                query += Sql("AND seq > :after", after=after[0])
+            query += Sql("ORDER BY seq LIMIT :limit", limit=limit + 1)
             with self._reading(read_preference) as conn:
                 self._endpoint_row(conn, tenant_id, webhook_id)
-                rows = conn.execute(query).all()
+                rows = conn.run(query).all()
             return page_of(rows, limit, _delivery, lambda last: encode_cursor("deliveries", int(last.seq)))
 
         return self._call("list_webhook_deliveries", read_preference, go, token=token)
@@ -572,24 +641,24 @@ class WebhookStoreMixin:
         that endpoint; ``InvalidReference`` when the endpoint is off."""
 
         def go() -> Written[WebhookDelivery]:
-            d = s.webhook_deliveries.c
             with self._writing() as conn:
                 endpoint = self._endpoint_row(conn, tenant_id, webhook_id)
-                where = and_(
-                    d.tenant_id == tenant_id, d.endpoint_id == webhook_id, d.event_id == event_id, d.state == _FAILED
-                )
                 if not endpoint.active:
                     raise InvalidReference("the webhook is turned off; turn it on before replaying")
-                done = conn.execute(
-                    update(s.webhook_deliveries)
-                    .where(where)
-                    .values(state=_PENDING, attempts=0, next_attempt_ms=now_ms, window_start_ms=now_ms)
+                done = conn.run(
+                    Sql(
+                        _REPLAY,
+                        pending=_PENDING,
+                        now_ms=now_ms,
+                        tenant_id=tenant_id,
+                        endpoint_id=webhook_id,
+                        event_id=event_id,
+                        failed=_FAILED,
+                    )
                 )
                 if done.rowcount == 0:
                     raise NotFound("failed delivery")
-                row = conn.execute(
-                    select(s.webhook_deliveries).where(d.endpoint_id == webhook_id, d.event_id == event_id)
-                ).one()
+                row = conn.run(Sql(_DELIVERY, endpoint_id=webhook_id, event_id=event_id)).one()
                 return self._written(conn, _delivery(row))
 
         return self._call("replay_webhook_delivery", read_preference, go, write=True)
@@ -614,63 +683,34 @@ class WebhookStoreMixin:
         :param owner: unique to this claim; finishing a delivery names it,
             so a claim whose lease expired (and was retaken) changes nothing.
         """
-        d = s.webhook_deliveries
-        dc = d.c
-        other = d.alias("head")
-        o = other.c
-        e = s.webhook_endpoints.c
-        until = now_ms + lease_ms
-        # Each active endpoint's head: its oldest pending delivery that is
-        # due or leased (one waiting for a retry is passed over). One index
-        # probe per endpoint (webhook_deliveries_endpoint), however long
-        # the queue; a head that is leased keeps the endpoint's later
-        # deliveries back.
-        head = (
-            select(func.min(o.seq))
-            .where(
-                o.endpoint_id == e.id, o.state == _PENDING, or_(o.next_attempt_ms <= now_ms, o.lease_until_ms > now_ms)
-            )
-            .scalar_subquery()
-        )
-        heads = select(head.label("seq")).select_from(s.webhook_endpoints).where(e.active.is_(True)).subquery("heads")
-        free = or_(dc.lease_until_ms.is_(None), dc.lease_until_ms <= now_ms)
-        # From the heads to their rows by primary key: driven by the
-        # endpoints, never by a scan of the whole queue.
-        candidates = (
-            select(dc.seq)
-            .select_from(heads.join(d, dc.seq == heads.c.seq))
-            .where(dc.state == _PENDING, dc.next_attempt_ms <= now_ms, free)
-            .order_by(dc.seq)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=d)
-        )
-        statements: list[Executable] = []
-        if finished:
-            statements.append(
-                delete(d)
-                .where(or_(*[and_(dc.seq == f.seq, dc.lease_owner == f.owner) for f in finished]))
-                .returning(dc.seq)
-            )
-            # The receiver accepted: the endpoint's run of failures ends.
-            statements.append(
-                update(s.webhook_endpoints)
-                .where(e.id.in_(sorted({f.endpoint_id for f in finished})), e.consecutive_failures != 0)
-                .values(consecutive_failures=0)
-            )
-        if limit > 0:
-            statements.append(update(d).where(dc.seq.in_(candidates)).values(lease_owner=owner, lease_until_ms=until))
-            statements.append(
-                select(d, e.url.label("target_url"), e.secret.label("target_secret"))
-                .join(s.webhook_endpoints, e.id == dc.endpoint_id)
-                .where(dc.lease_owner == owner, dc.state == _PENDING)
-                .order_by(dc.seq)
-            )
+
+        def statements(backend: str) -> list[Sql]:
+            out: list[Sql] = []
+            if finished:
+                # Each delivery only if still leased by the claim that sent it.
+                mine = [
+                    Sql(
+                        "(seq = :seq_{0} AND lease_owner = :owner_{0})".format(i),
+                        **{"seq_{}".format(i): f.seq, "owner_{}".format(i): f.owner},
+                    )
+                    for i, f in enumerate(finished)
+                ]
+                out.append(Sql("DELETE FROM webhook_deliveries WHERE") + join(mine, " OR ") + Sql("RETURNING seq"))
+                # The receiver accepted: the endpoint's run of failures ends.
+                out.append(Sql(_SUCCEEDED, ids=sorted({f.endpoint_id for f in finished})))
+            if limit > 0:
+                claim = _CLAIM.format(lock=_claim_lock(backend))
+                out.append(
+                    Sql(claim, owner=owner, until=now_ms + lease_ms, pending=_PENDING, now_ms=now_ms, limit=limit)
+                )
+                out.append(Sql(_CLAIMED, owner=owner, pending=_PENDING))
+            return out
 
         def go() -> WebhookClaim:
-            if not statements:
+            if not finished and limit <= 0:
                 return WebhookClaim(deliveries=[], finished=[])
             with self._writing() as conn:
-                results = self._batch(conn, statements, commit=True)
+                results = self._batch(conn, statements(conn.backend), commit=True)
                 self._written(conn, None)
             done = sorted(int(r.seq) for r in results[0] or ()) if finished else []
             claimed = results[-1] if limit > 0 else []
@@ -685,15 +725,10 @@ class WebhookStoreMixin:
 
         :returns: how many were still ours.
         """
-        dc = s.webhook_deliveries.c
 
         def go() -> Written[int]:
             with self._writing() as conn:
-                done = conn.execute(
-                    update(s.webhook_deliveries)
-                    .where(dc.seq.in_(list(seqs)), dc.lease_owner == owner)
-                    .values(lease_owner=None, lease_until_ms=None)
-                )
+                done = conn.run(Sql(_RELEASE, seqs=list(seqs), owner=owner))
                 return self._written(conn, int(done.rowcount))
 
         return self._call("release_webhook_deliveries", read_preference, go, write=True)
@@ -707,56 +742,41 @@ class WebhookStoreMixin:
 
         :returns: the endpoint if this attempt turned it off, else ``None``.
         """
-        dc = s.webhook_deliveries.c
-        e = s.webhook_endpoints.c
-        mine = and_(dc.seq == seq, dc.lease_owner == owner)
-        values: dict[str, Any] = dict(
-            attempts=dc.attempts + 1,
-            lease_owner=None,
-            lease_until_ms=None,
-            last_attempt_ms=outcome.now_ms,
-            last_status=outcome.status,
-            last_error=outcome.error[:1000],
-        )
-        if outcome.retry_at_ms is None:
-            values["state"] = _FAILED
-        else:
-            values["next_attempt_ms"] = outcome.retry_at_ms
-        ours = exists().where(mine)
-        counted = e.consecutive_failures + 1
+        now_ms = outcome.now_ms
         if outcome.disable_reason is not None:
-            turn_off: ColumnElement[bool] = literal(True)
-            reason: Any = literal(outcome.disable_reason, String)
+            turn_off = "TRUE"
+            limit: dict[str, Any] = {}
+            reason = outcome.disable_reason
         else:
-            turn_off = counted >= outcome.disable_after
-            reason = literal(
-                "{} attempts in a row failed; the last: {}".format(outcome.disable_after, outcome.error[:500]), String
-            )
-        was_active = e.active.is_(True)
-        statements: list[Executable] = [
-            # The endpoint first: the condition reads the delivery's lease,
-            # which the next statement clears.
-            update(s.webhook_endpoints)
-            .where(e.id == endpoint_id, ours)
-            .values(
-                consecutive_failures=counted,
-                active=case((and_(was_active, turn_off), False), else_=e.active),
-                disabled_reason=case((and_(was_active, turn_off), reason), else_=e.disabled_reason),
-                disabled_ms=case(
-                    (and_(was_active, turn_off), literal(outcome.now_ms, BigInteger)), else_=e.disabled_ms
-                ),
+            turn_off = "consecutive_failures + 1 >= :disable_after"
+            limit = {"disable_after": outcome.disable_after}
+            reason = "{} attempts in a row failed; the last: {}".format(outcome.disable_after, outcome.error[:500])
+        if outcome.retry_at_ms is None:
+            then = Sql("state = :failed", failed=_FAILED)
+        else:
+            then = Sql("next_attempt_ms = :retry_at_ms", retry_at_ms=outcome.retry_at_ms)
+        statements = [
+            Sql(
+                _COUNT_FAILURE.format(turn_off=turn_off),
+                reason=reason,
+                now_ms=now_ms,
+                endpoint_id=endpoint_id,
+                seq=seq,
+                owner=owner,
+                **limit,
             ),
-            update(s.webhook_deliveries).where(mine).values(**values),
-            update(s.webhook_deliveries)
-            .where(
-                dc.endpoint_id == endpoint_id,
-                dc.state == _PENDING,
-                exists().where(e.id == endpoint_id, e.active.is_(False), e.disabled_ms == outcome.now_ms),
-            )
-            .values(state=_FAILED, lease_owner=None, lease_until_ms=None, last_error="the endpoint was turned off"),
-            select(s.webhook_endpoints).where(
-                e.id == endpoint_id, e.active.is_(False), e.disabled_ms == outcome.now_ms
+            Sql(_ATTEMPT_FAILED, now_ms=now_ms, status=outcome.status, error=outcome.error[:1000])
+            + then
+            + Sql(_MINE, seq=seq, owner=owner),
+            Sql(
+                _FAIL_ALL,
+                failed=_FAILED,
+                reason="the endpoint was turned off",
+                endpoint_id=endpoint_id,
+                pending=_PENDING,
+                now_ms=now_ms,
             ),
+            Sql(_TURNED_OFF_ENDPOINT, endpoint_id=endpoint_id, now_ms=now_ms),
         ]
 
         def go() -> Written[WebhookEndpoint | None]:
@@ -768,12 +788,11 @@ class WebhookStoreMixin:
 
     def webhook_queue(self, *, read_preference: ReadPreference, token: str | None = None) -> Deferred[WebhookQueue]:
         """How many deliveries wait and fail, and the oldest waiting one's time."""
-        dc = s.webhook_deliveries.c
 
         def go() -> WebhookQueue:
             with self._reading(read_preference) as conn:
-                rows = conn.execute(select(dc.state, func.count(), func.min(dc.created_ms)).group_by(dc.state)).all()
-            by_state = {r[0]: (int(r[1]), r[2]) for r in rows}
+                rows = conn.run(Sql(_QUEUE)).all()
+            by_state = {r.state: (int(r.n), r.oldest_ms) for r in rows}
             pending, oldest = by_state.get(_PENDING, (0, None))
             return WebhookQueue(
                 pending=pending,

@@ -1545,42 +1545,66 @@ class SqlStore(WebhookStoreMixin):
         new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
-            v = s.votes.c
-            va = s.vote_addresses.c
-            c = s.comments.c
-            a = s.authors.c
+            key = dict(tenant_id=tenant_id, comment_id=comment_id)
             plan = Plan()
             check_expected(plan, tenant_id, expect)
             self._session_first(plan, tenant_id, new_session)
-            plan.require(exists_where(s.comments, c.tenant_id == tenant_id, c.id == comment_id), NotFound("comment"))
-            plan.require(exists_where(s.authors, a.tenant_id == tenant_id, a.id == voter_id), NotFound("author"))
             plan.require(
-                ~exists_where(s.votes, v.comment_id == comment_id, v.voter_id == voter_id), AlreadyExists("like")
+                Sql("EXISTS (SELECT 1 FROM comments WHERE tenant_id = :tenant_id AND id = :comment_id)", **key),
+                NotFound("comment"),
+            )
+            plan.require(
+                Sql(
+                    "EXISTS (SELECT 1 FROM authors WHERE tenant_id = :tenant_id AND id = :voter_id)",
+                    tenant_id=tenant_id,
+                    voter_id=voter_id,
+                ),
+                NotFound("author"),
+            )
+            plan.require(
+                Sql(
+                    "NOT EXISTS (SELECT 1 FROM votes WHERE comment_id = :comment_id AND voter_id = :voter_id)",
+                    comment_id=comment_id,
+                    voter_id=voter_id,
+                ),
+                AlreadyExists("like"),
             )
             if address_hash is not None and max_per_address is not None:
-                from_there = (
-                    select(func.count())
-                    .select_from(s.vote_addresses)
-                    .where(va.comment_id == comment_id, va.address_hash == address_hash)
-                    .scalar_subquery()
+                plan.require(
+                    Sql(
+                        "(SELECT count(*) FROM vote_addresses"
+                        " WHERE comment_id = :comment_id AND address_hash = :address_hash) < :max_per_address",
+                        comment_id=comment_id,
+                        address_hash=address_hash,
+                        max_per_address=max_per_address,
+                    ),
+                    LimitReached("likes from one address"),
                 )
-                plan.require(from_there < max_per_address, LimitReached("likes from one address"))
             plan.add(
-                insert(s.votes).values(
-                    comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, created_ms=created_ms
+                Sql(
+                    "INSERT INTO votes (comment_id, voter_id, tenant_id, created_ms)"
+                    " VALUES (:comment_id, :voter_id, :tenant_id, :created_ms)",
+                    voter_id=voter_id,
+                    created_ms=created_ms,
+                    **key,
                 )
             )
             if address_hash is not None:
                 plan.add(
-                    insert(s.vote_addresses).values(
-                        comment_id=comment_id, voter_id=voter_id, tenant_id=tenant_id, address_hash=address_hash
+                    Sql(
+                        "INSERT INTO vote_addresses (comment_id, voter_id, tenant_id, address_hash)"
+                        " VALUES (:comment_id, :voter_id, :tenant_id, :address_hash)",
+                        voter_id=voter_id,
+                        address_hash=address_hash,
+                        **key,
                     )
                 )
             counted = plan.add(
-                update(s.comments)
-                .where(c.tenant_id == tenant_id, c.id == comment_id)
-                .values(like_count=c.like_count + 1)
-                .returning(c.like_count)
+                Sql(
+                    "UPDATE comments SET like_count = like_count + 1"
+                    " WHERE tenant_id = :tenant_id AND id = :comment_id RETURNING like_count",
+                    **key,
+                )
             )
             try:
                 with self._writing() as conn:
@@ -1602,19 +1626,41 @@ class SqlStore(WebhookStoreMixin):
         expect: Expect | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
-            v = s.votes.c
-            va = s.vote_addresses.c
-            c = s.comments.c
-            this = and_(c.tenant_id == tenant_id, c.id == comment_id)
-            vote = and_(v.tenant_id == tenant_id, v.comment_id == comment_id, v.voter_id == voter_id)
+            key = dict(tenant_id=tenant_id, comment_id=comment_id)
+            vote = dict(voter_id=voter_id, **key)
             plan = Plan()
             check_expected(plan, tenant_id, expect)
-            plan.require(exists_where(s.comments, this), NotFound("comment"))
-            plan.require(exists_where(s.votes, vote), NotFound("like"))
-            plan.add(delete(s.votes).where(vote))
-            plan.add(delete(s.vote_addresses).where(va.comment_id == comment_id, va.voter_id == voter_id))
+            plan.require(
+                Sql("EXISTS (SELECT 1 FROM comments WHERE tenant_id = :tenant_id AND id = :comment_id)", **key),
+                NotFound("comment"),
+            )
+            plan.require(
+                Sql(
+                    "EXISTS (SELECT 1 FROM votes"
+                    " WHERE tenant_id = :tenant_id AND comment_id = :comment_id AND voter_id = :voter_id)",
+                    **vote,
+                ),
+                NotFound("like"),
+            )
+            plan.add(
+                Sql(
+                    "DELETE FROM votes WHERE tenant_id = :tenant_id AND comment_id = :comment_id AND voter_id = :voter_id",
+                    **vote,
+                )
+            )
+            plan.add(
+                Sql(
+                    "DELETE FROM vote_addresses WHERE comment_id = :comment_id AND voter_id = :voter_id",
+                    comment_id=comment_id,
+                    voter_id=voter_id,
+                )
+            )
             counted = plan.add(
-                update(s.comments).where(this).values(like_count=c.like_count - 1).returning(c.like_count)
+                Sql(
+                    "UPDATE comments SET like_count = like_count - 1"
+                    " WHERE tenant_id = :tenant_id AND id = :comment_id RETURNING like_count",
+                    **key,
+                )
             )
             with self._writing() as conn:
                 rows = self._batch(conn, plan.steps, commit=True)
@@ -1635,52 +1681,89 @@ class SqlStore(WebhookStoreMixin):
         new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
-            f = s.flags.c
             c = s.comments.c
-            a = s.authors.c
+            # The webhook event's (last step): its builder takes SQLAlchemy yet.
             this = and_(c.tenant_id == tenant_id, c.id == comment_id)
+            key = dict(tenant_id=tenant_id, comment_id=comment_id)
             plan = Plan()
             check_expected(plan, tenant_id, expect)
             self._session_first(plan, tenant_id, new_session)
-            plan.require(exists_where(s.comments, this), NotFound("comment"))
-            plan.require(exists_where(s.authors, a.tenant_id == tenant_id, a.id == flagger_id), NotFound("author"))
             plan.require(
-                ~exists_where(s.flags, f.comment_id == comment_id, f.flagger_id == flagger_id), AlreadyExists("flag")
+                Sql("EXISTS (SELECT 1 FROM comments WHERE tenant_id = :tenant_id AND id = :comment_id)", **key),
+                NotFound("comment"),
+            )
+            plan.require(
+                Sql(
+                    "EXISTS (SELECT 1 FROM authors WHERE tenant_id = :tenant_id AND id = :flagger_id)",
+                    tenant_id=tenant_id,
+                    flagger_id=flagger_id,
+                ),
+                NotFound("author"),
+            )
+            plan.require(
+                Sql(
+                    "NOT EXISTS (SELECT 1 FROM flags WHERE comment_id = :comment_id AND flagger_id = :flagger_id)",
+                    comment_id=comment_id,
+                    flagger_id=flagger_id,
+                ),
+                AlreadyExists("flag"),
             )
             plan.add(
-                insert(s.flags).values(
-                    comment_id=comment_id, flagger_id=flagger_id, tenant_id=tenant_id, created_ms=created_ms
+                Sql(
+                    "INSERT INTO flags (comment_id, flagger_id, tenant_id, created_ms)"
+                    " VALUES (:comment_id, :flagger_id, :tenant_id, :created_ms)",
+                    flagger_id=flagger_id,
+                    created_ms=created_ms,
+                    **key,
                 )
             )
             counted = plan.add(
-                update(s.comments).where(this).values(flag_count=c.flag_count + 1).returning(c.flag_count)
+                Sql(
+                    "UPDATE comments SET flag_count = flag_count + 1"
+                    " WHERE tenant_id = :tenant_id AND id = :comment_id RETURNING flag_count",
+                    **key,
+                )
             )
             if hide_at is not None:
                 # Hidden for review: off public pages, still in the
                 # moderators' pending and flagged queues. Each step is
                 # guarded by the same condition, the status last.
-                hide = exists_where(s.comments, this, c.status == _APPROVED, c.flag_count >= hide_at)
-                t = s.threads.c
-                plan.add(
-                    update(s.threads)
-                    .where(t.id == select(c.thread_id).where(this).scalar_subquery(), hide)
-                    .values(comment_count=t.comment_count - 1)
+                hide = Sql(
+                    "EXISTS (SELECT 1 FROM comments WHERE tenant_id = :tenant_id AND id = :comment_id"
+                    " AND status = :approved AND flag_count >= :hide_at)",
+                    approved=_APPROVED,
+                    hide_at=hide_at,
+                    **key,
                 )
                 plan.add(
-                    insert(s.moderation_log).from_select(
-                        ["id", "tenant_id", "created_ms", "actor", "action", "targets", "reason"],
-                        select(
-                            literal(new_id()),
-                            literal(tenant_id),
-                            literal(created_ms),
-                            literal("auto"),
-                            literal("auto_hide"),
-                            literal(json.dumps({"commentIds": [comment_id], "banIds": []})),
-                            literal("flags"),
-                        ).where(hide),
+                    Sql(
+                        "UPDATE threads SET comment_count = comment_count - 1"
+                        " WHERE id = (SELECT thread_id FROM comments WHERE tenant_id = :tenant_id AND id = :comment_id)"
+                        " AND",
+                        **key,
                     )
+                    + hide
                 )
-                plan.add(update(s.comments).where(this, hide).values(status=CommentStatus.PENDING.value))
+                plan.add(
+                    Sql(
+                        "INSERT INTO moderation_log (id, tenant_id, created_ms, actor, action, targets, reason)"
+                        " SELECT CAST(:log_id AS TEXT), CAST(:tenant_id AS TEXT), CAST(:created_ms AS BIGINT),"
+                        " 'auto', 'auto_hide', CAST(:targets AS TEXT), 'flags' WHERE",
+                        log_id=new_id(),
+                        tenant_id=tenant_id,
+                        created_ms=created_ms,
+                        targets=json.dumps({"commentIds": [comment_id], "banIds": []}),
+                    )
+                    + hide
+                )
+                plan.add(
+                    Sql(
+                        "UPDATE comments SET status = :pending WHERE tenant_id = :tenant_id AND id = :comment_id AND",
+                        pending=CommentStatus.PENDING.value,
+                        **key,
+                    )
+                    + hide
+                )
             # Last: the comment as the flag left it (counted, maybe hidden).
             data = {"comment": ob.comment_sql(), "flaggerId": flagger_id}
             plan.add(ob.emit_for_comment(tenant_id, WebhookEvent.COMMENT_FLAGGED, new_id(), this, created_ms, data))
@@ -1705,20 +1788,35 @@ class SqlStore(WebhookStoreMixin):
         new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[None]]:
         def go() -> Written[None]:
-            b = s.blocks.c
-            a = s.authors.c
             if viewer_id == author_id:
                 raise InvalidReference("an author cannot block themselves")
+            block = dict(tenant_id=tenant_id, viewer_id=viewer_id, author_id=author_id)
             plan = Plan()
             check_expected(plan, tenant_id, expect)
             self._session_first(plan, tenant_id, new_session)
             for who in (author_id, viewer_id):
-                plan.require(exists_where(s.authors, a.tenant_id == tenant_id, a.id == who), NotFound("author"))
-            where = and_(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
-            plan.require(~exists_where(s.blocks, where), AlreadyExists("block"))
+                plan.require(
+                    Sql(
+                        "EXISTS (SELECT 1 FROM authors WHERE tenant_id = :tenant_id AND id = :author_id)",
+                        tenant_id=tenant_id,
+                        author_id=who,
+                    ),
+                    NotFound("author"),
+                )
+            plan.require(
+                Sql(
+                    "NOT EXISTS (SELECT 1 FROM blocks"
+                    " WHERE tenant_id = :tenant_id AND viewer_id = :viewer_id AND author_id = :author_id)",
+                    **block,
+                ),
+                AlreadyExists("block"),
+            )
             plan.add(
-                insert(s.blocks).values(
-                    tenant_id=tenant_id, viewer_id=viewer_id, author_id=author_id, created_ms=created_ms
+                Sql(
+                    "INSERT INTO blocks (tenant_id, viewer_id, author_id, created_ms)"
+                    " VALUES (:tenant_id, :viewer_id, :author_id, :created_ms)",
+                    created_ms=created_ms,
+                    **block,
                 )
             )
             try:
@@ -1740,12 +1838,23 @@ class SqlStore(WebhookStoreMixin):
         expect: Expect | None = None,
     ) -> Deferred[Written[None]]:
         def go() -> Written[None]:
-            b = s.blocks.c
-            block = and_(b.tenant_id == tenant_id, b.viewer_id == viewer_id, b.author_id == author_id)
+            block = dict(tenant_id=tenant_id, viewer_id=viewer_id, author_id=author_id)
             plan = Plan()
             check_expected(plan, tenant_id, expect)
-            plan.require(exists_where(s.blocks, block), NotFound("block"))
-            plan.add(delete(s.blocks).where(block))
+            plan.require(
+                Sql(
+                    "EXISTS (SELECT 1 FROM blocks"
+                    " WHERE tenant_id = :tenant_id AND viewer_id = :viewer_id AND author_id = :author_id)",
+                    **block,
+                ),
+                NotFound("block"),
+            )
+            plan.add(
+                Sql(
+                    "DELETE FROM blocks WHERE tenant_id = :tenant_id AND viewer_id = :viewer_id AND author_id = :author_id",
+                    **block,
+                )
+            )
             with self._writing() as conn:
                 self._batch(conn, plan.steps, commit=True)
                 return self._written(conn, None)
@@ -1764,22 +1873,26 @@ class SqlStore(WebhookStoreMixin):
         ids = list(comment_ids)
 
         def go() -> ViewerState:
-            v = s.votes.c
-            b = s.blocks.c
             liked: set[str] = set()
             with self._reading(read_preference) as conn:
                 for start in range(0, len(ids), 500):
                     liked.update(
-                        conn.execute(
-                            select(v.comment_id).where(
-                                v.tenant_id == tenant_id,
-                                v.voter_id == viewer_id,
-                                v.comment_id.in_(ids[start : start + 500]),
+                        conn.run(
+                            Sql(
+                                "SELECT comment_id FROM votes"
+                                " WHERE tenant_id = :tenant_id AND voter_id = :viewer_id AND comment_id IN :ids",
+                                tenant_id=tenant_id,
+                                viewer_id=viewer_id,
+                                ids=ids[start : start + 500],
                             )
                         ).scalars()
                     )
-                blocked = conn.execute(
-                    select(b.author_id).where(b.tenant_id == tenant_id, b.viewer_id == viewer_id)
+                blocked = conn.run(
+                    Sql(
+                        "SELECT author_id FROM blocks WHERE tenant_id = :tenant_id AND viewer_id = :viewer_id",
+                        tenant_id=tenant_id,
+                        viewer_id=viewer_id,
+                    )
                 ).scalars()
                 return ViewerState(liked=frozenset(liked), blocked_authors=frozenset(blocked))
 
@@ -1799,7 +1912,6 @@ class SqlStore(WebhookStoreMixin):
         filters: QueueFilter | None = None,
         token: str | None = None,
     ) -> Deferred[Page[Comment]]:
-        c = s.comments.c
         kind = "queue-{}-{}".format(queue.value, sort.value)
         by_flags = sort is QueueSort.MOST_FLAGGED
         try:
@@ -1808,42 +1920,58 @@ class SqlStore(WebhookStoreMixin):
             return fail()
         if filters is None:
             filters = QueueFilter()
-        query = select(s.comments).where(c.tenant_id == tenant_id)
+        # Filters are added as "AND ..." fragments, in one text.
+        query = Sql("SELECT * FROM comments WHERE tenant_id = :tenant_id", tenant_id=tenant_id)
         if queue is ModerationQueue.FLAGGED:
-            query = query.where(c.flag_count > 0, c.status.in_([_APPROVED, CommentStatus.PENDING.value]))
+            query += Sql(
+                "AND flag_count > 0 AND status IN :flaggable",
+                flaggable=[_APPROVED, CommentStatus.PENDING.value],
+            )
         else:
-            query = query.where(c.status == queue.value)
+            query += Sql("AND status = :status", status=queue.value)
         if filters.thread_id is not None:
-            query = query.where(c.thread_id == filters.thread_id)
+            query += Sql("AND thread_id = :thread_id", thread_id=filters.thread_id)
         if filters.author_id is not None:
-            query = query.where(c.author_id == filters.author_id)
+            query += Sql("AND author_id = :author_id", author_id=filters.author_id)
         if filters.since_ms is not None:
-            query = query.where(c.created_ms >= filters.since_ms)
+            query += Sql("AND created_ms >= :since_ms", since_ms=filters.since_ms)
         if filters.until_ms is not None:
-            query = query.where(c.created_ms < filters.until_ms)
+            query += Sql("AND created_ms < :until_ms", until_ms=filters.until_ms)
         if filters.text:
-            query = query.where(c.body_source.icontains(filters.text, autoescape=True))
+            # Case-insensitive substring: PostgreSQL's ILIKE on a UTF-8
+            # database is lower() of both sides, then LIKE; SQLite's lower()
+            # folds ASCII, as its LIKE does. The text's own wildcards match
+            # themselves ('/' escapes them).
+            escaped = filters.text.replace("/", "//").replace("%", "/%").replace("_", "/_")
+            query += Sql(
+                "AND lower(body_source) LIKE lower(CAST(:pattern AS TEXT)) ESCAPE '/'", pattern="%" + escaped + "%"
+            )
         if by_flags:
             if after is not None:
                 flags, created, cid = after
-                query = query.where(
-                    or_(
-                        c.flag_count < flags,
-                        and_(c.flag_count == flags, c.created_ms > created),
-                        and_(c.flag_count == flags, c.created_ms == created, c.id > cid),
-                    )
+                query += Sql(
+                    "AND (flag_count < :after_flags"
+                    " OR (flag_count = :after_flags AND created_ms > :after_ms)"
+                    " OR (flag_count = :after_flags AND created_ms = :after_ms AND id > :after_id))",
+                    after_flags=flags,
+                    after_ms=created,
+                    after_id=cid,
                 )
-            query = query.order_by(c.flag_count.desc(), c.created_ms, c.id)
+            order = "ORDER BY flag_count DESC, created_ms, id LIMIT :limit"
         else:
             if after is not None:
                 created, cid = after
-                query = query.where(or_(c.created_ms > created, and_(c.created_ms == created, c.id > cid)))
-            query = query.order_by(c.created_ms, c.id)
-        query = query.limit(limit + 1)
+                query += Sql(
+                    "AND (created_ms > :after_ms OR (created_ms = :after_ms AND id > :after_id))",
+                    after_ms=created,
+                    after_id=cid,
+                )
+            order = "ORDER BY created_ms, id LIMIT :limit"
+        query += Sql(order, limit=limit + 1)
 
         def go() -> Page[Comment]:
             with self._reading(read_preference) as conn:
-                rows = conn.execute(query).all()
+                rows = conn.run(query).all()
             if by_flags:
                 return page_of(
                     rows, limit, _comment, lambda last: encode_cursor(kind, last.flag_count, last.created_ms, last.id)

@@ -2081,6 +2081,20 @@ class StoreContractMixin(_MixinBase):
         self.assertEqual(self.queue(tenant.id, q, text="nothing like it"), [])
         self.assertEqual(self.queue(tenant.id, q, thread_id=UNKNOWN), [])
 
+    def test_queue_text_escape_character(self) -> None:
+        """The search's own escape character ('/') is a plain character
+        too: "/" finds the text holding one, and "/%" no text with just %."""
+        tenant = self.make_tenant()
+        ann = self.make_author(tenant.id)
+        thread = self.make_thread(tenant.id, "one")
+        half = self.post(tenant.id, thread.id, ann, status=PENDING, body="Half/price today")
+        cent = self.post(tenant.id, thread.id, ann, status=PENDING, body="100% off")
+        q = ModerationQueue.PENDING
+        self.assertEqual(self.queue(tenant.id, q, text="/"), [half])
+        self.assertEqual(self.queue(tenant.id, q, text="F/P"), [half])
+        self.assertEqual(self.queue(tenant.id, q, text="/%"), [])
+        self.assertEqual(self.queue(tenant.id, q, text="0%"), [cent])
+
     def test_queue_cursor_of_another_queue(self) -> None:
         """A queue cursor is refused by another queue, another sort and the
         other listings, and theirs by the queue."""

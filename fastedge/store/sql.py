@@ -44,6 +44,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from . import db
 from . import outbox as ob
 from . import schema as s
 from .db import Conn, DatabaseError, IntegrityError, OperationalError, Sql
@@ -2023,11 +2024,17 @@ class SqlStore(WebhookStoreMixin):
                     extra=extra,
                 )
             )
-        values: dict[str, Any] = {"status": status.value}
         if clear_flags:
-            values["flag_count"] = 0
-            conn.execute(delete(s.flags).where(s.flags.c.comment_id.in_(ids)))
-        conn.execute(update(s.comments).where(c.id.in_(ids)).values(**values))
+            conn.run(Sql("DELETE FROM flags WHERE comment_id IN :ids", ids=ids))
+            conn.run(
+                Sql(
+                    "UPDATE comments SET status = :status, flag_count = 0 WHERE id IN :ids",
+                    status=status.value,
+                    ids=ids,
+                )
+            )
+        else:
+            conn.run(Sql("UPDATE comments SET status = :status WHERE id IN :ids", status=status.value, ids=ids))
         deltas: dict[str, int] = {}
         for old, new in changed:
             delta = (new.status is CommentStatus.APPROVED) - (old.status is CommentStatus.APPROVED)
@@ -2035,12 +2042,15 @@ class SqlStore(WebhookStoreMixin):
                 deltas[old.thread_id] = deltas.get(old.thread_id, 0) + delta
         deltas = {thread: delta for thread, delta in deltas.items() if delta}
         if deltas:
-            t = s.threads.c
-            conn.execute(
-                update(s.threads)
-                .where(t.id.in_(list(deltas)))
-                .values(comment_count=t.comment_count + case(deltas, value=t.id, else_=0))
-            )
+            # ``CASE id WHEN <thread> THEN <delta> ...``: one statement for
+            # every thread, each moved by its own delta.
+            count = Sql("UPDATE threads SET comment_count = comment_count + CASE id")
+            for i, (thread, delta) in enumerate(deltas.items()):
+                count += Sql(
+                    "WHEN :thread_{0} THEN CAST(:delta_{0} AS INTEGER)".format(i),
+                    **{"thread_{}".format(i): thread, "delta_{}".format(i): delta},
+                )
+            conn.run(count + Sql("ELSE 0 END WHERE id IN :threads", threads=list(deltas)))
         return changed
 
     def _audit(
@@ -2065,8 +2075,10 @@ class SqlStore(WebhookStoreMixin):
             reason=reason,
             created_ms=created_ms,
         )
-        conn.execute(
-            insert(s.moderation_log).values(
+        conn.run(
+            Sql(
+                "INSERT INTO moderation_log (id, tenant_id, created_ms, actor, action, targets, reason)"
+                " VALUES (:id, :tenant_id, :created_ms, :actor, :action, :targets, :reason)",
                 id=entry.id,
                 tenant_id=tenant_id,
                 created_ms=created_ms,
@@ -2105,23 +2117,9 @@ class SqlStore(WebhookStoreMixin):
             for value in values
         ]
         if bans:
-            conn.execute(
-                insert(s.bans),
-                [
-                    dict(
-                        id=b.id,
-                        tenant_id=tenant_id,
-                        kind=kind.value,
-                        value=b.value,
-                        reason=reason,
-                        actor=actor,
-                        created_ms=created_ms,
-                        expires_ms=expires_ms,
-                        lifted_ms=None,
-                    )
-                    for b in bans
-                ],
-            )
+            rows = [(b.id, tenant_id, kind.value, b.value, reason, actor, created_ms, expires_ms, None) for b in bans]
+            columns = ("id", "tenant_id", "kind", "value", "reason", "actor", "created_ms", "expires_ms", "lifted_ms")
+            conn.run(Sql("INSERT INTO bans") + _values(columns, rows))
         for ban in bans:
             if kind is BanKind.AUTHOR:
                 data = {
@@ -2134,12 +2132,14 @@ class SqlStore(WebhookStoreMixin):
 
     def _comments_of(self, conn: Conn, tenant_id: str, author_ids: Sequence[str]) -> list[Comment]:
         """Every comment of these authors not yet removed."""
-        c = s.comments.c
-        rows = conn.execute(
-            select(s.comments).where(
-                c.tenant_id == tenant_id, c.author_id.in_(list(author_ids)), c.status != CommentStatus.REMOVED.value
+        rows = conn.run(
+            Sql(
+                "SELECT * FROM comments WHERE tenant_id = :tenant_id AND author_id IN :author_ids AND status != :removed",
+                tenant_id=tenant_id,
+                author_ids=list(author_ids),
+                removed=CommentStatus.REMOVED.value,
             )
-        ).all()
+        )
         return [_comment(r) for r in rows]
 
     def moderate(
@@ -2180,7 +2180,6 @@ class SqlStore(WebhookStoreMixin):
         which needs nothing read before.
         """
         c = s.comments.c
-        t = s.threads.c
         status = {
             ModerationAction.APPROVE: CommentStatus.APPROVED,
             ModerationAction.RESTORE: CommentStatus.APPROVED,
@@ -2195,6 +2194,8 @@ class SqlStore(WebhookStoreMixin):
                 return old.status in gone
             return old.status is not status or (clear_flags and old.flag_count > 0)
 
+        # The event's condition, as ob.emit_for_comments takes it for now
+        # (its call moves to SQL text with the outbox's builders).
         which: ColumnElement[bool]
         if action is ModerationAction.RESTORE:
             which = c.status.in_([x.value for x in gone])
@@ -2202,23 +2203,31 @@ class SqlStore(WebhookStoreMixin):
             which = or_(c.status != status.value, c.flag_count > 0)
         else:
             which = c.status != status.value
-        # By primary key alone: with the tenant in the condition SQLite picks
-        # a tenant index and scans all of the tenant's comments.
         owned = (
             select(func.coalesce(func.sum(case((c.tenant_id == tenant_id, 1), else_=0)), 0))
             .where(c.id.in_(ids))
             .scalar_subquery()
         )
         guard = owned == literal(len(ids), Integer)
-        values: dict[str, Any] = {"status": status.value}
-        if clear_flags:
-            values["flag_count"] = 0
-        c2 = s.comments.alias("recount")
-        approved_in_thread = (
-            select(func.count())
-            .select_from(c2)
-            .where(c2.c.tenant_id == t.tenant_id, c2.c.thread_id == t.id, c2.c.status == _APPROVED)
-            .scalar_subquery()
+        # The rows the action changes. Columns are named ``comments.<column>``
+        # so the event's condition (comments joined to webhook endpoints)
+        # can say the same.
+        which_sql: Sql
+        if action is ModerationAction.RESTORE:
+            which_sql = Sql("comments.status IN :gone", gone=[x.value for x in gone])
+        elif clear_flags:
+            which_sql = Sql("(comments.status != :status OR comments.flag_count > 0)", status=status.value)
+        else:
+            which_sql = Sql("comments.status != :status", status=status.value)
+        # All the ids are this tenant's. By primary key alone: with the
+        # tenant in the condition SQLite picks a tenant index and scans all of
+        # the tenant's comments.
+        guard_sql = Sql(
+            "(SELECT COALESCE(SUM(CASE WHEN owned.tenant_id = :tenant_id THEN 1 ELSE 0 END), 0)"
+            " FROM comments AS owned WHERE owned.id IN :ids) = :id_count",
+            tenant_id=tenant_id,
+            ids=ids,
+            id_count=len(ids),
         )
         entry = AuditEntry(
             id=new_id(),
@@ -2230,9 +2239,8 @@ class SqlStore(WebhookStoreMixin):
             reason=reason,
             created_ms=created_ms,
         )
-        m = s.moderation_log.c
-        statements: list[Executable] = [
-            select(s.comments).where(c.id.in_(ids)).with_for_update(),
+        set_status = "status = :status, flag_count = 0" if clear_flags else "status = :status"
+        statements: list[Step] = [
             # Before the update: the rows it changes, with their old status.
             ob.emit_for_comments(
                 tenant_id,
@@ -2243,31 +2251,49 @@ class SqlStore(WebhookStoreMixin):
                 status=status.value,
                 extra={"action": action.value, "actor": actor, "reason": reason, "auditId": entry.id},
             ),
-            update(s.comments).where(c.id.in_(ids), which, guard).values(**values),
-            update(s.threads)
-            .where(t.id.in_(select(c.thread_id).where(c.id.in_(ids))), guard)
-            .values(comment_count=approved_in_thread),
+            Sql("UPDATE comments SET " + set_status + " WHERE comments.id IN :ids AND", status=status.value, ids=ids)
+            + which_sql
+            + Sql("AND")
+            + guard_sql,
+            # Recounted, not moved by deltas: that needs nothing read first.
+            Sql(
+                "UPDATE threads SET comment_count = (SELECT COUNT(*) FROM comments AS recount"
+                " WHERE recount.tenant_id = threads.tenant_id AND recount.thread_id = threads.id"
+                " AND recount.status = :approved)"
+                " WHERE threads.id IN (SELECT touched.thread_id FROM comments AS touched WHERE touched.id IN :ids) AND",
+                approved=_APPROVED,
+                ids=ids,
+            )
+            + guard_sql,
         ]
         if clear_flags:
-            statements.append(delete(s.flags).where(s.flags.c.comment_id.in_(ids), guard))
+            statements.append(Sql("DELETE FROM flags WHERE comment_id IN :ids AND", ids=ids) + guard_sql)
         statements.append(
-            insert(s.moderation_log).from_select(
-                [m.id, m.tenant_id, m.created_ms, m.actor, m.action, m.targets, m.reason],
-                select(
-                    literal(entry.id),
-                    literal(tenant_id),
-                    literal(created_ms, BigInteger),
-                    literal(actor),
-                    literal(action.value),
-                    literal(json.dumps({"commentIds": ids, "banIds": []})),
-                    literal(reason),
-                ).where(guard),
+            # PostgreSQL must know the type of a value selected: each is cast.
+            Sql(
+                "INSERT INTO moderation_log (id, tenant_id, created_ms, actor, action, targets, reason)"
+                " SELECT CAST(:audit_id AS TEXT), CAST(:tenant_id AS TEXT), CAST(:created_ms AS BIGINT),"
+                " CAST(:actor AS TEXT), CAST(:action AS TEXT), CAST(:targets AS TEXT), CAST(:reason AS TEXT)"
+                " WHERE",
+                audit_id=entry.id,
+                tenant_id=tenant_id,
+                created_ms=created_ms,
+                actor=actor,
+                action=action.value,
+                targets=json.dumps({"commentIds": ids, "banIds": []}),
+                reason=reason,
             )
+            + guard_sql
         )
 
         def go() -> Written[Moderated]:
             with self._writing() as conn:
-                rows = self._batch(conn, statements, commit=True)[0]
+                read = Sql("SELECT * FROM comments WHERE id IN :ids", ids=ids)
+                if conn.backend == db.POSTGRESQL:
+                    # SQLite has no row locks: its write transaction holds
+                    # the whole database.
+                    read += Sql("FOR UPDATE")
+                rows = self._batch(conn, [read, *statements], commit=True)[0]
                 assert rows is not None
                 found = [_comment(r) for r in rows]
                 if len(found) != len(ids) or any(x.tenant_id != tenant_id for x in found):
@@ -2298,11 +2324,10 @@ class SqlStore(WebhookStoreMixin):
         """Ban the authors of ``ids`` (the bans need the authors read first)."""
 
         def go() -> Written[Moderated]:
-            c = s.comments.c
             with self._writing() as conn:
                 # By primary key alone (see _set_statuses); the tenant is
                 # checked on the rows.
-                found = [_comment(r) for r in conn.execute(select(s.comments).where(c.id.in_(ids))).all()]
+                found = [_comment(r) for r in conn.run(Sql("SELECT * FROM comments WHERE id IN :ids", ids=ids))]
                 if len(found) != len(ids) or any(x.tenant_id != tenant_id for x in found):
                     raise NotFound("comment")
                 order = {cid: i for i, cid in enumerate(ids)}
@@ -2387,22 +2412,34 @@ class SqlStore(WebhookStoreMixin):
         self, tenant_id: str, ban_id: str, *, actor: str, reason: str, lifted_ms: int, read_preference: ReadPreference
     ) -> Deferred[Written[Ban]]:
         def go() -> Written[Ban]:
-            b = s.bans.c
-            where = and_(b.tenant_id == tenant_id, b.id == ban_id, b.lifted_ms.is_(None))
             with self._writing() as conn:
-                row = conn.execute(select(s.bans).where(where)).first()
+                row = conn.run(
+                    Sql(
+                        "SELECT * FROM bans WHERE tenant_id = :tenant_id AND id = :id AND lifted_ms IS NULL",
+                        tenant_id=tenant_id,
+                        id=ban_id,
+                    )
+                ).first()
                 if row is None:
                     raise NotFound("ban")
-                conn.execute(update(s.bans).where(where).values(lifted_ms=lifted_ms))
+                conn.run(
+                    Sql(
+                        "UPDATE bans SET lifted_ms = :lifted_ms"
+                        " WHERE tenant_id = :tenant_id AND id = :id AND lifted_ms IS NULL",
+                        lifted_ms=lifted_ms,
+                        tenant_id=tenant_id,
+                        id=ban_id,
+                    )
+                )
                 self._audit(conn, tenant_id, actor, "lift_ban", [], [ban_id], reason, lifted_ms)
                 return self._written(conn, replace(_ban(row), lifted_ms=lifted_ms))
 
         return self._call("lift_ban", read_preference, go, write=True)
 
     @staticmethod
-    def _in_force(now_ms: int) -> Any:
-        b = s.bans.c
-        return and_(b.lifted_ms.is_(None), or_(b.expires_ms.is_(None), b.expires_ms > now_ms))
+    def _in_force(now_ms: int) -> Sql:
+        """The condition of a ban in force at ``now_ms``."""
+        return Sql("lifted_ms IS NULL AND (expires_ms IS NULL OR expires_ms > :now_ms)", now_ms=now_ms)
 
     def list_bans(
         self,
@@ -2414,21 +2451,24 @@ class SqlStore(WebhookStoreMixin):
         read_preference: ReadPreference,
         token: str | None = None,
     ) -> Deferred[Page[Ban]]:
-        b = s.bans.c
         try:
             after = decode_cursor(cursor, "bans", (int, str)) if cursor else None
         except BadCursor:
             return fail()
-        query = select(s.bans).where(b.tenant_id == tenant_id)
+        query = Sql("SELECT * FROM bans WHERE tenant_id = :tenant_id", tenant_id=tenant_id)
         if active_at_ms is not None:
-            query = query.where(self._in_force(active_at_ms))
+            query += Sql("AND") + self._in_force(active_at_ms)
         if after is not None:
-            query = query.where(or_(b.created_ms < after[0], and_(b.created_ms == after[0], b.id < after[1])))
-        query = query.order_by(b.created_ms.desc(), b.id.desc()).limit(limit + 1)
+            query += Sql(
+                "AND (created_ms < :after_ms OR (created_ms = :after_ms AND id < :after_id))",
+                after_ms=after[0],
+                after_id=after[1],
+            )
+        query += Sql("ORDER BY created_ms DESC, id DESC LIMIT :limit", limit=limit + 1)
 
         def go() -> Page[Ban]:
             with self._reading(read_preference) as conn:
-                rows = conn.execute(query).all()
+                rows = conn.run(query).all()
             return page_of(rows, limit, _ban, lambda last: encode_cursor("bans", last.created_ms, last.id))
 
         return self._call("list_bans", read_preference, go, token=token)
@@ -2443,22 +2483,34 @@ class SqlStore(WebhookStoreMixin):
         read_preference: ReadPreference,
         token: str | None = None,
     ) -> Deferred[Ban | None]:
-        b = s.bans.c
         named = []
         if author_id is not None:
-            named.append(and_(b.kind == BanKind.AUTHOR.value, b.value == author_id))
+            named.append(
+                Sql(
+                    "(kind = :author_kind AND value = :author_id)",
+                    author_kind=BanKind.AUTHOR.value,
+                    author_id=author_id,
+                )
+            )
         if address_hash is not None:
-            named.append(and_(b.kind == BanKind.ADDRESS.value, b.value == address_hash))
+            named.append(
+                Sql(
+                    "(kind = :address_kind AND value = :address_hash)",
+                    address_kind=BanKind.ADDRESS.value,
+                    address_hash=address_hash,
+                )
+            )
 
         def go() -> Ban | None:
             if not named:
                 return None
             with self._reading(read_preference) as conn:
-                row = conn.execute(
-                    select(s.bans)
-                    .where(b.tenant_id == tenant_id, or_(*named), self._in_force(now_ms))
-                    .order_by(b.created_ms, b.id)
-                    .limit(1)
+                row = conn.run(
+                    Sql("SELECT * FROM bans WHERE tenant_id = :tenant_id AND (", tenant_id=tenant_id)
+                    + db.join(named, " OR ")
+                    + Sql(") AND")
+                    + self._in_force(now_ms)
+                    + Sql("ORDER BY created_ms, id LIMIT 1")
                 ).first()
             return None if row is None else _ban(row)
 
@@ -2473,19 +2525,22 @@ class SqlStore(WebhookStoreMixin):
         read_preference: ReadPreference,
         token: str | None = None,
     ) -> Deferred[Page[AuditEntry]]:
-        m = s.moderation_log.c
         try:
             after = decode_cursor(cursor, "audit", (int, int)) if cursor else None
         except BadCursor:
             return fail()
-        query = select(s.moderation_log).where(m.tenant_id == tenant_id)
+        query = Sql("SELECT * FROM moderation_log WHERE tenant_id = :tenant_id", tenant_id=tenant_id)
         if after is not None:
-            query = query.where(or_(m.created_ms < after[0], and_(m.created_ms == after[0], m.seq < after[1])))
-        query = query.order_by(m.created_ms.desc(), m.seq.desc()).limit(limit + 1)
+            query += Sql(
+                "AND (created_ms < :after_ms OR (created_ms = :after_ms AND seq < :after_seq))",
+                after_ms=after[0],
+                after_seq=after[1],
+            )
+        query += Sql("ORDER BY created_ms DESC, seq DESC LIMIT :limit", limit=limit + 1)
 
         def go() -> Page[AuditEntry]:
             with self._reading(read_preference) as conn:
-                rows = conn.execute(query).all()
+                rows = conn.run(query).all()
             return page_of(rows, limit, _audit_entry, lambda last: encode_cursor("audit", last.created_ms, last.seq))
 
         return self._call("audit_log", read_preference, go, token=token)
@@ -2500,16 +2555,14 @@ class SqlStore(WebhookStoreMixin):
         created_ms: int,
         read_preference: ReadPreference,
     ) -> Deferred[Written[None]]:
-        rows = [
-            dict(tenant_id=tenant_id, operation=op, calls=calls, credits=credits, created_ms=created_ms)
-            for op, (calls, credits) in sorted(charges.items())
-        ]
+        rows = [(tenant_id, op, calls, credits, created_ms) for op, (calls, credits) in sorted(charges.items())]
 
         def go() -> Written[None]:
             with self._writing() as conn:
                 self._require_tenant(conn, tenant_id)
                 if rows:
-                    conn.execute(insert(s.credit_ledger), rows)
+                    columns = ("tenant_id", "operation", "calls", "credits", "created_ms")
+                    conn.run(Sql("INSERT INTO credit_ledger") + _values(columns, rows))
                 return self._written(conn, None)
 
         return self._call("charge_credits", read_preference, go, write=True)
@@ -2518,14 +2571,33 @@ class SqlStore(WebhookStoreMixin):
         self, tenant_id: str, *, since_ms: int, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[list[CreditUsage]]:
         def go() -> list[CreditUsage]:
-            l_ = s.credit_ledger.c
             with self._reading(read_preference) as conn:
-                rows = conn.execute(
-                    select(l_.operation, func.sum(l_.calls), func.sum(l_.credits))
-                    .where(l_.tenant_id == tenant_id, l_.created_ms >= since_ms)
-                    .group_by(l_.operation)
-                    .order_by(l_.operation)
+                rows = conn.run(
+                    Sql(
+                        "SELECT operation, SUM(calls) AS calls, SUM(credits) AS credits FROM credit_ledger"
+                        " WHERE tenant_id = :tenant_id AND created_ms >= :since_ms"
+                        " GROUP BY operation ORDER BY operation",
+                        tenant_id=tenant_id,
+                        since_ms=since_ms,
+                    )
                 ).all()
             return [CreditUsage(operation=op, calls=int(calls), credits=int(credits)) for op, calls, credits in rows]
 
         return self._call("credit_usage", read_preference, go, token=token)
+
+
+def _values(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Sql:
+    """``(columns) VALUES (...), (...)``: several rows in one ``INSERT``
+    (one statement, not one per row), every value a parameter of its own.
+
+    :param rows: non-empty; each row's values in the order of ``columns``.
+    """
+    if not rows:
+        raise ValueError("no rows to insert")
+    params: dict[str, Any] = {}
+    tuples = []
+    for i, row in enumerate(rows):
+        names = ["{}_{}".format(column, i) for column in columns]
+        params.update(zip(names, row, strict=True))
+        tuples.append("(" + ", ".join(":" + name for name in names) + ")")
+    return Sql("(" + ", ".join(columns) + ") VALUES " + ", ".join(tuples), **params)

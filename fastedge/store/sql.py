@@ -46,10 +46,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import db
 from . import outbox as ob
 from . import schema as s
-from .db import Conn, Sql
+from .db import Conn, Sql, join
 from .errors import (
     AlreadyExists,
     BadCursor,
@@ -1102,7 +1101,7 @@ class SqlStore(WebhookStoreMixin):
                         if closed:
                             events.append(WebhookEvent.THREAD_CLOSED)
                     if changes:
-                        conn.run(Sql("UPDATE threads SET") + db.join(changes, ", ") + where)
+                        conn.run(Sql("UPDATE threads SET") + join(changes, ", ") + where)
                 if access:
                     self._put_access(conn, tenant_id, thread_id, access)
                 thread = _thread(conn.run(_threads() + where).one())
@@ -1116,7 +1115,7 @@ class SqlStore(WebhookStoreMixin):
         """Set the thread's ``access`` columns (``group_ids``,
         ``require_sign_in``: our constants), keeping the others."""
         columns = sorted(access)
-        sets = db.join([Sql(f"{column} = :{column}", **{column: access[column]}) for column in columns], ", ")
+        sets = join([Sql(f"{column} = :{column}", **{column: access[column]}) for column in columns], ", ")
         done = conn.run(
             Sql("UPDATE thread_access SET") + sets + Sql("WHERE thread_id = :thread_id", thread_id=thread_id)
         )

@@ -944,9 +944,14 @@ class SqlStore(WebhookStoreMixin):
         self, tenant_id: str, author_id: str, *, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[Author]:
         def go() -> Author:
-            a = s.authors.c
             with self._reading(read_preference) as conn:
-                row = conn.execute(select(s.authors).where(a.tenant_id == tenant_id, a.id == author_id)).first()
+                row = conn.run(
+                    Sql(
+                        "SELECT id, tenant_id, kind, created_ms FROM authors WHERE tenant_id = :tenant_id AND id = :id",
+                        tenant_id=tenant_id,
+                        id=author_id,
+                    )
+                ).first()
             if row is None:
                 raise NotFound("author")
             return Author(id=row.id, tenant_id=row.tenant_id, kind=AuthorKind(row.kind), created_ms=row.created_ms)

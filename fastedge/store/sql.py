@@ -47,7 +47,7 @@ from zope.interface import implementer
 from . import db
 from . import outbox as ob
 from . import schema as s
-from .db import Conn, DatabaseError, IntegrityError, OperationalError, Sql
+from .db import Conn, DatabaseError, IntegrityError, OperationalError, Sql, join
 from .errors import (
     AlreadyExists,
     BadCursor,
@@ -173,12 +173,16 @@ def _thread(row: Any) -> Thread:
     )
 
 
-def _threads() -> Any:
-    """``SELECT`` of threads with their access settings (``_thread`` reads it)."""
-    a = s.thread_access.c
-    return select(
-        s.threads, a.group_ids.label("access_groups"), a.require_sign_in.label("access_require_sign_in")
-    ).select_from(s.threads.outerjoin(s.thread_access, a.thread_id == s.threads.c.id))
+def _threads() -> Sql:
+    """``SELECT`` of threads with their access settings (``_thread`` reads
+    it), to add a ``WHERE`` to (on ``threads.`` columns: both tables have
+    ``tenant_id``)."""
+    return Sql(
+        "SELECT threads.id, threads.tenant_id, threads.url_id, threads.title, threads.closed, threads.created_ms,"
+        " threads.comment_count, thread_access.group_ids AS access_groups,"
+        " thread_access.require_sign_in AS access_require_sign_in"
+        " FROM threads LEFT OUTER JOIN thread_access ON thread_access.thread_id = threads.id"
+    )
 
 
 def _user(row: Any) -> User:
@@ -203,18 +207,16 @@ def _user(row: Any) -> User:
     )
 
 
-def _users() -> Any:
-    """``SELECT`` of users with their profiles (``_user`` reads it)."""
-    p = s.user_profiles.c
-    return select(
-        s.users,
-        p.author_id.label("profile_author"),
-        p.email,
-        p.avatar,
-        p.group_ids,
-        p.is_moderator,
-        p.is_admin,
-    ).select_from(s.users.outerjoin(s.user_profiles, p.user_id == s.users.c.id))
+def _users() -> Sql:
+    """``SELECT`` of users with their profiles (``_user`` reads it), to add
+    a ``WHERE`` to (on ``users.`` columns: both tables have ``tenant_id``
+    and ``author_id``)."""
+    return Sql(
+        "SELECT users.id, users.tenant_id, users.external_id, users.author_id, users.display_name, users.created_ms,"
+        " user_profiles.author_id AS profile_author, user_profiles.email, user_profiles.avatar,"
+        " user_profiles.group_ids, user_profiles.is_moderator, user_profiles.is_admin"
+        " FROM users LEFT OUTER JOIN user_profiles ON user_profiles.user_id = users.id"
+    )
 
 
 def _tenant(row: Any) -> Tenant:
@@ -796,15 +798,20 @@ class SqlStore(WebhookStoreMixin):
         profile: UserProfile | None = None,
     ) -> Deferred[Written[User]]:
         def go() -> Written[User]:
-            u = s.users.c
+            where = Sql(
+                "WHERE users.tenant_id = :tenant_id AND users.external_id = :external_id",
+                tenant_id=tenant_id,
+                external_id=external_id,
+            )
             with self._writing() as conn:
                 self._require_tenant(conn, tenant_id)
-                where = and_(u.tenant_id == tenant_id, u.external_id == external_id)
-                row = conn.execute(select(s.users).where(where)).first()
+                row = conn.run(Sql("SELECT users.display_name FROM users") + where).first()
                 if row is None:
                     author_id = self._new_author(conn, tenant_id, AuthorKind.USER, created_ms)
-                    conn.execute(
-                        insert(s.users).values(
+                    conn.run(
+                        Sql(
+                            "INSERT INTO users (id, tenant_id, external_id, author_id, display_name, created_ms)"
+                            " VALUES (:id, :tenant_id, :external_id, :author_id, :display_name, :created_ms)",
                             id=new_id(),
                             tenant_id=tenant_id,
                             external_id=external_id,
@@ -814,17 +821,17 @@ class SqlStore(WebhookStoreMixin):
                         )
                     )
                 elif row.display_name != display_name:
-                    conn.execute(update(s.users).where(where).values(display_name=display_name))
-                row = conn.execute(select(s.users).where(where)).one()
+                    conn.run(Sql("UPDATE users SET display_name = :display_name", display_name=display_name) + where)
                 if profile is not None:
-                    self._put_profile(conn, row, profile, created_ms)
-                return self._written(conn, _user(conn.execute(_users().where(where)).one()))
+                    user = conn.run(Sql("SELECT users.id, users.tenant_id, users.author_id FROM users") + where).one()
+                    self._put_profile(conn, user, profile, created_ms)
+                return self._written(conn, _user(conn.run(_users() + where).one()))
 
         return self._call("upsert_user", read_preference, go, write=True)
 
     def _put_profile(self, conn: Conn, user: Any, profile: UserProfile, now_ms: int) -> None:
-        p = s.user_profiles.c
         values = dict(
+            user_id=user.id,
             email=profile.email,
             avatar=profile.avatar,
             group_ids=json.dumps(list(profile.group_ids)),
@@ -832,11 +839,24 @@ class SqlStore(WebhookStoreMixin):
             is_admin=profile.is_admin,
             updated_ms=now_ms,
         )
-        done = conn.execute(update(s.user_profiles).where(p.user_id == user.id).values(**values))
+        done = conn.run(
+            Sql(
+                "UPDATE user_profiles SET email = :email, avatar = :avatar, group_ids = :group_ids,"
+                " is_moderator = :is_moderator, is_admin = :is_admin, updated_ms = :updated_ms"
+                " WHERE user_id = :user_id",
+                **values,
+            )
+        )
         if done.rowcount == 0:
-            conn.execute(
-                insert(s.user_profiles).values(
-                    user_id=user.id, tenant_id=user.tenant_id, author_id=user.author_id, **values
+            conn.run(
+                Sql(
+                    "INSERT INTO user_profiles"
+                    " (user_id, tenant_id, author_id, email, avatar, group_ids, is_moderator, is_admin, updated_ms)"
+                    " VALUES (:user_id, :tenant_id, :author_id, :email, :avatar, :group_ids, :is_moderator,"
+                    " :is_admin, :updated_ms)",
+                    tenant_id=user.tenant_id,
+                    author_id=user.author_id,
+                    **values,
                 )
             )
 
@@ -844,9 +864,13 @@ class SqlStore(WebhookStoreMixin):
         self, tenant_id: str, author_id: str, *, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[User]:
         def go() -> User:
-            u = s.users.c
+            where = Sql(
+                "WHERE users.tenant_id = :tenant_id AND users.author_id = :author_id",
+                tenant_id=tenant_id,
+                author_id=author_id,
+            )
             with self._reading(read_preference) as conn:
-                row = conn.execute(_users().where(u.tenant_id == tenant_id, u.author_id == author_id)).first()
+                row = conn.run(_users() + where).first()
             if row is None:
                 raise NotFound("user")
             return _user(row)
@@ -860,9 +884,14 @@ class SqlStore(WebhookStoreMixin):
             with self._writing() as conn:
                 self._require_author(conn, tenant_id, author_id)
                 session = AnonymousSession(id=new_id(), tenant_id=tenant_id, author_id=author_id, created_ms=created_ms)
-                conn.execute(
-                    insert(s.anonymous_sessions).values(
-                        id=session.id, tenant_id=tenant_id, author_id=author_id, created_ms=created_ms
+                conn.run(
+                    Sql(
+                        "INSERT INTO anonymous_sessions (id, tenant_id, author_id, created_ms)"
+                        " VALUES (:id, :tenant_id, :author_id, :created_ms)",
+                        id=session.id,
+                        tenant_id=tenant_id,
+                        author_id=author_id,
+                        created_ms=created_ms,
                     )
                 )
                 return self._written(conn, session)
@@ -879,11 +908,14 @@ class SqlStore(WebhookStoreMixin):
         read_preference: ReadPreference,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
-            a = s.authors.c
             with self._writing() as conn:
                 kinds = dict(
-                    conn.execute(
-                        select(a.id, a.kind).where(a.tenant_id == tenant_id, a.id.in_([from_author_id, to_author_id]))
+                    conn.run(
+                        Sql(
+                            "SELECT id, kind FROM authors WHERE tenant_id = :tenant_id AND id IN :ids",
+                            tenant_id=tenant_id,
+                            ids=[from_author_id, to_author_id],
+                        )
                     ).all()
                 )
                 if from_author_id not in kinds or to_author_id not in kinds:
@@ -892,12 +924,14 @@ class SqlStore(WebhookStoreMixin):
                     raise InvalidReference("only an anonymous author can be claimed")
                 if kinds[to_author_id] != AuthorKind.USER.value:
                     raise InvalidReference("an anonymous author can only be claimed by a user")
-                claims = s.author_claims.c
-                if conn.execute(select(claims.from_author_id).where(claims.from_author_id == from_author_id)).first():
+                claimed = Sql("SELECT 1 FROM author_claims WHERE from_author_id = :id", id=from_author_id)
+                if conn.run(claimed).first():
                     raise AlreadyExists("claim")
                 moved = self._move_author(conn, tenant_id, from_author_id, to_author_id)
-                conn.execute(
-                    insert(s.author_claims).values(
+                conn.run(
+                    Sql(
+                        "INSERT INTO author_claims (from_author_id, tenant_id, to_author_id, claimed_ms)"
+                        " VALUES (:from_author_id, :tenant_id, :to_author_id, :claimed_ms)",
                         from_author_id=from_author_id,
                         tenant_id=tenant_id,
                         to_author_id=to_author_id,
@@ -911,40 +945,59 @@ class SqlStore(WebhookStoreMixin):
     def _move_author(self, conn: Conn, tenant_id: str, old: str, new: str) -> int:
         """Re-point everything of author ``old`` to ``new``: a fixed number of
         statements per table, however much there is."""
-        c = s.comments.c
-        moved = conn.execute(
-            update(s.comments).where(c.tenant_id == tenant_id, c.author_id == old).values(author_id=new)
+        ids = dict(tenant_id=tenant_id, old=old, new=new)
+        moved = conn.run(
+            Sql("UPDATE comments SET author_id = :new WHERE tenant_id = :tenant_id AND author_id = :old", **ids)
         ).rowcount
-        for table, who, count in ((s.votes, "voter_id", "like_count"), (s.flags, "flagger_id", "flag_count")):
-            t = table.c
-            both = select(t.comment_id).where(t.tenant_id == tenant_id, t[who] == new).scalar_subquery()
-            twice = and_(t.tenant_id == tenant_id, t[who] == old, t.comment_id.in_(both))
+        # Table and column names are our constants, never input.
+        for table, who, count in (("votes", "voter_id", "like_count"), ("flags", "flagger_id", "flag_count")):
+            twice = (
+                f"{table}.tenant_id = :tenant_id AND {table}.{who} = :old AND {table}.comment_id IN"
+                f" (SELECT {table}.comment_id FROM {table}"
+                f" WHERE {table}.tenant_id = :tenant_id AND {table}.{who} = :new)"
+            )
             # A like (flag) both authors made counts once from now on.
-            conn.execute(
-                update(s.comments)
-                .where(c.tenant_id == tenant_id, c.id.in_(select(t.comment_id).where(twice).scalar_subquery()))
-                .values({count: c[count] - 1})
+            conn.run(
+                Sql(
+                    f"UPDATE comments SET {count} = {count} - 1 WHERE tenant_id = :tenant_id AND id IN"
+                    f" (SELECT {table}.comment_id FROM {table} WHERE {twice})",
+                    **ids,
+                )
             )
-            conn.execute(delete(table).where(twice))
-            conn.execute(update(table).where(t.tenant_id == tenant_id, t[who] == old).values({who: new}))
-        b = s.blocks.c
-        for mine, other in ((b.viewer_id, b.author_id), (b.author_id, b.viewer_id)):
-            have = select(other).where(b.tenant_id == tenant_id, mine == new).scalar_subquery()
-            conn.execute(
-                delete(s.blocks).where(b.tenant_id == tenant_id, mine == old, or_(other == new, other.in_(have)))
+            conn.run(Sql(f"DELETE FROM {table} WHERE {twice}", **ids))
+            conn.run(Sql(f"UPDATE {table} SET {who} = :new WHERE tenant_id = :tenant_id AND {who} = :old", **ids))
+        for mine, other in (("viewer_id", "author_id"), ("author_id", "viewer_id")):
+            # What ``new`` already has (blocks both made) stays once.
+            conn.run(
+                Sql(
+                    f"DELETE FROM blocks WHERE tenant_id = :tenant_id AND {mine} = :old"
+                    f" AND ({other} = :new OR {other} IN"
+                    f" (SELECT blocks.{other} FROM blocks WHERE blocks.tenant_id = :tenant_id AND blocks.{mine} = :new))",
+                    **ids,
+                )
             )
-            conn.execute(update(s.blocks).where(b.tenant_id == tenant_id, mine == old).values({mine.key: new}))
-        sess = s.anonymous_sessions.c
-        conn.execute(delete(s.anonymous_sessions).where(sess.tenant_id == tenant_id, sess.author_id == old))
+            conn.run(Sql(f"UPDATE blocks SET {mine} = :new WHERE tenant_id = :tenant_id AND {mine} = :old", **ids))
+        conn.run(
+            Sql(
+                "DELETE FROM anonymous_sessions WHERE tenant_id = :tenant_id AND author_id = :old",
+                tenant_id=tenant_id,
+                old=old,
+            )
+        )
         return int(moved)
 
     def get_author(
         self, tenant_id: str, author_id: str, *, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[Author]:
         def go() -> Author:
-            a = s.authors.c
             with self._reading(read_preference) as conn:
-                row = conn.execute(select(s.authors).where(a.tenant_id == tenant_id, a.id == author_id)).first()
+                row = conn.run(
+                    Sql(
+                        "SELECT id, tenant_id, kind, created_ms FROM authors WHERE tenant_id = :tenant_id AND id = :id",
+                        tenant_id=tenant_id,
+                        id=author_id,
+                    )
+                ).first()
             if row is None:
                 raise NotFound("author")
             return Author(id=row.id, tenant_id=row.tenant_id, kind=AuthorKind(row.kind), created_ms=row.created_ms)
@@ -963,9 +1016,8 @@ class SqlStore(WebhookStoreMixin):
         token: str | None = None,
         new_author_ms: int | None = None,
     ) -> Deferred[AuthorHistory]:
-        a = s.authors.c
-        c = s.comments.c
-        recent_columns = (c.author_id, c.thread_id, c.body_source, c.status, c.created_ms)
+        recent_columns = "SELECT author_id, thread_id, body_source, status, created_ms FROM comments"
+        newest = Sql("ORDER BY created_ms DESC, id DESC LIMIT :limit", limit=limit)
 
         def recent(rows: Sequence[Any]) -> tuple[RecentComment, ...]:
             return tuple(
@@ -981,8 +1033,12 @@ class SqlStore(WebhookStoreMixin):
 
         def go() -> AuthorHistory:
             with self._reading(read_preference) as conn:
-                author: Any = conn.execute(
-                    select(a.kind, a.created_ms).where(a.tenant_id == tenant_id, a.id == author_id)
+                author: Any = conn.run(
+                    Sql(
+                        "SELECT kind, created_ms FROM authors WHERE tenant_id = :tenant_id AND id = :author_id",
+                        tenant_id=tenant_id,
+                        author_id=author_id,
+                    )
                 ).first()
                 if author is None:
                     if new_author_ms is None:
@@ -991,34 +1047,41 @@ class SqlStore(WebhookStoreMixin):
                     author = AuthorHistoryRow(AuthorKind.ANONYMOUS.value, new_author_ms)
                 # Served by the comments_author index (tenant, author, created).
                 by_status: dict[str, int] = dict(
-                    conn.execute(
-                        select(c.status, func.count())
-                        .where(c.tenant_id == tenant_id, c.author_id == author_id)
-                        .group_by(c.status)
+                    conn.run(
+                        Sql(
+                            "SELECT status, count(*) AS n FROM comments"
+                            " WHERE tenant_id = :tenant_id AND author_id = :author_id GROUP BY status",
+                            tenant_id=tenant_id,
+                            author_id=author_id,
+                        )
                     ).all()
                 )
-                mine = conn.execute(
-                    select(*recent_columns)
-                    .where(c.tenant_id == tenant_id, c.author_id == author_id, c.created_ms >= since_ms)
-                    .order_by(c.created_ms.desc(), c.id.desc())
-                    .limit(limit)
+                mine = conn.run(
+                    Sql(
+                        recent_columns
+                        + " WHERE tenant_id = :tenant_id AND author_id = :author_id AND created_ms >= :since_ms",
+                        tenant_id=tenant_id,
+                        author_id=author_id,
+                        since_ms=since_ms,
+                    )
+                    + newest
                 ).all()
                 others: Sequence[Any] = ()
                 if thread_id is not None:
-                    others = conn.execute(
-                        select(*recent_columns)
-                        .where(
-                            c.tenant_id == tenant_id,
-                            c.thread_id == thread_id,
-                            # Every status, named: the (tenant, thread,
-                            # status, created) index then reads only the
-                            # window, not the whole thread.
-                            c.status.in_([status.value for status in CommentStatus]),
-                            c.author_id != author_id,
-                            c.created_ms >= since_ms,
+                    # Every status, named: the (tenant, thread, status,
+                    # created) index then reads only the window, not the
+                    # whole thread.
+                    others = conn.run(
+                        Sql(
+                            recent_columns + " WHERE tenant_id = :tenant_id AND thread_id = :thread_id"
+                            " AND status IN :statuses AND author_id != :author_id AND created_ms >= :since_ms",
+                            tenant_id=tenant_id,
+                            thread_id=thread_id,
+                            statuses=[status.value for status in CommentStatus],
+                            author_id=author_id,
+                            since_ms=since_ms,
                         )
-                        .order_by(c.created_ms.desc(), c.id.desc())
-                        .limit(limit)
+                        + newest
                     ).all()
             counts = {status: int(by_status.get(status.value, 0)) for status in CommentStatus}
             return AuthorHistory(
@@ -1057,38 +1120,42 @@ class SqlStore(WebhookStoreMixin):
             access["require_sign_in"] = require_sign_in
 
         def go() -> Written[Thread]:
-            t = s.threads.c
-            where = and_(t.tenant_id == tenant_id, t.url_id == url_id)
+            where = Sql(
+                "WHERE threads.tenant_id = :tenant_id AND threads.url_id = :url_id", tenant_id=tenant_id, url_id=url_id
+            )
             events = []
             with self._writing() as conn:
-                row = conn.execute(select(s.threads).where(where)).first()
+                row = conn.run(Sql("SELECT threads.id, threads.title, threads.closed FROM threads") + where).first()
                 if row is None:
                     events.append(WebhookEvent.THREAD_CREATED)
                     self._require_tenant(conn, tenant_id)
-                    conn.execute(
-                        insert(s.threads).values(
-                            id=new_id(),
+                    thread_id = new_id()
+                    conn.run(
+                        Sql(
+                            "INSERT INTO threads (id, tenant_id, url_id, title, closed, created_ms, comment_count)"
+                            " VALUES (:id, :tenant_id, :url_id, :title, :closed, :created_ms, 0)",
+                            id=thread_id,
                             tenant_id=tenant_id,
                             url_id=url_id,
                             title=title or "",
                             closed=bool(closed),
                             created_ms=created_ms,
-                            comment_count=0,
                         )
                     )
                 else:
-                    changes: dict[str, Any] = {}
+                    thread_id = row.id
+                    changes: list[Sql] = []
                     if title is not None and title != row.title:
-                        changes["title"] = title
+                        changes.append(Sql("title = :title", title=title))
                     if closed is not None and closed != bool(row.closed):
-                        changes["closed"] = closed
+                        changes.append(Sql("closed = :closed", closed=closed))
                         if closed:
                             events.append(WebhookEvent.THREAD_CLOSED)
                     if changes:
-                        conn.execute(update(s.threads).where(where).values(**changes))
+                        conn.run(Sql("UPDATE threads SET") + join(changes, ", ") + where)
                 if access:
-                    self._put_access(conn, tenant_id, conn.execute(select(t.id).where(where)).scalar_one(), access)
-                thread = _thread(conn.execute(_threads().where(where)).one())
+                    self._put_access(conn, tenant_id, thread_id, access)
+                thread = _thread(conn.run(_threads() + where).one())
                 for event in events:
                     conn.execute(ob.emit(tenant_id, event, new_id(), created_ms, {"thread": ob.thread_data(thread)}))
                 return self._written(conn, thread)
@@ -1096,18 +1163,33 @@ class SqlStore(WebhookStoreMixin):
         return self._call("upsert_thread", read_preference, go, write=True)
 
     def _put_access(self, conn: Conn, tenant_id: str, thread_id: str, access: dict[str, Any]) -> None:
-        a = s.thread_access.c
-        done = conn.execute(update(s.thread_access).where(a.thread_id == thread_id).values(**access))
+        """Set the thread's ``access`` columns (``group_ids``,
+        ``require_sign_in``: our constants), keeping the others."""
+        columns = sorted(access)
+        sets = join([Sql(f"{column} = :{column}", **{column: access[column]}) for column in columns], ", ")
+        done = conn.run(
+            Sql("UPDATE thread_access SET") + sets + Sql("WHERE thread_id = :thread_id", thread_id=thread_id)
+        )
         if done.rowcount == 0:
-            conn.execute(insert(s.thread_access).values(thread_id=thread_id, tenant_id=tenant_id, **access))
+            conn.run(
+                Sql(
+                    f"INSERT INTO thread_access (thread_id, tenant_id, {', '.join(columns)})"
+                    f" VALUES (:thread_id, :tenant_id, {', '.join(':' + column for column in columns)})",
+                    thread_id=thread_id,
+                    tenant_id=tenant_id,
+                    **access,
+                )
+            )
 
     def get_thread(
         self, tenant_id: str, url_id: str, *, read_preference: ReadPreference, token: str | None = None
     ) -> Deferred[Thread]:
         def go() -> Thread:
-            t = s.threads.c
+            where = Sql(
+                "WHERE threads.tenant_id = :tenant_id AND threads.url_id = :url_id", tenant_id=tenant_id, url_id=url_id
+            )
             with self._reading(read_preference) as conn:
-                row = conn.execute(_threads().where(t.tenant_id == tenant_id, t.url_id == url_id)).first()
+                row = conn.run(_threads() + where).first()
             if row is None:
                 raise NotFound("thread")
             return _thread(row)
@@ -1124,8 +1206,8 @@ class SqlStore(WebhookStoreMixin):
         return self._call("get_thread_by_id", read_preference, go, token=token)
 
     def _thread_by_id(self, conn: Conn, tenant_id: str, thread_id: str) -> Thread:
-        t = s.threads.c
-        row = conn.execute(_threads().where(t.tenant_id == tenant_id, t.id == thread_id)).first()
+        where = Sql("WHERE threads.tenant_id = :tenant_id AND threads.id = :id", tenant_id=tenant_id, id=thread_id)
+        row = conn.run(_threads() + where).first()
         if row is None:
             raise NotFound("thread")
         return _thread(row)
@@ -1141,13 +1223,16 @@ class SqlStore(WebhookStoreMixin):
     ) -> Deferred[Page[Thread]]:
         def go() -> Page[Thread]:
             after = decode_cursor(cursor, "threads", (int, str)) if cursor else None
-            t = s.threads.c
-            query = _threads().where(t.tenant_id == tenant_id)
+            query = _threads() + Sql("WHERE threads.tenant_id = :tenant_id", tenant_id=tenant_id)
             if after is not None:
-                query = query.where(or_(t.created_ms < after[0], and_(t.created_ms == after[0], t.id < after[1])))
-            query = query.order_by(t.created_ms.desc(), t.id.desc()).limit(limit + 1)
+                query += Sql(
+                    "AND (threads.created_ms < :after_ms OR (threads.created_ms = :after_ms AND threads.id < :after_id))",
+                    after_ms=after[0],
+                    after_id=after[1],
+                )
+            query += Sql("ORDER BY threads.created_ms DESC, threads.id DESC LIMIT :limit", limit=limit + 1)
             with self._reading(read_preference) as conn:
-                rows = conn.execute(query).all()
+                rows = conn.run(query).all()
             return page_of(rows, limit, _thread, lambda last: encode_cursor("threads", last.created_ms, last.id))
 
         return self._call("list_threads", read_preference, go, token=token)
@@ -1161,8 +1246,14 @@ class SqlStore(WebhookStoreMixin):
                 self._thread_by_id(conn, tenant_id, thread_id)
                 ids = select(c.id).where(c.tenant_id == tenant_id, c.thread_id == thread_id)
                 self._delete_comment_rows(conn, tenant_id, ids)
-                conn.execute(delete(s.thread_access).where(s.thread_access.c.thread_id == thread_id))
-                conn.execute(delete(s.threads).where(s.threads.c.tenant_id == tenant_id, s.threads.c.id == thread_id))
+                conn.run(Sql("DELETE FROM thread_access WHERE thread_id = :id", id=thread_id))
+                conn.run(
+                    Sql(
+                        "DELETE FROM threads WHERE tenant_id = :tenant_id AND id = :id",
+                        tenant_id=tenant_id,
+                        id=thread_id,
+                    )
+                )
                 return self._written(conn, None)
 
         return self._call("delete_thread", read_preference, go, write=True)
@@ -1233,7 +1324,14 @@ class SqlStore(WebhookStoreMixin):
                 ob.emit(new.tenant_id, WebhookEvent.THREAD_CREATED, new_id(), new.created_ms, thread_data, when=created)
             )
             self._emit_new_comment(plan, new.tenant_id, ids.comment, new.status, new.created_ms, new.url_id)
-            thread = plan.add(_threads().where(where_thread))
+            thread = plan.add(
+                _threads()
+                + Sql(
+                    "WHERE threads.tenant_id = :tenant_id AND threads.url_id = :url_id",
+                    tenant_id=new.tenant_id,
+                    url_id=new.url_id,
+                )
+            )
             with self._writing() as conn:
                 rows = self._batch(conn, plan.steps, commit=True)
                 session = None

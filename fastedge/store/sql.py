@@ -1206,11 +1206,11 @@ class SqlStore(WebhookStoreMixin):
             plan.add(
                 ob.emit(new.tenant_id, WebhookEvent.THREAD_CREATED, new_id(), new.created_ms, thread_data, when=created)
             )
+            thread = plan.add(_threads().where(where_thread))
             with self._writing() as conn:
                 self._emit_new_comment(
                     plan, conn.backend, new.tenant_id, ids.comment, new.status, new.created_ms, new.url_id
                 )
-                thread = plan.add(_threads().where(where_thread))
                 rows = self._batch(conn, plan.steps, commit=True)
                 session = None
                 if isinstance(new.poster, NewSession):

@@ -175,7 +175,9 @@ def emit(
 
     :param when: a condition, evaluated in SQL when the statement runs:
         no event unless it holds (e.g. "the thread was created by this
-        write"), so a write's plan needs nothing read first.
+        write"), so a write's plan needs nothing read first. It stands
+        alone (an ``EXISTS``): the statement reads only
+        ``webhook_endpoints``.
     """
     return _insert(
         tenant_id,
@@ -223,6 +225,8 @@ def sql_object(backend: str, fields: Mapping[str, Any], *, prefix: str = "ob_jso
         else:
             sql = Sql("CAST(:" + name + " AS TEXT)", **{name: str(value)})
         parts.append(Sql("'" + key + "',") + sql)
+    if not parts:
+        return Sql(_JSON_OBJECT[backend] + "()")
     return Sql(_JSON_OBJECT[backend] + "(") + join(parts, ", ") + Sql(")")
 
 

@@ -24,26 +24,9 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
-    Executable,
-    Integer,
-    String,
-    and_,
-    cast,
-    insert,
-    literal,
-    literal_column,
-    null,
-    select,
-)
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import FunctionElement
 from twisted.internet.defer import Deferred
 
-from . import schema as s
-from .db import POSTGRESQL, Sql, join
+from .db import POSTGRESQL, SQLITE, Sql, join
 from .errors import InvalidReference, NotFound
 from .model import (
     AttemptOutcome,
@@ -79,11 +62,6 @@ def _decode_events(text: str) -> tuple[WebhookEvent, ...]:
     return tuple(WebhookEvent(v) for v in text.strip("|").split("|") if v)
 
 
-def _subscribed(event: WebhookEvent) -> ColumnElement[bool]:
-    e = s.webhook_endpoints.c
-    return and_(e.active.is_(True), e.events.like("%|" + event.value + "|%"))
-
-
 def comment_data(comment: Comment, thread: Thread | None = None, **extra: Any) -> dict[str, Any]:
     """The ``comment`` an event carries (docs/webhooks.md)."""
     data: dict[str, Any] = {
@@ -116,49 +94,54 @@ def thread_data(thread: Thread) -> dict[str, Any]:
     }
 
 
+# Every value in the SELECT list is cast: PostgreSQL must know a parameter's
+# type there (an INSERT ... SELECT does not lend it the column's).
+_INSERT = (
+    "INSERT INTO webhook_deliveries (event_id, event_type, tenant_id, endpoint_id, created_ms, data, state, attempts,"
+    " next_attempt_ms, window_start_ms) SELECT"
+)
+_INSERT_TAIL = (
+    ", CAST(:ob_event_type AS TEXT), CAST(:ob_tenant_id AS TEXT), webhook_endpoints.id, CAST(:ob_created_ms AS BIGINT),"
+)
+_INSERT_STATE = (
+    ", CAST(:ob_state AS TEXT), CAST(0 AS INTEGER), CAST(:ob_created_ms AS BIGINT), CAST(:ob_created_ms AS BIGINT)"
+)
+# The tenant's active endpoints subscribed to the event (``events`` is
+# ``|a|b|``: see :func:`encode_events`).
+_SUBSCRIBED = (
+    " WHERE webhook_endpoints.tenant_id = :ob_tenant_id AND webhook_endpoints.active"
+    " AND webhook_endpoints.events LIKE :ob_events"
+)
+_ENDPOINTS = " FROM webhook_endpoints" + _SUBSCRIBED
+_COMMENTS_ENDPOINTS = (
+    " FROM comments JOIN webhook_endpoints ON webhook_endpoints.tenant_id = comments.tenant_id"
+    + _SUBSCRIBED
+    + " AND comments.tenant_id = :ob_tenant_id"
+)
+
+
 def _insert(
     tenant_id: str,
     event: WebhookEvent,
-    event_id: Any,
+    event_id: Sql,
     created_ms: int,
-    data: Any,
-    source: Any,
-    *where: ColumnElement[bool],
-) -> Executable:
+    data: Sql,
+    source: str,
+    where: Sql | None,
+) -> Sql:
     """``INSERT INTO webhook_deliveries ... SELECT``: one row per subscribed
-    active endpoint of the tenant (and per row of ``source``, joined to
-    them, that matches ``where``)."""
-    e = s.webhook_endpoints.c
-    d = s.webhook_deliveries.c
-    query = select(
-        event_id,
-        literal(event.value, String),
-        literal(tenant_id, String),
-        e.id,
-        literal(created_ms, BigInteger),
-        data,
-        literal(_PENDING, String),
-        literal(0, Integer),
-        literal(created_ms, BigInteger),
-        literal(created_ms, BigInteger),
+    active endpoint of the tenant (and per row of ``source``, the FROM and
+    WHERE of the rows joined to them, that matches ``where``)."""
+    statement = (
+        Sql(_INSERT)
+        + event_id
+        + Sql(_INSERT_TAIL, ob_event_type=event.value, ob_tenant_id=tenant_id, ob_created_ms=created_ms)
+        + data
+        + Sql(_INSERT_STATE + source, ob_state=_PENDING, ob_events="%|" + event.value + "|%")
     )
-    if source is not None:
-        query = query.select_from(source)
-    return insert(s.webhook_deliveries).from_select(
-        [
-            d.event_id,
-            d.event_type,
-            d.tenant_id,
-            d.endpoint_id,
-            d.created_ms,
-            d.data,
-            d.state,
-            d.attempts,
-            d.next_attempt_ms,
-            d.window_start_ms,
-        ],
-        query.where(e.tenant_id == tenant_id, _subscribed(event), *where),
-    )
+    if where is not None:
+        statement = statement + Sql("AND (") + where + Sql(")")
+    return statement
 
 
 def emit(
@@ -168,75 +151,71 @@ def emit(
     created_ms: int,
     data: dict[str, Any],
     *,
-    when: ColumnElement[bool] | None = None,
-) -> Executable:
+    when: Sql | None = None,
+) -> Sql:
     """One event, to every subscribed active endpoint of the tenant: one
     ``INSERT ... SELECT`` run in the caller's write transaction.
 
     :param when: a condition, evaluated in SQL when the statement runs:
         no event unless it holds (e.g. "the thread was created by this
-        write"), so a write's plan needs nothing read first.
+        write"), so a write's plan needs nothing read first. It stands
+        alone (an ``EXISTS``): the statement reads only
+        ``webhook_endpoints``.
     """
     return _insert(
         tenant_id,
         event,
-        literal(event_id, String),
+        Sql("CAST(:ob_event_id AS TEXT)", ob_event_id=event_id),
         created_ms,
-        literal(json.dumps(data, separators=(",", ":")), String),
-        None,
-        *([] if when is None else [when]),
+        Sql("CAST(:ob_data AS TEXT)", ob_data=json.dumps(data, separators=(",", ":"))),
+        _ENDPOINTS,
+        when,
     )
 
 
-class json_object(FunctionElement[Any]):  # noqa: N801 (an SQL function's name)
-    """A JSON object of ``key, value, ...`` built in SQL: ``json_build_object``
-    on PostgreSQL (``json``, so objects nest), ``json_object`` on SQLite.
-    Wrap the outermost in :func:`json_text` to store it."""
-
-    name = "fastedge_json_object"
-    inherit_cache = True
+#: The function building a JSON object from ``key, value, ...`` in SQL:
+#: ``json`` on PostgreSQL (so objects nest), JSON text with SQLite's JSON
+#: subtype on SQLite (so they nest there too).
+_JSON_OBJECT = {SQLITE: "json_object", POSTGRESQL: "json_build_object"}
 
 
-@compiles(json_object, "postgresql")
-def _json_object_postgresql(element: json_object, compiler: Any, **kw: Any) -> str:
-    return "json_build_object(%s)" % compiler.process(element.clauses, **kw)
+def sql_object(backend: str, fields: Mapping[str, Any], *, prefix: str = "ob_json") -> Sql:
+    """A JSON object built in SQL from ``fields`` (values: :class:`Sql`
+    expressions, nested dicts, or strings, ints and ``None``), in
+    ``backend``'s dialect: the one thing SQLite and PostgreSQL spell
+    differently here. Wrap the outermost in :func:`json_text` to store it.
 
-
-@compiles(json_object, "sqlite")
-def _json_object_sqlite(element: json_object, compiler: Any, **kw: Any) -> str:
-    return "json_object(%s)" % compiler.process(element.clauses, **kw)
-
-
-def _json_value(value: Any) -> Any:
-    """A Python value as a typed SQL value (PostgreSQL must know each
-    argument's type); an SQL expression as it is."""
-    if isinstance(value, ColumnElement):
-        return value
-    if value is None:
-        return null()
-    if isinstance(value, bool):
-        raise TypeError("no booleans in SQL-built event data")
-    if isinstance(value, int):
-        return cast(literal(value, BigInteger), BigInteger)
-    if isinstance(value, dict):
-        return sql_object(value)
-    return cast(literal(str(value), String), String)
-
-
-def sql_object(fields: Mapping[str, Any]) -> ColumnElement[Any]:
-    """:class:`json_object` of ``fields`` (values: SQL expressions, nested
-    dicts, or strings, ints and ``None``)."""
-    args: list[Any] = []
+    Every Python value is a parameter named after its key's path (under
+    ``prefix``), cast to its type, as PostgreSQL must know each argument's.
+    """
+    parts: list[Sql] = []
     for key, value in fields.items():
-        # Keys are constants of this module: no quoting needed.
-        assert key.isalnum(), key
-        args.extend([literal_column("'" + key + "'"), _json_value(value)])
-    return json_object(*args)
+        # Keys are constants of this module and its callers: plain words,
+        # so the key's literal needs no quoting and names a parameter.
+        if not key.isalnum():
+            raise ValueError("JSON key {!r} is not a plain word".format(key))
+        name = prefix + "_" + key
+        if isinstance(value, Sql):
+            sql = value
+        elif value is None:
+            sql = Sql("NULL")
+        elif isinstance(value, bool):
+            raise TypeError("no booleans in SQL-built event data")
+        elif isinstance(value, int):
+            sql = Sql("CAST(:" + name + " AS BIGINT)", **{name: value})
+        elif isinstance(value, Mapping):
+            sql = sql_object(backend, value, prefix=name)
+        else:
+            sql = Sql("CAST(:" + name + " AS TEXT)", **{name: str(value)})
+        parts.append(Sql("'" + key + "',") + sql)
+    if not parts:
+        return Sql(_JSON_OBJECT[backend] + "()")
+    return Sql(_JSON_OBJECT[backend] + "(") + join(parts, ", ") + Sql(")")
 
 
-def json_text(value: ColumnElement[Any]) -> ColumnElement[Any]:
+def json_text(value: Sql) -> Sql:
     """The JSON text of a :func:`sql_object` (the ``data`` column)."""
-    return cast(value, String)
+    return Sql("CAST(") + value + Sql("AS TEXT)")
 
 
 def comment_sql(**overrides: Any) -> dict[str, Any]:
@@ -244,60 +223,72 @@ def comment_sql(**overrides: Any) -> dict[str, Any]:
     from the ``comments`` row of the statement, except the fields named in
     ``overrides`` (by their JSON key: values known before the write, or
     other SQL expressions such as ``urlId``)."""
-    c = s.comments.c
     fields: dict[str, Any] = {
-        "id": c.id,
-        "threadId": c.thread_id,
-        "parentId": c.parent_id,
-        "authorId": c.author_id,
-        "displayName": c.display_name,
-        "text": c.body_source,
-        "html": c.body_html,
-        "status": c.status,
-        "createdAt": c.created_ms,
-        "editedAt": c.edited_ms,
-        "flags": c.flag_count,
+        "id": Sql("comments.id"),
+        "threadId": Sql("comments.thread_id"),
+        "parentId": Sql("comments.parent_id"),
+        "authorId": Sql("comments.author_id"),
+        "displayName": Sql("comments.display_name"),
+        "text": Sql("comments.body_source"),
+        "html": Sql("comments.body_html"),
+        "status": Sql("comments.status"),
+        "createdAt": Sql("comments.created_ms"),
+        "editedAt": Sql("comments.edited_ms"),
+        "flags": Sql("comments.flag_count"),
     }
     fields.update(overrides)
     return fields
 
 
 def emit_for_comment(
+    backend: str,
     tenant_id: str,
     event: WebhookEvent,
     event_id: str,
-    which: ColumnElement[bool],
+    which: Sql,
     created_ms: int,
     data: Mapping[str, Any],
-) -> Executable:
+) -> Sql:
     """One event per comment matching ``which`` (one, by its id, as used),
     its ``data`` built in SQL from the comment's row when the statement runs
     (:func:`comment_sql`): for a write that does not know the row before
     it (a flag, an edit, a post to a thread it may create), in the same
-    flight as the change."""
-    c = s.comments.c
+    flight as the change.
+
+    :param backend: the dialect of the JSON built (:attr:`Conn.backend`).
+    :param which: a condition on the row, its columns named
+        ``comments.<column>`` (``webhook_endpoints`` is joined too).
+    """
     return _insert(
         tenant_id,
         event,
-        literal(event_id, String),
+        Sql("CAST(:ob_event_id AS TEXT)", ob_event_id=event_id),
         created_ms,
-        json_text(sql_object(data)),
-        s.comments.join(s.webhook_endpoints, s.webhook_endpoints.c.tenant_id == c.tenant_id),
-        c.tenant_id == tenant_id,
+        json_text(sql_object(backend, data)),
+        _COMMENTS_ENDPOINTS,
         which,
     )
+
+
+# The ``data`` of :func:`emit_for_comments`, concatenated in SQL around
+# the row's values (the parameters are text, so cast: PostgreSQL must know).
+_COMMENTS_DATA = (
+    "CAST(:ob_open AS TEXT) || comments.id || CAST(:ob_thread AS TEXT) || comments.thread_id"
+    " || CAST(:ob_author AS TEXT) || comments.author_id || CAST(:ob_status AS TEXT) || comments.status"
+    " || CAST(:ob_close AS TEXT)"
+)
 
 
 def emit_for_comments(
     tenant_id: str,
     event: WebhookEvent,
     event_prefix: str,
-    which: ColumnElement[bool],
+    which: Sql,
     created_ms: int,
     *,
     status: str,
     extra: dict[str, Any],
-) -> Executable:
+) -> Sql:
     """One event per comment matching ``which``, built in SQL from the
     comment's row, so a bulk change needs nothing read first. Run it before
     the statement that changes the comments: ``previousStatus`` is the
@@ -308,29 +299,25 @@ def emit_for_comments(
     ``extra`` is encoded here.
 
     :param event_prefix: the event id is ``<prefix>.<comment id>``.
+    :param which: a condition on the rows, their columns named
+        ``comments.<column>`` (``webhook_endpoints`` is joined too).
     """
-    c = s.comments.c
     tail = json.dumps(extra, separators=(",", ":"))[1:]
-    data = (
-        literal('{"comment":{"id":"', String)
-        + c.id
-        + literal('","threadId":"', String)
-        + c.thread_id
-        + literal('","authorId":"', String)
-        + c.author_id
-        + literal('","status":"' + status + '","previousStatus":"', String)
-        + c.status
-        + literal('"},' if tail != "}" else '"}}', String)
-        + literal(tail if tail != "}" else "", String)
+    data = Sql(
+        _COMMENTS_DATA,
+        ob_open='{"comment":{"id":"',
+        ob_thread='","threadId":"',
+        ob_author='","authorId":"',
+        ob_status='","status":"' + status + '","previousStatus":"',
+        ob_close='"},' + tail if tail != "}" else '"}}',
     )
     return _insert(
         tenant_id,
         event,
-        literal(event_prefix + ".", String) + c.id,
+        Sql("CAST(:ob_event_prefix AS TEXT) || comments.id", ob_event_prefix=event_prefix + "."),
         created_ms,
         data,
-        s.comments.join(s.webhook_endpoints, s.webhook_endpoints.c.tenant_id == c.tenant_id),
-        c.tenant_id == tenant_id,
+        _COMMENTS_ENDPOINTS,
         which,
     )
 

@@ -26,8 +26,6 @@ from typing import Any
 # Only for the steps and checks of code not yet moved to Sql text (the
 # store's move off SQLAlchemy, issue 15): the types below and exists_where's
 # SQLAlchemy form. Both go when nothing passes SQLAlchemy expressions here.
-from sqlalchemy import ColumnElement, Executable, exists, literal, select
-
 from .db import Sql
 from .errors import InvalidReference, NotFound, Stale, StoreError, ThreadClosed
 from .model import AuthorKind, CommentStatus, Expect, NewPost, NewSession, SessionPoster, UserPoster
@@ -39,11 +37,11 @@ class Require:
     the step runs, else nothing of the transaction is applied and the call
     fails with ``error``."""
 
-    condition: ColumnElement[bool] | Sql
+    condition: Sql
     error: StoreError
 
 
-Step = Executable | Require | Sql
+Step = Sql | Require
 
 
 @dataclass
@@ -52,27 +50,20 @@ class Plan:
 
     steps: list[Step] = field(default_factory=list)
 
-    def add(self, statement: Executable | Sql) -> int:
+    def add(self, statement: Sql) -> int:
         """Append a statement; returns its index in the batch's results."""
         self.steps.append(statement)
         return len(self.steps) - 1
 
-    def require(self, condition: ColumnElement[bool] | Sql, error: StoreError) -> None:
+    def require(self, condition: Sql, error: StoreError) -> None:
         """Append a check (see :class:`Require`)."""
         self.steps.append(Require(condition, error))
 
 
-def exists_where(table: Any, *where: Any) -> Any:
-    """``EXISTS (SELECT 1 FROM table WHERE ...)``.
-
-    :param table: a table's name, with ``where`` one :class:`Sql` condition
-        (its negation: ``Sql("NOT") + exists_where(...)``); or, until every
-        caller is SQL text, a SQLAlchemy table with SQLAlchemy conditions.
-    """
-    if isinstance(table, str):
-        (condition,) = where
-        return Sql("EXISTS (SELECT 1 FROM " + table + " WHERE") + condition + Sql(")")
-    return exists(select(literal(1)).select_from(table).where(*where))
+def exists_where(table: str, condition: Sql) -> Sql:
+    """``EXISTS (SELECT 1 FROM table WHERE condition)`` (its negation:
+    ``Sql("NOT") + exists_where(...)``)."""
+    return Sql("EXISTS (SELECT 1 FROM " + table + " WHERE") + condition + Sql(")")
 
 
 def _value(name: str, value: str | Sql) -> Sql:

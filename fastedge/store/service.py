@@ -120,8 +120,8 @@ class StoreService(Service):
                 redact_uri(mongo.uri), redact_uri(mongo.nearest_uri) if mongo.nearest_uri else "none"
             )
         else:
-            # Imported here like the others: SQLAlchemy (~12 MB of a node's
-            # memory) is the SQL backends' business, not a MongoDB node's.
+            # Imported here like the others: the SQL backends' modules are
+            # not a MongoDB node's business.
             from .sqlite import SQLiteStore
 
             self.store = SQLiteStore(

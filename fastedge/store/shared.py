@@ -3,8 +3,8 @@
 page cursors and pages.
 
 Kept apart from :mod:`fastedge.store.sql` so that the MongoDB backend and
-the webhook worker use them without importing SQLAlchemy (~12 MB of a
-node's memory), and so that a cursor means the same on every backend.
+the webhook worker use them without importing the SQL backends, and so
+that a cursor means the same on every backend.
 """
 
 from __future__ import annotations

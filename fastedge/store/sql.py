@@ -23,22 +23,6 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
-    Executable,
-    Integer,
-    and_,
-    case,
-    delete,
-    func,
-    insert,
-    inspect,
-    literal,
-    or_,
-    select,
-    update,
-)
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -105,7 +89,6 @@ from .plan import (
     Step,
     check_expected,
     comment_insert,
-    exists_where,
     new_session,
     post,
     require_tenant,
@@ -433,21 +416,12 @@ class SqlStore(WebhookStoreMixin):
         out: list[list[Any] | None] = []
         for statement in statements:
             if isinstance(statement, Require):
-                condition = statement.condition
-                if isinstance(condition, Sql):
-                    held = conn.run(Sql("SELECT") + condition).scalar()
-                else:
-                    held = conn.execute(select(condition)).scalar()
-                if not held:
+                if not conn.run(Sql("SELECT") + statement.condition).scalar():
                     raise statement.error
                 out.append(None)
                 continue
-            if isinstance(statement, Sql):
-                rows = conn.run(statement)
-                out.append(rows.all() if rows.returns_rows else None)
-                continue
-            result = conn.execute(statement)
-            out.append(list(result.all()) if result.returns_rows else None)
+            rows = conn.run(statement)
+            out.append(rows.all() if rows.returns_rows else None)
         return out
 
     def _token(self, conn: Conn) -> str | None:
@@ -1157,7 +1131,7 @@ class SqlStore(WebhookStoreMixin):
                     self._put_access(conn, tenant_id, thread_id, access)
                 thread = _thread(conn.run(_threads() + where).one())
                 for event in events:
-                    conn.execute(ob.emit(tenant_id, event, new_id(), created_ms, {"thread": ob.thread_data(thread)}))
+                    conn.run(ob.emit(tenant_id, event, new_id(), created_ms, {"thread": ob.thread_data(thread)}))
                 return self._written(conn, thread)
 
         return self._call("upsert_thread", read_preference, go, write=True)
@@ -1241,10 +1215,13 @@ class SqlStore(WebhookStoreMixin):
         self, tenant_id: str, thread_id: str, *, read_preference: ReadPreference
     ) -> Deferred[Written[None]]:
         def go() -> Written[None]:
-            c = s.comments.c
             with self._writing() as conn:
                 self._thread_by_id(conn, tenant_id, thread_id)
-                ids = select(c.id).where(c.tenant_id == tenant_id, c.thread_id == thread_id)
+                ids = Sql(
+                    "SELECT id FROM comments WHERE tenant_id = :tenant_id AND thread_id = :thread_id",
+                    tenant_id=tenant_id,
+                    thread_id=thread_id,
+                )
                 self._delete_comment_rows(conn, tenant_id, ids)
                 conn.run(Sql("DELETE FROM thread_access WHERE thread_id = :id", id=thread_id))
                 conn.run(
@@ -1263,13 +1240,21 @@ class SqlStore(WebhookStoreMixin):
     def create_comment(self, new: NewComment, *, read_preference: ReadPreference) -> Deferred[Written[Comment]]:
         def go() -> Written[Comment]:
             plan = Plan()
-            a = s.authors.c
-            t = s.threads.c
             plan.require(
-                exists_where(s.threads, t.tenant_id == new.tenant_id, t.id == new.thread_id), NotFound("thread")
+                Sql(
+                    "EXISTS (SELECT 1 FROM threads WHERE tenant_id = :tenant_id AND id = :thread_id)",
+                    tenant_id=new.tenant_id,
+                    thread_id=new.thread_id,
+                ),
+                NotFound("thread"),
             )
             plan.require(
-                exists_where(s.authors, a.tenant_id == new.tenant_id, a.id == new.author_id), NotFound("author")
+                Sql(
+                    "EXISTS (SELECT 1 FROM authors WHERE tenant_id = :tenant_id AND id = :author_id)",
+                    tenant_id=new.tenant_id,
+                    author_id=new.author_id,
+                ),
+                NotFound("author"),
             )
             comment_id = new_id()
             inserted = comment_insert(
@@ -1285,10 +1270,14 @@ class SqlStore(WebhookStoreMixin):
                 status=new.status,
                 created_ms=new.created_ms,
             )
-            c = s.comments.c
-            url_id = select(t.url_id).where(t.tenant_id == c.tenant_id, t.id == c.thread_id).scalar_subquery()
-            self._emit_new_comment(plan, new.tenant_id, comment_id, new.status, new.created_ms, url_id)
+            url_id = Sql(
+                "(SELECT threads.url_id FROM threads"
+                " WHERE threads.tenant_id = comments.tenant_id AND threads.id = comments.thread_id)"
+            )
             with self._writing() as conn:
+                self._emit_new_comment(
+                    plan, conn.backend, new.tenant_id, comment_id, new.status, new.created_ms, url_id
+                )
                 rows = self._batch(conn, plan.steps, commit=True)
                 return self._written(conn, _comment(rows_of(rows, inserted)[0]))
 
@@ -1306,11 +1295,14 @@ class SqlStore(WebhookStoreMixin):
             )
             plan = Plan()
             steps = post(plan, new, ids=ids)
-            t = s.threads.c
-            where_thread = and_(t.tenant_id == new.tenant_id, t.url_id == new.url_id)
             # Created by this write: the thread of the url has the id this
             # write would have given it (a fresh one).
-            created = exists_where(s.threads, where_thread, t.id == ids.thread)
+            created = Sql(
+                "EXISTS (SELECT 1 FROM threads WHERE tenant_id = :tenant_id AND url_id = :url_id AND id = :thread_id)",
+                tenant_id=new.tenant_id,
+                url_id=new.url_id,
+                thread_id=ids.thread,
+            )
             thread_data = {
                 "thread": {
                     "id": ids.thread,
@@ -1323,7 +1315,6 @@ class SqlStore(WebhookStoreMixin):
             plan.add(
                 ob.emit(new.tenant_id, WebhookEvent.THREAD_CREATED, new_id(), new.created_ms, thread_data, when=created)
             )
-            self._emit_new_comment(plan, new.tenant_id, ids.comment, new.status, new.created_ms, new.url_id)
             thread = plan.add(
                 _threads()
                 + Sql(
@@ -1333,6 +1324,9 @@ class SqlStore(WebhookStoreMixin):
                 )
             )
             with self._writing() as conn:
+                self._emit_new_comment(
+                    plan, conn.backend, new.tenant_id, ids.comment, new.status, new.created_ms, new.url_id
+                )
                 rows = self._batch(conn, plan.steps, commit=True)
                 session = None
                 if isinstance(new.poster, NewSession):
@@ -1349,23 +1343,36 @@ class SqlStore(WebhookStoreMixin):
 
     @staticmethod
     def _emit_new_comment(
-        plan: Plan, tenant_id: str, comment_id: str, status: CommentStatus, created_ms: int, url_id: Any
+        plan: Plan,
+        backend: str,
+        tenant_id: str,
+        comment_id: str,
+        status: CommentStatus,
+        created_ms: int,
+        url_id: Sql | str,
     ) -> None:
         """The event of a comment the plan inserts, from its row (its thread
         and author may be known only in SQL). Spam is never announced as a
-        new comment, only as spam."""
+        new comment, only as spam.
+
+        :param backend: the connection's (the event's JSON is built in SQL).
+        """
         event = WebhookEvent.COMMENT_CREATED
         if status is CommentStatus.SPAM:
             event = WebhookEvent.COMMENT_MARKED_SPAM
         data = {"comment": ob.comment_sql(urlId=url_id)}
-        plan.add(ob.emit_for_comment(tenant_id, event, new_id(), s.comments.c.id == comment_id, created_ms, data))
+        this = Sql("comments.id = :comment_id", comment_id=comment_id)
+        plan.add(ob.emit_for_comment(backend, tenant_id, event, new_id(), this, created_ms, data))
 
     def _count_approved(self, conn: Conn, tenant_id: str, thread_id: str, delta: int) -> None:
-        t = s.threads.c
-        conn.execute(
-            update(s.threads)
-            .where(t.tenant_id == tenant_id, t.id == thread_id)
-            .values(comment_count=t.comment_count + delta)
+        conn.run(
+            Sql(
+                "UPDATE threads SET comment_count = comment_count + CAST(:delta AS INTEGER)"
+                " WHERE tenant_id = :tenant_id AND id = :thread_id",
+                delta=delta,
+                tenant_id=tenant_id,
+                thread_id=thread_id,
+            )
         )
 
     def get_comment(
@@ -1378,8 +1385,9 @@ class SqlStore(WebhookStoreMixin):
         return self._call("get_comment", read_preference, go, token=token)
 
     def _comment_row(self, conn: Conn, tenant_id: str, comment_id: str) -> Comment:
-        c = s.comments.c
-        row = conn.execute(select(s.comments).where(c.tenant_id == tenant_id, c.id == comment_id)).first()
+        row = conn.run(
+            Sql("SELECT * FROM comments WHERE tenant_id = :tenant_id AND id = :id", tenant_id=tenant_id, id=comment_id)
+        ).first()
         if row is None:
             raise NotFound("comment")
         return _comment(row)
@@ -1395,58 +1403,62 @@ class SqlStore(WebhookStoreMixin):
         read_preference: ReadPreference,
         token: str | None = None,
     ) -> Deferred[ThreadPage]:
-        c = s.comments.c
         kind = "thread-" + sort.value
         try:
             after = decode_cursor(cursor, kind, (int, int, str) if sort is Sort.TOP else (int, str)) if cursor else None
         except BadCursor:
             return fail()
-        query = select(s.comments).where(
-            c.tenant_id == tenant_id, c.thread_id == thread_id, c.status == _APPROVED, c.parent_id.is_(None)
+        query = Sql(
+            "SELECT * FROM comments WHERE tenant_id = :tenant_id AND thread_id = :thread_id AND status = :status"
+            " AND parent_id IS NULL",
+            tenant_id=tenant_id,
+            thread_id=thread_id,
+            status=_APPROVED,
         )
         if sort is Sort.TOP:
             if after is not None:
                 likes, created, cid = after
-                query = query.where(
-                    or_(
-                        c.like_count < likes,
-                        and_(c.like_count == likes, c.created_ms < created),
-                        and_(c.like_count == likes, c.created_ms == created, c.id < cid),
-                    )
+                query += Sql(
+                    "AND (like_count < :likes OR (like_count = :likes AND created_ms < :created)"
+                    " OR (like_count = :likes AND created_ms = :created AND id < :cid))",
+                    likes=likes,
+                    created=created,
+                    cid=cid,
                 )
-            query = query.order_by(c.like_count.desc(), c.created_ms.desc(), c.id.desc())
-        else:
-            newest = sort is Sort.NEWEST
+            query += Sql("ORDER BY like_count DESC, created_ms DESC, id DESC")
+        elif sort is Sort.NEWEST:
             if after is not None:
                 created, cid = after
-                if newest:
-                    query = query.where(or_(c.created_ms < created, and_(c.created_ms == created, c.id < cid)))
-                else:
-                    query = query.where(or_(c.created_ms > created, and_(c.created_ms == created, c.id > cid)))
-            if newest:
-                query = query.order_by(c.created_ms.desc(), c.id.desc())
-            else:
-                query = query.order_by(c.created_ms, c.id)
-        query = query.limit(limit + 1)
+                query += Sql(
+                    "AND (created_ms < :created OR (created_ms = :created AND id < :cid))", created=created, cid=cid
+                )
+            query += Sql("ORDER BY created_ms DESC, id DESC")
+        else:
+            if after is not None:
+                created, cid = after
+                query += Sql(
+                    "AND (created_ms > :created OR (created_ms = :created AND id > :cid))", created=created, cid=cid
+                )
+            query += Sql("ORDER BY created_ms, id")
+        query += Sql("LIMIT :limit", limit=limit + 1)
 
         def go() -> ThreadPage:
             with self._reading(read_preference) as conn:
                 thread = self._thread_by_id(conn, tenant_id, thread_id)
-                rows = conn.execute(query).all()
+                rows = conn.run(query).all()
                 top = [_comment(r) for r in rows[:limit]]
                 replies: list[Comment] = []
                 if top:
                     replies = [
                         _comment(r)
-                        for r in conn.execute(
-                            select(s.comments)
-                            .where(
-                                c.tenant_id == tenant_id,
-                                c.root_id.in_([t.id for t in top]),
-                                c.parent_id.is_not(None),
-                                c.status == _APPROVED,
+                        for r in conn.run(
+                            Sql(
+                                "SELECT * FROM comments WHERE tenant_id = :tenant_id AND root_id IN :roots"
+                                " AND parent_id IS NOT NULL AND status = :status ORDER BY created_ms, id",
+                                tenant_id=tenant_id,
+                                roots=[t.id for t in top],
+                                status=_APPROVED,
                             )
-                            .order_by(c.created_ms, c.id)
                         )
                     ]
             next_cursor = None
@@ -1471,21 +1483,26 @@ class SqlStore(WebhookStoreMixin):
         thread_id: str | None = None,
         token: str | None = None,
     ) -> Deferred[Page[Comment]]:
-        c = s.comments.c
-        query = select(s.comments).where(c.tenant_id == tenant_id, c.status == status.value)
+        query = Sql(
+            "SELECT * FROM comments WHERE tenant_id = :tenant_id AND status = :status",
+            tenant_id=tenant_id,
+            status=status.value,
+        )
         if thread_id is not None:
-            query = query.where(c.thread_id == thread_id)
+            query += Sql("AND thread_id = :thread_id", thread_id=thread_id)
         if cursor:
             try:
                 created, cid = decode_cursor(cursor, "comments", (int, str))
             except BadCursor:
                 return fail()
-            query = query.where(or_(c.created_ms < created, and_(c.created_ms == created, c.id < cid)))
-        query = query.order_by(c.created_ms.desc(), c.id.desc()).limit(limit + 1)
+            query += Sql(
+                "AND (created_ms < :created OR (created_ms = :created AND id < :cid))", created=created, cid=cid
+            )
+        query += Sql("ORDER BY created_ms DESC, id DESC LIMIT :limit", limit=limit + 1)
 
         def go() -> Page[Comment]:
             with self._reading(read_preference) as conn:
-                rows = conn.execute(query).all()
+                rows = conn.run(query).all()
             return page_of(rows, limit, _comment, lambda last: encode_cursor("comments", last.created_ms, last.id))
 
         return self._call("list_comments", read_preference, go, token=token)
@@ -1516,49 +1533,69 @@ class SqlStore(WebhookStoreMixin):
         status: CommentStatus | None = None,
     ) -> Deferred[Written[Change]]:
         def go() -> Written[Change]:
-            c = s.comments.c
-            t = s.threads.c
-            this = and_(c.tenant_id == tenant_id, c.id == comment_id)
+            # Qualified: the events' statements join webhook_endpoints.
+            this = Sql(
+                "comments.tenant_id = :tenant_id AND comments.id = :comment_id",
+                tenant_id=tenant_id,
+                comment_id=comment_id,
+            )
+            the_comment = Sql("SELECT * FROM comments WHERE") + this
             plan = Plan()
-            plan.require(exists_where(s.comments, this), NotFound("comment"))
-            before = plan.add(select(s.comments).where(this))
+            plan.require(Sql("EXISTS (SELECT 1 FROM comments WHERE") + this + Sql(")"), NotFound("comment"))
+            before = plan.add(the_comment)
             changes: dict[str, Any] = {}
             # The events first, from the row as it is before the change with
             # the changed values given: previousStatus is the row's status.
-            after_values: dict[str, Any] = {"previousStatus": c.status}
+            after_values: dict[str, Any] = {"previousStatus": Sql("comments.status")}
             if body is not None:
                 changes.update(body_source=body[0], body_html=body[1], edited_ms=edited_ms)
                 after_values.update(text=body[0], html=body[1], editedAt=edited_ms)
             if status is not None:
                 after_values["status"] = status.value
             data = {"comment": ob.comment_sql(**after_values)}
-            if body is not None:
-                plan.add(ob.emit_for_comment(tenant_id, WebhookEvent.COMMENT_EDITED, new_id(), this, edited_ms, data))
-            if status is not None and status in _STATUS_EVENTS:
-                plan.add(
-                    ob.emit_for_comment(
-                        tenant_id,
-                        _STATUS_EVENTS[status],
-                        new_id(),
-                        and_(this, c.status != status.value),
-                        edited_ms,
-                        data,
-                    )
-                )
-            if status is not None:
-                changes["status"] = status.value
-                # Before the comment changes: its thread counts approved comments.
-                was_approved = case((select(c.status).where(this).scalar_subquery() == _APPROVED, 1), else_=0)
-                now_approved = int(status is CommentStatus.APPROVED)
-                plan.add(
-                    update(s.threads)
-                    .where(t.tenant_id == tenant_id, t.id == select(c.thread_id).where(this).scalar_subquery())
-                    .values(comment_count=t.comment_count + now_approved - was_approved)
-                )
-            if changes:
-                plan.add(update(s.comments).where(this).values(**changes))
-            after = plan.add(select(s.comments).where(this))
             with self._writing() as conn:
+                if body is not None:
+                    plan.add(
+                        ob.emit_for_comment(
+                            conn.backend, tenant_id, WebhookEvent.COMMENT_EDITED, new_id(), this, edited_ms, data
+                        )
+                    )
+                if status is not None and status in _STATUS_EVENTS:
+                    plan.add(
+                        ob.emit_for_comment(
+                            conn.backend,
+                            tenant_id,
+                            _STATUS_EVENTS[status],
+                            new_id(),
+                            this + Sql("AND comments.status != :new_status", new_status=status.value),
+                            edited_ms,
+                            data,
+                        )
+                    )
+                if status is not None:
+                    changes["status"] = status.value
+                    # Before the comment changes: its thread counts approved comments.
+                    plan.add(
+                        Sql(
+                            "UPDATE threads SET comment_count = comment_count + CAST(:now_approved AS INTEGER)"
+                            " - CASE WHEN (SELECT comments.status FROM comments WHERE",
+                            now_approved=int(status is CommentStatus.APPROVED),
+                        )
+                        + this
+                        + Sql(
+                            ") = :approved THEN 1 ELSE 0 END"
+                            " WHERE threads.tenant_id = :tenant_id"
+                            " AND threads.id = (SELECT comments.thread_id FROM comments WHERE",
+                            approved=_APPROVED,
+                            tenant_id=tenant_id,
+                        )
+                        + this
+                        + Sql(")")
+                    )
+                if changes:
+                    assignments = join([Sql(name + " = :" + name, **{name: v}) for name, v in changes.items()], ", ")
+                    plan.add(Sql("UPDATE comments SET") + assignments + Sql("WHERE") + this)
+                after = plan.add(the_comment)
                 rows = self._batch(conn, plan.steps, commit=True)
                 change = Change(_comment(rows_of(rows, before)[0]), _comment(rows_of(rows, after)[0]))
                 return self._written(conn, change)
@@ -1572,12 +1609,12 @@ class SqlStore(WebhookStoreMixin):
             with self._writing() as conn:
                 target = self._comment_row(conn, tenant_id, comment_id)
                 doomed = self._subtree(conn, tenant_id, target)
-                conn.execute(
+                conn.run(
                     ob.emit_for_comments(
                         tenant_id,
                         WebhookEvent.COMMENT_REMOVED,
                         new_id(),
-                        s.comments.c.id.in_(doomed),
+                        Sql("comments.id IN :ids", ids=doomed),
                         deleted_ms,
                         status=CommentStatus.REMOVED.value,
                         extra={"deleted": True},
@@ -1590,9 +1627,12 @@ class SqlStore(WebhookStoreMixin):
 
     def _subtree(self, conn: Conn, tenant_id: str, target: Comment) -> list[str]:
         """Ids of ``target`` and every reply beneath it."""
-        c = s.comments.c
-        rows = conn.execute(
-            select(c.id, c.parent_id).where(c.tenant_id == tenant_id, c.root_id == target.root_id)
+        rows = conn.run(
+            Sql(
+                "SELECT id, parent_id FROM comments WHERE tenant_id = :tenant_id AND root_id = :root_id",
+                tenant_id=tenant_id,
+                root_id=target.root_id,
+            )
         ).all()
         children: dict[str | None, list[str]] = {}
         for row in rows:
@@ -1604,28 +1644,30 @@ class SqlStore(WebhookStoreMixin):
             todo.extend(children.get(current, ()))
         return found
 
-    def _delete_comment_rows(self, conn: Conn, tenant_id: str, ids: Any) -> int:
-        """Delete comments (a list of ids or a subquery) with their votes and
-        flags, keeping the threads' approved counts right."""
-        c = s.comments.c
+    def _delete_comment_rows(self, conn: Conn, tenant_id: str, ids: list[str] | Sql) -> int:
+        """Delete comments (a list of ids, or a ``SELECT`` of them) with their
+        votes and flags, keeping the threads' approved counts right."""
         if isinstance(ids, list):
-            ids_where = c.id.in_(ids)
+            ids_where = Sql("id IN :ids", ids=ids)
         else:
-            ids_where = c.id.in_(ids.scalar_subquery())
-        approved = conn.execute(
-            select(c.thread_id, func.count())
-            .where(c.tenant_id == tenant_id, ids_where, c.status == _APPROVED)
-            .group_by(c.thread_id)
+            ids_where = Sql("id IN (") + ids + Sql(")")
+        tenant_ids = Sql("tenant_id = :tenant_id AND", tenant_id=tenant_id) + ids_where
+        approved = conn.run(
+            Sql("SELECT thread_id, COUNT(*) AS approved FROM comments WHERE")
+            + tenant_ids
+            + Sql("AND status = :approved GROUP BY thread_id", approved=_APPROVED)
         ).all()
-        id_list = [r.id for r in conn.execute(select(c.id).where(c.tenant_id == tenant_id, ids_where))]
+        id_list = conn.run(Sql("SELECT id FROM comments WHERE") + tenant_ids).scalars()
         for start in range(0, len(id_list), 500):
             chunk = id_list[start : start + 500]
-            conn.execute(delete(s.votes).where(s.votes.c.comment_id.in_(chunk)))
-            conn.execute(delete(s.vote_addresses).where(s.vote_addresses.c.comment_id.in_(chunk)))
-            conn.execute(delete(s.flags).where(s.flags.c.comment_id.in_(chunk)))
-            conn.execute(delete(s.comments).where(c.tenant_id == tenant_id, c.id.in_(chunk)))
-        for thread_id, count in approved:
-            self._count_approved(conn, tenant_id, thread_id, -count)
+            conn.run(Sql("DELETE FROM votes WHERE comment_id IN :ids", ids=chunk))
+            conn.run(Sql("DELETE FROM vote_addresses WHERE comment_id IN :ids", ids=chunk))
+            conn.run(Sql("DELETE FROM flags WHERE comment_id IN :ids", ids=chunk))
+            conn.run(
+                Sql("DELETE FROM comments WHERE tenant_id = :tenant_id AND id IN :ids", tenant_id=tenant_id, ids=chunk)
+            )
+        for row in approved:
+            self._count_approved(conn, tenant_id, row.thread_id, -row.approved)
         return len(id_list)
 
     # Votes, flags, blocks
@@ -1780,9 +1822,6 @@ class SqlStore(WebhookStoreMixin):
         new_session: AnonymousSession | None = None,
     ) -> Deferred[Written[int]]:
         def go() -> Written[int]:
-            c = s.comments.c
-            # The webhook event's (last step): its builder takes SQLAlchemy yet.
-            this = and_(c.tenant_id == tenant_id, c.id == comment_id)
             key = dict(tenant_id=tenant_id, comment_id=comment_id)
             plan = Plan()
             check_expected(plan, tenant_id, expect)
@@ -1863,11 +1902,24 @@ class SqlStore(WebhookStoreMixin):
                     )
                     + hide
                 )
-            # Last: the comment as the flag left it (counted, maybe hidden).
-            data = {"comment": ob.comment_sql(), "flaggerId": flagger_id}
-            plan.add(ob.emit_for_comment(tenant_id, WebhookEvent.COMMENT_FLAGGED, new_id(), this, created_ms, data))
             try:
                 with self._writing() as conn:
+                    # Last: the comment as the flag left it (counted, maybe hidden).
+                    plan.add(
+                        ob.emit_for_comment(
+                            conn.backend,
+                            tenant_id,
+                            WebhookEvent.COMMENT_FLAGGED,
+                            new_id(),
+                            Sql(
+                                "comments.tenant_id = :tenant_id AND comments.id = :comment_id",
+                                tenant_id=tenant_id,
+                                comment_id=comment_id,
+                            ),
+                            created_ms,
+                            {"comment": ob.comment_sql(), "flaggerId": flagger_id},
+                        )
+                    )
                     rows = self._batch(conn, plan.steps, commit=True)
                     return self._written(conn, int(rows_of(rows, counted)[0].flag_count))
             except IntegrityError:
@@ -2097,7 +2149,6 @@ class SqlStore(WebhookStoreMixin):
 
         :returns: ``(before, after)`` of the comments that changed.
         """
-        c = s.comments.c
         changed = [
             (old, replace(old, status=status, flag_count=0 if clear_flags else old.flag_count))
             for old in comments
@@ -2111,12 +2162,12 @@ class SqlStore(WebhookStoreMixin):
         ids = [old.id for old, _ in changed]
         if event is not None and status in _STATUS_EVENTS:
             prefix, created_ms, extra = event
-            conn.execute(
+            conn.run(
                 ob.emit_for_comments(
                     tenant_id,
                     _STATUS_EVENTS[status],
                     prefix,
-                    c.id.in_(ids),
+                    Sql("comments.id IN :ids", ids=ids),
                     created_ms,
                     status=status.value,
                     extra=extra,
@@ -2225,7 +2276,7 @@ class SqlStore(WebhookStoreMixin):
                     "ban": {"id": ban.id, "reason": reason, "expiresAt": expires_ms, "createdAt": created_ms},
                     "actor": actor,
                 }
-                conn.execute(ob.emit(tenant_id, WebhookEvent.AUTHOR_BANNED, ban.id, created_ms, data))
+                conn.run(ob.emit(tenant_id, WebhookEvent.AUTHOR_BANNED, ban.id, created_ms, data))
         return bans
 
     def _comments_of(self, conn: Conn, tenant_id: str, author_ids: Sequence[str]) -> list[Comment]:
@@ -2277,7 +2328,6 @@ class SqlStore(WebhookStoreMixin):
         first tell why. Thread counts are recounted for the touched threads,
         which needs nothing read before.
         """
-        c = s.comments.c
         status = {
             ModerationAction.APPROVE: CommentStatus.APPROVED,
             ModerationAction.RESTORE: CommentStatus.APPROVED,
@@ -2292,21 +2342,6 @@ class SqlStore(WebhookStoreMixin):
                 return old.status in gone
             return old.status is not status or (clear_flags and old.flag_count > 0)
 
-        # The event's condition, as ob.emit_for_comments takes it for now
-        # (its call moves to SQL text with the outbox's builders).
-        which: ColumnElement[bool]
-        if action is ModerationAction.RESTORE:
-            which = c.status.in_([x.value for x in gone])
-        elif clear_flags:
-            which = or_(c.status != status.value, c.flag_count > 0)
-        else:
-            which = c.status != status.value
-        owned = (
-            select(func.coalesce(func.sum(case((c.tenant_id == tenant_id, 1), else_=0)), 0))
-            .where(c.id.in_(ids))
-            .scalar_subquery()
-        )
-        guard = owned == literal(len(ids), Integer)
         # The rows the action changes. Columns are named ``comments.<column>``
         # so the event's condition (comments joined to webhook endpoints)
         # can say the same.
@@ -2344,7 +2379,7 @@ class SqlStore(WebhookStoreMixin):
                 tenant_id,
                 _ACTION_EVENTS[action],
                 entry.id,
-                and_(c.id.in_(ids), which, guard),
+                Sql("comments.id IN :ids AND", ids=ids) + which_sql + Sql("AND") + guard_sql,
                 created_ms,
                 status=status.value,
                 extra={"action": action.value, "actor": actor, "reason": reason, "auditId": entry.id},

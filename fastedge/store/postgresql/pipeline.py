@@ -85,25 +85,11 @@ def send(
         anything else, with ``commit_sent`` left false by the caller's
         rule when the server answered (see the module docstring).
     """
-    compiled: list[tuple[str, Any]] = []
+    compiled: list[tuple[str, dict[str, Any]]] = []
     for index, step in enumerate(steps):
-        statement: Any = step
         if isinstance(step, Require):
-            if isinstance(step.condition, Sql):
-                statement = (
-                    Sql("SELECT fastedge_require(") + step.condition + Sql(", :fastedge_step)", fastedge_step=index)
-                )
-            else:
-                from sqlalchemy import func, select
-
-                statement = select(func.fastedge_require(step.condition, index))
-        if isinstance(statement, Sql):
-            compiled.append(statement.render(POSTGRESQL))
-        else:
-            from sqlalchemy.dialects import postgresql
-
-            query = statement.compile(dialect=postgresql.psycopg.dialect(), compile_kwargs={"render_postcompile": True})
-            compiled.append((str(query), query.params))
+            step = Sql("SELECT fastedge_require(") + step.condition + Sql(", :fastedge_step)", fastedge_step=index)
+        compiled.append(step.render(POSTGRESQL))
     check_idle_connection(raw)
     cursors = []
     position = None

@@ -77,6 +77,7 @@ from fastedge.store.model import (
     WebhookQueue,
     Written,
 )
+from fastedge.store.outbox import comment_data
 
 _T = TypeVar("_T")
 
@@ -2929,6 +2930,31 @@ class WebhookContractMixin(StoreContractMixin):
         self.assertEqual(got[1][1], {"comment": full})
         self.assertEqual(got[2][1]["comment"]["status"], "removed")
         self.assertEqual(got[2][1]["comment"]["previousStatus"], "approved")
+
+    def test_webhook_event_text_built_in_sql(self) -> None:
+        """The comment an event carries, built as JSON in SQL from the row
+        (``comment.created``) and from values given (``comment.edited``),
+        keeps every character of its text: quotes, backslashes, control
+        characters, non-ASCII and characters outside the BMP."""
+        self.webhook_store()
+        tenant = self.make_tenant()
+        thread = self.make_thread(tenant.id)
+        author = self.make_author(tenant.id)
+        hook = self.make_webhook(tenant.id, list(WebhookEvent))
+        awkward = "He said \"hi\" \\ 'o' \n\ttab \x01\x1f \u00e9\u2028 \U0001f389 </script>"
+        comment = self.post(tenant.id, thread.id, author, body=awkward)
+        edited = self.write(
+            self.store.update_comment(
+                tenant.id,
+                comment.id,
+                edited_ms=self.tick(),
+                read_preference=PRIMARY,
+                body=(awkward + " again", "<p>" + awkward + "</p>"),
+            )
+        )
+        got = [json.loads(d.data)["comment"] for d in self.deliveries(tenant.id, hook.id)]
+        self.assertEqual(got[0], comment_data(comment, thread))
+        self.assertEqual(got[1], comment_data(edited, previousStatus="approved"))
 
     def test_webhook_flag_auto_hide_event(self) -> None:
         """``comment.flagged`` carries the comment as the flag left it: its

@@ -112,7 +112,7 @@ _SUBSCRIBED = (
     " WHERE webhook_endpoints.tenant_id = :ob_tenant_id AND webhook_endpoints.active"
     " AND webhook_endpoints.events LIKE :ob_events"
 )
-_ENDPOINTS = " FROM webhook_endpoints" + _SUBSCRIBED
+_FROM_ENDPOINTS = " FROM webhook_endpoints" + _SUBSCRIBED
 _COMMENTS_ENDPOINTS = (
     " FROM comments JOIN webhook_endpoints ON webhook_endpoints.tenant_id = comments.tenant_id"
     + _SUBSCRIBED
@@ -168,7 +168,7 @@ def emit(
         Sql("CAST(:ob_event_id AS TEXT)", ob_event_id=event_id),
         created_ms,
         Sql("CAST(:ob_data AS TEXT)", ob_data=json.dumps(data, separators=(",", ":"))),
-        _ENDPOINTS,
+        _FROM_ENDPOINTS,
         when,
     )
 

@@ -27,7 +27,9 @@ measures that (it removes the trees' ``fastedge`` ``__pycache__`` first).
 
 The node runs from ``.venv-node``, a virtualenv holding only fastedge's
 runtime requirements (setup.cfg's ``install_requires``, at the versions of
-``.venv``; ``bench/footprint`` makes it), as an installed node runs: the
+``.venv``; ``bench/footprint`` makes it), as an installed node runs (a
+baseline whose requirements differ runs from a venv made for its own:
+:func:`node_venv`): the
 development ``.venv`` also holds the test and lint tools, and a package one
 of them brings is imported by a node when present (autobahn imports
 ``click``, which black and schemathesis install: ~0.9 MiB). ``NODE_VENV``
@@ -42,6 +44,8 @@ connections per address (1,000) is not what is measured.
 from __future__ import annotations
 
 import base64
+import configparser
+import hashlib
 import json
 import os
 import select
@@ -206,11 +210,53 @@ def prepare_bytecode(tree: str) -> None:
                 dirs.remove("__pycache__")
 
 
+def install_requires(tree: str) -> list[str]:
+    """``tree``'s runtime requirements (setup.cfg's install_requires)."""
+    parser = configparser.ConfigParser()
+    parser.read(os.path.join(tree, "setup.cfg"))
+    lines = (line.strip() for line in parser["options"]["install_requires"].splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def node_venv(tree: str) -> str:
+    """The virtualenv ``tree``'s node runs from: :data:`NODE_VENV` when the
+    tree needs what this one does; else (a baseline from before a
+    requirement changed, e.g. one that still needs SQLAlchemy) one made for
+    its own requirements, at the same pinned versions, kept as
+    ``.venv-node-<hash>`` and made once."""
+    wanted = install_requires(tree)
+    if wanted == install_requires(REPO):
+        return NODE_VENV
+    venv = os.path.join(REPO, ".venv-node-" + hashlib.sha256("\n".join(wanted).encode()).hexdigest()[:12])
+    if not os.path.exists(os.path.join(venv, "bin", "twistd")):
+        print(
+            f"bench/footprint: making {os.path.basename(venv)} for the baseline's requirements (~30 s)", file=sys.stderr
+        )
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", venv], check=True)
+        with open(os.path.join(venv, "requirements.txt"), "w") as f:
+            f.write("\n".join(wanted) + "\n")
+        frozen = subprocess.run(
+            [os.path.join(REPO, ".venv", "bin", "python"), "-m", "pip", "freeze", "--exclude-editable"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        with open(os.path.join(venv, "constraints.txt"), "w") as f:
+            f.writelines(line + "\n" for line in frozen.splitlines() if not line.lower().startswith("fastedge"))
+        subprocess.run(
+            [os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            + ["-r", os.path.join(venv, "requirements.txt"), "-c", os.path.join(venv, "constraints.txt")],
+            check=True,
+        )
+    return venv
+
+
 def run_fastedge(extra: str, store_factory, tree: str = REPO) -> dict[str, float]:  # type: ignore[no-untyped-def]
     workdir = tempfile.mkdtemp(prefix="fe-footprint-")
     text, port = node_config(workdir, extra)
     tenant = seed(store_factory(workdir))
-    node = benchlib.start_node(workdir, text, port, tree=tree, venv=NODE_VENV)
+    node = benchlib.start_node(workdir, text, port, tree=tree, venv=node_venv(tree))
     try:
         sub = json.dumps({"type": "subscribe", "tenant": tenant, "urlId": URL_ID}).encode()
         return measure(node.pid, port, sub)

@@ -19,19 +19,29 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
-from .db import SQLITE, Conn
+from .db import SQLITE, Conn, DatabaseError, translate
 from .model import ReadPreference
 from .pool import Pool
 from .sql import Observer, Runner, SqlStore
 
 
 def _connect(path: str, busy_timeout_seconds: float) -> sqlite3.Connection:
-    # isolation_level=None: the store issues BEGIN and COMMIT itself.
-    raw = sqlite3.connect(path, timeout=busy_timeout_seconds, check_same_thread=False, isolation_level=None)
-    raw.execute("PRAGMA journal_mode=WAL")
-    raw.execute("PRAGMA synchronous=NORMAL")
-    raw.execute("PRAGMA foreign_keys=ON")
-    raw.execute("PRAGMA busy_timeout={}".format(int(busy_timeout_seconds * 1000)))
+    """A connection set up as the module docstring says.
+
+    :raises DatabaseError: (ours) the file cannot be opened or is no database.
+    """
+    raw = None
+    try:
+        # isolation_level=None: the store issues BEGIN and COMMIT itself.
+        raw = sqlite3.connect(path, timeout=busy_timeout_seconds, check_same_thread=False, isolation_level=None)
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("PRAGMA synchronous=NORMAL")
+        raw.execute("PRAGMA foreign_keys=ON")
+        raw.execute("PRAGMA busy_timeout={}".format(int(busy_timeout_seconds * 1000)))
+    except sqlite3.Error as e:
+        if raw is not None:
+            raw.close()
+        raise (translate(sqlite3, e) or DatabaseError(e)) from e
     return raw
 
 

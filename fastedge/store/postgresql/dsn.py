@@ -16,6 +16,7 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from ..db import DatabaseError, translate
 from ..pool import Pool
 
 #: Connection parameters safe to show in logs (never a password).
@@ -81,15 +82,26 @@ def _reset(raw: Any) -> bool:
 
 
 def _connect(info: str) -> psycopg.Connection[Any]:
-    raw = psycopg.connect(info, autocommit=True)
-    # A token is the WAL *write* position after COMMIT; with an
-    # asynchronous commit that position could still be before our commit
-    # record. One round trip per new pooled connection.
-    raw.execute(
-        "SELECT CASE WHEN current_setting('synchronous_commit') = 'off' "
-        "THEN set_config('synchronous_commit', 'local', false) END"
-    )
-    raw.autocommit = False
+    """A connection to ``info``, in transaction mode.
+
+    :raises DatabaseError: (ours, ``connection_invalidated``) the server
+        could not be reached or refused us.
+    """
+    raw = None
+    try:
+        raw = psycopg.connect(info, autocommit=True)
+        # A token is the WAL *write* position after COMMIT; with an
+        # asynchronous commit that position could still be before our commit
+        # record. One round trip per new pooled connection.
+        raw.execute(
+            "SELECT CASE WHEN current_setting('synchronous_commit') = 'off' "
+            "THEN set_config('synchronous_commit', 'local', false) END"
+        )
+        raw.autocommit = False
+    except psycopg.Error as e:
+        if raw is not None:
+            raw.close()
+        raise (translate(psycopg, e, invalidated=True) or DatabaseError(e, connection_invalidated=True)) from e
     return raw
 
 

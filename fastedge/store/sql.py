@@ -1,16 +1,18 @@
 # -*- test-case-name: tests.unit.store.test_sqlite -*-
-"""The store over SQLAlchemy Core: one set of statements for every SQL engine.
+"""The SQL backends' store: one set of statements for every SQL engine.
 
-Why SQLAlchemy Core (and not ``adbapi`` with hand-written SQL): the embedded
-SQLite backend and the replicated engines must pass one contract suite, and
-Core gives us one set of statements across dialects (parameter styles,
-RETURNING, types), with a connection pool per target, while staying plain
-SQL-shaped. Blocking calls run through a *runner* (a thread pool in
-production, a synchronous call in unit tests), so the reactor thread never
-waits on the database.
+The embedded SQLite backend and the replicated PostgreSQL one pass one
+contract suite with one set of statements: SQL text in the subset both
+speak (:mod:`fastedge.store.db` renders each backend's parameter style),
+run on DB-API connections from a pool per server
+(:mod:`fastedge.store.pool`). Blocking calls run through a *runner* (a
+thread pool in production, a synchronous call in unit tests), so the
+reactor thread never waits on the database.
 
-Subclasses only choose engines: :class:`SqlStore` takes the engine that
-serves writes and PRIMARY reads, and the one that serves NEAREST reads.
+Subclasses choose the connections: :class:`SqlStore` takes the pool that
+serves writes and PRIMARY reads and the one that serves NEAREST reads, and
+a subclass says how a read and a write transaction begin and end
+(:meth:`SqlStore._reading`, :meth:`SqlStore._writing`).
 """
 
 from __future__ import annotations
@@ -306,7 +308,7 @@ _STATUS_EVENTS = {
 
 @implementer(IStore, IWebhookStore)
 class SqlStore(WebhookStoreMixin):
-    """:class:`IStore` over SQLAlchemy engines.
+    """:class:`IStore` over pools of DB-API connections.
 
     :param primary: serves every write and PRIMARY read.
     :param nearest: serves NEAREST reads; ``None`` means the primary.

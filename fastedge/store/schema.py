@@ -29,18 +29,23 @@ from .db import Conn, Sql
 
 Statement = str | Mapping[str, str]
 
-_SCHEMA_VERSION: Statement = {
-    db.SQLITE: """CREATE TABLE schema_version (
-    version INTEGER NOT NULL,
+
+def _numbered(text: str, serial: str) -> Statement:
+    """A table whose integer key numbers itself: ``text`` says ``@KEY@``
+    where the key's type goes: ``INTEGER`` in SQLite (the rowid's alias),
+    ``serial`` (``SERIAL`` or ``BIGSERIAL``, as SQLAlchemy chose for the
+    column's type) in PostgreSQL."""
+    return {db.SQLITE: text.replace("@KEY@", "INTEGER"), db.POSTGRESQL: text.replace("@KEY@", serial)}
+
+
+_SCHEMA_VERSION: Statement = _numbered(
+    """CREATE TABLE schema_version (
+    version @KEY@ NOT NULL,
     applied_ms BIGINT NOT NULL,
     PRIMARY KEY (version)
 )""",
-    db.POSTGRESQL: """CREATE TABLE schema_version (
-    version SERIAL NOT NULL,
-    applied_ms BIGINT NOT NULL,
-    PRIMARY KEY (version)
-)""",
-}
+    "SERIAL",
+)
 
 #: Whether the schema_version table exists (has_table, in each dialect:
 #: PostgreSQL looks in the session's search_path).
@@ -105,9 +110,9 @@ _V1: tuple[Statement, ...] = (
     FOREIGN KEY(tenant_id) REFERENCES tenants (id)
 )""",
     "CREATE INDEX threads_tenant_created ON threads (tenant_id, created_ms, id)",
-    {
-        db.SQLITE: """CREATE TABLE credit_ledger (
-    id INTEGER NOT NULL,
+    _numbered(
+        """CREATE TABLE credit_ledger (
+    id @KEY@ NOT NULL,
     tenant_id VARCHAR(32) NOT NULL,
     operation VARCHAR(64) NOT NULL,
     calls INTEGER NOT NULL,
@@ -116,17 +121,8 @@ _V1: tuple[Statement, ...] = (
     PRIMARY KEY (id),
     FOREIGN KEY(tenant_id) REFERENCES tenants (id)
 )""",
-        db.POSTGRESQL: """CREATE TABLE credit_ledger (
-    id SERIAL NOT NULL,
-    tenant_id VARCHAR(32) NOT NULL,
-    operation VARCHAR(64) NOT NULL,
-    calls INTEGER NOT NULL,
-    credits INTEGER NOT NULL,
-    created_ms BIGINT NOT NULL,
-    PRIMARY KEY (id),
-    FOREIGN KEY(tenant_id) REFERENCES tenants (id)
-)""",
-    },
+        "SERIAL",
+    ),
     "CREATE INDEX credit_ledger_tenant ON credit_ledger (tenant_id, created_ms)",
     """CREATE TABLE anonymous_sessions (
     id VARCHAR(32) NOT NULL,
@@ -215,10 +211,10 @@ _V2: tuple[Statement, ...] = (
 )""",
     "CREATE INDEX bans_lookup ON bans (tenant_id, kind, value)",
     "CREATE INDEX bans_tenant_created ON bans (tenant_id, created_ms, id)",
-    {
-        db.SQLITE: """CREATE TABLE moderation_log (
+    _numbered(
+        """CREATE TABLE moderation_log (
     -- Orders entries made in the same millisecond; never shown (id is).
-    seq INTEGER NOT NULL,
+    seq @KEY@ NOT NULL,
     id VARCHAR(32) NOT NULL,
     tenant_id VARCHAR(32) NOT NULL,
     created_ms BIGINT NOT NULL,
@@ -231,22 +227,8 @@ _V2: tuple[Statement, ...] = (
     UNIQUE (id),
     FOREIGN KEY(tenant_id) REFERENCES tenants (id)
 )""",
-        db.POSTGRESQL: """CREATE TABLE moderation_log (
-    -- Orders entries made in the same millisecond; never shown (id is).
-    seq SERIAL NOT NULL,
-    id VARCHAR(32) NOT NULL,
-    tenant_id VARCHAR(32) NOT NULL,
-    created_ms BIGINT NOT NULL,
-    actor VARCHAR(256) NOT NULL,
-    action VARCHAR(32) NOT NULL,
-    -- JSON, {"commentIds": [...], "banIds": [...]}.
-    targets TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    PRIMARY KEY (seq),
-    UNIQUE (id),
-    FOREIGN KEY(tenant_id) REFERENCES tenants (id)
-)""",
-    },
+        "SERIAL",
+    ),
     "CREATE INDEX moderation_log_tenant ON moderation_log (tenant_id, created_ms, seq)",
     # Which client address (hashed) each like came from: likes per address
     # and comment are bounded, whatever sessions the client makes up.
@@ -347,10 +329,10 @@ _V4: tuple[Statement, ...] = (
     FOREIGN KEY(tenant_id) REFERENCES tenants (id)
 )""",
     "CREATE INDEX webhook_endpoints_tenant ON webhook_endpoints (tenant_id, created_ms, id)",
-    {
-        db.SQLITE: """CREATE TABLE webhook_deliveries (
+    _numbered(
+        """CREATE TABLE webhook_deliveries (
     -- The order of the changes (per endpoint, deliveries go in this order).
-    seq INTEGER NOT NULL,
+    seq @KEY@ NOT NULL,
     -- The id of the event, the idempotency key of the receiver (shared by
     -- the deliveries of one event to several endpoints).
     event_id VARCHAR(64) NOT NULL,
@@ -375,34 +357,8 @@ _V4: tuple[Statement, ...] = (
     CONSTRAINT webhook_deliveries_event UNIQUE (event_id, endpoint_id),
     FOREIGN KEY(tenant_id) REFERENCES tenants (id)
 )""",
-        db.POSTGRESQL: """CREATE TABLE webhook_deliveries (
-    -- The order of the changes (per endpoint, deliveries go in this order).
-    seq BIGSERIAL NOT NULL,
-    -- The id of the event, the idempotency key of the receiver (shared by
-    -- the deliveries of one event to several endpoints).
-    event_id VARCHAR(64) NOT NULL,
-    event_type VARCHAR(32) NOT NULL,
-    tenant_id VARCHAR(32) NOT NULL,
-    endpoint_id VARCHAR(32) NOT NULL,
-    created_ms BIGINT NOT NULL,
-    -- The data object of the event, as JSON text, fixed when the change is made.
-    data TEXT NOT NULL,
-    -- pending or failed (delivered rows are deleted).
-    state VARCHAR(16) NOT NULL,
-    attempts INTEGER NOT NULL,
-    next_attempt_ms BIGINT NOT NULL,
-    -- Retries stop this long after it (the change, or a replay).
-    window_start_ms BIGINT NOT NULL,
-    lease_owner VARCHAR(32),
-    lease_until_ms BIGINT,
-    last_attempt_ms BIGINT,
-    last_status INTEGER,
-    last_error TEXT,
-    PRIMARY KEY (seq),
-    CONSTRAINT webhook_deliveries_event UNIQUE (event_id, endpoint_id),
-    FOREIGN KEY(tenant_id) REFERENCES tenants (id)
-)""",
-    },
+        "BIGSERIAL",
+    ),
     "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_attempt_ms)",
     "CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, state, seq)",
 )

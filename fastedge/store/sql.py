@@ -249,6 +249,28 @@ def _audit_entry(row: Any) -> AuditEntry:
 _APPROVED = CommentStatus.APPROVED.value
 
 
+def _require_comment_and_author(plan: Plan, tenant_id: str, comment_id: str, author_id: str) -> None:
+    """The comment (``NotFound("comment")``) and the author acting on it
+    (``NotFound("author")``) must be the tenant's: a like's and a flag's
+    first checks."""
+    plan.require(
+        Sql(
+            "EXISTS (SELECT 1 FROM comments WHERE tenant_id = :tenant_id AND id = :comment_id)",
+            tenant_id=tenant_id,
+            comment_id=comment_id,
+        ),
+        NotFound("comment"),
+    )
+    plan.require(
+        Sql(
+            "EXISTS (SELECT 1 FROM authors WHERE tenant_id = :tenant_id AND id = :author_id)",
+            tenant_id=tenant_id,
+            author_id=author_id,
+        ),
+        NotFound("author"),
+    )
+
+
 #: The tables holding a tenant's rows, children before parents: the order
 #: :meth:`SqlStore.delete_tenant` deletes in.
 _TENANT_TABLES = (
@@ -1692,18 +1714,7 @@ class SqlStore(WebhookStoreMixin):
             plan = Plan()
             check_expected(plan, tenant_id, expect)
             self._session_first(plan, tenant_id, new_session)
-            plan.require(
-                Sql("EXISTS (SELECT 1 FROM comments WHERE tenant_id = :tenant_id AND id = :comment_id)", **key),
-                NotFound("comment"),
-            )
-            plan.require(
-                Sql(
-                    "EXISTS (SELECT 1 FROM authors WHERE tenant_id = :tenant_id AND id = :voter_id)",
-                    tenant_id=tenant_id,
-                    voter_id=voter_id,
-                ),
-                NotFound("author"),
-            )
+            _require_comment_and_author(plan, tenant_id, comment_id, voter_id)
             plan.require(
                 Sql(
                     "NOT EXISTS (SELECT 1 FROM votes WHERE comment_id = :comment_id AND voter_id = :voter_id)",
@@ -1828,18 +1839,7 @@ class SqlStore(WebhookStoreMixin):
             plan = Plan()
             check_expected(plan, tenant_id, expect)
             self._session_first(plan, tenant_id, new_session)
-            plan.require(
-                Sql("EXISTS (SELECT 1 FROM comments WHERE tenant_id = :tenant_id AND id = :comment_id)", **key),
-                NotFound("comment"),
-            )
-            plan.require(
-                Sql(
-                    "EXISTS (SELECT 1 FROM authors WHERE tenant_id = :tenant_id AND id = :flagger_id)",
-                    tenant_id=tenant_id,
-                    flagger_id=flagger_id,
-                ),
-                NotFound("author"),
-            )
+            _require_comment_and_author(plan, tenant_id, comment_id, flagger_id)
             plan.require(
                 Sql(
                     "NOT EXISTS (SELECT 1 FROM flags WHERE comment_id = :comment_id AND flagger_id = :flagger_id)",

@@ -27,7 +27,7 @@ from ..store.interfaces import IStore
 from . import messages
 from .access import ChannelResolver, GroupLocks
 from .frontend import Live
-from .hub import Hub
+from .hub import Hub, new_epoch
 from .interfaces import IAccessPolicy
 from .metrics import LiveMetrics
 from .publish import LivePublisher
@@ -94,6 +94,7 @@ class LiveService(MultiService):
         viewer_tokens: ViewerTokens | None = None,
         sso: Any = None,
         successor: Callable[[], tuple[str, Sequence[str]] | None] | None = None,
+        new_epoch: Callable[[], str] = new_epoch,
     ) -> None:
         super().__init__()
         self._cfg = cfg
@@ -104,6 +105,7 @@ class LiveService(MultiService):
             history_events=cfg.history_events,
             history_seconds=cfg.history_seconds,
             fanout_slice_seconds=cfg.fanout_slice_ms / 1000.0,
+            new_epoch=new_epoch,
         )
         metrics = LiveMetrics(registry, self.hub, lambda transport: self.live.count(transport))
         self.resolver = ChannelResolver(
@@ -129,6 +131,7 @@ class LiveService(MultiService):
                 prime_timeout=mesh.relay_prime_timeout_seconds,
                 forward_timeout=mesh.relay_forward_timeout_seconds,
                 max_queue=mesh.relay_queue_events,
+                new_epoch=new_epoch,
             )
         self.live = Live(
             cfg,
@@ -243,6 +246,7 @@ def make_service(
     viewer_tokens: ViewerTokens | None = None,
     sso: Any = None,
     successor: Callable[[], tuple[str, Sequence[str]] | None] | None = None,
+    new_epoch: Callable[[], str] = new_epoch,
 ) -> LiveService:
     """The ``live`` child for ``cfg`` (see :class:`LiveService` for the
     other arguments).
@@ -252,6 +256,9 @@ def make_service(
     :param successor: the node this node's clients should move to when it
         goes away, as ``(node id, addresses)``, or ``None`` when there is
         none (then they are only closed with 1001).
+    :param new_epoch: makes the epochs of channels this node starts
+        sequencing (default: random ones; a test that replays an example
+        passes a seeded one).
     """
     return LiveService(
         cfg,
@@ -266,4 +273,5 @@ def make_service(
         viewer_tokens=viewer_tokens,
         sso=sso,
         successor=successor,
+        new_epoch=new_epoch,
     )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
+import random
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -12,6 +15,29 @@ from twisted.trial.unittest import SynchronousTestCase
 from .fakes import RecordingConnection, run_inline
 from .mesh import MemoryMesh, idle_mesh
 from .stores import sqlite_store
+
+
+def seeded_epochs(rng: random.Random) -> Callable[[], str]:
+    """Epochs as :func:`fastedge.live.hub.new_epoch` makes them, from
+    ``rng``: the same sequence in every run (and under every
+    ``PYTHONHASHSEED``)."""
+
+    def new_epoch() -> str:
+        return base64.b32encode(rng.getrandbits(64).to_bytes(8, "big")).decode("ascii").rstrip("=").lower()
+
+    return new_epoch
+
+
+def seeded_ids(rng: random.Random) -> Callable[[], str]:
+    """Record ids as :func:`fastedge.store.shared.new_id` makes them, from ``rng``."""
+
+    def new_id() -> str:
+        while True:
+            value = base64.urlsafe_b64encode(rng.getrandbits(96).to_bytes(12, "big")).decode("ascii")
+            if value[0] != "-":
+                return value
+
+    return new_id
 
 
 class LiveNode:
@@ -23,6 +49,7 @@ class LiveNode:
     :ivar mesh: the node's mesh service (default: one that is not started).
     :param relay: the ``[mesh]`` section when the node's live events are
         relayed (``service.relay``, to register with the mesh); default: none.
+    :param new_epoch: makes the node's epochs (default: random ones).
     """
 
     def __init__(
@@ -38,6 +65,7 @@ class LiveNode:
         store: Any = None,
         relay: Any = None,
         successor: Any = None,
+        new_epoch: Any = None,
     ) -> None:
 
         from fastedge.api.resource import build_api, build_sessions
@@ -77,6 +105,7 @@ class LiveNode:
             viewer_tokens=sessions.viewer_tokens,
             sso=sessions.sso,
             successor=successor,
+            **({"new_epoch": new_epoch} if new_epoch is not None else {}),
         )
         if mesh is None:
             mesh = idle_mesh(clock, path, self.registry, node_id)
@@ -168,12 +197,20 @@ class LiveMesh(MemoryMesh):
     store), as a deployment's nodes share their replicated store.
 
     :ivar live: each node's :class:`LiveNode`.
+    :param new_epoch: makes every node's epochs (default: random ones; a
+        test that must replay an example the same way passes a seeded one,
+        see :func:`seeded_epochs`).
     """
 
     def __init__(
-        self, testcase: SynchronousTestCase, live_overrides: dict[str, Any] | None = None, **mesh_overrides: Any
+        self,
+        testcase: SynchronousTestCase,
+        live_overrides: dict[str, Any] | None = None,
+        new_epoch: Callable[[], str] | None = None,
+        **mesh_overrides: Any,
     ) -> None:
         super().__init__(testcase, **mesh_overrides)
+        self._new_epoch = new_epoch
         self.live: dict[str, LiveNode] = {}
         self.stores: dict[str, Any] = {}
         self._live_overrides = live_overrides or {}
@@ -201,6 +238,7 @@ class LiveMesh(MemoryMesh):
             live_overrides=self._live_overrides,
             relay=service.cfg,
             successor=successor_of(service.node_map, node_id, deployment, 0.0, 0.0),
+            new_epoch=self._new_epoch,
         )
         self._tc.addCleanup(node.api.service.stopService)
         service.register(node.service.relay)

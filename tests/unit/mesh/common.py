@@ -158,16 +158,30 @@ class LiveWorld:
         testcase: Any,
         nodes: str = "abc",
         live_overrides: dict[str, Any] | None = None,
+        seed: int | None = None,
         **mesh_overrides: Any,
     ) -> None:
+        """:param seed: record ids (tenant, threads, comments) and epochs
+        come from generators seeded with it, so that which node owns which
+        channel, and every id, is the same in every run: a Hypothesis
+        example replays (and shrinks) as it ran. Default: random ones."""
+        import random
+
+        from fastedge.store import outbox, sql
         from fastedge.store.model import ReadPreference
-        from fastedge.testing.live import LiveMesh
+        from fastedge.testing.live import LiveMesh, seeded_epochs, seeded_ids
 
         from ..live.common import done
 
         self.P = ReadPreference.PRIMARY
         self.done = done
-        self.mesh = LiveMesh(testcase, live_overrides=live_overrides, **mesh_overrides)
+        new_epoch = None
+        if seed is not None:
+            new_epoch = seeded_epochs(random.Random("epochs {}".format(seed)))
+            new_id = seeded_ids(random.Random("ids {}".format(seed)))
+            testcase.patch(sql, "new_id", new_id)
+            testcase.patch(outbox, "new_id", new_id)
+        self.mesh = LiveMesh(testcase, live_overrides=live_overrides, new_epoch=new_epoch, **mesh_overrides)
         for node_id in nodes:
             self.mesh.add(node_id)
         self.mesh.advance(1.0)

@@ -273,8 +273,12 @@ class Relay(MeshHandler):
         self.followers: dict[ChannelKey, set[IPeerSession]] = {}
         self._sessions: dict[IPeerSession, set[ChannelKey]] = {}
         self._outbox: dict[str, list[_Forward]] = {}
-        #: Channels stamped here as their owner (handed over when they move).
+        #: Channels stamped here as their owner (handed over when they move,
+        #: and kept while this node's position is in its own numbering).
         self.sequenced: set[ChannelKey] = set()
+        #: Of those, the position each was handed over at and the owners
+        #: told (each starts a new epoch once per position).
+        self._told: dict[ChannelKey, tuple[Stamp, set[str]]] = {}
         self._candidates: tuple[str, ...] | None = None
         self._owners: dict[ChannelKey, str | None] = {}
         self._rebalance_call: IDelayedCall | None = None
@@ -389,13 +393,25 @@ class Relay(MeshHandler):
         followers reload (this node's own meet the new owner's epoch with a
         reset when they follow it). Owed like a write: it waits for the
         owner to be reachable.
+
+        The channel stays sequenced here while this node's position is
+        still in its own numbering, and every later owner is told once
+        too: the owner of the moment may be a passing one (a partition
+        healing link by link: the first node back), which started its new
+        epoch with nothing stamped in it and so tells nobody when the
+        channel moves on to its real owner. Before, this node forgot the
+        channel once it had told the first one, and the real owner's
+        subscribers never saw these writes, nor reloaded
+        (``RecordedExampleTests.test_cut_off_write_handed_over_through_a_passing_owner``).
         """
         owner = self.owner_of(channel)
         if owner is None or owner == self._me:
             return
-        self.sequenced.discard(channel)
         position = self.hub.position(channel)
         if position is None or position.seq == 0 or self.followed_epoch.get(channel) == position.epoch:
+            # Nothing stamped here, or this node follows another numbering
+            # now: nothing of its own is left to tell of.
+            self._forget_sequenced(channel)
             return
         if any(session.node_id == owner for session in self.followers.get(channel, set())):
             self._log.debug(
@@ -406,7 +422,14 @@ class Relay(MeshHandler):
                 epoch=position.epoch,
                 seq=position.seq,
             )
+            self._forget_sequenced(channel)
             return  # it followed every event stamped here
+        told = self._told.get(channel)
+        if told is None or told[0] != position:
+            told = self._told[channel] = (position, set())
+        if owner in told[1]:
+            return  # it started a new epoch for this position already
+        told[1].add(owner)
         self._metrics.relay_handovers.inc()
         self._log.info(
             "mesh relay: {tenant}/{thread} moved to {owner}, which did not follow it here; it starts a new epoch",
@@ -415,6 +438,10 @@ class Relay(MeshHandler):
             owner=owner,
         )
         self._owe_marker(channel, owner, 0)
+
+    def _forget_sequenced(self, channel: ChannelKey) -> None:
+        self.sequenced.discard(channel)
+        self._told.pop(channel, None)
 
     def _owe_marker(self, channel: ChannelKey, owner: str, passes: int) -> None:
         """Tell ``owner`` to start a new epoch of ``channel`` (its
@@ -1040,7 +1067,7 @@ class Relay(MeshHandler):
                     del self.followed_epoch[channel]
             for channel in list(self.sequenced):
                 if self.hub.position(channel) is None:
-                    self.sequenced.discard(channel)
+                    self._forget_sequenced(channel)
         self._count_channels()
 
     def _count_channels(self) -> None:

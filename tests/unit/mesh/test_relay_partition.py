@@ -118,3 +118,42 @@ class HandOverInFluxTests(SynchronousTestCase):
         texts = [m["data"]["comment"]["html"] for m in on_a.events()]
         kinds = [k for k, _ in world.seqs(on_a)]
         self.assertTrue("<p>from the cut node</p>" in texts or "reset" in kinds, (texts, kinds))
+
+    def test_write_handed_to_a_passing_owner_still_reaches_the_real_one(self) -> None:
+        """Every node is cut off from the others; c sequences a write to a
+        channel a owns. b comes back first, and b sees no a either: in both
+        views b owns the channel, c hands it over to b, and b starts a new
+        epoch with nothing in it. When a is back, a's subscriber reloads (or
+        gets the write): never a silent gap. Before, c forgot the channel
+        once it had told b, and b, having stamped nothing, told a nothing
+        (found by the relay property test)."""
+        world = LiveWorld(self)
+        relay_c = world.mesh.live["c"].service.relay
+        for _ in range(200):
+            thread, url = world.thread_owned_by("a")
+            if relay_c.owner_of(world.channel(thread)) == "a" and rendezvous(world.channel(thread), "bc") == "b":
+                break
+        else:
+            raise AssertionError("no channel a owns with b next")
+        on_a = world.subscribe("a", url)
+        world.post("a", thread, "before")
+        net = world.mesh.network
+        a, b, c = (world.mesh.host(n) for n in "abc")
+        for one, other in ((a, b), (a, c), (b, c)):
+            net.block(one, other)
+            net.cut(one, other)
+        world.mesh.advance(5.0)
+        self.assertEqual(world.mesh.states("c"), {"a": "dead", "b": "dead", "c": "alive"})
+        world.post("c", thread, "from the cut node")
+        net.unblock(c, b)
+        world.mesh.advance(3.0)
+        self.assertEqual(world.mesh.states("c"), {"a": "dead", "b": "alive", "c": "alive"})
+        self.assertEqual(world.mesh.states("b"), {"a": "dead", "b": "alive", "c": "alive"})
+        self.assertEqual(metric(world.mesh, "b", "fastedge_mesh_relay_takeovers_total"), 1.0)
+        net.unblock(a, b)
+        net.unblock(a, c)
+        world.mesh.advance(10.0)
+        self.assertEqual(world.mesh.states("c"), {"a": "alive", "b": "alive", "c": "alive"})
+        texts = [m["data"]["comment"]["html"] for m in on_a.events()]
+        kinds = [k for k, _ in world.seqs(on_a)]
+        self.assertTrue("<p>from the cut node</p>" in texts or "reset" in kinds, (texts, kinds))

@@ -408,9 +408,15 @@ class Relay(MeshHandler):
         if owner is None or owner == self._me:
             return
         position = self.hub.position(channel)
-        if position is None or position.seq == 0 or self.followed_epoch.get(channel) == position.epoch:
-            # Nothing stamped here, or this node follows another numbering
-            # now: nothing of its own is left to tell of.
+        if position is None or self.followed_epoch.get(channel) == position.epoch:
+            # Forgotten, or this node follows another numbering now: nothing
+            # of its own is left to tell of. A new epoch with nothing stamped
+            # in it yet is told of too: it was started here for writes some
+            # subscribers never saw (a takeover, or another node's marker),
+            # and it is all that is left of them once the node that
+            # sequenced them follows this one (before, a marker applied by
+            # a passing owner ended there, and the real owner's subscribers
+            # never reloaded: ``RecordedExampleTests``).
             self._forget_sequenced(channel)
             return
         if any(session.node_id == owner for session in self.followers.get(channel, set())):

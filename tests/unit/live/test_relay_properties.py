@@ -435,3 +435,30 @@ class RecordedExampleTests(SynchronousTestCase):
             step()
             machine.views_are_gap_free_without_repeats()
         machine.teardown()
+
+    def test_marker_applied_by_a_passing_owner_reaches_the_real_one(self) -> None:
+        """Every node cut off from the others, c sequences a write to a
+        channel a owns; the partition heals with c seeing b before a, so c
+        hands the channel over to b (which sees no a either) and then
+        follows b's new epoch, losing its own. When a is back, a's
+        subscriber reloads. Before, b had stamped nothing in that epoch and
+        so told a nothing: a's subscriber never saw the write."""
+        machine = self._machine()
+        steps = [
+            lambda: machine.start(size=3, seed=1366),
+            lambda: machine.drop_link(x="a", y="c"),
+            lambda: machine.wait(seconds=6.0),
+            lambda: machine.drop_link(x="b", y="c"),
+            lambda: machine.wait(seconds=1.0),
+            lambda: machine.drop_link(x="b", y="a"),
+            lambda: machine.wait(seconds=0.01),
+            lambda: machine.wait(seconds=1.0),
+            lambda: machine.post(writes=[("e", 2, 0.0), ("c", 0, 0.01)]),
+            lambda: machine.join(node="c", thread=0),
+            lambda: machine.wait(seconds=3.0),
+            lambda: machine.wait(seconds=3.0),
+        ]
+        for step in steps:
+            step()
+            machine.views_are_gap_free_without_repeats()
+        machine.teardown()

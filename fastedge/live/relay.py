@@ -433,9 +433,8 @@ class Relay(MeshHandler):
         told = self._told.get(channel)
         if told is None or told[0] != position:
             told = self._told[channel] = (position, set())
-        if owner in told[1]:
-            return  # it started a new epoch for this position already
-        told[1].add(owner)
+        if owner in told[1] or not self._owe_marker(channel, owner, 0):
+            return  # told already for this position, or its marker waits
         self._metrics.relay_handovers.inc()
         self._log.info(
             "mesh relay: {tenant}/{thread} moved to {owner}, which did not follow it here; it starts a new epoch",
@@ -443,23 +442,26 @@ class Relay(MeshHandler):
             thread=channel[1],
             owner=owner,
         )
-        self._owe_marker(channel, owner, 0)
 
     def _forget_sequenced(self, channel: ChannelKey) -> None:
         self.sequenced.discard(channel)
         self._told.pop(channel, None)
 
-    def _owe_marker(self, channel: ChannelKey, owner: str, passes: int) -> None:
+    def _owe_marker(self, channel: ChannelKey, owner: str, passes: int) -> bool:
         """Tell ``owner`` to start a new epoch of ``channel`` (its
         subscribers and followers reload), as soon as it is reachable; on
         the way it is re-routed to whichever node owns the channel by then
         (:meth:`_flush_all`), or passed on by a node that does not own it
-        (:meth:`_marker`)."""
+        (:meth:`_marker`).
+
+        :returns: whether a marker was queued (not when one waits already).
+        """
         for waiting in self._outbox.get(owner, ()):
             if waiting.event.kind == RESET_KIND and waiting.event.channel == channel:
-                return  # one new epoch covers them all: its subscribers reload once
+                return False  # one new epoch covers them all: its subscribers reload once
         marker = Event(channel, RESET_KIND, {"passes": passes}, origin=self._me or "")
         self._forward(owner, marker, 2, owed=True)
+        return True
 
     def _take_over(self, channel: ChannelKey, followed: str) -> None:
         """This node now owns a channel whose numbering it followed: start
@@ -645,12 +647,23 @@ class Relay(MeshHandler):
         d = self.mesh.call(link, "publish", wires, hops)
         self._metrics.relay_events.labels("forwarded").inc(len(items))
 
+        def delivered(result: object) -> object:
+            # A hand-over counts as told once its marker is delivered, to
+            # the node it reached: one queued and then dropped (the channel
+            # came back here) or re-routed told nobody else, and the next
+            # owner must still be told (_hand_over).
+            for item in items:
+                told = self._told.get(item.event.channel)
+                if told is not None and item.event.kind == RESET_KIND and item.event.origin == self._me:
+                    told[1].add(link.peer_id)
+            return result
+
         def failed(f: Failure) -> None:
             # Not delivered (the link dropped): wait for the owner again.
             self._outbox.setdefault(link.peer_id, []).extend(items)
             self._metrics.relay_queue.set(sum(len(q) for q in self._outbox.values()))
 
-        d.addErrback(failed)
+        d.addCallbacks(delivered, failed)
 
     # Block changes (LivePublisher.block_sink)
 

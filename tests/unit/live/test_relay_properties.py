@@ -462,3 +462,29 @@ class RecordedExampleTests(SynchronousTestCase):
             step()
             machine.views_are_gap_free_without_repeats()
         machine.teardown()
+
+    def test_hand_over_dropped_on_the_way_is_told_again(self) -> None:
+        """Every node cut off from the others, a sequences a write to a
+        channel c owns. Healing, a sees c back and queues a hand-over for
+        it, then (the links still settling) sees c dead again and owns the
+        channel once more, so the queued marker is dropped; when c is back
+        for good, c is still told, and its subscriber reloads. (The first
+        fix counted c as told when the marker was queued, not delivered.)"""
+        machine = self._machine()
+        steps = [
+            lambda: machine.start(size=3, seed=1366),
+            lambda: machine.drop_link(x="a", y="c"),
+            lambda: machine.wait(seconds=6.0),
+            lambda: machine.drop_link(x="b", y="c"),
+            lambda: machine.wait(seconds=1.0),
+            lambda: machine.drop_link(x="b", y="a"),
+            lambda: machine.post(writes=[("a", 0, 0.0), ("a", 2, 0.01), ("c", 1, 0.0), ("c", 1, 0.0)]),
+            lambda: machine.wait(seconds=3.0),
+            lambda: machine.wait(seconds=6.0),
+            lambda: machine.wait(seconds=0.3),
+            lambda: machine.wait(seconds=3.0),
+        ]
+        for step in steps:
+            step()
+            machine.views_are_gap_free_without_repeats()
+        machine.teardown()

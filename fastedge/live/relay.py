@@ -444,6 +444,7 @@ class Relay(MeshHandler):
         )
 
     def _forget_sequenced(self, channel: ChannelKey) -> None:
+        """Nothing of this node's own numbering of ``channel`` is left to hand over."""
         self.sequenced.discard(channel)
         self._told.pop(channel, None)
 

@@ -12,6 +12,11 @@ Two traps in the standard library make odd input a 500 instead of a 400:
   thousand deep raises ``RecursionError``. :func:`loads_json` refuses
   anything nested deeper than :data:`MAX_JSON_DEPTH` before the parser
   sees it.
+- ``json.loads`` turns an escaped lone surrogate (``"\\ud800"``, half of a
+  UTF-16 pair) into a string no UTF-8 encoder takes: the store's drivers
+  then fail mid-write (a comment with one was a 500). :func:`loads_json`
+  refuses one, as I-JSON (RFC 7493) does; a pair is one character and
+  passes.
 
 Both raise :class:`InputError` (a ``ValueError``) with a message fit for
 the client. This module imports nothing of fastedge, so every layer (the
@@ -25,6 +30,9 @@ import re
 from typing import Any
 
 __all__ = ["MAX_JSON_DEPTH", "InputError", "json_depth_ok", "loads_json", "parse_ascii_int"]
+
+#: An escaped UTF-16 surrogate in JSON text (a pair's half, or a lone one).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 #: Containers (arrays and objects) nested at most this deep in a JSON
 #: document from a client; none of ours nests deeper than 3.
@@ -91,8 +99,9 @@ def loads_json(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
 
     :param max_depth: arrays and objects may nest this deep at most.
     :returns: the value.
-    :raises InputError: not UTF-8, not JSON, or nested too deep (the
-        message says which); never ``RecursionError``.
+    :raises InputError: not UTF-8, not JSON, nested too deep, or a string
+        with a lone surrogate (the message says which); never
+        ``RecursionError``.
     """
     if isinstance(data, bytes):
         try:
@@ -104,7 +113,28 @@ def loads_json(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     if not json_depth_ok(text, max_depth):
         raise InputError("the JSON nests deeper than {} levels".format(max_depth))
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except ValueError:
         # JSONDecodeError, and int() refusing a number of over 4300 digits.
         raise InputError("not valid JSON") from None
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        raise InputError("a string holds a lone surrogate (\\uD800-\\uDFFF outside a pair): not text")
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string in ``value`` (or an object's key) is no Unicode text."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False

@@ -61,7 +61,8 @@ class ParseAsciiIntTests(SynchronousTestCase):
 
 _JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab,:'),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=3), children, max_size=3),
     max_leaves=40,
 )
 
@@ -96,6 +97,21 @@ class LoadsJsonTests(SynchronousTestCase):
             loads_json(data, 4)
         except InputError:
             pass
+
+    @given(st.lists(st.text(max_size=4), max_size=4), st.booleans())
+    def test_lone_surrogates_refused(self, strings: list[str], as_key: bool) -> None:
+        """A string (or a key) holding a lone surrogate is InputError; any
+        other text, pairs written as escapes included, parses."""
+        value: object = {s: 1 for s in strings} if as_key else strings
+        text = json.dumps(value)  # ensure_ascii: every surrogate is an escape
+        lone = any(0xD800 <= ord(c) <= 0xDFFF for s in strings for c in s)
+        if lone:
+            with self.assertRaises(InputError) as caught:
+                loads_json(text)
+            self.assertIn("lone surrogate", str(caught.exception))
+        else:
+            self.assertEqual(loads_json(text), value)
+        self.assertEqual(loads_json('["\\ud83d\\ude00"]'), ["\U0001f600"])
 
     def test_deep_nesting_refused(self) -> None:
         """The reported attack (20,000 nested arrays) and one level past the

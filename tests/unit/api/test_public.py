@@ -236,6 +236,16 @@ class BadInputTests(PublicApiTestCase):
         self.assertError(r, 400, "malformed_json")
         self.assertNothingWritten()
 
+    def test_lone_surrogate(self) -> None:
+        """A comment whose text or name holds a lone surrogate (valid JSON
+        syntax, but no text) is a 400 naming it; nothing is written (it was
+        a 500: the store's driver could not encode it)."""
+        for body in ({"text": "a\ud800b", "displayName": "x"}, {"text": "ok", "displayName": "\udfff"}):
+            r = self.node.client().post(comments_path(self.tenant), json_body=body)
+            self.assertError(r, 400, "malformed_json")
+            self.assertIn("lone surrogate", r.json["error"]["message"])
+        self.assertNothingWritten()
+
     def test_not_an_object(self) -> None:
         """A JSON array body is refused."""
         r = self.node.client().post(comments_path(self.tenant), json_body=[1, 2])

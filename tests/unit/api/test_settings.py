@@ -165,9 +165,12 @@ class ThreadAccessApiTests(SynchronousTestCase):
         self.assertEqual((r.code, r.json["error"]["code"]), (403, "thread_locked"))
         # Group ids follow docs/openapi.yaml's GroupId: no control, invisible
         # or lone surrogate characters.
-        for bad in (["x" * 65], ["g{}".format(i) for i in range(101)], [3], [""], ["a\u200bb"], ["a\x85"], ["\ud800"]):
+        for bad in (["x" * 65], ["g{}".format(i) for i in range(101)], [3], [""], ["a\u200bb"], ["a\x85"]):
             r = self.manager.patch("/api/v1/manage/threads/" + t["id"], json_body={"lockedGroups": bad})
             self.assertEqual((r.code, r.json["error"]["field"]), (422, "lockedGroups"))
+        # A lone surrogate is no text at all: refused with the body (inputs.loads_json).
+        r = self.manager.patch("/api/v1/manage/threads/" + t["id"], json_body={"lockedGroups": ["\ud800"]})
+        self.assertEqual((r.code, r.json["error"]["code"]), (400, "malformed_json"))
         r = self.manager.patch("/api/v1/manage/threads/" + t["id"], json_body={"lockedGroups": "staff"})
         self.assertEqual((r.code, r.json["error"]["code"]), (400, "wrong_type"))
         self.assertEqual(self.manager.get("/api/v1/manage/threads/" + t["id"]).json["thread"], locked)

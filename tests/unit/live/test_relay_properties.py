@@ -18,6 +18,7 @@ The suite runs a few short examples. ``FASTEDGE_HYPOTHESIS_PROFILE=long``
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -404,6 +405,15 @@ class RecordedExampleTests(SynchronousTestCase):
         Machine.testcase = testcase
         return Machine()
 
+    @staticmethod
+    def _replay(machine: RelayMachine, steps: list[Callable[[], object]]) -> None:
+        """Run the recorded rules in order, checking the invariant after
+        each as Hypothesis does, then the teardown's checks."""
+        for step in steps:
+            step()
+            machine.views_are_gap_free_without_repeats()
+        machine.teardown()
+
     def test_cut_off_write_handed_over_through_a_passing_owner(self) -> None:
         """A write sequenced by a node cut off from every other one (``a``),
         handed over to the owner of the moment (``b``, back first) rather
@@ -431,10 +441,7 @@ class RecordedExampleTests(SynchronousTestCase):
             lambda: machine.wait(seconds=3.0),
             lambda: machine.restart(data=_Draws("b")),
         ]
-        for step in steps:
-            step()
-            machine.views_are_gap_free_without_repeats()
-        machine.teardown()
+        self._replay(machine, steps)
 
     def test_marker_applied_by_a_passing_owner_reaches_the_real_one(self) -> None:
         """Every node cut off from the others, c sequences a write to a
@@ -458,10 +465,7 @@ class RecordedExampleTests(SynchronousTestCase):
             lambda: machine.wait(seconds=3.0),
             lambda: machine.wait(seconds=3.0),
         ]
-        for step in steps:
-            step()
-            machine.views_are_gap_free_without_repeats()
-        machine.teardown()
+        self._replay(machine, steps)
 
     def test_hand_over_dropped_on_the_way_is_told_again(self) -> None:
         """Every node cut off from the others, a sequences a write to a
@@ -484,7 +488,4 @@ class RecordedExampleTests(SynchronousTestCase):
             lambda: machine.wait(seconds=0.3),
             lambda: machine.wait(seconds=3.0),
         ]
-        for step in steps:
-            step()
-            machine.views_are_gap_free_without_repeats()
-        machine.teardown()
+        self._replay(machine, steps)

@@ -5,11 +5,29 @@ and PB, time on one Clock)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from fastedge.live.relay import rendezvous
 
 from .common import LiveWorld, metric
+
+
+def _owned_by_a_with_b_next(testcase: SynchronousTestCase) -> tuple[LiveWorld, Any, Any, Any]:
+    """A world, c's relay, a thread a owns whose next owner among b and c
+    is b, and a's subscriber to it, which has one comment ("before")."""
+    world = LiveWorld(testcase)
+    relay_c = world.mesh.live["c"].service.relay
+    for _ in range(200):
+        thread, url = world.thread_owned_by("a")
+        if relay_c.owner_of(world.channel(thread)) == "a" and rendezvous(world.channel(thread), "bc") == "b":
+            break
+    else:
+        raise AssertionError("no channel a owns with b next")
+    on_a = world.subscribe("a", url)
+    world.post("a", thread, "before")
+    return world, relay_c, thread, on_a
 
 
 class BlackHoleTests(SynchronousTestCase):
@@ -85,16 +103,7 @@ class HandOverInFluxTests(SynchronousTestCase):
         Before, b applied the marker to a numbering of its own that nobody
         follows (found by ``tests.integration.test_chaos``: the cut node's
         posts never reached the owner's subscribers)."""
-        world = LiveWorld(self)
-        relay_c = world.mesh.live["c"].service.relay
-        for _ in range(200):
-            thread, url = world.thread_owned_by("a")
-            if relay_c.owner_of(world.channel(thread)) == "a" and rendezvous(world.channel(thread), "bc") == "b":
-                break
-        else:
-            raise AssertionError("no channel a owns with b next")
-        on_a = world.subscribe("a", url)
-        world.post("a", thread, "before")
+        world, relay_c, thread, on_a = _owned_by_a_with_b_next(self)
         net = world.mesh.network
         a, b, c = (world.mesh.host(n) for n in "abc")
         for other in (a, b):
@@ -127,16 +136,7 @@ class HandOverInFluxTests(SynchronousTestCase):
         gets the write): never a silent gap. Before, c forgot the channel
         once it had told b, and b, having stamped nothing, told a nothing
         (found by the relay property test)."""
-        world = LiveWorld(self)
-        relay_c = world.mesh.live["c"].service.relay
-        for _ in range(200):
-            thread, url = world.thread_owned_by("a")
-            if relay_c.owner_of(world.channel(thread)) == "a" and rendezvous(world.channel(thread), "bc") == "b":
-                break
-        else:
-            raise AssertionError("no channel a owns with b next")
-        on_a = world.subscribe("a", url)
-        world.post("a", thread, "before")
+        world, relay_c, thread, on_a = _owned_by_a_with_b_next(self)
         net = world.mesh.network
         a, b, c = (world.mesh.host(n) for n in "abc")
         for one, other in ((a, b), (a, c), (b, c)):

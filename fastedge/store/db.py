@@ -148,6 +148,23 @@ def join(parts: Sequence[Sql], separator: str) -> Sql:
     return out
 
 
+def rows_of_values(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Sql:
+    """``(columns) VALUES (...), (...)``: several rows in one ``INSERT``
+    (one statement, not one per row), every value a parameter of its own.
+
+    :param rows: non-empty; each row's values in the order of ``columns``.
+    """
+    if not rows:
+        raise ValueError("no rows to insert")
+    params: dict[str, Any] = {}
+    tuples = []
+    for i, row in enumerate(rows):
+        names = ["{}_{}".format(column, i) for column in columns]
+        params.update(zip(names, row, strict=True))
+        tuples.append("(" + ", ".join(":" + name for name in names) + ")")
+    return Sql("(" + ", ".join(columns) + ") VALUES " + ", ".join(tuples), **params)
+
+
 class Rows:
     """What a statement returned: its rows (attribute access by column
     name) and how many rows it changed."""

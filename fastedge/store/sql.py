@@ -33,7 +33,7 @@ from zope.interface import implementer
 from . import db
 from . import outbox as ob
 from . import schema as s
-from .db import Conn, DatabaseError, IntegrityError, OperationalError, Sql, join
+from .db import Conn, DatabaseError, IntegrityError, OperationalError, Sql, join, rows_of_values
 from .errors import (
     AlreadyExists,
     BadCursor,
@@ -2270,7 +2270,7 @@ class SqlStore(WebhookStoreMixin):
         if bans:
             rows = [(b.id, tenant_id, kind.value, b.value, reason, actor, created_ms, expires_ms, None) for b in bans]
             columns = ("id", "tenant_id", "kind", "value", "reason", "actor", "created_ms", "expires_ms", "lifted_ms")
-            conn.run(Sql("INSERT INTO bans") + _values(columns, rows))
+            conn.run(Sql("INSERT INTO bans") + rows_of_values(columns, rows))
         for ban in bans:
             if kind is BanKind.AUTHOR:
                 data = {
@@ -2697,7 +2697,7 @@ class SqlStore(WebhookStoreMixin):
                 self._require_tenant(conn, tenant_id)
                 if rows:
                     columns = ("tenant_id", "operation", "calls", "credits", "created_ms")
-                    conn.run(Sql("INSERT INTO credit_ledger") + _values(columns, rows))
+                    conn.run(Sql("INSERT INTO credit_ledger") + rows_of_values(columns, rows))
                 return self._written(conn, None)
 
         return self._call("charge_credits", read_preference, go, write=True)
@@ -2719,20 +2719,3 @@ class SqlStore(WebhookStoreMixin):
             return [CreditUsage(operation=op, calls=int(calls), credits=int(credits)) for op, calls, credits in rows]
 
         return self._call("credit_usage", read_preference, go, token=token)
-
-
-def _values(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Sql:
-    """``(columns) VALUES (...), (...)``: several rows in one ``INSERT``
-    (one statement, not one per row), every value a parameter of its own.
-
-    :param rows: non-empty; each row's values in the order of ``columns``.
-    """
-    if not rows:
-        raise ValueError("no rows to insert")
-    params: dict[str, Any] = {}
-    tuples = []
-    for i, row in enumerate(rows):
-        names = ["{}_{}".format(column, i) for column in columns]
-        params.update(zip(names, row, strict=True))
-        tuples.append("(" + ", ".join(":" + name for name in names) + ")")
-    return Sql("(" + ", ".join(columns) + ") VALUES " + ", ".join(tuples), **params)

@@ -78,15 +78,12 @@ class SQLiteStore(SqlStore):
 
     @contextmanager
     def _reading(self, read_preference: ReadPreference) -> Iterator[Conn]:
-        # One copy: PRIMARY and NEAREST read the same file.
+        # One copy: PRIMARY and NEAREST read the same file. The pool's
+        # reset ends the read's transaction (ROLLBACK) when it comes back.
         with self._primary.connection() as raw:
             conn = Conn(raw, SQLITE, sqlite3)
             conn.run_text("BEGIN")
-            try:
-                yield conn
-            finally:
-                if raw.in_transaction:
-                    raw.execute("ROLLBACK")
+            yield conn
 
     @contextmanager
     def _writing(self) -> Iterator[Conn]:
@@ -97,12 +94,9 @@ class SQLiteStore(SqlStore):
             with self._primary.connection() as raw:
                 conn = Conn(raw, SQLITE, sqlite3)
                 conn.run_text("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    if raw.in_transaction:
-                        raw.execute("ROLLBACK")
-                    raise
+                # A raise leaves the transaction to the pool's reset
+                # (ROLLBACK), still under the write lock.
+                yield conn
                 conn.run_text("COMMIT")
         finally:
             if lock is not None:
